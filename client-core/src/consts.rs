@@ -1,0 +1,83 @@
+//! Every protocol limit and label, in one place.
+//!
+//! Changing a value here changes the protocol; docs/PROTOCOL.md §Limits lists the same values.
+
+/// Wire-format version carried in every [`RatchetMessage`](hush_proto::wire::RatchetMessage) and
+/// [`InitialMessage`](hush_proto::wire::InitialMessage). Anything else is rejected.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Version of the persisted session state format.
+pub const SESSION_STATE_VERSION: u32 = 1;
+
+/// Largest forward jump accepted within one receiving chain (message keys derived and stored as
+/// skipped in a single step). A message further ahead is rejected with `TooFarAhead`.
+pub const MAX_SKIP: u32 = 1000;
+
+/// Most skipped message keys kept for one receiving chain; the oldest are evicted first.
+pub const MAX_SKIPPED_KEYS_PER_CHAIN: usize = 1000;
+
+/// Most skipped message keys kept per session across all chains; the oldest are evicted first.
+pub const MAX_SKIPPED_KEYS: usize = 2000;
+
+/// A skipped message key older than this is deleted (milliseconds): 30 days.
+pub const SKIPPED_KEY_MAX_AGE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// Ratchet public keys of previous receiving chains remembered per session, so that a late
+/// duplicate from an old chain is reported as a duplicate rather than tried as a new ratchet step.
+pub const MAX_OLD_RECEIVING_CHAINS: usize = 5;
+
+/// Archived (non-current) sessions kept per remote device.
+pub const MAX_ARCHIVED_SESSIONS: usize = 10;
+
+/// A session unused for this long is retired (milliseconds): 90 days. A retired current session is
+/// archived, so the next message to that device starts a new session.
+pub const SESSION_MAX_IDLE_MS: u64 = 90 * 24 * 60 * 60 * 1000;
+
+/// Largest plaintext of one pairwise message, in bytes (attachments travel as encrypted blobs).
+pub const MAX_PLAINTEXT_LEN: usize = 256 * 1024;
+
+/// Authentication tag length of ChaCha20-Poly1305.
+pub const AEAD_TAG_LEN: usize = 16;
+
+/// Largest encoded pairwise message accepted from the network, in bytes.
+pub const MAX_MESSAGE_LEN: usize = MAX_PLAINTEXT_LEN + 4096;
+
+/// Most devices on one account's device list.
+pub const MAX_DEVICES_PER_ACCOUNT: usize = 32;
+
+/// Base keys remembered per last-resort ML-KEM pre-key to refuse a replayed initial message.
+/// When full, the device must rotate its last-resort key (it refuses further use of this one).
+pub const MAX_LAST_RESORT_BASE_KEYS: usize = 100_000;
+
+/// One-time X25519 and ML-KEM pre-keys a device keeps published.
+pub const ONE_TIME_PRE_KEY_BATCH: u32 = 100;
+
+/// Length of an X25519 or Ed25519 public key.
+pub const KEY_LEN: usize = 32;
+
+/// Length of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// Length of an ML-KEM-768 encapsulation key.
+pub const KEM_PUBLIC_KEY_LEN: usize = 1184;
+
+/// Length of an ML-KEM-768 ciphertext.
+pub const KEM_CIPHERTEXT_LEN: usize = 1088;
+
+/// Length of an ML-KEM seed (d || z, FIPS 203).
+pub const KEM_SEED_LEN: usize = 64;
+
+/// HKDF info for the PQXDH shared secret (format of Signal's PQXDH specification §2.2).
+pub const PQXDH_INFO: &[u8] = b"Hush_PQXDH_CURVE25519_SHA-256_ML-KEM-768";
+
+/// HKDF info for the root-key KDF of the Double Ratchet.
+pub const ROOT_KDF_INFO: &[u8] = b"Hush_Ratchet_Root_v1";
+
+/// HKDF info expanding a message key into an AEAD key and nonce.
+pub const MESSAGE_KEY_INFO: &[u8] = b"Hush_Message_Keys_v1";
+
+/// HMAC input deriving a message key from a chain key.
+pub const MESSAGE_KEY_SEED: u8 = 0x01;
+
+/// HMAC input deriving the next chain key from a chain key.
+pub const CHAIN_KEY_SEED: u8 = 0x02;

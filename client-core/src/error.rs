@@ -1,0 +1,118 @@
+//! Errors, grouped by cause.
+//!
+//! - [`Error::Malformed`]: the bytes do not decode or do not satisfy the format (peer or storage sent garbage).
+//! - [`Error::Auth`]: a signature, MAC or key check failed (peer misbehaved or the data was tampered with).
+//! - [`Error::Protocol`]: well-formed and authentic, but against the protocol's rules or limits
+//!   (duplicate, replay, rollback, too far ahead, unknown pre-key, no session).
+//! - [`Error::Store`]: the local store failed.
+//!
+//! Every error leaves the protocol state exactly as it was before the call.
+
+use crate::store::kv::StoreError;
+
+/// Result type of client-core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Any error of client-core.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Input that does not decode or validate.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// What was being decoded.
+        what: &'static str,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A cryptographic check failed.
+    #[error("authentication failed: {0}")]
+    Auth(#[from] AuthError),
+    /// Authentic input rejected by the protocol's rules.
+    #[error("protocol rule: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The local store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Cryptographic checks that can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// An Ed25519 signature did not verify.
+    #[error("bad signature on {0}")]
+    BadSignature(&'static str),
+    /// An AEAD tag did not verify: wrong key, tampered ciphertext or header.
+    #[error("message could not be decrypted")]
+    DecryptFailed,
+    /// A public key is not canonical, is of low order, or produced an all-zero shared secret.
+    #[error("invalid public key: {0}")]
+    InvalidKey(&'static str),
+    /// A device's identity key does not match the one on its account's device list.
+    #[error("identity key does not match the device list")]
+    IdentityMismatch,
+}
+
+/// Rules of the protocol that authentic input can still break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The message was already decrypted (or its key was evicted).
+    #[error("duplicate message")]
+    Duplicate,
+    /// The message is further ahead in its chain than the skip limit allows.
+    #[error("message too far ahead: {skip} keys to skip, limit {limit}")]
+    TooFarAhead {
+        /// Keys that would have to be skipped.
+        skip: u64,
+        /// The limit.
+        limit: u32,
+    },
+    /// An initial message names a pre-key this device does not have (used up, or never existed).
+    #[error("unknown {kind} pre-key {id}")]
+    UnknownPreKey {
+        /// Which kind of pre-key.
+        kind: &'static str,
+        /// Its id.
+        id: u32,
+    },
+    /// A last-resort ML-KEM pre-key was used again with a base key already seen: a replay.
+    #[error("last-resort pre-key reused with the same base key")]
+    LastResortReuse,
+    /// A device list older than the one already accepted.
+    #[error("device list version {got} is older than known version {known}")]
+    DeviceListRollback {
+        /// Version already accepted.
+        known: u64,
+        /// Version offered.
+        got: u64,
+    },
+    /// Two different device lists with the same version (equivocation).
+    #[error("conflicting device lists with version {0}")]
+    DeviceListConflict(u64),
+    /// The device is not on its account's current device list.
+    #[error("device is not on the account's device list")]
+    DeviceNotOnList,
+    /// The account's device list is not known yet.
+    #[error("no device list known for the account")]
+    UnknownAccount,
+    /// No usable session with the device: fetch its pre-key bundle and start one.
+    #[error("no session with the device")]
+    NoSession,
+    /// An unsupported protocol or format version.
+    #[error("unsupported version {0}")]
+    UnsupportedVersion(u32),
+    /// The plaintext exceeds `MAX_PLAINTEXT_LEN`.
+    #[error("plaintext of {0} bytes is too large")]
+    TooLarge(usize),
+    /// Too many devices on a device list.
+    #[error("too many devices: {0}")]
+    TooManyDevices(usize),
+    /// The API was called in a way its contract forbids.
+    #[error("invalid use: {0}")]
+    Misuse(&'static str),
+}
+
+impl Error {
+    pub(crate) const fn malformed(what: &'static str, reason: &'static str) -> Self {
+        Self::Malformed { what, reason }
+    }
+}

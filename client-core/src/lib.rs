@@ -1,0 +1,22 @@
+//! Hush protocol core.
+//!
+//! A deterministic, sans-IO state machine: bytes, time (`now`, milliseconds since the Unix epoch) and
+//! randomness (`&mut impl CryptoRng`) go in; bytes and events come out. Nothing in the protocol modules
+//! opens a socket, reads a clock or calls a global RNG.
+//!
+//! The specification lives in `docs/PROTOCOL.md`; every protocol limit is in [`consts`].
+
+#![deny(missing_docs)]
+
+pub mod safety;
+pub mod store;
+
+pub mod consts;
+pub mod device_list;
+pub mod error;
+pub mod keys;
+pub mod pqxdh;
+pub mod prekeys;
+pub mod ratchet;
+
+pub use error::{AuthError, Error, ProtocolError, Result};

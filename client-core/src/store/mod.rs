@@ -1,0 +1,5 @@
+//! Local storage: an atomic, encrypted key-value layer and the typed stores built on it.
+
+pub mod kv;
+pub mod memory;
+pub mod sled_kv;

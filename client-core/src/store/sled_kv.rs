@@ -1,0 +1,809 @@
+//! The persistent, encrypted-at-rest [`KvStore`], on [sled](https://docs.rs/sled).
+//!
+//! # Keys
+//!
+//! The application supplies one 32-byte at-rest key `K`. Two subkeys are derived from it with
+//! HKDF-SHA256 (RFC 5869, no salt — i.e. 32 zero bytes — and IKM = `K`), 32 bytes each:
+//!
+//! ```text
+//! index_key = HKDF-SHA256(salt = none, ikm = K, info = "Hush-Store-Index-v1", L = 32)
+//! value_key = HKDF-SHA256(salt = none, ikm = K, info = "Hush-Store-Value-v1", L = 32)
+//! ```
+//!
+//! # Records
+//!
+//! Everything lives in sled's default tree, so one `sled::Batch` is atomic across namespaces.
+//! A logical record `(ns, logical_key, value)` is stored as one sled entry:
+//!
+//! ```text
+//! physical_key   = ns_byte || HMAC-SHA256(index_key, ns_byte || logical_key)      (33 bytes)
+//! plaintext      = u32_be(len(logical_key)) || logical_key || value
+//! physical_value = nonce (24 random bytes)
+//!                  || XChaCha20-Poly1305(value_key, nonce, plaintext, aad = physical_key)
+//!                     (ciphertext, same length as plaintext, then the 16-byte Poly1305 tag)
+//! ```
+//!
+//! `ns_byte` is [`Namespace::as_byte`]. Logical key names never appear on disk (the index is a
+//! keyed hash), so the database does not reveal, e.g., whom a device talks to; only the namespace
+//! of each record, the number of records and their sizes are visible. Binding the physical key as
+//! AAD means a value moved to another physical key (or another namespace) fails authentication.
+//! On read the embedded logical key is also checked against the one requested (for `get`) or
+//! against the physical key (for `scan`).
+//!
+//! `scan(ns)` iterates the physical keys that start with `ns_byte`, decrypts each record and
+//! returns the logical `(key, value)` pairs sorted by logical key. Any record that is too short,
+//! fails authentication or is malformed makes `get`/`scan` fail with [`StoreError::Corrupt`].
+//!
+//! # Key check
+//!
+//! A key-check record lives in the [`Namespace::Meta`] prefix at the one-byte physical key
+//! `0x00` (no HMAC, so it can be found without the right key and can never collide with a
+//! 33-byte record key):
+//!
+//! ```text
+//! physical_key   = 0x00
+//! plaintext      = u32_be(9) || "key-check" || "Hush-Store-Key-Check-v1"
+//! physical_value = nonce (24) || XChaCha20-Poly1305(value_key, nonce, plaintext, aad = 0x00)
+//! ```
+//!
+//! It is written (and flushed) when a store is opened on an empty database. On every later open
+//! it must decrypt to exactly that plaintext, otherwise [`SledKv::open`] fails with
+//! [`StoreError::WrongKey`]. A non-empty database without the record fails with
+//! [`StoreError::Corrupt`]. The record is invisible through the [`KvStore`] API.
+//!
+//! # Commit
+//!
+//! [`KvStore::commit`] encrypts every put into one `sled::Batch`, applies it with
+//! `Tree::apply_batch` (atomic) and calls `Db::flush` (fsync) before returning `Ok` (durable).
+//! If the flush fails the batch may or may not reach the disk (it is atomic either way), so the
+//! handle is poisoned: every later call returns [`StoreError::Poisoned`] and the store must be
+//! reopened to learn the outcome.
+//!
+//! Plaintext buffers are zeroized after encryption and decryption. The subkeys are held in
+//! [`Zeroizing`] buffers; cipher and MAC instances are built per operation and never stored.
+
+use std::path::Path;
+
+use chacha20poly1305::aead::AeadInOut;
+use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use rand_core::CryptoRng;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use super::kv::{Batch, BatchOp, KvEntry, KvStore, Namespace, StoreError};
+
+/// HKDF info for the key that hides logical key names.
+const INDEX_INFO: &[u8] = b"Hush-Store-Index-v1";
+/// HKDF info for the key that encrypts records.
+const VALUE_INFO: &[u8] = b"Hush-Store-Value-v1";
+/// XChaCha20-Poly1305 nonce length.
+const NONCE_LEN: usize = 24;
+/// Poly1305 tag length.
+const TAG_LEN: usize = 16;
+/// Length of the logical-key length prefix in a plaintext.
+const LEN_PREFIX: usize = 4;
+/// HMAC-SHA256 output length.
+const MAC_LEN: usize = 32;
+/// Length of a record's physical key: namespace byte plus HMAC.
+const PHYSICAL_KEY_LEN: usize = 1 + MAC_LEN;
+/// Physical key of the key-check record (the bare `Meta` namespace byte).
+const KEY_CHECK_PHYSICAL: [u8; 1] = [Namespace::Meta.as_byte()];
+/// Logical key embedded in the key-check record.
+const KEY_CHECK_LOGICAL: &[u8] = b"key-check";
+/// Value embedded in the key-check record.
+const KEY_CHECK_VALUE: &[u8] = b"Hush-Store-Key-Check-v1";
+
+/// The persistent, encrypted-at-rest [`KvStore`]. See the [module docs](self) for the format.
+///
+/// Deliberately not `Debug`: it holds key material.
+pub struct SledKv {
+    db: sled::Db,
+    index_key: Zeroizing<[u8; 32]>,
+    value_key: Zeroizing<[u8; 32]>,
+    rng: Box<dyn CryptoRng + Send>,
+    poisoned: bool,
+}
+
+impl SledKv {
+    /// Opens (creating it if needed) the store in directory `path` with at-rest key `key`.
+    ///
+    /// `rng` supplies record nonces; it must be a cryptographically secure generator seeded from
+    /// the operating system (a deterministic generator re-seeded identically on every open would
+    /// reuse nonces).
+    ///
+    /// # Errors
+    /// [`StoreError::WrongKey`] if the store was created with another key,
+    /// [`StoreError::Corrupt`] if its key-check record is missing, [`StoreError::Io`] if sled
+    /// cannot open the directory (for instance because another handle holds it).
+    pub fn open(
+        path: &Path,
+        key: Zeroizing<[u8; 32]>,
+        rng: Box<dyn CryptoRng + Send>,
+    ) -> Result<Self, StoreError> {
+        let hkdf = Hkdf::<Sha256>::new(None, key.as_slice());
+        let mut index_key = Zeroizing::new([0u8; 32]);
+        let mut value_key = Zeroizing::new([0u8; 32]);
+        hkdf.expand(INDEX_INFO, index_key.as_mut_slice())
+            .and_then(|()| hkdf.expand(VALUE_INFO, value_key.as_mut_slice()))
+            .map_err(|_| StoreError::Io("subkey derivation failed".to_owned()))?;
+        drop(key);
+
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(backend_error)?;
+        let mut store = Self {
+            db,
+            index_key,
+            value_key,
+            rng,
+            poisoned: false,
+        };
+        store.check_key()?;
+        tracing::debug!("encrypted store opened");
+        Ok(store)
+    }
+
+    /// Verifies the key-check record, writing it if the database is empty.
+    fn check_key(&mut self) -> Result<(), StoreError> {
+        match self.db.get(KEY_CHECK_PHYSICAL).map_err(backend_error)? {
+            Some(stored) => {
+                let (logical, value) = self
+                    .open_record(Namespace::Meta, &KEY_CHECK_PHYSICAL, &stored)
+                    .map_err(|_| StoreError::WrongKey)?;
+                if logical != KEY_CHECK_LOGICAL || value.as_slice() != KEY_CHECK_VALUE {
+                    return Err(StoreError::WrongKey);
+                }
+                Ok(())
+            }
+            None if self.db.is_empty() => {
+                let record = self.seal(&KEY_CHECK_PHYSICAL, KEY_CHECK_LOGICAL, KEY_CHECK_VALUE)?;
+                self.db
+                    .insert(KEY_CHECK_PHYSICAL, record)
+                    .map_err(backend_error)?;
+                self.db.flush().map_err(backend_error)?;
+                tracing::info!("new encrypted store initialised");
+                Ok(())
+            }
+            None => Err(corrupt(Namespace::Meta, "key-check record missing")),
+        }
+    }
+
+    /// `ns_byte || HMAC-SHA256(index_key, ns_byte || logical_key)`.
+    fn physical_key(&self, ns: Namespace, logical_key: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mac = self.index_mac(ns, logical_key)?;
+        let mut physical = Vec::with_capacity(PHYSICAL_KEY_LEN);
+        physical.push(ns.as_byte());
+        physical.extend_from_slice(&mac);
+        Ok(physical)
+    }
+
+    /// `HMAC-SHA256(index_key, ns_byte || logical_key)`.
+    fn index_mac(&self, ns: Namespace, logical_key: &[u8]) -> Result<[u8; MAC_LEN], StoreError> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.index_key.as_slice())
+            .map_err(|_| StoreError::Io("index MAC setup failed".to_owned()))?;
+        mac.update(&[ns.as_byte()]);
+        mac.update(logical_key);
+        Ok(mac.finalize().into_bytes().into())
+    }
+
+    /// Builds `nonce || XChaCha20-Poly1305(value_key, nonce, u32_be(len(key)) || key || value,
+    /// aad = physical_key)`.
+    fn seal(
+        &mut self,
+        physical_key: &[u8],
+        logical_key: &[u8],
+        value: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        let key_len = u32::try_from(logical_key.len())
+            .map_err(|_| StoreError::Io("logical key longer than 4 GiB refused".to_owned()))?;
+        let total = NONCE_LEN
+            .checked_add(LEN_PREFIX)
+            .and_then(|n| n.checked_add(logical_key.len()))
+            .and_then(|n| n.checked_add(value.len()))
+            .and_then(|n| n.checked_add(TAG_LEN))
+            .ok_or_else(|| StoreError::Io("record too large".to_owned()))?;
+
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill_bytes(&mut nonce);
+
+        // The plaintext is assembled right after the nonce and encrypted in place; the buffer is
+        // allocated once with room for the tag so it never reallocates (leaving no stray copy),
+        // and it is wiped on drop should encryption fail.
+        let mut record = Zeroizing::new(Vec::with_capacity(total));
+        record.extend_from_slice(&nonce);
+        record.extend_from_slice(&key_len.to_be_bytes());
+        record.extend_from_slice(logical_key);
+        record.extend_from_slice(value);
+        let body = record
+            .get_mut(NONCE_LEN..)
+            .ok_or_else(|| StoreError::Io("record buffer too short".to_owned()))?;
+        let tag = self
+            .cipher()
+            .encrypt_inout_detached(&XNonce::from(nonce), physical_key, body.into())
+            .map_err(|_| StoreError::Io("record encryption failed".to_owned()))?;
+        record.extend_from_slice(&tag);
+        Ok(std::mem::take(&mut *record))
+    }
+
+    /// Authenticates and decrypts a stored record, returning its logical key and value.
+    fn open_record(
+        &self,
+        ns: Namespace,
+        physical_key: &[u8],
+        stored: &[u8],
+    ) -> Result<KvEntry, StoreError> {
+        let (nonce, rest) = stored
+            .split_at_checked(NONCE_LEN)
+            .ok_or(corrupt(ns, "record too short"))?;
+        let body_len = rest
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(corrupt(ns, "record too short"))?;
+        let (ciphertext, tag) = rest
+            .split_at_checked(body_len)
+            .ok_or(corrupt(ns, "record too short"))?;
+        let nonce = XNonce::try_from(nonce).map_err(|_| corrupt(ns, "record too short"))?;
+        let tag = Tag::try_from(tag).map_err(|_| corrupt(ns, "record too short"))?;
+
+        let mut plaintext = Zeroizing::new(ciphertext.to_vec());
+        self.cipher()
+            .decrypt_inout_detached(&nonce, physical_key, plaintext.as_mut_slice().into(), &tag)
+            .map_err(|_| corrupt(ns, "authentication failed"))?;
+
+        let (len_prefix, rest) = plaintext
+            .split_first_chunk::<LEN_PREFIX>()
+            .ok_or(corrupt(ns, "malformed plaintext"))?;
+        let key_len = usize::try_from(u32::from_be_bytes(*len_prefix))
+            .map_err(|_| corrupt(ns, "malformed plaintext"))?;
+        let (logical_key, value) = rest
+            .split_at_checked(key_len)
+            .ok_or(corrupt(ns, "malformed plaintext"))?;
+        Ok((logical_key.to_vec(), Zeroizing::new(value.to_vec())))
+    }
+
+    /// A cipher keyed with the value key (built per use so no unzeroized copy outlives it).
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(&(*self.value_key).into())
+    }
+
+    /// Fails if an earlier commit left the handle in an unknown state.
+    fn ensure_usable(&self) -> Result<(), StoreError> {
+        if self.poisoned {
+            Err(StoreError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl KvStore for SledKv {
+    fn get(&self, ns: Namespace, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        self.ensure_usable()?;
+        let physical = self.physical_key(ns, key)?;
+        let Some(stored) = self.db.get(&physical).map_err(backend_error)? else {
+            return Ok(None);
+        };
+        let (logical, value) = self
+            .open_record(ns, &physical, &stored)
+            .inspect_err(log_corrupt)?;
+        if !bool::from(logical.as_slice().ct_eq(key)) {
+            let err = corrupt(ns, "record holds another logical key");
+            log_corrupt(&err);
+            return Err(err);
+        }
+        Ok(Some(value))
+    }
+
+    fn scan(&self, ns: Namespace) -> Result<Vec<KvEntry>, StoreError> {
+        self.ensure_usable()?;
+        let mut records = Vec::new();
+        for entry in self.db.scan_prefix([ns.as_byte()]) {
+            let (physical, stored) = entry.map_err(backend_error)?;
+            if ns == Namespace::Meta && physical.as_ref() == KEY_CHECK_PHYSICAL.as_slice() {
+                continue;
+            }
+            let (logical, value) = self
+                .check_physical_key(ns, &physical)
+                .and_then(|()| self.open_record(ns, &physical, &stored))
+                .inspect_err(log_corrupt)?;
+            let expected = self.physical_key(ns, &logical)?;
+            if !bool::from(expected.as_slice().ct_eq(physical.as_ref())) {
+                let err = corrupt(ns, "record stored under another key");
+                log_corrupt(&err);
+                return Err(err);
+            }
+            records.push((logical, value));
+        }
+        records.sort_by(|(a, _), (b, _)| a.cmp(b));
+        Ok(records)
+    }
+
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+        self.ensure_usable()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut sled_batch = sled::Batch::default();
+        for op in batch {
+            match op {
+                BatchOp::Put { ns, key, value } => {
+                    let physical = self.physical_key(ns, &key)?;
+                    let record = self.seal(&physical, &key, &value)?;
+                    sled_batch.insert(physical, record);
+                }
+                BatchOp::Delete { ns, key } => {
+                    sled_batch.remove(self.physical_key(ns, &key)?);
+                }
+            }
+        }
+        self.db.apply_batch(sled_batch).map_err(backend_error)?;
+        if let Err(e) = self.db.flush() {
+            self.poisoned = true;
+            tracing::error!("store flush failed after applying a batch; handle poisoned");
+            return Err(backend_error(e));
+        }
+        Ok(())
+    }
+}
+
+impl SledKv {
+    /// Checks that a physical key found under the `ns` prefix has the record-key shape.
+    fn check_physical_key(&self, ns: Namespace, physical: &[u8]) -> Result<(), StoreError> {
+        if physical.len() == PHYSICAL_KEY_LEN && physical.first() == Some(&ns.as_byte()) {
+            Ok(())
+        } else {
+            Err(corrupt(ns, "malformed physical key"))
+        }
+    }
+}
+
+/// A [`StoreError::Corrupt`] for `namespace`.
+fn corrupt(namespace: Namespace, reason: &'static str) -> StoreError {
+    StoreError::Corrupt { namespace, reason }
+}
+
+/// Logs a corrupt-record error (namespace and reason only).
+fn log_corrupt(err: &StoreError) {
+    if let StoreError::Corrupt { namespace, reason } = err {
+        tracing::warn!(?namespace, reason, "corrupt record in encrypted store");
+    }
+}
+
+/// Maps a sled error to [`StoreError::Io`]. Sled's messages describe the failure, never the data.
+fn backend_error(err: sled::Error) -> StoreError {
+    StoreError::Io(format!("sled: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+    use tempfile::TempDir;
+
+    use super::super::kv::kv_store_suite;
+    use super::*;
+
+    fn at_rest_key(byte: u8) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new([byte; 32])
+    }
+
+    fn rng(seed: u64) -> Box<dyn CryptoRng + Send> {
+        Box::new(ChaCha20Rng::seed_from_u64(seed))
+    }
+
+    fn fresh() -> (TempDir, SledKv) {
+        let dir = TempDir::new().unwrap();
+        let store = SledKv::open(dir.path(), at_rest_key(7), rng(1)).unwrap();
+        (dir, store)
+    }
+
+    fn reopen(dir: &TempDir, key: u8, seed: u64) -> Result<SledKv, StoreError> {
+        SledKv::open(dir.path(), at_rest_key(key), rng(seed))
+    }
+
+    fn put(store: &mut SledKv, ns: Namespace, key: &[u8], value: &[u8]) {
+        let mut batch = Batch::new();
+        batch.put(ns, key, value.to_vec());
+        store.commit(batch).unwrap();
+    }
+
+    fn get(store: &SledKv, ns: Namespace, key: &[u8]) -> Option<Vec<u8>> {
+        store.get(ns, key).unwrap().map(|v| v.to_vec())
+    }
+
+    /// All raw `(physical key, physical value)` pairs of the database in `dir`.
+    fn raw_entries(dir: &TempDir) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let db = sled::open(dir.path()).unwrap();
+        db.iter()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    }
+
+    /// Opens the database in `dir` raw, lets `f` mutate it, flushes and closes it.
+    fn tamper(dir: &TempDir, f: impl FnOnce(&sled::Db)) {
+        let db = sled::open(dir.path()).unwrap();
+        f(&db);
+        db.flush().unwrap();
+    }
+
+    fn files_under(path: &std::path::Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(path).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    kv_store_suite!(suite, super::fresh());
+
+    #[test]
+    fn reopen_after_drop_keeps_data() {
+        let (dir, mut store) = fresh();
+        let mut batch = Batch::new();
+        batch
+            .put(Namespace::Sessions, b"bob/1", b"ratchet".to_vec())
+            .put(Namespace::Identity, b"self", b"identity".to_vec())
+            .put(Namespace::Messages, b"m1", vec![9u8; 70_000]);
+        store.commit(batch).unwrap();
+        // No explicit flush or close: commit returning Ok must be enough.
+        drop(store);
+
+        let mut store = reopen(&dir, 7, 2).unwrap();
+        assert_eq!(
+            get(&store, Namespace::Sessions, b"bob/1"),
+            Some(b"ratchet".to_vec())
+        );
+        assert_eq!(
+            get(&store, Namespace::Identity, b"self"),
+            Some(b"identity".to_vec())
+        );
+        assert_eq!(
+            get(&store, Namespace::Messages, b"m1"),
+            Some(vec![9u8; 70_000])
+        );
+        assert!(store.scan(Namespace::Meta).unwrap().is_empty());
+
+        let mut batch = Batch::new();
+        batch.delete(Namespace::Sessions, b"bob/1");
+        store.commit(batch).unwrap();
+        drop(store);
+        let store = reopen(&dir, 7, 3).unwrap();
+        assert_eq!(get(&store, Namespace::Sessions, b"bob/1"), None);
+        assert_eq!(
+            get(&store, Namespace::Identity, b"self"),
+            Some(b"identity".to_vec())
+        );
+    }
+
+    #[test]
+    fn reopen_with_wrong_key_fails() {
+        let (dir, mut store) = fresh();
+        put(&mut store, Namespace::Sessions, b"k", b"v");
+        drop(store);
+
+        assert_eq!(reopen(&dir, 8, 2).err(), Some(StoreError::WrongKey));
+        // The failed open changed nothing: the right key still works.
+        let store = reopen(&dir, 7, 3).unwrap();
+        assert_eq!(get(&store, Namespace::Sessions, b"k"), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn wrong_key_detected_on_store_without_records() {
+        let (dir, store) = fresh();
+        drop(store);
+        assert_eq!(reopen(&dir, 0, 2).err(), Some(StoreError::WrongKey));
+    }
+
+    #[test]
+    fn missing_key_check_is_corrupt() {
+        let (dir, mut store) = fresh();
+        put(&mut store, Namespace::Groups, b"g", b"v");
+        drop(store);
+        tamper(&dir, |db| {
+            db.remove(KEY_CHECK_PHYSICAL).unwrap();
+        });
+        assert!(matches!(
+            reopen(&dir, 7, 2),
+            Err(StoreError::Corrupt {
+                namespace: Namespace::Meta,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn on_disk_layout() {
+        let (dir, mut store) = fresh();
+        put(&mut store, Namespace::Sessions, b"abc", b"value");
+        put(&mut store, Namespace::Groups, b"", b"");
+        drop(store);
+
+        let entries = raw_entries(&dir);
+        assert_eq!(entries.len(), 3);
+        let check = entries.iter().find(|(k, _)| k.as_slice() == [0u8]).unwrap();
+        assert_eq!(
+            check.1.len(),
+            NONCE_LEN + LEN_PREFIX + KEY_CHECK_LOGICAL.len() + KEY_CHECK_VALUE.len() + TAG_LEN
+        );
+        let session = entries.iter().find(|(k, _)| k.first() == Some(&5)).unwrap();
+        assert_eq!(session.0.len(), PHYSICAL_KEY_LEN);
+        assert_eq!(session.1.len(), NONCE_LEN + LEN_PREFIX + 3 + 5 + TAG_LEN);
+        let group = entries.iter().find(|(k, _)| k.first() == Some(&9)).unwrap();
+        assert_eq!(group.0.len(), PHYSICAL_KEY_LEN);
+        assert_eq!(group.1.len(), NONCE_LEN + LEN_PREFIX + TAG_LEN);
+
+        // Recompute the record independently from the documented derivation.
+        let hkdf = Hkdf::<Sha256>::new(None, &[7u8; 32]);
+        let mut index_key = [0u8; 32];
+        let mut value_key = [0u8; 32];
+        hkdf.expand(b"Hush-Store-Index-v1", &mut index_key).unwrap();
+        hkdf.expand(b"Hush-Store-Value-v1", &mut value_key).unwrap();
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&index_key).unwrap();
+        mac.update(&[5u8]);
+        mac.update(b"abc");
+        let mut expected_key = vec![5u8];
+        expected_key.extend_from_slice(&mac.finalize().into_bytes());
+        assert_eq!(session.0, expected_key);
+
+        let cipher = XChaCha20Poly1305::new(&value_key.into());
+        let (nonce, ciphertext) = session.1.split_at(NONCE_LEN);
+        let plaintext = chacha20poly1305::aead::Aead::decrypt(
+            &cipher,
+            &XNonce::try_from(nonce).unwrap(),
+            chacha20poly1305::aead::Payload {
+                msg: ciphertext,
+                aad: &expected_key,
+            },
+        )
+        .unwrap();
+        assert_eq!(plaintext, b"\x00\x00\x00\x03abcvalue");
+    }
+
+    #[test]
+    fn tampered_value_is_corrupt() {
+        // Flip one bit in the nonce, in the ciphertext body, then in the tag.
+        for index_from_end in [TAG_LEN + 20 + NONCE_LEN, TAG_LEN + 3, 1] {
+            let (dir, mut store) = fresh();
+            put(
+                &mut store,
+                Namespace::Sessions,
+                b"victim",
+                b"a secret session state",
+            );
+            put(&mut store, Namespace::Groups, b"bystander", b"fine");
+            drop(store);
+            tamper(&dir, |db| {
+                let (key, value) = db
+                    .scan_prefix([Namespace::Sessions.as_byte()])
+                    .next()
+                    .unwrap()
+                    .unwrap();
+                let mut value = value.to_vec();
+                let at = value.len() - index_from_end;
+                value[at] ^= 0x01;
+                db.insert(key, value).unwrap();
+            });
+            let store = reopen(&dir, 7, 2).unwrap();
+            assert!(matches!(
+                store.get(Namespace::Sessions, b"victim"),
+                Err(StoreError::Corrupt {
+                    namespace: Namespace::Sessions,
+                    ..
+                })
+            ));
+            assert!(matches!(
+                store.scan(Namespace::Sessions),
+                Err(StoreError::Corrupt {
+                    namespace: Namespace::Sessions,
+                    ..
+                })
+            ));
+            // Other records are unaffected.
+            assert_eq!(
+                get(&store, Namespace::Groups, b"bystander"),
+                Some(b"fine".to_vec())
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_value_is_corrupt() {
+        let (dir, mut store) = fresh();
+        put(&mut store, Namespace::Messages, b"m", b"hello");
+        drop(store);
+        for keep in [
+            0,
+            5,
+            NONCE_LEN,
+            NONCE_LEN + TAG_LEN - 1,
+            NONCE_LEN + TAG_LEN,
+        ] {
+            tamper(&dir, |db| {
+                let (key, value) = db
+                    .scan_prefix([Namespace::Messages.as_byte()])
+                    .next()
+                    .unwrap()
+                    .unwrap();
+                let mut value = value.to_vec();
+                value.truncate(keep);
+                db.insert(key, value).unwrap();
+            });
+            let store = reopen(&dir, 7, 2).unwrap();
+            assert!(matches!(
+                store.get(Namespace::Messages, b"m"),
+                Err(StoreError::Corrupt { .. })
+            ));
+            assert!(matches!(
+                store.scan(Namespace::Messages),
+                Err(StoreError::Corrupt { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn swapped_values_are_corrupt() {
+        let (dir, mut store) = fresh();
+        put(
+            &mut store,
+            Namespace::Sessions,
+            b"alice",
+            b"alice's session",
+        );
+        put(&mut store, Namespace::Sessions, b"bob", b"bob's session");
+        drop(store);
+        tamper(&dir, |db| {
+            let entries: Vec<(sled::IVec, sled::IVec)> = db
+                .scan_prefix([Namespace::Sessions.as_byte()])
+                .map(|e| e.unwrap())
+                .collect();
+            assert_eq!(entries.len(), 2);
+            db.insert(&entries[0].0, entries[1].1.clone()).unwrap();
+            db.insert(&entries[1].0, entries[0].1.clone()).unwrap();
+        });
+        let store = reopen(&dir, 7, 2).unwrap();
+        for key in [&b"alice"[..], b"bob"] {
+            assert!(matches!(
+                store.get(Namespace::Sessions, key),
+                Err(StoreError::Corrupt {
+                    namespace: Namespace::Sessions,
+                    ..
+                })
+            ));
+        }
+        assert!(matches!(
+            store.scan(Namespace::Sessions),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn value_moved_to_other_namespace_is_corrupt() {
+        let (dir, mut store) = fresh();
+        put(&mut store, Namespace::Sessions, b"k", b"v");
+        drop(store);
+        tamper(&dir, |db| {
+            let (key, value) = db
+                .scan_prefix([Namespace::Sessions.as_byte()])
+                .next()
+                .unwrap()
+                .unwrap();
+            let mut moved = key.to_vec();
+            moved[0] = Namespace::Groups.as_byte();
+            db.insert(moved, value).unwrap();
+        });
+        let store = reopen(&dir, 7, 2).unwrap();
+        assert!(matches!(
+            store.scan(Namespace::Groups),
+            Err(StoreError::Corrupt {
+                namespace: Namespace::Groups,
+                ..
+            })
+        ));
+        assert_eq!(get(&store, Namespace::Sessions, b"k"), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn malformed_physical_key_fails_scan() {
+        let (dir, mut store) = fresh();
+        put(&mut store, Namespace::Identity, b"k", b"v");
+        drop(store);
+        tamper(&dir, |db| {
+            db.insert([Namespace::Identity.as_byte(), 1, 2], vec![0u8; 64])
+                .unwrap();
+        });
+        let store = reopen(&dir, 7, 2).unwrap();
+        assert!(matches!(
+            store.scan(Namespace::Identity),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert_eq!(get(&store, Namespace::Identity, b"k"), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn same_value_encrypts_differently() {
+        let (dir, mut store) = fresh();
+        put(&mut store, Namespace::Messages, b"a", b"identical");
+        put(&mut store, Namespace::Messages, b"b", b"identical");
+        drop(store);
+        let entries: Vec<Vec<u8>> = raw_entries(&dir)
+            .into_iter()
+            .filter(|(k, _)| k.first() == Some(&Namespace::Messages.as_byte()))
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(entries.len(), 2);
+        assert_ne!(entries[0][..NONCE_LEN], entries[1][..NONCE_LEN]);
+        assert_ne!(entries[0][NONCE_LEN..], entries[1][NONCE_LEN..]);
+    }
+
+    #[test]
+    fn disk_holds_no_plaintext() {
+        let key_marker = b"MARKER-KEY-carol@example.org-device-42";
+        let value_marker = b"MARKER-VALUE-the-quick-brown-fox-jumps";
+        let (dir, mut store) = fresh();
+        let mut value = value_marker.to_vec();
+        value.extend_from_slice(&[0u8; 100]);
+        let mut batch = Batch::new();
+        batch
+            .put(Namespace::DeviceLists, key_marker, value.clone())
+            .put(Namespace::Meta, key_marker, value);
+        store.commit(batch).unwrap();
+        drop(store);
+
+        let files = files_under(dir.path());
+        assert!(!files.is_empty());
+        let mut total = 0;
+        for file in files {
+            let bytes = std::fs::read(&file).unwrap();
+            total += bytes.len();
+            for needle in [&key_marker[..], &value_marker[..], b"MARKER", b"key-check"] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{} leaks {}",
+                    file.display(),
+                    String::from_utf8_lossy(needle)
+                );
+            }
+        }
+        assert!(total > 0);
+        // The data really is there.
+        let store = reopen(&dir, 7, 2).unwrap();
+        assert!(
+            get(&store, Namespace::DeviceLists, key_marker)
+                .unwrap()
+                .starts_with(value_marker)
+        );
+        drop(store);
+
+        // Control: the same search does find a marker that sled stores in clear.
+        tamper(&dir, |db| {
+            db.insert(b"raw", &value_marker[..]).unwrap();
+        });
+        let found = files_under(dir.path()).into_iter().any(|file| {
+            std::fs::read(file)
+                .unwrap()
+                .windows(value_marker.len())
+                .any(|w| w == value_marker)
+        });
+        assert!(found, "the plaintext search cannot see sled's files");
+    }
+
+    #[test]
+    fn second_handle_on_same_directory_is_refused() {
+        let (dir, _store) = fresh();
+        assert!(matches!(reopen(&dir, 7, 2), Err(StoreError::Io(_))));
+    }
+}
