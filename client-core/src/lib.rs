@@ -12,11 +12,13 @@ pub mod safety;
 pub mod store;
 
 pub mod consts;
+pub mod device;
 pub mod device_list;
 pub mod error;
 pub mod keys;
 pub mod pqxdh;
 pub mod prekeys;
 pub mod ratchet;
+pub mod session;
 
 pub use error::{AuthError, Error, ProtocolError, Result};

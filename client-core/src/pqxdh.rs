@@ -170,7 +170,7 @@ impl TryFrom<&wire::InitialMessage> for InitialMessage {
 
 impl InitialMessage {
     /// Builds the wire form around a ratchet message from a pending session.
-    pub(crate) fn wire(
+    pub fn wire(
         pending: &PendingInitial,
         identity: DeviceIdentity,
         message: &RatchetMessage,

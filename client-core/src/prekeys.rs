@@ -190,7 +190,8 @@ impl KemPreKeyPair {
         self.used_base_keys.iter()
     }
 
-    pub(crate) fn restore_used_base_keys(&mut self, keys: impl IntoIterator<Item = [u8; KEY_LEN]>) {
+    /// Records base keys as already used with this (last-resort) key.
+    pub fn mark_used_base_keys(&mut self, keys: impl IntoIterator<Item = [u8; KEY_LEN]>) {
         self.used_base_keys.extend(keys);
     }
 }

@@ -91,6 +91,16 @@ fn message_cipher(mk: &[u8; KEY_LEN]) -> (ChaCha20Poly1305, Nonce) {
     (ChaCha20Poly1305::new(&Key::from(*key)), Nonce::from(nonce))
 }
 
+/// The associated data of a message: initiator identity ‖ responder identity (64 bytes each,
+/// `signing ‖ dh`) ‖ the 44 header bytes.
+pub fn message_ad(initiator: &DeviceIdentity, responder: &DeviceIdentity, header: &Header) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(4 * KEY_LEN + HEADER_LEN);
+    ad.extend_from_slice(&initiator.to_bytes());
+    ad.extend_from_slice(&responder.to_bytes());
+    ad.extend_from_slice(&header.to_bytes());
+    ad
+}
+
 /// Seals `plaintext` under message key `mk` with associated data `ad`.
 pub fn seal(mk: &[u8; KEY_LEN], ad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
     let (cipher, nonce) = message_cipher(mk);
@@ -375,18 +385,22 @@ impl SessionState {
         }
     }
 
-    /// The session AD: initiator identity ‖ responder identity.
     fn associated_data(&self, header: &Header) -> Vec<u8> {
-        let (a, b) = if self.initiator {
-            (self.local_identity, self.remote_identity)
+        if self.initiator {
+            message_ad(&self.local_identity, &self.remote_identity, header)
         } else {
-            (self.remote_identity, self.local_identity)
-        };
-        let mut ad = Vec::with_capacity(128 + HEADER_LEN);
-        ad.extend_from_slice(&a.to_bytes());
-        ad.extend_from_slice(&b.to_bytes());
-        ad.extend_from_slice(&header.to_bytes());
-        ad
+            message_ad(&self.remote_identity, &self.local_identity, header)
+        }
+    }
+
+    /// Whether this side initiated the session.
+    pub const fn is_initiator(&self) -> bool {
+        self.initiator
+    }
+
+    /// Current receiving chain key, if any (exposed for test vectors).
+    pub fn receiving_chain_key(&self) -> Option<&[u8; KEY_LEN]> {
+        self.receiving_chain.as_ref().map(|c| &*c.key)
     }
 
     /// The remote device's identity.
