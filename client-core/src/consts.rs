@@ -24,7 +24,7 @@ pub const SKIPPED_KEY_MAX_AGE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
 /// Ratchet public keys of previous receiving chains remembered per session, so that a late
 /// duplicate from an old chain is reported as a duplicate rather than tried as a new ratchet step.
-pub const MAX_OLD_RECEIVING_CHAINS: usize = 5;
+pub const MAX_OLD_RECEIVING_CHAINS: usize = 16;
 
 /// Archived (non-current) sessions kept per remote device.
 pub const MAX_ARCHIVED_SESSIONS: usize = 10;

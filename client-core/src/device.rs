@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use hush_proto::{store as pstore, wire, Message};
+use hush_proto::{Message, store as pstore, wire};
 use rand_core::CryptoRng;
 use tracing::debug;
 use zeroize::Zeroizing;
@@ -18,9 +18,13 @@ use zeroize::Zeroizing;
 use crate::consts::{KEY_LEN, MAX_MESSAGE_LEN, ONE_TIME_PRE_KEY_BATCH};
 use crate::device_list::{DeviceEntry, DeviceList, VerifiedDeviceList};
 use crate::error::{AuthError, Error, ProtocolError, Result};
-use crate::keys::{array, AccountId, AccountKeyPair, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair};
+use crate::keys::{
+    AccountId, AccountKeyPair, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair, array,
+};
 use crate::pqxdh::{self, InitialMessage, InitiatorSecrets};
-use crate::prekeys::{KemPreKeyPair, OneTimePreKeyPair, PreKeyBundle, PublishedPreKeys, SignedPreKeyPair};
+use crate::prekeys::{
+    KemPreKeyPair, OneTimePreKeyPair, PreKeyBundle, PublishedPreKeys, SignedPreKeyPair,
+};
 use crate::ratchet::RatchetMessage;
 use crate::session::SessionRecord;
 use crate::store::kv::{Batch, KvStore, Namespace};
@@ -61,7 +65,11 @@ pub struct Device<S: KvStore> {
 /// What an initial message consumed, applied in memory after the commit.
 enum Consumed {
     Nothing,
-    PreKeys { one_time: Option<u32>, kem: u32, last_resort_base_key: Option<[u8; KEY_LEN]> },
+    PreKeys {
+        one_time: Option<u32>,
+        kem: u32,
+        last_resort_base_key: Option<[u8; KEY_LEN]>,
+    },
 }
 
 fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M> {
@@ -84,13 +92,29 @@ impl<S: KvStore> Device<S> {
         let mut device = Self::create(store, rng, account.id(), 1, Some(account), now)?;
         let identity = device.identity.public();
         let mut devices = BTreeMap::new();
-        devices.insert(1, DeviceEntry { device_id: 1, identity, added_at: now });
-        let list = DeviceList { account: device.address.account, version: 1, issued_at: now, devices };
+        devices.insert(
+            1,
+            DeviceEntry {
+                device_id: 1,
+                identity,
+                added_at: now,
+            },
+        );
+        let list = DeviceList {
+            account: device.address.account,
+            version: 1,
+            issued_at: now,
+            devices,
+        };
         let signed = match &device.account_key {
             Some(k) => list.sign(k)?,
             None => return Err(ProtocolError::Misuse("account key missing").into()),
         };
-        device.accept_device_list(&signed.signed_bytes().to_vec(), &device.address.account.clone(), now)?;
+        device.accept_device_list(
+            &signed.signed_bytes().to_vec(),
+            &device.address.account.clone(),
+            now,
+        )?;
         Ok(device)
     }
 
@@ -122,7 +146,10 @@ impl<S: KvStore> Device<S> {
         let (sig, dh) = identity.secret_bytes();
         let keys = pstore::DeviceKeys {
             account_key: account.as_bytes().to_vec(),
-            account_secret: account_key.as_ref().map(|k| k.secret_bytes().to_vec()).unwrap_or_default(),
+            account_secret: account_key
+                .as_ref()
+                .map(|k| k.secret_bytes().to_vec())
+                .unwrap_or_default(),
             device_id,
             identity_signing_secret: sig.to_vec(),
             identity_dh_secret: dh.to_vec(),
@@ -157,41 +184,68 @@ impl<S: KvStore> Device<S> {
             .ok_or(ProtocolError::Misuse("store holds no device"))?;
         let keys: pstore::DeviceKeys = decode(&raw, "stored device keys")?;
         let account = AccountId::from_bytes(&keys.account_key)?;
-        let sig: Zeroizing<[u8; KEY_LEN]> = Zeroizing::new(array(&keys.identity_signing_secret, "stored device keys", "bad key")?);
-        let dh: Zeroizing<[u8; KEY_LEN]> = Zeroizing::new(array(&keys.identity_dh_secret, "stored device keys", "bad key")?);
+        let sig: Zeroizing<[u8; KEY_LEN]> = Zeroizing::new(array(
+            &keys.identity_signing_secret,
+            "stored device keys",
+            "bad key",
+        )?);
+        let dh: Zeroizing<[u8; KEY_LEN]> = Zeroizing::new(array(
+            &keys.identity_dh_secret,
+            "stored device keys",
+            "bad key",
+        )?);
         let identity = DeviceIdentityKeyPair::from_secret_bytes(&sig, &dh);
         let account_key = if keys.account_secret.is_empty() {
             None
         } else {
-            let s: Zeroizing<[u8; KEY_LEN]> = Zeroizing::new(array(&keys.account_secret, "stored device keys", "bad key")?);
+            let s: Zeroizing<[u8; KEY_LEN]> = Zeroizing::new(array(
+                &keys.account_secret,
+                "stored device keys",
+                "bad key",
+            )?);
             let k = AccountKeyPair::from_secret_bytes(&s);
             if k.id() != account {
-                return Err(Error::malformed("stored device keys", "account key does not match"));
+                return Err(Error::malformed(
+                    "stored device keys",
+                    "account key does not match",
+                ));
             }
             Some(k)
         };
         let mut signed_pre_keys = BTreeMap::new();
         for (_, v) in store.scan(Namespace::SignedPreKeys)? {
             let p: pstore::SignedPreKeySecret = decode(&v, "stored signed pre-key")?;
-            let s: Zeroizing<[u8; KEY_LEN]> = Zeroizing::new(array(&p.secret, "stored signed pre-key", "bad key")?);
-            signed_pre_keys.insert(p.id, SignedPreKeyPair::from_secret(&identity, p.id, &s, p.created_at));
+            let s: Zeroizing<[u8; KEY_LEN]> =
+                Zeroizing::new(array(&p.secret, "stored signed pre-key", "bad key")?);
+            signed_pre_keys.insert(
+                p.id,
+                SignedPreKeyPair::from_secret(&identity, p.id, &s, p.created_at),
+            );
         }
         let mut one_time_pre_keys = BTreeMap::new();
         for (_, v) in store.scan(Namespace::OneTimePreKeys)? {
             let p: pstore::OneTimePreKeySecret = decode(&v, "stored one-time pre-key")?;
-            let s: Zeroizing<[u8; KEY_LEN]> = Zeroizing::new(array(&p.secret, "stored one-time pre-key", "bad key")?);
+            let s: Zeroizing<[u8; KEY_LEN]> =
+                Zeroizing::new(array(&p.secret, "stored one-time pre-key", "bad key")?);
             one_time_pre_keys.insert(p.id, OneTimePreKeyPair::from_secret(p.id, &s));
         }
         let mut kem_pre_keys = BTreeMap::new();
         let mut used: Vec<(u32, [u8; KEY_LEN])> = Vec::new();
         for (k, v) in store.scan(Namespace::KemPreKeys)? {
             if let Some((id, base)) = k.split_at_checked(4).filter(|(_, b)| b.len() == KEY_LEN) {
-                used.push((u32::from_be_bytes(array(id, "stored ML-KEM pre-key", "bad id")?), array(base, "stored ML-KEM pre-key", "bad base key")?));
+                used.push((
+                    u32::from_be_bytes(array(id, "stored ML-KEM pre-key", "bad id")?),
+                    array(base, "stored ML-KEM pre-key", "bad base key")?,
+                ));
                 continue;
             }
             let p: pstore::KemPreKeySecret = decode(&v, "stored ML-KEM pre-key")?;
-            let seed: Zeroizing<[u8; 64]> = Zeroizing::new(array(&p.seed, "stored ML-KEM pre-key", "bad seed")?);
-            kem_pre_keys.insert(p.id, KemPreKeyPair::from_seed(&identity, p.id, &seed, p.last_resort, p.created_at));
+            let seed: Zeroizing<[u8; 64]> =
+                Zeroizing::new(array(&p.seed, "stored ML-KEM pre-key", "bad seed")?);
+            kem_pre_keys.insert(
+                p.id,
+                KemPreKeyPair::from_seed(&identity, p.id, &seed, p.last_resort, p.created_at),
+            );
         }
         for (id, base) in used {
             if let Some(k) = kem_pre_keys.get_mut(&id) {
@@ -205,14 +259,22 @@ impl<S: KvStore> Device<S> {
         }
         let counter = |key: &[u8]| -> Result<Option<u64>> {
             Ok(match store.get(Namespace::Meta, key)? {
-                Some(v) => Some(u64::from_be_bytes(array(&v, "stored counter", "must be 8 bytes")?)),
+                Some(v) => Some(u64::from_be_bytes(array(
+                    &v,
+                    "stored counter",
+                    "must be 8 bytes",
+                )?)),
                 None => None,
             })
         };
-        let next_pre_key_id = u32::try_from(counter(NEXT_PRE_KEY_ID)?.unwrap_or(1)).unwrap_or(u32::MAX);
+        let next_pre_key_id =
+            u32::try_from(counter(NEXT_PRE_KEY_ID)?.unwrap_or(1)).unwrap_or(u32::MAX);
         let next_message_id = counter(NEXT_MESSAGE_ID)?.unwrap_or(1);
         Ok(Self {
-            address: DeviceAddress { account, device_id: keys.device_id },
+            address: DeviceAddress {
+                account,
+                device_id: keys.device_id,
+            },
             store,
             identity,
             account_key,
@@ -253,8 +315,14 @@ impl<S: KvStore> Device<S> {
 
     fn take_pre_key_ids(&mut self, n: u32, batch: &mut Batch) -> Result<u32> {
         let first = self.next_pre_key_id;
-        let next = first.checked_add(n).ok_or(ProtocolError::Misuse("pre-key ids exhausted"))?;
-        batch.put(Namespace::Meta, NEXT_PRE_KEY_ID, Zeroizing::new(u64::from(next).to_be_bytes().to_vec()));
+        let next = first
+            .checked_add(n)
+            .ok_or(ProtocolError::Misuse("pre-key ids exhausted"))?;
+        batch.put(
+            Namespace::Meta,
+            NEXT_PRE_KEY_ID,
+            Zeroizing::new(u64::from(next).to_be_bytes().to_vec()),
+        );
         Ok(first)
     }
 
@@ -270,7 +338,13 @@ impl<S: KvStore> Device<S> {
             created_at: now,
         };
         batch.put(Namespace::SignedPreKeys, id_key(id), encode(&p));
-        let stale: Vec<u32> = self.signed_pre_keys.keys().rev().skip(KEEP_ROTATED - 1).copied().collect();
+        let stale: Vec<u32> = self
+            .signed_pre_keys
+            .keys()
+            .rev()
+            .skip(KEEP_ROTATED - 1)
+            .copied()
+            .collect();
         for old in &stale {
             batch.delete(Namespace::SignedPreKeys, id_key(*old));
         }
@@ -289,8 +363,14 @@ impl<S: KvStore> Device<S> {
         let id = self.take_pre_key_ids(1, &mut batch)?;
         let key = KemPreKeyPair::generate(rng, &self.identity, id, true, now);
         batch.put(Namespace::KemPreKeys, id_key(id), encode(&kem_record(&key)));
-        let stale: Vec<u32> =
-            self.kem_pre_keys.values().filter(|k| k.last_resort).map(|k| k.id).rev().skip(KEEP_ROTATED - 1).collect();
+        let stale: Vec<u32> = self
+            .kem_pre_keys
+            .values()
+            .filter(|k| k.last_resort)
+            .map(|k| k.id)
+            .rev()
+            .skip(KEEP_ROTATED - 1)
+            .collect();
         for old in &stale {
             batch.delete(Namespace::KemPreKeys, id_key(*old));
             if let Some(k) = self.kem_pre_keys.get(old) {
@@ -312,10 +392,24 @@ impl<S: KvStore> Device<S> {
     /// than half are left. Returns whether new keys were made (then publish again).
     pub fn replenish_pre_keys(&mut self, rng: &mut impl CryptoRng, now: u64) -> Result<bool> {
         let have_otk = u32::try_from(self.one_time_pre_keys.len()).unwrap_or(u32::MAX);
-        let have_kem = u32::try_from(self.kem_pre_keys.values().filter(|k| !k.last_resort).count()).unwrap_or(u32::MAX);
+        let have_kem = u32::try_from(
+            self.kem_pre_keys
+                .values()
+                .filter(|k| !k.last_resort)
+                .count(),
+        )
+        .unwrap_or(u32::MAX);
         let low = ONE_TIME_PRE_KEY_BATCH / 2;
-        let n_otk = if have_otk < low { ONE_TIME_PRE_KEY_BATCH - have_otk } else { 0 };
-        let n_kem = if have_kem < low { ONE_TIME_PRE_KEY_BATCH - have_kem } else { 0 };
+        let n_otk = if have_otk < low {
+            ONE_TIME_PRE_KEY_BATCH - have_otk
+        } else {
+            0
+        };
+        let n_kem = if have_kem < low {
+            ONE_TIME_PRE_KEY_BATCH - have_kem
+        } else {
+            0
+        };
         if n_otk == 0 && n_kem == 0 {
             return Ok(false);
         }
@@ -325,7 +419,10 @@ impl<S: KvStore> Device<S> {
         let mut kems = Vec::new();
         for id in first..first + n_otk {
             let k = OneTimePreKeyPair::generate(rng, id);
-            let p = pstore::OneTimePreKeySecret { id, secret: k.secret_bytes().to_vec() };
+            let p = pstore::OneTimePreKeySecret {
+                id,
+                secret: k.secret_bytes().to_vec(),
+            };
             batch.put(Namespace::OneTimePreKeys, id_key(id), encode(&p));
             otks.push(k);
         }
@@ -336,14 +433,20 @@ impl<S: KvStore> Device<S> {
         }
         self.store.commit(batch)?;
         self.next_pre_key_id = first + n_otk + n_kem;
-        self.one_time_pre_keys.extend(otks.into_iter().map(|k| (k.id, k)));
-        self.kem_pre_keys.extend(kems.into_iter().map(|k| (k.id, k)));
+        self.one_time_pre_keys
+            .extend(otks.into_iter().map(|k| (k.id, k)));
+        self.kem_pre_keys
+            .extend(kems.into_iter().map(|k| (k.id, k)));
         Ok(true)
     }
 
     /// Everything to publish on the relay so that others can start sessions with this device.
     pub fn published_pre_keys(&self) -> Result<PublishedPreKeys> {
-        let spk = self.signed_pre_keys.values().next_back().ok_or(ProtocolError::Misuse("no signed pre-key"))?;
+        let spk = self
+            .signed_pre_keys
+            .values()
+            .next_back()
+            .ok_or(ProtocolError::Misuse("no signed pre-key"))?;
         let last_resort = self
             .kem_pre_keys
             .values()
@@ -354,8 +457,17 @@ impl<S: KvStore> Device<S> {
             address: self.address,
             identity: self.identity.public(),
             signed_pre_key: spk.to_wire(),
-            one_time_pre_keys: self.one_time_pre_keys.values().map(OneTimePreKeyPair::to_wire).collect(),
-            kem_pre_keys: self.kem_pre_keys.values().filter(|k| !k.last_resort).map(KemPreKeyPair::to_wire).collect(),
+            one_time_pre_keys: self
+                .one_time_pre_keys
+                .values()
+                .map(OneTimePreKeyPair::to_wire)
+                .collect(),
+            kem_pre_keys: self
+                .kem_pre_keys
+                .values()
+                .filter(|k| !k.last_resort)
+                .map(KemPreKeyPair::to_wire)
+                .collect(),
             last_resort_kem_pre_key: last_resort.to_wire(),
         })
     }
@@ -373,31 +485,51 @@ impl<S: KvStore> Device<S> {
     /// Verifies and accepts a signed device list for `account` (rejecting rollbacks and conflicts).
     /// Sessions with devices that left the list or whose identity changed are deleted, so a device
     /// that re-registered gets a fresh session. Returns whether the list was new.
-    pub fn accept_device_list(&mut self, signed: &[u8], account: &AccountId, _now: u64) -> Result<bool> {
+    pub fn accept_device_list(
+        &mut self,
+        signed: &[u8],
+        account: &AccountId,
+        _now: u64,
+    ) -> Result<bool> {
         let list = VerifiedDeviceList::verify(signed, account)?;
         if !list.check_successor(self.device_lists.get(account))? {
             return Ok(false);
         }
         let mut batch = Batch::new();
-        batch.put(Namespace::DeviceLists, account.as_bytes().to_vec(), Zeroizing::new(signed.to_vec()));
+        batch.put(
+            Namespace::DeviceLists,
+            account.as_bytes().to_vec(),
+            Zeroizing::new(signed.to_vec()),
+        );
         let mut dropped = Vec::new();
         for (k, v) in self.store.scan(Namespace::Sessions)? {
-            let Some((acct, dev)) = k.split_at_checked(KEY_LEN) else { continue };
+            let Some((acct, dev)) = k.split_at_checked(KEY_LEN) else {
+                continue;
+            };
             if acct != account.as_bytes() {
                 continue;
             }
             let device_id = u32::from_be_bytes(array(dev, "stored session key", "bad device id")?);
             let record = SessionRecord::from_proto(&decode(&v, "stored session record")?)?;
             let on_list = list.identity_of(device_id).ok();
-            let keep = record.current().map(|s| Some(s.remote_identity()) == on_list).unwrap_or(on_list.is_some());
+            let keep = record
+                .current()
+                .map(|s| Some(s.remote_identity()) == on_list)
+                .unwrap_or(on_list.is_some());
             if !keep {
                 batch.delete(Namespace::Sessions, k.clone());
-                dropped.push(DeviceAddress { account: *account, device_id });
+                dropped.push(DeviceAddress {
+                    account: *account,
+                    device_id,
+                });
             }
         }
         self.store.commit(batch)?;
         for a in dropped {
-            debug!(device_id = a.device_id, "session dropped: device left the list or changed identity");
+            debug!(
+                device_id = a.device_id,
+                "session dropped: device left the list or changed identity"
+            );
             self.sessions.remove(&a);
         }
         self.device_lists.insert(*account, list);
@@ -406,9 +538,21 @@ impl<S: KvStore> Device<S> {
 
     /// Adds (or replaces) a device on this account's list and signs the new version. Only the device
     /// holding the account key can do this. Returns the new signed list to publish.
-    pub fn add_device(&mut self, device_id: u32, identity: DeviceIdentity, now: u64) -> Result<VerifiedDeviceList> {
+    pub fn add_device(
+        &mut self,
+        device_id: u32,
+        identity: DeviceIdentity,
+        now: u64,
+    ) -> Result<VerifiedDeviceList> {
         self.edit_own_list(now, |l| {
-            l.devices.insert(device_id, DeviceEntry { device_id, identity, added_at: now });
+            l.devices.insert(
+                device_id,
+                DeviceEntry {
+                    device_id,
+                    identity,
+                    added_at: now,
+                },
+            );
         })
     }
 
@@ -419,11 +563,25 @@ impl<S: KvStore> Device<S> {
         })
     }
 
-    fn edit_own_list(&mut self, now: u64, edit: impl FnOnce(&mut DeviceList)) -> Result<VerifiedDeviceList> {
+    fn edit_own_list(
+        &mut self,
+        now: u64,
+        edit: impl FnOnce(&mut DeviceList),
+    ) -> Result<VerifiedDeviceList> {
         let account = self.address.account;
-        let key = self.account_key.as_ref().ok_or(ProtocolError::Misuse("this device does not hold the account key"))?;
-        let mut list = self.device_lists.get(&account).ok_or(ProtocolError::UnknownAccount)?.list().clone();
-        list.version = list.version.checked_add(1).ok_or(ProtocolError::Misuse("device list version exhausted"))?;
+        let key = self.account_key.as_ref().ok_or(ProtocolError::Misuse(
+            "this device does not hold the account key",
+        ))?;
+        let mut list = self
+            .device_lists
+            .get(&account)
+            .ok_or(ProtocolError::UnknownAccount)?
+            .list()
+            .clone();
+        list.version = list
+            .version
+            .checked_add(1)
+            .ok_or(ProtocolError::Misuse("device list version exhausted"))?;
         list.issued_at = now;
         edit(&mut list);
         let signed = list.sign(key)?;
@@ -432,7 +590,10 @@ impl<S: KvStore> Device<S> {
     }
 
     fn known_identity(&self, addr: &DeviceAddress) -> Result<DeviceIdentity> {
-        self.device_lists.get(&addr.account).ok_or(ProtocolError::UnknownAccount)?.identity_of(addr.device_id)
+        self.device_lists
+            .get(&addr.account)
+            .ok_or(ProtocolError::UnknownAccount)?
+            .identity_of(addr.device_id)
     }
 
     fn take_record(&mut self, addr: &DeviceAddress) -> Result<SessionRecord> {
@@ -445,7 +606,12 @@ impl<S: KvStore> Device<S> {
         }
     }
 
-    fn commit_record(&mut self, addr: DeviceAddress, record: SessionRecord, mut batch: Batch) -> Result<()> {
+    fn commit_record(
+        &mut self,
+        addr: DeviceAddress,
+        record: SessionRecord,
+        mut batch: Batch,
+    ) -> Result<()> {
         if record.is_empty() {
             batch.delete(Namespace::Sessions, addr.to_key().to_vec());
         } else {
@@ -470,15 +636,31 @@ impl<S: KvStore> Device<S> {
     }
 
     /// Starts a session from a pre-key bundle (verified here against the known device list).
-    pub fn start_session(&mut self, bundle: &PreKeyBundle, rng: &mut impl CryptoRng, now: u64) -> Result<()> {
+    pub fn start_session(
+        &mut self,
+        bundle: &PreKeyBundle,
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<()> {
         let account = AccountId::from_bytes(&bundle.0.account_key)?;
-        let list = self.device_lists.get(&account).ok_or(ProtocolError::UnknownAccount)?;
+        let list = self
+            .device_lists
+            .get(&account)
+            .ok_or(ProtocolError::UnknownAccount)?;
         let verified = bundle.verify(list)?;
         let to = verified.address();
         if to == self.address {
-            return Err(ProtocolError::Misuse("a device does not start a session with itself").into());
+            return Err(
+                ProtocolError::Misuse("a device does not start a session with itself").into(),
+            );
         }
-        let init = pqxdh::initiate(self.address, &self.identity, &verified, InitiatorSecrets::random(rng), now)?;
+        let init = pqxdh::initiate(
+            self.address,
+            &self.identity,
+            &verified,
+            InitiatorSecrets::random(rng),
+            now,
+        )?;
         let mut record = self.take_record(&to)?;
         record.promote_new(init.session);
         self.commit_record(to, record, Batch::new())
@@ -486,7 +668,13 @@ impl<S: KvStore> Device<S> {
 
     /// Encrypts `plaintext` for device `to`. The advanced session is committed before the bytes
     /// (an encoded [`PairwiseMessage`](wire::PairwiseMessage)) are returned.
-    pub fn encrypt(&mut self, to: &DeviceAddress, plaintext: &[u8], rng: &mut impl CryptoRng, now: u64) -> Result<Vec<u8>> {
+    pub fn encrypt(
+        &mut self,
+        to: &DeviceAddress,
+        plaintext: &[u8],
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<Vec<u8>> {
         let identity = self.known_identity(to)?;
         let local_identity = self.identity.public();
         let mut record = self.take_record(to)?;
@@ -494,7 +682,11 @@ impl<S: KvStore> Device<S> {
             let session = record.sending_session(&identity, now)?;
             let enc = session.encrypt(plaintext, rng, now)?;
             let body = match session.pending() {
-                Some(p) => wire::pairwise_message::Body::Initial(InitialMessage::wire(p, local_identity, &enc.message)),
+                Some(p) => wire::pairwise_message::Body::Initial(InitialMessage::wire(
+                    p,
+                    local_identity,
+                    &enc.message,
+                )),
                 None => wire::pairwise_message::Body::Ratchet(enc.message.to_wire()),
             };
             Ok::<_, Error>(wire::PairwiseMessage { body: Some(body) }.encode_to_vec())
@@ -521,15 +713,19 @@ impl<S: KvStore> Device<S> {
         let identity = self.known_identity(from)?;
         let mut record = self.take_record(from)?;
         let result = match &msg.body {
-            Some(wire::pairwise_message::Body::Initial(m)) => {
-                InitialMessage::try_from(m).and_then(|im| self.decrypt_initial(from, identity, &mut record, &im, now))
+            Some(wire::pairwise_message::Body::Initial(m)) => InitialMessage::try_from(m)
+                .and_then(|im| self.decrypt_initial(from, identity, &mut record, &im, now)),
+            Some(wire::pairwise_message::Body::Ratchet(m)) => {
+                RatchetMessage::try_from(m).and_then(|rm| {
+                    if record
+                        .current()
+                        .is_some_and(|s| s.remote_identity() != identity)
+                    {
+                        return Err(AuthError::IdentityMismatch.into());
+                    }
+                    record.decrypt(&rm, now).map(|d| (d, Consumed::Nothing))
+                })
             }
-            Some(wire::pairwise_message::Body::Ratchet(m)) => RatchetMessage::try_from(m).and_then(|rm| {
-                if record.current().is_some_and(|s| s.remote_identity() != identity) {
-                    return Err(AuthError::IdentityMismatch.into());
-                }
-                record.decrypt(&rm, now).map(|d| (d, Consumed::Nothing))
-            }),
             None => Err(Error::malformed("pairwise message", "empty")),
         };
         let (decrypted, consumed) = match result {
@@ -547,16 +743,33 @@ impl<S: KvStore> Device<S> {
             plaintext: decrypted.plaintext.to_vec(),
             received_at: now,
         };
-        batch.put(Namespace::Messages, id.to_be_bytes().to_vec(), encode(&stored));
+        batch.put(
+            Namespace::Messages,
+            id.to_be_bytes().to_vec(),
+            encode(&stored),
+        );
         zeroize::Zeroize::zeroize(&mut stored);
-        batch.put(Namespace::Meta, NEXT_MESSAGE_ID, Zeroizing::new((id + 1).to_be_bytes().to_vec()));
-        if let Consumed::PreKeys { one_time, kem, last_resort_base_key } = &consumed {
+        batch.put(
+            Namespace::Meta,
+            NEXT_MESSAGE_ID,
+            Zeroizing::new((id + 1).to_be_bytes().to_vec()),
+        );
+        if let Consumed::PreKeys {
+            one_time,
+            kem,
+            last_resort_base_key,
+        } = &consumed
+        {
             if let Some(o) = one_time {
                 batch.delete(Namespace::OneTimePreKeys, id_key(*o));
             }
             match last_resort_base_key {
                 Some(base) => {
-                    batch.put(Namespace::KemPreKeys, used_key(*kem, base), Zeroizing::new(Vec::new()));
+                    batch.put(
+                        Namespace::KemPreKeys,
+                        used_key(*kem, base),
+                        Zeroizing::new(Vec::new()),
+                    );
                 }
                 None => {
                     batch.delete(Namespace::KemPreKeys, id_key(*kem));
@@ -565,7 +778,12 @@ impl<S: KvStore> Device<S> {
         }
         self.commit_record(*from, record, batch)?;
         self.next_message_id = id + 1;
-        if let Consumed::PreKeys { one_time, kem, last_resort_base_key } = consumed {
+        if let Consumed::PreKeys {
+            one_time,
+            kem,
+            last_resort_base_key,
+        } = consumed
+        {
             if let Some(o) = one_time {
                 self.one_time_pre_keys.remove(&o);
             }
@@ -580,7 +798,12 @@ impl<S: KvStore> Device<S> {
                 }
             }
         }
-        Ok(Received { id, from: *from, plaintext: decrypted.plaintext, received_at: now })
+        Ok(Received {
+            id,
+            from: *from,
+            plaintext: decrypted.plaintext,
+            received_at: now,
+        })
     }
 
     fn decrypt_initial(
@@ -595,20 +818,33 @@ impl<S: KvStore> Device<S> {
             return Err(AuthError::IdentityMismatch.into());
         }
         if record.has_base_key(&m.base_key) {
-            return record.decrypt_with_base_key(&m.base_key, &m.message, now).map(|d| (d, Consumed::Nothing));
+            return record
+                .decrypt_with_base_key(&m.base_key, &m.message, now)
+                .map(|d| (d, Consumed::Nothing));
         }
-        let spk = self
-            .signed_pre_keys
-            .get(&m.signed_pre_key_id)
-            .ok_or(ProtocolError::UnknownPreKey { kind: "signed", id: m.signed_pre_key_id })?;
+        let spk =
+            self.signed_pre_keys
+                .get(&m.signed_pre_key_id)
+                .ok_or(ProtocolError::UnknownPreKey {
+                    kind: "signed",
+                    id: m.signed_pre_key_id,
+                })?;
         let otk = match m.one_time_pre_key_id {
-            Some(id) => Some(self.one_time_pre_keys.get(&id).ok_or(ProtocolError::UnknownPreKey { kind: "one-time", id })?),
+            Some(id) => Some(self.one_time_pre_keys.get(&id).ok_or(
+                ProtocolError::UnknownPreKey {
+                    kind: "one-time",
+                    id,
+                },
+            )?),
             None => None,
         };
         let kem = self
             .kem_pre_keys
             .get(&m.kem_pre_key_id)
-            .ok_or(ProtocolError::UnknownPreKey { kind: "ML-KEM", id: m.kem_pre_key_id })?;
+            .ok_or(ProtocolError::UnknownPreKey {
+                kind: "ML-KEM",
+                id: m.kem_pre_key_id,
+            })?;
         let mut init = pqxdh::respond(&self.identity, spk, otk, kem, m, now)?;
         let decrypted = init.session.decrypt(&m.message, now)?;
         record.promote_new(init.session);
@@ -628,7 +864,10 @@ impl<S: KvStore> Device<S> {
             let m: pstore::StoredMessage = decode(&v, "stored message")?;
             out.push(Received {
                 id,
-                from: DeviceAddress { account: AccountId::from_bytes(&m.account_key)?, device_id: m.device_id },
+                from: DeviceAddress {
+                    account: AccountId::from_bytes(&m.account_key)?,
+                    device_id: m.device_id,
+                },
                 plaintext: Zeroizing::new(m.plaintext.clone()),
                 received_at: m.received_at,
             });

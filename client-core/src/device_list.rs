@@ -9,11 +9,11 @@
 
 use std::collections::BTreeMap;
 
-use hush_proto::{labels, wire, Message};
+use hush_proto::{Message, labels, wire};
 
 use crate::consts::MAX_DEVICES_PER_ACCOUNT;
 use crate::error::{AuthError, Error, ProtocolError, Result};
-use crate::keys::{verify_signature, AccountId, AccountKeyPair, DeviceAddress, DeviceIdentity};
+use crate::keys::{AccountId, AccountKeyPair, DeviceAddress, DeviceIdentity, verify_signature};
 
 /// One device on a list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +43,9 @@ impl DeviceList {
     /// Signs the list with the account key. The key must be the list's account.
     pub fn sign(&self, account: &AccountKeyPair) -> Result<VerifiedDeviceList> {
         if account.id() != self.account {
-            return Err(ProtocolError::Misuse("device list signed by another account's key").into());
+            return Err(
+                ProtocolError::Misuse("device list signed by another account's key").into(),
+            );
         }
         if self.devices.len() > MAX_DEVICES_PER_ACCOUNT {
             return Err(ProtocolError::TooManyDevices(self.devices.len()).into());
@@ -64,8 +66,15 @@ impl DeviceList {
         };
         let bytes = raw.encode_to_vec();
         let signature = account.sign(labels::DEVICE_LIST, &bytes).to_vec();
-        let signed = wire::SignedDeviceList { device_list: bytes, signature }.encode_to_vec();
-        Ok(VerifiedDeviceList { list: self.clone(), signed })
+        let signed = wire::SignedDeviceList {
+            device_list: bytes,
+            signature,
+        }
+        .encode_to_vec();
+        Ok(VerifiedDeviceList {
+            list: self.clone(),
+            signed,
+        })
     }
 }
 
@@ -101,13 +110,25 @@ impl VerifiedDeviceList {
         let mut devices = BTreeMap::new();
         for d in &raw.devices {
             let identity = DeviceIdentity::from_proto(d.identity.as_ref())?;
-            let entry = DeviceEntry { device_id: d.device_id, identity, added_at: d.added_at };
+            let entry = DeviceEntry {
+                device_id: d.device_id,
+                identity,
+                added_at: d.added_at,
+            };
             if devices.insert(d.device_id, entry).is_some() {
                 return Err(Error::malformed("device list", "duplicate device id"));
             }
         }
-        let list = DeviceList { account, version: raw.version, issued_at: raw.issued_at, devices };
-        Ok(Self { list, signed: bytes.to_vec() })
+        let list = DeviceList {
+            account,
+            version: raw.version,
+            issued_at: raw.issued_at,
+            devices,
+        };
+        Ok(Self {
+            list,
+            signed: bytes.to_vec(),
+        })
     }
 
     /// Accepts `self` as the successor of `known` (the list accepted before, if any): rejects a
@@ -119,11 +140,15 @@ impl VerifiedDeviceList {
             return Err(ProtocolError::Misuse("device lists of different accounts").into());
         }
         match self.list.version.cmp(&known.list.version) {
-            std::cmp::Ordering::Less => {
-                Err(ProtocolError::DeviceListRollback { known: known.list.version, got: self.list.version }.into())
+            std::cmp::Ordering::Less => Err(ProtocolError::DeviceListRollback {
+                known: known.list.version,
+                got: self.list.version,
             }
+            .into()),
             std::cmp::Ordering::Equal if self.signed == known.signed => Ok(false),
-            std::cmp::Ordering::Equal => Err(ProtocolError::DeviceListConflict(self.list.version).into()),
+            std::cmp::Ordering::Equal => {
+                Err(ProtocolError::DeviceListConflict(self.list.version).into())
+            }
             std::cmp::Ordering::Greater => Ok(true),
         }
     }
@@ -150,7 +175,10 @@ impl VerifiedDeviceList {
     /// All device addresses on the list.
     pub fn addresses(&self) -> impl Iterator<Item = DeviceAddress> + '_ {
         let account = self.list.account;
-        self.list.devices.keys().map(move |&device_id| DeviceAddress { account, device_id })
+        self.list
+            .devices
+            .keys()
+            .map(move |&device_id| DeviceAddress { account, device_id })
     }
 }
 
@@ -165,10 +193,22 @@ mod tests {
         let devices = (1..=n)
             .map(|id| {
                 let identity = DeviceIdentityKeyPair::generate(rng).public();
-                (id, DeviceEntry { device_id: id, identity, added_at: 5 })
+                (
+                    id,
+                    DeviceEntry {
+                        device_id: id,
+                        identity,
+                        added_at: 5,
+                    },
+                )
             })
             .collect();
-        DeviceList { account: account.id(), version, issued_at: 10, devices }
+        DeviceList {
+            account: account.id(),
+            version,
+            issued_at: 10,
+            devices,
+        }
     }
 
     #[test]
@@ -183,12 +223,21 @@ mod tests {
         assert!(!v2.check_successor(Some(&v2)).unwrap());
         assert!(matches!(
             v1.check_successor(Some(&v2)),
-            Err(Error::Protocol(ProtocolError::DeviceListRollback { known: 2, got: 1 }))
+            Err(Error::Protocol(ProtocolError::DeviceListRollback {
+                known: 2,
+                got: 1
+            }))
         ));
         let other_v2 = list(&mut rng, &acct, 2, 1).sign(&acct).unwrap();
-        assert!(matches!(other_v2.check_successor(Some(&v2)), Err(Error::Protocol(ProtocolError::DeviceListConflict(2)))));
+        assert!(matches!(
+            other_v2.check_successor(Some(&v2)),
+            Err(Error::Protocol(ProtocolError::DeviceListConflict(2)))
+        ));
         assert!(v2.identity_of(3).is_ok());
-        assert!(matches!(v2.identity_of(4), Err(Error::Protocol(ProtocolError::DeviceNotOnList))));
+        assert!(matches!(
+            v2.identity_of(4),
+            Err(Error::Protocol(ProtocolError::DeviceNotOnList))
+        ));
     }
 
     #[test]
@@ -205,7 +254,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut t = bytes.clone();
             t[i] ^= 0x04;
-            assert!(VerifiedDeviceList::verify(&t, &acct.id()).is_err(), "byte {i}");
+            assert!(
+                VerifiedDeviceList::verify(&t, &acct.id()).is_err(),
+                "byte {i}"
+            );
         }
         // Unsigned list.
         let mut raw = wire::SignedDeviceList::decode(bytes.as_slice()).unwrap();

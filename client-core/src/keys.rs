@@ -149,13 +149,22 @@ impl DeviceIdentity {
     }
 
     /// Verifies `signature` over `label || msg` by this device's signing key.
-    pub(crate) fn verify(&self, label: &[u8], msg: &[u8], signature: &[u8], what: &'static str) -> Result<()> {
+    pub(crate) fn verify(
+        &self,
+        label: &[u8],
+        msg: &[u8],
+        signature: &[u8],
+        what: &'static str,
+    ) -> Result<()> {
         let key = ed25519_public(&self.signing, what)?;
         verify_signature(&key, label, msg, signature, what)
     }
 
     pub(crate) fn to_proto(self) -> hush_proto::wire::DeviceIdentityKey {
-        hush_proto::wire::DeviceIdentityKey { signing_key: self.signing.to_vec(), dh_key: self.dh.to_vec() }
+        hush_proto::wire::DeviceIdentityKey {
+            signing_key: self.signing.to_vec(),
+            dh_key: self.dh.to_vec(),
+        }
     }
 
     pub(crate) fn from_proto(p: Option<&hush_proto::wire::DeviceIdentityKey>) -> Result<Self> {
@@ -197,7 +206,11 @@ impl DeviceIdentityKeyPair {
             signing: signing.verifying_key().to_bytes(),
             dh: PublicKey::from(dh.as_ref()).to_bytes(),
         };
-        Self { signing, dh, public }
+        Self {
+            signing,
+            dh,
+            public,
+        }
     }
 
     /// The public identity.
@@ -207,7 +220,10 @@ impl DeviceIdentityKeyPair {
 
     /// Secret bytes (signing, dh) for the encrypted store only.
     pub fn secret_bytes(&self) -> (Zeroizing<[u8; KEY_LEN]>, Zeroizing<[u8; KEY_LEN]>) {
-        (Zeroizing::new(self.signing.to_bytes()), Zeroizing::new(self.dh.to_bytes()))
+        (
+            Zeroizing::new(self.signing.to_bytes()),
+            Zeroizing::new(self.dh.to_bytes()),
+        )
     }
 
     pub(crate) fn sign(&self, label: &[u8], msg: &[u8]) -> [u8; SIGNATURE_LEN] {
@@ -231,20 +247,25 @@ pub(crate) fn verify_signature(
     signature: &[u8],
     what: &'static str,
 ) -> Result<()> {
-    let sig: [u8; SIGNATURE_LEN] =
-        signature.try_into().map_err(|_| Error::malformed("signature", "must be 64 bytes"))?;
+    let sig: [u8; SIGNATURE_LEN] = signature
+        .try_into()
+        .map_err(|_| Error::malformed("signature", "must be 64 bytes"))?;
     let sig = Signature::from_bytes(&sig);
     let mut data = Vec::with_capacity(label.len() + msg.len());
     data.extend_from_slice(label);
     data.extend_from_slice(msg);
-    key.verify_strict(&data, &sig).map_err(|_| AuthError::BadSignature(what).into())
+    key.verify_strict(&data, &sig)
+        .map_err(|_| AuthError::BadSignature(what).into())
 }
 
 /// Parses an Ed25519 public key: exactly 32 bytes, a canonical encoding of a point that is not of
 /// small order.
 pub(crate) fn ed25519_public(bytes: &[u8], what: &'static str) -> Result<VerifyingKey> {
-    let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|_| Error::malformed(what, "must be 32 bytes"))?;
-    let key = VerifyingKey::from_bytes(&arr).map_err(|_| AuthError::InvalidKey("not a curve point"))?;
+    let arr: [u8; KEY_LEN] = bytes
+        .try_into()
+        .map_err(|_| Error::malformed(what, "must be 32 bytes"))?;
+    let key =
+        VerifyingKey::from_bytes(&arr).map_err(|_| AuthError::InvalidKey("not a curve point"))?;
     if key.to_bytes() != arr {
         return Err(AuthError::InvalidKey("non-canonical Ed25519 encoding").into());
     }
@@ -258,25 +279,33 @@ pub(crate) fn ed25519_public(bytes: &[u8], what: &'static str) -> Result<Verifyi
 /// of order 8). Non-canonical encodings (u ≥ p or the top bit set) are rejected separately.
 const X25519_SMALL_ORDER: [[u8; KEY_LEN]; 5] = [
     [0; KEY_LEN],
-    [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
     [
-        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
     ],
     [
-        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4, 0x6a, 0xda, 0x09,
-        0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49, 0xb8, 0x00,
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
     ],
     [
-        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef, 0x5b, 0x04, 0x44,
-        0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f, 0x11, 0x57,
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
     ],
 ];
 
 /// Parses an X25519 public key: exactly 32 bytes, canonical (top bit clear, u < 2^255 − 19) and not
 /// of small order.
 pub(crate) fn x25519_public(bytes: &[u8]) -> Result<PublicKey> {
-    let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|_| Error::malformed("X25519 key", "must be 32 bytes"))?;
+    let arr: [u8; KEY_LEN] = bytes
+        .try_into()
+        .map_err(|_| Error::malformed("X25519 key", "must be 32 bytes"))?;
     if !is_canonical_u(&arr) {
         return Err(AuthError::InvalidKey("non-canonical X25519 encoding").into());
     }
@@ -317,7 +346,11 @@ pub(crate) fn dh(secret: &StaticSecret, public: &PublicKey) -> Result<Zeroizing<
 }
 
 /// Reads a fixed-size array from a byte slice with a typed error.
-pub(crate) fn array<const N: usize>(bytes: &[u8], what: &'static str, reason: &'static str) -> Result<[u8; N]> {
+pub(crate) fn array<const N: usize>(
+    bytes: &[u8],
+    what: &'static str,
+    reason: &'static str,
+) -> Result<[u8; N]> {
     bytes.try_into().map_err(|_| Error::malformed(what, reason))
 }
 

@@ -25,7 +25,9 @@ use zeroize::Zeroizing;
 
 use crate::consts::{KEM_CIPHERTEXT_LEN, KEY_LEN, PQXDH_INFO, PROTOCOL_VERSION};
 use crate::error::{Error, ProtocolError, Result};
-use crate::keys::{array, dh, x25519_public, AccountId, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair};
+use crate::keys::{
+    AccountId, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair, array, dh, x25519_public,
+};
 use crate::prekeys::{KemPreKeyPair, OneTimePreKeyPair, SignedPreKeyPair, VerifiedBundle};
 use crate::ratchet::{PendingInitial, RatchetMessage, Secret, SessionState};
 
@@ -44,11 +46,19 @@ impl InitiatorSecrets {
         let ratchet_key = StaticSecret::random_from_rng(&mut *rng);
         let mut m = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(m.as_mut());
-        Self { base_key, ratchet_key, kem_randomness: m }
+        Self {
+            base_key,
+            ratchet_key,
+            kem_randomness: m,
+        }
     }
 
     /// Explicit values (test vectors).
-    pub fn from_bytes(base_key: [u8; KEY_LEN], ratchet_key: [u8; KEY_LEN], kem_randomness: [u8; 32]) -> Self {
+    pub fn from_bytes(
+        base_key: [u8; KEY_LEN],
+        ratchet_key: [u8; KEY_LEN],
+        kem_randomness: [u8; 32],
+    ) -> Self {
         Self {
             base_key: StaticSecret::from(base_key),
             ratchet_key: StaticSecret::from(ratchet_key),
@@ -91,8 +101,14 @@ pub fn initiate(
     let dh1 = dh(identity.dh_secret(), &bundle.signed_pre_key)?;
     let dh2 = dh(&secrets.base_key, &bundle.identity.dh_public())?;
     let dh3 = dh(&secrets.base_key, &bundle.signed_pre_key)?;
-    let dh4 = bundle.one_time_pre_key.as_ref().map(|(_, k)| dh(&secrets.base_key, k)).transpose()?;
-    let (ct, ss) = bundle.kem_pre_key.encapsulate_deterministic(&Array::from(*secrets.kem_randomness));
+    let dh4 = bundle
+        .one_time_pre_key
+        .as_ref()
+        .map(|(_, k)| dh(&secrets.base_key, k))
+        .transpose()?;
+    let (ct, ss) = bundle
+        .kem_pre_key
+        .encapsulate_deterministic(&Array::from(*secrets.kem_randomness));
     let ss = Zeroizing::new(<[u8; 32]>::from(ss));
     let mut dhs: Vec<&[u8; KEY_LEN]> = vec![&dh1, &dh2, &dh3];
     if let Some(d) = &dh4 {
@@ -118,7 +134,10 @@ pub fn initiate(
         pending,
         now,
     )?;
-    Ok(Initiated { session, shared_secret: sk })
+    Ok(Initiated {
+        session,
+        shared_secret: sk,
+    })
 }
 
 /// A validated initial (pre-key) message.
@@ -149,9 +168,15 @@ impl TryFrom<&wire::InitialMessage> for InitialMessage {
             return Err(ProtocolError::UnsupportedVersion(m.version).into());
         }
         if m.kem_ciphertext.len() != KEM_CIPHERTEXT_LEN {
-            return Err(Error::malformed("initial message", "ML-KEM ciphertext must be 1088 bytes"));
+            return Err(Error::malformed(
+                "initial message",
+                "ML-KEM ciphertext must be 1088 bytes",
+            ));
         }
-        let inner = m.message.as_ref().ok_or(Error::malformed("initial message", "missing ratchet message"))?;
+        let inner = m.message.as_ref().ok_or(Error::malformed(
+            "initial message",
+            "missing ratchet message",
+        ))?;
         Ok(Self {
             sender: DeviceAddress {
                 account: AccountId::from_bytes(&m.sender_account_key)?,
@@ -207,8 +232,11 @@ pub fn respond(
     let dh2 = dh(identity.dh_secret(), &base)?;
     let dh3 = dh(&signed_pre_key.secret, &base)?;
     let dh4 = one_time_pre_key.map(|k| dh(&k.secret, &base)).transpose()?;
-    let ct: [u8; KEM_CIPHERTEXT_LEN] =
-        array(&msg.kem_ciphertext, "initial message", "ML-KEM ciphertext must be 1088 bytes")?;
+    let ct: [u8; KEM_CIPHERTEXT_LEN] = array(
+        &msg.kem_ciphertext,
+        "initial message",
+        "ML-KEM ciphertext must be 1088 bytes",
+    )?;
     let ct: Ciphertext<MlKem768> = Array::from(ct);
     let ss = Zeroizing::new(<[u8; 32]>::from(kem_pre_key.decapsulation.decapsulate(&ct)));
     let mut dhs: Vec<&[u8; KEY_LEN]> = vec![&dh1, &dh2, &dh3];
@@ -224,5 +252,8 @@ pub fn respond(
         msg.base_key,
         now,
     );
-    Ok(Initiated { session, shared_secret: sk })
+    Ok(Initiated {
+        session,
+        shared_secret: sk,
+    })
 }

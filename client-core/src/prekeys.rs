@@ -13,10 +13,14 @@ use rand_core::CryptoRng;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::consts::{KEM_PUBLIC_KEY_LEN, KEM_SEED_LEN, KEY_LEN, MAX_LAST_RESORT_BASE_KEYS, SIGNATURE_LEN};
+use crate::consts::{
+    KEM_PUBLIC_KEY_LEN, KEM_SEED_LEN, KEY_LEN, MAX_LAST_RESORT_BASE_KEYS, SIGNATURE_LEN,
+};
 use crate::device_list::VerifiedDeviceList;
 use crate::error::{AuthError, Error, ProtocolError, Result};
-use crate::keys::{array, x25519_public, AccountId, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair};
+use crate::keys::{
+    AccountId, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair, array, x25519_public,
+};
 
 fn signed_pre_key_transcript(id: u32, public: &[u8; KEY_LEN]) -> Vec<u8> {
     let mut t = Vec::with_capacity(4 + KEY_LEN);
@@ -48,22 +52,45 @@ pub struct SignedPreKeyPair {
 
 impl SignedPreKeyPair {
     /// A new signed pre-key.
-    pub fn generate(rng: &mut impl CryptoRng, identity: &DeviceIdentityKeyPair, id: u32, now: u64) -> Self {
+    pub fn generate(
+        rng: &mut impl CryptoRng,
+        identity: &DeviceIdentityKeyPair,
+        id: u32,
+        now: u64,
+    ) -> Self {
         let secret = StaticSecret::random_from_rng(rng).to_bytes();
         Self::from_secret(identity, id, &secret, now)
     }
 
     /// Rebuilds (and re-signs deterministically) from a secret.
-    pub fn from_secret(identity: &DeviceIdentityKeyPair, id: u32, secret: &[u8; KEY_LEN], now: u64) -> Self {
+    pub fn from_secret(
+        identity: &DeviceIdentityKeyPair,
+        id: u32,
+        secret: &[u8; KEY_LEN],
+        now: u64,
+    ) -> Self {
         let secret = Box::new(StaticSecret::from(*secret));
         let public = PublicKey::from(secret.as_ref());
-        let signature = identity.sign(labels::SIGNED_PRE_KEY, &signed_pre_key_transcript(id, public.as_bytes()));
-        Self { id, secret, public, signature, created_at: now }
+        let signature = identity.sign(
+            labels::SIGNED_PRE_KEY,
+            &signed_pre_key_transcript(id, public.as_bytes()),
+        );
+        Self {
+            id,
+            secret,
+            public,
+            signature,
+            created_at: now,
+        }
     }
 
     /// The public part as sent on the wire.
     pub fn to_wire(&self) -> wire::SignedPreKey {
-        wire::SignedPreKey { id: self.id, public_key: self.public.as_bytes().to_vec(), signature: self.signature.to_vec() }
+        wire::SignedPreKey {
+            id: self.id,
+            public_key: self.public.as_bytes().to_vec(),
+            signature: self.signature.to_vec(),
+        }
     }
 
     /// Secret bytes (for the encrypted store only).
@@ -96,7 +123,10 @@ impl OneTimePreKeyPair {
 
     /// The public part as sent on the wire.
     pub fn to_wire(&self) -> wire::OneTimePreKey {
-        wire::OneTimePreKey { id: self.id, public_key: self.public.as_bytes().to_vec() }
+        wire::OneTimePreKey {
+            id: self.id,
+            public_key: self.public.as_bytes().to_vec(),
+        }
     }
 
     /// Secret bytes (for the encrypted store only).
@@ -147,7 +177,10 @@ impl KemPreKeyPair {
     ) -> Self {
         let decapsulation = Box::new(DecapsulationKey768::from_seed((*seed).into()));
         let public = decapsulation.encapsulation_key().to_bytes().to_vec();
-        let signature = identity.sign(labels::KEM_PRE_KEY, &kem_pre_key_transcript(id, last_resort, &public));
+        let signature = identity.sign(
+            labels::KEM_PRE_KEY,
+            &kem_pre_key_transcript(id, last_resort, &public),
+        );
         Self {
             id,
             seed: Zeroizing::new(*seed),
@@ -181,7 +214,11 @@ impl KemPreKeyPair {
             return Err(ProtocolError::LastResortReuse.into());
         }
         if self.last_resort && self.used_base_keys.len() >= MAX_LAST_RESORT_BASE_KEYS {
-            return Err(ProtocolError::UnknownPreKey { kind: "last-resort ML-KEM (exhausted)", id: self.id }.into());
+            return Err(ProtocolError::UnknownPreKey {
+                kind: "last-resort ML-KEM (exhausted)",
+                id: self.id,
+            }
+            .into());
         }
         Ok(())
     }
@@ -250,7 +287,10 @@ impl PreKeyBundle {
         if device_list.identity_of(b.device_id)? != identity {
             return Err(AuthError::IdentityMismatch.into());
         }
-        let spk = b.signed_pre_key.as_ref().ok_or(Error::malformed("bundle", "missing signed pre-key"))?;
+        let spk = b
+            .signed_pre_key
+            .as_ref()
+            .ok_or(Error::malformed("bundle", "missing signed pre-key"))?;
         let spk_pub: [u8; KEY_LEN] = array(&spk.public_key, "signed pre-key", "must be 32 bytes")?;
         identity.verify(
             labels::SIGNED_PRE_KEY,
@@ -263,7 +303,10 @@ impl PreKeyBundle {
             Some(o) => Some((o.id, x25519_public(&o.public_key)?)),
             None => None,
         };
-        let kem = b.kem_pre_key.as_ref().ok_or(Error::malformed("bundle", "missing ML-KEM pre-key"))?;
+        let kem = b
+            .kem_pre_key
+            .as_ref()
+            .ok_or(Error::malformed("bundle", "missing ML-KEM pre-key"))?;
         if kem.public_key.len() != KEM_PUBLIC_KEY_LEN {
             return Err(Error::malformed("ML-KEM pre-key", "wrong length"));
         }
@@ -276,10 +319,14 @@ impl PreKeyBundle {
         let key = Key::<EncapsulationKey768>::try_from(kem.public_key.as_slice())
             .map_err(|_| Error::malformed("ML-KEM pre-key", "wrong length"))?;
         let kem_pre_key = Box::new(
-            EncapsulationKey768::new(&key).map_err(|_| AuthError::InvalidKey("ML-KEM encapsulation key"))?,
+            EncapsulationKey768::new(&key)
+                .map_err(|_| AuthError::InvalidKey("ML-KEM encapsulation key"))?,
         );
         Ok(VerifiedBundle {
-            address: DeviceAddress { account, device_id: b.device_id },
+            address: DeviceAddress {
+                account,
+                device_id: b.device_id,
+            },
             identity,
             signed_pre_key_id: spk.id,
             signed_pre_key,

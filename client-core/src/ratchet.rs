@@ -28,12 +28,12 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::consts::{
-    CHAIN_KEY_SEED, KEY_LEN, MAX_OLD_RECEIVING_CHAINS, MAX_PLAINTEXT_LEN, MAX_SKIP, MAX_SKIPPED_KEYS,
-    MAX_SKIPPED_KEYS_PER_CHAIN, MESSAGE_KEY_INFO, MESSAGE_KEY_SEED, PROTOCOL_VERSION, ROOT_KDF_INFO,
-    SESSION_STATE_VERSION, SKIPPED_KEY_MAX_AGE_MS,
+    CHAIN_KEY_SEED, KEY_LEN, MAX_OLD_RECEIVING_CHAINS, MAX_PLAINTEXT_LEN, MAX_SKIP,
+    MAX_SKIPPED_KEYS, MAX_SKIPPED_KEYS_PER_CHAIN, MESSAGE_KEY_INFO, MESSAGE_KEY_SEED,
+    PROTOCOL_VERSION, ROOT_KDF_INFO, SESSION_STATE_VERSION, SKIPPED_KEY_MAX_AGE_MS,
 };
 use crate::error::{AuthError, Error, ProtocolError, Result};
-use crate::keys::{array, dh, x25519_public, DeviceIdentity};
+use crate::keys::{DeviceIdentity, array, dh, x25519_public};
 
 /// A 32-byte secret, zeroized on drop, without `Debug`.
 pub(crate) type Secret = Zeroizing<[u8; KEY_LEN]>;
@@ -75,7 +75,10 @@ fn hmac(key: &[u8; KEY_LEN], input: u8) -> Secret {
 
 /// `KDF_CK`: (message key, next chain key).
 pub fn kdf_ck(chain_key: &[u8; KEY_LEN]) -> (Secret, Secret) {
-    (hmac(chain_key, MESSAGE_KEY_SEED), hmac(chain_key, CHAIN_KEY_SEED))
+    (
+        hmac(chain_key, MESSAGE_KEY_SEED),
+        hmac(chain_key, CHAIN_KEY_SEED),
+    )
 }
 
 /// Expands a message key into the AEAD key and nonce.
@@ -93,7 +96,11 @@ fn message_cipher(mk: &[u8; KEY_LEN]) -> (ChaCha20Poly1305, Nonce) {
 
 /// The associated data of a message: initiator identity ‖ responder identity (64 bytes each,
 /// `signing ‖ dh`) ‖ the 44 header bytes.
-pub fn message_ad(initiator: &DeviceIdentity, responder: &DeviceIdentity, header: &Header) -> Vec<u8> {
+pub fn message_ad(
+    initiator: &DeviceIdentity,
+    responder: &DeviceIdentity,
+    header: &Header,
+) -> Vec<u8> {
     let mut ad = Vec::with_capacity(4 * KEY_LEN + HEADER_LEN);
     ad.extend_from_slice(&initiator.to_bytes());
     ad.extend_from_slice(&responder.to_bytes());
@@ -105,7 +112,13 @@ pub fn message_ad(initiator: &DeviceIdentity, responder: &DeviceIdentity, header
 pub fn seal(mk: &[u8; KEY_LEN], ad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
     let (cipher, nonce) = message_cipher(mk);
     cipher
-        .encrypt(&nonce, Payload { msg: plaintext, aad: ad })
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad: ad,
+            },
+        )
         .map_err(|_| ProtocolError::TooLarge(plaintext.len()).into())
 }
 
@@ -113,7 +126,13 @@ pub fn seal(mk: &[u8; KEY_LEN], ad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> 
 pub fn open(mk: &[u8; KEY_LEN], ad: &[u8], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     let (cipher, nonce) = message_cipher(mk);
     cipher
-        .decrypt(&nonce, Payload { msg: ciphertext, aad: ad })
+        .decrypt(
+            &nonce,
+            Payload {
+                msg: ciphertext,
+                aad: ad,
+            },
+        )
         .map(Zeroizing::new)
         .map_err(|_| AuthError::DecryptFailed.into())
 }
@@ -169,10 +188,17 @@ impl TryFrom<&wire::RatchetMessage> for RatchetMessage {
         if m.ciphertext.len() < crate::consts::AEAD_TAG_LEN
             || m.ciphertext.len() > MAX_PLAINTEXT_LEN + crate::consts::AEAD_TAG_LEN
         {
-            return Err(Error::malformed("ratchet message", "ciphertext length out of range"));
+            return Err(Error::malformed(
+                "ratchet message",
+                "ciphertext length out of range",
+            ));
         }
         Ok(Self {
-            header: Header { ratchet_key, counter: m.counter, previous_counter: m.previous_counter },
+            header: Header {
+                ratchet_key,
+                counter: m.counter,
+                previous_counter: m.previous_counter,
+            },
             ciphertext: m.ciphertext.clone(),
         })
     }
@@ -229,20 +255,40 @@ impl SkippedKeys {
         }
     }
 
-    fn insert(&mut self, ratchet_key: [u8; KEY_LEN], counter: u32, key: Secret, stored_at: u64, order: u64) {
+    fn insert(
+        &mut self,
+        ratchet_key: [u8; KEY_LEN],
+        counter: u32,
+        key: Secret,
+        stored_at: u64,
+        order: u64,
+    ) {
         self.next_order = self.next_order.max(order + 1);
-        if let Some(old) = self.map.insert((ratchet_key, counter), SkippedEntry { key, stored_at, order }) {
+        if let Some(old) = self.map.insert(
+            (ratchet_key, counter),
+            SkippedEntry {
+                key,
+                stored_at,
+                order,
+            },
+        ) {
             self.by_order.remove(&old.order);
         }
         self.by_order.insert(order, (ratchet_key, counter));
         let chain = self.per_chain.entry(ratchet_key).or_default();
         chain.insert(order, counter);
-        let oldest_in_chain = if chain.len() > MAX_SKIPPED_KEYS_PER_CHAIN { chain.first_key_value() } else { None };
+        let oldest_in_chain = if chain.len() > MAX_SKIPPED_KEYS_PER_CHAIN {
+            chain.first_key_value()
+        } else {
+            None
+        };
         if let Some((_, &c)) = oldest_in_chain {
             self.remove(&ratchet_key, c);
         }
         while self.map.len() > MAX_SKIPPED_KEYS {
-            let Some((_, (k, c))) = self.by_order.first_key_value().map(|(o, v)| (*o, *v)) else { break };
+            let Some((_, (k, c))) = self.by_order.first_key_value().map(|(o, v)| (*o, *v)) else {
+                break;
+            };
             self.remove(&k, c);
         }
     }
@@ -451,7 +497,12 @@ impl SessionState {
     }
 
     /// Encrypts one message. Takes the sending DH ratchet step first if one is due (needs `rng`).
-    pub fn encrypt(&mut self, plaintext: &[u8], rng: &mut impl CryptoRng, now: u64) -> Result<Encrypted> {
+    pub fn encrypt(
+        &mut self,
+        plaintext: &[u8],
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<Encrypted> {
         if plaintext.len() > MAX_PLAINTEXT_LEN {
             return Err(ProtocolError::TooLarge(plaintext.len()).into());
         }
@@ -464,7 +515,10 @@ impl SessionState {
             self.sending_ratchet = Box::new(fresh);
             self.sending_chain = Some(Chain { key: ck, index: 0 });
         }
-        let chain = self.sending_chain.as_mut().ok_or(ProtocolError::NoSession)?;
+        let chain = self
+            .sending_chain
+            .as_mut()
+            .ok_or(ProtocolError::NoSession)?;
         if chain.index == u32::MAX {
             return Err(ProtocolError::Misuse("sending chain exhausted").into());
         }
@@ -479,7 +533,10 @@ impl SessionState {
         let ad = self.associated_data(&header);
         let ciphertext = seal(&mk, &ad, plaintext)?;
         self.last_used_at = self.last_used_at.max(now);
-        Ok(Encrypted { message: RatchetMessage { header, ciphertext }, message_key: mk })
+        Ok(Encrypted {
+            message: RatchetMessage { header, ciphertext },
+            message_key: mk,
+        })
     }
 
     /// Decrypts one message. On any error the state is unchanged.
@@ -497,7 +554,10 @@ impl SessionState {
 
         // 2. The current receiving chain.
         if self.remote_ratchet == Some(h.ratchet_key) {
-            let chain = self.receiving_chain.as_ref().ok_or(AuthError::DecryptFailed)?;
+            let chain = self
+                .receiving_chain
+                .as_ref()
+                .ok_or(AuthError::DecryptFailed)?;
             if h.counter < chain.index {
                 return Err(ProtocolError::Duplicate.into());
             }
@@ -506,7 +566,10 @@ impl SessionState {
             for (i, k) in skipped {
                 self.skipped.push(h.ratchet_key, i, k, now);
             }
-            self.receiving_chain = Some(Chain { key: next, index: h.counter.saturating_add(1) });
+            self.receiving_chain = Some(Chain {
+                key: next,
+                index: h.counter.saturating_add(1),
+            });
             return Ok(self.finish(plaintext, mk, now));
         }
 
@@ -518,7 +581,8 @@ impl SessionState {
         // 4. A new ratchet key: skip the rest of the current chain up to PN, then step the root chain.
         let old_skipped = match (&self.receiving_chain, &self.remote_ratchet) {
             (Some(chain), Some(_)) if h.previous_counter > chain.index => {
-                let (keys, last, _) = derive_until(&chain.key, chain.index, h.previous_counter - 1)?;
+                let (keys, last, _) =
+                    derive_until(&chain.key, chain.index, h.previous_counter - 1)?;
                 let mut keys = keys;
                 keys.push((h.previous_counter - 1, last));
                 keys
@@ -544,25 +608,39 @@ impl SessionState {
         }
         self.root_key = rk;
         self.remote_ratchet = Some(h.ratchet_key);
-        self.receiving_chain = Some(Chain { key: next, index: h.counter.saturating_add(1) });
+        self.receiving_chain = Some(Chain {
+            key: next,
+            index: h.counter.saturating_add(1),
+        });
         if let Some(c) = self.sending_chain.take() {
             self.previous_sending_counter = c.index;
         }
         Ok(self.finish(plaintext, mk, now))
     }
 
-    fn finish(&mut self, plaintext: Zeroizing<Vec<u8>>, message_key: Secret, now: u64) -> Decrypted {
+    fn finish(
+        &mut self,
+        plaintext: Zeroizing<Vec<u8>>,
+        message_key: Secret,
+        now: u64,
+    ) -> Decrypted {
         // Any authentic reply proves the responder has the session: stop sending the PQXDH header.
         self.pending = None;
         self.last_used_at = self.last_used_at.max(now);
         self.skipped.expire(now);
-        Decrypted { plaintext, message_key }
+        Decrypted {
+            plaintext,
+            message_key,
+        }
     }
 
     /// Serializes the state for the encrypted store.
     pub fn to_proto(&self) -> pstore::SessionState {
         let chain = |c: &Option<Chain>| {
-            c.as_ref().map(|c| pstore::ChainState { chain_key: c.key.to_vec(), index: c.index })
+            c.as_ref().map(|c| pstore::ChainState {
+                chain_key: c.key.to_vec(),
+                index: c.index,
+            })
         };
         let mut skipped: Vec<_> = self
             .skipped
@@ -612,16 +690,28 @@ impl SessionState {
         if p.version != SESSION_STATE_VERSION {
             return Err(ProtocolError::UnsupportedVersion(p.version).into());
         }
-        let secret = |b: &[u8], reason| -> Result<Secret> { Ok(Zeroizing::new(array(b, W, reason)?)) };
+        let secret =
+            |b: &[u8], reason| -> Result<Secret> { Ok(Zeroizing::new(array(b, W, reason)?)) };
         let chain = |c: &Option<pstore::ChainState>| -> Result<Option<Chain>> {
             c.as_ref()
-                .map(|c| Ok(Chain { key: secret(&c.chain_key, "chain key")?, index: c.index }))
+                .map(|c| {
+                    Ok(Chain {
+                        key: secret(&c.chain_key, "chain key")?,
+                        index: c.index,
+                    })
+                })
                 .transpose()
         };
         let key32 = |b: &[u8]| -> Result<[u8; KEY_LEN]> { array(b, W, "key must be 32 bytes") };
         let mut skipped = SkippedKeys::default();
         for s in &p.skipped {
-            skipped.insert(key32(&s.ratchet_key)?, s.counter, secret(&s.message_key, "message key")?, s.stored_at, s.order);
+            skipped.insert(
+                key32(&s.ratchet_key)?,
+                s.counter,
+                secret(&s.message_key, "message key")?,
+                s.stored_at,
+                s.order,
+            );
         }
         skipped.next_order = skipped.next_order.max(p.skipped_order);
         let pending = p
@@ -647,10 +737,18 @@ impl SessionState {
             root_key: secret(&p.root_key, "root key")?,
             sending_ratchet: Box::new(StaticSecret::from(*sending)),
             sending_chain: chain(&p.sending_chain)?,
-            remote_ratchet: if p.remote_ratchet_key.is_empty() { None } else { Some(key32(&p.remote_ratchet_key)?) },
+            remote_ratchet: if p.remote_ratchet_key.is_empty() {
+                None
+            } else {
+                Some(key32(&p.remote_ratchet_key)?)
+            },
             receiving_chain: chain(&p.receiving_chain)?,
             previous_sending_counter: p.previous_sending_counter,
-            old_receiving: p.old_receiving_ratchet_keys.iter().map(|k| key32(k)).collect::<Result<_>>()?,
+            old_receiving: p
+                .old_receiving_ratchet_keys
+                .iter()
+                .map(|k| key32(k))
+                .collect::<Result<_>>()?,
             skipped,
             pending,
             base_key: key32(&p.base_key)?,
@@ -663,10 +761,18 @@ impl SessionState {
 /// Derives message keys of a chain from index `from` up to and including `to`.
 /// Returns (keys for from..to, key for `to`, chain key for `to + 1`). Enforces [`MAX_SKIP`].
 #[allow(clippy::type_complexity)]
-fn derive_until(chain_key: &[u8; KEY_LEN], from: u32, to: u32) -> Result<(Vec<(u32, Secret)>, Secret, Secret)> {
+fn derive_until(
+    chain_key: &[u8; KEY_LEN],
+    from: u32,
+    to: u32,
+) -> Result<(Vec<(u32, Secret)>, Secret, Secret)> {
     let skip = u64::from(to).saturating_sub(u64::from(from));
     if skip > u64::from(MAX_SKIP) {
-        return Err(ProtocolError::TooFarAhead { skip, limit: MAX_SKIP }.into());
+        return Err(ProtocolError::TooFarAhead {
+            skip,
+            limit: MAX_SKIP,
+        }
+        .into());
     }
     let mut skipped = Vec::with_capacity(usize::try_from(skip).unwrap_or(0));
     let mut ck = Zeroizing::new(*chain_key);

@@ -46,7 +46,11 @@ impl SessionRecord {
     }
 
     /// The current session if it is usable for sending to a device with `identity` at `now`.
-    pub fn sending_session(&mut self, identity: &DeviceIdentity, now: u64) -> Result<&mut SessionState> {
+    pub fn sending_session(
+        &mut self,
+        identity: &DeviceIdentity,
+        now: u64,
+    ) -> Result<&mut SessionState> {
         match self.current.as_mut() {
             Some(s)
                 if s.remote_identity() == *identity
@@ -114,7 +118,12 @@ impl SessionRecord {
         }
     }
 
-    fn try_slot(&mut self, slot: Option<usize>, msg: &RatchetMessage, now: u64) -> Option<Result<Decrypted>> {
+    fn try_slot(
+        &mut self,
+        slot: Option<usize>,
+        msg: &RatchetMessage,
+        now: u64,
+    ) -> Option<Result<Decrypted>> {
         let s = self.session_mut(slot)?;
         let r = s.decrypt(msg, now);
         if r.is_ok() {
@@ -129,8 +138,9 @@ impl SessionRecord {
     /// On error no session changed.
     pub fn decrypt(&mut self, msg: &RatchetMessage, now: u64) -> Result<Decrypted> {
         let key = &msg.header.ratchet_key;
-        let slots: Vec<Option<usize>> =
-            std::iter::once(None).chain((0..self.archived.len()).map(Some)).collect();
+        let slots: Vec<Option<usize>> = std::iter::once(None)
+            .chain((0..self.archived.len()).map(Some))
+            .collect();
         let owner = slots.iter().copied().find(|slot| {
             match slot {
                 None => self.current.as_ref(),
@@ -139,7 +149,9 @@ impl SessionRecord {
             .is_some_and(|s| s.knows_ratchet_key(key))
         });
         if let Some(slot) = owner {
-            return self.try_slot(slot, msg, now).unwrap_or(Err(ProtocolError::NoSession.into()));
+            return self
+                .try_slot(slot, msg, now)
+                .unwrap_or(Err(ProtocolError::NoSession.into()));
         }
         let mut first_err = None;
         for slot in slots {
@@ -155,8 +167,17 @@ impl SessionRecord {
     }
 
     /// Decrypts with the session set up by initiator base key `base_key` (a repeated initial message).
-    pub fn decrypt_with_base_key(&mut self, base_key: &[u8; 32], msg: &RatchetMessage, now: u64) -> Result<Decrypted> {
-        let slot = if self.current.as_ref().is_some_and(|s| s.base_key() == base_key) {
+    pub fn decrypt_with_base_key(
+        &mut self,
+        base_key: &[u8; 32],
+        msg: &RatchetMessage,
+        now: u64,
+    ) -> Result<Decrypted> {
+        let slot = if self
+            .current
+            .as_ref()
+            .is_some_and(|s| s.base_key() == base_key)
+        {
             None
         } else {
             Some(
@@ -166,7 +187,8 @@ impl SessionRecord {
                     .ok_or(ProtocolError::NoSession)?,
             )
         };
-        self.try_slot(slot, msg, now).unwrap_or(Err(ProtocolError::NoSession.into()))
+        self.try_slot(slot, msg, now)
+            .unwrap_or(Err(ProtocolError::NoSession.into()))
     }
 
     /// Serializes for the encrypted store.
@@ -180,8 +202,16 @@ impl SessionRecord {
     /// Restores from the store.
     pub fn from_proto(p: &pstore::SessionRecord) -> Result<Self> {
         Ok(Self {
-            current: p.current.as_ref().map(SessionState::from_proto).transpose()?,
-            archived: p.archived.iter().map(SessionState::from_proto).collect::<Result<_>>()?,
+            current: p
+                .current
+                .as_ref()
+                .map(SessionState::from_proto)
+                .transpose()?,
+            archived: p
+                .archived
+                .iter()
+                .map(SessionState::from_proto)
+                .collect::<Result<_>>()?,
         })
     }
 }

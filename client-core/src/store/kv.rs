@@ -232,6 +232,21 @@ pub trait KvStore: Send {
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError>;
 }
 
+/// A boxed store is a store, so apps can choose the backend at run time (`Device<Box<dyn KvStore>>`).
+impl<T: KvStore + ?Sized> KvStore for Box<T> {
+    fn get(&self, ns: Namespace, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        (**self).get(ns, key)
+    }
+
+    fn scan(&self, ns: Namespace) -> Result<Vec<KvEntry>, StoreError> {
+        (**self).scan(ns)
+    }
+
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+        (**self).commit(batch)
+    }
+}
+
 /// The backend-independent test-suite: `kv_store_suite!(module_name, make_expr)` where
 /// `make_expr` evaluates to `(guard, store)` — a fresh, empty store plus anything that must stay
 /// alive as long as it (a temporary directory, or `()`).

@@ -1,0 +1,188 @@
+//! A deterministic simulated network for Hush devices: a pre-key directory standing in for the
+//! relay, and a lossy mailbox network that drops, duplicates and reorders envelopes, driven by a
+//! seeded RNG. Same seed, same run.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use hush_core::keys::{AccountId, DeviceAddress};
+use hush_core::prekeys::{PreKeyBundle, PublishedPreKeys};
+use hush_proto::wire;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+/// What the relay would store of one device: its published pre-keys, handing each one-time key
+/// out at most once.
+struct DirectoryEntry {
+    published: PublishedPreKeys,
+    one_time: VecDeque<wire::OneTimePreKey>,
+    kem: VecDeque<wire::KemPreKey>,
+    handed_out: BTreeSet<u32>,
+}
+
+/// Signed device lists and pre-keys of every device, as a relay would serve them.
+#[derive(Default)]
+pub struct Directory {
+    lists: BTreeMap<AccountId, Vec<u8>>,
+    devices: BTreeMap<DeviceAddress, DirectoryEntry>,
+}
+
+impl Directory {
+    /// Stores an account's newest signed device list.
+    pub fn publish_list(&mut self, account: AccountId, signed: Vec<u8>) {
+        self.lists.insert(account, signed);
+    }
+
+    /// The signed device list of an account.
+    pub fn list(&self, account: &AccountId) -> Option<&[u8]> {
+        self.lists.get(account).map(Vec::as_slice)
+    }
+
+    /// All accounts with a list.
+    pub fn accounts(&self) -> Vec<AccountId> {
+        self.lists.keys().copied().collect()
+    }
+
+    /// Publishes (or re-publishes) a device's pre-keys; keys handed out before are never offered again.
+    pub fn publish_pre_keys(&mut self, p: PublishedPreKeys) {
+        let entry = self
+            .devices
+            .entry(p.address)
+            .or_insert_with(|| DirectoryEntry {
+                published: p.clone(),
+                one_time: VecDeque::new(),
+                kem: VecDeque::new(),
+                handed_out: BTreeSet::new(),
+            });
+        let queued: BTreeSet<u32> = entry
+            .one_time
+            .iter()
+            .map(|k| k.id)
+            .chain(entry.kem.iter().map(|k| k.id))
+            .collect();
+        for k in &p.one_time_pre_keys {
+            if !entry.handed_out.contains(&k.id) && !queued.contains(&k.id) {
+                entry.one_time.push_back(k.clone());
+            }
+        }
+        for k in &p.kem_pre_keys {
+            if !entry.handed_out.contains(&k.id) && !queued.contains(&k.id) {
+                entry.kem.push_back(k.clone());
+            }
+        }
+        entry.published = p;
+    }
+
+    /// Hands out a bundle for `addr`, consuming one one-time X25519 and one one-time ML-KEM key if
+    /// any are left (otherwise the bundle carries no one-time key and the last-resort ML-KEM key).
+    pub fn claim_bundle(&mut self, addr: &DeviceAddress) -> Option<PreKeyBundle> {
+        let e = self.devices.get_mut(addr)?;
+        let otk = e.one_time.pop_front();
+        let kem = e.kem.pop_front();
+        for id in otk.iter().map(|k| k.id).chain(kem.iter().map(|k| k.id)) {
+            e.handed_out.insert(id);
+        }
+        let p = &e.published;
+        Some(PreKeyBundle(wire::PreKeyBundle {
+            account_key: p.address.account.as_bytes().to_vec(),
+            device_id: p.address.device_id,
+            identity: Some(wire::DeviceIdentityKey {
+                signing_key: p.identity.signing_key().to_vec(),
+                dh_key: p.identity.dh_key().to_vec(),
+            }),
+            signed_pre_key: Some(p.signed_pre_key.clone()),
+            one_time_pre_key: otk,
+            kem_pre_key: Some(kem.unwrap_or_else(|| p.last_resort_kem_pre_key.clone())),
+        }))
+    }
+}
+
+/// One envelope in flight.
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    /// Sender, as the relay authenticates it.
+    pub from: DeviceAddress,
+    /// Recipient device.
+    pub to: DeviceAddress,
+    /// The encrypted pairwise message.
+    pub bytes: Vec<u8>,
+    /// The test's own id of the message (never seen by devices).
+    pub tag: u64,
+}
+
+/// Fault settings, in parts per thousand.
+#[derive(Clone, Copy, Debug)]
+pub struct Faults {
+    /// Chance an envelope is lost when sent.
+    pub drop_per_mille: u32,
+    /// Chance a delivered envelope is delivered again later.
+    pub duplicate_per_mille: u32,
+}
+
+/// A network that delivers envelopes in random order, dropping and duplicating some.
+pub struct Network {
+    rng: ChaCha20Rng,
+    faults: Faults,
+    in_flight: Vec<Envelope>,
+    /// Tags of envelopes that were dropped on send.
+    pub dropped: BTreeSet<u64>,
+    /// Number of duplicate deliveries injected.
+    pub duplicates: u64,
+}
+
+impl Network {
+    /// A network whose decisions come from `seed`.
+    pub fn new(seed: u64, faults: Faults) -> Self {
+        let mut s = [0u8; 32];
+        for (dst, src) in s.iter_mut().zip(seed.to_le_bytes()) {
+            *dst = src;
+        }
+        Self {
+            rng: ChaCha20Rng::from_seed(s),
+            faults,
+            in_flight: Vec::new(),
+            dropped: BTreeSet::new(),
+            duplicates: 0,
+        }
+    }
+
+    fn chance(&mut self, per_mille: u32) -> bool {
+        self.rng.next_u32() % 1000 < per_mille
+    }
+
+    /// Sends an envelope (it may be dropped).
+    pub fn send(&mut self, e: Envelope) {
+        if self.chance(self.faults.drop_per_mille) {
+            self.dropped.insert(e.tag);
+        } else {
+            self.in_flight.push(e);
+        }
+    }
+
+    /// Envelopes still in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Takes a random envelope out of the network (reordering), sometimes leaving a copy behind
+    /// to be delivered again later (duplication).
+    pub fn deliver(&mut self) -> Option<Envelope> {
+        if self.in_flight.is_empty() {
+            return None;
+        }
+        let len = u32::try_from(self.in_flight.len()).unwrap_or(u32::MAX);
+        let i = usize::try_from(self.rng.next_u32() % len).unwrap_or(0);
+        let e = self
+            .in_flight
+            .swap_remove(i.min(self.in_flight.len().saturating_sub(1)));
+        if self.chance(self.faults.duplicate_per_mille) {
+            self.duplicates += 1;
+            self.in_flight.push(e.clone());
+        }
+        Some(e)
+    }
+
+    /// A random number below `n` from the network's RNG (for the test's own choices).
+    pub fn below(&mut self, n: u32) -> u32 {
+        if n == 0 { 0 } else { self.rng.next_u32() % n }
+    }
+}
