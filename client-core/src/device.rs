@@ -110,11 +110,7 @@ impl<S: KvStore> Device<S> {
             Some(k) => list.sign(k)?,
             None => return Err(ProtocolError::Misuse("account key missing").into()),
         };
-        device.accept_device_list(
-            &signed.signed_bytes().to_vec(),
-            &device.address.account.clone(),
-            now,
-        )?;
+        device.accept_device_list(signed.signed_bytes(), &device.address.account.clone(), now)?;
         Ok(device)
     }
 
@@ -450,8 +446,7 @@ impl<S: KvStore> Device<S> {
         let last_resort = self
             .kem_pre_keys
             .values()
-            .filter(|k| k.last_resort)
-            .next_back()
+            .rfind(|k| k.last_resort)
             .ok_or(ProtocolError::Misuse("no last-resort pre-key"))?;
         Ok(PublishedPreKeys {
             address: self.address,

@@ -512,7 +512,7 @@ impl SessionState {
             let dh_out = dh(&fresh, &PublicKey::from(remote))?;
             let (rk, ck) = kdf_rk(&self.root_key, &dh_out);
             self.root_key = rk;
-            self.sending_ratchet = Box::new(fresh);
+            *self.sending_ratchet = fresh;
             self.sending_chain = Some(Chain { key: ck, index: 0 });
         }
         let chain = self

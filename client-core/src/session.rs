@@ -104,10 +104,12 @@ impl SessionRecord {
 
     /// Makes archived session `i` current.
     fn promote_archived(&mut self, i: usize) {
-        if let Some(s) = self.archived.remove(i) {
-            if let Some(old) = self.current.replace(s) {
-                self.archived.push_front(old);
-            }
+        if let Some(old) = self
+            .archived
+            .remove(i)
+            .and_then(|s| self.current.replace(s))
+        {
+            self.archived.push_front(old);
         }
     }
 
@@ -126,10 +128,8 @@ impl SessionRecord {
     ) -> Option<Result<Decrypted>> {
         let s = self.session_mut(slot)?;
         let r = s.decrypt(msg, now);
-        if r.is_ok() {
-            if let Some(i) = slot {
-                self.promote_archived(i);
-            }
+        if let (true, Some(i)) = (r.is_ok(), slot) {
+            self.promote_archived(i);
         }
         Some(r)
     }

@@ -32,7 +32,7 @@ struct Node {
     sled_path: Option<PathBuf>,
 }
 
-fn open_sled(path: &PathBuf, seed: u8) -> Store {
+fn open_sled(path: &std::path::Path, seed: u8) -> Store {
     let rng = Box::new(ChaCha20Rng::from_seed([seed; 32]));
     Box::new(SledKv::open(path, Zeroizing::new([0x42; 32]), rng).unwrap())
 }
@@ -367,7 +367,7 @@ fn run(seed: u64, rounds: u32) {
 
     // Every message that was not dropped was decrypted exactly once.
     let mut delivered = 0;
-    for (tag, _) in &w.sent {
+    for tag in w.sent.keys() {
         let n = w.decrypted.get(tag).copied().unwrap_or(0);
         if w.net.dropped.contains(tag) {
             assert_eq!(n, 0, "dropped message {tag} was decrypted");
