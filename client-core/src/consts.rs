@@ -81,3 +81,38 @@ pub const MESSAGE_KEY_SEED: u8 = 0x01;
 
 /// HMAC input deriving the next chain key from a chain key.
 pub const CHAIN_KEY_SEED: u8 = 0x02;
+
+/// Length of a group id.
+pub const GROUP_ID_LEN: usize = 32;
+
+/// Most members (accounts) of one group.
+pub const MAX_GROUP_MEMBERS: usize = 2000;
+
+/// Largest length of a group name, in bytes.
+pub const MAX_GROUP_NAME_LEN: usize = 256;
+
+/// Largest forward jump accepted in one sender-key chain.
+pub const MAX_SENDER_KEY_JUMP: u32 = 2000;
+
+/// Most skipped message keys kept per sender-key state; the oldest (lowest iteration) go first.
+pub const MAX_SENDER_KEY_SKIPPED: usize = 2000;
+
+/// Sender-key states kept per (group, sender device): the current one and older ones, so that
+/// messages in flight across a rotation still decrypt.
+pub const MAX_SENDER_KEY_STATES: usize = 5;
+
+/// A device rotates its own sender key after this many messages (bounds how far back a retry can
+/// reach and how long the iteration-0 chain key is kept).
+pub const SENDER_KEY_MAX_ITERATIONS: u32 = 10_000;
+
+/// Group messages buffered per group while their sender key is missing (retry pending).
+pub const MAX_BUFFERED_GROUP_MESSAGES: usize = 1000;
+
+/// Membership changes remembered per group, so a concurrent change for an applied epoch can win.
+pub const GROUP_CHANGE_HISTORY: usize = 16;
+
+/// HKDF info expanding a sender-key message key into an AEAD key and nonce.
+pub const SENDER_KEY_MESSAGE_INFO: &[u8] = b"Hush_SenderKey_Message_v1";
+
+/// A retry request for the same missing sender key is sent at most this often (ms).
+pub const SENDER_KEY_REQUEST_INTERVAL_MS: u64 = 10_000;

@@ -15,7 +15,7 @@ use rand_core::CryptoRng;
 use tracing::debug;
 use zeroize::Zeroizing;
 
-use crate::consts::{KEY_LEN, MAX_MESSAGE_LEN, ONE_TIME_PRE_KEY_BATCH};
+use crate::consts::{KEY_LEN, MAX_MESSAGE_LEN, MAX_PLAINTEXT_LEN, ONE_TIME_PRE_KEY_BATCH};
 use crate::device_list::{DeviceEntry, DeviceList, VerifiedDeviceList};
 use crate::error::{AuthError, Error, ProtocolError, Result};
 use crate::keys::{
@@ -26,8 +26,12 @@ use crate::prekeys::{
     KemPreKeyPair, OneTimePreKeyPair, PreKeyBundle, PublishedPreKeys, SignedPreKeyPair,
 };
 use crate::ratchet::RatchetMessage;
+use crate::sender_key::{GroupId, SenderKeyRecord};
 use crate::session::SessionRecord;
 use crate::store::kv::{Batch, KvStore, Namespace};
+
+mod groups;
+pub use groups::{GroupEntry, GroupIncoming, GroupSend};
 
 const IDENTITY_KEY: &[u8] = b"device";
 const NEXT_PRE_KEY_ID: &[u8] = b"next-pre-key-id";
@@ -41,10 +45,51 @@ pub struct Received {
     pub id: u64,
     /// The sending device.
     pub from: DeviceAddress,
+    /// The group it was sent to, for group messages.
+    pub group: Option<GroupId>,
     /// The plaintext.
     pub plaintext: Zeroizing<Vec<u8>>,
     /// When it was decrypted (ms).
     pub received_at: u64,
+}
+
+/// A pairwise message to send to one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The recipient device.
+    pub to: DeviceAddress,
+    /// The encoded [`PairwiseMessage`](wire::PairwiseMessage).
+    pub bytes: Vec<u8>,
+}
+
+/// What processing one incoming message produced.
+#[derive(Default)]
+pub struct Incoming {
+    /// Application payloads, durable in the inbox (acknowledge with [`Device::ack_message`]).
+    pub received: Vec<Received>,
+    /// Messages to send (for example a sender key answering a retry request).
+    pub outgoing: Vec<Outgoing>,
+}
+
+impl Incoming {
+    /// The single application payload, when exactly one was received.
+    pub fn single(self) -> Option<Received> {
+        let mut it = self.received.into_iter();
+        match (it.next(), it.next()) {
+            (Some(r), None) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// The changes of one operation, committed in one batch by [`Device::finish`].
+#[derive(Default)]
+pub(crate) struct Tx {
+    pub(crate) batch: Batch,
+    pub(crate) sessions: std::collections::BTreeSet<DeviceAddress>,
+    pub(crate) sender_keys: std::collections::BTreeSet<(GroupId, DeviceAddress)>,
+    pub(crate) groups: std::collections::BTreeSet<GroupId>,
+    pub(crate) next_message_id: Option<u64>,
 }
 
 /// One local device.
@@ -58,6 +103,9 @@ pub struct Device<S: KvStore> {
     kem_pre_keys: BTreeMap<u32, KemPreKeyPair>,
     device_lists: HashMap<AccountId, VerifiedDeviceList>,
     sessions: HashMap<DeviceAddress, SessionRecord>,
+    groups: HashMap<GroupId, GroupEntry>,
+    sender_keys: HashMap<(GroupId, DeviceAddress), SenderKeyRecord>,
+    last_key_requests: HashMap<(GroupId, DeviceAddress, u32), u64>,
     next_pre_key_id: u32,
     next_message_id: u64,
 }
@@ -164,6 +212,9 @@ impl<S: KvStore> Device<S> {
             kem_pre_keys: BTreeMap::new(),
             device_lists: HashMap::new(),
             sessions: HashMap::new(),
+            groups: HashMap::new(),
+            sender_keys: HashMap::new(),
+            last_key_requests: HashMap::new(),
             next_pre_key_id: 1,
             next_message_id: 1,
         };
@@ -266,6 +317,7 @@ impl<S: KvStore> Device<S> {
         let next_pre_key_id =
             u32::try_from(counter(NEXT_PRE_KEY_ID)?.unwrap_or(1)).unwrap_or(u32::MAX);
         let next_message_id = counter(NEXT_MESSAGE_ID)?.unwrap_or(1);
+        let groups = groups::load_groups(&store)?;
         Ok(Self {
             address: DeviceAddress {
                 account,
@@ -279,6 +331,9 @@ impl<S: KvStore> Device<S> {
             kem_pre_keys,
             device_lists,
             sessions: HashMap::new(),
+            groups,
+            sender_keys: HashMap::new(),
+            last_key_requests: HashMap::new(),
             next_pre_key_id,
             next_message_id,
         })
@@ -490,8 +545,8 @@ impl<S: KvStore> Device<S> {
         if !list.check_successor(self.device_lists.get(account))? {
             return Ok(false);
         }
-        let mut batch = Batch::new();
-        batch.put(
+        let mut tx = Tx::default();
+        tx.batch.put(
             Namespace::DeviceLists,
             account.as_bytes().to_vec(),
             Zeroizing::new(signed.to_vec()),
@@ -512,14 +567,24 @@ impl<S: KvStore> Device<S> {
                 .map(|s| Some(s.remote_identity()) == on_list)
                 .unwrap_or(on_list.is_some());
             if !keep {
-                batch.delete(Namespace::Sessions, k.clone());
+                tx.batch.delete(Namespace::Sessions, k.clone());
                 dropped.push(DeviceAddress {
                     account: *account,
                     device_id,
                 });
             }
         }
-        self.store.commit(batch)?;
+        // A device that left the list (or changed identity) must not read what groups send next.
+        let lost = self.device_lists.get(account).is_some_and(|old| {
+            old.list()
+                .devices
+                .values()
+                .any(|d| list.identity_of(d.device_id).ok() != Some(d.identity))
+        });
+        if lost {
+            self.mark_rotation_for_member(account, &mut tx);
+        }
+        self.finish(tx)?;
         for a in dropped {
             debug!(
                 device_id = a.device_id,
@@ -601,22 +666,35 @@ impl<S: KvStore> Device<S> {
         }
     }
 
-    fn commit_record(
-        &mut self,
-        addr: DeviceAddress,
-        record: SessionRecord,
-        mut batch: Batch,
-    ) -> Result<()> {
-        if record.is_empty() {
-            batch.delete(Namespace::Sessions, addr.to_key().to_vec());
-        } else {
-            let mut p = record.to_proto();
-            batch.put(Namespace::Sessions, addr.to_key().to_vec(), encode(&p));
-            zeroize::Zeroize::zeroize(&mut p);
+    /// Commits a transaction: every touched session, sender-key and group record is serialized
+    /// into the batch, which is committed atomically. On failure every touched in-memory copy is
+    /// discarded, so the next use reloads the state from before the transaction.
+    pub(crate) fn finish(&mut self, mut tx: Tx) -> Result<()> {
+        for addr in &tx.sessions {
+            match self.sessions.get(addr) {
+                Some(r) if !r.is_empty() => {
+                    let mut p = r.to_proto();
+                    tx.batch
+                        .put(Namespace::Sessions, addr.to_key().to_vec(), encode(&p));
+                    zeroize::Zeroize::zeroize(&mut p);
+                }
+                _ => {
+                    tx.batch.delete(Namespace::Sessions, addr.to_key().to_vec());
+                }
+            }
         }
-        // On failure the record is dropped from the cache: the store still has the previous state.
-        self.store.commit(batch)?;
-        self.sessions.insert(addr, record);
+        self.serialize_group_changes(&mut tx);
+        let batch = std::mem::take(&mut tx.batch);
+        if let Err(e) = self.store.commit(batch) {
+            for addr in &tx.sessions {
+                self.sessions.remove(addr);
+            }
+            self.discard_group_changes(&tx);
+            return Err(e.into());
+        }
+        if let Some(id) = tx.next_message_id {
+            self.next_message_id = id;
+        }
         Ok(())
     }
 
@@ -628,6 +706,22 @@ impl<S: KvStore> Device<S> {
         let usable = record.sending_session(&identity, now).is_ok();
         self.sessions.insert(*to, record);
         Ok(usable)
+    }
+
+    /// The devices among `addrs` with no usable session: fetch their bundles and call
+    /// [`Device::start_session`] before sending to them.
+    pub fn missing_sessions(
+        &mut self,
+        addrs: &[DeviceAddress],
+        now: u64,
+    ) -> Result<Vec<DeviceAddress>> {
+        let mut out = Vec::new();
+        for a in addrs {
+            if !self.has_session(a, now)? {
+                out.push(*a);
+            }
+        }
+        Ok(out)
     }
 
     /// Starts a session from a pre-key bundle (verified here against the known device list).
@@ -658,24 +752,28 @@ impl<S: KvStore> Device<S> {
         )?;
         let mut record = self.take_record(&to)?;
         record.promote_new(init.session);
-        self.commit_record(to, record, Batch::new())
+        self.sessions.insert(to, record);
+        let mut tx = Tx::default();
+        tx.sessions.insert(to);
+        self.finish(tx)
     }
 
-    /// Encrypts `plaintext` for device `to`. The advanced session is committed before the bytes
-    /// (an encoded [`PairwiseMessage`](wire::PairwiseMessage)) are returned.
-    pub fn encrypt(
+    /// Encrypts `content` for `to` inside transaction `tx` (committed later by the caller).
+    pub(crate) fn seal(
         &mut self,
         to: &DeviceAddress,
-        plaintext: &[u8],
+        content: &wire::Content,
         rng: &mut impl CryptoRng,
         now: u64,
+        tx: &mut Tx,
     ) -> Result<Vec<u8>> {
         let identity = self.known_identity(to)?;
         let local_identity = self.identity.public();
         let mut record = self.take_record(to)?;
+        let plaintext = Zeroizing::new(content.encode_to_vec());
         let out = (|| {
             let session = record.sending_session(&identity, now)?;
-            let enc = session.encrypt(plaintext, rng, now)?;
+            let enc = session.encrypt(&plaintext, rng, now)?;
             let body = match session.pending() {
                 Some(p) => wire::pairwise_message::Body::Initial(InitialMessage::wire(
                     p,
@@ -686,21 +784,83 @@ impl<S: KvStore> Device<S> {
             };
             Ok::<_, Error>(wire::PairwiseMessage { body: Some(body) }.encode_to_vec())
         })();
-        match out {
-            Ok(bytes) => {
-                self.commit_record(*to, record, Batch::new())?;
-                Ok(bytes)
-            }
-            Err(e) => {
-                self.sessions.insert(*to, record);
-                Err(e)
-            }
+        self.sessions.insert(*to, record);
+        if out.is_ok() {
+            tx.sessions.insert(*to);
+        }
+        out
+    }
+
+    /// Encrypts an application payload for device `to`. The advanced session is committed before
+    /// the bytes (an encoded [`PairwiseMessage`](wire::PairwiseMessage)) are returned.
+    pub fn encrypt(
+        &mut self,
+        to: &DeviceAddress,
+        plaintext: &[u8],
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<Vec<u8>> {
+        if plaintext.len() > MAX_PLAINTEXT_LEN - 16 {
+            return Err(ProtocolError::TooLarge(plaintext.len()).into());
+        }
+        let content = wire::Content {
+            body: Some(wire::content::Body::App(plaintext.to_vec())),
+        };
+        let mut tx = Tx::default();
+        let bytes = self.seal(to, &content, rng, now, &mut tx)?;
+        self.finish(tx)?;
+        Ok(bytes)
+    }
+
+    /// Adds a decrypted application payload to the inbox within `tx`.
+    pub(crate) fn to_inbox(
+        &mut self,
+        tx: &mut Tx,
+        from: DeviceAddress,
+        group: Option<GroupId>,
+        plaintext: Zeroizing<Vec<u8>>,
+        now: u64,
+    ) -> Received {
+        let id = tx.next_message_id.unwrap_or(self.next_message_id);
+        let mut stored = pstore::StoredMessage {
+            account_key: from.account.as_bytes().to_vec(),
+            device_id: from.device_id,
+            plaintext: plaintext.to_vec(),
+            received_at: now,
+            group_id: group.map(|g| g.0.to_vec()).unwrap_or_default(),
+        };
+        tx.batch.put(
+            Namespace::Messages,
+            id.to_be_bytes().to_vec(),
+            encode(&stored),
+        );
+        zeroize::Zeroize::zeroize(&mut stored);
+        tx.batch.put(
+            Namespace::Meta,
+            NEXT_MESSAGE_ID,
+            Zeroizing::new((id + 1).to_be_bytes().to_vec()),
+        );
+        tx.next_message_id = Some(id + 1);
+        Received {
+            id,
+            from,
+            group,
+            plaintext,
+            received_at: now,
         }
     }
 
-    /// Decrypts a message from `from` (the sender as authenticated by the relay). The plaintext is
-    /// committed to the inbox together with the session change before it is returned.
-    pub fn decrypt(&mut self, from: &DeviceAddress, bytes: &[u8], now: u64) -> Result<Received> {
+    /// Decrypts a pairwise message from `from` (the sender as authenticated by the relay) and
+    /// processes its content. Application payloads are committed to the inbox together with the
+    /// session change before they are returned; control contents (sender keys, retry requests,
+    /// group changes) are applied and may produce messages to send.
+    pub fn decrypt(
+        &mut self,
+        from: &DeviceAddress,
+        bytes: &[u8],
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<Incoming> {
         if bytes.len() > MAX_MESSAGE_LEN {
             return Err(Error::malformed("pairwise message", "too large"));
         }
@@ -730,49 +890,22 @@ impl<S: KvStore> Device<S> {
                 return Err(e);
             }
         };
-        let id = self.next_message_id;
-        let mut batch = Batch::new();
-        let mut stored = pstore::StoredMessage {
-            account_key: from.account.as_bytes().to_vec(),
-            device_id: from.device_id,
-            plaintext: decrypted.plaintext.to_vec(),
-            received_at: now,
-        };
-        batch.put(
-            Namespace::Messages,
-            id.to_be_bytes().to_vec(),
-            encode(&stored),
-        );
-        zeroize::Zeroize::zeroize(&mut stored);
-        batch.put(
-            Namespace::Meta,
-            NEXT_MESSAGE_ID,
-            Zeroizing::new((id + 1).to_be_bytes().to_vec()),
-        );
-        if let Consumed::PreKeys {
-            one_time,
-            kem,
-            last_resort_base_key,
-        } = &consumed
-        {
-            if let Some(o) = one_time {
-                batch.delete(Namespace::OneTimePreKeys, id_key(*o));
-            }
-            match last_resort_base_key {
-                Some(base) => {
-                    batch.put(
-                        Namespace::KemPreKeys,
-                        used_key(*kem, base),
-                        Zeroizing::new(Vec::new()),
-                    );
+        // From here on the record is advanced in memory; any error discards it (reload from store).
+        self.sessions.insert(*from, record);
+        let mut tx = Tx::default();
+        tx.sessions.insert(*from);
+        let incoming =
+            match self.process_content(from, &decrypted.plaintext, rng, now, &mut tx, &consumed) {
+                Ok(i) => i,
+                Err(e) => {
+                    for a in &tx.sessions {
+                        self.sessions.remove(a);
+                    }
+                    self.discard_group_changes(&tx);
+                    return Err(e);
                 }
-                None => {
-                    batch.delete(Namespace::KemPreKeys, id_key(*kem));
-                }
-            }
-        }
-        self.commit_record(*from, record, batch)?;
-        self.next_message_id = id + 1;
+            };
+        self.finish(tx)?;
         if let Consumed::PreKeys {
             one_time,
             kem,
@@ -793,12 +926,60 @@ impl<S: KvStore> Device<S> {
                 }
             }
         }
-        Ok(Received {
-            id,
-            from: *from,
-            plaintext: decrypted.plaintext,
-            received_at: now,
-        })
+        Ok(incoming)
+    }
+
+    fn process_content(
+        &mut self,
+        from: &DeviceAddress,
+        plaintext: &[u8],
+        rng: &mut impl CryptoRng,
+        now: u64,
+        tx: &mut Tx,
+        consumed: &Consumed,
+    ) -> Result<Incoming> {
+        if let Consumed::PreKeys {
+            one_time,
+            kem,
+            last_resort_base_key,
+        } = consumed
+        {
+            if let Some(o) = one_time {
+                tx.batch.delete(Namespace::OneTimePreKeys, id_key(*o));
+            }
+            match last_resort_base_key {
+                Some(base) => {
+                    tx.batch.put(
+                        Namespace::KemPreKeys,
+                        used_key(*kem, base),
+                        Zeroizing::new(Vec::new()),
+                    );
+                }
+                None => {
+                    tx.batch.delete(Namespace::KemPreKeys, id_key(*kem));
+                }
+            }
+        }
+        let content: wire::Content = decode(plaintext, "message content")?;
+        let mut incoming = Incoming::default();
+        match content.body {
+            Some(wire::content::Body::App(body)) => {
+                incoming
+                    .received
+                    .push(self.to_inbox(tx, *from, None, Zeroizing::new(body), now));
+            }
+            Some(wire::content::Body::SenderKey(d)) => {
+                incoming.received = self.accept_sender_key(from, &d, now, tx)?;
+            }
+            Some(wire::content::Body::SenderKeyRequest(r)) => {
+                incoming.outgoing = self.answer_sender_key_request(from, &r, rng, now, tx)?;
+            }
+            Some(wire::content::Body::GroupChanges(c)) => {
+                self.accept_group_changes(from, &c, now, tx)?;
+            }
+            None => return Err(Error::malformed("message content", "empty")),
+        }
+        Ok(incoming)
     }
 
     fn decrypt_initial(
@@ -862,6 +1043,11 @@ impl<S: KvStore> Device<S> {
                 from: DeviceAddress {
                     account: AccountId::from_bytes(&m.account_key)?,
                     device_id: m.device_id,
+                },
+                group: if m.group_id.is_empty() {
+                    None
+                } else {
+                    Some(GroupId::from_bytes(&m.group_id)?)
                 },
                 plaintext: Zeroizing::new(m.plaintext.clone()),
                 received_at: m.received_at,

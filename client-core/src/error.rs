@@ -106,6 +106,15 @@ pub enum ProtocolError {
     /// Too many devices on a device list.
     #[error("too many devices: {0}")]
     TooManyDevices(usize),
+    /// A group this device does not know.
+    #[error("unknown group")]
+    UnknownGroup,
+    /// The sender (or this device) is not a member of the group.
+    #[error("not a member of the group")]
+    NotAMember,
+    /// Too many group messages are waiting for their sender key.
+    #[error("too many group messages waiting for a sender key")]
+    BufferFull,
     /// The API was called in a way its contract forbids.
     #[error("invalid use: {0}")]
     Misuse(&'static str),

@@ -9,12 +9,14 @@
 #![deny(missing_docs)]
 
 pub mod safety;
+pub mod sender_key;
 pub mod store;
 
 pub mod consts;
 pub mod device;
 pub mod device_list;
 pub mod error;
+pub mod group;
 pub mod keys;
 pub mod pqxdh;
 pub mod prekeys;

@@ -67,22 +67,37 @@ fn alice_and_bob_talk() {
     let m2 = alice.encrypt(&b, b"second", &mut rng, 1002).unwrap();
     let otks = bob.one_time_pre_key_count();
     // Out of order: m2 first.
-    assert_eq!(&*bob.decrypt(&a, &m2, 1003).unwrap().plaintext, b"second");
+    assert_eq!(
+        &*bob
+            .decrypt(&a, &m2, &mut rng, 1003)
+            .unwrap()
+            .single()
+            .unwrap()
+            .plaintext,
+        b"second"
+    );
     assert_eq!(bob.one_time_pre_key_count(), otks - 1);
     assert_eq!(
-        &*bob.decrypt(&a, &m1, 1004).unwrap().plaintext,
+        &*bob
+            .decrypt(&a, &m1, &mut rng, 1004)
+            .unwrap()
+            .single()
+            .unwrap()
+            .plaintext,
         b"hello bob"
     );
     // Replays are refused.
-    assert!(bob.decrypt(&a, &m1, 1005).is_err());
-    assert!(bob.decrypt(&a, &m2, 1005).is_err());
+    assert!(bob.decrypt(&a, &m1, &mut rng, 1005).is_err());
+    assert!(bob.decrypt(&a, &m2, &mut rng, 1005).is_err());
     for i in 0..20 {
         let r = bob
             .encrypt(&a, format!("reply {i}").as_bytes(), &mut rng, 2000 + i)
             .unwrap();
         assert_eq!(
             alice
-                .decrypt(&b, &r, 2000 + i)
+                .decrypt(&b, &r, &mut rng, 2000 + i)
+                .unwrap()
+                .single()
                 .unwrap()
                 .plaintext
                 .as_slice(),
@@ -92,7 +107,12 @@ fn alice_and_bob_talk() {
             .encrypt(&b, format!("again {i}").as_bytes(), &mut rng, 2000 + i)
             .unwrap();
         assert_eq!(
-            bob.decrypt(&a, &r, 2000 + i).unwrap().plaintext.as_slice(),
+            bob.decrypt(&a, &r, &mut rng, 2000 + i)
+                .unwrap()
+                .single()
+                .unwrap()
+                .plaintext
+                .as_slice(),
             format!("again {i}").as_bytes()
         );
     }
@@ -108,7 +128,12 @@ fn alice_and_bob_talk() {
     let mut alice = Device::open(store).unwrap();
     let r = alice.encrypt(&b, b"after restart", &mut rng, 3000).unwrap();
     assert_eq!(
-        &*bob.decrypt(&a, &r, 3001).unwrap().plaintext,
+        &*bob
+            .decrypt(&a, &r, &mut rng, 3001)
+            .unwrap()
+            .single()
+            .unwrap()
+            .plaintext,
         b"after restart"
     );
 }
@@ -130,13 +155,45 @@ fn simultaneous_initiation_heals() {
         .unwrap();
     let x = alice.encrypt(&b, b"from alice", &mut rng, 2).unwrap();
     let y = bob.encrypt(&a, b"from bob", &mut rng, 2).unwrap();
-    assert_eq!(&*bob.decrypt(&a, &x, 3).unwrap().plaintext, b"from alice");
-    assert_eq!(&*alice.decrypt(&b, &y, 3).unwrap().plaintext, b"from bob");
+    assert_eq!(
+        &*bob
+            .decrypt(&a, &x, &mut rng, 3)
+            .unwrap()
+            .single()
+            .unwrap()
+            .plaintext,
+        b"from alice"
+    );
+    assert_eq!(
+        &*alice
+            .decrypt(&b, &y, &mut rng, 3)
+            .unwrap()
+            .single()
+            .unwrap()
+            .plaintext,
+        b"from bob"
+    );
     for i in 0..10u64 {
         let x = alice.encrypt(&b, b"a", &mut rng, 4 + i).unwrap();
         let y = bob.encrypt(&a, b"b", &mut rng, 4 + i).unwrap();
-        assert_eq!(&*bob.decrypt(&a, &x, 4 + i).unwrap().plaintext, b"a");
-        assert_eq!(&*alice.decrypt(&b, &y, 4 + i).unwrap().plaintext, b"b");
+        assert_eq!(
+            &*bob
+                .decrypt(&a, &x, &mut rng, 4 + i)
+                .unwrap()
+                .single()
+                .unwrap()
+                .plaintext,
+            b"a"
+        );
+        assert_eq!(
+            &*alice
+                .decrypt(&b, &y, &mut rng, 4 + i)
+                .unwrap()
+                .single()
+                .unwrap()
+                .plaintext,
+            b"b"
+        );
     }
 }
 
@@ -231,7 +288,12 @@ mod crash {
                     "message key reused after a crash"
                 );
                 assert_eq!(
-                    &*bob.decrypt(&a, &bytes, now).unwrap().plaintext,
+                    &*bob
+                        .decrypt(&a, &bytes, &mut rng, now)
+                        .unwrap()
+                        .single()
+                        .unwrap()
+                        .plaintext,
                     text.as_bytes()
                 );
             } else {
@@ -240,8 +302,8 @@ mod crash {
                 sent_to_alice.insert(text.clone());
                 // The relay redelivers until the device has taken the message.
                 let got = loop {
-                    match alice.decrypt(&b, &bytes, now) {
-                        Ok(r) => break r,
+                    match alice.decrypt(&b, &bytes, &mut rng, now) {
+                        Ok(r) => break r.single().unwrap(),
                         Err(Error::Store(_)) => alice = reopen(alice, &mut crashed),
                         Err(e) => panic!("{e}"),
                     }
@@ -289,7 +351,7 @@ fn reregistered_device_gets_a_fresh_session() {
         .start_session(&bundle(&mut pk, true), &mut rng, 1)
         .unwrap();
     let m = alice.encrypt(&b, b"one", &mut rng, 2).unwrap();
-    bob.decrypt(&alice.address(), &m, 3).unwrap();
+    bob.decrypt(&alice.address(), &m, &mut rng, 3).unwrap();
     assert!(alice.has_session(&b, 4).unwrap());
 
     // Bob's account registers a new device 2, then replaces it (reinstall: new identity, same id).
@@ -319,7 +381,7 @@ fn reregistered_device_gets_a_fresh_session() {
         .encrypt(&alice.address(), b"stale", &mut rng, 9)
         .unwrap();
     assert!(matches!(
-        alice.decrypt(&d2, &forged, 10),
+        alice.decrypt(&d2, &forged, &mut rng, 10),
         Err(Error::Auth(hush_core::error::AuthError::IdentityMismatch))
     ));
     // Removing a device also ends its sessions.
@@ -353,7 +415,7 @@ fn idle_sessions_are_retired() {
         .start_session(&bundle(&mut pk, true), &mut rng, 1)
         .unwrap();
     let m = alice.encrypt(&b, b"one", &mut rng, 2).unwrap();
-    bob.decrypt(&alice.address(), &m, 3).unwrap();
+    bob.decrypt(&alice.address(), &m, &mut rng, 3).unwrap();
     let later = 2 + SESSION_MAX_IDLE_MS + 1;
     // A stale session is not used for sending, and the sweep deletes it.
     assert!(!alice.has_session(&b, later).unwrap());
@@ -365,7 +427,12 @@ fn idle_sessions_are_retired() {
         .unwrap();
     let m = alice.encrypt(&b, b"two", &mut rng, later).unwrap();
     assert_eq!(
-        &*bob.decrypt(&alice.address(), &m, later).unwrap().plaintext,
+        &*bob
+            .decrypt(&alice.address(), &m, &mut rng, later)
+            .unwrap()
+            .single()
+            .unwrap()
+            .plaintext,
         b"two"
     );
 }

@@ -25,6 +25,10 @@ pub mod labels {
     pub const SIGNED_PRE_KEY: &[u8] = b"Hush-SignedPreKey-v1";
     /// Prefix of the bytes a device signs for an ML-KEM pre-key.
     pub const KEM_PRE_KEY: &[u8] = b"Hush-KemPreKey-v1";
+    /// Prefix of the bytes a sender key signs for a group message.
+    pub const GROUP_MESSAGE: &[u8] = b"Hush-GroupMessage-v1";
+    /// Prefix of the bytes an admin device signs for a group membership change.
+    pub const GROUP_CHANGE: &[u8] = b"Hush-GroupChange-v1";
 }
 
 pub use prost::Message;

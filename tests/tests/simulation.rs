@@ -143,7 +143,11 @@ impl World {
         };
         self.now += 1;
         let now = self.now;
-        let result = self.device(&e.to).decrypt(&e.from, &e.bytes, now);
+        let mut rng = ChaCha20Rng::from_seed(self.rng_seed());
+        let result = self
+            .device(&e.to)
+            .decrypt(&e.from, &e.bytes, &mut rng, now)
+            .map(|i| i.single().unwrap());
         {
             use prost::Message;
             let m = hush_proto::wire::PairwiseMessage::decode(e.bytes.as_slice()).unwrap();

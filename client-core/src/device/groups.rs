@@ -1,0 +1,699 @@
+//! Group operations of [`Device`]: membership changes, sender-key distribution and rotation,
+//! group encryption, and buffering with retry requests when a sender key is missing.
+
+use std::collections::HashMap;
+
+use hush_proto::{Message, store as pstore, wire};
+use rand_core::CryptoRng;
+use zeroize::Zeroizing;
+
+use super::{Device, Outgoing, Received, Tx, decode, encode};
+use crate::consts::{
+    MAX_BUFFERED_GROUP_MESSAGES, MAX_MESSAGE_LEN, MAX_PLAINTEXT_LEN, SENDER_KEY_MAX_ITERATIONS,
+    SENDER_KEY_REQUEST_INTERVAL_MS,
+};
+use crate::error::{Error, ProtocolError, Result};
+use crate::group::{ChangeBody, GroupLog, GroupState, Offered, SignedChange};
+use crate::keys::{AccountId, DeviceAddress};
+use crate::sender_key::{GroupId, GroupMessage, SenderKeyRecord, SenderKeyState};
+use crate::store::kv::{KvStore, Namespace};
+
+/// One group this device knows.
+#[derive(Clone, Debug)]
+pub struct GroupEntry {
+    pub(crate) log: GroupLog,
+    pub(crate) needs_rotation: bool,
+}
+
+impl GroupEntry {
+    /// The current membership.
+    pub const fn state(&self) -> &GroupState {
+        self.log.state()
+    }
+
+    /// Whether this device's sender key must be replaced before its next message.
+    pub const fn needs_rotation(&self) -> bool {
+        self.needs_rotation
+    }
+}
+
+/// The result of encrypting one group message.
+pub struct GroupSend {
+    /// The encoded [`wire::GroupMessage`], the same bytes for every recipient.
+    pub message: Vec<u8>,
+    /// Every device that should receive it (all member devices except this one).
+    pub recipients: Vec<DeviceAddress>,
+    /// Sender-key distributions to send (pairwise) before or with the message.
+    pub distributions: Vec<Outgoing>,
+}
+
+/// The result of receiving one group message.
+pub enum GroupIncoming {
+    /// Decrypted and durable in the inbox.
+    Decrypted(Received),
+    /// The sender key is missing: the message is kept, and a retry request may need sending.
+    Buffered {
+        /// A request for the sender key to send to the sender device (none if one was sent recently
+        /// or no session with the sender exists yet).
+        request: Option<Outgoing>,
+    },
+}
+
+fn sender_key_key(g: &GroupId, a: &DeviceAddress) -> Vec<u8> {
+    let mut k = g.0.to_vec();
+    k.extend_from_slice(&a.to_key());
+    k
+}
+
+fn buffer_prefix(g: &GroupId) -> Vec<u8> {
+    let mut k = g.0.to_vec();
+    k.push(1);
+    k
+}
+
+fn load_entry(bytes: &[u8]) -> Result<GroupEntry> {
+    let r: pstore::GroupRecord = decode(bytes, "stored group")?;
+    let log = r
+        .log
+        .iter()
+        .map(|b| SignedChange::parse(b))
+        .collect::<Result<Vec<_>>>()?;
+    let pending = r
+        .pending
+        .iter()
+        .map(|b| SignedChange::parse(b))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(GroupEntry {
+        log: GroupLog::restore(log, pending)?,
+        needs_rotation: r.needs_rotation,
+    })
+}
+
+/// Loads every group record of the store.
+pub(super) fn load_groups<S: KvStore>(store: &S) -> Result<HashMap<GroupId, GroupEntry>> {
+    let mut out = HashMap::new();
+    for (k, v) in store.scan(Namespace::Groups)? {
+        if k.len() == 32 {
+            out.insert(GroupId::from_bytes(&k)?, load_entry(&v)?);
+        }
+    }
+    Ok(out)
+}
+
+impl<S: KvStore> Device<S> {
+    pub(crate) fn serialize_group_changes(&self, tx: &mut Tx) {
+        for g in &tx.groups {
+            match self.groups.get(g) {
+                Some(e) => {
+                    let r = pstore::GroupRecord {
+                        log: e.log.log().iter().map(|c| c.signed.clone()).collect(),
+                        needs_rotation: e.needs_rotation,
+                        pending: e.log.pending().map(|c| c.signed.clone()).collect(),
+                    };
+                    tx.batch.put(Namespace::Groups, g.0.to_vec(), encode(&r));
+                }
+                None => {
+                    tx.batch.delete(Namespace::Groups, g.0.to_vec());
+                }
+            }
+        }
+        for (g, a) in &tx.sender_keys {
+            if let Some(r) = self.sender_keys.get(&(*g, *a)) {
+                let mut p = r.to_proto();
+                tx.batch
+                    .put(Namespace::SenderKeys, sender_key_key(g, a), encode(&p));
+                zeroize::Zeroize::zeroize(&mut p);
+            }
+        }
+    }
+
+    pub(crate) fn discard_group_changes(&mut self, tx: &Tx) {
+        for k in &tx.sender_keys {
+            self.sender_keys.remove(k);
+        }
+        for g in &tx.groups {
+            match self
+                .store
+                .get(Namespace::Groups, &g.0)
+                .ok()
+                .flatten()
+                .map(|v| load_entry(&v))
+            {
+                Some(Ok(e)) => {
+                    self.groups.insert(*g, e);
+                }
+                _ => {
+                    self.groups.remove(g);
+                }
+            }
+        }
+    }
+
+    /// Marks every group with `account` as a member for sender-key rotation.
+    pub(crate) fn mark_rotation_for_member(&mut self, account: &AccountId, tx: &mut Tx) {
+        for (g, e) in &mut self.groups {
+            if e.log.state().is_member(account) {
+                e.needs_rotation = true;
+                tx.groups.insert(*g);
+            }
+        }
+    }
+
+    fn sender_key_record(&mut self, g: GroupId, a: DeviceAddress) -> Result<&mut SenderKeyRecord> {
+        if !self.sender_keys.contains_key(&(g, a)) {
+            let r = match self
+                .store
+                .get(Namespace::SenderKeys, &sender_key_key(&g, &a))?
+            {
+                Some(v) => SenderKeyRecord::from_proto(&decode(&v, "stored sender key")?)?,
+                None => SenderKeyRecord::default(),
+            };
+            self.sender_keys.insert((g, a), r);
+        }
+        self.sender_keys
+            .get_mut(&(g, a))
+            .ok_or(ProtocolError::UnknownGroup.into())
+    }
+
+    /// A group this device knows.
+    pub fn group(&self, g: &GroupId) -> Option<&GroupEntry> {
+        self.groups.get(g)
+    }
+
+    /// The ids of the groups this device knows.
+    pub fn group_ids(&self) -> Vec<GroupId> {
+        self.groups.keys().copied().collect()
+    }
+
+    fn devices_of(
+        &self,
+        accounts: impl IntoIterator<Item = AccountId>,
+    ) -> Result<Vec<DeviceAddress>> {
+        let mut out = Vec::new();
+        for a in accounts {
+            let list = self
+                .device_lists
+                .get(&a)
+                .ok_or(ProtocolError::UnknownAccount)?;
+            out.extend(list.addresses().filter(|d| *d != self.address));
+        }
+        Ok(out)
+    }
+
+    /// Every device of the group's members (from their device lists), except this one.
+    pub fn group_devices(&self, g: &GroupId) -> Result<Vec<DeviceAddress>> {
+        let entry = self.groups.get(g).ok_or(ProtocolError::UnknownGroup)?;
+        self.devices_of(entry.log.state().members.keys().copied())
+    }
+
+    fn changes_content(changes: &[SignedChange]) -> wire::Content {
+        wire::Content {
+            body: Some(wire::content::Body::GroupChanges(wire::GroupChanges {
+                changes: changes.iter().map(|c| c.signed.clone()).collect(),
+            })),
+        }
+    }
+
+    /// Creates a group with this device's account as admin and `members` as members. Returns the
+    /// group id and the messages that tell every member device. Needs sessions with all of them
+    /// ([`Device::missing_sessions`] over the member accounts' devices).
+    pub fn create_group(
+        &mut self,
+        name: &str,
+        members: &[AccountId],
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<(GroupId, Vec<Outgoing>)> {
+        let id = GroupId::random(rng);
+        let mut add = vec![(self.address.account, true)];
+        add.extend(
+            members
+                .iter()
+                .filter(|a| **a != self.address.account)
+                .map(|a| (*a, false)),
+        );
+        let body = ChangeBody {
+            group: id,
+            epoch: 1,
+            previous_hash: [0; 32],
+            author: self.address,
+            name: Some(name.to_owned()),
+            add,
+            remove: Vec::new(),
+            issued_at: now,
+        };
+        let change = SignedChange::sign(body, &self.identity);
+        let log = GroupLog::create(change)?;
+        let content = Self::changes_content(log.log());
+        self.groups.insert(
+            id,
+            GroupEntry {
+                log,
+                needs_rotation: false,
+            },
+        );
+        let mut tx = Tx::default();
+        tx.groups.insert(id);
+        let out = self.group_devices(&id).and_then(|devices| {
+            devices
+                .iter()
+                .map(|d| {
+                    Ok(Outgoing {
+                        to: *d,
+                        bytes: self.seal(d, &content, rng, now, &mut tx)?,
+                    })
+                })
+                .collect()
+        });
+        match out {
+            Ok(out) => {
+                self.finish(tx)?;
+                Ok((id, out))
+            }
+            Err(e) => {
+                self.groups.remove(&id);
+                for a in &tx.sessions {
+                    self.sessions.remove(a);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Changes a group (this device's account must be an admin, or be removing only itself):
+    /// adds members or changes their admin flag, removes members, renames. Returns the messages
+    /// that tell every device of the members before and after the change (new members receive
+    /// the whole log). Removing a member makes every remaining member rotate its sender key.
+    pub fn update_group(
+        &mut self,
+        g: &GroupId,
+        add: &[(AccountId, bool)],
+        remove: &[AccountId],
+        name: Option<&str>,
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<Vec<Outgoing>> {
+        let entry = self.groups.get(g).ok_or(ProtocolError::UnknownGroup)?;
+        let before = entry.log.state().clone();
+        let body = ChangeBody {
+            group: *g,
+            epoch: before.epoch.saturating_add(1),
+            previous_hash: before.head,
+            author: self.address,
+            name: name.map(str::to_owned),
+            add: add.to_vec(),
+            remove: remove.to_vec(),
+            issued_at: now,
+        };
+        let change = SignedChange::sign(body, &self.identity);
+        let (after, diff) = before.apply(&change)?;
+        let mut log = entry.log.clone();
+        log.offer(change.clone())?;
+        let full = Self::changes_content(log.log());
+        let single = Self::changes_content(std::slice::from_ref(&change));
+        let old_entry = self.groups.insert(
+            *g,
+            GroupEntry {
+                log,
+                needs_rotation: entry.needs_rotation || !diff.removed.is_empty(),
+            },
+        );
+        let mut tx = Tx::default();
+        tx.groups.insert(*g);
+        let mut accounts: Vec<AccountId> = after.members.keys().copied().collect();
+        accounts.extend(diff.removed.iter().copied());
+        let out = self.devices_of(accounts).and_then(|devices| {
+            devices
+                .iter()
+                .map(|d| {
+                    let content = if diff.added.contains(&d.account) {
+                        &full
+                    } else {
+                        &single
+                    };
+                    Ok(Outgoing {
+                        to: *d,
+                        bytes: self.seal(d, content, rng, now, &mut tx)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        });
+        match out.and_then(|o| self.finish_or_err(tx, o)) {
+            Ok(o) => Ok(o),
+            Err(e) => {
+                if let Some(old) = old_entry {
+                    self.groups.insert(*g, old);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn finish_or_err<T>(&mut self, tx: Tx, value: T) -> Result<T> {
+        let sessions: Vec<_> = tx.sessions.iter().copied().collect();
+        match self.finish(tx) {
+            Ok(()) => Ok(value),
+            Err(e) => {
+                for a in sessions {
+                    self.sessions.remove(&a);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Encrypts one message for the group: one AEAD encryption and one signature, whatever the
+    /// group's size. First rotates this device's sender key if a member was removed, and prepares
+    /// sender-key distributions for member devices that do not have the key yet (they need
+    /// sessions: see [`Device::missing_sessions`] over [`Device::group_devices`]).
+    pub fn group_encrypt(
+        &mut self,
+        g: &GroupId,
+        plaintext: &[u8],
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<GroupSend> {
+        if plaintext.len() > MAX_PLAINTEXT_LEN {
+            return Err(ProtocolError::TooLarge(plaintext.len()).into());
+        }
+        let entry = self.groups.get(g).ok_or(ProtocolError::UnknownGroup)?;
+        if !entry.log.state().is_member(&self.address.account) {
+            return Err(ProtocolError::NotAMember.into());
+        }
+        let rotate = entry.needs_rotation;
+        let recipients = self.group_devices(g)?;
+        let me = self.address;
+        let mut tx = Tx::default();
+        let record = self.sender_key_record(*g, me)?;
+        let must_rotate = rotate
+            || record
+                .current()
+                .is_none_or(|s| s.iteration() >= SENDER_KEY_MAX_ITERATIONS);
+        if must_rotate {
+            let key_id = record.current().map_or(1, |s| s.key_id().wrapping_add(1));
+            record.add(SenderKeyState::generate(rng, key_id, now));
+        }
+        tx.sender_keys.insert((*g, me));
+        // Distributions for devices that do not have the current key yet.
+        let mut dists = Vec::new();
+        {
+            let record = self.sender_key_record(*g, me)?;
+            let state = record
+                .current_mut()
+                .ok_or(ProtocolError::Misuse("no sender key"))?;
+            for d in &recipients {
+                if !state.entitled().contains_key(d) {
+                    dists.push((*d, state.distribution_for(*g, *d, None)?));
+                }
+            }
+        }
+        let result = (|| {
+            let mut distributions = Vec::with_capacity(dists.len());
+            for (d, dist) in dists {
+                let content = wire::Content {
+                    body: Some(wire::content::Body::SenderKey(dist)),
+                };
+                distributions.push(Outgoing {
+                    to: d,
+                    bytes: self.seal(&d, &content, rng, now, &mut tx)?,
+                });
+            }
+            let record = self.sender_key_record(*g, me)?;
+            let state = record
+                .current_mut()
+                .ok_or(ProtocolError::Misuse("no sender key"))?;
+            let msg = state.encrypt(*g, me, plaintext)?;
+            Ok::<_, Error>((distributions, msg.to_wire().encode_to_vec()))
+        })();
+        let (distributions, message) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                self.sender_keys.remove(&(*g, me));
+                for a in &tx.sessions {
+                    self.sessions.remove(a);
+                }
+                return Err(e);
+            }
+        };
+        if must_rotate {
+            if let Some(e) = self.groups.get_mut(g) {
+                e.needs_rotation = false;
+            }
+            tx.groups.insert(*g);
+        }
+        self.finish(tx)?;
+        Ok(GroupSend {
+            message,
+            recipients,
+            distributions,
+        })
+    }
+
+    /// Receives a group message fanned out by the relay. Verifies that the group is known, the
+    /// sender's account is a member and the sending device is on its list; then verifies the
+    /// signature and decrypts. Without the sender key the message is kept and a retry request is
+    /// prepared.
+    pub fn decrypt_group(
+        &mut self,
+        bytes: &[u8],
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<GroupIncoming> {
+        if bytes.len() > MAX_MESSAGE_LEN {
+            return Err(Error::malformed("group message", "too large"));
+        }
+        let raw: wire::GroupMessage = decode(bytes, "group message")?;
+        let msg = GroupMessage::try_from(&raw)?;
+        let g = msg.header.group;
+        let sender = msg.header.sender;
+        let entry = self.groups.get(&g).ok_or(ProtocolError::UnknownGroup)?;
+        if !entry.log.state().is_member(&sender.account) {
+            return Err(ProtocolError::NotAMember.into());
+        }
+        self.known_identity(&sender)?;
+        if sender == self.address {
+            return Err(ProtocolError::Misuse("own group message").into());
+        }
+        let mut tx = Tx::default();
+        let record = self.sender_key_record(g, sender)?;
+        if let Some(state) = record.get_mut(msg.header.key_id) {
+            let plaintext = state.decrypt(&msg, now)?;
+            tx.sender_keys.insert((g, sender));
+            let received = self.to_inbox(&mut tx, sender, Some(g), plaintext, now);
+            self.finish_group(tx)?;
+            return Ok(GroupIncoming::Decrypted(received));
+        }
+        // Missing key: keep the message durably and ask the sender for its key.
+        let prefix = buffer_prefix(&g);
+        let buffered = self
+            .store
+            .scan(Namespace::Groups)?
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .count();
+        if buffered >= MAX_BUFFERED_GROUP_MESSAGES {
+            return Err(ProtocolError::BufferFull.into());
+        }
+        let seq = tx.next_message_id.unwrap_or(self.next_message_id);
+        tx.next_message_id = Some(seq + 1);
+        tx.batch.put(
+            Namespace::Meta,
+            super::NEXT_MESSAGE_ID,
+            Zeroizing::new((seq + 1).to_be_bytes().to_vec()),
+        );
+        let mut key = prefix;
+        key.extend_from_slice(&seq.to_be_bytes());
+        let b = pstore::BufferedGroupMessage {
+            message: bytes.to_vec(),
+            received_at: now,
+        };
+        tx.batch.put(Namespace::Groups, key, encode(&b));
+        let req_key = (g, sender, msg.header.key_id);
+        let due = self
+            .last_key_requests
+            .get(&req_key)
+            .is_none_or(|t| t.saturating_add(SENDER_KEY_REQUEST_INTERVAL_MS) <= now);
+        let request = if due && self.has_session(&sender, now)? {
+            let content = wire::Content {
+                body: Some(wire::content::Body::SenderKeyRequest(
+                    wire::SenderKeyRequest {
+                        group_id: g.0.to_vec(),
+                        key_id: msg.header.key_id,
+                        from_iteration: msg.header.iteration,
+                    },
+                )),
+            };
+            match self.seal(&sender, &content, rng, now, &mut tx) {
+                Ok(bytes) => Some(Outgoing { to: sender, bytes }),
+                Err(e) => {
+                    self.sessions.remove(&sender);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        self.finish_group(tx)?;
+        if request.is_some() {
+            self.last_key_requests.insert(req_key, now);
+        }
+        Ok(GroupIncoming::Buffered { request })
+    }
+
+    fn finish_group(&mut self, tx: Tx) -> Result<()> {
+        let keys: Vec<_> = tx.sender_keys.iter().copied().collect();
+        let r = self.finish(tx);
+        if r.is_err() {
+            for k in keys {
+                self.sender_keys.remove(&k);
+            }
+        }
+        r
+    }
+
+    /// Requests a missing sender key again (for example after starting a session with the sender).
+    pub fn request_sender_key(
+        &mut self,
+        g: &GroupId,
+        sender: &DeviceAddress,
+        key_id: u32,
+        from_iteration: u32,
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<Outgoing> {
+        let content = wire::Content {
+            body: Some(wire::content::Body::SenderKeyRequest(
+                wire::SenderKeyRequest {
+                    group_id: g.0.to_vec(),
+                    key_id,
+                    from_iteration,
+                },
+            )),
+        };
+        let mut tx = Tx::default();
+        let bytes = self.seal(sender, &content, rng, now, &mut tx)?;
+        self.finish(tx)?;
+        self.last_key_requests.insert((*g, *sender, key_id), now);
+        Ok(Outgoing { to: *sender, bytes })
+    }
+
+    fn check_member_device(&self, g: &GroupId, d: &DeviceAddress) -> Result<()> {
+        let entry = self.groups.get(g).ok_or(ProtocolError::UnknownGroup)?;
+        if !entry.log.state().is_member(&d.account) {
+            return Err(ProtocolError::NotAMember.into());
+        }
+        self.known_identity(d).map(|_| ())
+    }
+
+    pub(super) fn accept_sender_key(
+        &mut self,
+        from: &DeviceAddress,
+        d: &wire::SenderKeyDistribution,
+        now: u64,
+        tx: &mut Tx,
+    ) -> Result<Vec<Received>> {
+        let g = GroupId::from_bytes(&d.group_id)?;
+        self.check_member_device(&g, from)?;
+        let state = SenderKeyState::from_distribution(d, now)?;
+        let key_id = state.key_id();
+        if !self.sender_key_record(g, *from)?.add(state) {
+            return Ok(Vec::new());
+        }
+        tx.sender_keys.insert((g, *from));
+        // Messages that waited for this key.
+        let prefix = buffer_prefix(&g);
+        let mut out = Vec::new();
+        for (k, v) in self.store.scan(Namespace::Groups)? {
+            if !k.starts_with(&prefix) {
+                continue;
+            }
+            let b: pstore::BufferedGroupMessage = decode(&v, "buffered group message")?;
+            let Ok(raw) = wire::GroupMessage::decode(b.message.as_slice()) else {
+                tx.batch.delete(Namespace::Groups, k);
+                continue;
+            };
+            let Ok(msg) = GroupMessage::try_from(&raw) else {
+                tx.batch.delete(Namespace::Groups, k);
+                continue;
+            };
+            if msg.header.sender != *from || msg.header.key_id != key_id {
+                continue;
+            }
+            let record = self.sender_key_record(g, *from)?;
+            let result = record.get_mut(key_id).map(|s| s.decrypt(&msg, now));
+            tx.batch.delete(Namespace::Groups, k);
+            if let Some(Ok(plaintext)) = result {
+                out.push(self.to_inbox(tx, *from, Some(g), plaintext, b.received_at.max(now)));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn answer_sender_key_request(
+        &mut self,
+        from: &DeviceAddress,
+        r: &wire::SenderKeyRequest,
+        rng: &mut impl CryptoRng,
+        now: u64,
+        tx: &mut Tx,
+    ) -> Result<Vec<Outgoing>> {
+        let g = GroupId::from_bytes(&r.group_id)?;
+        self.check_member_device(&g, from)?;
+        let me = self.address;
+        let record = self.sender_key_record(g, me)?;
+        let is_current = record.current().is_some_and(|s| s.key_id() == r.key_id);
+        let Some(state) = record.get_mut(r.key_id) else {
+            return Ok(Vec::new());
+        };
+        // An older key goes only to devices that had it; the current one to any member device
+        // (from the current iteration for a device that never had it).
+        if !is_current && !state.entitled().contains_key(from) {
+            return Ok(Vec::new());
+        }
+        let dist = state.distribution_for(g, *from, Some(r.from_iteration))?;
+        tx.sender_keys.insert((g, me));
+        let content = wire::Content {
+            body: Some(wire::content::Body::SenderKey(dist)),
+        };
+        let bytes = self.seal(from, &content, rng, now, tx)?;
+        Ok(vec![Outgoing { to: *from, bytes }])
+    }
+
+    pub(super) fn accept_group_changes(
+        &mut self,
+        _from: &DeviceAddress,
+        c: &wire::GroupChanges,
+        _now: u64,
+        tx: &mut Tx,
+    ) -> Result<()> {
+        for bytes in &c.changes {
+            let change = SignedChange::parse(bytes)?;
+            change.verify(&self.known_identity(&change.body.author)?)?;
+            let g = change.body.group;
+            match self.groups.get_mut(&g) {
+                None if change.body.epoch == 1 => {
+                    let log = GroupLog::create(change)?;
+                    self.groups.insert(
+                        g,
+                        GroupEntry {
+                            log,
+                            needs_rotation: false,
+                        },
+                    );
+                }
+                None => continue,
+                Some(e) => match e.log.offer(change)? {
+                    Offered::Applied(diffs) => {
+                        if diffs.iter().any(|d| !d.removed.is_empty()) {
+                            e.needs_rotation = true;
+                        }
+                    }
+                    Offered::Replaced => e.needs_rotation = true,
+                    Offered::Buffered | Offered::Ignored => {}
+                },
+            }
+            tx.groups.insert(g);
+        }
+        Ok(())
+    }
+}

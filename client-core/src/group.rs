@@ -1,0 +1,374 @@
+//! Group membership: a chain of membership changes, each signed by an admin's device.
+//!
+//! A group is defined by its log of [`SignedChange`]s. Change `e` (its *epoch*) names the SHA-256
+//! hash of change `e − 1`'s signed bytes (`previous_hash`; 32 zero bytes for the creation, epoch 1),
+//! so every member applies the same changes in the same order. Rules, checked by every member:
+//!
+//! - the signature is by the author device's identity signing key, and that device is on its
+//!   account's verified device list (the caller supplies the identity from that list);
+//! - the author's account is an admin of the group before the change — except a member removing
+//!   only itself (leaving);
+//! - creation (epoch 1) lists its author as an admin; every later change removes only members;
+//! - afterwards the group has at most [`MAX_GROUP_MEMBERS`] members and at least one admin, unless it is empty;
+//! - a change for a future epoch is kept until the ones before it arrive;
+//! - two different changes for the same epoch (concurrent admins): the one whose hash is smaller
+//!   wins everywhere. A member that applied the other rolls back to the epoch before (within the last
+//!   [`GROUP_CHANGE_HISTORY`] changes) and applies the winner; changes built on the loser are dropped
+//!   and their authors must issue them again.
+
+use std::collections::BTreeMap;
+
+use hush_proto::{Message, labels, wire};
+use sha2::{Digest, Sha256};
+
+use crate::consts::{GROUP_CHANGE_HISTORY, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_LEN};
+use crate::error::{AuthError, Error, ProtocolError, Result};
+use crate::keys::{AccountId, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair, array};
+use crate::sender_key::GroupId;
+
+/// The content of one membership change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeBody {
+    /// The group.
+    pub group: GroupId,
+    /// Its position in the log (creation = 1).
+    pub epoch: u64,
+    /// Hash of the previous change (zeros for the creation).
+    pub previous_hash: [u8; 32],
+    /// The authoring device.
+    pub author: DeviceAddress,
+    /// New name (creation, rename), if any.
+    pub name: Option<String>,
+    /// Members added, or whose admin flag changes.
+    pub add: Vec<(AccountId, bool)>,
+    /// Members removed.
+    pub remove: Vec<AccountId>,
+    /// When it was issued (ms).
+    pub issued_at: u64,
+}
+
+/// A parsed, signed change (signature checked by [`SignedChange::verify`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedChange {
+    /// The content.
+    pub body: ChangeBody,
+    /// The serialized [`wire::SignedGroupChange`].
+    pub signed: Vec<u8>,
+    /// SHA-256 of `signed`.
+    pub hash: [u8; 32],
+    change_bytes: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+impl SignedChange {
+    /// Signs a change with the author device's identity.
+    pub fn sign(body: ChangeBody, identity: &DeviceIdentityKeyPair) -> Self {
+        let raw = wire::GroupChange {
+            group_id: body.group.0.to_vec(),
+            epoch: body.epoch,
+            previous_hash: body.previous_hash.to_vec(),
+            author_account_key: body.author.account.as_bytes().to_vec(),
+            author_device_id: body.author.device_id,
+            name: body.name.clone().unwrap_or_default(),
+            add: body
+                .add
+                .iter()
+                .map(|(a, admin)| wire::GroupMember {
+                    account_key: a.as_bytes().to_vec(),
+                    admin: *admin,
+                })
+                .collect(),
+            remove: body.remove.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            issued_at: body.issued_at,
+        };
+        let change_bytes = raw.encode_to_vec();
+        let signature = identity.sign(labels::GROUP_CHANGE, &change_bytes).to_vec();
+        let signed = wire::SignedGroupChange {
+            change: change_bytes.clone(),
+            signature: signature.clone(),
+        }
+        .encode_to_vec();
+        let hash = Sha256::digest(&signed).into();
+        Self {
+            body,
+            signed,
+            hash,
+            change_bytes,
+            signature,
+        }
+    }
+
+    /// Parses a serialized [`wire::SignedGroupChange`] (no signature check yet).
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let s = wire::SignedGroupChange::decode(bytes)
+            .map_err(|_| Error::malformed("group change", "does not decode"))?;
+        let c = wire::GroupChange::decode(s.change.as_slice())
+            .map_err(|_| Error::malformed("group change", "does not decode"))?;
+        if c.name.len() > MAX_GROUP_NAME_LEN {
+            return Err(Error::malformed("group change", "name too long"));
+        }
+        if c.add.len() > MAX_GROUP_MEMBERS || c.remove.len() > MAX_GROUP_MEMBERS {
+            return Err(ProtocolError::TooManyDevices(c.add.len().max(c.remove.len())).into());
+        }
+        let body = ChangeBody {
+            group: GroupId::from_bytes(&c.group_id)?,
+            epoch: c.epoch,
+            previous_hash: array(
+                &c.previous_hash,
+                "group change",
+                "previous hash must be 32 bytes",
+            )?,
+            author: DeviceAddress {
+                account: AccountId::from_bytes(&c.author_account_key)?,
+                device_id: c.author_device_id,
+            },
+            name: if c.name.is_empty() {
+                None
+            } else {
+                Some(c.name)
+            },
+            add: c
+                .add
+                .iter()
+                .map(|m| Ok((AccountId::from_bytes(&m.account_key)?, m.admin)))
+                .collect::<Result<_>>()?,
+            remove: c
+                .remove
+                .iter()
+                .map(|a| AccountId::from_bytes(a))
+                .collect::<Result<_>>()?,
+            issued_at: c.issued_at,
+        };
+        Ok(Self {
+            body,
+            signed: bytes.to_vec(),
+            hash: Sha256::digest(bytes).into(),
+            change_bytes: s.change,
+            signature: s.signature,
+        })
+    }
+
+    /// Verifies the signature against the author device's identity (from its device list).
+    pub fn verify(&self, author_identity: &DeviceIdentity) -> Result<()> {
+        author_identity.verify(
+            labels::GROUP_CHANGE,
+            &self.change_bytes,
+            &self.signature,
+            "group change",
+        )
+    }
+}
+
+/// The membership of a group at one epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupState {
+    /// The group.
+    pub id: GroupId,
+    /// Its name.
+    pub name: String,
+    /// The epoch of the last applied change.
+    pub epoch: u64,
+    /// Hash of the last applied change.
+    pub head: [u8; 32],
+    /// Members and whether each is an admin.
+    pub members: BTreeMap<AccountId, bool>,
+}
+
+/// Who joined and who left with one change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// New members.
+    pub added: Vec<AccountId>,
+    /// Removed members.
+    pub removed: Vec<AccountId>,
+}
+
+impl GroupState {
+    fn empty(id: GroupId) -> Self {
+        Self {
+            id,
+            name: String::new(),
+            epoch: 0,
+            head: [0; 32],
+            members: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `account` is a member.
+    pub fn is_member(&self, account: &AccountId) -> bool {
+        self.members.contains_key(account)
+    }
+
+    /// Whether `account` is an admin.
+    pub fn is_admin(&self, account: &AccountId) -> bool {
+        self.members.get(account).copied().unwrap_or(false)
+    }
+
+    /// Applies a (signature-checked) change, returning the next state. Pure: `self` is unchanged.
+    pub fn apply(&self, c: &SignedChange) -> Result<(Self, Diff)> {
+        let b = &c.body;
+        if b.group != self.id {
+            return Err(ProtocolError::Misuse("change for another group").into());
+        }
+        if b.epoch != self.epoch.saturating_add(1) || b.previous_hash != self.head {
+            return Err(ProtocolError::Misuse("change does not follow the current epoch").into());
+        }
+        let author = b.author.account;
+        let leaving =
+            b.add.is_empty() && b.name.is_none() && b.remove == [author] && self.is_member(&author);
+        if b.epoch == 1 {
+            if !b.remove.is_empty() || !b.add.contains(&(author, true)) {
+                return Err(AuthError::BadSignature(
+                    "group creation must list its author as admin",
+                )
+                .into());
+            }
+        } else if !self.is_admin(&author) && !leaving {
+            return Err(AuthError::BadSignature("group change by a non-admin").into());
+        }
+        let mut next = self.clone();
+        let mut diff = Diff::default();
+        for a in &b.remove {
+            if next.members.remove(a).is_none() {
+                return Err(Error::malformed("group change", "removes a non-member"));
+            }
+            diff.removed.push(*a);
+        }
+        for (a, admin) in &b.add {
+            if next.members.insert(*a, *admin).is_none() {
+                diff.added.push(*a);
+            }
+        }
+        if next.members.len() > MAX_GROUP_MEMBERS {
+            return Err(ProtocolError::TooManyDevices(next.members.len()).into());
+        }
+        if !next.members.is_empty() && !next.members.values().any(|admin| *admin) {
+            return Err(ProtocolError::Misuse("a group needs an admin").into());
+        }
+        if let Some(n) = &b.name {
+            next.name.clone_from(n);
+        }
+        next.epoch = b.epoch;
+        next.head = c.hash;
+        Ok((next, diff))
+    }
+}
+
+/// What offering a change did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// Applied (with any buffered changes that then became applicable), in order.
+    Applied(Vec<Diff>),
+    /// A future epoch: kept until the changes before it arrive.
+    Buffered,
+    /// Already in the log, or lost a same-epoch conflict.
+    Ignored,
+    /// Won a same-epoch conflict: the log was rolled back and this change applied. The caller must
+    /// treat the membership as changed arbitrarily (rotate its sender key).
+    Replaced,
+}
+
+/// A group's verified log and the state it leads to.
+#[derive(Clone, Debug)]
+pub struct GroupLog {
+    log: Vec<SignedChange>,
+    state: GroupState,
+    pending: BTreeMap<u64, SignedChange>,
+}
+
+impl GroupLog {
+    /// A log holding only the creation change.
+    pub fn create(change: SignedChange) -> Result<Self> {
+        let state = GroupState::empty(change.body.group).apply(&change)?.0;
+        Ok(Self {
+            log: vec![change],
+            state,
+            pending: BTreeMap::new(),
+        })
+    }
+
+    /// Rebuilds from stored, previously verified changes (no signature checks).
+    pub fn restore(log: Vec<SignedChange>, pending: Vec<SignedChange>) -> Result<Self> {
+        let mut it = log.into_iter();
+        let first = it
+            .next()
+            .ok_or(Error::malformed("stored group", "empty log"))?;
+        let mut g = Self::create(first)?;
+        for c in it {
+            g.state = g.state.apply(&c)?.0;
+            g.log.push(c);
+        }
+        g.pending = pending.into_iter().map(|c| (c.body.epoch, c)).collect();
+        Ok(g)
+    }
+
+    /// The current state.
+    pub const fn state(&self) -> &GroupState {
+        &self.state
+    }
+
+    /// The log, creation first.
+    pub fn log(&self) -> &[SignedChange] {
+        &self.log
+    }
+
+    /// Buffered future changes.
+    pub fn pending(&self) -> impl Iterator<Item = &SignedChange> {
+        self.pending.values()
+    }
+
+    fn state_before(&self, epoch: u64) -> Result<GroupState> {
+        let mut s = GroupState::empty(self.state.id);
+        for c in self.log.iter().take_while(|c| c.body.epoch < epoch) {
+            s = s.apply(c)?.0;
+        }
+        Ok(s)
+    }
+
+    /// Offers a change whose signature the caller has verified.
+    pub fn offer(&mut self, c: SignedChange) -> Result<Offered> {
+        let epoch = c.body.epoch;
+        if epoch > self.state.epoch.saturating_add(1) {
+            if self.pending.len() < GROUP_CHANGE_HISTORY * 4 {
+                self.pending.entry(epoch).or_insert(c);
+            }
+            return Ok(Offered::Buffered);
+        }
+        if epoch <= self.state.epoch {
+            let idx = usize::try_from(epoch.saturating_sub(1)).unwrap_or(usize::MAX);
+            let Some(applied) = self.log.get(idx) else {
+                return Ok(Offered::Ignored);
+            };
+            if applied.hash == c.hash || c.hash >= applied.hash || epoch == 1 {
+                return Ok(Offered::Ignored);
+            }
+            if self.state.epoch - epoch >= GROUP_CHANGE_HISTORY as u64 {
+                return Ok(Offered::Ignored);
+            }
+            // Same-epoch conflict that `c` wins: roll back and apply it.
+            let before = self.state_before(epoch)?;
+            let (next, _) = before.apply(&c)?;
+            self.log.truncate(idx);
+            self.log.push(c);
+            self.state = next;
+            self.pending.retain(|e, _| *e > epoch);
+            return Ok(Offered::Replaced);
+        }
+        let (next, diff) = self.state.apply(&c)?;
+        self.state = next;
+        self.log.push(c);
+        let mut diffs = vec![diff];
+        while let Some(c) = self.pending.remove(&self.state.epoch.saturating_add(1)) {
+            match self.state.apply(&c) {
+                Ok((next, diff)) => {
+                    self.state = next;
+                    self.log.push(c);
+                    diffs.push(diff);
+                }
+                Err(_) => break,
+            }
+        }
+        self.pending.retain(|e, _| *e > self.state.epoch);
+        Ok(Offered::Applied(diffs))
+    }
+}

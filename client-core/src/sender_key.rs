@@ -1,0 +1,540 @@
+//! Sender keys: one symmetric chain and one Ed25519 signing key per (group, sender device).
+//!
+//! ```text
+//! message key  mk_i   = HMAC-SHA256(ck_i, 0x01)
+//! chain key    ck_i+1 = HMAC-SHA256(ck_i, 0x02)
+//! AEAD key ‖ nonce    = HKDF-SHA256(salt = 32 zero bytes, ikm = mk_i, info = SENDER_KEY_MESSAGE_INFO)[0..44]
+//! header              = version u32 ‖ group_id (32) ‖ sender account (32) ‖ sender device u32 ‖ key_id u32 ‖ iteration u32
+//! ciphertext          = ChaCha20-Poly1305(key, nonce, plaintext, aad = header)
+//! signature           = Ed25519(sender key, "Hush-GroupMessage-v1" ‖ header ‖ ciphertext)
+//! ```
+//!
+//! A group message costs one AEAD encryption and one signature whatever the group's size. A
+//! receiver verifies the signature before it derives anything, accepts a bounded forward jump
+//! (storing skipped keys, bounded), and refuses a second use of any iteration.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use hmac::{Hmac, Mac};
+use hush_proto::{labels, store as pstore, wire};
+use rand_core::CryptoRng;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::consts::{
+    AEAD_TAG_LEN, CHAIN_KEY_SEED, GROUP_ID_LEN, KEY_LEN, MAX_PLAINTEXT_LEN, MAX_SENDER_KEY_JUMP,
+    MAX_SENDER_KEY_SKIPPED, MAX_SENDER_KEY_STATES, MESSAGE_KEY_SEED, PROTOCOL_VERSION,
+    SENDER_KEY_MESSAGE_INFO, SIGNATURE_LEN,
+};
+use crate::error::{AuthError, Error, ProtocolError, Result};
+use crate::keys::{AccountId, DeviceAddress, array, ed25519_public, verify_signature};
+use crate::ratchet::Secret;
+
+/// A group's id: 32 random bytes chosen by its creator.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub [u8; GROUP_ID_LEN]);
+
+impl GroupId {
+    /// A new random group id.
+    pub fn random(rng: &mut impl CryptoRng) -> Self {
+        let mut id = [0u8; GROUP_ID_LEN];
+        rng.fill_bytes(&mut id);
+        Self(id)
+    }
+
+    /// Parses 32 bytes.
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        Ok(Self(array(b, "group id", "must be 32 bytes")?))
+    }
+}
+
+impl std::fmt::Debug for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GroupId(")?;
+        for b in self.0.iter().take(6) {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+/// `(message key, next chain key)` of a sender-key chain. The HMAC key schedule is computed once
+/// and reused for both outputs.
+pub fn sender_chain_step(ck: &[u8; KEY_LEN]) -> (Secret, Secret) {
+    let mut mk = Zeroizing::new([0u8; KEY_LEN]);
+    let mut next = Zeroizing::new([0u8; KEY_LEN]);
+    if let Ok(base) = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(ck) {
+        let mut a = base.clone();
+        a.update(&[MESSAGE_KEY_SEED]);
+        mk.copy_from_slice(&a.finalize().into_bytes());
+        let mut b = base;
+        b.update(&[CHAIN_KEY_SEED]);
+        next.copy_from_slice(&b.finalize().into_bytes());
+    }
+    (mk, next)
+}
+
+fn cipher(mk: &[u8; KEY_LEN]) -> (chacha20poly1305::ChaCha20Poly1305, chacha20poly1305::Nonce) {
+    use chacha20poly1305::aead::KeyInit;
+    let hk = hkdf::Hkdf::<Sha256>::new(Some(&[0u8; KEY_LEN]), mk);
+    let mut okm = Zeroizing::new([0u8; KEY_LEN + 12]);
+    let _ = hk.expand(SENDER_KEY_MESSAGE_INFO, okm.as_mut());
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    let mut nonce = [0u8; 12];
+    let (k, n) = okm.split_at(KEY_LEN);
+    key.copy_from_slice(k);
+    nonce.copy_from_slice(n);
+    (
+        chacha20poly1305::ChaCha20Poly1305::new(&chacha20poly1305::Key::from(*key)),
+        chacha20poly1305::Nonce::from(nonce),
+    )
+}
+
+/// The authenticated header of a group message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupHeader {
+    /// The group.
+    pub group: GroupId,
+    /// The sending device.
+    pub sender: DeviceAddress,
+    /// Which sender key.
+    pub key_id: u32,
+    /// Position in its chain.
+    pub iteration: u32,
+}
+
+impl GroupHeader {
+    /// The header bytes (AD of the AEAD, and signed with the ciphertext).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut h = Vec::with_capacity(4 + GROUP_ID_LEN + KEY_LEN + 12);
+        h.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        h.extend_from_slice(&self.group.0);
+        h.extend_from_slice(self.sender.account.as_bytes());
+        h.extend_from_slice(&self.sender.device_id.to_be_bytes());
+        h.extend_from_slice(&self.key_id.to_be_bytes());
+        h.extend_from_slice(&self.iteration.to_be_bytes());
+        h
+    }
+}
+
+/// A validated group message (fields checked, signature not yet verified).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMessage {
+    /// Header.
+    pub header: GroupHeader,
+    /// AEAD ciphertext.
+    pub ciphertext: Vec<u8>,
+    /// Ed25519 signature.
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+impl TryFrom<&wire::GroupMessage> for GroupMessage {
+    type Error = Error;
+    fn try_from(m: &wire::GroupMessage) -> Result<Self> {
+        if m.version != PROTOCOL_VERSION {
+            return Err(ProtocolError::UnsupportedVersion(m.version).into());
+        }
+        if m.ciphertext.len() < AEAD_TAG_LEN
+            || m.ciphertext.len() > MAX_PLAINTEXT_LEN + AEAD_TAG_LEN
+        {
+            return Err(Error::malformed(
+                "group message",
+                "ciphertext length out of range",
+            ));
+        }
+        Ok(Self {
+            header: GroupHeader {
+                group: GroupId::from_bytes(&m.group_id)?,
+                sender: DeviceAddress {
+                    account: AccountId::from_bytes(&m.sender_account_key)?,
+                    device_id: m.sender_device_id,
+                },
+                key_id: m.key_id,
+                iteration: m.iteration,
+            },
+            ciphertext: m.ciphertext.clone(),
+            signature: array(&m.signature, "group message", "signature must be 64 bytes")?,
+        })
+    }
+}
+
+impl GroupMessage {
+    /// The wire form.
+    pub fn to_wire(&self) -> wire::GroupMessage {
+        wire::GroupMessage {
+            version: PROTOCOL_VERSION,
+            group_id: self.header.group.0.to_vec(),
+            sender_account_key: self.header.sender.account.as_bytes().to_vec(),
+            sender_device_id: self.header.sender.device_id,
+            key_id: self.header.key_id,
+            iteration: self.header.iteration,
+            ciphertext: self.ciphertext.clone(),
+            signature: self.signature.to_vec(),
+        }
+    }
+
+    fn signed_bytes(header: &[u8], ciphertext: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(header.len() + ciphertext.len());
+        v.extend_from_slice(header);
+        v.extend_from_slice(ciphertext);
+        v
+    }
+}
+
+/// One sender key: a chain and a signing key. The owner's copy also holds the private signing key,
+/// the iteration-0 chain key (to answer retry requests) and which devices may have it from where.
+pub struct SenderKeyState {
+    key_id: u32,
+    chain_key: Secret,
+    iteration: u32,
+    signing_public: [u8; KEY_LEN],
+    signing_private: Option<Box<SigningKey>>,
+    initial_chain_key: Option<Secret>,
+    skipped: BTreeMap<u32, (Secret, u64)>,
+    entitled: BTreeMap<DeviceAddress, u32>,
+    created_at: u64,
+}
+
+impl SenderKeyState {
+    /// A new own sender key.
+    pub fn generate(rng: &mut impl CryptoRng, key_id: u32, now: u64) -> Self {
+        let signing = SigningKey::generate(rng);
+        let mut ck = Zeroizing::new([0u8; KEY_LEN]);
+        rng.fill_bytes(ck.as_mut());
+        Self {
+            key_id,
+            chain_key: ck.clone(),
+            iteration: 0,
+            signing_public: signing.verifying_key().to_bytes(),
+            signing_private: Some(Box::new(signing)),
+            initial_chain_key: Some(ck),
+            skipped: BTreeMap::new(),
+            entitled: BTreeMap::new(),
+            created_at: now,
+        }
+    }
+
+    /// A received sender key (from a distribution message).
+    pub fn from_distribution(d: &wire::SenderKeyDistribution, now: u64) -> Result<Self> {
+        ed25519_public(&d.signing_key, "sender signing key")?;
+        Ok(Self {
+            key_id: d.key_id,
+            chain_key: Zeroizing::new(array(
+                &d.chain_key,
+                "sender key",
+                "chain key must be 32 bytes",
+            )?),
+            iteration: d.iteration,
+            signing_public: array(&d.signing_key, "sender key", "signing key must be 32 bytes")?,
+            signing_private: None,
+            initial_chain_key: None,
+            skipped: BTreeMap::new(),
+            entitled: BTreeMap::new(),
+            created_at: now,
+        })
+    }
+
+    /// The key id.
+    pub const fn key_id(&self) -> u32 {
+        self.key_id
+    }
+
+    /// The next iteration.
+    pub const fn iteration(&self) -> u32 {
+        self.iteration
+    }
+
+    /// Whether this is the local device's own key.
+    pub const fn is_own(&self) -> bool {
+        self.signing_private.is_some()
+    }
+
+    /// Number of stored skipped message keys.
+    pub fn skipped_len(&self) -> usize {
+        self.skipped.len()
+    }
+
+    /// Devices this own key was given to, and from which iteration.
+    pub const fn entitled(&self) -> &BTreeMap<DeviceAddress, u32> {
+        &self.entitled
+    }
+
+    /// The distribution for a device: the chain key at the iteration it is entitled from (its
+    /// entitlement starts at the current iteration if it had none, so a device never receives
+    /// keys to messages sent before it was given the key). Records the entitlement.
+    pub fn distribution_for(
+        &mut self,
+        group: GroupId,
+        device: DeviceAddress,
+        from: Option<u32>,
+    ) -> Result<wire::SenderKeyDistribution> {
+        let initial = self
+            .initial_chain_key
+            .as_ref()
+            .ok_or(ProtocolError::Misuse("not an own sender key"))?;
+        let entitled = *self.entitled.entry(device).or_insert(self.iteration);
+        let at = from.unwrap_or(entitled).max(entitled).min(self.iteration);
+        let mut ck = initial.clone();
+        for _ in 0..at {
+            ck = sender_chain_step(&ck).1;
+        }
+        Ok(wire::SenderKeyDistribution {
+            group_id: group.0.to_vec(),
+            key_id: self.key_id,
+            iteration: at,
+            chain_key: ck.to_vec(),
+            signing_key: self.signing_public.to_vec(),
+        })
+    }
+
+    /// Encrypts and signs one group message (own key only).
+    pub fn encrypt(
+        &mut self,
+        group: GroupId,
+        sender: DeviceAddress,
+        plaintext: &[u8],
+    ) -> Result<GroupMessage> {
+        use chacha20poly1305::aead::{Aead, Payload};
+        if plaintext.len() > MAX_PLAINTEXT_LEN {
+            return Err(ProtocolError::TooLarge(plaintext.len()).into());
+        }
+        let signing = self
+            .signing_private
+            .as_ref()
+            .ok_or(ProtocolError::Misuse("not an own sender key"))?;
+        if self.iteration == u32::MAX {
+            return Err(ProtocolError::Misuse("sender key exhausted").into());
+        }
+        let header = GroupHeader {
+            group,
+            sender,
+            key_id: self.key_id,
+            iteration: self.iteration,
+        };
+        let hb = header.to_bytes();
+        let (mk, next) = sender_chain_step(&self.chain_key);
+        let (c, nonce) = cipher(&mk);
+        let ciphertext = c
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: &hb,
+                },
+            )
+            .map_err(|_| ProtocolError::TooLarge(plaintext.len()))?;
+        let mut signed =
+            Vec::with_capacity(labels::GROUP_MESSAGE.len() + hb.len() + ciphertext.len());
+        signed.extend_from_slice(labels::GROUP_MESSAGE);
+        signed.extend_from_slice(&GroupMessage::signed_bytes(&hb, &ciphertext));
+        let signature = signing.sign(&signed).to_bytes();
+        self.chain_key = next;
+        self.iteration += 1;
+        Ok(GroupMessage {
+            header,
+            ciphertext,
+            signature,
+        })
+    }
+
+    /// Verifies the signature, then decrypts. On any error the state is unchanged.
+    pub fn decrypt(&mut self, msg: &GroupMessage, now: u64) -> Result<Zeroizing<Vec<u8>>> {
+        use chacha20poly1305::aead::{Aead, Payload};
+        let hb = msg.header.to_bytes();
+        let key: VerifyingKey = ed25519_public(&self.signing_public, "sender signing key")?;
+        verify_signature(
+            &key,
+            labels::GROUP_MESSAGE,
+            &GroupMessage::signed_bytes(&hb, &msg.ciphertext),
+            &msg.signature,
+            "group message",
+        )?;
+        let i = msg.header.iteration;
+        let open = |mk: &[u8; KEY_LEN]| -> Result<Zeroizing<Vec<u8>>> {
+            let (c, nonce) = cipher(mk);
+            c.decrypt(
+                &nonce,
+                Payload {
+                    msg: &msg.ciphertext,
+                    aad: &hb,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| AuthError::DecryptFailed.into())
+        };
+        if i < self.iteration {
+            let (mk, _) = self.skipped.get(&i).ok_or(ProtocolError::Duplicate)?;
+            let pt = open(mk)?;
+            self.skipped.remove(&i);
+            return Ok(pt);
+        }
+        let jump = i - self.iteration;
+        if jump > MAX_SENDER_KEY_JUMP {
+            return Err(ProtocolError::TooFarAhead {
+                skip: u64::from(jump),
+                limit: MAX_SENDER_KEY_JUMP,
+            }
+            .into());
+        }
+        let mut ck = self.chain_key.clone();
+        let mut new_skipped = Vec::with_capacity(jump as usize);
+        for j in self.iteration..i {
+            let (mk, next) = sender_chain_step(&ck);
+            new_skipped.push((j, mk));
+            ck = next;
+        }
+        let (mk, next) = sender_chain_step(&ck);
+        let pt = open(&mk)?;
+        for (j, k) in new_skipped {
+            self.skipped.insert(j, (k, now));
+        }
+        while self.skipped.len() > MAX_SENDER_KEY_SKIPPED {
+            self.skipped.pop_first();
+        }
+        self.chain_key = next;
+        self.iteration = i.saturating_add(1);
+        Ok(pt)
+    }
+
+    /// Serializes for the encrypted store.
+    pub fn to_proto(&self) -> pstore::SenderKeyState {
+        pstore::SenderKeyState {
+            key_id: self.key_id,
+            chain_key: self.chain_key.to_vec(),
+            iteration: self.iteration,
+            signing_public: self.signing_public.to_vec(),
+            signing_private: self
+                .signing_private
+                .as_ref()
+                .map(|k| k.to_bytes().to_vec())
+                .unwrap_or_default(),
+            initial_chain_key: self
+                .initial_chain_key
+                .as_ref()
+                .map(|k| k.to_vec())
+                .unwrap_or_default(),
+            skipped: self
+                .skipped
+                .iter()
+                .map(|(i, (k, t))| pstore::SenderKeySkipped {
+                    iteration: *i,
+                    message_key: k.to_vec(),
+                    stored_at: *t,
+                })
+                .collect(),
+            entitled: self
+                .entitled
+                .iter()
+                .map(|(a, from)| pstore::SenderKeyEntitlement {
+                    account_key: a.account.as_bytes().to_vec(),
+                    device_id: a.device_id,
+                    from_iteration: *from,
+                })
+                .collect(),
+            created_at: self.created_at,
+        }
+    }
+
+    /// Restores from the store.
+    pub fn from_proto(p: &pstore::SenderKeyState) -> Result<Self> {
+        const W: &str = "stored sender key";
+        let secret = |b: &[u8]| -> Result<Secret> {
+            Ok(Zeroizing::new(array(b, W, "key must be 32 bytes")?))
+        };
+        let signing_private = if p.signing_private.is_empty() {
+            None
+        } else {
+            let s = secret(&p.signing_private)?;
+            Some(Box::new(SigningKey::from_bytes(&s)))
+        };
+        let mut skipped = BTreeMap::new();
+        for s in &p.skipped {
+            skipped.insert(s.iteration, (secret(&s.message_key)?, s.stored_at));
+        }
+        let mut entitled = BTreeMap::new();
+        for e in &p.entitled {
+            entitled.insert(
+                DeviceAddress {
+                    account: AccountId::from_bytes(&e.account_key)?,
+                    device_id: e.device_id,
+                },
+                e.from_iteration,
+            );
+        }
+        Ok(Self {
+            key_id: p.key_id,
+            chain_key: secret(&p.chain_key)?,
+            iteration: p.iteration,
+            signing_public: array(&p.signing_public, W, "key must be 32 bytes")?,
+            signing_private,
+            initial_chain_key: if p.initial_chain_key.is_empty() {
+                None
+            } else {
+                Some(secret(&p.initial_chain_key)?)
+            },
+            skipped,
+            entitled,
+            created_at: p.created_at,
+        })
+    }
+}
+
+/// The sender-key states of one (group, sender device), newest first, at most
+/// [`MAX_SENDER_KEY_STATES`].
+#[derive(Default)]
+pub struct SenderKeyRecord {
+    states: VecDeque<SenderKeyState>,
+}
+
+impl SenderKeyRecord {
+    /// The newest state.
+    pub fn current(&self) -> Option<&SenderKeyState> {
+        self.states.front()
+    }
+
+    /// The newest state, mutably.
+    pub fn current_mut(&mut self) -> Option<&mut SenderKeyState> {
+        self.states.front_mut()
+    }
+
+    /// The state with `key_id`.
+    pub fn get_mut(&mut self, key_id: u32) -> Option<&mut SenderKeyState> {
+        self.states.iter_mut().find(|s| s.key_id == key_id)
+    }
+
+    /// Whether a state with `key_id` is held.
+    pub fn has(&self, key_id: u32) -> bool {
+        self.states.iter().any(|s| s.key_id == key_id)
+    }
+
+    /// Adds a state as the newest and drops the oldest beyond the cap. A distribution for a key
+    /// already held is ignored: it must never rewind a chain (that would re-open used iterations).
+    /// Returns whether the state was added.
+    pub fn add(&mut self, state: SenderKeyState) -> bool {
+        if self.has(state.key_id) {
+            return false;
+        }
+        self.states.push_front(state);
+        self.states.truncate(MAX_SENDER_KEY_STATES);
+        true
+    }
+
+    /// Serializes.
+    pub fn to_proto(&self) -> pstore::SenderKeyRecord {
+        pstore::SenderKeyRecord {
+            states: self.states.iter().map(SenderKeyState::to_proto).collect(),
+        }
+    }
+
+    /// Restores.
+    pub fn from_proto(p: &pstore::SenderKeyRecord) -> Result<Self> {
+        Ok(Self {
+            states: p
+                .states
+                .iter()
+                .map(SenderKeyState::from_proto)
+                .collect::<Result<_>>()?,
+        })
+    }
+}
