@@ -105,8 +105,12 @@ pub const MAX_SENDER_KEY_STATES: usize = 5;
 /// reach and how long the iteration-0 chain key is kept).
 pub const SENDER_KEY_MAX_ITERATIONS: u32 = 10_000;
 
-/// Group messages buffered per group while their sender key is missing (retry pending).
+/// Group messages buffered per group while their sender key (or the sender's membership) is
+/// missing.
 pub const MAX_BUFFERED_GROUP_MESSAGES: usize = 1000;
+
+/// Group messages buffered in total, across all groups.
+pub const MAX_BUFFERED_GROUP_MESSAGES_TOTAL: usize = 4000;
 
 /// Membership changes remembered per group, so a concurrent change for an applied epoch can win.
 pub const GROUP_CHANGE_HISTORY: usize = 16;
@@ -116,3 +120,7 @@ pub const SENDER_KEY_MESSAGE_INFO: &[u8] = b"Hush_SenderKey_Message_v1";
 
 /// A retry request for the same missing sender key is sent at most this often (ms).
 pub const SENDER_KEY_REQUEST_INTERVAL_MS: u64 = 10_000;
+
+/// A group message still waiting for its sender key or its sender's membership after this long
+/// is deleted (milliseconds): 14 days.
+pub const BUFFERED_GROUP_MESSAGE_MAX_AGE_MS: u64 = 14 * 24 * 60 * 60 * 1000;

@@ -813,7 +813,7 @@ impl<S: KvStore> Device<S> {
     }
 
     /// Adds a decrypted application payload to the inbox within `tx`.
-    pub(crate) fn to_inbox(
+    pub(crate) fn add_to_inbox(
         &mut self,
         tx: &mut Tx,
         from: DeviceAddress,
@@ -964,9 +964,13 @@ impl<S: KvStore> Device<S> {
         let mut incoming = Incoming::default();
         match content.body {
             Some(wire::content::Body::App(body)) => {
-                incoming
-                    .received
-                    .push(self.to_inbox(tx, *from, None, Zeroizing::new(body), now));
+                incoming.received.push(self.add_to_inbox(
+                    tx,
+                    *from,
+                    None,
+                    Zeroizing::new(body),
+                    now,
+                ));
             }
             Some(wire::content::Body::SenderKey(d)) => {
                 incoming.received = self.accept_sender_key(from, &d, now, tx)?;
@@ -975,7 +979,7 @@ impl<S: KvStore> Device<S> {
                 incoming.outgoing = self.answer_sender_key_request(from, &r, rng, now, tx)?;
             }
             Some(wire::content::Body::GroupChanges(c)) => {
-                self.accept_group_changes(from, &c, now, tx)?;
+                incoming.received = self.accept_group_changes(from, &c, now, tx)?;
             }
             None => return Err(Error::malformed("message content", "empty")),
         }

@@ -239,8 +239,12 @@ struct SkippedKeys {
 }
 
 impl SkippedKeys {
-    fn get(&self, ratchet_key: &[u8; KEY_LEN], counter: u32) -> Option<&Secret> {
-        self.map.get(&(*ratchet_key, counter)).map(|e| &e.key)
+    /// The key for (ratchet key, counter) unless it has expired at `now`.
+    fn get(&self, ratchet_key: &[u8; KEY_LEN], counter: u32, now: u64) -> Option<&Secret> {
+        self.map
+            .get(&(*ratchet_key, counter))
+            .filter(|e| e.stored_at.saturating_add(SKIPPED_KEY_MAX_AGE_MS) >= now)
+            .map(|e| &e.key)
     }
 
     fn remove(&mut self, ratchet_key: &[u8; KEY_LEN], counter: u32) {
@@ -545,7 +549,7 @@ impl SessionState {
         let ad = self.associated_data(&h);
 
         // 1. A key skipped earlier.
-        if let Some(mk) = self.skipped.get(&h.ratchet_key, h.counter) {
+        if let Some(mk) = self.skipped.get(&h.ratchet_key, h.counter, now) {
             let plaintext = open(mk, &ad, &msg.ciphertext)?;
             let message_key = Zeroizing::new(**mk);
             self.skipped.remove(&h.ratchet_key, h.counter);
@@ -581,6 +585,14 @@ impl SessionState {
         // 4. A new ratchet key: skip the rest of the current chain up to PN, then step the root chain.
         let old_skipped = match (&self.receiving_chain, &self.remote_ratchet) {
             (Some(chain), Some(_)) if h.previous_counter > chain.index => {
+                let gap = h.previous_counter - chain.index;
+                if gap > MAX_SKIP {
+                    return Err(ProtocolError::TooFarAhead {
+                        skip: u64::from(gap),
+                        limit: MAX_SKIP,
+                    }
+                    .into());
+                }
                 let (keys, last, _) =
                     derive_until(&chain.key, chain.index, h.previous_counter - 1)?;
                 let mut keys = keys;

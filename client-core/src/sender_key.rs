@@ -488,6 +488,11 @@ pub struct SenderKeyRecord {
 }
 
 impl SenderKeyRecord {
+    /// All states, newest first.
+    pub fn states(&self) -> impl Iterator<Item = &SenderKeyState> {
+        self.states.iter()
+    }
+
     /// The newest state.
     pub fn current(&self) -> Option<&SenderKeyState> {
         self.states.front()
@@ -536,5 +541,50 @@ impl SenderKeyRecord {
                 .map(SenderKeyState::from_proto)
                 .collect::<Result<_>>()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::AccountKeyPair;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn setup() -> (ChaCha20Rng, GroupId, DeviceAddress, DeviceAddress) {
+        let mut rng = ChaCha20Rng::from_seed([5; 32]);
+        let g = GroupId::random(&mut rng);
+        let a = DeviceAddress {
+            account: AccountKeyPair::generate(&mut rng).id(),
+            device_id: 1,
+        };
+        let b = DeviceAddress {
+            account: AccountKeyPair::generate(&mut rng).id(),
+            device_id: 1,
+        };
+        (rng, g, a, b)
+    }
+
+    #[test]
+    fn out_of_order_and_duplicates() {
+        let (mut rng, g, a, b) = setup();
+        let mut own = SenderKeyState::generate(&mut rng, 1, 0);
+        let d = own.distribution_for(g, b, None).unwrap();
+        assert_eq!(d.iteration, 0);
+        let mut theirs = SenderKeyState::from_distribution(&d, 0).unwrap();
+        let msgs: Vec<_> = (0..5)
+            .map(|i| own.encrypt(g, a, format!("m{i}").as_bytes()).unwrap())
+            .collect();
+        assert_eq!(&*theirs.decrypt(&msgs[1], 1).unwrap(), b"m1");
+        assert_eq!(theirs.skipped_len(), 1);
+        assert_eq!(&*theirs.decrypt(&msgs[4], 1).unwrap(), b"m4");
+        assert_eq!(&*theirs.decrypt(&msgs[0], 1).unwrap(), b"m0");
+        assert!(matches!(
+            theirs.decrypt(&msgs[0], 1),
+            Err(Error::Protocol(ProtocolError::Duplicate))
+        ));
+        assert_eq!(&*theirs.decrypt(&msgs[2], 1).unwrap(), b"m2");
+        assert_eq!(&*theirs.decrypt(&msgs[3], 1).unwrap(), b"m3");
+        assert_eq!(theirs.skipped_len(), 0);
     }
 }

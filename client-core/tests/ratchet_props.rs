@@ -26,7 +26,7 @@ use hush_core::ratchet::{RatchetMessage, SessionState};
 use hush_proto::{Message, store as pstore, wire};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{RngAlgorithm, RngSeed};
+use proptest::test_runner::{RngAlgorithm, RngSeed, TestCaseResult, TestRunner};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
@@ -37,15 +37,38 @@ use rand_core::{Rng, SeedableRng};
 /// Start of simulated time (ms since the Unix epoch).
 const T0: u64 = 1_700_000_000_000;
 
-/// Deterministic proptest configuration: fixed seed, ChaCha, no regression files.
+/// Deterministic proptest configuration: fixed seed, ChaCha, no regression files, no fork or
+/// timeout. Every field the `PROPTEST_*` environment variables could set is set here, and the
+/// runner is built directly (not through the `proptest!` macro, which re-applies the environment),
+/// so the cases run are the same on every machine.
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
+        max_local_rejects: 65_536,
+        max_global_rejects: 1024,
+        max_flat_map_regens: 1_000_000,
         failure_persistence: None,
+        fork: false,
+        timeout: 0,
+        max_shrink_time: 0,
+        max_shrink_iters: 256,
+        max_default_size_range: 100,
+        verbose: 0,
         rng_algorithm: RngAlgorithm::ChaCha,
         rng_seed: RngSeed::Fixed(0x4875_7368_5261_7463),
-        max_shrink_iters: 256,
         ..ProptestConfig::default()
+    }
+}
+
+/// Runs `test` on `cases` values of `strategy` with [`config`]; panics with the (shrunk) failing
+/// input.
+fn check<S: Strategy>(cases: u32, strategy: &S, test: impl Fn(S::Value) -> TestCaseResult)
+where
+    S::Value: std::fmt::Debug,
+{
+    let mut runner = TestRunner::new(config(cases));
+    if let Err(e) = runner.run(strategy, test) {
+        panic!("{e}");
     }
 }
 
@@ -381,36 +404,40 @@ fn deliver_late(c: &mut Convo, log: &mut [Sent], newest_first: bool) {
     }
 }
 
-proptest! {
-    #![proptest_config(config(48))]
-
-    /// Property 1: up to 12 alternating turns of 1..=10 messages each (so up to 60 from Alice),
-    /// each turn delivered in an arbitrary permutation, some messages dropped and some delivered
-    /// only at the very end. Every delivered message decrypts exactly once to its plaintext; every
-    /// re-delivery is refused (Duplicate or DecryptFailed) and leaves the state byte-identical.
-    #[test]
-    fn prop_any_delivery_order_decrypts_exactly_once(
-        seed in any::<u64>(),
-        alice_first in any::<bool>(),
-        turns in turns(12, 10),
-        replays in prop::collection::vec(any::<Index>(), 12),
-        newest_first in any::<bool>(),
-    ) {
-        let mut c = establish(seed);
-        let mut log = play(&mut c, alice_first, &turns, &replays);
-        deliver_late(&mut c, &mut log, newest_first);
-        let alice_sent = log.iter().filter(|s| s.to == Side::Bob).count();
-        prop_assert!(alice_sent <= 60);
-        for (i, s) in log.iter().enumerate() {
-            prop_assert_eq!(s.decrypted, s.fate != Fate::Drop, "message {}", i);
-        }
-        // Every decrypted message, re-delivered once more at the end: refused, state unchanged.
-        for s in log.iter().filter(|s| s.decrypted) {
-            let e = c.refused(s.to, &s.msg);
-            prop_assert!(is_duplicate_or_auth(&e), "unexpected error {:?}", e);
-        }
-        c.ping_pong();
-    }
+/// Property 1: up to 12 alternating turns of 1..=10 messages each (so up to 60 from Alice),
+/// each turn delivered in an arbitrary permutation, some messages dropped and some delivered
+/// only at the very end. Every delivered message decrypts exactly once to its plaintext; every
+/// re-delivery is refused (Duplicate or DecryptFailed) and leaves the state byte-identical.
+#[test]
+fn prop_any_delivery_order_decrypts_exactly_once() {
+    let strategy = (
+        any::<u64>(),
+        any::<bool>(),
+        turns(12, 10),
+        prop::collection::vec(any::<Index>(), 12),
+        any::<bool>(),
+    );
+    check(
+        256,
+        &strategy,
+        |(seed, alice_first, turns, replays, newest_first)| {
+            let mut c = establish(seed);
+            let mut log = play(&mut c, alice_first, &turns, &replays);
+            deliver_late(&mut c, &mut log, newest_first);
+            let alice_sent = log.iter().filter(|s| s.to == Side::Bob).count();
+            prop_assert!(alice_sent <= 60);
+            for (i, s) in log.iter().enumerate() {
+                prop_assert_eq!(s.decrypted, s.fate != Fate::Drop, "message {}", i);
+            }
+            // Every decrypted message, re-delivered once more at the end: refused, state unchanged.
+            for s in log.iter().filter(|s| s.decrypted) {
+                let e = c.refused(s.to, &s.msg);
+                prop_assert!(is_duplicate_or_auth(&e), "unexpected error {:?}", e);
+            }
+            c.ping_pong();
+            Ok(())
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -465,60 +492,77 @@ fn apply(t: &Tamper, m: &RatchetMessage, other_keys: &[[u8; 32]]) -> RatchetMess
     t
 }
 
-proptest! {
-    #![proptest_config(config(64))]
+/// Property 2: after a random conversation prefix, a batch of 1..=6 messages is sent, some of
+/// them delivered out of order first; then one of the rest is tampered with (ciphertext bit,
+/// length, counter, previous counter, or ratchet key replaced by another valid key). Decryption
+/// fails, the receiver's encoded state is byte-identical, and the original message and the rest
+/// of the batch still decrypt.
+#[test]
+fn prop_authentication_failure_leaves_state_unchanged() {
+    let strategy = (
+        any::<u64>(),
+        any::<bool>(),
+        turns(6, 5),
+        any::<bool>(),
+        side(),
+        (1usize..=6).prop_flat_map(|k| Just((0..k).collect::<Vec<usize>>()).prop_shuffle()),
+        any::<Index>(),
+        tamper(),
+    );
+    check(
+        256,
+        &strategy,
+        |(seed, alice_first, prefix, newest_first, from, batch, delivered_first, how)| {
+            let mut c = establish(seed);
+            let mut log = play(&mut c, alice_first, &prefix, &[]);
+            deliver_late(&mut c, &mut log, newest_first);
 
-    /// Property 2: after a random conversation prefix, a batch of 1..=6 messages is sent, some of
-    /// them delivered out of order first; then one of the rest is tampered with (ciphertext bit,
-    /// length, counter, previous counter, or ratchet key replaced by another valid key). Decryption
-    /// fails, the receiver's encoded state is byte-identical, and the original message and the rest
-    /// of the batch still decrypt.
-    #[test]
-    fn prop_authentication_failure_leaves_state_unchanged(
-        seed in any::<u64>(),
-        alice_first in any::<bool>(),
-        prefix in turns(6, 5),
-        newest_first in any::<bool>(),
-        from in side(),
-        batch in (1usize..=6).prop_flat_map(|k| Just((0..k).collect::<Vec<usize>>()).prop_shuffle()),
-        delivered_first in any::<Index>(),
-        how in tamper(),
-    ) {
-        let mut c = establish(seed);
-        let mut log = play(&mut c, alice_first, &prefix, &[]);
-        deliver_late(&mut c, &mut log, newest_first);
+            let to = from.other();
+            let msgs: Vec<(RatchetMessage, Vec<u8>)> = (0..batch.len())
+                .map(|i| {
+                    let p = plaintext(from, 99, i);
+                    (c.send(from, &p), p)
+                })
+                .collect();
+            // `batch` is a delivery order; the first few are delivered, the next one is the target.
+            let before_target = delivered_first.index(batch.len());
+            for &i in &batch[..before_target] {
+                c.deliver(to, &msgs[i].0, &msgs[i].1);
+            }
+            let target = batch[before_target];
 
-        let to = from.other();
-        let msgs: Vec<(RatchetMessage, Vec<u8>)> = (0..batch.len())
-            .map(|i| { let p = plaintext(from, 99, i); (c.send(from, &p), p) })
-            .collect();
-        // `batch` is a delivery order; the first few are delivered, the next one is the target.
-        let before_target = delivered_first.index(batch.len());
-        for &i in &batch[..before_target] {
-            c.deliver(to, &msgs[i].0, &msgs[i].1);
-        }
-        let target = batch[before_target];
+            let mut keys: Vec<[u8; 32]> = log
+                .iter()
+                .map(|s| s.msg.header.ratchet_key)
+                .chain(msgs.iter().map(|m| m.0.header.ratchet_key))
+                .collect();
+            let mut fresh = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed);
+            keys.push(
+                *DeviceIdentityKeyPair::generate(&mut fresh)
+                    .public()
+                    .dh_key(),
+            );
+            keys.sort_unstable();
+            keys.dedup();
+            keys.retain(|k| *k != msgs[target].0.header.ratchet_key);
 
-        let mut keys: Vec<[u8; 32]> = log.iter().map(|s| s.msg.header.ratchet_key)
-            .chain(msgs.iter().map(|m| m.0.header.ratchet_key))
-            .collect();
-        let mut fresh = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed);
-        keys.push(*DeviceIdentityKeyPair::generate(&mut fresh).public().dh_key());
-        keys.sort_unstable();
-        keys.dedup();
-        keys.retain(|k| *k != msgs[target].0.header.ratchet_key);
+            let bad = apply(&how, &msgs[target].0, &keys);
+            let e = c.refused(to, &bad);
+            prop_assert!(
+                !matches!(e, Error::Store(_) | Error::Malformed { .. }),
+                "unexpected error {:?}",
+                e
+            );
 
-        let bad = apply(&how, &msgs[target].0, &keys);
-        let e = c.refused(to, &bad);
-        prop_assert!(!matches!(e, Error::Store(_) | Error::Malformed { .. }), "unexpected error {:?}", e);
-
-        for &i in &batch[before_target..] {
-            c.deliver(to, &msgs[i].0, &msgs[i].1);
-        }
-        // The tampered copy stays refused after the original went through.
-        c.refused(to, &bad);
-        c.ping_pong();
-    }
+            for &i in &batch[before_target..] {
+                c.deliver(to, &msgs[i].0, &msgs[i].1);
+            }
+            // The tampered copy stays refused after the original went through.
+            c.refused(to, &bad);
+            c.ping_pong();
+            Ok(())
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -540,79 +584,93 @@ fn turn_around(c: &mut Convo) {
     c.deliver(Side::Alice, &m, b"turn");
 }
 
-proptest! {
-    #![proptest_config(config(12))]
-
-    /// Property 3: a message more than MAX_SKIP ahead of its receiving chain is refused with
-    /// TooFarAhead { skip, limit: MAX_SKIP } and the state is unchanged; exactly MAX_SKIP ahead is
-    /// accepted, stores exactly the skipped keys, and every skipped message then decrypts (in any
-    /// order), as do the messages that were too far ahead before.
-    #[test]
-    fn prop_skip_limit(
-        seed in any::<u64>(),
-        place in prop_oneof![Just(SkipWhere::CurrentChain), Just(SkipWhere::NewChain)],
-        prefix in 0u32..4,
-        pn_gap in 0u32..4,
-        extra in 1u32..=12,
-        too_far in prop::collection::vec(any::<Index>(), 1..4),
-        order_seed in any::<u64>(),
-    ) {
-        let mut c = establish(seed);
-        for i in 0..prefix {
-            let p = plaintext(Side::Alice, 0, i as usize);
-            let m = c.send(Side::Alice, &p);
-            c.deliver(Side::Bob, &m, &p);
-        }
-        let mut old: Vec<(RatchetMessage, Vec<u8>)> = Vec::new();
-        let base = match place {
-            SkipWhere::CurrentChain => 1 + prefix,
-            SkipWhere::NewChain => {
-                for i in 0..pn_gap {
-                    let p = plaintext(Side::Alice, 1, i as usize);
-                    old.push((c.send(Side::Alice, &p), p));
-                }
-                turn_around(&mut c);
-                0
+/// Property 3: a message more than MAX_SKIP ahead of its receiving chain is refused with
+/// TooFarAhead { skip, limit: MAX_SKIP } and the state is unchanged; exactly MAX_SKIP ahead is
+/// accepted, stores exactly the skipped keys, and every skipped message then decrypts (in any
+/// order), as do the messages that were too far ahead before.
+#[test]
+fn prop_skip_limit() {
+    let strategy = (
+        any::<u64>(),
+        prop_oneof![Just(SkipWhere::CurrentChain), Just(SkipWhere::NewChain)],
+        0u32..4,
+        0u32..4,
+        1u32..=12,
+        prop::collection::vec(any::<Index>(), 1..4),
+        any::<u64>(),
+    );
+    check(
+        32,
+        &strategy,
+        |(seed, place, prefix, pn_gap, extra, too_far, order_seed)| {
+            let mut c = establish(seed);
+            for i in 0..prefix {
+                let p = plaintext(Side::Alice, 0, i as usize);
+                let m = c.send(Side::Alice, &p);
+                c.deliver(Side::Bob, &m, &p);
             }
-        };
-        prop_assert_eq!(c.bob.skipped_len(), 0);
-        let n = MAX_SKIP + 1 + extra;
-        let batch: Vec<(RatchetMessage, Vec<u8>)> = (0..n)
-            .map(|k| { let p = plaintext(Side::Alice, 2, k as usize); (c.send(Side::Alice, &p), p) })
-            .collect();
-        for (k, m) in batch.iter().enumerate() {
-            prop_assert_eq!(m.0.header.counter, base + k as u32);
-        }
+            let mut old: Vec<(RatchetMessage, Vec<u8>)> = Vec::new();
+            let base = match place {
+                SkipWhere::CurrentChain => 1 + prefix,
+                SkipWhere::NewChain => {
+                    for i in 0..pn_gap {
+                        let p = plaintext(Side::Alice, 1, i as usize);
+                        old.push((c.send(Side::Alice, &p), p));
+                    }
+                    turn_around(&mut c);
+                    0
+                }
+            };
+            prop_assert_eq!(c.bob.skipped_len(), 0);
+            let n = MAX_SKIP + 1 + extra;
+            let batch: Vec<(RatchetMessage, Vec<u8>)> = (0..n)
+                .map(|k| {
+                    let p = plaintext(Side::Alice, 2, k as usize);
+                    (c.send(Side::Alice, &p), p)
+                })
+                .collect();
+            for (k, m) in batch.iter().enumerate() {
+                prop_assert_eq!(m.0.header.counter, base + k as u32);
+            }
 
-        // More than MAX_SKIP ahead: refused, unchanged.
-        let far: Vec<u32> = (MAX_SKIP + 1..n).collect();
-        for i in &too_far {
-            let k = far[i.index(far.len())];
-            let e = c.refused(Side::Bob, &batch[k as usize].0);
-            let ok = matches!(e, Error::Protocol(ProtocolError::TooFarAhead { skip, limit })
+            // More than MAX_SKIP ahead: refused, unchanged.
+            let far: Vec<u32> = (MAX_SKIP + 1..n).collect();
+            for i in &too_far {
+                let k = far[i.index(far.len())];
+                let e = c.refused(Side::Bob, &batch[k as usize].0);
+                let ok = matches!(e, Error::Protocol(ProtocolError::TooFarAhead { skip, limit })
                 if skip == u64::from(k) && limit == MAX_SKIP);
-            prop_assert!(ok, "offset {}: expected TooFarAhead {{ skip: {}, limit: {} }}, got {:?}", k, k, MAX_SKIP, e);
-        }
+                prop_assert!(
+                    ok,
+                    "offset {}: expected TooFarAhead {{ skip: {}, limit: {} }}, got {:?}",
+                    k,
+                    k,
+                    MAX_SKIP,
+                    e
+                );
+            }
 
-        // Exactly MAX_SKIP ahead: accepted.
-        let k = MAX_SKIP as usize;
-        c.deliver(Side::Bob, &batch[k].0, &batch[k].1);
-        prop_assert_eq!(c.bob.skipped_len(), MAX_SKIP as usize + old.len());
+            // Exactly MAX_SKIP ahead: accepted.
+            let k = MAX_SKIP as usize;
+            c.deliver(Side::Bob, &batch[k].0, &batch[k].1);
+            prop_assert_eq!(c.bob.skipped_len(), MAX_SKIP as usize + old.len());
 
-        // Every skipped message decrypts, in a random order.
-        let mut rest: Vec<(RatchetMessage, Vec<u8>)> = batch[..k].to_vec();
-        rest.extend(old.iter().cloned());
-        shuffle(&mut rest, order_seed);
-        for (m, p) in &rest {
-            c.deliver(Side::Bob, m, p);
-        }
-        prop_assert_eq!(c.bob.skipped_len(), 0);
-        // The formerly too-far messages are now next in line.
-        for (m, p) in &batch[k + 1..] {
-            c.deliver(Side::Bob, m, p);
-        }
-        c.ping_pong();
-    }
+            // Every skipped message decrypts, in a random order.
+            let mut rest: Vec<(RatchetMessage, Vec<u8>)> = batch[..k].to_vec();
+            rest.extend(old.iter().cloned());
+            shuffle(&mut rest, order_seed);
+            for (m, p) in &rest {
+                c.deliver(Side::Bob, m, p);
+            }
+            prop_assert_eq!(c.bob.skipped_len(), 0);
+            // The formerly too-far messages are now next in line.
+            for (m, p) in &batch[k + 1..] {
+                c.deliver(Side::Bob, m, p);
+            }
+            c.ping_pong();
+            Ok(())
+        },
+    );
 }
 
 /// The previous-counter boundary that the spec accepts: PN exactly MAX_SKIP beyond Bob's receiving
@@ -777,20 +835,19 @@ struct Pending {
     plaintext: Vec<u8>,
 }
 
-proptest! {
-    #![proptest_config(config(10))]
-
-    /// Property 4: a sequence of steps in which one side sends `gap + 1` messages of which only the
-    /// last is delivered (large gaps, same chain or after a ratchet step). After every decryption the
-    /// receiver's skipped keys never exceed MAX_SKIPPED_KEYS in total nor MAX_SKIPPED_KEYS_PER_CHAIN
-    /// per chain, and equal a reference model (oldest evicted first). Stored keys decrypt their
-    /// message; evicted ones are refused without a state change.
-    #[test]
-    fn prop_skipped_key_caps_hold(
-        seed in any::<u64>(),
-        steps in prop::collection::vec(gap_step(), 3..=7),
-        evicted_sample in prop::collection::vec(any::<Index>(), 8),
-    ) {
+/// Property 4: a sequence of steps in which one side sends `gap + 1` messages of which only the
+/// last is delivered (large gaps, same chain or after a ratchet step). After every decryption the
+/// receiver's skipped keys never exceed MAX_SKIPPED_KEYS in total nor MAX_SKIPPED_KEYS_PER_CHAIN
+/// per chain, and equal a reference model (oldest evicted first). Stored keys decrypt their
+/// message; evicted ones are refused without a state change.
+#[test]
+fn prop_skipped_key_caps_hold() {
+    let strategy = (
+        any::<u64>(),
+        prop::collection::vec(gap_step(), 3..=7),
+        prop::collection::vec(any::<Index>(), 8),
+    );
+    check(24, &strategy, |(seed, steps, evicted_sample)| {
         let mut c = establish(seed);
         let mut model: HashMap<Side, SkippedModel> = HashMap::new();
         model.insert(Side::Alice, SkippedModel::default());
@@ -801,7 +858,11 @@ proptest! {
             let mut sent: Vec<Pending> = (0..=step.gap as usize)
                 .map(|i| {
                     let plaintext = plaintext(step.from, t, i);
-                    Pending { to, msg: c.send(step.from, &plaintext), plaintext }
+                    Pending {
+                        to,
+                        msg: c.send(step.from, &plaintext),
+                        plaintext,
+                    }
                 })
                 .collect();
             let last = sent.pop().unwrap();
@@ -827,8 +888,9 @@ proptest! {
             }
         }
         // Evicted messages are refused, state unchanged.
-        let evicted: Vec<usize> =
-            (0..pending.len()).filter(|&i| !model[&pending[i].to].contains(id(&pending[i].msg))).collect();
+        let evicted: Vec<usize> = (0..pending.len())
+            .filter(|&i| !model[&pending[i].to].contains(id(&pending[i].msg)))
+            .collect();
         if !evicted.is_empty() {
             for e in &evicted_sample {
                 let p = &pending[evicted[e.index(evicted.len())]];
@@ -845,58 +907,91 @@ proptest! {
         prop_assert_eq!(c.alice.skipped_len(), 0);
         prop_assert_eq!(c.bob.skipped_len(), 0);
         c.ping_pong();
-    }
+        Ok(())
+    });
 }
 
-proptest! {
-    #![proptest_config(config(24))]
+/// Property 4 (expiry): keys skipped at time t are still usable at t + SKIPPED_KEY_MAX_AGE_MS
+/// (inclusive), and once another message has been decrypted later than that, the old message
+/// is refused (state unchanged), whether the later message was in the same chain or after a
+/// ratchet step.
+#[test]
+fn prop_skipped_keys_expire_after_max_age() {
+    let strategy = (
+        any::<u64>(),
+        2u32..=30,
+        any::<Index>(),
+        prop_oneof![Just(1u64), 1u64..=1_000_000_000_000],
+        any::<bool>(),
+    );
+    check(
+        64,
+        &strategy,
+        |(seed, skipped, probe, late_by, after_ratchet_step)| {
+            let mut c = establish(seed);
+            let msgs: Vec<(RatchetMessage, Vec<u8>)> = (0..=skipped as usize)
+                .map(|i| {
+                    let p = plaintext(Side::Alice, 1, i);
+                    (c.send(Side::Alice, &p), p)
+                })
+                .collect();
+            let t = T0 + 10_000;
+            // Bob gets only the last: `skipped` keys stored at t.
+            let (last, pl) = msgs.last().unwrap();
+            prop_assert_eq!(&c.recv_at(Side::Bob, last, t).unwrap(), pl);
+            prop_assert_eq!(c.bob.skipped_len(), skipped as usize);
 
-    /// Property 4 (expiry): keys skipped at time t are still usable at t + SKIPPED_KEY_MAX_AGE_MS
-    /// (inclusive), and once another message has been decrypted later than that, the old message
-    /// is refused (state unchanged), whether the later message was in the same chain or after a
-    /// ratchet step.
-    #[test]
-    fn prop_skipped_keys_expire_after_max_age(
-        seed in any::<u64>(),
-        skipped in 2u32..=30,
-        probe in any::<Index>(),
-        late_by in prop_oneof![Just(1u64), 1u64..=1_000_000_000_000],
-        after_ratchet_step in any::<bool>(),
-    ) {
-        let mut c = establish(seed);
-        let msgs: Vec<(RatchetMessage, Vec<u8>)> = (0..=skipped as usize)
-            .map(|i| { let p = plaintext(Side::Alice, 1, i); (c.send(Side::Alice, &p), p) })
-            .collect();
-        let t = T0 + 10_000;
-        // Bob gets only the last: `skipped` keys stored at t.
-        let (last, pl) = msgs.last().unwrap();
-        prop_assert_eq!(&c.recv_at(Side::Bob, last, t).unwrap(), pl);
-        prop_assert_eq!(c.bob.skipped_len(), skipped as usize);
+            // At exactly the maximum age the keys are still there.
+            let edge = t + SKIPPED_KEY_MAX_AGE_MS;
+            let (m0, p0) = &msgs[0];
+            prop_assert_eq!(&c.recv_at(Side::Bob, m0, edge).unwrap(), p0);
+            prop_assert_eq!(c.bob.skipped_len(), skipped as usize - 1);
 
-        // At exactly the maximum age the keys are still there.
-        let edge = t + SKIPPED_KEY_MAX_AGE_MS;
-        let (m0, p0) = &msgs[0];
-        prop_assert_eq!(&c.recv_at(Side::Bob, m0, edge).unwrap(), p0);
-        prop_assert_eq!(c.bob.skipped_len(), skipped as usize - 1);
-
-        // Later than that, some other message is decrypted first.
-        let later = edge + late_by;
-        if after_ratchet_step {
-            let m = c.bob.encrypt(b"reply", &mut c.rng_bob, later).unwrap().message;
-            prop_assert_eq!(c.recv_at(Side::Alice, &m, later).unwrap(), b"reply".to_vec());
-            let m = c.alice.encrypt(b"next chain", &mut c.rng_alice, later).unwrap().message;
-            prop_assert_eq!(c.recv_at(Side::Bob, &m, later).unwrap(), b"next chain".to_vec());
-        } else {
-            let m = c.alice.encrypt(b"same chain", &mut c.rng_alice, later).unwrap().message;
-            prop_assert_eq!(c.recv_at(Side::Bob, &m, later).unwrap(), b"same chain".to_vec());
-        }
-        prop_assert_eq!(c.bob.skipped_len(), 0);
-        let (old, _) = &msgs[1 + probe.index(skipped as usize - 1)];
-        c.now = later;
-        let e = c.refused(Side::Bob, old);
-        prop_assert!(matches!(e, Error::Protocol(ProtocolError::Duplicate)), "got {:?}", e);
-        c.ping_pong();
-    }
+            // Later than that, some other message is decrypted first.
+            let later = edge + late_by;
+            if after_ratchet_step {
+                let m = c
+                    .bob
+                    .encrypt(b"reply", &mut c.rng_bob, later)
+                    .unwrap()
+                    .message;
+                prop_assert_eq!(
+                    c.recv_at(Side::Alice, &m, later).unwrap(),
+                    b"reply".to_vec()
+                );
+                let m = c
+                    .alice
+                    .encrypt(b"next chain", &mut c.rng_alice, later)
+                    .unwrap()
+                    .message;
+                prop_assert_eq!(
+                    c.recv_at(Side::Bob, &m, later).unwrap(),
+                    b"next chain".to_vec()
+                );
+            } else {
+                let m = c
+                    .alice
+                    .encrypt(b"same chain", &mut c.rng_alice, later)
+                    .unwrap()
+                    .message;
+                prop_assert_eq!(
+                    c.recv_at(Side::Bob, &m, later).unwrap(),
+                    b"same chain".to_vec()
+                );
+            }
+            prop_assert_eq!(c.bob.skipped_len(), 0);
+            let (old, _) = &msgs[1 + probe.index(skipped as usize - 1)];
+            c.now = later;
+            let e = c.refused(Side::Bob, old);
+            prop_assert!(
+                matches!(e, Error::Protocol(ProtocolError::Duplicate)),
+                "got {:?}",
+                e
+            );
+            c.ping_pong();
+            Ok(())
+        },
+    );
 }
 
 /// BUG (see the report): a skipped key past SKIPPED_KEY_MAX_AGE_MS still decrypts its message when
@@ -941,8 +1036,29 @@ fn event() -> impl Strategy<Value = Event> {
     ]
 }
 
+/// Everything the accessors show, plus the encoded state.
+fn observe(s: &SessionState) -> Vec<u8> {
+    let mut out = format!(
+        "{:?} {:?} {:?} {:?} {} {} {} {} {:?} {:?}",
+        s.pending(),
+        s.root_key(),
+        s.sending_chain_key(),
+        s.receiving_chain_key(),
+        s.skipped_len(),
+        s.last_used_at(),
+        s.created_at(),
+        s.is_initiator(),
+        s.base_key(),
+        s.remote_identity().to_bytes(),
+    )
+    .into_bytes();
+    out.extend_from_slice(&encoded(s));
+    out
+}
+
 /// Runs the script; returns everything observable (wire bytes of every message sent, the result of
-/// every delivery) and both final encoded states.
+/// every delivery, both sides' accessors and encoded states after every event) and both final
+/// encoded states.
 fn run_script(
     seed: u64,
     events: &[Event],
@@ -974,6 +1090,9 @@ fn run_script(
                 }
             }
         }
+        for who in [Side::Alice, Side::Bob] {
+            transcript.push(observe(c.state(who)));
+        }
     }
     for (to, m, p) in undelivered.iter().rev() {
         let got = c.recv(*to, m).unwrap();
@@ -989,21 +1108,18 @@ fn run_script(
     (transcript, a, b)
 }
 
-proptest! {
-    #![proptest_config(config(64))]
-
-    /// Property 5: persisting and restoring either side at any point (SessionState::from_proto of
-    /// the decoded to_proto bytes, checked byte-exact) does not change the conversation: the same
-    /// ciphertexts for the same RNG draws, the same plaintexts, the same final states.
-    #[test]
-    fn prop_state_survives_serialization_anywhere(
-        seed in any::<u64>(),
-        events in prop::collection::vec(event(), 1..=60),
-    ) {
+/// Property 5: persisting and restoring either side at any point (SessionState::from_proto of
+/// the decoded to_proto bytes, checked byte-exact) does not change the conversation: the same
+/// ciphertexts for the same RNG draws, the same plaintexts, the same final states.
+#[test]
+fn prop_state_survives_serialization_anywhere() {
+    let strategy = (any::<u64>(), prop::collection::vec(event(), 1..=60));
+    check(192, &strategy, |(seed, events)| {
         let plain = run_script(seed, &events, false);
         let reloaded = run_script(seed, &events, true);
         prop_assert!(plain.0 == reloaded.0, "transcripts differ");
         prop_assert!(plain.1 == reloaded.1, "Alice's final states differ");
         prop_assert!(plain.2 == reloaded.2, "Bob's final states differ");
-    }
+        Ok(())
+    });
 }

@@ -2,3 +2,4 @@
 //! protocol test-vector generator.
 
 pub mod sim;
+pub mod vectors;

@@ -4,8 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use hush_core::device::Device;
+use hush_core::error::Result;
 use hush_core::keys::{AccountId, DeviceAddress};
 use hush_core::prekeys::{PreKeyBundle, PublishedPreKeys};
+use hush_core::store::kv::KvStore;
+use hush_core::store::memory::MemoryKv;
 use hush_proto::wire;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -107,6 +111,8 @@ pub struct Envelope {
     pub bytes: Vec<u8>,
     /// The test's own id of the message (never seen by devices).
     pub tag: u64,
+    /// A group message (fanned out by the relay) rather than a pairwise one.
+    pub group: bool,
 }
 
 /// Fault settings, in parts per thousand.
@@ -158,6 +164,12 @@ impl Network {
         }
     }
 
+    /// Sends an envelope that is never dropped (it may still be duplicated and reordered): a
+    /// message the relay keeps until the device acknowledges it.
+    pub fn send_reliable(&mut self, e: Envelope) {
+        self.in_flight.push(e);
+    }
+
     /// Envelopes still in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
@@ -184,5 +196,112 @@ impl Network {
     /// A random number below `n` from the network's RNG (for the test's own choices).
     pub fn below(&mut self, n: u32) -> u32 {
         if n == 0 { 0 } else { self.rng.next_u32() % n }
+    }
+}
+
+/// A store chosen at run time.
+pub type Store = Box<dyn KvStore>;
+
+/// Accounts with several devices each, their directory entries, and helpers to wire them up.
+pub struct Population {
+    /// Every device.
+    pub devices: BTreeMap<DeviceAddress, Device<Store>>,
+    /// Device addresses per account, first device (holding the account key) first.
+    pub accounts: Vec<Vec<DeviceAddress>>,
+    /// The directory (pre-keys and device lists).
+    pub dir: Directory,
+}
+
+impl Population {
+    /// Creates one account per entry of `devices_per_account`, with that many devices (in-memory
+    /// stores), publishes everything and gives every device every account's device list.
+    pub fn new(rng: &mut ChaCha20Rng, devices_per_account: &[u32], now: u64) -> Result<Self> {
+        let mut p = Self {
+            devices: BTreeMap::new(),
+            accounts: Vec::new(),
+            dir: Directory::default(),
+        };
+        for &n in devices_per_account {
+            let mut primary = Device::create_account(Box::new(MemoryKv::new()) as Store, rng, now)?;
+            let account = primary.address().account;
+            let mut addrs = vec![primary.address()];
+            for id in 2..=n {
+                let d = Device::create_linked(
+                    Box::new(MemoryKv::new()) as Store,
+                    rng,
+                    account,
+                    id,
+                    now,
+                )?;
+                primary.add_device(id, d.identity(), now)?;
+                addrs.push(d.address());
+                p.devices.insert(d.address(), d);
+            }
+            if let Some(list) = primary.device_list(&account) {
+                p.dir.publish_list(account, list.signed_bytes().to_vec());
+            }
+            p.devices.insert(primary.address(), primary);
+            p.accounts.push(addrs);
+        }
+        for d in p.devices.values() {
+            p.dir.publish_pre_keys(d.published_pre_keys()?);
+        }
+        p.sync_lists(now)?;
+        Ok(p)
+    }
+
+    /// Gives every device every account's current device list.
+    pub fn sync_lists(&mut self, now: u64) -> Result<()> {
+        let lists: Vec<(AccountId, Vec<u8>)> = self
+            .dir
+            .accounts()
+            .into_iter()
+            .filter_map(|a| self.dir.list(&a).map(|l| (a, l.to_vec())))
+            .collect();
+        for d in self.devices.values_mut() {
+            for (a, l) in &lists {
+                d.accept_device_list(l, a, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The account ids, in creation order.
+    pub fn account_ids(&self) -> Vec<AccountId> {
+        self.accounts
+            .iter()
+            .filter_map(|a| a.first().map(|d| d.account))
+            .collect()
+    }
+
+    /// Starts sessions from `from` to every device of `targets` that has none (claiming bundles
+    /// from the directory). Returns how many were started.
+    pub fn ensure_sessions(
+        &mut self,
+        from: &DeviceAddress,
+        targets: &[DeviceAddress],
+        rng: &mut ChaCha20Rng,
+        now: u64,
+    ) -> Result<usize> {
+        let Some(device) = self.devices.get_mut(from) else {
+            return Ok(0);
+        };
+        let missing = device.missing_sessions(targets, now)?;
+        for t in &missing {
+            if let Some(bundle) = self.dir.claim_bundle(t) {
+                device.start_session(&bundle, rng, now)?;
+            }
+        }
+        Ok(missing.len())
+    }
+
+    /// Re-publishes a device's pre-keys if it made new ones.
+    pub fn replenish(&mut self, a: &DeviceAddress, rng: &mut ChaCha20Rng, now: u64) -> Result<()> {
+        if let Some(d) = self.devices.get_mut(a)
+            && d.replenish_pre_keys(rng, now)?
+        {
+            self.dir.publish_pre_keys(d.published_pre_keys()?);
+        }
+        Ok(())
     }
 }

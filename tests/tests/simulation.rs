@@ -128,6 +128,7 @@ impl World {
             to,
             bytes,
             tag,
+            group: false,
         });
     }
 

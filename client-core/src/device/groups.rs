@@ -9,8 +9,9 @@ use zeroize::Zeroizing;
 
 use super::{Device, Outgoing, Received, Tx, decode, encode};
 use crate::consts::{
-    MAX_BUFFERED_GROUP_MESSAGES, MAX_MESSAGE_LEN, MAX_PLAINTEXT_LEN, SENDER_KEY_MAX_ITERATIONS,
-    SENDER_KEY_REQUEST_INTERVAL_MS,
+    BUFFERED_GROUP_MESSAGE_MAX_AGE_MS, MAX_BUFFERED_GROUP_MESSAGES,
+    MAX_BUFFERED_GROUP_MESSAGES_TOTAL, MAX_MESSAGE_LEN, MAX_PLAINTEXT_LEN,
+    SENDER_KEY_MAX_ITERATIONS, SENDER_KEY_REQUEST_INTERVAL_MS,
 };
 use crate::error::{Error, ProtocolError, Result};
 use crate::group::{ChangeBody, GroupLog, GroupState, Offered, SignedChange};
@@ -173,6 +174,19 @@ impl<S: KvStore> Device<S> {
         self.sender_keys
             .get_mut(&(g, a))
             .ok_or(ProtocolError::UnknownGroup.into())
+    }
+
+    /// The sender keys held for `sender` in group `g`: (key id, next iteration, stored skipped keys),
+    /// newest first. For diagnostics and tests; reveals no key material.
+    pub fn sender_key_status(
+        &mut self,
+        g: &GroupId,
+        sender: &DeviceAddress,
+    ) -> Result<Vec<(u32, u32, usize)>> {
+        let r = self.sender_key_record(*g, *sender)?;
+        Ok(r.states()
+            .map(|s| (s.key_id(), s.iteration(), s.skipped_len()))
+            .collect())
     }
 
     /// A group this device knows.
@@ -466,48 +480,34 @@ impl<S: KvStore> Device<S> {
         let msg = GroupMessage::try_from(&raw)?;
         let g = msg.header.group;
         let sender = msg.header.sender;
-        let entry = self.groups.get(&g).ok_or(ProtocolError::UnknownGroup)?;
-        if !entry.log.state().is_member(&sender.account) {
-            return Err(ProtocolError::NotAMember.into());
-        }
-        self.known_identity(&sender)?;
         if sender == self.address {
             return Err(ProtocolError::Misuse("own group message").into());
         }
+        let member = self
+            .groups
+            .get(&g)
+            .map(|e| e.log.state().is_member(&sender.account));
+        if member != Some(true) {
+            // The group or the sender's membership may not have reached this device yet: keep the
+            // message until the membership change arrives. A removed member's messages stay
+            // buffered until they age out and are never decrypted.
+            let mut tx = Tx::default();
+            self.buffer_group_message(&g, bytes, now, &mut tx)?;
+            self.finish(tx)?;
+            return Ok(GroupIncoming::Buffered { request: None });
+        }
+        self.known_identity(&sender)?;
         let mut tx = Tx::default();
         let record = self.sender_key_record(g, sender)?;
         if let Some(state) = record.get_mut(msg.header.key_id) {
             let plaintext = state.decrypt(&msg, now)?;
             tx.sender_keys.insert((g, sender));
-            let received = self.to_inbox(&mut tx, sender, Some(g), plaintext, now);
+            let received = self.add_to_inbox(&mut tx, sender, Some(g), plaintext, now);
             self.finish_group(tx)?;
             return Ok(GroupIncoming::Decrypted(received));
         }
         // Missing key: keep the message durably and ask the sender for its key.
-        let prefix = buffer_prefix(&g);
-        let buffered = self
-            .store
-            .scan(Namespace::Groups)?
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .count();
-        if buffered >= MAX_BUFFERED_GROUP_MESSAGES {
-            return Err(ProtocolError::BufferFull.into());
-        }
-        let seq = tx.next_message_id.unwrap_or(self.next_message_id);
-        tx.next_message_id = Some(seq + 1);
-        tx.batch.put(
-            Namespace::Meta,
-            super::NEXT_MESSAGE_ID,
-            Zeroizing::new((seq + 1).to_be_bytes().to_vec()),
-        );
-        let mut key = prefix;
-        key.extend_from_slice(&seq.to_be_bytes());
-        let b = pstore::BufferedGroupMessage {
-            message: bytes.to_vec(),
-            received_at: now,
-        };
-        tx.batch.put(Namespace::Groups, key, encode(&b));
+        self.buffer_group_message(&g, bytes, now, &mut tx)?;
         let req_key = (g, sender, msg.header.key_id);
         let due = self
             .last_key_requests
@@ -519,7 +519,7 @@ impl<S: KvStore> Device<S> {
                     wire::SenderKeyRequest {
                         group_id: g.0.to_vec(),
                         key_id: msg.header.key_id,
-                        from_iteration: msg.header.iteration,
+                        from_iteration: 0,
                     },
                 )),
             };
@@ -538,6 +538,84 @@ impl<S: KvStore> Device<S> {
             self.last_key_requests.insert(req_key, now);
         }
         Ok(GroupIncoming::Buffered { request })
+    }
+
+    fn buffer_group_message(
+        &mut self,
+        g: &GroupId,
+        bytes: &[u8],
+        now: u64,
+        tx: &mut Tx,
+    ) -> Result<()> {
+        let prefix = buffer_prefix(g);
+        let (mut here, mut total) = (0usize, 0usize);
+        for (k, _) in self.store.scan(Namespace::Groups)? {
+            if k.len() != 32 {
+                total += 1;
+                if k.starts_with(&prefix) {
+                    here += 1;
+                }
+            }
+        }
+        // Per group, and in total (group ids are chosen by senders, so a per-group cap alone
+        // would not bound the store).
+        if here >= MAX_BUFFERED_GROUP_MESSAGES || total >= MAX_BUFFERED_GROUP_MESSAGES_TOTAL {
+            return Err(ProtocolError::BufferFull.into());
+        }
+        let seq = tx.next_message_id.unwrap_or(self.next_message_id);
+        tx.next_message_id = Some(seq + 1);
+        tx.batch.put(
+            Namespace::Meta,
+            super::NEXT_MESSAGE_ID,
+            Zeroizing::new((seq + 1).to_be_bytes().to_vec()),
+        );
+        let mut key = prefix;
+        key.extend_from_slice(&seq.to_be_bytes());
+        let b = pstore::BufferedGroupMessage {
+            message: bytes.to_vec(),
+            received_at: now,
+        };
+        tx.batch.put(Namespace::Groups, key, encode(&b));
+        Ok(())
+    }
+
+    /// Decrypts every buffered message of group `g` that can now be read (its sender is a member
+    /// and its sender key is here); drops those that fail. Others stay buffered.
+    fn drain_buffer(&mut self, g: &GroupId, now: u64, tx: &mut Tx) -> Result<Vec<Received>> {
+        let prefix = buffer_prefix(g);
+        let mut out = Vec::new();
+        for (k, v) in self.store.scan(Namespace::Groups)? {
+            if !k.starts_with(&prefix) {
+                continue;
+            }
+            let b: pstore::BufferedGroupMessage = decode(&v, "buffered group message")?;
+            let parsed = wire::GroupMessage::decode(b.message.as_slice())
+                .ok()
+                .and_then(|raw| GroupMessage::try_from(&raw).ok());
+            let Some(msg) = parsed else {
+                tx.batch.delete(Namespace::Groups, k);
+                continue;
+            };
+            let sender = msg.header.sender;
+            let member = self
+                .groups
+                .get(g)
+                .is_some_and(|e| e.log.state().is_member(&sender.account));
+            if !member || self.known_identity(&sender).is_err() {
+                continue;
+            }
+            let record = self.sender_key_record(*g, sender)?;
+            let Some(state) = record.get_mut(msg.header.key_id) else {
+                continue;
+            };
+            let result = state.decrypt(&msg, now);
+            tx.sender_keys.insert((*g, sender));
+            tx.batch.delete(Namespace::Groups, k);
+            if let Ok(plaintext) = result {
+                out.push(self.add_to_inbox(tx, sender, Some(*g), plaintext, now));
+            }
+        }
+        Ok(out)
     }
 
     fn finish_group(&mut self, tx: Tx) -> Result<()> {
@@ -577,6 +655,53 @@ impl<S: KvStore> Device<S> {
         Ok(Outgoing { to: *sender, bytes })
     }
 
+    /// Sends retry requests for every sender key that buffered group messages still wait for (and
+    /// that was not requested within [`SENDER_KEY_REQUEST_INTERVAL_MS`]). Call it periodically.
+    pub fn retry_missing_sender_keys(
+        &mut self,
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<Vec<Outgoing>> {
+        let mut wanted: std::collections::BTreeMap<(GroupId, DeviceAddress, u32), u32> =
+            std::collections::BTreeMap::new();
+        let mut expired = crate::store::kv::Batch::new();
+        for (k, v) in self.store.scan(Namespace::Groups)? {
+            if k.len() == 32 {
+                continue;
+            }
+            let b: pstore::BufferedGroupMessage = decode(&v, "buffered group message")?;
+            if b.received_at
+                .saturating_add(BUFFERED_GROUP_MESSAGE_MAX_AGE_MS)
+                < now
+            {
+                expired.delete(Namespace::Groups, k);
+                continue;
+            }
+            let Ok(raw) = wire::GroupMessage::decode(b.message.as_slice()) else {
+                continue;
+            };
+            let Ok(msg) = GroupMessage::try_from(&raw) else {
+                continue;
+            };
+            let h = msg.header;
+            wanted.insert((h.group, h.sender, h.key_id), 0);
+        }
+        if !expired.is_empty() {
+            self.store.commit(expired)?;
+        }
+        let mut out = Vec::new();
+        for ((g, sender, key_id), from_iteration) in wanted {
+            let due = self
+                .last_key_requests
+                .get(&(g, sender, key_id))
+                .is_none_or(|t| t.saturating_add(SENDER_KEY_REQUEST_INTERVAL_MS) <= now);
+            if due && self.has_session(&sender, now).unwrap_or(false) {
+                out.push(self.request_sender_key(&g, &sender, key_id, from_iteration, rng, now)?);
+            }
+        }
+        Ok(out)
+    }
+
     fn check_member_device(&self, g: &GroupId, d: &DeviceAddress) -> Result<()> {
         let entry = self.groups.get(g).ok_or(ProtocolError::UnknownGroup)?;
         if !entry.log.state().is_member(&d.account) {
@@ -593,40 +718,18 @@ impl<S: KvStore> Device<S> {
         tx: &mut Tx,
     ) -> Result<Vec<Received>> {
         let g = GroupId::from_bytes(&d.group_id)?;
-        self.check_member_device(&g, from)?;
+        if self.check_member_device(&g, from).is_err() {
+            // A key from a device that is not (or no longer) a member is never used.
+            tracing::debug!("sender key from a non-member ignored");
+            return Ok(Vec::new());
+        }
         let state = SenderKeyState::from_distribution(d, now)?;
-        let key_id = state.key_id();
         if !self.sender_key_record(g, *from)?.add(state) {
             return Ok(Vec::new());
         }
         tx.sender_keys.insert((g, *from));
         // Messages that waited for this key.
-        let prefix = buffer_prefix(&g);
-        let mut out = Vec::new();
-        for (k, v) in self.store.scan(Namespace::Groups)? {
-            if !k.starts_with(&prefix) {
-                continue;
-            }
-            let b: pstore::BufferedGroupMessage = decode(&v, "buffered group message")?;
-            let Ok(raw) = wire::GroupMessage::decode(b.message.as_slice()) else {
-                tx.batch.delete(Namespace::Groups, k);
-                continue;
-            };
-            let Ok(msg) = GroupMessage::try_from(&raw) else {
-                tx.batch.delete(Namespace::Groups, k);
-                continue;
-            };
-            if msg.header.sender != *from || msg.header.key_id != key_id {
-                continue;
-            }
-            let record = self.sender_key_record(g, *from)?;
-            let result = record.get_mut(key_id).map(|s| s.decrypt(&msg, now));
-            tx.batch.delete(Namespace::Groups, k);
-            if let Some(Ok(plaintext)) = result {
-                out.push(self.to_inbox(tx, *from, Some(g), plaintext, b.received_at.max(now)));
-            }
-        }
-        Ok(out)
+        self.drain_buffer(&g, now, tx)
     }
 
     pub(super) fn answer_sender_key_request(
@@ -638,7 +741,11 @@ impl<S: KvStore> Device<S> {
         tx: &mut Tx,
     ) -> Result<Vec<Outgoing>> {
         let g = GroupId::from_bytes(&r.group_id)?;
-        self.check_member_device(&g, from)?;
+        if self.check_member_device(&g, from).is_err() {
+            // Removed members, and devices that left their account, get nothing.
+            tracing::debug!("sender key request from a non-member refused");
+            return Ok(Vec::new());
+        }
         let me = self.address;
         let record = self.sender_key_record(g, me)?;
         let is_current = record.current().is_some_and(|s| s.key_id() == r.key_id);
@@ -650,7 +757,9 @@ impl<S: KvStore> Device<S> {
         if !is_current && !state.entitled().contains_key(from) {
             return Ok(Vec::new());
         }
-        let dist = state.distribution_for(g, *from, Some(r.from_iteration))?;
+        // Always from the requester's entitlement: a device that missed the first distribution must
+        // also read the messages still on their way from before its request.
+        let dist = state.distribution_for(g, *from, None)?;
         tx.sender_keys.insert((g, me));
         let content = wire::Content {
             body: Some(wire::content::Body::SenderKey(dist)),
@@ -663,9 +772,9 @@ impl<S: KvStore> Device<S> {
         &mut self,
         _from: &DeviceAddress,
         c: &wire::GroupChanges,
-        _now: u64,
+        now: u64,
         tx: &mut Tx,
-    ) -> Result<()> {
+    ) -> Result<Vec<Received>> {
         for bytes in &c.changes {
             let change = SignedChange::parse(bytes)?;
             change.verify(&self.known_identity(&change.body.author)?)?;
@@ -694,6 +803,10 @@ impl<S: KvStore> Device<S> {
             }
             tx.groups.insert(g);
         }
-        Ok(())
+        let mut out = Vec::new();
+        for g in tx.groups.clone() {
+            out.extend(self.drain_buffer(&g, now, tx)?);
+        }
+        Ok(out)
     }
 }

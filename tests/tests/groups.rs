@@ -1,0 +1,483 @@
+//! Group messaging over the simulated network: 5 accounts × 2 devices, drops, duplicates and
+//! reordering; removal (the removed account reads nothing sent afterwards), a late joiner (reads
+//! nothing sent before it joined), and missed sender-key distributions healing through retry
+//! requests.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hush_core::device::{GroupIncoming, Incoming, Outgoing};
+use hush_core::error::{AuthError, Error, ProtocolError};
+use hush_core::keys::{AccountId, DeviceAddress};
+use hush_core::sender_key::GroupId;
+use hush_tests::sim::{Envelope, Faults, Network, Population};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+/// Who may legitimately read a group message.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Audience {
+    /// A member device the message was sent to: must decrypt it exactly once unless dropped.
+    Recipient,
+    /// A device outside the group at sending time that got a copy anyway: must never decrypt it.
+    Outsider,
+}
+
+struct World {
+    pop: Population,
+    net: Network,
+    rng: ChaCha20Rng,
+    now: u64,
+    next_tag: u64,
+    group: Option<GroupId>,
+    /// tag of a group envelope → (message id, device, audience)
+    group_envelopes: BTreeMap<u64, (u64, DeviceAddress, Audience)>,
+    /// (message id, device) → times decrypted
+    decrypted: BTreeMap<(u64, DeviceAddress), u32>,
+    /// tags of pairwise envelopes already processed
+    pairwise_done: BTreeSet<u64>,
+    next_message: u64,
+    /// Leaked copies, delivered to outsiders later (the late joiner gets them after joining).
+    stash: Vec<Envelope>,
+    healed_from_buffer: u64,
+    requests_sent: u64,
+}
+
+impl World {
+    fn tag(&mut self) -> u64 {
+        self.next_tag += 1;
+        self.next_tag
+    }
+
+    fn send_pairwise(&mut self, from: DeviceAddress, out: Vec<Outgoing>, reliable: bool) {
+        for o in out {
+            let tag = self.tag();
+            let e = Envelope {
+                from,
+                to: o.to,
+                bytes: o.bytes,
+                tag,
+                group: false,
+            };
+            if reliable {
+                self.net.send_reliable(e)
+            } else {
+                self.net.send(e)
+            }
+        }
+    }
+
+    fn members(&self) -> BTreeSet<AccountId> {
+        let g = self.group.unwrap();
+        let creator = self.pop.accounts[0][0];
+        self.pop.devices[&creator]
+            .group(&g)
+            .unwrap()
+            .state()
+            .members
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// One group message from `from`, fanned out to the member devices; copies go to the devices
+    /// of `outsiders` too.
+    fn group_send(&mut self, from: DeviceAddress, outsiders: &[AccountId]) {
+        self.now += 7;
+        let now = self.now;
+        let g = self.group.unwrap();
+        let mut rng = ChaCha20Rng::from_seed(self.seed());
+        let targets = self.pop.devices[&from].group_devices(&g).unwrap();
+        self.pop
+            .ensure_sessions(&from, &targets, &mut rng, now)
+            .unwrap();
+        self.next_message += 1;
+        let id = self.next_message;
+        let send = self
+            .pop
+            .devices
+            .get_mut(&from)
+            .unwrap()
+            .group_encrypt(&g, format!("gm{id}").as_bytes(), &mut rng, now)
+            .unwrap();
+        // Distributions may be lost: the recipients heal through retry requests.
+        self.send_pairwise(from, send.distributions, false);
+        for r in send.recipients {
+            let tag = self.tag();
+            self.group_envelopes
+                .insert(tag, (id, r, Audience::Recipient));
+            self.net.send(Envelope {
+                from,
+                to: r,
+                bytes: send.message.clone(),
+                tag,
+                group: true,
+            });
+        }
+        // A sample of the messages also reaches outsiders (as if the relay leaked them).
+        if id.is_multiple_of(5) {
+            for acct in outsiders {
+                let devices = self
+                    .pop
+                    .accounts
+                    .iter()
+                    .find(|a| a[0].account == *acct)
+                    .unwrap()
+                    .clone();
+                for r in devices {
+                    let tag = self.tag();
+                    self.group_envelopes
+                        .insert(tag, (id, r, Audience::Outsider));
+                    self.stash.push(Envelope {
+                        from,
+                        to: r,
+                        bytes: send.message.clone(),
+                        tag,
+                        group: true,
+                    });
+                }
+            }
+        }
+    }
+
+    fn count(
+        &mut self,
+        who: DeviceAddress,
+        plaintexts: impl IntoIterator<Item = Vec<u8>>,
+        from_buffer: bool,
+    ) {
+        for p in plaintexts {
+            let text = String::from_utf8(p).unwrap();
+            let id: u64 = text.strip_prefix("gm").unwrap().parse().unwrap();
+            *self.decrypted.entry((id, who)).or_default() += 1;
+            if from_buffer {
+                self.healed_from_buffer += 1;
+            }
+        }
+    }
+
+    fn seed(&mut self) -> [u8; 32] {
+        let mut s = [0u8; 32];
+        rand_core::Rng::fill_bytes(&mut self.rng, &mut s);
+        s
+    }
+
+    fn handle_incoming(&mut self, to: DeviceAddress, inc: Incoming) {
+        let texts: Vec<Vec<u8>> = inc.received.iter().map(|r| r.plaintext.to_vec()).collect();
+        for r in &inc.received {
+            self.pop
+                .devices
+                .get_mut(&to)
+                .unwrap()
+                .ack_message(r.id)
+                .unwrap();
+        }
+        self.count(to, texts, true);
+        self.send_pairwise(to, inc.outgoing, false);
+    }
+
+    fn deliver_one(&mut self) -> bool {
+        let Some(e) = self.net.deliver() else {
+            return false;
+        };
+        self.now += 3;
+        let now = self.now;
+        let mut rng = ChaCha20Rng::from_seed(self.seed());
+        if e.group {
+            let result = self
+                .pop
+                .devices
+                .get_mut(&e.to)
+                .unwrap()
+                .decrypt_group(&e.bytes, &mut rng, now);
+            let (id, _, _) = self.group_envelopes[&e.tag];
+            match result {
+                Ok(GroupIncoming::Decrypted(r)) => {
+                    self.pop
+                        .devices
+                        .get_mut(&e.to)
+                        .unwrap()
+                        .ack_message(r.id)
+                        .unwrap();
+                    self.count(e.to, [r.plaintext.to_vec()], false);
+                }
+                Ok(GroupIncoming::Buffered { request }) => {
+                    if let Some(req) = request {
+                        self.requests_sent += 1;
+                        self.send_pairwise(e.to, vec![req], false);
+                    }
+                }
+                // Outsiders are refused, whatever the reason (no key, not entitled, buffer full).
+                Err(_) if self.group_envelopes[&e.tag].2 == Audience::Outsider => {}
+                Err(Error::Protocol(ProtocolError::Duplicate)) => {
+                    if self.decrypted.get(&(id, e.to)).copied().unwrap_or(0) == 0 {
+                        use prost::Message;
+                        let m = hush_proto::wire::GroupMessage::decode(e.bytes.as_slice()).unwrap();
+                        let aud = self.group_envelopes[&e.tag].2;
+                        panic!(
+                            "duplicate of unread message {id} ({aud:?}) at {:?} from {:?}: key {} iteration {}",
+                            e.to, e.from, m.key_id, m.iteration
+                        );
+                    }
+                }
+                Err(err) => panic!("group message {id} to {:?}: {err}", e.to),
+            }
+        } else {
+            let result = self
+                .pop
+                .devices
+                .get_mut(&e.to)
+                .unwrap()
+                .decrypt(&e.from, &e.bytes, &mut rng, now);
+            match result {
+                Ok(inc) => {
+                    assert!(
+                        self.pairwise_done.insert(e.tag),
+                        "pairwise message decrypted twice"
+                    );
+                    self.handle_incoming(e.to, inc);
+                    self.pop.replenish(&e.to, &mut rng, now).unwrap();
+                }
+                Err(
+                    Error::Protocol(ProtocolError::Duplicate)
+                    | Error::Auth(AuthError::DecryptFailed),
+                ) if self.pairwise_done.contains(&e.tag) => {}
+                Err(err) => panic!("pairwise message to {:?}: {err}", e.to),
+            }
+        }
+        true
+    }
+
+    /// Delivers everything, then lets every device retry missing sender keys until the network is quiet.
+    fn drain(&mut self) {
+        for _ in 0..20 {
+            while self.deliver_one() {}
+            self.now += hush_core::consts::SENDER_KEY_REQUEST_INTERVAL_MS + 1;
+            let now = self.now;
+            let addrs: Vec<_> = self.pop.devices.keys().copied().collect();
+            for a in addrs {
+                let mut rng = ChaCha20Rng::from_seed(self.seed());
+                let out = self
+                    .pop
+                    .devices
+                    .get_mut(&a)
+                    .unwrap()
+                    .retry_missing_sender_keys(&mut rng, now)
+                    .unwrap();
+                self.requests_sent += out.len() as u64;
+                self.send_pairwise(a, out, false);
+            }
+        }
+        while self.deliver_one() {}
+    }
+
+    fn change_group(&mut self, admin: DeviceAddress, add: &[AccountId], remove: &[AccountId]) {
+        self.now += 5;
+        let now = self.now;
+        let g = self.group.unwrap();
+        let mut rng = ChaCha20Rng::from_seed(self.seed());
+        // Everyone affected must be reachable.
+        let mut targets = self.pop.devices[&admin].group_devices(&g).unwrap();
+        for a in add {
+            targets.extend(
+                self.pop
+                    .accounts
+                    .iter()
+                    .find(|x| x[0].account == *a)
+                    .unwrap()
+                    .iter()
+                    .copied(),
+            );
+        }
+        self.pop
+            .ensure_sessions(&admin, &targets, &mut rng, now)
+            .unwrap();
+        let add: Vec<(AccountId, bool)> = add.iter().map(|a| (*a, false)).collect();
+        let out = self
+            .pop
+            .devices
+            .get_mut(&admin)
+            .unwrap()
+            .update_group(&g, &add, remove, None, &mut rng, now)
+            .unwrap();
+        // Membership changes are kept by the relay until acknowledged: never lost.
+        self.send_pairwise(admin, out, true);
+    }
+}
+
+#[test]
+fn five_accounts_two_devices_lossy_with_removal_late_join_and_heal() {
+    let seed = 11u64;
+    let mut rng = ChaCha20Rng::from_seed([seed as u8; 32]);
+    let pop = Population::new(&mut rng, &[2, 2, 2, 2, 2], 0).unwrap();
+    let mut w = World {
+        pop,
+        net: Network::new(
+            seed,
+            Faults {
+                drop_per_mille: 40,
+                duplicate_per_mille: 60,
+            },
+        ),
+        rng,
+        now: 10,
+        next_tag: 0,
+        group: None,
+        group_envelopes: BTreeMap::new(),
+        decrypted: BTreeMap::new(),
+        pairwise_done: BTreeSet::new(),
+        next_message: 0,
+        stash: Vec::new(),
+        healed_from_buffer: 0,
+        requests_sent: 0,
+    };
+    let accounts = w.pop.account_ids();
+    let creator = w.pop.accounts[0][0];
+    let late = accounts[4];
+    let removed = accounts[3];
+
+    // The creator makes a group of the first four accounts.
+    let mut rng = ChaCha20Rng::from_seed(w.seed());
+    let targets: Vec<DeviceAddress> = w.pop.accounts[..4]
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|d| *d != creator)
+        .collect();
+    w.pop
+        .ensure_sessions(&creator, &targets, &mut rng, w.now)
+        .unwrap();
+    let (g, out) = w
+        .pop
+        .devices
+        .get_mut(&creator)
+        .unwrap()
+        .create_group("friends", &accounts[..4], &mut rng, w.now)
+        .unwrap();
+    w.group = Some(g);
+    w.send_pairwise(creator, out, true);
+
+    let mut removal_at = None;
+    let mut join_at = None;
+    for round in 0..1500u64 {
+        let members = w.members();
+        // Any member device that already knows the group (in its own view) may send.
+        let senders: Vec<DeviceAddress> = w
+            .pop
+            .accounts
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|d| members.contains(&d.account))
+            .filter(|d| {
+                w.pop.devices[d]
+                    .group(&g)
+                    .is_some_and(|e| e.state().is_member(&d.account))
+            })
+            .collect();
+        let from = senders[w.net.below(senders.len() as u32) as usize];
+        // Copies to non-members: before the join, to the late joiner; after the removal, to the removed account.
+        let mut outsiders = Vec::new();
+        if !members.contains(&late) {
+            outsiders.push(late);
+        }
+        if removal_at.is_some() && !members.contains(&removed) {
+            outsiders.push(removed);
+        }
+        // The sender must have applied the removal before its messages count as "after".
+        let sender_view = w.pop.devices[&from]
+            .group(&g)
+            .unwrap()
+            .state()
+            .members
+            .clone();
+        if sender_view.contains_key(&removed) && removal_at.is_some() {
+            outsiders.retain(|a| *a != removed);
+        }
+        w.group_send(from, &outsiders);
+        for _ in 0..w.net.below(12) {
+            w.deliver_one();
+        }
+        if round == 500 {
+            // Settle, then remove account 3.
+            w.drain();
+            w.change_group(creator, &[], &[removed]);
+            w.drain();
+            removal_at = Some(w.next_message);
+        }
+        if round == 1000 {
+            w.drain();
+            w.change_group(creator, &[late], &[]);
+            w.drain();
+            join_at = Some(w.next_message);
+            // The joiner now gets the copies of what was sent before it joined.
+            for e in std::mem::take(&mut w.stash) {
+                w.net.send_reliable(e);
+            }
+        }
+    }
+    for e in std::mem::take(&mut w.stash) {
+        w.net.send_reliable(e);
+    }
+    w.drain();
+    let (removal_at, join_at) = (removal_at.unwrap(), join_at.unwrap());
+
+    let mut expected = 0;
+    let mut dropped = 0;
+    for (tag, (id, dev, audience)) in &w.group_envelopes {
+        let n = w.decrypted.get(&(*id, *dev)).copied().unwrap_or(0);
+        match audience {
+            Audience::Recipient if w.net.dropped.contains(tag) => {
+                dropped += 1;
+                assert!(n <= 1);
+            }
+            Audience::Recipient => {
+                expected += 1;
+                assert_eq!(n, 1, "group message {id} decrypted {n} times by {dev:?}");
+            }
+            Audience::Outsider => assert_eq!(n, 0, "outsider {dev:?} read group message {id}"),
+        }
+    }
+    // The removed account reads nothing sent after the removal; the late joiner nothing before it joined.
+    for ((id, dev), n) in &w.decrypted {
+        if dev.account == removed {
+            assert!(
+                *id <= removal_at || *n == 0,
+                "removed account read message {id}"
+            );
+        }
+        if dev.account == late {
+            assert!(
+                *id > join_at,
+                "late joiner read message {id} sent before it joined"
+            );
+        }
+    }
+    // The remaining members and the joiner still read after the changes.
+    assert!(
+        w.decrypted
+            .keys()
+            .any(|(id, d)| *id > join_at && d.account == late)
+    );
+    assert!(
+        w.decrypted
+            .keys()
+            .any(|(id, d)| *id > removal_at && d.account == accounts[1])
+    );
+    assert!(
+        w.healed_from_buffer > 0,
+        "no message healed through a retry request"
+    );
+    assert!(w.requests_sent > 0);
+    assert!(expected > 5000, "only {expected} group deliveries");
+    println!(
+        "group messages {}, deliveries expected {expected}, dropped {dropped}, healed via retry {}, requests {}",
+        w.next_message, w.healed_from_buffer, w.requests_sent
+    );
+}
