@@ -269,8 +269,7 @@ mod crash {
             let store = alice.into_store();
             store.budget.store(u32::MAX, Ordering::SeqCst);
             // Only committed state survives: reopen from the store as it is.
-            let alice = Device::open(store).unwrap();
-            alice
+            Device::open(store).unwrap()
         };
         for step in 0..40u64 {
             let now = 10 + step;
