@@ -312,6 +312,11 @@ impl GroupLog {
         &self.log
     }
 
+    /// Whether `account` was ever added to the group by a change in the log.
+    pub fn was_member(&self, account: &AccountId) -> bool {
+        self.log.iter().any(|c| c.body.add.iter().any(|(a, _)| a == account))
+    }
+
     /// Buffered future changes.
     pub fn pending(&self) -> impl Iterator<Item = &SignedChange> {
         self.pending.values()

@@ -487,10 +487,14 @@ impl<S: KvStore> Device<S> {
             .groups
             .get(&g)
             .map(|e| e.log.state().is_member(&sender.account));
+        let removed = self.groups.get(&g).is_some_and(|e| e.log.was_member(&sender.account));
+        if member == Some(false) && removed {
+            // Removed from the group: nothing it sends is accepted any more.
+            return Err(ProtocolError::NotAMember.into());
+        }
         if member != Some(true) {
             // The group or the sender's membership may not have reached this device yet: keep the
-            // message until the membership change arrives. A removed member's messages stay
-            // buffered until they age out and are never decrypted.
+            // message until the membership change arrives (or it ages out).
             let mut tx = Tx::default();
             self.buffer_group_message(&g, bytes, now, &mut tx)?;
             self.finish(tx)?;
