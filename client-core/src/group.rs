@@ -314,7 +314,9 @@ impl GroupLog {
 
     /// Whether `account` was ever added to the group by a change in the log.
     pub fn was_member(&self, account: &AccountId) -> bool {
-        self.log.iter().any(|c| c.body.add.iter().any(|(a, _)| a == account))
+        self.log
+            .iter()
+            .any(|c| c.body.add.iter().any(|(a, _)| a == account))
     }
 
     /// Buffered future changes.

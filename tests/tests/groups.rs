@@ -481,3 +481,123 @@ fn five_accounts_two_devices_lossy_with_removal_late_join_and_heal() {
         w.next_message, w.healed_from_buffer, w.requests_sent
     );
 }
+
+/// Delivers pairwise messages directly (no loss) and returns what they produced.
+fn deliver_all(
+    pop: &mut Population,
+    from: DeviceAddress,
+    out: Vec<Outgoing>,
+    rng: &mut ChaCha20Rng,
+    now: u64,
+) {
+    let mut queue: Vec<(DeviceAddress, Outgoing)> = out.into_iter().map(|o| (from, o)).collect();
+    while let Some((f, o)) = queue.pop() {
+        let inc = pop
+            .devices
+            .get_mut(&o.to)
+            .unwrap()
+            .decrypt(&f, &o.bytes, rng, now)
+            .unwrap();
+        queue.extend(inc.outgoing.into_iter().map(|x| (o.to, x)));
+    }
+}
+
+#[test]
+fn removing_one_device_of_a_member_rotates_every_senders_key() {
+    let mut rng = ChaCha20Rng::from_seed([21; 32]);
+    let mut pop = Population::new(&mut rng, &[2, 2, 1], 0).unwrap();
+    let accounts = pop.account_ids();
+    let (alice, bob1, bob2, carol) = (
+        pop.accounts[0][0],
+        pop.accounts[1][0],
+        pop.accounts[1][1],
+        pop.accounts[2][0],
+    );
+    let everyone: Vec<DeviceAddress> = pop.accounts.iter().flatten().copied().collect();
+    for d in &everyone {
+        let others: Vec<_> = everyone.iter().copied().filter(|x| x != d).collect();
+        pop.ensure_sessions(d, &others, &mut rng, 1).unwrap();
+    }
+    let (g, out) = pop
+        .devices
+        .get_mut(&alice)
+        .unwrap()
+        .create_group("team", &accounts, &mut rng, 2)
+        .unwrap();
+    deliver_all(&mut pop, alice, out, &mut rng, 3);
+
+    let send = |pop: &mut Population,
+                rng: &mut ChaCha20Rng,
+                from: DeviceAddress,
+                text: &[u8],
+                now: u64| {
+        let s = pop
+            .devices
+            .get_mut(&from)
+            .unwrap()
+            .group_encrypt(&g, text, rng, now)
+            .unwrap();
+        deliver_all(pop, from, s.distributions.clone(), rng, now);
+        s
+    };
+    let before = send(&mut pop, &mut rng, carol, b"before", 4);
+    for r in &before.recipients {
+        let got = pop
+            .devices
+            .get_mut(r)
+            .unwrap()
+            .decrypt_group(&before.message, &mut rng, 5)
+            .unwrap();
+        assert!(matches!(got, GroupIncoming::Decrypted(m) if &*m.plaintext == b"before"));
+    }
+    let carol_key = pop
+        .devices
+        .get_mut(&alice)
+        .unwrap()
+        .sender_key_status(&g, &carol)
+        .unwrap()[0]
+        .0;
+
+    // Bob removes his second device; everyone learns the new list.
+    let list = pop
+        .devices
+        .get_mut(&bob1)
+        .unwrap()
+        .remove_device(2, 6)
+        .unwrap();
+    pop.dir
+        .publish_list(accounts[1], list.signed_bytes().to_vec());
+    pop.sync_lists(7).unwrap();
+    assert!(pop.devices[&carol].group(&g).unwrap().needs_rotation());
+
+    let after = send(&mut pop, &mut rng, carol, b"after", 8);
+    assert!(
+        !after.recipients.contains(&bob2),
+        "the removed device is no longer a recipient"
+    );
+    let new_key = pop
+        .devices
+        .get_mut(&alice)
+        .unwrap()
+        .sender_key_status(&g, &carol)
+        .unwrap()[0]
+        .0;
+    assert_ne!(new_key, carol_key, "carol rotated her sender key");
+    assert!(!pop.devices[&carol].group(&g).unwrap().needs_rotation());
+    for r in &after.recipients {
+        let got = pop
+            .devices
+            .get_mut(r)
+            .unwrap()
+            .decrypt_group(&after.message, &mut rng, 9)
+            .unwrap();
+        assert!(matches!(got, GroupIncoming::Decrypted(m) if &*m.plaintext == b"after"));
+    }
+    // The removed device, given the message anyway, cannot read it.
+    let got = pop
+        .devices
+        .get_mut(&bob2)
+        .unwrap()
+        .decrypt_group(&after.message, &mut rng, 9);
+    assert!(!matches!(got, Ok(GroupIncoming::Decrypted(_))));
+}

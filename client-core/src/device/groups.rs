@@ -487,7 +487,10 @@ impl<S: KvStore> Device<S> {
             .groups
             .get(&g)
             .map(|e| e.log.state().is_member(&sender.account));
-        let removed = self.groups.get(&g).is_some_and(|e| e.log.was_member(&sender.account));
+        let removed = self
+            .groups
+            .get(&g)
+            .is_some_and(|e| e.log.was_member(&sender.account));
         if member == Some(false) && removed {
             // Removed from the group: nothing it sends is accepted any more.
             return Err(ProtocolError::NotAMember.into());
