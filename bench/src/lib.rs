@@ -81,7 +81,11 @@ pub fn session_pair(rng: &mut ChaCha20Rng) -> Result<SessionPair> {
             .unwrap_or_default(),
         message: first.message,
     };
-    let mut bob = pqxdh::respond(&bob_id, &spk, Some(&otk), &kem, &initial, 0)?.session;
+    let bob_addr = DeviceAddress {
+        account: account.id(),
+        device_id: 1,
+    };
+    let mut bob = pqxdh::respond(bob_addr, &bob_id, &spk, Some(&otk), &kem, &initial, 0)?.session;
     bob.decrypt(&initial.message, 0)?;
     let reply = bob.encrypt(b"hi", rng, 0)?;
     alice.decrypt(&reply.message, 0)?;

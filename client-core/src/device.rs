@@ -1025,7 +1025,7 @@ impl<S: KvStore> Device<S> {
                 kind: "ML-KEM",
                 id: m.kem_pre_key_id,
             })?;
-        let mut init = pqxdh::respond(&self.identity, spk, otk, kem, m, now)?;
+        let mut init = pqxdh::respond(self.address, &self.identity, spk, otk, kem, m, now)?;
         let decrypted = init.session.decrypt(&m.message, now)?;
         record.promote_new(init.session);
         let consumed = Consumed::PreKeys {

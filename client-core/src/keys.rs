@@ -266,7 +266,9 @@ pub(crate) fn ed25519_public(bytes: &[u8], what: &'static str) -> Result<Verifyi
         .map_err(|_| Error::malformed(what, "must be 32 bytes"))?;
     let key =
         VerifyingKey::from_bytes(&arr).map_err(|_| AuthError::InvalidKey("not a curve point"))?;
-    if key.to_bytes() != arr {
+    // `from_bytes` accepts non-canonical encodings (y ≥ p) and keeps the input bytes; re-compressing
+    // the decoded point gives the canonical encoding.
+    if key.to_edwards().compress().to_bytes() != arr {
         return Err(AuthError::InvalidKey("non-canonical Ed25519 encoding").into());
     }
     if key.is_weak() {
@@ -386,6 +388,29 @@ mod tests {
         ok[31] = 0x00;
         assert!(x25519_public(&ok).is_ok());
         assert!(x25519_public(&[9u8; 31]).is_err());
+    }
+
+    #[test]
+    fn ed25519_non_canonical_rejected() {
+        // y = p + k for small k is the non-canonical encoding of y = k (when that is on the curve).
+        let mut rng = ChaCha20Rng::from_seed([10; 32]);
+        let good = AccountKeyPair::generate(&mut rng).id();
+        assert!(ed25519_public(good.as_bytes(), "k").is_ok());
+        let mut found = 0;
+        for low in 0u8..19 {
+            // y = p + low, with p = 2^255 - 19: bytes ed+low, ff.., 7f
+            let mut y = [0xffu8; 32];
+            y[31] = 0x7f;
+            y[0] = 0xed + low;
+            if VerifyingKey::from_bytes(&y).is_ok() {
+                found += 1;
+                assert!(
+                    ed25519_public(&y, "k").is_err(),
+                    "non-canonical y = p + {low} accepted"
+                );
+            }
+        }
+        assert!(found > 0, "no decodable non-canonical encoding found");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::keys::{
     AccountId, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair, array, dh, x25519_public,
 };
 use crate::prekeys::{KemPreKeyPair, OneTimePreKeyPair, SignedPreKeyPair, VerifiedBundle};
-use crate::ratchet::{PendingInitial, RatchetMessage, Secret, SessionState};
+use crate::ratchet::{Party, PendingInitial, RatchetMessage, Secret, SessionState};
 
 /// The initiator's fresh randomness for one session: base key EK_A, first ratchet key, and the
 /// 32-byte ML-KEM encapsulation randomness `m`.
@@ -126,8 +126,14 @@ pub fn initiate(
         local_device_id: local.device_id,
     };
     let session = SessionState::new_initiator(
-        identity.public(),
-        bundle.identity,
+        Party {
+            address: local,
+            identity: identity.public(),
+        },
+        Party {
+            address: bundle.address,
+            identity: bundle.identity,
+        },
         &sk,
         secrets.ratchet_key,
         &bundle.signed_pre_key,
@@ -219,6 +225,7 @@ impl InitialMessage {
 /// pre-keys it names (looked up and checked by the caller). Checks last-resort reuse. Does not
 /// consume anything: the caller deletes the one-time keys only after the first message decrypted.
 pub fn respond(
+    local: DeviceAddress,
     identity: &DeviceIdentityKeyPair,
     signed_pre_key: &SignedPreKeyPair,
     one_time_pre_key: Option<&OneTimePreKeyPair>,
@@ -245,8 +252,14 @@ pub fn respond(
     }
     let sk = derive_shared_secret(&dhs, &ss);
     let session = SessionState::new_responder(
-        identity.public(),
-        msg.sender_identity,
+        Party {
+            address: local,
+            identity: identity.public(),
+        },
+        Party {
+            address: msg.sender,
+            identity: msg.sender_identity,
+        },
         &sk,
         StaticSecret::from(signed_pre_key.secret.to_bytes()),
         msg.base_key,

@@ -33,7 +33,7 @@ use crate::consts::{
     PROTOCOL_VERSION, ROOT_KDF_INFO, SESSION_STATE_VERSION, SKIPPED_KEY_MAX_AGE_MS,
 };
 use crate::error::{AuthError, Error, ProtocolError, Result};
-use crate::keys::{DeviceIdentity, array, dh, x25519_public};
+use crate::keys::{AccountId, DeviceAddress, DeviceIdentity, array, dh, x25519_public};
 
 /// A 32-byte secret, zeroized on drop, without `Debug`.
 pub(crate) type Secret = Zeroizing<[u8; KEY_LEN]>;
@@ -94,16 +94,35 @@ fn message_cipher(mk: &[u8; KEY_LEN]) -> (ChaCha20Poly1305, Nonce) {
     (ChaCha20Poly1305::new(&Key::from(*key)), Nonce::from(nonce))
 }
 
-/// The associated data of a message: initiator identity ‖ responder identity (64 bytes each,
-/// `signing ‖ dh`) ‖ the 44 header bytes.
-pub fn message_ad(
-    initiator: &DeviceIdentity,
-    responder: &DeviceIdentity,
-    header: &Header,
-) -> Vec<u8> {
-    let mut ad = Vec::with_capacity(4 * KEY_LEN + HEADER_LEN);
-    ad.extend_from_slice(&initiator.to_bytes());
-    ad.extend_from_slice(&responder.to_bytes());
+/// One end of a session: the device's address and identity keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Party {
+    /// Account and device id.
+    pub address: DeviceAddress,
+    /// Identity keys.
+    pub identity: DeviceIdentity,
+}
+
+impl Party {
+    /// account key (32) ‖ device id (u32 BE) ‖ identity (64).
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.address.account.as_bytes());
+        out.extend_from_slice(&self.address.device_id.to_be_bytes());
+        out.extend_from_slice(&self.identity.to_bytes());
+    }
+}
+
+/// Length of the encoded session AD (both parties) before the header.
+pub const SESSION_AD_LEN: usize = 2 * (KEY_LEN + 4 + 2 * KEY_LEN);
+
+/// The associated data of a message: initiator ‖ responder (each account key ‖ device id u32 BE ‖
+/// identity `signing ‖ dh`, 100 bytes) ‖ the 44 header bytes. Binding the account and device id,
+/// not only the identity keys, stops a relay from relabelling a message as coming from another
+/// account that lists the same device identity.
+pub fn message_ad(initiator: &Party, responder: &Party, header: &Header) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(SESSION_AD_LEN + HEADER_LEN);
+    initiator.encode(&mut ad);
+    responder.encode(&mut ad);
     ad.extend_from_slice(&header.to_bytes());
     ad
 }
@@ -341,11 +360,15 @@ pub struct PendingInitial {
 
 /// One Double Ratchet session with one remote device.
 pub struct SessionState {
-    local_identity: DeviceIdentity,
-    remote_identity: DeviceIdentity,
+    local: Party,
+    remote: Party,
     initiator: bool,
     root_key: Secret,
-    sending_ratchet: Box<StaticSecret>,
+    /// The private half of the current sending ratchet key; `None` once it is spent (after a
+    /// receiving ratchet step, until the next encrypt generates a new one), so it is never kept
+    /// longer than needed.
+    sending_ratchet: Option<Box<StaticSecret>>,
+    sending_ratchet_public: [u8; KEY_LEN],
     sending_chain: Option<Chain>,
     remote_ratchet: Option<[u8; KEY_LEN]>,
     receiving_chain: Option<Chain>,
@@ -378,8 +401,8 @@ impl SessionState {
     /// Alice's state after PQXDH: `sk` is the PQXDH secret, `ratchet` her first ratchet key pair,
     /// `remote_ratchet` Bob's signed pre-key.
     pub(crate) fn new_initiator(
-        local_identity: DeviceIdentity,
-        remote_identity: DeviceIdentity,
+        local: Party,
+        remote: Party,
         sk: &[u8; KEY_LEN],
         ratchet: StaticSecret,
         remote_ratchet: &PublicKey,
@@ -388,12 +411,14 @@ impl SessionState {
     ) -> Result<Self> {
         let dh_out = dh(&ratchet, remote_ratchet)?;
         let (root_key, ck) = kdf_rk(sk, &dh_out);
+        let sending_ratchet_public = PublicKey::from(&ratchet).to_bytes();
         Ok(Self {
-            local_identity,
-            remote_identity,
+            local,
+            remote,
             initiator: true,
             root_key,
-            sending_ratchet: Box::new(ratchet),
+            sending_ratchet: Some(Box::new(ratchet)),
+            sending_ratchet_public,
             sending_chain: Some(Chain { key: ck, index: 0 }),
             remote_ratchet: Some(remote_ratchet.to_bytes()),
             receiving_chain: None,
@@ -409,19 +434,21 @@ impl SessionState {
 
     /// Bob's state after PQXDH: his signed pre-key pair is his first ratchet key pair.
     pub(crate) fn new_responder(
-        local_identity: DeviceIdentity,
-        remote_identity: DeviceIdentity,
+        local: Party,
+        remote: Party,
         sk: &[u8; KEY_LEN],
         signed_pre_key: StaticSecret,
         base_key: [u8; KEY_LEN],
         now: u64,
     ) -> Self {
+        let sending_ratchet_public = PublicKey::from(&signed_pre_key).to_bytes();
         Self {
-            local_identity,
-            remote_identity,
+            local,
+            remote,
             initiator: false,
             root_key: Zeroizing::new(*sk),
-            sending_ratchet: Box::new(signed_pre_key),
+            sending_ratchet: Some(Box::new(signed_pre_key)),
+            sending_ratchet_public,
             sending_chain: None,
             remote_ratchet: None,
             receiving_chain: None,
@@ -437,9 +464,9 @@ impl SessionState {
 
     fn associated_data(&self, header: &Header) -> Vec<u8> {
         if self.initiator {
-            message_ad(&self.local_identity, &self.remote_identity, header)
+            message_ad(&self.local, &self.remote, header)
         } else {
-            message_ad(&self.remote_identity, &self.local_identity, header)
+            message_ad(&self.remote, &self.local, header)
         }
     }
 
@@ -455,7 +482,12 @@ impl SessionState {
 
     /// The remote device's identity.
     pub const fn remote_identity(&self) -> DeviceIdentity {
-        self.remote_identity
+        self.remote.identity
+    }
+
+    /// The remote device's address.
+    pub const fn remote_address(&self) -> DeviceAddress {
+        self.remote.address
     }
 
     /// The initiator's base key EK_A, which names the session on both sides.
@@ -516,7 +548,8 @@ impl SessionState {
             let dh_out = dh(&fresh, &PublicKey::from(remote))?;
             let (rk, ck) = kdf_rk(&self.root_key, &dh_out);
             self.root_key = rk;
-            *self.sending_ratchet = fresh;
+            self.sending_ratchet_public = PublicKey::from(&fresh).to_bytes();
+            self.sending_ratchet = Some(Box::new(fresh));
             self.sending_chain = Some(Chain { key: ck, index: 0 });
         }
         let chain = self
@@ -527,7 +560,7 @@ impl SessionState {
             return Err(ProtocolError::Misuse("sending chain exhausted").into());
         }
         let header = Header {
-            ratchet_key: PublicKey::from(self.sending_ratchet.as_ref()).to_bytes(),
+            ratchet_key: self.sending_ratchet_public,
             counter: chain.index,
             previous_counter: self.previous_sending_counter,
         };
@@ -601,7 +634,11 @@ impl SessionState {
             }
             _ => Vec::new(),
         };
-        let dh_out = dh(&self.sending_ratchet, &PublicKey::from(h.ratchet_key))?;
+        let own = self
+            .sending_ratchet
+            .as_deref()
+            .ok_or(AuthError::DecryptFailed)?;
+        let dh_out = dh(own, &PublicKey::from(h.ratchet_key))?;
         let (rk, ck) = kdf_rk(&self.root_key, &dh_out);
         let (new_skipped, mk, next) = derive_until(&ck, 0, h.counter)?;
         let plaintext = open(&mk, &ad, &msg.ciphertext)?;
@@ -627,6 +664,9 @@ impl SessionState {
         if let Some(c) = self.sending_chain.take() {
             self.previous_sending_counter = c.index;
         }
+        // Spent: the next encrypt generates a new ratchet key pair; an honest peer cannot start
+        // another chain against this one before it receives that new key.
+        self.sending_ratchet = None;
         Ok(self.finish(plaintext, mk, now))
     }
 
@@ -669,10 +709,14 @@ impl SessionState {
         skipped.sort_by_key(|s| s.order);
         pstore::SessionState {
             version: SESSION_STATE_VERSION,
-            local_identity: self.local_identity.to_bytes().to_vec(),
-            remote_identity: self.remote_identity.to_bytes().to_vec(),
+            local_identity: self.local.identity.to_bytes().to_vec(),
+            remote_identity: self.remote.identity.to_bytes().to_vec(),
             root_key: self.root_key.to_vec(),
-            sending_ratchet_private: self.sending_ratchet.to_bytes().to_vec(),
+            sending_ratchet_private: self
+                .sending_ratchet
+                .as_ref()
+                .map(|k| k.to_bytes().to_vec())
+                .unwrap_or_default(),
             sending_chain: chain(&self.sending_chain),
             remote_ratchet_key: self.remote_ratchet.map(|k| k.to_vec()).unwrap_or_default(),
             receiving_chain: chain(&self.receiving_chain),
@@ -693,6 +737,10 @@ impl SessionState {
             last_used_at: self.last_used_at,
             skipped_order: self.skipped.next_order,
             initiator: self.initiator,
+            local_account: self.local.address.account.as_bytes().to_vec(),
+            local_device_id: self.local.address.device_id,
+            remote_account: self.remote.address.account.as_bytes().to_vec(),
+            remote_device_id: self.remote.address.device_id,
         }
     }
 
@@ -741,13 +789,38 @@ impl SessionState {
                 })
             })
             .transpose()?;
-        let sending: Secret = secret(&p.sending_ratchet_private, "ratchet key")?;
+        let sending = if p.sending_ratchet_private.is_empty() {
+            None
+        } else {
+            let k: Secret = secret(&p.sending_ratchet_private, "ratchet key")?;
+            Some(Box::new(StaticSecret::from(*k)))
+        };
+        let sending_ratchet_public: [u8; KEY_LEN] = match (&sending, &p.sending_chain) {
+            (Some(k), _) => PublicKey::from(k.as_ref()).to_bytes(),
+            (None, Some(_)) => {
+                return Err(Error::malformed(W, "sending chain without its ratchet key"));
+            }
+            (None, None) => [0; KEY_LEN],
+        };
         Ok(Self {
-            local_identity: DeviceIdentity::from_bytes(&p.local_identity)?,
-            remote_identity: DeviceIdentity::from_bytes(&p.remote_identity)?,
+            local: Party {
+                address: DeviceAddress {
+                    account: AccountId::from_bytes(&p.local_account)?,
+                    device_id: p.local_device_id,
+                },
+                identity: DeviceIdentity::from_bytes(&p.local_identity)?,
+            },
+            remote: Party {
+                address: DeviceAddress {
+                    account: AccountId::from_bytes(&p.remote_account)?,
+                    device_id: p.remote_device_id,
+                },
+                identity: DeviceIdentity::from_bytes(&p.remote_identity)?,
+            },
             initiator: p.initiator,
             root_key: secret(&p.root_key, "root key")?,
-            sending_ratchet: Box::new(StaticSecret::from(*sending)),
+            sending_ratchet: sending,
+            sending_ratchet_public,
             sending_chain: chain(&p.sending_chain)?,
             remote_ratchet: if p.remote_ratchet_key.is_empty() {
                 None

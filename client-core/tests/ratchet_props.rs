@@ -163,9 +163,18 @@ fn establish(seed: u64) -> Convo {
     let bytes = wire_initial.encode_to_vec();
     let initial =
         InitialMessage::try_from(&wire::InitialMessage::decode(bytes.as_slice()).unwrap()).unwrap();
-    let mut bob = pqxdh::respond(&bob_device, &spk, Some(&otk), &kem, &initial, T0)
-        .unwrap()
-        .session;
+    let bob_address = verified.address();
+    let mut bob = pqxdh::respond(
+        bob_address,
+        &bob_device,
+        &spk,
+        Some(&otk),
+        &kem,
+        &initial,
+        T0,
+    )
+    .unwrap()
+    .session;
     assert_eq!(
         bob.decrypt(&initial.message, T0)
             .unwrap()

@@ -524,6 +524,229 @@ pub struct SafetyFile {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Schema: sender keys and group membership
+// ---------------------------------------------------------------------------------------------
+
+/// A device address, with the account secret it comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressRecord {
+    /// Ed25519 account identity secret (32 bytes).
+    pub account_secret: String,
+    /// Ed25519 account identity public key (32 bytes): the address's account.
+    pub account_public: String,
+    /// Device id within the account.
+    pub device_id: u32,
+}
+
+/// One step of a sender-key chain: the keys of one iteration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderChainStepRecord {
+    /// The iteration i.
+    pub iteration: u32,
+    /// Chain key ck_i (32 bytes); ck_0 is the initial chain key.
+    pub chain_key: String,
+    /// Message key mk_i = HMAC-SHA256(ck_i, 0x01) (32 bytes).
+    pub message_key: String,
+    /// ChaCha20-Poly1305 key: bytes 0..32 of HKDF-SHA256(salt = 0x00×32, ikm = mk_i,
+    /// info = "Hush_SenderKey_Message_v1").
+    pub aead_key: String,
+    /// ChaCha20-Poly1305 nonce: bytes 32..44 of the same expansion.
+    pub aead_nonce: String,
+}
+
+/// One group message, encrypted once for every member device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderKeyMessageRecord {
+    /// Its iteration (position in the chain); messages are recorded in send order.
+    pub iteration: u32,
+    /// Plaintext.
+    pub plaintext: String,
+    /// The 80 header bytes: version u32 BE ‖ group id (32) ‖ sender account (32) ‖ sender device
+    /// u32 BE ‖ key id u32 BE ‖ iteration u32 BE. The AEAD's associated data.
+    pub header: String,
+    /// ChaCha20-Poly1305 ciphertext with tag (`len(plaintext) + 16`).
+    pub ciphertext: String,
+    /// Ed25519 signature (64 bytes) by the sender key's signing key over
+    /// `"Hush-GroupMessage-v1" ‖ header ‖ ciphertext`.
+    pub signature: String,
+    /// The encoded wire `GroupMessage`: the same bytes go to every member device.
+    pub group_message: String,
+}
+
+/// One delivery of a group message to a receiver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderKeyDeliveryRecord {
+    /// The iteration of the message delivered.
+    pub message: u32,
+    /// `"next_iteration"` (the receiver's next iteration), `"forward_jump"` (further ahead: the
+    /// keys in between are stored as skipped) or `"skipped_key"` (a key stored earlier).
+    pub received_via: String,
+    /// Message keys the receiver stored as skipped while decrypting it.
+    pub skipped_keys_stored: u32,
+    /// Skipped message keys the receiver holds afterwards.
+    pub skipped_keys_held: u32,
+}
+
+/// A member device that receives the sender key and then the messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderKeyReceiverRecord {
+    /// `"bob"` or `"carol"`.
+    pub name: String,
+    /// The receiving device.
+    pub address: AddressRecord,
+    /// The encoded `SenderKeyDistribution` the sender made for it (sent inside a pairwise
+    /// message). Its `iteration` is the sender's next iteration when it was made: the receiver can
+    /// read that message and later ones only.
+    pub distribution: String,
+    /// Its deliveries, in the order they happened.
+    pub deliveries: Vec<SenderKeyDeliveryRecord>,
+}
+
+/// One sender key: its chain, its messages, and their delivery to two member devices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderKeyVector {
+    /// Short unique name.
+    pub name: String,
+    /// What the vector shows.
+    pub description: String,
+    /// ChaCha20Rng seed (32 bytes).
+    pub seed: String,
+    /// The time used for every operation.
+    pub now_ms: u64,
+    /// The group id (32 bytes).
+    pub group_id: String,
+    /// The sending device.
+    pub sender: AddressRecord,
+    /// The sender key's id.
+    pub key_id: u32,
+    /// Ed25519 signing secret of the sender key (32 bytes).
+    pub signing_secret: String,
+    /// Its public key (32 bytes).
+    pub signing_public: String,
+    /// The chain key of iteration 0 (32 bytes).
+    pub initial_chain_key: String,
+    /// The chain, one step per iteration from 0.
+    pub chain: Vec<SenderChainStepRecord>,
+    /// The messages, in send order (iteration 0, 1, …).
+    pub messages: Vec<SenderKeyMessageRecord>,
+    /// The receiving devices.
+    pub receivers: Vec<SenderKeyReceiverRecord>,
+}
+
+/// A named device taking part in a membership log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantRecord {
+    /// `"alice"`, `"bob"`, `"carol"` or `"dave"`.
+    pub name: String,
+    /// Its account and device keys.
+    pub device: DeviceKeysRecord,
+}
+
+/// A group member and its admin flag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMemberRecord {
+    /// Account key (32 bytes).
+    pub account: String,
+    /// Whether it is an admin.
+    pub admin: bool,
+}
+
+/// One signed membership change and the membership it leads to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupChangeRecord {
+    /// The epoch (1 = creation).
+    pub epoch: u64,
+    /// Name of the authoring participant.
+    pub author: String,
+    /// The author's account key (32 bytes).
+    pub author_account: String,
+    /// The author's device id.
+    pub author_device_id: u32,
+    /// The new group name (creation, rename), or null.
+    pub name: Option<String>,
+    /// Members added, or whose admin flag changes.
+    pub add: Vec<GroupMemberRecord>,
+    /// Account keys removed (32 bytes each).
+    pub remove: Vec<String>,
+    /// Issue time (ms).
+    pub issued_at: u64,
+    /// SHA-256 of the previous change's `signed_group_change` (32 zero bytes for epoch 1).
+    pub previous_hash: String,
+    /// The encoded `GroupChange`: the bytes that are signed.
+    pub change: String,
+    /// Ed25519 signature (64 bytes) by the author device's identity signing key over
+    /// `"Hush-GroupChange-v1" ‖ change`.
+    pub signature: String,
+    /// The encoded `SignedGroupChange` `{change, signature}`: what members exchange.
+    pub signed_group_change: String,
+    /// SHA-256 of `signed_group_change` (32 bytes): the next change's `previous_hash`.
+    pub hash: String,
+    /// Accounts that joined with this change (32 bytes each).
+    pub added: Vec<String>,
+    /// Accounts that left with this change.
+    pub removed: Vec<String>,
+    /// The members afterwards, by ascending account key.
+    pub members_after: Vec<GroupMemberRecord>,
+    /// The group name afterwards.
+    pub name_after: String,
+}
+
+/// A group's membership log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipVector {
+    /// Short unique name.
+    pub name: String,
+    /// What the vector shows.
+    pub description: String,
+    /// ChaCha20Rng seed (32 bytes).
+    pub seed: String,
+    /// The group id (32 bytes).
+    pub group_id: String,
+    /// The devices that author changes or are members.
+    pub participants: Vec<ParticipantRecord>,
+    /// The changes, epoch 1 first.
+    pub changes: Vec<GroupChangeRecord>,
+}
+
+/// `sender_keys.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderKeysFile {
+    /// `"sender_keys"`.
+    pub file: String,
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// What the file holds.
+    pub description: String,
+    /// Sender-key chains with their messages and deliveries.
+    pub vectors: Vec<SenderKeyVector>,
+    /// Signed membership logs.
+    pub membership_logs: Vec<MembershipVector>,
+}
+
+/// One entry of a device's key-value store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreEntryRecord {
+    /// The namespace's on-disk byte (`hush_core::store::kv::Namespace::as_byte`).
+    pub namespace: u8,
+    /// The key.
+    pub key: String,
+    /// The value (a store protobuf encoding, secrets included).
+    pub value: String,
+}
+
+// ---------------------------------------------------------------------------------------------
 // Schema: negative vectors
 // ---------------------------------------------------------------------------------------------
 
@@ -605,6 +828,30 @@ pub enum NegativeInput {
         device_id: u32,
         /// A device id that is on the list.
         control_device_id: u32,
+    },
+    /// Decode a wire `GroupMessage` and decrypt it with a receiver's copy of the sender key.
+    SenderKeyMessage {
+        /// The receiver's sender-key state for the sender the message claims (encoded store
+        /// `SenderKeyState`, secrets included).
+        state_before: String,
+        /// The encoded wire `GroupMessage` to reject.
+        message: String,
+        /// An encoded wire `GroupMessage` that decrypts after the rejection.
+        control_message: String,
+        /// Its plaintext.
+        control_plaintext: String,
+    },
+    /// Open a device from its key-value store and receive a group message
+    /// (`Device::decrypt_group`).
+    GroupMessage {
+        /// Every entry of the receiving device's store, by namespace then key.
+        device_store: Vec<StoreEntryRecord>,
+        /// The encoded wire `GroupMessage` to reject.
+        message: String,
+        /// An encoded wire `GroupMessage` that the device decrypts after the rejection.
+        control_message: String,
+        /// Its plaintext.
+        control_plaintext: String,
     },
 }
 
