@@ -29,8 +29,8 @@ pub const MAX_OLD_RECEIVING_CHAINS: usize = 16;
 /// Archived (non-current) sessions kept per remote device.
 pub const MAX_ARCHIVED_SESSIONS: usize = 10;
 
-/// A session unused for this long is retired (milliseconds): 90 days. A retired current session is
-/// archived, so the next message to that device starts a new session.
+/// A session unused for this long is retired (milliseconds): 90 days. A retired session is deleted,
+/// so the next message to that device starts a new session.
 pub const SESSION_MAX_IDLE_MS: u64 = 90 * 24 * 60 * 60 * 1000;
 
 /// Largest plaintext of one pairwise message, in bytes (attachments travel as encrypted blobs).

@@ -137,29 +137,7 @@ impl<S: KvStore> Device<S> {
     /// device list signed by the new account key, all committed to `store`.
     pub fn create_account(store: S, rng: &mut impl CryptoRng, now: u64) -> Result<Self> {
         let account = AccountKeyPair::generate(rng);
-        let mut device = Self::create(store, rng, account.id(), 1, Some(account), now)?;
-        let identity = device.identity.public();
-        let mut devices = BTreeMap::new();
-        devices.insert(
-            1,
-            DeviceEntry {
-                device_id: 1,
-                identity,
-                added_at: now,
-            },
-        );
-        let list = DeviceList {
-            account: device.address.account,
-            version: 1,
-            issued_at: now,
-            devices,
-        };
-        let signed = match &device.account_key {
-            Some(k) => list.sign(k)?,
-            None => return Err(ProtocolError::Misuse("account key missing").into()),
-        };
-        device.accept_device_list(signed.signed_bytes(), &device.address.account.clone(), now)?;
-        Ok(device)
+        Self::create(store, rng, account.id(), 1, Some(account), now)
     }
 
     /// Creates an additional device `device_id` of an existing account. It becomes usable once the
@@ -176,7 +154,7 @@ impl<S: KvStore> Device<S> {
     }
 
     fn create(
-        mut store: S,
+        store: S,
         rng: &mut impl CryptoRng,
         account: AccountId,
         device_id: u32,
@@ -198,10 +176,6 @@ impl<S: KvStore> Device<S> {
             identity_signing_secret: sig.to_vec(),
             identity_dh_secret: dh.to_vec(),
         };
-        let mut batch = Batch::new();
-        batch.put(Namespace::Identity, IDENTITY_KEY, encode(&keys));
-        drop(keys);
-        store.commit(batch)?;
         let mut device = Self {
             store,
             address: DeviceAddress { account, device_id },
@@ -221,6 +195,32 @@ impl<S: KvStore> Device<S> {
         device.rotate_signed_pre_key(rng, now)?;
         device.rotate_last_resort_pre_key(rng, now)?;
         device.replenish_pre_keys(rng, now)?;
+        if let Some(k) = &device.account_key {
+            let mut devices = BTreeMap::new();
+            let identity = device.identity.public();
+            devices.insert(
+                device_id,
+                DeviceEntry {
+                    device_id,
+                    identity,
+                    added_at: now,
+                },
+            );
+            let list = DeviceList {
+                account,
+                version: 1,
+                issued_at: now,
+                devices,
+            }
+            .sign(k)?;
+            device.accept_device_list(list.signed_bytes(), &account, now)?;
+        }
+        // The identity record goes last: a crash during creation leaves a store that `open`
+        // refuses ("holds no device") and that `create` can start over in.
+        let mut batch = Batch::new();
+        batch.put(Namespace::Identity, IDENTITY_KEY, encode(&keys));
+        drop(keys);
+        device.store.commit(batch)?;
         Ok(device)
     }
 
@@ -1097,7 +1097,6 @@ fn kem_record(k: &KemPreKeyPair) -> pstore::KemPreKeySecret {
         signature: k.signature.to_vec(),
         last_resort: k.last_resort,
         created_at: k.created_at,
-        used_base_keys: Vec::new(),
     }
 }
 

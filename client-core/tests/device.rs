@@ -435,3 +435,56 @@ fn idle_sessions_are_retired() {
         b"two"
     );
 }
+
+#[test]
+fn a_crash_during_creation_leaves_a_store_that_can_start_over() {
+    use hush_core::store::kv::{Batch, KvEntry, Namespace, StoreError};
+    use std::sync::{Arc, Mutex};
+    use zeroize::Zeroizing;
+    /// Shares its contents with the test and fails every commit after the first `ok` ones.
+    struct Failing {
+        inner: Arc<Mutex<MemoryKv>>,
+        ok: u32,
+    }
+    impl KvStore for Failing {
+        fn get(&self, ns: Namespace, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+            self.inner.lock().unwrap().get(ns, key)
+        }
+        fn scan(&self, ns: Namespace) -> Result<Vec<KvEntry>, StoreError> {
+            self.inner.lock().unwrap().scan(ns)
+        }
+        fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+            if self.ok == 0 {
+                return Err(StoreError::Io("simulated crash".into()));
+            }
+            self.ok -= 1;
+            self.inner.lock().unwrap().commit(batch)
+        }
+    }
+    let mut rng = ChaCha20Rng::from_seed([9; 32]);
+    let mut crashed = 0;
+    for ok in 0..10 {
+        let inner = Arc::new(Mutex::new(MemoryKv::new()));
+        let store = Failing {
+            inner: inner.clone(),
+            ok,
+        };
+        if Device::create_account(store, &mut rng, 0).is_ok() {
+            assert!(
+                crashed > 0,
+                "creation must take several commits for this test to mean anything"
+            );
+            return;
+        }
+        crashed += 1;
+        // What the crash left is not a device, and creation can start over in it.
+        let left = inner.lock().unwrap().clone();
+        assert!(Device::open(left.clone()).is_err());
+        let d = Device::create_account(left, &mut rng, 1).unwrap();
+        let reopened = Device::open(d.into_store()).unwrap();
+        assert!(reopened.holds_account_key());
+        assert!(reopened.device_list(&reopened.address().account).is_some());
+        assert!(reopened.one_time_pre_key_count() > 0);
+    }
+    panic!("creation never succeeded");
+}
