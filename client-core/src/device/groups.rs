@@ -782,12 +782,14 @@ impl<S: KvStore> Device<S> {
         now: u64,
         tx: &mut Tx,
     ) -> Result<Vec<Received>> {
+        let mut created = Vec::new();
         for bytes in &c.changes {
             let change = SignedChange::parse(bytes)?;
             change.verify(&self.known_identity(&change.body.author)?)?;
             let g = change.body.group;
             match self.groups.get_mut(&g) {
                 None if change.body.epoch == 1 => {
+                    created.push(g);
                     let log = GroupLog::create(change)?;
                     self.groups.insert(
                         g,
@@ -809,6 +811,18 @@ impl<S: KvStore> Device<S> {
                 },
             }
             tx.groups.insert(g);
+        }
+        // A group is only kept by its members: a log that does not (yet) include this account is
+        // not stored, so nobody can make a device keep groups it is not in.
+        for g in created {
+            if self
+                .groups
+                .get(&g)
+                .is_some_and(|e| !e.log.state().is_member(&self.address.account))
+            {
+                self.groups.remove(&g);
+                tx.groups.remove(&g);
+            }
         }
         let mut out = Vec::new();
         for g in tx.groups.clone() {
