@@ -19,21 +19,31 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signer, SigningKey};
 use hush_core::consts::{
-    KEM_CIPHERTEXT_LEN, KEM_SEED_LEN, KEY_LEN, MAX_DEVICES_PER_ACCOUNT, MAX_SKIP,
+    KEM_CIPHERTEXT_LEN, KEM_SEED_LEN, KEY_LEN, MAX_DEVICES_PER_ACCOUNT, MAX_SENDER_KEY_JUMP,
+    MAX_SKIP, SENDER_KEY_MESSAGE_INFO,
 };
+use hush_core::device::{Device, GroupIncoming, GroupSend, Outgoing};
 use hush_core::device_list::{DeviceEntry, DeviceList, VerifiedDeviceList};
 use hush_core::error::Error;
-use hush_core::keys::{AccountKeyPair, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair};
+use hush_core::group::{ChangeBody, GroupLog, Offered, SignedChange};
+use hush_core::keys::{
+    AccountId, AccountKeyPair, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair,
+};
 use hush_core::pqxdh::{self, InitialMessage, Initiated, InitiatorSecrets};
 use hush_core::prekeys::{KemPreKeyPair, OneTimePreKeyPair, PreKeyBundle, SignedPreKeyPair};
 use hush_core::ratchet::{self, Header, RatchetMessage, SessionState};
 use hush_core::safety::{self, SafetyNumber};
+use hush_core::sender_key::{GroupId, GroupMessage, SenderKeyState, sender_chain_step};
+use hush_core::store::kv::{Batch, KvStore, Namespace};
+use hush_core::store::memory::MemoryKv;
 use hush_proto::{Message, labels, wire};
 use ml_kem::{Decapsulate, DecapsulationKey768};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::sim::{Population, Store};
 
 /// Error of the generator (a failed self-check or a library error).
 pub type BoxError = Box<dyn StdError>;
@@ -71,11 +81,12 @@ pub const LOW_ORDER_X25519: [u8; KEY_LEN] = [
 ];
 
 /// File names, in the order [`generate_all`] returns them.
-pub const FILES: [&str; 5] = [
+pub const FILES: [&str; 6] = [
     "pqxdh.json",
     "double_ratchet.json",
     "device_lists.json",
     "safety_numbers.json",
+    "sender_keys.json",
     "negative.json",
 ];
 
@@ -196,7 +207,7 @@ pub struct FirstMessageRecord {
     pub previous_counter: u32,
     /// Message key (32 bytes).
     pub message_key: String,
-    /// Associated data (172 bytes).
+    /// Associated data (244 bytes).
     pub ad: String,
     /// ChaCha20-Poly1305 ciphertext with tag.
     pub ciphertext: String,
@@ -313,7 +324,7 @@ pub struct RatchetMessageRecord {
     pub previous_counter: u32,
     /// Message key (32 bytes).
     pub message_key: String,
-    /// Associated data (172 bytes).
+    /// Associated data (244 bytes).
     pub ad: String,
     /// Ciphertext with tag.
     pub ciphertext: String,
@@ -893,12 +904,13 @@ pub struct NegativeFile {
 
 /// Generates every vector file: `(file name, JSON text)` in the order of [`FILES`].
 pub fn generate_all() -> GenResult<Vec<(&'static str, String)>> {
-    let [pqxdh, dr, lists, safety, negative] = FILES;
+    let [pqxdh, dr, lists, safety, sender_keys, negative] = FILES;
     Ok(vec![
         (pqxdh, to_json(&pqxdh_file()?)?),
         (dr, to_json(&ratchet_file()?)?),
         (lists, to_json(&device_list_file()?)?),
         (safety, to_json(&safety_file()?)?),
+        (sender_keys, to_json(&sender_keys_file()?)?),
         (negative, to_json(&negative_file()?)?),
     ])
 }
@@ -1114,6 +1126,14 @@ impl Party {
         self.identity.public()
     }
 
+    /// The device as one end of a session (its address and identity, as bound into the AD).
+    fn party(&self) -> ratchet::Party {
+        ratchet::Party {
+            address: self.address(),
+            identity: self.public(),
+        }
+    }
+
     fn record(&self) -> DeviceKeysRecord {
         DeviceKeysRecord {
             device_id: self.device_id,
@@ -1255,6 +1275,7 @@ impl Setup {
         );
         kem.mark_used_base_keys(used.iter().copied());
         pqxdh::respond(
+            self.bob.address(),
             &self.bob.identity,
             &self.spk,
             self.opk.as_ref(),
@@ -1456,7 +1477,7 @@ fn pqxdh_vector(
         *pqxdh::derive_shared_secret(&dhs, &kem_shared) == *init.shared_secret,
         "SK = KDF(DH1..DH4 || SS)",
     )?;
-    let ad = ratchet::message_ad(&s.alice.public(), &s.bob.public(), &header);
+    let ad = ratchet::message_ad(&s.alice.party(), &s.bob.party(), &header);
     ensure(
         *ratchet::open(&message_key, &ad, &first.ciphertext)? == plaintext,
         "first message opens",
@@ -1607,7 +1628,8 @@ fn ratchet_vector() -> GenResult<RatchetVector> {
         .ok_or("initiator session is not pending")?
         .clone();
     let mut bob: Option<SessionState> = None;
-    let (alice_id, bob_id) = (s.alice.public(), s.bob.public());
+    let alice_id = s.alice.public();
+    let (alice_party, bob_party) = (s.alice.party(), s.bob.party());
 
     let mut root = sk;
     let mut chains: Vec<ChainState> = Vec::new();
@@ -1690,7 +1712,7 @@ fn ratchet_vector() -> GenResult<RatchetVector> {
                 ensure(*mk == *enc.message_key, "message key from the chain key")?;
                 chain.next_chain_key = *next;
                 chain.record.message_count += 1;
-                let ad = ratchet::message_ad(&alice_id, &bob_id, &header);
+                let ad = ratchet::message_ad(&alice_party, &bob_party, &header);
                 records.push(RatchetMessageRecord {
                     index,
                     sender: sender.to_owned(),
@@ -2462,6 +2484,8 @@ fn negative_file() -> GenResult<NegativeFile> {
     negative_ratchet(&mut n)?;
     negative_initial(&mut n)?;
     negative_device_lists(&mut n)?;
+    negative_groups(&mut n)?;
+    negative_group_devices(&mut n)?;
     Ok(NegativeFile {
         file: "negative".to_owned(),
         format_version: FORMAT_VERSION,
@@ -2917,6 +2941,1036 @@ fn negative_device_lists(n: &mut Negatives) -> GenResult<()> {
                 control_device_id: 2,
             },
         );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// sender_keys.json
+// ---------------------------------------------------------------------------------------------
+
+/// Id of every sender key in the vectors (the first key a device makes for a group).
+pub const SENDER_KEY_ID: u32 = 1;
+/// Carol's device id.
+pub const CAROL_DEVICE_ID: u32 = 3;
+/// Dave's device id.
+pub const DAVE_DEVICE_ID: u32 = 4;
+/// Name of the third device in the group vectors.
+pub const CAROL: &str = "carol";
+/// Name of the fourth device in the membership log.
+pub const DAVE: &str = "dave";
+/// The name groups are created with.
+pub const GROUP_NAME: &str = "Hush vector group";
+
+/// One hour in ms.
+const HOUR_MS: u64 = 60 * 60 * 1000;
+
+/// Messages sent under the sender key of `sender_keys.json` (iterations 0..16).
+const GROUP_MESSAGES: u32 = 16;
+
+/// Bob gets the sender key before message 0. His deliveries: jumps of 1 (0 → 2), 5 (3 → 9) and
+/// 4 (10 → 15), and every skipped key used later, some long after.
+const BOB_DELIVERIES: [u32; 16] = [0, 2, 1, 3, 9, 5, 4, 10, 15, 6, 14, 11, 8, 12, 7, 13];
+
+/// Carol gets the sender key after message 4 was sent: her distribution starts at iteration 5.
+const CAROL_FROM: u32 = 5;
+
+/// Carol's deliveries (iterations 5..16 only).
+const CAROL_DELIVERIES: [u32; 11] = [6, 5, 7, 11, 8, 9, 10, 13, 12, 15, 14];
+
+/// An account (its secret drawn from the RNG) and a device id on it.
+struct Addressed {
+    secret: [u8; KEY_LEN],
+    account: AccountKeyPair,
+    device_id: u32,
+}
+
+impl Addressed {
+    /// Draws the account secret (32 bytes).
+    fn draw(rng: &mut ChaCha20Rng, device_id: u32) -> Self {
+        let secret = draw(rng);
+        Self {
+            secret,
+            account: AccountKeyPair::from_secret_bytes(&secret),
+            device_id,
+        }
+    }
+
+    fn address(&self) -> DeviceAddress {
+        DeviceAddress {
+            account: self.account.id(),
+            device_id: self.device_id,
+        }
+    }
+
+    fn record(&self) -> AddressRecord {
+        AddressRecord {
+            account_secret: hx(self.secret),
+            account_public: hx(self.account.id().as_bytes()),
+            device_id: self.device_id,
+        }
+    }
+}
+
+/// Draws a group id with `GroupId::random` (32 bytes), checking it is exactly the next 32 bytes.
+fn draw_group_id(rng: &mut ChaCha20Rng) -> GenResult<GroupId> {
+    let expected: [u8; 32] = draw(&mut rng.clone());
+    let group = GroupId::random(rng);
+    ensure(group.0 == expected, "the group id is the next 32 bytes")?;
+    Ok(group)
+}
+
+/// Draws a sender key with `SenderKeyState::generate` ([`SENDER_KEY_ID`], created now): its
+/// Ed25519 signing secret, then its chain key (2 × 32 bytes). Checks the library draws exactly
+/// those bytes and returns them with the state.
+fn draw_sender_key(
+    rng: &mut ChaCha20Rng,
+) -> GenResult<(SenderKeyState, [u8; KEY_LEN], [u8; KEY_LEN])> {
+    let mut peek = rng.clone();
+    let signing: [u8; KEY_LEN] = draw(&mut peek);
+    let chain: [u8; KEY_LEN] = draw(&mut peek);
+    let state = SenderKeyState::generate(rng, SENDER_KEY_ID, NOW_MS);
+    ensure(
+        rng.get_word_pos() == peek.get_word_pos(),
+        "a sender key draws 64 bytes",
+    )?;
+    let p = state.to_proto();
+    ensure(
+        p.signing_private == signing
+            && p.initial_chain_key == chain
+            && p.chain_key == chain
+            && p.iteration == 0
+            && p.signing_public == ed25519_public(&signing),
+        "the sender key is the signing secret, then the chain key",
+    )?;
+    Ok((state, signing, chain))
+}
+
+/// The ChaCha20-Poly1305 key and nonce of a sender-key message key: HKDF-SHA256 with a zero salt,
+/// expanded to 44 bytes (documented in `hush_core::sender_key`).
+fn sender_aead(mk: &[u8; KEY_LEN]) -> GenResult<([u8; KEY_LEN], [u8; 12])> {
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(&[0u8; KEY_LEN]), mk);
+    let mut okm = [0u8; KEY_LEN + 12];
+    hk.expand(SENDER_KEY_MESSAGE_INFO, &mut okm)
+        .map_err(|_| "HKDF expansion")?;
+    let (key, nonce) = okm.split_at(KEY_LEN);
+    Ok((key.try_into()?, nonce.try_into()?))
+}
+
+/// Opens a group ciphertext with an AEAD key and nonce, the header as associated data.
+fn sender_open(
+    key: &[u8; KEY_LEN],
+    nonce: &[u8; 12],
+    header: &[u8],
+    ciphertext: &[u8],
+) -> GenResult<Vec<u8>> {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    let cipher = chacha20poly1305::ChaCha20Poly1305::new(&chacha20poly1305::Key::from(*key));
+    Ok(cipher
+        .decrypt(
+            &chacha20poly1305::Nonce::from(*nonce),
+            Payload {
+                msg: ciphertext,
+                aad: header,
+            },
+        )
+        .map_err(|_| "group ciphertext does not open")?)
+}
+
+/// How a receiver whose next iteration is `next` finds the key of message `iteration`.
+fn sender_via(next: u32, iteration: u32) -> &'static str {
+    match iteration.cmp(&next) {
+        std::cmp::Ordering::Equal => "next_iteration",
+        std::cmp::Ordering::Greater => "forward_jump",
+        std::cmp::Ordering::Less => "skipped_key",
+    }
+}
+
+/// A group message as a receiver parses it from the wire.
+fn reparse(m: &GroupMessage) -> GenResult<GroupMessage> {
+    let bytes = m.to_wire().encode_to_vec();
+    Ok(GroupMessage::try_from(&wire::GroupMessage::decode(
+        bytes.as_slice(),
+    )?)?)
+}
+
+fn sender_keys_file() -> GenResult<SenderKeysFile> {
+    Ok(SenderKeysFile {
+        file: "sender_keys".to_owned(),
+        format_version: FORMAT_VERSION,
+        description: "Group messaging: a sender key's chain (chain keys, message keys, AEAD keys and nonces), its \
+                      signed group messages, their distribution to two member devices and out-of-order delivery; \
+                      and a signed membership log (creation, add, remove, leave)."
+            .to_owned(),
+        vectors: vec![sender_key_vector()?],
+        membership_logs: vec![membership_vector()?],
+    })
+}
+
+/// Draws Alice's, Bob's and Carol's account secrets, the group id, then Alice's sender key
+/// (signing secret, chain key): 6 × 32 bytes.
+fn sender_key_vector() -> GenResult<SenderKeyVector> {
+    let seed = seed("sender_keys", 0)?;
+    let mut rng = ChaCha20Rng::from_seed(seed);
+    let alice = Addressed::draw(&mut rng, ALICE_DEVICE_ID);
+    let bob = Addressed::draw(&mut rng, BOB_DEVICE_ID);
+    let carol = Addressed::draw(&mut rng, CAROL_DEVICE_ID);
+    let group = draw_group_id(&mut rng)?;
+    let (mut own, signing_secret, initial_chain_key) = draw_sender_key(&mut rng)?;
+
+    let receivers: [(&str, &Addressed, u32, &[u32]); 2] = [
+        (BOB, &bob, 0, &BOB_DELIVERIES),
+        (CAROL, &carol, CAROL_FROM, &CAROL_DELIVERIES),
+    ];
+    let mut distributions: [Option<wire::SenderKeyDistribution>; 2] = [None, None];
+    let mut chain = Vec::new();
+    let mut messages = Vec::new();
+    let mut sent = Vec::new();
+    let mut ck = initial_chain_key;
+    for i in 0..GROUP_MESSAGES {
+        // Distributions made before message i carry ck_i.
+        for ((_, who, from, _), slot) in receivers.iter().zip(distributions.iter_mut()) {
+            if *from == i {
+                let d = own.distribution_for(group, who.address(), None)?;
+                ensure(
+                    d.iteration == i && d.chain_key == ck && d.key_id == SENDER_KEY_ID,
+                    "a distribution carries the current chain key",
+                )?;
+                *slot = Some(d);
+            }
+        }
+        let (mk, next) = sender_chain_step(&ck);
+        let (aead_key, aead_nonce) = sender_aead(&mk)?;
+        chain.push(SenderChainStepRecord {
+            iteration: i,
+            chain_key: hx(ck),
+            message_key: hx(*mk),
+            aead_key: hx(aead_key),
+            aead_nonce: hx(aead_nonce),
+        });
+        let plaintext = format!("group message {i} from alice").into_bytes();
+        let m = own.encrypt(group, alice.address(), &plaintext)?;
+        ensure(
+            m.header.iteration == i && m.header.key_id == SENDER_KEY_ID,
+            "header names the key and iteration",
+        )?;
+        let header = m.header.to_bytes();
+        ensure(
+            sender_open(&aead_key, &aead_nonce, &header, &m.ciphertext)? == plaintext,
+            "the documented AEAD key and nonce open the ciphertext",
+        )?;
+        let signed = [labels::GROUP_MESSAGE, &header, &m.ciphertext].concat();
+        ensure(
+            SigningKey::from_bytes(&signing_secret)
+                .sign(&signed)
+                .to_bytes()
+                == m.signature,
+            "the signature is over label || header || ciphertext",
+        )?;
+        messages.push(SenderKeyMessageRecord {
+            iteration: i,
+            plaintext: hx(&plaintext),
+            header: hx(&header),
+            ciphertext: hx(&m.ciphertext),
+            signature: hx(m.signature),
+            group_message: hx(m.to_wire().encode_to_vec()),
+        });
+        sent.push((m, plaintext));
+        ck = *next;
+    }
+    ensure(
+        own.to_proto().chain_key == ck,
+        "the sender's chain ends at ck_16",
+    )?;
+
+    let mut receiver_records = Vec::new();
+    for ((name, who, from, order), dist) in receivers.iter().zip(distributions) {
+        let dist = dist.ok_or("distribution not made")?;
+        let mut state = SenderKeyState::from_distribution(&dist, NOW_MS)?;
+        let mut deliveries = Vec::new();
+        for &i in order.iter() {
+            let (m, plaintext) = get(&sent, usize::try_from(i)?)?;
+            let (next, held) = (state.iteration(), state.skipped_len());
+            let via = sender_via(next, i);
+            let opened = state.decrypt(&reparse(m)?, NOW_MS)?;
+            ensure(*opened == *plaintext, "the receiver decrypts the plaintext")?;
+            let consumed = usize::from(via == "skipped_key");
+            let stored = (state.skipped_len() + consumed)
+                .checked_sub(held)
+                .ok_or("skipped keys were evicted")?;
+            deliveries.push(SenderKeyDeliveryRecord {
+                message: i,
+                received_via: via.to_owned(),
+                skipped_keys_stored: count(stored)?,
+                skipped_keys_held: count(state.skipped_len())?,
+            });
+        }
+        let mut delivered: Vec<u32> = order.to_vec();
+        delivered.sort_unstable();
+        ensure(
+            delivered == (*from..GROUP_MESSAGES).collect::<Vec<_>>(),
+            "every message from the entitlement on is delivered once",
+        )?;
+        ensure(
+            state.skipped_len() == 0,
+            "no skipped keys are left at the end",
+        )?;
+        receiver_records.push(SenderKeyReceiverRecord {
+            name: (*name).to_owned(),
+            address: who.record(),
+            distribution: hx(dist.encode_to_vec()),
+            deliveries,
+        });
+    }
+
+    Ok(SenderKeyVector {
+        name: "sender-key-chain".to_owned(),
+        description: format!(
+            "Alice's sender key for a group: {GROUP_MESSAGES} messages (iterations 0 to {}). Bob gets \
+             the key before message 0 and Carol after message {} (from iteration {CAROL_FROM}); each receives \
+             the messages out of order, with forward jumps and late use of skipped keys.",
+            GROUP_MESSAGES - 1,
+            CAROL_FROM - 1
+        ),
+        seed: hx(seed),
+        now_ms: NOW_MS,
+        group_id: hx(group.0),
+        sender: alice.record(),
+        key_id: SENDER_KEY_ID,
+        signing_secret: hx(signing_secret),
+        signing_public: hx(ed25519_public(&signing_secret)),
+        initial_chain_key: hx(initial_chain_key),
+        chain,
+        messages,
+        receivers: receiver_records,
+    })
+}
+
+fn member_records(members: &BTreeMap<AccountId, bool>) -> Vec<GroupMemberRecord> {
+    members
+        .iter()
+        .map(|(a, admin)| GroupMemberRecord {
+            account: hx(a.as_bytes()),
+            admin: *admin,
+        })
+        .collect()
+}
+
+/// Draws Alice's, Bob's, Carol's and Dave's account, signing and DH secrets (4 × 3 × 32 bytes),
+/// then the group id.
+fn membership_vector() -> GenResult<MembershipVector> {
+    let seed = seed("sender_keys", 1)?;
+    let mut rng = ChaCha20Rng::from_seed(seed);
+    let alice = Party::draw(&mut rng, ALICE_DEVICE_ID);
+    let bob = Party::draw(&mut rng, BOB_DEVICE_ID);
+    let carol = Party::draw(&mut rng, CAROL_DEVICE_ID);
+    let dave = Party::draw(&mut rng, DAVE_DEVICE_ID);
+    let group = draw_group_id(&mut rng)?;
+    let (a, b, c, d) = (
+        alice.account.id(),
+        bob.account.id(),
+        carol.account.id(),
+        dave.account.id(),
+    );
+    type Step<'a> = (
+        &'a str,
+        &'a Party,
+        Option<&'a str>,
+        Vec<(AccountId, bool)>,
+        Vec<AccountId>,
+        u64,
+    );
+    let steps: [Step<'_>; 4] = [
+        // Alice creates the group with Bob and Carol.
+        (
+            ALICE,
+            &alice,
+            Some(GROUP_NAME),
+            vec![(a, true), (b, false), (c, false)],
+            vec![],
+            NOW_MS - 3 * HOUR_MS,
+        ),
+        // Alice adds Dave and makes Bob an admin.
+        (
+            ALICE,
+            &alice,
+            None,
+            vec![(d, false), (b, true)],
+            vec![],
+            NOW_MS - 2 * HOUR_MS,
+        ),
+        // Bob, now an admin, removes Carol.
+        (BOB, &bob, None, vec![], vec![c], NOW_MS - HOUR_MS),
+        // Dave (not an admin) leaves.
+        (DAVE, &dave, None, vec![], vec![d], NOW_MS),
+    ];
+    let mut log: Option<GroupLog> = None;
+    let mut changes = Vec::new();
+    for (epoch, (author, party, name, add, remove, issued_at)) in (1u64..).zip(steps) {
+        let previous_hash = log.as_ref().map_or([0u8; 32], |l| l.state().head);
+        let body = ChangeBody {
+            group,
+            epoch,
+            previous_hash,
+            author: party.address(),
+            name: name.map(str::to_owned),
+            add: add.clone(),
+            remove: remove.clone(),
+            issued_at,
+        };
+        let change = SignedChange::sign(body, &party.identity);
+        change.verify(&party.public())?;
+        ensure(
+            SignedChange::parse(&change.signed)? == change,
+            "a signed change parses back",
+        )?;
+        let (added, removed) = match log.as_mut() {
+            None => {
+                let created = GroupLog::create(change.clone())?;
+                // Every account of the creation joins, in the order listed.
+                let added: Vec<AccountId> = add.iter().map(|(acct, _)| *acct).collect();
+                ensure(
+                    created.state().members.len() == added.len(),
+                    "the creation lists distinct accounts",
+                )?;
+                log = Some(created);
+                (added, Vec::new())
+            }
+            Some(l) => match l.offer(change.clone())? {
+                Offered::Applied(diffs) => match diffs.as_slice() {
+                    [diff] => (diff.added.clone(), diff.removed.clone()),
+                    _ => return Err("one change, one diff".into()),
+                },
+                _ => return Err("the change is applied".into()),
+            },
+        };
+        let state = log.as_ref().ok_or("log")?.state();
+        ensure(
+            state.epoch == epoch && state.head == change.hash,
+            "the head is the new change",
+        )?;
+        let signed = wire::SignedGroupChange::decode(change.signed.as_slice())?;
+        changes.push(GroupChangeRecord {
+            epoch,
+            author: author.to_owned(),
+            author_account: hx(party.account.id().as_bytes()),
+            author_device_id: party.device_id,
+            name: name.map(str::to_owned),
+            add: add
+                .iter()
+                .map(|(acct, admin)| GroupMemberRecord {
+                    account: hx(acct.as_bytes()),
+                    admin: *admin,
+                })
+                .collect(),
+            remove: remove.iter().map(|acct| hx(acct.as_bytes())).collect(),
+            issued_at,
+            previous_hash: hx(previous_hash),
+            change: hx(&signed.change),
+            signature: hx(&signed.signature),
+            signed_group_change: hx(&change.signed),
+            hash: hx(change.hash),
+            added: added.iter().map(|acct| hx(acct.as_bytes())).collect(),
+            removed: removed.iter().map(|acct| hx(acct.as_bytes())).collect(),
+            members_after: member_records(&state.members),
+            name_after: state.name.clone(),
+        });
+    }
+    let log = log.ok_or("no log")?;
+    ensure(
+        GroupLog::restore(log.log().to_vec(), Vec::new())?.state() == log.state(),
+        "the log restores to the same state",
+    )?;
+
+    Ok(MembershipVector {
+        name: "create-add-remove-leave".to_owned(),
+        description: "Alice creates the group with Bob and Carol (epoch 1); adds Dave and makes Bob an admin (2); \
+                      Bob removes Carol (3); Dave, not an admin, leaves (4)."
+            .to_owned(),
+        seed: hx(seed),
+        group_id: hx(group.0),
+        participants: [
+            (ALICE, &alice),
+            (BOB, &bob),
+            (CAROL, &carol),
+            (DAVE, &dave),
+        ]
+        .into_iter()
+        .map(|(name, p)| ParticipantRecord {
+            name: name.to_owned(),
+            device: p.record(),
+        })
+        .collect(),
+        changes,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// negative.json: groups
+// ---------------------------------------------------------------------------------------------
+
+/// One sender and one receiver of a group, as the sender-key negative vectors use them.
+struct GroupSetup {
+    group: GroupId,
+    sender: DeviceAddress,
+    receiver: DeviceAddress,
+    own: SenderKeyState,
+}
+
+impl GroupSetup {
+    /// Draws the sender's account secret (device 1), the receiver's account secret (device 2),
+    /// the group id, then the sender key (signing secret, chain key): 5 × 32 bytes.
+    fn draw(rng: &mut ChaCha20Rng) -> GenResult<Self> {
+        let sender = Addressed::draw(rng, ALICE_DEVICE_ID).address();
+        let receiver = Addressed::draw(rng, BOB_DEVICE_ID).address();
+        let group = draw_group_id(rng)?;
+        let (own, _, _) = draw_sender_key(rng)?;
+        Ok(Self {
+            group,
+            sender,
+            receiver,
+            own,
+        })
+    }
+
+    /// The sender's next message, with plaintext `group message <iteration>`.
+    fn send(&mut self) -> GenResult<(GroupMessage, Vec<u8>)> {
+        let plaintext = format!("group message {}", self.own.iteration()).into_bytes();
+        let m = self.own.encrypt(self.group, self.sender, &plaintext)?;
+        Ok((m, plaintext))
+    }
+
+    fn send_n(&mut self, n: usize) -> GenResult<Vec<(GroupMessage, Vec<u8>)>> {
+        (0..n).map(|_| self.send()).collect()
+    }
+
+    /// The receiver's copy of the sender key, from a distribution made now.
+    fn receiver_state(&mut self) -> GenResult<SenderKeyState> {
+        let d = self.own.distribution_for(self.group, self.receiver, None)?;
+        Ok(SenderKeyState::from_distribution(&d, NOW_MS)?)
+    }
+}
+
+impl Negatives {
+    /// A sender-key case: checks the rejection leaves the receiver's state unchanged and that
+    /// `control` decrypts afterwards.
+    #[allow(clippy::too_many_arguments)]
+    fn sender_key(
+        &mut self,
+        seed: [u8; 32],
+        name: &str,
+        description: String,
+        expected: &str,
+        state: &SenderKeyState,
+        bad: &wire::GroupMessage,
+        control: &GroupMessage,
+        control_plaintext: &[u8],
+    ) -> GenResult<()> {
+        let before = state.to_proto().encode_to_vec();
+        let mut s = SenderKeyState::from_proto(&hush_proto::store::SenderKeyState::decode(
+            before.as_slice(),
+        )?)?;
+        ensure(
+            s.to_proto().encode_to_vec() == before,
+            "sender-key state round-trips",
+        )?;
+        check_err(
+            GroupMessage::try_from(bad).and_then(|m| s.decrypt(&m, NOW_MS)),
+            expected,
+        )?;
+        ensure(
+            s.to_proto().encode_to_vec() == before,
+            "a rejected group message leaves the sender-key state unchanged",
+        )?;
+        ensure(
+            *s.decrypt(&reparse(control)?, NOW_MS)? == *control_plaintext,
+            "the control group message decrypts",
+        )?;
+        let input = NegativeInput::SenderKeyMessage {
+            state_before: hx(&before),
+            message: hx(bad.encode_to_vec()),
+            control_message: hx(control.to_wire().encode_to_vec()),
+            control_plaintext: hx(control_plaintext),
+        };
+        self.push(seed, name, description, expected, input);
+        Ok(())
+    }
+
+    /// A device case: the receiving device is reopened from a copy of `store`; the rejection must
+    /// leave the store unchanged, draw no randomness, and `control` must decrypt afterwards.
+    #[allow(clippy::too_many_arguments)]
+    fn group_device(
+        &mut self,
+        seed: [u8; 32],
+        name: &str,
+        description: String,
+        expected: &str,
+        store: &impl KvStore,
+        bad: &[u8],
+        control: &[u8],
+        control_plaintext: &[u8],
+    ) -> GenResult<()> {
+        let entries = dump_store(store)?;
+        let mut device = Device::open(restore_store(&entries)?)?;
+        let header = GroupMessage::try_from(&wire::GroupMessage::decode(bad)?)?.header;
+        ensure(
+            device
+                .sender_key_status(&header.group, &header.sender)?
+                .iter()
+                .any(|(id, _, _)| *id == header.key_id),
+            "the device holds the sender key the rejected message names",
+        )?;
+        let mut no_rng = ChaCha20Rng::from_seed([0; 32]);
+        check_err(
+            device.decrypt_group(bad, &mut no_rng, NOW_MS).map(|_| ()),
+            expected,
+        )?;
+        ensure(
+            dump_store(device.store())? == entries,
+            "a rejected group message leaves the device's store unchanged",
+        )?;
+        match device.decrypt_group(control, &mut no_rng, NOW_MS)? {
+            GroupIncoming::Decrypted(r) => ensure(
+                *r.plaintext == *control_plaintext,
+                "the control group message decrypts",
+            )?,
+            GroupIncoming::Buffered { .. } => {
+                return Err("the control group message was buffered".into());
+            }
+        }
+        ensure(no_rng.get_word_pos() == 0, "receiving draws no randomness")?;
+        let input = NegativeInput::GroupMessage {
+            device_store: entries
+                .iter()
+                .map(|(ns, key, value)| StoreEntryRecord {
+                    namespace: *ns,
+                    key: hx(key),
+                    value: hx(value),
+                })
+                .collect(),
+            message: hx(bad),
+            control_message: hx(control),
+            control_plaintext: hx(control_plaintext),
+        };
+        self.push(seed, name, description, expected, input);
+        Ok(())
+    }
+}
+
+/// One store entry: namespace byte, key, value.
+type StoreEntry = (u8, Vec<u8>, Vec<u8>);
+
+/// Every entry of a store, by namespace then key.
+fn dump_store(store: &impl KvStore) -> GenResult<Vec<StoreEntry>> {
+    let mut out = Vec::new();
+    for ns in Namespace::ALL {
+        for (key, value) in store.scan(ns)? {
+            out.push((ns.as_byte(), key, value.to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+/// A memory store holding exactly `entries`.
+fn restore_store(entries: &[StoreEntry]) -> GenResult<MemoryKv> {
+    let mut batch = Batch::new();
+    for (ns, key, value) in entries {
+        let ns = Namespace::from_byte(*ns).ok_or("unknown namespace")?;
+        batch.put(ns, key.clone(), value.clone());
+    }
+    let mut store = MemoryKv::new();
+    store.commit(batch)?;
+    Ok(store)
+}
+
+fn device_mut<'a>(
+    pop: &'a mut Population,
+    addr: &DeviceAddress,
+) -> GenResult<&'a mut Device<Store>> {
+    pop.devices
+        .get_mut(addr)
+        .ok_or_else(|| format!("no device {addr:?}").into())
+}
+
+/// Delivers pairwise messages sent by `from`, acknowledging any payload they carry.
+fn deliver_pairwise(
+    pop: &mut Population,
+    from: &DeviceAddress,
+    out: &[Outgoing],
+    rng: &mut ChaCha20Rng,
+) -> GenResult<()> {
+    for o in out {
+        let device = device_mut(pop, &o.to)?;
+        let incoming = device.decrypt(from, &o.bytes, rng, NOW_MS)?;
+        ensure(incoming.outgoing.is_empty(), "nothing to answer")?;
+        for r in incoming.received {
+            device.ack_message(r.id)?;
+        }
+    }
+    Ok(())
+}
+
+/// `to` receives a group message; returns its plaintext.
+fn receive_group(
+    pop: &mut Population,
+    to: &DeviceAddress,
+    bytes: &[u8],
+    rng: &mut ChaCha20Rng,
+) -> GenResult<Vec<u8>> {
+    let device = device_mut(pop, to)?;
+    match device.decrypt_group(bytes, rng, NOW_MS)? {
+        GroupIncoming::Decrypted(r) => {
+            device.ack_message(r.id)?;
+            Ok(r.plaintext.to_vec())
+        }
+        GroupIncoming::Buffered { .. } => Err("group message buffered".into()),
+    }
+}
+
+/// `from` sends a group message (starting any missing sessions first) and its sender-key
+/// distributions are delivered.
+fn send_group(
+    pop: &mut Population,
+    from: &DeviceAddress,
+    g: &GroupId,
+    plaintext: &[u8],
+    rng: &mut ChaCha20Rng,
+) -> GenResult<GroupSend> {
+    let targets = device_mut(pop, from)?.group_devices(g)?;
+    pop.ensure_sessions(from, &targets, rng, NOW_MS)?;
+    let send = device_mut(pop, from)?.group_encrypt(g, plaintext, rng, NOW_MS)?;
+    deliver_pairwise(pop, from, &send.distributions, rng)?;
+    Ok(send)
+}
+
+/// Three accounts with one device each (Alice, Bob, Carol: `Population::new(rng, [1, 1, 1], now)`,
+/// so every device holds every account's device list); Alice starts sessions with Bob and Carol
+/// and creates a group of the three, and both apply it.
+fn device_group(rng: &mut ChaCha20Rng) -> GenResult<(Population, GroupId, [DeviceAddress; 3])> {
+    let mut pop = Population::new(rng, &[1, 1, 1], NOW_MS)?;
+    let addrs: Vec<DeviceAddress> = pop
+        .accounts
+        .iter()
+        .filter_map(|a| a.first().copied())
+        .collect();
+    let [alice, bob, carol]: [DeviceAddress; 3] = addrs.try_into().map_err(|_| "three accounts")?;
+    pop.ensure_sessions(&alice, &[bob, carol], rng, NOW_MS)?;
+    let (g, out) = device_mut(&mut pop, &alice)?.create_group(
+        GROUP_NAME,
+        &[bob.account, carol.account],
+        rng,
+        NOW_MS,
+    )?;
+    deliver_pairwise(&mut pop, &alice, &out, rng)?;
+    Ok((pop, g, [alice, bob, carol]))
+}
+
+/// A device's own current sender key for group `g`, read from its store.
+fn own_sender_key(store: &impl KvStore) -> GenResult<SenderKeyState> {
+    let mut own = Vec::new();
+    for (_, value) in store.scan(Namespace::SenderKeys)? {
+        let record = hush_proto::store::SenderKeyRecord::decode(value.as_slice())?;
+        for p in record
+            .states
+            .iter()
+            .filter(|p| !p.signing_private.is_empty())
+        {
+            own.push(SenderKeyState::from_proto(p)?);
+        }
+    }
+    match <[SenderKeyState; 1]>::try_from(own) {
+        Ok([state]) => Ok(state),
+        Err(_) => Err("expected exactly one own sender key".into()),
+    }
+}
+
+fn negative_groups(n: &mut Negatives) -> GenResult<()> {
+    // Tampering: the receiver has decrypted message 0; message 1 arrives modified. Control:
+    // message 1.
+    type Tamper = fn(&mut wire::GroupMessage) -> GenResult<()>;
+    let tampers: [(&str, &str, Tamper); 4] = [
+        (
+            "group-bad-signature",
+            "One bit of the signature flipped (0x01 of byte 32, the lowest bit of S).",
+            |w| flip(&mut w.signature, 32, 0x01),
+        ),
+        (
+            "group-tampered-ciphertext",
+            "One bit of the ciphertext flipped (0x01 of byte 0). The signature covers the ciphertext and is \
+             checked first, so this is a bad signature, not a failed decryption.",
+            |w| flip(&mut w.ciphertext, 0, 0x01),
+        ),
+        (
+            "group-tampered-tag",
+            "One bit of the authentication tag flipped (0x80 of the last byte): caught by the signature.",
+            |w| {
+                let last = w
+                    .ciphertext
+                    .len()
+                    .checked_sub(1)
+                    .ok_or("empty ciphertext")?;
+                flip(&mut w.ciphertext, last, 0x80)
+            },
+        ),
+        (
+            "group-tampered-header-iteration",
+            "Header iteration changed from 1 to 2 (the header is signed).",
+            |w| {
+                w.iteration = 2;
+                Ok(())
+            },
+        ),
+    ];
+    for (name, what, tamper) in tampers {
+        let (seed, mut rng) = n.next_rng()?;
+        let mut s = GroupSetup::draw(&mut rng)?;
+        let mut receiver = s.receiver_state()?;
+        let msgs = s.send_n(2)?;
+        let ((m0, _), (m1, p1)) = (get(&msgs, 0)?, get(&msgs, 1)?);
+        receiver.decrypt(&reparse(m0)?, NOW_MS)?;
+        let mut bad = m1.to_wire();
+        tamper(&mut bad)?;
+        n.sender_key(
+            seed,
+            name,
+            format!(
+                "The receiver got the sender key before message 0 and has decrypted message 0; message 1 \
+                 arrives modified: {what}"
+            ),
+            "Auth(BadSignature)",
+            &receiver,
+            &bad,
+            m1,
+            p1,
+        )?;
+    }
+
+    // Forged sender: another member's device signs a message whose header names the sender.
+    {
+        let (seed, mut rng) = n.next_rng()?;
+        let mut s = GroupSetup::draw(&mut rng)?;
+        let mut receiver = s.receiver_state()?;
+        let msgs = s.send_n(2)?;
+        let ((m0, _), (m1, p1)) = (get(&msgs, 0)?, get(&msgs, 1)?);
+        receiver.decrypt(&reparse(m0)?, NOW_MS)?;
+        let (mut mallory, _, _) = draw_sender_key(&mut rng)?;
+        mallory.encrypt(s.group, s.sender, b"group message 0")?;
+        let forged = mallory.encrypt(s.group, s.sender, b"group message 1, forged")?;
+        ensure(
+            forged.header == m1.header,
+            "the forged header is the genuine one",
+        )?;
+        n.sender_key(
+            seed,
+            "group-forged-sender",
+            "The receiver holds the sender's key and has decrypted message 0. Another member device (Mallory, \
+             whose own sender key, also key id 1, is the next 2 × 32 bytes of the RNG: signing secret, chain \
+             key) sends her second message with a header naming the sender's device, key id 1, iteration 1: a \
+             well-formed message, signed and encrypted with Mallory's key, not the sender's."
+                .to_owned(),
+            "Auth(BadSignature)",
+            &receiver,
+            &forged.to_wire(),
+            m1,
+            p1,
+        )?;
+    }
+
+    // Replays.
+    {
+        let (seed, mut rng) = n.next_rng()?;
+        let mut s = GroupSetup::draw(&mut rng)?;
+        let mut receiver = s.receiver_state()?;
+        let msgs = s.send_n(3)?;
+        let ((m0, _), (m1, _), (m2, p2)) = (get(&msgs, 0)?, get(&msgs, 1)?, get(&msgs, 2)?);
+        receiver.decrypt(&reparse(m0)?, NOW_MS)?;
+        receiver.decrypt(&reparse(m1)?, NOW_MS)?;
+        n.sender_key(
+            seed,
+            "group-replay",
+            "The receiver has decrypted messages 0 and 1; message 1 is delivered again.".to_owned(),
+            "Protocol(Duplicate)",
+            &receiver,
+            &m1.to_wire(),
+            m2,
+            p2,
+        )?;
+    }
+    {
+        let (seed, mut rng) = n.next_rng()?;
+        let mut s = GroupSetup::draw(&mut rng)?;
+        let mut receiver = s.receiver_state()?;
+        let msgs = s.send_n(3)?;
+        let ((m0, _), (m1, _), (m2, p2)) = (get(&msgs, 0)?, get(&msgs, 1)?, get(&msgs, 2)?);
+        receiver.decrypt(&reparse(m1)?, NOW_MS)?;
+        receiver.decrypt(&reparse(m0)?, NOW_MS)?;
+        n.sender_key(
+            seed,
+            "group-replay-skipped-key",
+            "The receiver decrypted message 1 (storing the key of 0 as skipped), then message 0 with that key \
+             (which was then deleted); message 0 is delivered again."
+                .to_owned(),
+            "Protocol(Duplicate)",
+            &receiver,
+            &m0.to_wire(),
+            m2,
+            p2,
+        )?;
+    }
+    // Before the entitlement: the key was given after message 2.
+    {
+        let (seed, mut rng) = n.next_rng()?;
+        let mut s = GroupSetup::draw(&mut rng)?;
+        let msgs = s.send_n(3)?;
+        let receiver = s.receiver_state()?;
+        let (m3, p3) = s.send()?;
+        let (m1, _) = get(&msgs, 1)?;
+        n.sender_key(
+            seed,
+            "group-before-entitlement",
+            "The sender sent messages 0 to 2, then gave the receiver its key (a distribution from iteration 3: \
+             a device never gets the keys of messages sent before it was given the key). Message 1 arrives: \
+             its key was never held, so it is refused like a replay. The control is message 3."
+                .to_owned(),
+            "Protocol(Duplicate)",
+            &receiver,
+            &m1.to_wire(),
+            &m3,
+            &p3,
+        )?;
+    }
+    // Too far ahead.
+    {
+        let (seed, mut rng) = n.next_rng()?;
+        let mut s = GroupSetup::draw(&mut rng)?;
+        let mut receiver = s.receiver_state()?;
+        let (m0, _) = s.send()?;
+        receiver.decrypt(&reparse(&m0)?, NOW_MS)?;
+        let edge_iteration = MAX_SENDER_KEY_JUMP + 1;
+        while s.own.iteration() < edge_iteration {
+            s.send()?;
+        }
+        let (edge, edge_plaintext) = s.send()?;
+        let (far, _) = s.send()?;
+        ensure(far.header.iteration == edge_iteration + 1, "far iteration")?;
+        n.sender_key(
+            seed,
+            "group-too-far-ahead",
+            format!(
+                "The sender sent messages 0..={}; the receiver has decrypted message 0 (next iteration 1) and \
+                 receives message {} next: {} keys would have to be derived and stored as skipped, more than \
+                 MAX_SENDER_KEY_JUMP = {MAX_SENDER_KEY_JUMP}. The control, message {}, jumps exactly \
+                 MAX_SENDER_KEY_JUMP and is accepted.",
+                far.header.iteration,
+                far.header.iteration,
+                far.header.iteration - 1,
+                edge_iteration
+            ),
+            "Protocol(TooFarAhead)",
+            &receiver,
+            &far.to_wire(),
+            &edge,
+            &edge_plaintext,
+        )?;
+    }
+    Ok(())
+}
+
+fn negative_group_devices(n: &mut Negatives) -> GenResult<()> {
+    // A removed member's message.
+    {
+        let (seed, mut rng) = n.next_rng()?;
+        let (mut pop, g, [alice, bob, carol]) = device_group(&mut rng)?;
+        let c0 = send_group(&mut pop, &carol, &g, b"message 0 from carol", &mut rng)?;
+        ensure(
+            receive_group(&mut pop, &bob, &c0.message, &mut rng)? == b"message 0 from carol",
+            "Bob reads Carol while she is a member",
+        )?;
+        let out = device_mut(&mut pop, &alice)?.update_group(
+            &g,
+            &[],
+            &[carol.account],
+            None,
+            &mut rng,
+            NOW_MS,
+        )?;
+        let (to_carol, others): (Vec<Outgoing>, Vec<Outgoing>) =
+            out.into_iter().partition(|o| o.to == carol);
+        ensure(to_carol.len() == 1, "Carol is told too")?;
+        deliver_pairwise(&mut pop, &alice, &others, &mut rng)?;
+        ensure(
+            device_mut(&mut pop, &bob)?
+                .group(&g)
+                .is_some_and(|e| !e.state().is_member(&carol.account)),
+            "Bob applied the removal",
+        )?;
+        let c1 = send_group(
+            &mut pop,
+            &carol,
+            &g,
+            b"message 1 from carol, after her removal",
+            &mut rng,
+        )?;
+        ensure(
+            c1.distributions.is_empty(),
+            "Carol's key is already distributed",
+        )?;
+        let control = b"message 0 from alice, after removing carol";
+        let a0 = send_group(&mut pop, &alice, &g, control, &mut rng)?;
+        ensure(
+            a0.recipients == [bob] && a0.distributions.len() == 1,
+            "Alice's rotated key goes to Bob only",
+        )?;
+        n.group_device(
+            seed,
+            "group-removed-member",
+            "Bob's device (its whole store). Alice created a group of Alice, Bob and Carol; Carol sent message 0 \
+             under her sender key (key id 1) and Bob decrypted it. Alice then removed Carol; Bob applied the \
+             change, Carol's copy of it is still in flight. Carol, unaware, sends her next message (iteration \
+             1 of the key Bob holds): Bob must refuse it because Carol is no longer a member. The control is \
+             Alice's next message, under the new sender key she made after the removal (key id 2, already \
+             distributed to Bob). The RNG drives Population::new(rng, [1, 1, 1], now), then every operation in \
+             that order."
+                .to_owned(),
+            "Protocol(NotAMember)",
+            device_mut(&mut pop, &bob)?.store(),
+            &c1.message,
+            &a0.message,
+            control,
+        )?;
+    }
+    // A member forging another member's messages.
+    {
+        let (seed, mut rng) = n.next_rng()?;
+        let (mut pop, g, [alice, bob, carol]) = device_group(&mut rng)?;
+        let a0 = send_group(&mut pop, &alice, &g, b"message 0 from alice", &mut rng)?;
+        receive_group(&mut pop, &bob, &a0.message, &mut rng)?;
+        let c0 = send_group(&mut pop, &carol, &g, b"message 0 from carol", &mut rng)?;
+        receive_group(&mut pop, &bob, &c0.message, &mut rng)?;
+        let control = b"message 1 from alice";
+        let a1 = send_group(&mut pop, &alice, &g, control, &mut rng)?;
+        let mut carols = own_sender_key(device_mut(&mut pop, &carol)?.store())?;
+        let forged = carols.encrypt(g, alice, b"message 1 from alice, forged by carol")?;
+        let genuine = GroupMessage::try_from(&wire::GroupMessage::decode(a1.message.as_slice())?)?;
+        ensure(
+            forged.header == genuine.header,
+            "the forged header is Alice's next",
+        )?;
+        n.group_device(
+            seed,
+            "group-device-forged-sender",
+            "Bob's device (its whole store). Alice created a group of Alice, Bob and Carol; Alice and then Carol \
+             sent message 0 and Bob decrypted both (he holds both sender keys, each key id 1). Carol, a member, \
+             takes her own sender key from her store and sends a message whose header names Alice's device, key \
+             id 1, iteration 1: Bob routes it to Alice's sender key, whose signature check fails. The control is \
+             Alice's genuine message 1."
+                .to_owned(),
+            "Auth(BadSignature)",
+            device_mut(&mut pop, &bob)?.store(),
+            &forged.to_wire().encode_to_vec(),
+            &a1.message,
+            control,
+        )?;
     }
     Ok(())
 }
