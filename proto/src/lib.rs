@@ -16,6 +16,11 @@ pub mod store {
     include!(concat!(env!("OUT_DIR"), "/hush.store.v1.rs"));
 }
 
+/// Records the relay persists (public material and opaque envelopes only).
+pub mod relay {
+    include!(concat!(env!("OUT_DIR"), "/hush.relay.v1.rs"));
+}
+
 /// Domain-separation labels that prefix every signed transcript. Both the relay and client-core
 /// sign or verify exactly `label || bytes`; the labels are defined once, here.
 pub mod labels {

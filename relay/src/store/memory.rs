@@ -1,0 +1,175 @@
+//! In-memory relay storage (tests, and single-process setups that accept losing state on restart).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{
+    AccountStore, Claimed, DeviceId, Envelope, MailboxStore, PreKeyStore, PreKeyUpload, Queued,
+    Result, StoreError,
+};
+
+#[derive(Default)]
+struct Keys {
+    signed_pre_key: Vec<u8>,
+    last_resort: Vec<u8>,
+    one_time: BTreeMap<u32, Vec<u8>>,
+    kem: BTreeMap<u32, Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    lists: BTreeMap<[u8; 32], (u64, Vec<u8>)>,
+    keys: BTreeMap<DeviceId, Keys>,
+    queues: BTreeMap<DeviceId, BTreeMap<u64, Envelope>>,
+    ids: BTreeMap<(DeviceId, DeviceId, [u8; 16]), (u64, u64)>,
+    next_seq: u64,
+}
+
+/// Relay storage in memory.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| StoreError::Backend("lock poisoned".into()))
+    }
+}
+
+impl AccountStore for MemoryStore {
+    fn device_list(&self, account: &[u8; 32]) -> Result<Option<(u64, Vec<u8>)>> {
+        Ok(self.lock()?.lists.get(account).cloned())
+    }
+
+    fn put_device_list(&self, account: &[u8; 32], version: u64, signed: &[u8]) -> Result<()> {
+        let mut g = self.lock()?;
+        if let Some((stored, _)) = g.lists.get(account)
+            && *stored >= version
+        {
+            return Err(StoreError::StaleDeviceList {
+                stored: *stored,
+                offered: version,
+            });
+        }
+        g.lists.insert(*account, (version, signed.to_vec()));
+        Ok(())
+    }
+}
+
+impl PreKeyStore for MemoryStore {
+    fn publish_pre_keys(&self, device: &DeviceId, upload: PreKeyUpload) -> Result<()> {
+        let mut g = self.lock()?;
+        let k = g.keys.entry(*device).or_default();
+        k.signed_pre_key = upload.signed_pre_key;
+        k.last_resort = upload.last_resort_kem_pre_key;
+        k.one_time.extend(upload.one_time);
+        k.kem.extend(upload.kem);
+        Ok(())
+    }
+
+    fn claim_pre_keys(&self, device: &DeviceId) -> Result<Option<Claimed>> {
+        let mut g = self.lock()?;
+        let Some(k) = g.keys.get_mut(device) else {
+            return Ok(None);
+        };
+        let one_time = k.one_time.pop_first().map(|(_, v)| v);
+        let kem = k.kem.pop_first().map(|(_, v)| v);
+        Ok(Some(Claimed {
+            signed_pre_key: k.signed_pre_key.clone(),
+            one_time,
+            kem_is_last_resort: kem.is_none(),
+            kem: kem.unwrap_or_else(|| k.last_resort.clone()),
+            one_time_left: k.one_time.len(),
+            kem_left: k.kem.len(),
+        }))
+    }
+}
+
+impl MailboxStore for MemoryStore {
+    fn enqueue(&self, envelopes: &[Envelope]) -> Result<Vec<u64>> {
+        let mut g = self.lock()?;
+        let mut out = Vec::with_capacity(envelopes.len());
+        for e in envelopes {
+            let id = (e.recipient, e.sender, e.client_id);
+            if let Some((seq, _)) = g.ids.get(&id) {
+                out.push(*seq);
+                continue;
+            }
+            g.next_seq += 1;
+            let seq = g.next_seq;
+            g.ids.insert(id, (seq, e.received_at));
+            g.queues
+                .entry(e.recipient)
+                .or_default()
+                .insert(seq, e.clone());
+            out.push(seq);
+        }
+        Ok(out)
+    }
+
+    fn fetch(&self, device: &DeviceId, after: u64, limit: usize) -> Result<Vec<Queued>> {
+        let g = self.lock()?;
+        Ok(g.queues
+            .get(device)
+            .map(|q| {
+                q.range(after.saturating_add(1)..)
+                    .take(limit)
+                    .map(|(seq, e)| Queued {
+                        seq: *seq,
+                        envelope: e.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn ack(&self, device: &DeviceId, seqs: &[u64]) -> Result<usize> {
+        let mut g = self.lock()?;
+        let mut removed = Vec::new();
+        if let Some(q) = g.queues.get_mut(device) {
+            for s in seqs {
+                if let Some(e) = q.remove(s) {
+                    removed.push(e);
+                }
+            }
+        }
+        // The client ids stay until the TTL sweep, so a send retried after the ack is still a no-op.
+        Ok(removed.len())
+    }
+
+    fn sweep(&self, cutoff: u64) -> Result<usize> {
+        let mut g = self.lock()?;
+        let mut removed = Vec::new();
+        for q in g.queues.values_mut() {
+            let old: Vec<u64> = q
+                .iter()
+                .filter(|(_, e)| e.received_at < cutoff)
+                .map(|(s, _)| *s)
+                .collect();
+            for s in old {
+                if let Some(e) = q.remove(&s) {
+                    removed.push(e);
+                }
+            }
+        }
+        g.ids.retain(|_, (_, at)| *at >= cutoff);
+        Ok(removed.len())
+    }
+
+    fn queue_len(&self, device: &DeviceId) -> Result<usize> {
+        Ok(self.lock()?.queues.get(device).map_or(0, BTreeMap::len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    relay_store_suite!(suite, ((), super::super::MemoryStore::new()));
+}

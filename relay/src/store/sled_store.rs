@@ -1,0 +1,362 @@
+//! Relay storage on sled.
+//!
+//! Trees (all keys big-endian so that sled's order is the logical order):
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `lists` | account (32) | version u64 ‖ signed device list |
+//! | `prekeys` | device (36) | `StoredPreKeys` |
+//! | `otk` | device (36) ‖ id u32 | serialized `OneTimePreKey` |
+//! | `kem` | device (36) ‖ id u32 | serialized one-time `KemPreKey` |
+//! | `mail` | recipient (36) ‖ seq u64 | `StoredEnvelope` |
+//! | `mail_ids` | recipient (36) ‖ sender (36) ‖ client id (16) | seq u64 ‖ received_at u64 |
+//!
+//! A one-time key is claimed with `remove` on its exact key: sled returns the old value to exactly
+//! one caller, so concurrent claims never hand out the same key (a loser moves on to the next key).
+//! An enqueue writes `mail` and `mail_ids` in one transaction and then flushes, so it is durable
+//! when it returns. Sequence numbers come from sled's monotonic id generator.
+
+use std::path::Path;
+
+use hush_proto::Message;
+use hush_proto::relay::{StoredEnvelope, StoredPreKeys};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use super::{
+    AccountStore, Claimed, DeviceId, Envelope, MailboxStore, PreKeyStore, PreKeyUpload, Queued,
+    Result, StoreError,
+};
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Relay storage in a sled database directory.
+pub struct SledStore {
+    db: sled::Db,
+    lists: sled::Tree,
+    prekeys: sled::Tree,
+    otk: sled::Tree,
+    kem: sled::Tree,
+    mail: sled::Tree,
+    mail_ids: sled::Tree,
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = sled::Config::new().path(path).open().map_err(backend)?;
+        let tree = |n: &str| db.open_tree(n).map_err(backend);
+        Ok(Self {
+            lists: tree("lists")?,
+            prekeys: tree("prekeys")?,
+            otk: tree("otk")?,
+            kem: tree("kem")?,
+            mail: tree("mail")?,
+            mail_ids: tree("mail_ids")?,
+            db,
+        })
+    }
+
+    /// Flushes everything written so far to disk.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map(|_| ()).map_err(backend)
+    }
+
+    /// Takes the first key under `prefix` that no other caller takes first.
+    fn take_first(tree: &sled::Tree, prefix: &[u8]) -> Result<Option<Vec<u8>>> {
+        loop {
+            let Some(first) = tree.scan_prefix(prefix).keys().next() else {
+                return Ok(None);
+            };
+            let key = first.map_err(backend)?;
+            if let Some(v) = tree.remove(&key).map_err(backend)? {
+                return Ok(Some(v.to_vec()));
+            }
+            // Someone else took it between the scan and the remove: try the next one.
+        }
+    }
+
+    fn count(tree: &sled::Tree, prefix: &[u8]) -> usize {
+        tree.scan_prefix(prefix).count()
+    }
+}
+
+fn with_id(device: &DeviceId, id: u32) -> Vec<u8> {
+    let mut k = device.key().to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn be_u64(b: &[u8], what: &'static str) -> Result<u64> {
+    Ok(u64::from_be_bytes(
+        b.try_into().map_err(|_| StoreError::Corrupt(what))?,
+    ))
+}
+
+impl AccountStore for SledStore {
+    fn device_list(&self, account: &[u8; 32]) -> Result<Option<(u64, Vec<u8>)>> {
+        let Some(v) = self.lists.get(account).map_err(backend)? else {
+            return Ok(None);
+        };
+        let (ver, list) = v.split_at_checked(8).ok_or(StoreError::Corrupt("lists"))?;
+        Ok(Some((be_u64(ver, "lists")?, list.to_vec())))
+    }
+
+    fn put_device_list(&self, account: &[u8; 32], version: u64, signed: &[u8]) -> Result<()> {
+        let mut value = version.to_be_bytes().to_vec();
+        value.extend_from_slice(signed);
+        // Compare-and-swap loop: only a strictly newer version replaces the stored one.
+        loop {
+            let current = self.lists.get(account).map_err(backend)?;
+            if let Some(cur) = &current {
+                let stored = be_u64(cur.get(..8).ok_or(StoreError::Corrupt("lists"))?, "lists")?;
+                if stored >= version {
+                    return Err(StoreError::StaleDeviceList {
+                        stored,
+                        offered: version,
+                    });
+                }
+            }
+            let swapped = self
+                .lists
+                .compare_and_swap(account, current, Some(value.as_slice()))
+                .map_err(backend)?;
+            if swapped.is_ok() {
+                return self.flush();
+            }
+        }
+    }
+}
+
+impl PreKeyStore for SledStore {
+    fn publish_pre_keys(&self, device: &DeviceId, upload: PreKeyUpload) -> Result<()> {
+        let record = StoredPreKeys {
+            signed_pre_key: upload.signed_pre_key,
+            last_resort_kem_pre_key: upload.last_resort_kem_pre_key,
+        };
+        let mut otk = sled::Batch::default();
+        for (id, v) in upload.one_time {
+            otk.insert(with_id(device, id), v);
+        }
+        let mut kem = sled::Batch::default();
+        for (id, v) in upload.kem {
+            kem.insert(with_id(device, id), v);
+        }
+        let record = record.encode_to_vec();
+        (&self.prekeys, &self.otk, &self.kem)
+            .transaction(|(p, o, k)| {
+                p.insert(&device.key()[..], record.as_slice())?;
+                o.apply_batch(&otk)?;
+                k.apply_batch(&kem)?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(|err| match err {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => backend(e),
+            })?;
+        self.flush()
+    }
+
+    fn claim_pre_keys(&self, device: &DeviceId) -> Result<Option<Claimed>> {
+        let Some(raw) = self.prekeys.get(device.key()).map_err(backend)? else {
+            return Ok(None);
+        };
+        let record =
+            StoredPreKeys::decode(raw.as_ref()).map_err(|_| StoreError::Corrupt("prekeys"))?;
+        let prefix = device.key();
+        let one_time = Self::take_first(&self.otk, &prefix)?;
+        let kem = Self::take_first(&self.kem, &prefix)?;
+        // A claimed key must not come back after a crash.
+        self.flush()?;
+        Ok(Some(Claimed {
+            signed_pre_key: record.signed_pre_key,
+            one_time,
+            kem_is_last_resort: kem.is_none(),
+            kem: kem.unwrap_or(record.last_resort_kem_pre_key),
+            one_time_left: Self::count(&self.otk, &prefix),
+            kem_left: Self::count(&self.kem, &prefix),
+        }))
+    }
+}
+
+fn id_key(e: &Envelope) -> Vec<u8> {
+    let mut k = e.recipient.key().to_vec();
+    k.extend_from_slice(&e.sender.key());
+    k.extend_from_slice(&e.client_id);
+    k
+}
+
+fn mail_key(device: &DeviceId, seq: u64) -> Vec<u8> {
+    let mut k = device.key().to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn decode_envelope(recipient: DeviceId, v: &[u8]) -> Result<Envelope> {
+    let s = StoredEnvelope::decode(v).map_err(|_| StoreError::Corrupt("mail"))?;
+    Ok(Envelope {
+        recipient,
+        sender: DeviceId {
+            account: s
+                .sender_account
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("mail"))?,
+            device: s.sender_device,
+        },
+        client_id: s
+            .client_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("mail"))?,
+        body: s.body,
+        received_at: s.received_at,
+    })
+}
+
+impl MailboxStore for SledStore {
+    fn enqueue(&self, envelopes: &[Envelope]) -> Result<Vec<u64>> {
+        let mut out = Vec::with_capacity(envelopes.len());
+        for e in envelopes {
+            // Sequence numbers start at 1 (0 means "from the start" in `fetch`).
+            let fresh = self.db.generate_id().map_err(backend)?.saturating_add(1);
+            let ik = id_key(e);
+            let stored = StoredEnvelope {
+                sender_account: e.sender.account.to_vec(),
+                sender_device: e.sender.device,
+                client_id: e.client_id.to_vec(),
+                body: e.body.clone(),
+                received_at: e.received_at,
+            }
+            .encode_to_vec();
+            let seq = (&self.mail, &self.mail_ids)
+                .transaction(|(mail, ids)| {
+                    if let Some(existing) = ids.get(&ik)? {
+                        let seq = existing
+                            .get(..8)
+                            .and_then(|b| b.try_into().ok())
+                            .map(u64::from_be_bytes);
+                        return seq.ok_or(ConflictableTransactionError::Abort(
+                            StoreError::Corrupt("mail_ids"),
+                        ));
+                    }
+                    let mut idv = fresh.to_be_bytes().to_vec();
+                    idv.extend_from_slice(&e.received_at.to_be_bytes());
+                    ids.insert(ik.as_slice(), idv)?;
+                    mail.insert(mail_key(&e.recipient, fresh), stored.as_slice())?;
+                    Ok(fresh)
+                })
+                .map_err(|err| match err {
+                    TransactionError::Abort(e) => e,
+                    TransactionError::Storage(e) => backend(e),
+                })?;
+            out.push(seq);
+        }
+        // Acknowledge only what is durable.
+        self.flush()?;
+        Ok(out)
+    }
+
+    fn fetch(&self, device: &DeviceId, after: u64, limit: usize) -> Result<Vec<Queued>> {
+        let start = mail_key(device, after.saturating_add(1));
+        let prefix = device.key();
+        let mut out = Vec::new();
+        for item in self.mail.range(start..) {
+            let (k, v) = item.map_err(backend)?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let seq = be_u64(k.get(36..).ok_or(StoreError::Corrupt("mail"))?, "mail")?;
+            out.push(Queued {
+                seq,
+                envelope: decode_envelope(*device, &v)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn ack(&self, device: &DeviceId, seqs: &[u64]) -> Result<usize> {
+        let mut n = 0;
+        for s in seqs {
+            if self
+                .mail
+                .remove(mail_key(device, *s))
+                .map_err(backend)?
+                .is_some()
+            {
+                n += 1;
+            }
+        }
+        // Client ids stay until the TTL sweep, so a send retried after the ack is still a no-op.
+        self.flush()?;
+        Ok(n)
+    }
+
+    fn sweep(&self, cutoff: u64) -> Result<usize> {
+        let mut n = 0;
+        for item in self.mail.iter() {
+            let (k, v) = item.map_err(backend)?;
+            let s = StoredEnvelope::decode(v.as_ref()).map_err(|_| StoreError::Corrupt("mail"))?;
+            if s.received_at < cutoff && self.mail.remove(&k).map_err(backend)?.is_some() {
+                n += 1;
+            }
+        }
+        for item in self.mail_ids.iter() {
+            let (k, v) = item.map_err(backend)?;
+            let at = be_u64(
+                v.get(8..16).ok_or(StoreError::Corrupt("mail_ids"))?,
+                "mail_ids",
+            )?;
+            if at < cutoff {
+                self.mail_ids.remove(&k).map_err(backend)?;
+            }
+        }
+        self.flush()?;
+        Ok(n)
+    }
+
+    fn queue_len(&self, device: &DeviceId) -> Result<usize> {
+        Ok(Self::count(&self.mail, &device.key()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    relay_store_suite!(suite, {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::SledStore::open(dir.path()).unwrap();
+        (dir, store)
+    });
+
+    #[test]
+    fn acknowledged_envelopes_survive_reopen() {
+        use crate::store::{DeviceId, Envelope, MailboxStore};
+        let dir = tempfile::tempdir().unwrap();
+        let a = DeviceId {
+            account: [1; 32],
+            device: 1,
+        };
+        let b = DeviceId {
+            account: [2; 32],
+            device: 1,
+        };
+        {
+            let s = super::SledStore::open(dir.path()).unwrap();
+            let e = Envelope {
+                recipient: b,
+                sender: a,
+                client_id: [7; 16],
+                body: b"sealed".to_vec(),
+                received_at: 5,
+            };
+            s.enqueue(&[e]).unwrap();
+            // Dropped without any shutdown.
+        }
+        let s = super::SledStore::open(dir.path()).unwrap();
+        let q = s.fetch(&b, 0, 10).unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].envelope.body, b"sealed");
+    }
+}

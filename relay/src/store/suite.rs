@@ -1,0 +1,162 @@
+//! The test-suite every relay storage implementation must pass:
+//! `relay_store_suite!(module_name, make_expr)` where `make_expr` gives `(guard, store)`.
+
+macro_rules! relay_store_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            #![allow(
+                clippy::unwrap_used,
+                clippy::expect_used,
+                clippy::panic,
+                clippy::indexing_slicing
+            )]
+            use crate::store::*;
+            use std::collections::BTreeSet;
+            use std::sync::Arc;
+
+            fn dev(a: u8, d: u32) -> DeviceId {
+                DeviceId {
+                    account: [a; 32],
+                    device: d,
+                }
+            }
+
+            fn env(to: DeviceId, from: DeviceId, id: u8, at: u64) -> Envelope {
+                Envelope {
+                    recipient: to,
+                    sender: from,
+                    client_id: [id; 16],
+                    body: vec![id; 40],
+                    received_at: at,
+                }
+            }
+
+            #[test]
+            fn device_lists_only_move_forward() {
+                let (_g, s) = $make;
+                assert_eq!(s.device_list(&[1; 32]).unwrap(), None);
+                s.put_device_list(&[1; 32], 1, b"v1").unwrap();
+                s.put_device_list(&[1; 32], 3, b"v3").unwrap();
+                assert!(matches!(
+                    s.put_device_list(&[1; 32], 2, b"v2"),
+                    Err(StoreError::StaleDeviceList {
+                        stored: 3,
+                        offered: 2
+                    })
+                ));
+                assert!(s.put_device_list(&[1; 32], 3, b"other v3").is_err());
+                assert_eq!(s.device_list(&[1; 32]).unwrap(), Some((3, b"v3".to_vec())));
+            }
+
+            #[test]
+            fn pre_keys_are_handed_out_once_then_last_resort() {
+                let (_g, s) = $make;
+                let d = dev(1, 1);
+                assert_eq!(s.claim_pre_keys(&d).unwrap(), None);
+                let up = PreKeyUpload {
+                    signed_pre_key: b"spk".to_vec(),
+                    last_resort_kem_pre_key: b"lr".to_vec(),
+                    one_time: vec![(1, b"o1".to_vec()), (2, b"o2".to_vec())],
+                    kem: vec![(3, b"k3".to_vec())],
+                };
+                s.publish_pre_keys(&d, up).unwrap();
+                let c1 = s.claim_pre_keys(&d).unwrap().unwrap();
+                assert_eq!(
+                    (
+                        c1.one_time.as_deref(),
+                        c1.kem.as_slice(),
+                        c1.kem_is_last_resort
+                    ),
+                    (Some(&b"o1"[..]), &b"k3"[..], false)
+                );
+                assert_eq!((c1.one_time_left, c1.kem_left), (1, 0));
+                let c2 = s.claim_pre_keys(&d).unwrap().unwrap();
+                assert_eq!(
+                    (
+                        c2.one_time.as_deref(),
+                        c2.kem.as_slice(),
+                        c2.kem_is_last_resort
+                    ),
+                    (Some(&b"o2"[..]), &b"lr"[..], true)
+                );
+                let c3 = s.claim_pre_keys(&d).unwrap().unwrap();
+                assert_eq!(c3.one_time, None);
+                assert_eq!(c3.signed_pre_key, b"spk");
+            }
+
+            #[test]
+            fn fifty_concurrent_claims_never_share_a_key() {
+                let (_g, s) = $make;
+                let s = Arc::new(s);
+                let d = dev(2, 1);
+                let up = PreKeyUpload {
+                    signed_pre_key: b"spk".to_vec(),
+                    last_resort_kem_pre_key: b"lr".to_vec(),
+                    one_time: (0..30u32).map(|i| (i, i.to_be_bytes().to_vec())).collect(),
+                    kem: (100..130u32)
+                        .map(|i| (i, i.to_be_bytes().to_vec()))
+                        .collect(),
+                };
+                s.publish_pre_keys(&d, up).unwrap();
+                let handles: Vec<_> = (0..50)
+                    .map(|_| {
+                        let s = Arc::clone(&s);
+                        std::thread::spawn(move || s.claim_pre_keys(&d).unwrap().unwrap())
+                    })
+                    .collect();
+                let claims: Vec<Claimed> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+                let otks: Vec<_> = claims.iter().filter_map(|c| c.one_time.clone()).collect();
+                let distinct: BTreeSet<_> = otks.iter().cloned().collect();
+                assert_eq!(otks.len(), 30, "every one-time key handed out");
+                assert_eq!(distinct.len(), 30, "no one-time key handed out twice");
+                let kems: Vec<_> = claims
+                    .iter()
+                    .filter(|c| !c.kem_is_last_resort)
+                    .map(|c| c.kem.clone())
+                    .collect();
+                assert_eq!(kems.iter().cloned().collect::<BTreeSet<_>>().len(), 30);
+                assert_eq!(claims.iter().filter(|c| c.kem_is_last_resort).count(), 20);
+            }
+
+            #[test]
+            fn queues_keep_order_and_dedupe_retries() {
+                let (_g, s) = $make;
+                let (a, b, c) = (dev(1, 1), dev(2, 1), dev(2, 2));
+                let seqs = s
+                    .enqueue(&[env(b, a, 1, 10), env(c, a, 1, 10), env(b, a, 2, 11)])
+                    .unwrap();
+                assert_eq!(seqs.len(), 3);
+                // A retried send is a no-op and reports the same sequence numbers.
+                assert_eq!(s.enqueue(&[env(b, a, 1, 12)]).unwrap(), vec![seqs[0]]);
+                let q = s.fetch(&b, 0, 10).unwrap();
+                assert_eq!(
+                    q.iter()
+                        .map(|x| x.envelope.client_id[0])
+                        .collect::<Vec<_>>(),
+                    vec![1, 2]
+                );
+                assert!(q[0].seq < q[1].seq);
+                assert_eq!(s.fetch(&b, q[0].seq, 10).unwrap().len(), 1);
+                assert_eq!(s.fetch(&b, 0, 1).unwrap().len(), 1);
+                assert_eq!(s.queue_len(&c).unwrap(), 1);
+                assert_eq!(s.ack(&b, &[q[0].seq, 999]).unwrap(), 1);
+                assert_eq!(s.queue_len(&b).unwrap(), 1);
+                // Still a no-op after the ack: the client id is remembered until the TTL.
+                assert_eq!(s.enqueue(&[env(b, a, 1, 13)]).unwrap(), vec![seqs[0]]);
+                assert_eq!(s.queue_len(&b).unwrap(), 1);
+            }
+
+            #[test]
+            fn sweep_deletes_what_is_older_than_the_ttl() {
+                let (_g, s) = $make;
+                let (a, b) = (dev(1, 1), dev(2, 1));
+                s.enqueue(&[env(b, a, 1, 10), env(b, a, 2, 20), env(b, a, 3, 30)])
+                    .unwrap();
+                assert_eq!(s.sweep(25).unwrap(), 2);
+                let q = s.fetch(&b, 0, 10).unwrap();
+                assert_eq!(q.len(), 1);
+                assert_eq!(q[0].envelope.client_id[0], 3);
+            }
+        }
+    };
+}
