@@ -1,7 +1,11 @@
 //! Compiles the `.proto` files with protox (pure Rust), so no `protoc` is needed on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/hush/wire.proto", "proto/hush/store.proto", "proto/hush/relay.proto"];
+    let files = [
+        "proto/hush/wire.proto",
+        "proto/hush/store.proto",
+        "proto/hush/relay.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
