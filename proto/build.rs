@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/hush/wire.proto",
         "proto/hush/store.proto",
         "proto/hush/relay.proto",
+        "proto/hush/relay_api.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -21,6 +21,11 @@ pub mod relay {
     include!(concat!(env!("OUT_DIR"), "/hush.relay.v1.rs"));
 }
 
+/// The client <-> relay protocol (frames on QUIC streams).
+pub mod relay_api {
+    include!(concat!(env!("OUT_DIR"), "/hush.relayapi.v1.rs"));
+}
+
 /// Domain-separation labels that prefix every signed transcript. Both the relay and client-core
 /// sign or verify exactly `label || bytes`; the labels are defined once, here.
 pub mod labels {
@@ -34,6 +39,10 @@ pub mod labels {
     pub const GROUP_MESSAGE: &[u8] = b"Hush-GroupMessage-v1";
     /// Prefix of the bytes an admin device signs for a group membership change.
     pub const GROUP_CHANGE: &[u8] = b"Hush-GroupChange-v1";
+    /// Prefix of the bytes a device signs to authenticate a connection to the relay.
+    pub const RELAY_AUTH: &[u8] = b"Hush-RelayAuth-v1";
+    /// TLS exporter label binding relay authentication to one connection (empty context, 32 bytes).
+    pub const RELAY_AUTH_EXPORTER: &[u8] = b"EXPORTER-hush-auth-v1";
 }
 
 pub use prost::Message;

@@ -1,12 +1,212 @@
 //! The blind Hush relay.
 //!
-//! It stores only public pre-keys, signed device lists and opaque encrypted envelopes, and never
-//! sees plaintext or private keys. This crate never depends on client-core.
+//! It stores only public pre-keys, signed device lists, opaque encrypted envelopes and encrypted
+//! blobs, and never sees plaintext or private keys. This crate never depends on client-core.
 //!
-//! Present so far: the storage layer ([`store`]): one trait per concern (accounts, pre-keys,
-//! mailboxes), an in-memory and a sled implementation, and one test-suite run against both. The
-//! QUIC transport, authentication, push, blobs and operations come next.
+//! Layout: [`store`] (one trait per concern, in memory and on sled, one test-suite for both),
+//! [`server`] (QUIC endpoint, connections, requests, delivery, drain), [`commit`] (group commit),
+//! [`router`] (connected devices, behind a trait for a clustered backend), [`push`] (content-free
+//! wake-ups), [`ratelimit`], [`verify`] (checks on signed public material), [`frame`],
+//! [`config`], [`tls`], [`ops`] (metrics and health), [`backup`]. The binary (`main.rs`) only
+//! parses its settings and signals and calls [`start`].
 
 #![deny(missing_docs)]
+// The relay is an I/O shell: it reads the clock and the system RNG (client-core may not).
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod backup;
+pub mod commit;
+pub mod config;
+pub mod frame;
+pub mod limits;
+pub mod ops;
+pub mod push;
+pub mod ratelimit;
+pub mod router;
+pub mod server;
 pub mod store;
+pub mod tls;
+pub mod verify;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, StoreKind};
+use crate::ops::Metrics;
+use crate::router::LocalRouter;
+use crate::store::RelayStore;
+use crate::store::blobs::{BlobStore, MemoryBlobs, SledBlobs};
+use crate::store::memory::MemoryStore;
+use crate::store::sled_store::SledStore;
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory or database could not be opened.
+    #[error("storage: {0}")]
+    Store(#[from] store::StoreError),
+    /// The certificate could not be loaded or made.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// A socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Anything else while setting up.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A running relay.
+pub struct Running {
+    /// Where it listens for QUIC (UDP).
+    pub addr: SocketAddr,
+    /// Where it serves `/metrics` and `/health` (TCP), if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    /// SHA-256 of its certificate, lowercase hex: what clients pin.
+    pub fingerprint: String,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancel to drain and stop.
+    pub shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Drains and waits until the relay has stopped.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Waits until the relay has stopped (after `shutdown` is cancelled).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// The relay's stores: everything but blobs, and blobs.
+pub type Stores = (Arc<dyn RelayStore>, Arc<dyn BlobStore>);
+
+/// Opens the stores named by `cfg`.
+pub fn open_stores(cfg: &Config) -> Result<Stores, StartError> {
+    match cfg.store {
+        StoreKind::Memory => Ok((Arc::new(MemoryStore::new()), Arc::new(MemoryBlobs::new()))),
+        StoreKind::Sled => {
+            std::fs::create_dir_all(&cfg.data_dir)
+                .map_err(|e| StartError::Other(format!("data directory: {e}")))?;
+            let store = SledStore::open(&cfg.data_dir.join("db"))?;
+            let blobs = SledBlobs::open(store.db())?;
+            Ok((Arc::new(store), Arc::new(blobs)))
+        }
+    }
+}
+
+/// The QUIC stateless-reset key, kept across restarts (`reset.key` in the data directory) so
+/// that clients of the previous process get a valid reset instead of waiting for a timeout.
+fn load_or_create_reset_key(dir: &std::path::Path) -> Result<[u8; 32], StartError> {
+    use std::io::Write;
+    let path = dir.join("reset.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| StartError::Other(format!("{} is not 32 bytes", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            rand::RngExt::fill(&mut rand::rng(), &mut key[..]);
+            let tmp = dir.join("reset.key.tmp");
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let write = |mut f: std::fs::File| {
+                f.write_all(&key)?;
+                f.sync_all()
+            };
+            opts.open(&tmp)
+                .and_then(write)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| StartError::Other(format!("{}: {e}", path.display())))?;
+            Ok(key)
+        }
+        Err(e) => Err(StartError::Other(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Starts a relay: opens its stores, loads (or makes) its certificate, binds its sockets, and
+/// serves until [`Running::shutdown`] is cancelled. Must be called inside a tokio runtime.
+pub async fn start(cfg: Config) -> Result<Running, StartError> {
+    let (store, blobs) = open_stores(&cfg)?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| StartError::Other(format!("data directory: {e}")))?;
+    let identity = tls::load_or_create(&cfg.data_dir, &cfg.cert_names)?;
+    let fingerprint = tls::fingerprint(&identity.cert);
+    let reset_key = load_or_create_reset_key(&cfg.data_dir)?;
+    let tls_cfg = tls::server_config(&identity, limits::ALPN)?;
+    let server_cfg =
+        server::server_config(&cfg, tls_cfg).map_err(|e| StartError::Other(e.to_string()))?;
+    let endpoint = server::bind_endpoint(cfg.listen, server_cfg, &reset_key).map_err(|source| {
+        StartError::Bind {
+            addr: cfg.listen,
+            source,
+        }
+    })?;
+    let addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    let metrics_listener = match cfg.metrics_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|source| StartError::Bind { addr: a, source })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let (relay, background) = server::Relay::new(
+        cfg,
+        store,
+        blobs,
+        Arc::new(LocalRouter::new()),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    );
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let ops_task = metrics_listener.map(|l| {
+            let r = Arc::clone(&relay);
+            let health: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || r.healthy());
+            tokio::spawn(ops::serve(
+                l,
+                Arc::clone(relay.metrics()),
+                health,
+                stop.clone(),
+            ))
+        });
+        server::run(endpoint, Arc::clone(&relay), stop).await;
+        drop(relay);
+        background.join().await;
+        if let Some(t) = ops_task {
+            let _ = t.await;
+        }
+    });
+    tracing::info!(%addr, fingerprint = %fingerprint, "relay listening");
+    Ok(Running {
+        addr,
+        metrics_addr,
+        fingerprint,
+        metrics,
+        shutdown,
+        task,
+    })
+}

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::{
-    AccountStore, Claimed, DeviceId, Envelope, MailboxStore, PreKeyStore, PreKeyUpload, Queued,
-    Result, StoreError,
+    AccountStore, Claimed, DeviceId, Enqueued, Envelope, MailboxStore, PreKeyStore, PreKeyUpload,
+    PushStore, Queued, Result, StoreError,
 };
 
 #[derive(Default)]
@@ -22,7 +22,8 @@ struct Inner {
     keys: BTreeMap<DeviceId, Keys>,
     queues: BTreeMap<DeviceId, BTreeMap<u64, Envelope>>,
     ids: BTreeMap<(DeviceId, DeviceId, [u8; 16]), (u64, u64)>,
-    next_seq: u64,
+    last_seq: BTreeMap<DeviceId, u64>,
+    push: BTreeMap<DeviceId, String>,
 }
 
 /// Relay storage in memory.
@@ -47,6 +48,15 @@ impl MemoryStore {
 impl AccountStore for MemoryStore {
     fn device_list(&self, account: &[u8; 32]) -> Result<Option<(u64, Vec<u8>)>> {
         Ok(self.lock()?.lists.get(account).cloned())
+    }
+
+    fn create_account(&self, account: &[u8; 32], version: u64, signed: &[u8]) -> Result<()> {
+        let mut g = self.lock()?;
+        if g.lists.contains_key(account) {
+            return Err(StoreError::AccountExists);
+        }
+        g.lists.insert(*account, (version, signed.to_vec()));
+        Ok(())
     }
 
     fn put_device_list(&self, account: &[u8; 32], version: u64, signed: &[u8]) -> Result<()> {
@@ -91,26 +101,63 @@ impl PreKeyStore for MemoryStore {
             kem_left: k.kem.len(),
         }))
     }
+
+    fn pre_key_counts(&self, device: &DeviceId) -> Result<(usize, usize)> {
+        Ok(self
+            .lock()?
+            .keys
+            .get(device)
+            .map_or((0, 0), |k| (k.one_time.len(), k.kem.len())))
+    }
+
+    fn remove_pre_keys(&self, device: &DeviceId) -> Result<()> {
+        self.lock()?.keys.remove(device);
+        Ok(())
+    }
+}
+
+impl PushStore for MemoryStore {
+    fn set_push_endpoint(&self, device: &DeviceId, url: Option<&str>) -> Result<()> {
+        let mut g = self.lock()?;
+        match url {
+            Some(u) => g.push.insert(*device, u.to_owned()),
+            None => g.push.remove(device),
+        };
+        Ok(())
+    }
+
+    fn push_endpoint(&self, device: &DeviceId) -> Result<Option<String>> {
+        Ok(self.lock()?.push.get(device).cloned())
+    }
 }
 
 impl MailboxStore for MemoryStore {
-    fn enqueue(&self, envelopes: &[Envelope]) -> Result<Vec<u64>> {
+    fn enqueue(&self, envelopes: &[Envelope]) -> Result<Vec<Enqueued>> {
         let mut g = self.lock()?;
         let mut out = Vec::with_capacity(envelopes.len());
         for e in envelopes {
             let id = (e.recipient, e.sender, e.client_id);
-            if let Some((seq, _)) = g.ids.get(&id) {
-                out.push(*seq);
+            if let Some((seq, at)) = g.ids.get(&id) {
+                out.push(Enqueued {
+                    seq: *seq,
+                    fresh: false,
+                    received_at: *at,
+                });
                 continue;
             }
-            g.next_seq += 1;
-            let seq = g.next_seq;
+            let last = g.last_seq.entry(e.recipient).or_insert(0);
+            *last = last.saturating_add(1);
+            let seq = *last;
             g.ids.insert(id, (seq, e.received_at));
             g.queues
                 .entry(e.recipient)
                 .or_default()
                 .insert(seq, e.clone());
-            out.push(seq);
+            out.push(Enqueued {
+                seq,
+                fresh: true,
+                received_at: e.received_at,
+            });
         }
         Ok(out)
     }
@@ -166,6 +213,14 @@ impl MailboxStore for MemoryStore {
 
     fn queue_len(&self, device: &DeviceId) -> Result<usize> {
         Ok(self.lock()?.queues.get(device).map_or(0, BTreeMap::len))
+    }
+
+    fn purge(&self, device: &DeviceId) -> Result<usize> {
+        Ok(self.lock()?.queues.remove(device).map_or(0, |q| q.len()))
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -4,13 +4,17 @@
 //! Guarantees every implementation gives:
 //! - a device list is replaced only by one with a higher version;
 //! - a one-time pre-key is handed out at most once, even under concurrent claims (one atomic take);
-//! - an enqueue is idempotent per (sender device, client id) and durable when it returns;
-//! - a device's queue is read in the order envelopes were accepted (increasing sequence numbers).
+//! - an enqueue is atomic (all envelopes of a send or none) and idempotent per (recipient device,
+//!   sender device, client id); it is durable once [`MailboxStore::flush`] has returned after it
+//!   (the relay batches many enqueues into one flush: group commit);
+//! - each device's queue has its own sequence numbers, strictly increasing in the order the
+//!   envelopes were committed, so a reader that has seen `n` has seen everything up to `n`.
 
 #[cfg(test)]
 #[macro_use]
 mod suite;
 
+pub mod blobs;
 pub mod memory;
 pub mod sled_store;
 
@@ -52,6 +56,9 @@ pub enum StoreError {
     /// A stored record does not decode.
     #[error("corrupt record in {0}")]
     Corrupt(&'static str),
+    /// An account that already exists was created again.
+    #[error("account exists")]
+    AccountExists,
     /// A device list whose version is not higher than the stored one.
     #[error("device list version {offered} is not newer than {stored}")]
     StaleDeviceList {
@@ -69,6 +76,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub trait AccountStore: Send + Sync {
     /// The newest (version, signed list bytes) of an account.
     fn device_list(&self, account: &[u8; 32]) -> Result<Option<(u64, Vec<u8>)>>;
+    /// Stores the first list of a new account; [`StoreError::AccountExists`] if it has one.
+    fn create_account(&self, account: &[u8; 32], version: u64, signed: &[u8]) -> Result<()>;
     /// Stores a list (already verified by the caller) if its version is higher than the stored one.
     fn put_device_list(&self, account: &[u8; 32], version: u64, signed: &[u8]) -> Result<()>;
 }
@@ -110,6 +119,10 @@ pub trait PreKeyStore: Send + Sync {
     fn publish_pre_keys(&self, device: &DeviceId, upload: PreKeyUpload) -> Result<()>;
     /// Takes a bundle's worth of keys: each one-time key is returned to at most one caller.
     fn claim_pre_keys(&self, device: &DeviceId) -> Result<Option<Claimed>>;
+    /// (one-time X25519 keys left, one-time ML-KEM keys left).
+    fn pre_key_counts(&self, device: &DeviceId) -> Result<(usize, usize)>;
+    /// Deletes everything a device published.
+    fn remove_pre_keys(&self, device: &DeviceId) -> Result<()>;
 }
 
 /// One envelope to queue.
@@ -136,21 +149,52 @@ pub struct Queued {
     pub envelope: Envelope,
 }
 
+/// What an enqueue did with one envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enqueued {
+    /// Its sequence number in the recipient's queue.
+    pub seq: u64,
+    /// False when this was a retried send, already queued (or delivered and acknowledged).
+    pub fresh: bool,
+    /// When the relay first accepted it.
+    pub received_at: u64,
+}
+
 /// Per-device queues of encrypted envelopes.
 pub trait MailboxStore: Send + Sync {
-    /// Queues envelopes atomically and durably; returns each one's sequence number (the existing
-    /// one for a retried send).
-    fn enqueue(&self, envelopes: &[Envelope]) -> Result<Vec<u64>>;
+    /// Queues envelopes atomically (all or none); returns, per envelope, its sequence number (the
+    /// existing one for a retried send). Durable after the next [`MailboxStore::flush`].
+    fn enqueue(&self, envelopes: &[Envelope]) -> Result<Vec<Enqueued>>;
     /// Up to `limit` envelopes of `device` with a sequence number above `after`, in order.
     fn fetch(&self, device: &DeviceId, after: u64, limit: usize) -> Result<Vec<Queued>>;
     /// Deletes acknowledged envelopes; returns how many were there.
     fn ack(&self, device: &DeviceId, seqs: &[u64]) -> Result<usize>;
     /// Deletes envelopes received before `cutoff` (TTL); returns how many.
     fn sweep(&self, cutoff: u64) -> Result<usize>;
-    /// Envelopes queued for `device`.
+    /// Envelopes queued for `device`: exact in memory; on sled an upper bound (the span from the
+    /// first to the last sequence number still queued), which is what the queue cap uses.
     fn queue_len(&self, device: &DeviceId) -> Result<usize>;
+    /// Deletes a device's whole queue; returns how many envelopes it held.
+    fn purge(&self, device: &DeviceId) -> Result<usize>;
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<()>;
 }
 
-/// Everything the relay stores.
-pub trait RelayStore: AccountStore + PreKeyStore + MailboxStore {}
-impl<T: AccountStore + PreKeyStore + MailboxStore> RelayStore for T {}
+/// Push endpoints registered by devices (URLs the relay POSTs content-free wake-ups to).
+pub trait PushStore: Send + Sync {
+    /// Registers (`Some`) or removes (`None`) a device's endpoint.
+    fn set_push_endpoint(&self, device: &DeviceId, url: Option<&str>) -> Result<()>;
+    /// A device's endpoint.
+    fn push_endpoint(&self, device: &DeviceId) -> Result<Option<String>>;
+}
+
+/// Everything the relay stores (blobs live in a `blobs::BlobStore` of their own).
+pub trait RelayStore: AccountStore + PreKeyStore + MailboxStore + PushStore {
+    /// Forgets a device removed from its account: its pre-keys, push endpoint and queue.
+    fn forget_device(&self, device: &DeviceId) -> Result<usize> {
+        self.remove_pre_keys(device)?;
+        self.set_push_endpoint(device, None)?;
+        self.purge(device)
+    }
+}
+impl<T: AccountStore + PreKeyStore + MailboxStore + PushStore> RelayStore for T {}

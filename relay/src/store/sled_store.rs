@@ -10,11 +10,15 @@
 //! | `kem` | device (36) ‖ id u32 | serialized one-time `KemPreKey` |
 //! | `mail` | recipient (36) ‖ seq u64 | `StoredEnvelope` |
 //! | `mail_ids` | recipient (36) ‖ sender (36) ‖ client id (16) | seq u64 ‖ received_at u64 |
+//! | `mail_seq` | recipient (36) | last sequence number given u64 |
+//! | `push` | device (36) | endpoint URL (UTF-8) |
 //!
 //! A one-time key is claimed with `remove` on its exact key: sled returns the old value to exactly
 //! one caller, so concurrent claims never hand out the same key (a loser moves on to the next key).
-//! An enqueue writes `mail` and `mail_ids` in one transaction and then flushes, so it is durable
-//! when it returns. Sequence numbers come from sled's monotonic id generator.
+//! An enqueue writes `mail`, `mail_ids` and `mail_seq` for all its envelopes in one serializable
+//! transaction, so each queue's sequence numbers are given in commit order; the caller makes it
+//! durable with [`SledStore::flush`] (the relay's group commit) before acknowledging the send.
+//! Rare operations (device lists, pre-key uploads and claims, acks) flush before returning.
 
 use std::path::Path;
 
@@ -24,8 +28,8 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::{
-    AccountStore, Claimed, DeviceId, Envelope, MailboxStore, PreKeyStore, PreKeyUpload, Queued,
-    Result, StoreError,
+    AccountStore, Claimed, DeviceId, Enqueued, Envelope, MailboxStore, PreKeyStore, PreKeyUpload,
+    PushStore, Queued, Result, StoreError,
 };
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -41,6 +45,8 @@ pub struct SledStore {
     kem: sled::Tree,
     mail: sled::Tree,
     mail_ids: sled::Tree,
+    mail_seq: sled::Tree,
+    push: sled::Tree,
 }
 
 impl SledStore {
@@ -55,12 +61,18 @@ impl SledStore {
             kem: tree("kem")?,
             mail: tree("mail")?,
             mail_ids: tree("mail_ids")?,
+            mail_seq: tree("mail_seq")?,
+            push: tree("push")?,
             db,
         })
     }
 
-    /// Flushes everything written so far to disk.
-    pub fn flush(&self) -> Result<()> {
+    /// The database (for backups and the blob store, which shares it).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    fn sync(&self) -> Result<()> {
         self.db.flush().map(|_| ()).map_err(backend)
     }
 
@@ -96,6 +108,19 @@ fn be_u64(b: &[u8], what: &'static str) -> Result<u64> {
 }
 
 impl AccountStore for SledStore {
+    fn create_account(&self, account: &[u8; 32], version: u64, signed: &[u8]) -> Result<()> {
+        let mut value = version.to_be_bytes().to_vec();
+        value.extend_from_slice(signed);
+        match self
+            .lists
+            .compare_and_swap(account, None::<&[u8]>, Some(value.as_slice()))
+            .map_err(backend)?
+        {
+            Ok(()) => self.sync(),
+            Err(_) => Err(StoreError::AccountExists),
+        }
+    }
+
     fn device_list(&self, account: &[u8; 32]) -> Result<Option<(u64, Vec<u8>)>> {
         let Some(v) = self.lists.get(account).map_err(backend)? else {
             return Ok(None);
@@ -124,7 +149,7 @@ impl AccountStore for SledStore {
                 .compare_and_swap(account, current, Some(value.as_slice()))
                 .map_err(backend)?;
             if swapped.is_ok() {
-                return self.flush();
+                return self.sync();
             }
         }
     }
@@ -156,7 +181,7 @@ impl PreKeyStore for SledStore {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => backend(e),
             })?;
-        self.flush()
+        self.sync()
     }
 
     fn claim_pre_keys(&self, device: &DeviceId) -> Result<Option<Claimed>> {
@@ -169,7 +194,7 @@ impl PreKeyStore for SledStore {
         let one_time = Self::take_first(&self.otk, &prefix)?;
         let kem = Self::take_first(&self.kem, &prefix)?;
         // A claimed key must not come back after a crash.
-        self.flush()?;
+        self.sync()?;
         Ok(Some(Claimed {
             signed_pre_key: record.signed_pre_key,
             one_time,
@@ -178,6 +203,46 @@ impl PreKeyStore for SledStore {
             one_time_left: Self::count(&self.otk, &prefix),
             kem_left: Self::count(&self.kem, &prefix),
         }))
+    }
+
+    fn pre_key_counts(&self, device: &DeviceId) -> Result<(usize, usize)> {
+        let prefix = device.key();
+        Ok((
+            Self::count(&self.otk, &prefix),
+            Self::count(&self.kem, &prefix),
+        ))
+    }
+
+    fn remove_pre_keys(&self, device: &DeviceId) -> Result<()> {
+        let prefix = device.key();
+        self.prekeys.remove(prefix).map_err(backend)?;
+        for tree in [&self.otk, &self.kem] {
+            for k in tree.scan_prefix(prefix).keys() {
+                tree.remove(k.map_err(backend)?).map_err(backend)?;
+            }
+        }
+        self.sync()
+    }
+}
+
+impl PushStore for SledStore {
+    fn set_push_endpoint(&self, device: &DeviceId, url: Option<&str>) -> Result<()> {
+        match url {
+            Some(u) => self
+                .push
+                .insert(device.key(), u.as_bytes())
+                .map_err(backend)?,
+            None => self.push.remove(device.key()).map_err(backend)?,
+        };
+        self.sync()
+    }
+
+    fn push_endpoint(&self, device: &DeviceId) -> Result<Option<String>> {
+        self.push
+            .get(device.key())
+            .map_err(backend)?
+            .map(|v| String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt("push")))
+            .transpose()
     }
 }
 
@@ -217,46 +282,66 @@ fn decode_envelope(recipient: DeviceId, v: &[u8]) -> Result<Envelope> {
 }
 
 impl MailboxStore for SledStore {
-    fn enqueue(&self, envelopes: &[Envelope]) -> Result<Vec<u64>> {
-        let mut out = Vec::with_capacity(envelopes.len());
-        for e in envelopes {
-            // Sequence numbers start at 1 (0 means "from the start" in `fetch`).
-            let fresh = self.db.generate_id().map_err(backend)?.saturating_add(1);
-            let ik = id_key(e);
-            let stored = StoredEnvelope {
-                sender_account: e.sender.account.to_vec(),
-                sender_device: e.sender.device,
-                client_id: e.client_id.to_vec(),
-                body: e.body.clone(),
-                received_at: e.received_at,
-            }
-            .encode_to_vec();
-            let seq = (&self.mail, &self.mail_ids)
-                .transaction(|(mail, ids)| {
-                    if let Some(existing) = ids.get(&ik)? {
-                        let seq = existing
-                            .get(..8)
-                            .and_then(|b| b.try_into().ok())
-                            .map(u64::from_be_bytes);
-                        return seq.ok_or(ConflictableTransactionError::Abort(
-                            StoreError::Corrupt("mail_ids"),
-                        ));
+    fn enqueue(&self, envelopes: &[Envelope]) -> Result<Vec<Enqueued>> {
+        let prepared: Vec<(Vec<u8>, Vec<u8>)> = envelopes
+            .iter()
+            .map(|e| {
+                let stored = StoredEnvelope {
+                    sender_account: e.sender.account.to_vec(),
+                    sender_device: e.sender.device,
+                    client_id: e.client_id.to_vec(),
+                    body: e.body.clone(),
+                    received_at: e.received_at,
+                }
+                .encode_to_vec();
+                (id_key(e), stored)
+            })
+            .collect();
+        (&self.mail, &self.mail_ids, &self.mail_seq)
+            .transaction(|(mail, ids, seqs)| {
+                let mut out = Vec::with_capacity(envelopes.len());
+                for (e, (ik, stored)) in envelopes.iter().zip(&prepared) {
+                    if let Some(existing) = ids.get(ik)? {
+                        let seq = existing.get(..8).and_then(|b| b.try_into().ok());
+                        let at = existing.get(8..16).and_then(|b| b.try_into().ok());
+                        let (Some(seq), Some(at)) = (seq, at) else {
+                            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt(
+                                "mail_ids",
+                            )));
+                        };
+                        out.push(Enqueued {
+                            seq: u64::from_be_bytes(seq),
+                            fresh: false,
+                            received_at: u64::from_be_bytes(at),
+                        });
+                        continue;
                     }
-                    let mut idv = fresh.to_be_bytes().to_vec();
+                    let rk = e.recipient.key();
+                    let last = match seqs.get(rk)? {
+                        Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
+                            ConflictableTransactionError::Abort(StoreError::Corrupt("mail_seq"))
+                        })?,
+                        None => 0,
+                    };
+                    // Sequence numbers start at 1 (0 means "from the start" in `fetch`).
+                    let seq = last.saturating_add(1);
+                    seqs.insert(&rk[..], &seq.to_be_bytes()[..])?;
+                    let mut idv = seq.to_be_bytes().to_vec();
                     idv.extend_from_slice(&e.received_at.to_be_bytes());
                     ids.insert(ik.as_slice(), idv)?;
-                    mail.insert(mail_key(&e.recipient, fresh), stored.as_slice())?;
-                    Ok(fresh)
-                })
-                .map_err(|err| match err {
-                    TransactionError::Abort(e) => e,
-                    TransactionError::Storage(e) => backend(e),
-                })?;
-            out.push(seq);
-        }
-        // Acknowledge only what is durable.
-        self.flush()?;
-        Ok(out)
+                    mail.insert(mail_key(&e.recipient, seq), stored.as_slice())?;
+                    out.push(Enqueued {
+                        seq,
+                        fresh: true,
+                        received_at: e.received_at,
+                    });
+                }
+                Ok(out)
+            })
+            .map_err(|err| match err {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => backend(e),
+            })
     }
 
     fn fetch(&self, device: &DeviceId, after: u64, limit: usize) -> Result<Vec<Queued>> {
@@ -290,7 +375,7 @@ impl MailboxStore for SledStore {
             }
         }
         // Client ids stay until the TTL sweep, so a send retried after the ack is still a no-op.
-        self.flush()?;
+        self.sync()?;
         Ok(n)
     }
 
@@ -313,12 +398,44 @@ impl MailboxStore for SledStore {
                 self.mail_ids.remove(&k).map_err(backend)?;
             }
         }
-        self.flush()?;
+        self.sync()?;
         Ok(n)
     }
 
     fn queue_len(&self, device: &DeviceId) -> Result<usize> {
-        Ok(Self::count(&self.mail, &device.key()))
+        let prefix = device.key();
+        let mut keys = self.mail.scan_prefix(prefix).keys();
+        let seq_of =
+            |k: sled::IVec| be_u64(k.get(36..).ok_or(StoreError::Corrupt("mail"))?, "mail");
+        let Some(first) = keys.next() else {
+            return Ok(0);
+        };
+        let first = seq_of(first.map_err(backend)?)?;
+        let last = match keys.next_back() {
+            Some(k) => seq_of(k.map_err(backend)?)?,
+            None => first,
+        };
+        Ok(usize::try_from(last.saturating_sub(first).saturating_add(1)).unwrap_or(usize::MAX))
+    }
+
+    fn purge(&self, device: &DeviceId) -> Result<usize> {
+        let mut n = 0;
+        for k in self.mail.scan_prefix(device.key()).keys() {
+            if self
+                .mail
+                .remove(k.map_err(backend)?)
+                .map_err(backend)?
+                .is_some()
+            {
+                n += 1;
+            }
+        }
+        self.sync()?;
+        Ok(n)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.sync()
     }
 }
 
@@ -352,6 +469,7 @@ mod tests {
                 received_at: 5,
             };
             s.enqueue(&[e]).unwrap();
+            s.flush().unwrap();
             // Dropped without any shutdown.
         }
         let s = super::SledStore::open(dir.path()).unwrap();

@@ -126,8 +126,20 @@ macro_rules! relay_store_suite {
                     .enqueue(&[env(b, a, 1, 10), env(c, a, 1, 10), env(b, a, 2, 11)])
                     .unwrap();
                 assert_eq!(seqs.len(), 3);
-                // A retried send is a no-op and reports the same sequence numbers.
-                assert_eq!(s.enqueue(&[env(b, a, 1, 12)]).unwrap(), vec![seqs[0]]);
+                assert!(seqs.iter().all(|e| e.fresh));
+                // Each queue has its own sequence, starting at 1.
+                assert_eq!(
+                    seqs.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                    vec![1, 1, 2]
+                );
+                // A retried send is a no-op and reports the same sequence number and first
+                // acceptance time.
+                let again = Enqueued {
+                    seq: seqs[0].seq,
+                    fresh: false,
+                    received_at: 10,
+                };
+                assert_eq!(s.enqueue(&[env(b, a, 1, 12)]).unwrap(), vec![again]);
                 let q = s.fetch(&b, 0, 10).unwrap();
                 assert_eq!(
                     q.iter()
@@ -142,8 +154,78 @@ macro_rules! relay_store_suite {
                 assert_eq!(s.ack(&b, &[q[0].seq, 999]).unwrap(), 1);
                 assert_eq!(s.queue_len(&b).unwrap(), 1);
                 // Still a no-op after the ack: the client id is remembered until the TTL.
-                assert_eq!(s.enqueue(&[env(b, a, 1, 13)]).unwrap(), vec![seqs[0]]);
+                assert_eq!(s.enqueue(&[env(b, a, 1, 13)]).unwrap(), vec![again]);
                 assert_eq!(s.queue_len(&b).unwrap(), 1);
+                assert_eq!(s.purge(&b).unwrap(), 1);
+                assert_eq!(s.queue_len(&b).unwrap(), 0);
+                s.flush().unwrap();
+            }
+
+            #[test]
+            fn concurrent_enqueues_give_each_queue_a_gapless_sequence() {
+                let (_g, s) = $make;
+                let s = Arc::new(s);
+                let b = dev(2, 1);
+                let handles: Vec<_> = (0..4u8)
+                    .map(|t| {
+                        let s = Arc::clone(&s);
+                        std::thread::spawn(move || {
+                            for i in 0..25u8 {
+                                let mut e = env(b, dev(10 + t, 1), i, 1);
+                                e.client_id[1] = t;
+                                s.enqueue(&[e]).unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().unwrap();
+                }
+                let q = s.fetch(&b, 0, 1000).unwrap();
+                assert_eq!(
+                    q.iter().map(|x| x.seq).collect::<Vec<_>>(),
+                    (1..=100).collect::<Vec<u64>>()
+                );
+            }
+
+            #[test]
+            fn accounts_are_created_once() {
+                let (_g, s) = $make;
+                s.create_account(&[5; 32], 1, b"v1").unwrap();
+                assert!(matches!(
+                    s.create_account(&[5; 32], 1, b"again"),
+                    Err(StoreError::AccountExists)
+                ));
+                assert_eq!(s.device_list(&[5; 32]).unwrap(), Some((1, b"v1".to_vec())));
+            }
+
+            #[test]
+            fn forgetting_a_device_removes_its_keys_endpoint_and_queue() {
+                let (_g, s) = $make;
+                let (a, b) = (dev(1, 1), dev(2, 1));
+                s.publish_pre_keys(
+                    &b,
+                    PreKeyUpload {
+                        signed_pre_key: b"spk".to_vec(),
+                        last_resort_kem_pre_key: b"lr".to_vec(),
+                        one_time: vec![(1, b"o1".to_vec())],
+                        kem: vec![(2, b"k2".to_vec())],
+                    },
+                )
+                .unwrap();
+                assert_eq!(s.pre_key_counts(&b).unwrap(), (1, 1));
+                s.set_push_endpoint(&b, Some("https://push.example/x"))
+                    .unwrap();
+                assert_eq!(
+                    s.push_endpoint(&b).unwrap().as_deref(),
+                    Some("https://push.example/x")
+                );
+                s.enqueue(&[env(b, a, 1, 1)]).unwrap();
+                assert_eq!(s.forget_device(&b).unwrap(), 1);
+                assert_eq!(s.pre_key_counts(&b).unwrap(), (0, 0));
+                assert_eq!(s.claim_pre_keys(&b).unwrap(), None);
+                assert_eq!(s.push_endpoint(&b).unwrap(), None);
+                assert_eq!(s.fetch(&b, 0, 10).unwrap().len(), 0);
             }
 
             #[test]

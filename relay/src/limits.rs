@@ -1,0 +1,74 @@
+//! Protocol constants of the client ↔ relay protocol. Operator-tunable limits (sizes, rates,
+//! caps) are settings in [`crate::config::Config`]; what is fixed by the protocol is here.
+
+/// ALPN of the protocol, version 1.
+pub const ALPN: &[u8] = b"hush/1";
+
+/// Bytes of the big-endian length that precedes every frame.
+pub const FRAME_HEADER: usize = 4;
+
+/// Length of an account id (Ed25519 public key).
+pub const ACCOUNT_LEN: usize = 32;
+
+/// Length of a send's client-chosen id.
+pub const CLIENT_ID_LEN: usize = 16;
+
+/// Length of the relay's authentication challenge.
+pub const CHALLENGE_LEN: usize = 32;
+
+/// Length of the TLS exporter value bound into authentication.
+pub const EXPORTER_LEN: usize = 32;
+
+/// Length of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// Length of a blob id.
+pub const BLOB_ID_LEN: usize = 16;
+
+/// Length of a blob capability.
+pub const BLOB_CAPABILITY_LEN: usize = 32;
+
+/// Longest push endpoint URL accepted.
+pub const MAX_PUSH_URL_LEN: usize = 2048;
+
+/// Most one-time keys (of each kind) in one upload.
+pub const MAX_PRE_KEYS_PER_UPLOAD: usize = 200;
+
+/// Most one-time keys (of each kind) a device may have stored on the relay.
+pub const MAX_PRE_KEYS_STORED: usize = 1000;
+
+/// Below this many one-time keys left (of either kind) the device is told to upload more.
+pub const PRE_KEYS_LOW: usize = 10;
+
+/// Envelopes sent to a device per page during catch-up.
+pub const CATCH_UP_PAGE: usize = 256;
+
+/// Bidirectional streams a client may have open at once (the session stream plus blob streams).
+pub const MAX_BIDI_STREAMS: u32 = 16;
+
+/// Frames buffered towards one connection before deliveries wait (back-pressure; a connection
+/// that does not read is eventually dropped by its idle or write timeout).
+pub const CONNECTION_QUEUE: usize = 1024;
+
+/// Time a write to a client may take before the connection is considered stuck (ms).
+pub const WRITE_TIMEOUT_MS: u64 = 10_000;
+
+/// Time from connection to successful authentication (ms).
+pub const AUTH_TIMEOUT_MS: u64 = 10_000;
+
+/// Failed authentication attempts allowed on one connection before it is closed.
+pub const MAX_AUTH_FAILURES: u32 = 3;
+
+/// QUIC application close codes.
+pub mod close {
+    /// Normal close.
+    pub const NORMAL: u32 = 0;
+    /// The relay is draining: reconnect.
+    pub const DRAINING: u32 = 1;
+    /// The device was revoked.
+    pub const REVOKED: u32 = 2;
+    /// The device connected again elsewhere: this connection is replaced.
+    pub const REPLACED: u32 = 3;
+    /// Protocol violation (oversized frame, failed authentication, too slow).
+    pub const PROTOCOL: u32 = 4;
+}

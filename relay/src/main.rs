@@ -1,0 +1,101 @@
+//! `hush-relay`: parses settings and signals, then runs the relay (see `hush_relay::start`).
+
+use std::process::ExitCode;
+
+use hush_relay::config::{self, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cmd = match config::parse_from(std::env::args_os()) {
+        Ok(c) => c,
+        Err(config::ConfigError::Usage(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("hush-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match &cmd {
+        Command::Run(c) | Command::Fingerprint(c) => c.log.clone(),
+        Command::Export { config, .. } | Command::Import { config, .. } => config.log.clone(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hush-relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
+    match cmd {
+        Command::Run(cfg) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let running = hush_relay::start(cfg).await?;
+                println!("listening on {} (udp)", running.addr);
+                if let Some(m) = running.metrics_addr {
+                    println!("metrics on http://{m}/metrics, health on http://{m}/health");
+                }
+                println!(
+                    "certificate fingerprint (pin this): {}",
+                    running.fingerprint
+                );
+                let shutdown = running.shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!("signal received: draining");
+                    shutdown.cancel();
+                });
+                running.wait().await;
+                tracing::info!("stopped");
+                Ok::<_, Box<dyn std::error::Error>>(())
+            })
+        }
+        Command::Fingerprint(cfg) => {
+            let id = hush_relay::tls::load_or_create(&cfg.data_dir, &cfg.cert_names)?;
+            println!("{}", hush_relay::tls::fingerprint(&id.cert));
+            Ok(())
+        }
+        Command::Export { config, out } => {
+            let db = sled::open(config.data_dir.join("db"))?;
+            let stats = hush_relay::backup::export(&db, &out)?;
+            println!("exported {stats:?} to {}", out.display());
+            Ok(())
+        }
+        Command::Import { config, from } => {
+            let db = sled::open(config.data_dir.join("db"))?;
+            let stats = hush_relay::backup::import(&from, &db)?;
+            println!("imported {stats:?} from {}", from.display());
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

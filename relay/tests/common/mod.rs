@@ -1,0 +1,498 @@
+//! A minimal client for the relay's integration tests: QUIC with a pinned certificate, the
+//! session stream with request/response matching, blob streams, and test accounts whose device
+//! lists and pre-keys are signed exactly as client-core signs them.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ed25519_dalek::{Signer, SigningKey};
+use hush_proto::labels;
+use hush_proto::relay_api::{
+    self as api, BlobRequest, BlobResponse, ClientFrame, ServerFrame, blob_request, blob_response,
+    client_frame, server_frame,
+};
+use hush_proto::wire;
+use hush_relay::config::{Config, RateLimit as Rate, StoreKind};
+use hush_relay::{frame, limits};
+use prost::Message;
+use rand::RngExt;
+use tokio::sync::{mpsc, oneshot};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A relay configuration for tests: loopback, port 0, generous limits unless a test lowers them.
+pub fn test_config(store: StoreKind, dir: &Path) -> Config {
+    let mut cfg = Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        store,
+        ..Config::default()
+    };
+    let lots = Rate {
+        per_second: 10_000.0,
+        burst: 10_000,
+    };
+    cfg.rate.sends = lots;
+    cfg.rate.prekey_fetches = lots;
+    cfg.rate.account_creations = lots;
+    cfg.rate.uploads = lots;
+    cfg.rate.blob_uploads = lots;
+    cfg.push.allow_plain_http = true;
+    cfg
+}
+
+pub fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::rng().fill(&mut b[..]);
+    b
+}
+
+/// An account with its account key and device keys.
+pub struct TestAccount {
+    pub key: SigningKey,
+    pub devices: Vec<(u32, SigningKey, [u8; 32])>,
+    pub version: u64,
+}
+
+impl TestAccount {
+    pub fn new(devices: u32) -> Self {
+        Self {
+            key: SigningKey::from_bytes(&random()),
+            devices: (1..=devices)
+                .map(|i| (i, SigningKey::from_bytes(&random()), random()))
+                .collect(),
+            version: 1,
+        }
+    }
+
+    pub fn id(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    pub fn device(&self, id: u32) -> &SigningKey {
+        &self.devices.iter().find(|d| d.0 == id).unwrap().1
+    }
+
+    pub fn add_device(&mut self, id: u32) {
+        self.devices
+            .push((id, SigningKey::from_bytes(&random()), random()));
+        self.version += 1;
+    }
+
+    pub fn remove_device(&mut self, id: u32) {
+        self.devices.retain(|d| d.0 != id);
+        self.version += 1;
+    }
+
+    /// The serialized `SignedDeviceList`, signed by `signer` (normally the account key).
+    pub fn signed_list_by(&self, signer: &SigningKey) -> Vec<u8> {
+        let list = wire::DeviceList {
+            account_key: self.id().to_vec(),
+            version: self.version,
+            issued_at: 1,
+            devices: self
+                .devices
+                .iter()
+                .map(|(id, k, dh)| wire::DeviceEntry {
+                    device_id: *id,
+                    identity: Some(wire::DeviceIdentityKey {
+                        signing_key: k.verifying_key().to_bytes().to_vec(),
+                        dh_key: dh.to_vec(),
+                    }),
+                    added_at: 1,
+                })
+                .collect(),
+        }
+        .encode_to_vec();
+        let mut msg = labels::DEVICE_LIST.to_vec();
+        msg.extend_from_slice(&list);
+        wire::SignedDeviceList {
+            signature: signer.sign(&msg).to_bytes().to_vec(),
+            device_list: list,
+        }
+        .encode_to_vec()
+    }
+
+    pub fn signed_list(&self) -> Vec<u8> {
+        self.signed_list_by(&self.key)
+    }
+
+    /// A pre-key upload for `device` with `otk` one-time X25519 keys and `kem` one-time ML-KEM
+    /// keys; one-time key ids start at `first_id`.
+    pub fn pre_keys(&self, device: u32, first_id: u32, otk: u32, kem: u32) -> api::UploadPreKeys {
+        let k = self.device(device);
+        let spk_pub = random::<32>();
+        let mut msg = labels::SIGNED_PRE_KEY.to_vec();
+        msg.extend_from_slice(&1u32.to_be_bytes());
+        msg.extend_from_slice(&spk_pub);
+        let spk = wire::SignedPreKey {
+            id: 1,
+            public_key: spk_pub.to_vec(),
+            signature: k.sign(&msg).to_bytes().to_vec(),
+        };
+        let kem_key = |id: u32, last_resort: bool| {
+            let public: Vec<u8> = (0..1184).map(|_| rand::rng().random()).collect();
+            let mut msg = labels::KEM_PRE_KEY.to_vec();
+            msg.extend_from_slice(&id.to_be_bytes());
+            msg.push(u8::from(last_resort));
+            msg.extend_from_slice(&public);
+            wire::KemPreKey {
+                id,
+                public_key: public,
+                signature: k.sign(&msg).to_bytes().to_vec(),
+                last_resort,
+            }
+            .encode_to_vec()
+        };
+        api::UploadPreKeys {
+            signed_pre_key: spk.encode_to_vec(),
+            last_resort_kem_pre_key: kem_key(999_999, true),
+            one_time_pre_keys: (first_id..first_id + otk)
+                .map(|id| {
+                    wire::OneTimePreKey {
+                        id,
+                        public_key: random::<32>().to_vec(),
+                    }
+                    .encode_to_vec()
+                })
+                .collect(),
+            kem_pre_keys: (first_id..first_id + kem)
+                .map(|id| kem_key(id, false))
+                .collect(),
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerFrame>>>>;
+
+/// One connection to the relay.
+pub struct Client {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Pending,
+    events: tokio::sync::Mutex<mpsc::UnboundedReceiver<ServerFrame>>,
+    next: AtomicU64,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, pin: &str) -> Self {
+        let tls = hush_relay::tls::pinned_client_config(pin, limits::ALPN).unwrap();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        cc.transport_config(Arc::new(transport));
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(cc);
+        let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            while let Some(b) = out_rx.recv().await {
+                if send.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+            let _ = send.finish();
+        });
+        let pending: Pending = Arc::default();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let p = Arc::clone(&pending);
+        tokio::spawn(async move {
+            while let Ok(f) = frame::read::<ServerFrame, _>(&mut recv, 4 << 20).await {
+                let waiter = if f.request_id == 0 {
+                    None
+                } else {
+                    p.lock().unwrap().remove(&f.request_id)
+                };
+                match waiter {
+                    Some(w) => {
+                        let _ = w.send(f);
+                    }
+                    None => {
+                        let _ = ev_tx.send(f);
+                    }
+                }
+            }
+        });
+        Self {
+            endpoint,
+            conn,
+            out,
+            pending,
+            events: tokio::sync::Mutex::new(ev_rx),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// Sends raw bytes on the session stream.
+    pub fn send_raw(&self, bytes: Vec<u8>) {
+        let _ = self.out.send(bytes);
+    }
+
+    /// Sends a request and waits for its answer.
+    pub async fn request(&self, kind: client_frame::Kind) -> server_frame::Kind {
+        self.try_request(kind).await.expect("connection closed")
+    }
+
+    /// Sends a request and waits for its answer; `None` if the connection closed first.
+    pub async fn try_request(&self, kind: client_frame::Kind) -> Option<server_frame::Kind> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(id, tx);
+        self.send_raw(frame::encode(&ClientFrame {
+            request_id: id,
+            kind: Some(kind),
+        }));
+        let conn = self.conn.clone();
+        tokio::select! {
+            r = tokio::time::timeout(WAIT, rx) => {
+                Some(r.expect("no answer in time").ok()?.kind.expect("empty answer"))
+            }
+            _ = conn.closed() => None,
+        }
+    }
+
+    /// The next unsolicited frame.
+    pub async fn event(&self) -> server_frame::Kind {
+        self.try_event(WAIT).await.expect("no event in time")
+    }
+
+    pub async fn try_event(&self, wait: Duration) -> Option<server_frame::Kind> {
+        let mut ev = self.events.lock().await;
+        tokio::time::timeout(wait, ev.recv())
+            .await
+            .ok()
+            .flatten()
+            .and_then(|f| f.kind)
+    }
+
+    /// Authenticates as `device` of `account`, signing with `key`.
+    pub async fn authenticate_with(
+        &self,
+        account: [u8; 32],
+        device: u32,
+        key: &SigningKey,
+    ) -> server_frame::Kind {
+        let server_frame::Kind::Challenge(ch) =
+            self.request(client_frame::Kind::Hello(api::Hello {})).await
+        else {
+            panic!("no challenge")
+        };
+        let sig = self.auth_signature(&ch.nonce, account, device, key);
+        self.request(client_frame::Kind::Authenticate(api::Authenticate {
+            account: account.to_vec(),
+            device_id: device,
+            signature: sig,
+        }))
+        .await
+    }
+
+    pub fn auth_signature(
+        &self,
+        nonce: &[u8],
+        account: [u8; 32],
+        device: u32,
+        key: &SigningKey,
+    ) -> Vec<u8> {
+        let mut exporter = [0u8; 32];
+        self.conn
+            .export_keying_material(&mut exporter, labels::RELAY_AUTH_EXPORTER, b"")
+            .unwrap();
+        let t = hush_relay::verify::auth_transcript(
+            &exporter,
+            nonce.try_into().unwrap(),
+            &account,
+            device,
+        );
+        key.sign(&t).to_bytes().to_vec()
+    }
+
+    pub async fn authenticate(&self, a: &TestAccount, device: u32) {
+        let r = self
+            .authenticate_with(a.id(), device, a.device(device))
+            .await;
+        assert!(matches!(r, server_frame::Kind::Ok(_)), "auth failed: {r:?}");
+    }
+
+    /// Creates `a` on the relay and authenticates as its device `device`.
+    pub async fn create(&self, a: &TestAccount, device: u32) {
+        let r = self
+            .request(client_frame::Kind::CreateAccount(api::CreateAccount {
+                signed_device_list: a.signed_list(),
+            }))
+            .await;
+        assert!(
+            matches!(r, server_frame::Kind::Ok(_)),
+            "create failed: {r:?}"
+        );
+        self.authenticate(a, device).await;
+    }
+
+    /// Sends `body` (one envelope per listed device) to `to`'s devices.
+    pub async fn send(
+        &self,
+        client_id: [u8; 16],
+        to: [u8; 32],
+        devices: &[u32],
+        body: &[u8],
+    ) -> server_frame::Kind {
+        self.try_send(client_id, to, devices, body)
+            .await
+            .expect("connection closed")
+    }
+
+    /// As `send`; `None` if the connection closed first.
+    pub async fn try_send(
+        &self,
+        client_id: [u8; 16],
+        to: [u8; 32],
+        devices: &[u32],
+        body: &[u8],
+    ) -> Option<server_frame::Kind> {
+        self.try_request(client_frame::Kind::Send(api::Send {
+            client_id: client_id.to_vec(),
+            recipient_account: to.to_vec(),
+            envelopes: devices
+                .iter()
+                .map(|d| api::OutEnvelope {
+                    device_id: *d,
+                    body: body.to_vec(),
+                })
+                .collect(),
+        }))
+        .await
+    }
+
+    pub async fn ack(&self, seqs: Vec<u64>) {
+        let r = self
+            .request(client_frame::Kind::Ack(api::Ack { seqs }))
+            .await;
+        assert!(matches!(r, server_frame::Kind::Ok(_)), "{r:?}");
+    }
+
+    /// Collects deliveries until the queue-drained marker.
+    pub async fn catch_up(&self) -> Vec<api::Deliver> {
+        let mut got = Vec::new();
+        loop {
+            match self.event().await {
+                server_frame::Kind::Deliver(d) => got.push(d),
+                server_frame::Kind::QueueDrained(_) => return got,
+                server_frame::Kind::PreKeysLow(_) => {}
+                other => panic!("unexpected during catch-up: {other:?}"),
+            }
+        }
+    }
+
+    /// The next delivery (skipping other unsolicited frames).
+    pub async fn next_delivery(&self) -> api::Deliver {
+        loop {
+            match self.event().await {
+                server_frame::Kind::Deliver(d) => return d,
+                server_frame::Kind::QueueDrained(_) | server_frame::Kind::PreKeysLow(_) => {}
+                other => panic!("unexpected: {other:?}"),
+            }
+        }
+    }
+
+    pub async fn upload_blob(&self, data: &[u8], declared: u64) -> BlobResponse {
+        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+        frame::write(
+            &mut send,
+            &BlobRequest {
+                kind: Some(blob_request::Kind::Upload(api::BlobUpload {
+                    size: declared,
+                })),
+            },
+        )
+        .await
+        .unwrap();
+        // The relay may refuse before reading everything.
+        let _ = send.write_all(data).await;
+        let _ = send.finish();
+        tokio::time::timeout(WAIT, frame::read::<BlobResponse, _>(&mut recv, 1 << 16))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    pub async fn download_blob(&self, id: &[u8], cap: &[u8]) -> Result<Vec<u8>, api::Error> {
+        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+        frame::write(
+            &mut send,
+            &BlobRequest {
+                kind: Some(blob_request::Kind::Download(api::BlobDownload {
+                    id: id.to_vec(),
+                    capability: cap.to_vec(),
+                })),
+            },
+        )
+        .await
+        .unwrap();
+        let _ = send.finish();
+        let r: BlobResponse = tokio::time::timeout(WAIT, frame::read(&mut recv, 1 << 16))
+            .await
+            .unwrap()
+            .unwrap();
+        match r.kind.unwrap() {
+            blob_response::Kind::Error(e) => Err(e),
+            blob_response::Kind::Found(f) => {
+                let data = recv.read_to_end(200 << 20).await.unwrap();
+                assert_eq!(data.len() as u64, f.size);
+                Ok(data)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Waits until the relay closes this connection; returns the application close code.
+    pub async fn closed(&self) -> Option<u64> {
+        match tokio::time::timeout(WAIT, self.conn.closed())
+            .await
+            .unwrap()
+        {
+            quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
+            _ => None,
+        }
+    }
+}
+
+/// The error code of an answer, or panics if it was not an error.
+pub fn error_of(k: &server_frame::Kind) -> (api::ErrorCode, api::Error) {
+    match k {
+        server_frame::Kind::Error(e) => (e.code(), e.clone()),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// Whether `needle` occurs anywhere in the files under `dir`.
+pub fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        } else if let Ok(bytes) = std::fs::read(&p)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            return true;
+        }
+    }
+    false
+}

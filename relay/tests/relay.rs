@@ -1,0 +1,799 @@
+//! Relay integration tests on 127.0.0.1:0, each run against the in-memory and the sled store.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use hush_proto::relay_api::{self as api, ErrorCode, blob_response, client_frame, server_frame};
+use hush_relay::config::{Config, RateLimit as Rate, StoreKind};
+use hush_relay::limits;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Runs `$body(store_kind, dir)` once per store.
+macro_rules! on_both_stores {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$name(super::StoreKind::Memory, dir.path()).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sled() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$name(super::StoreKind::Sled, dir.path()).await;
+            }
+        }
+    };
+}
+
+async fn relay(cfg: Config) -> hush_relay::Running {
+    hush_relay::start(cfg).await.unwrap()
+}
+
+async fn client(r: &hush_relay::Running) -> Client {
+    Client::connect(r.addr, &r.fingerprint).await
+}
+
+fn ok(k: &server_frame::Kind) {
+    assert!(
+        matches!(k, server_frame::Kind::Ok(_)),
+        "expected Ok, got {k:?}"
+    );
+}
+
+on_both_stores!(accounts_devices_and_list_rotation);
+async fn accounts_devices_and_list_rotation(store: StoreKind, dir: &Path) {
+    let r = relay(test_config(store, dir)).await;
+    let mut alice = TestAccount::new(1);
+    let a1 = client(&r).await;
+    a1.create(&alice, 1).await;
+    // Creating it again is refused.
+    let again = a1
+        .request(client_frame::Kind::CreateAccount(api::CreateAccount {
+            signed_device_list: alice.signed_list(),
+        }))
+        .await;
+    assert_eq!(error_of(&again).0, ErrorCode::AccountExists);
+
+    // Add device 2 (version 2).
+    alice.add_device(2);
+    ok(&a1
+        .request(client_frame::Kind::PublishDeviceList(
+            api::PublishDeviceList {
+                signed_device_list: alice.signed_list(),
+            },
+        ))
+        .await);
+    // The same version again, and a list signed by a device key instead of the account key.
+    let stale = a1
+        .request(client_frame::Kind::PublishDeviceList(
+            api::PublishDeviceList {
+                signed_device_list: alice.signed_list(),
+            },
+        ))
+        .await;
+    assert_eq!(error_of(&stale).0, ErrorCode::StaleDeviceList);
+    alice.version += 1;
+    let forged = alice.signed_list_by(alice.device(1));
+    alice.version -= 1;
+    let bad = a1
+        .request(client_frame::Kind::PublishDeviceList(
+            api::PublishDeviceList {
+                signed_device_list: forged,
+            },
+        ))
+        .await;
+    assert_eq!(error_of(&bad).0, ErrorCode::BadSignature);
+    // Another account's list cannot be published from this device.
+    let mut bob = TestAccount::new(1);
+    let b1 = client(&r).await;
+    b1.create(&bob, 1).await;
+    bob.add_device(2);
+    let other = a1
+        .request(client_frame::Kind::PublishDeviceList(
+            api::PublishDeviceList {
+                signed_device_list: bob.signed_list(),
+            },
+        ))
+        .await;
+    assert_eq!(error_of(&other).0, ErrorCode::Forbidden);
+
+    // Anyone authenticated fetches the newest list.
+    let got = b1
+        .request(client_frame::Kind::FetchDeviceList(api::FetchDeviceList {
+            account: alice.id().to_vec(),
+        }))
+        .await;
+    let server_frame::Kind::DeviceList(l) = got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(l.signed_device_list, alice.signed_list());
+
+    // Device 2 connects; then device 1 revokes it: it is told and cut off at once.
+    let a2 = client(&r).await;
+    a2.authenticate(&alice, 2).await;
+    assert!(a2.catch_up().await.is_empty());
+    let removed_key = alice.device(2).clone();
+    alice.remove_device(2);
+    ok(&a1
+        .request(client_frame::Kind::PublishDeviceList(
+            api::PublishDeviceList {
+                signed_device_list: alice.signed_list(),
+            },
+        ))
+        .await);
+    assert!(matches!(a2.event().await, server_frame::Kind::Revoked(_)));
+    assert_eq!(a2.closed().await, Some(u64::from(limits::close::REVOKED)));
+    // It can no longer authenticate, and nothing can be sent to it.
+    let a2b = client(&r).await;
+    let res = a2b.authenticate_with(alice.id(), 2, &removed_key).await;
+    assert_eq!(error_of(&res).0, ErrorCode::AuthFailed);
+    let (code, e) = error_of(&b1.send(random(), alice.id(), &[1, 2], b"x").await);
+    assert_eq!(
+        (code, e.extra_devices),
+        (ErrorCode::DeviceMismatch, vec![2])
+    );
+    r.stop().await;
+}
+
+on_both_stores!(authentication_is_bound_and_checked);
+async fn authentication_is_bound_and_checked(store: StoreKind, dir: &Path) {
+    let r = relay(test_config(store, dir)).await;
+    let alice = TestAccount::new(1);
+    let c = client(&r).await;
+    c.create(&alice, 1).await;
+    // Requests that need a device are refused before authentication.
+    let anon = client(&r).await;
+    let res = anon.send(random(), alice.id(), &[1], b"x").await;
+    assert_eq!(error_of(&res).0, ErrorCode::Unauthenticated);
+    // Wrong key.
+    let wrong = ed25519_dalek::SigningKey::from_bytes(&random());
+    let res = anon.authenticate_with(alice.id(), 1, &wrong).await;
+    assert_eq!(error_of(&res).0, ErrorCode::AuthFailed);
+    // Authenticate without a challenge.
+    let res = anon
+        .request(client_frame::Kind::Authenticate(api::Authenticate {
+            account: alice.id().to_vec(),
+            device_id: 1,
+            signature: vec![0; 64],
+        }))
+        .await;
+    assert_eq!(error_of(&res).0, ErrorCode::AuthFailed);
+    // A signature made for another connection (another TLS exporter) does not verify here, and
+    // a replayed signature for an old challenge neither.
+    let other = client(&r).await;
+    let server_frame::Kind::Challenge(ch) = other
+        .request(client_frame::Kind::Hello(api::Hello {}))
+        .await
+    else {
+        panic!()
+    };
+    let sig_for_other = other.auth_signature(&ch.nonce, alice.id(), 1, alice.device(1));
+    let third = client(&r).await;
+    let server_frame::Kind::Challenge(_) = third
+        .request(client_frame::Kind::Hello(api::Hello {}))
+        .await
+    else {
+        panic!()
+    };
+    let res = third
+        .request(client_frame::Kind::Authenticate(api::Authenticate {
+            account: alice.id().to_vec(),
+            device_id: 1,
+            signature: sig_for_other.clone(),
+        }))
+        .await;
+    assert_eq!(error_of(&res).0, ErrorCode::AuthFailed);
+    // The rightful connection still works with its own signature once.
+    ok(&other
+        .request(client_frame::Kind::Authenticate(api::Authenticate {
+            account: alice.id().to_vec(),
+            device_id: 1,
+            signature: sig_for_other.clone(),
+        }))
+        .await);
+    // After too many failures the connection is closed.
+    let res = anon.authenticate_with(alice.id(), 1, &wrong).await;
+    assert_eq!(error_of(&res).0, ErrorCode::AuthFailed);
+    assert_eq!(
+        anon.closed().await,
+        Some(u64::from(limits::close::PROTOCOL))
+    );
+    r.stop().await;
+}
+
+on_both_stores!(one_time_pre_key_claimed_by_50_concurrent_clients_is_handed_out_once);
+async fn one_time_pre_key_claimed_by_50_concurrent_clients_is_handed_out_once(
+    store: StoreKind,
+    dir: &Path,
+) {
+    let r = relay(test_config(store, dir)).await;
+    let bob = TestAccount::new(1);
+    let b = client(&r).await;
+    b.create(&bob, 1).await;
+    b.catch_up().await;
+    ok(&b
+        .request(client_frame::Kind::UploadPreKeys(
+            bob.pre_keys(1, 1, 30, 30),
+        ))
+        .await);
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let a = TestAccount::new(1);
+        let c = client(&r).await;
+        c.create(&a, 1).await;
+        clients.push(Arc::new(c));
+    }
+    let bob_id = bob.id();
+    let tasks: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let c = Arc::clone(c);
+            tokio::spawn(async move {
+                c.request(client_frame::Kind::FetchBundle(api::FetchBundle {
+                    account: bob_id.to_vec(),
+                    device_id: 1,
+                }))
+                .await
+            })
+        })
+        .collect();
+    let mut otks = Vec::new();
+    let mut kems = Vec::new();
+    let mut last_resort = 0;
+    for t in tasks {
+        let server_frame::Kind::Bundle(b) = t.await.unwrap() else {
+            panic!()
+        };
+        let b = hush_proto::wire::PreKeyBundle::decode(b.bundle.as_slice()).unwrap();
+        assert_eq!(b.account_key, bob_id.to_vec());
+        if let Some(o) = b.one_time_pre_key {
+            otks.push(o.id);
+        }
+        let k = b.kem_pre_key.unwrap();
+        if k.last_resort {
+            last_resort += 1;
+        } else {
+            kems.push(k.id);
+        }
+    }
+    assert_eq!(otks.len(), 30);
+    assert_eq!(
+        otks.iter().collect::<BTreeSet<_>>().len(),
+        30,
+        "a one-time key went out twice"
+    );
+    assert_eq!(kems.iter().collect::<BTreeSet<_>>().len(), 30);
+    assert_eq!(last_resort, 20);
+    // The owner is told its stock is low.
+    loop {
+        match b.event().await {
+            server_frame::Kind::PreKeysLow(l) if l.one_time_left == 0 => break,
+            _ => {}
+        }
+    }
+    r.stop().await;
+}
+
+on_both_stores!(send_online_push_offline_queue_ack_and_order);
+async fn send_online_push_offline_queue_ack_and_order(store: StoreKind, dir: &Path) {
+    let r = relay(test_config(store, dir)).await;
+    let alice = TestAccount::new(1);
+    let bob = TestAccount::new(2);
+    let a = client(&r).await;
+    a.create(&alice, 1).await;
+    let b1 = client(&r).await;
+    b1.create(&bob, 1).await;
+    assert!(b1.catch_up().await.is_empty());
+    // Bob's device 2 is offline. Alice sends 20 messages to both of Bob's devices.
+    let mut ids = Vec::new();
+    for i in 0..20u8 {
+        let id = random::<16>();
+        ids.push(id);
+        let res = a.send(id, bob.id(), &[1, 2], &[i; 100]).await;
+        assert!(matches!(res, server_frame::Kind::Sent(_)), "{res:?}");
+    }
+    // Online: pushed at once, in order.
+    let mut seqs = Vec::new();
+    for i in 0..20u8 {
+        let d = b1.next_delivery().await;
+        assert_eq!(d.body, vec![i; 100]);
+        assert_eq!(d.sender_account, alice.id().to_vec());
+        assert_eq!(d.client_id, ids[i as usize].to_vec());
+        seqs.push(d.seq);
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    // A retried send is acknowledged with the same acceptance time and not queued again.
+    let first = a.send(ids[0], bob.id(), &[1, 2], &[0; 100]).await;
+    let again = a.send(ids[0], bob.id(), &[1, 2], &[0; 100]).await;
+    assert_eq!(first, again);
+    assert!(
+        b1.try_event(std::time::Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    // Offline device: everything, in order, then the drained marker.
+    let b2 = client(&r).await;
+    b2.authenticate(&bob, 2).await;
+    let got = b2.catch_up().await;
+    assert_eq!(
+        got.iter().map(|d| d.body[0]).collect::<Vec<_>>(),
+        (0..20).collect::<Vec<u8>>()
+    );
+    // Ack half; reconnect: only the rest comes again.
+    b2.ack(got[..10].iter().map(|d| d.seq).collect()).await;
+    drop(b2);
+    let b2 = client(&r).await;
+    b2.authenticate(&bob, 2).await;
+    let rest = b2.catch_up().await;
+    assert_eq!(
+        rest.iter().map(|d| d.body[0]).collect::<Vec<_>>(),
+        (10..20).collect::<Vec<u8>>()
+    );
+    b2.ack(rest.iter().map(|d| d.seq).collect()).await;
+    // Messages to one's own other devices (sync) go without the sending device.
+    let res = b2.send(random(), bob.id(), &[1], b"sync").await;
+    assert!(matches!(res, server_frame::Kind::Sent(_)), "{res:?}");
+    assert_eq!(b1.next_delivery().await.body, b"sync");
+    r.stop().await;
+}
+
+on_both_stores!(device_set_mismatch_is_reported);
+async fn device_set_mismatch_is_reported(store: StoreKind, dir: &Path) {
+    let r = relay(test_config(store, dir)).await;
+    let alice = TestAccount::new(1);
+    let bob = TestAccount::new(2);
+    let a = client(&r).await;
+    a.create(&alice, 1).await;
+    let b = client(&r).await;
+    b.create(&bob, 1).await;
+    let (code, e) = error_of(&a.send(random(), bob.id(), &[1], b"x").await);
+    assert_eq!(code, ErrorCode::DeviceMismatch);
+    assert_eq!((e.missing_devices, e.extra_devices), (vec![2], vec![]));
+    let (code, e) = error_of(&a.send(random(), bob.id(), &[1, 2, 9], b"x").await);
+    assert_eq!(code, ErrorCode::DeviceMismatch);
+    assert_eq!((e.missing_devices, e.extra_devices), (vec![], vec![9]));
+    let (code, _) = error_of(&a.send(random(), [9; 32], &[1], b"x").await);
+    assert_eq!(code, ErrorCode::NotFound);
+    // Nothing was queued by the refused sends.
+    assert!(b.catch_up().await.is_empty());
+    r.stop().await;
+}
+
+on_both_stores!(ephemeral_envelopes_reach_connected_devices_only_and_never_disk);
+async fn ephemeral_envelopes_reach_connected_devices_only_and_never_disk(
+    store: StoreKind,
+    dir: &Path,
+) {
+    let r = relay(test_config(store, dir)).await;
+    let alice = TestAccount::new(1);
+    let bob = TestAccount::new(2);
+    let a = client(&r).await;
+    a.create(&alice, 1).await;
+    let b1 = client(&r).await;
+    b1.create(&bob, 1).await;
+    assert!(b1.catch_up().await.is_empty());
+    let marker = b"EPHEMERAL-TYPING-MARKER-0123456789";
+    ok(&a
+        .request(client_frame::Kind::SendEphemeral(api::SendEphemeral {
+            recipient_account: bob.id().to_vec(),
+            envelopes: vec![
+                api::OutEnvelope {
+                    device_id: 1,
+                    body: marker.to_vec(),
+                },
+                api::OutEnvelope {
+                    device_id: 2,
+                    body: marker.to_vec(),
+                },
+            ],
+        }))
+        .await);
+    let server_frame::Kind::Ephemeral(e) = b1.event().await else {
+        panic!()
+    };
+    assert_eq!(e.body, marker);
+    assert_eq!(e.sender_account, alice.id().to_vec());
+    // The offline device finds nothing when it connects.
+    let b2 = client(&r).await;
+    b2.authenticate(&bob, 2).await;
+    assert!(b2.catch_up().await.is_empty());
+    r.stop().await;
+    assert!(
+        !dir_contains(dir, marker),
+        "an ephemeral envelope reached the disk"
+    );
+}
+
+on_both_stores!(push_wake_ups_are_content_free);
+async fn push_wake_ups_are_content_free(store: StoreKind, dir: &Path) {
+    let r = relay(test_config(store, dir)).await;
+    // A local webhook endpoint recording every request.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..h]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() >= h + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    )
+                    .await;
+                let _ = tx.send(buf);
+            });
+        }
+    });
+    let alice = TestAccount::new(1);
+    let bob = TestAccount::new(1);
+    let a = client(&r).await;
+    a.create(&alice, 1).await;
+    let b = client(&r).await;
+    b.create(&bob, 1).await;
+    ok(&b
+        .request(client_frame::Kind::RegisterPush(api::RegisterPush {
+            url: format!("http://127.0.0.1:{port}/up/abc"),
+        }))
+        .await);
+    // A bad URL is refused.
+    let bad = b
+        .request(client_frame::Kind::RegisterPush(api::RegisterPush {
+            url: "ftp://nowhere".into(),
+        }))
+        .await;
+    assert_eq!(error_of(&bad).0, ErrorCode::Malformed);
+    b.conn.close(0u8.into(), b"");
+    // Wait until the relay has seen Bob go (only Alice's connection left).
+    for _ in 0..2000 {
+        if r.metrics.connections_open.get() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(r.metrics.connections_open.get(), 1);
+    let body = b"SECRET-CIPHERTEXT-MARKER";
+    let res = a.send(random(), bob.id(), &[1], body).await;
+    assert!(matches!(res, server_frame::Kind::Sent(_)), "{res:?}");
+    let req = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&req).to_string();
+    assert!(text.starts_with("POST /up/abc HTTP/1.1\r\n"), "{text}");
+    for secret in [&body[..], &alice.id()[..], &bob.id()[..]] {
+        assert!(
+            !req.windows(secret.len()).any(|w| w == secret),
+            "push leaks content"
+        );
+    }
+    assert!(!text.contains(&hex::encode(alice.id())) && !text.contains(&hex::encode(bob.id())));
+    r.stop().await;
+}
+
+on_both_stores!(blob_round_trip);
+async fn blob_round_trip(store: StoreKind, dir: &Path) {
+    let mut cfg = test_config(store, dir);
+    cfg.blob_max_bytes = 1 << 20;
+    let r = relay(cfg).await;
+    let alice = TestAccount::new(1);
+    let a = client(&r).await;
+    a.create(&alice, 1).await;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let up = a.upload_blob(&data, data.len() as u64).await;
+    let Some(blob_response::Kind::Uploaded(u)) = up.kind else {
+        panic!("{up:?}")
+    };
+    assert_eq!(u.id.len(), 16);
+    assert_eq!(u.capability.len(), 32);
+    let bob = TestAccount::new(1);
+    let b = client(&r).await;
+    b.create(&bob, 1).await;
+    assert_eq!(b.download_blob(&u.id, &u.capability).await.unwrap(), data);
+    // A wrong capability finds nothing (indistinguishable from an unknown id).
+    let mut wrong = u.capability.clone();
+    wrong[0] ^= 1;
+    assert_eq!(
+        b.download_blob(&u.id, &wrong).await.unwrap_err().code(),
+        ErrorCode::BlobNotFound
+    );
+    assert_eq!(
+        b.download_blob(&[0; 16], &u.capability)
+            .await
+            .unwrap_err()
+            .code(),
+        ErrorCode::BlobNotFound
+    );
+    // Over the cap, and shorter or longer than declared.
+    let big = a.upload_blob(b"", (1 << 20) + 1).await;
+    let Some(blob_response::Kind::Error(e)) = big.kind else {
+        panic!("{big:?}")
+    };
+    assert_eq!(e.code(), ErrorCode::TooLarge);
+    let short = a.upload_blob(&data[..1000], 2000).await;
+    let Some(blob_response::Kind::Error(e)) = short.kind else {
+        panic!("{short:?}")
+    };
+    assert_eq!(e.code(), ErrorCode::Malformed);
+    let long = a.upload_blob(&data[..3000], 2000).await;
+    let Some(blob_response::Kind::Error(e)) = long.kind else {
+        panic!("{long:?}")
+    };
+    assert_eq!(e.code(), ErrorCode::TooLarge);
+    // Unauthenticated connections cannot upload.
+    let anon = client(&r).await;
+    let res = anon.upload_blob(b"abc", 3).await;
+    let Some(blob_response::Kind::Error(e)) = res.kind else {
+        panic!("{res:?}")
+    };
+    assert_eq!(e.code(), ErrorCode::Unauthenticated);
+    r.stop().await;
+}
+
+on_both_stores!(rate_limits_and_caps_refuse_with_their_errors);
+async fn rate_limits_and_caps_refuse_with_their_errors(store: StoreKind, dir: &Path) {
+    let mut cfg = test_config(store, dir);
+    let tight = Rate {
+        per_second: 0.001,
+        burst: 3,
+    };
+    cfg.rate.sends = Rate {
+        per_second: 0.001,
+        burst: 4,
+    };
+    cfg.rate.prekey_fetches = tight;
+    cfg.rate.uploads = tight;
+    cfg.rate.blob_uploads = Rate {
+        per_second: 0.001,
+        burst: 1,
+    };
+    cfg.rate.account_creations = Rate {
+        per_second: 0.001,
+        burst: 4,
+    };
+    cfg.max_envelope_bytes = 1000;
+    cfg.max_queue_len = 2;
+    cfg.max_devices_per_account = 3;
+    cfg.max_frame_bytes = 64 * 1024;
+    let r = relay(cfg).await;
+    let alice = TestAccount::new(1);
+    let bob = TestAccount::new(1);
+    let a = client(&r).await;
+    a.create(&alice, 1).await;
+    let b = client(&r).await;
+    b.create(&bob, 1).await;
+    // Too many devices on a new account.
+    let crowd = TestAccount::new(4);
+    let res = a
+        .request(client_frame::Kind::CreateAccount(api::CreateAccount {
+            signed_device_list: crowd.signed_list(),
+        }))
+        .await;
+    assert_eq!(error_of(&res).0, ErrorCode::TooManyDevices);
+    // Account creation per source address (burst 4): Alice, Bob, the refused crowd, `extra`;
+    // the fifth is refused.
+    let extra = TestAccount::new(1);
+    let _ = a
+        .request(client_frame::Kind::CreateAccount(api::CreateAccount {
+            signed_device_list: extra.signed_list(),
+        }))
+        .await;
+    let (code, e) = error_of(
+        &a.request(client_frame::Kind::CreateAccount(api::CreateAccount {
+            signed_device_list: TestAccount::new(1).signed_list(),
+        }))
+        .await,
+    );
+    assert_eq!(code, ErrorCode::RateLimited);
+    assert!(e.retry_after_ms > 0);
+    // Bob goes offline so his queue fills. Envelope over its cap (send 1 of the burst of 4).
+    drop(b);
+    let b = client(&r).await;
+    let (code, _) = error_of(&a.send(random(), bob.id(), &[1], &[0; 1001]).await);
+    assert_eq!(code, ErrorCode::TooLarge);
+    // Queue cap: Bob's queue holds 2 (sends 2 and 3).
+    assert!(matches!(
+        a.send(random(), bob.id(), &[1], b"1").await,
+        server_frame::Kind::Sent(_)
+    ));
+    assert!(matches!(
+        a.send(random(), bob.id(), &[1], b"2").await,
+        server_frame::Kind::Sent(_)
+    ));
+    let (code, _) = error_of(&a.send(random(), bob.id(), &[1], b"3").await);
+    assert_eq!(code, ErrorCode::QueueFull);
+    // Sends per device: the burst of 4 is spent.
+    let (code, e) = error_of(&a.send(random(), bob.id(), &[1], b"4").await);
+    assert_eq!(code, ErrorCode::RateLimited);
+    assert!(e.retry_after_ms > 0);
+    // Pre-key fetches and uploads per device.
+    b.authenticate(&bob, 1).await;
+    for _ in 0..3 {
+        let _ = b
+            .request(client_frame::Kind::FetchDeviceList(api::FetchDeviceList {
+                account: alice.id().to_vec(),
+            }))
+            .await;
+    }
+    let res = b
+        .request(client_frame::Kind::FetchBundle(api::FetchBundle {
+            account: alice.id().to_vec(),
+            device_id: 1,
+        }))
+        .await;
+    assert_eq!(error_of(&res).0, ErrorCode::RateLimited);
+    for _ in 0..3 {
+        ok(&b
+            .request(client_frame::Kind::UploadPreKeys(bob.pre_keys(1, 1, 1, 1)))
+            .await);
+    }
+    let res = b
+        .request(client_frame::Kind::UploadPreKeys(bob.pre_keys(1, 10, 1, 1)))
+        .await;
+    assert_eq!(error_of(&res).0, ErrorCode::RateLimited);
+    // Blob uploads per device.
+    let up = b.upload_blob(b"abc", 3).await;
+    assert!(matches!(up.kind, Some(blob_response::Kind::Uploaded(_))));
+    let up = b.upload_blob(b"abc", 3).await;
+    let Some(blob_response::Kind::Error(e)) = up.kind else {
+        panic!("{up:?}")
+    };
+    assert_eq!(e.code(), ErrorCode::RateLimited);
+    // A frame over the cap: an error frame, then the connection is closed.
+    let mut huge = (70_000u32).to_be_bytes().to_vec();
+    huge.extend(std::iter::repeat_n(0u8, 70_000));
+    b.send_raw(huge);
+    loop {
+        match b.event().await {
+            server_frame::Kind::Error(e) => {
+                assert_eq!(e.code(), ErrorCode::TooLarge);
+                break;
+            }
+            server_frame::Kind::Deliver(_)
+            | server_frame::Kind::QueueDrained(_)
+            | server_frame::Kind::PreKeysLow(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(b.closed().await, Some(u64::from(limits::close::PROTOCOL)));
+    // The relay keeps serving the others.
+    ok(&a.request(client_frame::Kind::Ping(api::Ping {})).await);
+    let text = reqwest_metrics(r.metrics_addr.unwrap()).await;
+    assert!(
+        text.contains("hush_relay_refusals_total{reason=\"rate_limited\"}"),
+        "{text}"
+    );
+    r.stop().await;
+}
+
+on_both_stores!(malformed_and_unknown_frames_get_typed_errors);
+async fn malformed_and_unknown_frames_get_typed_errors(store: StoreKind, dir: &Path) {
+    let r = relay(test_config(store, dir)).await;
+    let alice = TestAccount::new(1);
+    let a = client(&r).await;
+    a.create(&alice, 1).await;
+    // An empty request (unknown oneof).
+    a.send_raw(hush_relay::frame::encode(&api::ClientFrame {
+        request_id: 5,
+        kind: None,
+    }));
+    loop {
+        match a.event().await {
+            server_frame::Kind::Error(e) => {
+                assert_eq!(e.code(), ErrorCode::UnknownRequest);
+                break;
+            }
+            server_frame::Kind::QueueDrained(_) | server_frame::Kind::PreKeysLow(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // Garbage protobuf: an error frame, then closed; other clients are unaffected.
+    let survivor = client(&r).await;
+    survivor.create(&TestAccount::new(1), 1).await;
+    a.send_raw(vec![0, 0, 0, 3, 0xff, 0xff, 0xff]);
+    assert_eq!(a.closed().await, Some(u64::from(limits::close::PROTOCOL)));
+    ok(&survivor
+        .request(client_frame::Kind::Ping(api::Ping {}))
+        .await);
+    r.stop().await;
+}
+
+on_both_stores!(drain_keeps_every_acknowledged_envelope);
+async fn drain_keeps_every_acknowledged_envelope(store: StoreKind, dir: &Path) {
+    if store == StoreKind::Memory {
+        return; // the in-memory store is not persistent by design
+    }
+    let cfg = test_config(store, dir);
+    let r = relay(cfg.clone()).await;
+    let alice = TestAccount::new(1);
+    let bob = TestAccount::new(1);
+    let a = Arc::new(client(&r).await);
+    a.create(&alice, 1).await;
+    let b = client(&r).await;
+    b.create(&bob, 1).await;
+    drop(b);
+    // Sends keep going while the drain starts: every acknowledged one must survive.
+    let (half, half_rx) = tokio::sync::oneshot::channel();
+    let sender = {
+        let a = Arc::clone(&a);
+        let to = bob.id();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut half = Some(half);
+            for i in 0..100_000u32 {
+                match a.try_send(random(), to, &[1], &i.to_be_bytes()).await {
+                    Some(server_frame::Kind::Sent(_)) => acked.push(i),
+                    _ => break,
+                }
+                if i == 50 {
+                    let _ = half.take().map(|h| h.send(()));
+                }
+            }
+            acked
+        })
+    };
+    half_rx.await.unwrap();
+    let stop = tokio::spawn(r.stop());
+    let acked = sender.await.unwrap();
+    stop.await.unwrap();
+    let r = relay(cfg).await;
+    let b = client(&r).await;
+    b.authenticate(&bob, 1).await;
+    let got: BTreeSet<u32> = b
+        .catch_up()
+        .await
+        .iter()
+        .map(|d| u32::from_be_bytes(d.body[..4].try_into().unwrap()))
+        .collect();
+    assert!(acked.len() > 50);
+    for i in &acked {
+        assert!(
+            got.contains(i),
+            "acknowledged envelope {i} lost in the drain"
+        );
+    }
+    r.stop().await;
+}
+
+/// GET /metrics over plain TCP.
+async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8(out).unwrap()
+}
