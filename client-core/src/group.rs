@@ -1,8 +1,10 @@
 //! Group membership: a chain of membership changes, each signed by an admin's device.
 //!
 //! A group is defined by its log of [`SignedChange`]s. Change `e` (its *epoch*) names the SHA-256
-//! hash of change `e − 1`'s signed bytes (`previous_hash`; 32 zero bytes for the creation, epoch 1),
-//! so every member applies the same changes in the same order. Rules, checked by every member:
+//! hash of change `e − 1`'s signed bytes — the encoded `GroupChange`, not the unsigned
+//! `SignedGroupChange` wrapper (`previous_hash`; 32 zero bytes for the creation, epoch 1), so every
+//! member applies the same changes in the same order and nobody but the author can make a change
+//! with another hash. Rules, checked by every member:
 //!
 //! - the signature is by the author device's identity signing key, and that device is on its
 //!   account's verified device list (the caller supplies the identity from that list);
@@ -11,10 +13,11 @@
 //! - creation (epoch 1) lists its author as an admin; every later change removes only members;
 //! - afterwards the group has at most [`MAX_GROUP_MEMBERS`] members and at least one admin, unless it is empty;
 //! - a change for a future epoch is kept until the ones before it arrive;
-//! - two different changes for the same epoch (concurrent admins): the one whose hash is smaller
-//!   wins everywhere. A member that applied the other rolls back to the epoch before (within the last
-//!   [`GROUP_CHANGE_HISTORY`] changes) and applies the winner; changes built on the loser are dropped
-//!   and their authors must issue them again.
+//! - two different changes for the same epoch (concurrent admins): the one of higher [`Authority`]
+//!   in the state before that epoch wins everywhere (an admin's change beats a non-admin's leave),
+//!   and between equals the one whose hash is smaller. A member that applied the other rolls back to
+//!   the epoch before (within the last [`GROUP_CHANGE_HISTORY`] changes) and applies the winner;
+//!   changes built on the loser are dropped and their authors must issue them again.
 
 use std::collections::BTreeMap;
 
@@ -52,9 +55,10 @@ pub struct ChangeBody {
 pub struct SignedChange {
     /// The content.
     pub body: ChangeBody,
-    /// The serialized [`wire::SignedGroupChange`].
+    /// The serialized [`wire::SignedGroupChange`], in its canonical encoding (re-encoded on
+    /// parsing, so unknown or repeated wrapper fields are not kept or forwarded).
     pub signed: Vec<u8>,
-    /// SHA-256 of `signed`.
+    /// SHA-256 of the signed `GroupChange` bytes (what the signature covers; not the wrapper).
     pub hash: [u8; 32],
     change_bytes: Vec<u8>,
     signature: Vec<u8>,
@@ -88,7 +92,7 @@ impl SignedChange {
             signature: signature.clone(),
         }
         .encode_to_vec();
-        let hash = Sha256::digest(&signed).into();
+        let hash = Sha256::digest(&change_bytes).into();
         Self {
             body,
             signed,
@@ -139,10 +143,17 @@ impl SignedChange {
                 .collect::<Result<_>>()?,
             issued_at: c.issued_at,
         };
+        // The hash and the stored form depend only on the signed bytes and the signature, never on
+        // how the wrapper happened to be encoded.
+        let signed = wire::SignedGroupChange {
+            change: s.change.clone(),
+            signature: s.signature.clone(),
+        }
+        .encode_to_vec();
         Ok(Self {
             body,
-            signed: bytes.to_vec(),
-            hash: Sha256::digest(bytes).into(),
+            signed,
+            hash: Sha256::digest(&s.change).into(),
             change_bytes: s.change,
             signature: s.signature,
         })
@@ -174,6 +185,15 @@ pub struct GroupState {
     pub members: BTreeMap<AccountId, bool>,
 }
 
+/// The weight of a change in a same-epoch conflict: its author's role in the state it applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Authority {
+    /// A member that is not an admin (the only change it may make is leaving).
+    Member,
+    /// An admin.
+    Admin,
+}
+
 /// Who joined and who left with one change.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Diff {
@@ -202,6 +222,15 @@ impl GroupState {
     /// Whether `account` is an admin.
     pub fn is_admin(&self, account: &AccountId) -> bool {
         self.members.get(account).copied().unwrap_or(false)
+    }
+
+    /// The authority of `c`'s author in this state (for conflicts, see [`GroupLog::wins`]).
+    pub fn authority(&self, c: &SignedChange) -> Authority {
+        if self.is_admin(&c.body.author.account) {
+            Authority::Admin
+        } else {
+            Authority::Member
+        }
     }
 
     /// Applies a (signature-checked) change, returning the next state. Pure: `self` is unchanged.
@@ -273,7 +302,8 @@ pub enum Offered {
 pub struct GroupLog {
     log: Vec<SignedChange>,
     state: GroupState,
-    pending: BTreeMap<u64, SignedChange>,
+    /// Changes not applicable yet, by (epoch, hash).
+    pending: BTreeMap<(u64, [u8; 32]), SignedChange>,
 }
 
 impl GroupLog {
@@ -298,7 +328,10 @@ impl GroupLog {
             g.state = g.state.apply(&c)?.0;
             g.log.push(c);
         }
-        g.pending = pending.into_iter().map(|c| (c.body.epoch, c)).collect();
+        g.pending = pending
+            .into_iter()
+            .map(|c| ((c.body.epoch, c.hash), c))
+            .collect();
         Ok(g)
     }
 
@@ -333,12 +366,25 @@ impl GroupLog {
     }
 
     /// Offers a change whose signature the caller has verified.
+    ///
+    /// A change for an epoch already applied (a same-epoch conflict) replaces the applied change
+    /// only if it [`wins`](Self::wins) against it, it applies to the state before that epoch, and
+    /// that epoch is one of the last [`GROUP_CHANGE_HISTORY`]; otherwise it is ignored. A change
+    /// built on a branch this log does not hold (its `previous_hash` is not the head before its
+    /// epoch) is ignored too.
     pub fn offer(&mut self, c: SignedChange) -> Result<Offered> {
         let epoch = c.body.epoch;
         if epoch > self.state.epoch.saturating_add(1) {
-            if self.pending.len() < GROUP_CHANGE_HISTORY * 4 {
-                self.pending.entry(epoch).or_insert(c);
-            }
+            self.keep_pending(c);
+            return Ok(Offered::Buffered);
+        }
+        if epoch == self.state.epoch.saturating_add(1)
+            && c.body.previous_hash != self.state.head
+            && self.state.epoch >= 2
+        {
+            // It may follow a change for the current epoch that has not arrived yet and wins
+            // against the one applied here: keep it until then.
+            self.keep_pending(c);
             return Ok(Offered::Buffered);
         }
         if epoch <= self.state.epoch {
@@ -346,37 +392,84 @@ impl GroupLog {
             let Some(applied) = self.log.get(idx) else {
                 return Ok(Offered::Ignored);
             };
-            if applied.hash == c.hash || c.hash >= applied.hash || epoch == 1 {
+            if applied.hash == c.hash || epoch == 1 {
                 return Ok(Offered::Ignored);
             }
             if self.state.epoch - epoch >= GROUP_CHANGE_HISTORY as u64 {
                 return Ok(Offered::Ignored);
             }
-            // Same-epoch conflict that `c` wins: roll back and apply it.
             let before = self.state_before(epoch)?;
+            if c.body.previous_hash != before.head {
+                return Ok(Offered::Ignored);
+            }
             let (next, _) = before.apply(&c)?;
+            if !Self::wins(&before, &c, applied) {
+                return Ok(Offered::Ignored);
+            }
+            // Same-epoch conflict that `c` wins: roll back and apply it, then any pending changes
+            // that now follow.
             self.log.truncate(idx);
             self.log.push(c);
             self.state = next;
-            self.pending.retain(|e, _| *e > epoch);
+            self.apply_pending();
             return Ok(Offered::Replaced);
         }
         let (next, diff) = self.state.apply(&c)?;
         self.state = next;
         self.log.push(c);
         let mut diffs = vec![diff];
-        while let Some(c) = self.pending.remove(&self.state.epoch.saturating_add(1)) {
-            match self.state.apply(&c) {
-                Ok((next, diff)) => {
-                    self.state = next;
-                    self.log.push(c);
-                    diffs.push(diff);
+        diffs.extend(self.apply_pending());
+        Ok(Offered::Applied(diffs))
+    }
+
+    /// Whether `challenger` beats `applied`, two different changes for the same epoch that both
+    /// apply to `before`: the higher [`Authority`] of its author in `before` wins; between equal
+    /// authorities, the smaller hash (as 32-byte big-endian numbers). A total order on the changes
+    /// of one epoch, so every member keeps the same one whatever the order they arrive in.
+    pub fn wins(before: &GroupState, challenger: &SignedChange, applied: &SignedChange) -> bool {
+        let (a, b) = (before.authority(challenger), before.authority(applied));
+        a > b || (a == b && challenger.hash < applied.hash)
+    }
+
+    fn keep_pending(&mut self, c: SignedChange) {
+        if self.pending.len() < GROUP_CHANGE_HISTORY * 4 {
+            self.pending.entry((c.body.epoch, c.hash)).or_insert(c);
+        }
+    }
+
+    /// Applies pending changes of the next epoch that follow the head, while there are any: of
+    /// several, the one that [`wins`](Self::wins) first; one that does not apply is dropped. Then
+    /// drops the pending changes of epochs the log has reached.
+    fn apply_pending(&mut self) -> Vec<Diff> {
+        let mut diffs = Vec::new();
+        loop {
+            let next_epoch = self.state.epoch.saturating_add(1);
+            let mut best: Option<&SignedChange> = None;
+            for c in self
+                .pending
+                .range((next_epoch, [0; 32])..=(next_epoch, [0xff; 32]))
+                .map(|(_, c)| c)
+                .filter(|c| c.body.previous_hash == self.state.head)
+            {
+                if best.is_none_or(|b| Self::wins(&self.state, c, b)) {
+                    best = Some(c);
                 }
-                Err(_) => break,
+            }
+            let Some(key) = best.map(|c| (c.body.epoch, c.hash)) else {
+                break;
+            };
+            let Some(c) = self.pending.remove(&key) else {
+                break;
+            };
+            if let Ok((next, diff)) = self.state.apply(&c) {
+                self.state = next;
+                self.log.push(c);
+                diffs.push(diff);
             }
         }
-        self.pending.retain(|e, _| *e > self.state.epoch);
-        Ok(Offered::Applied(diffs))
+        let epoch = self.state.epoch;
+        self.pending.retain(|(e, _), _| *e > epoch);
+        diffs
     }
 }
 
@@ -513,6 +606,213 @@ mod tests {
         assert!(matches!(b.offer(lose).unwrap(), Offered::Applied(_)));
         assert_eq!(b.offer(win).unwrap(), Offered::Replaced);
         assert_eq!(a.state(), b.state());
+    }
+}
+
+#[cfg(test)]
+mod conflict_tests {
+    use super::*;
+    use crate::keys::AccountKeyPair;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    struct Person {
+        addr: DeviceAddress,
+        id: DeviceIdentityKeyPair,
+    }
+
+    fn person(rng: &mut ChaCha20Rng) -> Person {
+        Person {
+            addr: DeviceAddress {
+                account: AccountKeyPair::generate(rng).id(),
+                device_id: 1,
+            },
+            id: DeviceIdentityKeyPair::generate(rng),
+        }
+    }
+
+    fn change_at(
+        p: &Person,
+        g: GroupId,
+        state: &GroupState,
+        add: &[(AccountId, bool)],
+        remove: &[AccountId],
+        issued_at: u64,
+    ) -> SignedChange {
+        SignedChange::sign(
+            ChangeBody {
+                group: g,
+                epoch: state.epoch + 1,
+                previous_hash: state.head,
+                author: p.addr,
+                name: None,
+                add: add.to_vec(),
+                remove: remove.to_vec(),
+                issued_at,
+            },
+            &p.id,
+        )
+    }
+
+    /// Admin, Bob (member) and a group created by the admin with Bob in it.
+    fn setup(seed: u8) -> (ChaCha20Rng, GroupId, Person, Person, GroupLog) {
+        let mut rng = ChaCha20Rng::from_seed([seed; 32]);
+        let (admin, bob) = (person(&mut rng), person(&mut rng));
+        let g = GroupId::random(&mut rng);
+        let genesis = SignedChange::sign(
+            ChangeBody {
+                group: g,
+                epoch: 1,
+                previous_hash: [0; 32],
+                author: admin.addr,
+                name: Some("g".into()),
+                add: vec![(admin.addr.account, true), (bob.addr.account, false)],
+                remove: vec![],
+                issued_at: 0,
+            },
+            &admin.id,
+        );
+        (rng, g, admin, bob, GroupLog::create(genesis).unwrap())
+    }
+
+    /// `signed` with an unknown varint field (number 15) of value `n` appended to the wrapper.
+    fn with_unknown_field(signed: &[u8], n: u8) -> Vec<u8> {
+        let mut v = signed.to_vec();
+        v.extend_from_slice(&[0x78, n & 0x7f]);
+        v
+    }
+
+    #[test]
+    fn a_reencoded_change_keeps_its_hash_and_cannot_roll_back_a_removal() {
+        let (mut rng, g, admin, bob, mut log) = setup(31);
+        let carol = person(&mut rng);
+        // Epoch 2 adds Carol; epoch 3 removes Bob.
+        let add = change_at(
+            &admin,
+            g,
+            log.state(),
+            &[(carol.addr.account, false)],
+            &[],
+            1,
+        );
+        log.offer(add.clone()).unwrap();
+        let kick = change_at(&admin, g, log.state(), &[], &[bob.addr.account], 2);
+        log.offer(kick).unwrap();
+        let after_kick = log.state().clone();
+        assert!(!after_kick.is_member(&bob.addr.account));
+        // Bob holds the epoch-2 change and re-encodes its unsigned wrapper in every way he likes.
+        for n in 0..=127u8 {
+            let bytes = with_unknown_field(&add.signed, n);
+            let parsed = SignedChange::parse(&bytes).unwrap();
+            assert!(parsed.verify(&admin.id.public()).is_ok());
+            assert_eq!(
+                parsed.hash, add.hash,
+                "the hash covers the signed bytes only"
+            );
+            assert_eq!(parsed.signed, add.signed, "the stored form is canonical");
+            assert_eq!(log.offer(parsed).unwrap(), Offered::Ignored);
+        }
+        assert_eq!(log.state(), &after_kick, "the removal stands");
+    }
+
+    #[test]
+    fn a_repeated_change_field_is_verified_and_applied_as_one() {
+        let (mut rng, g, admin, bob, log) = setup(32);
+        let carol = person(&mut rng);
+        let real = change_at(
+            &admin,
+            g,
+            log.state(),
+            &[(carol.addr.account, false)],
+            &[],
+            1,
+        );
+        // A change Bob signs claiming to be the admin, put first in the wrapper.
+        let forged = change_at(
+            &Person {
+                addr: admin.addr,
+                id: DeviceIdentityKeyPair::generate(&mut rng),
+            },
+            g,
+            log.state(),
+            &[(bob.addr.account, true)],
+            &[],
+            1,
+        );
+        let w = wire::SignedGroupChange::decode(real.signed.as_slice()).unwrap();
+        let f = wire::SignedGroupChange::decode(forged.signed.as_slice()).unwrap();
+        let mut bytes = wire::SignedGroupChange {
+            change: f.change,
+            signature: Vec::new(),
+        }
+        .encode_to_vec();
+        bytes.extend_from_slice(&real.signed);
+        let parsed = SignedChange::parse(&bytes).unwrap();
+        // Whatever field wins decoding, the body, the verified bytes and the hash are the same one.
+        assert_eq!(parsed.body, real.body);
+        assert_eq!(parsed.hash, real.hash);
+        assert!(parsed.verify(&admin.id.public()).is_ok());
+        let stored = wire::SignedGroupChange::decode(parsed.signed.as_slice()).unwrap();
+        assert_eq!(stored.change, w.change);
+    }
+
+    /// Bob's leave for the state `s`, with a hash smaller than `than` (searching `issued_at`).
+    fn ground_leave(bob: &Person, g: GroupId, s: &GroupState, than: &[u8; 32]) -> SignedChange {
+        (0..10_000)
+            .map(|t| change_at(bob, g, s, &[], &[bob.addr.account], t))
+            .find(|c| c.hash < *than)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_leave_never_replaces_an_admin_change() {
+        let (mut rng, g, admin, bob, mut log) = setup(33);
+        let carol = person(&mut rng);
+        let s1 = log.state().clone();
+        let add = change_at(&admin, g, &s1, &[(carol.addr.account, false)], &[], 1);
+        log.offer(add.clone()).unwrap();
+        let kick = change_at(&admin, g, log.state(), &[], &[carol.addr.account], 2);
+        log.offer(kick).unwrap();
+        let current = log.state().clone();
+        // Bob leaves at epoch 2 with a ground-down hash: it must not roll back epochs 2 and 3.
+        let leave = ground_leave(&bob, g, &s1, &add.hash);
+        assert!(leave.verify(&bob.id.public()).is_ok());
+        assert_eq!(log.offer(leave.clone()).unwrap(), Offered::Ignored);
+        assert_eq!(log.state(), &current);
+
+        // A member that saw the leave first switches to the admin's change, whatever the hashes.
+        let mut other = GroupLog::create(log.log()[0].clone()).unwrap();
+        assert!(matches!(other.offer(leave).unwrap(), Offered::Applied(_)));
+        assert_eq!(other.offer(add).unwrap(), Offered::Replaced);
+        assert!(other.state().is_member(&bob.addr.account));
+        assert!(other.state().is_member(&carol.addr.account));
+        assert!(!GroupLog::wins(&s1, &other.log()[1], &log.log()[1]));
+    }
+
+    #[test]
+    fn pending_changes_apply_once_a_conflict_is_resolved() {
+        let (mut rng, g, admin, bob, mut a) = setup(34);
+        let (carol, dave) = (person(&mut rng), person(&mut rng));
+        let promote = change_at(&admin, g, a.state(), &[(bob.addr.account, true)], &[], 1);
+        a.offer(promote).unwrap();
+        let s2 = a.state().clone();
+        let x = change_at(&admin, g, &s2, &[(carol.addr.account, false)], &[], 2);
+        let y = change_at(&bob, g, &s2, &[(dave.addr.account, false)], &[], 2);
+        let (win, lose) = if x.hash < y.hash { (x, y) } else { (y, x) };
+        let mut b = a.clone();
+        a.offer(win.clone()).unwrap();
+        let next = change_at(&admin, g, a.state(), &[], &[], 3);
+        a.offer(next.clone()).unwrap();
+        // B applied the loser, then gets the winner's successor (pending), then the winner.
+        assert!(matches!(b.offer(lose).unwrap(), Offered::Applied(_)));
+        assert_eq!(b.offer(next).unwrap(), Offered::Buffered);
+        assert_eq!(b.offer(win).unwrap(), Offered::Replaced);
+        assert_eq!(
+            b.state(),
+            a.state(),
+            "the pending successor applied after the rollback"
+        );
+        assert_eq!(b.state().epoch, 4);
     }
 }
 

@@ -690,7 +690,7 @@ pub struct GroupChangeRecord {
     pub remove: Vec<String>,
     /// Issue time (ms).
     pub issued_at: u64,
-    /// SHA-256 of the previous change's `signed_group_change` (32 zero bytes for epoch 1).
+    /// SHA-256 of the previous change's `change` (32 zero bytes for epoch 1).
     pub previous_hash: String,
     /// The encoded `GroupChange`: the bytes that are signed.
     pub change: String,
@@ -699,7 +699,7 @@ pub struct GroupChangeRecord {
     pub signature: String,
     /// The encoded `SignedGroupChange` `{change, signature}`: what members exchange.
     pub signed_group_change: String,
-    /// SHA-256 of `signed_group_change` (32 bytes): the next change's `previous_hash`.
+    /// SHA-256 of `change`, the signed bytes (32 bytes): the next change's `previous_hash`.
     pub hash: String,
     /// Accounts that joined with this change (32 bytes each).
     pub added: Vec<String>,

@@ -1612,7 +1612,8 @@ fn check_membership_log(v: &MembershipVector) {
         }
         .encode_to_vec();
         assert_eq!(hex::encode(&signed), c.signed_group_change);
-        let hash: [u8; 32] = Sha256::digest(&signed).as_slice().try_into().unwrap();
+        // The hash covers the signed `GroupChange` bytes only, not the wrapper.
+        let hash: [u8; 32] = Sha256::digest(h(&c.change)).as_slice().try_into().unwrap();
         assert_eq!(hash, h32(&c.hash), "{}: hash of change {}", v.name, c.epoch);
 
         // The rules, by hand.
