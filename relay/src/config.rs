@@ -169,6 +169,12 @@ pub struct RateLimits {
     pub uploads: RateLimit,
     /// Blob uploads begun, per device.
     pub blob_uploads: RateLimit,
+    /// Sends, per account (all its devices together).
+    pub account_sends: RateLimit,
+    /// Pre-key bundle and device-list fetches, per account (all its devices together).
+    pub account_prekey_fetches: RateLimit,
+    /// Pre-key and device-list uploads, per account (all its devices together).
+    pub account_uploads: RateLimit,
 }
 
 impl Default for RateLimits {
@@ -179,6 +185,9 @@ impl Default for RateLimits {
             account_creations: RateLimit::new(1.0, 10),
             uploads: RateLimit::new(10.0, 20),
             blob_uploads: RateLimit::new(2.0, 10),
+            account_sends: RateLimit::new(400.0, 800),
+            account_prekey_fetches: RateLimit::new(40.0, 200),
+            account_uploads: RateLimit::new(20.0, 40),
         }
     }
 }
@@ -327,6 +336,9 @@ impl Config {
             ("rate_account_creations", r.account_creations),
             ("rate_uploads", r.uploads),
             ("rate_blob_uploads", r.blob_uploads),
+            ("rate_account_sends", r.account_sends),
+            ("rate_account_prekey_fetches", r.account_prekey_fetches),
+            ("rate_account_uploads", r.account_uploads),
         ] {
             if !(limit.per_second.is_finite() && limit.per_second > 0.0) {
                 return fail(setting, "per second must be a positive number");
@@ -472,6 +484,15 @@ struct Flags {
     /// Blob uploads per device (per second/burst) [default: 2/10] [env: HUSH_RELAY_RATE_BLOB_UPLOADS]
     #[arg(long, global = true, value_name = "RATE/BURST")]
     rate_blob_uploads: Option<String>,
+    /// Sends per account, all devices together (per second/burst) [default: 400/800] [env: HUSH_RELAY_RATE_ACCOUNT_SENDS]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_account_sends: Option<String>,
+    /// Pre-key fetches per account, all devices together (per second/burst) [default: 40/200] [env: HUSH_RELAY_RATE_ACCOUNT_PREKEY_FETCHES]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_account_prekey_fetches: Option<String>,
+    /// Key and device-list uploads per account, all devices together (per second/burst) [default: 20/40] [env: HUSH_RELAY_RATE_ACCOUNT_UPLOADS]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_account_uploads: Option<String>,
     /// Require QUIC address validation above this many connections (count, 0 = always) [default: 2000] [env: HUSH_RELAY_RETRY_UNDER_LOAD_CONNECTIONS]
     #[arg(long, global = true, value_name = "N")]
     retry_under_load_connections: Option<String>,
@@ -510,6 +531,9 @@ pub const SETTINGS: &[&str] = &[
     "rate_account_creations",
     "rate_uploads",
     "rate_blob_uploads",
+    "rate_account_sends",
+    "rate_account_prekey_fetches",
+    "rate_account_uploads",
     "retry_under_load_connections",
     "push_allow_plain_http",
     "push_timeout_ms",
@@ -591,6 +615,9 @@ fn apply(c: &mut Config, setting: &str, raw: &str) -> Result<(), String> {
         "rate_account_creations" => c.rate.account_creations = raw.parse()?,
         "rate_uploads" => c.rate.uploads = raw.parse()?,
         "rate_blob_uploads" => c.rate.blob_uploads = raw.parse()?,
+        "rate_account_sends" => c.rate.account_sends = raw.parse()?,
+        "rate_account_prekey_fetches" => c.rate.account_prekey_fetches = raw.parse()?,
+        "rate_account_uploads" => c.rate.account_uploads = raw.parse()?,
         "retry_under_load_connections" => c.retry_under_load_connections = parse_num(raw)?,
         "push_allow_plain_http" => c.push.allow_plain_http = parse_bool(raw)?,
         "push_timeout_ms" => c.push.timeout_ms = parse_num(raw)?,
@@ -635,6 +662,9 @@ struct FileRates {
     account_creations: Option<FileRate>,
     uploads: Option<FileRate>,
     blob_uploads: Option<FileRate>,
+    account_sends: Option<FileRate>,
+    account_prekey_fetches: Option<FileRate>,
+    account_uploads: Option<FileRate>,
 }
 
 #[derive(Deserialize, Default)]
@@ -703,6 +733,9 @@ impl FileConfig {
             (rates.account_creations, &mut r.account_creations),
             (rates.uploads, &mut r.uploads),
             (rates.blob_uploads, &mut r.blob_uploads),
+            (rates.account_sends, &mut r.account_sends),
+            (rates.account_prekey_fetches, &mut r.account_prekey_fetches),
+            (rates.account_uploads, &mut r.account_uploads),
         ] {
             if let Some(f) = file {
                 f.apply(to);

@@ -105,6 +105,34 @@ struct Limits {
     uploads: Limiter<DeviceId>,
     accounts: Limiter<IpAddr>,
     blob_uploads: Limiter<DeviceId>,
+    account_sends: Limiter<[u8; 32]>,
+    account_prekey_fetches: Limiter<[u8; 32]>,
+    account_uploads: Limiter<[u8; 32]>,
+}
+
+impl Limits {
+    /// Takes a token from the device's bucket and from its account's.
+    fn take(
+        device: &Limiter<DeviceId>,
+        account: &Limiter<[u8; 32]>,
+        who: &DeviceId,
+    ) -> Result<(), Refused> {
+        let now = instant();
+        device.check(who, 1, now).map_err(Refused::rate)?;
+        account.check(&who.account, 1, now).map_err(Refused::rate)
+    }
+
+    fn send(&self, who: &DeviceId) -> Result<(), Refused> {
+        Self::take(&self.sends, &self.account_sends, who)
+    }
+
+    fn fetch(&self, who: &DeviceId) -> Result<(), Refused> {
+        Self::take(&self.prekey_fetches, &self.account_prekey_fetches, who)
+    }
+
+    fn upload(&self, who: &DeviceId) -> Result<(), Refused> {
+        Self::take(&self.uploads, &self.account_uploads, who)
+    }
 }
 
 /// Everything the connection tasks share.
@@ -187,6 +215,9 @@ impl Relay {
             uploads: Limiter::new(cfg.rate.uploads),
             accounts: Limiter::new(cfg.rate.account_creations),
             blob_uploads: Limiter::new(cfg.rate.blob_uploads),
+            account_sends: Limiter::new(cfg.rate.account_sends),
+            account_prekey_fetches: Limiter::new(cfg.rate.account_prekey_fetches),
+            account_uploads: Limiter::new(cfg.rate.account_uploads),
         };
         let relay = Arc::new(Self {
             cfg,
@@ -943,11 +974,7 @@ impl Conn {
 
     fn publish_list(&mut self, p: &api::PublishDeviceList) -> Result<server_frame::Kind, Refused> {
         let me = self.device()?;
-        self.relay
-            .limits
-            .uploads
-            .check(&me, 1, instant())
-            .map_err(Refused::rate)?;
+        self.relay.limits.upload(&me)?;
         let max = self.relay.cfg.max_devices_per_account as usize;
         let devices = AccountDevices::from_signed(&p.signed_device_list, Some(&me.account), max)
             .map_err(|e| match e {
@@ -997,11 +1024,7 @@ impl Conn {
 
     fn fetch_list(&mut self, q: &api::FetchDeviceList) -> Result<server_frame::Kind, Refused> {
         let me = self.device()?;
-        self.relay
-            .limits
-            .prekey_fetches
-            .check(&me, 1, instant())
-            .map_err(Refused::rate)?;
+        self.relay.limits.fetch(&me)?;
         let account: [u8; 32] = arr(&q.account, "account")?;
         let (_, bytes) = self
             .relay
@@ -1015,11 +1038,7 @@ impl Conn {
 
     fn upload_pre_keys(&mut self, u: api::UploadPreKeys) -> Result<server_frame::Kind, Refused> {
         let me = self.device()?;
-        self.relay
-            .limits
-            .uploads
-            .check(&me, 1, instant())
-            .map_err(Refused::rate)?;
+        self.relay.limits.upload(&me)?;
         if u.one_time_pre_keys.len() > limits::MAX_PRE_KEYS_PER_UPLOAD
             || u.kem_pre_keys.len() > limits::MAX_PRE_KEYS_PER_UPLOAD
         {
@@ -1070,11 +1089,7 @@ impl Conn {
 
     fn fetch_bundle(&mut self, b: &api::FetchBundle) -> Result<server_frame::Kind, Refused> {
         let me = self.device()?;
-        self.relay
-            .limits
-            .prekey_fetches
-            .check(&me, 1, instant())
-            .map_err(Refused::rate)?;
+        self.relay.limits.fetch(&me)?;
         let account: [u8; 32] = arr(&b.account, "account")?;
         let devices = self
             .relay
@@ -1134,11 +1149,7 @@ impl Conn {
                 "relay draining, reconnect",
             ));
         }
-        self.relay
-            .limits
-            .sends
-            .check(&me, 1, instant())
-            .map_err(Refused::rate)?;
+        self.relay.limits.send(&me)?;
         let client_id: [u8; limits::CLIENT_ID_LEN] = arr(&s.client_id, "client id")?;
         let recipient: [u8; 32] = arr(&s.recipient_account, "recipient account")?;
         let cfg = &self.relay.cfg;
@@ -1228,11 +1239,7 @@ impl Conn {
 
     fn ephemeral(&mut self, e: api::SendEphemeral) -> Result<server_frame::Kind, Refused> {
         let me = self.device()?;
-        self.relay
-            .limits
-            .sends
-            .check(&me, 1, instant())
-            .map_err(Refused::rate)?;
+        self.relay.limits.send(&me)?;
         let recipient: [u8; 32] = arr(&e.recipient_account, "recipient account")?;
         let cfg = &self.relay.cfg;
         if e.envelopes.len() > cfg.max_envelopes_per_send
@@ -1271,11 +1278,7 @@ impl Conn {
 
     fn register_push(&mut self, p: &api::RegisterPush) -> Result<server_frame::Kind, Refused> {
         let me = self.device()?;
-        self.relay
-            .limits
-            .uploads
-            .check(&me, 1, instant())
-            .map_err(Refused::rate)?;
+        self.relay.limits.upload(&me)?;
         if p.url.is_empty() {
             self.relay.store.set_push_endpoint(&me, None)?;
             return Ok(server_frame::Kind::Ok(api::Ok {}));

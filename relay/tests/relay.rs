@@ -787,6 +787,64 @@ async fn drain_keeps_every_acknowledged_envelope(store: StoreKind, dir: &Path) {
     r.stop().await;
 }
 
+on_both_stores!(per_account_limits_and_the_connection_cap_refuse);
+async fn per_account_limits_and_the_connection_cap_refuse(store: StoreKind, dir: &Path) {
+    let mut cfg = test_config(store, dir);
+    // Each device may send 3, the account's devices together 4.
+    cfg.rate.sends = Rate {
+        per_second: 0.001,
+        burst: 3,
+    };
+    cfg.rate.account_sends = Rate {
+        per_second: 0.001,
+        burst: 4,
+    };
+    cfg.max_connections = 3;
+    let r = relay(cfg).await;
+    let alice = TestAccount::new(2);
+    let bob = TestAccount::new(1);
+    let a1 = client(&r).await;
+    a1.create(&alice, 1).await;
+    let a2 = client(&r).await;
+    a2.authenticate(&alice, 2).await;
+    let b = client(&r).await;
+    b.create(&bob, 1).await;
+    for _ in 0..3 {
+        assert!(matches!(
+            a1.send(random(), bob.id(), &[1], b"m").await,
+            server_frame::Kind::Sent(_)
+        ));
+    }
+    // Device 1 has spent its own bucket; device 2 has tokens, but the account has one left.
+    assert_eq!(
+        error_of(&a1.send(random(), bob.id(), &[1], b"m").await).0,
+        ErrorCode::RateLimited
+    );
+    assert!(matches!(
+        a2.send(random(), bob.id(), &[1], b"m").await,
+        server_frame::Kind::Sent(_)
+    ));
+    assert_eq!(
+        error_of(&a2.send(random(), bob.id(), &[1], b"m").await).0,
+        ErrorCode::RateLimited
+    );
+    // Bob's own account is unaffected.
+    assert!(matches!(
+        b.send(random(), alice.id(), &[1, 2], b"m").await,
+        server_frame::Kind::Sent(_)
+    ));
+    // A fourth connection is refused at the cap; the three open ones keep working.
+    let tls = hush_relay::tls::pinned_client_config(&r.fingerprint, limits::ALPN).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let refused = ep.connect(r.addr, "localhost").unwrap().await;
+    assert!(refused.is_err(), "a connection past the cap was accepted");
+    assert_eq!(r.metrics.connections_refused.get(), 1);
+    ok(&b.request(client_frame::Kind::Ping(api::Ping {})).await);
+    r.stop().await;
+}
+
 /// GET /metrics over plain TCP.
 async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -51,6 +51,9 @@ pub fn test_config(store: StoreKind, dir: &Path) -> Config {
     cfg.rate.account_creations = lots;
     cfg.rate.uploads = lots;
     cfg.rate.blob_uploads = lots;
+    cfg.rate.account_sends = lots;
+    cfg.rate.account_prekey_fetches = lots;
+    cfg.rate.account_uploads = lots;
     cfg.push.allow_plain_http = true;
     cfg
 }
