@@ -28,7 +28,9 @@ use crate::consts::{
     SENDER_KEY_MESSAGE_INFO, SIGNATURE_LEN,
 };
 use crate::error::{AuthError, Error, ProtocolError, Result};
-use crate::keys::{AccountId, DeviceAddress, array, ed25519_public, verify_signature};
+use crate::keys::{
+    AccountId, DeviceAddress, DeviceIdentity, array, ed25519_public, verify_signature,
+};
 use crate::ratchet::Secret;
 
 /// A group's id: 32 random bytes chosen by its creator.
@@ -192,8 +194,20 @@ pub struct SenderKeyState {
     signing_private: Option<Box<SigningKey>>,
     initial_chain_key: Option<Secret>,
     skipped: BTreeMap<u32, (Secret, u64)>,
-    entitled: BTreeMap<DeviceAddress, u32>,
+    entitled: BTreeMap<DeviceAddress, Entitlement>,
     created_at: u64,
+}
+
+/// From which iteration a device may read an own sender key, and which identity that device had
+/// when it was given the key. An entitlement is only valid for that identity: a device that
+/// re-registers at the same address starts over at the current iteration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entitlement {
+    /// The first iteration it may read.
+    pub from: u32,
+    /// The device's identity (`None` only for entitlements made without one, see
+    /// [`SenderKeyState::distribution_for`]).
+    pub identity: Option<DeviceIdentity>,
 }
 
 impl SenderKeyState {
@@ -255,25 +269,55 @@ impl SenderKeyState {
         self.skipped.len()
     }
 
-    /// Devices this own key was given to, and from which iteration.
-    pub const fn entitled(&self) -> &BTreeMap<DeviceAddress, u32> {
+    /// Devices this own key was given to, from which iteration and with which identity.
+    pub const fn entitled(&self) -> &BTreeMap<DeviceAddress, Entitlement> {
         &self.entitled
     }
 
-    /// The distribution for a device: the chain key at the iteration it is entitled from (its
-    /// entitlement starts at the current iteration if it had none, so a device never receives
-    /// keys to messages sent before it was given the key). Records the entitlement.
+    /// The iteration from which `device`, with `identity`, may read this key; `None` if it was
+    /// never given the key, or was given it under another identity.
+    pub fn entitlement(&self, device: &DeviceAddress, identity: &DeviceIdentity) -> Option<u32> {
+        self.entitled
+            .get(device)
+            .filter(|e| e.identity.as_ref() == Some(identity))
+            .map(|e| e.from)
+    }
+
+    /// [`Self::distribution_to`] without binding the entitlement to an identity (for a single
+    /// key outside a device, as in test vectors and benchmarks).
     pub fn distribution_for(
         &mut self,
         group: GroupId,
         device: DeviceAddress,
         from: Option<u32>,
     ) -> Result<wire::SenderKeyDistribution> {
+        self.distribution_to(group, device, None, from)
+    }
+
+    /// The distribution for a device: the chain key at the iteration it is entitled from (its
+    /// entitlement starts at the current iteration if it had none, or had one for another
+    /// identity, so a device never receives keys to messages sent before it was given the key).
+    /// Records the entitlement.
+    pub fn distribution_to(
+        &mut self,
+        group: GroupId,
+        device: DeviceAddress,
+        identity: Option<DeviceIdentity>,
+        from: Option<u32>,
+    ) -> Result<wire::SenderKeyDistribution> {
         let initial = self
             .initial_chain_key
             .as_ref()
             .ok_or(ProtocolError::Misuse("not an own sender key"))?;
-        let entitled = *self.entitled.entry(device).or_insert(self.iteration);
+        let fresh = Entitlement {
+            from: self.iteration,
+            identity,
+        };
+        let e = self.entitled.entry(device).or_insert(fresh);
+        if e.identity != identity {
+            *e = fresh;
+        }
+        let entitled = e.from;
         let at = from.unwrap_or(entitled).max(entitled).min(self.iteration);
         let mut ck = initial.clone();
         for _ in 0..at {
@@ -426,10 +470,14 @@ impl SenderKeyState {
             entitled: self
                 .entitled
                 .iter()
-                .map(|(a, from)| pstore::SenderKeyEntitlement {
+                .map(|(a, e)| pstore::SenderKeyEntitlement {
                     account_key: a.account.as_bytes().to_vec(),
                     device_id: a.device_id,
-                    from_iteration: *from,
+                    from_iteration: e.from,
+                    identity: e
+                        .identity
+                        .map(|i| i.to_bytes().to_vec())
+                        .unwrap_or_default(),
                 })
                 .collect(),
             created_at: self.created_at,
@@ -459,7 +507,14 @@ impl SenderKeyState {
                     account: AccountId::from_bytes(&e.account_key)?,
                     device_id: e.device_id,
                 },
-                e.from_iteration,
+                Entitlement {
+                    from: e.from_iteration,
+                    identity: if e.identity.is_empty() {
+                        None
+                    } else {
+                        Some(DeviceIdentity::from_bytes(&e.identity)?)
+                    },
+                },
             );
         }
         Ok(Self {
@@ -481,10 +536,12 @@ impl SenderKeyState {
 }
 
 /// The sender-key states of one (group, sender device), newest first, at most
-/// [`MAX_SENDER_KEY_STATES`].
+/// [`MAX_SENDER_KEY_STATES`]. A record of received keys is bound to the identity of the sender
+/// device whose pairwise session delivered them.
 #[derive(Default)]
 pub struct SenderKeyRecord {
     states: VecDeque<SenderKeyState>,
+    sender_identity: Option<DeviceIdentity>,
 }
 
 impl SenderKeyRecord {
@@ -508,6 +565,25 @@ impl SenderKeyRecord {
         self.states.iter_mut().find(|s| s.key_id == key_id)
     }
 
+    /// The identity of the sender device the received keys came from (`None` for an own record
+    /// or an empty one).
+    pub const fn sender_identity(&self) -> Option<&DeviceIdentity> {
+        self.sender_identity.as_ref()
+    }
+
+    /// Binds the record to the sender device's current `identity`. If it held keys of another
+    /// identity (the device was replaced at the same address), or keys bound to none, they are
+    /// dropped: they must not be used for the new device, nor for the old one any more. Returns
+    /// whether the record changed.
+    pub fn bind_sender(&mut self, identity: DeviceIdentity) -> bool {
+        if self.sender_identity == Some(identity) {
+            return false;
+        }
+        self.states.clear();
+        self.sender_identity = Some(identity);
+        true
+    }
+
     /// Whether a state with `key_id` is held.
     pub fn has(&self, key_id: u32) -> bool {
         self.states.iter().any(|s| s.key_id == key_id)
@@ -529,6 +605,10 @@ impl SenderKeyRecord {
     pub fn to_proto(&self) -> pstore::SenderKeyRecord {
         pstore::SenderKeyRecord {
             states: self.states.iter().map(SenderKeyState::to_proto).collect(),
+            sender_identity: self
+                .sender_identity
+                .map(|i| i.to_bytes().to_vec())
+                .unwrap_or_default(),
         }
     }
 
@@ -540,6 +620,11 @@ impl SenderKeyRecord {
                 .iter()
                 .map(SenderKeyState::from_proto)
                 .collect::<Result<_>>()?,
+            sender_identity: if p.sender_identity.is_empty() {
+                None
+            } else {
+                Some(DeviceIdentity::from_bytes(&p.sender_identity)?)
+            },
         })
     }
 }

@@ -76,6 +76,11 @@ impl Directory {
         entry.published = p;
     }
 
+    /// Forgets everything published for a device (it re-registers at the same address).
+    pub fn forget_device(&mut self, addr: &DeviceAddress) {
+        self.devices.remove(addr);
+    }
+
     /// Hands out a bundle for `addr`, consuming one one-time X25519 and one one-time ML-KEM key if
     /// any are left (otherwise the bundle carries no one-time key and the last-resort ML-KEM key).
     pub fn claim_bundle(&mut self, addr: &DeviceAddress) -> Option<PreKeyBundle> {

@@ -601,3 +601,143 @@ fn removing_one_device_of_a_member_rotates_every_senders_key() {
         .decrypt_group(&after.message, &mut rng, 9);
     assert!(!matches!(got, Ok(GroupIncoming::Decrypted(_))));
 }
+
+#[test]
+fn a_re_registered_device_replaces_the_old_ones_sender_keys_and_entitlements() {
+    let mut rng = ChaCha20Rng::from_seed([22; 32]);
+    let mut pop = Population::new(&mut rng, &[1, 2], 0).unwrap();
+    let accounts = pop.account_ids();
+    let (alice, bob1, bob2) = (pop.accounts[0][0], pop.accounts[1][0], pop.accounts[1][1]);
+    let everyone = [alice, bob1, bob2];
+    for d in &everyone {
+        let others: Vec<_> = everyone.iter().copied().filter(|x| x != d).collect();
+        pop.ensure_sessions(d, &others, &mut rng, 1).unwrap();
+    }
+    let (g, out) = pop
+        .devices
+        .get_mut(&alice)
+        .unwrap()
+        .create_group("team", &accounts, &mut rng, 2)
+        .unwrap();
+    deliver_all(&mut pop, alice, out, &mut rng, 3);
+    let send = |pop: &mut Population, rng: &mut ChaCha20Rng, from: DeviceAddress, text: &[u8]| {
+        let targets = pop.devices[&from].group_devices(&g).unwrap();
+        pop.ensure_sessions(&from, &targets, rng, 4).unwrap();
+        let s = pop
+            .devices
+            .get_mut(&from)
+            .unwrap()
+            .group_encrypt(&g, text, rng, 4)
+            .unwrap();
+        deliver_all(pop, from, s.distributions.clone(), rng, 4);
+        s.message
+    };
+    let early: Vec<_> = (0..3)
+        .map(|i| send(&mut pop, &mut rng, alice, format!("early{i}").as_bytes()))
+        .collect();
+    let old1 = send(&mut pop, &mut rng, bob2, b"old-1");
+    let got = pop
+        .devices
+        .get_mut(&alice)
+        .unwrap()
+        .decrypt_group(&old1, &mut rng, 5)
+        .unwrap();
+    assert!(matches!(got, GroupIncoming::Decrypted(m) if &*m.plaintext == b"old-1"));
+
+    // Bob's second device re-registers at the same address with a new identity.
+    let mut old_bob2 = pop.devices.remove(&bob2).unwrap();
+    let new_bob2 = hush_core::device::Device::create_linked(
+        Box::new(hush_core::store::memory::MemoryKv::new()) as hush_tests::sim::Store,
+        &mut rng,
+        accounts[1],
+        2,
+        6,
+    )
+    .unwrap();
+    let list = pop
+        .devices
+        .get_mut(&bob1)
+        .unwrap()
+        .add_device(2, new_bob2.identity(), 6)
+        .unwrap();
+    pop.dir
+        .publish_list(accounts[1], list.signed_bytes().to_vec());
+    pop.dir.forget_device(&bob2);
+    pop.dir
+        .publish_pre_keys(new_bob2.published_pre_keys().unwrap());
+    pop.devices.insert(bob2, new_bob2);
+    pop.sync_lists(7).unwrap();
+
+    // The old device keeps its store and sends under its old sender key: not accepted any more.
+    let old2 = old_bob2
+        .group_encrypt(&g, b"old-2", &mut rng, 8)
+        .unwrap()
+        .message;
+    let got = pop
+        .devices
+        .get_mut(&alice)
+        .unwrap()
+        .decrypt_group(&old2, &mut rng, 8);
+    assert!(
+        !matches!(got, Ok(GroupIncoming::Decrypted(_))),
+        "a message under the replaced device's sender key was accepted"
+    );
+
+    // The new device learns the group (Bob's account removed and added again in one change).
+    let targets = pop.devices[&alice].group_devices(&g).unwrap();
+    pop.ensure_sessions(&alice, &targets, &mut rng, 9).unwrap();
+    let out = pop
+        .devices
+        .get_mut(&alice)
+        .unwrap()
+        .update_group(
+            &g,
+            &[(accounts[1], false)],
+            &[accounts[1]],
+            None,
+            &mut rng,
+            9,
+        )
+        .unwrap();
+    deliver_all(&mut pop, alice, out, &mut rng, 9);
+    assert!(pop.devices[&bob2].group(&g).is_some());
+
+    // Asking for Alice's current key, it gets it from the current iteration, not from the old
+    // device's entitlement: it cannot read what Alice sent before it existed.
+    pop.ensure_sessions(&bob2, &[alice], &mut rng, 10).unwrap();
+    let req = pop
+        .devices
+        .get_mut(&bob2)
+        .unwrap()
+        .request_sender_key(&g, &alice, 1, 0, &mut rng, 10)
+        .unwrap();
+    deliver_all(&mut pop, bob2, vec![req], &mut rng, 10);
+    let status = pop
+        .devices
+        .get_mut(&bob2)
+        .unwrap()
+        .sender_key_status(&g, &alice)
+        .unwrap();
+    assert_eq!(status, vec![(1, 3, 0)], "entitled from iteration 3");
+    for m in &early {
+        let got = pop
+            .devices
+            .get_mut(&bob2)
+            .unwrap()
+            .decrypt_group(m, &mut rng, 11);
+        assert!(
+            matches!(got, Err(Error::Protocol(ProtocolError::Duplicate))),
+            "the re-registered device read a message sent before it existed"
+        );
+    }
+
+    // Its own first key (key id 1 again) replaces the old device's key id 1 at the receivers.
+    let new1 = send(&mut pop, &mut rng, bob2, b"new-1");
+    let got = pop
+        .devices
+        .get_mut(&alice)
+        .unwrap()
+        .decrypt_group(&new1, &mut rng, 12)
+        .unwrap();
+    assert!(matches!(got, GroupIncoming::Decrypted(m) if &*m.plaintext == b"new-1"));
+}

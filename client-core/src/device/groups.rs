@@ -15,7 +15,7 @@ use crate::consts::{
 };
 use crate::error::{Error, ProtocolError, Result};
 use crate::group::{ChangeBody, GroupLog, GroupState, Offered, SignedChange};
-use crate::keys::{AccountId, DeviceAddress};
+use crate::keys::{AccountId, DeviceAddress, DeviceIdentity};
 use crate::sender_key::{GroupId, GroupMessage, SenderKeyRecord, SenderKeyState};
 use crate::store::kv::{KvStore, Namespace};
 
@@ -174,6 +174,22 @@ impl<S: KvStore> Device<S> {
         self.sender_keys
             .get_mut(&(g, a))
             .ok_or(ProtocolError::UnknownGroup.into())
+    }
+
+    /// The record of keys received from `sender` in group `g`, bound to the sender device's
+    /// current `identity`: keys received from an earlier device at the same address are dropped
+    /// (and the drop is recorded in `tx`).
+    fn received_record(
+        &mut self,
+        g: GroupId,
+        sender: DeviceAddress,
+        identity: DeviceIdentity,
+        tx: &mut Tx,
+    ) -> Result<&mut SenderKeyRecord> {
+        if self.sender_key_record(g, sender)?.bind_sender(identity) {
+            tx.sender_keys.insert((g, sender));
+        }
+        self.sender_key_record(g, sender)
     }
 
     /// The sender keys held for `sender` in group `g`: (key id, next iteration, stored skipped keys),
@@ -396,6 +412,10 @@ impl<S: KvStore> Device<S> {
         }
         let rotate = entry.needs_rotation;
         let recipients = self.group_devices(g)?;
+        let identities = recipients
+            .iter()
+            .map(|d| Ok((*d, self.known_identity(d)?)))
+            .collect::<Result<Vec<_>>>()?;
         let me = self.address;
         let mut tx = Tx::default();
         let record = self.sender_key_record(*g, me)?;
@@ -415,9 +435,9 @@ impl<S: KvStore> Device<S> {
             let state = record
                 .current_mut()
                 .ok_or(ProtocolError::Misuse("no sender key"))?;
-            for d in &recipients {
-                if !state.entitled().contains_key(d) {
-                    dists.push((*d, state.distribution_for(*g, *d, None)?));
+            for (d, identity) in &identities {
+                if state.entitlement(d, identity).is_none() {
+                    dists.push((*d, state.distribution_to(*g, *d, Some(*identity), None)?));
                 }
             }
         }
@@ -503,9 +523,9 @@ impl<S: KvStore> Device<S> {
             self.finish(tx)?;
             return Ok(GroupIncoming::Buffered { request: None });
         }
-        self.known_identity(&sender)?;
+        let identity = self.known_identity(&sender)?;
         let mut tx = Tx::default();
-        let record = self.sender_key_record(g, sender)?;
+        let record = self.received_record(g, sender, identity, &mut tx)?;
         if let Some(state) = record.get_mut(msg.header.key_id) {
             let plaintext = state.decrypt(&msg, now)?;
             tx.sender_keys.insert((g, sender));
@@ -608,10 +628,13 @@ impl<S: KvStore> Device<S> {
                 .groups
                 .get(g)
                 .is_some_and(|e| e.log.state().is_member(&sender.account));
-            if !member || self.known_identity(&sender).is_err() {
+            let Ok(identity) = self.known_identity(&sender) else {
+                continue;
+            };
+            if !member {
                 continue;
             }
-            let record = self.sender_key_record(*g, sender)?;
+            let record = self.received_record(*g, sender, identity, tx)?;
             let Some(state) = record.get_mut(msg.header.key_id) else {
                 continue;
             };
@@ -709,12 +732,12 @@ impl<S: KvStore> Device<S> {
         Ok(out)
     }
 
-    fn check_member_device(&self, g: &GroupId, d: &DeviceAddress) -> Result<()> {
+    fn check_member_device(&self, g: &GroupId, d: &DeviceAddress) -> Result<DeviceIdentity> {
         let entry = self.groups.get(g).ok_or(ProtocolError::UnknownGroup)?;
         if !entry.log.state().is_member(&d.account) {
             return Err(ProtocolError::NotAMember.into());
         }
-        self.known_identity(d).map(|_| ())
+        self.known_identity(d)
     }
 
     pub(super) fn accept_sender_key(
@@ -725,13 +748,13 @@ impl<S: KvStore> Device<S> {
         tx: &mut Tx,
     ) -> Result<Vec<Received>> {
         let g = GroupId::from_bytes(&d.group_id)?;
-        if self.check_member_device(&g, from).is_err() {
+        let Ok(identity) = self.check_member_device(&g, from) else {
             // A key from a device that is not (or no longer) a member is never used.
             tracing::debug!("sender key from a non-member ignored");
             return Ok(Vec::new());
-        }
+        };
         let state = SenderKeyState::from_distribution(d, now)?;
-        if !self.sender_key_record(g, *from)?.add(state) {
+        if !self.received_record(g, *from, identity, tx)?.add(state) {
             return Ok(Vec::new());
         }
         tx.sender_keys.insert((g, *from));
@@ -748,11 +771,11 @@ impl<S: KvStore> Device<S> {
         tx: &mut Tx,
     ) -> Result<Vec<Outgoing>> {
         let g = GroupId::from_bytes(&r.group_id)?;
-        if self.check_member_device(&g, from).is_err() {
+        let Ok(identity) = self.check_member_device(&g, from) else {
             // Removed members, and devices that left their account, get nothing.
             tracing::debug!("sender key request from a non-member refused");
             return Ok(Vec::new());
-        }
+        };
         let me = self.address;
         let record = self.sender_key_record(g, me)?;
         let is_current = record.current().is_some_and(|s| s.key_id() == r.key_id);
@@ -761,12 +784,13 @@ impl<S: KvStore> Device<S> {
         };
         // An older key goes only to devices that had it; the current one to any member device
         // (from the current iteration for a device that never had it).
-        if !is_current && !state.entitled().contains_key(from) {
+        if !is_current && state.entitlement(from, &identity).is_none() {
             return Ok(Vec::new());
         }
-        // Always from the requester's entitlement: a device that missed the first distribution must
-        // also read the messages still on their way from before its request.
-        let dist = state.distribution_for(g, *from, None)?;
+        // Always from the requester's entitlement (for its current identity): a device that missed
+        // the first distribution must also read the messages still on their way from before its
+        // request, and a device re-registered at the address starts at the current iteration.
+        let dist = state.distribution_to(g, *from, Some(identity), None)?;
         tx.sender_keys.insert((g, me));
         let content = wire::Content {
             body: Some(wire::content::Body::SenderKey(dist)),
