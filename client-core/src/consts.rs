@@ -97,6 +97,10 @@ pub const MAX_SENDER_KEY_JUMP: u32 = 2000;
 /// Most skipped message keys kept per sender-key state; the oldest (lowest iteration) go first.
 pub const MAX_SENDER_KEY_SKIPPED: usize = 2000;
 
+/// A skipped sender-key message key older than this is deleted (milliseconds): 30 days, as for
+/// pairwise skipped keys ([`SKIPPED_KEY_MAX_AGE_MS`]).
+pub const SENDER_KEY_SKIPPED_MAX_AGE_MS: u64 = SKIPPED_KEY_MAX_AGE_MS;
+
 /// Sender-key states kept per (group, sender device): the current one and older ones, so that
 /// messages in flight across a rotation still decrypt.
 pub const MAX_SENDER_KEY_STATES: usize = 5;

@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 use crate::consts::{
     AEAD_TAG_LEN, CHAIN_KEY_SEED, GROUP_ID_LEN, KEY_LEN, MAX_PLAINTEXT_LEN, MAX_SENDER_KEY_JUMP,
     MAX_SENDER_KEY_SKIPPED, MAX_SENDER_KEY_STATES, MESSAGE_KEY_SEED, PROTOCOL_VERSION,
-    SENDER_KEY_MESSAGE_INFO, SIGNATURE_LEN,
+    SENDER_KEY_MESSAGE_INFO, SENDER_KEY_SKIPPED_MAX_AGE_MS, SIGNATURE_LEN,
 };
 use crate::error::{AuthError, Error, ProtocolError, Result};
 use crate::keys::{
@@ -407,10 +407,17 @@ impl SenderKeyState {
             .map(Zeroizing::new)
             .map_err(|_| AuthError::DecryptFailed.into())
         };
+        let fresh = |stored_at: u64| stored_at.saturating_add(SENDER_KEY_SKIPPED_MAX_AGE_MS) >= now;
         if i < self.iteration {
-            let (mk, _) = self.skipped.get(&i).ok_or(ProtocolError::Duplicate)?;
+            // An expired key counts as deleted (it is purged at the next successful decryption).
+            let (mk, _) = self
+                .skipped
+                .get(&i)
+                .filter(|(_, t)| fresh(*t))
+                .ok_or(ProtocolError::Duplicate)?;
             let pt = open(mk)?;
             self.skipped.remove(&i);
+            self.skipped.retain(|_, (_, t)| fresh(*t));
             return Ok(pt);
         }
         let jump = i - self.iteration;
@@ -430,6 +437,7 @@ impl SenderKeyState {
         }
         let (mk, next) = sender_chain_step(&ck);
         let pt = open(&mk)?;
+        self.skipped.retain(|_, (_, t)| fresh(*t));
         for (j, k) in new_skipped {
             self.skipped.insert(j, (k, now));
         }
@@ -671,5 +679,34 @@ mod tests {
         assert_eq!(&*theirs.decrypt(&msgs[2], 1).unwrap(), b"m2");
         assert_eq!(&*theirs.decrypt(&msgs[3], 1).unwrap(), b"m3");
         assert_eq!(theirs.skipped_len(), 0);
+    }
+    #[test]
+    fn skipped_keys_expire_by_age() {
+        let (mut rng, g, a, b) = setup();
+        let mut own = SenderKeyState::generate(&mut rng, 1, 0);
+        let d = own.distribution_for(g, b, None).unwrap();
+        let mut theirs = SenderKeyState::from_distribution(&d, 0).unwrap();
+        let msgs: Vec<_> = (0..6)
+            .map(|i| own.encrypt(g, a, format!("m{i}").as_bytes()).unwrap())
+            .collect();
+        // Message 3 at time 10 stores the keys of 0, 1 and 2 as skipped.
+        assert_eq!(&*theirs.decrypt(&msgs[3], 10).unwrap(), b"m3");
+        assert_eq!(theirs.skipped_len(), 3);
+        // Within the age limit a skipped key still works.
+        let limit = 10 + SENDER_KEY_SKIPPED_MAX_AGE_MS;
+        assert_eq!(&*theirs.decrypt(&msgs[0], limit).unwrap(), b"m0");
+        // Beyond it the others are gone, and the failure leaves the state unchanged.
+        assert!(matches!(
+            theirs.decrypt(&msgs[1], limit + 1),
+            Err(Error::Protocol(ProtocolError::Duplicate))
+        ));
+        assert_eq!(theirs.skipped_len(), 2);
+        // The next successful decryption purges them.
+        assert_eq!(&*theirs.decrypt(&msgs[4], limit + 1).unwrap(), b"m4");
+        assert_eq!(theirs.skipped_len(), 0);
+        assert!(matches!(
+            theirs.decrypt(&msgs[2], limit + 1),
+            Err(Error::Protocol(ProtocolError::Duplicate))
+        ));
     }
 }
