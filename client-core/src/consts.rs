@@ -116,7 +116,8 @@ pub const MAX_BUFFERED_GROUP_MESSAGES: usize = 1000;
 /// Group messages buffered in total, across all groups.
 pub const MAX_BUFFERED_GROUP_MESSAGES_TOTAL: usize = 4000;
 
-/// Membership changes remembered per group, so a concurrent change for an applied epoch can win.
+/// The rollback window of a group log: a change for one of the last this many epochs can still
+/// replace the applied one in a same-epoch conflict (the whole log is kept regardless).
 pub const GROUP_CHANGE_HISTORY: usize = 16;
 
 /// HKDF info expanding a sender-key message key into an AEAD key and nonce.

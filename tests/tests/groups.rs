@@ -741,3 +741,62 @@ fn a_re_registered_device_replaces_the_old_ones_sender_keys_and_entitlements() {
         .unwrap();
     assert!(matches!(got, GroupIncoming::Decrypted(m) if &*m.plaintext == b"new-1"));
 }
+
+#[test]
+fn a_failed_update_group_leaves_no_advanced_session_behind() {
+    use hush_core::consts::SESSION_MAX_IDLE_MS;
+    use hush_proto::{Message, wire};
+    const DAY: u64 = 24 * 60 * 60 * 1000;
+    let mut rng = ChaCha20Rng::from_seed([23; 32]);
+    let mut pop = Population::new(&mut rng, &[1, 1, 1], 0).unwrap();
+    let accounts = pop.account_ids();
+    let (alice, bob, carol) = (pop.accounts[0][0], pop.accounts[1][0], pop.accounts[2][0]);
+    pop.ensure_sessions(&alice, &[bob, carol], &mut rng, 1)
+        .unwrap();
+    let (g, out) = pop
+        .devices
+        .get_mut(&alice)
+        .unwrap()
+        .create_group("team", &accounts, &mut rng, 2)
+        .unwrap();
+    deliver_all(&mut pop, alice, out, &mut rng, 3);
+    // Bob replies pairwise, so Alice's session with him stays fresh; the one with Carol goes idle.
+    let reply = pop
+        .devices
+        .get_mut(&bob)
+        .unwrap()
+        .encrypt(&alice, b"hi", &mut rng, 60 * DAY)
+        .unwrap();
+    pop.devices
+        .get_mut(&alice)
+        .unwrap()
+        .decrypt(&bob, &reply, &mut rng, 60 * DAY)
+        .unwrap();
+    let now = SESSION_MAX_IDLE_MS + 10 * DAY;
+    // Removing Carol seals for Bob first, then fails for Carol (no usable session).
+    let err = pop.devices.get_mut(&alice).unwrap().update_group(
+        &g,
+        &[],
+        &[accounts[2]],
+        None,
+        &mut rng,
+        now,
+    );
+    assert!(matches!(
+        err,
+        Err(Error::Protocol(ProtocolError::NoSession))
+    ));
+    // The next message to Bob is the first of Alice's new sending chain: the failed call left no
+    // advanced session in memory.
+    let bytes = pop
+        .devices
+        .get_mut(&alice)
+        .unwrap()
+        .encrypt(&bob, b"next", &mut rng, now)
+        .unwrap();
+    let msg = wire::PairwiseMessage::decode(bytes.as_slice()).unwrap();
+    let Some(wire::pairwise_message::Body::Ratchet(r)) = msg.body else {
+        panic!("expected a ratchet message");
+    };
+    assert_eq!(r.counter, 0);
+}

@@ -368,7 +368,18 @@ impl<S: KvStore> Device<S> {
                 })
                 .collect::<Result<Vec<_>>>()
         });
-        match out.and_then(|o| self.finish_or_err(tx, o)) {
+        let out = match out {
+            Ok(o) => self.finish_or_err(tx, o),
+            Err(e) => {
+                // Sessions advanced for recipients sealed before the failure: reload them from
+                // the store (nothing was output).
+                for a in &tx.sessions {
+                    self.sessions.remove(a);
+                }
+                Err(e)
+            }
+        };
+        match out {
             Ok(o) => Ok(o),
             Err(e) => {
                 if let Some(old) = old_entry {
