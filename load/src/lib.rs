@@ -1,0 +1,718 @@
+//! `hush-load`: drives a Hush relay over real QUIC on loopback and reports what it sustained.
+//!
+//! Modes (see `docs/` and `BENCHMARKS.md` for how they are used):
+//! * `throughput`: `--devices` single-device accounts, the first `--senders` of them each sending
+//!   flat out to another (`recipient = (i + devices/2) % devices`) with at most `--window` sends in
+//!   flight; a send counts when its `SendResult` (durable) arrives.
+//! * `latency`: the same topology at a fixed total `--rate` (sends per second, spread evenly over
+//!   the senders); reports send → receive latency.
+//! * `idle`: `--connections` authenticated connections (accounts of `--devices-per-account`
+//!   devices) kept open with QUIC keep-alives for `--duration`; reports the relay's RSS per
+//!   connection.
+//! * `fanout`: group-style sends: `--recipients` accounts of `--fanout-devices` devices each, all
+//!   connected; every send of the `--senders` single-device accounts carries one envelope per device
+//!   of its recipient account (the relay's fan-out unit: one send, one atomic enqueue of D
+//!   envelopes).
+//!
+//! Every body starts with the send's timestamp (ns since the run started, u64 big-endian), so the
+//! receiving reader measures end-to-end latency; receivers acknowledge what they get in batches
+//! (every `--ack-interval-ms`). All traffic stays on 127.0.0.1 / ::1 and every run is bounded in
+//! time and counts.
+
+// A load generator is an I/O shell: it reads the clock and the system RNG.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod account;
+mod conn;
+mod relay;
+mod report;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hush_proto::relay_api as api;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::account::Account;
+use crate::conn::{Link, Samples, Shared};
+use crate::relay::RelayChild;
+pub use crate::report::{Percentiles, Report};
+
+/// Why a run could not be carried out.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Error(String);
+
+impl Error {
+    pub(crate) fn new(msg: String) -> Self {
+        Self(msg)
+    }
+}
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Flat out, pipelined sends (a bounded window per sender): durable sends per second.
+    Throughput,
+    /// A fixed total rate (`--rate`): end-to-end latency.
+    Latency,
+    /// Idle authenticated connections with keep-alive: relay RSS per connection.
+    Idle,
+    /// One send to an account of many devices (one envelope each).
+    Fanout,
+}
+
+/// Hard bounds on what one run may ask for.
+const MAX_DEVICES: usize = 20_000;
+const MAX_DURATION_S: f64 = 600.0;
+/// Time given, after the measurement, for answers and deliveries still on their way.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Settings of a run.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "hush-load",
+    version,
+    about = "Drives a Hush relay over QUIC on loopback"
+)]
+pub struct Options {
+    /// throughput | latency | idle | fanout
+    #[arg(value_enum)]
+    pub mode: Mode,
+    /// A running relay to drive (loopback only) instead of starting one.
+    #[arg(long, requires = "pin")]
+    pub addr: Option<SocketAddr>,
+    /// Certificate fingerprint of the relay given by --addr.
+    #[arg(long)]
+    pub pin: Option<String>,
+    /// Process id of the relay given by --addr, to read its RSS and CPU time.
+    #[arg(long)]
+    pub relay_pid: Option<u32>,
+    /// The hush-relay binary to start [default: next to this executable].
+    #[arg(long)]
+    pub relay_bin: Option<PathBuf>,
+    /// Extra flag for the relay this tool starts (repeatable, e.g. --relay-arg=--flush-batch-max=4096).
+    #[arg(long = "relay-arg", allow_hyphen_values = true)]
+    pub relay_args: Vec<String>,
+    /// Store of the relay this tool starts: sled (on disk, durable) or memory.
+    #[arg(long, default_value = "sled")]
+    pub store: String,
+    /// Devices (throughput, latency): one single-device account each, one connection each.
+    #[arg(long, default_value_t = 200)]
+    pub devices: usize,
+    /// Sending devices (throughput, latency, fanout).
+    #[arg(long, default_value_t = 100)]
+    pub senders: usize,
+    /// Envelope body size in bytes (at least 16: timestamp and sender).
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Measured time in seconds (idle: how long the connections are held).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Traffic before the measurement starts, in seconds (not counted).
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Total sends per second (latency mode).
+    #[arg(long, default_value_t = 25_000.0)]
+    pub rate: f64,
+    /// Sends in flight per sender at most (unanswered).
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+    /// Client UDP endpoints the connections are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub endpoints: usize,
+    /// Connections to hold (idle mode).
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Devices per account in idle mode.
+    #[arg(long, default_value_t = 16)]
+    pub devices_per_account: u32,
+    /// Devices of each recipient account (fanout mode).
+    #[arg(long, default_value_t = 64)]
+    pub fanout_devices: u32,
+    /// Recipient accounts (fanout mode).
+    #[arg(long, default_value_t = 2)]
+    pub recipients: usize,
+    /// Receivers acknowledge what arrived at most this often (ms).
+    #[arg(long, default_value_t = 20)]
+    pub ack_interval_ms: u64,
+    /// QUIC keep-alive interval of every connection (ms); the relay closes idle ones after 60 s.
+    #[arg(long, default_value_t = 20_000)]
+    pub keep_alive_ms: u64,
+    /// Connection set-ups (handshake + authentication) in flight at once.
+    #[arg(long, default_value_t = 128)]
+    pub connect_concurrency: usize,
+    /// Worker threads of this tool's runtime (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl Options {
+    fn check(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::new(m.to_string()));
+        if !(self.duration > 0.0 && self.duration <= MAX_DURATION_S) {
+            return bad("--duration must be in (0, 600] seconds");
+        }
+        if !(self.warmup >= 0.0 && self.warmup <= 60.0) {
+            return bad("--warmup must be in [0, 60] seconds");
+        }
+        if !(16..=65_536).contains(&self.size) {
+            return bad("--size must be in 16..=65536");
+        }
+        if !(1..=65_536).contains(&self.window) {
+            return bad("--window must be in 1..=65536");
+        }
+        if !(1..=64).contains(&self.endpoints) {
+            return bad("--endpoints must be in 1..=64");
+        }
+        if !(1..=4096).contains(&self.connect_concurrency) {
+            return bad("--connect-concurrency must be in 1..=4096");
+        }
+        if self.store != "sled" && self.store != "memory" {
+            return bad("--store must be sled or memory");
+        }
+        if let Some(a) = self.addr
+            && !a.ip().is_loopback()
+        {
+            return bad("--addr must be a loopback address (127.0.0.1 or ::1)");
+        }
+        match self.mode {
+            Mode::Throughput | Mode::Latency => {
+                if !(2..=MAX_DEVICES).contains(&self.devices) {
+                    return bad("--devices must be in 2..=20000");
+                }
+                if !(1..=self.devices).contains(&self.senders) {
+                    return bad("--senders must be in 1..=devices");
+                }
+                if self.mode == Mode::Latency && !(self.rate > 0.0 && self.rate <= 10_000_000.0) {
+                    return bad("--rate must be in (0, 10000000]");
+                }
+            }
+            Mode::Idle => {
+                if !(1..=MAX_DEVICES).contains(&self.connections) {
+                    return bad("--connections must be in 1..=20000");
+                }
+                if !(1..=1000).contains(&self.devices_per_account) {
+                    return bad("--devices-per-account must be in 1..=1000");
+                }
+            }
+            Mode::Fanout => {
+                if !(1..=1200).contains(&self.fanout_devices) {
+                    return bad("--fanout-devices must be in 1..=1200");
+                }
+                if self.recipients == 0 || self.senders == 0 {
+                    return bad("--recipients and --senders must be at least 1");
+                }
+                let total =
+                    self.recipients.saturating_mul(self.fanout_devices as usize) + self.senders;
+                if total > MAX_DEVICES {
+                    return bad("recipients × fanout-devices + senders must be at most 20000");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The flags given to a relay this tool starts: limits out of the way of the measurement.
+    fn relay_flags(&self, connections: usize, devices_per_account: u32) -> Vec<String> {
+        let lots = "1000000/1000000".to_string();
+        let mut f = vec![
+            "--store".into(),
+            self.store.clone(),
+            "--rate-sends".into(),
+            lots.clone(),
+            "--rate-account-sends".into(),
+            lots.clone(),
+            "--rate-account-creations".into(),
+            lots,
+            "--max-connections".into(),
+            (connections + 1000).to_string(),
+            "--max-devices-per-account".into(),
+            devices_per_account.max(16).to_string(),
+        ];
+        f.extend(self.relay_args.iter().cloned());
+        f
+    }
+}
+
+/// Who is on the relay for this run.
+struct Plan {
+    accounts: Vec<Account>,
+    /// Every connection: (account index, device id).
+    devices: Vec<(usize, u32)>,
+    /// Every sender: (connection index, recipient account index).
+    senders: Vec<(usize, usize)>,
+}
+
+fn plan(opts: &Options) -> Plan {
+    match opts.mode {
+        Mode::Throughput | Mode::Latency => {
+            let n = opts.devices;
+            Plan {
+                accounts: (0..n).map(|_| Account::new(1)).collect(),
+                devices: (0..n).map(|i| (i, 1)).collect(),
+                senders: (0..opts.senders).map(|i| (i, (i + n / 2) % n)).collect(),
+            }
+        }
+        Mode::Fanout => {
+            let g = opts.recipients;
+            let d = opts.fanout_devices;
+            let mut accounts: Vec<Account> = (0..g).map(|_| Account::new(d)).collect();
+            let mut devices: Vec<(usize, u32)> = (0..g)
+                .flat_map(|a| (1..=d).map(move |dev| (a, dev)))
+                .collect();
+            let mut senders = Vec::new();
+            for j in 0..opts.senders {
+                accounts.push(Account::new(1));
+                senders.push((devices.len(), j % g));
+                devices.push((g + j, 1));
+            }
+            Plan {
+                accounts,
+                devices,
+                senders,
+            }
+        }
+        Mode::Idle => {
+            let per = opts.devices_per_account as usize;
+            let k = opts.connections;
+            let n_accounts = k.div_ceil(per);
+            let accounts: Vec<Account> = (0..n_accounts)
+                .map(|a| {
+                    let left = k - a * per;
+                    Account::new(u32::try_from(left.min(per)).unwrap_or(1))
+                })
+                .collect();
+            let devices = accounts
+                .iter()
+                .enumerate()
+                .flat_map(|(a, acc)| acc.device_ids().into_iter().map(move |d| (a, d)))
+                .collect();
+            Plan {
+                accounts,
+                devices,
+                senders: Vec::new(),
+            }
+        }
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// Runs one measurement. Must be called inside a multi-threaded tokio runtime.
+pub async fn run(opts: &Options) -> Result<Report, Error> {
+    opts.check()?;
+    let plan = plan(opts);
+    let max_dpa = plan
+        .accounts
+        .iter()
+        .map(|a| a.devices.len())
+        .max()
+        .unwrap_or(1);
+    let (child, addr, pin, pid) = match (&opts.addr, &opts.pin) {
+        (Some(addr), Some(pin)) => (None, *addr, pin.clone(), opts.relay_pid),
+        (Some(_), None) => return Err(Error::new("--addr needs --pin".into())),
+        _ => {
+            let bin = match &opts.relay_bin {
+                Some(b) => b.clone(),
+                None => relay::default_relay_bin()?,
+            };
+            let flags = opts.relay_flags(
+                plan.devices.len(),
+                u32::try_from(max_dpa).unwrap_or(u32::MAX),
+            );
+            let c = RelayChild::spawn(&bin, &flags)?;
+            let (a, p, id) = (c.addr, c.pin.clone(), c.pid());
+            (Some(c), a, p, Some(id))
+        }
+    };
+    let relay_desc = match &child {
+        Some(c) => format!(
+            "hush-relay child pid {} on {} (store {})",
+            c.pid(),
+            c.addr,
+            opts.store
+        ),
+        None => format!("external relay on {addr}"),
+    };
+
+    let shared = Shared::new();
+    let cc = conn::client_config(&pin, Duration::from_millis(opts.keep_alive_ms.max(1)))?;
+    let endpoints: Vec<quinn::Endpoint> = (0..opts.endpoints)
+        .map(|_| conn::endpoint(addr, cc.clone()))
+        .collect::<Result<_, _>>()?;
+    let ack_interval = Duration::from_millis(opts.ack_interval_ms);
+    let accounts = Arc::new(plan.accounts);
+
+    // Accounts, created over a few set-up connections (pipelined).
+    let t = tokio::time::Instant::now();
+    create_accounts(&endpoints, addr, &shared, &accounts).await?;
+    let account_setup_s = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before_kib = pid.and_then(relay::rss_kib);
+
+    // Every device's connection and authentication.
+    let t = tokio::time::Instant::now();
+    let links = connect_all(
+        opts,
+        &endpoints,
+        addr,
+        &shared,
+        &accounts,
+        &plan.devices,
+        ack_interval,
+    )
+    .await?;
+    let connect_s = t.elapsed().as_secs_f64();
+
+    let mut report = Report {
+        mode: opts.mode,
+        relay: relay_desc,
+        accounts: accounts.len(),
+        account_setup_s,
+        connections: links.len(),
+        connect_s,
+        senders: plan.senders.len(),
+        size: opts.size,
+        envelopes_per_send: match opts.mode {
+            Mode::Fanout => opts.fanout_devices as usize,
+            _ => 1,
+        },
+        window: opts.window,
+        rate: (opts.mode == Mode::Latency).then_some(opts.rate),
+        measured_s: opts.duration,
+        rss_before_kib,
+        ..Report::default()
+    };
+
+    if opts.mode == Mode::Idle {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        report.rss_connected_kib = pid.and_then(relay::rss_kib);
+        let cpu0 = pid.and_then(|p| relay::cpu_seconds(Some(p)));
+        tokio::time::sleep(secs(opts.duration)).await;
+        report.relay_cpu = cpu0
+            .zip(relay::cpu_seconds(pid))
+            .map(|(a, b)| (b - a) / opts.duration);
+        report.rss_end_kib = pid.and_then(relay::rss_kib);
+        report.alive = links
+            .iter()
+            .filter(|(l, _)| l.conn().close_reason().is_none())
+            .count();
+        if report.alive < links.len() {
+            shared.error(format!(
+                "{} of {} connections closed while idle",
+                links.len() - report.alive,
+                links.len()
+            ));
+        }
+    } else {
+        traffic(
+            opts,
+            &shared,
+            &accounts,
+            &plan.senders,
+            &links,
+            pid,
+            &mut report,
+        )
+        .await;
+    }
+
+    // Close everything; the readers hand back their samples.
+    for (l, _) in &links {
+        l.close();
+    }
+    let mut samples = Samples::default();
+    for (_, r) in links {
+        if let Ok(s) = r.await {
+            samples.delivery.extend(s.delivery);
+            samples.durable.extend(s.durable);
+        }
+    }
+    for e in &endpoints {
+        e.wait_idle().await;
+    }
+    report.delivery = Percentiles::of(&mut samples.delivery);
+    report.durable = Percentiles::of(&mut samples.durable);
+    report.acked = shared.acked.load(Ordering::Relaxed);
+    report.acked_in_window = shared.acked_in_window.load(Ordering::Relaxed);
+    report.envelopes_acked = shared.envelopes_acked.load(Ordering::Relaxed);
+    report.delivered = shared.delivered.load(Ordering::Relaxed);
+    report.delivered_in_window = shared.delivered_in_window.load(Ordering::Relaxed);
+    report.refusals = shared.refusals();
+    report.errors = shared.errors();
+    report.error_count = shared.error_count.load(Ordering::Relaxed);
+    drop(child);
+    Ok(report)
+}
+
+async fn create_accounts(
+    endpoints: &[quinn::Endpoint],
+    addr: SocketAddr,
+    shared: &Arc<Shared>,
+    accounts: &Arc<Vec<Account>>,
+) -> Result<(), Error> {
+    let mut setup = Vec::new();
+    for ep in endpoints.iter().take(4) {
+        setup.push(Link::connect(ep, addr, Arc::clone(shared), Duration::from_millis(20)).await?);
+    }
+    let gate = Arc::new(Semaphore::new(256));
+    let mut tasks = JoinSet::new();
+    for i in 0..accounts.len() {
+        let Some((link, _)) = setup.get(i % setup.len().max(1)) else {
+            return Err(Error::new("no set-up connection".into()));
+        };
+        let link = link.clone();
+        let accounts = Arc::clone(accounts);
+        let gate = Arc::clone(&gate);
+        tasks.spawn(async move {
+            let _permit = gate
+                .acquire()
+                .await
+                .map_err(|_| Error::new("gate closed".into()))?;
+            let list = accounts
+                .get(i)
+                .map(Account::signed_list)
+                .ok_or_else(|| Error::new("no such account".into()))?;
+            link.create_account(list).await
+        });
+    }
+    let mut result = Ok(());
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(e) => result = Err(Error::new(format!("set-up task: {e}"))),
+        }
+    }
+    for (l, r) in setup {
+        l.close();
+        let _ = r.await;
+    }
+    result
+}
+
+type Connected = Vec<(Link, JoinHandle<Samples>)>;
+
+async fn connect_all(
+    opts: &Options,
+    endpoints: &[quinn::Endpoint],
+    addr: SocketAddr,
+    shared: &Arc<Shared>,
+    accounts: &Arc<Vec<Account>>,
+    devices: &[(usize, u32)],
+    ack_interval: Duration,
+) -> Result<Connected, Error> {
+    let gate = Arc::new(Semaphore::new(opts.connect_concurrency));
+    let mut tasks = JoinSet::new();
+    for (i, (a, d)) in devices.iter().enumerate() {
+        let account = accounts
+            .get(*a)
+            .ok_or_else(|| Error::new("no such account".into()))?;
+        let key = account
+            .devices
+            .iter()
+            .find(|x| x.0 == *d)
+            .map(|x| x.1.clone())
+            .ok_or_else(|| Error::new("no such device".into()))?;
+        let (id, dev) = (account.id(), *d);
+        let ep = endpoints
+            .get(i % endpoints.len().max(1))
+            .cloned()
+            .ok_or_else(|| Error::new("no endpoint".into()))?;
+        let shared = Arc::clone(shared);
+        let gate = Arc::clone(&gate);
+        tasks.spawn(async move {
+            let _permit = gate
+                .acquire()
+                .await
+                .map_err(|_| Error::new("gate closed".into()))?;
+            let (link, reader) = Link::connect(&ep, addr, shared, ack_interval).await?;
+            link.authenticate(id, dev, &key).await?;
+            Ok::<_, Error>((i, link, reader))
+        });
+    }
+    let mut slots: Vec<Option<(Link, JoinHandle<Samples>)>> =
+        (0..devices.len()).map(|_| None).collect();
+    let mut first_err = None;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok((i, link, reader))) => {
+                if let Some(s) = slots.get_mut(i) {
+                    *s = Some((link, reader));
+                }
+            }
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(Error::new(format!("connect task: {e}")));
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        for (l, _) in slots.iter().flatten() {
+            l.close();
+        }
+        return Err(Error::new(format!("connection set-up failed: {e}")));
+    }
+    Ok(slots.into_iter().flatten().collect())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn traffic(
+    opts: &Options,
+    shared: &Arc<Shared>,
+    accounts: &Arc<Vec<Account>>,
+    senders: &[(usize, usize)],
+    links: &Connected,
+    pid: Option<u32>,
+    report: &mut Report,
+) {
+    let stop = CancellationToken::new();
+    let t0 = shared.now_ns();
+    let warm = secs(opts.warmup);
+    let dur = secs(opts.duration);
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    shared.set_window(t0 + ns(warm), t0 + ns(warm) + ns(dur));
+    // Latency mode: each sender sends every `period`, the senders staggered evenly.
+    #[allow(clippy::cast_precision_loss)]
+    let period = (opts.mode == Mode::Latency)
+        .then(|| Duration::from_secs_f64(senders.len() as f64 / opts.rate));
+    let mut tasks = JoinSet::new();
+    let n_senders = u32::try_from(senders.len()).unwrap_or(u32::MAX).max(1);
+    for (j, (conn_ix, to)) in senders.iter().enumerate() {
+        let (Some((link, _)), Some(to)) = (links.get(*conn_ix), accounts.get(*to)) else {
+            shared.error("sender without a connection".into());
+            continue;
+        };
+        let offset = period
+            .map(|p| p * u32::try_from(j).unwrap_or(0) / n_senders)
+            .unwrap_or_default();
+        let s = Sender {
+            link: link.clone(),
+            shared: Arc::clone(shared),
+            recipient: to.id(),
+            devices: to.device_ids(),
+            index: u64::try_from(j).unwrap_or(0),
+            size: opts.size,
+            window: opts.window,
+            period,
+            offset,
+        };
+        tasks.spawn(s.run(stop.clone()));
+    }
+    tokio::time::sleep(warm).await;
+    let cpu0 = (
+        pid.and_then(|p| relay::cpu_seconds(Some(p))),
+        relay::cpu_seconds(None),
+    );
+    report.rss_connected_kib = pid.and_then(relay::rss_kib);
+    tokio::time::sleep(dur).await;
+    let cpu1 = (
+        pid.and_then(|p| relay::cpu_seconds(Some(p))),
+        relay::cpu_seconds(None),
+    );
+    report.rss_end_kib = pid.and_then(relay::rss_kib);
+    let d = dur.as_secs_f64();
+    report.relay_cpu = cpu0.0.zip(cpu1.0).map(|(a, b)| (b - a) / d);
+    report.load_cpu = cpu0.1.zip(cpu1.1).map(|(a, b)| (b - a) / d);
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    // Answers still on their way, then deliveries.
+    let deadline = tokio::time::Instant::now() + GRACE;
+    while shared.in_flight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    report.unanswered = shared.in_flight.load(Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + GRACE;
+    let missing = || {
+        shared
+            .envelopes_acked
+            .load(Ordering::Relaxed)
+            .saturating_sub(shared.delivered.load(Ordering::Relaxed))
+    };
+    while missing() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    report.undelivered = missing();
+}
+
+struct Sender {
+    link: Link,
+    shared: Arc<Shared>,
+    recipient: [u8; 32],
+    devices: Vec<u32>,
+    index: u64,
+    size: usize,
+    window: usize,
+    period: Option<Duration>,
+    offset: Duration,
+}
+
+impl Sender {
+    async fn run(self, stop: CancellationToken) {
+        let gate = Arc::new(Semaphore::new(self.window));
+        let start = tokio::time::Instant::now() + self.offset;
+        let period_ns = self
+            .period
+            .map(|p| u64::try_from(p.as_nanos()).unwrap_or(u64::MAX));
+        let mut n: u64 = 0;
+        loop {
+            if let Some(p) = period_ns {
+                let due = start + Duration::from_nanos(p.saturating_mul(n));
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep_until(due) => {}
+                }
+            }
+            let permit = tokio::select! {
+                () = stop.cancelled() => break,
+                p = Arc::clone(&gate).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            if stop.is_cancelled() {
+                break;
+            }
+            let at = self.shared.now_ns();
+            let mut body = vec![0u8; self.size];
+            if let Some(b) = body.get_mut(..8) {
+                b.copy_from_slice(&at.to_be_bytes());
+            }
+            if let Some(b) = body.get_mut(8..16) {
+                b.copy_from_slice(&self.index.to_be_bytes());
+            }
+            let mut client_id = self.index.to_be_bytes().to_vec();
+            client_id.extend_from_slice(&n.to_be_bytes());
+            let send = api::Send {
+                client_id,
+                recipient_account: self.recipient.to_vec(),
+                envelopes: self
+                    .devices
+                    .iter()
+                    .map(|d| api::OutEnvelope {
+                        device_id: *d,
+                        body: body.clone(),
+                    })
+                    .collect(),
+            };
+            if let Err(e) = self.link.send(send, at, permit) {
+                self.shared.error(format!("send: {e}"));
+                break;
+            }
+            n += 1;
+            if period_ns.is_none() && n.is_multiple_of(16) {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}

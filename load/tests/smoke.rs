@@ -1,0 +1,56 @@
+//! `hush-load throughput` for about a second against an in-process relay: sends are
+//! acknowledged and received (no timing assertions).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use clap::Parser;
+use hush_load::{Options, run};
+use hush_relay::config::{Config, RateLimit, StoreKind};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_mode_sends_and_receives() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
+        store: StoreKind::Memory,
+        ..Config::default()
+    };
+    let lots = RateLimit {
+        per_second: 1_000_000.0,
+        burst: 1_000_000,
+    };
+    cfg.rate.sends = lots;
+    cfg.rate.account_sends = lots;
+    cfg.rate.account_creations = lots;
+    let relay = hush_relay::start(cfg).await.unwrap();
+    let addr = relay.addr.to_string();
+    let opts = Options::parse_from([
+        "hush-load",
+        "throughput",
+        "--addr",
+        addr.as_str(),
+        "--pin",
+        relay.fingerprint.as_str(),
+        "--devices",
+        "6",
+        "--senders",
+        "3",
+        "--window",
+        "8",
+        "--endpoints",
+        "2",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+    ]);
+    let report = run(&opts).await.unwrap();
+    println!("{report}");
+    assert_eq!(report.connections, 6);
+    assert!(report.acked_in_window > 0, "no send acknowledged: {report}");
+    assert!(report.delivered >= report.envelopes_acked, "{report}");
+    assert!(report.delivery.is_some_and(|p| p.count > 0), "{report}");
+    assert!(report.ok(), "{report}");
+    relay.stop().await;
+}
