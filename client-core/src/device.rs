@@ -349,6 +349,20 @@ impl<S: KvStore> Device<S> {
         self.identity.public()
     }
 
+    /// Signs the relay's authentication challenge for this device's connection, whose TLS
+    /// exporter is `exporter` (see docs/RELAY_PROTOCOL.md §4). The transcript names this device,
+    /// so the signature is good for this connection and challenge only.
+    pub fn sign_relay_challenge(&self, exporter: &[u8; 32], challenge: &[u8; 32]) -> [u8; 64] {
+        let t = hush_proto::transcripts::relay_auth(
+            exporter,
+            challenge,
+            self.address.account.as_bytes(),
+            self.address.device_id,
+        );
+        let (label, body) = t.split_at(hush_proto::labels::RELAY_AUTH.len());
+        self.identity.sign(label, body)
+    }
+
     /// Whether this device holds its account's identity key.
     pub const fn holds_account_key(&self) -> bool {
         self.account_key.is_some()

@@ -26,6 +26,11 @@ pub mod relay_api {
     include!(concat!(env!("OUT_DIR"), "/hush.relayapi.v1.rs"));
 }
 
+/// What the client engine puts in a relay envelope body.
+pub mod client {
+    include!(concat!(env!("OUT_DIR"), "/hush.client.v1.rs"));
+}
+
 /// Domain-separation labels that prefix every signed transcript. Both the relay and client-core
 /// sign or verify exactly `label || bytes`; the labels are defined once, here.
 pub mod labels {
@@ -45,4 +50,43 @@ pub mod labels {
     pub const RELAY_AUTH_EXPORTER: &[u8] = b"EXPORTER-hush-auth-v1";
 }
 
+/// Byte layouts that two crates must build identically (the relay verifies what client-core
+/// signs); defined once, here.
+pub mod transcripts {
+    use super::labels;
+
+    /// The bytes a device signs to authenticate a connection to the relay:
+    /// `"Hush-RelayAuth-v1" || exporter (32) || challenge (32) || account (32) || device id (u32 BE)`,
+    /// where `exporter` is the connection's TLS exporter for [`labels::RELAY_AUTH_EXPORTER`].
+    pub fn relay_auth(
+        exporter: &[u8; 32],
+        challenge: &[u8; 32],
+        account: &[u8; 32],
+        device_id: u32,
+    ) -> Vec<u8> {
+        let mut t = Vec::with_capacity(labels::RELAY_AUTH.len() + 100);
+        t.extend_from_slice(labels::RELAY_AUTH);
+        t.extend_from_slice(exporter);
+        t.extend_from_slice(challenge);
+        t.extend_from_slice(account);
+        t.extend_from_slice(&device_id.to_be_bytes());
+        t
+    }
+}
+
 pub use prost::Message;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn relay_auth_transcript_layout() {
+        let t = super::transcripts::relay_auth(&[1; 32], &[2; 32], &[3; 32], 0x0102_0304);
+        let mut want = b"Hush-RelayAuth-v1".to_vec();
+        want.extend([1u8; 32]);
+        want.extend([2u8; 32]);
+        want.extend([3u8; 32]);
+        want.extend([1, 2, 3, 4]);
+        assert_eq!(t, want);
+        assert_eq!(t.len(), 17 + 100);
+    }
+}

@@ -17,7 +17,7 @@
 pub mod backup;
 pub mod commit;
 pub mod config;
-pub mod frame;
+pub use hush_net::frame;
 pub mod limits;
 pub mod ops;
 pub mod push;
@@ -183,19 +183,24 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     );
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
+        // The metrics endpoint outlives the drain, so /health answers 503 while it runs.
+        let ops_stop = CancellationToken::new();
         let ops_task = metrics_listener.map(|l| {
-            let r = Arc::clone(&relay);
-            let health: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || r.healthy());
+            // A weak reference: the endpoint must not keep the relay (and its stores) alive.
+            let r = Arc::downgrade(&relay);
+            let health: Arc<dyn Fn() -> bool + Send + Sync> =
+                Arc::new(move || r.upgrade().is_some_and(|r| r.healthy()));
             tokio::spawn(ops::serve(
                 l,
                 Arc::clone(relay.metrics()),
                 health,
-                stop.clone(),
+                ops_stop.clone(),
             ))
         });
         server::run(endpoint, Arc::clone(&relay), stop).await;
         drop(relay);
-        background.join().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), background.join()).await;
+        ops_stop.cancel();
         if let Some(t) = ops_task {
             let _ = t.await;
         }

@@ -1,11 +1,8 @@
 //! Protocol constants of the client ↔ relay protocol. Operator-tunable limits (sizes, rates,
 //! caps) are settings in [`crate::config::Config`]; what is fixed by the protocol is here.
 
-/// ALPN of the protocol, version 1.
-pub const ALPN: &[u8] = b"hush/1";
-
-/// Bytes of the big-endian length that precedes every frame.
-pub const FRAME_HEADER: usize = 4;
+pub use hush_net::ALPN;
+pub use hush_net::frame::FRAME_HEADER;
 
 /// Length of an account id (Ed25519 public key).
 pub const ACCOUNT_LEN: usize = 32;
@@ -47,8 +44,15 @@ pub const CATCH_UP_PAGE: usize = 256;
 pub const MAX_BIDI_STREAMS: u32 = 16;
 
 /// Frames buffered towards one connection before deliveries wait (back-pressure; a connection
-/// that does not read is eventually dropped by its idle or write timeout).
+/// that does not read is eventually dropped by its write timeout).
 pub const CONNECTION_QUEUE: usize = 1024;
+
+/// Bytes of frames buffered towards one connection at most (with [`CONNECTION_QUEUE`]).
+pub const CONNECTION_OUT_BYTES: usize = 2 << 20;
+
+/// Events (ephemeral envelopes, control) queued for one connection; ephemeral ones beyond are
+/// dropped.
+pub const CONNECTION_EVENTS: usize = 64;
 
 /// Time a write to a client may take before the connection is considered stuck (ms).
 pub const WRITE_TIMEOUT_MS: u64 = 10_000;

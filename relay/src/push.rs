@@ -81,6 +81,10 @@ pub struct PushConfig {
     pub max_pending: usize,
     /// Whether `http://` endpoints are allowed (off by default: only `https://`).
     pub allow_plain_http: bool,
+    /// Whether endpoints may resolve to non-public addresses (loopback, private, link-local,
+    /// unique-local, ...). Off by default, so a device cannot make the relay probe or call its
+    /// internal network; tests on loopback turn it on.
+    pub allow_private_addresses: bool,
 }
 
 impl Default for PushConfig {
@@ -94,6 +98,7 @@ impl Default for PushConfig {
             max_in_flight: 32,
             max_pending: 100_000,
             allow_plain_http: false,
+            allow_private_addresses: false,
         }
     }
 }
@@ -175,6 +180,10 @@ pub enum PushError {
     /// The response head was longer than the few KiB read.
     #[error("HTTP response head too large")]
     ResponseTooLarge,
+    /// The host resolves only to addresses that are not public (loopback, private, link-local,
+    /// ...), which the relay does not contact unless told to.
+    #[error("push endpoint is not a public address")]
+    NotPublic,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -486,10 +495,21 @@ async fn post(
     url: &PushUrl,
     tls: Option<&Arc<ClientConfig>>,
     timeout: Duration,
+    allow_private: bool,
 ) -> Result<Reply, PushError> {
     let deadline = Instant::now() + timeout;
     let request = url.request();
-    let tcp = within(deadline, TcpStream::connect((url.host(), url.port))).await??;
+    // Resolve, keep only addresses the relay may contact, and connect to exactly those (so a
+    // name cannot be re-resolved to something else between the check and the connect).
+    let resolved: Vec<std::net::SocketAddr> =
+        within(deadline, tokio::net::lookup_host((url.host(), url.port)))
+            .await??
+            .filter(|a| allow_private || is_public(a.ip()))
+            .collect();
+    if resolved.is_empty() {
+        return Err(PushError::NotPublic);
+    }
+    let tcp = within(deadline, TcpStream::connect(resolved.as_slice())).await??;
     // Only latency is affected if this fails.
     let _ = tcp.set_nodelay(true);
     if url.https {
@@ -500,6 +520,41 @@ async fn post(
         exchange(stream, &request, deadline).await
     } else {
         exchange(tcp, &request, deadline).await
+    }
+}
+
+/// Whether an address is one the relay may send a push to: not loopback, unspecified, private
+/// (RFC 1918), shared (RFC 6598), link-local, documentation, benchmarking, multicast or broadcast
+/// for IPv4; not loopback, unspecified, unique-local, link-local, multicast or documentation for
+/// IPv6 (IPv4-mapped addresses are judged as IPv4).
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
+        }
+        std::net::IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(std::net::IpAddr::V4(v4));
+            }
+            let first = v6.segments().first().copied().unwrap_or(0);
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments().get(1) == Some(&0x0db8))
+        }
     }
 }
 
@@ -649,7 +704,12 @@ impl Shared {
                 },
             };
             let result = tokio::select! {
-                result = post(&url, self.tls.as_ref(), self.cfg.timeout) => result,
+                result = post(
+                    &url,
+                    self.tls.as_ref(),
+                    self.cfg.timeout,
+                    self.cfg.allow_private_addresses,
+                ) => result,
                 () = self.shutdown.cancelled() => return self.abandon(),
             };
             drop(permit);
@@ -998,6 +1058,7 @@ mod tests {
             max_in_flight: 4,
             max_pending: 64,
             allow_plain_http: true,
+            allow_private_addresses: true,
         }
     }
 

@@ -21,7 +21,12 @@ struct Bucket {
 /// A family of token buckets with one rate.
 pub struct Limiter<K> {
     rate: Rate,
-    buckets: Mutex<HashMap<K, Bucket>>,
+    buckets: Mutex<Buckets<K>>,
+}
+
+struct Buckets<K> {
+    map: HashMap<K, Bucket>,
+    last_sweep: Option<Instant>,
 }
 
 impl<K: Hash + Eq + Clone> Limiter<K> {
@@ -29,7 +34,20 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     pub fn new(rate: Rate) -> Self {
         Self {
             rate,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets {
+                map: HashMap::new(),
+                last_sweep: None,
+            }),
+        }
+    }
+
+    /// Gives back `cost` tokens taken by a request that was refused for another reason.
+    pub fn refund(&self, key: &K, cost: u32) {
+        let burst = f64::from(self.rate.burst);
+        if let Ok(mut b) = self.buckets.lock()
+            && let Some(bucket) = b.map.get_mut(key)
+        {
+            bucket.tokens = (bucket.tokens + f64::from(cost)).min(burst);
         }
     }
 
@@ -42,10 +60,18 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
             // A poisoned lock only means another thread panicked mid-update; refuse nothing.
             return Ok(());
         };
-        if buckets.len() >= SWEEP_AT {
-            buckets.retain(|_, b| now.saturating_duration_since(b.at) < IDLE_FORGET);
+        // Forget idle buckets when there are many, at most once per tenth of the idle time (so a
+        // relay with many active keys does not scan them on every request).
+        let due = buckets
+            .last_sweep
+            .is_none_or(|t| now.saturating_duration_since(t) >= IDLE_FORGET / 10);
+        if buckets.map.len() >= SWEEP_AT && due {
+            buckets
+                .map
+                .retain(|_, b| now.saturating_duration_since(b.at) < IDLE_FORGET);
+            buckets.last_sweep = Some(now);
         }
-        let b = buckets.entry(key.clone()).or_insert(Bucket {
+        let b = buckets.map.entry(key.clone()).or_insert(Bucket {
             tokens: burst,
             at: now,
         });
@@ -92,5 +118,9 @@ mod tests {
         assert!(l.check(&1u8, 1, t1).is_err());
         // A cost larger than the burst never passes.
         assert!(l.check(&3u8, 4, t1).is_err());
+        // A refund gives a token back (never beyond the burst).
+        l.refund(&1u8, 1);
+        l.check(&1u8, 1, t1).unwrap();
+        assert!(l.check(&1u8, 1, t1).is_err());
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::commit::GroupCommit;
+use crate::commit::{GroupCommit, StoreFlush};
 use crate::config::Config;
 use crate::frame::{self, FrameError};
 use crate::limits::{self, close};
@@ -119,7 +119,11 @@ impl Limits {
     ) -> Result<(), Refused> {
         let now = instant();
         device.check(who, 1, now).map_err(Refused::rate)?;
-        account.check(&who.account, 1, now).map_err(Refused::rate)
+        account.check(&who.account, 1, now).map_err(|wait| {
+            // Refused: the device keeps its token.
+            device.refund(who, 1);
+            Refused::rate(wait)
+        })
     }
 
     fn send(&self, who: &DeviceId) -> Result<(), Refused> {
@@ -146,6 +150,9 @@ pub struct Relay {
     metrics: Arc<Metrics>,
     limits: Limits,
     lists: Mutex<HashMap<[u8; 32], Arc<AccountDevices>>>,
+    /// Serializes device-list publications (read old list, store new, revoke), so two concurrent
+    /// ones never revoke from a stale view.
+    publish: Mutex<()>,
     draining: AtomicBool,
     next_conn: AtomicU64,
 }
@@ -154,6 +161,8 @@ fn push_config(cfg: &Config) -> PushConfig {
     PushConfig {
         timeout: Duration::from_millis(cfg.push.timeout_ms),
         allow_plain_http: cfg.push.allow_plain_http,
+        // The same test switch: plain http and loopback endpoints go together.
+        allow_private_addresses: cfg.push.allow_plain_http,
         ..PushConfig::default()
     }
 }
@@ -199,7 +208,7 @@ impl Relay {
         shutdown: CancellationToken,
     ) -> (Arc<Self>, Background) {
         let (commit, flusher) = GroupCommit::spawn(
-            Arc::clone(&store),
+            Arc::new(StoreFlush(Arc::clone(&store))),
             Arc::clone(&metrics),
             cfg.flush_batch_max,
         );
@@ -229,6 +238,7 @@ impl Relay {
             metrics,
             limits,
             lists: Mutex::new(HashMap::new()),
+            publish: Mutex::new(()),
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
         });
@@ -262,7 +272,16 @@ impl Relay {
                 .map_err(|_| StoreError::Corrupt("lists"))?,
         );
         if let Ok(mut l) = self.lists.lock() {
-            l.insert(*account, Arc::clone(&devices));
+            // A newer list may have been cached meanwhile (a publish): never replace it.
+            let cached = l
+                .entry(*account)
+                .and_modify(|d| {
+                    if d.version < devices.version {
+                        *d = Arc::clone(&devices);
+                    }
+                })
+                .or_insert_with(|| Arc::clone(&devices));
+            return Ok(Some(Arc::clone(cached)));
         }
         Ok(Some(devices))
     }
@@ -336,6 +355,10 @@ impl From<StoreError> for Refused {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::AccountExists => Self::new(ErrorCode::AccountExists, "account exists"),
+            StoreError::QueueFull(d) => Self::new(
+                ErrorCode::QueueFull,
+                format!("the queue of device {} is full", d.device),
+            ),
             StoreError::StaleDeviceList { stored, offered } => Self::new(
                 ErrorCode::StaleDeviceList,
                 format!("device list version {offered} is not newer than {stored}"),
@@ -357,6 +380,18 @@ impl From<VerifyError> for Refused {
             VerifyError::Malformed(_) | VerifyError::InvalidKey(_) => ErrorCode::Malformed,
         };
         Self::new(code, e.to_string())
+    }
+}
+
+/// The unit account creation is limited by: an IPv4 address, or an IPv6 /64 (what one host
+/// or customer usually gets, so that rotating addresses inside it does not help).
+fn address_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
     }
 }
 
@@ -388,6 +423,8 @@ pub fn server_config(
         .max_idle_timeout(Some(idle))
         .max_concurrent_bidi_streams(limits::MAX_BIDI_STREAMS.into())
         .max_concurrent_uni_streams(0u8.into())
+        // Datagrams are not part of the protocol: refuse them rather than buffer them.
+        .datagram_receive_buffer_size(None)
         .stream_receive_window(frame_window.into())
         .receive_window(frame_window.saturating_mul(2).into())
         .send_window(u64::from(frame_window).saturating_mul(2))
@@ -512,6 +549,38 @@ async fn sweep_loop(relay: Arc<Relay>, shutdown: CancellationToken) {
     }
 }
 
+/// A connection's outgoing frames, bounded in count and in bytes: a client that reads slowly
+/// holds at most [`limits::CONNECTION_OUT_BYTES`] of the relay's memory (deliveries wait, and
+/// mail stays in the store meanwhile; ephemeral envelopes that do not fit are dropped).
+#[derive(Clone)]
+struct Out {
+    tx: mpsc::Sender<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)>,
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl Out {
+    fn permits(len: usize) -> u32 {
+        u32::try_from(len.clamp(1, limits::CONNECTION_OUT_BYTES)).unwrap_or(u32::MAX)
+    }
+
+    /// Queues a frame, waiting for room. `Err` once the writer is gone.
+    async fn send(&self, bytes: Vec<u8>) -> Result<(), ()> {
+        let permit = Arc::clone(&self.budget)
+            .acquire_many_owned(Self::permits(bytes.len()))
+            .await
+            .map_err(|_| ())?;
+        self.tx.send((bytes, permit)).await.map_err(|_| ())
+    }
+
+    /// Queues a frame if there is room now.
+    fn try_send(&self, bytes: Vec<u8>) -> bool {
+        match Arc::clone(&self.budget).try_acquire_many_owned(Self::permits(bytes.len())) {
+            Ok(permit) => self.tx.try_send((bytes, permit)).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
 /// The state of one connection.
 struct Conn {
     relay: Arc<Relay>,
@@ -521,7 +590,7 @@ struct Conn {
     challenge: Option<[u8; limits::CHALLENGE_LEN]>,
     auth_failures: u32,
     device: Option<DeviceId>,
-    out: mpsc::Sender<Vec<u8>>,
+    out: Out,
     mail: Arc<Notify>,
     events: Option<mpsc::Receiver<Live>>,
     /// Highest sequence number delivered on this connection.
@@ -570,15 +639,19 @@ async fn session(
     mut recv: quinn::RecvStream,
     shutdown: CancellationToken,
 ) {
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(limits::CONNECTION_QUEUE);
-    let (ev_tx, ev_rx) = mpsc::channel::<Live>(limits::CONNECTION_QUEUE);
+    let (out_tx, mut out_rx) = mpsc::channel(limits::CONNECTION_QUEUE);
+    let out = Out {
+        tx: out_tx,
+        budget: Arc::new(tokio::sync::Semaphore::new(limits::CONNECTION_OUT_BYTES)),
+    };
+    let (ev_tx, ev_rx) = mpsc::channel::<Live>(limits::CONNECTION_EVENTS);
     let mail = Arc::new(Notify::new());
     let authed = Arc::new(std::sync::OnceLock::new());
 
     // Writer: frames out, each write bounded in time (a client that stops reading is dropped).
     let writer_conn = quic.clone();
     let writer = tokio::spawn(async move {
-        while let Some(bytes) = out_rx.recv().await {
+        while let Some((bytes, _room)) = out_rx.recv().await {
             let w = tokio::time::timeout(
                 Duration::from_millis(limits::WRITE_TIMEOUT_MS),
                 send.write_all(&bytes),
@@ -594,7 +667,8 @@ async fn session(
     });
 
     // Reader: frames in (cancel-safe for the select below).
-    let (in_tx, mut in_rx) = mpsc::channel::<Result<ClientFrame, FrameError>>(16);
+    // Two decoded frames at most wait here (each up to the frame cap).
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<ClientFrame, FrameError>>(2);
     let cap = relay.cfg.max_frame_bytes;
     let reader = tokio::spawn(async move {
         loop {
@@ -621,7 +695,7 @@ async fn session(
         challenge: None,
         auth_failures: 0,
         device: None,
-        out: out_tx,
+        out,
         mail: Arc::clone(&mail),
         events: None,
         last_sent: 0,
@@ -653,12 +727,15 @@ async fn session(
                 match ev {
                     Some(Live::Mail) => {}
                     Some(Live::Ephemeral { from, body }) => {
-                        c.relay.metrics.ephemeral_delivered.inc();
-                        c.send_frame(frame(0, server_frame::Kind::Ephemeral(api::EphemeralDeliver {
+                        let f = frame(0, server_frame::Kind::Ephemeral(api::EphemeralDeliver {
                             sender_account: from.account.to_vec(),
                             sender_device: from.device,
                             body,
-                        }))).await;
+                        }));
+                        // Lossy by nature: dropped when the client is not keeping up.
+                        if c.out.try_send(frame::encode(&f)) {
+                            c.relay.metrics.ephemeral_delivered.inc();
+                        }
                     }
                     Some(Live::PreKeysLow { one_time, kem }) => {
                         c.send_frame(frame(0, server_frame::Kind::PreKeysLow(api::PreKeysLow {
@@ -804,6 +881,17 @@ impl Conn {
         Ok(())
     }
 
+    /// Runs `op` and, if it succeeded, waits until what it wrote is durable (group commit) before
+    /// its answer may leave.
+    async fn durably(
+        &mut self,
+        op: impl FnOnce(&mut Self) -> Result<server_frame::Kind, Refused>,
+    ) -> Result<server_frame::Kind, Refused> {
+        let answer = op(self)?;
+        self.relay.commit.durable().await?;
+        Ok(answer)
+    }
+
     /// Tells a device whose stock of one-time keys runs low (right after authentication).
     async fn tell_if_pre_keys_low(&self) {
         let Some(device) = self.device else { return };
@@ -853,11 +941,20 @@ impl Conn {
                 }
                 r
             }
-            Some(client_frame::Kind::CreateAccount(c)) => self.create_account(&c),
-            Some(client_frame::Kind::PublishDeviceList(p)) => self.publish_list(&p),
+            Some(client_frame::Kind::CreateAccount(c)) => {
+                self.durably(|c2| c2.create_account(&c)).await
+            }
+            Some(client_frame::Kind::PublishDeviceList(p)) => {
+                self.durably(|c2| c2.publish_list(&p)).await
+            }
             Some(client_frame::Kind::FetchDeviceList(q)) => self.fetch_list(&q),
-            Some(client_frame::Kind::UploadPreKeys(u)) => self.upload_pre_keys(u),
-            Some(client_frame::Kind::FetchBundle(b)) => self.fetch_bundle(&b),
+            Some(client_frame::Kind::UploadPreKeys(u)) => {
+                self.durably(|c2| c2.upload_pre_keys(u)).await
+            }
+            // A claimed one-time key must not come back after a crash: durable before it leaves.
+            Some(client_frame::Kind::FetchBundle(b)) => {
+                self.durably(|c2| c2.fetch_bundle(&b)).await
+            }
             Some(client_frame::Kind::Send(s)) => match self.send(s) {
                 // The acknowledgement waits for durability, without holding up this connection.
                 Ok(received_at) => {
@@ -881,7 +978,9 @@ impl Conn {
             },
             Some(client_frame::Kind::Ack(a)) => self.ack(&a),
             Some(client_frame::Kind::SendEphemeral(e)) => self.ephemeral(e),
-            Some(client_frame::Kind::RegisterPush(p)) => self.register_push(&p),
+            Some(client_frame::Kind::RegisterPush(p)) => {
+                self.durably(|c2| c2.register_push(&p)).await
+            }
             Some(client_frame::Kind::Ping(_)) => Ok(server_frame::Kind::Ok(api::Ok {})),
         };
         let kind = match result {
@@ -946,6 +1045,19 @@ impl Conn {
         {
             old.send(Live::Replaced);
         }
+        // A list published between the check above and the registration could not reach this
+        // connection with its revocation: check again now that it is registered.
+        let still = self
+            .relay
+            .devices_of(&account)?
+            .and_then(|d| d.devices.get(&a.device_id).map(|l| l.signing_key));
+        if still != Some(listed.signing_key) {
+            self.relay.router.unregister(&device, self.id);
+            return Err(Refused::new(
+                ErrorCode::AuthFailed,
+                "device not on the account's list",
+            ));
+        }
         self.device = Some(device);
         let _ = self.authed.set(device);
         tracing::debug!(conn = self.id, "device authenticated");
@@ -956,7 +1068,7 @@ impl Conn {
         self.relay
             .limits
             .accounts
-            .check(&self.remote, 1, instant())
+            .check(&address_block(self.remote), 1, instant())
             .map_err(Refused::rate)?;
         let max = self.relay.cfg.max_devices_per_account as usize;
         let checked = CheckedList::check(&c.signed_device_list, None, max)?;
@@ -984,6 +1096,11 @@ impl Conn {
                 ),
                 other => Refused::from(other),
             })?;
+        let relay = Arc::clone(&self.relay);
+        let _serial = relay
+            .publish
+            .lock()
+            .map_err(|_| Refused::new(ErrorCode::Internal, "publication lock"))?;
         let old = self.relay.devices_of(&me.account)?;
         self.relay
             .store
@@ -1188,12 +1305,6 @@ impl Conn {
                 account: recipient,
                 device: e.device_id,
             };
-            if self.relay.store.queue_len(&to)? >= cfg.max_queue_len {
-                return Err(Refused::new(
-                    ErrorCode::QueueFull,
-                    format!("the queue of device {} is full", e.device_id),
-                ));
-            }
             envelopes.push(Envelope {
                 recipient: to,
                 sender: me,
@@ -1202,7 +1313,7 @@ impl Conn {
                 received_at: now,
             });
         }
-        let done = self.relay.store.enqueue(&envelopes)?;
+        let done = self.relay.store.enqueue(&envelopes, cfg.max_queue_len)?;
         self.relay.metrics.sends.inc();
         let mut received_at = now;
         for (e, q) in envelopes.iter().zip(&done) {
@@ -1504,6 +1615,11 @@ async fn receive_blob(
         }
         if !relay.blobs.complete(id)? {
             return Err(Refused::new(ErrorCode::Internal, "blob incomplete"));
+        }
+        let blobs = Arc::clone(&relay.blobs);
+        match tokio::task::spawn_blocking(move || blobs.flush()).await {
+            Ok(r) => r?,
+            Err(_) => return Err(Refused::new(ErrorCode::Internal, "flush task failed")),
         }
         Ok(())
     }

@@ -19,12 +19,9 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+pub use hush_net::pin::{PinError, pinned_client_config};
 
 /// File name of the certificate (DER) inside the data directory.
 pub const CERT_FILE: &str = "cert.der";
@@ -60,9 +57,6 @@ pub enum TlsError {
     /// clients pin, so the relay refuses to start instead of replacing it.
     #[error("{0} exists but its key file is missing; restore it or remove the certificate")]
     MissingKey(PathBuf),
-    /// A pin that is not 64 hex digits.
-    #[error("a certificate pin is 64 hex digits (the SHA-256 of the certificate)")]
-    BadPin,
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
@@ -104,7 +98,7 @@ impl fmt::Debug for Identity {
 
 /// Lowercase hex SHA-256 of the certificate's DER (64 characters): what clients pin.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
-    hex::encode(Sha256::digest(cert.as_ref()))
+    hush_net::pin::fingerprint(cert)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
@@ -255,102 +249,6 @@ pub fn server_config(id: &Identity, alpn: &[u8]) -> Result<rustls::ServerConfig,
     Ok(config)
 }
 
-/// A client configuration that accepts exactly the relay certificate whose SHA-256 is `pin_hex`
-/// (64 hex digits, either case), whatever server name is used: TLS 1.3 only, ALPN `alpn`.
-pub fn pinned_client_config(pin_hex: &str, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
-    let pin = parse_pin(pin_hex)?;
-    let provider = rustls::crypto::ring::default_provider();
-    let verifier = PinnedVerifier {
-        pin,
-        algorithms: provider.signature_verification_algorithms,
-    };
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(TLS13_ONLY)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Ok(config)
-}
-
-fn parse_pin(pin_hex: &str) -> Result<[u8; 32], TlsError> {
-    let mut pin = [0u8; 32];
-    hex::decode_to_slice(pin_hex.trim(), &mut pin).map_err(|_| TlsError::BadPin)?;
-    Ok(pin)
-}
-
-/// The certificate does not have the pinned fingerprint.
-#[derive(Debug, thiserror::Error)]
-#[error("the relay's certificate does not match the pinned fingerprint")]
-struct PinMismatch;
-
-/// Accepts only the pinned certificate; checks TLS 1.3 handshake signatures with its key.
-struct PinnedVerifier {
-    pin: [u8; 32],
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl PinnedVerifier {
-    fn matches(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-        let digest = Sha256::digest(cert.as_ref());
-        if bool::from(digest.as_slice().ct_eq(&self.pin)) {
-            Ok(())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch))),
-            ))
-        }
-    }
-}
-
-impl fmt::Debug for PinnedVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedVerifier")
-            .field("pin", &hex::encode(self.pin))
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.matches(end_entity)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOfferedOrEnabled,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.matches(cert)?;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        // rustls offers only the TLS 1.3 ones of these in a TLS 1.3 handshake.
-        self.algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(
@@ -360,6 +258,7 @@ mod tests {
         clippy::indexing_slicing
     )]
     use super::*;
+    use rustls::pki_types::ServerName;
 
     const ALPN: &[u8] = b"hush/1";
 
@@ -549,7 +448,7 @@ mod tests {
         for pin in ["", "abc", &"g".repeat(64), &"a".repeat(66)] {
             assert!(matches!(
                 pinned_client_config(pin, ALPN),
-                Err(TlsError::BadPin)
+                Err(PinError::BadPin)
             ));
         }
         // A server that speaks only TLS 1.2 is refused, even with the right certificate.
@@ -570,10 +469,5 @@ mod tests {
             )
             .is_err()
         );
-        let v = PinnedVerifier {
-            pin: [0; 32],
-            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        };
-        assert!(!v.supported_verify_schemes().is_empty());
     }
 }

@@ -189,20 +189,15 @@ pub fn one_time_pre_key(bytes: &[u8]) -> Result<u32, VerifyError> {
     Ok(k.id)
 }
 
-/// The bytes a device signs to authenticate a connection:
-/// `"Hush-RelayAuth-v1" || exporter (32) || challenge (32) || account (32) || device id (u32 BE)`.
+/// The bytes a device signs to authenticate a connection (see
+/// [`hush_proto::transcripts::relay_auth`], shared with client-core).
 pub fn auth_transcript(
     exporter: &[u8; EXPORTER_LEN],
     challenge: &[u8; CHALLENGE_LEN],
     account: &[u8; ACCOUNT_LEN],
     device: u32,
 ) -> Vec<u8> {
-    let mut t = labels::RELAY_AUTH.to_vec();
-    t.extend_from_slice(exporter);
-    t.extend_from_slice(challenge);
-    t.extend_from_slice(account);
-    t.extend_from_slice(&device.to_be_bytes());
-    t
+    hush_proto::transcripts::relay_auth(exporter, challenge, account, device)
 }
 
 /// Verifies a connection authentication signature by `device_key`.

@@ -171,8 +171,8 @@ async fn authentication_is_bound_and_checked(store: StoreKind, dir: &Path) {
         }))
         .await;
     assert_eq!(error_of(&res).0, ErrorCode::AuthFailed);
-    // A signature made for another connection (another TLS exporter) does not verify here, and
-    // a replayed signature for an old challenge neither.
+    // A signature made with another connection's TLS exporter, over this connection's own
+    // challenge, does not verify: the exporter binds it to one connection.
     let other = client(&r).await;
     let server_frame::Kind::Challenge(ch) = other
         .request(client_frame::Kind::Hello(api::Hello {}))
@@ -182,17 +182,35 @@ async fn authentication_is_bound_and_checked(store: StoreKind, dir: &Path) {
     };
     let sig_for_other = other.auth_signature(&ch.nonce, alice.id(), 1, alice.device(1));
     let third = client(&r).await;
-    let server_frame::Kind::Challenge(_) = third
+    let server_frame::Kind::Challenge(ch3) = third
         .request(client_frame::Kind::Hello(api::Hello {}))
         .await
     else {
         panic!()
     };
+    let foreign = sign_auth(
+        &other.exporter(),
+        &ch3.nonce,
+        alice.id(),
+        1,
+        alice.device(1),
+    );
     let res = third
         .request(client_frame::Kind::Authenticate(api::Authenticate {
             account: alice.id().to_vec(),
             device_id: 1,
-            signature: sig_for_other.clone(),
+            signature: foreign,
+        }))
+        .await;
+    assert_eq!(error_of(&res).0, ErrorCode::AuthFailed);
+    // A challenge is good for one attempt: after a failure, the right signature over the same
+    // challenge is refused too.
+    let right = third.auth_signature(&ch3.nonce, alice.id(), 1, alice.device(1));
+    let res = third
+        .request(client_frame::Kind::Authenticate(api::Authenticate {
+            account: alice.id().to_vec(),
+            device_id: 1,
+            signature: right,
         }))
         .await;
     assert_eq!(error_of(&res).0, ErrorCode::AuthFailed);
@@ -299,11 +317,19 @@ async fn send_online_push_offline_queue_ack_and_order(store: StoreKind, dir: &Pa
     assert!(b1.catch_up().await.is_empty());
     // Bob's device 2 is offline. Alice sends 20 messages to both of Bob's devices.
     let mut ids = Vec::new();
+    let mut first_received_at = 0;
     for i in 0..20u8 {
         let id = random::<16>();
         ids.push(id);
         let res = a.send(id, bob.id(), &[1, 2], &[i; 100]).await;
-        assert!(matches!(res, server_frame::Kind::Sent(_)), "{res:?}");
+        let server_frame::Kind::Sent(sent) = res else {
+            panic!("{res:?}")
+        };
+        if i == 0 {
+            first_received_at = sent.received_at;
+            // So that a retry's own time would differ from the original's.
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
     }
     // Online: pushed at once, in order.
     let mut seqs = Vec::new();
@@ -315,10 +341,12 @@ async fn send_online_push_offline_queue_ack_and_order(store: StoreKind, dir: &Pa
         seqs.push(d.seq);
     }
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
-    // A retried send is acknowledged with the same acceptance time and not queued again.
-    let first = a.send(ids[0], bob.id(), &[1, 2], &[0; 100]).await;
+    // A retried send is acknowledged with the original acceptance time and not queued again.
     let again = a.send(ids[0], bob.id(), &[1, 2], &[0; 100]).await;
-    assert_eq!(first, again);
+    let server_frame::Kind::Sent(again) = again else {
+        panic!("{again:?}")
+    };
+    assert_eq!(again.received_at, first_received_at);
     assert!(
         b1.try_event(std::time::Duration::from_millis(300))
             .await
@@ -552,13 +580,16 @@ async fn blob_round_trip(store: StoreKind, dir: &Path) {
         panic!("{long:?}")
     };
     assert_eq!(e.code(), ErrorCode::TooLarge);
-    // Unauthenticated connections cannot upload.
+    // Unauthenticated connections can neither upload nor download.
     let anon = client(&r).await;
     let res = anon.upload_blob(b"abc", 3).await;
     let Some(blob_response::Kind::Error(e)) = res.kind else {
         panic!("{res:?}")
     };
     assert_eq!(e.code(), ErrorCode::Unauthenticated);
+    let e = anon.download_blob(&u.id, &u.capability).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unauthenticated);
+
     r.stop().await;
 }
 
@@ -842,6 +873,93 @@ async fn per_account_limits_and_the_connection_cap_refuse(store: StoreKind, dir:
     assert!(refused.is_err(), "a connection past the cap was accepted");
     assert_eq!(r.metrics.connections_refused.get(), 1);
     ok(&b.request(client_frame::Kind::Ping(api::Ping {})).await);
+    r.stop().await;
+}
+
+on_both_stores!(a_device_connecting_again_replaces_its_old_connection);
+async fn a_device_connecting_again_replaces_its_old_connection(store: StoreKind, dir: &Path) {
+    let r = relay(test_config(store, dir)).await;
+    let alice = TestAccount::new(1);
+    let bob = TestAccount::new(1);
+    let a = client(&r).await;
+    a.create(&alice, 1).await;
+    let old = client(&r).await;
+    old.create(&bob, 1).await;
+    assert!(old.catch_up().await.is_empty());
+    let new = client(&r).await;
+    new.authenticate(&bob, 1).await;
+    assert!(new.catch_up().await.is_empty());
+    // The old connection is closed with "replaced"; its end does not unregister the new one.
+    assert_eq!(old.closed().await, Some(u64::from(limits::close::REPLACED)));
+    let res = a.send(random(), bob.id(), &[1], b"to the new one").await;
+    assert!(matches!(res, server_frame::Kind::Sent(_)), "{res:?}");
+    assert_eq!(new.next_delivery().await.body, b"to the new one");
+    r.stop().await;
+}
+
+on_both_stores!(mail_committed_during_catch_up_arrives_once_in_order);
+async fn mail_committed_during_catch_up_arrives_once_in_order(store: StoreKind, dir: &Path) {
+    let r = relay(test_config(store, dir)).await;
+    let bob = TestAccount::new(1);
+    let b = client(&r).await;
+    b.create(&bob, 1).await;
+    drop(b);
+    let senders: Vec<TestAccount> = (0..3).map(|_| TestAccount::new(1)).collect();
+    let mut clients = Vec::new();
+    for s in &senders {
+        let c = client(&r).await;
+        c.create(s, 1).await;
+        clients.push(Arc::new(c));
+    }
+    // 300 queued while Bob is away; then Bob connects while 3 senders keep sending.
+    for i in 0..100u32 {
+        for c in &clients {
+            let res = c.send(random(), bob.id(), &[1], &i.to_be_bytes()).await;
+            assert!(matches!(res, server_frame::Kind::Sent(_)));
+        }
+    }
+    let tasks: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let c = Arc::clone(c);
+            let to = bob.id();
+            tokio::spawn(async move {
+                for i in 100..300u32 {
+                    let res = c.send(random(), to, &[1], &i.to_be_bytes()).await;
+                    assert!(matches!(res, server_frame::Kind::Sent(_)));
+                }
+            })
+        })
+        .collect();
+    let b = client(&r).await;
+    b.authenticate(&bob, 1).await;
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut per_sender: std::collections::HashMap<Vec<u8>, Vec<u32>> = Default::default();
+    let mut last_seq = 0;
+    for _ in 0..900 {
+        let d = b.next_delivery().await;
+        assert!(d.seq > last_seq, "out of queue order");
+        last_seq = d.seq;
+        per_sender
+            .entry(d.sender_account)
+            .or_default()
+            .push(u32::from_be_bytes(d.body[..4].try_into().unwrap()));
+    }
+    assert_eq!(per_sender.len(), 3);
+    for got in per_sender.values() {
+        assert_eq!(
+            got,
+            &(0..300).collect::<Vec<u32>>(),
+            "lost, duplicated or reordered"
+        );
+    }
+    assert!(
+        b.try_event(std::time::Duration::from_millis(200))
+            .await
+            .is_none()
+    );
     r.stop().await;
 }
 

@@ -118,6 +118,9 @@ pub trait BlobStore: Send + Sync {
     fn sweep(&self, now: u64, stale_incomplete_before: u64) -> Result<usize>;
     /// Sum of the declared sizes of all blobs, complete or not.
     fn total_bytes(&self) -> Result<u64>;
+    /// Makes everything written so far durable (call after [`BlobStore::complete`] before
+    /// telling the uploader).
+    fn flush(&self) -> Result<()>;
 }
 
 fn doomed(meta: &BlobMeta, complete: bool, now: u64, stale_before: u64) -> bool {
@@ -228,6 +231,10 @@ impl BlobStore for MemoryBlobs {
             .lock()?
             .values()
             .fold(0u64, |sum, b| sum.saturating_add(b.meta.size)))
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -410,9 +417,8 @@ impl BlobStore for SledBlobs {
                 Ok(true)
             })
             .map_err(tx_err)?;
-        if done {
-            self.db.flush().map_err(backend)?;
-        }
+        // Durable after the next flush of the database, which the relay awaits (group commit)
+        // before answering the upload.
         Ok(done)
     }
 
@@ -466,6 +472,10 @@ impl BlobStore for SledBlobs {
             sum = sum.saturating_add(meta.size);
         }
         Ok(sum)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map(|_| ()).map_err(backend)
     }
 }
 

@@ -132,8 +132,21 @@ impl PushStore for MemoryStore {
 }
 
 impl MailboxStore for MemoryStore {
-    fn enqueue(&self, envelopes: &[Envelope]) -> Result<Vec<Enqueued>> {
+    fn enqueue(&self, envelopes: &[Envelope], cap: usize) -> Result<Vec<Enqueued>> {
         let mut g = self.lock()?;
+        // All or nothing: check every new envelope's queue first.
+        let mut adding: BTreeMap<DeviceId, usize> = BTreeMap::new();
+        for e in envelopes {
+            if !g.ids.contains_key(&(e.recipient, e.sender, e.client_id)) {
+                *adding.entry(e.recipient).or_default() += 1;
+            }
+        }
+        for (d, n) in &adding {
+            let have = g.queues.get(d).map_or(0, BTreeMap::len);
+            if have.saturating_add(*n) > cap {
+                return Err(StoreError::QueueFull(*d));
+            }
+        }
         let mut out = Vec::with_capacity(envelopes.len());
         for e in envelopes {
             let id = (e.recipient, e.sender, e.client_id);

@@ -6,7 +6,8 @@
 //! - a one-time pre-key is handed out at most once, even under concurrent claims (one atomic take);
 //! - an enqueue is atomic (all envelopes of a send or none) and idempotent per (recipient device,
 //!   sender device, client id); it is durable once [`MailboxStore::flush`] has returned after it
-//!   (the relay batches many enqueues into one flush: group commit);
+//!   (the relay batches many enqueues into one flush: group commit); nothing else is durable
+//!   before a flush either;
 //! - each device's queue has its own sequence numbers, strictly increasing in the order the
 //!   envelopes were committed, so a reader that has seen `n` has seen everything up to `n`.
 
@@ -59,6 +60,9 @@ pub enum StoreError {
     /// An account that already exists was created again.
     #[error("account exists")]
     AccountExists,
+    /// A recipient's queue is at its cap (nothing of the enqueue was written).
+    #[error("the queue of a recipient device is full")]
+    QueueFull(DeviceId),
     /// A device list whose version is not higher than the stored one.
     #[error("device list version {offered} is not newer than {stored}")]
     StaleDeviceList {
@@ -163,16 +167,17 @@ pub struct Enqueued {
 /// Per-device queues of encrypted envelopes.
 pub trait MailboxStore: Send + Sync {
     /// Queues envelopes atomically (all or none); returns, per envelope, its sequence number (the
-    /// existing one for a retried send). Durable after the next [`MailboxStore::flush`].
-    fn enqueue(&self, envelopes: &[Envelope]) -> Result<Vec<Enqueued>>;
+    /// existing one for a retried send). Refuses with [`StoreError::QueueFull`] (writing nothing)
+    /// if a new envelope's recipient already holds `cap`. Durable after the next
+    /// [`MailboxStore::flush`].
+    fn enqueue(&self, envelopes: &[Envelope], cap: usize) -> Result<Vec<Enqueued>>;
     /// Up to `limit` envelopes of `device` with a sequence number above `after`, in order.
     fn fetch(&self, device: &DeviceId, after: u64, limit: usize) -> Result<Vec<Queued>>;
     /// Deletes acknowledged envelopes; returns how many were there.
     fn ack(&self, device: &DeviceId, seqs: &[u64]) -> Result<usize>;
     /// Deletes envelopes received before `cutoff` (TTL); returns how many.
     fn sweep(&self, cutoff: u64) -> Result<usize>;
-    /// Envelopes queued for `device`: exact in memory; on sled an upper bound (the span from the
-    /// first to the last sequence number still queued), which is what the queue cap uses.
+    /// Envelopes queued for `device`.
     fn queue_len(&self, device: &DeviceId) -> Result<usize>;
     /// Deletes a device's whole queue; returns how many envelopes it held.
     fn purge(&self, device: &DeviceId) -> Result<usize>;

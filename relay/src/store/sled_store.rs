@@ -10,7 +10,8 @@
 //! | `kem` | device (36) ‖ id u32 | serialized one-time `KemPreKey` |
 //! | `mail` | recipient (36) ‖ seq u64 | `StoredEnvelope` |
 //! | `mail_ids` | recipient (36) ‖ sender (36) ‖ client id (16) | seq u64 ‖ received_at u64 |
-//! | `mail_seq` | recipient (36) | last sequence number given u64 |
+//! | `mail_seq` | recipient (36) | last sequence number given u64 ‖ envelopes queued u64 |
+//! | `meta` | `"boot"` | number of times the database was opened u64 |
 //! | `push` | device (36) | endpoint URL (UTF-8) |
 //!
 //! A one-time key is claimed with `remove` on its exact key: sled returns the old value to exactly
@@ -18,7 +19,14 @@
 //! An enqueue writes `mail`, `mail_ids` and `mail_seq` for all its envelopes in one serializable
 //! transaction, so each queue's sequence numbers are given in commit order; the caller makes it
 //! durable with [`SledStore::flush`] (the relay's group commit) before acknowledging the send.
-//! Rare operations (device lists, pre-key uploads and claims, acks) flush before returning.
+//! Nothing else flushes by itself either: the relay makes every operation it answers durable
+//! through the same group commit (acks need not be: a lost ack only re-delivers).
+//!
+//! Sequence numbers never repeat, even after a crash that lost unflushed envelopes which were
+//! already delivered: each open of the database increments a boot counter (flushed at once), and
+//! a queue's next number is at least `boot << 32`. The per-queue count is exact (kept in the same
+//! transactions), and the queue cap is checked inside the enqueue transaction for new envelopes
+//! only, so a retried send is never refused as full.
 
 use std::path::Path;
 
@@ -47,6 +55,8 @@ pub struct SledStore {
     mail_ids: sled::Tree,
     mail_seq: sled::Tree,
     push: sled::Tree,
+    /// `boot << 32`: the least sequence number this process gives.
+    seq_floor: u64,
 }
 
 impl SledStore {
@@ -54,7 +64,7 @@ impl SledStore {
     pub fn open(path: &Path) -> Result<Self> {
         let db = sled::Config::new().path(path).open().map_err(backend)?;
         let tree = |n: &str| db.open_tree(n).map_err(backend);
-        Ok(Self {
+        Self {
             lists: tree("lists")?,
             prekeys: tree("prekeys")?,
             otk: tree("otk")?,
@@ -63,8 +73,22 @@ impl SledStore {
             mail_ids: tree("mail_ids")?,
             mail_seq: tree("mail_seq")?,
             push: tree("push")?,
+            seq_floor: 0,
             db,
-        })
+        }
+        .booted()
+    }
+
+    fn booted(mut self) -> Result<Self> {
+        let meta = self.db.open_tree("meta").map_err(backend)?;
+        let boot = match meta.get(b"boot").map_err(backend)? {
+            Some(v) => be_u64(&v, "meta")?.saturating_add(1),
+            None => 1,
+        };
+        meta.insert(b"boot", &boot.to_be_bytes()).map_err(backend)?;
+        self.sync()?;
+        self.seq_floor = boot.checked_shl(32).unwrap_or(u64::MAX);
+        Ok(self)
     }
 
     /// The database (for backups and the blob store, which shares it).
@@ -116,7 +140,7 @@ impl AccountStore for SledStore {
             .compare_and_swap(account, None::<&[u8]>, Some(value.as_slice()))
             .map_err(backend)?
         {
-            Ok(()) => self.sync(),
+            Ok(()) => Ok(()),
             Err(_) => Err(StoreError::AccountExists),
         }
     }
@@ -149,7 +173,7 @@ impl AccountStore for SledStore {
                 .compare_and_swap(account, current, Some(value.as_slice()))
                 .map_err(backend)?;
             if swapped.is_ok() {
-                return self.sync();
+                return Ok(());
             }
         }
     }
@@ -181,7 +205,7 @@ impl PreKeyStore for SledStore {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => backend(e),
             })?;
-        self.sync()
+        Ok(())
     }
 
     fn claim_pre_keys(&self, device: &DeviceId) -> Result<Option<Claimed>> {
@@ -193,8 +217,8 @@ impl PreKeyStore for SledStore {
         let prefix = device.key();
         let one_time = Self::take_first(&self.otk, &prefix)?;
         let kem = Self::take_first(&self.kem, &prefix)?;
-        // A claimed key must not come back after a crash.
-        self.sync()?;
+        // A claimed key must not come back after a crash: the relay flushes (group commit)
+        // before handing the bundle out.
         Ok(Some(Claimed {
             signed_pre_key: record.signed_pre_key,
             one_time,
@@ -221,7 +245,7 @@ impl PreKeyStore for SledStore {
                 tree.remove(k.map_err(backend)?).map_err(backend)?;
             }
         }
-        self.sync()
+        Ok(())
     }
 }
 
@@ -234,7 +258,7 @@ impl PushStore for SledStore {
                 .map_err(backend)?,
             None => self.push.remove(device.key()).map_err(backend)?,
         };
-        self.sync()
+        Ok(())
     }
 
     fn push_endpoint(&self, device: &DeviceId) -> Result<Option<String>> {
@@ -243,6 +267,48 @@ impl PushStore for SledStore {
             .map_err(backend)?
             .map(|v| String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt("push")))
             .transpose()
+    }
+}
+
+/// `mail_seq` value: last sequence number ‖ envelopes queued.
+fn encode_counter(last: u64, count: u64) -> Vec<u8> {
+    let mut v = last.to_be_bytes().to_vec();
+    v.extend_from_slice(&count.to_be_bytes());
+    v
+}
+
+fn decode_counter(v: &[u8]) -> Result<(u64, u64)> {
+    let (last, count) = v
+        .split_at_checked(8)
+        .ok_or(StoreError::Corrupt("mail_seq"))?;
+    Ok((be_u64(last, "mail_seq")?, be_u64(count, "mail_seq")?))
+}
+
+impl SledStore {
+    /// Removes `keys` (all of `device`'s queue) and lowers its count, in one transaction.
+    fn remove_mail(&self, device: &DeviceId, keys: Vec<Vec<u8>>) -> Result<usize> {
+        let rk = device.key();
+        (&self.mail, &self.mail_seq)
+            .transaction(|(mail, seqs)| {
+                let mut n = 0u64;
+                for k in &keys {
+                    if mail.remove(k.as_slice())?.is_some() {
+                        n += 1;
+                    }
+                }
+                if n > 0
+                    && let Some(v) = seqs.get(rk)?
+                {
+                    let (last, count) =
+                        decode_counter(&v).map_err(ConflictableTransactionError::Abort)?;
+                    seqs.insert(&rk[..], encode_counter(last, count.saturating_sub(n)))?;
+                }
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            })
+            .map_err(|err| match err {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => backend(e),
+            })
     }
 }
 
@@ -282,7 +348,8 @@ fn decode_envelope(recipient: DeviceId, v: &[u8]) -> Result<Envelope> {
 }
 
 impl MailboxStore for SledStore {
-    fn enqueue(&self, envelopes: &[Envelope]) -> Result<Vec<Enqueued>> {
+    fn enqueue(&self, envelopes: &[Envelope], cap: usize) -> Result<Vec<Enqueued>> {
+        let floor = self.seq_floor;
         let prepared: Vec<(Vec<u8>, Vec<u8>)> = envelopes
             .iter()
             .map(|e| {
@@ -317,15 +384,21 @@ impl MailboxStore for SledStore {
                         continue;
                     }
                     let rk = e.recipient.key();
-                    let last = match seqs.get(rk)? {
-                        Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
-                            ConflictableTransactionError::Abort(StoreError::Corrupt("mail_seq"))
-                        })?,
-                        None => 0,
+                    let (last, count) = match seqs.get(rk)? {
+                        Some(v) => {
+                            decode_counter(&v).map_err(ConflictableTransactionError::Abort)?
+                        }
+                        None => (0, 0),
                     };
-                    // Sequence numbers start at 1 (0 means "from the start" in `fetch`).
-                    let seq = last.saturating_add(1);
-                    seqs.insert(&rk[..], &seq.to_be_bytes()[..])?;
+                    if usize::try_from(count).unwrap_or(usize::MAX) >= cap {
+                        return Err(ConflictableTransactionError::Abort(StoreError::QueueFull(
+                            e.recipient,
+                        )));
+                    }
+                    // Sequence numbers start at 1 (0 means "from the start" in `fetch`) and never
+                    // repeat across restarts.
+                    let seq = last.saturating_add(1).max(floor);
+                    seqs.insert(&rk[..], encode_counter(seq, count.saturating_add(1)))?;
                     let mut idv = seq.to_be_bytes().to_vec();
                     idv.extend_from_slice(&e.received_at.to_be_bytes());
                     ids.insert(ik.as_slice(), idv)?;
@@ -363,30 +436,26 @@ impl MailboxStore for SledStore {
     }
 
     fn ack(&self, device: &DeviceId, seqs: &[u64]) -> Result<usize> {
-        let mut n = 0;
-        for s in seqs {
-            if self
-                .mail
-                .remove(mail_key(device, *s))
-                .map_err(backend)?
-                .is_some()
-            {
-                n += 1;
-            }
-        }
         // Client ids stay until the TTL sweep, so a send retried after the ack is still a no-op.
-        self.sync()?;
-        Ok(n)
+        self.remove_mail(device, seqs.iter().map(|s| mail_key(device, *s)).collect())
     }
 
     fn sweep(&self, cutoff: u64) -> Result<usize> {
-        let mut n = 0;
+        let mut old: std::collections::BTreeMap<DeviceId, Vec<Vec<u8>>> = Default::default();
         for item in self.mail.iter() {
             let (k, v) = item.map_err(backend)?;
             let s = StoredEnvelope::decode(v.as_ref()).map_err(|_| StoreError::Corrupt("mail"))?;
-            if s.received_at < cutoff && self.mail.remove(&k).map_err(backend)?.is_some() {
-                n += 1;
+            if s.received_at < cutoff {
+                let d = k
+                    .get(..36)
+                    .and_then(DeviceId::from_key)
+                    .ok_or(StoreError::Corrupt("mail"))?;
+                old.entry(d).or_default().push(k.to_vec());
             }
+        }
+        let mut n = 0;
+        for (d, keys) in old {
+            n += self.remove_mail(&d, keys)?;
         }
         for item in self.mail_ids.iter() {
             let (k, v) = item.map_err(backend)?;
@@ -398,40 +467,25 @@ impl MailboxStore for SledStore {
                 self.mail_ids.remove(&k).map_err(backend)?;
             }
         }
-        self.sync()?;
         Ok(n)
     }
 
     fn queue_len(&self, device: &DeviceId) -> Result<usize> {
-        let prefix = device.key();
-        let mut keys = self.mail.scan_prefix(prefix).keys();
-        let seq_of =
-            |k: sled::IVec| be_u64(k.get(36..).ok_or(StoreError::Corrupt("mail"))?, "mail");
-        let Some(first) = keys.next() else {
-            return Ok(0);
+        let count = match self.mail_seq.get(device.key()).map_err(backend)? {
+            Some(v) => decode_counter(&v)?.1,
+            None => 0,
         };
-        let first = seq_of(first.map_err(backend)?)?;
-        let last = match keys.next_back() {
-            Some(k) => seq_of(k.map_err(backend)?)?,
-            None => first,
-        };
-        Ok(usize::try_from(last.saturating_sub(first).saturating_add(1)).unwrap_or(usize::MAX))
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
     }
 
     fn purge(&self, device: &DeviceId) -> Result<usize> {
-        let mut n = 0;
-        for k in self.mail.scan_prefix(device.key()).keys() {
-            if self
-                .mail
-                .remove(k.map_err(backend)?)
-                .map_err(backend)?
-                .is_some()
-            {
-                n += 1;
-            }
-        }
-        self.sync()?;
-        Ok(n)
+        let keys = self
+            .mail
+            .scan_prefix(device.key())
+            .keys()
+            .map(|k| k.map(|k| k.to_vec()).map_err(backend))
+            .collect::<Result<Vec<_>>>()?;
+        self.remove_mail(device, keys)
     }
 
     fn flush(&self) -> Result<()> {
@@ -468,7 +522,7 @@ mod tests {
                 body: b"sealed".to_vec(),
                 received_at: 5,
             };
-            s.enqueue(&[e]).unwrap();
+            s.enqueue(&[e], 10).unwrap();
             s.flush().unwrap();
             // Dropped without any shutdown.
         }
@@ -476,5 +530,49 @@ mod tests {
         let q = s.fetch(&b, 0, 10).unwrap();
         assert_eq!(q.len(), 1);
         assert_eq!(q[0].envelope.body, b"sealed");
+    }
+
+    #[test]
+    fn sequence_numbers_never_repeat_after_a_crash_lost_unflushed_envelopes() {
+        use crate::store::{DeviceId, Envelope, MailboxStore};
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            DeviceId {
+                account: [1; 32],
+                device: 1,
+            },
+            DeviceId {
+                account: [2; 32],
+                device: 1,
+            },
+        );
+        let e = |id: u8| Envelope {
+            recipient: b,
+            sender: a,
+            client_id: [id; 16],
+            body: vec![id],
+            received_at: 1,
+        };
+        let (kept, delivered) = {
+            let s = super::SledStore::open(dir.path()).unwrap();
+            let kept = s.enqueue(&[e(1)], 10).unwrap()[0].seq;
+            s.flush().unwrap();
+            // Written and delivered live, but (below) lost in a crash before any flush.
+            (kept, s.enqueue(&[e(2)], 10).unwrap()[0].seq)
+        };
+        {
+            // Undo the second write as a crash would have: its record and the counter.
+            let db = sled::open(dir.path()).unwrap();
+            let mail = db.open_tree("mail").unwrap();
+            mail.remove(super::mail_key(&b, delivered)).unwrap();
+            db.open_tree("mail_seq")
+                .unwrap()
+                .insert(b.key(), super::encode_counter(kept, 1))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let s = super::SledStore::open(dir.path()).unwrap();
+        let next = s.enqueue(&[e(3)], 10).unwrap()[0].seq;
+        assert!(next > delivered, "a sequence number was given twice");
     }
 }

@@ -123,15 +123,14 @@ macro_rules! relay_store_suite {
                 let (_g, s) = $make;
                 let (a, b, c) = (dev(1, 1), dev(2, 1), dev(2, 2));
                 let seqs = s
-                    .enqueue(&[env(b, a, 1, 10), env(c, a, 1, 10), env(b, a, 2, 11)])
+                    .enqueue(&[env(b, a, 1, 10), env(c, a, 1, 10), env(b, a, 2, 11)], 1000)
                     .unwrap();
                 assert_eq!(seqs.len(), 3);
                 assert!(seqs.iter().all(|e| e.fresh));
-                // Each queue has its own sequence, starting at 1.
-                assert_eq!(
-                    seqs.iter().map(|e| e.seq).collect::<Vec<_>>(),
-                    vec![1, 1, 2]
-                );
+                // Each queue has its own sequence, gapless.
+                assert!(seqs[0].seq >= 1);
+                assert_eq!(seqs[1].seq, seqs[0].seq);
+                assert_eq!(seqs[2].seq, seqs[0].seq + 1);
                 // A retried send is a no-op and reports the same sequence number and first
                 // acceptance time.
                 let again = Enqueued {
@@ -139,7 +138,7 @@ macro_rules! relay_store_suite {
                     fresh: false,
                     received_at: 10,
                 };
-                assert_eq!(s.enqueue(&[env(b, a, 1, 12)]).unwrap(), vec![again]);
+                assert_eq!(s.enqueue(&[env(b, a, 1, 12)], 1000).unwrap(), vec![again]);
                 let q = s.fetch(&b, 0, 10).unwrap();
                 assert_eq!(
                     q.iter()
@@ -154,7 +153,7 @@ macro_rules! relay_store_suite {
                 assert_eq!(s.ack(&b, &[q[0].seq, 999]).unwrap(), 1);
                 assert_eq!(s.queue_len(&b).unwrap(), 1);
                 // Still a no-op after the ack: the client id is remembered until the TTL.
-                assert_eq!(s.enqueue(&[env(b, a, 1, 13)]).unwrap(), vec![again]);
+                assert_eq!(s.enqueue(&[env(b, a, 1, 13)], 1000).unwrap(), vec![again]);
                 assert_eq!(s.queue_len(&b).unwrap(), 1);
                 assert_eq!(s.purge(&b).unwrap(), 1);
                 assert_eq!(s.queue_len(&b).unwrap(), 0);
@@ -173,7 +172,7 @@ macro_rules! relay_store_suite {
                             for i in 0..25u8 {
                                 let mut e = env(b, dev(10 + t, 1), i, 1);
                                 e.client_id[1] = t;
-                                s.enqueue(&[e]).unwrap();
+                                s.enqueue(&[e], 1000).unwrap();
                             }
                         })
                     })
@@ -182,10 +181,40 @@ macro_rules! relay_store_suite {
                     h.join().unwrap();
                 }
                 let q = s.fetch(&b, 0, 1000).unwrap();
+                let first = q[0].seq;
                 assert_eq!(
                     q.iter().map(|x| x.seq).collect::<Vec<_>>(),
-                    (1..=100).collect::<Vec<u64>>()
+                    (first..first + 100).collect::<Vec<u64>>()
                 );
+                assert_eq!(s.queue_len(&b).unwrap(), 100);
+            }
+
+            #[test]
+            fn the_queue_cap_is_exact_all_or_nothing_and_spares_retries() {
+                let (_g, s) = $make;
+                let (a, b, c) = (dev(1, 1), dev(2, 1), dev(2, 2));
+                let q = s
+                    .enqueue(&[env(b, a, 1, 1), env(b, a, 2, 1), env(b, a, 3, 1)], 3)
+                    .unwrap();
+                // Acking one in the middle frees exactly one place.
+                assert_eq!(s.ack(&b, &[q[1].seq]).unwrap(), 1);
+                assert_eq!(s.queue_len(&b).unwrap(), 2);
+                s.enqueue(&[env(b, a, 4, 1)], 3).unwrap();
+                // Full: a send to b and c together writes nothing.
+                assert!(matches!(
+                    s.enqueue(&[env(c, a, 5, 1), env(b, a, 5, 1)], 3),
+                    Err(StoreError::QueueFull(d)) if d == b
+                ));
+                assert_eq!(s.queue_len(&c).unwrap(), 0);
+                // A retry of something queued is not refused.
+                assert!(!s.enqueue(&[env(b, a, 1, 1)], 3).unwrap()[0].fresh);
+                assert_eq!(s.queue_len(&b).unwrap(), 3);
+                // The sweep and a purge keep the count right.
+                assert_eq!(s.sweep(2).unwrap(), 3);
+                assert_eq!(s.queue_len(&b).unwrap(), 0);
+                s.enqueue(&[env(b, a, 6, 5)], 3).unwrap();
+                assert_eq!(s.purge(&b).unwrap(), 1);
+                assert_eq!(s.queue_len(&b).unwrap(), 0);
             }
 
             #[test]
@@ -220,7 +249,7 @@ macro_rules! relay_store_suite {
                     s.push_endpoint(&b).unwrap().as_deref(),
                     Some("https://push.example/x")
                 );
-                s.enqueue(&[env(b, a, 1, 1)]).unwrap();
+                s.enqueue(&[env(b, a, 1, 1)], 1000).unwrap();
                 assert_eq!(s.forget_device(&b).unwrap(), 1);
                 assert_eq!(s.pre_key_counts(&b).unwrap(), (0, 0));
                 assert_eq!(s.claim_pre_keys(&b).unwrap(), None);
@@ -232,7 +261,7 @@ macro_rules! relay_store_suite {
             fn sweep_deletes_what_is_older_than_the_ttl() {
                 let (_g, s) = $make;
                 let (a, b) = (dev(1, 1), dev(2, 1));
-                s.enqueue(&[env(b, a, 1, 10), env(b, a, 2, 20), env(b, a, 3, 30)])
+                s.enqueue(&[env(b, a, 1, 10), env(b, a, 2, 20), env(b, a, 3, 30)], 1000)
                     .unwrap();
                 assert_eq!(s.sweep(25).unwrap(), 2);
                 let q = s.fetch(&b, 0, 10).unwrap();

@@ -306,6 +306,15 @@ impl Client {
         .await
     }
 
+    /// This connection's TLS exporter for authentication.
+    pub fn exporter(&self) -> [u8; 32] {
+        let mut exporter = [0u8; 32];
+        self.conn
+            .export_keying_material(&mut exporter, labels::RELAY_AUTH_EXPORTER, b"")
+            .unwrap();
+        exporter
+    }
+
     pub fn auth_signature(
         &self,
         nonce: &[u8],
@@ -313,17 +322,7 @@ impl Client {
         device: u32,
         key: &SigningKey,
     ) -> Vec<u8> {
-        let mut exporter = [0u8; 32];
-        self.conn
-            .export_keying_material(&mut exporter, labels::RELAY_AUTH_EXPORTER, b"")
-            .unwrap();
-        let t = hush_relay::verify::auth_transcript(
-            &exporter,
-            nonce.try_into().unwrap(),
-            &account,
-            device,
-        );
-        key.sign(&t).to_bytes().to_vec()
+        sign_auth(&self.exporter(), nonce, account, device, key)
     }
 
     pub async fn authenticate(&self, a: &TestAccount, device: u32) {
@@ -473,6 +472,23 @@ impl Client {
             _ => None,
         }
     }
+}
+
+/// Signs the authentication transcript of docs/RELAY_PROTOCOL.md §4, built here byte by byte
+/// (not with the relay's own code) so the tests check the documented layout.
+pub fn sign_auth(
+    exporter: &[u8; 32],
+    nonce: &[u8],
+    account: [u8; 32],
+    device: u32,
+    key: &SigningKey,
+) -> Vec<u8> {
+    let mut t = b"Hush-RelayAuth-v1".to_vec();
+    t.extend_from_slice(exporter);
+    t.extend_from_slice(nonce);
+    t.extend_from_slice(&account);
+    t.extend_from_slice(&device.to_be_bytes());
+    key.sign(&t).to_bytes().to_vec()
 }
 
 /// The error code of an answer, or panics if it was not an error.

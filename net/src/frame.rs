@@ -4,7 +4,8 @@
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::limits::FRAME_HEADER;
+/// Bytes of the big-endian length that precedes every frame.
+pub const FRAME_HEADER: usize = 4;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,11 @@
+//! What Hush clients and the relay must agree on below the protocol messages: the frame codec
+//! and the pinned-certificate TLS configuration of clients, plus the protocol's ALPN and close
+//! codes. Small and free of storage or server code, so mobile clients can link it.
+
+#![deny(missing_docs)]
+
+pub mod frame;
+pub mod pin;
+
+/// ALPN of the client ↔ relay protocol, version 1.
+pub const ALPN: &[u8] = b"hush/1";
