@@ -9,3 +9,6 @@ pub mod pin;
 
 /// ALPN of the client ↔ relay protocol, version 1.
 pub const ALPN: &[u8] = b"hush/1";
+
+/// Most one-time keys (of each kind) in one pre-key upload.
+pub const MAX_PRE_KEYS_PER_UPLOAD: usize = 200;

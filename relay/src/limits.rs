@@ -28,8 +28,7 @@ pub const BLOB_CAPABILITY_LEN: usize = 32;
 /// Longest push endpoint URL accepted.
 pub const MAX_PUSH_URL_LEN: usize = 2048;
 
-/// Most one-time keys (of each kind) in one upload.
-pub const MAX_PRE_KEYS_PER_UPLOAD: usize = 200;
+pub use hush_net::MAX_PRE_KEYS_PER_UPLOAD;
 
 /// Most one-time keys (of each kind) a device may have stored on the relay.
 pub const MAX_PRE_KEYS_STORED: usize = 1000;

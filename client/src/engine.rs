@@ -1,0 +1,631 @@
+//! The engine: one local device (client-core over its encrypted sled store) kept connected to a
+//! relay. It authenticates, publishes pre-keys (each one-time key once), reconnects with
+//! exponential backoff and jitter, follows the relay's drain, decrypts what is delivered and
+//! acknowledges it to the relay only after client-core has committed it, and sends to accounts
+//! (fetching device lists and bundles, starting sessions, adapting to device-set changes).
+//!
+//! client-core stays sans-IO: the engine passes it the clock and the system RNG.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hush_core::device::{Device, GroupIncoming, Outgoing};
+use hush_core::keys::{AccountId, DeviceAddress};
+use hush_core::prekeys::PreKeyBundle;
+use hush_core::sender_key::GroupId;
+use hush_core::store::sled_kv::SledKv;
+use hush_core::{Error as CoreError, ProtocolError};
+use hush_proto::client::{Sealed, sealed};
+use hush_proto::relay_api::{self as api, ErrorCode, client_frame, server_frame};
+use prost::Message;
+use rand::RngExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use crate::conn::RelayConnection;
+use crate::error::ClientError;
+
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`], with ±50 % jitter.
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest reconnect delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long an operation waits for a connection before failing with `Disconnected`.
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
+/// Attempts of one send (device-set changes and transient failures).
+const SEND_ATTEMPTS: usize = 4;
+/// File in the profile directory recording the highest one-time pre-key id uploaded.
+const UPLOADED_FILE: &str = "uploaded-pre-keys";
+
+/// Where the engine keeps its state and which relay it uses.
+pub struct EngineConfig {
+    /// Profile directory (the encrypted store lives in `db/` inside).
+    pub profile: PathBuf,
+    /// The key the store is encrypted with (keep it in the platform keystore).
+    pub at_rest_key: Zeroizing<[u8; 32]>,
+    /// The relay's address.
+    pub relay: SocketAddr,
+    /// The relay certificate's SHA-256 (hex).
+    pub pin: String,
+}
+
+/// What the engine reports.
+#[derive(Debug)]
+pub enum Event {
+    /// A message, decrypted and durable in the device's inbox: acknowledge it with
+    /// [`Engine::ack`] once the app has stored it (it is offered again after a restart until
+    /// then).
+    Message {
+        /// Inbox id.
+        id: u64,
+        /// The sending device (authenticated end to end).
+        from: DeviceAddress,
+        /// The group, for group messages.
+        group: Option<GroupId>,
+        /// The plaintext.
+        plaintext: Zeroizing<Vec<u8>>,
+        /// Whether it came as an ephemeral envelope (typing, presence: never stored by the relay).
+        ephemeral: bool,
+    },
+    /// Connected (and authenticated) to the relay, or not.
+    Connection(bool),
+    /// Everything queued on the relay while away has been delivered.
+    CaughtUp,
+    /// This device was removed from its account: the engine stops.
+    Revoked,
+}
+
+#[allow(clippy::disallowed_methods)]
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn rng() -> rand_core::UnwrapErr<rand::rngs::SysRng> {
+    rand_core::UnwrapErr(rand::rngs::SysRng)
+}
+
+struct Inner {
+    relay: SocketAddr,
+    pin: String,
+    profile: PathBuf,
+    device: Mutex<Device<SledKv>>,
+    conn: watch::Sender<Option<Arc<RelayConnection>>>,
+    events: mpsc::UnboundedSender<Event>,
+    shutdown: CancellationToken,
+}
+
+/// A running engine. Dropping it (or [`Engine::shutdown`]) stops its connection task.
+pub struct Engine {
+    inner: Arc<Inner>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn open_store(profile: &Path, key: &Zeroizing<[u8; 32]>) -> Result<SledKv, ClientError> {
+    std::fs::create_dir_all(profile)
+        .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
+    SledKv::open(&profile.join("db"), Zeroizing::new(**key), Box::new(rng()))
+        .map_err(|e| ClientError::Core(e.into()))
+}
+
+impl Engine {
+    /// Creates a new account (its first device) in an empty profile and registers it on the
+    /// relay; returns the engine and its events.
+    pub async fn create_account(
+        cfg: EngineConfig,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Event>), ClientError> {
+        let store = open_store(&cfg.profile, &cfg.at_rest_key)?;
+        let device = Device::create_account(store, &mut rng(), now_ms())?;
+        let list = device
+            .device_list(&device.address().account)
+            .map(|l| l.signed_bytes().to_vec())
+            .ok_or(ClientError::Protocol("a new account has no device list"))?;
+        let (conn, _events) = RelayConnection::connect(cfg.relay, &cfg.pin).await?;
+        conn.request(client_frame::Kind::CreateAccount(api::CreateAccount {
+            signed_device_list: list,
+        }))
+        .await?;
+        conn.close();
+        Ok(Self::start(cfg, device))
+    }
+
+    /// Opens an existing profile.
+    pub fn open(cfg: EngineConfig) -> Result<(Self, mpsc::UnboundedReceiver<Event>), ClientError> {
+        let store = open_store(&cfg.profile, &cfg.at_rest_key)?;
+        let device = Device::open(store)?;
+        Ok(Self::start(cfg, device))
+    }
+
+    fn start(cfg: EngineConfig, device: Device<SledKv>) -> (Self, mpsc::UnboundedReceiver<Event>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let (conn, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            relay: cfg.relay,
+            pin: cfg.pin,
+            profile: cfg.profile,
+            device: Mutex::new(device),
+            conn,
+            events,
+            shutdown: CancellationToken::new(),
+        });
+        // Messages decrypted before the engine last stopped but not yet taken by the app.
+        match inner.lock().and_then(|d| Ok(d.pending_messages()?)) {
+            Ok(pending) => {
+                for r in pending {
+                    inner.emit(Event::Message {
+                        id: r.id,
+                        from: r.from,
+                        group: r.group,
+                        plaintext: r.plaintext,
+                        ephemeral: false,
+                    });
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "the inbox could not be read"),
+        }
+        let task = tokio::spawn(run(Arc::clone(&inner)));
+        (
+            Self {
+                inner,
+                task: Some(task),
+            },
+            rx,
+        )
+    }
+
+    /// This device's address.
+    pub fn address(&self) -> Result<DeviceAddress, ClientError> {
+        Ok(self.inner.lock()?.address())
+    }
+
+    /// Marks an inbox message as stored by the app.
+    pub fn ack(&self, id: u64) -> Result<(), ClientError> {
+        Ok(self.inner.lock()?.ack_message(id)?)
+    }
+
+    /// Sends `plaintext` to every device of `to` (for one's own account: to its other devices).
+    /// Returns once the relay has acknowledged it durably.
+    pub async fn send(&self, to: &AccountId, plaintext: &[u8]) -> Result<(), ClientError> {
+        self.inner.send(to, plaintext, false).await
+    }
+
+    /// Sends `plaintext` as an ephemeral envelope (typing, presence): delivered only to devices
+    /// connected now, never stored.
+    pub async fn send_ephemeral(
+        &self,
+        to: &AccountId,
+        plaintext: &[u8],
+    ) -> Result<(), ClientError> {
+        self.inner.send(to, plaintext, true).await
+    }
+
+    /// Waits until the engine is connected (at most `wait`).
+    pub async fn connected(&self, wait: Duration) -> Result<(), ClientError> {
+        self.inner.current(wait).await.map(|_| ())
+    }
+
+    /// Stops the engine (its store stays consistent: every change is already committed).
+    pub async fn shutdown(mut self) {
+        self.inner.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.inner.shutdown.cancel();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Device<SledKv>>, ClientError> {
+        self.device.lock().map_err(|_| ClientError::Closed)
+    }
+
+    fn emit(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    /// The current connection, waiting up to `wait` for one.
+    async fn current(&self, wait: Duration) -> Result<Arc<RelayConnection>, ClientError> {
+        let mut rx = self.conn.subscribe();
+        let got = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
+        match got {
+            Ok(Ok(c)) => c.as_ref().map(Arc::clone).ok_or(ClientError::Disconnected),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::Disconnected),
+        }
+    }
+
+    /// Fetches and accepts `account`'s device list from the relay.
+    async fn refresh_list(
+        &self,
+        conn: &RelayConnection,
+        account: &AccountId,
+    ) -> Result<(), ClientError> {
+        let server_frame::Kind::DeviceList(l) = conn
+            .request(client_frame::Kind::FetchDeviceList(api::FetchDeviceList {
+                account: account.as_bytes().to_vec(),
+            }))
+            .await?
+        else {
+            return Err(ClientError::Protocol(
+                "unexpected answer to a device-list fetch",
+            ));
+        };
+        self.lock()?
+            .accept_device_list(&l.signed_device_list, account, now_ms())?;
+        Ok(())
+    }
+
+    /// Encrypts `plaintext` for every listed device of `to` but this one.
+    async fn seal_for(
+        &self,
+        conn: &RelayConnection,
+        to: &AccountId,
+        plaintext: &[u8],
+    ) -> Result<Vec<api::OutEnvelope>, ClientError> {
+        let me = self.lock()?.address();
+        let targets: Vec<DeviceAddress> = {
+            let d = self.lock()?;
+            let list = d
+                .device_list(to)
+                .ok_or(ClientError::Core(CoreError::Protocol(
+                    ProtocolError::UnknownAccount,
+                )))?;
+            list.addresses().filter(|a| *a != me).collect()
+        };
+        let missing = self.lock()?.missing_sessions(&targets, now_ms())?;
+        for m in missing {
+            let server_frame::Kind::Bundle(b) = conn
+                .request(client_frame::Kind::FetchBundle(api::FetchBundle {
+                    account: m.account.as_bytes().to_vec(),
+                    device_id: m.device_id,
+                }))
+                .await?
+            else {
+                return Err(ClientError::Protocol("unexpected answer to a bundle fetch"));
+            };
+            let bundle = hush_proto::wire::PreKeyBundle::decode(b.bundle.as_slice())
+                .map_err(|_| ClientError::Protocol("bundle does not decode"))?;
+            self.lock()?
+                .start_session(&PreKeyBundle(bundle), &mut rng(), now_ms())?;
+        }
+        let mut out = Vec::with_capacity(targets.len());
+        let mut d = self.lock()?;
+        for t in targets {
+            let bytes = d.encrypt(&t, plaintext, &mut rng(), now_ms())?;
+            out.push(api::OutEnvelope {
+                device_id: t.device_id,
+                body: Sealed {
+                    kind: Some(sealed::Kind::Pairwise(bytes)),
+                }
+                .encode_to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn send(
+        &self,
+        to: &AccountId,
+        plaintext: &[u8],
+        ephemeral: bool,
+    ) -> Result<(), ClientError> {
+        let client_id: [u8; 16] = {
+            let mut id = [0u8; 16];
+            rng().fill(&mut id[..]);
+            id
+        };
+        let mut sealed: Option<Vec<api::OutEnvelope>> = None;
+        let mut last = ClientError::Disconnected;
+        for attempt in 0..SEND_ATTEMPTS {
+            let conn = self.current(CONNECT_WAIT).await?;
+            if sealed.is_none() {
+                let known = self.lock()?.device_list(to).is_some();
+                if !known || attempt > 0 {
+                    self.refresh_list(&conn, to).await?;
+                }
+                let envelopes = self.seal_for(&conn, to, plaintext).await?;
+                if envelopes.is_empty() {
+                    // One's own account with no other device: nothing to deliver.
+                    return Ok(());
+                }
+                sealed = Some(envelopes);
+            }
+            let envelopes = sealed.clone().unwrap_or_default();
+            let kind = if ephemeral {
+                client_frame::Kind::SendEphemeral(api::SendEphemeral {
+                    recipient_account: to.as_bytes().to_vec(),
+                    envelopes,
+                })
+            } else {
+                client_frame::Kind::Send(api::Send {
+                    client_id: client_id.to_vec(),
+                    recipient_account: to.as_bytes().to_vec(),
+                    envelopes,
+                })
+            };
+            match conn.request(kind).await {
+                Ok(_) => return Ok(()),
+                Err(e) if RelayConnection::is_code(&e, ErrorCode::DeviceMismatch) => {
+                    // The recipient's devices changed: nothing was queued; fetch the new list
+                    // and encrypt again (same client id: nothing of the old try exists).
+                    sealed = None;
+                    last = e;
+                }
+                Err(e) if e.is_transient() => {
+                    // Maybe queued, maybe not: resend the same bytes under the same client id,
+                    // which the relay queues at most once.
+                    if let ClientError::Refused(r) = &e
+                        && r.retry_after_ms > 0
+                    {
+                        tokio::time::sleep(Duration::from_millis(r.retry_after_ms.min(10_000)))
+                            .await;
+                    }
+                    last = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Uploads the signed pre-key, the last-resort key and the one-time keys never uploaded.
+    async fn upload_pre_keys(&self, conn: &RelayConnection) -> Result<(), ClientError> {
+        let path = self.profile.join(UPLOADED_FILE);
+        let done: u32 = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let published = self.lock()?.published_pre_keys()?;
+        let otk: Vec<_> = published
+            .one_time_pre_keys
+            .iter()
+            .filter(|k| k.id > done)
+            .take(hush_net::MAX_PRE_KEYS_PER_UPLOAD)
+            .collect();
+        let kem: Vec<_> = published
+            .kem_pre_keys
+            .iter()
+            .filter(|k| k.id > done)
+            .take(hush_net::MAX_PRE_KEYS_PER_UPLOAD)
+            .collect();
+        let highest = otk
+            .iter()
+            .map(|k| k.id)
+            .chain(kem.iter().map(|k| k.id))
+            .max()
+            .unwrap_or(done)
+            .max(done);
+        conn.request(client_frame::Kind::UploadPreKeys(api::UploadPreKeys {
+            signed_pre_key: published.signed_pre_key.encode_to_vec(),
+            last_resort_kem_pre_key: published.last_resort_kem_pre_key.encode_to_vec(),
+            one_time_pre_keys: otk.iter().map(|k| k.encode_to_vec()).collect(),
+            kem_pre_keys: kem.iter().map(|k| k.encode_to_vec()).collect(),
+        }))
+        .await?;
+        // Only after the relay stored them: a key is never offered twice.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, highest.to_string())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
+        Ok(())
+    }
+
+    /// Handles one delivered envelope; the caller acknowledges it to the relay afterwards.
+    async fn deliver(&self, conn: &RelayConnection, d: &api::Deliver, ephemeral: bool) {
+        let Ok(account) = AccountId::from_bytes(&d.sender_account) else {
+            tracing::warn!("delivery from a malformed sender address");
+            return;
+        };
+        let from = DeviceAddress {
+            account,
+            device_id: d.sender_device,
+        };
+        let Ok(sealed) = Sealed::decode(d.body.as_slice()) else {
+            tracing::warn!("delivery that is not a sealed envelope");
+            return;
+        };
+        match sealed.kind {
+            Some(sealed::Kind::Pairwise(bytes)) => {
+                let mut result = self.decrypt_pairwise(&from, &bytes);
+                if matches!(
+                    result,
+                    Err(ClientError::Core(CoreError::Protocol(
+                        ProtocolError::UnknownAccount | ProtocolError::DeviceNotOnList
+                    )))
+                ) {
+                    // A new contact, or a device added since: learn its list, then try again.
+                    if self.refresh_list(conn, &account).await.is_ok() {
+                        result = self.decrypt_pairwise(&from, &bytes);
+                    }
+                }
+                match result {
+                    Ok((received, outgoing)) => {
+                        for r in received {
+                            self.emit(Event::Message {
+                                id: r.id,
+                                from: r.from,
+                                group: r.group,
+                                plaintext: r.plaintext,
+                                ephemeral,
+                            });
+                        }
+                        self.send_outgoing(conn, outgoing).await;
+                    }
+                    Err(ClientError::Core(CoreError::Protocol(ProtocolError::Duplicate))) => {}
+                    Err(e) => tracing::warn!(error = %e, "a delivery could not be decrypted"),
+                }
+            }
+            Some(sealed::Kind::Group(bytes)) => {
+                let r = self
+                    .lock()
+                    .and_then(|mut d| Ok(d.decrypt_group(&bytes, &mut rng(), now_ms())?));
+                match r {
+                    Ok(GroupIncoming::Decrypted(r)) => self.emit(Event::Message {
+                        id: r.id,
+                        from: r.from,
+                        group: r.group,
+                        plaintext: r.plaintext,
+                        ephemeral,
+                    }),
+                    Ok(GroupIncoming::Buffered { request }) => {
+                        self.send_outgoing(conn, request.into_iter().collect())
+                            .await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "a group delivery could not be decrypted"),
+                }
+            }
+            None => tracing::warn!("empty sealed envelope"),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn decrypt_pairwise(
+        &self,
+        from: &DeviceAddress,
+        bytes: &[u8],
+    ) -> Result<(Vec<hush_core::device::Received>, Vec<Outgoing>), ClientError> {
+        let incoming = self.lock()?.decrypt(from, bytes, &mut rng(), now_ms())?;
+        Ok((incoming.received, incoming.outgoing))
+    }
+
+    /// Sends control messages client-core produced (sender keys, retry requests), one send per
+    /// recipient account.
+    async fn send_outgoing(&self, conn: &RelayConnection, outgoing: Vec<Outgoing>) {
+        let accounts: BTreeSet<[u8; 32]> =
+            outgoing.iter().map(|o| *o.to.account.as_bytes()).collect();
+        for account in accounts {
+            let envelopes: Vec<api::OutEnvelope> = outgoing
+                .iter()
+                .filter(|o| o.to.account.as_bytes() == &account)
+                .map(|o| api::OutEnvelope {
+                    device_id: o.to.device_id,
+                    body: Sealed {
+                        kind: Some(sealed::Kind::Pairwise(o.bytes.clone())),
+                    }
+                    .encode_to_vec(),
+                })
+                .collect();
+            let mut id = [0u8; 16];
+            rng().fill(&mut id[..]);
+            let r = conn
+                .request(client_frame::Kind::Send(api::Send {
+                    client_id: id.to_vec(),
+                    recipient_account: account.to_vec(),
+                    envelopes,
+                }))
+                .await;
+            if let Err(e) = r {
+                // Control messages heal through client-core's retries (requests, rotation).
+                tracing::debug!(error = %e, "a control message was not sent");
+            }
+        }
+    }
+}
+
+/// Connects, authenticates, publishes pre-keys; then serves until the connection ends.
+async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
+    let (conn, mut events) = RelayConnection::connect(inner.relay, &inner.pin).await?;
+    let conn = Arc::new(conn);
+    let (account, device_id) = {
+        let d = inner.lock()?;
+        (*d.address().account.as_bytes(), d.address().device_id)
+    };
+    {
+        let inner2 = Arc::clone(inner);
+        conn.authenticate(account, device_id, move |exporter, challenge| {
+            inner2
+                .device
+                .lock()
+                .map(|d| d.sign_relay_challenge(exporter, challenge))
+                .unwrap_or([0u8; 64])
+        })
+        .await?;
+    }
+    inner.upload_pre_keys(&conn).await?;
+    inner.conn.send_replace(Some(Arc::clone(&conn)));
+    inner.emit(Event::Connection(true));
+    let result = loop {
+        let ev = tokio::select! {
+            () = inner.shutdown.cancelled() => break Ok(()),
+            ev = events.recv() => ev,
+        };
+        match ev {
+            None => break Err(ClientError::Disconnected),
+            Some(server_frame::Kind::Deliver(d)) => {
+                inner.deliver(&conn, &d, false).await;
+                // Committed by client-core (or undecryptable): the relay may forget it.
+                let _ = conn
+                    .request(client_frame::Kind::Ack(api::Ack { seqs: vec![d.seq] }))
+                    .await;
+            }
+            Some(server_frame::Kind::Ephemeral(e)) => {
+                let d = api::Deliver {
+                    seq: 0,
+                    sender_account: e.sender_account,
+                    sender_device: e.sender_device,
+                    client_id: Vec::new(),
+                    body: e.body,
+                    received_at: now_ms(),
+                };
+                inner.deliver(&conn, &d, true).await;
+            }
+            Some(server_frame::Kind::QueueDrained(_)) => inner.emit(Event::CaughtUp),
+            Some(server_frame::Kind::PreKeysLow(_)) => {
+                let more = inner
+                    .lock()
+                    .and_then(|mut d| Ok(d.replenish_pre_keys(&mut rng(), now_ms())?));
+                if matches!(more, Ok(true)) {
+                    let _ = inner.upload_pre_keys(&conn).await;
+                }
+            }
+            Some(server_frame::Kind::Drain(_)) => break Ok(()),
+            Some(server_frame::Kind::Revoked(_)) => {
+                inner.emit(Event::Revoked);
+                inner.shutdown.cancel();
+                break Ok(());
+            }
+            Some(_) => {}
+        }
+    };
+    inner.conn.send_replace(None);
+    inner.emit(Event::Connection(false));
+    conn.close();
+    result
+}
+
+/// Keeps the engine connected until shutdown.
+async fn run(inner: Arc<Inner>) {
+    let mut backoff = MIN_BACKOFF;
+    while !inner.shutdown.is_cancelled() {
+        let started = tokio::time::Instant::now();
+        match session(&inner).await {
+            Ok(()) => {}
+            Err(e) => tracing::debug!(error = %e, "relay session ended"),
+        }
+        if inner.shutdown.is_cancelled() {
+            break;
+        }
+        // A session that lasted a while resets the backoff.
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = MIN_BACKOFF;
+        }
+        let jitter = rng().random_range(0.5..1.5);
+        let wait = backoff.mul_f64(jitter);
+        tokio::select! {
+            () = inner.shutdown.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    inner.conn.send_replace(None);
+}

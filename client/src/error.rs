@@ -1,0 +1,77 @@
+//! The engine's errors, grouped by cause.
+
+use hush_proto::relay_api::{self as api, ErrorCode};
+
+/// A refusal by the relay: its error frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why.
+    pub code: ErrorCode,
+    /// The relay's explanation (for logs).
+    pub message: String,
+    /// For `RATE_LIMITED`: how long to wait (ms).
+    pub retry_after_ms: u64,
+    /// For `DEVICE_MISMATCH`: devices on the recipient's list that got no envelope.
+    pub missing_devices: Vec<u32>,
+    /// For `DEVICE_MISMATCH`: devices given an envelope that are not on the list.
+    pub extra_devices: Vec<u32>,
+}
+
+impl From<api::Error> for Refusal {
+    fn from(e: api::Error) -> Self {
+        Self {
+            code: e.code(),
+            message: e.message,
+            retry_after_ms: e.retry_after_ms,
+            missing_devices: e.missing_devices,
+            extra_devices: e.extra_devices,
+        }
+    }
+}
+
+/// Why an engine operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The relay cannot be reached (address, network, TLS pin).
+    #[error("relay unreachable: {0}")]
+    Unreachable(String),
+    /// The connection to the relay was lost; the operation may be retried.
+    #[error("disconnected from the relay")]
+    Disconnected,
+    /// The relay did not answer in time.
+    #[error("the relay did not answer in time")]
+    Timeout,
+    /// The relay refused the request.
+    #[error("refused by the relay: {} ({:?})", .0.message, .0.code)]
+    Refused(Refusal),
+    /// The relay answered something the protocol does not allow.
+    #[error("relay protocol violation: {0}")]
+    Protocol(&'static str),
+    /// The protocol core refused (bad signature, unknown account, ...).
+    #[error(transparent)]
+    Core(#[from] hush_core::Error),
+    /// The engine's settings are unusable (bad pin, profile directory).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The engine has been shut down.
+    #[error("the engine is shut down")]
+    Closed,
+}
+
+impl ClientError {
+    pub(crate) fn unreachable(e: impl std::fmt::Display) -> Self {
+        Self::Unreachable(e.to_string())
+    }
+
+    /// Whether trying again later (after reconnecting) may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable(_) | Self::Disconnected | Self::Timeout => true,
+            Self::Refused(r) => matches!(
+                r.code,
+                ErrorCode::RateLimited | ErrorCode::Draining | ErrorCode::Internal
+            ),
+            _ => false,
+        }
+    }
+}

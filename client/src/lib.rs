@@ -1,0 +1,12 @@
+//! The Hush client engine: drives client-core (the sans-IO protocol) over a QUIC connection to
+//! a relay. [`engine::Engine`] is what a messenger (or the FFI) holds; [`conn::RelayConnection`]
+//! is one connection.
+
+#![deny(missing_docs)]
+
+pub mod conn;
+pub mod engine;
+pub mod error;
+
+pub use engine::{Engine, EngineConfig, Event};
+pub use error::{ClientError, Refusal};

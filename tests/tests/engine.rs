@@ -1,0 +1,208 @@
+//! End to end: client engines (client-core over sled, QUIC to a real relay on 127.0.0.1) talk
+//! through a relay that is restarted, drained and left behind by offline devices.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use hush_client::{Engine, EngineConfig, Event};
+use hush_core::keys::AccountId;
+use hush_relay::config::{Config, RateLimit, StoreKind};
+use tokio::sync::mpsc::UnboundedReceiver;
+use zeroize::Zeroizing;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn relay_config(dir: &Path, listen: SocketAddr) -> Config {
+    let lots = RateLimit {
+        per_second: 100_000.0,
+        burst: 100_000,
+    };
+    let mut cfg = Config {
+        data_dir: dir.to_path_buf(),
+        listen,
+        metrics_listen: None,
+        store: StoreKind::Sled,
+        ..Config::default()
+    };
+    cfg.rate.sends = lots;
+    cfg.rate.account_sends = lots;
+    cfg.rate.prekey_fetches = lots;
+    cfg.rate.account_prekey_fetches = lots;
+    cfg.rate.uploads = lots;
+    cfg.rate.account_uploads = lots;
+    cfg.rate.account_creations = lots;
+    cfg
+}
+
+/// A free UDP port on loopback (so a restarted relay can come back at the same address).
+fn free_port() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+fn engine_config(dir: &Path, relay: &hush_relay::Running, addr: SocketAddr) -> EngineConfig {
+    EngineConfig {
+        profile: dir.to_path_buf(),
+        at_rest_key: Zeroizing::new([7; 32]),
+        relay: addr,
+        pin: relay.fingerprint.clone(),
+    }
+}
+
+/// Waits for `n` messages (acknowledging each to the engine), skipping other events.
+async fn messages(engine: &Engine, rx: &mut UnboundedReceiver<Event>, n: usize) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let ev = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("no message in time")
+            .expect("engine gone");
+        if let Event::Message { id, plaintext, .. } = ev {
+            got.push(plaintext.to_vec());
+            engine.ack(id).unwrap();
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_chat_through_offline_periods_a_relay_restart_and_a_drain() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), addr))
+        .await
+        .unwrap();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, mut a_rx) = Engine::create_account(engine_config(a_dir.path(), &relay, addr))
+        .await
+        .unwrap();
+    let (bob, mut b_rx) = Engine::create_account(engine_config(b_dir.path(), &relay, addr))
+        .await
+        .unwrap();
+    alice.connected(WAIT).await.unwrap();
+    bob.connected(WAIT).await.unwrap();
+    let a_id: AccountId = alice.address().unwrap().account;
+    let b_id: AccountId = bob.address().unwrap().account;
+
+    // 1:1 both ways, first contact included (lists and bundles fetched, sessions started).
+    for i in 0..20u32 {
+        alice.send(&b_id, format!("a{i}").as_bytes()).await.unwrap();
+    }
+    let got = messages(&bob, &mut b_rx, 20).await;
+    assert_eq!(
+        got,
+        (0..20)
+            .map(|i| format!("a{i}").into_bytes())
+            .collect::<Vec<_>>()
+    );
+    bob.send(&a_id, b"hello back").await.unwrap();
+    assert_eq!(
+        messages(&alice, &mut a_rx, 1).await,
+        vec![b"hello back".to_vec()]
+    );
+
+    // Ephemeral (typing): reaches a connected device.
+    bob.send_ephemeral(&a_id, b"typing").await.unwrap();
+    loop {
+        let ev = tokio::time::timeout(WAIT, a_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Event::Message {
+            id,
+            plaintext,
+            ephemeral,
+            ..
+        } = ev
+        {
+            assert!(ephemeral);
+            assert_eq!(plaintext.as_slice(), b"typing");
+            alice.ack(id).unwrap();
+            break;
+        }
+    }
+
+    // Bob goes offline; Alice sends 300; Bob comes back and gets them all, in order, once.
+    bob.shutdown().await;
+    for i in 0..300u32 {
+        alice.send(&b_id, format!("b{i}").as_bytes()).await.unwrap();
+    }
+    let (bob, mut b_rx) = Engine::open(engine_config(b_dir.path(), &relay, addr)).unwrap();
+    let got = messages(&bob, &mut b_rx, 300).await;
+    assert_eq!(
+        got,
+        (0..300)
+            .map(|i| format!("b{i}").into_bytes())
+            .collect::<Vec<_>>()
+    );
+
+    // The relay restarts mid-conversation: nothing acknowledged is lost, nothing duplicated.
+    for i in 0..10u32 {
+        alice.send(&b_id, format!("c{i}").as_bytes()).await.unwrap();
+    }
+    relay.stop().await;
+    let relay = hush_relay::start(relay_config(relay_dir.path(), addr))
+        .await
+        .unwrap();
+    for i in 10..20u32 {
+        alice.send(&b_id, format!("c{i}").as_bytes()).await.unwrap();
+    }
+    let got = messages(&bob, &mut b_rx, 20).await;
+    assert_eq!(
+        got,
+        (0..20)
+            .map(|i| format!("c{i}").into_bytes())
+            .collect::<Vec<_>>()
+    );
+    // Nothing more arrives (no duplicates).
+    let extra = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            match b_rx.recv().await {
+                Some(Event::Message { plaintext, .. }) => return plaintext.to_vec(),
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await;
+    assert!(extra.is_err(), "a message was delivered twice: {extra:?}");
+
+    // Bob's app is killed after the message reached the engine but before the app stored it:
+    // the engine offers it again when it starts (and the relay, already acknowledged, does not).
+    alice.send(&b_id, b"not yet stored").await.unwrap();
+    loop {
+        let ev = tokio::time::timeout(WAIT, b_rx.recv()).await.unwrap().unwrap();
+        if let Event::Message { plaintext, .. } = ev {
+            assert_eq!(plaintext.as_slice(), b"not yet stored");
+            break; // no ack
+        }
+    }
+    bob.shutdown().await;
+    let (bob, mut b_rx) = Engine::open(engine_config(b_dir.path(), &relay, addr)).unwrap();
+    assert_eq!(
+        messages(&bob, &mut b_rx, 1).await,
+        vec![b"not yet stored".to_vec()]
+    );
+    bob.connected(WAIT).await.unwrap();
+    let again = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            if let Some(Event::Message { plaintext, .. }) = b_rx.recv().await {
+                return plaintext.to_vec();
+            }
+        }
+    })
+    .await;
+    assert!(again.is_err(), "offered twice: {again:?}");
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay.stop().await;
+}
