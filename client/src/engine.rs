@@ -204,6 +204,92 @@ impl Engine {
         self.inner.send(to, plaintext, true).await
     }
 
+    /// Creates a group with this account as admin and `members` (accounts) as members, and tells
+    /// every member device. Returns the group id.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: &[AccountId],
+    ) -> Result<GroupId, ClientError> {
+        let conn = self.inner.current(CONNECT_WAIT).await?;
+        for m in members {
+            self.inner.refresh_list(&conn, m).await?;
+        }
+        let devices: Vec<DeviceAddress> = {
+            let me = self.inner.lock()?.address();
+            let d = self.inner.lock()?;
+            let mut out = Vec::new();
+            for m in members.iter().chain(std::iter::once(&me.account)) {
+                if let Some(l) = d.device_list(m) {
+                    out.extend(l.addresses().filter(|a| *a != me));
+                }
+            }
+            out
+        };
+        self.inner.ensure_sessions(&conn, &devices).await?;
+        let (g, outgoing) = self
+            .inner
+            .lock()?
+            .create_group(name, members, &mut rng(), now_ms())?;
+        self.inner.send_outgoing_checked(&conn, outgoing).await?;
+        Ok(g)
+    }
+
+    /// Sends `plaintext` to group `g`: one sender-key encryption, the same bytes to every member
+    /// device (sender-key distributions first, where needed).
+    pub async fn send_group(&self, g: &GroupId, plaintext: &[u8]) -> Result<(), ClientError> {
+        let conn = self.inner.current(CONNECT_WAIT).await?;
+        // Members whose device list this device has not seen yet (it learned them from the
+        // group's log): fetch and verify their lists first.
+        let unknown: Vec<AccountId> = {
+            let d = self.inner.lock()?;
+            let entry = d.group(g).ok_or(ClientError::Core(CoreError::Protocol(
+                ProtocolError::UnknownGroup,
+            )))?;
+            entry
+                .state()
+                .members
+                .keys()
+                .filter(|a| d.device_list(a).is_none())
+                .copied()
+                .collect()
+        };
+        for a in &unknown {
+            self.inner.refresh_list(&conn, a).await?;
+        }
+        let devices = self.inner.lock()?.group_devices(g)?;
+        self.inner.ensure_sessions(&conn, &devices).await?;
+        let send = self
+            .inner
+            .lock()?
+            .group_encrypt(g, plaintext, &mut rng(), now_ms())?;
+        self.inner
+            .send_outgoing_checked(&conn, send.distributions)
+            .await?;
+        let accounts: BTreeSet<[u8; 32]> = send
+            .recipients
+            .iter()
+            .map(|r| *r.account.as_bytes())
+            .collect();
+        let body = Sealed {
+            kind: Some(sealed::Kind::Group(send.message)),
+        }
+        .encode_to_vec();
+        for account in accounts {
+            let envelopes: Vec<api::OutEnvelope> = send
+                .recipients
+                .iter()
+                .filter(|r| r.account.as_bytes() == &account)
+                .map(|r| api::OutEnvelope {
+                    device_id: r.device_id,
+                    body: body.clone(),
+                })
+                .collect();
+            self.inner.send_envelopes(&conn, account, envelopes).await?;
+        }
+        Ok(())
+    }
+
     /// Waits until the engine is connected (at most `wait`).
     pub async fn connected(&self, wait: Duration) -> Result<(), ClientError> {
         self.inner.current(wait).await.map(|_| ())
@@ -265,6 +351,84 @@ impl Inner {
         Ok(())
     }
 
+    /// Starts sessions with those of `devices` that have none (fetching their bundles).
+    async fn ensure_sessions(
+        &self,
+        conn: &RelayConnection,
+        devices: &[DeviceAddress],
+    ) -> Result<(), ClientError> {
+        let missing = self.lock()?.missing_sessions(devices, now_ms())?;
+        for m in missing {
+            let server_frame::Kind::Bundle(b) = conn
+                .request(client_frame::Kind::FetchBundle(api::FetchBundle {
+                    account: m.account.as_bytes().to_vec(),
+                    device_id: m.device_id,
+                }))
+                .await?
+            else {
+                return Err(ClientError::Protocol("unexpected answer to a bundle fetch"));
+            };
+            let bundle = hush_proto::wire::PreKeyBundle::decode(b.bundle.as_slice())
+                .map_err(|_| ClientError::Protocol("bundle does not decode"))?;
+            self.lock()?
+                .start_session(&PreKeyBundle(bundle), &mut rng(), now_ms())?;
+        }
+        Ok(())
+    }
+
+    /// Sends prepared envelopes to one account under a fresh client id, retrying transient
+    /// failures with the same id (queued at most once).
+    async fn send_envelopes(
+        &self,
+        conn: &RelayConnection,
+        account: [u8; 32],
+        envelopes: Vec<api::OutEnvelope>,
+    ) -> Result<(), ClientError> {
+        let mut id = [0u8; 16];
+        rng().fill(&mut id[..]);
+        let mut last = ClientError::Disconnected;
+        for _ in 0..SEND_ATTEMPTS {
+            let r = conn
+                .request(client_frame::Kind::Send(api::Send {
+                    client_id: id.to_vec(),
+                    recipient_account: account.to_vec(),
+                    envelopes: envelopes.clone(),
+                }))
+                .await;
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_transient() => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends pairwise messages client-core prepared, one send per recipient account.
+    async fn send_outgoing_checked(
+        &self,
+        conn: &RelayConnection,
+        outgoing: Vec<Outgoing>,
+    ) -> Result<(), ClientError> {
+        let accounts: BTreeSet<[u8; 32]> =
+            outgoing.iter().map(|o| *o.to.account.as_bytes()).collect();
+        for account in accounts {
+            let envelopes: Vec<api::OutEnvelope> = outgoing
+                .iter()
+                .filter(|o| o.to.account.as_bytes() == &account)
+                .map(|o| api::OutEnvelope {
+                    device_id: o.to.device_id,
+                    body: Sealed {
+                        kind: Some(sealed::Kind::Pairwise(o.bytes.clone())),
+                    }
+                    .encode_to_vec(),
+                })
+                .collect();
+            self.send_envelopes(conn, account, envelopes).await?;
+        }
+        Ok(())
+    }
+
     /// Encrypts `plaintext` for every listed device of `to` but this one.
     async fn seal_for(
         &self,
@@ -282,22 +446,7 @@ impl Inner {
                 )))?;
             list.addresses().filter(|a| *a != me).collect()
         };
-        let missing = self.lock()?.missing_sessions(&targets, now_ms())?;
-        for m in missing {
-            let server_frame::Kind::Bundle(b) = conn
-                .request(client_frame::Kind::FetchBundle(api::FetchBundle {
-                    account: m.account.as_bytes().to_vec(),
-                    device_id: m.device_id,
-                }))
-                .await?
-            else {
-                return Err(ClientError::Protocol("unexpected answer to a bundle fetch"));
-            };
-            let bundle = hush_proto::wire::PreKeyBundle::decode(b.bundle.as_slice())
-                .map_err(|_| ClientError::Protocol("bundle does not decode"))?;
-            self.lock()?
-                .start_session(&PreKeyBundle(bundle), &mut rng(), now_ms())?;
-        }
+        self.ensure_sessions(conn, &targets).await?;
         let mut out = Vec::with_capacity(targets.len());
         let mut d = self.lock()?;
         for t in targets {
@@ -498,36 +647,11 @@ impl Inner {
         Ok((incoming.received, incoming.outgoing))
     }
 
-    /// Sends control messages client-core produced (sender keys, retry requests), one send per
-    /// recipient account.
+    /// Sends control messages client-core produced (sender keys, retry requests).
     async fn send_outgoing(&self, conn: &RelayConnection, outgoing: Vec<Outgoing>) {
-        let accounts: BTreeSet<[u8; 32]> =
-            outgoing.iter().map(|o| *o.to.account.as_bytes()).collect();
-        for account in accounts {
-            let envelopes: Vec<api::OutEnvelope> = outgoing
-                .iter()
-                .filter(|o| o.to.account.as_bytes() == &account)
-                .map(|o| api::OutEnvelope {
-                    device_id: o.to.device_id,
-                    body: Sealed {
-                        kind: Some(sealed::Kind::Pairwise(o.bytes.clone())),
-                    }
-                    .encode_to_vec(),
-                })
-                .collect();
-            let mut id = [0u8; 16];
-            rng().fill(&mut id[..]);
-            let r = conn
-                .request(client_frame::Kind::Send(api::Send {
-                    client_id: id.to_vec(),
-                    recipient_account: account.to_vec(),
-                    envelopes,
-                }))
-                .await;
-            if let Err(e) = r {
-                // Control messages heal through client-core's retries (requests, rotation).
-                tracing::debug!(error = %e, "a control message was not sent");
-            }
+        if let Err(e) = self.send_outgoing_checked(conn, outgoing).await {
+            // Control messages heal through client-core's retries (requests, rotation).
+            tracing::debug!(error = %e, "a control message was not sent");
         }
     }
 }

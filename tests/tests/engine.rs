@@ -179,7 +179,10 @@ async fn engines_chat_through_offline_periods_a_relay_restart_and_a_drain() {
     // the engine offers it again when it starts (and the relay, already acknowledged, does not).
     alice.send(&b_id, b"not yet stored").await.unwrap();
     loop {
-        let ev = tokio::time::timeout(WAIT, b_rx.recv()).await.unwrap().unwrap();
+        let ev = tokio::time::timeout(WAIT, b_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         if let Event::Message { plaintext, .. } = ev {
             assert_eq!(plaintext.as_slice(), b"not yet stored");
             break; // no ack
@@ -204,5 +207,58 @@ async fn engines_chat_through_offline_periods_a_relay_restart_and_a_drain() {
 
     alice.shutdown().await;
     bob.shutdown().await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_three_engines_exchanges_messages_through_the_relay() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), addr))
+        .await
+        .unwrap();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut engines = Vec::new();
+    for d in &dirs {
+        let (e, rx) = Engine::create_account(engine_config(d.path(), &relay, addr))
+            .await
+            .unwrap();
+        e.connected(WAIT).await.unwrap();
+        engines.push((e, rx));
+    }
+    let ids: Vec<AccountId> = engines
+        .iter()
+        .map(|(e, _)| e.address().unwrap().account)
+        .collect();
+    let g = engines[0]
+        .0
+        .create_group("friends", &[ids[1], ids[2]])
+        .await
+        .unwrap();
+    for i in 0..10u32 {
+        engines[0]
+            .0
+            .send_group(&g, format!("g{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let want: Vec<Vec<u8>> = (0..10).map(|i| format!("g{i}").into_bytes()).collect();
+    for k in [1, 2] {
+        let (e, rx) = &mut engines[k];
+        assert_eq!(messages(e, rx, 10).await, want, "member {k}");
+    }
+    // A member answers in the group; the others (the admin included) read it.
+    engines[1].0.send_group(&g, b"reply").await.unwrap();
+    for k in [0, 2] {
+        let (e, rx) = &mut engines[k];
+        assert_eq!(
+            messages(e, rx, 1).await,
+            vec![b"reply".to_vec()],
+            "member {k}"
+        );
+    }
+    for (e, _) in engines {
+        e.shutdown().await;
+    }
     relay.stop().await;
 }
