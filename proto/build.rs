@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/hush/relay.proto",
         "proto/hush/relay_api.proto",
         "proto/hush/client.proto",
+        "proto/hush/app.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -290,6 +290,23 @@ impl Engine {
         Ok(())
     }
 
+    /// Uploads an (already encrypted) blob; returns its id and capability.
+    pub async fn upload_blob(&self, data: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
+        let conn = self.inner.current(CONNECT_WAIT).await?;
+        conn.upload_blob(data).await
+    }
+
+    /// Downloads a blob of at most `max` bytes.
+    pub async fn download_blob(
+        &self,
+        id: &[u8],
+        capability: &[u8],
+        max: usize,
+    ) -> Result<Vec<u8>, ClientError> {
+        let conn = self.inner.current(CONNECT_WAIT).await?;
+        conn.download_blob(id, capability, max).await
+    }
+
     /// Waits until the engine is connected (at most `wait`).
     pub async fn connected(&self, wait: Duration) -> Result<(), ClientError> {
         self.inner.current(wait).await.map(|_| ())

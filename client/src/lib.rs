@@ -7,6 +7,8 @@
 pub mod conn;
 pub mod engine;
 pub mod error;
+pub mod messenger;
 
 pub use engine::{Engine, EngineConfig, Event};
 pub use error::{ClientError, Refusal};
+pub use messenger::{Conversation, Messenger, MessengerEvent};

@@ -1,0 +1,823 @@
+//! The messenger: conversations on top of the engine. Text with replies, reactions,
+//! sent/delivered/read states per message and recipient, typing and presence (ephemeral, presence
+//! switchable off), attachments (encrypted here, stored as blobs on the relay), a history kept in
+//! an encrypted store with paging, a stable order on every device, deduplication, and sync of
+//! this device's sent messages to the account's other devices.
+//!
+//! Order: every message carries the sender's clock (`sent_at`, never lower than the sender's
+//! previous message) and a per-(sender device, conversation) counter. History is sorted by
+//! (`sent_at`, sender account, sender device, counter), which every device computes the same way
+//! from the same messages; a counter that skips values marks a gap.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use hush_core::keys::{AccountId, DeviceAddress};
+use hush_core::sender_key::GroupId;
+use hush_core::store::kv::{Batch, KvStore, Namespace};
+use hush_core::store::sled_kv::SledKv;
+use hush_proto::app::{self, AppMessage, StoredMessage, app_message};
+use prost::Message;
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use crate::engine::{Engine, EngineConfig, Event};
+use crate::error::ClientError;
+
+/// Largest attachment (the relay's default blob cap).
+pub const MAX_ATTACHMENT: usize = 100 << 20;
+/// Longest text message, in bytes.
+pub const MAX_TEXT: usize = 32 * 1024;
+
+/// A conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Conversation {
+    /// With one account (all its devices).
+    Direct(AccountId),
+    /// A group.
+    Group(GroupId),
+}
+
+impl Conversation {
+    fn key(&self) -> Vec<u8> {
+        match self {
+            Self::Direct(a) => [&[1u8][..], a.as_bytes()].concat(),
+            Self::Group(g) => [&[2u8][..], &g.0[..]].concat(),
+        }
+    }
+}
+
+/// A message id (16 random bytes).
+pub type MessageId = [u8; 16];
+
+/// What the messenger reports.
+#[derive(Debug)]
+pub enum MessengerEvent {
+    /// A new message in a conversation (text, attachment or reaction), stored in history.
+    Message {
+        /// Where.
+        conversation: Conversation,
+        /// The stored record.
+        message: Box<StoredMessage>,
+    },
+    /// A recipient's device confirmed delivery or reading of messages this account sent.
+    Receipt {
+        /// Who.
+        from: AccountId,
+        /// Delivered or read.
+        read: bool,
+        /// Which messages.
+        message_ids: Vec<MessageId>,
+    },
+    /// Someone started or stopped typing.
+    Typing {
+        /// Who.
+        from: DeviceAddress,
+        /// Where.
+        conversation: Conversation,
+        /// Started (true) or stopped.
+        typing: bool,
+    },
+    /// A contact's presence.
+    Presence {
+        /// Who.
+        from: AccountId,
+        /// Online now.
+        online: bool,
+        /// Last seen (ms).
+        last_seen: u64,
+    },
+    /// Connected to the relay or not.
+    Connection(bool),
+    /// This device was removed from its account.
+    Revoked,
+}
+
+#[allow(clippy::disallowed_methods)]
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand_core::UnwrapErr(rand::rngs::SysRng).fill(&mut b[..]);
+    b
+}
+
+/// The history: every stored message, in memory for paging and on disk (encrypted) for
+/// durability. Keys: conversation ‖ order key.
+struct History {
+    store: SledKv,
+    by_key: BTreeMap<Vec<u8>, StoredMessage>,
+    by_id: HashMap<Vec<u8>, Vec<u8>>,
+    /// Highest counter seen per (conversation, sender device).
+    counters: HashMap<(Vec<u8>, Vec<u8>), u64>,
+}
+
+fn order_key(conv: &[u8], m: &StoredMessage) -> Vec<u8> {
+    let (sent_at, counter) = m
+        .message
+        .as_ref()
+        .map_or((0, 0), |a| (a.sent_at, a.counter));
+    let mut k = conv.to_vec();
+    k.extend_from_slice(&sent_at.to_be_bytes());
+    k.extend_from_slice(&m.sender_account);
+    k.extend_from_slice(&m.sender_device.to_be_bytes());
+    k.extend_from_slice(&counter.to_be_bytes());
+    k
+}
+
+fn sender_key(m: &StoredMessage) -> Vec<u8> {
+    let mut k = m.sender_account.clone();
+    k.extend_from_slice(&m.sender_device.to_be_bytes());
+    k
+}
+
+impl History {
+    fn open(store: SledKv) -> Result<Self, ClientError> {
+        let mut h = Self {
+            store,
+            by_key: BTreeMap::new(),
+            by_id: HashMap::new(),
+            counters: HashMap::new(),
+        };
+        let entries = h
+            .store
+            .scan(Namespace::Messages)
+            .map_err(|e| ClientError::Core(e.into()))?;
+        for (k, v) in entries {
+            let Ok(m) = StoredMessage::decode(v.as_slice()) else {
+                continue;
+            };
+            h.index(k, m);
+        }
+        Ok(h)
+    }
+
+    fn index(&mut self, key: Vec<u8>, m: StoredMessage) {
+        if let Some(a) = &m.message {
+            self.by_id.insert(a.message_id.clone(), key.clone());
+            let conv = key.get(..33).map(<[u8]>::to_vec).unwrap_or_default();
+            let c = self.counters.entry((conv, sender_key(&m))).or_insert(0);
+            *c = (*c).max(a.counter);
+        }
+        self.by_key.insert(key, m);
+    }
+
+    fn contains(&self, id: &[u8]) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Stores a new message; returns it (with its gap flag set) or `None` for a duplicate.
+    fn insert(
+        &mut self,
+        conv: &Conversation,
+        mut m: StoredMessage,
+    ) -> Result<Option<StoredMessage>, ClientError> {
+        let Some(a) = &m.message else {
+            return Ok(None);
+        };
+        if self.contains(&a.message_id) {
+            return Ok(None);
+        }
+        let ck = conv.key();
+        let last = self
+            .counters
+            .get(&(ck.clone(), sender_key(&m)))
+            .copied()
+            .unwrap_or(0);
+        m.gap_before = a.counter > last.saturating_add(1);
+        let key = order_key(&ck, &m);
+        self.put(&key, &m)?;
+        self.index(key, m.clone());
+        Ok(Some(m))
+    }
+
+    fn put(&mut self, key: &[u8], m: &StoredMessage) -> Result<(), ClientError> {
+        let mut batch = Batch::new();
+        batch.put(
+            Namespace::Messages,
+            key.to_vec(),
+            Zeroizing::new(m.encode_to_vec()),
+        );
+        self.store
+            .commit(batch)
+            .map_err(|e| ClientError::Core(e.into()))
+    }
+
+    /// Applies `f` to the stored message with `id` and writes it back.
+    fn update(&mut self, id: &[u8], f: impl FnOnce(&mut StoredMessage)) -> Result<(), ClientError> {
+        let Some(key) = self.by_id.get(id).cloned() else {
+            return Ok(());
+        };
+        let Some(mut m) = self.by_key.get(&key).cloned() else {
+            return Ok(());
+        };
+        f(&mut m);
+        self.put(&key, &m)?;
+        self.by_key.insert(key, m);
+        Ok(())
+    }
+
+    fn page(&self, conv: &Conversation, before: Option<&[u8]>, limit: usize) -> Vec<StoredMessage> {
+        let ck = conv.key();
+        let upper = match before.and_then(|id| self.by_id.get(id)) {
+            Some(k) => k.clone(),
+            None => {
+                let mut k = ck.clone();
+                k.push(0xff);
+                k
+            }
+        };
+        let mut out: Vec<StoredMessage> = self
+            .by_key
+            .range(ck.clone()..upper)
+            .rev()
+            .filter(|(k, _)| k.starts_with(&ck))
+            .take(limit)
+            .map(|(_, m)| m.clone())
+            .collect();
+        out.reverse();
+        out
+    }
+}
+
+struct Shared {
+    engine: Engine,
+    me: DeviceAddress,
+    history: Mutex<History>,
+    /// Next counter per conversation (this device as sender).
+    next_counter: Mutex<HashMap<Vec<u8>, u64>>,
+    last_sent_at: AtomicU64,
+    presence: AtomicBool,
+    events: mpsc::UnboundedSender<MessengerEvent>,
+}
+
+/// The messenger of one device.
+pub struct Messenger {
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Messenger {
+    /// Creates a new account in an empty profile.
+    pub async fn create_account(
+        cfg: EngineConfig,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<MessengerEvent>), ClientError> {
+        let history = open_history(&cfg)?;
+        let (engine, rx) = Engine::create_account(cfg).await?;
+        Self::start(engine, rx, history)
+    }
+
+    /// Opens an existing profile.
+    pub fn open(
+        cfg: EngineConfig,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<MessengerEvent>), ClientError> {
+        let history = open_history(&cfg)?;
+        let (engine, rx) = Engine::open(cfg)?;
+        Self::start(engine, rx, history)
+    }
+
+    fn start(
+        engine: Engine,
+        rx: mpsc::UnboundedReceiver<Event>,
+        history: History,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<MessengerEvent>), ClientError> {
+        let me = engine.address()?;
+        let (events, out) = mpsc::unbounded_channel();
+        // Counters continue from what this device already sent in each conversation.
+        let mut next_counter = HashMap::new();
+        let mine = [
+            me.account.as_bytes().to_vec(),
+            me.device_id.to_be_bytes().to_vec(),
+        ]
+        .concat();
+        let mut last_sent_at = 0;
+        for ((conv, sender), c) in &history.counters {
+            if sender == &mine {
+                next_counter.insert(conv.clone(), c.saturating_add(1));
+            }
+        }
+        for m in history.by_key.values() {
+            if m.outgoing && m.sender_device == me.device_id {
+                last_sent_at = last_sent_at.max(m.message.as_ref().map_or(0, |a| a.sent_at));
+            }
+        }
+        let shared = Arc::new(Shared {
+            engine,
+            me,
+            history: Mutex::new(history),
+            next_counter: Mutex::new(next_counter),
+            last_sent_at: AtomicU64::new(last_sent_at),
+            presence: AtomicBool::new(true),
+            events,
+        });
+        let task = tokio::spawn(pump(Arc::clone(&shared), rx));
+        Ok((Self { shared, task }, out))
+    }
+
+    /// The engine underneath (connection state, groups).
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    /// This device's address.
+    pub fn address(&self) -> DeviceAddress {
+        self.shared.me
+    }
+
+    /// Sends a text (optionally as a reply); returns its id once the relay has it durably.
+    pub async fn send_text(
+        &self,
+        to: Conversation,
+        text: &str,
+        reply_to: Option<MessageId>,
+    ) -> Result<MessageId, ClientError> {
+        if text.len() > MAX_TEXT {
+            return Err(ClientError::Config(format!("text over {MAX_TEXT} bytes")));
+        }
+        self.shared
+            .send_stored(
+                to,
+                app_message::Kind::Text(app::Text {
+                    body: text.to_owned(),
+                    reply_to: reply_to.map(|r| r.to_vec()).unwrap_or_default(),
+                }),
+            )
+            .await
+    }
+
+    /// Reacts to a message (an empty `emoji` removes the reaction).
+    pub async fn react(
+        &self,
+        to: Conversation,
+        target: MessageId,
+        emoji: &str,
+    ) -> Result<MessageId, ClientError> {
+        self.shared
+            .send_stored(
+                to,
+                app_message::Kind::Reaction(app::Reaction {
+                    target: target.to_vec(),
+                    emoji: emoji.to_owned(),
+                }),
+            )
+            .await
+    }
+
+    /// Encrypts `data`, uploads it and sends it as an attachment.
+    pub async fn send_attachment(
+        &self,
+        to: Conversation,
+        name: &str,
+        mime: &str,
+        data: &[u8],
+    ) -> Result<MessageId, ClientError> {
+        if data.len() > MAX_ATTACHMENT {
+            return Err(ClientError::Config("attachment too large".into()));
+        }
+        let key = Zeroizing::new(random::<32>());
+        let cipher = ChaCha20Poly1305::new(&Key::from(*key));
+        // A fresh key per attachment, so the all-zero nonce is used once.
+        let sealed = cipher
+            .encrypt(&Nonce::from([0u8; 12]), data)
+            .map_err(|_| ClientError::Protocol("attachment encryption failed"))?;
+        let digest = Sha256::digest(&sealed).to_vec();
+        let (blob_id, capability) = self.shared.engine.upload_blob(&sealed).await?;
+        self.shared
+            .send_stored(
+                to,
+                app_message::Kind::Attachment(app::Attachment {
+                    blob_id,
+                    capability,
+                    key: key.to_vec(),
+                    digest,
+                    size: data.len() as u64,
+                    name: name.to_owned(),
+                    mime: mime.to_owned(),
+                    caption: String::new(),
+                }),
+            )
+            .await
+    }
+
+    /// Downloads and decrypts an attachment, checking its digest.
+    pub async fn download(&self, a: &app::Attachment) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let max = usize::try_from(a.size)
+            .unwrap_or(usize::MAX)
+            .saturating_add(16);
+        let sealed = self
+            .shared
+            .engine
+            .download_blob(&a.blob_id, &a.capability, max)
+            .await?;
+        let digest = Sha256::digest(&sealed);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            digest.as_slice(),
+            a.digest.as_slice(),
+        )) {
+            return Err(ClientError::Protocol("attachment digest mismatch"));
+        }
+        let key: [u8; 32] = a
+            .key
+            .as_slice()
+            .try_into()
+            .map_err(|_| ClientError::Protocol("attachment key of the wrong length"))?;
+        let cipher = ChaCha20Poly1305::new(&Key::from(key));
+        cipher
+            .decrypt(&Nonce::from([0u8; 12]), sealed.as_slice())
+            .map(Zeroizing::new)
+            .map_err(|_| ClientError::Protocol("attachment does not decrypt"))
+    }
+
+    /// Marks every unread incoming message of a conversation read and tells the senders.
+    pub async fn mark_read(&self, conv: Conversation) -> Result<(), ClientError> {
+        let unread: Vec<(AccountId, Vec<u8>)> = {
+            let mut h = self.shared.lock_history()?;
+            let ids: Vec<(Vec<u8>, Vec<u8>)> = h
+                .page(&conv, None, usize::MAX)
+                .into_iter()
+                .filter(|m| !m.outgoing && !m.read)
+                .filter_map(|m| m.message.map(|a| (a.message_id, m.sender_account)))
+                .collect();
+            let mut out = Vec::new();
+            for (id, sender) in ids {
+                h.update(&id, |m| m.read = true)?;
+                if let Ok(a) = AccountId::from_bytes(&sender) {
+                    out.push((a, id));
+                }
+            }
+            out
+        };
+        let mut by_sender: BTreeMap<AccountId, Vec<Vec<u8>>> = BTreeMap::new();
+        for (a, id) in unread {
+            by_sender.entry(a).or_default().push(id);
+        }
+        for (a, ids) in by_sender {
+            self.shared.send_receipt(&a, true, ids).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the conversation that this user is (or stopped) typing: ephemeral, to connected
+    /// devices only.
+    pub async fn typing(&self, to: Conversation, typing: bool) -> Result<(), ClientError> {
+        let m = self.shared.wrap(
+            &to,
+            app_message::Kind::Typing(app::Typing { typing }),
+            false,
+        );
+        self.shared.deliver(to, &m, true).await
+    }
+
+    /// Switches sharing presence on or off; when on, tells `contacts` this device is online.
+    pub async fn set_presence(&self, on: bool, contacts: &[AccountId]) -> Result<(), ClientError> {
+        self.shared.presence.store(on, Ordering::Relaxed);
+        let p = app::Presence {
+            online: on,
+            last_seen: now_ms(),
+        };
+        for c in contacts {
+            let m = self.shared.wrap(
+                &Conversation::Direct(*c),
+                app_message::Kind::Presence(p),
+                false,
+            );
+            self.shared
+                .deliver(Conversation::Direct(*c), &m, true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` messages of a conversation, oldest first, before message `before` (or the
+    /// newest ones).
+    pub fn history(
+        &self,
+        conv: Conversation,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, ClientError> {
+        Ok(self
+            .shared
+            .lock_history()?
+            .page(&conv, before.as_ref().map(|b| &b[..]), limit))
+    }
+
+    /// Stops the messenger and its engine.
+    pub async fn shutdown(self) {
+        self.task.abort();
+        if let Ok(shared) = Arc::try_unwrap(self.shared) {
+            shared.engine.shutdown().await;
+        }
+    }
+}
+
+fn open_history(cfg: &EngineConfig) -> Result<History, ClientError> {
+    std::fs::create_dir_all(&cfg.profile)
+        .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
+    let store = SledKv::open(
+        &cfg.profile.join("history"),
+        Zeroizing::new(*cfg.at_rest_key),
+        Box::new(rand_core::UnwrapErr(rand::rngs::SysRng)),
+    )
+    .map_err(|e| ClientError::Core(e.into()))?;
+    History::open(store)
+}
+
+impl Shared {
+    fn lock_history(&self) -> Result<std::sync::MutexGuard<'_, History>, ClientError> {
+        self.history.lock().map_err(|_| ClientError::Closed)
+    }
+
+    fn emit(&self, e: MessengerEvent) {
+        let _ = self.events.send(e);
+    }
+
+    /// A new application message from this device (counter and clock advanced when `counted`).
+    fn wrap(&self, conv: &Conversation, kind: app_message::Kind, counted: bool) -> AppMessage {
+        let counter = if counted {
+            let mut c = self.next_counter.lock().map_or(1, |mut m| {
+                let e = m.entry(conv.key()).or_insert(1);
+                let v = *e;
+                *e = v.saturating_add(1);
+                v
+            });
+            if c == 0 {
+                c = 1;
+            }
+            c
+        } else {
+            0
+        };
+        let now = now_ms();
+        let prev = self.last_sent_at.fetch_max(now, Ordering::SeqCst);
+        let sent_at = if counted && prev >= now {
+            let next = prev.saturating_add(1);
+            self.last_sent_at.fetch_max(next, Ordering::SeqCst);
+            next
+        } else {
+            now.max(prev)
+        };
+        AppMessage {
+            message_id: random::<16>().to_vec(),
+            group: match conv {
+                Conversation::Group(g) => g.0.to_vec(),
+                Conversation::Direct(_) => Vec::new(),
+            },
+            sent_at,
+            counter,
+            kind: Some(kind),
+        }
+    }
+
+    /// Sends `m` to the conversation (and, for stored kinds, to this account's other devices).
+    async fn deliver(
+        &self,
+        conv: Conversation,
+        m: &AppMessage,
+        ephemeral: bool,
+    ) -> Result<(), ClientError> {
+        let bytes = m.encode_to_vec();
+        match conv {
+            Conversation::Direct(peer) => {
+                if ephemeral {
+                    self.engine.send_ephemeral(&peer, &bytes).await
+                } else {
+                    self.engine.send(&peer, &bytes).await
+                }
+            }
+            Conversation::Group(g) => self.engine.send_group(&g, &bytes).await,
+        }
+    }
+
+    async fn send_stored(
+        &self,
+        to: Conversation,
+        kind: app_message::Kind,
+    ) -> Result<MessageId, ClientError> {
+        let m = self.wrap(&to, kind, true);
+        let id: MessageId = m
+            .message_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| ClientError::Protocol("message id"))?;
+        let peer = match to {
+            Conversation::Direct(p) => p.as_bytes().to_vec(),
+            Conversation::Group(_) => Vec::new(),
+        };
+        let stored = StoredMessage {
+            message: Some(m.clone()),
+            sender_account: self.me.account.as_bytes().to_vec(),
+            sender_device: self.me.device_id,
+            peer: peer.clone(),
+            outgoing: true,
+            received_at: now_ms(),
+            ..StoredMessage::default()
+        };
+        // Stored before it leaves: a crash never loses what the user sent.
+        self.lock_history()?.insert(&to, stored)?;
+        self.deliver(to, &m, false).await?;
+        self.lock_history()?.update(&id, |s| s.sent = true)?;
+        // The account's other devices get a copy, so every device shows the conversation.
+        let sync = AppMessage {
+            kind: Some(app_message::Kind::SyncSent(Box::new(app::SyncSent {
+                peer,
+                message: Some(Box::new(m)),
+            }))),
+            ..AppMessage::default()
+        };
+        if let Err(e) = self
+            .engine
+            .send(&self.me.account, &sync.encode_to_vec())
+            .await
+        {
+            tracing::warn!(error = %e, "sent message not synced to the other devices");
+        }
+        Ok(id)
+    }
+
+    async fn send_receipt(
+        &self,
+        to: &AccountId,
+        read: bool,
+        ids: Vec<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        let kind = if read {
+            app::receipt::Kind::Read
+        } else {
+            app::receipt::Kind::Delivered
+        };
+        let m = self.wrap(
+            &Conversation::Direct(*to),
+            app_message::Kind::Receipt(app::Receipt {
+                kind: kind.into(),
+                message_ids: ids,
+            }),
+            false,
+        );
+        self.engine.send(to, &m.encode_to_vec()).await
+    }
+
+    /// Handles one decrypted application message.
+    async fn receive(
+        &self,
+        from: DeviceAddress,
+        group: Option<GroupId>,
+        m: AppMessage,
+    ) -> Result<(), ClientError> {
+        let conv = match group {
+            Some(g) => Conversation::Group(g),
+            None => Conversation::Direct(from.account),
+        };
+        let own = from.account == self.me.account;
+        match m.kind.clone() {
+            Some(app_message::Kind::Typing(t)) => self.emit(MessengerEvent::Typing {
+                from,
+                conversation: conv,
+                typing: t.typing,
+            }),
+            // Presence switched off here: others' presence is not shown either.
+            Some(app_message::Kind::Presence(p)) if self.presence.load(Ordering::Relaxed) => {
+                self.emit(MessengerEvent::Presence {
+                    from: from.account,
+                    online: p.online,
+                    last_seen: p.last_seen,
+                });
+            }
+            Some(app_message::Kind::Receipt(r)) => {
+                let read = r.kind() == app::receipt::Kind::Read;
+                let who = from.account.as_bytes().to_vec();
+                let mut ids = Vec::new();
+                {
+                    let mut h = self.lock_history()?;
+                    for id in &r.message_ids {
+                        h.update(id, |s| {
+                            let list = if read {
+                                &mut s.read_by
+                            } else {
+                                &mut s.delivered_to
+                            };
+                            if !list.contains(&who) {
+                                list.push(who.clone());
+                            }
+                        })?;
+                        if let Ok(i) = MessageId::try_from(id.as_slice()) {
+                            ids.push(i);
+                        }
+                    }
+                }
+                self.emit(MessengerEvent::Receipt {
+                    from: from.account,
+                    read,
+                    message_ids: ids,
+                });
+            }
+            Some(app_message::Kind::SyncSent(s)) if own => {
+                // A message this account sent from another device.
+                let Some(inner) = s.message else {
+                    return Ok(());
+                };
+                let conv = if inner.group.is_empty() {
+                    match AccountId::from_bytes(&s.peer) {
+                        Ok(p) => Conversation::Direct(p),
+                        Err(_) => return Ok(()),
+                    }
+                } else {
+                    match GroupId::from_bytes(&inner.group) {
+                        Ok(g) => Conversation::Group(g),
+                        Err(_) => return Ok(()),
+                    }
+                };
+                let stored = StoredMessage {
+                    message: Some(*inner),
+                    sender_account: from.account.as_bytes().to_vec(),
+                    sender_device: from.device_id,
+                    peer: s.peer,
+                    outgoing: true,
+                    sent: true,
+                    received_at: now_ms(),
+                    ..StoredMessage::default()
+                };
+                if let Some(saved) = self.lock_history()?.insert(&conv, stored)? {
+                    self.emit(MessengerEvent::Message {
+                        conversation: conv,
+                        message: Box::new(saved),
+                    });
+                }
+            }
+            Some(
+                app_message::Kind::Text(_)
+                | app_message::Kind::Reaction(_)
+                | app_message::Kind::Attachment(_),
+            ) => {
+                let id = m.message_id.clone();
+                let stored = StoredMessage {
+                    message: Some(m),
+                    sender_account: from.account.as_bytes().to_vec(),
+                    sender_device: from.device_id,
+                    peer: if group.is_none() {
+                        from.account.as_bytes().to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                    outgoing: own,
+                    received_at: now_ms(),
+                    ..StoredMessage::default()
+                };
+                let saved = self.lock_history()?.insert(&conv, stored)?;
+                if let Some(saved) = saved {
+                    self.emit(MessengerEvent::Message {
+                        conversation: conv,
+                        message: Box::new(saved),
+                    });
+                    if !own {
+                        self.send_receipt(&from.account, false, vec![id]).await?;
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Takes the engine's events: stores and reports messages, then acknowledges them to the
+/// engine's inbox (so a crash before that offers them again).
+async fn pump(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Message {
+                id,
+                from,
+                group,
+                plaintext,
+                ..
+            } => {
+                match AppMessage::decode(plaintext.as_slice()) {
+                    Ok(m) => {
+                        if let Err(e) = shared.receive(from, group, m).await {
+                            tracing::warn!(error = %e, "a message could not be processed");
+                        }
+                    }
+                    Err(_) => tracing::warn!("a message that is not an application message"),
+                }
+                if let Err(e) = shared.engine.ack(id) {
+                    tracing::warn!(error = %e, "inbox acknowledgement failed");
+                }
+            }
+            Event::Connection(c) => shared.emit(MessengerEvent::Connection(c)),
+            Event::Revoked => shared.emit(MessengerEvent::Revoked),
+            Event::CaughtUp => {}
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! End to end: two messengers over a real relay on 127.0.0.1 — text with replies, receipts,
+//! typing, presence, a 5 MiB attachment, history paging and order.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use hush_client::{Conversation, EngineConfig, Messenger, MessengerEvent};
+use hush_proto::app::app_message;
+use hush_relay::config::{Config, RateLimit, StoreKind};
+use tokio::sync::mpsc::UnboundedReceiver;
+use zeroize::Zeroizing;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn relay_config(dir: &Path) -> Config {
+    let lots = RateLimit {
+        per_second: 100_000.0,
+        burst: 100_000,
+    };
+    let mut cfg = Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
+        store: StoreKind::Sled,
+        ..Config::default()
+    };
+    cfg.rate.sends = lots;
+    cfg.rate.account_sends = lots;
+    cfg.rate.prekey_fetches = lots;
+    cfg.rate.account_prekey_fetches = lots;
+    cfg.rate.uploads = lots;
+    cfg.rate.account_uploads = lots;
+    cfg.rate.account_creations = lots;
+    cfg.rate.blob_uploads = lots;
+    cfg
+}
+
+fn cfg(dir: &Path, addr: SocketAddr, pin: &str) -> EngineConfig {
+    EngineConfig {
+        profile: dir.to_path_buf(),
+        at_rest_key: Zeroizing::new([9; 32]),
+        relay: addr,
+        pin: pin.to_owned(),
+    }
+}
+
+/// The next event that `pick` accepts (others are skipped).
+async fn next<T>(
+    rx: &mut UnboundedReceiver<MessengerEvent>,
+    mut pick: impl FnMut(MessengerEvent) -> Option<T>,
+) -> T {
+    loop {
+        let ev = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("nothing in time")
+            .expect("messenger gone");
+        if let Some(t) = pick(ev) {
+            return t;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_messengers_chat_with_receipts_typing_presence_attachments_and_history() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = hush_relay::start(relay_config(relay_dir.path()))
+        .await
+        .unwrap();
+    let (ad, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, mut a_rx) =
+        Messenger::create_account(cfg(ad.path(), relay.addr, &relay.fingerprint))
+            .await
+            .unwrap();
+    let (bob, mut b_rx) = Messenger::create_account(cfg(bd.path(), relay.addr, &relay.fingerprint))
+        .await
+        .unwrap();
+    alice.engine().connected(WAIT).await.unwrap();
+    bob.engine().connected(WAIT).await.unwrap();
+    let (a, b) = (alice.address().account, bob.address().account);
+    let to_bob = Conversation::Direct(b);
+    let to_alice = Conversation::Direct(a);
+
+    // Text, and a reply.
+    let first = alice.send_text(to_bob, "hi bob", None).await.unwrap();
+    let got = next(&mut b_rx, |e| match e {
+        MessengerEvent::Message { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    let Some(app_message::Kind::Text(t)) = got.message.as_ref().unwrap().kind.clone() else {
+        panic!()
+    };
+    assert_eq!(t.body, "hi bob");
+    assert!(!got.outgoing);
+    // Delivered receipt, automatically.
+    let (read, ids) = next(&mut a_rx, |e| match e {
+        MessengerEvent::Receipt {
+            read, message_ids, ..
+        } => Some((read, message_ids)),
+        _ => None,
+    })
+    .await;
+    assert!(!read);
+    assert_eq!(ids, vec![first]);
+    // Read receipt when Bob reads.
+    bob.mark_read(to_alice).await.unwrap();
+    let (read, ids) = next(&mut a_rx, |e| match e {
+        MessengerEvent::Receipt {
+            read, message_ids, ..
+        } => Some((read, message_ids)),
+        _ => None,
+    })
+    .await;
+    assert!(read);
+    assert_eq!(ids, vec![first]);
+    let mine = alice.history(to_bob, None, 10).unwrap();
+    assert_eq!(mine.len(), 1);
+    assert!(mine[0].sent && mine[0].outgoing);
+    assert_eq!(mine[0].delivered_to, vec![b.as_bytes().to_vec()]);
+    assert_eq!(mine[0].read_by, vec![b.as_bytes().to_vec()]);
+    let reply = bob
+        .send_text(to_alice, "hi alice", Some(first))
+        .await
+        .unwrap();
+    let got = next(&mut a_rx, |e| match e {
+        MessengerEvent::Message { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    let Some(app_message::Kind::Text(t)) = got.message.as_ref().unwrap().kind.clone() else {
+        panic!()
+    };
+    assert_eq!(
+        (t.body.as_str(), t.reply_to.as_slice()),
+        ("hi alice", &first[..])
+    );
+
+    // Typing and presence (ephemeral).
+    alice.typing(to_bob, true).await.unwrap();
+    let typing = next(&mut b_rx, |e| match e {
+        MessengerEvent::Typing { typing, from, .. } => Some((typing, from.account)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(typing, (true, a));
+    alice.set_presence(true, &[b]).await.unwrap();
+    let online = next(&mut b_rx, |e| match e {
+        MessengerEvent::Presence { online, from, .. } => Some((online, from)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(online, (true, a));
+
+    // A 5 MiB attachment, encrypted by the sender, digest checked by the receiver.
+    let data: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    alice
+        .send_attachment(to_bob, "photo.jpg", "image/jpeg", &data)
+        .await
+        .unwrap();
+    let got = next(&mut b_rx, |e| match e {
+        MessengerEvent::Message { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    let Some(app_message::Kind::Attachment(att)) = got.message.as_ref().unwrap().kind.clone()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (att.name.as_str(), att.size),
+        ("photo.jpg", data.len() as u64)
+    );
+    assert_eq!(bob.download(&att).await.unwrap().as_slice(), &data[..]);
+    // A tampered digest is refused.
+    let mut bad = att.clone();
+    bad.digest[0] ^= 1;
+    assert!(bob.download(&bad).await.is_err());
+
+    // History: 30 more, paged 10 at a time, the same order on both sides.
+    for i in 0..30 {
+        alice
+            .send_text(to_bob, &format!("m{i}"), None)
+            .await
+            .unwrap();
+    }
+    for _ in 0..30 {
+        next(&mut b_rx, |e| match e {
+            MessengerEvent::Message { .. } => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    let texts = |v: Vec<hush_proto::app::StoredMessage>| -> Vec<String> {
+        v.into_iter()
+            .filter_map(|m| match m.message?.kind? {
+                app_message::Kind::Text(t) => Some(t.body),
+                app_message::Kind::Attachment(a) => Some(a.name),
+                _ => None,
+            })
+            .collect()
+    };
+    let newest = bob.history(to_alice, None, 10).unwrap();
+    assert_eq!(
+        texts(newest.clone()),
+        (20..30).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    let before: [u8; 16] = newest[0]
+        .message
+        .as_ref()
+        .unwrap()
+        .message_id
+        .as_slice()
+        .try_into()
+        .unwrap();
+    let older = bob.history(to_alice, Some(before), 10).unwrap();
+    assert_eq!(
+        texts(older),
+        (10..20).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    let all_bob = texts(bob.history(to_alice, None, 100).unwrap());
+    let all_alice = texts(alice.history(to_bob, None, 100).unwrap());
+    assert_eq!(all_bob, all_alice, "the two sides disagree on the order");
+    assert_eq!(all_bob.len(), 1 + 1 + 1 + 30);
+    assert!(
+        bob.history(to_alice, None, 100)
+            .unwrap()
+            .iter()
+            .all(|m| !m.gap_before)
+    );
+    let _ = reply;
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay.stop().await;
+}
