@@ -31,6 +31,11 @@ pub mod client {
     include!(concat!(env!("OUT_DIR"), "/hush.client.v1.rs"));
 }
 
+/// The messenger's application messages (end-to-end plaintext) and stored history records.
+pub mod app {
+    include!(concat!(env!("OUT_DIR"), "/hush.app.v1.rs"));
+}
+
 /// Domain-separation labels that prefix every signed transcript. Both the relay and client-core
 /// sign or verify exactly `label || bytes`; the labels are defined once, here.
 pub mod labels {
@@ -48,6 +53,8 @@ pub mod labels {
     pub const RELAY_AUTH: &[u8] = b"Hush-RelayAuth-v1";
     /// TLS exporter label binding relay authentication to one connection (empty context, 32 bytes).
     pub const RELAY_AUTH_EXPORTER: &[u8] = b"EXPORTER-hush-auth-v1";
+    /// Prefix of the bytes an account key signs to bind a username to its account.
+    pub const USERNAME: &[u8] = b"Hush-Username-v1";
 }
 
 /// Byte layouts that two crates must build identically (the relay verifies what client-core
@@ -72,6 +79,19 @@ pub mod transcripts {
         t.extend_from_slice(&device_id.to_be_bytes());
         t
     }
+
+    /// The bytes an account key signs to bind a username to its account:
+    /// `"Hush-Username-v1" || name length (u8) || name || account (32)`, where `name` is the
+    /// normalized name (at most 32 bytes; `hush_net::username::normalize`). A longer name is
+    /// never valid; its length byte saturates at 255.
+    pub fn username(name: &[u8], account: &[u8; 32]) -> Vec<u8> {
+        let mut t = Vec::with_capacity(labels::USERNAME.len() + 1 + name.len() + 32);
+        t.extend_from_slice(labels::USERNAME);
+        t.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+        t.extend_from_slice(name);
+        t.extend_from_slice(account);
+        t
+    }
 }
 
 pub use prost::Message;
@@ -88,5 +108,15 @@ mod tests {
         want.extend([1, 2, 3, 4]);
         assert_eq!(t, want);
         assert_eq!(t.len(), 17 + 100);
+    }
+
+    #[test]
+    fn username_transcript_layout() {
+        let t = super::transcripts::username(b"alice", &[9; 32]);
+        let mut want = b"Hush-Username-v1".to_vec();
+        want.push(5);
+        want.extend(b"alice");
+        want.extend([9u8; 32]);
+        assert_eq!(t, want);
     }
 }
