@@ -363,6 +363,18 @@ impl<S: KvStore> Device<S> {
         self.identity.sign(label, body)
     }
 
+    /// Signs, with the account key, the binding of the username `name` (already normalized:
+    /// `hush_net::username::normalize`) to this account, for a claim in the relay's directory
+    /// (docs/RELAY_PROTOCOL.md §12). Others check it with [`crate::username::verify_username`].
+    /// Only the device holding the account key can ([`ProtocolError::Misuse`] otherwise).
+    pub fn sign_username(&self, name: &str) -> Result<[u8; 64]> {
+        let key = self.account_key.as_ref().ok_or(ProtocolError::Misuse(
+            "this device does not hold the account key",
+        ))?;
+        let (label, body) = crate::username::transcript(name, &self.address.account);
+        Ok(key.sign(&label, &body))
+    }
+
     /// Whether this device holds its account's identity key.
     pub const fn holds_account_key(&self) -> bool {
         self.account_key.is_some()

@@ -22,5 +22,6 @@ pub mod pqxdh;
 pub mod prekeys;
 pub mod ratchet;
 pub mod session;
+pub mod username;
 
 pub use error::{AuthError, Error, ProtocolError, Result};

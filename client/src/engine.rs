@@ -34,7 +34,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest reconnect delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long an operation waits for a connection before failing with `Disconnected`.
-const CONNECT_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const CONNECT_WAIT: Duration = Duration::from_secs(30);
 /// Attempts of one send (device-set changes and transient failures).
 const SEND_ATTEMPTS: usize = 4;
 /// File in the profile directory recording the highest one-time pre-key id uploaded.
@@ -90,7 +90,7 @@ fn rng() -> rand_core::UnwrapErr<rand::rngs::SysRng> {
     rand_core::UnwrapErr(rand::rngs::SysRng)
 }
 
-struct Inner {
+pub(crate) struct Inner {
     relay: SocketAddr,
     pin: String,
     profile: PathBuf,
@@ -102,7 +102,7 @@ struct Inner {
 
 /// A running engine. Dropping it (or [`Engine::shutdown`]) stops its connection task.
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -328,7 +328,7 @@ impl Drop for Engine {
 }
 
 impl Inner {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Device<SledKv>>, ClientError> {
+    pub(crate) fn lock(&self) -> Result<std::sync::MutexGuard<'_, Device<SledKv>>, ClientError> {
         self.device.lock().map_err(|_| ClientError::Closed)
     }
 
@@ -337,7 +337,10 @@ impl Inner {
     }
 
     /// The current connection, waiting up to `wait` for one.
-    async fn current(&self, wait: Duration) -> Result<Arc<RelayConnection>, ClientError> {
+    pub(crate) async fn current(
+        &self,
+        wait: Duration,
+    ) -> Result<Arc<RelayConnection>, ClientError> {
         let mut rx = self.conn.subscribe();
         let got = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
         match got {

@@ -50,6 +50,9 @@ pub enum ClientError {
     /// The protocol core refused (bad signature, unknown account, ...).
     #[error(transparent)]
     Core(#[from] hush_core::Error),
+    /// A username that breaks the directory's rules (`hush_net::username`).
+    #[error("invalid username: {0}")]
+    InvalidUsername(#[from] hush_net::username::UsernameError),
     /// The engine's settings are unusable (bad pin, profile directory).
     #[error("configuration: {0}")]
     Config(String),

@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod conn;
+mod directory;
 pub mod engine;
 pub mod error;
 pub mod messenger;

@@ -1,11 +1,13 @@
 //! What Hush clients and the relay must agree on below the protocol messages: the frame codec
 //! and the pinned-certificate TLS configuration of clients, plus the protocol's ALPN and close
-//! codes. Small and free of storage or server code, so mobile clients can link it.
+//! codes and the rules for usernames ([`username`]). Small and free of storage or server code, so
+//! mobile clients can link it.
 
 #![deny(missing_docs)]
 
 pub mod frame;
 pub mod pin;
+pub mod username;
 
 /// ALPN of the client ↔ relay protocol, version 1.
 pub const ALPN: &[u8] = b"hush/1";

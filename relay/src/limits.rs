@@ -30,6 +30,10 @@ pub const MAX_PUSH_URL_LEN: usize = 2048;
 
 pub use hush_net::MAX_PRE_KEYS_PER_UPLOAD;
 
+/// The rules for usernames (normalization, length, alphabet) live in one place, shared with
+/// clients: [`hush_net::username`].
+pub use hush_net::username::{MAX_LEN as USERNAME_MAX_LEN, MIN_LEN as USERNAME_MIN_LEN};
+
 /// Most one-time keys (of each kind) a device may have stored on the relay.
 pub const MAX_PRE_KEYS_STORED: usize = 1000;
 

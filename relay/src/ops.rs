@@ -208,13 +208,15 @@ pub enum Refusal {
     ConnectionCap,
     /// The relay is draining for shutdown.
     Draining,
+    /// A username claim for a name another account holds.
+    UsernameTaken,
     /// Any other reason.
     Other,
 }
 
 impl Refusal {
     /// Every reason, in rendering order.
-    pub const ALL: [Refusal; 12] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::Malformed,
         Refusal::Unauthenticated,
         Refusal::AuthFailed,
@@ -226,6 +228,7 @@ impl Refusal {
         Refusal::TooManyDevices,
         Refusal::ConnectionCap,
         Refusal::Draining,
+        Refusal::UsernameTaken,
         Refusal::Other,
     ];
 
@@ -243,6 +246,7 @@ impl Refusal {
             Refusal::TooManyDevices => "too_many_devices",
             Refusal::ConnectionCap => "connection_cap",
             Refusal::Draining => "draining",
+            Refusal::UsernameTaken => "username_taken",
             Refusal::Other => "other",
         }
     }

@@ -307,6 +307,7 @@ impl Relay {
             ErrorCode::DeviceMismatch => Refusal::DeviceMismatch,
             ErrorCode::TooManyDevices => Refusal::TooManyDevices,
             ErrorCode::Draining => Refusal::Draining,
+            ErrorCode::UsernameTaken => Refusal::UsernameTaken,
             _ => Refusal::Other,
         };
         self.metrics.refusals.inc(reason);
@@ -358,6 +359,10 @@ impl From<StoreError> for Refused {
             StoreError::QueueFull(d) => Self::new(
                 ErrorCode::QueueFull,
                 format!("the queue of device {} is full", d.device),
+            ),
+            StoreError::UsernameTaken => Self::new(
+                ErrorCode::UsernameTaken,
+                "the username is held by another account",
             ),
             StoreError::StaleDeviceList { stored, offered } => Self::new(
                 ErrorCode::StaleDeviceList,
@@ -982,6 +987,13 @@ impl Conn {
                 self.durably(|c2| c2.register_push(&p)).await
             }
             Some(client_frame::Kind::Ping(_)) => Ok(server_frame::Kind::Ok(api::Ok {})),
+            Some(client_frame::Kind::ClaimUsername(u)) => {
+                self.durably(|c2| c2.claim_username(&u)).await
+            }
+            Some(client_frame::Kind::ReleaseUsername(_)) => {
+                self.durably(Self::release_username).await
+            }
+            Some(client_frame::Kind::LookupUsername(q)) => self.lookup_username(&q),
         };
         let kind = match result {
             Ok(k) => k,
@@ -1404,6 +1416,58 @@ impl Conn {
         }
         self.relay.store.set_push_endpoint(&me, Some(&p.url))?;
         Ok(server_frame::Kind::Ok(api::Ok {}))
+    }
+}
+
+/// A username as the directory keeps it (normalized), or `MALFORMED`.
+fn username(name: &str) -> Result<String, Refused> {
+    hush_net::username::normalize(name)
+        .map_err(|e| Refused::new(ErrorCode::Malformed, format!("username: {e}")))
+}
+
+impl Conn {
+    /// Binds a name to the device's account once the account key's signature over it verifies
+    /// (any device of the account may send the claim; only the account key can make it).
+    fn claim_username(&mut self, u: &api::ClaimUsername) -> Result<server_frame::Kind, Refused> {
+        let me = self.device()?;
+        self.relay.limits.upload(&me)?;
+        let name = username(&u.name)?;
+        if u.proof.len() != limits::SIGNATURE_LEN {
+            return Err(Refused::new(
+                ErrorCode::Malformed,
+                format!("username proof must be {} bytes", limits::SIGNATURE_LEN),
+            ));
+        }
+        verify::username_proof(&name, &me.account, &u.proof)?;
+        self.relay
+            .store
+            .claim_username(&name, &me.account, &u.proof)?;
+        tracing::debug!(conn = self.id, "username claimed");
+        Ok(server_frame::Kind::Ok(api::Ok {}))
+    }
+
+    /// Releases the account's name (a no-op if it holds none).
+    fn release_username(&mut self) -> Result<server_frame::Kind, Refused> {
+        let me = self.device()?;
+        self.relay.limits.upload(&me)?;
+        self.relay.store.release_username(&me.account)?;
+        Ok(server_frame::Kind::Ok(api::Ok {}))
+    }
+
+    /// Who holds a name, with the proof for the client to check.
+    fn lookup_username(&mut self, q: &api::LookupUsername) -> Result<server_frame::Kind, Refused> {
+        let me = self.device()?;
+        self.relay.limits.fetch(&me)?;
+        let name = username(&q.name)?;
+        let holder = self
+            .relay
+            .store
+            .lookup_username(&name)?
+            .ok_or_else(|| Refused::new(ErrorCode::NotFound, "no such username"))?;
+        Ok(server_frame::Kind::Username(api::UsernameResult {
+            account: holder.account.to_vec(),
+            proof: holder.proof,
+        }))
     }
 }
 

@@ -209,3 +209,15 @@ pub fn auth_signature(
     let key = ed25519_key(device_key, "device signing key")?;
     verify_sig(&key, &[], &[transcript], signature, "authentication")
 }
+
+/// Verifies the account key's signature binding the normalized username `name` to `account`
+/// (see [`hush_proto::transcripts::username`], shared with client-core).
+pub fn username_proof(
+    name: &str,
+    account: &[u8; ACCOUNT_LEN],
+    proof: &[u8],
+) -> Result<(), VerifyError> {
+    let key = ed25519_key(account, "account key")?;
+    let transcript = hush_proto::transcripts::username(name.as_bytes(), account);
+    verify_sig(&key, &[], &[&transcript], proof, "username proof")
+}

@@ -973,3 +973,251 @@ async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
     s.read_to_end(&mut out).await.unwrap();
     String::from_utf8(out).unwrap()
 }
+
+/// The holder of a looked-up name, checking the proof the way a client does.
+fn holder_of(k: &server_frame::Kind, name: &str) -> [u8; 32] {
+    let server_frame::Kind::Username(u) = k else {
+        panic!("expected a username result, got {k:?}")
+    };
+    let account: [u8; 32] = u.account.as_slice().try_into().unwrap();
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&account).unwrap();
+    let mut t = b"Hush-Username-v1".to_vec();
+    t.push(u8::try_from(name.len()).unwrap());
+    t.extend_from_slice(name.as_bytes());
+    t.extend_from_slice(&account);
+    let sig = ed25519_dalek::Signature::from_slice(&u.proof).unwrap();
+    key.verify_strict(&t, &sig).expect("the proof verifies");
+    account
+}
+
+on_both_stores!(usernames_are_first_come_first_served_and_a_rename_releases_the_old_one);
+async fn usernames_are_first_come_first_served_and_a_rename_releases_the_old_one(
+    store: StoreKind,
+    dir: &Path,
+) {
+    let r = relay(test_config(store, dir)).await;
+    let mut alice = TestAccount::new(1);
+    let bob = TestAccount::new(1);
+    let a = client(&r).await;
+    a.create(&alice, 1).await;
+    let b = client(&r).await;
+    b.create(&bob, 1).await;
+    assert_eq!(
+        error_of(&b.lookup_username("alice").await).0,
+        ErrorCode::NotFound
+    );
+    // Claimed as typed, normalized by the relay; the proof signs the normalized name.
+    ok(&a
+        .claim_username("Alice", alice.username_proof("alice"))
+        .await);
+    assert_eq!(
+        holder_of(&b.lookup_username("alice").await, "alice"),
+        alice.id()
+    );
+    assert_eq!(
+        holder_of(&b.lookup_username("ALICE").await, "alice"),
+        alice.id()
+    );
+    // Taken: another account's valid claim is refused, and counted.
+    let taken = b.claim_username("alice", bob.username_proof("alice")).await;
+    assert_eq!(error_of(&taken).0, ErrorCode::UsernameTaken);
+    assert_eq!(
+        r.metrics
+            .refusals
+            .get(hush_relay::ops::Refusal::UsernameTaken),
+        1
+    );
+    assert_eq!(
+        holder_of(&a.lookup_username("alice").await, "alice"),
+        alice.id()
+    );
+    // Claiming one's own name again is accepted.
+    ok(&a
+        .claim_username("alice", alice.username_proof("alice"))
+        .await);
+    // Any device of the account may carry the claim: the account key's signature is what counts.
+    alice.add_device(2);
+    ok(&a
+        .request(client_frame::Kind::PublishDeviceList(
+            api::PublishDeviceList {
+                signed_device_list: alice.signed_list(),
+            },
+        ))
+        .await);
+    let a2 = client(&r).await;
+    a2.authenticate(&alice, 2).await;
+    // A rename releases the old name at once; Bob can take it then.
+    ok(&a2
+        .claim_username("alicia", alice.username_proof("alicia"))
+        .await);
+    assert_eq!(
+        error_of(&b.lookup_username("alice").await).0,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        holder_of(&b.lookup_username("alicia").await, "alicia"),
+        alice.id()
+    );
+    ok(&b.claim_username("alice", bob.username_proof("alice")).await);
+    assert_eq!(
+        holder_of(&a.lookup_username("alice").await, "alice"),
+        bob.id()
+    );
+    // Release: the name is free; releasing again is a no-op.
+    for _ in 0..2 {
+        ok(&a
+            .request(client_frame::Kind::ReleaseUsername(api::ReleaseUsername {}))
+            .await);
+    }
+    assert_eq!(
+        error_of(&b.lookup_username("alicia").await).0,
+        ErrorCode::NotFound
+    );
+    // Revoking a device leaves the account's name alone.
+    ok(&a
+        .claim_username("alicia", alice.username_proof("alicia"))
+        .await);
+    alice.remove_device(2);
+    ok(&a
+        .request(client_frame::Kind::PublishDeviceList(
+            api::PublishDeviceList {
+                signed_device_list: alice.signed_list(),
+            },
+        ))
+        .await);
+    assert_eq!(
+        holder_of(&b.lookup_username("alicia").await, "alicia"),
+        alice.id()
+    );
+    r.stop().await;
+}
+
+on_both_stores!(username_claims_need_the_account_keys_signature);
+async fn username_claims_need_the_account_keys_signature(store: StoreKind, dir: &Path) {
+    let r = relay(test_config(store, dir)).await;
+    let alice = TestAccount::new(1);
+    let bob = TestAccount::new(1);
+    let a = client(&r).await;
+    a.create(&alice, 1).await;
+    let b = client(&r).await;
+    b.create(&bob, 1).await;
+    let bad = [
+        // By the device key, which the relay (or anyone holding a device) could produce.
+        sign_username(alice.device(1), "alice", alice.id()),
+        // Over another name.
+        alice.username_proof("alicf"),
+        // Binding the name to another account (Bob's valid proof, replayed by Alice's device).
+        bob.username_proof("alice"),
+        // Over the name as typed rather than normalized.
+        sign_username(&alice.key, "Alice", alice.id()),
+        // Garbage.
+        vec![0; 64],
+    ];
+    for proof in bad {
+        let res = a.claim_username("Alice", proof).await;
+        assert_eq!(error_of(&res).0, ErrorCode::BadSignature, "{res:?}");
+    }
+    for len in [0, 63, 65] {
+        let res = a.claim_username("alice", vec![1; len]).await;
+        assert_eq!(error_of(&res).0, ErrorCode::Malformed);
+    }
+    // Nothing was bound.
+    assert_eq!(
+        error_of(&b.lookup_username("alice").await).0,
+        ErrorCode::NotFound
+    );
+    r.stop().await;
+}
+
+on_both_stores!(bad_usernames_and_unauthenticated_requests_are_refused);
+async fn bad_usernames_and_unauthenticated_requests_are_refused(store: StoreKind, dir: &Path) {
+    let mut cfg = test_config(store, dir);
+    cfg.rate.prekey_fetches = Rate {
+        per_second: 0.001,
+        burst: 20,
+    };
+    let r = relay(cfg).await;
+    let alice = TestAccount::new(1);
+    let a = client(&r).await;
+    a.create(&alice, 1).await;
+    let long = "a".repeat(33);
+    let names = [
+        "", "ab", "1abc", "_abc", ".abc", "a b", " abc", "abc\n", "al/ice", "josé", "ΑLICE", &long,
+    ];
+    for name in names {
+        let res = a.claim_username(name, alice.username_proof(name)).await;
+        assert_eq!(error_of(&res).0, ErrorCode::Malformed, "claim {name:?}");
+        let res = a.lookup_username(name).await;
+        assert_eq!(error_of(&res).0, ErrorCode::Malformed, "lookup {name:?}");
+    }
+    // The longest and shortest names are fine.
+    let longest = "z".repeat(32);
+    ok(&a
+        .claim_username(&longest, alice.username_proof(&longest))
+        .await);
+    ok(&a.claim_username("abc", alice.username_proof("abc")).await);
+    // Lookups share the pre-key fetch bucket (burst 20; the 12 lookups above took 12).
+    let mut limited = false;
+    for _ in 0..10 {
+        let res = a.lookup_username("abc").await;
+        if let server_frame::Kind::Error(e) = &res {
+            assert_eq!(e.code(), ErrorCode::RateLimited);
+            assert!(e.retry_after_ms > 0);
+            limited = true;
+            break;
+        }
+        assert_eq!(holder_of(&res, "abc"), alice.id());
+    }
+    assert!(limited, "lookups are rate limited");
+    // Nothing of the directory before authentication.
+    let anon = client(&r).await;
+    let res = anon
+        .claim_username("mallory", alice.username_proof("mallory"))
+        .await;
+    assert_eq!(error_of(&res).0, ErrorCode::Unauthenticated);
+    let res = anon.lookup_username("abc").await;
+    assert_eq!(error_of(&res).0, ErrorCode::Unauthenticated);
+    let res = anon
+        .request(client_frame::Kind::ReleaseUsername(api::ReleaseUsername {}))
+        .await;
+    assert_eq!(error_of(&res).0, ErrorCode::Unauthenticated);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_username_survives_a_relay_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = TestAccount::new(1);
+    let bob = TestAccount::new(1);
+    {
+        let r = relay(test_config(StoreKind::Sled, dir.path())).await;
+        let a = client(&r).await;
+        a.create(&alice, 1).await;
+        let b = client(&r).await;
+        b.create(&bob, 1).await;
+        ok(&a
+            .claim_username("alice", alice.username_proof("alice"))
+            .await);
+        ok(&b.claim_username("bob", bob.username_proof("bob")).await);
+        ok(&b
+            .claim_username("robert", bob.username_proof("robert"))
+            .await);
+        r.stop().await;
+    }
+    let r = relay(test_config(StoreKind::Sled, dir.path())).await;
+    let b = client(&r).await;
+    b.authenticate(&bob, 1).await;
+    assert_eq!(
+        holder_of(&b.lookup_username("alice").await, "alice"),
+        alice.id()
+    );
+    assert_eq!(
+        holder_of(&b.lookup_username("robert").await, "robert"),
+        bob.id()
+    );
+    assert_eq!(
+        error_of(&b.lookup_username("bob").await).0,
+        ErrorCode::NotFound
+    );
+    r.stop().await;
+}

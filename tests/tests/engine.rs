@@ -262,3 +262,65 @@ async fn a_group_of_three_engines_exchanges_messages_through_the_relay() {
     }
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_finds_another_by_username_and_writes_to_it() {
+    use hush_client::ClientError;
+    use hush_proto::relay_api::ErrorCode;
+    fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>, code: ErrorCode) {
+        match r {
+            Err(ClientError::Refused(e)) => assert_eq!(e.code, code),
+            other => panic!("expected {code:?}, got {other:?}"),
+        }
+    }
+    let relay_dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), addr))
+        .await
+        .unwrap();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, mut a_rx) = Engine::create_account(engine_config(a_dir.path(), &relay, addr))
+        .await
+        .unwrap();
+    let (bob, _b_rx) = Engine::create_account(engine_config(b_dir.path(), &relay, addr))
+        .await
+        .unwrap();
+    alice.connected(WAIT).await.unwrap();
+    bob.connected(WAIT).await.unwrap();
+    let a_id = alice.address().unwrap().account;
+
+    alice.claim_username("Alice").await.unwrap();
+    // Found (and its proof checked) under any case; the name is Alice's, first come first served.
+    assert_eq!(bob.lookup_username("alice").await.unwrap(), a_id);
+    assert_eq!(bob.lookup_username("ALICE").await.unwrap(), a_id);
+    refused(bob.claim_username("alice").await, ErrorCode::UsernameTaken);
+    refused(bob.lookup_username("nobody").await, ErrorCode::NotFound);
+    assert!(matches!(
+        bob.lookup_username("x").await,
+        Err(ClientError::InvalidUsername(_))
+    ));
+
+    // Bob writes to the account he found.
+    let found = bob.lookup_username("alice").await.unwrap();
+    bob.send(&found, b"hi alice").await.unwrap();
+    assert_eq!(
+        messages(&alice, &mut a_rx, 1).await,
+        vec![b"hi alice".to_vec()]
+    );
+
+    // Alice renames: the old name is free, and Bob takes it.
+    alice.claim_username("alicia").await.unwrap();
+    refused(bob.lookup_username("alice").await, ErrorCode::NotFound);
+    bob.claim_username("alice").await.unwrap();
+    assert_eq!(
+        bob.lookup_username("alice").await.unwrap(),
+        bob.address().unwrap().account
+    );
+    assert_eq!(alice.lookup_username("alicia").await.unwrap(), a_id);
+    alice.release_username().await.unwrap();
+    refused(bob.lookup_username("alicia").await, ErrorCode::NotFound);
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay.stop().await;
+}

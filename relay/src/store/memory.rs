@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use super::{
     AccountStore, Claimed, DeviceId, Enqueued, Envelope, MailboxStore, PreKeyStore, PreKeyUpload,
-    PushStore, Queued, Result, StoreError,
+    PushStore, Queued, Result, StoreError, UsernameHolder, UsernameStore,
 };
 
 #[derive(Default)]
@@ -24,6 +24,8 @@ struct Inner {
     ids: BTreeMap<(DeviceId, DeviceId, [u8; 16]), (u64, u64)>,
     last_seq: BTreeMap<DeviceId, u64>,
     push: BTreeMap<DeviceId, String>,
+    names: BTreeMap<String, UsernameHolder>,
+    name_of: BTreeMap<[u8; 32], String>,
 }
 
 /// Relay storage in memory.
@@ -128,6 +130,45 @@ impl PushStore for MemoryStore {
 
     fn push_endpoint(&self, device: &DeviceId) -> Result<Option<String>> {
         Ok(self.lock()?.push.get(device).cloned())
+    }
+}
+
+impl UsernameStore for MemoryStore {
+    fn claim_username(&self, name: &str, account: &[u8; 32], proof: &[u8]) -> Result<()> {
+        let mut g = self.lock()?;
+        if g.names.get(name).is_some_and(|h| &h.account != account) {
+            return Err(StoreError::UsernameTaken);
+        }
+        if let Some(old) = g.name_of.insert(*account, name.to_owned())
+            && old != name
+        {
+            g.names.remove(&old);
+        }
+        g.names.insert(
+            name.to_owned(),
+            UsernameHolder {
+                account: *account,
+                proof: proof.to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    fn release_username(&self, account: &[u8; 32]) -> Result<Option<String>> {
+        let mut g = self.lock()?;
+        let old = g.name_of.remove(account);
+        if let Some(n) = &old {
+            g.names.remove(n);
+        }
+        Ok(old)
+    }
+
+    fn lookup_username(&self, name: &str) -> Result<Option<UsernameHolder>> {
+        Ok(self.lock()?.names.get(name).cloned())
+    }
+
+    fn username_of(&self, account: &[u8; 32]) -> Result<Option<String>> {
+        Ok(self.lock()?.name_of.get(account).cloned())
     }
 }
 

@@ -9,7 +9,11 @@
 //!   (the relay batches many enqueues into one flush: group commit); nothing else is durable
 //!   before a flush either;
 //! - each device's queue has its own sequence numbers, strictly increasing in the order the
-//!   envelopes were committed, so a reader that has seen `n` has seen everything up to `n`.
+//!   envelopes were committed, so a reader that has seen `n` has seen everything up to `n`;
+//! - a username belongs to at most one account and an account holds at most one username: a
+//!   claim checks that the name is free (or already the account's), binds it and releases the
+//!   account's previous name in one atomic step, so of concurrent claims of one free name exactly
+//!   one wins.
 
 #[cfg(test)]
 #[macro_use]
@@ -63,6 +67,9 @@ pub enum StoreError {
     /// A recipient's queue is at its cap (nothing of the enqueue was written).
     #[error("the queue of a recipient device is full")]
     QueueFull(DeviceId),
+    /// A username claimed while another account holds it (nothing was written).
+    #[error("the username is held by another account")]
+    UsernameTaken,
     /// A device list whose version is not higher than the stored one.
     #[error("device list version {offered} is not newer than {stored}")]
     StaleDeviceList {
@@ -193,13 +200,43 @@ pub trait PushStore: Send + Sync {
     fn push_endpoint(&self, device: &DeviceId) -> Result<Option<String>>;
 }
 
+/// Who holds a username: the account and its account key's signature binding the name to it
+/// (`hush_proto::transcripts::username`), which the relay checked before storing and hands out
+/// with every lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsernameHolder {
+    /// The account.
+    pub account: [u8; 32],
+    /// The account key's signature (64 bytes).
+    pub proof: Vec<u8>,
+}
+
+/// The username directory: name → account (with its proof), and account → name (the reverse
+/// index, so that a new claim releases the old name). Names are stored as given: the caller
+/// normalizes them (`hush_net::username::normalize`) and checks the proof.
+pub trait UsernameStore: Send + Sync {
+    /// Binds `name` to `account` if it is free or already `account`'s (the proof is replaced),
+    /// and releases the name `account` held before, atomically. [`StoreError::UsernameTaken`]
+    /// (writing nothing) if another account holds it.
+    fn claim_username(&self, name: &str, account: &[u8; 32], proof: &[u8]) -> Result<()>;
+    /// Releases `account`'s name; returns it (`None` if it held none).
+    fn release_username(&self, account: &[u8; 32]) -> Result<Option<String>>;
+    /// Who holds `name`.
+    fn lookup_username(&self, name: &str) -> Result<Option<UsernameHolder>>;
+    /// The name `account` holds.
+    fn username_of(&self, account: &[u8; 32]) -> Result<Option<String>>;
+}
+
 /// Everything the relay stores (blobs live in a `blobs::BlobStore` of their own).
-pub trait RelayStore: AccountStore + PreKeyStore + MailboxStore + PushStore {
-    /// Forgets a device removed from its account: its pre-keys, push endpoint and queue.
+pub trait RelayStore:
+    AccountStore + PreKeyStore + MailboxStore + PushStore + UsernameStore
+{
+    /// Forgets a device removed from its account: its pre-keys, push endpoint and queue (the
+    /// account's username stays: it belongs to the account, not to a device).
     fn forget_device(&self, device: &DeviceId) -> Result<usize> {
         self.remove_pre_keys(device)?;
         self.set_push_endpoint(device, None)?;
         self.purge(device)
     }
 }
-impl<T: AccountStore + PreKeyStore + MailboxStore + PushStore> RelayStore for T {}
+impl<T: AccountStore + PreKeyStore + MailboxStore + PushStore + UsernameStore> RelayStore for T {}

@@ -13,6 +13,8 @@
 //! | `mail_seq` | recipient (36) | last sequence number given u64 ‖ envelopes queued u64 |
 //! | `meta` | `"boot"` | number of times the database was opened u64 |
 //! | `push` | device (36) | endpoint URL (UTF-8) |
+//! | `names` | normalized username (UTF-8) | account (32) ‖ account-key signature (64) |
+//! | `name_of` | account (32) | its username |
 //!
 //! A one-time key is claimed with `remove` on its exact key: sled returns the old value to exactly
 //! one caller, so concurrent claims never hand out the same key (a loser moves on to the next key).
@@ -27,6 +29,10 @@
 //! a queue's next number is at least `boot << 32`. The per-queue count is exact (kept in the same
 //! transactions), and the queue cap is checked inside the enqueue transaction for new envelopes
 //! only, so a retried send is never refused as full.
+//!
+//! A username claim reads and writes `names` and `name_of` in one serializable transaction (check
+//! the name is free or the account's, remove the account's old name, bind the new one), so two
+//! concurrent claims of one name cannot both win and the two trees always agree.
 
 use std::path::Path;
 
@@ -37,7 +43,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::{
     AccountStore, Claimed, DeviceId, Enqueued, Envelope, MailboxStore, PreKeyStore, PreKeyUpload,
-    PushStore, Queued, Result, StoreError,
+    PushStore, Queued, Result, StoreError, UsernameHolder, UsernameStore,
 };
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -55,6 +61,8 @@ pub struct SledStore {
     mail_ids: sled::Tree,
     mail_seq: sled::Tree,
     push: sled::Tree,
+    names: sled::Tree,
+    name_of: sled::Tree,
     /// `boot << 32`: the least sequence number this process gives.
     seq_floor: u64,
 }
@@ -73,6 +81,8 @@ impl SledStore {
             mail_ids: tree("mail_ids")?,
             mail_seq: tree("mail_seq")?,
             push: tree("push")?,
+            names: tree("names")?,
+            name_of: tree("name_of")?,
             seq_floor: 0,
             db,
         }
@@ -266,6 +276,77 @@ impl PushStore for SledStore {
             .get(device.key())
             .map_err(backend)?
             .map(|v| String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt("push")))
+            .transpose()
+    }
+}
+
+fn transaction_error(err: TransactionError<StoreError>) -> StoreError {
+    match err {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => backend(e),
+    }
+}
+
+fn holder_account(v: &[u8]) -> Result<[u8; 32]> {
+    v.get(..32)
+        .and_then(|a| a.try_into().ok())
+        .ok_or(StoreError::Corrupt("names"))
+}
+
+impl UsernameStore for SledStore {
+    fn claim_username(&self, name: &str, account: &[u8; 32], proof: &[u8]) -> Result<()> {
+        let mut value = account.to_vec();
+        value.extend_from_slice(proof);
+        (&self.names, &self.name_of)
+            .transaction(|(names, name_of)| {
+                if let Some(v) = names.get(name.as_bytes())? {
+                    let holder = holder_account(&v).map_err(ConflictableTransactionError::Abort)?;
+                    if &holder != account {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::UsernameTaken,
+                        ));
+                    }
+                }
+                if let Some(old) = name_of.insert(&account[..], name.as_bytes())?
+                    && old.as_ref() != name.as_bytes()
+                {
+                    names.remove(old)?;
+                }
+                names.insert(name.as_bytes(), value.as_slice())?;
+                Ok(())
+            })
+            .map_err(transaction_error)
+    }
+
+    fn release_username(&self, account: &[u8; 32]) -> Result<Option<String>> {
+        let old = (&self.names, &self.name_of)
+            .transaction(|(names, name_of)| {
+                let old = name_of.remove(&account[..])?;
+                if let Some(n) = &old {
+                    names.remove(n)?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(old)
+            })
+            .map_err(transaction_error)?;
+        old.map(|n| String::from_utf8(n.to_vec()).map_err(|_| StoreError::Corrupt("name_of")))
+            .transpose()
+    }
+
+    fn lookup_username(&self, name: &str) -> Result<Option<UsernameHolder>> {
+        let Some(v) = self.names.get(name.as_bytes()).map_err(backend)? else {
+            return Ok(None);
+        };
+        Ok(Some(UsernameHolder {
+            account: holder_account(&v)?,
+            proof: v.get(32..).unwrap_or_default().to_vec(),
+        }))
+    }
+
+    fn username_of(&self, account: &[u8; 32]) -> Result<Option<String>> {
+        self.name_of
+            .get(account)
+            .map_err(backend)?
+            .map(|v| String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt("name_of")))
             .transpose()
     }
 }

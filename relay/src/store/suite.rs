@@ -257,6 +257,135 @@ macro_rules! relay_store_suite {
                 assert_eq!(s.fetch(&b, 0, 10).unwrap().len(), 0);
             }
 
+            fn holder(a: u8) -> Option<UsernameHolder> {
+                Some(UsernameHolder {
+                    account: [a; 32],
+                    proof: vec![a; 64],
+                })
+            }
+
+            #[test]
+            fn usernames_are_first_come_first_served_and_a_rename_releases_the_old_one() {
+                let (_g, s) = $make;
+                assert_eq!(s.lookup_username("alice").unwrap(), None);
+                s.claim_username("alice", &[1; 32], &[1; 64]).unwrap();
+                assert_eq!(s.lookup_username("alice").unwrap(), holder(1));
+                assert_eq!(s.username_of(&[1; 32]).unwrap().as_deref(), Some("alice"));
+                // Taken: nothing of the refused claim is written.
+                assert!(matches!(
+                    s.claim_username("alice", &[2; 32], &[2; 64]),
+                    Err(StoreError::UsernameTaken)
+                ));
+                assert_eq!(s.lookup_username("alice").unwrap(), holder(1));
+                assert_eq!(s.username_of(&[2; 32]).unwrap(), None);
+                // Claiming one's own name again is fine.
+                s.claim_username("alice", &[1; 32], &[1; 64]).unwrap();
+                // A refused claim does not release the claimant's current name.
+                s.claim_username("bob", &[2; 32], &[2; 64]).unwrap();
+                assert!(s.claim_username("alice", &[2; 32], &[2; 64]).is_err());
+                assert_eq!(s.lookup_username("bob").unwrap(), holder(2));
+                // A rename releases the old name, which another account can then take.
+                s.claim_username("alicia", &[1; 32], &[1; 64]).unwrap();
+                assert_eq!(s.lookup_username("alice").unwrap(), None);
+                assert_eq!(s.lookup_username("alicia").unwrap(), holder(1));
+                assert_eq!(s.username_of(&[1; 32]).unwrap().as_deref(), Some("alicia"));
+                s.claim_username("alice", &[3; 32], &[3; 64]).unwrap();
+                assert_eq!(s.lookup_username("alice").unwrap(), holder(3));
+                // Release.
+                assert_eq!(
+                    s.release_username(&[1; 32]).unwrap().as_deref(),
+                    Some("alicia")
+                );
+                assert_eq!(s.release_username(&[1; 32]).unwrap(), None);
+                assert_eq!(s.lookup_username("alicia").unwrap(), None);
+                assert_eq!(s.username_of(&[1; 32]).unwrap(), None);
+                // Forgetting a device leaves its account's name alone.
+                s.forget_device(&dev(3, 1)).unwrap();
+                assert_eq!(s.lookup_username("alice").unwrap(), holder(3));
+                s.flush().unwrap();
+            }
+
+            #[test]
+            fn one_name_claimed_by_many_threads_at_once_has_exactly_one_winner() {
+                let (_g, s) = $make;
+                let s = Arc::new(s);
+                let barrier = Arc::new(std::sync::Barrier::new(32));
+                let handles: Vec<_> = (0..32u8)
+                    .map(|a| {
+                        let s = Arc::clone(&s);
+                        let barrier = Arc::clone(&barrier);
+                        std::thread::spawn(move || {
+                            // Each account holds a name of its own first: the claim also
+                            // releases it, in the same step.
+                            s.claim_username(&format!("own{a}"), &[a; 32], &[a; 64])
+                                .unwrap();
+                            barrier.wait();
+                            match s.claim_username("prize", &[a; 32], &[a; 64]) {
+                                Ok(()) => Some(a),
+                                Err(StoreError::UsernameTaken) => None,
+                                Err(e) => panic!("{e}"),
+                            }
+                        })
+                    })
+                    .collect();
+                let winners: Vec<u8> = handles
+                    .into_iter()
+                    .filter_map(|h| h.join().unwrap())
+                    .collect();
+                assert_eq!(winners.len(), 1, "winners: {winners:?}");
+                let w = winners[0];
+                assert_eq!(s.lookup_username("prize").unwrap(), holder(w));
+                for a in 0..32u8 {
+                    let own = format!("own{a}");
+                    if a == w {
+                        assert_eq!(s.lookup_username(&own).unwrap(), None);
+                        assert_eq!(s.username_of(&[a; 32]).unwrap().as_deref(), Some("prize"));
+                    } else {
+                        assert_eq!(s.lookup_username(&own).unwrap(), holder(a));
+                        assert_eq!(s.username_of(&[a; 32]).unwrap(), Some(own));
+                    }
+                }
+            }
+
+            #[test]
+            fn concurrent_renames_keep_names_and_their_reverse_index_in_agreement() {
+                let (_g, s) = $make;
+                let s = Arc::new(s);
+                let pool = ["n0", "n1", "n2", "n3", "n4"];
+                let handles: Vec<_> = (0..8u8)
+                    .map(|a| {
+                        let s = Arc::clone(&s);
+                        std::thread::spawn(move || {
+                            for i in 0..60usize {
+                                let name = pool[(i + usize::from(a)) % pool.len()];
+                                match s.claim_username(name, &[a; 32], &[a; 64]) {
+                                    Ok(()) | Err(StoreError::UsernameTaken) => {}
+                                    Err(e) => panic!("{e}"),
+                                }
+                                if i % 7 == 3 {
+                                    s.release_username(&[a; 32]).unwrap();
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().unwrap();
+                }
+                let mut held = BTreeSet::new();
+                for a in 0..8u8 {
+                    if let Some(n) = s.username_of(&[a; 32]).unwrap() {
+                        assert_eq!(s.lookup_username(&n).unwrap(), holder(a));
+                        assert!(held.insert(n), "two accounts hold one name");
+                    }
+                }
+                for n in pool {
+                    if let Some(h) = s.lookup_username(n).unwrap() {
+                        assert_eq!(s.username_of(&h.account).unwrap().as_deref(), Some(n));
+                    }
+                }
+            }
+
             #[test]
             fn sweep_deletes_what_is_older_than_the_ttl() {
                 let (_g, s) = $make;

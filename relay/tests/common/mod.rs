@@ -491,6 +491,40 @@ pub fn sign_auth(
     key.sign(&t).to_bytes().to_vec()
 }
 
+/// Signs the username transcript of docs/RELAY_PROTOCOL.md §12 with `key` (normally the account
+/// key), built here byte by byte: `"Hush-Username-v1" || len (u8) || name || account`.
+pub fn sign_username(key: &SigningKey, name: &str, account: [u8; 32]) -> Vec<u8> {
+    let mut t = b"Hush-Username-v1".to_vec();
+    t.push(u8::try_from(name.len()).unwrap());
+    t.extend_from_slice(name.as_bytes());
+    t.extend_from_slice(&account);
+    key.sign(&t).to_bytes().to_vec()
+}
+
+impl TestAccount {
+    /// The account key's proof for `name` (normalized).
+    pub fn username_proof(&self, name: &str) -> Vec<u8> {
+        sign_username(&self.key, name, self.id())
+    }
+}
+
+impl Client {
+    pub async fn claim_username(&self, name: &str, proof: Vec<u8>) -> server_frame::Kind {
+        self.request(client_frame::Kind::ClaimUsername(api::ClaimUsername {
+            name: name.to_owned(),
+            proof,
+        }))
+        .await
+    }
+
+    pub async fn lookup_username(&self, name: &str) -> server_frame::Kind {
+        self.request(client_frame::Kind::LookupUsername(api::LookupUsername {
+            name: name.to_owned(),
+        }))
+        .await
+    }
+}
+
 /// The error code of an answer, or panics if it was not an error.
 pub fn error_of(k: &server_frame::Kind) -> (api::ErrorCode, api::Error) {
     match k {
