@@ -260,6 +260,8 @@ struct Shared {
     last_sent_at: AtomicU64,
     presence: AtomicBool,
     events: mpsc::UnboundedSender<MessengerEvent>,
+    /// The username this account goes by, sent along with messages.
+    name: Mutex<String>,
 }
 
 /// The messenger of one device.
@@ -320,6 +322,7 @@ impl Messenger {
             last_sent_at: AtomicU64::new(last_sent_at),
             presence: AtomicBool::new(true),
             events,
+            name: Mutex::new(String::new()),
         });
         let task = tokio::spawn(pump(Arc::clone(&shared), rx));
         Ok((Self { shared, task }, out))
@@ -328,6 +331,14 @@ impl Messenger {
     /// The engine underneath (connection state, groups).
     pub fn engine(&self) -> &Engine {
         &self.shared.engine
+    }
+
+    /// Sets the username sent along with this account's messages (receivers verify it in the
+    /// relay's directory before trusting it).
+    pub fn set_name(&self, name: &str) {
+        if let Ok(mut n) = self.shared.name.lock() {
+            name.clone_into(&mut n);
+        }
     }
 
     /// This device's address.
@@ -576,6 +587,11 @@ impl Shared {
             },
             sent_at,
             counter,
+            sender_name: if counted {
+                self.name.lock().map(|n| n.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            },
             kind: Some(kind),
         }
     }

@@ -1,0 +1,546 @@
+//! `hush`: a command-line chat client. Each user has a profile directory (`--profile`, or
+//! `HUSH_PROFILE`), so several users can run on one machine.
+//!
+//! Profile layout: `config` (relay address, certificate pin, username), `key` (the store's
+//! at-rest key, mode 0600 — a desktop app would keep it in the platform keychain), `contacts`
+//! (username → account id, learned from the relay's directory and verified), `db/` and
+//! `history/` (encrypted stores).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use hush_client::{ClientError, Conversation, EngineConfig, Messenger, MessengerEvent};
+use hush_core::keys::AccountId;
+use hush_proto::app::{StoredMessage, app_message};
+use hush_proto::relay_api::ErrorCode;
+use rand::RngExt;
+use tokio::io::AsyncBufReadExt;
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(name = "hush", about = "End-to-end encrypted chat over a Hush relay")]
+struct Cli {
+    /// Profile directory of this user [env: HUSH_PROFILE] [default: ~/.hush]
+    #[arg(long, global = true, env = "HUSH_PROFILE")]
+    profile: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create an account on a relay and claim a username
+    Init {
+        /// Relay address (IP:PORT, UDP)
+        #[arg(long)]
+        relay: SocketAddr,
+        /// The relay certificate's fingerprint (printed by hush-relay)
+        #[arg(long)]
+        pin: String,
+        /// Username to claim (3-32 of a-z 0-9 _ . -, starting with a letter)
+        #[arg(long)]
+        name: String,
+    },
+    /// Send a text message
+    Send {
+        /// Recipient username
+        to: String,
+        /// The text
+        text: String,
+    },
+    /// Chat interactively: type lines to send; incoming messages, typing and receipts are shown
+    Chat {
+        /// Contact username
+        with: String,
+    },
+    /// Print incoming messages, receipts and typing for a while
+    Listen {
+        /// How long (seconds)
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Show the conversation with a contact
+    History {
+        /// Contact username
+        with: String,
+        /// Most messages shown
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Send a file (encrypted here, stored encrypted on the relay)
+    Attach {
+        /// Recipient username
+        to: String,
+        /// The file
+        file: PathBuf,
+    },
+    /// Show the safety number with a contact, to compare in person
+    Verify {
+        /// Contact username
+        with: String,
+    },
+    /// Show this device and account
+    Whoami,
+}
+
+fn home_profile() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".hush")
+}
+
+#[derive(Debug)]
+struct Profile {
+    dir: PathBuf,
+    relay: SocketAddr,
+    pin: String,
+    name: String,
+}
+
+fn fail(msg: impl std::fmt::Display) -> String {
+    msg.to_string()
+}
+
+fn read_profile(dir: &Path) -> Result<Profile, String> {
+    let text = std::fs::read_to_string(dir.join("config")).map_err(|_| {
+        format!(
+            "no profile in {} (run `hush init --relay ADDR --pin FINGERPRINT --name NAME` first)",
+            dir.display()
+        )
+    })?;
+    let mut map = BTreeMap::new();
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            map.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+    }
+    let get = |k: &str| {
+        map.get(k)
+            .cloned()
+            .ok_or_else(|| format!("profile config lacks `{k}`"))
+    };
+    Ok(Profile {
+        dir: dir.to_path_buf(),
+        relay: get("relay")?
+            .parse()
+            .map_err(|_| fail("profile config: bad relay address"))?,
+        pin: get("pin")?,
+        name: get("name")?,
+    })
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn at_rest_key(dir: &Path) -> Result<Zeroizing<[u8; 32]>, String> {
+    let bytes =
+        Zeroizing::new(std::fs::read(dir.join("key")).map_err(|e| format!("profile key: {e}"))?);
+    let key: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| fail("profile key is damaged"))?;
+    Ok(Zeroizing::new(key))
+}
+
+fn engine_config(p: &Profile) -> Result<EngineConfig, String> {
+    Ok(EngineConfig {
+        profile: p.dir.clone(),
+        at_rest_key: at_rest_key(&p.dir)?,
+        relay: p.relay,
+        pin: p.pin.clone(),
+    })
+}
+
+fn contacts(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(dir.join("contacts"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, a)| (n.to_owned(), a.to_owned()))
+        .collect()
+}
+
+fn save_contact(dir: &Path, name: &str, account: &AccountId) -> Result<(), String> {
+    let mut c = contacts(dir);
+    c.insert(name.to_owned(), hex::encode(account.as_bytes()));
+    let text: String = c.iter().map(|(n, a)| format!("{n} {a}\n")).collect();
+    let tmp = dir.join("contacts.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, dir.join("contacts")))
+        .map_err(|e| format!("contacts: {e}"))
+}
+
+fn name_of(dir: &Path, account: &[u8]) -> String {
+    let hexed = hex::encode(account);
+    contacts(dir)
+        .into_iter()
+        .find(|(_, a)| *a == hexed)
+        .map(|(n, _)| n)
+        .unwrap_or_else(|| hexed.chars().take(12).collect())
+}
+
+/// A user-facing explanation of an engine error.
+fn explain(e: &ClientError) -> String {
+    match e {
+        ClientError::Unreachable(why) => format!("relay unreachable ({why})"),
+        ClientError::Disconnected | ClientError::Timeout => {
+            "relay unreachable: no connection, try again".into()
+        }
+        ClientError::Refused(r) => match r.code {
+            ErrorCode::RateLimited => format!(
+                "rate limited by the relay: try again in {} ms",
+                r.retry_after_ms
+            ),
+            ErrorCode::NotFound => "unknown user".into(),
+            ErrorCode::AccountExists => "this account already exists on the relay".into(),
+            _ => format!("the relay refused: {}", r.message),
+        },
+        ClientError::Core(hush_core::Error::Protocol(hush_core::ProtocolError::DeviceListConflict(_))) => {
+            "identity changed: the contact's device list conflicts with the one seen before; verify them (`hush verify`)".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+async fn contact(m: &Messenger, dir: &Path, name: &str) -> Result<AccountId, String> {
+    if let Some(a) = contacts(dir).get(name) {
+        let bytes = hex::decode(a).map_err(|_| fail("contacts file is damaged"))?;
+        return AccountId::from_bytes(&bytes).map_err(|_| fail("contacts file is damaged"));
+    }
+    let account = m
+        .engine()
+        .lookup_username(name)
+        .await
+        .map_err(|e| match &e {
+            ClientError::Refused(r) if r.code == ErrorCode::NotFound => {
+                format!("unknown user `{name}`")
+            }
+            _ => explain(&e),
+        })?;
+    save_contact(dir, name, &account)?;
+    Ok(account)
+}
+
+fn text_of(m: &StoredMessage) -> String {
+    match m.message.as_ref().and_then(|a| a.kind.clone()) {
+        Some(app_message::Kind::Text(t)) => t.body,
+        Some(app_message::Kind::Attachment(a)) => format!("[file {} ({} bytes)]", a.name, a.size),
+        Some(app_message::Kind::Reaction(r)) => format!("[reaction {}]", r.emoji),
+        _ => String::new(),
+    }
+}
+
+/// Writes a line; a closed stdout (the reader went away) is not an error worth a panic.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, $($t)*);
+        let _ = out.flush();
+    }};
+}
+
+/// Learns the name of an unknown sender from what it claims, if the relay's directory (signed
+/// by the account key) confirms it.
+async fn learn_sender(m: &Messenger, dir: &Path, ev: &MessengerEvent) {
+    let MessengerEvent::Message { message, .. } = ev else {
+        return;
+    };
+    let claimed = message
+        .message
+        .as_ref()
+        .map(|a| a.sender_name.clone())
+        .unwrap_or_default();
+    if claimed.is_empty() || message.outgoing {
+        return;
+    }
+    let hexed = hex::encode(&message.sender_account);
+    if contacts(dir).values().any(|a| *a == hexed) {
+        return;
+    }
+    if let Ok(account) = m.engine().lookup_username(&claimed).await
+        && account.as_bytes().as_slice() == message.sender_account.as_slice()
+    {
+        let _ = save_contact(dir, &claimed, &account);
+    }
+}
+
+fn print_event(dir: &Path, ev: &MessengerEvent) {
+    match ev {
+        MessengerEvent::Message { message, .. } if !message.outgoing => {
+            say!(
+                "message from {}: {}",
+                name_of(dir, &message.sender_account),
+                text_of(message)
+            );
+        }
+        MessengerEvent::Message { message, .. } => {
+            say!("sent from another device: {}", text_of(message));
+        }
+        MessengerEvent::Receipt {
+            from,
+            read,
+            message_ids,
+        } => {
+            for id in message_ids {
+                say!(
+                    "{} by {}: {}",
+                    if *read { "read" } else { "delivered" },
+                    name_of(dir, from.as_bytes()),
+                    hex::encode(id)
+                );
+            }
+        }
+        MessengerEvent::Typing { from, typing, .. } => {
+            let who = name_of(dir, from.account.as_bytes());
+            if *typing {
+                say!("{who} is typing");
+            } else {
+                say!("{who} stopped typing");
+            }
+        }
+        MessengerEvent::Presence { from, online, .. } => {
+            say!(
+                "{} is {}",
+                name_of(dir, from.as_bytes()),
+                if *online { "online" } else { "offline" }
+            );
+        }
+        MessengerEvent::Connection(true) => say!("connected"),
+        MessengerEvent::Connection(false) => say!("disconnected; reconnecting"),
+        MessengerEvent::Revoked => say!("this device was removed from its account"),
+    }
+    let _ = std::io::stdout().flush();
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let dir = cli.profile.unwrap_or_else(home_profile);
+    match cli.command {
+        Cmd::Init { relay, pin, name } => {
+            if dir.join("config").exists() {
+                return Err(format!("{} already holds a profile", dir.display()));
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let mut key = Zeroizing::new([0u8; 32]);
+            rand_core::UnwrapErr(rand::rngs::SysRng).fill(&mut key[..]);
+            write_private(&dir.join("key"), &key[..])?;
+            let profile = Profile {
+                dir: dir.clone(),
+                relay,
+                pin,
+                name: name.clone(),
+            };
+            let (m, _events) = Messenger::create_account(engine_config(&profile)?)
+                .await
+                .map_err(|e| explain(&e))?;
+            m.engine()
+                .connected(Duration::from_secs(15))
+                .await
+                .map_err(|e| explain(&e))?;
+            m.engine()
+                .claim_username(&name)
+                .await
+                .map_err(|e| match &e {
+                    ClientError::Refused(r) if r.code == ErrorCode::UsernameTaken => {
+                        format!("the username `{name}` is taken")
+                    }
+                    _ => explain(&e),
+                })?;
+            std::fs::write(
+                dir.join("config"),
+                format!(
+                    "relay = {}\npin = {}\nname = {}\n",
+                    profile.relay, profile.pin, profile.name
+                ),
+            )
+            .map_err(|e| format!("config: {e}"))?;
+            say!(
+                "created account {} as `{name}`",
+                hex::encode(m.address().account.as_bytes())
+            );
+            m.shutdown().await;
+            Ok(())
+        }
+        cmd => {
+            let profile = read_profile(&dir)?;
+            let (m, mut events) =
+                Messenger::open(engine_config(&profile)?).map_err(|e| explain(&e))?;
+            m.engine()
+                .connected(Duration::from_secs(15))
+                .await
+                .map_err(|e| explain(&e))?;
+            m.set_name(&profile.name);
+            let result = command(&m, &profile, cmd, &mut events).await;
+            m.shutdown().await;
+            result
+        }
+    }
+}
+
+async fn command(
+    m: &Messenger,
+    p: &Profile,
+    cmd: Cmd,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<MessengerEvent>,
+) -> Result<(), String> {
+    match cmd {
+        Cmd::Init { .. } => Err("already initialized".into()),
+        Cmd::Send { to, text } => {
+            let a = contact(m, &p.dir, &to).await?;
+            let id = m
+                .send_text(Conversation::Direct(a), &text, None)
+                .await
+                .map_err(|e| explain(&e))?;
+            say!("sent {}", hex::encode(id));
+            Ok(())
+        }
+        Cmd::Attach { to, file } => {
+            let a = contact(m, &p.dir, &to).await?;
+            let data = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let id = m
+                .send_attachment(
+                    Conversation::Direct(a),
+                    &name,
+                    "application/octet-stream",
+                    &data,
+                )
+                .await
+                .map_err(|e| explain(&e))?;
+            say!("sent {}", hex::encode(id));
+            Ok(())
+        }
+        Cmd::Listen { seconds } => {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+            while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+                learn_sender(m, &p.dir, &ev).await;
+                print_event(&p.dir, &ev);
+            }
+            Ok(())
+        }
+        Cmd::History { with, limit } => {
+            let a = contact(m, &p.dir, &with).await?;
+            let msgs = m
+                .history(Conversation::Direct(a), None, limit)
+                .map_err(|e| explain(&e))?;
+            for msg in msgs {
+                let who = if msg.outgoing {
+                    "me".to_owned()
+                } else {
+                    name_of(&p.dir, &msg.sender_account)
+                };
+                let state = if msg.outgoing {
+                    if !msg.read_by.is_empty() {
+                        " (read)"
+                    } else if !msg.delivered_to.is_empty() {
+                        " (delivered)"
+                    } else if msg.sent {
+                        " (sent)"
+                    } else {
+                        " (sending)"
+                    }
+                } else {
+                    ""
+                };
+                say!("{who}: {}{state}", text_of(&msg));
+            }
+            Ok(())
+        }
+        Cmd::Verify { with } => {
+            let a = contact(m, &p.dir, &with).await?;
+            let n =
+                hush_core::safety::SafetyNumber::new(m.address().account.as_bytes(), a.as_bytes());
+            say!("safety number with {with}:\n{}", n.display_groups());
+            Ok(())
+        }
+        Cmd::Whoami => {
+            let me = m.address();
+            say!(
+                "{} account {} device {}",
+                p.name,
+                hex::encode(me.account.as_bytes()),
+                me.device_id
+            );
+            Ok(())
+        }
+        Cmd::Chat { with } => {
+            let a = contact(m, &p.dir, &with).await?;
+            let conv = Conversation::Direct(a);
+            let _ = m.mark_read(conv).await;
+            say!("chatting with {with}; type a line and press enter (Ctrl-D to leave)");
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            loop {
+                tokio::select! {
+                    line = lines.next_line() => match line {
+                        Ok(Some(text)) if !text.trim().is_empty() => {
+                            let _ = m.typing(conv, false).await;
+                            match m.send_text(conv, &text, None).await {
+                                Ok(id) => say!("sent {}", hex::encode(id)),
+                                Err(e) => say!("not sent: {}", explain(&e)),
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        _ => return Ok(()),
+                    },
+                    ev = events.recv() => match ev {
+                        Some(ev) => {
+                            let incoming = matches!(&ev, MessengerEvent::Message { message, .. } if !message.outgoing);
+                            learn_sender(m, &p.dir, &ev).await;
+                            print_event(&p.dir, &ev);
+                            if incoming {
+                                let _ = m.mark_read(conv).await;
+                            }
+                        }
+                        None => return Ok(()),
+                    },
+                }
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HUSH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hush: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hush: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
