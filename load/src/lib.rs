@@ -398,7 +398,7 @@ pub async fn run(opts: &Options) -> Result<Report, Error> {
         let cpu0 = pid.and_then(|p| relay::cpu_seconds(Some(p)));
         tokio::time::sleep(secs(opts.duration)).await;
         report.relay_cpu = cpu0
-            .zip(relay::cpu_seconds(pid))
+            .zip(pid.and_then(|p| relay::cpu_seconds(Some(p))))
             .map(|(a, b)| (b - a) / opts.duration);
         report.rss_end_kib = pid.and_then(relay::rss_kib);
         report.alive = links

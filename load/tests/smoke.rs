@@ -6,11 +6,9 @@ use clap::Parser;
 use hush_load::{Options, run};
 use hush_relay::config::{Config, RateLimit, StoreKind};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throughput_mode_sends_and_receives() {
-    let dir = tempfile::tempdir().unwrap();
+fn config(dir: &std::path::Path) -> Config {
     let mut cfg = Config {
-        data_dir: dir.path().to_path_buf(),
+        data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: None,
         store: StoreKind::Memory,
@@ -23,7 +21,13 @@ async fn throughput_mode_sends_and_receives() {
     cfg.rate.sends = lots;
     cfg.rate.account_sends = lots;
     cfg.rate.account_creations = lots;
-    let relay = hush_relay::start(cfg).await.unwrap();
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_mode_sends_and_receives() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = hush_relay::start(config(dir.path())).await.unwrap();
     let addr = relay.addr.to_string();
     let opts = Options::parse_from([
         "hush-load",
@@ -51,6 +55,41 @@ async fn throughput_mode_sends_and_receives() {
     assert!(report.acked_in_window > 0, "no send acknowledged: {report}");
     assert!(report.delivered >= report.envelopes_acked, "{report}");
     assert!(report.delivery.is_some_and(|p| p.count > 0), "{report}");
+    assert!(report.ok(), "{report}");
+    relay.stop().await;
+}
+
+/// Connections made one after another from one endpoint while the relay asks every new client
+/// for a Retry (as it does under load): each completes its handshake and authenticates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_connections_complete_under_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.retry_under_load_connections = 0;
+    let relay = hush_relay::start(cfg).await.unwrap();
+    let addr = relay.addr.to_string();
+    let opts = Options::parse_from([
+        "hush-load",
+        "idle",
+        "--addr",
+        addr.as_str(),
+        "--pin",
+        relay.fingerprint.as_str(),
+        "--connections",
+        "100",
+        "--endpoints",
+        "1",
+        "--connect-concurrency",
+        "1",
+        "--duration",
+        "0.2",
+    ]);
+    let report = tokio::time::timeout(std::time::Duration::from_secs(60), run(&opts))
+        .await
+        .expect("connections did not complete")
+        .unwrap();
+    assert_eq!(report.connections, 100, "{report}");
+    assert_eq!(report.alive, 100, "{report}");
     assert!(report.ok(), "{report}");
     relay.stop().await;
 }
