@@ -84,6 +84,24 @@ enum Cmd {
         /// Contact username
         with: String,
     },
+    /// Link a device: without --code, on an existing device, show a code and wait for the new
+    /// device; with --code, on the new device, join the account (makes a new profile)
+    Link {
+        /// The code shown by the existing device
+        #[arg(long)]
+        code: Option<String>,
+        /// Relay address, for the new device
+        #[arg(long)]
+        relay: Option<SocketAddr>,
+        /// Relay certificate fingerprint, for the new device
+        #[arg(long)]
+        pin: Option<String>,
+        /// How long the existing device waits (seconds)
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
+    /// List this account's devices
+    Devices,
     /// Show this device and account
     Whoami,
 }
@@ -324,6 +342,22 @@ fn print_event(dir: &Path, ev: &MessengerEvent) {
         MessengerEvent::Connection(true) => say!("connected"),
         MessengerEvent::Connection(false) => say!("disconnected; reconnecting"),
         MessengerEvent::Revoked => say!("this device was removed from its account"),
+        MessengerEvent::DevicesChanged { account, added, .. } if !added.is_empty() => say!(
+            "warning: {} has new or changed devices {:?}; compare safety numbers (`hush verify`)",
+            name_of(dir, account.as_bytes()),
+            added
+        ),
+        MessengerEvent::DevicesChanged {
+            account, removed, ..
+        } => say!(
+            "{} removed devices {:?}",
+            name_of(dir, account.as_bytes()),
+            removed
+        ),
+        MessengerEvent::IdentityWarning { account } => say!(
+            "WARNING: the identity of {} could not be verified (conflicting or forged device list); do not trust new messages until you compare safety numbers",
+            name_of(dir, account.as_bytes())
+        ),
     }
     let _ = std::io::stdout().flush();
 }
@@ -376,6 +410,52 @@ async fn run(cli: Cli) -> Result<(), String> {
             m.shutdown().await;
             Ok(())
         }
+        Cmd::Link {
+            code: Some(code),
+            relay,
+            pin,
+            ..
+        } => {
+            if dir.join("config").exists() {
+                return Err(format!("{} already holds a profile", dir.display()));
+            }
+            let (Some(relay), Some(pin)) = (relay, pin) else {
+                return Err("joining needs --relay and --pin".into());
+            };
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let mut key = Zeroizing::new([0u8; 32]);
+            rand_core::UnwrapErr(rand::rngs::SysRng).fill(&mut key[..]);
+            write_private(&dir.join("key"), &key[..])?;
+            let profile = Profile {
+                dir: dir.clone(),
+                relay,
+                pin,
+                name: String::new(),
+            };
+            let (m, _events) = Messenger::link(engine_config(&profile)?, &code)
+                .await
+                .map_err(|e| explain(&e))?;
+            say!("waiting for the other device to add this one");
+            m.engine()
+                .connected(Duration::from_secs(300))
+                .await
+                .map_err(|e| explain(&e))?;
+            std::fs::write(
+                dir.join("config"),
+                format!(
+                    "relay = {}\npin = {}\nname = \n",
+                    profile.relay, profile.pin
+                ),
+            )
+            .map_err(|e| format!("config: {e}"))?;
+            say!(
+                "linked as device {} of account {}",
+                m.address().device_id,
+                hex::encode(m.address().account.as_bytes())
+            );
+            m.shutdown().await;
+            Ok(())
+        }
         cmd => {
             let profile = read_profile(&dir)?;
             let (m, mut events) =
@@ -400,6 +480,7 @@ async fn command(
 ) -> Result<(), String> {
     match cmd {
         Cmd::Init { .. } => Err("already initialized".into()),
+        Cmd::Link { code: Some(_), .. } => Err("this profile is already set up".into()),
         Cmd::Send { to, text } => {
             let a = contact(m, &p.dir, &to).await?;
             let id = m
@@ -469,6 +550,38 @@ async fn command(
             let n =
                 hush_core::safety::SafetyNumber::new(m.address().account.as_bytes(), a.as_bytes());
             say!("safety number with {with}:\n{}", n.display_groups());
+            Ok(())
+        }
+        Cmd::Link { wait, .. } => {
+            let offer = m.engine().offer_link().map_err(|e| explain(&e))?;
+            say!(
+                "on the new device run:\n  hush --profile DIR link --relay {} --pin {} --code {}",
+                p.relay,
+                p.pin,
+                offer.code
+            );
+            let id = m
+                .engine()
+                .complete_link(&offer, Duration::from_secs(wait))
+                .await
+                .map_err(|e| explain(&e))?;
+            say!("linked device {id}");
+            Ok(())
+        }
+        Cmd::Devices => {
+            let me = m.address();
+            for d in m
+                .engine()
+                .devices_of(&me.account)
+                .map_err(|e| explain(&e))?
+            {
+                let this = if d == me.device_id {
+                    " (this device)"
+                } else {
+                    ""
+                };
+                say!("device {d}{this}");
+            }
             Ok(())
         }
         Cmd::Whoami => {

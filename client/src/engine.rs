@@ -6,12 +6,14 @@
 //!
 //! client-core stays sans-IO: the engine passes it the clock and the system RNG.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hush_core::device::{Device, GroupIncoming, Outgoing};
 use hush_core::keys::{AccountId, DeviceAddress};
 use hush_core::prekeys::PreKeyBundle;
@@ -52,6 +54,30 @@ pub struct EngineConfig {
     pub pin: String,
 }
 
+/// Prefix of a link code.
+const LINK_PREFIX: &str = "hush-link:";
+/// How often the existing device asks the relay for the new device's answer.
+const LINK_POLL: Duration = Duration::from_millis(300);
+
+/// A device-link offer: the code to show, and the secret this device keeps to finish the link.
+pub struct LinkOffer {
+    /// `hush-link:` + hex(account id ‖ 32-byte secret). Whoever has it can ask to join the
+    /// account until the link completes: show it only to the user.
+    pub code: String,
+    secret: Zeroizing<[u8; 32]>,
+}
+
+/// The relay channel and the AEAD key of a link secret (HKDF-SHA256, distinct labels).
+fn link_keys(secret: &[u8; 32]) -> Result<([u8; 32], Zeroizing<[u8; 32]>), ClientError> {
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(None, secret);
+    let mut channel = [0u8; 32];
+    let mut key = Zeroizing::new([0u8; 32]);
+    hk.expand(b"Hush-Link-Channel-v1", &mut channel)
+        .and_then(|()| hk.expand(b"Hush-Link-Key-v1", &mut key[..]))
+        .map_err(|_| ClientError::Protocol("link key derivation"))?;
+    Ok((channel, key))
+}
+
 /// What the engine reports.
 #[derive(Debug)]
 pub enum Event {
@@ -76,6 +102,22 @@ pub enum Event {
     CaughtUp,
     /// This device was removed from its account: the engine stops.
     Revoked,
+    /// A contact's devices changed (a device added, re-registered with new keys, or removed):
+    /// new keys the user has not verified may now read what is sent to that contact.
+    DevicesChanged {
+        /// The contact.
+        account: AccountId,
+        /// Devices new or with new identity keys.
+        added: Vec<u32>,
+        /// Devices gone.
+        removed: Vec<u32>,
+    },
+    /// A contact's device list failed verification or conflicts with one seen before: the
+    /// contact's identity cannot be trusted until verified (safety numbers).
+    IdentityWarning {
+        /// The contact.
+        account: AccountId,
+    },
 }
 
 #[allow(clippy::disallowed_methods)]
@@ -290,6 +332,150 @@ impl Engine {
         Ok(())
     }
 
+    /// The device ids on `account`'s list as this device last verified it.
+    pub fn devices_of(&self, account: &AccountId) -> Result<Vec<u32>, ClientError> {
+        Ok(self
+            .inner
+            .lock()?
+            .device_list(account)
+            .map(|l| l.list().devices.keys().copied().collect())
+            .unwrap_or_default())
+    }
+
+    /// Starts linking a new device to this account (this device must hold the account key):
+    /// returns the offer, whose `code` the user carries to the new device (as text or a QR
+    /// code). Then call [`Engine::complete_link`].
+    pub fn offer_link(&self) -> Result<LinkOffer, ClientError> {
+        let d = self.inner.lock()?;
+        if !d.holds_account_key() {
+            return Err(ClientError::Config(
+                "only the account's first device can link new devices".into(),
+            ));
+        }
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rng().fill(&mut secret[..]);
+        let mut raw = d.address().account.as_bytes().to_vec();
+        raw.extend_from_slice(&secret[..]);
+        Ok(LinkOffer {
+            code: format!("{LINK_PREFIX}{}", hex::encode(&raw)),
+            secret,
+        })
+    }
+
+    /// Waits (at most `wait`) for the new device of `offer` to answer, adds it to this
+    /// account's signed device list and publishes the list. Returns the new device's id.
+    pub async fn complete_link(
+        &self,
+        offer: &LinkOffer,
+        wait: Duration,
+    ) -> Result<u32, ClientError> {
+        let (channel, key) = link_keys(&offer.secret)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let body = loop {
+            let conn = self.inner.current(CONNECT_WAIT).await?;
+            match conn
+                .request(client_frame::Kind::ProvisionTake(api::ProvisionTake {
+                    channel: channel.to_vec(),
+                }))
+                .await
+            {
+                Ok(server_frame::Kind::Provision(p)) => break p.body,
+                Ok(_) => return Err(ClientError::Protocol("unexpected answer to a link poll")),
+                Err(e) if RelayConnection::is_code(&e, ErrorCode::NotFound) || e.is_transient() => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ClientError::Timeout);
+                    }
+                    tokio::time::sleep(LINK_POLL).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let plain = ChaCha20Poly1305::new(&Key::from(*key))
+            .decrypt(
+                &Nonce::from([0u8; 12]),
+                Payload {
+                    msg: &body,
+                    aad: &channel,
+                },
+            )
+            .map_err(|_| ClientError::Protocol("the link answer does not decrypt"))?;
+        let (id, identity) = plain
+            .split_at_checked(4)
+            .ok_or(ClientError::Protocol("link answer too short"))?;
+        let device_id = u32::from_be_bytes(
+            id.try_into()
+                .map_err(|_| ClientError::Protocol("link answer too short"))?,
+        );
+        let identity = hush_core::keys::DeviceIdentity::from_bytes(identity)?;
+        let signed = {
+            let mut d = self.inner.lock()?;
+            let me = d.address();
+            let taken = d
+                .device_list(&me.account)
+                .is_some_and(|l| l.list().devices.contains_key(&device_id));
+            if taken || device_id == 0 {
+                return Err(ClientError::Protocol(
+                    "the new device chose a taken device id",
+                ));
+            }
+            d.add_device(device_id, identity, now_ms())?
+                .signed_bytes()
+                .to_vec()
+        };
+        let conn = self.inner.current(CONNECT_WAIT).await?;
+        conn.request(client_frame::Kind::PublishDeviceList(
+            api::PublishDeviceList {
+                signed_device_list: signed,
+            },
+        ))
+        .await?;
+        Ok(device_id)
+    }
+
+    /// Sets up this (new) device from a link `code` shown by an existing device of the account:
+    /// creates its keys, answers the offer through the relay, and starts; the engine connects
+    /// once the existing device has added it to the account's list.
+    pub async fn link(
+        cfg: EngineConfig,
+        code: &str,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Event>), ClientError> {
+        let raw = code
+            .trim()
+            .strip_prefix(LINK_PREFIX)
+            .and_then(|h| hex::decode(h).ok())
+            .filter(|r| r.len() == 64)
+            .ok_or_else(|| ClientError::Config("not a link code".into()))?;
+        let (account, secret) = raw.split_at(32);
+        let account = AccountId::from_bytes(account)?;
+        let mut s = Zeroizing::new([0u8; 32]);
+        s.copy_from_slice(secret);
+        let (channel, key) = link_keys(&s)?;
+        let store = open_store(&cfg.profile, &cfg.at_rest_key)?;
+        // Device ids are chosen by the new device at random (the existing device refuses a
+        // taken one); 1 is the first device's.
+        let device_id = rng().random_range(2..=u32::MAX / 2);
+        let device = Device::create_linked(store, &mut rng(), account, device_id, now_ms())?;
+        let mut plain = device_id.to_be_bytes().to_vec();
+        plain.extend_from_slice(&device.identity().to_bytes());
+        let body = ChaCha20Poly1305::new(&Key::from(*key))
+            .encrypt(
+                &Nonce::from([0u8; 12]),
+                Payload {
+                    msg: &plain,
+                    aad: &channel,
+                },
+            )
+            .map_err(|_| ClientError::Protocol("link answer encryption failed"))?;
+        let (conn, _events) = RelayConnection::connect(cfg.relay, &cfg.pin).await?;
+        conn.request(client_frame::Kind::ProvisionPut(api::ProvisionPut {
+            channel: channel.to_vec(),
+            body,
+        }))
+        .await?;
+        conn.close();
+        Ok(Self::start(cfg, device))
+    }
+
     /// Uploads an (already encrypted) blob; returns its id and capability.
     pub async fn upload_blob(&self, data: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
         let conn = self.inner.current(CONNECT_WAIT).await?;
@@ -366,9 +552,58 @@ impl Inner {
                 "unexpected answer to a device-list fetch",
             ));
         };
-        self.lock()?
-            .accept_device_list(&l.signed_device_list, account, now_ms())?;
-        Ok(())
+        let me = self.lock()?.address();
+        let devices = |d: &Device<SledKv>| -> BTreeMap<u32, [u8; 64]> {
+            d.device_list(account)
+                .map(|l| {
+                    l.list()
+                        .devices
+                        .iter()
+                        .map(|(id, e)| (*id, e.identity.to_bytes()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let (before, accepted, after) = {
+            let mut d = self.lock()?;
+            let before = devices(&d);
+            let accepted = d.accept_device_list(&l.signed_device_list, account, now_ms());
+            (before, accepted, devices(&d))
+        };
+        match accepted {
+            Ok(true) if !before.is_empty() && account != &me.account => {
+                let added: Vec<u32> = after
+                    .iter()
+                    .filter(|(id, k)| before.get(id) != Some(k))
+                    .map(|(id, _)| *id)
+                    .collect();
+                let removed: Vec<u32> = before
+                    .keys()
+                    .filter(|id| !after.contains_key(id))
+                    .copied()
+                    .collect();
+                if !added.is_empty() || !removed.is_empty() {
+                    self.emit(Event::DevicesChanged {
+                        account: *account,
+                        added,
+                        removed,
+                    });
+                }
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if matches!(
+                    e,
+                    CoreError::Protocol(ProtocolError::DeviceListConflict(_)) | CoreError::Auth(_)
+                ) {
+                    // Two different lists under one version, or a bad signature: someone (the
+                    // relay, or whoever holds a key) is lying about this account's devices.
+                    self.emit(Event::IdentityWarning { account: *account });
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// Starts sessions with those of `devices` that have none (fetching their bundles).
@@ -696,6 +931,11 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
         .await?;
     }
     inner.upload_pre_keys(&conn).await?;
+    // This account's own list (a linked device learns its siblings here).
+    let own = inner.lock()?.address().account;
+    if let Err(e) = inner.refresh_list(&conn, &own).await {
+        tracing::warn!(error = %e, "own device list not refreshed");
+    }
     inner.conn.send_replace(Some(Arc::clone(&conn)));
     inner.emit(Event::Connection(true));
     let result = loop {

@@ -10,6 +10,6 @@ pub mod engine;
 pub mod error;
 pub mod messenger;
 
-pub use engine::{Engine, EngineConfig, Event};
+pub use engine::{Engine, EngineConfig, Event, LinkOffer};
 pub use error::{ClientError, Refusal};
 pub use messenger::{Conversation, Messenger, MessengerEvent};

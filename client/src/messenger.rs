@@ -97,6 +97,20 @@ pub enum MessengerEvent {
     Connection(bool),
     /// This device was removed from its account.
     Revoked,
+    /// A contact's devices changed (see [`Event::DevicesChanged`]).
+    DevicesChanged {
+        /// The contact.
+        account: AccountId,
+        /// Devices new or re-keyed.
+        added: Vec<u32>,
+        /// Devices gone.
+        removed: Vec<u32>,
+    },
+    /// A contact's device list did not verify or conflicts with an earlier one: warn the user.
+    IdentityWarning {
+        /// The contact.
+        account: AccountId,
+    },
 }
 
 #[allow(clippy::disallowed_methods)]
@@ -277,6 +291,17 @@ impl Messenger {
     ) -> Result<(Self, mpsc::UnboundedReceiver<MessengerEvent>), ClientError> {
         let history = open_history(&cfg)?;
         let (engine, rx) = Engine::create_account(cfg).await?;
+        Self::start(engine, rx, history)
+    }
+
+    /// Sets up a new device of an existing account from a link code (see
+    /// [`Engine::offer_link`]).
+    pub async fn link(
+        cfg: EngineConfig,
+        code: &str,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<MessengerEvent>), ClientError> {
+        let history = open_history(&cfg)?;
+        let (engine, rx) = Engine::link(cfg, code).await?;
         Self::start(engine, rx, history)
     }
 
@@ -833,6 +858,18 @@ async fn pump(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
             }
             Event::Connection(c) => shared.emit(MessengerEvent::Connection(c)),
             Event::Revoked => shared.emit(MessengerEvent::Revoked),
+            Event::DevicesChanged {
+                account,
+                added,
+                removed,
+            } => shared.emit(MessengerEvent::DevicesChanged {
+                account,
+                added,
+                removed,
+            }),
+            Event::IdentityWarning { account } => {
+                shared.emit(MessengerEvent::IdentityWarning { account });
+            }
             Event::CaughtUp => {}
         }
     }

@@ -79,3 +79,12 @@ pub mod close {
     /// Protocol violation (oversized frame, failed authentication, too slow).
     pub const PROTOCOL: u32 = 4;
 }
+
+/// Largest device-linking message (bytes).
+pub const MAX_PROVISION_BYTES: usize = 8 * 1024;
+
+/// Device-linking messages held at once (in memory).
+pub const MAX_PROVISIONS: usize = 10_000;
+
+/// How long a device-linking message is kept (ms).
+pub const PROVISION_TTL_MS: u64 = 10 * 60 * 1000;

@@ -52,6 +52,9 @@ fn random<const N: usize>() -> [u8; N] {
     b
 }
 
+/// A device-linking message waiting for its device: (body, expiry in ms).
+type Provision = (Vec<u8>, u64);
+
 /// One device's entry in the cached device list of its account.
 #[derive(Clone, Debug)]
 struct ListedDevice {
@@ -150,6 +153,8 @@ pub struct Relay {
     metrics: Arc<Metrics>,
     limits: Limits,
     lists: Mutex<HashMap<[u8; 32], Arc<AccountDevices>>>,
+    /// Device-linking messages: channel → (body, expiry ms). In memory only, bounded.
+    provisions: Mutex<HashMap<[u8; 32], Provision>>,
     /// Serializes device-list publications (read old list, store new, revoke), so two concurrent
     /// ones never revoke from a stale view.
     publish: Mutex<()>,
@@ -239,6 +244,7 @@ impl Relay {
             limits,
             lists: Mutex::new(HashMap::new()),
             publish: Mutex::new(()),
+            provisions: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
         });
@@ -987,6 +993,8 @@ impl Conn {
                 self.durably(|c2| c2.register_push(&p)).await
             }
             Some(client_frame::Kind::Ping(_)) => Ok(server_frame::Kind::Ok(api::Ok {})),
+            Some(client_frame::Kind::ProvisionPut(p)) => self.provision_put(p),
+            Some(client_frame::Kind::ProvisionTake(t)) => self.provision_take(&t),
             Some(client_frame::Kind::ClaimUsername(u)) => {
                 self.durably(|c2| c2.claim_username(&u)).await
             }
@@ -1468,6 +1476,55 @@ impl Conn {
             account: holder.account.to_vec(),
             proof: holder.proof,
         }))
+    }
+}
+
+impl Conn {
+    fn provision_put(&mut self, p: api::ProvisionPut) -> Result<server_frame::Kind, Refused> {
+        self.relay
+            .limits
+            .accounts
+            .check(&address_block(self.remote), 1, instant())
+            .map_err(Refused::rate)?;
+        let channel: [u8; 32] = arr(&p.channel, "channel")?;
+        if p.body.is_empty() || p.body.len() > limits::MAX_PROVISION_BYTES {
+            return Err(Refused::new(ErrorCode::TooLarge, "link message size"));
+        }
+        let now = now_ms();
+        let mut m = self
+            .relay
+            .provisions
+            .lock()
+            .map_err(|_| Refused::new(ErrorCode::Internal, "provisioning lock"))?;
+        m.retain(|_, (_, exp)| *exp > now);
+        if m.len() >= limits::MAX_PROVISIONS && !m.contains_key(&channel) {
+            return Err(Refused::new(
+                ErrorCode::RateLimited,
+                "too many pending links",
+            ));
+        }
+        m.insert(
+            channel,
+            (p.body, now.saturating_add(limits::PROVISION_TTL_MS)),
+        );
+        Ok(server_frame::Kind::Ok(api::Ok {}))
+    }
+
+    fn provision_take(&mut self, t: &api::ProvisionTake) -> Result<server_frame::Kind, Refused> {
+        self.device()?;
+        let channel: [u8; 32] = arr(&t.channel, "channel")?;
+        let now = now_ms();
+        let mut m = self
+            .relay
+            .provisions
+            .lock()
+            .map_err(|_| Refused::new(ErrorCode::Internal, "provisioning lock"))?;
+        match m.remove(&channel) {
+            Some((body, exp)) if exp > now => {
+                Ok(server_frame::Kind::Provision(api::ProvisionResult { body }))
+            }
+            _ => Err(Refused::new(ErrorCode::NotFound, "no link message yet")),
+        }
     }
 }
 

@@ -324,3 +324,79 @@ async fn an_engine_finds_another_by_username_and_writes_to_it() {
     bob.shutdown().await;
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_device_joins_the_account_and_contacts_are_warned() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), addr))
+        .await
+        .unwrap();
+    let (a1d, a2d, bd) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (alice, mut a_rx) = Engine::create_account(engine_config(a1d.path(), &relay, addr))
+        .await
+        .unwrap();
+    let (bob, mut b_rx) = Engine::create_account(engine_config(bd.path(), &relay, addr))
+        .await
+        .unwrap();
+    alice.connected(WAIT).await.unwrap();
+    bob.connected(WAIT).await.unwrap();
+    let a_id = alice.address().unwrap().account;
+    let b_id = bob.address().unwrap().account;
+    bob.send(&a_id, b"before").await.unwrap();
+    assert_eq!(
+        messages(&alice, &mut a_rx, 1).await,
+        vec![b"before".to_vec()]
+    );
+
+    // Alice shows a code; her new device uses it; her first device adds it.
+    let offer = alice.offer_link().unwrap();
+    let (alice2, mut a2_rx) = Engine::link(engine_config(a2d.path(), &relay, addr), &offer.code)
+        .await
+        .unwrap();
+    let id = alice.complete_link(&offer, WAIT).await.unwrap();
+    assert_eq!(alice2.address().unwrap().device_id, id);
+    alice2.connected(WAIT).await.unwrap();
+    // A code is good once: a second device cannot use it.
+    assert!(
+        alice
+            .complete_link(&offer, Duration::from_millis(700))
+            .await
+            .is_err()
+    );
+
+    // Bob's next message reaches both of Alice's devices; Bob is told her devices changed.
+    bob.send(&a_id, b"to both").await.unwrap();
+    assert_eq!(
+        messages(&alice, &mut a_rx, 1).await,
+        vec![b"to both".to_vec()]
+    );
+    assert_eq!(
+        messages(&alice2, &mut a2_rx, 1).await,
+        vec![b"to both".to_vec()]
+    );
+    loop {
+        let ev = tokio::time::timeout(WAIT, b_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Event::DevicesChanged { account, added, .. } = ev {
+            assert_eq!((account, added), (a_id, vec![id]));
+            break;
+        }
+    }
+    // The new device writes too.
+    alice2.send(&b_id, b"from the new device").await.unwrap();
+    assert_eq!(
+        messages(&bob, &mut b_rx, 1).await,
+        vec![b"from the new device".to_vec()]
+    );
+    alice.shutdown().await;
+    alice2.shutdown().await;
+    bob.shutdown().await;
+    relay.stop().await;
+}
