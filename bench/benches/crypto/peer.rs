@@ -1,18 +1,11 @@
 //! vodozemac (Matrix's Olm and Megolm in Rust) doing the equivalents of the Hush benches in
-//! `benches/pairwise.rs` and `benches/group.rs`, so that one `cargo bench -p hush-bench` run
-//! measures both on the same machine under the same load. vodozemac draws its own randomness.
+//! `hush.rs` and `benches/group.rs`, in the same `cargo bench -p hush-bench` run, on the same
+//! machine. vodozemac draws its own randomness.
 //!
 //! Olm sessions use `SessionConfig::version_1()` (what Matrix clients use: AES-256-CBC with
 //! HMAC-SHA256 truncated to 8 bytes); Megolm likewise.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
 
-use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use vodozemac::megolm::{self, GroupSession, InboundGroupSession, MegolmMessage};
 use vodozemac::olm::{Account, OlmMessage, Session, SessionConfig};
 
@@ -50,7 +43,7 @@ fn olm_pair() -> (Session, Session) {
     (a, b)
 }
 
-fn session_setup(c: &mut Criterion) {
+pub(crate) fn session_setup(c: &mut Criterion) {
     let alice = Account::new();
     let mut bob = Account::new();
     bob.generate_one_time_keys(1);
@@ -95,7 +88,7 @@ fn session_setup(c: &mut Criterion) {
     g.finish();
 }
 
-fn olm(c: &mut Criterion) {
+pub(crate) fn olm(c: &mut Criterion) {
     let mut g = c.benchmark_group("vodozemac_olm");
     for size in SIZES {
         let msg = vec![0x5a; size];
@@ -132,7 +125,7 @@ fn olm(c: &mut Criterion) {
     g.finish();
 }
 
-fn olm_new_chain(c: &mut Criterion) {
+pub(crate) fn olm_new_chain(c: &mut Criterion) {
     let msg = [0x5a; 256];
     // After Bob's reply Alice's next encrypt takes the DH ratchet step, and so does Bob's decrypt.
     let (alice, bob) = olm_pair();
@@ -155,7 +148,7 @@ fn olm_new_chain(c: &mut Criterion) {
     g.finish();
 }
 
-fn olm_skipped(c: &mut Criterion) {
+pub(crate) fn olm_skipped(c: &mut Criterion) {
     let msg = [0x5a; 256];
     let mut g = c.benchmark_group("vodozemac_olm_decrypt_after_skipping_256");
     for skip in [100u32, 1000] {
@@ -178,7 +171,7 @@ fn olm_skipped(c: &mut Criterion) {
     g.finish();
 }
 
-fn megolm(c: &mut Criterion) {
+pub(crate) fn megolm(c: &mut Criterion) {
     let msg = [0x5a; 256];
     let mut outbound = GroupSession::new(megolm::SessionConfig::version_1());
     let key = outbound.session_key();
@@ -207,13 +200,3 @@ fn megolm(c: &mut Criterion) {
     });
     g.finish();
 }
-
-criterion_group!(
-    benches,
-    session_setup,
-    olm,
-    olm_new_chain,
-    olm_skipped,
-    megolm
-);
-criterion_main!(benches);

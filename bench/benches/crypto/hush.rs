@@ -2,19 +2,12 @@
 //! encryption and decryption on an existing chain, the first message of a new chain (DH ratchet
 //! step), decryption after skipped messages, and the whole `Device` path with its store commit.
 //!
-//! vodozemac's equivalents are in `benches/vodozemac.rs`; `cargo run -p hush-bench --bin
-//! bench-report` prints both side by side.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
+//! vodozemac's equivalents are in `peer.rs`; `cargo run -p hush-bench --bin bench-report` prints
+//! both side by side.
 
 use std::cell::{Cell, RefCell};
 
-use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use hush_bench::{device_pair, handshake, session_pair};
 use hush_core::device::Device;
 use hush_core::pqxdh::{self, InitiatorSecrets};
@@ -28,7 +21,7 @@ use zeroize::Zeroizing;
 
 const SIZES: [usize; 2] = [256, 4096];
 
-fn session_setup(c: &mut Criterion) {
+pub(crate) fn session_setup(c: &mut Criterion) {
     let mut rng = ChaCha20Rng::from_seed([10; 32]);
     let h = handshake(&mut rng).unwrap();
     let verified = h.bundle.verify(&h.bob_list).unwrap();
@@ -73,7 +66,7 @@ fn session_setup(c: &mut Criterion) {
     g.finish();
 }
 
-fn ratchet(c: &mut Criterion) {
+pub(crate) fn ratchet(c: &mut Criterion) {
     let mut rng = ChaCha20Rng::from_seed([11; 32]);
     let mut g = c.benchmark_group("hush_ratchet");
     for size in SIZES {
@@ -114,7 +107,7 @@ fn ratchet(c: &mut Criterion) {
     g.finish();
 }
 
-fn new_chain(c: &mut Criterion) {
+pub(crate) fn new_chain(c: &mut Criterion) {
     let mut rng = ChaCha20Rng::from_seed([12; 32]);
     let msg = [0x5a; 256];
     // After Bob's reply Alice has no sending chain: her next encrypt takes the DH ratchet step
@@ -141,7 +134,7 @@ fn new_chain(c: &mut Criterion) {
     g.finish();
 }
 
-fn skipped(c: &mut Criterion) {
+pub(crate) fn skipped(c: &mut Criterion) {
     let mut rng = ChaCha20Rng::from_seed([13; 32]);
     let msg = [0x5a; 256];
     let mut g = c.benchmark_group("hush_decrypt_after_skipping_256");
@@ -213,7 +206,7 @@ fn device_with<S: KvStore>(c: &mut Criterion, name: &str, mut store: impl FnMut(
     g.finish();
 }
 
-fn device(c: &mut Criterion) {
+pub(crate) fn device(c: &mut Criterion) {
     device_with(c, "hush_device_memory", |_| MemoryKv::new());
     // On the build disk (not a tmpfs): `SledKv::commit` flushes (fsyncs) every batch.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -229,6 +222,3 @@ fn device(c: &mut Criterion) {
         .unwrap()
     });
 }
-
-criterion_group!(benches, session_setup, ratchet, new_chain, skipped, device);
-criterion_main!(benches);
