@@ -243,3 +243,107 @@ async fn two_messengers_chat_with_receipts_typing_presence_attachments_and_histo
     bob.shutdown().await;
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_device_sees_sent_messages_and_an_offline_device_catches_up_1000_in_order() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = hush_relay::start(relay_config(relay_dir.path()))
+        .await
+        .unwrap();
+    let (a1d, a2d, bd) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (alice, mut a_rx) =
+        Messenger::create_account(cfg(a1d.path(), relay.addr, &relay.fingerprint))
+            .await
+            .unwrap();
+    let (bob, mut b_rx) = Messenger::create_account(cfg(bd.path(), relay.addr, &relay.fingerprint))
+        .await
+        .unwrap();
+    alice.engine().connected(WAIT).await.unwrap();
+    bob.engine().connected(WAIT).await.unwrap();
+    let (a, b) = (alice.address().account, bob.address().account);
+
+    // Link a second device of Alice's.
+    let offer = alice.engine().offer_link().unwrap();
+    let (alice2, mut a2_rx) =
+        Messenger::link(cfg(a2d.path(), relay.addr, &relay.fingerprint), &offer.code)
+            .await
+            .unwrap();
+    alice.engine().complete_link(&offer, WAIT).await.unwrap();
+    alice2.engine().connected(WAIT).await.unwrap();
+
+    // What Alice sends from her first device shows on her second one, as hers.
+    alice
+        .send_text(Conversation::Direct(b), "sent from device one", None)
+        .await
+        .unwrap();
+    let synced = next(&mut a2_rx, |e| match e {
+        MessengerEvent::Message {
+            message,
+            conversation,
+        } => Some((message, conversation)),
+        _ => None,
+    })
+    .await;
+    assert!(synced.0.outgoing);
+    assert_eq!(synced.1, Conversation::Direct(b));
+    let got = next(&mut b_rx, |e| match e {
+        MessengerEvent::Message { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got.sender_account, a.as_bytes().to_vec());
+
+    // Bob goes offline; Alice's second device sends 1000; Bob catches up, in order, once.
+    bob.shutdown().await;
+    for i in 0..1000 {
+        alice2
+            .send_text(Conversation::Direct(b), &format!("n{i:04}"), None)
+            .await
+            .unwrap();
+    }
+    let (bob, mut b_rx) = Messenger::open(cfg(bd.path(), relay.addr, &relay.fingerprint)).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 1000 {
+        let m = next(&mut b_rx, |e| match e {
+            MessengerEvent::Message { message, .. } => Some(message),
+            _ => None,
+        })
+        .await;
+        if let Some(app_message::Kind::Text(t)) = m.message.and_then(|x| x.kind) {
+            seen.push(t.body);
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..1000).map(|i| format!("n{i:04}")).collect::<Vec<_>>()
+    );
+    let history: Vec<String> = bob
+        .history(Conversation::Direct(a), None, 2000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m.message?.kind? {
+            app_message::Kind::Text(t) => Some(t.body),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(history.len(), 1001);
+    assert_eq!(history[1..], seen[..]);
+    // Alice's first device saw all 1000 as sent by her account (own-message sync).
+    let mut mine = 0;
+    while mine < 1000 {
+        next(&mut a_rx, |e| match e {
+            MessengerEvent::Message { message, .. } if message.outgoing => Some(()),
+            _ => None,
+        })
+        .await;
+        mine += 1;
+    }
+    alice.shutdown().await;
+    alice2.shutdown().await;
+    bob.shutdown().await;
+    relay.stop().await;
+}
