@@ -102,8 +102,52 @@ enum Cmd {
     },
     /// List this account's devices
     Devices,
+    /// Remove one of this account's devices (from the account's first device)
+    RemoveDevice {
+        /// The device id (see `hush devices`)
+        id: u32,
+    },
+    /// Group chats
+    Group {
+        #[command(subcommand)]
+        cmd: GroupCmd,
+    },
     /// Show this device and account
     Whoami,
+}
+
+#[derive(Subcommand)]
+enum GroupCmd {
+    /// Create a group with members (usernames); this account is its admin
+    Create {
+        /// The group's name
+        name: String,
+        /// Members' usernames
+        members: Vec<String>,
+    },
+    /// Send a text to a group
+    Send {
+        /// The group's name
+        name: String,
+        /// The text
+        text: String,
+    },
+    /// Add a member (admins only)
+    Add {
+        /// The group's name
+        name: String,
+        /// The username to add
+        user: String,
+    },
+    /// Remove a member (admins only)
+    Remove {
+        /// The group's name
+        name: String,
+        /// The username to remove
+        user: String,
+    },
+    /// List the groups this device is in
+    List,
 }
 
 fn home_profile() -> PathBuf {
@@ -300,6 +344,16 @@ async fn learn_sender(m: &Messenger, dir: &Path, ev: &MessengerEvent) {
 
 fn print_event(dir: &Path, ev: &MessengerEvent) {
     match ev {
+        MessengerEvent::Message {
+            message,
+            conversation: Conversation::Group(_),
+        } if !message.outgoing => {
+            say!(
+                "group message from {}: {}",
+                name_of(dir, &message.sender_account),
+                text_of(message)
+            );
+        }
         MessengerEvent::Message { message, .. } if !message.outgoing => {
             say!(
                 "message from {}: {}",
@@ -584,6 +638,15 @@ async fn command(
             }
             Ok(())
         }
+        Cmd::RemoveDevice { id } => {
+            m.engine()
+                .remove_device(id)
+                .await
+                .map_err(|e| explain(&e))?;
+            say!("removed device {id}");
+            Ok(())
+        }
+        Cmd::Group { cmd } => group_command(m, p, cmd).await,
         Cmd::Whoami => {
             let me = m.address();
             say!(
@@ -626,6 +689,74 @@ async fn command(
                     },
                 }
             }
+        }
+    }
+}
+
+/// A group of this device by name.
+fn group_by_name(m: &Messenger, name: &str) -> Result<hush_core::sender_key::GroupId, String> {
+    let found: Vec<_> = m
+        .engine()
+        .groups()
+        .map_err(|e| explain(&e))?
+        .into_iter()
+        .filter(|(_, n)| n == name)
+        .collect();
+    match found.as_slice() {
+        [(g, _)] => Ok(*g),
+        [] => Err(format!("no group named `{name}`")),
+        _ => Err(format!("several groups are named `{name}`")),
+    }
+}
+
+async fn group_command(m: &Messenger, p: &Profile, cmd: GroupCmd) -> Result<(), String> {
+    match cmd {
+        GroupCmd::Create { name, members } => {
+            let mut accounts = Vec::new();
+            for u in &members {
+                accounts.push(contact(m, &p.dir, u).await?);
+            }
+            m.engine()
+                .create_group(&name, &accounts)
+                .await
+                .map_err(|e| explain(&e))?;
+            say!("created group `{name}` with {}", members.join(", "));
+            Ok(())
+        }
+        GroupCmd::Send { name, text } => {
+            let g = group_by_name(m, &name)?;
+            let id = m
+                .send_text(Conversation::Group(g), &text, None)
+                .await
+                .map_err(|e| explain(&e))?;
+            say!("sent {}", hex::encode(id));
+            Ok(())
+        }
+        GroupCmd::Add { name, user } => {
+            let g = group_by_name(m, &name)?;
+            let a = contact(m, &p.dir, &user).await?;
+            m.engine()
+                .update_group(&g, &[(a, false)], &[])
+                .await
+                .map_err(|e| explain(&e))?;
+            say!("added {user} to `{name}`");
+            Ok(())
+        }
+        GroupCmd::Remove { name, user } => {
+            let g = group_by_name(m, &name)?;
+            let a = contact(m, &p.dir, &user).await?;
+            m.engine()
+                .update_group(&g, &[], &[a])
+                .await
+                .map_err(|e| explain(&e))?;
+            say!("removed {user} from `{name}`");
+            Ok(())
+        }
+        GroupCmd::List => {
+            for (_, n) in m.engine().groups().map_err(|e| explain(&e))? {
+                say!("{n}");
+            }
+            Ok(())
         }
     }
 }

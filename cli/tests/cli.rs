@@ -153,5 +153,43 @@ fn two_hush_processes_chat_through_a_relay() {
     let none = hush(&c.path().join("empty"), &["send", "bob", "hi"]);
     assert!(stderr(&none).contains("no profile"), "{}", stderr(&none));
 
+    // A group: Alice creates it with Bob, Bob (listening) reads her group message.
+    let created = hush(&a, &["group", "create", "friends", "bob"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let mut listener = Command::new(env!("CARGO_BIN_EXE_hush"))
+        .arg("--profile")
+        .arg(&b)
+        .args(["listen", "--seconds", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx2) = mpsc::channel::<String>();
+    let out = listener.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(line);
+        }
+    });
+    let wait2 = |want: &str| loop {
+        let line = rx2
+            .recv_timeout(Duration::from_secs(30))
+            .expect("nothing printed in time");
+        if line.contains(want) {
+            return line;
+        }
+    };
+    wait2("connected");
+    let sent = hush(&a, &["group", "send", "friends", "hello group"]);
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    assert_eq!(
+        wait2("group message"),
+        "group message from alice: hello group"
+    );
+    listener.kill().unwrap();
+    let _ = listener.wait();
+    let list = hush(&b, &["group", "list"]);
+    assert_eq!(stdout(&list), "friends\n");
+
     rt.block_on(relay.stop());
 }

@@ -332,6 +332,69 @@ impl Engine {
         Ok(())
     }
 
+    /// Removes one of this account's devices (this device must hold the account key): signs and
+    /// publishes the list without it; the relay cuts it off at once.
+    pub async fn remove_device(&self, device_id: u32) -> Result<(), ClientError> {
+        let signed = {
+            let mut d = self.inner.lock()?;
+            if device_id == d.address().device_id {
+                return Err(ClientError::Config(
+                    "a device does not remove itself".into(),
+                ));
+            }
+            d.remove_device(device_id, now_ms())?
+                .signed_bytes()
+                .to_vec()
+        };
+        let conn = self.inner.current(CONNECT_WAIT).await?;
+        conn.request(client_frame::Kind::PublishDeviceList(
+            api::PublishDeviceList {
+                signed_device_list: signed,
+            },
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Changes a group (this device's account must be an admin): adds `add` (accounts, with
+    /// whether each is an admin), removes `remove`, and tells every member device.
+    pub async fn update_group(
+        &self,
+        g: &GroupId,
+        add: &[(AccountId, bool)],
+        remove: &[AccountId],
+    ) -> Result<(), ClientError> {
+        let conn = self.inner.current(CONNECT_WAIT).await?;
+        for (a, _) in add {
+            self.inner.refresh_list(&conn, a).await?;
+        }
+        let mut devices = self.inner.lock()?.group_devices(g)?;
+        {
+            let d = self.inner.lock()?;
+            let me = d.address();
+            for (a, _) in add {
+                if let Some(l) = d.device_list(a) {
+                    devices.extend(l.addresses().filter(|x| *x != me));
+                }
+            }
+        }
+        self.inner.ensure_sessions(&conn, &devices).await?;
+        let outgoing =
+            self.inner
+                .lock()?
+                .update_group(g, add, remove, None, &mut rng(), now_ms())?;
+        self.inner.send_outgoing_checked(&conn, outgoing).await
+    }
+
+    /// The groups this device is in: (id, name).
+    pub fn groups(&self) -> Result<Vec<(GroupId, String)>, ClientError> {
+        let d = self.inner.lock()?;
+        Ok(d.group_ids()
+            .into_iter()
+            .filter_map(|g| d.group(&g).map(|e| (g, e.state().name.clone())))
+            .collect())
+    }
+
     /// The device ids on `account`'s list as this device last verified it.
     pub fn devices_of(&self, account: &AccountId) -> Result<Vec<u32>, ClientError> {
         Ok(self

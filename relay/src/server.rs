@@ -674,7 +674,8 @@ async fn session(
             }
         }
         let _ = send.finish();
-        let _ = send.stopped().await;
+        // Give the peer a moment to take the last frames (a dead peer never will).
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
     });
 
     // Reader: frames in (cancel-safe for the select below).

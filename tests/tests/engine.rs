@@ -395,6 +395,21 @@ async fn a_linked_device_joins_the_account_and_contacts_are_warned() {
         messages(&bob, &mut b_rx, 1).await,
         vec![b"from the new device".to_vec()]
     );
+    // Alice removes it again: it is told and stops; Bob's next message goes to device 1 only.
+    alice.remove_device(id).await.unwrap();
+    loop {
+        let ev = tokio::time::timeout(WAIT, a2_rx.recv()).await.unwrap();
+        match ev {
+            Some(Event::Revoked) => break,
+            Some(_) => {}
+            None => panic!("the removed device was not told"),
+        }
+    }
+    bob.send(&a_id, b"after removal").await.unwrap();
+    assert_eq!(
+        messages(&alice, &mut a_rx, 1).await,
+        vec![b"after removal".to_vec()]
+    );
     alice.shutdown().await;
     alice2.shutdown().await;
     bob.shutdown().await;
