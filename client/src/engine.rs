@@ -79,7 +79,6 @@ fn link_keys(secret: &[u8; 32]) -> Result<([u8; 32], Zeroizing<[u8; 32]>), Clien
 }
 
 /// What the engine reports.
-#[derive(Debug)]
 pub enum Event {
     /// A message, decrypted and durable in the device's inbox: acknowledge it with
     /// [`Engine::ack`] once the app has stored it (it is offered again after a restart until
@@ -118,6 +117,42 @@ pub enum Event {
         /// The contact.
         account: AccountId,
     },
+}
+
+/// Never shows plaintext: only what kind of event it is and who it concerns.
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Message {
+                id,
+                from,
+                ephemeral,
+                ..
+            } => f
+                .debug_struct("Message")
+                .field("id", id)
+                .field("from", from)
+                .field("ephemeral", ephemeral)
+                .finish_non_exhaustive(),
+            Self::Connection(c) => f.debug_tuple("Connection").field(c).finish(),
+            Self::CaughtUp => f.write_str("CaughtUp"),
+            Self::Revoked => f.write_str("Revoked"),
+            Self::DevicesChanged {
+                account,
+                added,
+                removed,
+            } => f
+                .debug_struct("DevicesChanged")
+                .field("account", account)
+                .field("added", added)
+                .field("removed", removed)
+                .finish(),
+            Self::IdentityWarning { account } => f
+                .debug_struct("IdentityWarning")
+                .field("account", account)
+                .finish(),
+        }
+    }
 }
 
 #[allow(clippy::disallowed_methods)]
@@ -1075,4 +1110,30 @@ async fn run(inner: Arc<Inner>) {
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     inner.conn.send_replace(None);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_plaintext() {
+        let d = Device::create_account(
+            hush_core::store::memory::MemoryKv::new(),
+            &mut rng(),
+            1,
+        )
+        .unwrap();
+        let e = Event::Message {
+            id: 7,
+            from: d.address(),
+            group: None,
+            plaintext: Zeroizing::new(b"SECRET-PLAINTEXT".to_vec()),
+            ephemeral: false,
+        };
+        let shown = format!("{e:?}");
+        assert!(shown.contains("Message"));
+        assert!(!shown.contains("SECRET"), "{shown}");
+    }
 }

@@ -57,7 +57,6 @@ impl Conversation {
 pub type MessageId = [u8; 16];
 
 /// What the messenger reports.
-#[derive(Debug)]
 pub enum MessengerEvent {
     /// A new message in a conversation (text, attachment or reaction), stored in history.
     Message {
@@ -111,6 +110,63 @@ pub enum MessengerEvent {
         /// The contact.
         account: AccountId,
     },
+}
+
+/// Never shows message content: the kind of event and who it concerns.
+impl std::fmt::Debug for MessengerEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Message {
+                conversation,
+                message,
+            } => f
+                .debug_struct("Message")
+                .field("conversation", conversation)
+                .field("outgoing", &message.outgoing)
+                .finish_non_exhaustive(),
+            Self::Receipt {
+                from,
+                read,
+                message_ids,
+            } => f
+                .debug_struct("Receipt")
+                .field("from", from)
+                .field("read", read)
+                .field("count", &message_ids.len())
+                .finish(),
+            Self::Typing {
+                from,
+                conversation,
+                typing,
+            } => f
+                .debug_struct("Typing")
+                .field("from", from)
+                .field("conversation", conversation)
+                .field("typing", typing)
+                .finish(),
+            Self::Presence { from, online, .. } => f
+                .debug_struct("Presence")
+                .field("from", from)
+                .field("online", online)
+                .finish_non_exhaustive(),
+            Self::Connection(c) => f.debug_tuple("Connection").field(c).finish(),
+            Self::Revoked => f.write_str("Revoked"),
+            Self::DevicesChanged {
+                account,
+                added,
+                removed,
+            } => f
+                .debug_struct("DevicesChanged")
+                .field("account", account)
+                .field("added", added)
+                .field("removed", removed)
+                .finish(),
+            Self::IdentityWarning { account } => f
+                .debug_struct("IdentityWarning")
+                .field("account", account)
+                .finish(),
+        }
+    }
 }
 
 #[allow(clippy::disallowed_methods)]
