@@ -1119,12 +1119,8 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_plaintext() {
-        let d = Device::create_account(
-            hush_core::store::memory::MemoryKv::new(),
-            &mut rng(),
-            1,
-        )
-        .unwrap();
+        let d = Device::create_account(hush_core::store::memory::MemoryKv::new(), &mut rng(), 1)
+            .unwrap();
         let e = Event::Message {
             id: 7,
             from: d.address(),
