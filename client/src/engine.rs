@@ -1081,9 +1081,21 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
     };
     inner.conn.send_replace(None);
     inner.emit(Event::Connection(false));
+    // The relay closes a revoked device's connection with its own code; the `Revoked` frame
+    // before it may not have been read.
+    if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.quic().close_reason()
+        && c.error_code == quinn::VarInt::from_u32(REVOKED_CLOSE)
+        && !inner.shutdown.is_cancelled()
+    {
+        inner.emit(Event::Revoked);
+        inner.shutdown.cancel();
+    }
     conn.close();
     result
 }
+
+/// The relay's close code for a revoked device (docs/RELAY_PROTOCOL.md §2).
+const REVOKED_CLOSE: u32 = 2;
 
 /// Keeps the engine connected until shutdown.
 async fn run(inner: Arc<Inner>) {
