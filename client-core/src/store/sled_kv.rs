@@ -404,6 +404,15 @@ mod tests {
     }
 
     fn reopen(dir: &TempDir, key: u8, seed: u64) -> Result<SledKv, StoreError> {
+        // As in `open_raw`: wait (bounded) for a just-dropped store to release sled's lock.
+        for _ in 0..500 {
+            match SledKv::open(dir.path(), at_rest_key(key), rng(seed)) {
+                Err(StoreError::Io(e)) if e.contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
         SledKv::open(dir.path(), at_rest_key(key), rng(seed))
     }
 
@@ -417,9 +426,21 @@ mod tests {
         store.get(ns, key).unwrap().map(|v| v.to_vec())
     }
 
+    /// Opens the database in `dir` raw. A store dropped a moment ago may still hold sled's file
+    /// lock while its background flusher winds down, so the lock is waited for (bounded).
+    fn open_raw(dir: &TempDir) -> sled::Db {
+        for _ in 0..500 {
+            match sled::open(dir.path()) {
+                Ok(db) => return db,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        sled::open(dir.path()).unwrap()
+    }
+
     /// All raw `(physical key, physical value)` pairs of the database in `dir`.
     fn raw_entries(dir: &TempDir) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_raw(dir);
         db.iter()
             .map(|e| {
                 let (k, v) = e.unwrap();
@@ -430,7 +451,7 @@ mod tests {
 
     /// Opens the database in `dir` raw, lets `f` mutate it, flushes and closes it.
     fn tamper(dir: &TempDir, f: impl FnOnce(&sled::Db)) {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_raw(dir);
         f(&db);
         db.flush().unwrap();
     }

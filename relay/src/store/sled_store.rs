@@ -576,6 +576,21 @@ impl MailboxStore for SledStore {
 
 #[cfg(test)]
 mod tests {
+    /// Opens `path` with `open`, waiting (bounded) for a store dropped a moment ago to release
+    /// sled's file lock (its background flusher may still be winding down).
+    fn retry<T, E>(mut open: impl FnMut() -> Result<T, E>) -> T
+    where
+        E: std::fmt::Debug,
+    {
+        for _ in 0..500 {
+            if let Ok(t) = open() {
+                return t;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        open().unwrap()
+    }
+
     relay_store_suite!(suite, {
         let dir = tempfile::tempdir().unwrap();
         let store = super::super::SledStore::open(dir.path()).unwrap();
@@ -595,7 +610,7 @@ mod tests {
             device: 1,
         };
         {
-            let s = super::SledStore::open(dir.path()).unwrap();
+            let s = retry(|| super::SledStore::open(dir.path()));
             let e = Envelope {
                 recipient: b,
                 sender: a,
@@ -607,7 +622,7 @@ mod tests {
             s.flush().unwrap();
             // Dropped without any shutdown.
         }
-        let s = super::SledStore::open(dir.path()).unwrap();
+        let s = retry(|| super::SledStore::open(dir.path()));
         let q = s.fetch(&b, 0, 10).unwrap();
         assert_eq!(q.len(), 1);
         assert_eq!(q[0].envelope.body, b"sealed");
@@ -635,7 +650,7 @@ mod tests {
             received_at: 1,
         };
         let (kept, delivered) = {
-            let s = super::SledStore::open(dir.path()).unwrap();
+            let s = retry(|| super::SledStore::open(dir.path()));
             let kept = s.enqueue(&[e(1)], 10).unwrap()[0].seq;
             s.flush().unwrap();
             // Written and delivered live, but (below) lost in a crash before any flush.
@@ -643,7 +658,7 @@ mod tests {
         };
         {
             // Undo the second write as a crash would have: its record and the counter.
-            let db = sled::open(dir.path()).unwrap();
+            let db = retry(|| sled::open(dir.path()));
             let mail = db.open_tree("mail").unwrap();
             mail.remove(super::mail_key(&b, delivered)).unwrap();
             db.open_tree("mail_seq")
@@ -652,7 +667,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let s = super::SledStore::open(dir.path()).unwrap();
+        let s = retry(|| super::SledStore::open(dir.path()));
         let next = s.enqueue(&[e(3)], 10).unwrap()[0].seq;
         assert!(next > delivered, "a sequence number was given twice");
     }
