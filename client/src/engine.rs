@@ -156,14 +156,15 @@ impl std::fmt::Debug for Event {
 }
 
 #[allow(clippy::disallowed_methods)]
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
-fn rng() -> rand_core::UnwrapErr<rand::rngs::SysRng> {
+/// The system RNG, as the infallible `CryptoRng` client-core takes.
+pub(crate) fn rng() -> rand_core::UnwrapErr<rand::rngs::SysRng> {
     rand_core::UnwrapErr(rand::rngs::SysRng)
 }
 
@@ -1045,10 +1046,15 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
             None => break Err(ClientError::Disconnected),
             Some(server_frame::Kind::Deliver(d)) => {
                 inner.deliver(&conn, &d, false).await;
-                // Committed by client-core (or undecryptable): the relay may forget it.
-                let _ = conn
-                    .request(client_frame::Kind::Ack(api::Ack { seqs: vec![d.seq] }))
-                    .await;
+                // Committed by client-core (or undecryptable): the relay may forget it. The
+                // answer is not waited for, so the next delivery is not held up by a round trip
+                // (a lost ack only means a re-delivery, which client-core rejects as duplicate).
+                let c = Arc::clone(&conn);
+                tokio::spawn(async move {
+                    let _ = c
+                        .request(client_frame::Kind::Ack(api::Ack { seqs: vec![d.seq] }))
+                        .await;
+                });
             }
             Some(server_frame::Kind::Ephemeral(e)) => {
                 let d = api::Deliver {

@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -27,7 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use crate::engine::{Engine, EngineConfig, Event};
+use crate::engine::{Engine, EngineConfig, Event, now_ms, rng};
 use crate::error::ClientError;
 
 /// Largest attachment (the relay's default blob cap).
@@ -169,17 +168,9 @@ impl std::fmt::Debug for MessengerEvent {
     }
 }
 
-#[allow(clippy::disallowed_methods)]
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 fn random<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
-    rand_core::UnwrapErr(rand::rngs::SysRng).fill(&mut b[..]);
+    rng().fill(&mut b[..]);
     b
 }
 
@@ -620,7 +611,7 @@ fn open_history(cfg: &EngineConfig) -> Result<History, ClientError> {
     let store = SledKv::open(
         &cfg.profile.join("history"),
         Zeroizing::new(*cfg.at_rest_key),
-        Box::new(rand_core::UnwrapErr(rand::rngs::SysRng)),
+        Box::new(rng()),
     )
     .map_err(|e| ClientError::Core(e.into()))?;
     History::open(store)
