@@ -408,6 +408,10 @@ fn print_event(dir: &Path, ev: &MessengerEvent) {
             name_of(dir, account.as_bytes()),
             removed
         ),
+        MessengerEvent::GroupsChanged => say!("your groups changed (`hush group list`)"),
+        MessengerEvent::Sent { message_id, .. } => {
+            say!("sent (after reconnecting): {}", hex::encode(message_id));
+        }
         MessengerEvent::IdentityWarning { account } => say!(
             "WARNING: the identity of {} could not be verified (conflicting or forged device list); do not trust new messages until you compare safety numbers",
             name_of(dir, account.as_bytes())

@@ -1007,6 +1007,9 @@ impl<S: KvStore> Device<S> {
             Some(wire::content::Body::GroupChanges(c)) => {
                 incoming.received = self.accept_group_changes(from, &c, now, tx)?;
             }
+            Some(wire::content::Body::GroupSyncRequest(_)) => {
+                incoming.outgoing = self.answer_group_sync(from, rng, now, tx)?;
+            }
             None => return Err(Error::malformed("message content", "empty")),
         }
         Ok(incoming)

@@ -8,6 +8,7 @@
 //!
 //! Every error leaves the protocol state exactly as it was before the call.
 
+use crate::keys::AccountId;
 use crate::store::kv::StoreError;
 
 /// Result type of client-core.
@@ -94,6 +95,10 @@ pub enum ProtocolError {
     /// The account's device list is not known yet.
     #[error("no device list known for the account")]
     UnknownAccount,
+    /// A group change is signed by a device of this account, whose device list is not known
+    /// yet: fetch it, accept it, and process the message again.
+    #[error("no device list known for the author of a group change")]
+    UnknownAuthor(AccountId),
     /// No usable session with the device: fetch its pre-key bundle and start one.
     #[error("no session with the device")]
     NoSession,

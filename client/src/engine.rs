@@ -41,6 +41,10 @@ pub(crate) const CONNECT_WAIT: Duration = Duration::from_secs(30);
 const SEND_ATTEMPTS: usize = 4;
 /// File in the profile directory recording the highest one-time pre-key id uploaded.
 const UPLOADED_FILE: &str = "uploaded-pre-keys";
+/// Present in a linked device's profile until it has asked its siblings for the groups.
+const GROUP_SYNC_FILE: &str = "group-sync-pending";
+/// Most author device lists fetched to process one received group log.
+const MAX_AUTHOR_FETCHES: usize = 64;
 
 /// Where the engine keeps its state and which relay it uses.
 pub struct EngineConfig {
@@ -117,6 +121,8 @@ pub enum Event {
         /// The contact.
         account: AccountId,
     },
+    /// A group was joined, or its membership or name changed (see [`Engine::groups`]).
+    GroupsChanged,
 }
 
 /// Never shows plaintext: only what kind of event it is and who it concerns.
@@ -151,6 +157,7 @@ impl std::fmt::Debug for Event {
                 .debug_struct("IdentityWarning")
                 .field("account", account)
                 .finish(),
+            Self::GroupsChanged => f.write_str("GroupsChanged"),
         }
     }
 }
@@ -209,6 +216,9 @@ impl Engine {
         }))
         .await?;
         conn.close();
+        // Once connected, ask the account's other devices for its groups.
+        std::fs::write(cfg.profile.join(GROUP_SYNC_FILE), b"")
+            .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
         Ok(Self::start(cfg, device))
     }
 
@@ -309,13 +319,34 @@ impl Engine {
             .inner
             .lock()?
             .create_group(name, members, &mut rng(), now_ms())?;
-        self.inner.send_outgoing_checked(&conn, outgoing).await?;
+        self.inner
+            .send_outgoing_checked(&conn, outgoing, false)
+            .await?;
         Ok(g)
     }
 
     /// Sends `plaintext` to group `g`: one sender-key encryption, the same bytes to every member
     /// device (sender-key distributions first, where needed).
     pub async fn send_group(&self, g: &GroupId, plaintext: &[u8]) -> Result<(), ClientError> {
+        self.group_send(g, plaintext, false).await
+    }
+
+    /// Sends `plaintext` to the member devices of group `g` that are connected right now (typing,
+    /// presence): never stored by the relay. Sender-key distributions it needs are stored.
+    pub async fn send_group_ephemeral(
+        &self,
+        g: &GroupId,
+        plaintext: &[u8],
+    ) -> Result<(), ClientError> {
+        self.group_send(g, plaintext, true).await
+    }
+
+    async fn group_send(
+        &self,
+        g: &GroupId,
+        plaintext: &[u8],
+        ephemeral: bool,
+    ) -> Result<(), ClientError> {
         let conn = self.inner.current(CONNECT_WAIT).await?;
         // Members whose device list this device has not seen yet (it learned them from the
         // group's log): fetch and verify their lists first.
@@ -335,37 +366,72 @@ impl Engine {
         for a in &unknown {
             self.inner.refresh_list(&conn, a).await?;
         }
-        let devices = self.inner.lock()?.group_devices(g)?;
-        self.inner.ensure_sessions(&conn, &devices).await?;
-        let send = self
-            .inner
-            .lock()?
-            .group_encrypt(g, plaintext, &mut rng(), now_ms())?;
-        self.inner
-            .send_outgoing_checked(&conn, send.distributions)
-            .await?;
-        let accounts: BTreeSet<[u8; 32]> = send
-            .recipients
-            .iter()
-            .map(|r| *r.account.as_bytes())
-            .collect();
-        let body = Sealed {
-            kind: Some(sealed::Kind::Group(send.message)),
-        }
-        .encode_to_vec();
-        for account in accounts {
-            let envelopes: Vec<api::OutEnvelope> = send
+        // Accounts still to reach; `None`: all members.
+        let mut remaining: Option<BTreeSet<[u8; 32]>> = None;
+        let mut last = ClientError::Disconnected;
+        for _ in 0..SEND_ATTEMPTS {
+            let devices = self.inner.lock()?.group_devices(g)?;
+            self.inner.ensure_sessions(&conn, &devices).await?;
+            let send = self
+                .inner
+                .lock()?
+                .group_encrypt(g, plaintext, &mut rng(), now_ms())?;
+            self.inner
+                .send_outgoing_checked(&conn, send.distributions, true)
+                .await?;
+            let accounts: BTreeSet<[u8; 32]> = send
                 .recipients
                 .iter()
-                .filter(|r| r.account.as_bytes() == &account)
-                .map(|r| api::OutEnvelope {
-                    device_id: r.device_id,
-                    body: body.clone(),
-                })
+                .map(|r| *r.account.as_bytes())
+                .filter(|a| remaining.as_ref().is_none_or(|r| r.contains(a)))
                 .collect();
-            self.inner.send_envelopes(&conn, account, envelopes).await?;
+            let body = Sealed {
+                kind: Some(sealed::Kind::Group(send.message)),
+            }
+            .encode_to_vec();
+            let mut again = BTreeSet::new();
+            for account in accounts {
+                let envelopes: Vec<api::OutEnvelope> = send
+                    .recipients
+                    .iter()
+                    .filter(|r| r.account.as_bytes() == &account)
+                    .map(|r| api::OutEnvelope {
+                        device_id: r.device_id,
+                        body: body.clone(),
+                    })
+                    .collect();
+                if ephemeral {
+                    conn.request(client_frame::Kind::SendEphemeral(api::SendEphemeral {
+                        recipient_account: account.to_vec(),
+                        envelopes,
+                    }))
+                    .await?;
+                    continue;
+                }
+                match self
+                    .inner
+                    .send_envelopes(&conn, account, envelopes, false)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if RelayConnection::is_code(&e, ErrorCode::DeviceMismatch) => {
+                        // A member's devices changed: nothing was queued for that account. Learn
+                        // its list and encrypt again for it (new devices get the sender key).
+                        self.inner
+                            .refresh_list(&conn, &AccountId::from_bytes(&account)?)
+                            .await?;
+                        again.insert(account);
+                        last = e;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if again.is_empty() {
+                return Ok(());
+            }
+            remaining = Some(again);
         }
-        Ok(())
+        Err(last)
     }
 
     /// Removes one of this account's devices (this device must hold the account key): signs and
@@ -401,7 +467,15 @@ impl Engine {
         remove: &[AccountId],
     ) -> Result<(), ClientError> {
         let conn = self.inner.current(CONNECT_WAIT).await?;
-        for (a, _) in add {
+        // Every member's current devices (and the added accounts'): a change must reach them all.
+        let members: Vec<AccountId> = {
+            let d = self.inner.lock()?;
+            let entry = d.group(g).ok_or(ClientError::Core(CoreError::Protocol(
+                ProtocolError::UnknownGroup,
+            )))?;
+            entry.state().members.keys().copied().collect()
+        };
+        for a in members.iter().chain(add.iter().map(|(a, _)| a)) {
             self.inner.refresh_list(&conn, a).await?;
         }
         let mut devices = self.inner.lock()?.group_devices(g)?;
@@ -419,7 +493,9 @@ impl Engine {
             self.inner
                 .lock()?
                 .update_group(g, add, remove, None, &mut rng(), now_ms())?;
-        self.inner.send_outgoing_checked(&conn, outgoing).await
+        self.inner
+            .send_outgoing_checked(&conn, outgoing, false)
+            .await
     }
 
     /// The groups this device is in: (id, name).
@@ -572,6 +648,9 @@ impl Engine {
         }))
         .await?;
         conn.close();
+        // Once connected, ask the account's other devices for its groups.
+        std::fs::write(cfg.profile.join(GROUP_SYNC_FILE), b"")
+            .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
         Ok(Self::start(cfg, device))
     }
 
@@ -737,6 +816,7 @@ impl Inner {
         conn: &RelayConnection,
         account: [u8; 32],
         envelopes: Vec<api::OutEnvelope>,
+        targeted: bool,
     ) -> Result<(), ClientError> {
         let mut id = [0u8; 16];
         rng().fill(&mut id[..]);
@@ -747,6 +827,7 @@ impl Inner {
                     client_id: id.to_vec(),
                     recipient_account: account.to_vec(),
                     envelopes: envelopes.clone(),
+                    targeted,
                 }))
                 .await;
             match r {
@@ -758,11 +839,13 @@ impl Inner {
         Err(last)
     }
 
-    /// Sends pairwise messages client-core prepared, one send per recipient account.
+    /// Sends pairwise messages client-core prepared, one send per recipient account;
+    /// `targeted` for control messages meant for some of an account's devices only.
     async fn send_outgoing_checked(
         &self,
         conn: &RelayConnection,
         outgoing: Vec<Outgoing>,
+        targeted: bool,
     ) -> Result<(), ClientError> {
         let accounts: BTreeSet<[u8; 32]> =
             outgoing.iter().map(|o| *o.to.account.as_bytes()).collect();
@@ -778,7 +861,8 @@ impl Inner {
                     .encode_to_vec(),
                 })
                 .collect();
-            self.send_envelopes(conn, account, envelopes).await?;
+            self.send_envelopes(conn, account, envelopes, targeted)
+                .await?;
         }
         Ok(())
     }
@@ -854,6 +938,7 @@ impl Inner {
                     client_id: client_id.to_vec(),
                     recipient_account: to.as_bytes().to_vec(),
                     envelopes,
+                    targeted: false,
                 })
             };
             match conn.request(kind).await {
@@ -939,6 +1024,7 @@ impl Inner {
         };
         match sealed.kind {
             Some(sealed::Kind::Pairwise(bytes)) => {
+                let groups_before = self.group_heads();
                 let mut result = self.decrypt_pairwise(&from, &bytes);
                 if matches!(
                     result,
@@ -950,6 +1036,25 @@ impl Inner {
                     if self.refresh_list(conn, &account).await.is_ok() {
                         result = self.decrypt_pairwise(&from, &bytes);
                     }
+                }
+                // A group log signed by accounts this device has not met yet (a log received on
+                // joining, or from a sibling after linking): learn each author's list in turn.
+                let mut fetched = BTreeSet::new();
+                while let Err(ClientError::Core(CoreError::Protocol(
+                    ProtocolError::UnknownAuthor(author),
+                ))) = &result
+                {
+                    let author = *author;
+                    if fetched.len() >= MAX_AUTHOR_FETCHES
+                        || !fetched.insert(author)
+                        || self.refresh_list(conn, &author).await.is_err()
+                    {
+                        break;
+                    }
+                    result = self.decrypt_pairwise(&from, &bytes);
+                }
+                if result.is_ok() && self.group_heads() != groups_before {
+                    self.emit(Event::GroupsChanged);
                 }
                 match result {
                     Ok((received, outgoing)) => {
@@ -991,6 +1096,45 @@ impl Inner {
         }
     }
 
+    /// Every known group with its epoch and name, to tell when a message changed any.
+    fn group_heads(&self) -> Vec<([u8; 32], u64, String)> {
+        let Ok(d) = self.lock() else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = d
+            .group_ids()
+            .into_iter()
+            .filter_map(|g| {
+                d.group(&g)
+                    .map(|e| (g.0, e.state().epoch, e.state().name.clone()))
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// A newly linked device asks its siblings for the logs of the account's groups (once; the
+    /// marker file is removed when the requests are on the relay).
+    async fn sync_groups_from_siblings(&self, conn: &RelayConnection) -> Result<(), ClientError> {
+        let marker = self.profile.join(GROUP_SYNC_FILE);
+        if !marker.exists() {
+            return Ok(());
+        }
+        let siblings: Vec<DeviceAddress> = {
+            let d = self.lock()?;
+            let me = d.address();
+            d.device_list(&me.account)
+                .map(|l| l.addresses().filter(|a| *a != me).collect())
+                .unwrap_or_default()
+        };
+        self.ensure_sessions(conn, &siblings).await?;
+        let out = self.lock()?.request_group_sync(&mut rng(), now_ms())?;
+        self.send_outgoing_checked(conn, out, true).await?;
+        std::fs::remove_file(&marker)
+            .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
+        Ok(())
+    }
+
     #[allow(clippy::type_complexity)]
     fn decrypt_pairwise(
         &self,
@@ -1003,7 +1147,7 @@ impl Inner {
 
     /// Sends control messages client-core produced (sender keys, retry requests).
     async fn send_outgoing(&self, conn: &RelayConnection, outgoing: Vec<Outgoing>) {
-        if let Err(e) = self.send_outgoing_checked(conn, outgoing).await {
+        if let Err(e) = self.send_outgoing_checked(conn, outgoing, true).await {
             // Control messages heal through client-core's retries (requests, rotation).
             tracing::debug!(error = %e, "a control message was not sent");
         }
@@ -1034,6 +1178,9 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
     let own = inner.lock()?.address().account;
     if let Err(e) = inner.refresh_list(&conn, &own).await {
         tracing::warn!(error = %e, "own device list not refreshed");
+    }
+    if let Err(e) = inner.sync_groups_from_siblings(&conn).await {
+        tracing::warn!(error = %e, "group logs not requested from the other devices yet");
     }
     inner.conn.send_replace(Some(Arc::clone(&conn)));
     inner.emit(Event::Connection(true));

@@ -9,7 +9,7 @@
 //! (`sent_at`, sender account, sender device, counter), which every device computes the same way
 //! from the same messages; a counter that skips values marks a gap.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -109,6 +109,16 @@ pub enum MessengerEvent {
         /// The contact.
         account: AccountId,
     },
+    /// A group was joined or changed (members, name): see [`Engine::groups`].
+    GroupsChanged,
+    /// A message this device sent earlier, stored but not yet on the relay (the app was closed
+    /// or the relay unreachable), is now on the relay: it shows as sent.
+    Sent {
+        /// Where.
+        conversation: Conversation,
+        /// Which message.
+        message_id: MessageId,
+    },
 }
 
 /// Never shows message content: the kind of event and who it concerns.
@@ -164,6 +174,11 @@ impl std::fmt::Debug for MessengerEvent {
                 .debug_struct("IdentityWarning")
                 .field("account", account)
                 .finish(),
+            Self::GroupsChanged => f.write_str("GroupsChanged"),
+            Self::Sent { conversation, .. } => f
+                .debug_struct("Sent")
+                .field("conversation", conversation)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -323,6 +338,10 @@ struct Shared {
     events: mpsc::UnboundedSender<MessengerEvent>,
     /// The username this account goes by, sent along with messages.
     name: Mutex<String>,
+    /// Ids of stored messages being sent right now (not to be sent again by the outbox).
+    in_flight: Mutex<HashSet<Vec<u8>>>,
+    /// Whether the outbox is being worked through.
+    resending: AtomicBool,
 }
 
 /// The messenger of one device.
@@ -395,6 +414,8 @@ impl Messenger {
             presence: AtomicBool::new(true),
             events,
             name: Mutex::new(String::new()),
+            in_flight: Mutex::new(HashSet::new()),
+            resending: AtomicBool::new(false),
         });
         let task = tokio::spawn(pump(Arc::clone(&shared), rx));
         Ok((Self { shared, task }, out))
@@ -605,6 +626,17 @@ impl Messenger {
     }
 }
 
+/// The conversation a history key belongs to (its first 33 bytes, see [`Conversation::key`]).
+fn conversation_of(key: &[u8]) -> Option<Conversation> {
+    let (kind, rest) = key.split_first()?;
+    let id = rest.get(..32)?;
+    match kind {
+        1 => AccountId::from_bytes(id).ok().map(Conversation::Direct),
+        2 => GroupId::from_bytes(id).ok().map(Conversation::Group),
+        _ => None,
+    }
+}
+
 fn open_history(cfg: &EngineConfig) -> Result<History, ClientError> {
     std::fs::create_dir_all(&cfg.profile)
         .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
@@ -684,6 +716,9 @@ impl Shared {
                     self.engine.send(&peer, &bytes).await
                 }
             }
+            Conversation::Group(g) if ephemeral => {
+                self.engine.send_group_ephemeral(&g, &bytes).await
+            }
             Conversation::Group(g) => self.engine.send_group(&g, &bytes).await,
         }
     }
@@ -712,11 +747,93 @@ impl Shared {
             received_at: now_ms(),
             ..StoredMessage::default()
         };
-        // Stored before it leaves: a crash never loses what the user sent.
+        // Stored before it leaves: a crash never loses what the user sent (the outbox sends it
+        // again on the next connection).
         self.lock_history()?.insert(&to, stored)?;
-        self.deliver(to, &m, false).await?;
+        self.mark_in_flight(&id, true);
+        let sent = self.deliver(to, &m, false).await;
+        self.mark_in_flight(&id, false);
+        sent?;
         self.lock_history()?.update(&id, |s| s.sent = true)?;
-        // The account's other devices get a copy, so every device shows the conversation.
+        self.sync_sent(peer, m).await;
+        Ok(id)
+    }
+
+    fn mark_in_flight(&self, id: &[u8], on: bool) {
+        if let Ok(mut f) = self.in_flight.lock() {
+            if on {
+                f.insert(id.to_vec());
+            } else {
+                f.remove(id);
+            }
+        }
+    }
+
+    /// The outbox: sends again, oldest first, every message this device stored but never got
+    /// onto the relay. Runs on every (re)connection; a message that reached the relay before a
+    /// crash may thus arrive twice, which receivers drop by message id.
+    async fn resend_unsent(&self) {
+        if self.resending.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let pending: Vec<(Conversation, StoredMessage)> = match self.lock_history() {
+            Ok(h) => h
+                .by_key
+                .iter()
+                .filter(|(_, m)| {
+                    m.outgoing
+                        && !m.sent
+                        && m.sender_device == self.me.device_id
+                        && m.sender_account == self.me.account.as_bytes()
+                })
+                .filter_map(|(k, m)| Some((conversation_of(k)?, m.clone())))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut pending = pending;
+        pending.sort_by_key(|(_, m)| m.message.as_ref().map_or(0, |a| a.sent_at));
+        for (conv, stored) in pending {
+            let Some(m) = stored.message else { continue };
+            let Ok(id) = MessageId::try_from(m.message_id.as_slice()) else {
+                continue;
+            };
+            let busy = self
+                .in_flight
+                .lock()
+                .map_or(true, |f| f.contains(&m.message_id));
+            if busy {
+                continue;
+            }
+            self.mark_in_flight(&id, true);
+            let sent = self.deliver(conv, &m, false).await;
+            self.mark_in_flight(&id, false);
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "an unsent message is still waiting");
+                // Offline again, or the conversation is gone: the next connection retries.
+                if !matches!(e, ClientError::Core(_)) {
+                    break;
+                }
+                continue;
+            }
+            if self
+                .lock_history()
+                .and_then(|mut h| h.update(&id, |s| s.sent = true))
+                .is_err()
+            {
+                break;
+            }
+            self.emit(MessengerEvent::Sent {
+                conversation: conv,
+                message_id: id,
+            });
+            self.sync_sent(stored.peer, m).await;
+        }
+        self.resending.store(false, Ordering::SeqCst);
+    }
+
+    /// Gives the account's other devices a copy of a sent message, so every device shows the
+    /// conversation.
+    async fn sync_sent(&self, peer: Vec<u8>, m: AppMessage) {
         let sync = AppMessage {
             kind: Some(app_message::Kind::SyncSent(Box::new(app::SyncSent {
                 peer,
@@ -731,7 +848,6 @@ impl Shared {
         {
             tracing::warn!(error = %e, "sent message not synced to the other devices");
         }
-        Ok(id)
     }
 
     async fn send_receipt(
@@ -903,7 +1019,13 @@ async fn pump(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
                     tracing::warn!(error = %e, "inbox acknowledgement failed");
                 }
             }
-            Event::Connection(c) => shared.emit(MessengerEvent::Connection(c)),
+            Event::Connection(c) => {
+                shared.emit(MessengerEvent::Connection(c));
+                if c {
+                    let s = Arc::clone(&shared);
+                    tokio::spawn(async move { s.resend_unsent().await });
+                }
+            }
             Event::Revoked => shared.emit(MessengerEvent::Revoked),
             Event::DevicesChanged {
                 account,
@@ -917,6 +1039,7 @@ async fn pump(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
             Event::IdentityWarning { account } => {
                 shared.emit(MessengerEvent::IdentityWarning { account });
             }
+            Event::GroupsChanged => shared.emit(MessengerEvent::GroupsChanged),
             Event::CaughtUp => {}
         }
     }

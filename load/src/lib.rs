@@ -695,6 +695,7 @@ impl Sender {
             client_id.extend_from_slice(&n.to_be_bytes());
             let send = api::Send {
                 client_id,
+                targeted: false,
                 recipient_account: self.recipient.to_vec(),
                 envelopes: self
                     .devices

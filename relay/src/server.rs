@@ -495,13 +495,17 @@ pub async fn run(endpoint: quinn::Endpoint, relay: Arc<Relay>, shutdown: Cancell
                     let _ = incoming.retry();
                     continue;
                 }
+                // Counted as open from here, handshake included: a burst of handshakes must not
+                // get past the cap before any of them completes.
+                relay.metrics.connections_open.inc();
                 let r = Arc::clone(&relay);
                 let stop = shutdown.clone();
                 tracker.spawn(async move {
                     match incoming.await {
-                        Ok(conn) => connection(r, conn, stop).await,
+                        Ok(conn) => connection(Arc::clone(&r), conn, stop).await,
                         Err(e) => tracing::debug!(error = %e, "handshake failed"),
                     }
+                    r.metrics.connections_open.dec();
                 });
             }
         }
@@ -612,7 +616,6 @@ struct Conn {
 }
 
 async fn connection(relay: Arc<Relay>, quic: quinn::Connection, shutdown: CancellationToken) {
-    relay.metrics.connections_open.inc();
     relay.metrics.connections_total.inc();
     let id = relay.next_conn.fetch_add(1, Ordering::Relaxed);
     let remote = quic.remote_address().ip();
@@ -637,7 +640,6 @@ async fn connection(relay: Arc<Relay>, quic: quinn::Connection, shutdown: Cancel
     } else {
         quic.close(close::PROTOCOL.into(), b"no session stream");
     }
-    relay.metrics.connections_open.dec();
     tracing::debug!(conn = id, "connection closed");
 }
 
@@ -1318,7 +1320,7 @@ impl Conn {
             .relay
             .devices_of(&recipient)?
             .ok_or_else(|| Refused::new(ErrorCode::NotFound, "unknown recipient account"))?;
-        mismatch(&devices, &s.envelopes, &me, &recipient)?;
+        mismatch(&devices, &s.envelopes, &me, &recipient, s.targeted)?;
         let now = now_ms();
         let mut envelopes = Vec::with_capacity(s.envelopes.len());
         for e in s.envelopes {
@@ -1536,6 +1538,7 @@ fn mismatch(
     envelopes: &[api::OutEnvelope],
     me: &DeviceId,
     recipient: &[u8; 32],
+    targeted: bool,
 ) -> Result<(), Refused> {
     let mut expected: BTreeSet<u32> = devices.devices.keys().copied().collect();
     if recipient == &me.account {
@@ -1550,14 +1553,21 @@ fn mismatch(
             ));
         }
     }
-    if expected == given && !given.is_empty() {
+    let complete = if targeted {
+        given.is_subset(&expected)
+    } else {
+        expected == given
+    };
+    if complete && !given.is_empty() {
         return Ok(());
     }
     let mut r = Refused::new(
         ErrorCode::DeviceMismatch,
         "the envelopes do not match the recipient's devices",
     );
-    r.missing = expected.difference(&given).copied().collect();
+    if !targeted {
+        r.missing = expected.difference(&given).copied().collect();
+    }
     r.extra = given.difference(&expected).copied().collect();
     Err(r)
 }

@@ -416,6 +416,29 @@ async fn device_set_mismatch_is_reported(store: StoreKind, dir: &Path) {
     assert_eq!(code, ErrorCode::NotFound);
     // Nothing was queued by the refused sends.
     assert!(b.catch_up().await.is_empty());
+    // A targeted send (a control message for some devices) may leave devices out, but may
+    // not name unlisted ones.
+    let targeted = |devices: &[u32]| {
+        client_frame::Kind::Send(api::Send {
+            client_id: random::<16>().to_vec(),
+            recipient_account: bob.id().to_vec(),
+            envelopes: devices
+                .iter()
+                .map(|d| api::OutEnvelope {
+                    device_id: *d,
+                    body: b"for device 1 only".to_vec(),
+                })
+                .collect(),
+            targeted: true,
+        })
+    };
+    let res = a.request(targeted(&[1, 9])).await;
+    let (code, e) = error_of(&res);
+    assert_eq!(code, ErrorCode::DeviceMismatch);
+    assert_eq!((e.missing_devices, e.extra_devices), (vec![], vec![9]));
+    let res = a.request(targeted(&[1])).await;
+    assert!(matches!(res, server_frame::Kind::Sent(_)), "{res:?}");
+    assert_eq!(b.next_delivery().await.body, b"for device 1 only");
     r.stop().await;
 }
 

@@ -122,6 +122,7 @@ async fn acknowledged_envelopes_survive_sigkill_and_disk_holds_no_plaintext() {
                     kind: Some(hush_proto::relay_api::client_frame::Kind::Send(
                         hush_proto::relay_api::Send {
                             client_id: random::<16>().to_vec(),
+                            targeted: false,
                             recipient_account: bob.id().to_vec(),
                             envelopes: vec![1, 2]
                                 .into_iter()

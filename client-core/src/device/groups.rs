@@ -810,6 +810,77 @@ impl<S: KvStore> Device<S> {
         Ok(vec![Outgoing { to: *from, bytes }])
     }
 
+    /// Asks the other devices of this account for the logs of the groups the account is in: a
+    /// newly linked device calls this once it has sessions with its siblings (see
+    /// [`Device::missing_sessions`] over its own account's devices). Returns one message per
+    /// other device; each answers with a `GroupChanges` per group (§17.7).
+    pub fn request_group_sync(
+        &mut self,
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<Vec<Outgoing>> {
+        let siblings = self.devices_of([self.address.account])?;
+        let content = wire::Content {
+            body: Some(wire::content::Body::GroupSyncRequest(
+                wire::GroupSyncRequest {},
+            )),
+        };
+        let mut tx = Tx::default();
+        let out = siblings
+            .iter()
+            .map(|d| {
+                Ok(Outgoing {
+                    to: *d,
+                    bytes: self.seal(d, &content, rng, now, &mut tx)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>();
+        match out {
+            Ok(o) => self.finish_or_err(tx, o),
+            Err(e) => {
+                for a in &tx.sessions {
+                    self.sessions.remove(a);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Answers a `GroupSyncRequest` from `from`: only a listed device of this device's own
+    /// account gets an answer — the whole log of every group the account is a member of, one
+    /// `GroupChanges` per group. Requests from other accounts are ignored.
+    pub(super) fn answer_group_sync(
+        &mut self,
+        from: &DeviceAddress,
+        rng: &mut impl CryptoRng,
+        now: u64,
+        tx: &mut Tx,
+    ) -> Result<Vec<Outgoing>> {
+        if from.account != self.address.account || *from == self.address {
+            return Ok(Vec::new());
+        }
+        self.known_identity(from)?;
+        let mut ids: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, e)| e.log.state().is_member(&self.address.account))
+            .map(|(g, _)| *g)
+            .collect();
+        ids.sort_unstable_by_key(|g| g.0);
+        let mut out = Vec::with_capacity(ids.len());
+        for g in ids {
+            let Some(entry) = self.groups.get(&g) else {
+                continue;
+            };
+            let content = Self::changes_content(entry.log.log());
+            out.push(Outgoing {
+                to: *from,
+                bytes: self.seal(from, &content, rng, now, tx)?,
+            });
+        }
+        Ok(out)
+    }
+
     pub(super) fn accept_group_changes(
         &mut self,
         _from: &DeviceAddress,
@@ -820,7 +891,15 @@ impl<S: KvStore> Device<S> {
         let mut created = Vec::new();
         for bytes in &c.changes {
             let change = SignedChange::parse(bytes)?;
-            change.verify(&self.known_identity(&change.body.author)?)?;
+            let author = self
+                .known_identity(&change.body.author)
+                .map_err(|e| match e {
+                    Error::Protocol(ProtocolError::UnknownAccount) => {
+                        Error::Protocol(ProtocolError::UnknownAuthor(change.body.author.account))
+                    }
+                    other => other,
+                })?;
+            change.verify(&author)?;
             let g = change.body.group;
             match self.groups.get_mut(&g) {
                 None if change.body.epoch == 1 => {

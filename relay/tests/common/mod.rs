@@ -369,6 +369,7 @@ impl Client {
     ) -> Option<server_frame::Kind> {
         self.try_request(client_frame::Kind::Send(api::Send {
             client_id: client_id.to_vec(),
+            targeted: false,
             recipient_account: to.to_vec(),
             envelopes: devices
                 .iter()

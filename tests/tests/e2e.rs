@@ -1,0 +1,530 @@
+//! End to end, the whole product at once: three accounts with two devices each, over a real relay
+//! on 127.0.0.1. The second devices are linked after a group exists (and learn it from their
+//! siblings); 1:1 and group chat reach every device of every member, with delivered and read
+//! receipts; typing reaches connected devices and is never queued for offline ones; presence can
+//! be switched off; a 5 MiB attachment goes through the group; own messages show on the other
+//! device; contacts are warned of new devices; a device offline for 1000 messages catches up in
+//! order; the relay drains and restarts in the middle of a conversation, and nothing is lost or
+//! duplicated.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    clippy::too_many_lines
+)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hush_client::{Conversation, EngineConfig, Messenger, MessengerEvent};
+use hush_core::keys::AccountId;
+use hush_proto::app::{StoredMessage, app_message};
+use hush_relay::config::{Config, RateLimit, StoreKind};
+use tokio::sync::mpsc::UnboundedReceiver;
+use zeroize::Zeroizing;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+type Rx = UnboundedReceiver<MessengerEvent>;
+
+fn relay_config(dir: &Path, listen: SocketAddr) -> Config {
+    let lots = RateLimit {
+        per_second: 100_000.0,
+        burst: 100_000,
+    };
+    let mut cfg = Config {
+        data_dir: dir.to_path_buf(),
+        listen,
+        metrics_listen: None,
+        store: StoreKind::Sled,
+        ..Config::default()
+    };
+    cfg.rate.sends = lots;
+    cfg.rate.account_sends = lots;
+    cfg.rate.prekey_fetches = lots;
+    cfg.rate.account_prekey_fetches = lots;
+    cfg.rate.uploads = lots;
+    cfg.rate.account_uploads = lots;
+    cfg.rate.account_creations = lots;
+    cfg.rate.blob_uploads = lots;
+    cfg
+}
+
+fn cfg(dir: &Path, addr: SocketAddr, pin: &str) -> EngineConfig {
+    EngineConfig {
+        profile: dir.to_path_buf(),
+        at_rest_key: Zeroizing::new([7; 32]),
+        relay: addr,
+        pin: pin.to_owned(),
+    }
+}
+
+/// The next event that `pick` accepts; the events skipped on the way are returned too.
+async fn next_with_skipped<T>(
+    rx: &mut Rx,
+    mut pick: impl FnMut(&MessengerEvent) -> Option<T>,
+) -> (T, Vec<MessengerEvent>) {
+    let mut skipped = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("nothing in time")
+            .expect("messenger gone");
+        if let Some(t) = pick(&ev) {
+            return (t, skipped);
+        }
+        skipped.push(ev);
+    }
+}
+
+async fn next<T>(rx: &mut Rx, pick: impl FnMut(&MessengerEvent) -> Option<T>) -> T {
+    next_with_skipped(rx, pick).await.0
+}
+
+fn text_of(m: &StoredMessage) -> Option<String> {
+    match m.message.as_ref()?.kind.as_ref()? {
+        app_message::Kind::Text(t) => Some(t.body.clone()),
+        _ => None,
+    }
+}
+
+/// The next text message (incoming or synced) with its conversation.
+async fn next_text(rx: &mut Rx) -> (Conversation, String, StoredMessage) {
+    next(rx, |e| match e {
+        MessengerEvent::Message {
+            conversation,
+            message,
+        } => text_of(message).map(|t| (*conversation, t, (**message).clone())),
+        _ => None,
+    })
+    .await
+}
+
+/// The next message with text `want` (other messages are skipped).
+async fn until_text(rx: &mut Rx, want: &str) -> (Conversation, StoredMessage) {
+    loop {
+        let (conv, text, m) = next_text(rx).await;
+        if text == want {
+            return (conv, m);
+        }
+    }
+}
+
+/// Texts of a conversation's history, in its order.
+fn texts(m: &Messenger, conv: Conversation) -> Vec<String> {
+    m.history(conv, None, 10_000)
+        .unwrap()
+        .iter()
+        .filter_map(text_of)
+        .collect()
+}
+
+struct Person {
+    one: Messenger,
+    one_rx: Rx,
+    two: Option<Messenger>,
+    two_rx: Option<Rx>,
+}
+
+impl Person {
+    fn id(&self) -> AccountId {
+        self.one.address().account
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_accounts_with_two_devices_each_chat_in_groups_and_one_to_one() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = hush_relay::start(relay_config(
+        relay_dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let (addr, pin) = (relay.addr, relay.fingerprint.clone());
+    let dirs: Vec<tempfile::TempDir> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut people = Vec::new();
+    for i in 0..3 {
+        let (one, one_rx) = Messenger::create_account(cfg(dirs[2 * i].path(), addr, &pin))
+            .await
+            .unwrap();
+        one.engine().connected(WAIT).await.unwrap();
+        people.push(Person {
+            one,
+            one_rx,
+            two: None,
+            two_rx: None,
+        });
+    }
+    let [mut alice, mut bob, mut carol]: [Person; 3] = people.try_into().ok().unwrap();
+    let (a, b, c) = (alice.id(), bob.id(), carol.id());
+
+    // Alice creates a group with Bob and Carol, and they exchange a first 1:1 message, before
+    // anyone has a second device.
+    let g = alice
+        .one
+        .engine()
+        .create_group("team", &[b, c])
+        .await
+        .unwrap();
+    let group = Conversation::Group(g);
+    for p in [&mut bob, &mut carol] {
+        next(&mut p.one_rx, |e| {
+            matches!(e, MessengerEvent::GroupsChanged).then_some(())
+        })
+        .await;
+        assert_eq!(p.one.engine().groups().unwrap(), vec![(g, "team".into())]);
+    }
+    bob.one
+        .send_text(Conversation::Direct(a), "hello alice", None)
+        .await
+        .unwrap();
+    until_text(&mut alice.one_rx, "hello alice").await;
+
+    // Each links a second device. It learns the account's group from its sibling.
+    for (i, p) in [&mut alice, &mut bob, &mut carol].into_iter().enumerate() {
+        let offer = p.one.engine().offer_link().unwrap();
+        let (two, mut two_rx) =
+            Messenger::link(cfg(dirs[2 * i + 1].path(), addr, &pin), &offer.code)
+                .await
+                .unwrap();
+        p.one.engine().complete_link(&offer, WAIT).await.unwrap();
+        two.engine().connected(WAIT).await.unwrap();
+        next(&mut two_rx, |e| {
+            matches!(e, MessengerEvent::GroupsChanged).then_some(())
+        })
+        .await;
+        assert_eq!(two.engine().groups().unwrap(), vec![(g, "team".into())]);
+        p.two = Some(two);
+        p.two_rx = Some(two_rx);
+    }
+
+    // Bob, who knew Alice's devices before she linked, is warned of her new device when he
+    // next writes to her; the message reaches both of her devices.
+    bob.one
+        .send_text(Conversation::Direct(a), "still there?", None)
+        .await
+        .unwrap();
+    let added = next(&mut bob.one_rx, |e| match e {
+        MessengerEvent::DevicesChanged { account, added, .. } if *account == a => {
+            Some(added.clone())
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(added, vec![alice.two.as_ref().unwrap().address().device_id]);
+    for rx in [&mut alice.one_rx, alice.two_rx.as_mut().unwrap()] {
+        until_text(rx, "still there?").await;
+    }
+
+    // A group message from Alice's first device reaches all five other devices; Bob's and
+    // Carol's devices confirm delivery; Bob reads it on his second device.
+    let hi = alice
+        .one
+        .send_text(group, "hello team", None)
+        .await
+        .unwrap();
+    for rx in [
+        alice.two_rx.as_mut().unwrap(),
+        &mut bob.one_rx,
+        bob.two_rx.as_mut().unwrap(),
+        &mut carol.one_rx,
+        carol.two_rx.as_mut().unwrap(),
+    ] {
+        assert_eq!(until_text(rx, "hello team").await.0, group);
+    }
+    let mut delivered = std::collections::BTreeSet::new();
+    while delivered.len() < 2 {
+        let from = next(&mut alice.one_rx, |e| match e {
+            MessengerEvent::Receipt {
+                from,
+                read: false,
+                message_ids,
+            } if message_ids == &vec![hi] => Some(*from),
+            _ => None,
+        })
+        .await;
+        delivered.insert(from);
+    }
+    assert_eq!(delivered, [b, c].into_iter().collect());
+    bob.two.as_ref().unwrap().mark_read(group).await.unwrap();
+    let reader = next(&mut alice.one_rx, |e| match e {
+        MessengerEvent::Receipt {
+            from,
+            read: true,
+            message_ids,
+        } if message_ids == &vec![hi] => Some(*from),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reader, b);
+    let stored = alice.one.history(group, None, 10).unwrap();
+    let mine = stored.iter().find(|m| text_of(m).is_some()).unwrap();
+    assert!(mine.sent && mine.outgoing);
+    assert!(mine.read_by.contains(&b.as_bytes().to_vec()));
+
+    // The linked devices write to the group too: their sender keys reach everyone.
+    bob.two
+        .as_ref()
+        .unwrap()
+        .send_text(group, "from bob's second device", None)
+        .await
+        .unwrap();
+    carol
+        .two
+        .as_ref()
+        .unwrap()
+        .send_text(group, "from carol's second device", None)
+        .await
+        .unwrap();
+    for rx in [
+        &mut alice.one_rx,
+        alice.two_rx.as_mut().unwrap(),
+        &mut carol.one_rx,
+    ] {
+        let mut want = vec!["from bob's second device", "from carol's second device"];
+        while !want.is_empty() {
+            let (conv, text, _) = next_text(rx).await;
+            if want.contains(&text.as_str()) {
+                assert_eq!(conv, group);
+                want.retain(|w| *w != text);
+            }
+        }
+    }
+    until_text(&mut bob.one_rx, "from bob's second device").await;
+
+    // 1:1 from Alice's second device to Carol: both of Carol's devices, and Alice's first
+    // device shows it as sent by her.
+    alice
+        .two
+        .as_ref()
+        .unwrap()
+        .send_text(Conversation::Direct(c), "just for carol", None)
+        .await
+        .unwrap();
+    for rx in [&mut carol.one_rx, carol.two_rx.as_mut().unwrap()] {
+        let (conv, m) = until_text(rx, "just for carol").await;
+        assert_eq!((conv, m.outgoing), (Conversation::Direct(a), false));
+    }
+    let (conv, m) = until_text(&mut alice.one_rx, "just for carol").await;
+    assert_eq!((conv, m.outgoing), (Conversation::Direct(c), true));
+
+    // Typing reaches connected devices only: Carol's second device is offline while Alice
+    // types, and after it comes back the next message arrives with no typing before it.
+    carol.two.take().unwrap().shutdown().await;
+    carol.two_rx = None;
+    alice.one.typing(group, true).await.unwrap();
+    let (who, typing) = next(&mut carol.one_rx, |e| match e {
+        MessengerEvent::Typing {
+            from,
+            typing,
+            conversation,
+        } if *conversation == group => Some((from.account, *typing)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((who, typing), (a, true));
+    alice
+        .one
+        .send_text(group, "after typing", None)
+        .await
+        .unwrap();
+    let (c2, mut c2_rx) = Messenger::open(cfg(dirs[5].path(), addr, &pin)).unwrap();
+    let ((_, text, _), skipped) = next_with_skipped(&mut c2_rx, |e| match e {
+        MessengerEvent::Message {
+            conversation,
+            message,
+        } => text_of(message).map(|t| (*conversation, t, ())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(text, "after typing");
+    assert!(
+        !skipped
+            .iter()
+            .any(|e| matches!(e, MessengerEvent::Typing { .. })),
+        "a typing indicator was queued for an offline device"
+    );
+    carol.two = Some(c2);
+    carol.two_rx = Some(c2_rx);
+
+    // Presence: shown while on; once Alice switches it off, she sees nobody's.
+    carol.one.set_presence(true, &[a]).await.unwrap();
+    let (who, online) = next(&mut alice.one_rx, |e| match e {
+        MessengerEvent::Presence { from, online, .. } => Some((*from, *online)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((who, online), (c, true));
+    alice.one.set_presence(false, &[c]).await.unwrap();
+    let offline = next(&mut carol.one_rx, |e| match e {
+        MessengerEvent::Presence { from, online, .. } => Some((*from, *online)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(offline, (a, false));
+    carol.one.set_presence(true, &[a]).await.unwrap();
+    carol
+        .one
+        .send_text(Conversation::Direct(a), "presence sent before this", None)
+        .await
+        .unwrap();
+    let (_, skipped) = next_with_skipped(&mut alice.one_rx, |e| match e {
+        MessengerEvent::Message { message, .. } if !message.outgoing => text_of(message),
+        _ => None,
+    })
+    .await;
+    assert!(
+        !skipped
+            .iter()
+            .any(|e| matches!(e, MessengerEvent::Presence { .. })),
+        "presence shown although switched off"
+    );
+
+    // A 5 MiB attachment through the group, downloaded and checked on a linked device.
+    let photo: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    bob.one
+        .send_attachment(group, "photo.jpg", "image/jpeg", &photo)
+        .await
+        .unwrap();
+    let att = next(carol.two_rx.as_mut().unwrap(), |e| match e {
+        MessengerEvent::Message { message, .. } => match message.message.as_ref()?.kind.as_ref()? {
+            app_message::Kind::Attachment(a) => Some(a.clone()),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+    assert_eq!(att.size, photo.len() as u64);
+    assert_eq!(
+        carol
+            .two
+            .as_ref()
+            .unwrap()
+            .download(&att)
+            .await
+            .unwrap()
+            .as_slice(),
+        &photo[..]
+    );
+
+    // Bob's second device is offline for 1000 messages from Alice, then catches up in order.
+    bob.two.take().unwrap().shutdown().await;
+    bob.two_rx = None;
+    for i in 0..1000 {
+        alice
+            .one
+            .send_text(Conversation::Direct(b), &format!("n{i:04}"), None)
+            .await
+            .unwrap();
+    }
+    let (b2, mut b2_rx) = Messenger::open(cfg(dirs[3].path(), addr, &pin)).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 1000 {
+        let (conv, text, _) = next_text(&mut b2_rx).await;
+        if text.starts_with('n') {
+            assert_eq!(conv, Conversation::Direct(a));
+            seen.push(text);
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..1000).map(|i| format!("n{i:04}")).collect::<Vec<_>>()
+    );
+    bob.two = Some(b2);
+    bob.two_rx = Some(b2_rx);
+
+    // Mid-conversation, the relay drains (every client is told to reconnect), stops and starts
+    // again on the same address and data. Carol keeps writing to the group throughout; every
+    // message reaches every device once, in her order.
+    let writer = Arc::new(carol.one);
+    let sender = {
+        let w = Arc::clone(&writer);
+        tokio::spawn(async move {
+            for i in 0..40 {
+                // A send caught by the restart fails after its retries, or not; either way the
+                // message is stored, and the outbox sends it once the relay is back.
+                let _ = w.send_text(group, &format!("r{i:02}"), None).await;
+            }
+        })
+    };
+    let mut first = Vec::new();
+    while first.len() < 10 {
+        let (_, text, _) = next_text(&mut alice.one_rx).await;
+        if text.starts_with('r') {
+            first.push(text);
+        }
+    }
+    relay.stop().await;
+    let relay = hush_relay::start(relay_config(relay_dir.path(), addr))
+        .await
+        .unwrap();
+    sender.await.unwrap();
+    let expected: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
+    let Ok(writer) = Arc::try_unwrap(writer) else {
+        panic!("writer still shared")
+    };
+    carol.one = writer;
+    for (name, m, rx) in [
+        ("alice 1", &alice.one, &mut alice.one_rx),
+        (
+            "alice 2",
+            alice.two.as_ref().unwrap(),
+            alice.two_rx.as_mut().unwrap(),
+        ),
+        ("bob 1", &bob.one, &mut bob.one_rx),
+        (
+            "bob 2",
+            bob.two.as_ref().unwrap(),
+            bob.two_rx.as_mut().unwrap(),
+        ),
+        (
+            "carol 2",
+            carol.two.as_ref().unwrap(),
+            carol.two_rx.as_mut().unwrap(),
+        ),
+    ] {
+        let have = |m: &Messenger| {
+            texts(m, group)
+                .into_iter()
+                .filter(|t| t.starts_with('r'))
+                .collect::<Vec<_>>()
+        };
+        while have(m).len() < 40 {
+            next_text(rx).await;
+        }
+        assert_eq!(
+            have(m),
+            expected,
+            "{name}: lost, duplicated or out of order"
+        );
+    }
+    // Carol's own view: every message sent.
+    let mine = carol.one.history(group, None, 10_000).unwrap();
+    assert!(
+        mine.iter()
+            .filter(|m| text_of(m).is_some_and(|t| t.starts_with('r')))
+            .all(|m| m.sent)
+    );
+    // And the conversation goes on after the restart.
+    bob.one.send_text(group, "back again", None).await.unwrap();
+    loop {
+        if next_text(&mut carol.one_rx).await.1 == "back again" {
+            break;
+        }
+    }
+
+    for p in [alice, bob, carol] {
+        p.one.shutdown().await;
+        if let Some(two) = p.two {
+            two.shutdown().await;
+        }
+    }
+    relay.stop().await;
+}
