@@ -28,6 +28,14 @@ struct Cli {
     /// Profile directory of this user [env: HUSH_PROFILE] [default: ~/.hush]
     #[arg(long, global = true, env = "HUSH_PROFILE")]
     profile: Option<PathBuf>,
+    /// Seconds to wait for the relay before giving up with "relay unreachable"
+    #[arg(
+        long,
+        global = true,
+        env = "HUSH_CONNECT_TIMEOUT",
+        default_value_t = 15
+    )]
+    connect_timeout: u64,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -441,7 +449,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| explain(&e))?;
             m.engine()
-                .connected(Duration::from_secs(15))
+                .connected(Duration::from_secs(cli.connect_timeout))
                 .await
                 .map_err(|e| explain(&e))?;
             m.engine()
@@ -519,7 +527,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let (m, mut events) =
                 Messenger::open(engine_config(&profile)?).map_err(|e| explain(&e))?;
             m.engine()
-                .connected(Duration::from_secs(15))
+                .connected(Duration::from_secs(cli.connect_timeout))
                 .await
                 .map_err(|e| explain(&e))?;
             m.set_name(&profile.name);

@@ -1,5 +1,5 @@
 //! The `hush` CLI, as a person uses it: two users, each a `hush` process with its own profile,
-//! chat through a relay on 127.0.0.1; the test reads what they print.
+//! chat through a `hush-relay` process on 127.0.0.1; the test reads what they print.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -9,12 +9,75 @@
 )]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use hush_relay::config::{Config, RateLimit, StoreKind};
+/// The `hush-relay` binary of this build. `cargo test --workspace` builds it (the relay's own
+/// tests need it); when only this package's tests are built, it is built here, once.
+fn relay_binary() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_hush")).parent().unwrap();
+    let bin = dir.join(format!("hush-relay{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "-p", "hush-relay", "--bin", "hush-relay"]);
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo could not be run");
+        assert!(status.success(), "building hush-relay failed");
+    }
+    assert!(bin.exists(), "no hush-relay binary at {}", bin.display());
+    bin
+}
+
+struct RelayProcess {
+    child: Child,
+    addr: SocketAddr,
+    pin: String,
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the relay on 127.0.0.1:0 with its data in `dir`, and reads its address and pin from
+/// what it prints (as an operator would).
+fn spawn_relay(dir: &Path) -> RelayProcess {
+    let mut child = Command::new(relay_binary())
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        // Three account creations from this address, then refusals (checked below).
+        .args(["--rate-account-creations", "0.001/3"])
+        .env("HUSH_RELAY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut addr, mut pin) = (None, None);
+    while addr.is_none() || pin.is_none() {
+        let line = lines.next().expect("relay exited early").unwrap();
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+        } else if let Some(rest) = line.strip_prefix("certificate fingerprint (pin this): ") {
+            pin = Some(rest.trim().to_string());
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    RelayProcess {
+        child,
+        addr: addr.unwrap(),
+        pin: pin.unwrap(),
+    }
+}
 
 fn hush(profile: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hush"))
@@ -35,26 +98,8 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn two_hush_processes_chat_through_a_relay() {
-    // The relay runs on a runtime of its own; this thread drives the `hush` processes.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let relay_dir = tempfile::tempdir().unwrap();
-    let lots = RateLimit {
-        per_second: 10_000.0,
-        burst: 10_000,
-    };
-    let mut cfg = Config {
-        data_dir: relay_dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: None,
-        store: StoreKind::Sled,
-        ..Config::default()
-    };
-    cfg.rate.account_creations = lots;
-    let relay = rt.block_on(hush_relay::start(cfg)).unwrap();
+    let mut relay = spawn_relay(relay_dir.path());
     let addr = relay.addr.to_string();
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (a.path().join("alice"), b.path().join("bob"));
@@ -63,13 +108,7 @@ fn two_hush_processes_chat_through_a_relay() {
         hush(
             dir,
             &[
-                "init",
-                "--relay",
-                &addr,
-                "--pin",
-                &relay.fingerprint,
-                "--name",
-                name,
+                "init", "--relay", &addr, "--pin", &relay.pin, "--name", name,
             ],
         )
     };
@@ -191,5 +230,23 @@ fn two_hush_processes_chat_through_a_relay() {
     let list = hush(&b, &["group", "list"]);
     assert_eq!(stdout(&list), "friends\n");
 
-    rt.block_on(relay.stop());
+    // A fourth account from this address is over the relay's creation limit.
+    let limited = init(&c.path().join("y"), "dave");
+    assert!(!limited.status.success());
+    assert!(
+        stderr(&limited).contains("rate limited by the relay"),
+        "{}",
+        stderr(&limited)
+    );
+
+    // The relay is gone: a clear error, after the (shortened) connection timeout.
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+    let down = hush(&a, &["--connect-timeout", "2", "send", "bob", "anyone?"]);
+    assert!(!down.status.success());
+    assert!(
+        stderr(&down).contains("relay unreachable"),
+        "{}",
+        stderr(&down)
+    );
 }

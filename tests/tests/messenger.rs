@@ -347,3 +347,94 @@ async fn a_linked_device_sees_sent_messages_and_an_offline_device_catches_up_100
     bob.shutdown().await;
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restarts() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let addr: SocketAddr = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    let with_addr = |dir: &Path| Config {
+        listen: addr,
+        ..relay_config(dir)
+    };
+    let relay = hush_relay::start(with_addr(relay_dir.path()))
+        .await
+        .unwrap();
+    let pin = relay.fingerprint.clone();
+    let (ad, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, _a_rx) = Messenger::create_account(cfg(ad.path(), addr, &pin))
+        .await
+        .unwrap();
+    let (bob, mut b_rx) = Messenger::create_account(cfg(bd.path(), addr, &pin))
+        .await
+        .unwrap();
+    alice.engine().connected(WAIT).await.unwrap();
+    bob.engine().connected(WAIT).await.unwrap();
+    let b = bob.address().account;
+    alice
+        .send_text(Conversation::Direct(b), "first", None)
+        .await
+        .unwrap();
+    next(&mut b_rx, |e| match e {
+        MessengerEvent::Message { .. } => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // The relay goes away. Alice writes; the app is closed before the message could leave.
+    relay.stop().await;
+    let pending = tokio::time::timeout(
+        Duration::from_millis(300),
+        alice.send_text(Conversation::Direct(b), "written offline", None),
+    )
+    .await;
+    assert!(pending.is_err(), "sent although the relay was down");
+    alice.shutdown().await;
+
+    // The relay is back; Alice's app starts again, its outbox sends the message, once.
+    let relay = hush_relay::start(with_addr(relay_dir.path()))
+        .await
+        .unwrap();
+    let (alice, mut a_rx) = Messenger::open(cfg(ad.path(), addr, &pin)).unwrap();
+    let history = alice.history(Conversation::Direct(b), None, 10).unwrap();
+    let waiting = history.last().unwrap();
+    assert!(waiting.outgoing && !waiting.sent);
+    let id: [u8; 16] = waiting
+        .message
+        .as_ref()
+        .unwrap()
+        .message_id
+        .as_slice()
+        .try_into()
+        .unwrap();
+    let sent = next(&mut a_rx, |e| match e {
+        MessengerEvent::Sent { message_id, .. } => Some(message_id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(sent, id);
+    assert!(
+        alice.history(Conversation::Direct(b), None, 10).unwrap()[1].sent,
+        "not marked sent"
+    );
+    let got = next(&mut b_rx, |e| match e {
+        MessengerEvent::Message { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    let Some(app_message::Kind::Text(t)) = got.message.as_ref().unwrap().kind.clone() else {
+        panic!()
+    };
+    assert_eq!(t.body, "written offline");
+    assert_eq!(
+        bob.history(Conversation::Direct(alice.address().account), None, 10)
+            .unwrap()
+            .len(),
+        2
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay.stop().await;
+}
