@@ -1,0 +1,193 @@
+//! The one error type every call returns, with variants an app can act on.
+
+use hush_client::{ClientError, Refusal};
+use hush_core::store::kv::StoreError;
+use hush_core::{AuthError, ProtocolError};
+use hush_proto::relay_api::ErrorCode;
+
+/// Why a call failed. Kotlin and Swift see it as `HushException`/`HushError` with one case per
+/// variant; the message says what happened and, where there is one, what to do about it.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[uniffi(flat_error)]
+pub enum HushError {
+    /// An argument is unusable: an id of the wrong length or not hex, an empty text, a bad
+    /// relay address or pin, a username that breaks the rules. Fix the call.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The profile holds no account yet: call `create_account` or `link_device` first.
+    #[error("no account: {0}")]
+    NoAccount(String),
+    /// The profile already holds an account, or the client is already running.
+    #[error("already set up: {0}")]
+    AlreadySetUp(String),
+    /// Not connected to the relay right now; the call may be retried once connected.
+    #[error("not connected: {0}")]
+    NotConnected(String),
+    /// The relay cannot be reached (address, network, or its certificate does not match the pin).
+    #[error("relay unreachable: {0}")]
+    RelayUnreachable(String),
+    /// The relay did not answer in time; try again.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// No account goes by this name or id.
+    #[error("unknown user: {0}")]
+    UnknownUser(String),
+    /// The username is held by another account.
+    #[error("username taken: {0}")]
+    UsernameTaken(String),
+    /// A contact's identity changed or could not be verified: compare safety numbers before
+    /// trusting the conversation again.
+    #[error("identity changed: {0}")]
+    IdentityChanged(String),
+    /// The relay asks to slow down; the message says how long to wait.
+    #[error("rate limited: {0}")]
+    RateLimited(String),
+    /// The thing asked for does not exist (group, message, attachment).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// This device may not do this (only the account's first device links or removes devices;
+    /// only admins change a group; a removed device is refused).
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
+    /// A text, file or request over its size limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// The relay refused the request for another reason.
+    #[error("refused by the relay: {0}")]
+    Refused(String),
+    /// The at-rest key does not open this profile (a different key from the keystore?).
+    #[error("wrong key: {0}")]
+    WrongKey(String),
+    /// The local storage failed (disk full, permissions, a damaged file).
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The relay or a peer broke the protocol, or data failed its integrity check.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The client has been shut down: make a new one.
+    #[error("closed: {0}")]
+    Closed(String),
+    /// A bug in this library; please report it.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl HushError {
+    pub(crate) fn invalid(why: impl Into<String>) -> Self {
+        Self::InvalidArgument(why.into())
+    }
+
+    pub(crate) fn closed() -> Self {
+        Self::Closed("the client has been shut down".into())
+    }
+}
+
+fn refusal(r: &Refusal) -> HushError {
+    match r.code {
+        ErrorCode::RateLimited => HushError::RateLimited(format!(
+            "the relay asks to wait {} ms before trying again",
+            r.retry_after_ms
+        )),
+        ErrorCode::NotFound => HushError::UnknownUser("the relay knows no such account".into()),
+        ErrorCode::UsernameTaken => {
+            HushError::UsernameTaken("another account holds this name".into())
+        }
+        ErrorCode::AccountExists => {
+            HushError::AlreadySetUp("this account already exists on the relay".into())
+        }
+        ErrorCode::TooLarge | ErrorCode::QueueFull => HushError::TooLarge(r.message.clone()),
+        ErrorCode::BlobNotFound => HushError::NotFound(
+            "the attachment is no longer on the relay (expired or deleted)".into(),
+        ),
+        ErrorCode::Draining => {
+            HushError::NotConnected("the relay is restarting; try again shortly".into())
+        }
+        ErrorCode::Unauthenticated | ErrorCode::AuthFailed | ErrorCode::Forbidden => {
+            HushError::NotPermitted(format!(
+                "the relay refused this device ({}); was it removed from its account?",
+                r.message
+            ))
+        }
+        ErrorCode::BadSignature | ErrorCode::StaleDeviceList => {
+            HushError::Protocol(format!("the relay rejected a signed item: {}", r.message))
+        }
+        _ => HushError::Refused(format!("{} ({:?})", r.message, r.code)),
+    }
+}
+
+fn core(e: &hush_core::Error) -> HushError {
+    use hush_core::Error as E;
+    match e {
+        E::Protocol(
+            p @ (ProtocolError::DeviceListConflict(_) | ProtocolError::DeviceListRollback { .. }),
+        ) => HushError::IdentityChanged(format!(
+            "the contact's device list conflicts with the one seen before ({p}); compare safety numbers"
+        )),
+        E::Auth(AuthError::IdentityMismatch) => HushError::IdentityChanged(
+            "a device's identity key does not match its account's list; compare safety numbers"
+                .into(),
+        ),
+        E::Protocol(ProtocolError::UnknownAccount) => {
+            HushError::UnknownUser("no device list is known for this account".into())
+        }
+        E::Protocol(ProtocolError::UnknownGroup) => {
+            HushError::NotFound("this device is not in that group".into())
+        }
+        E::Protocol(ProtocolError::NotAMember) => {
+            HushError::NotPermitted("not a member of the group".into())
+        }
+        E::Protocol(ProtocolError::Misuse(why)) => HushError::NotPermitted((*why).to_owned()),
+        E::Protocol(p @ (ProtocolError::TooLarge(_) | ProtocolError::TooManyDevices(_))) => {
+            HushError::TooLarge(p.to_string())
+        }
+        E::Store(StoreError::WrongKey) => {
+            HushError::WrongKey("the at-rest key does not open this profile".into())
+        }
+        E::Store(s) => HushError::Storage(s.to_string()),
+        other => HushError::Protocol(other.to_string()),
+    }
+}
+
+impl From<ClientError> for HushError {
+    fn from(e: ClientError) -> Self {
+        match &e {
+            ClientError::Unreachable(why) => Self::RelayUnreachable(why.clone()),
+            ClientError::Disconnected => {
+                Self::NotConnected("the connection to the relay was lost; try again".into())
+            }
+            ClientError::Timeout => Self::Timeout("the relay did not answer in time".into()),
+            ClientError::Refused(r) => refusal(r),
+            ClientError::Protocol(why) => Self::Protocol((*why).to_owned()),
+            ClientError::Core(c) => core(c),
+            ClientError::InvalidUsername(u) => Self::InvalidArgument(format!("username: {u}")),
+            ClientError::Config(why) if why.starts_with("profile directory") => {
+                Self::Storage(why.clone())
+            }
+            ClientError::Config(why) if why.starts_with("relay pin") => {
+                Self::InvalidArgument(why.clone())
+            }
+            ClientError::Config(why) => Self::InvalidArgument(why.clone()),
+            ClientError::Closed => Self::closed(),
+            // A variant added to the engine later: its own message says what it is.
+            #[allow(unreachable_patterns)]
+            _ => Self::Protocol(e.to_string()),
+        }
+    }
+}
+
+/// What a listener may answer when handling an event failed; the library logs it and goes on.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum ListenerError {
+    /// The listener failed.
+    #[error("the listener failed: {reason}")]
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for ListenerError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        Self::Failed { reason: e.reason }
+    }
+}

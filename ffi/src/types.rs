@@ -1,0 +1,406 @@
+//! The records and enums that cross the boundary, and their conversion to and from the
+//! messenger's types. Ids cross as lowercase hex and are validated on the way in.
+
+use hush_client::MessengerEvent;
+use hush_client::messenger::MessageId;
+use hush_core::keys::AccountId;
+use hush_core::sender_key::GroupId;
+use hush_proto::app::{StoredMessage, app_message};
+
+use crate::error::HushError;
+
+/// Length of an account id in bytes (64 hex digits).
+pub(crate) const ACCOUNT_ID_LEN: usize = 32;
+/// Length of a group id in bytes (64 hex digits).
+pub(crate) const GROUP_ID_LEN: usize = 32;
+/// Length of a message id in bytes (32 hex digits).
+pub(crate) const MESSAGE_ID_LEN: usize = 16;
+
+fn hex_exact<const N: usize>(s: &str, what: &str) -> Result<[u8; N], HushError> {
+    let s = s.trim();
+    if s.len() != 2 * N {
+        return Err(HushError::invalid(format!(
+            "{what} must be {} hex digits, got {} characters",
+            2 * N,
+            s.len()
+        )));
+    }
+    let mut out = [0u8; N];
+    hex::decode_to_slice(s, &mut out)
+        .map_err(|_| HushError::invalid(format!("{what} is not hex")))?;
+    Ok(out)
+}
+
+/// Parses an account id (64 hex digits, a valid account key).
+pub(crate) fn parse_account(s: &str) -> Result<AccountId, HushError> {
+    let b = hex_exact::<ACCOUNT_ID_LEN>(s, "account id")?;
+    AccountId::from_bytes(&b)
+        .map_err(|_| HushError::invalid("account id is not a valid account key"))
+}
+
+/// Parses a group id (64 hex digits).
+pub(crate) fn parse_group(s: &str) -> Result<GroupId, HushError> {
+    Ok(GroupId(hex_exact::<GROUP_ID_LEN>(s, "group id")?))
+}
+
+/// Parses a message id (32 hex digits).
+pub(crate) fn parse_message_id(s: &str) -> Result<MessageId, HushError> {
+    hex_exact::<MESSAGE_ID_LEN>(s, "message id")
+}
+
+/// Parses a list of account ids; an empty list is refused when `what` needs members.
+pub(crate) fn parse_accounts(ids: &[String]) -> Result<Vec<AccountId>, HushError> {
+    ids.iter().map(|s| parse_account(s)).collect()
+}
+
+/// A conversation: with one account (all its devices), or a group.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, uniffi::Enum)]
+pub enum Conversation {
+    /// With one account.
+    Direct {
+        /// The contact's account id (hex).
+        account_id: String,
+    },
+    /// A group.
+    Group {
+        /// The group id (hex).
+        group_id: String,
+    },
+}
+
+impl Conversation {
+    pub(crate) fn parse(&self) -> Result<hush_client::Conversation, HushError> {
+        Ok(match self {
+            Self::Direct { account_id } => {
+                hush_client::Conversation::Direct(parse_account(account_id)?)
+            }
+            Self::Group { group_id } => hush_client::Conversation::Group(parse_group(group_id)?),
+        })
+    }
+}
+
+impl From<hush_client::Conversation> for Conversation {
+    fn from(c: hush_client::Conversation) -> Self {
+        match c {
+            hush_client::Conversation::Direct(a) => Self::Direct {
+                account_id: hex::encode(a.as_bytes()),
+            },
+            hush_client::Conversation::Group(g) => Self::Group {
+                group_id: hex::encode(g.0),
+            },
+        }
+    }
+}
+
+/// What a message holds.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum MessageContent {
+    /// A text, possibly answering another message.
+    Text {
+        /// The text.
+        body: String,
+        /// The id of the message answered.
+        reply_to: Option<String>,
+    },
+    /// A reaction to another message (an empty emoji removes it).
+    Reaction {
+        /// The message reacted to.
+        target: String,
+        /// The emoji.
+        emoji: String,
+    },
+    /// A file; fetch it with `download_attachment` or `save_attachment`.
+    Attachment {
+        /// The file name the sender gave.
+        name: String,
+        /// Its MIME type.
+        mime: String,
+        /// Its size in bytes.
+        size: u64,
+        /// A caption.
+        caption: String,
+    },
+    /// A kind of message this version does not show.
+    Unsupported,
+}
+
+/// Where an outgoing message is, or whether an incoming one was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum MessageStatus {
+    /// Outgoing, stored here, not yet on the relay (it is sent when connected).
+    Sending,
+    /// Outgoing, on the relay.
+    Sent,
+    /// Outgoing, confirmed delivered by at least one recipient.
+    Delivered,
+    /// Outgoing, read by at least one recipient.
+    Read,
+    /// Incoming, not yet marked read.
+    Unread,
+    /// Incoming, marked read.
+    Seen,
+}
+
+/// A message of a conversation, as stored in history.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct HushMessage {
+    /// Its id (hex), the same on every device.
+    pub id: String,
+    /// The conversation.
+    pub conversation: Conversation,
+    /// The sender's account id (hex).
+    pub sender_account: String,
+    /// The sender's device.
+    pub sender_device: u32,
+    /// The username the sender claims (check it with `lookup_username` before showing it as
+    /// verified).
+    pub sender_name: String,
+    /// Sent by this account (from this or another of its devices).
+    pub outgoing: bool,
+    /// The sender's clock when sent (ms since 1970).
+    pub sent_at_ms: u64,
+    /// When this device stored it (ms since 1970).
+    pub received_at_ms: u64,
+    /// What it holds.
+    pub content: MessageContent,
+    /// Sending, sent, delivered, read (outgoing) or unread, seen (incoming).
+    pub status: MessageStatus,
+    /// Accounts that confirmed delivery (outgoing only).
+    pub delivered_to: Vec<String>,
+    /// Accounts that read it (outgoing only).
+    pub read_by: Vec<String>,
+    /// A message of this sender is missing before this one.
+    pub gap_before: bool,
+}
+
+fn opt_hex(b: &[u8]) -> Option<String> {
+    (!b.is_empty()).then(|| hex::encode(b))
+}
+
+pub(crate) fn message(conversation: Conversation, m: &StoredMessage) -> HushMessage {
+    let app = m.message.as_ref();
+    let content = match app.and_then(|a| a.kind.as_ref()) {
+        Some(app_message::Kind::Text(t)) => MessageContent::Text {
+            body: t.body.clone(),
+            reply_to: opt_hex(&t.reply_to),
+        },
+        Some(app_message::Kind::Reaction(r)) => MessageContent::Reaction {
+            target: hex::encode(&r.target),
+            emoji: r.emoji.clone(),
+        },
+        Some(app_message::Kind::Attachment(a)) => MessageContent::Attachment {
+            name: a.name.clone(),
+            mime: a.mime.clone(),
+            size: a.size,
+            caption: a.caption.clone(),
+        },
+        _ => MessageContent::Unsupported,
+    };
+    let status = if m.outgoing {
+        if !m.read_by.is_empty() {
+            MessageStatus::Read
+        } else if !m.delivered_to.is_empty() {
+            MessageStatus::Delivered
+        } else if m.sent {
+            MessageStatus::Sent
+        } else {
+            MessageStatus::Sending
+        }
+    } else if m.read {
+        MessageStatus::Seen
+    } else {
+        MessageStatus::Unread
+    };
+    HushMessage {
+        id: app.map(|a| hex::encode(&a.message_id)).unwrap_or_default(),
+        conversation,
+        sender_account: hex::encode(&m.sender_account),
+        sender_device: m.sender_device,
+        sender_name: app.map(|a| a.sender_name.clone()).unwrap_or_default(),
+        outgoing: m.outgoing,
+        sent_at_ms: app.map_or(0, |a| a.sent_at),
+        received_at_ms: m.received_at,
+        content,
+        status,
+        delivered_to: m.delivered_to.iter().map(hex::encode).collect(),
+        read_by: m.read_by.iter().map(hex::encode).collect(),
+        gap_before: m.gap_before,
+    }
+}
+
+/// What the client reports to its listener.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum HushEvent {
+    /// A new message (incoming, or sent from another device of this account), already stored.
+    Message {
+        /// The message.
+        message: HushMessage,
+    },
+    /// A recipient confirmed delivery or reading of messages this account sent.
+    Receipt {
+        /// The recipient's account id.
+        from: String,
+        /// Read (true) or delivered.
+        read: bool,
+        /// The messages.
+        message_ids: Vec<String>,
+    },
+    /// A contact started or stopped typing.
+    Typing {
+        /// The contact's account id.
+        from: String,
+        /// The contact's device.
+        device: u32,
+        /// Where.
+        conversation: Conversation,
+        /// Started (true) or stopped.
+        typing: bool,
+    },
+    /// A contact's presence.
+    Presence {
+        /// The contact's account id.
+        from: String,
+        /// Online now.
+        online: bool,
+        /// Last seen (ms since 1970).
+        last_seen_ms: u64,
+    },
+    /// Connected to the relay, or the connection was lost (the client reconnects by itself).
+    Connection {
+        /// Connected now.
+        connected: bool,
+    },
+    /// A message stored while offline is now on the relay.
+    Sent {
+        /// Where.
+        conversation: Conversation,
+        /// Which message.
+        message_id: String,
+    },
+    /// A contact's devices changed: new keys may read what is sent to them; offer to compare
+    /// safety numbers.
+    DevicesChanged {
+        /// The contact's account id.
+        account: String,
+        /// Devices added or re-keyed.
+        added: Vec<u32>,
+        /// Devices removed.
+        removed: Vec<u32>,
+    },
+    /// A contact's device list did not verify or conflicts with an earlier one: warn the user
+    /// and ask them to compare safety numbers.
+    IdentityWarning {
+        /// The contact's account id.
+        account: String,
+    },
+    /// A group was joined or changed: call `groups()` again.
+    GroupsChanged,
+    /// This device was removed from its account: it stops; delete the profile.
+    Revoked,
+}
+
+impl From<MessengerEvent> for HushEvent {
+    fn from(e: MessengerEvent) -> Self {
+        match e {
+            MessengerEvent::Message {
+                conversation,
+                message: m,
+            } => Self::Message {
+                message: message(conversation.into(), &m),
+            },
+            MessengerEvent::Receipt {
+                from,
+                read,
+                message_ids,
+            } => Self::Receipt {
+                from: hex::encode(from.as_bytes()),
+                read,
+                message_ids: message_ids.iter().map(hex::encode).collect(),
+            },
+            MessengerEvent::Typing {
+                from,
+                conversation,
+                typing,
+            } => Self::Typing {
+                from: hex::encode(from.account.as_bytes()),
+                device: from.device_id,
+                conversation: conversation.into(),
+                typing,
+            },
+            MessengerEvent::Presence {
+                from,
+                online,
+                last_seen,
+            } => Self::Presence {
+                from: hex::encode(from.as_bytes()),
+                online,
+                last_seen_ms: last_seen,
+            },
+            MessengerEvent::Connection(connected) => Self::Connection { connected },
+            MessengerEvent::Revoked => Self::Revoked,
+            MessengerEvent::DevicesChanged {
+                account,
+                added,
+                removed,
+            } => Self::DevicesChanged {
+                account: hex::encode(account.as_bytes()),
+                added,
+                removed,
+            },
+            MessengerEvent::IdentityWarning { account } => Self::IdentityWarning {
+                account: hex::encode(account.as_bytes()),
+            },
+            MessengerEvent::GroupsChanged => Self::GroupsChanged,
+            MessengerEvent::Sent {
+                conversation,
+                message_id,
+            } => Self::Sent {
+                conversation: conversation.into(),
+                message_id: hex::encode(message_id),
+            },
+        }
+    }
+}
+
+/// A group this device is in.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct GroupInfo {
+    /// Its id (hex).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// This device and its account.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct AccountInfo {
+    /// The account id (hex): what contacts use to reach this account.
+    pub account_id: String,
+    /// This device's id within the account (1 for the first device).
+    pub device_id: u32,
+}
+
+/// A safety number with a contact: equal on both sides exactly when neither was tampered with.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct SafetyNumber {
+    /// 60 digits.
+    pub digits: String,
+    /// The digits in groups of five, for display.
+    pub display: String,
+    /// What to show as a QR code for the contact to scan.
+    pub qr_payload: Vec<u8>,
+}
+
+/// How to reach the relay and where this device keeps its data.
+#[derive(uniffi::Record)]
+pub struct ClientConfig {
+    /// A directory private to the app (created if missing).
+    pub profile_dir: String,
+    /// 32 random bytes kept in the platform keystore (Android Keystore-wrapped, iOS Keychain);
+    /// everything in the profile is encrypted under it.
+    pub at_rest_key: Vec<u8>,
+    /// The relay's address, `IP:PORT` (UDP).
+    pub relay_address: String,
+    /// The SHA-256 fingerprint (hex) of the relay's certificate.
+    pub relay_pin: String,
+}
