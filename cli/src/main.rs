@@ -417,6 +417,7 @@ fn print_event(dir: &Path, ev: &MessengerEvent) {
             removed
         ),
         MessengerEvent::GroupsChanged => say!("your groups changed (`hush group list`)"),
+        MessengerEvent::CaughtUp => {}
         MessengerEvent::Sent { message_id, .. } => {
             say!("sent (after reconnecting): {}", hex::encode(message_id));
         }
@@ -585,6 +586,16 @@ async fn command(
         }
         Cmd::History { with, limit } => {
             let a = contact(m, &p.dir, &with).await?;
+            // First take in what arrived while away (messages, receipts), as an app does when
+            // it opens; bounded, so an unreachable relay does not hold the history back.
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                while let Some(ev) = events.recv().await {
+                    if matches!(ev, MessengerEvent::CaughtUp) {
+                        break;
+                    }
+                }
+            })
+            .await;
             let msgs = m
                 .history(Conversation::Direct(a), None, limit)
                 .map_err(|e| explain(&e))?;

@@ -111,6 +111,9 @@ pub enum MessengerEvent {
     },
     /// A group was joined or changed (members, name): see [`Engine::groups`].
     GroupsChanged,
+    /// Everything the relay held for this device while it was away has been processed (the
+    /// events before this one): history and receipts are up to date.
+    CaughtUp,
     /// A message this device sent earlier, stored but not yet on the relay (the app was closed
     /// or the relay unreachable), is now on the relay: it shows as sent.
     Sent {
@@ -175,6 +178,7 @@ impl std::fmt::Debug for MessengerEvent {
                 .field("account", account)
                 .finish(),
             Self::GroupsChanged => f.write_str("GroupsChanged"),
+            Self::CaughtUp => f.write_str("CaughtUp"),
             Self::Sent { conversation, .. } => f
                 .debug_struct("Sent")
                 .field("conversation", conversation)
@@ -1040,7 +1044,7 @@ async fn pump(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
                 shared.emit(MessengerEvent::IdentityWarning { account });
             }
             Event::GroupsChanged => shared.emit(MessengerEvent::GroupsChanged),
-            Event::CaughtUp => {}
+            Event::CaughtUp => shared.emit(MessengerEvent::CaughtUp),
         }
     }
 }
