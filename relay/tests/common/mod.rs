@@ -194,6 +194,11 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr, pin: &str) -> Self {
+        Self::try_connect(addr, pin).await.expect("cannot connect")
+    }
+
+    /// As `connect`; `None` if the relay cannot be reached (or stops answering) within 5 s.
+    pub async fn try_connect(addr: SocketAddr, pin: &str) -> Option<Self> {
         let tls = hush_relay::tls::pinned_client_config(pin, limits::ALPN).unwrap();
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
@@ -202,8 +207,12 @@ impl Client {
         cc.transport_config(Arc::new(transport));
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(cc);
-        let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let connecting = endpoint.connect(addr, "localhost").ok()?;
+        let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
+            .await
+            .ok()?
+            .ok()?;
+        let (mut send, mut recv) = conn.open_bi().await.ok()?;
         let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         tokio::spawn(async move {
             while let Some(b) = out_rx.recv().await {
@@ -233,14 +242,14 @@ impl Client {
                 }
             }
         });
-        Self {
+        Some(Self {
             endpoint,
             conn,
             out,
             pending,
             events: tokio::sync::Mutex::new(ev_rx),
             next: AtomicU64::new(1),
-        }
+        })
     }
 
     /// Sends raw bytes on the session stream.

@@ -1,0 +1,344 @@
+//! The relay binary under a steady load of sends and acknowledgements from several clients,
+//! killed with SIGKILL at random moments and restarted on the same data directory, again and
+//! again. At the end every acknowledged send has reached every recipient device exactly once
+//! after deduplication by client id, in per-sender order, and nothing reached a device that its
+//! sender was not still trying to send. The receivers also "crash" themselves between receiving
+//! and acknowledging, so redelivery and deduplication are exercised too.
+//!
+//! `HUSH_CRASH_KILLS=200 cargo test -p hush-relay --test crash` runs a long mode with more kills
+//! (default 20).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use hush_proto::relay_api::{self as api, client_frame, server_frame};
+use rand::RngExt;
+use tokio::sync::watch;
+
+struct RelayProcess {
+    child: Child,
+    addr: SocketAddr,
+    pin: String,
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_relay(dir: &Path) -> RelayProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hush-relay"))
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--rate-sends", "100000/100000"])
+        .args(["--rate-account-creations", "1000/1000"])
+        .env("HUSH_RELAY_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut addr, mut pin) = (None, None);
+    while addr.is_none() || pin.is_none() {
+        let line = lines.next().expect("relay exited early").unwrap();
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+        } else if let Some(rest) = line.strip_prefix("certificate fingerprint (pin this): ") {
+            pin = Some(rest.trim().to_string());
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    RelayProcess {
+        child,
+        addr: addr.unwrap(),
+        pin: pin.unwrap(),
+    }
+}
+
+/// Where the relay is now: (generation, address, pin). A new generation after each restart.
+type Where = watch::Receiver<(u64, SocketAddr, String)>;
+
+/// Connects to the current relay and authenticates; `None` if the relay went away meanwhile.
+async fn session(at: &mut Where, a: &TestAccount, device: u32) -> Option<(u64, Client)> {
+    let (generation, addr, pin) = at.borrow_and_update().clone();
+    let c = Client::try_connect(addr, &pin).await?;
+    let attempt = async {
+        let Some(server_frame::Kind::Challenge(ch)) = c
+            .try_request(client_frame::Kind::Hello(api::Hello {}))
+            .await
+        else {
+            return false;
+        };
+        let signature = c.auth_signature(&ch.nonce, a.id(), device, a.device(device));
+        matches!(
+            c.try_request(client_frame::Kind::Authenticate(api::Authenticate {
+                account: a.id().to_vec(),
+                device_id: device,
+                signature,
+            }))
+            .await,
+            Some(server_frame::Kind::Ok(_))
+        )
+    };
+    tokio::select! {
+        ok = attempt => ok.then_some((generation, c)),
+        _ = at.changed() => None,
+    }
+}
+
+fn client_id(sender: u8, i: u32) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[0] = sender;
+    id[1..5].copy_from_slice(&i.to_be_bytes());
+    id
+}
+
+/// What a receiving device has committed: (sender byte, index) in arrival order, duplicates
+/// included, and the client ids it has seen (its deduplication state, which survives its own
+/// crashes like a store would).
+#[derive(Default)]
+struct Inbox {
+    arrivals: Vec<(u8, u32)>,
+    seen: HashSet<[u8; 16]>,
+    redelivered: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_relay_loses_nothing_acknowledged_and_delivers_exactly_once_in_order() {
+    let kills: u32 = std::env::var("HUSH_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = spawn_relay(dir.path());
+    let senders: Vec<TestAccount> = (0..3).map(|_| TestAccount::new(1)).collect();
+    let bob = Arc::new(TestAccount::new(2));
+    {
+        let c = Client::connect(relay.addr, &relay.pin).await;
+        c.create(&bob, 1).await;
+        for s in &senders {
+            let c = Client::connect(relay.addr, &relay.pin).await;
+            c.create(s, 1).await;
+        }
+    }
+    let (at_tx, at_rx) = watch::channel((0u64, relay.addr, relay.pin.clone()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acked_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+
+    // Senders: one send at a time, each retried with the same client id until acknowledged.
+    let mut sender_tasks = Vec::new();
+    for (k, s) in senders.into_iter().enumerate() {
+        let mut at = at_rx.clone();
+        let stop = stop.clone();
+        let bob_id = bob.id();
+        let acked_total = Arc::clone(&acked_total);
+        sender_tasks.push(tokio::spawn(async move {
+            let k = u8::try_from(k).unwrap();
+            let mut acked: Vec<u32> = Vec::new();
+            let mut next = 0u32;
+            'outer: while !stop.is_cancelled() {
+                let Some((_, c)) = session(&mut at, &s, 1).await else {
+                    if at.has_changed().unwrap_or(false) {
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = at.changed() => continue,
+                        () = stop.cancelled() => break,
+                    }
+                };
+                loop {
+                    if stop.is_cancelled() {
+                        break 'outer;
+                    }
+                    let body = [&[k][..], &next.to_be_bytes()].concat();
+                    let r = tokio::select! {
+                        r = c.try_send(client_id(k, next), bob_id, &[1, 2], &body) => r,
+                        _ = at.changed() => None,
+                    };
+                    match r {
+                        Some(server_frame::Kind::Sent(_)) => {
+                            acked.push(next);
+                            next += 1;
+                            acked_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Some(other) => panic!("send refused: {other:?}"),
+                        None => break, // the relay went away: reconnect, retry `next`
+                    }
+                }
+            }
+            (k, acked, next)
+        }));
+    }
+
+    // Receivers: Bob's two devices. Each commits what arrives, then acknowledges; now and then
+    // it drops its connection after receiving and before acknowledging.
+    let inboxes: Vec<Arc<Mutex<Inbox>>> = (0..2).map(|_| Arc::default()).collect();
+    let mut receiver_tasks = Vec::new();
+    for device in [1u32, 2] {
+        let mut at = at_rx.clone();
+        let stop = stop.clone();
+        let bob = Arc::clone(&bob);
+        let inbox = Arc::clone(&inboxes[device as usize - 1]);
+        receiver_tasks.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let Some((_, c)) = session(&mut at, &bob, device).await else {
+                    tokio::select! {
+                        _ = at.changed() => continue,
+                        () = stop.cancelled() => break,
+                    }
+                };
+                let mut received = 0u32;
+                loop {
+                    let ev = tokio::select! {
+                        ev = c.try_event(Duration::from_millis(100)) => ev,
+                        _ = at.changed() => break,
+                        () = stop.cancelled() => break,
+                    };
+                    let Some(server_frame::Kind::Deliver(d)) = ev else {
+                        if c.conn.close_reason().is_some() {
+                            break;
+                        }
+                        continue;
+                    };
+                    {
+                        let mut ib = inbox.lock().unwrap();
+                        let id: [u8; 16] = d.client_id.as_slice().try_into().unwrap();
+                        ib.arrivals.push((d.body[0], u32::from_be_bytes(d.body[1..5].try_into().unwrap())));
+                        if !ib.seen.insert(id) {
+                            ib.redelivered += 1;
+                        }
+                    }
+                    received += 1;
+                    // The device dies between receiving (and committing) and acknowledging.
+                    if received.is_multiple_of(37) && rand::rng().random_bool(0.5) {
+                        c.conn.close(0u32.into(), b"crash");
+                        break;
+                    }
+                    let r = tokio::select! {
+                        r = c.try_request(client_frame::Kind::Ack(api::Ack { seqs: vec![d.seq] })) => r,
+                        _ = at.changed() => break,
+                    };
+                    if r.is_none() {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+
+    // Kill it at random moments under load, restart on the same directory.
+    let mut restarts = 0u32;
+    while restarts < kills {
+        let before = acked_total.load(std::sync::atomic::Ordering::Relaxed);
+        // Wait (bounded) for traffic on this incarnation, then a random moment more.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while acked_total.load(std::sync::atomic::Ordering::Relaxed) < before + 5 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no progress after restart {restarts}"
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let ms = rand::rng().random_range(0..150u64);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        drop(relay); // SIGKILL
+        relay = spawn_relay(dir.path());
+        restarts += 1;
+        at_tx
+            .send((u64::from(restarts), relay.addr, relay.pin.clone()))
+            .unwrap();
+    }
+    stop.cancel();
+    let mut results = Vec::new();
+    for t in sender_tasks {
+        results.push(t.await.unwrap());
+    }
+    for t in receiver_tasks {
+        t.await.unwrap();
+    }
+    // One last clean catch-up of both devices on the last incarnation.
+    for device in [1u32, 2] {
+        let c = Client::connect(relay.addr, &relay.pin).await;
+        c.authenticate(&bob, device).await;
+        let got = c.catch_up().await;
+        let mut ib = inboxes[device as usize - 1].lock().unwrap();
+        for d in got {
+            let id: [u8; 16] = d.client_id.as_slice().try_into().unwrap();
+            ib.arrivals.push((
+                d.body[0],
+                u32::from_be_bytes(d.body[1..5].try_into().unwrap()),
+            ));
+            if !ib.seen.insert(id) {
+                ib.redelivered += 1;
+            }
+        }
+    }
+    let mut total_acked = 0;
+    let mut redelivered = 0;
+    for (device, inbox) in inboxes.iter().enumerate() {
+        let ib = inbox.lock().unwrap();
+        redelivered += ib.redelivered;
+        // Deduplicated, per sender, in first-arrival order.
+        let mut per_sender: BTreeMap<u8, Vec<u32>> = BTreeMap::new();
+        let mut seen = HashSet::new();
+        for (k, i) in &ib.arrivals {
+            if seen.insert((*k, *i)) {
+                per_sender.entry(*k).or_default().push(*i);
+            }
+        }
+        for (k, acked, next) in &results {
+            let got = per_sender.remove(k).unwrap_or_default();
+            // Every acknowledged send, in order, exactly once; beyond them at most the one the
+            // sender was still trying when it stopped (queued, never acknowledged).
+            assert!(
+                got.len() == acked.len() || got.len() == acked.len() + 1,
+                "device {}: sender {k}: {} delivered, {} acknowledged",
+                device + 1,
+                got.len(),
+                acked.len()
+            );
+            assert_eq!(
+                &got[..acked.len()],
+                &acked[..],
+                "device {}: sender {k}",
+                device + 1
+            );
+            if got.len() > acked.len() {
+                assert_eq!(
+                    got[acked.len()],
+                    *next,
+                    "an unacknowledged send other than the last"
+                );
+            }
+        }
+        assert!(per_sender.is_empty());
+        total_acked += results.iter().map(|r| r.1.len()).sum::<usize>();
+    }
+    assert!(redelivered > 0, "no redelivery was exercised");
+    println!(
+        "{kills} kills, {} acknowledged sends to 2 devices, {redelivered} redeliveries deduplicated, {:?}",
+        total_acked / 2,
+        started.elapsed()
+    );
+}
