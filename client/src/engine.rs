@@ -1255,9 +1255,13 @@ async fn run(inner: Arc<Inner>) {
     let mut backoff = MIN_BACKOFF;
     while !inner.shutdown.is_cancelled() {
         let started = tokio::time::Instant::now();
-        match session(&inner).await {
-            Ok(()) => {}
-            Err(e) => tracing::debug!(error = %e, "relay session ended"),
+        // Shutdown also cuts short a connection attempt to an unreachable relay.
+        let ended = tokio::select! {
+            r = session(&inner) => r,
+            () = inner.shutdown.cancelled() => break,
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "relay session ended");
         }
         if inner.shutdown.is_cancelled() {
             break;

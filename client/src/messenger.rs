@@ -346,6 +346,8 @@ struct Shared {
     in_flight: Mutex<HashSet<Vec<u8>>>,
     /// Whether the outbox is being worked through.
     resending: AtomicBool,
+    /// The outbox runs started, so that shutdown can stop them.
+    outbox_runs: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The messenger of one device.
@@ -420,6 +422,7 @@ impl Messenger {
             name: Mutex::new(String::new()),
             in_flight: Mutex::new(HashSet::new()),
             resending: AtomicBool::new(false),
+            outbox_runs: Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(pump(Arc::clone(&shared), rx));
         Ok((Self { shared, task }, out))
@@ -621,11 +624,27 @@ impl Messenger {
             .page(&conv, before.as_ref().map(|b| &b[..]), limit))
     }
 
-    /// Stops the messenger and its engine.
+    /// Stops the messenger and its engine; once it returns, the profile's stores are closed
+    /// (another messenger may open them).
     pub async fn shutdown(self) {
         self.task.abort();
-        if let Ok(shared) = Arc::try_unwrap(self.shared) {
-            shared.engine.shutdown().await;
+        let _ = self.task.await;
+        let runs = self
+            .shared
+            .outbox_runs
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
+        for r in runs {
+            r.abort();
+            let _ = r.await;
+        }
+        match Arc::try_unwrap(self.shared) {
+            Ok(shared) => shared.engine.shutdown().await,
+            Err(shared) => tracing::warn!(
+                holders = Arc::strong_count(&shared),
+                "messenger still in use at shutdown; the engine stops when the last user goes"
+            ),
         }
     }
 }
@@ -1027,7 +1046,11 @@ async fn pump(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
                 shared.emit(MessengerEvent::Connection(c));
                 if c {
                     let s = Arc::clone(&shared);
-                    tokio::spawn(async move { s.resend_unsent().await });
+                    let run = tokio::spawn(async move { s.resend_unsent().await });
+                    if let Ok(mut runs) = shared.outbox_runs.lock() {
+                        runs.retain(|r| !r.is_finished());
+                        runs.push(run);
+                    }
                 }
             }
             Event::Revoked => shared.emit(MessengerEvent::Revoked),

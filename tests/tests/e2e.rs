@@ -528,3 +528,86 @@ async fn three_accounts_with_two_devices_each_chat_in_groups_and_one_to_one() {
     }
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_after_an_author_device_left_still_joins_the_group() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = hush_relay::start(relay_config(
+        relay_dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let (addr, pin) = (relay.addr, relay.fingerprint.clone());
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (alice, mut a_rx) = Messenger::create_account(cfg(dirs[0].path(), addr, &pin))
+        .await
+        .unwrap();
+    let (bob, mut b_rx) = Messenger::create_account(cfg(dirs[1].path(), addr, &pin))
+        .await
+        .unwrap();
+    let (carol, mut c_rx) = Messenger::create_account(cfg(dirs[2].path(), addr, &pin))
+        .await
+        .unwrap();
+    for m in [&alice, &bob, &carol] {
+        m.engine().connected(WAIT).await.unwrap();
+    }
+    let (b, c) = (bob.address().account, carol.address().account);
+    let offer = alice.engine().offer_link().unwrap();
+    let (alice2, _a2_rx) = Messenger::link(cfg(dirs[3].path(), addr, &pin), &offer.code)
+        .await
+        .unwrap();
+    let a2 = alice.engine().complete_link(&offer, WAIT).await.unwrap();
+    alice2.engine().connected(WAIT).await.unwrap();
+
+    // Alice's second device creates the group; then she removes that device.
+    let g = alice2
+        .engine()
+        .create_group("book club", &[b])
+        .await
+        .unwrap();
+    for rx in [&mut a_rx, &mut b_rx] {
+        next(rx, |e| {
+            matches!(e, MessengerEvent::GroupsChanged).then_some(())
+        })
+        .await;
+    }
+    alice.engine().remove_device(a2).await.unwrap();
+    alice2.shutdown().await;
+
+    // Alice adds Carol: the log Carol receives starts with a change whose author device is no
+    // longer on Alice's list. Alice's own device vouches for it (it signed the change adding
+    // Carol), so Carol joins and reads the group.
+    alice
+        .engine()
+        .update_group(&g, &[(c, false)], &[])
+        .await
+        .unwrap();
+    next(&mut c_rx, |e| {
+        matches!(e, MessengerEvent::GroupsChanged).then_some(())
+    })
+    .await;
+    assert_eq!(
+        carol.engine().groups().unwrap(),
+        vec![(g, "book club".into())]
+    );
+    alice
+        .send_text(Conversation::Group(g), "welcome carol", None)
+        .await
+        .unwrap();
+    for rx in [&mut b_rx, &mut c_rx] {
+        let (conv, _) = until_text(rx, "welcome carol").await;
+        assert_eq!(conv, Conversation::Group(g));
+    }
+    carol
+        .send_text(Conversation::Group(g), "thanks", None)
+        .await
+        .unwrap();
+    for rx in [&mut a_rx, &mut b_rx] {
+        until_text(rx, "thanks").await;
+    }
+    for m in [alice, bob, carol] {
+        m.shutdown().await;
+    }
+    relay.stop().await;
+}
