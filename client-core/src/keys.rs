@@ -362,6 +362,28 @@ mod tests {
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
 
+    /// Compiles only for types that wipe their memory when dropped.
+    const fn wiped_on_drop<T: zeroize::ZeroizeOnDrop + ?Sized>() {}
+
+    /// Every type that holds secret key material in client-core's state wipes it on drop:
+    /// X25519 private keys (identity DH, pre-keys, ratchet keys), Ed25519 signing keys (account,
+    /// device identity, sender-key signing), ML-KEM decapsulation keys, and the `Zeroizing`
+    /// buffers used for root, chain, message and skipped keys, KEM seeds, stored values and
+    /// plaintexts.
+    #[test]
+    fn secret_key_types_are_wiped_on_drop() {
+        wiped_on_drop::<StaticSecret>();
+        wiped_on_drop::<ed25519_dalek::SigningKey>();
+        wiped_on_drop::<ml_kem::DecapsulationKey768>();
+        wiped_on_drop::<Zeroizing<[u8; KEY_LEN]>>();
+        wiped_on_drop::<Zeroizing<Vec<u8>>>();
+        wiped_on_drop::<crate::ratchet::Secret>();
+        // A wiped buffer really is zero after `zeroize` (what `Drop` calls).
+        let mut k = Zeroizing::new([0xa5u8; KEY_LEN]);
+        zeroize::Zeroize::zeroize(&mut *k);
+        assert_eq!(*k, [0u8; KEY_LEN]);
+    }
+
     #[test]
     fn small_order_points_give_zero_and_are_rejected() {
         let mut rng = ChaCha20Rng::from_seed([7; 32]);
