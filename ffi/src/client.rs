@@ -206,10 +206,15 @@ impl Inner {
     /// listener never stalls the runtime.
     fn dispatch(&self, mut events: UnboundedReceiver<MessengerEvent>) -> Result<(), HushError> {
         let listener = Arc::clone(&self.listener);
+        let closing = self.closing.clone();
         std::thread::Builder::new()
             .name("hush-events".into())
             .spawn(move || {
                 while let Some(ev) = events.blocking_recv() {
+                    // Nothing reaches the app after `shutdown`.
+                    if closing.is_cancelled() {
+                        break;
+                    }
                     if let Err(e) = listener.on_event(HushEvent::from(ev)) {
                         tracing::warn!(error = %e, "the listener failed on an event");
                     }
@@ -293,6 +298,29 @@ impl HushClient {
             Err(e) if e.is_panic() => Err(HushError::Internal("a call failed unexpectedly".into())),
             Err(_) => Err(HushError::closed()),
         }
+    }
+
+    /// Runs `f` with the running messenger, once `conv` (if a group) is one this device is in:
+    /// the messenger stores a message before sending it, so a message to a group this device
+    /// does not know would otherwise stay in history, unsendable.
+    async fn with_conv<T, F>(
+        &self,
+        conv: hush_client::Conversation,
+        f: impl FnOnce(Arc<Messenger>) -> F + Send,
+    ) -> Result<T, HushError>
+    where
+        F: Future<Output = Result<T, HushError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let m = self.inner.messenger()?;
+        if let hush_client::Conversation::Group(g) = conv
+            && !m.engine().groups()?.iter().any(|(id, _)| *id == g)
+        {
+            return Err(HushError::NotFound(
+                "this device is not in that group".into(),
+            ));
+        }
+        self.run(move |_| f(m)).await
     }
 
     /// Runs `f` with the running messenger.
@@ -398,6 +426,9 @@ impl HushClient {
     /// Opens the account in the profile and starts connecting (a `Connection` event follows).
     pub fn open(&self) -> Result<AccountInfo, HushError> {
         let rt = self.rt()?;
+        if self.inner.closing.is_cancelled() {
+            return Err(HushError::closed());
+        }
         if !has_store(&self.inner.settings.profile) {
             return Err(HushError::NoAccount(
                 "this profile holds no account: call create_account or link_device".into(),
@@ -557,8 +588,10 @@ impl HushClient {
         let conv = conversation.parse()?;
         let reply = reply_to.as_deref().map(parse_message_id).transpose()?;
         check_text(&text)?;
-        self.with(move |m| async move { Ok(hex::encode(m.send_text(conv, &text, reply).await?)) })
-            .await
+        self.with_conv(conv, move |m| async move {
+            Ok(hex::encode(m.send_text(conv, &text, reply).await?))
+        })
+        .await
     }
 
     /// Reacts to message `target` (an empty `emoji` removes the reaction); returns the
@@ -574,8 +607,10 @@ impl HushClient {
         if emoji.len() > 64 {
             return Err(HushError::invalid("an emoji is at most 64 bytes"));
         }
-        self.with(move |m| async move { Ok(hex::encode(m.react(conv, target, &emoji).await?)) })
-            .await
+        self.with_conv(conv, move |m| async move {
+            Ok(hex::encode(m.react(conv, target, &emoji).await?))
+        })
+        .await
     }
 
     /// Encrypts `data`, uploads it and sends it as an attachment; returns the message id.
@@ -588,7 +623,7 @@ impl HushClient {
     ) -> Result<String, HushError> {
         let conv = conversation.parse()?;
         check_attachment(data.len())?;
-        self.with(move |m| async move {
+        self.with_conv(conv, move |m| async move {
             Ok(hex::encode(
                 m.send_attachment(conv, &name, &mime, &data).await?,
             ))
@@ -609,7 +644,7 @@ impl HushClient {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| HushError::invalid("the path names no file"))?;
-        self.with(move |m| async move {
+        self.with_conv(conv, move |m| async move {
             let data = tokio::task::spawn_blocking(move || {
                 let len = std::fs::metadata(&path)
                     .map_err(|e| HushError::invalid(format!("{}: {e}", path.display())))?
@@ -670,7 +705,7 @@ impl HushClient {
     /// Marks every unread incoming message of the conversation read and tells the senders.
     pub async fn mark_read(&self, conversation: Conversation) -> Result<(), HushError> {
         let conv = conversation.parse()?;
-        self.with(move |m| async move { Ok(m.mark_read(conv).await?) })
+        self.with_conv(conv, move |m| async move { Ok(m.mark_read(conv).await?) })
             .await
     }
 
@@ -682,8 +717,11 @@ impl HushClient {
         typing: bool,
     ) -> Result<(), HushError> {
         let conv = conversation.parse()?;
-        self.with(move |m| async move { Ok(m.typing(conv, typing).await?) })
-            .await
+        self.with_conv(
+            conv,
+            move |m| async move { Ok(m.typing(conv, typing).await?) },
+        )
+        .await
     }
 
     /// Switches sharing presence on or off (off also hides others' presence); tells `contacts`.
@@ -793,7 +831,15 @@ impl HushClient {
     /// the user (as text or a QR code) for the new device's `link_device`; then call
     /// `complete_link` with it.
     pub fn offer_link(&self) -> Result<String, HushError> {
-        let offer = self.inner.messenger()?.engine().offer_link()?;
+        let offer = self
+            .inner
+            .messenger()?
+            .engine()
+            .offer_link()
+            .map_err(|e| match e {
+                ClientError::Config(why) => HushError::NotPermitted(why),
+                e => e.into(),
+            })?;
         let code = offer.code.clone();
         let mut offers = self
             .inner

@@ -48,7 +48,7 @@ pub(crate) fn parse_message_id(s: &str) -> Result<MessageId, HushError> {
     hex_exact::<MESSAGE_ID_LEN>(s, "message id")
 }
 
-/// Parses a list of account ids; an empty list is refused when `what` needs members.
+/// Parses a list of account ids.
 pub(crate) fn parse_accounts(ids: &[String]) -> Result<Vec<AccountId>, HushError> {
     ids.iter().map(|s| parse_account(s)).collect()
 }
@@ -239,7 +239,7 @@ pub enum HushEvent {
     /// A recipient confirmed delivery or reading of messages this account sent.
     Receipt {
         /// The recipient's account id.
-        from: String,
+        account: String,
         /// Read (true) or delivered.
         read: bool,
         /// The messages.
@@ -248,7 +248,7 @@ pub enum HushEvent {
     /// A contact started or stopped typing.
     Typing {
         /// The contact's account id.
-        from: String,
+        account: String,
         /// The contact's device.
         device: u32,
         /// Where.
@@ -259,7 +259,7 @@ pub enum HushEvent {
     /// A contact's presence.
     Presence {
         /// The contact's account id.
-        from: String,
+        account: String,
         /// Online now.
         online: bool,
         /// Last seen (ms since 1970).
@@ -295,6 +295,10 @@ pub enum HushEvent {
     },
     /// A group was joined or changed: call `groups()` again.
     GroupsChanged,
+    /// Everything the relay held for this device while it was away has been taken in (the
+    /// events before this one): history and receipts are up to date. After a push wake-up,
+    /// this is when the app may go back to sleep.
+    CaughtUp,
     /// This device was removed from its account: it stops; delete the profile.
     Revoked,
 }
@@ -313,7 +317,7 @@ impl From<MessengerEvent> for HushEvent {
                 read,
                 message_ids,
             } => Self::Receipt {
-                from: hex::encode(from.as_bytes()),
+                account: hex::encode(from.as_bytes()),
                 read,
                 message_ids: message_ids.iter().map(hex::encode).collect(),
             },
@@ -322,7 +326,7 @@ impl From<MessengerEvent> for HushEvent {
                 conversation,
                 typing,
             } => Self::Typing {
-                from: hex::encode(from.account.as_bytes()),
+                account: hex::encode(from.account.as_bytes()),
                 device: from.device_id,
                 conversation: conversation.into(),
                 typing,
@@ -332,7 +336,7 @@ impl From<MessengerEvent> for HushEvent {
                 online,
                 last_seen,
             } => Self::Presence {
-                from: hex::encode(from.as_bytes()),
+                account: hex::encode(from.as_bytes()),
                 online,
                 last_seen_ms: last_seen,
             },
@@ -351,6 +355,7 @@ impl From<MessengerEvent> for HushEvent {
                 account: hex::encode(account.as_bytes()),
             },
             MessengerEvent::GroupsChanged => Self::GroupsChanged,
+            MessengerEvent::CaughtUp => Self::CaughtUp,
             MessengerEvent::Sent {
                 conversation,
                 message_id,

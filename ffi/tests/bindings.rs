@@ -1,0 +1,296 @@
+//! The bindings end to end: generates the Kotlin, Swift and Python bindings from the built
+//! library (library mode, in process), then runs tests/python/test_hush.py against a real
+//! `hush-relay` process on 127.0.0.1: two clients chat 1:1 and in a group with receipts and
+//! typing through their listeners, send and fetch attachments, and bad input raises.
+//!
+//! The library and the relay binary are found in the target directory of this test binary
+//! (`<target>/<profile>/deps/` holds this binary and `libhush_ffi.so`; the relay binary is in
+//! `<target>/<profile>/`). `cargo test --workspace` builds the relay binary (the relay's own
+//! tests need it); when it is missing or older than the relay's sources (`cargo test -p
+//! hush-ffi` alone), this test builds it with cargo first.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use uniffi::{GenerateOptions, TargetLanguage};
+
+/// Longest the Python test may run.
+const PYTHON_DEADLINE: Duration = Duration::from_secs(300);
+
+struct RelayProcess {
+    child: Child,
+    addr: String,
+    pin: String,
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `<target>/<profile>/deps`, where this test binary is.
+fn deps_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().expect("test binary directory").to_path_buf()
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn cdylib() -> PathBuf {
+    let name = format!(
+        "{}hush_ffi{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let deps = deps_dir();
+    [deps.join(&name), deps.parent().unwrap().join(&name)]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not in {} nor its parent: build it with `cargo build -p hush-ffi`",
+                deps.display()
+            )
+        })
+}
+
+fn newest_source(dir: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return newest;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let t = if p.is_dir() {
+            newest_source(&p)
+        } else {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// The `hush-relay` binary of this profile, built first if missing or older than its sources.
+fn relay_binary() -> PathBuf {
+    let profile_dir = deps_dir().parent().unwrap().to_path_buf();
+    let bin = profile_dir.join(format!("hush-relay{}", std::env::consts::EXE_SUFFIX));
+    let root = workspace_root();
+    // What the binary is built from (not the crates' tests, which do not relink it).
+    let sources = ["relay/src", "net/src", "proto/src", "proto/proto"]
+        .iter()
+        .map(|c| newest_source(&root.join(c)))
+        .max()
+        .unwrap();
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    if built.is_none_or(|b| b < sources) {
+        let target_dir = profile_dir.parent().unwrap();
+        // `cargo test` builds with the `test` profile into `debug/`; other profiles use their name.
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "test",
+            Some(other) => other,
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        eprintln!("building hush-relay ({profile} profile) for the bindings test");
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "hush-relay",
+                "--bin",
+                "hush-relay",
+                "--profile",
+            ])
+            .arg(profile)
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(&root)
+            .status()
+            .expect("run cargo to build hush-relay");
+        assert!(
+            status.success(),
+            "building hush-relay failed; build it with `cargo build -p hush-relay`"
+        );
+    }
+    assert!(
+        bin.exists(),
+        "the relay binary {} is missing; build it with `cargo build -p hush-relay`",
+        bin.display()
+    );
+    bin
+}
+
+/// Starts the relay on 127.0.0.1 (port 0) with its data in `dir`; reads its address and
+/// certificate fingerprint from what it prints.
+fn spawn_relay(bin: &Path, dir: &Path) -> RelayProcess {
+    let mut child = Command::new(bin)
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--rate-sends", "100000/100000"])
+        .args(["--rate-account-creations", "1000/1000"])
+        .env("HUSH_RELAY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = None;
+    let mut pin = None;
+    while addr.is_none() || pin.is_none() {
+        let line = lines.next().expect("the relay exited early").unwrap();
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            addr = Some(rest.split_whitespace().next().unwrap().to_owned());
+        } else if let Some(rest) = line.strip_prefix("certificate fingerprint (pin this): ") {
+            pin = Some(rest.trim().to_owned());
+        }
+    }
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    RelayProcess {
+        child,
+        addr: addr.unwrap(),
+        pin: pin.unwrap(),
+    }
+}
+
+fn generate(lib: &Path, out: &Path, language: TargetLanguage) {
+    uniffi::generate(GenerateOptions {
+        languages: vec![language.clone()],
+        source: lib.to_str().unwrap().into(),
+        out_dir: out.to_str().unwrap().into(),
+        config_override: None,
+        format: false,
+        crate_filter: None,
+        metadata_no_deps: true,
+    })
+    .unwrap_or_else(|e| panic!("generating {language:?} bindings failed: {e:#}"));
+}
+
+fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect()
+}
+
+/// Kotlin and Swift bindings are generated and hold the client's API (no compiler for them
+/// here: their content is checked instead).
+#[test]
+fn kotlin_and_swift_bindings_are_generated() {
+    let lib = cdylib();
+    let out = tempfile::tempdir().unwrap();
+    let kotlin = out.path().join("kotlin");
+    let swift = out.path().join("swift");
+    generate(&lib, &kotlin, TargetLanguage::Kotlin);
+    generate(&lib, &swift, TargetLanguage::Swift);
+
+    let kt = walk(&kotlin, "kt");
+    assert_eq!(kt.len(), 1, "one Kotlin file: {kt:?}");
+    let kt = std::fs::read_to_string(&kt[0]).unwrap();
+    for needle in [
+        "class HushClient",
+        "suspend fun `sendText`",
+        "interface HushListener",
+        "sealed class HushException",
+        "sealed class HushEvent",
+    ] {
+        assert!(kt.contains(needle), "Kotlin bindings lack `{needle}`");
+    }
+
+    let sw = files_with(&swift, "swift");
+    assert_eq!(sw.len(), 1, "one Swift file: {sw:?}");
+    let sw = std::fs::read_to_string(&sw[0]).unwrap();
+    for needle in [
+        "class HushClient",
+        "func sendText(",
+        "async throws",
+        "protocol HushListener",
+        "enum HushError",
+        "enum HushEvent",
+    ] {
+        assert!(sw.contains(needle), "Swift bindings lack `{needle}`");
+    }
+    assert!(
+        !files_with(&swift, "h").is_empty() && !files_with(&swift, "modulemap").is_empty(),
+        "Swift needs the C header and module map"
+    );
+}
+
+fn walk(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p, ext));
+        } else if p.extension().is_some_and(|x| x == ext) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The Python bindings drive two clients through a real relay process.
+#[test]
+fn python_clients_chat_through_a_relay_process() {
+    let lib = cdylib();
+    let relay_bin = relay_binary();
+    let out = tempfile::tempdir().unwrap();
+    let py = out.path().join("python");
+    generate(&lib, &py, TargetLanguage::Python);
+    assert!(py.join("hush_ffi.py").exists(), "no hush_ffi.py generated");
+    // The module loads the library from its own directory.
+    std::fs::copy(&lib, py.join(lib.file_name().unwrap())).unwrap();
+
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = spawn_relay(&relay_bin, relay_dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_hush.py");
+    let mut child = Command::new("python3")
+        .arg("-u")
+        .arg(&script)
+        .env("PYTHONPATH", &py)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("HUSH_RELAY_ADDR", &relay.addr)
+        .env("HUSH_RELAY_PIN", &relay.pin)
+        .env("HUSH_TEST_DIR", work.path())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("python3 is needed for the bindings test");
+    // A watchdog: the script waits on events with timeouts of its own; this only guards
+    // against a hang of the interpreter.
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(PYTHON_DEADLINE).is_err() {
+            eprintln!("the Python test ran over {PYTHON_DEADLINE:?}: killing it");
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    });
+    let status = child.wait().unwrap();
+    let _ = done_tx.send(());
+    watchdog.join().unwrap();
+    drop(relay);
+    assert!(status.success(), "the Python test failed: {status}");
+}

@@ -1,0 +1,322 @@
+"""Two Hush clients, driven through the generated Python bindings, against a real relay.
+
+Run by ffi/tests/bindings.rs, which generates the bindings, starts `hush-relay` on 127.0.0.1
+and passes HUSH_RELAY_ADDR, HUSH_RELAY_PIN and HUSH_TEST_DIR (a scratch directory). Every wait
+is on a listener event, with a timeout; nothing sleeps.
+"""
+
+import asyncio
+import hashlib
+import os
+import sys
+import threading
+import time
+
+import hush_ffi
+from hush_ffi import Conversation, HushClient, HushError, HushEvent, MessageContent, MessageStatus
+
+WAIT = 30.0
+RELAY = os.environ["HUSH_RELAY_ADDR"]
+PIN = os.environ["HUSH_RELAY_PIN"]
+SCRATCH = os.environ["HUSH_TEST_DIR"]
+
+
+class Listener(hush_ffi.HushListener):
+    """Keeps every event; `wait` takes the first one (in arrival order) that matches."""
+
+    def __init__(self, name):
+        self.name = name
+        self.events = []
+        self.cond = threading.Condition()
+
+    def on_event(self, event):
+        with self.cond:
+            self.events.append(event)
+            self.cond.notify_all()
+
+    def wait(self, what, pick, timeout=WAIT):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for i, ev in enumerate(self.events):
+                    got = pick(ev)
+                    if got is not None and got is not False:
+                        del self.events[i]
+                        return got
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"{self.name}: no {what} within {timeout} s; events seen: {self.events!r}"
+                    )
+                self.cond.wait(left)
+
+    async def wait_async(self, what, pick, timeout=WAIT):
+        # The client's calls run on its own runtime: waiting here in a thread keeps the loop free.
+        return await asyncio.to_thread(self.wait, what, pick, timeout)
+
+
+def config(name, key=bytes(range(32)), relay=RELAY, pin=PIN):
+    return hush_ffi.ClientConfig(
+        profile_dir=os.path.join(SCRATCH, name),
+        at_rest_key=key,
+        relay_address=relay,
+        relay_pin=pin,
+    )
+
+
+def expect_error(kind, needle, call):
+    """`call()` raises HushError.<kind> whose message contains `needle`."""
+    try:
+        call()
+    except kind as e:
+        assert needle in str(e), f"{kind.__name__}: {str(e)!r} lacks {needle!r}"
+        return
+    except Exception as e:  # noqa: BLE001 - any other failure is a test failure
+        raise AssertionError(f"expected {kind.__name__}, got {e!r}") from e
+    raise AssertionError(f"expected {kind.__name__}, nothing raised")
+
+
+async def expect_error_async(kind, needle, coro):
+    try:
+        await coro
+    except kind as e:
+        assert needle in str(e), f"{kind.__name__}: {str(e)!r} lacks {needle!r}"
+        return
+    except Exception as e:  # noqa: BLE001
+        raise AssertionError(f"expected {kind.__name__}, got {e!r}") from e
+    raise AssertionError(f"expected {kind.__name__}, nothing raised")
+
+
+def message_with(conversation=None, body=None, incoming=True):
+    def pick(ev):
+        if not ev.is_message():
+            return None
+        m = ev.message
+        if incoming and m.outgoing:
+            return None
+        if conversation is not None and m.conversation != conversation:
+            return None
+        if body is not None and not (m.content.is_text() and m.content.body == body):
+            return None
+        return m
+
+    return pick
+
+
+def receipt_for(message_id, read):
+    def pick(ev):
+        return ev.is_receipt() and ev.read == read and message_id in ev.message_ids and ev
+
+    return pick
+
+
+async def bad_input():
+    """Whatever the host passes, the answer is an exception with a clear message."""
+    listener = Listener("nobody")
+    expect_error(HushError.InvalidArgument, "32 bytes", lambda: HushClient(config("bad", key=b"short"), listener))
+    expect_error(HushError.InvalidArgument, "IP:PORT", lambda: HushClient(config("bad", relay="nowhere"), listener))
+    expect_error(HushError.InvalidArgument, "64 hex digits", lambda: HushClient(config("bad", pin="abc"), listener))
+    c = HushClient(config("empty"), listener)
+    assert not c.has_account()
+    expect_error(HushError.NoAccount, "create_account", c.open)
+    expect_error(HushError.NoAccount, "create_account", c.account)
+    await expect_error_async(HushError.NoAccount, "create_account", c.wait_connected(1000))
+    # An all-zero key is not a valid account key.
+    await expect_error_async(
+        HushError.InvalidArgument, "not a valid account key",
+        c.send_text(Conversation.DIRECT("00" * 32), "hi", None),
+    )
+    await expect_error_async(
+        HushError.InvalidArgument, "hush-link:", c.link_device("not a code")
+    )
+    await c.shutdown()
+    await c.shutdown()  # twice is fine
+    await expect_error_async(HushError.Closed, "shut down", c.create_account())
+    expect_error(HushError.Closed, "shut down", c.open)
+
+
+async def main():
+    await bad_input()
+
+    a_events, b_events = Listener("alice"), Listener("bob")
+    alice = HushClient(config("alice"), a_events)
+    bob = HushClient(config("bob", key=bytes([7] * 32)), b_events)
+    a_info = await alice.create_account()
+    b_info = await bob.create_account()
+    assert a_info.device_id == 1 and len(a_info.account_id) == 64
+    assert alice.has_account()
+    await alice.wait_connected(30_000)
+    await bob.wait_connected(30_000)
+    # Both clients set up concurrently: they run on their own runtimes.
+    await asyncio.gather(alice.claim_username("alice"), bob.claim_username("Bob"))
+    await expect_error_async(HushError.UsernameTaken, "another account", bob.claim_username("alice"))
+    bob_id = await alice.lookup_username("bob")
+    alice_id = await bob.lookup_username("alice")
+    assert (bob_id, alice_id) == (b_info.account_id, a_info.account_id)
+    await expect_error_async(HushError.UnknownUser, "nobody goes by", alice.lookup_username("carol"))
+    await expect_error_async(HushError.InvalidArgument, "username", alice.lookup_username("x!"))
+    expect_error(HushError.AlreadySetUp, "running", alice.open)
+
+    to_bob, to_alice = Conversation.DIRECT(bob_id), Conversation.DIRECT(alice_id)
+
+    # 1:1 text: delivered automatically, read when Bob marks it.
+    first = await alice.send_text(to_bob, "hello bob", None)
+    got = await b_events.wait_async("alice's text", message_with(to_alice, "hello bob"))
+    assert got.id == first and got.sender_account == alice_id and got.sender_name == "alice"
+    assert got.status == MessageStatus.UNREAD
+    await a_events.wait_async("delivered receipt", receipt_for(first, False))
+    await bob.mark_read(to_alice)
+    r = await a_events.wait_async("read receipt", receipt_for(first, True))
+    assert r.account == bob_id
+    mine = alice.history(to_bob, None, 10)
+    assert [m.id for m in mine] == [first] and mine[0].status == MessageStatus.READ, mine
+
+    # Typing, a reply and a reaction.
+    await bob.set_typing(to_alice, True)
+    t = await a_events.wait_async("bob typing", lambda e: e.is_typing() and e.typing and e)
+    assert t.account == bob_id and t.conversation == to_bob
+    reply = await bob.send_text(to_alice, "hi alice", first)
+    got = await a_events.wait_async("bob's reply", message_with(to_bob, "hi alice"))
+    assert got.content.reply_to == first and got.id == reply
+    await bob.set_typing(to_alice, False)
+    await a_events.wait_async("bob stopped typing", lambda e: e.is_typing() and not e.typing)
+    await alice.send_reaction(to_bob, reply, "👍")
+    got = await b_events.wait_async(
+        "reaction", lambda e: e.is_message() and e.message.content.is_reaction() and e.message
+    )
+    assert got.content.target == reply and got.content.emoji == "👍"
+
+    # Presence.
+    await bob.set_presence(True, [alice_id])
+    p = await a_events.wait_async("presence", lambda e: e.is_presence() and e)
+    assert p.account == bob_id and p.online
+
+    # Concurrent sends from one client.
+    ids = await asyncio.gather(*(alice.send_text(to_bob, f"burst {i}", None) for i in range(5)))
+    assert len(set(ids)) == 5
+    for i in range(5):
+        await b_events.wait_async(f"burst {i}", message_with(to_alice, f"burst {i}"))
+
+    # A group: created by Alice, joined by Bob; messages both ways, receipts and typing.
+    group = await alice.create_group("friends", [bob_id])
+    to_group = Conversation.GROUP(group)
+    await b_events.wait_async("group joined", lambda e: e.is_groups_changed())
+    assert [(g.id, g.name) for g in bob.groups()] == [(group, "friends")]
+    assert [g.id for g in alice.groups()] == [group]
+    g1 = await alice.send_text(to_group, "hello group", None)
+    got = await b_events.wait_async("group text", message_with(to_group, "hello group"))
+    assert got.sender_account == alice_id
+    await a_events.wait_async("group delivered receipt", receipt_for(g1, False))
+    await bob.set_typing(to_group, True)
+    await a_events.wait_async(
+        "group typing", lambda e: e.is_typing() and e.conversation == to_group and e.typing
+    )
+    g2 = await bob.send_text(to_group, "hello alice, in the group", None)
+    await a_events.wait_async("bob's group text", message_with(to_group, "hello alice, in the group"))
+    await alice.mark_read(to_group)
+    await b_events.wait_async("group read receipt", receipt_for(g2, True))
+    assert [m.id for m in bob.history(to_group, None, 10)] == [g1, g2]
+
+    # Attachments: bytes and a file, each downloaded with its digest checked.
+    data = os.urandom(300_000)
+    att = await alice.send_attachment(to_bob, "noise.bin", "application/octet-stream", data)
+    got = await b_events.wait_async(
+        "attachment", lambda e: e.is_message() and e.message.content.is_attachment() and e.message
+    )
+    assert got.id == att and got.content.name == "noise.bin" and got.content.size == len(data)
+    assert await bob.download_attachment(to_alice, att) == data
+    path = os.path.join(SCRATCH, "note.txt")
+    with open(path, "wb") as f:
+        f.write(b"a file from disk\n" * 1000)
+    fid = await bob.send_file(to_alice, path, "text/plain")
+    got = await a_events.wait_async(
+        "file", lambda e: e.is_message() and e.message.content.is_attachment() and e.message
+    )
+    assert got.content.name == "note.txt"
+    saved = os.path.join(SCRATCH, "saved.txt")
+    await alice.save_attachment(to_bob, fid, saved)
+    with open(saved, "rb") as f:
+        assert hashlib.sha256(f.read()).digest() == hashlib.sha256(b"a file from disk\n" * 1000).digest()
+
+    # History paging: oldest first, backwards from the first id of a page.
+    newest = alice.history(to_bob, None, 3)
+    older = alice.history(to_bob, newest[0].id, 3)
+    assert len(newest) == 3 and len(older) == 3
+    assert older[-1].sent_at_ms <= newest[0].sent_at_ms
+    assert not {m.id for m in newest} & {m.id for m in older}
+
+    # Safety numbers agree on both sides; the QR code of one verifies on the other.
+    sa, sb = alice.safety_number(bob_id), bob.safety_number(alice_id)
+    assert sa.digits == sb.digits and len(sa.digits) == 60
+    assert bob.verify_safety_qr(alice_id, sa.qr_payload)
+    expect_error(HushError.InvalidArgument, "scanned", lambda: bob.verify_safety_qr(alice_id, b"\x01"))
+
+    # Bad input on a running client: clear exceptions, nothing crashes.
+    await expect_error_async(
+        HushError.InvalidArgument, "account id must be 64 hex digits",
+        alice.send_text(Conversation.DIRECT("abcd"), "hi", None),
+    )
+    await expect_error_async(
+        HushError.InvalidArgument, "account id is not hex",
+        alice.send_text(Conversation.DIRECT("zz" * 32), "hi", None),
+    )
+    await expect_error_async(
+        HushError.InvalidArgument, "group id", alice.send_text(Conversation.GROUP("12"), "hi", None)
+    )
+    await expect_error_async(
+        HushError.InvalidArgument, "message id", alice.send_text(to_bob, "hi", "00ff")
+    )
+    await expect_error_async(HushError.InvalidArgument, "empty", alice.send_text(to_bob, "", None))
+    await expect_error_async(
+        HushError.TooLarge, "at most", alice.send_text(to_bob, "x" * 40_000, None)
+    )
+    expect_error(HushError.InvalidArgument, "limit", lambda: alice.history(to_bob, None, 0))
+    await expect_error_async(
+        HushError.NotFound, "no such message", alice.download_attachment(to_bob, "00" * 16)
+    )
+    await expect_error_async(
+        HushError.InvalidArgument, "not an attachment", alice.download_attachment(to_bob, first)
+    )
+    await expect_error_async(
+        HushError.NotFound, "not in that group",
+        alice.send_text(Conversation.GROUP("ab" * 32), "hi", None),
+    )
+    await expect_error_async(
+        HushError.InvalidArgument, "wait", alice.wait_connected(10**12)
+    )
+    await expect_error_async(
+        HushError.InvalidArgument, "missing", alice.send_file(to_bob, os.path.join(SCRATCH, "missing"), "x")
+    )
+    await expect_error_async(HushError.InvalidArgument, "itself", bob.remove_device(b_info.device_id))
+    await expect_error_async(HushError.NotFound, "link offer", alice.complete_link("hush-link:00", 1000))
+
+    # A second device for Alice: linked with a one-time code from her first device.
+    alice2 = HushClient(config("alice-phone", key=bytes([3] * 32)), Listener("alice2"))
+    code = alice.offer_link()
+    new_id, info = await asyncio.gather(alice.complete_link(code, 30_000), alice2.link_device(code))
+    assert info.account_id == alice_id and info.device_id == new_id
+    await alice2.wait_connected(30_000)
+    assert new_id in alice.devices(alice_id)
+    await expect_error_async(HushError.NotFound, "link offer", alice.complete_link(code, 1000))
+    expect_error(HushError.NotPermitted, "first device", alice2.offer_link)
+    await alice2.shutdown()
+
+    # Shutdown: every later call is refused with Closed.
+    await alice.shutdown()
+    await bob.shutdown()
+    await expect_error_async(HushError.Closed, "shut down", alice.send_text(to_bob, "late", None))
+    expect_error(HushError.Closed, "shut down", lambda: alice.history(to_bob, None, 10))
+    print("python bindings test: ok")
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        # Clients still running may call the listener while the interpreter finalizes: leave
+        # at once instead.
+        os._exit(1)
