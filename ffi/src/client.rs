@@ -922,3 +922,107 @@ impl HushClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Quiet;
+
+    impl HushListener for Quiet {
+        fn on_event(&self, _event: HushEvent) -> Result<(), ListenerError> {
+            Ok(())
+        }
+    }
+
+    fn config(dir: &Path) -> ClientConfig {
+        ClientConfig {
+            profile_dir: dir.to_string_lossy().into_owned(),
+            at_rest_key: vec![5; 32],
+            relay_address: "127.0.0.1:9".into(),
+            relay_pin: "ab".repeat(32),
+        }
+    }
+
+    fn block_on<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.at_rest_key = vec![1; 31];
+        let e = HushClient::new(c, Arc::new(Quiet)).err().unwrap();
+        assert!(e.to_string().contains("32 bytes"), "{e}");
+        let mut c = config(dir.path());
+        c.relay_pin = "xyz".into();
+        assert!(matches!(
+            HushClient::new(c, Arc::new(Quiet)),
+            Err(HushError::InvalidArgument(_))
+        ));
+        let mut c = config(dir.path());
+        c.profile_dir = " ".into();
+        assert!(matches!(
+            HushClient::new(c, Arc::new(Quiet)),
+            Err(HushError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn calls_before_setup_and_after_shutdown_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = HushClient::new(config(dir.path()), Arc::new(Quiet)).unwrap();
+        let alice = Conversation::Direct {
+            account_id: hex::encode(
+                hush_core::keys::AccountKeyPair::from_secret_bytes(&[3; 32])
+                    .id()
+                    .as_bytes(),
+            ),
+        };
+        assert!(!c.has_account());
+        assert!(matches!(c.open(), Err(HushError::NoAccount(_))));
+        assert!(matches!(c.account(), Err(HushError::NoAccount(_))));
+        assert!(matches!(c.groups(), Err(HushError::NoAccount(_))));
+        assert!(matches!(c.offer_link(), Err(HushError::NoAccount(_))));
+        assert!(matches!(
+            c.history(alice.clone(), None, 10),
+            Err(HushError::NoAccount(_))
+        ));
+        assert!(matches!(
+            block_on(c.send_text(alice.clone(), "hi".into(), None)),
+            Err(HushError::NoAccount(_))
+        ));
+        // Concurrent calls from many threads: each gets its answer.
+        let c2 = Arc::clone(&c);
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let c = Arc::clone(&c2);
+                let a = alice.clone();
+                std::thread::spawn(move || {
+                    block_on(c.mark_read(a.clone())).is_err() && c.history(a, None, 1).is_err()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap());
+        }
+        block_on(c.shutdown()).unwrap();
+        block_on(c.shutdown()).unwrap();
+        assert!(matches!(c.open(), Err(HushError::Closed(_))));
+        assert!(matches!(
+            block_on(c.create_account()),
+            Err(HushError::Closed(_))
+        ));
+        assert!(matches!(
+            block_on(c.send_text(alice, "hi".into(), None)),
+            Err(HushError::Closed(_))
+        ));
+        // Dropped from inside a runtime: no panic.
+        block_on(async move { drop(c) });
+    }
+}

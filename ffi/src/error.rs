@@ -191,3 +191,69 @@ impl From<uniffi::UnexpectedUniFFICallbackError> for ListenerError {
         Self::Failed { reason: e.reason }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: ErrorCode) -> ClientError {
+        ClientError::Refused(Refusal {
+            code,
+            message: "no".into(),
+            retry_after_ms: 1500,
+            missing_devices: Vec::new(),
+            extra_devices: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn engine_errors_map_to_what_an_app_can_act_on() {
+        let e = HushError::from(refused(ErrorCode::RateLimited));
+        assert!(matches!(e, HushError::RateLimited(_)));
+        assert!(e.to_string().contains("1500 ms"), "{e}");
+        assert!(matches!(
+            HushError::from(refused(ErrorCode::UsernameTaken)),
+            HushError::UsernameTaken(_)
+        ));
+        assert!(matches!(
+            HushError::from(refused(ErrorCode::NotFound)),
+            HushError::UnknownUser(_)
+        ));
+        assert!(matches!(
+            HushError::from(ClientError::Disconnected),
+            HushError::NotConnected(_)
+        ));
+        assert!(matches!(
+            HushError::from(ClientError::Unreachable("pin".into())),
+            HushError::RelayUnreachable(_)
+        ));
+        assert!(matches!(
+            HushError::from(ClientError::Closed),
+            HushError::Closed(_)
+        ));
+        assert!(matches!(
+            HushError::from(ClientError::Core(hush_core::Error::Protocol(
+                ProtocolError::DeviceListConflict(3)
+            ))),
+            HushError::IdentityChanged(_)
+        ));
+        assert!(matches!(
+            HushError::from(ClientError::Core(hush_core::Error::Store(
+                StoreError::WrongKey
+            ))),
+            HushError::WrongKey(_)
+        ));
+        assert!(matches!(
+            HushError::from(ClientError::Config("profile directory: denied".into())),
+            HushError::Storage(_)
+        ));
+    }
+
+    #[test]
+    fn a_failing_foreign_listener_becomes_an_error_not_a_panic() {
+        let e = ListenerError::from(uniffi::UnexpectedUniFFICallbackError {
+            reason: "boom".into(),
+        });
+        assert!(e.to_string().contains("boom"));
+    }
+}

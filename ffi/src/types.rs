@@ -409,3 +409,83 @@ pub struct ClientConfig {
     /// The SHA-256 fingerprint (hex) of the relay's certificate.
     pub relay_pin: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_of_the_wrong_length_or_not_hex_are_invalid_arguments() {
+        for (s, needle) in [
+            ("", "64 hex digits"),
+            ("abcd", "64 hex digits"),
+            (&"zz".repeat(32), "not hex"),
+            (&"00".repeat(33), "64 hex digits"),
+            ("é".repeat(32).as_str(), "not hex"),
+            ("é".repeat(31).as_str(), "64 hex digits"),
+        ] {
+            let e = parse_account(s).unwrap_err();
+            assert!(matches!(e, HushError::InvalidArgument(_)), "{e:?}");
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        // Right length, but not an account key.
+        assert!(matches!(
+            parse_account(&"00".repeat(32)),
+            Err(HushError::InvalidArgument(_))
+        ));
+        assert!(parse_group(&"ab".repeat(31)).is_err());
+        assert_eq!(parse_group(&"AB".repeat(32)).unwrap().0, [0xab; 32]);
+        assert_eq!(parse_message_id(&"01".repeat(16)).unwrap(), [1; 16]);
+        assert!(parse_message_id(&"01".repeat(17)).is_err());
+    }
+
+    #[test]
+    fn messages_show_their_status_and_content() {
+        let app = hush_proto::app::AppMessage {
+            message_id: vec![7; 16],
+            sent_at: 42,
+            sender_name: "alice".into(),
+            kind: Some(app_message::Kind::Text(hush_proto::app::Text {
+                body: "hi".into(),
+                reply_to: Vec::new(),
+            })),
+            ..Default::default()
+        };
+        let mut m = StoredMessage {
+            message: Some(app),
+            sender_account: vec![1; 32],
+            sender_device: 3,
+            outgoing: true,
+            ..Default::default()
+        };
+        let conv = Conversation::Group {
+            group_id: "cd".repeat(32),
+        };
+        let shown = message(conv.clone(), &m);
+        assert_eq!(shown.id, "07".repeat(16));
+        assert_eq!(shown.status, MessageStatus::Sending);
+        assert_eq!(
+            shown.content,
+            MessageContent::Text {
+                body: "hi".into(),
+                reply_to: None
+            }
+        );
+        m.sent = true;
+        assert_eq!(message(conv.clone(), &m).status, MessageStatus::Sent);
+        m.delivered_to.push(vec![2; 32]);
+        assert_eq!(message(conv.clone(), &m).status, MessageStatus::Delivered);
+        m.read_by.push(vec![2; 32]);
+        let shown = message(conv.clone(), &m);
+        assert_eq!(shown.status, MessageStatus::Read);
+        assert_eq!(shown.read_by, vec!["02".repeat(32)]);
+        m.outgoing = false;
+        assert_eq!(message(conv.clone(), &m).status, MessageStatus::Unread);
+        m.read = true;
+        assert_eq!(message(conv.clone(), &m).status, MessageStatus::Seen);
+        m.message = None;
+        let shown = message(conv, &m);
+        assert_eq!(shown.content, MessageContent::Unsupported);
+        assert!(shown.id.is_empty());
+    }
+}

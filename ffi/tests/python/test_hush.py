@@ -55,6 +55,12 @@ class Listener(hush_ffi.HushListener):
         return await asyncio.to_thread(self.wait, what, pick, timeout)
 
 
+class Raising(Listener):
+    def on_event(self, event):
+        super().on_event(event)
+        raise RuntimeError("a listener bug")
+
+
 def config(name, key=bytes(range(32)), relay=RELAY, pin=PIN):
     return hush_ffi.ClientConfig(
         profile_dir=os.path.join(SCRATCH, name),
@@ -291,11 +297,19 @@ async def main():
     await expect_error_async(HushError.NotFound, "link offer", alice.complete_link("hush-link:00", 1000))
 
     # A second device for Alice: linked with a one-time code from her first device.
-    alice2 = HushClient(config("alice-phone", key=bytes([3] * 32)), Listener("alice2"))
+    # Its listener raises on every event: the library logs that and goes on.
+    a2_events = Raising("alice2")
+    alice2 = HushClient(config("alice-phone", key=bytes([3] * 32)), a2_events)
     code = alice.offer_link()
     new_id, info = await asyncio.gather(alice.complete_link(code, 30_000), alice2.link_device(code))
     assert info.account_id == alice_id and info.device_id == new_id
     await alice2.wait_connected(30_000)
+    await a2_events.wait_async("connection", lambda e: e.is_connection() and e.connected)
+    # What Alice sends from her first device shows on the second.
+    await alice.send_text(to_bob, "from the laptop", None)
+    await a2_events.wait_async(
+        "synced text", message_with(to_bob, "from the laptop", incoming=False)
+    )
     assert new_id in alice.devices(alice_id)
     await expect_error_async(HushError.NotFound, "link offer", alice.complete_link(code, 1000))
     expect_error(HushError.NotPermitted, "first device", alice2.offer_link)
