@@ -41,6 +41,8 @@ pub(crate) const CONNECT_WAIT: Duration = Duration::from_secs(30);
 const SEND_ATTEMPTS: usize = 4;
 /// File in the profile directory recording the highest one-time pre-key id uploaded.
 const UPLOADED_FILE: &str = "uploaded-pre-keys";
+/// The push endpoint this device registered (sent again on every connection).
+const PUSH_FILE: &str = "push-endpoint";
 /// Present in a linked device's profile until it has asked its siblings for the groups.
 const GROUP_SYNC_FILE: &str = "group-sync-pending";
 /// Most author device lists fetched to process one received group log.
@@ -654,6 +656,29 @@ impl Engine {
         Ok(Self::start(cfg, device))
     }
 
+    /// Registers the URL the relay wakes this device at when mail is queued while it is offline
+    /// (a push distributor or gateway; `https://`). The wake-up carries no content and no
+    /// sender. An empty `url` unregisters. Kept in the profile and registered again on every
+    /// connection, so a relay that lost it learns it back.
+    pub async fn register_push(&self, url: &str) -> Result<(), ClientError> {
+        let conn = self.inner.current(CONNECT_WAIT).await?;
+        conn.request(client_frame::Kind::RegisterPush(api::RegisterPush {
+            url: url.to_owned(),
+        }))
+        .await?;
+        let path = self.inner.profile.join(PUSH_FILE);
+        let saved = if url.is_empty() {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        } else {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, url).and_then(|()| std::fs::rename(&tmp, &path))
+        };
+        saved.map_err(|e| ClientError::Config(format!("profile directory: {e}")))
+    }
+
     /// Uploads an (already encrypted) blob; returns its id and capability.
     pub async fn upload_blob(&self, data: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
         let conn = self.inner.current(CONNECT_WAIT).await?;
@@ -1174,6 +1199,14 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
         .await?;
     }
     inner.upload_pre_keys(&conn).await?;
+    if let Ok(url) = std::fs::read_to_string(inner.profile.join(PUSH_FILE))
+        && !url.is_empty()
+        && let Err(e) = conn
+            .request(client_frame::Kind::RegisterPush(api::RegisterPush { url }))
+            .await
+    {
+        tracing::warn!(error = %e, "push endpoint not registered again");
+    }
     // This account's own list (a linked device learns its siblings here).
     let own = inner.lock()?.address().account;
     if let Err(e) = inner.refresh_list(&conn, &own).await {

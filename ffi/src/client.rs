@@ -731,6 +731,20 @@ impl HushClient {
             .await
     }
 
+    /// Registers the push endpoint the relay wakes this device at when mail arrives while it is
+    /// offline (`https://` URL of a push distributor or gateway; the wake-up carries no
+    /// content). An empty `url` unregisters. Remembered in the profile and registered again on
+    /// every connection.
+    pub async fn register_push(&self, url: String) -> Result<(), HushError> {
+        if url.len() > 2048 {
+            return Err(HushError::InvalidArgument(
+                "push URL longer than 2048 bytes".into(),
+            ));
+        }
+        self.with(move |m| async move { Ok(m.engine().register_push(&url).await?) })
+            .await
+    }
+
     /// Up to `limit` messages of the conversation, oldest first: the newest ones, or those
     /// before message `before` (page backwards with the first id of the previous page).
     pub fn history(

@@ -415,3 +415,71 @@ async fn a_linked_device_joins_the_account_and_contacts_are_warned() {
     bob.shutdown().await;
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_device_is_woken_through_the_push_endpoint_it_registered() {
+    use std::io::{Read, Write};
+    // A push gateway on 127.0.0.1: answers 200 and reports each request it got.
+    let gateway = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/wake/bob", gateway.local_addr().unwrap());
+    let (tx, mut wakeups) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for stream in gateway.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut buf = vec![0u8; 8192];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    });
+    let relay_dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let mut cfg = relay_config(relay_dir.path(), addr);
+    cfg.push.allow_plain_http = true;
+    let relay = hush_relay::start(cfg).await.unwrap();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, _a_rx) = Engine::create_account(engine_config(a_dir.path(), &relay, addr))
+        .await
+        .unwrap();
+    let (bob, mut b_rx) = Engine::create_account(engine_config(b_dir.path(), &relay, addr))
+        .await
+        .unwrap();
+    alice.connected(WAIT).await.unwrap();
+    bob.connected(WAIT).await.unwrap();
+    let b_id = bob.address().unwrap().account;
+    alice.send(&b_id, b"while online").await.unwrap();
+    assert_eq!(
+        messages(&bob, &mut b_rx, 1).await,
+        vec![b"while online".to_vec()]
+    );
+    // A bad endpoint is refused with a clear error; the real one is accepted.
+    assert!(bob.register_push("not a url").await.is_err());
+    bob.register_push(&url).await.unwrap();
+
+    // Bob goes offline; mail for him makes the relay call his endpoint, with nothing in it.
+    bob.shutdown().await;
+    tokio::time::timeout(WAIT, async {
+        while relay.metrics.connections_open.get() > 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the relay still sees Bob connected");
+    alice.send(&b_id, b"secret words").await.unwrap();
+    let request = tokio::time::timeout(WAIT, wakeups.recv())
+        .await
+        .expect("no wake-up in time")
+        .unwrap();
+    assert!(request.starts_with("POST /wake/bob "), "{request}");
+    assert!(!request.contains("secret words"));
+    // Woken, Bob's app opens the profile and gets the message.
+    let (bob, mut b_rx) = Engine::open(engine_config(b_dir.path(), &relay, addr)).unwrap();
+    assert_eq!(
+        messages(&bob, &mut b_rx, 1).await,
+        vec![b"secret words".to_vec()]
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay.stop().await;
+}

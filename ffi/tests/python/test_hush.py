@@ -192,6 +192,11 @@ async def main():
     )
     assert got.content.target == reply and got.content.emoji == "👍"
 
+    # Push endpoints: a malformed one is refused by the relay with its reason; unregistering is
+    # always accepted.
+    await expect_error_async(HushError.Refused, "push URL", bob.register_push("not a url"))
+    await bob.register_push("")
+
     # Presence.
     await bob.set_presence(True, [alice_id])
     p = await a_events.wait_async("presence", lambda e: e.is_presence() and e)
