@@ -875,19 +875,33 @@ impl Inner {
         let accounts: BTreeSet<[u8; 32]> =
             outgoing.iter().map(|o| *o.to.account.as_bytes()).collect();
         for account in accounts {
-            let envelopes: Vec<api::OutEnvelope> = outgoing
+            // A send carries at most one envelope per device: several messages for one device
+            // (a sync answer with one log per group) go in successive sends, in order.
+            let mut rounds: Vec<Vec<api::OutEnvelope>> = Vec::new();
+            let mut per_device: BTreeMap<u32, usize> = BTreeMap::new();
+            for o in outgoing
                 .iter()
                 .filter(|o| o.to.account.as_bytes() == &account)
-                .map(|o| api::OutEnvelope {
-                    device_id: o.to.device_id,
-                    body: Sealed {
-                        kind: Some(sealed::Kind::Pairwise(o.bytes.clone())),
-                    }
-                    .encode_to_vec(),
-                })
-                .collect();
-            self.send_envelopes(conn, account, envelopes, targeted)
-                .await?;
+            {
+                let k = per_device.entry(o.to.device_id).or_insert(0);
+                if rounds.len() <= *k {
+                    rounds.push(Vec::new());
+                }
+                if let Some(round) = rounds.get_mut(*k) {
+                    round.push(api::OutEnvelope {
+                        device_id: o.to.device_id,
+                        body: Sealed {
+                            kind: Some(sealed::Kind::Pairwise(o.bytes.clone())),
+                        }
+                        .encode_to_vec(),
+                    });
+                }
+                *k += 1;
+            }
+            for envelopes in rounds {
+                self.send_envelopes(conn, account, envelopes, targeted)
+                    .await?;
+            }
         }
         Ok(())
     }
