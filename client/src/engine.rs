@@ -898,9 +898,29 @@ impl Inner {
                 }
                 *k += 1;
             }
-            for envelopes in rounds {
-                self.send_envelopes(conn, account, envelopes, targeted)
-                    .await?;
+            for mut envelopes in rounds {
+                match self
+                    .send_envelopes(conn, account, envelopes.clone(), targeted)
+                    .await
+                {
+                    // A control message for a device that has left its list since: that device
+                    // no longer needs it. Learn the list, and send the rest (nothing was queued).
+                    Err(ClientError::Refused(r))
+                        if targeted
+                            && r.code == ErrorCode::DeviceMismatch
+                            && !r.extra_devices.is_empty() =>
+                    {
+                        let _ = self
+                            .refresh_list(conn, &AccountId::from_bytes(&account)?)
+                            .await;
+                        envelopes.retain(|e| !r.extra_devices.contains(&e.device_id));
+                        if !envelopes.is_empty() {
+                            self.send_envelopes(conn, account, envelopes, targeted)
+                                .await?;
+                        }
+                    }
+                    r => r?,
+                }
             }
         }
         Ok(())

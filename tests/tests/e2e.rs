@@ -627,3 +627,55 @@ async fn a_linked_device_learns_a_group_whose_creator_device_has_left() {
     }
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_send_goes_on_when_a_member_removed_a_device_the_sender_still_lists() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = hush_relay::start(relay_config(
+        relay_dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let (addr, pin) = (relay.addr, relay.fingerprint.clone());
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (alice, mut a_rx) = Messenger::create_account(cfg(dirs[0].path(), addr, &pin))
+        .await
+        .unwrap();
+    let (bob, mut b_rx) = Messenger::create_account(cfg(dirs[1].path(), addr, &pin))
+        .await
+        .unwrap();
+    for m in [&alice, &bob] {
+        m.engine().connected(WAIT).await.unwrap();
+    }
+    let (a, b) = (alice.address().account, bob.address().account);
+    let g = alice.engine().create_group("two", &[b]).await.unwrap();
+    let group = Conversation::Group(g);
+    alice.send_text(group, "first", None).await.unwrap();
+    until_text(&mut b_rx, "first").await;
+
+    // Bob links a second device, which writes to Alice: she now lists it.
+    let offer = bob.engine().offer_link().unwrap();
+    let (bob2, _b2_rx) = Messenger::link(cfg(dirs[2].path(), addr, &pin), &offer.code)
+        .await
+        .unwrap();
+    let b2 = bob.engine().complete_link(&offer, WAIT).await.unwrap();
+    bob2.engine().connected(WAIT).await.unwrap();
+    bob2.send_text(Conversation::Direct(a), "new device here", None)
+        .await
+        .unwrap();
+    until_text(&mut a_rx, "new device here").await;
+    assert!(alice.engine().devices_of(&b).unwrap().contains(&b2));
+
+    // Bob removes it again before Alice's next group message, which would give it her sender
+    // key: the relay refuses the envelope for the unlisted device, and the send goes on.
+    bob.engine().remove_device(b2).await.unwrap();
+    bob2.shutdown().await;
+    alice.send_text(group, "second", None).await.unwrap();
+    until_text(&mut b_rx, "second").await;
+    assert!(!alice.engine().devices_of(&b).unwrap().contains(&b2));
+    for m in [alice, bob] {
+        m.shutdown().await;
+    }
+    relay.stop().await;
+}
