@@ -69,6 +69,8 @@ pub struct Incoming {
     pub received: Vec<Received>,
     /// Messages to send (for example a sender key answering a retry request).
     pub outgoing: Vec<Outgoing>,
+    /// Whether a group was joined or its state changed (membership, name).
+    pub groups_changed: bool,
 }
 
 impl Incoming {
@@ -1005,7 +1007,8 @@ impl<S: KvStore> Device<S> {
                 incoming.outgoing = self.answer_sender_key_request(from, &r, rng, now, tx)?;
             }
             Some(wire::content::Body::GroupChanges(c)) => {
-                incoming.received = self.accept_group_changes(from, &c, now, tx)?;
+                (incoming.received, incoming.groups_changed) =
+                    self.accept_group_changes(from, &c, now, tx)?;
             }
             Some(wire::content::Body::GroupSyncRequest(_)) => {
                 incoming.outgoing = self.answer_group_sync(from, rng, now, tx)?;

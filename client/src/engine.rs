@@ -1083,7 +1083,6 @@ impl Inner {
         };
         match sealed.kind {
             Some(sealed::Kind::Pairwise(bytes)) => {
-                let groups_before = self.group_heads();
                 let mut result = self.decrypt_pairwise(&from, &bytes);
                 if matches!(
                     result,
@@ -1112,11 +1111,11 @@ impl Inner {
                     }
                     result = self.decrypt_pairwise(&from, &bytes);
                 }
-                if result.is_ok() && self.group_heads() != groups_before {
-                    self.emit(Event::GroupsChanged);
-                }
                 match result {
-                    Ok((received, outgoing)) => {
+                    Ok((received, outgoing, groups_changed)) => {
+                        if groups_changed {
+                            self.emit(Event::GroupsChanged);
+                        }
                         for r in received {
                             self.emit(Event::Message {
                                 id: r.id,
@@ -1155,23 +1154,6 @@ impl Inner {
         }
     }
 
-    /// Every known group with its epoch and name, to tell when a message changed any.
-    fn group_heads(&self) -> Vec<([u8; 32], u64, String)> {
-        let Ok(d) = self.lock() else {
-            return Vec::new();
-        };
-        let mut v: Vec<_> = d
-            .group_ids()
-            .into_iter()
-            .filter_map(|g| {
-                d.group(&g)
-                    .map(|e| (g.0, e.state().epoch, e.state().name.clone()))
-            })
-            .collect();
-        v.sort_unstable();
-        v
-    }
-
     /// A newly linked device asks its siblings for the logs of the account's groups (once; the
     /// marker file is removed when the requests are on the relay).
     async fn sync_groups_from_siblings(&self, conn: &RelayConnection) -> Result<(), ClientError> {
@@ -1199,9 +1181,13 @@ impl Inner {
         &self,
         from: &DeviceAddress,
         bytes: &[u8],
-    ) -> Result<(Vec<hush_core::device::Received>, Vec<Outgoing>), ClientError> {
+    ) -> Result<(Vec<hush_core::device::Received>, Vec<Outgoing>, bool), ClientError> {
         let incoming = self.lock()?.decrypt(from, bytes, &mut rng(), now_ms())?;
-        Ok((incoming.received, incoming.outgoing))
+        Ok((
+            incoming.received,
+            incoming.outgoing,
+            incoming.groups_changed,
+        ))
     }
 
     /// Sends control messages client-core produced (sender keys, retry requests).

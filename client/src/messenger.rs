@@ -820,14 +820,14 @@ impl Shared {
             let Ok(id) = MessageId::try_from(m.message_id.as_slice()) else {
                 continue;
             };
-            let busy = self
+            // Claimed atomically: a send of the same message already under way is left alone.
+            let claimed = self
                 .in_flight
                 .lock()
-                .map_or(true, |f| f.contains(&m.message_id));
-            if busy {
+                .is_ok_and(|mut f| f.insert(m.message_id.clone()));
+            if !claimed {
                 continue;
             }
-            self.mark_in_flight(&id, true);
             let sent = self.deliver(conv, &m, false).await;
             self.mark_in_flight(&id, false);
             if let Err(e) = sent {

@@ -887,8 +887,10 @@ impl<S: KvStore> Device<S> {
         c: &wire::GroupChanges,
         now: u64,
         tx: &mut Tx,
-    ) -> Result<Vec<Received>> {
+    ) -> Result<(Vec<Received>, bool)> {
         let mut created = Vec::new();
+        // Groups whose state this message changed (joined, applied, replaced).
+        let mut changed = std::collections::HashSet::new();
         let parsed = c
             .changes
             .iter()
@@ -928,6 +930,7 @@ impl<S: KvStore> Device<S> {
             match self.groups.get_mut(&g) {
                 None if change.body.epoch == 1 => {
                     created.push(g);
+                    changed.insert(g);
                     let log = GroupLog::create(change)?;
                     self.groups.insert(
                         g,
@@ -940,11 +943,15 @@ impl<S: KvStore> Device<S> {
                 None => continue,
                 Some(e) => match e.log.offer(change)? {
                     Offered::Applied(diffs) => {
+                        changed.insert(g);
                         if diffs.iter().any(|d| !d.removed.is_empty()) {
                             e.needs_rotation = true;
                         }
                     }
-                    Offered::Replaced => e.needs_rotation = true,
+                    Offered::Replaced => {
+                        changed.insert(g);
+                        e.needs_rotation = true;
+                    }
                     Offered::Buffered | Offered::Ignored => {}
                 },
             }
@@ -960,12 +967,13 @@ impl<S: KvStore> Device<S> {
             {
                 self.groups.remove(&g);
                 tx.groups.remove(&g);
+                changed.remove(&g);
             }
         }
         let mut out = Vec::new();
         for g in tx.groups.clone() {
             out.extend(self.drain_buffer(&g, now, tx)?);
         }
-        Ok(out)
+        Ok((out, !changed.is_empty()))
     }
 }
