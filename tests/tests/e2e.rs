@@ -15,6 +15,9 @@
     clippy::too_many_lines
 )]
 
+mod common;
+use common::*;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,36 +26,12 @@ use std::time::Duration;
 use hush_client::{Conversation, EngineConfig, Messenger, MessengerEvent};
 use hush_core::keys::AccountId;
 use hush_proto::app::{StoredMessage, app_message};
-use hush_relay::config::{Config, RateLimit, StoreKind};
 use tokio::sync::mpsc::UnboundedReceiver;
 use zeroize::Zeroizing;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 type Rx = UnboundedReceiver<MessengerEvent>;
-
-fn relay_config(dir: &Path, listen: SocketAddr) -> Config {
-    let lots = RateLimit {
-        per_second: 100_000.0,
-        burst: 100_000,
-    };
-    let mut cfg = Config {
-        data_dir: dir.to_path_buf(),
-        listen,
-        metrics_listen: None,
-        store: StoreKind::Sled,
-        ..Config::default()
-    };
-    cfg.rate.sends = lots;
-    cfg.rate.account_sends = lots;
-    cfg.rate.prekey_fetches = lots;
-    cfg.rate.account_prekey_fetches = lots;
-    cfg.rate.uploads = lots;
-    cfg.rate.account_uploads = lots;
-    cfg.rate.account_creations = lots;
-    cfg.rate.blob_uploads = lots;
-    cfg
-}
 
 fn cfg(dir: &Path, addr: SocketAddr, pin: &str) -> EngineConfig {
     EngineConfig {
@@ -139,12 +118,9 @@ impl Person {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_accounts_with_two_devices_each_chat_in_groups_and_one_to_one() {
     let relay_dir = tempfile::tempdir().unwrap();
-    let relay = hush_relay::start(relay_config(
-        relay_dir.path(),
-        "127.0.0.1:0".parse().unwrap(),
-    ))
-    .await
-    .unwrap();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), any_port()))
+        .await
+        .unwrap();
     let (addr, pin) = (relay.addr, relay.fingerprint.clone());
     let dirs: Vec<tempfile::TempDir> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut people = Vec::new();
@@ -555,12 +531,9 @@ async fn three_accounts_with_two_devices_each_chat_in_groups_and_one_to_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linked_device_learns_a_group_whose_creator_device_has_left() {
     let relay_dir = tempfile::tempdir().unwrap();
-    let relay = hush_relay::start(relay_config(
-        relay_dir.path(),
-        "127.0.0.1:0".parse().unwrap(),
-    ))
-    .await
-    .unwrap();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), any_port()))
+        .await
+        .unwrap();
     let (addr, pin) = (relay.addr, relay.fingerprint.clone());
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let (alice, mut a_rx) = Messenger::create_account(cfg(dirs[0].path(), addr, &pin))
@@ -631,12 +604,9 @@ async fn a_linked_device_learns_a_group_whose_creator_device_has_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_send_goes_on_when_a_member_removed_a_device_the_sender_still_lists() {
     let relay_dir = tempfile::tempdir().unwrap();
-    let relay = hush_relay::start(relay_config(
-        relay_dir.path(),
-        "127.0.0.1:0".parse().unwrap(),
-    ))
-    .await
-    .unwrap();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), any_port()))
+        .await
+        .unwrap();
     let (addr, pin) = (relay.addr, relay.fingerprint.clone());
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let (alice, mut a_rx) = Messenger::create_account(cfg(dirs[0].path(), addr, &pin))

@@ -8,45 +8,19 @@
     clippy::disallowed_methods
 )]
 
+mod common;
+use common::*;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use hush_client::{Engine, EngineConfig, Event};
 use hush_core::keys::AccountId;
-use hush_relay::config::{Config, RateLimit, StoreKind};
 use tokio::sync::mpsc::UnboundedReceiver;
 use zeroize::Zeroizing;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn relay_config(dir: &Path, listen: SocketAddr) -> Config {
-    let lots = RateLimit {
-        per_second: 100_000.0,
-        burst: 100_000,
-    };
-    let mut cfg = Config {
-        data_dir: dir.to_path_buf(),
-        listen,
-        metrics_listen: None,
-        store: StoreKind::Sled,
-        ..Config::default()
-    };
-    cfg.rate.sends = lots;
-    cfg.rate.account_sends = lots;
-    cfg.rate.prekey_fetches = lots;
-    cfg.rate.account_prekey_fetches = lots;
-    cfg.rate.uploads = lots;
-    cfg.rate.account_uploads = lots;
-    cfg.rate.account_creations = lots;
-    cfg
-}
-
-/// A free UDP port on loopback (so a restarted relay can come back at the same address).
-fn free_port() -> SocketAddr {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap()
-}
 
 fn engine_config(dir: &Path, relay: &hush_relay::Running, addr: SocketAddr) -> EngineConfig {
     EngineConfig {

@@ -10,6 +10,9 @@
     clippy::disallowed_methods
 )]
 
+mod common;
+use common::*;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hush_client::{Engine, EngineConfig, Event};
-use hush_relay::config::{Config, RateLimit, StoreKind};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
@@ -157,28 +159,6 @@ async fn proxy(relay: SocketAddr, faults: Faults, seed: u64) -> Proxy {
     }
 }
 
-fn relay_config(dir: &Path, listen: SocketAddr) -> Config {
-    let lots = RateLimit {
-        per_second: 100_000.0,
-        burst: 100_000,
-    };
-    let mut cfg = Config {
-        data_dir: dir.to_path_buf(),
-        listen,
-        metrics_listen: None,
-        store: StoreKind::Sled,
-        ..Config::default()
-    };
-    cfg.rate.sends = lots;
-    cfg.rate.account_sends = lots;
-    cfg.rate.prekey_fetches = lots;
-    cfg.rate.account_prekey_fetches = lots;
-    cfg.rate.uploads = lots;
-    cfg.rate.account_uploads = lots;
-    cfg.rate.account_creations = lots;
-    cfg
-}
-
 fn engine_config(dir: &Path, via: SocketAddr, pin: &str) -> EngineConfig {
     EngineConfig {
         profile: dir.to_path_buf(),
@@ -228,10 +208,7 @@ async fn nothing_more(rx: &mut UnboundedReceiver<Event>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_reordering_duplicating_path_with_rebinding_and_relay_restart_loses_nothing() {
     let relay_dir = tempfile::tempdir().unwrap();
-    let relay_addr = {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap()
-    };
+    let relay_addr = free_port();
     let relay = hush_relay::start(relay_config(relay_dir.path(), relay_addr))
         .await
         .unwrap();

@@ -8,40 +8,19 @@
     clippy::disallowed_methods
 )]
 
+mod common;
+use common::*;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use hush_client::{Conversation, EngineConfig, Messenger, MessengerEvent};
 use hush_proto::app::app_message;
-use hush_relay::config::{Config, RateLimit, StoreKind};
 use tokio::sync::mpsc::UnboundedReceiver;
 use zeroize::Zeroizing;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn relay_config(dir: &Path) -> Config {
-    let lots = RateLimit {
-        per_second: 100_000.0,
-        burst: 100_000,
-    };
-    let mut cfg = Config {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: None,
-        store: StoreKind::Sled,
-        ..Config::default()
-    };
-    cfg.rate.sends = lots;
-    cfg.rate.account_sends = lots;
-    cfg.rate.prekey_fetches = lots;
-    cfg.rate.account_prekey_fetches = lots;
-    cfg.rate.uploads = lots;
-    cfg.rate.account_uploads = lots;
-    cfg.rate.account_creations = lots;
-    cfg.rate.blob_uploads = lots;
-    cfg
-}
 
 fn cfg(dir: &Path, addr: SocketAddr, pin: &str) -> EngineConfig {
     EngineConfig {
@@ -71,7 +50,7 @@ async fn next<T>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_messengers_chat_with_receipts_typing_presence_attachments_and_history() {
     let relay_dir = tempfile::tempdir().unwrap();
-    let relay = hush_relay::start(relay_config(relay_dir.path()))
+    let relay = hush_relay::start(relay_config(relay_dir.path(), any_port()))
         .await
         .unwrap();
     let (ad, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -247,7 +226,7 @@ async fn two_messengers_chat_with_receipts_typing_presence_attachments_and_histo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linked_device_sees_sent_messages_and_an_offline_device_catches_up_1000_in_order() {
     let relay_dir = tempfile::tempdir().unwrap();
-    let relay = hush_relay::start(relay_config(relay_dir.path()))
+    let relay = hush_relay::start(relay_config(relay_dir.path(), any_port()))
         .await
         .unwrap();
     let (a1d, a2d, bd) = (
@@ -351,14 +330,8 @@ async fn a_linked_device_sees_sent_messages_and_an_offline_device_catches_up_100
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restarts() {
     let relay_dir = tempfile::tempdir().unwrap();
-    let addr: SocketAddr = {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap()
-    };
-    let with_addr = |dir: &Path| Config {
-        listen: addr,
-        ..relay_config(dir)
-    };
+    let addr: SocketAddr = free_port();
+    let with_addr = |dir: &Path| relay_config(dir, addr);
     let relay = hush_relay::start(with_addr(relay_dir.path()))
         .await
         .unwrap();
