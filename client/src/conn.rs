@@ -20,6 +20,10 @@ use crate::error::{ClientError, Refusal};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keep-alive interval (the relay closes connections idle for 60 s).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(20);
+/// Longest a QUIC handshake may take. A handshake whose first packets went to a relay that was
+/// down backs its retransmissions off (1 s, 2 s, 4 s, ...); a fresh attempt after this long
+/// reaches a relay that is back sooner than waiting out the idle timeout.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest frame accepted from the relay.
 const MAX_SERVER_FRAME: usize = 8 << 20;
 /// Unsolicited frames buffered before the reader waits for the engine.
@@ -58,16 +62,20 @@ impl RelayConnection {
         };
         let mut endpoint = quinn::Endpoint::client(bind).map_err(ClientError::unreachable)?;
         endpoint.set_default_client_config(cc);
-        let conn = endpoint
+        let connecting = endpoint
             .connect(addr, "hush-relay")
-            .map_err(ClientError::unreachable)?
+            .map_err(ClientError::unreachable)?;
+        let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
             .await
+            .map_err(|_| ClientError::Unreachable("no answer from the relay".to_owned()))?
             .map_err(ClientError::unreachable)?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(ClientError::unreachable)?;
         let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let quic = conn.clone();
         tokio::spawn(async move {
             while let Some(b) = out_rx.recv().await {
                 if send.write_all(&b).await.is_err() {
+                    quic.close(0u8.into(), b"stream ended");
                     return;
                 }
             }
@@ -76,6 +84,7 @@ impl RelayConnection {
         let pending: Pending = Arc::default();
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         let p = Arc::clone(&pending);
+        let quic = conn.clone();
         tokio::spawn(async move {
             while let Ok(f) = frame::read::<ServerFrame, _>(&mut recv, MAX_SERVER_FRAME).await {
                 let Some(kind) = f.kind else { continue };
@@ -95,7 +104,9 @@ impl RelayConnection {
                     }
                 }
             }
-            // Wake every waiter: the connection is gone.
+            // The stream is gone, so is the connection: close it (so that nobody takes it for a
+            // live one) and wake every waiter.
+            quic.close(0u8.into(), b"stream ended");
             if let Ok(mut m) = p.lock() {
                 m.clear();
             }
@@ -134,12 +145,16 @@ impl RelayConnection {
             kind: Some(kind),
         });
         if self.out.send(bytes).is_err() {
+            self.close();
             return Err(ClientError::Disconnected);
         }
         let answer = tokio::select! {
             r = tokio::time::timeout(REQUEST_TIMEOUT, rx) => match r {
                 Ok(Ok(k)) => k,
-                Ok(Err(_)) => return Err(ClientError::Disconnected),
+                Ok(Err(_)) => {
+                    self.close();
+                    return Err(ClientError::Disconnected);
+                }
                 Err(_) => return Err(ClientError::Timeout),
             },
             _ = self.conn.closed() => return Err(ClientError::Disconnected),
@@ -263,6 +278,11 @@ impl RelayConnection {
                 "unexpected answer to a blob download",
             )),
         }
+    }
+
+    /// Whether the connection is still usable (not closed by either side, its stream alive).
+    pub fn is_open(&self) -> bool {
+        self.conn.close_reason().is_none()
     }
 
     /// Closes the connection.

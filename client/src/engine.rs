@@ -731,7 +731,13 @@ impl Inner {
         wait: Duration,
     ) -> Result<Arc<RelayConnection>, ClientError> {
         let mut rx = self.conn.subscribe();
-        let got = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
+        // A connection whose stream has just ended stays published until the session loop
+        // notices; it is skipped, so that a retry waits for the next one.
+        let got = tokio::time::timeout(
+            wait,
+            rx.wait_for(|c| c.as_ref().is_some_and(|c| c.is_open())),
+        )
+        .await;
         match got {
             Ok(Ok(c)) => c.as_ref().map(Arc::clone).ok_or(ClientError::Disconnected),
             Ok(Err(_)) => Err(ClientError::Closed),
@@ -846,8 +852,14 @@ impl Inner {
         let mut id = [0u8; 16];
         rng().fill(&mut id[..]);
         let mut last = ClientError::Disconnected;
+        // After the first connection breaks, the next one (the same bytes under the same id).
+        let mut next: Option<Arc<RelayConnection>> = None;
         for _ in 0..SEND_ATTEMPTS {
-            let r = conn
+            let c = match &next {
+                Some(c) => c.as_ref(),
+                None => conn,
+            };
+            let r = c
                 .request(client_frame::Kind::Send(api::Send {
                     client_id: id.to_vec(),
                     recipient_account: account.to_vec(),
@@ -857,7 +869,12 @@ impl Inner {
                 .await;
             match r {
                 Ok(_) => return Ok(()),
-                Err(e) if e.is_transient() => last = e,
+                Err(e) if e.is_transient() => {
+                    if !c.is_open() {
+                        next = Some(self.current(CONNECT_WAIT).await?);
+                    }
+                    last = e;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -1313,14 +1330,19 @@ async fn run(inner: Arc<Inner>) {
             r = session(&inner) => r,
             () = inner.shutdown.cancelled() => break,
         };
-        if let Err(e) = ended {
-            tracing::debug!(error = %e, "relay session ended");
-        }
+        let drained = match ended {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "relay session ended");
+                false
+            }
+        };
         if inner.shutdown.is_cancelled() {
             break;
         }
-        // A session that lasted a while resets the backoff.
-        if started.elapsed() > Duration::from_secs(10) {
+        // A session that lasted a while, or that the relay ended by draining (it asked for the
+        // reconnect: nothing failed), resets the backoff.
+        if drained || started.elapsed() > Duration::from_secs(10) {
             backoff = MIN_BACKOFF;
         }
         let jitter = rng().random_range(0.5..1.5);

@@ -60,6 +60,14 @@ pub const CONNECTION_EVENTS: usize = 64;
 /// Time a write to a client may take before the connection is considered stuck (ms).
 pub const WRITE_TIMEOUT_MS: u64 = 10_000;
 
+/// On shutdown, the longest the relay waits for its connections to finish what they have read.
+pub const DRAIN_TIMEOUT_MS: u64 = 10_000;
+
+/// On shutdown, after closing every connection, the longest the relay waits for the close to
+/// reach the peers. A handshake a client abandoned can otherwise hold the endpoint until its idle
+/// timeout.
+pub const CLOSE_TIMEOUT_MS: u64 = 2_000;
+
 /// Time from connection to successful authentication (ms).
 pub const AUTH_TIMEOUT_MS: u64 = 10_000;
 

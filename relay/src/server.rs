@@ -516,9 +516,12 @@ pub async fn run(endpoint: quinn::Endpoint, relay: Arc<Relay>, shutdown: Cancell
     let told = relay.router.broadcast(Live::Drain);
     tracing::info!(connections = told, "draining");
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
-        .await
-        .is_err()
+    if tokio::time::timeout(
+        Duration::from_millis(limits::DRAIN_TIMEOUT_MS),
+        tracker.wait(),
+    )
+    .await
+    .is_err()
     {
         tracing::warn!("connections still open after the drain timeout; closing them");
     }
@@ -528,7 +531,15 @@ pub async fn run(endpoint: quinn::Endpoint, relay: Arc<Relay>, shutdown: Cancell
         tracing::error!(error = %e, "final flush failed");
     }
     endpoint.close(close::DRAINING.into(), b"relay shutting down");
-    endpoint.wait_idle().await;
+    if tokio::time::timeout(
+        Duration::from_millis(limits::CLOSE_TIMEOUT_MS),
+        endpoint.wait_idle(),
+    )
+    .await
+    .is_err()
+    {
+        tracing::debug!("closes not all confirmed; stopping anyway");
+    }
 }
 
 async fn sweep_loop(relay: Arc<Relay>, shutdown: CancellationToken) {

@@ -1,7 +1,8 @@
 //! Network faults: engines reach the relay through a UDP proxy on 127.0.0.1 that drops,
 //! duplicates, delays and reorders datagrams in both directions, and that can rebind (as a NAT
 //! does, giving the client a new address mid-connection). Through loss, a rebinding and a relay
-//! restart, every message arrives exactly once and in order, and both sides reconnect.
+//! restart with an outage, every message arrives exactly once and in order, and both sides
+//! reconnect.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -28,6 +29,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use zeroize::Zeroizing;
 
 const WAIT: Duration = Duration::from_secs(60);
+/// How long the relay stays down when it restarts.
+const OUTAGE: Duration = Duration::from_millis(1500);
 
 /// What the path does to each datagram, in per mille.
 #[derive(Clone, Copy)]
@@ -277,6 +280,8 @@ async fn lossy_reordering_duplicating_path_with_rebinding_and_relay_restart_lose
     let sa = send_all(Arc::clone(&alice), b, "d", 0..40);
     let first = messages(&bob, &mut b_rx, 10).await;
     relay.stop().await;
+    // Down for a while: the engines' attempts in between find nothing and back off.
+    tokio::time::sleep(OUTAGE).await;
     let relay = hush_relay::start(relay_config(relay_dir.path(), relay_addr))
         .await
         .unwrap();
