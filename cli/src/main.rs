@@ -421,6 +421,11 @@ fn print_event(dir: &Path, ev: &MessengerEvent) {
         MessengerEvent::Sent { message_id, .. } => {
             say!("sent (after reconnecting): {}", hex::encode(message_id));
         }
+        MessengerEvent::SendFailed {
+            message_id, reason, ..
+        } => {
+            say!("not sent: {} ({reason})", hex::encode(message_id));
+        }
         MessengerEvent::IdentityWarning { account } => say!(
             "WARNING: the identity of {} could not be verified (conflicting or forged device list); do not trust new messages until you compare safety numbers",
             name_of(dir, account.as_bytes())
@@ -605,8 +610,11 @@ async fn command(
                 } else {
                     name_of(&p.dir, &msg.sender_account)
                 };
+                let failed = format!(" (not sent: {})", msg.failed);
                 let state = if msg.outgoing {
-                    if !msg.read_by.is_empty() {
+                    if !msg.failed.is_empty() && !msg.sent {
+                        failed.as_str()
+                    } else if !msg.read_by.is_empty() {
                         " (read)"
                     } else if !msg.delivered_to.is_empty() {
                         " (delivered)"

@@ -66,6 +66,28 @@ impl ClientError {
         Self::Unreachable(e.to_string())
     }
 
+    /// Whether sending the same thing again can never succeed by itself: the protocol or the
+    /// relay refused it for what it is (not a group member, unknown account, too large, a device
+    /// list that does not verify), not for the state of the network, the relay or the disk.
+    /// An outbox gives up on such a message and tells the user.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Core(hush_core::Error::Store(_)) => false,
+            Self::Core(_) | Self::InvalidUsername(_) | Self::Config(_) => true,
+            Self::Refused(r) => matches!(
+                r.code,
+                ErrorCode::Malformed
+                    | ErrorCode::Forbidden
+                    | ErrorCode::NotFound
+                    | ErrorCode::BadSignature
+                    | ErrorCode::TooLarge
+                    | ErrorCode::TooManyDevices
+                    | ErrorCode::UnknownRequest
+            ),
+            _ => false,
+        }
+    }
+
     /// Whether trying again later (after reconnecting) may succeed.
     pub fn is_transient(&self) -> bool {
         match self {

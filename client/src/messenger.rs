@@ -122,6 +122,16 @@ pub enum MessengerEvent {
         /// Which message.
         message_id: MessageId,
     },
+    /// A message this device stored could not be sent and will not be sent again by itself
+    /// (see [`ClientError::is_permanent`]): show it as failed; [`Messenger::retry`] tries again.
+    SendFailed {
+        /// Where.
+        conversation: Conversation,
+        /// Which message.
+        message_id: MessageId,
+        /// Why (for the user).
+        reason: String,
+    },
 }
 
 /// Never shows message content: the kind of event and who it concerns.
@@ -182,6 +192,15 @@ impl std::fmt::Debug for MessengerEvent {
             Self::Sent { conversation, .. } => f
                 .debug_struct("Sent")
                 .field("conversation", conversation)
+                .finish_non_exhaustive(),
+            Self::SendFailed {
+                conversation,
+                reason,
+                ..
+            } => f
+                .debug_struct("SendFailed")
+                .field("conversation", conversation)
+                .field("reason", reason)
                 .finish_non_exhaustive(),
         }
     }
@@ -251,6 +270,13 @@ impl History {
             *c = (*c).max(a.counter);
         }
         self.by_key.insert(key, m);
+    }
+
+    /// The message with id `id` and its conversation.
+    fn get(&self, id: &[u8]) -> Option<(Conversation, StoredMessage)> {
+        let key = self.by_id.get(id)?;
+        let m = self.by_key.get(key)?;
+        Some((conversation_of(key)?, m.clone()))
     }
 
     fn contains(&self, id: &[u8]) -> bool {
@@ -447,6 +473,11 @@ impl Messenger {
     }
 
     /// Sends a text (optionally as a reply); returns its id once the relay has it durably.
+    ///
+    /// The message is stored first. If it cannot leave now (offline, relay unreachable) the
+    /// error says so and the outbox sends it on the next connection ([`MessengerEvent::Sent`]);
+    /// if it is refused for good ([`ClientError::is_permanent`]) it is stored as failed and
+    /// [`MessengerEvent::SendFailed`] names it. The same holds for reactions and attachments.
     pub async fn send_text(
         &self,
         to: Conversation,
@@ -608,6 +639,22 @@ impl Messenger {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The stored message with id `id`, and its conversation.
+    pub fn message(
+        &self,
+        id: &MessageId,
+    ) -> Result<Option<(Conversation, StoredMessage)>, ClientError> {
+        Ok(self.shared.lock_history()?.get(id))
+    }
+
+    /// Sends again a message of this device that has not reached the relay: one shown as failed
+    /// (`StoredMessage::failed`, [`MessengerEvent::SendFailed`]) or still waiting in the
+    /// outbox. Nothing happens for one already sent. Errors as for [`Self::send_text`]; a
+    /// message refused again for good stays failed.
+    pub async fn retry(&self, id: &MessageId) -> Result<(), ClientError> {
+        self.shared.retry(id).await
     }
 
     /// Up to `limit` messages of a conversation, oldest first, before message `before` (or the
@@ -776,10 +823,80 @@ impl Shared {
         self.mark_in_flight(&id, true);
         let sent = self.deliver(to, &m, false).await;
         self.mark_in_flight(&id, false);
-        sent?;
+        if let Err(e) = sent {
+            // Refused for good: stored as failed, never sent again by the outbox. Otherwise it
+            // waits in the outbox for the next connection.
+            if e.is_permanent() {
+                self.fail(to, &id, &e)?;
+            }
+            return Err(e);
+        }
         self.lock_history()?.update(&id, |s| s.sent = true)?;
         self.sync_sent(peer, m).await;
         Ok(id)
+    }
+
+    /// Stores a message as failed for good and tells the app.
+    fn fail(&self, conv: Conversation, id: &MessageId, e: &ClientError) -> Result<(), ClientError> {
+        let reason = e.to_string();
+        let stored = reason.clone();
+        self.lock_history()?.update(id, |s| s.failed = stored)?;
+        self.emit(MessengerEvent::SendFailed {
+            conversation: conv,
+            message_id: *id,
+            reason,
+        });
+        Ok(())
+    }
+
+    /// Sends again a message of this device that failed for good (after the user fixed the
+    /// cause, or to try once more): as [`Self::send_stored`], under its original id, so
+    /// recipients that somehow got it already drop the copy.
+    async fn retry(&self, id: &MessageId) -> Result<(), ClientError> {
+        let (conv, stored) = self
+            .lock_history()?
+            .get(id)
+            .ok_or(ClientError::Config("no such message".into()))?;
+        if !stored.outgoing
+            || stored.sender_device != self.me.device_id
+            || stored.sender_account != self.me.account.as_bytes()
+        {
+            return Err(ClientError::Config(
+                "only a message this device sent can be retried".into(),
+            ));
+        }
+        if stored.sent {
+            return Ok(());
+        }
+        let m = stored
+            .message
+            .ok_or(ClientError::Protocol("stored message without content"))?;
+        let claimed = self
+            .in_flight
+            .lock()
+            .is_ok_and(|mut f| f.insert(id.to_vec()));
+        if !claimed {
+            // Being sent right now.
+            return Ok(());
+        }
+        let cleared = self
+            .lock_history()
+            .and_then(|mut h| h.update(id, |s| s.failed.clear()));
+        if let Err(e) = cleared {
+            self.mark_in_flight(id, false);
+            return Err(e);
+        }
+        let sent = self.deliver(conv, &m, false).await;
+        self.mark_in_flight(id, false);
+        if let Err(e) = sent {
+            if e.is_permanent() {
+                self.fail(conv, id, &e)?;
+            }
+            return Err(e);
+        }
+        self.lock_history()?.update(id, |s| s.sent = true)?;
+        self.sync_sent(stored.peer, m).await;
+        Ok(())
     }
 
     fn mark_in_flight(&self, id: &[u8], on: bool) {
@@ -806,6 +923,7 @@ impl Shared {
                 .filter(|(_, m)| {
                     m.outgoing
                         && !m.sent
+                        && m.failed.is_empty()
                         && m.sender_device == self.me.device_id
                         && m.sender_account == self.me.account.as_bytes()
                 })
@@ -831,12 +949,18 @@ impl Shared {
             let sent = self.deliver(conv, &m, false).await;
             self.mark_in_flight(&id, false);
             if let Err(e) = sent {
-                tracing::debug!(error = %e, "an unsent message is still waiting");
-                // Offline again, or the conversation is gone: the next connection retries.
-                if !matches!(e, ClientError::Core(_)) {
-                    break;
+                if e.is_permanent() {
+                    // Refused for good (the group is gone, the account too, ...): the user is
+                    // told, and the outbox moves on.
+                    tracing::debug!(error = %e, "an unsent message was refused");
+                    if self.fail(conv, &id, &e).is_err() {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
+                // Offline again: the next connection retries, in order.
+                tracing::debug!(error = %e, "an unsent message is still waiting");
+                break;
             }
             if self
                 .lock_history()

@@ -27,8 +27,6 @@ pub const MAX_HISTORY_PAGE: u32 = 1000;
 pub const MAX_WAIT_MS: u64 = 3_600_000;
 /// Link offers kept at once (each waits for its new device).
 const MAX_LINK_OFFERS: usize = 4;
-/// Messages read per history page while looking for an attachment.
-const SEARCH_PAGE: usize = 256;
 /// How long `shutdown` waits for calls still running to let go of the messenger.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Worker threads of the client's runtime.
@@ -340,30 +338,14 @@ fn find_attachment(
     conv: hush_client::Conversation,
     id: &[u8; 16],
 ) -> Result<Attachment, HushError> {
-    let mut before: Option<[u8; 16]> = None;
-    loop {
-        let page = m.history(conv, before, SEARCH_PAGE)?;
-        for s in page.iter().rev() {
-            let Some(a) = &s.message else { continue };
-            if a.message_id.as_slice() == id.as_slice() {
-                return match &a.kind {
-                    Some(app_message::Kind::Attachment(att)) => Ok(att.clone()),
-                    _ => Err(HushError::invalid("that message is not an attachment")),
-                };
-            }
-        }
-        let oldest = page
-            .first()
-            .and_then(|s| s.message.as_ref())
-            .and_then(|a| <[u8; 16]>::try_from(a.message_id.as_slice()).ok());
-        match oldest {
-            Some(o) if page.len() == SEARCH_PAGE && Some(o) != before => before = Some(o),
-            _ => {
-                return Err(HushError::NotFound(
-                    "no such message in this conversation".into(),
-                ));
-            }
-        }
+    match m.message(id)? {
+        Some((c, s)) if c == conv => match s.message.and_then(|a| a.kind) {
+            Some(app_message::Kind::Attachment(att)) => Ok(att),
+            _ => Err(HushError::invalid("that message is not an attachment")),
+        },
+        _ => Err(HushError::NotFound(
+            "no such message in this conversation".into(),
+        )),
     }
 }
 
@@ -592,6 +574,21 @@ impl HushClient {
             Ok(hex::encode(m.send_text(conv, &text, reply).await?))
         })
         .await
+    }
+
+    /// Sends again a message of this device that is `Failed` (or still `Sending`): after the
+    /// user fixed the cause, or to try once more. Nothing happens for a message already sent.
+    pub async fn retry_send(&self, message_id: String) -> Result<(), HushError> {
+        let id = parse_message_id(&message_id)?;
+        self.with(move |m| async move { Ok(m.retry(&id).await?) })
+            .await
+    }
+
+    /// The stored message with id `message_id`, or none.
+    pub fn message(&self, message_id: String) -> Result<Option<HushMessage>, HushError> {
+        let id = parse_message_id(&message_id)?;
+        let m = self.inner.messenger()?;
+        Ok(m.message(&id)?.map(|(c, s)| message(c.into(), &s)))
     }
 
     /// Reacts to message `target` (an empty `emoji` removes the reaction); returns the

@@ -135,6 +135,8 @@ pub enum MessageStatus {
     Delivered,
     /// Outgoing, read by at least one recipient.
     Read,
+    /// Outgoing, refused for good (see `HushMessage.failure`); `retry_send` tries again.
+    Failed,
     /// Incoming, not yet marked read.
     Unread,
     /// Incoming, marked read.
@@ -171,6 +173,8 @@ pub struct HushMessage {
     pub read_by: Vec<String>,
     /// A message of this sender is missing before this one.
     pub gap_before: bool,
+    /// Outgoing and `Failed`: why it was refused, for the user.
+    pub failure: Option<String>,
 }
 
 fn opt_hex(b: &[u8]) -> Option<String> {
@@ -203,6 +207,8 @@ pub(crate) fn message(conversation: Conversation, m: &StoredMessage) -> HushMess
             MessageStatus::Delivered
         } else if m.sent {
             MessageStatus::Sent
+        } else if !m.failed.is_empty() {
+            MessageStatus::Failed
         } else {
             MessageStatus::Sending
         }
@@ -225,6 +231,7 @@ pub(crate) fn message(conversation: Conversation, m: &StoredMessage) -> HushMess
         delivered_to: m.delivered_to.iter().map(hex::encode).collect(),
         read_by: m.read_by.iter().map(hex::encode).collect(),
         gap_before: m.gap_before,
+        failure: (!m.failed.is_empty()).then(|| m.failed.clone()),
     }
 }
 
@@ -276,6 +283,16 @@ pub enum HushEvent {
         conversation: Conversation,
         /// Which message.
         message_id: String,
+    },
+    /// A message this device stored was refused for good (not a member any more, unknown
+    /// account, too large): show it as failed; `retry_send` tries again.
+    SendFailed {
+        /// Where.
+        conversation: Conversation,
+        /// Which message.
+        message_id: String,
+        /// Why, for the user.
+        reason: String,
     },
     /// A contact's devices changed: new keys may read what is sent to them; offer to compare
     /// safety numbers.
@@ -362,6 +379,15 @@ impl From<MessengerEvent> for HushEvent {
             } => Self::Sent {
                 conversation: conversation.into(),
                 message_id: hex::encode(message_id),
+            },
+            MessengerEvent::SendFailed {
+                conversation,
+                message_id,
+                reason,
+            } => Self::SendFailed {
+                conversation: conversation.into(),
+                message_id: hex::encode(message_id),
+                reason,
             },
         }
     }

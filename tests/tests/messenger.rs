@@ -328,7 +328,8 @@ async fn a_linked_device_sees_sent_messages_and_an_offline_device_catches_up_100
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restarts() {
+async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restarts_and_one_refused_for_good_is_reported()
+ {
     let relay_dir = tempfile::tempdir().unwrap();
     let addr: SocketAddr = free_port();
     let with_addr = |dir: &Path| relay_config(dir, addr);
@@ -364,6 +365,19 @@ async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restar
     )
     .await;
     assert!(pending.is_err(), "sent although the relay was down");
+    // And one to an account the relay does not know (a mistyped contact), also stored.
+    let nobody = hush_core::keys::AccountId::from_bytes(
+        ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32])
+            .verifying_key()
+            .as_bytes(),
+    )
+    .unwrap();
+    let pending = tokio::time::timeout(
+        Duration::from_millis(300),
+        alice.send_text(Conversation::Direct(nobody), "to nobody", None),
+    )
+    .await;
+    assert!(pending.is_err(), "sent although the relay was down");
     alice.shutdown().await;
 
     // The relay is back; Alice's app starts again, its outbox sends the message, once.
@@ -382,12 +396,77 @@ async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restar
         .as_slice()
         .try_into()
         .unwrap();
-    let sent = next(&mut a_rx, |e| match e {
-        MessengerEvent::Sent { message_id, .. } => Some(message_id),
+    let lost = alice
+        .history(Conversation::Direct(nobody), None, 10)
+        .unwrap();
+    let lost_id: [u8; 16] = lost[0]
+        .message
+        .as_ref()
+        .unwrap()
+        .message_id
+        .as_slice()
+        .try_into()
+        .unwrap();
+    // The outbox sends the first; the second is refused for good, reported, and not retried.
+    let (mut sent, mut failed) = (None, None);
+    while sent.is_none() || failed.is_none() {
+        next(&mut a_rx, |e| match e {
+            MessengerEvent::Sent { message_id, .. } => {
+                sent = Some(message_id);
+                Some(())
+            }
+            MessengerEvent::SendFailed {
+                conversation,
+                message_id,
+                reason,
+            } => {
+                assert_eq!(conversation, Conversation::Direct(nobody));
+                assert!(!reason.is_empty());
+                failed = Some(message_id);
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    }
+    assert_eq!(sent, Some(id));
+    assert_eq!(failed, Some(lost_id));
+    let (conv, stored) = alice.message(&lost_id).unwrap().unwrap();
+    assert_eq!(conv, Conversation::Direct(nobody));
+    assert!(
+        !stored.sent && !stored.failed.is_empty(),
+        "not stored as failed"
+    );
+    // Retrying by hand is refused the same way and leaves it failed.
+    let again = alice.retry(&lost_id).await.unwrap_err();
+    assert!(again.is_permanent(), "{again}");
+    assert!(
+        !alice
+            .message(&lost_id)
+            .unwrap()
+            .unwrap()
+            .1
+            .failed
+            .is_empty()
+    );
+    // A message already sent: retry does nothing.
+    alice.retry(&id).await.unwrap();
+    // A send to it while connected fails at once, stored as failed, reported.
+    let err = alice
+        .send_text(Conversation::Direct(nobody), "still nobody", None)
+        .await
+        .unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    next(&mut a_rx, |e| match e {
+        MessengerEvent::SendFailed { message_id, .. } if message_id != lost_id => Some(()),
         _ => None,
     })
     .await;
-    assert_eq!(sent, id);
+    let lost = alice
+        .history(Conversation::Direct(nobody), None, 10)
+        .unwrap();
+    assert_eq!(lost.len(), 2);
+    assert!(lost.iter().all(|m| !m.sent && !m.failed.is_empty()));
     assert!(
         alice.history(Conversation::Direct(b), None, 10).unwrap()[1].sent,
         "not marked sent"

@@ -299,6 +299,24 @@ async def main():
         HushError.InvalidArgument, "missing", alice.send_file(to_bob, os.path.join(SCRATCH, "missing"), "x")
     )
     await expect_error_async(HushError.InvalidArgument, "itself", bob.remove_device(b_info.device_id))
+
+    # A well-formed account id the relay does not know (the Ed25519 base point): the message is
+    # refused for good, stored as failed, reported to the listener; a retry is refused the same.
+    nobody = Conversation.DIRECT("58" + "66" * 31)
+    await expect_error_async(
+        HushError.UnknownUser, "no such account", alice.send_text(nobody, "anyone there?", None)
+    )
+    failed = await a_events.wait_async(
+        "send failed", lambda ev: ev.is_send_failed() and ev.conversation == nobody and ev
+    )
+    assert "unknown account" in failed.reason, failed.reason
+    lost = alice.message(failed.message_id)
+    assert lost.status == MessageStatus.FAILED and lost.failure, lost
+    assert lost.content.is_text() and lost.content.body == "anyone there?"
+    await expect_error_async(HushError.UnknownUser, "no such account", alice.retry_send(lost.id))
+    assert alice.message(lost.id).status == MessageStatus.FAILED
+    assert alice.message("00" * 16) is None
+    expect_error(HushError.InvalidArgument, "message id", lambda: alice.message("xyz"))
     await expect_error_async(HushError.NotFound, "link offer", alice.complete_link("hush-link:00", 1000))
 
     # A second device for Alice: linked with a one-time code from her first device.
