@@ -31,6 +31,17 @@ fn cfg(dir: &Path, addr: SocketAddr, pin: &str) -> EngineConfig {
     }
 }
 
+/// A stored message's id.
+fn id_of(m: &hush_proto::app::StoredMessage) -> [u8; 16] {
+    m.message
+        .as_ref()
+        .unwrap()
+        .message_id
+        .as_slice()
+        .try_into()
+        .unwrap()
+}
+
 /// The next event that `pick` accepts (others are skipped).
 async fn next<T>(
     rx: &mut UnboundedReceiver<MessengerEvent>,
@@ -193,14 +204,7 @@ async fn two_messengers_chat_with_receipts_typing_presence_attachments_and_histo
         texts(newest.clone()),
         (20..30).map(|i| format!("m{i}")).collect::<Vec<_>>()
     );
-    let before: [u8; 16] = newest[0]
-        .message
-        .as_ref()
-        .unwrap()
-        .message_id
-        .as_slice()
-        .try_into()
-        .unwrap();
+    let before: [u8; 16] = id_of(&newest[0]);
     let older = bob.history(to_alice, Some(before), 10).unwrap();
     assert_eq!(
         texts(older),
@@ -388,25 +392,11 @@ async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restar
     let history = alice.history(Conversation::Direct(b), None, 10).unwrap();
     let waiting = history.last().unwrap();
     assert!(waiting.outgoing && !waiting.sent);
-    let id: [u8; 16] = waiting
-        .message
-        .as_ref()
-        .unwrap()
-        .message_id
-        .as_slice()
-        .try_into()
-        .unwrap();
+    let id: [u8; 16] = id_of(waiting);
     let lost = alice
         .history(Conversation::Direct(nobody), None, 10)
         .unwrap();
-    let lost_id: [u8; 16] = lost[0]
-        .message
-        .as_ref()
-        .unwrap()
-        .message_id
-        .as_slice()
-        .try_into()
-        .unwrap();
+    let lost_id: [u8; 16] = id_of(&lost[0]);
     // The outbox sends the first; the second is refused for good, reported, and not retried.
     let (mut sent, mut failed) = (None, None);
     while sent.is_none() || failed.is_none() {
