@@ -405,6 +405,7 @@ pub fn proto_app() -> Vec<Vec<u8>> {
         read: false,
         gap_before: true,
         sent: true,
+        failed: String::new(),
     };
     let mut out = vec![
         select(a, "AppMessage", &text.encode_to_vec()),
