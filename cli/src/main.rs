@@ -610,10 +610,9 @@ async fn command(
                 } else {
                     name_of(&p.dir, &msg.sender_account)
                 };
-                let failed = format!(" (not sent: {})", msg.failed);
                 let state = if msg.outgoing {
                     if !msg.failed.is_empty() && !msg.sent {
-                        failed.as_str()
+                        &format!(" (not sent: {})", msg.failed)
                     } else if !msg.read_by.is_empty() {
                         " (read)"
                     } else if !msg.delivered_to.is_empty() {

@@ -821,19 +821,32 @@ impl Shared {
         // again on the next connection).
         self.lock_history()?.insert(&to, stored)?;
         self.mark_in_flight(&id, true);
-        let sent = self.deliver(to, &m, false).await;
-        self.mark_in_flight(&id, false);
+        self.send_claimed(to, &id, m, peer).await?;
+        Ok(id)
+    }
+
+    /// Sends a stored message this device has claimed (`in_flight`) and releases the claim: on
+    /// success it is marked sent and copied to the account's other devices; refused for good,
+    /// it is stored as failed (never sent again by the outbox) and the app is told. Otherwise it
+    /// waits in the outbox for the next connection.
+    async fn send_claimed(
+        &self,
+        conv: Conversation,
+        id: &MessageId,
+        m: AppMessage,
+        peer: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let sent = self.deliver(conv, &m, false).await;
+        self.mark_in_flight(id, false);
         if let Err(e) = sent {
-            // Refused for good: stored as failed, never sent again by the outbox. Otherwise it
-            // waits in the outbox for the next connection.
             if e.is_permanent() {
-                self.fail(to, &id, &e)?;
+                self.fail(conv, id, &e)?;
             }
             return Err(e);
         }
-        self.lock_history()?.update(&id, |s| s.sent = true)?;
+        self.lock_history()?.update(id, |s| s.sent = true)?;
         self.sync_sent(peer, m).await;
-        Ok(id)
+        Ok(())
     }
 
     /// Stores a message as failed for good and tells the app.
@@ -871,11 +884,7 @@ impl Shared {
         let m = stored
             .message
             .ok_or(ClientError::Protocol("stored message without content"))?;
-        let claimed = self
-            .in_flight
-            .lock()
-            .is_ok_and(|mut f| f.insert(id.to_vec()));
-        if !claimed {
+        if !self.claim(id) {
             // Being sent right now.
             return Ok(());
         }
@@ -886,17 +895,14 @@ impl Shared {
             self.mark_in_flight(id, false);
             return Err(e);
         }
-        let sent = self.deliver(conv, &m, false).await;
-        self.mark_in_flight(id, false);
-        if let Err(e) = sent {
-            if e.is_permanent() {
-                self.fail(conv, id, &e)?;
-            }
-            return Err(e);
-        }
-        self.lock_history()?.update(id, |s| s.sent = true)?;
-        self.sync_sent(stored.peer, m).await;
-        Ok(())
+        self.send_claimed(conv, id, m, stored.peer).await
+    }
+
+    /// Claims a stored message for sending, atomically: false if a send of it is under way.
+    fn claim(&self, id: &[u8]) -> bool {
+        self.in_flight
+            .lock()
+            .is_ok_and(|mut f| f.insert(id.to_vec()))
     }
 
     fn mark_in_flight(&self, id: &[u8], on: bool) {
@@ -939,41 +945,25 @@ impl Shared {
                 continue;
             };
             // Claimed atomically: a send of the same message already under way is left alone.
-            let claimed = self
-                .in_flight
-                .lock()
-                .is_ok_and(|mut f| f.insert(m.message_id.clone()));
-            if !claimed {
+            if !self.claim(&id) {
                 continue;
             }
-            let sent = self.deliver(conv, &m, false).await;
-            self.mark_in_flight(&id, false);
-            if let Err(e) = sent {
-                if e.is_permanent() {
-                    // Refused for good (the group is gone, the account too, ...): the user is
-                    // told, and the outbox moves on.
+            match self.send_claimed(conv, &id, m, stored.peer).await {
+                Ok(()) => self.emit(MessengerEvent::Sent {
+                    conversation: conv,
+                    message_id: id,
+                }),
+                // Refused for good (the group is gone, the account too, ...): stored as
+                // failed, the app told; the outbox moves on.
+                Err(e) if e.is_permanent() => {
                     tracing::debug!(error = %e, "an unsent message was refused");
-                    if self.fail(conv, &id, &e).is_err() {
-                        break;
-                    }
-                    continue;
                 }
                 // Offline again: the next connection retries, in order.
-                tracing::debug!(error = %e, "an unsent message is still waiting");
-                break;
+                Err(e) => {
+                    tracing::debug!(error = %e, "an unsent message is still waiting");
+                    break;
+                }
             }
-            if self
-                .lock_history()
-                .and_then(|mut h| h.update(&id, |s| s.sent = true))
-                .is_err()
-            {
-                break;
-            }
-            self.emit(MessengerEvent::Sent {
-                conversation: conv,
-                message_id: id,
-            });
-            self.sync_sent(stored.peer, m).await;
         }
         self.resending.store(false, Ordering::SeqCst);
     }
