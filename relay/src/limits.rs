@@ -96,3 +96,18 @@ pub const MAX_PROVISIONS: usize = 10_000;
 
 /// How long a device-linking message is kept (ms).
 pub const PROVISION_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// How long (in received time) the relay remembers a send's client id after queueing it, so that
+/// a retry is not queued twice (`store::ids`). In memory only; see [`SEND_IDS_MAX`].
+pub const SEND_ID_RETENTION_MS: u64 = 60 * 60 * 1000;
+
+/// Most send ids remembered at once (32 bytes each plus the index): past this the oldest are
+/// forgotten early, so the window is at least `SEND_IDS_MAX / sends per second`.
+pub const SEND_IDS_MAX: usize = 1 << 20;
+
+/// Requests of one connection handled but not yet answered (waiting for the store) at most; the
+/// connection stops reading until one is answered (QUIC flow control pushes back on the client).
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// Operations the store writer applies in one batch at most before flushing.
+pub const WRITER_BATCH_MAX: usize = 4096;

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use super::ids::{SendIds, send_key};
 use super::{
     AccountStore, Claimed, DeviceId, Enqueued, Envelope, MailboxStore, PreKeyStore, PreKeyUpload,
     PushStore, Queued, Result, StoreError, UsernameHolder, UsernameStore,
@@ -21,7 +22,7 @@ struct Inner {
     lists: BTreeMap<[u8; 32], (u64, Vec<u8>)>,
     keys: BTreeMap<DeviceId, Keys>,
     queues: BTreeMap<DeviceId, BTreeMap<u64, Envelope>>,
-    ids: BTreeMap<(DeviceId, DeviceId, [u8; 16]), (u64, u64)>,
+    ids: SendIds,
     last_seq: BTreeMap<DeviceId, u64>,
     push: BTreeMap<DeviceId, String>,
     names: BTreeMap<String, UsernameHolder>,
@@ -178,7 +179,7 @@ impl MailboxStore for MemoryStore {
         // All or nothing: check every new envelope's queue first.
         let mut adding: BTreeMap<DeviceId, usize> = BTreeMap::new();
         for e in envelopes {
-            if !g.ids.contains_key(&(e.recipient, e.sender, e.client_id)) {
+            if g.ids.get(send_key(e)).is_none() {
                 *adding.entry(e.recipient).or_default() += 1;
             }
         }
@@ -190,19 +191,19 @@ impl MailboxStore for MemoryStore {
         }
         let mut out = Vec::with_capacity(envelopes.len());
         for e in envelopes {
-            let id = (e.recipient, e.sender, e.client_id);
-            if let Some((seq, at)) = g.ids.get(&id) {
+            let id = send_key(e);
+            if let Some((seq, at)) = g.ids.get(id) {
                 out.push(Enqueued {
-                    seq: *seq,
+                    seq,
                     fresh: false,
-                    received_at: *at,
+                    received_at: at,
                 });
                 continue;
             }
             let last = g.last_seq.entry(e.recipient).or_insert(0);
             *last = last.saturating_add(1);
             let seq = *last;
-            g.ids.insert(id, (seq, e.received_at));
+            g.ids.insert(id, seq, e.received_at);
             g.queues
                 .entry(e.recipient)
                 .or_default()
@@ -242,7 +243,8 @@ impl MailboxStore for MemoryStore {
                 }
             }
         }
-        // The client ids stay until the TTL sweep, so a send retried after the ack is still a no-op.
+        // The send ids stay in the recent-send index, so a send retried after the ack is still a
+        // no-op while it is remembered.
         Ok(removed.len())
     }
 
@@ -261,7 +263,6 @@ impl MailboxStore for MemoryStore {
                 }
             }
         }
-        g.ids.retain(|_, (_, at)| *at >= cutoff);
         Ok(removed.len())
     }
 

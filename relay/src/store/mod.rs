@@ -20,6 +20,7 @@
 mod suite;
 
 pub mod blobs;
+mod ids;
 pub mod memory;
 pub mod sled_store;
 

@@ -8,39 +8,47 @@
 //! | `prekeys` | device (36) | `StoredPreKeys` |
 //! | `otk` | device (36) ‖ id u32 | serialized `OneTimePreKey` |
 //! | `kem` | device (36) ‖ id u32 | serialized one-time `KemPreKey` |
-//! | `mail` | recipient (36) ‖ seq u64 | `StoredEnvelope` |
-//! | `mail_ids` | recipient (36) ‖ sender (36) ‖ client id (16) | seq u64 ‖ received_at u64 |
-//! | `mail_seq` | recipient (36) | last sequence number given u64 ‖ envelopes queued u64 |
+//! | `mail` | recipient (36) ‖ seq u64 | `StoredEnvelope` (sender, client id, body, received at) |
 //! | `meta` | `"boot"` | number of times the database was opened u64 |
 //! | `push` | device (36) | endpoint URL (UTF-8) |
 //! | `names` | normalized username (UTF-8) | account (32) ‖ account-key signature (64) |
 //! | `name_of` | account (32) | its username |
 //!
-//! A one-time key is claimed with `remove` on its exact key: sled returns the old value to exactly
-//! one caller, so concurrent claims never hand out the same key (a loser moves on to the next key).
-//! An enqueue writes `mail`, `mail_ids` and `mail_seq` for all its envelopes in one serializable
-//! transaction, so each queue's sequence numbers are given in commit order; the caller makes it
-//! durable with [`SledStore::flush`] (the relay's group commit) before acknowledging the send.
-//! Nothing else flushes by itself either: the relay makes every operation it answers durable
-//! through the same group commit (acks need not be: a lost ack only re-delivers).
+//! **The hot path writes one record per envelope and scans nothing.** What a transaction over
+//! three trees used to keep (each queue's last sequence number, its count and bytes, and the
+//! recent-send index) lives in memory, behind one mutex, and is rebuilt from the `mail` tree when
+//! the database opens (one pass over the queued envelopes). An enqueue holds that mutex while it
+//! checks the index and the queue caps, gives the sequence numbers and writes all its envelopes
+//! with one `apply_batch` (atomic: all or none), and only then updates the counters; so a retried
+//! send is not queued twice (while its id is remembered: `store::ids`), a queue cap is exact, and
+//! each queue's sequence numbers are gapless and in commit order. The relay calls every mutating
+//! method from its one writer thread (`crate::writer`), so the mutex is uncontended there; it
+//! still makes the store safe for any caller. Acknowledgements remove records one by one (a lost
+//! removal only re-delivers). Nothing here flushes by itself: the writer makes each batch of
+//! operations durable with one [`SledStore::flush`] before any of them is answered.
 //!
 //! Sequence numbers never repeat, even after a crash that lost unflushed envelopes which were
 //! already delivered: each open of the database increments a boot counter (flushed at once), and
-//! a queue's next number is at least `boot << 32`. The per-queue count is exact (kept in the same
-//! transactions), and the queue cap is checked inside the enqueue transaction for new envelopes
-//! only, so a retried send is never refused as full.
+//! a queue's next number is at least `boot << 32`.
 //!
-//! A username claim reads and writes `names` and `name_of` in one serializable transaction (check
-//! the name is free or the account's, remove the account's old name, bind the new one), so two
-//! concurrent claims of one name cannot both win and the two trees always agree.
+//! One-time pre-keys: a key is claimed with `remove` on its exact key, so concurrent claims never
+//! hand out the same key; the number left per device is kept in memory (rebuilt at open), so a
+//! claim does not count by scanning. Rare operations (pre-key uploads, username claims) keep
+//! their multi-tree transactions.
+//!
+//! Databases written by earlier versions also hold `mail_ids` and `mail_seq` trees; they are no
+//! longer read and are dropped at open.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use hush_proto::Message;
 use hush_proto::relay::{StoredEnvelope, StoredPreKeys};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use super::ids::{self, SendIds};
 use super::{
     AccountStore, Claimed, DeviceId, Enqueued, Envelope, MailboxStore, PreKeyStore, PreKeyUpload,
     PushStore, Queued, Result, StoreError, UsernameHolder, UsernameStore,
@@ -58,13 +66,32 @@ pub struct SledStore {
     otk: sled::Tree,
     kem: sled::Tree,
     mail: sled::Tree,
-    mail_ids: sled::Tree,
-    mail_seq: sled::Tree,
     push: sled::Tree,
     names: sled::Tree,
     name_of: sled::Tree,
     /// `boot << 32`: the least sequence number this process gives.
     seq_floor: u64,
+    /// Queue counters and the recent-send index (rebuilt at open).
+    state: Mutex<MailState>,
+    /// One-time keys left per device: (X25519, ML-KEM) (rebuilt at open).
+    key_counts: Mutex<HashMap<DeviceId, (usize, usize)>>,
+}
+
+/// One queue's counters.
+#[derive(Clone, Copy, Debug, Default)]
+struct Queue {
+    /// Last sequence number given.
+    last: u64,
+    /// Envelopes queued.
+    count: u64,
+    /// Bytes of the stored records.
+    bytes: u64,
+}
+
+#[derive(Default)]
+struct MailState {
+    queues: HashMap<DeviceId, Queue>,
+    ids: SendIds,
 }
 
 impl SledStore {
@@ -78,15 +105,75 @@ impl SledStore {
             otk: tree("otk")?,
             kem: tree("kem")?,
             mail: tree("mail")?,
-            mail_ids: tree("mail_ids")?,
-            mail_seq: tree("mail_seq")?,
             push: tree("push")?,
             names: tree("names")?,
             name_of: tree("name_of")?,
             seq_floor: 0,
+            state: Mutex::new(MailState::default()),
+            key_counts: Mutex::new(HashMap::new()),
             db,
         }
-        .booted()
+        .booted()?
+        .rebuilt()
+    }
+
+    /// Rebuilds what lives in memory from the trees: queue counters and the recent-send index
+    /// from `mail`, one-time key counts from `otk` and `kem`.
+    fn rebuilt(self) -> Result<Self> {
+        for old in ["mail_ids", "mail_seq"] {
+            self.db.drop_tree(old).map_err(backend)?;
+        }
+        let mut st = MailState::default();
+        let mut recent: Vec<(u64, u128, u64)> = Vec::new();
+        for item in self.mail.iter() {
+            let (k, v) = item.map_err(backend)?;
+            let d = k
+                .get(..36)
+                .and_then(DeviceId::from_key)
+                .ok_or(StoreError::Corrupt("mail"))?;
+            let seq = be_u64(k.get(36..).ok_or(StoreError::Corrupt("mail"))?, "mail")?;
+            let e = decode_envelope(d, &v)?;
+            let q = st.queues.entry(d).or_default();
+            q.last = q.last.max(seq);
+            q.count += 1;
+            q.bytes = q.bytes.saturating_add(v.len() as u64);
+            recent.push((e.received_at, ids::send_key(&e), seq));
+        }
+        recent.sort_unstable();
+        for (at, key, seq) in recent {
+            st.ids.insert(key, seq, at);
+        }
+        let mut counts: HashMap<DeviceId, (usize, usize)> = HashMap::new();
+        for (tree, kem) in [(&self.otk, false), (&self.kem, true)] {
+            for k in tree.iter().keys() {
+                let k = k.map_err(backend)?;
+                let d = k
+                    .get(..36)
+                    .and_then(DeviceId::from_key)
+                    .ok_or(StoreError::Corrupt("prekeys"))?;
+                let c = counts.entry(d).or_default();
+                if kem {
+                    c.1 += 1;
+                } else {
+                    c.0 += 1;
+                }
+            }
+        }
+        *self.state()? = st;
+        *self.counts()? = counts;
+        Ok(self)
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, MailState>> {
+        self.state
+            .lock()
+            .map_err(|_| StoreError::Backend("mail state lock poisoned".into()))
+    }
+
+    fn counts(&self) -> Result<MutexGuard<'_, HashMap<DeviceId, (usize, usize)>>> {
+        self.key_counts
+            .lock()
+            .map_err(|_| StoreError::Backend("pre-key count lock poisoned".into()))
     }
 
     fn booted(mut self) -> Result<Self> {
@@ -204,6 +291,7 @@ impl PreKeyStore for SledStore {
             kem.insert(with_id(device, id), v);
         }
         let record = record.encode_to_vec();
+        let mut counts = self.counts()?;
         (&self.prekeys, &self.otk, &self.kem)
             .transaction(|(p, o, k)| {
                 p.insert(&device.key()[..], record.as_slice())?;
@@ -211,10 +299,14 @@ impl PreKeyStore for SledStore {
                 k.apply_batch(&kem)?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(|err| match err {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => backend(e),
-            })?;
+            .map_err(transaction_error)?;
+        // Re-uploaded ids replace keys rather than add: count what is there (rare operation).
+        let prefix = device.key();
+        let c = (
+            Self::count(&self.otk, &prefix),
+            Self::count(&self.kem, &prefix),
+        );
+        counts.insert(*device, c);
         Ok(())
     }
 
@@ -225,8 +317,16 @@ impl PreKeyStore for SledStore {
         let record =
             StoredPreKeys::decode(raw.as_ref()).map_err(|_| StoreError::Corrupt("prekeys"))?;
         let prefix = device.key();
+        let mut counts = self.counts()?;
         let one_time = Self::take_first(&self.otk, &prefix)?;
         let kem = Self::take_first(&self.kem, &prefix)?;
+        let c = counts.entry(*device).or_default();
+        if one_time.is_some() {
+            c.0 = c.0.saturating_sub(1);
+        }
+        if kem.is_some() {
+            c.1 = c.1.saturating_sub(1);
+        }
         // A claimed key must not come back after a crash: the relay flushes (group commit)
         // before handing the bundle out.
         Ok(Some(Claimed {
@@ -234,27 +334,25 @@ impl PreKeyStore for SledStore {
             one_time,
             kem_is_last_resort: kem.is_none(),
             kem: kem.unwrap_or(record.last_resort_kem_pre_key),
-            one_time_left: Self::count(&self.otk, &prefix),
-            kem_left: Self::count(&self.kem, &prefix),
+            one_time_left: c.0,
+            kem_left: c.1,
         }))
     }
 
     fn pre_key_counts(&self, device: &DeviceId) -> Result<(usize, usize)> {
-        let prefix = device.key();
-        Ok((
-            Self::count(&self.otk, &prefix),
-            Self::count(&self.kem, &prefix),
-        ))
+        Ok(self.counts()?.get(device).copied().unwrap_or_default())
     }
 
     fn remove_pre_keys(&self, device: &DeviceId) -> Result<()> {
         let prefix = device.key();
+        let mut counts = self.counts()?;
         self.prekeys.remove(prefix).map_err(backend)?;
         for tree in [&self.otk, &self.kem] {
             for k in tree.scan_prefix(prefix).keys() {
                 tree.remove(k.map_err(backend)?).map_err(backend)?;
             }
         }
+        counts.remove(device);
         Ok(())
     }
 }
@@ -351,58 +449,11 @@ impl UsernameStore for SledStore {
     }
 }
 
-/// `mail_seq` value: last sequence number ‖ envelopes queued.
-fn encode_counter(last: u64, count: u64) -> Vec<u8> {
-    let mut v = last.to_be_bytes().to_vec();
-    v.extend_from_slice(&count.to_be_bytes());
-    v
-}
-
-fn decode_counter(v: &[u8]) -> Result<(u64, u64)> {
-    let (last, count) = v
-        .split_at_checked(8)
-        .ok_or(StoreError::Corrupt("mail_seq"))?;
-    Ok((be_u64(last, "mail_seq")?, be_u64(count, "mail_seq")?))
-}
-
-impl SledStore {
-    /// Removes `keys` (all of `device`'s queue) and lowers its count, in one transaction.
-    fn remove_mail(&self, device: &DeviceId, keys: Vec<Vec<u8>>) -> Result<usize> {
-        let rk = device.key();
-        (&self.mail, &self.mail_seq)
-            .transaction(|(mail, seqs)| {
-                let mut n = 0u64;
-                for k in &keys {
-                    if mail.remove(k.as_slice())?.is_some() {
-                        n += 1;
-                    }
-                }
-                if n > 0
-                    && let Some(v) = seqs.get(rk)?
-                {
-                    let (last, count) =
-                        decode_counter(&v).map_err(ConflictableTransactionError::Abort)?;
-                    seqs.insert(&rk[..], encode_counter(last, count.saturating_sub(n)))?;
-                }
-                Ok(usize::try_from(n).unwrap_or(usize::MAX))
-            })
-            .map_err(|err| match err {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => backend(e),
-            })
-    }
-}
-
-fn id_key(e: &Envelope) -> Vec<u8> {
-    let mut k = e.recipient.key().to_vec();
-    k.extend_from_slice(&e.sender.key());
-    k.extend_from_slice(&e.client_id);
-    k
-}
-
-fn mail_key(device: &DeviceId, seq: u64) -> Vec<u8> {
-    let mut k = device.key().to_vec();
-    k.extend_from_slice(&seq.to_be_bytes());
+fn mail_key(device: &DeviceId, seq: u64) -> [u8; 44] {
+    let mut k = [0u8; 44];
+    let (d, s) = k.split_at_mut(36);
+    d.copy_from_slice(&device.key());
+    s.copy_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -428,85 +479,107 @@ fn decode_envelope(recipient: DeviceId, v: &[u8]) -> Result<Envelope> {
     })
 }
 
+fn encode_envelope(e: &Envelope) -> Vec<u8> {
+    StoredEnvelope {
+        sender_account: e.sender.account.to_vec(),
+        sender_device: e.sender.device,
+        client_id: e.client_id.to_vec(),
+        body: e.body.clone(),
+        received_at: e.received_at,
+    }
+    .encode_to_vec()
+}
+
+impl SledStore {
+    /// Removes the envelopes at `seqs` of `device`'s queue (each removal on its own: a lost one
+    /// only re-delivers) and lowers the queue's counters; returns how many were there.
+    fn remove_mail(&self, device: &DeviceId, seqs: impl Iterator<Item = u64>) -> Result<usize> {
+        let mut st = self.state()?;
+        let mut n = 0usize;
+        let mut bytes = 0u64;
+        for seq in seqs {
+            if let Some(old) = self.mail.remove(mail_key(device, seq)).map_err(backend)? {
+                n += 1;
+                bytes = bytes.saturating_add(old.len() as u64);
+            }
+        }
+        if n > 0
+            && let Some(q) = st.queues.get_mut(device)
+        {
+            q.count = q.count.saturating_sub(n as u64);
+            q.bytes = q.bytes.saturating_sub(bytes);
+        }
+        Ok(n)
+    }
+}
+
 impl MailboxStore for SledStore {
     fn enqueue(&self, envelopes: &[Envelope], cap: usize) -> Result<Vec<Enqueued>> {
         let floor = self.seq_floor;
-        let prepared: Vec<(Vec<u8>, Vec<u8>)> = envelopes
-            .iter()
-            .map(|e| {
-                let stored = StoredEnvelope {
-                    sender_account: e.sender.account.to_vec(),
-                    sender_device: e.sender.device,
-                    client_id: e.client_id.to_vec(),
-                    body: e.body.clone(),
-                    received_at: e.received_at,
-                }
-                .encode_to_vec();
-                (id_key(e), stored)
-            })
-            .collect();
-        (&self.mail, &self.mail_ids, &self.mail_seq)
-            .transaction(|(mail, ids, seqs)| {
-                let mut out = Vec::with_capacity(envelopes.len());
-                for (e, (ik, stored)) in envelopes.iter().zip(&prepared) {
-                    if let Some(existing) = ids.get(ik)? {
-                        let seq = existing.get(..8).and_then(|b| b.try_into().ok());
-                        let at = existing.get(8..16).and_then(|b| b.try_into().ok());
-                        let (Some(seq), Some(at)) = (seq, at) else {
-                            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt(
-                                "mail_ids",
-                            )));
-                        };
-                        out.push(Enqueued {
-                            seq: u64::from_be_bytes(seq),
-                            fresh: false,
-                            received_at: u64::from_be_bytes(at),
-                        });
-                        continue;
-                    }
-                    let rk = e.recipient.key();
-                    let (last, count) = match seqs.get(rk)? {
-                        Some(v) => {
-                            decode_counter(&v).map_err(ConflictableTransactionError::Abort)?
-                        }
-                        None => (0, 0),
-                    };
-                    if usize::try_from(count).unwrap_or(usize::MAX) >= cap {
-                        return Err(ConflictableTransactionError::Abort(StoreError::QueueFull(
-                            e.recipient,
-                        )));
-                    }
-                    // Sequence numbers start at 1 (0 means "from the start" in `fetch`) and never
-                    // repeat across restarts.
-                    let seq = last.saturating_add(1).max(floor);
-                    seqs.insert(&rk[..], encode_counter(seq, count.saturating_add(1)))?;
-                    let mut idv = seq.to_be_bytes().to_vec();
-                    idv.extend_from_slice(&e.received_at.to_be_bytes());
-                    ids.insert(ik.as_slice(), idv)?;
-                    mail.insert(mail_key(&e.recipient, seq), stored.as_slice())?;
-                    out.push(Enqueued {
-                        seq,
-                        fresh: true,
-                        received_at: e.received_at,
-                    });
-                }
-                Ok(out)
-            })
-            .map_err(|err| match err {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => backend(e),
-            })
+        let cap = u64::try_from(cap).unwrap_or(u64::MAX);
+        let mut st = self.state()?;
+        let mut out = Vec::with_capacity(envelopes.len());
+        let mut batch = sled::Batch::default();
+        // What this enqueue adds, applied to the counters only once the batch is written.
+        let mut adds: HashMap<DeviceId, Queue> = HashMap::new();
+        let mut new_ids: Vec<(u128, u64, u64)> = Vec::with_capacity(envelopes.len());
+        for e in envelopes {
+            let key = ids::send_key(e);
+            let known = st.ids.get(key).or_else(|| {
+                new_ids
+                    .iter()
+                    .find(|(k, _, _)| *k == key)
+                    .map(|&(_, s, a)| (s, a))
+            });
+            if let Some((seq, received_at)) = known {
+                out.push(Enqueued {
+                    seq,
+                    fresh: false,
+                    received_at,
+                });
+                continue;
+            }
+            let q = adds
+                .entry(e.recipient)
+                .or_insert_with(|| st.queues.get(&e.recipient).copied().unwrap_or_default());
+            if q.count >= cap {
+                return Err(StoreError::QueueFull(e.recipient));
+            }
+            // Sequence numbers start at 1 (0 means "from the start" in `fetch`) and never repeat
+            // across restarts.
+            let seq = q.last.saturating_add(1).max(floor);
+            let value = encode_envelope(e);
+            q.last = seq;
+            q.count = q.count.saturating_add(1);
+            q.bytes = q.bytes.saturating_add(value.len() as u64);
+            batch.insert(&mail_key(&e.recipient, seq)[..], value);
+            new_ids.push((key, seq, e.received_at));
+            out.push(Enqueued {
+                seq,
+                fresh: true,
+                received_at: e.received_at,
+            });
+        }
+        if !new_ids.is_empty() {
+            // One atomic write for the whole send.
+            self.mail.apply_batch(batch).map_err(backend)?;
+        }
+        st.queues.extend(adds);
+        for (key, seq, at) in new_ids {
+            st.ids.insert(key, seq, at);
+        }
+        Ok(out)
     }
 
     fn fetch(&self, device: &DeviceId, after: u64, limit: usize) -> Result<Vec<Queued>> {
         let start = mail_key(device, after.saturating_add(1));
-        let prefix = device.key();
+        let end = mail_key(device, u64::MAX);
         let mut out = Vec::new();
-        for item in self.mail.range(start..) {
-            let (k, v) = item.map_err(backend)?;
-            if !k.starts_with(&prefix) || out.len() >= limit {
+        for item in self.mail.range(start..=end) {
+            if out.len() >= limit {
                 break;
             }
+            let (k, v) = item.map_err(backend)?;
             let seq = be_u64(k.get(36..).ok_or(StoreError::Corrupt("mail"))?, "mail")?;
             out.push(Queued {
                 seq,
@@ -517,12 +590,14 @@ impl MailboxStore for SledStore {
     }
 
     fn ack(&self, device: &DeviceId, seqs: &[u64]) -> Result<usize> {
-        // Client ids stay until the TTL sweep, so a send retried after the ack is still a no-op.
-        self.remove_mail(device, seqs.iter().map(|s| mail_key(device, *s)).collect())
+        // The send ids stay in the recent-send index, so a send retried after the ack is still a
+        // no-op while it is remembered.
+        self.remove_mail(device, seqs.iter().copied())
     }
 
     fn sweep(&self, cutoff: u64) -> Result<usize> {
-        let mut old: std::collections::BTreeMap<DeviceId, Vec<Vec<u8>>> = Default::default();
+        // Read without the lock (the writer goes on), then remove per device.
+        let mut old: BTreeMap<DeviceId, Vec<u64>> = BTreeMap::new();
         for item in self.mail.iter() {
             let (k, v) = item.map_err(backend)?;
             let s = StoredEnvelope::decode(v.as_ref()).map_err(|_| StoreError::Corrupt("mail"))?;
@@ -531,42 +606,33 @@ impl MailboxStore for SledStore {
                     .get(..36)
                     .and_then(DeviceId::from_key)
                     .ok_or(StoreError::Corrupt("mail"))?;
-                old.entry(d).or_default().push(k.to_vec());
+                let seq = be_u64(k.get(36..).ok_or(StoreError::Corrupt("mail"))?, "mail")?;
+                old.entry(d).or_default().push(seq);
             }
         }
         let mut n = 0;
-        for (d, keys) in old {
-            n += self.remove_mail(&d, keys)?;
-        }
-        for item in self.mail_ids.iter() {
-            let (k, v) = item.map_err(backend)?;
-            let at = be_u64(
-                v.get(8..16).ok_or(StoreError::Corrupt("mail_ids"))?,
-                "mail_ids",
-            )?;
-            if at < cutoff {
-                self.mail_ids.remove(&k).map_err(backend)?;
-            }
+        for (d, seqs) in old {
+            n += self.remove_mail(&d, seqs.into_iter())?;
         }
         Ok(n)
     }
 
     fn queue_len(&self, device: &DeviceId) -> Result<usize> {
-        let count = match self.mail_seq.get(device.key()).map_err(backend)? {
-            Some(v) => decode_counter(&v)?.1,
-            None => 0,
-        };
+        let count = self.state()?.queues.get(device).map_or(0, |q| q.count);
         Ok(usize::try_from(count).unwrap_or(usize::MAX))
     }
 
     fn purge(&self, device: &DeviceId) -> Result<usize> {
-        let keys = self
+        let seqs = self
             .mail
             .scan_prefix(device.key())
             .keys()
-            .map(|k| k.map(|k| k.to_vec()).map_err(backend))
+            .map(|k| {
+                let k = k.map_err(backend)?;
+                be_u64(k.get(36..).ok_or(StoreError::Corrupt("mail"))?, "mail")
+            })
             .collect::<Result<Vec<_>>>()?;
-        self.remove_mail(device, keys)
+        self.remove_mail(device, seqs.into_iter())
     }
 
     fn flush(&self) -> Result<()> {
@@ -657,18 +723,22 @@ mod tests {
             (kept, s.enqueue(&[e(2)], 10).unwrap()[0].seq)
         };
         {
-            // Undo the second write as a crash would have: its record and the counter.
+            // Undo the second write as a crash would have: its record is gone.
             let db = retry(|| sled::open(dir.path()));
             let mail = db.open_tree("mail").unwrap();
             mail.remove(super::mail_key(&b, delivered)).unwrap();
-            db.open_tree("mail_seq")
-                .unwrap()
-                .insert(b.key(), super::encode_counter(kept, 1))
-                .unwrap();
             db.flush().unwrap();
         }
         let s = retry(|| super::SledStore::open(dir.path()));
+        assert_eq!(
+            s.queue_len(&b).unwrap(),
+            1,
+            "counters rebuilt from the records"
+        );
+        assert_eq!(s.fetch(&b, 0, 10).unwrap()[0].seq, kept);
         let next = s.enqueue(&[e(3)], 10).unwrap()[0].seq;
         assert!(next > delivered, "a sequence number was given twice");
+        // The recent-send index was rebuilt from what is queued: a retry is still a no-op.
+        assert!(!s.enqueue(&[e(1)], 10).unwrap()[0].fresh);
     }
 }

@@ -152,7 +152,7 @@ macro_rules! relay_store_suite {
                 assert_eq!(s.queue_len(&c).unwrap(), 1);
                 assert_eq!(s.ack(&b, &[q[0].seq, 999]).unwrap(), 1);
                 assert_eq!(s.queue_len(&b).unwrap(), 1);
-                // Still a no-op after the ack: the client id is remembered until the TTL.
+                // Still a no-op after the ack: the send id is remembered (`store::ids`).
                 assert_eq!(s.enqueue(&[env(b, a, 1, 13)], 1000).unwrap(), vec![again]);
                 assert_eq!(s.queue_len(&b).unwrap(), 1);
                 assert_eq!(s.purge(&b).unwrap(), 1);
