@@ -4,19 +4,22 @@
 //! blobs, and never sees plaintext or private keys. This crate never depends on client-core.
 //!
 //! Layout: [`store`] (one trait per concern, in memory and on sled, one test-suite for both),
-//! [`server`] (QUIC endpoint, connections, requests, delivery, drain), [`commit`] (group commit),
-//! [`router`] (connected devices, behind a trait for a clustered backend), [`push`] (content-free
-//! wake-ups), [`ratelimit`], [`verify`] (checks on signed public material), [`frame`],
-//! [`config`], [`tls`], [`ops`] (metrics and health), [`backup`]. The binary (`main.rs`) only
-//! parses its settings and signals and calls [`start`].
+//! [`writer`] (the one thread that writes the store, in batches, with one flush per batch),
+//! [`server`] (QUIC endpoint, accept loop, sweeper, drain), [`conn`] (a connection: the sans-IO
+//! [`conn::ConnState`] with its request handlers by flow, and the thin async task around it),
+//! [`shared`] (what connections share), [`router`] (connected devices, behind a trait for a
+//! clustered backend), [`push`] (content-free wake-ups), [`ratelimit`], [`verify`] (checks on
+//! signed public material), [`frame`], [`config`], [`tls`], [`ops`] (metrics and health),
+//! [`backup`]. The binary (`main.rs`) only parses its settings and signals and calls [`start`].
 
 #![deny(missing_docs)]
 // The relay is an I/O shell: it reads the clock and the system RNG (client-core may not).
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod backup;
-pub mod commit;
+mod blob;
 pub mod config;
+pub mod conn;
 pub use hush_net::frame;
 pub mod limits;
 pub mod ops;
@@ -24,9 +27,11 @@ pub mod push;
 pub mod ratelimit;
 pub mod router;
 pub mod server;
+pub mod shared;
 pub mod store;
 pub mod tls;
 pub mod verify;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -173,14 +178,15 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let (relay, background) = server::Relay::new(
+    let (relay, background) = shared::Relay::new(
         cfg,
         store,
         blobs,
         Arc::new(LocalRouter::new()),
         Arc::clone(&metrics),
         shutdown.clone(),
-    );
+    )
+    .map_err(|e| StartError::Other(format!("store writer: {e}")))?;
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         // The metrics endpoint outlives the drain, so /health answers 503 while it runs.

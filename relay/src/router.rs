@@ -3,32 +3,39 @@
 //! to other relay nodes, found through a shared registry) can sit next to the local one.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
-use tokio::sync::{Notify, mpsc};
+use hush_proto::relay_api::server_frame;
+use tokio::sync::mpsc;
 
-use crate::store::DeviceId;
+use crate::conn::Refused;
+use crate::limits;
+use crate::store::{DeviceId, Queued};
+
+/// An envelope just written to a device's queue, handed to its connection before it is flushed.
+#[derive(Debug)]
+pub struct Fresh {
+    /// The sequence number given before it in the same queue (0 if none since the store opened):
+    /// a connection that has sent exactly up to `prev` can send this one without reading the
+    /// store.
+    pub prev: u64,
+    /// The envelope and its sequence number.
+    pub queued: Queued,
+}
 
 /// What a connection is told.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Live {
-    /// New mail was committed to the device's queue (the connection reads it from the store, in
-    /// queue order, after what it has already sent).
+    /// New mail is in the device's queue: read it from the store, in queue order, after what was
+    /// already sent (also the fallback when live envelopes could not be queued).
     Mail,
+    /// A new envelope (see [`Fresh`]).
+    Envelope(Box<Fresh>),
     /// An ephemeral envelope (typing, presence): delivered if connected, never stored.
-    Ephemeral {
-        /// The sending device.
-        from: DeviceId,
-        /// Opaque ciphertext.
-        body: Vec<u8>,
-    },
-    /// The device's one-time pre-keys are running low.
-    PreKeysLow {
-        /// One-time X25519 keys left.
-        one_time: u32,
-        /// One-time ML-KEM keys left.
-        kem: u32,
-    },
+    Ephemeral(Box<(DeviceId, Vec<u8>)>),
+    /// The device's one-time pre-keys are running low: (X25519 left, ML-KEM left).
+    PreKeysLow(u32, u32),
     /// The device was removed from its account's list: close.
     Revoked,
     /// The relay is draining: tell the client to reconnect, then close.
@@ -37,43 +44,82 @@ pub enum Live {
     Replaced,
 }
 
+/// Everything that reaches a connection's task, in one queue.
+#[derive(Debug)]
+pub enum ToConn {
+    /// An event from the router.
+    Live(Live),
+    /// The store writer applied the request with this id (requests after it may now be handled).
+    Applied(u64),
+    /// The answer to the request with this id (durable if it wrote anything).
+    Answer(u64, Result<server_frame::Kind, Refused>),
+}
+
+/// What a connection and the routers share about its queue.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Lossy events (envelopes, ephemeral, pre-key notices) queued and not yet taken.
+    events: AtomicUsize,
+    /// A `Live::Mail` wake is queued and not yet taken.
+    woken: AtomicBool,
+}
+
+impl Pending {
+    /// The connection took a lossy event.
+    pub fn took_event(&self) {
+        self.events.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The connection took the mail wake.
+    pub fn took_wake(&self) {
+        self.woken.store(false, Ordering::Release);
+    }
+}
+
 /// A connection's inbox, as registered with the router.
 #[derive(Clone, Debug)]
 pub struct Handle {
     /// Unique per connection, so an old connection's unregister cannot remove a newer one.
     pub conn_id: u64,
-    /// Where the connection's writer picks up events other than mail. Bounded: an ephemeral
-    /// envelope that does not fit is dropped; a control event that does not fit closes the
-    /// connection.
-    pub tx: mpsc::Sender<Live>,
-    /// Wakes the connection's writer for new mail. A wake is never lost (a permit is stored).
-    pub mail: Arc<Notify>,
-    /// The connection itself, to close it when a control event cannot be queued.
-    pub conn: quinn::Connection,
+    /// The connection's queue.
+    pub tx: mpsc::UnboundedSender<ToConn>,
+    /// Bounds on what waits in it.
+    pub pending: Arc<Pending>,
 }
 
 impl Handle {
-    /// Hands `event` to the connection: mail as a wake, control events through the queue (or by
-    /// closing the connection when the queue is full), ephemeral ones if they fit.
+    /// Hands `event` to the connection. Control events always go; at most
+    /// [`limits::CONNECTION_EVENTS`] lossy ones wait at once: past that an envelope turns into a
+    /// single mail wake (the connection reads it from the store later) and an ephemeral one is
+    /// dropped. False if the connection is gone.
     pub fn send(&self, event: Live) -> bool {
         match event {
-            Live::Mail => {
-                self.mail.notify_one();
-                true
-            }
-            Live::Ephemeral { .. } | Live::PreKeysLow { .. } => self.tx.try_send(event).is_ok(),
-            Live::Revoked | Live::Drain | Live::Replaced => {
-                let code = match event {
-                    Live::Revoked => crate::limits::close::REVOKED,
-                    Live::Drain => crate::limits::close::DRAINING,
-                    _ => crate::limits::close::REPLACED,
-                };
-                if self.tx.try_send(event).is_err() {
-                    self.conn.close(code.into(), b"");
+            Live::Envelope(_) | Live::Ephemeral(_) | Live::PreKeysLow(..) => {
+                if self.pending.events.fetch_add(1, Ordering::AcqRel) >= limits::CONNECTION_EVENTS {
+                    self.pending.events.fetch_sub(1, Ordering::AcqRel);
+                    return match event {
+                        Live::Envelope(_) => self.wake(),
+                        _ => false,
+                    };
                 }
-                true
+                let sent = self.tx.send(ToConn::Live(event)).is_ok();
+                if !sent {
+                    self.pending.events.fetch_sub(1, Ordering::AcqRel);
+                }
+                sent
+            }
+            Live::Mail => self.wake(),
+            Live::Revoked | Live::Drain | Live::Replaced => {
+                self.tx.send(ToConn::Live(event)).is_ok()
             }
         }
+    }
+
+    fn wake(&self) -> bool {
+        if self.pending.woken.swap(true, Ordering::AcqRel) {
+            return !self.tx.is_closed();
+        }
+        self.tx.send(ToConn::Live(Live::Mail)).is_ok()
     }
 }
 
@@ -88,7 +134,8 @@ pub trait Router: Send + Sync {
     fn deliver(&self, device: &DeviceId, event: Live) -> bool;
     /// Whether a device has a connection.
     fn is_connected(&self, device: &DeviceId) -> bool;
-    /// Sends `event` to every connection (drain).
+    /// Sends `event` to every connection (drain); only control events and mail wakes can be
+    /// broadcast.
     fn broadcast(&self, event: Live) -> usize;
     /// Connected devices.
     fn connected(&self) -> usize;
@@ -97,7 +144,7 @@ pub trait Router: Send + Sync {
 /// The router of a single relay process.
 #[derive(Default)]
 pub struct LocalRouter {
-    devices: Mutex<HashMap<DeviceId, Handle>>,
+    devices: RwLock<HashMap<DeviceId, Handle>>,
 }
 
 impl LocalRouter {
@@ -107,17 +154,17 @@ impl LocalRouter {
     }
 
     fn handle(&self, device: &DeviceId) -> Option<Handle> {
-        self.devices.lock().ok()?.get(device).cloned()
+        self.devices.read().ok()?.get(device).cloned()
     }
 }
 
 impl Router for LocalRouter {
     fn register(&self, device: DeviceId, handle: Handle) -> Option<Handle> {
-        self.devices.lock().ok()?.insert(device, handle)
+        self.devices.write().ok()?.insert(device, handle)
     }
 
     fn unregister(&self, device: &DeviceId, conn_id: u64) {
-        if let Ok(mut d) = self.devices.lock()
+        if let Ok(mut d) = self.devices.write()
             && d.get(device).is_some_and(|h| h.conn_id == conn_id)
         {
             d.remove(device);
@@ -125,7 +172,10 @@ impl Router for LocalRouter {
     }
 
     fn deliver(&self, device: &DeviceId, event: Live) -> bool {
-        match self.handle(device) {
+        let Ok(d) = self.devices.read() else {
+            return false;
+        };
+        match d.get(device) {
             Some(h) if !h.tx.is_closed() => h.send(event),
             _ => false,
         }
@@ -136,14 +186,23 @@ impl Router for LocalRouter {
     }
 
     fn broadcast(&self, event: Live) -> usize {
-        let handles: Vec<Handle> = match self.devices.lock() {
+        let handles: Vec<Handle> = match self.devices.read() {
             Ok(d) => d.values().cloned().collect(),
             Err(_) => return 0,
         };
-        handles.iter().filter(|h| h.send(event.clone())).count()
+        handles
+            .iter()
+            .filter(|h| match &event {
+                Live::Drain => h.send(Live::Drain),
+                Live::Revoked => h.send(Live::Revoked),
+                Live::Replaced => h.send(Live::Replaced),
+                Live::Mail => h.send(Live::Mail),
+                _ => false,
+            })
+            .count()
     }
 
     fn connected(&self) -> usize {
-        self.devices.lock().map_or(0, |d| d.len())
+        self.devices.read().map_or(0, |d| d.len())
     }
 }

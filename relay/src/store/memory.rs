@@ -197,10 +197,12 @@ impl MailboxStore for MemoryStore {
                     seq,
                     fresh: false,
                     received_at: at,
+                    prev: 0,
                 });
                 continue;
             }
             let last = g.last_seq.entry(e.recipient).or_insert(0);
+            let prev = *last;
             *last = last.saturating_add(1);
             let seq = *last;
             g.ids.insert(id, seq, e.received_at);
@@ -212,6 +214,7 @@ impl MailboxStore for MemoryStore {
                 seq,
                 fresh: true,
                 received_at: e.received_at,
+                prev,
             });
         }
         Ok(out)

@@ -170,6 +170,10 @@ pub struct Enqueued {
     pub fresh: bool,
     /// When the relay first accepted it.
     pub received_at: u64,
+    /// For a fresh envelope, the sequence number given before it in the same queue (0 if none
+    /// was given since the store opened): a connection that has sent exactly up to `prev` can
+    /// send this envelope without reading the store. 0 for a retried send.
+    pub prev: u64,
 }
 
 /// Per-device queues of encrypted envelopes.

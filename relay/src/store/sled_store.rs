@@ -536,6 +536,7 @@ impl MailboxStore for SledStore {
                     seq,
                     fresh: false,
                     received_at,
+                    prev: 0,
                 });
                 continue;
             }
@@ -547,7 +548,8 @@ impl MailboxStore for SledStore {
             }
             // Sequence numbers start at 1 (0 means "from the start" in `fetch`) and never repeat
             // across restarts.
-            let seq = q.last.saturating_add(1).max(floor);
+            let prev = q.last;
+            let seq = prev.saturating_add(1).max(floor);
             let value = encode_envelope(e);
             q.last = seq;
             q.count = q.count.saturating_add(1);
@@ -558,6 +560,7 @@ impl MailboxStore for SledStore {
                 seq,
                 fresh: true,
                 received_at: e.received_at,
+                prev,
             });
         }
         if !new_ids.is_empty() {

@@ -137,7 +137,11 @@ macro_rules! relay_store_suite {
                     seq: seqs[0].seq,
                     fresh: false,
                     received_at: 10,
+                    prev: 0,
                 };
+                // Each fresh envelope names the one before it in its queue.
+                assert_eq!(seqs[2].prev, seqs[0].seq);
+                assert_eq!(seqs[1].prev, seqs[0].prev);
                 assert_eq!(s.enqueue(&[env(b, a, 1, 12)], 1000).unwrap(), vec![again]);
                 let q = s.fetch(&b, 0, 10).unwrap();
                 assert_eq!(

@@ -1,0 +1,183 @@
+//! Who is on the connection: the challenge, authentication (a signature over the TLS exporter
+//! and the challenge by a listed device), account creation, and the device-linking channel.
+
+use std::sync::Arc;
+
+use hush_proto::relay_api::{self as api, ErrorCode, server_frame};
+
+use super::{ConnState, Now, Phase, Refused, Reply, arr};
+use crate::limits;
+use crate::router::{Handle, Live};
+use crate::shared::{AccountDevices, Relay, address_block, random};
+use crate::store::DeviceId;
+use crate::verify::{self, CheckedList};
+
+impl ConnState {
+    pub(super) fn hello(&mut self) -> server_frame::Kind {
+        let nonce = random::<{ limits::CHALLENGE_LEN }>();
+        if self.device().is_none() {
+            self.phase = Phase::Challenged(nonce);
+        }
+        server_frame::Kind::Challenge(api::Challenge {
+            nonce: nonce.to_vec(),
+        })
+    }
+
+    pub(super) fn authenticate(
+        &mut self,
+        relay: &Arc<Relay>,
+        a: &api::Authenticate,
+    ) -> Result<server_frame::Kind, Refused> {
+        // A challenge is good for one attempt.
+        let challenge = match self.phase {
+            Phase::Device(_) => {
+                return Err(Refused::new(ErrorCode::AuthFailed, "already authenticated"));
+            }
+            Phase::Open => {
+                return Err(Refused::new(
+                    ErrorCode::AuthFailed,
+                    "no challenge outstanding",
+                ));
+            }
+            Phase::Challenged(c) => c,
+        };
+        self.phase = Phase::Open;
+        let account: [u8; 32] = arr(&a.account, "account")?;
+        let devices = relay
+            .devices_of(&account)?
+            .ok_or_else(|| Refused::new(ErrorCode::AuthFailed, "unknown account"))?;
+        let listed = devices.devices.get(&a.device_id).ok_or_else(|| {
+            Refused::new(ErrorCode::AuthFailed, "device not on the account's list")
+        })?;
+        let transcript = verify::auth_transcript(&self.exporter, &challenge, &account, a.device_id);
+        verify::auth_signature(&listed.signing_key, &transcript, &a.signature)
+            .map_err(|_| Refused::new(ErrorCode::AuthFailed, "bad authentication signature"))?;
+        let device = DeviceId {
+            account,
+            device: a.device_id,
+        };
+        let handle = Handle {
+            conn_id: self.id,
+            tx: self.tx.clone(),
+            pending: Arc::clone(&self.pending),
+        };
+        if let Some(old) = relay.router.register(device, handle)
+            && old.conn_id != self.id
+        {
+            old.send(Live::Replaced);
+        }
+        // A list published between the check above and the registration could not reach this
+        // connection with its revocation: check again now that it is registered.
+        let still = relay
+            .devices_of(&account)?
+            .and_then(|d| d.devices.get(&a.device_id).map(|l| l.signing_key));
+        if still != Some(listed.signing_key) {
+            relay.router.unregister(&device, self.id);
+            return Err(Refused::new(
+                ErrorCode::AuthFailed,
+                "device not on the account's list",
+            ));
+        }
+        self.phase = Phase::Device(device);
+        tracing::debug!(conn = self.id, "device authenticated");
+        self.tell_if_pre_keys_low(relay, &device);
+        // Catch up with what was queued while away (then `QueueDrained`).
+        self.need_fetch = true;
+        Ok(server_frame::Kind::Ok(api::Ok {}))
+    }
+
+    /// Tells a device whose stock of one-time keys runs low (right after authentication).
+    fn tell_if_pre_keys_low(&mut self, relay: &Relay, device: &DeviceId) {
+        if let Ok((otk, kem)) = relay.store.pre_key_counts(device)
+            && (otk < limits::PRE_KEYS_LOW || kem < limits::PRE_KEYS_LOW)
+        {
+            self.push(
+                0,
+                server_frame::Kind::PreKeysLow(api::PreKeysLow {
+                    one_time_left: u32::try_from(otk).unwrap_or(u32::MAX),
+                    kem_left: u32::try_from(kem).unwrap_or(u32::MAX),
+                }),
+            );
+        }
+    }
+
+    pub(super) fn create_account(
+        &mut self,
+        relay: &Arc<Relay>,
+        rid: u64,
+        c: &api::CreateAccount,
+        now: Now,
+    ) -> Result<Reply, Refused> {
+        relay
+            .limits
+            .accounts
+            .check(&address_block(self.remote), 1, now.at)
+            .map_err(Refused::rate)?;
+        let max = relay.cfg.max_devices_per_account as usize;
+        let checked = CheckedList::check(&c.signed_device_list, None, max)?;
+        let devices =
+            AccountDevices::from_signed(&c.signed_device_list, Some(&checked.account), max)?;
+        let signed = c.signed_device_list.clone();
+        self.submit(relay, rid, true, move |r| {
+            r.store
+                .create_account(&checked.account, checked.version, &signed)?;
+            r.cache_list(checked.account, devices);
+            tracing::info!("account created");
+            Ok(server_frame::Kind::Ok(api::Ok {}))
+        });
+        Ok(Reply::Later)
+    }
+
+    pub(super) fn provision_put(
+        &mut self,
+        relay: &Relay,
+        p: api::ProvisionPut,
+        now: Now,
+    ) -> Result<server_frame::Kind, Refused> {
+        relay
+            .limits
+            .accounts
+            .check(&address_block(self.remote), 1, now.at)
+            .map_err(Refused::rate)?;
+        let channel: [u8; 32] = arr(&p.channel, "channel")?;
+        if p.body.is_empty() || p.body.len() > limits::MAX_PROVISION_BYTES {
+            return Err(Refused::new(ErrorCode::TooLarge, "link message size"));
+        }
+        let mut m = relay
+            .provisions
+            .lock()
+            .map_err(|_| Refused::new(ErrorCode::Internal, "provisioning lock"))?;
+        m.retain(|_, (_, exp)| *exp > now.wall_ms);
+        if m.len() >= limits::MAX_PROVISIONS && !m.contains_key(&channel) {
+            return Err(Refused::new(
+                ErrorCode::RateLimited,
+                "too many pending links",
+            ));
+        }
+        m.insert(
+            channel,
+            (p.body, now.wall_ms.saturating_add(limits::PROVISION_TTL_MS)),
+        );
+        Ok(server_frame::Kind::Ok(api::Ok {}))
+    }
+
+    pub(super) fn provision_take(
+        &mut self,
+        relay: &Relay,
+        t: &api::ProvisionTake,
+        now: Now,
+    ) -> Result<server_frame::Kind, Refused> {
+        self.me()?;
+        let channel: [u8; 32] = arr(&t.channel, "channel")?;
+        let mut m = relay
+            .provisions
+            .lock()
+            .map_err(|_| Refused::new(ErrorCode::Internal, "provisioning lock"))?;
+        match m.remove(&channel) {
+            Some((body, exp)) if exp > now.wall_ms => {
+                Ok(server_frame::Kind::Provision(api::ProvisionResult { body }))
+            }
+            _ => Err(Refused::new(ErrorCode::NotFound, "no link message yet")),
+        }
+    }
+}

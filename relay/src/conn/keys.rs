@@ -1,0 +1,216 @@
+//! Public key material: device lists (publication with revocation, fetch) and pre-keys (upload,
+//! bundle claims). Signatures are checked on the connection; the writes go to the store writer.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use hush_proto::relay_api::{self as api, ErrorCode, server_frame};
+use hush_proto::wire::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use prost::Message;
+
+use super::{ConnState, Now, Refused, Reply, arr};
+use crate::limits;
+use crate::router::Live;
+use crate::shared::{AccountDevices, Relay};
+use crate::store::{DeviceId, PreKeyUpload, StoreError};
+use crate::verify::{self, VerifyError};
+
+impl ConnState {
+    pub(super) fn publish_list(
+        &mut self,
+        relay: &Arc<Relay>,
+        rid: u64,
+        p: api::PublishDeviceList,
+    ) -> Result<Reply, Refused> {
+        let me = self.me()?;
+        relay.limits.upload(&me, self.now)?;
+        let max = relay.cfg.max_devices_per_account as usize;
+        let devices = AccountDevices::from_signed(&p.signed_device_list, Some(&me.account), max)
+            .map_err(|e| match e {
+                VerifyError::WrongAccount => Refused::new(
+                    ErrorCode::Forbidden,
+                    "a device may only publish its own account's list",
+                ),
+                other => Refused::from(other),
+            })?;
+        let signed = p.signed_device_list;
+        // On the writer thread, publications are applied one at a time, so the old list read
+        // here is the one the new list replaces.
+        self.submit(relay, rid, true, move |r| {
+            let old = r.devices_of(&me.account)?;
+            r.store
+                .put_device_list(&me.account, devices.version, &signed)?;
+            let kept: BTreeSet<u32> = devices.devices.keys().copied().collect();
+            let replaced: Vec<u32> = old
+                .map(|o| {
+                    o.devices
+                        .iter()
+                        .filter(|(id, d)| {
+                            !kept.contains(id)
+                                || devices
+                                    .devices
+                                    .get(id)
+                                    .is_some_and(|n| n.signing_key != d.signing_key)
+                        })
+                        .map(|(id, _)| *id)
+                        .collect()
+                })
+                .unwrap_or_default();
+            r.cache_list(me.account, devices);
+            // Revoked (or re-keyed) devices are cut off at once and forgotten.
+            for id in replaced {
+                let d = DeviceId {
+                    account: me.account,
+                    device: id,
+                };
+                r.router.deliver(&d, Live::Revoked);
+                let purged = r.store.forget_device(&d)?;
+                r.metrics
+                    .envelopes_stored
+                    .add(-i64::try_from(purged).unwrap_or(0));
+                tracing::info!("device revoked");
+            }
+            Ok(server_frame::Kind::Ok(api::Ok {}))
+        });
+        Ok(Reply::Later)
+    }
+
+    pub(super) fn fetch_list(
+        &mut self,
+        relay: &Relay,
+        q: &api::FetchDeviceList,
+        now: Now,
+    ) -> Result<server_frame::Kind, Refused> {
+        let me = self.me()?;
+        relay.limits.fetch(&me, now.at)?;
+        let account: [u8; 32] = arr(&q.account, "account")?;
+        let (_, bytes) = relay
+            .store
+            .device_list(&account)?
+            .ok_or_else(|| Refused::new(ErrorCode::NotFound, "unknown account"))?;
+        Ok(server_frame::Kind::DeviceList(api::DeviceListResult {
+            signed_device_list: bytes,
+        }))
+    }
+
+    pub(super) fn upload_pre_keys(
+        &mut self,
+        relay: &Arc<Relay>,
+        rid: u64,
+        u: api::UploadPreKeys,
+        now: Now,
+    ) -> Result<Reply, Refused> {
+        let me = self.me()?;
+        relay.limits.upload(&me, now.at)?;
+        if u.one_time_pre_keys.len() > limits::MAX_PRE_KEYS_PER_UPLOAD
+            || u.kem_pre_keys.len() > limits::MAX_PRE_KEYS_PER_UPLOAD
+        {
+            return Err(Refused::new(
+                ErrorCode::TooLarge,
+                "too many pre-keys in one upload",
+            ));
+        }
+        let (otk_have, kem_have) = relay.store.pre_key_counts(&me)?;
+        if otk_have + u.one_time_pre_keys.len() > limits::MAX_PRE_KEYS_STORED
+            || kem_have + u.kem_pre_keys.len() > limits::MAX_PRE_KEYS_STORED
+        {
+            return Err(Refused::new(
+                ErrorCode::TooLarge,
+                "too many pre-keys stored",
+            ));
+        }
+        let devices = relay
+            .devices_of(&me.account)?
+            .ok_or_else(|| Refused::new(ErrorCode::NotFound, "unknown account"))?;
+        let key = devices
+            .devices
+            .get(&me.device)
+            .map(|d| d.signing_key)
+            .ok_or_else(|| Refused::new(ErrorCode::Forbidden, "device not on the list"))?;
+        verify::signed_pre_key(&u.signed_pre_key, &key)?;
+        verify::kem_pre_key(&u.last_resort_kem_pre_key, &key, true)?;
+        let mut one_time = Vec::with_capacity(u.one_time_pre_keys.len());
+        for k in u.one_time_pre_keys {
+            one_time.push((verify::one_time_pre_key(&k)?, k));
+        }
+        let mut kem = Vec::with_capacity(u.kem_pre_keys.len());
+        for k in u.kem_pre_keys {
+            kem.push((verify::kem_pre_key(&k, &key, false)?, k));
+        }
+        let upload = PreKeyUpload {
+            signed_pre_key: u.signed_pre_key,
+            last_resort_kem_pre_key: u.last_resort_kem_pre_key,
+            one_time,
+            kem,
+        };
+        self.submit(relay, rid, true, move |r| {
+            r.store.publish_pre_keys(&me, upload)?;
+            Ok(server_frame::Kind::Ok(api::Ok {}))
+        });
+        Ok(Reply::Later)
+    }
+
+    /// Claims a bundle's worth of keys on the writer; the bundle leaves only once the claim is
+    /// durable, so a claimed one-time key never comes back after a crash.
+    pub(super) fn fetch_bundle(
+        &mut self,
+        relay: &Arc<Relay>,
+        rid: u64,
+        b: &api::FetchBundle,
+        now: Now,
+    ) -> Result<Reply, Refused> {
+        let me = self.me()?;
+        relay.limits.fetch(&me, now.at)?;
+        let account: [u8; 32] = arr(&b.account, "account")?;
+        let devices = relay
+            .devices_of(&account)?
+            .ok_or_else(|| Refused::new(ErrorCode::NotFound, "unknown account"))?;
+        let identity = devices
+            .devices
+            .get(&b.device_id)
+            .map(|l| l.identity.clone())
+            .ok_or_else(|| Refused::new(ErrorCode::NotFound, "no such device"))?;
+        let target = DeviceId {
+            account,
+            device: b.device_id,
+        };
+        self.submit(relay, rid, false, move |r| {
+            let claimed = r
+                .store
+                .claim_pre_keys(&target)?
+                .ok_or_else(|| Refused::new(ErrorCode::NotFound, "the device has no pre-keys"))?;
+            let bad = |_| StoreError::Corrupt("prekeys");
+            let bundle = PreKeyBundle {
+                account_key: account.to_vec(),
+                device_id: target.device,
+                identity: Some(identity),
+                signed_pre_key: Some(
+                    SignedPreKey::decode(claimed.signed_pre_key.as_slice()).map_err(bad)?,
+                ),
+                one_time_pre_key: claimed
+                    .one_time
+                    .as_deref()
+                    .map(OneTimePreKey::decode)
+                    .transpose()
+                    .map_err(bad)?,
+                kem_pre_key: Some(KemPreKey::decode(claimed.kem.as_slice()).map_err(bad)?),
+            };
+            r.metrics.prekey_bundles.inc();
+            if claimed.one_time_left < limits::PRE_KEYS_LOW
+                || claimed.kem_left < limits::PRE_KEYS_LOW
+            {
+                r.router.deliver(
+                    &target,
+                    Live::PreKeysLow(
+                        u32::try_from(claimed.one_time_left).unwrap_or(u32::MAX),
+                        u32::try_from(claimed.kem_left).unwrap_or(u32::MAX),
+                    ),
+                );
+            }
+            Ok(server_frame::Kind::Bundle(api::BundleResult {
+                bundle: bundle.encode_to_vec(),
+            }))
+        });
+        Ok(Reply::Later)
+    }
+}

@@ -1,0 +1,329 @@
+//! What every connection shares: the stores, the writer, the router, the pusher, rate limits,
+//! the cache of device lists, pending device links, metrics and settings.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hush_proto::relay_api::ErrorCode;
+use hush_proto::wire::DeviceIdentityKey;
+use prost::Message;
+use rand::RngExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::conn::Refused;
+use crate::ops::{Metrics, Refusal};
+use crate::push::{PushConfig, PushTargets, Pusher};
+use crate::ratelimit::Limiter;
+use crate::router::Router;
+use crate::store::blobs::BlobStore;
+use crate::store::{DeviceId, RelayStore, StoreError};
+use crate::verify::{CheckedList, VerifyError};
+use crate::writer::{StoreFlush, Writer, WriterThreads};
+
+/// Milliseconds since the Unix epoch. The relay is an I/O shell: it reads the clock.
+#[allow(clippy::disallowed_methods)]
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn instant() -> Instant {
+    Instant::now()
+}
+
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::rng().fill(&mut b[..]);
+    b
+}
+
+/// A device-linking message waiting for its device: (body, expiry in ms).
+pub(crate) type Provision = (Vec<u8>, u64);
+
+/// One device's entry in the cached device list of its account.
+#[derive(Clone, Debug)]
+pub(crate) struct ListedDevice {
+    pub(crate) signing_key: [u8; 32],
+    pub(crate) identity: DeviceIdentityKey,
+}
+
+/// The relay's view of an account's current list.
+#[derive(Clone, Debug)]
+pub(crate) struct AccountDevices {
+    pub(crate) version: u64,
+    pub(crate) devices: BTreeMap<u32, ListedDevice>,
+}
+
+impl AccountDevices {
+    pub(crate) fn from_signed(
+        bytes: &[u8],
+        account: Option<&[u8; 32]>,
+        max: usize,
+    ) -> Result<Self, VerifyError> {
+        let checked = CheckedList::check(bytes, account, max)?;
+        // The identities (with their DH keys) as listed, for building bundles.
+        let signed = hush_proto::wire::SignedDeviceList::decode(bytes)
+            .map_err(|_| VerifyError::Malformed("signed device list"))?;
+        let list = hush_proto::wire::DeviceList::decode(signed.device_list.as_slice())
+            .map_err(|_| VerifyError::Malformed("device list"))?;
+        let mut devices = BTreeMap::new();
+        for d in list.devices {
+            let (Some(identity), Some(sk)) = (d.identity, checked.devices.get(&d.device_id)) else {
+                return Err(VerifyError::Malformed("device identity"));
+            };
+            devices.insert(
+                d.device_id,
+                ListedDevice {
+                    signing_key: *sk,
+                    identity,
+                },
+            );
+        }
+        Ok(Self {
+            version: checked.version,
+            devices,
+        })
+    }
+}
+
+/// The per-kind rate limiters.
+pub(crate) struct Limits {
+    sends: Limiter<DeviceId>,
+    prekey_fetches: Limiter<DeviceId>,
+    uploads: Limiter<DeviceId>,
+    pub(crate) accounts: Limiter<IpAddr>,
+    pub(crate) blob_uploads: Limiter<DeviceId>,
+    account_sends: Limiter<[u8; 32]>,
+    account_prekey_fetches: Limiter<[u8; 32]>,
+    account_uploads: Limiter<[u8; 32]>,
+}
+
+impl Limits {
+    /// Takes a token from the device's bucket and from its account's.
+    fn take(
+        device: &Limiter<DeviceId>,
+        account: &Limiter<[u8; 32]>,
+        who: &DeviceId,
+        now: Instant,
+    ) -> Result<(), Refused> {
+        device.check(who, 1, now).map_err(Refused::rate)?;
+        account.check(&who.account, 1, now).map_err(|wait| {
+            // Refused: the device keeps its token.
+            device.refund(who, 1);
+            Refused::rate(wait)
+        })
+    }
+
+    pub(crate) fn send(&self, who: &DeviceId, now: Instant) -> Result<(), Refused> {
+        Self::take(&self.sends, &self.account_sends, who, now)
+    }
+
+    pub(crate) fn fetch(&self, who: &DeviceId, now: Instant) -> Result<(), Refused> {
+        Self::take(&self.prekey_fetches, &self.account_prekey_fetches, who, now)
+    }
+
+    pub(crate) fn upload(&self, who: &DeviceId, now: Instant) -> Result<(), Refused> {
+        Self::take(&self.uploads, &self.account_uploads, who, now)
+    }
+}
+
+/// Everything the connection tasks share.
+pub struct Relay {
+    pub(crate) cfg: Config,
+    pub(crate) store: Arc<dyn RelayStore>,
+    pub(crate) blobs: Arc<dyn BlobStore>,
+    pub(crate) router: Arc<dyn Router>,
+    /// Every mutation of `store` goes through it (`crate::writer`).
+    pub(crate) writer: Writer,
+    pub(crate) pusher: Pusher,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: Limits,
+    lists: Mutex<HashMap<[u8; 32], Arc<AccountDevices>>>,
+    /// Device-linking messages: channel → (body, expiry ms). In memory only, bounded.
+    pub(crate) provisions: Mutex<HashMap<[u8; 32], Provision>>,
+    pub(crate) draining: AtomicBool,
+    pub(crate) next_conn: AtomicU64,
+}
+
+fn push_config(cfg: &Config) -> PushConfig {
+    PushConfig {
+        timeout: Duration::from_millis(cfg.push.timeout_ms),
+        allow_plain_http: cfg.push.allow_plain_http,
+        // The same test switch: plain http and loopback endpoints go together.
+        allow_private_addresses: cfg.push.allow_plain_http,
+        ..PushConfig::default()
+    }
+}
+
+/// Push endpoints as stored, for the pusher.
+struct StoreTargets(Arc<dyn RelayStore>);
+
+impl PushTargets for StoreTargets {
+    fn endpoint(&self, device: &DeviceId) -> Option<String> {
+        self.0.push_endpoint(device).ok().flatten()
+    }
+
+    fn endpoint_gone(&self, device: &DeviceId, url: &str) {
+        if self.0.push_endpoint(device).ok().flatten().as_deref() == Some(url) {
+            let _ = self.0.set_push_endpoint(device, None);
+        }
+    }
+}
+
+/// The background tasks of a relay (flusher, pusher), to await after shutdown.
+pub struct Background {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    writer: WriterThreads,
+}
+
+impl Background {
+    /// Waits for the background tasks and the writer's threads.
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.writer.join().await;
+    }
+}
+
+impl Relay {
+    /// Assembles a relay over its stores. Starts the group-commit flusher and the pusher (must be
+    /// called inside a tokio runtime); they stop when `shutdown` is cancelled and the relay dropped.
+    pub fn new(
+        cfg: Config,
+        store: Arc<dyn RelayStore>,
+        blobs: Arc<dyn BlobStore>,
+        router: Arc<dyn Router>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<(Arc<Self>, Background)> {
+        let (writer, writer_threads) = Writer::spawn(
+            Arc::new(StoreFlush(Arc::clone(&store))),
+            Arc::clone(&metrics),
+            cfg.flush_batch_max,
+        )?;
+        let (pusher, push_task) = Pusher::spawn(
+            push_config(&cfg),
+            Arc::new(StoreTargets(Arc::clone(&store))),
+            Arc::clone(&metrics.push),
+            shutdown,
+        );
+        let limits = Limits {
+            sends: Limiter::new(cfg.rate.sends),
+            prekey_fetches: Limiter::new(cfg.rate.prekey_fetches),
+            uploads: Limiter::new(cfg.rate.uploads),
+            accounts: Limiter::new(cfg.rate.account_creations),
+            blob_uploads: Limiter::new(cfg.rate.blob_uploads),
+            account_sends: Limiter::new(cfg.rate.account_sends),
+            account_prekey_fetches: Limiter::new(cfg.rate.account_prekey_fetches),
+            account_uploads: Limiter::new(cfg.rate.account_uploads),
+        };
+        let relay = Arc::new(Self {
+            cfg,
+            store,
+            blobs,
+            router,
+            writer,
+            pusher,
+            metrics,
+            limits,
+            lists: Mutex::new(HashMap::new()),
+            provisions: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+        });
+        Ok((
+            relay,
+            Background {
+                tasks: vec![push_task],
+                writer: writer_threads,
+            },
+        ))
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Whether the relay is serving (false once draining started).
+    pub fn healthy(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn devices_of(
+        &self,
+        account: &[u8; 32],
+    ) -> Result<Option<Arc<AccountDevices>>, Refused> {
+        if let Some(d) = self.lists.lock().ok().and_then(|l| l.get(account).cloned()) {
+            return Ok(Some(d));
+        }
+        let Some((_, bytes)) = self.store.device_list(account)? else {
+            return Ok(None);
+        };
+        let devices = Arc::new(
+            AccountDevices::from_signed(&bytes, Some(account), usize::MAX)
+                .map_err(|_| StoreError::Corrupt("lists"))?,
+        );
+        if let Ok(mut l) = self.lists.lock() {
+            // A newer list may have been cached meanwhile (a publish): never replace it.
+            let cached = l
+                .entry(*account)
+                .and_modify(|d| {
+                    if d.version < devices.version {
+                        *d = Arc::clone(&devices);
+                    }
+                })
+                .or_insert_with(|| Arc::clone(&devices));
+            return Ok(Some(Arc::clone(cached)));
+        }
+        Ok(Some(devices))
+    }
+
+    pub(crate) fn cache_list(&self, account: [u8; 32], devices: AccountDevices) {
+        if let Ok(mut l) = self.lists.lock() {
+            let newer = l.get(&account).is_none_or(|d| d.version < devices.version);
+            if newer {
+                l.insert(account, Arc::new(devices));
+            }
+        }
+    }
+
+    pub(crate) fn refuse_count(&self, r: &Refused) {
+        let reason = match r.code {
+            ErrorCode::Malformed | ErrorCode::UnknownRequest => Refusal::Malformed,
+            ErrorCode::Unauthenticated => Refusal::Unauthenticated,
+            ErrorCode::AuthFailed => Refusal::AuthFailed,
+            ErrorCode::Forbidden => Refusal::Forbidden,
+            ErrorCode::RateLimited => Refusal::RateLimited,
+            ErrorCode::TooLarge => Refusal::TooLarge,
+            ErrorCode::QueueFull => Refusal::QueueFull,
+            ErrorCode::DeviceMismatch => Refusal::DeviceMismatch,
+            ErrorCode::TooManyDevices => Refusal::TooManyDevices,
+            ErrorCode::Draining => Refusal::Draining,
+            ErrorCode::UsernameTaken => Refusal::UsernameTaken,
+            _ => Refusal::Other,
+        };
+        self.metrics.refusals.inc(reason);
+    }
+}
+
+/// The unit account creation is limited by: an IPv4 address, or an IPv6 /64 (what one host
+/// or customer usually gets, so that rotating addresses inside it does not help).
+pub(crate) fn address_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
