@@ -80,14 +80,13 @@ impl ConnState {
         }
         self.phase = Phase::Device(device);
         tracing::debug!(conn = self.id, "device authenticated");
-        self.tell_if_pre_keys_low(relay, &device);
         // Catch up with what was queued while away (then `QueueDrained`).
         self.need_fetch = true;
         Ok(server_frame::Kind::Ok(api::Ok {}))
     }
 
     /// Tells a device whose stock of one-time keys runs low (right after authentication).
-    fn tell_if_pre_keys_low(&mut self, relay: &Relay, device: &DeviceId) {
+    pub(super) fn tell_if_pre_keys_low(&mut self, relay: &Relay, device: &DeviceId) {
         if let Ok((otk, kem)) = relay.store.pre_key_counts(device)
             && (otk < limits::PRE_KEYS_LOW || kem < limits::PRE_KEYS_LOW)
         {

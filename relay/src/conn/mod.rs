@@ -509,9 +509,16 @@ impl ConnState {
             Some(K::Hello(_)) => Ok(Reply::Now(self.hello())),
             Some(K::Authenticate(a)) => {
                 let r = self.authenticate(relay, &a);
-                if r.is_err() {
-                    relay.metrics.auth_failures.inc();
-                    self.auth_failures += 1;
+                match (&r, self.device()) {
+                    (Ok(_), Some(d)) => {
+                        self.push(rid, server_frame::Kind::Ok(api::Ok {}));
+                        self.tell_if_pre_keys_low(relay, &d);
+                        return;
+                    }
+                    _ => {
+                        relay.metrics.auth_failures.inc();
+                        self.auth_failures += 1;
+                    }
                 }
                 r.map(Reply::Now)
             }

@@ -1,1 +1,784 @@
-//! Unit tests of the connection state machine over frames and a fake clock (no sockets).
+//! Unit tests of the connection state machine over frames and a fake clock (no sockets): the
+//! tests play the shell, applying the writer operations themselves in the order they choose.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{Signer, SigningKey};
+use hush_proto::relay_api::{
+    self as api, ClientFrame, ErrorCode, ServerFrame, client_frame, server_frame,
+};
+use hush_proto::{labels, wire};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{ConnState, Now};
+use crate::config::{Config, RateLimit};
+use crate::limits::{self, close};
+use crate::ops::Metrics;
+use crate::router::{Live, LocalRouter, ToConn};
+use crate::shared::{Relay, random};
+use crate::store::blobs::MemoryBlobs;
+use crate::store::memory::MemoryStore;
+use crate::store::{DeviceId, Envelope};
+use crate::writer::Settle;
+
+const EXPORTER: [u8; 32] = [9; 32];
+
+fn relay_with(tune: impl FnOnce(&mut Config)) -> Arc<Relay> {
+    let mut cfg = Config::default();
+    let lots = RateLimit {
+        per_second: 1_000_000.0,
+        burst: 1_000_000,
+    };
+    cfg.rate.sends = lots;
+    cfg.rate.account_sends = lots;
+    cfg.rate.account_creations = lots;
+    tune(&mut cfg);
+    let (relay, _bg) = Relay::new(
+        cfg,
+        Arc::new(MemoryStore::new()),
+        Arc::new(MemoryBlobs::new()),
+        Arc::new(LocalRouter::new()),
+        Arc::new(Metrics::new()),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    relay
+}
+
+/// One account of `n` devices with its keys.
+struct Account {
+    key: SigningKey,
+    devices: Vec<SigningKey>,
+}
+
+impl Account {
+    fn new(n: usize) -> Self {
+        Self {
+            key: SigningKey::from_bytes(&random()),
+            devices: (0..n).map(|_| SigningKey::from_bytes(&random())).collect(),
+        }
+    }
+
+    fn id(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    fn device(&self, d: u32) -> DeviceId {
+        DeviceId {
+            account: self.id(),
+            device: d,
+        }
+    }
+
+    fn signed_list(&self) -> Vec<u8> {
+        let list = wire::DeviceList {
+            account_key: self.id().to_vec(),
+            version: 1,
+            issued_at: 1,
+            devices: self
+                .devices
+                .iter()
+                .zip(1u32..)
+                .map(|(k, id)| wire::DeviceEntry {
+                    device_id: id,
+                    identity: Some(wire::DeviceIdentityKey {
+                        signing_key: k.verifying_key().to_bytes().to_vec(),
+                        dh_key: random::<32>().to_vec(),
+                    }),
+                    added_at: 1,
+                })
+                .collect(),
+        }
+        .encode_to_vec();
+        let mut msg = labels::DEVICE_LIST.to_vec();
+        msg.extend_from_slice(&list);
+        wire::SignedDeviceList {
+            signature: self.key.sign(&msg).to_bytes().to_vec(),
+            device_list: list,
+        }
+        .encode_to_vec()
+    }
+
+    fn auth(&self, d: u32, nonce: &[u8]) -> client_frame::Kind {
+        let nonce: [u8; 32] = nonce.try_into().unwrap();
+        let t = crate::verify::auth_transcript(&EXPORTER, &nonce, &self.id(), d);
+        client_frame::Kind::Authenticate(api::Authenticate {
+            account: self.id().to_vec(),
+            device_id: d,
+            signature: self.devices[(d - 1) as usize].sign(&t).to_bytes().to_vec(),
+        })
+    }
+}
+
+/// The test's side of one connection: the state, its queue, and a fake clock.
+struct Side {
+    st: ConnState,
+    rx: mpsc::UnboundedReceiver<ToConn>,
+    relay: Arc<Relay>,
+    t0: Instant,
+    ms: u64,
+}
+
+impl Side {
+    fn new(relay: &Arc<Relay>) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let t0 = Instant::now();
+        let (st, rx) = ConnState::new(
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            EXPORTER,
+            Now {
+                at: t0,
+                wall_ms: 1_000,
+            },
+        );
+        Self {
+            st,
+            rx,
+            relay: Arc::clone(relay),
+            t0,
+            ms: 0,
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            at: self.t0 + Duration::from_millis(self.ms),
+            wall_ms: 1_000 + self.ms,
+        }
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        let now = self.now();
+        self.st.receive(&self.relay, b, now);
+    }
+
+    fn request(&mut self, rid: u64, kind: client_frame::Kind) {
+        let f = ClientFrame {
+            request_id: rid,
+            kind: Some(kind),
+        };
+        self.bytes(&crate::frame::encode(&f));
+    }
+
+    /// Applies the writer operations in order; returns their settles.
+    fn apply(&mut self) -> Vec<Settle> {
+        self.st
+            .take_ops()
+            .into_iter()
+            .filter_map(|op| op())
+            .collect()
+    }
+
+    /// Applies and settles everything, then takes in the queue.
+    fn settle_all(&mut self) {
+        for s in self.apply() {
+            s(Ok(()));
+        }
+        self.take_in();
+    }
+
+    /// Hands everything queued for the connection to the state.
+    fn take_in(&mut self) {
+        while let Ok(m) = self.rx.try_recv() {
+            let now = self.now();
+            self.st.handle_message(&self.relay, m, now);
+        }
+    }
+
+    /// The frames written so far.
+    fn frames(&mut self) -> Vec<ServerFrame> {
+        let mut buf = Vec::new();
+        self.st.take_output(&mut buf);
+        let mut out = Vec::new();
+        let mut rest = buf.as_slice();
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            out.push(ServerFrame::decode(&rest[4..4 + len]).unwrap());
+            rest = &rest[4 + len..];
+        }
+        out
+    }
+
+    /// Runs Hello + Authenticate for device `d` of `a`; returns the frames after the `Ok`.
+    fn login(&mut self, a: &Account, d: u32) -> Vec<ServerFrame> {
+        self.request(1, client_frame::Kind::Hello(api::Hello {}));
+        let f = self.frames();
+        let Some(server_frame::Kind::Challenge(c)) = &f[0].kind else {
+            panic!("{f:?}")
+        };
+        let nonce = c.nonce.clone();
+        self.request(2, a.auth(d, &nonce));
+        let f = self.frames();
+        assert!(
+            matches!(f[0].kind, Some(server_frame::Kind::Ok(_))),
+            "{f:?}"
+        );
+        f[1..].to_vec()
+    }
+}
+
+fn create(relay: &Arc<Relay>, a: &Account) {
+    let mut s = Side::new(relay);
+    s.request(
+        1,
+        client_frame::Kind::CreateAccount(api::CreateAccount {
+            signed_device_list: a.signed_list(),
+        }),
+    );
+    s.settle_all();
+    assert!(matches!(
+        s.frames()[0].kind,
+        Some(server_frame::Kind::Ok(_))
+    ));
+}
+
+fn send_to(to: &Account, id: u8, body: &[u8]) -> client_frame::Kind {
+    client_frame::Kind::Send(api::Send {
+        client_id: vec![id; 16],
+        recipient_account: to.id().to_vec(),
+        envelopes: (1..=to.devices.len() as u32)
+            .map(|d| api::OutEnvelope {
+                device_id: d,
+                body: body.to_vec(),
+            })
+            .collect(),
+        ..Default::default()
+    })
+}
+
+fn error_code(f: &ServerFrame) -> ErrorCode {
+    match &f.kind {
+        Some(server_frame::Kind::Error(e)) => e.code(),
+        other => panic!("not an error: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn authentication_takes_a_fresh_challenge_and_a_listed_device_signature() {
+    let relay = relay_with(|_| {});
+    let alice = Account::new(2);
+    create(&relay, &alice);
+    let mut s = Side::new(&relay);
+    // No challenge yet.
+    s.request(5, alice.auth(1, &[0; 32]));
+    let f = s.frames();
+    assert_eq!(
+        (f[0].request_id, error_code(&f[0])),
+        (5, ErrorCode::AuthFailed)
+    );
+    // A signature over another nonce; then the challenge is used up.
+    s.request(6, client_frame::Kind::Hello(api::Hello {}));
+    s.frames();
+    s.request(7, alice.auth(1, &[1; 32]));
+    assert_eq!(error_code(&s.frames()[0]), ErrorCode::AuthFailed);
+    assert!(s.st.finished().is_none());
+    // Third failure: closed.
+    s.request(8, alice.auth(1, &[1; 32]));
+    assert_eq!(error_code(&s.frames()[0]), ErrorCode::AuthFailed);
+    assert_eq!(
+        s.st.finished(),
+        Some((close::PROTOCOL, &b"authentication failed"[..]))
+    );
+
+    // Another connection: device 2 logs in and is told its queue is drained (and its keys low).
+    let mut s = Side::new(&relay);
+    let after = s.login(&alice, 2);
+    assert!(
+        after
+            .iter()
+            .any(|f| matches!(f.kind, Some(server_frame::Kind::QueueDrained(_))))
+    );
+    assert!(
+        after
+            .iter()
+            .any(|f| matches!(f.kind, Some(server_frame::Kind::PreKeysLow(_))))
+    );
+    assert_eq!(s.st.device(), Some(alice.device(2)));
+    // Once authenticated, not again.
+    s.request(9, client_frame::Kind::Hello(api::Hello {}));
+    s.frames();
+    s.request(10, alice.auth(2, &[0; 32]));
+    assert_eq!(error_code(&s.frames()[0]), ErrorCode::AuthFailed);
+}
+
+#[tokio::test]
+async fn the_authentication_deadline_closes_on_the_fake_clock() {
+    let relay = relay_with(|_| {});
+    let mut s = Side::new(&relay);
+    let deadline = s.st.poll_timeout().unwrap();
+    assert_eq!(
+        deadline,
+        s.t0 + Duration::from_millis(limits::AUTH_TIMEOUT_MS)
+    );
+    s.ms = limits::AUTH_TIMEOUT_MS - 1;
+    s.st.handle_timeout(s.now());
+    assert!(s.st.finished().is_none());
+    s.ms = limits::AUTH_TIMEOUT_MS;
+    s.st.handle_timeout(s.now());
+    assert_eq!(
+        s.st.finished(),
+        Some((close::PROTOCOL, &b"authentication timed out"[..]))
+    );
+    assert!(!s.st.wants_read(1 << 20));
+}
+
+#[tokio::test]
+async fn requests_are_pipelined_and_answered_out_of_order() {
+    let relay = relay_with(|_| {});
+    let (alice, bob) = (Account::new(1), Account::new(1));
+    create(&relay, &alice);
+    create(&relay, &bob);
+    let mut a = Side::new(&relay);
+    a.login(&alice, 1);
+    let mut b = Side::new(&relay);
+    b.login(&bob, 1);
+
+    // Three sends and a ping in one read: the sends wait for the writer, the ping does not.
+    let mut bytes = Vec::new();
+    for (rid, id) in [(11u64, 1u8), (12, 2), (13, 3)] {
+        bytes.extend(crate::frame::encode(&ClientFrame {
+            request_id: rid,
+            kind: Some(send_to(&bob, id, &[id; 40])),
+        }));
+    }
+    bytes.extend(crate::frame::encode(&ClientFrame {
+        request_id: 14,
+        kind: Some(client_frame::Kind::Ping(api::Ping {})),
+    }));
+    a.bytes(&bytes);
+    let f = a.frames();
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].request_id, 14);
+    assert_eq!(a.st.in_flight(), 3);
+    assert!(a.st.wants_read(1 << 20));
+
+    // The writer applies them in order; the flushes answer them in reverse.
+    let settles = a.apply();
+    assert_eq!(settles.len(), 3);
+    for s in settles.into_iter().rev() {
+        s(Ok(()));
+        a.take_in();
+    }
+    let f = a.frames();
+    assert_eq!(
+        f.iter().map(|f| f.request_id).collect::<Vec<_>>(),
+        vec![13, 12, 11]
+    );
+    assert!(
+        f.iter()
+            .all(|f| matches!(f.kind, Some(server_frame::Kind::Sent(_))))
+    );
+    assert_eq!(a.st.in_flight(), 0);
+
+    // Bob got them live, in queue order, before any flush could matter.
+    b.take_in();
+    let got: Vec<u8> = b
+        .frames()
+        .iter()
+        .filter_map(|f| match &f.kind {
+            Some(server_frame::Kind::Deliver(d)) => Some(d.body[0]),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec![1, 2, 3]);
+
+    // A retried send (same client id) is answered and not delivered again.
+    a.request(15, send_to(&bob, 2, &[2; 40]));
+    a.settle_all();
+    assert!(matches!(
+        a.frames()[0].kind,
+        Some(server_frame::Kind::Sent(_))
+    ));
+    b.take_in();
+    assert!(b.frames().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_flush_answers_internal_and_the_in_flight_cap_stops_reading() {
+    let relay = relay_with(|_| {});
+    let (alice, bob) = (Account::new(1), Account::new(1));
+    create(&relay, &alice);
+    create(&relay, &bob);
+    let mut a = Side::new(&relay);
+    a.login(&alice, 1);
+    let mut bytes = Vec::new();
+    for i in 0..=limits::MAX_IN_FLIGHT as u64 {
+        bytes.extend(crate::frame::encode(&ClientFrame {
+            request_id: 100 + i,
+            kind: Some(send_to(&bob, (i % 250) as u8, &i.to_be_bytes())),
+        }));
+    }
+    a.bytes(&bytes);
+    // One frame past the cap stays unread.
+    assert_eq!(a.st.in_flight(), limits::MAX_IN_FLIGHT);
+    assert!(!a.st.wants_read(1 << 20));
+    let mut settles = a.apply();
+    let first = settles.remove(0);
+    first(Err(crate::store::StoreError::Backend("disk gone".into())));
+    a.take_in();
+    // The answer frees a place: the last frame is taken.
+    assert_eq!(a.st.in_flight(), limits::MAX_IN_FLIGHT);
+    let f = a.frames();
+    assert_eq!(
+        (f[0].request_id, error_code(&f[0])),
+        (100, ErrorCode::Internal)
+    );
+    drop(settles);
+}
+
+#[tokio::test]
+async fn an_account_state_write_holds_later_requests_until_applied() {
+    let relay = relay_with(|_| {});
+    let alice = Account::new(1);
+    let mut s = Side::new(&relay);
+    let mut bytes = crate::frame::encode(&ClientFrame {
+        request_id: 1,
+        kind: Some(client_frame::Kind::CreateAccount(api::CreateAccount {
+            signed_device_list: alice.signed_list(),
+        })),
+    });
+    bytes.extend(crate::frame::encode(&ClientFrame {
+        request_id: 2,
+        kind: Some(client_frame::Kind::Hello(api::Hello {})),
+    }));
+    s.bytes(&bytes);
+    assert!(s.frames().is_empty(), "the Hello waits for the creation");
+    assert!(!s.st.wants_read(1 << 20));
+    let settles = s.apply();
+    s.take_in();
+    // Applied, not yet durable: the Hello is answered, the creation not yet.
+    let f = s.frames();
+    assert_eq!(f.len(), 1);
+    assert!(matches!(f[0].kind, Some(server_frame::Kind::Challenge(_))));
+    for st in settles {
+        st(Ok(()));
+    }
+    s.take_in();
+    let f = s.frames();
+    assert_eq!(f[0].request_id, 1);
+    assert!(matches!(f[0].kind, Some(server_frame::Kind::Ok(_))));
+}
+
+#[tokio::test]
+async fn a_live_envelope_after_a_gap_is_read_from_the_store_in_order() {
+    let relay = relay_with(|_| {});
+    let (alice, bob) = (Account::new(1), Account::new(1));
+    create(&relay, &alice);
+    create(&relay, &bob);
+    let mut b = Side::new(&relay);
+    b.login(&bob, 1);
+    let env = |id: u8| Envelope {
+        recipient: bob.device(1),
+        sender: alice.device(1),
+        client_id: [id; 16],
+        body: vec![id],
+        received_at: 1,
+    };
+    // Two envelopes written behind the connection's back; only the second is announced.
+    let done = relay.store.enqueue(&[env(1), env(2)], 100).unwrap();
+    let fresh = crate::router::Fresh {
+        prev: done[1].prev,
+        queued: crate::store::Queued {
+            seq: done[1].seq,
+            envelope: env(2),
+        },
+    };
+    relay
+        .router
+        .deliver(&bob.device(1), Live::Envelope(Box::new(fresh)));
+    b.take_in();
+    let seqs: Vec<u64> = b
+        .frames()
+        .iter()
+        .filter_map(|f| match &f.kind {
+            Some(server_frame::Kind::Deliver(d)) => Some(d.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, vec![done[0].seq, done[1].seq]);
+}
+
+#[tokio::test]
+async fn control_events_revoke_replace_and_drain() {
+    let relay = relay_with(|_| {});
+    let alice = Account::new(1);
+    create(&relay, &alice);
+    let mut s = Side::new(&relay);
+    s.login(&alice, 1);
+    // A second connection of the same device replaces the first.
+    let mut s2 = Side::new(&relay);
+    s2.login(&alice, 1);
+    s.take_in();
+    assert_eq!(
+        s.st.finished(),
+        Some((close::REPLACED, &b"connected elsewhere"[..]))
+    );
+    relay.router.deliver(&alice.device(1), Live::Revoked);
+    s2.take_in();
+    assert!(matches!(
+        s2.frames().last().unwrap().kind,
+        Some(server_frame::Kind::Revoked(_))
+    ));
+    assert_eq!(
+        s2.st.finished(),
+        Some((close::REVOKED, &b"device revoked"[..]))
+    );
+    let mut s3 = Side::new(&relay);
+    s3.st.drain();
+    assert!(matches!(
+        s3.frames()[0].kind,
+        Some(server_frame::Kind::Drain(_))
+    ));
+    assert_eq!(
+        s3.st.finished(),
+        Some((close::DRAINING, &b"relay draining"[..]))
+    );
+}
+
+/// Every refusal a request can get on the connection, each with its typed error, the request id
+/// it answers, and the connection left open (unless the frame itself was bad).
+#[tokio::test]
+async fn every_refusal_is_typed_and_leaves_the_connection_usable() {
+    let relay = relay_with(|c| {
+        c.max_envelopes_per_send = 2;
+        c.max_envelope_bytes = 100;
+        c.max_queue_len = 1;
+    });
+    let (alice, bob) = (Account::new(1), Account::new(2));
+    create(&relay, &alice);
+    create(&relay, &bob);
+
+    // Before authentication.
+    let mut s = Side::new(&relay);
+    for (rid, kind) in [
+        (1, send_to(&bob, 1, b"x")),
+        (2, client_frame::Kind::Ack(api::Ack { seqs: vec![1] })),
+        (
+            3,
+            client_frame::Kind::FetchDeviceList(api::FetchDeviceList {
+                account: bob.id().to_vec(),
+            }),
+        ),
+        (
+            4,
+            client_frame::Kind::FetchBundle(api::FetchBundle {
+                account: bob.id().to_vec(),
+                device_id: 1,
+            }),
+        ),
+        (
+            5,
+            client_frame::Kind::ProvisionTake(api::ProvisionTake {
+                channel: vec![0; 32],
+            }),
+        ),
+    ] {
+        s.request(rid, kind);
+        let f = s.frames();
+        assert_eq!(
+            (f[0].request_id, error_code(&f[0])),
+            (rid, ErrorCode::Unauthenticated)
+        );
+    }
+    s.bytes(&crate::frame::encode(&ClientFrame {
+        request_id: 6,
+        kind: None,
+    }));
+    assert_eq!(error_code(&s.frames()[0]), ErrorCode::UnknownRequest);
+    assert!(s.st.finished().is_none());
+
+    let mut s = Side::new(&relay);
+    s.login(&alice, 1);
+    let mut wrong_devices = send_to(&bob, 1, b"x");
+    if let client_frame::Kind::Send(x) = &mut wrong_devices {
+        x.envelopes.truncate(1);
+    }
+    let mut twice = send_to(&bob, 2, b"x");
+    if let client_frame::Kind::Send(x) = &mut twice {
+        x.envelopes[1].device_id = 1;
+    }
+    let mut short_id = send_to(&bob, 3, b"x");
+    if let client_frame::Kind::Send(x) = &mut short_id {
+        x.client_id.truncate(3);
+    }
+    let cases: Vec<(client_frame::Kind, ErrorCode)> = vec![
+        (send_to(&Account::new(1), 1, b"x"), ErrorCode::NotFound),
+        (wrong_devices, ErrorCode::DeviceMismatch),
+        (twice, ErrorCode::Malformed),
+        (short_id, ErrorCode::Malformed),
+        (send_to(&bob, 4, &[1; 101]), ErrorCode::TooLarge),
+        (send_to(&bob, 5, b""), ErrorCode::Malformed),
+        (
+            client_frame::Kind::Ack(api::Ack {
+                seqs: vec![1; limits::CATCH_UP_PAGE * 16 + 1],
+            }),
+            ErrorCode::TooLarge,
+        ),
+        (
+            client_frame::Kind::FetchDeviceList(api::FetchDeviceList {
+                account: vec![1; 31],
+            }),
+            ErrorCode::Malformed,
+        ),
+        (
+            client_frame::Kind::FetchBundle(api::FetchBundle {
+                account: bob.id().to_vec(),
+                device_id: 9,
+            }),
+            ErrorCode::NotFound,
+        ),
+        (
+            client_frame::Kind::RegisterPush(api::RegisterPush {
+                url: "ftp://x".into(),
+            }),
+            ErrorCode::Malformed,
+        ),
+        (
+            client_frame::Kind::RegisterPush(api::RegisterPush {
+                url: format!("https://x/{}", "a".repeat(limits::MAX_PUSH_URL_LEN)),
+            }),
+            ErrorCode::TooLarge,
+        ),
+        (
+            client_frame::Kind::ClaimUsername(api::ClaimUsername {
+                name: "?".into(),
+                proof: vec![0; 64],
+            }),
+            ErrorCode::Malformed,
+        ),
+        (
+            client_frame::Kind::LookupUsername(api::LookupUsername {
+                name: "nobody_here".into(),
+            }),
+            ErrorCode::NotFound,
+        ),
+        (
+            client_frame::Kind::ProvisionPut(api::ProvisionPut {
+                channel: vec![0; 32],
+                body: vec![0; limits::MAX_PROVISION_BYTES + 1],
+            }),
+            ErrorCode::TooLarge,
+        ),
+        (
+            client_frame::Kind::ProvisionTake(api::ProvisionTake {
+                channel: vec![0; 32],
+            }),
+            ErrorCode::NotFound,
+        ),
+        (
+            client_frame::Kind::SendEphemeral(api::SendEphemeral {
+                recipient_account: bob.id().to_vec(),
+                envelopes: vec![
+                    api::OutEnvelope {
+                        device_id: 1,
+                        body: vec![1],
+                    };
+                    3
+                ],
+            }),
+            ErrorCode::TooLarge,
+        ),
+    ];
+    for (i, (kind, code)) in cases.into_iter().enumerate() {
+        let rid = 100 + i as u64;
+        s.request(rid, kind);
+        s.settle_all();
+        let f = s.frames();
+        assert_eq!(
+            (f[0].request_id, error_code(&f[0])),
+            (rid, code),
+            "case {i}"
+        );
+        assert!(s.st.finished().is_none(), "case {i} closed the connection");
+    }
+
+    // The writer refuses a send to a full queue (answered without waiting for a flush).
+    s.request(200, send_to(&bob, 6, b"x"));
+    s.settle_all();
+    assert!(matches!(
+        s.frames()[0].kind,
+        Some(server_frame::Kind::Sent(_))
+    ));
+    s.request(201, send_to(&bob, 7, b"x"));
+    let settles = s.apply();
+    assert!(settles.is_empty());
+    s.take_in();
+    assert_eq!(error_code(&s.frames()[0]), ErrorCode::QueueFull);
+
+    // Draining: sends are refused.
+    relay
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    s.request(202, send_to(&bob, 8, b"x"));
+    assert_eq!(error_code(&s.frames()[0]), ErrorCode::Draining);
+}
+
+#[tokio::test]
+async fn rate_limits_refuse_with_a_retry_time() {
+    let relay = relay_with(|c| {
+        c.rate.sends = RateLimit {
+            per_second: 1.0,
+            burst: 1,
+        };
+    });
+    let (alice, bob) = (Account::new(1), Account::new(1));
+    create(&relay, &alice);
+    create(&relay, &bob);
+    let mut s = Side::new(&relay);
+    s.login(&alice, 1);
+    s.request(1, send_to(&bob, 1, b"x"));
+    s.settle_all();
+    assert!(matches!(
+        s.frames()[0].kind,
+        Some(server_frame::Kind::Sent(_))
+    ));
+    s.request(2, send_to(&bob, 2, b"x"));
+    let f = s.frames();
+    assert_eq!(error_code(&f[0]), ErrorCode::RateLimited);
+    let Some(server_frame::Kind::Error(e)) = &f[0].kind else {
+        unreachable!()
+    };
+    assert!(e.retry_after_ms > 0);
+}
+
+#[tokio::test]
+async fn bad_frames_are_refused_and_close_the_connection() {
+    let relay = relay_with(|_| {});
+    // A header over the cap: refused from the header alone.
+    let mut s = Side::new(&relay);
+    s.bytes(&u32::MAX.to_be_bytes());
+    assert_eq!(error_code(&s.frames()[0]), ErrorCode::TooLarge);
+    assert_eq!(s.st.finished(), Some((close::PROTOCOL, &b"bad frame"[..])));
+    // Bytes that are not a frame.
+    let mut s = Side::new(&relay);
+    s.bytes(&[0, 0, 0, 2, 0xff, 0xff]);
+    assert_eq!(error_code(&s.frames()[0]), ErrorCode::Malformed);
+    assert_eq!(s.st.finished(), Some((close::PROTOCOL, &b"bad frame"[..])));
+    // A frame split across reads is taken whole; the stream ending inside one is refused.
+    let mut s = Side::new(&relay);
+    let hello = crate::frame::encode(&ClientFrame {
+        request_id: 3,
+        kind: Some(client_frame::Kind::Hello(api::Hello {})),
+    });
+    let (x, y) = hello.split_at(3);
+    s.bytes(x);
+    assert!(s.frames().is_empty());
+    s.bytes(y);
+    assert_eq!(s.frames()[0].request_id, 3);
+    s.bytes(&[0, 0]);
+    let relay2 = Arc::clone(&relay);
+    s.st.peer_finished(&relay2);
+    assert_eq!(error_code(&s.frames()[0]), ErrorCode::Malformed);
+    assert_eq!(s.st.finished(), Some((close::PROTOCOL, &b"bad frame"[..])));
+}
