@@ -97,7 +97,11 @@ struct MailState {
 impl SledStore {
     /// Opens (or creates) the database in `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = sled::Config::new().path(path).open().map_err(backend)?;
+        let db = sled::Config::new()
+            .path(path)
+            .segment_size(segment_size(path))
+            .open()
+            .map_err(backend)?;
         let tree = |n: &str| db.open_tree(n).map_err(backend);
         Self {
             lists: tree("lists")?,
@@ -214,6 +218,26 @@ impl SledStore {
     fn count(tree: &sled::Tree, prefix: &[u8]) -> usize {
         tree.scan_prefix(prefix).count()
     }
+}
+
+/// Log segment size of a new database: sled's largest, 16 MiB (its default is 512 KiB).
+///
+/// sled 0.34 can deadlock when a segment at the end of its file is freed and truncated (on its
+/// I/O thread pool) while the writer needs a new segment and every pool thread waits for the
+/// writer's lock (sled issue 1412). A relay deletes as much as it writes, so it frees tail
+/// segments all the time; with 32× larger segments that happens 32× less often, and was not
+/// seen again in the load runs of BENCHMARKS.md. An existing database keeps the size it was
+/// made with (sled refuses to open it with another).
+pub const SEGMENT_SIZE: usize = 16 << 20;
+
+fn segment_size(path: &Path) -> usize {
+    std::fs::read_to_string(path.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            conf.lines()
+                .find_map(|l| l.strip_prefix("segment_size: ")?.trim().parse().ok())
+        })
+        .unwrap_or(SEGMENT_SIZE)
 }
 
 fn with_id(device: &DeviceId, id: u32) -> Vec<u8> {
