@@ -13,6 +13,14 @@
 //!   connected; every send of the `--senders` single-device accounts carries one envelope per device
 //!   of its recipient account (the relay's fan-out unit: one send, one atomic enqueue of D
 //!   envelopes).
+//! * `ceiling`: `throughput` against the ceiling server (below).
+//!
+//! `--target ceiling` runs any mode against the *ceiling server* ([`ceiling`]) instead of the
+//! relay: this executable started again as a child process (`hush-load ceiling-server`), on the
+//! relay's QUIC transport settings and UDP socket, doing no more per request than bare quinn and
+//! sled must (no checks, no limits, one insert per envelope, group-committed flushes).
+//! `--vs-ceiling` runs the mode against the ceiling and then against the relay with the same
+//! settings and reports both and their ratios ([`compare`]).
 //!
 //! Every body starts with the send's timestamp (ns since the run started, u64 big-endian), so the
 //! receiving reader measures end-to-end latency; receivers acknowledge what they get in batches
@@ -23,6 +31,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod account;
+pub mod ceiling;
 mod conn;
 mod relay;
 mod report;
@@ -40,8 +49,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::account::Account;
 use crate::conn::{Link, Samples, Shared};
-use crate::relay::RelayChild;
-pub use crate::report::{Percentiles, Report};
+use crate::relay::ServerChild;
+pub use crate::report::{Comparison, Percentiles, Report};
 
 /// Why a run could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +74,18 @@ pub enum Mode {
     Idle,
     /// One send to an account of many devices (one envelope each).
     Fanout,
+    /// `throughput` against the ceiling server (`throughput --target ceiling`).
+    Ceiling,
+}
+
+/// Which server a run drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Target {
+    /// `hush-relay` (a child process, or the one given by `--addr`).
+    #[default]
+    Relay,
+    /// The ceiling server: bare quinn + sled with the relay's transport settings (a child process).
+    Ceiling,
 }
 
 /// Hard bounds on what one run may ask for.
@@ -81,9 +102,19 @@ const GRACE: Duration = Duration::from_secs(10);
     about = "Drives a Hush relay over QUIC on loopback"
 )]
 pub struct Options {
-    /// throughput | latency | idle | fanout
+    /// throughput | latency | idle | fanout | ceiling
     #[arg(value_enum)]
     pub mode: Mode,
+    /// The server to drive: relay, or ceiling (bare quinn + sled, started as a child process).
+    #[arg(long, value_enum, default_value_t = Target::Relay)]
+    pub target: Target,
+    /// Run the mode against the ceiling server, then against the relay with the same settings,
+    /// and report both and their ratios.
+    #[arg(long, conflicts_with = "target")]
+    pub vs_ceiling: bool,
+    /// The executable that serves as the ceiling server [default: this one].
+    #[arg(long)]
+    pub ceiling_bin: Option<PathBuf>,
     /// A running relay to drive (loopback only) instead of starting one.
     #[arg(long, requires = "pin")]
     pub addr: Option<SocketAddr>,
@@ -99,7 +130,7 @@ pub struct Options {
     /// Extra flag for the relay this tool starts (repeatable, e.g. --relay-arg=--flush-batch-max=4096).
     #[arg(long = "relay-arg", allow_hyphen_values = true)]
     pub relay_args: Vec<String>,
-    /// Store of the relay this tool starts: sled (on disk, durable) or memory.
+    /// Store of the server this tool starts: sled (on disk, durable) or memory.
     #[arg(long, default_value = "sled")]
     pub store: String,
     /// Devices (throughput, latency): one single-device account each, one connection each.
@@ -181,8 +212,14 @@ impl Options {
         {
             return bad("--addr must be a loopback address (127.0.0.1 or ::1)");
         }
+        if self.vs_ceiling && self.mode == Mode::Ceiling {
+            return bad("--vs-ceiling takes a workload: throughput, latency, idle or fanout");
+        }
+        if self.addr.is_some() && self.target() == Target::Ceiling {
+            return bad("--addr names a running relay; the ceiling server is always started here");
+        }
         match self.mode {
-            Mode::Throughput | Mode::Latency => {
+            Mode::Throughput | Mode::Latency | Mode::Ceiling => {
                 if !(2..=MAX_DEVICES).contains(&self.devices) {
                     return bad("--devices must be in 2..=20000");
                 }
@@ -218,6 +255,34 @@ impl Options {
         Ok(())
     }
 
+    /// The server this run drives (`ceiling` is the throughput workload against the ceiling).
+    pub fn target(&self) -> Target {
+        if self.mode == Mode::Ceiling {
+            Target::Ceiling
+        } else {
+            self.target
+        }
+    }
+
+    /// The workload (`ceiling` is `throughput`).
+    pub fn workload(&self) -> Mode {
+        if self.mode == Mode::Ceiling {
+            Mode::Throughput
+        } else {
+            self.mode
+        }
+    }
+
+    /// These settings, for one run against `target`.
+    fn against(&self, target: Target) -> Self {
+        Self {
+            mode: self.workload(),
+            target,
+            vs_ceiling: false,
+            ..self.clone()
+        }
+    }
+
     /// The flags given to a relay this tool starts: limits out of the way of the measurement.
     fn relay_flags(&self, connections: usize, devices_per_account: u32) -> Vec<String> {
         let lots = "1000000/1000000".to_string();
@@ -250,8 +315,8 @@ struct Plan {
 }
 
 fn plan(opts: &Options) -> Plan {
-    match opts.mode {
-        Mode::Throughput | Mode::Latency => {
+    match opts.workload() {
+        Mode::Throughput | Mode::Latency | Mode::Ceiling => {
             let n = opts.devices;
             Plan {
                 accounts: (0..n).map(|_| Account::new(1)).collect(),
@@ -306,9 +371,29 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
-/// Runs one measurement. Must be called inside a multi-threaded tokio runtime.
+/// Runs one measurement against `opts.target()`. Must be called inside a multi-threaded tokio
+/// runtime. With `--vs-ceiling`, use [`compare`].
 pub async fn run(opts: &Options) -> Result<Report, Error> {
     opts.check()?;
+    if opts.vs_ceiling {
+        return Err(Error::new(
+            "--vs-ceiling runs two measurements: see compare()".into(),
+        ));
+    }
+    run_one(&opts.against(opts.target())).await
+}
+
+/// Runs the mode against the ceiling server and then against the relay, with the same settings,
+/// one after the other. Must be called inside a multi-threaded tokio runtime.
+pub async fn compare(opts: &Options) -> Result<Comparison, Error> {
+    opts.check()?;
+    let ceiling = run_one(&opts.against(Target::Ceiling)).await?;
+    let relay = run_one(&opts.against(Target::Relay)).await?;
+    Ok(Comparison { ceiling, relay })
+}
+
+/// One measurement; `opts` has a workload mode and names its target.
+async fn run_one(opts: &Options) -> Result<Report, Error> {
     let plan = plan(opts);
     let max_dpa = plan
         .accounts
@@ -316,10 +401,19 @@ pub async fn run(opts: &Options) -> Result<Report, Error> {
         .map(|a| a.devices.len())
         .max()
         .unwrap_or(1);
-    let (child, addr, pin, pid) = match (&opts.addr, &opts.pin) {
-        (Some(addr), Some(pin)) => (None, *addr, pin.clone(), opts.relay_pid),
-        (Some(_), None) => return Err(Error::new("--addr needs --pin".into())),
-        _ => {
+    let (child, addr, pin, pid) = match (opts.target, &opts.addr, &opts.pin) {
+        (Target::Ceiling, _, _) => {
+            let bin = match &opts.ceiling_bin {
+                Some(b) => b.clone(),
+                None => relay::default_ceiling_bin()?,
+            };
+            let c = ServerChild::spawn_ceiling(&bin, &opts.store)?;
+            let (a, p, id) = (c.addr, c.pin.clone(), c.pid());
+            (Some(c), a, p, Some(id))
+        }
+        (Target::Relay, Some(addr), Some(pin)) => (None, *addr, pin.clone(), opts.relay_pid),
+        (Target::Relay, Some(_), None) => return Err(Error::new("--addr needs --pin".into())),
+        (Target::Relay, None, _) => {
             let bin = match &opts.relay_bin {
                 Some(b) => b.clone(),
                 None => relay::default_relay_bin()?,
@@ -328,19 +422,29 @@ pub async fn run(opts: &Options) -> Result<Report, Error> {
                 plan.devices.len(),
                 u32::try_from(max_dpa).unwrap_or(u32::MAX),
             );
-            let c = RelayChild::spawn(&bin, &flags)?;
+            let c = ServerChild::spawn(&bin, &flags)?;
             let (a, p, id) = (c.addr, c.pin.clone(), c.pid());
             (Some(c), a, p, Some(id))
         }
     };
-    let relay_desc = match &child {
-        Some(c) => format!(
+    let relay_desc = match (&child, opts.target) {
+        (Some(c), Target::Ceiling) => format!(
+            "ceiling (bare quinn + {}, no relay logic) child pid {} on {}",
+            if opts.store == "sled" {
+                "sled"
+            } else {
+                "no store"
+            },
+            c.pid(),
+            c.addr
+        ),
+        (Some(c), Target::Relay) => format!(
             "hush-relay child pid {} on {} (store {})",
             c.pid(),
             c.addr,
             opts.store
         ),
-        None => format!("external relay on {addr}"),
+        (None, _) => format!("external relay on {addr}"),
     };
 
     let shared = Shared::new();
@@ -374,6 +478,7 @@ pub async fn run(opts: &Options) -> Result<Report, Error> {
 
     let mut report = Report {
         mode: opts.mode,
+        target: opts.target,
         relay: relay_desc,
         accounts: accounts.len(),
         account_setup_s,

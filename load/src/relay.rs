@@ -1,53 +1,76 @@
-//! The relay under load: a child `hush-relay` process this tool starts (with a temporary data
-//! directory and generous limits), or one given by address; and what `/proc` says about it.
+//! The server under load: a child `hush-relay` process this tool starts (with a temporary data
+//! directory and generous limits), or one given by address, or a child ceiling server (this
+//! executable again, `ceiling-server`); and what `/proc` says about it.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::Error;
 
-/// A relay process started by this tool; killed when dropped.
-pub(crate) struct RelayChild {
+/// A server process (relay or ceiling) started by this tool; killed when dropped.
+pub(crate) struct ServerChild {
     child: Child,
     pub(crate) addr: SocketAddr,
     pub(crate) pin: String,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for RelayChild {
+impl Drop for ServerChild {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl RelayChild {
+impl ServerChild {
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Starts `bin` on 127.0.0.1 (a free port) with `args` after the defaults (later flags win),
     /// and reads its address and certificate fingerprint from what it prints.
-    pub(crate) fn spawn(bin: &PathBuf, args: &[String]) -> Result<Self, Error> {
+    pub(crate) fn spawn(bin: &Path, args: &[String]) -> Result<Self, Error> {
+        Self::start(bin, |dir| {
+            let mut a: Vec<OsString> = vec!["run".into(), "--data-dir".into(), dir.into()];
+            a.extend(
+                [
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--metrics-listen",
+                    "off",
+                    "--log",
+                    "warn",
+                ]
+                .map(OsString::from),
+            );
+            a.extend(args.iter().map(OsString::from));
+            a
+        })
+    }
+
+    /// Starts the ceiling server (`bin ceiling-server`) on 127.0.0.1 with the given store.
+    pub(crate) fn spawn_ceiling(bin: &Path, store: &str) -> Result<Self, Error> {
+        Self::start(bin, |dir| {
+            vec![
+                crate::ceiling::SUBCOMMAND.into(),
+                "--data-dir".into(),
+                dir.into(),
+                "--store".into(),
+                store.into(),
+            ]
+        })
+    }
+
+    fn start(bin: &Path, args: impl FnOnce(&Path) -> Vec<OsString>) -> Result<Self, Error> {
         let dir = tempfile::Builder::new()
             .prefix("hush-load-")
             .tempdir()
             .map_err(|e| Error::new(format!("temporary data directory: {e}")))?;
         let mut child = Command::new(bin)
-            .arg("run")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "off",
-                "--log",
-                "warn",
-            ])
-            .args(args)
+            .args(args(dir.path()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -55,7 +78,7 @@ impl RelayChild {
             .map_err(|e| Error::new(format!("cannot start {}: {e}", bin.display())))?;
         let Some(stdout) = child.stdout.take() else {
             let _ = child.kill();
-            return Err(Error::new("relay has no stdout".into()));
+            return Err(Error::new("server has no stdout".into()));
         };
         let mut lines = BufReader::new(stdout).lines();
         let mut addr = None;
@@ -65,7 +88,7 @@ impl RelayChild {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(Error::new(
-                    "the relay exited before it was listening".into(),
+                    "the server exited before it was listening".into(),
                 ));
             };
             if let Some(rest) = line.strip_prefix("listening on ") {
@@ -83,7 +106,7 @@ impl RelayChild {
                 pin,
                 _dir: dir,
             }),
-            _ => Err(Error::new("could not read the relay's address".into())),
+            _ => Err(Error::new("could not read the server's address".into())),
         }
     }
 }
@@ -107,6 +130,29 @@ pub(crate) fn default_relay_bin() -> Result<PathBuf, Error> {
     }
     Err(Error::new(format!(
         "no hush-relay next to {} (build it: cargo build --release -p hush-relay, or give --relay-bin)",
+        exe.display()
+    )))
+}
+
+/// This executable, for the ceiling server: `hush-load` itself, or (when this is a test binary in
+/// `target/<profile>/deps`) the `hush-load` built beside it.
+pub(crate) fn default_ceiling_bin() -> Result<PathBuf, Error> {
+    let exe =
+        std::env::current_exe().map_err(|e| Error::new(format!("current executable: {e}")))?;
+    if exe.file_stem().is_some_and(|n| n == "hush-load") {
+        return Ok(exe);
+    }
+    let dir = exe
+        .parent()
+        .ok_or_else(|| Error::new("executable has no directory".into()))?;
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let bin = d.join("hush-load");
+        if bin.is_file() {
+            return Ok(bin);
+        }
+    }
+    Err(Error::new(format!(
+        "no hush-load next to {} (give --ceiling-bin)",
         exe.display()
     )))
 }

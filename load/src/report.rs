@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::Mode;
+use crate::{Mode, Target};
 
 /// Percentiles of a set of latencies (µs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -65,7 +65,9 @@ impl fmt::Display for Percentiles {
 pub struct Report {
     /// The mode.
     pub mode: Mode,
-    /// Which relay was driven.
+    /// Which server was driven.
+    pub target: Target,
+    /// That server, in words (process, address, store).
     pub relay: String,
     /// Accounts created.
     pub accounts: usize,
@@ -129,6 +131,7 @@ impl Default for Report {
     fn default() -> Self {
         Self {
             mode: Mode::Throughput,
+            target: Target::Relay,
             relay: String::new(),
             accounts: 0,
             account_setup_s: 0.0,
@@ -169,7 +172,27 @@ impl Report {
         self.acked_in_window as f64 / self.measured_s.max(f64::MIN_POSITIVE)
     }
 
-    /// Relay RSS growth per connection (bytes), from before the connections to `at`.
+    /// Envelopes per second during the measurement.
+    #[allow(clippy::cast_precision_loss)]
+    pub fn envelopes_per_s(&self) -> f64 {
+        self.sends_per_s() * self.envelopes_per_send as f64
+    }
+
+    /// Connections set up (handshake and authentication) per second.
+    #[allow(clippy::cast_precision_loss)]
+    pub fn connections_per_s(&self) -> f64 {
+        self.connections as f64 / self.connect_s.max(f64::MIN_POSITIVE)
+    }
+
+    /// Server CPU time per durable send (µs), during the measurement.
+    pub fn cpu_us_per_send(&self) -> Option<f64> {
+        let sends = self.sends_per_s();
+        (self.mode != Mode::Idle && sends > 0.0)
+            .then_some(self.relay_cpu?)
+            .map(|cores| cores / sends * 1e6)
+    }
+
+    /// Server RSS growth per connection (bytes), from before the connections to `at`.
     #[allow(clippy::cast_precision_loss)]
     pub fn rss_per_connection(&self, at: Option<u64>) -> Option<f64> {
         let (b, a) = (self.rss_before_kib?, at?);
@@ -194,10 +217,15 @@ impl fmt::Display for Report {
             Mode::Latency => "latency",
             Mode::Idle => "idle",
             Mode::Fanout => "fanout",
+            Mode::Ceiling => "ceiling",
+        };
+        let target = match self.target {
+            Target::Relay => "relay",
+            Target::Ceiling => "ceiling server",
         };
         let per_s = |n: usize, s: f64| n as f64 / s.max(f64::MIN_POSITIVE);
-        writeln!(f, "hush-load {mode}")?;
-        writeln!(f, "  relay:                {}", self.relay)?;
+        writeln!(f, "hush-load {mode} against the {target}")?;
+        writeln!(f, "  server:               {}", self.relay)?;
         writeln!(
             f,
             "  accounts:             {} created in {:.2} s ({:.0}/s)",
@@ -230,7 +258,7 @@ impl fmt::Display for Report {
                 self.acked_in_window,
                 self.measured_s,
                 self.sends_per_s(),
-                self.sends_per_s() * self.envelopes_per_send as f64
+                self.envelopes_per_s()
             )?;
             writeln!(
                 f,
@@ -259,7 +287,7 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "  relay RSS:            before connections {}, {} {}, end {}",
+            "  server RSS:           before connections {}, {} {}, end {}",
             kib(self.rss_before_kib),
             if self.mode == Mode::Idle {
                 "connected"
@@ -273,15 +301,18 @@ impl fmt::Display for Report {
             |v: Option<f64>| v.map_or("n/a".to_string(), |b| format!("{:.1} KiB", b / 1024.0));
         writeln!(
             f,
-            "  relay RSS/connection: {} (connected), {} (end)",
+            "  server RSS/connection: {} (connected), {} (end)",
             per(self.rss_per_connection(self.rss_connected_kib)),
             per(self.rss_per_connection(self.rss_end_kib))
         )?;
         let cores = |v: Option<f64>| v.map_or("n/a".to_string(), |c| format!("{c:.2} cores"));
         writeln!(
             f,
-            "  CPU (measurement):    relay {}, hush-load {}",
+            "  CPU (measurement):    server {}{}, hush-load {}",
             cores(self.relay_cpu),
+            self.cpu_us_per_send()
+                .map(|us| format!(" ({us:.1} µs per durable send)"))
+                .unwrap_or_default(),
             cores(self.load_cpu)
         )?;
         if self.refusals.is_empty() {
@@ -299,5 +330,111 @@ impl fmt::Display for Report {
             writeln!(f, "    {e}")?;
         }
         Ok(())
+    }
+}
+
+/// The same workload against the ceiling server and against the relay.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    /// The run against the ceiling server (first).
+    pub ceiling: Report,
+    /// The run against the relay (second).
+    pub relay: Report,
+}
+
+impl Comparison {
+    /// Whether both runs went cleanly.
+    pub fn ok(&self) -> bool {
+        self.ceiling.ok() && self.relay.ok()
+    }
+}
+
+impl fmt::Display for Comparison {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (c, r) = (&self.ceiling, &self.relay);
+        write!(f, "{c}\n{r}\n")?;
+        writeln!(
+            f,
+            "relay against the ceiling (same settings, one after the other; relay ÷ ceiling):"
+        )?;
+        writeln!(
+            f,
+            "  {:<34} {:>12} {:>12} {:>9}",
+            "", "ceiling", "relay", "ratio"
+        )?;
+        let row = |f: &mut fmt::Formatter<'_>,
+                   name: &str,
+                   a: Option<f64>,
+                   b: Option<f64>,
+                   digits: usize| {
+            let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.digits$}"));
+            let ratio = a
+                .zip(b)
+                .filter(|(a, _)| *a > 0.0)
+                .map_or("n/a".to_string(), |(a, b)| format!("{:.3}", b / a));
+            writeln!(f, "  {name:<34} {:>12} {:>12} {ratio:>9}", show(a), show(b))
+        };
+        let traffic = c.mode != Mode::Idle;
+        let when = |v: f64| traffic.then_some(v);
+        let ms = |p: Option<Percentiles>, q: fn(&Percentiles) -> u32| {
+            p.map(|p| f64::from(q(&p)) / 1000.0)
+        };
+        row(
+            f,
+            "durable sends/s",
+            when(c.sends_per_s()),
+            when(r.sends_per_s()),
+            0,
+        )?;
+        row(
+            f,
+            "envelopes/s",
+            when(c.envelopes_per_s()),
+            when(r.envelopes_per_s()),
+            0,
+        )?;
+        row(
+            f,
+            "send -> receive p50 (ms)",
+            ms(c.delivery, |p| p.p50),
+            ms(r.delivery, |p| p.p50),
+            2,
+        )?;
+        row(
+            f,
+            "send -> receive p99 (ms)",
+            ms(c.delivery, |p| p.p99),
+            ms(r.delivery, |p| p.p99),
+            2,
+        )?;
+        let kib = |rep: &Report| {
+            rep.rss_per_connection(rep.rss_connected_kib)
+                .map(|b| b / 1024.0)
+        };
+        row(
+            f,
+            if traffic {
+                "RSS per connection (KiB)"
+            } else {
+                "RSS per idle connection (KiB)"
+            },
+            kib(c),
+            kib(r),
+            1,
+        )?;
+        row(
+            f,
+            "connection set-up (per s)",
+            Some(c.connections_per_s()),
+            Some(r.connections_per_s()),
+            0,
+        )?;
+        row(
+            f,
+            "server CPU per durable send (µs)",
+            c.cpu_us_per_send(),
+            r.cpu_us_per_send(),
+            1,
+        )
     }
 }

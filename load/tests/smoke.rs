@@ -1,9 +1,10 @@
-//! `hush-load throughput` for about a second against an in-process relay: sends are
-//! acknowledged and received (no timing assertions).
+//! `hush-load throughput` for about a second against an in-process relay, and `ceiling` against
+//! the ceiling server (a child process): sends are acknowledged and received (no timing
+//! assertions).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use clap::Parser;
-use hush_load::{Options, run};
+use hush_load::{Options, Target, compare, run};
 use hush_relay::config::{Config, RateLimit, StoreKind};
 
 fn config(dir: &std::path::Path) -> Config {
@@ -91,5 +92,106 @@ async fn sequential_connections_complete_under_retry() {
     assert_eq!(report.connections, 100, "{report}");
     assert_eq!(report.alive, 100, "{report}");
     assert!(report.ok(), "{report}");
+    relay.stop().await;
+}
+
+/// The `hush-load` binary built for these tests: the ceiling server.
+const LOAD_BIN: &str = env!("CARGO_BIN_EXE_hush-load");
+
+/// A short, small throughput workload.
+const SMALL: [&str; 14] = [
+    "--devices",
+    "6",
+    "--senders",
+    "3",
+    "--window",
+    "8",
+    "--endpoints",
+    "2",
+    "--duration",
+    "1",
+    "--warmup",
+    "0.2",
+    "--ceiling-bin",
+    LOAD_BIN,
+];
+
+fn check_traffic(report: &hush_load::Report) {
+    assert_eq!(report.connections, 6, "{report}");
+    assert!(report.acked_in_window > 0, "no send acknowledged: {report}");
+    assert!(report.delivered >= report.envelopes_acked, "{report}");
+    assert!(report.delivery.is_some_and(|p| p.count > 0), "{report}");
+    assert!(report.ok(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ceiling_mode_sends_and_receives() {
+    let opts = Options::parse_from(["hush-load", "ceiling"].into_iter().chain(SMALL));
+    let report = run(&opts).await.unwrap();
+    println!("{report}");
+    assert_eq!(report.target, Target::Ceiling);
+    assert!(report.relay.starts_with("ceiling"), "{report}");
+    assert!(report.rss_connected_kib.is_some(), "{report}");
+    check_traffic(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_against_the_ceiling_holds_connections() {
+    let opts = Options::parse_from([
+        "hush-load",
+        "idle",
+        "--target",
+        "ceiling",
+        "--connections",
+        "40",
+        "--duration",
+        "0.2",
+        "--store",
+        "memory",
+        "--ceiling-bin",
+        LOAD_BIN,
+    ]);
+    let report = run(&opts).await.unwrap();
+    println!("{report}");
+    assert_eq!(report.target, Target::Ceiling);
+    assert_eq!(report.alive, 40, "{report}");
+    assert!(
+        report
+            .rss_per_connection(report.rss_connected_kib)
+            .is_some()
+    );
+    assert!(report.ok(), "{report}");
+}
+
+/// `--vs-ceiling`: the ceiling server, then the (in-process) relay, with the same settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vs_ceiling_runs_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = hush_relay::start(config(dir.path())).await.unwrap();
+    let addr = relay.addr.to_string();
+    let opts = Options::parse_from(
+        [
+            "hush-load",
+            "throughput",
+            "--vs-ceiling",
+            "--store",
+            "memory",
+            "--addr",
+            addr.as_str(),
+            "--pin",
+            relay.fingerprint.as_str(),
+        ]
+        .into_iter()
+        .chain(SMALL),
+    );
+    assert!(run(&opts).await.is_err(), "run() takes one target");
+    let both = compare(&opts).await.unwrap();
+    println!("{both}");
+    assert_eq!(both.ceiling.target, Target::Ceiling);
+    assert_eq!(both.relay.target, Target::Relay);
+    check_traffic(&both.ceiling);
+    check_traffic(&both.relay);
+    assert!(both.ok());
+    assert!(both.to_string().contains("relay ÷ ceiling"));
     relay.stop().await;
 }
