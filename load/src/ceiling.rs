@@ -231,7 +231,7 @@ fn now_ms() -> u64 {
 
 impl Server {
     async fn connection(self: Arc<Self>, conn: quinn::Connection) {
-        let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(
+        let Ok(Ok((send, mut recv))) = tokio::time::timeout(
             Duration::from_millis(limits::AUTH_TIMEOUT_MS),
             conn.accept_bi(),
         )
@@ -241,21 +241,7 @@ impl Server {
             return;
         };
         // Writer: whatever frames are queued go out in one write.
-        let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        tokio::spawn(async move {
-            let mut frames = Vec::with_capacity(64);
-            let mut buf = Vec::new();
-            while out_rx.recv_many(&mut frames, 256).await > 0 {
-                buf.clear();
-                for f in frames.drain(..) {
-                    buf.extend_from_slice(&f);
-                }
-                if send.write_all(&buf).await.is_err() {
-                    return;
-                }
-            }
-            let _ = send.finish();
-        });
+        let out = crate::conn::spawn_writer(send);
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut me: Option<DeviceKey> = None;
         loop {

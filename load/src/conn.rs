@@ -197,25 +197,11 @@ impl Link {
             .map_err(|e| Error::new(format!("connect: {e}")))?
             .await
             .map_err(|e| Error::new(format!("handshake: {e}")))?;
-        let (mut send, recv) = conn
+        let (send, recv) = conn
             .open_bi()
             .await
             .map_err(|e| Error::new(format!("session stream: {e}")))?;
-        let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        tokio::spawn(async move {
-            let mut frames = Vec::with_capacity(256);
-            let mut buf = Vec::with_capacity(64 << 10);
-            while out_rx.recv_many(&mut frames, 256).await > 0 {
-                buf.clear();
-                for f in frames.drain(..) {
-                    buf.extend_from_slice(&f);
-                }
-                if send.write_all(&buf).await.is_err() {
-                    return;
-                }
-            }
-            let _ = send.finish();
-        });
+        let out = spawn_writer(send);
         let link = Self(Arc::new(Inner {
             conn,
             out,
@@ -457,4 +443,25 @@ impl Link {
 
 fn micros(ns: u64) -> u32 {
     u32::try_from(ns / 1000).unwrap_or(u32::MAX)
+}
+
+/// Starts the writer of a stream: whatever frames are queued at a wake-up go out in one write;
+/// the stream is finished once every sender is dropped.
+pub(crate) fn spawn_writer(mut send: quinn::SendStream) -> mpsc::UnboundedSender<Vec<u8>> {
+    let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let mut frames = Vec::with_capacity(256);
+        let mut buf = Vec::new();
+        while out_rx.recv_many(&mut frames, 256).await > 0 {
+            buf.clear();
+            for f in frames.drain(..) {
+                buf.extend_from_slice(&f);
+            }
+            if send.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+    out
 }

@@ -64,13 +64,13 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Export { config, out } => {
-            let db = sled::open(config.data_dir.join("db"))?;
+            let db = hush_relay::store::sled_store::open_db(&config.data_dir.join("db"))?;
             let stats = hush_relay::backup::export(&db, &out)?;
             println!("exported {stats:?} to {}", out.display());
             Ok(())
         }
         Command::Import { config, from } => {
-            let db = sled::open(config.data_dir.join("db"))?;
+            let db = hush_relay::store::sled_store::open_db(&config.data_dir.join("db"))?;
             let stats = hush_relay::backup::import(&from, &db)?;
             println!("imported {stats:?} from {}", from.display());
             Ok(())

@@ -94,14 +94,20 @@ struct MailState {
     ids: SendIds,
 }
 
+/// Opens (or creates) the relay's sled database in `path` with the settings every opener must
+/// use (the relay, backup export and import): a new database gets [`SEGMENT_SIZE`], an existing
+/// one the segment size it was made with.
+pub fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    sled::Config::new()
+        .path(path)
+        .segment_size(segment_size(path))
+        .open()
+}
+
 impl SledStore {
     /// Opens (or creates) the database in `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .segment_size(segment_size(path))
-            .open()
-            .map_err(backend)?;
+        let db = open_db(path).map_err(backend)?;
         let tree = |n: &str| db.open_tree(n).map_err(backend);
         Self {
             lists: tree("lists")?,
@@ -546,15 +552,10 @@ impl MailboxStore for SledStore {
         let mut batch = sled::Batch::default();
         // What this enqueue adds, applied to the counters only once the batch is written.
         let mut adds: HashMap<DeviceId, Queue> = HashMap::new();
-        let mut new_ids: Vec<(u128, u64, u64)> = Vec::with_capacity(envelopes.len());
+        let mut new_ids: HashMap<u128, (u64, u64)> = HashMap::with_capacity(envelopes.len());
         for e in envelopes {
             let key = ids::send_key(e);
-            let known = st.ids.get(key).or_else(|| {
-                new_ids
-                    .iter()
-                    .find(|(k, _, _)| *k == key)
-                    .map(|&(_, s, a)| (s, a))
-            });
+            let known = st.ids.get(key).or_else(|| new_ids.get(&key).copied());
             if let Some((seq, received_at)) = known {
                 out.push(Enqueued {
                     seq,
@@ -579,7 +580,7 @@ impl MailboxStore for SledStore {
             q.count = q.count.saturating_add(1);
             q.bytes = q.bytes.saturating_add(value.len() as u64);
             batch.insert(&mail_key(&e.recipient, seq)[..], value);
-            new_ids.push((key, seq, e.received_at));
+            new_ids.insert(key, (seq, e.received_at));
             out.push(Enqueued {
                 seq,
                 fresh: true,
@@ -592,7 +593,9 @@ impl MailboxStore for SledStore {
             self.mail.apply_batch(batch).map_err(backend)?;
         }
         st.queues.extend(adds);
-        for (key, seq, at) in new_ids {
+        // One send's envelopes share their received time: the order among them does not matter
+        // to eviction.
+        for (key, (seq, at)) in new_ids {
             st.ids.insert(key, seq, at);
         }
         Ok(out)
@@ -751,7 +754,7 @@ mod tests {
         };
         {
             // Undo the second write as a crash would have: its record is gone.
-            let db = retry(|| sled::open(dir.path()));
+            let db = retry(|| super::open_db(dir.path()));
             let mail = db.open_tree("mail").unwrap();
             mail.remove(super::mail_key(&b, delivered)).unwrap();
             db.flush().unwrap();
