@@ -4,10 +4,12 @@
 //! Guarantees every implementation gives:
 //! - a device list is replaced only by one with a higher version;
 //! - a one-time pre-key is handed out at most once, even under concurrent claims (one atomic take);
-//! - an enqueue is atomic (all envelopes of a send or none) and idempotent per (recipient device,
-//!   sender device, client id); it is durable once [`MailboxStore::flush`] has returned after it
-//!   (the relay batches many enqueues into one flush: group commit); nothing else is durable
-//!   before a flush either;
+//! - an enqueue refused for a full queue writes nothing; an enqueue is idempotent per (recipient
+//!   device, sender device, client id); it is durable once [`MailboxStore::flush`] has returned
+//!   after it (the relay batches many enqueues into one flush: group commit); nothing else is
+//!   durable before a flush either. A crash (or a write error) in the middle of an unanswered
+//!   multi-envelope enqueue may keep some of its envelopes: the retry of that send finds them by
+//!   their ids and queues only the others, so the recipients still get each envelope once;
 //! - each device's queue has its own sequence numbers, strictly increasing in the order the
 //!   envelopes were committed, so a reader that has seen `n` has seen everything up to `n`;
 //! - a username belongs to at most one account and an account holds at most one username: a
@@ -178,8 +180,8 @@ pub struct Enqueued {
 
 /// Per-device queues of encrypted envelopes.
 pub trait MailboxStore: Send + Sync {
-    /// Queues envelopes atomically (all or none); returns, per envelope, its sequence number (the
-    /// existing one for a retried send). Refuses with [`StoreError::QueueFull`] (writing nothing)
+    /// Queues envelopes (see the module docs for atomicity); returns, per envelope, its sequence
+    /// number (the existing one for a retried send). Refuses with [`StoreError::QueueFull`] (writing nothing)
     /// if a new envelope's recipient already holds `cap`. Durable after the next
     /// [`MailboxStore::flush`].
     fn enqueue(&self, envelopes: &[Envelope], cap: usize) -> Result<Vec<Enqueued>>;
