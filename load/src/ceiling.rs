@@ -82,8 +82,7 @@ impl Store {
             // One plain remove per key: a sled `Batch` writes the log buffer out twice and takes
             // sled's global write lock, which would make this a floor rather than a ceiling.
             Self::Sled(db) => keys
-                .map(|k| db.remove(k).map(drop))
-                .collect::<Result<(), _>>()
+                .try_for_each(|k| db.remove(k).map(drop))
                 .map_err(|e| e.to_string()),
             Self::Memory => Ok(()),
         }
