@@ -77,7 +77,7 @@ impl Store {
         }
     }
 
-    fn remove(&self, keys: impl Iterator<Item = MailKey>) -> Result<(), String> {
+    fn remove(&self, mut keys: impl Iterator<Item = MailKey>) -> Result<(), String> {
         match self {
             // One plain remove per key: a sled `Batch` writes the log buffer out twice and takes
             // sled's global write lock, which would make this a floor rather than a ceiling.
