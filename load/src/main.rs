@@ -14,6 +14,14 @@ fn main() -> ExitCode {
         return ceiling_server(&ServerOptions::parse_from(args.into_iter().skip(1)));
     }
     let opts = Options::parse_from(args);
+    // Diagnostics of the QUIC stack on demand (e.g. HUSH_LOAD_LOG=quinn_proto=debug), to stderr.
+    if let Ok(filter) = std::env::var("HUSH_LOAD_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if opts.threads > 0 {

@@ -36,16 +36,12 @@ impl ServerChild {
         Self::start(bin, |dir| {
             let mut a: Vec<OsString> = vec!["run".into(), "--data-dir".into(), dir.into()];
             a.extend(
-                [
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--metrics-listen",
-                    "off",
-                    "--log",
-                    "warn",
-                ]
-                .map(OsString::from),
+                ["--listen", "127.0.0.1:0", "--metrics-listen", "off"].map(OsString::from),
             );
+            // Quiet unless an extra flag asks for more.
+            if !args.iter().any(|x| x == "--log" || x.starts_with("--log=")) {
+                a.extend(["--log", "warn"].map(OsString::from));
+            }
             a.extend(args.iter().map(OsString::from));
             a
         })

@@ -40,7 +40,39 @@ pub fn server_config(
         .keep_alive_interval(None);
     server.transport_config(Arc::new(transport));
     server.migration(true);
+    // Address validation is by Retry only (see `run`): no NEW_TOKEN frames. A NEW_TOKEN is only
+    // useful with a log of spent tokens (to refuse replays), which this relay does not keep; the
+    // `sent` default depends on a quinn feature, so it is set here.
+    let mut tokens = quinn::ValidationTokenConfig::default();
+    tokens.sent(0);
+    server.validation_token_config(tokens);
     Ok(server)
+}
+
+/// Connection IDs of eight random bytes.
+///
+/// quinn's default generator puts only 24 random bits in a connection ID (the rest is a keyed
+/// hash), and it does not check the source connection ID of a Retry against the IDs in use. With
+/// a few thousand connections (each holding several IDs) a Retry then now and again names an ID
+/// that an established connection owns, the client's next Initial is routed to that connection
+/// and dropped, and the handshake times out: about one connection in a thousand when every
+/// connection is retried. With 64 random bits a clash is out of reach.
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut id = [0u8; limits::CONNECTION_ID_LEN];
+        rand::RngExt::fill(&mut rand::rng(), &mut id[..]);
+        quinn::ConnectionId::new(&id)
+    }
+
+    fn cid_len(&self) -> usize {
+        limits::CONNECTION_ID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Binds a UDP socket with large buffers (so bursts are not dropped) and makes the endpoint.
@@ -63,6 +95,7 @@ pub fn bind_endpoint(
         reset_key,
     )));
     endpoint_cfg.max_udp_payload_size(1452).ok();
+    endpoint_cfg.cid_generator(|| Box::new(RandomCids));
     quinn::Endpoint::new(
         endpoint_cfg,
         Some(server),
