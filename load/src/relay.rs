@@ -35,9 +35,7 @@ impl ServerChild {
     pub(crate) fn spawn(bin: &Path, args: &[String]) -> Result<Self, Error> {
         Self::start(bin, |dir| {
             let mut a: Vec<OsString> = vec!["run".into(), "--data-dir".into(), dir.into()];
-            a.extend(
-                ["--listen", "127.0.0.1:0", "--metrics-listen", "off"].map(OsString::from),
-            );
+            a.extend(["--listen", "127.0.0.1:0", "--metrics-listen", "off"].map(OsString::from));
             // Quiet unless an extra flag asks for more.
             if !args.iter().any(|x| x == "--log" || x.starts_with("--log=")) {
                 a.extend(["--log", "warn"].map(OsString::from));
