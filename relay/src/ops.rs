@@ -285,6 +285,8 @@ pub struct Metrics {
     pub connections_total: Counter,
     /// Client connections refused (cap, draining, handshake failure).
     pub connections_refused: Counter,
+    /// Connection attempts answered with a QUIC Retry (address validation under load).
+    pub connections_retried: Counter,
     /// Failed authentication attempts.
     pub auth_failures: Counter,
     /// Send requests handled.
@@ -376,6 +378,7 @@ impl Metrics {
             connections_open: Gauge::new(),
             connections_total: Counter::new(),
             connections_refused: Counter::new(),
+            connections_retried: Counter::new(),
             auth_failures: Counter::new(),
             sends: Counter::new(),
             envelopes_queued: Counter::new(),
@@ -416,6 +419,12 @@ impl Metrics {
             "connections_refused_total",
             "Client connections refused.",
             self.connections_refused.get(),
+        );
+        counter(
+            o,
+            "connections_retried_total",
+            "Connection attempts answered with a QUIC Retry (address validation under load).",
+            self.connections_retried.get(),
         );
         counter(
             o,

@@ -123,6 +123,7 @@ pub async fn run(endpoint: quinn::Endpoint, relay: Arc<Relay>, shutdown: Cancell
                 }
                 if open >= relay.cfg.retry_under_load_connections as usize && !incoming.remote_address_validated() {
                     // Under load, make the client prove its address before any state is kept.
+                    relay.metrics.connections_retried.inc();
                     let _ = incoming.retry();
                     continue;
                 }

@@ -948,6 +948,49 @@ async fn a_flood_of_connections_is_capped_and_idle_ones_are_closed() {
     h.stop().await;
 }
 
+/// Above the Retry threshold every new connection must prove its address first. 3,000
+/// connections from one client endpoint, all held open (so thousands of connection IDs are in use
+/// while Retries are issued), every one of them must complete its handshake. With quinn's default
+/// connection IDs (24 random bits) a Retry could name an ID already in use and that handshake
+/// stalled until it timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_thousand_connections_from_one_endpoint_all_pass_address_validation() {
+    const N: usize = 3000;
+    const AT_ONCE: usize = 64;
+    let h = honest_with(|cfg| {
+        cfg.max_connections = 10_000;
+        // The two honest connections are open: everything after them is retried.
+        cfg.retry_under_load_connections = 2;
+    })
+    .await;
+    let ep = endpoint(&h.r.fingerprint, None);
+    let mut held = Vec::with_capacity(N);
+    let mut set = tokio::task::JoinSet::new();
+    let mut started = 0;
+    while held.len() < N {
+        while started < N && set.len() < AT_ONCE {
+            let connecting = ep.connect(h.r.addr, "localhost").unwrap();
+            set.spawn(async move { tokio::time::timeout(WAIT, connecting).await });
+            started += 1;
+        }
+        let r = set.join_next().await.unwrap().unwrap();
+        let conn = r
+            .unwrap_or_else(|_| panic!("handshake {} of {N} hung", held.len() + 1))
+            .unwrap_or_else(|e| panic!("handshake {} of {N} failed: {e}", held.len() + 1));
+        held.push(conn);
+    }
+    assert!(
+        h.r.metrics.connections_retried.get() >= N as u64,
+        "only {} Retries for {N} connections",
+        h.r.metrics.connections_retried.get()
+    );
+    h.still_serving().await;
+    for c in &held {
+        c.close(0u32.into(), b"");
+    }
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_requests_beyond_the_caps_are_refused_and_store_nothing() {
     let h = honest_with(|cfg| cfg.blob_max_bytes = 64 * 1024).await;
