@@ -782,3 +782,97 @@ async fn bad_frames_are_refused_and_close_the_connection() {
     assert_eq!(error_code(&s.frames()[0]), ErrorCode::Malformed);
     assert_eq!(s.st.finished(), Some((close::PROTOCOL, &b"bad frame"[..])));
 }
+
+#[tokio::test]
+async fn account_list_and_name_refusals_are_typed_and_change_nothing() {
+    let relay = relay_with(|c| c.max_devices_per_account = 2);
+    let (alice, bob) = (Account::new(1), Account::new(1));
+    create(&relay, &alice);
+    create(&relay, &bob);
+    let code_of = |s: &mut Side, rid: u64, kind: client_frame::Kind| {
+        s.request(rid, kind);
+        s.settle_all();
+        let f = s.frames();
+        assert_eq!(f[0].request_id, rid);
+        error_code(&f[0])
+    };
+    let create_with = |list: Vec<u8>| {
+        client_frame::Kind::CreateAccount(api::CreateAccount {
+            signed_device_list: list,
+        })
+    };
+
+    let mut s = Side::new(&relay);
+    // An account that exists; a list whose signature does not verify; more devices than allowed.
+    assert_eq!(
+        code_of(&mut s, 1, create_with(alice.signed_list())),
+        ErrorCode::AccountExists
+    );
+    let carol = Account::new(1);
+    let mut forged = wire::SignedDeviceList::decode(carol.signed_list().as_slice()).unwrap();
+    forged.signature[0] ^= 1;
+    assert_eq!(
+        code_of(&mut s, 2, create_with(forged.encode_to_vec())),
+        ErrorCode::BadSignature
+    );
+    assert_eq!(
+        code_of(&mut s, 3, create_with(Account::new(3).signed_list())),
+        ErrorCode::TooManyDevices
+    );
+    // None of them created anything: Carol can still be created.
+    assert!(matches!(
+        {
+            s.request(4, create_with(carol.signed_list()));
+            s.settle_all();
+            s.frames()[0].kind.clone()
+        },
+        Some(server_frame::Kind::Ok(_))
+    ));
+
+    let mut s = Side::new(&relay);
+    s.login(&alice, 1);
+    let publish = |list: Vec<u8>| {
+        client_frame::Kind::PublishDeviceList(api::PublishDeviceList {
+            signed_device_list: list,
+        })
+    };
+    // Another account's list; a list no newer than the stored one.
+    assert_eq!(
+        code_of(&mut s, 10, publish(bob.signed_list())),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        code_of(&mut s, 11, publish(alice.signed_list())),
+        ErrorCode::StaleDeviceList
+    );
+    // A name another account holds.
+    let claim = |a: &Account, name: &str| {
+        let t = hush_proto::transcripts::username(name.as_bytes(), &a.id());
+        client_frame::Kind::ClaimUsername(api::ClaimUsername {
+            name: name.into(),
+            proof: a.key.sign(&t).to_bytes().to_vec(),
+        })
+    };
+    let mut b = Side::new(&relay);
+    b.login(&bob, 1);
+    b.request(20, claim(&bob, "bobby"));
+    b.settle_all();
+    assert!(matches!(
+        b.frames()[0].kind,
+        Some(server_frame::Kind::Ok(_))
+    ));
+    assert_eq!(
+        code_of(&mut s, 12, claim(&alice, "bobby")),
+        ErrorCode::UsernameTaken
+    );
+    assert_eq!(
+        relay
+            .store
+            .lookup_username("bobby")
+            .unwrap()
+            .unwrap()
+            .account,
+        bob.id()
+    );
+    assert!(s.st.finished().is_none());
+}
