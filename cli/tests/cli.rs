@@ -153,10 +153,10 @@ fn two_hush_processes_chat_through_a_relay() {
     assert!(stdout(&sent).starts_with("sent "));
     let line = wait_for("message from");
     assert_eq!(line, "message from alice: hello from alice");
-    listener.kill().unwrap();
-    let _ = listener.wait();
 
-    // Alice's history shows it delivered (Bob's device confirmed it).
+    // Alice's history shows it delivered (Bob's device confirmed it). Bob's listener keeps
+    // running meanwhile: it sends the receipt after it has shown the message, so stopping it at
+    // once would race the receipt.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let h = hush(&a, &["history", "bob"]);
@@ -170,6 +170,8 @@ fn two_hush_processes_chat_through_a_relay() {
             stdout(&h)
         );
     }
+    listener.kill().unwrap();
+    let _ = listener.wait();
     // Bob's history has it too.
     let h = hush(&b, &["history", "alice"]);
     assert_eq!(stdout(&h), "alice: hello from alice\n");
