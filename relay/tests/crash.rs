@@ -140,6 +140,20 @@ struct Inbox {
     redelivered: usize,
 }
 
+impl Inbox {
+    /// Commits an arrival (sender byte, index from the body), counting a redelivery.
+    fn commit(&mut self, d: &api::Deliver) {
+        let id: [u8; 16] = d.client_id.as_slice().try_into().unwrap();
+        self.arrivals.push((
+            d.body[0],
+            u32::from_be_bytes(d.body[1..5].try_into().unwrap()),
+        ));
+        if !self.seen.insert(id) {
+            self.redelivered += 1;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_relay_loses_nothing_acknowledged_and_delivers_exactly_once_in_order() {
     let kills: u32 = std::env::var("HUSH_CRASH_KILLS")
@@ -243,17 +257,7 @@ async fn sigkilled_relay_loses_nothing_acknowledged_and_delivers_exactly_once_in
                         () = stop.cancelled() => break,
                     };
                     if let Some(server_frame::Kind::Deliver(d)) = ev {
-                        {
-                            let mut ib = inbox.lock().unwrap();
-                            let id: [u8; 16] = d.client_id.as_slice().try_into().unwrap();
-                            ib.arrivals.push((
-                                d.body[0],
-                                u32::from_be_bytes(d.body[1..5].try_into().unwrap()),
-                            ));
-                            if !ib.seen.insert(id) {
-                                ib.redelivered += 1;
-                            }
-                        }
+                        inbox.lock().unwrap().commit(&d);
                         unacked.push(d.seq);
                         received += 1;
                         // The device dies between receiving (and committing) and acknowledging.
@@ -324,15 +328,8 @@ async fn sigkilled_relay_loses_nothing_acknowledged_and_delivers_exactly_once_in
         c.authenticate(&bob, device).await;
         let got = c.catch_up().await;
         let mut ib = inboxes[device as usize - 1].lock().unwrap();
-        for d in got {
-            let id: [u8; 16] = d.client_id.as_slice().try_into().unwrap();
-            ib.arrivals.push((
-                d.body[0],
-                u32::from_be_bytes(d.body[1..5].try_into().unwrap()),
-            ));
-            if !ib.seen.insert(id) {
-                ib.redelivered += 1;
-            }
+        for d in &got {
+            ib.commit(d);
         }
     }
     // The counts first, then the verdict, so a failing run still says how bad it was.
