@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use hush_client::{ClientError, Conversation, EngineConfig, Messenger, MessengerEvent};
+use hush_client::{ClientError, Conversation, EngineConfig, Messenger, MessengerEvent, private_fs};
 use hush_core::keys::AccountId;
 use hush_proto::app::{StoredMessage, app_message};
 use hush_proto::relay_api::ErrorCode;
@@ -250,9 +250,7 @@ fn save_contact(dir: &Path, name: &str, account: &AccountId) -> Result<(), Strin
     let mut c = contacts(dir);
     c.insert(name.to_owned(), hex::encode(account.as_bytes()));
     let text: String = c.iter().map(|(n, a)| format!("{n} {a}\n")).collect();
-    let tmp = dir.join("contacts.tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, dir.join("contacts")))
+    private_fs::write_atomic(&dir.join("contacts"), text.as_bytes())
         .map_err(|e| format!("contacts: {e}"))
 }
 
@@ -441,7 +439,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             if dir.join("config").exists() {
                 return Err(format!("{} already holds a profile", dir.display()));
             }
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            private_fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let mut key = Zeroizing::new([0u8; 32]);
             rand_core::UnwrapErr(rand::rngs::SysRng).fill(&mut key[..]);
             write_private(&dir.join("key"), &key[..])?;
@@ -467,12 +465,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                     }
                     _ => explain(&e),
                 })?;
-            std::fs::write(
-                dir.join("config"),
+            private_fs::write_atomic(
+                &dir.join("config"),
                 format!(
                     "relay = {}\npin = {}\nname = {}\n",
                     profile.relay, profile.pin, profile.name
-                ),
+                )
+                .as_bytes(),
             )
             .map_err(|e| format!("config: {e}"))?;
             say!(
@@ -494,7 +493,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let (Some(relay), Some(pin)) = (relay, pin) else {
                 return Err("joining needs --relay and --pin".into());
             };
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            private_fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let mut key = Zeroizing::new([0u8; 32]);
             rand_core::UnwrapErr(rand::rngs::SysRng).fill(&mut key[..]);
             write_private(&dir.join("key"), &key[..])?;
@@ -512,12 +511,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .connected(Duration::from_secs(300))
                 .await
                 .map_err(|e| explain(&e))?;
-            std::fs::write(
-                dir.join("config"),
+            private_fs::write_atomic(
+                &dir.join("config"),
                 format!(
                     "relay = {}\npin = {}\nname = \n",
                     profile.relay, profile.pin
-                ),
+                )
+                .as_bytes(),
             )
             .map_err(|e| format!("config: {e}"))?;
             say!(

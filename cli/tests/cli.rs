@@ -96,6 +96,23 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The profile directory is 0700 and every file directly in it (configuration, contacts, the
+/// at-rest key, state files) is 0600.
+fn assert_private(profile: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(profile), 0o700, "{}", profile.display());
+    let mut files = 0;
+    for entry in std::fs::read_dir(profile).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            files += 1;
+        }
+    }
+    assert!(files >= 3, "config, contacts and key at least");
+}
+
 #[test]
 fn two_hush_processes_chat_through_a_relay() {
     let relay_dir = tempfile::tempdir().unwrap();
@@ -175,6 +192,11 @@ fn two_hush_processes_chat_through_a_relay() {
     // Bob's history has it too.
     let h = hush(&b, &["history", "alice"]);
     assert_eq!(stdout(&h), "alice: hello from alice\n");
+
+    // Everything either profile holds outside its encrypted stores is the owner's alone.
+    for profile in [&a, &b] {
+        assert_private(profile);
+    }
 
     // Safety numbers agree on both sides.
     let va = stdout(&hush(&a, &["verify", "bob"]));

@@ -194,7 +194,7 @@ pub struct Engine {
 }
 
 fn open_store(profile: &Path, key: &Zeroizing<[u8; 32]>) -> Result<SledKv, ClientError> {
-    std::fs::create_dir_all(profile)
+    crate::private_fs::create_dir(profile)
         .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
     SledKv::open(&profile.join("db"), Zeroizing::new(**key), Box::new(rng()))
         .map_err(|e| ClientError::Core(e.into()))
@@ -219,7 +219,7 @@ impl Engine {
         .await?;
         conn.close();
         // Once connected, ask the account's other devices for its groups.
-        std::fs::write(cfg.profile.join(GROUP_SYNC_FILE), b"")
+        crate::private_fs::write_atomic(&cfg.profile.join(GROUP_SYNC_FILE), b"")
             .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
         Ok(Self::start(cfg, device))
     }
@@ -651,7 +651,7 @@ impl Engine {
         .await?;
         conn.close();
         // Once connected, ask the account's other devices for its groups.
-        std::fs::write(cfg.profile.join(GROUP_SYNC_FILE), b"")
+        crate::private_fs::write_atomic(&cfg.profile.join(GROUP_SYNC_FILE), b"")
             .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
         Ok(Self::start(cfg, device))
     }
@@ -673,8 +673,7 @@ impl Engine {
                 _ => Ok(()),
             }
         } else {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, url).and_then(|()| std::fs::rename(&tmp, &path))
+            crate::private_fs::write_atomic(&path, url.as_bytes())
         };
         saved.map_err(|e| ClientError::Config(format!("profile directory: {e}")))
     }
@@ -1077,9 +1076,7 @@ impl Inner {
         }))
         .await?;
         // Only after the relay stored them: a key is never offered twice.
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, highest.to_string())
-            .and_then(|()| std::fs::rename(&tmp, &path))
+        crate::private_fs::write_atomic(&path, highest.to_string().as_bytes())
             .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
         Ok(())
     }

@@ -9,6 +9,7 @@ mod directory;
 pub mod engine;
 pub mod error;
 pub mod messenger;
+pub mod private_fs;
 
 pub use engine::{Engine, EngineConfig, Event, LinkOffer};
 pub use error::{ClientError, Refusal};

@@ -708,7 +708,7 @@ fn conversation_of(key: &[u8]) -> Option<Conversation> {
 }
 
 fn open_history(cfg: &EngineConfig) -> Result<History, ClientError> {
-    std::fs::create_dir_all(&cfg.profile)
+    crate::private_fs::create_dir(&cfg.profile)
         .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
     let store = SledKv::open(
         &cfg.profile.join("history"),

@@ -154,9 +154,11 @@ pub struct HushMessage {
     pub sender_account: String,
     /// The sender's device.
     pub sender_device: u32,
-    /// The username the sender claims (check it with `lookup_username` before showing it as
-    /// verified).
-    pub sender_name: String,
+    /// The username the sender *claims*, unverified: anyone can claim any name. Never show it as
+    /// the sender's name as it is: show it only once `lookup_username` of this name returned
+    /// `sender_account` (the relay's directory answer, verified against the account key's
+    /// signature), or mark it as unverified.
+    pub unverified_sender_name: String,
     /// Sent by this account (from this or another of its devices).
     pub outgoing: bool,
     /// The sender's clock when sent (ms since 1970).
@@ -222,7 +224,7 @@ pub(crate) fn message(conversation: Conversation, m: &StoredMessage) -> HushMess
         conversation,
         sender_account: hex::encode(&m.sender_account),
         sender_device: m.sender_device,
-        sender_name: app.map(|a| a.sender_name.clone()).unwrap_or_default(),
+        unverified_sender_name: app.map(|a| a.sender_name.clone()).unwrap_or_default(),
         outgoing: m.outgoing,
         sent_at_ms: app.map_or(0, |a| a.sent_at),
         received_at_ms: m.received_at,
@@ -470,7 +472,7 @@ mod tests {
         let app = hush_proto::app::AppMessage {
             message_id: vec![7; 16],
             sent_at: 42,
-            sender_name: "alice".into(),
+            unverified_sender_name: "alice".into(),
             kind: Some(app_message::Kind::Text(hush_proto::app::Text {
                 body: "hi".into(),
                 reply_to: Vec::new(),

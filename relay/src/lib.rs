@@ -104,13 +104,33 @@ pub fn open_stores(cfg: &Config) -> Result<Stores, StartError> {
     match cfg.store {
         StoreKind::Memory => Ok((Arc::new(MemoryStore::new()), Arc::new(MemoryBlobs::new()))),
         StoreKind::Sled => {
-            std::fs::create_dir_all(&cfg.data_dir)
+            create_private_dir(&cfg.data_dir)
                 .map_err(|e| StartError::Other(format!("data directory: {e}")))?;
             let store = SledStore::open(&cfg.data_dir.join("db"))?;
             let blobs = SledBlobs::open(store.db())?;
             Ok((Arc::new(store), Arc::new(blobs)))
         }
     }
+}
+
+/// Creates the data directory (and missing parents) as 0700 and narrows an existing one to 0700:
+/// it holds the database, the TLS key and the reset key, none of which another local user may
+/// read.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+    }
+    Ok(())
 }
 
 /// The QUIC stateless-reset key, kept across restarts (`reset.key` in the data directory) so
@@ -149,7 +169,7 @@ fn load_or_create_reset_key(dir: &std::path::Path) -> Result<[u8; 32], StartErro
 /// serves until [`Running::shutdown`] is cancelled. Must be called inside a tokio runtime.
 pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let (store, blobs) = open_stores(&cfg)?;
-    std::fs::create_dir_all(&cfg.data_dir)
+    create_private_dir(&cfg.data_dir)
         .map_err(|e| StartError::Other(format!("data directory: {e}")))?;
     let identity = tls::load_or_create(&cfg.data_dir, &cfg.cert_names)?;
     let fingerprint = tls::fingerprint(&identity.cert);
@@ -220,4 +240,36 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         shutdown,
         task,
     })
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_data_directory_is_private_to_the_relay_user() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+        let fresh = tmp.path().join("fresh/data");
+        let cfg = Config {
+            store: StoreKind::Sled,
+            data_dir: fresh.clone(),
+            ..Config::default()
+        };
+        drop(open_stores(&cfg).unwrap());
+        assert_eq!(mode(&fresh), 0o700);
+
+        let loose = tmp.path().join("loose");
+        std::fs::create_dir(&loose).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg = Config {
+            store: StoreKind::Sled,
+            data_dir: loose.clone(),
+            ..Config::default()
+        };
+        drop(open_stores(&cfg).unwrap());
+        assert_eq!(mode(&loose), 0o700);
+    }
 }

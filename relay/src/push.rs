@@ -523,14 +523,21 @@ async fn post(
     }
 }
 
-/// Whether an address is one the relay may send a push to: not loopback, unspecified, private
-/// (RFC 1918), shared (RFC 6598), link-local, documentation, benchmarking, multicast or broadcast
-/// for IPv4; not loopback, unspecified, unique-local, link-local, multicast or documentation for
-/// IPv6 (IPv4-mapped addresses are judged as IPv4).
+/// Whether an address is one the relay may send a push to.
+///
+/// IPv4: not "this network" (0/8), loopback, private (RFC 1918), shared (RFC 6598), link-local,
+/// IETF protocol assignments (192.0.0.0/24), documentation, benchmarking, the 6to4 relay anycast
+/// (192.88.99.0/24), multicast, reserved or broadcast.
+///
+/// IPv6: not unspecified, loopback, IPv4-compatible (`::a.b.c.d`, deprecated), NAT64 (64:ff9b::/96
+/// and the local-use 64:ff9b:1::/48: they reach IPv4 addresses through a translator, private ones
+/// included), discard-only (100::/64), Teredo (2001::/32) and 6to4 (2002::/16) (both carry an IPv4
+/// address), documentation (2001:db8::/32), unique-local (fc00::/7), site-local (fec0::/10,
+/// deprecated), link-local or multicast. IPv4-mapped addresses are judged as IPv4.
 pub fn is_public(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_unspecified()
                 || v4.is_private()
@@ -540,6 +547,8 @@ pub fn is_public(ip: std::net::IpAddr) -> bool {
                 || v4.is_documentation()
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 192 && b == 88 && c == 99)
                 || (a == 198 && (18..20).contains(&b))
                 || a >= 240)
         }
@@ -547,13 +556,21 @@ pub fn is_public(ip: std::net::IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(std::net::IpAddr::V4(v4));
             }
-            let first = v6.segments().first().copied().unwrap_or(0);
+            let [s0, s1, s2, s3, s4, s5, ..] = v6.segments();
+            let ipv4_compatible = s0 == 0 && s1 == 0 && s2 == 0 && s3 == 0 && s4 == 0 && s5 == 0;
             !(v6.is_loopback()
                 || v6.is_unspecified()
+                || ipv4_compatible
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments().get(1) == Some(&0x0db8))
+                || (s0 == 0x0064 && s1 == 0xff9b && s2 == 0 && s3 == 0 && s4 == 0 && s5 == 0)
+                || (s0 == 0x0064 && s1 == 0xff9b && s2 == 0x0001)
+                || (s0 == 0x0100 && s1 == 0 && s2 == 0 && s3 == 0)
+                || (s0 == 0x2001 && s1 == 0)
+                || s0 == 0x2002
+                || (s0 == 0x2001 && s1 == 0x0db8)
+                || (s0 & 0xfe00) == 0xfc00
+                || (s0 & 0xffc0) == 0xfec0
+                || (s0 & 0xffc0) == 0xfe80)
         }
     }
 }
@@ -1383,6 +1400,61 @@ mod tests {
         pusher.wake(device(1));
         pusher.idle().await;
         assert!(start.elapsed() >= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn push_targets_exclude_every_range_that_reaches_a_private_or_translated_address() {
+        let public = |s: &str| is_public(s.parse().unwrap());
+        for allowed in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "192.0.1.1",
+            "192.88.98.1",
+            "2606:4700::1111",
+            "2a00:1450:4001::200e",
+            "64:ff9c::1",
+            "2003::1",
+        ] {
+            assert!(public(allowed), "{allowed} should be allowed");
+        }
+        for blocked in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "169.254.169.254",
+            "192.0.0.8",
+            "192.0.0.170",
+            "192.0.2.1",
+            "192.88.99.1",
+            "198.18.0.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "0.1.2.3",
+            "::",
+            "::1",
+            "::ffff:10.0.0.1",
+            "::10.0.0.1",
+            "::8.8.8.8",
+            "64:ff9b::a00:1",
+            "64:ff9b::808:808",
+            "64:ff9b:1::a00:1",
+            "100::1",
+            "2001:0:4136:e378::1",
+            "2002:c0a8:0101::1",
+            "2002:0808:0808::1",
+            "2001:db8::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fec0::1",
+            "feff::1",
+            "fe80::1",
+            "ff02::1",
+        ] {
+            assert!(!public(blocked), "{blocked} should be blocked");
+        }
     }
 
     #[test]

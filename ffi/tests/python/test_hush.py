@@ -168,7 +168,7 @@ async def main():
     # 1:1 text: delivered automatically, read when Bob marks it.
     first = await alice.send_text(to_bob, "hello bob", None)
     got = await b_events.wait_async("alice's text", message_with(to_alice, "hello bob"))
-    assert got.id == first and got.sender_account == alice_id and got.sender_name == "alice"
+    assert got.id == first and got.sender_account == alice_id and got.unverified_sender_name == "alice"
     assert got.status == MessageStatus.UNREAD
     await a_events.wait_async("delivered receipt", receipt_for(first, False))
     await bob.mark_read(to_alice)
