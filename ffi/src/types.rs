@@ -472,7 +472,7 @@ mod tests {
         let app = hush_proto::app::AppMessage {
             message_id: vec![7; 16],
             sent_at: 42,
-            unverified_sender_name: "alice".into(),
+            sender_name: "alice".into(),
             kind: Some(app_message::Kind::Text(hush_proto::app::Text {
                 body: "hi".into(),
                 reply_to: Vec::new(),

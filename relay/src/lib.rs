@@ -243,6 +243,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
 }
 
 #[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
