@@ -64,6 +64,9 @@ pub struct EngineConfig {
 const LINK_PREFIX: &str = "hush-link:";
 /// How often the existing device asks the relay for the new device's answer.
 const LINK_POLL: Duration = Duration::from_millis(300);
+/// How long a new device keeps the connection that left its link message open, at most: as
+/// long as the relay keeps the message (docs/RELAY_PROTOCOL.md §13).
+const LINK_HOLD: Duration = Duration::from_secs(10 * 60);
 
 /// A device-link offer: the code to show, and the secret this device keeps to finish the link.
 pub struct LinkOffer {
@@ -643,17 +646,33 @@ impl Engine {
                 },
             )
             .map_err(|_| ClientError::Protocol("link answer encryption failed"))?;
-        let (conn, _events) = RelayConnection::connect(cfg.relay, &cfg.pin).await?;
+        let (conn, events) = RelayConnection::connect(cfg.relay, &cfg.pin).await?;
         conn.request(client_frame::Kind::ProvisionPut(api::ProvisionPut {
             channel: channel.to_vec(),
             body,
         }))
         .await?;
-        conn.close();
         // Once connected, ask the account's other devices for its groups.
         crate::private_fs::write_atomic(&cfg.profile.join(GROUP_SYNC_FILE), b"")
             .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
-        Ok(Self::start(cfg, device))
+        let (engine, rx) = Self::start(cfg, device);
+        // The relay keeps the link message only while the connection that left it is open: hold
+        // it until this device is on the account's list (the engine has authenticated), the
+        // message has expired, or the engine stops.
+        // (It holds no reference to the engine, whose store must close when the engine stops.)
+        let mut session = engine.inner.conn.subscribe();
+        let stop = engine.inner.shutdown.clone();
+        tokio::spawn(async move {
+            let _events = events;
+            let linked = session.wait_for(|c| c.as_ref().is_some_and(|c| c.is_open()));
+            tokio::select! {
+                _ = tokio::time::timeout(LINK_HOLD, linked) => {}
+                () = stop.cancelled() => {}
+                () = conn.closed() => {}
+            }
+            conn.close();
+        });
+        Ok((engine, rx))
     }
 
     /// Registers the URL the relay wakes this device at when mail is queued while it is offline

@@ -297,6 +297,11 @@ impl Options {
             lots,
             "--max-connections".into(),
             (connections + 1000).to_string(),
+            // Every simulated device connects from 127.0.0.1: one address block.
+            "--max-connections-per-block".into(),
+            (connections + 1000).to_string(),
+            "--max-connections-per-account".into(),
+            (connections + 1000).to_string(),
             "--max-devices-per-account".into(),
             devices_per_account.max(16).to_string(),
         ];

@@ -7,6 +7,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Bytes of the big-endian length that precedes every frame.
 pub const FRAME_HEADER: usize = 4;
 
+/// Most bytes a frame's buffer grows by per read.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -52,14 +55,20 @@ pub async fn read_raw<R: AsyncRead + Unpin>(r: &mut R, cap: usize) -> Result<Vec
     if len > cap {
         return Err(FrameError::TooLarge { len, cap });
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Truncated
-        } else {
-            FrameError::Io(e)
+    // The buffer grows with the bytes that arrived, never ahead of them by more than one
+    // chunk: a peer that declares a large frame and sends little of it holds little memory.
+    let mut buf = Vec::with_capacity(len.min(READ_CHUNK));
+    while buf.len() < len {
+        let start = buf.len();
+        let want = (len - start).min(READ_CHUNK);
+        buf.resize(start + want, 0);
+        let rest = buf.get_mut(start..).ok_or(FrameError::Truncated)?;
+        let n = r.read(rest).await?;
+        buf.truncate(start + n);
+        if n == 0 {
+            return Err(FrameError::Truncated);
         }
-    })?;
+    }
     Ok(buf)
 }
 
@@ -119,11 +128,70 @@ mod tests {
             read::<ClientFrame, _>(&mut &b""[..], 1024).await,
             Err(FrameError::Finished)
         ));
+        // A frame that arrives a byte at a time reads whole.
+        let mut slow = tokio_test_reader(&bytes);
+        let got: ClientFrame = read(&mut slow, 1024).await.unwrap();
+        assert_eq!(got, m);
         // Not protobuf.
         let junk = [0, 0, 0, 3, 0xff, 0xff, 0xff];
         assert!(matches!(
             read::<ClientFrame, _>(&mut &junk[..], 1024).await,
             Err(FrameError::Malformed(_))
         ));
+    }
+
+    /// A reader that hands out one byte per read.
+    fn tokio_test_reader(bytes: &[u8]) -> impl AsyncRead + Unpin + '_ {
+        struct OneByte<'a>(&'a [u8]);
+        impl AsyncRead for OneByte<'_> {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                if let Some((first, rest)) = self.0.split_first() {
+                    buf.put_slice(&[*first]);
+                    self.0 = rest;
+                }
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        OneByte(bytes)
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_is_not_allocated_before_its_bytes_arrive() {
+        // A header declaring 256 MiB, then 10 bytes and the end of the stream. The reader
+        // records the largest buffer it was handed: the frame's buffer grows in chunks as bytes
+        // arrive instead of being allocated at the declared length up front.
+        struct Watch<'a> {
+            data: &'a [u8],
+            largest: usize,
+        }
+        impl AsyncRead for Watch<'_> {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                self.largest = self.largest.max(buf.remaining());
+                let n = self.data.len().min(buf.remaining());
+                let (now, later) = self.data.split_at(n);
+                buf.put_slice(now);
+                self.data = later;
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let mut data = (256u32 << 20).to_be_bytes().to_vec();
+        data.extend_from_slice(&[0u8; 10]);
+        let mut r = Watch {
+            data: &data,
+            largest: 0,
+        };
+        assert!(matches!(
+            read_raw(&mut r, usize::MAX).await,
+            Err(FrameError::Truncated)
+        ));
+        assert!(r.largest <= READ_CHUNK, "{}", r.largest);
     }
 }

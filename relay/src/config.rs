@@ -227,6 +227,23 @@ pub struct Config {
     pub cert_names: Vec<String>,
     /// Open connections at most.
     pub max_connections: u32,
+    /// Open connections from one source address block at most.
+    pub max_connections_per_block: u32,
+    /// Authenticated connections of one account at most.
+    pub max_connections_per_account: u32,
+    /// Bits of an IPv4 source address that make its address block.
+    pub block_prefix_v4: u8,
+    /// Bits of an IPv6 source address that make its address block.
+    pub block_prefix_v6: u8,
+    /// Pending device links held at once, in all.
+    pub max_pending_links: u32,
+    /// Pending device links held at once for one source address block.
+    pub max_pending_links_per_block: u32,
+    /// Time a frame on the session stream may take to arrive, besides the time its length
+    /// allows at `frame_read_min_bytes_per_sec` (ms).
+    pub frame_read_timeout_ms: u64,
+    /// Slowest rate a frame on the session stream may arrive at (bytes per second).
+    pub frame_read_min_bytes_per_sec: u64,
     /// A connection with no traffic for this long is closed (ms).
     pub idle_timeout_ms: u64,
     /// Largest frame on a stream (bytes).
@@ -269,6 +286,14 @@ impl Default for Config {
             store: StoreKind::Sled,
             cert_names: vec!["localhost".into()],
             max_connections: 10_000,
+            max_connections_per_block: 1024,
+            max_connections_per_account: 32,
+            block_prefix_v4: 24,
+            block_prefix_v6: 48,
+            max_pending_links: 10_000,
+            max_pending_links_per_block: 16,
+            frame_read_timeout_ms: 10_000,
+            frame_read_min_bytes_per_sec: 16 * 1024,
             idle_timeout_ms: 60_000,
             max_frame_bytes: 1024 * 1024,
             max_envelope_bytes: 64 * 1024,
@@ -305,8 +330,26 @@ impl Config {
         {
             return fail("cert_names", "a name is empty or contains a space or comma");
         }
-        let positive: [(&'static str, u64); 13] = [
+        let positive: [(&'static str, u64); 19] = [
             ("max_connections", self.max_connections.into()),
+            (
+                "max_connections_per_block",
+                self.max_connections_per_block.into(),
+            ),
+            (
+                "max_connections_per_account",
+                self.max_connections_per_account.into(),
+            ),
+            ("max_pending_links", self.max_pending_links.into()),
+            (
+                "max_pending_links_per_block",
+                self.max_pending_links_per_block.into(),
+            ),
+            ("frame_read_timeout_ms", self.frame_read_timeout_ms),
+            (
+                "frame_read_min_bytes_per_sec",
+                self.frame_read_min_bytes_per_sec,
+            ),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_envelope_bytes", self.max_envelope_bytes as u64),
@@ -325,6 +368,12 @@ impl Config {
         ];
         if let Some((setting, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return fail(setting, "must be greater than zero");
+        }
+        if self.block_prefix_v4 > 32 {
+            return fail("block_prefix_v4", "must be at most 32");
+        }
+        if self.block_prefix_v6 > 128 {
+            return fail("block_prefix_v6", "must be at most 128");
         }
         if self.max_envelope_bytes > self.max_frame_bytes {
             return fail("max_envelope_bytes", "must not exceed max_frame_bytes");
@@ -436,6 +485,30 @@ struct Flags {
     /// Open connections at most (count) [default: 10000] [env: HUSH_RELAY_MAX_CONNECTIONS]
     #[arg(long, global = true, value_name = "N")]
     max_connections: Option<String>,
+    /// Open connections from one source address block at most (count) [default: 1024] [env: HUSH_RELAY_MAX_CONNECTIONS_PER_BLOCK]
+    #[arg(long, global = true, value_name = "N")]
+    max_connections_per_block: Option<String>,
+    /// Authenticated connections of one account at most (count) [default: 32] [env: HUSH_RELAY_MAX_CONNECTIONS_PER_ACCOUNT]
+    #[arg(long, global = true, value_name = "N")]
+    max_connections_per_account: Option<String>,
+    /// Bits of an IPv4 source address that make its address block (0-32) [default: 24] [env: HUSH_RELAY_BLOCK_PREFIX_V4]
+    #[arg(long, global = true, value_name = "BITS")]
+    block_prefix_v4: Option<String>,
+    /// Bits of an IPv6 source address that make its address block (0-128) [default: 48] [env: HUSH_RELAY_BLOCK_PREFIX_V6]
+    #[arg(long, global = true, value_name = "BITS")]
+    block_prefix_v6: Option<String>,
+    /// Pending device links held at once, in all (count) [default: 10000] [env: HUSH_RELAY_MAX_PENDING_LINKS]
+    #[arg(long, global = true, value_name = "N")]
+    max_pending_links: Option<String>,
+    /// Pending device links held at once per source address block (count) [default: 16] [env: HUSH_RELAY_MAX_PENDING_LINKS_PER_BLOCK]
+    #[arg(long, global = true, value_name = "N")]
+    max_pending_links_per_block: Option<String>,
+    /// Time a session-stream frame may take to arrive, plus its length at the minimum rate (ms) [default: 10000] [env: HUSH_RELAY_FRAME_READ_TIMEOUT_MS]
+    #[arg(long, global = true, value_name = "MS")]
+    frame_read_timeout_ms: Option<String>,
+    /// Slowest rate a session-stream frame may arrive at (bytes per second) [default: 16384 = 16 KiB] [env: HUSH_RELAY_FRAME_READ_MIN_BYTES_PER_SEC]
+    #[arg(long, global = true, value_name = "BYTES")]
+    frame_read_min_bytes_per_sec: Option<String>,
     /// Close a connection idle this long (ms) [default: 60000] [env: HUSH_RELAY_IDLE_TIMEOUT_MS]
     #[arg(long, global = true, value_name = "MS")]
     idle_timeout_ms: Option<String>,
@@ -515,6 +588,14 @@ pub const SETTINGS: &[&str] = &[
     "store",
     "cert_names",
     "max_connections",
+    "max_connections_per_block",
+    "max_connections_per_account",
+    "block_prefix_v4",
+    "block_prefix_v6",
+    "max_pending_links",
+    "max_pending_links_per_block",
+    "frame_read_timeout_ms",
+    "frame_read_min_bytes_per_sec",
     "idle_timeout_ms",
     "max_frame_bytes",
     "max_envelope_bytes",
@@ -599,6 +680,14 @@ fn apply(c: &mut Config, setting: &str, raw: &str) -> Result<(), String> {
         "store" => c.store = raw.parse()?,
         "cert_names" => c.cert_names = parse_names(raw),
         "max_connections" => c.max_connections = parse_num(raw)?,
+        "max_connections_per_block" => c.max_connections_per_block = parse_num(raw)?,
+        "max_connections_per_account" => c.max_connections_per_account = parse_num(raw)?,
+        "block_prefix_v4" => c.block_prefix_v4 = parse_num(raw)?,
+        "block_prefix_v6" => c.block_prefix_v6 = parse_num(raw)?,
+        "max_pending_links" => c.max_pending_links = parse_num(raw)?,
+        "max_pending_links_per_block" => c.max_pending_links_per_block = parse_num(raw)?,
+        "frame_read_timeout_ms" => c.frame_read_timeout_ms = parse_num(raw)?,
+        "frame_read_min_bytes_per_sec" => c.frame_read_min_bytes_per_sec = parse_num(raw)?,
         "idle_timeout_ms" => c.idle_timeout_ms = parse_num(raw)?,
         "max_frame_bytes" => c.max_frame_bytes = parse_num(raw)?,
         "max_envelope_bytes" => c.max_envelope_bytes = parse_num(raw)?,
@@ -637,6 +726,14 @@ struct FileConfig {
     store: Option<StoreKind>,
     cert_names: Option<Vec<String>>,
     max_connections: Option<u32>,
+    max_connections_per_block: Option<u32>,
+    max_connections_per_account: Option<u32>,
+    block_prefix_v4: Option<u8>,
+    block_prefix_v6: Option<u8>,
+    max_pending_links: Option<u32>,
+    max_pending_links_per_block: Option<u32>,
+    frame_read_timeout_ms: Option<u64>,
+    frame_read_min_bytes_per_sec: Option<u64>,
     idle_timeout_ms: Option<u64>,
     max_frame_bytes: Option<usize>,
     max_envelope_bytes: Option<usize>,
@@ -705,6 +802,14 @@ impl FileConfig {
             store,
             cert_names,
             max_connections,
+            max_connections_per_block,
+            max_connections_per_account,
+            block_prefix_v4,
+            block_prefix_v6,
+            max_pending_links,
+            max_pending_links_per_block,
+            frame_read_timeout_ms,
+            frame_read_min_bytes_per_sec,
             idle_timeout_ms,
             max_frame_bytes,
             max_envelope_bytes,
@@ -892,6 +997,14 @@ mod tests {
         assert_eq!(c.store, StoreKind::Sled);
         assert_eq!(c.cert_names, vec!["localhost".to_string()]);
         assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.max_connections_per_block, 1024);
+        assert_eq!(c.max_connections_per_account, 32);
+        assert_eq!(c.block_prefix_v4, 24);
+        assert_eq!(c.block_prefix_v6, 48);
+        assert_eq!(c.max_pending_links, 10_000);
+        assert_eq!(c.max_pending_links_per_block, 16);
+        assert_eq!(c.frame_read_timeout_ms, 10_000);
+        assert_eq!(c.frame_read_min_bytes_per_sec, 16_384);
         assert_eq!(c.idle_timeout_ms, 60_000);
         assert_eq!(c.max_frame_bytes, 1 << 20);
         assert_eq!(c.max_envelope_bytes, 64 << 10);
@@ -1115,6 +1228,17 @@ mod tests {
             (&["--max-frame-bytes", "0"][..], "max_frame_bytes"),
             (&["--blob-ttl-ms", "0"][..], "blob_ttl_ms"),
             (&["--max-connections", "0"][..], "max_connections"),
+            (
+                &["--max-connections-per-block", "0"][..],
+                "max_connections_per_block",
+            ),
+            (&["--max-pending-links", "0"][..], "max_pending_links"),
+            (&["--block-prefix-v4", "33"][..], "block_prefix_v4"),
+            (&["--block-prefix-v6", "129"][..], "block_prefix_v6"),
+            (
+                &["--frame-read-min-bytes-per-sec", "0"][..],
+                "frame_read_min_bytes_per_sec",
+            ),
             (&["--rate-uploads", "1/0"][..], "rate_uploads"),
             (&["--rate-sends", "0/5"][..], "rate_sends"),
             (&["--rate-sends", "NaN/5"][..], "rate_sends"),

@@ -16,6 +16,7 @@
 // The relay is an I/O shell: it reads the clock and the system RNG (client-core may not).
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod admit;
 pub mod backup;
 mod blob;
 pub mod config;

@@ -89,15 +89,17 @@ pub mod close {
     pub const REPLACED: u32 = 3;
     /// Protocol violation (oversized frame, failed authentication, too slow).
     pub const PROTOCOL: u32 = 4;
+    /// The source address block of the connection holds as many connections as the relay
+    /// allows one block (`max_connections_per_block`): closed right after the handshake.
+    pub const TOO_MANY_CONNECTIONS: u32 = 5;
 }
 
 /// Largest device-linking message (bytes).
 pub const MAX_PROVISION_BYTES: usize = 8 * 1024;
 
-/// Device-linking messages held at once (in memory).
-pub const MAX_PROVISIONS: usize = 10_000;
-
-/// How long a device-linking message is kept (ms).
+/// How long a device-linking message is kept (ms), at most: it goes earlier when it is taken
+/// or when the connection that left it closes. An unauthenticated connection holding one is
+/// kept open this long (instead of [`AUTH_TIMEOUT_MS`]).
 pub const PROVISION_TTL_MS: u64 = 10 * 60 * 1000;
 
 /// How long (in received time) the relay remembers a send's client id after queueing it, so that

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use hush_proto::relay_api::ErrorCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -184,53 +185,131 @@ impl Histogram {
 }
 
 /// Why the relay refused a request or a connection: the `reason` label of `refusals_total`.
+/// Each error code has a reason of its own ([`Refusal::of`] matches every code, so a new code
+/// cannot be added without one); [`Refusal::ConnectionCap`] is the relay-wide connection cap,
+/// which refuses before any code can be sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Refusal {
-    /// The request could not be decoded.
+    /// `MALFORMED`: the request could not be decoded or a field is out of range.
     Malformed,
-    /// The request needs an authenticated connection.
+    /// `UNAUTHENTICATED`: the request needs an authenticated connection.
     Unauthenticated,
-    /// Authentication was tried and failed.
+    /// `AUTH_FAILED`: authentication was tried and failed.
     AuthFailed,
-    /// The authenticated device may not do this.
+    /// `FORBIDDEN`: the authenticated device may not do this.
     Forbidden,
-    /// A rate limit was hit.
-    RateLimited,
-    /// The request or its payload was too large.
-    TooLarge,
-    /// The recipient's queue is full.
-    QueueFull,
-    /// The request names a device other than the authenticated one.
+    /// `NOT_FOUND`: unknown account, device, pre-keys, username or link message.
+    NotFound,
+    /// `ACCOUNT_EXISTS`.
+    AccountExists,
+    /// `STALE_DEVICE_LIST`: a device list not newer than the stored one.
+    StaleDeviceList,
+    /// `BAD_SIGNATURE`: a signed item does not verify.
+    BadSignature,
+    /// `DEVICE_MISMATCH`: a send's devices differ from the recipient's list.
     DeviceMismatch,
-    /// The account has too many devices.
+    /// `RATE_LIMITED`: a rate limit or a per-block cap was hit.
+    RateLimited,
+    /// `TOO_LARGE`: the request or its payload was too large.
+    TooLarge,
+    /// `QUEUE_FULL`: the recipient's queue is full.
+    QueueFull,
+    /// `TOO_MANY_DEVICES`: the account has too many devices.
     TooManyDevices,
-    /// The connection cap was reached.
-    ConnectionCap,
-    /// The relay is draining for shutdown.
+    /// `UNKNOWN_REQUEST`: an empty or unknown request.
+    UnknownRequest,
+    /// `DRAINING`: the relay is draining for shutdown.
     Draining,
-    /// A username claim for a name another account holds.
+    /// `INTERNAL`: a storage failure.
+    Internal,
+    /// `BLOB_NOT_FOUND`.
+    BlobNotFound,
+    /// `USERNAME_TAKEN`: a username claim for a name another account holds.
     UsernameTaken,
-    /// Any other reason.
-    Other,
+    /// `SENDER_QUOTA`: the sender's share of a device queue is used up.
+    SenderQuota,
+    /// `MAILBOX_FULL`: the recipient account's mailbox is at its byte cap.
+    MailboxFull,
+    /// `RELAY_FULL`: the relay's mailbox storage is at its cap.
+    RelayFull,
+    /// `BLOB_QUOTA_EXCEEDED`: blob storage of the account or the relay is at its cap.
+    BlobQuotaExceeded,
+    /// `LINK_TABLE_FULL`: the relay's table of pending device links is full.
+    LinkTableFull,
+    /// `ALREADY_AUTHENTICATED`: authentication on an authenticated connection.
+    AlreadyAuthenticated,
+    /// `TOO_MANY_CONNECTIONS`: the address block's or the account's connection cap (a
+    /// connection closed with the close code of that name counts here too).
+    TooManyConnections,
+    /// The relay-wide connection cap was reached (refused during the handshake).
+    ConnectionCap,
+    /// An error frame without a code (never sent by this relay).
+    Unspecified,
 }
 
 impl Refusal {
     /// Every reason, in rendering order.
-    pub const ALL: [Refusal; 13] = [
+    pub const ALL: [Refusal; 27] = [
         Refusal::Malformed,
         Refusal::Unauthenticated,
         Refusal::AuthFailed,
         Refusal::Forbidden,
+        Refusal::NotFound,
+        Refusal::AccountExists,
+        Refusal::StaleDeviceList,
+        Refusal::BadSignature,
+        Refusal::DeviceMismatch,
         Refusal::RateLimited,
         Refusal::TooLarge,
         Refusal::QueueFull,
-        Refusal::DeviceMismatch,
         Refusal::TooManyDevices,
-        Refusal::ConnectionCap,
+        Refusal::UnknownRequest,
         Refusal::Draining,
+        Refusal::Internal,
+        Refusal::BlobNotFound,
         Refusal::UsernameTaken,
-        Refusal::Other,
+        Refusal::SenderQuota,
+        Refusal::MailboxFull,
+        Refusal::RelayFull,
+        Refusal::BlobQuotaExceeded,
+        Refusal::LinkTableFull,
+        Refusal::AlreadyAuthenticated,
+        Refusal::TooManyConnections,
+        Refusal::ConnectionCap,
+        Refusal::Unspecified,
     ];
+
+    /// The reason of a refusal with `code`.
+    pub fn of(code: ErrorCode) -> Self {
+        match code {
+            ErrorCode::Malformed => Refusal::Malformed,
+            ErrorCode::Unauthenticated => Refusal::Unauthenticated,
+            ErrorCode::AuthFailed => Refusal::AuthFailed,
+            ErrorCode::Forbidden => Refusal::Forbidden,
+            ErrorCode::NotFound => Refusal::NotFound,
+            ErrorCode::AccountExists => Refusal::AccountExists,
+            ErrorCode::StaleDeviceList => Refusal::StaleDeviceList,
+            ErrorCode::BadSignature => Refusal::BadSignature,
+            ErrorCode::DeviceMismatch => Refusal::DeviceMismatch,
+            ErrorCode::RateLimited => Refusal::RateLimited,
+            ErrorCode::TooLarge => Refusal::TooLarge,
+            ErrorCode::QueueFull => Refusal::QueueFull,
+            ErrorCode::TooManyDevices => Refusal::TooManyDevices,
+            ErrorCode::UnknownRequest => Refusal::UnknownRequest,
+            ErrorCode::Draining => Refusal::Draining,
+            ErrorCode::Internal => Refusal::Internal,
+            ErrorCode::BlobNotFound => Refusal::BlobNotFound,
+            ErrorCode::UsernameTaken => Refusal::UsernameTaken,
+            ErrorCode::SenderQuota => Refusal::SenderQuota,
+            ErrorCode::MailboxFull => Refusal::MailboxFull,
+            ErrorCode::RelayFull => Refusal::RelayFull,
+            ErrorCode::BlobQuotaExceeded => Refusal::BlobQuotaExceeded,
+            ErrorCode::LinkTableFull => Refusal::LinkTableFull,
+            ErrorCode::AlreadyAuthenticated => Refusal::AlreadyAuthenticated,
+            ErrorCode::TooManyConnections => Refusal::TooManyConnections,
+            ErrorCode::Unspecified => Refusal::Unspecified,
+        }
+    }
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -239,20 +318,80 @@ impl Refusal {
             Refusal::Unauthenticated => "unauthenticated",
             Refusal::AuthFailed => "auth_failed",
             Refusal::Forbidden => "forbidden",
+            Refusal::NotFound => "not_found",
+            Refusal::AccountExists => "account_exists",
+            Refusal::StaleDeviceList => "stale_device_list",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::DeviceMismatch => "device_mismatch",
             Refusal::RateLimited => "rate_limited",
             Refusal::TooLarge => "too_large",
             Refusal::QueueFull => "queue_full",
-            Refusal::DeviceMismatch => "device_mismatch",
             Refusal::TooManyDevices => "too_many_devices",
-            Refusal::ConnectionCap => "connection_cap",
+            Refusal::UnknownRequest => "unknown_request",
             Refusal::Draining => "draining",
+            Refusal::Internal => "internal",
+            Refusal::BlobNotFound => "blob_not_found",
             Refusal::UsernameTaken => "username_taken",
-            Refusal::Other => "other",
+            Refusal::SenderQuota => "sender_quota",
+            Refusal::MailboxFull => "mailbox_full",
+            Refusal::RelayFull => "relay_full",
+            Refusal::BlobQuotaExceeded => "blob_quota_exceeded",
+            Refusal::LinkTableFull => "link_table_full",
+            Refusal::AlreadyAuthenticated => "already_authenticated",
+            Refusal::TooManyConnections => "too_many_connections",
+            Refusal::ConnectionCap => "connection_cap",
+            Refusal::Unspecified => "unspecified",
         }
     }
 
     fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// Why the relay closed a connection on a deadline: the `kind` label of
+/// `connection_timeouts_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timeout {
+    /// The connection did not authenticate in time (and held no pending link).
+    Auth,
+    /// A frame on the session stream did not arrive whole within its deadline.
+    Frame,
+    /// The client did not take what the relay wrote on the session stream.
+    Write,
+}
+
+impl Timeout {
+    /// Every kind, in rendering order.
+    pub const ALL: [Timeout; 3] = [Timeout::Auth, Timeout::Frame, Timeout::Write];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Timeout::Auth => "auth",
+            Timeout::Frame => "frame",
+            Timeout::Write => "write",
+        }
+    }
+}
+
+/// Connections closed on a deadline, by kind.
+#[derive(Debug, Default)]
+pub struct Timeouts {
+    counts: [Counter; Timeout::ALL.len()],
+}
+
+impl Timeouts {
+    /// Counts one timeout of `kind`.
+    pub fn inc(&self, kind: Timeout) {
+        if let Some(counter) = self.counts.get(kind as usize) {
+            counter.inc();
+        }
+    }
+
+    /// How many timeouts of `kind` were counted.
+    pub fn get(&self, kind: Timeout) -> u64 {
+        self.counts.get(kind as usize).map_or(0, Counter::get)
     }
 }
 
@@ -317,6 +456,10 @@ pub struct Metrics {
     pub flush_batch: Histogram,
     /// Refusals by reason.
     pub refusals: Refusals,
+    /// Connections closed on a deadline, by kind.
+    pub timeouts: Timeouts,
+    /// Device links waiting to be taken.
+    pub links_pending: Gauge,
     /// Push wake-up counters, shared with the [`crate::push::Pusher`].
     pub push: Arc<PushStats>,
 }
@@ -394,6 +537,8 @@ impl Metrics {
             flush_latency: Histogram::new(FLUSH_LATENCY_BUCKETS),
             flush_batch: Histogram::new(FLUSH_BATCH_BUCKETS),
             refusals: Refusals::default(),
+            timeouts: Timeouts::default(),
+            links_pending: Gauge::new(),
             push: Arc::new(PushStats::default()),
         }
     }
@@ -519,6 +664,26 @@ impl Metrics {
                 self.refusals.get(reason)
             );
         }
+        header(
+            o,
+            "connection_timeouts_total",
+            "counter",
+            "Connections closed on a deadline, by kind.",
+        );
+        for kind in Timeout::ALL {
+            let _ = writeln!(
+                o,
+                "{PREFIX}connection_timeouts_total{{kind=\"{}\"}} {}",
+                kind.as_str(),
+                self.timeouts.get(kind)
+            );
+        }
+        gauge(
+            o,
+            "links_pending",
+            "Device links waiting to be taken.",
+            self.links_pending.get(),
+        );
         let push = &self.push;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         counter(

@@ -130,12 +130,20 @@ pub async fn run(endpoint: quinn::Endpoint, relay: Arc<Relay>, shutdown: Cancell
                 // Counted as open from here, handshake included: a burst of handshakes must not
                 // get past the cap before any of them completes.
                 relay.metrics.connections_open.inc();
+                // Counted against its address block until its task ends.
+                let slot = relay.admission.connection(incoming.remote_address().ip());
                 let r = Arc::clone(&relay);
                 let stop = shutdown.clone();
                 tracker.spawn(async move {
-                    match incoming.await {
-                        Ok(conn) => crate::conn::serve(Arc::clone(&r), conn, stop).await,
-                        Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                    match slot {
+                        Some(slot) => {
+                            match incoming.await {
+                                Ok(conn) => crate::conn::serve(Arc::clone(&r), conn, stop).await,
+                                Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                            }
+                            drop(slot);
+                        }
+                        None => refuse_block(&r, incoming).await,
                     }
                     r.metrics.connections_open.dec();
                 });
@@ -171,6 +179,21 @@ pub async fn run(endpoint: quinn::Endpoint, relay: Arc<Relay>, shutdown: Cancell
     .is_err()
     {
         tracing::debug!("closes not all confirmed; stopping anyway");
+    }
+}
+
+/// A connection from an address block that holds its cap: completes the handshake only to
+/// close with [`close::TOO_MANY_CONNECTIONS`], so the client learns why (a refusal during the
+/// handshake carries no application code).
+async fn refuse_block(relay: &Relay, incoming: quinn::Incoming) {
+    relay.metrics.connections_refused.inc();
+    relay.metrics.refusals.inc(Refusal::TooManyConnections);
+    tracing::debug!("connection refused: its address block holds its cap");
+    if let Ok(conn) = incoming.await {
+        conn.close(
+            close::TOO_MANY_CONNECTIONS.into(),
+            b"too many connections from this address block",
+        );
     }
 }
 

@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hush_proto::relay_api::ErrorCode;
 use hush_proto::wire::DeviceIdentityKey;
 use prost::Message;
 use rand::RngExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::admit::Admission;
 use crate::config::Config;
 use crate::conn::Refused;
 use crate::ops::{Metrics, Refusal};
@@ -44,9 +44,6 @@ pub(crate) fn random<const N: usize>() -> [u8; N] {
     rand::rng().fill(&mut b[..]);
     b
 }
-
-/// A device-linking message waiting for its device: (body, expiry in ms).
-pub(crate) type Provision = (Vec<u8>, u64);
 
 /// One device's entry in the cached device list of its account.
 #[derive(Clone, Debug)]
@@ -147,8 +144,8 @@ pub struct Relay {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: Limits,
     lists: Mutex<HashMap<[u8; 32], Arc<AccountDevices>>>,
-    /// Device-linking messages: channel → (body, expiry ms). In memory only, bounded.
-    pub(crate) provisions: Mutex<HashMap<[u8; 32], Provision>>,
+    /// Connections per address block and account, and the pending device links.
+    pub(crate) admission: Arc<Admission>,
     pub(crate) draining: AtomicBool,
     pub(crate) next_conn: AtomicU64,
 }
@@ -227,6 +224,7 @@ impl Relay {
             account_uploads: Limiter::new(cfg.rate.account_uploads),
         };
         let relay = Arc::new(Self {
+            admission: Arc::new(Admission::new(&cfg, Arc::clone(&metrics))),
             cfg,
             store,
             blobs,
@@ -236,7 +234,6 @@ impl Relay {
             metrics,
             limits,
             lists: Mutex::new(HashMap::new()),
-            provisions: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
         });
@@ -298,21 +295,7 @@ impl Relay {
     }
 
     pub(crate) fn refuse_count(&self, r: &Refused) {
-        let reason = match r.code {
-            ErrorCode::Malformed | ErrorCode::UnknownRequest => Refusal::Malformed,
-            ErrorCode::Unauthenticated => Refusal::Unauthenticated,
-            ErrorCode::AuthFailed => Refusal::AuthFailed,
-            ErrorCode::Forbidden => Refusal::Forbidden,
-            ErrorCode::RateLimited => Refusal::RateLimited,
-            ErrorCode::TooLarge => Refusal::TooLarge,
-            ErrorCode::QueueFull => Refusal::QueueFull,
-            ErrorCode::DeviceMismatch => Refusal::DeviceMismatch,
-            ErrorCode::TooManyDevices => Refusal::TooManyDevices,
-            ErrorCode::Draining => Refusal::Draining,
-            ErrorCode::UsernameTaken => Refusal::UsernameTaken,
-            _ => Refusal::Other,
-        };
-        self.metrics.refusals.inc(reason);
+        self.metrics.refusals.inc(Refusal::of(r.code));
     }
 }
 

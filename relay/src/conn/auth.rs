@@ -2,10 +2,12 @@
 //! and the challenge by a listed device), account creation, and the device-linking channel.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hush_proto::relay_api::{self as api, ErrorCode, server_frame};
 
 use super::{ConnState, Now, Phase, Refused, Reply, arr};
+use crate::admit::LinkRefused;
 use crate::limits;
 use crate::router::{Handle, Live};
 use crate::shared::{AccountDevices, Relay, address_block, random};
@@ -31,7 +33,10 @@ impl ConnState {
         // A challenge is good for one attempt.
         let challenge = match self.phase {
             Phase::Device(_) => {
-                return Err(Refused::new(ErrorCode::AuthFailed, "already authenticated"));
+                return Err(Refused::new(
+                    ErrorCode::AlreadyAuthenticated,
+                    "this connection is already authenticated",
+                ));
             }
             Phase::Open => {
                 return Err(Refused::new(
@@ -56,6 +61,14 @@ impl ConnState {
             account,
             device: a.device_id,
         };
+        // Counted against the account only once the proof holds: nobody learns anything about
+        // an account they cannot authenticate as.
+        let slot = relay.admission.account(account).ok_or_else(|| {
+            Refused::new(
+                ErrorCode::TooManyConnections,
+                "too many connections for this account",
+            )
+        })?;
         let handle = Handle {
             conn_id: self.id,
             tx: self.tx.clone(),
@@ -79,6 +92,7 @@ impl ConnState {
             ));
         }
         self.phase = Phase::Device(device);
+        self.account_slot = Some(slot);
         tracing::debug!(conn = self.id, "device authenticated");
         // Catch up with what was queued while away (then `QueueDrained`).
         self.need_fetch = true;
@@ -127,36 +141,69 @@ impl ConnState {
         Ok(Reply::Later)
     }
 
+    /// Leaves a new device's link message. It belongs to this connection: it is removed when
+    /// taken, after [`limits::PROVISION_TTL_MS`], or when this connection ends; an
+    /// unauthenticated connection that holds one stays open until it expires.
     pub(super) fn provision_put(
         &mut self,
-        relay: &Relay,
+        relay: &Arc<Relay>,
         p: api::ProvisionPut,
         now: Now,
     ) -> Result<server_frame::Kind, Refused> {
+        let channel: [u8; 32] = arr(&p.channel, "channel")?;
+        if p.body.is_empty() || p.body.len() > limits::MAX_PROVISION_BYTES {
+            return Err(Refused::new(ErrorCode::TooLarge, "link message size"));
+        }
         relay
             .limits
             .accounts
             .check(&address_block(self.remote), 1, now.at)
             .map_err(Refused::rate)?;
-        let channel: [u8; 32] = arr(&p.channel, "channel")?;
-        if p.body.is_empty() || p.body.len() > limits::MAX_PROVISION_BYTES {
-            return Err(Refused::new(ErrorCode::TooLarge, "link message size"));
+        let ttl = Duration::from_millis(limits::PROVISION_TTL_MS);
+        let expires_at = now.wall_ms.saturating_add(limits::PROVISION_TTL_MS);
+        let block = address_block(self.remote);
+        let guard = relay
+            .admission
+            .put_link(
+                self.remote,
+                channel,
+                p.body,
+                now.wall_ms,
+                expires_at,
+                self.link.as_ref(),
+            )
+            .map_err(|refused| match refused {
+                LinkRefused::BlockFull { retry_after_ms } => {
+                    let mut r = Refused::new(
+                        ErrorCode::RateLimited,
+                        "too many pending links from this address block",
+                    );
+                    r.retry_after_ms = retry_after_ms;
+                    r
+                }
+                LinkRefused::TableFull { retry_after_ms } => {
+                    tracing::info!("link refused: the table of pending links is full");
+                    let mut r = Refused::new(
+                        ErrorCode::LinkTableFull,
+                        "the relay's table of pending links is full",
+                    );
+                    r.retry_after_ms = retry_after_ms;
+                    r
+                }
+            });
+        let guard = match guard {
+            Ok(g) => g,
+            Err(r) => {
+                // Refused: the address keeps its token.
+                relay.limits.accounts.refund(&block, 1);
+                return Err(r);
+            }
+        };
+        self.link = Some(guard);
+        if self.device().is_none() {
+            // The new device waits on this connection for its link to be taken.
+            self.auth_deadline = self.auth_deadline.max(now.at + ttl);
         }
-        let mut m = relay
-            .provisions
-            .lock()
-            .map_err(|_| Refused::new(ErrorCode::Internal, "provisioning lock"))?;
-        m.retain(|_, (_, exp)| *exp > now.wall_ms);
-        if m.len() >= limits::MAX_PROVISIONS && !m.contains_key(&channel) {
-            return Err(Refused::new(
-                ErrorCode::RateLimited,
-                "too many pending links",
-            ));
-        }
-        m.insert(
-            channel,
-            (p.body, now.wall_ms.saturating_add(limits::PROVISION_TTL_MS)),
-        );
         Ok(server_frame::Kind::Ok(api::Ok {}))
     }
 
@@ -168,15 +215,9 @@ impl ConnState {
     ) -> Result<server_frame::Kind, Refused> {
         self.me()?;
         let channel: [u8; 32] = arr(&t.channel, "channel")?;
-        let mut m = relay
-            .provisions
-            .lock()
-            .map_err(|_| Refused::new(ErrorCode::Internal, "provisioning lock"))?;
-        match m.remove(&channel) {
-            Some((body, exp)) if exp > now.wall_ms => {
-                Ok(server_frame::Kind::Provision(api::ProvisionResult { body }))
-            }
-            _ => Err(Refused::new(ErrorCode::NotFound, "no link message yet")),
+        match relay.admission.take_link(&channel, now.wall_ms) {
+            Some(body) => Ok(server_frame::Kind::Provision(api::ProvisionResult { body })),
+            None => Err(Refused::new(ErrorCode::NotFound, "no link message yet")),
         }
     }
 }

@@ -30,11 +30,13 @@
 mod auth;
 mod directory;
 mod keys;
+mod lenient;
 mod mail;
 mod shell;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,7 +49,9 @@ use tokio::sync::mpsc;
 
 pub(crate) use shell::serve;
 
+use crate::admit::{AccountSlot, LinkGuard};
 use crate::limits::{self, close};
+use crate::ops::Timeout;
 use crate::router::{Live, Pending, ToConn};
 use crate::shared::Relay;
 use crate::store::{DeviceId, StoreError};
@@ -191,8 +195,8 @@ pub struct ConnState {
     inbuf: Vec<u8>,
     /// Encoded frames waiting to be written.
     out: Vec<u8>,
-    /// Requests handed to the writer and not yet answered.
-    in_flight: usize,
+    /// Requests handed to the writer and not yet answered, by request id.
+    in_flight: HashSet<u64>,
     /// A request that later ones wait for (until applied).
     barrier: Option<u64>,
     /// Operations for the writer, taken by the shell.
@@ -212,6 +216,15 @@ pub struct ConnState {
     close_deadline: Option<Instant>,
     /// The latest time passed in.
     now: Instant,
+    /// Since when the incomplete frame at the head of `inbuf` has been awaited (while the
+    /// connection reads; `None` when there is none or reading is held back).
+    frame_since: Option<Instant>,
+    /// When that frame must be complete.
+    frame_deadline: Option<Instant>,
+    /// The device link this connection left, pending until taken or until the connection ends.
+    link: Option<LinkGuard>,
+    /// This connection counted against its account once authenticated.
+    account_slot: Option<AccountSlot>,
 }
 
 impl ConnState {
@@ -234,7 +247,7 @@ impl ConnState {
                 auth_deadline: now.at + Duration::from_millis(limits::AUTH_TIMEOUT_MS),
                 inbuf: Vec::new(),
                 out: Vec::new(),
-                in_flight: 0,
+                in_flight: HashSet::new(),
                 barrier: None,
                 ops: Vec::new(),
                 tx,
@@ -246,6 +259,10 @@ impl ConnState {
                 close: None,
                 close_deadline: None,
                 now: now.at,
+                frame_since: None,
+                frame_deadline: None,
+                link: None,
+                account_slot: None,
             },
             rx,
         )
@@ -281,7 +298,7 @@ impl ConnState {
                 }
             }
             ToConn::Answer(rid, answer) => {
-                self.in_flight = self.in_flight.saturating_sub(1);
+                self.in_flight.remove(&rid);
                 let kind = match answer {
                     Ok(k) => k,
                     Err(r) => self.refusal(relay, &r),
@@ -322,21 +339,35 @@ impl ConnState {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match (self.close, self.phase) {
             (Some(_), _) => self.close_deadline,
-            (None, Phase::Device(_)) => None,
-            (None, _) => Some(self.auth_deadline),
+            (None, Phase::Device(_)) => self.frame_deadline,
+            (None, _) => Some(
+                self.frame_deadline
+                    .map_or(self.auth_deadline, |f| f.min(self.auth_deadline)),
+            ),
         }
     }
 
-    /// Timers: the authentication deadline, and the bound on closing.
-    pub fn handle_timeout(&mut self, now: Now) {
+    /// Timers: the authentication deadline, the deadline of a frame being read, and the bound
+    /// on closing.
+    pub fn handle_timeout(&mut self, relay: &Relay, now: Now) {
         self.now = self.now.max(now.at);
         if self.close.is_none() && self.device().is_none() && now.at >= self.auth_deadline {
+            relay.metrics.timeouts.inc(Timeout::Auth);
+            tracing::info!("connection closed: not authenticated in time");
             self.finish(close::PROTOCOL, b"authentication timed out");
+        }
+        if self.close.is_none() && self.frame_deadline.is_some_and(|d| now.at >= d) {
+            relay.metrics.timeouts.inc(Timeout::Frame);
+            tracing::info!("connection closed: a frame did not arrive within its deadline");
+            self.inbuf = Vec::new();
+            self.frame_since = None;
+            self.frame_deadline = None;
+            self.finish(close::PROTOCOL, b"frame timed out");
         }
         if self.close_deadline.is_some_and(|d| now.at >= d) {
             // Give up on what is unwritten or unanswered.
             self.out.clear();
-            self.in_flight = 0;
+            self.in_flight.clear();
         }
     }
 
@@ -348,7 +379,7 @@ impl ConnState {
     fn can_handle(&self) -> bool {
         self.close.is_none()
             && self.barrier.is_none()
-            && self.in_flight < limits::MAX_IN_FLIGHT
+            && self.in_flight.len() < limits::MAX_IN_FLIGHT
             && self.out.len() < limits::CONNECTION_OUT_BYTES
     }
 
@@ -370,14 +401,14 @@ impl ConnState {
 
     /// Requests waiting for the writer.
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.in_flight.len()
     }
 
     /// The close code and reason once the connection is done: closing was decided, everything
     /// in flight was answered and every frame handed out (or the close deadline passed).
     pub fn finished(&self) -> Option<(u32, &'static [u8])> {
         self.close
-            .filter(|_| self.out.is_empty() && self.in_flight == 0 && self.ops.is_empty())
+            .filter(|_| self.out.is_empty() && self.in_flight.is_empty() && self.ops.is_empty())
     }
 
     /// Decides to close with `code` (the first decision stands).
@@ -417,26 +448,90 @@ impl ConnState {
             taken += limits::FRAME_HEADER + len;
             match decoded {
                 Ok(f) => self.handle(relay, f, now),
-                Err(e) => {
-                    self.bad_frame(relay, ErrorCode::Malformed, format!("malformed frame: {e}"));
-                    break;
-                }
+                Err(e) => match lenient::text_not_utf8(body) {
+                    // A well-formed request whose text is not UTF-8: refused, not a bad frame.
+                    Some(rid) => self.refuse_request(
+                        relay,
+                        rid,
+                        Refused::new(ErrorCode::Malformed, "a text field is not UTF-8"),
+                    ),
+                    None => {
+                        self.bad_frame(
+                            relay,
+                            ErrorCode::Malformed,
+                            format!("malformed frame: {e}"),
+                        );
+                        break;
+                    }
+                },
             }
         }
         self.inbuf.drain(..taken.min(self.inbuf.len()));
         if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_BUFFER {
             self.inbuf = Vec::new();
         }
+        self.frame_timer(relay, taken > 0, now);
         if self.need_fetch && self.close.is_none() {
             self.fetch_mail(relay);
         }
     }
 
+    /// Starts, keeps or stops the deadline of the frame at the head of `inbuf`. It runs while
+    /// an incomplete frame waits and the connection reads (not while it holds reading back), from
+    /// when that frame became the head (`restart`: frames were just taken), and allows
+    /// `frame_read_timeout_ms` plus the frame's declared length at `frame_read_min_bytes_per_sec`.
+    fn frame_timer(&mut self, relay: &Relay, restart: bool, now: Now) {
+        if restart || self.inbuf.is_empty() || !self.can_handle() {
+            self.frame_since = None;
+            self.frame_deadline = None;
+            if self.inbuf.is_empty() || !self.can_handle() {
+                return;
+            }
+        }
+        let since = *self.frame_since.get_or_insert(now.at);
+        let declared = self
+            .inbuf
+            .get(..limits::FRAME_HEADER)
+            .and_then(|h| <[u8; limits::FRAME_HEADER]>::try_from(h).ok())
+            .map_or(0, |h| u64::from(u32::from_be_bytes(h)));
+        let rate = relay.cfg.frame_read_min_bytes_per_sec.max(1);
+        let allowance = relay
+            .cfg
+            .frame_read_timeout_ms
+            .saturating_add(declared.saturating_mul(1000) / rate);
+        self.frame_deadline = Some(since + Duration::from_millis(allowance));
+    }
+
+    /// A frame that breaks the protocol: answered with `code` under request id 0, and the
+    /// connection closes.
     fn bad_frame(&mut self, relay: &Relay, code: ErrorCode, message: String) {
+        tracing::info!(code = ?code, "bad frame; closing the connection");
         let r = Refused::new(code, message);
         let kind = self.refusal(relay, &r);
         self.push(0, kind);
         self.finish(close::PROTOCOL, b"bad frame");
+    }
+
+    /// Refuses request `rid` (which must be usable as an answer's id); the connection stays.
+    fn refuse_request(&mut self, relay: &Relay, rid: u64, r: Refused) {
+        if let Err(bad) = self.check_request_id(rid) {
+            self.bad_frame(relay, ErrorCode::Malformed, bad.into());
+            return;
+        }
+        let kind = self.refusal(relay, &r);
+        self.push(rid, kind);
+    }
+
+    /// Request ids are not 0 (the id of unsolicited frames) and not the id of a request still
+    /// waiting for its answer.
+    fn check_request_id(&self, rid: u64) -> Result<(), &'static str> {
+        if rid == 0 {
+            return Err("request id 0 is reserved for unsolicited frames");
+        }
+        if self.in_flight.contains(&rid) {
+            return Err("request id of a request still in flight");
+        }
+        Ok(())
     }
 
     /// Appends a frame to the output.
@@ -474,7 +569,7 @@ impl ConnState {
     ) {
         let tx = self.tx.clone();
         let r = Arc::clone(relay);
-        self.in_flight += 1;
+        self.in_flight.insert(rid);
         if barrier {
             self.barrier = Some(rid);
         }
@@ -501,6 +596,10 @@ impl ConnState {
     fn handle(&mut self, relay: &Arc<Relay>, f: ClientFrame, now: Now) {
         use client_frame::Kind as K;
         let rid = f.request_id;
+        if let Err(bad) = self.check_request_id(rid) {
+            self.bad_frame(relay, ErrorCode::Malformed, bad.into());
+            return;
+        }
         let result = match f.kind {
             None => Err(Refused::new(
                 ErrorCode::UnknownRequest,
@@ -515,10 +614,14 @@ impl ConnState {
                         self.tell_if_pre_keys_low(relay, &d);
                         return;
                     }
-                    _ => {
+                    // A failed proof counts towards closing the connection; authenticating
+                    // twice, a full account and a storage failure do not.
+                    (Err(e), _) if matches!(e.code, ErrorCode::AuthFailed | ErrorCode::Malformed) => {
                         relay.metrics.auth_failures.inc();
                         self.auth_failures += 1;
+                        tracing::info!(code = ?e.code, "authentication failed");
                     }
+                    _ => {}
                 }
                 r.map(Reply::Now)
             }
@@ -546,7 +649,8 @@ impl ConnState {
                 self.push(rid, kind);
             }
         }
-        if self.auth_failures >= limits::MAX_AUTH_FAILURES {
+        if self.auth_failures >= limits::MAX_AUTH_FAILURES && self.close.is_none() {
+            tracing::info!("connection closed after repeated authentication failures");
             self.finish(close::PROTOCOL, b"authentication failed");
         }
     }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ConnState, Now};
 use crate::limits::{self, close};
+use crate::ops::Timeout;
 use crate::shared::{Relay, instant};
 
 /// Largest chunk taken from the session stream at once.
@@ -121,9 +122,11 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
             () = sleep_until(deadline), if deadline.is_some() => {
                 let now = Now::current();
                 if write_deadline.is_some_and(|d| now.at >= d) {
+                    relay.metrics.timeouts.inc(Timeout::Write);
+                    tracing::info!("connection closed: the client stopped taking what was written");
                     break (close::PROTOCOL, b"write timed out");
                 }
-                st.handle_timeout(now);
+                st.handle_timeout(&relay, now);
             }
         }
     };

@@ -131,11 +131,16 @@ struct Side {
 
 impl Side {
     fn new(relay: &Arc<Relay>) -> Self {
+        Self::from(relay, IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// A connection from `remote`.
+    fn from(relay: &Arc<Relay>, remote: IpAddr) -> Self {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let t0 = Instant::now();
         let (st, rx) = ConnState::new(
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            remote,
             EXPORTER,
             Now {
                 at: t0,
@@ -309,7 +314,7 @@ async fn authentication_takes_a_fresh_challenge_and_a_listed_device_signature() 
     s.request(9, client_frame::Kind::Hello(api::Hello {}));
     s.frames();
     s.request(10, alice.auth(2, &[0; 32]));
-    assert_eq!(error_code(&s.frames()[0]), ErrorCode::AuthFailed);
+    assert_eq!(error_code(&s.frames()[0]), ErrorCode::AlreadyAuthenticated);
 }
 
 #[tokio::test]
@@ -322,10 +327,10 @@ async fn the_authentication_deadline_closes_on_the_fake_clock() {
         s.t0 + Duration::from_millis(limits::AUTH_TIMEOUT_MS)
     );
     s.ms = limits::AUTH_TIMEOUT_MS - 1;
-    s.st.handle_timeout(s.now());
+    s.st.handle_timeout(&s.relay, s.now());
     assert!(s.st.finished().is_none());
     s.ms = limits::AUTH_TIMEOUT_MS;
-    s.st.handle_timeout(s.now());
+    s.st.handle_timeout(&s.relay, s.now());
     assert_eq!(
         s.st.finished(),
         Some((close::PROTOCOL, &b"authentication timed out"[..]))
@@ -873,6 +878,342 @@ async fn account_list_and_name_refusals_are_typed_and_change_nothing() {
             .unwrap()
             .account,
         bob.id()
+    );
+    assert!(s.st.finished().is_none());
+}
+
+fn put(channel: [u8; 32]) -> client_frame::Kind {
+    client_frame::Kind::ProvisionPut(api::ProvisionPut {
+        channel: channel.to_vec(),
+        body: vec![7; 100],
+    })
+}
+
+fn take(channel: [u8; 32]) -> client_frame::Kind {
+    client_frame::Kind::ProvisionTake(api::ProvisionTake {
+        channel: channel.to_vec(),
+    })
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// The one frame answering the last request.
+fn answer(s: &mut Side) -> ServerFrame {
+    let f = s.frames();
+    assert_eq!(f.len(), 1, "{f:?}");
+    f[0].clone()
+}
+
+#[tokio::test]
+async fn a_pending_link_lives_as_long_as_the_connection_that_left_it() {
+    let relay = relay_with(|_| {});
+    let alice = Account::new(1);
+    create(&relay, &alice);
+    let mut old = Side::new(&relay);
+    old.login(&alice, 1);
+
+    // The new device leaves its message; its connection is kept open (unauthenticated) as long
+    // as the message may wait, not just the authentication timeout.
+    let mut new = Side::from(&relay, ip("192.0.2.1"));
+    new.request(1, put([1; 32]));
+    assert!(matches!(answer(&mut new).kind, Some(server_frame::Kind::Ok(_))));
+    assert_eq!(
+        new.st.poll_timeout(),
+        Some(new.t0 + Duration::from_millis(limits::PROVISION_TTL_MS))
+    );
+    assert_eq!(relay.metrics.links_pending.get(), 1);
+    old.request(3, take([1; 32]));
+    assert!(matches!(
+        answer(&mut old).kind,
+        Some(server_frame::Kind::Provision(_))
+    ));
+    assert_eq!(relay.metrics.links_pending.get(), 0);
+
+    // A new device that goes away takes its message with it.
+    let mut gone = Side::from(&relay, ip("192.0.2.2"));
+    gone.request(1, put([2; 32]));
+    answer(&mut gone);
+    assert_eq!(relay.metrics.links_pending.get(), 1);
+    drop(gone);
+    assert_eq!(relay.metrics.links_pending.get(), 0);
+    old.request(4, take([2; 32]));
+    assert_eq!(error_code(&answer(&mut old)), ErrorCode::NotFound);
+}
+
+#[tokio::test]
+async fn pending_links_stop_at_the_block_cap_and_the_table_cap_with_their_own_errors() {
+    let relay = relay_with(|c| {
+        c.max_pending_links_per_block = 2;
+        c.max_pending_links = 3;
+    });
+    let mut sides: Vec<Side> = Vec::new();
+    for (i, from) in ["10.1.1.1", "10.1.1.2"].into_iter().enumerate() {
+        let mut s = Side::from(&relay, ip(from));
+        s.request(1, put([i as u8 + 1; 32]));
+        assert!(matches!(answer(&mut s).kind, Some(server_frame::Kind::Ok(_))));
+        sides.push(s);
+    }
+    // A third from the same /24: rate limited until one of the block's links goes.
+    let mut third = Side::from(&relay, ip("10.1.1.3"));
+    third.request(1, put([3; 32]));
+    let f = answer(&mut third);
+    let Some(server_frame::Kind::Error(e)) = &f.kind else {
+        panic!("{f:?}")
+    };
+    assert_eq!(e.code(), ErrorCode::RateLimited);
+    assert!(e.retry_after_ms > 0 && e.retry_after_ms <= limits::PROVISION_TTL_MS);
+    assert!(third.st.finished().is_none());
+    // Another block links.
+    let mut other = Side::from(&relay, ip("10.1.2.1"));
+    other.request(1, put([4; 32]));
+    assert!(matches!(answer(&mut other).kind, Some(server_frame::Kind::Ok(_))));
+    // The table is full: its own error, for everyone.
+    let mut fourth = Side::from(&relay, ip("10.1.3.1"));
+    fourth.request(1, put([5; 32]));
+    assert_eq!(error_code(&answer(&mut fourth)), ErrorCode::LinkTableFull);
+    assert_eq!(relay.metrics.links_pending.get(), 3);
+    assert_eq!(
+        relay
+            .metrics
+            .refusals
+            .get(crate::ops::Refusal::LinkTableFull),
+        1
+    );
+    // One block link closes: the third gets its place.
+    drop(sides.remove(0));
+    third.request(2, put([3; 32]));
+    assert!(matches!(answer(&mut third).kind, Some(server_frame::Kind::Ok(_))));
+}
+
+#[tokio::test]
+async fn an_account_at_its_connection_cap_is_refused_without_counting_as_a_failure() {
+    let relay = relay_with(|c| c.max_connections_per_account = 1);
+    let alice = Account::new(2);
+    create(&relay, &alice);
+    let mut first = Side::new(&relay);
+    first.login(&alice, 1);
+    let mut second = Side::new(&relay);
+    for round in 0..limits::MAX_AUTH_FAILURES as u64 {
+        second.request(10 + 2 * round, client_frame::Kind::Hello(api::Hello {}));
+        let Some(server_frame::Kind::Challenge(c)) = answer(&mut second).kind else {
+            panic!("no challenge")
+        };
+        second.request(11 + 2 * round, alice.auth(2, &c.nonce));
+        assert_eq!(
+            error_code(&answer(&mut second)),
+            ErrorCode::TooManyConnections
+        );
+    }
+    assert!(second.st.finished().is_none());
+    assert_eq!(second.st.device(), None);
+    assert_eq!(relay.metrics.auth_failures.get(), 0);
+    // The first connection ends: the second gets its place.
+    drop(first);
+    second.login(&alice, 2);
+    assert_eq!(second.st.device(), Some(alice.device(2)));
+}
+
+#[tokio::test]
+async fn authenticating_again_is_refused_as_such_and_never_closes_the_connection() {
+    let relay = relay_with(|_| {});
+    let alice = Account::new(1);
+    create(&relay, &alice);
+    let mut s = Side::new(&relay);
+    s.login(&alice, 1);
+    for round in 0..=limits::MAX_AUTH_FAILURES as u64 {
+        s.request(10 + 2 * round, client_frame::Kind::Hello(api::Hello {}));
+        let Some(server_frame::Kind::Challenge(c)) = answer(&mut s).kind else {
+            panic!("no challenge")
+        };
+        s.request(11 + 2 * round, alice.auth(1, &c.nonce));
+        assert_eq!(
+            error_code(&answer(&mut s)),
+            ErrorCode::AlreadyAuthenticated
+        );
+    }
+    assert!(s.st.finished().is_none());
+    assert_eq!(relay.metrics.auth_failures.get(), 0);
+    assert_eq!(s.st.device(), Some(alice.device(1)));
+}
+
+#[tokio::test]
+async fn request_id_zero_is_malformed_and_closes() {
+    let relay = relay_with(|_| {});
+    let mut s = Side::new(&relay);
+    s.request(0, client_frame::Kind::Ping(api::Ping {}));
+    let f = answer(&mut s);
+    assert_eq!((f.request_id, error_code(&f)), (0, ErrorCode::Malformed));
+    assert_eq!(s.st.finished(), Some((close::PROTOCOL, &b"bad frame"[..])));
+}
+
+#[tokio::test]
+async fn a_request_id_still_in_flight_is_malformed_and_closes_and_a_settled_one_may_return() {
+    let relay = relay_with(|_| {});
+    let (alice, bob) = (Account::new(1), Account::new(1));
+    create(&relay, &alice);
+    create(&relay, &bob);
+    let mut a = Side::new(&relay);
+    a.login(&alice, 1);
+    // Answered at once: the id may be used again.
+    a.request(5, client_frame::Kind::Ping(api::Ping {}));
+    a.request(5, client_frame::Kind::Ping(api::Ping {}));
+    assert_eq!(a.frames().len(), 2);
+    // A send waits for the writer; its id again while it waits is a protocol violation.
+    a.request(7, send_to(&bob, 1, b"x"));
+    assert_eq!(a.st.in_flight(), 1);
+    a.request(7, client_frame::Kind::Ping(api::Ping {}));
+    let f = a.frames();
+    assert_eq!(
+        (f[0].request_id, error_code(&f[0])),
+        (0, ErrorCode::Malformed)
+    );
+    // The send is still answered under its id before the close.
+    a.settle_all();
+    let f = a.frames();
+    assert_eq!(f[0].request_id, 7);
+    assert!(matches!(f[0].kind, Some(server_frame::Kind::Sent(_))));
+    assert_eq!(a.st.finished(), Some((close::PROTOCOL, &b"bad frame"[..])));
+}
+
+#[tokio::test]
+async fn a_username_that_is_not_utf8_is_refused_and_the_connection_stays() {
+    let relay = relay_with(|_| {});
+    let alice = Account::new(1);
+    create(&relay, &alice);
+    let mut s = Side::new(&relay);
+    s.login(&alice, 1);
+    for (rid, kind) in [
+        (
+            20u64,
+            client_frame::Kind::LookupUsername(api::LookupUsername {
+                name: "alice".into(),
+            }),
+        ),
+        (
+            21,
+            client_frame::Kind::ClaimUsername(api::ClaimUsername {
+                name: "alice".into(),
+                proof: vec![0; 64],
+            }),
+        ),
+    ] {
+        let mut bytes = crate::frame::encode(&ClientFrame {
+            request_id: rid,
+            kind: Some(kind),
+        });
+        let at = bytes.windows(5).position(|w| w == b"alice").unwrap();
+        bytes[at] = 0xff;
+        s.bytes(&bytes);
+        let f = answer(&mut s);
+        assert_eq!((f.request_id, error_code(&f)), (rid, ErrorCode::Malformed));
+        assert!(s.st.finished().is_none());
+    }
+    s.request(22, client_frame::Kind::Ping(api::Ping {}));
+    assert!(matches!(answer(&mut s).kind, Some(server_frame::Kind::Ok(_))));
+}
+
+#[tokio::test]
+async fn a_frame_that_does_not_arrive_whole_in_time_closes_the_connection() {
+    let relay = relay_with(|c| {
+        c.frame_read_timeout_ms = 1_000;
+        c.frame_read_min_bytes_per_sec = 100;
+    });
+    let alice = Account::new(1);
+    create(&relay, &alice);
+    let mut s = Side::new(&relay);
+    s.login(&alice, 1);
+    s.settle_all();
+    s.frames();
+    assert_eq!(s.st.poll_timeout(), None, "nothing awaited, no deadline");
+    let ping = crate::frame::encode(&ClientFrame {
+        request_id: 30,
+        kind: Some(client_frame::Kind::Ping(api::Ping {})),
+    });
+    // A whole frame in pieces, within its deadline: answered, and the deadline is gone.
+    s.ms = 100;
+    s.bytes(&ping[..2]);
+    assert_eq!(
+        s.st.poll_timeout(),
+        Some(s.t0 + Duration::from_millis(1_100))
+    );
+    s.ms = 900;
+    s.bytes(&ping[2..]);
+    assert!(matches!(answer(&mut s).kind, Some(server_frame::Kind::Ok(_))));
+    assert_eq!(s.st.poll_timeout(), None);
+
+    // A frame declaring 200 bytes (2 s at 100 B/s, plus 1 s) that stops one byte short.
+    let mut body = ClientFrame {
+        request_id: 31,
+        kind: Some(client_frame::Kind::LookupUsername(api::LookupUsername {
+            name: "a".repeat(190),
+        })),
+    }
+    .encode_to_vec();
+    body.truncate(200);
+    let mut short = 200u32.to_be_bytes().to_vec();
+    short.extend_from_slice(&body[..199]);
+    s.ms = 1_000;
+    for (i, b) in short.iter().enumerate() {
+        // A byte now and then keeps nothing alive.
+        s.ms = 1_000 + i as u64;
+        s.bytes(&[*b]);
+    }
+    let deadline = s.t0 + Duration::from_millis(1_000 + 1_000 + 2_000);
+    assert_eq!(s.st.poll_timeout(), Some(deadline));
+    s.ms = 3_999;
+    s.st.handle_timeout(&s.relay, s.now());
+    assert!(s.st.finished().is_none());
+    s.ms = 4_000;
+    s.st.handle_timeout(&s.relay, s.now());
+    assert_eq!(
+        s.st.finished(),
+        Some((close::PROTOCOL, &b"frame timed out"[..]))
+    );
+    assert_eq!(relay.metrics.timeouts.get(crate::ops::Timeout::Frame), 1);
+    assert!(!s.st.wants_read(1 << 20));
+}
+
+#[tokio::test]
+async fn the_frame_deadline_waits_while_the_connection_holds_reading_back() {
+    let relay = relay_with(|c| {
+        c.frame_read_timeout_ms = 1_000;
+    });
+    let alice = Account::new(1);
+    let mut s = Side::new(&relay);
+    // An account creation (a barrier) and half of the next frame: the relay holds reading back
+    // until the creation is applied, so the half frame is not the client's delay.
+    let mut bytes = crate::frame::encode(&ClientFrame {
+        request_id: 1,
+        kind: Some(client_frame::Kind::CreateAccount(api::CreateAccount {
+            signed_device_list: alice.signed_list(),
+        })),
+    });
+    let hello = crate::frame::encode(&ClientFrame {
+        request_id: 2,
+        kind: Some(client_frame::Kind::Hello(api::Hello {})),
+    });
+    bytes.extend_from_slice(&hello[..3]);
+    s.bytes(&bytes);
+    assert!(!s.st.wants_read(1 << 20));
+    // Only the authentication deadline runs.
+    assert_eq!(
+        s.st.poll_timeout(),
+        Some(s.t0 + Duration::from_millis(limits::AUTH_TIMEOUT_MS))
+    );
+    s.ms = 5_000;
+    s.settle_all();
+    // Reading resumes: the half frame's deadline starts now.
+    assert_eq!(
+        s.st.poll_timeout(),
+        Some(s.t0 + Duration::from_millis(6_000))
+    );
+    s.bytes(&hello[3..]);
+    let f = s.frames();
+    assert!(
+        f.iter()
+            .any(|f| matches!(f.kind, Some(server_frame::Kind::Challenge(_))))
     );
     assert!(s.st.finished().is_none());
 }

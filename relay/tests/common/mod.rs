@@ -55,6 +55,8 @@ pub fn test_config(store: StoreKind, dir: &Path) -> Config {
     cfg.rate.account_prekey_fetches = lots;
     cfg.rate.account_uploads = lots;
     cfg.push.allow_plain_http = true;
+    // Every test client connects from 127.0.0.1: one address block.
+    cfg.max_connections_per_block = 100_000;
     cfg
 }
 
@@ -199,13 +201,19 @@ impl Client {
 
     /// As `connect`; `None` if the relay cannot be reached (or stops answering) within 5 s.
     pub async fn try_connect(addr: SocketAddr, pin: &str) -> Option<Self> {
+        Self::try_connect_from("127.0.0.1:0".parse().unwrap(), addr, pin).await
+    }
+
+    /// As `try_connect`, from the local address `bind` (any 127.x.y.z is loopback, so tests
+    /// can connect from several address blocks).
+    pub async fn try_connect_from(bind: SocketAddr, addr: SocketAddr, pin: &str) -> Option<Self> {
         let tls = hush_relay::tls::pinned_client_config(pin, limits::ALPN).unwrap();
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(Duration::from_secs(5)));
         cc.transport_config(Arc::new(transport));
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut endpoint = quinn::Endpoint::client(bind).unwrap();
         endpoint.set_default_client_config(cc);
         let connecting = endpoint.connect(addr, "localhost").ok()?;
         let conn = tokio::time::timeout(Duration::from_secs(5), connecting)

@@ -27,6 +27,8 @@ pub(crate) fn relay_config(dir: &Path, listen: SocketAddr) -> Config {
     cfg.rate.account_uploads = lots;
     cfg.rate.account_creations = lots;
     cfg.rate.blob_uploads = lots;
+    // Every client of these tests connects from 127.0.0.1: one address block.
+    cfg.max_connections_per_block = 100_000;
     cfg
 }
 
