@@ -283,7 +283,7 @@ async fn replayed_authentication_and_impersonation_are_refused() {
     assert_eq!(error_of(&res).0, ErrorCode::AuthFailed);
     // Replayed on Carol's own connection: already authenticated.
     let res = c1.request(authenticate_frame(carol.id(), 1, sig)).await;
-    assert_eq!(error_of(&res).0, ErrorCode::AuthFailed);
+    assert_eq!(error_of(&res).0, ErrorCode::AlreadyAuthenticated);
     ok(&c1.request(client_frame::Kind::Ping(api::Ping {})).await);
     // Mallory, with a device of her own, claims to be Carol's device, signing with her own
     // device key over the right transcript; and her own account with Carol's device id signed
