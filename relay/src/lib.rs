@@ -7,7 +7,8 @@
 //! [`writer`] (the one thread that writes the store, in batches, with one flush per batch),
 //! [`server`] (QUIC endpoint, accept loop, sweeper, drain), [`conn`] (a connection: the sans-IO
 //! [`conn::ConnState`] with its request handlers by flow, and the thin async task around it),
-//! [`shared`] (what connections share), [`router`] (connected devices, behind a trait for a
+//! [`shared`] (what connections share), [`admit`] (connections and pending device links counted
+//! per address block and per account), [`router`] (connected devices, behind a trait for a
 //! clustered backend), [`push`] (content-free wake-ups), [`ratelimit`], [`verify`] (checks on
 //! signed public material), [`frame`], [`config`], [`tls`], [`ops`] (metrics and health),
 //! [`backup`]. The binary (`main.rs`) only parses its settings and signals and calls [`start`].
