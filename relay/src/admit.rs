@@ -411,7 +411,9 @@ mod tests {
         assert_eq!(
             a.put_link(ip("10.0.0.3"), [3; 32], vec![3], 200, 1200, None)
                 .unwrap_err(),
-            LinkRefused::BlockFull { retry_after_ms: 800 }
+            LinkRefused::BlockFull {
+                retry_after_ms: 800
+            }
         );
         // Refused: nothing changed.
         assert_eq!(a.links_pending(), 2);
@@ -422,7 +424,9 @@ mod tests {
         assert_eq!(
             a.put_link(ip("10.0.8.1"), [4; 32], vec![4], 300, 1300, None)
                 .unwrap_err(),
-            LinkRefused::TableFull { retry_after_ms: 700 }
+            LinkRefused::TableFull {
+                retry_after_ms: 700
+            }
         );
         // The connection replaces its own link rather than adding one.
         let g3b = a

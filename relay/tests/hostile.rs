@@ -134,7 +134,9 @@ async fn pending_links_from_one_block_stop_at_its_cap_while_another_block_still_
     assert!(e.retry_after_ms > 0 && e.retry_after_ms <= limits::PROVISION_TTL_MS);
     // A new device elsewhere links: its message reaches the existing device.
     let new = h.client_from(BLOCK_B).await;
-    ok(&new.request(put([200; 32], b"hello from the new device")).await);
+    ok(&new
+        .request(put([200; 32], b"hello from the new device"))
+        .await);
     match old.request(take([200; 32])).await {
         server_frame::Kind::Provision(p) => assert_eq!(p.body, b"hello from the new device"),
         other => panic!("{other:?}"),
@@ -315,10 +317,13 @@ impl Raw {
 
     /// The next frame, or `None` once the stream ends.
     async fn read(&mut self) -> Option<ServerFrame> {
-        tokio::time::timeout(BOUND, frame::read::<ServerFrame, _>(&mut self.recv, 4 << 20))
-            .await
-            .expect("nothing from the relay in time")
-            .ok()
+        tokio::time::timeout(
+            BOUND,
+            frame::read::<ServerFrame, _>(&mut self.recv, 4 << 20),
+        )
+        .await
+        .expect("nothing from the relay in time")
+        .ok()
     }
 
     async fn request(&mut self, request_id: u64, kind: client_frame::Kind) -> server_frame::Kind {
@@ -508,7 +513,9 @@ async fn a_username_that_is_not_utf8_is_refused_and_the_connection_stays_open() 
         Some(server_frame::Kind::Error(e)) => assert_eq!(e.code(), ErrorCode::Malformed),
         other => panic!("{other:?}"),
     }
-    ok(&raw.request(21, client_frame::Kind::Ping(api::Ping {})).await);
+    ok(&raw
+        .request(21, client_frame::Kind::Ping(api::Ping {}))
+        .await);
     assert!(raw.conn.close_reason().is_none());
     h.stop().await;
 }

@@ -918,7 +918,10 @@ async fn a_pending_link_lives_as_long_as_the_connection_that_left_it() {
     // as the message may wait, not just the authentication timeout.
     let mut new = Side::from(&relay, ip("192.0.2.1"));
     new.request(1, put([1; 32]));
-    assert!(matches!(answer(&mut new).kind, Some(server_frame::Kind::Ok(_))));
+    assert!(matches!(
+        answer(&mut new).kind,
+        Some(server_frame::Kind::Ok(_))
+    ));
     assert_eq!(
         new.st.poll_timeout(),
         Some(new.t0 + Duration::from_millis(limits::PROVISION_TTL_MS))
@@ -952,7 +955,10 @@ async fn pending_links_stop_at_the_block_cap_and_the_table_cap_with_their_own_er
     for (i, from) in ["10.1.1.1", "10.1.1.2"].into_iter().enumerate() {
         let mut s = Side::from(&relay, ip(from));
         s.request(1, put([i as u8 + 1; 32]));
-        assert!(matches!(answer(&mut s).kind, Some(server_frame::Kind::Ok(_))));
+        assert!(matches!(
+            answer(&mut s).kind,
+            Some(server_frame::Kind::Ok(_))
+        ));
         sides.push(s);
     }
     // A third from the same /24: rate limited until one of the block's links goes.
@@ -968,7 +974,10 @@ async fn pending_links_stop_at_the_block_cap_and_the_table_cap_with_their_own_er
     // Another block links.
     let mut other = Side::from(&relay, ip("10.1.2.1"));
     other.request(1, put([4; 32]));
-    assert!(matches!(answer(&mut other).kind, Some(server_frame::Kind::Ok(_))));
+    assert!(matches!(
+        answer(&mut other).kind,
+        Some(server_frame::Kind::Ok(_))
+    ));
     // The table is full: its own error, for everyone.
     let mut fourth = Side::from(&relay, ip("10.1.3.1"));
     fourth.request(1, put([5; 32]));
@@ -984,7 +993,10 @@ async fn pending_links_stop_at_the_block_cap_and_the_table_cap_with_their_own_er
     // One block link closes: the third gets its place.
     drop(sides.remove(0));
     third.request(2, put([3; 32]));
-    assert!(matches!(answer(&mut third).kind, Some(server_frame::Kind::Ok(_))));
+    assert!(matches!(
+        answer(&mut third).kind,
+        Some(server_frame::Kind::Ok(_))
+    ));
 }
 
 #[tokio::test]
@@ -1028,10 +1040,7 @@ async fn authenticating_again_is_refused_as_such_and_never_closes_the_connection
             panic!("no challenge")
         };
         s.request(11 + 2 * round, alice.auth(1, &c.nonce));
-        assert_eq!(
-            error_code(&answer(&mut s)),
-            ErrorCode::AlreadyAuthenticated
-        );
+        assert_eq!(error_code(&answer(&mut s)), ErrorCode::AlreadyAuthenticated);
     }
     assert!(s.st.finished().is_none());
     assert_eq!(relay.metrics.auth_failures.get(), 0);
@@ -1111,7 +1120,10 @@ async fn a_username_that_is_not_utf8_is_refused_and_the_connection_stays() {
         assert!(s.st.finished().is_none());
     }
     s.request(22, client_frame::Kind::Ping(api::Ping {}));
-    assert!(matches!(answer(&mut s).kind, Some(server_frame::Kind::Ok(_))));
+    assert!(matches!(
+        answer(&mut s).kind,
+        Some(server_frame::Kind::Ok(_))
+    ));
 }
 
 #[tokio::test]
@@ -1140,7 +1152,10 @@ async fn a_frame_that_does_not_arrive_whole_in_time_closes_the_connection() {
     );
     s.ms = 900;
     s.bytes(&ping[2..]);
-    assert!(matches!(answer(&mut s).kind, Some(server_frame::Kind::Ok(_))));
+    assert!(matches!(
+        answer(&mut s).kind,
+        Some(server_frame::Kind::Ok(_))
+    ));
     assert_eq!(s.st.poll_timeout(), None);
 
     // A frame declaring 200 bytes (2 s at 100 B/s, plus 1 s) that stops one byte short.
