@@ -210,13 +210,15 @@ pub enum Refusal {
     Draining,
     /// A username claim for a name another account holds.
     UsernameTaken,
+    /// A blob upload over the account's or the relay's blob storage cap.
+    BlobQuota,
     /// Any other reason.
     Other,
 }
 
 impl Refusal {
     /// Every reason, in rendering order.
-    pub const ALL: [Refusal; 13] = [
+    pub const ALL: [Refusal; 14] = [
         Refusal::Malformed,
         Refusal::Unauthenticated,
         Refusal::AuthFailed,
@@ -229,6 +231,7 @@ impl Refusal {
         Refusal::ConnectionCap,
         Refusal::Draining,
         Refusal::UsernameTaken,
+        Refusal::BlobQuota,
         Refusal::Other,
     ];
 
@@ -247,6 +250,7 @@ impl Refusal {
             Refusal::ConnectionCap => "connection_cap",
             Refusal::Draining => "draining",
             Refusal::UsernameTaken => "username_taken",
+            Refusal::BlobQuota => "blob_quota",
             Refusal::Other => "other",
         }
     }
@@ -311,6 +315,10 @@ pub struct Metrics {
     pub blob_bytes_uploaded: Counter,
     /// Blobs downloaded.
     pub blobs_downloaded: Counter,
+    /// Declared bytes of the blobs stored now (uploads in progress included).
+    pub blob_bytes_stored: Gauge,
+    /// Blob streams reset because they missed a deadline.
+    pub blob_streams_timed_out: Counter,
     /// Time to flush the store, in seconds ([`FLUSH_LATENCY_BUCKETS`]).
     pub flush_latency: Histogram,
     /// Writes per store flush ([`FLUSH_BATCH_BUCKETS`]).
@@ -391,6 +399,8 @@ impl Metrics {
             blobs_uploaded: Counter::new(),
             blob_bytes_uploaded: Counter::new(),
             blobs_downloaded: Counter::new(),
+            blob_bytes_stored: Gauge::new(),
+            blob_streams_timed_out: Counter::new(),
             flush_latency: Histogram::new(FLUSH_LATENCY_BUCKETS),
             flush_batch: Histogram::new(FLUSH_BATCH_BUCKETS),
             refusals: Refusals::default(),
@@ -492,6 +502,18 @@ impl Metrics {
             "blobs_downloaded_total",
             "Blobs downloaded.",
             self.blobs_downloaded.get(),
+        );
+        gauge(
+            o,
+            "blob_bytes_stored",
+            "Declared bytes of the blobs stored now, uploads in progress included.",
+            self.blob_bytes_stored.get(),
+        );
+        counter(
+            o,
+            "blob_streams_timed_out_total",
+            "Blob streams reset because a request frame or a chunk missed its deadline.",
+            self.blob_streams_timed_out.get(),
         );
         histogram(
             o,
