@@ -66,7 +66,8 @@ async fn blob_reply(
     send: &mut quinn::SendStream,
     kind: blob_response::Kind,
 ) -> std::io::Result<()> {
-    let write = frame::write(send, &BlobResponse { kind: Some(kind) });
+    let response = BlobResponse { kind: Some(kind) };
+    let write = frame::write(send, &response);
     match tokio::time::timeout(chunk_deadline(relay), write).await {
         Ok(r) => r,
         Err(_) => {

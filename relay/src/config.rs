@@ -511,10 +511,10 @@ struct Flags {
     /// Delete blobs after this long (ms) [default: 2592000000 = 30 days] [env: HUSH_RELAY_BLOB_TTL_MS]
     #[arg(long, global = true, value_name = "MS")]
     blob_ttl_ms: Option<String>,
-    /// Bytes of blobs one account may store at once [default: 2147483648 = 2 GiB] [env: HUSH_RELAY_BLOB_ACCOUNT_MAX_BYTES]
+    /// Blob storage one account may use at once (bytes) [default: 2147483648 = 2 GiB] [env: HUSH_RELAY_BLOB_ACCOUNT_MAX_BYTES]
     #[arg(long, global = true, value_name = "BYTES")]
     blob_account_max_bytes: Option<String>,
-    /// Bytes of blobs the relay stores at most [default: 107374182400 = 100 GiB] [env: HUSH_RELAY_BLOB_TOTAL_MAX_BYTES]
+    /// Blob storage of the relay, all accounts together (bytes) [default: 107374182400 = 100 GiB] [env: HUSH_RELAY_BLOB_TOTAL_MAX_BYTES]
     #[arg(long, global = true, value_name = "BYTES")]
     blob_total_max_bytes: Option<String>,
     /// Time a blob stream has to send its request frame (ms) [default: 10000] [env: HUSH_RELAY_BLOB_REQUEST_TIMEOUT_MS]
