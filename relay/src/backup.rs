@@ -285,10 +285,11 @@ fn write_blob_files(w: &mut impl Write, dir: &Path, path: &Path) -> Result<u64, 
             }
             let mut key = id.to_vec();
             key.extend_from_slice(&index.to_be_bytes());
-            w.write_all(&[TAG_ENTRY]).map_err(|source| BackupError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            w.write_all(&[TAG_ENTRY])
+                .map_err(|source| BackupError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             write_field(w, &key, path)?;
             write_field(w, piece.get(..got).unwrap_or_default(), path)?;
             entries += 1;
@@ -887,7 +888,11 @@ mod tests {
         let back = dst.path().join("blobs");
         let got = import_with_blobs(&out, &target, Some(&back)).unwrap();
         assert_eq!((got.trees, got.entries), (stats.trees, stats.entries));
-        assert_eq!(dump(&target), dump(&db), "no tree is made for the blob files");
+        assert_eq!(
+            dump(&target),
+            dump(&db),
+            "no tree is made for the blob files"
+        );
         let mut names: Vec<String> = fs::read_dir(&back)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -895,7 +900,10 @@ mod tests {
         names.sort();
         assert_eq!(names, vec![hex::encode([1u8; 16]), hex::encode([2u8; 16])]);
         assert_eq!(fs::read(back.join(hex::encode([2u8; 16]))).unwrap(), big);
-        assert_eq!(fs::read(back.join(hex::encode([1u8; 16]))).unwrap(), b"small");
+        assert_eq!(
+            fs::read(back.join(hex::encode([1u8; 16]))).unwrap(),
+            b"small"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

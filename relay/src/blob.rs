@@ -212,7 +212,9 @@ async fn receive_blob(
     match relay.blobs.begin_within(id, meta, quota)? {
         Begin::Started => note_stored(relay),
         // 128 random bits collided: astronomically unlikely, but never overwrite a blob.
-        Begin::IdTaken => return Err(Refused::new(ErrorCode::Internal, "blob id taken, retry").into()),
+        Begin::IdTaken => {
+            return Err(Refused::new(ErrorCode::Internal, "blob id taken, retry").into());
+        }
         Begin::AccountFull { stored } => {
             return Err(Refused::new(
                 ErrorCode::BlobQuotaExceeded,
@@ -266,9 +268,11 @@ async fn store_chunks(
         match tokio::time::timeout(deadline, recv.read_exact(chunk)).await {
             Err(_) => return Err(Failed::TimedOut),
             Ok(Err(_)) => {
-                return Err(
-                    Refused::new(ErrorCode::Malformed, "blob stream ended before its size").into(),
-                );
+                return Err(Refused::new(
+                    ErrorCode::Malformed,
+                    "blob stream ended before its size",
+                )
+                .into());
             }
             Ok(Ok(())) => {}
         }

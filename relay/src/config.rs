@@ -372,7 +372,10 @@ impl Config {
             ("rate_account_uploads", r.account_uploads),
             ("rate_blob_downloads", r.blob_downloads),
             ("rate_account_blob_downloads", r.account_blob_downloads),
-            ("rate_account_blob_download_mib", r.account_blob_download_mib),
+            (
+                "rate_account_blob_download_mib",
+                r.account_blob_download_mib,
+            ),
         ] {
             if !(limit.per_second.is_finite() && limit.per_second > 0.0) {
                 return fail(setting, "per second must be a positive number");

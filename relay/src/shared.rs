@@ -331,10 +331,7 @@ impl Relay {
 
 /// A rate in MiB as one in KiB (the unit the byte limiter counts in).
 fn kib_rate(mib: crate::config::RateLimit) -> crate::config::RateLimit {
-    crate::config::RateLimit::new(
-        mib.per_second * 1024.0,
-        mib.burst.saturating_mul(1024),
-    )
+    crate::config::RateLimit::new(mib.per_second * 1024.0, mib.burst.saturating_mul(1024))
 }
 
 /// The unit account creation is limited by: an IPv4 address, or an IPv6 /64 (what one host

@@ -14,7 +14,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use hush_proto::relay_api::{self as api, BlobRequest, BlobResponse, ErrorCode, blob_request, blob_response};
+use hush_proto::relay_api::{
+    self as api, BlobRequest, BlobResponse, ErrorCode, blob_request, blob_response,
+};
 use hush_relay::config::{Config, RateLimit as Rate, StoreKind};
 use hush_relay::ops::Refusal;
 use hush_relay::{Running, frame, limits};
@@ -191,8 +193,14 @@ async fn blob_downloads_are_rate_limited_per_blob_per_account_and_by_bytes() {
     let u2 = uploaded(a.upload_blob(&small, small.len() as u64).await);
     let (_b, b) = account(&r).await;
     // Per blob: two downloads, then refused with a time to wait.
-    assert_eq!(b.download_blob(&u1.id, &u1.capability).await.unwrap(), small);
-    assert_eq!(b.download_blob(&u1.id, &u1.capability).await.unwrap(), small);
+    assert_eq!(
+        b.download_blob(&u1.id, &u1.capability).await.unwrap(),
+        small
+    );
+    assert_eq!(
+        b.download_blob(&u1.id, &u1.capability).await.unwrap(),
+        small
+    );
     let e = b.download_blob(&u1.id, &u1.capability).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::RateLimited);
     assert!(e.retry_after_ms > 0);
@@ -201,9 +209,15 @@ async fn blob_downloads_are_rate_limited_per_blob_per_account_and_by_bytes() {
     let e = c.download_blob(&u1.id, &u1.capability).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::RateLimited);
     // Per account: b has used 2 of its 4 (the refusal was refunded); two more, then refused.
-    assert_eq!(b.download_blob(&u2.id, &u2.capability).await.unwrap(), small);
+    assert_eq!(
+        b.download_blob(&u2.id, &u2.capability).await.unwrap(),
+        small
+    );
     let u3 = uploaded(a.upload_blob(&small, small.len() as u64).await);
-    assert_eq!(b.download_blob(&u3.id, &u3.capability).await.unwrap(), small);
+    assert_eq!(
+        b.download_blob(&u3.id, &u3.capability).await.unwrap(),
+        small
+    );
     let u4 = uploaded(a.upload_blob(&small, small.len() as u64).await);
     let e = b.download_blob(&u4.id, &u4.capability).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::RateLimited);
@@ -242,14 +256,20 @@ async fn a_stalled_upload_is_reset_after_the_chunk_deadline_and_its_file_removed
     })
     .await;
     // ... then nothing more is sent: the relay resets the stream with its timeout code.
-    assert_eq!(reset_code(&mut recv).await, u64::from(limits::blob_reset::TIMED_OUT));
+    assert_eq!(
+        reset_code(&mut recv).await,
+        u64::from(limits::blob_reset::TIMED_OUT)
+    );
     assert_eq!(r.metrics.blob_streams_timed_out.get(), 1);
     assert!(
         r.metrics
             .render()
             .contains("hush_relay_blob_streams_timed_out_total 1")
     );
-    assert!(blob_files(dir.path()).is_empty(), "the upload's file is gone");
+    assert!(
+        blob_files(dir.path()).is_empty(),
+        "the upload's file is gone"
+    );
     assert_eq!(r.metrics.blob_bytes_stored.get(), 0);
     // The connection still serves.
     let data = body(1000, 6);
@@ -270,8 +290,14 @@ async fn a_half_sent_blob_request_is_reset_after_the_request_deadline() {
     s1.write_all(&[0, 0]).await.unwrap();
     let (mut s2, mut r2) = a.conn.open_bi().await.unwrap();
     s2.write_all(&[0, 0, 0, 40, 1, 2, 3]).await.unwrap();
-    assert_eq!(reset_code(&mut r1).await, u64::from(limits::blob_reset::TIMED_OUT));
-    assert_eq!(reset_code(&mut r2).await, u64::from(limits::blob_reset::TIMED_OUT));
+    assert_eq!(
+        reset_code(&mut r1).await,
+        u64::from(limits::blob_reset::TIMED_OUT)
+    );
+    assert_eq!(
+        reset_code(&mut r2).await,
+        u64::from(limits::blob_reset::TIMED_OUT)
+    );
     assert_eq!(r.metrics.blob_streams_timed_out.get(), 2);
     // Their stream slots are free again: the connection still serves blobs.
     let data = body(1000, 7);
@@ -305,8 +331,14 @@ async fn a_download_the_client_stops_reading_is_reset_after_the_chunk_deadline()
     assert!(matches!(found.kind, Some(blob_response::Kind::Found(_))));
     // Not reading: the relay's write stalls, and it gives up.
     let m = std::sync::Arc::clone(&r.metrics);
-    until("the download to time out", || m.blob_streams_timed_out.get() == 1).await;
-    assert_eq!(reset_code(&mut recv).await, u64::from(limits::blob_reset::TIMED_OUT));
+    until("the download to time out", || {
+        m.blob_streams_timed_out.get() == 1
+    })
+    .await;
+    assert_eq!(
+        reset_code(&mut recv).await,
+        u64::from(limits::blob_reset::TIMED_OUT)
+    );
     r.stop().await;
 }
 
@@ -356,7 +388,10 @@ async fn blob_files_are_private_and_a_broken_upload_leaves_no_file() {
     assert_eq!(mode(&dir.path().join("blobs")), 0o700);
     assert_eq!(mode(&dir.path().join("blobs").join(&name)), 0o600);
     // The file holds the bytes as uploaded (ciphertext, for a real client).
-    assert_eq!(std::fs::read(dir.path().join("blobs").join(&name)).unwrap(), data);
+    assert_eq!(
+        std::fs::read(dir.path().join("blobs").join(&name)).unwrap(),
+        data
+    );
     // Shorter than declared: refused, and its file is removed.
     let e = refused(a.upload_blob(&data[..100 * 1024], data.len() as u64).await);
     assert_eq!(e.code(), ErrorCode::Malformed);
@@ -385,7 +420,9 @@ async fn upload_streaming(c: &Client, mib: usize, seed: u8) -> (api::BlobUploade
     let size = mib << 20;
     let (mut send, mut recv) = c.conn.open_bi().await.unwrap();
     let req = BlobRequest {
-        kind: Some(blob_request::Kind::Upload(api::BlobUpload { size: size as u64 })),
+        kind: Some(blob_request::Kind::Upload(api::BlobUpload {
+            size: size as u64,
+        })),
     };
     frame::write(&mut send, &req).await.unwrap();
     let mut piece = body(64 * 1024, seed);
@@ -409,7 +446,12 @@ async fn upload_streaming(c: &Client, mib: usize, seed: u8) -> (api::BlobUploade
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_memory_stays_flat_across_sequential_blob_uploads() {
-    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     let count = env("HUSH_BLOB_SOAK_COUNT", 5).max(2);
     let mib = env("HUSH_BLOB_SOAK_MIB", 8).max(1);
     let dir = tempfile::tempdir().unwrap();
@@ -427,7 +469,11 @@ async fn relay_memory_stays_flat_across_sequential_blob_uploads() {
     for i in 0..count {
         let (u, digest) = upload_streaming(&a, mib, i as u8).await;
         let rss = rss_kib();
-        println!("upload {:>3} of {mib} MiB: relay process RSS {} MiB", i + 1, rss / 1024);
+        println!(
+            "upload {:>3} of {mib} MiB: relay process RSS {} MiB",
+            i + 1,
+            rss / 1024
+        );
         if i == 0 {
             first = rss;
         }
@@ -451,7 +497,11 @@ async fn relay_memory_stays_flat_across_sequential_blob_uploads() {
     let mut hash = Sha256::new();
     let mut got = 0usize;
     let mut buf = vec![0u8; 64 * 1024];
-    while let Some(n) = tokio::time::timeout(WAIT, recv.read(&mut buf)).await.unwrap().unwrap() {
+    while let Some(n) = tokio::time::timeout(WAIT, recv.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap()
+    {
         hash.update(&buf[..n]);
         got += n;
     }

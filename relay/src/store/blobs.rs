@@ -581,7 +581,8 @@ impl FileBlobs {
             let id = id_of(&k)?;
             let (meta, complete) = decode_meta(&v)?;
             let whole = complete
-                && std::fs::metadata(self.path(&id)).is_ok_and(|m| m.is_file() && m.len() == meta.size);
+                && std::fs::metadata(self.path(&id))
+                    .is_ok_and(|m| m.is_file() && m.len() == meta.size);
             if whole {
                 keep.insert(hex::encode(id));
                 usage.add(&meta);
@@ -1041,7 +1042,6 @@ macro_rules! blob_store_suite {
     };
 }
 
-
 #[cfg(test)]
 mod tests {
     #![allow(
@@ -1055,7 +1055,10 @@ mod tests {
 
     blob_store_suite!(in_files, {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path().join("db")).open().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
         let store = super::super::FileBlobs::open(&db, &dir.path().join("blobs")).unwrap();
         (dir, store)
     });
@@ -1098,14 +1101,20 @@ mod tests {
             for (i, c) in data.chunks(BLOB_CHUNK).enumerate() {
                 s.put_chunk([1; 16], i as u32, c).unwrap();
             }
-            assert_eq!(files(dir.path()), vec![format!("{}.part", hex::encode([1u8; 16]))]);
+            assert_eq!(
+                files(dir.path()),
+                vec![format!("{}.part", hex::encode([1u8; 16]))]
+            );
             assert!(s.complete([1; 16]).unwrap());
             s.flush().unwrap();
             // Dropped without any shutdown.
         }
         let name = hex::encode([1u8; 16]);
         assert_eq!(files(dir.path()), vec![name.clone()]);
-        assert_eq!(std::fs::read(dir.path().join("blobs").join(&name)).unwrap(), data);
+        assert_eq!(
+            std::fs::read(dir.path().join("blobs").join(&name)).unwrap(),
+            data
+        );
         let (_db, s) = open(dir.path());
         let (back, complete) = s.meta([1; 16]).unwrap().unwrap();
         assert_eq!((back, complete), (m, true));
@@ -1113,7 +1122,11 @@ mod tests {
         let mut got = s.chunk([1; 16], 0).unwrap().unwrap();
         got.extend(s.chunk([1; 16], 1).unwrap().unwrap());
         assert_eq!(got, data);
-        assert_eq!(s.total_bytes().unwrap(), data.len() as u64, "counters rebuilt");
+        assert_eq!(
+            s.total_bytes().unwrap(),
+            data.len() as u64,
+            "counters rebuilt"
+        );
         assert_eq!(s.account_bytes(&[1; 32]).unwrap(), data.len() as u64);
     }
 
@@ -1128,7 +1141,10 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         let blobs = dir.path().join("blobs");
         assert_eq!(mode(&blobs), 0o700);
-        assert_eq!(mode(&blobs.join(format!("{}.part", hex::encode([1u8; 16])))), 0o600);
+        assert_eq!(
+            mode(&blobs.join(format!("{}.part", hex::encode([1u8; 16])))),
+            0o600
+        );
         assert!(s.complete([1; 16]).unwrap());
         assert_eq!(mode(&blobs.join(hex::encode([1u8; 16]))), 0o600);
     }
@@ -1149,7 +1165,10 @@ mod tests {
         // A file nobody knows, and a complete blob whose file went missing.
         std::fs::write(dir.path().join("blobs").join("stray"), b"x").unwrap();
         {
-            let db = sled::Config::new().path(dir.path().join("db")).open().unwrap();
+            let db = sled::Config::new()
+                .path(dir.path().join("db"))
+                .open()
+                .unwrap();
             let t = db.open_tree("blob_meta").unwrap();
             t.insert([3u8; 16], encode_meta(&meta_of(7), true)).unwrap();
             db.flush().unwrap();
@@ -1170,7 +1189,10 @@ mod tests {
         s.put_chunk([1; 16], 0, &vec![1; BLOB_CHUNK]).unwrap();
         assert!(s.delete([1; 16]).unwrap());
         assert!(files(dir.path()).is_empty());
-        assert_eq!(s.put_chunk([1; 16], 1, &[1]).unwrap(), ChunkPut::UnknownBlob);
+        assert_eq!(
+            s.put_chunk([1; 16], 1, &[1]).unwrap(),
+            ChunkPut::UnknownBlob
+        );
         assert!(!s.complete([1; 16]).unwrap());
         assert_eq!(s.total_bytes().unwrap(), 0);
     }
@@ -1180,11 +1202,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..BLOB_CHUNK + 9).map(|i| (i % 7) as u8).collect();
         {
-            let db = sled::Config::new().path(dir.path().join("db")).open().unwrap();
+            let db = sled::Config::new()
+                .path(dir.path().join("db"))
+                .open()
+                .unwrap();
             let meta = db.open_tree("blob_meta").unwrap();
             let chunks = db.open_tree("blob_chunks").unwrap();
-            meta.insert([1u8; 16], encode_meta(&meta_of(data.len()), true)).unwrap();
-            meta.insert([2u8; 16], encode_meta(&meta_of(5), false)).unwrap();
+            meta.insert([1u8; 16], encode_meta(&meta_of(data.len()), true))
+                .unwrap();
+            meta.insert([2u8; 16], encode_meta(&meta_of(5), false))
+                .unwrap();
             for (i, c) in data.chunks(BLOB_CHUNK).enumerate() {
                 let mut k = [1u8; 20];
                 k[16..].copy_from_slice(&(i as u32).to_be_bytes());
@@ -1198,7 +1225,11 @@ mod tests {
         let mut got = s.chunk([1; 16], 0).unwrap().unwrap();
         got.extend(s.chunk([1; 16], 1).unwrap().unwrap());
         assert_eq!(got, data);
-        assert_eq!(s.meta([2; 16]).unwrap(), None, "an unfinished upload is dropped");
+        assert_eq!(
+            s.meta([2; 16]).unwrap(),
+            None,
+            "an unfinished upload is dropped"
+        );
     }
 
     #[test]
