@@ -521,3 +521,31 @@ async fn relay_memory_stays_flat_across_sequential_blob_uploads() {
     assert!(after_download <= first + 64 * 1024);
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_survives_export_and_import_into_a_new_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = relay_with(StoreKind::Sled, dir.path(), |_| {}).await;
+    let (_a, a) = account(&r).await;
+    let data = body(3 * 64 * 1024 + 11, 10);
+    let u = uploaded(a.upload_blob(&data, data.len() as u64).await);
+    r.stop().await;
+
+    let out = dir.path().join("relay.bk");
+    {
+        let db = hush_relay::store::sled_store::open_db(&dir.path().join("db")).unwrap();
+        let blobs = dir.path().join(hush_relay::BLOBS_DIR);
+        hush_relay::backup::export_with_blobs(&db, Some(&blobs), &out).unwrap();
+    }
+    let fresh = tempfile::tempdir().unwrap();
+    {
+        let db = hush_relay::store::sled_store::open_db(&fresh.path().join("db")).unwrap();
+        let blobs = fresh.path().join(hush_relay::BLOBS_DIR);
+        hush_relay::backup::import_with_blobs(&out, &db, Some(&blobs)).unwrap();
+    }
+    let r = relay_with(StoreKind::Sled, fresh.path(), |_| {}).await;
+    assert_eq!(r.metrics.blob_bytes_stored.get(), data.len() as i64);
+    let (_b, b) = account(&r).await;
+    assert_eq!(b.download_blob(&u.id, &u.capability).await.unwrap(), data);
+    r.stop().await;
+}
