@@ -276,7 +276,19 @@ async fn store_chunks(
             }
             Ok(Ok(())) => {}
         }
-        match relay.blobs.put_chunk(id, index, chunk)? {
+        // The disk write runs off the async workers; the buffer goes there and comes back.
+        let store = Arc::clone(&relay.blobs);
+        let (back, put) = tokio::task::spawn_blocking(move || {
+            let put = match buf.get(..want) {
+                Some(chunk) => store.put_chunk(id, index, chunk),
+                None => Ok(blobs::ChunkPut::OutOfRange),
+            };
+            (buf, put)
+        })
+        .await
+        .map_err(|_| Refused::new(ErrorCode::Internal, "blob write task failed"))?;
+        buf = back;
+        match put? {
             blobs::ChunkPut::Stored => {}
             other => {
                 tracing::error!(?other, "blob chunk refused by the store");
@@ -363,7 +375,9 @@ async fn download(
     let deadline = chunk_deadline(relay);
     for i in 0..meta.chunk_count() {
         let index = u32::try_from(i).map_err(std::io::Error::other)?;
-        let Ok(Some(c)) = relay.blobs.chunk(id, index) else {
+        let store = Arc::clone(&relay.blobs);
+        let read = tokio::task::spawn_blocking(move || store.chunk(id, index)).await;
+        let Ok(Ok(Some(c))) = read else {
             // Deleted under us: end the stream short; the digest check fails client-side.
             let _ = send.reset(blob_reset::GONE.into());
             return Ok(());
