@@ -160,7 +160,8 @@ async fn the_quota_comes_back_when_blobs_expire() {
     let dir = tempfile::tempdir().unwrap();
     let r = relay_with(StoreKind::Sled, dir.path(), |c| {
         c.blob_account_max_bytes = 128 * 1024;
-        c.blob_ttl_ms = 1_500;
+        // Long enough for the two uploads below to happen before it, even on a loaded machine.
+        c.blob_ttl_ms = 3_000;
         c.sweep_interval_ms = 50;
     })
     .await;
@@ -237,7 +238,7 @@ async fn blob_downloads_are_rate_limited_per_blob_per_account_and_by_bytes() {
 async fn a_stalled_upload_is_reset_after_the_chunk_deadline_and_its_file_removed() {
     let dir = tempfile::tempdir().unwrap();
     let r = relay_with(StoreKind::Sled, dir.path(), |c| {
-        c.blob_chunk_timeout_ms = 300;
+        c.blob_chunk_timeout_ms = 1_000;
     })
     .await;
     let (_a, a) = account(&r).await;
