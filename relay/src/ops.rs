@@ -233,7 +233,7 @@ pub enum Refusal {
     /// `RELAY_FULL`: the relay's mailbox storage is at its cap.
     RelayFull,
     /// `BLOB_QUOTA_EXCEEDED`: blob storage of the account or the relay is at its cap.
-    BlobQuotaExceeded,
+    BlobQuota,
     /// `LINK_TABLE_FULL`: the relay's table of pending device links is full.
     LinkTableFull,
     /// `ALREADY_AUTHENTICATED`: authentication on an authenticated connection.
@@ -271,7 +271,7 @@ impl Refusal {
         Refusal::SenderQuota,
         Refusal::MailboxFull,
         Refusal::RelayFull,
-        Refusal::BlobQuotaExceeded,
+        Refusal::BlobQuota,
         Refusal::LinkTableFull,
         Refusal::AlreadyAuthenticated,
         Refusal::TooManyConnections,
@@ -303,7 +303,7 @@ impl Refusal {
             ErrorCode::SenderQuota => Refusal::SenderQuota,
             ErrorCode::MailboxFull => Refusal::MailboxFull,
             ErrorCode::RelayFull => Refusal::RelayFull,
-            ErrorCode::BlobQuotaExceeded => Refusal::BlobQuotaExceeded,
+            ErrorCode::BlobQuotaExceeded => Refusal::BlobQuota,
             ErrorCode::LinkTableFull => Refusal::LinkTableFull,
             ErrorCode::AlreadyAuthenticated => Refusal::AlreadyAuthenticated,
             ErrorCode::TooManyConnections => Refusal::TooManyConnections,
@@ -335,7 +335,7 @@ impl Refusal {
             Refusal::SenderQuota => "sender_quota",
             Refusal::MailboxFull => "mailbox_full",
             Refusal::RelayFull => "relay_full",
-            Refusal::BlobQuotaExceeded => "blob_quota_exceeded",
+            Refusal::BlobQuota => "blob_quota",
             Refusal::LinkTableFull => "link_table_full",
             Refusal::AlreadyAuthenticated => "already_authenticated",
             Refusal::TooManyConnections => "too_many_connections",
@@ -450,6 +450,10 @@ pub struct Metrics {
     pub blob_bytes_uploaded: Counter,
     /// Blobs downloaded.
     pub blobs_downloaded: Counter,
+    /// Declared bytes of the blobs stored now (uploads in progress included).
+    pub blob_bytes_stored: Gauge,
+    /// Blob streams reset because they missed a deadline.
+    pub blob_streams_timed_out: Counter,
     /// Time to flush the store, in seconds ([`FLUSH_LATENCY_BUCKETS`]).
     pub flush_latency: Histogram,
     /// Writes per store flush ([`FLUSH_BATCH_BUCKETS`]).
@@ -534,6 +538,8 @@ impl Metrics {
             blobs_uploaded: Counter::new(),
             blob_bytes_uploaded: Counter::new(),
             blobs_downloaded: Counter::new(),
+            blob_bytes_stored: Gauge::new(),
+            blob_streams_timed_out: Counter::new(),
             flush_latency: Histogram::new(FLUSH_LATENCY_BUCKETS),
             flush_batch: Histogram::new(FLUSH_BATCH_BUCKETS),
             refusals: Refusals::default(),
@@ -637,6 +643,18 @@ impl Metrics {
             "blobs_downloaded_total",
             "Blobs downloaded.",
             self.blobs_downloaded.get(),
+        );
+        gauge(
+            o,
+            "blob_bytes_stored",
+            "Declared bytes of the blobs stored now, uploads in progress included.",
+            self.blob_bytes_stored.get(),
+        );
+        counter(
+            o,
+            "blob_streams_timed_out_total",
+            "Blob streams reset because a request frame or a chunk missed its deadline.",
+            self.blob_streams_timed_out.get(),
         );
         histogram(
             o,

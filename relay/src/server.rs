@@ -215,6 +215,12 @@ async fn sweep_loop(relay: Arc<Relay>, shutdown: CancellationToken) {
         .await;
         match done {
             Ok(Ok((mail, blobs))) => {
+                if let Ok(total) = relay.blobs.total_bytes() {
+                    relay
+                        .metrics
+                        .blob_bytes_stored
+                        .set(i64::try_from(total).unwrap_or(i64::MAX));
+                }
                 relay.metrics.envelopes_expired.add(mail as u64);
                 relay
                     .metrics
