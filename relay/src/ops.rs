@@ -1000,6 +1000,24 @@ mod tests {
     }
 
     #[test]
+    fn every_error_code_has_a_refusal_label_of_its_own() {
+        let mut labels = std::collections::BTreeSet::new();
+        let mut codes = 0;
+        for i in 0..=64 {
+            if let Ok(code) = ErrorCode::try_from(i) {
+                codes += 1;
+                let reason = Refusal::of(code);
+                assert!(Refusal::ALL.contains(&reason), "{code:?}");
+                assert!(labels.insert(reason.as_str()), "{code:?} shares a label");
+            }
+        }
+        assert!(codes >= 26);
+        // And the one refusal that has no code.
+        assert!(!labels.contains(Refusal::ConnectionCap.as_str()));
+        assert_eq!(Refusal::ALL.len(), codes + 1);
+    }
+
+    #[test]
     fn render_shows_updates() {
         let m = Metrics::new();
         m.connections_open.inc();
