@@ -193,6 +193,7 @@ async fn sweep_loop(relay: Arc<Relay>, shutdown: CancellationToken) {
         match done {
             Ok(Ok((mail, blobs))) => {
                 relay.metrics.envelopes_expired.add(mail as u64);
+                relay.update_mailbox_gauge();
                 relay
                     .metrics
                     .envelopes_stored

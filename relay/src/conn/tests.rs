@@ -486,7 +486,9 @@ async fn a_live_envelope_after_a_gap_is_read_from_the_store_in_order() {
         received_at: 1,
     };
     // Two envelopes written behind the connection's back; only the second is announced.
-    let done = relay.store.enqueue(&[env(1), env(2)], 100).unwrap();
+    let done = relay
+        .store
+        .enqueue(&[env(1), env(2)], &crate::store::Quotas::queue_len(100)).unwrap();
     let fresh = crate::router::Fresh {
         prev: done[1].prev,
         queued: crate::store::Queued {
