@@ -347,10 +347,11 @@ async fn a_drained_device_is_told_once_per_low_spell_and_again_after_replenishin
     let dir = tempfile::tempdir().unwrap();
     let r = relay(test_config(StoreKind::Memory, dir.path())).await;
     let (v, vc) = victim(&r, 15).await;
-    let told_before = r.metrics.pre_keys_low_sent.get();
     assert!(lows_so_far(&vc).await.is_empty());
     let (_m1, c1) = join(&r, 1).await;
     let (_m2, c2) = join(&r, 1).await;
+    // (Each new device was told on connecting that it has no keys.)
+    let told_before = r.metrics.pre_keys_low_sent.get();
     for _ in 0..20 {
         fetch_bundle(&c1, &v).await;
         fetch_bundle(&c2, &v).await;
