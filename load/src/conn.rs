@@ -410,8 +410,7 @@ impl Link {
                             if left_out > 0
                                 && let Ok(mut r) = shared.refusals.lock()
                             {
-                                *r.entry("DEVICE_FULL".to_string()).or_insert(0) +=
-                                    left_out as u64;
+                                *r.entry("DEVICE_FULL".to_string()).or_insert(0) += left_out as u64;
                             }
                             shared.envelopes_acked.fetch_add(
                                 envelopes.saturating_sub(left_out as u64),

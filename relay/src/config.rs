@@ -346,7 +346,10 @@ impl Config {
                 "max_queue_len_per_sender",
                 self.max_queue_len_per_sender as u64,
             ),
-            ("max_queue_bytes_per_sender", self.max_queue_bytes_per_sender),
+            (
+                "max_queue_bytes_per_sender",
+                self.max_queue_bytes_per_sender,
+            ),
             ("max_account_mailbox_bytes", self.max_account_mailbox_bytes),
             ("max_mailbox_bytes", self.max_mailbox_bytes),
             ("sweep_interval_ms", self.sweep_interval_ms),

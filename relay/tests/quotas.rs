@@ -66,7 +66,9 @@ fn sent(k: &server_frame::Kind) -> api::SendResult {
 /// the same connection submitted before it (acknowledgements) has been applied.
 async fn barrier(c: &Client, a: &TestAccount, device: u32) {
     let r = c
-        .request(client_frame::Kind::UploadPreKeys(a.pre_keys(device, 1, 0, 0)))
+        .request(client_frame::Kind::UploadPreKeys(
+            a.pre_keys(device, 1, 0, 0),
+        ))
         .await;
     assert!(matches!(r, server_frame::Kind::Ok(_)), "{r:?}");
 }
@@ -84,13 +86,21 @@ async fn one_sender_filling_a_device_queue_does_not_stop_a_second_sender(
     let (_alice, a) = join(&r, 1).await;
     drop(b); // offline: his queue fills
     for i in 0..3u8 {
-        assert!(sent(&m.send([i; 16], bob.id(), &[1], b"flood").await).full_devices.is_empty());
+        assert!(
+            sent(&m.send([i; 16], bob.id(), &[1], b"flood").await)
+                .full_devices
+                .is_empty()
+        );
     }
     let (code, e) = error_of(&m.send([9; 16], bob.id(), &[1], b"flood").await);
     assert_eq!(code, ErrorCode::SenderQuota);
     assert!(e.retry_after_ms > 0);
     // Another sender still reaches Bob.
-    assert!(sent(&a.send([1; 16], bob.id(), &[1], b"hello").await).full_devices.is_empty());
+    assert!(
+        sent(&a.send([1; 16], bob.id(), &[1], b"hello").await)
+            .full_devices
+            .is_empty()
+    );
     assert_eq!(r.metrics.refusals.get(Refusal::SenderQuota), 1);
     assert_eq!(
         r.metrics.mailbox_bytes.get(),
@@ -105,7 +115,11 @@ async fn one_sender_filling_a_device_queue_does_not_stop_a_second_sender(
     b.ack(got.iter().map(|d| d.seq).collect()).await;
     barrier(&b, &bob, 1).await;
     assert_eq!(r.metrics.mailbox_bytes.get(), 0);
-    assert!(sent(&m.send([9; 16], bob.id(), &[1], b"flood").await).full_devices.is_empty());
+    assert!(
+        sent(&m.send([9; 16], bob.id(), &[1], b"flood").await)
+            .full_devices
+            .is_empty()
+    );
     r.stop().await;
 }
 
@@ -168,7 +182,11 @@ async fn a_full_device_of_two_is_left_out_and_named_while_the_other_gets_the_sen
     let (bob, b1) = join(&r, 2).await; // device 1 online, device 2 offline
     let (_alice, a) = join(&r, 1).await;
     for i in 0..2u8 {
-        assert!(sent(&a.send([i; 16], bob.id(), &[1, 2], &[i]).await).full_devices.is_empty());
+        assert!(
+            sent(&a.send([i; 16], bob.id(), &[1, 2], &[i]).await)
+                .full_devices
+                .is_empty()
+        );
         let d = b1.next_delivery().await;
         b1.ack(vec![d.seq]).await;
     }
@@ -357,12 +375,18 @@ async fn a_drained_device_is_told_once_per_low_spell_and_again_after_replenishin
         fetch_bundle(&c2, &v).await;
     }
     let lows = lows_so_far(&vc).await;
-    assert_eq!(lows.len(), 1, "one notification per low spell, not per fetch");
+    assert_eq!(
+        lows.len(),
+        1,
+        "one notification per low spell, not per fetch"
+    );
     assert_eq!(lows[0].one_time_left as usize, limits::PRE_KEYS_LOW - 1);
     assert_eq!(r.metrics.pre_keys_low_sent.get(), told_before + 1);
     // The victim uploads enough to end the spell; the next drain tells it again, once.
     let up = vc
-        .request(client_frame::Kind::UploadPreKeys(v.pre_keys(1, 100, 20, 20)))
+        .request(client_frame::Kind::UploadPreKeys(
+            v.pre_keys(1, 100, 20, 20),
+        ))
         .await;
     assert!(matches!(up, server_frame::Kind::Ok(_)), "{up:?}");
     for _ in 0..15 {

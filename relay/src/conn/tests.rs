@@ -488,7 +488,8 @@ async fn a_live_envelope_after_a_gap_is_read_from_the_store_in_order() {
     // Two envelopes written behind the connection's back; only the second is announced.
     let done = relay
         .store
-        .enqueue(&[env(1), env(2)], &crate::store::Quotas::queue_len(100)).unwrap();
+        .enqueue(&[env(1), env(2)], &crate::store::Quotas::queue_len(100))
+        .unwrap();
     let fresh = crate::router::Fresh {
         prev: done[1].prev,
         queued: crate::store::Queued {
@@ -959,10 +960,7 @@ async fn a_send_names_the_device_left_out_and_the_refusal_has_its_own_reason() {
     let f = a.frames();
     assert_eq!(error_code(&f[0]), ErrorCode::SenderQuota);
     assert_eq!(
-        relay
-            .metrics
-            .refusals
-            .get(crate::ops::Refusal::SenderQuota),
+        relay.metrics.refusals.get(crate::ops::Refusal::SenderQuota),
         1
     );
 }

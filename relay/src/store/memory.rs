@@ -229,8 +229,7 @@ impl MailboxStore for MemoryStore {
             *last = last.saturating_add(1);
             let seq = *last;
             g.ids.insert(id, seq, e.received_at);
-            g.usage
-                .add(e.recipient, &e.sender.account, stored_bytes(e));
+            g.usage.add(e.recipient, &e.sender.account, stored_bytes(e));
             g.queues
                 .entry(e.recipient)
                 .or_default()

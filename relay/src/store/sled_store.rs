@@ -825,7 +825,12 @@ mod tests {
             Err(StoreError::SenderQuota(_))
         ));
         // ...and is released by acknowledgements after it.
-        let seqs: Vec<u64> = s.fetch(&d(2), 0, 10).unwrap().iter().map(|x| x.seq).collect();
+        let seqs: Vec<u64> = s
+            .fetch(&d(2), 0, 10)
+            .unwrap()
+            .iter()
+            .map(|x| x.seq)
+            .collect();
         assert_eq!(s.ack(&d(2), &seqs).unwrap(), 3);
         assert_eq!(s.mailbox_bytes().unwrap(), 0);
         assert!(s.enqueue(&[e(1, 4)], &q).unwrap()[0].fresh);

@@ -58,7 +58,11 @@ pub(crate) struct Usage {
     total: u64,
 }
 
-fn change<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Count>, key: K, f: impl Fn(Count) -> Count) {
+fn change<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Count>,
+    key: K,
+    f: impl Fn(Count) -> Count,
+) {
     let c = f(map.get(&key).copied().unwrap_or_default());
     if c.is_zero() {
         map.remove(&key);
