@@ -123,7 +123,10 @@ macro_rules! relay_store_suite {
                 let (_g, s) = $make;
                 let (a, b, c) = (dev(1, 1), dev(2, 1), dev(2, 2));
                 let seqs = s
-                    .enqueue(&[env(b, a, 1, 10), env(c, a, 1, 10), env(b, a, 2, 11)], &Quotas::queue_len(1000))
+                    .enqueue(
+                        &[env(b, a, 1, 10), env(c, a, 1, 10), env(b, a, 2, 11)],
+                        &Quotas::queue_len(1000),
+                    )
                     .unwrap();
                 assert_eq!(seqs.len(), 3);
                 assert!(seqs.iter().all(|e| e.fresh));
@@ -143,7 +146,8 @@ macro_rules! relay_store_suite {
                 // Each fresh envelope names the one before it in its queue.
                 assert_eq!(seqs[2].prev, seqs[0].seq);
                 assert_eq!(seqs[1].prev, seqs[0].prev);
-                assert_eq!(s.enqueue(&[env(b, a, 1, 12)], &Quotas::queue_len(1000)).unwrap(), vec![again]);
+                let big = Quotas::queue_len(1000);
+                assert_eq!(s.enqueue(&[env(b, a, 1, 12)], &big).unwrap(), vec![again]);
                 let q = s.fetch(&b, 0, 10).unwrap();
                 assert_eq!(
                     q.iter()
@@ -158,7 +162,7 @@ macro_rules! relay_store_suite {
                 assert_eq!(s.ack(&b, &[q[0].seq, 999]).unwrap(), 1);
                 assert_eq!(s.queue_len(&b).unwrap(), 1);
                 // Still a no-op after the ack: the send id is remembered (`store::ids`).
-                assert_eq!(s.enqueue(&[env(b, a, 1, 13)], &Quotas::queue_len(1000)).unwrap(), vec![again]);
+                assert_eq!(s.enqueue(&[env(b, a, 1, 13)], &big).unwrap(), vec![again]);
                 assert_eq!(s.queue_len(&b).unwrap(), 1);
                 assert_eq!(s.purge(&b).unwrap(), 1);
                 assert_eq!(s.queue_len(&b).unwrap(), 0);
@@ -550,7 +554,8 @@ macro_rules! relay_store_suite {
             fn sweep_deletes_what_is_older_than_the_ttl() {
                 let (_g, s) = $make;
                 let (a, b) = (dev(1, 1), dev(2, 1));
-                s.enqueue(&[env(b, a, 1, 10), env(b, a, 2, 20), env(b, a, 3, 30)], &Quotas::queue_len(1000))
+                let three = [env(b, a, 1, 10), env(b, a, 2, 20), env(b, a, 3, 30)];
+                s.enqueue(&three, &Quotas::queue_len(1000))
                     .unwrap();
                 assert_eq!(s.sweep(25).unwrap(), 2);
                 let q = s.fetch(&b, 0, 10).unwrap();
