@@ -120,9 +120,9 @@ impl Usage {
     /// Checks the new envelopes of a send (`new`: those not already queued) against `quotas`:
     /// per envelope, `None` if it fits or why its device has no room. A device whose queue (or
     /// this sender's share of it) is full is left out; the send is refused only if it would
-    /// queue nothing at all (`all_known`: whether the send holds no envelope that was queued
-    /// before), or if what it would queue goes over the recipient account's or the relay's
-    /// byte cap.
+    /// queue nothing at all and `all_full_refuses` (the caller's: none of the send's envelopes
+    /// was queued before), or if what it would queue goes over the recipient account's or the
+    /// relay's byte cap.
     pub(crate) fn plan(
         &self,
         new: &[&Envelope],
