@@ -181,6 +181,12 @@ pub struct RateLimits {
     pub one_time_keys_per_pair: RateLimit,
     /// One-time pre-keys handed out, per requesting account over all targets.
     pub one_time_keys_per_requester: RateLimit,
+    /// Downloads of one blob, by everyone together.
+    pub blob_downloads: RateLimit,
+    /// Blob downloads, per downloading account (all its devices together).
+    pub account_blob_downloads: RateLimit,
+    /// Blob bytes downloaded per downloading account, in MiB (a download costs its size).
+    pub account_blob_download_mib: RateLimit,
 }
 
 impl Default for RateLimits {
@@ -197,6 +203,9 @@ impl Default for RateLimits {
             one_time_keys_per_target: RateLimit::new(0.05, 30),
             one_time_keys_per_pair: RateLimit::new(0.001, 3),
             one_time_keys_per_requester: RateLimit::new(1.0, 200),
+            blob_downloads: RateLimit::new(10.0, 100),
+            account_blob_downloads: RateLimit::new(20.0, 200),
+            account_blob_download_mib: RateLimit::new(10.0, 2048),
         }
     }
 }
@@ -268,6 +277,18 @@ pub struct Config {
     pub blob_max_bytes: u64,
     /// Blobs are deleted after this long (ms).
     pub blob_ttl_ms: u64,
+    /// Bytes of blobs one account may have stored at once (declared sizes, uploads in progress
+    /// included).
+    pub blob_account_max_bytes: u64,
+    /// Bytes of blobs the relay stores at most, all accounts together.
+    pub blob_total_max_bytes: u64,
+    /// Time a blob stream has to deliver its whole request frame (ms).
+    pub blob_request_timeout_ms: u64,
+    /// Time one chunk (64 KiB, or the rest) of a blob upload may take to arrive, and one chunk of
+    /// a download to be taken by the client (ms).
+    pub blob_chunk_timeout_ms: u64,
+    /// Memory sled may use to cache the database (bytes).
+    pub sled_cache_bytes: u64,
     /// Rate limits.
     pub rate: RateLimits,
     /// New connections must prove their address with a QUIC retry once more than this many
@@ -304,6 +325,11 @@ impl Default for Config {
             flush_batch_max: 1024,
             blob_max_bytes: 100 * 1024 * 1024,
             blob_ttl_ms: 30 * DAY_MS,
+            blob_account_max_bytes: 2 << 30,
+            blob_total_max_bytes: 100 << 30,
+            blob_request_timeout_ms: 10_000,
+            blob_chunk_timeout_ms: 30_000,
+            sled_cache_bytes: 64 << 20,
             rate: RateLimits::default(),
             retry_under_load_connections: 2000,
             push: PushConfig::default(),
@@ -329,7 +355,7 @@ impl Config {
         {
             return fail("cert_names", "a name is empty or contains a space or comma");
         }
-        let positive: [(&'static str, u64); 18] = [
+        let positive: [(&'static str, u64); 23] = [
             ("max_connections", self.max_connections.into()),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("max_frame_bytes", self.max_frame_bytes as u64),
@@ -356,6 +382,11 @@ impl Config {
             ("flush_batch_max", self.flush_batch_max as u64),
             ("blob_max_bytes", self.blob_max_bytes),
             ("blob_ttl_ms", self.blob_ttl_ms),
+            ("blob_account_max_bytes", self.blob_account_max_bytes),
+            ("blob_total_max_bytes", self.blob_total_max_bytes),
+            ("blob_request_timeout_ms", self.blob_request_timeout_ms),
+            ("blob_chunk_timeout_ms", self.blob_chunk_timeout_ms),
+            ("sled_cache_bytes", self.sled_cache_bytes),
             ("push_timeout_ms", self.push.timeout_ms),
         ];
         if let Some((setting, _)) = positive.iter().find(|(_, v)| *v == 0) {
@@ -380,6 +411,12 @@ impl Config {
                 "rate_one_time_keys_per_requester",
                 r.one_time_keys_per_requester,
             ),
+            ("rate_blob_downloads", r.blob_downloads),
+            ("rate_account_blob_downloads", r.account_blob_downloads),
+            (
+                "rate_account_blob_download_mib",
+                r.account_blob_download_mib,
+            ),
         ] {
             if !(limit.per_second.is_finite() && limit.per_second > 0.0) {
                 return fail(setting, "per second must be a positive number");
@@ -387,6 +424,14 @@ impl Config {
             if limit.burst == 0 {
                 return fail(setting, "burst must be at least 1");
             }
+        }
+        if u64::from(r.account_blob_download_mib.burst).saturating_mul(1 << 20)
+            < self.blob_max_bytes
+        {
+            return fail(
+                "rate_account_blob_download_mib",
+                "burst must be at least blob_max_bytes (in MiB), or the largest blobs can never be downloaded",
+            );
         }
         if self.log.trim().is_empty() {
             return fail("log", "must not be empty");
@@ -525,6 +570,21 @@ struct Flags {
     /// Delete blobs after this long (ms) [default: 2592000000 = 30 days] [env: HUSH_RELAY_BLOB_TTL_MS]
     #[arg(long, global = true, value_name = "MS")]
     blob_ttl_ms: Option<String>,
+    /// Blob storage one account may use at once (bytes) [default: 2147483648 = 2 GiB] [env: HUSH_RELAY_BLOB_ACCOUNT_MAX_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    blob_account_max_bytes: Option<String>,
+    /// Blob storage of the relay, all accounts together (bytes) [default: 107374182400 = 100 GiB] [env: HUSH_RELAY_BLOB_TOTAL_MAX_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    blob_total_max_bytes: Option<String>,
+    /// Time a blob stream has to send its request frame (ms) [default: 10000] [env: HUSH_RELAY_BLOB_REQUEST_TIMEOUT_MS]
+    #[arg(long, global = true, value_name = "MS")]
+    blob_request_timeout_ms: Option<String>,
+    /// Time one 64 KiB chunk of a blob upload or download may take (ms) [default: 30000] [env: HUSH_RELAY_BLOB_CHUNK_TIMEOUT_MS]
+    #[arg(long, global = true, value_name = "MS")]
+    blob_chunk_timeout_ms: Option<String>,
+    /// Memory sled may use to cache the database (bytes) [default: 67108864 = 64 MiB] [env: HUSH_RELAY_SLED_CACHE_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    sled_cache_bytes: Option<String>,
     /// Sends per device (per second/burst) [default: 200/400] [env: HUSH_RELAY_RATE_SENDS]
     #[arg(long, global = true, value_name = "RATE/BURST")]
     rate_sends: Option<String>,
@@ -558,6 +618,15 @@ struct Flags {
     /// One-time pre-keys handed out per requesting account over all targets (per second/burst) [default: 1/200] [env: HUSH_RELAY_RATE_ONE_TIME_KEYS_PER_REQUESTER]
     #[arg(long, global = true, value_name = "RATE/BURST")]
     rate_one_time_keys_per_requester: Option<String>,
+    /// Downloads of one blob, everyone together (per second/burst) [default: 10/100] [env: HUSH_RELAY_RATE_BLOB_DOWNLOADS]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_blob_downloads: Option<String>,
+    /// Blob downloads per account, all devices together (per second/burst) [default: 20/200] [env: HUSH_RELAY_RATE_ACCOUNT_BLOB_DOWNLOADS]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_account_blob_downloads: Option<String>,
+    /// Blob MiB downloaded per account, all devices together (MiB per second/burst) [default: 10/2048] [env: HUSH_RELAY_RATE_ACCOUNT_BLOB_DOWNLOAD_MIB]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_account_blob_download_mib: Option<String>,
     /// Require QUIC address validation above this many connections (count, 0 = always) [default: 2000] [env: HUSH_RELAY_RETRY_UNDER_LOAD_CONNECTIONS]
     #[arg(long, global = true, value_name = "N")]
     retry_under_load_connections: Option<String>,
@@ -596,6 +665,11 @@ pub const SETTINGS: &[&str] = &[
     "flush_batch_max",
     "blob_max_bytes",
     "blob_ttl_ms",
+    "blob_account_max_bytes",
+    "blob_total_max_bytes",
+    "blob_request_timeout_ms",
+    "blob_chunk_timeout_ms",
+    "sled_cache_bytes",
     "rate_sends",
     "rate_prekey_fetches",
     "rate_account_creations",
@@ -607,6 +681,9 @@ pub const SETTINGS: &[&str] = &[
     "rate_one_time_keys_per_target",
     "rate_one_time_keys_per_pair",
     "rate_one_time_keys_per_requester",
+    "rate_blob_downloads",
+    "rate_account_blob_downloads",
+    "rate_account_blob_download_mib",
     "retry_under_load_connections",
     "push_allow_plain_http",
     "push_timeout_ms",
@@ -688,6 +765,11 @@ fn apply(c: &mut Config, setting: &str, raw: &str) -> Result<(), String> {
         "flush_batch_max" => c.flush_batch_max = parse_num(raw)?,
         "blob_max_bytes" => c.blob_max_bytes = parse_num(raw)?,
         "blob_ttl_ms" => c.blob_ttl_ms = parse_num(raw)?,
+        "blob_account_max_bytes" => c.blob_account_max_bytes = parse_num(raw)?,
+        "blob_total_max_bytes" => c.blob_total_max_bytes = parse_num(raw)?,
+        "blob_request_timeout_ms" => c.blob_request_timeout_ms = parse_num(raw)?,
+        "blob_chunk_timeout_ms" => c.blob_chunk_timeout_ms = parse_num(raw)?,
+        "sled_cache_bytes" => c.sled_cache_bytes = parse_num(raw)?,
         "rate_sends" => c.rate.sends = raw.parse()?,
         "rate_prekey_fetches" => c.rate.prekey_fetches = raw.parse()?,
         "rate_account_creations" => c.rate.account_creations = raw.parse()?,
@@ -701,6 +783,9 @@ fn apply(c: &mut Config, setting: &str, raw: &str) -> Result<(), String> {
         "rate_one_time_keys_per_requester" => {
             c.rate.one_time_keys_per_requester = raw.parse()?;
         }
+        "rate_blob_downloads" => c.rate.blob_downloads = raw.parse()?,
+        "rate_account_blob_downloads" => c.rate.account_blob_downloads = raw.parse()?,
+        "rate_account_blob_download_mib" => c.rate.account_blob_download_mib = raw.parse()?,
         "retry_under_load_connections" => c.retry_under_load_connections = parse_num(raw)?,
         "push_allow_plain_http" => c.push.allow_plain_http = parse_bool(raw)?,
         "push_timeout_ms" => c.push.timeout_ms = parse_num(raw)?,
@@ -736,6 +821,11 @@ struct FileConfig {
     flush_batch_max: Option<usize>,
     blob_max_bytes: Option<u64>,
     blob_ttl_ms: Option<u64>,
+    blob_account_max_bytes: Option<u64>,
+    blob_total_max_bytes: Option<u64>,
+    blob_request_timeout_ms: Option<u64>,
+    blob_chunk_timeout_ms: Option<u64>,
+    sled_cache_bytes: Option<u64>,
     rate: Option<FileRates>,
     retry_under_load_connections: Option<u32>,
     push: Option<FilePush>,
@@ -756,6 +846,9 @@ struct FileRates {
     one_time_keys_per_target: Option<FileRate>,
     one_time_keys_per_pair: Option<FileRate>,
     one_time_keys_per_requester: Option<FileRate>,
+    blob_downloads: Option<FileRate>,
+    account_blob_downloads: Option<FileRate>,
+    account_blob_download_mib: Option<FileRate>,
 }
 
 #[derive(Deserialize, Default)]
@@ -812,6 +905,11 @@ impl FileConfig {
             flush_batch_max,
             blob_max_bytes,
             blob_ttl_ms,
+            blob_account_max_bytes,
+            blob_total_max_bytes,
+            blob_request_timeout_ms,
+            blob_chunk_timeout_ms,
+            sled_cache_bytes,
             retry_under_load_connections,
             log,
         );
@@ -840,6 +938,12 @@ impl FileConfig {
             (
                 rates.one_time_keys_per_requester,
                 &mut r.one_time_keys_per_requester,
+            ),
+            (rates.blob_downloads, &mut r.blob_downloads),
+            (rates.account_blob_downloads, &mut r.account_blob_downloads),
+            (
+                rates.account_blob_download_mib,
+                &mut r.account_blob_download_mib,
             ),
         ] {
             if let Some(f) = file {
@@ -1021,6 +1125,14 @@ mod tests {
         assert_eq!(c.rate.account_creations, RateLimit::new(1.0, 10));
         assert_eq!(c.rate.uploads, RateLimit::new(10.0, 20));
         assert_eq!(c.rate.blob_uploads, RateLimit::new(2.0, 10));
+        assert_eq!(c.rate.blob_downloads, RateLimit::new(10.0, 100));
+        assert_eq!(c.rate.account_blob_downloads, RateLimit::new(20.0, 200));
+        assert_eq!(c.rate.account_blob_download_mib, RateLimit::new(10.0, 2048));
+        assert_eq!(c.blob_account_max_bytes, 2 << 30);
+        assert_eq!(c.blob_total_max_bytes, 100 << 30);
+        assert_eq!(c.blob_request_timeout_ms, 10_000);
+        assert_eq!(c.blob_chunk_timeout_ms, 30_000);
+        assert_eq!(c.sled_cache_bytes, 64 << 20);
         assert_eq!(c.retry_under_load_connections, 2000);
         assert!(!c.push.allow_plain_http);
         assert_eq!(c.push.timeout_ms, 10_000);

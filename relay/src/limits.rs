@@ -25,6 +25,19 @@ pub const BLOB_ID_LEN: usize = 16;
 /// Length of a blob capability.
 pub const BLOB_CAPABILITY_LEN: usize = 32;
 
+/// Largest first frame (the `BlobRequest`) of a blob stream, in bytes; a longer one is refused
+/// with `TOO_LARGE` before any of it is read.
+pub const BLOB_REQUEST_MAX: usize = 1024;
+
+/// Codes the relay resets a blob stream with (QUIC `RESET_STREAM` / `STOP_SENDING`).
+pub mod blob_reset {
+    /// The blob was deleted (or expired) while being downloaded.
+    pub const GONE: u32 = 1;
+    /// The stream missed a deadline: its request frame did not arrive within
+    /// `blob_request_timeout_ms`, or a chunk was not sent or taken within `blob_chunk_timeout_ms`.
+    pub const TIMED_OUT: u32 = 2;
+}
+
 /// Longest push endpoint URL accepted.
 pub const MAX_PUSH_URL_LEN: usize = 2048;
 

@@ -216,13 +216,15 @@ pub enum Refusal {
     MailboxFull,
     /// The relay's mailbox storage is at its byte cap.
     RelayFull,
+    /// A blob upload over the account's or the relay's blob storage cap.
+    BlobQuota,
     /// Any other reason.
     Other,
 }
 
 impl Refusal {
     /// Every reason, in rendering order.
-    pub const ALL: [Refusal; 16] = [
+    pub const ALL: [Refusal; 17] = [
         Refusal::Malformed,
         Refusal::Unauthenticated,
         Refusal::AuthFailed,
@@ -238,6 +240,7 @@ impl Refusal {
         Refusal::SenderQuota,
         Refusal::MailboxFull,
         Refusal::RelayFull,
+        Refusal::BlobQuota,
         Refusal::Other,
     ];
 
@@ -259,6 +262,7 @@ impl Refusal {
             Refusal::SenderQuota => "sender_quota",
             Refusal::MailboxFull => "mailbox_full",
             Refusal::RelayFull => "relay_full",
+            Refusal::BlobQuota => "blob_quota",
             Refusal::Other => "other",
         }
     }
@@ -381,6 +385,10 @@ pub struct Metrics {
     pub blob_bytes_uploaded: Counter,
     /// Blobs downloaded.
     pub blobs_downloaded: Counter,
+    /// Declared bytes of the blobs stored now (uploads in progress included).
+    pub blob_bytes_stored: Gauge,
+    /// Blob streams reset because they missed a deadline.
+    pub blob_streams_timed_out: Counter,
     /// Time to flush the store, in seconds ([`FLUSH_LATENCY_BUCKETS`]).
     pub flush_latency: Histogram,
     /// Writes per store flush ([`FLUSH_BATCH_BUCKETS`]).
@@ -466,6 +474,8 @@ impl Metrics {
             blobs_uploaded: Counter::new(),
             blob_bytes_uploaded: Counter::new(),
             blobs_downloaded: Counter::new(),
+            blob_bytes_stored: Gauge::new(),
+            blob_streams_timed_out: Counter::new(),
             flush_latency: Histogram::new(FLUSH_LATENCY_BUCKETS),
             flush_batch: Histogram::new(FLUSH_BATCH_BUCKETS),
             refusals: Refusals::default(),
@@ -605,6 +615,18 @@ impl Metrics {
             "blobs_downloaded_total",
             "Blobs downloaded.",
             self.blobs_downloaded.get(),
+        );
+        gauge(
+            o,
+            "blob_bytes_stored",
+            "Declared bytes of the blobs stored now, uploads in progress included.",
+            self.blob_bytes_stored.get(),
+        );
+        counter(
+            o,
+            "blob_streams_timed_out_total",
+            "Blob streams reset because a request frame or a chunk missed its deadline.",
+            self.blob_streams_timed_out.get(),
         );
         histogram(
             o,

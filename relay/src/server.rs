@@ -188,6 +188,12 @@ pub(crate) fn sweep_once(relay: &Relay, now: u64) -> Result<(usize, usize), Stor
         .envelopes_stored
         .add(-i64::try_from(mail).unwrap_or(0));
     relay.update_mailbox_gauge();
+    if let Ok(total) = relay.blobs.total_bytes() {
+        relay
+            .metrics
+            .blob_bytes_stored
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
+    }
     Ok((mail, blobs))
 }
 

@@ -101,6 +101,12 @@ pub(crate) struct Limits {
     uploads: Limiter<DeviceId>,
     pub(crate) accounts: Limiter<IpAddr>,
     pub(crate) blob_uploads: Limiter<DeviceId>,
+    /// Downloads of one blob (by id), everyone together.
+    pub(crate) blob_downloads: Limiter<[u8; 16]>,
+    /// Blob downloads per downloading account.
+    pub(crate) account_blob_downloads: Limiter<[u8; 32]>,
+    /// Blob bytes downloaded per downloading account, in KiB.
+    pub(crate) account_blob_kib: Limiter<[u8; 32]>,
     account_sends: Limiter<[u8; 32]>,
     account_prekey_fetches: Limiter<[u8; 32]>,
     account_uploads: Limiter<[u8; 32]>,
@@ -272,6 +278,9 @@ impl Relay {
             uploads: Limiter::new(cfg.rate.uploads),
             accounts: Limiter::new(cfg.rate.account_creations),
             blob_uploads: Limiter::new(cfg.rate.blob_uploads),
+            blob_downloads: Limiter::new(cfg.rate.blob_downloads),
+            account_blob_downloads: Limiter::new(cfg.rate.account_blob_downloads),
+            account_blob_kib: Limiter::new(kib_rate(cfg.rate.account_blob_download_mib)),
             account_sends: Limiter::new(cfg.rate.account_sends),
             account_prekey_fetches: Limiter::new(cfg.rate.account_prekey_fetches),
             account_uploads: Limiter::new(cfg.rate.account_uploads),
@@ -285,6 +294,9 @@ impl Relay {
                 .mailbox_bytes
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
+        metrics
+            .blob_bytes_stored
+            .set(i64::try_from(blobs.total_bytes().unwrap_or(0)).unwrap_or(i64::MAX));
         let relay = Arc::new(Self {
             cfg,
             store,
@@ -399,10 +411,16 @@ impl Relay {
             ErrorCode::SenderQuota => Refusal::SenderQuota,
             ErrorCode::MailboxFull => Refusal::MailboxFull,
             ErrorCode::RelayFull => Refusal::RelayFull,
+            ErrorCode::BlobQuotaExceeded => Refusal::BlobQuota,
             _ => Refusal::Other,
         };
         self.metrics.refusals.inc(reason);
     }
+}
+
+/// A rate in MiB as one in KiB (the unit the byte limiter counts in).
+fn kib_rate(mib: crate::config::RateLimit) -> crate::config::RateLimit {
+    crate::config::RateLimit::new(mib.per_second * 1024.0, mib.burst.saturating_mul(1024))
 }
 
 /// The unit account creation is limited by: an IPv4 address, or an IPv6 /64 (what one host

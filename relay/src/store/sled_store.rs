@@ -100,16 +100,31 @@ struct MailState {
 /// use (the relay, backup export and import): a new database gets [`SEGMENT_SIZE`], an existing
 /// one the segment size it was made with.
 pub fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    open_db_with_cache(path, DEFAULT_CACHE_BYTES)
+}
+
+/// Memory sled may use for its cache unless told otherwise (the `sled_cache_bytes` setting's
+/// default; sled's own default is 1 GiB).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// As [`open_db`], with a cache of at most `cache_bytes`.
+pub fn open_db_with_cache(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
     sled::Config::new()
         .path(path)
         .segment_size(segment_size(path))
+        .cache_capacity(cache_bytes)
         .open()
 }
 
 impl SledStore {
     /// Opens (or creates) the database in `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = open_db(path).map_err(backend)?;
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// As [`SledStore::open`], with a sled cache of at most `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self> {
+        let db = open_db_with_cache(path, cache_bytes).map_err(backend)?;
         let tree = |n: &str| db.open_tree(n).map_err(backend);
         Self {
             lists: tree("lists")?,
