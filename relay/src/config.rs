@@ -175,6 +175,12 @@ pub struct RateLimits {
     pub account_prekey_fetches: RateLimit,
     /// Pre-key and device-list uploads, per account (all its devices together).
     pub account_uploads: RateLimit,
+    /// One-time pre-keys handed out, per target device (past it, bundles come without).
+    pub one_time_keys_per_target: RateLimit,
+    /// One-time pre-keys handed out, per (requesting account, target account).
+    pub one_time_keys_per_pair: RateLimit,
+    /// One-time pre-keys handed out, per requesting account over all targets.
+    pub one_time_keys_per_requester: RateLimit,
     /// Downloads of one blob, by everyone together.
     pub blob_downloads: RateLimit,
     /// Blob downloads, per downloading account (all its devices together).
@@ -194,6 +200,9 @@ impl Default for RateLimits {
             account_sends: RateLimit::new(400.0, 800),
             account_prekey_fetches: RateLimit::new(40.0, 200),
             account_uploads: RateLimit::new(20.0, 40),
+            one_time_keys_per_target: RateLimit::new(0.05, 30),
+            one_time_keys_per_pair: RateLimit::new(0.001, 3),
+            one_time_keys_per_requester: RateLimit::new(1.0, 200),
             blob_downloads: RateLimit::new(10.0, 100),
             account_blob_downloads: RateLimit::new(20.0, 200),
             account_blob_download_mib: RateLimit::new(10.0, 2048),
@@ -267,6 +276,16 @@ pub struct Config {
     pub mailbox_ttl_ms: u64,
     /// Envelopes queued per device at most.
     pub max_queue_len: usize,
+    /// Bytes queued per device at most (body plus a fixed 128 per envelope).
+    pub max_queue_bytes: u64,
+    /// Envelopes queued per device from one sending account at most.
+    pub max_queue_len_per_sender: usize,
+    /// Bytes queued per device from one sending account at most.
+    pub max_queue_bytes_per_sender: u64,
+    /// Bytes queued for all devices of one account at most.
+    pub max_account_mailbox_bytes: u64,
+    /// Bytes queued in all mailboxes of the relay at most.
+    pub max_mailbox_bytes: u64,
     /// Interval of the expiry sweep (ms).
     pub sweep_interval_ms: u64,
     /// Sends made durable by one flush at most (group commit).
@@ -322,6 +341,11 @@ impl Default for Config {
             max_devices_per_account: 16,
             mailbox_ttl_ms: 30 * DAY_MS,
             max_queue_len: 10_000,
+            max_queue_bytes: 128 * 1024 * 1024,
+            max_queue_len_per_sender: 1000,
+            max_queue_bytes_per_sender: 16 * 1024 * 1024,
+            max_account_mailbox_bytes: 512 * 1024 * 1024,
+            max_mailbox_bytes: 16 * 1024 * 1024 * 1024,
             sweep_interval_ms: 60_000,
             flush_batch_max: 1024,
             blob_max_bytes: 100 * 1024 * 1024,
@@ -356,7 +380,7 @@ impl Config {
         {
             return fail("cert_names", "a name is empty or contains a space or comma");
         }
-        let positive: [(&'static str, u64); 24] = [
+        let positive: [(&'static str, u64); 29] = [
             ("max_connections", self.max_connections.into()),
             (
                 "max_connections_per_block",
@@ -386,6 +410,17 @@ impl Config {
             ),
             ("mailbox_ttl_ms", self.mailbox_ttl_ms),
             ("max_queue_len", self.max_queue_len as u64),
+            ("max_queue_bytes", self.max_queue_bytes),
+            (
+                "max_queue_len_per_sender",
+                self.max_queue_len_per_sender as u64,
+            ),
+            (
+                "max_queue_bytes_per_sender",
+                self.max_queue_bytes_per_sender,
+            ),
+            ("max_account_mailbox_bytes", self.max_account_mailbox_bytes),
+            ("max_mailbox_bytes", self.max_mailbox_bytes),
             ("sweep_interval_ms", self.sweep_interval_ms),
             ("flush_batch_max", self.flush_batch_max as u64),
             ("blob_max_bytes", self.blob_max_bytes),
@@ -419,6 +454,12 @@ impl Config {
             ("rate_account_sends", r.account_sends),
             ("rate_account_prekey_fetches", r.account_prekey_fetches),
             ("rate_account_uploads", r.account_uploads),
+            ("rate_one_time_keys_per_target", r.one_time_keys_per_target),
+            ("rate_one_time_keys_per_pair", r.one_time_keys_per_pair),
+            (
+                "rate_one_time_keys_per_requester",
+                r.one_time_keys_per_requester,
+            ),
             ("rate_blob_downloads", r.blob_downloads),
             ("rate_account_blob_downloads", r.account_blob_downloads),
             (
@@ -575,6 +616,21 @@ struct Flags {
     /// Envelopes queued per device at most (count) [default: 10000] [env: HUSH_RELAY_MAX_QUEUE_LEN]
     #[arg(long, global = true, value_name = "N")]
     max_queue_len: Option<String>,
+    /// Bytes queued per device at most, body plus 128 per envelope (bytes) [default: 134217728 = 128 MiB] [env: HUSH_RELAY_MAX_QUEUE_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    max_queue_bytes: Option<String>,
+    /// Envelopes queued per device from one sending account at most (count) [default: 1000] [env: HUSH_RELAY_MAX_QUEUE_LEN_PER_SENDER]
+    #[arg(long, global = true, value_name = "N")]
+    max_queue_len_per_sender: Option<String>,
+    /// Bytes queued per device from one sending account at most (bytes) [default: 16777216 = 16 MiB] [env: HUSH_RELAY_MAX_QUEUE_BYTES_PER_SENDER]
+    #[arg(long, global = true, value_name = "BYTES")]
+    max_queue_bytes_per_sender: Option<String>,
+    /// Bytes queued for all devices of one account at most (bytes) [default: 536870912 = 512 MiB] [env: HUSH_RELAY_MAX_ACCOUNT_MAILBOX_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    max_account_mailbox_bytes: Option<String>,
+    /// Bytes queued in all mailboxes at most (bytes) [default: 17179869184 = 16 GiB] [env: HUSH_RELAY_MAX_MAILBOX_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    max_mailbox_bytes: Option<String>,
     /// Interval of the expiry sweep (ms) [default: 60000] [env: HUSH_RELAY_SWEEP_INTERVAL_MS]
     #[arg(long, global = true, value_name = "MS")]
     sweep_interval_ms: Option<String>,
@@ -626,6 +682,15 @@ struct Flags {
     /// Key and device-list uploads per account, all devices together (per second/burst) [default: 20/40] [env: HUSH_RELAY_RATE_ACCOUNT_UPLOADS]
     #[arg(long, global = true, value_name = "RATE/BURST")]
     rate_account_uploads: Option<String>,
+    /// One-time pre-keys handed out per target device; past it bundles come without (per second/burst) [default: 0.05/30] [env: HUSH_RELAY_RATE_ONE_TIME_KEYS_PER_TARGET]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_one_time_keys_per_target: Option<String>,
+    /// One-time pre-keys handed out per requesting account and target account (per second/burst) [default: 0.001/3] [env: HUSH_RELAY_RATE_ONE_TIME_KEYS_PER_PAIR]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_one_time_keys_per_pair: Option<String>,
+    /// One-time pre-keys handed out per requesting account over all targets (per second/burst) [default: 1/200] [env: HUSH_RELAY_RATE_ONE_TIME_KEYS_PER_REQUESTER]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_one_time_keys_per_requester: Option<String>,
     /// Downloads of one blob, everyone together (per second/burst) [default: 10/100] [env: HUSH_RELAY_RATE_BLOB_DOWNLOADS]
     #[arg(long, global = true, value_name = "RATE/BURST")]
     rate_blob_downloads: Option<String>,
@@ -672,6 +737,11 @@ pub const SETTINGS: &[&str] = &[
     "max_devices_per_account",
     "mailbox_ttl_ms",
     "max_queue_len",
+    "max_queue_bytes",
+    "max_queue_len_per_sender",
+    "max_queue_bytes_per_sender",
+    "max_account_mailbox_bytes",
+    "max_mailbox_bytes",
     "sweep_interval_ms",
     "flush_batch_max",
     "blob_max_bytes",
@@ -689,6 +759,9 @@ pub const SETTINGS: &[&str] = &[
     "rate_account_sends",
     "rate_account_prekey_fetches",
     "rate_account_uploads",
+    "rate_one_time_keys_per_target",
+    "rate_one_time_keys_per_pair",
+    "rate_one_time_keys_per_requester",
     "rate_blob_downloads",
     "rate_account_blob_downloads",
     "rate_account_blob_download_mib",
@@ -772,6 +845,11 @@ fn apply(c: &mut Config, setting: &str, raw: &str) -> Result<(), String> {
         "max_devices_per_account" => c.max_devices_per_account = parse_num(raw)?,
         "mailbox_ttl_ms" => c.mailbox_ttl_ms = parse_num(raw)?,
         "max_queue_len" => c.max_queue_len = parse_num(raw)?,
+        "max_queue_bytes" => c.max_queue_bytes = parse_num(raw)?,
+        "max_queue_len_per_sender" => c.max_queue_len_per_sender = parse_num(raw)?,
+        "max_queue_bytes_per_sender" => c.max_queue_bytes_per_sender = parse_num(raw)?,
+        "max_account_mailbox_bytes" => c.max_account_mailbox_bytes = parse_num(raw)?,
+        "max_mailbox_bytes" => c.max_mailbox_bytes = parse_num(raw)?,
         "sweep_interval_ms" => c.sweep_interval_ms = parse_num(raw)?,
         "flush_batch_max" => c.flush_batch_max = parse_num(raw)?,
         "blob_max_bytes" => c.blob_max_bytes = parse_num(raw)?,
@@ -789,6 +867,11 @@ fn apply(c: &mut Config, setting: &str, raw: &str) -> Result<(), String> {
         "rate_account_sends" => c.rate.account_sends = raw.parse()?,
         "rate_account_prekey_fetches" => c.rate.account_prekey_fetches = raw.parse()?,
         "rate_account_uploads" => c.rate.account_uploads = raw.parse()?,
+        "rate_one_time_keys_per_target" => c.rate.one_time_keys_per_target = raw.parse()?,
+        "rate_one_time_keys_per_pair" => c.rate.one_time_keys_per_pair = raw.parse()?,
+        "rate_one_time_keys_per_requester" => {
+            c.rate.one_time_keys_per_requester = raw.parse()?;
+        }
         "rate_blob_downloads" => c.rate.blob_downloads = raw.parse()?,
         "rate_account_blob_downloads" => c.rate.account_blob_downloads = raw.parse()?,
         "rate_account_blob_download_mib" => c.rate.account_blob_download_mib = raw.parse()?,
@@ -826,6 +909,11 @@ struct FileConfig {
     max_devices_per_account: Option<u32>,
     mailbox_ttl_ms: Option<u64>,
     max_queue_len: Option<usize>,
+    max_queue_bytes: Option<u64>,
+    max_queue_len_per_sender: Option<usize>,
+    max_queue_bytes_per_sender: Option<u64>,
+    max_account_mailbox_bytes: Option<u64>,
+    max_mailbox_bytes: Option<u64>,
     sweep_interval_ms: Option<u64>,
     flush_batch_max: Option<usize>,
     blob_max_bytes: Option<u64>,
@@ -852,6 +940,9 @@ struct FileRates {
     account_sends: Option<FileRate>,
     account_prekey_fetches: Option<FileRate>,
     account_uploads: Option<FileRate>,
+    one_time_keys_per_target: Option<FileRate>,
+    one_time_keys_per_pair: Option<FileRate>,
+    one_time_keys_per_requester: Option<FileRate>,
     blob_downloads: Option<FileRate>,
     account_blob_downloads: Option<FileRate>,
     account_blob_download_mib: Option<FileRate>,
@@ -910,6 +1001,11 @@ impl FileConfig {
             max_devices_per_account,
             mailbox_ttl_ms,
             max_queue_len,
+            max_queue_bytes,
+            max_queue_len_per_sender,
+            max_queue_bytes_per_sender,
+            max_account_mailbox_bytes,
+            max_mailbox_bytes,
             sweep_interval_ms,
             flush_batch_max,
             blob_max_bytes,
@@ -939,6 +1035,15 @@ impl FileConfig {
             (rates.account_sends, &mut r.account_sends),
             (rates.account_prekey_fetches, &mut r.account_prekey_fetches),
             (rates.account_uploads, &mut r.account_uploads),
+            (
+                rates.one_time_keys_per_target,
+                &mut r.one_time_keys_per_target,
+            ),
+            (rates.one_time_keys_per_pair, &mut r.one_time_keys_per_pair),
+            (
+                rates.one_time_keys_per_requester,
+                &mut r.one_time_keys_per_requester,
+            ),
             (rates.blob_downloads, &mut r.blob_downloads),
             (rates.account_blob_downloads, &mut r.account_blob_downloads),
             (
@@ -1116,6 +1221,14 @@ mod tests {
         assert_eq!(c.max_devices_per_account, 16);
         assert_eq!(c.mailbox_ttl_ms, 2_592_000_000);
         assert_eq!(c.max_queue_len, 10_000);
+        assert_eq!(c.max_queue_bytes, 128 << 20);
+        assert_eq!(c.max_queue_len_per_sender, 1000);
+        assert_eq!(c.max_queue_bytes_per_sender, 16 << 20);
+        assert_eq!(c.max_account_mailbox_bytes, 512 << 20);
+        assert_eq!(c.max_mailbox_bytes, 16 << 30);
+        assert_eq!(c.rate.one_time_keys_per_target, RateLimit::new(0.05, 30));
+        assert_eq!(c.rate.one_time_keys_per_pair, RateLimit::new(0.001, 3));
+        assert_eq!(c.rate.one_time_keys_per_requester, RateLimit::new(1.0, 200));
         assert_eq!(c.sweep_interval_ms, 60_000);
         assert_eq!(c.flush_batch_max, 1024);
         assert_eq!(c.blob_max_bytes, 100 << 20);
@@ -1158,6 +1271,9 @@ mod tests {
             per_second = 0.5
             burst = 3
 
+            [rate.one_time_keys_per_pair]
+            burst = 5
+
             [push]
             timeout_ms = 1234
             "#,
@@ -1171,6 +1287,7 @@ mod tests {
         assert_eq!(c.metrics_listen, None);
         assert_eq!(c.rate.sends, RateLimit::new(200.0, 800), "burst only");
         assert_eq!(c.rate.uploads, RateLimit::new(0.5, 3));
+        assert_eq!(c.rate.one_time_keys_per_pair, RateLimit::new(0.001, 5));
         assert_eq!(c.push.timeout_ms, 1234);
 
         // The environment beats the file, and can name the file.
@@ -1350,6 +1467,11 @@ mod tests {
             (
                 &["--frame-read-min-bytes-per-sec", "0"][..],
                 "frame_read_min_bytes_per_sec",
+            ),
+            (&["--max-mailbox-bytes", "0"][..], "max_mailbox_bytes"),
+            (
+                &["--rate-one-time-keys-per-pair", "0/3"][..],
+                "rate_one_time_keys_per_pair",
             ),
             (&["--rate-uploads", "1/0"][..], "rate_uploads"),
             (&["--rate-sends", "0/5"][..], "rate_sends"),

@@ -50,8 +50,14 @@ pub use hush_net::username::{MAX_LEN as USERNAME_MAX_LEN, MIN_LEN as USERNAME_MI
 /// Most one-time keys (of each kind) a device may have stored on the relay.
 pub const MAX_PRE_KEYS_STORED: usize = 1000;
 
-/// Below this many one-time keys left (of either kind) the device is told to upload more.
+/// Below this many one-time keys left (of either kind) the device is told to upload more: once
+/// when a claim takes its count below, and when it connects while below.
 pub const PRE_KEYS_LOW: usize = 10;
+
+/// The `retry_after_ms` of a send refused because a mailbox is full (`QUEUE_FULL`,
+/// `SENDER_QUOTA`, `MAILBOX_FULL`, `RELAY_FULL`): room comes back as the recipient reads its mail,
+/// which nothing on the relay can predict, so this is a hint not to retry at once.
+pub const MAILBOX_FULL_RETRY_AFTER_MS: u64 = 60_000;
 
 /// Envelopes sent to a device per page during catch-up.
 pub const CATCH_UP_PAGE: usize = 256;

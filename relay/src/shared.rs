@@ -1,7 +1,7 @@
 //! What every connection shares: the stores, the writer, the router, the pusher, rate limits,
 //! the cache of device lists, pending device links, metrics and settings.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admit::Admission;
 use crate::config::Config;
 use crate::conn::Refused;
-use crate::ops::{Metrics, Refusal};
+use crate::ops::{KeyLimit, Metrics, Refusal};
 use crate::push::{PushConfig, PushTargets, Pusher};
 use crate::ratelimit::Limiter;
 use crate::router::Router;
@@ -107,6 +107,15 @@ pub(crate) struct Limits {
     account_sends: Limiter<[u8; 32]>,
     account_prekey_fetches: Limiter<[u8; 32]>,
     account_uploads: Limiter<[u8; 32]>,
+    one_time_target: Limiter<DeviceId>,
+    one_time_pair: Limiter<([u8; 32], [u8; 32])>,
+    one_time_requester: Limiter<[u8; 32]>,
+}
+
+/// One-time keys granted to a bundle fetch: what to give back if none were left to hand out.
+pub(crate) struct OneTimeGrant {
+    requester: [u8; 32],
+    target: DeviceId,
 }
 
 impl Limits {
@@ -136,6 +145,42 @@ impl Limits {
     pub(crate) fn upload(&self, who: &DeviceId, now: Instant) -> Result<(), Refused> {
         Self::take(&self.uploads, &self.account_uploads, who, now)
     }
+
+    /// Whether a bundle of `target` fetched by account `requester` may carry one-time keys: one
+    /// token from each of the target's, the pair's and the requester's buckets, or none taken
+    /// and the limit that is empty.
+    pub(crate) fn one_time_keys(
+        &self,
+        requester: &[u8; 32],
+        target: &DeviceId,
+        now: Instant,
+    ) -> Result<OneTimeGrant, KeyLimit> {
+        let pair = (*requester, target.account);
+        self.one_time_target
+            .check(target, 1, now)
+            .map_err(|_| KeyLimit::Target)?;
+        if self.one_time_pair.check(&pair, 1, now).is_err() {
+            self.one_time_target.refund(target, 1);
+            return Err(KeyLimit::Pair);
+        }
+        if self.one_time_requester.check(requester, 1, now).is_err() {
+            self.one_time_target.refund(target, 1);
+            self.one_time_pair.refund(&pair, 1);
+            return Err(KeyLimit::Requester);
+        }
+        Ok(OneTimeGrant {
+            requester: *requester,
+            target: *target,
+        })
+    }
+
+    /// Gives back a grant that handed out nothing (the target had no one-time keys left).
+    pub(crate) fn refund_one_time_keys(&self, grant: &OneTimeGrant) {
+        self.one_time_target.refund(&grant.target, 1);
+        self.one_time_pair
+            .refund(&(grant.requester, grant.target.account), 1);
+        self.one_time_requester.refund(&grant.requester, 1);
+    }
 }
 
 /// Everything the connection tasks share.
@@ -152,6 +197,11 @@ pub struct Relay {
     lists: Mutex<HashMap<[u8; 32], Arc<AccountDevices>>>,
     /// Connections per address block and account, and the pending device links.
     pub(crate) admission: Arc<Admission>,
+    /// Devices told in the current low spell that their one-time keys run low (set when a claim
+    /// first takes a count below the threshold, cleared when an upload brings both above it),
+    /// so that claims do not send one notification each. In memory: after a restart a device
+    /// may be told once more.
+    pre_keys_low: Mutex<HashSet<DeviceId>>,
     pub(crate) draining: AtomicBool,
     pub(crate) next_conn: AtomicU64,
 }
@@ -231,7 +281,16 @@ impl Relay {
             account_sends: Limiter::new(cfg.rate.account_sends),
             account_prekey_fetches: Limiter::new(cfg.rate.account_prekey_fetches),
             account_uploads: Limiter::new(cfg.rate.account_uploads),
+            one_time_target: Limiter::new(cfg.rate.one_time_keys_per_target),
+            one_time_pair: Limiter::new(cfg.rate.one_time_keys_per_pair),
+            one_time_requester: Limiter::new(cfg.rate.one_time_keys_per_requester),
         };
+        // The gauge starts from what the store holds (a reopened database is not empty).
+        if let Ok(bytes) = store.mailbox_bytes() {
+            metrics
+                .mailbox_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         metrics
             .blob_bytes_stored
             .set(i64::try_from(blobs.total_bytes().unwrap_or(0)).unwrap_or(i64::MAX));
@@ -246,6 +305,7 @@ impl Relay {
             metrics,
             limits,
             lists: Mutex::new(HashMap::new()),
+            pre_keys_low: Mutex::new(HashSet::new()),
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
         });
@@ -303,6 +363,32 @@ impl Relay {
             if newer {
                 l.insert(account, Arc::new(devices));
             }
+        }
+    }
+
+    /// Sets the mailbox bytes gauge from the store (after every change of the mailboxes).
+    pub(crate) fn update_mailbox_gauge(&self) {
+        if let Ok(bytes) = self.store.mailbox_bytes() {
+            self.metrics
+                .mailbox_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Whether `device`, whose one-time keys run low, is to be told now: true once per low
+    /// spell.
+    pub(crate) fn first_low(&self, device: &DeviceId) -> bool {
+        self.pre_keys_low
+            .lock()
+            .map(|mut s| s.insert(*device))
+            .unwrap_or(false)
+    }
+
+    /// Ends `device`'s low spell (it uploaded enough keys, or it is gone): the next claim that
+    /// takes it below the threshold tells it again.
+    pub(crate) fn rearm_low(&self, device: &DeviceId) {
+        if let Ok(mut s) = self.pre_keys_low.lock() {
+            s.remove(device);
         }
     }
 
