@@ -891,7 +891,7 @@ impl Inner {
         &self,
         conn: &RelayConnection,
         account: [u8; 32],
-        mut envelopes: Vec<api::OutEnvelope>,
+        envelopes: Vec<api::OutEnvelope>,
         targeted: bool,
     ) -> Result<(), ClientError> {
         let mut id = [0u8; 16];
@@ -914,10 +914,9 @@ impl Inner {
                 .await;
             match r {
                 Ok(answer) => match left_out(&answer) {
-                    // Devices whose queue was full did not get it: send them the same bytes
-                    // again under the same id (the others are not queued twice).
+                    // Devices whose queue was full did not get it: send the same bytes again
+                    // under the same id (the relay queues only the copies it does not hold).
                     Some(full) => {
-                        envelopes.retain(|e| full.contains(&e.device_id));
                         last = full_refusal(&full);
                         tokio::time::sleep(FULL_DEVICE_BACKOFF).await;
                     }
@@ -1073,12 +1072,10 @@ impl Inner {
             };
             match conn.request(kind).await {
                 Ok(answer) => match left_out(&answer) {
-                    // Devices whose queue was full did not get it: send them the same bytes
-                    // again under the same client id (the others are not queued twice).
+                    // Devices whose queue was full did not get it: send the same bytes again
+                    // under the same client id (the relay queues only the copies it does not
+                    // hold).
                     Some(full) => {
-                        if let Some(s) = sealed.as_mut() {
-                            s.retain(|e| full.contains(&e.device_id));
-                        }
                         last = full_refusal(&full);
                         tokio::time::sleep(FULL_DEVICE_BACKOFF).await;
                     }
