@@ -101,7 +101,11 @@ fn a_session_started_before_rotations_still_decrypts_until_the_kept_keys_run_out
         assert!(bob.upkeep(&mut rng, now).unwrap().publish);
     }
     let m = alice.encrypt(&b, b"in flight", &mut rng, now).unwrap();
-    let got = bob.decrypt(&a, &m, &mut rng, now).unwrap().single().unwrap();
+    let got = bob
+        .decrypt(&a, &m, &mut rng, now)
+        .unwrap()
+        .single()
+        .unwrap();
     assert_eq!(got.plaintext.as_slice(), b"in flight");
 
     // One more rotation drops it: a new initiator with the old bundle is refused.
@@ -129,7 +133,10 @@ fn idle_sessions_are_retired_by_upkeep_once_the_sweep_is_due() {
         .start_session(&bundle(&bob.published_pre_keys().unwrap()), &mut rng, T0)
         .unwrap();
     // The first upkeep sweeps (nothing idle yet).
-    assert_eq!(alice.upkeep(&mut rng, T0 + DAY).unwrap().sessions_retired, 0);
+    assert_eq!(
+        alice.upkeep(&mut rng, T0 + DAY).unwrap().sessions_retired,
+        0
+    );
     assert!(alice.has_session(&b, T0 + DAY).unwrap());
     // Idle for longer than the limit: retired.
     let later = T0 + SESSION_MAX_IDLE_MS + 2 * DAY;
@@ -159,9 +166,10 @@ fn one_time_pre_keys_are_replenished_from_the_relays_count_not_the_devices() {
         .count();
     assert_eq!(new, batch - 5);
     // Enough on the relay: nothing to do.
-    assert!(!bob
-        .replenish_pre_keys_for(ONE_TIME_PRE_KEY_BATCH, ONE_TIME_PRE_KEY_BATCH, &mut rng, T0)
-        .unwrap());
+    assert!(
+        !bob.replenish_pre_keys_for(ONE_TIME_PRE_KEY_BATCH, ONE_TIME_PRE_KEY_BATCH, &mut rng, T0)
+            .unwrap()
+    );
     // Keys never used pile up only to the cap; the newest are the ones kept.
     for _ in 0..10 {
         assert!(bob.replenish_pre_keys_for(0, 0, &mut rng, T0).unwrap());

@@ -82,8 +82,7 @@ impl<S: KvStore> Device<S> {
             .get(Namespace::Meta, SESSIONS_SWEPT_AT)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map(u64::from_be_bytes);
-        if swept_at.is_none_or(|t| t.saturating_add(SESSION_SWEEP_INTERVAL_MS) <= now || t > now)
-        {
+        if swept_at.is_none_or(|t| t.saturating_add(SESSION_SWEEP_INTERVAL_MS) <= now || t > now) {
             out.sessions_retired = self.retire_stale_sessions(now)?;
             let mut batch = Batch::new();
             batch.put(
@@ -128,11 +127,7 @@ impl<S: KvStore> Device<S> {
                 id,
                 secret: k.secret_bytes().to_vec(),
             };
-            batch.put(
-                Namespace::OneTimePreKeys,
-                id_key(id),
-                super::encode(&p),
-            );
+            batch.put(Namespace::OneTimePreKeys, id_key(id), super::encode(&p));
             otks.push(k);
         }
         let kem_first = first.saturating_add(n_otk);
@@ -187,7 +182,10 @@ impl<S: KvStore> Device<S> {
 
     /// Unused one-time ML-KEM pre-keys this device holds.
     pub fn kem_pre_key_count(&self) -> usize {
-        self.kem_pre_keys.values().filter(|k| !k.last_resort).count()
+        self.kem_pre_keys
+            .values()
+            .filter(|k| !k.last_resort)
+            .count()
     }
 
     /// Ids of the signed pre-keys this device still accepts, oldest first.

@@ -255,7 +255,10 @@ impl SledKv {
         batch.insert(KEY_CHECK_PHYSICAL.to_vec(), record);
         self.db()?.apply_batch(batch).map_err(backend_error)?;
         self.db()?.flush().map_err(backend_error)?;
-        tracing::info!(records = moved, "encrypted store migrated to labelled subkeys");
+        tracing::info!(
+            records = moved,
+            "encrypted store migrated to labelled subkeys"
+        );
         Ok(())
     }
 
@@ -264,7 +267,13 @@ impl SledKv {
     #[allow(clippy::type_complexity)]
     fn read_all_for_migration(
         &mut self,
-    ) -> Result<(Vec<(Namespace, Vec<u8>, Zeroizing<Vec<u8>>)>, Vec<sled::IVec>), StoreError> {
+    ) -> Result<
+        (
+            Vec<(Namespace, Vec<u8>, Zeroizing<Vec<u8>>)>,
+            Vec<sled::IVec>,
+        ),
+        StoreError,
+    > {
         self.check_key()?;
         let mut entries = Vec::new();
         let mut physical_old = Vec::new();
@@ -479,7 +488,8 @@ impl KvStore for SledKv {
         faults::before_write(&self.path)?;
         self.db()?.apply_batch(sled_batch).map_err(backend_error)?;
         #[cfg(feature = "fault-injection")]
-        let flushed = faults::before_flush(&self.path).and_then(|()| self.db()?.flush().map_err(backend_error));
+        let flushed = faults::before_flush(&self.path)
+            .and_then(|()| self.db()?.flush().map_err(backend_error));
         #[cfg(not(feature = "fault-injection"))]
         let flushed = self.db()?.flush().map_err(backend_error);
         if let Err(e) = flushed {
@@ -563,7 +573,9 @@ pub mod faults {
     static PLANS: Mutex<Option<HashMap<PathBuf, Plan>>> = Mutex::new(None);
 
     fn with<T>(path: &Path, f: impl FnOnce(&mut Plan) -> T) -> T {
-        let mut g = PLANS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = PLANS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(g.get_or_insert_with(HashMap::new)
             .entry(path.to_path_buf())
             .or_default())
@@ -1070,7 +1082,11 @@ mod tests {
     }
 
     /// Opens `dir` with label `label` (waiting, bounded, for a just-dropped handle's lock).
-    fn open_labelled_retrying(dir: &TempDir, label: &[u8], seed: u64) -> Result<SledKv, StoreError> {
+    fn open_labelled_retrying(
+        dir: &TempDir,
+        label: &[u8],
+        seed: u64,
+    ) -> Result<SledKv, StoreError> {
         for _ in 0..500 {
             match SledKv::open_labelled(dir.path(), at_rest_key(7), label, rng(seed)) {
                 Err(StoreError::Io(e)) if e.contains("could not acquire lock") => {
@@ -1095,9 +1111,11 @@ mod tests {
         );
         let physical = db.physical_key(Namespace::Messages, b"k").unwrap();
         let sealed = db.db().unwrap().get(&physical).unwrap().unwrap();
-        assert!(history
-            .open_record(Namespace::Messages, &physical, &sealed)
-            .is_err());
+        assert!(
+            history
+                .open_record(Namespace::Messages, &physical, &sealed)
+                .is_err()
+        );
         // And a store is refused under another store's label.
         drop(history);
         drop(db);
@@ -1124,8 +1142,14 @@ mod tests {
             get(&store, Namespace::Sessions, b"bob/1"),
             Some(b"ratchet".to_vec())
         );
-        assert_eq!(get(&store, Namespace::Identity, b"self"), Some(b"identity".to_vec()));
-        assert_eq!(get(&store, Namespace::Meta, b"counter"), Some(b"7".to_vec()));
+        assert_eq!(
+            get(&store, Namespace::Identity, b"self"),
+            Some(b"identity".to_vec())
+        );
+        assert_eq!(
+            get(&store, Namespace::Meta, b"counter"),
+            Some(b"7".to_vec())
+        );
         // Every old physical entry is gone (the key-check record was rewritten).
         let new_entries = raw_entries_of(&store);
         assert_eq!(new_entries.len(), old_entries.len());
