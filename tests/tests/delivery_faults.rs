@@ -386,6 +386,9 @@ async fn soak_every_message_ends_in_history_exactly_once_despite_store_faults_an
         faults::clear(&history);
         (bob, b_rx) = open(bd.path(), relay.addr, &relay.fingerprint);
     }
+    // The faults were really met: at least one per kill, and by the history store.
+    assert!(faults::hits(&db) >= ROUNDS as u64);
+    assert!(faults::hits(&history) >= 1);
     let total = ROUNDS * PER_ROUND;
     while seen.len() < total {
         let t = next(&mut b_rx, text).await;
