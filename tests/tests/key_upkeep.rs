@@ -72,9 +72,17 @@ async fn claim(conn: &RelayConnection, target: &hush_core::keys::AccountId) -> O
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pre_keys_low_from_the_relay_makes_the_device_upload_new_one_time_keys() {
     let relay_dir = tempfile::tempdir().unwrap();
-    let relay = hush_relay::start(relay_config(relay_dir.path(), any_port()))
-        .await
-        .unwrap();
+    // One requester drains the keys here: the relay's rationing of one-time keys is not what
+    // this test is about.
+    let mut config = relay_config(relay_dir.path(), any_port());
+    let lots = hush_relay::config::RateLimit {
+        per_second: 100_000.0,
+        burst: 100_000,
+    };
+    config.rate.one_time_keys_per_target = lots;
+    config.rate.one_time_keys_per_pair = lots;
+    config.rate.one_time_keys_per_requester = lots;
+    let relay = hush_relay::start(config).await.unwrap();
     let (bd, md) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (bob, _b_rx) = Engine::create_account(cfg(bd.path(), &relay))
         .await
