@@ -55,8 +55,6 @@ const DELIVERY_RETRY_MAX: Duration = Duration::from_secs(60);
 /// Past this many deliveries waiting to be tried again, the engine reconnects and lets the
 /// relay deliver them again, instead of holding them in memory.
 const MAX_WAITING_DELIVERIES: usize = 256;
-/// `PreKeysLow` notices within this long of a top-up are ignored (they were counted before it).
-const PRE_KEYS_LOW_COALESCE: Duration = Duration::from_secs(5);
 /// How often key upkeep ([`Device::upkeep`]) runs while connected (it also runs on every
 /// connection).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
@@ -1409,8 +1407,6 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
     inner.emit(Event::Connection(true));
     // Deliveries not settled yet (kept at the relay), tried again with backoff.
     let mut waiting: Vec<Waiting> = Vec::new();
-    // When one-time keys were last topped up after a `PreKeysLow`.
-    let mut replenished: Option<tokio::time::Instant> = None;
     let mut upkeep = tokio::time::interval_at(
         tokio::time::Instant::now() + UPKEEP_INTERVAL,
         UPKEEP_INTERVAL,
@@ -1483,14 +1479,8 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
             }
             Some(server_frame::Kind::QueueDrained(_)) => inner.emit(Event::CaughtUp),
             Some(server_frame::Kind::PreKeysLow(low)) => {
-                // One top-up answers a burst of notices (the relay sends one per claim while
-                // the stock is low, counted before this device's upload lands).
-                if replenished
-                    .is_some_and(|t: tokio::time::Instant| t.elapsed() < PRE_KEYS_LOW_COALESCE)
-                {
-                    continue;
-                }
-                replenished = Some(tokio::time::Instant::now());
+                // The relay tells once per low spell (and again after an upload that ended it),
+                // so every notice is acted on.
                 // The relay's count, not this device's: keys handed out but never used are
                 // still here and would hide the shortage.
                 let more = inner.lock().and_then(|mut d| {
