@@ -238,13 +238,35 @@ pub struct Engine {
 fn open_store(profile: &Path, key: &Zeroizing<[u8; 32]>) -> Result<SledKv, ClientError> {
     crate::private_fs::create_dir(profile)
         .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
-    SledKv::open_labelled(
-        &profile.join("db"),
-        Zeroizing::new(**key),
-        DB_STORE_LABEL,
-        Box::new(rng()),
-    )
-    .map_err(|e| ClientError::Core(e.into()))
+    open_labelled_waiting(&profile.join("db"), key, DB_STORE_LABEL)
+}
+
+/// Attempts to take a store's file lock when opening it, [`STORE_LOCK_WAIT`] apart: a store
+/// closed a moment ago (an engine just shut down in this process) releases its lock only once
+/// sled's background flusher has wound down.
+const STORE_LOCK_ATTEMPTS: u32 = 100;
+/// Pause between two attempts to take a store's file lock.
+const STORE_LOCK_WAIT: Duration = Duration::from_millis(20);
+
+/// Opens the encrypted store at `path` under `label`, waiting (bounded) for a lock still held by
+/// a handle being closed.
+pub(crate) fn open_labelled_waiting(
+    path: &Path,
+    key: &Zeroizing<[u8; 32]>,
+    label: &[u8],
+) -> Result<SledKv, ClientError> {
+    let mut attempt = 0;
+    loop {
+        match SledKv::open_labelled(path, Zeroizing::new(**key), label, Box::new(rng())) {
+            Err(hush_core::store::kv::StoreError::Io(e))
+                if e.contains("could not acquire lock") && attempt < STORE_LOCK_ATTEMPTS =>
+            {
+                attempt += 1;
+                std::thread::sleep(STORE_LOCK_WAIT);
+            }
+            r => return r.map_err(|e| ClientError::Core(e.into())),
+        }
+    }
 }
 
 impl Engine {

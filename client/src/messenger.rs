@@ -737,13 +737,11 @@ fn conversation_of(key: &[u8]) -> Option<Conversation> {
 fn open_history(cfg: &EngineConfig) -> Result<History, ClientError> {
     crate::private_fs::create_dir(&cfg.profile)
         .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
-    let store = SledKv::open_labelled(
+    let store = crate::engine::open_labelled_waiting(
         &cfg.profile.join("history"),
-        Zeroizing::new(*cfg.at_rest_key),
+        &cfg.at_rest_key,
         HISTORY_STORE_LABEL,
-        Box::new(rng()),
-    )
-    .map_err(|e| ClientError::Core(e.into()))?;
+    )?;
     History::open(store)
 }
 
