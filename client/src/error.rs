@@ -98,6 +98,7 @@ impl ClientError {
                 ErrorCode::RateLimited
                     | ErrorCode::Draining
                     | ErrorCode::Internal
+                    | ErrorCode::QueueFull
                     | ErrorCode::SenderQuota
                     | ErrorCode::MailboxFull
                     | ErrorCode::RelayFull
