@@ -424,6 +424,11 @@ fn print_event(dir: &Path, ev: &MessengerEvent) {
         } => {
             say!("not sent: {} ({reason})", hex::encode(message_id));
         }
+        MessengerEvent::Undecryptable { from, .. } => say!(
+            "a message from {} could not be decrypted",
+            name_of(dir, from.account.as_bytes())
+        ),
+        MessengerEvent::StoreFailed => say!("the local store failed; restart `hush`"),
         MessengerEvent::IdentityWarning { account } => say!(
             "WARNING: the identity of {} could not be verified (conflicting or forged device list); do not trust new messages until you compare safety numbers",
             name_of(dir, account.as_bytes())

@@ -96,9 +96,10 @@ fn secrets_in(profile: &Path, key: &[u8; 32]) -> Vec<(String, Vec<u8>)> {
         let mut tries = 0;
         loop {
             // The engine's database may take a moment to release its lock after shutdown.
-            match SledKv::open(
+            match SledKv::open_labelled(
                 &profile.join("db"),
                 Zeroizing::new(*key),
+                hush_client::engine::DB_STORE_LABEL,
                 Box::new(rand_core::UnwrapErr(rand::rngs::SysRng)),
             ) {
                 Ok(s) => break s,

@@ -129,3 +129,29 @@ pub const SENDER_KEY_REQUEST_INTERVAL_MS: u64 = 10_000;
 /// A group message still waiting for its sender key or its sender's membership after this long
 /// is deleted (milliseconds): 14 days.
 pub const BUFFERED_GROUP_MESSAGE_MAX_AGE_MS: u64 = 14 * 24 * 60 * 60 * 1000;
+
+/// A signed pre-key is replaced once the newest one is this old (milliseconds): 7 days
+/// ([`Device::upkeep`](crate::device::Device::upkeep)).
+pub const SIGNED_PRE_KEY_ROTATION_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
+/// The last-resort ML-KEM pre-key is replaced once the newest one is this old (milliseconds):
+/// 7 days.
+pub const LAST_RESORT_PRE_KEY_ROTATION_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
+/// The last-resort ML-KEM pre-key is replaced, whatever its age, once this many base keys have
+/// been used with it: half of [`MAX_LAST_RESORT_BASE_KEYS`], at which it would refuse new
+/// sessions.
+pub const LAST_RESORT_ROTATE_AT_BASE_KEYS: usize = MAX_LAST_RESORT_BASE_KEYS / 2;
+
+/// Signed and last-resort pre-keys kept (the newest included) after a rotation, so initial
+/// messages in flight, or built from a bundle fetched before the rotation, still decrypt: five
+/// rotation periods (about five weeks).
+pub const ROTATED_PRE_KEYS_KEPT: usize = 5;
+
+/// Unused one-time pre-keys (of each kind) a device keeps at most. Keys the relay handed out but
+/// nobody used are never deleted by use; past this count the oldest are deleted when new ones
+/// are made.
+pub const ONE_TIME_PRE_KEYS_KEPT: usize = 500;
+
+/// Stale sessions ([`SESSION_MAX_IDLE_MS`]) are swept at most this often (milliseconds): a day.
+pub const SESSION_SWEEP_INTERVAL_MS: u64 = 24 * 60 * 60 * 1000;

@@ -31,13 +31,15 @@ use crate::session::SessionRecord;
 use crate::store::kv::{Batch, KvStore, Namespace};
 
 mod groups;
+mod upkeep;
 pub use groups::{GroupEntry, GroupIncoming, GroupSend};
+pub use upkeep::Upkeep;
 
 const IDENTITY_KEY: &[u8] = b"device";
 const NEXT_PRE_KEY_ID: &[u8] = b"next-pre-key-id";
 const NEXT_MESSAGE_ID: &[u8] = b"next-message-id";
 /// Signed and last-resort pre-keys kept after rotation, so messages in flight still decrypt.
-const KEEP_ROTATED: usize = 2;
+const KEEP_ROTATED: usize = crate::consts::ROTATED_PRE_KEYS_KEPT;
 
 /// A message decrypted and durably stored in the device's inbox.
 pub struct Received {
@@ -1097,6 +1099,61 @@ impl<S: KvStore> Device<S> {
         let mut batch = Batch::new();
         batch.delete(Namespace::Messages, id.to_be_bytes().to_vec());
         self.store.commit(batch).map_err(Error::from)
+    }
+
+    /// Whether the store was left unusable by a commit whose outcome is unknown (a failed
+    /// flush); [`Device::reopen_store`] recovers.
+    pub fn store_poisoned(&self) -> bool {
+        self.store.is_poisoned()
+    }
+
+    /// Reopens a poisoned store and reloads this device from it: the failed commit is then
+    /// either entirely durable or entirely absent, and the in-memory state matches the disk
+    /// again. Messages it left in the inbox show in [`Device::pending_messages`].
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the store cannot be reopened (the device stays unusable); a store
+    /// that no longer holds a valid device is refused as by [`Device::open`].
+    pub fn reopen_store(&mut self) -> Result<()> {
+        self.store.reopen()?;
+        // Load a copy through `open`, so the reload is exactly what a restart would see.
+        let mut copy = crate::store::memory::MemoryKv::new();
+        let mut batch = Batch::new();
+        for ns in Namespace::ALL {
+            for (k, v) in self.store.scan(ns)? {
+                batch.put(ns, k, v);
+            }
+        }
+        copy.commit(batch)?;
+        let Device {
+            store: _,
+            address,
+            identity,
+            account_key,
+            signed_pre_keys,
+            one_time_pre_keys,
+            kem_pre_keys,
+            device_lists,
+            sessions,
+            groups,
+            sender_keys,
+            last_key_requests: _,
+            next_pre_key_id,
+            next_message_id,
+        } = Device::open(copy)?;
+        self.address = address;
+        self.identity = identity;
+        self.account_key = account_key;
+        self.signed_pre_keys = signed_pre_keys;
+        self.one_time_pre_keys = one_time_pre_keys;
+        self.kem_pre_keys = kem_pre_keys;
+        self.device_lists = device_lists;
+        self.sessions = sessions;
+        self.groups = groups;
+        self.sender_keys = sender_keys;
+        self.next_pre_key_id = next_pre_key_id;
+        self.next_message_id = next_message_id;
+        Ok(())
     }
 
     /// Deletes sessions unused for too long (see [`crate::consts::SESSION_MAX_IDLE_MS`]).

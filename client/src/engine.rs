@@ -74,6 +74,30 @@ const PUSH_FILE: &str = "push-endpoint";
 const GROUP_SYNC_FILE: &str = "group-sync-pending";
 /// Most author device lists fetched to process one received group log.
 const MAX_AUTHOR_FETCHES: usize = 64;
+/// First wait before a delivery that could not be processed (store error, rate-limited
+/// device-list fetch, full group buffer) is tried again; doubles up to [`DELIVERY_RETRY_MAX`].
+const DELIVERY_RETRY_MIN: Duration = Duration::from_millis(250);
+/// Longest wait between two tries of one delivery.
+const DELIVERY_RETRY_MAX: Duration = Duration::from_secs(60);
+/// Past this many deliveries waiting to be tried again, the engine reconnects and lets the
+/// relay deliver them again, instead of holding them in memory.
+const MAX_WAITING_DELIVERIES: usize = 256;
+/// How often key upkeep ([`Device::upkeep`]) runs while connected (it also runs on every
+/// connection).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// Whether a delivered envelope may be acknowledged to the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settlement {
+    /// Committed, a duplicate, or rejected for good (and reported): acknowledge it.
+    Settled,
+    /// Not processed for a transient or local reason: leave it at the relay, try again.
+    Retry,
+}
+
+/// At-rest subkey label of the device store (`db/`); the history has its own
+/// (`hush_core::store::sled_kv` module docs).
+pub const DB_STORE_LABEL: &[u8] = b"/db";
 
 /// Where the engine keeps its state and which relay it uses.
 pub struct EngineConfig {
@@ -155,6 +179,18 @@ pub enum Event {
     },
     /// A group was joined, or its membership or name changed (see [`Engine::groups`]).
     GroupsChanged,
+    /// A message from `from` could not be decrypted and never will be (a broken or unknown
+    /// session, a bad signature, garbage): it was dropped. Show the user that a message was
+    /// lost.
+    Undecryptable {
+        /// The sending device (as the relay authenticated it).
+        from: DeviceAddress,
+        /// The group, when the envelope names one.
+        group: Option<GroupId>,
+    },
+    /// The device's store failed and could not be reopened: the engine has stopped (nothing
+    /// more is received; deliveries stay at the relay). Restart the app.
+    StoreFailed,
 }
 
 /// Never shows plaintext: only what kind of event it is and who it concerns.
@@ -190,6 +226,12 @@ impl std::fmt::Debug for Event {
                 .field("account", account)
                 .finish(),
             Self::GroupsChanged => f.write_str("GroupsChanged"),
+            Self::Undecryptable { from, group } => f
+                .debug_struct("Undecryptable")
+                .field("from", from)
+                .field("group", &group.is_some())
+                .finish(),
+            Self::StoreFailed => f.write_str("StoreFailed"),
         }
     }
 }
@@ -226,8 +268,35 @@ pub struct Engine {
 fn open_store(profile: &Path, key: &Zeroizing<[u8; 32]>) -> Result<SledKv, ClientError> {
     crate::private_fs::create_dir(profile)
         .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
-    SledKv::open(&profile.join("db"), Zeroizing::new(**key), Box::new(rng()))
-        .map_err(|e| ClientError::Core(e.into()))
+    open_labelled_waiting(&profile.join("db"), key, DB_STORE_LABEL)
+}
+
+/// Attempts to take a store's file lock when opening it, [`STORE_LOCK_WAIT`] apart: a store
+/// closed a moment ago (an engine just shut down in this process) releases its lock only once
+/// sled's background flusher has wound down.
+const STORE_LOCK_ATTEMPTS: u32 = 100;
+/// Pause between two attempts to take a store's file lock.
+const STORE_LOCK_WAIT: Duration = Duration::from_millis(20);
+
+/// Opens the encrypted store at `path` under `label`, waiting (bounded) for a lock still held by
+/// a handle being closed.
+pub(crate) fn open_labelled_waiting(
+    path: &Path,
+    key: &Zeroizing<[u8; 32]>,
+    label: &[u8],
+) -> Result<SledKv, ClientError> {
+    let mut attempt = 0;
+    loop {
+        match SledKv::open_labelled(path, Zeroizing::new(**key), label, Box::new(rng())) {
+            Err(hush_core::store::kv::StoreError::Io(e))
+                if e.contains("could not acquire lock") && attempt < STORE_LOCK_ATTEMPTS =>
+            {
+                attempt += 1;
+                std::thread::sleep(STORE_LOCK_WAIT);
+            }
+            r => return r.map_err(|e| ClientError::Core(e.into())),
+        }
+    }
 }
 
 impl Engine {
@@ -1144,11 +1213,17 @@ impl Inner {
         Ok(())
     }
 
-    /// Handles one delivered envelope; the caller acknowledges it to the relay afterwards.
-    async fn deliver(&self, conn: &RelayConnection, d: &api::Deliver, ephemeral: bool) {
+    /// Handles one delivered envelope and says whether it may be acknowledged to the relay.
+    async fn deliver(
+        &self,
+        conn: &RelayConnection,
+        d: &api::Deliver,
+        ephemeral: bool,
+    ) -> Settlement {
         let Ok(account) = AccountId::from_bytes(&d.sender_account) else {
+            // The relay vouches for the sender; garbage here will not improve by waiting.
             tracing::warn!("delivery from a malformed sender address");
-            return;
+            return Settlement::Settled;
         };
         let from = DeviceAddress {
             account,
@@ -1156,7 +1231,8 @@ impl Inner {
         };
         let Ok(sealed) = Sealed::decode(d.body.as_slice()) else {
             tracing::warn!("delivery that is not a sealed envelope");
-            return;
+            self.emit(Event::Undecryptable { from, group: None });
+            return Settlement::Settled;
         };
         match sealed.kind {
             Some(sealed::Kind::Pairwise(bytes)) => {
@@ -1168,8 +1244,11 @@ impl Inner {
                     )))
                 ) {
                     // A new contact, or a device added since: learn its list, then try again.
-                    if self.refresh_list(conn, &account).await.is_ok() {
-                        result = self.decrypt_pairwise(&from, &bytes);
+                    match self.refresh_list(conn, &account).await {
+                        Ok(()) => result = self.decrypt_pairwise(&from, &bytes),
+                        // Rate-limited, disconnected, a store error: the list may still come.
+                        Err(e) if !e.is_permanent() => result = Err(e),
+                        Err(_) => {}
                     }
                 }
                 // A group log signed by accounts this device has not met yet (a log received on
@@ -1180,13 +1259,14 @@ impl Inner {
                 ))) = &result
                 {
                     let author = *author;
-                    if fetched.len() >= MAX_AUTHOR_FETCHES
-                        || !fetched.insert(author)
-                        || self.refresh_list(conn, &author).await.is_err()
-                    {
+                    if fetched.len() >= MAX_AUTHOR_FETCHES || !fetched.insert(author) {
                         break;
                     }
-                    result = self.decrypt_pairwise(&from, &bytes);
+                    match self.refresh_list(conn, &author).await {
+                        Ok(()) => result = self.decrypt_pairwise(&from, &bytes),
+                        Err(e) if !e.is_permanent() => result = Err(e),
+                        Err(_) => break,
+                    }
                 }
                 match result {
                     Ok((received, outgoing, groups_changed)) => {
@@ -1203,9 +1283,9 @@ impl Inner {
                             });
                         }
                         self.send_outgoing(conn, outgoing).await;
+                        Settlement::Settled
                     }
-                    Err(ClientError::Core(CoreError::Protocol(ProtocolError::Duplicate))) => {}
-                    Err(e) => tracing::warn!(error = %e, "a delivery could not be decrypted"),
+                    Err(e) => self.settle_error(&e, from, None),
                 }
             }
             Some(sealed::Kind::Group(bytes)) => {
@@ -1213,22 +1293,114 @@ impl Inner {
                     .lock()
                     .and_then(|mut d| Ok(d.decrypt_group(&bytes, &mut rng(), now_ms())?));
                 match r {
-                    Ok(GroupIncoming::Decrypted(r)) => self.emit(Event::Message {
+                    Ok(GroupIncoming::Decrypted(r)) => {
+                        self.emit(Event::Message {
+                            id: r.id,
+                            from: r.from,
+                            group: r.group,
+                            plaintext: r.plaintext,
+                            ephemeral,
+                        });
+                        Settlement::Settled
+                    }
+                    Ok(GroupIncoming::Buffered { request }) => {
+                        self.send_outgoing(conn, request.into_iter().collect())
+                            .await;
+                        Settlement::Settled
+                    }
+                    Err(e) => {
+                        let group = hush_proto::wire::GroupMessage::decode(bytes.as_slice())
+                            .ok()
+                            .and_then(|m| GroupId::from_bytes(&m.group_id).ok());
+                        self.settle_error(&e, from, group)
+                    }
+                }
+            }
+            None => {
+                tracing::warn!("empty sealed envelope");
+                self.emit(Event::Undecryptable { from, group: None });
+                Settlement::Settled
+            }
+        }
+    }
+
+    /// What a failed delivery means for its envelope: a duplicate is done; a transient or local
+    /// failure (store, network, rate limit, a full group buffer) is tried again; anything else is
+    /// a permanent rejection, acknowledged and reported.
+    fn settle_error(
+        &self,
+        e: &ClientError,
+        from: DeviceAddress,
+        group: Option<GroupId>,
+    ) -> Settlement {
+        match e {
+            ClientError::Core(CoreError::Protocol(ProtocolError::Duplicate)) => Settlement::Settled,
+            ClientError::Core(CoreError::Protocol(ProtocolError::BufferFull)) => {
+                tracing::debug!("group buffer full; delivery kept at the relay");
+                Settlement::Retry
+            }
+            e if !e.is_permanent() => {
+                tracing::warn!(error = %e, "delivery not processed; kept at the relay");
+                self.recover_store();
+                Settlement::Retry
+            }
+            e => {
+                tracing::warn!(error = %e, "a delivery could not be decrypted");
+                self.emit(Event::Undecryptable { from, group });
+                Settlement::Settled
+            }
+        }
+    }
+
+    /// Reopens the device's store if a failed commit poisoned it, and offers again what the
+    /// inbox holds (a commit whose outcome was unknown may have stored messages). If it cannot
+    /// be reopened the engine stops with [`Event::StoreFailed`].
+    fn recover_store(&self) {
+        let Ok(mut d) = self.lock() else {
+            return;
+        };
+        if !d.store_poisoned() {
+            return;
+        }
+        tracing::warn!("device store poisoned by a failed commit; reopening it");
+        match d.reopen_store().and_then(|()| d.pending_messages()) {
+            Ok(pending) => {
+                drop(d);
+                for r in pending {
+                    self.emit(Event::Message {
                         id: r.id,
                         from: r.from,
                         group: r.group,
                         plaintext: r.plaintext,
-                        ephemeral,
-                    }),
-                    Ok(GroupIncoming::Buffered { request }) => {
-                        self.send_outgoing(conn, request.into_iter().collect())
-                            .await;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "a group delivery could not be decrypted"),
+                        ephemeral: false,
+                    });
                 }
             }
-            None => tracing::warn!("empty sealed envelope"),
+            Err(e) => {
+                drop(d);
+                tracing::error!(error = %e, "device store could not be reopened; stopping");
+                self.emit(Event::StoreFailed);
+                self.shutdown.cancel();
+            }
         }
+    }
+
+    /// Runs the device's key upkeep (rotations, stale sessions, sender-key retries) and
+    /// publishes new pre-keys when it made any (unless `publish` is false: the caller uploads).
+    async fn upkeep(&self, conn: &RelayConnection, publish: bool) -> Result<(), ClientError> {
+        let done = self.lock()?.upkeep(&mut rng(), now_ms());
+        let done = match done {
+            Ok(u) => u,
+            Err(e) => {
+                self.recover_store();
+                return Err(e.into());
+            }
+        };
+        if done.publish && publish {
+            self.upload_pre_keys(conn).await?;
+        }
+        self.send_outgoing(conn, done.outgoing).await;
+        Ok(())
     }
 
     /// A newly linked device asks its siblings for the logs of the account's groups (once; the
@@ -1295,6 +1467,10 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
         })
         .await?;
     }
+    // Rotations due since the last connection first, so that one upload publishes them.
+    if let Err(e) = inner.upkeep(&conn, false).await {
+        tracing::warn!(error = %e, "key upkeep failed; tried again later");
+    }
     inner.upload_pre_keys(&conn).await?;
     if let Ok(url) = std::fs::read_to_string(inner.profile.join(PUSH_FILE))
         && !url.is_empty()
@@ -1314,24 +1490,65 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
     }
     inner.conn.send_replace(Some(Arc::clone(&conn)));
     inner.emit(Event::Connection(true));
+    // Deliveries not settled yet (kept at the relay), tried again with backoff.
+    let mut waiting: Vec<Waiting> = Vec::new();
+    let mut upkeep = tokio::time::interval_at(
+        tokio::time::Instant::now() + UPKEEP_INTERVAL,
+        UPKEEP_INTERVAL,
+    );
     let result = loop {
+        let next_due = waiting.iter().map(|w| w.due).min();
         let ev = tokio::select! {
             () = inner.shutdown.cancelled() => break Ok(()),
+            () = sleep_until(next_due) => {
+                let now = tokio::time::Instant::now();
+                let (due, later): (Vec<Waiting>, Vec<Waiting>) =
+                    waiting.drain(..).partition(|w| w.due <= now);
+                waiting = later;
+                for mut w in due {
+                    match inner.deliver(&conn, &w.deliver, false).await {
+                        Settlement::Settled => ack(&conn, w.deliver.seq),
+                        Settlement::Retry => {
+                            w.attempt = w.attempt.saturating_add(1);
+                            w.due = tokio::time::Instant::now() + retry_delay(w.attempt);
+                            waiting.push(w);
+                        }
+                    }
+                }
+                continue;
+            }
+            _ = upkeep.tick() => {
+                if let Err(e) = inner.upkeep(&conn, true).await {
+                    tracing::warn!(error = %e, "key upkeep failed; tried again later");
+                }
+                continue;
+            }
             ev = events.recv() => ev,
         };
         match ev {
             None => break Err(ClientError::Disconnected),
             Some(server_frame::Kind::Deliver(d)) => {
-                inner.deliver(&conn, &d, false).await;
-                // Committed by client-core (or undecryptable): the relay may forget it. The
-                // answer is not waited for, so the next delivery is not held up by a round trip
-                // (a lost ack only means a re-delivery, which client-core rejects as duplicate).
-                let c = Arc::clone(&conn);
-                tokio::spawn(async move {
-                    let _ = c
-                        .request(client_frame::Kind::Ack(api::Ack { seqs: vec![d.seq] }))
-                        .await;
-                });
+                match inner.deliver(&conn, &d, false).await {
+                    // Committed by client-core, a duplicate, or rejected for good: the relay may
+                    // forget it.
+                    Settlement::Settled => ack(&conn, d.seq),
+                    // Not processed: it stays at the relay and is tried again here.
+                    Settlement::Retry => {
+                        waiting.push(Waiting {
+                            deliver: d,
+                            attempt: 0,
+                            due: tokio::time::Instant::now() + retry_delay(0),
+                        });
+                        if waiting.len() > MAX_WAITING_DELIVERIES {
+                            // Let the relay hold them: reconnecting delivers them again.
+                            tracing::warn!(
+                                waiting = waiting.len(),
+                                "too many deliveries waiting; reconnecting"
+                            );
+                            break Err(ClientError::Disconnected);
+                        }
+                    }
+                }
             }
             Some(server_frame::Kind::Ephemeral(e)) => {
                 let d = api::Deliver {
@@ -1342,15 +1559,34 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
                     body: e.body,
                     received_at: now_ms(),
                 };
-                inner.deliver(&conn, &d, true).await;
+                // Never stored by the relay: nothing to acknowledge or to try again.
+                let _ = inner.deliver(&conn, &d, true).await;
             }
             Some(server_frame::Kind::QueueDrained(_)) => inner.emit(Event::CaughtUp),
-            Some(server_frame::Kind::PreKeysLow(_)) => {
-                let more = inner
-                    .lock()
-                    .and_then(|mut d| Ok(d.replenish_pre_keys(&mut rng(), now_ms())?));
-                if matches!(more, Ok(true)) {
-                    let _ = inner.upload_pre_keys(&conn).await;
+            Some(server_frame::Kind::PreKeysLow(low)) => {
+                // The relay tells once per low spell (and again after an upload that ended it),
+                // so every notice is acted on.
+                // The relay's count, not this device's: keys handed out but never used are
+                // still here and would hide the shortage.
+                let more = inner.lock().and_then(|mut d| {
+                    Ok(d.replenish_pre_keys_for(
+                        low.one_time_left,
+                        low.kem_left,
+                        &mut rng(),
+                        now_ms(),
+                    )?)
+                });
+                match more {
+                    Ok(true) => {
+                        if let Err(e) = inner.upload_pre_keys(&conn).await {
+                            tracing::warn!(error = %e, "new one-time pre-keys not uploaded");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "one-time pre-keys not replenished");
+                        inner.recover_store();
+                    }
                 }
             }
             Some(server_frame::Kind::Drain(_)) => break Ok(()),
@@ -1375,6 +1611,41 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
     }
     conn.close();
     result
+}
+
+/// Acknowledges a settled delivery. The answer is not waited for, so the next delivery is not
+/// held up by a round trip (a lost ack only means a re-delivery, which client-core rejects as a
+/// duplicate).
+fn ack(conn: &Arc<RelayConnection>, seq: u64) {
+    let c = Arc::clone(conn);
+    tokio::spawn(async move {
+        let _ = c
+            .request(client_frame::Kind::Ack(api::Ack { seqs: vec![seq] }))
+            .await;
+    });
+}
+
+/// A delivery waiting to be tried again.
+struct Waiting {
+    deliver: api::Deliver,
+    attempt: u32,
+    due: tokio::time::Instant,
+}
+
+/// The wait before trying a delivery again after `attempt` failed tries:
+/// [`DELIVERY_RETRY_MIN`] doubling up to [`DELIVERY_RETRY_MAX`].
+fn retry_delay(attempt: u32) -> Duration {
+    DELIVERY_RETRY_MIN
+        .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
+        .min(DELIVERY_RETRY_MAX)
+}
+
+/// Sleeps until `due`, or forever when there is nothing to wait for.
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The relay's close code for a revoked device (docs/RELAY_PROTOCOL.md §2).

@@ -29,6 +29,16 @@ use zeroize::Zeroizing;
 use crate::engine::{Engine, EngineConfig, Event, now_ms, rng};
 use crate::error::ClientError;
 
+/// At-rest subkey label of the history store (`history/`), distinct from the device store's.
+pub const HISTORY_STORE_LABEL: &[u8] = b"/history";
+
+/// First wait before a message whose storing failed (a history store error) is processed
+/// again; doubles on every try.
+const STORE_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(250);
+/// Tries of storing one received message before it is left in the engine's inbox, to be
+/// offered again on the next start.
+const STORE_ATTEMPTS: u32 = 8;
+
 /// Largest attachment (the relay's default blob cap).
 pub const MAX_ATTACHMENT: usize = 100 << 20;
 /// Longest text message, in bytes.
@@ -132,6 +142,17 @@ pub enum MessengerEvent {
         /// Why (for the user).
         reason: String,
     },
+    /// A message from `from` could not be decrypted and was dropped (see
+    /// [`Event::Undecryptable`]): show that a message was lost.
+    Undecryptable {
+        /// Where (the sender's direct conversation, or the group).
+        conversation: Conversation,
+        /// The sending device.
+        from: DeviceAddress,
+    },
+    /// The local store failed and could not be reopened: receiving has stopped (see
+    /// [`Event::StoreFailed`]).
+    StoreFailed,
 }
 
 /// Never shows message content: the kind of event and who it concerns.
@@ -202,6 +223,12 @@ impl std::fmt::Debug for MessengerEvent {
                 .field("conversation", conversation)
                 .field("reason", reason)
                 .finish_non_exhaustive(),
+            Self::Undecryptable { conversation, from } => f
+                .debug_struct("Undecryptable")
+                .field("conversation", conversation)
+                .field("from", from)
+                .finish(),
+            Self::StoreFailed => f.write_str("StoreFailed"),
         }
     }
 }
@@ -710,12 +737,11 @@ fn conversation_of(key: &[u8]) -> Option<Conversation> {
 fn open_history(cfg: &EngineConfig) -> Result<History, ClientError> {
     crate::private_fs::create_dir(&cfg.profile)
         .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;
-    let store = SledKv::open(
+    let store = crate::engine::open_labelled_waiting(
         &cfg.profile.join("history"),
-        Zeroizing::new(*cfg.at_rest_key),
-        Box::new(rng()),
-    )
-    .map_err(|e| ClientError::Core(e.into()))?;
+        &cfg.at_rest_key,
+        HISTORY_STORE_LABEL,
+    )?;
     History::open(store)
 }
 
@@ -1009,6 +1035,39 @@ impl Shared {
         self.engine.send(to, &m.encode_to_vec()).await
     }
 
+    /// [`Shared::receive`], tried again with backoff while it fails for a local, transient
+    /// reason (the history store; a poisoned one is reopened). Returns whether the message is
+    /// done with: processed, or refused for good.
+    async fn receive_stored(
+        &self,
+        from: DeviceAddress,
+        group: Option<GroupId>,
+        m: AppMessage,
+    ) -> bool {
+        let mut wait = STORE_RETRY_MIN;
+        for attempt in 1..=STORE_ATTEMPTS {
+            match self.receive(from, group, m.clone()).await {
+                Ok(()) => return true,
+                Err(e) if e.is_permanent() => {
+                    tracing::warn!(error = %e, "a message could not be processed");
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "a message could not be stored yet");
+                    if let Ok(mut h) = self.lock_history()
+                        && h.store.is_poisoned()
+                        && let Err(e) = h.store.reopen()
+                    {
+                        tracing::error!(error = %e, "history store could not be reopened");
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = wait.saturating_mul(2);
+                }
+            }
+        }
+        false
+    }
+
     /// Handles one decrypted application message.
     async fn receive(
         &self,
@@ -1144,15 +1203,16 @@ async fn pump(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
                 plaintext,
                 ..
             } => {
-                match AppMessage::decode(plaintext.as_slice()) {
-                    Ok(m) => {
-                        if let Err(e) = shared.receive(from, group, m).await {
-                            tracing::warn!(error = %e, "a message could not be processed");
-                        }
+                let stored = match AppMessage::decode(plaintext.as_slice()) {
+                    Ok(m) => shared.receive_stored(from, group, m).await,
+                    Err(_) => {
+                        tracing::warn!("a message that is not an application message");
+                        true
                     }
-                    Err(_) => tracing::warn!("a message that is not an application message"),
-                }
-                if let Err(e) = shared.engine.ack(id) {
+                };
+                // Only once it is in the history (or can never be): otherwise it stays in the
+                // engine's inbox and is offered again on the next start.
+                if stored && let Err(e) = shared.engine.ack(id) {
                     tracing::warn!(error = %e, "inbox acknowledgement failed");
                 }
             }
@@ -1182,6 +1242,11 @@ async fn pump(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
             }
             Event::GroupsChanged => shared.emit(MessengerEvent::GroupsChanged),
             Event::CaughtUp => shared.emit(MessengerEvent::CaughtUp),
+            Event::Undecryptable { from, group } => shared.emit(MessengerEvent::Undecryptable {
+                conversation: group.map_or(Conversation::Direct(from.account), Conversation::Group),
+                from,
+            }),
+            Event::StoreFailed => shared.emit(MessengerEvent::StoreFailed),
         }
     }
 }

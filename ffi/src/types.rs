@@ -320,6 +320,19 @@ pub enum HushEvent {
     CaughtUp,
     /// This device was removed from its account: it stops; delete the profile.
     Revoked,
+    /// A message from a contact could not be decrypted and was dropped: show "a message could
+    /// not be decrypted" in the conversation.
+    Undecryptable {
+        /// Where (the sender's direct conversation, or the group).
+        conversation: Conversation,
+        /// The sender's account id.
+        account: String,
+        /// The sender's device.
+        device: u32,
+    },
+    /// The local store failed and could not be reopened: the client stopped receiving. Restart
+    /// the app.
+    StoreFailed,
 }
 
 impl From<MessengerEvent> for HushEvent {
@@ -391,6 +404,12 @@ impl From<MessengerEvent> for HushEvent {
                 message_id: hex::encode(message_id),
                 reason,
             },
+            MessengerEvent::Undecryptable { conversation, from } => Self::Undecryptable {
+                conversation: conversation.into(),
+                account: hex::encode(from.account.as_bytes()),
+                device: from.device_id,
+            },
+            MessengerEvent::StoreFailed => Self::StoreFailed,
         }
     }
 }

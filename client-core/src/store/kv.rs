@@ -230,6 +230,21 @@ pub trait KvStore: Send {
     /// # Errors
     /// [`StoreError::Io`] on backend failure, [`StoreError::Poisoned`] if the store is unusable.
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError>;
+
+    /// Whether an earlier failure left the store unusable until [`KvStore::reopen`].
+    fn is_poisoned(&self) -> bool {
+        false
+    }
+
+    /// Closes and opens the backend again (after it was poisoned); afterwards the store holds
+    /// whatever the failed commit left durable, all of it or none. Backends that cannot be
+    /// poisoned do nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the backend cannot be opened again (the store stays poisoned).
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A boxed store is a store, so apps can choose the backend at run time (`Device<Box<dyn KvStore>>`).
@@ -244,6 +259,14 @@ impl<T: KvStore + ?Sized> KvStore for Box<T> {
 
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
         (**self).commit(batch)
+    }
+
+    fn is_poisoned(&self) -> bool {
+        (**self).is_poisoned()
+    }
+
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        (**self).reopen()
     }
 }
 

@@ -6,9 +6,20 @@
 //! HKDF-SHA256 (RFC 5869, no salt — i.e. 32 zero bytes — and IKM = `K`), 32 bytes each:
 //!
 //! ```text
-//! index_key = HKDF-SHA256(salt = none, ikm = K, info = "Hush-Store-Index-v1", L = 32)
-//! value_key = HKDF-SHA256(salt = none, ikm = K, info = "Hush-Store-Value-v1", L = 32)
+//! index_key = HKDF-SHA256(salt = none, ikm = K, info = "Hush-Store-Index-v1" || label, L = 32)
+//! value_key = HKDF-SHA256(salt = none, ikm = K, info = "Hush-Store-Value-v1" || label, L = 32)
 //! ```
+//!
+//! `label` names the store ([`SledKv::open_labelled`]; the client uses `"/db"` for the device
+//! store and `"/history"` for the message history), so two stores of one profile under the same
+//! `K` never share a subkey: a record copied from one store into the other does not
+//! authenticate. [`SledKv::open`] uses the empty label (the format before labels existed).
+//!
+//! **Migration.** A labelled open of a store whose key-check record authenticates only under the
+//! empty label (a store written before labels) re-encrypts every record under the labelled
+//! subkeys in one atomic sled batch (old entries removed, new ones inserted, new key-check
+//! record), flushed before the open returns. A crash before the flush leaves the old store,
+//! which the next open migrates again.
 //!
 //! # Records
 //!
@@ -79,6 +90,11 @@ use super::kv::{Batch, BatchOp, KvEntry, KvStore, Namespace, StoreError};
 const INDEX_INFO: &[u8] = b"Hush-Store-Index-v1";
 /// HKDF info for the key that encrypts records.
 const VALUE_INFO: &[u8] = b"Hush-Store-Value-v1";
+/// Attempts to take sled's file lock again when reopening (a just-dropped handle may still hold
+/// it while its flusher winds down), [`REOPEN_LOCK_WAIT`] apart.
+const REOPEN_LOCK_ATTEMPTS: u32 = 100;
+/// Pause between two attempts to take sled's file lock on reopening.
+const REOPEN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 /// XChaCha20-Poly1305 nonce length.
 const NONCE_LEN: usize = 24;
 /// Poly1305 tag length.
@@ -100,7 +116,9 @@ const KEY_CHECK_VALUE: &[u8] = b"Hush-Store-Key-Check-v1";
 ///
 /// Deliberately not `Debug`: it holds key material.
 pub struct SledKv {
-    db: sled::Db,
+    /// `None` only while [`KvStore::reopen`] replaces the handle (or after it failed to).
+    db: Option<sled::Db>,
+    path: std::path::PathBuf,
     index_key: Zeroizing<[u8; 32]>,
     value_key: Zeroizing<[u8; 32]>,
     rng: Box<dyn CryptoRng + Send>,
@@ -123,12 +141,27 @@ impl SledKv {
         key: Zeroizing<[u8; 32]>,
         rng: Box<dyn CryptoRng + Send>,
     ) -> Result<Self, StoreError> {
-        let hkdf = Hkdf::<Sha256>::new(None, key.as_slice());
-        let mut index_key = Zeroizing::new([0u8; 32]);
-        let mut value_key = Zeroizing::new([0u8; 32]);
-        hkdf.expand(INDEX_INFO, index_key.as_mut_slice())
-            .and_then(|()| hkdf.expand(VALUE_INFO, value_key.as_mut_slice()))
-            .map_err(|_| StoreError::Io("subkey derivation failed".to_owned()))?;
+        Self::open_labelled(path, key, b"", rng)
+    }
+
+    /// Opens (creating it if needed) the store in directory `path` with at-rest key `key` and
+    /// subkeys derived under `label` (see the [module docs](self)); a store written before labels
+    /// (empty label) is migrated once.
+    ///
+    /// # Errors
+    /// As for [`SledKv::open`].
+    pub fn open_labelled(
+        path: &Path,
+        key: Zeroizing<[u8; 32]>,
+        label: &[u8],
+        rng: Box<dyn CryptoRng + Send>,
+    ) -> Result<Self, StoreError> {
+        let (index_key, value_key) = subkeys(&key, label)?;
+        let legacy = if label.is_empty() {
+            None
+        } else {
+            Some(subkeys(&key, b"")?)
+        };
         drop(key);
 
         let db = sled::Config::new()
@@ -136,20 +169,132 @@ impl SledKv {
             .open()
             .map_err(backend_error)?;
         let mut store = Self {
-            db,
+            db: Some(db),
+            path: path.to_path_buf(),
             index_key,
             value_key,
             rng,
             poisoned: false,
         };
-        store.check_key()?;
+        match (store.check_key(), legacy) {
+            (Err(StoreError::WrongKey), Some((index_key, value_key))) => {
+                store.migrate_from(index_key, value_key)?;
+            }
+            (r, _) => r?,
+        }
         tracing::debug!("encrypted store opened");
         Ok(store)
     }
 
+    /// The sled handle, unless the store is poisoned or being reopened.
+    fn db(&self) -> Result<&sled::Db, StoreError> {
+        self.db.as_ref().ok_or(StoreError::Poisoned)
+    }
+
+    /// [`KvStore::reopen`]: closes the sled handle and opens the same directory again with the same keys, clearing a
+    /// poisoned state: what a commit whose flush failed left on disk is then what the store
+    /// holds (all of the batch or none of it). Callers must reload anything they derived from
+    /// the store.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the directory cannot be opened again (the store stays poisoned),
+    /// [`StoreError::WrongKey`] / [`StoreError::Corrupt`] as for [`SledKv::open`].
+    fn reopen_handle(&mut self) -> Result<(), StoreError> {
+        self.poisoned = true;
+        if let Some(db) = self.db.take() {
+            // Best effort: what can still be written is written before the handle goes.
+            let _ = db.flush();
+            drop(db);
+        }
+        let mut last = StoreError::Io("store not reopened".to_owned());
+        for _ in 0..REOPEN_LOCK_ATTEMPTS {
+            match sled::Config::new().path(&self.path).open() {
+                Ok(db) => {
+                    self.db = Some(db);
+                    self.check_key()?;
+                    self.poisoned = false;
+                    tracing::info!("encrypted store reopened");
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = backend_error(e);
+                    std::thread::sleep(REOPEN_LOCK_WAIT);
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Re-encrypts every record of a store written under the subkeys `(index_key, value_key)`
+    /// (the empty label) under this store's subkeys, in one atomic batch.
+    fn migrate_from(
+        &mut self,
+        index_key: Zeroizing<[u8; 32]>,
+        value_key: Zeroizing<[u8; 32]>,
+    ) -> Result<(), StoreError> {
+        // Read everything under the old subkeys, then switch back to the new ones.
+        let new_index = std::mem::replace(&mut self.index_key, index_key);
+        let new_value = std::mem::replace(&mut self.value_key, value_key);
+        let old = self.read_all_for_migration();
+        self.index_key = new_index;
+        self.value_key = new_value;
+        let (entries, physical_old) = old?;
+        let mut batch = sled::Batch::default();
+        // A new physical key never equals an old one (another index key), so removing the old
+        // entries and inserting the new ones in one batch cannot clash.
+        for p in physical_old {
+            batch.remove(p);
+        }
+        let moved = entries.len();
+        for (ns, logical, value) in entries {
+            let physical = self.physical_key(ns, &logical)?;
+            let record = self.seal(&physical, &logical, &value)?;
+            batch.insert(physical, record);
+        }
+        let record = self.seal(&KEY_CHECK_PHYSICAL, KEY_CHECK_LOGICAL, KEY_CHECK_VALUE)?;
+        batch.insert(KEY_CHECK_PHYSICAL.to_vec(), record);
+        self.db()?.apply_batch(batch).map_err(backend_error)?;
+        self.db()?.flush().map_err(backend_error)?;
+        tracing::info!(
+            records = moved,
+            "encrypted store migrated to labelled subkeys"
+        );
+        Ok(())
+    }
+
+    /// Every logical record (under the current subkeys, which must pass the key check) and
+    /// every physical key but the key-check record's.
+    #[allow(clippy::type_complexity)]
+    fn read_all_for_migration(
+        &mut self,
+    ) -> Result<
+        (
+            Vec<(Namespace, Vec<u8>, Zeroizing<Vec<u8>>)>,
+            Vec<sled::IVec>,
+        ),
+        StoreError,
+    > {
+        self.check_key()?;
+        let mut entries = Vec::new();
+        let mut physical_old = Vec::new();
+        for entry in self.db()?.iter() {
+            let (physical, _) = entry.map_err(backend_error)?;
+            if physical.as_ref() != KEY_CHECK_PHYSICAL.as_slice() {
+                physical_old.push(physical);
+            }
+        }
+        for ns in Namespace::ALL {
+            for (logical, value) in self.scan(ns)? {
+                entries.push((ns, logical, value));
+            }
+        }
+        Ok((entries, physical_old))
+    }
+
     /// Verifies the key-check record, writing it if the database is empty.
     fn check_key(&mut self) -> Result<(), StoreError> {
-        match self.db.get(KEY_CHECK_PHYSICAL).map_err(backend_error)? {
+        let db = self.db()?.clone();
+        match db.get(KEY_CHECK_PHYSICAL).map_err(backend_error)? {
             Some(stored) => {
                 let (logical, value) = self
                     .open_record(Namespace::Meta, &KEY_CHECK_PHYSICAL, &stored)
@@ -159,12 +304,11 @@ impl SledKv {
                 }
                 Ok(())
             }
-            None if self.db.is_empty() => {
+            None if db.is_empty() => {
                 let record = self.seal(&KEY_CHECK_PHYSICAL, KEY_CHECK_LOGICAL, KEY_CHECK_VALUE)?;
-                self.db
-                    .insert(KEY_CHECK_PHYSICAL, record)
+                db.insert(KEY_CHECK_PHYSICAL, record)
                     .map_err(backend_error)?;
-                self.db.flush().map_err(backend_error)?;
+                db.flush().map_err(backend_error)?;
                 tracing::info!("new encrypted store initialised");
                 Ok(())
             }
@@ -284,7 +428,7 @@ impl KvStore for SledKv {
     fn get(&self, ns: Namespace, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
         self.ensure_usable()?;
         let physical = self.physical_key(ns, key)?;
-        let Some(stored) = self.db.get(&physical).map_err(backend_error)? else {
+        let Some(stored) = self.db()?.get(&physical).map_err(backend_error)? else {
             return Ok(None);
         };
         let (logical, value) = self
@@ -301,7 +445,7 @@ impl KvStore for SledKv {
     fn scan(&self, ns: Namespace) -> Result<Vec<KvEntry>, StoreError> {
         self.ensure_usable()?;
         let mut records = Vec::new();
-        for entry in self.db.scan_prefix([ns.as_byte()]) {
+        for entry in self.db()?.scan_prefix([ns.as_byte()]) {
             let (physical, stored) = entry.map_err(backend_error)?;
             if ns == Namespace::Meta && physical.as_ref() == KEY_CHECK_PHYSICAL.as_slice() {
                 continue;
@@ -340,13 +484,28 @@ impl KvStore for SledKv {
                 }
             }
         }
-        self.db.apply_batch(sled_batch).map_err(backend_error)?;
-        if let Err(e) = self.db.flush() {
+        #[cfg(feature = "fault-injection")]
+        faults::before_write(&self.path)?;
+        self.db()?.apply_batch(sled_batch).map_err(backend_error)?;
+        #[cfg(feature = "fault-injection")]
+        let flushed = faults::before_flush(&self.path)
+            .and_then(|()| self.db()?.flush().map_err(backend_error));
+        #[cfg(not(feature = "fault-injection"))]
+        let flushed = self.db()?.flush().map_err(backend_error);
+        if let Err(e) = flushed {
             self.poisoned = true;
             tracing::error!("store flush failed after applying a batch; handle poisoned");
-            return Err(backend_error(e));
+            return Err(e);
         }
         Ok(())
+    }
+
+    fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        self.reopen_handle()
     }
 }
 
@@ -359,6 +518,21 @@ impl SledKv {
             Err(corrupt(ns, "malformed physical key"))
         }
     }
+}
+
+/// The index and value subkeys of `key` under `label` (see the [module docs](self)).
+#[allow(clippy::type_complexity)]
+fn subkeys(
+    key: &[u8; 32],
+    label: &[u8],
+) -> Result<(Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>), StoreError> {
+    let hkdf = Hkdf::<Sha256>::new(None, key.as_slice());
+    let mut index_key = Zeroizing::new([0u8; 32]);
+    let mut value_key = Zeroizing::new([0u8; 32]);
+    hkdf.expand_multi_info(&[INDEX_INFO, label], index_key.as_mut_slice())
+        .and_then(|()| hkdf.expand_multi_info(&[VALUE_INFO, label], value_key.as_mut_slice()))
+        .map_err(|_| StoreError::Io("subkey derivation failed".to_owned()))?;
+    Ok((index_key, value_key))
 }
 
 /// A [`StoreError::Corrupt`] for `namespace`.
@@ -376,6 +550,85 @@ fn log_corrupt(err: &StoreError) {
 /// Maps a sled error to [`StoreError::Io`]. Sled's messages describe the failure, never the data.
 fn backend_error(err: sled::Error) -> StoreError {
     StoreError::Io(format!("sled: {err}"))
+}
+
+/// Injected failures, for tests of what a client does when its disk fails (feature
+/// `fault-injection`, enabled only by tests). Faults are set per store directory (the path the
+/// store was opened with), so tests running in parallel do not disturb each other.
+#[cfg(feature = "fault-injection")]
+pub mod faults {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use super::StoreError;
+
+    #[derive(Default)]
+    struct Plan {
+        writes: u64,
+        flushes: u64,
+        hits: u64,
+    }
+
+    static PLANS: Mutex<Option<HashMap<PathBuf, Plan>>> = Mutex::new(None);
+
+    fn with<T>(path: &Path, f: impl FnOnce(&mut Plan) -> T) -> T {
+        let mut g = PLANS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(g.get_or_insert_with(HashMap::new)
+            .entry(path.to_path_buf())
+            .or_default())
+    }
+
+    /// The next `n` commits of the store at `path` fail before anything is written
+    /// ([`StoreError::Io`]; the handle stays usable).
+    pub fn fail_writes(path: &Path, n: u64) {
+        with(path, |p| p.writes = n);
+    }
+
+    /// The next `n` commits of the store at `path` apply their batch but fail to flush, which
+    /// poisons the handle.
+    pub fn fail_flushes(path: &Path, n: u64) {
+        with(path, |p| p.flushes = n);
+    }
+
+    /// Removes the faults still planned for the store at `path`.
+    pub fn clear(path: &Path) {
+        with(path, |p| {
+            p.writes = 0;
+            p.flushes = 0;
+        });
+    }
+
+    /// How many injected faults the store at `path` has hit so far.
+    pub fn hits(path: &Path) -> u64 {
+        with(path, |p| p.hits)
+    }
+
+    pub(super) fn before_write(path: &Path) -> Result<(), StoreError> {
+        with(path, |p| {
+            if p.writes > 0 {
+                p.writes -= 1;
+                p.hits += 1;
+                Err(StoreError::Io("injected write fault".to_owned()))
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    pub(super) fn before_flush(path: &Path) -> Result<(), StoreError> {
+        with(path, |p| {
+            if p.flushes > 0 {
+                p.flushes -= 1;
+                p.hits += 1;
+                Err(StoreError::Io("injected flush fault".to_owned()))
+            } else {
+                Ok(())
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -826,5 +1079,112 @@ mod tests {
     fn second_handle_on_same_directory_is_refused() {
         let (dir, _store) = fresh();
         assert!(matches!(reopen(&dir, 7, 2), Err(StoreError::Io(_))));
+    }
+
+    /// Opens `dir` with label `label` (waiting, bounded, for a just-dropped handle's lock).
+    fn open_labelled_retrying(
+        dir: &TempDir,
+        label: &[u8],
+        seed: u64,
+    ) -> Result<SledKv, StoreError> {
+        for _ in 0..500 {
+            match SledKv::open_labelled(dir.path(), at_rest_key(7), label, rng(seed)) {
+                Err(StoreError::Io(e)) if e.contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+        SledKv::open_labelled(dir.path(), at_rest_key(7), label, rng(seed))
+    }
+
+    #[test]
+    fn stores_with_different_labels_do_not_share_subkeys() {
+        let (a, b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+        let mut db = SledKv::open_labelled(a.path(), at_rest_key(7), b"/db", rng(1)).unwrap();
+        let history = SledKv::open_labelled(b.path(), at_rest_key(7), b"/history", rng(2)).unwrap();
+        put(&mut db, Namespace::Messages, b"k", b"secret");
+        // Same logical key, other store: another physical key and another value key.
+        assert_ne!(
+            db.physical_key(Namespace::Messages, b"k").unwrap(),
+            history.physical_key(Namespace::Messages, b"k").unwrap()
+        );
+        let physical = db.physical_key(Namespace::Messages, b"k").unwrap();
+        let sealed = db.db().unwrap().get(&physical).unwrap().unwrap();
+        assert!(
+            history
+                .open_record(Namespace::Messages, &physical, &sealed)
+                .is_err()
+        );
+        // And a store is refused under another store's label.
+        drop(history);
+        drop(db);
+        assert!(matches!(
+            open_labelled_retrying(&a, b"/history", 3),
+            Err(StoreError::WrongKey)
+        ));
+    }
+
+    #[test]
+    fn a_store_written_before_labels_is_migrated_once_and_keeps_its_records() {
+        let (dir, mut store) = fresh();
+        let mut batch = Batch::new();
+        batch
+            .put(Namespace::Sessions, b"bob/1", b"ratchet".to_vec())
+            .put(Namespace::Identity, b"self", b"identity".to_vec())
+            .put(Namespace::Meta, b"counter", b"7".to_vec());
+        store.commit(batch).unwrap();
+        let old_entries = raw_entries_of(&store);
+        drop(store);
+
+        let store = open_labelled_retrying(&dir, b"/db", 2).unwrap();
+        assert_eq!(
+            get(&store, Namespace::Sessions, b"bob/1"),
+            Some(b"ratchet".to_vec())
+        );
+        assert_eq!(
+            get(&store, Namespace::Identity, b"self"),
+            Some(b"identity".to_vec())
+        );
+        assert_eq!(
+            get(&store, Namespace::Meta, b"counter"),
+            Some(b"7".to_vec())
+        );
+        // Every old physical entry is gone (the key-check record was rewritten).
+        let new_entries = raw_entries_of(&store);
+        assert_eq!(new_entries.len(), old_entries.len());
+        for (k, v) in &old_entries {
+            assert!(!new_entries.iter().any(|(k2, v2)| k2 == k && v2 == v));
+        }
+        drop(store);
+        // Migrated: the unlabelled keys no longer open it; the label does, without migrating.
+        assert!(matches!(reopen(&dir, 7, 3), Err(StoreError::WrongKey)));
+        let store = open_labelled_retrying(&dir, b"/db", 4).unwrap();
+        assert_eq!(raw_entries_of(&store), new_entries);
+        drop(store);
+        // A wrong key is still a wrong key, not a migration.
+        for _ in 0..500 {
+            match SledKv::open_labelled(dir.path(), at_rest_key(8), b"/db", rng(5)) {
+                Err(StoreError::Io(e)) if e.contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => {
+                    assert!(matches!(other, Err(StoreError::WrongKey)));
+                    break;
+                }
+            }
+        }
+    }
+
+    fn raw_entries_of(store: &SledKv) -> Vec<(Vec<u8>, Vec<u8>)> {
+        store
+            .db()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
     }
 }
