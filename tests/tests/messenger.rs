@@ -783,3 +783,143 @@ async fn history_under_the_older_keys_is_moved_once_and_stays_readable_in_order(
     bob.shutdown().await;
     relay.stop().await;
 }
+
+/// Fills `victim`'s device queue (the victim is offline) until the relay refuses with
+/// `QUEUE_FULL`.
+async fn fill_queue(sender: &Messenger, victim: &hush_core::keys::AccountId) {
+    for _ in 0..64 {
+        match sender.engine().send(victim, b"filler").await {
+            Ok(()) => {}
+            Err(hush_client::ClientError::Refused(r))
+                if r.code == hush_proto::relay_api::ErrorCode::QueueFull =>
+            {
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the queue never filled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_message_reaches_the_other_members_when_one_member_cannot_take_it_and_says_who_missed_it()
+ {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let mut rc = relay_config(relay_dir.path(), any_port());
+    rc.max_queue_len = 8;
+    let relay = hush_relay::start(rc).await.unwrap();
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let mut all = three_accounts(&relay, &dirs).await;
+    let (carol, mut c_rx) = all.pop().unwrap();
+    let (bob, mut b_rx) = all.pop().unwrap();
+    let (alice, mut a_rx) = all.pop().unwrap();
+    let (b, c) = (bob.address().account, carol.address().account);
+    let g = alice.engine().create_group("three", &[b, c]).await.unwrap();
+    for rx in [&mut b_rx, &mut c_rx] {
+        next(rx, |e| matches!(e, MessengerEvent::GroupsChanged).then_some(())).await;
+    }
+    // Carol goes away and her queue fills up.
+    carol.shutdown().await;
+    fill_queue(&alice, &c).await;
+
+    let id = alice
+        .send_text(Conversation::Group(g), "to the group", None)
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut b_rx).await, "to the group");
+    let missed = next(&mut a_rx, |e| match e {
+        MessengerEvent::Undelivered {
+            message_id,
+            accounts,
+            ..
+        } if message_id == id => Some(accounts),
+        _ => None,
+    })
+    .await;
+    assert_eq!(missed.len(), 1);
+    assert_eq!(missed[0].account, c);
+    assert!(!missed[0].permanent && !missed[0].reason.is_empty());
+    let (_, stored) = alice.message(&id).unwrap().unwrap();
+    assert!(stored.sent);
+    assert_eq!(stored.undelivered.len(), 1);
+    assert_eq!(stored.undelivered[0].account, c.as_bytes().to_vec());
+    let mut recipients = stored.recipients.clone();
+    recipients.sort();
+    let mut want = vec![b.as_bytes().to_vec(), c.as_bytes().to_vec()];
+    want.sort();
+    assert_eq!(recipients, want);
+
+    // Carol is back and takes her queue in; sending again reaches her alone.
+    let (carol, mut c_rx) =
+        Messenger::open(cfg(dirs[2].path(), relay.addr, &relay.fingerprint)).unwrap();
+    next(&mut c_rx, |e| matches!(e, MessengerEvent::CaughtUp).then_some(())).await;
+    alice.retry(&id).await.unwrap();
+    assert_eq!(next_text(&mut c_rx).await, "to the group");
+    next(&mut a_rx, |e| match e {
+        MessengerEvent::Undelivered {
+            message_id,
+            accounts,
+            ..
+        } if message_id == id && accounts.is_empty() => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(alice.message(&id).unwrap().unwrap().1.undelivered.is_empty());
+    // Bob got it once.
+    assert_eq!(
+        bob.history(Conversation::Group(g), None, 10).unwrap().len(),
+        1
+    );
+    for m in [alice, bob, carol] {
+        m.shutdown().await;
+    }
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_message_that_must_wait_holds_back_only_its_own_conversation() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let addr: SocketAddr = free_port();
+    let with_addr = |dir: &Path| {
+        let mut rc = relay_config(dir, addr);
+        rc.max_queue_len = 8;
+        rc
+    };
+    let relay = hush_relay::start(with_addr(relay_dir.path()))
+        .await
+        .unwrap();
+    let pin = relay.fingerprint.clone();
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let mut all = three_accounts(&relay, &dirs).await;
+    let (carol, _c_rx) = all.pop().unwrap();
+    let (bob, mut b_rx) = all.pop().unwrap();
+    let (alice, _a_rx) = all.pop().unwrap();
+    let (b, c) = (bob.address().account, carol.address().account);
+    carol.shutdown().await;
+    fill_queue(&alice, &c).await;
+
+    // Offline, Alice writes to Carol first, then to Bob.
+    relay.stop().await;
+    for (to, text) in [(c, "to carol"), (b, "to bob")] {
+        let pending = tokio::time::timeout(
+            Duration::from_millis(300),
+            alice.send_text(Conversation::Direct(to), text, None),
+        )
+        .await;
+        assert!(pending.is_err(), "sent although the relay was down");
+    }
+    alice.shutdown().await;
+
+    // Back online: Carol's queue is still full, so her message waits; Bob's goes.
+    let relay = hush_relay::start(with_addr(relay_dir.path()))
+        .await
+        .unwrap();
+    let (alice, _a_rx) = Messenger::open(cfg(dirs[0].path(), addr, &pin)).unwrap();
+    assert_eq!(next_text(&mut b_rx).await, "to bob");
+    let waiting = alice.history(Conversation::Direct(c), None, 10).unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert!(!waiting[0].sent && waiting[0].failed.is_empty());
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay.stop().await;
+}
