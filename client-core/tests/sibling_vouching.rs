@@ -119,6 +119,7 @@ fn a_sibling_vouches_for_a_departed_author_only_with_an_earlier_signed_list_that
     assert!(a3.group(&g).is_some(), "the group was not learned");
 
     // Without that earlier list (a sibling that kept none), the sibling's word is not enough.
+    a1.remove_device(3, 1015).unwrap();
     let former: Vec<Vec<u8>> = store
         .scan(Namespace::DeviceLists)
         .unwrap()
