@@ -36,7 +36,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Boxed and oneof fields (zeroize has no `Box<T>` impl): each message inside wipes itself
     // when dropped. (The skip reaches the oneof's variants too, so its derive does nothing.)
     config.field_attribute(".hush.app.v1.AppMessage.kind", "#[zeroize(skip)]");
-    config.enum_attribute(".hush.app.v1.AppMessage.kind", "#[derive(zeroize::Zeroize)]");
+    config.enum_attribute(
+        ".hush.app.v1.AppMessage.kind",
+        "#[derive(zeroize::Zeroize)]",
+    );
     config.field_attribute(".hush.app.v1.SyncSent.message", "#[zeroize(skip)]");
     config.compile_fds(fds)?;
     Ok(())

@@ -410,12 +410,7 @@ impl Engine {
             let entry = d.group(g).ok_or(ClientError::Core(CoreError::Protocol(
                 ProtocolError::UnknownGroup,
             )))?;
-            let members: Vec<AccountId> = entry
-                .state()
-                .members
-                .keys()
-                .copied()
-                .collect();
+            let members: Vec<AccountId> = entry.state().members.keys().copied().collect();
             let unknown = members
                 .iter()
                 .filter(|a| d.device_list(a).is_none())
@@ -452,8 +447,11 @@ impl Engine {
             let to_reach: Vec<AccountId> =
                 accounts.into_iter().filter(|a| !skip.contains(a)).collect();
             for a in &to_reach {
-                let of: Vec<DeviceAddress> =
-                    devices.iter().filter(|d| d.account == *a).copied().collect();
+                let of: Vec<DeviceAddress> = devices
+                    .iter()
+                    .filter(|d| d.account == *a)
+                    .copied()
+                    .collect();
                 if let Err(e) = self.inner.ensure_sessions(&conn, &of).await {
                     if !is_account_failure(&e) {
                         return Err(e);
@@ -1287,9 +1285,9 @@ impl Inner {
                 }
             }
             Some(sealed::Kind::Group(bytes)) => {
-                let r = self
-                    .lock()
-                    .and_then(|mut d| Ok(d.decrypt_group_from(&from, &bytes, &mut rng(), now_ms())?));
+                let r = self.lock().and_then(|mut d| {
+                    Ok(d.decrypt_group_from(&from, &bytes, &mut rng(), now_ms())?)
+                });
                 match r {
                     Ok(GroupIncoming::Decrypted(r)) => self.emit(Event::Message {
                         id: r.id,

@@ -262,7 +262,10 @@ const HISTORY_KEY: u8 = 0x80;
 
 /// The store key of `m` in conversation `conv` (see [`History`]).
 fn history_key(conv: &[u8], m: &StoredMessage) -> Vec<u8> {
-    let id = m.message.as_ref().map_or(&[][..], |a| a.message_id.as_slice());
+    let id = m
+        .message
+        .as_ref()
+        .map_or(&[][..], |a| a.message_id.as_slice());
     let mut k = Vec::with_capacity(1 + conv.len() + 32 + 4 + 16);
     k.push(HISTORY_KEY);
     k.extend_from_slice(conv);
@@ -359,7 +362,10 @@ impl History {
             if !keys.contains(&key) {
                 keys.push(key.clone());
             }
-            let c = self.counters.entry((conv.clone(), sender_key(&m))).or_insert(0);
+            let c = self
+                .counters
+                .entry((conv.clone(), sender_key(&m)))
+                .or_insert(0);
             *c = (*c).max(a.counter);
         }
         self.order.insert(order_key(&conv, &m), key.clone());
@@ -1013,7 +1019,11 @@ impl Shared {
     }
 
     /// Sends an ephemeral `m` (typing, presence) to the conversation's connected devices.
-    async fn deliver_ephemeral(&self, conv: Conversation, m: &AppMessage) -> Result<(), ClientError> {
+    async fn deliver_ephemeral(
+        &self,
+        conv: Conversation,
+        m: &AppMessage,
+    ) -> Result<(), ClientError> {
         let bytes = m.encode_to_vec();
         match conv {
             Conversation::Direct(peer) => self.engine.send_ephemeral(&peer, &bytes).await,
@@ -1130,11 +1140,8 @@ impl Shared {
             self.update_own(id, |s| {
                 let before = s.undelivered.clone();
                 // Those tried again are replaced by this try's outcome; others stay.
-                s.undelivered.retain(|u| {
-                    tried
-                        .as_ref()
-                        .is_some_and(|t| !t.contains(&u.account))
-                });
+                s.undelivered
+                    .retain(|u| tried.as_ref().is_some_and(|t| !t.contains(&u.account)));
                 s.undelivered.extend(now.iter().cloned());
                 changed = s.undelivered != before;
                 undelivered.clone_from(&s.undelivered);

@@ -261,6 +261,8 @@ pub(crate) fn message(conversation: Conversation, m: &StoredMessage) -> HushMess
 }
 
 /// What the client reports to its listener.
+// Crosses the FFI by value (a boxed variant would not); one event at a time.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
 pub enum HushEvent {
     /// A new message (incoming, or sent from another device of this account), already stored.

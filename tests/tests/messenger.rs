@@ -590,16 +590,20 @@ async fn a_replayed_sent_at_and_counter_or_an_id_taken_by_another_sender_never_o
         .map(body_of)
         .collect();
     assert_eq!(with_alice.len(), 3, "{with_alice:?}");
-    assert!(with_alice.contains(&"original".to_owned()), "{with_alice:?}");
+    assert!(
+        with_alice.contains(&"original".to_owned()),
+        "{with_alice:?}"
+    );
     assert!(with_alice.contains(&"replayed clock".to_owned()));
     assert_eq!(with_alice[2], "real");
     assert!(!with_alice.contains(&"changed".to_owned()));
     let with_mallory = bob
         .history(Conversation::Direct(mallory.address().account), None, 10)
         .unwrap();
-    assert_eq!(with_mallory.iter().map(body_of).collect::<Vec<_>>(), [
-        "squatted"
-    ]);
+    assert_eq!(
+        with_mallory.iter().map(body_of).collect::<Vec<_>>(),
+        ["squatted"]
+    );
     // Looking a message up by id finds it in its conversation.
     let (conv, m) = bob.message(&id).unwrap().unwrap();
     assert_eq!(conv, Conversation::Direct(a));
@@ -816,7 +820,10 @@ async fn a_group_message_reaches_the_other_members_when_one_member_cannot_take_i
     let (b, c) = (bob.address().account, carol.address().account);
     let g = alice.engine().create_group("three", &[b, c]).await.unwrap();
     for rx in [&mut b_rx, &mut c_rx] {
-        next(rx, |e| matches!(e, MessengerEvent::GroupsChanged).then_some(())).await;
+        next(rx, |e| {
+            matches!(e, MessengerEvent::GroupsChanged).then_some(())
+        })
+        .await;
     }
     // Carol goes away and her queue fills up.
     carol.shutdown().await;
@@ -852,7 +859,10 @@ async fn a_group_message_reaches_the_other_members_when_one_member_cannot_take_i
     // Carol is back and takes her queue in; sending again reaches her alone.
     let (carol, mut c_rx) =
         Messenger::open(cfg(dirs[2].path(), relay.addr, &relay.fingerprint)).unwrap();
-    next(&mut c_rx, |e| matches!(e, MessengerEvent::CaughtUp).then_some(())).await;
+    next(&mut c_rx, |e| {
+        matches!(e, MessengerEvent::CaughtUp).then_some(())
+    })
+    .await;
     alice.retry(&id).await.unwrap();
     assert_eq!(next_text(&mut c_rx).await, "to the group");
     next(&mut a_rx, |e| match e {
@@ -864,7 +874,15 @@ async fn a_group_message_reaches_the_other_members_when_one_member_cannot_take_i
         _ => None,
     })
     .await;
-    assert!(alice.message(&id).unwrap().unwrap().1.undelivered.is_empty());
+    assert!(
+        alice
+            .message(&id)
+            .unwrap()
+            .unwrap()
+            .1
+            .undelivered
+            .is_empty()
+    );
     // Bob got it once.
     assert_eq!(
         bob.history(Conversation::Group(g), None, 10).unwrap().len(),

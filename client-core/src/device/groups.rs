@@ -14,9 +14,9 @@ use crate::consts::{
     MAX_BUFFERED_GROUP_MESSAGES_TOTAL, MAX_MESSAGE_LEN, MAX_PLAINTEXT_LEN,
     SENDER_KEY_MAX_ITERATIONS, SENDER_KEY_REQUEST_INTERVAL_MS,
 };
+use crate::device_list::VerifiedDeviceList;
 use crate::error::{Error, ProtocolError, Result};
 use crate::group::{ChangeBody, GroupLog, GroupState, Offered, SignedChange};
-use crate::device_list::VerifiedDeviceList;
 use crate::keys::{AccountId, DeviceAddress, DeviceIdentity};
 use crate::sender_key::{GroupId, GroupMessage, SenderKeyRecord, SenderKeyState};
 use crate::store::kv::{KvStore, Namespace};
@@ -73,6 +73,9 @@ fn buffer_prefix(g: &GroupId) -> Vec<u8> {
     k.push(1);
     k
 }
+
+/// A buffered message as the quotas see it: (seq, store key, length).
+type Held = (u64, Vec<u8>, usize);
 
 /// The account a buffered message counts against: the one recorded with it, or (records from
 /// before that was stored) the sender its header names.
@@ -302,8 +305,7 @@ impl<S: KvStore> Device<S> {
         }
         Ok(lists.iter().any(|l| {
             l.list().version < current_version
-                && l
-                    .identity_of(author.device_id)
+                && l.identity_of(author.device_id)
                     .is_ok_and(|id| change.verify(&id).is_ok())
         }))
     }
@@ -710,7 +712,7 @@ impl<S: KvStore> Device<S> {
         tx: &mut Tx,
     ) -> Result<()> {
         // Per sending account: its buffered (seq, key, length), and the totals.
-        let mut held: HashMap<[u8; 32], Vec<(u64, Vec<u8>, usize)>> = HashMap::new();
+        let mut held: HashMap<[u8; 32], Vec<Held>> = HashMap::new();
         let (mut total, mut total_bytes) = (0usize, 0usize);
         for (k, v) in self.store.scan(Namespace::Groups)? {
             if k.len() == 32 {
