@@ -6,8 +6,10 @@
 //!
 //! Order: every message carries the sender's clock (`sent_at`, never lower than the sender's
 //! previous message) and a per-(sender device, conversation) counter. History is sorted by
-//! (`sent_at`, sender account, sender device, counter), which every device computes the same way
-//! from the same messages; a counter that skips values marks a gap.
+//! (`sent_at`, sender account, sender device, counter, message id), which every device computes
+//! the same way from the same messages; a counter that skips values marks a gap. Deduplication is
+//! by (conversation, sender device, message id): the key of a stored record, which nothing
+//! replaces (see [`History`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -798,8 +800,9 @@ impl Messenger {
 
     /// Sends again a message of this device that has not reached the relay: one shown as failed
     /// (`StoredMessage::failed`, [`MessengerEvent::SendFailed`]) or still waiting in the
-    /// outbox. Nothing happens for one already sent. Errors as for [`Self::send_text`]; a
-    /// message refused again for good stays failed.
+    /// outbox; for a group message, to the members it missed (`StoredMessage::undelivered`,
+    /// refused for good or not). Nothing happens for one sent to everyone. Errors as for
+    /// [`Self::send_text`]; a message refused again for good stays failed.
     pub async fn retry(&self, id: &MessageId) -> Result<(), ClientError> {
         self.shared.retry(id).await
     }
