@@ -253,16 +253,24 @@ impl<S: KvStore> Device<S> {
         self.devices_of(entry.log.state().members.keys().copied())
     }
 
-    /// `GroupChanges` carrying `changes`, with the proof lists of their author devices that
-    /// have left their lists (the earlier lists this device kept, §17.6).
-    fn changes_content(&self, changes: &[SignedChange]) -> wire::Content {
+    /// `GroupChanges` carrying `changes`; with `proofs` (a sync answer to a sibling), also the
+    /// lists that show their author devices were listed (§17.6): the list this device holds
+    /// when it lists the author (the receiver may know a newer one without it), or else an
+    /// earlier list it kept.
+    fn changes_content(&self, changes: &[SignedChange], proofs_for: bool) -> wire::Content {
         let mut proofs: Vec<Vec<u8>> = Vec::new();
-        for c in changes {
+        for c in changes.iter().filter(|_| proofs_for) {
             let author = c.body.author;
             if self
                 .known_identity(&author)
                 .is_ok_and(|id| c.verify(&id).is_ok())
             {
+                if let Some(l) = self.device_lists.get(&author.account) {
+                    let bytes = l.signed_bytes().to_vec();
+                    if !proofs.contains(&bytes) {
+                        proofs.push(bytes);
+                    }
+                }
                 continue;
             }
             let Ok(former) = self.former_lists(&author.account) else {
@@ -340,7 +348,7 @@ impl<S: KvStore> Device<S> {
         };
         let change = SignedChange::sign(body, &self.identity);
         let log = GroupLog::create(change)?;
-        let content = self.changes_content(log.log());
+        let content = self.changes_content(log.log(), false);
         self.groups.insert(
             id,
             GroupEntry {
@@ -405,8 +413,8 @@ impl<S: KvStore> Device<S> {
         let (after, diff) = before.apply(&change)?;
         let mut log = entry.log.clone();
         log.offer(change.clone())?;
-        let full = self.changes_content(log.log());
-        let single = self.changes_content(std::slice::from_ref(&change));
+        let full = self.changes_content(log.log(), false);
+        let single = self.changes_content(std::slice::from_ref(&change), false);
         let old_entry = self.groups.insert(
             *g,
             GroupEntry {
@@ -1046,7 +1054,7 @@ impl<S: KvStore> Device<S> {
             let Some(entry) = self.groups.get(&g) else {
                 continue;
             };
-            let content = self.changes_content(entry.log.log());
+            let content = self.changes_content(entry.log.log(), true);
             out.push(Outgoing {
                 to: *from,
                 bytes: self.seal(from, &content, rng, now, tx)?,
