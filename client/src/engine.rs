@@ -39,6 +39,33 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub(crate) const CONNECT_WAIT: Duration = Duration::from_secs(30);
 /// Attempts of one send (device-set changes and transient failures).
 const SEND_ATTEMPTS: usize = 4;
+
+/// How long a send waits before offering a message again to recipient devices whose queue was
+/// full (`SendResult.full_devices`); after [`SEND_ATTEMPTS`] the send fails as transient, and
+/// the messenger's outbox keeps the message waiting.
+const FULL_DEVICE_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The devices a send left out because their queue at the relay was full, if any.
+fn left_out(answer: &server_frame::Kind) -> Option<Vec<u32>> {
+    match answer {
+        server_frame::Kind::Sent(r) if !r.full_devices.is_empty() => Some(r.full_devices.clone()),
+        _ => None,
+    }
+}
+
+/// The transient failure of a send that some devices did not take.
+fn full_refusal(full: &[u32]) -> ClientError {
+    ClientError::Refused(crate::error::Refusal {
+        code: ErrorCode::QueueFull,
+        message: format!(
+            "{} recipient device(s) have a full queue at the relay",
+            full.len()
+        ),
+        retry_after_ms: 0,
+        missing_devices: Vec::new(),
+        extra_devices: Vec::new(),
+    })
+}
 /// File in the profile directory recording the highest one-time pre-key id uploaded.
 const UPLOADED_FILE: &str = "uploaded-pre-keys";
 /// The push endpoint this device registered (sent again on every connection).
@@ -1006,7 +1033,15 @@ impl Inner {
                 }))
                 .await;
             match r {
-                Ok(_) => return Ok(()),
+                Ok(answer) => match left_out(&answer) {
+                    // Devices whose queue was full did not get it: send the same bytes again
+                    // under the same id (the relay queues only the copies it does not hold).
+                    Some(full) => {
+                        last = full_refusal(&full);
+                        tokio::time::sleep(FULL_DEVICE_BACKOFF).await;
+                    }
+                    None => return Ok(()),
+                },
                 Err(e) if e.is_transient() => {
                     if !c.is_open() {
                         next = Some(self.current(CONNECT_WAIT).await?);
@@ -1156,7 +1191,16 @@ impl Inner {
                 })
             };
             match conn.request(kind).await {
-                Ok(_) => return Ok(()),
+                Ok(answer) => match left_out(&answer) {
+                    // Devices whose queue was full did not get it: send the same bytes again
+                    // under the same client id (the relay queues only the copies it does not
+                    // hold).
+                    Some(full) => {
+                        last = full_refusal(&full);
+                        tokio::time::sleep(FULL_DEVICE_BACKOFF).await;
+                    }
+                    None => return Ok(()),
+                },
                 Err(e) if RelayConnection::is_code(&e, ErrorCode::DeviceMismatch) => {
                     // The recipient's devices changed: nothing was queued; fetch the new list
                     // and encrypt again (same client id: nothing of the old try exists).

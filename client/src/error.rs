@@ -83,6 +83,7 @@ impl ClientError {
                     | ErrorCode::TooLarge
                     | ErrorCode::TooManyDevices
                     | ErrorCode::UnknownRequest
+                    | ErrorCode::BlobQuotaExceeded
             ),
             _ => false,
         }
@@ -94,7 +95,15 @@ impl ClientError {
             Self::Unreachable(_) | Self::Disconnected | Self::Timeout => true,
             Self::Refused(r) => matches!(
                 r.code,
-                ErrorCode::RateLimited | ErrorCode::Draining | ErrorCode::Internal
+                ErrorCode::RateLimited
+                    | ErrorCode::Draining
+                    | ErrorCode::Internal
+                    | ErrorCode::QueueFull
+                    | ErrorCode::SenderQuota
+                    | ErrorCode::MailboxFull
+                    | ErrorCode::RelayFull
+                    | ErrorCode::LinkTableFull
+                    | ErrorCode::TooManyConnections
             ),
             _ => false,
         }

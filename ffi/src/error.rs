@@ -52,6 +52,10 @@ pub enum HushError {
     /// A text, file or request over its size limit.
     #[error("too large: {0}")]
     TooLarge(String),
+    /// This account's attachment storage on the relay (or the relay's) is full: space comes back
+    /// as older attachments expire; retrying at once does not help.
+    #[error("storage quota exceeded: {0}")]
+    QuotaExceeded(String),
     /// The relay refused the request for another reason.
     #[error("refused by the relay: {0}")]
     Refused(String),
@@ -96,6 +100,22 @@ fn refusal(r: &Refusal) -> HushError {
             HushError::AlreadySetUp("this account already exists on the relay".into())
         }
         ErrorCode::TooLarge | ErrorCode::QueueFull => HushError::TooLarge(r.message.clone()),
+        ErrorCode::BlobQuotaExceeded => HushError::QuotaExceeded(r.message.clone()),
+        ErrorCode::SenderQuota | ErrorCode::MailboxFull | ErrorCode::RelayFull => {
+            HushError::RateLimited(format!(
+                "the recipient's mailbox on the relay is full ({}); the message waits and is sent \
+                 again later",
+                r.message
+            ))
+        }
+        ErrorCode::LinkTableFull => HushError::RateLimited(
+            "the relay has too many device links pending; try linking again shortly".into(),
+        ),
+        ErrorCode::TooManyConnections => HushError::NotConnected(
+            "the relay holds too many connections from this network or account; close other \
+             clients or try again shortly"
+                .into(),
+        ),
         ErrorCode::BlobNotFound => HushError::NotFound(
             "the attachment is no longer on the relay (expired or deleted)".into(),
         ),
@@ -210,6 +230,26 @@ mod tests {
     fn engine_errors_map_to_what_an_app_can_act_on() {
         let e = HushError::from(refused(ErrorCode::RateLimited));
         assert!(matches!(e, HushError::RateLimited(_)));
+        assert!(matches!(
+            HushError::from(refused(ErrorCode::BlobQuotaExceeded)),
+            HushError::QuotaExceeded(_)
+        ));
+        for code in [
+            ErrorCode::SenderQuota,
+            ErrorCode::MailboxFull,
+            ErrorCode::RelayFull,
+        ] {
+            assert!(matches!(
+                HushError::from(refused(code)),
+                HushError::RateLimited(_)
+            ));
+            assert!(refused(code).is_transient() && !refused(code).is_permanent());
+        }
+        assert!(refused(ErrorCode::BlobQuotaExceeded).is_permanent());
+        assert!(matches!(
+            HushError::from(refused(ErrorCode::TooManyConnections)),
+            HushError::NotConnected(_)
+        ));
         assert!(e.to_string().contains("1500 ms"), "{e}");
         assert!(matches!(
             HushError::from(refused(ErrorCode::UsernameTaken)),

@@ -181,6 +181,7 @@ fn flusher(store: &Store, pending: &std_mpsc::Receiver<Pending>) {
             let kind = match &flushed {
                 Ok(()) => server_frame::Kind::Sent(api::SendResult {
                     received_at: p.received_at,
+                    full_devices: Vec::new(),
                 }),
                 Err(e) => refusal(ErrorCode::Internal, e),
             };

@@ -401,12 +401,21 @@ impl Link {
                 Some(Waiter::Send { at, envelopes, .. }) => {
                     shared.in_flight.fetch_sub(1, Ordering::Relaxed);
                     match kind {
-                        server_frame::Kind::Sent(_) => {
+                        server_frame::Kind::Sent(sent) => {
                             let now = shared.now_ns();
                             shared.acked.fetch_add(1, Ordering::Relaxed);
-                            shared
-                                .envelopes_acked
-                                .fetch_add(envelopes, Ordering::Relaxed);
+                            // Devices left out for lack of room got nothing: not expected to
+                            // arrive, counted as refusals (of their own name).
+                            let left_out = sent.full_devices.len();
+                            if left_out > 0
+                                && let Ok(mut r) = shared.refusals.lock()
+                            {
+                                *r.entry("DEVICE_FULL".to_string()).or_insert(0) += left_out as u64;
+                            }
+                            shared.envelopes_acked.fetch_add(
+                                envelopes.saturating_sub(left_out as u64),
+                                Ordering::Relaxed,
+                            );
                             if shared.in_window(now) {
                                 shared.acked_in_window.fetch_add(1, Ordering::Relaxed);
                             }

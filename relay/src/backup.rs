@@ -1,7 +1,11 @@
 //! Offline backup and restore of the relay's sled database as one self-checking file.
 //!
 //! Run these with the relay stopped: an export of a database that is being written is not a
-//! snapshot. The TLS identity (`cert.der`, `key.der`) lives beside the database, not in it, and
+//! snapshot. Blob bytes live in files of their own beside the database (`blobs/`); an export
+//! given that directory ([`export_with_blobs`]) writes them too, as the entries of one more
+//! collection named [`BLOB_FILES`] (key: blob id (16) ‖ piece index (u32), value: up to
+//! [`BLOB_PIECE`] bytes of the file, in order), and an import given it
+//! ([`import_with_blobs`]) writes them back as files (0600). The TLS identity (`cert.der`, `key.der`) lives beside the database, not in it, and
 //! must be copied separately to keep the fingerprint clients pin.
 //!
 //! # File format
@@ -44,6 +48,12 @@ const TAG_ENTRY: u8 = 2;
 
 /// The only collection type sled exports.
 const TREE: &[u8] = b"tree";
+
+/// Name of the collection that holds the blob files (not a sled tree).
+pub const BLOB_FILES: &[u8] = b"\0blob_files";
+
+/// Bytes of a blob file per backup entry.
+pub const BLOB_PIECE: usize = 1 << 20;
 
 /// Entries written to sled per batch on import.
 const BATCH_ENTRIES: usize = 1024;
@@ -119,6 +129,16 @@ fn db_err(e: sled::Error) -> BackupError {
 /// Writes every tree of `db` to `out` (through a temporary file beside it, synced and renamed;
 /// mode 0600 on unix, as it holds who-messages-whom metadata).
 pub fn export(db: &sled::Db, out: &Path) -> Result<ExportStats, BackupError> {
+    export_with_blobs(db, None, out)
+}
+
+/// As [`export`], also writing the blob files found in `blobs` (complete blobs only: the files
+/// named by 32 hex digits).
+pub fn export_with_blobs(
+    db: &sled::Db,
+    blobs: Option<&Path>,
+    out: &Path,
+) -> Result<ExportStats, BackupError> {
     let mut tmp_name = out.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = out.with_file_name(tmp_name);
@@ -134,7 +154,7 @@ pub fn export(db: &sled::Db, out: &Path) -> Result<ExportStats, BackupError> {
         opts.mode(0o600);
     }
     let file = opts.open(&tmp).map_err(io(&tmp))?;
-    let result = write_all(db, file, &tmp).and_then(|stats| {
+    let result = write_all(db, blobs, file, &tmp).and_then(|stats| {
         fs::rename(&tmp, out).map_err(io(out))?;
         #[cfg(unix)]
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -150,7 +170,12 @@ pub fn export(db: &sled::Db, out: &Path) -> Result<ExportStats, BackupError> {
     result
 }
 
-fn write_all(db: &sled::Db, file: File, path: &Path) -> Result<ExportStats, BackupError> {
+fn write_all(
+    db: &sled::Db,
+    blobs: Option<&Path>,
+    file: File,
+    path: &Path,
+) -> Result<ExportStats, BackupError> {
     let io = |source| BackupError::Io {
         path: path.to_path_buf(),
         source,
@@ -176,6 +201,13 @@ fn write_all(db: &sled::Db, file: File, path: &Path) -> Result<ExportStats, Back
             entries += 1;
         }
     }
+    if let Some(dir) = blobs {
+        w.write_all(&[TAG_COLLECTION]).map_err(io)?;
+        write_field(&mut w, TREE, path)?;
+        write_field(&mut w, BLOB_FILES, path)?;
+        trees += 1;
+        entries += write_blob_files(&mut w, dir, path)?;
+    }
     w.write_all(&[TAG_END]).map_err(io)?;
     w.write_all(&trees.to_be_bytes()).map_err(io)?;
     w.write_all(&entries.to_be_bytes()).map_err(io)?;
@@ -194,6 +226,79 @@ fn write_all(db: &sled::Db, file: File, path: &Path) -> Result<ExportStats, Back
         bytes: written + digest.len() as u64,
         digest: hex::encode(digest),
     })
+}
+
+/// The ids of the complete blob files in `dir`, in order.
+fn blob_ids(dir: &Path) -> Result<Vec<[u8; 16]>, BackupError> {
+    let io = |source| BackupError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut ids = Vec::new();
+    let listing = match fs::read_dir(dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ids),
+        Err(e) => return Err(io(e)),
+    };
+    for entry in listing {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        let id = name
+            .to_str()
+            .and_then(|n| hex::decode(n).ok())
+            .and_then(|b| <[u8; 16]>::try_from(b).ok());
+        if let Some(id) = id
+            && entry.file_type().map_err(io)?.is_file()
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Writes every complete blob file of `dir` as entries; returns how many.
+fn write_blob_files(w: &mut impl Write, dir: &Path, path: &Path) -> Result<u64, BackupError> {
+    let mut entries = 0u64;
+    let mut piece = vec![0u8; BLOB_PIECE];
+    for id in blob_ids(dir)? {
+        let file_path = dir.join(hex::encode(id));
+        let read_err = |source| BackupError::Io {
+            path: file_path.clone(),
+            source,
+        };
+        let mut f = File::open(&file_path).map_err(read_err)?;
+        let mut index = 0u32;
+        loop {
+            let mut got = 0;
+            while got < piece.len() {
+                let rest = piece.get_mut(got..).unwrap_or_default();
+                match f.read(rest) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(read_err(e)),
+                }
+            }
+            if got == 0 {
+                break;
+            }
+            let mut key = id.to_vec();
+            key.extend_from_slice(&index.to_be_bytes());
+            w.write_all(&[TAG_ENTRY])
+                .map_err(|source| BackupError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            write_field(w, &key, path)?;
+            write_field(w, piece.get(..got).unwrap_or_default(), path)?;
+            entries += 1;
+            index = index
+                .checked_add(1)
+                .ok_or(BackupError::Malformed("blob file too large"))?;
+        }
+    }
+    Ok(entries)
 }
 
 /// Writes a length-prefixed field, refusing one over [`MAX_FIELD`].
@@ -236,15 +341,34 @@ impl<W: Write> Write for HashingWriter<W> {
 /// Restores a backup into the empty database `db`, after checking the whole file (magic,
 /// structure, bounds, digest) without writing; flushes before returning.
 pub fn import(from: &Path, db: &sled::Db) -> Result<ImportStats, BackupError> {
+    import_with_blobs(from, db, None)
+}
+
+/// As [`import`], writing the blob files the backup holds into `blobs` (created 0700 if missing);
+/// without it they are skipped.
+pub fn import_with_blobs(
+    from: &Path,
+    db: &sled::Db,
+    blobs: Option<&Path>,
+) -> Result<ImportStats, BackupError> {
     let counted = read_backup(from, &mut |_| Ok(()))?;
     if !is_empty(db)? {
         return Err(BackupError::TargetNotEmpty);
+    }
+    if let Some(dir) = blobs {
+        crate::create_private_dir(dir).map_err(|source| BackupError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
     let mut writer = DbWriter {
         db,
         tree: None,
         batch: sled::Batch::default(),
         pending: 0,
+        blobs,
+        in_blob_files: false,
+        blob_file: None,
     };
     let written = read_backup(from, &mut |item| writer.push(item)).map_err(|e| match e {
         BackupError::DigestMismatch
@@ -255,6 +379,15 @@ pub fn import(from: &Path, db: &sled::Db) -> Result<ImportStats, BackupError> {
         other => other,
     })?;
     writer.finish()?;
+    if let Some(dir) = blobs {
+        #[cfg(unix)]
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| BackupError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
     if written != counted {
         return Err(BackupError::ChangedDuringImport);
     }
@@ -288,6 +421,12 @@ struct DbWriter<'a> {
     tree: Option<sled::Tree>,
     batch: sled::Batch,
     pending: usize,
+    /// Where blob files go (`None`: skipped).
+    blobs: Option<&'a Path>,
+    /// The current collection is [`BLOB_FILES`].
+    in_blob_files: bool,
+    /// The blob file being written: its id, path and handle.
+    blob_file: Option<([u8; 16], PathBuf, File)>,
 }
 
 impl DbWriter<'_> {
@@ -295,8 +434,12 @@ impl DbWriter<'_> {
         match item {
             Item::Tree(name) => {
                 self.finish()?;
-                self.tree = Some(self.db.open_tree(name).map_err(db_err)?);
+                self.in_blob_files = name == BLOB_FILES;
+                if !self.in_blob_files {
+                    self.tree = Some(self.db.open_tree(name).map_err(db_err)?);
+                }
             }
+            Item::Entry(k, v) if self.in_blob_files => self.blob_piece(&k, &v)?,
             Item::Entry(k, v) => {
                 self.batch.insert(k, v);
                 self.pending += 1;
@@ -320,6 +463,49 @@ impl DbWriter<'_> {
     fn finish(&mut self) -> Result<(), BackupError> {
         if self.pending > 0 {
             self.apply()?;
+        }
+        self.close_blob_file()
+    }
+
+    /// Appends one piece of a blob file (pieces come in key order: by id, then index).
+    fn blob_piece(&mut self, key: &[u8], value: &[u8]) -> Result<(), BackupError> {
+        let Some(dir) = self.blobs else {
+            return Ok(());
+        };
+        let id = key
+            .get(..16)
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .filter(|_| key.len() == 20)
+            .ok_or(BackupError::Malformed("blob file entry key"))?;
+        if self.blob_file.as_ref().is_none_or(|(cur, _, _)| *cur != id) {
+            self.close_blob_file()?;
+            let path = dir.join(hex::encode(id));
+            let mut opts = OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let file = opts.open(&path).map_err(|source| BackupError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            self.blob_file = Some((id, path, file));
+        }
+        if let Some((_, path, file)) = self.blob_file.as_mut() {
+            file.write_all(value).map_err(|source| BackupError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn close_blob_file(&mut self) -> Result<(), BackupError> {
+        if let Some((_, path, file)) = self.blob_file.take() {
+            file.sync_all()
+                .map_err(|source| BackupError::Io { path, source })?;
         }
         Ok(())
     }
@@ -677,6 +863,56 @@ mod tests {
             import(&path, &open(dst.path())),
             Err(BackupError::NotABackup)
         ));
+    }
+
+    #[test]
+    fn blob_files_travel_with_the_backup() {
+        let src = tempfile::tempdir().unwrap();
+        let blobs = src.path().join("blobs");
+        fs::create_dir(&blobs).unwrap();
+        let big: Vec<u8> = (0..BLOB_PIECE * 2 + 5).map(|i| (i % 251) as u8).collect();
+        fs::write(blobs.join(hex::encode([2u8; 16])), &big).unwrap();
+        fs::write(blobs.join(hex::encode([1u8; 16])), b"small").unwrap();
+        // An upload in progress and a stray file are not part of it.
+        fs::write(blobs.join(format!("{}.part", hex::encode([3u8; 16]))), b"x").unwrap();
+        fs::write(blobs.join("stray"), b"y").unwrap();
+        let db = filled(&src.path().join("db"));
+        let files = tempfile::tempdir().unwrap();
+        let out = files.path().join("relay.bk");
+        let stats = export_with_blobs(&db, Some(&blobs), &out).unwrap();
+        assert_eq!(stats.trees, 6);
+        assert_eq!(stats.entries, 3003 + 1 + 3);
+
+        let dst = tempfile::tempdir().unwrap();
+        let target = open(&dst.path().join("db"));
+        let back = dst.path().join("blobs");
+        let got = import_with_blobs(&out, &target, Some(&back)).unwrap();
+        assert_eq!((got.trees, got.entries), (stats.trees, stats.entries));
+        assert_eq!(
+            dump(&target),
+            dump(&db),
+            "no tree is made for the blob files"
+        );
+        let mut names: Vec<String> = fs::read_dir(&back)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec![hex::encode([1u8; 16]), hex::encode([2u8; 16])]);
+        assert_eq!(fs::read(back.join(hex::encode([2u8; 16]))).unwrap(), big);
+        assert_eq!(
+            fs::read(back.join(hex::encode([1u8; 16]))).unwrap(),
+            b"small"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(back.join(hex::encode([2u8; 16])))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 
     #[test]

@@ -1,8 +1,17 @@
 //! Blob streams: encrypted attachments uploaded and downloaded on bidirectional streams of their
 //! own, next to the session stream (which must have authenticated the device first).
+//!
+//! A blob is never held in memory: an upload is written to the store one chunk
+//! ([`BLOB_CHUNK`]) at a time as it arrives, and a download read from it one chunk at a time as
+//! the client takes it. Every stage has a deadline: the request frame
+//! (`blob_request_timeout_ms`), and each chunk of an upload or a download
+//! (`blob_chunk_timeout_ms`); a stream that misses one is reset with
+//! [`limits::blob_reset::TIMED_OUT`] (an upload is deleted).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use hush_net::frame::FrameError;
 use hush_proto::relay_api::{
     self as api, BlobRequest, BlobResponse, ErrorCode, blob_request, blob_response,
 };
@@ -10,10 +19,10 @@ use sha2::{Digest, Sha256};
 
 use crate::conn::Refused;
 use crate::frame;
-use crate::limits;
+use crate::limits::{self, blob_reset};
 use crate::shared::{Relay, instant, now_ms, random};
 use crate::store::DeviceId;
-use crate::store::blobs::{self, BLOB_CHUNK, BlobMeta};
+use crate::store::blobs::{self, BLOB_CHUNK, Begin, BlobMeta, Quota};
 
 /// Serves one blob stream; errors end the stream only.
 pub(crate) async fn stream(
@@ -27,11 +36,45 @@ pub(crate) async fn stream(
     }
 }
 
+/// Why an upload did not end in a stored blob.
+enum Failed {
+    /// Answer with this error.
+    Refused(Refused),
+    /// A chunk missed its deadline: reset the stream.
+    TimedOut,
+}
+
+impl From<Refused> for Failed {
+    fn from(r: Refused) -> Self {
+        Self::Refused(r)
+    }
+}
+
+impl From<crate::store::StoreError> for Failed {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Refused(e.into())
+    }
+}
+
+fn chunk_deadline(relay: &Relay) -> Duration {
+    Duration::from_millis(relay.cfg.blob_chunk_timeout_ms)
+}
+
+/// Writes a response frame, within the chunk deadline.
 async fn blob_reply(
+    relay: &Relay,
     send: &mut quinn::SendStream,
     kind: blob_response::Kind,
 ) -> std::io::Result<()> {
-    frame::write(send, &BlobResponse { kind: Some(kind) }).await
+    let response = BlobResponse { kind: Some(kind) };
+    let write = frame::write(send, &response);
+    match tokio::time::timeout(chunk_deadline(relay), write).await {
+        Ok(r) => r,
+        Err(_) => {
+            timed_out(relay, send, None);
+            Ok(())
+        }
+    }
 }
 
 async fn blob_refuse(
@@ -40,9 +83,29 @@ async fn blob_refuse(
     r: Refused,
 ) -> std::io::Result<()> {
     relay.refuse_count(&r);
-    blob_reply(send, blob_response::Kind::Error(r.to_frame())).await?;
+    blob_reply(relay, send, blob_response::Kind::Error(r.to_frame())).await?;
     let _ = send.finish();
     Ok(())
+}
+
+/// Resets a stream that missed a deadline, in both directions.
+fn timed_out(relay: &Relay, send: &mut quinn::SendStream, recv: Option<&mut quinn::RecvStream>) {
+    relay.metrics.blob_streams_timed_out.inc();
+    tracing::info!("blob stream timed out; reset");
+    let _ = send.reset(blob_reset::TIMED_OUT.into());
+    if let Some(r) = recv {
+        let _ = r.stop(blob_reset::TIMED_OUT.into());
+    }
+}
+
+/// Shows the stored blob bytes in the metrics.
+fn note_stored(relay: &Relay) {
+    if let Ok(total) = relay.blobs.total_bytes() {
+        relay
+            .metrics
+            .blob_bytes_stored
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
+    }
 }
 
 async fn blob_stream(
@@ -51,11 +114,24 @@ async fn blob_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> std::io::Result<()> {
-    let req: BlobRequest = match frame::read(&mut recv, 1024).await {
-        Ok(r) => r,
-        Err(e) => {
+    let read = frame::read::<BlobRequest, _>(&mut recv, limits::BLOB_REQUEST_MAX);
+    let deadline = Duration::from_millis(relay.cfg.blob_request_timeout_ms);
+    let req = match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(FrameError::TooLarge { len, cap })) => {
+            let r = Refused::new(
+                ErrorCode::TooLarge,
+                format!("blob request of {len} bytes is over the cap of {cap}"),
+            );
+            return blob_refuse(&relay, &mut send, r).await;
+        }
+        Ok(Err(e)) => {
             let r = Refused::new(ErrorCode::Malformed, e.to_string());
             return blob_refuse(&relay, &mut send, r).await;
+        }
+        Err(_) => {
+            timed_out(&relay, &mut send, Some(&mut recv));
+            return Ok(());
         }
     };
     let Some(me) = who else {
@@ -66,63 +142,48 @@ async fn blob_stream(
         return blob_refuse(&relay, &mut send, r).await;
     };
     match req.kind {
-        Some(blob_request::Kind::Upload(u)) => {
-            if u.size == 0 || u.size > relay.cfg.blob_max_bytes {
-                let r = Refused::new(
-                    ErrorCode::TooLarge,
-                    format!("blob size must be 1..={} bytes", relay.cfg.blob_max_bytes),
-                );
-                return blob_refuse(&relay, &mut send, r).await;
-            }
-            if let Err(wait) = relay.limits.blob_uploads.check(&me, 1, instant()) {
-                return blob_refuse(&relay, &mut send, Refused::rate(wait)).await;
-            }
-            match receive_blob(&relay, &me, u.size, &mut recv).await {
-                Ok(up) => {
-                    relay.metrics.blobs_uploaded.inc();
-                    relay.metrics.blob_bytes_uploaded.add(u.size);
-                    blob_reply(&mut send, blob_response::Kind::Uploaded(up)).await?;
-                    let _ = send.finish();
-                    Ok(())
-                }
-                Err(r) => blob_refuse(&relay, &mut send, r).await,
-            }
-        }
-        Some(blob_request::Kind::Download(d)) => {
-            let not_found = || Refused::new(ErrorCode::BlobNotFound, "no such blob");
-            let Ok(id) = <[u8; limits::BLOB_ID_LEN]>::try_from(d.id.as_slice()) else {
-                return blob_refuse(&relay, &mut send, not_found()).await;
-            };
-            let meta = match relay.blobs.meta(id) {
-                Ok(Some((m, true))) if blobs::capability_matches(&m, &d.capability) => m,
-                Ok(_) => return blob_refuse(&relay, &mut send, not_found()).await,
-                Err(e) => return blob_refuse(&relay, &mut send, e.into()).await,
-            };
-            if meta.expires_at <= now_ms() {
-                return blob_refuse(&relay, &mut send, not_found()).await;
-            }
-            blob_reply(
-                &mut send,
-                blob_response::Kind::Found(api::BlobFound { size: meta.size }),
-            )
-            .await?;
-            let chunks = meta.size.div_ceil(BLOB_CHUNK as u64);
-            for i in 0..chunks {
-                let index = u32::try_from(i).map_err(std::io::Error::other)?;
-                let Ok(Some(c)) = relay.blobs.chunk(id, index) else {
-                    // Deleted under us: end the stream short; the digest check fails client-side.
-                    let _ = send.reset(1u8.into());
-                    return Ok(());
-                };
-                send.write_all(&c).await?;
-            }
-            relay.metrics.blobs_downloaded.inc();
-            let _ = send.finish();
-            Ok(())
-        }
+        Some(blob_request::Kind::Upload(u)) => upload(&relay, &me, u.size, send, recv).await,
+        Some(blob_request::Kind::Download(d)) => download(&relay, &me, &d, send).await,
         None => {
             let r = Refused::new(ErrorCode::UnknownRequest, "unknown blob request");
             blob_refuse(&relay, &mut send, r).await
+        }
+    }
+}
+
+async fn upload(
+    relay: &Relay,
+    me: &DeviceId,
+    size: u64,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> std::io::Result<()> {
+    if size == 0 {
+        let r = Refused::new(ErrorCode::Malformed, "a blob must not be empty");
+        return blob_refuse(relay, &mut send, r).await;
+    }
+    if size > relay.cfg.blob_max_bytes {
+        let r = Refused::new(
+            ErrorCode::TooLarge,
+            format!("blob size must be 1..={} bytes", relay.cfg.blob_max_bytes),
+        );
+        return blob_refuse(relay, &mut send, r).await;
+    }
+    if let Err(wait) = relay.limits.blob_uploads.check(me, 1, instant()) {
+        return blob_refuse(relay, &mut send, Refused::rate(wait)).await;
+    }
+    match receive_blob(relay, me, size, &mut recv).await {
+        Ok(up) => {
+            relay.metrics.blobs_uploaded.inc();
+            relay.metrics.blob_bytes_uploaded.add(size);
+            blob_reply(relay, &mut send, blob_response::Kind::Uploaded(up)).await?;
+            let _ = send.finish();
+            Ok(())
+        }
+        Err(Failed::Refused(r)) => blob_refuse(relay, &mut send, r).await,
+        Err(Failed::TimedOut) => {
+            timed_out(relay, &mut send, Some(&mut recv));
+            Ok(())
         }
     }
 }
@@ -132,7 +193,7 @@ async fn receive_blob(
     me: &DeviceId,
     size: u64,
     recv: &mut quinn::RecvStream,
-) -> Result<api::BlobUploaded, Refused> {
+) -> Result<api::BlobUploaded, Failed> {
     let id = random::<{ limits::BLOB_ID_LEN }>();
     let capability = random::<{ limits::BLOB_CAPABILITY_LEN }>();
     let now = now_ms();
@@ -144,64 +205,192 @@ async fn receive_blob(
         expires_at,
         created_at: now,
     };
-    if !relay.blobs.begin(id, meta)? {
+    let quota = Quota {
+        account_max: relay.cfg.blob_account_max_bytes,
+        total_max: relay.cfg.blob_total_max_bytes,
+    };
+    match relay.blobs.begin_within(id, meta, quota)? {
+        Begin::Started => note_stored(relay),
         // 128 random bits collided: astronomically unlikely, but never overwrite a blob.
-        return Err(Refused::new(ErrorCode::Internal, "blob id taken, retry"));
+        Begin::IdTaken => {
+            return Err(Refused::new(ErrorCode::Internal, "blob id taken, retry").into());
+        }
+        Begin::AccountFull { stored } => {
+            return Err(Refused::new(
+                ErrorCode::BlobQuotaExceeded,
+                format!(
+                    "this account's blob storage is at its cap: {stored} of {} bytes in use; \
+                     space comes back as its blobs expire",
+                    quota.account_max
+                ),
+            )
+            .into());
+        }
+        Begin::RelayFull => {
+            return Err(Refused::new(
+                ErrorCode::BlobQuotaExceeded,
+                "the relay's blob storage is full; retry later",
+            )
+            .into());
+        }
     }
-    let result = async {
-        let mut left = size;
-        let mut index = 0u32;
-        let mut buf = vec![0u8; BLOB_CHUNK];
-        while left > 0 {
-            let want = usize::try_from(left.min(BLOB_CHUNK as u64)).unwrap_or(BLOB_CHUNK);
-            let chunk = buf
-                .get_mut(..want)
-                .ok_or_else(|| Refused::new(ErrorCode::Internal, "buffer"))?;
-            recv.read_exact(chunk).await.map_err(|_| {
-                Refused::new(ErrorCode::Malformed, "blob stream ended before its size")
-            })?;
-            match relay.blobs.put_chunk(id, index, chunk)? {
-                blobs::ChunkPut::Stored => {}
-                other => {
-                    tracing::error!(?other, "blob chunk refused by the store");
-                    return Err(Refused::new(
-                        ErrorCode::Internal,
-                        "blob store refused a chunk",
-                    ));
-                }
-            }
-            left -= want as u64;
-            index = index.saturating_add(1);
-        }
-        // Nothing may follow the declared size.
-        let mut one = [0u8; 1];
-        match recv.read(&mut one).await {
-            Ok(None) => {}
-            _ => {
-                return Err(Refused::new(
-                    ErrorCode::TooLarge,
-                    "blob longer than its declared size",
-                ));
-            }
-        }
-        if !relay.blobs.complete(id)? {
-            return Err(Refused::new(ErrorCode::Internal, "blob incomplete"));
-        }
-        let blobs = Arc::clone(&relay.blobs);
-        match tokio::task::spawn_blocking(move || blobs.flush()).await {
-            Ok(r) => r?,
-            Err(_) => return Err(Refused::new(ErrorCode::Internal, "flush task failed")),
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(r) = result {
+    let result = store_chunks(relay, id, size, recv).await;
+    if result.is_err() {
+        // The upload's file goes with it.
         let _ = relay.blobs.delete(id);
-        return Err(r);
+        note_stored(relay);
     }
+    result?;
     Ok(api::BlobUploaded {
         id: id.to_vec(),
         capability: capability.to_vec(),
         expires_at,
     })
+}
+
+/// Reads the blob's bytes from the stream into the store, one chunk at a time, each within the
+/// chunk deadline; then completes it durably.
+async fn store_chunks(
+    relay: &Relay,
+    id: [u8; limits::BLOB_ID_LEN],
+    size: u64,
+    recv: &mut quinn::RecvStream,
+) -> Result<(), Failed> {
+    let deadline = chunk_deadline(relay);
+    let mut left = size;
+    let mut index = 0u32;
+    let mut buf = vec![0u8; BLOB_CHUNK];
+    while left > 0 {
+        let want = usize::try_from(left.min(BLOB_CHUNK as u64)).unwrap_or(BLOB_CHUNK);
+        let chunk = buf
+            .get_mut(..want)
+            .ok_or_else(|| Refused::new(ErrorCode::Internal, "buffer"))?;
+        match tokio::time::timeout(deadline, recv.read_exact(chunk)).await {
+            Err(_) => return Err(Failed::TimedOut),
+            Ok(Err(_)) => {
+                return Err(Refused::new(
+                    ErrorCode::Malformed,
+                    "blob stream ended before its size",
+                )
+                .into());
+            }
+            Ok(Ok(())) => {}
+        }
+        // The disk write runs off the async workers; the buffer goes there and comes back.
+        let store = Arc::clone(&relay.blobs);
+        let (back, put) = tokio::task::spawn_blocking(move || {
+            let put = match buf.get(..want) {
+                Some(chunk) => store.put_chunk(id, index, chunk),
+                None => Ok(blobs::ChunkPut::OutOfRange),
+            };
+            (buf, put)
+        })
+        .await
+        .map_err(|_| Refused::new(ErrorCode::Internal, "blob write task failed"))?;
+        buf = back;
+        match put? {
+            blobs::ChunkPut::Stored => {}
+            other => {
+                tracing::error!(?other, "blob chunk refused by the store");
+                return Err(Refused::new(ErrorCode::Internal, "blob store refused a chunk").into());
+            }
+        }
+        left -= want as u64;
+        index = index.saturating_add(1);
+    }
+    // Nothing may follow the declared size.
+    let mut one = [0u8; 1];
+    match tokio::time::timeout(deadline, recv.read(&mut one)).await {
+        Err(_) => return Err(Failed::TimedOut),
+        Ok(Ok(None)) => {}
+        Ok(_) => {
+            return Err(
+                Refused::new(ErrorCode::TooLarge, "blob longer than its declared size").into(),
+            );
+        }
+    }
+    let blobs = Arc::clone(&relay.blobs);
+    // The file is synced and renamed, then the metadata flushed: durable before the answer.
+    match tokio::task::spawn_blocking(move || {
+        let done = blobs.complete(id)?;
+        blobs.flush()?;
+        Ok::<_, crate::store::StoreError>(done)
+    })
+    .await
+    {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(Refused::new(ErrorCode::Internal, "blob incomplete").into()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(Refused::new(ErrorCode::Internal, "flush task failed").into()),
+    }
+}
+
+/// KiB a download of `size` bytes costs in the per-account byte limit.
+fn kib_cost(size: u64) -> u32 {
+    u32::try_from(size.div_ceil(1024).max(1)).unwrap_or(u32::MAX)
+}
+
+async fn download(
+    relay: &Relay,
+    me: &DeviceId,
+    d: &api::BlobDownload,
+    mut send: quinn::SendStream,
+) -> std::io::Result<()> {
+    let now = instant();
+    let limits = &relay.limits;
+    // Counted before the lookup, so probing for blobs costs as much as fetching them.
+    if let Err(wait) = limits.account_blob_downloads.check(&me.account, 1, now) {
+        return blob_refuse(relay, &mut send, Refused::rate(wait)).await;
+    }
+    let not_found = || Refused::new(ErrorCode::BlobNotFound, "no such blob");
+    let Ok(id) = <[u8; limits::BLOB_ID_LEN]>::try_from(d.id.as_slice()) else {
+        return blob_refuse(relay, &mut send, not_found()).await;
+    };
+    let meta = match relay.blobs.meta(id) {
+        Ok(Some((m, true))) if blobs::capability_matches(&m, &d.capability) => m,
+        Ok(_) => return blob_refuse(relay, &mut send, not_found()).await,
+        Err(e) => return blob_refuse(relay, &mut send, e.into()).await,
+    };
+    if meta.expires_at <= now_ms() {
+        return blob_refuse(relay, &mut send, not_found()).await;
+    }
+    if let Err(wait) = limits.blob_downloads.check(&id, 1, now) {
+        limits.account_blob_downloads.refund(&me.account, 1);
+        return blob_refuse(relay, &mut send, Refused::rate(wait)).await;
+    }
+    if let Err(wait) = limits
+        .account_blob_kib
+        .check(&me.account, kib_cost(meta.size), now)
+    {
+        limits.account_blob_downloads.refund(&me.account, 1);
+        limits.blob_downloads.refund(&id, 1);
+        return blob_refuse(relay, &mut send, Refused::rate(wait)).await;
+    }
+    blob_reply(
+        relay,
+        &mut send,
+        blob_response::Kind::Found(api::BlobFound { size: meta.size }),
+    )
+    .await?;
+    let deadline = chunk_deadline(relay);
+    for i in 0..meta.chunk_count() {
+        let index = u32::try_from(i).map_err(std::io::Error::other)?;
+        let store = Arc::clone(&relay.blobs);
+        let read = tokio::task::spawn_blocking(move || store.chunk(id, index)).await;
+        let Ok(Ok(Some(c))) = read else {
+            // Deleted under us: end the stream short; the digest check fails client-side.
+            let _ = send.reset(blob_reset::GONE.into());
+            return Ok(());
+        };
+        match tokio::time::timeout(deadline, send.write_all(&c)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                timed_out(relay, &mut send, None);
+                return Ok(());
+            }
+        }
+    }
+    relay.metrics.blobs_downloaded.inc();
+    let _ = send.finish();
+    Ok(())
 }

@@ -175,6 +175,18 @@ pub struct RateLimits {
     pub account_prekey_fetches: RateLimit,
     /// Pre-key and device-list uploads, per account (all its devices together).
     pub account_uploads: RateLimit,
+    /// One-time pre-keys handed out, per target device (past it, bundles come without).
+    pub one_time_keys_per_target: RateLimit,
+    /// One-time pre-keys handed out, per (requesting account, target account).
+    pub one_time_keys_per_pair: RateLimit,
+    /// One-time pre-keys handed out, per requesting account over all targets.
+    pub one_time_keys_per_requester: RateLimit,
+    /// Downloads of one blob, by everyone together.
+    pub blob_downloads: RateLimit,
+    /// Blob downloads, per downloading account (all its devices together).
+    pub account_blob_downloads: RateLimit,
+    /// Blob bytes downloaded per downloading account, in MiB (a download costs its size).
+    pub account_blob_download_mib: RateLimit,
 }
 
 impl Default for RateLimits {
@@ -188,6 +200,12 @@ impl Default for RateLimits {
             account_sends: RateLimit::new(400.0, 800),
             account_prekey_fetches: RateLimit::new(40.0, 200),
             account_uploads: RateLimit::new(20.0, 40),
+            one_time_keys_per_target: RateLimit::new(0.05, 30),
+            one_time_keys_per_pair: RateLimit::new(0.001, 3),
+            one_time_keys_per_requester: RateLimit::new(1.0, 200),
+            blob_downloads: RateLimit::new(10.0, 100),
+            account_blob_downloads: RateLimit::new(20.0, 200),
+            account_blob_download_mib: RateLimit::new(10.0, 2048),
         }
     }
 }
@@ -241,6 +259,16 @@ pub struct Config {
     pub mailbox_ttl_ms: u64,
     /// Envelopes queued per device at most.
     pub max_queue_len: usize,
+    /// Bytes queued per device at most (body plus a fixed 128 per envelope).
+    pub max_queue_bytes: u64,
+    /// Envelopes queued per device from one sending account at most.
+    pub max_queue_len_per_sender: usize,
+    /// Bytes queued per device from one sending account at most.
+    pub max_queue_bytes_per_sender: u64,
+    /// Bytes queued for all devices of one account at most.
+    pub max_account_mailbox_bytes: u64,
+    /// Bytes queued in all mailboxes of the relay at most.
+    pub max_mailbox_bytes: u64,
     /// Interval of the expiry sweep (ms).
     pub sweep_interval_ms: u64,
     /// Sends made durable by one flush at most (group commit).
@@ -249,6 +277,18 @@ pub struct Config {
     pub blob_max_bytes: u64,
     /// Blobs are deleted after this long (ms).
     pub blob_ttl_ms: u64,
+    /// Bytes of blobs one account may have stored at once (declared sizes, uploads in progress
+    /// included).
+    pub blob_account_max_bytes: u64,
+    /// Bytes of blobs the relay stores at most, all accounts together.
+    pub blob_total_max_bytes: u64,
+    /// Time a blob stream has to deliver its whole request frame (ms).
+    pub blob_request_timeout_ms: u64,
+    /// Time one chunk (64 KiB, or the rest) of a blob upload may take to arrive, and one chunk of
+    /// a download to be taken by the client (ms).
+    pub blob_chunk_timeout_ms: u64,
+    /// Memory sled may use to cache the database (bytes).
+    pub sled_cache_bytes: u64,
     /// Rate limits.
     pub rate: RateLimits,
     /// New connections must prove their address with a QUIC retry once more than this many
@@ -276,10 +316,20 @@ impl Default for Config {
             max_devices_per_account: 16,
             mailbox_ttl_ms: 30 * DAY_MS,
             max_queue_len: 10_000,
+            max_queue_bytes: 128 * 1024 * 1024,
+            max_queue_len_per_sender: 1000,
+            max_queue_bytes_per_sender: 16 * 1024 * 1024,
+            max_account_mailbox_bytes: 512 * 1024 * 1024,
+            max_mailbox_bytes: 16 * 1024 * 1024 * 1024,
             sweep_interval_ms: 60_000,
             flush_batch_max: 1024,
             blob_max_bytes: 100 * 1024 * 1024,
             blob_ttl_ms: 30 * DAY_MS,
+            blob_account_max_bytes: 2 << 30,
+            blob_total_max_bytes: 100 << 30,
+            blob_request_timeout_ms: 10_000,
+            blob_chunk_timeout_ms: 30_000,
+            sled_cache_bytes: 64 << 20,
             rate: RateLimits::default(),
             retry_under_load_connections: 2000,
             push: PushConfig::default(),
@@ -305,7 +355,7 @@ impl Config {
         {
             return fail("cert_names", "a name is empty or contains a space or comma");
         }
-        let positive: [(&'static str, u64); 13] = [
+        let positive: [(&'static str, u64); 23] = [
             ("max_connections", self.max_connections.into()),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("max_frame_bytes", self.max_frame_bytes as u64),
@@ -317,10 +367,26 @@ impl Config {
             ),
             ("mailbox_ttl_ms", self.mailbox_ttl_ms),
             ("max_queue_len", self.max_queue_len as u64),
+            ("max_queue_bytes", self.max_queue_bytes),
+            (
+                "max_queue_len_per_sender",
+                self.max_queue_len_per_sender as u64,
+            ),
+            (
+                "max_queue_bytes_per_sender",
+                self.max_queue_bytes_per_sender,
+            ),
+            ("max_account_mailbox_bytes", self.max_account_mailbox_bytes),
+            ("max_mailbox_bytes", self.max_mailbox_bytes),
             ("sweep_interval_ms", self.sweep_interval_ms),
             ("flush_batch_max", self.flush_batch_max as u64),
             ("blob_max_bytes", self.blob_max_bytes),
             ("blob_ttl_ms", self.blob_ttl_ms),
+            ("blob_account_max_bytes", self.blob_account_max_bytes),
+            ("blob_total_max_bytes", self.blob_total_max_bytes),
+            ("blob_request_timeout_ms", self.blob_request_timeout_ms),
+            ("blob_chunk_timeout_ms", self.blob_chunk_timeout_ms),
+            ("sled_cache_bytes", self.sled_cache_bytes),
             ("push_timeout_ms", self.push.timeout_ms),
         ];
         if let Some((setting, _)) = positive.iter().find(|(_, v)| *v == 0) {
@@ -339,6 +405,18 @@ impl Config {
             ("rate_account_sends", r.account_sends),
             ("rate_account_prekey_fetches", r.account_prekey_fetches),
             ("rate_account_uploads", r.account_uploads),
+            ("rate_one_time_keys_per_target", r.one_time_keys_per_target),
+            ("rate_one_time_keys_per_pair", r.one_time_keys_per_pair),
+            (
+                "rate_one_time_keys_per_requester",
+                r.one_time_keys_per_requester,
+            ),
+            ("rate_blob_downloads", r.blob_downloads),
+            ("rate_account_blob_downloads", r.account_blob_downloads),
+            (
+                "rate_account_blob_download_mib",
+                r.account_blob_download_mib,
+            ),
         ] {
             if !(limit.per_second.is_finite() && limit.per_second > 0.0) {
                 return fail(setting, "per second must be a positive number");
@@ -346,6 +424,14 @@ impl Config {
             if limit.burst == 0 {
                 return fail(setting, "burst must be at least 1");
             }
+        }
+        if u64::from(r.account_blob_download_mib.burst).saturating_mul(1 << 20)
+            < self.blob_max_bytes
+        {
+            return fail(
+                "rate_account_blob_download_mib",
+                "burst must be at least blob_max_bytes (in MiB), or the largest blobs can never be downloaded",
+            );
         }
         if self.log.trim().is_empty() {
             return fail("log", "must not be empty");
@@ -457,6 +543,21 @@ struct Flags {
     /// Envelopes queued per device at most (count) [default: 10000] [env: HUSH_RELAY_MAX_QUEUE_LEN]
     #[arg(long, global = true, value_name = "N")]
     max_queue_len: Option<String>,
+    /// Bytes queued per device at most, body plus 128 per envelope (bytes) [default: 134217728 = 128 MiB] [env: HUSH_RELAY_MAX_QUEUE_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    max_queue_bytes: Option<String>,
+    /// Envelopes queued per device from one sending account at most (count) [default: 1000] [env: HUSH_RELAY_MAX_QUEUE_LEN_PER_SENDER]
+    #[arg(long, global = true, value_name = "N")]
+    max_queue_len_per_sender: Option<String>,
+    /// Bytes queued per device from one sending account at most (bytes) [default: 16777216 = 16 MiB] [env: HUSH_RELAY_MAX_QUEUE_BYTES_PER_SENDER]
+    #[arg(long, global = true, value_name = "BYTES")]
+    max_queue_bytes_per_sender: Option<String>,
+    /// Bytes queued for all devices of one account at most (bytes) [default: 536870912 = 512 MiB] [env: HUSH_RELAY_MAX_ACCOUNT_MAILBOX_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    max_account_mailbox_bytes: Option<String>,
+    /// Bytes queued in all mailboxes at most (bytes) [default: 17179869184 = 16 GiB] [env: HUSH_RELAY_MAX_MAILBOX_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    max_mailbox_bytes: Option<String>,
     /// Interval of the expiry sweep (ms) [default: 60000] [env: HUSH_RELAY_SWEEP_INTERVAL_MS]
     #[arg(long, global = true, value_name = "MS")]
     sweep_interval_ms: Option<String>,
@@ -469,6 +570,21 @@ struct Flags {
     /// Delete blobs after this long (ms) [default: 2592000000 = 30 days] [env: HUSH_RELAY_BLOB_TTL_MS]
     #[arg(long, global = true, value_name = "MS")]
     blob_ttl_ms: Option<String>,
+    /// Blob storage one account may use at once (bytes) [default: 2147483648 = 2 GiB] [env: HUSH_RELAY_BLOB_ACCOUNT_MAX_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    blob_account_max_bytes: Option<String>,
+    /// Blob storage of the relay, all accounts together (bytes) [default: 107374182400 = 100 GiB] [env: HUSH_RELAY_BLOB_TOTAL_MAX_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    blob_total_max_bytes: Option<String>,
+    /// Time a blob stream has to send its request frame (ms) [default: 10000] [env: HUSH_RELAY_BLOB_REQUEST_TIMEOUT_MS]
+    #[arg(long, global = true, value_name = "MS")]
+    blob_request_timeout_ms: Option<String>,
+    /// Time one 64 KiB chunk of a blob upload or download may take (ms) [default: 30000] [env: HUSH_RELAY_BLOB_CHUNK_TIMEOUT_MS]
+    #[arg(long, global = true, value_name = "MS")]
+    blob_chunk_timeout_ms: Option<String>,
+    /// Memory sled may use to cache the database (bytes) [default: 67108864 = 64 MiB] [env: HUSH_RELAY_SLED_CACHE_BYTES]
+    #[arg(long, global = true, value_name = "BYTES")]
+    sled_cache_bytes: Option<String>,
     /// Sends per device (per second/burst) [default: 200/400] [env: HUSH_RELAY_RATE_SENDS]
     #[arg(long, global = true, value_name = "RATE/BURST")]
     rate_sends: Option<String>,
@@ -493,6 +609,24 @@ struct Flags {
     /// Key and device-list uploads per account, all devices together (per second/burst) [default: 20/40] [env: HUSH_RELAY_RATE_ACCOUNT_UPLOADS]
     #[arg(long, global = true, value_name = "RATE/BURST")]
     rate_account_uploads: Option<String>,
+    /// One-time pre-keys handed out per target device; past it bundles come without (per second/burst) [default: 0.05/30] [env: HUSH_RELAY_RATE_ONE_TIME_KEYS_PER_TARGET]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_one_time_keys_per_target: Option<String>,
+    /// One-time pre-keys handed out per requesting account and target account (per second/burst) [default: 0.001/3] [env: HUSH_RELAY_RATE_ONE_TIME_KEYS_PER_PAIR]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_one_time_keys_per_pair: Option<String>,
+    /// One-time pre-keys handed out per requesting account over all targets (per second/burst) [default: 1/200] [env: HUSH_RELAY_RATE_ONE_TIME_KEYS_PER_REQUESTER]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_one_time_keys_per_requester: Option<String>,
+    /// Downloads of one blob, everyone together (per second/burst) [default: 10/100] [env: HUSH_RELAY_RATE_BLOB_DOWNLOADS]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_blob_downloads: Option<String>,
+    /// Blob downloads per account, all devices together (per second/burst) [default: 20/200] [env: HUSH_RELAY_RATE_ACCOUNT_BLOB_DOWNLOADS]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_account_blob_downloads: Option<String>,
+    /// Blob MiB downloaded per account, all devices together (MiB per second/burst) [default: 10/2048] [env: HUSH_RELAY_RATE_ACCOUNT_BLOB_DOWNLOAD_MIB]
+    #[arg(long, global = true, value_name = "RATE/BURST")]
+    rate_account_blob_download_mib: Option<String>,
     /// Require QUIC address validation above this many connections (count, 0 = always) [default: 2000] [env: HUSH_RELAY_RETRY_UNDER_LOAD_CONNECTIONS]
     #[arg(long, global = true, value_name = "N")]
     retry_under_load_connections: Option<String>,
@@ -522,10 +656,20 @@ pub const SETTINGS: &[&str] = &[
     "max_devices_per_account",
     "mailbox_ttl_ms",
     "max_queue_len",
+    "max_queue_bytes",
+    "max_queue_len_per_sender",
+    "max_queue_bytes_per_sender",
+    "max_account_mailbox_bytes",
+    "max_mailbox_bytes",
     "sweep_interval_ms",
     "flush_batch_max",
     "blob_max_bytes",
     "blob_ttl_ms",
+    "blob_account_max_bytes",
+    "blob_total_max_bytes",
+    "blob_request_timeout_ms",
+    "blob_chunk_timeout_ms",
+    "sled_cache_bytes",
     "rate_sends",
     "rate_prekey_fetches",
     "rate_account_creations",
@@ -534,6 +678,12 @@ pub const SETTINGS: &[&str] = &[
     "rate_account_sends",
     "rate_account_prekey_fetches",
     "rate_account_uploads",
+    "rate_one_time_keys_per_target",
+    "rate_one_time_keys_per_pair",
+    "rate_one_time_keys_per_requester",
+    "rate_blob_downloads",
+    "rate_account_blob_downloads",
+    "rate_account_blob_download_mib",
     "retry_under_load_connections",
     "push_allow_plain_http",
     "push_timeout_ms",
@@ -606,10 +756,20 @@ fn apply(c: &mut Config, setting: &str, raw: &str) -> Result<(), String> {
         "max_devices_per_account" => c.max_devices_per_account = parse_num(raw)?,
         "mailbox_ttl_ms" => c.mailbox_ttl_ms = parse_num(raw)?,
         "max_queue_len" => c.max_queue_len = parse_num(raw)?,
+        "max_queue_bytes" => c.max_queue_bytes = parse_num(raw)?,
+        "max_queue_len_per_sender" => c.max_queue_len_per_sender = parse_num(raw)?,
+        "max_queue_bytes_per_sender" => c.max_queue_bytes_per_sender = parse_num(raw)?,
+        "max_account_mailbox_bytes" => c.max_account_mailbox_bytes = parse_num(raw)?,
+        "max_mailbox_bytes" => c.max_mailbox_bytes = parse_num(raw)?,
         "sweep_interval_ms" => c.sweep_interval_ms = parse_num(raw)?,
         "flush_batch_max" => c.flush_batch_max = parse_num(raw)?,
         "blob_max_bytes" => c.blob_max_bytes = parse_num(raw)?,
         "blob_ttl_ms" => c.blob_ttl_ms = parse_num(raw)?,
+        "blob_account_max_bytes" => c.blob_account_max_bytes = parse_num(raw)?,
+        "blob_total_max_bytes" => c.blob_total_max_bytes = parse_num(raw)?,
+        "blob_request_timeout_ms" => c.blob_request_timeout_ms = parse_num(raw)?,
+        "blob_chunk_timeout_ms" => c.blob_chunk_timeout_ms = parse_num(raw)?,
+        "sled_cache_bytes" => c.sled_cache_bytes = parse_num(raw)?,
         "rate_sends" => c.rate.sends = raw.parse()?,
         "rate_prekey_fetches" => c.rate.prekey_fetches = raw.parse()?,
         "rate_account_creations" => c.rate.account_creations = raw.parse()?,
@@ -618,6 +778,14 @@ fn apply(c: &mut Config, setting: &str, raw: &str) -> Result<(), String> {
         "rate_account_sends" => c.rate.account_sends = raw.parse()?,
         "rate_account_prekey_fetches" => c.rate.account_prekey_fetches = raw.parse()?,
         "rate_account_uploads" => c.rate.account_uploads = raw.parse()?,
+        "rate_one_time_keys_per_target" => c.rate.one_time_keys_per_target = raw.parse()?,
+        "rate_one_time_keys_per_pair" => c.rate.one_time_keys_per_pair = raw.parse()?,
+        "rate_one_time_keys_per_requester" => {
+            c.rate.one_time_keys_per_requester = raw.parse()?;
+        }
+        "rate_blob_downloads" => c.rate.blob_downloads = raw.parse()?,
+        "rate_account_blob_downloads" => c.rate.account_blob_downloads = raw.parse()?,
+        "rate_account_blob_download_mib" => c.rate.account_blob_download_mib = raw.parse()?,
         "retry_under_load_connections" => c.retry_under_load_connections = parse_num(raw)?,
         "push_allow_plain_http" => c.push.allow_plain_http = parse_bool(raw)?,
         "push_timeout_ms" => c.push.timeout_ms = parse_num(raw)?,
@@ -644,10 +812,20 @@ struct FileConfig {
     max_devices_per_account: Option<u32>,
     mailbox_ttl_ms: Option<u64>,
     max_queue_len: Option<usize>,
+    max_queue_bytes: Option<u64>,
+    max_queue_len_per_sender: Option<usize>,
+    max_queue_bytes_per_sender: Option<u64>,
+    max_account_mailbox_bytes: Option<u64>,
+    max_mailbox_bytes: Option<u64>,
     sweep_interval_ms: Option<u64>,
     flush_batch_max: Option<usize>,
     blob_max_bytes: Option<u64>,
     blob_ttl_ms: Option<u64>,
+    blob_account_max_bytes: Option<u64>,
+    blob_total_max_bytes: Option<u64>,
+    blob_request_timeout_ms: Option<u64>,
+    blob_chunk_timeout_ms: Option<u64>,
+    sled_cache_bytes: Option<u64>,
     rate: Option<FileRates>,
     retry_under_load_connections: Option<u32>,
     push: Option<FilePush>,
@@ -665,6 +843,12 @@ struct FileRates {
     account_sends: Option<FileRate>,
     account_prekey_fetches: Option<FileRate>,
     account_uploads: Option<FileRate>,
+    one_time_keys_per_target: Option<FileRate>,
+    one_time_keys_per_pair: Option<FileRate>,
+    one_time_keys_per_requester: Option<FileRate>,
+    blob_downloads: Option<FileRate>,
+    account_blob_downloads: Option<FileRate>,
+    account_blob_download_mib: Option<FileRate>,
 }
 
 #[derive(Deserialize, Default)]
@@ -712,10 +896,20 @@ impl FileConfig {
             max_devices_per_account,
             mailbox_ttl_ms,
             max_queue_len,
+            max_queue_bytes,
+            max_queue_len_per_sender,
+            max_queue_bytes_per_sender,
+            max_account_mailbox_bytes,
+            max_mailbox_bytes,
             sweep_interval_ms,
             flush_batch_max,
             blob_max_bytes,
             blob_ttl_ms,
+            blob_account_max_bytes,
+            blob_total_max_bytes,
+            blob_request_timeout_ms,
+            blob_chunk_timeout_ms,
+            sled_cache_bytes,
             retry_under_load_connections,
             log,
         );
@@ -736,6 +930,21 @@ impl FileConfig {
             (rates.account_sends, &mut r.account_sends),
             (rates.account_prekey_fetches, &mut r.account_prekey_fetches),
             (rates.account_uploads, &mut r.account_uploads),
+            (
+                rates.one_time_keys_per_target,
+                &mut r.one_time_keys_per_target,
+            ),
+            (rates.one_time_keys_per_pair, &mut r.one_time_keys_per_pair),
+            (
+                rates.one_time_keys_per_requester,
+                &mut r.one_time_keys_per_requester,
+            ),
+            (rates.blob_downloads, &mut r.blob_downloads),
+            (rates.account_blob_downloads, &mut r.account_blob_downloads),
+            (
+                rates.account_blob_download_mib,
+                &mut r.account_blob_download_mib,
+            ),
         ] {
             if let Some(f) = file {
                 f.apply(to);
@@ -899,6 +1108,14 @@ mod tests {
         assert_eq!(c.max_devices_per_account, 16);
         assert_eq!(c.mailbox_ttl_ms, 2_592_000_000);
         assert_eq!(c.max_queue_len, 10_000);
+        assert_eq!(c.max_queue_bytes, 128 << 20);
+        assert_eq!(c.max_queue_len_per_sender, 1000);
+        assert_eq!(c.max_queue_bytes_per_sender, 16 << 20);
+        assert_eq!(c.max_account_mailbox_bytes, 512 << 20);
+        assert_eq!(c.max_mailbox_bytes, 16 << 30);
+        assert_eq!(c.rate.one_time_keys_per_target, RateLimit::new(0.05, 30));
+        assert_eq!(c.rate.one_time_keys_per_pair, RateLimit::new(0.001, 3));
+        assert_eq!(c.rate.one_time_keys_per_requester, RateLimit::new(1.0, 200));
         assert_eq!(c.sweep_interval_ms, 60_000);
         assert_eq!(c.flush_batch_max, 1024);
         assert_eq!(c.blob_max_bytes, 100 << 20);
@@ -908,6 +1125,14 @@ mod tests {
         assert_eq!(c.rate.account_creations, RateLimit::new(1.0, 10));
         assert_eq!(c.rate.uploads, RateLimit::new(10.0, 20));
         assert_eq!(c.rate.blob_uploads, RateLimit::new(2.0, 10));
+        assert_eq!(c.rate.blob_downloads, RateLimit::new(10.0, 100));
+        assert_eq!(c.rate.account_blob_downloads, RateLimit::new(20.0, 200));
+        assert_eq!(c.rate.account_blob_download_mib, RateLimit::new(10.0, 2048));
+        assert_eq!(c.blob_account_max_bytes, 2 << 30);
+        assert_eq!(c.blob_total_max_bytes, 100 << 30);
+        assert_eq!(c.blob_request_timeout_ms, 10_000);
+        assert_eq!(c.blob_chunk_timeout_ms, 30_000);
+        assert_eq!(c.sled_cache_bytes, 64 << 20);
         assert_eq!(c.retry_under_load_connections, 2000);
         assert!(!c.push.allow_plain_http);
         assert_eq!(c.push.timeout_ms, 10_000);
@@ -933,6 +1158,9 @@ mod tests {
             per_second = 0.5
             burst = 3
 
+            [rate.one_time_keys_per_pair]
+            burst = 5
+
             [push]
             timeout_ms = 1234
             "#,
@@ -946,6 +1174,7 @@ mod tests {
         assert_eq!(c.metrics_listen, None);
         assert_eq!(c.rate.sends, RateLimit::new(200.0, 800), "burst only");
         assert_eq!(c.rate.uploads, RateLimit::new(0.5, 3));
+        assert_eq!(c.rate.one_time_keys_per_pair, RateLimit::new(0.001, 5));
         assert_eq!(c.push.timeout_ms, 1234);
 
         // The environment beats the file, and can name the file.
@@ -1115,6 +1344,11 @@ mod tests {
             (&["--max-frame-bytes", "0"][..], "max_frame_bytes"),
             (&["--blob-ttl-ms", "0"][..], "blob_ttl_ms"),
             (&["--max-connections", "0"][..], "max_connections"),
+            (&["--max-mailbox-bytes", "0"][..], "max_mailbox_bytes"),
+            (
+                &["--rate-one-time-keys-per-pair", "0/3"][..],
+                "rate_one_time_keys_per_pair",
+            ),
             (&["--rate-uploads", "1/0"][..], "rate_uploads"),
             (&["--rate-sends", "0/5"][..], "rate_sends"),
             (&["--rate-sends", "NaN/5"][..], "rate_sends"),

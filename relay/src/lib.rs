@@ -42,7 +42,7 @@ use crate::config::{Config, StoreKind};
 use crate::ops::Metrics;
 use crate::router::LocalRouter;
 use crate::store::RelayStore;
-use crate::store::blobs::{BlobStore, MemoryBlobs, SledBlobs};
+use crate::store::blobs::{BlobStore, FileBlobs, MemoryBlobs};
 use crate::store::memory::MemoryStore;
 use crate::store::sled_store::SledStore;
 
@@ -96,6 +96,9 @@ impl Running {
     }
 }
 
+/// Directory of the blob files, inside the data directory.
+pub const BLOBS_DIR: &str = "blobs";
+
 /// The relay's stores: everything but blobs, and blobs.
 pub type Stores = (Arc<dyn RelayStore>, Arc<dyn BlobStore>);
 
@@ -106,8 +109,8 @@ pub fn open_stores(cfg: &Config) -> Result<Stores, StartError> {
         StoreKind::Sled => {
             create_private_dir(&cfg.data_dir)
                 .map_err(|e| StartError::Other(format!("data directory: {e}")))?;
-            let store = SledStore::open(&cfg.data_dir.join("db"))?;
-            let blobs = SledBlobs::open(store.db())?;
+            let store = SledStore::open_with_cache(&cfg.data_dir.join("db"), cfg.sled_cache_bytes)?;
+            let blobs = FileBlobs::open(store.db(), &cfg.data_dir.join(BLOBS_DIR))?;
             Ok((Arc::new(store), Arc::new(blobs)))
         }
     }

@@ -25,6 +25,19 @@ pub const BLOB_ID_LEN: usize = 16;
 /// Length of a blob capability.
 pub const BLOB_CAPABILITY_LEN: usize = 32;
 
+/// Largest first frame (the `BlobRequest`) of a blob stream, in bytes; a longer one is refused
+/// with `TOO_LARGE` before any of it is read.
+pub const BLOB_REQUEST_MAX: usize = 1024;
+
+/// Codes the relay resets a blob stream with (QUIC `RESET_STREAM` / `STOP_SENDING`).
+pub mod blob_reset {
+    /// The blob was deleted (or expired) while being downloaded.
+    pub const GONE: u32 = 1;
+    /// The stream missed a deadline: its request frame did not arrive within
+    /// `blob_request_timeout_ms`, or a chunk was not sent or taken within `blob_chunk_timeout_ms`.
+    pub const TIMED_OUT: u32 = 2;
+}
+
 /// Longest push endpoint URL accepted.
 pub const MAX_PUSH_URL_LEN: usize = 2048;
 
@@ -37,8 +50,14 @@ pub use hush_net::username::{MAX_LEN as USERNAME_MAX_LEN, MIN_LEN as USERNAME_MI
 /// Most one-time keys (of each kind) a device may have stored on the relay.
 pub const MAX_PRE_KEYS_STORED: usize = 1000;
 
-/// Below this many one-time keys left (of either kind) the device is told to upload more.
+/// Below this many one-time keys left (of either kind) the device is told to upload more: once
+/// when a claim takes its count below, and when it connects while below.
 pub const PRE_KEYS_LOW: usize = 10;
+
+/// The `retry_after_ms` of a send refused because a mailbox is full (`QUEUE_FULL`,
+/// `SENDER_QUOTA`, `MAILBOX_FULL`, `RELAY_FULL`): room comes back as the recipient reads its mail,
+/// which nothing on the relay can predict, so this is a hint not to retry at once.
+pub const MAILBOX_FULL_RETRY_AFTER_MS: u64 = 60_000;
 
 /// Envelopes sent to a device per page during catch-up.
 pub const CATCH_UP_PAGE: usize = 256;

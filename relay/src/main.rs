@@ -64,14 +64,22 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Export { config, out } => {
-            let db = hush_relay::store::sled_store::open_db(&config.data_dir.join("db"))?;
-            let stats = hush_relay::backup::export(&db, &out)?;
+            let db = hush_relay::store::sled_store::open_db_with_cache(
+                &config.data_dir.join("db"),
+                config.sled_cache_bytes,
+            )?;
+            let blobs = config.data_dir.join(hush_relay::BLOBS_DIR);
+            let stats = hush_relay::backup::export_with_blobs(&db, Some(&blobs), &out)?;
             println!("exported {stats:?} to {}", out.display());
             Ok(())
         }
         Command::Import { config, from } => {
-            let db = hush_relay::store::sled_store::open_db(&config.data_dir.join("db"))?;
-            let stats = hush_relay::backup::import(&from, &db)?;
+            let db = hush_relay::store::sled_store::open_db_with_cache(
+                &config.data_dir.join("db"),
+                config.sled_cache_bytes,
+            )?;
+            let blobs = config.data_dir.join(hush_relay::BLOBS_DIR);
+            let stats = hush_relay::backup::import_with_blobs(&from, &db, Some(&blobs))?;
             println!("imported {stats:?} from {}", from.display());
             Ok(())
         }

@@ -210,13 +210,21 @@ pub enum Refusal {
     Draining,
     /// A username claim for a name another account holds.
     UsernameTaken,
+    /// The sender's share of a recipient device's queue is used up.
+    SenderQuota,
+    /// The recipient account's mailbox is at its byte cap.
+    MailboxFull,
+    /// The relay's mailbox storage is at its byte cap.
+    RelayFull,
+    /// A blob upload over the account's or the relay's blob storage cap.
+    BlobQuota,
     /// Any other reason.
     Other,
 }
 
 impl Refusal {
     /// Every reason, in rendering order.
-    pub const ALL: [Refusal; 13] = [
+    pub const ALL: [Refusal; 17] = [
         Refusal::Malformed,
         Refusal::Unauthenticated,
         Refusal::AuthFailed,
@@ -229,6 +237,10 @@ impl Refusal {
         Refusal::ConnectionCap,
         Refusal::Draining,
         Refusal::UsernameTaken,
+        Refusal::SenderQuota,
+        Refusal::MailboxFull,
+        Refusal::RelayFull,
+        Refusal::BlobQuota,
         Refusal::Other,
     ];
 
@@ -247,6 +259,10 @@ impl Refusal {
             Refusal::ConnectionCap => "connection_cap",
             Refusal::Draining => "draining",
             Refusal::UsernameTaken => "username_taken",
+            Refusal::SenderQuota => "sender_quota",
+            Refusal::MailboxFull => "mailbox_full",
+            Refusal::RelayFull => "relay_full",
+            Refusal::BlobQuota => "blob_quota",
             Refusal::Other => "other",
         }
     }
@@ -276,6 +292,52 @@ impl Refusals {
     }
 }
 
+/// Which one-time key limit kept one-time keys out of a bundle: the `limit` label of
+/// `one_time_keys_withheld_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyLimit {
+    /// Per target device.
+    Target,
+    /// Per (requesting account, target account).
+    Pair,
+    /// Per requesting account.
+    Requester,
+}
+
+impl KeyLimit {
+    /// Every limit, in rendering order.
+    pub const ALL: [KeyLimit; 3] = [KeyLimit::Target, KeyLimit::Pair, KeyLimit::Requester];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyLimit::Target => "target",
+            KeyLimit::Pair => "pair",
+            KeyLimit::Requester => "requester",
+        }
+    }
+}
+
+/// Bundles served without one-time keys, by the limit that withheld them.
+#[derive(Debug, Default)]
+pub struct Withheld {
+    counts: [Counter; KeyLimit::ALL.len()],
+}
+
+impl Withheld {
+    /// Counts one bundle withheld by `limit`.
+    pub fn inc(&self, limit: KeyLimit) {
+        if let Some(c) = self.counts.get(limit as usize) {
+            c.inc();
+        }
+    }
+
+    /// How many bundles `limit` withheld.
+    pub fn get(&self, limit: KeyLimit) -> u64 {
+        self.counts.get(limit as usize).map_or(0, Counter::get)
+    }
+}
+
 /// The relay's metrics. Every field is updated in place by the code it describes.
 #[derive(Debug)]
 pub struct Metrics {
@@ -301,6 +363,18 @@ pub struct Metrics {
     pub envelopes_stored: Gauge,
     /// Envelopes removed unacknowledged because they expired.
     pub envelopes_expired: Counter,
+    /// Bytes queued in all mailboxes (as the mailbox caps count them), set from the store after
+    /// every change.
+    pub mailbox_bytes: Gauge,
+    /// Envelopes of accepted sends left out because their device's queue (or the sender's share
+    /// of it) was full.
+    pub envelopes_device_full: Counter,
+    /// Bundles handed out with one-time keys.
+    pub one_time_keys_claimed: Counter,
+    /// Bundles handed out without one-time keys because a limit was reached, by limit.
+    pub one_time_keys_withheld: Withheld,
+    /// `PreKeysLow` notifications sent.
+    pub pre_keys_low_sent: Counter,
     /// Ephemeral (never stored) messages delivered to an online device.
     pub ephemeral_delivered: Counter,
     /// Pre-key bundles handed out.
@@ -311,6 +385,10 @@ pub struct Metrics {
     pub blob_bytes_uploaded: Counter,
     /// Blobs downloaded.
     pub blobs_downloaded: Counter,
+    /// Declared bytes of the blobs stored now (uploads in progress included).
+    pub blob_bytes_stored: Gauge,
+    /// Blob streams reset because they missed a deadline.
+    pub blob_streams_timed_out: Counter,
     /// Time to flush the store, in seconds ([`FLUSH_LATENCY_BUCKETS`]).
     pub flush_latency: Histogram,
     /// Writes per store flush ([`FLUSH_BATCH_BUCKETS`]).
@@ -386,11 +464,18 @@ impl Metrics {
             envelopes_acked: Counter::new(),
             envelopes_stored: Gauge::new(),
             envelopes_expired: Counter::new(),
+            mailbox_bytes: Gauge::new(),
+            envelopes_device_full: Counter::new(),
+            one_time_keys_claimed: Counter::new(),
+            one_time_keys_withheld: Withheld::default(),
+            pre_keys_low_sent: Counter::new(),
             ephemeral_delivered: Counter::new(),
             prekey_bundles: Counter::new(),
             blobs_uploaded: Counter::new(),
             blob_bytes_uploaded: Counter::new(),
             blobs_downloaded: Counter::new(),
+            blob_bytes_stored: Gauge::new(),
+            blob_streams_timed_out: Counter::new(),
             flush_latency: Histogram::new(FLUSH_LATENCY_BUCKETS),
             flush_batch: Histogram::new(FLUSH_BATCH_BUCKETS),
             refusals: Refusals::default(),
@@ -463,6 +548,18 @@ impl Metrics {
             "Envelopes removed because they expired.",
             self.envelopes_expired.get(),
         );
+        gauge(
+            o,
+            "mailbox_bytes",
+            "Bytes queued in all mailboxes (bodies plus 128 per envelope).",
+            self.mailbox_bytes.get(),
+        );
+        counter(
+            o,
+            "envelopes_device_full_total",
+            "Envelopes of accepted sends left out because their device had no room.",
+            self.envelopes_device_full.get(),
+        );
         counter(
             o,
             "ephemeral_delivered_total",
@@ -474,6 +571,32 @@ impl Metrics {
             "prekey_bundles_total",
             "Pre-key bundles handed out.",
             self.prekey_bundles.get(),
+        );
+        counter(
+            o,
+            "one_time_keys_claimed_total",
+            "Pre-key bundles handed out with one-time keys.",
+            self.one_time_keys_claimed.get(),
+        );
+        header(
+            o,
+            "one_time_keys_withheld_total",
+            "counter",
+            "Pre-key bundles handed out without one-time keys because a limit was reached, by limit.",
+        );
+        for limit in KeyLimit::ALL {
+            let _ = writeln!(
+                o,
+                "{PREFIX}one_time_keys_withheld_total{{limit=\"{}\"}} {}",
+                limit.as_str(),
+                self.one_time_keys_withheld.get(limit)
+            );
+        }
+        counter(
+            o,
+            "pre_keys_low_sent_total",
+            "PreKeysLow notifications sent to devices.",
+            self.pre_keys_low_sent.get(),
         );
         counter(
             o,
@@ -492,6 +615,18 @@ impl Metrics {
             "blobs_downloaded_total",
             "Blobs downloaded.",
             self.blobs_downloaded.get(),
+        );
+        gauge(
+            o,
+            "blob_bytes_stored",
+            "Declared bytes of the blobs stored now, uploads in progress included.",
+            self.blob_bytes_stored.get(),
+        );
+        counter(
+            o,
+            "blob_streams_timed_out_total",
+            "Blob streams reset because a request frame or a chunk missed its deadline.",
+            self.blob_streams_timed_out.get(),
         );
         histogram(
             o,
@@ -828,6 +963,10 @@ mod tests {
         m.refusals.inc(Refusal::RateLimited);
         m.refusals.inc(Refusal::RateLimited);
         m.refusals.inc(Refusal::TooManyDevices);
+        m.refusals.inc(Refusal::SenderQuota);
+        m.mailbox_bytes.set(4096);
+        m.one_time_keys_withheld.inc(KeyLimit::Pair);
+        m.pre_keys_low_sent.inc();
         m.flush_latency.observe(Duration::from_micros(300));
         m.flush_latency.observe(Duration::from_millis(2));
         m.flush_latency.observe(Duration::from_secs(2));
@@ -848,6 +987,15 @@ mod tests {
             "hush_relay_refusals_total{reason=\"rate_limited\"} 2",
             "hush_relay_refusals_total{reason=\"too_many_devices\"} 1",
             "hush_relay_refusals_total{reason=\"malformed\"} 0",
+            "hush_relay_refusals_total{reason=\"sender_quota\"} 1",
+            "hush_relay_refusals_total{reason=\"mailbox_full\"} 0",
+            "# TYPE hush_relay_mailbox_bytes gauge",
+            "hush_relay_mailbox_bytes 4096",
+            "hush_relay_envelopes_device_full_total 0",
+            "hush_relay_one_time_keys_claimed_total 0",
+            "hush_relay_one_time_keys_withheld_total{limit=\"pair\"} 1",
+            "hush_relay_one_time_keys_withheld_total{limit=\"target\"} 0",
+            "hush_relay_pre_keys_low_sent_total 1",
             "# TYPE hush_relay_flush_latency_seconds histogram",
             "hush_relay_flush_latency_seconds_bucket{le=\"0.0005\"} 1",
             "hush_relay_flush_latency_seconds_bucket{le=\"0.001\"} 1",

@@ -1,4 +1,12 @@
-//! Token-bucket rate limits, one bucket per key (device, account or source address).
+//! Token-bucket rate limits, one bucket per key (device, account, pair of accounts or source
+//! address).
+//!
+//! A bucket that has refilled to its burst is the same as no bucket, so it is forgotten: at most
+//! once every [`SWEEP_EVERY`] of the limiter's clock, every bucket that would be full by now is
+//! dropped. The map therefore only holds keys that took tokens within their refill time
+//! (`burst / per_second`), however many keys ever came, and forgetting never lets anyone take
+//! more than the rate allows (a slow bucket, such as one refilling over an hour, is kept for the
+//! hour).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -7,10 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::RateLimit as Rate;
 
-/// Buckets not touched for this long are forgotten (they would be full again anyway).
-const IDLE_FORGET: Duration = Duration::from_secs(600);
-/// Buckets kept before idle ones are swept.
-const SWEEP_AT: usize = 100_000;
+/// How often full buckets are swept out.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy)]
 struct Bucket {
@@ -60,15 +66,21 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
             // A poisoned lock only means another thread panicked mid-update; refuse nothing.
             return Ok(());
         };
-        // Forget idle buckets when there are many, at most once per tenth of the idle time (so a
-        // relay with many active keys does not scan them on every request).
-        let due = buckets
-            .last_sweep
-            .is_none_or(|t| now.saturating_duration_since(t) >= IDLE_FORGET / 10);
-        if buckets.map.len() >= SWEEP_AT && due {
-            buckets
-                .map
-                .retain(|_, b| now.saturating_duration_since(b.at) < IDLE_FORGET);
+        // Forget the buckets that are full again, at most once per `SWEEP_EVERY` (so a relay with
+        // many active keys does not scan them on every request).
+        let due = match buckets.last_sweep {
+            None => {
+                buckets.last_sweep = Some(now);
+                false
+            }
+            Some(t) => now.saturating_duration_since(t) >= SWEEP_EVERY,
+        };
+        if due {
+            let rate = self.rate.per_second;
+            buckets.map.retain(|_, b| {
+                let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+                b.tokens + elapsed * rate < burst
+            });
             buckets.last_sweep = Some(now);
         }
         let b = buckets.map.entry(key.clone()).or_insert(Bucket {
@@ -90,6 +102,18 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
             };
             Err(Duration::from_secs_f64(secs.clamp(0.001, 86_400.0)))
         }
+    }
+}
+
+impl<K> Limiter<K> {
+    /// Buckets held now.
+    pub fn len(&self) -> usize {
+        self.buckets.lock().map_or(0, |b| b.map.len())
+    }
+
+    /// Whether no bucket is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -122,5 +146,42 @@ mod tests {
         l.refund(&1u8, 1);
         l.check(&1u8, 1, t1).unwrap();
         assert!(l.check(&1u8, 1, t1).is_err());
+    }
+
+    #[test]
+    fn buckets_are_forgotten_once_full_again_and_not_before() {
+        let fast = Limiter::new(Rate {
+            per_second: 1.0,
+            burst: 2,
+        });
+        let t0 = Instant::now();
+        for k in 0..1000u32 {
+            fast.check(&k, 1, t0).unwrap();
+        }
+        assert_eq!(fast.len(), 1000);
+        // A minute later every one of them is full again: the next check sweeps them out.
+        let t1 = t0 + SWEEP_EVERY;
+        fast.check(&5000, 1, t1).unwrap();
+        assert_eq!(fast.len(), 1);
+
+        // A slow bucket (three tokens per 3000 s) is still owed tokens after many sweeps, so
+        // it is kept, and forgetting never hands out more than the rate.
+        let slow = Limiter::new(Rate {
+            per_second: 0.001,
+            burst: 3,
+        });
+        for _ in 0..3 {
+            slow.check(&1u8, 1, t0).unwrap();
+        }
+        let mut t = t0;
+        for _ in 0..10 {
+            t += SWEEP_EVERY;
+            assert!(slow.check(&1u8, 1, t).is_err(), "no token back yet");
+        }
+        assert_eq!(slow.len(), 1);
+        // Once it has refilled it is dropped.
+        let later = t0 + Duration::from_secs(3000) + SWEEP_EVERY;
+        slow.check(&3u8, 1, later).unwrap();
+        assert_eq!(slow.len(), 1);
     }
 }

@@ -174,6 +174,29 @@ pub async fn run(endpoint: quinn::Endpoint, relay: Arc<Relay>, shutdown: Cancell
     }
 }
 
+/// One pass of the expiry sweep at wall time `now` (ms): deletes expired envelopes and blobs
+/// (and uploads left incomplete for an hour) and updates the metrics; returns how many
+/// envelopes and blobs went.
+pub(crate) fn sweep_once(relay: &Relay, now: u64) -> Result<(usize, usize), StoreError> {
+    let mail = relay
+        .store
+        .sweep(now.saturating_sub(relay.cfg.mailbox_ttl_ms))?;
+    let blobs = relay.blobs.sweep(now, now.saturating_sub(3_600_000))?;
+    relay.metrics.envelopes_expired.add(mail as u64);
+    relay
+        .metrics
+        .envelopes_stored
+        .add(-i64::try_from(mail).unwrap_or(0));
+    relay.update_mailbox_gauge();
+    if let Ok(total) = relay.blobs.total_bytes() {
+        relay
+            .metrics
+            .blob_bytes_stored
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
+    }
+    Ok((mail, blobs))
+}
+
 async fn sweep_loop(relay: Arc<Relay>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(relay.cfg.sweep_interval_ms.max(1)));
     loop {
@@ -182,21 +205,9 @@ async fn sweep_loop(relay: Arc<Relay>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         let r = Arc::clone(&relay);
-        let done = tokio::task::spawn_blocking(move || {
-            let now = now_ms();
-            let mail = r.store.sweep(now.saturating_sub(r.cfg.mailbox_ttl_ms))?;
-            // Uploads left incomplete for an hour are abandoned.
-            let blobs = r.blobs.sweep(now, now.saturating_sub(3_600_000))?;
-            Ok::<_, StoreError>((mail, blobs))
-        })
-        .await;
+        let done = tokio::task::spawn_blocking(move || sweep_once(&r, now_ms())).await;
         match done {
             Ok(Ok((mail, blobs))) => {
-                relay.metrics.envelopes_expired.add(mail as u64);
-                relay
-                    .metrics
-                    .envelopes_stored
-                    .add(-i64::try_from(mail).unwrap_or(0));
                 if mail > 0 || blobs > 0 {
                     tracing::info!(envelopes = mail, blobs, "swept expired items");
                 }

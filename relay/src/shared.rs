@@ -1,7 +1,7 @@
 //! What every connection shares: the stores, the writer, the router, the pusher, rate limits,
 //! the cache of device lists, pending device links, metrics and settings.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::conn::Refused;
-use crate::ops::{Metrics, Refusal};
+use crate::ops::{KeyLimit, Metrics, Refusal};
 use crate::push::{PushConfig, PushTargets, Pusher};
 use crate::ratelimit::Limiter;
 use crate::router::Router;
@@ -101,9 +101,24 @@ pub(crate) struct Limits {
     uploads: Limiter<DeviceId>,
     pub(crate) accounts: Limiter<IpAddr>,
     pub(crate) blob_uploads: Limiter<DeviceId>,
+    /// Downloads of one blob (by id), everyone together.
+    pub(crate) blob_downloads: Limiter<[u8; 16]>,
+    /// Blob downloads per downloading account.
+    pub(crate) account_blob_downloads: Limiter<[u8; 32]>,
+    /// Blob bytes downloaded per downloading account, in KiB.
+    pub(crate) account_blob_kib: Limiter<[u8; 32]>,
     account_sends: Limiter<[u8; 32]>,
     account_prekey_fetches: Limiter<[u8; 32]>,
     account_uploads: Limiter<[u8; 32]>,
+    one_time_target: Limiter<DeviceId>,
+    one_time_pair: Limiter<([u8; 32], [u8; 32])>,
+    one_time_requester: Limiter<[u8; 32]>,
+}
+
+/// One-time keys granted to a bundle fetch: what to give back if none were left to hand out.
+pub(crate) struct OneTimeGrant {
+    requester: [u8; 32],
+    target: DeviceId,
 }
 
 impl Limits {
@@ -133,6 +148,42 @@ impl Limits {
     pub(crate) fn upload(&self, who: &DeviceId, now: Instant) -> Result<(), Refused> {
         Self::take(&self.uploads, &self.account_uploads, who, now)
     }
+
+    /// Whether a bundle of `target` fetched by account `requester` may carry one-time keys: one
+    /// token from each of the target's, the pair's and the requester's buckets, or none taken
+    /// and the limit that is empty.
+    pub(crate) fn one_time_keys(
+        &self,
+        requester: &[u8; 32],
+        target: &DeviceId,
+        now: Instant,
+    ) -> Result<OneTimeGrant, KeyLimit> {
+        let pair = (*requester, target.account);
+        self.one_time_target
+            .check(target, 1, now)
+            .map_err(|_| KeyLimit::Target)?;
+        if self.one_time_pair.check(&pair, 1, now).is_err() {
+            self.one_time_target.refund(target, 1);
+            return Err(KeyLimit::Pair);
+        }
+        if self.one_time_requester.check(requester, 1, now).is_err() {
+            self.one_time_target.refund(target, 1);
+            self.one_time_pair.refund(&pair, 1);
+            return Err(KeyLimit::Requester);
+        }
+        Ok(OneTimeGrant {
+            requester: *requester,
+            target: *target,
+        })
+    }
+
+    /// Gives back a grant that handed out nothing (the target had no one-time keys left).
+    pub(crate) fn refund_one_time_keys(&self, grant: &OneTimeGrant) {
+        self.one_time_target.refund(&grant.target, 1);
+        self.one_time_pair
+            .refund(&(grant.requester, grant.target.account), 1);
+        self.one_time_requester.refund(&grant.requester, 1);
+    }
 }
 
 /// Everything the connection tasks share.
@@ -147,6 +198,11 @@ pub struct Relay {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: Limits,
     lists: Mutex<HashMap<[u8; 32], Arc<AccountDevices>>>,
+    /// Devices told in the current low spell that their one-time keys run low (set when a claim
+    /// first takes a count below the threshold, cleared when an upload brings both above it),
+    /// so that claims do not send one notification each. In memory: after a restart a device
+    /// may be told once more.
+    pre_keys_low: Mutex<HashSet<DeviceId>>,
     /// Device-linking messages: channel → (body, expiry ms). In memory only, bounded.
     pub(crate) provisions: Mutex<HashMap<[u8; 32], Provision>>,
     pub(crate) draining: AtomicBool,
@@ -222,10 +278,25 @@ impl Relay {
             uploads: Limiter::new(cfg.rate.uploads),
             accounts: Limiter::new(cfg.rate.account_creations),
             blob_uploads: Limiter::new(cfg.rate.blob_uploads),
+            blob_downloads: Limiter::new(cfg.rate.blob_downloads),
+            account_blob_downloads: Limiter::new(cfg.rate.account_blob_downloads),
+            account_blob_kib: Limiter::new(kib_rate(cfg.rate.account_blob_download_mib)),
             account_sends: Limiter::new(cfg.rate.account_sends),
             account_prekey_fetches: Limiter::new(cfg.rate.account_prekey_fetches),
             account_uploads: Limiter::new(cfg.rate.account_uploads),
+            one_time_target: Limiter::new(cfg.rate.one_time_keys_per_target),
+            one_time_pair: Limiter::new(cfg.rate.one_time_keys_per_pair),
+            one_time_requester: Limiter::new(cfg.rate.one_time_keys_per_requester),
         };
+        // The gauge starts from what the store holds (a reopened database is not empty).
+        if let Ok(bytes) = store.mailbox_bytes() {
+            metrics
+                .mailbox_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        metrics
+            .blob_bytes_stored
+            .set(i64::try_from(blobs.total_bytes().unwrap_or(0)).unwrap_or(i64::MAX));
         let relay = Arc::new(Self {
             cfg,
             store,
@@ -236,6 +307,7 @@ impl Relay {
             metrics,
             limits,
             lists: Mutex::new(HashMap::new()),
+            pre_keys_low: Mutex::new(HashSet::new()),
             provisions: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
@@ -297,6 +369,32 @@ impl Relay {
         }
     }
 
+    /// Sets the mailbox bytes gauge from the store (after every change of the mailboxes).
+    pub(crate) fn update_mailbox_gauge(&self) {
+        if let Ok(bytes) = self.store.mailbox_bytes() {
+            self.metrics
+                .mailbox_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Whether `device`, whose one-time keys run low, is to be told now: true once per low
+    /// spell.
+    pub(crate) fn first_low(&self, device: &DeviceId) -> bool {
+        self.pre_keys_low
+            .lock()
+            .map(|mut s| s.insert(*device))
+            .unwrap_or(false)
+    }
+
+    /// Ends `device`'s low spell (it uploaded enough keys, or it is gone): the next claim that
+    /// takes it below the threshold tells it again.
+    pub(crate) fn rearm_low(&self, device: &DeviceId) {
+        if let Ok(mut s) = self.pre_keys_low.lock() {
+            s.remove(device);
+        }
+    }
+
     pub(crate) fn refuse_count(&self, r: &Refused) {
         let reason = match r.code {
             ErrorCode::Malformed | ErrorCode::UnknownRequest => Refusal::Malformed,
@@ -310,10 +408,19 @@ impl Relay {
             ErrorCode::TooManyDevices => Refusal::TooManyDevices,
             ErrorCode::Draining => Refusal::Draining,
             ErrorCode::UsernameTaken => Refusal::UsernameTaken,
+            ErrorCode::SenderQuota => Refusal::SenderQuota,
+            ErrorCode::MailboxFull => Refusal::MailboxFull,
+            ErrorCode::RelayFull => Refusal::RelayFull,
+            ErrorCode::BlobQuotaExceeded => Refusal::BlobQuota,
             _ => Refusal::Other,
         };
         self.metrics.refusals.inc(reason);
     }
+}
+
+/// A rate in MiB as one in KiB (the unit the byte limiter counts in).
+fn kib_rate(mib: crate::config::RateLimit) -> crate::config::RateLimit {
+    crate::config::RateLimit::new(mib.per_second * 1024.0, mib.burst.saturating_mul(1024))
 }
 
 /// The unit account creation is limited by: an IPv4 address, or an IPv6 /64 (what one host

@@ -998,8 +998,12 @@ async fn blob_requests_beyond_the_caps_are_refused_and_store_nothing() {
         Some(blob_response::Kind::Error(e)) => e.code(),
         other => panic!("{other:?}"),
     };
-    // Declared sizes: 0, over the cap, u64::MAX.
-    for size in [0, 64 * 1024 + 1, u64::MAX] {
+    // Declared sizes: 0 (malformed: a blob is never empty), over the cap, u64::MAX.
+    assert_eq!(
+        refused(h.a.upload_blob(b"abc", 0).await),
+        ErrorCode::Malformed
+    );
+    for size in [64 * 1024 + 1, u64::MAX] {
         let code = refused(h.a.upload_blob(b"abc", size).await);
         assert_eq!(code, ErrorCode::TooLarge, "size {size}");
     }
@@ -1023,7 +1027,7 @@ async fn blob_requests_beyond_the_caps_are_refused_and_store_nothing() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(refused(resp), ErrorCode::Malformed);
+    assert_eq!(refused(resp), ErrorCode::TooLarge);
     // Nothing was stored by the refusals; a blob at the cap is accepted and reads back.
     assert_eq!(h.r.metrics.blobs_uploaded.get(), 0);
     let data = vec![9u8; 64 * 1024];

@@ -205,6 +205,14 @@ async fn sigkilled_relay_loses_nothing_acknowledged_and_delivers_exactly_once_in
                         _ = at.changed() => None,
                     };
                     match r {
+                        // A device with no room for this sender was left out: send the same
+                        // message again (the retry queues only what is missing), as a client does.
+                        Some(server_frame::Kind::Sent(s)) if !s.full_devices.is_empty() => {
+                            tokio::select! {
+                                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                                _ = at.changed() => break,
+                            }
+                        }
                         Some(server_frame::Kind::Sent(_)) => {
                             acked.push(next);
                             next += 1;
@@ -213,7 +221,8 @@ async fn sigkilled_relay_loses_nothing_acknowledged_and_delivers_exactly_once_in
                         // Bob's queues are full (his devices fall behind six senders): back off
                         // as a client does, and send the same message again.
                         Some(server_frame::Kind::Error(e))
-                            if e.code == api::ErrorCode::QueueFull as i32 =>
+                            if e.code == api::ErrorCode::QueueFull as i32
+                                || e.code == api::ErrorCode::SenderQuota as i32 =>
                         {
                             tokio::select! {
                                 () = tokio::time::sleep(Duration::from_millis(20)) => {}

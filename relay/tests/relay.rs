@@ -314,11 +314,11 @@ async fn one_time_pre_key_claimed_by_50_concurrent_clients_is_handed_out_once(
     );
     assert_eq!(kems.iter().collect::<BTreeSet<_>>().len(), 30);
     assert_eq!(last_resort, 20);
-    // The owner is told its stock is low.
+    // The owner is told its stock is low, once: when the count went below the threshold.
     loop {
-        match b.event().await {
-            server_frame::Kind::PreKeysLow(l) if l.one_time_left == 0 => break,
-            _ => {}
+        if let server_frame::Kind::PreKeysLow(l) = b.event().await {
+            assert_eq!(l.one_time_left as usize, limits::PRE_KEYS_LOW - 1);
+            break;
         }
     }
     r.stop().await;

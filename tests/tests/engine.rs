@@ -457,3 +457,67 @@ async fn an_offline_device_is_woken_through_the_push_endpoint_it_registered() {
     bob.shutdown().await;
     relay.stop().await;
 }
+
+/// A device whose queue at the relay is full is left out of a send (the account's other device
+/// still gets it); the send then fails as transient instead of reporting success, and once the
+/// device has drained its queue the same message reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_left_out_for_a_full_queue_gets_the_message_once_it_has_room() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let mut cfg = relay_config(relay_dir.path(), addr);
+    cfg.max_queue_len = 3;
+    let relay = hush_relay::start(cfg).await.unwrap();
+    let (ad, b1d, b2d) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (bob, mut b_rx) = Engine::create_account(engine_config(b1d.path(), &relay, addr))
+        .await
+        .unwrap();
+    bob.connected(WAIT).await.unwrap();
+    let offer = bob.offer_link().unwrap();
+    let (bob2, mut b2_rx) = Engine::link(engine_config(b2d.path(), &relay, addr), &offer.code)
+        .await
+        .unwrap();
+    bob.complete_link(&offer, WAIT).await.unwrap();
+    bob2.connected(WAIT).await.unwrap();
+    let (alice, _a_rx) = Engine::create_account(engine_config(ad.path(), &relay, addr))
+        .await
+        .unwrap();
+    alice.connected(WAIT).await.unwrap();
+    let b_id = bob.address().unwrap().account;
+
+    alice.send(&b_id, b"m0").await.unwrap();
+    assert_eq!(messages(&bob, &mut b_rx, 1).await, vec![b"m0".to_vec()]);
+    assert_eq!(messages(&bob2, &mut b2_rx, 1).await, vec![b"m0".to_vec()]);
+
+    // Bob's second device goes offline; three messages fill its queue.
+    bob2.shutdown().await;
+    drop(b2_rx);
+    for m in [&b"m1"[..], b"m2", b"m3"] {
+        alice.send(&b_id, m).await.unwrap();
+    }
+    assert_eq!(messages(&bob, &mut b_rx, 3).await.len(), 3);
+
+    // The fourth reaches the first device, and the send says it is not done.
+    let e = alice.send(&b_id, b"m4").await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(messages(&bob, &mut b_rx, 1).await, vec![b"m4".to_vec()]);
+
+    // Back online, the second device drains its queue; sent again, the message reaches it.
+    let (bob2, mut b2_rx) = Engine::open(engine_config(b2d.path(), &relay, addr)).unwrap();
+    bob2.connected(WAIT).await.unwrap();
+    assert_eq!(
+        messages(&bob2, &mut b2_rx, 3).await,
+        vec![b"m1".to_vec(), b"m2".to_vec(), b"m3".to_vec()]
+    );
+    alice.send(&b_id, b"m4").await.unwrap();
+    assert_eq!(messages(&bob2, &mut b2_rx, 1).await, vec![b"m4".to_vec()]);
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+    bob2.shutdown().await;
+    relay.stop().await;
+}

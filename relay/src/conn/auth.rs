@@ -90,6 +90,9 @@ impl ConnState {
         if let Ok((otk, kem)) = relay.store.pre_key_counts(device)
             && (otk < limits::PRE_KEYS_LOW || kem < limits::PRE_KEYS_LOW)
         {
+            // Told now: claims during this low spell do not tell it again.
+            relay.first_low(device);
+            relay.metrics.pre_keys_low_sent.inc();
             self.push(
                 0,
                 server_frame::Kind::PreKeysLow(api::PreKeysLow {

@@ -65,6 +65,8 @@ impl ConnState {
                 };
                 r.router.deliver(&d, Live::Revoked);
                 let purged = r.store.forget_device(&d)?;
+                r.rearm_low(&d);
+                r.update_mailbox_gauge();
                 r.metrics
                     .envelopes_stored
                     .add(-i64::try_from(purged).unwrap_or(0));
@@ -145,6 +147,10 @@ impl ConnState {
         };
         self.submit(relay, rid, true, move |r| {
             r.store.publish_pre_keys(&me, upload)?;
+            let (otk, kem) = r.store.pre_key_counts(&me)?;
+            if otk >= limits::PRE_KEYS_LOW && kem >= limits::PRE_KEYS_LOW {
+                r.rearm_low(&me);
+            }
             Ok(server_frame::Kind::Ok(api::Ok {}))
         });
         Ok(Reply::Later)
@@ -152,6 +158,12 @@ impl ConnState {
 
     /// Claims a bundle's worth of keys on the writer; the bundle leaves only once the claim is
     /// durable, so a claimed one-time key never comes back after a crash.
+    ///
+    /// One-time keys are rationed (per target device, per pair of accounts, per requesting
+    /// account: `Limits::one_time_keys`): past a limit the bundle is still served, with the
+    /// signed pre-key and the last-resort ML-KEM key only, as when none are left (PROTOCOL.md
+    /// §4.3), so nobody is denied a session while draining a device's keys becomes slow. The
+    /// device is told its keys run low once per low spell (`Relay::first_low`).
     pub(super) fn fetch_bundle(
         &mut self,
         relay: &Arc<Relay>,
@@ -174,11 +186,29 @@ impl ConnState {
             account,
             device: b.device_id,
         };
+        let grant = relay.limits.one_time_keys(&me.account, &target, now.at);
         self.submit(relay, rid, false, move |r| {
-            let claimed = r
-                .store
-                .claim_pre_keys(&target)?
-                .ok_or_else(|| Refused::new(ErrorCode::NotFound, "the device has no pre-keys"))?;
+            let claimed = r.store.claim_pre_keys(&target, grant.is_ok());
+            let claimed = match claimed {
+                Ok(Some(c)) => c,
+                other => {
+                    if let Ok(g) = &grant {
+                        r.limits.refund_one_time_keys(g);
+                    }
+                    return Err(match other {
+                        Err(e) => Refused::from(e),
+                        _ => Refused::new(ErrorCode::NotFound, "the device has no pre-keys"),
+                    });
+                }
+            };
+            match &grant {
+                Err(limit) => r.metrics.one_time_keys_withheld.inc(*limit),
+                Ok(_) if claimed.one_time.is_some() || !claimed.kem_is_last_resort => {
+                    r.metrics.one_time_keys_claimed.inc();
+                }
+                // None were left: the grant took nothing.
+                Ok(g) => r.limits.refund_one_time_keys(g),
+            }
             let bad = |_| StoreError::Corrupt("prekeys");
             let bundle = PreKeyBundle {
                 account_key: account.to_vec(),
@@ -196,8 +226,9 @@ impl ConnState {
                 kem_pre_key: Some(KemPreKey::decode(claimed.kem.as_slice()).map_err(bad)?),
             };
             r.metrics.prekey_bundles.inc();
-            if claimed.one_time_left < limits::PRE_KEYS_LOW
-                || claimed.kem_left < limits::PRE_KEYS_LOW
+            if (claimed.one_time_left < limits::PRE_KEYS_LOW
+                || claimed.kem_left < limits::PRE_KEYS_LOW)
+                && r.first_low(&target)
             {
                 r.router.deliver(
                     &target,

@@ -12,12 +12,14 @@ use super::{ConnState, Now, Refused, Reply, arr};
 use crate::limits::{self, close};
 use crate::router::{Fresh, Live};
 use crate::shared::{AccountDevices, Relay};
-use crate::store::{DeviceId, Envelope, Queued};
+use crate::store::{DeviceId, Envelope, Queued, Quotas};
 
 impl ConnState {
-    /// Checks a send here; the writer queues it (atomically, idempotently by client id), hands
-    /// each new envelope to its connected recipient or wakes it by push, and the answer waits
-    /// for the flush.
+    /// Checks a send here; the writer queues it (idempotently by client id, within the mailbox
+    /// caps: `store::usage`), hands each new envelope to its connected recipient or wakes it by
+    /// push, and the answer waits for the flush. A device with no room for this sender is left
+    /// out and named in `SendResult.full_devices`; the send is refused only if no device has
+    /// room, or for the account and relay byte caps.
     pub(super) fn send(
         &mut self,
         relay: &Arc<Relay>,
@@ -77,12 +79,18 @@ impl ConnState {
                 received_at: now.wall_ms,
             })
             .collect();
-        let cap = cfg.max_queue_len;
+        let quotas = quotas(cfg);
         self.submit(relay, rid, false, move |r| {
-            let done = r.store.enqueue(&envelopes, cap)?;
+            let done = r.store.enqueue(&envelopes, &quotas)?;
             r.metrics.sends.inc();
             let mut received_at = now.wall_ms;
+            let mut full_devices = Vec::new();
             for (e, q) in envelopes.into_iter().zip(done) {
+                if q.full.is_some() {
+                    r.metrics.envelopes_device_full.inc();
+                    full_devices.push(e.recipient.device);
+                    continue;
+                }
                 received_at = q.received_at;
                 if !q.fresh {
                     continue;
@@ -102,7 +110,11 @@ impl ConnState {
                     r.pusher.wake(to);
                 }
             }
-            Ok(server_frame::Kind::Sent(api::SendResult { received_at }))
+            r.update_mailbox_gauge();
+            Ok(server_frame::Kind::Sent(api::SendResult {
+                received_at,
+                full_devices,
+            }))
         });
         Ok(Reply::Later)
     }
@@ -125,6 +137,7 @@ impl ConnState {
         self.ops.push(Box::new(move || {
             match r.store.ack(&me, &a.seqs) {
                 Ok(n) => {
+                    r.update_mailbox_gauge();
                     r.metrics.envelopes_acked.add(n as u64);
                     r.metrics
                         .envelopes_stored
@@ -240,6 +253,19 @@ impl ConnState {
                 }
             }
         }
+    }
+}
+
+/// The mailbox caps of the settings.
+pub(crate) fn quotas(cfg: &crate::config::Config) -> Quotas {
+    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    Quotas {
+        queue_len: n(cfg.max_queue_len),
+        queue_bytes: cfg.max_queue_bytes,
+        sender_len: n(cfg.max_queue_len_per_sender),
+        sender_bytes: cfg.max_queue_bytes_per_sender,
+        account_bytes: cfg.max_account_mailbox_bytes,
+        total_bytes: cfg.max_mailbox_bytes,
     }
 }
 

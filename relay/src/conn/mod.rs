@@ -75,6 +75,11 @@ impl Refused {
         }
     }
 
+    pub(crate) fn retry_after(mut self, ms: u64) -> Self {
+        self.retry_after_ms = ms;
+        self
+    }
+
     pub(crate) fn rate(wait: Duration) -> Self {
         let mut r = Self::new(ErrorCode::RateLimited, "rate limited");
         r.retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -104,7 +109,25 @@ impl From<StoreError> for Refused {
             StoreError::QueueFull(d) => Self::new(
                 ErrorCode::QueueFull,
                 format!("the queue of device {} is full", d.device),
-            ),
+            )
+            .retry_after(limits::MAILBOX_FULL_RETRY_AFTER_MS),
+            StoreError::SenderQuota(d) => Self::new(
+                ErrorCode::SenderQuota,
+                format!(
+                    "this sender's share of the queue of device {} is used up",
+                    d.device
+                ),
+            )
+            .retry_after(limits::MAILBOX_FULL_RETRY_AFTER_MS),
+            StoreError::MailboxFull => Self::new(
+                ErrorCode::MailboxFull,
+                "the recipient account's mailbox is full",
+            )
+            .retry_after(limits::MAILBOX_FULL_RETRY_AFTER_MS),
+            StoreError::RelayFull => {
+                Self::new(ErrorCode::RelayFull, "the relay's mailbox storage is full")
+                    .retry_after(limits::MAILBOX_FULL_RETRY_AFTER_MS)
+            }
             StoreError::UsernameTaken => Self::new(
                 ErrorCode::UsernameTaken,
                 "the username is held by another account",
@@ -582,6 +605,7 @@ impl ConnState {
             }
             Live::PreKeysLow(one_time, kem) => {
                 self.pending.took_event();
+                relay.metrics.pre_keys_low_sent.inc();
                 self.push(
                     0,
                     server_frame::Kind::PreKeysLow(api::PreKeysLow {

@@ -486,7 +486,10 @@ async fn a_live_envelope_after_a_gap_is_read_from_the_store_in_order() {
         received_at: 1,
     };
     // Two envelopes written behind the connection's back; only the second is announced.
-    let done = relay.store.enqueue(&[env(1), env(2)], 100).unwrap();
+    let done = relay
+        .store
+        .enqueue(&[env(1), env(2)], &crate::store::Quotas::queue_len(100))
+        .unwrap();
     let fresh = crate::router::Fresh {
         prev: done[1].prev,
         queued: crate::store::Queued {
@@ -875,4 +878,89 @@ async fn account_list_and_name_refusals_are_typed_and_change_nothing() {
         bob.id()
     );
     assert!(s.st.finished().is_none());
+}
+
+#[tokio::test]
+async fn the_mailbox_bytes_gauge_follows_sends_acks_and_the_expiry_sweep() {
+    use crate::store::usage::ENVELOPE_OVERHEAD;
+    let relay = relay_with(|c| c.mailbox_ttl_ms = 60_000);
+    let (alice, bob) = (Account::new(1), Account::new(2));
+    create(&relay, &alice);
+    create(&relay, &bob);
+    let mut a = Side::new(&relay);
+    a.login(&alice, 1);
+    // Two sends to Bob's two devices: four envelopes of 40 bytes each.
+    a.request(11, send_to(&bob, 1, &[1; 40]));
+    a.request(12, send_to(&bob, 2, &[2; 40]));
+    a.settle_all();
+    let one = i64::try_from(40 + ENVELOPE_OVERHEAD).unwrap();
+    let gauge = || relay.metrics.mailbox_bytes.get();
+    assert_eq!(gauge(), 4 * one);
+    // Device 1 reads and acknowledges its two.
+    let mut b = Side::new(&relay);
+    let seqs: Vec<u64> = b
+        .login(&bob, 1)
+        .iter()
+        .filter_map(|f| match &f.kind {
+            Some(server_frame::Kind::Deliver(d)) => Some(d.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs.len(), 2);
+    b.request(3, client_frame::Kind::Ack(api::Ack { seqs }));
+    b.settle_all();
+    assert_eq!(gauge(), 2 * one);
+    // Device 2's two expire: the sweep takes them and the gauge follows.
+    assert_eq!(
+        crate::server::sweep_once(&relay, 1_000 + 59_999).unwrap().0,
+        0
+    );
+    assert_eq!(gauge(), 2 * one);
+    assert_eq!(
+        crate::server::sweep_once(&relay, 1_000 + 60_001).unwrap().0,
+        2
+    );
+    assert_eq!(gauge(), 0);
+    assert_eq!(relay.metrics.envelopes_expired.get(), 2);
+    assert_eq!(relay.store.mailbox_bytes().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_send_names_the_device_left_out_and_the_refusal_has_its_own_reason() {
+    let relay = relay_with(|c| c.max_queue_len_per_sender = 1);
+    let (alice, bob) = (Account::new(1), Account::new(2));
+    create(&relay, &alice);
+    create(&relay, &bob);
+    let mut a = Side::new(&relay);
+    a.login(&alice, 1);
+    // Device 2 already holds one from Alice (a targeted send); the full send reaches device 1.
+    a.request(
+        11,
+        client_frame::Kind::Send(api::Send {
+            client_id: vec![1; 16],
+            recipient_account: bob.id().to_vec(),
+            targeted: true,
+            envelopes: vec![api::OutEnvelope {
+                device_id: 2,
+                body: vec![1],
+            }],
+        }),
+    );
+    a.request(12, send_to(&bob, 2, &[2]));
+    a.settle_all();
+    let f = a.frames();
+    let Some(server_frame::Kind::Sent(s)) = &f[1].kind else {
+        panic!("{f:?}")
+    };
+    assert_eq!(s.full_devices, vec![2]);
+    assert_eq!(relay.metrics.envelopes_device_full.get(), 1);
+    // Now both are full for Alice: refused, with its own reason and a retry hint.
+    a.request(13, send_to(&bob, 3, &[3]));
+    a.settle_all();
+    let f = a.frames();
+    assert_eq!(error_code(&f[0]), ErrorCode::SenderQuota);
+    assert_eq!(
+        relay.metrics.refusals.get(crate::ops::Refusal::SenderQuota),
+        1
+    );
 }

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::ids::{SendIds, send_key};
+use super::usage::{self, Usage, stored_bytes};
 use super::{
     AccountStore, Claimed, DeviceId, Enqueued, Envelope, MailboxStore, PreKeyStore, PreKeyUpload,
-    PushStore, Queued, Result, StoreError, UsernameHolder, UsernameStore,
+    PushStore, Queued, Quotas, Result, StoreError, UsernameHolder, UsernameStore,
 };
 
 #[derive(Default)]
@@ -23,6 +24,7 @@ struct Inner {
     keys: BTreeMap<DeviceId, Keys>,
     queues: BTreeMap<DeviceId, BTreeMap<u64, Envelope>>,
     ids: SendIds,
+    usage: Usage,
     last_seq: BTreeMap<DeviceId, u64>,
     push: BTreeMap<DeviceId, String>,
     names: BTreeMap<String, UsernameHolder>,
@@ -88,13 +90,19 @@ impl PreKeyStore for MemoryStore {
         Ok(())
     }
 
-    fn claim_pre_keys(&self, device: &DeviceId) -> Result<Option<Claimed>> {
+    fn claim_pre_keys(&self, device: &DeviceId, one_time: bool) -> Result<Option<Claimed>> {
         let mut g = self.lock()?;
         let Some(k) = g.keys.get_mut(device) else {
             return Ok(None);
         };
-        let one_time = k.one_time.pop_first().map(|(_, v)| v);
-        let kem = k.kem.pop_first().map(|(_, v)| v);
+        let (one_time, kem) = if one_time {
+            (
+                k.one_time.pop_first().map(|(_, v)| v),
+                k.kem.pop_first().map(|(_, v)| v),
+            )
+        } else {
+            (None, None)
+        };
         Ok(Some(Claimed {
             signed_pre_key: k.signed_pre_key.clone(),
             one_time,
@@ -173,22 +181,26 @@ impl UsernameStore for MemoryStore {
     }
 }
 
+impl Inner {
+    /// Lowers the counters for removed envelopes.
+    fn forget(&mut self, removed: &[Envelope]) {
+        for e in removed {
+            self.usage
+                .remove(e.recipient, &e.sender.account, stored_bytes(e));
+        }
+    }
+}
+
 impl MailboxStore for MemoryStore {
-    fn enqueue(&self, envelopes: &[Envelope], cap: usize) -> Result<Vec<Enqueued>> {
+    fn enqueue(&self, envelopes: &[Envelope], quotas: &Quotas) -> Result<Vec<Enqueued>> {
         let mut g = self.lock()?;
-        // All or nothing: check every new envelope's queue first.
-        let mut adding: BTreeMap<DeviceId, usize> = BTreeMap::new();
-        for e in envelopes {
-            if g.ids.get(send_key(e)).is_none() {
-                *adding.entry(e.recipient).or_default() += 1;
-            }
-        }
-        for (d, n) in &adding {
-            let have = g.queues.get(d).map_or(0, BTreeMap::len);
-            if have.saturating_add(*n) > cap {
-                return Err(StoreError::QueueFull(*d));
-            }
-        }
+        // Plan first (caps checked against everything queued), write nothing on a refusal.
+        let new: Vec<&Envelope> = envelopes
+            .iter()
+            .filter(|e| g.ids.get(send_key(e)).is_none())
+            .collect();
+        let known = new.len() < envelopes.len();
+        let mut plan = g.usage.plan(&new, !known, quotas)?.into_iter();
         let mut out = Vec::with_capacity(envelopes.len());
         for e in envelopes {
             let id = send_key(e);
@@ -198,6 +210,17 @@ impl MailboxStore for MemoryStore {
                     fresh: false,
                     received_at: at,
                     prev: 0,
+                    full: None,
+                });
+                continue;
+            }
+            if let Some(full) = plan.next().flatten() {
+                out.push(Enqueued {
+                    seq: 0,
+                    fresh: false,
+                    received_at: e.received_at,
+                    prev: 0,
+                    full: Some(full),
                 });
                 continue;
             }
@@ -206,6 +229,7 @@ impl MailboxStore for MemoryStore {
             *last = last.saturating_add(1);
             let seq = *last;
             g.ids.insert(id, seq, e.received_at);
+            g.usage.add(e.recipient, &e.sender.account, stored_bytes(e));
             g.queues
                 .entry(e.recipient)
                 .or_default()
@@ -215,6 +239,7 @@ impl MailboxStore for MemoryStore {
                 fresh: true,
                 received_at: e.received_at,
                 prev,
+                full: None,
             });
         }
         Ok(out)
@@ -246,6 +271,7 @@ impl MailboxStore for MemoryStore {
                 }
             }
         }
+        g.forget(&removed);
         // The send ids stay in the recent-send index, so a send retried after the ack is still a
         // no-op while it is remembered.
         Ok(removed.len())
@@ -266,6 +292,7 @@ impl MailboxStore for MemoryStore {
                 }
             }
         }
+        g.forget(&removed);
         Ok(removed.len())
     }
 
@@ -273,8 +300,31 @@ impl MailboxStore for MemoryStore {
         Ok(self.lock()?.queues.get(device).map_or(0, BTreeMap::len))
     }
 
+    fn queue_usage(&self, device: &DeviceId) -> Result<usage::Count> {
+        Ok(self.lock()?.usage.queue(device))
+    }
+
+    fn sender_usage(&self, device: &DeviceId, sender: &[u8; 32]) -> Result<usage::Count> {
+        Ok(self.lock()?.usage.sender(device, sender))
+    }
+
+    fn account_mailbox_bytes(&self, account: &[u8; 32]) -> Result<u64> {
+        Ok(self.lock()?.usage.account(account))
+    }
+
+    fn mailbox_bytes(&self) -> Result<u64> {
+        Ok(self.lock()?.usage.total())
+    }
+
     fn purge(&self, device: &DeviceId) -> Result<usize> {
-        Ok(self.lock()?.queues.remove(device).map_or(0, |q| q.len()))
+        let mut g = self.lock()?;
+        let removed: Vec<Envelope> = g
+            .queues
+            .remove(device)
+            .map(|q| q.into_values().collect())
+            .unwrap_or_default();
+        g.forget(&removed);
+        Ok(removed.len())
     }
 
     fn flush(&self) -> Result<()> {

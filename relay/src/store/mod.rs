@@ -4,8 +4,13 @@
 //! Guarantees every implementation gives:
 //! - a device list is replaced only by one with a higher version;
 //! - a one-time pre-key is handed out at most once, even under concurrent claims (one atomic take);
-//! - an enqueue refused for a full queue writes nothing; an enqueue is idempotent per (recipient
-//!   device, sender device, client id); it is durable once [`MailboxStore::flush`] has returned
+//! - an enqueue is checked against the mailbox caps ([`Quotas`]) before anything is written: a
+//!   device whose queue (or the sending account's share of it) is full is left out and reported
+//!   ([`Enqueued::full`]) while the others get their envelopes; an enqueue that would queue
+//!   nothing because every device is full, or that would take the recipient account or the relay
+//!   over its byte cap, is refused and writes nothing. The counters behind the caps
+//!   ([`usage`]) are exact across acks, expiry, purges and reopening. An enqueue is idempotent
+//!   per (recipient device, sender device, client id); it is durable once [`MailboxStore::flush`] has returned
 //!   after it (the relay batches many enqueues into one flush: group commit); nothing else is
 //!   durable before a flush either. A crash (or a write error) in the middle of an unanswered
 //!   multi-envelope enqueue may keep some of its envelopes: the retry of that send finds them by
@@ -25,6 +30,7 @@ pub mod blobs;
 mod ids;
 pub mod memory;
 pub mod sled_store;
+pub mod usage;
 
 /// A device as the relay knows it: account key and device id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,6 +76,15 @@ pub enum StoreError {
     /// A recipient's queue is at its cap (nothing of the enqueue was written).
     #[error("the queue of a recipient device is full")]
     QueueFull(DeviceId),
+    /// The sending account's share of a recipient's queue is used up (nothing was written).
+    #[error("the sender's share of a recipient device's queue is used up")]
+    SenderQuota(DeviceId),
+    /// The recipient account's mailbox is at its byte cap (nothing was written).
+    #[error("the recipient account's mailbox is full")]
+    MailboxFull,
+    /// The relay's mailbox storage is at its byte cap (nothing was written).
+    #[error("the relay's mailbox storage is full")]
+    RelayFull,
     /// A username claimed while another account holds it (nothing was written).
     #[error("the username is held by another account")]
     UsernameTaken,
@@ -131,8 +146,10 @@ pub struct Claimed {
 pub trait PreKeyStore: Send + Sync {
     /// Stores an upload.
     fn publish_pre_keys(&self, device: &DeviceId, upload: PreKeyUpload) -> Result<()>;
-    /// Takes a bundle's worth of keys: each one-time key is returned to at most one caller.
-    fn claim_pre_keys(&self, device: &DeviceId) -> Result<Option<Claimed>>;
+    /// Takes a bundle's worth of keys: each one-time key is returned to at most one caller. With
+    /// `one_time` false no one-time key is taken: the bundle has the signed pre-key and the
+    /// last-resort ML-KEM key only (as when none are left).
+    fn claim_pre_keys(&self, device: &DeviceId, one_time: bool) -> Result<Option<Claimed>>;
     /// (one-time X25519 keys left, one-time ML-KEM keys left).
     fn pre_key_counts(&self, device: &DeviceId) -> Result<(usize, usize)>;
     /// Deletes everything a device published.
@@ -176,15 +193,65 @@ pub struct Enqueued {
     /// was given since the store opened): a connection that has sent exactly up to `prev` can
     /// send this envelope without reading the store. 0 for a retried send.
     pub prev: u64,
+    /// Set when the envelope was left out because its device had no room (then `seq` is 0 and
+    /// `fresh` false): nothing of it was written.
+    pub full: Option<Full>,
+}
+
+/// Why an envelope's device had no room for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Full {
+    /// The device's queue is at its envelope or byte cap.
+    Queue,
+    /// The sending account's share of the device's queue is used up.
+    Sender,
+}
+
+/// The mailbox caps an enqueue is checked against (bytes as counted by [`usage::stored_bytes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// Envelopes per device queue.
+    pub queue_len: u64,
+    /// Bytes per device queue.
+    pub queue_bytes: u64,
+    /// Envelopes per device queue from one sending account.
+    pub sender_len: u64,
+    /// Bytes per device queue from one sending account.
+    pub sender_bytes: u64,
+    /// Bytes over all device queues of one account.
+    pub account_bytes: u64,
+    /// Bytes over all queues.
+    pub total_bytes: u64,
+}
+
+impl Quotas {
+    /// No cap at all.
+    pub const UNLIMITED: Self = Self {
+        queue_len: u64::MAX,
+        queue_bytes: u64::MAX,
+        sender_len: u64::MAX,
+        sender_bytes: u64::MAX,
+        account_bytes: u64::MAX,
+        total_bytes: u64::MAX,
+    };
+
+    /// Only a cap on envelopes per device queue.
+    pub const fn queue_len(n: u64) -> Self {
+        Self {
+            queue_len: n,
+            ..Self::UNLIMITED
+        }
+    }
 }
 
 /// Per-device queues of encrypted envelopes.
 pub trait MailboxStore: Send + Sync {
-    /// Queues envelopes (see the module docs for atomicity); returns, per envelope, its sequence
-    /// number (the existing one for a retried send). Refuses with [`StoreError::QueueFull`] (writing nothing)
-    /// if a new envelope's recipient already holds `cap`. Durable after the next
-    /// [`MailboxStore::flush`].
-    fn enqueue(&self, envelopes: &[Envelope], cap: usize) -> Result<Vec<Enqueued>>;
+    /// Queues envelopes (see the module docs for atomicity and the caps); returns, per envelope,
+    /// its sequence number (the existing one for a retried send), or that its device was full.
+    /// Refuses, writing nothing, with [`StoreError::QueueFull`] or [`StoreError::SenderQuota`]
+    /// when every envelope's device is full, [`StoreError::MailboxFull`] or
+    /// [`StoreError::RelayFull`] for the byte caps. Durable after the next [`MailboxStore::flush`].
+    fn enqueue(&self, envelopes: &[Envelope], quotas: &Quotas) -> Result<Vec<Enqueued>>;
     /// Up to `limit` envelopes of `device` with a sequence number above `after`, in order.
     fn fetch(&self, device: &DeviceId, after: u64, limit: usize) -> Result<Vec<Queued>>;
     /// Deletes acknowledged envelopes; returns how many were there.
@@ -193,6 +260,14 @@ pub trait MailboxStore: Send + Sync {
     fn sweep(&self, cutoff: u64) -> Result<usize>;
     /// Envelopes queued for `device`.
     fn queue_len(&self, device: &DeviceId) -> Result<usize>;
+    /// What `device`'s queue holds (envelopes, bytes).
+    fn queue_usage(&self, device: &DeviceId) -> Result<usage::Count>;
+    /// What `device`'s queue holds from the devices of account `sender`.
+    fn sender_usage(&self, device: &DeviceId, sender: &[u8; 32]) -> Result<usage::Count>;
+    /// Bytes queued for all devices of `account`.
+    fn account_mailbox_bytes(&self, account: &[u8; 32]) -> Result<u64>;
+    /// Bytes queued in all mailboxes.
+    fn mailbox_bytes(&self) -> Result<u64>;
     /// Deletes a device's whole queue; returns how many envelopes it held.
     fn purge(&self, device: &DeviceId) -> Result<usize>;
     /// Makes everything written so far durable.

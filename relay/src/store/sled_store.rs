@@ -17,8 +17,10 @@
 //! **The hot path writes one record per envelope and scans nothing.** What a transaction over
 //! three trees used to keep (each queue's last sequence number, its count and bytes, and the
 //! recent-send index) lives in memory, behind one mutex, and is rebuilt from the `mail` tree when
-//! the database opens (one pass over the queued envelopes). An enqueue holds that mutex while it
-//! checks the index and the queue caps and gives the sequence numbers (a refused send writes
+//! the database opens (one pass over the queued envelopes), together with the mailbox usage per
+//! device, per (device, sending account), per account and in total (`store::usage`): a removal
+//! decodes the record it removed to lower them. An enqueue holds that mutex while it
+//! checks the index and the caps and gives the sequence numbers (a refused send writes
 //! nothing), then writes each envelope with one plain `insert` and counts it; so a retried send
 //! is not queued twice (while its id is remembered: `store::ids`), a queue cap is exact, and each
 //! queue's sequence numbers are increasing and in commit order.
@@ -57,9 +59,10 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::ids::{self, SendIds};
+use super::usage::{self, Usage, stored_bytes};
 use super::{
     AccountStore, Claimed, DeviceId, Enqueued, Envelope, MailboxStore, PreKeyStore, PreKeyUpload,
-    PushStore, Queued, Result, StoreError, UsernameHolder, UsernameStore,
+    PushStore, Queued, Quotas, Result, StoreError, UsernameHolder, UsernameStore,
 };
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -85,20 +88,11 @@ pub struct SledStore {
     key_counts: Mutex<HashMap<DeviceId, (usize, usize)>>,
 }
 
-/// One queue's counters.
-#[derive(Clone, Copy, Debug, Default)]
-struct Queue {
-    /// Last sequence number given.
-    last: u64,
-    /// Envelopes queued.
-    count: u64,
-    /// Bytes of the stored records.
-    bytes: u64,
-}
-
 #[derive(Default)]
 struct MailState {
-    queues: HashMap<DeviceId, Queue>,
+    /// Last sequence number given, per queue.
+    last: HashMap<DeviceId, u64>,
+    usage: Usage,
     ids: SendIds,
 }
 
@@ -106,16 +100,31 @@ struct MailState {
 /// use (the relay, backup export and import): a new database gets [`SEGMENT_SIZE`], an existing
 /// one the segment size it was made with.
 pub fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    open_db_with_cache(path, DEFAULT_CACHE_BYTES)
+}
+
+/// Memory sled may use for its cache unless told otherwise (the `sled_cache_bytes` setting's
+/// default; sled's own default is 1 GiB).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// As [`open_db`], with a cache of at most `cache_bytes`.
+pub fn open_db_with_cache(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
     sled::Config::new()
         .path(path)
         .segment_size(segment_size(path))
+        .cache_capacity(cache_bytes)
         .open()
 }
 
 impl SledStore {
     /// Opens (or creates) the database in `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = open_db(path).map_err(backend)?;
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// As [`SledStore::open`], with a sled cache of at most `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self> {
+        let db = open_db_with_cache(path, cache_bytes).map_err(backend)?;
         let tree = |n: &str| db.open_tree(n).map_err(backend);
         Self {
             lists: tree("lists")?,
@@ -151,10 +160,9 @@ impl SledStore {
                 .ok_or(StoreError::Corrupt("mail"))?;
             let seq = be_u64(k.get(36..).ok_or(StoreError::Corrupt("mail"))?, "mail")?;
             let e = decode_envelope(d, &v)?;
-            let q = st.queues.entry(d).or_default();
-            q.last = q.last.max(seq);
-            q.count += 1;
-            q.bytes = q.bytes.saturating_add(v.len() as u64);
+            let last = st.last.entry(d).or_default();
+            *last = (*last).max(seq);
+            st.usage.add(d, &e.sender.account, stored_bytes(&e));
             recent.push((e.received_at, ids::send_key(&e), seq));
         }
         recent.sort_unstable();
@@ -348,7 +356,7 @@ impl PreKeyStore for SledStore {
         Ok(())
     }
 
-    fn claim_pre_keys(&self, device: &DeviceId) -> Result<Option<Claimed>> {
+    fn claim_pre_keys(&self, device: &DeviceId, one_time: bool) -> Result<Option<Claimed>> {
         let Some(raw) = self.prekeys.get(device.key()).map_err(backend)? else {
             return Ok(None);
         };
@@ -356,8 +364,14 @@ impl PreKeyStore for SledStore {
             StoredPreKeys::decode(raw.as_ref()).map_err(|_| StoreError::Corrupt("prekeys"))?;
         let prefix = device.key();
         let mut counts = self.counts()?;
-        let one_time = Self::take_first(&self.otk, &prefix)?;
-        let kem = Self::take_first(&self.kem, &prefix)?;
+        let (one_time, kem) = if one_time {
+            (
+                Self::take_first(&self.otk, &prefix)?,
+                Self::take_first(&self.kem, &prefix)?,
+            )
+        } else {
+            (None, None)
+        };
         let c = counts.entry(*device).or_default();
         if one_time.is_some() {
             c.0 = c.0.saturating_sub(1);
@@ -534,66 +548,94 @@ impl SledStore {
     fn remove_mail(&self, device: &DeviceId, seqs: impl Iterator<Item = u64>) -> Result<usize> {
         let mut st = self.state()?;
         let mut n = 0usize;
-        let mut bytes = 0u64;
         for seq in seqs {
             if let Some(old) = self.mail.remove(mail_key(device, seq)).map_err(backend)? {
                 n += 1;
-                bytes = bytes.saturating_add(old.len() as u64);
+                // The counters follow what was removed; a record that does not decode (never
+                // written by this code) was counted by nothing.
+                if let Ok(e) = decode_envelope(*device, &old) {
+                    st.usage
+                        .remove(*device, &e.sender.account, stored_bytes(&e));
+                }
             }
-        }
-        if n > 0
-            && let Some(q) = st.queues.get_mut(device)
-        {
-            q.count = q.count.saturating_sub(n as u64);
-            q.bytes = q.bytes.saturating_sub(bytes);
         }
         Ok(n)
     }
 }
 
 impl MailboxStore for SledStore {
-    fn enqueue(&self, envelopes: &[Envelope], cap: usize) -> Result<Vec<Enqueued>> {
+    fn enqueue(&self, envelopes: &[Envelope], quotas: &Quotas) -> Result<Vec<Enqueued>> {
         let floor = self.seq_floor;
-        let cap = u64::try_from(cap).unwrap_or(u64::MAX);
         let mut st = self.state()?;
         let mut out = Vec::with_capacity(envelopes.len());
         // First the plan (duplicates, caps, sequence numbers), touching nothing: a refused send
         // leaves the store as it was.
-        let mut planned: HashMap<DeviceId, Queue> = HashMap::new();
-        let mut writes: Vec<(u128, u64, &Envelope)> = Vec::with_capacity(envelopes.len());
-        let mut new_ids: HashMap<u128, (u64, u64)> = HashMap::with_capacity(envelopes.len());
+        let mut planned: std::collections::HashSet<u128> = std::collections::HashSet::new();
+        let mut new: Vec<&Envelope> = Vec::with_capacity(envelopes.len());
+        let mut known = false;
         for e in envelopes {
             let key = ids::send_key(e);
-            let known = st.ids.get(key).or_else(|| new_ids.get(&key).copied());
-            if let Some((seq, received_at)) = known {
+            if st.ids.get(key).is_some() {
+                known = true;
+            } else if planned.insert(key) {
+                new.push(e);
+            }
+        }
+        let mut plan = st.usage.plan(&new, !known, quotas)?.into_iter();
+        // What this send decided per key (an envelope repeated inside it gets the same answer).
+        let mut decided: HashMap<u128, Enqueued> = HashMap::with_capacity(envelopes.len());
+        let mut lasts: HashMap<DeviceId, u64> = HashMap::new();
+        let mut writes: Vec<(u128, u64, &Envelope)> = Vec::with_capacity(envelopes.len());
+        for e in envelopes {
+            let key = ids::send_key(e);
+            if let Some(d) = decided.get(&key) {
+                out.push(Enqueued {
+                    fresh: false,
+                    prev: 0,
+                    ..*d
+                });
+                continue;
+            }
+            if let Some((seq, received_at)) = st.ids.get(key) {
                 out.push(Enqueued {
                     seq,
                     fresh: false,
                     received_at,
                     prev: 0,
+                    full: None,
                 });
                 continue;
             }
-            let q = planned
-                .entry(e.recipient)
-                .or_insert_with(|| st.queues.get(&e.recipient).copied().unwrap_or_default());
-            if q.count >= cap {
-                return Err(StoreError::QueueFull(e.recipient));
+            if let Some(full) = plan.next().flatten() {
+                let skipped = Enqueued {
+                    seq: 0,
+                    fresh: false,
+                    received_at: e.received_at,
+                    prev: 0,
+                    full: Some(full),
+                };
+                decided.insert(key, skipped);
+                out.push(skipped);
+                continue;
             }
+            let last = lasts
+                .entry(e.recipient)
+                .or_insert_with(|| st.last.get(&e.recipient).copied().unwrap_or_default());
             // Sequence numbers start at 1 (0 means "from the start" in `fetch`) and never repeat
             // across restarts.
-            let prev = q.last;
+            let prev = *last;
             let seq = prev.saturating_add(1).max(floor);
-            q.last = seq;
-            q.count = q.count.saturating_add(1);
+            *last = seq;
             writes.push((key, seq, e));
-            new_ids.insert(key, (seq, e.received_at));
-            out.push(Enqueued {
+            let queued = Enqueued {
                 seq,
                 fresh: true,
                 received_at: e.received_at,
                 prev,
-            });
+                full: None,
+            };
+            decided.insert(key, queued);
+            out.push(queued);
         }
         // Then one plain insert per envelope, each counted as soon as it is written (see the
         // module docs for why not one `Batch`). If a write fails, what was written stays and is
@@ -601,14 +643,13 @@ impl MailboxStore for SledStore {
         // retry finds those envelopes in the index and queues only the rest.
         for (key, seq, e) in writes {
             let value = encode_envelope(e);
-            let len = value.len() as u64;
             self.mail
                 .insert(&mail_key(&e.recipient, seq)[..], value)
                 .map_err(backend)?;
-            let q = st.queues.entry(e.recipient).or_default();
-            q.last = q.last.max(seq);
-            q.count = q.count.saturating_add(1);
-            q.bytes = q.bytes.saturating_add(len);
+            let last = st.last.entry(e.recipient).or_default();
+            *last = (*last).max(seq);
+            st.usage
+                .add(e.recipient, &e.sender.account, stored_bytes(e));
             st.ids.insert(key, seq, e.received_at);
         }
         Ok(out)
@@ -661,8 +702,24 @@ impl MailboxStore for SledStore {
     }
 
     fn queue_len(&self, device: &DeviceId) -> Result<usize> {
-        let count = self.state()?.queues.get(device).map_or(0, |q| q.count);
+        let count = self.state()?.usage.queue(device).envelopes;
         Ok(usize::try_from(count).unwrap_or(usize::MAX))
+    }
+
+    fn queue_usage(&self, device: &DeviceId) -> Result<usage::Count> {
+        Ok(self.state()?.usage.queue(device))
+    }
+
+    fn sender_usage(&self, device: &DeviceId, sender: &[u8; 32]) -> Result<usage::Count> {
+        Ok(self.state()?.usage.sender(device, sender))
+    }
+
+    fn account_mailbox_bytes(&self, account: &[u8; 32]) -> Result<u64> {
+        Ok(self.state()?.usage.account(account))
+    }
+
+    fn mailbox_bytes(&self) -> Result<u64> {
+        Ok(self.state()?.usage.total())
     }
 
     fn purge(&self, device: &DeviceId) -> Result<usize> {
@@ -685,6 +742,8 @@ impl MailboxStore for SledStore {
 
 #[cfg(test)]
 mod tests {
+    const Q10: crate::store::Quotas = crate::store::Quotas::queue_len(10);
+
     /// Opens `path` with `open`, waiting (bounded) for a store dropped a moment ago to release
     /// sled's file lock (its background flusher may still be winding down).
     fn retry<T, E>(mut open: impl FnMut() -> Result<T, E>) -> T
@@ -727,7 +786,7 @@ mod tests {
                 body: b"sealed".to_vec(),
                 received_at: 5,
             };
-            s.enqueue(&[e], 10).unwrap();
+            s.enqueue(&[e], &Q10).unwrap();
             s.flush().unwrap();
             // Dropped without any shutdown.
         }
@@ -735,6 +794,61 @@ mod tests {
         let q = s.fetch(&b, 0, 10).unwrap();
         assert_eq!(q.len(), 1);
         assert_eq!(q[0].envelope.body, b"sealed");
+    }
+
+    #[test]
+    fn mailbox_usage_and_sender_shares_are_rebuilt_at_open() {
+        use crate::store::usage::{Count, ENVELOPE_OVERHEAD};
+        use crate::store::{DeviceId, Envelope, MailboxStore, Quotas, StoreError};
+        let dir = tempfile::tempdir().unwrap();
+        let d = |a: u8| DeviceId {
+            account: [a; 32],
+            device: 1,
+        };
+        let e = |from: u8, id: u8| Envelope {
+            recipient: d(2),
+            sender: d(from),
+            client_id: [id; 16],
+            body: vec![id; 100],
+            received_at: 1,
+        };
+        let one = 100 + ENVELOPE_OVERHEAD;
+        let q = Quotas {
+            sender_len: 2,
+            ..Quotas::UNLIMITED
+        };
+        {
+            let s = retry(|| super::SledStore::open(dir.path()));
+            s.enqueue(&[e(1, 1)], &q).unwrap();
+            s.enqueue(&[e(1, 2)], &q).unwrap();
+            s.enqueue(&[e(3, 3)], &q).unwrap();
+            s.flush().unwrap();
+        }
+        let s = retry(|| super::SledStore::open(dir.path()));
+        assert_eq!(s.mailbox_bytes().unwrap(), 3 * one);
+        assert_eq!(s.account_mailbox_bytes(&[2; 32]).unwrap(), 3 * one);
+        assert_eq!(
+            s.sender_usage(&d(2), &[1; 32]).unwrap(),
+            Count {
+                envelopes: 2,
+                bytes: 2 * one
+            }
+        );
+        // The share used before the restart still counts...
+        assert!(matches!(
+            s.enqueue(&[e(1, 4)], &q),
+            Err(StoreError::SenderQuota(_))
+        ));
+        // ...and is released by acknowledgements after it.
+        let seqs: Vec<u64> = s
+            .fetch(&d(2), 0, 10)
+            .unwrap()
+            .iter()
+            .map(|x| x.seq)
+            .collect();
+        assert_eq!(s.ack(&d(2), &seqs).unwrap(), 3);
+        assert_eq!(s.mailbox_bytes().unwrap(), 0);
+        assert!(s.enqueue(&[e(1, 4)], &q).unwrap()[0].fresh);
     }
 
     #[test]
@@ -760,10 +874,10 @@ mod tests {
         };
         let (kept, delivered) = {
             let s = retry(|| super::SledStore::open(dir.path()));
-            let kept = s.enqueue(&[e(1)], 10).unwrap()[0].seq;
+            let kept = s.enqueue(&[e(1)], &Q10).unwrap()[0].seq;
             s.flush().unwrap();
             // Written and delivered live, but (below) lost in a crash before any flush.
-            (kept, s.enqueue(&[e(2)], 10).unwrap()[0].seq)
+            (kept, s.enqueue(&[e(2)], &Q10).unwrap()[0].seq)
         };
         {
             // Undo the second write as a crash would have: its record is gone.
@@ -779,10 +893,10 @@ mod tests {
             "counters rebuilt from the records"
         );
         assert_eq!(s.fetch(&b, 0, 10).unwrap()[0].seq, kept);
-        let next = s.enqueue(&[e(3)], 10).unwrap()[0].seq;
+        let next = s.enqueue(&[e(3)], &Q10).unwrap()[0].seq;
         assert!(next > delivered, "a sequence number was given twice");
         // The recent-send index was rebuilt from what is queued: a retry is still a no-op.
-        assert!(!s.enqueue(&[e(1)], 10).unwrap()[0].fresh);
+        assert!(!s.enqueue(&[e(1)], &Q10).unwrap()[0].fresh);
     }
 
     #[test]
@@ -808,7 +922,7 @@ mod tests {
             .collect();
         let first = {
             let s = retry(|| super::SledStore::open(dir.path()));
-            let out = s.enqueue(&send, 10).unwrap();
+            let out = s.enqueue(&send, &Q10).unwrap();
             assert!(out.iter().all(|e| e.fresh));
             s.flush().unwrap();
             out
@@ -824,7 +938,7 @@ mod tests {
             db.flush().unwrap();
         }
         let s = retry(|| super::SledStore::open(dir.path()));
-        let retried = s.enqueue(&send, 10).unwrap();
+        let retried = s.enqueue(&send, &Q10).unwrap();
         assert!(!retried[0].fresh, "the kept envelope is not queued twice");
         assert_eq!(retried[0].seq, first[0].seq);
         assert!(
@@ -835,6 +949,6 @@ mod tests {
             assert_eq!(s.queue_len(&to(n)).unwrap(), 1);
         }
         // A third attempt changes nothing.
-        assert!(s.enqueue(&send, 10).unwrap().iter().all(|e| !e.fresh));
+        assert!(s.enqueue(&send, &Q10).unwrap().iter().all(|e| !e.fresh));
     }
 }

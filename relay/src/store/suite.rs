@@ -52,7 +52,7 @@ macro_rules! relay_store_suite {
             fn pre_keys_are_handed_out_once_then_last_resort() {
                 let (_g, s) = $make;
                 let d = dev(1, 1);
-                assert_eq!(s.claim_pre_keys(&d).unwrap(), None);
+                assert_eq!(s.claim_pre_keys(&d, true).unwrap(), None);
                 let up = PreKeyUpload {
                     signed_pre_key: b"spk".to_vec(),
                     last_resort_kem_pre_key: b"lr".to_vec(),
@@ -60,7 +60,7 @@ macro_rules! relay_store_suite {
                     kem: vec![(3, b"k3".to_vec())],
                 };
                 s.publish_pre_keys(&d, up).unwrap();
-                let c1 = s.claim_pre_keys(&d).unwrap().unwrap();
+                let c1 = s.claim_pre_keys(&d, true).unwrap().unwrap();
                 assert_eq!(
                     (
                         c1.one_time.as_deref(),
@@ -70,7 +70,7 @@ macro_rules! relay_store_suite {
                     (Some(&b"o1"[..]), &b"k3"[..], false)
                 );
                 assert_eq!((c1.one_time_left, c1.kem_left), (1, 0));
-                let c2 = s.claim_pre_keys(&d).unwrap().unwrap();
+                let c2 = s.claim_pre_keys(&d, true).unwrap().unwrap();
                 assert_eq!(
                     (
                         c2.one_time.as_deref(),
@@ -79,7 +79,7 @@ macro_rules! relay_store_suite {
                     ),
                     (Some(&b"o2"[..]), &b"lr"[..], true)
                 );
-                let c3 = s.claim_pre_keys(&d).unwrap().unwrap();
+                let c3 = s.claim_pre_keys(&d, true).unwrap().unwrap();
                 assert_eq!(c3.one_time, None);
                 assert_eq!(c3.signed_pre_key, b"spk");
             }
@@ -101,7 +101,7 @@ macro_rules! relay_store_suite {
                 let handles: Vec<_> = (0..50)
                     .map(|_| {
                         let s = Arc::clone(&s);
-                        std::thread::spawn(move || s.claim_pre_keys(&d).unwrap().unwrap())
+                        std::thread::spawn(move || s.claim_pre_keys(&d, true).unwrap().unwrap())
                     })
                     .collect();
                 let claims: Vec<Claimed> = handles.into_iter().map(|h| h.join().unwrap()).collect();
@@ -123,7 +123,10 @@ macro_rules! relay_store_suite {
                 let (_g, s) = $make;
                 let (a, b, c) = (dev(1, 1), dev(2, 1), dev(2, 2));
                 let seqs = s
-                    .enqueue(&[env(b, a, 1, 10), env(c, a, 1, 10), env(b, a, 2, 11)], 1000)
+                    .enqueue(
+                        &[env(b, a, 1, 10), env(c, a, 1, 10), env(b, a, 2, 11)],
+                        &Quotas::queue_len(1000),
+                    )
                     .unwrap();
                 assert_eq!(seqs.len(), 3);
                 assert!(seqs.iter().all(|e| e.fresh));
@@ -138,11 +141,13 @@ macro_rules! relay_store_suite {
                     fresh: false,
                     received_at: 10,
                     prev: 0,
+                    full: None,
                 };
                 // Each fresh envelope names the one before it in its queue.
                 assert_eq!(seqs[2].prev, seqs[0].seq);
                 assert_eq!(seqs[1].prev, seqs[0].prev);
-                assert_eq!(s.enqueue(&[env(b, a, 1, 12)], 1000).unwrap(), vec![again]);
+                let big = Quotas::queue_len(1000);
+                assert_eq!(s.enqueue(&[env(b, a, 1, 12)], &big).unwrap(), vec![again]);
                 let q = s.fetch(&b, 0, 10).unwrap();
                 assert_eq!(
                     q.iter()
@@ -157,7 +162,7 @@ macro_rules! relay_store_suite {
                 assert_eq!(s.ack(&b, &[q[0].seq, 999]).unwrap(), 1);
                 assert_eq!(s.queue_len(&b).unwrap(), 1);
                 // Still a no-op after the ack: the send id is remembered (`store::ids`).
-                assert_eq!(s.enqueue(&[env(b, a, 1, 13)], 1000).unwrap(), vec![again]);
+                assert_eq!(s.enqueue(&[env(b, a, 1, 13)], &big).unwrap(), vec![again]);
                 assert_eq!(s.queue_len(&b).unwrap(), 1);
                 assert_eq!(s.purge(&b).unwrap(), 1);
                 assert_eq!(s.queue_len(&b).unwrap(), 0);
@@ -176,7 +181,7 @@ macro_rules! relay_store_suite {
                             for i in 0..25u8 {
                                 let mut e = env(b, dev(10 + t, 1), i, 1);
                                 e.client_id[1] = t;
-                                s.enqueue(&[e], 1000).unwrap();
+                                s.enqueue(&[e], &Quotas::queue_len(1000)).unwrap();
                             }
                         })
                     })
@@ -194,31 +199,186 @@ macro_rules! relay_store_suite {
             }
 
             #[test]
-            fn the_queue_cap_is_exact_all_or_nothing_and_spares_retries() {
+            fn the_queue_cap_is_exact_leaves_a_full_device_out_and_spares_retries() {
                 let (_g, s) = $make;
                 let (a, b, c) = (dev(1, 1), dev(2, 1), dev(2, 2));
+                let cap = Quotas::queue_len(3);
                 let q = s
-                    .enqueue(&[env(b, a, 1, 1), env(b, a, 2, 1), env(b, a, 3, 1)], 3)
+                    .enqueue(&[env(b, a, 1, 1), env(b, a, 2, 1), env(b, a, 3, 1)], &cap)
                     .unwrap();
                 // Acking one in the middle frees exactly one place.
                 assert_eq!(s.ack(&b, &[q[1].seq]).unwrap(), 1);
                 assert_eq!(s.queue_len(&b).unwrap(), 2);
-                s.enqueue(&[env(b, a, 4, 1)], 3).unwrap();
-                // Full: a send to b and c together writes nothing.
+                s.enqueue(&[env(b, a, 4, 1)], &cap).unwrap();
+                // b is full: a send to b and c reaches c and names b.
+                let out = s.enqueue(&[env(c, a, 5, 1), env(b, a, 5, 1)], &cap).unwrap();
+                assert!(out[0].fresh && out[0].full.is_none());
+                assert_eq!(out[1].full, Some(Full::Queue));
+                assert!(!out[1].fresh);
+                assert_eq!(s.queue_len(&c).unwrap(), 1);
+                assert_eq!(s.queue_len(&b).unwrap(), 3);
+                // A send that reaches no device at all is refused and writes nothing.
                 assert!(matches!(
-                    s.enqueue(&[env(c, a, 5, 1), env(b, a, 5, 1)], 3),
+                    s.enqueue(&[env(b, a, 6, 1)], &cap),
                     Err(StoreError::QueueFull(d)) if d == b
                 ));
-                assert_eq!(s.queue_len(&c).unwrap(), 0);
+                // Its retry once there is room queues the left-out envelope (and only it).
+                let first = s.fetch(&b, 0, 1).unwrap()[0].seq;
+                s.ack(&b, &[first]).unwrap();
+                let again = s.enqueue(&[env(c, a, 5, 1), env(b, a, 5, 1)], &cap).unwrap();
+                assert!(!again[0].fresh && again[1].fresh);
+                assert_eq!(s.queue_len(&c).unwrap(), 1);
                 // A retry of something queued is not refused.
-                assert!(!s.enqueue(&[env(b, a, 1, 1)], 3).unwrap()[0].fresh);
+                assert!(!s.enqueue(&[env(b, a, 1, 1)], &cap).unwrap()[0].fresh);
                 assert_eq!(s.queue_len(&b).unwrap(), 3);
                 // The sweep and a purge keep the count right.
-                assert_eq!(s.sweep(2).unwrap(), 3);
+                assert_eq!(s.sweep(2).unwrap(), 4);
                 assert_eq!(s.queue_len(&b).unwrap(), 0);
-                s.enqueue(&[env(b, a, 6, 5)], 3).unwrap();
+                s.enqueue(&[env(b, a, 7, 5)], &cap).unwrap();
                 assert_eq!(s.purge(&b).unwrap(), 1);
                 assert_eq!(s.queue_len(&b).unwrap(), 0);
+                assert_eq!(s.mailbox_bytes().unwrap(), 0);
+            }
+
+            /// Bytes one `env` counts for (40-byte body).
+            const ENV_BYTES: u64 = 40 + usage::ENVELOPE_OVERHEAD;
+
+            #[test]
+            fn one_sender_filling_its_share_of_a_queue_does_not_stop_another() {
+                let (_g, s) = $make;
+                let (a, a2, x, b) = (dev(1, 1), dev(1, 2), dev(3, 1), dev(2, 1));
+                let q = Quotas {
+                    sender_len: 2,
+                    ..Quotas::queue_len(100)
+                };
+                s.enqueue(&[env(b, a, 1, 1)], &q).unwrap();
+                // The share is per sending account: its other device counts against it too.
+                s.enqueue(&[env(b, a2, 2, 1)], &q).unwrap();
+                assert!(matches!(
+                    s.enqueue(&[env(b, a, 3, 1)], &q),
+                    Err(StoreError::SenderQuota(d)) if d == b
+                ));
+                // Another sender still gets through.
+                assert!(s.enqueue(&[env(b, x, 4, 1)], &q).unwrap()[0].fresh);
+                assert_eq!(
+                    s.sender_usage(&b, &a.account).unwrap(),
+                    usage::Count { envelopes: 2, bytes: 2 * ENV_BYTES }
+                );
+                // Acknowledging frees the share.
+                let first = s.fetch(&b, 0, 1).unwrap()[0].seq;
+                s.ack(&b, &[first]).unwrap();
+                assert!(s.enqueue(&[env(b, a, 3, 1)], &q).unwrap()[0].fresh);
+                // The byte share is checked too.
+                let q = Quotas {
+                    sender_bytes: 3 * ENV_BYTES,
+                    ..Quotas::queue_len(100)
+                };
+                assert!(s.enqueue(&[env(b, a, 5, 1)], &q).unwrap()[0].fresh);
+                assert!(matches!(
+                    s.enqueue(&[env(b, a, 6, 1)], &q),
+                    Err(StoreError::SenderQuota(_))
+                ));
+            }
+
+            #[test]
+            fn byte_caps_per_queue_per_account_and_in_total_refuse_before_writing() {
+                let (_g, s) = $make;
+                let (a, b1, b2, c) = (dev(1, 1), dev(2, 1), dev(2, 2), dev(3, 1));
+                // Queue bytes: two envelopes fit, the third does not.
+                let q = Quotas {
+                    queue_bytes: 2 * ENV_BYTES,
+                    ..Quotas::UNLIMITED
+                };
+                s.enqueue(&[env(b1, a, 1, 1), env(b1, a, 2, 1)], &q).unwrap();
+                assert!(matches!(
+                    s.enqueue(&[env(b1, a, 3, 1)], &q),
+                    Err(StoreError::QueueFull(_))
+                ));
+                assert_eq!(
+                    s.queue_usage(&b1).unwrap(),
+                    usage::Count { envelopes: 2, bytes: 2 * ENV_BYTES }
+                );
+                // Account bytes: over all of account 2's devices.
+                let q = Quotas {
+                    account_bytes: 3 * ENV_BYTES,
+                    ..Quotas::UNLIMITED
+                };
+                assert!(matches!(
+                    s.enqueue(&[env(b1, a, 4, 1), env(b2, a, 4, 1)], &q),
+                    Err(StoreError::MailboxFull)
+                ));
+                assert_eq!(s.queue_len(&b1).unwrap(), 2, "nothing written");
+                assert_eq!(s.queue_len(&b2).unwrap(), 0, "nothing written");
+                s.enqueue(&[env(b2, a, 5, 1)], &q).unwrap();
+                assert_eq!(s.account_mailbox_bytes(&[2; 32]).unwrap(), 3 * ENV_BYTES);
+                // Another account still receives.
+                s.enqueue(&[env(c, a, 6, 1)], &q).unwrap();
+                // Total bytes.
+                let q = Quotas {
+                    total_bytes: 5 * ENV_BYTES,
+                    ..Quotas::UNLIMITED
+                };
+                assert_eq!(s.mailbox_bytes().unwrap(), 4 * ENV_BYTES);
+                s.enqueue(&[env(c, a, 7, 1)], &q).unwrap();
+                assert!(matches!(
+                    s.enqueue(&[env(c, a, 8, 1)], &q),
+                    Err(StoreError::RelayFull)
+                ));
+                assert_eq!(s.mailbox_bytes().unwrap(), 5 * ENV_BYTES);
+            }
+
+            #[test]
+            fn mailbox_counters_return_to_zero_after_acks_sweep_and_purge() {
+                let (_g, s) = $make;
+                let (a, x, b1, b2) = (dev(1, 1), dev(3, 1), dev(2, 1), dev(2, 2));
+                let all = Quotas::UNLIMITED;
+                let mut big = env(b1, a, 9, 100);
+                big.body = vec![9; 1000];
+                s.enqueue(&[env(b1, a, 1, 10), env(b2, a, 1, 10)], &all).unwrap();
+                s.enqueue(&[env(b1, x, 2, 10), big], &all).unwrap();
+                s.enqueue(&[env(b2, x, 3, 50)], &all).unwrap();
+                assert_eq!(
+                    s.mailbox_bytes().unwrap(),
+                    4 * ENV_BYTES + 1000 + usage::ENVELOPE_OVERHEAD
+                );
+                // Acks (with unknown and repeated sequence numbers counted once).
+                let seqs: Vec<u64> = s.fetch(&b1, 0, 10).unwrap().iter().map(|q| q.seq).collect();
+                assert_eq!(s.ack(&b1, &[seqs[0], seqs[0], 999_999]).unwrap(), 1);
+                assert_eq!(s.ack(&b1, &seqs).unwrap(), 2);
+                assert_eq!(s.queue_usage(&b1).unwrap(), usage::Count::default());
+                assert_eq!(s.sender_usage(&b1, &x.account).unwrap(), usage::Count::default());
+                // The sweep takes the old one of b2, a purge the rest.
+                assert_eq!(s.sweep(20).unwrap(), 1);
+                assert_eq!(s.account_mailbox_bytes(&[2; 32]).unwrap(), ENV_BYTES);
+                assert_eq!(s.purge(&b2).unwrap(), 1);
+                assert_eq!(s.mailbox_bytes().unwrap(), 0);
+                assert_eq!(s.account_mailbox_bytes(&[2; 32]).unwrap(), 0);
+                assert_eq!(s.sender_usage(&b2, &x.account).unwrap(), usage::Count::default());
+            }
+
+            #[test]
+            fn a_bundle_without_one_time_keys_takes_none() {
+                let (_g, s) = $make;
+                let d = dev(4, 1);
+                s.publish_pre_keys(
+                    &d,
+                    PreKeyUpload {
+                        signed_pre_key: b"spk".to_vec(),
+                        last_resort_kem_pre_key: b"lr".to_vec(),
+                        one_time: vec![(1, b"o1".to_vec())],
+                        kem: vec![(2, b"k2".to_vec())],
+                    },
+                )
+                .unwrap();
+                let c = s.claim_pre_keys(&d, false).unwrap().unwrap();
+                assert_eq!(c.one_time, None);
+                assert!(c.kem_is_last_resort);
+                assert_eq!(c.kem, b"lr");
+                assert_eq!(c.signed_pre_key, b"spk");
+                assert_eq!((c.one_time_left, c.kem_left), (1, 1));
+                assert_eq!(s.pre_key_counts(&d).unwrap(), (1, 1));
+                let c = s.claim_pre_keys(&d, true).unwrap().unwrap();
+                assert_eq!(c.one_time.as_deref(), Some(&b"o1"[..]));
             }
 
             #[test]
@@ -253,10 +413,10 @@ macro_rules! relay_store_suite {
                     s.push_endpoint(&b).unwrap().as_deref(),
                     Some("https://push.example/x")
                 );
-                s.enqueue(&[env(b, a, 1, 1)], 1000).unwrap();
+                s.enqueue(&[env(b, a, 1, 1)], &Quotas::queue_len(1000)).unwrap();
                 assert_eq!(s.forget_device(&b).unwrap(), 1);
                 assert_eq!(s.pre_key_counts(&b).unwrap(), (0, 0));
-                assert_eq!(s.claim_pre_keys(&b).unwrap(), None);
+                assert_eq!(s.claim_pre_keys(&b, true).unwrap(), None);
                 assert_eq!(s.push_endpoint(&b).unwrap(), None);
                 assert_eq!(s.fetch(&b, 0, 10).unwrap().len(), 0);
             }
@@ -394,7 +554,8 @@ macro_rules! relay_store_suite {
             fn sweep_deletes_what_is_older_than_the_ttl() {
                 let (_g, s) = $make;
                 let (a, b) = (dev(1, 1), dev(2, 1));
-                s.enqueue(&[env(b, a, 1, 10), env(b, a, 2, 20), env(b, a, 3, 30)], 1000)
+                let three = [env(b, a, 1, 10), env(b, a, 2, 20), env(b, a, 3, 30)];
+                s.enqueue(&three, &Quotas::queue_len(1000))
                     .unwrap();
                 assert_eq!(s.sweep(25).unwrap(), 2);
                 let q = s.fetch(&b, 0, 10).unwrap();

@@ -54,6 +54,9 @@ pub fn test_config(store: StoreKind, dir: &Path) -> Config {
     cfg.rate.account_sends = lots;
     cfg.rate.account_prekey_fetches = lots;
     cfg.rate.account_uploads = lots;
+    cfg.rate.one_time_keys_per_target = lots;
+    cfg.rate.one_time_keys_per_pair = lots;
+    cfg.rate.one_time_keys_per_requester = lots;
     cfg.push.allow_plain_http = true;
     cfg
 }

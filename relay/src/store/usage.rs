@@ -1,0 +1,185 @@
+//! Mailbox usage: what is queued per device, per (device, sending account), per account and in
+//! total, in envelopes and bytes, and the enqueue plan that checks a send against the caps
+//! ([`Quotas`]) before anything is written.
+//!
+//! Both stores keep one [`Usage`] in memory, changed with every envelope written or removed and
+//! rebuilt from the queued envelopes when a store opens, so the counters are exact after acks,
+//! expiry, purges and restarts, and a check costs a few map lookups. An entry is dropped when it
+//! reaches zero, so the maps hold no more than the queued envelopes' keys.
+
+use std::collections::HashMap;
+
+use super::{DeviceId, Envelope, Full, Quotas, Result, StoreError};
+
+/// Bytes one envelope counts for: its body and a fixed charge for what is stored with it
+/// (queue key, sender, client id, time).
+pub fn stored_bytes(e: &Envelope) -> u64 {
+    (e.body.len() as u64).saturating_add(ENVELOPE_OVERHEAD)
+}
+
+/// The fixed per-envelope charge of [`stored_bytes`].
+pub const ENVELOPE_OVERHEAD: u64 = 128;
+
+/// Envelopes and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    /// Envelopes.
+    pub envelopes: u64,
+    /// Bytes, as counted by [`stored_bytes`].
+    pub bytes: u64,
+}
+
+impl Count {
+    fn plus(self, bytes: u64) -> Self {
+        Self {
+            envelopes: self.envelopes.saturating_add(1),
+            bytes: self.bytes.saturating_add(bytes),
+        }
+    }
+
+    fn minus(self, bytes: u64) -> Self {
+        Self {
+            envelopes: self.envelopes.saturating_sub(1),
+            bytes: self.bytes.saturating_sub(bytes),
+        }
+    }
+
+    fn is_zero(self) -> bool {
+        self.envelopes == 0 && self.bytes == 0
+    }
+}
+
+/// The mailbox counters of a store.
+#[derive(Debug, Default)]
+pub(crate) struct Usage {
+    queues: HashMap<DeviceId, Count>,
+    senders: HashMap<(DeviceId, [u8; 32]), Count>,
+    accounts: HashMap<[u8; 32], u64>,
+    total: u64,
+}
+
+fn change<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Count>,
+    key: K,
+    f: impl Fn(Count) -> Count,
+) {
+    let c = f(map.get(&key).copied().unwrap_or_default());
+    if c.is_zero() {
+        map.remove(&key);
+    } else {
+        map.insert(key, c);
+    }
+}
+
+impl Usage {
+    /// Counts an envelope written.
+    pub(crate) fn add(&mut self, recipient: DeviceId, sender: &[u8; 32], bytes: u64) {
+        change(&mut self.queues, recipient, |c| c.plus(bytes));
+        change(&mut self.senders, (recipient, *sender), |c| c.plus(bytes));
+        let a = self.accounts.entry(recipient.account).or_default();
+        *a = a.saturating_add(bytes);
+        self.total = self.total.saturating_add(bytes);
+    }
+
+    /// Counts an envelope removed.
+    pub(crate) fn remove(&mut self, recipient: DeviceId, sender: &[u8; 32], bytes: u64) {
+        change(&mut self.queues, recipient, |c| c.minus(bytes));
+        change(&mut self.senders, (recipient, *sender), |c| c.minus(bytes));
+        if let Some(a) = self.accounts.get_mut(&recipient.account) {
+            *a = a.saturating_sub(bytes);
+            if *a == 0 {
+                self.accounts.remove(&recipient.account);
+            }
+        }
+        self.total = self.total.saturating_sub(bytes);
+    }
+
+    /// What `device`'s queue holds.
+    pub(crate) fn queue(&self, device: &DeviceId) -> Count {
+        self.queues.get(device).copied().unwrap_or_default()
+    }
+
+    /// What `device`'s queue holds from devices of `sender`.
+    pub(crate) fn sender(&self, device: &DeviceId, sender: &[u8; 32]) -> Count {
+        self.senders
+            .get(&(*device, *sender))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Bytes queued for all devices of `account`.
+    pub(crate) fn account(&self, account: &[u8; 32]) -> u64 {
+        self.accounts.get(account).copied().unwrap_or_default()
+    }
+
+    /// Bytes queued in total.
+    pub(crate) fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Checks the new envelopes of a send (`new`: those not already queued) against `quotas`:
+    /// per envelope, `None` if it fits or why its device has no room. A device whose queue (or
+    /// this sender's share of it) is full is left out; the send is refused only if it would
+    /// queue nothing at all and `all_full_refuses` (the caller's: none of the send's envelopes
+    /// was queued before), or if what it would queue goes over the recipient account's or the
+    /// relay's byte cap.
+    pub(crate) fn plan(
+        &self,
+        new: &[&Envelope],
+        all_full_refuses: bool,
+        quotas: &Quotas,
+    ) -> Result<Vec<Option<Full>>> {
+        let mut queues: HashMap<DeviceId, Count> = HashMap::new();
+        let mut senders: HashMap<(DeviceId, [u8; 32]), Count> = HashMap::new();
+        let mut accounts: HashMap<[u8; 32], u64> = HashMap::new();
+        let mut total = 0u64;
+        let mut out = Vec::with_capacity(new.len());
+        for e in new {
+            let bytes = stored_bytes(e);
+            let key = (e.recipient, e.sender.account);
+            let q = *queues
+                .entry(e.recipient)
+                .or_insert_with(|| self.queue(&e.recipient));
+            let s = *senders
+                .entry(key)
+                .or_insert_with(|| self.sender(&e.recipient, &e.sender.account));
+            let (q2, s2) = (q.plus(bytes), s.plus(bytes));
+            let full = if q2.envelopes > quotas.queue_len || q2.bytes > quotas.queue_bytes {
+                Some(Full::Queue)
+            } else if s2.envelopes > quotas.sender_len || s2.bytes > quotas.sender_bytes {
+                Some(Full::Sender)
+            } else {
+                None
+            };
+            if full.is_none() {
+                queues.insert(e.recipient, q2);
+                senders.insert(key, s2);
+                let a = accounts.entry(e.recipient.account).or_default();
+                *a = a.saturating_add(bytes);
+                total = total.saturating_add(bytes);
+            }
+            out.push(full);
+        }
+        if all_full_refuses {
+            let mut pairs = new.iter().zip(&out);
+            if pairs.clone().all(|(_, f)| f.is_some()) {
+                let queue = pairs.clone().find(|(_, f)| **f == Some(Full::Queue));
+                if let Some((e, _)) = queue {
+                    return Err(StoreError::QueueFull(e.recipient));
+                }
+                if let Some((e, _)) = pairs.next() {
+                    return Err(StoreError::SenderQuota(e.recipient));
+                }
+            }
+        }
+        for (account, adding) in &accounts {
+            if self.account(account).saturating_add(*adding) > quotas.account_bytes {
+                return Err(StoreError::MailboxFull);
+            }
+        }
+        if self.total.saturating_add(total) > quotas.total_bytes {
+            return Err(StoreError::RelayFull);
+        }
+        Ok(out)
+    }
+}
