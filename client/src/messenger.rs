@@ -1248,10 +1248,10 @@ impl Shared {
     /// every (re)connection; a message that reached the relay before a crash may thus arrive
     /// twice, which receivers drop (same sender, same id).
     ///
-    /// Per conversation: a message that must wait (its recipient's queue is full, the relay
-    /// rate-limits, ...) holds back the later ones of its conversation, to keep their order, but
-    /// not those of other conversations. Without a connection, everything waits for the next.
-    async fn resend_unsent(&self) {
+    /// Conversations are worked through side by side, each in order: a message that must wait
+    /// (its recipient's queue is full, the relay rate-limits, ...) holds back the later ones of
+    /// its conversation only. Without a connection, everything waits for the next.
+    async fn resend_unsent(self: Arc<Self>) {
         if self.resending.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -1271,11 +1271,24 @@ impl Shared {
         };
         let mut pending = pending;
         pending.sort_by_key(|(_, m)| m.message.as_ref().map_or(0, |a| a.sent_at));
-        let mut waiting: HashSet<Conversation> = HashSet::new();
-        for (conv, stored) in pending {
-            if waiting.contains(&conv) {
-                continue;
-            }
+        // One queue per conversation, each in its own order, worked through side by side: a
+        // message that waits (and the retries of its send) holds back its conversation only.
+        let mut queues: BTreeMap<Conversation, Vec<StoredMessage>> = BTreeMap::new();
+        for (conv, m) in pending {
+            queues.entry(conv).or_default().push(m);
+        }
+        let mut runs = tokio::task::JoinSet::new();
+        for (conv, queue) in queues {
+            let me = Arc::clone(&self);
+            runs.spawn(async move { me.resend_conversation(conv, queue).await });
+        }
+        while runs.join_next().await.is_some() {}
+        self.resending.store(false, Ordering::SeqCst);
+    }
+
+    /// Sends one conversation's waiting messages, in order, until one must wait.
+    async fn resend_conversation(&self, conv: Conversation, queue: Vec<StoredMessage>) {
+        for stored in queue {
             let Some(m) = stored.message.clone() else {
                 continue;
             };
@@ -1299,24 +1312,14 @@ impl Shared {
                 Err(e) if e.is_permanent() => {
                     tracing::debug!(error = %e, "an unsent message was refused");
                 }
-                // Offline again: the next connection retries, in order.
-                Err(
-                    e @ (ClientError::Disconnected
-                    | ClientError::Unreachable(_)
-                    | ClientError::Timeout
-                    | ClientError::Closed),
-                ) => {
-                    tracing::debug!(error = %e, "the outbox waits for the next connection");
-                    break;
-                }
-                // This conversation waits (its later messages too); the others go on.
+                // Offline again, or this conversation must wait (a full queue, a rate limit):
+                // its later messages wait too, in order, for the next connection.
                 Err(e) => {
                     tracing::debug!(error = %e, "an unsent message is still waiting");
-                    waiting.insert(conv);
+                    return;
                 }
             }
         }
-        self.resending.store(false, Ordering::SeqCst);
     }
 
     /// Gives the account's other devices a copy of a sent message, so every device shows the
@@ -1526,7 +1529,7 @@ async fn pump(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
                 shared.emit(MessengerEvent::Connection(c));
                 if c {
                     let s = Arc::clone(&shared);
-                    let run = tokio::spawn(async move { s.resend_unsent().await });
+                    let run = tokio::spawn(s.resend_unsent());
                     if let Ok(mut runs) = shared.outbox_runs.lock() {
                         runs.retain(|r| !r.is_finished());
                         runs.push(run);
