@@ -14,7 +14,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(files, ["proto"])?;
     let mut config = prost_build::Config::new();
-    config.type_attribute(".hush.store.v1", "#[derive(zeroize::Zeroize)]");
+    // Store records hold keys and plaintext, and the messenger's history records hold message
+    // content: every copy is wiped when it is dropped (this also forbids moving a field out of
+    // one; take it with `std::mem::take` instead).
+    let wiped = "#[derive(zeroize::Zeroize, zeroize::ZeroizeOnDrop)]";
+    config.message_attribute(".hush.store.v1", wiped);
+    // (Typing and Presence hold no content and are `Copy`, which a type with a destructor
+    // cannot be.)
+    for m in [
+        "AppMessage",
+        "Text",
+        "Reaction",
+        "Receipt",
+        "Attachment",
+        "SyncSent",
+        "StoredMessage",
+        "Undelivered",
+    ] {
+        config.message_attribute(format!(".hush.app.v1.{m}"), wiped);
+    }
+    // Boxed and oneof fields (zeroize has no `Box<T>` impl): each message inside wipes itself
+    // when dropped. (The skip reaches the oneof's variants too, so its derive does nothing.)
+    config.field_attribute(".hush.app.v1.AppMessage.kind", "#[zeroize(skip)]");
+    config.enum_attribute(
+        ".hush.app.v1.AppMessage.kind",
+        "#[derive(zeroize::Zeroize)]",
+    );
+    config.field_attribute(".hush.app.v1.SyncSent.message", "#[zeroize(skip)]");
     config.compile_fds(fds)?;
     Ok(())
 }

@@ -307,7 +307,7 @@ async fn contact(m: &Messenger, dir: &Path, name: &str) -> Result<AccountId, Str
 
 fn text_of(m: &StoredMessage) -> String {
     match m.message.as_ref().and_then(|a| a.kind.clone()) {
-        Some(app_message::Kind::Text(t)) => t.body,
+        Some(app_message::Kind::Text(t)) => t.body.clone(),
         Some(app_message::Kind::Attachment(a)) => format!("[file {} ({} bytes)]", a.name, a.size),
         Some(app_message::Kind::Reaction(r)) => format!("[reaction {}]", r.emoji),
         _ => String::new(),
@@ -429,6 +429,21 @@ fn print_event(dir: &Path, ev: &MessengerEvent) {
             name_of(dir, from.account.as_bytes())
         ),
         MessengerEvent::StoreFailed => say!("the local store failed; restart `hush`"),
+        MessengerEvent::Undelivered {
+            message_id,
+            accounts,
+            ..
+        } => {
+            for f in accounts {
+                say!(
+                    "{} not delivered to {} ({}{})",
+                    hex::encode(message_id),
+                    name_of(dir, f.account.as_bytes()),
+                    f.reason,
+                    if f.permanent { "" } else { "; will try again" }
+                );
+            }
+        }
         MessengerEvent::IdentityWarning { account } => say!(
             "WARNING: the identity of {} could not be verified (conflicting or forged device list); do not trust new messages until you compare safety numbers",
             name_of(dir, account.as_bytes())

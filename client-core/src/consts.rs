@@ -109,12 +109,21 @@ pub const MAX_SENDER_KEY_STATES: usize = 5;
 /// reach and how long the iteration-0 chain key is kept).
 pub const SENDER_KEY_MAX_ITERATIONS: u32 = 10_000;
 
-/// Group messages buffered per group while their sender key (or the sender's membership) is
-/// missing.
-pub const MAX_BUFFERED_GROUP_MESSAGES: usize = 1000;
+/// Group messages buffered per sending account (across all groups) while their sender key, their
+/// group or the sender's membership is missing. Past it, that account's next message is refused
+/// (`BufferFull`); nobody else's is.
+pub const MAX_BUFFERED_GROUP_MESSAGES_PER_SENDER: usize = 500;
 
-/// Group messages buffered in total, across all groups.
+/// Bytes of group messages buffered per sending account (across all groups): 4 MiB.
+pub const MAX_BUFFERED_GROUP_BYTES_PER_SENDER: usize = 4 << 20;
+
+/// Group messages buffered in total. When the buffer is full, the oldest message of the account
+/// holding the most is dropped to make room, unless that account is the sender itself, whose
+/// message is then refused: no set of accounts can keep another sender's first messages out.
 pub const MAX_BUFFERED_GROUP_MESSAGES_TOTAL: usize = 4000;
+
+/// Bytes of group messages buffered in total (the same rule as for the count): 32 MiB.
+pub const MAX_BUFFERED_GROUP_BYTES_TOTAL: usize = 32 << 20;
 
 /// The rollback window of a group log: a change for one of the last this many epochs can still
 /// replace the applied one in a same-epoch conflict (the whole log is kept regardless).
@@ -155,3 +164,8 @@ pub const ONE_TIME_PRE_KEYS_KEPT: usize = 500;
 
 /// Stale sessions ([`SESSION_MAX_IDLE_MS`]) are swept at most this often (milliseconds): a day.
 pub const SESSION_SWEEP_INTERVAL_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Earlier device lists kept per account (the newest ones): a list is kept when its successor
+/// drops or re-keys one of its devices, as the proof that a group change's author device was
+/// listed once (PROTOCOL.md §17.6).
+pub const MAX_FORMER_DEVICE_LISTS: usize = 16;

@@ -117,8 +117,9 @@ pub enum ProtocolError {
     /// The sender (or this device) is not a member of the group.
     #[error("not a member of the group")]
     NotAMember,
-    /// Too many group messages are waiting for their sender key.
-    #[error("too many group messages waiting for a sender key")]
+    /// Too many group messages from this sender's account are waiting (for their sender key,
+    /// group or membership); others' messages are still buffered.
+    #[error("too many group messages from this sender waiting to be read")]
     BufferFull,
     /// The API was called in a way its contract forbids.
     #[error("invalid use: {0}")]

@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use hush_core::consts::MAX_BUFFERED_GROUP_MESSAGES;
+use hush_core::consts::MAX_BUFFERED_GROUP_MESSAGES_PER_SENDER;
 use hush_core::device::{Device, GroupIncoming};
 use hush_core::error::{AuthError, Error, ProtocolError};
 use hush_core::keys::DeviceAddress;
@@ -726,7 +726,7 @@ fn forged_tampered_and_replayed_group_messages_change_nothing() {
         bob.dev.decrypt_group(&outsider, &mut rng, 2004).unwrap(),
         GroupIncoming::Buffered { request: None }
     ));
-    for i in 0..MAX_BUFFERED_GROUP_MESSAGES as u32 {
+    for i in 0..MAX_BUFFERED_GROUP_MESSAGES_PER_SENDER as u32 {
         let m = mutate(&|m| {
             m.group_id = vec![9; 32];
             m.iteration = i;

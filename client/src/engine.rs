@@ -259,6 +259,41 @@ pub(crate) struct Inner {
     shutdown: CancellationToken,
 }
 
+/// What a group send reached: per member account (this account's own devices not counted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupDelivery {
+    /// Member accounts whose devices the relay took the message for.
+    pub delivered: Vec<AccountId>,
+    /// Member accounts it could not be given to.
+    pub failed: Vec<GroupFailure>,
+}
+
+/// A member account a group message did not reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupFailure {
+    /// The account.
+    pub account: AccountId,
+    /// Why (for the user).
+    pub reason: String,
+    /// Refused for good ([`ClientError::is_permanent`]): sending again will not help.
+    pub permanent: bool,
+}
+
+/// Whether a failure concerns one recipient account only (its list, pre-keys, or the relay's
+/// refusal of its envelopes), so that a group send goes on with the others; otherwise (the
+/// connection, the local store) it concerns every recipient.
+fn is_account_failure(e: &ClientError) -> bool {
+    match e {
+        ClientError::Refused(r) => !matches!(
+            r.code,
+            ErrorCode::Draining | ErrorCode::Unauthenticated | ErrorCode::Internal
+        ),
+        ClientError::Core(CoreError::Store(_)) => false,
+        ClientError::Core(_) | ClientError::Protocol(_) => true,
+        _ => false,
+    }
+}
+
 /// A running engine. Dropping it (or [`Engine::shutdown`]) stops its connection task.
 pub struct Engine {
     pub(crate) inner: Arc<Inner>,
@@ -427,9 +462,27 @@ impl Engine {
     }
 
     /// Sends `plaintext` to group `g`: one sender-key encryption, the same bytes to every member
-    /// device (sender-key distributions first, where needed).
-    pub async fn send_group(&self, g: &GroupId, plaintext: &[u8]) -> Result<(), ClientError> {
-        self.group_send(g, plaintext, false).await
+    /// device (sender-key distributions first, where needed). A member account that cannot be
+    /// reached (its device list or pre-keys cannot be fetched, the relay refuses its envelopes)
+    /// does not stop the others: it is reported in [`GroupDelivery::failed`]. An error means
+    /// nobody got it (no connection, unknown group, a local failure).
+    pub async fn send_group(
+        &self,
+        g: &GroupId,
+        plaintext: &[u8],
+    ) -> Result<GroupDelivery, ClientError> {
+        self.group_send(g, plaintext, false, None).await
+    }
+
+    /// As [`Self::send_group`], to the member accounts in `only` (a message that some members
+    /// did not get yet); accounts no longer members are left out.
+    pub async fn send_group_to(
+        &self,
+        g: &GroupId,
+        plaintext: &[u8],
+        only: &[AccountId],
+    ) -> Result<GroupDelivery, ClientError> {
+        self.group_send(g, plaintext, false, Some(only)).await
     }
 
     /// Sends `plaintext` to the member devices of group `g` that are connected right now (typing,
@@ -439,7 +492,7 @@ impl Engine {
         g: &GroupId,
         plaintext: &[u8],
     ) -> Result<(), ClientError> {
-        self.group_send(g, plaintext, true).await
+        self.group_send(g, plaintext, true, None).await.map(|_| ())
     }
 
     async fn group_send(
@@ -447,43 +500,94 @@ impl Engine {
         g: &GroupId,
         plaintext: &[u8],
         ephemeral: bool,
-    ) -> Result<(), ClientError> {
+        only: Option<&[AccountId]>,
+    ) -> Result<GroupDelivery, ClientError> {
         let conn = self.inner.current(CONNECT_WAIT).await?;
-        // Members whose device list this device has not seen yet (it learned them from the
-        // group's log): fetch and verify their lists first.
-        let unknown: Vec<AccountId> = {
+        let me = self.inner.lock()?.address();
+        let (members, unknown): (Vec<AccountId>, Vec<AccountId>) = {
             let d = self.inner.lock()?;
             let entry = d.group(g).ok_or(ClientError::Core(CoreError::Protocol(
                 ProtocolError::UnknownGroup,
             )))?;
-            entry
-                .state()
-                .members
-                .keys()
+            let members: Vec<AccountId> = entry.state().members.keys().copied().collect();
+            let unknown = members
+                .iter()
                 .filter(|a| d.device_list(a).is_none())
                 .copied()
-                .collect()
+                .collect();
+            (members, unknown)
         };
-        for a in &unknown {
-            self.inner.refresh_list(&conn, a).await?;
+        // Accounts not to send to this time: outside `only`, or failed (with why).
+        let mut skip: BTreeSet<AccountId> = members
+            .iter()
+            .filter(|a| only.is_some_and(|o| !o.contains(a)) && **a != me.account)
+            .copied()
+            .collect();
+        let mut failed: BTreeMap<AccountId, ClientError> = BTreeMap::new();
+        // Members whose device list this device has not seen yet (it learned them from the
+        // group's log): fetch and verify their lists first.
+        let to_fetch: Vec<AccountId> = unknown.into_iter().filter(|a| !skip.contains(a)).collect();
+        for a in &to_fetch {
+            if let Err(e) = self.inner.refresh_list(&conn, a).await {
+                if !is_account_failure(&e) {
+                    return Err(e);
+                }
+                failed.insert(*a, e);
+                skip.insert(*a);
+            }
         }
-        // Accounts still to reach; `None`: all members.
-        let mut remaining: Option<BTreeSet<[u8; 32]>> = None;
-        let mut last = ClientError::Disconnected;
-        for _ in 0..SEND_ATTEMPTS {
+        let mut delivered: BTreeSet<AccountId> = BTreeSet::new();
+        // Accounts still to reach after a device-set change; `None`: all not skipped.
+        let mut remaining: Option<BTreeSet<AccountId>> = None;
+        for attempt in 0..SEND_ATTEMPTS {
+            // Sessions, per account: one whose bundles cannot be fetched is left out.
             let devices = self.inner.lock()?.group_devices(g)?;
-            self.inner.ensure_sessions(&conn, &devices).await?;
-            let send = self
-                .inner
-                .lock()?
-                .group_encrypt(g, plaintext, &mut rng(), now_ms())?;
-            self.inner
-                .send_outgoing_checked(&conn, send.distributions, true)
-                .await?;
-            let accounts: BTreeSet<[u8; 32]> = send
+            let accounts: BTreeSet<AccountId> = devices.iter().map(|d| d.account).collect();
+            let to_reach: Vec<AccountId> =
+                accounts.into_iter().filter(|a| !skip.contains(a)).collect();
+            for a in &to_reach {
+                let of: Vec<DeviceAddress> = devices
+                    .iter()
+                    .filter(|d| d.account == *a)
+                    .copied()
+                    .collect();
+                if let Err(e) = self.inner.ensure_sessions(&conn, &of).await {
+                    if !is_account_failure(&e) {
+                        return Err(e);
+                    }
+                    failed.insert(*a, e);
+                    skip.insert(*a);
+                }
+            }
+            let left_out: Vec<AccountId> = skip.iter().copied().collect();
+            let send = self.inner.lock()?.group_encrypt_except(
+                g,
+                plaintext,
+                &left_out,
+                &mut rng(),
+                now_ms(),
+            )?;
+            // Distributions, per account: a refused one leaves that account out of the message.
+            let dist_accounts: BTreeSet<AccountId> =
+                send.distributions.iter().map(|o| o.to.account).collect();
+            let mut dists = send.distributions;
+            for a in dist_accounts {
+                let (mine, rest): (Vec<Outgoing>, Vec<Outgoing>) =
+                    dists.into_iter().partition(|o| o.to.account == a);
+                dists = rest;
+                if let Err(e) = self.inner.send_outgoing_checked(&conn, mine, true).await {
+                    if !is_account_failure(&e) {
+                        return Err(e);
+                    }
+                    failed.insert(a, e);
+                    skip.insert(a);
+                }
+            }
+            let accounts: BTreeSet<AccountId> = send
                 .recipients
                 .iter()
-                .map(|r| *r.account.as_bytes())
+                .map(|r| r.account)
+                .filter(|a| !skip.contains(a))
                 .filter(|a| remaining.as_ref().is_none_or(|r| r.contains(a)))
                 .collect();
             let body = Sealed {
@@ -495,44 +599,71 @@ impl Engine {
                 let envelopes: Vec<api::OutEnvelope> = send
                     .recipients
                     .iter()
-                    .filter(|r| r.account.as_bytes() == &account)
+                    .filter(|r| r.account == account)
                     .map(|r| api::OutEnvelope {
                         device_id: r.device_id,
                         body: body.clone(),
                     })
                     .collect();
-                if ephemeral {
+                let sent = if ephemeral {
                     conn.request(client_frame::Kind::SendEphemeral(api::SendEphemeral {
-                        recipient_account: account.to_vec(),
+                        recipient_account: account.as_bytes().to_vec(),
                         envelopes,
                     }))
-                    .await?;
-                    continue;
-                }
-                match self
-                    .inner
-                    .send_envelopes(&conn, account, envelopes, false)
                     .await
-                {
-                    Ok(()) => {}
-                    Err(e) if RelayConnection::is_code(&e, ErrorCode::DeviceMismatch) => {
+                    .map(|_| ())
+                } else {
+                    self.inner
+                        .send_envelopes(&conn, *account.as_bytes(), envelopes, false)
+                        .await
+                };
+                match sent {
+                    Ok(()) => {
+                        delivered.insert(account);
+                    }
+                    Err(e)
+                        if RelayConnection::is_code(&e, ErrorCode::DeviceMismatch)
+                            && attempt + 1 < SEND_ATTEMPTS =>
+                    {
                         // A member's devices changed: nothing was queued for that account. Learn
                         // its list and encrypt again for it (new devices get the sender key).
-                        self.inner
-                            .refresh_list(&conn, &AccountId::from_bytes(&account)?)
-                            .await?;
-                        again.insert(account);
-                        last = e;
+                        if let Err(e) = self.inner.refresh_list(&conn, &account).await {
+                            if !is_account_failure(&e) {
+                                return Err(e);
+                            }
+                            failed.insert(account, e);
+                            skip.insert(account);
+                        } else {
+                            again.insert(account);
+                        }
+                    }
+                    Err(e) if is_account_failure(&e) => {
+                        failed.insert(account, e);
+                        skip.insert(account);
                     }
                     Err(e) => return Err(e),
                 }
             }
             if again.is_empty() {
-                return Ok(());
+                break;
             }
             remaining = Some(again);
         }
-        Err(last)
+        delivered.remove(&me.account);
+        if let Some(e) = failed.remove(&me.account) {
+            tracing::warn!(error = %e, "a group message did not reach this account's other devices");
+        }
+        Ok(GroupDelivery {
+            delivered: delivered.into_iter().collect(),
+            failed: failed
+                .into_iter()
+                .map(|(account, e)| GroupFailure {
+                    account,
+                    permanent: e.is_permanent(),
+                    reason: e.to_string(),
+                })
+                .collect(),
+        })
     }
 
     /// Removes one of this account's devices (this device must hold the account key): signs and
@@ -606,6 +737,14 @@ impl Engine {
             .into_iter()
             .filter_map(|g| d.group(&g).map(|e| (g, e.state().name.clone())))
             .collect())
+    }
+
+    /// The member accounts of group `g` as this device knows them (empty for an unknown group).
+    pub fn group_members(&self, g: &GroupId) -> Result<Vec<AccountId>, ClientError> {
+        let d = self.inner.lock()?;
+        Ok(d.group(g)
+            .map(|e| e.state().members.keys().copied().collect())
+            .unwrap_or_default())
     }
 
     /// The device ids on `account`'s list as this device last verified it.
@@ -1289,9 +1428,9 @@ impl Inner {
                 }
             }
             Some(sealed::Kind::Group(bytes)) => {
-                let r = self
-                    .lock()
-                    .and_then(|mut d| Ok(d.decrypt_group(&bytes, &mut rng(), now_ms())?));
+                let r = self.lock().and_then(|mut d| {
+                    Ok(d.decrypt_group_from(&from, &bytes, &mut rng(), now_ms())?)
+                });
                 match r {
                     Ok(GroupIncoming::Decrypted(r)) => {
                         self.emit(Event::Message {

@@ -6,8 +6,10 @@
 //!
 //! Order: every message carries the sender's clock (`sent_at`, never lower than the sender's
 //! previous message) and a per-(sender device, conversation) counter. History is sorted by
-//! (`sent_at`, sender account, sender device, counter), which every device computes the same way
-//! from the same messages; a counter that skips values marks a gap.
+//! (`sent_at`, sender account, sender device, counter, message id), which every device computes
+//! the same way from the same messages; a counter that skips values marks a gap. Deduplication is
+//! by (conversation, sender device, message id): the key of a stored record, which nothing
+//! replaces (see [`History`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +28,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use crate::engine::{Engine, EngineConfig, Event, now_ms, rng};
+use crate::engine::{Engine, EngineConfig, Event, GroupDelivery, GroupFailure, now_ms, rng};
 use crate::error::ClientError;
 
 /// At-rest subkey label of the history store (`history/`), distinct from the device store's.
@@ -132,6 +134,19 @@ pub enum MessengerEvent {
         /// Which message.
         message_id: MessageId,
     },
+    /// A group message this device sent did not reach some member accounts (or, with an
+    /// empty list, has now reached every one it had missed): show "not delivered to ...".
+    /// Those not refused for good are tried again by the outbox on each connection;
+    /// [`Messenger::retry`] tries all of them again.
+    Undelivered {
+        /// Where.
+        conversation: Conversation,
+        /// Which message.
+        message_id: MessageId,
+        /// The member accounts it has not reached, with why (also in
+        /// `StoredMessage::undelivered`).
+        accounts: Vec<GroupFailure>,
+    },
     /// A message this device stored could not be sent and will not be sent again by itself
     /// (see [`ClientError::is_permanent`]): show it as failed; [`Messenger::retry`] tries again.
     SendFailed {
@@ -214,6 +229,15 @@ impl std::fmt::Debug for MessengerEvent {
                 .debug_struct("Sent")
                 .field("conversation", conversation)
                 .finish_non_exhaustive(),
+            Self::Undelivered {
+                conversation,
+                accounts,
+                ..
+            } => f
+                .debug_struct("Undelivered")
+                .field("conversation", conversation)
+                .field("accounts", &accounts.len())
+                .finish_non_exhaustive(),
             Self::SendFailed {
                 conversation,
                 reason,
@@ -240,25 +264,61 @@ fn random<const N: usize>() -> [u8; N] {
 }
 
 /// The history: every stored message, in memory for paging and on disk (encrypted) for
-/// durability. Keys: conversation ‖ order key.
+/// durability.
+///
+/// A record's store key names the message, not its place in the order:
+/// `0x80 ‖ conversation (33, see [`Conversation::key`]) ‖ sender account (32) ‖ sender device
+/// (u32 BE) ‖ message id (16)`. Nothing the sender chooses besides the id itself can make two
+/// messages share a key, and a record is never replaced by a different message: a message that
+/// reuses the key of a stored one (a replay, or another message under the same id from the same
+/// device) is dropped. The order (`sent_at`, sender, counter, id) is an index in memory.
 struct History {
     store: SledKv,
+    /// Store key → record.
     by_key: BTreeMap<Vec<u8>, StoredMessage>,
-    by_id: HashMap<Vec<u8>, Vec<u8>>,
+    /// Order key (conversation ‖ sent_at ‖ sender account ‖ sender device ‖ counter ‖ id) →
+    /// store key.
+    order: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Message id → store keys of the records with that id (ids are chosen by senders, so
+    /// several senders may use one).
+    by_id: HashMap<Vec<u8>, Vec<Vec<u8>>>,
     /// Highest counter seen per (conversation, sender device).
     counters: HashMap<(Vec<u8>, Vec<u8>), u64>,
 }
 
-fn order_key(conv: &[u8], m: &StoredMessage) -> Vec<u8> {
-    let (sent_at, counter) = m
+/// First byte of a history store key (older keys began with the conversation kind, 1 or 2).
+const HISTORY_KEY: u8 = 0x80;
+
+/// The store key of `m` in conversation `conv` (see [`History`]).
+fn history_key(conv: &[u8], m: &StoredMessage) -> Vec<u8> {
+    let id = m
         .message
         .as_ref()
-        .map_or((0, 0), |a| (a.sent_at, a.counter));
+        .map_or(&[][..], |a| a.message_id.as_slice());
+    let mut k = Vec::with_capacity(1 + conv.len() + 32 + 4 + 16);
+    k.push(HISTORY_KEY);
+    k.extend_from_slice(conv);
+    k.extend_from_slice(&m.sender_account);
+    k.extend_from_slice(&m.sender_device.to_be_bytes());
+    k.extend_from_slice(id);
+    k
+}
+
+/// The conversation part of a store key.
+fn conv_part(key: &[u8]) -> &[u8] {
+    key.get(1..34).unwrap_or_default()
+}
+
+fn order_key(conv: &[u8], m: &StoredMessage) -> Vec<u8> {
+    let (sent_at, counter, id) = m.message.as_ref().map_or((0, 0, &[][..]), |a| {
+        (a.sent_at, a.counter, a.message_id.as_slice())
+    });
     let mut k = conv.to_vec();
     k.extend_from_slice(&sent_at.to_be_bytes());
     k.extend_from_slice(&m.sender_account);
     k.extend_from_slice(&m.sender_device.to_be_bytes());
     k.extend_from_slice(&counter.to_be_bytes());
+    k.extend_from_slice(id);
     k
 }
 
@@ -268,68 +328,132 @@ fn sender_key(m: &StoredMessage) -> Vec<u8> {
     k
 }
 
+/// Whether a stored message has a usable id (16 bytes) and sender (32-byte account).
+fn well_formed(m: &StoredMessage) -> bool {
+    m.message.as_ref().is_some_and(|a| a.message_id.len() == 16) && m.sender_account.len() == 32
+}
+
 impl History {
     fn open(store: SledKv) -> Result<Self, ClientError> {
         let mut h = Self {
             store,
             by_key: BTreeMap::new(),
             by_id: HashMap::new(),
+            order: BTreeMap::new(),
             counters: HashMap::new(),
         };
         let entries = h
             .store
             .scan(Namespace::Messages)
             .map_err(|e| ClientError::Core(e.into()))?;
+        // Records under the older layout (conversation ‖ sent_at ‖ sender ‖ counter) move to
+        // their message's key, in one batch; a second record for a key already taken is dropped.
+        let mut migrate = Batch::new();
+        let mut moved = 0usize;
         for (k, v) in entries {
             let Ok(m) = StoredMessage::decode(v.as_slice()) else {
                 continue;
             };
-            h.index(k, m);
+            if k.first() == Some(&HISTORY_KEY) {
+                h.index(k, m);
+                continue;
+            }
+            migrate.delete(Namespace::Messages, k.clone());
+            moved += 1;
+            let conv = k.get(..33).unwrap_or_default();
+            if conversation_of_conv(conv).is_none() || !well_formed(&m) {
+                continue;
+            }
+            let key = history_key(conv, &m);
+            if h.by_key.contains_key(&key) {
+                continue;
+            }
+            migrate.put(
+                Namespace::Messages,
+                key.clone(),
+                Zeroizing::new(m.encode_to_vec()),
+            );
+            h.index(key, m);
+        }
+        if moved > 0 {
+            h.store
+                .commit(migrate)
+                .map_err(|e| ClientError::Core(e.into()))?;
+            tracing::info!(records = moved, "history moved to message-keyed records");
         }
         Ok(h)
     }
 
     fn index(&mut self, key: Vec<u8>, m: StoredMessage) {
+        let conv = conv_part(&key).to_vec();
         if let Some(a) = &m.message {
-            self.by_id.insert(a.message_id.clone(), key.clone());
-            let conv = key.get(..33).map(<[u8]>::to_vec).unwrap_or_default();
-            let c = self.counters.entry((conv, sender_key(&m))).or_insert(0);
+            let keys = self.by_id.entry(a.message_id.clone()).or_default();
+            if !keys.contains(&key) {
+                keys.push(key.clone());
+            }
+            let c = self
+                .counters
+                .entry((conv.clone(), sender_key(&m)))
+                .or_insert(0);
             *c = (*c).max(a.counter);
         }
+        self.order.insert(order_key(&conv, &m), key.clone());
         self.by_key.insert(key, m);
     }
 
-    /// The message with id `id` and its conversation.
+    /// The store keys of the records with message id `id`, this device's own first.
+    fn keys_of(&self, id: &[u8]) -> Vec<Vec<u8>> {
+        let mut keys = self.by_id.get(id).cloned().unwrap_or_default();
+        keys.sort_by_key(|k| !self.by_key.get(k).is_some_and(|m| m.outgoing));
+        keys
+    }
+
+    /// A message with id `id` (an outgoing one if there is one) and its conversation.
     fn get(&self, id: &[u8]) -> Option<(Conversation, StoredMessage)> {
-        let key = self.by_id.get(id)?;
-        let m = self.by_key.get(key)?;
-        Some((conversation_of(key)?, m.clone()))
+        self.keys_of(id).into_iter().find_map(|key| {
+            let m = self.by_key.get(&key)?;
+            Some((conversation_of(&key)?, m.clone()))
+        })
     }
 
-    fn contains(&self, id: &[u8]) -> bool {
-        self.by_id.contains_key(id)
+    /// The message with id `id` sent by `sender` (account ‖ u32 BE device), and its
+    /// conversation.
+    fn get_from(&self, id: &[u8], sender: &[u8]) -> Option<(Conversation, StoredMessage)> {
+        self.keys_of(id).into_iter().find_map(|key| {
+            let m = self.by_key.get(&key)?;
+            if sender_key(m) != sender {
+                return None;
+            }
+            Some((conversation_of(&key)?, m.clone()))
+        })
     }
 
-    /// Stores a new message; returns it (with its gap flag set) or `None` for a duplicate.
+    /// Stores a new message; returns it (with its gap flag set) or `None` if it adds nothing:
+    /// the same message again (a duplicate), or a different one under the key of a stored
+    /// message, which never replaces it.
     fn insert(
         &mut self,
         conv: &Conversation,
         mut m: StoredMessage,
     ) -> Result<Option<StoredMessage>, ClientError> {
-        let Some(a) = &m.message else {
-            return Ok(None);
-        };
-        if self.contains(&a.message_id) {
+        if !well_formed(&m) {
             return Ok(None);
         }
         let ck = conv.key();
+        let key = history_key(&ck, &m);
+        if let Some(old) = self.by_key.get(&key) {
+            if old.message != m.message {
+                tracing::warn!("a message reusing the id of a stored one was dropped");
+            }
+            return Ok(None);
+        }
+        let counter = m.message.as_ref().map_or(0, |a| a.counter);
         let last = self
             .counters
             .get(&(ck.clone(), sender_key(&m)))
             .copied()
             .unwrap_or(0);
-        m.gap_before = a.counter > last.saturating_add(1);
-        let key = order_key(&ck, &m);
+        m.gap_before = counter > last.saturating_add(1);
         self.put(&key, &m)?;
         self.index(key, m.clone());
         Ok(Some(m))
@@ -347,37 +471,54 @@ impl History {
             .map_err(|e| ClientError::Core(e.into()))
     }
 
-    /// Applies `f` to the stored message with `id` and writes it back.
-    fn update(&mut self, id: &[u8], f: impl FnOnce(&mut StoredMessage)) -> Result<(), ClientError> {
-        let Some(key) = self.by_id.get(id).cloned() else {
-            return Ok(());
-        };
-        let Some(mut m) = self.by_key.get(&key).cloned() else {
-            return Ok(());
-        };
-        f(&mut m);
-        self.put(&key, &m)?;
-        self.by_key.insert(key, m);
-        Ok(())
+    /// Applies `f` to the stored messages with id `id` for which `which` holds, and writes
+    /// back those it changed; returns how many `which` selected.
+    fn update_where(
+        &mut self,
+        id: &[u8],
+        which: impl Fn(&Conversation, &StoredMessage) -> bool,
+        mut f: impl FnMut(&mut StoredMessage),
+    ) -> Result<usize, ClientError> {
+        let mut selected = 0;
+        for key in self.keys_of(id) {
+            let Some(conv) = conversation_of(&key) else {
+                continue;
+            };
+            let Some(mut m) = self.by_key.get(&key).filter(|m| which(&conv, m)).cloned() else {
+                continue;
+            };
+            selected += 1;
+            f(&mut m);
+            if self.by_key.get(&key) == Some(&m) {
+                continue;
+            }
+            self.put(&key, &m)?;
+            self.by_key.insert(key, m);
+        }
+        Ok(selected)
     }
 
     fn page(&self, conv: &Conversation, before: Option<&[u8]>, limit: usize) -> Vec<StoredMessage> {
         let ck = conv.key();
-        let upper = match before.and_then(|id| self.by_id.get(id)) {
-            Some(k) => k.clone(),
-            None => {
+        let upper = before
+            .and_then(|id| {
+                self.keys_of(id).into_iter().find_map(|k| {
+                    let m = self.by_key.get(&k)?;
+                    (conv_part(&k) == ck.as_slice()).then(|| order_key(&ck, m))
+                })
+            })
+            .unwrap_or_else(|| {
                 let mut k = ck.clone();
                 k.push(0xff);
                 k
-            }
-        };
+            });
         let mut out: Vec<StoredMessage> = self
-            .by_key
+            .order
             .range(ck.clone()..upper)
             .rev()
             .filter(|(k, _)| k.starts_with(&ck))
             .take(limit)
-            .map(|(_, m)| m.clone())
+            .filter_map(|(_, key)| self.by_key.get(key).cloned())
             .collect();
         out.reverse();
         out
@@ -616,11 +757,19 @@ impl Messenger {
                 .page(&conv, None, usize::MAX)
                 .into_iter()
                 .filter(|m| !m.outgoing && !m.read)
-                .filter_map(|m| m.message.map(|a| (a.message_id, m.sender_account)))
+                .filter_map(|m| {
+                    m.message
+                        .as_ref()
+                        .map(|a| (a.message_id.clone(), m.sender_account.clone()))
+                })
                 .collect();
             let mut out = Vec::new();
             for (id, sender) in ids {
-                h.update(&id, |m| m.read = true)?;
+                h.update_where(
+                    &id,
+                    |_, m| !m.outgoing && !m.read && m.sender_account == sender,
+                    |m| m.read = true,
+                )?;
                 if let Ok(a) = AccountId::from_bytes(&sender) {
                     out.push((a, id));
                 }
@@ -645,7 +794,7 @@ impl Messenger {
             app_message::Kind::Typing(app::Typing { typing }),
             false,
         );
-        self.shared.deliver(to, &m, true).await
+        self.shared.deliver_ephemeral(to, &m).await
     }
 
     /// Switches sharing presence on or off; when on, tells `contacts` this device is online.
@@ -662,7 +811,7 @@ impl Messenger {
                 false,
             );
             self.shared
-                .deliver(Conversation::Direct(*c), &m, true)
+                .deliver_ephemeral(Conversation::Direct(*c), &m)
                 .await?;
         }
         Ok(())
@@ -678,8 +827,9 @@ impl Messenger {
 
     /// Sends again a message of this device that has not reached the relay: one shown as failed
     /// (`StoredMessage::failed`, [`MessengerEvent::SendFailed`]) or still waiting in the
-    /// outbox. Nothing happens for one already sent. Errors as for [`Self::send_text`]; a
-    /// message refused again for good stays failed.
+    /// outbox; for a group message, to the members it missed (`StoredMessage::undelivered`,
+    /// refused for good or not). Nothing happens for one sent to everyone. Errors as for
+    /// [`Self::send_text`]; a message refused again for good stays failed.
     pub async fn retry(&self, id: &MessageId) -> Result<(), ClientError> {
         self.shared.retry(id).await
     }
@@ -723,9 +873,55 @@ impl Messenger {
     }
 }
 
-/// The conversation a history key belongs to (its first 33 bytes, see [`Conversation::key`]).
+/// A new history record of `message` from `from` (delivery state empty).
+fn record(
+    message: AppMessage,
+    from: &DeviceAddress,
+    peer: Vec<u8>,
+    outgoing: bool,
+    recipients: Vec<Vec<u8>>,
+) -> StoredMessage {
+    StoredMessage {
+        message: Some(message),
+        sender_account: from.account.as_bytes().to_vec(),
+        sender_device: from.device_id,
+        peer,
+        outgoing,
+        received_at: now_ms(),
+        delivered_to: Vec::new(),
+        read_by: Vec::new(),
+        read: false,
+        gap_before: false,
+        sent: false,
+        failed: String::new(),
+        recipients,
+        undelivered: Vec::new(),
+    }
+}
+
+/// The member accounts a stored group message is still to be sent to: `None` for everyone (it
+/// was never sent), else those in `undelivered` (refused for good too, if `with_permanent`).
+fn retry_targets(s: &StoredMessage, with_permanent: bool) -> Option<Vec<AccountId>> {
+    if !s.sent {
+        return None;
+    }
+    Some(
+        s.undelivered
+            .iter()
+            .filter(|u| with_permanent || !u.permanent)
+            .filter_map(|u| AccountId::from_bytes(&u.account).ok())
+            .collect(),
+    )
+}
+
+/// The conversation a history store key belongs to (see [`History`]).
 fn conversation_of(key: &[u8]) -> Option<Conversation> {
-    let (kind, rest) = key.split_first()?;
+    conversation_of_conv(conv_part(key))
+}
+
+/// The conversation named by 33 bytes of [`Conversation::key`].
+fn conversation_of_conv(conv: &[u8]) -> Option<Conversation> {
+    let (kind, rest) = conv.split_first()?;
     let id = rest.get(..32)?;
     match kind {
         1 => AccountId::from_bytes(id).ok().map(Conversation::Direct),
@@ -748,6 +944,61 @@ fn open_history(cfg: &EngineConfig) -> Result<History, ClientError> {
 impl Shared {
     fn lock_history(&self) -> Result<std::sync::MutexGuard<'_, History>, ClientError> {
         self.history.lock().map_err(|_| ClientError::Closed)
+    }
+
+    /// Whether `m` is a message this device sent.
+    fn is_own(&self, m: &StoredMessage) -> bool {
+        m.outgoing
+            && m.sender_device == self.me.device_id
+            && m.sender_account == self.me.account.as_bytes()
+    }
+
+    /// Applies `f` to the message with id `id` that this device sent, and stores it.
+    fn update_own(&self, id: &[u8], f: impl FnMut(&mut StoredMessage)) -> Result<(), ClientError> {
+        self.lock_history()?
+            .update_where(id, |_, m| self.is_own(m), f)
+            .map(|_| ())
+    }
+
+    /// Whether `m`, a message of this account in `conv`, went to `account`: one of its
+    /// recipients; for a record from before recipients were stored, the direct conversation's
+    /// peer or a current member of the group.
+    fn was_sent_to(&self, conv: &Conversation, m: &StoredMessage, account: &AccountId) -> bool {
+        if !m.recipients.is_empty() {
+            return m.recipients.iter().any(|r| r == account.as_bytes());
+        }
+        match conv {
+            Conversation::Direct(p) => p == account,
+            Conversation::Group(g) => self
+                .engine
+                .group_members(g)
+                .is_ok_and(|members| members.contains(account)),
+        }
+    }
+
+    /// The accounts a message of this account in `conv` goes to (for receipts): the peer, or
+    /// the group's other member accounts now.
+    fn recipients_of(&self, conv: &Conversation) -> Vec<Vec<u8>> {
+        match conv {
+            Conversation::Direct(p) => vec![p.as_bytes().to_vec()],
+            Conversation::Group(g) => self
+                .engine
+                .group_members(g)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|a| a != &self.me.account)
+                .map(|a| a.as_bytes().to_vec())
+                .collect(),
+        }
+    }
+
+    /// This device as a sender in history (account ‖ u32 BE device).
+    fn own_sender(&self) -> Vec<u8> {
+        [
+            &self.me.account.as_bytes()[..],
+            &self.me.device_id.to_be_bytes()[..],
+        ]
+        .concat()
     }
 
     fn emit(&self, e: MessengerEvent) {
@@ -796,26 +1047,34 @@ impl Shared {
         }
     }
 
-    /// Sends `m` to the conversation (and, for stored kinds, to this account's other devices).
+    /// Sends an ephemeral `m` (typing, presence) to the conversation's connected devices.
+    async fn deliver_ephemeral(
+        &self,
+        conv: Conversation,
+        m: &AppMessage,
+    ) -> Result<(), ClientError> {
+        let bytes = m.encode_to_vec();
+        match conv {
+            Conversation::Direct(peer) => self.engine.send_ephemeral(&peer, &bytes).await,
+            Conversation::Group(g) => self.engine.send_group_ephemeral(&g, &bytes).await,
+        }
+    }
+
+    /// Sends a stored `m` to the conversation (for a group: to the member accounts in `only`,
+    /// or all). For a group, what reached whom.
     async fn deliver(
         &self,
         conv: Conversation,
         m: &AppMessage,
-        ephemeral: bool,
-    ) -> Result<(), ClientError> {
+        only: Option<&[AccountId]>,
+    ) -> Result<Option<GroupDelivery>, ClientError> {
         let bytes = m.encode_to_vec();
         match conv {
-            Conversation::Direct(peer) => {
-                if ephemeral {
-                    self.engine.send_ephemeral(&peer, &bytes).await
-                } else {
-                    self.engine.send(&peer, &bytes).await
-                }
-            }
-            Conversation::Group(g) if ephemeral => {
-                self.engine.send_group_ephemeral(&g, &bytes).await
-            }
-            Conversation::Group(g) => self.engine.send_group(&g, &bytes).await,
+            Conversation::Direct(peer) => self.engine.send(&peer, &bytes).await.map(|()| None),
+            Conversation::Group(g) => match only {
+                Some(o) => self.engine.send_group_to(&g, &bytes, o).await.map(Some),
+                None => self.engine.send_group(&g, &bytes).await.map(Some),
+            },
         }
     }
 
@@ -834,20 +1093,18 @@ impl Shared {
             Conversation::Direct(p) => p.as_bytes().to_vec(),
             Conversation::Group(_) => Vec::new(),
         };
-        let stored = StoredMessage {
-            message: Some(m.clone()),
-            sender_account: self.me.account.as_bytes().to_vec(),
-            sender_device: self.me.device_id,
-            peer: peer.clone(),
-            outgoing: true,
-            received_at: now_ms(),
-            ..StoredMessage::default()
-        };
+        let stored = record(
+            m.clone(),
+            &self.me,
+            peer.clone(),
+            true,
+            self.recipients_of(&to),
+        );
         // Stored before it leaves: a crash never loses what the user sent (the outbox sends it
         // again on the next connection).
         self.lock_history()?.insert(&to, stored)?;
         self.mark_in_flight(&id, true);
-        self.send_claimed(to, &id, m, peer).await?;
+        self.send_claimed(to, &id, m, peer, false).await?;
         Ok(id)
     }
 
@@ -855,31 +1112,99 @@ impl Shared {
     /// success it is marked sent and copied to the account's other devices; refused for good,
     /// it is stored as failed (never sent again by the outbox) and the app is told. Otherwise it
     /// waits in the outbox for the next connection.
+    ///
+    /// A group message goes to the member accounts it has not reached yet (all, the first
+    /// time); those it does not reach now are stored in `undelivered` (the app is told), and
+    /// the outbox tries again those not refused for good.
     async fn send_claimed(
         &self,
         conv: Conversation,
         id: &MessageId,
         m: AppMessage,
         peer: Vec<u8>,
+        with_permanent: bool,
     ) -> Result<(), ClientError> {
-        let sent = self.deliver(conv, &m, false).await;
-        self.mark_in_flight(id, false);
-        if let Err(e) = sent {
-            if e.is_permanent() {
-                self.fail(conv, id, &e)?;
+        let (was_sent, only) = match self.lock_history() {
+            Ok(h) => h
+                .get_from(id, &self.own_sender())
+                .map_or((false, None), |(_, s)| {
+                    (s.sent, retry_targets(&s, with_permanent))
+                }),
+            Err(e) => {
+                self.mark_in_flight(id, false);
+                return Err(e);
             }
-            return Err(e);
+        };
+        if only.as_ref().is_some_and(Vec::is_empty) {
+            // Sent, and no member left to reach.
+            self.mark_in_flight(id, false);
+            return Ok(());
         }
-        self.lock_history()?.update(id, |s| s.sent = true)?;
-        self.sync_sent(peer, m).await;
+        let sent = self.deliver(conv, &m, only.as_deref()).await;
+        self.mark_in_flight(id, false);
+        let delivery = match sent {
+            Ok(d) => d,
+            Err(e) => {
+                if e.is_permanent() {
+                    self.fail(conv, id, &e)?;
+                }
+                return Err(e);
+            }
+        };
+        if let Some(d) = delivery {
+            let tried: Option<Vec<Vec<u8>>> = only
+                .as_ref()
+                .map(|o| o.iter().map(|a| a.as_bytes().to_vec()).collect());
+            let now: Vec<app::Undelivered> = d
+                .failed
+                .iter()
+                .map(|f| app::Undelivered {
+                    account: f.account.as_bytes().to_vec(),
+                    reason: f.reason.clone(),
+                    permanent: f.permanent,
+                })
+                .collect();
+            let mut changed = false;
+            let mut undelivered = Vec::new();
+            self.update_own(id, |s| {
+                let before = s.undelivered.clone();
+                // Those tried again are replaced by this try's outcome; others stay.
+                s.undelivered
+                    .retain(|u| tried.as_ref().is_some_and(|t| !t.contains(&u.account)));
+                s.undelivered.extend(now.iter().cloned());
+                changed = s.undelivered != before;
+                undelivered.clone_from(&s.undelivered);
+                s.sent = true;
+            })?;
+            if changed {
+                self.emit(MessengerEvent::Undelivered {
+                    conversation: conv,
+                    message_id: *id,
+                    accounts: undelivered
+                        .iter()
+                        .filter_map(|u| {
+                            Some(GroupFailure {
+                                account: AccountId::from_bytes(&u.account).ok()?,
+                                reason: u.reason.clone(),
+                                permanent: u.permanent,
+                            })
+                        })
+                        .collect(),
+                });
+            }
+        } else {
+            self.update_own(id, |s| s.sent = true)?;
+        }
+        if !was_sent {
+            self.sync_sent(peer, m).await;
+        }
         Ok(())
     }
 
     /// Stores a message as failed for good and tells the app.
     fn fail(&self, conv: Conversation, id: &MessageId, e: &ClientError) -> Result<(), ClientError> {
         let reason = e.to_string();
-        let stored = reason.clone();
-        self.lock_history()?.update(id, |s| s.failed = stored)?;
+        self.update_own(id, |s| s.failed.clone_from(&reason))?;
         self.emit(MessengerEvent::SendFailed {
             conversation: conv,
             message_id: *id,
@@ -892,10 +1217,11 @@ impl Shared {
     /// cause, or to try once more): as [`Self::send_stored`], under its original id, so
     /// recipients that somehow got it already drop the copy.
     async fn retry(&self, id: &MessageId) -> Result<(), ClientError> {
-        let (conv, stored) = self
-            .lock_history()?
-            .get(id)
-            .ok_or(ClientError::Config("no such message".into()))?;
+        let found = {
+            let h = self.lock_history()?;
+            h.get_from(id, &self.own_sender()).or_else(|| h.get(id))
+        };
+        let (conv, stored) = found.ok_or(ClientError::Config("no such message".into()))?;
         if !stored.outgoing
             || stored.sender_device != self.me.device_id
             || stored.sender_account != self.me.account.as_bytes()
@@ -904,11 +1230,12 @@ impl Shared {
                 "only a message this device sent can be retried".into(),
             ));
         }
-        if stored.sent {
+        if stored.sent && stored.undelivered.is_empty() {
             return Ok(());
         }
         let m = stored
             .message
+            .clone()
             .ok_or(ClientError::Protocol("stored message without content"))?;
         if !self.claim(id) {
             // Being sent right now.
@@ -916,12 +1243,13 @@ impl Shared {
         }
         let cleared = self
             .lock_history()
-            .and_then(|mut h| h.update(id, |s| s.failed.clear()));
+            .and_then(|mut h| h.update_where(id, |_, s| self.is_own(s), |s| s.failed.clear()));
         if let Err(e) = cleared {
             self.mark_in_flight(id, false);
             return Err(e);
         }
-        self.send_claimed(conv, id, m, stored.peer).await
+        self.send_claimed(conv, id, m, stored.peer.clone(), true)
+            .await
     }
 
     /// Claims a stored message for sending, atomically: false if a send of it is under way.
@@ -942,22 +1270,26 @@ impl Shared {
     }
 
     /// The outbox: sends again, oldest first, every message this device stored but never got
-    /// onto the relay. Runs on every (re)connection; a message that reached the relay before a
-    /// crash may thus arrive twice, which receivers drop by message id.
-    async fn resend_unsent(&self) {
+    /// onto the relay, and group messages to the members they have not reached yet. Runs on
+    /// every (re)connection; a message that reached the relay before a crash may thus arrive
+    /// twice, which receivers drop (same sender, same id).
+    ///
+    /// Conversations are worked through side by side, each in order: a message that must wait
+    /// (its recipient's queue is full, the relay rate-limits, ...) holds back the later ones of
+    /// its conversation only. Without a connection, everything waits for the next.
+    async fn resend_unsent(self: Arc<Self>) {
         if self.resending.swap(true, Ordering::SeqCst) {
             return;
         }
         let pending: Vec<(Conversation, StoredMessage)> = match self.lock_history() {
             Ok(h) => h
-                .by_key
-                .iter()
+                .order
+                .values()
+                .filter_map(|k| Some((k, h.by_key.get(k)?)))
                 .filter(|(_, m)| {
-                    m.outgoing
-                        && !m.sent
+                    self.is_own(m)
                         && m.failed.is_empty()
-                        && m.sender_device == self.me.device_id
-                        && m.sender_account == self.me.account.as_bytes()
+                        && (!m.sent || m.undelivered.iter().any(|u| !u.permanent))
                 })
                 .filter_map(|(k, m)| Some((conversation_of(k)?, m.clone())))
                 .collect(),
@@ -965,8 +1297,27 @@ impl Shared {
         };
         let mut pending = pending;
         pending.sort_by_key(|(_, m)| m.message.as_ref().map_or(0, |a| a.sent_at));
-        for (conv, stored) in pending {
-            let Some(m) = stored.message else { continue };
+        // One queue per conversation, each in its own order, worked through side by side: a
+        // message that waits (and the retries of its send) holds back its conversation only.
+        let mut queues: BTreeMap<Conversation, Vec<StoredMessage>> = BTreeMap::new();
+        for (conv, m) in pending {
+            queues.entry(conv).or_default().push(m);
+        }
+        let mut runs = tokio::task::JoinSet::new();
+        for (conv, queue) in queues {
+            let me = Arc::clone(&self);
+            runs.spawn(async move { me.resend_conversation(conv, queue).await });
+        }
+        while runs.join_next().await.is_some() {}
+        self.resending.store(false, Ordering::SeqCst);
+    }
+
+    /// Sends one conversation's waiting messages, in order, until one must wait.
+    async fn resend_conversation(&self, conv: Conversation, queue: Vec<StoredMessage>) {
+        for stored in queue {
+            let Some(m) = stored.message.clone() else {
+                continue;
+            };
             let Ok(id) = MessageId::try_from(m.message_id.as_slice()) else {
                 continue;
             };
@@ -974,7 +1325,10 @@ impl Shared {
             if !self.claim(&id) {
                 continue;
             }
-            match self.send_claimed(conv, &id, m, stored.peer).await {
+            match self
+                .send_claimed(conv, &id, m, stored.peer.clone(), false)
+                .await
+            {
                 Ok(()) => self.emit(MessengerEvent::Sent {
                     conversation: conv,
                     message_id: id,
@@ -984,25 +1338,29 @@ impl Shared {
                 Err(e) if e.is_permanent() => {
                     tracing::debug!(error = %e, "an unsent message was refused");
                 }
-                // Offline again: the next connection retries, in order.
+                // Offline again, or this conversation must wait (a full queue, a rate limit):
+                // its later messages wait too, in order, for the next connection.
                 Err(e) => {
                     tracing::debug!(error = %e, "an unsent message is still waiting");
-                    break;
+                    return;
                 }
             }
         }
-        self.resending.store(false, Ordering::SeqCst);
     }
 
     /// Gives the account's other devices a copy of a sent message, so every device shows the
     /// conversation.
     async fn sync_sent(&self, peer: Vec<u8>, m: AppMessage) {
         let sync = AppMessage {
+            message_id: Vec::new(),
+            group: Vec::new(),
+            sent_at: 0,
+            counter: 0,
+            sender_name: String::new(),
             kind: Some(app_message::Kind::SyncSent(Box::new(app::SyncSent {
                 peer,
                 message: Some(Box::new(m)),
             }))),
-            ..AppMessage::default()
         };
         if let Err(e) = self
             .engine
@@ -1101,20 +1459,35 @@ impl Shared {
                 {
                     let mut h = self.lock_history()?;
                     for id in &r.message_ids {
-                        h.update(id, |s| {
-                            let list = if read {
-                                &mut s.read_by
-                            } else {
-                                &mut s.delivered_to
-                            };
-                            if !list.contains(&who) {
-                                list.push(who.clone());
-                            }
-                        })?;
-                        if let Ok(i) = MessageId::try_from(id.as_slice()) {
+                        // Only this account's messages, and only those sent to the account
+                        // that confirms: anyone else's receipt changes nothing.
+                        let matched = h.update_where(
+                            id,
+                            |conv, s| {
+                                s.outgoing
+                                    && s.sender_account == self.me.account.as_bytes()
+                                    && self.was_sent_to(conv, s, &from.account)
+                            },
+                            |s| {
+                                let list = if read {
+                                    &mut s.read_by
+                                } else {
+                                    &mut s.delivered_to
+                                };
+                                if !list.contains(&who) {
+                                    list.push(who.clone());
+                                }
+                            },
+                        )?;
+                        if matched > 0
+                            && let Ok(i) = MessageId::try_from(id.as_slice())
+                        {
                             ids.push(i);
                         }
                     }
+                }
+                if ids.is_empty() {
+                    return Ok(());
                 }
                 self.emit(MessengerEvent::Receipt {
                     from: from.account,
@@ -1122,9 +1495,9 @@ impl Shared {
                     message_ids: ids,
                 });
             }
-            Some(app_message::Kind::SyncSent(s)) if own => {
+            Some(app_message::Kind::SyncSent(mut s)) if own => {
                 // A message this account sent from another device.
-                let Some(inner) = s.message else {
+                let Some(inner) = s.message.take() else {
                     return Ok(());
                 };
                 let conv = if inner.group.is_empty() {
@@ -1138,16 +1511,14 @@ impl Shared {
                         Err(_) => return Ok(()),
                     }
                 };
-                let stored = StoredMessage {
-                    message: Some(*inner),
-                    sender_account: from.account.as_bytes().to_vec(),
-                    sender_device: from.device_id,
-                    peer: s.peer,
-                    outgoing: true,
-                    sent: true,
-                    received_at: now_ms(),
-                    ..StoredMessage::default()
-                };
+                let mut stored = record(
+                    *inner,
+                    &from,
+                    std::mem::take(&mut s.peer),
+                    true,
+                    self.recipients_of(&conv),
+                );
+                stored.sent = true;
                 if let Some(saved) = self.lock_history()?.insert(&conv, stored)? {
                     self.emit(MessengerEvent::Message {
                         conversation: conv,
@@ -1161,19 +1532,17 @@ impl Shared {
                 | app_message::Kind::Attachment(_),
             ) => {
                 let id = m.message_id.clone();
-                let stored = StoredMessage {
-                    message: Some(m),
-                    sender_account: from.account.as_bytes().to_vec(),
-                    sender_device: from.device_id,
-                    peer: if group.is_none() {
-                        from.account.as_bytes().to_vec()
-                    } else {
-                        Vec::new()
-                    },
-                    outgoing: own,
-                    received_at: now_ms(),
-                    ..StoredMessage::default()
+                let peer = if group.is_none() {
+                    from.account.as_bytes().to_vec()
+                } else {
+                    Vec::new()
                 };
+                let recipients = if own {
+                    self.recipients_of(&conv)
+                } else {
+                    Vec::new()
+                };
+                let stored = record(m, &from, peer, own, recipients);
                 let saved = self.lock_history()?.insert(&conv, stored)?;
                 if let Some(saved) = saved {
                     self.emit(MessengerEvent::Message {
@@ -1220,7 +1589,7 @@ async fn pump(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
                 shared.emit(MessengerEvent::Connection(c));
                 if c {
                     let s = Arc::clone(&shared);
-                    let run = tokio::spawn(async move { s.resend_unsent().await });
+                    let run = tokio::spawn(s.resend_unsent());
                     if let Ok(mut runs) = shared.outbox_runs.lock() {
                         runs.retain(|r| !r.is_finished());
                         runs.push(run);

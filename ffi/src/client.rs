@@ -339,7 +339,7 @@ fn find_attachment(
     id: &[u8; 16],
 ) -> Result<Attachment, HushError> {
     match m.message(id)? {
-        Some((c, s)) if c == conv => match s.message.and_then(|a| a.kind) {
+        Some((c, s)) if c == conv => match s.message.as_ref().and_then(|a| a.kind.clone()) {
             Some(app_message::Kind::Attachment(att)) => Ok(att),
             _ => Err(HushError::invalid("that message is not an attachment")),
         },

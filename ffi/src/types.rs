@@ -177,6 +177,20 @@ pub struct HushMessage {
     pub gap_before: bool,
     /// Outgoing and `Failed`: why it was refused, for the user.
     pub failure: Option<String>,
+    /// Outgoing group message: the member accounts it has not reached (show "not delivered
+    /// to ..."); those not `permanent` are tried again by the client on each connection.
+    pub undelivered: Vec<Undelivered>,
+}
+
+/// A member account a group message has not reached.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct Undelivered {
+    /// The account id (hex).
+    pub account: String,
+    /// Why, for the user.
+    pub reason: String,
+    /// Refused for good: the client does not try again by itself (`retry_send` does).
+    pub permanent: bool,
 }
 
 fn opt_hex(b: &[u8]) -> Option<String> {
@@ -234,10 +248,21 @@ pub(crate) fn message(conversation: Conversation, m: &StoredMessage) -> HushMess
         read_by: m.read_by.iter().map(hex::encode).collect(),
         gap_before: m.gap_before,
         failure: (!m.failed.is_empty()).then(|| m.failed.clone()),
+        undelivered: m
+            .undelivered
+            .iter()
+            .map(|u| Undelivered {
+                account: hex::encode(&u.account),
+                reason: u.reason.clone(),
+                permanent: u.permanent,
+            })
+            .collect(),
     }
 }
 
 /// What the client reports to its listener.
+// Crosses the FFI by value (a boxed variant would not); one event at a time.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
 pub enum HushEvent {
     /// A new message (incoming, or sent from another device of this account), already stored.
@@ -295,6 +320,16 @@ pub enum HushEvent {
         message_id: String,
         /// Why, for the user.
         reason: String,
+    },
+    /// A group message this device sent has not reached some member accounts (or, with an
+    /// empty list, has now reached all it had missed): see `HushMessage.undelivered`.
+    Undelivered {
+        /// Where.
+        conversation: Conversation,
+        /// Which message.
+        message_id: String,
+        /// The member accounts it has not reached.
+        accounts: Vec<Undelivered>,
     },
     /// A contact's devices changed: new keys may read what is sent to them; offer to compare
     /// safety numbers.
@@ -410,6 +445,22 @@ impl From<MessengerEvent> for HushEvent {
                 device: from.device_id,
             },
             MessengerEvent::StoreFailed => Self::StoreFailed,
+            MessengerEvent::Undelivered {
+                conversation,
+                message_id,
+                accounts,
+            } => Self::Undelivered {
+                conversation: conversation.into(),
+                message_id: hex::encode(message_id),
+                accounts: accounts
+                    .into_iter()
+                    .map(|f| Undelivered {
+                        account: hex::encode(f.account.as_bytes()),
+                        reason: f.reason,
+                        permanent: f.permanent,
+                    })
+                    .collect(),
+            },
         }
     }
 }
@@ -487,24 +538,22 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::field_reassign_with_default)]
     fn messages_show_their_status_and_content() {
-        let app = hush_proto::app::AppMessage {
-            message_id: vec![7; 16],
-            sent_at: 42,
-            sender_name: "alice".into(),
-            kind: Some(app_message::Kind::Text(hush_proto::app::Text {
-                body: "hi".into(),
-                reply_to: Vec::new(),
-            })),
-            ..Default::default()
-        };
-        let mut m = StoredMessage {
-            message: Some(app),
-            sender_account: vec![1; 32],
-            sender_device: 3,
-            outgoing: true,
-            ..Default::default()
-        };
+        // (Records wipe themselves when dropped, so they are built field by field.)
+        let mut app = hush_proto::app::AppMessage::default();
+        app.message_id = vec![7; 16];
+        app.sent_at = 42;
+        app.sender_name = "alice".into();
+        app.kind = Some(app_message::Kind::Text(hush_proto::app::Text {
+            body: "hi".into(),
+            reply_to: Vec::new(),
+        }));
+        let mut m = StoredMessage::default();
+        m.message = Some(app);
+        m.sender_account = vec![1; 32];
+        m.sender_device = 3;
+        m.outgoing = true;
         let conv = Conversation::Group {
             group_id: "cd".repeat(32),
         };
@@ -520,6 +569,20 @@ mod tests {
         );
         m.sent = true;
         assert_eq!(message(conv.clone(), &m).status, MessageStatus::Sent);
+        assert!(message(conv.clone(), &m).undelivered.is_empty());
+        m.undelivered.push(hush_proto::app::Undelivered {
+            account: vec![4; 32],
+            reason: "queue full".into(),
+            permanent: false,
+        });
+        assert_eq!(
+            message(conv.clone(), &m).undelivered,
+            vec![Undelivered {
+                account: "04".repeat(32),
+                reason: "queue full".into(),
+                permanent: false,
+            }]
+        );
         m.delivered_to.push(vec![2; 32]);
         assert_eq!(message(conv.clone(), &m).status, MessageStatus::Delivered);
         m.read_by.push(vec![2; 32]);

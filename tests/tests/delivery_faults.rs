@@ -75,8 +75,8 @@ async fn next<T>(
 fn text(ev: MessengerEvent) -> Option<String> {
     match ev {
         MessengerEvent::Message { message, .. } if !message.outgoing => {
-            match message.message?.kind? {
-                app_message::Kind::Text(t) => Some(t.body),
+            match message.message.as_ref()?.kind.as_ref()? {
+                app_message::Kind::Text(t) => Some(t.body.clone()),
                 _ => None,
             }
         }
@@ -107,8 +107,8 @@ fn history_counts(m: &Messenger, conv: Conversation) -> BTreeMap<String, usize> 
         if s.outgoing {
             continue;
         }
-        if let Some(app_message::Kind::Text(t)) = s.message.and_then(|a| a.kind) {
-            *out.entry(t.body).or_insert(0) += 1;
+        if let Some(app_message::Kind::Text(t)) = s.message.as_ref().and_then(|a| a.kind.as_ref()) {
+            *out.entry(t.body.clone()).or_insert(0) += 1;
         }
     }
     out

@@ -192,9 +192,9 @@ async fn two_messengers_chat_with_receipts_typing_presence_attachments_and_histo
     }
     let texts = |v: Vec<hush_proto::app::StoredMessage>| -> Vec<String> {
         v.into_iter()
-            .filter_map(|m| match m.message?.kind? {
-                app_message::Kind::Text(t) => Some(t.body),
-                app_message::Kind::Attachment(a) => Some(a.name),
+            .filter_map(|m| match m.message.as_ref()?.kind.as_ref()? {
+                app_message::Kind::Text(t) => Some(t.body.clone()),
+                app_message::Kind::Attachment(a) => Some(a.name.clone()),
                 _ => None,
             })
             .collect()
@@ -296,8 +296,8 @@ async fn a_linked_device_sees_sent_messages_and_an_offline_device_catches_up_100
             _ => None,
         })
         .await;
-        if let Some(app_message::Kind::Text(t)) = m.message.and_then(|x| x.kind) {
-            seen.push(t.body);
+        if let Some(app_message::Kind::Text(t)) = m.message.as_ref().and_then(|x| x.kind.as_ref()) {
+            seen.push(t.body.clone());
         }
     }
     assert_eq!(
@@ -308,8 +308,8 @@ async fn a_linked_device_sees_sent_messages_and_an_offline_device_catches_up_100
         .history(Conversation::Direct(a), None, 2000)
         .unwrap()
         .into_iter()
-        .filter_map(|m| match m.message?.kind? {
-            app_message::Kind::Text(t) => Some(t.body),
+        .filter_map(|m| match m.message.as_ref()?.kind.as_ref()? {
+            app_message::Kind::Text(t) => Some(t.body.clone()),
             _ => None,
         })
         .collect();
@@ -476,6 +476,467 @@ async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restar
             .len(),
         2
     );
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay.stop().await;
+}
+
+/// The text of a stored message.
+fn body_of(m: &hush_proto::app::StoredMessage) -> String {
+    match m.message.as_ref().and_then(|a| a.kind.as_ref()) {
+        Some(app_message::Kind::Text(t)) => t.body.clone(),
+        _ => String::new(),
+    }
+}
+
+/// An application text message with every field chosen by the caller (as a modified client
+/// could send it).
+fn crafted(id: [u8; 16], sent_at: u64, counter: u64, body: &str) -> Vec<u8> {
+    use prost::Message;
+    hush_proto::app::AppMessage {
+        message_id: id.to_vec(),
+        group: Vec::new(),
+        sent_at,
+        counter,
+        sender_name: String::new(),
+        kind: Some(app_message::Kind::Text(hush_proto::app::Text {
+            body: body.to_owned(),
+            reply_to: Vec::new(),
+        })),
+    }
+    .encode_to_vec()
+}
+
+/// The next message event's text.
+async fn next_text(rx: &mut UnboundedReceiver<MessengerEvent>) -> String {
+    next(rx, |e| match e {
+        MessengerEvent::Message { message, .. } => Some(body_of(&message)),
+        _ => None,
+    })
+    .await
+}
+
+async fn three_accounts(
+    relay: &hush_relay::Running,
+    dirs: &[tempfile::TempDir; 3],
+) -> Vec<(Messenger, UnboundedReceiver<MessengerEvent>)> {
+    let mut out = Vec::new();
+    for d in dirs {
+        let m = Messenger::create_account(cfg(d.path(), relay.addr, &relay.fingerprint))
+            .await
+            .unwrap();
+        m.0.engine().connected(WAIT).await.unwrap();
+        out.push(m);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_sent_at_and_counter_or_an_id_taken_by_another_sender_never_overwrites_history()
+{
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), any_port()))
+        .await
+        .unwrap();
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let mut all = three_accounts(&relay, &dirs).await;
+    let (mallory, _m_rx) = all.pop().unwrap();
+    let (bob, mut b_rx) = all.pop().unwrap();
+    let (alice, _a_rx) = all.pop().unwrap();
+    let (a, b) = (alice.address().account, bob.address().account);
+
+    alice
+        .send_text(Conversation::Direct(b), "original", None)
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut b_rx).await, "original");
+    let first = bob.history(Conversation::Direct(a), None, 10).unwrap()[0].clone();
+    let (id, sent_at, counter) = {
+        let m = first.message.as_ref().unwrap();
+        (id_of(&first), m.sent_at, m.counter)
+    };
+
+    // The same clock and counter under a new id: a message of its own, the original stays.
+    alice
+        .engine()
+        .send(&b, &crafted([7; 16], sent_at, counter, "replayed clock"))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut b_rx).await, "replayed clock");
+    // The original id with other content: dropped.
+    alice
+        .engine()
+        .send(&b, &crafted(id, sent_at + 5, counter + 1, "changed"))
+        .await
+        .unwrap();
+    // Mallory takes an id before Alice uses it; Alice's message under it still arrives.
+    mallory
+        .engine()
+        .send(&b, &crafted([8; 16], 1, 1, "squatted"))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut b_rx).await, "squatted");
+    alice
+        .engine()
+        .send(&b, &crafted([8; 16], sent_at + 10, counter + 2, "real"))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut b_rx).await, "real");
+
+    let with_alice: Vec<String> = bob
+        .history(Conversation::Direct(a), None, 10)
+        .unwrap()
+        .iter()
+        .map(body_of)
+        .collect();
+    assert_eq!(with_alice.len(), 3, "{with_alice:?}");
+    assert!(
+        with_alice.contains(&"original".to_owned()),
+        "{with_alice:?}"
+    );
+    assert!(with_alice.contains(&"replayed clock".to_owned()));
+    assert_eq!(with_alice[2], "real");
+    assert!(!with_alice.contains(&"changed".to_owned()));
+    let with_mallory = bob
+        .history(Conversation::Direct(mallory.address().account), None, 10)
+        .unwrap();
+    assert_eq!(
+        with_mallory.iter().map(body_of).collect::<Vec<_>>(),
+        ["squatted"]
+    );
+    // Looking a message up by id finds it in its conversation.
+    let (conv, m) = bob.message(&id).unwrap().unwrap();
+    assert_eq!(conv, Conversation::Direct(a));
+    assert_eq!(body_of(&m), "original");
+
+    for m in [alice, bob, mallory] {
+        m.shutdown().await;
+    }
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_from_an_account_the_message_was_not_sent_to_changes_nothing() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), any_port()))
+        .await
+        .unwrap();
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let mut all = three_accounts(&relay, &dirs).await;
+    let (mallory, _m_rx) = all.pop().unwrap();
+    let (bob, mut b_rx) = all.pop().unwrap();
+    let (alice, mut a_rx) = all.pop().unwrap();
+    let (a, b, m) = (
+        alice.address().account,
+        bob.address().account,
+        mallory.address().account,
+    );
+
+    let id = alice
+        .send_text(Conversation::Direct(b), "for bob", None)
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut b_rx).await, "for bob");
+    next(&mut a_rx, |e| match e {
+        MessengerEvent::Receipt { from, .. } if from == b => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // Mallory, who never got it, claims to have read it, then writes.
+    use prost::Message;
+    let receipt = hush_proto::app::AppMessage {
+        message_id: vec![3; 16],
+        group: Vec::new(),
+        sent_at: 1,
+        counter: 0,
+        sender_name: String::new(),
+        kind: Some(app_message::Kind::Receipt(hush_proto::app::Receipt {
+            kind: hush_proto::app::receipt::Kind::Read.into(),
+            message_ids: vec![id.to_vec()],
+        })),
+    };
+    mallory
+        .engine()
+        .send(&a, &receipt.encode_to_vec())
+        .await
+        .unwrap();
+    mallory
+        .send_text(Conversation::Direct(a), "after the receipt", None)
+        .await
+        .unwrap();
+    next(&mut a_rx, |e| match e {
+        MessengerEvent::Receipt { from, .. } if from == m => panic!("a receipt from mallory"),
+        MessengerEvent::Message { message, .. } => Some(body_of(&message)),
+        _ => None,
+    })
+    .await;
+    let (_, stored) = alice.message(&id).unwrap().unwrap();
+    assert!(stored.read_by.is_empty(), "read by a non-recipient");
+    assert_eq!(stored.delivered_to, vec![b.as_bytes().to_vec()]);
+    assert_eq!(stored.recipients, vec![b.as_bytes().to_vec()]);
+
+    for x in [alice, bob, mallory] {
+        x.shutdown().await;
+    }
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_under_the_older_keys_is_moved_once_and_stays_readable_in_order() {
+    use hush_core::store::kv::{Batch, KvStore, Namespace};
+    use prost::Message;
+    use rand_chacha::ChaCha20Rng;
+    use rand_chacha::rand_core::SeedableRng;
+
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), any_port()))
+        .await
+        .unwrap();
+    let (ad, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, mut a_rx) =
+        Messenger::create_account(cfg(ad.path(), relay.addr, &relay.fingerprint))
+            .await
+            .unwrap();
+    let (bob, mut b_rx) = Messenger::create_account(cfg(bd.path(), relay.addr, &relay.fingerprint))
+        .await
+        .unwrap();
+    alice.engine().connected(WAIT).await.unwrap();
+    bob.engine().connected(WAIT).await.unwrap();
+    let (a, b) = (alice.address().account, bob.address().account);
+    for t in ["one", "two", "three"] {
+        alice
+            .send_text(Conversation::Direct(b), t, None)
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut b_rx).await, t);
+    }
+    bob.send_text(Conversation::Direct(a), "four", None)
+        .await
+        .unwrap();
+    // Everything settled: Bob's message and his three delivery receipts are in.
+    let (mut receipts, mut got) = (0, false);
+    while receipts < 3 || !got {
+        next(&mut a_rx, |e| match e {
+            MessengerEvent::Receipt { .. } => {
+                receipts += 1;
+                Some(())
+            }
+            MessengerEvent::Message { .. } => {
+                got = true;
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    }
+    let before = alice.history(Conversation::Direct(b), None, 10).unwrap();
+    assert_eq!(before.len(), 4);
+    alice.shutdown().await;
+
+    // Rewrite Alice's history as the previous version stored it: conversation ‖ sent_at ‖
+    // sender account ‖ sender device ‖ counter.
+    {
+        let mut store = hush_core::store::sled_kv::SledKv::open(
+            &ad.path().join("history"),
+            Zeroizing::new([9; 32]),
+            Box::new(ChaCha20Rng::from_seed([1; 32])),
+        )
+        .unwrap();
+        let mut batch = Batch::new();
+        let mut conv = vec![1u8];
+        conv.extend_from_slice(b.as_bytes());
+        for (k, v) in store.scan(Namespace::Messages).unwrap() {
+            let m = hush_proto::app::StoredMessage::decode(v.as_slice()).unwrap();
+            let a = m.message.as_ref().unwrap();
+            let mut old = conv.clone();
+            old.extend_from_slice(&a.sent_at.to_be_bytes());
+            old.extend_from_slice(&m.sender_account);
+            old.extend_from_slice(&m.sender_device.to_be_bytes());
+            old.extend_from_slice(&a.counter.to_be_bytes());
+            batch.delete(Namespace::Messages, k);
+            batch.put(Namespace::Messages, old, Zeroizing::new(v.to_vec()));
+        }
+        store.commit(batch).unwrap();
+    }
+
+    let (alice, _a_rx) = Messenger::open(cfg(ad.path(), relay.addr, &relay.fingerprint)).unwrap();
+    let after = alice.history(Conversation::Direct(b), None, 10).unwrap();
+    assert_eq!(after, before);
+    let paged = alice
+        .history(Conversation::Direct(b), Some(id_of(&before[2])), 10)
+        .unwrap();
+    assert_eq!(paged, before[..2].to_vec());
+    alice.shutdown().await;
+    // Moved once: nothing under the older layout is left.
+    let store = hush_core::store::sled_kv::SledKv::open(
+        &ad.path().join("history"),
+        Zeroizing::new([9; 32]),
+        Box::new(ChaCha20Rng::from_seed([2; 32])),
+    )
+    .unwrap();
+    let keys: Vec<Vec<u8>> = store
+        .scan(Namespace::Messages)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys.len(), 4);
+    assert!(keys.iter().all(|k| k[0] == 0x80 && k.len() == 86));
+    drop(store);
+    bob.shutdown().await;
+    relay.stop().await;
+}
+
+/// Fills `victim`'s device queue (the victim is offline) until the relay refuses with
+/// `QUEUE_FULL`.
+async fn fill_queue(sender: &Messenger, victim: &hush_core::keys::AccountId) {
+    for _ in 0..64 {
+        match sender.engine().send(victim, b"filler").await {
+            Ok(()) => {}
+            Err(hush_client::ClientError::Refused(r))
+                if r.code == hush_proto::relay_api::ErrorCode::QueueFull =>
+            {
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the queue never filled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_message_reaches_the_other_members_when_one_member_cannot_take_it_and_says_who_missed_it()
+ {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let mut rc = relay_config(relay_dir.path(), any_port());
+    rc.max_queue_len = 8;
+    let relay = hush_relay::start(rc).await.unwrap();
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let mut all = three_accounts(&relay, &dirs).await;
+    let (carol, mut c_rx) = all.pop().unwrap();
+    let (bob, mut b_rx) = all.pop().unwrap();
+    let (alice, mut a_rx) = all.pop().unwrap();
+    let (b, c) = (bob.address().account, carol.address().account);
+    let g = alice.engine().create_group("three", &[b, c]).await.unwrap();
+    for rx in [&mut b_rx, &mut c_rx] {
+        next(rx, |e| {
+            matches!(e, MessengerEvent::GroupsChanged).then_some(())
+        })
+        .await;
+    }
+    // Carol goes away and her queue fills up.
+    carol.shutdown().await;
+    fill_queue(&alice, &c).await;
+
+    let id = alice
+        .send_text(Conversation::Group(g), "to the group", None)
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut b_rx).await, "to the group");
+    let missed = next(&mut a_rx, |e| match e {
+        MessengerEvent::Undelivered {
+            message_id,
+            accounts,
+            ..
+        } if message_id == id => Some(accounts),
+        _ => None,
+    })
+    .await;
+    assert_eq!(missed.len(), 1);
+    assert_eq!(missed[0].account, c);
+    assert!(!missed[0].permanent && !missed[0].reason.is_empty());
+    let (_, stored) = alice.message(&id).unwrap().unwrap();
+    assert!(stored.sent);
+    assert_eq!(stored.undelivered.len(), 1);
+    assert_eq!(stored.undelivered[0].account, c.as_bytes().to_vec());
+    let mut recipients = stored.recipients.clone();
+    recipients.sort();
+    let mut want = vec![b.as_bytes().to_vec(), c.as_bytes().to_vec()];
+    want.sort();
+    assert_eq!(recipients, want);
+
+    // Carol is back and takes her queue in; sending again reaches her alone.
+    let (carol, mut c_rx) =
+        Messenger::open(cfg(dirs[2].path(), relay.addr, &relay.fingerprint)).unwrap();
+    next(&mut c_rx, |e| {
+        matches!(e, MessengerEvent::CaughtUp).then_some(())
+    })
+    .await;
+    alice.retry(&id).await.unwrap();
+    assert_eq!(next_text(&mut c_rx).await, "to the group");
+    next(&mut a_rx, |e| match e {
+        MessengerEvent::Undelivered {
+            message_id,
+            accounts,
+            ..
+        } if message_id == id && accounts.is_empty() => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        alice
+            .message(&id)
+            .unwrap()
+            .unwrap()
+            .1
+            .undelivered
+            .is_empty()
+    );
+    // Bob got it once.
+    assert_eq!(
+        bob.history(Conversation::Group(g), None, 10).unwrap().len(),
+        1
+    );
+    for m in [alice, bob, carol] {
+        m.shutdown().await;
+    }
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_message_that_must_wait_holds_back_only_its_own_conversation() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let addr: SocketAddr = free_port();
+    let with_addr = |dir: &Path| {
+        let mut rc = relay_config(dir, addr);
+        rc.max_queue_len = 8;
+        rc
+    };
+    let relay = hush_relay::start(with_addr(relay_dir.path()))
+        .await
+        .unwrap();
+    let pin = relay.fingerprint.clone();
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let mut all = three_accounts(&relay, &dirs).await;
+    let (carol, _c_rx) = all.pop().unwrap();
+    let (bob, mut b_rx) = all.pop().unwrap();
+    let (alice, _a_rx) = all.pop().unwrap();
+    let (b, c) = (bob.address().account, carol.address().account);
+    carol.shutdown().await;
+    fill_queue(&alice, &c).await;
+
+    // Offline, Alice writes to Carol first, then to Bob.
+    relay.stop().await;
+    for (to, text) in [(c, "to carol"), (b, "to bob")] {
+        let pending = tokio::time::timeout(
+            Duration::from_millis(300),
+            alice.send_text(Conversation::Direct(to), text, None),
+        )
+        .await;
+        assert!(pending.is_err(), "sent although the relay was down");
+    }
+    alice.shutdown().await;
+
+    // Back online: Carol's queue is still full, so her message waits; Bob's goes.
+    let relay = hush_relay::start(with_addr(relay_dir.path()))
+        .await
+        .unwrap();
+    let (alice, _a_rx) = Messenger::open(cfg(dirs[0].path(), addr, &pin)).unwrap();
+    assert_eq!(next_text(&mut b_rx).await, "to bob");
+    let waiting = alice.history(Conversation::Direct(c), None, 10).unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert!(!waiting[0].sent && waiting[0].failed.is_empty());
     alice.shutdown().await;
     bob.shutdown().await;
     relay.stop().await;

@@ -9,10 +9,12 @@ use zeroize::Zeroizing;
 
 use super::{Device, Outgoing, Received, Tx, decode, encode};
 use crate::consts::{
-    BUFFERED_GROUP_MESSAGE_MAX_AGE_MS, MAX_BUFFERED_GROUP_MESSAGES,
+    BUFFERED_GROUP_MESSAGE_MAX_AGE_MS, MAX_BUFFERED_GROUP_BYTES_PER_SENDER,
+    MAX_BUFFERED_GROUP_BYTES_TOTAL, MAX_BUFFERED_GROUP_MESSAGES_PER_SENDER,
     MAX_BUFFERED_GROUP_MESSAGES_TOTAL, MAX_MESSAGE_LEN, MAX_PLAINTEXT_LEN,
     SENDER_KEY_MAX_ITERATIONS, SENDER_KEY_REQUEST_INTERVAL_MS,
 };
+use crate::device_list::VerifiedDeviceList;
 use crate::error::{Error, ProtocolError, Result};
 use crate::group::{ChangeBody, GroupLog, GroupState, Offered, SignedChange};
 use crate::keys::{AccountId, DeviceAddress, DeviceIdentity};
@@ -70,6 +72,21 @@ fn buffer_prefix(g: &GroupId) -> Vec<u8> {
     let mut k = g.0.to_vec();
     k.push(1);
     k
+}
+
+/// A buffered message as the quotas see it: (seq, store key, length).
+type Held = (u64, Vec<u8>, usize);
+
+/// The account a buffered message counts against: the one recorded with it, or (records from
+/// before that was stored) the sender its header names.
+fn buffered_sender(b: &pstore::BufferedGroupMessage) -> [u8; 32] {
+    if let Ok(a) = <[u8; 32]>::try_from(b.sender_account.as_slice()) {
+        return a;
+    }
+    wire::GroupMessage::decode(b.message.as_slice())
+        .ok()
+        .and_then(|m| <[u8; 32]>::try_from(m.sender_account_key.as_slice()).ok())
+        .unwrap_or([0; 32])
 }
 
 fn load_entry(bytes: &[u8]) -> Result<GroupEntry> {
@@ -236,12 +253,69 @@ impl<S: KvStore> Device<S> {
         self.devices_of(entry.log.state().members.keys().copied())
     }
 
-    fn changes_content(changes: &[SignedChange]) -> wire::Content {
+    /// `GroupChanges` carrying `changes`; with `proofs` (a sync answer to a sibling), also the
+    /// lists that show their author devices were listed (§17.6): the list this device holds
+    /// when it lists the author (the receiver may know a newer one without it), or else an
+    /// earlier list it kept.
+    fn changes_content(&self, changes: &[SignedChange], proofs_for: bool) -> wire::Content {
+        let mut proofs: Vec<Vec<u8>> = Vec::new();
+        for c in changes.iter().filter(|_| proofs_for) {
+            let author = c.body.author;
+            if self
+                .known_identity(&author)
+                .is_ok_and(|id| c.verify(&id).is_ok())
+            {
+                if let Some(l) = self.device_lists.get(&author.account) {
+                    let bytes = l.signed_bytes().to_vec();
+                    if !proofs.contains(&bytes) {
+                        proofs.push(bytes);
+                    }
+                }
+                continue;
+            }
+            let Ok(former) = self.former_lists(&author.account) else {
+                continue;
+            };
+            let proof = former.iter().rev().find(|l| {
+                l.identity_of(author.device_id)
+                    .is_ok_and(|id| c.verify(&id).is_ok())
+            });
+            if let Some(l) = proof {
+                let bytes = l.signed_bytes().to_vec();
+                if !proofs.contains(&bytes) {
+                    proofs.push(bytes);
+                }
+            }
+        }
         wire::Content {
             body: Some(wire::content::Body::GroupChanges(wire::GroupChanges {
                 changes: changes.iter().map(|c| c.signed.clone()).collect(),
+                device_lists: proofs,
             })),
         }
+    }
+
+    /// Whether `change`, whose author device is not on its account's current list, is signed
+    /// by that device as an earlier list of the account (signed by the account key, older than
+    /// the current one) lists it: one of `proofs` or one this device kept.
+    fn signed_by_former_device(&self, change: &SignedChange, proofs: &[Vec<u8>]) -> Result<bool> {
+        let author = change.body.author;
+        let Some(current) = self.device_lists.get(&author.account) else {
+            return Ok(false);
+        };
+        let current_version = current.list().version;
+        let mut lists = self.former_lists(&author.account)?;
+        for p in proofs {
+            // A proof that does not verify for this account is no proof; others may be.
+            if let Ok(l) = VerifiedDeviceList::verify(p, &author.account) {
+                lists.push(l);
+            }
+        }
+        Ok(lists.iter().any(|l| {
+            l.list().version < current_version
+                && l.identity_of(author.device_id)
+                    .is_ok_and(|id| change.verify(&id).is_ok())
+        }))
     }
 
     /// Creates a group with this device's account as admin and `members` as members. Returns the
@@ -274,7 +348,7 @@ impl<S: KvStore> Device<S> {
         };
         let change = SignedChange::sign(body, &self.identity);
         let log = GroupLog::create(change)?;
-        let content = Self::changes_content(log.log());
+        let content = self.changes_content(log.log(), false);
         self.groups.insert(
             id,
             GroupEntry {
@@ -339,8 +413,8 @@ impl<S: KvStore> Device<S> {
         let (after, diff) = before.apply(&change)?;
         let mut log = entry.log.clone();
         log.offer(change.clone())?;
-        let full = Self::changes_content(log.log());
-        let single = Self::changes_content(std::slice::from_ref(&change));
+        let full = self.changes_content(log.log(), false);
+        let single = self.changes_content(std::slice::from_ref(&change), false);
         let old_entry = self.groups.insert(
             *g,
             GroupEntry {
@@ -414,6 +488,20 @@ impl<S: KvStore> Device<S> {
         rng: &mut impl CryptoRng,
         now: u64,
     ) -> Result<GroupSend> {
+        self.group_encrypt_except(g, plaintext, &[], rng, now)
+    }
+
+    /// As [`Self::group_encrypt`], leaving out the member accounts in `skip` (those that cannot
+    /// be reached now: no verified device list, no session): they get neither the message nor a
+    /// distribution, and their devices no entitlement, so a later send gives them the key.
+    pub fn group_encrypt_except(
+        &mut self,
+        g: &GroupId,
+        plaintext: &[u8],
+        skip: &[AccountId],
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<GroupSend> {
         if plaintext.len() > MAX_PLAINTEXT_LEN {
             return Err(ProtocolError::TooLarge(plaintext.len()).into());
         }
@@ -422,7 +510,15 @@ impl<S: KvStore> Device<S> {
             return Err(ProtocolError::NotAMember.into());
         }
         let rotate = entry.needs_rotation;
-        let recipients = self.group_devices(g)?;
+        let recipients = self.devices_of(
+            entry
+                .log
+                .state()
+                .members
+                .keys()
+                .filter(|a| !skip.contains(a))
+                .copied(),
+        )?;
         let identities = recipients
             .iter()
             .map(|d| Ok((*d, self.known_identity(d)?)))
@@ -498,8 +594,33 @@ impl<S: KvStore> Device<S> {
     /// sender's account is a member and the sending device is on its list; then verifies the
     /// signature and decrypts. Without the sender key the message is kept and a retry request is
     /// prepared.
+    ///
+    /// Prefer [`Self::decrypt_group_from`] when the relay's sender label is known.
     pub fn decrypt_group(
         &mut self,
+        bytes: &[u8],
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<GroupIncoming> {
+        self.decrypt_group_inner(None, bytes, rng, now)
+    }
+
+    /// As [`Self::decrypt_group`], for a message the relay delivered from device `from`: a
+    /// group message travels from its sender device straight to the members, so one that names
+    /// another sender is refused; buffered messages count against `from`'s account.
+    pub fn decrypt_group_from(
+        &mut self,
+        from: &DeviceAddress,
+        bytes: &[u8],
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<GroupIncoming> {
+        self.decrypt_group_inner(Some(from), bytes, rng, now)
+    }
+
+    fn decrypt_group_inner(
+        &mut self,
+        from: Option<&DeviceAddress>,
         bytes: &[u8],
         rng: &mut impl CryptoRng,
         now: u64,
@@ -511,6 +632,12 @@ impl<S: KvStore> Device<S> {
         let msg = GroupMessage::try_from(&raw)?;
         let g = msg.header.group;
         let sender = msg.header.sender;
+        if from.is_some_and(|f| *f != sender) {
+            return Err(Error::malformed(
+                "group message",
+                "its sender is not the device that sent it",
+            ));
+        }
         if sender == self.address {
             return Err(ProtocolError::Misuse("own group message").into());
         }
@@ -530,7 +657,7 @@ impl<S: KvStore> Device<S> {
             // The group or the sender's membership may not have reached this device yet: keep the
             // message until the membership change arrives (or it ages out).
             let mut tx = Tx::default();
-            self.buffer_group_message(&g, bytes, now, &mut tx)?;
+            self.buffer_group_message(&g, &sender.account, bytes, now, &mut tx)?;
             self.finish(tx)?;
             return Ok(GroupIncoming::Buffered { request: None });
         }
@@ -545,7 +672,7 @@ impl<S: KvStore> Device<S> {
             return Ok(GroupIncoming::Decrypted(received));
         }
         // Missing key: keep the message durably and ask the sender for its key.
-        self.buffer_group_message(&g, bytes, now, &mut tx)?;
+        self.buffer_group_message(&g, &sender.account, bytes, now, &mut tx)?;
         let req_key = (g, sender, msg.header.key_id);
         let due = self
             .last_key_requests
@@ -578,27 +705,81 @@ impl<S: KvStore> Device<S> {
         Ok(GroupIncoming::Buffered { request })
     }
 
+    /// Buffers a group message from `sender` (the account that sent it) until it can be read.
+    ///
+    /// Bounded per sending account (count and bytes), so that no account can fill the buffer
+    /// for others, and in total: when the total is reached, the oldest message of the account
+    /// holding the most is dropped to make room, unless that is `sender` itself, whose message
+    /// is then refused (`BufferFull`). Expired messages are dropped first.
     fn buffer_group_message(
         &mut self,
         g: &GroupId,
+        sender: &AccountId,
         bytes: &[u8],
         now: u64,
         tx: &mut Tx,
     ) -> Result<()> {
-        let prefix = buffer_prefix(g);
-        let (mut here, mut total) = (0usize, 0usize);
-        for (k, _) in self.store.scan(Namespace::Groups)? {
-            if k.len() != 32 {
-                total += 1;
-                if k.starts_with(&prefix) {
-                    here += 1;
-                }
+        // Per sending account: its buffered (seq, key, length), and the totals.
+        let mut held: HashMap<[u8; 32], Vec<Held>> = HashMap::new();
+        let (mut total, mut total_bytes) = (0usize, 0usize);
+        for (k, v) in self.store.scan(Namespace::Groups)? {
+            if k.len() == 32 {
+                continue;
             }
+            let Ok(b) = pstore::BufferedGroupMessage::decode(v.as_slice()) else {
+                tx.batch.delete(Namespace::Groups, k);
+                continue;
+            };
+            if b.received_at
+                .saturating_add(BUFFERED_GROUP_MESSAGE_MAX_AGE_MS)
+                < now
+            {
+                tx.batch.delete(Namespace::Groups, k);
+                continue;
+            }
+            let len = b.message.len();
+            let from = buffered_sender(&b);
+            let seq = k
+                .get(k.len().saturating_sub(8)..)
+                .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                .map_or(0, u64::from_be_bytes);
+            total += 1;
+            total_bytes = total_bytes.saturating_add(len);
+            held.entry(from).or_default().push((seq, k, len));
         }
-        // Per group, and in total (group ids are chosen by senders, so a per-group cap alone
-        // would not bound the store).
-        if here >= MAX_BUFFERED_GROUP_MESSAGES || total >= MAX_BUFFERED_GROUP_MESSAGES_TOTAL {
+        let me = *sender.as_bytes();
+        let (mine, mine_bytes) = held.get(&me).map_or((0, 0), |v| {
+            (v.len(), v.iter().map(|(_, _, l)| *l).sum::<usize>())
+        });
+        if mine >= MAX_BUFFERED_GROUP_MESSAGES_PER_SENDER
+            || mine_bytes.saturating_add(bytes.len()) > MAX_BUFFERED_GROUP_BYTES_PER_SENDER
+        {
             return Err(ProtocolError::BufferFull.into());
+        }
+        // Full in total: make room at the expense of the largest holder, never of a smaller one.
+        while total >= MAX_BUFFERED_GROUP_MESSAGES_TOTAL
+            || total_bytes.saturating_add(bytes.len()) > MAX_BUFFERED_GROUP_BYTES_TOTAL
+        {
+            let largest = held
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .max_by_key(|(a, v)| (v.len(), v.iter().map(|(_, _, l)| *l).sum::<usize>(), **a))
+                .map(|(a, v)| (*a, v.len()));
+            let Some((victim, count)) = largest else {
+                return Err(ProtocolError::BufferFull.into());
+            };
+            let mine = held.get(&me).map_or(0, Vec::len);
+            if victim == me || count <= mine {
+                return Err(ProtocolError::BufferFull.into());
+            }
+            let Some(list) = held.get_mut(&victim) else {
+                return Err(ProtocolError::BufferFull.into());
+            };
+            list.sort_unstable_by_key(|(seq, _, _)| *seq);
+            let (_, key, len) = list.remove(0);
+            tx.batch.delete(Namespace::Groups, key);
+            total -= 1;
+            total_bytes = total_bytes.saturating_sub(len);
         }
         let seq = tx.next_message_id.unwrap_or(self.next_message_id);
         tx.next_message_id = Some(seq + 1);
@@ -607,11 +788,12 @@ impl<S: KvStore> Device<S> {
             super::NEXT_MESSAGE_ID,
             Zeroizing::new((seq + 1).to_be_bytes().to_vec()),
         );
-        let mut key = prefix;
+        let mut key = buffer_prefix(g);
         key.extend_from_slice(&seq.to_be_bytes());
         let b = pstore::BufferedGroupMessage {
             message: bytes.to_vec(),
             received_at: now,
+            sender_account: me.to_vec(),
         };
         tx.batch.put(Namespace::Groups, key, encode(&b));
         Ok(())
@@ -872,7 +1054,7 @@ impl<S: KvStore> Device<S> {
             let Some(entry) = self.groups.get(&g) else {
                 continue;
             };
-            let content = Self::changes_content(entry.log.log());
+            let content = self.changes_content(entry.log.log(), true);
             out.push(Outgoing {
                 to: *from,
                 bytes: self.seal(from, &content, rng, now, tx)?,
@@ -911,9 +1093,11 @@ impl<S: KvStore> Device<S> {
             }
             // The log of a group being joined may hold changes whose author device has left
             // its list since: its signature can no longer be checked against a current list.
-            // Such a change is taken on the word of the pairwise sender only when that sender is
-            // another device of this account (a sibling answering a group sync, §17.7); from
-            // anyone else it fails the message (§14 item 8). A bad signature is never accepted.
+            // Such a change is accepted only from another device of this account (a sibling
+            // answering a group sync, §17.7), and only if an earlier list of the author's
+            // account, signed by the account key, lists the author device with the identity
+            // that signed it (sent along, or kept here); from anyone else it fails the message
+            // (§14 item 8). A bad signature is never accepted.
             let vouched = sibling && (known.is_none() || created.contains(&g));
             let checked = match self.known_identity(&change.body.author) {
                 Ok(author) => change.verify(&author),
@@ -924,7 +1108,8 @@ impl<S: KvStore> Device<S> {
             };
             match checked {
                 Ok(()) => {}
-                Err(Error::Protocol(ProtocolError::DeviceNotOnList)) if vouched => {}
+                Err(Error::Protocol(ProtocolError::DeviceNotOnList))
+                    if vouched && self.signed_by_former_device(&change, &c.device_lists)? => {}
                 Err(e) => return Err(e),
             }
             match self.groups.get_mut(&g) {

@@ -200,7 +200,10 @@ fn build() -> Fixture {
 /// The signed changes of group `g` as Bob stored them.
 fn group_log(store: &MemoryKv, g: &GroupId) -> Vec<Vec<u8>> {
     let raw = store.get(Namespace::Groups, &g.0).unwrap().unwrap();
-    pstore::GroupRecord::decode(raw.as_slice()).unwrap().log
+    pstore::GroupRecord::decode(raw.as_slice())
+        .unwrap()
+        .log
+        .clone()
 }
 
 /// A `wire::SenderKeyDistribution` rebuilt from the sender-key state Bob stored for Alice.

@@ -102,6 +102,7 @@ pub fn proto_wire() -> Vec<Vec<u8>> {
             "GroupChanges",
             &wire::GroupChanges {
                 changes: f.group_changes.clone(),
+                device_lists: vec![f.alice_list.clone()],
             }
             .encode_to_vec(),
         ),
@@ -170,7 +171,7 @@ pub fn proto_store() -> Vec<Vec<u8>> {
         out.push(select(s, ty, &v));
         if ns == Namespace::Sessions {
             let r = pstore::SessionRecord::decode(v.as_slice()).unwrap();
-            let cur = r.current.unwrap();
+            let cur = r.current.clone().unwrap();
             out.push(select(s, "SessionState", &cur.encode_to_vec()));
             if let Some(c) = &cur.receiving_chain {
                 out.push(select(s, "ChainState", &c.encode_to_vec()));
@@ -178,7 +179,7 @@ pub fn proto_store() -> Vec<Vec<u8>> {
         }
         if ns == Namespace::SenderKeys {
             let r = pstore::SenderKeyRecord::decode(v.as_slice()).unwrap();
-            for st in r.states {
+            for st in &r.states {
                 out.push(select(s, "SenderKeyState", &st.encode_to_vec()));
             }
         }
@@ -379,20 +380,17 @@ pub fn proto_app() -> Vec<Vec<u8>> {
             reply_to: vec![],
         })),
     };
-    let receipt = app::AppMessage {
-        kind: Some(app::app_message::Kind::Receipt(app::Receipt {
-            kind: 1,
-            message_ids: vec![vec![5; 16]],
-        })),
-        ..text.clone()
-    };
-    let sync = app::AppMessage {
-        kind: Some(app::app_message::Kind::SyncSent(Box::new(app::SyncSent {
-            peer: vec![1; 32],
-            message: Some(Box::new(text.clone())),
-        }))),
-        ..text.clone()
-    };
+    // (App records wipe themselves when dropped: no struct update syntax.)
+    let mut receipt = text.clone();
+    receipt.kind = Some(app::app_message::Kind::Receipt(app::Receipt {
+        kind: 1,
+        message_ids: vec![vec![5; 16]],
+    }));
+    let mut sync = text.clone();
+    sync.kind = Some(app::app_message::Kind::SyncSent(Box::new(app::SyncSent {
+        peer: vec![1; 32],
+        message: Some(Box::new(text.clone())),
+    })));
     let stored = app::StoredMessage {
         message: Some(text.clone()),
         sender_account: vec![1; 32],
@@ -406,6 +404,12 @@ pub fn proto_app() -> Vec<Vec<u8>> {
         gap_before: true,
         sent: true,
         failed: String::new(),
+        recipients: vec![vec![2; 32]],
+        undelivered: vec![app::Undelivered {
+            account: vec![3; 32],
+            reason: "queue full".into(),
+            permanent: false,
+        }],
     };
     let mut out = vec![
         select(a, "AppMessage", &text.encode_to_vec()),
