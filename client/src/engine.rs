@@ -1474,9 +1474,13 @@ impl Inner {
     ) -> Settlement {
         match e {
             ClientError::Core(CoreError::Protocol(ProtocolError::Duplicate)) => Settlement::Settled,
+            // The sending account's share of the group buffer is used up (item 10 of PROTOCOL.md
+            // §14: bounded per sending account): its message is refused, as the buffer's rule
+            // says. Kept at the relay instead, one account's unreadable messages would be offered
+            // again on every connection, ahead of everyone else's mail.
             ClientError::Core(CoreError::Protocol(ProtocolError::BufferFull)) => {
-                tracing::debug!("group buffer full; delivery kept at the relay");
-                Settlement::Retry
+                tracing::info!("group buffer share of a sender used up; its message is dropped");
+                Settlement::Settled
             }
             e if !e.is_permanent() => {
                 tracing::warn!(error = %e, "delivery not processed; kept at the relay");

@@ -542,6 +542,11 @@ struct Shared {
     resending: AtomicBool,
     /// The outbox runs started, so that shutdown can stop them.
     outbox_runs: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The per-conversation sends of the outbox runs, which shutdown stops and waits for (each
+    /// holds the shared state).
+    outbox_sends: tokio_util::task::TaskTracker,
+    /// Tells the per-conversation sends to stop.
+    outbox_stop: tokio_util::sync::CancellationToken,
 }
 
 /// The messenger of one device.
@@ -617,6 +622,8 @@ impl Messenger {
             in_flight: Mutex::new(HashSet::new()),
             resending: AtomicBool::new(false),
             outbox_runs: Mutex::new(Vec::new()),
+            outbox_sends: tokio_util::task::TaskTracker::new(),
+            outbox_stop: tokio_util::sync::CancellationToken::new(),
         });
         let task = tokio::spawn(pump(Arc::clone(&shared), rx));
         Ok((Self { shared, task }, out))
@@ -863,6 +870,11 @@ impl Messenger {
             r.abort();
             let _ = r.await;
         }
+        // The per-conversation sends those runs started: stopped, and waited for, so that none
+        // still holds the stores.
+        self.shared.outbox_stop.cancel();
+        self.shared.outbox_sends.close();
+        self.shared.outbox_sends.wait().await;
         match Arc::try_unwrap(self.shared) {
             Ok(shared) => shared.engine.shutdown().await,
             Err(shared) => tracing::warn!(
@@ -1303,12 +1315,21 @@ impl Shared {
         for (conv, m) in pending {
             queues.entry(conv).or_default().push(m);
         }
-        let mut runs = tokio::task::JoinSet::new();
+        let mut runs = Vec::with_capacity(queues.len());
         for (conv, queue) in queues {
             let me = Arc::clone(&self);
-            runs.spawn(async move { me.resend_conversation(conv, queue).await });
+            let stop = self.outbox_stop.clone();
+            runs.push(self.outbox_sends.spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = me.resend_conversation(conv, queue) => {}
+                }
+                drop(me);
+            }));
         }
-        while runs.join_next().await.is_some() {}
+        for r in runs {
+            let _ = r.await;
+        }
         self.resending.store(false, Ordering::SeqCst);
     }
 
@@ -1550,7 +1571,11 @@ impl Shared {
                         message: Box::new(saved),
                     });
                     if !own {
-                        self.send_receipt(&from.account, false, vec![id]).await?;
+                        // The message is stored: a receipt that cannot go now is not a reason
+                        // to process it again (which would find it stored and never send it).
+                        if let Err(e) = self.send_receipt(&from.account, false, vec![id]).await {
+                            tracing::debug!(error = %e, "delivery receipt not sent");
+                        }
                     }
                 }
             }
