@@ -409,13 +409,19 @@ impl Engine {
 
     /// Marks an inbox message as stored by the app.
     pub fn ack(&self, id: u64) -> Result<(), ClientError> {
-        Ok(self.inner.lock()?.ack_message(id)?)
+        let r = self
+            .inner
+            .lock()?
+            .ack_message(id)
+            .map_err(ClientError::from);
+        self.inner.after(r)
     }
 
     /// Sends `plaintext` to every device of `to` (for one's own account: to its other devices).
     /// Returns once the relay has acknowledged it durably.
     pub async fn send(&self, to: &AccountId, plaintext: &[u8]) -> Result<(), ClientError> {
-        self.inner.send(to, plaintext, false).await
+        let r = self.inner.send(to, plaintext, false).await;
+        self.inner.after(r)
     }
 
     /// Sends `plaintext` as an ephemeral envelope (typing, presence): delivered only to devices
@@ -471,7 +477,8 @@ impl Engine {
         g: &GroupId,
         plaintext: &[u8],
     ) -> Result<GroupDelivery, ClientError> {
-        self.group_send(g, plaintext, false, None).await
+        let r = self.group_send(g, plaintext, false, None).await;
+        self.inner.after(r)
     }
 
     /// As [`Self::send_group`], to the member accounts in `only` (a message that some members
@@ -1131,6 +1138,12 @@ impl Inner {
                     None => return Ok(()),
                 },
                 Err(e) if e.is_transient() => {
+                    if let ClientError::Refused(r) = &e
+                        && r.retry_after_ms > 0
+                    {
+                        tokio::time::sleep(Duration::from_millis(r.retry_after_ms.min(10_000)))
+                            .await;
+                    }
                     if !c.is_open() {
                         next = Some(self.current(CONNECT_WAIT).await?);
                     }
@@ -1498,6 +1511,16 @@ impl Inner {
     /// Reopens the device's store if a failed commit poisoned it, and offers again what the
     /// inbox holds (a commit whose outcome was unknown may have stored messages). If it cannot
     /// be reopened the engine stops with [`Event::StoreFailed`].
+    /// Passes on the result of an operation, first reopening the store if the operation's
+    /// failure poisoned it (so that a failed commit while sending does not fail every later
+    /// operation until the next delivery).
+    fn after<T>(&self, r: Result<T, ClientError>) -> Result<T, ClientError> {
+        if let Err(ClientError::Core(CoreError::Store(_))) = &r {
+            self.recover_store();
+        }
+        r
+    }
+
     fn recover_store(&self) {
         let Ok(mut d) = self.lock() else {
             return;

@@ -384,6 +384,32 @@ impl History {
         Ok(h)
     }
 
+    /// Reopens a store poisoned by a failed commit and rebuilds the index from what the store
+    /// holds: a commit reported as failed may still have reached the disk, and a key on disk
+    /// that the index missed could otherwise be written over.
+    fn reopen(&mut self) -> Result<(), ClientError> {
+        self.store
+            .reopen()
+            .map_err(|e| ClientError::Core(e.into()))?;
+        let entries = self
+            .store
+            .scan(Namespace::Messages)
+            .map_err(|e| ClientError::Core(e.into()))?;
+        self.by_key.clear();
+        self.order.clear();
+        self.by_id.clear();
+        self.counters.clear();
+        for (k, v) in entries {
+            if k.first() != Some(&HISTORY_KEY) {
+                continue;
+            }
+            if let Ok(m) = StoredMessage::decode(v.as_slice()) {
+                self.index(k, m);
+            }
+        }
+        Ok(())
+    }
+
     fn index(&mut self, key: Vec<u8>, m: StoredMessage) {
         let conv = conv_part(&key).to_vec();
         if let Some(a) = &m.message {
@@ -1114,8 +1140,13 @@ impl Shared {
         );
         // Stored before it leaves: a crash never loses what the user sent (the outbox sends it
         // again on the next connection).
-        self.lock_history()?.insert(&to, stored)?;
+        // Claimed before it is stored, so that an outbox run never sends it alongside this call.
         self.mark_in_flight(&id, true);
+        let inserted = self.lock_history().and_then(|mut h| h.insert(&to, stored));
+        if let Err(e) = inserted {
+            self.mark_in_flight(&id, false);
+            return Err(e);
+        }
         self.send_claimed(to, &id, m, peer, false).await?;
         Ok(id)
     }
@@ -1435,7 +1466,7 @@ impl Shared {
                     tracing::warn!(error = %e, attempt, "a message could not be stored yet");
                     if let Ok(mut h) = self.lock_history()
                         && h.store.is_poisoned()
-                        && let Err(e) = h.store.reopen()
+                        && let Err(e) = h.reopen()
                     {
                         tracing::error!(error = %e, "history store could not be reopened");
                     }
