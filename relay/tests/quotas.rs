@@ -10,6 +10,7 @@
     clippy::disallowed_methods
 )]
 
+#[macro_use]
 mod common;
 
 use std::path::Path;
@@ -22,28 +23,6 @@ use hush_relay::limits;
 use hush_relay::ops::{KeyLimit, Refusal};
 use hush_relay::store::usage::ENVELOPE_OVERHEAD;
 use prost::Message;
-
-/// Runs `$body(store_kind, dir)` once per store.
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                let dir = tempfile::tempdir().unwrap();
-                super::$name(super::StoreKind::Memory, dir.path()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sled() {
-                let dir = tempfile::tempdir().unwrap();
-                super::$name(super::StoreKind::Sled, dir.path()).await;
-            }
-        }
-    };
-}
-
-async fn relay(cfg: Config) -> hush_relay::Running {
-    hush_relay::start(cfg).await.unwrap()
-}
 
 /// A connected client of a new account of `devices` devices, authenticated as device 1 and
 /// caught up.
@@ -80,7 +59,7 @@ async fn one_sender_filling_a_device_queue_does_not_stop_a_second_sender(
 ) {
     let mut cfg = test_config(store, dir);
     cfg.max_queue_len_per_sender = 3;
-    let r = relay(cfg).await;
+    let r = start_relay(cfg).await;
     let (bob, b) = join(&r, 1).await;
     let (_mallory, m) = join(&r, 1).await;
     let (_alice, a) = join(&r, 1).await;
@@ -132,7 +111,7 @@ async fn an_account_at_its_mailbox_byte_cap_is_refused_while_another_still_recei
     let one = 100 + ENVELOPE_OVERHEAD;
     let mut cfg = test_config(store, dir);
     cfg.max_account_mailbox_bytes = 4 * one;
-    let r = relay(cfg).await;
+    let r = start_relay(cfg).await;
     let (bob, b) = join(&r, 2).await;
     let (carol, _c) = join(&r, 1).await;
     let (_mallory, m) = join(&r, 1).await;
@@ -158,7 +137,7 @@ async fn the_relay_wide_mailbox_byte_cap_refuses_with_relay_full() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(StoreKind::Memory, dir.path());
     cfg.max_mailbox_bytes = 2 * (10 + ENVELOPE_OVERHEAD);
-    let r = relay(cfg).await;
+    let r = start_relay(cfg).await;
     let (bob, _b) = join(&r, 1).await;
     let (carol, _c) = join(&r, 1).await;
     let (_alice, a) = join(&r, 1).await;
@@ -178,7 +157,7 @@ async fn a_full_device_of_two_is_left_out_and_named_while_the_other_gets_the_sen
 ) {
     let mut cfg = test_config(store, dir);
     cfg.max_queue_len = 2;
-    let r = relay(cfg).await;
+    let r = start_relay(cfg).await;
     let (bob, b1) = join(&r, 2).await; // device 1 online, device 2 offline
     let (_alice, a) = join(&r, 1).await;
     for i in 0..2u8 {
@@ -282,7 +261,7 @@ async fn two_accounts_draining_a_victims_one_time_keys_get_only_the_target_burst
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(StoreKind::Memory, dir.path());
     cfg.rate.one_time_keys_per_target = fixed(30);
-    let r = relay(cfg).await;
+    let r = start_relay(cfg).await;
     let (v, _vc) = victim(&r, 100).await;
     let (_m1, c1) = join(&r, 1).await;
     let (_m2, c2) = join(&r, 1).await;
@@ -308,7 +287,7 @@ async fn one_requester_gets_only_the_pair_burst_from_one_account() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(StoreKind::Memory, dir.path());
     cfg.rate.one_time_keys_per_pair = fixed(3);
-    let r = relay(cfg).await;
+    let r = start_relay(cfg).await;
     let (v, _vc) = victim(&r, 50).await;
     let (_m, mc) = join(&r, 1).await;
     let mut with_keys = 0;
@@ -328,7 +307,7 @@ async fn one_requester_gets_only_its_burst_across_many_targets() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(StoreKind::Memory, dir.path());
     cfg.rate.one_time_keys_per_requester = fixed(4);
-    let r = relay(cfg).await;
+    let r = start_relay(cfg).await;
     let mut victims = Vec::new();
     for _ in 0..6 {
         victims.push(victim(&r, 5).await);
@@ -363,7 +342,7 @@ async fn lows_so_far(c: &Client) -> Vec<api::PreKeysLow> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_device_is_told_once_per_low_spell_and_again_after_replenishing() {
     let dir = tempfile::tempdir().unwrap();
-    let r = relay(test_config(StoreKind::Memory, dir.path())).await;
+    let r = start_relay(test_config(StoreKind::Memory, dir.path())).await;
     let (v, vc) = victim(&r, 15).await;
     assert!(lows_so_far(&vc).await.is_empty());
     let (_m1, c1) = join(&r, 1).await;

@@ -7,6 +7,7 @@
     clippy::disallowed_methods
 )]
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -19,28 +20,6 @@ use hush_relay::config::{Config, RateLimit as Rate, StoreKind};
 use hush_relay::limits;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Runs `$body(store_kind, dir)` once per store.
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                let dir = tempfile::tempdir().unwrap();
-                super::$name(super::StoreKind::Memory, dir.path()).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sled() {
-                let dir = tempfile::tempdir().unwrap();
-                super::$name(super::StoreKind::Sled, dir.path()).await;
-            }
-        }
-    };
-}
-
-async fn relay(cfg: Config) -> hush_relay::Running {
-    hush_relay::start(cfg).await.unwrap()
-}
 
 async fn client(r: &hush_relay::Running) -> Client {
     Client::connect(r.addr, &r.fingerprint).await
@@ -55,7 +34,7 @@ fn ok(k: &server_frame::Kind) {
 
 on_both_stores!(accounts_devices_and_list_rotation);
 async fn accounts_devices_and_list_rotation(store: StoreKind, dir: &Path) {
-    let r = relay(test_config(store, dir)).await;
+    let r = start_relay(test_config(store, dir)).await;
     let mut alice = TestAccount::new(1);
     let a1 = client(&r).await;
     a1.create(&alice, 1).await;
@@ -153,7 +132,7 @@ async fn accounts_devices_and_list_rotation(store: StoreKind, dir: &Path) {
 
 on_both_stores!(authentication_is_bound_and_checked);
 async fn authentication_is_bound_and_checked(store: StoreKind, dir: &Path) {
-    let r = relay(test_config(store, dir)).await;
+    let r = start_relay(test_config(store, dir)).await;
     let alice = TestAccount::new(1);
     let c = client(&r).await;
     c.create(&alice, 1).await;
@@ -256,7 +235,7 @@ async fn one_time_pre_key_claimed_by_50_concurrent_clients_is_handed_out_once(
     store: StoreKind,
     dir: &Path,
 ) {
-    let r = relay(test_config(store, dir)).await;
+    let r = start_relay(test_config(store, dir)).await;
     let bob = TestAccount::new(1);
     let b = client(&r).await;
     b.create(&bob, 1).await;
@@ -326,7 +305,7 @@ async fn one_time_pre_key_claimed_by_50_concurrent_clients_is_handed_out_once(
 
 on_both_stores!(send_online_push_offline_queue_ack_and_order);
 async fn send_online_push_offline_queue_ack_and_order(store: StoreKind, dir: &Path) {
-    let r = relay(test_config(store, dir)).await;
+    let r = start_relay(test_config(store, dir)).await;
     let alice = TestAccount::new(1);
     let bob = TestAccount::new(2);
     let a = client(&r).await;
@@ -399,7 +378,7 @@ async fn send_online_push_offline_queue_ack_and_order(store: StoreKind, dir: &Pa
 
 on_both_stores!(device_set_mismatch_is_reported);
 async fn device_set_mismatch_is_reported(store: StoreKind, dir: &Path) {
-    let r = relay(test_config(store, dir)).await;
+    let r = start_relay(test_config(store, dir)).await;
     let alice = TestAccount::new(1);
     let bob = TestAccount::new(2);
     let a = client(&r).await;
@@ -447,7 +426,7 @@ async fn ephemeral_envelopes_reach_connected_devices_only_and_never_disk(
     store: StoreKind,
     dir: &Path,
 ) {
-    let r = relay(test_config(store, dir)).await;
+    let r = start_relay(test_config(store, dir)).await;
     let alice = TestAccount::new(1);
     let bob = TestAccount::new(2);
     let a = client(&r).await;
@@ -489,7 +468,7 @@ async fn ephemeral_envelopes_reach_connected_devices_only_and_never_disk(
 
 on_both_stores!(push_wake_ups_are_content_free);
 async fn push_wake_ups_are_content_free(store: StoreKind, dir: &Path) {
-    let r = relay(test_config(store, dir)).await;
+    let r = start_relay(test_config(store, dir)).await;
     // A local webhook endpoint recording every request.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -577,7 +556,7 @@ on_both_stores!(blob_round_trip);
 async fn blob_round_trip(store: StoreKind, dir: &Path) {
     let mut cfg = test_config(store, dir);
     cfg.blob_max_bytes = 1 << 20;
-    let r = relay(cfg).await;
+    let r = start_relay(cfg).await;
     let alice = TestAccount::new(1);
     let a = client(&r).await;
     a.create(&alice, 1).await;
@@ -660,7 +639,7 @@ async fn rate_limits_and_caps_refuse_with_their_errors(store: StoreKind, dir: &P
     cfg.max_queue_len = 2;
     cfg.max_devices_per_account = 3;
     cfg.max_frame_bytes = 64 * 1024;
-    let r = relay(cfg).await;
+    let r = start_relay(cfg).await;
     let alice = TestAccount::new(1);
     let bob = TestAccount::new(1);
     let a = client(&r).await;
@@ -774,7 +753,7 @@ async fn rate_limits_and_caps_refuse_with_their_errors(store: StoreKind, dir: &P
 
 on_both_stores!(malformed_and_unknown_frames_get_typed_errors);
 async fn malformed_and_unknown_frames_get_typed_errors(store: StoreKind, dir: &Path) {
-    let r = relay(test_config(store, dir)).await;
+    let r = start_relay(test_config(store, dir)).await;
     let alice = TestAccount::new(1);
     let a = client(&r).await;
     a.create(&alice, 1).await;
@@ -810,7 +789,7 @@ async fn drain_keeps_every_acknowledged_envelope(store: StoreKind, dir: &Path) {
         return; // the in-memory store is not persistent by design
     }
     let cfg = test_config(store, dir);
-    let r = relay(cfg.clone()).await;
+    let r = start_relay(cfg.clone()).await;
     let alice = TestAccount::new(1);
     let bob = TestAccount::new(1);
     let a = Arc::new(client(&r).await);
@@ -842,7 +821,7 @@ async fn drain_keeps_every_acknowledged_envelope(store: StoreKind, dir: &Path) {
     let stop = tokio::spawn(r.stop());
     let acked = sender.await.unwrap();
     stop.await.unwrap();
-    let r = relay(cfg).await;
+    let r = start_relay(cfg).await;
     let b = client(&r).await;
     b.authenticate(&bob, 1).await;
     let got: BTreeSet<u32> = b
@@ -874,7 +853,7 @@ async fn per_account_limits_and_the_connection_cap_refuse(store: StoreKind, dir:
         burst: 4,
     };
     cfg.max_connections = 3;
-    let r = relay(cfg).await;
+    let r = start_relay(cfg).await;
     let alice = TestAccount::new(2);
     let bob = TestAccount::new(1);
     let a1 = client(&r).await;
@@ -921,7 +900,7 @@ async fn per_account_limits_and_the_connection_cap_refuse(store: StoreKind, dir:
 
 on_both_stores!(a_device_connecting_again_replaces_its_old_connection);
 async fn a_device_connecting_again_replaces_its_old_connection(store: StoreKind, dir: &Path) {
-    let r = relay(test_config(store, dir)).await;
+    let r = start_relay(test_config(store, dir)).await;
     let alice = TestAccount::new(1);
     let bob = TestAccount::new(1);
     let a = client(&r).await;
@@ -942,7 +921,7 @@ async fn a_device_connecting_again_replaces_its_old_connection(store: StoreKind,
 
 on_both_stores!(mail_committed_during_catch_up_arrives_once_in_order);
 async fn mail_committed_during_catch_up_arrives_once_in_order(store: StoreKind, dir: &Path) {
-    let r = relay(test_config(store, dir)).await;
+    let r = start_relay(test_config(store, dir)).await;
     let bob = TestAccount::new(1);
     let b = client(&r).await;
     b.create(&bob, 1).await;
@@ -1038,7 +1017,7 @@ async fn usernames_are_first_come_first_served_and_a_rename_releases_the_old_one
     store: StoreKind,
     dir: &Path,
 ) {
-    let r = relay(test_config(store, dir)).await;
+    let r = start_relay(test_config(store, dir)).await;
     let mut alice = TestAccount::new(1);
     let bob = TestAccount::new(1);
     let a = client(&r).await;
@@ -1137,7 +1116,7 @@ async fn usernames_are_first_come_first_served_and_a_rename_releases_the_old_one
 
 on_both_stores!(username_claims_need_the_account_keys_signature);
 async fn username_claims_need_the_account_keys_signature(store: StoreKind, dir: &Path) {
-    let r = relay(test_config(store, dir)).await;
+    let r = start_relay(test_config(store, dir)).await;
     let alice = TestAccount::new(1);
     let bob = TestAccount::new(1);
     let a = client(&r).await;
@@ -1179,7 +1158,7 @@ async fn bad_usernames_and_unauthenticated_requests_are_refused(store: StoreKind
         per_second: 0.001,
         burst: 20,
     };
-    let r = relay(cfg).await;
+    let r = start_relay(cfg).await;
     let alice = TestAccount::new(1);
     let a = client(&r).await;
     a.create(&alice, 1).await;
@@ -1233,7 +1212,7 @@ async fn a_claimed_username_survives_a_relay_restart() {
     let alice = TestAccount::new(1);
     let bob = TestAccount::new(1);
     {
-        let r = relay(test_config(StoreKind::Sled, dir.path())).await;
+        let r = start_relay(test_config(StoreKind::Sled, dir.path())).await;
         let a = client(&r).await;
         a.create(&alice, 1).await;
         let b = client(&r).await;
@@ -1247,7 +1226,7 @@ async fn a_claimed_username_survives_a_relay_restart() {
             .await);
         r.stop().await;
     }
-    let r = relay(test_config(StoreKind::Sled, dir.path())).await;
+    let r = start_relay(test_config(StoreKind::Sled, dir.path())).await;
     let b = client(&r).await;
     b.authenticate(&bob, 1).await;
     assert_eq!(

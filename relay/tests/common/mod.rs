@@ -570,3 +570,28 @@ pub fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
     }
     false
 }
+
+/// Runs the test function `$name(store_kind, dir)` once per store (the caller imports
+/// `StoreKind`).
+#[allow(unused_macros)]
+macro_rules! on_both_stores {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$name(super::StoreKind::Memory, dir.path()).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sled() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$name(super::StoreKind::Sled, dir.path()).await;
+            }
+        }
+    };
+}
+
+/// Starts a relay with `cfg`.
+pub async fn start_relay(cfg: hush_relay::config::Config) -> hush_relay::Running {
+    hush_relay::start(cfg).await.unwrap()
+}
