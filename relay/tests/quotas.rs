@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::*;
 use hush_proto::relay_api::{self as api, ErrorCode, client_frame, server_frame};
-use hush_relay::config::{Config, RateLimit as Rate, StoreKind};
+use hush_relay::config::{RateLimit as Rate, StoreKind};
 use hush_relay::limits;
 use hush_relay::ops::{KeyLimit, Refusal};
 use hush_relay::store::usage::ENVELOPE_OVERHEAD;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use common::*;
 use hush_proto::relay_api::{self as api, ErrorCode, blob_response, client_frame, server_frame};
-use hush_relay::config::{Config, RateLimit as Rate, StoreKind};
+use hush_relay::config::{RateLimit as Rate, StoreKind};
 use hush_relay::limits;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
