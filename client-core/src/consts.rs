@@ -169,3 +169,36 @@ pub const SESSION_SWEEP_INTERVAL_MS: u64 = 24 * 60 * 60 * 1000;
 /// drops or re-keys one of its devices, as the proof that a group change's author device was
 /// listed once (PROTOCOL.md §17.6).
 pub const MAX_FORMER_DEVICE_LISTS: usize = 16;
+
+/// A device asks a sender device to send undecryptable messages again (a retry request, which
+/// starts a fresh session) at most this often per sender device (milliseconds): a minute.
+/// Failures in between are gathered and asked for together.
+pub const RETRY_REQUEST_INTERVAL_MS: u64 = 60_000;
+
+/// A device answers retry requests from one device at most this often (milliseconds): a
+/// requester that follows the rules never asks more often than [`RETRY_REQUEST_INTERVAL_MS`].
+pub const RETRY_ANSWER_INTERVAL_MS: u64 = 30_000;
+
+/// Message ids in one retry request, and undecryptable messages remembered per sender device
+/// (past it the oldest is forgotten).
+pub const MAX_RETRY_IDS: usize = 32;
+
+/// Sender devices with undecryptable messages waiting to be asked for; past it, failures from
+/// further devices are reported but not asked for.
+pub const MAX_RETRY_PENDING_DEVICES: usize = 256;
+
+/// A sent pairwise message is kept for answering retry requests this long (milliseconds): the
+/// relay's default mailbox lifetime, 30 days, past which the original could not arrive anyway.
+pub const SENT_LOG_MAX_AGE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// Sent pairwise messages kept at most (the oldest are dropped first).
+pub const SENT_LOG_MAX_ENTRIES: usize = 20_000;
+
+/// Bytes of sent contents kept at most: 32 MiB (the oldest are dropped first).
+pub const SENT_LOG_MAX_BYTES: usize = 32 << 20;
+
+/// Messages sent again in answer to one retry request at most (the newest win).
+pub const MAX_RESENDS_PER_REQUEST: usize = 256;
+
+/// Domain label of a pairwise message id: `SHA-256(label ‖ encoded PairwiseMessage)`.
+pub const PAIRWISE_MESSAGE_ID_LABEL: &[u8] = b"Hush_PairwiseMessageId_v1";

@@ -33,8 +33,10 @@ use crate::session::SessionRecord;
 use crate::store::kv::{Batch, KvStore, Namespace};
 
 mod groups;
+mod healing;
 mod upkeep;
 pub use groups::{GroupEntry, GroupIncoming, GroupSend};
+pub use healing::{MessageId, pairwise_message_id};
 pub use upkeep::Upkeep;
 
 const IDENTITY_KEY: &[u8] = b"device";
@@ -96,6 +98,9 @@ pub(crate) struct Tx {
     pub(crate) sender_keys: std::collections::BTreeSet<(GroupId, DeviceAddress)>,
     pub(crate) groups: std::collections::BTreeSet<GroupId>,
     pub(crate) next_message_id: Option<u64>,
+    /// Sealed messages to add to the sent log, and sequence numbers to drop from it.
+    pub(crate) sent: Vec<healing::PendingSent>,
+    pub(crate) sent_removed: Vec<u64>,
 }
 
 /// One local device.
@@ -114,6 +119,8 @@ pub struct Device<S: KvStore> {
     last_key_requests: HashMap<(GroupId, DeviceAddress, u32), u64>,
     next_pre_key_id: u32,
     next_message_id: u64,
+    sent_log: healing::SentLog,
+    retry: healing::RetryState,
 }
 
 /// What an initial message consumed, applied in memory after the commit.
@@ -197,6 +204,8 @@ impl<S: KvStore> Device<S> {
             last_key_requests: HashMap::new(),
             next_pre_key_id: 1,
             next_message_id: 1,
+            sent_log: healing::SentLog::default(),
+            retry: healing::RetryState::default(),
         };
         device.rotate_signed_pre_key(rng, now)?;
         device.rotate_last_resort_pre_key(rng, now)?;
@@ -328,6 +337,7 @@ impl<S: KvStore> Device<S> {
             u32::try_from(counter(NEXT_PRE_KEY_ID)?.unwrap_or(1)).unwrap_or(u32::MAX);
         let next_message_id = counter(NEXT_MESSAGE_ID)?.unwrap_or(1);
         let groups = groups::load_groups(&store)?;
+        let (sent_log, retry) = healing::load(&store)?;
         Ok(Self {
             address: DeviceAddress {
                 account,
@@ -346,6 +356,8 @@ impl<S: KvStore> Device<S> {
             last_key_requests: HashMap::new(),
             next_pre_key_id,
             next_message_id,
+            sent_log,
+            retry,
         })
     }
 
@@ -763,6 +775,7 @@ impl<S: KvStore> Device<S> {
             }
         }
         self.serialize_group_changes(&mut tx);
+        self.bound_sent_log(&mut tx);
         let batch = std::mem::take(&mut tx.batch);
         if let Err(e) = self.store.commit(batch) {
             for addr in &tx.sessions {
@@ -774,6 +787,7 @@ impl<S: KvStore> Device<S> {
         if let Some(id) = tx.next_message_id {
             self.next_message_id = id;
         }
+        self.apply_sent_log(&mut tx);
         Ok(())
     }
 
@@ -810,6 +824,19 @@ impl<S: KvStore> Device<S> {
         rng: &mut impl CryptoRng,
         now: u64,
     ) -> Result<()> {
+        let mut tx = Tx::default();
+        self.start_session_in(bundle, rng, now, &mut tx)?;
+        self.finish(tx)
+    }
+
+    /// Starts a session from a pre-key bundle within `tx`, and returns the remote address.
+    pub(crate) fn start_session_in(
+        &mut self,
+        bundle: &PreKeyBundle,
+        rng: &mut impl CryptoRng,
+        now: u64,
+        tx: &mut Tx,
+    ) -> Result<DeviceAddress> {
         let account = AccountId::from_bytes(&bundle.0.account_key)?;
         let list = self
             .device_lists
@@ -832,9 +859,8 @@ impl<S: KvStore> Device<S> {
         let mut record = self.take_record(&to)?;
         record.promote_new(init.session);
         self.sessions.insert(to, record);
-        let mut tx = Tx::default();
         tx.sessions.insert(to);
-        self.finish(tx)
+        Ok(to)
     }
 
     /// Encrypts `content` for `to` inside transaction `tx` (committed later by the caller).
@@ -864,8 +890,9 @@ impl<S: KvStore> Device<S> {
             Ok::<_, Error>(wire::PairwiseMessage { body: Some(body) }.encode_to_vec())
         })();
         self.sessions.insert(*to, record);
-        if out.is_ok() {
+        if let Ok(bytes) = &out {
             tx.sessions.insert(*to);
+            self.log_sent(to, bytes, &plaintext, now, tx);
         }
         out
     }
@@ -1064,6 +1091,9 @@ impl<S: KvStore> Device<S> {
             Some(wire::content::Body::GroupSyncRequest(_)) => {
                 incoming.outgoing = self.answer_group_sync(from, rng, now, tx)?;
             }
+            Some(wire::content::Body::RetryRequest(r)) => {
+                incoming.outgoing = self.answer_retry_request(from, &r, rng, now, tx)?;
+            }
             None => return Err(Error::malformed("message content", "empty")),
         }
         Ok(incoming)
@@ -1189,6 +1219,8 @@ impl<S: KvStore> Device<S> {
             last_key_requests: _,
             next_pre_key_id,
             next_message_id,
+            sent_log,
+            retry: _,
         } = Device::open(copy)?;
         self.address = address;
         self.identity = identity;
@@ -1202,6 +1234,10 @@ impl<S: KvStore> Device<S> {
         self.sender_keys = sender_keys;
         self.next_pre_key_id = next_pre_key_id;
         self.next_message_id = next_message_id;
+        self.sent_log = sent_log;
+        // The pending ids as committed; the request and answer times are kept.
+        let (_, retry) = healing::load(&self.store)?;
+        self.retry.replace_pending(retry);
         Ok(())
     }
 

@@ -1437,7 +1437,10 @@ impl Inner {
                         self.send_outgoing(conn, outgoing).await;
                         Settlement::Settled
                     }
-                    Err(e) => self.settle_error(&e, from, None),
+                    Err(e) => match self.settle_error(&e, from, None) {
+                        Settlement::Settled => self.heal_later(conn, &from, &bytes, &e).await,
+                        Settlement::Retry => Settlement::Retry,
+                    },
                 }
             }
             Some(sealed::Kind::Group(bytes)) => {
@@ -1474,6 +1477,79 @@ impl Inner {
                 Settlement::Settled
             }
         }
+    }
+
+    /// A pairwise message that could not be decrypted with the session held (lost or stale,
+    /// PROTOCOL.md §20): its sender device is asked to send it again on a fresh session. The
+    /// failure is recorded before the envelope is acknowledged; if it cannot be, the envelope
+    /// stays at the relay and is tried again.
+    async fn heal_later(
+        &self,
+        conn: &RelayConnection,
+        from: &DeviceAddress,
+        bytes: &[u8],
+        e: &ClientError,
+    ) -> Settlement {
+        let ClientError::Core(core) = e else {
+            return Settlement::Settled;
+        };
+        let noted = self
+            .lock()
+            .and_then(|mut d| Ok(d.note_undecryptable(from, bytes, core, now_ms())?));
+        match noted {
+            Ok(true) => {
+                self.heal(conn).await;
+                Settlement::Settled
+            }
+            Ok(false) => Settlement::Settled,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecryptable message not recorded; kept at the relay");
+                self.recover_store();
+                Settlement::Retry
+            }
+        }
+    }
+
+    /// Sends the retry requests that are due: for each sender device, a fresh session from its
+    /// bundle, with the request as its first message. What fails stays pending for later.
+    async fn heal(&self, conn: &RelayConnection) {
+        let due = match self.lock() {
+            Ok(mut d) => d.retry_requests_due(now_ms()),
+            Err(_) => return,
+        };
+        for to in due {
+            if let Err(e) = self.send_retry_request(conn, &to).await {
+                tracing::info!(error = %e, "retry request not sent; tried again later");
+                if let ClientError::Core(CoreError::Store(_)) = e {
+                    self.recover_store();
+                }
+            }
+        }
+    }
+
+    async fn send_retry_request(
+        &self,
+        conn: &RelayConnection,
+        to: &DeviceAddress,
+    ) -> Result<(), ClientError> {
+        let server_frame::Kind::Bundle(b) = conn
+            .request(client_frame::Kind::FetchBundle(api::FetchBundle {
+                account: to.account.as_bytes().to_vec(),
+                device_id: to.device_id,
+            }))
+            .await?
+        else {
+            return Err(ClientError::Protocol("unexpected answer to a bundle fetch"));
+        };
+        let bundle = hush_proto::wire::PreKeyBundle::decode(b.bundle.as_slice())
+            .map_err(|_| ClientError::Protocol("bundle does not decode"))?;
+        let (out, ids) =
+            self.lock()?
+                .seal_retry_request(&PreKeyBundle(bundle), &mut rng(), now_ms())?;
+        self.send_outgoing_checked(conn, vec![out], true).await?;
+        self.lock()?.retry_request_sent(to, &ids)?;
+        tracing::info!("asked a device to send undecryptable messages again");
+        Ok(())
     }
 
     /// What a failed delivery means for its envelope: a duplicate is done; a transient or local
@@ -1656,6 +1732,8 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
     }
     inner.conn.send_replace(Some(Arc::clone(&conn)));
     inner.emit(Event::Connection(true));
+    // Retry requests left from before (PROTOCOL.md §20).
+    inner.heal(&conn).await;
     // Deliveries not settled yet (kept at the relay), tried again with backoff.
     let mut waiting: Vec<Waiting> = Vec::new();
     let mut upkeep = tokio::time::interval_at(
@@ -1664,8 +1742,15 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
     );
     let result = loop {
         let next_due = waiting.iter().map(|w| w.due).min();
+        let heal_due = inner.lock()?.next_retry_request_at().map(|at| {
+            tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
+        });
         let ev = tokio::select! {
             () = inner.shutdown.cancelled() => break Ok(()),
+            () = sleep_until(heal_due) => {
+                inner.heal(&conn).await;
+                continue;
+            }
             () = sleep_until(next_due) => {
                 let now = tokio::time::Instant::now();
                 let (due, later): (Vec<Waiting>, Vec<Waiting>) =

@@ -35,6 +35,8 @@ pub struct Upkeep {
     pub sessions_retired: usize,
     /// Sender-key retry requests to send (buffered group messages still waiting).
     pub outgoing: Vec<Outgoing>,
+    /// Sent messages dropped from the sent log for their age.
+    pub sent_pruned: usize,
 }
 
 impl<S: KvStore> Device<S> {
@@ -46,7 +48,9 @@ impl<S: KvStore> Device<S> {
     /// * sessions idle for [`crate::consts::SESSION_MAX_IDLE_MS`] are retired, at most once per
     ///   [`SESSION_SWEEP_INTERVAL_MS`];
     /// * buffered group messages past their age limit are deleted and the sender keys the others
-    ///   wait for are requested again ([`Device::retry_missing_sender_keys`]).
+    ///   wait for are requested again ([`Device::retry_missing_sender_keys`]);
+    /// * sent messages older than [`crate::consts::SENT_LOG_MAX_AGE_MS`] leave the sent log
+    ///   ([`Device::prune_sent_log`]).
     ///
     /// Rotated keys stay usable for [`crate::consts::ROTATED_PRE_KEYS_KEPT`] rotations. Calling
     /// it again at the same time does nothing more.
@@ -92,6 +96,7 @@ impl<S: KvStore> Device<S> {
             );
             self.store.commit(batch)?;
         }
+        out.sent_pruned = self.prune_sent_log(now)?;
         out.outgoing = self.retry_missing_sender_keys(rng, now)?;
         Ok(out)
     }

@@ -36,11 +36,13 @@ pub enum Namespace {
     SenderKeys = 8,
     /// Group state.
     Groups = 9,
+    /// Pairwise messages sent recently, kept to answer retry requests (PROTOCOL.md §20).
+    SentLog = 10,
 }
 
 impl Namespace {
     /// Every namespace, in discriminant order.
-    pub const ALL: [Namespace; 10] = [
+    pub const ALL: [Namespace; 11] = [
         Namespace::Meta,
         Namespace::Identity,
         Namespace::SignedPreKeys,
@@ -51,6 +53,7 @@ impl Namespace {
         Namespace::Messages,
         Namespace::SenderKeys,
         Namespace::Groups,
+        Namespace::SentLog,
     ];
 
     /// The byte that identifies this namespace on disk.
@@ -611,7 +614,7 @@ mod tests {
             assert_eq!(usize::from(ns.as_byte()), i);
             assert_eq!(Namespace::from_byte(ns.as_byte()), Some(ns));
         }
-        assert_eq!(Namespace::from_byte(10), None);
+        assert_eq!(Namespace::from_byte(11), None);
         assert_eq!(Namespace::from_byte(0xff), None);
     }
 
