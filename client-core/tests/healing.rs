@@ -134,7 +134,10 @@ fn a_device_restored_from_an_old_backup_asks_again_and_gets_the_message_on_a_fre
     assert_eq!(p.bob.retry_requests_due(t + GATHERED), vec![a]);
 
     let t = t + GATHERED;
-    let (request, ids) = p.bob.seal_retry_request(&bundle(&p.alice), &mut p.rng, t).unwrap();
+    let (request, ids) = p
+        .bob
+        .seal_retry_request(&bundle(&p.alice), &mut p.rng, t)
+        .unwrap();
     assert_eq!(ids, vec![pairwise_message_id(&lost)]);
     assert_eq!(request.to, a);
     let answered = p
@@ -170,11 +173,17 @@ fn a_restored_sender_whose_message_key_was_used_before_is_asked_again() {
     let stale = p.bob_sends(b"from the restored device", t);
     let b = p.bob.address();
     let err = p.alice.decrypt(&b, &stale, &mut p.rng, t).err().unwrap();
-    assert!(matches!(err, Error::Protocol(ProtocolError::Duplicate)), "{err}");
+    assert!(
+        matches!(err, Error::Protocol(ProtocolError::Duplicate)),
+        "{err}"
+    );
     assert!(p.alice.note_undecryptable(&b, &stale, &err, t).unwrap());
     let t = t + GATHERED;
     assert_eq!(p.alice.retry_requests_due(t), vec![b]);
-    let (request, ids) = p.alice.seal_retry_request(&bundle(&p.bob), &mut p.rng, t).unwrap();
+    let (request, ids) = p
+        .alice
+        .seal_retry_request(&bundle(&p.bob), &mut p.rng, t)
+        .unwrap();
     let answered = p
         .bob
         .decrypt(&p.alice.address(), &request.bytes, &mut p.rng, t)
@@ -224,7 +233,10 @@ fn failures_within_the_interval_are_gathered_into_the_next_request() {
         Device::create_account(MemoryKv::new(), &mut p.rng, T0).unwrap(),
     );
     p.bob = Device::open(bob.into_store()).unwrap();
-    let (request, ids) = p.bob.seal_retry_request(&bundle(&p.alice), &mut p.rng, due).unwrap();
+    let (request, ids) = p
+        .bob
+        .seal_retry_request(&bundle(&p.alice), &mut p.rng, due)
+        .unwrap();
     assert_eq!(
         ids,
         vec![pairwise_message_id(&first), pairwise_message_id(&second)]
@@ -237,14 +249,21 @@ fn failures_within_the_interval_are_gathered_into_the_next_request() {
         .outgoing
         .iter()
         .map(|o| {
-            p.bob.decrypt(&a, &o.bytes, &mut p.rng, due).unwrap().received[0]
+            p.bob
+                .decrypt(&a, &o.bytes, &mut p.rng, due)
+                .unwrap()
+                .received[0]
                 .plaintext
                 .to_vec()
         })
         .collect();
     assert_eq!(texts, vec![b"one".to_vec(), b"two".to_vec()]);
     p.bob.retry_request_sent(&a, &ids).unwrap();
-    assert!(p.bob.retry_requests_due(due + 10 * RETRY_REQUEST_INTERVAL_MS).is_empty());
+    assert!(
+        p.bob
+            .retry_requests_due(due + 10 * RETRY_REQUEST_INTERVAL_MS)
+            .is_empty()
+    );
 }
 
 #[test]
@@ -274,7 +293,8 @@ fn errors_that_a_fresh_session_cannot_heal_are_not_asked_for() {
     assert_eq!(p.bob.next_retry_request_at(), None);
     // Nothing waits: sealing a request is a misuse.
     assert!(matches!(
-        p.bob.seal_retry_request(&bundle(&p.alice), &mut p.rng, T0 + 5),
+        p.bob
+            .seal_retry_request(&bundle(&p.alice), &mut p.rng, T0 + 5),
         Err(Error::Protocol(ProtocolError::Misuse(_)))
     ));
 }
@@ -294,7 +314,10 @@ fn a_device_answers_one_device_at_most_once_per_interval() {
     p.bob.note_undecryptable(&a, &lost, &err, t).unwrap();
     let t = t + GATHERED;
     p.bob.retry_requests_due(t);
-    let (request, ids) = p.bob.seal_retry_request(&bundle(&p.alice), &mut p.rng, t).unwrap();
+    let (request, ids) = p
+        .bob
+        .seal_retry_request(&bundle(&p.alice), &mut p.rng, t)
+        .unwrap();
     // The relay delivers the request twice: the copy is a duplicate, answered once.
     let first = p.alice.decrypt(&b, &request.bytes, &mut p.rng, t).unwrap();
     assert_eq!(first.outgoing.len(), 1);
@@ -317,14 +340,26 @@ fn a_device_answers_one_device_at_most_once_per_interval() {
     );
     p.bob = Device::open(bob.into_store()).unwrap();
     assert_eq!(p.bob.retry_requests_due(t + 5), vec![a]);
-    let (early, _) = p.bob.seal_retry_request(&bundle(&p.alice), &mut p.rng, t + 5).unwrap();
-    let answered = p.alice.decrypt(&b, &early.bytes, &mut p.rng, t + 5).unwrap();
+    let (early, _) = p
+        .bob
+        .seal_retry_request(&bundle(&p.alice), &mut p.rng, t + 5)
+        .unwrap();
+    let answered = p
+        .alice
+        .decrypt(&b, &early.bytes, &mut p.rng, t + 5)
+        .unwrap();
     assert!(answered.outgoing.is_empty());
     // After the interval the same ids are answered (the app drops the copy by its own id).
     let later = t + 5 + RETRY_REQUEST_INTERVAL_MS.max(RETRY_ANSWER_INTERVAL_MS);
     assert_eq!(p.bob.retry_requests_due(later), vec![a]);
-    let (request, _) = p.bob.seal_retry_request(&bundle(&p.alice), &mut p.rng, later).unwrap();
-    let answered = p.alice.decrypt(&b, &request.bytes, &mut p.rng, later).unwrap();
+    let (request, _) = p
+        .bob
+        .seal_retry_request(&bundle(&p.alice), &mut p.rng, later)
+        .unwrap();
+    let answered = p
+        .alice
+        .decrypt(&b, &request.bytes, &mut p.rng, later)
+        .unwrap();
     assert_eq!(answered.outgoing.len(), 1);
     let got = p
         .bob

@@ -248,6 +248,92 @@ async fn a_store_poisoned_by_a_failed_flush_is_reopened_and_later_messages_still
     p.relay.stop().await;
 }
 
+/// Copies the directory tree `from` into `to` (a closed profile: a backup, or its restore).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_restored_from_an_old_backup_gets_what_its_stale_session_could_not_decrypt() {
+    let mut p = pair().await;
+    let (a, b) = (p.alice.address().account, p.bob.address().account);
+
+    // Bob's whole profile is backed up while the app is closed.
+    p.bob.shutdown().await;
+    let backup = tempfile::tempdir().unwrap();
+    copy_tree(p.bd.path(), backup.path());
+    let (bob, mut b_rx) = open(p.bd.path(), p.relay.addr, &p.relay.fingerprint);
+    // The conversation goes on past the backup: both ratchets move on.
+    p.alice
+        .send_text(Conversation::Direct(b), "after the backup", None)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut b_rx, text).await, "after the backup");
+    bob.send_text(Conversation::Direct(a), "reply", None)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut p.a_rx, text).await, "reply");
+    p.alice
+        .send_text(Conversation::Direct(b), "and again", None)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut b_rx, text).await, "and again");
+
+    // Bob's profile is restored from the backup: his session with Alice is stale.
+    bob.shutdown().await;
+    std::fs::remove_dir_all(p.bd.path()).unwrap();
+    copy_tree(backup.path(), p.bd.path());
+    let (bob, mut b_rx) = open(p.bd.path(), p.relay.addr, &p.relay.fingerprint);
+    bob.engine().connected(WAIT).await.unwrap();
+
+    // Alice's next message cannot be decrypted with it: Bob's device says so, asks Alice's
+    // device for it on a fresh session, and the message arrives after all.
+    p.alice
+        .send_text(Conversation::Direct(b), "to the restored device", None)
+        .await
+        .unwrap();
+    let mut reported = false;
+    let got = next(&mut b_rx, |e| match e {
+        MessengerEvent::Undecryptable { .. } => {
+            reported = true;
+            None
+        }
+        e => text(e),
+    })
+    .await;
+    assert_eq!(got, "to the restored device");
+    assert!(reported, "the failed decryption was not reported");
+
+    // The fresh session carries the conversation on, both ways.
+    bob.send_text(Conversation::Direct(a), "from the restored device", None)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut p.a_rx, text).await, "from the restored device");
+    p.alice
+        .send_text(Conversation::Direct(b), "healed", None)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut b_rx, text).await, "healed");
+    let counts = history_counts(&bob, Conversation::Direct(a));
+    assert_eq!(counts.get("to the restored device"), Some(&1));
+    assert_eq!(counts.get("healed"), Some(&1));
+    // What the backup did not hold is not in history; nothing arrived twice.
+    assert_eq!(counts.get("after the backup"), None);
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    bob.shutdown().await;
+    p.alice.shutdown().await;
+    p.relay.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanently_undecryptable_envelope_is_acknowledged_and_reported() {
     let mut p = pair().await;

@@ -176,7 +176,8 @@ impl RetryState {
     /// Takes the pending ids of `loaded` (as reloaded from the store), keeping the times.
     pub(crate) fn replace_pending(&mut self, loaded: Self) {
         self.pending = loaded.pending;
-        self.pending_since.retain(|a, _| self.pending.contains_key(a));
+        self.pending_since
+            .retain(|a, _| self.pending.contains_key(a));
     }
 }
 
@@ -312,8 +313,7 @@ impl<S: KvStore> Device<S> {
         error: &Error,
         now: u64,
     ) -> Result<bool> {
-        if !error.calls_for_retry() || *from == self.address || self.known_identity(from).is_err()
-        {
+        if !error.calls_for_retry() || *from == self.address || self.known_identity(from).is_err() {
             return Ok(false);
         }
         let id = pairwise_message_id(bytes);
@@ -409,7 +409,9 @@ impl<S: KvStore> Device<S> {
             .get(&to)
             .filter(|i| !i.is_empty())
             .cloned()
-            .ok_or(ProtocolError::Misuse("no retry request waits for this device"))?;
+            .ok_or(ProtocolError::Misuse(
+                "no retry request waits for this device",
+            ))?;
         let mut tx = Tx::default();
         if self.start_session_in(bundle, rng, now, &mut tx)? != to {
             return Err(Error::malformed("pre-key bundle", "address does not match"));
@@ -600,14 +602,14 @@ mod tests {
         let mut rng = ChaCha20Rng::from_seed([1; 32]);
         let (mut a, mut b) = pair(&mut rng);
         let (aa, ba) = (a.address(), b.address());
-        for ids in [
-            vec![vec![0u8; 31]],
-            vec![vec![0u8; 32]; MAX_RETRY_IDS + 1],
-        ] {
+        for ids in [vec![vec![0u8; 31]], vec![vec![0u8; 32]; MAX_RETRY_IDS + 1]] {
             let bytes = seal_request(&mut a, &ba, ids, &mut rng);
             assert!(matches!(
                 b.decrypt(&aa, &bytes, &mut rng, 2),
-                Err(Error::Malformed { what: "retry request", .. })
+                Err(Error::Malformed {
+                    what: "retry request",
+                    ..
+                })
             ));
         }
         // Nothing was committed: the session still takes the next message.
@@ -627,10 +629,23 @@ mod tests {
         let sent = b.encrypt(&aa, b"to a", &mut rng, 2).unwrap();
         let unknown = pairwise_message_id(b"never sent");
         let bytes = seal_request(&mut a, &ba, vec![unknown.to_vec()], &mut rng);
-        assert!(b.decrypt(&aa, &bytes, &mut rng, 2).unwrap().outgoing.is_empty());
+        assert!(
+            b.decrypt(&aa, &bytes, &mut rng, 2)
+                .unwrap()
+                .outgoing
+                .is_empty()
+        );
         // The id of b's message is known, but under a's address only.
-        assert!(b.sent_log.by_id.contains_key(&(aa, pairwise_message_id(&sent))));
-        assert!(!b.sent_log.by_id.contains_key(&(ba, pairwise_message_id(&sent))));
+        assert!(
+            b.sent_log
+                .by_id
+                .contains_key(&(aa, pairwise_message_id(&sent)))
+        );
+        assert!(
+            !b.sent_log
+                .by_id
+                .contains_key(&(ba, pairwise_message_id(&sent)))
+        );
     }
 
     #[test]
@@ -647,7 +662,11 @@ mod tests {
         }
         assert!(a.sent_log.bytes <= SENT_LOG_MAX_BYTES);
         assert!(a.sent_log.len() < n);
-        assert!(a.sent_log.by_id.contains_key(&(ba, pairwise_message_id(&last))));
+        assert!(
+            a.sent_log
+                .by_id
+                .contains_key(&(ba, pairwise_message_id(&last)))
+        );
         // The index matches the store, entry for entry.
         let stored = a.store.scan(Namespace::SentLog).unwrap();
         assert_eq!(stored.len(), a.sent_log.len());
