@@ -175,6 +175,10 @@ pub const MAX_FORMER_DEVICE_LISTS: usize = 16;
 /// Failures in between are gathered and asked for together.
 pub const RETRY_REQUEST_INTERVAL_MS: u64 = 60_000;
 
+/// Undecryptable messages from a device are gathered this long (milliseconds) before the first
+/// request to it goes out, so that a burst (a reconnect after a restore) is asked for at once.
+pub const RETRY_GATHER_MS: u64 = 2_000;
+
 /// A device answers retry requests from one device at most this often (milliseconds): a
 /// requester that follows the rules never asks more often than [`RETRY_REQUEST_INTERVAL_MS`].
 pub const RETRY_ANSWER_INTERVAL_MS: u64 = 30_000;

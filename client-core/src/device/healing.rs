@@ -25,8 +25,8 @@ use zeroize::Zeroizing;
 use super::{Device, Outgoing, Tx, decode, encode};
 use crate::consts::{
     KEY_LEN, MAX_RESENDS_PER_REQUEST, MAX_RETRY_IDS, MAX_RETRY_PENDING_DEVICES,
-    PAIRWISE_MESSAGE_ID_LABEL, RETRY_ANSWER_INTERVAL_MS, RETRY_REQUEST_INTERVAL_MS,
-    SENT_LOG_MAX_AGE_MS, SENT_LOG_MAX_BYTES, SENT_LOG_MAX_ENTRIES,
+    PAIRWISE_MESSAGE_ID_LABEL, RETRY_ANSWER_INTERVAL_MS, RETRY_GATHER_MS,
+    RETRY_REQUEST_INTERVAL_MS, SENT_LOG_MAX_AGE_MS, SENT_LOG_MAX_BYTES, SENT_LOG_MAX_ENTRIES,
 };
 use crate::error::{AuthError, Error, ProtocolError, Result};
 use crate::keys::{AccountId, DeviceAddress, array};
@@ -39,10 +39,6 @@ pub type MessageId = [u8; 32];
 
 /// Meta key prefix of a sender device's pending retry ids (`"retry/" ‖ address`).
 const RETRY_PENDING_PREFIX: &[u8] = b"retry/";
-
-/// Failures gathered before the first request to a device goes out (milliseconds), so that a
-/// burst of undecryptable messages (a reconnect after a restore) is asked for in one request.
-pub(crate) const RETRY_GATHER_MS: u64 = 2_000;
 
 /// The id of an encoded pairwise message.
 #[must_use]
