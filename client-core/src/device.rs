@@ -101,6 +101,8 @@ pub(crate) struct Tx {
     /// Sealed messages to add to the sent log, and sequence numbers to drop from it.
     pub(crate) sent: Vec<healing::PendingSent>,
     pub(crate) sent_removed: Vec<u64>,
+    /// What this transaction seals is not kept in the sent log (ephemeral payloads).
+    pub(crate) unlogged: bool,
 }
 
 /// One local device.
@@ -892,7 +894,9 @@ impl<S: KvStore> Device<S> {
         self.sessions.insert(*to, record);
         if let Ok(bytes) = &out {
             tx.sessions.insert(*to);
-            self.log_sent(to, bytes, &plaintext, now, tx);
+            if !tx.unlogged {
+                self.log_sent(to, bytes, &plaintext, now, tx);
+            }
         }
         out
     }
@@ -906,13 +910,39 @@ impl<S: KvStore> Device<S> {
         rng: &mut impl CryptoRng,
         now: u64,
     ) -> Result<Vec<u8>> {
+        self.encrypt_app(to, plaintext, rng, now, false)
+    }
+
+    /// As [`Device::encrypt`], for a payload that is worth nothing later (typing, presence):
+    /// it is not kept in the sent log, so a retry request never sends it again (PROTOCOL.md §20).
+    pub fn encrypt_ephemeral(
+        &mut self,
+        to: &DeviceAddress,
+        plaintext: &[u8],
+        rng: &mut impl CryptoRng,
+        now: u64,
+    ) -> Result<Vec<u8>> {
+        self.encrypt_app(to, plaintext, rng, now, true)
+    }
+
+    fn encrypt_app(
+        &mut self,
+        to: &DeviceAddress,
+        plaintext: &[u8],
+        rng: &mut impl CryptoRng,
+        now: u64,
+        unlogged: bool,
+    ) -> Result<Vec<u8>> {
         if plaintext.len() > MAX_PLAINTEXT_LEN - 16 {
             return Err(ProtocolError::TooLarge(plaintext.len()).into());
         }
         let content = wire::Content {
             body: Some(wire::content::Body::App(plaintext.to_vec())),
         };
-        let mut tx = Tx::default();
+        let mut tx = Tx {
+            unlogged,
+            ..Tx::default()
+        };
         let bytes = self.seal(to, &content, rng, now, &mut tx)?;
         self.finish(tx)?;
         Ok(bytes)

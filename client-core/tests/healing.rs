@@ -415,4 +415,10 @@ fn the_sent_log_forgets_messages_past_its_age() {
     );
     p.alice = Device::open(alice.into_store()).unwrap();
     assert_eq!(p.alice.sent_log_len(), 1);
+    // Ephemeral payloads (typing, presence) are never kept.
+    let b = p.bob.address();
+    p.alice
+        .encrypt_ephemeral(&b, b"typing", &mut p.rng, T0 + 13 + SENT_LOG_MAX_AGE_MS)
+        .unwrap();
+    assert_eq!(p.alice.sent_log_len(), 1);
 }

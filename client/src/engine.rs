@@ -1217,12 +1217,14 @@ impl Inner {
         Ok(())
     }
 
-    /// Encrypts `plaintext` for every listed device of `to` but this one.
+    /// Encrypts `plaintext` for every listed device of `to` but this one (`ephemeral`: kept out of
+    /// the sent log, never sent again).
     async fn seal_for(
         &self,
         conn: &RelayConnection,
         to: &AccountId,
         plaintext: &[u8],
+        ephemeral: bool,
     ) -> Result<Vec<api::OutEnvelope>, ClientError> {
         let me = self.lock()?.address();
         let targets: Vec<DeviceAddress> = {
@@ -1238,7 +1240,11 @@ impl Inner {
         let mut out = Vec::with_capacity(targets.len());
         let mut d = self.lock()?;
         for t in targets {
-            let bytes = d.encrypt(&t, plaintext, &mut rng(), now_ms())?;
+            let bytes = if ephemeral {
+                d.encrypt_ephemeral(&t, plaintext, &mut rng(), now_ms())?
+            } else {
+                d.encrypt(&t, plaintext, &mut rng(), now_ms())?
+            };
             out.push(api::OutEnvelope {
                 device_id: t.device_id,
                 body: Sealed {
@@ -1270,7 +1276,7 @@ impl Inner {
                 if !known || attempt > 0 {
                     self.refresh_list(&conn, to).await?;
                 }
-                let envelopes = self.seal_for(&conn, to, plaintext).await?;
+                let envelopes = self.seal_for(&conn, to, plaintext, ephemeral).await?;
                 if envelopes.is_empty() {
                     // One's own account with no other device: nothing to deliver.
                     return Ok(());
