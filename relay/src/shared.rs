@@ -366,7 +366,9 @@ impl Relay {
         }
     }
 
-    /// Sets the mailbox bytes gauge from the store (after every change of the mailboxes).
+    /// Sets the mailbox bytes gauge from the store (after every change of the mailboxes). Cheap
+    /// enough for every send and ack: the stores publish their total in an atomic, read here
+    /// without their lock.
     pub(crate) fn update_mailbox_gauge(&self) {
         if let Ok(bytes) = self.store.mailbox_bytes() {
             self.metrics

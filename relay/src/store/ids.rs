@@ -16,15 +16,20 @@ use std::collections::{HashMap, VecDeque};
 
 use sha2::{Digest, Sha256};
 
-use super::Envelope;
+use super::{DeviceId, Envelope};
 use crate::limits;
 
 /// An envelope's key in the index.
 pub(crate) fn send_key(e: &Envelope) -> u128 {
+    key_of(&e.recipient, &e.sender, &e.client_id)
+}
+
+/// The key of the envelope from `sender` to `recipient` with `client_id`.
+pub(crate) fn key_of(recipient: &DeviceId, sender: &DeviceId, client_id: &[u8; 16]) -> u128 {
     let mut h = Sha256::new();
-    h.update(e.recipient.key());
-    h.update(e.sender.key());
-    h.update(e.client_id);
+    h.update(recipient.key());
+    h.update(sender.key());
+    h.update(client_id);
     let d = h.finalize();
     let mut k = [0u8; 16];
     k.copy_from_slice(d.get(..16).unwrap_or(&[0u8; 16]));

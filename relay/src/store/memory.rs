@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::ids::{SendIds, send_key};
 use super::usage::{self, Usage, stored_bytes};
@@ -35,12 +36,20 @@ struct Inner {
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// The total of `inner`'s mailbox usage, stored after every change of it (under the lock),
+    /// so that [`MailboxStore::mailbox_bytes`] reads it without the lock.
+    mailbox_total: AtomicU64,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Stores the mailbox total for lock-free readers (called with the lock held).
+    fn publish_total(&self, g: &Inner) {
+        self.mailbox_total.store(g.usage.total(), Ordering::Relaxed);
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
@@ -193,17 +202,20 @@ impl Inner {
 
 impl MailboxStore for MemoryStore {
     fn enqueue(&self, envelopes: &[Envelope], quotas: &Quotas) -> Result<Vec<Enqueued>> {
+        // Each envelope's recent-send key, hashed once and before the lock.
+        let keys: Vec<u128> = envelopes.iter().map(send_key).collect();
         let mut g = self.lock()?;
         // Plan first (caps checked against everything queued), write nothing on a refusal.
         let new: Vec<&Envelope> = envelopes
             .iter()
-            .filter(|e| g.ids.get(send_key(e)).is_none())
+            .zip(&keys)
+            .filter(|(_, k)| g.ids.get(**k).is_none())
+            .map(|(e, _)| e)
             .collect();
         let known = new.len() < envelopes.len();
         let mut plan = g.usage.plan(&new, !known, quotas)?.into_iter();
         let mut out = Vec::with_capacity(envelopes.len());
-        for e in envelopes {
-            let id = send_key(e);
+        for (e, &id) in envelopes.iter().zip(&keys) {
             if let Some((seq, at)) = g.ids.get(id) {
                 out.push(Enqueued {
                     seq,
@@ -242,6 +254,7 @@ impl MailboxStore for MemoryStore {
                 full: None,
             });
         }
+        self.publish_total(&g);
         Ok(out)
     }
 
@@ -272,6 +285,7 @@ impl MailboxStore for MemoryStore {
             }
         }
         g.forget(&removed);
+        self.publish_total(&g);
         // The send ids stay in the recent-send index, so a send retried after the ack is still a
         // no-op while it is remembered.
         Ok(removed.len())
@@ -293,6 +307,7 @@ impl MailboxStore for MemoryStore {
             }
         }
         g.forget(&removed);
+        self.publish_total(&g);
         Ok(removed.len())
     }
 
@@ -313,7 +328,8 @@ impl MailboxStore for MemoryStore {
     }
 
     fn mailbox_bytes(&self) -> Result<u64> {
-        Ok(self.lock()?.usage.total())
+        // Read on every send and ack (the gauge): no lock.
+        Ok(self.mailbox_total.load(Ordering::Relaxed))
     }
 
     fn purge(&self, device: &DeviceId) -> Result<usize> {
@@ -324,6 +340,7 @@ impl MailboxStore for MemoryStore {
             .map(|q| q.into_values().collect())
             .unwrap_or_default();
         g.forget(&removed);
+        self.publish_total(&g);
         Ok(removed.len())
     }
 

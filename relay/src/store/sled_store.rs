@@ -8,7 +8,7 @@
 //! | `prekeys` | device (36) | `StoredPreKeys` |
 //! | `otk` | device (36) ‖ id u32 | serialized `OneTimePreKey` |
 //! | `kem` | device (36) ‖ id u32 | serialized one-time `KemPreKey` |
-//! | `mail` | recipient (36) ‖ seq u64 | `StoredEnvelope` (sender, client id, body, received at) |
+//! | `mail` | recipient (36) ‖ seq u64 | record: 0 ‖ sender account (32) ‖ sender device u32 ‖ client id (16) ‖ received at u64 ‖ body |
 //! | `meta` | `"boot"` | number of times the database was opened u64 |
 //! | `push` | device (36) | endpoint URL (UTF-8) |
 //! | `names` | normalized username (UTF-8) | account (32) ‖ account-key signature (64) |
@@ -18,9 +18,14 @@
 //! three trees used to keep (each queue's last sequence number, its count and bytes, and the
 //! recent-send index) lives in memory, behind one mutex, and is rebuilt from the `mail` tree when
 //! the database opens (one pass over the queued envelopes), together with the mailbox usage per
-//! device, per (device, sending account), per account and in total (`store::usage`): a removal
-//! decodes the record it removed to lower them. An enqueue holds that mutex while it
-//! checks the index and the caps and gives the sequence numbers (a refused send writes
+//! device, per (device, sending account), per account and in total (`store::usage`). A removal
+//! lowers them by the record it removed without decoding it: the sender is at a fixed place in
+//! the record's head and the size follows from its length, so an acknowledgement copies and
+//! allocates nothing; the expiry sweep and the rebuild at open read the same head. The head is
+//! part of the one value each envelope is written as, so it can never disagree with the
+//! envelope, whatever a crash keeps. The relay-wide total is also published in an atomic, which
+//! the mailbox gauge reads without the lock after every send and ack. An enqueue holds that mutex
+//! while it checks the index and the caps and gives the sequence numbers (a refused send writes
 //! nothing), then writes each envelope with one plain `insert` and counts it; so a retried send
 //! is not queued twice (while its id is remembered: `store::ids`), a queue cap is exact, and each
 //! queue's sequence numbers are increasing and in commit order.
@@ -47,10 +52,14 @@
 //! their multi-tree transactions.
 //!
 //! Databases written by earlier versions also hold `mail_ids` and `mail_seq` trees; they are no
-//! longer read and are dropped at open.
+//! longer read and are dropped at open. Their `mail` records may be protobuf `StoredEnvelope`s
+//! (sender, client id, body, received at), which never start with the 0 of the current layout:
+//! they are still read (and decoded where the current layout needs none) until acknowledged or
+//! expired.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use hush_proto::Message;
@@ -84,6 +93,9 @@ pub struct SledStore {
     seq_floor: u64,
     /// Queue counters and the recent-send index (rebuilt at open).
     state: Mutex<MailState>,
+    /// The total of `state`'s mailbox usage, stored after every change of it (under the lock),
+    /// so that [`MailboxStore::mailbox_bytes`] reads it without the lock.
+    mailbox_total: AtomicU64,
     /// One-time keys left per device: (X25519, ML-KEM) (rebuilt at open).
     key_counts: Mutex<HashMap<DeviceId, (usize, usize)>>,
 }
@@ -137,6 +149,7 @@ impl SledStore {
             name_of: tree("name_of")?,
             seq_floor: 0,
             state: Mutex::new(MailState::default()),
+            mailbox_total: AtomicU64::new(0),
             key_counts: Mutex::new(HashMap::new()),
             db,
         }
@@ -159,11 +172,28 @@ impl SledStore {
                 .and_then(DeviceId::from_key)
                 .ok_or(StoreError::Corrupt("mail"))?;
             let seq = be_u64(k.get(36..).ok_or(StoreError::Corrupt("mail"))?, "mail")?;
-            let e = decode_envelope(d, &v)?;
+            // The head is all it takes (the body is not copied), but for earlier-layout records.
+            let (head, bytes) = match record_head(&v) {
+                Some(h) => (
+                    h,
+                    usage::body_stored_bytes(v.len().saturating_sub(RECORD_HEAD)),
+                ),
+                None => {
+                    let e = decode_legacy(d, &v)?;
+                    let bytes = stored_bytes(&e);
+                    let head = Head {
+                        sender: e.sender,
+                        client_id: e.client_id,
+                        received_at: e.received_at,
+                    };
+                    (head, bytes)
+                }
+            };
             let last = st.last.entry(d).or_default();
             *last = (*last).max(seq);
-            st.usage.add(d, &e.sender.account, stored_bytes(&e));
-            recent.push((e.received_at, ids::send_key(&e), seq));
+            st.usage.add(d, &head.sender.account, bytes);
+            let key = ids::key_of(&d, &head.sender, &head.client_id);
+            recent.push((head.received_at, key, seq));
         }
         recent.sort_unstable();
         for (at, key, seq) in recent {
@@ -185,9 +215,18 @@ impl SledStore {
                 }
             }
         }
-        *self.state()? = st;
+        let mut state = self.state()?;
+        *state = st;
+        self.publish_total(&state);
+        drop(state);
         *self.counts()? = counts;
         Ok(self)
+    }
+
+    /// Stores the mailbox total for lock-free readers (called with the state lock held).
+    fn publish_total(&self, st: &MailState) {
+        self.mailbox_total
+            .store(st.usage.total(), Ordering::Relaxed);
     }
 
     fn state(&self) -> Result<MutexGuard<'_, MailState>> {
@@ -509,7 +548,59 @@ fn mail_key(device: &DeviceId, seq: u64) -> [u8; 44] {
     k
 }
 
+/// First byte of a `mail` record in the current layout. A record of the earlier layout (a
+/// protobuf `StoredEnvelope`) never starts with it: its first byte is a field tag, and field
+/// number 0 does not exist.
+const RECORD_TAG: u8 = 0;
+
+/// Length of a record's fixed head: tag ‖ sender account (32) ‖ sender device u32 ‖
+/// client id (16) ‖ received at u64; the body follows.
+const RECORD_HEAD: usize = 1 + 32 + 4 + 16 + 8;
+
+/// What a `mail` record holds besides its body.
+struct Head {
+    sender: DeviceId,
+    client_id: [u8; 16],
+    received_at: u64,
+}
+
+/// Reads the fixed head of a current-layout record (`None` for any other record).
+fn record_head(v: &[u8]) -> Option<Head> {
+    let (head, _) = v.split_first_chunk::<RECORD_HEAD>()?;
+    let (tag, rest) = head.split_first()?;
+    if *tag != RECORD_TAG {
+        return None;
+    }
+    let (account, rest) = rest.split_first_chunk::<32>()?;
+    let (device, rest) = rest.split_first_chunk::<4>()?;
+    let (client_id, rest) = rest.split_first_chunk::<16>()?;
+    let received_at = rest.first_chunk::<8>()?;
+    Some(Head {
+        sender: DeviceId {
+            account: *account,
+            device: u32::from_be_bytes(*device),
+        },
+        client_id: *client_id,
+        received_at: u64::from_be_bytes(*received_at),
+    })
+}
+
+/// A stored record as an envelope (either layout).
 fn decode_envelope(recipient: DeviceId, v: &[u8]) -> Result<Envelope> {
+    if let Some(h) = record_head(v) {
+        return Ok(Envelope {
+            recipient,
+            sender: h.sender,
+            client_id: h.client_id,
+            body: v.get(RECORD_HEAD..).unwrap_or_default().to_vec(),
+            received_at: h.received_at,
+        });
+    }
+    decode_legacy(recipient, v)
+}
+
+/// A record of the earlier layout (a protobuf `StoredEnvelope`).
+fn decode_legacy(recipient: DeviceId, v: &[u8]) -> Result<Envelope> {
     let s = StoredEnvelope::decode(v).map_err(|_| StoreError::Corrupt("mail"))?;
     Ok(Envelope {
         recipient,
@@ -531,15 +622,47 @@ fn decode_envelope(recipient: DeviceId, v: &[u8]) -> Result<Envelope> {
     })
 }
 
-fn encode_envelope(e: &Envelope) -> Vec<u8> {
-    StoredEnvelope {
-        sender_account: e.sender.account.to_vec(),
-        sender_device: e.sender.device,
-        client_id: e.client_id.to_vec(),
-        body: e.body.clone(),
-        received_at: e.received_at,
+/// What the counters charge a record to, read without decoding it: the sending account and the
+/// bytes as `usage::stored_bytes` counts them (the body is the rest of the record).
+fn charged(v: &[u8]) -> Option<([u8; 32], u64)> {
+    match record_head(v) {
+        Some(h) => Some((
+            h.sender.account,
+            usage::body_stored_bytes(v.len().saturating_sub(RECORD_HEAD)),
+        )),
+        // An earlier-layout record is decoded (only databases written before this layout hold
+        // them).
+        None => {
+            let nobody = DeviceId {
+                account: [0; 32],
+                device: 0,
+            };
+            let e = decode_legacy(nobody, v).ok()?;
+            Some((e.sender.account, stored_bytes(&e)))
+        }
     }
-    .encode_to_vec()
+}
+
+/// When a record was received, read without decoding its body.
+fn received_at(v: &[u8]) -> Result<u64> {
+    match record_head(v) {
+        Some(h) => Ok(h.received_at),
+        None => Ok(StoredEnvelope::decode(v)
+            .map_err(|_| StoreError::Corrupt("mail"))?
+            .received_at),
+    }
+}
+
+/// An envelope as a record of the current layout: one allocation, the body copied once.
+fn encode_envelope(e: &Envelope) -> Vec<u8> {
+    let mut v = Vec::with_capacity(RECORD_HEAD.saturating_add(e.body.len()));
+    v.push(RECORD_TAG);
+    v.extend_from_slice(&e.sender.account);
+    v.extend_from_slice(&e.sender.device.to_be_bytes());
+    v.extend_from_slice(&e.client_id);
+    v.extend_from_slice(&e.received_at.to_be_bytes());
+    v.extend_from_slice(&e.body);
+    v
 }
 
 impl SledStore {
@@ -551,11 +674,12 @@ impl SledStore {
         for seq in seqs {
             if let Some(old) = self.mail.remove(mail_key(device, seq)).map_err(backend)? {
                 n += 1;
-                // The counters follow what was removed; a record that does not decode (never
-                // written by this code) was counted by nothing.
-                if let Ok(e) = decode_envelope(*device, &old) {
-                    st.usage
-                        .remove(*device, &e.sender.account, stored_bytes(&e));
+                // The counters follow what was removed, read from the record's head (no decode);
+                // a record that does not decode (never written by this code) was counted by
+                // nothing.
+                if let Some((sender, bytes)) = charged(&old) {
+                    st.usage.remove(*device, &sender, bytes);
+                    self.publish_total(&st);
                 }
             }
         }
@@ -566,28 +690,32 @@ impl SledStore {
 impl MailboxStore for SledStore {
     fn enqueue(&self, envelopes: &[Envelope], quotas: &Quotas) -> Result<Vec<Enqueued>> {
         let floor = self.seq_floor;
+        // Each envelope's recent-send key, hashed once and before the lock.
+        let keys: Vec<u128> = envelopes.iter().map(ids::send_key).collect();
+        // Only a send of several envelopes can name one key twice or one queue twice; a send of
+        // one (the usual) needs none of the per-send maps below, which then stay empty.
+        let several = envelopes.len() > 1;
         let mut st = self.state()?;
         let mut out = Vec::with_capacity(envelopes.len());
         // First the plan (duplicates, caps, sequence numbers), touching nothing: a refused send
         // leaves the store as it was.
-        let mut planned: std::collections::HashSet<u128> = std::collections::HashSet::new();
+        let mut planned: HashSet<u128> = HashSet::new();
         let mut new: Vec<&Envelope> = Vec::with_capacity(envelopes.len());
         let mut known = false;
-        for e in envelopes {
-            let key = ids::send_key(e);
+        for (e, &key) in envelopes.iter().zip(&keys) {
             if st.ids.get(key).is_some() {
                 known = true;
-            } else if planned.insert(key) {
+            } else if !several || planned.insert(key) {
                 new.push(e);
             }
         }
         let mut plan = st.usage.plan(&new, !known, quotas)?.into_iter();
         // What this send decided per key (an envelope repeated inside it gets the same answer).
-        let mut decided: HashMap<u128, Enqueued> = HashMap::with_capacity(envelopes.len());
+        let mut decided: HashMap<u128, Enqueued> = HashMap::new();
+        // The last sequence number this send gave per queue.
         let mut lasts: HashMap<DeviceId, u64> = HashMap::new();
         let mut writes: Vec<(u128, u64, &Envelope)> = Vec::with_capacity(envelopes.len());
-        for e in envelopes {
-            let key = ids::send_key(e);
+        for (e, &key) in envelopes.iter().zip(&keys) {
             if let Some(d) = decided.get(&key) {
                 out.push(Enqueued {
                     fresh: false,
@@ -614,18 +742,20 @@ impl MailboxStore for SledStore {
                     prev: 0,
                     full: Some(full),
                 };
-                decided.insert(key, skipped);
+                if several {
+                    decided.insert(key, skipped);
+                }
                 out.push(skipped);
                 continue;
             }
-            let last = lasts
-                .entry(e.recipient)
-                .or_insert_with(|| st.last.get(&e.recipient).copied().unwrap_or_default());
             // Sequence numbers start at 1 (0 means "from the start" in `fetch`) and never repeat
             // across restarts.
-            let prev = *last;
+            let prev = lasts
+                .get(&e.recipient)
+                .or_else(|| st.last.get(&e.recipient))
+                .copied()
+                .unwrap_or_default();
             let seq = prev.saturating_add(1).max(floor);
-            *last = seq;
             writes.push((key, seq, e));
             let queued = Enqueued {
                 seq,
@@ -634,7 +764,10 @@ impl MailboxStore for SledStore {
                 prev,
                 full: None,
             };
-            decided.insert(key, queued);
+            if several {
+                lasts.insert(e.recipient, seq);
+                decided.insert(key, queued);
+            }
             out.push(queued);
         }
         // Then one plain insert per envelope, each counted as soon as it is written (see the
@@ -650,6 +783,7 @@ impl MailboxStore for SledStore {
             *last = (*last).max(seq);
             st.usage
                 .add(e.recipient, &e.sender.account, stored_bytes(e));
+            self.publish_total(&st);
             st.ids.insert(key, seq, e.received_at);
         }
         Ok(out)
@@ -684,8 +818,7 @@ impl MailboxStore for SledStore {
         let mut old: BTreeMap<DeviceId, Vec<u64>> = BTreeMap::new();
         for item in self.mail.iter() {
             let (k, v) = item.map_err(backend)?;
-            let s = StoredEnvelope::decode(v.as_ref()).map_err(|_| StoreError::Corrupt("mail"))?;
-            if s.received_at < cutoff {
+            if received_at(&v)? < cutoff {
                 let d = k
                     .get(..36)
                     .and_then(DeviceId::from_key)
@@ -719,7 +852,8 @@ impl MailboxStore for SledStore {
     }
 
     fn mailbox_bytes(&self) -> Result<u64> {
-        Ok(self.state()?.usage.total())
+        // Read on every send and ack (the gauge): no lock.
+        Ok(self.mailbox_total.load(Ordering::Relaxed))
     }
 
     fn purge(&self, device: &DeviceId) -> Result<usize> {
@@ -849,6 +983,90 @@ mod tests {
         assert_eq!(s.ack(&d(2), &seqs).unwrap(), 3);
         assert_eq!(s.mailbox_bytes().unwrap(), 0);
         assert!(s.enqueue(&[e(1, 4)], &q).unwrap()[0].fresh);
+    }
+
+    #[test]
+    fn records_of_the_earlier_layout_are_read_counted_expired_and_acknowledged() {
+        use crate::store::usage::{Count, ENVELOPE_OVERHEAD};
+        use crate::store::{DeviceId, Envelope, MailboxStore, Quotas};
+        use hush_proto::Message;
+        let dir = tempfile::tempdir().unwrap();
+        let d = |a: u8| DeviceId {
+            account: [a; 32],
+            device: 1,
+        };
+        let legacy = |id: u8, at: u64| {
+            hush_proto::relay::StoredEnvelope {
+                sender_account: vec![1; 32],
+                sender_device: 1,
+                client_id: vec![id; 16],
+                body: vec![id; 100],
+                received_at: at,
+            }
+            .encode_to_vec()
+        };
+        {
+            // A database written before the current layout: protobuf records.
+            let db = retry(|| super::open_db(dir.path()));
+            let mail = db.open_tree("mail").unwrap();
+            mail.insert(super::mail_key(&d(2), 1), legacy(1, 10))
+                .unwrap();
+            mail.insert(super::mail_key(&d(2), 2), legacy(2, 1_000))
+                .unwrap();
+            mail.insert(super::mail_key(&d(3), 1), legacy(3, 1_000))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let s = retry(|| super::SledStore::open(dir.path()));
+        let one = 100 + ENVELOPE_OVERHEAD;
+        assert_eq!(s.mailbox_bytes().unwrap(), 3 * one);
+        assert_eq!(
+            s.sender_usage(&d(2), &[1; 32]).unwrap(),
+            Count {
+                envelopes: 2,
+                bytes: 2 * one
+            }
+        );
+        let q = s.fetch(&d(2), 0, 10).unwrap();
+        assert_eq!(q.len(), 2);
+        assert_eq!(q[0].envelope.sender, d(1));
+        assert_eq!(q[0].envelope.client_id, [1; 16]);
+        assert_eq!(q[0].envelope.body, vec![1; 100]);
+        assert_eq!(q[0].envelope.received_at, 10);
+        // A retry of a queued legacy envelope is recognised.
+        let retry_of = Envelope {
+            recipient: d(2),
+            sender: d(1),
+            client_id: [2; 16],
+            body: vec![2; 100],
+            received_at: 2_000,
+        };
+        let again = s.enqueue(&[retry_of], &Quotas::UNLIMITED).unwrap();
+        assert!(!again[0].fresh);
+        assert_eq!(again[0].seq, 2);
+        // Expiry, acknowledgement and purge give their bytes back; new records mix in.
+        assert_eq!(s.sweep(100).unwrap(), 1);
+        assert_eq!(s.mailbox_bytes().unwrap(), 2 * one);
+        let fresh = Envelope {
+            recipient: d(2),
+            sender: d(4),
+            client_id: [4; 16],
+            body: vec![4; 10],
+            received_at: 2_000,
+        };
+        assert!(s.enqueue(&[fresh], &Quotas::UNLIMITED).unwrap()[0].fresh);
+        assert_eq!(s.mailbox_bytes().unwrap(), 2 * one + 10 + ENVELOPE_OVERHEAD);
+        let seqs: Vec<u64> = s
+            .fetch(&d(2), 0, 10)
+            .unwrap()
+            .iter()
+            .map(|x| x.seq)
+            .collect();
+        assert_eq!(seqs.len(), 2);
+        assert_eq!(s.ack(&d(2), &seqs).unwrap(), 2);
+        assert_eq!(s.purge(&d(3)).unwrap(), 1);
+        assert_eq!(s.mailbox_bytes().unwrap(), 0);
+        assert_eq!(s.queue_usage(&d(2)).unwrap(), Count::default());
     }
 
     #[test]

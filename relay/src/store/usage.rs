@@ -8,13 +8,19 @@
 //! reaches zero, so the maps hold no more than the queued envelopes' keys.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use super::{DeviceId, Envelope, Full, Quotas, Result, StoreError};
 
 /// Bytes one envelope counts for: its body and a fixed charge for what is stored with it
 /// (queue key, sender, client id, time).
 pub fn stored_bytes(e: &Envelope) -> u64 {
-    (e.body.len() as u64).saturating_add(ENVELOPE_OVERHEAD)
+    body_stored_bytes(e.body.len())
+}
+
+/// [`stored_bytes`] of an envelope whose body is `body_len` bytes long.
+pub fn body_stored_bytes(body_len: usize) -> u64 {
+    (body_len as u64).saturating_add(ENVELOPE_OVERHEAD)
 }
 
 /// The fixed per-envelope charge of [`stored_bytes`].
@@ -58,16 +64,40 @@ pub(crate) struct Usage {
     total: u64,
 }
 
+/// Applies `f` to `key`'s count (zero if absent), dropping the entry if the result is zero; one
+/// hash of the key.
 fn change<K: std::hash::Hash + Eq>(
     map: &mut HashMap<K, Count>,
     key: K,
     f: impl Fn(Count) -> Count,
 ) {
-    let c = f(map.get(&key).copied().unwrap_or_default());
-    if c.is_zero() {
-        map.remove(&key);
+    match map.entry(key) {
+        Entry::Occupied(mut o) => {
+            let c = f(*o.get());
+            if c.is_zero() {
+                o.remove();
+            } else {
+                o.insert(c);
+            }
+        }
+        Entry::Vacant(v) => {
+            let c = f(Count::default());
+            if !c.is_zero() {
+                v.insert(c);
+            }
+        }
+    }
+}
+
+/// Whether a queue holding `queue` (this sender's share: `share`) after adding an envelope
+/// goes over a cap, and which.
+fn over(queue: Count, share: Count, quotas: &Quotas) -> Option<Full> {
+    if queue.envelopes > quotas.queue_len || queue.bytes > quotas.queue_bytes {
+        Some(Full::Queue)
+    } else if share.envelopes > quotas.sender_len || share.bytes > quotas.sender_bytes {
+        Some(Full::Sender)
     } else {
-        map.insert(key, c);
+        None
     }
 }
 
@@ -85,10 +115,12 @@ impl Usage {
     pub(crate) fn remove(&mut self, recipient: DeviceId, sender: &[u8; 32], bytes: u64) {
         change(&mut self.queues, recipient, |c| c.minus(bytes));
         change(&mut self.senders, (recipient, *sender), |c| c.minus(bytes));
-        if let Some(a) = self.accounts.get_mut(&recipient.account) {
-            *a = a.saturating_sub(bytes);
-            if *a == 0 {
-                self.accounts.remove(&recipient.account);
+        if let Entry::Occupied(mut a) = self.accounts.entry(recipient.account) {
+            let left = a.get().saturating_sub(bytes);
+            if left == 0 {
+                a.remove();
+            } else {
+                a.insert(left);
             }
         }
         self.total = self.total.saturating_sub(bytes);
@@ -129,6 +161,28 @@ impl Usage {
         all_full_refuses: bool,
         quotas: &Quotas,
     ) -> Result<Vec<Option<Full>>> {
+        // One new envelope (the usual send): checked against the counters as they are, without
+        // the tallies below of what the send itself adds; the same answers as the loop.
+        if let [e] = new {
+            let bytes = stored_bytes(e);
+            let full = over(
+                self.queue(&e.recipient).plus(bytes),
+                self.sender(&e.recipient, &e.sender.account).plus(bytes),
+                quotas,
+            );
+            match full {
+                Some(Full::Queue) if all_full_refuses => {
+                    return Err(StoreError::QueueFull(e.recipient));
+                }
+                Some(Full::Sender) if all_full_refuses => {
+                    return Err(StoreError::SenderQuota(e.recipient));
+                }
+                // Nothing added: only the relay's cap, as below.
+                Some(_) => self.check_bytes(None, 0, quotas)?,
+                None => self.check_bytes(Some(e.recipient.account), bytes, quotas)?,
+            }
+            return Ok(vec![full]);
+        }
         let mut queues: HashMap<DeviceId, Count> = HashMap::new();
         let mut senders: HashMap<(DeviceId, [u8; 32]), Count> = HashMap::new();
         let mut accounts: HashMap<[u8; 32], u64> = HashMap::new();
@@ -144,13 +198,7 @@ impl Usage {
                 .entry(key)
                 .or_insert_with(|| self.sender(&e.recipient, &e.sender.account));
             let (q2, s2) = (q.plus(bytes), s.plus(bytes));
-            let full = if q2.envelopes > quotas.queue_len || q2.bytes > quotas.queue_bytes {
-                Some(Full::Queue)
-            } else if s2.envelopes > quotas.sender_len || s2.bytes > quotas.sender_bytes {
-                Some(Full::Sender)
-            } else {
-                None
-            };
+            let full = over(q2, s2, quotas);
             if full.is_none() {
                 queues.insert(e.recipient, q2);
                 senders.insert(key, s2);
@@ -181,5 +229,18 @@ impl Usage {
             return Err(StoreError::RelayFull);
         }
         Ok(out)
+    }
+
+    /// The byte caps when `adding` more bytes are queued, all for `account` (if any).
+    fn check_bytes(&self, account: Option<[u8; 32]>, adding: u64, quotas: &Quotas) -> Result<()> {
+        if let Some(a) = account
+            && self.account(&a).saturating_add(adding) > quotas.account_bytes
+        {
+            return Err(StoreError::MailboxFull);
+        }
+        if self.total.saturating_add(adding) > quotas.total_bytes {
+            return Err(StoreError::RelayFull);
+        }
+        Ok(())
     }
 }
