@@ -179,10 +179,6 @@ pub const RETRY_REQUEST_INTERVAL_MS: u64 = 60_000;
 /// request to it goes out, so that a burst (a reconnect after a restore) is asked for at once.
 pub const RETRY_GATHER_MS: u64 = 2_000;
 
-/// A device answers retry requests from one device at most this often (milliseconds): a
-/// requester that follows the rules never asks more often than [`RETRY_REQUEST_INTERVAL_MS`].
-pub const RETRY_ANSWER_INTERVAL_MS: u64 = 30_000;
-
 /// Message ids in one retry request, and undecryptable messages remembered per sender device
 /// (past it the oldest is forgotten).
 pub const MAX_RETRY_IDS: usize = 32;
@@ -201,8 +197,12 @@ pub const SENT_LOG_MAX_ENTRIES: usize = 20_000;
 /// Bytes of sent contents kept at most: 32 MiB (the oldest are dropped first).
 pub const SENT_LOG_MAX_BYTES: usize = 32 << 20;
 
-/// Messages sent again in answer to one retry request at most (the newest win).
-pub const MAX_RESENDS_PER_REQUEST: usize = 256;
+/// A sent message is sent again at most this often, however often it is asked for.
+pub const MAX_RESENDS_PER_MESSAGE: u32 = 2;
+
+/// Ids of the last pairwise messages decrypted from each device, kept so that a redelivery of
+/// one of them (an ack lost on the way) is not asked for again.
+pub const RECENT_IDS_KEPT: usize = 32;
 
 /// Domain label of a pairwise message id: `SHA-256(label ‖ encoded PairwiseMessage)`.
 pub const PAIRWISE_MESSAGE_ID_LABEL: &[u8] = b"Hush_PairwiseMessageId_v1";

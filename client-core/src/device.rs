@@ -103,6 +103,11 @@ pub(crate) struct Tx {
     pub(crate) sent_removed: Vec<u64>,
     /// What this transaction seals is not kept in the sent log (ephemeral payloads).
     pub(crate) unlogged: bool,
+    /// The recent ids of the device a message was decrypted from.
+    pub(crate) recent: Option<(
+        DeviceAddress,
+        std::collections::VecDeque<healing::MessageId>,
+    )>,
 }
 
 /// One local device.
@@ -894,8 +899,11 @@ impl<S: KvStore> Device<S> {
         self.sessions.insert(*to, record);
         if let Ok(bytes) = &out {
             tx.sessions.insert(*to);
-            if !tx.unlogged {
-                self.log_sent(to, bytes, &plaintext, now, tx);
+            // Sender keys are not kept: they are secrets, and a member that misses one asks
+            // for it (§18.3).
+            let secret = matches!(content.body, Some(wire::content::Body::SenderKey(_)));
+            if !tx.unlogged && !secret {
+                self.log_sent(to, &identity, bytes, &plaintext, now, 0, tx);
             }
         }
         out
@@ -1030,6 +1038,7 @@ impl<S: KvStore> Device<S> {
         self.sessions.insert(*from, record);
         let mut tx = Tx::default();
         tx.sessions.insert(*from);
+        self.note_decrypted(from, bytes, &mut tx);
         let incoming =
             match self.process_content(from, &decrypted.plaintext, rng, now, &mut tx, &consumed) {
                 Ok(i) => i,

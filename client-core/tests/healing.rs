@@ -10,7 +10,7 @@
 )]
 
 use hush_core::consts::{
-    MAX_RETRY_IDS, RETRY_ANSWER_INTERVAL_MS, RETRY_REQUEST_INTERVAL_MS, SENT_LOG_MAX_AGE_MS,
+    MAX_RESENDS_PER_MESSAGE, MAX_RETRY_IDS, RETRY_REQUEST_INTERVAL_MS, SENT_LOG_MAX_AGE_MS,
 };
 use hush_core::device::{Device, pairwise_message_id};
 use hush_core::error::{AuthError, Error, ProtocolError};
@@ -129,9 +129,9 @@ fn a_device_restored_from_an_old_backup_asks_again_and_gets_the_message_on_a_fre
     assert!(err.calls_for_retry(), "{err}");
     assert!(p.bob.note_undecryptable(&a, &lost, &err, t).unwrap());
     // Gathered for a moment, then due.
-    assert!(p.bob.retry_requests_due(t).is_empty());
+    assert!(p.bob.retry_requests_due(t, 8).is_empty());
     assert_eq!(p.bob.next_retry_request_at(), Some(t + GATHERED));
-    assert_eq!(p.bob.retry_requests_due(t + GATHERED), vec![a]);
+    assert_eq!(p.bob.retry_requests_due(t + GATHERED, 8), vec![a]);
 
     let t = t + GATHERED;
     let (request, ids) = p
@@ -179,7 +179,7 @@ fn a_restored_sender_whose_message_key_was_used_before_is_asked_again() {
     );
     assert!(p.alice.note_undecryptable(&b, &stale, &err, t).unwrap());
     let t = t + GATHERED;
-    assert_eq!(p.alice.retry_requests_due(t), vec![b]);
+    assert_eq!(p.alice.retry_requests_due(t, 8), vec![b]);
     let (request, ids) = p
         .alice
         .seal_retry_request(&bundle(&p.bob), &mut p.rng, t)
@@ -214,10 +214,10 @@ fn failures_within_the_interval_are_gathered_into_the_next_request() {
     let first = p.alice_sends(b"one", t);
     let err = p.bob.decrypt(&a, &first, &mut p.rng, t).err().unwrap();
     p.bob.note_undecryptable(&a, &first, &err, t).unwrap();
-    assert_eq!(p.bob.retry_requests_due(t + GATHERED), vec![a]);
+    assert_eq!(p.bob.retry_requests_due(t + GATHERED, 8), vec![a]);
     // The bundle fetch failed: nothing sealed. Not asked again before the interval.
     let later = t + GATHERED + 1;
-    assert!(p.bob.retry_requests_due(later).is_empty());
+    assert!(p.bob.retry_requests_due(later, 8).is_empty());
     // Two more failures meanwhile (and the first one noted again changes nothing).
     let second = p.alice_sends(b"two", later);
     let err2 = p.bob.decrypt(&a, &second, &mut p.rng, later).err().unwrap();
@@ -225,8 +225,8 @@ fn failures_within_the_interval_are_gathered_into_the_next_request() {
     p.bob.note_undecryptable(&a, &first, &err, later).unwrap();
     let due = t + GATHERED + RETRY_REQUEST_INTERVAL_MS;
     assert_eq!(p.bob.next_retry_request_at(), Some(due));
-    assert!(p.bob.retry_requests_due(due - 1).is_empty());
-    assert_eq!(p.bob.retry_requests_due(due), vec![a]);
+    assert!(p.bob.retry_requests_due(due - 1, 8).is_empty());
+    assert_eq!(p.bob.retry_requests_due(due, 8), vec![a]);
     // A restart in between keeps what is pending.
     let bob = std::mem::replace(
         &mut p.bob,
@@ -261,7 +261,7 @@ fn failures_within_the_interval_are_gathered_into_the_next_request() {
     p.bob.retry_request_sent(&a, &ids).unwrap();
     assert!(
         p.bob
-            .retry_requests_due(due + 10 * RETRY_REQUEST_INTERVAL_MS)
+            .retry_requests_due(due + 10 * RETRY_REQUEST_INTERVAL_MS, 8)
             .is_empty()
     );
 }
@@ -300,72 +300,143 @@ fn errors_that_a_fresh_session_cannot_heal_are_not_asked_for() {
 }
 
 #[test]
-fn a_device_answers_one_device_at_most_once_per_interval() {
+fn a_redelivery_is_not_asked_for_and_a_message_is_sent_again_a_bounded_number_of_times() {
     let mut p = Pair::talking();
+    let a = p.alice.address();
+    let b = p.bob.address();
+    // A message Alice did decrypt, delivered again (its ack was lost): a duplicate, not asked
+    // for.
+    let seen = p.bob_sends(b"seen", T0 + 5);
+    p.alice.decrypt(&b, &seen, &mut p.rng, T0 + 5).unwrap();
+    let err = p
+        .alice
+        .decrypt(&b, &seen, &mut p.rng, T0 + 6)
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::Protocol(ProtocolError::Duplicate)));
+    assert!(!p.alice.note_undecryptable(&b, &seen, &err, T0 + 6).unwrap());
+    assert_eq!(p.alice.next_retry_request_at(), None);
+
     let backup = p.backup_bob();
     p.a_to_b(b"x", T0 + 10);
     p.b_to_a(b"y", T0 + 11);
     p.restore_bob(backup);
-    let a = p.alice.address();
-    let b = p.bob.address();
     let t = T0 + 100;
-    let lost = p.alice_sends(b"lost", t);
-    let err = p.bob.decrypt(&a, &lost, &mut p.rng, t).err().unwrap();
-    p.bob.note_undecryptable(&a, &lost, &err, t).unwrap();
-    let t = t + GATHERED;
-    p.bob.retry_requests_due(t);
-    let (request, ids) = p
-        .bob
-        .seal_retry_request(&bundle(&p.alice), &mut p.rng, t)
-        .unwrap();
-    // The relay delivers the request twice: the copy is a duplicate, answered once.
-    let first = p.alice.decrypt(&b, &request.bytes, &mut p.rng, t).unwrap();
-    assert_eq!(first.outgoing.len(), 1);
-    assert!(matches!(
-        p.alice.decrypt(&b, &request.bytes, &mut p.rng, t),
-        Err(Error::Protocol(ProtocolError::Duplicate))
-    ));
-    let resent = first.outgoing[0].bytes.clone();
-    let got = p.bob.decrypt(&a, &resent, &mut p.rng, t).unwrap();
-    assert_eq!(got.received[0].plaintext.as_slice(), b"lost");
-    p.bob.retry_request_sent(&a, &ids).unwrap();
 
-    // The resent message delivered again is a duplicate, which Bob asks for; a restart lets him
-    // ask at once, but Alice answers a device at most once per interval.
-    let err = p.bob.decrypt(&a, &resent, &mut p.rng, t + 5).err().unwrap();
-    assert!(p.bob.note_undecryptable(&a, &resent, &err, t + 5).unwrap());
+    // Bob keeps failing what Alice resends (as a device that asks again and again would): each
+    // original goes out again at most MAX_RESENDS_PER_MESSAGE times.
+    let mut failing = p.alice_sends(b"lost", t);
+    let mut now = t;
+    let e = Error::Auth(AuthError::DecryptFailed);
+    let mut resent = Vec::new();
+    for _ in 0..=MAX_RESENDS_PER_MESSAGE {
+        assert!(p.bob.note_undecryptable(&a, &failing, &e, now).unwrap());
+        now += GATHERED + RETRY_REQUEST_INTERVAL_MS;
+        assert_eq!(p.bob.retry_requests_due(now, 8), vec![a]);
+        let (request, ids) = p
+            .bob
+            .seal_retry_request(&bundle(&p.alice), &mut p.rng, now)
+            .unwrap();
+        // The relay delivers the request twice: the copy is a duplicate, answered once.
+        let answered = p
+            .alice
+            .decrypt(&b, &request.bytes, &mut p.rng, now)
+            .unwrap();
+        assert!(
+            p.alice
+                .decrypt(&b, &request.bytes, &mut p.rng, now)
+                .is_err()
+        );
+        p.bob.retry_request_sent(&a, &ids).unwrap();
+        match answered.outgoing.as_slice() {
+            [o] => {
+                failing = o.bytes.clone();
+                resent.push(o.bytes.clone());
+            }
+            [] => break,
+            more => panic!("{} answers", more.len()),
+        }
+    }
+    assert_eq!(resent.len(), MAX_RESENDS_PER_MESSAGE as usize);
+    // The last copy does decrypt on the session it was sealed on.
+    let got = p.bob.decrypt(&a, &failing, &mut p.rng, now).unwrap();
+    assert_eq!(got.received[0].plaintext.as_slice(), b"lost");
+}
+
+#[test]
+fn a_device_re_registered_at_the_same_address_gets_nothing_sent_to_its_predecessor() {
+    let mut rng = ChaCha20Rng::from_seed([11; 32]);
+    let mut alice = Device::create_account(MemoryKv::new(), &mut rng, T0).unwrap();
+    let mut bob = Device::create_account(MemoryKv::new(), &mut rng, T0).unwrap();
+    let account = bob.address().account;
+    let mut old = Device::create_linked(MemoryKv::new(), &mut rng, account, 2, T0).unwrap();
+    bob.add_device(2, old.identity(), T0 + 1).unwrap();
+    introduce(&mut alice, &bob);
+    introduce(&mut old, &alice);
+    introduce(&mut old, &bob);
+    let at = old.address();
+    alice
+        .start_session(&bundle(&old), &mut rng, T0 + 2)
+        .unwrap();
+    let secret = alice
+        .encrypt(&at, b"for the old device", &mut rng, T0 + 2)
+        .unwrap();
+    old.decrypt(&alice.address(), &secret, &mut rng, T0 + 2)
+        .unwrap();
+
+    // The account puts a new device (new keys) at the same address, and Alice learns the list.
+    let mut new = Device::create_linked(MemoryKv::new(), &mut rng, account, 2, T0).unwrap();
+    bob.add_device(2, new.identity(), T0 + 3).unwrap();
+    introduce(&mut alice, &bob);
+    introduce(&mut new, &alice);
+    introduce(&mut new, &bob);
+    // The new device names the old message (its id is no secret to whoever relayed it).
+    let e = Error::Auth(AuthError::DecryptFailed);
+    let t = T0 + 10;
+    assert!(
+        new.note_undecryptable(&alice.address(), &secret, &e, t)
+            .unwrap()
+    );
+    assert_eq!(
+        new.retry_requests_due(t + GATHERED, 8),
+        vec![alice.address()]
+    );
+    let (request, _) = new
+        .seal_retry_request(&bundle(&alice), &mut rng, t + GATHERED)
+        .unwrap();
+    let answered = alice
+        .decrypt(&at, &request.bytes, &mut rng, t + GATHERED)
+        .unwrap();
+    assert!(answered.outgoing.is_empty(), "sent to the wrong identity");
+}
+
+#[test]
+fn a_device_that_left_its_list_is_no_longer_asked() {
+    let mut p = Pair::talking();
+    let mut rng = ChaCha20Rng::from_seed([12; 32]);
+    let account = p.alice.address().account;
+    let mut second = Device::create_linked(MemoryKv::new(), &mut rng, account, 2, T0).unwrap();
+    p.alice.add_device(2, second.identity(), T0 + 1).unwrap();
+    introduce(&mut p.bob, &p.alice);
+    introduce(&mut second, &p.alice);
+    let gone = second.address();
+    let e = Error::Auth(AuthError::DecryptFailed);
+    assert!(
+        p.bob
+            .note_undecryptable(&gone, b"garbage", &e, T0 + 5)
+            .unwrap()
+    );
+    p.alice.remove_device(2, T0 + 6).unwrap();
+    introduce(&mut p.bob, &p.alice);
+    assert!(p.bob.retry_requests_due(T0 + 5 + GATHERED, 8).is_empty());
+    assert_eq!(p.bob.next_retry_request_at(), None);
+    // Forgotten for good, also after a restart.
     let bob = std::mem::replace(
         &mut p.bob,
-        Device::create_account(MemoryKv::new(), &mut p.rng, T0).unwrap(),
+        Device::create_account(MemoryKv::new(), &mut rng, T0).unwrap(),
     );
     p.bob = Device::open(bob.into_store()).unwrap();
-    assert_eq!(p.bob.retry_requests_due(t + 5), vec![a]);
-    let (early, _) = p
-        .bob
-        .seal_retry_request(&bundle(&p.alice), &mut p.rng, t + 5)
-        .unwrap();
-    let answered = p
-        .alice
-        .decrypt(&b, &early.bytes, &mut p.rng, t + 5)
-        .unwrap();
-    assert!(answered.outgoing.is_empty());
-    // After the interval the same ids are answered (the app drops the copy by its own id).
-    let later = t + 5 + RETRY_REQUEST_INTERVAL_MS.max(RETRY_ANSWER_INTERVAL_MS);
-    assert_eq!(p.bob.retry_requests_due(later), vec![a]);
-    let (request, _) = p
-        .bob
-        .seal_retry_request(&bundle(&p.alice), &mut p.rng, later)
-        .unwrap();
-    let answered = p
-        .alice
-        .decrypt(&b, &request.bytes, &mut p.rng, later)
-        .unwrap();
-    assert_eq!(answered.outgoing.len(), 1);
-    let got = p
-        .bob
-        .decrypt(&a, &answered.outgoing[0].bytes, &mut p.rng, later)
-        .unwrap();
-    assert_eq!(got.received[0].plaintext.as_slice(), b"lost");
+    assert_eq!(p.bob.next_retry_request_at(), None);
 }
 
 #[test]
@@ -379,7 +450,7 @@ fn at_most_max_retry_ids_are_remembered_per_device_the_newest_kept() {
         assert!(p.bob.note_undecryptable(&a, &bytes, &e, T0 + 5).unwrap());
         all.push(pairwise_message_id(&bytes));
     }
-    p.bob.retry_requests_due(T0 + 5 + GATHERED);
+    p.bob.retry_requests_due(T0 + 5 + GATHERED, 8);
     let (_, ids) = p
         .bob
         .seal_retry_request(&bundle(&p.alice), &mut p.rng, T0 + 5 + GATHERED)

@@ -1520,7 +1520,7 @@ impl Inner {
     /// bundle, with the request as its first message. What fails stays pending for later.
     async fn heal(&self, conn: &RelayConnection) {
         let due = match self.lock() {
-            Ok(mut d) => d.retry_requests_due(now_ms()),
+            Ok(mut d) => d.retry_requests_due(now_ms(), RETRY_REQUESTS_PER_TURN),
             Err(_) => return,
         };
         for to in due {
@@ -1904,6 +1904,10 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// Retry requests made in one turn of the engine's loop (each fetches a bundle); the rest are
+/// made in the next turns, so deliveries are not held up behind many.
+const RETRY_REQUESTS_PER_TURN: usize = 4;
 
 /// The relay's close code for a revoked device (docs/RELAY_PROTOCOL.md §2).
 const REVOKED_CLOSE: u32 = 2;

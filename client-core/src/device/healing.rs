@@ -24,12 +24,12 @@ use zeroize::Zeroizing;
 
 use super::{Device, Outgoing, Tx, decode, encode};
 use crate::consts::{
-    KEY_LEN, MAX_RESENDS_PER_REQUEST, MAX_RETRY_IDS, MAX_RETRY_PENDING_DEVICES,
-    PAIRWISE_MESSAGE_ID_LABEL, RETRY_ANSWER_INTERVAL_MS, RETRY_GATHER_MS,
-    RETRY_REQUEST_INTERVAL_MS, SENT_LOG_MAX_AGE_MS, SENT_LOG_MAX_BYTES, SENT_LOG_MAX_ENTRIES,
+    KEY_LEN, MAX_RESENDS_PER_MESSAGE, MAX_RETRY_IDS, MAX_RETRY_PENDING_DEVICES,
+    PAIRWISE_MESSAGE_ID_LABEL, RECENT_IDS_KEPT, RETRY_GATHER_MS, RETRY_REQUEST_INTERVAL_MS,
+    SENT_LOG_MAX_AGE_MS, SENT_LOG_MAX_BYTES, SENT_LOG_MAX_ENTRIES,
 };
 use crate::error::{AuthError, Error, ProtocolError, Result};
-use crate::keys::{AccountId, DeviceAddress, array};
+use crate::keys::{AccountId, DeviceAddress, DeviceIdentity, array};
 use crate::prekeys::PreKeyBundle;
 use crate::store::kv::{Batch, KvStore, Namespace};
 
@@ -39,6 +39,9 @@ pub type MessageId = [u8; 32];
 
 /// Meta key prefix of a sender device's pending retry ids (`"retry/" ‖ address`).
 const RETRY_PENDING_PREFIX: &[u8] = b"retry/";
+
+/// Meta key prefix of a sender device's recently decrypted ids (`"recent/" ‖ address`).
+const RECENT_PREFIX: &[u8] = b"recent/";
 
 /// The id of an encoded pairwise message.
 #[must_use]
@@ -53,7 +56,7 @@ impl Error {
     /// Whether a pairwise message that failed with this error may be healed by asking its sender
     /// to send it again on a fresh session: the message could not be decrypted with the session
     /// state this device holds (no session, an AEAD failure, a message key already used or too far
-    /// ahead, an unknown pre-key). Not for malformed input, an identity that does not match the
+    /// ahead, an unknown pre-key). A replayed initial message (`LastResortReuse`) is not. Not for malformed input, an identity that does not match the
     /// device list (learn the list first), or a local failure.
     #[must_use]
     pub const fn calls_for_retry(&self) -> bool {
@@ -65,7 +68,6 @@ impl Error {
                         | ProtocolError::Duplicate
                         | ProtocolError::TooFarAhead { .. }
                         | ProtocolError::UnknownPreKey { .. }
-                        | ProtocolError::LastResortReuse
                 )
         )
     }
@@ -102,6 +104,12 @@ fn sent_key(to: &DeviceAddress, seq: u64) -> Vec<u8> {
     k
 }
 
+fn recent_key(from: &DeviceAddress) -> Vec<u8> {
+    let mut k = RECENT_PREFIX.to_vec();
+    k.extend_from_slice(&from.to_key());
+    k
+}
+
 fn pending_key(from: &DeviceAddress) -> Vec<u8> {
     let mut k = RETRY_PENDING_PREFIX.to_vec();
     k.extend_from_slice(&from.to_key());
@@ -118,15 +126,16 @@ fn address_from_key(k: &[u8], what: &'static str) -> Result<DeviceAddress> {
     })
 }
 
-/// The receiver's side: undecryptable messages waiting to be asked for, and when each sender
-/// device was last asked and answered (in memory only: after a restart a request may come
-/// sooner than the interval, as for sender-key requests).
+/// The receiver's side: undecryptable messages waiting to be asked for (durable), when each
+/// sender device was last asked (in memory only: after a restart a request may come sooner than
+/// the interval, as for sender-key requests), and the ids last decrypted from each (durable).
 #[derive(Default)]
 pub(crate) struct RetryState {
     pending: BTreeMap<DeviceAddress, Vec<MessageId>>,
     pending_since: HashMap<DeviceAddress, u64>,
     last_request: HashMap<DeviceAddress, u64>,
-    last_answer: HashMap<DeviceAddress, u64>,
+    /// Ids of the last pairwise messages decrypted per sender device (durable).
+    recent: HashMap<DeviceAddress, std::collections::VecDeque<MessageId>>,
 }
 
 /// Loads the sent log's index and the pending retry ids from a store.
@@ -151,6 +160,17 @@ pub(crate) fn load<S: KvStore>(store: &S) -> Result<(SentLog, RetryState)> {
     }
     let mut retry = RetryState::default();
     for (k, v) in store.scan(Namespace::Meta)? {
+        if let Some(addr) = k.strip_prefix(RECENT_PREFIX) {
+            let from = address_from_key(addr, "stored recent ids")?;
+            let r: pstore::RecentIds = decode(&v, "stored recent ids")?;
+            let ids = r
+                .message_ids
+                .iter()
+                .map(|i| array(i, "stored recent ids", "bad id"))
+                .collect::<Result<std::collections::VecDeque<MessageId>>>()?;
+            retry.recent.insert(from, ids);
+            continue;
+        }
         let Some(addr) = k.strip_prefix(RETRY_PENDING_PREFIX) else {
             continue;
         };
@@ -172,6 +192,7 @@ impl RetryState {
     /// Takes the pending ids of `loaded` (as reloaded from the store), keeping the times.
     pub(crate) fn replace_pending(&mut self, loaded: Self) {
         self.pending = loaded.pending;
+        self.recent = loaded.recent;
         self.pending_since
             .retain(|a, _| self.pending.contains_key(a));
     }
@@ -200,13 +221,17 @@ impl SentLog {
 }
 
 impl<S: KvStore> Device<S> {
-    /// Adds a sealed message to the sent log within `tx` (applied in memory on commit).
+    /// Adds a sealed message to the sent log within `tx` (applied in memory on commit):
+    /// `sent_at` is when it was first sent, `resends` how often it has been sent again.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn log_sent(
         &self,
         to: &DeviceAddress,
+        identity: &DeviceIdentity,
         bytes: &[u8],
         content: &[u8],
-        now: u64,
+        sent_at: u64,
+        resends: u32,
         tx: &mut Tx,
     ) {
         let seq = self
@@ -216,8 +241,10 @@ impl<S: KvStore> Device<S> {
         let id = pairwise_message_id(bytes);
         let mut record = pstore::SentMessage {
             message_id: id.to_vec(),
-            sent_at: now,
+            sent_at,
             content: content.to_vec(),
+            recipient_identity: identity.to_bytes().to_vec(),
+            resends,
         };
         tx.batch
             .put(Namespace::SentLog, sent_key(to, seq), encode(&record));
@@ -227,7 +254,7 @@ impl<S: KvStore> Device<S> {
             entry: SentEntry {
                 to: *to,
                 id,
-                sent_at: now,
+                sent_at,
                 size: content.len(),
             },
         });
@@ -242,6 +269,13 @@ impl<S: KvStore> Device<S> {
         let added_bytes: usize = tx.sent.iter().map(|p| p.entry.size).sum();
         let mut entries = self.sent_log.len().saturating_add(tx.sent.len());
         let mut bytes = self.sent_log.bytes.saturating_add(added_bytes);
+        // What the transaction already drops does not count.
+        for seq in &tx.sent_removed {
+            if let Some(e) = self.sent_log.entries.get(seq) {
+                entries = entries.saturating_sub(1);
+                bytes = bytes.saturating_sub(e.size);
+            }
+        }
         for (seq, e) in &self.sent_log.entries {
             if entries <= SENT_LOG_MAX_ENTRIES && bytes <= SENT_LOG_MAX_BYTES {
                 break;
@@ -256,8 +290,28 @@ impl<S: KvStore> Device<S> {
         }
     }
 
-    /// After a commit: applies `tx`'s sent-log changes to the index.
+    /// Records within `tx` that the pairwise message `bytes` from `from` was decrypted, so that
+    /// a redelivery of it is not asked for again (the last [`RECENT_IDS_KEPT`] per device).
+    pub(crate) fn note_decrypted(&self, from: &DeviceAddress, bytes: &[u8], tx: &mut Tx) {
+        let id = pairwise_message_id(bytes);
+        let mut ids = self.retry.recent.get(from).cloned().unwrap_or_default();
+        ids.push_back(id);
+        while ids.len() > RECENT_IDS_KEPT {
+            ids.pop_front();
+        }
+        let r = pstore::RecentIds {
+            message_ids: ids.iter().map(|i| i.to_vec()).collect(),
+        };
+        tx.batch.put(Namespace::Meta, recent_key(from), encode(&r));
+        tx.recent = Some((*from, ids));
+    }
+
+    /// After a commit: applies `tx`'s sent-log changes to the index, and its record of a
+    /// decrypted message to the retry state.
     pub(crate) fn apply_sent_log(&mut self, tx: &mut Tx) {
+        if let Some((from, ids)) = tx.recent.take() {
+            self.retry.recent.insert(from, ids);
+        }
         for seq in tx.sent_removed.drain(..) {
             self.sent_log.remove(seq);
         }
@@ -313,6 +367,10 @@ impl<S: KvStore> Device<S> {
             return Ok(false);
         }
         let id = pairwise_message_id(bytes);
+        if self.retry.recent.get(from).is_some_and(|r| r.contains(&id)) {
+            // A redelivery of a message this device did decrypt (an ack lost on the way).
+            return Ok(false);
+        }
         let mut ids = self.retry.pending.get(from).cloned().unwrap_or_default();
         if ids.contains(&id) {
             return Ok(true);
@@ -356,12 +414,35 @@ impl<S: KvStore> Device<S> {
     /// call [`Device::seal_retry_request`]. Each returned device counts as asked at `now`, so if
     /// the request cannot be made (the bundle does not come), the next try waits
     /// [`RETRY_REQUEST_INTERVAL_MS`].
-    pub fn retry_requests_due(&mut self, now: u64) -> Vec<DeviceAddress> {
+    ///
+    /// At most `max` devices are returned (the others stay due). Devices no longer on a known
+    /// list are forgotten here: nothing can be asked of them.
+    pub fn retry_requests_due(&mut self, now: u64, max: usize) -> Vec<DeviceAddress> {
+        let gone: Vec<DeviceAddress> = self
+            .retry
+            .pending
+            .keys()
+            .filter(|a| self.known_identity(a).is_err())
+            .copied()
+            .collect();
+        if !gone.is_empty() {
+            let mut batch = Batch::new();
+            for a in &gone {
+                batch.delete(Namespace::Meta, pending_key(a));
+            }
+            if self.store.commit(batch).is_ok() {
+                for a in &gone {
+                    self.retry.pending.remove(a);
+                    self.retry.pending_since.remove(a);
+                }
+            }
+        }
         let due: Vec<DeviceAddress> = self
             .retry
             .pending
             .keys()
-            .filter(|a| self.retry_due_at(a).is_some_and(|t| t <= now))
+            .filter(|a| !gone.contains(a) && self.retry_due_at(a).is_some_and(|t| t <= now))
+            .take(max)
             .copied()
             .collect();
         for a in &due {
@@ -410,6 +491,7 @@ impl<S: KvStore> Device<S> {
             ))?;
         let mut tx = Tx::default();
         if self.start_session_in(bundle, rng, now, &mut tx)? != to {
+            self.sessions.remove(&to);
             return Err(Error::malformed("pre-key bundle", "address does not match"));
         }
         let content = wire::Content {
@@ -465,8 +547,10 @@ impl<S: KvStore> Device<S> {
 
     /// Answers a retry request from `from` (already decrypted; its session is current) by sealing
     /// every listed message still in the sent log again, oldest first, within `tx`. Each is
-    /// logged anew under its new id and the old entry is dropped. At most one answer per
-    /// [`RETRY_ANSWER_INTERVAL_MS`] per device; ids not in the log are skipped.
+    /// logged anew under its new id (keeping its first sending time, one more resend counted) and
+    /// the old entry is dropped. Ids not in the log under `from`, entries sealed to another
+    /// identity at that address, entries that do not decode and entries sent again
+    /// [`MAX_RESENDS_PER_MESSAGE`] times already are skipped.
     pub(super) fn answer_retry_request(
         &mut self,
         from: &DeviceAddress,
@@ -483,42 +567,56 @@ impl<S: KvStore> Device<S> {
             .iter()
             .map(|i| array(i, "retry request", "id must be 32 bytes"))
             .collect::<Result<Vec<MessageId>>>()?;
-        if self
-            .retry
-            .last_answer
-            .get(from)
-            .is_some_and(|t| t.saturating_add(RETRY_ANSWER_INTERVAL_MS) > now && *t <= now)
-        {
-            tracing::debug!("retry request within the answer interval ignored");
-            return Ok(Vec::new());
-        }
+        let identity = self.known_identity(from)?;
         let mut seqs: Vec<u64> = ids
             .iter()
             .filter_map(|id| self.sent_log.by_id.get(&(*from, *id)).copied())
             .collect();
         seqs.sort_unstable();
         seqs.dedup();
-        if seqs.len() > MAX_RESENDS_PER_REQUEST {
-            seqs.drain(..seqs.len() - MAX_RESENDS_PER_REQUEST);
-        }
         let mut out = Vec::with_capacity(seqs.len());
         for seq in seqs {
             let key = sent_key(from, seq);
             let Some(raw) = self.store.get(Namespace::SentLog, &key)? else {
                 continue;
             };
-            let mut record: pstore::SentMessage = decode(&raw, "stored sent message")?;
+            // A record that does not decode, was sealed to another identity at this address (a
+            // device re-registered there must not get what its predecessor was sent), or was
+            // sent again often enough already, is skipped.
+            let Ok(mut record) = decode::<pstore::SentMessage>(&raw, "stored sent message") else {
+                continue;
+            };
             let content_bytes = Zeroizing::new(std::mem::take(&mut record.content));
-            let content: wire::Content = decode(&content_bytes, "stored sent message")?;
-            let bytes = self.seal(from, &content, rng, now, tx)?;
-            if let Some(wire::content::Body::App(mut a)) = content.body {
-                zeroize::Zeroize::zeroize(&mut a);
+            if record.recipient_identity.as_slice() != identity.to_bytes().as_slice()
+                || record.resends >= MAX_RESENDS_PER_MESSAGE
+            {
+                continue;
+            }
+            let Ok(mut content) = decode::<wire::Content>(&content_bytes, "stored sent message")
+            else {
+                continue;
+            };
+            let was = tx.unlogged;
+            tx.unlogged = true;
+            let sealed = self.seal(from, &content, rng, now, tx);
+            tx.unlogged = was;
+            let bytes = sealed?;
+            self.log_sent(
+                from,
+                &identity,
+                &bytes,
+                &content_bytes,
+                record.sent_at,
+                record.resends.saturating_add(1),
+                tx,
+            );
+            if let Some(wire::content::Body::App(a)) = &mut content.body {
+                zeroize::Zeroize::zeroize(a);
             }
             tx.batch.delete(Namespace::SentLog, key);
             tx.sent_removed.push(seq);
             out.push(Outgoing { to: *from, bytes });
         }
-        self.retry.last_answer.insert(*from, now);
         Ok(out)
     }
 }
