@@ -267,6 +267,9 @@ fn name_of(dir: &Path, account: &[u8]) -> String {
 fn explain(e: &ClientError) -> String {
     match e {
         ClientError::Unreachable(why) => format!("relay unreachable ({why})"),
+        ClientError::ProfileInUse(dir) => {
+            format!("the profile {dir} is open in another hush process; close that one first")
+        }
         ClientError::Disconnected | ClientError::Timeout => {
             "relay unreachable: no connection, try again".into()
         }
@@ -456,50 +459,12 @@ async fn run(cli: Cli) -> Result<(), String> {
     let dir = cli.profile.unwrap_or_else(home_profile);
     match cli.command {
         Cmd::Init { relay, pin, name } => {
-            if dir.join("config").exists() {
-                return Err(format!("{} already holds a profile", dir.display()));
+            let fresh = prepare_new_profile(&dir)?;
+            let made = init(&dir, relay, pin, name, cli.connect_timeout).await;
+            if made.is_err() {
+                discard_new_profile(&dir, fresh);
             }
-            private_fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let mut key = Zeroizing::new([0u8; 32]);
-            rand_core::UnwrapErr(rand::rngs::SysRng).fill(&mut key[..]);
-            write_private(&dir.join("key"), &key[..])?;
-            let profile = Profile {
-                dir: dir.clone(),
-                relay,
-                pin,
-                name: name.clone(),
-            };
-            let (m, _events) = Messenger::create_account(engine_config(&profile)?)
-                .await
-                .map_err(|e| explain(&e))?;
-            m.engine()
-                .connected(Duration::from_secs(cli.connect_timeout))
-                .await
-                .map_err(|e| explain(&e))?;
-            m.engine()
-                .claim_username(&name)
-                .await
-                .map_err(|e| match &e {
-                    ClientError::Refused(r) if r.code == ErrorCode::UsernameTaken => {
-                        format!("the username `{name}` is taken")
-                    }
-                    _ => explain(&e),
-                })?;
-            private_fs::write_atomic(
-                &dir.join("config"),
-                format!(
-                    "relay = {}\npin = {}\nname = {}\n",
-                    profile.relay, profile.pin, profile.name
-                )
-                .as_bytes(),
-            )
-            .map_err(|e| format!("config: {e}"))?;
-            say!(
-                "created account {} as `{name}`",
-                hex::encode(m.address().account.as_bytes())
-            );
-            m.shutdown().await;
-            Ok(())
+            made
         }
         Cmd::Link {
             code: Some(code),
@@ -507,46 +472,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             pin,
             ..
         } => {
-            if dir.join("config").exists() {
-                return Err(format!("{} already holds a profile", dir.display()));
+            let fresh = prepare_new_profile(&dir)?;
+            let made = link(&dir, relay, pin, &code).await;
+            if made.is_err() {
+                discard_new_profile(&dir, fresh);
             }
-            let (Some(relay), Some(pin)) = (relay, pin) else {
-                return Err("joining needs --relay and --pin".into());
-            };
-            private_fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let mut key = Zeroizing::new([0u8; 32]);
-            rand_core::UnwrapErr(rand::rngs::SysRng).fill(&mut key[..]);
-            write_private(&dir.join("key"), &key[..])?;
-            let profile = Profile {
-                dir: dir.clone(),
-                relay,
-                pin,
-                name: String::new(),
-            };
-            let (m, _events) = Messenger::link(engine_config(&profile)?, &code)
-                .await
-                .map_err(|e| explain(&e))?;
-            say!("waiting for the other device to add this one");
-            m.engine()
-                .connected(Duration::from_secs(300))
-                .await
-                .map_err(|e| explain(&e))?;
-            private_fs::write_atomic(
-                &dir.join("config"),
-                format!(
-                    "relay = {}\npin = {}\nname = \n",
-                    profile.relay, profile.pin
-                )
-                .as_bytes(),
-            )
-            .map_err(|e| format!("config: {e}"))?;
-            say!(
-                "linked as device {} of account {}",
-                m.address().device_id,
-                hex::encode(m.address().account.as_bytes())
-            );
-            m.shutdown().await;
-            Ok(())
+            made
         }
         cmd => {
             let profile = read_profile(&dir)?;
@@ -562,6 +493,169 @@ async fn run(cli: Cli) -> Result<(), String> {
             result
         }
     }
+}
+
+/// What a profile directory holds (files and stores written by `hush` and its engine).
+const PROFILE_ENTRIES: [&str; 8] = [
+    "config",
+    "key",
+    "contacts",
+    "db",
+    "history",
+    "uploaded-pre-keys",
+    "push-endpoint",
+    "group-sync-pending",
+];
+
+/// Makes ready to create a profile in `dir`: refused if it holds one; what a failed `init` or
+/// `link` left there (no `config`, which is written last) is cleared. Returns whether the
+/// directory did not exist (then a failure removes it whole).
+fn prepare_new_profile(dir: &Path) -> Result<bool, String> {
+    if dir.join("config").exists() {
+        return Err(format!("{} already holds a profile", dir.display()));
+    }
+    if !dir.exists() {
+        return Ok(true);
+    }
+    let entries: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if let Some(other) = entries
+        .iter()
+        .find(|n| !PROFILE_ENTRIES.contains(&n.as_str()))
+    {
+        return Err(format!(
+            "{} is not empty (it holds `{other}`): choose another --profile",
+            dir.display()
+        ));
+    }
+    discard_new_profile(dir, false);
+    Ok(false)
+}
+
+/// Removes what an unfinished `init` or `link` wrote: the whole directory if it made it,
+/// otherwise the profile's own entries only.
+fn discard_new_profile(dir: &Path, made_dir: bool) {
+    if made_dir {
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
+    for name in PROFILE_ENTRIES {
+        let p = dir.join(name);
+        let _ = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+    }
+}
+
+async fn init(
+    dir: &Path,
+    relay: SocketAddr,
+    pin: String,
+    name: String,
+    connect_timeout: u64,
+) -> Result<(), String> {
+    private_fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    rand_core::UnwrapErr(rand::rngs::SysRng).fill(&mut key[..]);
+    write_private(&dir.join("key"), &key[..])?;
+    let profile = Profile {
+        dir: dir.to_path_buf(),
+        relay,
+        pin,
+        name: name.clone(),
+    };
+    let (m, _events) = Messenger::create_account(engine_config(&profile)?)
+        .await
+        .map_err(|e| explain(&e))?;
+    // The messenger is shut down whatever happens, so that a failure leaves its stores closed
+    // (and the caller can remove them).
+    let made = async {
+        m.engine()
+            .connected(Duration::from_secs(connect_timeout))
+            .await
+            .map_err(|e| explain(&e))?;
+        m.engine()
+            .claim_username(&name)
+            .await
+            .map_err(|e| match &e {
+                ClientError::Refused(r) if r.code == ErrorCode::UsernameTaken => {
+                    format!("the username `{name}` is taken")
+                }
+                _ => explain(&e),
+            })?;
+        // Written last: a profile without it is an unfinished one.
+        private_fs::write_atomic(
+            &dir.join("config"),
+            format!(
+                "relay = {}\npin = {}\nname = {}\n",
+                profile.relay, profile.pin, profile.name
+            )
+            .as_bytes(),
+        )
+        .map_err(|e| format!("config: {e}"))?;
+        say!(
+            "created account {} as `{name}`",
+            hex::encode(m.address().account.as_bytes())
+        );
+        Ok(())
+    }
+    .await;
+    m.shutdown().await;
+    made
+}
+
+async fn link(
+    dir: &Path,
+    relay: Option<SocketAddr>,
+    pin: Option<String>,
+    code: &str,
+) -> Result<(), String> {
+    let (Some(relay), Some(pin)) = (relay, pin) else {
+        return Err("joining needs --relay and --pin".into());
+    };
+    private_fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    rand_core::UnwrapErr(rand::rngs::SysRng).fill(&mut key[..]);
+    write_private(&dir.join("key"), &key[..])?;
+    let profile = Profile {
+        dir: dir.to_path_buf(),
+        relay,
+        pin,
+        name: String::new(),
+    };
+    let (m, _events) = Messenger::link(engine_config(&profile)?, code)
+        .await
+        .map_err(|e| explain(&e))?;
+    say!("waiting for the other device to add this one");
+    let made = async {
+        m.engine()
+            .connected(Duration::from_secs(300))
+            .await
+            .map_err(|e| explain(&e))?;
+        private_fs::write_atomic(
+            &dir.join("config"),
+            format!(
+                "relay = {}\npin = {}\nname = \n",
+                profile.relay, profile.pin
+            )
+            .as_bytes(),
+        )
+        .map_err(|e| format!("config: {e}"))?;
+        say!(
+            "linked as device {} of account {}",
+            m.address().device_id,
+            hex::encode(m.address().account.as_bytes())
+        );
+        Ok(())
+    }
+    .await;
+    m.shutdown().await;
+    made
 }
 
 async fn command(

@@ -18,8 +18,14 @@ use crate::error::{ClientError, Refusal};
 
 /// How long a request may wait for its answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Keep-alive interval (the relay closes connections idle for 60 s).
-pub const KEEP_ALIVE: Duration = Duration::from_secs(20);
+/// Keep-alive interval: a PING after this long without sending anything, so that the relay's
+/// answers keep proving it is alive (docs/MOBILE.md weighs this against the radio's battery).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// A connection that has heard nothing from the relay for this long is dead (a relay killed, a
+/// network gone), counted from the later of the last packet received and the first keep-alive
+/// sent after it: a dead relay is noticed within `KEEP_ALIVE + IDLE_TIMEOUT` (8 s), and the
+/// engine reconnects. Negotiated down to the relay's own idle timeout if that is shorter.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
 /// Longest a QUIC handshake may take. A handshake whose first packets went to a relay that was
 /// down backs its retransmissions off (1 s, 2 s, 4 s, ...); a fresh attempt after this long
 /// reaches a relay that is back sooner than waiting out the idle timeout.
@@ -54,6 +60,10 @@ impl RelayConnection {
         let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(KEEP_ALIVE));
+        transport.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
+                .map_err(|e| ClientError::Config(e.to_string()))?,
+        ));
         cc.transport_config(Arc::new(transport));
         let bind: SocketAddr = if addr.is_ipv6() {
             SocketAddr::from(([0u16; 8], 0))

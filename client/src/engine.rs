@@ -324,8 +324,12 @@ pub(crate) fn open_labelled_waiting(
     loop {
         match SledKv::open_labelled(path, Zeroizing::new(**key), label, Box::new(rng())) {
             Err(hush_core::store::kv::StoreError::Io(e))
-                if e.contains("could not acquire lock") && attempt < STORE_LOCK_ATTEMPTS =>
+                if e.contains("could not acquire lock") =>
             {
+                if attempt >= STORE_LOCK_ATTEMPTS {
+                    let profile = path.parent().unwrap_or(path);
+                    return Err(ClientError::ProfileInUse(profile.display().to_string()));
+                }
                 attempt += 1;
                 std::thread::sleep(STORE_LOCK_WAIT);
             }

@@ -59,6 +59,9 @@ pub enum ClientError {
     /// The engine has been shut down.
     #[error("the engine is shut down")]
     Closed,
+    /// The profile's store is held by another process (another app instance, another `hush`).
+    #[error("the profile {0} is open in another process")]
+    ProfileInUse(String),
 }
 
 impl ClientError {

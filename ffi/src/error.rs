@@ -188,6 +188,9 @@ impl From<ClientError> for HushError {
             }
             ClientError::Config(why) => Self::InvalidArgument(why.clone()),
             ClientError::Closed => Self::closed(),
+            ClientError::ProfileInUse(dir) => Self::NotPermitted(format!(
+                "the profile {dir} is open in another process; close that one first"
+            )),
             // A variant added to the engine later: its own message says what it is.
             #[allow(unreachable_patterns)]
             _ => Self::Protocol(e.to_string()),

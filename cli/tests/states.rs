@@ -1,0 +1,220 @@
+//! What a person sees when things around the chat go wrong, with real `hush` processes and a
+//! real `hush-relay` process on 127.0.0.1: a relay killed under a listener is noticed within
+//! seconds; a profile already open in another process says so; a failed `init` leaves nothing
+//! behind, so the next `init` in the same place works.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn relay_binary() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_hush")).parent().unwrap();
+    let bin = dir.join(format!("hush-relay{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "-p", "hush-relay", "--bin", "hush-relay"]);
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo could not be run");
+        assert!(status.success(), "building hush-relay failed");
+    }
+    bin
+}
+
+struct RelayProcess {
+    child: Child,
+    addr: SocketAddr,
+    pin: String,
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_relay(dir: &Path, listen: &str) -> RelayProcess {
+    let mut child = Command::new(relay_binary())
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", listen, "--metrics-listen", "127.0.0.1:0"])
+        .env("HUSH_RELAY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut addr, mut pin) = (None, None);
+    while addr.is_none() || pin.is_none() {
+        let line = lines.next().expect("relay exited early").unwrap();
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+        } else if let Some(rest) = line.strip_prefix("certificate fingerprint (pin this): ") {
+            pin = Some(rest.trim().to_string());
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    RelayProcess {
+        child,
+        addr: addr.unwrap(),
+        pin: pin.unwrap(),
+    }
+}
+
+fn hush(profile: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hush"))
+        .arg("--profile")
+        .arg(profile)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A `hush listen` process and the lines it prints.
+struct Listener {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Listener {
+    fn start(profile: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hush"))
+            .arg("--profile")
+            .arg(profile)
+            .args(["listen", "--seconds", "120"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel::<String>();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The first printed line that is `want`, waiting at most `within`.
+    fn wait_for(&self, want: &str, within: Duration) -> Instant {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("`{want}` not printed within {within:?}"));
+            if line == want {
+                return Instant::now();
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn init(profile: &Path, relay: &RelayProcess, name: &str, extra: &[&str]) -> Output {
+    let addr = relay.addr.to_string();
+    let mut args: Vec<&str> = extra.to_vec();
+    args.extend([
+        "init", "--relay", &addr, "--pin", &relay.pin, "--name", name,
+    ]);
+    hush(profile, &args)
+}
+
+#[test]
+fn a_relay_killed_under_a_listener_is_reported_within_ten_seconds() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let mut relay = spawn_relay(relay_dir.path(), "127.0.0.1:0");
+    let home = tempfile::tempdir().unwrap();
+    let alice = home.path().join("alice");
+    let made = init(&alice, &relay, "alice", &[]);
+    assert!(made.status.success(), "{}", stderr(&made));
+
+    let listener = Listener::start(&alice);
+    listener.wait_for("connected", Duration::from_secs(30));
+    // SIGKILL: no goodbye reaches the client; only the missing answers to its keep-alives tell.
+    relay.child.kill().unwrap();
+    let killed = Instant::now();
+    relay.child.wait().unwrap();
+    let noticed = listener.wait_for("disconnected; reconnecting", Duration::from_secs(20));
+    let after = noticed.duration_since(killed);
+    // Keep-alives every 2 s and a 6 s idle timeout: noticed within 8 s of the last keep-alive;
+    // the rest of the 10 s is room for a loaded machine.
+    eprintln!("relay death noticed after {after:?}");
+    assert!(after < Duration::from_secs(10), "noticed after {after:?}");
+}
+
+#[test]
+fn a_profile_open_in_another_process_says_so() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = spawn_relay(relay_dir.path(), "127.0.0.1:0");
+    let home = tempfile::tempdir().unwrap();
+    let alice = home.path().join("alice");
+    let made = init(&alice, &relay, "alice", &[]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let listener = Listener::start(&alice);
+    listener.wait_for("connected", Duration::from_secs(30));
+
+    let second = hush(&alice, &["whoami"]);
+    assert!(!second.status.success());
+    assert_eq!(
+        stderr(&second).trim(),
+        format!(
+            "hush: the profile {} is open in another hush process; close that one first",
+            alice.display()
+        )
+    );
+    drop(listener);
+}
+
+#[test]
+fn a_failed_init_leaves_nothing_behind_and_the_next_init_works() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = spawn_relay(relay_dir.path(), "127.0.0.1:0");
+    let home = tempfile::tempdir().unwrap();
+    let alice = home.path().join("alice");
+
+    // A wrong pin: the relay's certificate does not match, nothing is created.
+    let wrong = RelayProcess {
+        child: Command::new("true").spawn().unwrap(),
+        addr: relay.addr,
+        pin: "00".repeat(32),
+    };
+    let failed = init(&alice, &wrong, "alice", &["--connect-timeout", "5"]);
+    assert!(!failed.status.success());
+    assert!(!alice.exists(), "a failed init left {}", alice.display());
+
+    // An existing empty directory is left empty.
+    std::fs::create_dir(&alice).unwrap();
+    let failed = init(&alice, &wrong, "alice", &["--connect-timeout", "5"]);
+    assert!(!failed.status.success());
+    assert_eq!(std::fs::read_dir(&alice).unwrap().count(), 0);
+
+    let made = init(&alice, &relay, "alice", &[]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    assert!(String::from_utf8_lossy(&made.stdout).contains("as `alice`"));
+}
