@@ -267,6 +267,9 @@ fn name_of(dir: &Path, account: &[u8]) -> String {
 fn explain(e: &ClientError) -> String {
     match e {
         ClientError::Unreachable(why) => format!("relay unreachable ({why})"),
+        ClientError::Revoked => {
+            "this device was removed from the account; link it again (`hush link`) to use it".into()
+        }
         ClientError::ProfileInUse(dir) => {
             format!("the profile {dir} is open in another hush process; close that one first")
         }

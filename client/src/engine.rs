@@ -257,6 +257,8 @@ pub(crate) struct Inner {
     conn: watch::Sender<Option<Arc<RelayConnection>>>,
     events: mpsc::UnboundedSender<Event>,
     shutdown: CancellationToken,
+    /// Set once the relay said this device was removed from its account.
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 /// What a group send reached: per member account (this account's own devices not counted).
@@ -380,6 +382,7 @@ impl Engine {
             conn,
             events,
             shutdown: CancellationToken::new(),
+            revoked: std::sync::atomic::AtomicBool::new(false),
         });
         // Messages decrypted before the engine last stopped but not yet taken by the app.
         match inner.lock().and_then(|d| Ok(d.pending_messages()?)) {
@@ -981,6 +984,28 @@ impl Drop for Engine {
 }
 
 impl Inner {
+    fn is_revoked(&self) -> bool {
+        self.revoked.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// This device was removed from its account: say so once, and stop.
+    fn revoke(&self) {
+        if !self.revoked.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.emit(Event::Revoked);
+        }
+        self.shutdown.cancel();
+    }
+
+    /// Whether this device's own account list, as this device last accepted it, lists it: a
+    /// device being linked is not listed yet, and is not "removed" when the relay refuses it.
+    fn was_listed(&self) -> bool {
+        self.lock().is_ok_and(|d| {
+            let me = d.address();
+            d.device_list(&me.account)
+                .is_some_and(|l| l.addresses().any(|a| a == me))
+        })
+    }
+
     pub(crate) fn lock(&self) -> Result<std::sync::MutexGuard<'_, Device<SledKv>>, ClientError> {
         self.device.lock().map_err(|_| ClientError::Closed)
     }
@@ -994,6 +1019,9 @@ impl Inner {
         &self,
         wait: Duration,
     ) -> Result<Arc<RelayConnection>, ClientError> {
+        if self.is_revoked() {
+            return Err(ClientError::Revoked);
+        }
         let mut rx = self.conn.subscribe();
         // A connection whose stream has just ended stays published until the session loop
         // notices; it is skipped, so that a retry waits for the next one.
@@ -1004,6 +1032,7 @@ impl Inner {
         .await;
         match got {
             Ok(Ok(c)) => c.as_ref().map(Arc::clone).ok_or(ClientError::Disconnected),
+            Ok(Err(_)) if self.is_revoked() => Err(ClientError::Revoked),
             Ok(Err(_)) => Err(ClientError::Closed),
             Err(_) => Err(ClientError::Disconnected),
         }
@@ -1710,14 +1739,26 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
     };
     {
         let inner2 = Arc::clone(inner);
-        conn.authenticate(account, device_id, move |exporter, challenge| {
-            inner2
-                .device
-                .lock()
-                .map(|d| d.sign_relay_challenge(exporter, challenge))
-                .unwrap_or([0u8; 64])
-        })
-        .await?;
+        let authenticated = conn
+            .authenticate(account, device_id, move |exporter, challenge| {
+                inner2
+                    .device
+                    .lock()
+                    .map(|d| d.sign_relay_challenge(exporter, challenge))
+                    .unwrap_or([0u8; 64])
+            })
+            .await;
+        match authenticated {
+            Err(ClientError::Refused(r))
+                if r.code == ErrorCode::DeviceRevoked && inner.was_listed() =>
+            {
+                tracing::warn!("this device is no longer on its account's list; stopping");
+                conn.close();
+                inner.revoke();
+                return Ok(());
+            }
+            r => r?,
+        }
     }
     // Rotations due since the last connection first, so that one upload publishes them.
     if let Err(e) = inner.upkeep(&conn, false).await {
@@ -1852,8 +1893,7 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
             }
             Some(server_frame::Kind::Drain(_)) => break Ok(()),
             Some(server_frame::Kind::Revoked(_)) => {
-                inner.emit(Event::Revoked);
-                inner.shutdown.cancel();
+                inner.revoke();
                 break Ok(());
             }
             Some(_) => {}
@@ -1867,8 +1907,7 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
         && c.error_code == quinn::VarInt::from_u32(REVOKED_CLOSE)
         && !inner.shutdown.is_cancelled()
     {
-        inner.emit(Event::Revoked);
-        inner.shutdown.cancel();
+        inner.revoke();
     }
     conn.close();
     result

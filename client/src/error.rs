@@ -59,6 +59,9 @@ pub enum ClientError {
     /// The engine has been shut down.
     #[error("the engine is shut down")]
     Closed,
+    /// This device was removed from its account (the relay no longer lets it in).
+    #[error("this device was removed from its account")]
+    Revoked,
     /// The profile's store is held by another process (another app instance, another `hush`).
     #[error("the profile {0} is open in another process")]
     ProfileInUse(String),
@@ -76,7 +79,7 @@ impl ClientError {
     pub fn is_permanent(&self) -> bool {
         match self {
             Self::Core(hush_core::Error::Store(_)) => false,
-            Self::Core(_) | Self::InvalidUsername(_) | Self::Config(_) => true,
+            Self::Core(_) | Self::InvalidUsername(_) | Self::Config(_) | Self::Revoked => true,
             Self::Refused(r) => matches!(
                 r.code,
                 ErrorCode::Malformed
@@ -87,6 +90,7 @@ impl ClientError {
                     | ErrorCode::TooManyDevices
                     | ErrorCode::UnknownRequest
                     | ErrorCode::BlobQuotaExceeded
+                    | ErrorCode::DeviceRevoked
             ),
             _ => false,
         }

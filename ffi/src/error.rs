@@ -188,6 +188,9 @@ impl From<ClientError> for HushError {
             }
             ClientError::Config(why) => Self::InvalidArgument(why.clone()),
             ClientError::Closed => Self::closed(),
+            ClientError::Revoked => Self::NotPermitted(
+                "this device was removed from its account; link it again to use it".into(),
+            ),
             ClientError::ProfileInUse(dir) => Self::NotPermitted(format!(
                 "the profile {dir} is open in another process; close that one first"
             )),

@@ -241,6 +241,8 @@ pub enum Refusal {
     /// `TOO_MANY_CONNECTIONS`: the address block's or the account's connection cap (a
     /// connection closed with the close code of that name counts here too).
     TooManyConnections,
+    /// `DEVICE_REVOKED`: authentication by a device that is not on its account's list.
+    DeviceRevoked,
     /// The relay-wide connection cap was reached (refused during the handshake).
     ConnectionCap,
     /// An error frame without a code (never sent by this relay).
@@ -249,7 +251,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every reason, in rendering order.
-    pub const ALL: [Refusal; 27] = [
+    pub const ALL: [Refusal; 28] = [
         Refusal::Malformed,
         Refusal::Unauthenticated,
         Refusal::AuthFailed,
@@ -275,6 +277,7 @@ impl Refusal {
         Refusal::LinkTableFull,
         Refusal::AlreadyAuthenticated,
         Refusal::TooManyConnections,
+        Refusal::DeviceRevoked,
         Refusal::ConnectionCap,
         Refusal::Unspecified,
     ];
@@ -307,6 +310,7 @@ impl Refusal {
             ErrorCode::LinkTableFull => Refusal::LinkTableFull,
             ErrorCode::AlreadyAuthenticated => Refusal::AlreadyAuthenticated,
             ErrorCode::TooManyConnections => Refusal::TooManyConnections,
+            ErrorCode::DeviceRevoked => Refusal::DeviceRevoked,
             ErrorCode::Unspecified => Refusal::Unspecified,
         }
     }
@@ -339,6 +343,7 @@ impl Refusal {
             Refusal::LinkTableFull => "link_table_full",
             Refusal::AlreadyAuthenticated => "already_authenticated",
             Refusal::TooManyConnections => "too_many_connections",
+            Refusal::DeviceRevoked => "device_revoked",
             Refusal::ConnectionCap => "connection_cap",
             Refusal::Unspecified => "unspecified",
         }

@@ -121,7 +121,7 @@ async fn accounts_devices_and_list_rotation(store: StoreKind, dir: &Path) {
     // It can no longer authenticate, and nothing can be sent to it.
     let a2b = client(&r).await;
     let res = a2b.authenticate_with(alice.id(), 2, &removed_key).await;
-    assert_eq!(error_of(&res).0, ErrorCode::AuthFailed);
+    assert_eq!(error_of(&res).0, ErrorCode::DeviceRevoked);
     let (code, e) = error_of(&b1.send(random(), alice.id(), &[1, 2], b"x").await);
     assert_eq!(
         (code, e.extra_devices),

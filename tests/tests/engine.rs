@@ -384,8 +384,23 @@ async fn a_linked_device_joins_the_account_and_contacts_are_warned() {
         messages(&alice, &mut a_rx, 1).await,
         vec![b"after removal".to_vec()]
     );
-    alice.shutdown().await;
+    // Started again later, the removed device is told at once that it was removed, not that the
+    // relay is unreachable, and stops trying.
     alice2.shutdown().await;
+    let (again, mut again_rx) = Engine::open(engine_config(a2d.path(), &relay, addr)).unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, again_rx.recv()).await.unwrap() {
+            Some(Event::Revoked) => break,
+            Some(_) => {}
+            None => panic!("the removed device was not told on connecting"),
+        }
+    }
+    assert!(matches!(
+        again.connected(WAIT).await,
+        Err(hush_client::ClientError::Revoked)
+    ));
+    again.shutdown().await;
+    alice.shutdown().await;
     bob.shutdown().await;
     relay.stop().await;
 }

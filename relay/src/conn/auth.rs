@@ -52,7 +52,7 @@ impl ConnState {
             .devices_of(&account)?
             .ok_or_else(|| Refused::new(ErrorCode::AuthFailed, "unknown account"))?;
         let listed = devices.devices.get(&a.device_id).ok_or_else(|| {
-            Refused::new(ErrorCode::AuthFailed, "device not on the account's list")
+            Refused::new(ErrorCode::DeviceRevoked, "device not on the account's list")
         })?;
         let transcript = verify::auth_transcript(&self.exporter, &challenge, &account, a.device_id);
         verify::auth_signature(&listed.signing_key, &transcript, &a.signature)
@@ -87,7 +87,7 @@ impl ConnState {
         if still != Some(listed.signing_key) {
             relay.router.unregister(&device, self.id);
             return Err(Refused::new(
-                ErrorCode::AuthFailed,
+                ErrorCode::DeviceRevoked,
                 "device not on the account's list",
             ));
         }

@@ -640,7 +640,10 @@ impl ConnState {
                     // A failed proof counts towards closing the connection; authenticating
                     // twice, a full account and a storage failure do not.
                     (Err(e), _)
-                        if matches!(e.code, ErrorCode::AuthFailed | ErrorCode::Malformed) =>
+                        if matches!(
+                            e.code,
+                            ErrorCode::AuthFailed | ErrorCode::DeviceRevoked | ErrorCode::Malformed
+                        ) =>
                     {
                         relay.metrics.auth_failures.inc();
                         self.auth_failures += 1;
