@@ -32,9 +32,23 @@ struct Node {
     sled_path: Option<PathBuf>,
 }
 
+/// Opens a device's sled store. A store just dropped (a simulated crash) releases its file lock
+/// only once sled's background flusher has wound down, so a lock still held is waited for
+/// (bounded), as the client engine does.
 fn open_sled(path: &std::path::Path, seed: u8) -> Store {
-    let rng = Box::new(ChaCha20Rng::from_seed([seed; 32]));
-    Box::new(SledKv::open(path, Zeroizing::new([0x42; 32]), rng).unwrap())
+    for _ in 0..500 {
+        let rng = Box::new(ChaCha20Rng::from_seed([seed; 32]));
+        match SledKv::open(path, Zeroizing::new([0x42; 32]), rng) {
+            Ok(s) => return Box::new(s),
+            Err(hush_core::store::kv::StoreError::Io(e))
+                if e.contains("could not acquire lock") =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("store does not open: {e}"),
+        }
+    }
+    panic!("store still locked after 5 s");
 }
 
 struct World {
