@@ -44,8 +44,8 @@ struct Cli {
 enum Cmd {
     /// Create an account on a relay and claim a username
     Init {
-        /// Relay address (IP:PORT, UDP)
-        #[arg(long)]
+        /// Relay address (HOST:PORT or IP:PORT, UDP)
+        #[arg(long, value_parser = parse_relay)]
         relay: SocketAddr,
         /// The relay certificate's fingerprint (printed by hush-relay)
         #[arg(long)]
@@ -98,8 +98,8 @@ enum Cmd {
         /// The code shown by the existing device
         #[arg(long)]
         code: Option<String>,
-        /// Relay address, for the new device
-        #[arg(long)]
+        /// Relay address (HOST:PORT or IP:PORT), for the new device
+        #[arg(long, value_parser = parse_relay)]
         relay: Option<SocketAddr>,
         /// Relay certificate fingerprint, for the new device
         #[arg(long)]
@@ -156,6 +156,24 @@ enum GroupCmd {
     },
     /// List the groups this device is in
     List,
+}
+
+/// A relay address as given on the command line: `IP:PORT`, or `HOST:PORT` looked up once
+/// (its first IPv4 address if it has one, as relays commonly listen on IPv4; else the first).
+fn parse_relay(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let all: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("`{s}` is not HOST:PORT ({e})"))?
+        .collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| all.first())
+        .copied()
+        .ok_or_else(|| format!("`{s}` has no address"))
 }
 
 fn home_profile() -> PathBuf {
@@ -270,6 +288,10 @@ fn explain(e: &ClientError) -> String {
         ClientError::Revoked => {
             "this device was removed from the account; link it again (`hush link`) to use it".into()
         }
+        ClientError::PinMismatch(addr) => format!(
+            "the relay's certificate at {addr} does not match the pinned fingerprint: check --pin \
+             against the fingerprint hush-relay prints"
+        ),
         ClientError::ProfileInUse(dir) => {
             format!("the profile {dir} is open in another hush process; close that one first")
         }
@@ -489,7 +511,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             m.engine()
                 .connected(Duration::from_secs(cli.connect_timeout))
                 .await
-                .map_err(|e| explain(&e))?;
+                .map_err(|e| match e {
+                    ClientError::Disconnected | ClientError::Timeout => format!(
+                        "relay unreachable: no connection to {} within {} s; is hush-relay running there?",
+                        profile.relay, cli.connect_timeout
+                    ),
+                    e => explain(&e),
+                })?;
             m.set_name(&profile.name);
             let result = command(&m, &profile, cmd, &mut events).await;
             m.shutdown().await;

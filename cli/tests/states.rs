@@ -206,6 +206,14 @@ fn a_failed_init_leaves_nothing_behind_and_the_next_init_works() {
     };
     let failed = init(&alice, &wrong, "alice", &["--connect-timeout", "5"]);
     assert!(!failed.status.success());
+    assert_eq!(
+        stderr(&failed).trim(),
+        format!(
+            "hush: the relay's certificate at {} does not match the pinned fingerprint: check \
+             --pin against the fingerprint hush-relay prints",
+            relay.addr
+        )
+    );
     assert!(!alice.exists(), "a failed init left {}", alice.display());
 
     // An existing empty directory is left empty.
@@ -214,7 +222,37 @@ fn a_failed_init_leaves_nothing_behind_and_the_next_init_works() {
     assert!(!failed.status.success());
     assert_eq!(std::fs::read_dir(&alice).unwrap().count(), 0);
 
-    let made = init(&alice, &relay, "alice", &[]);
+    // A host name is accepted for the relay.
+    let by_name = RelayProcess {
+        child: Command::new("true").spawn().unwrap(),
+        addr: relay.addr,
+        pin: relay.pin.clone(),
+    };
+    let addr = format!("localhost:{}", by_name.addr.port());
+    let made = hush(
+        &alice,
+        &[
+            "init",
+            "--relay",
+            &addr,
+            "--pin",
+            &by_name.pin,
+            "--name",
+            "alice",
+        ],
+    );
     assert!(made.status.success(), "{}", stderr(&made));
     assert!(String::from_utf8_lossy(&made.stdout).contains("as `alice`"));
+
+    // The relay gone: the error names the address it tried.
+    drop(relay);
+    let down = hush(&alice, &["--connect-timeout", "2", "whoami"]);
+    assert!(!down.status.success());
+    assert_eq!(
+        stderr(&down).trim(),
+        format!(
+            "hush: relay unreachable: no connection to {} within 2 s; is hush-relay running there?",
+            by_name.addr
+        )
+    );
 }

@@ -74,11 +74,18 @@ impl RelayConnection {
         endpoint.set_default_client_config(cc);
         let connecting = endpoint
             .connect(addr, "hush-relay")
-            .map_err(ClientError::unreachable)?;
+            .map_err(|e| ClientError::Unreachable(format!("{addr}: {e}")))?;
         let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
             .await
-            .map_err(|_| ClientError::Unreachable("no answer from the relay".to_owned()))?
-            .map_err(ClientError::unreachable)?;
+            .map_err(|_| ClientError::Unreachable(format!("no answer from {addr}")))?
+            .map_err(|e| {
+                // The pin check's own error, carried through rustls and quinn as text.
+                if format!("{e:?}").contains("PinMismatch") {
+                    ClientError::PinMismatch(addr.to_string())
+                } else {
+                    ClientError::Unreachable(format!("{addr}: {e}"))
+                }
+            })?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(ClientError::unreachable)?;
         let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let quic = conn.clone();

@@ -59,6 +59,10 @@ pub enum ClientError {
     /// The engine has been shut down.
     #[error("the engine is shut down")]
     Closed,
+    /// The relay at this address presented a certificate other than the pinned one (a wrong
+    /// pin, or someone else answering there).
+    #[error("the relay's certificate at {0} does not match the pinned fingerprint")]
+    PinMismatch(String),
     /// This device was removed from its account (the relay no longer lets it in).
     #[error("this device was removed from its account")]
     Revoked,

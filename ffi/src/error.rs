@@ -188,6 +188,9 @@ impl From<ClientError> for HushError {
             }
             ClientError::Config(why) => Self::InvalidArgument(why.clone()),
             ClientError::Closed => Self::closed(),
+            ClientError::PinMismatch(addr) => Self::RelayUnreachable(format!(
+                "the relay's certificate at {addr} does not match the pinned fingerprint"
+            )),
             ClientError::Revoked => Self::NotPermitted(
                 "this device was removed from its account; link it again to use it".into(),
             ),
