@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 #[derive(Parser)]
 #[command(name = "hush", about = "End-to-end encrypted chat over a Hush relay")]
 struct Cli {
-    /// Profile directory of this user [env: HUSH_PROFILE] [default: ~/.hush]
+    /// Profile directory of this user [default: ~/.hush]
     #[arg(long, global = true, env = "HUSH_PROFILE")]
     profile: Option<PathBuf>,
     /// Seconds to wait for the relay before giving up with "relay unreachable"
