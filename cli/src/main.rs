@@ -583,6 +583,14 @@ fn discard_new_profile(dir: &Path, made_dir: bool) {
     }
 }
 
+/// Creates the profile directory (0700) and its fresh at-rest key (0600).
+fn make_profile_dir(dir: &Path) -> Result<(), String> {
+    private_fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    rand_core::UnwrapErr(rand::rngs::SysRng).fill(&mut key[..]);
+    write_private(&dir.join("key"), &key[..])
+}
+
 async fn init(
     dir: &Path,
     relay: SocketAddr,
@@ -590,10 +598,7 @@ async fn init(
     name: String,
     connect_timeout: u64,
 ) -> Result<(), String> {
-    private_fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut key = Zeroizing::new([0u8; 32]);
-    rand_core::UnwrapErr(rand::rngs::SysRng).fill(&mut key[..]);
-    write_private(&dir.join("key"), &key[..])?;
+    make_profile_dir(dir)?;
     let profile = Profile {
         dir: dir.to_path_buf(),
         relay,
@@ -649,10 +654,7 @@ async fn link(
     let (Some(relay), Some(pin)) = (relay, pin) else {
         return Err("joining needs --relay and --pin".into());
     };
-    private_fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut key = Zeroizing::new([0u8; 32]);
-    rand_core::UnwrapErr(rand::rngs::SysRng).fill(&mut key[..]);
-    write_private(&dir.join("key"), &key[..])?;
+    make_profile_dir(dir)?;
     let profile = Profile {
         dir: dir.to_path_buf(),
         relay,

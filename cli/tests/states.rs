@@ -10,82 +10,14 @@
     clippy::disallowed_methods
 )]
 
+mod common;
+use common::*;
+
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn relay_binary() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_hush")).parent().unwrap();
-    let bin = dir.join(format!("hush-relay{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "-p", "hush-relay", "--bin", "hush-relay"]);
-        if dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("cargo could not be run");
-        assert!(status.success(), "building hush-relay failed");
-    }
-    bin
-}
-
-struct RelayProcess {
-    child: Child,
-    addr: SocketAddr,
-    pin: String,
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_relay(dir: &Path, listen: &str) -> RelayProcess {
-    let mut child = Command::new(relay_binary())
-        .arg("run")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--listen", listen, "--metrics-listen", "127.0.0.1:0"])
-        .env("HUSH_RELAY_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut addr, mut pin) = (None, None);
-    while addr.is_none() || pin.is_none() {
-        let line = lines.next().expect("relay exited early").unwrap();
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
-        } else if let Some(rest) = line.strip_prefix("certificate fingerprint (pin this): ") {
-            pin = Some(rest.trim().to_string());
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    RelayProcess {
-        child,
-        addr: addr.unwrap(),
-        pin: pin.unwrap(),
-    }
-}
-
-fn hush(profile: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hush"))
-        .arg("--profile")
-        .arg(profile)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// A `hush listen` process and the lines it prints.
 struct Listener {
@@ -148,7 +80,7 @@ fn init(profile: &Path, relay: &RelayProcess, name: &str, extra: &[&str]) -> Out
 #[test]
 fn a_relay_killed_under_a_listener_is_reported_within_ten_seconds() {
     let relay_dir = tempfile::tempdir().unwrap();
-    let mut relay = spawn_relay(relay_dir.path(), "127.0.0.1:0");
+    let mut relay = spawn_relay(relay_dir.path(), &[]);
     let home = tempfile::tempdir().unwrap();
     let alice = home.path().join("alice");
     let made = init(&alice, &relay, "alice", &[]);
@@ -171,7 +103,7 @@ fn a_relay_killed_under_a_listener_is_reported_within_ten_seconds() {
 #[test]
 fn a_profile_open_in_another_process_says_so() {
     let relay_dir = tempfile::tempdir().unwrap();
-    let relay = spawn_relay(relay_dir.path(), "127.0.0.1:0");
+    let relay = spawn_relay(relay_dir.path(), &[]);
     let home = tempfile::tempdir().unwrap();
     let alice = home.path().join("alice");
     let made = init(&alice, &relay, "alice", &[]);
@@ -194,7 +126,7 @@ fn a_profile_open_in_another_process_says_so() {
 #[test]
 fn a_failed_init_leaves_nothing_behind_and_the_next_init_works() {
     let relay_dir = tempfile::tempdir().unwrap();
-    let relay = spawn_relay(relay_dir.path(), "127.0.0.1:0");
+    let relay = spawn_relay(relay_dir.path(), &[]);
     let home = tempfile::tempdir().unwrap();
     let alice = home.path().join("alice");
 
