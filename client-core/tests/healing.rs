@@ -9,6 +9,9 @@
     missing_docs
 )]
 
+mod common;
+use common::introduce;
+
 use hush_core::consts::{
     MAX_RESENDS_PER_MESSAGE, MAX_RETRY_IDS, RETRY_REQUEST_INTERVAL_MS, SENT_LOG_MAX_AGE_MS,
 };
@@ -17,7 +20,6 @@ use hush_core::error::{AuthError, Error, ProtocolError};
 use hush_core::prekeys::PreKeyBundle;
 use hush_core::store::kv::KvStore;
 use hush_core::store::memory::MemoryKv;
-use hush_proto::wire;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -26,24 +28,7 @@ const T0: u64 = 1_000_000;
 const GATHERED: u64 = 2_000;
 
 fn bundle<S: KvStore>(d: &Device<S>) -> PreKeyBundle {
-    let p = d.published_pre_keys().unwrap();
-    PreKeyBundle(wire::PreKeyBundle {
-        account_key: p.address.account.as_bytes().to_vec(),
-        device_id: p.address.device_id,
-        identity: Some(wire::DeviceIdentityKey {
-            signing_key: p.identity.signing_key().to_vec(),
-            dh_key: p.identity.dh_key().to_vec(),
-        }),
-        signed_pre_key: Some(p.signed_pre_key.clone()),
-        one_time_pre_key: None,
-        kem_pre_key: Some(p.last_resort_kem_pre_key.clone()),
-    })
-}
-
-fn introduce<S: KvStore, T: KvStore>(a: &mut Device<S>, b: &Device<T>) {
-    let acct = b.address().account;
-    let list = b.device_list(&acct).unwrap().signed_bytes().to_vec();
-    a.accept_device_list(&list, &acct, 0).unwrap();
+    common::bundle(&d.published_pre_keys().unwrap())
 }
 
 struct Pair {

@@ -10,14 +10,15 @@
     missing_docs
 )]
 
+mod common;
+use common::{bundle, introduce};
+
 use std::sync::{Arc, Mutex};
 
 use hush_core::device::Device;
 use hush_core::error::{Error, ProtocolError};
-use hush_core::prekeys::{PreKeyBundle, PublishedPreKeys};
 use hush_core::store::kv::{Batch, KvEntry, KvStore, Namespace, StoreError};
 use hush_core::store::memory::MemoryKv;
-use hush_proto::wire;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use zeroize::Zeroizing;
@@ -38,26 +39,6 @@ impl KvStore for Shared {
     }
 }
 
-fn bundle(p: &PublishedPreKeys) -> PreKeyBundle {
-    PreKeyBundle(wire::PreKeyBundle {
-        account_key: p.address.account.as_bytes().to_vec(),
-        device_id: p.address.device_id,
-        identity: Some(wire::DeviceIdentityKey {
-            signing_key: p.identity.signing_key().to_vec(),
-            dh_key: p.identity.dh_key().to_vec(),
-        }),
-        signed_pre_key: Some(p.signed_pre_key.clone()),
-        one_time_pre_key: None,
-        kem_pre_key: Some(p.last_resort_kem_pre_key.clone()),
-    })
-}
-
-fn learn<S: KvStore, T: KvStore>(a: &mut Device<S>, b: &Device<T>) {
-    let acct = b.address().account;
-    let list = b.device_list(&acct).unwrap().signed_bytes().to_vec();
-    a.accept_device_list(&list, &acct, 0).unwrap();
-}
-
 fn connect<S: KvStore, T: KvStore>(a: &mut Device<S>, b: &Device<T>, rng: &mut ChaCha20Rng) {
     a.start_session(&bundle(&b.published_pre_keys().unwrap()), rng, 1000)
         .unwrap();
@@ -75,8 +56,8 @@ fn link_and_sync(
     let acct = holder.address().account;
     let mut new = Device::create_linked(MemoryKv::new(), rng, acct, id, now).unwrap();
     holder.add_device(id, new.identity(), now).unwrap();
-    learn(&mut new, holder);
-    learn(&mut new, bob);
+    introduce(&mut new, holder);
+    introduce(&mut new, bob);
     connect(&mut new, holder, rng);
     let request = new.request_group_sync(rng, now).unwrap();
     assert_eq!(request.len(), 1);
@@ -97,10 +78,10 @@ fn a_sibling_vouches_for_a_departed_author_only_with_an_earlier_signed_list_that
     let mut a2 = Device::create_linked(MemoryKv::new(), &mut rng, acct, 2, 1000).unwrap();
     a1.add_device(2, a2.identity(), 1001).unwrap();
     let mut bob = Device::create_account(MemoryKv::new(), &mut rng, 1000).unwrap();
-    learn(&mut a2, &a1);
-    learn(&mut a2, &bob);
-    learn(&mut a1, &bob);
-    learn(&mut bob, &a1);
+    introduce(&mut a2, &a1);
+    introduce(&mut a2, &bob);
+    introduce(&mut a1, &bob);
+    introduce(&mut bob, &a1);
     connect(&mut a2, &a1, &mut rng);
     connect(&mut a2, &bob, &mut rng);
     // Device 2 creates the group; device 1 learns it; then device 2 leaves the list.

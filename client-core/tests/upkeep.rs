@@ -13,38 +13,17 @@ use hush_core::consts::{
     LAST_RESORT_PRE_KEY_ROTATION_MS, ONE_TIME_PRE_KEY_BATCH, ONE_TIME_PRE_KEYS_KEPT,
     ROTATED_PRE_KEYS_KEPT, SESSION_MAX_IDLE_MS, SIGNED_PRE_KEY_ROTATION_MS,
 };
+mod common;
+use common::{bundle, introduce};
+
 use hush_core::device::Device;
 use hush_core::error::{Error, ProtocolError};
-use hush_core::prekeys::{PreKeyBundle, PublishedPreKeys};
-use hush_core::store::kv::KvStore;
 use hush_core::store::memory::MemoryKv;
-use hush_proto::wire;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 const DAY: u64 = 24 * 60 * 60 * 1000;
 const T0: u64 = 1_000_000;
-
-/// A bundle from what `p` publishes, using the last-resort ML-KEM key and no one-time key.
-fn bundle(p: &PublishedPreKeys) -> PreKeyBundle {
-    PreKeyBundle(wire::PreKeyBundle {
-        account_key: p.address.account.as_bytes().to_vec(),
-        device_id: p.address.device_id,
-        identity: Some(wire::DeviceIdentityKey {
-            signing_key: p.identity.signing_key().to_vec(),
-            dh_key: p.identity.dh_key().to_vec(),
-        }),
-        signed_pre_key: Some(p.signed_pre_key.clone()),
-        one_time_pre_key: None,
-        kem_pre_key: Some(p.last_resort_kem_pre_key.clone()),
-    })
-}
-
-fn introduce<S: KvStore, T: KvStore>(a: &mut Device<S>, b: &Device<T>) {
-    let acct = b.address().account;
-    let list = b.device_list(&acct).unwrap().signed_bytes().to_vec();
-    a.accept_device_list(&list, &acct, 0).unwrap();
-}
 
 #[test]
 fn pre_keys_rotate_when_due_and_not_before() {
