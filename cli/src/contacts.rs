@@ -1,0 +1,81 @@
+//! Contacts: usernames this profile knows, checked against the relay's directory.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hush_client::{ClientError, Messenger, MessengerEvent, private_fs};
+use hush_core::keys::AccountId;
+use hush_proto::relay_api::ErrorCode;
+
+use crate::profile::fail;
+use crate::show::explain;
+
+pub(crate) fn contacts(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(dir.join("contacts"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, a)| (n.to_owned(), a.to_owned()))
+        .collect()
+}
+
+pub(crate) fn save_contact(dir: &Path, name: &str, account: &AccountId) -> Result<(), String> {
+    let mut c = contacts(dir);
+    c.insert(name.to_owned(), hex::encode(account.as_bytes()));
+    let text: String = c.iter().map(|(n, a)| format!("{n} {a}\n")).collect();
+    private_fs::write_atomic(&dir.join("contacts"), text.as_bytes())
+        .map_err(|e| format!("contacts: {e}"))
+}
+
+pub(crate) fn name_of(dir: &Path, account: &[u8]) -> String {
+    let hexed = hex::encode(account);
+    contacts(dir)
+        .into_iter()
+        .find(|(_, a)| *a == hexed)
+        .map(|(n, _)| n)
+        .unwrap_or_else(|| hexed.chars().take(12).collect())
+}
+
+pub(crate) async fn contact(m: &Messenger, dir: &Path, name: &str) -> Result<AccountId, String> {
+    if let Some(a) = contacts(dir).get(name) {
+        let bytes = hex::decode(a).map_err(|_| fail("contacts file is damaged"))?;
+        return AccountId::from_bytes(&bytes).map_err(|_| fail("contacts file is damaged"));
+    }
+    let account = m
+        .engine()
+        .lookup_username(name)
+        .await
+        .map_err(|e| match &e {
+            ClientError::Refused(r) if r.code == ErrorCode::NotFound => {
+                format!("unknown user `{name}`")
+            }
+            _ => explain(&e),
+        })?;
+    save_contact(dir, name, &account)?;
+    Ok(account)
+}
+
+/// Learns the name of an unknown sender from what it claims, if the relay's directory (signed
+/// by the account key) confirms it.
+pub(crate) async fn learn_sender(m: &Messenger, dir: &Path, ev: &MessengerEvent) {
+    let MessengerEvent::Message { message, .. } = ev else {
+        return;
+    };
+    let claimed = message
+        .message
+        .as_ref()
+        .map(|a| a.sender_name.clone())
+        .unwrap_or_default();
+    if claimed.is_empty() || message.outgoing {
+        return;
+    }
+    let hexed = hex::encode(&message.sender_account);
+    if contacts(dir).values().any(|a| *a == hexed) {
+        return;
+    }
+    if let Ok(account) = m.engine().lookup_username(&claimed).await
+        && account.as_bytes().as_slice() == message.sender_account.as_slice()
+    {
+        let _ = save_contact(dir, &claimed, &account);
+    }
+}
