@@ -45,6 +45,17 @@ const SEND_ATTEMPTS: usize = 4;
 /// the messenger's outbox keeps the message waiting.
 const FULL_DEVICE_BACKOFF: Duration = Duration::from_secs(2);
 
+/// The engine's link to the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// The first attempt since the engine started is under way.
+    Connecting,
+    /// Connected and authenticated: sends go out now.
+    Online,
+    /// The last attempt failed or the connection ended; the engine keeps trying with backoff.
+    Offline,
+}
+
 /// The devices a send left out because their queue at the relay was full, if any.
 fn left_out(answer: &server_frame::Kind) -> Option<Vec<u32>> {
     match answer {
@@ -255,6 +266,8 @@ pub(crate) struct Inner {
     profile: PathBuf,
     device: Mutex<Device<SledKv>>,
     conn: watch::Sender<Option<Arc<RelayConnection>>>,
+    /// What the app shows of the link to the relay.
+    state: watch::Sender<ConnectionState>,
     events: mpsc::UnboundedSender<Event>,
     shutdown: CancellationToken,
     /// Set once the relay said this device was removed from its account.
@@ -374,12 +387,14 @@ impl Engine {
     fn start(cfg: EngineConfig, device: Device<SledKv>) -> (Self, mpsc::UnboundedReceiver<Event>) {
         let (events, rx) = mpsc::unbounded_channel();
         let (conn, _) = watch::channel(None);
+        let (state, _) = watch::channel(ConnectionState::Connecting);
         let inner = Arc::new(Inner {
             relay: cfg.relay,
             pin: cfg.pin,
             profile: cfg.profile,
             device: Mutex::new(device),
             conn,
+            state,
             events,
             shutdown: CancellationToken::new(),
             revoked: std::sync::atomic::AtomicBool::new(false),
@@ -961,6 +976,24 @@ impl Engine {
     ) -> Result<Vec<u8>, ClientError> {
         let conn = self.inner.current(CONNECT_WAIT).await?;
         conn.download_blob(id, capability, max).await
+    }
+
+    /// The link to the relay now.
+    pub fn state(&self) -> ConnectionState {
+        *self.inner.state.borrow()
+    }
+
+    /// Waits until the first connection attempt has ended (at most `wait`): `Online`, or
+    /// `Offline` once an attempt failed. An app that opens without the relay shows what it has
+    /// without waiting longer than that; one that reaches the relay takes in what waits there.
+    pub async fn settled(&self, wait: Duration) -> ConnectionState {
+        let mut rx = self.inner.state.subscribe();
+        let _ = tokio::time::timeout(
+            wait,
+            rx.wait_for(|s| *s != ConnectionState::Connecting),
+        )
+        .await;
+        *rx.borrow()
     }
 
     /// Waits until the engine is connected (at most `wait`).
@@ -1782,6 +1815,7 @@ async fn session(inner: &Arc<Inner>) -> Result<(), ClientError> {
         tracing::warn!(error = %e, "group logs not requested from the other devices yet");
     }
     inner.conn.send_replace(Some(Arc::clone(&conn)));
+    inner.state.send_replace(ConnectionState::Online);
     inner.emit(Event::Connection(true));
     // Retry requests left from before (PROTOCOL.md §20).
     inner.heal(&conn).await;
@@ -1975,6 +2009,9 @@ async fn run(inner: Arc<Inner>) {
         if inner.shutdown.is_cancelled() {
             break;
         }
+        // Until the next attempt gets through, the app works offline (its sends wait in the
+        // outbox).
+        inner.state.send_replace(ConnectionState::Offline);
         // A session that lasted a while, or that the relay ended by draining (it asked for the
         // reconnect: nothing failed), resets the backoff.
         if drained || started.elapsed() > Duration::from_secs(10) {

@@ -56,6 +56,10 @@ pub enum ClientError {
     /// The engine's settings are unusable (bad pin, profile directory).
     #[error("configuration: {0}")]
     Config(String),
+    /// What the caller asked for cannot be done as asked (a text over the size limit, a
+    /// message or group this device does not have); nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
     /// The engine has been shut down.
     #[error("the engine is shut down")]
     Closed,
@@ -83,7 +87,11 @@ impl ClientError {
     pub fn is_permanent(&self) -> bool {
         match self {
             Self::Core(hush_core::Error::Store(_)) => false,
-            Self::Core(_) | Self::InvalidUsername(_) | Self::Config(_) | Self::Revoked => true,
+            Self::Core(_)
+            | Self::InvalidUsername(_)
+            | Self::Config(_)
+            | Self::Invalid(_)
+            | Self::Revoked => true,
             Self::Refused(r) => matches!(
                 r.code,
                 ErrorCode::Malformed

@@ -45,6 +45,13 @@ const STORE_ATTEMPTS: u32 = 8;
 pub const MAX_ATTACHMENT: usize = 100 << 20;
 /// Longest text message, in bytes.
 pub const MAX_TEXT: usize = 32 * 1024;
+/// First wait of an outbox worker before it offers again a message that had to wait while the
+/// relay was reachable (a full queue, a rate limit); doubles up to [`OUTBOX_RETRY_MAX`].
+const OUTBOX_RETRY_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest such wait.
+const OUTBOX_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+/// How long an outbox worker waits for a connection at a time (then looks again).
+const OUTBOX_CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,6 +74,59 @@ impl Conversation {
 /// A message id (16 random bytes).
 pub type MessageId = [u8; 16];
 
+/// Where a message this account sent stands, as a chat shows it (clock, one tick, two ticks,
+/// blue ticks). It moves forward only; `Failed` until the user retries, which puts the message
+/// back to `Waiting`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MessageStatus {
+    /// Stored on this device, not yet on the relay (offline, or on its way): the outbox sends
+    /// it, in order, as soon as it can. Nothing for the user to do.
+    Waiting,
+    /// Refused for good (see [`ClientError::is_permanent`]): sent again only by
+    /// [`Messenger::retry`].
+    Failed,
+    /// On the relay, for every recipient device.
+    Sent,
+    /// A device of every recipient account has it.
+    Delivered,
+    /// Every recipient account has read it.
+    Read,
+}
+
+/// The status of a stored message this account sent (`None` for a received one). A group
+/// message counts as delivered (read) once every member it was sent to confirmed it.
+pub fn status_of(m: &StoredMessage) -> Option<MessageStatus> {
+    if !m.outgoing {
+        return None;
+    }
+    if !m.sent {
+        return Some(if m.failed.is_empty() {
+            MessageStatus::Waiting
+        } else {
+            MessageStatus::Failed
+        });
+    }
+    let all = |confirmed: &dyn Fn(&Vec<u8>) -> bool, any: bool| {
+        if m.recipients.is_empty() {
+            any
+        } else {
+            m.recipients.iter().all(confirmed)
+        }
+    };
+    let read = all(&|r| m.read_by.contains(r), !m.read_by.is_empty());
+    let delivered = all(
+        &|r| m.read_by.contains(r) || m.delivered_to.contains(r),
+        !m.read_by.is_empty() || !m.delivered_to.is_empty(),
+    );
+    Some(if read {
+        MessageStatus::Read
+    } else if delivered {
+        MessageStatus::Delivered
+    } else {
+        MessageStatus::Sent
+    })
+}
+
 /// What the messenger reports.
 pub enum MessengerEvent {
     /// A new message in a conversation (text, attachment or reaction), stored in history.
@@ -76,14 +136,17 @@ pub enum MessengerEvent {
         /// The stored record.
         message: Box<StoredMessage>,
     },
-    /// A recipient's device confirmed delivery or reading of messages this account sent.
-    Receipt {
-        /// Who.
-        from: AccountId,
-        /// Delivered or read.
-        read: bool,
-        /// Which messages.
+    /// Messages this account sent moved to a further [`MessageStatus`]: on the relay,
+    /// delivered to every recipient account, read by every one. Reported once per step and
+    /// never backwards (a second device's receipt, or a delivery receipt after the read one,
+    /// changes nothing); [`status_of`] gives a stored message's status at any time.
+    Status {
+        /// Where.
+        conversation: Conversation,
+        /// Which messages (one receipt may move many).
         message_ids: Vec<MessageId>,
+        /// Where they stand now.
+        status: MessageStatus,
     },
     /// Someone started or stopped typing.
     Typing {
@@ -126,14 +189,6 @@ pub enum MessengerEvent {
     /// Everything the relay held for this device while it was away has been processed (the
     /// events before this one): history and receipts are up to date.
     CaughtUp,
-    /// A message this device sent earlier, stored but not yet on the relay (the app was closed
-    /// or the relay unreachable), is now on the relay: it shows as sent.
-    Sent {
-        /// Where.
-        conversation: Conversation,
-        /// Which message.
-        message_id: MessageId,
-    },
     /// A group message this device sent did not reach some member accounts (or, with an
     /// empty list, has now reached every one it had missed): show "not delivered to ...".
     /// Those not refused for good are tried again by the outbox on each connection;
@@ -182,15 +237,15 @@ impl std::fmt::Debug for MessengerEvent {
                 .field("conversation", conversation)
                 .field("outgoing", &message.outgoing)
                 .finish_non_exhaustive(),
-            Self::Receipt {
-                from,
-                read,
+            Self::Status {
+                conversation,
                 message_ids,
+                status,
             } => f
-                .debug_struct("Receipt")
-                .field("from", from)
-                .field("read", read)
+                .debug_struct("Status")
+                .field("conversation", conversation)
                 .field("count", &message_ids.len())
+                .field("status", status)
                 .finish(),
             Self::Typing {
                 from,
@@ -225,10 +280,6 @@ impl std::fmt::Debug for MessengerEvent {
                 .finish(),
             Self::GroupsChanged => f.write_str("GroupsChanged"),
             Self::CaughtUp => f.write_str("CaughtUp"),
-            Self::Sent { conversation, .. } => f
-                .debug_struct("Sent")
-                .field("conversation", conversation)
-                .finish_non_exhaustive(),
             Self::Undelivered {
                 conversation,
                 accounts,
@@ -562,16 +613,14 @@ struct Shared {
     events: mpsc::UnboundedSender<MessengerEvent>,
     /// The username this account goes by, sent along with messages.
     name: Mutex<String>,
-    /// Ids of stored messages being sent right now (not to be sent again by the outbox).
-    in_flight: Mutex<HashSet<Vec<u8>>>,
-    /// Whether the outbox is being worked through.
-    resending: AtomicBool,
-    /// The outbox runs started, so that shutdown can stop them.
-    outbox_runs: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// The per-conversation sends of the outbox runs, which shutdown stops and waits for (each
-    /// holds the shared state).
+    /// Conversations whose outbox worker runs, each with whether something was added since
+    /// the worker last looked (see [`Shared::kick`]).
+    working: Mutex<HashMap<Conversation, bool>>,
+    /// Bumped on every change a caller may wait for (see [`Messenger::wait_sent`]).
+    changed: tokio::sync::watch::Sender<u64>,
+    /// The outbox workers, which shutdown stops and waits for (each holds the shared state).
     outbox_sends: tokio_util::task::TaskTracker,
-    /// Tells the per-conversation sends to stop.
+    /// Tells the outbox workers to stop.
     outbox_stop: tokio_util::sync::CancellationToken,
 }
 
@@ -645,13 +694,14 @@ impl Messenger {
             presence: AtomicBool::new(true),
             events,
             name: Mutex::new(String::new()),
-            in_flight: Mutex::new(HashSet::new()),
-            resending: AtomicBool::new(false),
-            outbox_runs: Mutex::new(Vec::new()),
+            working: Mutex::new(HashMap::new()),
+            changed: tokio::sync::watch::channel(0).0,
             outbox_sends: tokio_util::task::TaskTracker::new(),
             outbox_stop: tokio_util::sync::CancellationToken::new(),
         });
         let task = tokio::spawn(pump(Arc::clone(&shared), rx));
+        // What an earlier run left in the outbox waits for the connection in order.
+        shared.kick_all();
         Ok((Self { shared, task }, out))
     }
 
@@ -673,12 +723,13 @@ impl Messenger {
         self.shared.me
     }
 
-    /// Sends a text (optionally as a reply); returns its id once the relay has it durably.
-    ///
-    /// The message is stored first. If it cannot leave now (offline, relay unreachable) the
-    /// error says so and the outbox sends it on the next connection ([`MessengerEvent::Sent`]);
-    /// if it is refused for good ([`ClientError::is_permanent`]) it is stored as failed and
+    /// Sends a text (optionally as a reply): stores it and returns its id at once, with the
+    /// message [`MessageStatus::Waiting`]; it never waits for the relay. The outbox sends it,
+    /// after the conversation's earlier messages, as soon as the relay can be reached
+    /// ([`MessengerEvent::Status`] with `Sent`), across restarts. Refused for good
+    /// ([`ClientError::is_permanent`]), it is stored as failed and
     /// [`MessengerEvent::SendFailed`] names it. The same holds for reactions and attachments.
+    /// Errors only for what cannot be stored as asked (too long, an unknown group).
     pub async fn send_text(
         &self,
         to: Conversation,
@@ -686,7 +737,10 @@ impl Messenger {
         reply_to: Option<MessageId>,
     ) -> Result<MessageId, ClientError> {
         if text.len() > MAX_TEXT {
-            return Err(ClientError::Config(format!("text over {MAX_TEXT} bytes")));
+            return Err(ClientError::Invalid(format!(
+                "the message is too long: {} bytes, at most {MAX_TEXT}",
+                text.len()
+            )));
         }
         self.shared
             .send_stored(
@@ -696,7 +750,6 @@ impl Messenger {
                     reply_to: reply_to.map(|r| r.to_vec()).unwrap_or_default(),
                 }),
             )
-            .await
     }
 
     /// Reacts to a message (an empty `emoji` removes the reaction).
@@ -714,7 +767,6 @@ impl Messenger {
                     emoji: emoji.to_owned(),
                 }),
             )
-            .await
     }
 
     /// Encrypts `data`, uploads it and sends it as an attachment.
@@ -726,7 +778,10 @@ impl Messenger {
         data: &[u8],
     ) -> Result<MessageId, ClientError> {
         if data.len() > MAX_ATTACHMENT {
-            return Err(ClientError::Config("attachment too large".into()));
+            return Err(ClientError::Invalid(format!(
+                "the file is too large: {} bytes, at most {MAX_ATTACHMENT}",
+                data.len()
+            )));
         }
         let key = Zeroizing::new(random::<32>());
         let cipher = ChaCha20Poly1305::new(&Key::from(*key));
@@ -750,7 +805,6 @@ impl Messenger {
                     caption: String::new(),
                 }),
             )
-            .await
     }
 
     /// Downloads and decrypts an attachment, checking its digest.
@@ -858,13 +912,61 @@ impl Messenger {
         Ok(self.shared.lock_history()?.get(id))
     }
 
-    /// Sends again a message of this device that has not reached the relay: one shown as failed
-    /// (`StoredMessage::failed`, [`MessengerEvent::SendFailed`]) or still waiting in the
-    /// outbox; for a group message, to the members it missed (`StoredMessage::undelivered`,
-    /// refused for good or not). Nothing happens for one sent to everyone. Errors as for
-    /// [`Self::send_text`]; a message refused again for good stays failed.
+    /// Puts back in the outbox a message of this device that failed (`StoredMessage::failed`,
+    /// [`MessengerEvent::SendFailed`]); for a group message, also the members it missed for
+    /// good (`StoredMessage::undelivered`). Returns at once, the message `Waiting`; refused
+    /// again, it is failed again. Nothing happens for one sent to everyone or already waiting.
     pub async fn retry(&self, id: &MessageId) -> Result<(), ClientError> {
-        self.shared.retry(id).await
+        self.shared.retry(id)
+    }
+
+    /// Waits (at most `wait`) until a message this device sent has left the outbox, and
+    /// returns its status: `Sent` or further, `Failed`, or still `Waiting` when `wait` ran out
+    /// (it stays in the outbox). For a command-line client that exits after sending.
+    pub async fn wait_sent(
+        &self,
+        id: &MessageId,
+        wait: std::time::Duration,
+    ) -> Result<MessageStatus, ClientError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changed = self.shared.changed.subscribe();
+        loop {
+            let status = {
+                let h = self.shared.lock_history()?;
+                h.get_from(id, &self.shared.own_sender())
+                    .and_then(|(_, m)| status_of(&m))
+                    .ok_or_else(|| ClientError::Invalid("no such message sent here".into()))?
+            };
+            if status != MessageStatus::Waiting {
+                return Ok(status);
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Ok(status),
+            }
+        }
+    }
+
+    /// The conversations with messages not yet read here, and how many (newest first).
+    pub fn unread(&self) -> Result<Vec<(Conversation, usize)>, ClientError> {
+        let h = self.shared.lock_history()?;
+        let mut counts: HashMap<Conversation, (usize, Vec<u8>)> = HashMap::new();
+        for (order, key) in &h.order {
+            let Some(m) = h.by_key.get(key) else {
+                continue;
+            };
+            if m.outgoing || m.read {
+                continue;
+            }
+            if let Some(conv) = conversation_of(key) {
+                let e = counts.entry(conv).or_insert((0, Vec::new()));
+                e.0 += 1;
+                e.1.clone_from(order);
+            }
+        }
+        let mut out: Vec<_> = counts.into_iter().collect();
+        out.sort_by(|a, b| b.1.1.get(33..).cmp(&a.1.1.get(33..)));
+        Ok(out.into_iter().map(|(c, (n, _))| (c, n)).collect())
     }
 
     /// Up to `limit` messages of a conversation, oldest first, before message `before` (or the
@@ -886,18 +988,8 @@ impl Messenger {
     pub async fn shutdown(self) {
         self.task.abort();
         let _ = self.task.await;
-        let runs = self
-            .shared
-            .outbox_runs
-            .lock()
-            .map(|mut r| std::mem::take(&mut *r))
-            .unwrap_or_default();
-        for r in runs {
-            r.abort();
-            let _ = r.await;
-        }
-        // The per-conversation sends those runs started: stopped, and waited for, so that none
-        // still holds the stores.
+        // The outbox workers: stopped, and waited for, so that none still holds the stores.
+        // What they had not sent stays stored and waits for the next start.
         self.shared.outbox_stop.cancel();
         self.shared.outbox_sends.close();
         self.shared.outbox_sends.wait().await;
@@ -1041,6 +1133,7 @@ impl Shared {
 
     fn emit(&self, e: MessengerEvent) {
         let _ = self.events.send(e);
+        self.changed.send_modify(|c| *c = c.wrapping_add(1));
     }
 
     /// A new application message from this device (counter and clock advanced when `counted`).
@@ -1116,11 +1209,17 @@ impl Shared {
         }
     }
 
-    async fn send_stored(
-        &self,
+    /// Stores a new message of this device and hands it to its conversation's outbox worker.
+    fn send_stored(
+        self: &Arc<Self>,
         to: Conversation,
         kind: app_message::Kind,
     ) -> Result<MessageId, ClientError> {
+        if let Conversation::Group(g) = &to
+            && !self.engine.groups()?.iter().any(|(id, _)| id == g)
+        {
+            return Err(ClientError::Invalid("this device is not in that group".into()));
+        }
         let m = self.wrap(&to, kind, true);
         let id: MessageId = m
             .message_id
@@ -1131,30 +1230,17 @@ impl Shared {
             Conversation::Direct(p) => p.as_bytes().to_vec(),
             Conversation::Group(_) => Vec::new(),
         };
-        let stored = record(
-            m.clone(),
-            &self.me,
-            peer.clone(),
-            true,
-            self.recipients_of(&to),
-        );
-        // Stored before it leaves: a crash never loses what the user sent (the outbox sends it
-        // again on the next connection).
-        // Claimed before it is stored, so that an outbox run never sends it alongside this call.
-        self.mark_in_flight(&id, true);
-        let inserted = self.lock_history().and_then(|mut h| h.insert(&to, stored));
-        if let Err(e) = inserted {
-            self.mark_in_flight(&id, false);
-            return Err(e);
-        }
-        self.send_claimed(to, &id, m, peer, false).await?;
+        let stored = record(m, &self.me, peer, true, self.recipients_of(&to));
+        // Stored before it leaves: a crash never loses what the user sent.
+        self.lock_history()?.insert(&to, stored)?;
+        self.kick(to);
         Ok(id)
     }
 
-    /// Sends a stored message this device has claimed (`in_flight`) and releases the claim: on
+    /// Sends a stored message of this device (only its conversation's outbox worker does): on
     /// success it is marked sent and copied to the account's other devices; refused for good,
     /// it is stored as failed (never sent again by the outbox) and the app is told. Otherwise it
-    /// waits in the outbox for the next connection.
+    /// stays waiting.
     ///
     /// A group message goes to the member accounts it has not reached yet (all, the first
     /// time); those it does not reach now are stored in `undelivered` (the app is told), and
@@ -1167,24 +1253,17 @@ impl Shared {
         peer: Vec<u8>,
         with_permanent: bool,
     ) -> Result<(), ClientError> {
-        let (was_sent, only) = match self.lock_history() {
-            Ok(h) => h
-                .get_from(id, &self.own_sender())
-                .map_or((false, None), |(_, s)| {
-                    (s.sent, retry_targets(&s, with_permanent))
-                }),
-            Err(e) => {
-                self.mark_in_flight(id, false);
-                return Err(e);
-            }
-        };
+        let (was_sent, only) = self
+            .lock_history()?
+            .get_from(id, &self.own_sender())
+            .map_or((false, None), |(_, s)| {
+                (s.sent, retry_targets(&s, with_permanent))
+            });
         if only.as_ref().is_some_and(Vec::is_empty) {
             // Sent, and no member left to reach.
-            self.mark_in_flight(id, false);
             return Ok(());
         }
         let sent = self.deliver(conv, &m, only.as_deref()).await;
-        self.mark_in_flight(id, false);
         let delivery = match sent {
             Ok(d) => d,
             Err(e) => {
@@ -1239,6 +1318,11 @@ impl Shared {
             self.update_own(id, |s| s.sent = true)?;
         }
         if !was_sent {
+            self.emit(MessengerEvent::Status {
+                conversation: conv,
+                message_ids: vec![*id],
+                status: MessageStatus::Sent,
+            });
             self.sync_sent(peer, m).await;
         }
         Ok(())
@@ -1256,116 +1340,135 @@ impl Shared {
         Ok(())
     }
 
-    /// Sends again a message of this device that failed for good (after the user fixed the
-    /// cause, or to try once more): as [`Self::send_stored`], under its original id, so
-    /// recipients that somehow got it already drop the copy.
-    async fn retry(&self, id: &MessageId) -> Result<(), ClientError> {
-        let found = {
-            let h = self.lock_history()?;
-            h.get_from(id, &self.own_sender()).or_else(|| h.get(id))
-        };
-        let (conv, stored) = found.ok_or(ClientError::Config("no such message".into()))?;
-        if !stored.outgoing
-            || stored.sender_device != self.me.device_id
-            || stored.sender_account != self.me.account.as_bytes()
-        {
-            return Err(ClientError::Config(
-                "only a message this device sent can be retried".into(),
-            ));
-        }
-        if stored.sent && stored.undelivered.is_empty() {
-            return Ok(());
-        }
-        let m = stored
-            .message
-            .clone()
-            .ok_or(ClientError::Protocol("stored message without content"))?;
-        if !self.claim(id) {
-            // Being sent right now.
-            return Ok(());
-        }
-        let cleared = self
-            .lock_history()
-            .and_then(|mut h| h.update_where(id, |_, s| self.is_own(s), |s| s.failed.clear()));
-        if let Err(e) = cleared {
-            self.mark_in_flight(id, false);
-            return Err(e);
-        }
-        self.send_claimed(conv, id, m, stored.peer.clone(), true)
-            .await
-    }
-
-    /// Claims a stored message for sending, atomically: false if a send of it is under way.
-    fn claim(&self, id: &[u8]) -> bool {
-        self.in_flight
-            .lock()
-            .is_ok_and(|mut f| f.insert(id.to_vec()))
-    }
-
-    fn mark_in_flight(&self, id: &[u8], on: bool) {
-        if let Ok(mut f) = self.in_flight.lock() {
-            if on {
-                f.insert(id.to_vec());
-            } else {
-                f.remove(id);
+    /// Puts a message of this device back in its conversation's outbox (see
+    /// [`Messenger::retry`]).
+    fn retry(self: &Arc<Self>, id: &MessageId) -> Result<(), ClientError> {
+        let conv = {
+            let mut h = self.lock_history()?;
+            let (conv, stored) = h
+                .get_from(id, &self.own_sender())
+                .ok_or_else(|| ClientError::Invalid("no such message sent from this device".into()))?;
+            if stored.sent && stored.undelivered.is_empty() {
+                return Ok(());
             }
+            h.update_where(
+                id,
+                |_, s| self.is_own(s),
+                |s| {
+                    s.failed.clear();
+                    for u in &mut s.undelivered {
+                        u.permanent = false;
+                    }
+                },
+            )?;
+            conv
+        };
+        self.kick(conv);
+        Ok(())
+    }
+
+    /// Whether a message of this device still waits for the outbox: never sent (and not failed),
+    /// or a group message some members of which it is still to reach.
+    fn is_pending(&self, m: &StoredMessage) -> bool {
+        self.is_own(m)
+            && m.failed.is_empty()
+            && (!m.sent || m.undelivered.iter().any(|u| !u.permanent))
+    }
+
+    /// Starts the outbox worker of every conversation with waiting messages (on start, and on
+    /// each connection for group messages that missed members).
+    fn kick_all(self: &Arc<Self>) {
+        let convs: HashSet<Conversation> = match self.lock_history() {
+            Ok(h) => h
+                .by_key
+                .iter()
+                .filter(|(_, m)| self.is_pending(m))
+                .filter_map(|(k, _)| conversation_of(k))
+                .collect(),
+            Err(_) => HashSet::new(),
+        };
+        for c in convs {
+            self.kick(c);
         }
     }
 
-    /// The outbox: sends again, oldest first, every message this device stored but never got
-    /// onto the relay, and group messages to the members they have not reached yet. Runs on
-    /// every (re)connection; a message that reached the relay before a crash may thus arrive
-    /// twice, which receivers drop (same sender, same id).
-    ///
-    /// Conversations are worked through side by side, each in order: a message that must wait
-    /// (its recipient's queue is full, the relay rate-limits, ...) holds back the later ones of
-    /// its conversation only. Without a connection, everything waits for the next.
-    async fn resend_unsent(self: Arc<Self>) {
-        if self.resending.swap(true, Ordering::SeqCst) {
+    /// Makes sure the outbox worker of `conv` runs and sees what was just added.
+    fn kick(self: &Arc<Self>, conv: Conversation) {
+        let Ok(mut working) = self.working.lock() else {
+            return;
+        };
+        if let Some(again) = working.get_mut(&conv) {
+            *again = true;
             return;
         }
-        let pending: Vec<(Conversation, StoredMessage)> = match self.lock_history() {
-            Ok(h) => h
-                .order
-                .values()
-                .filter_map(|k| Some((k, h.by_key.get(k)?)))
-                .filter(|(_, m)| {
-                    self.is_own(m)
-                        && m.failed.is_empty()
-                        && (!m.sent || m.undelivered.iter().any(|u| !u.permanent))
-                })
-                .filter_map(|(k, m)| Some((conversation_of(k)?, m.clone())))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        let mut pending = pending;
-        pending.sort_by_key(|(_, m)| m.message.as_ref().map_or(0, |a| a.sent_at));
-        // One queue per conversation, each in its own order, worked through side by side: a
-        // message that waits (and the retries of its send) holds back its conversation only.
-        let mut queues: BTreeMap<Conversation, Vec<StoredMessage>> = BTreeMap::new();
-        for (conv, m) in pending {
-            queues.entry(conv).or_default().push(m);
-        }
-        let mut runs = Vec::with_capacity(queues.len());
-        for (conv, queue) in queues {
-            let me = Arc::clone(&self);
-            let stop = self.outbox_stop.clone();
-            runs.push(self.outbox_sends.spawn(async move {
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    () = me.resend_conversation(conv, queue) => {}
-                }
-                drop(me);
-            }));
-        }
-        for r in runs {
-            let _ = r.await;
-        }
-        self.resending.store(false, Ordering::SeqCst);
+        working.insert(conv, false);
+        drop(working);
+        let me = Arc::clone(self);
+        let stop = self.outbox_stop.clone();
+        self.outbox_sends.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = me.work(conv) => {}
+            }
+        });
     }
 
-    /// Sends one conversation's waiting messages, in order, until one must wait.
-    async fn resend_conversation(&self, conv: Conversation, queue: Vec<StoredMessage>) {
+    /// The outbox worker of one conversation: while it has waiting messages, waits for the
+    /// relay and sends them in order. A message that must wait (offline again, a full queue, a
+    /// rate limit) holds back the later ones of its conversation only, and is tried again
+    /// after a backoff (at once after a reconnection). A message that reached the relay before
+    /// a crash may thus arrive twice, which receivers drop (same sender, same id).
+    async fn work(self: Arc<Self>, conv: Conversation) {
+        let mut backoff = OUTBOX_RETRY_MIN;
+        loop {
+            match self.engine.connected(OUTBOX_CONNECT_WAIT).await {
+                Ok(()) => {}
+                Err(ClientError::Disconnected | ClientError::Timeout) => continue,
+                // Revoked or shut down: nothing will leave.
+                Err(_) => {
+                    if let Ok(mut w) = self.working.lock() {
+                        w.remove(&conv);
+                    }
+                    return;
+                }
+            }
+            if self.send_pending(conv).await {
+                let Ok(mut working) = self.working.lock() else {
+                    return;
+                };
+                match working.get_mut(&conv) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        // Done, under the lock a new message's kick takes: it either set
+                        // `again` before this, or starts a new worker after.
+                        working.remove(&conv);
+                        return;
+                    }
+                }
+                backoff = OUTBOX_RETRY_MIN;
+                continue;
+            }
+            if self.engine.state() != crate::engine::ConnectionState::Online {
+                // Cut off: the next connection is what to wait for.
+                backoff = OUTBOX_RETRY_MIN;
+                continue;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = backoff.saturating_mul(2).min(OUTBOX_RETRY_MAX);
+        }
+    }
+
+    /// Sends the waiting messages of `conv`, oldest first; true if none is left waiting.
+    async fn send_pending(&self, conv: Conversation) -> bool {
+        let queue: Vec<StoredMessage> = match self.lock_history() {
+            Ok(h) => h
+                .page(&conv, None, usize::MAX)
+                .into_iter()
+                .filter(|m| self.is_pending(m))
+                .collect(),
+            Err(_) => return false,
+        };
+        let mut all_done = true;
         for stored in queue {
             let Some(m) = stored.message.clone() else {
                 continue;
@@ -1373,31 +1476,30 @@ impl Shared {
             let Ok(id) = MessageId::try_from(m.message_id.as_slice()) else {
                 continue;
             };
-            // Claimed atomically: a send of the same message already under way is left alone.
-            if !self.claim(&id) {
-                continue;
-            }
-            match self
-                .send_claimed(conv, &id, m, stored.peer.clone(), false)
-                .await
-            {
-                Ok(()) => self.emit(MessengerEvent::Sent {
-                    conversation: conv,
-                    message_id: id,
-                }),
+            match self.send_claimed(conv, &id, m, stored.peer.clone(), false).await {
+                Ok(()) => {
+                    // A group message may still miss members (tried again later).
+                    let still = self
+                        .lock_history()
+                        .ok()
+                        .and_then(|h| h.get_from(&id, &self.own_sender()))
+                        .is_some_and(|(_, s)| self.is_pending(&s));
+                    all_done &= !still;
+                }
                 // Refused for good (the group is gone, the account too, ...): stored as
                 // failed, the app told; the outbox moves on.
                 Err(e) if e.is_permanent() => {
-                    tracing::debug!(error = %e, "an unsent message was refused");
+                    tracing::debug!(error = %e, "a waiting message was refused");
                 }
                 // Offline again, or this conversation must wait (a full queue, a rate limit):
-                // its later messages wait too, in order, for the next connection.
+                // its later messages wait too, in order.
                 Err(e) => {
-                    tracing::debug!(error = %e, "an unsent message is still waiting");
-                    return;
+                    tracing::debug!(error = %e, "a waiting message waits longer");
+                    return false;
                 }
             }
         }
+        all_done
     }
 
     /// Gives the account's other devices a copy of a sent message, so every device shows the
@@ -1507,20 +1609,33 @@ impl Shared {
             Some(app_message::Kind::Receipt(r)) => {
                 let read = r.kind() == app::receipt::Kind::Read;
                 let who = from.account.as_bytes().to_vec();
-                let mut ids = Vec::new();
+                // The messages this receipt moves to a further status, by conversation and
+                // status: a receipt only adds to who has a message, so nothing moves back.
+                let mut moved: BTreeMap<(Conversation, MessageStatus), Vec<MessageId>> =
+                    BTreeMap::new();
                 {
                     let mut h = self.lock_history()?;
                     for id in &r.message_ids {
+                        let Ok(mid) = MessageId::try_from(id.as_slice()) else {
+                            continue;
+                        };
+                        let conv_of = std::cell::Cell::new(None);
+                        let mut step = None;
                         // Only this account's messages, and only those sent to the account
                         // that confirms: anyone else's receipt changes nothing.
-                        let matched = h.update_where(
+                        h.update_where(
                             id,
                             |conv, s| {
-                                s.outgoing
+                                let ok = s.outgoing
                                     && s.sender_account == self.me.account.as_bytes()
-                                    && self.was_sent_to(conv, s, &from.account)
+                                    && self.was_sent_to(conv, s, &from.account);
+                                if ok {
+                                    conv_of.set(Some(*conv));
+                                }
+                                ok
                             },
                             |s| {
+                                let before = status_of(s);
                                 let list = if read {
                                     &mut s.read_by
                                 } else {
@@ -1529,23 +1644,24 @@ impl Shared {
                                 if !list.contains(&who) {
                                     list.push(who.clone());
                                 }
+                                let after = status_of(s);
+                                if after > before {
+                                    step = after;
+                                }
                             },
                         )?;
-                        if matched > 0
-                            && let Ok(i) = MessageId::try_from(id.as_slice())
-                        {
-                            ids.push(i);
+                        if let (Some(c), Some(st)) = (conv_of.get(), step) {
+                            moved.entry((c, st)).or_default().push(mid);
                         }
                     }
                 }
-                if ids.is_empty() {
-                    return Ok(());
+                for ((conversation, status), message_ids) in moved {
+                    self.emit(MessengerEvent::Status {
+                        conversation,
+                        message_ids,
+                        status,
+                    });
                 }
-                self.emit(MessengerEvent::Receipt {
-                    from: from.account,
-                    read,
-                    message_ids: ids,
-                });
             }
             Some(app_message::Kind::SyncSent(mut s)) if own => {
                 // A message this account sent from another device.
@@ -1644,12 +1760,7 @@ async fn pump(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
             Event::Connection(c) => {
                 shared.emit(MessengerEvent::Connection(c));
                 if c {
-                    let s = Arc::clone(&shared);
-                    let run = tokio::spawn(s.resend_unsent());
-                    if let Ok(mut runs) = shared.outbox_runs.lock() {
-                        runs.retain(|r| !r.is_finished());
-                        runs.push(run);
-                    }
+                    shared.kick_all();
                 }
             }
             Event::Revoked => shared.emit(MessengerEvent::Revoked),

@@ -559,8 +559,10 @@ impl HushClient {
         .await
     }
 
-    /// Sends a text, optionally as a reply to message `reply_to`; returns its id once the relay
-    /// holds it (it is stored before, and sent again after a failure when connected).
+    /// Sends a text, optionally as a reply to message `reply_to`: stores it and returns its id
+    /// at once, status `Waiting`, online or not. The client sends it, after the conversation's
+    /// earlier messages, as soon as the relay can be reached (a `Status` event with `Sent`);
+    /// refused for good, it becomes `Failed` (a `SendFailed` event).
     pub async fn send_text(
         &self,
         conversation: Conversation,
@@ -576,8 +578,9 @@ impl HushClient {
         .await
     }
 
-    /// Sends again a message of this device that is `Failed` (or still `Sending`): after the
-    /// user fixed the cause, or to try once more. Nothing happens for a message already sent.
+    /// Puts back in the outbox a message of this device that is `Failed` (after the user fixed
+    /// the cause, or to try once more); returns at once, the message `Waiting`. Nothing
+    /// happens for a message already sent or still waiting.
     pub async fn retry_send(&self, message_id: String) -> Result<(), HushError> {
         let id = parse_message_id(&message_id)?;
         self.with(move |m| async move { Ok(m.retry(&id).await?) })

@@ -186,7 +186,9 @@ impl From<ClientError> for HushError {
             ClientError::Config(why) if why.starts_with("relay pin") => {
                 Self::InvalidArgument(why.clone())
             }
-            ClientError::Config(why) => Self::InvalidArgument(why.clone()),
+            ClientError::Config(why) | ClientError::Invalid(why) => {
+                Self::InvalidArgument(why.clone())
+            }
             ClientError::Closed => Self::closed(),
             ClientError::PinMismatch(addr) => Self::RelayUnreachable(format!(
                 "the relay's certificate at {addr} does not match the pinned fingerprint"

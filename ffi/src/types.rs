@@ -127,13 +127,14 @@ pub enum MessageContent {
 /// Where an outgoing message is, or whether an incoming one was read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
 pub enum MessageStatus {
-    /// Outgoing, stored here, not yet on the relay (it is sent when connected).
-    Sending,
+    /// Outgoing, stored here, not yet on the relay: the outbox sends it, in order, as soon as
+    /// the relay can be reached (show a clock; nothing for the user to do).
+    Waiting,
     /// Outgoing, on the relay.
     Sent,
-    /// Outgoing, confirmed delivered by at least one recipient.
+    /// Outgoing, a device of every recipient account has it.
     Delivered,
-    /// Outgoing, read by at least one recipient.
+    /// Outgoing, every recipient account has read it.
     Read,
     /// Outgoing, refused for good (see `HushMessage.failure`); `retry_send` tries again.
     Failed,
@@ -141,6 +142,19 @@ pub enum MessageStatus {
     Unread,
     /// Incoming, marked read.
     Seen,
+}
+
+impl From<hush_client::messenger::MessageStatus> for MessageStatus {
+    fn from(s: hush_client::messenger::MessageStatus) -> Self {
+        use hush_client::messenger::MessageStatus as S;
+        match s {
+            S::Waiting => Self::Waiting,
+            S::Failed => Self::Failed,
+            S::Sent => Self::Sent,
+            S::Delivered => Self::Delivered,
+            S::Read => Self::Read,
+        }
+    }
 }
 
 /// A message of a conversation, as stored in history.
@@ -216,22 +230,10 @@ pub(crate) fn message(conversation: Conversation, m: &StoredMessage) -> HushMess
         },
         _ => MessageContent::Unsupported,
     };
-    let status = if m.outgoing {
-        if !m.read_by.is_empty() {
-            MessageStatus::Read
-        } else if !m.delivered_to.is_empty() {
-            MessageStatus::Delivered
-        } else if m.sent {
-            MessageStatus::Sent
-        } else if !m.failed.is_empty() {
-            MessageStatus::Failed
-        } else {
-            MessageStatus::Sending
-        }
-    } else if m.read {
-        MessageStatus::Seen
-    } else {
-        MessageStatus::Unread
+    let status = match hush_client::messenger::status_of(m) {
+        Some(s) => s.into(),
+        None if m.read => MessageStatus::Seen,
+        None => MessageStatus::Unread,
     };
     HushMessage {
         id: app.map(|a| hex::encode(&a.message_id)).unwrap_or_default(),
@@ -270,14 +272,16 @@ pub enum HushEvent {
         /// The message.
         message: HushMessage,
     },
-    /// A recipient confirmed delivery or reading of messages this account sent.
-    Receipt {
-        /// The recipient's account id.
-        account: String,
-        /// Read (true) or delivered.
-        read: bool,
+    /// Messages this account sent moved to a further status (sent, delivered to every
+    /// recipient, read by every recipient): update their ticks. Once per step, never
+    /// backwards, however many devices confirm.
+    Status {
+        /// Where.
+        conversation: Conversation,
         /// The messages.
         message_ids: Vec<String>,
+        /// Where they stand now.
+        status: MessageStatus,
     },
     /// A contact started or stopped typing.
     Typing {
@@ -303,13 +307,6 @@ pub enum HushEvent {
     Connection {
         /// Connected now.
         connected: bool,
-    },
-    /// A message stored while offline is now on the relay.
-    Sent {
-        /// Where.
-        conversation: Conversation,
-        /// Which message.
-        message_id: String,
     },
     /// A message this device stored was refused for good (not a member any more, unknown
     /// account, too large): show it as failed; `retry_send` tries again.
@@ -379,14 +376,14 @@ impl From<MessengerEvent> for HushEvent {
             } => Self::Message {
                 message: message(conversation.into(), &m),
             },
-            MessengerEvent::Receipt {
-                from,
-                read,
+            MessengerEvent::Status {
+                conversation,
                 message_ids,
-            } => Self::Receipt {
-                account: hex::encode(from.as_bytes()),
-                read,
+                status,
+            } => Self::Status {
+                conversation: conversation.into(),
                 message_ids: message_ids.iter().map(hex::encode).collect(),
+                status: status.into(),
             },
             MessengerEvent::Typing {
                 from,
@@ -423,13 +420,6 @@ impl From<MessengerEvent> for HushEvent {
             },
             MessengerEvent::GroupsChanged => Self::GroupsChanged,
             MessengerEvent::CaughtUp => Self::CaughtUp,
-            MessengerEvent::Sent {
-                conversation,
-                message_id,
-            } => Self::Sent {
-                conversation: conversation.into(),
-                message_id: hex::encode(message_id),
-            },
             MessengerEvent::SendFailed {
                 conversation,
                 message_id,
@@ -559,7 +549,7 @@ mod tests {
         };
         let shown = message(conv.clone(), &m);
         assert_eq!(shown.id, "07".repeat(16));
-        assert_eq!(shown.status, MessageStatus::Sending);
+        assert_eq!(shown.status, MessageStatus::Waiting);
         assert_eq!(
             shown.content,
             MessageContent::Text {
