@@ -73,18 +73,13 @@ pub(crate) fn print_event(dir: &Path, ev: &MessengerEvent) {
         MessengerEvent::Message { message, .. } => {
             say!("sent from another device: {}", text_of(message));
         }
-        MessengerEvent::Receipt {
-            from,
-            read,
+        MessengerEvent::Status {
             message_ids,
+            status,
+            ..
         } => {
             for id in message_ids {
-                say!(
-                    "{} by {}: {}",
-                    if *read { "read" } else { "delivered" },
-                    name_of(dir, from.as_bytes()),
-                    hex::encode(id)
-                );
+                say!("{status:?}: {}", hex::encode(id));
             }
         }
         MessengerEvent::Typing { from, typing, .. } => {
@@ -119,9 +114,6 @@ pub(crate) fn print_event(dir: &Path, ev: &MessengerEvent) {
         ),
         MessengerEvent::GroupsChanged => say!("your groups changed (`hush group list`)"),
         MessengerEvent::CaughtUp => {}
-        MessengerEvent::Sent { message_id, .. } => {
-            say!("sent (after reconnecting): {}", hex::encode(message_id));
-        }
         MessengerEvent::SendFailed {
             message_id, reason, ..
         } => {
