@@ -7,6 +7,7 @@ use hush_client::{ClientError, Messenger, MessengerEvent, private_fs};
 use hush_core::keys::AccountId;
 use hush_proto::relay_api::ErrorCode;
 
+use crate::Ctx;
 use crate::profile::fail;
 use crate::show::explain;
 
@@ -36,21 +37,27 @@ pub(crate) fn name_of(dir: &Path, account: &[u8]) -> String {
         .unwrap_or_else(|| hexed.chars().take(12).collect())
 }
 
-pub(crate) async fn contact(m: &Messenger, dir: &Path, name: &str) -> Result<AccountId, String> {
+/// The account of a contact by username: from the contacts file, or (first time) from the
+/// relay's directory, which needs the relay.
+pub(crate) async fn contact(c: &Ctx<'_>, name: &str) -> Result<AccountId, String> {
+    let dir = c.p.dir.as_path();
     if let Some(a) = contacts(dir).get(name) {
         let bytes = hex::decode(a).map_err(|_| fail("contacts file is damaged"))?;
         return AccountId::from_bytes(&bytes).map_err(|_| fail("contacts file is damaged"));
     }
-    let account = m
-        .engine()
-        .lookup_username(name)
-        .await
-        .map_err(|e| match &e {
-            ClientError::Refused(r) if r.code == ErrorCode::NotFound => {
-                format!("unknown user `{name}`")
-            }
-            _ => explain(&e),
-        })?;
+    c.online().await.map_err(|e| {
+        format!("`{name}` is not a contact yet, and looking the name up needs the relay: {e}")
+    })?;
+    let account =
+        c.m.engine()
+            .lookup_username(name)
+            .await
+            .map_err(|e| match &e {
+                ClientError::Refused(r) if r.code == ErrorCode::NotFound => {
+                    format!("unknown user `{name}`")
+                }
+                _ => explain(&e),
+            })?;
     save_contact(dir, name, &account)?;
     Ok(account)
 }

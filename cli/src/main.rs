@@ -12,8 +12,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use hush_client::{ClientError, Conversation, Messenger, MessengerEvent};
-use tokio::io::AsyncBufReadExt;
+use hush_client::messenger::{MessageId, MessageStatus};
+use hush_client::{ClientError, ConnectionState, Conversation, Messenger, MessengerEvent};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Writes a line; a closed stdout (the reader went away) is not an error worth a panic.
 macro_rules! say {
@@ -24,18 +25,20 @@ macro_rules! say {
     }};
 }
 
+mod chat;
 mod contacts;
 mod groups;
 mod profile;
 mod setup;
 mod show;
+mod term;
 
-use contacts::{contact, learn_sender, name_of};
+use contacts::{contact, learn_sender};
 use profile::{
     Profile, discard_new_profile, engine_config, home_profile, parse_relay, prepare_new_profile,
     read_profile,
 };
-use show::{explain, print_event, text_of};
+use show::{conversation_label, explain, history_line, print_event};
 
 #[derive(Parser)]
 #[command(name = "hush", about = "End-to-end encrypted chat over a Hush relay")]
@@ -43,7 +46,8 @@ struct Cli {
     /// Profile directory of this user [default: ~/.hush]
     #[arg(long, global = true, env = "HUSH_PROFILE")]
     profile: Option<PathBuf>,
-    /// Seconds to wait for the relay before giving up with "relay unreachable"
+    /// Seconds to wait for the relay where nothing can be done without it (a new contact,
+    /// groups, devices) and for a message to leave before saying it waits
     #[arg(
         long,
         global = true,
@@ -51,6 +55,10 @@ struct Cli {
         default_value_t = 15
     )]
     connect_timeout: u64,
+    /// Seconds that reading commands (history, whoami, group list, ...) spend taking in what
+    /// waits at the relay before showing what this device has
+    #[arg(long, global = true, env = "HUSH_SYNC_WAIT", default_value_t = 5)]
+    sync_wait: u64,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -69,32 +77,43 @@ enum Cmd {
         #[arg(long)]
         name: String,
     },
-    /// Send a text message
+    /// Send a text message (kept and sent later if the relay cannot be reached now)
     Send {
         /// Recipient username
         to: String,
         /// The text
         text: String,
     },
-    /// Chat interactively: type lines to send; incoming messages, typing and receipts are shown
+    /// Chat interactively with a contact or a group: the last messages, then what arrives,
+    /// typing and read state; type a line to send it
     Chat {
         /// Contact username
-        with: String,
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        with: Option<String>,
+        /// A group (name or id) instead of a contact
+        #[arg(long)]
+        group: Option<String>,
     },
-    /// Print incoming messages, receipts and typing for a while
+    /// Print what arrives (messages, read state, typing) for a while, after the unread counts
     Listen {
         /// How long (seconds)
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
-    /// Show the conversation with a contact
+    /// Show the conversation with a contact or a group, with times and read state
     History {
         /// Contact username
-        with: String,
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        with: Option<String>,
+        /// A group (name or id) instead of a contact
+        #[arg(long)]
+        group: Option<String>,
         /// Most messages shown
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Show how many messages are unread, per conversation
+    Unread,
     /// Send a file (encrypted here, stored encrypted on the relay)
     Attach {
         /// Recipient username
@@ -130,6 +149,12 @@ enum Cmd {
         /// The device id (see `hush devices`)
         id: u32,
     },
+    /// Share presence (online, last seen) with contacts while chatting, or stop
+    Presence {
+        /// `on` or `off`
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Group chats
     Group {
         #[command(subcommand)]
@@ -150,27 +175,82 @@ enum GroupCmd {
     },
     /// Send a text to a group
     Send {
-        /// The group's name
-        name: String,
+        /// The group (name, or id as `group list` shows it)
+        group: String,
         /// The text
         text: String,
     },
     /// Add a member (admins only)
     Add {
-        /// The group's name
-        name: String,
+        /// The group (name or id)
+        group: String,
         /// The username to add
         user: String,
     },
     /// Remove a member (admins only)
     Remove {
-        /// The group's name
-        name: String,
+        /// The group (name or id)
+        group: String,
         /// The username to remove
         user: String,
     },
-    /// List the groups this device is in
+    /// List the groups this device is in, with their ids and members
     List,
+}
+
+/// What a command works with: the open messenger, the profile, and the settings of waiting.
+pub(crate) struct Ctx<'a> {
+    pub(crate) m: &'a Messenger,
+    pub(crate) p: &'a Profile,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) sync_wait: Duration,
+    /// Events taken while waiting (shown at the end if the command did not show them).
+    pub(crate) seen: Vec<MessengerEvent>,
+}
+
+impl Ctx<'_> {
+    /// Waits for the relay where a command cannot do without it; says which relay could not
+    /// be reached otherwise.
+    pub(crate) async fn online(&self) -> Result<(), String> {
+        self.m
+            .engine()
+            .connected(self.connect_timeout)
+            .await
+            .map_err(|e| match e {
+                ClientError::Disconnected | ClientError::Timeout => unreachable_words(self),
+                e => explain(&e),
+            })
+    }
+
+    /// Takes in what waits at the relay (until caught up, at most `sync_wait`), so that what
+    /// a reading command shows is current; without the relay, returns as soon as that is
+    /// known, and says the device shows what it has.
+    pub(crate) async fn sync(&mut self, events: &mut UnboundedReceiver<MessengerEvent>) {
+        let deadline = tokio::time::Instant::now() + self.sync_wait;
+        let state = self.m.engine().settled(self.sync_wait).await;
+        if state == ConnectionState::Online {
+            while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+                if matches!(ev, MessengerEvent::CaughtUp) {
+                    return;
+                }
+                self.seen.push(ev);
+            }
+        }
+        if self.m.engine().state() != ConnectionState::Online {
+            say!(
+                "offline: the relay at {} cannot be reached; showing what this device has",
+                self.p.relay
+            );
+        }
+    }
+}
+
+fn unreachable_words(c: &Ctx<'_>) -> String {
+    format!(
+        "relay unreachable: no connection to {} within {} s; is hush-relay running there?",
+        c.p.relay,
+        c.connect_timeout.as_secs()
+    )
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -197,53 +277,149 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             made
         }
+        Cmd::Presence { state } => profile::set_presence(&dir, state == "on").map(|()| {
+            say!(
+                "presence {}: contacts you chat with {}",
+                state,
+                if state == "on" {
+                    "see when you are online"
+                } else {
+                    "no longer see when you are online, and you no longer see theirs"
+                }
+            );
+        }),
         cmd => {
             let profile = read_profile(&dir)?;
-            let (m, mut events) =
-                Messenger::open(engine_config(&profile)?).map_err(|e| explain(&e))?;
-            m.engine()
-                .connected(Duration::from_secs(cli.connect_timeout))
-                .await
-                .map_err(|e| match e {
-                    ClientError::Disconnected | ClientError::Timeout => format!(
-                        "relay unreachable: no connection to {} within {} s; is hush-relay running there?",
-                        profile.relay, cli.connect_timeout
-                    ),
-                    e => explain(&e),
-                })?;
+            let (m, mut events) = Messenger::open(engine_config(&profile)?)
+                .map_err(|e| profile::explain_open(&profile, &e))?;
             m.set_name(&profile.name);
-            let result = command(&m, &profile, cmd, &mut events).await;
+            if !profile.presence {
+                let _ = m.set_presence(false, &[]).await;
+            }
+            let mut ctx = Ctx {
+                m: &m,
+                p: &profile,
+                connect_timeout: Duration::from_secs(cli.connect_timeout),
+                sync_wait: Duration::from_secs(cli.sync_wait),
+                seen: Vec::new(),
+            };
+            let interactive = matches!(cmd, Cmd::Chat { .. } | Cmd::Listen { .. });
+            let result = command(&mut ctx, cmd, &mut events).await;
+            if !interactive {
+                show_unseen(&mut ctx, &mut events).await;
+            }
             m.shutdown().await;
             result
         }
     }
 }
 
-async fn command(
-    m: &Messenger,
-    p: &Profile,
-    cmd: Cmd,
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<MessengerEvent>,
+/// After a one-shot command: the messages and warnings that arrived while it ran (and that it
+/// did not show), so that nothing received goes unseen; they stay unread for `listen`/`chat`.
+async fn show_unseen(c: &mut Ctx<'_>, events: &mut UnboundedReceiver<MessengerEvent>) {
+    let mut all = std::mem::take(&mut c.seen);
+    while let Ok(ev) = events.try_recv() {
+        all.push(ev);
+    }
+    for ev in all {
+        let worth = !matches!(
+            ev,
+            MessengerEvent::Connection(_)
+                | MessengerEvent::CaughtUp
+                | MessengerEvent::Status { .. }
+                | MessengerEvent::Typing { .. }
+                | MessengerEvent::Presence { .. }
+        );
+        if worth {
+            learn_sender(c.m, &c.p.dir, &ev).await;
+            print_event(c.m, &c.p.dir, &ev);
+        }
+    }
+}
+
+/// The conversation a command names: a contact, or `--group`.
+pub(crate) async fn conversation(
+    c: &Ctx<'_>,
+    with: Option<&str>,
+    group: Option<&str>,
+) -> Result<Conversation, String> {
+    match (with, group) {
+        (_, Some(g)) => groups::find_group(c.m, g).map(Conversation::Group),
+        (Some(w), None) => contact(c, w).await.map(Conversation::Direct),
+        (None, None) => Err("name a contact or a --group".into()),
+    }
+}
+
+/// After queuing a message: waits (at most `connect_timeout`) for it to leave and says where
+/// it stands. A message that cannot leave now stays stored and is sent by the next `hush`
+/// that reaches the relay: that is said, not "not sent".
+pub(crate) async fn report_send(
+    c: &mut Ctx<'_>,
+    events: &mut UnboundedReceiver<MessengerEvent>,
+    id: MessageId,
 ) -> Result<(), String> {
+    let status =
+        c.m.wait_sent(&id, c.connect_timeout)
+            .await
+            .map_err(|e| explain(&e))?;
+    match status {
+        MessageStatus::Waiting => {
+            say!(
+                "waiting {}: the relay at {} cannot be reached now; the message is kept here and \
+                 sent the next time hush connects (`hush listen`)",
+                hex::encode(id),
+                c.p.relay
+            );
+            Ok(())
+        }
+        MessageStatus::Failed => {
+            let reason =
+                c.m.message(&id)
+                    .ok()
+                    .flatten()
+                    .map(|(_, s)| s.failed.clone())
+                    .unwrap_or_default();
+            // The event says the same; it is not shown twice.
+            while let Ok(ev) = events.try_recv() {
+                if !matches!(ev, MessengerEvent::SendFailed { .. }) {
+                    c.seen.push(ev);
+                }
+            }
+            Err(format!("not sent: {reason}"))
+        }
+        _ => {
+            say!("sent {}", hex::encode(id));
+            Ok(())
+        }
+    }
+}
+
+async fn command(
+    c: &mut Ctx<'_>,
+    cmd: Cmd,
+    events: &mut UnboundedReceiver<MessengerEvent>,
+) -> Result<(), String> {
+    let (m, p) = (c.m, c.p);
     match cmd {
         Cmd::Init { .. } => Err("already initialized".into()),
+        Cmd::Presence { .. } => Ok(()),
         Cmd::Link { code: Some(_), .. } => Err("this profile is already set up".into()),
         Cmd::Send { to, text } => {
-            let a = contact(m, &p.dir, &to).await?;
+            let a = contact(c, &to).await?;
             let id = m
                 .send_text(Conversation::Direct(a), &text, None)
                 .await
                 .map_err(|e| explain(&e))?;
-            say!("sent {}", hex::encode(id));
-            Ok(())
+            report_send(c, events, id).await
         }
         Cmd::Attach { to, file } => {
-            let a = contact(m, &p.dir, &to).await?;
+            let a = contact(c, &to).await?;
             let data = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let name = file
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            c.online().await?;
             let id = m
                 .send_attachment(
                     Conversation::Direct(a),
@@ -253,65 +429,51 @@ async fn command(
                 )
                 .await
                 .map_err(|e| explain(&e))?;
-            say!("sent {}", hex::encode(id));
-            Ok(())
+            report_send(c, events, id).await
         }
         Cmd::Listen { seconds } => {
+            show_unread(c)?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
             while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
                 learn_sender(m, &p.dir, &ev).await;
-                print_event(&p.dir, &ev);
+                print_event(m, &p.dir, &ev);
             }
             Ok(())
         }
-        Cmd::History { with, limit } => {
-            let a = contact(m, &p.dir, &with).await?;
-            // First take in what arrived while away (messages, receipts), as an app does when
-            // it opens; bounded, so an unreachable relay does not hold the history back.
-            let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                while let Some(ev) = events.recv().await {
-                    if matches!(ev, MessengerEvent::CaughtUp) {
-                        break;
-                    }
-                }
-            })
-            .await;
-            let msgs = m
-                .history(Conversation::Direct(a), None, limit)
-                .map_err(|e| explain(&e))?;
-            for msg in msgs {
-                let who = if msg.outgoing {
-                    "me".to_owned()
-                } else {
-                    name_of(&p.dir, &msg.sender_account)
-                };
-                let state = if msg.outgoing {
-                    if !msg.failed.is_empty() && !msg.sent {
-                        &format!(" (not sent: {})", msg.failed)
-                    } else if !msg.read_by.is_empty() {
-                        " (read)"
-                    } else if !msg.delivered_to.is_empty() {
-                        " (delivered)"
-                    } else if msg.sent {
-                        " (sent)"
-                    } else {
-                        " (sending)"
-                    }
-                } else {
-                    ""
-                };
-                say!("{who}: {}{state}", text_of(&msg));
+        Cmd::Unread => {
+            c.sync(events).await;
+            show_unread(c)?;
+            Ok(())
+        }
+        Cmd::History { with, group, limit } => {
+            let conv = conversation(c, with.as_deref(), group.as_deref()).await?;
+            c.sync(events).await;
+            let msgs = m.history(conv, None, limit).map_err(|e| explain(&e))?;
+            if msgs.is_empty() {
+                say!(
+                    "no messages with {} yet",
+                    conversation_label(m, &p.dir, &conv)
+                );
             }
+            for msg in &msgs {
+                say!("{}", history_line(&p.dir, msg));
+            }
+            // Shown: they are read (the senders are told when the relay can be reached).
+            c.seen.retain(|ev| {
+                !matches!(ev, MessengerEvent::Message { conversation, .. } if *conversation == conv)
+            });
+            let _ = m.mark_read(conv).await;
             Ok(())
         }
         Cmd::Verify { with } => {
-            let a = contact(m, &p.dir, &with).await?;
+            let a = contact(c, &with).await?;
             let n =
                 hush_core::safety::SafetyNumber::new(m.address().account.as_bytes(), a.as_bytes());
             say!("safety number with {with}:\n{}", n.display_groups());
             Ok(())
         }
         Cmd::Link { wait, .. } => {
+            c.online().await?;
             let offer = m.engine().offer_link().map_err(|e| explain(&e))?;
             say!(
                 "on the new device run:\n  hush --profile DIR link --relay {} --pin {} --code {}",
@@ -328,6 +490,7 @@ async fn command(
             Ok(())
         }
         Cmd::Devices => {
+            c.sync(events).await;
             let me = m.address();
             for d in m
                 .engine()
@@ -344,6 +507,7 @@ async fn command(
             Ok(())
         }
         Cmd::RemoveDevice { id } => {
+            c.online().await?;
             m.engine()
                 .remove_device(id)
                 .await
@@ -351,55 +515,57 @@ async fn command(
             say!("removed device {id}");
             Ok(())
         }
-        Cmd::Group { cmd } => groups::group_command(m, p, cmd).await,
+        Cmd::Group { cmd } => groups::group_command(c, cmd, events).await,
         Cmd::Whoami => {
+            c.sync(events).await;
             let me = m.address();
             say!(
                 "{} account {} device {}",
-                p.name,
+                if p.name.is_empty() {
+                    "(no name)"
+                } else {
+                    &p.name
+                },
                 hex::encode(me.account.as_bytes()),
                 me.device_id
             );
             Ok(())
         }
-        Cmd::Chat { with } => {
-            let a = contact(m, &p.dir, &with).await?;
-            let conv = Conversation::Direct(a);
-            let _ = m.mark_read(conv).await;
-            say!("chatting with {with}; type a line and press enter (Ctrl-D to leave)");
-            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-            loop {
-                tokio::select! {
-                    line = lines.next_line() => match line {
-                        Ok(Some(text)) if !text.trim().is_empty() => {
-                            let _ = m.typing(conv, false).await;
-                            match m.send_text(conv, &text, None).await {
-                                Ok(id) => say!("sent {}", hex::encode(id)),
-                                Err(e) => say!("not sent: {}", explain(&e)),
-                            }
-                        }
-                        Ok(Some(_)) => {}
-                        _ => return Ok(()),
-                    },
-                    ev = events.recv() => match ev {
-                        Some(ev) => {
-                            let incoming = matches!(&ev, MessengerEvent::Message { message, .. } if !message.outgoing);
-                            learn_sender(m, &p.dir, &ev).await;
-                            print_event(&p.dir, &ev);
-                            if incoming {
-                                let _ = m.mark_read(conv).await;
-                            }
-                        }
-                        None => return Ok(()),
-                    },
-                }
-            }
+        Cmd::Chat { with, group } => {
+            let conv = conversation(c, with.as_deref(), group.as_deref()).await?;
+            chat::run(c, conv, events).await
         }
     }
 }
 
+/// Says how many messages wait unread, per conversation, and where to read them.
+fn show_unread(c: &Ctx<'_>) -> Result<(), String> {
+    for (conv, n) in c.m.unread().map_err(|e| explain(&e))? {
+        let (label, how) = match conv {
+            Conversation::Direct(a) => {
+                let name = contacts::name_of(&c.p.dir, a.as_bytes());
+                (format!("from {name}"), format!("hush history {name}"))
+            }
+            Conversation::Group(g) => {
+                let label = groups::group_label(c.m, &g);
+                (
+                    format!("in group {label}"),
+                    format!("hush history --group {}", groups::group_ref(c.m, &g)),
+                )
+            }
+        };
+        say!(
+            "{n} unread message{} {label} (`{how}`)",
+            if n == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread exists: the local time zone can be read safely only then.
+    show::learn_local_offset();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HUSH_LOG")

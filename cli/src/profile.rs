@@ -40,6 +40,8 @@ pub(crate) struct Profile {
     pub(crate) relay: SocketAddr,
     pub(crate) pin: String,
     pub(crate) name: String,
+    /// Whether presence (online, last seen) is shared with contacts while chatting.
+    pub(crate) presence: bool,
 }
 
 pub(crate) fn fail(msg: impl std::fmt::Display) -> String {
@@ -71,7 +73,41 @@ pub(crate) fn read_profile(dir: &Path) -> Result<Profile, String> {
             .map_err(|_| fail("profile config: bad relay address"))?,
         pin: get("pin")?,
         name: get("name")?,
+        presence: map.get("presence").is_none_or(|v| v != "off"),
     })
+}
+
+/// Turns sharing presence on or off in the profile's config.
+pub(crate) fn set_presence(dir: &Path, on: bool) -> Result<(), String> {
+    read_profile(dir)?;
+    let path = dir.join("config");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("config: {e}"))?;
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            l.split_once('=')
+                .is_none_or(|(k, _)| k.trim() != "presence")
+        })
+        .map(str::to_owned)
+        .collect();
+    lines.push(format!("presence = {}", if on { "on" } else { "off" }));
+    private_fs::write_atomic(&path, format!("{}\n", lines.join("\n")).as_bytes())
+        .map_err(|e| format!("config: {e}"))
+}
+
+/// Words for a profile that cannot be opened: which store, and the way out.
+pub(crate) fn explain_open(p: &Profile, e: &hush_client::ClientError) -> String {
+    use hush_client::ClientError;
+    match e {
+        ClientError::Core(hush_core::Error::Store(why)) => format!(
+            "the encrypted store in {} cannot be read ({why}): it is damaged, or the profile's \
+             `key` file is not the one it was written with. Restore the profile from a backup, \
+             or move it away and set this device up again (`hush link`, or `hush init` for a \
+             new account)",
+            p.dir.display()
+        ),
+        e => crate::show::explain(e),
+    }
 }
 
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {

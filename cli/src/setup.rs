@@ -23,6 +23,7 @@ pub(crate) async fn init(
         relay,
         pin,
         name: name.clone(),
+        presence: true,
     };
     let (m, _events) = Messenger::create_account(engine_config(&profile)?)
         .await
@@ -79,6 +80,7 @@ pub(crate) async fn link(
         relay,
         pin,
         name: String::new(),
+        presence: true,
     };
     let (m, _events) = Messenger::link(engine_config(&profile)?, code)
         .await

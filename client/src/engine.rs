@@ -762,9 +762,15 @@ impl Engine {
     /// The groups this device is in: (id, name).
     pub fn groups(&self) -> Result<Vec<(GroupId, String)>, ClientError> {
         let d = self.inner.lock()?;
+        let me = d.address().account;
+        // A group this account was removed from is kept (its log) but no longer listed.
         Ok(d.group_ids()
             .into_iter()
-            .filter_map(|g| d.group(&g).map(|e| (g, e.state().name.clone())))
+            .filter_map(|g| {
+                d.group(&g)
+                    .filter(|e| e.state().members.contains_key(&me))
+                    .map(|e| (g, e.state().name.clone()))
+            })
             .collect())
     }
 
@@ -978,6 +984,11 @@ impl Engine {
         conn.download_blob(id, capability, max).await
     }
 
+    /// Whether the engine was shut down or this device revoked (nothing will be sent again).
+    pub fn is_closed(&self) -> bool {
+        self.inner.shutdown.is_cancelled() || self.inner.is_revoked()
+    }
+
     /// The link to the relay now.
     pub fn state(&self) -> ConnectionState {
         *self.inner.state.borrow()
@@ -988,11 +999,8 @@ impl Engine {
     /// without waiting longer than that; one that reaches the relay takes in what waits there.
     pub async fn settled(&self, wait: Duration) -> ConnectionState {
         let mut rx = self.inner.state.subscribe();
-        let _ = tokio::time::timeout(
-            wait,
-            rx.wait_for(|s| *s != ConnectionState::Connecting),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(wait, rx.wait_for(|s| *s != ConnectionState::Connecting)).await;
         *rx.borrow()
     }
 

@@ -11,6 +11,8 @@ pub mod error;
 pub mod messenger;
 pub mod private_fs;
 
-pub use engine::{ConnectionState, Engine, EngineConfig, Event, GroupDelivery, GroupFailure, LinkOffer};
+pub use engine::{
+    ConnectionState, Engine, EngineConfig, Event, GroupDelivery, GroupFailure, LinkOffer,
+};
 pub use error::{ClientError, Refusal};
 pub use messenger::{Conversation, Messenger, MessengerEvent};

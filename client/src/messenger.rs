@@ -742,14 +742,13 @@ impl Messenger {
                 text.len()
             )));
         }
-        self.shared
-            .send_stored(
-                to,
-                app_message::Kind::Text(app::Text {
-                    body: text.to_owned(),
-                    reply_to: reply_to.map(|r| r.to_vec()).unwrap_or_default(),
-                }),
-            )
+        self.shared.send_stored(
+            to,
+            app_message::Kind::Text(app::Text {
+                body: text.to_owned(),
+                reply_to: reply_to.map(|r| r.to_vec()).unwrap_or_default(),
+            }),
+        )
     }
 
     /// Reacts to a message (an empty `emoji` removes the reaction).
@@ -759,14 +758,13 @@ impl Messenger {
         target: MessageId,
         emoji: &str,
     ) -> Result<MessageId, ClientError> {
-        self.shared
-            .send_stored(
-                to,
-                app_message::Kind::Reaction(app::Reaction {
-                    target: target.to_vec(),
-                    emoji: emoji.to_owned(),
-                }),
-            )
+        self.shared.send_stored(
+            to,
+            app_message::Kind::Reaction(app::Reaction {
+                target: target.to_vec(),
+                emoji: emoji.to_owned(),
+            }),
+        )
     }
 
     /// Encrypts `data`, uploads it and sends it as an attachment.
@@ -791,20 +789,19 @@ impl Messenger {
             .map_err(|_| ClientError::Protocol("attachment encryption failed"))?;
         let digest = Sha256::digest(&sealed).to_vec();
         let (blob_id, capability) = self.shared.engine.upload_blob(&sealed).await?;
-        self.shared
-            .send_stored(
-                to,
-                app_message::Kind::Attachment(app::Attachment {
-                    blob_id,
-                    capability,
-                    key: key.to_vec(),
-                    digest,
-                    size: data.len() as u64,
-                    name: name.to_owned(),
-                    mime: mime.to_owned(),
-                    caption: String::new(),
-                }),
-            )
+        self.shared.send_stored(
+            to,
+            app_message::Kind::Attachment(app::Attachment {
+                blob_id,
+                capability,
+                key: key.to_vec(),
+                digest,
+                size: data.len() as u64,
+                name: name.to_owned(),
+                mime: mime.to_owned(),
+                caption: String::new(),
+            }),
+        )
     }
 
     /// Downloads and decrypts an attachment, checking its digest.
@@ -867,9 +864,36 @@ impl Messenger {
         for (a, id) in unread {
             by_sender.entry(a).or_default().push(id);
         }
-        for (a, ids) in by_sender {
-            self.shared.send_receipt(&a, true, ids).await?;
+        if by_sender.is_empty() {
+            return Ok(());
         }
+        if self.shared.engine.state() == crate::engine::ConnectionState::Online {
+            for (a, ids) in by_sender {
+                self.shared.send_receipt(&a, true, ids).await?;
+            }
+            return Ok(());
+        }
+        // Offline: marked read here at once; the senders are told once the relay is back
+        // (while this messenger runs).
+        let shared = Arc::clone(&self.shared);
+        let stop = self.shared.outbox_stop.clone();
+        self.shared.outbox_sends.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = async {
+                    for (a, ids) in by_sender {
+                        while shared.engine.connected(OUTBOX_CONNECT_WAIT).await.is_err() {
+                            if shared.engine.is_closed() {
+                                return;
+                            }
+                        }
+                        if let Err(e) = shared.send_receipt(&a, true, ids).await {
+                            tracing::debug!(error = %e, "read receipt not sent");
+                        }
+                    }
+                } => {}
+            }
+        });
         Ok(())
     }
 
@@ -1184,6 +1208,10 @@ impl Shared {
         conv: Conversation,
         m: &AppMessage,
     ) -> Result<(), ClientError> {
+        // Ephemeral: worth nothing later, so never waited for.
+        if self.engine.state() != crate::engine::ConnectionState::Online {
+            return Err(ClientError::Disconnected);
+        }
         let bytes = m.encode_to_vec();
         match conv {
             Conversation::Direct(peer) => self.engine.send_ephemeral(&peer, &bytes).await,
@@ -1218,7 +1246,9 @@ impl Shared {
         if let Conversation::Group(g) = &to
             && !self.engine.groups()?.iter().any(|(id, _)| id == g)
         {
-            return Err(ClientError::Invalid("this device is not in that group".into()));
+            return Err(ClientError::Invalid(
+                "this device is not in that group".into(),
+            ));
         }
         let m = self.wrap(&to, kind, true);
         let id: MessageId = m
@@ -1345,9 +1375,9 @@ impl Shared {
     fn retry(self: &Arc<Self>, id: &MessageId) -> Result<(), ClientError> {
         let conv = {
             let mut h = self.lock_history()?;
-            let (conv, stored) = h
-                .get_from(id, &self.own_sender())
-                .ok_or_else(|| ClientError::Invalid("no such message sent from this device".into()))?;
+            let (conv, stored) = h.get_from(id, &self.own_sender()).ok_or_else(|| {
+                ClientError::Invalid("no such message sent from this device".into())
+            })?;
             if stored.sent && stored.undelivered.is_empty() {
                 return Ok(());
             }
@@ -1476,7 +1506,10 @@ impl Shared {
             let Ok(id) = MessageId::try_from(m.message_id.as_slice()) else {
                 continue;
             };
-            match self.send_claimed(conv, &id, m, stored.peer.clone(), false).await {
+            match self
+                .send_claimed(conv, &id, m, stored.peer.clone(), false)
+                .await
+            {
                 Ok(()) => {
                     // A group message may still miss members (tried again later).
                     let still = self

@@ -23,6 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hush_client::messenger::{MessageStatus, status_of};
 use hush_client::{Conversation, EngineConfig, Messenger, MessengerEvent};
 use hush_core::keys::AccountId;
 use hush_proto::app::{StoredMessage, app_message};
@@ -236,35 +237,32 @@ async fn three_accounts_with_two_devices_each_chat_in_groups_and_one_to_one() {
     ] {
         assert_eq!(until_text(rx, "hello team").await.0, group);
     }
-    let mut delivered = std::collections::BTreeSet::new();
-    while delivered.len() < 2 {
-        let from = next(&mut alice.one_rx, |e| match e {
-            MessengerEvent::Receipt {
-                from,
-                read: false,
+    // Status, not receipts: "delivered" once both member accounts have it (each with two
+    // devices confirming), "read" once both read it; never twice, never backwards.
+    let status = |want: MessageStatus| {
+        move |e: &MessengerEvent| match e {
+            MessengerEvent::Status {
                 message_ids,
-            } if message_ids == &vec![hi] => Some(*from),
+                status,
+                ..
+            } if message_ids == &vec![hi] => {
+                assert!(*status <= want, "{status:?} before {want:?}");
+                (*status == want).then_some(())
+            }
             _ => None,
-        })
-        .await;
-        delivered.insert(from);
-    }
-    assert_eq!(delivered, [b, c].into_iter().collect());
+        }
+    };
+    next(&mut alice.one_rx, status(MessageStatus::Delivered)).await;
     bob.two.as_ref().unwrap().mark_read(group).await.unwrap();
-    let reader = next(&mut alice.one_rx, |e| match e {
-        MessengerEvent::Receipt {
-            from,
-            read: true,
-            message_ids,
-        } if message_ids == &vec![hi] => Some(*from),
-        _ => None,
-    })
-    .await;
-    assert_eq!(reader, b);
+    bob.one.mark_read(group).await.unwrap();
+    carol.one.mark_read(group).await.unwrap();
+    next(&mut alice.one_rx, status(MessageStatus::Read)).await;
     let stored = alice.one.history(group, None, 10).unwrap();
     let mine = stored.iter().find(|m| text_of(m).is_some()).unwrap();
     assert!(mine.sent && mine.outgoing);
     assert!(mine.read_by.contains(&b.as_bytes().to_vec()));
+    assert!(mine.read_by.contains(&c.as_bytes().to_vec()));
+    assert_eq!(status_of(mine), Some(MessageStatus::Read));
 
     // The linked devices write to the group too: their sender keys reach everyone.
     bob.two

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use hush_client::messenger::{MessageStatus, status_of};
 use hush_client::{Conversation, EngineConfig, Messenger, MessengerEvent};
 use hush_proto::app::app_message;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -90,27 +91,29 @@ async fn two_messengers_chat_with_receipts_typing_presence_attachments_and_histo
     };
     assert_eq!(t.body, "hi bob");
     assert!(!got.outgoing);
-    // Delivered receipt, automatically.
-    let (read, ids) = next(&mut a_rx, |e| match e {
-        MessengerEvent::Receipt {
-            read, message_ids, ..
-        } => Some((read, message_ids)),
+    // On the relay, then delivered (Bob's device confirms by itself): each step once, in order.
+    let step = |e: MessengerEvent| match e {
+        MessengerEvent::Status {
+            message_ids,
+            status,
+            ..
+        } => Some((status, message_ids)),
         _ => None,
-    })
-    .await;
-    assert!(!read);
-    assert_eq!(ids, vec![first]);
-    // Read receipt when Bob reads.
+    };
+    assert_eq!(
+        next(&mut a_rx, step).await,
+        (MessageStatus::Sent, vec![first])
+    );
+    assert_eq!(
+        next(&mut a_rx, step).await,
+        (MessageStatus::Delivered, vec![first])
+    );
+    // Read when Bob reads.
     bob.mark_read(to_alice).await.unwrap();
-    let (read, ids) = next(&mut a_rx, |e| match e {
-        MessengerEvent::Receipt {
-            read, message_ids, ..
-        } => Some((read, message_ids)),
-        _ => None,
-    })
-    .await;
-    assert!(read);
-    assert_eq!(ids, vec![first]);
+    assert_eq!(
+        next(&mut a_rx, step).await,
+        (MessageStatus::Read, vec![first])
+    );
     let mine = alice.history(to_bob, None, 10).unwrap();
     assert_eq!(mine.len(), 1);
     assert!(mine[0].sent && mine[0].outgoing);
@@ -361,14 +364,25 @@ async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restar
     })
     .await;
 
-    // The relay goes away. Alice writes; the app is closed before the message could leave.
+    // The relay goes away. Alice writes: the call returns at once, the message waiting; the
+    // app is closed before it could leave.
     relay.stop().await;
-    let pending = tokio::time::timeout(
-        Duration::from_millis(300),
-        alice.send_text(Conversation::Direct(b), "written offline", None),
-    )
-    .await;
-    assert!(pending.is_err(), "sent although the relay was down");
+    let offline = alice
+        .send_text(Conversation::Direct(b), "written offline", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(&alice.message(&offline).unwrap().unwrap().1),
+        Some(MessageStatus::Waiting)
+    );
+    assert_eq!(
+        alice
+            .wait_sent(&offline, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        MessageStatus::Waiting,
+        "sent although the relay was down"
+    );
     // And one to an account the relay does not know (a mistyped contact), also stored.
     let nobody = hush_core::keys::AccountId::from_bytes(
         ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32])
@@ -376,12 +390,14 @@ async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restar
             .as_bytes(),
     )
     .unwrap();
-    let pending = tokio::time::timeout(
-        Duration::from_millis(300),
-        alice.send_text(Conversation::Direct(nobody), "to nobody", None),
-    )
-    .await;
-    assert!(pending.is_err(), "sent although the relay was down");
+    let to_nobody = alice
+        .send_text(Conversation::Direct(nobody), "to nobody", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        status_of(&alice.message(&to_nobody).unwrap().unwrap().1),
+        Some(MessageStatus::Waiting)
+    );
     alice.shutdown().await;
 
     // The relay is back; Alice's app starts again, its outbox sends the message, once.
@@ -401,8 +417,12 @@ async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restar
     let (mut sent, mut failed) = (None, None);
     while sent.is_none() || failed.is_none() {
         next(&mut a_rx, |e| match e {
-            MessengerEvent::Sent { message_id, .. } => {
-                sent = Some(message_id);
+            MessengerEvent::Status {
+                message_ids,
+                status: MessageStatus::Sent,
+                ..
+            } => {
+                sent = message_ids.first().copied();
                 Some(())
             }
             MessengerEvent::SendFailed {
@@ -427,9 +447,13 @@ async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restar
         !stored.sent && !stored.failed.is_empty(),
         "not stored as failed"
     );
-    // Retrying by hand is refused the same way and leaves it failed.
-    let again = alice.retry(&lost_id).await.unwrap_err();
-    assert!(again.is_permanent(), "{again}");
+    // Retrying by hand puts it back in the outbox; refused the same way, it is failed again.
+    alice.retry(&lost_id).await.unwrap();
+    next(&mut a_rx, |e| match e {
+        MessengerEvent::SendFailed { message_id, .. } if message_id == lost_id => Some(()),
+        _ => None,
+    })
+    .await;
     assert!(
         !alice
             .message(&lost_id)
@@ -441,14 +465,17 @@ async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restar
     );
     // A message already sent: retry does nothing.
     alice.retry(&id).await.unwrap();
-    // A send to it while connected fails at once, stored as failed, reported.
-    let err = alice
+    // A send to it while connected is stored, refused, stored as failed, reported.
+    let still = alice
         .send_text(Conversation::Direct(nobody), "still nobody", None)
         .await
-        .unwrap_err();
-    assert!(err.is_permanent(), "{err}");
+        .unwrap();
+    assert_eq!(
+        alice.wait_sent(&still, WAIT).await.unwrap(),
+        MessageStatus::Failed
+    );
     next(&mut a_rx, |e| match e {
-        MessengerEvent::SendFailed { message_id, .. } if message_id != lost_id => Some(()),
+        MessengerEvent::SendFailed { message_id, .. } if message_id == still => Some(()),
         _ => None,
     })
     .await;
@@ -626,11 +653,7 @@ async fn a_receipt_from_an_account_the_message_was_not_sent_to_changes_nothing()
     let (mallory, _m_rx) = all.pop().unwrap();
     let (bob, mut b_rx) = all.pop().unwrap();
     let (alice, mut a_rx) = all.pop().unwrap();
-    let (a, b, m) = (
-        alice.address().account,
-        bob.address().account,
-        mallory.address().account,
-    );
+    let (a, b) = (alice.address().account, bob.address().account);
 
     let id = alice
         .send_text(Conversation::Direct(b), "for bob", None)
@@ -638,7 +661,10 @@ async fn a_receipt_from_an_account_the_message_was_not_sent_to_changes_nothing()
         .unwrap();
     assert_eq!(next_text(&mut b_rx).await, "for bob");
     next(&mut a_rx, |e| match e {
-        MessengerEvent::Receipt { from, .. } if from == b => Some(()),
+        MessengerEvent::Status {
+            status: MessageStatus::Delivered,
+            ..
+        } => Some(()),
         _ => None,
     })
     .await;
@@ -666,7 +692,10 @@ async fn a_receipt_from_an_account_the_message_was_not_sent_to_changes_nothing()
         .await
         .unwrap();
     next(&mut a_rx, |e| match e {
-        MessengerEvent::Receipt { from, .. } if from == m => panic!("a receipt from mallory"),
+        MessengerEvent::Status {
+            status: MessageStatus::Read,
+            ..
+        } => panic!("read by way of mallory's receipt"),
         MessengerEvent::Message { message, .. } => Some(body_of(&message)),
         _ => None,
     })
@@ -718,8 +747,12 @@ async fn history_under_the_older_keys_is_moved_once_and_stays_readable_in_order(
     let (mut receipts, mut got) = (0, false);
     while receipts < 3 || !got {
         next(&mut a_rx, |e| match e {
-            MessengerEvent::Receipt { .. } => {
-                receipts += 1;
+            MessengerEvent::Status {
+                status: MessageStatus::Delivered,
+                message_ids,
+                ..
+            } => {
+                receipts += message_ids.len();
                 Some(())
             }
             MessengerEvent::Message { .. } => {
