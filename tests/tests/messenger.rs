@@ -954,12 +954,18 @@ async fn an_outbox_message_that_must_wait_holds_back_only_its_own_conversation()
     // Offline, Alice writes to Carol first, then to Bob.
     relay.stop().await;
     for (to, text) in [(c, "to carol"), (b, "to bob")] {
-        let pending = tokio::time::timeout(
-            Duration::from_millis(300),
-            alice.send_text(Conversation::Direct(to), text, None),
-        )
-        .await;
-        assert!(pending.is_err(), "sent although the relay was down");
+        let id = alice
+            .send_text(Conversation::Direct(to), text, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            alice
+                .wait_sent(&id, Duration::from_millis(300))
+                .await
+                .unwrap(),
+            MessageStatus::Waiting,
+            "sent although the relay was down"
+        );
     }
     alice.shutdown().await;
 
