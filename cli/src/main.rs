@@ -25,6 +25,7 @@ macro_rules! say {
 }
 
 mod contacts;
+mod files;
 mod groups;
 mod profile;
 mod setup;
@@ -101,6 +102,17 @@ enum Cmd {
         to: String,
         /// The file
         file: PathBuf,
+    },
+    /// Save a received file: decrypted, its digest checked, to a new file (never over an
+    /// existing one)
+    Save {
+        /// The file's message id (at least its first 8 hex digits, as shown with the file), or
+        /// `last` for the file received last
+        id: String,
+        /// Where to save it; a directory gets the file's own name inside it [default: the file's
+        /// own name, in the current directory]
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Show the safety number with a contact, to compare in person
     Verify {
@@ -237,25 +249,8 @@ async fn command(
             say!("sent {}", hex::encode(id));
             Ok(())
         }
-        Cmd::Attach { to, file } => {
-            let a = contact(m, &p.dir, &to).await?;
-            let data = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let name = file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let id = m
-                .send_attachment(
-                    Conversation::Direct(a),
-                    &name,
-                    "application/octet-stream",
-                    &data,
-                )
-                .await
-                .map_err(|e| explain(&e))?;
-            say!("sent {}", hex::encode(id));
-            Ok(())
-        }
+        Cmd::Attach { to, file } => files::attach(m, p, &to, &file).await,
+        Cmd::Save { id, out } => files::save(m, p, &id, out.as_deref(), events).await,
         Cmd::Listen { seconds } => {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
             while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
