@@ -11,12 +11,12 @@ use hush_client::{ClientError, Conversation, Messenger, MessengerEvent};
 use hush_proto::app::{Attachment, StoredMessage};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::contacts::{contact, name_of};
+use crate::contacts::{contact, learn_sender, name_of};
 use crate::profile::Profile;
 use crate::show::explain;
 
 /// Files smaller than this travel without a progress bar: they are done before it would show.
-const BAR_FROM: u64 = 1 << 20;
+const BAR_FROM: u64 = 1_000_000;
 /// Fewest hex digits of a message id that `hush save` takes.
 pub(crate) const MIN_ID_DIGITS: usize = 8;
 /// Longest file name written (bytes), below every common file system's limit.
@@ -87,7 +87,7 @@ pub(crate) async fn save(
         }
     })
     .await;
-    let (msg, a) = pick(m, which)?;
+    let (conversation, msg, a) = pick(m, which)?;
     let name = safe_name(&a.name);
     let path = match out {
         Some(o) if o.is_dir() => o.join(&name),
@@ -98,6 +98,13 @@ pub(crate) async fn save(
     if path.symlink_metadata().is_ok() {
         return Err(exists(&path));
     }
+    // A sender not yet among the contacts is named if the relay's directory confirms the name
+    // it claims.
+    let ev = MessengerEvent::Message {
+        conversation,
+        message: Box::new(msg.clone()),
+    };
+    learn_sender(m, &p.dir, &ev).await;
     let from = if msg.outgoing {
         "me".to_owned()
     } else {
@@ -131,12 +138,11 @@ pub(crate) async fn save(
 
 /// The attachment message `which` names: `last` (the file received last), or the first hex
 /// digits of its message id (at least [`MIN_ID_DIGITS`]).
-fn pick(m: &Messenger, which: &str) -> Result<(StoredMessage, Attachment), String> {
+fn pick(m: &Messenger, which: &str) -> Result<(Conversation, StoredMessage, Attachment), String> {
     if which == "last" {
         return m
             .last_received_attachment()
             .map_err(|e| explain(&e))?
-            .map(|(_, msg, a)| (msg, a))
             .ok_or_else(|| "no file has been received yet".to_owned());
     }
     let digits = which.len();
@@ -158,7 +164,6 @@ fn pick(m: &Messenger, which: &str) -> Result<(StoredMessage, Attachment), Strin
     }
     found
         .pop()
-        .map(|(_, msg, a)| (msg, a))
         .ok_or_else(|| format!("no file has a message id starting with {which}"))
 }
 
