@@ -111,7 +111,7 @@ enum Cmd {
         id: String,
         /// Where to save it; a directory gets the file's own name inside it [default: the file's
         /// own name, in the current directory]
-        #[arg(long)]
+        #[arg(long, value_name = "PATH")]
         out: Option<PathBuf>,
     },
     /// Show the safety number with a contact, to compare in person
