@@ -27,6 +27,7 @@ macro_rules! say {
 
 mod chat;
 mod contacts;
+mod files;
 mod groups;
 mod profile;
 mod setup;
@@ -120,6 +121,17 @@ enum Cmd {
         to: String,
         /// The file
         file: PathBuf,
+    },
+    /// Save a received file: decrypted, its digest checked, to a new file (never over an
+    /// existing one)
+    Save {
+        /// The file's message id (at least its first 8 hex digits, as shown with the file), or
+        /// `last` for the file received last
+        id: String,
+        /// Where to save it; a directory gets the file's own name inside it [default: the file's
+        /// own name, in the current directory]
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
     },
     /// Show the safety number with a contact, to compare in person
     Verify {
@@ -412,25 +424,8 @@ async fn command(
                 .map_err(|e| explain(&e))?;
             report_send(c, events, id).await
         }
-        Cmd::Attach { to, file } => {
-            let a = contact(c, &to).await?;
-            let data = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let name = file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            c.online().await?;
-            let id = m
-                .send_attachment(
-                    Conversation::Direct(a),
-                    &name,
-                    "application/octet-stream",
-                    &data,
-                )
-                .await
-                .map_err(|e| explain(&e))?;
-            report_send(c, events, id).await
-        }
+        Cmd::Attach { to, file } => files::attach(c, events, &to, &file).await,
+        Cmd::Save { id, out } => files::save(c, &id, out.as_deref(), events).await,
         Cmd::Listen { seconds } => {
             show_unread(c)?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);

@@ -9,6 +9,7 @@ use hush_proto::app::{StoredMessage, app_message};
 use hush_proto::relay_api::ErrorCode;
 
 use crate::contacts::name_of;
+use crate::files::{human_size, safe_name, short_id};
 use crate::groups::group_label;
 
 /// A user-facing explanation of an engine error.
@@ -48,7 +49,15 @@ pub(crate) fn explain(e: &ClientError) -> String {
 pub(crate) fn text_of(m: &StoredMessage) -> String {
     match m.message.as_ref().and_then(|a| a.kind.clone()) {
         Some(app_message::Kind::Text(t)) => t.body.clone(),
-        Some(app_message::Kind::Attachment(a)) => format!("[file {} ({} bytes)]", a.name, a.size),
+        Some(app_message::Kind::Attachment(a)) => format!(
+            "[file {} ({}): hush save {}]",
+            safe_name(&a.name),
+            human_size(a.size),
+            m.message
+                .as_ref()
+                .map(|am| short_id(&am.message_id))
+                .unwrap_or_default()
+        ),
         Some(app_message::Kind::Reaction(r)) => format!("[reaction {}]", r.emoji),
         _ => String::new(),
     }

@@ -37,6 +37,19 @@ const EVENT_QUEUE: usize = 4096;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<server_frame::Kind>>>>;
 
+/// Progress of a blob transfer: told (bytes done, bytes in all) as it goes, from 0 to the total.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+/// A [`Progress`] that ignores what it is told.
+pub fn no_progress(_done: u64, _total: u64) {}
+
+/// Bytes of a blob written or read at a time (the relay's chunk: docs/RELAY_PROTOCOL.md §8).
+pub const BLOB_CHUNK: usize = 64 * 1024;
+/// Reset code of a blob stream whose blob was deleted or expired during the download.
+const BLOB_GONE: u32 = 1;
+/// Reset code of a blob stream that missed one of the relay's deadlines.
+const BLOB_TIMED_OUT: u32 = 2;
+
 /// A connection to the relay.
 pub struct RelayConnection {
     endpoint: quinn::Endpoint,
@@ -218,23 +231,38 @@ impl RelayConnection {
         }
     }
 
-    /// Uploads a blob (already encrypted by the caller); returns (id, capability).
-    pub async fn upload_blob(&self, data: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
+    /// Uploads a blob (already encrypted by the caller) in chunks of [`BLOB_CHUNK`] bytes,
+    /// telling `progress` the bytes handed to the connection after each; returns (id,
+    /// capability).
+    pub async fn upload_blob(
+        &self,
+        data: &[u8],
+        progress: Progress<'_>,
+    ) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
         let (mut send, mut recv) = self
             .conn
             .open_bi()
             .await
             .map_err(ClientError::unreachable)?;
+        let total = data.len() as u64;
         let req = BlobRequest {
-            kind: Some(blob_request::Kind::Upload(api::BlobUpload {
-                size: data.len() as u64,
-            })),
+            kind: Some(blob_request::Kind::Upload(api::BlobUpload { size: total })),
         };
         frame::write(&mut send, &req)
             .await
             .map_err(|_| ClientError::Disconnected)?;
-        // The relay may refuse before reading everything: the answer tells.
-        let _ = send.write_all(data).await;
+        progress(0, total);
+        let mut done = 0u64;
+        for chunk in data.chunks(BLOB_CHUNK) {
+            // The relay may refuse before reading everything: the answer tells.
+            match tokio::time::timeout(REQUEST_TIMEOUT, send.write_all(chunk)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => return Err(ClientError::Timeout),
+            }
+            done += chunk.len() as u64;
+            progress(done, total);
+        }
         let _ = send.finish();
         let r: BlobResponse =
             tokio::time::timeout(REQUEST_TIMEOUT * 4, frame::read(&mut recv, 1 << 16))
@@ -248,12 +276,16 @@ impl RelayConnection {
         }
     }
 
-    /// Downloads a blob by id and capability, at most `max` bytes.
+    /// Downloads a blob by id and capability, at most `max` bytes, in chunks, telling `progress`
+    /// the bytes received after each. A blob the relay does not have (expired, deleted, or a
+    /// wrong capability: the relay answers these alike), or that goes while it is being sent, is
+    /// [`ClientError::BlobGone`].
     pub async fn download_blob(
         &self,
         id: &[u8],
         capability: &[u8],
         max: usize,
+        progress: Progress<'_>,
     ) -> Result<Vec<u8>, ClientError> {
         let (mut send, mut recv) = self
             .conn
@@ -275,26 +307,46 @@ impl RelayConnection {
                 .await
                 .map_err(|_| ClientError::Timeout)?
                 .map_err(|_| ClientError::Disconnected)?;
-        match r.kind {
-            Some(blob_response::Kind::Found(f)) => {
-                let size = usize::try_from(f.size).unwrap_or(usize::MAX);
-                if size > max {
-                    return Err(ClientError::Protocol("blob larger than expected"));
-                }
-                let data = tokio::time::timeout(REQUEST_TIMEOUT * 4, recv.read_to_end(size))
-                    .await
-                    .map_err(|_| ClientError::Timeout)?
-                    .map_err(|_| ClientError::Disconnected)?;
-                if data.len() != size {
-                    return Err(ClientError::Protocol("blob shorter than announced"));
-                }
-                Ok(data)
+        let total = match r.kind {
+            Some(blob_response::Kind::Found(f)) => f.size,
+            Some(blob_response::Kind::Error(e)) if e.code() == ErrorCode::BlobNotFound => {
+                return Err(ClientError::BlobGone);
             }
-            Some(blob_response::Kind::Error(e)) => Err(ClientError::Refused(Refusal::from(e))),
-            _ => Err(ClientError::Protocol(
-                "unexpected answer to a blob download",
-            )),
+            Some(blob_response::Kind::Error(e)) => {
+                return Err(ClientError::Refused(Refusal::from(e)));
+            }
+            _ => {
+                return Err(ClientError::Protocol(
+                    "unexpected answer to a blob download",
+                ));
+            }
+        };
+        let size = usize::try_from(total).unwrap_or(usize::MAX);
+        if size > max {
+            return Err(ClientError::Protocol("blob larger than expected"));
         }
+        progress(0, total);
+        let mut data = Vec::with_capacity(size);
+        let mut buf = vec![0u8; BLOB_CHUNK];
+        while data.len() < size {
+            let want = (size - data.len()).min(BLOB_CHUNK);
+            let into = buf.get_mut(..want).unwrap_or_default();
+            let n = match tokio::time::timeout(REQUEST_TIMEOUT, recv.read(into)).await {
+                Err(_) => return Err(ClientError::Timeout),
+                Ok(Ok(Some(n))) => n,
+                Ok(Ok(None)) => return Err(ClientError::Protocol("blob shorter than announced")),
+                Ok(Err(quinn::ReadError::Reset(code))) if code == BLOB_GONE.into() => {
+                    return Err(ClientError::BlobGone);
+                }
+                Ok(Err(quinn::ReadError::Reset(code))) if code == BLOB_TIMED_OUT.into() => {
+                    return Err(ClientError::Timeout);
+                }
+                Ok(Err(_)) => return Err(ClientError::Disconnected),
+            };
+            data.extend_from_slice(into.get(..n).unwrap_or_default());
+            progress(data.len() as u64, total);
+        }
+        Ok(data)
     }
 
     /// Whether the connection is still usable (not closed by either side, its stream alive).

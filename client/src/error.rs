@@ -73,6 +73,15 @@ pub enum ClientError {
     /// The profile's store is held by another process (another app instance, another `hush`).
     #[error("the profile {0} is open in another process")]
     ProfileInUse(String),
+    /// The attachment is no longer on the relay: it expired or was deleted (the relay answers
+    /// `BLOB_NOT_FOUND` for these and for a wrong capability alike, or resets a download when
+    /// the blob goes meanwhile).
+    #[error("the file is no longer on the relay (expired or deleted)")]
+    BlobGone,
+    /// The attachment's bytes are not the ones its sender uploaded: their digest does not match
+    /// the one in the message.
+    #[error("the file was altered: its digest does not match the one its sender sent")]
+    BlobAltered,
 }
 
 impl ClientError {
@@ -91,7 +100,9 @@ impl ClientError {
             | Self::InvalidUsername(_)
             | Self::Config(_)
             | Self::Invalid(_)
-            | Self::Revoked => true,
+            | Self::Revoked
+            | Self::BlobGone
+            | Self::BlobAltered => true,
             Self::Refused(r) => matches!(
                 r.code,
                 ErrorCode::Malformed

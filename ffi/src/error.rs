@@ -199,6 +199,13 @@ impl From<ClientError> for HushError {
             ClientError::ProfileInUse(dir) => Self::NotPermitted(format!(
                 "the profile {dir} is open in another process; close that one first"
             )),
+            ClientError::BlobGone => Self::NotFound(
+                "the attachment is no longer on the relay (expired or deleted)".into(),
+            ),
+            ClientError::BlobAltered => Self::Protocol(
+                "the attachment was altered: its digest does not match the one its sender sent"
+                    .into(),
+            ),
             // A variant added to the engine later: its own message says what it is.
             #[allow(unreachable_patterns)]
             _ => Self::Protocol(e.to_string()),
@@ -297,6 +304,14 @@ mod tests {
         assert!(matches!(
             HushError::from(ClientError::Config("profile directory: denied".into())),
             HushError::Storage(_)
+        ));
+        assert!(matches!(
+            HushError::from(ClientError::BlobGone),
+            HushError::NotFound(_)
+        ));
+        assert!(matches!(
+            HushError::from(ClientError::BlobAltered),
+            HushError::Protocol(_)
         ));
     }
 

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hush_client::messenger::{MessageStatus, status_of};
-use hush_client::{Conversation, EngineConfig, Messenger, MessengerEvent};
+use hush_client::{ClientError, Conversation, EngineConfig, Messenger, MessengerEvent};
 use hush_proto::app::app_message;
 use tokio::sync::mpsc::UnboundedReceiver;
 use zeroize::Zeroizing;
@@ -173,11 +173,40 @@ async fn two_messengers_chat_with_receipts_typing_presence_attachments_and_histo
         (att.name.as_str(), att.size),
         ("photo.jpg", data.len() as u64)
     );
-    assert_eq!(bob.download(&att).await.unwrap().as_slice(), &data[..]);
-    // A tampered digest is refused.
+    // Progress goes up from 0 to the encrypted size (the file and its 16-byte tag).
+    let seen = std::sync::Mutex::new(Vec::new());
+    let progress = |done: u64, total: u64| seen.lock().unwrap().push((done, total));
+    let plain = bob.download_with_progress(&att, &progress).await.unwrap();
+    assert_eq!(plain.as_slice(), &data[..]);
+    let seen = seen.into_inner().unwrap();
+    let sealed = data.len() as u64 + 16;
+    assert_eq!(seen.first(), Some(&(0, sealed)));
+    assert_eq!(seen.last(), Some(&(sealed, sealed)));
+    assert!(
+        seen.windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[1].1 == sealed)
+    );
+    // Found by the first digits of its id, and as the last file received.
+    let id = hex::encode(&got.message.as_ref().unwrap().message_id);
+    let found = bob.find_attachments(&id[..8].to_uppercase()).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].2, att);
+    assert_eq!(bob.last_received_attachment().unwrap().unwrap().2, att);
+    assert!(alice.last_received_attachment().unwrap().is_none());
+    // A tampered digest is refused as altered; a capability the relay does not know (as for a
+    // file expired or deleted) as gone.
     let mut bad = att.clone();
     bad.digest[0] ^= 1;
-    assert!(bob.download(&bad).await.is_err());
+    assert!(matches!(
+        bob.download(&bad).await,
+        Err(ClientError::BlobAltered)
+    ));
+    let mut gone = att.clone();
+    gone.capability[0] ^= 1;
+    assert!(matches!(
+        bob.download(&gone).await,
+        Err(ClientError::BlobGone)
+    ));
 
     // History: 30 more, paged 10 at a time, the same order on both sides.
     for i in 0..30 {
