@@ -29,6 +29,7 @@ mod groups;
 mod profile;
 mod setup;
 mod show;
+mod term;
 
 use contacts::{contact, learn_sender, name_of};
 use profile::{
