@@ -169,15 +169,86 @@ fn terminal_edits_lines_in_raw_mode() {
     p.expect("line: abc", WAIT).unwrap();
     p.send("junk\x15");
     p.expect("edits: 14", WAIT).unwrap();
+    // The status stands just above the prompt, and a new one replaces it.
     p.send("status bob is typing…\r");
     p.expect("bob is typing…", WAIT).unwrap();
+    p.expect_screen("the status above an empty prompt", WAIT, |rows| {
+        bottom(rows, 3) == ["> status bob is typing…", "bob is typing…", ">"]
+            && no_status(rows, "edits")
+    })
+    .unwrap();
     p.send("x\r");
     p.expect("line: x", WAIT).unwrap();
+    // Typing "x" made the edits status replace that one; the line is printed above it.
+    p.expect_screen("a line printed above the status", WAIT, |rows| {
+        bottom(rows, 4) == ["> x", "line: x", "edits: 36", ">"]
+    })
+    .unwrap();
+    p.send("ab");
+    let rows = p
+        .expect_screen("the edits status in place of the other", WAIT, |rows| {
+            let b = bottom(rows, 3);
+            b.len() == 3 && b[0] == "line: x" && b[1] == "edits: 38" && b[2] == "> ab"
+        })
+        .unwrap();
+    assert!(!rows.iter().any(|r| r == "bob is typing…"), "{rows:#?}");
+    assert_eq!(
+        rows.iter().filter(|r| r.starts_with("edits")).count(),
+        1,
+        "{rows:#?}"
+    );
+    let prompt_row = u16::try_from(rows.iter().rposition(|r| !r.is_empty()).unwrap()).unwrap();
+    assert_eq!(p.cursor(), (prompt_row, 4));
+    p.send("\x15quiet\r");
+    p.expect_screen("no status", WAIT, |rows| {
+        bottom(rows, 3) == ["line: x", "> quiet", ">"] && no_status(rows, "edits")
+    })
+    .unwrap();
     // Ctrl-D on an empty line ends the input, and the terminal is left as it was.
     p.send("\x04");
     p.expect("eof", WAIT).unwrap();
     p.expect("modes restored", WAIT).unwrap();
     assert_eq!(p.wait(WAIT).unwrap(), 0);
+}
+
+/// The last `n` rows up to the last one with something on it.
+fn bottom(rows: &[String], n: usize) -> Vec<&str> {
+    let end = rows
+        .iter()
+        .rposition(|r| !r.is_empty())
+        .map_or(0, |i| i + 1);
+    rows[end.saturating_sub(n)..end]
+        .iter()
+        .map(String::as_str)
+        .collect()
+}
+
+/// Whether no row on the screen is a status starting with `text`.
+fn no_status(rows: &[String], text: &str) -> bool {
+    !rows.iter().any(|r| r.starts_with(text))
+}
+
+#[test]
+fn a_long_line_scrolls_within_its_row() {
+    let mut p = child_in_a_pty();
+    p.send(&"a".repeat(100));
+    p.expect("edits: 100", WAIT).unwrap();
+    // The prompt and as much of the line as fits before the last column, the cursor after it.
+    let shown = format!("> {}", "a".repeat(77));
+    let rows = p
+        .expect_screen("the end of the line on one row", WAIT, |rows| {
+            bottom(rows, 2) == ["edits: 100", shown.as_str()]
+        })
+        .unwrap();
+    let prompt_row =
+        u16::try_from(rows.len() - 1 - rows.iter().rev().position(|r| !r.is_empty()).unwrap())
+            .unwrap();
+    assert_eq!(p.cursor(), (prompt_row, 79));
+    p.send("\r");
+    p.expect(&format!("line: {}", "a".repeat(100)), WAIT)
+        .unwrap();
+    p.send("\x04");
+    p.expect("modes restored", WAIT).unwrap();
 }
 
 #[test]

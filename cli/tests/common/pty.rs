@@ -7,9 +7,11 @@
 //! alice.send("hello\r");
 //! ```
 //!
-//! Matching is on the output with escape sequences and carriage returns taken out, and
-//! [`Pty::expect`] only looks past what the previous `expect` matched, so waiting for the
-//! same text twice waits for it to be shown twice.
+//! [`Pty::expect`] matches the output as a stream, with escape sequences and carriage returns
+//! taken out, and only looks past what the previous `expect` matched, so waiting for the same
+//! text twice waits for it to be shown twice. [`Pty::screen`] and [`Pty::expect_screen`] look
+//! at the screen itself, as a terminal emulator draws it: for what replaces what, or where the
+//! cursor is.
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -23,13 +25,12 @@ pub(crate) const ROWS: u16 = 24;
 pub(crate) const COLS: u16 = 80;
 
 /// What the program has written so far, and whether it can write more.
-#[derive(Default)]
 struct Screen {
     bytes: Vec<u8>,
     closed: bool,
+    emulator: vt100::Parser,
 }
 
-#[derive(Default)]
 struct Shared {
     screen: Mutex<Screen>,
     changed: Condvar,
@@ -84,7 +85,18 @@ impl Pty {
         drop(pair.slave);
         let mut reader = pair.master.try_clone_reader().expect("pty reader");
         let writer = pair.master.take_writer().expect("pty writer");
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            screen: Mutex::new(Screen {
+                bytes: Vec::new(),
+                closed: false,
+                emulator: vt100::Parser::new(
+                    std::num::NonZeroU16::new(ROWS).unwrap(),
+                    std::num::NonZeroU16::new(COLS).unwrap(),
+                    0,
+                ),
+            }),
+            changed: Condvar::new(),
+        });
         let sink = Arc::clone(&shared);
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
@@ -98,6 +110,7 @@ impl Pty {
                     screen.closed = true;
                 } else {
                     screen.bytes.extend_from_slice(&buf[..n]);
+                    screen.emulator.process(&buf[..n]);
                 }
                 sink.changed.notify_all();
                 if n == 0 {
@@ -158,6 +171,55 @@ impl Pty {
         }
     }
 
+    /// The screen as it is now: its rows, each without trailing blanks.
+    pub(crate) fn screen(&self) -> Vec<String> {
+        rows(&self.shared.screen.lock().unwrap().emulator)
+    }
+
+    /// The cursor's place on the screen now: (row, column), from 0.
+    pub(crate) fn cursor(&self) -> (u16, u16) {
+        self.shared
+            .screen
+            .lock()
+            .unwrap()
+            .emulator
+            .screen()
+            .cursor_position()
+    }
+
+    /// Waits up to `within` for the screen's rows to be as `wanted` says (it is asked again
+    /// each time output comes), and gives them. On failure, says so with the screen and all
+    /// the output so far.
+    pub(crate) fn expect_screen(
+        &mut self,
+        what: &str,
+        within: Duration,
+        wanted: impl Fn(&[String]) -> bool,
+    ) -> Result<Vec<String>, String> {
+        let deadline = Instant::now() + within;
+        let mut screen = self.shared.screen.lock().unwrap();
+        loop {
+            let rows = rows(&screen.emulator);
+            if wanted(&rows) {
+                return Ok(rows);
+            }
+            let now = Instant::now();
+            if screen.closed || now >= deadline {
+                return Err(format!(
+                    "the screen did not show {what} within {within:?}; the screen:\n{}\nthe output so far:\n{}",
+                    rows.join("\n"),
+                    plain(&screen.bytes)
+                ));
+            }
+            screen = self
+                .shared
+                .changed
+                .wait_timeout(screen, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+
     /// All the output so far, escape sequences and carriage returns taken out.
     pub(crate) fn output(&self) -> String {
         plain(&self.shared.screen.lock().unwrap().bytes)
@@ -203,6 +265,14 @@ impl Drop for Pty {
             let _ = self.child.wait();
         }
     }
+}
+
+fn rows(emulator: &vt100::Parser) -> Vec<String> {
+    emulator
+        .screen()
+        .rows(0, COLS)
+        .map(|row| row.trim_end().to_string())
+        .collect()
 }
 
 /// `bytes` as text, without escape sequences (CSI, OSC and the like), carriage returns and
