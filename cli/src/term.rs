@@ -287,7 +287,8 @@ impl Terminal {
 
     /// Prints one line of output above the line being edited, then redraws the prompt and the
     /// partial input (in raw mode: clear line, print with \r\n, redraw). In plain mode: println.
-    /// A line with newlines in it is printed as several lines.
+    /// A line with newlines in it is printed as several lines; in raw mode other control
+    /// characters are left out (ESC too, so no colours there), tabs become spaces.
     pub(crate) fn print(&self, line: &str) {
         match &self.mode {
             Mode::Plain(_) => emit(&format!("{line}\n")),
@@ -359,7 +360,13 @@ impl Raw {
         let mut out = String::new();
         self.clear(&mut out);
         for line in text.split('\n') {
-            out.push_str(line.trim_end_matches('\r'));
+            // Control characters would move the cursor or change the terminal under the
+            // editor: they are left out (so an escape sequence in a peer's text is inert).
+            out.extend(
+                line.chars()
+                    .map(|c| if c == '\t' { ' ' } else { c })
+                    .filter(|c| !c.is_control()),
+            );
             out.push_str("\r\n");
         }
         self.draw(&mut out);

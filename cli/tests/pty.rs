@@ -103,6 +103,7 @@ fn terminal_child() {
                 Input::Line(line) => match line.strip_prefix("status ") {
                     Some(status) => term.status(Some(status)),
                     None if line == "quiet" => term.status(None),
+                    None if line == "evil" => term.print("two\nlines \x1b[2Jand\ta\x07 bell"),
                     None => term.print(&format!("line: {line}")),
                 },
                 Input::Eof => {
@@ -199,9 +200,12 @@ fn terminal_edits_lines_in_raw_mode() {
     );
     let prompt_row = u16::try_from(rows.iter().rposition(|r| !r.is_empty()).unwrap()).unwrap();
     assert_eq!(p.cursor(), (prompt_row, 4));
+    p.send("\x15evil\r");
+    // What is left of an escape sequence is plain text.
+    p.expect("two\nlines [2Jand a bell\n", WAIT).unwrap();
     p.send("\x15quiet\r");
     p.expect_screen("no status", WAIT, |rows| {
-        bottom(rows, 3) == ["line: x", "> quiet", ">"] && no_status(rows, "edits")
+        bottom(rows, 3) == ["lines [2Jand a bell", "> quiet", ">"] && no_status(rows, "edits")
     })
     .unwrap();
     // Ctrl-D on an empty line ends the input, and the terminal is left as it was.
