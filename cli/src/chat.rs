@@ -37,7 +37,12 @@ pub(crate) async fn run(
     let label = conversation_label(m, &p.dir, &conv);
     let mut term = Terminal::new("> ").map_err(|e| format!("terminal: {e}"))?;
     term.print(&format!(
-        "chatting with {label}; type a line and press enter (Ctrl-D to leave)"
+        "chatting with {label}; type a line and press enter ({} to leave)",
+        if term.is_interactive() {
+            "Ctrl-D"
+        } else {
+            "end of input"
+        }
     ));
     let unread = m
         .unread()

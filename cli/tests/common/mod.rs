@@ -1,5 +1,8 @@
-//! What the CLI tests share: the `hush-relay` process they talk to, and running `hush`.
+//! What the CLI tests share: the `hush-relay` process they talk to, and running `hush`, plainly or
+//! in a pseudo-terminal (`pty`).
 #![allow(dead_code)]
+
+pub(crate) mod pty;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
