@@ -15,10 +15,11 @@
     clippy::disallowed_methods
 )]
 
-use std::io::Write;
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hush_client::{Engine, EngineConfig, Event};
@@ -29,21 +30,96 @@ use hush_proto::store as pstore;
 use hush_relay::config::{Config, RateLimit, StoreKind};
 use rand::RngExt;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
+use tracing::subscriber::Interest;
+use tracing::{Metadata, Subscriber, span};
+use tracing_subscriber::util::SubscriberInitExt;
 use zeroize::Zeroizing;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The process's log: every span's and event's level, target, name and fields, as text.
+///
+/// Events also arrive while a thread ends, from its thread-local destructors (sled's deferred
+/// clean-up runs when a thread's epoch handle goes, and logs through `log`). Any thread-local
+/// a subscriber used there may already be gone, and a panic in a thread-local destructor aborts
+/// the process; so this one keeps no per-thread state (no span stack, no formatting buffer) and
+/// never panics: each record is formatted on its own and appended under the lock.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+struct Captured {
+    text: Arc<Mutex<Vec<u8>>>,
+    next_span: Arc<AtomicU64>,
+}
 
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
+impl Captured {
+    fn contents(&self) -> Vec<u8> {
+        self.text
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+
+    fn append(&self, line: &str) {
+        let mut text = self.text.lock().unwrap_or_else(PoisonError::into_inner);
+        text.extend_from_slice(line.as_bytes());
+        text.push(b'\n');
     }
+}
+
+/// Writes fields as `name=value`: strings as they are, everything else as the `fmt` layer
+/// would (`Debug`, and `Display` for errors and `%` fields).
+struct Fields<'a>(&'a mut String);
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let _ = write!(self.0, " {}={value}", field.name());
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        let _ = write!(self.0, " {}={value}", field.name());
+        let mut source = value.source();
+        while let Some(s) = source {
+            let _ = write!(self.0, ": {s}");
+            source = s.source();
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
+}
+
+impl Subscriber for Captured {
+    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+        Interest::always()
+    }
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::TRACE)
+    }
+    fn new_span(&self, span: &span::Attributes<'_>) -> span::Id {
+        let id = span::Id::from_u64(self.next_span.fetch_add(1, Ordering::Relaxed) + 1);
+        let m = span.metadata();
+        let mut line = format!("{} {}: span {}", m.level(), m.target(), m.name());
+        span.record(&mut Fields(&mut line));
+        self.append(&line);
+        id
+    }
+    fn record(&self, id: &span::Id, values: &span::Record<'_>) {
+        let mut line = format!("span {} recorded:", id.into_u64());
+        values.record(&mut Fields(&mut line));
+        self.append(&line);
+    }
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let m = event.metadata();
+        let mut line = format!("{} {}:", m.level(), m.target());
+        event.record(&mut Fields(&mut line));
+        self.append(&line);
+    }
+    fn enter(&self, _: &span::Id) {}
+    fn exit(&self, _: &span::Id) {}
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -197,12 +273,8 @@ fn shows(haystack: &str, secret: &[u8]) -> Option<&'static str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_conversation_logs_and_debug_prints_no_key_token_or_plaintext() {
     let logs = Captured::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    // Also takes the `log` records (rustls, sled) as events.
+    logs.clone().init();
 
     let started = std::time::Instant::now();
     let relay_dir = tempfile::tempdir().unwrap();
@@ -290,7 +362,7 @@ async fn a_full_conversation_logs_and_debug_prints_no_key_token_or_plaintext() {
     }
     relay.stop().await;
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = String::from_utf8(logs.contents()).unwrap();
     assert!(
         logs.len() > 10_000 && logs.contains("TRACE"),
         "the capture saw almost nothing ({} bytes)",

@@ -47,6 +47,20 @@ async fn messages(engine: &Engine, rx: &mut UnboundedReceiver<Event>, n: usize) 
     got
 }
 
+/// Waits until the relay's mailboxes hold `n` envelopes in all. A device acknowledges what it
+/// received without waiting for the answer, so a queue has room only once those
+/// acknowledgements have reached the relay: a test that needs the room waits for it here.
+async fn relay_holds(relay: &hush_relay::Running, n: i64) {
+    let stored = &relay.metrics.envelopes_stored;
+    tokio::time::timeout(WAIT, async {
+        while stored.get() != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the relay holds {} envelopes, not {n}", stored.get()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engines_chat_through_offline_periods_a_relay_restart_and_a_drain() {
     let relay_dir = tempfile::tempdir().unwrap();
@@ -507,6 +521,9 @@ async fn a_device_left_out_for_a_full_queue_gets_the_message_once_it_has_room() 
     alice.send(&b_id, b"m0").await.unwrap();
     assert_eq!(messages(&bob, &mut b_rx, 1).await, vec![b"m0".to_vec()]);
     assert_eq!(messages(&bob2, &mut b2_rx, 1).await, vec![b"m0".to_vec()]);
+    // Both devices' acknowledgements of m0 (and of everything linking sent) have landed: both
+    // queues are empty.
+    relay_holds(&relay, 0).await;
 
     // Bob's second device goes offline; three messages fill its queue.
     bob2.shutdown().await;
@@ -515,6 +532,8 @@ async fn a_device_left_out_for_a_full_queue_gets_the_message_once_it_has_room() 
         alice.send(&b_id, m).await.unwrap();
     }
     assert_eq!(messages(&bob, &mut b_rx, 3).await.len(), 3);
+    // The first device has acknowledged them: only the second device's full queue is left.
+    relay_holds(&relay, 3).await;
 
     // The fourth reaches the first device, and the send says it is not done.
     let e = alice.send(&b_id, b"m4").await.unwrap_err();
@@ -528,6 +547,8 @@ async fn a_device_left_out_for_a_full_queue_gets_the_message_once_it_has_room() 
         messages(&bob2, &mut b2_rx, 3).await,
         vec![b"m1".to_vec(), b"m2".to_vec(), b"m3".to_vec()]
     );
+    // Its acknowledgements (and the first device's of m4) have landed: the queue has room.
+    relay_holds(&relay, 0).await;
     alice.send(&b_id, b"m4").await.unwrap();
     assert_eq!(messages(&bob2, &mut b2_rx, 1).await, vec![b"m4".to_vec()]);
 
