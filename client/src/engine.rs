@@ -56,6 +56,15 @@ pub enum ConnectionState {
     Offline,
 }
 
+/// Whether the relay refused a send because the recipient's queue (or this sender's share of
+/// it, or the account's mailbox) is full: nothing was queued.
+fn recipient_full(e: &ClientError) -> bool {
+    matches!(e, ClientError::Refused(r) if matches!(
+        r.code,
+        ErrorCode::QueueFull | ErrorCode::SenderQuota | ErrorCode::MailboxFull
+    ))
+}
+
 /// The devices a send left out because their queue at the relay was full, if any.
 fn left_out(answer: &server_frame::Kind) -> Option<Vec<u32>> {
     match answer {
@@ -1234,6 +1243,11 @@ impl Inner {
                     }
                     None => return Ok(()),
                 },
+                // The recipient's queue is full: it clears only when the recipient takes
+                // its messages, which no wait here can bring about; the caller (the
+                // messenger's outbox) tries again later, and the other recipients of a group
+                // message are not held back.
+                Err(e) if recipient_full(&e) => return Err(e),
                 Err(e) if e.is_transient() => {
                     if let ClientError::Refused(r) = &e
                         && r.retry_after_ms > 0
@@ -1411,6 +1425,7 @@ impl Inner {
                     sealed = None;
                     last = e;
                 }
+                Err(e) if recipient_full(&e) => return Err(e),
                 Err(e) if e.is_transient() => {
                     // Maybe queued, maybe not: resend the same bytes under the same client id,
                     // which the relay queues at most once.

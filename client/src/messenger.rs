@@ -1584,10 +1584,10 @@ impl Shared {
             let Ok(id) = MessageId::try_from(m.message_id.as_slice()) else {
                 continue;
             };
-            match self
+            let r = self
                 .send_claimed(conv, &id, m, stored.peer.clone(), false)
-                .await
-            {
+                .await;
+            match r {
                 Ok(()) => {
                     // A group message may still miss members (tried again later).
                     let still = self
