@@ -81,6 +81,12 @@ pub(crate) async fn save(
     c.sync(events).await;
     let (m, p) = (c.m, c.p);
     let (conversation, msg, a) = pick(m, which)?;
+    // The file asked for is not shown again as news.
+    let picked = msg.message.as_ref().map(|x| x.message_id.clone());
+    c.seen.retain(|ev| {
+        !matches!(ev, MessengerEvent::Message { message, .. }
+            if message.message.as_ref().map(|x| &x.message_id) == picked.as_ref())
+    });
     let name = safe_name(&a.name);
     let path = match out {
         Some(o) if o.is_dir() => o.join(&name),

@@ -503,10 +503,13 @@ async fn command(
         }
         Cmd::RemoveDevice { id } => {
             c.online().await?;
-            m.engine()
-                .remove_device(id)
-                .await
-                .map_err(|e| explain(&e))?;
+            m.engine().remove_device(id).await.map_err(|e| match e {
+                ClientError::Config(why) if why.starts_with("only") => {
+                    format!("{why}: run `hush remove-device {id}` on that device")
+                }
+                ClientError::Config(why) => why,
+                e => explain(&e),
+            })?;
             say!("removed device {id}");
             Ok(())
         }
@@ -567,6 +570,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

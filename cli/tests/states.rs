@@ -176,9 +176,10 @@ fn a_failed_init_leaves_nothing_behind_and_the_next_init_works() {
     assert!(made.status.success(), "{}", stderr(&made));
     assert!(String::from_utf8_lossy(&made.stdout).contains("as `alice`"));
 
-    // The relay gone: the error names the address it tried.
+    // The relay gone: what needs it (linking a device) fails with words that name the address
+    // it tried (reading commands go on offline).
     drop(relay);
-    let down = hush(&alice, &["--connect-timeout", "2", "whoami"]);
+    let down = hush(&alice, &["--connect-timeout", "2", "link"]);
     assert!(!down.status.success());
     assert_eq!(
         stderr(&down).trim(),
@@ -186,5 +187,32 @@ fn a_failed_init_leaves_nothing_behind_and_the_next_init_works() {
             "hush: relay unreachable: no connection to {} within 2 s; is hush-relay running there?",
             by_name.addr
         )
+    );
+}
+
+#[test]
+fn the_relay_log_has_no_colour_codes_when_not_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(relay_binary())
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .env("HUSH_RELAY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map(Result::unwrap)
+        .find(|l| l.contains("relay listening"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = first.expect("the relay logged that it listens");
+    assert!(line.contains("INFO"), "{line}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "colour codes in a log file: {line:?}"
     );
 }

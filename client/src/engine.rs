@@ -714,6 +714,13 @@ impl Engine {
                     "a device does not remove itself".into(),
                 ));
             }
+            if !d.holds_account_key() {
+                return Err(ClientError::Config(
+                    "only the account's first device (the one that created the account, which \
+                     holds its key) can remove devices"
+                        .into(),
+                ));
+            }
             d.remove_device(device_id, now_ms())?
                 .signed_bytes()
                 .to_vec()

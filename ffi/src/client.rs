@@ -886,8 +886,18 @@ impl HushClient {
 
     /// Removes one of this account's other devices (on the account's first device).
     pub async fn remove_device(&self, device_id: u32) -> Result<(), HushError> {
-        self.with(move |m| async move { Ok(m.engine().remove_device(device_id).await?) })
-            .await
+        self.with(move |m| async move {
+            m.engine()
+                .remove_device(device_id)
+                .await
+                .map_err(|e| match e {
+                    ClientError::Config(why) if why.starts_with("only") => {
+                        HushError::NotPermitted(why)
+                    }
+                    e => e.into(),
+                })
+        })
+        .await
     }
 
     /// The safety number with a contact: compare it in person (or scan the QR code).

@@ -109,9 +109,16 @@ def message_with(conversation=None, body=None, incoming=True):
     return pick
 
 
-def receipt_for(message_id, read):
+def status_for(message_id, status, seen=None):
+    """The `Status` event that moves `message_id` to `status`. Steps of the same message seen on
+    the way are appended to `seen` (to check that each is told once and never backwards)."""
+
     def pick(ev):
-        return ev.is_receipt() and ev.read == read and message_id in ev.message_ids and ev
+        if not (ev.is_status() and message_id in ev.message_ids):
+            return None
+        if seen is not None:
+            seen.append(ev.status)
+        return ev.status == status and ev
 
     return pick
 
@@ -170,10 +177,11 @@ async def main():
     got = await b_events.wait_async("alice's text", message_with(to_alice, "hello bob"))
     assert got.id == first and got.sender_account == alice_id and got.unverified_sender_name == "alice"
     assert got.status == MessageStatus.UNREAD
-    await a_events.wait_async("delivered receipt", receipt_for(first, False))
+    steps = []
+    await a_events.wait_async("delivered", status_for(first, MessageStatus.DELIVERED, steps))
     await bob.mark_read(to_alice)
-    r = await a_events.wait_async("read receipt", receipt_for(first, True))
-    assert r.account == bob_id
+    await a_events.wait_async("read", status_for(first, MessageStatus.READ, steps))
+    assert steps == [MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ], steps
     mine = alice.history(to_bob, None, 10)
     assert [m.id for m in mine] == [first] and mine[0].status == MessageStatus.READ, mine
 
@@ -217,7 +225,7 @@ async def main():
     g1 = await alice.send_text(to_group, "hello group", None)
     got = await b_events.wait_async("group text", message_with(to_group, "hello group"))
     assert got.sender_account == alice_id
-    await a_events.wait_async("group delivered receipt", receipt_for(g1, False))
+    await a_events.wait_async("group delivered", status_for(g1, MessageStatus.DELIVERED))
     await bob.set_typing(to_group, True)
     await a_events.wait_async(
         "group typing", lambda e: e.is_typing() and e.conversation == to_group and e.typing
@@ -225,7 +233,7 @@ async def main():
     g2 = await bob.send_text(to_group, "hello alice, in the group", None)
     await a_events.wait_async("bob's group text", message_with(to_group, "hello alice, in the group"))
     await alice.mark_read(to_group)
-    await b_events.wait_async("group read receipt", receipt_for(g2, True))
+    await b_events.wait_async("group read", status_for(g2, MessageStatus.READ))
     assert [m.id for m in bob.history(to_group, None, 10)] == [g1, g2]
 
     # Attachments: bytes and a file, each downloaded with its digest checked.
@@ -300,20 +308,23 @@ async def main():
     )
     await expect_error_async(HushError.InvalidArgument, "itself", bob.remove_device(b_info.device_id))
 
-    # A well-formed account id the relay does not know (the Ed25519 base point): the message is
-    # refused for good, stored as failed, reported to the listener; a retry is refused the same.
+    # A well-formed account id the relay does not know (the Ed25519 base point): the send
+    # returns at once, then the message is refused for good, stored as failed, reported to the
+    # listener; a retry puts it back in the outbox and it is refused the same way.
     nobody = Conversation.DIRECT("58" + "66" * 31)
-    await expect_error_async(
-        HushError.UnknownUser, "no such account", alice.send_text(nobody, "anyone there?", None)
-    )
+    nid = await alice.send_text(nobody, "anyone there?", None)
     failed = await a_events.wait_async(
         "send failed", lambda ev: ev.is_send_failed() and ev.conversation == nobody and ev
     )
+    assert failed.message_id == nid
     assert "unknown account" in failed.reason, failed.reason
     lost = alice.message(failed.message_id)
     assert lost.status == MessageStatus.FAILED and lost.failure, lost
     assert lost.content.is_text() and lost.content.body == "anyone there?"
-    await expect_error_async(HushError.UnknownUser, "no such account", alice.retry_send(lost.id))
+    await alice.retry_send(lost.id)
+    await a_events.wait_async(
+        "failed again", lambda ev: ev.is_send_failed() and ev.message_id == nid and ev
+    )
     assert alice.message(lost.id).status == MessageStatus.FAILED
     assert alice.message("00" * 16) is None
     expect_error(HushError.InvalidArgument, "message id", lambda: alice.message("xyz"))
@@ -336,7 +347,44 @@ async def main():
     assert new_id in alice.devices(alice_id)
     await expect_error_async(HushError.NotFound, "link offer", alice.complete_link(code, 1000))
     expect_error(HushError.NotPermitted, "first device", alice2.offer_link)
+
+    # Receipts collapsed: Bob writes to Alice, whose two devices each confirm delivery and
+    # reading; Bob's client tells each step once, never backwards.
+    steps = []
+    both = await bob.send_text(to_alice, "to both of your devices", None)
+    await a_events.wait_async("on the laptop", message_with(to_bob, "to both of your devices"))
+    await a2_events.wait_async("on the phone", message_with(to_bob, "to both of your devices"))
+    await b_events.wait_async("delivered once", status_for(both, MessageStatus.DELIVERED, steps))
+    await alice2.mark_read(to_bob)
+    await alice.mark_read(to_bob)
+    await b_events.wait_async("read once", status_for(both, MessageStatus.READ, steps))
+    assert steps == [MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ], steps
+    assert bob.message(both).status == MessageStatus.READ
+
+    # A removed device is told, and says so on every call that needs the relay.
+    await alice.remove_device(new_id)
+    await a2_events.wait_async("revoked", lambda e: e.is_revoked())
+    await expect_error_async(
+        HushError.NotPermitted, "removed from its account", alice2.wait_connected(5_000)
+    )
     await alice2.shutdown()
+
+    # Offline first: Bob's profile opened with no relay to reach opens at once, reads its
+    # history and takes a message at once (waiting); opened again with the relay, the message
+    # leaves, and reaches Alice once.
+    await bob.shutdown()
+    bob_off = HushClient(config("bob", key=bytes([7] * 32), relay="127.0.0.1:9"), Listener("bob-offline"))
+    bob_off.open()
+    assert [m.id for m in bob_off.history(to_alice, None, 100)][-1] == both
+    waiting = await asyncio.wait_for(bob_off.send_text(to_alice, "written offline", None), 5)
+    assert bob_off.message(waiting).status == MessageStatus.WAITING
+    await bob_off.shutdown()
+    b_events = Listener("bob")
+    bob = HushClient(config("bob", key=bytes([7] * 32)), b_events)
+    bob.open()
+    await b_events.wait_async("sent", status_for(waiting, MessageStatus.SENT))
+    got = await a_events.wait_async("the waiting message", message_with(to_bob, "written offline"))
+    assert got.id == waiting
 
     # Shutdown: every later call is refused with Closed.
     await alice.shutdown()
