@@ -65,6 +65,10 @@ pub(crate) async fn contact(c: &Ctx<'_>, name: &str) -> Result<AccountId, String
 /// Learns the name of an unknown sender from what it claims, if the relay's directory (signed
 /// by the account key) confirms it.
 pub(crate) async fn learn_sender(m: &Messenger, dir: &Path, ev: &MessengerEvent) {
+    if let MessengerEvent::ContactsSynced { name, contacts } = ev {
+        take_synced(dir, name, contacts);
+        return;
+    }
     let MessengerEvent::Message { message, .. } = ev else {
         return;
     };
@@ -85,4 +89,29 @@ pub(crate) async fn learn_sender(m: &Messenger, dir: &Path, ev: &MessengerEvent)
     {
         let _ = save_contact(dir, &claimed, &account);
     }
+}
+
+/// Keeps what another device of this account sent: its username (for a device that has none
+/// yet, as a linked one) and the contacts this profile does not know yet.
+fn take_synced(dir: &Path, name: &str, synced: &[(String, AccountId)]) {
+    let known = contacts(dir);
+    for (username, account) in synced {
+        if !known.contains_key(username) {
+            let _ = save_contact(dir, username, account);
+        }
+    }
+    if !name.is_empty() {
+        let _ = crate::profile::set_name_if_empty(dir, name);
+    }
+}
+
+/// The contacts this profile knows, as accounts.
+pub(crate) fn all_contacts(dir: &Path) -> Vec<(String, AccountId)> {
+    contacts(dir)
+        .into_iter()
+        .filter_map(|(n, a)| {
+            let bytes = hex::decode(a).ok()?;
+            Some((n, AccountId::from_bytes(&bytes).ok()?))
+        })
+        .collect()
 }

@@ -245,10 +245,14 @@ impl Ctx<'_> {
                 if matches!(ev, MessengerEvent::CaughtUp) {
                     return;
                 }
+                if matches!(ev, MessengerEvent::ContactsSynced { .. }) {
+                    // Names first: what the command shows then uses them.
+                    learn_sender(self.m, &self.p.dir, &ev).await;
+                }
                 self.seen.push(ev);
             }
         }
-        if self.m.engine().state() != ConnectionState::Online {
+        if self.m.engine().state() != ConnectionState::Online && !self.m.engine().is_revoked() {
             say!(
                 "offline: the relay at {} cannot be reached; showing what this device has",
                 self.p.relay
@@ -482,6 +486,16 @@ async fn command(
                 .await
                 .map_err(|e| explain(&e))?;
             say!("linked device {id}");
+            // The new device shows the same names as this one.
+            let known = contacts::all_contacts(&p.dir);
+            match m.sync_contacts(&p.name, &known).await {
+                Ok(()) => say!(
+                    "gave the new device this account's name and {} contact{}",
+                    known.len(),
+                    if known.len() == 1 { "" } else { "s" }
+                ),
+                Err(e) => say!("the new device did not get the contacts: {}", explain(&e)),
+            }
             Ok(())
         }
         Cmd::Devices => {
@@ -517,13 +531,11 @@ async fn command(
         Cmd::Whoami => {
             c.sync(events).await;
             let me = m.address();
+            // Read again: another device of the account may just have told the name.
+            let name = read_profile(&p.dir).map(|p| p.name).unwrap_or_default();
             say!(
                 "{} account {} device {}",
-                if p.name.is_empty() {
-                    "(no name)"
-                } else {
-                    &p.name
-                },
+                if name.is_empty() { "(no name)" } else { &name },
                 hex::encode(me.account.as_bytes()),
                 me.device_id
             );

@@ -95,6 +95,24 @@ pub(crate) fn set_presence(dir: &Path, on: bool) -> Result<(), String> {
         .map_err(|e| format!("config: {e}"))
 }
 
+/// Sets the profile's username if it has none (a linked device learns it from the others).
+pub(crate) fn set_name_if_empty(dir: &Path, name: &str) -> Result<(), String> {
+    if !read_profile(dir)?.name.is_empty() {
+        return Ok(());
+    }
+    let path = dir.join("config");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("config: {e}"))?;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| match l.split_once('=') {
+            Some((k, _)) if k.trim() == "name" => format!("name = {name}"),
+            _ => l.to_owned(),
+        })
+        .collect();
+    private_fs::write_atomic(&path, format!("{}\n", lines.join("\n")).as_bytes())
+        .map_err(|e| format!("config: {e}"))
+}
+
 /// Words for a profile that cannot be opened: which store, and the way out.
 pub(crate) fn explain_open(p: &Profile, e: &hush_client::ClientError) -> String {
     use hush_client::ClientError;

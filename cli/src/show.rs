@@ -300,6 +300,11 @@ pub(crate) fn describe(m: &Messenger, dir: &Path, ev: &MessengerEvent) -> Vec<St
                 })
                 .collect()
         }
+        MessengerEvent::ContactsSynced { contacts, .. } => one(format!(
+            "took this account's name and {} contact{} from its other device",
+            contacts.len(),
+            if contacts.len() == 1 { "" } else { "s" }
+        )),
         MessengerEvent::IdentityWarning { account } => one(format!(
             "WARNING: the identity of {} could not be verified (conflicting or forged device list); do not trust new messages until you compare safety numbers",
             name_of(dir, account.as_bytes())

@@ -171,3 +171,95 @@ fn without_the_relay_reading_works_and_a_message_waits_and_is_delivered_once() {
         ["me: before (read)", "me: written offline (read)"]
     );
 }
+
+#[test]
+fn a_linked_device_gets_the_name_and_contacts_its_contacts_are_warned_and_removal_is_told() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = spawn_relay(relay_dir.path(), &[]);
+    let addr = relay.addr.to_string();
+    let dirs = tempfile::tempdir().unwrap();
+    let (a, b, b2) = (
+        dirs.path().join("alice"),
+        dirs.path().join("bob"),
+        dirs.path().join("bob-laptop"),
+    );
+    init_account(&relay, &a, "alice");
+    init_account(&relay, &b, "bob");
+    ok(&a, &["send", "bob", "hi bob"]);
+    ok(&b, &["history", "alice"]);
+
+    // Bob's first device offers a link; the new device joins with the code it prints.
+    let mut offer = Command::new(env!("CARGO_BIN_EXE_hush"))
+        .arg("--profile")
+        .arg(&b)
+        .args(["link", "--wait", "120"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(offer.stdout.take().unwrap()).lines();
+    let code = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find_map(|l| l.split("--code ").nth(1).map(str::to_owned))
+        .expect("a link code");
+    let joined = ok(
+        &b2,
+        &[
+            "link", "--relay", &addr, "--pin", &relay.pin, "--code", &code,
+        ],
+    );
+    assert!(joined.contains("linked as device "), "{joined}");
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(offer.wait().unwrap().success());
+    assert!(
+        rest.iter()
+            .any(|l| l == "gave the new device this account's name and 1 contact"),
+        "{rest:?}"
+    );
+
+    // The new device goes by the account's name and knows Alice by hers.
+    let who = ok(&b2, &["whoami"]);
+    assert!(who.starts_with("bob account "), "{who}");
+    let new_id: u32 = who
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|d| d.parse().ok())
+        .unwrap();
+    let sent = ok(&b2, &["send", "alice", "from the laptop"]);
+    assert!(sent.starts_with("sent "), "{sent}");
+    // Alice is warned of Bob's new device, and has the message under his name.
+    let h = ok(&a, &["history", "bob"]);
+    assert!(
+        h.contains(&format!(
+            "warning: bob has new or changed devices [{new_id}]; compare safety numbers (`hush verify bob`)"
+        )),
+        "{h}"
+    );
+    assert!(
+        untimed(&h).contains(&"bob: from the laptop".to_owned()),
+        "{h}"
+    );
+
+    // Only the first device removes devices, and the words say so.
+    let o = hush(&b2, &["remove-device", "1"]);
+    assert!(!o.status.success());
+    assert_eq!(
+        stderr(&o),
+        "hush: only the account's first device (the one that created the account, which holds \
+         its key) can remove devices: run `hush remove-device 1` on that device\n"
+    );
+    // Removed, the laptop is told so, not "unreachable".
+    ok(&b, &["remove-device", &new_id.to_string()]);
+    let who = ok(&b2, &["whoami"]);
+    assert!(
+        who.contains(
+            "this device was removed from the account; link it again (`hush link`) to use it"
+        ),
+        "{who}"
+    );
+    assert!(!who.contains("offline"), "{who}");
+}

@@ -1023,6 +1023,11 @@ impl Engine {
         conn.download_blob(id, capability, max, progress).await
     }
 
+    /// Whether this device was removed from its account (the relay no longer lets it in).
+    pub fn is_revoked(&self) -> bool {
+        self.inner.is_revoked()
+    }
+
     /// Whether the engine was shut down or this device revoked (nothing will be sent again).
     pub fn is_closed(&self) -> bool {
         self.inner.shutdown.is_cancelled() || self.inner.is_revoked()

@@ -45,6 +45,8 @@ const STORE_ATTEMPTS: u32 = 8;
 pub const MAX_ATTACHMENT: usize = 100 << 20;
 /// Longest text message, in bytes.
 pub const MAX_TEXT: usize = 32 * 1024;
+/// Most contacts one [`Messenger::sync_contacts`] carries (and one received is taken from).
+pub const MAX_SYNCED_CONTACTS: usize = 5_000;
 /// First wait of an outbox worker before it offers again a message that had to wait while the
 /// relay was reachable (a full queue, a rate limit); doubles up to [`OUTBOX_RETRY_MAX`].
 const OUTBOX_RETRY_MIN: std::time::Duration = std::time::Duration::from_secs(1);
@@ -223,6 +225,14 @@ pub enum MessengerEvent {
     /// The local store failed and could not be reopened: receiving has stopped (see
     /// [`Event::StoreFailed`]).
     StoreFailed,
+    /// Another device of this account sent its username and contacts (see
+    /// [`Messenger::sync_contacts`]): keep them, so that this device shows the same names.
+    ContactsSynced {
+        /// The account's username (empty if it has none).
+        name: String,
+        /// Usernames and their accounts.
+        contacts: Vec<(String, AccountId)>,
+    },
 }
 
 /// Never shows message content: the kind of event and who it concerns.
@@ -304,6 +314,10 @@ impl std::fmt::Debug for MessengerEvent {
                 .field("from", from)
                 .finish(),
             Self::StoreFailed => f.write_str("StoreFailed"),
+            Self::ContactsSynced { contacts, .. } => f
+                .debug_struct("ContactsSynced")
+                .field("contacts", &contacts.len())
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -917,6 +931,9 @@ impl Messenger {
             if status != MessageStatus::Waiting {
                 return Ok(status);
             }
+            if self.shared.engine.is_revoked() {
+                return Err(ClientError::Revoked);
+            }
             match tokio::time::timeout_at(deadline, changed.changed()).await {
                 Ok(Ok(())) => {}
                 _ => return Ok(status),
@@ -944,6 +961,38 @@ impl Messenger {
         let mut out: Vec<_> = counts.into_iter().collect();
         out.sort_by(|a, b| b.1.1.get(33..).cmp(&a.1.1.get(33..)));
         Ok(out.into_iter().map(|(c, (n, _))| (c, n)).collect())
+    }
+
+    /// Gives this account's other devices its username and the contacts this device knows
+    /// (a device just linked shows names, not account ids). At most [`MAX_SYNCED_CONTACTS`].
+    pub async fn sync_contacts(
+        &self,
+        name: &str,
+        contacts: &[(String, AccountId)],
+    ) -> Result<(), ClientError> {
+        if contacts.len() > MAX_SYNCED_CONTACTS {
+            return Err(ClientError::Invalid(format!(
+                "at most {MAX_SYNCED_CONTACTS} contacts are synced at once"
+            )));
+        }
+        let m = self.shared.wrap(
+            &Conversation::Direct(self.shared.me.account),
+            app_message::Kind::SyncContacts(app::SyncContacts {
+                name: name.to_owned(),
+                contacts: contacts
+                    .iter()
+                    .map(|(u, a)| app::SyncedContact {
+                        username: u.clone(),
+                        account: a.as_bytes().to_vec(),
+                    })
+                    .collect(),
+            }),
+            false,
+        );
+        self.shared
+            .engine
+            .send(&self.shared.me.account, &m.encode_to_vec())
+            .await
     }
 
     /// Up to `limit` messages of a conversation, oldest first, before message `before` (or the
@@ -1773,6 +1822,20 @@ impl Shared {
                         status,
                     });
                 }
+            }
+            Some(app_message::Kind::SyncContacts(s)) if own => {
+                let contacts = s
+                    .contacts
+                    .iter()
+                    .take(MAX_SYNCED_CONTACTS)
+                    .filter_map(|c| {
+                        hush_net::username::normalize(&c.username)
+                            .ok()
+                            .zip(AccountId::from_bytes(&c.account).ok())
+                    })
+                    .collect();
+                let name = hush_net::username::normalize(&s.name).unwrap_or_default();
+                self.emit(MessengerEvent::ContactsSynced { name, contacts });
             }
             Some(app_message::Kind::SyncSent(mut s)) if own => {
                 // A message this account sent from another device.

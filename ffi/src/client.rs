@@ -884,6 +884,21 @@ impl HushClient {
             .await
     }
 
+    /// Gives this account's other devices its username and `contacts` (call it when a device
+    /// was linked, and when a contact is added): they get a `ContactsSynced` event.
+    pub async fn sync_contacts(
+        &self,
+        name: String,
+        contacts: Vec<crate::types::Contact>,
+    ) -> Result<(), HushError> {
+        let parsed = contacts
+            .iter()
+            .map(|c| Ok((c.username.clone(), parse_account(&c.account_id)?)))
+            .collect::<Result<Vec<_>, HushError>>()?;
+        self.with(move |m| async move { Ok(m.sync_contacts(&name, &parsed).await?) })
+            .await
+    }
+
     /// Removes one of this account's other devices (on the account's first device).
     pub async fn remove_device(&self, device_id: u32) -> Result<(), HushError> {
         self.with(move |m| async move {

@@ -12,8 +12,8 @@ mod types;
 pub use client::{HushClient, HushListener, MAX_HISTORY_PAGE, MAX_WAIT_MS};
 pub use error::{HushError, ListenerError};
 pub use types::{
-    AccountInfo, ClientConfig, Conversation, GroupInfo, HushEvent, HushMessage, MessageContent,
-    MessageStatus, SafetyNumber,
+    AccountInfo, ClientConfig, Contact, Conversation, GroupInfo, HushEvent, HushMessage,
+    MessageContent, MessageStatus, SafetyNumber,
 };
 
 uniffi::setup_scaffolding!();

@@ -365,6 +365,23 @@ pub enum HushEvent {
     /// The local store failed and could not be reopened: the client stopped receiving. Restart
     /// the app.
     StoreFailed,
+    /// Another device of this account sent its username and contacts (`sync_contacts`): keep
+    /// them, so that this device shows the same names.
+    ContactsSynced {
+        /// The account's username (empty if none).
+        name: String,
+        /// The contacts.
+        contacts: Vec<Contact>,
+    },
+}
+
+/// A contact: a username and the account it names.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct Contact {
+    /// The username.
+    pub username: String,
+    /// The account id (hex).
+    pub account_id: String,
 }
 
 impl From<MessengerEvent> for HushEvent {
@@ -435,6 +452,16 @@ impl From<MessengerEvent> for HushEvent {
                 device: from.device_id,
             },
             MessengerEvent::StoreFailed => Self::StoreFailed,
+            MessengerEvent::ContactsSynced { name, contacts } => Self::ContactsSynced {
+                name,
+                contacts: contacts
+                    .into_iter()
+                    .map(|(username, a)| Contact {
+                        username,
+                        account_id: hex::encode(a.as_bytes()),
+                    })
+                    .collect(),
+            },
             MessengerEvent::Undelivered {
                 conversation,
                 message_id,
