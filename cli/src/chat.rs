@@ -35,6 +35,9 @@ pub(crate) async fn run(
 ) -> Result<(), String> {
     let (m, p) = (c.m, c.p);
     let label = conversation_label(m, &p.dir, &conv);
+    // What waits at the relay first (bounded; at once without the relay), so that the chat
+    // opens with the conversation as it is.
+    c.sync(events).await;
     let mut term = Terminal::new("> ").map_err(|e| format!("terminal: {e}"))?;
     term.print(&format!(
         "chatting with {label}; type a line and press enter ({} to leave)",
@@ -59,6 +62,23 @@ pub(crate) async fn run(
             term.print(&format!("-- {unread} unread --"));
         }
         term.print(&history_line(&p.dir, msg));
+    }
+    // What else came meanwhile (other conversations, warnings) is said once.
+    for ev in std::mem::take(&mut c.seen) {
+        learn_sender(m, &p.dir, &ev).await;
+        let here =
+            matches!(&ev, MessengerEvent::Message { conversation, .. } if *conversation == conv);
+        let noise = matches!(
+            ev,
+            MessengerEvent::Connection(_)
+                | MessengerEvent::Typing { .. }
+                | MessengerEvent::Presence { .. }
+        );
+        if !here && !noise {
+            for line in describe(m, &p.dir, &ev) {
+                term.print(&line);
+            }
+        }
     }
     let _ = m.mark_read(conv).await;
     // Presence: with a contact, told on opening and on leaving (if shared).

@@ -134,6 +134,9 @@ pub(crate) async fn group_command(
         }
         GroupCmd::List => {
             c.sync(events).await;
+            // The list below is what changed.
+            c.seen
+                .retain(|e| !matches!(e, MessengerEvent::GroupsChanged));
             let groups = all_groups(m);
             if groups.is_empty() {
                 say!("no groups yet");

@@ -486,9 +486,19 @@ async fn command(
                 .await
                 .map_err(|e| explain(&e))?;
             say!("linked device {id}");
-            // The new device shows the same names as this one.
+            // The new device shows the same names as this one. It publishes its keys as it
+            // first connects, which may take a moment after the link: until then it is not
+            // found, and the contacts are offered again.
             let known = contacts::all_contacts(&p.dir);
-            match m.sync_contacts(&p.name, &known).await {
+            let deadline = tokio::time::Instant::now() + c.connect_timeout;
+            let mut synced = m.sync_contacts(&p.name, &known).await;
+            while matches!(&synced, Err(ClientError::Refused(r)) if r.code == hush_proto::relay_api::ErrorCode::NotFound)
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                synced = m.sync_contacts(&p.name, &known).await;
+            }
+            match synced {
                 Ok(()) => say!(
                     "gave the new device this account's name and {} contact{}",
                     known.len(),

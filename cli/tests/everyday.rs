@@ -97,8 +97,15 @@ fn nothing_received_goes_unseen_and_receipts_are_a_state() {
         ["alice: to the first"]
     );
     // Removed from the second group, Bob no longer lists it.
+    // Alice's command also shows what it took in: Bob's message to the second group.
     let out = ok(&a, &["group", "remove", &g2, "bob"]);
-    assert_eq!(out, format!("removed bob from group friends ({g2})\n"));
+    assert_eq!(
+        out,
+        format!(
+            "removed bob from group friends ({g2})\n\
+             message from bob in group friends ({g2}): to the second\n"
+        )
+    );
     let list = ok(&b, &["group", "list"]);
     assert_eq!(list.lines().count(), 1, "{list}");
     assert!(list.contains(&format!("[id {g1}]")), "{list}");
@@ -135,9 +142,10 @@ fn without_the_relay_reading_works_and_a_message_waits_and_is_delivered_once() {
     };
     let offline =
         format!("offline: the relay at {listen} cannot be reached; showing what this device has\n");
+    // (Bob's receipts wait at the relay: this device last saw the message sent.)
     let h = run(&["history", "bob"]);
     assert!(h.starts_with(&offline), "{h}");
-    assert_eq!(untimed(&h)[1..], ["me: before (read)"]);
+    assert_eq!(untimed(&h)[1..], ["me: before (sent)"]);
     let w = run(&["whoami"]);
     assert!(w.contains("alice account "), "{w}");
     let v = run(&["verify", "bob"]);
@@ -154,7 +162,7 @@ fn without_the_relay_reading_works_and_a_message_waits_and_is_delivered_once() {
     let h = run(&["history", "bob"]);
     assert_eq!(
         untimed(&h)[1..],
-        ["me: before (read)", "me: written offline (waiting)"]
+        ["me: before (sent)", "me: written offline (waiting)"]
     );
 
     // The relay is back where it was: the next `hush` sends it, once.

@@ -682,7 +682,11 @@ async fn a_receipt_from_an_account_the_message_was_not_sent_to_changes_nothing()
     let (mallory, _m_rx) = all.pop().unwrap();
     let (bob, mut b_rx) = all.pop().unwrap();
     let (alice, mut a_rx) = all.pop().unwrap();
-    let (a, b) = (alice.address().account, bob.address().account);
+    let (a, b, m) = (
+        alice.address().account,
+        bob.address().account,
+        mallory.address().account,
+    );
 
     let id = alice
         .send_text(Conversation::Direct(b), "for bob", None)
@@ -716,6 +720,28 @@ async fn a_receipt_from_an_account_the_message_was_not_sent_to_changes_nothing()
         .send(&a, &receipt.encode_to_vec())
         .await
         .unwrap();
+    // And claims to be one of Alice's devices, handing her a contact list.
+    let forged = hush_proto::app::AppMessage {
+        message_id: vec![4; 16],
+        group: Vec::new(),
+        sent_at: 1,
+        counter: 0,
+        sender_name: String::new(),
+        kind: Some(app_message::Kind::SyncContacts(
+            hush_proto::app::SyncContacts {
+                name: "mallory".into(),
+                contacts: vec![hush_proto::app::SyncedContact {
+                    username: "bob".into(),
+                    account: m.as_bytes().to_vec(),
+                }],
+            },
+        )),
+    };
+    mallory
+        .engine()
+        .send(&a, &forged.encode_to_vec())
+        .await
+        .unwrap();
     mallory
         .send_text(Conversation::Direct(a), "after the receipt", None)
         .await
@@ -725,6 +751,7 @@ async fn a_receipt_from_an_account_the_message_was_not_sent_to_changes_nothing()
             status: MessageStatus::Read,
             ..
         } => panic!("read by way of mallory's receipt"),
+        MessengerEvent::ContactsSynced { .. } => panic!("contacts taken from mallory"),
         MessengerEvent::Message { message, .. } => Some(body_of(&message)),
         _ => None,
     })
