@@ -111,13 +111,15 @@ def message_with(conversation=None, body=None, incoming=True):
 
 def status_for(message_id, status, seen=None):
     """The `Status` event that moves `message_id` to `status`. Steps of the same message seen on
-    the way are appended to `seen` (to check that each is told once and never backwards)."""
+    the way are recorded in `seen` (to check that each is told once and never backwards)."""
 
     def pick(ev):
         if not (ev.is_status() and message_id in ev.message_ids):
             return None
+        # The listener looks at waiting events again on each wake-up: each is counted once
+        # (`seen` maps each event to its status, in arrival order).
         if seen is not None:
-            seen.append(ev.status)
+            seen.setdefault(id(ev), (ev, ev.status))  # kept alive: its id stays its own
         return ev.status == status and ev
 
     return pick
@@ -177,10 +179,11 @@ async def main():
     got = await b_events.wait_async("alice's text", message_with(to_alice, "hello bob"))
     assert got.id == first and got.sender_account == alice_id and got.unverified_sender_name == "alice"
     assert got.status == MessageStatus.UNREAD
-    steps = []
+    steps = {}
     await a_events.wait_async("delivered", status_for(first, MessageStatus.DELIVERED, steps))
     await bob.mark_read(to_alice)
     await a_events.wait_async("read", status_for(first, MessageStatus.READ, steps))
+    steps = [s for _, s in steps.values()]
     assert steps == [MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ], steps
     mine = alice.history(to_bob, None, 10)
     assert [m.id for m in mine] == [first] and mine[0].status == MessageStatus.READ, mine
@@ -350,7 +353,7 @@ async def main():
 
     # Receipts collapsed: Bob writes to Alice, whose two devices each confirm delivery and
     # reading; Bob's client tells each step once, never backwards.
-    steps = []
+    steps = {}
     both = await bob.send_text(to_alice, "to both of your devices", None)
     await a_events.wait_async("on the laptop", message_with(to_bob, "to both of your devices"))
     await a2_events.wait_async("on the phone", message_with(to_bob, "to both of your devices"))
@@ -358,6 +361,7 @@ async def main():
     await alice2.mark_read(to_bob)
     await alice.mark_read(to_bob)
     await b_events.wait_async("read once", status_for(both, MessageStatus.READ, steps))
+    steps = [s for _, s in steps.values()]
     assert steps == [MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ], steps
     assert bob.message(both).status == MessageStatus.READ
 
