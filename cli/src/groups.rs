@@ -77,6 +77,22 @@ pub(crate) fn find_group(m: &hush_client::Messenger, wanted: &str) -> Result<Gro
     }
 }
 
+/// A group by name or id; one this device does not know yet may be waiting at the relay (a
+/// group just created with this account), so what waits there is taken in first.
+pub(crate) async fn find_group_synced(
+    c: &mut Ctx<'_>,
+    events: &mut UnboundedReceiver<MessengerEvent>,
+    wanted: &str,
+) -> Result<GroupId, String> {
+    match find_group(c.m, wanted) {
+        Ok(g) => Ok(g),
+        Err(_) => {
+            c.sync(events).await;
+            find_group(c.m, wanted)
+        }
+    }
+}
+
 pub(crate) async fn group_command(
     c: &mut Ctx<'_>,
     cmd: GroupCmd,
@@ -103,7 +119,7 @@ pub(crate) async fn group_command(
             Ok(())
         }
         GroupCmd::Send { group, text } => {
-            let g = find_group(m, &group)?;
+            let g = find_group_synced(c, events, &group).await?;
             let id = m
                 .send_text(Conversation::Group(g), &text, None)
                 .await
@@ -111,7 +127,7 @@ pub(crate) async fn group_command(
             report_send(c, events, id).await
         }
         GroupCmd::Add { group, user } => {
-            let g = find_group(m, &group)?;
+            let g = find_group_synced(c, events, &group).await?;
             let a = contact(c, &user).await?;
             c.online().await?;
             m.engine()
@@ -122,7 +138,7 @@ pub(crate) async fn group_command(
             Ok(())
         }
         GroupCmd::Remove { group, user } => {
-            let g = find_group(m, &group)?;
+            let g = find_group_synced(c, events, &group).await?;
             let a = contact(c, &user).await?;
             c.online().await?;
             m.engine()

@@ -355,12 +355,15 @@ async fn show_unseen(c: &mut Ctx<'_>, events: &mut UnboundedReceiver<MessengerEv
 
 /// The conversation a command names: a contact, or `--group`.
 pub(crate) async fn conversation(
-    c: &Ctx<'_>,
+    c: &mut Ctx<'_>,
+    events: &mut UnboundedReceiver<MessengerEvent>,
     with: Option<&str>,
     group: Option<&str>,
 ) -> Result<Conversation, String> {
     match (with, group) {
-        (_, Some(g)) => groups::find_group(c.m, g).map(Conversation::Group),
+        (_, Some(g)) => groups::find_group_synced(c, events, g)
+            .await
+            .map(Conversation::Group),
         (Some(w), None) => contact(c, w).await.map(Conversation::Direct),
         (None, None) => Err("name a contact or a --group".into()),
     }
@@ -445,7 +448,7 @@ async fn command(
             Ok(())
         }
         Cmd::History { with, group, limit } => {
-            let conv = conversation(c, with.as_deref(), group.as_deref()).await?;
+            let conv = conversation(c, events, with.as_deref(), group.as_deref()).await?;
             c.sync(events).await;
             let msgs = m.history(conv, None, limit).map_err(|e| explain(&e))?;
             if msgs.is_empty() {
@@ -552,7 +555,7 @@ async fn command(
             Ok(())
         }
         Cmd::Chat { with, group } => {
-            let conv = conversation(c, with.as_deref(), group.as_deref()).await?;
+            let conv = conversation(c, events, with.as_deref(), group.as_deref()).await?;
             chat::run(c, conv, events).await
         }
     }
