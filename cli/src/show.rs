@@ -42,6 +42,10 @@ pub(crate) fn explain(e: &ClientError) -> String {
             "identity changed: the contact's device list conflicts with the one seen before; verify them (`hush verify`)".into()
         }
         ClientError::Invalid(why) => why.clone(),
+        ClientError::LinkCodeUnknown => "no device offers this link code: it was used already, it \
+             expired (codes last 10 minutes), or it is mistyped; run `hush link` on the account's \
+             first device for a new one"
+            .into(),
         other => other.to_string(),
     }
 }

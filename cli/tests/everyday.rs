@@ -228,6 +228,22 @@ fn a_linked_device_gets_the_name_and_contacts_its_contacts_are_warned_and_remova
         "{rest:?}"
     );
 
+    // The code is used up: another device answering it is told at once, and keeps nothing.
+    let tablet = dirs.path().join("bob-tablet");
+    let again = hush(
+        &tablet,
+        &[
+            "link", "--relay", &addr, "--pin", &relay.pin, "--code", &code,
+        ],
+    );
+    assert!(!again.status.success());
+    assert_eq!(
+        stderr(&again),
+        "hush: no device offers this link code: it was used already, it expired (codes last 10 \
+         minutes), or it is mistyped; run `hush link` on the account's first device for a new one\n"
+    );
+    assert!(!tablet.exists());
+
     // The new device goes by the account's name and knows Alice by hers.
     let who = ok(&b2, &["whoami"]);
     assert!(who.starts_with("bob account "), "{who}");

@@ -133,7 +133,11 @@ pub struct EngineConfig {
 
 /// Prefix of a link code.
 const LINK_PREFIX: &str = "hush-link:";
-/// How often the existing device asks the relay for the new device's answer.
+/// How long a new device goes on offering its link message under a code no device offers yet
+/// (the existing device offers it as it shows it) before saying the code is used or unknown.
+const LINK_OFFER_GRACE: Duration = Duration::from_secs(3);
+/// How often the existing device asks the relay for the new device's answer (and the new
+/// device offers its message again within [`LINK_OFFER_GRACE`]).
 const LINK_POLL: Duration = Duration::from_millis(300);
 /// How long a new device keeps the connection that left its link message open, at most: as
 /// long as the relay keeps the message (docs/RELAY_PROTOCOL.md §13).
@@ -837,6 +841,15 @@ impl Engine {
     ) -> Result<u32, ClientError> {
         let (channel, key) = link_keys(&offer.secret)?;
         let deadline = tokio::time::Instant::now() + wait;
+        // The code is good at the relay from now on, for one new device: a used, expired or
+        // mistyped one is refused there at once.
+        self.inner
+            .current(CONNECT_WAIT)
+            .await?
+            .request(client_frame::Kind::ProvisionOffer(api::ProvisionOffer {
+                channel: channel.to_vec(),
+            }))
+            .await?;
         let body = loop {
             let conn = self.inner.current(CONNECT_WAIT).await?;
             match conn
@@ -933,11 +946,30 @@ impl Engine {
             )
             .map_err(|_| ClientError::Protocol("link answer encryption failed"))?;
         let (conn, events) = RelayConnection::connect(cfg.relay, &cfg.pin).await?;
-        conn.request(client_frame::Kind::ProvisionPut(api::ProvisionPut {
-            channel: channel.to_vec(),
-            body,
-        }))
-        .await?;
+        // Not offered: the code was used, has expired or is mistyped — said at once, after a
+        // short grace for an existing device that shows the code and offers it a moment later.
+        let grace = tokio::time::Instant::now() + LINK_OFFER_GRACE;
+        loop {
+            match conn
+                .request(client_frame::Kind::ProvisionPut(api::ProvisionPut {
+                    channel: channel.to_vec(),
+                    body: body.clone(),
+                }))
+                .await
+            {
+                Ok(_) => break,
+                Err(e)
+                    if RelayConnection::is_code(&e, ErrorCode::NotFound)
+                        && tokio::time::Instant::now() < grace =>
+                {
+                    tokio::time::sleep(LINK_POLL).await;
+                }
+                Err(e) if RelayConnection::is_code(&e, ErrorCode::NotFound) => {
+                    return Err(ClientError::LinkCodeUnknown);
+                }
+                Err(e) => return Err(e),
+            }
+        }
         // Once connected, ask the account's other devices for its groups.
         crate::private_fs::write_atomic(&cfg.profile.join(GROUP_SYNC_FILE), b"")
             .map_err(|e| ClientError::Config(format!("profile directory: {e}")))?;

@@ -60,6 +60,11 @@ pub enum ClientError {
     /// message or group this device does not have); nothing was changed.
     #[error("{0}")]
     Invalid(String),
+    /// A link code no device offers: used already, expired, or mistyped.
+    #[error(
+        "no device offers this link code: it was used already, it expired (codes last 10 minutes), or it is mistyped"
+    )]
+    LinkCodeUnknown,
     /// The engine has been shut down.
     #[error("the engine is shut down")]
     Closed,
@@ -100,6 +105,7 @@ impl ClientError {
             | Self::InvalidUsername(_)
             | Self::Config(_)
             | Self::Invalid(_)
+            | Self::LinkCodeUnknown
             | Self::Revoked
             | Self::BlobGone
             | Self::BlobAltered => true,

@@ -186,6 +186,7 @@ impl From<ClientError> for HushError {
             ClientError::Config(why) if why.starts_with("relay pin") => {
                 Self::InvalidArgument(why.clone())
             }
+            ClientError::LinkCodeUnknown => Self::NotFound(e.to_string()),
             ClientError::Config(why) | ClientError::Invalid(why) => {
                 Self::InvalidArgument(why.clone())
             }

@@ -69,6 +69,13 @@ struct Link {
     serial: u64,
 }
 
+/// An open link offer: the account that made it, and until when (wall ms).
+#[derive(Debug)]
+struct Offer {
+    account: [u8; 32],
+    expires_at: u64,
+}
+
 #[derive(Debug, Default)]
 struct Links {
     by_channel: HashMap<[u8; 32], Link>,
@@ -139,6 +146,8 @@ pub struct Admission {
     blocks: Mutex<HashMap<IpAddr, u32>>,
     accounts: Mutex<HashMap<[u8; 32], u32>>,
     links: Mutex<Links>,
+    /// Channels offered by an existing device (see [`Admission::offer_link`]).
+    offers: Mutex<HashMap<[u8; 32], Offer>>,
     metrics: Arc<Metrics>,
 }
 
@@ -161,6 +170,7 @@ impl Admission {
             blocks: Mutex::new(HashMap::new()),
             accounts: Mutex::new(HashMap::new()),
             links: Mutex::new(Links::default()),
+            offers: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -276,6 +286,63 @@ impl Admission {
             channel,
             serial,
         })
+    }
+
+    /// Opens (or renews) an offer of `channel` by `account` until `expires_at` (wall ms). An
+    /// account holds at most [`limits::MAX_LINK_OFFERS_PER_ACCOUNT`] open offers, the relay at
+    /// most `max_pending_links`; refused, nothing changes.
+    pub fn offer_link(
+        &self,
+        account: [u8; 32],
+        channel: [u8; 32],
+        now_ms: u64,
+        expires_at: u64,
+    ) -> Result<(), LinkRefused> {
+        let mut offers = lock(&self.offers);
+        offers.retain(|_, o| o.expires_at > now_ms);
+        let first_expiry = |offers: &HashMap<[u8; 32], Offer>, mine: bool| {
+            offers
+                .values()
+                .filter(|o| !mine || o.account == account)
+                .map(|o| o.expires_at.saturating_sub(now_ms))
+                .min()
+                .unwrap_or(1)
+                .max(1)
+        };
+        if !offers.contains_key(&channel) {
+            if offers.values().filter(|o| o.account == account).count()
+                >= crate::limits::MAX_LINK_OFFERS_PER_ACCOUNT
+            {
+                return Err(LinkRefused::BlockFull {
+                    retry_after_ms: first_expiry(&offers, true),
+                });
+            }
+            if offers.len() >= crate::limits::MAX_LINK_OFFERS {
+                return Err(LinkRefused::TableFull {
+                    retry_after_ms: first_expiry(&offers, false),
+                });
+            }
+        }
+        offers.insert(
+            channel,
+            Offer {
+                account,
+                expires_at,
+            },
+        );
+        Ok(())
+    }
+
+    /// Whether `channel` is offered (and the offer not expired).
+    pub fn is_offered(&self, channel: &[u8; 32], now_ms: u64) -> bool {
+        lock(&self.offers)
+            .get(channel)
+            .is_some_and(|o| o.expires_at > now_ms)
+    }
+
+    /// Uses up the offer of `channel` (its link message was left).
+    pub fn use_offer(&self, channel: &[u8; 32]) {
+        lock(&self.offers).remove(channel);
     }
 
     /// Takes (removes) the link under `channel`, if one is pending and not expired.

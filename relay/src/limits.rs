@@ -120,6 +120,11 @@ pub const MAX_PROVISION_BYTES: usize = 8 * 1024;
 /// or when the connection that left it closes. An unauthenticated connection holding one is
 /// kept open this long (instead of [`AUTH_TIMEOUT_MS`]).
 pub const PROVISION_TTL_MS: u64 = 10 * 60 * 1000;
+/// Link offers (`ProvisionOffer`) one account may have open at once; an offer lasts
+/// [`PROVISION_TTL_MS`] and is used up by the `ProvisionPut` it admits.
+pub const MAX_LINK_OFFERS_PER_ACCOUNT: usize = 16;
+/// Link offers the relay holds at once, over all accounts (in memory, 72 bytes each).
+pub const MAX_LINK_OFFERS: usize = 100_000;
 
 /// How long (in received time) the relay remembers a send's client id after queueing it, so that
 /// a retry is not queued twice (`store::ids`). In memory only; see [`SEND_IDS_MAX`].

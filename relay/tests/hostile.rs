@@ -92,6 +92,12 @@ fn put(channel: [u8; 32], body: &[u8]) -> client_frame::Kind {
     })
 }
 
+fn offer(channel: [u8; 32]) -> client_frame::Kind {
+    client_frame::Kind::ProvisionOffer(api::ProvisionOffer {
+        channel: channel.to_vec(),
+    })
+}
+
 fn take(channel: [u8; 32]) -> client_frame::Kind {
     client_frame::Kind::ProvisionTake(api::ProvisionTake {
         channel: channel.to_vec(),
@@ -121,6 +127,10 @@ async fn pending_links_from_one_block_stop_at_its_cap_while_another_block_still_
     let cap = 4;
     let h = relay(|c| c.max_pending_links_per_block = cap).await;
     let (_alice, old) = h.account(1).await;
+    // The existing device offers the codes the new devices answer.
+    for c in (0..cap).map(|i| [i as u8; 32]).chain([[99; 32], [200; 32]]) {
+        ok(&old.request(offer(c)).await);
+    }
     // One block fills its share of the link table, one link per connection.
     let mut filling = Vec::new();
     for i in 0..cap {
@@ -159,6 +169,10 @@ async fn pending_links_from_one_block_stop_at_its_cap_while_another_block_still_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_link_table_refuses_with_its_own_error() {
     let h = relay(|c| c.max_pending_links = 3).await;
+    let (_alice, old) = h.account(1).await;
+    for c in [[0; 32], [1; 32], [2; 32], [9; 32]] {
+        ok(&old.request(offer(c)).await);
+    }
     let mut holders = Vec::new();
     for (i, block) in ["127.0.1.1", "127.0.2.1", "127.0.3.1"].iter().enumerate() {
         let c = h.client_from(block).await;

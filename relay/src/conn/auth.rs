@@ -157,6 +157,12 @@ impl ConnState {
         if p.body.is_empty() || p.body.len() > limits::MAX_PROVISION_BYTES {
             return Err(Refused::new(ErrorCode::TooLarge, "link message size"));
         }
+        if !relay.admission.is_offered(&channel, now.wall_ms) {
+            return Err(Refused::new(
+                ErrorCode::NotFound,
+                "no device offers this link code: it was used, it expired, or it is mistyped",
+            ));
+        }
         relay
             .limits
             .accounts
@@ -203,10 +209,45 @@ impl ConnState {
             }
         };
         self.link = Some(guard);
+        // One code, one new device.
+        relay.admission.use_offer(&channel);
         if self.device().is_none() {
             // The new device waits on this connection for its link to be taken.
             self.auth_deadline = self.auth_deadline.max(now.at + ttl);
         }
+        Ok(server_frame::Kind::Ok(api::Ok {}))
+    }
+
+    /// Opens a link offer for the channel of the code this (existing) device shows.
+    pub(super) fn provision_offer(
+        &mut self,
+        relay: &Relay,
+        o: &api::ProvisionOffer,
+        now: Now,
+    ) -> Result<server_frame::Kind, Refused> {
+        let account = self.me()?.account;
+        let channel: [u8; 32] = arr(&o.channel, "channel")?;
+        let expires_at = now.wall_ms.saturating_add(limits::PROVISION_TTL_MS);
+        relay
+            .admission
+            .offer_link(account, channel, now.wall_ms, expires_at)
+            .map_err(|refused| {
+                let (code, why, retry) = match refused {
+                    LinkRefused::BlockFull { retry_after_ms } => (
+                        ErrorCode::RateLimited,
+                        "this account has too many link codes open",
+                        retry_after_ms,
+                    ),
+                    LinkRefused::TableFull { retry_after_ms } => (
+                        ErrorCode::LinkTableFull,
+                        "the relay's table of link offers is full",
+                        retry_after_ms,
+                    ),
+                };
+                let mut r = Refused::new(code, why);
+                r.retry_after_ms = retry;
+                r
+            })?;
         Ok(server_frame::Kind::Ok(api::Ok {}))
     }
 

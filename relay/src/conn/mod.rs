@@ -665,6 +665,7 @@ impl ConnState {
             Some(K::Ping(_)) => Ok(Reply::Now(server_frame::Kind::Ok(api::Ok {}))),
             Some(K::ProvisionPut(p)) => self.provision_put(relay, p, now).map(Reply::Now),
             Some(K::ProvisionTake(t)) => self.provision_take(relay, &t, now).map(Reply::Now),
+            Some(K::ProvisionOffer(o)) => self.provision_offer(relay, &o, now).map(Reply::Now),
             Some(K::ClaimUsername(u)) => self.claim_username(relay, rid, &u, now),
             Some(K::ReleaseUsername(_)) => self.release_username(relay, rid, now),
             Some(K::LookupUsername(q)) => self.lookup_username(relay, &q, now).map(Reply::Now),

@@ -885,6 +885,16 @@ async fn account_list_and_name_refusals_are_typed_and_change_nothing() {
     assert!(s.st.finished().is_none());
 }
 
+/// Offers `channels` as an existing device would (`ProvisionOffer`), for the puts of a test.
+fn offered(relay: &Arc<Relay>, channels: &[[u8; 32]]) {
+    for c in channels {
+        relay
+            .admission
+            .offer_link([9; 32], *c, 0, u64::MAX)
+            .unwrap();
+    }
+}
+
 fn put(channel: [u8; 32]) -> client_frame::Kind {
     client_frame::Kind::ProvisionPut(api::ProvisionPut {
         channel: channel.to_vec(),
@@ -916,6 +926,22 @@ async fn a_pending_link_lives_as_long_as_the_connection_that_left_it() {
     create(&relay, &alice);
     let mut old = Side::new(&relay);
     old.login(&alice, 1);
+    // A code no device offers is refused at once.
+    let mut early = Side::from(&relay, ip("192.0.2.9"));
+    early.request(1, put([1; 32]));
+    assert_eq!(error_code(&answer(&mut early)), ErrorCode::NotFound);
+    // The existing device offers its code.
+    old.request(
+        2,
+        client_frame::Kind::ProvisionOffer(api::ProvisionOffer {
+            channel: vec![1; 32],
+        }),
+    );
+    assert!(matches!(
+        answer(&mut old).kind,
+        Some(server_frame::Kind::Ok(_))
+    ));
+    offered(&relay, &[[2; 32]]);
 
     // The new device leaves its message; its connection is kept open (unauthenticated) as long
     // as the message may wait, not just the authentication timeout.
@@ -930,6 +956,10 @@ async fn a_pending_link_lives_as_long_as_the_connection_that_left_it() {
         Some(new.t0 + Duration::from_millis(limits::PROVISION_TTL_MS))
     );
     assert_eq!(relay.metrics.links_pending.get(), 1);
+    // The code is used: another device cannot answer it.
+    let mut late = Side::from(&relay, ip("192.0.2.8"));
+    late.request(1, put([1; 32]));
+    assert_eq!(error_code(&answer(&mut late)), ErrorCode::NotFound);
     old.request(3, take([1; 32]));
     assert!(matches!(
         answer(&mut old).kind,
@@ -954,6 +984,7 @@ async fn pending_links_stop_at_the_block_cap_and_the_table_cap_with_their_own_er
         c.max_pending_links_per_block = 2;
         c.max_pending_links = 3;
     });
+    offered(&relay, &[[1; 32], [2; 32], [3; 32], [4; 32], [5; 32]]);
     let mut sides: Vec<Side> = Vec::new();
     for (i, from) in ["10.1.1.1", "10.1.1.2"].into_iter().enumerate() {
         let mut s = Side::from(&relay, ip(from));
