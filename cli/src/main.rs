@@ -477,6 +477,11 @@ async fn command(
         Cmd::Link { wait, .. } => {
             c.online().await?;
             let offer = m.engine().offer_link().map_err(|e| explain(&e))?;
+            // Good at the relay before it is shown.
+            m.engine()
+                .open_link(&offer)
+                .await
+                .map_err(|e| explain(&e))?;
             say!(
                 "on the new device run:\n  hush --profile DIR link --relay {} --pin {} --code {}",
                 p.relay,

@@ -149,6 +149,8 @@ pub struct LinkOffer {
     /// account until the link completes: show it only to the user.
     pub code: String,
     secret: Zeroizing<[u8; 32]>,
+    /// Whether the code was offered at the relay (see [`Engine::open_link`]).
+    opened: std::sync::atomic::AtomicBool,
 }
 
 /// The relay channel and the AEAD key of a link secret (HKDF-SHA256, distinct labels).
@@ -829,6 +831,7 @@ impl Engine {
         Ok(LinkOffer {
             code: format!("{LINK_PREFIX}{}", hex::encode(&raw)),
             secret,
+            opened: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -841,15 +844,9 @@ impl Engine {
     ) -> Result<u32, ClientError> {
         let (channel, key) = link_keys(&offer.secret)?;
         let deadline = tokio::time::Instant::now() + wait;
-        // The code is good at the relay from now on, for one new device: a used, expired or
-        // mistyped one is refused there at once.
-        self.inner
-            .current(CONNECT_WAIT)
-            .await?
-            .request(client_frame::Kind::ProvisionOffer(api::ProvisionOffer {
-                channel: channel.to_vec(),
-            }))
-            .await?;
+        if !offer.opened.load(std::sync::atomic::Ordering::SeqCst) {
+            self.open_link(offer).await?;
+        }
         let body = loop {
             let conn = self.inner.current(CONNECT_WAIT).await?;
             match conn
@@ -1078,6 +1075,24 @@ impl Engine {
         let _ =
             tokio::time::timeout(wait, rx.wait_for(|s| *s != ConnectionState::Connecting)).await;
         *rx.borrow()
+    }
+
+    /// Offers `offer`'s code at the relay: from now on (for 10 minutes) one new device may
+    /// answer it; a used, expired or mistyped code is refused there at once. Call it as the code
+    /// is shown; [`Self::complete_link`] calls it if it was not.
+    pub async fn open_link(&self, offer: &LinkOffer) -> Result<(), ClientError> {
+        let (channel, _) = link_keys(&offer.secret)?;
+        self.inner
+            .current(CONNECT_WAIT)
+            .await?
+            .request(client_frame::Kind::ProvisionOffer(api::ProvisionOffer {
+                channel: channel.to_vec(),
+            }))
+            .await?;
+        offer
+            .opened
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// Waits until the engine is connected (at most `wait`).

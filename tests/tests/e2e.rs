@@ -171,6 +171,7 @@ async fn three_accounts_with_two_devices_each_chat_in_groups_and_one_to_one() {
     // Each links a second device. It learns the account's groups from its sibling.
     for (i, p) in [&mut alice, &mut bob, &mut carol].into_iter().enumerate() {
         let offer = p.one.engine().offer_link().unwrap();
+        p.one.engine().open_link(&offer).await.unwrap();
         let (two, mut two_rx) =
             Messenger::link(cfg(dirs[2 * i + 1].path(), addr, &pin), &offer.code)
                 .await
@@ -545,6 +546,7 @@ async fn a_linked_device_learns_a_group_whose_creator_device_has_left() {
     }
     let b = bob.address().account;
     let offer = alice.engine().offer_link().unwrap();
+    alice.engine().open_link(&offer).await.unwrap();
     let (alice2, _a2_rx) = Messenger::link(cfg(dirs[2].path(), addr, &pin), &offer.code)
         .await
         .unwrap();
@@ -569,6 +571,7 @@ async fn a_linked_device_learns_a_group_whose_creator_device_has_left() {
     // Bob links a second device. The log it gets from Bob's first device starts with a change
     // whose author device is no longer on Alice's list: Bob's own device vouches for it.
     let offer = bob.engine().offer_link().unwrap();
+    bob.engine().open_link(&offer).await.unwrap();
     let (bob2, mut b2_rx) = Messenger::link(cfg(dirs[3].path(), addr, &pin), &offer.code)
         .await
         .unwrap();
@@ -624,6 +627,7 @@ async fn a_group_send_goes_on_when_a_member_removed_a_device_the_sender_still_li
 
     // Bob links a second device, which writes to Alice: she now lists it.
     let offer = bob.engine().offer_link().unwrap();
+    bob.engine().open_link(&offer).await.unwrap();
     let (bob2, _b2_rx) = Messenger::link(cfg(dirs[2].path(), addr, &pin), &offer.code)
         .await
         .unwrap();

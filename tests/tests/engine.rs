@@ -343,6 +343,7 @@ async fn a_linked_device_joins_the_account_and_contacts_are_warned() {
 
     // Alice shows a code; her new device uses it; her first device adds it.
     let offer = alice.offer_link().unwrap();
+    alice.open_link(&offer).await.unwrap();
     let (alice2, mut a2_rx) = Engine::link(engine_config(a2d.path(), &relay, addr), &offer.code)
         .await
         .unwrap();
@@ -507,6 +508,7 @@ async fn a_device_left_out_for_a_full_queue_gets_the_message_once_it_has_room() 
         .unwrap();
     bob.connected(WAIT).await.unwrap();
     let offer = bob.offer_link().unwrap();
+    bob.open_link(&offer).await.unwrap();
     let (bob2, mut b2_rx) = Engine::link(engine_config(b2d.path(), &relay, addr), &offer.code)
         .await
         .unwrap();

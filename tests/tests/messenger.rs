@@ -283,6 +283,7 @@ async fn a_linked_device_sees_sent_messages_and_an_offline_device_catches_up_100
 
     // Link a second device of Alice's.
     let offer = alice.engine().offer_link().unwrap();
+    alice.engine().open_link(&offer).await.unwrap();
     let (alice2, mut a2_rx) =
         Messenger::link(cfg(a2d.path(), relay.addr, &relay.fingerprint), &offer.code)
             .await
