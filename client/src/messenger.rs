@@ -589,6 +589,25 @@ impl History {
         Ok(selected)
     }
 
+    /// The messages of a conversation for which `keep` holds, oldest first (only those are
+    /// copied).
+    fn select(
+        &self,
+        conv: &Conversation,
+        keep: impl Fn(&StoredMessage) -> bool,
+    ) -> Vec<StoredMessage> {
+        let ck = conv.key();
+        let mut upper = ck.clone();
+        upper.push(0xff);
+        self.order
+            .range(ck.clone()..upper)
+            .filter(|(k, _)| k.starts_with(&ck))
+            .filter_map(|(_, key)| self.by_key.get(key))
+            .filter(|m| keep(m))
+            .cloned()
+            .collect()
+    }
+
     fn page(&self, conv: &Conversation, before: Option<&[u8]>, limit: usize) -> Vec<StoredMessage> {
         let ck = conv.key();
         let upper = before
@@ -1618,11 +1637,8 @@ impl Shared {
     /// Sends the waiting messages of `conv`, oldest first; true if none is left waiting.
     async fn send_pending(&self, conv: Conversation) -> bool {
         let queue: Vec<StoredMessage> = match self.lock_history() {
-            Ok(h) => h
-                .page(&conv, None, usize::MAX)
-                .into_iter()
-                .filter(|m| self.is_pending(m))
-                .collect(),
+            // Only the waiting ones are copied: this runs on every send.
+            Ok(h) => h.select(&conv, |m| self.is_pending(m)),
             Err(_) => return false,
         };
         let mut all_done = true;
