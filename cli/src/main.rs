@@ -536,10 +536,10 @@ async fn command(
         Cmd::RemoveDevice { id } => {
             c.online().await?;
             m.engine().remove_device(id).await.map_err(|e| match e {
-                ClientError::Config(why) if why.starts_with("only") => {
+                ClientError::NotPermitted(why) => {
                     format!("{why}: run `hush remove-device {id}` on that device")
                 }
-                ClientError::Config(why) => why,
+                ClientError::Invalid(why) => why,
                 e => explain(&e),
             })?;
             say!("removed device {id}");

@@ -160,17 +160,14 @@ pub(crate) fn engine_config(p: &Profile) -> Result<EngineConfig, String> {
     })
 }
 
-/// What a profile directory holds (files and stores written by `hush` and its engine).
-pub(crate) const PROFILE_ENTRIES: [&str; 8] = [
-    "config",
-    "key",
-    "contacts",
-    "db",
-    "history",
-    "uploaded-pre-keys",
-    "push-endpoint",
-    "group-sync-pending",
-];
+/// What `hush` itself keeps in a profile directory, beside what the client library keeps there
+/// ([`hush_client::profile::ENTRIES`]).
+const CLI_ENTRIES: [&str; 3] = ["config", "key", "contacts"];
+
+/// Whether `name` is an entry `hush` or its client library writes in a profile directory.
+fn is_profile_entry(name: &str) -> bool {
+    CLI_ENTRIES.contains(&name) || hush_client::profile::ENTRIES.contains(&name)
+}
 
 /// Makes ready to create a profile in `dir`: refused if it holds one; what a failed `init` or
 /// `link` left there (no `config`, which is written last) is cleared. Returns whether the
@@ -187,10 +184,7 @@ pub(crate) fn prepare_new_profile(dir: &Path) -> Result<bool, String> {
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    if let Some(other) = entries
-        .iter()
-        .find(|n| !PROFILE_ENTRIES.contains(&n.as_str()))
-    {
+    if let Some(other) = entries.iter().find(|n| !is_profile_entry(n)) {
         return Err(format!(
             "{} is not empty (it holds `{other}`): choose another --profile",
             dir.display()
@@ -207,7 +201,10 @@ pub(crate) fn discard_new_profile(dir: &Path, made_dir: bool) {
         let _ = std::fs::remove_dir_all(dir);
         return;
     }
-    for name in PROFILE_ENTRIES {
+    for name in CLI_ENTRIES
+        .iter()
+        .chain(hush_client::profile::ENTRIES.iter())
+    {
         let p = dir.join(name);
         let _ = if p.is_dir() {
             std::fs::remove_dir_all(&p)

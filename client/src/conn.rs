@@ -67,7 +67,7 @@ impl RelayConnection {
         pin: &str,
     ) -> Result<(Self, mpsc::Receiver<server_frame::Kind>), ClientError> {
         let tls = hush_net::pin::pinned_client_config(pin, ALPN)
-            .map_err(|e| ClientError::Config(format!("relay pin: {e}")))?;
+            .map_err(|e| ClientError::BadPin(e.to_string()))?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| ClientError::Config(e.to_string()))?;
         let mut cc = quinn::ClientConfig::new(Arc::new(crypto));

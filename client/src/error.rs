@@ -53,9 +53,28 @@ pub enum ClientError {
     /// A username that breaks the directory's rules (`hush_net::username`).
     #[error("invalid username: {0}")]
     InvalidUsername(#[from] hush_net::username::UsernameError),
-    /// The engine's settings are unusable (bad pin, profile directory).
+    /// The engine's settings are unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// The relay pin is not a certificate fingerprint (64 hex digits).
+    #[error("relay pin: {0}")]
+    BadPin(String),
+    /// The profile directory cannot be created, read or written.
+    #[error("profile directory: {0}")]
+    Profile(String),
+    /// The profile holds no account: create one or link this device first.
+    #[error("this profile holds no account")]
+    NoAccount,
+    /// The profile already holds an account: open it instead.
+    #[error("this profile already holds an account")]
+    AccountExists,
+    /// This device may not do what was asked (e.g. only the account's first device removes
+    /// devices); nothing was changed.
+    #[error("{0}")]
+    NotPermitted(&'static str),
+    /// The conversation is a group this device is not in (or does not know).
+    #[error("this device is not in that group")]
+    NotInGroup,
     /// What the caller asked for cannot be done as asked (a text over the size limit, a
     /// message or group this device does not have); nothing was changed.
     #[error("{0}")]
@@ -104,6 +123,11 @@ impl ClientError {
             Self::Core(_)
             | Self::InvalidUsername(_)
             | Self::Config(_)
+            | Self::BadPin(_)
+            | Self::NoAccount
+            | Self::AccountExists
+            | Self::NotPermitted(_)
+            | Self::NotInGroup
             | Self::Invalid(_)
             | Self::LinkCodeUnknown
             | Self::Revoked

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod messenger;
 pub mod private_fs;
+pub mod profile;
 
 pub use engine::{
     ConnectionState, Engine, EngineConfig, Event, GroupDelivery, GroupFailure, LinkOffer,

@@ -180,12 +180,16 @@ impl From<ClientError> for HushError {
             ClientError::Protocol(why) => Self::Protocol((*why).to_owned()),
             ClientError::Core(c) => core(c),
             ClientError::InvalidUsername(u) => Self::InvalidArgument(format!("username: {u}")),
-            ClientError::Config(why) if why.starts_with("profile directory") => {
-                Self::Storage(why.clone())
+            ClientError::Profile(_) => Self::Storage(e.to_string()),
+            ClientError::BadPin(_) => Self::InvalidArgument(e.to_string()),
+            ClientError::NoAccount => Self::NoAccount(
+                "this profile holds no account: call create_account or link_device".into(),
+            ),
+            ClientError::AccountExists => {
+                Self::AlreadySetUp("this profile already holds an account: call open".into())
             }
-            ClientError::Config(why) if why.starts_with("relay pin") => {
-                Self::InvalidArgument(why.clone())
-            }
+            ClientError::NotPermitted(why) => Self::NotPermitted((*why).to_owned()),
+            ClientError::NotInGroup => Self::NotFound(e.to_string()),
             ClientError::LinkCodeUnknown => Self::NotFound(e.to_string()),
             ClientError::Config(why) | ClientError::Invalid(why) => {
                 Self::InvalidArgument(why.clone())
@@ -303,7 +307,7 @@ mod tests {
             HushError::WrongKey(_)
         ));
         assert!(matches!(
-            HushError::from(ClientError::Config("profile directory: denied".into())),
+            HushError::from(ClientError::Profile("denied".into())),
             HushError::Storage(_)
         ));
         assert!(matches!(

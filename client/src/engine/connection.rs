@@ -1,0 +1,355 @@
+//! The connection loop: connect, authenticate, publish pre-keys and the push endpoint, run key
+//! upkeep, serve deliveries until the connection ends, then reconnect with backoff.
+
+use crate::conn::RelayConnection;
+use crate::error::ClientError;
+use crate::profile::{PUSH_FILE, UPLOADED_FILE};
+use hush_proto::relay_api::{self as api, ErrorCode, client_frame, server_frame};
+use prost::Message;
+use rand::RngExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::receive::{MAX_WAITING_DELIVERIES, Settlement, Waiting, retry_delay};
+use super::{
+    CONNECT_WAIT, ConnectionState, Engine, Event, Inner, MAX_BACKOFF, MIN_BACKOFF, now_ms, rng,
+};
+
+/// How often key upkeep ([`Device::upkeep`]) runs while connected (it also runs on every
+/// connection).
+pub(super) const UPKEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// Connects, authenticates, publishes pre-keys; then serves until the connection ends.
+pub(super) async fn serve_connection(inner: &Arc<Inner>) -> Result<(), ClientError> {
+    let (conn, mut events) = RelayConnection::connect(inner.relay, &inner.pin).await?;
+    let conn = Arc::new(conn);
+    let (account, device_id) = {
+        let d = inner.lock()?;
+        (*d.address().account.as_bytes(), d.address().device_id)
+    };
+    {
+        let inner2 = Arc::clone(inner);
+        let authenticated = conn
+            .authenticate(account, device_id, move |exporter, challenge| {
+                inner2
+                    .device
+                    .lock()
+                    .map(|d| d.sign_relay_challenge(exporter, challenge))
+                    .unwrap_or([0u8; 64])
+            })
+            .await;
+        match authenticated {
+            Err(ClientError::Refused(r))
+                if r.code == ErrorCode::DeviceRevoked && inner.was_listed() =>
+            {
+                tracing::warn!("this device is no longer on its account's list; stopping");
+                conn.close();
+                inner.revoke();
+                return Ok(());
+            }
+            r => r?,
+        }
+    }
+    // Rotations due since the last connection first, so that one upload publishes them.
+    if let Err(e) = inner.upkeep(&conn, false).await {
+        tracing::warn!(error = %e, "key upkeep failed; tried again later");
+    }
+    inner.upload_pre_keys(&conn).await?;
+    if let Ok(url) = std::fs::read_to_string(inner.profile.join(PUSH_FILE))
+        && !url.is_empty()
+        && let Err(e) = conn
+            .request(client_frame::Kind::RegisterPush(api::RegisterPush { url }))
+            .await
+    {
+        tracing::warn!(error = %e, "push endpoint not registered again");
+    }
+    // This account's own list (a linked device learns its siblings here).
+    let own = inner.lock()?.address().account;
+    if let Err(e) = inner.refresh_list(&conn, &own).await {
+        tracing::warn!(error = %e, "own device list not refreshed");
+    }
+    if let Err(e) = inner.sync_groups_from_siblings(&conn).await {
+        tracing::warn!(error = %e, "group logs not requested from the other devices yet");
+    }
+    inner.conn.send_replace(Some(Arc::clone(&conn)));
+    inner.state.send_replace(ConnectionState::Online);
+    inner.emit(Event::Connection(true));
+    // Retry requests left from before (PROTOCOL.md §20).
+    inner.heal(&conn).await;
+    // Deliveries not settled yet (kept at the relay), tried again with backoff.
+    let mut waiting: Vec<Waiting> = Vec::new();
+    let mut upkeep = tokio::time::interval_at(
+        tokio::time::Instant::now() + UPKEEP_INTERVAL,
+        UPKEEP_INTERVAL,
+    );
+    let result = loop {
+        let next_due = waiting.iter().map(|w| w.due).min();
+        let heal_due = inner.lock()?.next_retry_request_at().map(|at| {
+            tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
+        });
+        let ev = tokio::select! {
+            () = inner.shutdown.cancelled() => break Ok(()),
+            () = sleep_until(heal_due) => {
+                inner.heal(&conn).await;
+                continue;
+            }
+            () = sleep_until(next_due) => {
+                let now = tokio::time::Instant::now();
+                let (due, later): (Vec<Waiting>, Vec<Waiting>) =
+                    waiting.drain(..).partition(|w| w.due <= now);
+                waiting = later;
+                for mut w in due {
+                    match inner.deliver(&conn, &w.deliver, false).await {
+                        Settlement::Settled => ack(&conn, w.deliver.seq),
+                        Settlement::Retry => {
+                            w.attempt = w.attempt.saturating_add(1);
+                            w.due = tokio::time::Instant::now() + retry_delay(w.attempt);
+                            waiting.push(w);
+                        }
+                    }
+                }
+                continue;
+            }
+            _ = upkeep.tick() => {
+                if let Err(e) = inner.upkeep(&conn, true).await {
+                    tracing::warn!(error = %e, "key upkeep failed; tried again later");
+                }
+                continue;
+            }
+            ev = events.recv() => ev,
+        };
+        match ev {
+            None => break Err(ClientError::Disconnected),
+            Some(server_frame::Kind::Deliver(d)) => {
+                match inner.deliver(&conn, &d, false).await {
+                    // Committed by client-core, a duplicate, or rejected for good: the relay may
+                    // forget it.
+                    Settlement::Settled => ack(&conn, d.seq),
+                    // Not processed: it stays at the relay and is tried again here.
+                    Settlement::Retry => {
+                        waiting.push(Waiting {
+                            deliver: d,
+                            attempt: 0,
+                            due: tokio::time::Instant::now() + retry_delay(0),
+                        });
+                        if waiting.len() > MAX_WAITING_DELIVERIES {
+                            // Let the relay hold them: reconnecting delivers them again.
+                            tracing::warn!(
+                                waiting = waiting.len(),
+                                "too many deliveries waiting; reconnecting"
+                            );
+                            break Err(ClientError::Disconnected);
+                        }
+                    }
+                }
+            }
+            Some(server_frame::Kind::Ephemeral(e)) => {
+                let d = api::Deliver {
+                    seq: 0,
+                    sender_account: e.sender_account,
+                    sender_device: e.sender_device,
+                    client_id: Vec::new(),
+                    body: e.body,
+                    received_at: now_ms(),
+                };
+                // Never stored by the relay: nothing to acknowledge or to try again.
+                let _ = inner.deliver(&conn, &d, true).await;
+            }
+            Some(server_frame::Kind::QueueDrained(_)) => inner.emit(Event::CaughtUp),
+            Some(server_frame::Kind::PreKeysLow(low)) => {
+                // The relay tells once per low spell (and again after an upload that ended it),
+                // so every notice is acted on.
+                // The relay's count, not this device's: keys handed out but never used are
+                // still here and would hide the shortage.
+                let more = inner.lock().and_then(|mut d| {
+                    Ok(d.replenish_pre_keys_for(
+                        low.one_time_left,
+                        low.kem_left,
+                        &mut rng(),
+                        now_ms(),
+                    )?)
+                });
+                match more {
+                    Ok(true) => {
+                        if let Err(e) = inner.upload_pre_keys(&conn).await {
+                            tracing::warn!(error = %e, "new one-time pre-keys not uploaded");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "one-time pre-keys not replenished");
+                        inner.recover_store();
+                    }
+                }
+            }
+            Some(server_frame::Kind::Drain(_)) => break Ok(()),
+            Some(server_frame::Kind::Revoked(_)) => {
+                inner.revoke();
+                break Ok(());
+            }
+            Some(_) => {}
+        }
+    };
+    inner.conn.send_replace(None);
+    inner.emit(Event::Connection(false));
+    // The relay closes a revoked device's connection with its own code; the `Revoked` frame
+    // before it may not have been read.
+    if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.quic().close_reason()
+        && c.error_code == quinn::VarInt::from_u32(REVOKED_CLOSE)
+        && !inner.shutdown.is_cancelled()
+    {
+        inner.revoke();
+    }
+    conn.close();
+    result
+}
+
+/// Acknowledges a settled delivery. The answer is not waited for, so the next delivery is not
+/// held up by a round trip (a lost ack only means a re-delivery, which client-core rejects as a
+/// duplicate).
+pub(super) fn ack(conn: &Arc<RelayConnection>, seq: u64) {
+    let c = Arc::clone(conn);
+    tokio::spawn(async move {
+        let _ = c
+            .request(client_frame::Kind::Ack(api::Ack { seqs: vec![seq] }))
+            .await;
+    });
+}
+
+/// Sleeps until `due`, or forever when there is nothing to wait for.
+pub(super) async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The relay's close code for a revoked device (docs/RELAY_PROTOCOL.md §2).
+pub(super) const REVOKED_CLOSE: u32 = 2;
+
+/// Keeps the engine connected until shutdown.
+pub(super) async fn run(inner: Arc<Inner>) {
+    let mut backoff = MIN_BACKOFF;
+    while !inner.shutdown.is_cancelled() {
+        let started = tokio::time::Instant::now();
+        // Shutdown also cuts short a connection attempt to an unreachable relay.
+        let ended = tokio::select! {
+            r = serve_connection(&inner) => r,
+            () = inner.shutdown.cancelled() => break,
+        };
+        let drained = match ended {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "relay session ended");
+                false
+            }
+        };
+        if inner.shutdown.is_cancelled() {
+            break;
+        }
+        // Until the next attempt gets through, the app works offline (its sends wait in the
+        // outbox).
+        inner.state.send_replace(ConnectionState::Offline);
+        // A session that lasted a while, or that the relay ended by draining (it asked for the
+        // reconnect: nothing failed), resets the backoff.
+        if drained || started.elapsed() > Duration::from_secs(10) {
+            backoff = MIN_BACKOFF;
+        }
+        let jitter = rng().random_range(0.5..1.5);
+        let wait = backoff.mul_f64(jitter);
+        tokio::select! {
+            () = inner.shutdown.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    inner.conn.send_replace(None);
+}
+
+impl Inner {
+    /// Uploads the signed pre-key, the last-resort key and the one-time keys never uploaded.
+    pub(super) async fn upload_pre_keys(&self, conn: &RelayConnection) -> Result<(), ClientError> {
+        let path = self.profile.join(UPLOADED_FILE);
+        let done: u32 = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let published = self.lock()?.published_pre_keys()?;
+        let otk: Vec<_> = published
+            .one_time_pre_keys
+            .iter()
+            .filter(|k| k.id > done)
+            .take(hush_net::MAX_PRE_KEYS_PER_UPLOAD)
+            .collect();
+        let kem: Vec<_> = published
+            .kem_pre_keys
+            .iter()
+            .filter(|k| k.id > done)
+            .take(hush_net::MAX_PRE_KEYS_PER_UPLOAD)
+            .collect();
+        let highest = otk
+            .iter()
+            .map(|k| k.id)
+            .chain(kem.iter().map(|k| k.id))
+            .max()
+            .unwrap_or(done)
+            .max(done);
+        conn.request(client_frame::Kind::UploadPreKeys(api::UploadPreKeys {
+            signed_pre_key: published.signed_pre_key.encode_to_vec(),
+            last_resort_kem_pre_key: published.last_resort_kem_pre_key.encode_to_vec(),
+            one_time_pre_keys: otk.iter().map(|k| k.encode_to_vec()).collect(),
+            kem_pre_keys: kem.iter().map(|k| k.encode_to_vec()).collect(),
+        }))
+        .await?;
+        // Only after the relay stored them: a key is never offered twice.
+        crate::private_fs::write_atomic(&path, highest.to_string().as_bytes())
+            .map_err(|e| ClientError::Profile(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Runs the device's key upkeep (rotations, stale sessions, sender-key retries) and
+    /// publishes new pre-keys when it made any (unless `publish` is false: the caller uploads).
+    pub(super) async fn upkeep(
+        &self,
+        conn: &RelayConnection,
+        publish: bool,
+    ) -> Result<(), ClientError> {
+        let done = self.lock()?.upkeep(&mut rng(), now_ms());
+        let done = match done {
+            Ok(u) => u,
+            Err(e) => {
+                self.recover_store();
+                return Err(e.into());
+            }
+        };
+        if done.publish && publish {
+            self.upload_pre_keys(conn).await?;
+        }
+        self.send_outgoing(conn, done.outgoing).await;
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Registers the URL the relay wakes this device at when mail is queued while it is offline
+    /// (a push distributor or gateway; `https://`). The wake-up carries no content and no
+    /// sender. An empty `url` unregisters. Kept in the profile and registered again on every
+    /// connection, so a relay that lost it learns it back.
+    pub async fn register_push(&self, url: &str) -> Result<(), ClientError> {
+        let conn = self.inner.current(CONNECT_WAIT).await?;
+        conn.request(client_frame::Kind::RegisterPush(api::RegisterPush {
+            url: url.to_owned(),
+        }))
+        .await?;
+        let path = self.inner.profile.join(PUSH_FILE);
+        let saved = if url.is_empty() {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        } else {
+            crate::private_fs::write_atomic(&path, url.as_bytes())
+        };
+        saved.map_err(|e| ClientError::Profile(e.to_string()))
+    }
+}

@@ -1,0 +1,208 @@
+//! Message states: what a stored message's recipients confirmed (sent, delivered, read), the
+//! receipts this device sends for what it read, and waiting for a message to leave.
+
+use crate::error::ClientError;
+use hush_core::keys::AccountId;
+use hush_proto::app::{self, StoredMessage, app_message};
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::outbox::OUTBOX_CONNECT_WAIT;
+use super::{Conversation, MessageId, Messenger, Shared, conversation_of};
+
+/// Where a message this account sent stands, as a chat shows it (clock, one tick, two ticks,
+/// blue ticks). It moves forward only; `Failed` until the user retries, which puts the message
+/// back to `Waiting`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MessageStatus {
+    /// Stored on this device, not yet on the relay (offline, or on its way): the outbox sends
+    /// it, in order, as soon as it can. Nothing for the user to do.
+    Waiting,
+    /// Refused for good (see [`ClientError::is_permanent`]): sent again only by
+    /// [`Messenger::retry`].
+    Failed,
+    /// On the relay, for every recipient device.
+    Sent,
+    /// A device of every recipient account has it.
+    Delivered,
+    /// Every recipient account has read it.
+    Read,
+}
+
+/// The status of a stored message this account sent (`None` for a received one). A group
+/// message counts as delivered (read) once every member it was sent to confirmed it.
+pub fn status_of(m: &StoredMessage) -> Option<MessageStatus> {
+    if !m.outgoing {
+        return None;
+    }
+    if !m.sent {
+        return Some(if m.failed.is_empty() {
+            MessageStatus::Waiting
+        } else {
+            MessageStatus::Failed
+        });
+    }
+    let all = |confirmed: &dyn Fn(&Vec<u8>) -> bool, any: bool| {
+        if m.recipients.is_empty() {
+            any
+        } else {
+            m.recipients.iter().all(confirmed)
+        }
+    };
+    let read = all(&|r| m.read_by.contains(r), !m.read_by.is_empty());
+    let delivered = all(
+        &|r| m.read_by.contains(r) || m.delivered_to.contains(r),
+        !m.read_by.is_empty() || !m.delivered_to.is_empty(),
+    );
+    Some(if read {
+        MessageStatus::Read
+    } else if delivered {
+        MessageStatus::Delivered
+    } else {
+        MessageStatus::Sent
+    })
+}
+
+impl Messenger {
+    /// Marks every unread incoming message of a conversation read and tells the senders.
+    pub async fn mark_read(&self, conv: Conversation) -> Result<(), ClientError> {
+        self.shared.check_conversation(&conv)?;
+        let unread: Vec<(AccountId, Vec<u8>)> = {
+            let mut h = self.shared.lock_history()?;
+            let ids: Vec<(Vec<u8>, Vec<u8>)> = h
+                .page(&conv, None, usize::MAX)
+                .into_iter()
+                .filter(|m| !m.outgoing && !m.read)
+                .filter_map(|m| {
+                    m.message
+                        .as_ref()
+                        .map(|a| (a.message_id.clone(), m.sender_account.clone()))
+                })
+                .collect();
+            let mut out = Vec::new();
+            for (id, sender) in ids {
+                h.update_where(
+                    &id,
+                    |_, m| !m.outgoing && !m.read && m.sender_account == sender,
+                    |m| m.read = true,
+                )?;
+                if let Ok(a) = AccountId::from_bytes(&sender) {
+                    out.push((a, id));
+                }
+            }
+            out
+        };
+        let mut by_sender: BTreeMap<AccountId, Vec<Vec<u8>>> = BTreeMap::new();
+        for (a, id) in unread {
+            by_sender.entry(a).or_default().push(id);
+        }
+        if by_sender.is_empty() {
+            return Ok(());
+        }
+        if self.shared.engine.state() == crate::engine::ConnectionState::Online {
+            for (a, ids) in by_sender {
+                self.shared.send_receipt(&a, true, ids).await?;
+            }
+            return Ok(());
+        }
+        // Offline: marked read here at once; the senders are told once the relay is back
+        // (while this messenger runs).
+        let shared = Arc::clone(&self.shared);
+        let stop = self.shared.outbox_stop.clone();
+        self.shared.outbox_sends.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = async {
+                    for (a, ids) in by_sender {
+                        while shared.engine.connected(OUTBOX_CONNECT_WAIT).await.is_err() {
+                            if shared.engine.is_closed() {
+                                return;
+                            }
+                        }
+                        if let Err(e) = shared.send_receipt(&a, true, ids).await {
+                            tracing::debug!(error = %e, "read receipt not sent");
+                        }
+                    }
+                } => {}
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits (at most `wait`) until a message this device sent has left the outbox, and
+    /// returns its status: `Sent` or further, `Failed`, or still `Waiting` when `wait` ran out
+    /// (it stays in the outbox). For a command-line client that exits after sending.
+    pub async fn wait_sent(
+        &self,
+        id: &MessageId,
+        wait: std::time::Duration,
+    ) -> Result<MessageStatus, ClientError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changed = self.shared.changed.subscribe();
+        loop {
+            let status = {
+                let h = self.shared.lock_history()?;
+                h.get_from(id, &self.shared.own_sender())
+                    .and_then(|(_, m)| status_of(&m))
+                    .ok_or_else(|| ClientError::Invalid("no such message sent here".into()))?
+            };
+            if status != MessageStatus::Waiting {
+                return Ok(status);
+            }
+            if self.shared.engine.is_revoked() {
+                return Err(ClientError::Revoked);
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Ok(status),
+            }
+        }
+    }
+
+    /// The conversations with messages not yet read here, and how many (newest first).
+    pub fn unread(&self) -> Result<Vec<(Conversation, usize)>, ClientError> {
+        let h = self.shared.lock_history()?;
+        let mut counts: HashMap<Conversation, (usize, Vec<u8>)> = HashMap::new();
+        for (order, key) in &h.order {
+            let Some(m) = h.by_key.get(key) else {
+                continue;
+            };
+            if m.outgoing || m.read {
+                continue;
+            }
+            if let Some(conv) = conversation_of(key) {
+                let e = counts.entry(conv).or_insert((0, Vec::new()));
+                e.0 += 1;
+                e.1.clone_from(order);
+            }
+        }
+        let mut out: Vec<_> = counts.into_iter().collect();
+        out.sort_by(|a, b| b.1.1.get(33..).cmp(&a.1.1.get(33..)));
+        Ok(out.into_iter().map(|(c, (n, _))| (c, n)).collect())
+    }
+}
+
+impl Shared {
+    pub(super) async fn send_receipt(
+        &self,
+        to: &AccountId,
+        read: bool,
+        ids: Vec<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        let kind = if read {
+            app::receipt::Kind::Read
+        } else {
+            app::receipt::Kind::Delivered
+        };
+        let m = self.wrap(
+            &Conversation::Direct(*to),
+            app_message::Kind::Receipt(app::Receipt {
+                kind: kind.into(),
+                message_ids: ids,
+            }),
+            false,
+        );
+        self.engine.send(to, &m.encode_to_vec()).await
+    }
+}

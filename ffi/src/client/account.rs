@@ -1,0 +1,226 @@
+//! The account around the conversations: usernames, push, groups, devices and their links, the
+//! contacts synced to them, and safety numbers.
+
+use crate::error::HushError;
+use crate::types::{GroupInfo, SafetyNumber, parse_account, parse_accounts, parse_group};
+use hush_client::ClientError;
+
+use super::{HushClient, MAX_LINK_OFFERS, limit_wait};
+
+#[uniffi::export]
+impl HushClient {
+    /// Claims `name` for this account (first come, first served; replaces a name held before)
+    /// and sends it along with messages from now on.
+    pub async fn claim_username(&self, name: String) -> Result<(), HushError> {
+        self.with(move |m| async move {
+            m.engine().claim_username(&name).await?;
+            m.set_name(&name.to_ascii_lowercase());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Releases this account's username.
+    pub async fn release_username(&self) -> Result<(), HushError> {
+        self.with(|m| async move {
+            m.engine().release_username().await?;
+            m.set_name("");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets the username sent along with messages (the one this account claimed earlier);
+    /// receivers check it in the relay's directory.
+    pub fn set_username(&self, name: String) -> Result<(), HushError> {
+        self.inner.messenger()?.set_name(&name.to_ascii_lowercase());
+        Ok(())
+    }
+
+    /// The account holding `name`, verified against the account key's signature.
+    pub async fn lookup_username(&self, name: String) -> Result<String, HushError> {
+        self.with(move |m| async move {
+            match m.engine().lookup_username(&name).await {
+                Ok(a) => Ok(hex::encode(a.as_bytes())),
+                Err(ClientError::Refused(r))
+                    if r.code == hush_proto::relay_api::ErrorCode::NotFound =>
+                {
+                    Err(HushError::UnknownUser(format!("nobody goes by `{name}`")))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    /// Registers the push endpoint the relay wakes this device at when mail arrives while it is
+    /// offline (`https://` URL of a push distributor or gateway; the wake-up carries no
+    /// content). An empty `url` unregisters. Remembered in the profile and registered again on
+    /// every connection.
+    pub async fn register_push(&self, url: String) -> Result<(), HushError> {
+        if url.len() > 2048 {
+            return Err(HushError::InvalidArgument(
+                "push URL longer than 2048 bytes".into(),
+            ));
+        }
+        self.with(move |m| async move { Ok(m.engine().register_push(&url).await?) })
+            .await
+    }
+
+    /// Creates a group with `members` (account ids) and this account as admin; returns its id.
+    pub async fn create_group(
+        &self,
+        name: String,
+        members: Vec<String>,
+    ) -> Result<String, HushError> {
+        let members = parse_accounts(&members)?;
+        if name.trim().is_empty() {
+            return Err(HushError::invalid("the group name is empty"));
+        }
+        self.with(move |m| async move {
+            Ok(hex::encode(
+                m.engine().create_group(&name, &members).await?.0,
+            ))
+        })
+        .await
+    }
+
+    /// Adds members to a group (admins only).
+    pub async fn add_group_members(
+        &self,
+        group_id: String,
+        members: Vec<String>,
+    ) -> Result<(), HushError> {
+        let g = parse_group(&group_id)?;
+        let add: Vec<_> = parse_accounts(&members)?
+            .into_iter()
+            .map(|a| (a, false))
+            .collect();
+        if add.is_empty() {
+            return Err(HushError::invalid("no members given"));
+        }
+        self.with(move |m| async move { Ok(m.engine().update_group(&g, &add, &[]).await?) })
+            .await
+    }
+
+    /// Removes members from a group (admins only).
+    pub async fn remove_group_members(
+        &self,
+        group_id: String,
+        members: Vec<String>,
+    ) -> Result<(), HushError> {
+        let g = parse_group(&group_id)?;
+        let remove = parse_accounts(&members)?;
+        if remove.is_empty() {
+            return Err(HushError::invalid("no members given"));
+        }
+        self.with(move |m| async move { Ok(m.engine().update_group(&g, &[], &remove).await?) })
+            .await
+    }
+
+    /// The groups this device is in.
+    pub fn groups(&self) -> Result<Vec<GroupInfo>, HushError> {
+        Ok(self
+            .inner
+            .messenger()?
+            .engine()
+            .groups()?
+            .into_iter()
+            .map(|(g, name)| GroupInfo {
+                id: hex::encode(g.0),
+                name,
+            })
+            .collect())
+    }
+
+    /// The device ids of `account_id` as this device last verified them (this account's own
+    /// devices for its own id).
+    pub fn devices(&self, account_id: String) -> Result<Vec<u32>, HushError> {
+        let a = parse_account(&account_id)?;
+        Ok(self.inner.messenger()?.engine().devices_of(&a)?)
+    }
+
+    /// Starts linking a new device (on the account's first device): returns the code to show
+    /// the user (as text or a QR code) for the new device's `link_device`; then call
+    /// `complete_link` with it.
+    pub fn offer_link(&self) -> Result<String, HushError> {
+        let offer = self.inner.messenger()?.engine().offer_link()?;
+        let code = offer.code.clone();
+        let mut offers = self
+            .inner
+            .offers
+            .lock()
+            .map_err(|_| HushError::Internal("link offers poisoned".into()))?;
+        if offers.len() >= MAX_LINK_OFFERS {
+            return Err(HushError::NotPermitted(format!(
+                "at most {MAX_LINK_OFFERS} links may wait at once"
+            )));
+        }
+        offers.insert(code.clone(), offer);
+        Ok(code)
+    }
+
+    /// Waits (at most `timeout_ms`) for the new device of the offer `code` and adds it to the
+    /// account; returns its device id. The code is used up either way.
+    pub async fn complete_link(&self, code: String, timeout_ms: u64) -> Result<u32, HushError> {
+        let wait = limit_wait(timeout_ms)?;
+        let offer = self
+            .inner
+            .offers
+            .lock()
+            .map_err(|_| HushError::Internal("link offers poisoned".into()))?
+            .remove(code.trim())
+            .ok_or_else(|| HushError::NotFound("no link offer with this code is waiting".into()))?;
+        self.with(move |m| async move { Ok(m.engine().complete_link(&offer, wait).await?) })
+            .await
+    }
+
+    /// Gives this account's other devices its username and `contacts` (call it when a device
+    /// was linked, and when a contact is added): they get a `ContactsSynced` event.
+    pub async fn sync_contacts(
+        &self,
+        name: String,
+        contacts: Vec<crate::types::Contact>,
+    ) -> Result<(), HushError> {
+        let parsed = contacts
+            .iter()
+            .map(|c| Ok((c.username.clone(), parse_account(&c.account_id)?)))
+            .collect::<Result<Vec<_>, HushError>>()?;
+        self.with(move |m| async move { Ok(m.sync_contacts(&name, &parsed).await?) })
+            .await
+    }
+
+    /// Removes one of this account's other devices (on the account's first device).
+    pub async fn remove_device(&self, device_id: u32) -> Result<(), HushError> {
+        self.with(move |m| async move {
+            m.engine()
+                .remove_device(device_id)
+                .await
+                .map_err(HushError::from)
+        })
+        .await
+    }
+
+    /// The safety number with a contact: compare it in person (or scan the QR code).
+    pub fn safety_number(&self, contact: String) -> Result<SafetyNumber, HushError> {
+        let theirs = parse_account(&contact)?;
+        let mine = self.inner.messenger()?.address().account;
+        let n = hush_core::safety::SafetyNumber::new(mine.as_bytes(), theirs.as_bytes());
+        Ok(SafetyNumber {
+            digits: n.digits(),
+            display: n.display_groups(),
+            qr_payload: n.qr_payload(),
+        })
+    }
+
+    /// Whether a QR payload scanned from the contact's screen shows the same safety number.
+    pub fn verify_safety_qr(&self, contact: String, scanned: Vec<u8>) -> Result<bool, HushError> {
+        let theirs = parse_account(&contact)?;
+        let mine = self.inner.messenger()?.address().account;
+        let n = hush_core::safety::SafetyNumber::new(mine.as_bytes(), theirs.as_bytes());
+        match n.compare_scanned(&scanned) {
+            Ok(c) => Ok(c == hush_core::safety::Comparison::Match),
+            Err(e) => Err(HushError::invalid(format!("scanned code: {e}"))),
+        }
+    }
+}
