@@ -17,9 +17,9 @@
 //! no maps.
 //!
 //! Regenerate with `cargo run -p hush-tests --bin hush-vectors -- tests/vectors`. The test
-//! `vectors_regenerate_byte_identical` (tests/tests/vectors.rs) fails when the committed files
-//! differ from what [`generate_all`] produces; `vectors_verify_like_a_reviewer` checks every vector
-//! from its recorded inputs.
+//! `vectors_regenerate_byte_identical` (tests/tests/vectors/main.rs) fails when the committed
+//! files differ from what [`generate_all`] produces; `vectors_verify_like_a_reviewer` checks every
+//! vector from its recorded inputs, one checking module per file next to it.
 
 mod device_lists;
 mod double_ratchet;
