@@ -153,7 +153,8 @@ pub struct NegativeVector {
     pub seed: String,
     /// The time used.
     pub now_ms: u64,
-    /// The error variant, as [`error_name`] renders it (e.g. `"Auth(BadSignature)"`).
+    /// The error variant, as [`error_name`](super::error_name) renders it (e.g.
+    /// `"Auth(BadSignature)"`).
     pub expected_error: String,
     /// The operation and its inputs.
     pub input: NegativeInput,
