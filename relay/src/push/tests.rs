@@ -666,3 +666,42 @@ fn backoff_grows_with_jitter_and_is_capped() {
         assert!(late >= Duration::from_millis(500) && late <= Duration::from_secs(1));
     }
 }
+
+#[tokio::test]
+async fn non_public_endpoints_get_no_request() {
+    let (addr, mut requests) = server().await;
+    let cfg = PushConfig {
+        max_attempts: 1,
+        allow_private_addresses: false,
+        ..test_config()
+    };
+    // An address in the URL, and a name that resolves to loopback only.
+    for url in [
+        format!("http://{addr}/p"),
+        format!("http://localhost:{}/p", addr.port()),
+    ] {
+        let h = start(cfg.clone(), Some(url));
+        h.pusher.wake(device(1));
+        settle(&h.pusher).await;
+        assert_eq!(count(&h.stats.failed), 1);
+        assert_eq!(count(&h.stats.sent), 0);
+    }
+    assert!(
+        requests.try_recv().is_err(),
+        "a non-public endpoint was called"
+    );
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let (addr, mut requests) = server().await;
+    let h = start(test_config(), Some(format!("http://{addr}/p")));
+    h.pusher.wake(device(1));
+    next(&mut requests)
+        .await
+        .respond_with(307, &[("Location", &format!("http://{addr}/elsewhere"))]);
+    settle(&h.pusher).await;
+    assert!(requests.try_recv().is_err(), "the redirect was followed");
+    assert_eq!(count(&h.stats.failed), 1);
+    assert_eq!(count(&h.stats.retries), 0);
+}
