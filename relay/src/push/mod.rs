@@ -12,10 +12,10 @@
 //! [`PushTargets::endpoint_gone`].
 //!
 //! Endpoint URLs can be capability tokens, so only their host is ever logged.
-
+//!
 //! Layout: [`url`] (the endpoint URL parser), [`filter`] (which addresses may be contacted),
-//! [`client`] (one POST and what its answer means), [`queue`] (coalescing, bounds, retries and
-//! [`Pusher`]).
+//! `client` (one POST through reqwest, and what its answer means), `queue` (coalescing, bounds,
+//! retries and [`Pusher`]).
 
 mod client;
 pub mod filter;
