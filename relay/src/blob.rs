@@ -175,7 +175,7 @@ async fn upload(
     match receive_blob(relay, me, size, &mut recv).await {
         Ok(up) => {
             relay.metrics.blobs_uploaded.inc();
-            relay.metrics.blob_bytes_uploaded.add(size);
+            relay.metrics.blob_bytes_uploaded.inc_by(size);
             blob_reply(relay, &mut send, blob_response::Kind::Uploaded(up)).await?;
             let _ = send.finish();
             Ok(())

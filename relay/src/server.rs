@@ -205,11 +205,11 @@ pub(crate) fn sweep_once(relay: &Relay, now: u64) -> Result<(usize, usize), Stor
         .store
         .sweep(now.saturating_sub(relay.cfg.mailbox_ttl_ms))?;
     let blobs = relay.blobs.sweep(now, now.saturating_sub(3_600_000))?;
-    relay.metrics.envelopes_expired.add(mail as u64);
+    relay.metrics.envelopes_expired.inc_by(mail as u64);
     relay
         .metrics
         .envelopes_stored
-        .add(-i64::try_from(mail).unwrap_or(0));
+        .inc_by(-i64::try_from(mail).unwrap_or(0));
     relay.update_mailbox_gauge();
     if let Ok(total) = relay.blobs.total_bytes() {
         relay

@@ -157,8 +157,10 @@ fn flush_loop(rx: &mpsc::Receiver<Vec<Settle>>, store: &dyn Flush, metrics: &Met
         }
         let started = Instant::now();
         let result = store.flush().map_err(|e| e.to_string());
-        metrics.flush_latency.observe(started.elapsed());
-        metrics.flush_batch.observe_value(waiting.len() as f64);
+        metrics
+            .flush_latency
+            .observe(started.elapsed().as_secs_f64());
+        metrics.flush_batch.observe(waiting.len() as f64);
         if let Err(e) = &result {
             tracing::error!(error = %e, "flush failed");
         }

@@ -993,7 +993,17 @@ async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
         .unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
-    String::from_utf8(out).unwrap()
+    let text = String::from_utf8(out).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    // The OpenMetrics exposition ends with its end-of-file marker.
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    text
 }
 
 /// The holder of a looked-up name, checking the proof the way a client does.

@@ -69,7 +69,7 @@ impl ConnState {
                 r.update_mailbox_gauge();
                 r.metrics
                     .envelopes_stored
-                    .add(-i64::try_from(purged).unwrap_or(0));
+                    .inc_by(-i64::try_from(purged).unwrap_or(0));
                 tracing::info!("device revoked");
             }
             Ok(server_frame::Kind::Ok(api::Ok {}))

@@ -138,10 +138,10 @@ impl ConnState {
             match r.store.ack(&me, &a.seqs) {
                 Ok(n) => {
                     r.update_mailbox_gauge();
-                    r.metrics.envelopes_acked.add(n as u64);
+                    r.metrics.envelopes_acked.inc_by(n as u64);
                     r.metrics
                         .envelopes_stored
-                        .add(-i64::try_from(n).unwrap_or(0));
+                        .inc_by(-i64::try_from(n).unwrap_or(0));
                 }
                 Err(e) => tracing::error!(error = %e, "acknowledgement not applied"),
             }
