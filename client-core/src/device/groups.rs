@@ -119,7 +119,7 @@ pub(super) fn load_groups<S: KvStore>(store: &S) -> Result<HashMap<GroupId, Grou
 }
 
 impl<S: KvStore> Device<S> {
-    pub(crate) fn serialize_group_changes(&self, tx: &mut Tx) {
+    pub(super) fn serialize_group_changes(&self, tx: &mut Tx) {
         for g in &tx.groups {
             match self.groups.get(g) {
                 Some(e) => {
@@ -145,7 +145,7 @@ impl<S: KvStore> Device<S> {
         }
     }
 
-    pub(crate) fn discard_group_changes(&mut self, tx: &Tx) {
+    pub(super) fn discard_group_changes(&mut self, tx: &Tx) {
         for k in &tx.sender_keys {
             self.sender_keys.remove(k);
         }
@@ -168,7 +168,7 @@ impl<S: KvStore> Device<S> {
     }
 
     /// Marks every group with `account` as a member for sender-key rotation.
-    pub(crate) fn mark_rotation_for_member(&mut self, account: &AccountId, tx: &mut Tx) {
+    pub(super) fn mark_rotation_for_member(&mut self, account: &AccountId, tx: &mut Tx) {
         for (g, e) in &mut self.groups {
             if e.log.state().is_member(account) {
                 e.needs_rotation = true;

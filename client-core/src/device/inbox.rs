@@ -27,7 +27,7 @@ enum Consumed {
 
 impl<S: KvStore> Device<S> {
     /// Adds a decrypted application payload to the inbox within `tx`.
-    pub(crate) fn add_to_inbox(
+    pub(super) fn add_to_inbox(
         &mut self,
         tx: &mut Tx,
         from: DeviceAddress,

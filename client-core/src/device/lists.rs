@@ -115,7 +115,7 @@ impl<S: KvStore> Device<S> {
 
     /// The earlier lists of `account` this device kept (see [`Self::keep_former_list`]), oldest
     /// first.
-    pub(crate) fn former_lists(&self, account: &AccountId) -> Result<Vec<VerifiedDeviceList>> {
+    pub(super) fn former_lists(&self, account: &AccountId) -> Result<Vec<VerifiedDeviceList>> {
         let mut out = Vec::new();
         for (k, v) in self.store.scan(Namespace::DeviceLists)? {
             if k.len() == KEY_LEN + 8 && k.starts_with(account.as_bytes()) {

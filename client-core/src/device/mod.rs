@@ -414,7 +414,7 @@ impl<S: KvStore> Device<S> {
     /// Commits a transaction: every touched session, sender-key and group record is serialized
     /// into the batch, which is committed atomically. On failure every touched in-memory copy is
     /// discarded, so the next use reloads the state from before the transaction.
-    pub(crate) fn finish(&mut self, mut tx: Tx) -> Result<()> {
+    fn finish(&mut self, mut tx: Tx) -> Result<()> {
         for addr in &tx.sessions {
             match self.sessions.get(addr) {
                 Some(r) if !r.is_empty() => {

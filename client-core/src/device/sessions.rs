@@ -70,7 +70,7 @@ impl<S: KvStore> Device<S> {
     }
 
     /// Starts a session from a pre-key bundle within `tx`, and returns the remote address.
-    pub(crate) fn start_session_in(
+    pub(super) fn start_session_in(
         &mut self,
         bundle: &PreKeyBundle,
         rng: &mut impl CryptoRng,
@@ -104,7 +104,7 @@ impl<S: KvStore> Device<S> {
     }
 
     /// Encrypts `content` for `to` inside transaction `tx` (committed later by the caller).
-    pub(crate) fn seal(
+    pub(super) fn seal(
         &mut self,
         to: &DeviceAddress,
         content: &wire::Content,
