@@ -377,7 +377,7 @@ mod tests {
         wiped_on_drop::<ml_kem::DecapsulationKey768>();
         wiped_on_drop::<Zeroizing<[u8; KEY_LEN]>>();
         wiped_on_drop::<Zeroizing<Vec<u8>>>();
-        wiped_on_drop::<crate::ratchet::Secret>();
+        wiped_on_drop::<crate::chain::Secret>();
         // A wiped buffer really is zero after `zeroize` (what `Drop` calls).
         let mut k = Zeroizing::new([0xa5u8; KEY_LEN]);
         zeroize::Zeroize::zeroize(&mut *k);

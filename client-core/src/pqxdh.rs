@@ -23,13 +23,14 @@ use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
+use crate::chain::Secret;
 use crate::consts::{KEM_CIPHERTEXT_LEN, KEY_LEN, PQXDH_INFO, PROTOCOL_VERSION};
 use crate::error::{Error, ProtocolError, Result};
 use crate::keys::{
     AccountId, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair, array, dh, x25519_public,
 };
 use crate::prekeys::{KemPreKeyPair, OneTimePreKeyPair, SignedPreKeyPair, VerifiedBundle};
-use crate::ratchet::{Party, PendingInitial, RatchetMessage, Secret, SessionState};
+use crate::ratchet::{Party, PendingInitial, RatchetMessage, SessionState};
 
 /// The initiator's fresh randomness for one session: base key EK_A, first ratchet key, and the
 /// 32-byte ML-KEM encapsulation randomness `m`.

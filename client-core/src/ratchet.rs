@@ -3,6 +3,8 @@
 //!
 //! - `KDF_RK(rk, dh)`: HKDF-SHA256(salt = rk, ikm = dh, info = [`ROOT_KDF_INFO`]) → 64 bytes: new root key ‖ chain key.
 //! - `KDF_CK(ck)`: message key = HMAC-SHA256(ck, 0x01), next chain key = HMAC-SHA256(ck, 0x02).
+//!   The chain, its message-key expansion and the skip limit check live in [`crate::chain`],
+//!   shared with sender keys.
 //! - message key → HKDF-SHA256(salt = 32 zero bytes, ikm = mk, info = [`MESSAGE_KEY_INFO`]) → 44 bytes:
 //!   ChaCha20-Poly1305 key (32) ‖ nonce (12). Each message key is used exactly once.
 //! - AD = session AD (initiator identity ‖ responder identity, 128 bytes) ‖ header (44 bytes:
@@ -17,26 +19,23 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
-use hmac::{Hmac, Mac};
 use hush_proto::{store as pstore, wire};
 use rand_core::CryptoRng;
 use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
+use crate::chain;
 use crate::consts::{
-    CHAIN_KEY_SEED, KEY_LEN, MAX_OLD_RECEIVING_CHAINS, MAX_PLAINTEXT_LEN, MAX_SKIP,
-    MAX_SKIPPED_KEYS, MAX_SKIPPED_KEYS_PER_CHAIN, MESSAGE_KEY_INFO, MESSAGE_KEY_SEED,
-    PROTOCOL_VERSION, ROOT_KDF_INFO, SESSION_STATE_VERSION, SKIPPED_KEY_MAX_AGE_MS,
+    KEY_LEN, MAX_OLD_RECEIVING_CHAINS, MAX_PLAINTEXT_LEN, MAX_SKIP, MAX_SKIPPED_KEYS,
+    MAX_SKIPPED_KEYS_PER_CHAIN, MESSAGE_KEY_INFO, PROTOCOL_VERSION, ROOT_KDF_INFO,
+    SESSION_STATE_VERSION, SKIPPED_KEY_MAX_AGE_MS,
 };
 use crate::error::{AuthError, Error, ProtocolError, Result};
 use crate::keys::{AccountId, DeviceAddress, DeviceIdentity, array, dh, x25519_public};
 
-/// A 32-byte secret, zeroized on drop, without `Debug`.
-pub(crate) type Secret = Zeroizing<[u8; KEY_LEN]>;
+use crate::chain::Secret;
 
 /// Length of the header bytes authenticated as AD.
 pub const HEADER_LEN: usize = 4 + KEY_LEN + 4 + 4;
@@ -63,35 +62,10 @@ fn split_pair(okm: &[u8; 2 * KEY_LEN]) -> (Secret, Secret) {
     (a, b)
 }
 
-fn hmac(key: &[u8; KEY_LEN], input: u8) -> Secret {
-    // HMAC accepts keys of any length, so construction cannot fail.
-    let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    if let Ok(mut mac) = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key) {
-        mac.update(&[input]);
-        out.copy_from_slice(&mac.finalize().into_bytes());
-    }
-    out
-}
-
-/// `KDF_CK`: (message key, next chain key).
+/// `KDF_CK`: (message key, next chain key). The chain is the one shared with sender keys,
+/// [`chain::step`].
 pub fn kdf_ck(chain_key: &[u8; KEY_LEN]) -> (Secret, Secret) {
-    (
-        hmac(chain_key, MESSAGE_KEY_SEED),
-        hmac(chain_key, CHAIN_KEY_SEED),
-    )
-}
-
-/// Expands a message key into the AEAD key and nonce.
-fn message_cipher(mk: &[u8; KEY_LEN]) -> (ChaCha20Poly1305, Nonce) {
-    let hk = Hkdf::<Sha256>::new(Some(&[0u8; KEY_LEN]), mk);
-    let mut okm = Zeroizing::new([0u8; KEY_LEN + 12]);
-    let _ = hk.expand(MESSAGE_KEY_INFO, okm.as_mut());
-    let (k, n) = okm.split_at(KEY_LEN);
-    let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    key.copy_from_slice(k);
-    let mut nonce = [0u8; 12];
-    nonce.copy_from_slice(n);
-    (ChaCha20Poly1305::new(&Key::from(*key)), Nonce::from(nonce))
+    chain::step(chain_key)
 }
 
 /// One end of a session: the device's address and identity keys.
@@ -129,31 +103,12 @@ pub fn message_ad(initiator: &Party, responder: &Party, header: &Header) -> Vec<
 
 /// Seals `plaintext` under message key `mk` with associated data `ad`.
 pub fn seal(mk: &[u8; KEY_LEN], ad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-    let (cipher, nonce) = message_cipher(mk);
-    cipher
-        .encrypt(
-            &nonce,
-            Payload {
-                msg: plaintext,
-                aad: ad,
-            },
-        )
-        .map_err(|_| ProtocolError::TooLarge(plaintext.len()).into())
+    chain::seal(mk, MESSAGE_KEY_INFO, ad, plaintext)
 }
 
 /// Opens `ciphertext` under message key `mk` with associated data `ad`.
 pub fn open(mk: &[u8; KEY_LEN], ad: &[u8], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
-    let (cipher, nonce) = message_cipher(mk);
-    cipher
-        .decrypt(
-            &nonce,
-            Payload {
-                msg: ciphertext,
-                aad: ad,
-            },
-        )
-        .map(Zeroizing::new)
-        .map_err(|_| AuthError::DecryptFailed.into())
+    chain::open(mk, MESSAGE_KEY_INFO, ad, ciphertext)
 }
 
 /// A validated ratchet message header.
@@ -598,7 +553,7 @@ impl SessionState {
             if h.counter < chain.index {
                 return Err(ProtocolError::Duplicate.into());
             }
-            let (skipped, mk, next) = derive_until(&chain.key, chain.index, h.counter)?;
+            let (skipped, mk, next) = chain::advance(&chain.key, chain.index, h.counter, MAX_SKIP)?;
             let plaintext = open(&mk, &ad, &msg.ciphertext)?;
             for (i, k) in skipped {
                 self.skipped.push(h.ratchet_key, i, k, now);
@@ -627,7 +582,7 @@ impl SessionState {
                     .into());
                 }
                 let (keys, last, _) =
-                    derive_until(&chain.key, chain.index, h.previous_counter - 1)?;
+                    chain::advance(&chain.key, chain.index, h.previous_counter - 1, MAX_SKIP)?;
                 let mut keys = keys;
                 keys.push((h.previous_counter - 1, last));
                 keys
@@ -640,7 +595,7 @@ impl SessionState {
             .ok_or(AuthError::DecryptFailed)?;
         let dh_out = dh(own, &PublicKey::from(h.ratchet_key))?;
         let (rk, ck) = kdf_rk(&self.root_key, &dh_out);
-        let (new_skipped, mk, next) = derive_until(&ck, 0, h.counter)?;
+        let (new_skipped, mk, next) = chain::advance(&ck, 0, h.counter, MAX_SKIP)?;
         let plaintext = open(&mk, &ad, &msg.ciphertext)?;
 
         if let Some(old) = self.remote_ratchet {
@@ -840,35 +795,5 @@ impl SessionState {
             created_at: p.created_at,
             last_used_at: p.last_used_at,
         })
-    }
-}
-
-/// Derives message keys of a chain from index `from` up to and including `to`.
-/// Returns (keys for from..to, key for `to`, chain key for `to + 1`). Enforces [`MAX_SKIP`].
-#[allow(clippy::type_complexity)]
-fn derive_until(
-    chain_key: &[u8; KEY_LEN],
-    from: u32,
-    to: u32,
-) -> Result<(Vec<(u32, Secret)>, Secret, Secret)> {
-    let skip = u64::from(to).saturating_sub(u64::from(from));
-    if skip > u64::from(MAX_SKIP) {
-        return Err(ProtocolError::TooFarAhead {
-            skip,
-            limit: MAX_SKIP,
-        }
-        .into());
-    }
-    let mut skipped = Vec::with_capacity(usize::try_from(skip).unwrap_or(0));
-    let mut ck = Zeroizing::new(*chain_key);
-    let mut i = from;
-    loop {
-        let (mk, next) = kdf_ck(&ck);
-        ck = next;
-        if i >= to {
-            return Ok((skipped, mk, ck));
-        }
-        skipped.push((i, mk));
-        i += 1;
     }
 }

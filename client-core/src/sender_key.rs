@@ -1,5 +1,8 @@
 //! Sender keys: one symmetric chain and one Ed25519 signing key per (group, sender device).
 //!
+//! The chain and its message-key expansion are the pairwise ratchet's ([`crate::chain`]), with
+//! their own HKDF info:
+//!
 //! ```text
 //! message key  mk_i   = HMAC-SHA256(ck_i, 0x01)
 //! chain key    ck_i+1 = HMAC-SHA256(ck_i, 0x02)
@@ -16,22 +19,20 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
-use hmac::{Hmac, Mac};
 use hush_proto::{labels, store as pstore, wire};
 use rand_core::CryptoRng;
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::chain::{self, Secret};
 use crate::consts::{
-    AEAD_TAG_LEN, CHAIN_KEY_SEED, GROUP_ID_LEN, KEY_LEN, MAX_PLAINTEXT_LEN, MAX_SENDER_KEY_JUMP,
-    MAX_SENDER_KEY_SKIPPED, MAX_SENDER_KEY_STATES, MESSAGE_KEY_SEED, PROTOCOL_VERSION,
-    SENDER_KEY_MESSAGE_INFO, SENDER_KEY_SKIPPED_MAX_AGE_MS, SIGNATURE_LEN,
+    AEAD_TAG_LEN, GROUP_ID_LEN, KEY_LEN, MAX_PLAINTEXT_LEN, MAX_SENDER_KEY_JUMP,
+    MAX_SENDER_KEY_SKIPPED, MAX_SENDER_KEY_STATES, PROTOCOL_VERSION, SENDER_KEY_MESSAGE_INFO,
+    SENDER_KEY_SKIPPED_MAX_AGE_MS, SIGNATURE_LEN,
 };
-use crate::error::{AuthError, Error, ProtocolError, Result};
+use crate::error::{Error, ProtocolError, Result};
 use crate::keys::{
     AccountId, DeviceAddress, DeviceIdentity, array, ed25519_public, verify_signature,
 };
-use crate::ratchet::Secret;
 
 /// A group's id: 32 random bytes chosen by its creator.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,36 +62,10 @@ impl std::fmt::Debug for GroupId {
     }
 }
 
-/// `(message key, next chain key)` of a sender-key chain. The HMAC key schedule is computed once
-/// and reused for both outputs.
+/// `(message key, next chain key)` of a sender-key chain: the same chain as the pairwise
+/// `KDF_CK`, [`chain::step`].
 pub fn sender_chain_step(ck: &[u8; KEY_LEN]) -> (Secret, Secret) {
-    let mut mk = Zeroizing::new([0u8; KEY_LEN]);
-    let mut next = Zeroizing::new([0u8; KEY_LEN]);
-    if let Ok(base) = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(ck) {
-        let mut a = base.clone();
-        a.update(&[MESSAGE_KEY_SEED]);
-        mk.copy_from_slice(&a.finalize().into_bytes());
-        let mut b = base;
-        b.update(&[CHAIN_KEY_SEED]);
-        next.copy_from_slice(&b.finalize().into_bytes());
-    }
-    (mk, next)
-}
-
-fn cipher(mk: &[u8; KEY_LEN]) -> (chacha20poly1305::ChaCha20Poly1305, chacha20poly1305::Nonce) {
-    use chacha20poly1305::aead::KeyInit;
-    let hk = hkdf::Hkdf::<Sha256>::new(Some(&[0u8; KEY_LEN]), mk);
-    let mut okm = Zeroizing::new([0u8; KEY_LEN + 12]);
-    let _ = hk.expand(SENDER_KEY_MESSAGE_INFO, okm.as_mut());
-    let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    let mut nonce = [0u8; 12];
-    let (k, n) = okm.split_at(KEY_LEN);
-    key.copy_from_slice(k);
-    nonce.copy_from_slice(n);
-    (
-        chacha20poly1305::ChaCha20Poly1305::new(&chacha20poly1305::Key::from(*key)),
-        chacha20poly1305::Nonce::from(nonce),
-    )
+    chain::step(ck)
 }
 
 /// The authenticated header of a group message.
@@ -319,10 +294,7 @@ impl SenderKeyState {
         }
         let entitled = e.from;
         let at = from.unwrap_or(entitled).max(entitled).min(self.iteration);
-        let mut ck = initial.clone();
-        for _ in 0..at {
-            ck = sender_chain_step(&ck).1;
-        }
+        let ck = chain::skip(initial, at);
         Ok(wire::SenderKeyDistribution {
             group_id: group.0.to_vec(),
             key_id: self.key_id,
@@ -339,7 +311,6 @@ impl SenderKeyState {
         sender: DeviceAddress,
         plaintext: &[u8],
     ) -> Result<GroupMessage> {
-        use chacha20poly1305::aead::{Aead, Payload};
         if plaintext.len() > MAX_PLAINTEXT_LEN {
             return Err(ProtocolError::TooLarge(plaintext.len()).into());
         }
@@ -357,17 +328,8 @@ impl SenderKeyState {
             iteration: self.iteration,
         };
         let hb = header.to_bytes();
-        let (mk, next) = sender_chain_step(&self.chain_key);
-        let (c, nonce) = cipher(&mk);
-        let ciphertext = c
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad: &hb,
-                },
-            )
-            .map_err(|_| ProtocolError::TooLarge(plaintext.len()))?;
+        let (mk, next) = chain::step(&self.chain_key);
+        let ciphertext = chain::seal(&mk, SENDER_KEY_MESSAGE_INFO, &hb, plaintext)?;
         let mut signed =
             Vec::with_capacity(labels::GROUP_MESSAGE.len() + hb.len() + ciphertext.len());
         signed.extend_from_slice(labels::GROUP_MESSAGE);
@@ -384,7 +346,6 @@ impl SenderKeyState {
 
     /// Verifies the signature, then decrypts. On any error the state is unchanged.
     pub fn decrypt(&mut self, msg: &GroupMessage, now: u64) -> Result<Zeroizing<Vec<u8>>> {
-        use chacha20poly1305::aead::{Aead, Payload};
         let hb = msg.header.to_bytes();
         let key: VerifyingKey = ed25519_public(&self.signing_public, "sender signing key")?;
         verify_signature(
@@ -395,18 +356,8 @@ impl SenderKeyState {
             "group message",
         )?;
         let i = msg.header.iteration;
-        let open = |mk: &[u8; KEY_LEN]| -> Result<Zeroizing<Vec<u8>>> {
-            let (c, nonce) = cipher(mk);
-            c.decrypt(
-                &nonce,
-                Payload {
-                    msg: &msg.ciphertext,
-                    aad: &hb,
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| AuthError::DecryptFailed.into())
-        };
+        let open =
+            |mk: &[u8; KEY_LEN]| chain::open(mk, SENDER_KEY_MESSAGE_INFO, &hb, &msg.ciphertext);
         let fresh = |stored_at: u64| stored_at.saturating_add(SENDER_KEY_SKIPPED_MAX_AGE_MS) >= now;
         if i < self.iteration {
             // An expired key counts as deleted (it is purged at the next successful decryption).
@@ -420,22 +371,8 @@ impl SenderKeyState {
             self.skipped.retain(|_, (_, t)| fresh(*t));
             return Ok(pt);
         }
-        let jump = i - self.iteration;
-        if jump > MAX_SENDER_KEY_JUMP {
-            return Err(ProtocolError::TooFarAhead {
-                skip: u64::from(jump),
-                limit: MAX_SENDER_KEY_JUMP,
-            }
-            .into());
-        }
-        let mut ck = self.chain_key.clone();
-        let mut new_skipped = Vec::with_capacity(jump as usize);
-        for j in self.iteration..i {
-            let (mk, next) = sender_chain_step(&ck);
-            new_skipped.push((j, mk));
-            ck = next;
-        }
-        let (mk, next) = sender_chain_step(&ck);
+        let (new_skipped, mk, next) =
+            chain::advance(&self.chain_key, self.iteration, i, MAX_SENDER_KEY_JUMP)?;
         let pt = open(&mk)?;
         self.skipped.retain(|_, (_, t)| fresh(*t));
         for (j, k) in new_skipped {
