@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use hush_proto::{Message, labels, wire};
+use hush_proto::{Message, transcripts, wire};
 
 use crate::consts::MAX_DEVICES_PER_ACCOUNT;
 use crate::error::{AuthError, Error, ProtocolError, Result};
@@ -65,7 +65,9 @@ impl DeviceList {
                 .collect(),
         };
         let bytes = raw.encode_to_vec();
-        let signature = account.sign(labels::DEVICE_LIST, &bytes).to_vec();
+        let signature = account
+            .sign(&[], &transcripts::device_list(&bytes))
+            .to_vec();
         let signed = wire::SignedDeviceList {
             device_list: bytes,
             signature,
@@ -99,8 +101,8 @@ impl VerifiedDeviceList {
         }
         verify_signature(
             &account.verifying_key()?,
-            labels::DEVICE_LIST,
-            &signed.device_list,
+            &[],
+            &transcripts::device_list(&signed.device_list),
             &signed.signature,
             "device list",
         )?;
