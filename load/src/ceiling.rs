@@ -240,7 +240,7 @@ impl Server {
             return;
         };
         // Writer: whatever frames are queued go out in one write.
-        let out = crate::conn::spawn_writer(send);
+        let out = hush_net::client::spawn_writer(send, None);
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut me: Option<DeviceKey> = None;
         loop {

@@ -2,105 +2,79 @@
 //! stream with request/response matching, unsolicited frames, blob streams. It sends whatever a
 //! test asks, malformed frames included, and panics where a test would fail.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
-use hush_net::{ALPN, frame};
-use hush_proto::labels;
+use ed25519_dalek::{Signer, SigningKey};
+use hush_net::client::{self, ConnError, Connection, Options, Unsolicited};
+use hush_net::frame;
 use hush_proto::relay_api::{
-    self as api, BlobRequest, BlobResponse, ClientFrame, ServerFrame, blob_request, blob_response,
-    client_frame, server_frame,
+    self as api, BlobRequest, BlobResponse, ServerFrame, blob_request, blob_response, client_frame,
+    server_frame,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::WAIT;
 use crate::account::{TestAccount, sign_auth};
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerFrame>>>>;
+/// Keep-alive of test connections.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Longest a test connection's handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest frame a test client accepts.
+const MAX_FRAME: usize = 4 << 20;
 
 /// One connection to the relay.
 pub struct Client {
+    /// Its endpoint.
     pub endpoint: quinn::Endpoint,
+    /// The QUIC connection.
     pub conn: quinn::Connection,
-    out: mpsc::UnboundedSender<Vec<u8>>,
-    pending: Pending,
+    net: Connection,
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<ServerFrame>>,
-    next: AtomicU64,
 }
 
 impl Client {
+    /// Connects, or panics.
     pub async fn connect(addr: SocketAddr, pin: &str) -> Self {
         Self::try_connect(addr, pin).await.expect("cannot connect")
     }
 
     /// As `connect`; `None` if the relay cannot be reached (or stops answering) within 5 s.
     pub async fn try_connect(addr: SocketAddr, pin: &str) -> Option<Self> {
-        Self::try_connect_from("127.0.0.1:0".parse().unwrap(), addr, pin).await
+        Self::try_connect_from(crate::relay::any_port(), addr, pin).await
     }
 
     /// As `try_connect`, from the local address `bind` (any 127.x.y.z is loopback, so tests
     /// can connect from several address blocks).
     pub async fn try_connect_from(bind: SocketAddr, addr: SocketAddr, pin: &str) -> Option<Self> {
-        let tls = hush_net::pin::pinned_client_config(pin, ALPN).unwrap();
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(5)));
-        cc.transport_config(Arc::new(transport));
-        let mut endpoint = quinn::Endpoint::client(bind).unwrap();
-        endpoint.set_default_client_config(cc);
-        let connecting = endpoint.connect(addr, "localhost").ok()?;
-        let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
+        let cc = client::client_config(pin, KEEP_ALIVE, None).unwrap();
+        let endpoint = client::endpoint(bind, None, cc).unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let options = Options {
+            server_name: "localhost".to_owned(),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            max_frame: MAX_FRAME,
+            // Tests watch how the relay closes a connection.
+            close_when_stream_ends: false,
+        };
+        let events = Unsolicited::Handler(Box::new(move |f| {
+            let _ = tx.send(f);
+        }));
+        let (net, _reader) = Connection::connect(&endpoint, addr, &options, events)
             .await
-            .ok()?
             .ok()?;
-        let (mut send, mut recv) = conn.open_bi().await.ok()?;
-        let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        tokio::spawn(async move {
-            while let Some(b) = out_rx.recv().await {
-                if send.write_all(&b).await.is_err() {
-                    return;
-                }
-            }
-            let _ = send.finish();
-        });
-        let pending: Pending = Arc::default();
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let p = Arc::clone(&pending);
-        tokio::spawn(async move {
-            while let Ok(f) = frame::read::<ServerFrame, _>(&mut recv, 4 << 20).await {
-                let waiter = if f.request_id == 0 {
-                    None
-                } else {
-                    p.lock().unwrap().remove(&f.request_id)
-                };
-                match waiter {
-                    Some(w) => {
-                        let _ = w.send(f);
-                    }
-                    None => {
-                        let _ = ev_tx.send(f);
-                    }
-                }
-            }
-        });
         Some(Self {
             endpoint,
-            conn,
-            out,
-            pending,
-            events: tokio::sync::Mutex::new(ev_rx),
-            next: AtomicU64::new(1),
+            conn: net.quic().clone(),
+            net,
+            events: tokio::sync::Mutex::new(rx),
         })
     }
 
     /// Sends raw bytes on the session stream.
     pub fn send_raw(&self, bytes: Vec<u8>) {
-        let _ = self.out.send(bytes);
+        let _ = self.net.send_raw(bytes);
     }
 
     /// Sends a request and waits for its answer.
@@ -110,19 +84,10 @@ impl Client {
 
     /// Sends a request and waits for its answer; `None` if the connection closed first.
     pub async fn try_request(&self, kind: client_frame::Kind) -> Option<server_frame::Kind> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(id, tx);
-        self.send_raw(frame::encode(&ClientFrame {
-            request_id: id,
-            kind: Some(kind),
-        }));
-        let conn = self.conn.clone();
-        tokio::select! {
-            r = tokio::time::timeout(WAIT, rx) => {
-                Some(r.expect("no answer in time").ok()?.kind.expect("empty answer"))
-            }
-            _ = conn.closed() => None,
+        match self.net.request(kind, WAIT).await {
+            Ok(k) => Some(k),
+            Err(ConnError::Closed) => None,
+            Err(e) => panic!("no answer: {e}"),
         }
     }
 
@@ -131,6 +96,7 @@ impl Client {
         self.try_event(WAIT).await.expect("no event in time")
     }
 
+    /// The next unsolicited frame, if one comes within `wait`.
     pub async fn try_event(&self, wait: Duration) -> Option<server_frame::Kind> {
         let mut ev = self.events.lock().await;
         tokio::time::timeout(wait, ev.recv())
@@ -140,36 +106,29 @@ impl Client {
             .and_then(|f| f.kind)
     }
 
-    /// Authenticates as `device` of `account`, signing with `key`.
+    /// Authenticates as `device` of `account`, signing with `key`; the relay's answer.
     pub async fn authenticate_with(
         &self,
         account: [u8; 32],
         device: u32,
         key: &SigningKey,
     ) -> server_frame::Kind {
-        let server_frame::Kind::Challenge(ch) =
-            self.request(client_frame::Kind::Hello(api::Hello {})).await
-        else {
-            panic!("no challenge")
+        let sign = |exporter: &[u8; 32], challenge: &[u8; 32]| {
+            let t = hush_proto::transcripts::relay_auth(exporter, challenge, &account, device);
+            key.sign(&t).to_bytes()
         };
-        let sig = self.auth_signature(&ch.nonce, account, device, key);
-        self.request(client_frame::Kind::Authenticate(api::Authenticate {
-            account: account.to_vec(),
-            device_id: device,
-            signature: sig,
-        }))
-        .await
+        self.net
+            .authenticate(account, device, WAIT, sign)
+            .await
+            .expect("authentication exchange")
     }
 
     /// This connection's TLS exporter for authentication.
     pub fn exporter(&self) -> [u8; 32] {
-        let mut exporter = [0u8; 32];
-        self.conn
-            .export_keying_material(&mut exporter, labels::RELAY_AUTH_EXPORTER, b"")
-            .unwrap();
-        exporter
+        self.net.exporter().unwrap()
     }
 
+    /// A signature of the authentication transcript with `nonce` (of any length).
     pub fn auth_signature(
         &self,
         nonce: &[u8],
@@ -331,6 +290,7 @@ impl Client {
 }
 
 impl Client {
+    /// Claims `name` with `proof`; the relay's answer.
     pub async fn claim_username(&self, name: &str, proof: Vec<u8>) -> server_frame::Kind {
         self.request(client_frame::Kind::ClaimUsername(api::ClaimUsername {
             name: name.to_owned(),
