@@ -16,7 +16,6 @@
 )]
 
 use std::fmt::Write;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,8 +26,8 @@ use hush_core::store::kv::{KvStore, Namespace};
 use hush_core::store::sled_kv::SledKv;
 use hush_proto::Message;
 use hush_proto::store as pstore;
-use hush_relay::config::{Config, RateLimit, StoreKind};
-use rand::RngExt;
+use hush_relay::config::{Config, StoreKind};
+use hush_testkit::random;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
@@ -122,33 +121,12 @@ impl Subscriber for Captured {
     fn exit(&self, _: &span::Id) {}
 }
 
-fn random<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    rand::rng().fill(&mut b[..]);
-    b
-}
-
 fn relay_config(dir: &Path) -> Config {
-    let lots = RateLimit {
-        per_second: 100_000.0,
-        burst: 100_000,
-    };
-    let mut cfg = Config {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+    Config {
         metrics_listen: None,
-        store: StoreKind::Sled,
         log: "trace".into(),
-        ..Config::default()
-    };
-    cfg.rate.sends = lots;
-    cfg.rate.account_sends = lots;
-    cfg.rate.prekey_fetches = lots;
-    cfg.rate.account_prekey_fetches = lots;
-    cfg.rate.uploads = lots;
-    cfg.rate.account_uploads = lots;
-    cfg.rate.account_creations = lots;
-    cfg
+        ..hush_testkit::test_config(StoreKind::Sled, dir)
+    }
 }
 
 async fn messages(engine: &Engine, rx: &mut UnboundedReceiver<Event>, n: usize) -> Vec<Event> {

@@ -193,7 +193,7 @@ fn a_failed_init_leaves_nothing_behind_and_the_next_init_works() {
 #[test]
 fn the_relay_log_has_no_colour_codes_when_not_on_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(relay_binary())
+    let mut child = Command::new(hush_testkit::relay_binary())
         .arg("run")
         .arg("--data-dir")
         .arg(dir.path())

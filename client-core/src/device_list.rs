@@ -9,11 +9,11 @@
 
 use std::collections::BTreeMap;
 
-use hush_proto::{Message, labels, wire};
+use hush_proto::{Message, transcripts, wire};
 
 use crate::consts::MAX_DEVICES_PER_ACCOUNT;
 use crate::error::{AuthError, Error, ProtocolError, Result};
-use crate::keys::{AccountId, AccountKeyPair, DeviceAddress, DeviceIdentity, verify_signature};
+use crate::keys::{AccountId, AccountKeyPair, DeviceAddress, DeviceIdentity};
 
 /// One device on a list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +65,9 @@ impl DeviceList {
                 .collect(),
         };
         let bytes = raw.encode_to_vec();
-        let signature = account.sign(labels::DEVICE_LIST, &bytes).to_vec();
+        let signature = account
+            .sign(&[], &transcripts::device_list(&bytes))
+            .to_vec();
         let signed = wire::SignedDeviceList {
             device_list: bytes,
             signature,
@@ -75,6 +77,18 @@ impl DeviceList {
             list: self.clone(),
             signed,
         })
+    }
+}
+
+/// A refusal of the checks shared with the relay, as client-core reports it.
+fn shared_check(e: hush_verify::VerifyError) -> Error {
+    use hush_verify::VerifyError as V;
+    match e {
+        V::Malformed(what) => Error::malformed(what, "refused by the device-list checks"),
+        V::InvalidKey(what) => AuthError::InvalidKey(what).into(),
+        V::BadSignature(what) => AuthError::BadSignature(what).into(),
+        V::WrongAccount => AuthError::BadSignature("device list (wrong account)").into(),
+        V::TooManyDevices(n, _) => ProtocolError::TooManyDevices(n).into(),
     }
 }
 
@@ -89,24 +103,15 @@ pub struct VerifiedDeviceList {
 impl VerifiedDeviceList {
     /// Verifies a serialized [`SignedDeviceList`](wire::SignedDeviceList) for `expected` account.
     pub fn verify(bytes: &[u8], expected: &AccountId) -> Result<Self> {
+        // The checks the relay makes too (`hush_verify`): decoding, the account, the account
+        // key's signature, the number of devices, their signing keys.
+        hush_verify::CheckedList::check(bytes, Some(expected.as_bytes()), MAX_DEVICES_PER_ACCOUNT)
+            .map_err(shared_check)?;
         let signed = wire::SignedDeviceList::decode(bytes)
             .map_err(|_| Error::malformed("signed device list", "does not decode"))?;
         let raw = wire::DeviceList::decode(signed.device_list.as_slice())
             .map_err(|_| Error::malformed("device list", "does not decode"))?;
         let account = AccountId::from_bytes(&raw.account_key)?;
-        if &account != expected {
-            return Err(AuthError::BadSignature("device list (wrong account)").into());
-        }
-        verify_signature(
-            &account.verifying_key()?,
-            labels::DEVICE_LIST,
-            &signed.device_list,
-            &signed.signature,
-            "device list",
-        )?;
-        if raw.devices.len() > MAX_DEVICES_PER_ACCOUNT {
-            return Err(ProtocolError::TooManyDevices(raw.devices.len()).into());
-        }
         let mut devices = BTreeMap::new();
         for d in &raw.devices {
             let identity = DeviceIdentity::from_proto(d.identity.as_ref())?;

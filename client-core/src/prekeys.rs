@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use hush_proto::{labels, wire};
+use hush_proto::{transcripts, wire};
 use ml_kem::{DecapsulationKey768, EncapsulationKey768, Key, KeyExport};
 use rand_core::CryptoRng;
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -21,21 +21,6 @@ use crate::error::{AuthError, Error, ProtocolError, Result};
 use crate::keys::{
     AccountId, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair, array, x25519_public,
 };
-
-fn signed_pre_key_transcript(id: u32, public: &[u8; KEY_LEN]) -> Vec<u8> {
-    let mut t = Vec::with_capacity(4 + KEY_LEN);
-    t.extend_from_slice(&id.to_be_bytes());
-    t.extend_from_slice(public);
-    t
-}
-
-fn kem_pre_key_transcript(id: u32, last_resort: bool, public: &[u8]) -> Vec<u8> {
-    let mut t = Vec::with_capacity(5 + public.len());
-    t.extend_from_slice(&id.to_be_bytes());
-    t.push(u8::from(last_resort));
-    t.extend_from_slice(public);
-    t
-}
 
 /// A signed X25519 pre-key with its private half.
 pub struct SignedPreKeyPair {
@@ -71,10 +56,7 @@ impl SignedPreKeyPair {
     ) -> Self {
         let secret = Box::new(StaticSecret::from(*secret));
         let public = PublicKey::from(secret.as_ref());
-        let signature = identity.sign(
-            labels::SIGNED_PRE_KEY,
-            &signed_pre_key_transcript(id, public.as_bytes()),
-        );
+        let signature = identity.sign(&[], &transcripts::signed_pre_key(id, public.as_bytes()));
         Self {
             id,
             secret,
@@ -177,10 +159,7 @@ impl KemPreKeyPair {
     ) -> Self {
         let decapsulation = Box::new(DecapsulationKey768::from_seed((*seed).into()));
         let public = decapsulation.encapsulation_key().to_bytes().to_vec();
-        let signature = identity.sign(
-            labels::KEM_PRE_KEY,
-            &kem_pre_key_transcript(id, last_resort, &public),
-        );
+        let signature = identity.sign(&[], &transcripts::kem_pre_key(id, last_resort, &public));
         Self {
             id,
             seed: Zeroizing::new(*seed),
@@ -293,8 +272,8 @@ impl PreKeyBundle {
             .ok_or(Error::malformed("bundle", "missing signed pre-key"))?;
         let spk_pub: [u8; KEY_LEN] = array(&spk.public_key, "signed pre-key", "must be 32 bytes")?;
         identity.verify(
-            labels::SIGNED_PRE_KEY,
-            &signed_pre_key_transcript(spk.id, &spk_pub),
+            &[],
+            &transcripts::signed_pre_key(spk.id, &spk_pub),
             &spk.signature,
             "signed pre-key",
         )?;
@@ -311,8 +290,8 @@ impl PreKeyBundle {
             return Err(Error::malformed("ML-KEM pre-key", "wrong length"));
         }
         identity.verify(
-            labels::KEM_PRE_KEY,
-            &kem_pre_key_transcript(kem.id, kem.last_resort, &kem.public_key),
+            &[],
+            &transcripts::kem_pre_key(kem.id, kem.last_resort, &kem.public_key),
             &kem.signature,
             "ML-KEM pre-key",
         )?;

@@ -1,18 +1,16 @@
 //! One QUIC connection to a relay: the pinned TLS handshake, the session stream with
 //! request/response matching, unsolicited frames as a stream of events, and blob streams.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hush_net::{ALPN, frame};
+use hush_net::client::{self, ConnError, Connection, Options, Unsolicited};
+use hush_net::frame;
 use hush_proto::relay_api::{
-    self as api, BlobRequest, BlobResponse, ClientFrame, ErrorCode, ServerFrame, blob_request,
-    blob_response, client_frame, server_frame,
+    self as api, BlobRequest, BlobResponse, ErrorCode, blob_request, blob_response, client_frame,
+    server_frame,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::error::{ClientError, Refusal};
 
@@ -35,8 +33,6 @@ const MAX_SERVER_FRAME: usize = 8 << 20;
 /// Unsolicited frames buffered before the reader waits for the engine.
 const EVENT_QUEUE: usize = 4096;
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<server_frame::Kind>>>>;
-
 /// Progress of a blob transfer: told (bytes done, bytes in all) as it goes, from 0 to the total.
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
 
@@ -50,13 +46,26 @@ const BLOB_GONE: u32 = 1;
 /// Reset code of a blob stream that missed one of the relay's deadlines.
 const BLOB_TIMED_OUT: u32 = 2;
 
-/// A connection to the relay.
+/// A connection to the relay: [`hush_net::client::Connection`] with the engine's transport
+/// settings and errors.
 pub struct RelayConnection {
     endpoint: quinn::Endpoint,
+    inner: Connection,
     conn: quinn::Connection,
-    out: mpsc::UnboundedSender<Vec<u8>>,
-    pending: Pending,
-    next: AtomicU64,
+}
+
+impl From<ConnError> for ClientError {
+    fn from(e: ConnError) -> Self {
+        match e {
+            ConnError::BadPin(s) => Self::BadPin(s),
+            ConnError::Config(s) => Self::Config(s),
+            ConnError::PinMismatch(addr) => Self::PinMismatch(addr.to_string()),
+            ConnError::Unreachable(s) => Self::Unreachable(s),
+            ConnError::Timeout => Self::Timeout,
+            ConnError::Closed => Self::Disconnected,
+            ConnError::Protocol(s) => Self::Protocol(s),
+        }
+    }
 }
 
 impl RelayConnection {
@@ -66,88 +75,22 @@ impl RelayConnection {
         addr: SocketAddr,
         pin: &str,
     ) -> Result<(Self, mpsc::Receiver<server_frame::Kind>), ClientError> {
-        let tls = hush_net::pin::pinned_client_config(pin, ALPN)
-            .map_err(|e| ClientError::BadPin(e.to_string()))?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .map_err(|e| ClientError::Config(e.to_string()))?;
-        let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(KEEP_ALIVE));
-        transport.max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
-                .map_err(|e| ClientError::Config(e.to_string()))?,
-        ));
-        cc.transport_config(Arc::new(transport));
-        let bind: SocketAddr = if addr.is_ipv6() {
-            SocketAddr::from(([0u16; 8], 0))
-        } else {
-            SocketAddr::from(([0u8; 4], 0))
-        };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(ClientError::unreachable)?;
-        endpoint.set_default_client_config(cc);
-        let connecting = endpoint
-            .connect(addr, "hush-relay")
-            .map_err(|e| ClientError::Unreachable(format!("{addr}: {e}")))?;
-        let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
-            .await
-            .map_err(|_| ClientError::Unreachable(format!("no answer from {addr}")))?
-            .map_err(|e| {
-                // The pin check's own error, carried through rustls and quinn as text.
-                if format!("{e:?}").contains("PinMismatch") {
-                    ClientError::PinMismatch(addr.to_string())
-                } else {
-                    ClientError::Unreachable(format!("{addr}: {e}"))
-                }
-            })?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(ClientError::unreachable)?;
-        let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        let quic = conn.clone();
-        tokio::spawn(async move {
-            while let Some(b) = out_rx.recv().await {
-                if send.write_all(&b).await.is_err() {
-                    quic.close(0u8.into(), b"stream ended");
-                    return;
-                }
-            }
-            let _ = send.finish();
-        });
-        let pending: Pending = Arc::default();
+        let cc = client::client_config(pin, KEEP_ALIVE, Some(IDLE_TIMEOUT))?;
+        let endpoint = client::endpoint(client::any_local(addr), None, cc)?;
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
-        let p = Arc::clone(&pending);
-        let quic = conn.clone();
-        tokio::spawn(async move {
-            while let Ok(f) = frame::read::<ServerFrame, _>(&mut recv, MAX_SERVER_FRAME).await {
-                let Some(kind) = f.kind else { continue };
-                let waiter = if f.request_id == 0 {
-                    None
-                } else {
-                    p.lock().ok().and_then(|mut m| m.remove(&f.request_id))
-                };
-                match waiter {
-                    Some(w) => {
-                        let _ = w.send(kind);
-                    }
-                    None => {
-                        if ev_tx.send(kind).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            // The stream is gone, so is the connection: close it (so that nobody takes it for a
-            // live one) and wake every waiter.
-            quic.close(0u8.into(), b"stream ended");
-            if let Ok(mut m) = p.lock() {
-                m.clear();
-            }
-        });
+        let options = Options {
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            max_frame: MAX_SERVER_FRAME,
+            ..Options::default()
+        };
+        let (inner, _reader) =
+            Connection::connect(&endpoint, addr, &options, Unsolicited::Queue(ev_tx)).await?;
+        let conn = inner.quic().clone();
         Ok((
             Self {
                 endpoint,
+                inner,
                 conn,
-                out,
-                pending,
-                next: AtomicU64::new(1),
             },
             ev_rx,
         ))
@@ -164,34 +107,14 @@ impl RelayConnection {
         &self,
         kind: client_frame::Kind,
     ) -> Result<server_frame::Kind, ClientError> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .map_err(|_| ClientError::Disconnected)?
-            .insert(id, tx);
-        let bytes = frame::encode(&ClientFrame {
-            request_id: id,
-            kind: Some(kind),
-        });
-        if self.out.send(bytes).is_err() {
-            self.close();
-            return Err(ClientError::Disconnected);
-        }
-        let answer = tokio::select! {
-            r = tokio::time::timeout(REQUEST_TIMEOUT, rx) => match r {
-                Ok(Ok(k)) => k,
-                Ok(Err(_)) => {
-                    self.close();
-                    return Err(ClientError::Disconnected);
-                }
-                Err(_) => return Err(ClientError::Timeout),
-            },
-            _ = self.conn.closed() => return Err(ClientError::Disconnected),
-        };
-        match answer {
-            server_frame::Kind::Error(e) => Err(ClientError::Refused(Refusal::from(e))),
-            other => Ok(other),
+        match self.inner.request(kind, REQUEST_TIMEOUT).await {
+            Ok(server_frame::Kind::Error(e)) => Err(ClientError::Refused(Refusal::from(e))),
+            Ok(other) => Ok(other),
+            Err(ConnError::Closed) => {
+                self.close();
+                Err(ClientError::Disconnected)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -202,31 +125,13 @@ impl RelayConnection {
         device_id: u32,
         sign: impl FnOnce(&[u8; 32], &[u8; 32]) -> [u8; 64],
     ) -> Result<(), ClientError> {
-        let server_frame::Kind::Challenge(ch) = self
-            .request(client_frame::Kind::Hello(api::Hello {}))
-            .await?
-        else {
-            return Err(ClientError::Protocol("no challenge from the relay"));
-        };
-        let challenge: [u8; 32] = ch
-            .nonce
-            .as_slice()
-            .try_into()
-            .map_err(|_| ClientError::Protocol("challenge of the wrong length"))?;
-        let mut exporter = [0u8; 32];
-        self.conn
-            .export_keying_material(&mut exporter, hush_proto::labels::RELAY_AUTH_EXPORTER, b"")
-            .map_err(|_| ClientError::Protocol("no TLS exporter"))?;
-        let signature = sign(&exporter, &challenge);
         match self
-            .request(client_frame::Kind::Authenticate(api::Authenticate {
-                account: account.to_vec(),
-                device_id,
-                signature: signature.to_vec(),
-            }))
+            .inner
+            .authenticate(account, device_id, REQUEST_TIMEOUT, sign)
             .await?
         {
             server_frame::Kind::Ok(_) => Ok(()),
+            server_frame::Kind::Error(e) => Err(ClientError::Refused(Refusal::from(e))),
             _ => Err(ClientError::Protocol("unexpected answer to authentication")),
         }
     }
@@ -356,7 +261,7 @@ impl RelayConnection {
 
     /// Closes the connection.
     pub fn close(&self) {
-        self.conn.close(0u8.into(), b"bye");
+        self.inner.close(b"bye");
     }
 
     /// Waits until the connection is closed (by either side).
@@ -372,7 +277,7 @@ impl RelayConnection {
 
 impl Drop for RelayConnection {
     fn drop(&mut self) {
-        self.conn.close(0u8.into(), b"bye");
+        self.inner.close(b"bye");
         let ep = self.endpoint.clone();
         drop(ep);
     }

@@ -16,40 +16,20 @@
     clippy::disallowed_methods
 )]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use hush_testkit::RelayProcess;
 use uniffi::{GenerateOptions, TargetLanguage};
 
 /// Longest the Python test may run.
 const PYTHON_DEADLINE: Duration = Duration::from_secs(300);
 
-struct RelayProcess {
-    child: Child,
-    addr: String,
-    pin: String,
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `<target>/<profile>/deps`, where this test binary is.
 fn deps_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     exe.parent().expect("test binary directory").to_path_buf()
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
 }
 
 fn cdylib() -> PathBuf {
@@ -68,109 +48,6 @@ fn cdylib() -> PathBuf {
                 deps.display()
             )
         })
-}
-
-fn newest_source(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return newest;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        let t = if p.is_dir() {
-            newest_source(&p)
-        } else {
-            e.metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        };
-        newest = newest.max(t);
-    }
-    newest
-}
-
-/// The `hush-relay` binary of this profile, built first if missing or older than its sources.
-fn relay_binary() -> PathBuf {
-    let profile_dir = deps_dir().parent().unwrap().to_path_buf();
-    let bin = profile_dir.join(format!("hush-relay{}", std::env::consts::EXE_SUFFIX));
-    let root = workspace_root();
-    // What the binary is built from (not the crates' tests, which do not relink it).
-    let sources = ["relay/src", "net/src", "proto/src", "proto/proto"]
-        .iter()
-        .map(|c| newest_source(&root.join(c)))
-        .max()
-        .unwrap();
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-    if built.is_none_or(|b| b < sources) {
-        let target_dir = profile_dir.parent().unwrap();
-        // `cargo test` builds with the `test` profile into `debug/`; other profiles use their name.
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "test",
-            Some(other) => other,
-        };
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        eprintln!("building hush-relay ({profile} profile) for the bindings test");
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "hush-relay",
-                "--bin",
-                "hush-relay",
-                "--profile",
-            ])
-            .arg(profile)
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(&root)
-            .status()
-            .expect("run cargo to build hush-relay");
-        assert!(
-            status.success(),
-            "building hush-relay failed; build it with `cargo build -p hush-relay`"
-        );
-    }
-    assert!(
-        bin.exists(),
-        "the relay binary {} is missing; build it with `cargo build -p hush-relay`",
-        bin.display()
-    );
-    bin
-}
-
-/// Starts the relay on 127.0.0.1 (port 0) with its data in `dir`; reads its address and
-/// certificate fingerprint from what it prints.
-fn spawn_relay(bin: &Path, dir: &Path) -> RelayProcess {
-    let mut child = Command::new(bin)
-        .arg("run")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .args(["--rate-sends", "100000/100000"])
-        .args(["--rate-account-creations", "1000/1000"])
-        .env("HUSH_RELAY_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addr = None;
-    let mut pin = None;
-    while addr.is_none() || pin.is_none() {
-        let line = lines.next().expect("the relay exited early").unwrap();
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            addr = Some(rest.split_whitespace().next().unwrap().to_owned());
-        } else if let Some(rest) = line.strip_prefix("certificate fingerprint (pin this): ") {
-            pin = Some(rest.trim().to_owned());
-        }
-    }
-    // Keep draining its output so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    RelayProcess {
-        child,
-        addr: addr.unwrap(),
-        pin: pin.unwrap(),
-    }
 }
 
 fn generate(lib: &Path, out: &Path, language: TargetLanguage) {
@@ -255,7 +132,7 @@ fn walk(dir: &Path, ext: &str) -> Vec<PathBuf> {
 #[test]
 fn python_clients_chat_through_a_relay_process() {
     let lib = cdylib();
-    let relay_bin = relay_binary();
+    let relay_bin = hush_testkit::relay_binary();
     let out = tempfile::tempdir().unwrap();
     let py = out.path().join("python");
     generate(&lib, &py, TargetLanguage::Python);
@@ -264,7 +141,11 @@ fn python_clients_chat_through_a_relay_process() {
     std::fs::copy(&lib, py.join(lib.file_name().unwrap())).unwrap();
 
     let relay_dir = tempfile::tempdir().unwrap();
-    let relay = spawn_relay(&relay_bin, relay_dir.path());
+    let relay = RelayProcess::spawn(
+        &relay_bin,
+        relay_dir.path(),
+        hush_testkit::process::GENEROUS_RATES,
+    );
     let work = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_hush.py");
     let mut child = Command::new("python3")
@@ -272,7 +153,7 @@ fn python_clients_chat_through_a_relay_process() {
         .arg(&script)
         .env("PYTHONPATH", &py)
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("HUSH_RELAY_ADDR", &relay.addr)
+        .env("HUSH_RELAY_ADDR", relay.addr.to_string())
         .env("HUSH_RELAY_PIN", &relay.pin)
         .env("HUSH_TEST_DIR", work.path())
         .stdin(Stdio::null())

@@ -134,7 +134,7 @@ pub async fn serve(opts: &ServerOptions) -> Result<(), Error> {
         tls::server_config(&id, limits::ALPN).map_err(|e| Error::new(format!("TLS: {e}")))?;
     let quic_cfg = server::server_config(&Config::default(), tls_cfg)
         .map_err(|e| Error::new(format!("QUIC: {e}")))?;
-    let endpoint = server::bind_endpoint(opts.listen, quic_cfg, &crate::account::random())
+    let endpoint = server::bind_endpoint(opts.listen, quic_cfg, &hush_testkit::random())
         .map_err(|e| Error::new(format!("cannot listen on {}: {e}", opts.listen)))?;
     let addr = endpoint
         .local_addr()
@@ -240,7 +240,7 @@ impl Server {
             return;
         };
         // Writer: whatever frames are queued go out in one write.
-        let out = crate::conn::spawn_writer(send);
+        let out = hush_net::client::spawn_writer(send, None);
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut me: Option<DeviceKey> = None;
         loop {
@@ -279,7 +279,7 @@ impl Server {
             Some(client_frame::Kind::CreateAccount(_)) => ok(),
             Some(client_frame::Kind::Hello(_)) => {
                 Some(server_frame::Kind::Challenge(api::Challenge {
-                    nonce: crate::account::random::<32>().to_vec(),
+                    nonce: hush_testkit::random::<32>().to_vec(),
                 }))
             }
             Some(client_frame::Kind::Authenticate(a)) => {

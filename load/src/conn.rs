@@ -1,24 +1,29 @@
-//! One device's connection to the relay: QUIC with the pinned certificate, the session stream, a
-//! writer that coalesces frames, a reader that matches answers, timestamps deliveries and hands
-//! their sequence numbers to an acknowledger.
+//! One device's connection to the relay, on `hush_net::client` (QUIC with the pinned
+//! certificate, the session stream, request ids, a coalescing writer): answers to sends are
+//! counted as they arrive, deliveries timestamped and their sequence numbers handed to an
+//! acknowledger.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signer, SigningKey};
-use hush_proto::relay_api::{self as api, ClientFrame, ServerFrame, client_frame, server_frame};
-use hush_relay::{frame, limits};
-use tokio::io::BufReader;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use hush_net::client::{self, ConnError, Connection, Options, Unsolicited};
+use hush_net::frame::FrameError;
+use hush_proto::relay_api::{self as api, ServerFrame, client_frame, server_frame};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::Error;
 
 /// Time allowed for one set-up request (create, hello, authenticate).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest frame accepted from the relay.
+const MAX_SERVER_FRAME: usize = 4 << 20;
+/// Receive and send buffers asked for each client socket.
+const SOCKET_BUFFERS: usize = 4 << 20;
 /// Errors kept word for word (the rest are only counted).
 const ERRORS_KEPT: usize = 20;
 
@@ -118,22 +123,10 @@ pub(crate) struct Samples {
 /// Most samples one connection keeps of each kind (a bound on memory).
 const MAX_SAMPLES: usize = 4_000_000;
 
-enum Waiter {
-    Control(oneshot::Sender<server_frame::Kind>),
-    Send {
-        at: u64,
-        envelopes: u64,
-        _permit: OwnedSemaphorePermit,
-    },
-    Ack,
-}
-
 struct Inner {
-    conn: quinn::Connection,
-    out: mpsc::UnboundedSender<Vec<u8>>,
-    waiters: Mutex<HashMap<u64, Waiter>>,
-    next: AtomicU64,
+    net: Connection,
     shared: Arc<Shared>,
+    samples: Arc<Mutex<Samples>>,
 }
 
 /// A connection (cheap to clone).
@@ -142,15 +135,7 @@ pub(crate) struct Link(Arc<Inner>);
 
 /// The client endpoints' transport: keep-alive (the relay sends none), otherwise quinn's defaults.
 pub(crate) fn client_config(pin: &str, keep_alive: Duration) -> Result<quinn::ClientConfig, Error> {
-    let tls = hush_relay::tls::pinned_client_config(pin, limits::ALPN)
-        .map_err(|e| Error::new(format!("pin: {e}")))?;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| Error::new(format!("TLS: {e}")))?;
-    let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(keep_alive));
-    cc.transport_config(Arc::new(transport));
-    Ok(cc)
+    client::client_config(pin, keep_alive, None).map_err(|e| Error::new(e.to_string()))
 }
 
 /// A client endpoint (one UDP socket, with large buffers) on the loopback address of the relay's
@@ -159,86 +144,69 @@ pub(crate) fn endpoint(
     relay: SocketAddr,
     cc: quinn::ClientConfig,
 ) -> Result<quinn::Endpoint, Error> {
-    use socket2::{Domain, Protocol, Socket, Type};
     let local: SocketAddr = if relay.is_ipv6() {
         SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0))
     } else {
         SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))
     };
-    let io = |e: std::io::Error| Error::new(format!("client socket: {e}"));
-    let socket =
-        Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP)).map_err(io)?;
-    let _ = socket.set_recv_buffer_size(4 << 20);
-    let _ = socket.set_send_buffer_size(4 << 20);
-    socket.bind(&local.into()).map_err(io)?;
-    let mut ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket.into(),
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(io)?;
-    ep.set_default_client_config(cc);
-    Ok(ep)
+    client::endpoint(local, Some(SOCKET_BUFFERS), cc).map_err(|e| Error::new(e.to_string()))
 }
 
 impl Link {
     /// Connects and opens the session stream; starts the writer, the reader and the acknowledger
-    /// (which acknowledges what arrived every `ack_interval`). The reader's handle yields its
-    /// samples once the connection is closed.
+    /// (which acknowledges what arrived every `ack_interval`). The returned handle yields the
+    /// connection's samples once the connection is closed.
     pub(crate) async fn connect(
         endpoint: &quinn::Endpoint,
         addr: SocketAddr,
         shared: Arc<Shared>,
         ack_interval: Duration,
     ) -> Result<(Self, JoinHandle<Samples>), Error> {
-        let conn = endpoint
-            .connect(addr, "localhost")
-            .map_err(|e| Error::new(format!("connect: {e}")))?
-            .await
-            .map_err(|e| Error::new(format!("handshake: {e}")))?;
-        let (send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| Error::new(format!("session stream: {e}")))?;
-        let out = spawn_writer(send);
-        let link = Self(Arc::new(Inner {
-            conn,
-            out,
-            waiters: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(1),
-            shared,
-        }));
+        let samples = Arc::new(Mutex::new(Samples::default()));
         let (ack_tx, ack_rx) = mpsc::unbounded_channel::<u64>();
+        let on_frame = unsolicited(Arc::clone(&shared), Arc::clone(&samples), ack_tx);
+        let options = Options {
+            server_name: "localhost".to_owned(),
+            handshake_timeout: REQUEST_TIMEOUT,
+            max_frame: MAX_SERVER_FRAME,
+            close_when_stream_ends: false,
+        };
+        let (net, reader) = Connection::connect(endpoint, addr, &options, on_frame)
+            .await
+            .map_err(|e| Error::new(format!("connect: {e}")))?;
+        let link = Self(Arc::new(Inner {
+            net,
+            shared: Arc::clone(&shared),
+            samples: Arc::clone(&samples),
+        }));
         tokio::spawn(link.clone().acknowledger(ack_rx, ack_interval));
-        let reader = tokio::spawn(link.clone().reader(recv, ack_tx));
-        Ok((link, reader))
+        let conn = link.conn().clone();
+        let done = tokio::spawn(async move {
+            match reader.await {
+                Ok(FrameError::Finished) => {}
+                // A connection we closed ourselves ends here too.
+                Ok(_) | Err(_)
+                    if matches!(
+                        conn.close_reason(),
+                        Some(quinn::ConnectionError::LocallyClosed)
+                    ) => {}
+                Ok(e) => shared.error(format!("connection lost: {e}")),
+                Err(e) => shared.error(format!("connection reader: {e}")),
+            }
+            samples
+                .lock()
+                .map(|mut s| std::mem::take(&mut *s))
+                .unwrap_or_default()
+        });
+        Ok((link, done))
     }
 
     pub(crate) fn conn(&self) -> &quinn::Connection {
-        &self.0.conn
+        self.0.net.quic()
     }
 
     pub(crate) fn close(&self) {
-        self.0.conn.close(0u32.into(), b"done");
-    }
-
-    fn write(&self, id: u64, kind: client_frame::Kind) -> Result<(), Error> {
-        self.0
-            .out
-            .send(frame::encode(&ClientFrame {
-                request_id: id,
-                kind: Some(kind),
-            }))
-            .map_err(|_| Error::new("connection writer stopped".into()))
-    }
-
-    fn register(&self, w: Waiter) -> u64 {
-        let id = self.0.next.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut m) = self.0.waiters.lock() {
-            m.insert(id, w);
-        }
-        id
+        self.0.net.close(b"done");
     }
 
     /// Sends a request and waits for its answer.
@@ -246,17 +214,17 @@ impl Link {
         &self,
         kind: client_frame::Kind,
     ) -> Result<server_frame::Kind, Error> {
-        let (tx, rx) = oneshot::channel();
-        let id = self.register(Waiter::Control(tx));
-        self.write(id, kind)?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-            Ok(Ok(k)) => Ok(k),
-            Ok(Err(_)) => Err(Error::new(format!(
-                "connection closed before an answer: {:?}",
-                self.0.conn.close_reason()
-            ))),
-            Err(_) => Err(Error::new("no answer in time".into())),
-        }
+        self.0
+            .net
+            .request(kind, REQUEST_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                ConnError::Closed => Error::new(format!(
+                    "connection closed before an answer: {:?}",
+                    self.conn().close_reason()
+                )),
+                other => Error::new(other.to_string()),
+            })
     }
 
     /// Creates an account (allowed before authentication).
@@ -280,37 +248,24 @@ impl Link {
         device: u32,
         key: &SigningKey,
     ) -> Result<(), Error> {
-        let server_frame::Kind::Challenge(ch) = self
-            .request(client_frame::Kind::Hello(api::Hello {}))
-            .await?
-        else {
-            return Err(Error::new("no challenge".into()));
+        let sign = |exporter: &[u8; 32], challenge: &[u8; 32]| {
+            let t = hush_proto::transcripts::relay_auth(exporter, challenge, &account, device);
+            key.sign(&t).to_bytes()
         };
-        let nonce: [u8; 32] = ch
-            .nonce
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::new("challenge is not 32 bytes".into()))?;
-        let mut exporter = [0u8; 32];
-        self.0
-            .conn
-            .export_keying_material(&mut exporter, hush_proto::labels::RELAY_AUTH_EXPORTER, b"")
-            .map_err(|_| Error::new("no TLS exporter".into()))?;
-        let t = hush_proto::transcripts::relay_auth(&exporter, &nonce, &account, device);
         match self
-            .request(client_frame::Kind::Authenticate(api::Authenticate {
-                account: account.to_vec(),
-                device_id: device,
-                signature: key.sign(&t).to_bytes().to_vec(),
-            }))
-            .await?
+            .0
+            .net
+            .authenticate(account, device, REQUEST_TIMEOUT, sign)
+            .await
+            .map_err(|e| Error::new(format!("authenticate: {e}")))?
         {
             server_frame::Kind::Ok(_) => Ok(()),
             other => Err(Error::new(format!("authenticate: {other:?}"))),
         }
     }
 
-    /// Writes one send; its answer is counted by the reader, which also releases `permit`.
+    /// Writes one send; its answer is counted on the reader's task, which also releases
+    /// `permit`.
     pub(crate) fn send(
         &self,
         send: api::Send,
@@ -318,17 +273,27 @@ impl Link {
         permit: OwnedSemaphorePermit,
     ) -> Result<(), Error> {
         let envelopes = u64::try_from(send.envelopes.len()).unwrap_or(u64::MAX);
-        self.0.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let id = self.register(Waiter::Send {
-            at,
-            envelopes,
-            _permit: permit,
+        let shared = Arc::clone(&self.0.shared);
+        let samples = Arc::clone(&self.0.samples);
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let on_answer = Box::new(move |answer: Option<server_frame::Kind>| {
+            let _permit = permit;
+            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            match answer {
+                // Never answered: the connection ended.
+                None => {}
+                Some(server_frame::Kind::Sent(sent)) => {
+                    sent_answer(&shared, &samples, &sent, at, envelopes);
+                }
+                Some(server_frame::Kind::Error(e)) => shared.refuse(e.code),
+                Some(other) => shared.error(format!("unexpected answer to a send: {other:?}")),
+            }
         });
-        self.write(id, client_frame::Kind::Send(send))
-    }
-
-    fn take(&self, id: u64) -> Option<Waiter> {
-        self.0.waiters.lock().ok()?.remove(&id)
+        self.0
+            .net
+            .request_with(client_frame::Kind::Send(send), on_answer)
+            .map(|_| ())
+            .map_err(|_| Error::new("connection writer stopped".into()))
     }
 
     async fn acknowledger(self, mut rx: mpsc::UnboundedReceiver<u64>, every: Duration) {
@@ -337,10 +302,17 @@ impl Link {
             if rx.recv_many(&mut seqs, 4096).await == 0 {
                 return;
             }
-            let id = self.register(Waiter::Ack);
             let batch = std::mem::take(&mut seqs);
+            let shared = Arc::clone(&self.0.shared);
+            let on_answer = Box::new(move |answer: Option<server_frame::Kind>| {
+                if let Some(server_frame::Kind::Error(e)) = answer {
+                    shared.refuse(e.code);
+                }
+            });
             if self
-                .write(id, client_frame::Kind::Ack(api::Ack { seqs: batch }))
+                .0
+                .net
+                .request_with(client_frame::Kind::Ack(api::Ack { seqs: batch }), on_answer)
                 .is_err()
             {
                 return;
@@ -348,129 +320,79 @@ impl Link {
             tokio::time::sleep(every).await;
         }
     }
+}
 
-    async fn reader(self, recv: quinn::RecvStream, acks: mpsc::UnboundedSender<u64>) -> Samples {
-        let shared = Arc::clone(&self.0.shared);
-        let mut samples = Samples::default();
-        let mut recv = BufReader::with_capacity(64 << 10, recv);
-        loop {
-            let f = match frame::read::<ServerFrame, _>(&mut recv, 4 << 20).await {
-                Ok(f) => f,
-                Err(frame::FrameError::Finished) => break,
-                Err(e) => {
-                    // A connection we closed ourselves ends here too.
-                    if !matches!(
-                        self.0.conn.close_reason(),
-                        Some(quinn::ConnectionError::LocallyClosed)
-                    ) {
-                        shared.error(format!("connection lost: {e}"));
-                    }
-                    break;
-                }
-            };
-            let Some(kind) = f.kind else { continue };
-            if f.request_id == 0 {
-                match kind {
-                    server_frame::Kind::Deliver(d) => {
-                        let now = shared.now_ns();
-                        shared.delivered.fetch_add(1, Ordering::Relaxed);
-                        if let Some(at) = d
-                            .body
-                            .get(..8)
-                            .and_then(|b| b.try_into().ok())
-                            .map(u64::from_be_bytes)
-                            && shared.in_window(at)
-                        {
-                            shared.delivered_in_window.fetch_add(1, Ordering::Relaxed);
-                            if samples.delivery.len() < MAX_SAMPLES {
-                                samples.delivery.push(micros(now.saturating_sub(at)));
-                            }
-                        }
-                        let _ = acks.send(d.seq);
-                    }
-                    server_frame::Kind::Drain(_) => shared.error("relay draining".into()),
-                    server_frame::Kind::Revoked(_) => shared.error("device revoked".into()),
-                    _ => {}
-                }
-                continue;
-            }
-            match self.take(f.request_id) {
-                Some(Waiter::Control(tx)) => {
-                    let _ = tx.send(kind);
-                }
-                Some(Waiter::Send { at, envelopes, .. }) => {
-                    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    match kind {
-                        server_frame::Kind::Sent(sent) => {
-                            let now = shared.now_ns();
-                            shared.acked.fetch_add(1, Ordering::Relaxed);
-                            // Devices left out for lack of room got nothing: not expected to
-                            // arrive, counted as refusals (of their own name).
-                            let left_out = sent.full_devices.len();
-                            if left_out > 0
-                                && let Ok(mut r) = shared.refusals.lock()
-                            {
-                                *r.entry("DEVICE_FULL".to_string()).or_insert(0) += left_out as u64;
-                            }
-                            shared.envelopes_acked.fetch_add(
-                                envelopes.saturating_sub(left_out as u64),
-                                Ordering::Relaxed,
-                            );
-                            if shared.in_window(now) {
-                                shared.acked_in_window.fetch_add(1, Ordering::Relaxed);
-                            }
-                            if shared.in_window(at) && samples.durable.len() < MAX_SAMPLES {
-                                samples.durable.push(micros(now.saturating_sub(at)));
-                            }
-                        }
-                        server_frame::Kind::Error(e) => shared.refuse(e.code),
-                        other => shared.error(format!("unexpected answer to a send: {other:?}")),
-                    }
-                }
-                Some(Waiter::Ack) => {
-                    if let server_frame::Kind::Error(e) = kind {
-                        shared.refuse(e.code);
-                    }
-                }
-                None => shared.error(format!("answer to unknown request {}", f.request_id)),
-            }
-        }
-        // Sends that will never be answered.
-        if let Ok(mut m) = self.0.waiters.lock() {
-            let lost = m
-                .values()
-                .filter(|w| matches!(w, Waiter::Send { .. }))
-                .count();
-            shared
-                .in_flight
-                .fetch_sub(u64::try_from(lost).unwrap_or(0), Ordering::Relaxed);
-            m.clear();
-        }
-        samples
+/// Counts a `SendResult` and samples its durability latency.
+fn sent_answer(
+    shared: &Shared,
+    samples: &Mutex<Samples>,
+    sent: &api::SendResult,
+    at: u64,
+    envelopes: u64,
+) {
+    let now = shared.now_ns();
+    shared.acked.fetch_add(1, Ordering::Relaxed);
+    // Devices left out for lack of room got nothing: not expected to arrive, counted as
+    // refusals (of their own name).
+    let left_out = sent.full_devices.len();
+    if left_out > 0
+        && let Ok(mut r) = shared.refusals.lock()
+    {
+        *r.entry("DEVICE_FULL".to_string()).or_insert(0) += left_out as u64;
     }
+    shared
+        .envelopes_acked
+        .fetch_add(envelopes.saturating_sub(left_out as u64), Ordering::Relaxed);
+    if shared.in_window(now) {
+        shared.acked_in_window.fetch_add(1, Ordering::Relaxed);
+    }
+    if shared.in_window(at)
+        && let Ok(mut s) = samples.lock()
+        && s.durable.len() < MAX_SAMPLES
+    {
+        s.durable.push(micros(now.saturating_sub(at)));
+    }
+}
+
+/// What the reader does with frames no request waits for: deliveries are timestamped, sampled
+/// and handed to the acknowledger; the rest is counted as errors.
+fn unsolicited(
+    shared: Arc<Shared>,
+    samples: Arc<Mutex<Samples>>,
+    acks: mpsc::UnboundedSender<u64>,
+) -> Unsolicited {
+    Unsolicited::Handler(Box::new(move |f: ServerFrame| {
+        if f.request_id != 0 {
+            shared.error(format!("answer to unknown request {}", f.request_id));
+            return;
+        }
+        match f.kind {
+            Some(server_frame::Kind::Deliver(d)) => {
+                let now = shared.now_ns();
+                shared.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Some(at) = d
+                    .body
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    && shared.in_window(at)
+                {
+                    shared.delivered_in_window.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut s) = samples.lock()
+                        && s.delivery.len() < MAX_SAMPLES
+                    {
+                        s.delivery.push(micros(now.saturating_sub(at)));
+                    }
+                }
+                let _ = acks.send(d.seq);
+            }
+            Some(server_frame::Kind::Drain(_)) => shared.error("relay draining".into()),
+            Some(server_frame::Kind::Revoked(_)) => shared.error("device revoked".into()),
+            _ => {}
+        }
+    }))
 }
 
 fn micros(ns: u64) -> u32 {
     u32::try_from(ns / 1000).unwrap_or(u32::MAX)
-}
-
-/// Starts the writer of a stream: whatever frames are queued at a wake-up go out in one write;
-/// the stream is finished once every sender is dropped.
-pub(crate) fn spawn_writer(mut send: quinn::SendStream) -> mpsc::UnboundedSender<Vec<u8>> {
-    let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    tokio::spawn(async move {
-        let mut frames = Vec::with_capacity(256);
-        let mut buf = Vec::new();
-        while out_rx.recv_many(&mut frames, 256).await > 0 {
-            buf.clear();
-            for f in frames.drain(..) {
-                buf.extend_from_slice(&f);
-            }
-            if send.write_all(&buf).await.is_err() {
-                return;
-            }
-        }
-        let _ = send.finish();
-    });
-    out
 }

@@ -30,7 +30,6 @@
 // A load generator is an I/O shell: it reads the clock and the system RNG.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod account;
 pub mod ceiling;
 mod conn;
 mod relay;
@@ -47,10 +46,10 @@ use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::account::Account;
 use crate::conn::{Link, Samples, Shared};
 use crate::relay::ServerChild;
 pub use crate::report::{Comparison, Percentiles, Report};
+use hush_testkit::TestAccount as Account;
 
 /// Why a run could not be carried out.
 #[derive(Debug, thiserror::Error)]

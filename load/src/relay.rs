@@ -3,35 +3,30 @@
 //! executable again, `ceiling-server`); and what `/proc` says about it.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use hush_testkit::RelayProcess;
 
 use crate::Error;
 
-/// A server process (relay or ceiling) started by this tool; killed when dropped.
+/// A server process (relay or ceiling) started by this tool, with its temporary data directory;
+/// killed when dropped.
 pub(crate) struct ServerChild {
-    child: Child,
+    process: RelayProcess,
     pub(crate) addr: SocketAddr,
     pub(crate) pin: String,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for ServerChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl ServerChild {
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
-    /// Starts `bin` on 127.0.0.1 (a free port) with `args` after the defaults (later flags win),
-    /// and reads its address and certificate fingerprint from what it prints.
+    /// Starts `bin` on 127.0.0.1 (a free port) with `args` after the defaults, and reads its
+    /// address and certificate fingerprint from what it prints.
     pub(crate) fn spawn(bin: &Path, args: &[String]) -> Result<Self, Error> {
         Self::start(bin, |dir| {
             let mut a: Vec<OsString> = vec!["run".into(), "--data-dir".into(), dir.into()];
@@ -63,45 +58,15 @@ impl ServerChild {
             .prefix("hush-load-")
             .tempdir()
             .map_err(|e| Error::new(format!("temporary data directory: {e}")))?;
-        let mut child = Command::new(bin)
-            .args(args(dir.path()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| Error::new(format!("cannot start {}: {e}", bin.display())))?;
-        let Some(stdout) = child.stdout.take() else {
-            let _ = child.kill();
-            return Err(Error::new("server has no stdout".into()));
-        };
-        let mut lines = BufReader::new(stdout).lines();
-        let mut addr = None;
-        let mut pin = None;
-        while addr.is_none() || pin.is_none() {
-            let Some(Ok(line)) = lines.next() else {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Error::new(
-                    "the server exited before it was listening".into(),
-                ));
-            };
-            if let Some(rest) = line.strip_prefix("listening on ") {
-                addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-            } else if let Some(rest) = line.strip_prefix("certificate fingerprint (pin this): ") {
-                pin = Some(rest.trim().to_string());
-            }
-        }
-        // Keep reading its output so that it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        match (addr, pin) {
-            (Some(addr), Some(pin)) => Ok(Self {
-                child,
-                addr,
-                pin,
-                _dir: dir,
-            }),
-            _ => Err(Error::new("could not read the server's address".into())),
-        }
+        let mut cmd = Command::new(bin);
+        cmd.args(args(dir.path())).stderr(Stdio::inherit());
+        let process = RelayProcess::start(cmd).map_err(|e| Error::new(e.to_string()))?;
+        Ok(Self {
+            addr: process.addr,
+            pin: process.pin.clone(),
+            process,
+            _dir: dir,
+        })
     }
 }
 

@@ -5,24 +5,13 @@
 
 use clap::Parser;
 use hush_load::{Options, Target, compare, run};
-use hush_relay::config::{Config, RateLimit, StoreKind};
+use hush_relay::config::{Config, StoreKind};
 
 fn config(dir: &std::path::Path) -> Config {
-    let mut cfg = Config {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
+    Config {
         metrics_listen: None,
-        store: StoreKind::Memory,
-        ..Config::default()
-    };
-    let lots = RateLimit {
-        per_second: 1_000_000.0,
-        burst: 1_000_000,
-    };
-    cfg.rate.sends = lots;
-    cfg.rate.account_sends = lots;
-    cfg.rate.account_creations = lots;
-    cfg
+        ..hush_testkit::test_config(StoreKind::Memory, dir)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

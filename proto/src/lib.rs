@@ -80,6 +80,36 @@ pub mod transcripts {
         t
     }
 
+    /// The bytes an account key signs for its device list: `"Hush-DeviceList-v1" || list`, where
+    /// `list` is the serialized `DeviceList` exactly as carried in `SignedDeviceList.device_list`.
+    pub fn device_list(list: &[u8]) -> Vec<u8> {
+        let mut t = Vec::with_capacity(labels::DEVICE_LIST.len() + list.len());
+        t.extend_from_slice(labels::DEVICE_LIST);
+        t.extend_from_slice(list);
+        t
+    }
+
+    /// The bytes a device signs for a signed X25519 pre-key:
+    /// `"Hush-SignedPreKey-v1" || id (u32 BE) || public key (32)`.
+    pub fn signed_pre_key(id: u32, public: &[u8]) -> Vec<u8> {
+        let mut t = Vec::with_capacity(labels::SIGNED_PRE_KEY.len() + 4 + public.len());
+        t.extend_from_slice(labels::SIGNED_PRE_KEY);
+        t.extend_from_slice(&id.to_be_bytes());
+        t.extend_from_slice(public);
+        t
+    }
+
+    /// The bytes a device signs for an ML-KEM pre-key:
+    /// `"Hush-KemPreKey-v1" || id (u32 BE) || last resort (u8: 0 or 1) || encapsulation key`.
+    pub fn kem_pre_key(id: u32, last_resort: bool, public: &[u8]) -> Vec<u8> {
+        let mut t = Vec::with_capacity(labels::KEM_PRE_KEY.len() + 5 + public.len());
+        t.extend_from_slice(labels::KEM_PRE_KEY);
+        t.extend_from_slice(&id.to_be_bytes());
+        t.push(u8::from(last_resort));
+        t.extend_from_slice(public);
+        t
+    }
+
     /// The bytes an account key signs to bind a username to its account:
     /// `"Hush-Username-v1" || name length (u8) || name || account (32)`, where `name` is the
     /// normalized name (at most 32 bytes; `hush_net::username::normalize`). A longer name is
@@ -108,6 +138,19 @@ mod tests {
         want.extend([1, 2, 3, 4]);
         assert_eq!(t, want);
         assert_eq!(t.len(), 17 + 100);
+    }
+
+    #[test]
+    fn key_transcript_layouts() {
+        use super::transcripts::{device_list, kem_pre_key, signed_pre_key};
+        assert_eq!(device_list(b"xyz"), b"Hush-DeviceList-v1xyz".to_vec());
+        let mut want = b"Hush-SignedPreKey-v1".to_vec();
+        want.extend([0, 0, 1, 2]);
+        want.extend([7u8; 32]);
+        assert_eq!(signed_pre_key(0x0102, &[7; 32]), want);
+        let mut want = b"Hush-KemPreKey-v1".to_vec();
+        want.extend([0, 0, 0, 9, 1, 5, 5]);
+        assert_eq!(kem_pre_key(9, true, &[5, 5]), want);
     }
 
     #[test]

@@ -10,62 +10,20 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use common::*;
 use hush_proto::relay_api::server_frame;
 
-struct RelayProcess {
-    child: Child,
-    addr: SocketAddr,
-    pin: String,
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `hush-relay` on 127.0.0.1:0 with its data in `dir`; reads its address and certificate
-/// fingerprint from what it prints.
+/// Starts `hush-relay` on 127.0.0.1:0 with its data in `dir`.
 fn spawn_relay(dir: &Path) -> RelayProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hush-relay"))
-        .arg("run")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .args(["--rate-sends", "100000/100000"])
-        .args(["--rate-account-creations", "1000/1000"])
-        .env("HUSH_RELAY_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addr = None;
-    let mut pin = None;
-    while addr.is_none() || pin.is_none() {
-        let line = lines.next().expect("relay exited early").unwrap();
-        if let Some(rest) = line.strip_prefix("listening on ") {
-            addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
-        } else if let Some(rest) = line.strip_prefix("certificate fingerprint (pin this): ") {
-            pin = Some(rest.trim().to_string());
-        }
-    }
-    // Keep draining its output so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    RelayProcess {
-        child,
-        addr: addr.unwrap(),
-        pin: pin.unwrap(),
-    }
+    RelayProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_hush-relay")),
+        dir,
+        hush_testkit::process::GENEROUS_RATES,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
