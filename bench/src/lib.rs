@@ -199,7 +199,7 @@ pub fn device_pair<S: KvStore>(
     alice_store: S,
     bob_store: S,
     rng: &mut ChaCha20Rng,
-) -> Result<(Device<S>, Device<S>)> {
+) -> hush_core::device::Result<(Device<S>, Device<S>)> {
     let mut alice = Device::create_account(alice_store, rng, 0)?;
     let mut bob = Device::create_account(bob_store, rng, 0)?;
     let (a, b) = (alice.address(), bob.address());

@@ -117,7 +117,7 @@ pub(crate) fn set_name_if_empty(dir: &Path, name: &str) -> Result<(), String> {
 pub(crate) fn explain_open(p: &Profile, e: &hush_client::ClientError) -> String {
     use hush_client::ClientError;
     match e {
-        ClientError::Core(hush_core::Error::Store(why)) => format!(
+        ClientError::Store(why) => format!(
             "the encrypted store in {} cannot be read ({why}): it is damaged, or the profile's \
              `key` file is not the one it was written with. Restore the profile from a backup, \
              or move it away and set this device up again (`hush link`, or `hush init` for a \

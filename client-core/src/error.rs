@@ -4,12 +4,12 @@
 //! - [`Error::Auth`]: a signature, MAC or key check failed (peer misbehaved or the data was tampered with).
 //! - [`Error::Protocol`]: well-formed and authentic, but against the protocol's rules or limits
 //!   (duplicate, replay, rollback, too far ahead, unknown pre-key, no session).
-//! - [`Error::Store`]: the local store failed.
 //!
-//! Every error leaves the protocol state exactly as it was before the call.
+//! Every error leaves the protocol state exactly as it was before the call. The protocol modules do
+//! not know the store: the [`Device`](crate::device::Device) facade, which also reads and commits
+//! it, returns a [`DeviceError`](crate::device::DeviceError) composing this error and the store's.
 
 use crate::keys::AccountId;
-use crate::store::kv::StoreError;
 
 /// Result type of client-core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -31,9 +31,6 @@ pub enum Error {
     /// Authentic input rejected by the protocol's rules.
     #[error("protocol rule: {0}")]
     Protocol(#[from] ProtocolError),
-    /// The local store failed.
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
 }
 
 /// Cryptographic checks that can fail.

@@ -25,4 +25,5 @@ pub mod ratchet;
 pub mod session;
 pub mod username;
 
+pub use device::DeviceError;
 pub use error::{AuthError, Error, ProtocolError, Result};

@@ -80,7 +80,9 @@ mod tests {
         assert!(!linked.holds_account_key());
         assert!(matches!(
             linked.sign_username("alice"),
-            Err(Error::Protocol(ProtocolError::Misuse(_)))
+            Err(crate::DeviceError::Protocol(Error::Protocol(
+                ProtocolError::Misuse(_)
+            )))
         ));
     }
 }

@@ -126,14 +126,17 @@ impl Peer {
         peers: &[DeviceAddress],
         g: Option<&GroupId>,
         what: &str,
-        attack: impl FnOnce(&mut Device<Shared>) -> hush_core::Result<T>,
+        attack: impl FnOnce(&mut Device<Shared>) -> hush_core::device::Result<T>,
         expected: impl Fn(&Error) -> bool,
     ) {
         let before = self.store.dump();
         let seen = self.observe(peers, g);
         match attack(&mut self.dev) {
             Ok(_) => panic!("{what}: accepted"),
-            Err(e) => assert!(expected(&e), "{what}: wrong error {e:?}"),
+            Err(e) => assert!(
+                e.protocol().is_some_and(&expected),
+                "{what}: wrong error {e:?}"
+            ),
         }
         assert!(self.store.dump() == before, "{what}: the store changed");
         assert_eq!(

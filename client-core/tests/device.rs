@@ -7,7 +7,7 @@
     missing_docs
 )]
 
-use hush_core::device::Device;
+use hush_core::device::{Device, DeviceError};
 use hush_core::error::{Error, ProtocolError};
 use hush_core::prekeys::{PreKeyBundle, PublishedPreKeys};
 use hush_core::store::kv::KvStore;
@@ -57,7 +57,9 @@ fn alice_and_bob_talk() {
     assert!(!alice.has_session(&b, 1000).unwrap());
     assert!(matches!(
         alice.encrypt(&b, b"hi", &mut rng, 1000),
-        Err(Error::Protocol(ProtocolError::NoSession))
+        Err(DeviceError::Protocol(Error::Protocol(
+            ProtocolError::NoSession
+        )))
     ));
     let mut pk = bob.published_pre_keys().unwrap();
     alice
@@ -278,7 +280,7 @@ mod crash {
                 let bytes = loop {
                     match alice.encrypt(&b, text.as_bytes(), &mut rng, now) {
                         Ok(bytes) => break bytes,
-                        Err(Error::Store(_)) => alice = reopen(alice, &mut crashed),
+                        Err(DeviceError::Store(_)) => alice = reopen(alice, &mut crashed),
                         Err(e) => panic!("{e}"),
                     }
                 };
@@ -303,7 +305,7 @@ mod crash {
                 let got = loop {
                     match alice.decrypt(&b, &bytes, &mut rng, now) {
                         Ok(r) => break r.single().unwrap(),
-                        Err(Error::Store(_)) => alice = reopen(alice, &mut crashed),
+                        Err(DeviceError::Store(_)) => alice = reopen(alice, &mut crashed),
                         Err(e) => panic!("{e}"),
                     }
                 };
@@ -381,14 +383,18 @@ fn reregistered_device_gets_a_fresh_session() {
         .unwrap();
     assert!(matches!(
         alice.decrypt(&d2, &forged, &mut rng, 10),
-        Err(Error::Auth(hush_core::error::AuthError::IdentityMismatch))
+        Err(DeviceError::Protocol(Error::Auth(
+            hush_core::error::AuthError::IdentityMismatch
+        )))
     ));
     // Removing a device also ends its sessions.
     bob.remove_device(2, 11).unwrap();
     introduce(&mut alice, &bob);
     assert!(matches!(
         alice.has_session(&d2, 12),
-        Err(Error::Protocol(ProtocolError::DeviceNotOnList))
+        Err(DeviceError::Protocol(Error::Protocol(
+            ProtocolError::DeviceNotOnList
+        )))
     ));
     // An older list is refused.
     let old_list = bob.device_list(&b.account).unwrap().clone();
@@ -396,7 +402,9 @@ fn reregistered_device_gets_a_fresh_session() {
     introduce(&mut alice, &bob);
     assert!(matches!(
         alice.accept_device_list(old_list.signed_bytes(), &b.account, 14),
-        Err(Error::Protocol(ProtocolError::DeviceListRollback { .. }))
+        Err(DeviceError::Protocol(Error::Protocol(
+            ProtocolError::DeviceListRollback { .. }
+        )))
     ));
 }
 

@@ -7,7 +7,7 @@ use hush_core::consts::{
     BUFFERED_GROUP_MESSAGE_MAX_AGE_MS, MAX_BUFFERED_GROUP_MESSAGES_PER_SENDER,
     MAX_BUFFERED_GROUP_MESSAGES_TOTAL,
 };
-use hush_core::device::{Device, GroupIncoming};
+use hush_core::device::{Device, DeviceError, GroupIncoming};
 use hush_core::error::{Error, ProtocolError};
 use hush_core::keys::{AccountId, DeviceAddress};
 use hush_core::store::memory::MemoryKv;
@@ -52,15 +52,20 @@ fn buffer(
     group: u8,
     i: u32,
     now: u64,
-) -> Result<(), Error> {
+) -> Result<(), DeviceError> {
     match dev.decrypt_group_from(from, &unreadable(from, group, i), rng, now)? {
         GroupIncoming::Buffered { request: None } => Ok(()),
         _ => panic!("not buffered"),
     }
 }
 
-fn full(r: Result<(), Error>) -> bool {
-    matches!(r, Err(Error::Protocol(ProtocolError::BufferFull)))
+fn full(r: Result<(), DeviceError>) -> bool {
+    matches!(
+        r,
+        Err(DeviceError::Protocol(Error::Protocol(
+            ProtocolError::BufferFull
+        )))
+    )
 }
 
 #[test]
@@ -127,5 +132,9 @@ fn a_group_message_naming_another_sender_than_the_delivering_device_is_refused()
     let (mallory, alice) = (sender(1), sender(2));
     let forged = unreadable(&alice, 1, 1);
     let r = dev.decrypt_group_from(&mallory, &forged, &mut rng, 2000);
-    assert!(matches!(r, Err(Error::Malformed { .. })), "{:?}", r.err());
+    assert!(
+        matches!(r, Err(DeviceError::Protocol(Error::Malformed { .. }))),
+        "{:?}",
+        r.err()
+    );
 }

@@ -15,7 +15,7 @@ use common::introduce;
 use hush_core::consts::{
     MAX_RESENDS_PER_MESSAGE, MAX_RETRY_IDS, RETRY_REQUEST_INTERVAL_MS, SENT_LOG_MAX_AGE_MS,
 };
-use hush_core::device::{Device, pairwise_message_id};
+use hush_core::device::{Device, DeviceError, pairwise_message_id};
 use hush_core::error::{AuthError, Error, ProtocolError};
 use hush_core::prekeys::PreKeyBundle;
 use hush_core::store::kv::KvStore;
@@ -110,7 +110,7 @@ fn a_device_restored_from_an_old_backup_asks_again_and_gets_the_message_on_a_fre
     let t = T0 + 100;
     let lost = p.alice_sends(b"sent to the restored device", t);
     let a = p.alice.address();
-    let err = p.bob.decrypt(&a, &lost, &mut p.rng, t).err().unwrap();
+    let err = refused(p.bob.decrypt(&a, &lost, &mut p.rng, t));
     assert!(err.calls_for_retry(), "{err}");
     assert!(p.bob.note_undecryptable(&a, &lost, &err, t).unwrap());
     // Gathered for a moment, then due.
@@ -157,7 +157,7 @@ fn a_restored_sender_whose_message_key_was_used_before_is_asked_again() {
     let t = T0 + 100;
     let stale = p.bob_sends(b"from the restored device", t);
     let b = p.bob.address();
-    let err = p.alice.decrypt(&b, &stale, &mut p.rng, t).err().unwrap();
+    let err = refused(p.alice.decrypt(&b, &stale, &mut p.rng, t));
     assert!(
         matches!(err, Error::Protocol(ProtocolError::Duplicate)),
         "{err}"
@@ -197,7 +197,7 @@ fn failures_within_the_interval_are_gathered_into_the_next_request() {
     let a = p.alice.address();
     let t = T0 + 100;
     let first = p.alice_sends(b"one", t);
-    let err = p.bob.decrypt(&a, &first, &mut p.rng, t).err().unwrap();
+    let err = refused(p.bob.decrypt(&a, &first, &mut p.rng, t));
     p.bob.note_undecryptable(&a, &first, &err, t).unwrap();
     assert_eq!(p.bob.retry_requests_due(t + GATHERED, 8), vec![a]);
     // The bundle fetch failed: nothing sealed. Not asked again before the interval.
@@ -205,7 +205,7 @@ fn failures_within_the_interval_are_gathered_into_the_next_request() {
     assert!(p.bob.retry_requests_due(later, 8).is_empty());
     // Two more failures meanwhile (and the first one noted again changes nothing).
     let second = p.alice_sends(b"two", later);
-    let err2 = p.bob.decrypt(&a, &second, &mut p.rng, later).err().unwrap();
+    let err2 = refused(p.bob.decrypt(&a, &second, &mut p.rng, later));
     p.bob.note_undecryptable(&a, &second, &err2, later).unwrap();
     p.bob.note_undecryptable(&a, &first, &err, later).unwrap();
     let due = t + GATHERED + RETRY_REQUEST_INTERVAL_MS;
@@ -280,7 +280,9 @@ fn errors_that_a_fresh_session_cannot_heal_are_not_asked_for() {
     assert!(matches!(
         p.bob
             .seal_retry_request(&bundle(&p.alice), &mut p.rng, T0 + 5),
-        Err(Error::Protocol(ProtocolError::Misuse(_)))
+        Err(DeviceError::Protocol(Error::Protocol(
+            ProtocolError::Misuse(_)
+        )))
     ));
 }
 
@@ -293,11 +295,7 @@ fn a_redelivery_is_not_asked_for_and_a_message_is_sent_again_a_bounded_number_of
     // for.
     let seen = p.bob_sends(b"seen", T0 + 5);
     p.alice.decrypt(&b, &seen, &mut p.rng, T0 + 5).unwrap();
-    let err = p
-        .alice
-        .decrypt(&b, &seen, &mut p.rng, T0 + 6)
-        .err()
-        .unwrap();
+    let err = refused(p.alice.decrypt(&b, &seen, &mut p.rng, T0 + 6));
     assert!(matches!(err, Error::Protocol(ProtocolError::Duplicate)));
     assert!(!p.alice.note_undecryptable(&b, &seen, &err, T0 + 6).unwrap());
     assert_eq!(p.alice.next_retry_request_at(), None);
@@ -477,4 +475,13 @@ fn the_sent_log_forgets_messages_past_its_age() {
         .encrypt_ephemeral(&b, b"typing", &mut p.rng, T0 + 13 + SENT_LOG_MAX_AGE_MS)
         .unwrap();
     assert_eq!(p.alice.sent_log_len(), 1);
+}
+
+/// The protocol's refusal of a call that must fail (not with a store failure).
+fn refused<T>(r: Result<T, DeviceError>) -> Error {
+    match r {
+        Ok(_) => panic!("accepted"),
+        Err(DeviceError::Protocol(e)) => e,
+        Err(e) => panic!("store failed: {e}"),
+    }
 }

@@ -15,7 +15,7 @@ use common::{bundle, introduce};
 
 use std::sync::{Arc, Mutex};
 
-use hush_core::device::Device;
+use hush_core::device::{Device, DeviceError};
 use hush_core::error::{Error, ProtocolError};
 use hush_core::store::kv::{Batch, KvEntry, KvStore, Namespace, StoreError};
 use hush_core::store::memory::MemoryKv;
@@ -117,7 +117,12 @@ fn a_sibling_vouches_for_a_departed_author_only_with_an_earlier_signed_list_that
     let (mut a4, answer) = link_and_sync(&mut a1, &bob, 4, &mut rng, 1020);
     let r = a4.decrypt(&a1.address(), &answer, &mut rng, 1022);
     assert!(
-        matches!(r, Err(Error::Protocol(ProtocolError::DeviceNotOnList))),
+        matches!(
+            r,
+            Err(DeviceError::Protocol(Error::Protocol(
+                ProtocolError::DeviceNotOnList
+            )))
+        ),
         "{:?}",
         r.err()
     );

@@ -16,7 +16,7 @@ use hush_core::consts::{
 mod common;
 use common::{bundle, introduce};
 
-use hush_core::device::Device;
+use hush_core::device::{Device, DeviceError};
 use hush_core::error::{Error, ProtocolError};
 use hush_core::store::memory::MemoryKv;
 use rand_chacha::ChaCha20Rng;
@@ -97,7 +97,9 @@ fn a_session_started_before_rotations_still_decrypts_until_the_kept_keys_run_out
     let m = carol.encrypt(&b, b"too late", &mut rng, now).unwrap();
     assert!(matches!(
         bob.decrypt(&carol.address(), &m, &mut rng, now),
-        Err(Error::Protocol(ProtocolError::UnknownPreKey { .. }))
+        Err(DeviceError::Protocol(Error::Protocol(
+            ProtocolError::UnknownPreKey { .. }
+        )))
     ));
 }
 

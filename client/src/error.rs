@@ -50,6 +50,10 @@ pub enum ClientError {
     /// The protocol core refused (bad signature, unknown account, ...).
     #[error(transparent)]
     Core(#[from] hush_core::Error),
+    /// The local store failed (disk, corruption, a commit whose outcome is unknown); what was
+    /// asked may succeed once the store is usable again.
+    #[error("store: {0}")]
+    Store(#[from] hush_core::store::kv::StoreError),
     /// A username that breaks the directory's rules (`hush_net::username`).
     #[error("invalid username: {0}")]
     InvalidUsername(#[from] hush_net::username::UsernameError),
@@ -108,6 +112,15 @@ pub enum ClientError {
     BlobAltered,
 }
 
+impl From<hush_core::DeviceError> for ClientError {
+    fn from(e: hush_core::DeviceError) -> Self {
+        match e {
+            hush_core::DeviceError::Protocol(e) => Self::Core(e),
+            hush_core::DeviceError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
 impl ClientError {
     pub(crate) fn unreachable(e: impl std::fmt::Display) -> Self {
         Self::Unreachable(e.to_string())
@@ -119,7 +132,6 @@ impl ClientError {
     /// An outbox gives up on such a message and tells the user.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::Core(hush_core::Error::Store(_)) => false,
             Self::Core(_)
             | Self::InvalidUsername(_)
             | Self::Config(_)

@@ -160,11 +160,16 @@ fn core(e: &hush_core::Error) -> HushError {
         E::Protocol(p @ (ProtocolError::TooLarge(_) | ProtocolError::TooManyDevices(_))) => {
             HushError::TooLarge(p.to_string())
         }
-        E::Store(StoreError::WrongKey) => {
+        other => HushError::Protocol(other.to_string()),
+    }
+}
+
+fn store(e: &StoreError) -> HushError {
+    match e {
+        StoreError::WrongKey => {
             HushError::WrongKey("the at-rest key does not open this profile".into())
         }
-        E::Store(s) => HushError::Storage(s.to_string()),
-        other => HushError::Protocol(other.to_string()),
+        s => HushError::Storage(s.to_string()),
     }
 }
 
@@ -179,6 +184,7 @@ impl From<ClientError> for HushError {
             ClientError::Refused(r) => refusal(r),
             ClientError::Protocol(why) => Self::Protocol((*why).to_owned()),
             ClientError::Core(c) => core(c),
+            ClientError::Store(s) => store(s),
             ClientError::InvalidUsername(u) => Self::InvalidArgument(format!("username: {u}")),
             ClientError::Profile(_) => Self::Storage(e.to_string()),
             ClientError::BadPin(_) => Self::InvalidArgument(e.to_string()),
@@ -301,9 +307,7 @@ mod tests {
             HushError::IdentityChanged(_)
         ));
         assert!(matches!(
-            HushError::from(ClientError::Core(hush_core::Error::Store(
-                StoreError::WrongKey
-            ))),
+            HushError::from(ClientError::Store(StoreError::WrongKey)),
             HushError::WrongKey(_)
         ));
         assert!(matches!(

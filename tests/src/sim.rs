@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use hush_core::device::Device;
-use hush_core::error::Result;
+use hush_core::device::Result;
 use hush_core::keys::{AccountId, DeviceAddress};
 use hush_core::prekeys::{PreKeyBundle, PublishedPreKeys};
 use hush_core::store::kv::KvStore;

@@ -89,9 +89,7 @@ fn open(dir: &Path, addr: SocketAddr, pin: &str) -> (Messenger, UnboundedReceive
     for _ in 0..500 {
         match Messenger::open(cfg(dir, addr, pin)) {
             Ok(m) => return m,
-            Err(ClientError::Core(hush_core::Error::Store(e)))
-                if e.to_string().contains("lock") =>
-            {
+            Err(ClientError::Store(e)) if e.to_string().contains("lock") => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => panic!("profile does not open: {e}"),

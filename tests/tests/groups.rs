@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hush_core::device::{GroupIncoming, Incoming, Outgoing};
+use hush_core::device::{DeviceError, GroupIncoming, Incoming, Outgoing};
 use hush_core::error::{AuthError, Error, ProtocolError};
 use hush_core::keys::{AccountId, DeviceAddress};
 use hush_core::sender_key::GroupId;
@@ -215,7 +215,7 @@ impl World {
                 }
                 // Outsiders are refused, whatever the reason (no key, not entitled, buffer full).
                 Err(_) if self.group_envelopes[&e.tag].2 == Audience::Outsider => {}
-                Err(Error::Protocol(ProtocolError::Duplicate)) => {
+                Err(DeviceError::Protocol(Error::Protocol(ProtocolError::Duplicate))) => {
                     if self.decrypted.get(&(id, e.to)).copied().unwrap_or(0) == 0 {
                         use prost::Message;
                         let m = hush_proto::wire::GroupMessage::decode(e.bytes.as_slice()).unwrap();
@@ -244,10 +244,10 @@ impl World {
                     self.handle_incoming(e.to, inc);
                     self.pop.replenish(&e.to, &mut rng, now).unwrap();
                 }
-                Err(
+                Err(DeviceError::Protocol(
                     Error::Protocol(ProtocolError::Duplicate)
                     | Error::Auth(AuthError::DecryptFailed),
-                ) if self.pairwise_done.contains(&e.tag) => {}
+                )) if self.pairwise_done.contains(&e.tag) => {}
                 Err(err) => panic!("pairwise message to {:?}: {err}", e.to),
             }
         }
@@ -726,7 +726,12 @@ fn a_re_registered_device_replaces_the_old_ones_sender_keys_and_entitlements() {
             .unwrap()
             .decrypt_group(m, &mut rng, 11);
         assert!(
-            matches!(got, Err(Error::Protocol(ProtocolError::Duplicate))),
+            matches!(
+                got,
+                Err(DeviceError::Protocol(Error::Protocol(
+                    ProtocolError::Duplicate
+                )))
+            ),
             "the re-registered device read a message sent before it existed"
         );
     }
@@ -784,7 +789,9 @@ fn a_failed_update_group_leaves_no_advanced_session_behind() {
     );
     assert!(matches!(
         err,
-        Err(Error::Protocol(ProtocolError::NoSession))
+        Err(DeviceError::Protocol(Error::Protocol(
+            ProtocolError::NoSession
+        )))
     ));
     // The next message to Bob is the first of Alice's new sending chain: the failed call left no
     // advanced session in memory.

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use hush_core::device::Device;
+use hush_core::device::{Device, DeviceError};
 use hush_core::error::{AuthError, Error, ProtocolError};
 use hush_core::keys::DeviceAddress;
 use hush_core::store::kv::KvStore;
@@ -215,9 +215,9 @@ impl World {
             }
             // A replayed message is refused: as a duplicate while its chain is remembered, otherwise
             // it fails authentication as an unknown ratchet step. Either way it is never decrypted twice.
-            Err(
+            Err(DeviceError::Protocol(
                 Error::Protocol(ProtocolError::Duplicate) | Error::Auth(AuthError::DecryptFailed),
-            ) if self.decrypted.get(&e.tag).copied().unwrap_or(0) > 0 => {
+            )) if self.decrypted.get(&e.tag).copied().unwrap_or(0) > 0 => {
                 self.rejected_duplicates += 1;
             }
             Err(err) => {

@@ -11,8 +11,9 @@ use hush_proto::{Message, store as pstore, wire};
 use rand_core::CryptoRng;
 
 use super::{Device, Outgoing, Received, Tx, decode, encode};
+use crate::device::error::Result;
 use crate::device_list::VerifiedDeviceList;
-use crate::error::{Error, ProtocolError, Result};
+use crate::error::{Error, ProtocolError};
 use crate::group::{ChangeBody, GroupLog, GroupState, Offered, SignedChange};
 use crate::keys::{AccountId, DeviceAddress, DeviceIdentity};
 use crate::sender_key::{GroupId, SenderKeyRecord};
@@ -95,12 +96,12 @@ fn load_entry(bytes: &[u8]) -> Result<GroupEntry> {
         .log
         .iter()
         .map(|b| SignedChange::parse(b))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<crate::Result<Vec<_>>>()?;
     let pending = r
         .pending
         .iter()
         .map(|b| SignedChange::parse(b))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<crate::Result<Vec<_>>>()?;
     Ok(GroupEntry {
         log: GroupLog::restore(log, pending)?,
         needs_rotation: r.needs_rotation,
@@ -562,7 +563,7 @@ impl<S: KvStore> Device<S> {
             .changes
             .iter()
             .map(|b| SignedChange::parse(b))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<crate::Result<Vec<_>>>()?;
         let sibling = from.account == self.address.account;
         for change in parsed {
             let g = change.body.group;
@@ -595,7 +596,7 @@ impl<S: KvStore> Device<S> {
                 Ok(()) => {}
                 Err(Error::Protocol(ProtocolError::DeviceNotOnList))
                     if vouched && self.signed_by_former_device(&change, &c.device_lists)? => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
             match self.groups.get_mut(&g) {
                 None if change.body.epoch == 1 => {

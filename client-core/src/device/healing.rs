@@ -28,7 +28,8 @@ use crate::consts::{
     PAIRWISE_MESSAGE_ID_LABEL, RECENT_IDS_KEPT, RETRY_GATHER_MS, RETRY_REQUEST_INTERVAL_MS,
     SENT_LOG_MAX_AGE_MS, SENT_LOG_MAX_BYTES, SENT_LOG_MAX_ENTRIES,
 };
-use crate::error::{AuthError, Error, ProtocolError, Result};
+use crate::device::error::{DeviceError, Result};
+use crate::error::{AuthError, Error, ProtocolError};
 use crate::keys::{AccountId, DeviceAddress, DeviceIdentity, array};
 use crate::prekeys::PreKeyBundle;
 use crate::store::kv::{Batch, KvStore, Namespace};
@@ -119,7 +120,7 @@ fn pending_key(from: &DeviceAddress) -> Vec<u8> {
 fn address_from_key(k: &[u8], what: &'static str) -> Result<DeviceAddress> {
     let (account, device) = k
         .split_at_checked(KEY_LEN)
-        .ok_or(Error::malformed(what, "bad key"))?;
+        .ok_or(DeviceError::malformed(what, "bad key"))?;
     Ok(DeviceAddress {
         account: AccountId::from_bytes(account)?,
         device_id: u32::from_be_bytes(array(device, what, "bad key")?),
@@ -144,7 +145,7 @@ pub(crate) fn load<S: KvStore>(store: &S) -> Result<(SentLog, RetryState)> {
     for (k, v) in store.scan(Namespace::SentLog)? {
         let (addr, seq) = k
             .split_at_checked(KEY_LEN + 4)
-            .ok_or(Error::malformed("stored sent message", "bad key"))?;
+            .ok_or(DeviceError::malformed("stored sent message", "bad key"))?;
         let to = address_from_key(addr, "stored sent message")?;
         let seq = u64::from_be_bytes(array(seq, "stored sent message", "bad key")?);
         let mut m: pstore::SentMessage = decode(&v, "stored sent message")?;
@@ -167,7 +168,7 @@ pub(crate) fn load<S: KvStore>(store: &S) -> Result<(SentLog, RetryState)> {
                 .message_ids
                 .iter()
                 .map(|i| array(i, "stored recent ids", "bad id"))
-                .collect::<Result<std::collections::VecDeque<MessageId>>>()?;
+                .collect::<crate::Result<std::collections::VecDeque<MessageId>>>()?;
             retry.recent.insert(from, ids);
             continue;
         }
@@ -180,7 +181,7 @@ pub(crate) fn load<S: KvStore>(store: &S) -> Result<(SentLog, RetryState)> {
             .message_ids
             .iter()
             .map(|i| array(i, "stored retry ids", "bad id"))
-            .collect::<Result<Vec<MessageId>>>()?;
+            .collect::<crate::Result<Vec<MessageId>>>()?;
         if !ids.is_empty() {
             retry.pending.insert(from, ids);
         }
@@ -325,7 +326,7 @@ impl<S: KvStore> Device<S> {
     /// [`Device::upkeep`]). Returns how many were deleted.
     ///
     /// # Errors
-    /// [`Error::Store`] if the commit fails (nothing changes).
+    /// [`DeviceError::Store`] if the commit fails (nothing changes).
     pub fn prune_sent_log(&mut self, now: u64) -> Result<usize> {
         let cutoff = now.saturating_sub(SENT_LOG_MAX_AGE_MS);
         let mut tx = Tx::default();
@@ -350,12 +351,12 @@ impl<S: KvStore> Device<S> {
 
     /// Records that the pairwise message `bytes` from `from` could not be decrypted (it failed
     /// with `error`), so that the sender is asked to send it again. Returns whether it was
-    /// recorded: only for errors that [`Error::calls_for_retry`], from a device on a known list,
+    /// recorded: only for errors that [`Error::calls_for_retry`] (a store failure never does), from a device on a known list,
     /// and while fewer than [`MAX_RETRY_PENDING_DEVICES`] other devices wait. Past
     /// [`MAX_RETRY_IDS`] ids for one device, the oldest is forgotten.
     ///
     /// # Errors
-    /// [`Error::Store`] if the commit fails (nothing is recorded).
+    /// [`DeviceError::Store`] if the commit fails (nothing is recorded).
     pub fn note_undecryptable(
         &mut self,
         from: &DeviceAddress,
@@ -469,7 +470,7 @@ impl<S: KvStore> Device<S> {
     ///
     /// # Errors
     /// `Protocol(Misuse)` if nothing waits for that device; the errors of
-    /// [`Device::start_session`]; [`Error::Store`] if the commit fails (nothing changes).
+    /// [`Device::start_session`]; [`DeviceError::Store`] if the commit fails (nothing changes).
     pub fn seal_retry_request(
         &mut self,
         bundle: &PreKeyBundle,
@@ -492,7 +493,10 @@ impl<S: KvStore> Device<S> {
         let mut tx = Tx::default();
         if self.start_session_in(bundle, rng, now, &mut tx)? != to {
             self.sessions.remove(&to);
-            return Err(Error::malformed("pre-key bundle", "address does not match"));
+            return Err(DeviceError::malformed(
+                "pre-key bundle",
+                "address does not match",
+            ));
         }
         let content = wire::Content {
             body: Some(wire::content::Body::RetryRequest(wire::RetryRequest {
@@ -516,7 +520,7 @@ impl<S: KvStore> Device<S> {
     /// stay pending).
     ///
     /// # Errors
-    /// [`Error::Store`] if the commit fails (the ids stay pending).
+    /// [`DeviceError::Store`] if the commit fails (the ids stay pending).
     pub fn retry_request_sent(&mut self, to: &DeviceAddress, ids: &[MessageId]) -> Result<()> {
         let Some(pending) = self.retry.pending.get(to) else {
             return Ok(());
@@ -560,13 +564,13 @@ impl<S: KvStore> Device<S> {
         tx: &mut Tx,
     ) -> Result<Vec<Outgoing>> {
         if r.message_ids.len() > MAX_RETRY_IDS {
-            return Err(Error::malformed("retry request", "too many ids"));
+            return Err(DeviceError::malformed("retry request", "too many ids"));
         }
         let ids = r
             .message_ids
             .iter()
             .map(|i| array(i, "retry request", "id must be 32 bytes"))
-            .collect::<Result<Vec<MessageId>>>()?;
+            .collect::<crate::Result<Vec<MessageId>>>()?;
         let identity = self.known_identity(from)?;
         let mut seqs: Vec<u64> = ids
             .iter()
@@ -687,7 +691,7 @@ mod tests {
         assert!(Error::Protocol(ProtocolError::NoSession).calls_for_retry());
         assert!(Error::Protocol(ProtocolError::Duplicate).calls_for_retry());
         assert!(!Error::Auth(AuthError::IdentityMismatch).calls_for_retry());
-        assert!(!Error::malformed("pairwise message", "empty").calls_for_retry());
+        assert!(!DeviceError::malformed("pairwise message", "empty").calls_for_retry());
         assert!(!Error::Protocol(ProtocolError::UnknownAccount).calls_for_retry());
     }
 
@@ -700,10 +704,10 @@ mod tests {
             let bytes = seal_request(&mut a, &ba, ids, &mut rng);
             assert!(matches!(
                 b.decrypt(&aa, &bytes, &mut rng, 2),
-                Err(Error::Malformed {
+                Err(DeviceError::Protocol(Error::Malformed {
                     what: "retry request",
                     ..
-                })
+                }))
             ));
         }
         // Nothing was committed: the session still takes the next message.

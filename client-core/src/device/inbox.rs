@@ -7,7 +7,8 @@ use zeroize::Zeroizing;
 
 use super::{Device, Incoming, NEXT_MESSAGE_ID, Received, Tx, decode, encode, id_key, used_key};
 use crate::consts::{KEY_LEN, MAX_MESSAGE_LEN};
-use crate::error::{AuthError, Error, ProtocolError, Result};
+use crate::device::error::{DeviceError, Result};
+use crate::error::{AuthError, Error, ProtocolError};
 use crate::keys::{AccountId, DeviceAddress, DeviceIdentity, array};
 use crate::pqxdh::{self, InitialMessage};
 use crate::ratchet::RatchetMessage;
@@ -76,7 +77,7 @@ impl<S: KvStore> Device<S> {
         now: u64,
     ) -> Result<Incoming> {
         if bytes.len() > MAX_MESSAGE_LEN {
-            return Err(Error::malformed("pairwise message", "too large"));
+            return Err(DeviceError::malformed("pairwise message", "too large"));
         }
         let msg: wire::PairwiseMessage = decode(bytes, "pairwise message")?;
         let identity = self.known_identity(from)?;
@@ -101,7 +102,7 @@ impl<S: KvStore> Device<S> {
             Ok(x) => x,
             Err(e) => {
                 self.sessions.insert(*from, record);
-                return Err(e);
+                return Err(e.into());
             }
         };
         // From here on the record is advanced in memory; any error discards it (reload from store).
@@ -203,7 +204,7 @@ impl<S: KvStore> Device<S> {
             Some(wire::content::Body::RetryRequest(r)) => {
                 incoming.outgoing = self.answer_retry_request(from, &r, rng, now, tx)?;
             }
-            None => return Err(Error::malformed("message content", "empty")),
+            None => return Err(DeviceError::malformed("message content", "empty")),
         }
         Ok(incoming)
     }
@@ -215,7 +216,7 @@ impl<S: KvStore> Device<S> {
         record: &mut SessionRecord,
         m: &InitialMessage,
         now: u64,
-    ) -> Result<(crate::ratchet::Decrypted, Consumed)> {
+    ) -> crate::Result<(crate::ratchet::Decrypted, Consumed)> {
         if m.sender != *from || m.sender_identity != identity {
             return Err(AuthError::IdentityMismatch.into());
         }
@@ -286,6 +287,6 @@ impl<S: KvStore> Device<S> {
     pub fn ack_message(&mut self, id: u64) -> Result<()> {
         let mut batch = Batch::new();
         batch.delete(Namespace::Messages, id.to_be_bytes().to_vec());
-        self.store.commit(batch).map_err(Error::from)
+        self.store.commit(batch).map_err(DeviceError::from)
     }
 }

@@ -6,8 +6,9 @@ use zeroize::Zeroizing;
 
 use super::{Device, Tx, decode};
 use crate::consts::{KEY_LEN, MAX_FORMER_DEVICE_LISTS};
+use crate::device::error::Result;
 use crate::device_list::{DeviceEntry, DeviceList, VerifiedDeviceList};
-use crate::error::{ProtocolError, Result};
+use crate::error::ProtocolError;
 use crate::keys::{AccountId, DeviceAddress, DeviceIdentity, array};
 use crate::session::SessionRecord;
 use crate::store::kv::{KvStore, Namespace};

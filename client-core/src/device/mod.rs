@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::consts::KEY_LEN;
 use crate::device_list::{DeviceEntry, DeviceList, VerifiedDeviceList};
-use crate::error::{Error, ProtocolError, Result};
+use crate::error::ProtocolError;
 use crate::keys::{
     AccountId, AccountKeyPair, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair, array,
 };
@@ -30,6 +30,7 @@ use crate::sender_key::{GroupId, SenderKeyRecord};
 use crate::session::SessionRecord;
 use crate::store::kv::{Batch, KvStore, Namespace};
 
+mod error;
 mod groups;
 mod healing;
 mod inbox;
@@ -37,6 +38,7 @@ mod lists;
 mod pre_keys;
 mod sessions;
 mod upkeep;
+pub use error::{DeviceError, Result};
 pub use groups::{GroupEntry, GroupIncoming, GroupSend};
 pub use healing::{MessageId, pairwise_message_id};
 pub use upkeep::Upkeep;
@@ -133,7 +135,7 @@ pub struct Device<S: KvStore> {
 }
 
 fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M> {
-    M::decode(bytes).map_err(|_| Error::malformed(what, "does not decode"))
+    M::decode(bytes).map_err(|_| DeviceError::malformed(what, "does not decode"))
 }
 
 fn encode<M: Message>(m: &M) -> Zeroizing<Vec<u8>> {
@@ -266,7 +268,7 @@ impl<S: KvStore> Device<S> {
             )?);
             let k = AccountKeyPair::from_secret_bytes(&s);
             if k.id() != account {
-                return Err(Error::malformed(
+                return Err(DeviceError::malformed(
                     "stored device keys",
                     "account key does not match",
                 ));
@@ -456,7 +458,7 @@ impl<S: KvStore> Device<S> {
     /// again. Messages it left in the inbox show in [`Device::pending_messages`].
     ///
     /// # Errors
-    /// [`Error::Store`] if the store cannot be reopened (the device stays unusable); a store
+    /// [`DeviceError::Store`] if the store cannot be reopened (the device stays unusable); a store
     /// that no longer holds a valid device is refused as by [`Device::open`].
     pub fn reopen_store(&mut self) -> Result<()> {
         self.store.reopen()?;

@@ -7,7 +7,8 @@ use zeroize::Zeroizing;
 
 use super::{Device, KEEP_ROTATED, NEXT_PRE_KEY_ID, encode, id_key, kem_record, used_key};
 use crate::consts::ONE_TIME_PRE_KEY_BATCH;
-use crate::error::{ProtocolError, Result};
+use crate::device::error::Result;
+use crate::error::ProtocolError;
 use crate::prekeys::{KemPreKeyPair, OneTimePreKeyPair, PublishedPreKeys, SignedPreKeyPair};
 use crate::store::kv::{Batch, KvStore, Namespace};
 

@@ -6,7 +6,8 @@ use zeroize::Zeroizing;
 
 use super::{Device, Tx, decode, encode};
 use crate::consts::MAX_PLAINTEXT_LEN;
-use crate::error::{Error, ProtocolError, Result};
+use crate::device::error::Result;
+use crate::error::{Error, ProtocolError};
 use crate::keys::{AccountId, DeviceAddress, DeviceIdentity};
 use crate::pqxdh::{self, InitialMessage, InitiatorSecrets};
 use crate::prekeys::PreKeyBundle;
@@ -14,7 +15,7 @@ use crate::session::SessionRecord;
 use crate::store::kv::{Batch, KvStore, Namespace};
 
 impl<S: KvStore> Device<S> {
-    pub(super) fn known_identity(&self, addr: &DeviceAddress) -> Result<DeviceIdentity> {
+    pub(super) fn known_identity(&self, addr: &DeviceAddress) -> crate::Result<DeviceIdentity> {
         self.device_lists
             .get(&addr.account)
             .ok_or(ProtocolError::UnknownAccount)?
@@ -26,7 +27,10 @@ impl<S: KvStore> Device<S> {
             return Ok(r);
         }
         match self.store.get(Namespace::Sessions, &addr.to_key())? {
-            Some(v) => SessionRecord::from_proto(&decode(&v, "stored session record")?),
+            Some(v) => Ok(SessionRecord::from_proto(&decode(
+                &v,
+                "stored session record",
+            )?)?),
             None => Ok(SessionRecord::new()),
         }
     }
@@ -139,7 +143,7 @@ impl<S: KvStore> Device<S> {
                 self.log_sent(to, &identity, bytes, &plaintext, now, 0, tx);
             }
         }
-        out
+        Ok(out?)
     }
 
     /// Encrypts an application payload for device `to`. The advanced session is committed before

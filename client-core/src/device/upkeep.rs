@@ -14,7 +14,7 @@ use crate::consts::{
     LAST_RESORT_PRE_KEY_ROTATION_MS, LAST_RESORT_ROTATE_AT_BASE_KEYS, ONE_TIME_PRE_KEY_BATCH,
     ONE_TIME_PRE_KEYS_KEPT, SESSION_SWEEP_INTERVAL_MS, SIGNED_PRE_KEY_ROTATION_MS,
 };
-use crate::error::Result;
+use crate::device::error::Result;
 use crate::prekeys::{KemPreKeyPair, OneTimePreKeyPair};
 use crate::store::kv::{Batch, KvStore, Namespace};
 use hush_proto::store as pstore;
@@ -56,7 +56,7 @@ impl<S: KvStore> Device<S> {
     /// it again at the same time does nothing more.
     ///
     /// # Errors
-    /// [`crate::Error::Store`] if a commit fails; what was committed before stays done.
+    /// [`DeviceError::Store`](crate::DeviceError::Store) if a commit fails; what was committed before stays done.
     pub fn upkeep(&mut self, rng: &mut impl CryptoRng, now: u64) -> Result<Upkeep> {
         let mut out = Upkeep::default();
         let spk_due = self
@@ -109,7 +109,7 @@ impl<S: KvStore> Device<S> {
     /// Returns whether new keys were made (then publish again).
     ///
     /// # Errors
-    /// [`crate::Error::Store`] if the commit fails (nothing changes).
+    /// [`DeviceError::Store`](crate::DeviceError::Store) if the commit fails (nothing changes).
     pub fn replenish_pre_keys_for(
         &mut self,
         one_time_left: u32,

@@ -45,7 +45,7 @@ pub(super) fn is_account_failure(e: &ClientError) -> bool {
             r.code,
             ErrorCode::Draining | ErrorCode::Unauthenticated | ErrorCode::Internal
         ),
-        ClientError::Core(CoreError::Store(_)) => false,
+        ClientError::Store(_) => false,
         ClientError::Core(_) | ClientError::Protocol(_) => true,
         _ => false,
     }

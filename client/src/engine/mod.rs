@@ -233,7 +233,7 @@ pub(crate) fn open_labelled_waiting(
                 attempt += 1;
                 std::thread::sleep(STORE_LOCK_WAIT);
             }
-            r => return r.map_err(|e| ClientError::Core(e.into())),
+            r => return r.map_err(ClientError::Store),
         }
     }
 }

@@ -215,7 +215,7 @@ impl Inner {
         for to in due {
             if let Err(e) = self.send_retry_request(conn, &to).await {
                 tracing::info!(error = %e, "retry request not sent; tried again later");
-                if let ClientError::Core(CoreError::Store(_)) = e {
+                if let ClientError::Store(_) = e {
                     self.recover_store();
                 }
             }
@@ -286,7 +286,7 @@ impl Inner {
     /// failure poisoned it (so that a failed commit while sending does not fail every later
     /// operation until the next delivery).
     pub(super) fn after<T>(&self, r: Result<T, ClientError>) -> Result<T, ClientError> {
-        if let Err(ClientError::Core(CoreError::Store(_))) = &r {
+        if let Err(ClientError::Store(_)) = &r {
             self.recover_store();
         }
         r

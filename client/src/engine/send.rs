@@ -4,7 +4,7 @@
 
 use crate::conn::RelayConnection;
 use crate::error::ClientError;
-use hush_core::device::{Device, Outgoing};
+use hush_core::device::{Device, DeviceError, Outgoing};
 use hush_core::keys::{AccountId, DeviceAddress};
 use hush_core::prekeys::PreKeyBundle;
 use hush_core::store::sled_kv::SledKv;
@@ -161,7 +161,10 @@ impl Inner {
             Err(e) => {
                 if matches!(
                     e,
-                    CoreError::Protocol(ProtocolError::DeviceListConflict(_)) | CoreError::Auth(_)
+                    DeviceError::Protocol(
+                        CoreError::Protocol(ProtocolError::DeviceListConflict(_))
+                            | CoreError::Auth(_)
+                    )
                 ) {
                     // Two different lists under one version, or a bad signature: someone (the
                     // relay, or whoever holds a key) is lying about this account's devices.

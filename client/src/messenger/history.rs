@@ -105,7 +105,7 @@ impl History {
         let entries = h
             .store
             .scan(Namespace::Messages)
-            .map_err(|e| ClientError::Core(e.into()))?;
+            .map_err(ClientError::Store)?;
         // Records under the older layout (conversation ‖ sent_at ‖ sender ‖ counter) move to
         // their message's key, in one batch; a second record for a key already taken is dropped.
         let mut migrate = Batch::new();
@@ -136,9 +136,7 @@ impl History {
             h.index(key, m);
         }
         if moved > 0 {
-            h.store
-                .commit(migrate)
-                .map_err(|e| ClientError::Core(e.into()))?;
+            h.store.commit(migrate).map_err(ClientError::Store)?;
             tracing::info!(records = moved, "history moved to message-keyed records");
         }
         Ok(h)
@@ -148,13 +146,11 @@ impl History {
     /// holds: a commit reported as failed may still have reached the disk, and a key on disk
     /// that the index missed could otherwise be written over.
     pub(super) fn reopen(&mut self) -> Result<(), ClientError> {
-        self.store
-            .reopen()
-            .map_err(|e| ClientError::Core(e.into()))?;
+        self.store.reopen().map_err(ClientError::Store)?;
         let entries = self
             .store
             .scan(Namespace::Messages)
-            .map_err(|e| ClientError::Core(e.into()))?;
+            .map_err(ClientError::Store)?;
         self.by_key.clear();
         self.order.clear();
         self.by_id.clear();
@@ -256,9 +252,7 @@ impl History {
             key.to_vec(),
             Zeroizing::new(m.encode_to_vec()),
         );
-        self.store
-            .commit(batch)
-            .map_err(|e| ClientError::Core(e.into()))
+        self.store.commit(batch).map_err(ClientError::Store)
     }
 
     /// Applies `f` to the stored messages with id `id` for which `which` holds, and writes

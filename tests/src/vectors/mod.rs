@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signer, SigningKey};
 use hush_core::consts::{KEM_CIPHERTEXT_LEN, KEM_SEED_LEN, KEY_LEN};
+use hush_core::device::DeviceError;
 use hush_core::device_list::{DeviceEntry, DeviceList, VerifiedDeviceList};
 use hush_core::error::Error;
 use hush_core::keys::{AccountKeyPair, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair};
@@ -215,10 +216,37 @@ pub fn write_all(dir: &Path) -> GenResult<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// The name of an error variant as recorded in `expected_error`: `"Malformed"`, `"Store"`, or
-/// `"Auth(<AuthError variant>)"` / `"Protocol(<ProtocolError variant>)"` without the variant's
-/// payload (e.g. `"Protocol(TooFarAhead)"`).
-pub fn error_name(e: &Error) -> String {
+/// An error whose variant the vectors record by name: the protocol's [`Error`] and the device
+/// facade's [`DeviceError`].
+pub trait NamedError: std::fmt::Debug {
+    /// The name, as [`error_name`] renders it.
+    fn name(&self) -> String;
+}
+
+impl NamedError for Error {
+    fn name(&self) -> String {
+        protocol_error_name(self)
+    }
+}
+
+impl NamedError for DeviceError {
+    fn name(&self) -> String {
+        match self {
+            DeviceError::Protocol(e) => protocol_error_name(e),
+            DeviceError::Store(_) => "Store".to_owned(),
+        }
+    }
+}
+
+/// The name of an error variant as recorded in `expected_error`: `"Malformed"`, `"Store"` (a
+/// store failure of the device facade), or `"Auth(<AuthError variant>)"` /
+/// `"Protocol(<ProtocolError variant>)"` without the variant's payload (e.g.
+/// `"Protocol(TooFarAhead)"`).
+pub fn error_name(e: &impl NamedError) -> String {
+    e.name()
+}
+
+fn protocol_error_name(e: &Error) -> String {
     fn head(debug: &str) -> &str {
         debug
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -235,7 +263,6 @@ pub fn error_name(e: &Error) -> String {
             let d = format!("{p:?}");
             format!("Protocol({})", head(&d))
         }
-        Error::Store(_) => "Store".to_owned(),
     }
 }
 
@@ -258,7 +285,7 @@ fn ensure(condition: bool, what: &str) -> GenResult<()> {
 }
 
 /// Checks that `result` is an error named `expected`.
-fn check_err<T>(result: Result<T, Error>, expected: &str) -> GenResult<()> {
+fn check_err<T>(result: Result<T, impl NamedError>, expected: &str) -> GenResult<()> {
     match result {
         Ok(_) => Err(format!("expected {expected}, but the operation succeeded").into()),
         Err(e) if error_name(&e) == expected => Ok(()),

@@ -14,7 +14,7 @@ use hush_core::store::kv::{Batch, KvStore, Namespace};
 use hush_core::store::memory::MemoryKv;
 use hush_proto::{Message, store, wire};
 use hush_tests::vectors::{
-    NegativeFile, NegativeInput, NegativeVector, StoreEntryRecord, error_name,
+    NamedError, NegativeFile, NegativeInput, NegativeVector, StoreEntryRecord, error_name,
 };
 
 use super::sender_keys::group_signature_ok;
@@ -109,7 +109,7 @@ pub(super) fn check_negative_file(f: &NegativeFile) -> (usize, usize) {
 }
 
 #[track_caller]
-fn assert_rejected<T>(v: &NegativeVector, result: Result<T, hush_core::Error>) {
+fn assert_rejected<T>(v: &NegativeVector, result: Result<T, impl NamedError>) {
     match result {
         Ok(_) => panic!(
             "{}: accepted, but must fail with {}",

@@ -13,8 +13,9 @@ use crate::consts::{
     MAX_BUFFERED_GROUP_BYTES_TOTAL, MAX_BUFFERED_GROUP_MESSAGES_PER_SENDER,
     MAX_BUFFERED_GROUP_MESSAGES_TOTAL, MAX_MESSAGE_LEN, SENDER_KEY_REQUEST_INTERVAL_MS,
 };
+use crate::device::error::{DeviceError, Result};
 use crate::device::{Device, Outgoing, Received, Tx, decode, encode};
-use crate::error::{Error, ProtocolError, Result};
+use crate::error::ProtocolError;
 use crate::keys::{AccountId, DeviceAddress, DeviceIdentity};
 use crate::sender_key::{GroupId, GroupMessage, SenderKeyState};
 use crate::store::kv::{KvStore, Namespace};
@@ -56,14 +57,14 @@ impl<S: KvStore> Device<S> {
         now: u64,
     ) -> Result<GroupIncoming> {
         if bytes.len() > MAX_MESSAGE_LEN {
-            return Err(Error::malformed("group message", "too large"));
+            return Err(DeviceError::malformed("group message", "too large"));
         }
         let raw: wire::GroupMessage = decode(bytes, "group message")?;
         let msg = GroupMessage::try_from(&raw)?;
         let g = msg.header.group;
         let sender = msg.header.sender;
         if from.is_some_and(|f| *f != sender) {
-            return Err(Error::malformed(
+            return Err(DeviceError::malformed(
                 "group message",
                 "its sender is not the device that sent it",
             ));
@@ -360,7 +361,7 @@ impl<S: KvStore> Device<S> {
         Ok(out)
     }
 
-    fn check_member_device(&self, g: &GroupId, d: &DeviceAddress) -> Result<DeviceIdentity> {
+    fn check_member_device(&self, g: &GroupId, d: &DeviceAddress) -> crate::Result<DeviceIdentity> {
         let entry = self.groups.get(g).ok_or(ProtocolError::UnknownGroup)?;
         if !entry.log.state().is_member(&d.account) {
             return Err(ProtocolError::NotAMember.into());

@@ -6,8 +6,9 @@ use rand_core::CryptoRng;
 
 use super::GroupSend;
 use crate::consts::{MAX_PLAINTEXT_LEN, SENDER_KEY_MAX_ITERATIONS};
+use crate::device::error::{DeviceError, Result};
 use crate::device::{Device, Outgoing, Tx};
-use crate::error::{Error, ProtocolError, Result};
+use crate::error::ProtocolError;
 use crate::keys::AccountId;
 use crate::sender_key::{GroupId, SenderKeyState};
 use crate::store::kv::KvStore;
@@ -100,7 +101,7 @@ impl<S: KvStore> Device<S> {
                 .current_mut()
                 .ok_or(ProtocolError::Misuse("no sender key"))?;
             let msg = state.encrypt(*g, me, plaintext)?;
-            Ok::<_, Error>((distributions, msg.to_wire().encode_to_vec()))
+            Ok::<_, DeviceError>((distributions, msg.to_wire().encode_to_vec()))
         })();
         let (distributions, message) = match result {
             Ok(x) => x,
