@@ -1,4 +1,4 @@
-//! One QUIC connection to a relay: the pinned TLS handshake, the session stream with
+//! One QUIC connection to a relay: the pinned TLS handshake, the control stream with
 //! request/response matching, unsolicited frames as a stream of events, and blob streams.
 
 use std::net::SocketAddr;

@@ -236,7 +236,7 @@ impl Server {
         )
         .await
         else {
-            conn.close(limits::close::PROTOCOL.into(), b"no session stream");
+            conn.close(limits::close::PROTOCOL.into(), b"no control stream");
             return;
         };
         // Writer: whatever frames are queued go out in one write.

@@ -1,5 +1,5 @@
 //! One device's connection to the relay, on `hush_net::client` (QUIC with the pinned
-//! certificate, the session stream, request ids, a coalescing writer): answers to sends are
+//! certificate, the control stream, request ids, a coalescing writer): answers to sends are
 //! counted as they arrive, deliveries timestamped and their sequence numbers handed to an
 //! acknowledger.
 
@@ -153,7 +153,7 @@ pub(crate) fn endpoint(
 }
 
 impl Link {
-    /// Connects and opens the session stream; starts the writer, the reader and the acknowledger
+    /// Connects and opens the control stream; starts the writer, the reader and the acknowledger
     /// (which acknowledges what arrived every `ack_interval`). The returned handle yields the
     /// connection's samples once the connection is closed.
     pub(crate) async fn connect(

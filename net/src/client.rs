@@ -1,5 +1,5 @@
 //! The client side of a connection to the relay, written once for every client: the app's
-//! engine, the load generator and the tests. QUIC with the pinned certificate, the session
+//! engine, the load generator and the tests. QUIC with the pinned certificate, the control
 //! stream with request ids (any number of requests in flight, answered in any order), a writer
 //! that sends whatever is queued at a wake-up in one write, a reader that hands each answer to
 //! whoever waits for it and unsolicited frames to one sink, and the authentication exchange
@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::frame::{self, FrameError};
 
-/// Bytes the reader buffers from the session stream.
+/// Bytes the reader buffers from the control stream.
 const READ_BUFFER: usize = 64 * 1024;
 /// Most frames the writer takes from its queue for one write.
 const WRITE_BATCH: usize = 256;
@@ -44,7 +44,7 @@ pub enum ConnError {
     /// No answer in time.
     #[error("no answer in time")]
     Timeout,
-    /// The connection closed (or its session stream ended) before an answer.
+    /// The connection closed (or its control stream ended) before an answer.
     #[error("connection closed")]
     Closed,
     /// The relay answered what the protocol does not allow here.
@@ -145,7 +145,7 @@ pub struct Options {
     pub handshake_timeout: Duration,
     /// Largest frame accepted from the relay.
     pub max_frame: usize,
-    /// Close the connection when its session stream ends or cannot be written (so that nobody
+    /// Close the connection when its control stream ends or cannot be written (so that nobody
     /// takes it for a live one). Off for tests that watch how the relay closes it.
     pub close_when_stream_ends: bool,
 }
@@ -161,7 +161,7 @@ impl Default for Options {
     }
 }
 
-/// One connection to the relay and its session stream.
+/// One connection to the relay and its control stream.
 pub struct Connection {
     conn: quinn::Connection,
     out: mpsc::UnboundedSender<Vec<u8>>,
@@ -170,7 +170,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects from `endpoint` to `addr`, opens the session stream and starts its writer and
+    /// Connects from `endpoint` to `addr`, opens the control stream and starts its writer and
     /// reader. The reader's handle yields why the stream ended.
     pub async fn connect(
         endpoint: &quinn::Endpoint,
@@ -222,7 +222,7 @@ impl Connection {
         &self.conn
     }
 
-    /// Queues bytes for the session stream as they are (a test's malformed frames).
+    /// Queues bytes for the control stream as they are (a test's malformed frames).
     pub fn send_raw(&self, bytes: Vec<u8>) -> Result<(), ConnError> {
         self.out.send(bytes).map_err(|_| ConnError::Closed)
     }

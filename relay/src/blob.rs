@@ -1,5 +1,5 @@
 //! Blob streams: encrypted attachments uploaded and downloaded on bidirectional streams of their
-//! own, next to the session stream (which must have authenticated the device first).
+//! own, next to the control stream (which must have authenticated the device first).
 //!
 //! A blob is never held in memory: an upload is written to the store one chunk
 //! ([`BLOB_CHUNK`]) at a time as it arrives, and a download read from it one chunk at a time as
@@ -17,7 +17,7 @@ use hush_proto::relay_api::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::conn::Refused;
+use crate::conn::Refusal;
 use crate::frame;
 use crate::limits::{self, blob_reset};
 use crate::shared::{Relay, instant, now_ms, random};
@@ -39,13 +39,13 @@ pub(crate) async fn stream(
 /// Why an upload did not end in a stored blob.
 enum Failed {
     /// Answer with this error.
-    Refused(Refused),
+    Refused(Refusal),
     /// A chunk missed its deadline: reset the stream.
     TimedOut,
 }
 
-impl From<Refused> for Failed {
-    fn from(r: Refused) -> Self {
+impl From<Refusal> for Failed {
+    fn from(r: Refusal) -> Self {
         Self::Refused(r)
     }
 }
@@ -80,7 +80,7 @@ async fn blob_reply(
 async fn blob_refuse(
     relay: &Relay,
     send: &mut quinn::SendStream,
-    r: Refused,
+    r: Refusal,
 ) -> std::io::Result<()> {
     relay.refuse_count(&r);
     blob_reply(relay, send, blob_response::Kind::Error(r.to_frame())).await?;
@@ -119,14 +119,14 @@ async fn blob_stream(
     let req = match tokio::time::timeout(deadline, read).await {
         Ok(Ok(r)) => r,
         Ok(Err(FrameError::TooLarge { len, cap })) => {
-            let r = Refused::new(
+            let r = Refusal::new(
                 ErrorCode::TooLarge,
                 format!("blob request of {len} bytes is over the cap of {cap}"),
             );
             return blob_refuse(&relay, &mut send, r).await;
         }
         Ok(Err(e)) => {
-            let r = Refused::new(ErrorCode::Malformed, e.to_string());
+            let r = Refusal::new(ErrorCode::Malformed, e.to_string());
             return blob_refuse(&relay, &mut send, r).await;
         }
         Err(_) => {
@@ -135,9 +135,9 @@ async fn blob_stream(
         }
     };
     let Some(me) = who else {
-        let r = Refused::new(
+        let r = Refusal::new(
             ErrorCode::Unauthenticated,
-            "authenticate on the session stream first",
+            "authenticate on the control stream first",
         );
         return blob_refuse(&relay, &mut send, r).await;
     };
@@ -145,7 +145,7 @@ async fn blob_stream(
         Some(blob_request::Kind::Upload(u)) => upload(&relay, &me, u.size, send, recv).await,
         Some(blob_request::Kind::Download(d)) => download(&relay, &me, &d, send).await,
         None => {
-            let r = Refused::new(ErrorCode::UnknownRequest, "unknown blob request");
+            let r = Refusal::new(ErrorCode::UnknownRequest, "unknown blob request");
             blob_refuse(&relay, &mut send, r).await
         }
     }
@@ -159,18 +159,18 @@ async fn upload(
     mut recv: quinn::RecvStream,
 ) -> std::io::Result<()> {
     if size == 0 {
-        let r = Refused::new(ErrorCode::Malformed, "a blob must not be empty");
+        let r = Refusal::new(ErrorCode::Malformed, "a blob must not be empty");
         return blob_refuse(relay, &mut send, r).await;
     }
     if size > relay.cfg.blob_max_bytes {
-        let r = Refused::new(
+        let r = Refusal::new(
             ErrorCode::TooLarge,
             format!("blob size must be 1..={} bytes", relay.cfg.blob_max_bytes),
         );
         return blob_refuse(relay, &mut send, r).await;
     }
-    if let Err(wait) = relay.limits.blob_uploads.check(me, 1, instant()) {
-        return blob_refuse(relay, &mut send, Refused::rate(wait)).await;
+    if let Err(wait) = relay.rate_limiters.blob_uploads.check(me, 1, instant()) {
+        return blob_refuse(relay, &mut send, Refusal::rate(wait)).await;
     }
     match receive_blob(relay, me, size, &mut recv).await {
         Ok(up) => {
@@ -213,10 +213,10 @@ async fn receive_blob(
         Begin::Started => note_stored(relay),
         // 128 random bits collided: astronomically unlikely, but never overwrite a blob.
         Begin::IdTaken => {
-            return Err(Refused::new(ErrorCode::Internal, "blob id taken, retry").into());
+            return Err(Refusal::new(ErrorCode::Internal, "blob id taken, retry").into());
         }
         Begin::AccountFull { stored } => {
-            return Err(Refused::new(
+            return Err(Refusal::new(
                 ErrorCode::BlobQuotaExceeded,
                 format!(
                     "this account's blob storage is at its cap: {stored} of {} bytes in use; \
@@ -227,7 +227,7 @@ async fn receive_blob(
             .into());
         }
         Begin::RelayFull => {
-            return Err(Refused::new(
+            return Err(Refusal::new(
                 ErrorCode::BlobQuotaExceeded,
                 "the relay's blob storage is full; retry later",
             )
@@ -264,11 +264,11 @@ async fn store_chunks(
         let want = usize::try_from(left.min(BLOB_CHUNK as u64)).unwrap_or(BLOB_CHUNK);
         let chunk = buf
             .get_mut(..want)
-            .ok_or_else(|| Refused::new(ErrorCode::Internal, "buffer"))?;
+            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "buffer"))?;
         match tokio::time::timeout(deadline, recv.read_exact(chunk)).await {
             Err(_) => return Err(Failed::TimedOut),
             Ok(Err(_)) => {
-                return Err(Refused::new(
+                return Err(Refusal::new(
                     ErrorCode::Malformed,
                     "blob stream ended before its size",
                 )
@@ -286,13 +286,13 @@ async fn store_chunks(
             (buf, put)
         })
         .await
-        .map_err(|_| Refused::new(ErrorCode::Internal, "blob write task failed"))?;
+        .map_err(|_| Refusal::new(ErrorCode::Internal, "blob write task failed"))?;
         buf = back;
         match put? {
             blobs::ChunkPut::Stored => {}
             other => {
                 tracing::error!(?other, "blob chunk refused by the store");
-                return Err(Refused::new(ErrorCode::Internal, "blob store refused a chunk").into());
+                return Err(Refusal::new(ErrorCode::Internal, "blob store refused a chunk").into());
             }
         }
         left -= want as u64;
@@ -305,7 +305,7 @@ async fn store_chunks(
         Ok(Ok(None)) => {}
         Ok(_) => {
             return Err(
-                Refused::new(ErrorCode::TooLarge, "blob longer than its declared size").into(),
+                Refusal::new(ErrorCode::TooLarge, "blob longer than its declared size").into(),
             );
         }
     }
@@ -319,9 +319,9 @@ async fn store_chunks(
     .await
     {
         Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) => Err(Refused::new(ErrorCode::Internal, "blob incomplete").into()),
+        Ok(Ok(false)) => Err(Refusal::new(ErrorCode::Internal, "blob incomplete").into()),
         Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(Refused::new(ErrorCode::Internal, "flush task failed").into()),
+        Err(_) => Err(Refusal::new(ErrorCode::Internal, "flush task failed").into()),
     }
 }
 
@@ -337,12 +337,12 @@ async fn download(
     mut send: quinn::SendStream,
 ) -> std::io::Result<()> {
     let now = instant();
-    let limits = &relay.limits;
+    let limits = &relay.rate_limiters;
     // Counted before the lookup, so probing for blobs costs as much as fetching them.
     if let Err(wait) = limits.account_blob_downloads.check(&me.account, 1, now) {
-        return blob_refuse(relay, &mut send, Refused::rate(wait)).await;
+        return blob_refuse(relay, &mut send, Refusal::rate(wait)).await;
     }
-    let not_found = || Refused::new(ErrorCode::BlobNotFound, "no such blob");
+    let not_found = || Refusal::new(ErrorCode::BlobNotFound, "no such blob");
     let Ok(id) = <[u8; limits::BLOB_ID_LEN]>::try_from(d.id.as_slice()) else {
         return blob_refuse(relay, &mut send, not_found()).await;
     };
@@ -356,7 +356,7 @@ async fn download(
     }
     if let Err(wait) = limits.blob_downloads.check(&id, 1, now) {
         limits.account_blob_downloads.refund(&me.account, 1);
-        return blob_refuse(relay, &mut send, Refused::rate(wait)).await;
+        return blob_refuse(relay, &mut send, Refusal::rate(wait)).await;
     }
     if let Err(wait) = limits
         .account_blob_kib
@@ -364,7 +364,7 @@ async fn download(
     {
         limits.account_blob_downloads.refund(&me.account, 1);
         limits.blob_downloads.refund(&id, 1);
-        return blob_refuse(relay, &mut send, Refused::rate(wait)).await;
+        return blob_refuse(relay, &mut send, Refusal::rate(wait)).await;
     }
     blob_reply(
         relay,

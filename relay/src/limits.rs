@@ -65,7 +65,7 @@ pub const CATCH_UP_PAGE: usize = 256;
 /// Length in bytes of the relay's QUIC connection IDs, all of it random (`server::bind_endpoint`).
 pub const CONNECTION_ID_LEN: usize = 8;
 
-/// Bidirectional streams a client may have open at once (the session stream plus blob streams).
+/// Bidirectional streams a client may have open at once (the control stream plus blob streams).
 pub const MAX_BIDI_STREAMS: u32 = 16;
 
 /// Frames buffered towards one connection before deliveries wait (back-pressure; a connection

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use hush_proto::relay_api::server_frame;
 use tokio::sync::mpsc;
 
-use crate::conn::Refused;
+use crate::conn::Refusal;
 use crate::limits;
 use crate::store::{DeviceId, Queued};
 
@@ -52,7 +52,7 @@ pub enum ToConn {
     /// The store writer applied the request with this id (requests after it may now be handled).
     Applied(u64),
     /// The answer to the request with this id (durable if it wrote anything).
-    Answer(u64, Result<server_frame::Kind, Refused>),
+    Answer(u64, Result<server_frame::Kind, Refusal>),
 }
 
 /// What a connection and the routers share about its queue.

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::limits::{self, close};
-use crate::ops::Refusal;
+use crate::ops::RefusalReason;
 use crate::router::Live;
 pub use crate::shared::{Background, Relay, now_ms};
 use crate::store::StoreError;
@@ -117,7 +117,7 @@ pub async fn run(endpoint: quinn::Endpoint, relay: Arc<Relay>, shutdown: Cancell
                 let open = usize::try_from(relay.metrics.connections_open.get()).unwrap_or(0);
                 if open >= relay.cfg.max_connections as usize {
                     relay.metrics.connections_refused.inc();
-                    relay.metrics.refusals.inc(Refusal::ConnectionCap);
+                    relay.metrics.refusals.inc(RefusalReason::ConnectionCap);
                     incoming.refuse();
                     continue;
                 }
@@ -187,7 +187,10 @@ pub async fn run(endpoint: quinn::Endpoint, relay: Arc<Relay>, shutdown: Cancell
 /// handshake carries no application code).
 async fn refuse_block(relay: &Relay, incoming: quinn::Incoming) {
     relay.metrics.connections_refused.inc();
-    relay.metrics.refusals.inc(Refusal::TooManyConnections);
+    relay
+        .metrics
+        .refusals
+        .inc(RefusalReason::TooManyConnections);
     tracing::debug!("connection refused: its address block holds its cap");
     if let Ok(conn) = incoming.await {
         conn.close(

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admit::Admission;
 use crate::config::Config;
-use crate::conn::Refused;
-use crate::ops::{KeyLimit, Metrics, Refusal};
+use crate::conn::Refusal;
+use crate::ops::{KeyLimit, Metrics, RefusalReason};
 use crate::push::{PushConfig, PushTargets, Pusher};
 use crate::ratelimit::Limiter;
 use crate::router::Router;
@@ -92,7 +92,7 @@ impl AccountDevices {
 }
 
 /// The per-kind rate limiters.
-pub(crate) struct Limits {
+pub(crate) struct RateLimiters {
     sends: Limiter<DeviceId>,
     prekey_fetches: Limiter<DeviceId>,
     uploads: Limiter<DeviceId>,
@@ -118,31 +118,31 @@ pub(crate) struct OneTimeGrant {
     target: DeviceId,
 }
 
-impl Limits {
+impl RateLimiters {
     /// Takes a token from the device's bucket and from its account's.
     fn take(
         device: &Limiter<DeviceId>,
         account: &Limiter<[u8; 32]>,
         who: &DeviceId,
         now: Instant,
-    ) -> Result<(), Refused> {
-        device.check(who, 1, now).map_err(Refused::rate)?;
+    ) -> Result<(), Refusal> {
+        device.check(who, 1, now).map_err(Refusal::rate)?;
         account.check(&who.account, 1, now).map_err(|wait| {
             // Refused: the device keeps its token.
             device.refund(who, 1);
-            Refused::rate(wait)
+            Refusal::rate(wait)
         })
     }
 
-    pub(crate) fn send(&self, who: &DeviceId, now: Instant) -> Result<(), Refused> {
+    pub(crate) fn send(&self, who: &DeviceId, now: Instant) -> Result<(), Refusal> {
         Self::take(&self.sends, &self.account_sends, who, now)
     }
 
-    pub(crate) fn fetch(&self, who: &DeviceId, now: Instant) -> Result<(), Refused> {
+    pub(crate) fn fetch(&self, who: &DeviceId, now: Instant) -> Result<(), Refusal> {
         Self::take(&self.prekey_fetches, &self.account_prekey_fetches, who, now)
     }
 
-    pub(crate) fn upload(&self, who: &DeviceId, now: Instant) -> Result<(), Refused> {
+    pub(crate) fn upload(&self, who: &DeviceId, now: Instant) -> Result<(), Refusal> {
         Self::take(&self.uploads, &self.account_uploads, who, now)
     }
 
@@ -193,7 +193,7 @@ pub struct Relay {
     pub(crate) writer: Writer,
     pub(crate) pusher: Pusher,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) limits: Limits,
+    pub(crate) rate_limiters: RateLimiters,
     lists: Mutex<HashMap<[u8; 32], Arc<AccountDevices>>>,
     /// Connections per address block and account, and the pending device links.
     pub(crate) admission: Arc<Admission>,
@@ -269,7 +269,7 @@ impl Relay {
             Arc::clone(&metrics.push),
             shutdown,
         );
-        let limits = Limits {
+        let rate_limiters = RateLimiters {
             sends: Limiter::new(cfg.rate.sends),
             prekey_fetches: Limiter::new(cfg.rate.prekey_fetches),
             uploads: Limiter::new(cfg.rate.uploads),
@@ -303,7 +303,7 @@ impl Relay {
             writer,
             pusher,
             metrics,
-            limits,
+            rate_limiters,
             lists: Mutex::new(HashMap::new()),
             pre_keys_low: Mutex::new(HashSet::new()),
             draining: AtomicBool::new(false),
@@ -331,7 +331,7 @@ impl Relay {
     pub(crate) fn devices_of(
         &self,
         account: &[u8; 32],
-    ) -> Result<Option<Arc<AccountDevices>>, Refused> {
+    ) -> Result<Option<Arc<AccountDevices>>, Refusal> {
         if let Some(d) = self.lists.lock().ok().and_then(|l| l.get(account).cloned()) {
             return Ok(Some(d));
         }
@@ -394,8 +394,8 @@ impl Relay {
         }
     }
 
-    pub(crate) fn refuse_count(&self, r: &Refused) {
-        self.metrics.refusals.inc(Refusal::of(r.code));
+    pub(crate) fn refuse_count(&self, r: &Refusal) {
+        self.metrics.refusals.inc(RefusalReason::of(r.code));
     }
 }
 

@@ -122,7 +122,7 @@ fn endpoint(pin: &str, window: Option<u32>) -> quinn::Endpoint {
     ep
 }
 
-/// A connection driven by hand: the session stream is written and read directly.
+/// A connection driven by hand: the control stream is written and read directly.
 struct Raw {
     _ep: quinn::Endpoint,
     conn: quinn::Connection,
@@ -801,8 +801,8 @@ async fn unknown_message_types_are_refused_and_the_connection_stays_usable() {
 async fn thousands_of_streams_are_capped_and_answered_one_by_one() {
     let h = honest().await;
     let (_m, mc) = h.account(1).await;
-    // Fill every stream the relay grants (the session stream is one) with a request that never
-    // completes: the next stream is not granted, and the session stream still works.
+    // Fill every stream the relay grants (the control stream is one) with a request that never
+    // completes: the next stream is not granted, and the control stream still works.
     let mut stalled = Vec::new();
     for _ in 1..limits::MAX_BIDI_STREAMS {
         let (mut s, r) = mc.conn.open_bi().await.unwrap();
@@ -910,7 +910,7 @@ async fn a_flood_of_connections_is_capped_and_idle_ones_are_closed() {
         cfg.retry_under_load_connections = 8;
     })
     .await;
-    // 60 handshakes at once from one host; none of them ever opens a session stream.
+    // 60 handshakes at once from one host; none of them ever opens a control stream.
     let ep = endpoint(&h.r.fingerprint, None);
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..60 {

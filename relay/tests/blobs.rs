@@ -18,7 +18,7 @@ use hush_proto::relay_api::{
     self as api, BlobRequest, BlobResponse, ErrorCode, blob_request, blob_response,
 };
 use hush_relay::config::{Config, RateLimit as Rate, StoreKind};
-use hush_relay::ops::Refusal;
+use hush_relay::ops::RefusalReason;
 use hush_relay::{Running, frame, limits};
 use sha2::{Digest, Sha256};
 
@@ -132,7 +132,7 @@ async fn a_blob_flood_from_one_account_stops_at_its_quota_while_another_account_
     let full = refused(b.upload_blob(&chunk, chunk.len() as u64).await);
     assert_eq!(full.code(), ErrorCode::BlobQuotaExceeded);
     assert!(full.message.contains("relay"), "{}", full.message);
-    assert_eq!(r.metrics.refusals.get(Refusal::BlobQuota), 2);
+    assert_eq!(r.metrics.refusals.get(RefusalReason::BlobQuota), 2);
     assert_eq!(r.metrics.blob_bytes_stored.get(), 7 * 64 * 1024);
     assert!(
         r.metrics
@@ -351,8 +351,8 @@ async fn a_zero_size_blob_is_malformed_and_a_4_gib_request_prefix_is_too_large()
     let e = refused(a.upload_blob(b"", 0).await);
     assert_eq!(e.code(), ErrorCode::Malformed);
     assert!(e.message.contains("empty"), "{}", e.message);
-    assert_eq!(r.metrics.refusals.get(Refusal::TooLarge), 0);
-    // A length prefix of 4 GiB - 1 on a blob stream: too large, as on the session stream.
+    assert_eq!(r.metrics.refusals.get(RefusalReason::TooLarge), 0);
+    // A length prefix of 4 GiB - 1 on a blob stream: too large, as on the control stream.
     let (mut s, mut rcv) = a.conn.open_bi().await.unwrap();
     s.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
     let resp: BlobResponse = tokio::time::timeout(WAIT, frame::read(&mut rcv, 1 << 16))
@@ -370,7 +370,7 @@ async fn a_zero_size_blob_is_malformed_and_a_4_gib_request_prefix_is_too_large()
         .unwrap()
         .unwrap();
     assert_eq!(refused(resp).code(), ErrorCode::TooLarge);
-    assert_eq!(r.metrics.refusals.get(Refusal::TooLarge), 2);
+    assert_eq!(r.metrics.refusals.get(RefusalReason::TooLarge), 2);
     r.stop().await;
 }
 

@@ -24,7 +24,7 @@ use hush_proto::relay_api::{
     self as api, ClientFrame, ErrorCode, ServerFrame, client_frame, server_frame,
 };
 use hush_relay::config::{Config, StoreKind};
-use hush_relay::ops::{Refusal, Timeout};
+use hush_relay::ops::{RefusalReason, Timeout};
 use hush_relay::{Running, frame, limits};
 use prost::Message;
 
@@ -184,7 +184,7 @@ async fn a_full_link_table_refuses_with_its_own_error() {
     assert_eq!(code, ErrorCode::LinkTableFull);
     assert!(e.retry_after_ms > 0);
     assert_eq!(h.r.metrics.links_pending.get(), 3);
-    assert_eq!(h.r.metrics.refusals.get(Refusal::LinkTableFull), 1);
+    assert_eq!(h.r.metrics.refusals.get(RefusalReason::LinkTableFull), 1);
     assert!(
         h.r.metrics
             .render()
@@ -221,7 +221,10 @@ async fn connections_from_one_block_stop_at_its_cap_with_their_close_code() {
     ok(&b2.request(client_frame::Kind::Ping(api::Ping {})).await);
     // A fourth from the same /24 is closed with the code that says why.
     refused_for_its_block(&h, "127.0.0.4").await;
-    assert_eq!(h.r.metrics.refusals.get(Refusal::TooManyConnections), 1);
+    assert_eq!(
+        h.r.metrics.refusals.get(RefusalReason::TooManyConnections),
+        1
+    );
     // Another block connects and authenticates as usual.
     let other = h.client_from(BLOCK_B).await;
     other.authenticate(&alice, 2).await;
@@ -265,7 +268,7 @@ async fn an_account_at_its_connection_cap_is_refused_and_may_retry_once_one_clos
     h.stop().await;
 }
 
-/// A connection driven by hand: its session stream written directly.
+/// A connection driven by hand: its control stream written directly.
 struct Raw {
     _ep: quinn::Endpoint,
     conn: quinn::Connection,
@@ -544,8 +547,13 @@ async fn authenticating_again_is_refused_as_such_and_never_closes_the_connection
     }
     ok(&a.request(client_frame::Kind::Ping(api::Ping {})).await);
     assert_eq!(h.r.metrics.auth_failures.get(), 0);
-    assert_eq!(h.r.metrics.refusals.get(Refusal::AlreadyAuthenticated), 4);
-    assert_eq!(h.r.metrics.refusals.get(Refusal::AuthFailed), 0);
+    assert_eq!(
+        h.r.metrics
+            .refusals
+            .get(RefusalReason::AlreadyAuthenticated),
+        4
+    );
+    assert_eq!(h.r.metrics.refusals.get(RefusalReason::AuthFailed), 0);
     h.stop().await;
 }
 
@@ -599,10 +607,10 @@ async fn refusals_are_counted_under_their_own_code_and_closing_is_no_refusal() {
     })
     .await;
     let m = &h.r.metrics;
-    for reason in Refusal::ALL {
+    for reason in RefusalReason::ALL {
         let want = u64::from(matches!(
             reason,
-            Refusal::NotFound | Refusal::StaleDeviceList | Refusal::BadSignature
+            RefusalReason::NotFound | RefusalReason::StaleDeviceList | RefusalReason::BadSignature
         ));
         assert_eq!(m.refusals.get(reason), want, "{}", reason.as_str());
     }

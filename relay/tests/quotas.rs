@@ -20,7 +20,7 @@ use common::*;
 use hush_proto::relay_api::{self as api, ErrorCode, client_frame, server_frame};
 use hush_relay::config::{RateLimit as Rate, StoreKind};
 use hush_relay::limits;
-use hush_relay::ops::{KeyLimit, Refusal};
+use hush_relay::ops::{KeyLimit, RefusalReason};
 use hush_relay::store::usage::ENVELOPE_OVERHEAD;
 use prost::Message;
 
@@ -80,7 +80,7 @@ async fn one_sender_filling_a_device_queue_does_not_stop_a_second_sender(
             .full_devices
             .is_empty()
     );
-    assert_eq!(r.metrics.refusals.get(Refusal::SenderQuota), 1);
+    assert_eq!(r.metrics.refusals.get(RefusalReason::SenderQuota), 1);
     assert_eq!(
         r.metrics.mailbox_bytes.get(),
         i64::try_from(4 * (5 + ENVELOPE_OVERHEAD)).unwrap()
@@ -128,7 +128,7 @@ async fn an_account_at_its_mailbox_byte_cap_is_refused_while_another_still_recei
         i64::try_from(4 * one).unwrap()
     );
     sent(&m.send(random(), carol.id(), &[1], &body).await);
-    assert_eq!(r.metrics.refusals.get(Refusal::MailboxFull), 1);
+    assert_eq!(r.metrics.refusals.get(RefusalReason::MailboxFull), 1);
     r.stop().await;
 }
 
@@ -146,7 +146,7 @@ async fn the_relay_wide_mailbox_byte_cap_refuses_with_relay_full() {
     let (code, e) = error_of(&a.send(random(), carol.id(), &[1], &[1; 10]).await);
     assert_eq!(code, ErrorCode::RelayFull);
     assert!(e.retry_after_ms > 0);
-    assert_eq!(r.metrics.refusals.get(Refusal::RelayFull), 1);
+    assert_eq!(r.metrics.refusals.get(RefusalReason::RelayFull), 1);
     r.stop().await;
 }
 

@@ -1056,7 +1056,7 @@ async fn usernames_are_first_come_first_served_and_a_rename_releases_the_old_one
     assert_eq!(
         r.metrics
             .refusals
-            .get(hush_relay::ops::Refusal::UsernameTaken),
+            .get(hush_relay::ops::RefusalReason::UsernameTaken),
         1
     );
     assert_eq!(

@@ -1,4 +1,4 @@
-//! A raw client of the relay protocol for tests: QUIC with a pinned certificate, the session
+//! A raw client of the relay protocol for tests: QUIC with a pinned certificate, the control
 //! stream with request/response matching, unsolicited frames, blob streams. It sends whatever a
 //! test asks, malformed frames included, and panics where a test would fail.
 
@@ -72,7 +72,7 @@ impl Client {
         })
     }
 
-    /// Sends raw bytes on the session stream.
+    /// Sends raw bytes on the control stream.
     pub fn send_raw(&self, bytes: Vec<u8>) {
         let _ = self.net.send_raw(bytes);
     }

@@ -296,16 +296,16 @@ settings! {
         /// `RATE_LIMITED` until one of the block's links goes.
         max_pending_links_per_block: u32 = 16;
             "N", "Pending device links held at once per source address block (count)", positive;
-        /// A frame on the session stream must arrive whole within this plus its length at
+        /// A frame on the control stream must arrive whole within this plus its length at
         /// `frame_read_min_bytes_per_sec`, counted from its first byte, or the connection is
         /// closed (code 4).
         frame_read_timeout_ms: u64 = 10_000;
             "MS",
-            "Time a session-stream frame may take to arrive, plus its length at the minimum rate (ms)",
+            "Time a control-stream frame may take to arrive, plus its length at the minimum rate (ms)",
             positive;
-        /// The slowest rate a session-stream frame may arrive at (a 1 MiB frame gets 10 s + 64 s).
+        /// The slowest rate a control-stream frame may arrive at (a 1 MiB frame gets 10 s + 64 s).
         frame_read_min_bytes_per_sec: u64 = 16 * 1024;
-            "BYTES", "Slowest rate a session-stream frame may arrive at (bytes per second)", positive;
+            "BYTES", "Slowest rate a control-stream frame may arrive at (bytes per second)", positive;
         /// Above this many open connections, new clients must pass a QUIC address validation
         /// (Retry) first (0: always).
         retry_under_load_connections: u32 = 2000;

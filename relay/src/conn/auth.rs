@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hush_proto::relay_api::{self as api, ErrorCode, server_frame};
 
-use super::{ConnState, Now, Phase, Refused, Reply, arr};
+use super::{ConnState, Now, Phase, Refusal, Reply, arr};
 use crate::admit::LinkRefused;
 use crate::limits;
 use crate::router::{Handle, Live};
@@ -29,17 +29,17 @@ impl ConnState {
         &mut self,
         relay: &Arc<Relay>,
         a: &api::Authenticate,
-    ) -> Result<server_frame::Kind, Refused> {
+    ) -> Result<server_frame::Kind, Refusal> {
         // A challenge is good for one attempt.
         let challenge = match self.phase {
             Phase::Device(_) => {
-                return Err(Refused::new(
+                return Err(Refusal::new(
                     ErrorCode::AlreadyAuthenticated,
                     "this connection is already authenticated",
                 ));
             }
             Phase::Open => {
-                return Err(Refused::new(
+                return Err(Refusal::new(
                     ErrorCode::AuthFailed,
                     "no challenge outstanding",
                 ));
@@ -50,13 +50,13 @@ impl ConnState {
         let account: [u8; 32] = arr(&a.account, "account")?;
         let devices = relay
             .devices_of(&account)?
-            .ok_or_else(|| Refused::new(ErrorCode::AuthFailed, "unknown account"))?;
+            .ok_or_else(|| Refusal::new(ErrorCode::AuthFailed, "unknown account"))?;
         let listed = devices.devices.get(&a.device_id).ok_or_else(|| {
-            Refused::new(ErrorCode::DeviceRevoked, "device not on the account's list")
+            Refusal::new(ErrorCode::DeviceRevoked, "device not on the account's list")
         })?;
         let transcript = verify::auth_transcript(&self.exporter, &challenge, &account, a.device_id);
         verify::auth_signature(&listed.signing_key, &transcript, &a.signature)
-            .map_err(|_| Refused::new(ErrorCode::AuthFailed, "bad authentication signature"))?;
+            .map_err(|_| Refusal::new(ErrorCode::AuthFailed, "bad authentication signature"))?;
         let device = DeviceId {
             account,
             device: a.device_id,
@@ -64,7 +64,7 @@ impl ConnState {
         // Counted against the account only once the proof holds: nobody learns anything about
         // an account they cannot authenticate as.
         let slot = relay.admission.account(account).ok_or_else(|| {
-            Refused::new(
+            Refusal::new(
                 ErrorCode::TooManyConnections,
                 "too many connections for this account",
             )
@@ -86,7 +86,7 @@ impl ConnState {
             .and_then(|d| d.devices.get(&a.device_id).map(|l| l.signing_key));
         if still != Some(listed.signing_key) {
             relay.router.unregister(&device, self.id);
-            return Err(Refused::new(
+            return Err(Refusal::new(
                 ErrorCode::DeviceRevoked,
                 "device not on the account's list",
             ));
@@ -123,12 +123,12 @@ impl ConnState {
         rid: u64,
         c: &api::CreateAccount,
         now: Now,
-    ) -> Result<Reply, Refused> {
+    ) -> Result<Reply, Refusal> {
         relay
-            .limits
+            .rate_limiters
             .accounts
             .check(&address_block(self.remote), 1, now.at)
-            .map_err(Refused::rate)?;
+            .map_err(Refusal::rate)?;
         let max = relay.cfg.max_devices_per_account as usize;
         let checked = CheckedList::check(&c.signed_device_list, None, max)?;
         let devices =
@@ -152,22 +152,22 @@ impl ConnState {
         relay: &Arc<Relay>,
         p: api::ProvisionPut,
         now: Now,
-    ) -> Result<server_frame::Kind, Refused> {
+    ) -> Result<server_frame::Kind, Refusal> {
         let channel: [u8; 32] = arr(&p.channel, "channel")?;
         if p.body.is_empty() || p.body.len() > limits::MAX_PROVISION_BYTES {
-            return Err(Refused::new(ErrorCode::TooLarge, "link message size"));
+            return Err(Refusal::new(ErrorCode::TooLarge, "link message size"));
         }
         if !relay.admission.is_offered(&channel, now.wall_ms) {
-            return Err(Refused::new(
+            return Err(Refusal::new(
                 ErrorCode::NotFound,
                 "no device offers this link code: it was used, it expired, or it is mistyped",
             ));
         }
         relay
-            .limits
+            .rate_limiters
             .accounts
             .check(&address_block(self.remote), 1, now.at)
-            .map_err(Refused::rate)?;
+            .map_err(Refusal::rate)?;
         let ttl = Duration::from_millis(limits::PROVISION_TTL_MS);
         let expires_at = now.wall_ms.saturating_add(limits::PROVISION_TTL_MS);
         let block = address_block(self.remote);
@@ -183,7 +183,7 @@ impl ConnState {
             )
             .map_err(|refused| match refused {
                 LinkRefused::BlockFull { retry_after_ms } => {
-                    let mut r = Refused::new(
+                    let mut r = Refusal::new(
                         ErrorCode::RateLimited,
                         "too many pending links from this address block",
                     );
@@ -192,7 +192,7 @@ impl ConnState {
                 }
                 LinkRefused::TableFull { retry_after_ms } => {
                     tracing::info!("link refused: the table of pending links is full");
-                    let mut r = Refused::new(
+                    let mut r = Refusal::new(
                         ErrorCode::LinkTableFull,
                         "the relay's table of pending links is full",
                     );
@@ -204,7 +204,7 @@ impl ConnState {
             Ok(g) => g,
             Err(r) => {
                 // Refused: the address keeps its token.
-                relay.limits.accounts.refund(&block, 1);
+                relay.rate_limiters.accounts.refund(&block, 1);
                 return Err(r);
             }
         };
@@ -224,7 +224,7 @@ impl ConnState {
         relay: &Relay,
         o: &api::ProvisionOffer,
         now: Now,
-    ) -> Result<server_frame::Kind, Refused> {
+    ) -> Result<server_frame::Kind, Refusal> {
         let account = self.me()?.account;
         let channel: [u8; 32] = arr(&o.channel, "channel")?;
         let expires_at = now.wall_ms.saturating_add(limits::PROVISION_TTL_MS);
@@ -244,7 +244,7 @@ impl ConnState {
                         retry_after_ms,
                     ),
                 };
-                let mut r = Refused::new(code, why);
+                let mut r = Refusal::new(code, why);
                 r.retry_after_ms = retry;
                 r
             })?;
@@ -256,12 +256,12 @@ impl ConnState {
         relay: &Relay,
         t: &api::ProvisionTake,
         now: Now,
-    ) -> Result<server_frame::Kind, Refused> {
+    ) -> Result<server_frame::Kind, Refusal> {
         self.me()?;
         let channel: [u8; 32] = arr(&t.channel, "channel")?;
         match relay.admission.take_link(&channel, now.wall_ms) {
             Some(body) => Ok(server_frame::Kind::Provision(api::ProvisionResult { body })),
-            None => Err(Refused::new(ErrorCode::NotFound, "no link message yet")),
+            None => Err(Refusal::new(ErrorCode::NotFound, "no link message yet")),
         }
     }
 }

@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use hush_proto::relay_api::{self as api, ErrorCode, server_frame};
 
-use super::{ConnState, Now, Refused, Reply};
+use super::{ConnState, Now, Refusal, Reply};
 use crate::limits;
 use crate::shared::Relay;
 use crate::verify;
 
 /// A username as the directory keeps it (normalized), or `MALFORMED`.
-fn username(name: &str) -> Result<String, Refused> {
+fn username(name: &str) -> Result<String, Refusal> {
     hush_net::username::normalize(name)
-        .map_err(|e| Refused::new(ErrorCode::Malformed, format!("username: {e}")))
+        .map_err(|e| Refusal::new(ErrorCode::Malformed, format!("username: {e}")))
 }
 
 impl ConnState {
@@ -23,19 +23,19 @@ impl ConnState {
         rid: u64,
         p: api::RegisterPush,
         now: Now,
-    ) -> Result<Reply, Refused> {
+    ) -> Result<Reply, Refusal> {
         let me = self.me()?;
-        relay.limits.upload(&me, now.at)?;
+        relay.rate_limiters.upload(&me, now.at)?;
         let url = if p.url.is_empty() {
             None
         } else {
             if p.url.len() > limits::MAX_PUSH_URL_LEN {
-                return Err(Refused::new(ErrorCode::TooLarge, "push URL too long"));
+                return Err(Refusal::new(ErrorCode::TooLarge, "push URL too long"));
             }
             let parsed = crate::push::PushUrl::parse(&p.url)
-                .map_err(|e| Refused::new(ErrorCode::Malformed, format!("push URL: {e}")))?;
+                .map_err(|e| Refusal::new(ErrorCode::Malformed, format!("push URL: {e}")))?;
             if !parsed.is_https() && !relay.cfg.push.allow_plain_http {
-                return Err(Refused::new(ErrorCode::Malformed, "push URL must be https"));
+                return Err(Refusal::new(ErrorCode::Malformed, "push URL must be https"));
             }
             Some(p.url)
         };
@@ -54,12 +54,12 @@ impl ConnState {
         rid: u64,
         u: &api::ClaimUsername,
         now: Now,
-    ) -> Result<Reply, Refused> {
+    ) -> Result<Reply, Refusal> {
         let me = self.me()?;
-        relay.limits.upload(&me, now.at)?;
+        relay.rate_limiters.upload(&me, now.at)?;
         let name = username(&u.name)?;
         if u.proof.len() != limits::SIGNATURE_LEN {
-            return Err(Refused::new(
+            return Err(Refusal::new(
                 ErrorCode::Malformed,
                 format!("username proof must be {} bytes", limits::SIGNATURE_LEN),
             ));
@@ -81,9 +81,9 @@ impl ConnState {
         relay: &Arc<Relay>,
         rid: u64,
         now: Now,
-    ) -> Result<Reply, Refused> {
+    ) -> Result<Reply, Refusal> {
         let me = self.me()?;
-        relay.limits.upload(&me, now.at)?;
+        relay.rate_limiters.upload(&me, now.at)?;
         self.submit(relay, rid, true, move |r| {
             r.store.release_username(&me.account)?;
             Ok(server_frame::Kind::Ok(api::Ok {}))
@@ -97,14 +97,14 @@ impl ConnState {
         relay: &Relay,
         q: &api::LookupUsername,
         now: Now,
-    ) -> Result<server_frame::Kind, Refused> {
+    ) -> Result<server_frame::Kind, Refusal> {
         let me = self.me()?;
-        relay.limits.fetch(&me, now.at)?;
+        relay.rate_limiters.fetch(&me, now.at)?;
         let name = username(&q.name)?;
         let holder = relay
             .store
             .lookup_username(&name)?
-            .ok_or_else(|| Refused::new(ErrorCode::NotFound, "no such username"))?;
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no such username"))?;
         Ok(server_frame::Kind::Username(api::UsernameResult {
             account: holder.account.to_vec(),
             proof: holder.proof,

@@ -8,7 +8,7 @@ use hush_proto::relay_api::{self as api, ErrorCode, server_frame};
 use hush_proto::wire::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
 use prost::Message;
 
-use super::{ConnState, Now, Refused, Reply, arr};
+use super::{ConnState, Now, Refusal, Reply, arr};
 use crate::limits;
 use crate::router::Live;
 use crate::shared::{AccountDevices, Relay};
@@ -21,17 +21,17 @@ impl ConnState {
         relay: &Arc<Relay>,
         rid: u64,
         p: api::PublishDeviceList,
-    ) -> Result<Reply, Refused> {
+    ) -> Result<Reply, Refusal> {
         let me = self.me()?;
-        relay.limits.upload(&me, self.now)?;
+        relay.rate_limiters.upload(&me, self.now)?;
         let max = relay.cfg.max_devices_per_account as usize;
         let devices = AccountDevices::from_signed(&p.signed_device_list, Some(&me.account), max)
             .map_err(|e| match e {
-                VerifyError::WrongAccount => Refused::new(
+                VerifyError::WrongAccount => Refusal::new(
                     ErrorCode::Forbidden,
                     "a device may only publish its own account's list",
                 ),
-                other => Refused::from(other),
+                other => Refusal::from(other),
             })?;
         let signed = p.signed_device_list;
         // On the writer thread, publications are applied one at a time, so the old list read
@@ -82,14 +82,14 @@ impl ConnState {
         relay: &Relay,
         q: &api::FetchDeviceList,
         now: Now,
-    ) -> Result<server_frame::Kind, Refused> {
+    ) -> Result<server_frame::Kind, Refusal> {
         let me = self.me()?;
-        relay.limits.fetch(&me, now.at)?;
+        relay.rate_limiters.fetch(&me, now.at)?;
         let account: [u8; 32] = arr(&q.account, "account")?;
         let (_, bytes) = relay
             .store
             .device_list(&account)?
-            .ok_or_else(|| Refused::new(ErrorCode::NotFound, "unknown account"))?;
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown account"))?;
         Ok(server_frame::Kind::DeviceList(api::DeviceListResult {
             signed_device_list: bytes,
         }))
@@ -101,13 +101,13 @@ impl ConnState {
         rid: u64,
         u: api::UploadPreKeys,
         now: Now,
-    ) -> Result<Reply, Refused> {
+    ) -> Result<Reply, Refusal> {
         let me = self.me()?;
-        relay.limits.upload(&me, now.at)?;
+        relay.rate_limiters.upload(&me, now.at)?;
         if u.one_time_pre_keys.len() > limits::MAX_PRE_KEYS_PER_UPLOAD
             || u.kem_pre_keys.len() > limits::MAX_PRE_KEYS_PER_UPLOAD
         {
-            return Err(Refused::new(
+            return Err(Refusal::new(
                 ErrorCode::TooLarge,
                 "too many pre-keys in one upload",
             ));
@@ -116,19 +116,19 @@ impl ConnState {
         if otk_have + u.one_time_pre_keys.len() > limits::MAX_PRE_KEYS_STORED
             || kem_have + u.kem_pre_keys.len() > limits::MAX_PRE_KEYS_STORED
         {
-            return Err(Refused::new(
+            return Err(Refusal::new(
                 ErrorCode::TooLarge,
                 "too many pre-keys stored",
             ));
         }
         let devices = relay
             .devices_of(&me.account)?
-            .ok_or_else(|| Refused::new(ErrorCode::NotFound, "unknown account"))?;
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown account"))?;
         let key = devices
             .devices
             .get(&me.device)
             .map(|d| d.signing_key)
-            .ok_or_else(|| Refused::new(ErrorCode::Forbidden, "device not on the list"))?;
+            .ok_or_else(|| Refusal::new(ErrorCode::Forbidden, "device not on the list"))?;
         verify::signed_pre_key(&u.signed_pre_key, &key)?;
         verify::kem_pre_key(&u.last_resort_kem_pre_key, &key, true)?;
         let mut one_time = Vec::with_capacity(u.one_time_pre_keys.len());
@@ -160,7 +160,7 @@ impl ConnState {
     /// durable, so a claimed one-time key never comes back after a crash.
     ///
     /// One-time keys are rationed (per target device, per pair of accounts, per requesting
-    /// account: `Limits::one_time_keys`): past a limit the bundle is still served, with the
+    /// account: `RateLimiters::one_time_keys`): past a limit the bundle is still served, with the
     /// signed pre-key and the last-resort ML-KEM key only, as when none are left (PROTOCOL.md
     /// §4.3), so nobody is denied a session while draining a device's keys becomes slow. The
     /// device is told its keys run low once per low spell (`Relay::first_low`).
@@ -170,34 +170,36 @@ impl ConnState {
         rid: u64,
         b: &api::FetchBundle,
         now: Now,
-    ) -> Result<Reply, Refused> {
+    ) -> Result<Reply, Refusal> {
         let me = self.me()?;
-        relay.limits.fetch(&me, now.at)?;
+        relay.rate_limiters.fetch(&me, now.at)?;
         let account: [u8; 32] = arr(&b.account, "account")?;
         let devices = relay
             .devices_of(&account)?
-            .ok_or_else(|| Refused::new(ErrorCode::NotFound, "unknown account"))?;
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown account"))?;
         let identity = devices
             .devices
             .get(&b.device_id)
             .map(|l| l.identity.clone())
-            .ok_or_else(|| Refused::new(ErrorCode::NotFound, "no such device"))?;
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no such device"))?;
         let target = DeviceId {
             account,
             device: b.device_id,
         };
-        let grant = relay.limits.one_time_keys(&me.account, &target, now.at);
+        let grant = relay
+            .rate_limiters
+            .one_time_keys(&me.account, &target, now.at);
         self.submit(relay, rid, false, move |r| {
             let claimed = r.store.claim_pre_keys(&target, grant.is_ok());
             let claimed = match claimed {
                 Ok(Some(c)) => c,
                 other => {
                     if let Ok(g) = &grant {
-                        r.limits.refund_one_time_keys(g);
+                        r.rate_limiters.refund_one_time_keys(g);
                     }
                     return Err(match other {
-                        Err(e) => Refused::from(e),
-                        _ => Refused::new(ErrorCode::NotFound, "the device has no pre-keys"),
+                        Err(e) => Refusal::from(e),
+                        _ => Refusal::new(ErrorCode::NotFound, "the device has no pre-keys"),
                     });
                 }
             };
@@ -207,7 +209,7 @@ impl ConnState {
                     r.metrics.one_time_keys_claimed.inc();
                 }
                 // None were left: the grant took nothing.
-                Ok(g) => r.limits.refund_one_time_keys(g),
+                Ok(g) => r.rate_limiters.refund_one_time_keys(g),
             }
             let bad = |_| StoreError::Corrupt("prekeys");
             let bundle = PreKeyBundle {

@@ -1,4 +1,4 @@
-//! A second, lenient reading of a session-stream frame that did not decode. A request whose text
+//! A second, lenient reading of a control-stream frame that did not decode. A request whose text
 //! fields (the username of a claim or lookup, the push URL) hold bytes that are not UTF-8 is
 //! otherwise well-formed: it is refused on its own (`MALFORMED` under its request id) and the
 //! connection stays, where a frame that does not decode at all closes it.

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use hush_proto::relay_api::{self as api, ErrorCode, server_frame};
 
-use super::{ConnState, Now, Refused, Reply, arr};
+use super::{ConnState, Now, Refusal, Reply, arr};
 use crate::limits::{self, close};
 use crate::router::{Fresh, Live};
 use crate::shared::{AccountDevices, Relay};
@@ -26,20 +26,20 @@ impl ConnState {
         rid: u64,
         s: api::Send,
         now: Now,
-    ) -> Result<Reply, Refused> {
+    ) -> Result<Reply, Refusal> {
         let me = self.me()?;
         if relay.draining.load(Ordering::Relaxed) {
-            return Err(Refused::new(
+            return Err(Refusal::new(
                 ErrorCode::Draining,
                 "relay draining, reconnect",
             ));
         }
-        relay.limits.send(&me, now.at)?;
+        relay.rate_limiters.send(&me, now.at)?;
         let client_id: [u8; limits::CLIENT_ID_LEN] = arr(&s.client_id, "client id")?;
         let recipient: [u8; 32] = arr(&s.recipient_account, "recipient account")?;
         let cfg = &relay.cfg;
         if s.envelopes.len() > cfg.max_envelopes_per_send {
-            return Err(Refused::new(
+            return Err(Refusal::new(
                 ErrorCode::TooLarge,
                 "too many envelopes in one send",
             ));
@@ -49,7 +49,7 @@ impl ConnState {
             .iter()
             .find(|e| e.body.len() > cfg.max_envelope_bytes)
         {
-            return Err(Refused::new(
+            return Err(Refusal::new(
                 ErrorCode::TooLarge,
                 format!(
                     "envelope of {} bytes is over the cap of {}",
@@ -59,11 +59,11 @@ impl ConnState {
             ));
         }
         if s.envelopes.iter().any(|e| e.body.is_empty()) {
-            return Err(Refused::new(ErrorCode::Malformed, "empty envelope"));
+            return Err(Refusal::new(ErrorCode::Malformed, "empty envelope"));
         }
         let devices = relay
             .devices_of(&recipient)?
-            .ok_or_else(|| Refused::new(ErrorCode::NotFound, "unknown recipient account"))?;
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown recipient account"))?;
         mismatch(&devices, &s.envelopes, &me, &recipient, s.targeted)?;
         let envelopes: Vec<Envelope> = s
             .envelopes
@@ -125,10 +125,10 @@ impl ConnState {
         &mut self,
         relay: &Arc<Relay>,
         a: api::Ack,
-    ) -> Result<server_frame::Kind, Refused> {
+    ) -> Result<server_frame::Kind, Refusal> {
         let me = self.me()?;
         if a.seqs.len() > limits::CATCH_UP_PAGE * 16 {
-            return Err(Refused::new(
+            return Err(Refusal::new(
                 ErrorCode::TooLarge,
                 "too many sequence numbers",
             ));
@@ -155,9 +155,9 @@ impl ConnState {
         relay: &Relay,
         e: api::SendEphemeral,
         now: Now,
-    ) -> Result<server_frame::Kind, Refused> {
+    ) -> Result<server_frame::Kind, Refusal> {
         let me = self.me()?;
-        relay.limits.send(&me, now.at)?;
+        relay.rate_limiters.send(&me, now.at)?;
         let recipient: [u8; 32] = arr(&e.recipient_account, "recipient account")?;
         let cfg = &relay.cfg;
         if e.envelopes.len() > cfg.max_envelopes_per_send
@@ -165,14 +165,14 @@ impl ConnState {
                 .iter()
                 .any(|x| x.body.len() > cfg.max_envelope_bytes)
         {
-            return Err(Refused::new(
+            return Err(Refusal::new(
                 ErrorCode::TooLarge,
                 "ephemeral send over its cap",
             ));
         }
         let devices = relay
             .devices_of(&recipient)?
-            .ok_or_else(|| Refused::new(ErrorCode::NotFound, "unknown recipient account"))?;
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown recipient account"))?;
         // Never stored: handed to the connected devices among those listed, dropped otherwise.
         for x in e.envelopes {
             if !devices.devices.contains_key(&x.device_id) {
@@ -277,7 +277,7 @@ fn mismatch(
     me: &DeviceId,
     recipient: &[u8; 32],
     targeted: bool,
-) -> Result<(), Refused> {
+) -> Result<(), Refusal> {
     let mut expected: BTreeSet<u32> = devices.devices.keys().copied().collect();
     if recipient == &me.account {
         expected.remove(&me.device);
@@ -285,7 +285,7 @@ fn mismatch(
     let mut given = BTreeSet::new();
     for e in envelopes {
         if !given.insert(e.device_id) {
-            return Err(Refused::new(
+            return Err(Refusal::new(
                 ErrorCode::Malformed,
                 "two envelopes for one device",
             ));
@@ -299,7 +299,7 @@ fn mismatch(
     if complete && !given.is_empty() {
         return Ok(());
     }
-    let mut r = Refused::new(
+    let mut r = Refusal::new(
         ErrorCode::DeviceMismatch,
         "the envelopes do not match the recipient's devices",
     );

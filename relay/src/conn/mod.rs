@@ -1,7 +1,7 @@
 //! One client connection.
 //!
 //! [`ConnState`] is the protocol of one connection without any I/O, in the manner of
-//! quinn-proto under quinn: bytes read from the session stream, messages from the router and the
+//! quinn-proto under quinn: bytes read from the control stream, messages from the router and the
 //! store writer, and timer expiries go in, with the time passed in; frames to write, operations
 //! for the writer and a close decision come out. It is unit-tested over frames and a fake clock
 //! (`tests.rs`). The async task around it ([`shell`]) only moves bytes and messages.
@@ -60,7 +60,7 @@ use crate::writer::{Op, Settle};
 
 /// A refused request: the error frame it gets.
 #[derive(Debug)]
-pub struct Refused {
+pub struct Refusal {
     pub(crate) code: ErrorCode,
     pub(crate) message: String,
     pub(crate) retry_after_ms: u64,
@@ -68,7 +68,7 @@ pub struct Refused {
     pub(crate) extra: Vec<u32>,
 }
 
-impl Refused {
+impl Refusal {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
@@ -106,7 +106,7 @@ impl Refused {
     }
 }
 
-impl From<StoreError> for Refused {
+impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::AccountExists => Self::new(ErrorCode::AccountExists, "account exists"),
@@ -148,7 +148,7 @@ impl From<StoreError> for Refused {
     }
 }
 
-impl From<VerifyError> for Refused {
+impl From<VerifyError> for Refusal {
     fn from(e: VerifyError) -> Self {
         let code = match e {
             VerifyError::BadSignature(_) => ErrorCode::BadSignature,
@@ -160,9 +160,9 @@ impl From<VerifyError> for Refused {
     }
 }
 
-pub(crate) fn arr<const N: usize>(b: &[u8], what: &str) -> Result<[u8; N], Refused> {
+pub(crate) fn arr<const N: usize>(b: &[u8], what: &str) -> Result<[u8; N], Refusal> {
     b.try_into()
-        .map_err(|_| Refused::new(ErrorCode::Malformed, format!("{what} must be {N} bytes")))
+        .map_err(|_| Refusal::new(ErrorCode::Malformed, format!("{what} must be {N} bytes")))
 }
 
 /// The time, as the state machine sees it.
@@ -304,7 +304,7 @@ impl ConnState {
         self.id
     }
 
-    /// Bytes read from the session stream.
+    /// Bytes read from the control stream.
     pub fn receive(&mut self, relay: &Arc<Relay>, data: &[u8], now: Now) {
         self.now = self.now.max(now.at);
         self.inbuf.extend_from_slice(data);
@@ -333,7 +333,7 @@ impl ConnState {
         self.pump(relay, now);
     }
 
-    /// The client finished its side of the session stream: answer what is in flight, then close
+    /// The client finished its side of the control stream: answer what is in flight, then close
     /// (a protocol violation if it stopped inside a frame).
     pub fn peer_finished(&mut self, relay: &Relay) {
         if self.inbuf.is_empty() {
@@ -394,7 +394,7 @@ impl ConnState {
         }
     }
 
-    /// Whether the shell should read more from the session stream.
+    /// Whether the shell should read more from the control stream.
     pub fn wants_read(&self, max_frame: usize) -> bool {
         self.close.is_none() && self.inbuf.len() <= max_frame.saturating_add(4) && self.can_handle()
     }
@@ -476,7 +476,7 @@ impl ConnState {
                     Some(rid) => self.refuse_request(
                         relay,
                         rid,
-                        Refused::new(ErrorCode::Malformed, "a text field is not UTF-8"),
+                        Refusal::new(ErrorCode::Malformed, "a text field is not UTF-8"),
                     ),
                     None => {
                         self.bad_frame(
@@ -529,14 +529,14 @@ impl ConnState {
     /// connection closes.
     fn bad_frame(&mut self, relay: &Relay, code: ErrorCode, message: String) {
         tracing::info!(code = ?code, "bad frame; closing the connection");
-        let r = Refused::new(code, message);
+        let r = Refusal::new(code, message);
         let kind = self.refusal(relay, &r);
         self.push(0, kind);
         self.finish(close::PROTOCOL, b"bad frame");
     }
 
     /// Refuses request `rid` (which must be usable as an answer's id); the connection stays.
-    fn refuse_request(&mut self, relay: &Relay, rid: u64, r: Refused) {
+    fn refuse_request(&mut self, relay: &Relay, rid: u64, r: Refusal) {
         if let Err(bad) = self.check_request_id(rid) {
             self.bad_frame(relay, ErrorCode::Malformed, bad.into());
             return;
@@ -570,15 +570,15 @@ impl ConnState {
         f.encode_raw(&mut self.out);
     }
 
-    fn refusal(&self, relay: &Relay, r: &Refused) -> server_frame::Kind {
+    fn refusal(&self, relay: &Relay, r: &Refusal) -> server_frame::Kind {
         relay.refuse_count(r);
         tracing::debug!(conn = self.id, code = ?r.code, "request refused");
         server_frame::Kind::Error(r.to_frame())
     }
 
-    fn me(&self) -> Result<DeviceId, Refused> {
+    fn me(&self) -> Result<DeviceId, Refusal> {
         self.device()
-            .ok_or_else(|| Refused::new(ErrorCode::Unauthenticated, "authenticate first"))
+            .ok_or_else(|| Refusal::new(ErrorCode::Unauthenticated, "authenticate first"))
     }
 
     /// Hands `apply` to the writer; its answer (after the flush) goes out under `rid`. A barrier
@@ -588,7 +588,7 @@ impl ConnState {
         relay: &Arc<Relay>,
         rid: u64,
         barrier: bool,
-        apply: impl FnOnce(&Relay) -> Result<server_frame::Kind, Refused> + Send + 'static,
+        apply: impl FnOnce(&Relay) -> Result<server_frame::Kind, Refusal> + Send + 'static,
     ) {
         let tx = self.tx.clone();
         let r = Arc::clone(relay);
@@ -608,7 +608,7 @@ impl ConnState {
                     None
                 }
                 Ok(kind) => Some(Box::new(move |durable: Result<(), StoreError>| {
-                    let answer = durable.map(|()| kind).map_err(Refused::from);
+                    let answer = durable.map(|()| kind).map_err(Refusal::from);
                     let _ = tx.send(ToConn::Answer(rid, answer));
                 }) as Settle),
             }
@@ -624,7 +624,7 @@ impl ConnState {
             return;
         }
         let result = match f.kind {
-            None => Err(Refused::new(
+            None => Err(Refusal::new(
                 ErrorCode::UnknownRequest,
                 "unknown or empty request",
             )),

@@ -1,5 +1,5 @@
 //! The async task of one connection: the only place a connection touches its socket. One task
-//! per connection: it reads the session stream, writes the coalesced output, takes the
+//! per connection: it reads the control stream, writes the coalesced output, takes the
 //! connection's queue (router events, writer answers), accepts blob streams (each transfer gets a
 //! task of its own while it runs, since it streams megabytes), and runs the timers — all in one
 //! `select!` around [`ConnState`].
@@ -15,7 +15,7 @@ use crate::limits::{self, close};
 use crate::ops::Timeout;
 use crate::shared::{Relay, instant};
 
-/// Largest chunk taken from the session stream at once.
+/// Largest chunk taken from the control stream at once.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Output buffers above this are released once written.
@@ -29,14 +29,14 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let remote: IpAddr = quic.remote_address().ip();
     tracing::debug!(conn = id, "connection open");
-    // The first bidirectional stream is the session stream.
+    // The first bidirectional stream is the control stream.
     let accepted = tokio::time::timeout(
         Duration::from_millis(limits::AUTH_TIMEOUT_MS),
         quic.accept_bi(),
     )
     .await;
     let Ok(Ok((mut send, mut recv))) = accepted else {
-        quic.close(close::PROTOCOL.into(), b"no session stream");
+        quic.close(close::PROTOCOL.into(), b"no control stream");
         return;
     };
     let mut exporter = [0u8; limits::EXPORTER_LEN];

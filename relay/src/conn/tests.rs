@@ -1021,7 +1021,7 @@ async fn pending_links_stop_at_the_block_cap_and_the_table_cap_with_their_own_er
         relay
             .metrics
             .refusals
-            .get(crate::ops::Refusal::LinkTableFull),
+            .get(crate::ops::RefusalReason::LinkTableFull),
         1
     );
     // One block link closes: the third gets its place.
@@ -1347,7 +1347,10 @@ async fn a_send_names_the_device_left_out_and_the_refusal_has_its_own_reason() {
     let f = a.frames();
     assert_eq!(error_code(&f[0]), ErrorCode::SenderQuota);
     assert_eq!(
-        relay.metrics.refusals.get(crate::ops::Refusal::SenderQuota),
+        relay
+            .metrics
+            .refusals
+            .get(crate::ops::RefusalReason::SenderQuota),
         1
     );
 }

@@ -8,11 +8,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 /// Why the relay refused a request or a connection: the `reason` label of `refusals_total`.
-/// Each error code has a reason of its own ([`Refusal::of`] matches every code, so a new code
-/// cannot be added without one); [`Refusal::ConnectionCap`] is the relay-wide connection cap,
+/// Each error code has a reason of its own ([`RefusalReason::of`] matches every code, so a new code
+/// cannot be added without one); [`RefusalReason::ConnectionCap`] is the relay-wide connection cap,
 /// which refuses before any code can be sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Refusal {
+pub enum RefusalReason {
     /// `MALFORMED`: the request could not be decoded or a field is out of range.
     Malformed,
     /// `UNAUTHENTICATED`: the request needs an authenticated connection.
@@ -72,103 +72,103 @@ pub enum Refusal {
     Unspecified,
 }
 
-impl Refusal {
+impl RefusalReason {
     /// Every reason, in rendering order.
-    pub const ALL: [Refusal; 28] = [
-        Refusal::Malformed,
-        Refusal::Unauthenticated,
-        Refusal::AuthFailed,
-        Refusal::Forbidden,
-        Refusal::NotFound,
-        Refusal::AccountExists,
-        Refusal::StaleDeviceList,
-        Refusal::BadSignature,
-        Refusal::DeviceMismatch,
-        Refusal::RateLimited,
-        Refusal::TooLarge,
-        Refusal::QueueFull,
-        Refusal::TooManyDevices,
-        Refusal::UnknownRequest,
-        Refusal::Draining,
-        Refusal::Internal,
-        Refusal::BlobNotFound,
-        Refusal::UsernameTaken,
-        Refusal::SenderQuota,
-        Refusal::MailboxFull,
-        Refusal::RelayFull,
-        Refusal::BlobQuota,
-        Refusal::LinkTableFull,
-        Refusal::AlreadyAuthenticated,
-        Refusal::TooManyConnections,
-        Refusal::DeviceRevoked,
-        Refusal::ConnectionCap,
-        Refusal::Unspecified,
+    pub const ALL: [RefusalReason; 28] = [
+        RefusalReason::Malformed,
+        RefusalReason::Unauthenticated,
+        RefusalReason::AuthFailed,
+        RefusalReason::Forbidden,
+        RefusalReason::NotFound,
+        RefusalReason::AccountExists,
+        RefusalReason::StaleDeviceList,
+        RefusalReason::BadSignature,
+        RefusalReason::DeviceMismatch,
+        RefusalReason::RateLimited,
+        RefusalReason::TooLarge,
+        RefusalReason::QueueFull,
+        RefusalReason::TooManyDevices,
+        RefusalReason::UnknownRequest,
+        RefusalReason::Draining,
+        RefusalReason::Internal,
+        RefusalReason::BlobNotFound,
+        RefusalReason::UsernameTaken,
+        RefusalReason::SenderQuota,
+        RefusalReason::MailboxFull,
+        RefusalReason::RelayFull,
+        RefusalReason::BlobQuota,
+        RefusalReason::LinkTableFull,
+        RefusalReason::AlreadyAuthenticated,
+        RefusalReason::TooManyConnections,
+        RefusalReason::DeviceRevoked,
+        RefusalReason::ConnectionCap,
+        RefusalReason::Unspecified,
     ];
 
     /// The reason of a refusal with `code`.
     pub fn of(code: ErrorCode) -> Self {
         match code {
-            ErrorCode::Malformed => Refusal::Malformed,
-            ErrorCode::Unauthenticated => Refusal::Unauthenticated,
-            ErrorCode::AuthFailed => Refusal::AuthFailed,
-            ErrorCode::Forbidden => Refusal::Forbidden,
-            ErrorCode::NotFound => Refusal::NotFound,
-            ErrorCode::AccountExists => Refusal::AccountExists,
-            ErrorCode::StaleDeviceList => Refusal::StaleDeviceList,
-            ErrorCode::BadSignature => Refusal::BadSignature,
-            ErrorCode::DeviceMismatch => Refusal::DeviceMismatch,
-            ErrorCode::RateLimited => Refusal::RateLimited,
-            ErrorCode::TooLarge => Refusal::TooLarge,
-            ErrorCode::QueueFull => Refusal::QueueFull,
-            ErrorCode::TooManyDevices => Refusal::TooManyDevices,
-            ErrorCode::UnknownRequest => Refusal::UnknownRequest,
-            ErrorCode::Draining => Refusal::Draining,
-            ErrorCode::Internal => Refusal::Internal,
-            ErrorCode::BlobNotFound => Refusal::BlobNotFound,
-            ErrorCode::UsernameTaken => Refusal::UsernameTaken,
-            ErrorCode::SenderQuota => Refusal::SenderQuota,
-            ErrorCode::MailboxFull => Refusal::MailboxFull,
-            ErrorCode::RelayFull => Refusal::RelayFull,
-            ErrorCode::BlobQuotaExceeded => Refusal::BlobQuota,
-            ErrorCode::LinkTableFull => Refusal::LinkTableFull,
-            ErrorCode::AlreadyAuthenticated => Refusal::AlreadyAuthenticated,
-            ErrorCode::TooManyConnections => Refusal::TooManyConnections,
-            ErrorCode::DeviceRevoked => Refusal::DeviceRevoked,
-            ErrorCode::Unspecified => Refusal::Unspecified,
+            ErrorCode::Malformed => RefusalReason::Malformed,
+            ErrorCode::Unauthenticated => RefusalReason::Unauthenticated,
+            ErrorCode::AuthFailed => RefusalReason::AuthFailed,
+            ErrorCode::Forbidden => RefusalReason::Forbidden,
+            ErrorCode::NotFound => RefusalReason::NotFound,
+            ErrorCode::AccountExists => RefusalReason::AccountExists,
+            ErrorCode::StaleDeviceList => RefusalReason::StaleDeviceList,
+            ErrorCode::BadSignature => RefusalReason::BadSignature,
+            ErrorCode::DeviceMismatch => RefusalReason::DeviceMismatch,
+            ErrorCode::RateLimited => RefusalReason::RateLimited,
+            ErrorCode::TooLarge => RefusalReason::TooLarge,
+            ErrorCode::QueueFull => RefusalReason::QueueFull,
+            ErrorCode::TooManyDevices => RefusalReason::TooManyDevices,
+            ErrorCode::UnknownRequest => RefusalReason::UnknownRequest,
+            ErrorCode::Draining => RefusalReason::Draining,
+            ErrorCode::Internal => RefusalReason::Internal,
+            ErrorCode::BlobNotFound => RefusalReason::BlobNotFound,
+            ErrorCode::UsernameTaken => RefusalReason::UsernameTaken,
+            ErrorCode::SenderQuota => RefusalReason::SenderQuota,
+            ErrorCode::MailboxFull => RefusalReason::MailboxFull,
+            ErrorCode::RelayFull => RefusalReason::RelayFull,
+            ErrorCode::BlobQuotaExceeded => RefusalReason::BlobQuota,
+            ErrorCode::LinkTableFull => RefusalReason::LinkTableFull,
+            ErrorCode::AlreadyAuthenticated => RefusalReason::AlreadyAuthenticated,
+            ErrorCode::TooManyConnections => RefusalReason::TooManyConnections,
+            ErrorCode::DeviceRevoked => RefusalReason::DeviceRevoked,
+            ErrorCode::Unspecified => RefusalReason::Unspecified,
         }
     }
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            Refusal::Malformed => "malformed",
-            Refusal::Unauthenticated => "unauthenticated",
-            Refusal::AuthFailed => "auth_failed",
-            Refusal::Forbidden => "forbidden",
-            Refusal::NotFound => "not_found",
-            Refusal::AccountExists => "account_exists",
-            Refusal::StaleDeviceList => "stale_device_list",
-            Refusal::BadSignature => "bad_signature",
-            Refusal::DeviceMismatch => "device_mismatch",
-            Refusal::RateLimited => "rate_limited",
-            Refusal::TooLarge => "too_large",
-            Refusal::QueueFull => "queue_full",
-            Refusal::TooManyDevices => "too_many_devices",
-            Refusal::UnknownRequest => "unknown_request",
-            Refusal::Draining => "draining",
-            Refusal::Internal => "internal",
-            Refusal::BlobNotFound => "blob_not_found",
-            Refusal::UsernameTaken => "username_taken",
-            Refusal::SenderQuota => "sender_quota",
-            Refusal::MailboxFull => "mailbox_full",
-            Refusal::RelayFull => "relay_full",
-            Refusal::BlobQuota => "blob_quota",
-            Refusal::LinkTableFull => "link_table_full",
-            Refusal::AlreadyAuthenticated => "already_authenticated",
-            Refusal::TooManyConnections => "too_many_connections",
-            Refusal::DeviceRevoked => "device_revoked",
-            Refusal::ConnectionCap => "connection_cap",
-            Refusal::Unspecified => "unspecified",
+            RefusalReason::Malformed => "malformed",
+            RefusalReason::Unauthenticated => "unauthenticated",
+            RefusalReason::AuthFailed => "auth_failed",
+            RefusalReason::Forbidden => "forbidden",
+            RefusalReason::NotFound => "not_found",
+            RefusalReason::AccountExists => "account_exists",
+            RefusalReason::StaleDeviceList => "stale_device_list",
+            RefusalReason::BadSignature => "bad_signature",
+            RefusalReason::DeviceMismatch => "device_mismatch",
+            RefusalReason::RateLimited => "rate_limited",
+            RefusalReason::TooLarge => "too_large",
+            RefusalReason::QueueFull => "queue_full",
+            RefusalReason::TooManyDevices => "too_many_devices",
+            RefusalReason::UnknownRequest => "unknown_request",
+            RefusalReason::Draining => "draining",
+            RefusalReason::Internal => "internal",
+            RefusalReason::BlobNotFound => "blob_not_found",
+            RefusalReason::UsernameTaken => "username_taken",
+            RefusalReason::SenderQuota => "sender_quota",
+            RefusalReason::MailboxFull => "mailbox_full",
+            RefusalReason::RelayFull => "relay_full",
+            RefusalReason::BlobQuota => "blob_quota",
+            RefusalReason::LinkTableFull => "link_table_full",
+            RefusalReason::AlreadyAuthenticated => "already_authenticated",
+            RefusalReason::TooManyConnections => "too_many_connections",
+            RefusalReason::DeviceRevoked => "device_revoked",
+            RefusalReason::ConnectionCap => "connection_cap",
+            RefusalReason::Unspecified => "unspecified",
         }
     }
 }
@@ -179,9 +179,9 @@ impl Refusal {
 pub enum Timeout {
     /// The connection did not authenticate in time (and held no pending link).
     Auth,
-    /// A frame on the session stream did not arrive whole within its deadline.
+    /// A frame on the control stream did not arrive whole within its deadline.
     Frame,
-    /// The client did not take what the relay wrote on the session stream.
+    /// The client did not take what the relay wrote on the control stream.
     Write,
 }
 
@@ -236,13 +236,13 @@ macro_rules! label_value {
     )*};
 }
 
-label_value!(Refusal, Timeout, KeyLimit);
+label_value!(RefusalReason, Timeout, KeyLimit);
 
 /// The label set of `refusals_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     /// Why.
-    pub reason: Refusal,
+    pub reason: RefusalReason,
 }
 
 /// The label set of `connection_timeouts_total`.
@@ -299,7 +299,7 @@ macro_rules! closed_family {
 closed_family!(
     /// Refusals counted by reason.
     Refusals,
-    Refusal,
+    RefusalReason,
     ReasonLabel,
     reason
 );

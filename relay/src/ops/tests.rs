@@ -42,9 +42,9 @@ fn counters_gauges_histograms() {
         .find_map(|l| l.strip_prefix("hush_relay_flush_latency_seconds_sum "))
         .unwrap();
     assert!((sum.parse::<f64>().unwrap() - 4.2).abs() < 1e-9);
-    m.refusals.inc(Refusal::Draining);
-    assert_eq!(m.refusals.get(Refusal::Draining), 1);
-    assert_eq!(m.refusals.get(Refusal::Malformed), 0);
+    m.refusals.inc(RefusalReason::Draining);
+    assert_eq!(m.refusals.get(RefusalReason::Draining), 1);
+    assert_eq!(m.refusals.get(RefusalReason::Malformed), 0);
     m.timeouts.inc(Timeout::Write);
     assert_eq!(m.timeouts.get(Timeout::Write), 1);
     m.one_time_keys_withheld.inc(KeyLimit::Target);
@@ -58,15 +58,15 @@ fn every_error_code_has_a_refusal_label_of_its_own() {
     for i in 0..=64 {
         if let Ok(code) = ErrorCode::try_from(i) {
             codes += 1;
-            let reason = Refusal::of(code);
-            assert!(Refusal::ALL.contains(&reason), "{code:?}");
+            let reason = RefusalReason::of(code);
+            assert!(RefusalReason::ALL.contains(&reason), "{code:?}");
             assert!(labels.insert(reason.as_str()), "{code:?} shares a label");
         }
     }
     assert!(codes >= 26);
     // And the one refusal that has no code.
-    assert!(!labels.contains(Refusal::ConnectionCap.as_str()));
-    assert_eq!(Refusal::ALL.len(), codes + 1);
+    assert!(!labels.contains(RefusalReason::ConnectionCap.as_str()));
+    assert_eq!(RefusalReason::ALL.len(), codes + 1);
 }
 
 #[test]
@@ -78,10 +78,10 @@ fn render_shows_updates() {
     m.sends.inc_by(3);
     m.envelopes_stored.set(42);
     m.blob_bytes_uploaded.inc_by(1_000_000);
-    m.refusals.inc(Refusal::RateLimited);
-    m.refusals.inc(Refusal::RateLimited);
-    m.refusals.inc(Refusal::TooManyDevices);
-    m.refusals.inc(Refusal::SenderQuota);
+    m.refusals.inc(RefusalReason::RateLimited);
+    m.refusals.inc(RefusalReason::RateLimited);
+    m.refusals.inc(RefusalReason::TooManyDevices);
+    m.refusals.inc(RefusalReason::SenderQuota);
     m.mailbox_bytes.set(4096);
     m.one_time_keys_withheld.inc(KeyLimit::Pair);
     m.pre_keys_low_sent.inc();
@@ -137,7 +137,7 @@ fn render_shows_updates() {
         .find_map(|l| l.strip_prefix("hush_relay_flush_latency_seconds_sum "))
         .unwrap();
     assert!((sum.parse::<f64>().unwrap() - 2.0023).abs() < 1e-9);
-    for reason in Refusal::ALL {
+    for reason in RefusalReason::ALL {
         let prefix = format!(
             "hush_relay_refusals_total{{reason=\"{}\"}} ",
             reason.as_str()
