@@ -1,8 +1,7 @@
 //! What Hush's tests share, written once: a relay started in process on `127.0.0.1:0` with a
 //! temporary store ([`relay`]), the relay binary run as a child process for crash and restart
 //! tests ([`process`]), accounts whose device lists and pre-keys are signed as clients sign them
-//! ([`account`]), a raw client of the relay protocol ([`client`]) and the simulated clock
-//! ([`clock`]).
+//! ([`account`]) and a raw client of the relay protocol ([`client`]).
 //!
 //! It never depends on client-core, so that the relay's own tests can use it.
 #![allow(
@@ -15,7 +14,6 @@
 
 pub mod account;
 pub mod client;
-pub mod clock;
 pub mod process;
 pub mod relay;
 

@@ -240,7 +240,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
         let drained = match ended {
             Ok(()) => true,
             Err(e) => {
-                tracing::debug!(error = %e, "relay session ended");
+                tracing::debug!(error = %e, "relay connection ended");
                 false
             }
         };
@@ -250,7 +250,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
         // Until the next attempt gets through, the app works offline (its sends wait in the
         // outbox).
         inner.state.send_replace(ConnectionState::Offline);
-        // A session that lasted a while, or that the relay ended by draining (it asked for the
+        // A connection that lasted a while, or that the relay ended by draining (it asked for the
         // reconnect: nothing failed), resets the backoff.
         if drained || started.elapsed() > Duration::from_secs(10) {
             backoff = MIN_BACKOFF;

@@ -254,11 +254,11 @@ impl Engine {
         // it until this device is on the account's list (the engine has authenticated), the
         // message has expired, or the engine stops.
         // (It holds no reference to the engine, whose store must close when the engine stops.)
-        let mut session = engine.inner.conn.subscribe();
+        let mut connection = engine.inner.conn.subscribe();
         let stop = engine.inner.shutdown.clone();
         tokio::spawn(async move {
             let _events = events;
-            let linked = session.wait_for(|c| c.as_ref().is_some_and(|c| c.is_open()));
+            let linked = connection.wait_for(|c| c.as_ref().is_some_and(|c| c.is_open()));
             tokio::select! {
                 _ = tokio::time::timeout(LINK_HOLD, linked) => {}
                 () = stop.cancelled() => {}
