@@ -77,20 +77,16 @@ pub(crate) fn find_group(m: &hush_client::Messenger, wanted: &str) -> Result<Gro
     }
 }
 
-/// A group by name or id; one this device does not know yet may be waiting at the relay (a
-/// group just created with this account), so what waits there is taken in first.
+/// A group by name or id, after taking in what waits at the relay: a group just created with
+/// this account may be there, and a command that changes or sends to a group acts on its
+/// current state (a message a member sent before being removed is read as theirs, not refused).
 pub(crate) async fn find_group_synced(
     c: &mut Ctx<'_>,
     events: &mut UnboundedReceiver<MessengerEvent>,
     wanted: &str,
 ) -> Result<GroupId, String> {
-    match find_group(c.m, wanted) {
-        Ok(g) => Ok(g),
-        Err(_) => {
-            c.sync(events).await;
-            find_group(c.m, wanted)
-        }
-    }
+    c.sync(events).await;
+    find_group(c.m, wanted)
 }
 
 pub(crate) async fn group_command(

@@ -218,6 +218,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) sync_wait: Duration,
     /// Events taken while waiting (shown at the end if the command did not show them).
     pub(crate) seen: Vec<MessengerEvent>,
+    /// What waited at the relay was taken in already (once per command is enough).
+    pub(crate) synced: bool,
 }
 
 impl Ctx<'_> {
@@ -236,8 +238,11 @@ impl Ctx<'_> {
 
     /// Takes in what waits at the relay (until caught up, at most `sync_wait`), so that what
     /// a reading command shows is current; without the relay, returns as soon as that is
-    /// known, and says the device shows what it has.
+    /// known, and says the device shows what it has. Done once per command.
     pub(crate) async fn sync(&mut self, events: &mut UnboundedReceiver<MessengerEvent>) {
+        if std::mem::replace(&mut self.synced, true) {
+            return;
+        }
         let deadline = tokio::time::Instant::now() + self.sync_wait;
         let state = self.m.engine().settled(self.sync_wait).await;
         if state == ConnectionState::Online {
@@ -318,6 +323,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 connect_timeout: Duration::from_secs(cli.connect_timeout),
                 sync_wait: Duration::from_secs(cli.sync_wait),
                 seen: Vec::new(),
+                synced: false,
             };
             let interactive = matches!(cmd, Cmd::Chat { .. } | Cmd::Listen { .. });
             let result = command(&mut ctx, cmd, &mut events).await;

@@ -438,17 +438,29 @@ async fn soak_every_message_ends_in_history_exactly_once_despite_store_faults_an
     let (db, history) = (db_of(bd.path()), history_of(bd.path()));
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for round in 0..ROUNDS {
-        match round % 3 {
-            0 => faults::fail_writes(&db, 3),
-            1 => faults::fail_flushes(&db, 1),
-            _ => faults::fail_writes(&history, 3),
-        }
+        let target = match round % 3 {
+            0 => {
+                faults::fail_writes(&db, 3);
+                &db
+            }
+            1 => {
+                faults::fail_flushes(&db, 1);
+                &db
+            }
+            _ => {
+                faults::fail_writes(&history, 3);
+                &history
+            }
+        };
+        let planned_before = faults::hits(target);
         for i in 0..PER_ROUND - 5 {
             alice
                 .send_text(Conversation::Direct(b), &format!("r{round}-{i:02}"), None)
                 .await
                 .unwrap();
         }
+        // The round's planned fault is met before the kill, however slowly Bob catches up.
+        wait_for_fault(target, planned_before).await;
         // "Kill": from now on nothing Bob's device store writes commits; once it has tried
         // (received, not committed), Bob is stopped and his profile opened again.
         let before = faults::hits(&db);
