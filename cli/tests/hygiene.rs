@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use hush_client::{Engine, EngineConfig, Event};
 use hush_core::store::kv::{KvStore, Namespace};
-use hush_core::store::sled_kv::SledKv;
 use hush_proto::Message;
 use hush_proto::store as pstore;
 use hush_relay::config::{Config, StoreKind};
+use hush_store_sled::SledKv;
 use hush_testkit::random;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::field::{Field, Visit};

@@ -26,4 +26,9 @@ pub mod session;
 pub mod username;
 
 pub use device::DeviceError;
+
 pub use error::{AuthError, Error, ProtocolError, Result};
+/// For [`kv_store_suite!`] expanded in other crates.
+#[cfg(any(test, feature = "store-suite"))]
+#[doc(hidden)]
+pub use zeroize as __zeroize;

@@ -3,7 +3,7 @@
 //! error, a poisoned store or a process stopped between receiving and committing never loses a
 //! message, and a message that can never be decrypted is acknowledged and reported.
 //!
-//! Faults are injected with `hush_core::store::sled_kv::faults`, per store directory. The
+//! Faults are injected with `hush_store_sled::faults`, per store directory. The
 //! "process kill" of the soak is in-process: the receiving messenger is shut down while its
 //! store refuses every write (so what it was processing is received but not committed), then its
 //! profile is opened again.
@@ -26,10 +26,10 @@ use std::time::Duration;
 use hush_client::conn::RelayConnection;
 use hush_client::{ClientError, Conversation, EngineConfig, Messenger, MessengerEvent};
 use hush_core::device::Device;
-use hush_core::store::sled_kv::{SledKv, faults};
 use hush_proto::app::app_message;
 use hush_proto::client::{Sealed, sealed};
 use hush_proto::relay_api::{self as api, client_frame};
+use hush_store_sled::{SledKv, faults};
 use prost::Message;
 use rand_core::SeedableRng;
 use tokio::sync::mpsc::UnboundedReceiver;

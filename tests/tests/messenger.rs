@@ -827,7 +827,7 @@ async fn history_under_the_older_keys_is_moved_once_and_stays_readable_in_order(
     // Rewrite Alice's history as the previous version stored it: conversation ‖ sent_at ‖
     // sender account ‖ sender device ‖ counter.
     {
-        let mut store = hush_core::store::sled_kv::SledKv::open_labelled(
+        let mut store = hush_store_sled::SledKv::open_labelled(
             &ad.path().join("history"),
             Zeroizing::new([9; 32]),
             hush_client::messenger::HISTORY_STORE_LABEL,
@@ -860,7 +860,7 @@ async fn history_under_the_older_keys_is_moved_once_and_stays_readable_in_order(
     assert_eq!(paged, before[..2].to_vec());
     alice.shutdown().await;
     // Moved once: nothing under the older layout is left.
-    let store = hush_core::store::sled_kv::SledKv::open_labelled(
+    let store = hush_store_sled::SledKv::open_labelled(
         &ad.path().join("history"),
         Zeroizing::new([9; 32]),
         hush_client::messenger::HISTORY_STORE_LABEL,

@@ -19,7 +19,7 @@ use hush_client::messenger::HISTORY_STORE_LABEL;
 use hush_client::{EngineConfig, Messenger};
 use hush_core::device::Device;
 use hush_core::store::kv::StoreError;
-use hush_core::store::sled_kv::SledKv;
+use hush_store_sled::SledKv;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use zeroize::Zeroizing;

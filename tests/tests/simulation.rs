@@ -18,7 +18,7 @@ use hush_core::error::{AuthError, Error, ProtocolError};
 use hush_core::keys::DeviceAddress;
 use hush_core::store::kv::KvStore;
 use hush_core::store::memory::MemoryKv;
-use hush_core::store::sled_kv::SledKv;
+use hush_store_sled::SledKv;
 use hush_tests::sim::{Directory, Envelope, Faults, Network};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;

@@ -14,7 +14,7 @@ use hush_core::pqxdh::{self, InitiatorSecrets};
 use hush_core::ratchet::{RatchetMessage, SessionState};
 use hush_core::store::kv::KvStore;
 use hush_core::store::memory::MemoryKv;
-use hush_core::store::sled_kv::SledKv;
+use hush_store_sled::SledKv;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use zeroize::Zeroizing;

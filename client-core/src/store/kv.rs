@@ -275,15 +275,16 @@ impl<T: KvStore + ?Sized> KvStore for Box<T> {
 
 /// The backend-independent test-suite: `kv_store_suite!(module_name, make_expr)` where
 /// `make_expr` evaluates to `(guard, store)` — a fresh, empty store plus anything that must stay
-/// alive as long as it (a temporary directory, or `()`).
-#[cfg(test)]
+/// alive as long as it (a temporary directory, or `()`). Every backend runs it: `MemoryKv` here,
+/// others from their own crates (feature `store-suite`), inside a `#[cfg(test)]` module.
+#[cfg(any(test, feature = "store-suite"))]
+#[macro_export]
 macro_rules! kv_store_suite {
     ($name:ident, $make:expr) => {
         mod $name {
             use std::collections::BTreeMap;
 
-            use zeroize::Zeroizing;
-
+            use $crate::__zeroize::Zeroizing;
             use $crate::store::kv::{Batch, KvStore, Namespace};
 
             fn z(bytes: &[u8]) -> Zeroizing<Vec<u8>> {
@@ -600,9 +601,6 @@ macro_rules! kv_store_suite {
         }
     };
 }
-
-#[cfg(test)]
-pub(crate) use kv_store_suite;
 
 #[cfg(test)]
 mod tests {

@@ -71,10 +71,9 @@ impl KvStore for MemoryKv {
 
 #[cfg(test)]
 mod tests {
-    use super::super::kv::kv_store_suite;
     use super::*;
 
-    kv_store_suite!(suite, ((), super::MemoryKv::new()));
+    crate::kv_store_suite!(suite, ((), super::MemoryKv::new()));
 
     #[test]
     fn clone_is_an_independent_snapshot() {

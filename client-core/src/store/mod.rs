@@ -2,4 +2,3 @@
 
 pub mod kv;
 pub mod memory;
-pub mod sled_kv;

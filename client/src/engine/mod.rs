@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hush_core::device::Device;
 use hush_core::keys::{AccountId, DeviceAddress};
 use hush_core::sender_key::GroupId;
-use hush_core::store::sled_kv::SledKv;
 use hush_proto::relay_api::{self as api, client_frame};
+use hush_store_sled::SledKv;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
@@ -54,7 +54,7 @@ pub enum ConnectionState {
 }
 
 /// At-rest subkey label of the device store (`db/`); the history has its own
-/// (`hush_core::store::sled_kv` module docs).
+/// (`hush_store_sled` module docs).
 pub const DB_STORE_LABEL: &[u8] = b"/db";
 
 /// Where the engine keeps its state and which relay it uses.

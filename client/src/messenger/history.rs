@@ -5,8 +5,8 @@
 use crate::engine::EngineConfig;
 use crate::error::ClientError;
 use hush_core::store::kv::{Batch, KvStore, Namespace};
-use hush_core::store::sled_kv::SledKv;
 use hush_proto::app::StoredMessage;
+use hush_store_sled::SledKv;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use zeroize::Zeroizing;
