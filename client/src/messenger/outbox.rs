@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::receive::record;
-use super::status::MessageStatus;
+use super::status::{MessageStatus, status_of};
 use super::{Conversation, MessageId, Messenger, MessengerEvent, Shared, conversation_of};
 
 /// First wait of an outbox worker before it offers again a message that had to wait while the
@@ -145,6 +145,7 @@ impl Shared {
                 return Err(e);
             }
         };
+        let mut status = MessageStatus::Sent;
         if let Some(d) = delivery {
             let tried: Option<Vec<Vec<u8>>> = only
                 .as_ref()
@@ -169,6 +170,7 @@ impl Shared {
                 changed = s.undelivered != before;
                 undelivered.clone_from(&s.undelivered);
                 s.sent = true;
+                status = status_of(s).unwrap_or(MessageStatus::Sent);
             })?;
             if changed {
                 self.emit(MessengerEvent::Undelivered {
@@ -187,13 +189,18 @@ impl Shared {
                 });
             }
         } else {
-            self.update_own(id, |s| s.sent = true)?;
+            self.update_own(id, |s| {
+                s.sent = true;
+                status = status_of(s).unwrap_or(MessageStatus::Sent);
+            })?;
         }
         if !was_sent {
+            // Receipts may have come before the relay's answer to the send: the status they
+            // make is told now (delivered or read, not only sent).
             self.emit(MessengerEvent::Status {
                 conversation: conv,
                 message_ids: vec![*id],
-                status: MessageStatus::Sent,
+                status,
             });
             self.sync_sent(peer, m).await;
         }

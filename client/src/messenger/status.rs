@@ -101,13 +101,20 @@ impl Messenger {
             return Ok(());
         }
         if self.shared.engine.state() == crate::engine::ConnectionState::Online {
+            let mut later = BTreeMap::new();
             for (a, ids) in by_sender {
-                self.shared.send_receipt(&a, true, ids).await?;
+                if let Err(e) = self.shared.send_receipt(&a, true, ids.clone()).await {
+                    tracing::debug!(error = %e, "read receipt not sent yet");
+                    later.insert(a, ids);
+                }
             }
-            return Ok(());
+            by_sender = later;
+            if by_sender.is_empty() {
+                return Ok(());
+            }
         }
-        // Offline: marked read here at once; the senders are told once the relay is back
-        // (while this messenger runs).
+        // Offline, or a send failed: marked read here at once; the senders are told once the
+        // relay is back (while this messenger runs).
         let shared = Arc::clone(&self.shared);
         let stop = self.shared.outbox_stop.clone();
         self.shared.outbox_sends.spawn(async move {
