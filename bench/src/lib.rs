@@ -173,23 +173,7 @@ pub fn clone_session(s: &SessionState) -> Result<SessionState> {
 
 /// The bundle a relay would hand out for `p`, taking one one-time and one ML-KEM one-time pre-key.
 pub fn bundle_from(p: &mut PublishedPreKeys) -> PreKeyBundle {
-    let otk = (!p.one_time_pre_keys.is_empty()).then(|| p.one_time_pre_keys.remove(0));
-    let kem = if p.kem_pre_keys.is_empty() {
-        p.last_resort_kem_pre_key.clone()
-    } else {
-        p.kem_pre_keys.remove(0)
-    };
-    PreKeyBundle(wire::PreKeyBundle {
-        account_key: p.address.account.as_bytes().to_vec(),
-        device_id: p.address.device_id,
-        identity: Some(wire::DeviceIdentityKey {
-            signing_key: p.identity.signing_key().to_vec(),
-            dh_key: p.identity.dh_key().to_vec(),
-        }),
-        signed_pre_key: Some(p.signed_pre_key.clone()),
-        one_time_pre_key: otk,
-        kem_pre_key: Some(kem),
-    })
+    p.claim_bundle()
 }
 
 /// Two devices of two accounts that know each other's device lists and have a session with one

@@ -4,7 +4,12 @@
 //! the relay is back.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 
 use hush_client::messenger::{MessageId, MessageStatus};
 use hush_client::{ConnectionState, Conversation, MessengerEvent};
@@ -96,6 +101,10 @@ pub(crate) async fn run(
     result
 }
 
+/// What the chat sends without waiting for it (read receipts, typing, presence): the screen keeps
+/// up with events while a send waits for a slow relay, or for one that went away.
+type Background<'a> = FuturesUnordered<Pin<Box<dyn Future<Output = ()> + 'a>>>;
+
 async fn chat_loop(
     c: &mut Ctx<'_>,
     conv: Conversation,
@@ -114,9 +123,11 @@ async fn chat_loop(
     let settle = m.engine().settled(c.sync_wait);
     tokio::pin!(settle);
     let mut settled = false;
+    let mut background: Background<'_> = FuturesUnordered::new();
     loop {
         let typing_idle_at = last_key.map(|k| k + TYPING_IDLE);
         tokio::select! {
+            Some(()) = background.next(), if !background.is_empty() => {}
             state = &mut settle, if !settled => {
                 settled = true;
                 if state != ConnectionState::Online {
@@ -143,10 +154,12 @@ async fn chat_loop(
                 Input::Line(_) => {}
                 Input::Edited => {
                     last_key = Some(Instant::now());
-                    if typing_told.is_none_or(|t| t.elapsed() >= TYPING_REFRESH)
-                        && m.typing(conv, true).await.is_ok()
-                    {
+                    if typing_told.is_none_or(|t| t.elapsed() >= TYPING_REFRESH) {
+                        // Told again after the refresh interval, should this one not get out.
                         typing_told = Some(Instant::now());
+                        background.push(Box::pin(async move {
+                            let _ = m.typing(conv, true).await;
+                        }));
                     }
                 }
                 Input::Eof => return Ok(()),
@@ -154,7 +167,9 @@ async fn chat_loop(
             () = sleep_until(typing_idle_at) => {
                 last_key = None;
                 if typing_told.take().is_some() {
-                    let _ = m.typing(conv, false).await;
+                    background.push(Box::pin(async move {
+                        let _ = m.typing(conv, false).await;
+                    }));
                 }
             }
             () = sleep_until(peer_typing_until) => {
@@ -184,7 +199,9 @@ async fn chat_loop(
                             peer_typing_until = None;
                             term.status(None);
                             term.print(&history_line(&p.dir, message));
-                            let _ = m.mark_read(conv).await;
+                            background.push(Box::pin(async move {
+                                let _ = m.mark_read(conv).await;
+                            }));
                         } else {
                             term.print(&history_line(&p.dir, message));
                         }
@@ -196,7 +213,10 @@ async fn chat_loop(
                     MessengerEvent::Presence { from, online, .. } if Some(*from) == peer => {
                         // Answered once when the peer comes online, so that both see each other.
                         if *online && !peer_online {
-                            let _ = m.set_presence(true, &[*from]).await;
+                            let from = *from;
+                            background.push(Box::pin(async move {
+                                let _ = m.set_presence(true, &[from]).await;
+                            }));
                         }
                         peer_online = *online;
                     }

@@ -2,13 +2,8 @@
 //! pseudo-terminal of its own, through a real `hush-relay` process on 127.0.0.1. The chat opens
 //! with the last messages, shows the peer typing and online, shows read state once, and a line
 //! typed while the relay is down returns at once and is delivered once when it is back.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 use common::pty::Pty;

@@ -1,12 +1,7 @@
 //! The `hush` CLI, as a person uses it: two users, each a `hush` process with its own profile,
 //! chat through a `hush-relay` process on 127.0.0.1; the test reads what they print.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 use common::*;

@@ -3,13 +3,8 @@
 //! in, `unread` and `history` reach every message, groups by name or id), receipts are shown
 //! as the state of a message, and without the relay reading works and a message waits and is
 //! delivered once when the relay is back.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 use common::*;

@@ -2,13 +2,8 @@
 //! one with `hush attach`, Bob writes it to disk with `hush save` (by `last` or by message id)
 //! and gets the very bytes she sent; an existing file is never replaced; a file the relay no
 //! longer has, and one altered on the relay's disk, are said in words and nothing is written.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 use common::*;

@@ -7,13 +7,8 @@
 //!
 //! (This lives in the CLI's crate because it is the one that links the client engine, the relay
 //! and a `tracing` subscriber.)
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 use std::fmt::Write;
 use std::path::Path;

@@ -3,13 +3,8 @@
 //! raw mode while it runs, keys edited into lines, "typing" from every edit, and the terminal
 //! as it was afterwards. The program typed at is this test binary again, running
 //! `terminal_child` (a few lines of chat loop on `Terminal`, with no relay).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 #[path = "../src/term.rs"]

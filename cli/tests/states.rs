@@ -2,13 +2,8 @@
 //! real `hush-relay` process on 127.0.0.1: a relay killed under a listener is noticed within
 //! seconds; a profile already open in another process says so; a failed `init` leaves nothing
 //! behind, so the next `init` in the same place works.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 use common::*;

@@ -29,6 +29,6 @@ pub use device::DeviceError;
 
 pub use error::{AuthError, Error, ProtocolError, Result};
 /// For [`kv_store_suite!`] expanded in other crates.
-#[cfg(any(test, feature = "store-suite"))]
+#[cfg(feature = "store-suite")]
 #[doc(hidden)]
 pub use zeroize as __zeroize;

@@ -229,6 +229,39 @@ pub struct PublishedPreKeys {
     pub last_resort_kem_pre_key: wire::KemPreKey,
 }
 
+impl PublishedPreKeys {
+    /// The bundle of this device with the one-time X25519 pre-key `one_time` (if any) and the
+    /// one-time ML-KEM pre-key `kem`, or the last-resort ML-KEM pre-key without one: what a relay
+    /// hands out, for an app that passes bundles by other means (and for tests).
+    pub fn bundle(
+        &self,
+        one_time: Option<wire::OneTimePreKey>,
+        kem: Option<wire::KemPreKey>,
+    ) -> PreKeyBundle {
+        PreKeyBundle(wire::PreKeyBundle {
+            account_key: self.address.account.as_bytes().to_vec(),
+            device_id: self.address.device_id,
+            identity: Some(wire::DeviceIdentityKey {
+                signing_key: self.identity.signing_key().to_vec(),
+                dh_key: self.identity.dh_key().to_vec(),
+            }),
+            signed_pre_key: Some(self.signed_pre_key.clone()),
+            one_time_pre_key: one_time,
+            kem_pre_key: Some(kem.unwrap_or_else(|| self.last_resort_kem_pre_key.clone())),
+        })
+    }
+
+    /// Hands out a bundle as a relay does: the first one-time X25519 and ML-KEM pre-keys left
+    /// are taken out (each is handed out once); when none is left, the bundle has no one-time
+    /// X25519 key and carries the last-resort ML-KEM key.
+    pub fn claim_bundle(&mut self) -> PreKeyBundle {
+        let one_time =
+            (!self.one_time_pre_keys.is_empty()).then(|| self.one_time_pre_keys.remove(0));
+        let kem = (!self.kem_pre_keys.is_empty()).then(|| self.kem_pre_keys.remove(0));
+        self.bundle(one_time, kem)
+    }
+}
+
 /// An unverified pre-key bundle as received from the relay.
 #[derive(Clone, Debug)]
 pub struct PreKeyBundle(pub wire::PreKeyBundle);

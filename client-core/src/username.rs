@@ -32,7 +32,6 @@ pub fn verify_username(name: &str, account: &AccountId, proof: &[u8]) -> Result<
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;

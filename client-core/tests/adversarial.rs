@@ -3,13 +3,11 @@
 //! refused with its specific typed error and leave the device exactly as it was: the store holds
 //! the same bytes (every namespace compared), what the API shows is the same, and the honest
 //! message that follows still decrypts.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
+
+mod common;
+use common::Shared;
 
 use std::sync::{Arc, Mutex};
 
@@ -19,29 +17,12 @@ use hush_core::error::{AuthError, Error, ProtocolError};
 use hush_core::keys::DeviceAddress;
 use hush_core::prekeys::{PreKeyBundle, PublishedPreKeys};
 use hush_core::sender_key::GroupId;
-use hush_core::store::kv::{Batch, KvEntry, KvStore, Namespace, StoreError};
+use hush_core::store::kv::{KvStore, Namespace};
 use hush_core::store::memory::MemoryKv;
 use hush_proto::wire;
 use prost::Message;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use zeroize::Zeroizing;
-
-/// A memory store the test can read while a device uses it.
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<MemoryKv>>);
-
-impl KvStore for Shared {
-    fn get(&self, ns: Namespace, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        self.0.lock().unwrap().get(ns, key)
-    }
-    fn scan(&self, ns: Namespace) -> Result<Vec<KvEntry>, StoreError> {
-        self.0.lock().unwrap().scan(ns)
-    }
-    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
-        self.0.lock().unwrap().commit(batch)
-    }
-}
 
 impl Shared {
     /// Every record of every namespace.
@@ -151,17 +132,7 @@ impl Peer {
 type Mutation = Box<dyn Fn(&mut wire::RatchetMessage)>;
 
 fn bundle(p: &mut PublishedPreKeys) -> PreKeyBundle {
-    PreKeyBundle(wire::PreKeyBundle {
-        account_key: p.address.account.as_bytes().to_vec(),
-        device_id: p.address.device_id,
-        identity: Some(wire::DeviceIdentityKey {
-            signing_key: p.identity.signing_key().to_vec(),
-            dh_key: p.identity.dh_key().to_vec(),
-        }),
-        signed_pre_key: Some(p.signed_pre_key.clone()),
-        one_time_pre_key: Some(p.one_time_pre_keys.remove(0)),
-        kem_pre_key: Some(p.kem_pre_keys.remove(0)),
-    })
+    p.claim_bundle()
 }
 
 fn introduce(a: &mut Peer, b: &Peer) {

@@ -1,11 +1,9 @@
 //! Two and three devices talking through the `Device` facade, with in-memory and sled stores.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
+
+mod common;
+use common::introduce;
 
 use hush_core::device::{Device, DeviceError};
 use hush_core::error::{Error, ProtocolError};
@@ -16,34 +14,14 @@ use hush_proto::wire;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
+/// A bundle of what `p` publishes: with one-time keys taken out (as a relay hands them out), or
+/// with none and the last-resort ML-KEM key.
 pub fn bundle(p: &mut PublishedPreKeys, use_one_time: bool) -> PreKeyBundle {
-    let otk = if use_one_time && !p.one_time_pre_keys.is_empty() {
-        Some(p.one_time_pre_keys.remove(0))
+    if use_one_time {
+        p.claim_bundle()
     } else {
-        None
-    };
-    let kem = if use_one_time && !p.kem_pre_keys.is_empty() {
-        p.kem_pre_keys.remove(0)
-    } else {
-        p.last_resort_kem_pre_key.clone()
-    };
-    PreKeyBundle(wire::PreKeyBundle {
-        account_key: p.address.account.as_bytes().to_vec(),
-        device_id: p.address.device_id,
-        identity: Some(wire::DeviceIdentityKey {
-            signing_key: p.identity.signing_key().to_vec(),
-            dh_key: p.identity.dh_key().to_vec(),
-        }),
-        signed_pre_key: Some(p.signed_pre_key.clone()),
-        one_time_pre_key: otk,
-        kem_pre_key: Some(kem),
-    })
-}
-
-fn introduce<S: KvStore, T: KvStore>(a: &mut Device<S>, b: &Device<T>) {
-    let acct = b.address().account;
-    let list = b.device_list(&acct).unwrap().signed_bytes().to_vec();
-    a.accept_device_list(&list, &acct, 0).unwrap();
+        p.bundle(None, None)
+    }
 }
 
 #[test]

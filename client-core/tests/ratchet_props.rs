@@ -4,13 +4,8 @@
 //!
 //! Every proptest runs with a fixed seed and no failure persistence, so the run is deterministic
 //! and writes nothing into the repository.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 

@@ -2,42 +2,18 @@
 //! whose author device has left its list is accepted only with proof that the device was listed:
 //! an earlier list of its account, signed by the account key (§17.6), not because a sibling says
 //! so.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
 
 mod common;
-use common::{bundle, introduce};
-
-use std::sync::{Arc, Mutex};
+use common::{Shared, bundle, introduce};
 
 use hush_core::device::{Device, DeviceError};
 use hush_core::error::{Error, ProtocolError};
-use hush_core::store::kv::{Batch, KvEntry, KvStore, Namespace, StoreError};
+use hush_core::store::kv::{Batch, KvStore, Namespace};
 use hush_core::store::memory::MemoryKv;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use zeroize::Zeroizing;
-
-/// A memory store the test can change while a device uses it.
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<MemoryKv>>);
-
-impl KvStore for Shared {
-    fn get(&self, ns: Namespace, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        self.0.lock().unwrap().get(ns, key)
-    }
-    fn scan(&self, ns: Namespace) -> Result<Vec<KvEntry>, StoreError> {
-        self.0.lock().unwrap().scan(ns)
-    }
-    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
-        self.0.lock().unwrap().commit(batch)
-    }
-}
 
 fn connect<S: KvStore, T: KvStore>(a: &mut Device<S>, b: &Device<T>, rng: &mut ChaCha20Rng) {
     a.start_session(&bundle(&b.published_pre_keys().unwrap()), rng, 1000)

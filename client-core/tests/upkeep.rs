@@ -1,13 +1,8 @@
 //! Key upkeep with a simulated clock: rotations happen when due and not before, rotated keys stay
 //! usable for sessions started before the rotation, idle sessions are retired, and one-time
 //! pre-keys are replenished from the relay's count.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
 
 use hush_core::consts::{
     LAST_RESORT_PRE_KEY_ROTATION_MS, ONE_TIME_PRE_KEY_BATCH, ONE_TIME_PRE_KEYS_KEPT,

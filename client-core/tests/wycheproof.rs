@@ -6,13 +6,8 @@
 //! vacuously. Each test also asserts that exactly the expected number of bad vectors were
 //! rejected.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};

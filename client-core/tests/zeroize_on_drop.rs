@@ -1,6 +1,7 @@
 //! Decoded records that hold secrets (device keys, pre-key secrets, sessions, sender keys, inbox
 //! plaintext) and the messenger's history records wipe themselves when dropped.
-#![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
+#![cfg(test)]
+#![allow(clippy::field_reassign_with_default)]
 
 use hush_proto::{app, store};
 use zeroize::{Zeroize, ZeroizeOnDrop};

@@ -9,7 +9,7 @@ mod directory;
 pub mod engine;
 pub mod error;
 pub mod messenger;
-pub mod private_fs;
+pub use hush_net::private_fs;
 pub mod profile;
 
 pub use engine::{

@@ -1,7 +1,7 @@
 //! `hush-load throughput` for about a second against an in-process relay, and `ceiling` against
 //! the ceiling server (a child process): sends are acknowledged and received (no timing
 //! assertions).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg(test)]
 
 use clap::Parser;
 use hush_load::{Options, Target, compare, run};

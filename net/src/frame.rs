@@ -97,7 +97,6 @@ pub async fn write<M: Message, W: AsyncWrite + Unpin>(w: &mut W, m: &M) -> std::
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use hush_proto::relay_api::{ClientFrame, Ping, client_frame};
 

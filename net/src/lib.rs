@@ -9,6 +9,7 @@
 pub mod client;
 pub mod frame;
 pub mod pin;
+pub mod private_fs;
 pub mod username;
 
 /// ALPN of the client ↔ relay protocol, version 1.

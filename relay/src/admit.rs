@@ -411,7 +411,6 @@ impl Drop for LinkGuard {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn admission(tune: impl FnOnce(&mut Config)) -> Arc<Admission> {

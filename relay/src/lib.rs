@@ -122,26 +122,12 @@ pub fn open_stores(cfg: &Config) -> Result<Stores, StartError> {
 /// it holds the database, the TLS key and the reset key, none of which another local user may
 /// read.
 pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
-        }
-    }
-    Ok(())
+    hush_net::private_fs::create_dir(dir)
 }
 
 /// The QUIC stateless-reset key, kept across restarts (`reset.key` in the data directory) so
 /// that clients of the previous process get a valid reset instead of waiting for a timeout.
 fn load_or_create_reset_key(dir: &std::path::Path) -> Result<[u8; 32], StartError> {
-    use std::io::Write;
     let path = dir.join("reset.key");
     match std::fs::read(&path) {
         Ok(bytes) => bytes
@@ -151,18 +137,7 @@ fn load_or_create_reset_key(dir: &std::path::Path) -> Result<[u8; 32], StartErro
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut key = [0u8; 32];
             rand::RngExt::fill(&mut rand::rng(), &mut key[..]);
-            let tmp = dir.join("reset.key.tmp");
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let write = |mut f: std::fs::File| {
-                f.write_all(&key)?;
-                f.sync_all()
-            };
-            opts.open(&tmp)
-                .and_then(write)
-                .and_then(|()| std::fs::rename(&tmp, &path))
+            hush_net::private_fs::write_atomic(&path, &key)
                 .map_err(|e| StartError::Other(format!("{}: {e}", path.display())))?;
             Ok(key)
         }
@@ -248,7 +223,6 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
 }
 
 #[cfg(all(test, unix))]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

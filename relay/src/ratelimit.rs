@@ -119,7 +119,6 @@ impl<K> Limiter<K> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

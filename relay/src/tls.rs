@@ -251,12 +251,6 @@ pub fn server_config(id: &Identity, alpn: &[u8]) -> Result<rustls::ServerConfig,
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use rustls::pki_types::ServerName;
 

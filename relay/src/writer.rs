@@ -172,7 +172,6 @@ fn flush_loop(rx: &mpsc::Receiver<Vec<Settle>>, store: &dyn Flush, metrics: &Met
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -4,13 +4,8 @@
 //! What `relay.rs` already covers (a wrong key, a signature made for another connection, a reused
 //! challenge, stale, forged and foreign device lists, the per-device rate limits, a frame over the
 //! cap, garbage protobuf, an empty request, the connection cap) is not repeated here.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

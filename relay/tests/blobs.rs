@@ -1,12 +1,7 @@
 //! Blob streams over QUIC on 127.0.0.1:0: quotas, download rate limits, deadlines, the errors of
 //! odd requests, the files blobs are kept in, and the relay's memory across large uploads.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

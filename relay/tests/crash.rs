@@ -8,19 +8,13 @@
 //! It prints the counts: sends acknowledged, envelopes delivered, duplicates delivered again and
 //! deduplicated, and acknowledged envelopes lost (which must be 0). `HUSH_CRASH_KILLS=N` sets
 //! the number of kills (default 100; `.ci/run` runs the default).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,15 +22,6 @@ use common::*;
 use hush_proto::relay_api::{self as api, client_frame, server_frame};
 use rand::RngExt;
 use tokio::sync::watch;
-
-/// Starts `hush-relay` on 127.0.0.1:0 with its data in `dir`.
-fn spawn_relay(dir: &Path) -> RelayProcess {
-    RelayProcess::spawn(
-        Path::new(env!("CARGO_BIN_EXE_hush-relay")),
-        dir,
-        hush_testkit::process::GENEROUS_RATES,
-    )
-}
 
 /// Where the relay is now: (generation, address, pin). A new generation after each restart.
 type Where = watch::Receiver<(u64, SocketAddr, String)>;

@@ -5,13 +5,8 @@
 //!
 //! Address blocks on loopback: every 127.x.y.z is a loopback address, so clients bound to
 //! 127.0.0.1 and 127.0.1.1 come from two /24 blocks.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -2,13 +2,8 @@
 //! account against a victim (filling its queues, its account's mailbox, draining its one-time
 //! pre-keys, flooding it with `PreKeysLow`) and that they now stop at their limits while others
 //! are still served.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 #[macro_use]
 mod common;

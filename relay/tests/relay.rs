@@ -1,11 +1,6 @@
 //! Relay integration tests on 127.0.0.1:0, each run against the in-memory and the sled store.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 #[macro_use]
 mod common;

@@ -1,30 +1,14 @@
 //! The relay binary killed abruptly (SIGKILL) and restarted on the same data directory keeps
 //! every envelope it acknowledged; what it writes to disk holds no plaintext.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
-
-use std::path::Path;
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use common::*;
 use hush_proto::relay_api::server_frame;
-
-/// Starts `hush-relay` on 127.0.0.1:0 with its data in `dir`.
-fn spawn_relay(dir: &Path) -> RelayProcess {
-    RelayProcess::spawn(
-        Path::new(env!("CARGO_BIN_EXE_hush-relay")),
-        dir,
-        hush_testkit::process::GENEROUS_RATES,
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_envelopes_survive_sigkill_and_disk_holds_no_plaintext() {

@@ -90,18 +90,7 @@ impl Directory {
         for id in otk.iter().map(|k| k.id).chain(kem.iter().map(|k| k.id)) {
             e.handed_out.insert(id);
         }
-        let p = &e.published;
-        Some(PreKeyBundle(wire::PreKeyBundle {
-            account_key: p.address.account.as_bytes().to_vec(),
-            device_id: p.address.device_id,
-            identity: Some(wire::DeviceIdentityKey {
-                signing_key: p.identity.signing_key().to_vec(),
-                dh_key: p.identity.dh_key().to_vec(),
-            }),
-            signed_pre_key: Some(p.signed_pre_key.clone()),
-            one_time_pre_key: otk,
-            kem_pre_key: Some(kem.unwrap_or_else(|| p.last_resort_kem_pre_key.clone())),
-        }))
+        Some(e.published.bundle(otk, kem))
     }
 }
 

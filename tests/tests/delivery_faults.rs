@@ -7,13 +7,8 @@
 //! "process kill" of the soak is in-process: the receiving messenger is shut down while its
 //! store refuses every write (so what it was processing is received but not committed), then its
 //! profile is opened again.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 use common::*;

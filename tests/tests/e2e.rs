@@ -6,14 +6,8 @@
 //! device; contacts are warned of new devices; a device offline for 1000 messages catches up in
 //! order; the relay drains and restarts in the middle of a conversation, and nothing is lost or
 //! duplicated.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods,
-    clippy::too_many_lines
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods, clippy::too_many_lines)]
 
 mod common;
 use common::*;

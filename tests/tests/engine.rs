@@ -1,12 +1,7 @@
 //! End to end: client engines (client-core over sled, QUIC to a real relay on 127.0.0.1) talk
 //! through a relay that is restarted, drained and left behind by offline devices.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 use common::*;

@@ -2,13 +2,8 @@
 //! reordering; removal (the removed account reads nothing sent afterwards), a late joiner (reads
 //! nothing sent before it joined), and missed sender-key distributions healing through retry
 //! requests.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
 

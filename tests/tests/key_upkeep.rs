@@ -1,13 +1,8 @@
 //! Key upkeep over a real relay on 127.0.0.1: when others drain a device's one-time pre-keys
 //! (without ever using them), the relay's `PreKeysLow` makes the device upload new ones, although
 //! it still holds every key it made.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 use common::*;

@@ -3,13 +3,8 @@
 //! does, giving the client a new address mid-connection). Through loss, a rebinding and a relay
 //! restart with an outage, every message arrives exactly once and in order, and both sides
 //! reconnect.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 use common::*;

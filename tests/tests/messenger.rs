@@ -1,12 +1,7 @@
 //! End to end: two messengers over a real relay on 127.0.0.1 — text with replies, receipts,
 //! typing, presence, a 5 MiB attachment, history paging and order.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 use common::*;

@@ -1,12 +1,7 @@
 //! Profiles on disk: one written before the device and history stores had their own at-rest
 //! subkey labels still opens, and is migrated to them once.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::disallowed_methods
-)]
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 use common::*;

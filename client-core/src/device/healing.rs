@@ -627,7 +627,6 @@ impl<S: KvStore> Device<S> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use crate::store::memory::MemoryKv;
     use rand_chacha::ChaCha20Rng;
@@ -645,18 +644,7 @@ mod tests {
         a.accept_device_list(&bl, &ba, 1).unwrap();
         b.accept_device_list(&al, &aa, 1).unwrap();
         let p = b.published_pre_keys().unwrap();
-        let bundle = PreKeyBundle(wire::PreKeyBundle {
-            account_key: p.address.account.as_bytes().to_vec(),
-            device_id: p.address.device_id,
-            identity: Some(wire::DeviceIdentityKey {
-                signing_key: p.identity.signing_key().to_vec(),
-                dh_key: p.identity.dh_key().to_vec(),
-            }),
-            signed_pre_key: Some(p.signed_pre_key.clone()),
-            one_time_pre_key: None,
-            kem_pre_key: Some(p.last_resort_kem_pre_key.clone()),
-        });
-        a.start_session(&bundle, rng, 1).unwrap();
+        a.start_session(&p.bundle(None, None), rng, 1).unwrap();
         (a, b)
     }
 

@@ -210,7 +210,6 @@ impl<S: KvStore> Device<S> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;

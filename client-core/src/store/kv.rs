@@ -275,9 +275,11 @@ impl<T: KvStore + ?Sized> KvStore for Box<T> {
 
 /// The backend-independent test-suite: `kv_store_suite!(module_name, make_expr)` where
 /// `make_expr` evaluates to `(guard, store)` — a fresh, empty store plus anything that must stay
-/// alive as long as it (a temporary directory, or `()`). Every backend runs it: `MemoryKv` here,
-/// others from their own crates (feature `store-suite`), inside a `#[cfg(test)]` module.
-#[cfg(any(test, feature = "store-suite"))]
+/// alive as long as it (a temporary directory, or `()`). Every backend runs it from the crate that
+/// tests it, as an app's own store would (feature `store-suite`, inside a `#[cfg(test)]` module
+/// or an integration test): `MemoryKv` in `client-core/tests/store_suite.rs`, `SledKv` in
+/// `store-sled`.
+#[cfg(feature = "store-suite")]
 #[macro_export]
 macro_rules! kv_store_suite {
     ($name:ident, $make:expr) => {

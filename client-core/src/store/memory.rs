@@ -73,8 +73,6 @@ impl KvStore for MemoryKv {
 mod tests {
     use super::*;
 
-    crate::kv_store_suite!(suite, ((), super::MemoryKv::new()));
-
     #[test]
     fn clone_is_an_independent_snapshot() {
         let mut store = MemoryKv::new();

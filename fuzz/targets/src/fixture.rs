@@ -67,17 +67,7 @@ pub fn get() -> &'static Fixture {
 }
 
 fn bundle(p: &mut PublishedPreKeys) -> PreKeyBundle {
-    PreKeyBundle(wire::PreKeyBundle {
-        account_key: p.address.account.as_bytes().to_vec(),
-        device_id: p.address.device_id,
-        identity: Some(wire::DeviceIdentityKey {
-            signing_key: p.identity.signing_key().to_vec(),
-            dh_key: p.identity.dh_key().to_vec(),
-        }),
-        signed_pre_key: Some(p.signed_pre_key.clone()),
-        one_time_pre_key: Some(p.one_time_pre_keys.remove(0)),
-        kem_pre_key: Some(p.kem_pre_keys.remove(0)),
-    })
+    p.claim_bundle()
 }
 
 fn own_list<S: KvStore>(d: &Device<S>) -> Vec<u8> {

@@ -5,12 +5,7 @@
 //!
 //! Each target gets a fixed number of generated inputs (fewer for the ones that open a device per
 //! input); `HUSH_FUZZ_ITERATIONS` replaces that number for every target (a longer local run).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -42,7 +42,6 @@ pub(super) fn text_not_utf8(body: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use hush_proto::relay_api::{self as api, ClientFrame, client_frame};
 

@@ -1,12 +1,5 @@
 //! Unit tests of the connection state machine over frames and a fake clock (no sockets): the
 //! tests play the shell, applying the writer operations themselves in the order they choose.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

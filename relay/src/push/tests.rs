@@ -1,10 +1,3 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use super::client::{Reply, Verdict, backoff, classify, retry_after};
 use super::*;
 use reqwest::header::HeaderValue;

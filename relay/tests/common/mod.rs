@@ -1,6 +1,6 @@
 //! What the relay's integration tests share: the test kit (relay configuration, test accounts,
 //! a raw client of the protocol), and running a test on both stores.
-#![allow(unused_imports, unused_macros)]
+#![allow(unused_imports, unused_macros, dead_code)]
 
 pub(crate) use hush_testkit::relay::start as start_relay;
 pub(crate) use hush_testkit::*;
@@ -22,4 +22,14 @@ macro_rules! on_both_stores {
             }
         }
     };
+}
+
+/// Starts this build's `hush-relay` binary on 127.0.0.1:0 with its data in `dir` (generous rate
+/// limits: the crash and restart tests send fast).
+pub(crate) fn spawn_relay(dir: &std::path::Path) -> RelayProcess {
+    RelayProcess::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_hush-relay")),
+        dir,
+        hush_testkit::process::GENEROUS_RATES,
+    )
 }

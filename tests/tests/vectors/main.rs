@@ -12,13 +12,8 @@
 //! pre-keys rebuilt from their records. The reviewer checks use only the schema types and
 //! `error_name` of `hush_tests::vectors`, never its generator, so they stay independent of the code
 //! that wrote the vectors.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
+#![cfg(test)]
+#![allow(missing_docs)]
 
 mod device_lists;
 mod double_ratchet;

@@ -1,13 +1,14 @@
-//! Files and directories the client keeps outside its encrypted stores (the profile directory,
-//! small state files, the CLI's configuration), created readable by the owner alone: directories
-//! 0700, files 0600 (on Unix; elsewhere the platform's defaults apply).
+//! Files and directories readable by their owner alone: directories 0700, files 0600 (on Unix;
+//! elsewhere the platform's defaults apply). The client keeps its profile (the directory, small
+//! state files, the CLI's configuration) and the relay its data directory (the database, the TLS
+//! key, the reset key) this way.
 
 use std::io::Write;
 use std::path::Path;
 
 /// Creates `dir` (and missing parents) as 0700, and narrows an existing `dir` to 0700, so that
-/// nothing below it (the sled stores included, whatever modes they create files with) can be
-/// read by another user.
+/// nothing below it (databases included, whatever modes they create files with) can be read by
+/// another user.
 pub fn create_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
