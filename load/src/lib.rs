@@ -32,11 +32,11 @@
 
 pub mod ceiling;
 mod conn;
+mod options;
 mod relay;
 mod report;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -47,6 +47,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::{Link, Samples, Shared};
+pub use crate::options::{Mode, Options, Target};
 use crate::relay::ServerChild;
 pub use crate::report::{Comparison, Percentiles, Report};
 use hush_testkit::TestAccount as Account;
@@ -62,252 +63,8 @@ impl Error {
     }
 }
 
-/// What to measure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// Flat out, pipelined sends (a bounded window per sender): durable sends per second.
-    Throughput,
-    /// A fixed total rate (`--rate`): end-to-end latency.
-    Latency,
-    /// Idle authenticated connections with keep-alive: relay RSS per connection.
-    Idle,
-    /// One send to an account of many devices (one envelope each).
-    Fanout,
-    /// `throughput` against the ceiling server (`throughput --target ceiling`).
-    Ceiling,
-}
-
-/// Which server a run drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Target {
-    /// `hush-relay` (a child process, or the one given by `--addr`).
-    #[default]
-    Relay,
-    /// The ceiling server: bare quinn + sled with the relay's transport settings (a child process).
-    Ceiling,
-}
-
-/// Hard bounds on what one run may ask for.
-const MAX_DEVICES: usize = 20_000;
-const MAX_DURATION_S: f64 = 600.0;
 /// Time given, after the measurement, for answers and deliveries still on their way.
 const GRACE: Duration = Duration::from_secs(10);
-
-/// Settings of a run.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "hush-load",
-    version,
-    about = "Drives a Hush relay over QUIC on loopback"
-)]
-pub struct Options {
-    /// throughput | latency | idle | fanout | ceiling
-    #[arg(value_enum)]
-    pub mode: Mode,
-    /// The server to drive: relay, or ceiling (bare quinn + sled, started as a child process).
-    #[arg(long, value_enum, default_value_t = Target::Relay)]
-    pub target: Target,
-    /// Run the mode against the ceiling server, then against the relay with the same settings,
-    /// and report both and their ratios.
-    #[arg(long, conflicts_with = "target")]
-    pub vs_ceiling: bool,
-    /// The executable that serves as the ceiling server [default: this one].
-    #[arg(long)]
-    pub ceiling_bin: Option<PathBuf>,
-    /// A running relay to drive (loopback only) instead of starting one.
-    #[arg(long, requires = "pin")]
-    pub addr: Option<SocketAddr>,
-    /// Certificate fingerprint of the relay given by --addr.
-    #[arg(long)]
-    pub pin: Option<String>,
-    /// Process id of the relay given by --addr, to read its RSS and CPU time.
-    #[arg(long)]
-    pub relay_pid: Option<u32>,
-    /// The hush-relay binary to start [default: next to this executable].
-    #[arg(long)]
-    pub relay_bin: Option<PathBuf>,
-    /// Extra flag for the relay this tool starts (repeatable, e.g. --relay-arg=--flush-batch-max=4096).
-    #[arg(long = "relay-arg", allow_hyphen_values = true)]
-    pub relay_args: Vec<String>,
-    /// Store of the server this tool starts: sled (on disk, durable) or memory.
-    #[arg(long, default_value = "sled")]
-    pub store: String,
-    /// Devices (throughput, latency): one single-device account each, one connection each.
-    #[arg(long, default_value_t = 200)]
-    pub devices: usize,
-    /// Sending devices (throughput, latency, fanout).
-    #[arg(long, default_value_t = 100)]
-    pub senders: usize,
-    /// Envelope body size in bytes (at least 16: timestamp and sender).
-    #[arg(long, default_value_t = 256)]
-    pub size: usize,
-    /// Measured time in seconds (idle: how long the connections are held).
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
-    /// Traffic before the measurement starts, in seconds (not counted).
-    #[arg(long, default_value_t = 1.0)]
-    pub warmup: f64,
-    /// Total sends per second (latency mode).
-    #[arg(long, default_value_t = 25_000.0)]
-    pub rate: f64,
-    /// Sends in flight per sender at most (unanswered).
-    #[arg(long, default_value_t = 32)]
-    pub window: usize,
-    /// Client UDP endpoints the connections are spread over.
-    #[arg(long, default_value_t = 4)]
-    pub endpoints: usize,
-    /// Connections to hold (idle mode).
-    #[arg(long, default_value_t = 1000)]
-    pub connections: usize,
-    /// Devices per account in idle mode.
-    #[arg(long, default_value_t = 16)]
-    pub devices_per_account: u32,
-    /// Devices of each recipient account (fanout mode).
-    #[arg(long, default_value_t = 64)]
-    pub fanout_devices: u32,
-    /// Recipient accounts (fanout mode).
-    #[arg(long, default_value_t = 2)]
-    pub recipients: usize,
-    /// Receivers acknowledge what arrived at most this often (ms).
-    #[arg(long, default_value_t = 20)]
-    pub ack_interval_ms: u64,
-    /// QUIC keep-alive interval of every connection (ms); the relay closes idle ones after 60 s.
-    #[arg(long, default_value_t = 20_000)]
-    pub keep_alive_ms: u64,
-    /// Connection set-ups (handshake + authentication) in flight at once.
-    #[arg(long, default_value_t = 128)]
-    pub connect_concurrency: usize,
-    /// Worker threads of this tool's runtime (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-}
-
-impl Options {
-    fn check(&self) -> Result<(), Error> {
-        let bad = |m: &str| Err(Error::new(m.to_string()));
-        if !(self.duration > 0.0 && self.duration <= MAX_DURATION_S) {
-            return bad("--duration must be in (0, 600] seconds");
-        }
-        if !(self.warmup >= 0.0 && self.warmup <= 60.0) {
-            return bad("--warmup must be in [0, 60] seconds");
-        }
-        if !(16..=65_536).contains(&self.size) {
-            return bad("--size must be in 16..=65536");
-        }
-        if !(1..=65_536).contains(&self.window) {
-            return bad("--window must be in 1..=65536");
-        }
-        if !(1..=64).contains(&self.endpoints) {
-            return bad("--endpoints must be in 1..=64");
-        }
-        if !(1..=4096).contains(&self.connect_concurrency) {
-            return bad("--connect-concurrency must be in 1..=4096");
-        }
-        if self.store != "sled" && self.store != "memory" {
-            return bad("--store must be sled or memory");
-        }
-        if let Some(a) = self.addr
-            && !a.ip().is_loopback()
-        {
-            return bad("--addr must be a loopback address (127.0.0.1 or ::1)");
-        }
-        if self.vs_ceiling && self.mode == Mode::Ceiling {
-            return bad("--vs-ceiling takes a workload: throughput, latency, idle or fanout");
-        }
-        if self.addr.is_some() && self.target() == Target::Ceiling {
-            return bad("--addr names a running relay; the ceiling server is always started here");
-        }
-        match self.mode {
-            Mode::Throughput | Mode::Latency | Mode::Ceiling => {
-                if !(2..=MAX_DEVICES).contains(&self.devices) {
-                    return bad("--devices must be in 2..=20000");
-                }
-                if !(1..=self.devices).contains(&self.senders) {
-                    return bad("--senders must be in 1..=devices");
-                }
-                if self.mode == Mode::Latency && !(self.rate > 0.0 && self.rate <= 10_000_000.0) {
-                    return bad("--rate must be in (0, 10000000]");
-                }
-            }
-            Mode::Idle => {
-                if !(1..=MAX_DEVICES).contains(&self.connections) {
-                    return bad("--connections must be in 1..=20000");
-                }
-                if !(1..=1000).contains(&self.devices_per_account) {
-                    return bad("--devices-per-account must be in 1..=1000");
-                }
-            }
-            Mode::Fanout => {
-                if !(1..=1200).contains(&self.fanout_devices) {
-                    return bad("--fanout-devices must be in 1..=1200");
-                }
-                if self.recipients == 0 || self.senders == 0 {
-                    return bad("--recipients and --senders must be at least 1");
-                }
-                let total =
-                    self.recipients.saturating_mul(self.fanout_devices as usize) + self.senders;
-                if total > MAX_DEVICES {
-                    return bad("recipients × fanout-devices + senders must be at most 20000");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The server this run drives (`ceiling` is the throughput workload against the ceiling).
-    pub fn target(&self) -> Target {
-        if self.mode == Mode::Ceiling {
-            Target::Ceiling
-        } else {
-            self.target
-        }
-    }
-
-    /// The workload (`ceiling` is `throughput`).
-    pub fn workload(&self) -> Mode {
-        if self.mode == Mode::Ceiling {
-            Mode::Throughput
-        } else {
-            self.mode
-        }
-    }
-
-    /// These settings, for one run against `target`.
-    fn against(&self, target: Target) -> Self {
-        Self {
-            mode: self.workload(),
-            target,
-            vs_ceiling: false,
-            ..self.clone()
-        }
-    }
-
-    /// The flags given to a relay this tool starts: limits out of the way of the measurement.
-    fn relay_flags(&self, connections: usize, devices_per_account: u32) -> Vec<String> {
-        let lots = "1000000/1000000".to_string();
-        let mut f = vec![
-            "--store".into(),
-            self.store.clone(),
-            "--rate-sends".into(),
-            lots.clone(),
-            "--rate-account-sends".into(),
-            lots.clone(),
-            "--rate-account-creations".into(),
-            lots,
-            "--max-connections".into(),
-            (connections + 1000).to_string(),
-            // Every simulated device connects from 127.0.0.1: one address block.
-            "--max-connections-per-block".into(),
-            (connections + 1000).to_string(),
-            "--max-connections-per-account".into(),
-            (connections + 1000).to_string(),
-            "--max-devices-per-account".into(),
-            devices_per_account.max(16).to_string(),
-        ];
-        f.extend(self.relay_args.iter().cloned());
-        f
-    }
-}
 
 /// Who is on the relay for this run.
 struct Plan {

@@ -1,0 +1,229 @@
+//! Unit tests of the blob stores: the shared suite on both, and the file store's own behaviour.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+
+use super::record::{decode_meta, encode_meta};
+use crate::store::StoreError;
+
+blob_store_suite!(in_memory, ((), super::super::MemoryBlobs::new()));
+
+blob_store_suite!(in_files, {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new()
+        .path(dir.path().join("db"))
+        .open()
+        .unwrap();
+    let store = super::super::FileBlobs::open(&db, &dir.path().join("blobs")).unwrap();
+    (dir, store)
+});
+
+use super::*;
+
+fn open(dir: &Path) -> (sled::Db, FileBlobs) {
+    let db = sled::Config::new().path(dir.join("db")).open().unwrap();
+    let s = FileBlobs::open(&db, &dir.join("blobs")).unwrap();
+    (db, s)
+}
+
+fn meta_of(size: usize) -> BlobMeta {
+    BlobMeta {
+        size: size as u64,
+        capability_hash: Sha256::digest([3u8; 32]).into(),
+        owner: [1; 36],
+        expires_at: 9_999,
+        created_at: 1,
+    }
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_completed_blob_survives_reopen_in_its_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..BLOB_CHUNK + 77).map(|i| (i % 13) as u8).collect();
+    let m = meta_of(data.len());
+    {
+        let (_db, s) = open(dir.path());
+        s.begin([1; 16], m).unwrap();
+        for (i, c) in data.chunks(BLOB_CHUNK).enumerate() {
+            s.put_chunk([1; 16], i as u32, c).unwrap();
+        }
+        assert_eq!(
+            files(dir.path()),
+            vec![format!("{}.part", hex::encode([1u8; 16]))]
+        );
+        assert!(s.complete([1; 16]).unwrap());
+        s.flush().unwrap();
+        // Dropped without any shutdown.
+    }
+    let name = hex::encode([1u8; 16]);
+    assert_eq!(files(dir.path()), vec![name.clone()]);
+    assert_eq!(
+        std::fs::read(dir.path().join("blobs").join(&name)).unwrap(),
+        data
+    );
+    let (_db, s) = open(dir.path());
+    let (back, complete) = s.meta([1; 16]).unwrap().unwrap();
+    assert_eq!((back, complete), (m, true));
+    assert!(capability_matches(&back, &[3; 32]));
+    let mut got = s.chunk([1; 16], 0).unwrap().unwrap();
+    got.extend(s.chunk([1; 16], 1).unwrap().unwrap());
+    assert_eq!(got, data);
+    assert_eq!(
+        s.total_bytes().unwrap(),
+        data.len() as u64,
+        "counters rebuilt"
+    );
+    assert_eq!(s.account_bytes(&[1; 32]).unwrap(), data.len() as u64);
+}
+
+#[cfg(unix)]
+#[test]
+fn blob_files_are_private_to_the_relay_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, s) = open(dir.path());
+    s.begin([1; 16], meta_of(5)).unwrap();
+    s.put_chunk([1; 16], 0, b"hello").unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let blobs = dir.path().join("blobs");
+    assert_eq!(mode(&blobs), 0o700);
+    assert_eq!(
+        mode(&blobs.join(format!("{}.part", hex::encode([1u8; 16])))),
+        0o600
+    );
+    assert!(s.complete([1; 16]).unwrap());
+    assert_eq!(mode(&blobs.join(hex::encode([1u8; 16]))), 0o600);
+}
+
+#[test]
+fn an_interrupted_upload_and_stray_files_are_gone_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_db, s) = open(dir.path());
+        s.begin([1; 16], meta_of(BLOB_CHUNK + 1)).unwrap();
+        s.put_chunk([1; 16], 0, &vec![1; BLOB_CHUNK]).unwrap();
+        s.begin([2; 16], meta_of(3)).unwrap();
+        s.put_chunk([2; 16], 0, b"abc").unwrap();
+        assert!(s.complete([2; 16]).unwrap());
+        s.flush().unwrap();
+        assert_eq!(s.total_bytes().unwrap(), BLOB_CHUNK as u64 + 4);
+    }
+    // A file nobody knows, and a complete blob whose file went missing.
+    std::fs::write(dir.path().join("blobs").join("stray"), b"x").unwrap();
+    {
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
+        let t = db.open_tree("blob_meta").unwrap();
+        t.insert([3u8; 16], encode_meta(&meta_of(7), true)).unwrap();
+        db.flush().unwrap();
+    }
+    let (_db, s) = open(dir.path());
+    assert_eq!(files(dir.path()), vec![hex::encode([2u8; 16])]);
+    assert_eq!(s.meta([1; 16]).unwrap(), None);
+    assert_eq!(s.meta([3; 16]).unwrap(), None);
+    assert_eq!(s.total_bytes().unwrap(), 3);
+    assert_eq!(s.chunk([2; 16], 0).unwrap().unwrap(), b"abc");
+}
+
+#[test]
+fn deleting_an_upload_in_progress_removes_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, s) = open(dir.path());
+    s.begin([1; 16], meta_of(BLOB_CHUNK + 1)).unwrap();
+    s.put_chunk([1; 16], 0, &vec![1; BLOB_CHUNK]).unwrap();
+    assert!(s.delete([1; 16]).unwrap());
+    assert!(files(dir.path()).is_empty());
+    assert_eq!(
+        s.put_chunk([1; 16], 1, &[1]).unwrap(),
+        ChunkPut::UnknownBlob
+    );
+    assert!(!s.complete([1; 16]).unwrap());
+    assert_eq!(s.total_bytes().unwrap(), 0);
+}
+
+#[test]
+fn blobs_kept_in_sled_by_an_older_version_move_to_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..BLOB_CHUNK + 9).map(|i| (i % 7) as u8).collect();
+    {
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
+        let meta = db.open_tree("blob_meta").unwrap();
+        let chunks = db.open_tree("blob_chunks").unwrap();
+        meta.insert([1u8; 16], encode_meta(&meta_of(data.len()), true))
+            .unwrap();
+        meta.insert([2u8; 16], encode_meta(&meta_of(5), false))
+            .unwrap();
+        for (i, c) in data.chunks(BLOB_CHUNK).enumerate() {
+            let mut k = [1u8; 20];
+            k[16..].copy_from_slice(&(i as u32).to_be_bytes());
+            chunks.insert(k, c).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let (db, s) = open(dir.path());
+    assert!(!db.tree_names().iter().any(|n| n == b"blob_chunks"));
+    assert_eq!(files(dir.path()), vec![hex::encode([1u8; 16])]);
+    let mut got = s.chunk([1; 16], 0).unwrap().unwrap();
+    got.extend(s.chunk([1; 16], 1).unwrap().unwrap());
+    assert_eq!(got, data);
+    assert_eq!(
+        s.meta([2; 16]).unwrap(),
+        None,
+        "an unfinished upload is dropped"
+    );
+}
+
+#[test]
+fn corrupt_metadata_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, s) = open(dir.path());
+    db.open_tree("blob_meta")
+        .unwrap()
+        .insert([1u8; 16], &b"short"[..])
+        .unwrap();
+    assert!(matches!(
+        s.meta([1; 16]),
+        Err(StoreError::Corrupt("blob_meta"))
+    ));
+    assert!(matches!(s.sweep(0, 0), Err(StoreError::Corrupt(_))));
+    let mut bad = encode_meta(&meta_of(1), false);
+    *bad.last_mut().unwrap() = 2;
+    assert!(decode_meta(&bad).is_err());
+}
+
+#[test]
+fn chunk_lengths_follow_the_size() {
+    let m = |size| BlobMeta {
+        size,
+        capability_hash: [0; 32],
+        owner: [0; 36],
+        expires_at: 0,
+        created_at: 0,
+    };
+    assert_eq!(m(0).chunk_count(), 0);
+    assert_eq!(m(1).chunk_count(), 1);
+    assert_eq!(m(BLOB_CHUNK as u64).chunk_count(), 1);
+    assert_eq!(m(BLOB_CHUNK as u64 + 1).chunk_count(), 2);
+    assert_eq!(m(BLOB_CHUNK as u64 + 1).chunk_len(1), Some(1));
+    assert_eq!(m(BLOB_CHUNK as u64).chunk_len(1), None);
+    assert_eq!(m(u64::MAX).chunk_len(u32::MAX), Some(BLOB_CHUNK));
+}
