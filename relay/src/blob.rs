@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::conn::Refusal;
 use crate::frame;
 use crate::limits::{self, blob_reset};
-use crate::shared::{Relay, instant, now_ms, random};
+use crate::shared::{Relay, random};
 use crate::store::DeviceId;
 use crate::store::blobs::{self, BLOB_CHUNK, Begin, BlobMeta, Quota};
 
@@ -169,7 +169,11 @@ async fn upload(
         );
         return blob_refuse(relay, &mut send, r).await;
     }
-    if let Err(wait) = relay.rate_limiters.blob_uploads.check(me, 1, instant()) {
+    if let Err(wait) = relay
+        .rate_limiters
+        .blob_uploads
+        .check(me, 1, relay.clock.instant())
+    {
         return blob_refuse(relay, &mut send, Refusal::rate(wait)).await;
     }
     match receive_blob(relay, me, size, &mut recv).await {
@@ -196,7 +200,7 @@ async fn receive_blob(
 ) -> Result<api::BlobUploaded, Failed> {
     let id = random::<{ limits::BLOB_ID_LEN }>();
     let capability = random::<{ limits::BLOB_CAPABILITY_LEN }>();
-    let now = now_ms();
+    let now = relay.clock.wall_ms();
     let expires_at = now.saturating_add(relay.cfg.blob_ttl_ms);
     let meta = BlobMeta {
         size,
@@ -336,7 +340,7 @@ async fn download(
     d: &api::BlobDownload,
     mut send: quinn::SendStream,
 ) -> std::io::Result<()> {
-    let now = instant();
+    let now = relay.clock.instant();
     let limits = &relay.rate_limiters;
     // Counted before the lookup, so probing for blobs costs as much as fetching them.
     if let Err(wait) = limits.account_blob_downloads.check(&me.account, 1, now) {
@@ -351,7 +355,7 @@ async fn download(
         Ok(_) => return blob_refuse(relay, &mut send, not_found()).await,
         Err(e) => return blob_refuse(relay, &mut send, e.into()).await,
     };
-    if meta.expires_at <= now_ms() {
+    if meta.expires_at <= relay.clock.wall_ms() {
         return blob_refuse(relay, &mut send, not_found()).await;
     }
     if let Err(wait) = limits.blob_downloads.check(&id, 1, now) {

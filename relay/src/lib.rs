@@ -20,6 +20,7 @@
 pub mod admit;
 pub mod backup;
 mod blob;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub use hush_net::frame;
@@ -148,6 +149,14 @@ fn load_or_create_reset_key(dir: &std::path::Path) -> Result<[u8; 32], StartErro
 /// Starts a relay: opens its stores, loads (or makes) its certificate, binds its sockets, and
 /// serves until [`Running::shutdown`] is cancelled. Must be called inside a tokio runtime.
 pub async fn start(cfg: Config) -> Result<Running, StartError> {
+    start_with_clock(cfg, Arc::new(clock::SystemClock)).await
+}
+
+/// As [`start`], reading the time from `clock` (a test's clock; [`start`] reads the system's).
+pub async fn start_with_clock(
+    cfg: Config,
+    clock: Arc<dyn clock::Clock>,
+) -> Result<Running, StartError> {
     let (store, blobs) = open_stores(&cfg)?;
     create_private_dir(&cfg.data_dir)
         .map_err(|e| StartError::Other(format!("data directory: {e}")))?;
@@ -185,6 +194,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         Arc::new(LocalRouter::new()),
         Arc::clone(&metrics),
         shutdown.clone(),
+        clock,
     )
     .map_err(|e| StartError::Other(format!("store writer: {e}")))?;
     let stop = shutdown.clone();

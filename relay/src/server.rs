@@ -231,7 +231,7 @@ async fn sweep_loop(relay: Arc<Relay>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         let r = Arc::clone(&relay);
-        let done = tokio::task::spawn_blocking(move || sweep_once(&r, now_ms())).await;
+        let done = tokio::task::spawn_blocking(move || sweep_once(&r, r.clock.wall_ms())).await;
         match done {
             Ok(Ok((mail, blobs))) => {
                 if mail > 0 || blobs > 0 {

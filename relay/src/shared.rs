@@ -13,6 +13,7 @@ use rand::RngExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::admit::Admission;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::conn::Refusal;
 use crate::ops::{KeyLimit, Metrics, RefusalReason};
@@ -204,6 +205,8 @@ pub struct Relay {
     pre_keys_low: Mutex<HashSet<DeviceId>>,
     pub(crate) draining: AtomicBool,
     pub(crate) next_conn: AtomicU64,
+    /// Where the time is read (the system's clocks, or a test's).
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 fn push_config(cfg: &Config) -> PushConfig {
@@ -257,6 +260,7 @@ impl Relay {
         router: Arc<dyn Router>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
+        clock: Arc<dyn Clock>,
     ) -> std::io::Result<(Arc<Self>, Background)> {
         let (writer, writer_threads) = Writer::spawn(
             Arc::new(StoreFlush(Arc::clone(&store))),
@@ -308,6 +312,7 @@ impl Relay {
             pre_keys_low: Mutex::new(HashSet::new()),
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
+            clock,
         });
         Ok((
             relay,
@@ -316,6 +321,14 @@ impl Relay {
                 writer: writer_threads,
             },
         ))
+    }
+
+    /// The time now, on the relay's clock.
+    pub(crate) fn now(&self) -> crate::conn::Now {
+        crate::conn::Now {
+            at: self.clock.instant(),
+            wall_ms: self.clock.wall_ms(),
+        }
     }
 
     /// The metrics.

@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -18,13 +19,26 @@ use hush_relay::{Running, frame, limits};
 use sha2::{Digest, Sha256};
 
 async fn relay_with(store: StoreKind, dir: &Path, f: impl FnOnce(&mut Config)) -> Running {
+    relay_on_clock(store, dir, f).await.0
+}
+
+/// As [`relay_with`], on a clock the test moves forward.
+async fn relay_on_clock(
+    store: StoreKind,
+    dir: &Path,
+    f: impl FnOnce(&mut Config),
+) -> (Running, Arc<OffsetClock>) {
     let mut cfg = test_config(store, dir);
     cfg.rate.blob_downloads = Rate::new(10_000.0, 10_000);
     cfg.rate.account_blob_downloads = Rate::new(10_000.0, 10_000);
     cfg.rate.account_blob_download_mib = Rate::new(10_000.0, 100_000);
     f(&mut cfg);
     cfg.validate().unwrap();
-    hush_relay::start(cfg).await.unwrap()
+    let clock = OffsetClock::new();
+    let running = hush_relay::start_with_clock(cfg, Arc::clone(&clock) as _)
+        .await
+        .unwrap();
+    (running, clock)
 }
 
 /// A new account on the relay, its device 1 connected and caught up.
@@ -153,19 +167,24 @@ async fn a_blob_flood_from_one_account_stops_at_its_quota_while_another_account_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quota_comes_back_when_blobs_expire() {
     let dir = tempfile::tempdir().unwrap();
-    let r = relay_with(StoreKind::Sled, dir.path(), |c| {
+    let (r, clock) = relay_on_clock(StoreKind::Sled, dir.path(), |c| {
         c.blob_account_max_bytes = 128 * 1024;
-        // Long enough for the two uploads below to happen before it, even on a loaded machine.
-        c.blob_ttl_ms = 3_000;
         c.sweep_interval_ms = 50;
     })
     .await;
     let (_a, a) = account(&r).await;
     let data = body(128 * 1024, 2);
-    uploaded(a.upload_blob(&data, data.len() as u64).await);
+    let u = uploaded(a.upload_blob(&data, data.len() as u64).await);
     let e = refused(a.upload_blob(b"x", 1).await);
     assert_eq!(e.code(), ErrorCode::BlobQuotaExceeded);
-    // The sweep deletes the expired blob and its file, and gives its bytes back.
+    // A day before its lifetime ends, the blob is still there.
+    let ttl = Duration::from_millis(hush_relay::config::Config::default().blob_ttl_ms);
+    clock.advance(ttl - Duration::from_secs(86_400));
+    assert_eq!(a.download_blob(&u.id, &u.capability).await.unwrap(), data);
+    // Past it, nobody gets it, and the sweep deletes it and its file and gives its bytes back.
+    clock.advance(Duration::from_secs(86_400 + 60));
+    let e = a.download_blob(&u.id, &u.capability).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BlobNotFound);
     let m = std::sync::Arc::clone(&r.metrics);
     until("the blob to expire", || m.blob_bytes_stored.get() == 0).await;
     assert!(blob_files(dir.path()).is_empty());
@@ -176,7 +195,7 @@ async fn the_quota_comes_back_when_blobs_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_downloads_are_rate_limited_per_blob_per_account_and_by_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let r = relay_with(StoreKind::Memory, dir.path(), |c| {
+    let (r, clock) = relay_on_clock(StoreKind::Memory, dir.path(), |c| {
         c.blob_max_bytes = 1 << 20;
         c.rate.blob_downloads = Rate::new(0.001, 2);
         c.rate.account_blob_downloads = Rate::new(0.001, 4);
@@ -226,6 +245,11 @@ async fn blob_downloads_are_rate_limited_per_blob_per_account_and_by_bytes() {
     let e = d.download_blob(&ub.id, &ub.capability).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::RateLimited);
     assert!(e.retry_after_ms > 1000, "{}", e.retry_after_ms);
+    // Two hours on (past the time it was told to wait, and every bucket refilled), it may
+    // download again.
+    assert!(e.retry_after_ms < 2 * 3_600_000, "{}", e.retry_after_ms);
+    clock.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(d.download_blob(&ub.id, &ub.capability).await.unwrap(), big);
     r.stop().await;
 }
 

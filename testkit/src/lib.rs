@@ -1,7 +1,8 @@
 //! What Hush's tests share, written once: a relay started in process on `127.0.0.1:0` with a
 //! temporary store ([`relay`]), the relay binary run as a child process for crash and restart
 //! tests ([`process`]), accounts whose device lists and pre-keys are signed as clients sign them
-//! ([`account`]) and a raw client of the relay protocol ([`client`]).
+//! ([`account`]), a raw client of the relay protocol ([`client`]), and the clock in-process
+//! relays run on, which a test moves forward ([`clock`]).
 //!
 //! It never depends on client-core, so that the relay's own tests can use it.
 #![allow(
@@ -14,6 +15,7 @@
 
 pub mod account;
 pub mod client;
+pub mod clock;
 pub mod process;
 pub mod relay;
 
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 pub use account::{TestAccount, random, sign_auth, sign_username};
 pub use client::{Client, error_of};
+pub use clock::OffsetClock;
 pub use process::{RelayProcess, relay_binary};
 pub use relay::{TestRelay, test_config};
 

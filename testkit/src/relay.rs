@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use hush_relay::config::{Config, RateLimit, StoreKind};
 
@@ -60,6 +61,8 @@ pub struct TestRelay {
     pub running: hush_relay::Running,
     /// Its data directory.
     pub dir: tempfile::TempDir,
+    /// The clock it reads: the system's time until a test moves it ahead.
+    pub clock: Arc<crate::OffsetClock>,
 }
 
 impl TestRelay {
@@ -73,8 +76,15 @@ impl TestRelay {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = test_config(store, dir.path());
         adjust(&mut cfg);
-        let running = start(cfg).await;
-        Self { running, dir }
+        let clock = crate::OffsetClock::new();
+        let running = hush_relay::start_with_clock(cfg, Arc::clone(&clock) as _)
+            .await
+            .unwrap();
+        Self {
+            running,
+            dir,
+            clock,
+        }
     }
 
     /// Where it listens.

@@ -174,16 +174,6 @@ pub struct Now {
     pub wall_ms: u64,
 }
 
-impl Now {
-    /// The current time (for the I/O shells).
-    pub fn current() -> Self {
-        Self {
-            at: crate::shared::instant(),
-            wall_ms: crate::shared::now_ms(),
-        }
-    }
-}
-
 /// Where a connection is in authentication.
 #[derive(Clone, Copy, Debug)]
 enum Phase {

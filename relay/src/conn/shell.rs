@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnState, Now};
+use super::ConnState;
 use crate::limits::{self, close};
 use crate::ops::Timeout;
-use crate::shared::{Relay, instant};
+use crate::shared::Relay;
 
 /// Largest chunk taken from the control stream at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -47,13 +47,13 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
         quic.close(close::PROTOCOL.into(), b"no TLS exporter");
         return;
     }
-    let (mut st, mut rx) = ConnState::new(id, remote, exporter, Now::current());
+    let (mut st, mut rx) = ConnState::new(id, remote, exporter, relay.now());
     let max_frame = relay.cfg.max_frame_bytes;
     // What is being written: taken whole from the state, written from `written` on.
     let mut wbuf: Vec<u8> = Vec::new();
     let mut written = 0usize;
     // When the write of `wbuf` last made progress (a client that stops reading is dropped).
-    let mut write_progress = instant();
+    let mut write_progress = relay.now().at;
     let mut stream_open = true;
     let close_reason = loop {
         for op in st.take_ops() {
@@ -68,7 +68,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
             }
             if st.has_output() {
                 st.take_output(&mut wbuf);
-                write_progress = instant();
+                write_progress = relay.now().at;
             }
         }
         if wbuf.is_empty()
@@ -88,7 +88,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
             () = shutdown.cancelled(), if !st.draining => st.drain(),
             msg = rx.recv() => {
                 let Some(msg) = msg else { break (close::NORMAL, b"") };
-                let now = Now::current();
+                let now = relay.now();
                 st.handle_message(&relay, msg, now);
                 // Everything queued now, handled before the next write: one write per wake-up.
                 while let Ok(more) = rx.try_recv() {
@@ -98,13 +98,13 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
             w = send.write(pending), if !pending.is_empty() => match w {
                 Ok(n) => {
                     written += n;
-                    write_progress = instant();
+                    write_progress = relay.now().at;
                 }
                 Err(_) => break (close::NORMAL, b""),
             },
             chunk = recv.read_chunk(READ_CHUNK, true), if stream_open && st.wants_read(max_frame) => {
                 match chunk {
-                    Ok(Some(c)) => st.receive(&relay, &c.bytes, Now::current()),
+                    Ok(Some(c)) => st.receive(&relay, &c.bytes, relay.now()),
                     Ok(None) => {
                         stream_open = false;
                         st.peer_finished(&relay);
@@ -119,8 +119,8 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
                 }
                 Err(_) => break (close::NORMAL, b""),
             },
-            () = sleep_until(deadline), if deadline.is_some() => {
-                let now = Now::current();
+            () = sleep_until(&relay, deadline), if deadline.is_some() => {
+                let now = relay.now();
                 if write_deadline.is_some_and(|d| now.at >= d) {
                     relay.metrics.timeouts.inc(Timeout::Write);
                     tracing::info!("connection closed: the client stopped taking what was written");
@@ -140,9 +140,11 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
     tracing::debug!(conn = id, "connection closed");
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+/// Sleeps until `deadline` on the relay's clock (as the time left from now, so that a clock a
+/// test moved ahead of the system's is slept on correctly), or forever without one.
+async fn sleep_until(relay: &Relay, deadline: Option<Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
+        Some(d) => tokio::time::sleep(d.saturating_duration_since(relay.clock.instant())).await,
         None => std::future::pending().await,
     }
 }

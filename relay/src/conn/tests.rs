@@ -43,6 +43,7 @@ fn relay_with(tune: impl FnOnce(&mut Config)) -> Arc<Relay> {
         Arc::new(LocalRouter::new()),
         Arc::new(Metrics::new()),
         CancellationToken::new(),
+        Arc::new(crate::clock::SystemClock),
     )
     .unwrap();
     relay
