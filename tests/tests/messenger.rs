@@ -1034,3 +1034,76 @@ async fn an_outbox_message_that_must_wait_holds_back_only_its_own_conversation()
     bob.shutdown().await;
     relay.stop().await;
 }
+
+/// A message read while the relay was away, in an app closed before it came back: the read
+/// receipt is stored as owed with the read state, and goes out when the app starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_receipt_owed_when_the_app_closed_is_sent_after_it_starts_again() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let addr: SocketAddr = free_port();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), addr))
+        .await
+        .unwrap();
+    let pin = relay.fingerprint.clone();
+    let (ad, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, mut a_rx) = Messenger::create_account(cfg(ad.path(), addr, &pin))
+        .await
+        .unwrap();
+    let (bob, mut b_rx) = Messenger::create_account(cfg(bd.path(), addr, &pin))
+        .await
+        .unwrap();
+    alice.engine().connected(WAIT).await.unwrap();
+    bob.engine().connected(WAIT).await.unwrap();
+    let (a, b) = (alice.address().account, bob.address().account);
+    let id = alice
+        .send_text(Conversation::Direct(b), "read me later", None)
+        .await
+        .unwrap();
+    next(&mut b_rx, |e| match e {
+        MessengerEvent::Message { .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    next(&mut a_rx, |e| match e {
+        MessengerEvent::Status {
+            status: MessageStatus::Delivered,
+            ..
+        } => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // The relay goes away; Bob reads the message, and his app is closed.
+    relay.stop().await;
+    next(&mut b_rx, |e| match e {
+        MessengerEvent::Connection(false) => Some(()),
+        _ => None,
+    })
+    .await;
+    bob.mark_read(Conversation::Direct(a)).await.unwrap();
+    let owed = bob.history(Conversation::Direct(a), None, 10).unwrap();
+    assert!(owed.iter().any(|m| m.read && m.read_untold));
+    bob.shutdown().await;
+
+    // The relay is back and Bob's app starts again: Alice learns her message was read.
+    let relay = hush_relay::start(relay_config(relay_dir.path(), addr))
+        .await
+        .unwrap();
+    let (bob, _b_rx) = Messenger::open(cfg(bd.path(), addr, &pin)).unwrap();
+    next(&mut a_rx, |e| match e {
+        MessengerEvent::Status {
+            message_ids,
+            status: MessageStatus::Read,
+            ..
+        } if message_ids.contains(&id) => Some(()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        status_of(&alice.message(&id).unwrap().unwrap().1),
+        Some(MessageStatus::Read)
+    );
+    bob.shutdown().await;
+    alice.shutdown().await;
+    relay.stop().await;
+}

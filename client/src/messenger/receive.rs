@@ -43,6 +43,7 @@ pub(super) fn record(
         failed: String::new(),
         recipients,
         undelivered: Vec::new(),
+        read_untold: false,
     }
 }
 
@@ -75,6 +76,8 @@ pub(super) async fn pump(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ev
                 shared.emit(MessengerEvent::Connection(c));
                 if c {
                     shared.kick_all();
+                    // Read receipts owed from before (offline, a failed send, a restart).
+                    shared.tell_read_when_connected();
                 }
             }
             Event::Revoked => shared.emit(MessengerEvent::Revoked),

@@ -8,7 +8,7 @@ use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::outbox::OUTBOX_CONNECT_WAIT;
+use super::outbox::{OUTBOX_CONNECT_WAIT, OUTBOX_RETRY_MAX, OUTBOX_RETRY_MIN};
 use super::{Conversation, MessageId, Messenger, Shared, conversation_of};
 
 /// Where a message this account sent stands, as a chat shows it (clock, one tick, two ticks,
@@ -65,10 +65,13 @@ pub fn status_of(m: &StoredMessage) -> Option<MessageStatus> {
 }
 
 impl Messenger {
-    /// Marks every unread incoming message of a conversation read and tells the senders.
+    /// Marks every unread incoming message of a conversation read and tells the senders. The
+    /// read state is stored at once, with the receipts it owes: they are sent now when the relay
+    /// can be reached (this returns once they are), and otherwise, or if a send fails, whenever
+    /// this messenger is connected again, after a restart too.
     pub async fn mark_read(&self, conv: Conversation) -> Result<(), ClientError> {
         self.shared.check_conversation(&conv)?;
-        let unread: Vec<(AccountId, Vec<u8>)> = {
+        let marked = {
             let mut h = self.shared.lock_history()?;
             let ids: Vec<(Vec<u8>, Vec<u8>)> = h
                 .page(&conv, None, usize::MAX)
@@ -80,60 +83,28 @@ impl Messenger {
                         .map(|a| (a.message_id.clone(), m.sender_account.clone()))
                 })
                 .collect();
-            let mut out = Vec::new();
-            for (id, sender) in ids {
+            for (id, sender) in &ids {
                 h.update_where(
-                    &id,
-                    |_, m| !m.outgoing && !m.read && m.sender_account == sender,
-                    |m| m.read = true,
+                    id,
+                    |_, m| !m.outgoing && !m.read && m.sender_account == *sender,
+                    |m| {
+                        m.read = true;
+                        m.read_untold = true;
+                    },
                 )?;
-                if let Ok(a) = AccountId::from_bytes(&sender) {
-                    out.push((a, id));
-                }
             }
-            out
+            !ids.is_empty()
         };
-        let mut by_sender: BTreeMap<AccountId, Vec<Vec<u8>>> = BTreeMap::new();
-        for (a, id) in unread {
-            by_sender.entry(a).or_default().push(id);
-        }
-        if by_sender.is_empty() {
+        if !marked {
             return Ok(());
         }
-        if self.shared.engine.state() == crate::engine::ConnectionState::Online {
-            let mut later = BTreeMap::new();
-            for (a, ids) in by_sender {
-                if let Err(e) = self.shared.send_receipt(&a, true, ids.clone()).await {
-                    tracing::debug!(error = %e, "read receipt not sent yet");
-                    later.insert(a, ids);
-                }
-            }
-            by_sender = later;
-            if by_sender.is_empty() {
-                return Ok(());
-            }
+        if self.shared.engine.state() == crate::engine::ConnectionState::Online
+            && self.shared.tell_read().await
+        {
+            return Ok(());
         }
-        // Offline, or a send failed: marked read here at once; the senders are told once the
-        // relay is back (while this messenger runs).
-        let shared = Arc::clone(&self.shared);
-        let stop = self.shared.outbox_stop.clone();
-        self.shared.outbox_sends.spawn(async move {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = async {
-                    for (a, ids) in by_sender {
-                        while shared.engine.connected(OUTBOX_CONNECT_WAIT).await.is_err() {
-                            if shared.engine.is_closed() {
-                                return;
-                            }
-                        }
-                        if let Err(e) = shared.send_receipt(&a, true, ids).await {
-                            tracing::debug!(error = %e, "read receipt not sent");
-                        }
-                    }
-                } => {}
-            }
-        });
+        // Offline, or a send failed: the receipts stay owed, and go once connected.
+        self.shared.tell_read_when_connected();
         Ok(())
     }
 
@@ -191,6 +162,86 @@ impl Messenger {
 }
 
 impl Shared {
+    /// Sends the read receipts this device owes (messages read here whose senders were not told
+    /// yet), one per sender, and records each as told once the relay took it. Returns whether
+    /// nothing is owed any more.
+    pub(super) async fn tell_read(&self) -> bool {
+        let owed: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = match self.lock_history() {
+            Ok(h) => {
+                let mut by_sender: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+                for m in h.by_key.values().filter(|m| !m.outgoing && m.read_untold) {
+                    if let Some(a) = &m.message {
+                        by_sender
+                            .entry(m.sender_account.clone())
+                            .or_default()
+                            .push(a.message_id.clone());
+                    }
+                }
+                by_sender
+            }
+            Err(_) => return false,
+        };
+        let mut all_told = true;
+        for (sender, ids) in owed {
+            // A record with a malformed sender owes nothing anyone can be told.
+            let told = match AccountId::from_bytes(&sender) {
+                Ok(a) => match self.send_receipt(&a, true, ids.clone()).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read receipt not sent yet");
+                        all_told = false;
+                        false
+                    }
+                },
+                Err(_) => true,
+            };
+            if told {
+                let Ok(mut h) = self.lock_history() else {
+                    return false;
+                };
+                for id in &ids {
+                    if h.update_where(
+                        id,
+                        |_, m| !m.outgoing && m.read_untold && m.sender_account == sender,
+                        |m| m.read_untold = false,
+                    )
+                    .is_err()
+                    {
+                        all_told = false;
+                    }
+                }
+            }
+        }
+        all_told
+    }
+
+    /// Sends the owed read receipts in the background once connected (and again after a failure,
+    /// with backoff), while this messenger runs.
+    pub(super) fn tell_read_when_connected(self: &Arc<Self>) {
+        let shared = Arc::clone(self);
+        let stop = self.outbox_stop.clone();
+        self.outbox_sends.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = async {
+                    let mut wait = OUTBOX_RETRY_MIN;
+                    loop {
+                        while shared.engine.connected(OUTBOX_CONNECT_WAIT).await.is_err() {
+                            if shared.engine.is_closed() {
+                                return;
+                            }
+                        }
+                        if shared.tell_read().await {
+                            return;
+                        }
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(OUTBOX_RETRY_MAX);
+                    }
+                } => {}
+            }
+        });
+    }
+
     pub(super) async fn send_receipt(
         &self,
         to: &AccountId,
