@@ -410,6 +410,7 @@ pub fn proto_app() -> Vec<Vec<u8>> {
             reason: "queue full".into(),
             permanent: false,
         }],
+        read_untold: false,
     };
     let mut out = vec![
         select(a, "AppMessage", &text.encode_to_vec()),
