@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hush_client::conn::RelayConnection;
-use hush_client::{ClientError, Conversation, EngineConfig, Messenger, MessengerEvent};
+use hush_client::{ClientError, Conversation, Messenger, MessengerEvent};
 use hush_core::device::Device;
 use hush_proto::app::app_message;
 use hush_proto::client::{Sealed, sealed};
@@ -31,16 +31,6 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use zeroize::Zeroizing;
 
 const WAIT: Duration = Duration::from_secs(60);
-const KEY: [u8; 32] = [9; 32];
-
-fn cfg(dir: &Path, addr: SocketAddr, pin: &str) -> EngineConfig {
-    EngineConfig {
-        profile: dir.to_path_buf(),
-        at_rest_key: Zeroizing::new(KEY),
-        relay: addr,
-        pin: pin.to_owned(),
-    }
-}
 
 fn db_of(dir: &Path) -> PathBuf {
     dir.join("db")
@@ -48,22 +38,6 @@ fn db_of(dir: &Path) -> PathBuf {
 
 fn history_of(dir: &Path) -> PathBuf {
     dir.join("history")
-}
-
-/// The next event that `pick` accepts (others are skipped).
-async fn next<T>(
-    rx: &mut UnboundedReceiver<MessengerEvent>,
-    mut pick: impl FnMut(MessengerEvent) -> Option<T>,
-) -> T {
-    loop {
-        let ev = tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .expect("nothing in time")
-            .expect("messenger gone");
-        if let Some(t) = pick(ev) {
-            return t;
-        }
-    }
 }
 
 /// The text of a message event.
@@ -82,7 +56,7 @@ fn text(ev: MessengerEvent) -> Option<String> {
 /// Opens a profile, waiting (bounded) for a just-stopped messenger to release its stores.
 fn open(dir: &Path, addr: SocketAddr, pin: &str) -> (Messenger, UnboundedReceiver<MessengerEvent>) {
     for _ in 0..500 {
-        match Messenger::open(cfg(dir, addr, pin)) {
+        match Messenger::open(engine_config(dir, addr, pin)) {
             Ok(m) => return m,
             Err(ClientError::Store(e)) if e.to_string().contains("lock") => {
                 std::thread::sleep(Duration::from_millis(10));
@@ -138,12 +112,13 @@ async fn pair() -> Pair {
         .unwrap();
     let (ad, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (alice, mut a_rx) =
-        Messenger::create_account(cfg(ad.path(), relay.addr, &relay.fingerprint))
+        Messenger::create_account(engine_config(ad.path(), relay.addr, &relay.fingerprint))
             .await
             .unwrap();
-    let (bob, mut b_rx) = Messenger::create_account(cfg(bd.path(), relay.addr, &relay.fingerprint))
-        .await
-        .unwrap();
+    let (bob, mut b_rx) =
+        Messenger::create_account(engine_config(bd.path(), relay.addr, &relay.fingerprint))
+            .await
+            .unwrap();
     alice.engine().connected(WAIT).await.unwrap();
     bob.engine().connected(WAIT).await.unwrap();
     let (a, b) = (alice.address().account, bob.address().account);
@@ -340,7 +315,7 @@ async fn a_permanently_undecryptable_envelope_is_acknowledged_and_reported() {
         let store = loop {
             match SledKv::open_labelled(
                 &db_of(p.ad.path()),
-                Zeroizing::new(KEY),
+                Zeroizing::new(AT_REST_KEY),
                 hush_client::engine::DB_STORE_LABEL,
                 // Only read and signed with here: nothing is sealed under this generator.
                 Box::new(rand_chacha::ChaCha20Rng::seed_from_u64(1)),

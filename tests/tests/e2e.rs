@@ -12,30 +12,18 @@
 mod common;
 use common::*;
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hush_client::messenger::{MessageStatus, status_of};
-use hush_client::{Conversation, EngineConfig, Messenger, MessengerEvent};
+use hush_client::{Conversation, Messenger, MessengerEvent};
 use hush_core::keys::AccountId;
 use hush_proto::app::{StoredMessage, app_message};
 use tokio::sync::mpsc::UnboundedReceiver;
-use zeroize::Zeroizing;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 type Rx = UnboundedReceiver<MessengerEvent>;
-
-fn cfg(dir: &Path, addr: SocketAddr, pin: &str) -> EngineConfig {
-    EngineConfig {
-        profile: dir.to_path_buf(),
-        at_rest_key: Zeroizing::new([7; 32]),
-        relay: addr,
-        pin: pin.to_owned(),
-    }
-}
 
 /// The next event that `pick` accepts; the events skipped on the way are returned too.
 async fn next_with_skipped<T>(
@@ -120,9 +108,10 @@ async fn three_accounts_with_two_devices_each_chat_in_groups_and_one_to_one() {
     let dirs: Vec<tempfile::TempDir> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut people = Vec::new();
     for i in 0..3 {
-        let (one, one_rx) = Messenger::create_account(cfg(dirs[2 * i].path(), addr, &pin))
-            .await
-            .unwrap();
+        let (one, one_rx) =
+            Messenger::create_account(engine_config(dirs[2 * i].path(), addr, &pin))
+                .await
+                .unwrap();
         one.engine().connected(WAIT).await.unwrap();
         people.push(Person {
             one,
@@ -166,10 +155,12 @@ async fn three_accounts_with_two_devices_each_chat_in_groups_and_one_to_one() {
     for (i, p) in [&mut alice, &mut bob, &mut carol].into_iter().enumerate() {
         let offer = p.one.engine().offer_link().unwrap();
         p.one.engine().open_link(&offer).await.unwrap();
-        let (two, mut two_rx) =
-            Messenger::link(cfg(dirs[2 * i + 1].path(), addr, &pin), &offer.code)
-                .await
-                .unwrap();
+        let (two, mut two_rx) = Messenger::link(
+            engine_config(dirs[2 * i + 1].path(), addr, &pin),
+            &offer.code,
+        )
+        .await
+        .unwrap();
         p.one.engine().complete_link(&offer, WAIT).await.unwrap();
         two.engine().connected(WAIT).await.unwrap();
         let mut want = vec![(g.0, "team".to_owned())];
@@ -325,7 +316,7 @@ async fn three_accounts_with_two_devices_each_chat_in_groups_and_one_to_one() {
         .send_text(group, "after typing", None)
         .await
         .unwrap();
-    let (c2, mut c2_rx) = Messenger::open(cfg(dirs[5].path(), addr, &pin)).unwrap();
+    let (c2, mut c2_rx) = Messenger::open(engine_config(dirs[5].path(), addr, &pin)).unwrap();
     let ((_, text, _), skipped) = next_with_skipped(&mut c2_rx, |e| match e {
         MessengerEvent::Message {
             conversation,
@@ -416,7 +407,7 @@ async fn three_accounts_with_two_devices_each_chat_in_groups_and_one_to_one() {
             .await
             .unwrap();
     }
-    let (b2, mut b2_rx) = Messenger::open(cfg(dirs[3].path(), addr, &pin)).unwrap();
+    let (b2, mut b2_rx) = Messenger::open(engine_config(dirs[3].path(), addr, &pin)).unwrap();
     let mut seen = Vec::new();
     while seen.len() < 1000 {
         let (conv, text, _) = next_text(&mut b2_rx).await;
@@ -539,10 +530,10 @@ async fn a_linked_device_learns_a_group_whose_creator_device_has_left() {
         .unwrap();
     let (addr, pin) = (relay.addr, relay.fingerprint.clone());
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (alice, mut a_rx) = Messenger::create_account(cfg(dirs[0].path(), addr, &pin))
+    let (alice, mut a_rx) = Messenger::create_account(engine_config(dirs[0].path(), addr, &pin))
         .await
         .unwrap();
-    let (bob, mut b_rx) = Messenger::create_account(cfg(dirs[1].path(), addr, &pin))
+    let (bob, mut b_rx) = Messenger::create_account(engine_config(dirs[1].path(), addr, &pin))
         .await
         .unwrap();
     for m in [&alice, &bob] {
@@ -551,7 +542,7 @@ async fn a_linked_device_learns_a_group_whose_creator_device_has_left() {
     let b = bob.address().account;
     let offer = alice.engine().offer_link().unwrap();
     alice.engine().open_link(&offer).await.unwrap();
-    let (alice2, _a2_rx) = Messenger::link(cfg(dirs[2].path(), addr, &pin), &offer.code)
+    let (alice2, _a2_rx) = Messenger::link(engine_config(dirs[2].path(), addr, &pin), &offer.code)
         .await
         .unwrap();
     let a2 = alice.engine().complete_link(&offer, WAIT).await.unwrap();
@@ -576,7 +567,7 @@ async fn a_linked_device_learns_a_group_whose_creator_device_has_left() {
     // whose author device is no longer on Alice's list: Bob's own device vouches for it.
     let offer = bob.engine().offer_link().unwrap();
     bob.engine().open_link(&offer).await.unwrap();
-    let (bob2, mut b2_rx) = Messenger::link(cfg(dirs[3].path(), addr, &pin), &offer.code)
+    let (bob2, mut b2_rx) = Messenger::link(engine_config(dirs[3].path(), addr, &pin), &offer.code)
         .await
         .unwrap();
     bob.engine().complete_link(&offer, WAIT).await.unwrap();
@@ -614,10 +605,10 @@ async fn a_group_send_goes_on_when_a_member_removed_a_device_the_sender_still_li
         .unwrap();
     let (addr, pin) = (relay.addr, relay.fingerprint.clone());
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (alice, mut a_rx) = Messenger::create_account(cfg(dirs[0].path(), addr, &pin))
+    let (alice, mut a_rx) = Messenger::create_account(engine_config(dirs[0].path(), addr, &pin))
         .await
         .unwrap();
-    let (bob, mut b_rx) = Messenger::create_account(cfg(dirs[1].path(), addr, &pin))
+    let (bob, mut b_rx) = Messenger::create_account(engine_config(dirs[1].path(), addr, &pin))
         .await
         .unwrap();
     for m in [&alice, &bob] {
@@ -632,7 +623,7 @@ async fn a_group_send_goes_on_when_a_member_removed_a_device_the_sender_still_li
     // Bob links a second device, which writes to Alice: she now lists it.
     let offer = bob.engine().offer_link().unwrap();
     bob.engine().open_link(&offer).await.unwrap();
-    let (bob2, _b2_rx) = Messenger::link(cfg(dirs[2].path(), addr, &pin), &offer.code)
+    let (bob2, _b2_rx) = Messenger::link(engine_config(dirs[2].path(), addr, &pin), &offer.code)
         .await
         .unwrap();
     let b2 = bob.engine().complete_link(&offer, WAIT).await.unwrap();

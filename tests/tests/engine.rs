@@ -6,25 +6,13 @@
 mod common;
 use common::*;
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use hush_client::{Engine, EngineConfig, Event};
+use hush_client::{Engine, Event};
 use hush_core::keys::AccountId;
 use tokio::sync::mpsc::UnboundedReceiver;
-use zeroize::Zeroizing;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn engine_config(dir: &Path, relay: &hush_relay::Running, addr: SocketAddr) -> EngineConfig {
-    EngineConfig {
-        profile: dir.to_path_buf(),
-        at_rest_key: Zeroizing::new([7; 32]),
-        relay: addr,
-        pin: relay.fingerprint.clone(),
-    }
-}
 
 /// Waits for `n` messages (acknowledging each to the engine), skipping other events.
 async fn messages(engine: &Engine, rx: &mut UnboundedReceiver<Event>, n: usize) -> Vec<Vec<u8>> {
@@ -64,12 +52,14 @@ async fn engines_chat_through_offline_periods_a_relay_restart_and_a_drain() {
         .await
         .unwrap();
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (alice, mut a_rx) = Engine::create_account(engine_config(a_dir.path(), &relay, addr))
-        .await
-        .unwrap();
-    let (bob, mut b_rx) = Engine::create_account(engine_config(b_dir.path(), &relay, addr))
-        .await
-        .unwrap();
+    let (alice, mut a_rx) =
+        Engine::create_account(engine_config(a_dir.path(), addr, &relay.fingerprint))
+            .await
+            .unwrap();
+    let (bob, mut b_rx) =
+        Engine::create_account(engine_config(b_dir.path(), addr, &relay.fingerprint))
+            .await
+            .unwrap();
     alice.connected(WAIT).await.unwrap();
     bob.connected(WAIT).await.unwrap();
     let a_id: AccountId = alice.address().unwrap().account;
@@ -118,7 +108,8 @@ async fn engines_chat_through_offline_periods_a_relay_restart_and_a_drain() {
     for i in 0..300u32 {
         alice.send(&b_id, format!("b{i}").as_bytes()).await.unwrap();
     }
-    let (bob, mut b_rx) = Engine::open(engine_config(b_dir.path(), &relay, addr)).unwrap();
+    let (bob, mut b_rx) =
+        Engine::open(engine_config(b_dir.path(), addr, &relay.fingerprint)).unwrap();
     let got = messages(&bob, &mut b_rx, 300).await;
     assert_eq!(
         got,
@@ -146,17 +137,7 @@ async fn engines_chat_through_offline_periods_a_relay_restart_and_a_drain() {
             .collect::<Vec<_>>()
     );
     // Nothing more arrives (no duplicates).
-    let extra = tokio::time::timeout(Duration::from_millis(500), async {
-        loop {
-            match b_rx.recv().await {
-                Some(Event::Message { plaintext, .. }) => return plaintext.to_vec(),
-                Some(_) => {}
-                None => std::future::pending::<()>().await,
-            }
-        }
-    })
-    .await;
-    assert!(extra.is_err(), "a message was delivered twice: {extra:?}");
+    nothing_more(&mut b_rx).await;
 
     // Bob's app is killed after the message reached the engine but before the app stored it:
     // the engine offers it again when it starts (and the relay, already acknowledged, does not).
@@ -172,7 +153,8 @@ async fn engines_chat_through_offline_periods_a_relay_restart_and_a_drain() {
         }
     }
     bob.shutdown().await;
-    let (bob, mut b_rx) = Engine::open(engine_config(b_dir.path(), &relay, addr)).unwrap();
+    let (bob, mut b_rx) =
+        Engine::open(engine_config(b_dir.path(), addr, &relay.fingerprint)).unwrap();
     assert_eq!(
         messages(&bob, &mut b_rx, 1).await,
         vec![b"not yet stored".to_vec()]
@@ -203,7 +185,7 @@ async fn a_group_of_three_engines_exchanges_messages_through_the_relay() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut engines = Vec::new();
     for d in &dirs {
-        let (e, rx) = Engine::create_account(engine_config(d.path(), &relay, addr))
+        let (e, rx) = Engine::create_account(engine_config(d.path(), addr, &relay.fingerprint))
             .await
             .unwrap();
         e.connected(WAIT).await.unwrap();
@@ -262,12 +244,14 @@ async fn an_engine_finds_another_by_username_and_writes_to_it() {
         .await
         .unwrap();
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (alice, mut a_rx) = Engine::create_account(engine_config(a_dir.path(), &relay, addr))
-        .await
-        .unwrap();
-    let (bob, _b_rx) = Engine::create_account(engine_config(b_dir.path(), &relay, addr))
-        .await
-        .unwrap();
+    let (alice, mut a_rx) =
+        Engine::create_account(engine_config(a_dir.path(), addr, &relay.fingerprint))
+            .await
+            .unwrap();
+    let (bob, _b_rx) =
+        Engine::create_account(engine_config(b_dir.path(), addr, &relay.fingerprint))
+            .await
+            .unwrap();
     alice.connected(WAIT).await.unwrap();
     bob.connected(WAIT).await.unwrap();
     let a_id = alice.address().unwrap().account;
@@ -320,12 +304,14 @@ async fn a_linked_device_joins_the_account_and_contacts_are_warned() {
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
-    let (alice, mut a_rx) = Engine::create_account(engine_config(a1d.path(), &relay, addr))
-        .await
-        .unwrap();
-    let (bob, mut b_rx) = Engine::create_account(engine_config(bd.path(), &relay, addr))
-        .await
-        .unwrap();
+    let (alice, mut a_rx) =
+        Engine::create_account(engine_config(a1d.path(), addr, &relay.fingerprint))
+            .await
+            .unwrap();
+    let (bob, mut b_rx) =
+        Engine::create_account(engine_config(bd.path(), addr, &relay.fingerprint))
+            .await
+            .unwrap();
     alice.connected(WAIT).await.unwrap();
     bob.connected(WAIT).await.unwrap();
     let a_id = alice.address().unwrap().account;
@@ -339,9 +325,12 @@ async fn a_linked_device_joins_the_account_and_contacts_are_warned() {
     // Alice shows a code; her new device uses it; her first device adds it.
     let offer = alice.offer_link().unwrap();
     alice.open_link(&offer).await.unwrap();
-    let (alice2, mut a2_rx) = Engine::link(engine_config(a2d.path(), &relay, addr), &offer.code)
-        .await
-        .unwrap();
+    let (alice2, mut a2_rx) = Engine::link(
+        engine_config(a2d.path(), addr, &relay.fingerprint),
+        &offer.code,
+    )
+    .await
+    .unwrap();
     let id = alice.complete_link(&offer, WAIT).await.unwrap();
     assert_eq!(alice2.address().unwrap().device_id, id);
     alice2.connected(WAIT).await.unwrap();
@@ -397,7 +386,8 @@ async fn a_linked_device_joins_the_account_and_contacts_are_warned() {
     // Started again later, the removed device is told at once that it was removed, not that the
     // relay is unreachable, and stops trying.
     alice2.shutdown().await;
-    let (again, mut again_rx) = Engine::open(engine_config(a2d.path(), &relay, addr)).unwrap();
+    let (again, mut again_rx) =
+        Engine::open(engine_config(a2d.path(), addr, &relay.fingerprint)).unwrap();
     loop {
         match tokio::time::timeout(WAIT, again_rx.recv()).await.unwrap() {
             Some(Event::Revoked) => break,
@@ -438,12 +428,14 @@ async fn an_offline_device_is_woken_through_the_push_endpoint_it_registered() {
     cfg.push.allow_plain_http = true;
     let relay = hush_relay::start(cfg).await.unwrap();
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (alice, _a_rx) = Engine::create_account(engine_config(a_dir.path(), &relay, addr))
-        .await
-        .unwrap();
-    let (bob, mut b_rx) = Engine::create_account(engine_config(b_dir.path(), &relay, addr))
-        .await
-        .unwrap();
+    let (alice, _a_rx) =
+        Engine::create_account(engine_config(a_dir.path(), addr, &relay.fingerprint))
+            .await
+            .unwrap();
+    let (bob, mut b_rx) =
+        Engine::create_account(engine_config(b_dir.path(), addr, &relay.fingerprint))
+            .await
+            .unwrap();
     alice.connected(WAIT).await.unwrap();
     bob.connected(WAIT).await.unwrap();
     let b_id = bob.address().unwrap().account;
@@ -473,7 +465,8 @@ async fn an_offline_device_is_woken_through_the_push_endpoint_it_registered() {
     assert!(request.starts_with("POST /wake/bob "), "{request}");
     assert!(!request.contains("secret words"));
     // Woken, Bob's app opens the profile and gets the message.
-    let (bob, mut b_rx) = Engine::open(engine_config(b_dir.path(), &relay, addr)).unwrap();
+    let (bob, mut b_rx) =
+        Engine::open(engine_config(b_dir.path(), addr, &relay.fingerprint)).unwrap();
     assert_eq!(
         messages(&bob, &mut b_rx, 1).await,
         vec![b"secret words".to_vec()]
@@ -498,18 +491,22 @@ async fn a_device_left_out_for_a_full_queue_gets_the_message_once_it_has_room() 
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
-    let (bob, mut b_rx) = Engine::create_account(engine_config(b1d.path(), &relay, addr))
-        .await
-        .unwrap();
+    let (bob, mut b_rx) =
+        Engine::create_account(engine_config(b1d.path(), addr, &relay.fingerprint))
+            .await
+            .unwrap();
     bob.connected(WAIT).await.unwrap();
     let offer = bob.offer_link().unwrap();
     bob.open_link(&offer).await.unwrap();
-    let (bob2, mut b2_rx) = Engine::link(engine_config(b2d.path(), &relay, addr), &offer.code)
-        .await
-        .unwrap();
+    let (bob2, mut b2_rx) = Engine::link(
+        engine_config(b2d.path(), addr, &relay.fingerprint),
+        &offer.code,
+    )
+    .await
+    .unwrap();
     bob.complete_link(&offer, WAIT).await.unwrap();
     bob2.connected(WAIT).await.unwrap();
-    let (alice, _a_rx) = Engine::create_account(engine_config(ad.path(), &relay, addr))
+    let (alice, _a_rx) = Engine::create_account(engine_config(ad.path(), addr, &relay.fingerprint))
         .await
         .unwrap();
     alice.connected(WAIT).await.unwrap();
@@ -538,7 +535,8 @@ async fn a_device_left_out_for_a_full_queue_gets_the_message_once_it_has_room() 
     assert_eq!(messages(&bob, &mut b_rx, 1).await, vec![b"m4".to_vec()]);
 
     // Back online, the second device drains its queue; sent again, the message reaches it.
-    let (bob2, mut b2_rx) = Engine::open(engine_config(b2d.path(), &relay, addr)).unwrap();
+    let (bob2, mut b2_rx) =
+        Engine::open(engine_config(b2d.path(), addr, &relay.fingerprint)).unwrap();
     bob2.connected(WAIT).await.unwrap();
     assert_eq!(
         messages(&bob2, &mut b2_rx, 3).await,

@@ -10,8 +10,8 @@ use common::*;
 use std::path::Path;
 use std::time::Duration;
 
+use hush_client::Engine;
 use hush_client::conn::RelayConnection;
-use hush_client::{Engine, EngineConfig};
 use hush_core::device::Device;
 use hush_proto::relay_api::{self as api, client_frame, server_frame};
 use hush_store_sled::SledKv;
@@ -20,23 +20,13 @@ use rand_core::SeedableRng;
 use zeroize::Zeroizing;
 
 const WAIT: Duration = Duration::from_secs(30);
-const KEY: [u8; 32] = [5; 32];
-
-fn cfg(dir: &Path, relay: &hush_relay::Running) -> EngineConfig {
-    EngineConfig {
-        profile: dir.to_path_buf(),
-        at_rest_key: Zeroizing::new(KEY),
-        relay: relay.addr,
-        pin: relay.fingerprint.clone(),
-    }
-}
 
 /// The device of a stopped engine's profile (for driving the relay by hand).
 fn device_of(profile: &Path) -> Device<SledKv> {
     for _ in 0..500 {
         match SledKv::open_labelled(
             &profile.join("db"),
-            Zeroizing::new(KEY),
+            Zeroizing::new(AT_REST_KEY),
             hush_client::engine::DB_STORE_LABEL,
             // Only read and signed with here: nothing is sealed under this generator.
             Box::new(rand_chacha::ChaCha20Rng::seed_from_u64(1)),
@@ -79,14 +69,16 @@ async fn pre_keys_low_from_the_relay_makes_the_device_upload_new_one_time_keys()
     config.rate.one_time_keys_per_requester = lots;
     let relay = hush_relay::start(config).await.unwrap();
     let (bd, md) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (bob, _b_rx) = Engine::create_account(cfg(bd.path(), &relay))
-        .await
-        .unwrap();
+    let (bob, _b_rx) =
+        Engine::create_account(engine_config(bd.path(), relay.addr, &relay.fingerprint))
+            .await
+            .unwrap();
     bob.connected(WAIT).await.unwrap();
     let b = bob.address().unwrap().account;
-    let (mallory, _m_rx) = Engine::create_account(cfg(md.path(), &relay))
-        .await
-        .unwrap();
+    let (mallory, _m_rx) =
+        Engine::create_account(engine_config(md.path(), relay.addr, &relay.fingerprint))
+            .await
+            .unwrap();
     mallory.connected(WAIT).await.unwrap();
     mallory.shutdown().await;
     let m = device_of(md.path());

@@ -11,17 +11,15 @@ use common::*;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hush_client::{Engine, EngineConfig, Event};
+use hush_client::{Engine, Event};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::UnboundedReceiver;
-use zeroize::Zeroizing;
 
 const WAIT: Duration = Duration::from_secs(60);
 /// How long the relay stays down when it restarts.
@@ -157,15 +155,6 @@ async fn proxy(relay: SocketAddr, faults: Faults, seed: u64) -> Proxy {
     }
 }
 
-fn engine_config(dir: &Path, via: SocketAddr, pin: &str) -> EngineConfig {
-    EngineConfig {
-        profile: dir.to_path_buf(),
-        at_rest_key: Zeroizing::new([3; 32]),
-        relay: via,
-        pin: pin.to_owned(),
-    }
-}
-
 /// Waits for `n` messages (acknowledging each), skipping other events.
 async fn messages(engine: &Engine, rx: &mut UnboundedReceiver<Event>, n: usize) -> Vec<String> {
     let mut got = Vec::new();
@@ -186,21 +175,6 @@ async fn messages(engine: &Engine, rx: &mut UnboundedReceiver<Event>, n: usize) 
         }
     }
     got
-}
-
-/// Nothing more arrives within a short while (no duplicates).
-async fn nothing_more(rx: &mut UnboundedReceiver<Event>) {
-    let extra = tokio::time::timeout(Duration::from_millis(500), async {
-        loop {
-            match rx.recv().await {
-                Some(Event::Message { plaintext, .. }) => return plaintext.to_vec(),
-                Some(_) => {}
-                None => std::future::pending::<()>().await,
-            }
-        }
-    })
-    .await;
-    assert!(extra.is_err(), "delivered twice: {extra:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,21 +11,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use hush_client::messenger::{MessageStatus, status_of};
-use hush_client::{ClientError, Conversation, EngineConfig, Messenger, MessengerEvent};
+use hush_client::{ClientError, Conversation, Messenger, MessengerEvent};
 use hush_proto::app::app_message;
 use tokio::sync::mpsc::UnboundedReceiver;
 use zeroize::Zeroizing;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn cfg(dir: &Path, addr: SocketAddr, pin: &str) -> EngineConfig {
-    EngineConfig {
-        profile: dir.to_path_buf(),
-        at_rest_key: Zeroizing::new([9; 32]),
-        relay: addr,
-        pin: pin.to_owned(),
-    }
-}
 
 /// A stored message's id.
 fn id_of(m: &hush_proto::app::StoredMessage) -> [u8; 16] {
@@ -38,22 +29,6 @@ fn id_of(m: &hush_proto::app::StoredMessage) -> [u8; 16] {
         .unwrap()
 }
 
-/// The next event that `pick` accepts (others are skipped).
-async fn next<T>(
-    rx: &mut UnboundedReceiver<MessengerEvent>,
-    mut pick: impl FnMut(MessengerEvent) -> Option<T>,
-) -> T {
-    loop {
-        let ev = tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .expect("nothing in time")
-            .expect("messenger gone");
-        if let Some(t) = pick(ev) {
-            return t;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_messengers_chat_with_receipts_typing_presence_attachments_and_history() {
     let relay_dir = tempfile::tempdir().unwrap();
@@ -62,12 +37,13 @@ async fn two_messengers_chat_with_receipts_typing_presence_attachments_and_histo
         .unwrap();
     let (ad, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (alice, mut a_rx) =
-        Messenger::create_account(cfg(ad.path(), relay.addr, &relay.fingerprint))
+        Messenger::create_account(engine_config(ad.path(), relay.addr, &relay.fingerprint))
             .await
             .unwrap();
-    let (bob, mut b_rx) = Messenger::create_account(cfg(bd.path(), relay.addr, &relay.fingerprint))
-        .await
-        .unwrap();
+    let (bob, mut b_rx) =
+        Messenger::create_account(engine_config(bd.path(), relay.addr, &relay.fingerprint))
+            .await
+            .unwrap();
     alice.engine().connected(WAIT).await.unwrap();
     bob.engine().connected(WAIT).await.unwrap();
     let (a, b) = (alice.address().account, bob.address().account);
@@ -266,12 +242,13 @@ async fn a_linked_device_sees_sent_messages_and_an_offline_device_catches_up_100
         tempfile::tempdir().unwrap(),
     );
     let (alice, mut a_rx) =
-        Messenger::create_account(cfg(a1d.path(), relay.addr, &relay.fingerprint))
+        Messenger::create_account(engine_config(a1d.path(), relay.addr, &relay.fingerprint))
             .await
             .unwrap();
-    let (bob, mut b_rx) = Messenger::create_account(cfg(bd.path(), relay.addr, &relay.fingerprint))
-        .await
-        .unwrap();
+    let (bob, mut b_rx) =
+        Messenger::create_account(engine_config(bd.path(), relay.addr, &relay.fingerprint))
+            .await
+            .unwrap();
     alice.engine().connected(WAIT).await.unwrap();
     bob.engine().connected(WAIT).await.unwrap();
     let (a, b) = (alice.address().account, bob.address().account);
@@ -279,10 +256,12 @@ async fn a_linked_device_sees_sent_messages_and_an_offline_device_catches_up_100
     // Link a second device of Alice's.
     let offer = alice.engine().offer_link().unwrap();
     alice.engine().open_link(&offer).await.unwrap();
-    let (alice2, mut a2_rx) =
-        Messenger::link(cfg(a2d.path(), relay.addr, &relay.fingerprint), &offer.code)
-            .await
-            .unwrap();
+    let (alice2, mut a2_rx) = Messenger::link(
+        engine_config(a2d.path(), relay.addr, &relay.fingerprint),
+        &offer.code,
+    )
+    .await
+    .unwrap();
     alice.engine().complete_link(&offer, WAIT).await.unwrap();
     alice2.engine().connected(WAIT).await.unwrap();
 
@@ -316,7 +295,8 @@ async fn a_linked_device_sees_sent_messages_and_an_offline_device_catches_up_100
             .await
             .unwrap();
     }
-    let (bob, mut b_rx) = Messenger::open(cfg(bd.path(), relay.addr, &relay.fingerprint)).unwrap();
+    let (bob, mut b_rx) =
+        Messenger::open(engine_config(bd.path(), relay.addr, &relay.fingerprint)).unwrap();
     let mut seen = Vec::new();
     while seen.len() < 1000 {
         let m = next(&mut b_rx, |e| match e {
@@ -370,10 +350,10 @@ async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restar
         .unwrap();
     let pin = relay.fingerprint.clone();
     let (ad, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (alice, _a_rx) = Messenger::create_account(cfg(ad.path(), addr, &pin))
+    let (alice, _a_rx) = Messenger::create_account(engine_config(ad.path(), addr, &pin))
         .await
         .unwrap();
-    let (bob, mut b_rx) = Messenger::create_account(cfg(bd.path(), addr, &pin))
+    let (bob, mut b_rx) = Messenger::create_account(engine_config(bd.path(), addr, &pin))
         .await
         .unwrap();
     alice.engine().connected(WAIT).await.unwrap();
@@ -429,7 +409,7 @@ async fn a_message_written_while_the_relay_was_down_is_sent_after_the_app_restar
     let relay = hush_relay::start(with_addr(relay_dir.path()))
         .await
         .unwrap();
-    let (alice, mut a_rx) = Messenger::open(cfg(ad.path(), addr, &pin)).unwrap();
+    let (alice, mut a_rx) = Messenger::open(engine_config(ad.path(), addr, &pin)).unwrap();
     let history = alice.history(Conversation::Direct(b), None, 10).unwrap();
     let waiting = history.last().unwrap();
     assert!(waiting.outgoing && !waiting.sent);
@@ -574,7 +554,7 @@ async fn three_accounts(
 ) -> Vec<(Messenger, UnboundedReceiver<MessengerEvent>)> {
     let mut out = Vec::new();
     for d in dirs {
-        let m = Messenger::create_account(cfg(d.path(), relay.addr, &relay.fingerprint))
+        let m = Messenger::create_account(engine_config(d.path(), relay.addr, &relay.fingerprint))
             .await
             .unwrap();
         m.0.engine().connected(WAIT).await.unwrap();
@@ -776,12 +756,13 @@ async fn history_under_the_older_keys_is_moved_once_and_stays_readable_in_order(
         .unwrap();
     let (ad, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (alice, mut a_rx) =
-        Messenger::create_account(cfg(ad.path(), relay.addr, &relay.fingerprint))
+        Messenger::create_account(engine_config(ad.path(), relay.addr, &relay.fingerprint))
             .await
             .unwrap();
-    let (bob, mut b_rx) = Messenger::create_account(cfg(bd.path(), relay.addr, &relay.fingerprint))
-        .await
-        .unwrap();
+    let (bob, mut b_rx) =
+        Messenger::create_account(engine_config(bd.path(), relay.addr, &relay.fingerprint))
+            .await
+            .unwrap();
     alice.engine().connected(WAIT).await.unwrap();
     bob.engine().connected(WAIT).await.unwrap();
     let (a, b) = (alice.address().account, bob.address().account);
@@ -824,7 +805,7 @@ async fn history_under_the_older_keys_is_moved_once_and_stays_readable_in_order(
     {
         let mut store = hush_store_sled::SledKv::open_labelled(
             &ad.path().join("history"),
-            Zeroizing::new([9; 32]),
+            Zeroizing::new(AT_REST_KEY),
             hush_client::messenger::HISTORY_STORE_LABEL,
             Box::new(ChaCha20Rng::from_seed([1; 32])),
         )
@@ -846,7 +827,8 @@ async fn history_under_the_older_keys_is_moved_once_and_stays_readable_in_order(
         store.commit(batch).unwrap();
     }
 
-    let (alice, _a_rx) = Messenger::open(cfg(ad.path(), relay.addr, &relay.fingerprint)).unwrap();
+    let (alice, _a_rx) =
+        Messenger::open(engine_config(ad.path(), relay.addr, &relay.fingerprint)).unwrap();
     let after = alice.history(Conversation::Direct(b), None, 10).unwrap();
     assert_eq!(after, before);
     let paged = alice
@@ -857,7 +839,7 @@ async fn history_under_the_older_keys_is_moved_once_and_stays_readable_in_order(
     // Moved once: nothing under the older layout is left.
     let store = hush_store_sled::SledKv::open_labelled(
         &ad.path().join("history"),
-        Zeroizing::new([9; 32]),
+        Zeroizing::new(AT_REST_KEY),
         hush_client::messenger::HISTORY_STORE_LABEL,
         Box::new(ChaCha20Rng::from_seed([2; 32])),
     )
@@ -944,8 +926,12 @@ async fn a_group_message_reaches_the_other_members_when_one_member_cannot_take_i
     assert_eq!(recipients, want);
 
     // Carol is back and takes her queue in; sending again reaches her alone.
-    let (carol, mut c_rx) =
-        Messenger::open(cfg(dirs[2].path(), relay.addr, &relay.fingerprint)).unwrap();
+    let (carol, mut c_rx) = Messenger::open(engine_config(
+        dirs[2].path(),
+        relay.addr,
+        &relay.fingerprint,
+    ))
+    .unwrap();
     next(&mut c_rx, |e| {
         matches!(e, MessengerEvent::CaughtUp).then_some(())
     })
@@ -1025,7 +1011,7 @@ async fn an_outbox_message_that_must_wait_holds_back_only_its_own_conversation()
     let relay = hush_relay::start(with_addr(relay_dir.path()))
         .await
         .unwrap();
-    let (alice, _a_rx) = Messenger::open(cfg(dirs[0].path(), addr, &pin)).unwrap();
+    let (alice, _a_rx) = Messenger::open(engine_config(dirs[0].path(), addr, &pin)).unwrap();
     assert_eq!(next_text(&mut b_rx).await, "to bob");
     let waiting = alice.history(Conversation::Direct(c), None, 10).unwrap();
     assert_eq!(waiting.len(), 1);
@@ -1046,10 +1032,10 @@ async fn a_read_receipt_owed_when_the_app_closed_is_sent_after_it_starts_again()
         .unwrap();
     let pin = relay.fingerprint.clone();
     let (ad, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (alice, mut a_rx) = Messenger::create_account(cfg(ad.path(), addr, &pin))
+    let (alice, mut a_rx) = Messenger::create_account(engine_config(ad.path(), addr, &pin))
         .await
         .unwrap();
-    let (bob, mut b_rx) = Messenger::create_account(cfg(bd.path(), addr, &pin))
+    let (bob, mut b_rx) = Messenger::create_account(engine_config(bd.path(), addr, &pin))
         .await
         .unwrap();
     alice.engine().connected(WAIT).await.unwrap();
@@ -1089,7 +1075,7 @@ async fn a_read_receipt_owed_when_the_app_closed_is_sent_after_it_starts_again()
     let relay = hush_relay::start(relay_config(relay_dir.path(), addr))
         .await
         .unwrap();
-    let (bob, _b_rx) = Messenger::open(cfg(bd.path(), addr, &pin)).unwrap();
+    let (bob, _b_rx) = Messenger::open(engine_config(bd.path(), addr, &pin)).unwrap();
     next(&mut a_rx, |e| match e {
         MessengerEvent::Status {
             message_ids,
