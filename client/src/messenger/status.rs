@@ -64,6 +64,10 @@ pub fn status_of(m: &StoredMessage) -> Option<MessageStatus> {
     })
 }
 
+/// Message ids in one read receipt at the most (16 bytes each: far below the largest message), so
+/// that a long backlog read at once is told in several receipts.
+const RECEIPT_IDS_PER_MESSAGE: usize = 1000;
+
 impl Messenger {
     /// Marks every unread incoming message of a conversation read and tells the senders. The
     /// read state is stored at once, with the receipts it owes: they are sent now when the relay
@@ -182,11 +186,21 @@ impl Shared {
             Err(_) => return false,
         };
         let mut all_told = true;
-        for (sender, ids) in owed {
-            // A record with a malformed sender owes nothing anyone can be told.
+        let batches = owed.into_iter().flat_map(|(sender, ids)| {
+            ids.chunks(RECEIPT_IDS_PER_MESSAGE)
+                .map(|c| (sender.clone(), c.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        for (sender, ids) in batches {
+            // A record with a malformed sender owes nothing anyone can be told; a receipt the
+            // relay refuses for good (the sender's account is gone) is not owed any more either.
             let told = match AccountId::from_bytes(&sender) {
                 Ok(a) => match self.send_receipt(&a, true, ids.clone()).await {
                     Ok(()) => true,
+                    Err(e) if e.is_permanent() => {
+                        tracing::info!(error = %e, "read receipt refused for good; not sent");
+                        true
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "read receipt not sent yet");
                         all_told = false;
