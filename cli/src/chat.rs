@@ -95,6 +95,9 @@ pub(crate) async fn run(
         let _ = m.set_presence(true, &[a]).await;
     }
     let result = chat_loop(c, conv, events, &mut term, peer).await;
+    // What arrived just before leaving is read, whether or not its receipt had started: the
+    // mark is stored now and the receipt goes when it can.
+    let _ = m.mark_read(conv).await;
     if let Some(a) = peer {
         let _ = m.set_presence(false, &[a]).await;
     }

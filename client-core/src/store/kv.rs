@@ -283,6 +283,8 @@ impl<T: KvStore + ?Sized> KvStore for Box<T> {
 #[macro_export]
 macro_rules! kv_store_suite {
     ($name:ident, $make:expr) => {
+        #[cfg(test)]
+        #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
         mod $name {
             use std::collections::BTreeMap;
 

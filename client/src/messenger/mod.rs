@@ -291,6 +291,12 @@ struct Shared {
     outbox_sends: tokio_util::task::TaskTracker,
     /// Tells the outbox workers to stop.
     outbox_stop: tokio_util::sync::CancellationToken,
+    /// One pass over the owed read receipts at a time (so none goes out twice).
+    telling: tokio::sync::Mutex<()>,
+    /// A background teller of owed read receipts runs (see [`Shared::tell_read_when_connected`]),
+    /// and whether more were owed since it started.
+    teller: AtomicBool,
+    teller_again: AtomicBool,
 }
 
 /// The messenger of one device.
@@ -392,6 +398,9 @@ impl Messenger {
             changed: tokio::sync::watch::channel(0).0,
             outbox_sends: tokio_util::task::TaskTracker::new(),
             outbox_stop: tokio_util::sync::CancellationToken::new(),
+            telling: tokio::sync::Mutex::new(()),
+            teller: AtomicBool::new(false),
+            teller_again: AtomicBool::new(false),
         });
         let task = tokio::spawn(pump(Arc::clone(&shared), rx));
         // What an earlier run left in the outbox waits for the connection in order.

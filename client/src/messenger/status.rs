@@ -7,6 +7,7 @@ use hush_proto::app::{self, StoredMessage, app_message};
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::outbox::{OUTBOX_CONNECT_WAIT, OUTBOX_RETRY_MAX, OUTBOX_RETRY_MIN};
 use super::{Conversation, MessageId, Messenger, Shared, conversation_of};
@@ -170,6 +171,7 @@ impl Shared {
     /// yet), one per sender, and records each as told once the relay took it. Returns whether
     /// nothing is owed any more.
     pub(super) async fn tell_read(&self) -> bool {
+        let _one_pass = self.telling.lock().await;
         let owed: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = match self.lock_history() {
             Ok(h) => {
                 let mut by_sender: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
@@ -230,8 +232,13 @@ impl Shared {
     }
 
     /// Sends the owed read receipts in the background once connected (and again after a failure,
-    /// with backoff), while this messenger runs.
+    /// with backoff), while this messenger runs. One such teller runs at a time: asked while it
+    /// runs, it makes one more pass before it ends.
     pub(super) fn tell_read_when_connected(self: &Arc<Self>) {
+        if self.teller.swap(true, Ordering::SeqCst) {
+            self.teller_again.store(true, Ordering::SeqCst);
+            return;
+        }
         let shared = Arc::clone(self);
         let stop = self.outbox_stop.clone();
         self.outbox_sends.spawn(async move {
@@ -242,11 +249,21 @@ impl Shared {
                     loop {
                         while shared.engine.connected(OUTBOX_CONNECT_WAIT).await.is_err() {
                             if shared.engine.is_closed() {
+                                shared.teller.store(false, Ordering::SeqCst);
                                 return;
                             }
                         }
                         if shared.tell_read().await {
-                            return;
+                            shared.teller.store(false, Ordering::SeqCst);
+                            // Asked again meanwhile: one more pass, unless another teller
+                            // started in between.
+                            if !shared.teller_again.swap(false, Ordering::SeqCst)
+                                || shared.teller.swap(true, Ordering::SeqCst)
+                            {
+                                return;
+                            }
+                            wait = OUTBOX_RETRY_MIN;
+                            continue;
                         }
                         tokio::time::sleep(wait).await;
                         wait = (wait * 2).min(OUTBOX_RETRY_MAX);
