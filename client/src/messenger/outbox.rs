@@ -145,7 +145,6 @@ impl Shared {
                 return Err(e);
             }
         };
-        let mut status = MessageStatus::Sent;
         if let Some(d) = delivery {
             let tried: Option<Vec<Vec<u8>>> = only
                 .as_ref()
@@ -170,7 +169,6 @@ impl Shared {
                 changed = s.undelivered != before;
                 undelivered.clone_from(&s.undelivered);
                 s.sent = true;
-                status = status_of(s).unwrap_or(MessageStatus::Sent);
             })?;
             if changed {
                 self.emit(MessengerEvent::Undelivered {
@@ -189,19 +187,25 @@ impl Shared {
                 });
             }
         } else {
-            self.update_own(id, |s| {
-                s.sent = true;
-                status = status_of(s).unwrap_or(MessageStatus::Sent);
-            })?;
+            self.update_own(id, |s| s.sent = true)?;
         }
         if !was_sent {
             // Receipts may have come before the relay's answer to the send: the status they
-            // make is told now (delivered or read, not only sent).
-            self.emit(MessengerEvent::Status {
-                conversation: conv,
-                message_ids: vec![*id],
-                status,
-            });
+            // made is told now (delivered or read, not only sent). Read and told under the
+            // history lock, so that no receipt's event comes between and the events follow
+            // the stored state.
+            {
+                let h = self.lock_history()?;
+                let status = h
+                    .get_from(id, &self.own_sender())
+                    .and_then(|(_, s)| status_of(&s))
+                    .unwrap_or(MessageStatus::Sent);
+                self.emit(MessengerEvent::Status {
+                    conversation: conv,
+                    message_ids: vec![*id],
+                    status,
+                });
+            }
             self.sync_sent(peer, m).await;
         }
         Ok(())
