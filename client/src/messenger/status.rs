@@ -76,7 +76,7 @@ impl Messenger {
     /// this messenger is connected again, after a restart too.
     pub async fn mark_read(&self, conv: Conversation) -> Result<(), ClientError> {
         self.shared.check_conversation(&conv)?;
-        let marked = {
+        let owed = {
             let mut h = self.shared.lock_history()?;
             let ids: Vec<(Vec<u8>, Vec<u8>)> = h
                 .page(&conv, None, usize::MAX)
@@ -98,13 +98,18 @@ impl Messenger {
                     },
                 )?;
             }
-            !ids.is_empty()
+            let mut by_sender: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+            for (id, sender) in ids {
+                by_sender.entry(sender).or_default().push(id);
+            }
+            by_sender
         };
-        if !marked {
+        if owed.is_empty() {
             return Ok(());
         }
+        // Only what this call marked: receipts owed from before go with the background teller.
         if self.shared.engine.state() == crate::engine::ConnectionState::Online
-            && self.shared.tell_read().await
+            && self.shared.tell(owed).await
         {
             return Ok(());
         }
@@ -171,7 +176,6 @@ impl Shared {
     /// yet), one per sender, and records each as told once the relay took it. Returns whether
     /// nothing is owed any more.
     pub(super) async fn tell_read(&self) -> bool {
-        let _one_pass = self.telling.lock().await;
         let owed: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = match self.lock_history() {
             Ok(h) => {
                 let mut by_sender: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
@@ -185,6 +189,37 @@ impl Shared {
                 }
                 by_sender
             }
+            Err(_) => return false,
+        };
+        self.tell(owed).await
+    }
+
+    /// Sends the read receipts of `owed` (sender account → message ids) that are still owed
+    /// once no other pass runs, and records each as told once the relay took it. Returns whether
+    /// all of them are told.
+    async fn tell(&self, owed: BTreeMap<Vec<u8>, Vec<Vec<u8>>>) -> bool {
+        let _one_pass = self.telling.lock().await;
+        // Another pass may have told some while this one waited.
+        let owed: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = match self.lock_history() {
+            Ok(h) => owed
+                .into_iter()
+                .map(|(sender, ids)| {
+                    let still: Vec<Vec<u8>> = ids
+                        .into_iter()
+                        .filter(|id| {
+                            h.by_id.get(id).is_some_and(|keys| {
+                                keys.iter().any(|k| {
+                                    h.by_key.get(k).is_some_and(|m| {
+                                        !m.outgoing && m.read_untold && m.sender_account == sender
+                                    })
+                                })
+                            })
+                        })
+                        .collect();
+                    (sender, still)
+                })
+                .filter(|(_, ids)| !ids.is_empty())
+                .collect(),
             Err(_) => return false,
         };
         let mut all_told = true;
