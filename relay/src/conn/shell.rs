@@ -53,7 +53,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
     let mut wbuf: Vec<u8> = Vec::new();
     let mut written = 0usize;
     // When the write of `wbuf` last made progress (a client that stops reading is dropped).
-    let mut write_progress = relay.now().at;
+    let mut write_progress = relay.clock.instant();
     let mut stream_open = true;
     let close_reason = loop {
         for op in st.take_ops() {
@@ -68,7 +68,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
             }
             if st.has_output() {
                 st.take_output(&mut wbuf);
-                write_progress = relay.now().at;
+                write_progress = relay.clock.instant();
             }
         }
         if wbuf.is_empty()
@@ -98,7 +98,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
             w = send.write(pending), if !pending.is_empty() => match w {
                 Ok(n) => {
                     written += n;
-                    write_progress = relay.now().at;
+                    write_progress = relay.clock.instant();
                 }
                 Err(_) => break (close::NORMAL, b""),
             },
