@@ -126,6 +126,19 @@ pub enum Event {
 }
 
 /// Never shows plaintext: only what kind of event it is and who it concerns.
+impl Event {
+    /// The event of a message client-core decrypted and holds in its inbox.
+    fn message(r: hush_core::device::Received, ephemeral: bool) -> Self {
+        Self::Message {
+            id: r.id,
+            from: r.from,
+            group: r.group,
+            plaintext: r.plaintext,
+            ephemeral,
+        }
+    }
+}
+
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -291,13 +304,7 @@ impl Engine {
         match inner.lock().and_then(|d| Ok(d.pending_messages()?)) {
             Ok(pending) => {
                 for r in pending {
-                    inner.emit(Event::Message {
-                        id: r.id,
-                        from: r.from,
-                        group: r.group,
-                        plaintext: r.plaintext,
-                        ephemeral: false,
-                    });
+                    inner.emit(Event::message(r, false));
                 }
             }
             Err(e) => tracing::error!(error = %e, "the inbox could not be read"),

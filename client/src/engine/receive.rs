@@ -121,13 +121,7 @@ impl Inner {
                             self.emit(Event::GroupsChanged);
                         }
                         for r in received {
-                            self.emit(Event::Message {
-                                id: r.id,
-                                from: r.from,
-                                group: r.group,
-                                plaintext: r.plaintext,
-                                ephemeral,
-                            });
+                            self.emit(Event::message(r, ephemeral));
                         }
                         self.send_outgoing(conn, outgoing).await;
                         Settlement::Settled
@@ -304,13 +298,7 @@ impl Inner {
             Ok(pending) => {
                 drop(d);
                 for r in pending {
-                    self.emit(Event::Message {
-                        id: r.id,
-                        from: r.from,
-                        group: r.group,
-                        plaintext: r.plaintext,
-                        ephemeral: false,
-                    });
+                    self.emit(Event::message(r, false));
                 }
             }
             Err(e) => {
