@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 
 fn open(dir: &Path) -> sled::Db {
-    sled::Config::new().path(dir).open().unwrap()
+    crate::store::sled_store::open_test_db(dir)
 }
 
 fn filled(dir: &Path) -> sled::Db {
@@ -192,13 +192,17 @@ fn oversized_lengths_are_typed_errors() {
     f.extend_from_slice(&u32::MAX.to_be_bytes());
     fs::write(&path, &f).unwrap();
     let dst = tempfile::tempdir().unwrap();
+    // One handle for both imports: sled releases its file lock only after
+    // its background flusher has stopped, so reopening at once may race it.
+    let target = open(dst.path());
     assert!(matches!(
-        import(&path, &open(dst.path())),
+        import(&path, &target),
         Err(BackupError::TooLarge { .. })
     ));
+    assert!(is_empty(&target).unwrap());
     fs::write(&path, b"SOMETHINGELSE and more").unwrap();
     assert!(matches!(
-        import(&path, &open(dst.path())),
+        import(&path, &target),
         Err(BackupError::NotABackup)
     ));
 }

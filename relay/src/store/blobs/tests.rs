@@ -15,10 +15,7 @@ blob_store_suite!(in_memory, ((), super::super::MemoryBlobs::new()));
 
 blob_store_suite!(in_files, {
     let dir = tempfile::tempdir().unwrap();
-    let db = sled::Config::new()
-        .path(dir.path().join("db"))
-        .open()
-        .unwrap();
+    let db = crate::store::sled_store::open_test_db(&dir.path().join("db"));
     let store = super::super::FileBlobs::open(&db, &dir.path().join("blobs")).unwrap();
     (dir, store)
 });
@@ -26,7 +23,7 @@ blob_store_suite!(in_files, {
 use super::*;
 
 fn open(dir: &Path) -> (sled::Db, FileBlobs) {
-    let db = sled::Config::new().path(dir.join("db")).open().unwrap();
+    let db = crate::store::sled_store::open_test_db(&dir.join("db"));
     let s = FileBlobs::open(&db, &dir.join("blobs")).unwrap();
     (db, s)
 }
@@ -125,10 +122,7 @@ fn an_interrupted_upload_and_stray_files_are_gone_after_reopen() {
     // A file nobody knows, and a complete blob whose file went missing.
     std::fs::write(dir.path().join("blobs").join("stray"), b"x").unwrap();
     {
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .unwrap();
+        let db = crate::store::sled_store::open_test_db(&dir.path().join("db"));
         let t = db.open_tree("blob_meta").unwrap();
         t.insert([3u8; 16], encode_meta(&meta_of(7), true)).unwrap();
         db.flush().unwrap();
@@ -162,10 +156,7 @@ fn blobs_kept_in_sled_by_an_older_version_move_to_files() {
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..BLOB_CHUNK + 9).map(|i| (i % 7) as u8).collect();
     {
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .unwrap();
+        let db = crate::store::sled_store::open_test_db(&dir.path().join("db"));
         let meta = db.open_tree("blob_meta").unwrap();
         let chunks = db.open_tree("blob_chunks").unwrap();
         meta.insert([1u8; 16], encode_meta(&meta_of(data.len()), true))

@@ -139,6 +139,24 @@ pub fn open_db_with_cache(path: &Path, cache_bytes: u64) -> sled::Result<sled::D
         .open()
 }
 
+/// Test-only: opens a plain sled database in `path`, waiting (bounded) for a handle dropped
+/// just before to release sled's file lock, which happens only once sled's background threads
+/// let go of it.
+#[cfg(test)]
+pub(crate) fn open_test_db(path: &Path) -> sled::Db {
+    for _ in 0..500 {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            #[allow(clippy::unwrap_used)]
+            other => return other.unwrap(),
+        }
+    }
+    #[allow(clippy::unwrap_used)]
+    sled::Config::new().path(path).open().unwrap()
+}
+
 impl SledStore {
     /// Opens (or creates) the database in `path`.
     pub fn open(path: &Path) -> Result<Self> {
