@@ -29,6 +29,7 @@ mod suite;
 pub mod blobs;
 mod ids;
 pub mod memory;
+pub mod redis_store;
 pub mod sled_store;
 pub mod usage;
 

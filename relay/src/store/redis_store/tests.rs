@@ -1,0 +1,93 @@
+#![cfg(test)]
+
+use super::{RedisOptions, RedisStore};
+
+/// The cluster the tests use: `HUSH_TEST_REDIS_NODES` (comma-separated primaries), which
+/// `scripts/test` sets after starting a loopback cluster. Each store gets a key prefix of its
+/// own, so tests share the cluster without seeing each other's keys.
+pub(crate) fn test_options() -> RedisOptions {
+    let nodes = std::env::var("HUSH_TEST_REDIS_NODES").unwrap_or_else(|_| {
+        panic!(
+            "HUSH_TEST_REDIS_NODES is not set: run the tests with `bash scripts/test`, which \
+             starts a Redis Cluster on loopback for them"
+        )
+    });
+    let replicas = std::env::var("HUSH_TEST_REDIS_REPLICAS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    RedisOptions {
+        nodes: nodes.split(',').map(str::to_owned).collect(),
+        prefix: format!("t{:016x}:", rand::random::<u64>()),
+        wait_replicas: replicas,
+        wait_timeout_ms: 2000,
+    }
+}
+
+pub(crate) fn test_store() -> RedisStore {
+    RedisStore::open(test_options()).unwrap()
+}
+
+relay_store_suite!(suite, ((), super::test_store()));
+
+use crate::store::*;
+
+fn dev(a: u8, d: u32) -> DeviceId {
+    DeviceId {
+        account: [a; 32],
+        device: d,
+    }
+}
+
+#[test]
+fn a_flush_waits_for_the_replicas_and_envelopes_survive_a_new_connection() {
+    let options = test_options();
+    let s = RedisStore::open(options.clone()).unwrap();
+    let e = Envelope {
+        recipient: dev(1, 1),
+        sender: dev(2, 7),
+        client_id: [9; 16],
+        body: b"\x00binary\xffbody".to_vec(),
+        received_at: 1_700_000_000_123,
+    };
+    let q = s
+        .enqueue(std::slice::from_ref(&e), &Quotas::UNLIMITED)
+        .unwrap();
+    assert!(q[0].fresh);
+    s.flush().unwrap();
+    drop(s);
+    let again = RedisStore::open(options).unwrap();
+    let got = again.fetch(&dev(1, 1), 0, 10).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].envelope, e);
+    assert_eq!(again.mailbox_bytes().unwrap(), usage::stored_bytes(&e));
+    // A retry through another node's connection is still recognised.
+    let retry = again.enqueue(&[e], &Quotas::UNLIMITED).unwrap();
+    assert!(!retry[0].fresh);
+    assert_eq!(retry[0].seq, got[0].seq);
+}
+
+#[test]
+fn a_send_to_two_accounts_is_refused_whole_when_every_device_is_full() {
+    let s = test_store();
+    let cap = Quotas::queue_len(1);
+    let mk = |to: DeviceId, id: u8| Envelope {
+        recipient: to,
+        sender: dev(9, 1),
+        client_id: [id; 16],
+        body: vec![id; 10],
+        received_at: 5,
+    };
+    s.enqueue(&[mk(dev(1, 1), 1), mk(dev(2, 1), 2)], &cap)
+        .unwrap();
+    assert!(matches!(
+        s.enqueue(&[mk(dev(1, 1), 3), mk(dev(2, 1), 4)], &cap),
+        Err(StoreError::QueueFull(_))
+    ));
+    let mixed = s
+        .enqueue(&[mk(dev(1, 1), 5), mk(dev(2, 2), 6)], &cap)
+        .unwrap();
+    assert_eq!(mixed[0].full, Some(Full::Queue));
+    assert!(mixed[1].fresh);
+    assert_eq!(s.queue_len(&dev(2, 2)).unwrap(), 1);
+}
