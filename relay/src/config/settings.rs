@@ -262,9 +262,27 @@ settings! {
         /// `/metrics` and `/health` (TCP), or `off`.
         metrics_listen: Option<SocketAddr> = Some(SocketAddr::from(([127, 0, 0, 1], 9464)));
             "ADDR|off", "Metrics listen address (TCP), or \"off\"", any;
-        /// `sled`, or `memory` (lost on restart; for tests).
+        /// `sled`, `redis` (a Redis Cluster shared by several relay nodes: `redis_nodes`), or
+        /// `memory` (lost on restart; for tests).
         store: StoreKind = StoreKind::Sled;
-            "KIND", "Storage backend: sled or memory (lost on restart)", any;
+            "KIND", "Storage backend: sled, redis (a Redis Cluster) or memory (lost on restart)", any;
+        /// With `store = redis`: some of the cluster's nodes (comma-separated `host:port`); the
+        /// others are discovered. Every relay node of a deployment names the same cluster.
+        redis_nodes: Vec<String> = Vec::new();
+            "NODES", "Comma-separated Redis Cluster nodes (host:port), for store = redis", redis_nodes;
+        /// With `store = redis`: put before every key, so that several deployments (or tests)
+        /// can share one cluster. No `{` or `}`.
+        redis_prefix: String = "hush:".into();
+            "PREFIX", "Prefix of every Redis key", key_prefix;
+        /// With `store = redis`: replicas of each primary that must have a write before the
+        /// relay acknowledges it (`WAIT`; 0 for a cluster without replicas). See
+        /// docs/OPERATIONS.md for what each choice can lose.
+        redis_wait_replicas: u32 = 1;
+            "N", "Replicas that must have a write before it is acknowledged (count)", any;
+        /// With `store = redis`: how long waiting for the replicas may take before the write is
+        /// reported as failed (the client retries it).
+        redis_wait_timeout_ms: u64 = 1000;
+            "MS", "Time the replicas may take to confirm a write (ms)", positive;
         /// Names in a newly generated certificate (comma-separated).
         cert_names: Vec<String> = vec!["localhost".into()];
             "NAMES", "Comma-separated names in a newly generated certificate", cert_names;

@@ -263,6 +263,8 @@ pub enum StoreKind {
     Sled,
     /// Memory only: everything is lost on restart.
     Memory,
+    /// A Redis Cluster (`redis_nodes`), shared by every relay node of a deployment.
+    Redis,
 }
 
 impl FromStr for StoreKind {
@@ -272,7 +274,8 @@ impl FromStr for StoreKind {
         match s.trim() {
             "sled" => Ok(Self::Sled),
             "memory" => Ok(Self::Memory),
-            _ => Err("expected \"sled\" or \"memory\"".into()),
+            "redis" => Ok(Self::Redis),
+            _ => Err("expected \"sled\", \"memory\" or \"redis\"".into()),
         }
     }
 }
@@ -282,6 +285,7 @@ impl fmt::Display for StoreKind {
         f.write_str(match self {
             Self::Sled => "sled",
             Self::Memory => "memory",
+            Self::Redis => "redis",
         })
     }
 }
@@ -474,6 +478,24 @@ pub(crate) fn cert_names(v: &Vec<String>) -> Result<(), &'static str> {
         .any(|n| n.is_empty() || n.chars().any(|c| c.is_whitespace() || c == ','))
     {
         return Err("a name is empty or contains a space or comma");
+    }
+    Ok(())
+}
+
+/// Redis node addresses: `host:port` (or `redis://…`), none empty or with spaces.
+pub(crate) fn redis_nodes(v: &Vec<String>) -> Result<(), &'static str> {
+    if v.iter()
+        .any(|n| n.is_empty() || n.chars().any(|c| c.is_whitespace() || c == ','))
+    {
+        return Err("a node address is empty or contains a space or comma");
+    }
+    Ok(())
+}
+
+/// A key prefix: no hash-tag braces (they would move keys to other slots).
+pub(crate) fn key_prefix(v: &String) -> Result<(), &'static str> {
+    if v.contains(['{', '}']) || v.chars().any(char::is_whitespace) {
+        return Err("may not contain '{', '}' or spaces");
     }
     Ok(())
 }
