@@ -44,9 +44,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, StoreKind};
 use crate::ops::Metrics;
 use crate::router::LocalRouter;
+use crate::router::cluster::RedisRouter;
 use crate::store::RelayStore;
 use crate::store::blobs::{BlobStore, FileBlobs, MemoryBlobs};
 use crate::store::memory::MemoryStore;
+use crate::store::redis_store::{Redis, RedisOptions, RedisStore};
 use crate::store::sled_store::SledStore;
 
 /// Why the relay could not start.
@@ -105,16 +107,64 @@ pub const BLOBS_DIR: &str = "blobs";
 /// The relay's stores: everything but blobs, and blobs.
 pub type Stores = (Arc<dyn RelayStore>, Arc<dyn BlobStore>);
 
+/// The stores named by a configuration, and the cluster connection behind them (with
+/// `store = redis`).
+pub struct Backend {
+    /// Everything but blobs.
+    pub store: Arc<dyn RelayStore>,
+    /// Blobs.
+    pub blobs: Arc<dyn BlobStore>,
+    /// The Redis Cluster, shared with the router.
+    pub redis: Option<Arc<Redis>>,
+}
+
 /// Opens the stores named by `cfg`.
 pub fn open_stores(cfg: &Config) -> Result<Stores, StartError> {
+    open_backend(cfg).map(|b| (b.store, b.blobs))
+}
+
+/// Opens the stores named by `cfg`, keeping the cluster connection (if any) for the router.
+pub fn open_backend(cfg: &Config) -> Result<Backend, StartError> {
     match cfg.store {
-        StoreKind::Memory => Ok((Arc::new(MemoryStore::new()), Arc::new(MemoryBlobs::new()))),
+        StoreKind::Memory => Ok(Backend {
+            store: Arc::new(MemoryStore::new()),
+            blobs: Arc::new(MemoryBlobs::new()),
+            redis: None,
+        }),
         StoreKind::Sled => {
             create_private_dir(&cfg.data_dir)
                 .map_err(|e| StartError::Other(format!("data directory: {e}")))?;
             let store = SledStore::open_with_cache(&cfg.data_dir.join("db"), cfg.sled_cache_bytes)?;
             let blobs = FileBlobs::open(store.db(), &cfg.data_dir.join(BLOBS_DIR))?;
-            Ok((Arc::new(store), Arc::new(blobs)))
+            Ok(Backend {
+                store: Arc::new(store),
+                blobs: Arc::new(blobs),
+                redis: None,
+            })
+        }
+        StoreKind::Redis => {
+            if cfg.redis_nodes.is_empty() {
+                return Err(StartError::Other(
+                    "store = redis needs redis_nodes (--redis-nodes host:port,…)".into(),
+                ));
+            }
+            let redis = Arc::new(Redis::connect(RedisOptions {
+                nodes: cfg.redis_nodes.clone(),
+                prefix: cfg.redis_prefix.clone(),
+                wait_replicas: cfg.redis_wait_replicas,
+                wait_timeout_ms: cfg.redis_wait_timeout_ms,
+            })?);
+            let store = RedisStore::on(Arc::clone(&redis))?;
+            create_private_dir(&cfg.data_dir)
+                .map_err(|e| StartError::Other(format!("data directory: {e}")))?;
+            let db = store::sled_store::open_db_with_cache(&cfg.data_dir.join("blobs-db"), 8 << 20)
+                .map_err(|e| StartError::Other(format!("blob database: {e}")))?;
+            let blobs = FileBlobs::open(&db, &cfg.data_dir.join(BLOBS_DIR))?;
+            Ok(Backend {
+                store: Arc::new(store),
+                blobs: Arc::new(blobs),
+                redis: Some(redis),
+            })
         }
     }
 }
@@ -157,7 +207,7 @@ pub async fn start_with_clock(
     cfg: Config,
     clock: Arc<dyn clock::Clock>,
 ) -> Result<Running, StartError> {
-    let (store, blobs) = open_stores(&cfg)?;
+    let backend = open_backend(&cfg)?;
     create_private_dir(&cfg.data_dir)
         .map_err(|e| StartError::Other(format!("data directory: {e}")))?;
     let identity = tls::load_or_create(&cfg.data_dir, &cfg.cert_names)?;
@@ -178,6 +228,12 @@ pub async fn start_with_clock(
     })?;
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
+    let router: Arc<dyn router::Router> = match &backend.redis {
+        Some(redis) => {
+            RedisRouter::start(Arc::clone(redis), shutdown.clone()).map_err(StartError::Other)?
+        }
+        None => Arc::new(LocalRouter::new()),
+    };
     let metrics_listener = match cfg.metrics_listen {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)
@@ -189,9 +245,9 @@ pub async fn start_with_clock(
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let (relay, background) = shared::Relay::new(
         cfg,
-        store,
-        blobs,
-        Arc::new(LocalRouter::new()),
+        backend.store,
+        backend.blobs,
+        router,
         Arc::clone(&metrics),
         shutdown.clone(),
         clock,

@@ -346,7 +346,11 @@ impl Relay {
         account: &[u8; 32],
     ) -> Result<Option<Arc<AccountDevices>>, Refusal> {
         if let Some(d) = self.lists.lock().ok().and_then(|l| l.get(account).cloned()) {
-            return Ok(Some(d));
+            // Other relay nodes publish lists to the shared store: the copy here is used only
+            // while it is still the newest (one small read instead of parsing and verifying).
+            if !self.shared_store() || self.store.device_list_version(account)? == Some(d.version) {
+                return Ok(Some(d));
+            }
         }
         let Some((_, bytes)) = self.store.device_list(account)? else {
             return Ok(None);
@@ -368,6 +372,11 @@ impl Relay {
             return Ok(Some(Arc::clone(cached)));
         }
         Ok(Some(devices))
+    }
+
+    /// Whether other relay nodes write the same store (a cluster).
+    pub(crate) fn shared_store(&self) -> bool {
+        self.cfg.store == crate::config::StoreKind::Redis
     }
 
     pub(crate) fn cache_list(&self, account: [u8; 32], devices: AccountDevices) {

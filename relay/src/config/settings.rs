@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::value::{
-    Check, DAY_MS, SettingValue, any, cert_names, positive, rate, some_path, some_text, v4_bits,
-    v6_bits,
+    Check, DAY_MS, SettingValue, any, cert_names, key_prefix, positive, rate, redis_nodes,
+    some_path, some_text, v4_bits, v6_bits,
 };
 use super::{RateLimit, StoreKind};
 

@@ -106,6 +106,11 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub trait AccountStore: Send + Sync {
     /// The newest (version, signed list bytes) of an account.
     fn device_list(&self, account: &[u8; 32]) -> Result<Option<(u64, Vec<u8>)>>;
+    /// The version of the newest list of an account (what a node checks its cached copy
+    /// against when other nodes may publish lists).
+    fn device_list_version(&self, account: &[u8; 32]) -> Result<Option<u64>> {
+        Ok(self.device_list(account)?.map(|(v, _)| v))
+    }
     /// Stores the first list of a new account; [`StoreError::AccountExists`] if it has one.
     fn create_account(&self, account: &[u8; 32], version: u64, signed: &[u8]) -> Result<()>;
     /// Stores a list (already verified by the caller) if its version is higher than the stored one.

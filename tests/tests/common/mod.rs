@@ -68,3 +68,36 @@ pub(crate) fn relay_config(dir: &Path, listen: SocketAddr) -> Config {
         ..hush_testkit::test_config(StoreKind::Sled, dir)
     }
 }
+
+/// The Redis Cluster the tests use (`bash scripts/test` starts one and names it here).
+pub(crate) fn redis_nodes() -> Vec<String> {
+    std::env::var("HUSH_TEST_REDIS_NODES")
+        .expect(
+            "HUSH_TEST_REDIS_NODES is not set: run the tests with `bash scripts/test`, which \
+             starts a Redis Cluster on loopback for them",
+        )
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A relay node on the test cluster: data (certificate) in `dir`, keys under `prefix` (the
+/// nodes of one deployment share it; each test has its own), with the test kit's limits.
+pub(crate) fn cluster_node_config(dir: &Path, prefix: &str) -> Config {
+    let replicas = std::env::var("HUSH_TEST_REDIS_REPLICAS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    Config {
+        metrics_listen: None,
+        redis_nodes: redis_nodes(),
+        redis_prefix: prefix.to_owned(),
+        redis_wait_replicas: replicas,
+        ..hush_testkit::test_config(StoreKind::Redis, dir)
+    }
+}
+
+/// A key prefix no other test uses.
+pub(crate) fn fresh_prefix() -> String {
+    format!("t{}:", hex::encode(hush_testkit::account::random::<8>()))
+}

@@ -42,6 +42,13 @@ impl AccountStore for RedisStore {
         }
     }
 
+    fn device_list_version(&self, account: &[u8; 32]) -> Result<Option<u64>> {
+        let key = format!("{}:list", self.account_key(account));
+        let v: Option<Vec<u8>> = self.read(redis::cmd("HGET").arg(key).arg("v").clone())?;
+        v.map(|v| super::number(&v).map_err(|_| StoreError::Corrupt("device list version")))
+            .transpose()
+    }
+
     fn create_account(&self, account: &[u8; 32], version: u64, signed: &[u8]) -> Result<()> {
         let made = self.eval(
             &self.scripts.create_account,

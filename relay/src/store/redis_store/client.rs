@@ -98,6 +98,19 @@ impl Redis {
         })
     }
 
+    /// A client for a subscribing connection (RESP3): what the server pushes goes to `tx`.
+    pub fn pubsub_client(
+        &self,
+        tx: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> redis::RedisResult<ClusterClient> {
+        ClusterClient::builder(self.options.nodes.iter().map(|n| url(n)))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(tx)
+            .build()
+    }
+
     /// The options it was opened with.
     pub fn options(&self) -> &RedisOptions {
         &self.options

@@ -42,13 +42,13 @@ const MEMBER_HEAD: usize = NUMBER_LEN * 2 + 32 + 4 + 16;
 
 /// A script: its code, and its SHA-1 (what `EVALSHA` names it by).
 #[derive(Clone)]
-struct Lua {
+pub(crate) struct Lua {
     code: Arc<str>,
     sha: Arc<str>,
 }
 
 impl Lua {
-    fn new(code: &str) -> Self {
+    pub(crate) fn new(code: &str) -> Self {
         Self {
             sha: Script::new(code).get_hash().into(),
             code: code.into(),
@@ -71,7 +71,7 @@ struct Scripts {
 
 /// Runs `lua` on the slot of `key` by its SHA-1, and by its code when the node does not know it
 /// yet (a fresh node, or a replica promoted since).
-async fn eval(
+pub(crate) async fn eval(
     c: &mut ClusterConnection,
     lua: Lua,
     key: String,

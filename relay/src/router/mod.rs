@@ -2,6 +2,8 @@
 //! what must reach them now. Behind a small trait so that a clustered backend (devices connected
 //! to other relay nodes, found through a shared registry) can sit next to the local one.
 
+pub mod cluster;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -151,6 +153,14 @@ impl LocalRouter {
     /// An empty router.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The devices connected here.
+    pub fn devices(&self) -> Vec<DeviceId> {
+        self.devices
+            .read()
+            .map(|d| d.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     fn handle(&self, device: &DeviceId) -> Option<Handle> {

@@ -1,0 +1,296 @@
+//! End to end over two relay nodes on one Redis Cluster (loopback): chat, groups, typing and
+//! presence cross nodes; a device moving between nodes loses nothing; a list published through
+//! one node cuts off a revoked device connected to the other.
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+use common::*;
+
+use std::time::Duration;
+
+use hush_client::messenger::MessageStatus;
+use hush_client::{Conversation, Engine, Event, Messenger, MessengerEvent};
+use hush_proto::app::app_message;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Two relay nodes of one deployment (one key prefix) on the test cluster.
+struct Nodes {
+    a: hush_relay::Running,
+    b: hush_relay::Running,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+async fn two_nodes() -> Nodes {
+    let prefix = fresh_prefix();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = hush_relay::start(cluster_node_config(dirs[0].path(), &prefix))
+        .await
+        .unwrap();
+    let b = hush_relay::start(cluster_node_config(dirs[1].path(), &prefix))
+        .await
+        .unwrap();
+    Nodes { a, b, _dirs: dirs }
+}
+
+impl Nodes {
+    async fn stop(self) {
+        self.a.stop().await;
+        self.b.stop().await;
+    }
+}
+
+fn on(dir: &std::path::Path, node: &hush_relay::Running) -> hush_client::EngineConfig {
+    engine_config(dir, node.addr, &node.fingerprint)
+}
+
+/// The next `n` message plaintexts of an engine (acknowledged).
+async fn messages(engine: &Engine, rx: &mut UnboundedReceiver<Event>, n: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let ev = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("no message in time")
+            .expect("engine gone");
+        if let Event::Message { id, plaintext, .. } = ev {
+            out.push(plaintext.to_vec());
+            engine.ack(id).unwrap();
+        }
+    }
+    out
+}
+
+fn text_of(m: &hush_proto::app::StoredMessage) -> String {
+    match m.message.as_ref().and_then(|m| m.kind.as_ref()) {
+        Some(app_message::Kind::Text(t)) => t.body.clone(),
+        other => panic!("not a text: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alice_on_one_node_and_bob_on_the_other_chat_with_receipts_typing_and_presence() {
+    let nodes = two_nodes().await;
+    let (ad, bd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, mut a_rx) = Messenger::create_account(on(ad.path(), &nodes.a))
+        .await
+        .unwrap();
+    let (bob, mut b_rx) = Messenger::create_account(on(bd.path(), &nodes.b))
+        .await
+        .unwrap();
+    alice.engine().connected(WAIT).await.unwrap();
+    bob.engine().connected(WAIT).await.unwrap();
+    let (a, b) = (alice.address().account, bob.address().account);
+    let (to_bob, to_alice) = (Conversation::Direct(b), Conversation::Direct(a));
+
+    let first = alice.send_text(to_bob, "hi bob", None).await.unwrap();
+    let got = next(&mut b_rx, |e| match e {
+        MessengerEvent::Message { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    assert_eq!(text_of(&got), "hi bob");
+    let step = |e: MessengerEvent| match e {
+        MessengerEvent::Status {
+            message_ids,
+            status,
+            ..
+        } => Some((status, message_ids)),
+        _ => None,
+    };
+    assert_eq!(
+        next(&mut a_rx, step).await,
+        (MessageStatus::Sent, vec![first])
+    );
+    assert_eq!(
+        next(&mut a_rx, step).await,
+        (MessageStatus::Delivered, vec![first])
+    );
+    bob.mark_read(to_alice).await.unwrap();
+    assert_eq!(
+        next(&mut a_rx, step).await,
+        (MessageStatus::Read, vec![first])
+    );
+    bob.send_text(to_alice, "hi alice", Some(first))
+        .await
+        .unwrap();
+    let got = next(&mut a_rx, |e| match e {
+        MessengerEvent::Message { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    assert_eq!(text_of(&got), "hi alice");
+
+    // Typing and presence are never stored: they cross nodes live.
+    alice.typing(to_bob, true).await.unwrap();
+    let typing = next(&mut b_rx, |e| match e {
+        MessengerEvent::Typing { typing, from, .. } => Some((typing, from.account)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(typing, (true, a));
+    bob.set_presence(true, &[a]).await.unwrap();
+    let online = next(&mut a_rx, |e| match e {
+        MessengerEvent::Presence { online, from, .. } => Some((online, from)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(online, (true, b));
+
+    // An attachment uploaded through one node is downloaded through the other.
+    let data: Vec<u8> = (0..300 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    alice
+        .send_attachment(to_bob, "scan.pdf", "application/pdf", &data)
+        .await
+        .unwrap();
+    let got = next(&mut b_rx, |e| match e {
+        MessengerEvent::Message { message, .. } => Some(message),
+        _ => None,
+    })
+    .await;
+    let Some(app_message::Kind::Attachment(att)) = got.message.as_ref().unwrap().kind.clone()
+    else {
+        panic!("not an attachment")
+    };
+    assert_eq!(bob.download(&att).await.unwrap().as_slice(), &data[..]);
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+    nodes.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_with_members_on_both_nodes_and_a_device_moving_between_them_loses_nothing() {
+    let nodes = two_nodes().await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Alice and Carol on node A, Bob on node B.
+    let mut engines = Vec::new();
+    for (d, node) in dirs.iter().zip([&nodes.a, &nodes.b, &nodes.a]) {
+        let (e, rx) = Engine::create_account(on(d.path(), node)).await.unwrap();
+        e.connected(WAIT).await.unwrap();
+        engines.push((e, rx));
+    }
+    let ids: Vec<_> = engines
+        .iter()
+        .map(|(e, _)| e.address().unwrap().account)
+        .collect();
+    let g = engines[0]
+        .0
+        .create_group("both nodes", &[ids[1], ids[2]])
+        .await
+        .unwrap();
+    for i in 0..5 {
+        engines[0]
+            .0
+            .send_group(&g, format!("g{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let want: Vec<Vec<u8>> = (0..5).map(|i| format!("g{i}").into_bytes()).collect();
+    for k in [1, 2] {
+        let (e, rx) = &mut engines[k];
+        assert_eq!(messages(e, rx, 5).await, want, "member {k}");
+    }
+    engines[1].0.send_group(&g, b"from node b").await.unwrap();
+    for k in [0, 2] {
+        let (e, rx) = &mut engines[k];
+        assert_eq!(messages(e, rx, 1).await, vec![b"from node b".to_vec()]);
+    }
+
+    // Bob moves from node B to node A while Alice keeps writing to him.
+    let (bob, mut bob_rx) = engines.remove(1);
+    let alice = &engines[0].0;
+    for i in 0..10 {
+        alice
+            .send(&ids[1], format!("m{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let mut got = messages(&bob, &mut bob_rx, 3).await;
+    bob.shutdown().await;
+    for i in 10..20 {
+        alice
+            .send(&ids[1], format!("m{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let (bob, mut bob_rx) = Engine::open(on(dirs[1].path(), &nodes.a)).unwrap();
+    bob.connected(WAIT).await.unwrap();
+    for i in 20..25 {
+        alice
+            .send(&ids[1], format!("m{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    // What Bob's first connection took but did not acknowledge comes again: the engine drops
+    // the copies, so each message arrives once, in order.
+    got.extend(messages(&bob, &mut bob_rx, 25 - got.len()).await);
+    let want: Vec<Vec<u8>> = (0..25).map(|i| format!("m{i}").into_bytes()).collect();
+    assert_eq!(got, want);
+    common::nothing_more(&mut bob_rx).await;
+    bob.shutdown().await;
+    for (e, _) in engines {
+        e.shutdown().await;
+    }
+    nodes.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_on_one_node_is_cut_off_by_a_list_published_through_the_other() {
+    let nodes = two_nodes().await;
+    let (a1d, a2d, bd) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (alice, _a_rx) = Engine::create_account(on(a1d.path(), &nodes.a))
+        .await
+        .unwrap();
+    let (bob, mut b_rx) = Engine::create_account(on(bd.path(), &nodes.b))
+        .await
+        .unwrap();
+    alice.connected(WAIT).await.unwrap();
+    bob.connected(WAIT).await.unwrap();
+    let a_id = alice.address().unwrap().account;
+    // Alice links a second device (through node A), which then moves to node B.
+    let offer = alice.offer_link().unwrap();
+    alice.open_link(&offer).await.unwrap();
+    let (alice2, _) = Engine::link(on(a2d.path(), &nodes.a), &offer.code)
+        .await
+        .unwrap();
+    let id = alice.complete_link(&offer, WAIT).await.unwrap();
+    alice2.connected(WAIT).await.unwrap();
+    alice2.shutdown().await;
+    let (alice2, mut a2_rx) = Engine::open(on(a2d.path(), &nodes.b)).unwrap();
+    alice2.connected(WAIT).await.unwrap();
+    alice2
+        .send(&bob.address().unwrap().account, b"from b")
+        .await
+        .unwrap();
+    assert_eq!(messages(&bob, &mut b_rx, 1).await, vec![b"from b".to_vec()]);
+
+    // Removed through node A: node B closes its connection and refuses it from then on.
+    alice.remove_device(id).await.unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, a2_rx.recv()).await.unwrap() {
+            Some(Event::Revoked) => break,
+            Some(_) => {}
+            None => panic!("the removed device was not told"),
+        }
+    }
+    alice2.shutdown().await;
+    let (again, mut again_rx) = Engine::open(on(a2d.path(), &nodes.b)).unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, again_rx.recv()).await.unwrap() {
+            Some(Event::Revoked) => break,
+            Some(_) => {}
+            None => panic!("the removed device was let in again"),
+        }
+    }
+    again.shutdown().await;
+    let _ = a_id;
+    alice.shutdown().await;
+    bob.shutdown().await;
+    nodes.stop().await;
+}
