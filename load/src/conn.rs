@@ -1,7 +1,7 @@
 //! One device's connection to the relay, on `hush_net::client` (QUIC with the pinned
 //! certificate, the control stream, request ids, a coalescing writer): answers to sends are
-//! counted as they arrive, deliveries timestamped and their sequence numbers handed to an
-//! acknowledger.
+//! counted as they arrive, deliveries timestamped (and, over several relay nodes, told apart by
+//! whether they crossed nodes) and their sequence numbers handed to an acknowledger.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -47,11 +47,14 @@ pub(crate) struct Shared {
     refusals: Mutex<BTreeMap<String, u64>>,
     errors: Mutex<Vec<String>>,
     pub(crate) error_count: AtomicU64,
+    /// The relay node of every sender (by sender index); empty over one node.
+    sender_nodes: Vec<usize>,
 }
 
 impl Shared {
+    /// `sender_nodes`: the relay node of every sender, by sender index (empty over one node).
     #[allow(clippy::disallowed_methods)]
-    pub(crate) fn new() -> Arc<Self> {
+    pub(crate) fn new(sender_nodes: Vec<usize>) -> Arc<Self> {
         Arc::new(Self {
             base: Instant::now(),
             window_start: AtomicU64::new(u64::MAX),
@@ -65,7 +68,15 @@ impl Shared {
             refusals: Mutex::new(BTreeMap::new()),
             errors: Mutex::new(Vec::new()),
             error_count: AtomicU64::new(0),
+            sender_nodes,
         })
+    }
+
+    /// Whether an envelope of sender `sender` delivered to a device on relay node `node` crossed
+    /// nodes; `None` over one node, or for a sender not in this run.
+    pub(crate) fn crosses(&self, sender: u64, node: usize) -> Option<bool> {
+        let s = usize::try_from(sender).ok()?;
+        self.sender_nodes.get(s).map(|n| *n != node)
     }
 
     /// Nanoseconds since the run started (monotonic).
@@ -118,6 +129,34 @@ pub(crate) struct Samples {
     pub(crate) delivery: Vec<u32>,
     /// Send written → its `SendResult` decoded (the durability wait included).
     pub(crate) durable: Vec<u32>,
+    /// The `delivery` samples between devices on the same relay node (several nodes only).
+    pub(crate) same_node: Vec<u32>,
+    /// The `delivery` samples between devices on different relay nodes (several nodes only).
+    pub(crate) cross_node: Vec<u32>,
+}
+
+impl Samples {
+    /// Takes in another connection's samples.
+    pub(crate) fn extend(&mut self, other: Self) {
+        self.delivery.extend(other.delivery);
+        self.durable.extend(other.durable);
+        self.same_node.extend(other.same_node);
+        self.cross_node.extend(other.cross_node);
+    }
+
+    /// Keeps a delivery's latency (µs); `crossed` tells whether it crossed relay nodes (`None`:
+    /// one node, or not known).
+    fn delivered(&mut self, us: u32, crossed: Option<bool>) {
+        if self.delivery.len() >= MAX_SAMPLES {
+            return;
+        }
+        self.delivery.push(us);
+        match crossed {
+            Some(true) => self.cross_node.push(us),
+            Some(false) => self.same_node.push(us),
+            None => {}
+        }
+    }
 }
 
 /// Most samples one connection keeps of each kind (a bound on memory).
@@ -153,18 +192,18 @@ pub(crate) fn endpoint(
 }
 
 impl Link {
-    /// Connects and opens the control stream; starts the writer, the reader and the acknowledger
-    /// (which acknowledges what arrived every `ack_interval`). The returned handle yields the
-    /// connection's samples once the connection is closed.
+    /// Connects to relay node `node` at `addr` and opens the control stream; starts the writer,
+    /// the reader and the acknowledger (which acknowledges what arrived every `ack_interval`).
+    /// The returned handle yields the connection's samples once the connection is closed.
     pub(crate) async fn connect(
         endpoint: &quinn::Endpoint,
-        addr: SocketAddr,
+        (node, addr): (usize, SocketAddr),
         shared: Arc<Shared>,
         ack_interval: Duration,
     ) -> Result<(Self, JoinHandle<Samples>), Error> {
         let samples = Arc::new(Mutex::new(Samples::default()));
         let (ack_tx, ack_rx) = mpsc::unbounded_channel::<u64>();
-        let on_frame = unsolicited(Arc::clone(&shared), Arc::clone(&samples), ack_tx);
+        let on_frame = unsolicited(Arc::clone(&shared), Arc::clone(&samples), ack_tx, node);
         let options = Options {
             server_name: "localhost".to_owned(),
             handshake_timeout: REQUEST_TIMEOUT,
@@ -354,12 +393,14 @@ fn sent_answer(
     }
 }
 
-/// What the reader does with frames no request waits for: deliveries are timestamped, sampled
-/// and handed to the acknowledger; the rest is counted as errors.
+/// What the reader of a connection to relay node `node` does with frames no request waits for:
+/// deliveries are timestamped, sampled and handed to the acknowledger; the rest is counted as
+/// errors.
 fn unsolicited(
     shared: Arc<Shared>,
     samples: Arc<Mutex<Samples>>,
     acks: mpsc::UnboundedSender<u64>,
+    node: usize,
 ) -> Unsolicited {
     Unsolicited::Handler(Box::new(move |f: ServerFrame| {
         if f.request_id != 0 {
@@ -378,10 +419,14 @@ fn unsolicited(
                     && shared.in_window(at)
                 {
                     shared.delivered_in_window.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut s) = samples.lock()
-                        && s.delivery.len() < MAX_SAMPLES
-                    {
-                        s.delivery.push(micros(now.saturating_sub(at)));
+                    let crossed = d
+                        .body
+                        .get(8..16)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .and_then(|sender| shared.crosses(sender, node));
+                    if let Ok(mut s) = samples.lock() {
+                        s.delivered(micros(now.saturating_sub(at)), crossed);
                     }
                 }
                 let _ = acks.send(d.seq);
@@ -395,4 +440,47 @@ fn unsolicited(
 
 fn micros(ns: u64) -> u32 {
     u32::try_from(ns / 1000).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_crosses_nodes_when_its_sender_is_on_another() {
+        // Senders 0 and 2 on node 0, sender 1 on node 1.
+        let shared = Shared::new(vec![0, 1, 0]);
+        assert_eq!(shared.crosses(0, 0), Some(false));
+        assert_eq!(shared.crosses(0, 1), Some(true));
+        assert_eq!(shared.crosses(1, 0), Some(true));
+        assert_eq!(shared.crosses(1, 1), Some(false));
+        assert_eq!(shared.crosses(2, 1), Some(true));
+        assert_eq!(shared.crosses(3, 0), None, "no such sender");
+        assert_eq!(shared.crosses(u64::MAX, 0), None);
+    }
+
+    #[test]
+    fn over_one_node_nothing_crosses() {
+        let shared = Shared::new(Vec::new());
+        assert_eq!(shared.crosses(0, 0), None);
+    }
+
+    #[test]
+    fn samples_are_split_by_node_and_all_kept_together() {
+        let mut s = Samples::default();
+        s.delivered(10, Some(false));
+        s.delivered(20, Some(true));
+        s.delivered(30, Some(true));
+        s.delivered(40, None);
+        assert_eq!(s.delivery, [10, 20, 30, 40]);
+        assert_eq!(s.same_node, [10]);
+        assert_eq!(s.cross_node, [20, 30]);
+        let mut other = Samples::default();
+        other.delivered(50, Some(false));
+        other.durable.push(7);
+        s.extend(other);
+        assert_eq!(s.delivery, [10, 20, 30, 40, 50]);
+        assert_eq!(s.same_node, [10, 50]);
+        assert_eq!(s.durable, [7]);
+    }
 }

@@ -22,6 +22,12 @@
 //! `--vs-ceiling` runs the mode against the ceiling and then against the relay with the same
 //! settings and reports both and their ratios ([`compare`]).
 //!
+//! `--addr` repeated (with one `--pin`, and optionally one `--relay-pid`, per address) drives the
+//! nodes of a relay cluster, which share one store: connection i goes to node i mod N (each node
+//! has its own `--endpoints` client endpoints), a sender's recipient is shifted so that about one
+//! pair in N shares a node, the report splits send → receive latency into same-node and
+//! cross-node deliveries ([`NodeSplit`]), and RSS and CPU are summed over the `--relay-pid`s.
+//!
 //! Every body starts with the send's timestamp (ns since the run started, u64 big-endian), so the
 //! receiving reader measures end-to-end latency; receivers acknowledge what they get in batches
 //! (every `--ack-interval-ms`). All traffic stays on 127.0.0.1 / ::1 and every run is bounded in
@@ -47,19 +53,25 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::{Link, Samples, Shared};
-pub use crate::options::{Mode, Options, Target};
+pub use crate::options::{MAX_NODES, Mode, Node, NodeError, Options, Target};
 use crate::relay::ServerChild;
-pub use crate::report::{Comparison, Percentiles, Report};
+pub use crate::report::{Comparison, NodeSplit, Percentiles, Report};
 use hush_testkit::TestAccount as Account;
 
 /// Why a run could not be carried out.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Error(String);
+pub enum Error {
+    /// `--addr`, `--pin` and `--relay-pid` do not describe the relay nodes to drive.
+    #[error(transparent)]
+    Nodes(#[from] NodeError),
+    /// Any other reason, in words.
+    #[error("{0}")]
+    Other(String),
+}
 
 impl Error {
     pub(crate) fn new(msg: String) -> Self {
-        Self(msg)
+        Self::Other(msg)
     }
 }
 
@@ -75,14 +87,17 @@ struct Plan {
     senders: Vec<(usize, usize)>,
 }
 
-fn plan(opts: &Options) -> Plan {
+/// Who is on the relay when connections are dealt over `nodes` relay nodes.
+fn plan(opts: &Options, nodes: usize) -> Plan {
     match opts.workload() {
         Mode::Throughput | Mode::Latency | Mode::Ceiling => {
             let n = opts.devices;
             Plan {
                 accounts: (0..n).map(|_| Account::new(1)).collect(),
                 devices: (0..n).map(|i| (i, 1)).collect(),
-                senders: (0..opts.senders).map(|i| (i, (i + n / 2) % n)).collect(),
+                senders: (0..opts.senders)
+                    .map(|i| (i, recipient(i, n, nodes)))
+                    .collect(),
             }
         }
         Mode::Fanout => {
@@ -128,6 +143,45 @@ fn plan(opts: &Options) -> Plan {
     }
 }
 
+/// The device sender `i` of `n` single-device accounts sends to: the one half-way round. Over
+/// several nodes it is shifted on by `(i / nodes) % nodes`, so that about one pair in `nodes`
+/// shares a node (a fixed shift puts every pair on one node, or none on one). Never the sender.
+fn recipient(i: usize, n: usize, nodes: usize) -> usize {
+    let n = n.max(1);
+    let shift = if nodes > 1 { (i / nodes) % nodes } else { 0 };
+    let r = (i + n / 2 + shift) % n;
+    if r == i { (r + 1) % n } else { r }
+}
+
+/// Where connection `i` goes: connections are dealt round-robin over the relay nodes (connection
+/// i to node i mod `nodes`), and each node's over its client endpoints. (node, endpoint).
+fn route(i: usize, nodes: usize, endpoints: usize) -> (usize, usize) {
+    let nodes = nodes.max(1);
+    (i % nodes, (i / nodes) % endpoints.max(1))
+}
+
+/// The client side of one relay node: its address and the client endpoints pinned to its
+/// certificate.
+struct NodeClient {
+    addr: SocketAddr,
+    endpoints: Vec<quinn::Endpoint>,
+}
+
+/// Where connection `i` goes: (node index, its address), and the endpoint it leaves from.
+fn pick(clients: &[NodeClient], i: usize) -> Result<((usize, SocketAddr), quinn::Endpoint), Error> {
+    let per_node = clients.first().map_or(1, |c| c.endpoints.len());
+    let (node, ep) = route(i, clients.len(), per_node);
+    let client = clients
+        .get(node)
+        .ok_or_else(|| Error::new("no such relay node".into()))?;
+    let ep = client
+        .endpoints
+        .get(ep)
+        .cloned()
+        .ok_or_else(|| Error::new("no endpoint".into()))?;
+    Ok(((node, client.addr), ep))
+}
+
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
@@ -155,26 +209,30 @@ pub async fn compare(opts: &Options) -> Result<Comparison, Error> {
 
 /// One measurement; `opts` has a workload mode and names its target.
 async fn run_one(opts: &Options) -> Result<Report, Error> {
-    let plan = plan(opts);
+    // The ceiling server is always a child; a relay is one unless running nodes are given.
+    let given = match opts.target {
+        Target::Ceiling => Vec::new(),
+        Target::Relay => opts.nodes()?,
+    };
+    let plan = plan(opts, given.len());
     let max_dpa = plan
         .accounts
         .iter()
         .map(|a| a.devices.len())
         .max()
         .unwrap_or(1);
-    let (child, addr, pin, pid) = match (opts.target, &opts.addr, &opts.pin) {
-        (Target::Ceiling, _, _) => {
+    let (child, nodes) = match opts.target {
+        Target::Ceiling => {
             let bin = match &opts.ceiling_bin {
                 Some(b) => b.clone(),
                 None => relay::default_ceiling_bin()?,
             };
             let c = ServerChild::spawn_ceiling(&bin, &opts.store)?;
-            let (a, p, id) = (c.addr, c.pin.clone(), c.pid());
-            (Some(c), a, p, Some(id))
+            let node = c.node();
+            (Some(c), vec![node])
         }
-        (Target::Relay, Some(addr), Some(pin)) => (None, *addr, pin.clone(), opts.relay_pid),
-        (Target::Relay, Some(_), None) => return Err(Error::new("--addr needs --pin".into())),
-        (Target::Relay, None, _) => {
+        Target::Relay if !given.is_empty() => (None, given),
+        Target::Relay => {
             let bin = match &opts.relay_bin {
                 Some(b) => b.clone(),
                 None => relay::default_relay_bin()?,
@@ -184,10 +242,11 @@ async fn run_one(opts: &Options) -> Result<Report, Error> {
                 u32::try_from(max_dpa).unwrap_or(u32::MAX),
             );
             let c = ServerChild::spawn(&bin, &flags)?;
-            let (a, p, id) = (c.addr, c.pin.clone(), c.pid());
-            (Some(c), a, p, Some(id))
+            let node = c.node();
+            (Some(c), vec![node])
         }
     };
+    let pids: Vec<u32> = nodes.iter().filter_map(|n| n.pid).collect();
     let relay_desc = match (&child, opts.target) {
         (Some(c), Target::Ceiling) => format!(
             "ceiling (bare quinn + {}, no relay logic) child pid {} on {}",
@@ -205,30 +264,55 @@ async fn run_one(opts: &Options) -> Result<Report, Error> {
             c.addr,
             opts.store
         ),
-        (None, _) => format!("external relay on {addr}"),
+        (None, _) => match nodes.as_slice() {
+            [one] => format!("external relay on {}", one.addr),
+            all => format!(
+                "{} external relay nodes on {}",
+                all.len(),
+                all.iter()
+                    .map(|n| n.addr.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
     };
 
-    let shared = Shared::new();
-    let cc = conn::client_config(&pin, Duration::from_millis(opts.keep_alive_ms.max(1)))?;
-    let endpoints: Vec<quinn::Endpoint> = (0..opts.endpoints)
-        .map(|_| conn::endpoint(addr, cc.clone()))
-        .collect::<Result<_, _>>()?;
+    let n_nodes = nodes.len();
+    let sender_nodes = if n_nodes > 1 {
+        plan.senders
+            .iter()
+            .map(|(c, _)| route(*c, n_nodes, opts.endpoints).0)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let shared = Shared::new(sender_nodes);
+    let keep_alive = Duration::from_millis(opts.keep_alive_ms.max(1));
+    let mut clients = Vec::with_capacity(n_nodes);
+    for node in &nodes {
+        let cc = conn::client_config(&node.pin, keep_alive)?;
+        clients.push(NodeClient {
+            addr: node.addr,
+            endpoints: (0..opts.endpoints)
+                .map(|_| conn::endpoint(node.addr, cc.clone()))
+                .collect::<Result<_, _>>()?,
+        });
+    }
     let ack_interval = Duration::from_millis(opts.ack_interval_ms);
     let accounts = Arc::new(plan.accounts);
 
     // Accounts, created over a few set-up connections (pipelined).
     let t = tokio::time::Instant::now();
-    create_accounts(&endpoints, addr, &shared, &accounts).await?;
+    create_accounts(&clients, &shared, &accounts).await?;
     let account_setup_s = t.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before_kib = pid.and_then(relay::rss_kib);
+    let rss_before_kib = relay::total_rss_kib(&pids);
 
     // Every device's connection and authentication.
     let t = tokio::time::Instant::now();
     let links = connect_all(
         opts,
-        &endpoints,
-        addr,
+        &clients,
         &shared,
         &accounts,
         &plan.devices,
@@ -260,13 +344,13 @@ async fn run_one(opts: &Options) -> Result<Report, Error> {
 
     if opts.mode == Mode::Idle {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        report.rss_connected_kib = pid.and_then(relay::rss_kib);
-        let cpu0 = pid.and_then(|p| relay::cpu_seconds(Some(p)));
+        report.rss_connected_kib = relay::total_rss_kib(&pids);
+        let cpu0 = relay::total_cpu_seconds(&pids);
         tokio::time::sleep(secs(opts.duration)).await;
         report.relay_cpu = cpu0
-            .zip(pid.and_then(|p| relay::cpu_seconds(Some(p))))
+            .zip(relay::total_cpu_seconds(&pids))
             .map(|(a, b)| (b - a) / opts.duration);
-        report.rss_end_kib = pid.and_then(relay::rss_kib);
+        report.rss_end_kib = relay::total_rss_kib(&pids);
         report.alive = links
             .iter()
             .filter(|(l, _)| l.conn().close_reason().is_none())
@@ -285,7 +369,7 @@ async fn run_one(opts: &Options) -> Result<Report, Error> {
             &accounts,
             &plan.senders,
             &links,
-            pid,
+            &pids,
             &mut report,
         )
         .await;
@@ -298,15 +382,16 @@ async fn run_one(opts: &Options) -> Result<Report, Error> {
     let mut samples = Samples::default();
     for (_, r) in links {
         if let Ok(s) = r.await {
-            samples.delivery.extend(s.delivery);
-            samples.durable.extend(s.durable);
+            samples.extend(s);
         }
     }
-    for e in &endpoints {
+    for e in clients.iter().flat_map(|c| &c.endpoints) {
         e.wait_idle().await;
     }
     report.delivery = Percentiles::of(&mut samples.delivery);
     report.durable = Percentiles::of(&mut samples.durable);
+    report.by_node = (n_nodes > 1)
+        .then(|| NodeSplit::of(n_nodes, &mut samples.same_node, &mut samples.cross_node));
     report.acked = shared.acked.load(Ordering::Relaxed);
     report.acked_in_window = shared.acked_in_window.load(Ordering::Relaxed);
     report.envelopes_acked = shared.envelopes_acked.load(Ordering::Relaxed);
@@ -319,15 +404,17 @@ async fn run_one(opts: &Options) -> Result<Report, Error> {
     Ok(report)
 }
 
+/// Creates the accounts over up to 4 set-up connections, dealt over the nodes like the devices'.
 async fn create_accounts(
-    endpoints: &[quinn::Endpoint],
-    addr: SocketAddr,
+    clients: &[NodeClient],
     shared: &Arc<Shared>,
     accounts: &Arc<Vec<Account>>,
 ) -> Result<(), Error> {
+    let endpoints: usize = clients.iter().map(|c| c.endpoints.len()).sum();
     let mut setup = Vec::new();
-    for ep in endpoints.iter().take(4) {
-        setup.push(Link::connect(ep, addr, Arc::clone(shared), Duration::from_millis(20)).await?);
+    for k in 0..endpoints.min(4) {
+        let (to, ep) = pick(clients, k)?;
+        setup.push(Link::connect(&ep, to, Arc::clone(shared), Duration::from_millis(20)).await?);
     }
     let gate = Arc::new(Semaphore::new(256));
     let mut tasks = JoinSet::new();
@@ -369,8 +456,7 @@ type Connected = Vec<(Link, JoinHandle<Samples>)>;
 
 async fn connect_all(
     opts: &Options,
-    endpoints: &[quinn::Endpoint],
-    addr: SocketAddr,
+    clients: &[NodeClient],
     shared: &Arc<Shared>,
     accounts: &Arc<Vec<Account>>,
     devices: &[(usize, u32)],
@@ -389,10 +475,7 @@ async fn connect_all(
             .map(|x| x.1.clone())
             .ok_or_else(|| Error::new("no such device".into()))?;
         let (id, dev) = (account.id(), *d);
-        let ep = endpoints
-            .get(i % endpoints.len().max(1))
-            .cloned()
-            .ok_or_else(|| Error::new("no endpoint".into()))?;
+        let (to, ep) = pick(clients, i)?;
         let shared = Arc::clone(shared);
         let gate = Arc::clone(&gate);
         tasks.spawn(async move {
@@ -400,7 +483,7 @@ async fn connect_all(
                 .acquire()
                 .await
                 .map_err(|_| Error::new("gate closed".into()))?;
-            let (link, reader) = Link::connect(&ep, addr, shared, ack_interval).await?;
+            let (link, reader) = Link::connect(&ep, to, shared, ack_interval).await?;
             link.authenticate(id, dev, &key).await?;
             Ok::<_, Error>((i, link, reader))
         });
@@ -439,7 +522,7 @@ async fn traffic(
     accounts: &Arc<Vec<Account>>,
     senders: &[(usize, usize)],
     links: &Connected,
-    pid: Option<u32>,
+    pids: &[u32],
     report: &mut Report,
 ) {
     let stop = CancellationToken::new();
@@ -476,17 +559,11 @@ async fn traffic(
         tasks.spawn(s.run(stop.clone()));
     }
     tokio::time::sleep(warm).await;
-    let cpu0 = (
-        pid.and_then(|p| relay::cpu_seconds(Some(p))),
-        relay::cpu_seconds(None),
-    );
-    report.rss_connected_kib = pid.and_then(relay::rss_kib);
+    let cpu0 = (relay::total_cpu_seconds(pids), relay::cpu_seconds(None));
+    report.rss_connected_kib = relay::total_rss_kib(pids);
     tokio::time::sleep(dur).await;
-    let cpu1 = (
-        pid.and_then(|p| relay::cpu_seconds(Some(p))),
-        relay::cpu_seconds(None),
-    );
-    report.rss_end_kib = pid.and_then(relay::rss_kib);
+    let cpu1 = (relay::total_cpu_seconds(pids), relay::cpu_seconds(None));
+    report.rss_end_kib = relay::total_rss_kib(pids);
     let d = dur.as_secs_f64();
     report.relay_cpu = cpu0.0.zip(cpu1.0).map(|(a, b)| (b - a) / d);
     report.load_cpu = cpu0.1.zip(cpu1.1).map(|(a, b)| (b - a) / d);
@@ -581,5 +658,110 @@ impl Sender {
                 tokio::task::yield_now().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn options(args: &[&str]) -> Options {
+        Options::try_parse_from(["hush-load"].iter().chain(args)).unwrap()
+    }
+
+    #[test]
+    fn connections_are_dealt_round_robin_over_nodes_then_endpoints() {
+        // One node: endpoint i mod E, as over a single relay.
+        for i in 0..20 {
+            assert_eq!(route(i, 1, 4), (0, i % 4));
+            assert_eq!(route(i, 0, 4), (0, i % 4));
+        }
+        // Three nodes of two endpoints each.
+        let got: Vec<(usize, usize)> = (0..8).map(|i| route(i, 3, 2)).collect();
+        assert_eq!(
+            got,
+            [
+                (0, 0),
+                (1, 0),
+                (2, 0),
+                (0, 1),
+                (1, 1),
+                (2, 1),
+                (0, 0),
+                (1, 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn over_one_node_the_recipient_is_half_way_round() {
+        let opts = options(&["throughput", "--devices", "10", "--senders", "7"]);
+        for nodes in [0, 1] {
+            let p = plan(&opts, nodes);
+            let want: Vec<(usize, usize)> = (0..7).map(|i| (i, (i + 5) % 10)).collect();
+            assert_eq!(p.senders, want);
+        }
+        assert_eq!(recipient(0, 2, 1), 1);
+        assert_eq!(recipient(1, 2, 1), 0);
+    }
+
+    /// (same-node pairs, cross-node pairs) of a plan over `nodes` nodes.
+    fn pairs(opts: &Options, nodes: usize) -> (usize, usize) {
+        let p = plan(opts, nodes);
+        let node = |c: usize| route(c, nodes, opts.endpoints).0;
+        let same = p
+            .senders
+            .iter()
+            .filter(|(from, to)| node(*from) == node(*to))
+            .count();
+        (same, p.senders.len() - same)
+    }
+
+    #[test]
+    fn over_several_nodes_about_one_pair_in_n_shares_a_node() {
+        let opts = options(&["throughput"]); // 200 devices, 100 senders
+        assert_eq!(pairs(&opts, 1), (100, 0));
+        assert_eq!(pairs(&opts, 2), (50, 50));
+        let (same, cross) = pairs(&opts, 3);
+        assert!((30..=37).contains(&same), "{same} {cross}");
+        let (same, cross) = pairs(&opts, 4);
+        assert!((22..=28).contains(&same), "{same} {cross}");
+        // Odd half-way shifts too.
+        let opts = options(&["latency", "--devices", "202", "--senders", "101"]);
+        let (same, cross) = pairs(&opts, 2);
+        assert!((45..=56).contains(&same), "{same} {cross}");
+    }
+
+    #[test]
+    fn no_sender_sends_to_itself() {
+        for n in 2..40 {
+            for nodes in 1..=8 {
+                for i in 0..n {
+                    let r = recipient(i, n, nodes);
+                    assert!(r < n && r != i, "n {n} nodes {nodes} i {i} -> {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fanout_recipients_are_spread_over_the_nodes() {
+        let opts = options(&[
+            "fanout",
+            "--recipients",
+            "1",
+            "--fanout-devices",
+            "4",
+            "--senders",
+            "2",
+        ]);
+        let p = plan(&opts, 2);
+        assert_eq!(p.devices.len(), 6);
+        // The recipient's 4 devices are connections 0..4: two on each node.
+        let on = |n: usize| (0..4).filter(|c| route(*c, 2, 4).0 == n).count();
+        assert_eq!((on(0), on(1)), (2, 2));
+        assert_eq!(p.senders, [(4, 0), (5, 0)]);
     }
 }

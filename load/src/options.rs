@@ -1,5 +1,5 @@
-//! Settings of a run: what to measure ([`Mode`]), against which server ([`Target`]), and the
-//! options with their bounds and the relay flags they imply.
+//! Settings of a run: what to measure ([`Mode`]), against which server ([`Target`]) and which
+//! relay nodes ([`Node`]), and the options with their bounds and the relay flags they imply.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +24,7 @@ pub enum Mode {
 /// Which server a run drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Target {
-    /// `hush-relay` (a child process, or the one given by `--addr`).
+    /// `hush-relay` (a child process, or the nodes given by `--addr`).
     #[default]
     Relay,
     /// The ceiling server: bare quinn + sled with the relay's transport settings (a child process).
@@ -34,6 +34,60 @@ pub enum Target {
 /// Hard bounds on what one run may ask for.
 const MAX_DEVICES: usize = 20_000;
 const MAX_DURATION_S: f64 = 600.0;
+/// Most relay nodes one run drives.
+pub const MAX_NODES: usize = 64;
+
+/// A running relay node to drive: `--addr` with the `--pin` (and `--relay-pid`, if any) in the
+/// same place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Its loopback address.
+    pub addr: SocketAddr,
+    /// Its certificate fingerprint.
+    pub pin: String,
+    /// Its process id, to read its RSS and CPU time.
+    pub pid: Option<u32>,
+}
+
+/// Why `--addr`, `--pin` and `--relay-pid` do not describe the relay nodes to drive.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// `--pin` or `--relay-pid` without any `--addr`.
+    #[error("--pin and --relay-pid describe the relays given by --addr, and no --addr is given")]
+    NoAddr,
+    /// Not one `--pin` per `--addr`.
+    #[error(
+        "--pin must be given once per --addr, in the same order ({addrs} --addr, {pins} --pin)"
+    )]
+    PinCount {
+        /// `--addr` given.
+        addrs: usize,
+        /// `--pin` given.
+        pins: usize,
+    },
+    /// `--relay-pid` given, but not once per `--addr`.
+    #[error(
+        "--relay-pid must be given once per --addr, in the same order, or not at all ({addrs} --addr, {pids} --relay-pid)"
+    )]
+    PidCount {
+        /// `--addr` given.
+        addrs: usize,
+        /// `--relay-pid` given.
+        pids: usize,
+    },
+    /// An address off loopback.
+    #[error("--addr must be a loopback address (127.0.0.1 or ::1), not {0}")]
+    NotLoopback(SocketAddr),
+    /// The same address twice.
+    #[error("--addr {0} is given twice")]
+    Repeated(SocketAddr),
+    /// More nodes than one run drives.
+    #[error("--addr may be given at most {MAX_NODES} times ({0} given)")]
+    TooMany(usize),
+    /// `--addr` for a run against the ceiling server.
+    #[error("--addr names a running relay; the ceiling server is always started here")]
+    Ceiling,
+}
 
 /// Settings of a run.
 #[derive(Debug, Clone, clap::Parser)]
@@ -56,15 +110,17 @@ pub struct Options {
     /// The executable that serves as the ceiling server [default: this one].
     #[arg(long)]
     pub ceiling_bin: Option<PathBuf>,
-    /// A running relay to drive (loopback only) instead of starting one.
+    /// A running relay to drive (loopback only) instead of starting one; repeat it for the nodes
+    /// of a cluster (device i connects to node i mod N).
     #[arg(long, requires = "pin")]
-    pub addr: Option<SocketAddr>,
-    /// Certificate fingerprint of the relay given by --addr.
+    pub addr: Vec<SocketAddr>,
+    /// Certificate fingerprint of the relay given by --addr (one per --addr, in the same order).
     #[arg(long)]
-    pub pin: Option<String>,
-    /// Process id of the relay given by --addr, to read its RSS and CPU time.
+    pub pin: Vec<String>,
+    /// Process id of the relay given by --addr, to read its RSS and CPU time (one per --addr, in
+    /// the same order, or none; several are summed).
     #[arg(long)]
-    pub relay_pid: Option<u32>,
+    pub relay_pid: Vec<u32>,
     /// The hush-relay binary to start [default: next to this executable].
     #[arg(long)]
     pub relay_bin: Option<PathBuf>,
@@ -95,7 +151,7 @@ pub struct Options {
     /// Sends in flight per sender at most (unanswered).
     #[arg(long, default_value_t = 32)]
     pub window: usize,
-    /// Client UDP endpoints the connections are spread over.
+    /// Client UDP endpoints the connections are spread over (per relay node).
     #[arg(long, default_value_t = 4)]
     pub endpoints: usize,
     /// Connections to hold (idle mode).
@@ -148,17 +204,10 @@ impl Options {
         if self.store != "sled" && self.store != "memory" {
             return bad("--store must be sled or memory");
         }
-        if let Some(a) = self.addr
-            && !a.ip().is_loopback()
-        {
-            return bad("--addr must be a loopback address (127.0.0.1 or ::1)");
-        }
         if self.vs_ceiling && self.mode == Mode::Ceiling {
             return bad("--vs-ceiling takes a workload: throughput, latency, idle or fanout");
         }
-        if self.addr.is_some() && self.target() == Target::Ceiling {
-            return bad("--addr names a running relay; the ceiling server is always started here");
-        }
+        self.nodes()?;
         match self.mode {
             Mode::Throughput | Mode::Latency | Mode::Ceiling => {
                 if !(2..=MAX_DEVICES).contains(&self.devices) {
@@ -194,6 +243,46 @@ impl Options {
             }
         }
         Ok(())
+    }
+
+    /// The running relay nodes given by `--addr`, `--pin` and `--relay-pid`, in the order given;
+    /// empty when this tool starts the server itself.
+    pub fn nodes(&self) -> Result<Vec<Node>, NodeError> {
+        let (addrs, pins, pids) = (self.addr.len(), self.pin.len(), self.relay_pid.len());
+        if addrs == 0 {
+            return if pins == 0 && pids == 0 {
+                Ok(Vec::new())
+            } else {
+                Err(NodeError::NoAddr)
+            };
+        }
+        if self.target() == Target::Ceiling {
+            return Err(NodeError::Ceiling);
+        }
+        if addrs > MAX_NODES {
+            return Err(NodeError::TooMany(addrs));
+        }
+        if pins != addrs {
+            return Err(NodeError::PinCount { addrs, pins });
+        }
+        if pids != 0 && pids != addrs {
+            return Err(NodeError::PidCount { addrs, pids });
+        }
+        let mut nodes: Vec<Node> = Vec::with_capacity(addrs);
+        for (i, (addr, pin)) in self.addr.iter().zip(&self.pin).enumerate() {
+            if !addr.ip().is_loopback() {
+                return Err(NodeError::NotLoopback(*addr));
+            }
+            if nodes.iter().any(|n| n.addr == *addr) {
+                return Err(NodeError::Repeated(*addr));
+            }
+            nodes.push(Node {
+                addr: *addr,
+                pin: pin.clone(),
+                pid: self.relay_pid.get(i).copied(),
+            });
+        }
+        Ok(nodes)
     }
 
     /// The server this run drives (`ceiling` is the throughput workload against the ceiling).
@@ -248,5 +337,230 @@ impl Options {
         ];
         f.extend(self.relay_args.iter().cloned());
         f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Options {
+        Options::try_parse_from(["hush-load"].iter().chain(args)).unwrap()
+    }
+
+    fn node(addr: &str, pin: &str, pid: Option<u32>) -> Node {
+        Node {
+            addr: addr.parse().unwrap(),
+            pin: pin.to_string(),
+            pid,
+        }
+    }
+
+    #[test]
+    fn one_addr_is_one_node() {
+        let o = parse(&[
+            "throughput",
+            "--addr",
+            "127.0.0.1:4433",
+            "--pin",
+            "aa",
+            "--relay-pid",
+            "42",
+        ]);
+        assert_eq!(o.nodes(), Ok(vec![node("127.0.0.1:4433", "aa", Some(42))]));
+        assert!(o.check().is_ok());
+        let o = parse(&["idle", "--addr", "[::1]:4433", "--pin", "aa"]);
+        assert_eq!(o.nodes(), Ok(vec![node("[::1]:4433", "aa", None)]));
+    }
+
+    #[test]
+    fn no_addr_is_no_node() {
+        let o = parse(&["throughput"]);
+        assert_eq!(o.nodes(), Ok(Vec::new()));
+        assert!(o.check().is_ok());
+    }
+
+    #[test]
+    fn repeated_addrs_pair_with_pins_and_pids_in_order() {
+        let o = parse(&[
+            "latency",
+            "--addr",
+            "127.0.0.1:4433",
+            "--addr",
+            "127.0.0.1:4434",
+            "--pin",
+            "aa",
+            "--addr",
+            "127.0.0.2:4435",
+            "--pin",
+            "bb",
+            "--pin",
+            "cc",
+            "--relay-pid",
+            "1",
+            "--relay-pid",
+            "2",
+            "--relay-pid",
+            "3",
+        ]);
+        assert_eq!(
+            o.nodes(),
+            Ok(vec![
+                node("127.0.0.1:4433", "aa", Some(1)),
+                node("127.0.0.1:4434", "bb", Some(2)),
+                node("127.0.0.2:4435", "cc", Some(3)),
+            ])
+        );
+        assert!(o.check().is_ok());
+        // Process ids are optional.
+        let o = parse(&[
+            "throughput",
+            "--addr",
+            "127.0.0.1:1",
+            "--pin",
+            "aa",
+            "--addr",
+            "127.0.0.1:2",
+            "--pin",
+            "bb",
+        ]);
+        assert_eq!(
+            o.nodes(),
+            Ok(vec![
+                node("127.0.0.1:1", "aa", None),
+                node("127.0.0.1:2", "bb", None)
+            ])
+        );
+    }
+
+    #[test]
+    fn counts_must_match() {
+        let o = parse(&[
+            "throughput",
+            "--addr",
+            "127.0.0.1:1",
+            "--addr",
+            "127.0.0.1:2",
+            "--pin",
+            "aa",
+        ]);
+        assert_eq!(o.nodes(), Err(NodeError::PinCount { addrs: 2, pins: 1 }));
+        let e = o.check().unwrap_err();
+        assert!(
+            matches!(e, Error::Nodes(NodeError::PinCount { addrs: 2, pins: 1 })),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "--pin must be given once per --addr, in the same order (2 --addr, 1 --pin)"
+        );
+        let o = parse(&[
+            "throughput",
+            "--addr",
+            "127.0.0.1:1",
+            "--pin",
+            "aa",
+            "--pin",
+            "bb",
+        ]);
+        assert_eq!(o.nodes(), Err(NodeError::PinCount { addrs: 1, pins: 2 }));
+        let o = parse(&[
+            "throughput",
+            "--addr",
+            "127.0.0.1:1",
+            "--pin",
+            "aa",
+            "--addr",
+            "127.0.0.1:2",
+            "--pin",
+            "bb",
+            "--relay-pid",
+            "7",
+        ]);
+        assert_eq!(o.nodes(), Err(NodeError::PidCount { addrs: 2, pids: 1 }));
+        let o = parse(&["throughput", "--pin", "aa"]);
+        assert_eq!(o.nodes(), Err(NodeError::NoAddr));
+        let o = parse(&["throughput", "--relay-pid", "7"]);
+        assert_eq!(o.nodes(), Err(NodeError::NoAddr));
+        assert!(matches!(o.check(), Err(Error::Nodes(NodeError::NoAddr))));
+    }
+
+    #[test]
+    fn an_addr_without_any_pin_is_refused_by_the_parser() {
+        let r = Options::try_parse_from(["hush-load", "throughput", "--addr", "127.0.0.1:1"]);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn every_addr_is_loopback_and_given_once() {
+        let o = parse(&[
+            "throughput",
+            "--addr",
+            "127.0.0.1:1",
+            "--pin",
+            "aa",
+            "--addr",
+            "10.0.0.1:2",
+            "--pin",
+            "bb",
+        ]);
+        let e = o.nodes().unwrap_err();
+        assert_eq!(e, NodeError::NotLoopback("10.0.0.1:2".parse().unwrap()));
+        assert_eq!(
+            e.to_string(),
+            "--addr must be a loopback address (127.0.0.1 or ::1), not 10.0.0.1:2"
+        );
+        let o = parse(&["throughput", "--addr", "[2001:db8::1]:1", "--pin", "aa"]);
+        assert!(matches!(o.nodes(), Err(NodeError::NotLoopback(_))));
+        let o = parse(&[
+            "throughput",
+            "--addr",
+            "127.0.0.1:1",
+            "--pin",
+            "aa",
+            "--addr",
+            "127.0.0.1:1",
+            "--pin",
+            "bb",
+        ]);
+        assert_eq!(
+            o.nodes(),
+            Err(NodeError::Repeated("127.0.0.1:1".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn at_most_max_nodes() {
+        let mut args = vec!["throughput".to_string()];
+        for port in 1..=MAX_NODES + 1 {
+            args.extend(["--addr".into(), format!("127.0.0.1:{port}")]);
+            args.extend(["--pin".into(), "aa".into()]);
+        }
+        let o = Options::try_parse_from(["hush-load".to_string()].into_iter().chain(args)).unwrap();
+        assert_eq!(o.nodes(), Err(NodeError::TooMany(MAX_NODES + 1)));
+    }
+
+    #[test]
+    fn addr_is_refused_against_the_ceiling() {
+        let o = parse(&["ceiling", "--addr", "127.0.0.1:1", "--pin", "aa"]);
+        assert_eq!(o.nodes(), Err(NodeError::Ceiling));
+        assert!(matches!(o.check(), Err(Error::Nodes(NodeError::Ceiling))));
+        // --vs-ceiling drives the given relay nodes in its relay run.
+        let o = parse(&[
+            "throughput",
+            "--vs-ceiling",
+            "--addr",
+            "127.0.0.1:1",
+            "--pin",
+            "aa",
+            "--addr",
+            "127.0.0.1:2",
+            "--pin",
+            "bb",
+        ]);
+        assert!(o.check().is_ok());
+        assert_eq!(o.nodes().map(|n| n.len()), Ok(2));
     }
 }

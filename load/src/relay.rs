@@ -1,6 +1,6 @@
 //! The server under load: a child `hush-relay` process this tool starts (with a temporary data
-//! directory and generous limits), or one given by address, or a child ceiling server (this
-//! executable again, `ceiling-server`); and what `/proc` says about it.
+//! directory and generous limits), or the nodes given by address, or a child ceiling server (this
+//! executable again, `ceiling-server`); and what `/proc` says about them.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use hush_testkit::RelayProcess;
 
-use crate::Error;
+use crate::{Error, Node};
 
 /// A server process (relay or ceiling) started by this tool, with its temporary data directory;
 /// killed when dropped.
@@ -23,6 +23,15 @@ pub(crate) struct ServerChild {
 impl ServerChild {
     pub(crate) fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// This server as the one node of a run.
+    pub(crate) fn node(&self) -> Node {
+        Node {
+            addr: self.addr,
+            pin: self.pin.clone(),
+            pid: Some(self.pid()),
+        }
     }
 
     /// Starts `bin` on 127.0.0.1 (a free port) with `args` after the defaults, and reads its
@@ -125,6 +134,23 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Resident set size of the processes together (KiB); `None` without any, or if one cannot be
+/// read (a part of the sum would pass for the whole).
+pub(crate) fn total_rss_kib(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| rss_kib(*p)).sum()
+}
+
+/// CPU time of the processes together, in seconds; `None` without any, or if one cannot be read.
+pub(crate) fn total_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| cpu_seconds(Some(*p))).sum()
+}
+
 /// CPU time (user + system) of a process, in seconds, from `/proc/<pid>/stat` (assumes the
 /// usual 100 clock ticks per second).
 pub(crate) fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
@@ -139,4 +165,28 @@ pub(crate) fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let stime: u64 = fields.next()?.parse().ok()?;
     #[allow(clippy::cast_precision_loss)]
     Some((utime + stime) as f64 / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_over_processes() {
+        let me = std::process::id();
+        let one = total_rss_kib(&[me]).unwrap();
+        let two = total_rss_kib(&[me, me]).unwrap();
+        // The same process read twice, a moment apart: about twice as much.
+        assert!(two >= one && two <= 3 * one, "{one} {two}");
+        assert!(total_cpu_seconds(&[me, me]).is_some());
+    }
+
+    #[test]
+    fn totals_need_every_process() {
+        assert_eq!(total_rss_kib(&[]), None);
+        assert_eq!(total_cpu_seconds(&[]), None);
+        // No such process: pid_max is at most 2^22.
+        assert_eq!(total_rss_kib(&[std::process::id(), u32::MAX]), None);
+        assert_eq!(total_cpu_seconds(&[u32::MAX]), None);
+    }
 }

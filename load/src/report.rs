@@ -60,6 +60,29 @@ impl fmt::Display for Percentiles {
     }
 }
 
+/// Send → receive latency over several relay nodes, split by whether the sender and the
+/// recipient were connected to the same node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeSplit {
+    /// Relay nodes driven.
+    pub nodes: usize,
+    /// Deliveries (of envelopes sent during the measurement) between devices on the same node.
+    pub same_node: Option<Percentiles>,
+    /// Deliveries (of envelopes sent during the measurement) between devices on different nodes.
+    pub cross_node: Option<Percentiles>,
+}
+
+impl NodeSplit {
+    /// The split of `nodes` nodes from its two sets of samples (µs; sorted in place).
+    pub fn of(nodes: usize, same_node: &mut [u32], cross_node: &mut [u32]) -> Self {
+        Self {
+            nodes,
+            same_node: Percentiles::of(same_node),
+            cross_node: Percentiles::of(cross_node),
+        }
+    }
+}
+
 /// The result of one run.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -107,6 +130,8 @@ pub struct Report {
     pub delivery: Option<Percentiles>,
     /// Send → `SendResult` latency of sends made during the measurement.
     pub durable: Option<Percentiles>,
+    /// `delivery` split into same-node and cross-node deliveries (runs over several relay nodes).
+    pub by_node: Option<NodeSplit>,
     /// Refused requests by error code.
     pub refusals: BTreeMap<String, u64>,
     /// The first errors seen.
@@ -152,6 +177,7 @@ impl Default for Report {
             unanswered: 0,
             delivery: None,
             durable: None,
+            by_node: None,
             refusals: BTreeMap::new(),
             errors: Vec::new(),
             error_count: 0,
@@ -273,6 +299,9 @@ impl fmt::Display for Report {
                 Some(p) => writeln!(f, "  send -> SendResult:   {p}")?,
                 None => writeln!(f, "  send -> SendResult:   no samples")?,
             }
+            if let Some(split) = &self.by_node {
+                write!(f, "{split}")?;
+            }
         } else {
             writeln!(
                 f,
@@ -328,6 +357,26 @@ impl fmt::Display for Report {
         writeln!(f, "  errors:               {}", self.error_count)?;
         for e in &self.errors {
             writeln!(f, "    {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for NodeSplit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "  relay nodes:          {} (device i on node i mod {}); send -> receive by node:",
+            self.nodes, self.nodes
+        )?;
+        for (name, p) in [
+            ("same node", &self.same_node),
+            ("cross node", &self.cross_node),
+        ] {
+            match p {
+                Some(p) => writeln!(f, "    {name:<19} {p}")?,
+                None => writeln!(f, "    {name:<19} no samples")?,
+            }
         }
         Ok(())
     }
@@ -436,5 +485,55 @@ impl fmt::Display for Comparison {
             r.cpu_us_per_send(),
             1,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_split_takes_percentiles_of_each_side() {
+        let mut same: Vec<u32> = (1..=100).rev().collect();
+        let mut cross: Vec<u32> = (1..=10).map(|x| x * 1000).collect();
+        let split = NodeSplit::of(3, &mut same, &mut cross);
+        assert_eq!(split.nodes, 3);
+        let s = split.same_node.unwrap();
+        assert_eq!((s.count, s.p50, s.p99, s.max), (100, 51, 99, 100));
+        let c = split.cross_node.unwrap();
+        assert_eq!((c.count, c.p50, c.p99, c.max), (10, 6000, 10_000, 10_000));
+        let none = NodeSplit::of(2, &mut [], &mut []);
+        assert_eq!((none.same_node, none.cross_node), (None, None));
+    }
+
+    #[test]
+    fn the_split_is_printed_only_over_several_nodes() {
+        let mut one = Report {
+            delivery: Percentiles::of(&mut [1000, 2000]),
+            ..Report::default()
+        };
+        let text = one.to_string();
+        assert!(!text.contains("relay nodes"), "{text}");
+        assert!(!text.contains("cross node"), "{text}");
+
+        one.by_node = Some(NodeSplit::of(2, &mut [1000], &mut []));
+        let text = one.to_string();
+        assert!(
+            text.contains("relay nodes:          2 (device i on node i mod 2)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    same node           p50 1.00 ms, p90 1.00 ms, p99 1.00 ms, max 1.00 ms (1 samples)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    cross node          no samples"),
+            "{text}"
+        );
+        // The existing lines are unchanged, the split comes after them.
+        let receive = text.find("  send -> receive:").unwrap();
+        let durable = text.find("  send -> SendResult:").unwrap();
+        let split = text.find("  relay nodes:").unwrap();
+        assert!(receive < durable && durable < split, "{text}");
     }
 }
