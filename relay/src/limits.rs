@@ -140,3 +140,7 @@ pub const MAX_IN_FLIGHT: usize = 256;
 
 /// Operations the store writer applies in one batch at most before flushing.
 pub const WRITER_BATCH_MAX: usize = 4096;
+
+/// Appliers of the store writer on a Redis store: operations of different connections overlap
+/// their round trips to the cluster (each is atomic on its own, a Lua script on one slot).
+pub const REDIS_WRITER_LANES: usize = 16;

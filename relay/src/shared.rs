@@ -262,10 +262,18 @@ impl Relay {
         shutdown: CancellationToken,
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<(Arc<Self>, Background)> {
-        let (writer, writer_threads) = Writer::spawn(
+        // A shared (Redis) store makes every operation atomic by itself and answers over the
+        // network: lanes overlap the round trips. sled relies on one applier.
+        let lanes = if cfg.store == crate::config::StoreKind::Redis {
+            crate::limits::REDIS_WRITER_LANES
+        } else {
+            1
+        };
+        let (writer, writer_threads) = Writer::spawn_lanes(
             Arc::new(StoreFlush(Arc::clone(&store))),
             Arc::clone(&metrics),
             cfg.flush_batch_max,
+            lanes,
         )?;
         let (pusher, push_task) = Pusher::spawn(
             push_config(&cfg),

@@ -1,8 +1,12 @@
 //! The store writer: every mutation of the relay's store goes through here.
 //!
-//! Two threads, neither of them a runtime worker:
+//! Threads, none of them a runtime worker:
 //!
-//! * the **applier** owns the write side of the store. It takes every operation queued at that
+//! * an **applier** per lane owns the write side of the store (one lane for sled, whose
+//!   operations rely on nothing interleaving; several for a store whose every operation is
+//!   atomic on its own, such as the Redis store, whose operations each wait for a network round
+//!   trip: lanes overlap those waits). A connection's operations always take the same lane, so
+//!   they apply in the order it submitted them. An applier It takes every operation queued at that
 //!   moment (at most [`limits::WRITER_BATCH_MAX`]), applies them one after another (each one a
 //!   sled `apply_batch` or single-key write inside the store, see `store::sled_store`), and hands
 //!   the batch's answers to the flusher. An operation may act on what it wrote at once: a send
@@ -55,7 +59,7 @@ pub type Op = Box<dyn FnOnce() -> Option<Settle> + Send>;
 /// The handle connections submit operations through. Cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Op>,
+    lanes: Arc<[mpsc::Sender<Op>]>,
 }
 
 /// The writer's threads, to join after every [`Writer`] handle is gone.
@@ -88,26 +92,59 @@ impl Writer {
         metrics: Arc<Metrics>,
         max_batch: usize,
     ) -> std::io::Result<(Self, WriterThreads)> {
+        Self::spawn_lanes(store, metrics, max_batch, 1)
+    }
+
+    /// As [`Writer::spawn`], with `lanes` appliers (at least one) sharing one flusher.
+    pub fn spawn_lanes(
+        store: Arc<dyn Flush>,
+        metrics: Arc<Metrics>,
+        max_batch: usize,
+        lanes: usize,
+    ) -> std::io::Result<(Self, WriterThreads)> {
         let max_batch = max_batch.clamp(1, limits::WRITER_BATCH_MAX);
-        let (tx, rx) = mpsc::channel::<Op>();
         let (flush_tx, flush_rx) = mpsc::channel::<Vec<Settle>>();
-        let applier = std::thread::Builder::new()
-            .name("hush-writer".into())
-            .spawn(move || apply_loop(&rx, &flush_tx, max_batch))?;
-        let flusher = std::thread::Builder::new()
-            .name("hush-flusher".into())
-            .spawn(move || flush_loop(&flush_rx, &*store, &metrics))?;
+        let mut threads = Vec::new();
+        let mut senders = Vec::new();
+        for lane in 0..lanes.max(1) {
+            let (tx, rx) = mpsc::channel::<Op>();
+            let flush_tx = flush_tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("hush-writer-{lane}"))
+                    .spawn(move || apply_loop(&rx, &flush_tx, max_batch))?,
+            );
+            senders.push(tx);
+        }
+        drop(flush_tx);
+        threads.push(
+            std::thread::Builder::new()
+                .name("hush-flusher".into())
+                .spawn(move || flush_loop(&flush_rx, &*store, &metrics))?,
+        );
         Ok((
-            Self { tx },
-            WriterThreads {
-                threads: vec![applier, flusher],
+            Self {
+                lanes: senders.into(),
             },
+            WriterThreads { threads },
         ))
     }
 
-    /// Queues an operation.
+    /// Queues an operation (on the first lane).
     pub fn submit(&self, op: Op) -> Result<(), Stopped> {
-        self.tx.send(op).map_err(|_| Stopped)
+        self.submit_on(0, op)
+    }
+
+    /// Queues an operation on the lane of `key` (a connection's id: its operations keep their
+    /// order).
+    pub fn submit_on(&self, key: u64, op: Op) -> Result<(), Stopped> {
+        let n = self.lanes.len().max(1) as u64;
+        let lane = usize::try_from(key % n).unwrap_or(0);
+        self.lanes
+            .get(lane)
+            .ok_or(Stopped)?
+            .send(op)
+            .map_err(|_| Stopped)
     }
 
     /// Runs `f` on the writer and returns its result once it is durable (for callers outside a

@@ -58,7 +58,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
     let close_reason = loop {
         for op in st.take_ops() {
             // Fails only once the relay is stopping; the connection then ends by its deadline.
-            let _ = relay.writer.submit(op);
+            let _ = relay.writer.submit_on(id, op);
         }
         if written >= wbuf.len() {
             wbuf.clear();

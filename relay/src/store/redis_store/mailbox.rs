@@ -1,6 +1,8 @@
 //! Mailboxes on Redis: per device a sorted set of envelopes scored by sequence number, with the
 //! counters behind the caps beside it (see [`super::scripts`]).
 
+use std::sync::atomic::Ordering;
+
 use redis::Value;
 
 use super::{Planned, RedisStore, array, decimal, int, planned, queued, record, uint};
@@ -57,11 +59,12 @@ impl RedisStore {
             args.push(decimal(e.received_at).into_bytes());
         }
         let p = planned(self.eval(&self.scripts.enqueue, self.account_key(&account), args)?)?;
-        if p.entries.len() != envelopes.len() && p.status == "ok" {
+        let done = p.status == "ok" || p.status == "new";
+        if done && p.entries.len() != envelopes.len() {
             return Err(StoreError::Corrupt("enqueue answer"));
         }
         match p.status.as_str() {
-            "ok" => Ok(p),
+            "ok" | "new" => Ok(p),
             "QF" => Err(StoreError::QueueFull(device_of(&p.detail, account)?)),
             "SQ" => Err(StoreError::SenderQuota(device_of(&p.detail, account)?)),
             "MF" => Err(StoreError::MailboxFull),
@@ -70,31 +73,44 @@ impl RedisStore {
         }
     }
 
-    /// Adds `delta` bytes to the relay-wide total (after a write added or removed them) and, for
-    /// an addition, records the account in the index the TTL sweep walks.
-    fn count_total(&self, delta: i64, account: Option<[u8; 32]>) -> Result<()> {
+    /// Counts `delta` bytes into the relay-wide total (sent to Redis with the next flush) and,
+    /// for an account that had no mail before, adds it to the index the TTL sweep walks.
+    fn count_total(&self, delta: i64, new_account: Option<[u8; 32]>) -> Result<()> {
+        self.pending.fetch_add(delta, Ordering::Relaxed);
+        if let Some(a) = new_account {
+            let _: i64 = self.write(
+                redis::cmd("SADD")
+                    .arg(self.index_key(&a))
+                    .arg(hex::encode(a))
+                    .clone(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Sends the bytes counted since the last call to the relay-wide total, and reads it back.
+    fn push_total(&self) -> Result<()> {
+        let delta = self.pending.swap(0, Ordering::Relaxed);
         if delta == 0 {
             return Ok(());
         }
-        let total_key = self.total_key();
-        let index = account.map(|a| (self.index_key(&a), hex::encode(a)));
-        let mut c = self.redis.writer();
-        let total: i64 = self.redis.run(async move {
-            if let Some((key, member)) = index {
-                let _: i64 = redis::cmd("SADD")
-                    .arg(key)
-                    .arg(member)
-                    .query_async(&mut c)
-                    .await?;
-            }
+        let total: Result<i64> = self.write(
             redis::cmd("INCRBY")
-                .arg(total_key)
+                .arg(self.total_key())
                 .arg(delta)
-                .query_async(&mut c)
-                .await
-        })?;
-        self.set_total(total);
-        Ok(())
+                .clone(),
+        );
+        match total {
+            Ok(t) => {
+                self.set_total(t);
+                Ok(())
+            }
+            Err(e) => {
+                // Counted again with the next flush.
+                self.pending.fetch_add(delta, Ordering::Relaxed);
+                Err(e)
+            }
+        }
     }
 
     /// Takes `{count, bytes}` removed by a script off the relay-wide total; returns the count.
@@ -162,7 +178,8 @@ impl MailboxStore for RedisStore {
                 quotas,
                 decimal(quotas.total_bytes),
             )?;
-            self.count_total(int(&p.detail)?, Some(*account))?;
+            let new = (p.status == "new").then_some(*account);
+            self.count_total(int(&p.detail)?, new)?;
             for ((kind, seq, at, prev), (i, e)) in p.entries.iter().zip(idx.iter().zip(&group)) {
                 if let Some(slot) = out.get_mut(*i) {
                     *slot = Some(answer(kind, *seq, *at, *prev, e)?);
@@ -209,7 +226,8 @@ impl MailboxStore for RedisStore {
                 let group = pick(idx);
                 let p =
                     self.enqueue_account(*account, &group, true, false, quotas, NO_CAP.into())?;
-                self.count_total(int(&p.detail)?, Some(*account))?;
+                let new = (p.status == "new").then_some(*account);
+                self.count_total(int(&p.detail)?, new)?;
                 for ((kind, seq, at, prev), (i, e)) in p.entries.iter().zip(idx.iter().zip(&group))
                 {
                     if let Some(slot) = out.get_mut(*i) {
@@ -315,7 +333,9 @@ impl MailboxStore for RedisStore {
     }
 
     fn mailbox_bytes(&self) -> Result<u64> {
-        Ok(self.total.load(std::sync::atomic::Ordering::Relaxed))
+        let seen = i64::try_from(self.total.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        let mine = self.pending.load(Ordering::Relaxed);
+        Ok(u64::try_from(seen.saturating_add(mine)).unwrap_or(0))
     }
 
     fn purge(&self, device: &DeviceId) -> Result<usize> {
@@ -328,6 +348,7 @@ impl MailboxStore for RedisStore {
     }
 
     fn flush(&self) -> Result<()> {
+        self.push_total()?;
         self.redis.sync_replicas()
     }
 }

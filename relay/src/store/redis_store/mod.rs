@@ -25,7 +25,7 @@ mod scripts;
 mod tests;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use redis::cluster_async::ClusterConnection;
 use redis::{Script, Value};
@@ -95,8 +95,10 @@ pub(crate) async fn eval(
 pub struct RedisStore {
     redis: Arc<Redis>,
     scripts: Arc<Scripts>,
-    /// The relay-wide mailbox bytes as last seen (every change here reads the new total back).
+    /// The relay-wide mailbox bytes as last read back from the cluster.
     total: AtomicU64,
+    /// Bytes this node added (or removed) since: sent with the next flush.
+    pending: AtomicI64,
 }
 
 fn corrupt(what: &'static str) -> StoreError {
@@ -232,6 +234,7 @@ impl RedisStore {
             redis,
             scripts: Arc::new(scripts),
             total: AtomicU64::new(0),
+            pending: AtomicI64::new(0),
         };
         let total: Option<i64> = store.read(redis::cmd("GET").arg(store.total_key()).clone())?;
         store.set_total(total.unwrap_or(0));

@@ -49,7 +49,8 @@ end
 /// total now and its cap, the send-id retention (ms), then per envelope: device, send key (hex),
 /// record (the member without its sequence number), received at.
 ///
-/// Returns `{status, detail, entries…}`: status `ok` (detail: bytes added), `QF`/`SQ` (detail:
+/// Returns `{status, detail, entries…}`: status `ok` (detail: bytes added; `new` when the
+/// account had no mail before, so the caller adds it to the index the TTL sweep walks), `QF`/`SQ` (detail:
 /// the device that is full), `MF` or `RF`; per envelope four entries: kind (`k` known, `f`
 /// fresh, `q` queue full, `s` sender share used up), sequence number, received at, previous
 /// sequence number.
@@ -116,6 +117,7 @@ end
 if total + adding > tcap then
   return {'RF', ''}
 end
+local status = 'ok'
 if write then
   for i = 0, n - 1 do
     if plan[i + 1][1] == 'f' then
@@ -136,11 +138,11 @@ if write then
       plan[i + 1] = {'f', seq, tonumber(received), seq - 1}
     end
   end
-  if adding > 0 then
-    redis.call('INCRBY', T .. ':mb', adding)
+  if adding > 0 and redis.call('INCRBY', T .. ':mb', adding) == adding then
+    status = 'new'
   end
 end
-local out = {'ok', adding}
+local out = {status, adding}
 for i = 1, n do
   for j = 1, 4 do out[#out + 1] = plan[i][j] end
 end
