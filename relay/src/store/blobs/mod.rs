@@ -26,10 +26,14 @@
 //! At open, uploads that were in progress are deleted (their metadata and `.part` files), as are
 //! files without metadata and metadata of a complete blob whose file is missing or has the wrong
 //! size; the quota counters are rebuilt from the metadata that remains.
+//!
+//! [`RedisBlobs`] keeps metadata and bytes on the relay's Redis Cluster, so that every relay node
+//! serves every blob (its module docs give the key layout and what is not atomic across slots).
 
 mod files;
 mod memory;
 mod record;
+mod redis;
 #[cfg(test)]
 #[macro_use]
 mod suite;
@@ -45,6 +49,7 @@ use super::Result;
 
 pub use self::files::FileBlobs;
 pub use self::memory::MemoryBlobs;
+pub use self::redis::RedisBlobs;
 
 /// Size of every chunk of a blob but the last.
 pub const BLOB_CHUNK: usize = 64 * 1024;

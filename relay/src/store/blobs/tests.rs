@@ -20,6 +20,17 @@ blob_store_suite!(in_files, {
     (dir, store)
 });
 
+blob_store_suite!(in_redis, ((), super::redis_blobs().0));
+
+/// A blob store on a fresh key prefix of the test cluster, and the options to open another
+/// connection to the same keys (another relay node).
+fn redis_blobs() -> (RedisBlobs, crate::store::redis_store::RedisOptions) {
+    use crate::store::redis_store::Redis;
+    let options = crate::store::redis_store::tests::test_options();
+    let redis = Redis::connect(options.clone()).unwrap();
+    (RedisBlobs::on(std::sync::Arc::new(redis)).unwrap(), options)
+}
+
 use super::*;
 
 fn open(dir: &Path) -> (sled::Db, FileBlobs) {
@@ -217,4 +228,126 @@ fn chunk_lengths_follow_the_size() {
     assert_eq!(m(BLOB_CHUNK as u64 + 1).chunk_len(1), Some(1));
     assert_eq!(m(BLOB_CHUNK as u64).chunk_len(1), None);
     assert_eq!(m(u64::MAX).chunk_len(u32::MAX), Some(BLOB_CHUNK));
+}
+
+#[test]
+fn a_blob_uploaded_through_one_redis_node_is_served_by_another() {
+    use crate::store::redis_store::Redis;
+    let (first, options) = redis_blobs();
+    let data: Vec<u8> = (0..2 * BLOB_CHUNK + 123).map(|i| (i % 241) as u8).collect();
+    let m = meta_of(data.len());
+    assert_eq!(
+        first.begin_within([7; 16], m, Quota::UNLIMITED).unwrap(),
+        Begin::Started
+    );
+    for (i, c) in data.chunks(BLOB_CHUNK).enumerate() {
+        assert_eq!(
+            first.put_chunk([7; 16], i as u32, c).unwrap(),
+            ChunkPut::Stored
+        );
+    }
+    assert!(first.complete([7; 16]).unwrap());
+    first.flush().unwrap();
+
+    let second = RedisBlobs::on(std::sync::Arc::new(Redis::connect(options).unwrap())).unwrap();
+    let (back, complete) = second.meta([7; 16]).unwrap().unwrap();
+    assert_eq!((back, complete), (m, true));
+    assert!(capability_matches(&back, &[3; 32]));
+    let mut got = Vec::new();
+    for i in 0..back.chunk_count() as u32 {
+        got.extend(second.chunk([7; 16], i).unwrap().unwrap());
+    }
+    assert_eq!(got, data);
+    assert_eq!(second.total_bytes().unwrap(), data.len() as u64);
+    assert_eq!(second.account_bytes(&[1; 32]).unwrap(), data.len() as u64);
+    assert_eq!(
+        second.put_chunk([7; 16], 0, &data[..BLOB_CHUNK]).unwrap(),
+        ChunkPut::AlreadyComplete
+    );
+    // Deleted through the second node, it is gone for the first, its bytes given back once.
+    assert!(second.delete([7; 16]).unwrap());
+    assert!(!first.delete([7; 16]).unwrap());
+    assert_eq!(first.meta([7; 16]).unwrap(), None);
+    assert_eq!(first.chunk([7; 16], 0).unwrap(), None);
+    assert_eq!(first.total_bytes().unwrap(), 0);
+}
+
+#[test]
+fn redis_quotas_hold_across_nodes_and_a_blob_redis_dropped_is_settled_by_the_sweep() {
+    use crate::store::redis_store::Redis;
+    let (first, options) = redis_blobs();
+    let second = RedisBlobs::on(std::sync::Arc::new(
+        Redis::connect(options.clone()).unwrap(),
+    ))
+    .unwrap();
+    let q = Quota {
+        account_max: 10,
+        total_max: 1_000,
+    };
+    assert_eq!(
+        first.begin_within([1; 16], meta_of(6), q).unwrap(),
+        Begin::Started
+    );
+    assert_eq!(
+        second.begin_within([2; 16], meta_of(6), q).unwrap(),
+        Begin::AccountFull { stored: 6 }
+    );
+    assert_eq!(
+        second.begin_within([1; 16], meta_of(1), q).unwrap(),
+        Begin::IdTaken
+    );
+    // Every key of the blob carries an expiry (the backstop).
+    let redis = Redis::connect(options).unwrap();
+    let meta_key = format!(
+        "{}:m",
+        redis.tagged(&format!("b:{}", hex::encode([1u8; 16])))
+    );
+    let mut c = redis.writer();
+    let key = meta_key.clone();
+    let ttl: i64 = redis
+        .run(async move { ::redis::cmd("PTTL").arg(key).query_async(&mut c).await })
+        .unwrap();
+    assert!(ttl > 0, "expiry {ttl}");
+    // Dropped by Redis rather than swept: the next sweep gives the bytes back.
+    let mut c = redis.writer();
+    let _: i64 = redis
+        .run(async move { ::redis::cmd("DEL").arg(meta_key).query_async(&mut c).await })
+        .unwrap();
+    assert_eq!(second.meta([1; 16]).unwrap(), None);
+    assert_eq!(second.account_bytes(&[1; 32]).unwrap(), 6);
+    assert_eq!(second.sweep(0, 0).unwrap(), 0);
+    assert_eq!(first.account_bytes(&[1; 32]).unwrap(), 0);
+    assert_eq!(first.total_bytes().unwrap(), 0);
+    assert_eq!(
+        second.begin_within([2; 16], meta_of(6), q).unwrap(),
+        Begin::Started
+    );
+}
+
+#[test]
+fn corrupt_redis_metadata_is_a_typed_error() {
+    use crate::store::redis_store::Redis;
+    let (s, options) = redis_blobs();
+    let redis = Redis::connect(options).unwrap();
+    let key = format!(
+        "{}:m",
+        redis.tagged(&format!("b:{}", hex::encode([5u8; 16])))
+    );
+    let mut c = redis.writer();
+    let _: i64 = redis
+        .run(async move {
+            ::redis::cmd("HSET")
+                .arg(key)
+                .arg("m")
+                .arg(&b"short"[..])
+                .query_async(&mut c)
+                .await
+        })
+        .unwrap();
+    assert!(matches!(s.meta([5; 16]), Err(StoreError::Corrupt(_))));
+    assert!(matches!(
+        s.put_chunk([5; 16], 0, b"x"),
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(s.complete([5; 16]), Err(StoreError::Corrupt(_))));
 }

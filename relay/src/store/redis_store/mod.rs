@@ -22,7 +22,7 @@ mod client;
 mod mailbox;
 mod scripts;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -116,11 +116,11 @@ fn int(v: &Value) -> Result<i64> {
     }
 }
 
-fn uint(v: &Value) -> Result<u64> {
+pub(crate) fn uint(v: &Value) -> Result<u64> {
     u64::try_from(int(v)?).map_err(|_| corrupt("redis number"))
 }
 
-fn bytes(v: Value) -> Result<Vec<u8>> {
+pub(crate) fn bytes(v: Value) -> Result<Vec<u8>> {
     match v {
         Value::BulkString(b) => Ok(b),
         Value::SimpleString(s) => Ok(s.into_bytes()),
@@ -128,7 +128,7 @@ fn bytes(v: Value) -> Result<Vec<u8>> {
     }
 }
 
-fn array(v: Value) -> Result<Vec<Value>> {
+pub(crate) fn array(v: Value) -> Result<Vec<Value>> {
     match v {
         Value::Array(a) => Ok(a),
         Value::Nil => Ok(Vec::new()),
