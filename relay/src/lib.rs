@@ -46,7 +46,7 @@ use crate::ops::Metrics;
 use crate::router::LocalRouter;
 use crate::router::cluster::RedisRouter;
 use crate::store::RelayStore;
-use crate::store::blobs::{BlobStore, FileBlobs, MemoryBlobs};
+use crate::store::blobs::{BlobStore, FileBlobs, MemoryBlobs, RedisBlobs};
 use crate::store::memory::MemoryStore;
 use crate::store::redis_store::{Redis, RedisOptions, RedisStore};
 use crate::store::sled_store::SledStore;
@@ -155,11 +155,8 @@ pub fn open_backend(cfg: &Config) -> Result<Backend, StartError> {
                 wait_timeout_ms: cfg.redis_wait_timeout_ms,
             })?);
             let store = RedisStore::on(Arc::clone(&redis))?;
-            create_private_dir(&cfg.data_dir)
-                .map_err(|e| StartError::Other(format!("data directory: {e}")))?;
-            let db = store::sled_store::open_db_with_cache(&cfg.data_dir.join("blobs-db"), 8 << 20)
-                .map_err(|e| StartError::Other(format!("blob database: {e}")))?;
-            let blobs = FileBlobs::open(&db, &cfg.data_dir.join(BLOBS_DIR))?;
+            // Blobs live in the cluster too, so any node serves what another received.
+            let blobs = RedisBlobs::on(Arc::clone(&redis))?;
             Ok(Backend {
                 store: Arc::new(store),
                 blobs: Arc::new(blobs),

@@ -141,6 +141,8 @@ pub const MAX_IN_FLIGHT: usize = 256;
 /// Operations the store writer applies in one batch at most before flushing.
 pub const WRITER_BATCH_MAX: usize = 4096;
 
-/// Appliers of the store writer on a Redis store: operations of different connections overlap
-/// their round trips to the cluster (each is atomic on its own, a Lua script on one slot).
-pub const REDIS_WRITER_LANES: usize = 16;
+/// How long a relay node on a shared (Redis) store uses a cached device list without checking
+/// the store's version: a list published through another node is seen here within this. A
+/// removed device is cut off at once regardless (its node is told), so this bounds only how long
+/// a send here may still be checked against the previous list.
+pub const LIST_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);

@@ -46,6 +46,9 @@ pub(crate) fn random<const N: usize>() -> [u8; N] {
     b
 }
 
+/// A cached device list and when it was last known to be the newest.
+type CachedList = (Arc<AccountDevices>, Instant);
+
 /// One device's entry in the cached device list of its account.
 #[derive(Clone, Debug)]
 pub(crate) struct ListedDevice {
@@ -195,7 +198,8 @@ pub struct Relay {
     pub(crate) pusher: Pusher,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) rate_limiters: RateLimiters,
-    lists: Mutex<HashMap<[u8; 32], Arc<AccountDevices>>>,
+    /// Cached device lists, with when each was last known to be the newest.
+    lists: Mutex<HashMap<[u8; 32], CachedList>>,
     /// Connections per address block and account, and the pending device links.
     pub(crate) admission: Arc<Admission>,
     /// Devices told in the current low spell that their one-time keys run low (set when a claim
@@ -265,7 +269,7 @@ impl Relay {
         // A shared (Redis) store makes every operation atomic by itself and answers over the
         // network: lanes overlap the round trips. sled relies on one applier.
         let lanes = if cfg.store == crate::config::StoreKind::Redis {
-            crate::limits::REDIS_WRITER_LANES
+            cfg.redis_writer_lanes as usize
         } else {
             1
         };
@@ -353,10 +357,33 @@ impl Relay {
         &self,
         account: &[u8; 32],
     ) -> Result<Option<Arc<AccountDevices>>, Refusal> {
-        if let Some(d) = self.lists.lock().ok().and_then(|l| l.get(account).cloned()) {
-            // Other relay nodes publish lists to the shared store: the copy here is used only
-            // while it is still the newest (one small read instead of parsing and verifying).
-            if !self.shared_store() || self.store.device_list_version(account)? == Some(d.version) {
+        self.devices_of_within(account, crate::limits::LIST_RECHECK)
+    }
+
+    /// As [`Relay::devices_of`], checking a cached list against the shared store (when there is
+    /// one) unless it was checked within `max_age` (zero for authentication: a device removed
+    /// through another node is refused at once).
+    pub(crate) fn devices_of_within(
+        &self,
+        account: &[u8; 32],
+        max_age: Duration,
+    ) -> Result<Option<Arc<AccountDevices>>, Refusal> {
+        let now = self.clock.instant();
+        let cached = self.lists.lock().ok().and_then(|l| l.get(account).cloned());
+        if let Some((d, checked)) = cached {
+            // Other relay nodes publish lists to the shared store: a copy checked within
+            // `max_age` is used as it is, an older one only once the store's version
+            // (one small read) says it is still the newest.
+            if !self.shared_store() || now.saturating_duration_since(checked) < max_age {
+                return Ok(Some(d));
+            }
+            if self.store.device_list_version(account)? == Some(d.version) {
+                if let Ok(mut l) = self.lists.lock()
+                    && let Some(e) = l.get_mut(account)
+                    && e.0.version == d.version
+                {
+                    e.1 = now;
+                }
                 return Ok(Some(d));
             }
         }
@@ -371,13 +398,14 @@ impl Relay {
             // A newer list may have been cached meanwhile (a publish): never replace it.
             let cached = l
                 .entry(*account)
-                .and_modify(|d| {
-                    if d.version < devices.version {
+                .and_modify(|(d, at)| {
+                    if d.version <= devices.version {
                         *d = Arc::clone(&devices);
+                        *at = now;
                     }
                 })
-                .or_insert_with(|| Arc::clone(&devices));
-            return Ok(Some(Arc::clone(cached)));
+                .or_insert_with(|| (Arc::clone(&devices), now));
+            return Ok(Some(Arc::clone(&cached.0)));
         }
         Ok(Some(devices))
     }
@@ -389,9 +417,11 @@ impl Relay {
 
     pub(crate) fn cache_list(&self, account: [u8; 32], devices: AccountDevices) {
         if let Ok(mut l) = self.lists.lock() {
-            let newer = l.get(&account).is_none_or(|d| d.version < devices.version);
+            let newer = l
+                .get(&account)
+                .is_none_or(|(d, _)| d.version < devices.version);
             if newer {
-                l.insert(account, Arc::new(devices));
+                l.insert(account, (Arc::new(devices), self.clock.instant()));
             }
         }
     }

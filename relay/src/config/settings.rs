@@ -283,6 +283,12 @@ settings! {
         /// reported as failed (the client retries it).
         redis_wait_timeout_ms: u64 = 1000;
             "MS", "Time the replicas may take to confirm a write (ms)", positive;
+        /// With `store = redis`: threads applying store operations side by side, each waiting
+        /// for its round trip to the cluster (a connection's operations always share one, so
+        /// they keep their order). More overlap more round trips and share more of each
+        /// primary's disk syncs.
+        redis_writer_lanes: u32 = 64;
+            "N", "Threads applying store operations to Redis side by side (count)", positive;
         /// Names in a newly generated certificate (comma-separated).
         cert_names: Vec<String> = vec!["localhost".into()];
             "NAMES", "Comma-separated names in a newly generated certificate", cert_names;

@@ -483,6 +483,7 @@ pub(crate) fn cert_names(v: &Vec<String>) -> Result<(), &'static str> {
 }
 
 /// Redis node addresses: `host:port` (or `redis://…`), none empty or with spaces.
+#[allow(clippy::ptr_arg)] // a `Check` of the field's type
 pub(crate) fn redis_nodes(v: &Vec<String>) -> Result<(), &'static str> {
     if v.iter()
         .any(|n| n.is_empty() || n.chars().any(|c| c.is_whitespace() || c == ','))
@@ -493,6 +494,7 @@ pub(crate) fn redis_nodes(v: &Vec<String>) -> Result<(), &'static str> {
 }
 
 /// A key prefix: no hash-tag braces (they would move keys to other slots).
+#[allow(clippy::ptr_arg)] // a `Check` of the field's type
 pub(crate) fn key_prefix(v: &String) -> Result<(), &'static str> {
     if v.contains(['{', '}']) || v.chars().any(char::is_whitespace) {
         return Err("may not contain '{', '}' or spaces");

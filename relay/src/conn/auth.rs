@@ -49,7 +49,7 @@ impl ConnState {
         self.phase = Phase::Open;
         let account: [u8; 32] = arr(&a.account, "account")?;
         let devices = relay
-            .devices_of(&account)?
+            .devices_of_within(&account, std::time::Duration::ZERO)?
             .ok_or_else(|| Refusal::new(ErrorCode::AuthFailed, "unknown account"))?;
         let listed = devices.devices.get(&a.device_id).ok_or_else(|| {
             Refusal::new(ErrorCode::DeviceRevoked, "device not on the account's list")
@@ -82,7 +82,7 @@ impl ConnState {
         // A list published between the check above and the registration could not reach this
         // connection with its revocation: check again now that it is registered.
         let still = relay
-            .devices_of(&account)?
+            .devices_of_within(&account, std::time::Duration::ZERO)?
             .and_then(|d| d.devices.get(&a.device_id).map(|l| l.signing_key));
         if still != Some(listed.signing_key) {
             relay.router.unregister(&device, self.id);
