@@ -8,9 +8,9 @@
 //!   deleted when it leaves if it still names this node. A node that dies leaves entries that
 //!   expire; its devices reconnect elsewhere and catch up from their mailboxes.
 //! - **Events.** Each node subscribes to its own sharded channel `<prefix>{n:<node id>}`. An
-//!   event for a device connected elsewhere is published there: new mail (as a wake: the node
-//!   reads the envelope from the shared store, in queue order), ephemerals, pre-keys low,
-//!   revocation and takeover. A publish that reaches no subscriber (the node is gone) counts as
+//!   event for a device connected elsewhere is published there: a new envelope (sent from
+//!   memory there when it directly follows what that connection sent, else read from the shared
+//!   store in queue order), ephemerals, pre-keys low, revocation and takeover. A publish that reaches no subscriber (the node is gone) counts as
 //!   not delivered, so the sender's side falls back to a push wake-up.
 //!
 //! Presence is set before a connection's first read of its mailbox, so mail queued after that
@@ -54,12 +54,14 @@ const EPHEMERAL: u8 = 2;
 const PRE_KEYS_LOW: u8 = 3;
 const REVOKED: u8 = 4;
 const REPLACED: u8 = 5;
+const ENVELOPE: u8 = 6;
 
 /// An event as published: kind ‖ device (36) ‖ what the kind carries.
 fn encode(device: &DeviceId, event: &Live) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(1 + 36 + 64);
     let kind = match event {
-        Live::Mail | Live::Envelope(_) => MAIL,
+        Live::Mail => MAIL,
+        Live::Envelope(_) => ENVELOPE,
         Live::Ephemeral(_) => EPHEMERAL,
         Live::PreKeysLow(..) => PRE_KEYS_LOW,
         Live::Revoked => REVOKED,
@@ -77,6 +79,17 @@ fn encode(device: &DeviceId, event: &Live) -> Option<Vec<u8>> {
         Live::PreKeysLow(x, k) => {
             out.extend_from_slice(&x.to_be_bytes());
             out.extend_from_slice(&k.to_be_bytes());
+        }
+        // prev ‖ seq ‖ sender (36) ‖ client id (16) ‖ received at ‖ body: the receiving node
+        // sends it from memory when it directly follows what its connection sent.
+        Live::Envelope(f) => {
+            let e = &f.queued.envelope;
+            out.extend_from_slice(&f.prev.to_be_bytes());
+            out.extend_from_slice(&f.queued.seq.to_be_bytes());
+            out.extend_from_slice(&e.sender.key());
+            out.extend_from_slice(&e.client_id);
+            out.extend_from_slice(&e.received_at.to_be_bytes());
+            out.extend_from_slice(&e.body);
         }
         _ => {}
     }
@@ -103,6 +116,26 @@ fn decode(bytes: &[u8]) -> Option<(DeviceId, Live)> {
         }
         REVOKED => Live::Revoked,
         REPLACED => Live::Replaced,
+        ENVELOPE => {
+            let (prev, rest) = rest.split_at_checked(8)?;
+            let (seq, rest) = rest.split_at_checked(8)?;
+            let (sender, rest) = rest.split_at_checked(36)?;
+            let (client_id, rest) = rest.split_at_checked(16)?;
+            let (at, body) = rest.split_at_checked(8)?;
+            Live::Envelope(Box::new(super::Fresh {
+                prev: u64::from_be_bytes(prev.try_into().ok()?),
+                queued: crate::store::Queued {
+                    seq: u64::from_be_bytes(seq.try_into().ok()?),
+                    envelope: crate::store::Envelope {
+                        recipient: device,
+                        sender: DeviceId::from_key(sender)?,
+                        client_id: client_id.try_into().ok()?,
+                        body: body.to_vec(),
+                        received_at: u64::from_be_bytes(at.try_into().ok()?),
+                    },
+                },
+            }))
+        }
         _ => return None,
     };
     Some((device, event))
@@ -364,8 +397,22 @@ mod tests {
             account: [4; 32],
             device: 1,
         };
+        let fresh = super::super::Fresh {
+            prev: 41,
+            queued: crate::store::Queued {
+                seq: 42,
+                envelope: crate::store::Envelope {
+                    recipient: d,
+                    sender: s,
+                    client_id: [5; 16],
+                    body: b"sealed".to_vec(),
+                    received_at: 1_700_000_000_000,
+                },
+            },
+        };
         for e in [
             Live::Mail,
+            Live::Envelope(Box::new(fresh)),
             Live::Ephemeral(Box::new((s, b"typing".to_vec()))),
             Live::PreKeysLow(3, 70_000),
             Live::Revoked,
