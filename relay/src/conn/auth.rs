@@ -157,7 +157,9 @@ impl ConnState {
         if p.body.is_empty() || p.body.len() > limits::MAX_PROVISION_BYTES {
             return Err(Refusal::new(ErrorCode::TooLarge, "link message size"));
         }
-        if !relay.admission.is_offered(&channel, now.wall_ms) {
+        if !relay.admission.is_offered(&channel, now.wall_ms)
+            && !relay.store.shared_offer(&channel)?
+        {
             return Err(Refusal::new(
                 ErrorCode::NotFound,
                 "no device offers this link code: it was used, it expired, or it is mistyped",
@@ -176,7 +178,7 @@ impl ConnState {
             .put_link(
                 self.remote,
                 channel,
-                p.body,
+                p.body.clone(),
                 now.wall_ms,
                 expires_at,
                 self.link.as_ref(),
@@ -209,8 +211,13 @@ impl ConnState {
             }
         };
         self.link = Some(guard);
+        // The existing device may be on another node of a cluster: it finds the message there.
+        relay
+            .store
+            .share_link(&channel, &p.body, limits::PROVISION_TTL_MS)?;
         // One code, one new device.
         relay.admission.use_offer(&channel);
+        relay.store.use_shared_offer(&channel)?;
         if self.device().is_none() {
             // The new device waits on this connection for its link to be taken.
             self.auth_deadline = self.auth_deadline.max(now.at + ttl);
@@ -248,6 +255,10 @@ impl ConnState {
                 r.retry_after_ms = retry;
                 r
             })?;
+        // The new device may reach another node of a cluster.
+        relay
+            .store
+            .share_offer(&channel, &account, limits::PROVISION_TTL_MS)?;
         Ok(server_frame::Kind::Ok(api::Ok {}))
     }
 
@@ -259,7 +270,10 @@ impl ConnState {
     ) -> Result<server_frame::Kind, Refusal> {
         self.me()?;
         let channel: [u8; 32] = arr(&t.channel, "channel")?;
-        match relay.admission.take_link(&channel, now.wall_ms) {
+        // Taken once, wherever it was left: the copy shared with other nodes goes too.
+        let local = relay.admission.take_link(&channel, now.wall_ms);
+        let shared = relay.store.take_shared_link(&channel)?;
+        match local.or(shared) {
             Some(body) => Ok(server_frame::Kind::Provision(api::ProvisionResult { body })),
             None => Err(Refusal::new(ErrorCode::NotFound, "no link message yet")),
         }

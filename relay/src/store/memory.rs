@@ -136,6 +136,8 @@ impl PreKeyStore for MemoryStore {
     }
 }
 
+impl super::LinkStore for MemoryStore {}
+
 impl PushStore for MemoryStore {
     fn set_push_endpoint(&self, device: &DeviceId, url: Option<&str>) -> Result<()> {
         let mut g = self.lock()?;

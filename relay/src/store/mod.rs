@@ -315,9 +315,35 @@ pub trait UsernameStore: Send + Sync {
     fn username_of(&self, account: &[u8; 32]) -> Result<Option<String>>;
 }
 
+/// Device-link offers and messages shared between the nodes of a cluster, so that a new device
+/// and the existing one may link through different nodes. A single relay keeps them in memory
+/// only (`admit::Admission`, which also enforces their caps): these default to sharing nothing.
+pub trait LinkStore: Send + Sync {
+    /// Records that a device of `account` offers `channel` for `ttl_ms`.
+    fn share_offer(&self, _channel: &[u8; 32], _account: &[u8; 32], _ttl_ms: u64) -> Result<()> {
+        Ok(())
+    }
+    /// Whether another node holds an offer of `channel`.
+    fn shared_offer(&self, _channel: &[u8; 32]) -> Result<bool> {
+        Ok(false)
+    }
+    /// Uses up the shared offer of `channel`.
+    fn use_shared_offer(&self, _channel: &[u8; 32]) -> Result<()> {
+        Ok(())
+    }
+    /// Leaves a link message under `channel` for `ttl_ms`.
+    fn share_link(&self, _channel: &[u8; 32], _body: &[u8], _ttl_ms: u64) -> Result<()> {
+        Ok(())
+    }
+    /// Takes (removes) the shared link message under `channel`.
+    fn take_shared_link(&self, _channel: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+}
+
 /// Everything the relay stores (blobs live in a `blobs::BlobStore` of their own).
 pub trait RelayStore:
-    AccountStore + PreKeyStore + MailboxStore + PushStore + UsernameStore
+    AccountStore + PreKeyStore + MailboxStore + PushStore + UsernameStore + LinkStore
 {
     /// Forgets a device removed from its account: its pre-keys, push endpoint and queue (the
     /// account's username stays: it belongs to the account, not to a device).
@@ -327,4 +353,7 @@ pub trait RelayStore:
         self.purge(device)
     }
 }
-impl<T: AccountStore + PreKeyStore + MailboxStore + PushStore + UsernameStore> RelayStore for T {}
+impl<T: AccountStore + PreKeyStore + MailboxStore + PushStore + UsernameStore + LinkStore>
+    RelayStore for T
+{
+}

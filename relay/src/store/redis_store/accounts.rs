@@ -4,8 +4,8 @@ use redis::Value;
 
 use super::{RedisStore, array, bytes, decimal, int, uint};
 use crate::store::{
-    AccountStore, Claimed, DeviceId, PreKeyStore, PreKeyUpload, PushStore, Result, StoreError,
-    UsernameHolder, UsernameStore,
+    AccountStore, Claimed, DeviceId, LinkStore, PreKeyStore, PreKeyUpload, PushStore, Result,
+    StoreError, UsernameHolder, UsernameStore,
 };
 
 fn dev(d: &DeviceId) -> String {
@@ -227,6 +227,67 @@ impl UsernameStore for RedisStore {
         self.read(
             redis::cmd("GET")
                 .arg(format!("{}:name", self.account_key(account)))
+                .clone(),
+        )
+    }
+}
+
+impl RedisStore {
+    fn link_key(&self, channel: &[u8; 32], what: &str) -> String {
+        format!(
+            "{}:{what}",
+            self.redis.tagged(&format!("l:{}", hex::encode(channel)))
+        )
+    }
+}
+
+impl LinkStore for RedisStore {
+    fn share_offer(&self, channel: &[u8; 32], account: &[u8; 32], ttl_ms: u64) -> Result<()> {
+        let _: Value = self.write(
+            redis::cmd("SET")
+                .arg(self.link_key(channel, "offer"))
+                .arg(account.as_slice())
+                .arg("PX")
+                .arg(ttl_ms.max(1))
+                .clone(),
+        )?;
+        Ok(())
+    }
+
+    fn shared_offer(&self, channel: &[u8; 32]) -> Result<bool> {
+        let n: i64 = self.read(
+            redis::cmd("EXISTS")
+                .arg(self.link_key(channel, "offer"))
+                .clone(),
+        )?;
+        Ok(n == 1)
+    }
+
+    fn use_shared_offer(&self, channel: &[u8; 32]) -> Result<()> {
+        let _: i64 = self.write(
+            redis::cmd("DEL")
+                .arg(self.link_key(channel, "offer"))
+                .clone(),
+        )?;
+        Ok(())
+    }
+
+    fn share_link(&self, channel: &[u8; 32], body: &[u8], ttl_ms: u64) -> Result<()> {
+        let _: Value = self.write(
+            redis::cmd("SET")
+                .arg(self.link_key(channel, "msg"))
+                .arg(body)
+                .arg("PX")
+                .arg(ttl_ms.max(1))
+                .clone(),
+        )?;
+        Ok(())
+    }
+
+    fn take_shared_link(&self, channel: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        self.write(
+            redis::cmd("GETDEL")
+                .arg(self.link_key(channel, "msg"))
                 .clone(),
         )
     }

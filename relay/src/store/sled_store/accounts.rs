@@ -56,6 +56,8 @@ impl AccountStore for SledStore {
     }
 }
 
+impl crate::store::LinkStore for SledStore {}
+
 impl PushStore for SledStore {
     fn set_push_endpoint(&self, device: &DeviceId, url: Option<&str>) -> Result<()> {
         match url {
