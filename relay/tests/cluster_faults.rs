@@ -76,19 +76,19 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn first_port(&self) -> u16 {
-        self.nodes
-            .split(',')
-            .next()
-            .and_then(|a| a.rsplit(':').next())
-            .unwrap()
-            .parse()
-            .unwrap()
+    /// A node that answers (any node knows the cluster's layout).
+    fn live_port(&self) -> u16 {
+        let ports = std::fs::read_to_string(self.dir.path().join("ports")).unwrap();
+        ports
+            .lines()
+            .filter_map(|p| p.trim().parse().ok())
+            .find(|p| self.cli(*p, &["ping"]).trim() == "PONG")
+            .expect("no Redis node answers")
     }
 
     /// The port of the primary serving `key` now.
     fn primary_of(&self, key: &str) -> u16 {
-        let any = self.first_port();
+        let any = self.live_port();
         let slot: u32 = self
             .cli(any, &["cluster", "keyslot", key])
             .trim()
@@ -367,6 +367,7 @@ async fn a_redis_primary_killed_under_load_fails_over_without_losing_anything_ac
     let relay = spawn_node(&cluster, dir.path(), &prefix);
     let node = (relay.addr, relay.pin.clone());
     let (bob, senders) = accounts(&node).await;
+    let bob_id = bob.id();
     // The primary that holds Bob's mailbox.
     let victim = cluster.primary_of(&format!("{prefix}{{a:{}}}", hex::encode(bob.id())));
     let counts = load(vec![node.clone()], vec![node.clone()], bob, senders, || {
@@ -382,6 +383,9 @@ async fn a_redis_primary_killed_under_load_fails_over_without_losing_anything_ac
         counts.retried,
         counts.lost()
     );
+    // The replica took over: Bob's slot has another primary now.
+    let now = cluster.primary_of(&format!("{prefix}{{a:{}}}", hex::encode(bob_id)));
+    assert_ne!(now, victim, "no failover happened");
     assert_eq!(counts.acked.len(), usize::from(SENDERS) * SENDS as usize);
     assert_eq!(counts.lost(), 0, "acknowledged envelopes lost");
     drop(relay);
