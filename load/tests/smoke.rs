@@ -7,9 +7,16 @@ use clap::Parser;
 use hush_load::{Options, Target, compare, run};
 use hush_relay::config::{Config, StoreKind};
 
+/// An in-process relay for the smoke runs: memory store, and queue caps out of the way (on a busy
+/// machine a receiver's acknowledgements can fall behind a sender by more than the per-sender
+/// share of a queue, and a refusal fails the run; the caps have tests of their own).
 fn config(dir: &std::path::Path) -> Config {
     Config {
         metrics_listen: None,
+        max_queue_len: 1_000_000,
+        max_queue_len_per_sender: 1_000_000,
+        max_queue_bytes_per_sender: 1 << 30,
+        max_queue_bytes: 1 << 30,
         ..hush_testkit::test_config(StoreKind::Memory, dir)
     }
 }
