@@ -3,8 +3,9 @@
 //! pub/sub (docs/CLUSTER.md).
 //!
 //! - **Presence.** A device connected here has `<prefix>{a:<account>}:at:<device>` = this node's
-//!   id, set when it registers (atomically reading the node it was on: that node is told to
-//!   close its connection) with a time to live, renewed by a heartbeat while it stays, and
+//!   id and its connection's (`<node>/<connection>`), set when it registers (atomically reading
+//!   the entry it replaces: the node named there is told to close that connection, and only
+//!   that one) with a time to live, renewed by a heartbeat while it stays, and
 //!   deleted when it leaves if it still names this node. A node that dies leaves entries that
 //!   expire; its devices reconnect elsewhere and catch up from their mailboxes.
 //! - **Events.** Each node subscribes to its own sharded channel `<prefix>{n:<node id>}`. An
@@ -33,9 +34,11 @@ use crate::store::redis_store::Redis;
 const PRESENCE_TTL: Duration = Duration::from_secs(30);
 /// How often the entries of the devices connected here are renewed.
 const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Renewals in flight at once during a heartbeat.
+const HEARTBEAT_IN_FLIGHT: usize = 64;
 
-/// Sets presence to ARGV[1] for ARGV[2] ms if it is unset or already ours; returns 1, or 0 when
-/// another node holds it.
+/// Sets presence to ARGV[1] (`node/connection`) for ARGV[2] ms if it is unset or already that;
+/// returns 1, or 0 when another connection holds it.
 const RENEW: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v and v ~= ARGV[1] then return 0 end
@@ -43,7 +46,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 ";
 
-/// Deletes presence if it still names ARGV[1].
+/// Deletes presence if it still names ARGV[1] (`node/connection`).
 const LEAVE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
 return 0
@@ -65,9 +68,9 @@ fn encode(device: &DeviceId, event: &Live) -> Option<Vec<u8>> {
         Live::Ephemeral(_) => EPHEMERAL,
         Live::PreKeysLow(..) => PRE_KEYS_LOW,
         Live::Revoked => REVOKED,
-        Live::Replaced => REPLACED,
-        // Draining is a node's own business.
-        Live::Drain => return None,
+        // Draining is a node's own business; a takeover names the connection it replaces
+        // (`replaced`).
+        Live::Drain | Live::Replaced => return None,
     };
     out.push(kind);
     out.extend_from_slice(&device.key());
@@ -96,8 +99,26 @@ fn encode(device: &DeviceId, event: &Live) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The takeover notice for connection `conn_id` of `device` (a node's own id for it).
+fn replaced(device: &DeviceId, conn_id: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 36 + 8);
+    out.push(REPLACED);
+    out.extend_from_slice(&device.key());
+    out.extend_from_slice(&conn_id.to_be_bytes());
+    out
+}
+
+/// What arrives on a node's channel.
+#[derive(Debug)]
+enum Incoming {
+    /// An event for the device's connection here.
+    Event(DeviceId, Live),
+    /// The device connected elsewhere: its connection here (this id) closes.
+    Replaced(DeviceId, u64),
+}
+
 /// A published event back (`None` for anything malformed: dropped).
-fn decode(bytes: &[u8]) -> Option<(DeviceId, Live)> {
+fn decode(bytes: &[u8]) -> Option<Incoming> {
     let (&kind, rest) = bytes.split_first()?;
     let (device, rest) = rest.split_at_checked(36)?;
     let device = DeviceId::from_key(device)?;
@@ -115,7 +136,12 @@ fn decode(bytes: &[u8]) -> Option<(DeviceId, Live)> {
             )
         }
         REVOKED => Live::Revoked,
-        REPLACED => Live::Replaced,
+        REPLACED => {
+            return Some(Incoming::Replaced(
+                device,
+                u64::from_be_bytes(rest.try_into().ok()?),
+            ));
+        }
         ENVELOPE => {
             let (prev, rest) = rest.split_at_checked(8)?;
             let (seq, rest) = rest.split_at_checked(8)?;
@@ -138,7 +164,34 @@ fn decode(bytes: &[u8]) -> Option<(DeviceId, Live)> {
         }
         _ => return None,
     };
-    Some((device, event))
+    Some(Incoming::Event(device, event))
+}
+
+/// The count in an answer to `PUBSUB SHARDNUMSUB <one channel>` (a channel-count pair, as an
+/// array or a map).
+fn subscriber_count(v: &Value) -> Option<i64> {
+    match v {
+        Value::Array(a) => match a.as_slice() {
+            [_, Value::Int(n)] => Some(*n),
+            _ => None,
+        },
+        Value::Map(m) => match m.as_slice() {
+            [(_, Value::Int(n))] => Some(*n),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A presence entry: `<node id>/<connection id>`.
+fn presence(node: &str, conn_id: u64) -> String {
+    format!("{node}/{conn_id}")
+}
+
+/// The node and connection of a presence entry.
+fn parse_presence(v: &str) -> Option<(&str, u64)> {
+    let (node, conn) = v.split_once('/')?;
+    Some((node, conn.parse().ok()?))
 }
 
 /// The router of one node of a cluster.
@@ -148,6 +201,8 @@ pub struct RedisRouter {
     node: String,
     renew: crate::store::redis_store::Lua,
     leave: crate::store::redis_store::Lua,
+    /// Set by the heartbeat when this node's channel has no subscriber: subscribe again.
+    resubscribe: tokio::sync::Notify,
 }
 
 impl RedisRouter {
@@ -161,6 +216,7 @@ impl RedisRouter {
             node,
             renew: crate::store::redis_store::Lua::new(RENEW),
             leave: crate::store::redis_store::Lua::new(LEAVE),
+            resubscribe: tokio::sync::Notify::new(),
         });
         let (tx, rx) = mpsc::unbounded_channel::<PushInfo>();
         let client = redis
@@ -216,6 +272,12 @@ impl RedisRouter {
         loop {
             let push = tokio::select! {
                 () = stop.cancelled() => return,
+                () = self.resubscribe.notified() => {
+                    if let Err(e) = conn.ssubscribe(&channel).await {
+                        tracing::error!(error = %e, "cannot subscribe again to this node's channel");
+                    }
+                    continue;
+                }
                 p = rx.recv() => match p {
                     Some(p) => p,
                     None => return,
@@ -227,8 +289,11 @@ impl RedisRouter {
                         continue;
                     };
                     match decode(body) {
-                        Some((device, event)) => {
+                        Some(Incoming::Event(device, event)) => {
                             self.local.deliver(&device, event);
+                        }
+                        Some(Incoming::Replaced(device, conn_id)) => {
+                            self.local.deliver_to_conn(&device, conn_id, Live::Replaced);
                         }
                         None => tracing::warn!("malformed cluster event dropped"),
                     }
@@ -244,8 +309,9 @@ impl RedisRouter {
         }
     }
 
-    /// Renews the presence of every device connected here; a device another node has taken
-    /// over (a takeover notice that did not arrive) is closed here.
+    /// Renews the presence of every device connected here (a device another node has taken
+    /// over, whose takeover notice did not arrive, is closed here), and checks that this node's
+    /// channel still has its subscriber (a subscription lost without a notice is made again).
     async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -254,25 +320,52 @@ impl RedisRouter {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let mut c = self.redis.writer();
-            for device in self.local.devices() {
-                let ttl = PRESENCE_TTL.as_millis().to_string();
-                let args = vec![self.node.clone().into_bytes(), ttl.into_bytes()];
-                match crate::store::redis_store::eval(
-                    &mut c,
-                    self.renew.clone(),
-                    self.presence_key(&device),
-                    args,
-                )
-                .await
-                {
-                    Ok(Value::Int(0)) => {
-                        self.local.deliver(&device, Live::Replaced);
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
+            let mut renewals = tokio::task::JoinSet::new();
+            for (device, conn_id) in self.local.devices() {
+                while renewals.len() >= HEARTBEAT_IN_FLIGHT {
+                    renewals.join_next().await;
                 }
+                let me = Arc::clone(&self);
+                renewals.spawn(async move { me.renew(device, conn_id).await });
             }
+            while renewals.join_next().await.is_some() {}
+            let mut c = self.redis.reader();
+            // Asked of every node and summed by the client.
+            let subscribers: redis::RedisResult<Value> = redis::cmd("PUBSUB")
+                .arg("SHARDNUMSUB")
+                .arg(self.channel(&self.node))
+                .query_async(&mut c)
+                .await;
+            match subscribers.as_ref().map(subscriber_count) {
+                Ok(Some(0)) => {
+                    tracing::warn!("this node's channel lost its subscription: subscribing again");
+                    self.resubscribe.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot check this node's subscription"),
+            }
+        }
+    }
+
+    async fn renew(&self, device: DeviceId, conn_id: u64) {
+        let mut c = self.redis.writer();
+        let args = vec![
+            presence(&self.node, conn_id).into_bytes(),
+            PRESENCE_TTL.as_millis().to_string().into_bytes(),
+        ];
+        let renewed = crate::store::redis_store::eval(
+            &mut c,
+            self.renew.clone(),
+            self.presence_key(&device),
+            args,
+        )
+        .await;
+        match renewed {
+            Ok(Value::Int(0)) => {
+                self.local.deliver_to_conn(&device, conn_id, Live::Replaced);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
         }
     }
 
@@ -288,9 +381,12 @@ impl RedisRouter {
         let mut c = self.redis.reader();
         let sent = self.redis.run(async move {
             let at: Option<String> = redis::cmd("GET").arg(key).query_async(&mut c).await?;
-            let Some(node) = at.filter(|n| *n != me) else {
+            let Some((node, _)) = at.as_deref().and_then(parse_presence) else {
                 return Ok(0i64);
             };
+            if node == me {
+                return Ok(0i64);
+            }
             let channel = format!("{prefix}{{n:{node}}}");
             redis::cmd("SPUBLISH")
                 .arg(channel)
@@ -310,15 +406,16 @@ impl RedisRouter {
 
 impl Router for RedisRouter {
     fn register(&self, device: DeviceId, handle: Handle) -> Option<Handle> {
+        let conn_id = handle.conn_id;
         let old = self.local.register(device, handle);
         let key = self.presence_key(&device);
-        let node = self.node.clone();
+        let value = presence(&self.node, conn_id);
         let ttl = PRESENCE_TTL.as_millis() as u64;
         let mut c = self.redis.writer();
         let before: Result<Option<String>, _> = self.redis.run(async move {
             redis::cmd("SET")
                 .arg(key)
-                .arg(node)
+                .arg(value)
                 .arg("PX")
                 .arg(ttl)
                 .arg("GET")
@@ -326,10 +423,14 @@ impl Router for RedisRouter {
                 .await
         });
         match before {
-            Ok(Some(other)) if other != self.node => {
-                // The device was on another node: that node closes its connection.
-                let channel = self.channel(&other);
-                if let Some(body) = encode(&device, &Live::Replaced) {
+            Ok(Some(prev)) => {
+                if let Some((node, prev_conn)) = parse_presence(&prev)
+                    && node != self.node
+                {
+                    // The device was on another node: that node closes that connection (and
+                    // only that one, should the device have come back to it since).
+                    let channel = self.channel(node);
+                    let body = replaced(&device, prev_conn);
                     let mut c = self.redis.writer();
                     let _ = self.redis.run(async move {
                         redis::cmd("SPUBLISH")
@@ -340,7 +441,7 @@ impl Router for RedisRouter {
                     });
                 }
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "presence not recorded"),
         }
         old
@@ -348,13 +449,11 @@ impl Router for RedisRouter {
 
     fn unregister(&self, device: &DeviceId, conn_id: u64) {
         self.local.unregister(device, conn_id);
-        if self.local.is_connected(device) {
-            return;
-        }
+        // Cleared only if it still names this connection.
         let mut c = self.redis.writer();
         let lua = self.leave.clone();
         let key = self.presence_key(device);
-        let args = vec![self.node.clone().into_bytes()];
+        let args = vec![presence(&self.node, conn_id).into_bytes()];
         if let Err(e) = self
             .redis
             .run(async move { crate::store::redis_store::eval(&mut c, lua, key, args).await })
@@ -416,16 +515,121 @@ mod tests {
             Live::Ephemeral(Box::new((s, b"typing".to_vec()))),
             Live::PreKeysLow(3, 70_000),
             Live::Revoked,
-            Live::Replaced,
         ] {
             let bytes = encode(&d, &e).unwrap();
-            let (got, back) = decode(&bytes).unwrap();
+            let Some(Incoming::Event(got, back)) = decode(&bytes) else {
+                panic!("not an event")
+            };
             assert_eq!(got, d);
             assert_eq!(format!("{back:?}"), format!("{e:?}"));
         }
+        let Some(Incoming::Replaced(got, conn)) = decode(&replaced(&d, 77)) else {
+            panic!("not a takeover")
+        };
+        assert_eq!((got, conn), (d, 77));
         assert!(encode(&d, &Live::Drain).is_none());
+        assert!(encode(&d, &Live::Replaced).is_none());
+        assert_eq!(parse_presence(&presence("ab12", 9)), Some(("ab12", 9)));
+        assert_eq!(parse_presence("ab12"), None);
+        let pair = |n| Value::Array(vec![Value::BulkString(b"ch".to_vec()), Value::Int(n)]);
+        assert_eq!(subscriber_count(&pair(0)), Some(0));
+        assert_eq!(
+            subscriber_count(&Value::Map(vec![(
+                Value::BulkString(b"ch".to_vec()),
+                Value::Int(2)
+            )])),
+            Some(2)
+        );
+        assert_eq!(subscriber_count(&Value::Nil), None);
         assert!(decode(&[]).is_none());
         assert!(decode(&[EPHEMERAL; 40]).is_none());
         assert!(decode(&[99; 37]).is_none());
+    }
+
+    /// Two nodes on the test cluster (one key prefix): an event published for a device on the
+    /// other node arrives there, a takeover closes exactly the replaced connection, and each
+    /// node's channel has its subscriber.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_reach_each_others_devices_and_a_takeover_closes_the_old_connection() {
+        use crate::router::{Handle, Pending, ToConn};
+        use std::time::Duration;
+        let options = crate::store::redis_store::tests::test_options();
+        let stop = CancellationToken::new();
+        let a = RedisRouter::start(
+            Arc::new(Redis::connect(options.clone()).unwrap()),
+            stop.clone(),
+        )
+        .unwrap();
+        let b =
+            RedisRouter::start(Arc::new(Redis::connect(options).unwrap()), stop.clone()).unwrap();
+        let d = DeviceId {
+            account: [8; 32],
+            device: 1,
+        };
+        let handle = |conn_id| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let h = Handle {
+                conn_id,
+                tx,
+                pending: Arc::new(Pending::default()),
+            };
+            (h, rx)
+        };
+        let next = |rx: &mut mpsc::UnboundedReceiver<ToConn>| {
+            let got = rx.try_recv();
+            got.ok()
+        };
+        let (h, mut on_a) = handle(1);
+        assert!(a.register(d, h).is_none());
+        // Published through B, arrives at A's connection.
+        assert!(b.deliver(&d, Live::PreKeysLow(1, 2)));
+        let got = tokio::time::timeout(Duration::from_secs(10), on_a.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(got, ToConn::Live(Live::PreKeysLow(1, 2))),
+            "{got:?}"
+        );
+        // A device nowhere: not delivered (the caller falls back to a push wake-up).
+        let nowhere = DeviceId {
+            account: [9; 32],
+            device: 1,
+        };
+        assert!(!b.deliver(&nowhere, Live::Mail));
+        // The device moves to B: A's connection is told to close.
+        let (h, mut on_b) = handle(2);
+        assert!(b.register(d, h).is_none());
+        let got = tokio::time::timeout(Duration::from_secs(10), on_a.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(got, ToConn::Live(Live::Replaced)), "{got:?}");
+        a.unregister(&d, 1);
+        // Its old connection leaving does not clear the new presence: A reaches it on B.
+        assert!(a.deliver(&d, Live::Revoked));
+        let got = tokio::time::timeout(Duration::from_secs(10), on_b.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(got, ToConn::Live(Live::Revoked)), "{got:?}");
+        assert!(next(&mut on_b).is_none());
+        // Both channels have their subscriber.
+        for r in [&a, &b] {
+            let mut c = r.redis.reader();
+            let channel = r.channel(r.node());
+            let n = r
+                .redis
+                .run(async move {
+                    redis::cmd("PUBSUB")
+                        .arg("SHARDNUMSUB")
+                        .arg(channel)
+                        .query_async::<Value>(&mut c)
+                        .await
+                })
+                .unwrap();
+            assert_eq!(subscriber_count(&n), Some(1));
+        }
+        stop.cancel();
     }
 }

@@ -155,12 +155,20 @@ impl LocalRouter {
         Self::default()
     }
 
-    /// The devices connected here.
-    pub fn devices(&self) -> Vec<DeviceId> {
+    /// The devices connected here, with the id of each one's connection.
+    pub fn devices(&self) -> Vec<(DeviceId, u64)> {
         self.devices
             .read()
-            .map(|d| d.keys().copied().collect())
+            .map(|d| d.iter().map(|(k, h)| (*k, h.conn_id)).collect())
             .unwrap_or_default()
+    }
+
+    /// Hands `event` to the device's connection only if it is still connection `conn_id`.
+    pub fn deliver_to_conn(&self, device: &DeviceId, conn_id: u64, event: Live) -> bool {
+        match self.handle(device) {
+            Some(h) if h.conn_id == conn_id && !h.tx.is_closed() => h.send(event),
+            _ => false,
+        }
     }
 
     fn handle(&self, device: &DeviceId) -> Option<Handle> {
