@@ -53,7 +53,7 @@ use redis::Value;
 use super::record::{decode_meta, encode_meta};
 use super::{Begin, BlobMeta, BlobStore, ChunkPut, Quota, check_chunk, doomed};
 use crate::shared::now_ms;
-use crate::store::redis_store::{Lua, Redis, array, bytes, eval, uint};
+use crate::store::redis_store::{Lua, Redis, array, bytes, uint};
 use crate::store::{Result, StoreError};
 
 /// How long after a blob's expiry (or after a write, for a blob whose expiry is already past)
@@ -247,20 +247,15 @@ impl RedisBlobs {
     }
 
     fn eval(&self, lua: &Lua, key: String, args: Vec<Vec<u8>>) -> Result<Value> {
-        let lua = lua.clone();
-        let mut c = self.redis.writer();
-        self.redis
-            .run(async move { eval(&mut c, lua, key, args).await })
+        self.redis.eval(lua, key, args)
     }
 
     fn read<T: redis::FromRedisValue + Send + 'static>(&self, cmd: redis::Cmd) -> Result<T> {
-        let mut c = self.redis.reader();
-        self.redis.run(async move { cmd.query_async(&mut c).await })
+        self.redis.read(cmd)
     }
 
     fn write<T: redis::FromRedisValue + Send + 'static>(&self, cmd: redis::Cmd) -> Result<T> {
-        let mut c = self.redis.writer();
-        self.redis.run(async move { cmd.query_async(&mut c).await })
+        self.redis.write(cmd)
     }
 
     /// Adds `size` to `counter` if it stays within `cap`; otherwise the counter's value.
@@ -573,6 +568,7 @@ impl BlobStore for RedisBlobs {
     }
 
     fn flush(&self) -> Result<()> {
-        self.redis.sync_replicas()
+        // Every write was confirmed by its replicas before it returned.
+        Ok(())
     }
 }

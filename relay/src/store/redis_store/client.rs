@@ -1,6 +1,14 @@
-//! The relay's handle on a Redis Cluster: two multiplexed cluster connections (one for reads,
-//! one for writes, so that a `WAIT` after a batch of writes holds up no read) driven by a small
-//! tokio runtime of their own, and a blocking bridge for the synchronous store traits.
+//! The relay's handle on a Redis Cluster: multiplexed cluster connections (one for reads, and
+//! [`WRITE_CONNECTIONS`] for writes, taken in turn, so that the `WAIT` that follows a write
+//! holds up no read and few other writes) driven by a small tokio runtime of their own, and a
+//! blocking bridge for the synchronous store traits.
+//!
+//! Durable writes: a write the relay may acknowledge is sent as a pipeline of the write and
+//! `WAIT <replicas> <timeout>`, routed as one to the primary of the write's slot, on one
+//! connection. `WAIT` then covers exactly that write on exactly the node that took it: had that
+//! primary died and a replica taken over before the `WAIT` ran, the pipeline fails (or, resent
+//! by the client, runs whole on the new primary) instead of a `WAIT` on the new primary
+//! confirming a write it never saw.
 //!
 //! The store traits are synchronous: the writer's threads and the connection tasks call them
 //! inline. A call here hands its future to the Redis runtime and waits on a plain channel for the
@@ -13,14 +21,21 @@ use std::time::Duration;
 
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, Value};
 use tokio::runtime::{Handle, Runtime};
 
+use super::Lua;
 use crate::store::{Result, StoreError};
 
 /// How long opening a connection to one node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one command may take (above the longest `WAIT`).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller waits for an answer at most, retries by the client included: past it the
+/// call fails (and its thread is free again) even if Redis is unreachable.
+const CALL_DEADLINE: Duration = Duration::from_secs(30);
+/// Connections for writes, taken in turn.
+pub(super) const WRITE_CONNECTIONS: usize = 8;
 
 /// Where the cluster is and how writes are made durable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,7 +56,8 @@ pub struct Redis {
     runtime: Option<Runtime>,
     handle: Handle,
     read: ClusterConnection,
-    write: ClusterConnection,
+    writes: Vec<ClusterConnection>,
+    next_write: std::sync::atomic::AtomicUsize,
     options: RedisOptions,
 }
 
@@ -84,16 +100,20 @@ impl Redis {
             .response_timeout(RESPONSE_TIMEOUT)
             .build()
             .map_err(|e| backend(&e))?;
-        let (read, write) = wait(&handle, async move {
+        let (read, writes) = wait(&handle, async move {
             let read = client.get_async_connection().await?;
-            let write = client.get_async_connection().await?;
-            Ok((read, write))
+            let mut writes = Vec::with_capacity(WRITE_CONNECTIONS);
+            for _ in 0..WRITE_CONNECTIONS {
+                writes.push(client.get_async_connection().await?);
+            }
+            Ok((read, writes))
         })?;
         Ok(Self {
             runtime: Some(runtime),
             handle,
             read,
-            write,
+            writes,
+            next_write: std::sync::atomic::AtomicUsize::new(0),
             options,
         })
     }
@@ -126,9 +146,56 @@ impl Redis {
         self.read.clone()
     }
 
-    /// A clone of the write connection.
+    /// A clone of the next write connection.
     pub fn writer(&self) -> ClusterConnection {
-        self.write.clone()
+        let i = self
+            .next_write
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.writes.len().max(1);
+        match self.writes.get(i % n) {
+            Some(c) => c.clone(),
+            None => self.read.clone(),
+        }
+    }
+
+    /// `WAIT`'s arguments for a durable write, or `None` when no replica must confirm.
+    fn wait_for(&self) -> Option<(u32, u64)> {
+        (self.options.wait_replicas > 0)
+            .then_some((self.options.wait_replicas, self.options.wait_timeout_ms))
+    }
+
+    /// Runs a script on the slot of `key`, durably (see the module docs).
+    pub(crate) fn eval(&self, lua: &Lua, key: String, args: Vec<Vec<u8>>) -> Result<Value> {
+        let (lua, wait) = (lua.clone(), self.wait_for());
+        let mut c = self.writer();
+        self.run(async move { eval_waiting(&mut c, lua, key, args, wait).await })
+    }
+
+    /// Runs a script whose effect may be lost in a failover (an acknowledgement, a sweep: at
+    /// worst redone), without waiting for replicas.
+    pub(crate) fn eval_plain(&self, lua: &Lua, key: String, args: Vec<Vec<u8>>) -> Result<Value> {
+        let lua = lua.clone();
+        let mut c = self.writer();
+        self.run(async move { eval_waiting(&mut c, lua, key, args, None).await })
+    }
+
+    /// Runs a command on the read connection.
+    pub fn read<T: FromRedisValue + Send + 'static>(&self, cmd: Cmd) -> Result<T> {
+        let mut c = self.reader();
+        self.run(async move { cmd.query_async(&mut c).await })
+    }
+
+    /// Runs a write command durably (see the module docs).
+    pub fn write<T: FromRedisValue + Send + 'static>(&self, cmd: Cmd) -> Result<T> {
+        let wait = self.wait_for();
+        let mut c = self.writer();
+        self.run(async move { waiting(&mut c, cmd, wait).await })
+    }
+
+    /// Runs a write command without waiting for replicas (counters, indexes).
+    pub fn write_plain<T: FromRedisValue + Send + 'static>(&self, cmd: Cmd) -> Result<T> {
+        let mut c = self.writer();
+        self.run(async move { cmd.query_async(&mut c).await })
     }
 
     /// `<prefix>{<tag>}`: the start of every key of one slot.
@@ -145,30 +212,6 @@ impl Redis {
         wait(&self.handle, f)
     }
 
-    /// Makes every write sent so far on the write connection durable on `wait_replicas`
-    /// replicas of each primary (nothing to do without replicas: with `appendfsync always` a
-    /// primary has a write on disk before it answers it).
-    pub fn sync_replicas(&self) -> Result<()> {
-        let want = self.options.wait_replicas;
-        if want == 0 {
-            return Ok(());
-        }
-        let mut c = self.writer();
-        let timeout = self.options.wait_timeout_ms;
-        let got: i64 = self.run(async move {
-            redis::cmd("WAIT")
-                .arg(want)
-                .arg(timeout)
-                .query_async(&mut c)
-                .await
-        })?;
-        if got < i64::from(want) {
-            return Err(StoreError::Backend(format!(
-                "redis: {got} of {want} replicas confirmed the writes within {timeout} ms"
-            )));
-        }
-        Ok(())
-    }
 }
 
 fn wait<T, F>(handle: &Handle, f: F) -> Result<T>
@@ -177,12 +220,21 @@ where
     F: Future<Output = redis::RedisResult<T>> + Send + 'static,
 {
     let (tx, rx) = mpsc::sync_channel(1);
-    handle.spawn(async move {
+    let task = handle.spawn(async move {
         let _ = tx.send(f.await);
     });
-    match rx.recv() {
+    match rx.recv_timeout(CALL_DEADLINE) {
         Ok(r) => r.map_err(|e| backend(&e)),
-        Err(_) => Err(StoreError::Backend("redis: the runtime stopped".into())),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            task.abort();
+            Err(StoreError::Backend(format!(
+                "redis: no answer within {} s",
+                CALL_DEADLINE.as_secs()
+            )))
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(StoreError::Backend("redis: the runtime stopped".into()))
+        }
     }
 }
 
@@ -192,5 +244,62 @@ impl Drop for Redis {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// The error of a write that too few replicas confirmed in time (the client retries it).
+fn unconfirmed(got: i64, want: u32, timeout: u64) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "write not confirmed by the replicas",
+        format!("{got} of {want} replicas within {timeout} ms"),
+    ))
+}
+
+/// Sends `cmd` followed by `WAIT` in one pipeline on one connection (so to the node that takes
+/// the write), or alone without `wait`.
+async fn waiting<T: FromRedisValue>(
+    c: &mut ClusterConnection,
+    cmd: Cmd,
+    wait: Option<(u32, u64)>,
+) -> redis::RedisResult<T> {
+    let Some((want, timeout)) = wait else {
+        return cmd.query_async(c).await;
+    };
+    let mut p = redis::pipe();
+    p.add_command(cmd).add_command({
+        let mut w = redis::cmd("WAIT");
+        w.arg(want).arg(timeout);
+        w
+    });
+    let (value, got): (T, i64) = p.query_async(c).await?;
+    if got < i64::from(want) {
+        return Err(unconfirmed(got, want, timeout));
+    }
+    Ok(value)
+}
+
+/// Runs `lua` on the slot of `key` by its SHA-1, and by its code when the node does not know it
+/// yet (a fresh node, or a replica promoted since), followed by `WAIT` when asked.
+pub(crate) async fn eval_waiting(
+    c: &mut ClusterConnection,
+    lua: Lua,
+    key: String,
+    args: Vec<Vec<u8>>,
+    wait: Option<(u32, u64)>,
+) -> redis::RedisResult<Value> {
+    let command = |verb: &str, body: &str| {
+        let mut cmd = redis::cmd(verb);
+        cmd.arg(body).arg(1).arg(&key);
+        for a in &args {
+            cmd.arg(a.as_slice());
+        }
+        cmd
+    };
+    match waiting(c, command("EVALSHA", &lua.sha), wait).await {
+        Err(e) if e.code() == Some("NOSCRIPT") => {
+            waiting(c, command("EVAL", &lua.code), wait).await
+        }
+        r => r,
     }
 }

@@ -13,9 +13,10 @@
 //! - a username is bound by one script on the name's slot (of concurrent claims one wins), then
 //!   recorded under the account, then the account's previous name is freed.
 //!
-//! Durability: with `appendfsync always` a primary has a write on disk before it answers it;
-//! [`MailboxStore::flush`] then waits (`WAIT`) until the configured number of replicas have
-//! everything written so far.
+//! Durability: with `appendfsync always` a primary has a write on disk before it answers it, and
+//! every write the relay may acknowledge is followed by `WAIT` on the same connection to the
+//! same node (see [`client`]), so it is on the configured number of replicas before the store
+//! call returns; [`MailboxStore::flush`] only sends this node's count of queued bytes.
 
 mod accounts;
 mod client;
@@ -69,26 +70,14 @@ struct Scripts {
     drop_name: Lua,
 }
 
-/// Runs `lua` on the slot of `key` by its SHA-1, and by its code when the node does not know it
-/// yet (a fresh node, or a replica promoted since).
+/// Runs `lua` on the slot of `key` (no `WAIT`): for the router's own scripts.
 pub(crate) async fn eval(
     c: &mut ClusterConnection,
     lua: Lua,
     key: String,
     args: Vec<Vec<u8>>,
 ) -> redis::RedisResult<Value> {
-    let command = |verb: &str, body: &str| {
-        let mut cmd = redis::cmd(verb);
-        cmd.arg(body).arg(1).arg(&key);
-        for a in &args {
-            cmd.arg(a.as_slice());
-        }
-        cmd
-    };
-    match command("EVALSHA", &lua.sha).query_async(c).await {
-        Err(e) if e.code() == Some("NOSCRIPT") => command("EVAL", &lua.code).query_async(c).await,
-        r => r,
-    }
+    client::eval_waiting(c, lua, key, args, None).await
 }
 
 /// Relay storage on a Redis Cluster.
@@ -268,23 +257,31 @@ impl RedisStore {
             .store(u64::try_from(total).unwrap_or(0), Ordering::Relaxed);
     }
 
-    /// Runs a script on the write connection and waits for its answer.
+    /// Runs a script durably (the write and `WAIT` on one connection).
     fn eval(&self, lua: &Lua, key: String, args: Vec<Vec<u8>>) -> Result<Value> {
-        let lua = lua.clone();
-        let mut c = self.redis.writer();
-        self.redis
-            .run(async move { eval(&mut c, lua, key, args).await })
+        self.redis.eval(lua, key, args)
+    }
+
+    /// Runs a script whose effect a failover may undo harmlessly (acknowledgements, sweeps).
+    fn eval_plain(&self, lua: &Lua, key: String, args: Vec<Vec<u8>>) -> Result<Value> {
+        self.redis.eval_plain(lua, key, args)
     }
 
     /// Runs a command on the read connection.
     fn read<T: redis::FromRedisValue + Send + 'static>(&self, cmd: redis::Cmd) -> Result<T> {
-        let mut c = self.redis.reader();
-        self.redis.run(async move { cmd.query_async(&mut c).await })
+        self.redis.read(cmd)
     }
 
-    /// Runs a command on the write connection.
+    /// Runs a write command durably.
     fn write<T: redis::FromRedisValue + Send + 'static>(&self, cmd: redis::Cmd) -> Result<T> {
-        let mut c = self.redis.writer();
-        self.redis.run(async move { cmd.query_async(&mut c).await })
+        self.redis.write(cmd)
+    }
+
+    /// Runs a write command without waiting for replicas (counters, indexes).
+    fn write_plain<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        cmd: redis::Cmd,
+    ) -> Result<T> {
+        self.redis.write_plain(cmd)
     }
 }
