@@ -225,10 +225,14 @@ pub async fn start_with_clock(
     })?;
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
-    let router: Arc<dyn router::Router> = match &backend.redis {
-        Some(redis) => {
-            RedisRouter::start(Arc::clone(redis), shutdown.clone()).map_err(StartError::Other)?
-        }
+    let cluster = match &backend.redis {
+        Some(redis) => Some(
+            RedisRouter::start(Arc::clone(redis), shutdown.clone()).map_err(StartError::Other)?,
+        ),
+        None => None,
+    };
+    let router: Arc<dyn router::Router> = match &cluster {
+        Some(c) => Arc::clone(c) as Arc<dyn router::Router>,
         None => Arc::new(LocalRouter::new()),
     };
     let metrics_listener = match cfg.metrics_listen {
@@ -250,6 +254,15 @@ pub async fn start_with_clock(
         clock,
     )
     .map_err(|e| StartError::Other(format!("store writer: {e}")))?;
+    if let Some(c) = cluster {
+        // Mail announced to this node for a device that just left it: a push wakes the device.
+        let weak = Arc::downgrade(&relay);
+        c.on_undelivered(move |device| {
+            if let Some(r) = weak.upgrade() {
+                r.pusher.wake(device);
+            }
+        });
+    }
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         // The metrics endpoint outlives the drain, so /health answers 503 while it runs.

@@ -146,3 +146,7 @@ pub const WRITER_BATCH_MAX: usize = 4096;
 /// removed device is cut off at once regardless (its node is told), so this bounds only how long
 /// a send here may still be checked against the previous list.
 pub const LIST_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// On a shared (Redis) store, how long a node waits before telling a device again that its
+/// one-time keys run low (it cannot see an upload made through another node end the spell).
+pub const PRE_KEYS_LOW_RETELL: std::time::Duration = std::time::Duration::from_secs(60);

@@ -1,7 +1,7 @@
 //! What every connection shares: the stores, the writer, the router, the pusher, rate limits,
 //! the cache of device lists, pending device links, metrics and settings.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -206,7 +206,8 @@ pub struct Relay {
     /// first takes a count below the threshold, cleared when an upload brings both above it),
     /// so that claims do not send one notification each. In memory: after a restart a device
     /// may be told once more.
-    pre_keys_low: Mutex<HashSet<DeviceId>>,
+    /// Devices told that their one-time keys run low, and when.
+    pre_keys_low: Mutex<HashMap<DeviceId, Instant>>,
     pub(crate) draining: AtomicBool,
     pub(crate) next_conn: AtomicU64,
     /// Where the time is read (the system's clocks, or a test's).
@@ -321,7 +322,7 @@ impl Relay {
             metrics,
             rate_limiters,
             lists: Mutex::new(HashMap::new()),
-            pre_keys_low: Mutex::new(HashSet::new()),
+            pre_keys_low: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             clock,
@@ -438,11 +439,31 @@ impl Relay {
     }
 
     /// Whether `device`, whose one-time keys run low, is to be told now: true once per low
-    /// spell.
+    /// spell. On a shared store the spell may end through another node (the device uploads
+    /// there), which this node does not see: it tells again once `crate::limits::PRE_KEYS_LOW_RETELL`
+    /// has passed.
     pub(crate) fn first_low(&self, device: &DeviceId) -> bool {
+        let now = self.clock.instant();
+        let shared = self.shared_store();
         self.pre_keys_low
             .lock()
-            .map(|mut s| s.insert(*device))
+            .map(|mut s| match s.get_mut(device) {
+                Some(told)
+                    if !shared
+                        || now.saturating_duration_since(*told)
+                            < crate::limits::PRE_KEYS_LOW_RETELL =>
+                {
+                    false
+                }
+                Some(told) => {
+                    *told = now;
+                    true
+                }
+                None => {
+                    s.insert(*device, now);
+                    true
+                }
+            })
             .unwrap_or(false)
     }
 

@@ -194,6 +194,29 @@ fn parse_presence(v: &str) -> Option<(&str, u64)> {
     Some((node, conn.parse().ok()?))
 }
 
+/// Publishes `body` to the node the presence entry `key` names, unless that is `me` or none;
+/// returns how many subscribers took it.
+async fn publish_to_presence(
+    mut c: redis::cluster_async::ClusterConnection,
+    key: String,
+    me: String,
+    prefix: String,
+    body: Vec<u8>,
+) -> redis::RedisResult<i64> {
+    let at: Option<String> = redis::cmd("GET").arg(key).query_async(&mut c).await?;
+    let Some((node, _)) = at.as_deref().and_then(parse_presence) else {
+        return Ok(0);
+    };
+    if node == me {
+        return Ok(0);
+    }
+    redis::cmd("SPUBLISH")
+        .arg(format!("{prefix}{{n:{node}}}"))
+        .arg(body)
+        .query_async(&mut c)
+        .await
+}
+
 /// The router of one node of a cluster.
 pub struct RedisRouter {
     local: Arc<LocalRouter>,
@@ -203,6 +226,8 @@ pub struct RedisRouter {
     leave: crate::store::redis_store::Lua,
     /// Set by the heartbeat when this node's channel has no subscriber: subscribe again.
     resubscribe: tokio::sync::Notify,
+    /// What wakes a device whose mail arrived here after its connection left (a push).
+    wake: std::sync::OnceLock<Box<dyn Fn(DeviceId) + Send + Sync>>,
 }
 
 impl RedisRouter {
@@ -217,6 +242,7 @@ impl RedisRouter {
             renew: crate::store::redis_store::Lua::new(RENEW),
             leave: crate::store::redis_store::Lua::new(LEAVE),
             resubscribe: tokio::sync::Notify::new(),
+            wake: std::sync::OnceLock::new(),
         });
         let (tx, rx) = mpsc::unbounded_channel::<PushInfo>();
         let client = redis
@@ -241,6 +267,30 @@ impl RedisRouter {
             .spawn(async move { me.heartbeat(shutdown).await });
         tracing::info!(node = %router.node, "joined the cluster");
         Ok(router)
+    }
+
+    /// Sets what wakes a device (a push) when mail announced to this node finds its connection
+    /// gone. Set once; later calls change nothing.
+    pub fn on_undelivered(&self, wake: impl Fn(DeviceId) + Send + Sync + 'static) {
+        let _ = self.wake.set(Box::new(wake));
+    }
+
+    /// Closes the connection `conn_id` of `device` here, which another node took over, and
+    /// wakes the device where it is now: mail handed to the closing connection meanwhile is
+    /// read there from the store.
+    async fn replaced_here(&self, device: DeviceId, conn_id: u64) {
+        let Some(old) = self.local.take_conn(&device, conn_id) else {
+            return;
+        };
+        old.send(Live::Replaced);
+        if let Some(body) = encode(&device, &Live::Mail) {
+            let c = self.redis.reader();
+            let key = self.presence_key(&device);
+            let prefix = self.redis.options().prefix.clone();
+            if let Err(e) = publish_to_presence(c, key, self.node.clone(), prefix, body).await {
+                tracing::warn!(error = %e, "moved device not woken");
+            }
+        }
     }
 
     /// This node's id.
@@ -290,10 +340,17 @@ impl RedisRouter {
                     };
                     match decode(body) {
                         Some(Incoming::Event(device, event)) => {
-                            self.local.deliver(&device, event);
+                            let mail = matches!(event, Live::Mail | Live::Envelope(_));
+                            if !self.local.deliver(&device, event)
+                                && mail
+                                && let Some(wake) = self.wake.get()
+                            {
+                                // The device left this node since: a push wakes it.
+                                wake(device);
+                            }
                         }
                         Some(Incoming::Replaced(device, conn_id)) => {
-                            self.local.deliver_to_conn(&device, conn_id, Live::Replaced);
+                            self.replaced_here(device, conn_id).await;
                         }
                         None => tracing::warn!("malformed cluster event dropped"),
                     }
@@ -378,22 +435,10 @@ impl RedisRouter {
         let key = self.presence_key(device);
         let me = self.node.clone();
         let prefix = self.redis.options().prefix.clone();
-        let mut c = self.redis.reader();
-        let sent = self.redis.run(async move {
-            let at: Option<String> = redis::cmd("GET").arg(key).query_async(&mut c).await?;
-            let Some((node, _)) = at.as_deref().and_then(parse_presence) else {
-                return Ok(0i64);
-            };
-            if node == me {
-                return Ok(0i64);
-            }
-            let channel = format!("{prefix}{{n:{node}}}");
-            redis::cmd("SPUBLISH")
-                .arg(channel)
-                .arg(body)
-                .query_async(&mut c)
-                .await
-        });
+        let c = self.redis.reader();
+        let sent = self
+            .redis
+            .run(async move { publish_to_presence(c, key, me, prefix, body).await });
         match sent {
             Ok(n) => n > 0,
             Err(e) => {
@@ -407,7 +452,6 @@ impl RedisRouter {
 impl Router for RedisRouter {
     fn register(&self, device: DeviceId, handle: Handle) -> Option<Handle> {
         let conn_id = handle.conn_id;
-        let old = self.local.register(device, handle);
         let key = self.presence_key(&device);
         let value = presence(&self.node, conn_id);
         let ttl = PRESENCE_TTL.as_millis() as u64;
@@ -442,9 +486,13 @@ impl Router for RedisRouter {
                 }
             }
             Ok(None) => {}
+            // Unrecorded, an entry of another node may stand: the next heartbeat then closes
+            // this connection, and the device's reconnection tries again.
             Err(e) => tracing::warn!(error = %e, "presence not recorded"),
         }
-        old
+        // Registered here only once presence names it, so that a heartbeat running meanwhile
+        // cannot take the entry it replaces for a takeover of this connection.
+        self.local.register(device, handle)
     }
 
     fn unregister(&self, device: &DeviceId, conn_id: u64) {
@@ -606,7 +654,14 @@ mod tests {
             .unwrap();
         assert!(matches!(got, ToConn::Live(Live::Replaced)), "{got:?}");
         a.unregister(&d, 1);
-        // Its old connection leaving does not clear the new presence: A reaches it on B.
+        // A wakes the device where it is now (mail handed to the closing connection is read
+        // there), and its old connection leaving does not clear the new presence: A reaches
+        // it on B.
+        let got = tokio::time::timeout(Duration::from_secs(10), on_b.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(got, ToConn::Live(Live::Mail)), "{got:?}");
         assert!(a.deliver(&d, Live::Revoked));
         let got = tokio::time::timeout(Duration::from_secs(10), on_b.recv())
             .await

@@ -163,6 +163,15 @@ impl LocalRouter {
             .unwrap_or_default()
     }
 
+    /// Unregisters the device's connection if it is connection `conn_id`, and returns it.
+    pub fn take_conn(&self, device: &DeviceId, conn_id: u64) -> Option<Handle> {
+        let mut d = self.devices.write().ok()?;
+        if d.get(device).is_some_and(|h| h.conn_id == conn_id) {
+            return d.remove(device);
+        }
+        None
+    }
+
     /// Hands `event` to the device's connection only if it is still connection `conn_id`.
     pub fn deliver_to_conn(&self, device: &DeviceId, conn_id: u64, event: Live) -> bool {
         match self.handle(device) {

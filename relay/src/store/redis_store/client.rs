@@ -211,7 +211,6 @@ impl Redis {
     {
         wait(&self.handle, f)
     }
-
 }
 
 fn wait<T, F>(handle: &Handle, f: F) -> Result<T>

@@ -278,10 +278,7 @@ impl RedisStore {
     }
 
     /// Runs a write command without waiting for replicas (counters, indexes).
-    fn write_plain<T: redis::FromRedisValue + Send + 'static>(
-        &self,
-        cmd: redis::Cmd,
-    ) -> Result<T> {
+    fn write_plain<T: redis::FromRedisValue + Send + 'static>(&self, cmd: redis::Cmd) -> Result<T> {
         self.redis.write_plain(cmd)
     }
 }
