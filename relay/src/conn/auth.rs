@@ -157,9 +157,14 @@ impl ConnState {
         if p.body.is_empty() || p.body.len() > limits::MAX_PROVISION_BYTES {
             return Err(Refusal::new(ErrorCode::TooLarge, "link message size"));
         }
-        if !relay.admission.is_offered(&channel, now.wall_ms)
-            && !relay.store.shared_offer(&channel)?
-        {
+        // One code, one new device: on a cluster the offer (made through any node) is taken
+        // now, atomically, whatever happens next; a single relay uses its own up below.
+        let offered = if relay.shared_store() {
+            relay.store.take_shared_offer(&channel)?
+        } else {
+            relay.admission.is_offered(&channel, now.wall_ms)
+        };
+        if !offered {
             return Err(Refusal::new(
                 ErrorCode::NotFound,
                 "no device offers this link code: it was used, it expired, or it is mistyped",
@@ -217,7 +222,6 @@ impl ConnState {
             .share_link(&channel, &p.body, limits::PROVISION_TTL_MS)?;
         // One code, one new device.
         relay.admission.use_offer(&channel);
-        relay.store.use_shared_offer(&channel)?;
         if self.device().is_none() {
             // The new device waits on this connection for its link to be taken.
             self.auth_deadline = self.auth_deadline.max(now.at + ttl);

@@ -323,13 +323,10 @@ pub trait LinkStore: Send + Sync {
     fn share_offer(&self, _channel: &[u8; 32], _account: &[u8; 32], _ttl_ms: u64) -> Result<()> {
         Ok(())
     }
-    /// Whether another node holds an offer of `channel`.
-    fn shared_offer(&self, _channel: &[u8; 32]) -> Result<bool> {
+    /// Takes (uses up) the shared offer of `channel`: true if there was one. Of concurrent takes
+    /// on any nodes, one gets true.
+    fn take_shared_offer(&self, _channel: &[u8; 32]) -> Result<bool> {
         Ok(false)
-    }
-    /// Uses up the shared offer of `channel`.
-    fn use_shared_offer(&self, _channel: &[u8; 32]) -> Result<()> {
-        Ok(())
     }
     /// Leaves a link message under `channel` for `ttl_ms`.
     fn share_link(&self, _channel: &[u8; 32], _body: &[u8], _ttl_ms: u64) -> Result<()> {

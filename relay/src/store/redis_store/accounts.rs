@@ -254,22 +254,13 @@ impl LinkStore for RedisStore {
         Ok(())
     }
 
-    fn shared_offer(&self, channel: &[u8; 32]) -> Result<bool> {
-        let n: i64 = self.read(
-            redis::cmd("EXISTS")
-                .arg(self.link_key(channel, "offer"))
-                .clone(),
-        )?;
-        Ok(n == 1)
-    }
-
-    fn use_shared_offer(&self, channel: &[u8; 32]) -> Result<()> {
-        let _: i64 = self.write(
+    fn take_shared_offer(&self, channel: &[u8; 32]) -> Result<bool> {
+        let n: i64 = self.write(
             redis::cmd("DEL")
                 .arg(self.link_key(channel, "offer"))
                 .clone(),
         )?;
-        Ok(())
+        Ok(n == 1)
     }
 
     fn share_link(&self, channel: &[u8; 32], body: &[u8], ttl_ms: u64) -> Result<()> {

@@ -178,7 +178,10 @@ impl MailboxStore for RedisStore {
                 quotas,
                 decimal(quotas.total_bytes),
             )?;
-            let new = (p.status == "new").then_some(*account);
+            // A retry (known entries) indexes again too: the first attempt may have stopped between
+            // its script and the index.
+            let new =
+                (p.status == "new" || p.entries.iter().any(|e| e.0 == "k")).then_some(*account);
             self.count_total(int(&p.detail)?, new)?;
             for ((kind, seq, at, prev), (i, e)) in p.entries.iter().zip(idx.iter().zip(&group)) {
                 if let Some(slot) = out.get_mut(*i) {
@@ -226,7 +229,10 @@ impl MailboxStore for RedisStore {
                 let group = pick(idx);
                 let p =
                     self.enqueue_account(*account, &group, true, false, quotas, NO_CAP.into())?;
-                let new = (p.status == "new").then_some(*account);
+                // A retry (known entries) indexes again too: the first attempt may have stopped between
+                // its script and the index.
+                let new =
+                    (p.status == "new" || p.entries.iter().any(|e| e.0 == "k")).then_some(*account);
                 self.count_total(int(&p.detail)?, new)?;
                 for ((kind, seq, at, prev), (i, e)) in p.entries.iter().zip(idx.iter().zip(&group))
                 {
