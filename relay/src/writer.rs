@@ -15,11 +15,13 @@
 //!   with one flush, and only then releases those batches' answers. While it flushes, the applier
 //!   goes on with the next batch.
 //!
-//! Atomicity: operations are applied one at a time, in the order they were submitted, by one
-//! thread, so nothing interleaves inside an operation (the store's own locks make each operation
-//! atomic for readers too). A send from one connection therefore keeps its order against the
-//! same connection's later sends, a one-time key is claimed once, and a queue cap is checked
-//! against everything applied before.
+//! Atomicity: with one lane, operations are applied one at a time, in the order they were
+//! submitted, by one thread, so nothing interleaves inside an operation (the store's own locks
+//! make each operation atomic for readers too). With several lanes (a Redis store), operations
+//! of different connections interleave, and each store call is atomic by itself (one Lua script
+//! on one slot): a one-time key is still claimed once and a queue cap still checked against
+//! everything written before, by the script. Either way a send from one connection keeps its
+//! order against the same connection's later sends.
 //!
 //! Durability: an answer is released only by a flush that started after its operation was
 //! applied, so an answered operation is on disk. An operation that asks for no answer (an

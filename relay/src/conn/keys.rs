@@ -34,8 +34,10 @@ impl ConnState {
                 other => Refusal::from(other),
             })?;
         let signed = p.signed_device_list;
-        // On the writer thread, publications are applied one at a time, so the old list read
-        // here is the one the new list replaces.
+        // A connection's publications are applied in order on its writer lane, and the store
+        // takes only a newer version, so the old list read here is the one the new list
+        // replaces (on a cluster, a list published meanwhile through another node makes this
+        // one stale and refused).
         self.submit(relay, rid, true, move |r| {
             let old = r.devices_of(&me.account)?;
             r.store

@@ -7,7 +7,9 @@
 //! - a send to one account (what the relay does) is planned and written by one script: the
 //!   caps, the idempotent send ids and the sequence numbers are exact; a send to several accounts
 //!   is planned first on each and then written account by account (a crash or error in between
-//!   keeps what was written, as the store contract allows; the retry finds it by its ids);
+//!   keeps what was written, as the store contract allows; the retry finds it by its ids; and an
+//!   account filled by another node between the plan and the write can still refuse its part
+//!   after earlier accounts were written);
 //! - the relay-wide byte total is one counter updated after each change, and the cap is checked
 //!   against the value this node saw last: across nodes it is approximate;
 //! - a username is bound by one script on the name's slot (of concurrent claims one wins), then
