@@ -48,22 +48,6 @@ fn on(dir: &std::path::Path, node: &hush_relay::Running) -> hush_client::EngineC
     engine_config(dir, node.addr, &node.fingerprint)
 }
 
-/// The next `n` message plaintexts of an engine (acknowledged).
-async fn messages(engine: &Engine, rx: &mut UnboundedReceiver<Event>, n: usize) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let ev = tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .expect("no message in time")
-            .expect("engine gone");
-        if let Event::Message { id, plaintext, .. } = ev {
-            out.push(plaintext.to_vec());
-            engine.ack(id).unwrap();
-        }
-    }
-    out
-}
-
 fn text_of(m: &hush_proto::app::StoredMessage) -> String {
     match m.message.as_ref().and_then(|m| m.kind.as_ref()) {
         Some(app_message::Kind::Text(t)) => t.body.clone(),
@@ -93,25 +77,17 @@ async fn alice_on_one_node_and_bob_on_the_other_chat_with_receipts_typing_and_pr
     })
     .await;
     assert_eq!(text_of(&got), "hi bob");
-    let step = |e: MessengerEvent| match e {
-        MessengerEvent::Status {
-            message_ids,
-            status,
-            ..
-        } => Some((status, message_ids)),
-        _ => None,
-    };
     assert_eq!(
-        next(&mut a_rx, step).await,
+        next(&mut a_rx, status_step).await,
         (MessageStatus::Sent, vec![first])
     );
     assert_eq!(
-        next(&mut a_rx, step).await,
+        next(&mut a_rx, status_step).await,
         (MessageStatus::Delivered, vec![first])
     );
     bob.mark_read(to_alice).await.unwrap();
     assert_eq!(
-        next(&mut a_rx, step).await,
+        next(&mut a_rx, status_step).await,
         (MessageStatus::Read, vec![first])
     );
     bob.send_text(to_alice, "hi alice", Some(first))

@@ -14,22 +14,6 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Waits for `n` messages (acknowledging each to the engine), skipping other events.
-async fn messages(engine: &Engine, rx: &mut UnboundedReceiver<Event>, n: usize) -> Vec<Vec<u8>> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        let ev = tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .expect("no message in time")
-            .expect("engine gone");
-        if let Event::Message { id, plaintext, .. } = ev {
-            got.push(plaintext.to_vec());
-            engine.ack(id).unwrap();
-        }
-    }
-    got
-}
-
 /// Waits until the relay's mailboxes hold `n` envelopes in all. A device acknowledges what it
 /// received without waiting for the answer, so a queue has room only once those
 /// acknowledgements have reached the relay: a test that needs the room waits for it here.

@@ -63,26 +63,18 @@ async fn two_messengers_chat_with_receipts_typing_presence_attachments_and_histo
     assert_eq!(t.body, "hi bob");
     assert!(!got.outgoing);
     // On the relay, then delivered (Bob's device confirms by itself): each step once, in order.
-    let step = |e: MessengerEvent| match e {
-        MessengerEvent::Status {
-            message_ids,
-            status,
-            ..
-        } => Some((status, message_ids)),
-        _ => None,
-    };
     assert_eq!(
-        next(&mut a_rx, step).await,
+        next(&mut a_rx, status_step).await,
         (MessageStatus::Sent, vec![first])
     );
     assert_eq!(
-        next(&mut a_rx, step).await,
+        next(&mut a_rx, status_step).await,
         (MessageStatus::Delivered, vec![first])
     );
     // Read when Bob reads.
     bob.mark_read(to_alice).await.unwrap();
     assert_eq!(
-        next(&mut a_rx, step).await,
+        next(&mut a_rx, status_step).await,
         (MessageStatus::Read, vec![first])
     );
     let mine = alice.history(to_bob, None, 10).unwrap();

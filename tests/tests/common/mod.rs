@@ -45,6 +45,40 @@ pub(crate) async fn next<T>(
     }
 }
 
+/// Waits for `n` messages (acknowledging each to the engine), skipping other events.
+pub(crate) async fn messages(
+    engine: &hush_client::Engine,
+    rx: &mut UnboundedReceiver<Event>,
+    n: usize,
+) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let ev = tokio::time::timeout(EVENT_WAIT, rx.recv())
+            .await
+            .expect("no message in time")
+            .expect("engine gone");
+        if let Event::Message { id, plaintext, .. } = ev {
+            got.push(plaintext.to_vec());
+            engine.ack(id).unwrap();
+        }
+    }
+    got
+}
+
+/// A status change of sent messages, for [`next`]: (status, message ids).
+pub(crate) fn status_step(
+    e: MessengerEvent,
+) -> Option<(hush_client::messenger::MessageStatus, Vec<[u8; 16]>)> {
+    match e {
+        MessengerEvent::Status {
+            message_ids,
+            status,
+            ..
+        } => Some((status, message_ids)),
+        _ => None,
+    }
+}
+
 /// Nothing more reaches an engine within a short while (no message twice).
 pub(crate) async fn nothing_more(rx: &mut UnboundedReceiver<Event>) {
     let extra = tokio::time::timeout(Duration::from_millis(500), async {
