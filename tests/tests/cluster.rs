@@ -14,7 +14,6 @@ use std::time::Duration;
 use hush_client::messenger::MessageStatus;
 use hush_client::{Conversation, Engine, Event, Messenger, MessengerEvent};
 use hush_proto::app::app_message;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use hush_client::{Engine, Event};
 use hush_core::keys::AccountId;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 const WAIT: Duration = Duration::from_secs(30);
 
