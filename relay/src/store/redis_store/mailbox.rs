@@ -113,6 +113,42 @@ impl RedisStore {
         }
     }
 
+    /// Sweeps every queue of `account`, a page (one short script) at a time.
+    fn sweep_account(&self, account: &[u8; 32], cutoff: u64) -> Result<usize> {
+        let key = self.account_key(account);
+        let devices: Vec<String> =
+            self.read(redis::cmd("SMEMBERS").arg(format!("{key}:qd")).clone())?;
+        let mut swept = 0usize;
+        for dev in devices {
+            let mut from = 0u64;
+            loop {
+                let answer = array(self.eval_plain(
+                    &self.scripts.sweep,
+                    key.clone(),
+                    vec![
+                        dev.clone().into_bytes(),
+                        decimal(cutoff).into_bytes(),
+                        decimal(from).into_bytes(),
+                        super::SWEEP_PAGE.to_string().into_bytes(),
+                    ],
+                )?)?;
+                let [count, freed, next] = answer.as_slice() else {
+                    return Err(StoreError::Corrupt("sweep answer"));
+                };
+                self.count_total(int(freed)?.saturating_neg(), None)?;
+                swept = swept.saturating_add(
+                    usize::try_from(uint(count)?)
+                        .map_err(|_| StoreError::Corrupt("sweep answer"))?,
+                );
+                from = uint(next)?;
+                if from == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(swept)
+    }
+
     /// Takes `{count, bytes}` removed by a script off the relay-wide total; returns the count.
     fn removed(&self, answer: Value) -> Result<usize> {
         let a = array(answer)?;
@@ -285,12 +321,7 @@ impl MailboxStore for RedisStore {
                 else {
                     continue;
                 };
-                let r = self.eval_plain(
-                    &self.scripts.sweep,
-                    self.account_key(&account),
-                    vec![decimal(cutoff).into_bytes()],
-                )?;
-                swept = swept.saturating_add(self.removed(r)?);
+                swept = swept.saturating_add(self.sweep_account(&account, cutoff)?);
                 // An account left without mail leaves the index (a send racing this re-adds it).
                 if self.account_mailbox_bytes(&account)? == 0 {
                     let _: i64 =

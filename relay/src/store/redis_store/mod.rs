@@ -36,6 +36,9 @@ use redis::{Script, Value};
 pub use self::client::{Redis, RedisOptions};
 use super::{DeviceId, Envelope, Queued, Result, StoreError};
 
+/// Envelopes one script of the TTL sweep looks at, at most (a script holds its shard while it
+/// runs).
+const SWEEP_PAGE: usize = 256;
 /// Buckets of the index of accounts that have mail (for the TTL sweep), spread over slots.
 const MAIL_INDEX_BUCKETS: u8 = 16;
 /// Length of the decimal sequence number and time at the start of a queued member.
@@ -212,7 +215,7 @@ impl RedisStore {
         let scripts = Scripts {
             enqueue: Lua::new(scripts::ENQUEUE),
             ack: Lua::new(&scripts::ack()),
-            sweep: Lua::new(&scripts::sweep()),
+            sweep: Lua::new(&scripts::sweep_page()),
             purge: Lua::new(&scripts::purge()),
             publish: Lua::new(scripts::PUBLISH_PRE_KEYS),
             claim: Lua::new(scripts::CLAIM_PRE_KEYS),

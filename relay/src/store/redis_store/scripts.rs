@@ -166,23 +166,32 @@ return done()
     )
 }
 
-/// Deletes the envelopes of every queue of the account received before ARGV[1] (ms). Returns
-/// `{count, bytes}`.
-pub(super) fn sweep() -> String {
+/// One page of the TTL sweep of one device's queue: deletes, among the envelopes with a sequence
+/// number from ARGV[3] on (at most ARGV[4] of them), those received before ARGV[2] (ms).
+/// ARGV[1]: the device. Returns `{count, bytes, next}`: `next` is where the following page starts,
+/// 0 when this one reached the end of the queue (then an empty queue is tidied away).
+pub(super) fn sweep_page() -> String {
     format!(
         "{MAILBOX_PRELUDE}
-local cutoff = tonumber(ARGV[1])
-for _, dev in ipairs(redis.call('SMEMBERS', T .. ':qd')) do
-  local q = T .. ':q:' .. dev
-  for _, m in ipairs(redis.call('ZRANGE', q, 0, -1)) do
-    if tonumber(string.sub(m, 21, 40)) < cutoff then
-      redis.call('ZREM', q, m)
-      forget(dev, m)
-    end
+local dev, cutoff, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
+local q = T .. ':q:' .. dev
+local page = redis.call('ZRANGEBYSCORE', q, ARGV[3], '+inf', 'LIMIT', 0, limit)
+local last = 0
+for _, m in ipairs(page) do
+  last = tonumber(string.sub(m, 1, 20))
+  if tonumber(string.sub(m, 21, 40)) < cutoff then
+    redis.call('ZREM', q, m)
+    forget(dev, m)
   end
-  tidy(dev)
 end
-return done()
+local r = done()
+if #page < limit then
+  tidy(dev)
+  r[3] = 0
+else
+  r[3] = last + 1
+end
+return r
 "
     )
 }

@@ -91,3 +91,36 @@ fn a_send_to_two_accounts_is_refused_whole_when_every_device_is_full() {
     assert!(mixed[1].fresh);
     assert_eq!(s.queue_len(&dev(2, 2)).unwrap(), 1);
 }
+
+#[test]
+fn the_sweep_pages_through_a_long_queue_and_keeps_the_counters_exact() {
+    let s = test_store();
+    // 600 envelopes (more than two sweep pages), every third one recent.
+    let envelopes: Vec<Envelope> = (0..600u32)
+        .map(|i| {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            Envelope {
+                recipient: dev(4, 1),
+                sender: dev(5, 1),
+                client_id: id,
+                body: vec![7; 10],
+                received_at: if i % 3 == 0 { 5_000 } else { 10 },
+            }
+        })
+        .collect();
+    for chunk in envelopes.chunks(100) {
+        s.enqueue(chunk, &Quotas::UNLIMITED).unwrap();
+    }
+    assert_eq!(s.sweep(1_000).unwrap(), 400);
+    assert_eq!(s.queue_len(&dev(4, 1)).unwrap(), 200);
+    let per = usage::stored_bytes(&envelopes[0]);
+    assert_eq!(s.queue_usage(&dev(4, 1)).unwrap().bytes, 200 * per);
+    assert_eq!(s.account_mailbox_bytes(&[4; 32]).unwrap(), 200 * per);
+    assert_eq!(s.mailbox_bytes().unwrap(), 200 * per);
+    let left = s.fetch(&dev(4, 1), 0, 1000).unwrap();
+    assert!(left.iter().all(|q| q.envelope.received_at == 5_000));
+    assert_eq!(s.sweep(10_000).unwrap(), 200);
+    assert_eq!(s.mailbox_bytes().unwrap(), 0);
+    assert_eq!(s.queue_usage(&dev(4, 1)).unwrap(), usage::Count::default());
+}
