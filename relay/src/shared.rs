@@ -349,9 +349,10 @@ impl Relay {
         &self.metrics
     }
 
-    /// Whether the relay is serving (false once draining started).
+    /// Whether the relay is serving: false once draining started, or while a cluster it relies on
+    /// does not answer.
     pub fn healthy(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed)
+        !self.draining.load(Ordering::Relaxed) && self.router.healthy()
     }
 
     pub(crate) fn devices_of(

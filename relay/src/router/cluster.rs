@@ -228,6 +228,8 @@ pub struct RedisRouter {
     resubscribe: tokio::sync::Notify,
     /// What wakes a device whose mail arrived here after its connection left (a push).
     wake: std::sync::OnceLock<Box<dyn Fn(DeviceId) + Send + Sync>>,
+    /// Whether the cluster answered the last heartbeat.
+    reachable: std::sync::atomic::AtomicBool,
 }
 
 impl RedisRouter {
@@ -243,6 +245,7 @@ impl RedisRouter {
             leave: crate::store::redis_store::Lua::new(LEAVE),
             resubscribe: tokio::sync::Notify::new(),
             wake: std::sync::OnceLock::new(),
+            reachable: std::sync::atomic::AtomicBool::new(true),
         });
         let (tx, rx) = mpsc::unbounded_channel::<PushInfo>();
         let client = redis
@@ -368,7 +371,8 @@ impl RedisRouter {
 
     /// Renews the presence of every device connected here (a device another node has taken
     /// over, whose takeover notice did not arrive, is closed here), and checks that this node's
-    /// channel still has its subscriber (a subscription lost without a notice is made again).
+    /// channel still has its subscriber (a subscription lost without a notice is made again) and
+    /// that the cluster answers (else the node reports itself unhealthy).
     async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -393,13 +397,15 @@ impl RedisRouter {
                 .arg(self.channel(&self.node))
                 .query_async(&mut c)
                 .await;
+            self.reachable
+                .store(subscribers.is_ok(), std::sync::atomic::Ordering::Relaxed);
             match subscribers.as_ref().map(subscriber_count) {
                 Ok(Some(0)) => {
                     tracing::warn!("this node's channel lost its subscription: subscribing again");
                     self.resubscribe.notify_one();
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot check this node's subscription"),
+                Err(e) => tracing::warn!(error = %e, "the cluster does not answer"),
             }
         }
     }
@@ -527,6 +533,10 @@ impl Router for RedisRouter {
 
     fn connected(&self) -> usize {
         self.local.connected()
+    }
+
+    fn healthy(&self) -> bool {
+        self.reachable.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -141,6 +141,11 @@ pub trait Router: Send + Sync {
     fn broadcast(&self, event: Live) -> usize;
     /// Connected devices.
     fn connected(&self) -> usize;
+    /// Whether what the router relies on answers (a cluster's shared registry); `/health` says
+    /// unhealthy while it does not, so that load balancers send clients to other nodes.
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
 /// The router of a single relay process.
