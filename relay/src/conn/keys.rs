@@ -39,9 +39,30 @@ impl ConnState {
         // replaces (on a cluster, a list published meanwhile through another node makes this
         // one stale and refused).
         self.submit(relay, rid, true, move |r| {
-            let old = r.devices_of(&me.account)?;
-            r.store
-                .put_device_list(&me.account, devices.version, &signed)?;
+            let mut old = r.devices_of_within(&me.account, std::time::Duration::ZERO)?;
+            match r
+                .store
+                .put_device_list(&me.account, devices.version, &signed)
+            {
+                Ok(()) => {}
+                // This very list is stored already: a retry of a publication whose clean-up
+                // below failed half-way. Where the store kept the list it replaced, the
+                // clean-up is done again (it is idempotent); elsewhere the refusal stands.
+                Err(StoreError::StaleDeviceList { stored, offered })
+                    if stored == offered
+                        && r.store.device_list(&me.account)?.map(|(_, s)| s).as_deref()
+                            == Some(signed.as_slice()) =>
+                {
+                    let Some(previous) = r.store.previous_device_list(&me.account)? else {
+                        return Err(StoreError::StaleDeviceList { stored, offered }.into());
+                    };
+                    old = Some(std::sync::Arc::new(
+                        AccountDevices::from_signed(&previous, Some(&me.account), usize::MAX)
+                            .map_err(|_| StoreError::Corrupt("lists"))?,
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
             let kept: BTreeSet<u32> = devices.devices.keys().copied().collect();
             let replaced: Vec<u32> = old
                 .map(|o| {

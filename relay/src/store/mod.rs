@@ -115,6 +115,12 @@ pub trait AccountStore: Send + Sync {
     fn create_account(&self, account: &[u8; 32], version: u64, signed: &[u8]) -> Result<()>;
     /// Stores a list (already verified by the caller) if its version is higher than the stored one.
     fn put_device_list(&self, account: &[u8; 32], version: u64, signed: &[u8]) -> Result<()>;
+    /// The list the newest one replaced, where the store keeps it (a cluster's store does, so
+    /// that a publication retried after its clean-up failed half-way can finish it): `None`
+    /// otherwise.
+    fn previous_device_list(&self, _account: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
 }
 
 /// What a device uploads: its current signed pre-key and last-resort ML-KEM pre-key (replacing the

@@ -49,6 +49,11 @@ impl AccountStore for RedisStore {
             .transpose()
     }
 
+    fn previous_device_list(&self, account: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        let key = format!("{}:list", self.account_key(account));
+        self.read(redis::cmd("HGET").arg(key).arg("p").clone())
+    }
+
     fn create_account(&self, account: &[u8; 32], version: u64, signed: &[u8]) -> Result<()> {
         let made = self.eval(
             &self.scripts.create_account,

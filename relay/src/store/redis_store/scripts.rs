@@ -281,13 +281,16 @@ redis.call('HSET', l, 'v', ARGV[1], 's', ARGV[2])
 return 1
 ";
 
-/// Replaces the device list if ARGV[1] (version) is newer. Returns `{1}`, or `{0, stored}`.
+/// Replaces the device list if ARGV[1] (version) is newer, keeping the replaced list as `p`.
+/// Returns `{1}`, or `{0, stored}`.
 pub(super) fn put_device_list() -> String {
     format!(
         "{VERSIONS}
 local l = KEYS[1] .. ':list'
 local stored = redis.call('HGET', l, 'v')
 if stored and not newer(ARGV[1], stored) then return {{0, stored}} end
+local before = redis.call('HGET', l, 's')
+if before then redis.call('HSET', l, 'p', before) end
 redis.call('HSET', l, 'v', ARGV[1], 's', ARGV[2])
 return {{1}}
 "

@@ -124,3 +124,23 @@ fn the_sweep_pages_through_a_long_queue_and_keeps_the_counters_exact() {
     assert_eq!(s.mailbox_bytes().unwrap(), 0);
     assert_eq!(s.queue_usage(&dev(4, 1)).unwrap(), usage::Count::default());
 }
+
+#[test]
+fn a_replaced_device_list_is_kept_for_a_retried_publication() {
+    let s = test_store();
+    assert_eq!(s.previous_device_list(&[6; 32]).unwrap(), None);
+    s.create_account(&[6; 32], 1, b"v1").unwrap();
+    assert_eq!(s.previous_device_list(&[6; 32]).unwrap(), None);
+    s.put_device_list(&[6; 32], 2, b"v2").unwrap();
+    assert_eq!(
+        s.previous_device_list(&[6; 32]).unwrap(),
+        Some(b"v1".to_vec())
+    );
+    // A refused (stale) publication changes nothing.
+    assert!(s.put_device_list(&[6; 32], 2, b"v2").is_err());
+    assert_eq!(
+        s.previous_device_list(&[6; 32]).unwrap(),
+        Some(b"v1".to_vec())
+    );
+    assert_eq!(s.device_list(&[6; 32]).unwrap(), Some((2, b"v2".to_vec())));
+}
