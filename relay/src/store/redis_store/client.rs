@@ -12,8 +12,9 @@
 //!
 //! The store traits are synchronous: the writer's threads and the connection tasks call them
 //! inline. A call here hands its future to the Redis runtime and waits on a plain channel for the
-//! answer, so it works from any thread (a tokio worker of the relay's runtime included) except a
-//! thread of the Redis runtime itself, which only runs futures and never calls [`Redis::run`].
+//! answer (on a runtime worker, inside `block_in_place`, so the worker's other tasks move on), so
+//! it works from any thread; the Redis runtime's own tasks use the async API and never call
+//! [`Redis::run`].
 
 use std::future::Future;
 use std::sync::mpsc;
@@ -222,7 +223,17 @@ where
     let task = handle.spawn(async move {
         let _ = tx.send(f.await);
     });
-    match rx.recv_timeout(CALL_DEADLINE) {
+    let answer = || rx.recv_timeout(CALL_DEADLINE);
+    // On a worker of a multi-threaded runtime (a connection's task), the wait is announced to
+    // the runtime, which moves the worker's other tasks to another thread meanwhile: a slow or
+    // unreachable cluster then holds up only the connections that asked it something.
+    let answered = match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(answer)
+        }
+        _ => answer(),
+    };
+    match answered {
         Ok(r) => r.map_err(|e| backend(&e)),
         Err(mpsc::RecvTimeoutError::Timeout) => {
             task.abort();
