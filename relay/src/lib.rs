@@ -227,7 +227,8 @@ pub async fn start_with_clock(
     let shutdown = CancellationToken::new();
     let cluster = match &backend.redis {
         Some(redis) => Some(
-            RedisRouter::start(Arc::clone(redis), shutdown.clone()).map_err(StartError::Other)?,
+            RedisRouter::start(Arc::clone(redis), Arc::clone(&metrics), shutdown.clone())
+                .map_err(StartError::Other)?,
         ),
         None => None,
     };

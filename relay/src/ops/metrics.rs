@@ -35,6 +35,12 @@ pub struct Metrics {
     pub connections_retried: Counter,
     /// Failed authentication attempts.
     pub auth_failures: Counter,
+    /// Events (new mail, ephemerals, revocations, …) handed to another relay node of a cluster.
+    pub cluster_events_published: Counter,
+    /// Events for a device connected to no live node of the cluster (a push wakes it instead).
+    pub cluster_events_unrouted: Counter,
+    /// Connections closed here because their device connected to another node.
+    pub cluster_takeovers: Counter,
     /// Send requests handled.
     pub sends: Counter,
     /// Envelopes put in a mailbox.
@@ -103,6 +109,9 @@ impl Metrics {
             connections_total: Counter::default(),
             connections_refused: Counter::default(),
             connections_retried: Counter::default(),
+            cluster_events_published: Counter::default(),
+            cluster_events_unrouted: Counter::default(),
+            cluster_takeovers: Counter::default(),
             auth_failures: Counter::default(),
             sends: Counter::default(),
             envelopes_queued: Counter::default(),
@@ -162,6 +171,21 @@ impl Metrics {
             "auth_failures",
             "Failed authentication attempts.",
             self.auth_failures.clone(),
+        );
+        r.register(
+            "cluster_events_published",
+            "Events handed to another relay node of the cluster.",
+            self.cluster_events_published.clone(),
+        );
+        r.register(
+            "cluster_events_unrouted",
+            "Events for a device on no live node of the cluster (a push wakes it instead).",
+            self.cluster_events_unrouted.clone(),
+        );
+        r.register(
+            "cluster_takeovers",
+            "Connections closed because their device connected to another node.",
+            self.cluster_takeovers.clone(),
         );
         r.register("sends", "Send requests handled.", self.sends.clone());
         r.register(

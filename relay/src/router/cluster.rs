@@ -230,12 +230,17 @@ pub struct RedisRouter {
     wake: std::sync::OnceLock<Box<dyn Fn(DeviceId) + Send + Sync>>,
     /// Whether the cluster answered the last heartbeat.
     reachable: std::sync::atomic::AtomicBool,
+    metrics: Arc<crate::ops::Metrics>,
 }
 
 impl RedisRouter {
     /// Joins the cluster as a new node: subscribes to this node's channel and starts the
     /// presence heartbeat (both on the Redis runtime, until `shutdown`).
-    pub fn start(redis: Arc<Redis>, shutdown: CancellationToken) -> Result<Arc<Self>, String> {
+    pub fn start(
+        redis: Arc<Redis>,
+        metrics: Arc<crate::ops::Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, String> {
         let node = hex::encode(rand::random::<[u8; 8]>());
         let router = Arc::new(Self {
             local: Arc::new(LocalRouter::new()),
@@ -246,6 +251,7 @@ impl RedisRouter {
             resubscribe: tokio::sync::Notify::new(),
             wake: std::sync::OnceLock::new(),
             reachable: std::sync::atomic::AtomicBool::new(true),
+            metrics,
         });
         let (tx, rx) = mpsc::unbounded_channel::<PushInfo>();
         let client = redis
@@ -285,6 +291,7 @@ impl RedisRouter {
         let Some(old) = self.local.take_conn(&device, conn_id) else {
             return;
         };
+        self.metrics.cluster_takeovers.inc();
         old.send(Live::Replaced);
         if let Some(body) = encode(&device, &Live::Mail) {
             let c = self.redis.reader();
@@ -446,8 +453,16 @@ impl RedisRouter {
             .redis
             .run(async move { publish_to_presence(c, key, me, prefix, body).await });
         match sent {
-            Ok(n) => n > 0,
+            Ok(n) if n > 0 => {
+                self.metrics.cluster_events_published.inc();
+                true
+            }
+            Ok(_) => {
+                self.metrics.cluster_events_unrouted.inc();
+                false
+            }
             Err(e) => {
+                self.metrics.cluster_events_unrouted.inc();
                 tracing::warn!(error = %e, "cluster event not published");
                 false
             }
@@ -613,13 +628,19 @@ mod tests {
         use std::time::Duration;
         let options = crate::store::redis_store::tests::test_options();
         let stop = CancellationToken::new();
+        let metrics = Arc::new(crate::ops::Metrics::new());
         let a = RedisRouter::start(
             Arc::new(Redis::connect(options.clone()).unwrap()),
+            Arc::clone(&metrics),
             stop.clone(),
         )
         .unwrap();
-        let b =
-            RedisRouter::start(Arc::new(Redis::connect(options).unwrap()), stop.clone()).unwrap();
+        let b = RedisRouter::start(
+            Arc::new(Redis::connect(options).unwrap()),
+            Arc::clone(&metrics),
+            stop.clone(),
+        )
+        .unwrap();
         let d = DeviceId {
             account: [8; 32],
             device: 1,
@@ -655,6 +676,8 @@ mod tests {
             device: 1,
         };
         assert!(!b.deliver(&nowhere, Live::Mail));
+        assert_eq!(metrics.cluster_events_published.get(), 1);
+        assert_eq!(metrics.cluster_events_unrouted.get(), 1);
         // The device moves to B: A's connection is told to close.
         let (h, mut on_b) = handle(2);
         assert!(b.register(d, h).is_none());
@@ -663,6 +686,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(matches!(got, ToConn::Live(Live::Replaced)), "{got:?}");
+        assert_eq!(metrics.cluster_takeovers.get(), 1);
         a.unregister(&d, 1);
         // A wakes the device where it is now (mail handed to the closing connection is read
         // there), and its old connection leaving does not clear the new presence: A reaches
