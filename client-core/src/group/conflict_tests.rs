@@ -1,70 +1,9 @@
 //! Unit tests of conflicting changes: which of two changes of one epoch every member keeps.
 
 use super::*;
-use crate::keys::AccountKeyPair;
-use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
 
-struct Person {
-    addr: DeviceAddress,
-    id: DeviceIdentityKeyPair,
-}
+use super::test_support::{Person, admin_and_bob as setup, change_at, person};
 
-fn person(rng: &mut ChaCha20Rng) -> Person {
-    Person {
-        addr: DeviceAddress {
-            account: AccountKeyPair::generate(rng).id(),
-            device_id: 1,
-        },
-        id: DeviceIdentityKeyPair::generate(rng),
-    }
-}
-
-fn change_at(
-    p: &Person,
-    g: GroupId,
-    state: &GroupState,
-    add: &[(AccountId, bool)],
-    remove: &[AccountId],
-    issued_at: u64,
-) -> SignedChange {
-    SignedChange::sign(
-        ChangeBody {
-            group: g,
-            epoch: state.epoch + 1,
-            previous_hash: state.head,
-            author: p.addr,
-            name: None,
-            add: add.to_vec(),
-            remove: remove.to_vec(),
-            issued_at,
-        },
-        &p.id,
-    )
-}
-
-/// Admin, Bob (member) and a group created by the admin with Bob in it.
-fn setup(seed: u8) -> (ChaCha20Rng, GroupId, Person, Person, GroupLog) {
-    let mut rng = ChaCha20Rng::from_seed([seed; 32]);
-    let (admin, bob) = (person(&mut rng), person(&mut rng));
-    let g = GroupId::random(&mut rng);
-    let genesis = SignedChange::sign(
-        ChangeBody {
-            group: g,
-            epoch: 1,
-            previous_hash: [0; 32],
-            author: admin.addr,
-            name: Some("g".into()),
-            add: vec![(admin.addr.account, true), (bob.addr.account, false)],
-            remove: vec![],
-            issued_at: 0,
-        },
-        &admin.id,
-    );
-    (rng, g, admin, bob, GroupLog::create(genesis).unwrap())
-}
-
-/// `signed` with an unknown varint field (number 15) of value `n` appended to the wrapper.
 fn with_unknown_field(signed: &[u8], n: u8) -> Vec<u8> {
     let mut v = signed.to_vec();
     v.extend_from_slice(&[0x78, n & 0x7f]);

@@ -2,25 +2,9 @@
 //! concurrent changes.
 
 use super::*;
-use crate::keys::AccountKeyPair;
 use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
 
-struct Person {
-    addr: DeviceAddress,
-    id: DeviceIdentityKeyPair,
-}
-
-fn person(rng: &mut ChaCha20Rng) -> Person {
-    let addr = DeviceAddress {
-        account: AccountKeyPair::generate(rng).id(),
-        device_id: 1,
-    };
-    Person {
-        addr,
-        id: DeviceIdentityKeyPair::generate(rng),
-    }
-}
+use super::test_support::{Person, admin_and_bob, change_at, person};
 
 fn change(
     p: &Person,
@@ -29,39 +13,13 @@ fn change(
     add: &[(AccountId, bool)],
     remove: &[AccountId],
 ) -> SignedChange {
-    SignedChange::sign(
-        ChangeBody {
-            group: g,
-            epoch: state.epoch + 1,
-            previous_hash: state.head,
-            author: p.addr,
-            name: None,
-            add: add.to_vec(),
-            remove: remove.to_vec(),
-            issued_at: 1,
-        },
-        &p.id,
-    )
+    change_at(p, g, state, add, remove, 1)
 }
 
+/// An admin, Bob (member), Carol (not yet), and the group of the admin and Bob.
 fn setup() -> (ChaCha20Rng, GroupId, Person, Person, Person, GroupLog) {
-    let mut rng = ChaCha20Rng::from_seed([6; 32]);
-    let (admin, bob, carol) = (person(&mut rng), person(&mut rng), person(&mut rng));
-    let g = GroupId::random(&mut rng);
-    let genesis = SignedChange::sign(
-        ChangeBody {
-            group: g,
-            epoch: 1,
-            previous_hash: [0; 32],
-            author: admin.addr,
-            name: Some("g".into()),
-            add: vec![(admin.addr.account, true), (bob.addr.account, false)],
-            remove: vec![],
-            issued_at: 0,
-        },
-        &admin.id,
-    );
-    let log = GroupLog::create(genesis).unwrap();
+    let (mut rng, g, admin, bob, log) = admin_and_bob(6);
+    let carol = person(&mut rng);
     (rng, g, admin, bob, carol, log)
 }
 
