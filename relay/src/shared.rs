@@ -269,7 +269,7 @@ impl Relay {
     ) -> std::io::Result<(Arc<Self>, Background)> {
         // A shared (Redis) store makes every operation atomic by itself and answers over the
         // network: lanes overlap the round trips. sled relies on one applier.
-        let lanes = if cfg.store == crate::config::StoreKind::Redis {
+        let lanes = if store.shared() {
             cfg.redis_writer_lanes as usize
         } else {
             1
@@ -414,7 +414,7 @@ impl Relay {
 
     /// Whether other relay nodes write the same store (a cluster).
     pub(crate) fn shared_store(&self) -> bool {
-        self.cfg.store == crate::config::StoreKind::Redis
+        self.store.shared()
     }
 
     pub(crate) fn cache_list(&self, account: [u8; 32], devices: AccountDevices) {

@@ -325,6 +325,11 @@ pub trait UsernameStore: Send + Sync {
 /// and the existing one may link through different nodes. A single relay keeps them in memory
 /// only (`admit::Admission`, which also enforces their caps): these default to sharing nothing.
 pub trait LinkStore: Send + Sync {
+    /// Whether other relay nodes read and write this store too (a cluster): the relay then
+    /// checks what it caches against the store, and shares device links through it.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Records that a device of `account` offers `channel` for `ttl_ms`.
     fn share_offer(&self, _channel: &[u8; 32], _account: &[u8; 32], _ttl_ms: u64) -> Result<()> {
         Ok(())

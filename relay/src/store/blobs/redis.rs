@@ -246,18 +246,6 @@ impl RedisBlobs {
         self.index_key(id.first().copied().unwrap_or(0) % INDEX_BUCKETS)
     }
 
-    fn eval(&self, lua: &Lua, key: String, args: Vec<Vec<u8>>) -> Result<Value> {
-        self.redis.eval(lua, key, args)
-    }
-
-    fn read<T: redis::FromRedisValue + Send + 'static>(&self, cmd: redis::Cmd) -> Result<T> {
-        self.redis.read(cmd)
-    }
-
-    fn write<T: redis::FromRedisValue + Send + 'static>(&self, cmd: redis::Cmd) -> Result<T> {
-        self.redis.write(cmd)
-    }
-
     /// Adds `size` to `counter` if it stays within `cap`; otherwise the counter's value.
     fn reserve(
         &self,
@@ -265,7 +253,7 @@ impl RedisBlobs {
         size: u64,
         cap: u64,
     ) -> Result<std::result::Result<(), u64>> {
-        let v = self.eval(
+        let v = self.redis.eval(
             &self.scripts.reserve,
             counter,
             vec![size.to_string().into_bytes(), cap_arg(cap)],
@@ -285,7 +273,7 @@ impl RedisBlobs {
         if size == 0 {
             return Ok(());
         }
-        self.eval(
+        self.redis.eval(
             &self.scripts.release,
             counter,
             vec![size.to_string().into_bytes()],
@@ -302,7 +290,7 @@ impl RedisBlobs {
 
     /// Removes the blob's index entry; whether this call removed it (and so owes the give-back).
     fn unindex(&self, id: &[u8; 16]) -> Result<bool> {
-        let removed: i64 = self.write(
+        let removed: i64 = self.redis.write(
             redis::cmd("HDEL")
                 .arg(self.index_of(id))
                 .arg(id.as_slice())
@@ -325,7 +313,9 @@ impl RedisBlobs {
             ],
             None => Vec::new(),
         };
-        let gone = self.eval(&self.scripts.delete, self.blob_key(id), args)?;
+        let gone = self
+            .redis
+            .eval(&self.scripts.delete, self.blob_key(id), args)?;
         if gone == Value::Nil {
             return Ok(false);
         }
@@ -358,7 +348,7 @@ impl RedisBlobs {
 
     /// One `HSCAN` step of an index bucket: the next cursor and the (id, entry) pairs.
     fn scan(&self, key: &str, cursor: &str) -> Result<(String, Entries)> {
-        let v: Value = self.read(
+        let v: Value = self.redis.read(
             redis::cmd("HSCAN")
                 .arg(key)
                 .arg(cursor)
@@ -384,7 +374,9 @@ impl RedisBlobs {
 impl BlobStore for RedisBlobs {
     fn begin_within(&self, id: [u8; 16], meta: BlobMeta, quota: Quota) -> Result<Begin> {
         let key = self.blob_key(&id);
-        let exists: i64 = self.read(redis::cmd("EXISTS").arg(format!("{key}:m")).clone())?;
+        let exists: i64 = self
+            .redis
+            .read(redis::cmd("EXISTS").arg(format!("{key}:m")).clone())?;
         if exists == 1 {
             return Ok(Begin::IdTaken);
         }
@@ -411,6 +403,7 @@ impl BlobStore for RedisBlobs {
             }
         }
         let created = self
+            .redis
             .eval(
                 &self.scripts.begin,
                 key,
@@ -430,7 +423,7 @@ impl BlobStore for RedisBlobs {
                 };
             }
         }
-        let indexed: Result<i64> = self.write(
+        let indexed: Result<i64> = self.redis.write(
             redis::cmd("HSET")
                 .arg(self.index_of(&id))
                 .arg(id.as_slice())
@@ -439,7 +432,9 @@ impl BlobStore for RedisBlobs {
         );
         if let Err(e) = indexed {
             // Unindexed, nothing would give the bytes back: undo the blob too.
-            let gone = self.eval(&self.scripts.delete, self.blob_key(&id), Vec::new());
+            let gone = self
+                .redis
+                .eval(&self.scripts.delete, self.blob_key(&id), Vec::new());
             if gone.is_ok_and(|v| v != Value::Nil) {
                 let _ = self.give_back(&account, meta.size);
             }
@@ -456,7 +451,7 @@ impl BlobStore for RedisBlobs {
             if let Some(refused) = check_chunk(&meta, complete, index, chunk.len()) {
                 return Ok(refused);
             }
-            let answer = self.eval(
+            let answer = self.redis.eval(
                 &self.scripts.put,
                 self.blob_key(&id),
                 vec![
@@ -487,7 +482,7 @@ impl BlobStore for RedisBlobs {
             if complete {
                 return Ok(true);
             }
-            let answer = self.eval(
+            let answer = self.redis.eval(
                 &self.scripts.complete,
                 self.blob_key(&id),
                 vec![
@@ -509,8 +504,9 @@ impl BlobStore for RedisBlobs {
 
     fn meta(&self, id: [u8; 16]) -> Result<Option<(BlobMeta, bool)>> {
         let key = format!("{}:m", self.blob_key(&id));
-        let (record, done): (Option<Vec<u8>>, Option<Vec<u8>>) =
-            self.read(redis::cmd("HMGET").arg(key).arg("m").arg("d").clone())?;
+        let (record, done): (Option<Vec<u8>>, Option<Vec<u8>>) = self
+            .redis
+            .read(redis::cmd("HMGET").arg(key).arg("m").arg("d").clone())?;
         let Some(record) = record else {
             return Ok(None);
         };
@@ -525,7 +521,7 @@ impl BlobStore for RedisBlobs {
 
     fn chunk(&self, id: [u8; 16], index: u32) -> Result<Option<Vec<u8>>> {
         let key = format!("{}:c:{index}", self.blob_key(&id));
-        self.read(redis::cmd("GET").arg(key).clone())
+        self.redis.read(redis::cmd("GET").arg(key).clone())
     }
 
     fn delete(&self, id: [u8; 16]) -> Result<bool> {
@@ -558,12 +554,16 @@ impl BlobStore for RedisBlobs {
     }
 
     fn total_bytes(&self) -> Result<u64> {
-        let v: Option<i64> = self.read(redis::cmd("GET").arg(self.total_key()).clone())?;
+        let v: Option<i64> = self
+            .redis
+            .read(redis::cmd("GET").arg(self.total_key()).clone())?;
         Ok(u64::try_from(v.unwrap_or(0)).unwrap_or(0))
     }
 
     fn account_bytes(&self, account: &[u8; 32]) -> Result<u64> {
-        let v: Option<i64> = self.read(redis::cmd("GET").arg(self.account_key(account)).clone())?;
+        let v: Option<i64> = self
+            .redis
+            .read(redis::cmd("GET").arg(self.account_key(account)).clone())?;
         Ok(u64::try_from(v.unwrap_or(0)).unwrap_or(0))
     }
 

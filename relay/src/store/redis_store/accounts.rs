@@ -19,7 +19,7 @@ impl RedisStore {
 
     /// Frees `name` if `account` holds it.
     fn drop_name(&self, name: &str, account: &[u8; 32]) -> Result<()> {
-        self.eval(
+        self.redis.eval(
             &self.scripts.drop_name,
             self.name_key(name),
             vec![account.to_vec()],
@@ -31,8 +31,9 @@ impl RedisStore {
 impl AccountStore for RedisStore {
     fn device_list(&self, account: &[u8; 32]) -> Result<Option<(u64, Vec<u8>)>> {
         let key = format!("{}:list", self.account_key(account));
-        let got: Vec<Option<Vec<u8>>> =
-            self.read(redis::cmd("HMGET").arg(key).arg("v").arg("s").clone())?;
+        let got: Vec<Option<Vec<u8>>> = self
+            .redis
+            .read(redis::cmd("HMGET").arg(key).arg("v").arg("s").clone())?;
         match got.as_slice() {
             [Some(v), Some(s)] => Ok(Some((
                 super::number(v).map_err(|_| StoreError::Corrupt("device list version"))?,
@@ -44,18 +45,21 @@ impl AccountStore for RedisStore {
 
     fn device_list_version(&self, account: &[u8; 32]) -> Result<Option<u64>> {
         let key = format!("{}:list", self.account_key(account));
-        let v: Option<Vec<u8>> = self.read(redis::cmd("HGET").arg(key).arg("v").clone())?;
+        let v: Option<Vec<u8>> = self
+            .redis
+            .read(redis::cmd("HGET").arg(key).arg("v").clone())?;
         v.map(|v| super::number(&v).map_err(|_| StoreError::Corrupt("device list version")))
             .transpose()
     }
 
     fn previous_device_list(&self, account: &[u8; 32]) -> Result<Option<Vec<u8>>> {
         let key = format!("{}:list", self.account_key(account));
-        self.read(redis::cmd("HGET").arg(key).arg("p").clone())
+        self.redis
+            .read(redis::cmd("HGET").arg(key).arg("p").clone())
     }
 
     fn create_account(&self, account: &[u8; 32], version: u64, signed: &[u8]) -> Result<()> {
-        let made = self.eval(
+        let made = self.redis.eval(
             &self.scripts.create_account,
             self.account_key(account),
             vec![decimal(version).into_bytes(), signed.to_vec()],
@@ -68,7 +72,7 @@ impl AccountStore for RedisStore {
     }
 
     fn put_device_list(&self, account: &[u8; 32], version: u64, signed: &[u8]) -> Result<()> {
-        let answer = array(self.eval(
+        let answer = array(self.redis.eval(
             &self.scripts.put_list,
             self.account_key(account),
             vec![decimal(version).into_bytes(), signed.to_vec()],
@@ -95,7 +99,7 @@ impl PreKeyStore for RedisStore {
             args.push(id.to_string().into_bytes());
             args.push(key);
         }
-        self.eval(
+        self.redis.eval(
             &self.scripts.publish,
             self.account_key(&device.account),
             args,
@@ -104,7 +108,7 @@ impl PreKeyStore for RedisStore {
     }
 
     fn claim_pre_keys(&self, device: &DeviceId, one_time: bool) -> Result<Option<Claimed>> {
-        let answer = array(self.eval(
+        let answer = array(self.redis.eval(
             &self.scripts.claim,
             self.account_key(&device.account),
             vec![
@@ -157,7 +161,7 @@ impl PreKeyStore for RedisStore {
         for kind in ["spk", "lr", "otk", "otkv", "kem", "kemv"] {
             cmd.arg(self.device_key(device, kind));
         }
-        let _: i64 = self.write(cmd)?;
+        let _: i64 = self.redis.write(cmd)?;
         Ok(())
     }
 }
@@ -166,14 +170,16 @@ impl PushStore for RedisStore {
     fn set_push_endpoint(&self, device: &DeviceId, url: Option<&str>) -> Result<()> {
         let key = self.device_key(device, "push");
         let _: Value = match url {
-            Some(u) => self.write(redis::cmd("SET").arg(key).arg(u).clone())?,
-            None => self.write(redis::cmd("DEL").arg(key).clone())?,
+            Some(u) => self
+                .redis
+                .write(redis::cmd("SET").arg(key).arg(u).clone())?,
+            None => self.redis.write(redis::cmd("DEL").arg(key).clone())?,
         };
         Ok(())
     }
 
     fn push_endpoint(&self, device: &DeviceId) -> Result<Option<String>> {
-        self.read(
+        self.redis.read(
             redis::cmd("GET")
                 .arg(self.device_key(device, "push"))
                 .clone(),
@@ -183,7 +189,7 @@ impl PushStore for RedisStore {
 
 impl UsernameStore for RedisStore {
     fn claim_username(&self, name: &str, account: &[u8; 32], proof: &[u8]) -> Result<()> {
-        let bound = self.eval(
+        let bound = self.redis.eval(
             &self.scripts.claim_name,
             self.name_key(name),
             vec![account.to_vec(), proof.to_vec()],
@@ -192,8 +198,9 @@ impl UsernameStore for RedisStore {
             return Err(StoreError::UsernameTaken);
         }
         let key = format!("{}:name", self.account_key(account));
-        let old: Option<String> =
-            self.write(redis::cmd("SET").arg(key).arg(name).arg("GET").clone())?;
+        let old: Option<String> = self
+            .redis
+            .write(redis::cmd("SET").arg(key).arg(name).arg("GET").clone())?;
         if let Some(old) = old
             && old != name
         {
@@ -204,7 +211,7 @@ impl UsernameStore for RedisStore {
 
     fn release_username(&self, account: &[u8; 32]) -> Result<Option<String>> {
         let key = format!("{}:name", self.account_key(account));
-        let old: Option<String> = self.write(redis::cmd("GETDEL").arg(key).clone())?;
+        let old: Option<String> = self.redis.write(redis::cmd("GETDEL").arg(key).clone())?;
         if let Some(n) = &old {
             self.drop_name(n, account)?;
         }
@@ -212,8 +219,9 @@ impl UsernameStore for RedisStore {
     }
 
     fn lookup_username(&self, name: &str) -> Result<Option<UsernameHolder>> {
-        let held: Option<Vec<u8>> =
-            self.read(redis::cmd("GET").arg(self.name_key(name)).clone())?;
+        let held: Option<Vec<u8>> = self
+            .redis
+            .read(redis::cmd("GET").arg(self.name_key(name)).clone())?;
         let Some(held) = held else {
             return Ok(None);
         };
@@ -229,7 +237,7 @@ impl UsernameStore for RedisStore {
     }
 
     fn username_of(&self, account: &[u8; 32]) -> Result<Option<String>> {
-        self.read(
+        self.redis.read(
             redis::cmd("GET")
                 .arg(format!("{}:name", self.account_key(account)))
                 .clone(),
@@ -247,8 +255,12 @@ impl RedisStore {
 }
 
 impl LinkStore for RedisStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn share_offer(&self, channel: &[u8; 32], account: &[u8; 32], ttl_ms: u64) -> Result<()> {
-        let _: Value = self.write(
+        let _: Value = self.redis.write(
             redis::cmd("SET")
                 .arg(self.link_key(channel, "offer"))
                 .arg(account.as_slice())
@@ -260,7 +272,7 @@ impl LinkStore for RedisStore {
     }
 
     fn take_shared_offer(&self, channel: &[u8; 32]) -> Result<bool> {
-        let n: i64 = self.write(
+        let n: i64 = self.redis.write(
             redis::cmd("DEL")
                 .arg(self.link_key(channel, "offer"))
                 .clone(),
@@ -269,7 +281,7 @@ impl LinkStore for RedisStore {
     }
 
     fn share_link(&self, channel: &[u8; 32], body: &[u8], ttl_ms: u64) -> Result<()> {
-        let _: Value = self.write(
+        let _: Value = self.redis.write(
             redis::cmd("SET")
                 .arg(self.link_key(channel, "msg"))
                 .arg(body)
@@ -281,7 +293,7 @@ impl LinkStore for RedisStore {
     }
 
     fn take_shared_link(&self, channel: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-        self.write(
+        self.redis.write(
             redis::cmd("GETDEL")
                 .arg(self.link_key(channel, "msg"))
                 .clone(),

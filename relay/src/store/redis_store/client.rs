@@ -38,8 +38,9 @@ const CALL_DEADLINE: Duration = Duration::from_secs(30);
 /// Connections for writes, taken in turn.
 pub(super) const WRITE_CONNECTIONS: usize = 8;
 
-/// Where the cluster is and how writes are made durable.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the cluster is and how writes are made durable. Its `Debug` leaves out the node
+/// addresses: they may carry a password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisOptions {
     /// Seed nodes (`host:port` or `redis://host:port`); the rest of the cluster is discovered.
     pub nodes: Vec<String>,
@@ -50,6 +51,17 @@ pub struct RedisOptions {
     pub wait_replicas: u32,
     /// How long `WAIT` may take before the batch is reported as not durable.
     pub wait_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("nodes", &self.nodes.len())
+            .field("prefix", &self.prefix)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout_ms", &self.wait_timeout_ms)
+            .finish()
+    }
 }
 
 /// A connected cluster.

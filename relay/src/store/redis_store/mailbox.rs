@@ -58,7 +58,11 @@ impl RedisStore {
             args.push(record(e));
             args.push(decimal(e.received_at).into_bytes());
         }
-        let p = planned(self.eval(&self.scripts.enqueue, self.account_key(&account), args)?)?;
+        let p = planned(self.redis.eval(
+            &self.scripts.enqueue,
+            self.account_key(&account),
+            args,
+        )?)?;
         let done = p.status == "ok" || p.status == "new";
         if done && p.entries.len() != envelopes.len() {
             return Err(StoreError::Corrupt("enqueue answer"));
@@ -78,7 +82,7 @@ impl RedisStore {
     fn count_total(&self, delta: i64, new_account: Option<[u8; 32]>) -> Result<()> {
         self.pending.fetch_add(delta, Ordering::Relaxed);
         if let Some(a) = new_account {
-            let _: i64 = self.write_plain(
+            let _: i64 = self.redis.write_plain(
                 redis::cmd("SADD")
                     .arg(self.index_key(&a))
                     .arg(hex::encode(a))
@@ -94,7 +98,7 @@ impl RedisStore {
         if delta == 0 {
             return Ok(());
         }
-        let total: Result<i64> = self.write_plain(
+        let total: Result<i64> = self.redis.write_plain(
             redis::cmd("INCRBY")
                 .arg(self.total_key())
                 .arg(delta)
@@ -116,13 +120,14 @@ impl RedisStore {
     /// Sweeps every queue of `account`, a page (one short script) at a time.
     fn sweep_account(&self, account: &[u8; 32], cutoff: u64) -> Result<usize> {
         let key = self.account_key(account);
-        let devices: Vec<String> =
-            self.read(redis::cmd("SMEMBERS").arg(format!("{key}:qd")).clone())?;
+        let devices: Vec<String> = self
+            .redis
+            .read(redis::cmd("SMEMBERS").arg(format!("{key}:qd")).clone())?;
         let mut swept = 0usize;
         for dev in devices {
             let mut from = 0u64;
             loop {
-                let answer = array(self.eval_plain(
+                let answer = array(self.redis.eval_plain(
                     &self.scripts.sweep,
                     key.clone(),
                     vec![
@@ -285,7 +290,7 @@ impl MailboxStore for RedisStore {
 
     fn fetch(&self, device: &DeviceId, after: u64, limit: usize) -> Result<Vec<Queued>> {
         let key = format!("{}:q:{}", self.account_key(&device.account), device.device);
-        let members: Vec<Vec<u8>> = self.read(
+        let members: Vec<Vec<u8>> = self.redis.read(
             redis::cmd("ZRANGEBYSCORE")
                 .arg(key)
                 .arg(format!("({after}"))
@@ -305,7 +310,9 @@ impl MailboxStore for RedisStore {
         let mut args = Vec::with_capacity(seqs.len() + 1);
         args.push(device.device.to_string().into_bytes());
         args.extend(seqs.iter().map(|s| decimal(*s).into_bytes()));
-        let a = self.eval_plain(&self.scripts.ack, self.account_key(&device.account), args)?;
+        let a =
+            self.redis
+                .eval_plain(&self.scripts.ack, self.account_key(&device.account), args)?;
         self.removed(a)
     }
 
@@ -313,7 +320,9 @@ impl MailboxStore for RedisStore {
         let mut swept = 0usize;
         for bucket in 0..super::MAIL_INDEX_BUCKETS {
             let index = self.redis.tagged(&format!("qi:{bucket}"));
-            let accounts: Vec<String> = self.read(redis::cmd("SMEMBERS").arg(&index).clone())?;
+            let accounts: Vec<String> = self
+                .redis
+                .read(redis::cmd("SMEMBERS").arg(&index).clone())?;
             for a in accounts {
                 let Some(account) = hex::decode(&a)
                     .ok()
@@ -324,11 +333,13 @@ impl MailboxStore for RedisStore {
                 swept = swept.saturating_add(self.sweep_account(&account, cutoff)?);
                 // An account left without mail leaves the index (a send racing this re-adds it).
                 if self.account_mailbox_bytes(&account)? == 0 {
-                    let _: i64 =
-                        self.write_plain(redis::cmd("SREM").arg(&index).arg(&a).clone())?;
+                    let _: i64 = self
+                        .redis
+                        .write_plain(redis::cmd("SREM").arg(&index).arg(&a).clone())?;
                     if self.account_mailbox_bytes(&account)? > 0 {
-                        let _: i64 =
-                            self.write_plain(redis::cmd("SADD").arg(&index).arg(&a).clone())?;
+                        let _: i64 = self
+                            .redis
+                            .write_plain(redis::cmd("SADD").arg(&index).arg(&a).clone())?;
                     }
                 }
             }
@@ -338,13 +349,14 @@ impl MailboxStore for RedisStore {
 
     fn queue_len(&self, device: &DeviceId) -> Result<usize> {
         let key = format!("{}:q:{}", self.account_key(&device.account), device.device);
-        self.read(redis::cmd("ZCARD").arg(key).clone())
+        self.redis.read(redis::cmd("ZCARD").arg(key).clone())
     }
 
     fn queue_usage(&self, device: &DeviceId) -> Result<usage::Count> {
         let key = format!("{}:m:{}", self.account_key(&device.account), device.device);
-        let (n, b): (Option<u64>, Option<u64>) =
-            self.read(redis::cmd("HMGET").arg(key).arg("n").arg("b").clone())?;
+        let (n, b): (Option<u64>, Option<u64>) = self
+            .redis
+            .read(redis::cmd("HMGET").arg(key).arg("n").arg("b").clone())?;
         Ok(usage::Count {
             envelopes: n.unwrap_or(0),
             bytes: b.unwrap_or(0),
@@ -357,8 +369,9 @@ impl MailboxStore for RedisStore {
         n.extend_from_slice(sender);
         let mut b = b"sb".to_vec();
         b.extend_from_slice(sender);
-        let (n, b): (Option<u64>, Option<u64>) =
-            self.read(redis::cmd("HMGET").arg(key).arg(n).arg(b).clone())?;
+        let (n, b): (Option<u64>, Option<u64>) = self
+            .redis
+            .read(redis::cmd("HMGET").arg(key).arg(n).arg(b).clone())?;
         Ok(usage::Count {
             envelopes: n.unwrap_or(0),
             bytes: b.unwrap_or(0),
@@ -367,7 +380,7 @@ impl MailboxStore for RedisStore {
 
     fn account_mailbox_bytes(&self, account: &[u8; 32]) -> Result<u64> {
         let key = format!("{}:mb", self.account_key(account));
-        let b: Option<u64> = self.read(redis::cmd("GET").arg(key).clone())?;
+        let b: Option<u64> = self.redis.read(redis::cmd("GET").arg(key).clone())?;
         Ok(b.unwrap_or(0))
     }
 
@@ -378,7 +391,7 @@ impl MailboxStore for RedisStore {
     }
 
     fn purge(&self, device: &DeviceId) -> Result<usize> {
-        let r = self.eval(
+        let r = self.redis.eval(
             &self.scripts.purge,
             self.account_key(&device.account),
             vec![device.device.to_string().into_bytes()],

@@ -230,7 +230,9 @@ impl RedisStore {
             total: AtomicU64::new(0),
             pending: AtomicI64::new(0),
         };
-        let total: Option<i64> = store.read(redis::cmd("GET").arg(store.total_key()).clone())?;
+        let total: Option<i64> = store
+            .redis
+            .read(redis::cmd("GET").arg(store.total_key()).clone())?;
         store.set_total(total.unwrap_or(0));
         Ok(store)
     }
@@ -260,30 +262,5 @@ impl RedisStore {
     fn set_total(&self, total: i64) {
         self.total
             .store(u64::try_from(total).unwrap_or(0), Ordering::Relaxed);
-    }
-
-    /// Runs a script durably (the write and `WAIT` on one connection).
-    fn eval(&self, lua: &Lua, key: String, args: Vec<Vec<u8>>) -> Result<Value> {
-        self.redis.eval(lua, key, args)
-    }
-
-    /// Runs a script whose effect a failover may undo harmlessly (acknowledgements, sweeps).
-    fn eval_plain(&self, lua: &Lua, key: String, args: Vec<Vec<u8>>) -> Result<Value> {
-        self.redis.eval_plain(lua, key, args)
-    }
-
-    /// Runs a command on the read connection.
-    fn read<T: redis::FromRedisValue + Send + 'static>(&self, cmd: redis::Cmd) -> Result<T> {
-        self.redis.read(cmd)
-    }
-
-    /// Runs a write command durably.
-    fn write<T: redis::FromRedisValue + Send + 'static>(&self, cmd: redis::Cmd) -> Result<T> {
-        self.redis.write(cmd)
-    }
-
-    /// Runs a write command without waiting for replicas (counters, indexes).
-    fn write_plain<T: redis::FromRedisValue + Send + 'static>(&self, cmd: redis::Cmd) -> Result<T> {
-        self.redis.write_plain(cmd)
     }
 }

@@ -139,22 +139,26 @@ pub fn open_db_with_cache(path: &Path, cache_bytes: u64) -> sled::Result<sled::D
         .open()
 }
 
-/// Test-only: opens a plain sled database in `path`, waiting (bounded) for a handle dropped
-/// just before to release sled's file lock, which happens only once sled's background threads
-/// let go of it.
+/// Test-only: opens with `open`, waiting (bounded) for a handle dropped a moment ago to release
+/// sled's file lock, which happens only once sled's background threads let go of it.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn retry_open<T, E: std::fmt::Debug>(
+    mut open: impl FnMut() -> std::result::Result<T, E>,
+) -> T {
+    for _ in 0..500 {
+        if let Ok(t) = open() {
+            return t;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    open().unwrap()
+}
+
+/// Test-only: opens a plain sled database in `path` ([`retry_open`]).
 #[cfg(test)]
 pub(crate) fn open_test_db(path: &Path) -> sled::Db {
-    for _ in 0..500 {
-        match sled::Config::new().path(path).open() {
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            #[allow(clippy::unwrap_used)]
-            other => return other.unwrap(),
-        }
-    }
-    #[allow(clippy::unwrap_used)]
-    sled::Config::new().path(path).open().unwrap()
+    retry_open(|| sled::Config::new().path(path).open())
 }
 
 impl SledStore {

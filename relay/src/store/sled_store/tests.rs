@@ -2,20 +2,7 @@
 
 const Q10: crate::store::Quotas = crate::store::Quotas::queue_len(10);
 
-/// Opens `path` with `open`, waiting (bounded) for a store dropped a moment ago to release
-/// sled's file lock (its background flusher may still be winding down).
-fn retry<T, E>(mut open: impl FnMut() -> Result<T, E>) -> T
-where
-    E: std::fmt::Debug,
-{
-    for _ in 0..500 {
-        if let Ok(t) = open() {
-            return t;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    open().unwrap()
-}
+use super::retry_open as retry;
 
 relay_store_suite!(suite, {
     let dir = tempfile::tempdir().unwrap();
