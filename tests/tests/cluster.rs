@@ -229,7 +229,6 @@ async fn a_device_on_one_node_is_cut_off_by_a_list_published_through_the_other()
         .unwrap();
     alice.connected(WAIT).await.unwrap();
     bob.connected(WAIT).await.unwrap();
-    let a_id = alice.address().unwrap().account;
     // Alice, on node A, links a second device that reaches node B.
     let offer = alice.offer_link().unwrap();
     alice.open_link(&offer).await.unwrap();
@@ -270,7 +269,6 @@ async fn a_device_on_one_node_is_cut_off_by_a_list_published_through_the_other()
         }
     }
     again.shutdown().await;
-    let _ = a_id;
     alice.shutdown().await;
     bob.shutdown().await;
     nodes.stop().await;
