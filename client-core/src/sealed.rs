@@ -201,7 +201,7 @@ pub fn is_bucket(len: usize) -> bool {
         return false;
     }
     if len <= SEALED_LINEAR_MAX {
-        len % SEALED_BUCKET_STEP == 0
+        len.is_multiple_of(SEALED_BUCKET_STEP)
     } else {
         padme(len) == len
     }
