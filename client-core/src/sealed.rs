@@ -58,6 +58,9 @@ const WHAT: &str = "sealed envelope";
 #[derive(Clone)]
 pub struct DeliveryKey(Zeroizing<[u8; DELIVERY_KEY_LEN]>);
 
+/// The key lives in a [`Zeroizing`] buffer, wiped when dropped.
+impl zeroize::ZeroizeOnDrop for DeliveryKey {}
+
 impl DeliveryKey {
     /// Wraps 32 bytes (as received in a sealed envelope, or from a test vector).
     pub fn from_bytes(bytes: &[u8; DELIVERY_KEY_LEN]) -> Self {

@@ -296,6 +296,12 @@ fn non_canonical_padding_rejected() {
 }
 
 #[test]
+fn delivery_key_is_wiped_on_drop() {
+    const fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    wiped_on_drop::<DeliveryKey>();
+}
+
+#[test]
 fn delivery_tokens() {
     let mut rng = ChaCha20Rng::from_seed([4; 32]);
     let a = DeviceIdentityKeyPair::generate(&mut rng);
