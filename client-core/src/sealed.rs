@@ -379,9 +379,7 @@ pub fn seal_with_ephemeral(
 /// the one listed for `from` is for the caller to check
 /// ([`Device::open_sealed`](crate::device::Device::open_sealed) does).
 pub fn open(recipient: &DeviceIdentityKeyPair, bytes: &[u8]) -> Result<Opened> {
-    let (version, rest) = bytes
-        .split_first()
-        .ok_or(Error::malformed(WHAT, "empty"))?;
+    let (version, rest) = bytes.split_first().ok_or(Error::malformed(WHAT, "empty"))?;
     if *version != SEALED_VERSION {
         return Err(ProtocolError::UnsupportedVersion(u32::from(*version)).into());
     }

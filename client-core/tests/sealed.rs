@@ -67,7 +67,11 @@ fn seal_for_unknown_devices_refused() {
     let (alice, bob, mut rng) = two();
     let stranger = Device::create_account(MemoryKv::new(), &mut rng, 1000).unwrap();
     assert!(matches!(
-        protocol(alice.seal_for(&stranger.address(), b"x", &mut rng).unwrap_err()),
+        protocol(
+            alice
+                .seal_for(&stranger.address(), b"x", &mut rng)
+                .unwrap_err()
+        ),
         Error::Protocol(ProtocolError::UnknownAccount)
     ));
     let ghost = DeviceAddress {
@@ -225,8 +229,7 @@ fn delivery_keys_are_noted_persisted_rotated_and_forgotten() {
     assert_eq!(bob.delivery_token_for(&a), Some(new));
 
     // A second device of Alice's; its key goes when it leaves the list.
-    let mut alice2 =
-        Device::create_linked(MemoryKv::new(), &mut rng, a.account, 2, 1000).unwrap();
+    let mut alice2 = Device::create_linked(MemoryKv::new(), &mut rng, a.account, 2, 1000).unwrap();
     alice.add_device(2, alice2.identity(), 1001).unwrap();
     introduce(&mut alice2, &alice);
     introduce(&mut alice2, &bob);

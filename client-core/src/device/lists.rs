@@ -70,7 +70,8 @@ impl<S: KvStore> Device<S> {
         });
         let forget = self.delivery_keys_to_forget(account, &list);
         for a in &forget {
-            tx.batch.delete(Namespace::DeliveryKeys, a.to_key().to_vec());
+            tx.batch
+                .delete(Namespace::DeliveryKeys, a.to_key().to_vec());
         }
         if lost {
             self.mark_rotation_for_member(account, &mut tx);

@@ -20,18 +20,17 @@ use crate::store::kv::{KvStore, Namespace};
 const DELIVERY_EPOCH: &[u8] = b"delivery-key-epoch";
 
 /// The delivery-key epoch and the known delivery keys of other devices, from `store`.
-pub(super) fn load<S: KvStore>(
-    store: &S,
-) -> Result<(u32, HashMap<DeviceAddress, DeliveryKey>)> {
+pub(super) fn load<S: KvStore>(store: &S) -> Result<(u32, HashMap<DeviceAddress, DeliveryKey>)> {
     let epoch = match store.get(Namespace::Meta, DELIVERY_EPOCH)? {
         Some(v) => u32::from_be_bytes(array(&v, "stored delivery-key epoch", "must be 4 bytes")?),
         None => 0,
     };
     let mut keys = HashMap::new();
     for (k, v) in store.scan(Namespace::DeliveryKeys)? {
-        let (account, device) = k
-            .split_at_checked(KEY_LEN)
-            .ok_or(crate::Error::malformed("stored delivery key", "bad address"))?;
+        let (account, device) = k.split_at_checked(KEY_LEN).ok_or(crate::Error::malformed(
+            "stored delivery key",
+            "bad address",
+        ))?;
         let address = DeviceAddress {
             account: AccountId::from_bytes(account)?,
             device_id: u32::from_be_bytes(array(device, "stored delivery key", "bad address")?),

@@ -78,7 +78,12 @@ fn malformed(e: Error) -> &'static str {
 #[test]
 fn round_trip() {
     let (a, b, mut rng) = pair();
-    for content in [&b""[..], b"hi", &[7u8; 1000], &vec![9u8; MAX_SEALED_CONTENT_LEN]] {
+    for content in [
+        &b""[..],
+        b"hi",
+        &[7u8; 1000],
+        &vec![9u8; MAX_SEALED_CONTENT_LEN],
+    ] {
         let env = seal_to(&a, &b, content, &mut rng);
         assert_eq!(env.len(), sealed_len(content.len()));
         assert!(is_bucket(env.len()));
@@ -92,7 +97,10 @@ fn round_trip() {
         assert!(!dbg.contains("content:"));
     }
     // Two seals of the same content differ (fresh ephemeral key).
-    assert_ne!(seal_to(&a, &b, b"x", &mut rng), seal_to(&a, &b, b"x", &mut rng));
+    assert_ne!(
+        seal_to(&a, &b, b"x", &mut rng),
+        seal_to(&a, &b, b"x", &mut rng)
+    );
 }
 
 #[test]
@@ -124,8 +132,14 @@ fn bucket_lengths() {
         let top = k * SEALED_BUCKET_STEP;
         assert_eq!(sealed_len(top - SEALED_OVERHEAD), top);
         if k > 2 {
-            assert_eq!(sealed_len(top - SEALED_OVERHEAD - SEALED_BUCKET_STEP + 1), top);
-            assert_eq!(sealed_len(top - SEALED_OVERHEAD - SEALED_BUCKET_STEP), top - 160);
+            assert_eq!(
+                sealed_len(top - SEALED_OVERHEAD - SEALED_BUCKET_STEP + 1),
+                top
+            );
+            assert_eq!(
+                sealed_len(top - SEALED_OVERHEAD - SEALED_BUCKET_STEP),
+                top - 160
+            );
         }
     }
     assert_eq!(sealed_len(SEALED_LINEAR_MAX - SEALED_OVERHEAD), 4160);
@@ -157,10 +171,13 @@ fn buckets_are_what_sealing_produces() {
     // And every bucket is produced by some content length.
     let produced: std::collections::BTreeSet<usize> =
         (0..=MAX_SEALED_CONTENT_LEN).map(sealed_len).collect();
-    let buckets: std::collections::BTreeSet<usize> =
-        (0..=MAX_SEALED_LEN + 10).filter(|l| is_bucket(*l)).collect();
+    let buckets: std::collections::BTreeSet<usize> = (0..=MAX_SEALED_LEN + 10)
+        .filter(|l| is_bucket(*l))
+        .collect();
     assert_eq!(produced, buckets);
-    assert!(!is_bucket(160) && !is_bucket(321) && !is_bucket(4224) && !is_bucket(MAX_SEALED_LEN + 2048));
+    assert!(
+        !is_bucket(160) && !is_bucket(321) && !is_bucket(4224) && !is_bucket(MAX_SEALED_LEN + 2048)
+    );
 }
 
 #[test]
@@ -173,8 +190,14 @@ fn padding_is_iso_7816_4() {
     // Data ending in 0x80 or zeros survives.
     let tricky = [0x80, 0, 0x80, 0];
     assert_eq!(unpad(&pad(&tricky)).unwrap(), &tricky);
-    assert_eq!(malformed(unpad(&[1, 2, 0, 0]).unwrap_err()), "padding has no marker");
-    assert_eq!(malformed(unpad(&[0, 0]).unwrap_err()), "padding has no marker");
+    assert_eq!(
+        malformed(unpad(&[1, 2, 0, 0]).unwrap_err()),
+        "padding has no marker"
+    );
+    assert_eq!(
+        malformed(unpad(&[0, 0]).unwrap_err()),
+        "padding has no marker"
+    );
     assert_eq!(malformed(unpad(&[]).unwrap_err()), "padding has no marker");
 }
 
@@ -228,7 +251,10 @@ fn truncated_bad_version_and_lengths() {
     }
     let mut longer = env.clone();
     longer.push(0);
-    assert_eq!(malformed(open(&b.keys, &longer).unwrap_err()), "length is not a bucket");
+    assert_eq!(
+        malformed(open(&b.keys, &longer).unwrap_err()),
+        "length is not a bucket"
+    );
     let mut v2 = env.clone();
     v2[0] = 2;
     assert!(matches!(
@@ -269,11 +295,17 @@ fn non_canonical_padding_rejected() {
     padded[32] = b'x';
     let env = seal_raw(&a, &to, &padded, &[5; 32]);
     assert_eq!(env.len(), 320);
-    assert_eq!(malformed(open(&b.keys, &env).unwrap_err()), "padding has no marker");
+    assert_eq!(
+        malformed(open(&b.keys, &env).unwrap_err()),
+        "padding has no marker"
+    );
     // A marker that is not 0x80.
     padded[33] = 0x01;
     let env = seal_raw(&a, &to, &padded, &[5; 32]);
-    assert_eq!(malformed(open(&b.keys, &env).unwrap_err()), "padding has no marker");
+    assert_eq!(
+        malformed(open(&b.keys, &env).unwrap_err()),
+        "padding has no marker"
+    );
     // Over-padded: 1 byte of content in the 480 bucket.
     let mut over = a.dk.as_bytes().to_vec();
     over.push(b'x');
@@ -281,13 +313,19 @@ fn non_canonical_padding_rejected() {
     over.resize(480 - SEALED_HEADER_LEN - AEAD_TAG_LEN, 0);
     let env = seal_raw(&a, &to, &over, &[6; 32]);
     assert_eq!(env.len(), 480);
-    assert_eq!(malformed(open(&b.keys, &env).unwrap_err()), "padding is not canonical");
+    assert_eq!(
+        malformed(open(&b.keys, &env).unwrap_err()),
+        "padding is not canonical"
+    );
     // Too short to hold a delivery key.
     let mut short = vec![1u8; 10];
     short.push(0x80);
     short.resize(body, 0);
     let env = seal_raw(&a, &to, &short, &[7; 32]);
-    assert_eq!(malformed(open(&b.keys, &env).unwrap_err()), "no delivery key");
+    assert_eq!(
+        malformed(open(&b.keys, &env).unwrap_err()),
+        "no delivery key"
+    );
     // The well-formed version opens.
     let mut ok = a.dk.as_bytes().to_vec();
     ok.push(b'x');

@@ -261,7 +261,10 @@ fn sealed_vector(index: usize, content_len: usize, why: &str) -> GenResult<Seale
         &content,
         &ephemeral,
     )?;
-    ensure(core == hand.envelope, "hand-built envelope equals hush-core's")?;
+    ensure(
+        core == hand.envelope,
+        "hand-built envelope equals hush-core's",
+    )?;
     ensure(
         core.len() == sealed::sealed_len(content_len),
         "envelope length is sealed_len",
@@ -276,7 +279,9 @@ fn sealed_vector(index: usize, content_len: usize, why: &str) -> GenResult<Seale
     )?;
     Ok(SealedVector {
         name: format!("sealed-{content_len}"),
-        description: format!("Alice's device 1 seals {content_len} bytes for Bob's device 2: {why}."),
+        description: format!(
+            "Alice's device 1 seals {content_len} bytes for Bob's device 2: {why}."
+        ),
         seed: hx(seed),
         sender: alice.record(),
         recipient: bob.record(),
@@ -315,7 +320,10 @@ fn delivery_key_vectors(index: usize) -> GenResult<Vec<DeliveryKeyVector>> {
         let full = mac.finalize().into_bytes();
         let token = full.get(..16).ok_or("hmac output")?;
         let core = DeliveryKey::derive(&pair, epoch);
-        ensure(core.as_bytes() == &dk, "delivery key by hand and by hush-core")?;
+        ensure(
+            core.as_bytes() == &dk,
+            "delivery key by hand and by hush-core",
+        )?;
         ensure(
             core.token().as_bytes() == token,
             "delivery token by hand and by hush-core",

@@ -387,9 +387,7 @@ fn vectors_verify_like_a_reviewer() {
         check_sender_keys_file(&load("sender_keys.json"));
     let (envelopes, delivery_keys) = check_sealed_file(&load("sealed.json"));
     let (negatives, group_negatives) = check_negative_file(&load("negative.json"));
-    println!(
-        "checked {envelopes} sealed-envelope and {delivery_keys} delivery-key vectors"
-    );
+    println!("checked {envelopes} sealed-envelope and {delivery_keys} delivery-key vectors");
     println!(
         "checked {pqxdh} PQXDH, {ratchet} double-ratchet, {lists} device-list (+{list_negatives} negative), \
          {pairs} safety-number (+{comparisons} comparisons), {sender_keys} sender-key ({group_messages} \

@@ -7,10 +7,10 @@ use hush_core::device::{Device as CoreDevice, GroupIncoming};
 use hush_core::device_list::VerifiedDeviceList;
 use hush_core::error::{AuthError, ProtocolError};
 use hush_core::keys::{AccountId, DeviceIdentityKeyPair};
-use hush_core::sealed;
 use hush_core::pqxdh::{self, InitialMessage};
 use hush_core::prekeys::PreKeyBundle;
 use hush_core::ratchet::{RatchetMessage, SessionState};
+use hush_core::sealed;
 use hush_core::sender_key::{GroupMessage, SenderKeyState};
 use hush_core::store::kv::{Batch, KvStore, Namespace};
 use hush_core::store::memory::MemoryKv;
@@ -405,7 +405,10 @@ pub(super) fn check_negative(v: &NegativeVector) {
         } => {
             let r = Device::from_record(recipient);
             let list = VerifiedDeviceList::verify(&h(signed_device_list), &account(acct)).unwrap();
-            assert_rejected(v, open_from_listed(&r.pair, &list, &h(envelope)).map(|_| ()));
+            assert_rejected(
+                v,
+                open_from_listed(&r.pair, &list, &h(envelope)).map(|_| ()),
+            );
             let opened = open_from_listed(&r.pair, &list, &h(control_envelope)).unwrap();
             assert_eq!(*opened.content, h(control_content), "{}: control", v.name);
         }

@@ -64,7 +64,12 @@ pub(super) fn check_sealed_file(f: &SealedFile) -> (usize, usize) {
         assert_eq!(h32(&v.ephemeral_public), e_pub);
         let ss1 = x_dh(e, ik_r);
         assert_eq!(h32(&v.ss1), ss1, "{}: ss1", v.name);
-        assert_eq!(x_dh(recipient.dh_secret, e_pub), ss1, "{}: ss1 (receiver)", v.name);
+        assert_eq!(
+            x_dh(recipient.dh_secret, e_pub),
+            ss1,
+            "{}: ss1 (receiver)",
+            v.name
+        );
         let mut okm = [0u8; 64];
         Hkdf::<Sha256>::new(Some(&[&b"hush-seal-v1"[..], &ik_r, &e_pub].concat()), &ss1)
             .expand(b"hush-seal-v1 sender", &mut okm)
@@ -93,14 +98,22 @@ pub(super) fn check_sealed_file(f: &SealedFile) -> (usize, usize) {
             .unwrap();
         assert_eq!(h32(&v.k2), k2, "{}: k2", v.name);
         let len = bucket_by_hand(content.len());
-        assert_eq!(usize::try_from(v.envelope_len).unwrap(), len, "{}: length", v.name);
+        assert_eq!(
+            usize::try_from(v.envelope_len).unwrap(),
+            len,
+            "{}: length",
+            v.name
+        );
         let mut padded = [&dk[..], &content, &[0x80]].concat();
         assert!(padded.len() <= len - 165);
         padded.resize(len - 165, 0);
         assert_eq!(h(&v.padded), padded, "{}: padded", v.name);
         let c2 = aead(&k2, &[&[1u8][..], &e_pub, &c1].concat(), &padded);
         assert_eq!(h(&v.c2), c2, "{}: c2", v.name);
-        assert_eq!(aead_open(&k2, &[&[1u8][..], &e_pub, &c1].concat(), &c2), padded);
+        assert_eq!(
+            aead_open(&k2, &[&[1u8][..], &e_pub, &c1].concat(), &c2),
+            padded
+        );
         let envelope = [&[1u8][..], &e_pub, &c1, &c2].concat();
         assert_eq!(envelope.len(), len);
         assert_eq!(h(&v.envelope), envelope, "{}: envelope", v.name);
@@ -109,7 +122,10 @@ pub(super) fn check_sealed_file(f: &SealedFile) -> (usize, usize) {
         assert_eq!(sealed::sealed_len(content.len()), len);
         assert!(sealed::is_bucket(len));
         assert_eq!(*sealed::pad(&[&dk[..], &content].concat()), padded);
-        assert_eq!(sealed::unpad(&padded).unwrap(), &[&dk[..], &content].concat()[..]);
+        assert_eq!(
+            sealed::unpad(&padded).unwrap(),
+            &[&dk[..], &content].concat()[..]
+        );
         let core = sealed::seal_with_ephemeral(
             &sender.pair,
             &sender.address(),
