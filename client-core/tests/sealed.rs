@@ -145,6 +145,8 @@ fn unknown_sender_list_then_fetched() {
         protocol(bob.open_sealed(&env).unwrap_err()),
         Error::Protocol(ProtocolError::UnknownAccount)
     ));
+    // The account whose list to fetch.
+    assert_eq!(bob.sealed_sender(&env).unwrap(), alice.address());
     introduce(&mut bob, &alice);
     assert_eq!(&bob.open_sealed(&env).unwrap().content[..], b"hi");
 }

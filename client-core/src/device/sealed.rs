@@ -84,6 +84,17 @@ impl<S: KvStore> Device<S> {
         Ok(opened)
     }
 
+    /// The sender a sealed envelope addressed to this device claims to be, authenticated only as
+    /// the holder of the X25519 identity key inside, not yet against a device list: the account
+    /// whose list to fetch when [`Device::open_sealed`] answers `UnknownAccount` or
+    /// `DeviceNotOnList`. Changes no state.
+    ///
+    /// # Errors
+    /// Everything [`sealed::open`] refuses.
+    pub fn sealed_sender(&self, bytes: &[u8]) -> Result<DeviceAddress> {
+        Ok(sealed::open(&self.identity, bytes)?.from)
+    }
+
     /// This device's current delivery key (sent inside every envelope it seals).
     pub fn delivery_key(&self) -> DeliveryKey {
         DeliveryKey::derive(&self.identity, self.delivery_epoch)
