@@ -206,3 +206,57 @@ pub const RECENT_IDS_KEPT: usize = 32;
 
 /// Domain label of a pairwise message id: `SHA-256(label ‖ encoded PairwiseMessage)`.
 pub const PAIRWISE_MESSAGE_ID_LABEL: &[u8] = b"Hush_PairwiseMessageId_v1";
+
+/// Version byte that opens every sealed envelope (PROTOCOL.md §21). Anything else is rejected
+/// with `UnsupportedVersion`.
+pub const SEALED_VERSION: u8 = 1;
+
+/// Plaintext of the sealed sender block `c1`: account key (32) ‖ u32be(device id) ‖ signing key
+/// (32) ‖ DH key (32).
+pub const SEALED_SENDER_LEN: usize = KEY_LEN + 4 + 2 * KEY_LEN;
+
+/// Length of the encrypted sender block `c1` (its plaintext and the AEAD tag): 116 bytes.
+pub const SEALED_SENDER_CT_LEN: usize = SEALED_SENDER_LEN + AEAD_TAG_LEN;
+
+/// Bytes of a sealed envelope before `c2`: version (1) ‖ ephemeral key (32) ‖ `c1` (116) = 149.
+pub const SEALED_HEADER_LEN: usize = 1 + KEY_LEN + SEALED_SENDER_CT_LEN;
+
+/// Length of a delivery key.
+pub const DELIVERY_KEY_LEN: usize = 32;
+
+/// Length of a delivery token (the truncated HMAC the relay stores).
+pub const DELIVERY_TOKEN_LEN: usize = 16;
+
+/// Least overhead of a sealed envelope over its content: the header (149), the delivery key
+/// (32), the padding marker `0x80` (1) and the tag of `c2` (16) = 198 bytes.
+pub const SEALED_OVERHEAD: usize = SEALED_HEADER_LEN + DELIVERY_KEY_LEN + 1 + AEAD_TAG_LEN;
+
+/// Up to [`SEALED_LINEAR_MAX`], sealed envelope lengths are multiples of this (bytes).
+pub const SEALED_BUCKET_STEP: usize = 160;
+
+/// The largest envelope length padded to a multiple of [`SEALED_BUCKET_STEP`]; longer envelopes
+/// are padded to their Padmé length (PROTOCOL.md §21.3).
+pub const SEALED_LINEAR_MAX: usize = 26 * SEALED_BUCKET_STEP;
+
+/// The largest sealed envelope: 64 KiB, the relay's default `max_envelope_bytes` (the largest
+/// envelope body it accepts). 65 536 is itself a Padmé length.
+pub const MAX_SEALED_LEN: usize = 64 * 1024;
+
+/// The largest content one sealed envelope carries: [`MAX_SEALED_LEN`] − [`SEALED_OVERHEAD`] =
+/// 65 338 bytes. Larger content is refused with `TooLarge`.
+pub const MAX_SEALED_CONTENT_LEN: usize = MAX_SEALED_LEN - SEALED_OVERHEAD;
+
+/// Label of the sealed layer: the prefix of the first HKDF salt.
+pub const SEAL_LABEL: &[u8] = b"hush-seal-v1";
+
+/// HKDF info deriving the sender-block key `k1` and the chaining key `ck`.
+pub const SEAL_SENDER_INFO: &[u8] = b"hush-seal-v1 sender";
+
+/// HKDF info deriving the content key `k2`.
+pub const SEAL_CONTENT_INFO: &[u8] = b"hush-seal-v1 content";
+
+/// HKDF salt deriving a device's delivery key from its identity DH secret.
+pub const DELIVERY_KEY_SALT: &[u8] = b"hush-delivery-key-v1";
+
+/// HMAC message deriving a delivery token from a delivery key.
+pub const DELIVERY_TOKEN_LABEL: &[u8] = b"hush-delivery-token-v1";

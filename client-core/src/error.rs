@@ -48,6 +48,14 @@ pub enum AuthError {
     /// A device's identity key does not match the one on its account's device list.
     #[error("identity key does not match the device list")]
     IdentityMismatch,
+    /// A sealed envelope's sender block or content did not decrypt (not addressed to this
+    /// device, or tampered with). The sender is unknown, so there is nobody to ask for a retry.
+    #[error("sealed envelope could not be opened")]
+    SealedDecryptFailed,
+    /// A sealed envelope opened, but the identity keys inside are not the ones the sender's
+    /// account lists for the device it claims to be.
+    #[error("sealed sender does not match the device list")]
+    SealedSenderMismatch,
 }
 
 /// Rules of the protocol that authentic input can still break.

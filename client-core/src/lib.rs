@@ -22,6 +22,7 @@ pub mod keys;
 pub mod pqxdh;
 pub mod prekeys;
 pub mod ratchet;
+pub mod sealed;
 pub mod session;
 pub mod username;
 

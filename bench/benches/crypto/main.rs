@@ -21,6 +21,7 @@ criterion_group!(
     hush::session_setup,
     peer::session_setup,
     hush::ratchet,
+    hush::sealed,
     peer::olm,
     hush::new_chain,
     peer::olm_new_chain,

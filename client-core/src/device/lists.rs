@@ -68,6 +68,11 @@ impl<S: KvStore> Device<S> {
                 .values()
                 .any(|d| list.identity_of(d.device_id).ok() != Some(d.identity))
         });
+        let forget = self.delivery_keys_to_forget(account, &list);
+        for a in &forget {
+            tx.batch
+                .delete(Namespace::DeliveryKeys, a.to_key().to_vec());
+        }
         if lost {
             self.mark_rotation_for_member(account, &mut tx);
             if let Some(old) = self.device_lists.get(account) {
@@ -81,6 +86,9 @@ impl<S: KvStore> Device<S> {
                 "session dropped: device left the list or changed identity"
             );
             self.sessions.remove(&a);
+        }
+        for a in forget {
+            self.delivery_keys.remove(&a);
         }
         self.device_lists.insert(*account, list);
         Ok(true)

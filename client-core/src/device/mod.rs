@@ -36,6 +36,7 @@ mod healing;
 mod inbox;
 mod lists;
 mod pre_keys;
+mod sealed;
 mod sessions;
 mod upkeep;
 pub use error::{DeviceError, Result};
@@ -132,6 +133,10 @@ pub struct Device<S: KvStore> {
     next_message_id: u64,
     sent_log: healing::SentLog,
     retry: healing::RetryState,
+    /// Rotation epoch of this device's delivery key (0 until first rotated).
+    delivery_epoch: u32,
+    /// Delivery keys of other devices, from their sealed envelopes.
+    delivery_keys: HashMap<DeviceAddress, crate::sealed::DeliveryKey>,
 }
 
 fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M> {
@@ -207,6 +212,8 @@ impl<S: KvStore> Device<S> {
             next_message_id: 1,
             sent_log: healing::SentLog::default(),
             retry: healing::RetryState::default(),
+            delivery_epoch: 0,
+            delivery_keys: HashMap::new(),
         };
         device.rotate_signed_pre_key(rng, now)?;
         device.rotate_last_resort_pre_key(rng, now)?;
@@ -339,6 +346,7 @@ impl<S: KvStore> Device<S> {
         let next_message_id = counter(NEXT_MESSAGE_ID)?.unwrap_or(1);
         let groups = groups::load_groups(&store)?;
         let (sent_log, retry) = healing::load(&store)?;
+        let (delivery_epoch, delivery_keys) = sealed::load(&store)?;
         Ok(Self {
             address: DeviceAddress {
                 account,
@@ -359,6 +367,8 @@ impl<S: KvStore> Device<S> {
             next_message_id,
             sent_log,
             retry,
+            delivery_epoch,
+            delivery_keys,
         })
     }
 
@@ -488,6 +498,8 @@ impl<S: KvStore> Device<S> {
             next_message_id,
             sent_log,
             retry: _,
+            delivery_epoch,
+            delivery_keys,
         } = Device::open(copy)?;
         self.address = address;
         self.identity = identity;
@@ -502,6 +514,8 @@ impl<S: KvStore> Device<S> {
         self.next_pre_key_id = next_pre_key_id;
         self.next_message_id = next_message_id;
         self.sent_log = sent_log;
+        self.delivery_epoch = delivery_epoch;
+        self.delivery_keys = delivery_keys;
         // The pending ids as committed; the request and answer times are kept.
         let (_, retry) = healing::load(&self.store)?;
         self.retry.replace_pending(retry);

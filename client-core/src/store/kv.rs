@@ -38,11 +38,13 @@ pub enum Namespace {
     Groups = 9,
     /// Pairwise messages sent recently, kept to answer retry requests (PROTOCOL.md §20).
     SentLog = 10,
+    /// Delivery keys of other devices, learnt from their sealed envelopes (PROTOCOL.md §21.5).
+    DeliveryKeys = 11,
 }
 
 impl Namespace {
     /// Every namespace, in discriminant order.
-    pub const ALL: [Namespace; 11] = [
+    pub const ALL: [Namespace; 12] = [
         Namespace::Meta,
         Namespace::Identity,
         Namespace::SignedPreKeys,
@@ -54,6 +56,7 @@ impl Namespace {
         Namespace::SenderKeys,
         Namespace::Groups,
         Namespace::SentLog,
+        Namespace::DeliveryKeys,
     ];
 
     /// The byte that identifies this namespace on disk.
@@ -616,7 +619,7 @@ mod tests {
             assert_eq!(usize::from(ns.as_byte()), i);
             assert_eq!(Namespace::from_byte(ns.as_byte()), Some(ns));
         }
-        assert_eq!(Namespace::from_byte(11), None);
+        assert_eq!(Namespace::from_byte(12), None);
         assert_eq!(Namespace::from_byte(0xff), None);
     }
 

@@ -2,7 +2,7 @@
 //! and the deterministic generator behind them.
 //!
 //! The code follows the files: the modules `pqxdh`, `double_ratchet`, `device_lists`,
-//! `safety_numbers`, `sender_keys` and `negative` each hold the schema types of the file of that
+//! `safety_numbers`, `sender_keys`, `sealed` and `negative` each hold the schema types of the file of that
 //! name (re-exported here) and its generator. This module holds what they share: the entry points
 //! ([`generate_all`], [`write_all`], [`error_name`]), the fixed time and key ids, the records of
 //! device and pre-keys several files use, and the helpers every generator draws and checks with
@@ -26,6 +26,7 @@ mod double_ratchet;
 mod negative;
 mod pqxdh;
 mod safety_numbers;
+mod sealed;
 mod sender_keys;
 
 use std::collections::BTreeMap;
@@ -51,6 +52,7 @@ use self::double_ratchet::ratchet_file;
 use self::negative::negative_file;
 use self::pqxdh::pqxdh_file;
 use self::safety_numbers::safety_file;
+use self::sealed::sealed_file;
 use self::sender_keys::sender_keys_file;
 
 pub use self::device_lists::{
@@ -62,6 +64,7 @@ pub use self::double_ratchet::{
 pub use self::negative::{NegativeFile, NegativeInput, NegativeVector, StoreEntryRecord};
 pub use self::pqxdh::{FirstMessageRecord, PqxdhFile, PqxdhInputs, PqxdhOutputs, PqxdhVector};
 pub use self::safety_numbers::{SafetyComparisonVector, SafetyFile, SafetyNumberVector};
+pub use self::sealed::{DeliveryKeyVector, SealedFile, SealedVector};
 pub use self::sender_keys::{
     AddressRecord, CAROL, CAROL_DEVICE_ID, DAVE, DAVE_DEVICE_ID, GROUP_NAME, GroupChangeRecord,
     GroupMemberRecord, MembershipVector, ParticipantRecord, SENDER_KEY_ID, SenderChainStepRecord,
@@ -105,12 +108,13 @@ pub const LOW_ORDER_X25519: [u8; KEY_LEN] = [
 ];
 
 /// File names, in the order [`generate_all`] returns them.
-pub const FILES: [&str; 6] = [
+pub const FILES: [&str; 7] = [
     "pqxdh.json",
     "double_ratchet.json",
     "device_lists.json",
     "safety_numbers.json",
     "sender_keys.json",
+    "sealed.json",
     "negative.json",
 ];
 
@@ -193,13 +197,14 @@ pub struct KemPreKeyRecord {
 
 /// Generates every vector file: `(file name, JSON text)` in the order of [`FILES`].
 pub fn generate_all() -> GenResult<Vec<(&'static str, String)>> {
-    let [pqxdh, dr, lists, safety, sender_keys, negative] = FILES;
+    let [pqxdh, dr, lists, safety, sender_keys, sealed, negative] = FILES;
     Ok(vec![
         (pqxdh, to_json(&pqxdh_file()?)?),
         (dr, to_json(&ratchet_file()?)?),
         (lists, to_json(&device_list_file()?)?),
         (safety, to_json(&safety_file()?)?),
         (sender_keys, to_json(&sender_keys_file()?)?),
+        (sealed, to_json(&sealed_file()?)?),
         (negative, to_json(&negative_file()?)?),
     ])
 }

@@ -7,7 +7,7 @@
 //!   ed25519-dalek, ml-kem and the documented formulas) and through hush-core's API.
 //!
 //! One module per vector file checks that file (`pqxdh`, `double_ratchet`, `device_lists`,
-//! `safety_numbers`, `sender_keys`, `negative`); this file holds the tests and what the checks
+//! `safety_numbers`, `sender_keys`, `sealed`, `negative`); this file holds the tests and what the checks
 //! share: hex decoding, keys recomputed from their secrets, the scripted RNG, and devices and
 //! pre-keys rebuilt from their records. The reviewer checks use only the schema types and
 //! `error_name` of `hush_tests::vectors`, never its generator, so they stay independent of the code
@@ -20,6 +20,7 @@ mod double_ratchet;
 mod negative;
 mod pqxdh;
 mod safety_numbers;
+mod sealed;
 mod sender_keys;
 
 use std::collections::{BTreeSet, VecDeque};
@@ -46,6 +47,7 @@ use self::double_ratchet::check_ratchet_file;
 use self::negative::check_negative_file;
 use self::pqxdh::check_pqxdh_file;
 use self::safety_numbers::check_safety_file;
+use self::sealed::check_sealed_file;
 use self::sender_keys::check_sender_keys_file;
 
 // ------------------------------------------------------------------------------------------------
@@ -383,7 +385,9 @@ fn vectors_verify_like_a_reviewer() {
     let (pairs, comparisons) = check_safety_file(&load("safety_numbers.json"));
     let (sender_keys, group_messages, membership_logs) =
         check_sender_keys_file(&load("sender_keys.json"));
+    let (envelopes, delivery_keys) = check_sealed_file(&load("sealed.json"));
     let (negatives, group_negatives) = check_negative_file(&load("negative.json"));
+    println!("checked {envelopes} sealed-envelope and {delivery_keys} delivery-key vectors");
     println!(
         "checked {pqxdh} PQXDH, {ratchet} double-ratchet, {lists} device-list (+{list_negatives} negative), \
          {pairs} safety-number (+{comparisons} comparisons), {sender_keys} sender-key ({group_messages} \
@@ -400,6 +404,7 @@ fn vectors_verify_like_a_reviewer() {
     );
     assert!(sender_keys > 0 && group_messages >= 10 && membership_logs > 0);
     assert!(negatives > 0 && group_negatives > 0);
+    assert!(envelopes >= 5 && delivery_keys >= 4);
 }
 
 fn check_header<T>(file: &str, name: &str, format_version: u32, vectors: &[T]) {

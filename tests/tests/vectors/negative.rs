@@ -5,10 +5,12 @@ use std::collections::BTreeSet;
 
 use hush_core::device::{Device as CoreDevice, GroupIncoming};
 use hush_core::device_list::VerifiedDeviceList;
-use hush_core::keys::AccountId;
+use hush_core::error::{AuthError, ProtocolError};
+use hush_core::keys::{AccountId, DeviceIdentityKeyPair};
 use hush_core::pqxdh::{self, InitialMessage};
 use hush_core::prekeys::PreKeyBundle;
 use hush_core::ratchet::{RatchetMessage, SessionState};
+use hush_core::sealed;
 use hush_core::sender_key::{GroupMessage, SenderKeyState};
 use hush_core::store::kv::{Batch, KvStore, Namespace};
 use hush_core::store::memory::MemoryKv;
@@ -75,6 +77,9 @@ pub(super) fn check_negative_file(f: &NegativeFile) -> (usize, usize) {
         "Protocol(DeviceListRollback)",
         "Protocol(DeviceNotOnList)",
         "Protocol(NotAMember)",
+        "Auth(SealedDecryptFailed)",
+        "Auth(SealedSenderMismatch)",
+        "Protocol(UnsupportedVersion)",
     ] {
         assert!(
             errors.contains(required),
@@ -378,5 +383,51 @@ pub(super) fn check_negative(v: &NegativeVector) {
                 GroupIncoming::Buffered { .. } => panic!("{}: control buffered", v.name),
             }
         }
+        NegativeInput::SealedOpen {
+            recipient,
+            envelope,
+            control_envelope,
+            control_content,
+        } => {
+            let r = Device::from_record(recipient);
+            let bad = h(envelope);
+            assert_rejected(v, sealed::open(&r.pair, &bad).map(|_| ()));
+            let opened = sealed::open(&r.pair, &h(control_envelope)).unwrap();
+            assert_eq!(*opened.content, h(control_content), "{}: control", v.name);
+        }
+        NegativeInput::SealedSender {
+            recipient,
+            account: acct,
+            signed_device_list,
+            envelope,
+            control_envelope,
+            control_content,
+        } => {
+            let r = Device::from_record(recipient);
+            let list = VerifiedDeviceList::verify(&h(signed_device_list), &account(acct)).unwrap();
+            assert_rejected(
+                v,
+                open_from_listed(&r.pair, &list, &h(envelope)).map(|_| ()),
+            );
+            let opened = open_from_listed(&r.pair, &list, &h(control_envelope)).unwrap();
+            assert_eq!(*opened.content, h(control_content), "{}: control", v.name);
+        }
     }
+}
+
+/// Opens a sealed envelope and checks its inner sender against the device list of the sender's
+/// account, as `Device::open_sealed` does (PROTOCOL.md §21.4).
+fn open_from_listed(
+    recipient: &DeviceIdentityKeyPair,
+    list: &VerifiedDeviceList,
+    bytes: &[u8],
+) -> Result<sealed::Opened, hush_core::Error> {
+    let opened = sealed::open(recipient, bytes)?;
+    if opened.from.account != list.list().account {
+        return Err(ProtocolError::UnknownAccount.into());
+    }
+    if list.identity_of(opened.from.device_id)? != opened.identity {
+        return Err(AuthError::SealedSenderMismatch.into());
+    }
+    Ok(opened)
 }

@@ -7,6 +7,7 @@
 
 mod groups;
 mod pairwise;
+mod sealed;
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use self::groups::{negative_group_devices, negative_groups};
 use self::pairwise::{negative_bundles, negative_device_lists, negative_initial, negative_ratchet};
+use self::sealed::negative_sealed;
 
 use super::{
     DeviceKeysRecord, FORMAT_VERSION, GenResult, KemPreKeyRecord, NOW_MS, OneTimePreKeyRecord,
@@ -139,6 +141,36 @@ pub enum NegativeInput {
         /// Its plaintext.
         control_plaintext: String,
     },
+    /// `hush_core::sealed::open` by the recipient device.
+    SealedOpen {
+        /// The recipient device (only its X25519 identity secret is used).
+        recipient: DeviceKeysRecord,
+        /// The envelope to reject.
+        envelope: String,
+        /// An envelope the recipient opens.
+        control_envelope: String,
+        /// The content of the control envelope.
+        control_content: String,
+    },
+    /// `hush_core::sealed::open`, then the claimed sender checked against its account's
+    /// device list (what `Device::open_sealed` does): the list must be the claimed account's
+    /// (`Protocol(UnknownAccount)` otherwise), list the claimed device
+    /// (`Protocol(DeviceNotOnList)`) with exactly the identity keys inside
+    /// (`Auth(SealedSenderMismatch)`).
+    SealedSender {
+        /// The recipient device.
+        recipient: DeviceKeysRecord,
+        /// The sender's account key (32 bytes).
+        account: String,
+        /// The sender account's encoded `SignedDeviceList`.
+        signed_device_list: String,
+        /// The envelope to reject.
+        envelope: String,
+        /// An envelope from a listed device that is accepted.
+        control_envelope: String,
+        /// The content of the control envelope.
+        control_content: String,
+    },
 }
 
 /// Input that must be rejected with exactly `expected_error`.
@@ -219,6 +251,7 @@ pub(super) fn negative_file() -> GenResult<NegativeFile> {
     negative_device_lists(&mut n)?;
     negative_groups(&mut n)?;
     negative_group_devices(&mut n)?;
+    negative_sealed(&mut n)?;
     Ok(NegativeFile {
         file: "negative".to_owned(),
         format_version: FORMAT_VERSION,
