@@ -165,8 +165,9 @@ impl fmt::Debug for Opened {
 }
 
 /// Padmé length of `len` (len ≥ 2): with `E = ⌊log2 len⌋`, `S = ⌊log2 E⌋ + 1` and `z = E − S`,
-/// `len` rounded up to a multiple of `2^z`. Saturates instead of overflowing.
-fn padme(len: usize) -> usize {
+/// `len` rounded up to a multiple of `2^z`. Saturates instead of overflowing. Sealed envelopes
+/// above the linear buckets use it, and so do attachments (padded before they are encrypted).
+pub fn padme(len: usize) -> usize {
     if len < 2 {
         return len;
     }

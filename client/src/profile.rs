@@ -24,14 +24,17 @@ pub(crate) const UPLOADED_FILE: &str = "uploaded-pre-keys";
 pub(crate) const PUSH_FILE: &str = "push-endpoint";
 /// Present in a linked device's profile until it has asked its siblings for the groups.
 pub(crate) const GROUP_SYNC_FILE: &str = "group-sync-pending";
+/// "1" when this device lets sealed envelopes in from anyone, not only from its contacts.
+pub(crate) const ANYONE_FILE: &str = "sealed-from-anyone";
 
 /// Everything the client writes in a profile directory.
-pub const ENTRIES: [&str; 5] = [
+pub const ENTRIES: [&str; 6] = [
     DB_DIR,
     HISTORY_DIR,
     UPLOADED_FILE,
     PUSH_FILE,
     GROUP_SYNC_FILE,
+    ANYONE_FILE,
 ];
 
 /// Whether the profile holds an account (its device store exists).

@@ -302,6 +302,8 @@ impl Server {
                 Some(from) => self.send(s, from, out, request_id),
                 None => Some(refusal(ErrorCode::Unauthenticated, "not authenticated")),
             },
+            // The ceiling checks no tokens (nor signatures): it only answers.
+            Some(client_frame::Kind::SetDeliveryToken(_)) => ok(),
             Some(client_frame::Kind::Ack(a)) => match me {
                 Some(d) => match self.store.remove(a.seqs.iter().map(|s| mail_key(d, *s))) {
                     Ok(()) => ok(),
@@ -345,10 +347,6 @@ impl Server {
             }
             stored.push((to, seq, e.body));
         }
-        let (sender_account, sender_device) = from.split_at(32);
-        let sender_device = <[u8; 4]>::try_from(sender_device)
-            .map(u32::from_be_bytes)
-            .unwrap_or(0);
         let routes: Vec<Option<Out>> = match self.router.lock() {
             Ok(r) => stored
                 .iter()
@@ -362,8 +360,6 @@ impl Server {
                     0,
                     server_frame::Kind::Deliver(api::Deliver {
                         seq,
-                        sender_account: sender_account.to_vec(),
-                        sender_device,
                         client_id: s.client_id.clone(),
                         body,
                         received_at,

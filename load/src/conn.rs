@@ -279,6 +279,27 @@ impl Link {
         }
     }
 
+    /// Sets this device's delivery token ([`delivery_token`]), so that sends to it are checked
+    /// against it as a contact's sealed sends are.
+    pub(crate) async fn set_delivery_token(
+        &self,
+        account: [u8; 32],
+        device: u32,
+    ) -> Result<(), Error> {
+        match self
+            .request(client_frame::Kind::SetDeliveryToken(
+                api::SetDeliveryToken {
+                    token: delivery_token(&account, device).to_vec(),
+                    anyone: false,
+                },
+            ))
+            .await?
+        {
+            server_frame::Kind::Ok(_) => Ok(()),
+            other => Err(Error::new(format!("set delivery token: {other:?}"))),
+        }
+    }
+
     /// Authenticates as `device` of `account`: the signature over the TLS exporter and the
     /// relay's challenge.
     pub(crate) async fn authenticate(
@@ -440,6 +461,19 @@ fn unsolicited(
 
 fn micros(ns: u64) -> u32 {
     u32::try_from(ns / 1000).unwrap_or(u32::MAX)
+}
+
+/// The delivery token the load generator gives `device` of `account` (any 16 bytes do: the
+/// relay only compares them): the account's first 12 bytes and the device id.
+pub(crate) fn delivery_token(account: &[u8; 32], device: u32) -> [u8; 16] {
+    let mut t = [0u8; 16];
+    for (to, from) in t
+        .iter_mut()
+        .zip(account.iter().take(12).chain(&device.to_be_bytes()))
+    {
+        *to = *from;
+    }
+    t
 }
 
 #[cfg(test)]

@@ -485,6 +485,7 @@ async fn connect_all(
                 .map_err(|_| Error::new("gate closed".into()))?;
             let (link, reader) = Link::connect(&ep, to, shared, ack_interval).await?;
             link.authenticate(id, dev, &key).await?;
+            link.set_delivery_token(id, dev).await?;
             Ok::<_, Error>((i, link, reader))
         });
     }
@@ -646,6 +647,7 @@ impl Sender {
                     .map(|d| api::OutEnvelope {
                         device_id: *d,
                         body: body.clone(),
+                        delivery_token: conn::delivery_token(&self.recipient, *d).to_vec(),
                     })
                     .collect(),
             };

@@ -191,9 +191,12 @@ impl Admission {
 
     /// A slot for one more authenticated connection of `account`, or `None` at its cap.
     pub fn account(self: &Arc<Self>, account: [u8; 32]) -> Option<AccountSlot> {
-        take(&mut lock(&self.accounts), account, self.max_per_account).then(|| AccountSlot {
-            admission: Arc::clone(self),
-            account,
+        take(&mut lock(&self.accounts), account, self.max_per_account).then(|| {
+            self.metrics.connections_authenticated.inc();
+            AccountSlot {
+                admission: Arc::clone(self),
+                account,
+            }
         })
     }
 
@@ -383,6 +386,7 @@ pub struct AccountSlot {
 impl Drop for AccountSlot {
     fn drop(&mut self) {
         release(&mut lock(&self.admission.accounts), &self.account);
+        self.admission.metrics.connections_authenticated.dec();
     }
 }
 

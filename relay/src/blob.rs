@@ -1,5 +1,8 @@
 //! Blob streams: encrypted attachments uploaded and downloaded on bidirectional streams of their
-//! own, next to the control stream (which must have authenticated the device first).
+//! own, next to the control stream. Uploads need an authenticated device (they count against
+//! its account's quota); a download needs only the blob's id and capability, and may come on an
+//! anonymous connection, so the relay does not learn which device fetched an attachment (rate
+//! limits then apply to the connection's address block).
 //!
 //! A blob is never held in memory: an upload is written to the store one chunk
 //! ([`BLOB_CHUNK`]) at a time as it arrives, and a download read from it one chunk at a time as
@@ -27,7 +30,7 @@ use crate::store::blobs::{self, BLOB_CHUNK, Begin, BlobMeta, Quota};
 /// Serves one blob stream; errors end the stream only.
 pub(crate) async fn stream(
     relay: Arc<Relay>,
-    who: Option<DeviceId>,
+    who: Option<(DeviceId, bool)>,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
@@ -67,6 +70,7 @@ async fn blob_reply(
     kind: blob_response::Kind,
 ) -> std::io::Result<()> {
     let response = BlobResponse { kind: Some(kind) };
+    relay.tap_output(&prost::Message::encode_to_vec(&response));
     let write = frame::write(send, &response);
     match tokio::time::timeout(chunk_deadline(relay), write).await {
         Ok(r) => r,
@@ -110,7 +114,7 @@ fn note_stored(relay: &Relay) {
 
 async fn blob_stream(
     relay: Arc<Relay>,
-    who: Option<DeviceId>,
+    who: Option<(DeviceId, bool)>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> std::io::Result<()> {
@@ -134,14 +138,21 @@ async fn blob_stream(
             return Ok(());
         }
     };
-    let Some(me) = who else {
+    let Some((me, authenticated)) = who else {
         let r = Refusal::new(
             ErrorCode::Unauthenticated,
-            "authenticate on the control stream first",
+            "authenticate (or declare the connection anonymous) on the control stream first",
         );
         return blob_refuse(&relay, &mut send, r).await;
     };
     match req.kind {
+        Some(blob_request::Kind::Upload(_)) if !authenticated => {
+            let r = Refusal::new(
+                ErrorCode::Unauthenticated,
+                "uploads count against an account: authenticate first",
+            );
+            blob_refuse(&relay, &mut send, r).await
+        }
         Some(blob_request::Kind::Upload(u)) => upload(&relay, &me, u.size, send, recv).await,
         Some(blob_request::Kind::Download(d)) => download(&relay, &me, &d, send).await,
         None => {

@@ -85,6 +85,9 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// Cancel to drain and stop.
     pub shutdown: CancellationToken,
+    /// Its store (the mailboxes, device lists, …), for tests that look at what it keeps.
+    pub store: Arc<dyn RelayStore>,
+    tap: Arc<std::sync::RwLock<Option<shared::FrameTap>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -93,6 +96,14 @@ impl Running {
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
+    }
+
+    /// Sets (or with `None` removes) a function that sees the bytes of every frame the relay
+    /// writes on any control stream from now on: tests check with it what clients are told.
+    pub fn tap_frames(&self, tap: Option<shared::FrameTap>) {
+        if let Ok(mut t) = self.tap.write() {
+            *t = tap;
+        }
     }
 
     /// Waits until the relay has stopped (after `shutdown` is cancelled).
@@ -264,6 +275,8 @@ pub async fn start_with_clock(
             }
         });
     }
+    let tap = Arc::clone(&relay.tap);
+    let store = Arc::clone(&relay.store);
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         // The metrics endpoint outlives the drain, so /health answers 503 while it runs.
@@ -295,6 +308,8 @@ pub async fn start_with_clock(
         fingerprint,
         metrics,
         shutdown,
+        store,
+        tap,
         task,
     })
 }

@@ -10,6 +10,9 @@ pub const ACCOUNT_LEN: usize = 32;
 /// Length of a send's client-chosen id.
 pub const CLIENT_ID_LEN: usize = 16;
 
+/// Length of a delivery token (`SetDeliveryToken`, `OutEnvelope.delivery_token`).
+pub const DELIVERY_TOKEN_LEN: usize = 16;
+
 /// Length of the relay's authentication challenge.
 pub const CHALLENGE_LEN: usize = 32;
 

@@ -21,7 +21,7 @@ use crate::push::{PushConfig, PushTargets, Pusher};
 use crate::ratelimit::Limiter;
 use crate::router::Router;
 use crate::store::blobs::BlobStore;
-use crate::store::{DeviceId, RelayStore, StoreError};
+use crate::store::{DeliveryAccess, DeviceId, RelayStore, StoreError};
 use crate::verify::{CheckedList, VerifyError};
 use crate::writer::{StoreFlush, Writer, WriterThreads};
 
@@ -45,6 +45,9 @@ pub(crate) fn random<const N: usize>() -> [u8; N] {
     rand::rng().fill(&mut b[..]);
     b
 }
+
+/// Sees the bytes of frames the relay writes (`Running::tap_frames`).
+pub type FrameTap = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 /// A cached device list and when it was last known to be the newest.
 type CachedList = (Arc<AccountDevices>, Instant);
@@ -200,6 +203,11 @@ pub struct Relay {
     pub(crate) rate_limiters: RateLimiters,
     /// Cached device lists, with when each was last known to be the newest.
     lists: Mutex<HashMap<[u8; 32], CachedList>>,
+    /// Sees every frame written on a control stream, when set (`Running::tap_frames`: tests
+    /// that check what the relay tells clients).
+    pub(crate) tap: Arc<std::sync::RwLock<Option<FrameTap>>>,
+    /// Devices' delivery access as last read, and when (`Relay::delivery_access`).
+    access: Mutex<HashMap<DeviceId, (Option<DeliveryAccess>, Instant)>>,
     /// Connections per address block and account, and the pending device links.
     pub(crate) admission: Arc<Admission>,
     /// Devices told in the current low spell that their one-time keys run low (set when a claim
@@ -322,6 +330,8 @@ impl Relay {
             metrics,
             rate_limiters,
             lists: Mutex::new(HashMap::new()),
+            access: Mutex::new(HashMap::new()),
+            tap: Arc::new(std::sync::RwLock::new(None)),
             pre_keys_low: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
@@ -410,6 +420,44 @@ impl Relay {
             return Ok(Some(Arc::clone(&cached.0)));
         }
         Ok(Some(devices))
+    }
+
+    /// What lets sealed sends into `device`'s queue. Cached: for good on a store of its own
+    /// (this node's `SetDeliveryToken` drops the copy), for [`crate::limits::LIST_RECHECK`] on a
+    /// shared one (another node may have changed it).
+    pub(crate) fn delivery_access(
+        &self,
+        device: &DeviceId,
+    ) -> Result<Option<DeliveryAccess>, Refusal> {
+        let now = self.clock.instant();
+        let cached = self.access.lock().ok().and_then(|m| m.get(device).copied());
+        if let Some((access, at)) = cached
+            && (!self.shared_store()
+                || now.saturating_duration_since(at) < crate::limits::LIST_RECHECK)
+        {
+            return Ok(access);
+        }
+        let access = self.store.delivery_access(device)?;
+        if let Ok(mut m) = self.access.lock() {
+            m.insert(*device, (access, now));
+        }
+        Ok(access)
+    }
+
+    /// Hands the bytes about to be written on a control stream to the tap, if one is set.
+    pub(crate) fn tap_output(&self, bytes: &[u8]) {
+        if let Ok(t) = self.tap.read()
+            && let Some(f) = t.as_ref()
+        {
+            f(bytes);
+        }
+    }
+
+    /// Drops the cached delivery access of `device` (after it changed or the device left).
+    pub(crate) fn forget_access(&self, device: &DeviceId) {
+        if let Ok(mut m) = self.access.lock() {
+            m.remove(device);
+        }
     }
 
     /// Whether other relay nodes write the same store (a cluster).

@@ -483,6 +483,7 @@ async fn request_id_zero_and_an_id_in_flight_are_malformed_and_close() {
             envelopes: vec![api::OutEnvelope {
                 device_id: 1,
                 body: vec![1; 10],
+                delivery_token: Vec::new(),
             }],
             ..Default::default()
         })),

@@ -47,18 +47,26 @@ async fn barrier(c: &Client, a: &TestAccount, device: u32) {
     assert!(matches!(r, server_frame::Kind::Ok(_)), "{r:?}");
 }
 
-on_both_stores!(one_sender_filling_a_device_queue_does_not_stop_a_second_sender);
-async fn one_sender_filling_a_device_queue_does_not_stop_a_second_sender(
-    store: StoreKind,
-    dir: &Path,
-) {
+on_both_stores!(strangers_filling_a_device_queue_do_not_stop_its_contacts);
+async fn strangers_filling_a_device_queue_do_not_stop_its_contacts(store: StoreKind, dir: &Path) {
     let mut cfg = test_config(store, dir);
     cfg.max_queue_len_per_sender = 3;
     let r = start_relay(cfg).await;
     let (bob, b) = join(&r, 1).await;
+    let token = random::<16>();
+    let set = b
+        .request(client_frame::Kind::SetDeliveryToken(
+            api::SetDeliveryToken {
+                token: token.to_vec(),
+                anyone: false,
+            },
+        ))
+        .await;
+    assert!(matches!(set, server_frame::Kind::Ok(_)), "{set:?}");
     let (_mallory, m) = join(&r, 1).await;
     let (_alice, a) = join(&r, 1).await;
     drop(b); // offline: his queue fills
+    // Mallory's introductions (no token) fill the strangers' share.
     for i in 0..3u8 {
         assert!(
             sent(&m.send([i; 16], bob.id(), &[1], b"flood").await)
@@ -69,18 +77,29 @@ async fn one_sender_filling_a_device_queue_does_not_stop_a_second_sender(
     let (code, e) = error_of(&m.send([9; 16], bob.id(), &[1], b"flood").await);
     assert_eq!(code, ErrorCode::SenderQuota);
     assert!(e.retry_after_ms > 0);
-    // Another sender still reaches Bob.
-    assert!(
-        sent(&a.send([1; 16], bob.id(), &[1], b"hello").await)
-            .full_devices
-            .is_empty()
-    );
-    assert_eq!(r.metrics.refusals.get(RefusalReason::SenderQuota), 1);
+    // Another stranger shares it (the relay does not know senders)...
+    let (code, _) = error_of(&a.send([11; 16], bob.id(), &[1], b"hello").await);
+    assert_eq!(code, ErrorCode::SenderQuota);
+    // ...but a contact, with Bob's delivery token, still reaches him.
+    let with_token = a
+        .request(client_frame::Kind::Send(api::Send {
+            client_id: vec![2; 16],
+            recipient_account: bob.id().to_vec(),
+            envelopes: vec![api::OutEnvelope {
+                device_id: 1,
+                body: b"hello".to_vec(),
+                delivery_token: token.to_vec(),
+            }],
+            targeted: false,
+        }))
+        .await;
+    assert!(sent(&with_token).full_devices.is_empty());
+    assert_eq!(r.metrics.refusals.get(RefusalReason::SenderQuota), 2);
     assert_eq!(
         r.metrics.mailbox_bytes.get(),
         i64::try_from(4 * (5 + ENVELOPE_OVERHEAD)).unwrap()
     );
-    // Bob reads and acknowledges everything: Mallory's share is free again and every byte
+    // Bob reads and acknowledges everything: the strangers' share is free again and every byte
     // counter is back at zero.
     let b = Client::connect(r.addr, &r.fingerprint).await;
     b.authenticate(&bob, 1).await;
@@ -180,6 +199,7 @@ async fn a_full_device_of_two_is_left_out_and_named_while_the_other_gets_the_sen
             envelopes: vec![api::OutEnvelope {
                 device_id: 2,
                 body: vec![3],
+                delivery_token: Vec::new(),
             }],
         }))
         .await;

@@ -329,7 +329,6 @@ async fn send_online_push_offline_queue_ack_and_order(store: StoreKind, dir: &Pa
     for i in 0..20u8 {
         let d = b1.next_delivery().await;
         assert_eq!(d.body, vec![i; 100]);
-        assert_eq!(d.sender_account, alice.id().to_vec());
         assert_eq!(d.client_id, ids[i as usize].to_vec());
         seqs.push(d.seq);
     }
@@ -401,6 +400,7 @@ async fn device_set_mismatch_is_reported(store: StoreKind, dir: &Path) {
                 .map(|d| api::OutEnvelope {
                     device_id: *d,
                     body: b"for device 1 only".to_vec(),
+                    delivery_token: Vec::new(),
                 })
                 .collect(),
             targeted: true,
@@ -437,10 +437,12 @@ async fn ephemeral_envelopes_reach_connected_devices_only_and_never_disk(
                 api::OutEnvelope {
                     device_id: 1,
                     body: marker.to_vec(),
+                    delivery_token: Vec::new(),
                 },
                 api::OutEnvelope {
                     device_id: 2,
                     body: marker.to_vec(),
+                    delivery_token: Vec::new(),
                 },
             ],
         }))
@@ -449,7 +451,6 @@ async fn ephemeral_envelopes_reach_connected_devices_only_and_never_disk(
         panic!()
     };
     assert_eq!(e.body, marker);
-    assert_eq!(e.sender_account, alice.id().to_vec());
     // The offline device finds nothing when it connects.
     let b2 = client(&r).await;
     b2.authenticate(&bob, 2).await;
@@ -929,20 +930,23 @@ async fn mail_committed_during_catch_up_arrives_once_in_order(store: StoreKind, 
         clients.push(Arc::new(c));
     }
     // 300 queued while Bob is away; then Bob connects while 3 senders keep sending.
+    // Bodies name their sender (the relay does not: envelopes carry no sender).
+    let body = |sender: u8, i: u32| [&[sender][..], &i.to_be_bytes()].concat();
     for i in 0..100u32 {
-        for c in &clients {
-            let res = c.send(random(), bob.id(), &[1], &i.to_be_bytes()).await;
+        for (k, c) in clients.iter().enumerate() {
+            let res = c.send(random(), bob.id(), &[1], &body(k as u8, i)).await;
             assert!(matches!(res, server_frame::Kind::Sent(_)));
         }
     }
     let tasks: Vec<_> = clients
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(k, c)| {
             let c = Arc::clone(c);
             let to = bob.id();
             tokio::spawn(async move {
                 for i in 100..300u32 {
-                    let res = c.send(random(), to, &[1], &i.to_be_bytes()).await;
+                    let res = c.send(random(), to, &[1], &body(k as u8, i)).await;
                     assert!(matches!(res, server_frame::Kind::Sent(_)));
                 }
             })
@@ -953,16 +957,16 @@ async fn mail_committed_during_catch_up_arrives_once_in_order(store: StoreKind, 
     for t in tasks {
         t.await.unwrap();
     }
-    let mut per_sender: std::collections::HashMap<Vec<u8>, Vec<u32>> = Default::default();
+    let mut per_sender: std::collections::HashMap<u8, Vec<u32>> = Default::default();
     let mut last_seq = 0;
     for _ in 0..900 {
         let d = b.next_delivery().await;
         assert!(d.seq > last_seq, "out of queue order");
         last_seq = d.seq;
         per_sender
-            .entry(d.sender_account)
+            .entry(d.body[0])
             .or_default()
-            .push(u32::from_be_bytes(d.body[..4].try_into().unwrap()));
+            .push(u32::from_be_bytes(d.body[1..5].try_into().unwrap()));
     }
     assert_eq!(per_sender.len(), 3);
     for got in per_sender.values() {
@@ -1246,5 +1250,280 @@ async fn a_claimed_username_survives_a_relay_restart() {
         error_of(&b.lookup_username("bob").await).0,
         ErrorCode::NotFound
     );
+    r.stop().await;
+}
+
+/// A send of `body` to `to`'s devices, each envelope with the token given for it.
+fn sealed_send(to: [u8; 32], envelopes: &[(u32, &[u8])], body: &[u8]) -> client_frame::Kind {
+    client_frame::Kind::Send(api::Send {
+        client_id: random::<16>().to_vec(),
+        recipient_account: to.to_vec(),
+        envelopes: envelopes
+            .iter()
+            .map(|(d, token)| api::OutEnvelope {
+                device_id: *d,
+                body: body.to_vec(),
+                delivery_token: token.to_vec(),
+            })
+            .collect(),
+        targeted: false,
+    })
+}
+
+async fn anonymous(r: &hush_relay::Running) -> Client {
+    let c = client(r).await;
+    ok(&c
+        .request(client_frame::Kind::Anonymous(api::Anonymous {}))
+        .await);
+    c
+}
+
+async fn set_token(c: &Client, token: &[u8], anyone: bool) {
+    ok(&c
+        .request(client_frame::Kind::SetDeliveryToken(
+            api::SetDeliveryToken {
+                token: token.to_vec(),
+                anyone,
+            },
+        ))
+        .await);
+}
+
+on_both_stores!(sealed_sends_need_the_recipient_devices_tokens_and_carry_no_sender);
+async fn sealed_sends_need_the_recipient_devices_tokens_and_carry_no_sender(
+    store: StoreKind,
+    dir: &Path,
+) {
+    let r = start_relay(test_config(store, dir)).await;
+    let bob = TestAccount::new(2);
+    let b1 = client(&r).await;
+    b1.create(&bob, 1).await;
+    assert!(b1.catch_up().await.is_empty());
+    let b2 = client(&r).await;
+    b2.authenticate(&bob, 2).await;
+    assert!(b2.catch_up().await.is_empty());
+    let carol = TestAccount::new(1);
+    let c = client(&r).await;
+    c.create(&carol, 1).await;
+    let (t1, t2, tc) = (random::<16>(), random::<16>(), random::<16>());
+    set_token(&b1, &t1, false).await;
+    set_token(&b2, &t2, false).await;
+    set_token(&c, &tc, false).await;
+    let anon = anonymous(&r).await;
+
+    // Refused, each with UNAUTHORIZED_SEND and nothing queued: no token, a wrong token, device
+    // 2's token for device 1, and carol's token (another recipient's).
+    let wrong = random::<16>();
+    for tokens in [
+        [&[][..], &t2[..]],
+        [&wrong[..], &t2[..]],
+        [&t2[..], &t2[..]],
+        [&t1[..], &tc[..]],
+    ] {
+        let got = anon
+            .request(sealed_send(
+                bob.id(),
+                &[(1, tokens[0]), (2, tokens[1])],
+                b"refused",
+            ))
+            .await;
+        assert_eq!(error_of(&got).0, ErrorCode::UnauthorizedSend, "{got:?}");
+    }
+    // A malformed token is refused as such.
+    let got = anon
+        .request(sealed_send(bob.id(), &[(1, &t1[..5]), (2, &t2[..])], b"x"))
+        .await;
+    assert_eq!(error_of(&got).0, ErrorCode::UnauthorizedSend, "{got:?}");
+
+    // With both tokens: queued, delivered with no sender anywhere in the frame.
+    let got = anon
+        .request(sealed_send(
+            bob.id(),
+            &[(1, &t1[..]), (2, &t2[..])],
+            b"sealed body",
+        ))
+        .await;
+    assert!(matches!(got, server_frame::Kind::Sent(_)), "{got:?}");
+    for b in [&b1, &b2] {
+        let d = b.next_delivery().await;
+        assert_eq!(d.body, b"sealed body", "the refused sends queued nothing");
+        let frame = d.encode_to_vec();
+        assert!(!frame.windows(32).any(|w| w == carol.id()));
+        b.ack(vec![d.seq]).await;
+    }
+    // Ephemerals too.
+    let got = anon
+        .request(client_frame::Kind::SendEphemeral(api::SendEphemeral {
+            recipient_account: bob.id().to_vec(),
+            envelopes: vec![api::OutEnvelope {
+                device_id: 1,
+                body: b"typing".to_vec(),
+                delivery_token: wrong.to_vec(),
+            }],
+        }))
+        .await;
+    assert_eq!(error_of(&got).0, ErrorCode::UnauthorizedSend, "{got:?}");
+    ok(&anon
+        .request(client_frame::Kind::SendEphemeral(api::SendEphemeral {
+            recipient_account: bob.id().to_vec(),
+            envelopes: vec![api::OutEnvelope {
+                device_id: 1,
+                body: b"typing".to_vec(),
+                delivery_token: t1.to_vec(),
+            }],
+        }))
+        .await);
+    let server_frame::Kind::Ephemeral(e) = b1.event().await else {
+        panic!("no ephemeral")
+    };
+    assert_eq!(e.body, b"typing");
+
+    // A device that accepts anyone takes sealed sends without its token; the other still needs its.
+    set_token(&b2, &t2, true).await;
+    let got = anon
+        .request(sealed_send(
+            bob.id(),
+            &[(1, &t1[..]), (2, &[][..])],
+            b"from anyone",
+        ))
+        .await;
+    assert!(matches!(got, server_frame::Kind::Sent(_)), "{got:?}");
+    let got = anon
+        .request(sealed_send(bob.id(), &[(1, &[][..]), (2, &[][..])], b"no"))
+        .await;
+    assert_eq!(error_of(&got).0, ErrorCode::UnauthorizedSend, "{got:?}");
+    // A rotated token: the old one stops working at once.
+    let t1_new = random::<16>();
+    set_token(&b1, &t1_new, false).await;
+    let got = anon
+        .request(sealed_send(bob.id(), &[(1, &t1[..]), (2, &t2[..])], b"old"))
+        .await;
+    assert_eq!(error_of(&got).0, ErrorCode::UnauthorizedSend, "{got:?}");
+    let metrics = &r.metrics;
+    assert_eq!(metrics.unauthorized_sends.get(), 8);
+    assert_eq!(metrics.anonymous_connections.get(), 1);
+    r.stop().await;
+}
+
+on_both_stores!(an_anonymous_connection_reads_public_material_and_nothing_of_an_account);
+async fn an_anonymous_connection_reads_public_material_and_nothing_of_an_account(
+    store: StoreKind,
+    dir: &Path,
+) {
+    let r = start_relay(test_config(store, dir)).await;
+    let bob = TestAccount::new(1);
+    let b = client(&r).await;
+    b.create(&bob, 1).await;
+    ok(&b
+        .request(client_frame::Kind::UploadPreKeys(bob.pre_keys(1, 1, 2, 2)))
+        .await);
+    let anon = anonymous(&r).await;
+    // Device lists and bundles of anyone, and usernames, as on an authenticated connection.
+    let got = anon
+        .request(client_frame::Kind::FetchDeviceList(api::FetchDeviceList {
+            account: bob.id().to_vec(),
+        }))
+        .await;
+    assert!(matches!(got, server_frame::Kind::DeviceList(_)), "{got:?}");
+    let got = anon
+        .request(client_frame::Kind::FetchBundle(api::FetchBundle {
+            account: bob.id().to_vec(),
+            device_id: 1,
+        }))
+        .await;
+    assert!(matches!(got, server_frame::Kind::Bundle(_)), "{got:?}");
+    // Nothing that acts for an account or a device.
+    for kind in [
+        client_frame::Kind::Ack(api::Ack { seqs: vec![1] }),
+        client_frame::Kind::UploadPreKeys(bob.pre_keys(1, 10, 1, 1)),
+        client_frame::Kind::SetDeliveryToken(api::SetDeliveryToken {
+            token: vec![1; 16],
+            anyone: true,
+        }),
+        client_frame::Kind::RegisterPush(api::RegisterPush {
+            url: "https://push.example/x".into(),
+        }),
+    ] {
+        let got = anon.request(kind).await;
+        assert_eq!(error_of(&got).0, ErrorCode::Unauthenticated, "{got:?}");
+    }
+    // It never authenticates.
+    let got = anon.request(client_frame::Kind::Hello(api::Hello {})).await;
+    assert!(matches!(got, server_frame::Kind::Challenge(_)), "{got:?}");
+    let got = anon
+        .request(client_frame::Kind::Authenticate(api::Authenticate {
+            account: bob.id().to_vec(),
+            device_id: 1,
+            signature: anon.auth_signature(&[0; 32], bob.id(), 1, bob.device(1)),
+        }))
+        .await;
+    assert_eq!(error_of(&got).0, ErrorCode::Forbidden, "{got:?}");
+    // An authenticated connection cannot turn anonymous.
+    let got = b
+        .request(client_frame::Kind::Anonymous(api::Anonymous {}))
+        .await;
+    assert_eq!(error_of(&got).0, ErrorCode::AlreadyAuthenticated, "{got:?}");
+    // Blobs: uploaded by a device, downloaded with the capability alone on the anonymous
+    // connection; an anonymous upload is refused.
+    let blob_response::Kind::Uploaded(up) =
+        b.upload_blob(b"attachment bytes", 16).await.kind.unwrap()
+    else {
+        panic!("upload refused")
+    };
+    assert_eq!(
+        anon.download_blob(&up.id, &up.capability).await.unwrap(),
+        b"attachment bytes"
+    );
+    let refused = anon.upload_blob(b"nope", 4).await;
+    let Some(blob_response::Kind::Error(e)) = refused.kind else {
+        panic!("anonymous upload accepted: {refused:?}")
+    };
+    assert_eq!(e.code, ErrorCode::Unauthenticated as i32);
+    r.stop().await;
+}
+
+on_both_stores!(an_authenticated_send_without_tokens_is_an_introduction_with_a_capped_share);
+async fn an_authenticated_send_without_tokens_is_an_introduction_with_a_capped_share(
+    store: StoreKind,
+    dir: &Path,
+) {
+    let mut cfg = test_config(store, dir);
+    cfg.max_queue_len_per_sender = 2;
+    let r = start_relay(cfg).await;
+    let bob = TestAccount::new(1);
+    let b = client(&r).await;
+    b.create(&bob, 1).await;
+    let tb = random::<16>();
+    set_token(&b, &tb, false).await;
+    let alice = TestAccount::new(1);
+    let a = client(&r).await;
+    a.create(&alice, 1).await;
+    // Introductions (no token, authenticated): at most 2 in bob's queue from all strangers.
+    for i in 0..2u8 {
+        let got = a
+            .request(sealed_send(bob.id(), &[(1, &[][..])], &[i]))
+            .await;
+        assert!(matches!(got, server_frame::Kind::Sent(_)), "{got:?}");
+    }
+    let got = a
+        .request(sealed_send(bob.id(), &[(1, &[][..])], b"3"))
+        .await;
+    assert_eq!(error_of(&got).0, ErrorCode::SenderQuota, "{got:?}");
+    // A wrong token on an authenticated connection is refused, not taken as an introduction.
+    let got = a
+        .request(sealed_send(bob.id(), &[(1, &random::<16>()[..])], b"w"))
+        .await;
+    assert_eq!(error_of(&got).0, ErrorCode::UnauthorizedSend, "{got:?}");
+    // Contacts (with the token) are not held to the strangers' share.
+    let anon = anonymous(&r).await;
+    for i in 0..5u8 {
+        let got = anon
+            .request(sealed_send(bob.id(), &[(1, &tb[..])], &[i]))
+            .await;
+        assert!(matches!(got, server_frame::Kind::Sent(_)), "{got:?}");
+    }
+    for _ in 0..7 {
+        b.next_delivery().await;
+    }
     r.stop().await;
 }

@@ -71,6 +71,7 @@ async fn acknowledged_envelopes_survive_sigkill_and_disk_holds_no_plaintext() {
                                 .map(|d| hush_proto::relay_api::OutEnvelope {
                                     device_id: d,
                                     body: seal(900_000 + k),
+                                    delivery_token: Vec::new(),
                                 })
                                 .collect(),
                         },

@@ -190,6 +190,7 @@ impl Client {
                 .map(|d| api::OutEnvelope {
                     device_id: *d,
                     body: body.to_vec(),
+                    delivery_token: Vec::new(),
                 })
                 .collect(),
         }))

@@ -317,7 +317,7 @@ async fn a_permanently_undecryptable_envelope_is_acknowledged_and_reported() {
                 &db_of(p.ad.path()),
                 Zeroizing::new(AT_REST_KEY),
                 hush_client::engine::DB_STORE_LABEL,
-                // Only read and signed with here: nothing is sealed under this generator.
+                // Only read and signed with here: nothing is stored under this generator.
                 Box::new(rand_chacha::ChaCha20Rng::seed_from_u64(1)),
             ) {
                 Ok(s) => break s,
@@ -339,15 +339,25 @@ async fn a_permanently_undecryptable_envelope_is_acknowledged_and_reported() {
     })
     .await
     .unwrap();
+    // A garbage pairwise message, in a valid sealed envelope: it opens, names Alice, and no
+    // session decrypts it.
     let garbage = Sealed {
         kind: Some(sealed::Kind::Pairwise(vec![0xA5; 80])),
     };
+    let body = device
+        .seal_for(
+            &bob_device,
+            &garbage.encode_to_vec(),
+            &mut rand_chacha::ChaCha20Rng::seed_from_u64(2),
+        )
+        .unwrap();
     conn.request(client_frame::Kind::Send(api::Send {
         client_id: vec![7; 16],
         recipient_account: b.as_bytes().to_vec(),
         envelopes: vec![api::OutEnvelope {
             device_id: bob_device.device_id,
-            body: garbage.encode_to_vec(),
+            body,
+            delivery_token: Vec::new(),
         }],
         targeted: false,
     }))

@@ -646,3 +646,252 @@ async fn a_group_send_goes_on_when_a_member_removed_a_device_the_sender_still_li
     }
     relay.stop().await;
 }
+
+/// Whether `n` is the length of some sealed envelope (PROTOCOL.md §21.3): envelope sizes on the
+/// wire come in buckets only.
+fn is_bucket(n: usize) -> bool {
+    (0..n).any(|content| hush_core::sealed::sealed_len(content) == n)
+}
+
+/// The frames in bytes a tap saw: each a u32 length and a `ServerFrame` (or, on blob streams,
+/// a `BlobResponse` without the length).
+fn server_frames(chunks: &[Vec<u8>]) -> Vec<hush_proto::relay_api::ServerFrame> {
+    use prost::Message;
+    let mut out = Vec::new();
+    for chunk in chunks {
+        let mut rest = chunk.as_slice();
+        while rest.len() >= 4 {
+            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            let Some(frame) = rest.get(4..4 + len) else {
+                break;
+            };
+            if let Ok(f) = hush_proto::relay_api::ServerFrame::decode(frame) {
+                out.push(f);
+            }
+            rest = &rest[4 + len..];
+        }
+    }
+    out
+}
+
+/// What the relay learns (THREAT_MODEL.md §4): once three people know each other (each holds
+/// the others' delivery keys), 1:1 and group messages, a read receipt, typing and a message
+/// queued for an offline device leave no sender account, device address or identity key, and no
+/// group id, in any frame the relay writes or in the envelopes it stores; every envelope body on
+/// the wire and in the store has a bucket size; and the group id is nowhere in the relay's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_learns_no_sender_and_no_group() {
+    use hush_proto::relay_api::server_frame;
+    use hush_proto::wire::{DeviceList, SignedDeviceList};
+    use prost::Message;
+
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), any_port()))
+        .await
+        .unwrap();
+    let (addr, pin) = (relay.addr, relay.fingerprint.clone());
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut people = Vec::new();
+    for d in &dirs {
+        let (m, rx) = Messenger::create_account(engine_config(d.path(), addr, &pin))
+            .await
+            .unwrap();
+        m.engine().connected(WAIT).await.unwrap();
+        people.push((m, rx));
+    }
+    let [(alice, mut a_rx), (bob, mut b_rx), (carol, mut c_rx)]: [(Messenger, Rx); 3] =
+        people.try_into().ok().unwrap();
+    let (a, b, c) = (
+        alice.address().account,
+        bob.address().account,
+        carol.address().account,
+    );
+
+    // They get to know each other: every pair exchanges a message (the first of each is an
+    // introduction; the answer carries the delivery key), and Alice makes a group of the three.
+    for (from, to, text) in [
+        (0, 1, "hi bob"),
+        (1, 0, "hi alice"),
+        (0, 2, "hi carol"),
+        (2, 0, "hi alice, carol here"),
+        (1, 2, "bob to carol"),
+        (2, 1, "carol to bob"),
+    ] {
+        [&alice, &bob, &carol][from]
+            .send_text(Conversation::Direct([a, b, c][to]), text, None)
+            .await
+            .unwrap();
+        let to_rx = match to {
+            0 => &mut a_rx,
+            1 => &mut b_rx,
+            _ => &mut c_rx,
+        };
+        until_text(to_rx, text).await;
+    }
+    let g = alice
+        .engine()
+        .create_group("private", &[b, c])
+        .await
+        .unwrap();
+    for rx in [&mut b_rx, &mut c_rx] {
+        next(rx, |e| {
+            matches!(e, MessengerEvent::GroupsChanged).then_some(())
+        })
+        .await;
+    }
+
+    // From here on, every frame the relay writes is kept, and every send to another account
+    // goes sealed with delivery tokens (no introduction).
+    let introductions = relay.metrics.introductions.get();
+    let sealed = relay.metrics.sealed_sends.get();
+    assert!(introductions >= 3, "the first messages were introductions");
+    let seen: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let tap = Arc::clone(&seen);
+    relay.tap_frames(Some(Arc::new(move |bytes: &[u8]| {
+        tap.lock().unwrap().push(bytes.to_vec());
+    })));
+    alice
+        .send_text(Conversation::Direct(b), "a sealed 1:1 message", None)
+        .await
+        .unwrap();
+    until_text(&mut b_rx, "a sealed 1:1 message").await;
+    alice
+        .send_text(Conversation::Group(g), "a sealed group message", None)
+        .await
+        .unwrap();
+    until_text(&mut b_rx, "a sealed group message").await;
+    until_text(&mut c_rx, "a sealed group message").await;
+    carol
+        .send_text(Conversation::Group(g), "carol to the group", None)
+        .await
+        .unwrap();
+    until_text(&mut a_rx, "carol to the group").await;
+    until_text(&mut b_rx, "carol to the group").await;
+    // Bob reads: Alice's 1:1 message turns read.
+    bob.mark_read(Conversation::Direct(a)).await.unwrap();
+    next(&mut a_rx, |e| {
+        matches!(
+            e,
+            MessengerEvent::Status {
+                status: MessageStatus::Read,
+                conversation: Conversation::Direct(_),
+                ..
+            }
+        )
+        .then_some(())
+    })
+    .await;
+    bob.typing(Conversation::Direct(a), true).await.unwrap();
+    next(&mut a_rx, |e| {
+        matches!(e, MessengerEvent::Typing { typing: true, .. }).then_some(())
+    })
+    .await;
+    // Carol goes offline; what Alice sends her waits in the relay's store.
+    let carol_device = carol.address();
+    carol.shutdown().await;
+    let id = alice
+        .send_text(Conversation::Direct(c), "queued for carol", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.wait_sent(&id, WAIT).await.unwrap(),
+        MessageStatus::Sent
+    );
+    relay.tap_frames(None);
+    assert_eq!(relay.metrics.introductions.get(), introductions);
+    assert!(relay.metrics.sealed_sends.get() >= sealed + 7);
+    assert!(relay.metrics.anonymous_connections.get() >= 3);
+    let queued = relay
+        .store
+        .fetch(
+            &hush_relay::store::DeviceId {
+                account: *carol_device.account.as_bytes(),
+                device: carol_device.device_id,
+            },
+            0,
+            1000,
+        )
+        .unwrap();
+    assert!(!queued.is_empty(), "nothing queued for carol");
+
+    // What must not be there: each account id, each device address (account ‖ device id), each
+    // device's identity keys (from the lists the relay serves), and the group id.
+    let mut needles: Vec<(String, Vec<u8>)> = vec![("group id".into(), g.0.to_vec())];
+    for (name, address) in [
+        ("alice", alice.address()),
+        ("bob", bob.address()),
+        ("carol", carol_device),
+    ] {
+        let account = *address.account.as_bytes();
+        needles.push((format!("{name}'s account"), account.to_vec()));
+        let mut at = account.to_vec();
+        at.extend_from_slice(&address.device_id.to_be_bytes());
+        needles.push((format!("{name}'s device address"), at));
+        let (_, signed) = relay.store.device_list(&account).unwrap().unwrap();
+        let list = DeviceList::decode(
+            SignedDeviceList::decode(signed.as_slice())
+                .unwrap()
+                .device_list
+                .as_slice(),
+        )
+        .unwrap();
+        for d in list.devices {
+            let id = d.identity.unwrap();
+            needles.push((format!("{name}'s identity signing key"), id.signing_key));
+            needles.push((format!("{name}'s identity DH key"), id.dh_key));
+        }
+    }
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+
+    let chunks = seen.lock().unwrap().clone();
+    let frames = server_frames(&chunks);
+    let mut bodies = 0;
+    for f in &frames {
+        match &f.kind {
+            Some(server_frame::Kind::Deliver(d)) => {
+                assert!(
+                    is_bucket(d.body.len()),
+                    "a delivered body of {} bytes",
+                    d.body.len()
+                );
+                bodies += 1;
+            }
+            Some(server_frame::Kind::Ephemeral(e)) => {
+                assert!(
+                    is_bucket(e.body.len()),
+                    "an ephemeral body of {} bytes",
+                    e.body.len()
+                );
+                bodies += 1;
+            }
+            _ => {}
+        }
+    }
+    // 1:1, its sync to nobody (one device each), the group message to two, the sender key
+    // distributions, carol's group message, the receipt, typing: at least 7.
+    assert!(bodies >= 7, "only {bodies} envelopes seen");
+    for (what, needle) in &needles {
+        for chunk in &chunks {
+            assert!(
+                !contains(chunk, needle),
+                "{what} in a frame the relay wrote"
+            );
+        }
+        for q in &queued {
+            let e = &q.envelope;
+            for part in [&e.share.key()[..], &e.client_id[..], &e.body[..]] {
+                assert!(!contains(part, needle), "{what} in a stored envelope");
+            }
+        }
+    }
+    for q in &queued {
+        assert!(is_bucket(q.envelope.body.len()));
+    }
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay.stop().await;
+    assert!(
+        !hush_testkit::dir_contains(relay_dir.path(), &g.0),
+        "the group id is in the relay's data"
+    );
+}

@@ -434,7 +434,7 @@ async fn an_offline_device_is_woken_through_the_push_endpoint_it_registered() {
     // Bob goes offline; mail for him makes the relay call his endpoint, with nothing in it.
     bob.shutdown().await;
     tokio::time::timeout(WAIT, async {
-        while relay.metrics.connections_open.get() > 1 {
+        while relay.metrics.connections_authenticated.get() > 1 {
             tokio::task::yield_now().await;
         }
     })

@@ -22,7 +22,8 @@ impl Engine {
         conn.upload_blob(data, progress).await
     }
 
-    /// Downloads a blob of at most `max` bytes; one the relay no longer has is
+    /// Downloads a blob of at most `max` bytes (on the anonymous connection); one the relay no
+    /// longer has is
     /// [`ClientError::BlobGone`].
     pub async fn download_blob(
         &self,
@@ -42,7 +43,9 @@ impl Engine {
         max: usize,
         progress: Progress<'_>,
     ) -> Result<Vec<u8>, ClientError> {
-        let conn = self.inner.current(CONNECT_WAIT).await?;
+        // On the anonymous connection: the capability is all the relay asks for, and it does
+        // not learn which device fetched the attachment.
+        let conn = self.inner.anonymous().await?;
         conn.download_blob(id, capability, max, progress).await
     }
 }

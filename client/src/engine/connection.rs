@@ -3,7 +3,7 @@
 
 use crate::conn::RelayConnection;
 use crate::error::ClientError;
-use crate::profile::{PUSH_FILE, UPLOADED_FILE};
+use crate::profile::{ANYONE_FILE, PUSH_FILE, UPLOADED_FILE};
 use hush_proto::relay_api::{self as api, ErrorCode, client_frame, server_frame};
 use prost::Message;
 use rand::RngExt;
@@ -55,6 +55,7 @@ pub(super) async fn serve_connection(inner: &Arc<Inner>) -> Result<(), ClientErr
         tracing::warn!(error = %e, "key upkeep failed; tried again later");
     }
     inner.upload_pre_keys(&conn).await?;
+    inner.publish_delivery_token(&conn).await?;
     if let Ok(url) = std::fs::read_to_string(inner.profile.join(PUSH_FILE))
         && !url.is_empty()
         && let Err(e) = conn
@@ -146,8 +147,6 @@ pub(super) async fn serve_connection(inner: &Arc<Inner>) -> Result<(), ClientErr
             Some(server_frame::Kind::Ephemeral(e)) => {
                 let d = api::Deliver {
                     seq: 0,
-                    sender_account: e.sender_account,
-                    sender_device: e.sender_device,
                     client_id: Vec::new(),
                     body: e.body,
                     received_at: now_ms(),
@@ -264,6 +263,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     inner.conn.send_replace(None);
+    inner.close_anonymous().await;
 }
 
 impl Inner {
@@ -311,7 +311,7 @@ impl Inner {
     /// publishes new pre-keys when it made any (unless `publish` is false: the caller uploads).
     pub(super) async fn upkeep(
         &self,
-        conn: &RelayConnection,
+        conn: &Arc<RelayConnection>,
         publish: bool,
     ) -> Result<(), ClientError> {
         let done = self.lock()?.upkeep(&mut rng(), now_ms());
@@ -351,5 +351,17 @@ impl Engine {
             crate::private_fs::write_atomic(&path, url.as_bytes())
         };
         saved.map_err(|e| ClientError::Profile(e.to_string()))
+    }
+
+    /// Lets sealed envelopes into this device's queue from anyone (`true`), or only from its
+    /// contacts, who hold its delivery key (`false`, the default). Strangers can always write a
+    /// first message as an introduction, which the relay sees the sender of. Kept in the
+    /// profile and told to the relay on every connection.
+    pub async fn set_sealed_from_anyone(&self, anyone: bool) -> Result<(), ClientError> {
+        let path = self.inner.profile.join(ANYONE_FILE);
+        crate::private_fs::write_atomic(&path, if anyone { b"1" } else { b"0" })
+            .map_err(|e| ClientError::Profile(e.to_string()))?;
+        let conn = self.inner.current(CONNECT_WAIT).await?;
+        self.inner.publish_delivery_token(&conn).await
     }
 }

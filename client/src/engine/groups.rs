@@ -8,10 +8,10 @@ use hush_core::device::Outgoing;
 use hush_core::keys::{AccountId, DeviceAddress};
 use hush_core::sender_key::GroupId;
 use hush_core::{Error as CoreError, ProtocolError};
-use hush_proto::client::{Sealed, sealed};
+use hush_proto::client::sealed;
 use hush_proto::relay_api::{self as api, ErrorCode, client_frame};
-use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::send::SEND_ATTEMPTS;
 use super::{CONNECT_WAIT, Engine, Inner, now_ms, rng};
@@ -215,28 +215,34 @@ impl Engine {
                 .filter(|a| !skip.contains(a))
                 .filter(|a| remaining.as_ref().is_none_or(|r| r.contains(a)))
                 .collect();
-            let body = Sealed {
-                kind: Some(sealed::Kind::Group(send.message)),
-            }
-            .encode_to_vec();
             let mut again = BTreeSet::new();
             for account in accounts {
-                let envelopes: Vec<api::OutEnvelope> = send
-                    .recipients
-                    .iter()
-                    .filter(|r| r.account == account)
-                    .map(|r| api::OutEnvelope {
-                        device_id: r.device_id,
-                        body: body.clone(),
-                    })
-                    .collect();
+                // The one group ciphertext, sealed to each device on its own: the relay sees
+                // envelopes to devices, not a group (PROTOCOL.md §21).
+                let envelopes = {
+                    let d = self.inner.lock()?;
+                    send.recipients
+                        .iter()
+                        .filter(|r| r.account == account)
+                        .map(|r| {
+                            super::sealed::envelope(
+                                &d,
+                                r,
+                                sealed::Kind::Group(send.message.clone()),
+                            )
+                        })
+                        .collect::<Result<Vec<api::OutEnvelope>, ClientError>>()?
+                };
                 let sent = if ephemeral {
-                    conn.request(client_frame::Kind::SendEphemeral(api::SendEphemeral {
-                        recipient_account: account.as_bytes().to_vec(),
-                        envelopes,
-                    }))
-                    .await
-                    .map(|_| ())
+                    self.inner
+                        .send_request(&conn, account.as_bytes(), envelopes, |envelopes| {
+                            client_frame::Kind::SendEphemeral(api::SendEphemeral {
+                                recipient_account: account.as_bytes().to_vec(),
+                                envelopes,
+                            })
+                        })
+                        .await
+                        .map(|_| ())
                 } else {
                     self.inner
                         .send_envelopes(&conn, *account.as_bytes(), envelopes, false)
@@ -360,7 +366,7 @@ impl Inner {
     /// marker file is removed when the requests are on the relay).
     pub(super) async fn sync_groups_from_siblings(
         &self,
-        conn: &RelayConnection,
+        conn: &Arc<RelayConnection>,
     ) -> Result<(), ClientError> {
         let marker = self.profile.join(GROUP_SYNC_FILE);
         if !marker.exists() {

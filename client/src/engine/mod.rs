@@ -28,6 +28,7 @@ mod connection;
 mod groups;
 mod link;
 mod receive;
+mod sealed;
 mod send;
 
 use crate::profile::{DB_DIR, GROUP_SYNC_FILE};
@@ -200,6 +201,9 @@ pub(crate) struct Inner {
     profile: PathBuf,
     device: Mutex<Device<SledKv>>,
     conn: watch::Sender<Option<Arc<RelayConnection>>>,
+    /// The anonymous connection (sealed sends to others, reads of public material), opened when
+    /// first needed (`sealed.rs`).
+    anon: tokio::sync::Mutex<Option<Arc<RelayConnection>>>,
     /// What the app shows of the link to the relay.
     state: watch::Sender<ConnectionState>,
     events: mpsc::UnboundedSender<Event>,
@@ -295,6 +299,7 @@ impl Engine {
             profile: cfg.profile,
             device: Mutex::new(device),
             conn,
+            anon: tokio::sync::Mutex::new(None),
             state,
             events,
             shutdown: CancellationToken::new(),

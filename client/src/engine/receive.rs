@@ -5,7 +5,7 @@
 use crate::conn::RelayConnection;
 use crate::error::ClientError;
 use hush_core::device::{GroupIncoming, Outgoing};
-use hush_core::keys::{AccountId, DeviceAddress};
+use hush_core::keys::DeviceAddress;
 use hush_core::prekeys::PreKeyBundle;
 use hush_core::sender_key::GroupId;
 use hush_core::{Error as CoreError, ProtocolError};
@@ -13,7 +13,9 @@ use hush_proto::client::{Sealed, sealed};
 use hush_proto::relay_api::{self as api, client_frame, server_frame};
 use prost::Message;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 use super::{Event, Inner, now_ms, rng};
 
@@ -63,20 +65,16 @@ impl Inner {
     /// Handles one delivered envelope and says whether it may be acknowledged to the relay.
     pub(super) async fn deliver(
         &self,
-        conn: &RelayConnection,
+        conn: &Arc<RelayConnection>,
         d: &api::Deliver,
         ephemeral: bool,
     ) -> Settlement {
-        let Ok(account) = AccountId::from_bytes(&d.sender_account) else {
-            // The relay vouches for the sender; garbage here will not improve by waiting.
-            tracing::warn!("delivery from a malformed sender address");
-            return Settlement::Settled;
+        let (from, content) = match self.open(conn, &d.body).await {
+            Ok(opened) => opened,
+            Err(settlement) => return settlement,
         };
-        let from = DeviceAddress {
-            account,
-            device_id: d.sender_device,
-        };
-        let Ok(sealed) = Sealed::decode(d.body.as_slice()) else {
+        let account = from.account;
+        let Ok(sealed) = Sealed::decode(content.as_slice()) else {
             tracing::warn!("delivery that is not a sealed envelope");
             self.emit(Event::Undecryptable { from, group: None });
             return Settlement::Settled;
@@ -168,13 +166,65 @@ impl Inner {
         }
     }
 
+    /// Opens a delivered sealed envelope (PROTOCOL.md §21): the sender it names, authenticated
+    /// against that account's device list (learnt from the relay first if this device does not
+    /// hold it, or holds one without the sender on it), and the content. The sender's delivery
+    /// key inside is kept, so that replies can go sealed. An envelope that does not open is
+    /// dropped (acknowledged): no wait will make it open.
+    async fn open(
+        &self,
+        conn: &Arc<RelayConnection>,
+        body: &[u8],
+    ) -> Result<(DeviceAddress, Zeroizing<Vec<u8>>), Settlement> {
+        let open = || self.lock().and_then(|d| Ok(d.open_sealed(body)?));
+        let mut opened = open();
+        if let Err(ClientError::Core(CoreError::Protocol(
+            ProtocolError::UnknownAccount | ProtocolError::DeviceNotOnList,
+        ))) = &opened
+        {
+            // A new contact, or a device added since: learn its list, then open again.
+            let claimed = self.lock().and_then(|d| Ok(d.sealed_sender(body)?));
+            if let Ok(claimed) = claimed {
+                match self.refresh_list(conn, &claimed.account).await {
+                    Ok(()) => opened = open(),
+                    Err(e) if !e.is_permanent() => {
+                        tracing::info!(error = %e, "a sender's device list could not be fetched yet");
+                        return Err(Settlement::Retry);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) if !e.is_permanent() => {
+                tracing::warn!(error = %e, "sealed envelope not opened; kept at the relay");
+                self.recover_store();
+                return Err(Settlement::Retry);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a sealed envelope did not open; dropped");
+                return Err(Settlement::Settled);
+            }
+        };
+        let noted = self
+            .lock()
+            .and_then(|mut d| Ok(d.note_delivery_key(&opened.from, &opened.delivery_key)?));
+        if let Err(e) = noted {
+            tracing::warn!(error = %e, "a sender's delivery key was not kept; tried again");
+            self.recover_store();
+            return Err(Settlement::Retry);
+        }
+        Ok((opened.from, opened.content))
+    }
+
     /// A pairwise message that could not be decrypted with the session held (lost or stale,
     /// PROTOCOL.md §20): its sender device is asked to send it again on a fresh session. The
     /// failure is recorded before the envelope is acknowledged; if it cannot be, the envelope
     /// stays at the relay and is tried again.
     pub(super) async fn heal_later(
         &self,
-        conn: &RelayConnection,
+        conn: &Arc<RelayConnection>,
         from: &DeviceAddress,
         bytes: &[u8],
         e: &ClientError,
@@ -201,7 +251,7 @@ impl Inner {
 
     /// Sends the retry requests that are due: for each sender device, a fresh session from its
     /// bundle, with the request as its first message. What fails stays pending for later.
-    pub(super) async fn heal(&self, conn: &RelayConnection) {
+    pub(super) async fn heal(&self, conn: &Arc<RelayConnection>) {
         let due = match self.lock() {
             Ok(mut d) => d.retry_requests_due(now_ms(), RETRY_REQUESTS_PER_TURN),
             Err(_) => return,
@@ -218,10 +268,11 @@ impl Inner {
 
     pub(super) async fn send_retry_request(
         &self,
-        conn: &RelayConnection,
+        conn: &Arc<RelayConnection>,
         to: &DeviceAddress,
     ) -> Result<(), ClientError> {
-        let server_frame::Kind::Bundle(b) = conn
+        let reader = self.reader_for(conn, &to.account).await?;
+        let server_frame::Kind::Bundle(b) = reader
             .request(client_frame::Kind::FetchBundle(api::FetchBundle {
                 account: to.account.as_bytes().to_vec(),
                 device_id: to.device_id,

@@ -8,7 +8,7 @@ use hush_core::device::{Device, DeviceError, Outgoing};
 use hush_core::keys::{AccountId, DeviceAddress};
 use hush_core::prekeys::PreKeyBundle;
 use hush_core::{Error as CoreError, ProtocolError};
-use hush_proto::client::{Sealed, sealed};
+use hush_proto::client::sealed;
 use hush_proto::relay_api::{self as api, ErrorCode, client_frame, server_frame};
 use hush_store_sled::SledKv;
 use prost::Message;
@@ -102,13 +102,15 @@ impl Inner {
         }
     }
 
-    /// Fetches and accepts `account`'s device list from the relay.
+    /// Fetches and accepts `account`'s device list from the relay (another account's on the
+    /// anonymous connection).
     pub(super) async fn refresh_list(
         &self,
-        conn: &RelayConnection,
+        conn: &Arc<RelayConnection>,
         account: &AccountId,
     ) -> Result<(), ClientError> {
-        let server_frame::Kind::DeviceList(l) = conn
+        let reader = self.reader_for(conn, account).await?;
+        let server_frame::Kind::DeviceList(l) = reader
             .request(client_frame::Kind::FetchDeviceList(api::FetchDeviceList {
                 account: account.as_bytes().to_vec(),
             }))
@@ -175,15 +177,17 @@ impl Inner {
         }
     }
 
-    /// Starts sessions with those of `devices` that have none (fetching their bundles).
+    /// Starts sessions with those of `devices` that have none (fetching their bundles; another
+    /// account's on the anonymous connection).
     pub(super) async fn ensure_sessions(
         &self,
-        conn: &RelayConnection,
+        conn: &Arc<RelayConnection>,
         devices: &[DeviceAddress],
     ) -> Result<(), ClientError> {
         let missing = self.lock()?.missing_sessions(devices, now_ms())?;
         for m in missing {
-            let server_frame::Kind::Bundle(b) = conn
+            let reader = self.reader_for(conn, &m.account).await?;
+            let server_frame::Kind::Bundle(b) = reader
                 .request(client_frame::Kind::FetchBundle(api::FetchBundle {
                     account: m.account.as_bytes().to_vec(),
                     device_id: m.device_id,
@@ -204,7 +208,7 @@ impl Inner {
     /// failures with the same id (queued at most once).
     pub(super) async fn send_envelopes(
         &self,
-        conn: &RelayConnection,
+        conn: &Arc<RelayConnection>,
         account: [u8; 32],
         envelopes: Vec<api::OutEnvelope>,
         targeted: bool,
@@ -216,16 +220,18 @@ impl Inner {
         let mut next: Option<Arc<RelayConnection>> = None;
         for _ in 0..SEND_ATTEMPTS {
             let c = match &next {
-                Some(c) => c.as_ref(),
+                Some(c) => c,
                 None => conn,
             };
-            let r = c
-                .request(client_frame::Kind::Send(api::Send {
-                    client_id: id.to_vec(),
-                    recipient_account: account.to_vec(),
-                    envelopes: envelopes.clone(),
-                    targeted,
-                }))
+            let r = self
+                .send_request(c, &account, envelopes.clone(), |envelopes| {
+                    client_frame::Kind::Send(api::Send {
+                        client_id: id.to_vec(),
+                        recipient_account: account.to_vec(),
+                        envelopes,
+                        targeted,
+                    })
+                })
                 .await;
             match r {
                 Ok(answer) => match left_out(&answer) {
@@ -264,7 +270,7 @@ impl Inner {
     /// `targeted` for control messages meant for some of an account's devices only.
     pub(super) async fn send_outgoing_checked(
         &self,
-        conn: &RelayConnection,
+        conn: &Arc<RelayConnection>,
         outgoing: Vec<Outgoing>,
         targeted: bool,
     ) -> Result<(), ClientError> {
@@ -284,13 +290,11 @@ impl Inner {
                     rounds.push(Vec::new());
                 }
                 if let Some(round) = rounds.get_mut(*k) {
-                    round.push(api::OutEnvelope {
-                        device_id: o.to.device_id,
-                        body: Sealed {
-                            kind: Some(sealed::Kind::Pairwise(o.bytes.clone())),
-                        }
-                        .encode_to_vec(),
-                    });
+                    round.push(super::sealed::envelope(
+                        &*self.lock()?,
+                        &o.to,
+                        sealed::Kind::Pairwise(o.bytes.clone()),
+                    )?);
                 }
                 *k += 1;
             }
@@ -326,7 +330,7 @@ impl Inner {
     /// the sent log, never sent again).
     pub(super) async fn seal_for(
         &self,
-        conn: &RelayConnection,
+        conn: &Arc<RelayConnection>,
         to: &AccountId,
         plaintext: &[u8],
         ephemeral: bool,
@@ -350,13 +354,11 @@ impl Inner {
             } else {
                 d.encrypt(&t, plaintext, &mut rng(), now_ms())?
             };
-            out.push(api::OutEnvelope {
-                device_id: t.device_id,
-                body: Sealed {
-                    kind: Some(sealed::Kind::Pairwise(bytes)),
-                }
-                .encode_to_vec(),
-            });
+            out.push(super::sealed::envelope(
+                &d,
+                &t,
+                sealed::Kind::Pairwise(bytes),
+            )?);
         }
         Ok(out)
     }
@@ -389,20 +391,25 @@ impl Inner {
                 sealed = Some(envelopes);
             }
             let envelopes = sealed.clone().unwrap_or_default();
-            let kind = if ephemeral {
-                client_frame::Kind::SendEphemeral(api::SendEphemeral {
-                    recipient_account: to.as_bytes().to_vec(),
-                    envelopes,
-                })
-            } else {
-                client_frame::Kind::Send(api::Send {
-                    client_id: client_id.to_vec(),
-                    recipient_account: to.as_bytes().to_vec(),
-                    envelopes,
-                    targeted: false,
-                })
+            let make = |envelopes| {
+                if ephemeral {
+                    client_frame::Kind::SendEphemeral(api::SendEphemeral {
+                        recipient_account: to.as_bytes().to_vec(),
+                        envelopes,
+                    })
+                } else {
+                    client_frame::Kind::Send(api::Send {
+                        client_id: client_id.to_vec(),
+                        recipient_account: to.as_bytes().to_vec(),
+                        envelopes,
+                        targeted: false,
+                    })
+                }
             };
-            match conn.request(kind).await {
+            match self
+                .send_request(&conn, to.as_bytes(), envelopes, make)
+                .await
+            {
                 Ok(answer) => match left_out(&answer) {
                     // Devices whose queue was full did not get it: send the same bytes again
                     // under the same client id (the relay queues only the copies it does not
@@ -438,7 +445,7 @@ impl Inner {
     }
 
     /// Sends control messages client-core produced (sender keys, retry requests).
-    pub(super) async fn send_outgoing(&self, conn: &RelayConnection, outgoing: Vec<Outgoing>) {
+    pub(super) async fn send_outgoing(&self, conn: &Arc<RelayConnection>, outgoing: Vec<Outgoing>) {
         if let Err(e) = self.send_outgoing_checked(conn, outgoing, true).await {
             // Control messages heal through client-core's retries (requests, rotation).
             tracing::debug!(error = %e, "a control message was not sent");

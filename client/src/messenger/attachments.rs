@@ -4,6 +4,7 @@
 use crate::error::ClientError;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use hush_core::sealed::padme;
 use hush_proto::app::{self, StoredMessage, app_message};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -11,8 +12,9 @@ use zeroize::Zeroizing;
 use super::history::{conv_part, order_key};
 use super::{Conversation, MessageId, Messenger, conversation_of, random};
 
-/// Largest attachment (the relay's default blob cap).
-pub const MAX_ATTACHMENT: usize = 100 << 20;
+/// Largest attachment: padded to its Padmé length (98 MiB stays 98 MiB) and sealed (16 bytes
+/// of tag), it fits the relay's default blob cap of 100 MiB.
+pub const MAX_ATTACHMENT: usize = 98 << 20;
 
 /// The attachment a stored message carries, if it is one.
 pub(super) fn attachment_of(m: &StoredMessage) -> Option<app::Attachment> {
@@ -61,9 +63,14 @@ impl Messenger {
         }
         let key = Zeroizing::new(random::<32>());
         let cipher = ChaCha20Poly1305::new(&Key::from(*key));
+        // Padded with zeros to its Padmé length (PROTOCOL.md §21.3) before it is encrypted, so
+        // the relay sees a size bucket, not the file's size; `size` below is the true one.
+        let mut padded = Zeroizing::new(Vec::with_capacity(padme(data.len())));
+        padded.extend_from_slice(data);
+        padded.resize(padme(data.len()), 0);
         // A fresh key per attachment, so the all-zero nonce is used once.
         let sealed = cipher
-            .encrypt(&Nonce::from([0u8; 12]), data)
+            .encrypt(&Nonce::from([0u8; 12]), padded.as_slice())
             .map_err(|_| ClientError::Protocol("attachment encryption failed"))?;
         let digest = Sha256::digest(&sealed).to_vec();
         let (blob_id, capability) = self
@@ -93,9 +100,8 @@ impl Messenger {
         a: &app::Attachment,
         progress: crate::conn::Progress<'_>,
     ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
-        let max = usize::try_from(a.size)
-            .unwrap_or(usize::MAX)
-            .saturating_add(16);
+        let size = usize::try_from(a.size).unwrap_or(usize::MAX);
+        let max = padme(size).saturating_add(16);
         let sealed = self
             .shared
             .engine
@@ -114,10 +120,20 @@ impl Messenger {
             .try_into()
             .map_err(|_| ClientError::Protocol("attachment key of the wrong length"))?;
         let cipher = ChaCha20Poly1305::new(&Key::from(key));
-        cipher
+        let mut plain = cipher
             .decrypt(&Nonce::from([0u8; 12]), sealed.as_slice())
             .map(Zeroizing::new)
-            .map_err(|_| ClientError::Protocol("attachment does not decrypt"))
+            .map_err(|_| ClientError::Protocol("attachment does not decrypt"))?;
+        // The padding: zeros after the declared size (none in attachments sent unpadded).
+        match plain.get(size..) {
+            Some(pad) if pad.iter().all(|b| *b == 0) => plain.truncate(size),
+            _ => {
+                return Err(ClientError::Protocol(
+                    "attachment shorter than its size or badly padded",
+                ));
+            }
+        }
+        Ok(plain)
     }
 
     /// The attachment messages whose id, in hex, starts with `id_prefix` (any case; all 32

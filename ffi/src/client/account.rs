@@ -67,6 +67,13 @@ impl HushClient {
             .await
     }
 
+    /// Lets sealed messages into this device's queue from anyone (`true`), or only from
+    /// contacts who hold its delivery key (`false`, the default). Remembered in the profile.
+    pub async fn set_sealed_from_anyone(&self, anyone: bool) -> Result<(), HushError> {
+        self.with(move |m| async move { Ok(m.engine().set_sealed_from_anyone(anyone).await?) })
+            .await
+    }
+
     /// Creates a group with `members` (account ids) and this account as admin; returns its id.
     pub async fn create_group(
         &self,

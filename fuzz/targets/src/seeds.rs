@@ -249,6 +249,7 @@ fn client_frames() -> Vec<api::ClientFrame> {
             envelopes: vec![api::OutEnvelope {
                 device_id: f.bob.device_id,
                 body: f.pairwise[0].clone(),
+                delivery_token: Vec::new(),
             }],
             targeted: false,
         }),
@@ -283,8 +284,6 @@ fn server_frames() -> Vec<api::ServerFrame> {
         }),
         Kind::Deliver(api::Deliver {
             seq: 1,
-            sender_account: f.alice.account.as_bytes().to_vec(),
-            sender_device: f.alice.device_id,
             client_id: vec![1; 16],
             body: client::Sealed {
                 kind: Some(client::sealed::Kind::Pairwise(f.pairwise[0].clone())),

@@ -366,15 +366,17 @@ settings! {
             "BYTES",
             "Bytes queued per device at most, body plus 128 per envelope (bytes)",
             positive;
-        /// Envelopes one sending account may have in one device's queue; past it that device is
-        /// left out for that sender only (a send reaching no device gets `SENDER_QUOTA`), so one
-        /// account filling a queue does not stop the others.
+        /// Envelopes strangers may have in one device's queue, each kind together: sends let in
+        /// as introductions (no delivery token) or because the device accepts anyone (the relay
+        /// does not know senders: envelopes are sealed). Past it that device is left out for
+        /// them (a send reaching no device gets `SENDER_QUOTA`), so strangers filling a queue do
+        /// not stop the device's contacts, whose sends carry its token.
         max_queue_len_per_sender: usize = 1000;
-            "N", "Envelopes queued per device from one sending account at most (count)", positive;
+            "N", "Envelopes queued per device from strangers (introductions, or anyone) at most (count)", positive;
         /// The same share in bytes.
         max_queue_bytes_per_sender: u64 = 16 * 1024 * 1024;
             "BYTES",
-            "Bytes queued per device from one sending account at most (bytes)",
+            "Bytes queued per device from strangers (introductions, or anyone) at most (bytes)",
             positive;
         /// Bytes queued for all devices of one account; a send that would go over gets
         /// `MAILBOX_FULL` (nothing of it is queued).

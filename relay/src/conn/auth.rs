@@ -17,7 +17,7 @@ use crate::verify::{self, CheckedList};
 impl ConnState {
     pub(super) fn hello(&mut self) -> server_frame::Kind {
         let nonce = random::<{ limits::CHALLENGE_LEN }>();
-        if self.device().is_none() {
+        if matches!(self.phase, Phase::Open | Phase::Challenged(_)) {
             self.phase = Phase::Challenged(nonce);
         }
         server_frame::Kind::Challenge(api::Challenge {
@@ -42,6 +42,12 @@ impl ConnState {
                 return Err(Refusal::new(
                     ErrorCode::AuthFailed,
                     "no challenge outstanding",
+                ));
+            }
+            Phase::Anonymous => {
+                return Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    "this connection declared itself anonymous",
                 ));
             }
             Phase::Challenged(c) => c,

@@ -98,7 +98,7 @@ impl ConnState {
         q: &api::LookupUsername,
         now: Now,
     ) -> Result<server_frame::Kind, Refusal> {
-        let me = self.me()?;
+        let me = self.caller(relay)?;
         relay.rate_limiters.fetch(&me, now.at)?;
         let name = username(&q.name)?;
         let holder = relay

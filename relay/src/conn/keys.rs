@@ -89,6 +89,7 @@ impl ConnState {
                 r.router.deliver(&d, Live::Revoked);
                 let purged = r.store.forget_device(&d)?;
                 r.rearm_low(&d);
+                r.forget_access(&d);
                 r.update_mailbox_gauge();
                 r.metrics
                     .envelopes_stored
@@ -106,7 +107,7 @@ impl ConnState {
         q: &api::FetchDeviceList,
         now: Now,
     ) -> Result<server_frame::Kind, Refusal> {
-        let me = self.me()?;
+        let me = self.caller(relay)?;
         relay.rate_limiters.fetch(&me, now.at)?;
         let account: [u8; 32] = arr(&q.account, "account")?;
         let (_, bytes) = relay
@@ -194,7 +195,7 @@ impl ConnState {
         b: &api::FetchBundle,
         now: Now,
     ) -> Result<Reply, Refusal> {
-        let me = self.me()?;
+        let me = self.caller(relay)?;
         relay.rate_limiters.fetch(&me, now.at)?;
         let account: [u8; 32] = arr(&b.account, "account")?;
         let devices = relay

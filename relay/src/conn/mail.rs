@@ -12,7 +12,7 @@ use super::{ConnState, Now, Refusal, Reply, arr};
 use crate::limits::{self, close};
 use crate::router::{Fresh, Live};
 use crate::shared::{AccountDevices, Relay};
-use crate::store::{DeviceId, Envelope, Queued, Quotas};
+use crate::store::{DeviceId, Envelope, Queued, Quotas, Share};
 
 impl ConnState {
     /// Checks a send here; the writer queues it (idempotently by client id, within the mailbox
@@ -27,14 +27,14 @@ impl ConnState {
         s: api::Send,
         now: Now,
     ) -> Result<Reply, Refusal> {
-        let me = self.me()?;
+        let caller = self.caller(relay)?;
         if relay.draining.load(Ordering::Relaxed) {
             return Err(Refusal::new(
                 ErrorCode::Draining,
                 "relay draining, reconnect",
             ));
         }
-        relay.rate_limiters.send(&me, now.at)?;
+        relay.rate_limiters.send(&caller, now.at)?;
         let client_id: [u8; limits::CLIENT_ID_LEN] = arr(&s.client_id, "client id")?;
         let recipient: [u8; 32] = arr(&s.recipient_account, "recipient account")?;
         let cfg = &relay.cfg;
@@ -64,7 +64,14 @@ impl ConnState {
         let devices = relay
             .devices_of(&recipient)?
             .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown recipient account"))?;
-        mismatch(&devices, &s.envelopes, &me, &recipient, s.targeted)?;
+        mismatch(
+            &devices,
+            &s.envelopes,
+            self.device(),
+            &recipient,
+            s.targeted,
+        )?;
+        let share = self.share_of(relay, &recipient, &s.envelopes)?;
         let envelopes: Vec<Envelope> = s
             .envelopes
             .into_iter()
@@ -73,13 +80,13 @@ impl ConnState {
                     account: recipient,
                     device: e.device_id,
                 },
-                sender: me,
+                share: share.label(),
                 client_id,
                 body: e.body,
                 received_at: now.wall_ms,
             })
             .collect();
-        let quotas = quotas(cfg);
+        let quotas = quotas(cfg, share);
         self.submit(relay, rid, false, move |r| {
             let done = r.store.enqueue(&envelopes, &quotas)?;
             r.metrics.sends.inc();
@@ -156,8 +163,8 @@ impl ConnState {
         e: api::SendEphemeral,
         now: Now,
     ) -> Result<server_frame::Kind, Refusal> {
-        let me = self.me()?;
-        relay.rate_limiters.send(&me, now.at)?;
+        let caller = self.caller(relay)?;
+        relay.rate_limiters.send(&caller, now.at)?;
         let recipient: [u8; 32] = arr(&e.recipient_account, "recipient account")?;
         let cfg = &relay.cfg;
         if e.envelopes.len() > cfg.max_envelopes_per_send
@@ -173,6 +180,7 @@ impl ConnState {
         let devices = relay
             .devices_of(&recipient)?
             .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown recipient account"))?;
+        self.share_of(relay, &recipient, &e.envelopes)?;
         // Never stored: handed to the connected devices among those listed, dropped otherwise.
         for x in e.envelopes {
             if !devices.devices.contains_key(&x.device_id) {
@@ -182,9 +190,7 @@ impl ConnState {
                 account: recipient,
                 device: x.device_id,
             };
-            relay
-                .router
-                .deliver(&to, Live::Ephemeral(Box::new((me, x.body))));
+            relay.router.deliver(&to, Live::Ephemeral(Box::new(x.body)));
         }
         Ok(server_frame::Kind::Ok(api::Ok {}))
     }
@@ -213,8 +219,6 @@ impl ConnState {
             0,
             server_frame::Kind::Deliver(api::Deliver {
                 seq: q.seq,
-                sender_account: q.envelope.sender.account.to_vec(),
-                sender_device: q.envelope.sender.device,
                 client_id: q.envelope.client_id.to_vec(),
                 body: q.envelope.body,
                 received_at: q.envelope.received_at,
@@ -256,30 +260,43 @@ impl ConnState {
     }
 }
 
-/// The mailbox caps of the settings.
-pub(crate) fn quotas(cfg: &crate::config::Config) -> Quotas {
+/// The mailbox caps of the settings for a send in `share`: strangers (introductions, sealed
+/// sends let in by "anyone") share `max_queue_len_per_sender` / `max_queue_bytes_per_sender` of
+/// each queue; contacts and one's own devices may fill it.
+pub(crate) fn quotas(cfg: &crate::config::Config, share: Share) -> Quotas {
     let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    let (share_len, share_bytes) = if share.capped() {
+        (
+            n(cfg.max_queue_len_per_sender),
+            cfg.max_queue_bytes_per_sender,
+        )
+    } else {
+        (u64::MAX, u64::MAX)
+    };
     Quotas {
         queue_len: n(cfg.max_queue_len),
         queue_bytes: cfg.max_queue_bytes,
-        sender_len: n(cfg.max_queue_len_per_sender),
-        sender_bytes: cfg.max_queue_bytes_per_sender,
+        share_len,
+        share_bytes,
         account_bytes: cfg.max_account_mailbox_bytes,
         total_bytes: cfg.max_mailbox_bytes,
     }
 }
 
 /// Refuses a send whose device set is not exactly the recipient's current list (less the sending
-/// device when writing to one's own account), naming what is missing and what is extra.
+/// device when an authenticated device writes to its own account), naming what is missing and
+/// what is extra.
 fn mismatch(
     devices: &AccountDevices,
     envelopes: &[api::OutEnvelope],
-    me: &DeviceId,
+    me: Option<DeviceId>,
     recipient: &[u8; 32],
     targeted: bool,
 ) -> Result<(), Refusal> {
     let mut expected: BTreeSet<u32> = devices.devices.keys().copied().collect();
-    if recipient == &me.account {
+    if let Some(me) = me
+        && recipient == &me.account
+    {
         expected.remove(&me.device);
     }
     let mut given = BTreeSet::new();

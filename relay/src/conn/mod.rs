@@ -32,6 +32,7 @@ mod directory;
 mod keys;
 mod lenient;
 mod mail;
+mod sealed;
 mod shell;
 #[cfg(test)]
 mod tests;
@@ -183,6 +184,9 @@ enum Phase {
     Challenged([u8; limits::CHALLENGE_LEN]),
     /// Authenticated as this device.
     Device(DeviceId),
+    /// Declared anonymous (`Anonymous`): sealed sends and public reads only, never
+    /// authenticated (`sealed.rs`).
+    Anonymous,
 }
 
 /// What a handled request produced.
@@ -352,7 +356,7 @@ impl ConnState {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match (self.close, self.phase) {
             (Some(_), _) => self.close_deadline,
-            (None, Phase::Device(_)) => self.frame_deadline,
+            (None, Phase::Device(_) | Phase::Anonymous) => self.frame_deadline,
             (None, _) => Some(
                 self.frame_deadline
                     .map_or(self.auth_deadline, |f| f.min(self.auth_deadline)),
@@ -364,7 +368,10 @@ impl ConnState {
     /// on closing.
     pub fn handle_timeout(&mut self, relay: &Relay, now: Now) {
         self.now = self.now.max(now.at);
-        if self.close.is_none() && self.device().is_none() && now.at >= self.auth_deadline {
+        if self.close.is_none()
+            && matches!(self.phase, Phase::Open | Phase::Challenged(_))
+            && now.at >= self.auth_deadline
+        {
             relay.metrics.timeouts.inc(Timeout::Auth);
             tracing::info!("connection closed: not authenticated in time");
             self.finish(close::PROTOCOL, b"authentication timed out");
@@ -659,6 +666,8 @@ impl ConnState {
             Some(K::ClaimUsername(u)) => self.claim_username(relay, rid, &u, now),
             Some(K::ReleaseUsername(_)) => self.release_username(relay, rid, now),
             Some(K::LookupUsername(q)) => self.lookup_username(relay, &q, now).map(Reply::Now),
+            Some(K::Anonymous(_)) => self.go_anonymous(relay).map(Reply::Now),
+            Some(K::SetDeliveryToken(t)) => self.set_delivery_token(relay, rid, &t, now),
         };
         match result {
             Ok(Reply::Now(kind)) => self.push(rid, kind),
@@ -687,18 +696,13 @@ impl ConnState {
                 self.pending.took_event();
                 self.offer(relay, *fresh);
             }
-            Live::Ephemeral(e) => {
+            Live::Ephemeral(body) => {
                 self.pending.took_event();
-                let (from, body) = *e;
                 // Lossy by nature: dropped when the client is not keeping up.
                 if self.out.len() < limits::CONNECTION_OUT_BYTES && self.close.is_none() {
                     self.push(
                         0,
-                        server_frame::Kind::Ephemeral(api::EphemeralDeliver {
-                            sender_account: from.account.to_vec(),
-                            sender_device: from.device,
-                            body,
-                        }),
+                        server_frame::Kind::Ephemeral(api::EphemeralDeliver { body: *body }),
                     );
                     relay.metrics.ephemeral_delivered.inc();
                 }

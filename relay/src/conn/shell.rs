@@ -68,6 +68,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
             }
             if st.has_output() {
                 st.take_output(&mut wbuf);
+                relay.tap_output(&wbuf);
                 write_progress = relay.clock.instant();
             }
         }
@@ -114,7 +115,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
             }
             bi = quic.accept_bi() => match bi {
                 Ok((s, r)) => {
-                    let who = st.device();
+                    let who = st.blob_caller(&relay);
                     tokio::spawn(crate::blob::stream(Arc::clone(&relay), who, s, r));
                 }
                 Err(_) => break (close::NORMAL, b""),

@@ -250,6 +250,7 @@ fn send_to(to: &Account, id: u8, body: &[u8]) -> client_frame::Kind {
             .map(|d| api::OutEnvelope {
                 device_id: d,
                 body: body.to_vec(),
+                delivery_token: Vec::new(),
             })
             .collect(),
         ..Default::default()
@@ -479,7 +480,7 @@ async fn a_live_envelope_after_a_gap_is_read_from_the_store_in_order() {
     b.login(&bob, 1);
     let env = |id: u8| Envelope {
         recipient: bob.device(1),
-        sender: alice.device(1),
+        share: alice.device(1),
         client_id: [id; 16],
         body: vec![id],
         received_at: 1,
@@ -685,6 +686,7 @@ async fn every_refusal_is_typed_and_leaves_the_connection_usable() {
                     api::OutEnvelope {
                         device_id: 1,
                         body: vec![1],
+                        delivery_token: Vec::new(),
                     };
                     3
                 ],
@@ -1324,6 +1326,7 @@ async fn a_send_names_the_device_left_out_and_the_refusal_has_its_own_reason() {
             envelopes: vec![api::OutEnvelope {
                 device_id: 2,
                 body: vec![1],
+                delivery_token: Vec::new(),
             }],
         }),
     );

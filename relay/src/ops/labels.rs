@@ -66,6 +66,8 @@ pub enum RefusalReason {
     TooManyConnections,
     /// `DEVICE_REVOKED`: authentication by a device that is not on its account's list.
     DeviceRevoked,
+    /// `UNAUTHORIZED_SEND`: a sealed send without the recipient device's delivery token.
+    UnauthorizedSend,
     /// The relay-wide connection cap was reached (refused during the handshake).
     ConnectionCap,
     /// An error frame without a code (never sent by this relay).
@@ -74,7 +76,7 @@ pub enum RefusalReason {
 
 impl RefusalReason {
     /// Every reason, in rendering order.
-    pub const ALL: [RefusalReason; 28] = [
+    pub const ALL: [RefusalReason; 29] = [
         RefusalReason::Malformed,
         RefusalReason::Unauthenticated,
         RefusalReason::AuthFailed,
@@ -101,6 +103,7 @@ impl RefusalReason {
         RefusalReason::AlreadyAuthenticated,
         RefusalReason::TooManyConnections,
         RefusalReason::DeviceRevoked,
+        RefusalReason::UnauthorizedSend,
         RefusalReason::ConnectionCap,
         RefusalReason::Unspecified,
     ];
@@ -134,6 +137,7 @@ impl RefusalReason {
             ErrorCode::AlreadyAuthenticated => RefusalReason::AlreadyAuthenticated,
             ErrorCode::TooManyConnections => RefusalReason::TooManyConnections,
             ErrorCode::DeviceRevoked => RefusalReason::DeviceRevoked,
+            ErrorCode::UnauthorizedSend => RefusalReason::UnauthorizedSend,
             ErrorCode::Unspecified => RefusalReason::Unspecified,
         }
     }
@@ -167,6 +171,7 @@ impl RefusalReason {
             RefusalReason::AlreadyAuthenticated => "already_authenticated",
             RefusalReason::TooManyConnections => "too_many_connections",
             RefusalReason::DeviceRevoked => "device_revoked",
+            RefusalReason::UnauthorizedSend => "unauthorized_send",
             RefusalReason::ConnectionCap => "connection_cap",
             RefusalReason::Unspecified => "unspecified",
         }

@@ -35,6 +35,16 @@ pub struct Metrics {
     pub connections_retried: Counter,
     /// Failed authentication attempts.
     pub auth_failures: Counter,
+    /// Connections that declared themselves anonymous (sealed sends, public reads).
+    pub anonymous_connections: Counter,
+    /// Sealed sends refused for a missing or wrong delivery token.
+    pub unauthorized_sends: Counter,
+    /// Sends (and ephemeral sends) to another account let in by delivery tokens or by a
+    /// recipient that accepts anyone: the relay does not know their sender.
+    pub sealed_sends: Counter,
+    /// Sends (and ephemeral sends) to another account on an authenticated connection without
+    /// tokens (first messages): the relay sees their sender.
+    pub introductions: Counter,
     /// Events (new mail, ephemerals, revocations, …) handed to another relay node of a cluster.
     pub cluster_events_published: Counter,
     /// Events for a device connected to no live node of the cluster (a push wakes it instead).
@@ -89,6 +99,9 @@ pub struct Metrics {
     pub timeouts: Timeouts,
     /// Device links waiting to be taken.
     pub links_pending: Gauge,
+    /// Connections authenticated as a device now (the others are anonymous or not yet
+    /// authenticated).
+    pub connections_authenticated: Gauge,
     /// Push wake-up counters, shared with the [`crate::push::Pusher`].
     pub push: Arc<PushStats>,
     /// Every metric above, by name, for rendering.
@@ -113,6 +126,10 @@ impl Metrics {
             cluster_events_unrouted: Counter::default(),
             cluster_takeovers: Counter::default(),
             auth_failures: Counter::default(),
+            anonymous_connections: Counter::default(),
+            unauthorized_sends: Counter::default(),
+            sealed_sends: Counter::default(),
+            introductions: Counter::default(),
             sends: Counter::default(),
             envelopes_queued: Counter::default(),
             envelopes_delivered: Counter::default(),
@@ -136,6 +153,7 @@ impl Metrics {
             refusals: Refusals::default(),
             timeouts: Timeouts::default(),
             links_pending: Gauge::default(),
+            connections_authenticated: Gauge::default(),
             push: Arc::new(PushStats::default()),
             registry: Registry::default(),
         };
@@ -171,6 +189,26 @@ impl Metrics {
             "auth_failures",
             "Failed authentication attempts.",
             self.auth_failures.clone(),
+        );
+        r.register(
+            "anonymous_connections",
+            "Connections that declared themselves anonymous (sealed sends, public reads).",
+            self.anonymous_connections.clone(),
+        );
+        r.register(
+            "unauthorized_sends",
+            "Sealed sends refused for a missing or wrong delivery token.",
+            self.unauthorized_sends.clone(),
+        );
+        r.register(
+            "sealed_sends",
+            "Sends to another account let in by delivery tokens or by a recipient accepting anyone.",
+            self.sealed_sends.clone(),
+        );
+        r.register(
+            "introductions",
+            "Sends to another account on an authenticated connection without tokens (first messages).",
+            self.introductions.clone(),
         );
         r.register(
             "cluster_events_published",
@@ -298,6 +336,11 @@ impl Metrics {
             "links_pending",
             "Device links waiting to be taken.",
             self.links_pending.clone(),
+        );
+        r.register(
+            "connections_authenticated",
+            "Connections authenticated as a device now.",
+            self.connections_authenticated.clone(),
         );
         let push = &self.push;
         r.register(

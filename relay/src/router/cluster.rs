@@ -75,21 +75,18 @@ fn encode(device: &DeviceId, event: &Live) -> Option<Vec<u8>> {
     out.push(kind);
     out.extend_from_slice(&device.key());
     match event {
-        Live::Ephemeral(e) => {
-            out.extend_from_slice(&e.0.key());
-            out.extend_from_slice(&e.1);
-        }
+        Live::Ephemeral(body) => out.extend_from_slice(body),
         Live::PreKeysLow(x, k) => {
             out.extend_from_slice(&x.to_be_bytes());
             out.extend_from_slice(&k.to_be_bytes());
         }
-        // prev ‖ seq ‖ sender (36) ‖ client id (16) ‖ received at ‖ body: the receiving node
+        // prev ‖ seq ‖ share label (36) ‖ client id (16) ‖ received at ‖ body: the receiving node
         // sends it from memory when it directly follows what its connection sent.
         Live::Envelope(f) => {
             let e = &f.queued.envelope;
             out.extend_from_slice(&f.prev.to_be_bytes());
             out.extend_from_slice(&f.queued.seq.to_be_bytes());
-            out.extend_from_slice(&e.sender.key());
+            out.extend_from_slice(&e.share.key());
             out.extend_from_slice(&e.client_id);
             out.extend_from_slice(&e.received_at.to_be_bytes());
             out.extend_from_slice(&e.body);
@@ -124,10 +121,7 @@ fn decode(bytes: &[u8]) -> Option<Incoming> {
     let device = DeviceId::from_key(device)?;
     let event = match kind {
         MAIL => Live::Mail,
-        EPHEMERAL => {
-            let (sender, body) = rest.split_at_checked(36)?;
-            Live::Ephemeral(Box::new((DeviceId::from_key(sender)?, body.to_vec())))
-        }
+        EPHEMERAL => Live::Ephemeral(Box::new(rest.to_vec())),
         PRE_KEYS_LOW => {
             let (x, k) = rest.split_at_checked(4)?;
             Live::PreKeysLow(
@@ -145,7 +139,7 @@ fn decode(bytes: &[u8]) -> Option<Incoming> {
         ENVELOPE => {
             let (prev, rest) = rest.split_at_checked(8)?;
             let (seq, rest) = rest.split_at_checked(8)?;
-            let (sender, rest) = rest.split_at_checked(36)?;
+            let (share, rest) = rest.split_at_checked(36)?;
             let (client_id, rest) = rest.split_at_checked(16)?;
             let (at, body) = rest.split_at_checked(8)?;
             Live::Envelope(Box::new(super::Fresh {
@@ -154,7 +148,7 @@ fn decode(bytes: &[u8]) -> Option<Incoming> {
                     seq: u64::from_be_bytes(seq.try_into().ok()?),
                     envelope: crate::store::Envelope {
                         recipient: device,
-                        sender: DeviceId::from_key(sender)?,
+                        share: DeviceId::from_key(share)?,
                         client_id: client_id.try_into().ok()?,
                         body: body.to_vec(),
                         received_at: u64::from_be_bytes(at.try_into().ok()?),
@@ -575,7 +569,7 @@ mod tests {
                 seq: 42,
                 envelope: crate::store::Envelope {
                     recipient: d,
-                    sender: s,
+                    share: s,
                     client_id: [5; 16],
                     body: b"sealed".to_vec(),
                     received_at: 1_700_000_000_000,
@@ -585,7 +579,7 @@ mod tests {
         for e in [
             Live::Mail,
             Live::Envelope(Box::new(fresh)),
-            Live::Ephemeral(Box::new((s, b"typing".to_vec()))),
+            Live::Ephemeral(Box::new(b"typing".to_vec())),
             Live::PreKeysLow(3, 70_000),
             Live::Revoked,
         ] {
@@ -615,7 +609,7 @@ mod tests {
         );
         assert_eq!(subscriber_count(&Value::Nil), None);
         assert!(decode(&[]).is_none());
-        assert!(decode(&[EPHEMERAL; 40]).is_none());
+        assert!(decode(&[EPHEMERAL; 30]).is_none());
         assert!(decode(&[99; 37]).is_none());
     }
 

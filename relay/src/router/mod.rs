@@ -34,8 +34,9 @@ pub enum Live {
     Mail,
     /// A new envelope (see [`Fresh`]).
     Envelope(Box<Fresh>),
-    /// An ephemeral envelope (typing, presence): delivered if connected, never stored.
-    Ephemeral(Box<(DeviceId, Vec<u8>)>),
+    /// An ephemeral envelope (typing, presence; sealed, so its sender is not known here):
+    /// delivered if connected, never stored.
+    Ephemeral(Box<Vec<u8>>),
     /// The device's one-time pre-keys are running low: (X25519 left, ML-KEM left).
     PreKeysLow(u32, u32),
     /// The device was removed from its account's list: close.

@@ -21,7 +21,7 @@ use crate::limits;
 
 /// An envelope's key in the index.
 pub(crate) fn send_key(e: &Envelope) -> u128 {
-    key_of(&e.recipient, &e.sender, &e.client_id)
+    key_of(&e.recipient, &e.share, &e.client_id)
 }
 
 /// The key of the envelope from `sender` to `recipient` with `client_id`.
@@ -103,7 +103,7 @@ mod tests {
         };
         let e = |to, from, id: u8| Envelope {
             recipient: to,
-            sender: from,
+            share: from,
             client_id: [id; 16],
             body: vec![1],
             received_at: 1,

@@ -28,6 +28,7 @@ struct Inner {
     usage: Usage,
     last_seq: BTreeMap<DeviceId, u64>,
     push: BTreeMap<DeviceId, String>,
+    access: BTreeMap<DeviceId, super::DeliveryAccess>,
     names: BTreeMap<String, UsernameHolder>,
     name_of: BTreeMap<[u8; 32], String>,
 }
@@ -138,6 +139,25 @@ impl PreKeyStore for MemoryStore {
 
 impl super::LinkStore for MemoryStore {}
 
+impl super::AccessStore for MemoryStore {
+    fn set_delivery_access(
+        &self,
+        device: &DeviceId,
+        access: Option<super::DeliveryAccess>,
+    ) -> Result<()> {
+        let mut g = self.lock()?;
+        match access {
+            Some(a) => g.access.insert(*device, a),
+            None => g.access.remove(device),
+        };
+        Ok(())
+    }
+
+    fn delivery_access(&self, device: &DeviceId) -> Result<Option<super::DeliveryAccess>> {
+        Ok(self.lock()?.access.get(device).copied())
+    }
+}
+
 impl PushStore for MemoryStore {
     fn set_push_endpoint(&self, device: &DeviceId, url: Option<&str>) -> Result<()> {
         let mut g = self.lock()?;
@@ -197,7 +217,7 @@ impl Inner {
     fn forget(&mut self, removed: &[Envelope]) {
         for e in removed {
             self.usage
-                .remove(e.recipient, &e.sender.account, stored_bytes(e));
+                .remove(e.recipient, &e.share.account, stored_bytes(e));
         }
     }
 }
@@ -243,7 +263,7 @@ impl MailboxStore for MemoryStore {
             *last = last.saturating_add(1);
             let seq = *last;
             g.ids.insert(id, seq, e.received_at);
-            g.usage.add(e.recipient, &e.sender.account, stored_bytes(e));
+            g.usage.add(e.recipient, &e.share.account, stored_bytes(e));
             g.queues
                 .entry(e.recipient)
                 .or_default()
@@ -321,7 +341,7 @@ impl MailboxStore for MemoryStore {
         Ok(self.lock()?.usage.queue(device))
     }
 
-    fn sender_usage(&self, device: &DeviceId, sender: &[u8; 32]) -> Result<usage::Count> {
+    fn share_usage(&self, device: &DeviceId, sender: &[u8; 32]) -> Result<usage::Count> {
         Ok(self.lock()?.usage.sender(device, sender))
     }
 

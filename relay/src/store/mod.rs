@@ -5,12 +5,12 @@
 //! - a device list is replaced only by one with a higher version;
 //! - a one-time pre-key is handed out at most once, even under concurrent claims (one atomic take);
 //! - an enqueue is checked against the mailbox caps ([`Quotas`]) before anything is written: a
-//!   device whose queue (or the sending account's share of it) is full is left out and reported
+//!   device whose queue (or the envelope's [`Share`] of it) is full is left out and reported
 //!   ([`Enqueued::full`]) while the others get their envelopes; an enqueue that would queue
 //!   nothing because every device is full, or that would take the recipient account or the relay
 //!   over its byte cap, is refused and writes nothing. The counters behind the caps
 //!   ([`usage`]) are exact across acks, expiry, purges and reopening. An enqueue is idempotent
-//!   per (recipient device, sender device, client id); it is durable once [`MailboxStore::flush`] has returned
+//!   per (recipient device, share, client id); it is durable once [`MailboxStore::flush`] has returned
 //!   after it (the relay batches many enqueues into one flush: group commit); nothing else is
 //!   durable before a flush either. A crash (or a write error) in the middle of an unanswered
 //!   multi-envelope enqueue may keep some of its envelopes: the retry of that send finds them by
@@ -77,8 +77,8 @@ pub enum StoreError {
     /// A recipient's queue is at its cap (nothing of the enqueue was written).
     #[error("the queue of a recipient device is full")]
     QueueFull(DeviceId),
-    /// The sending account's share of a recipient's queue is used up (nothing was written).
-    #[error("the sender's share of a recipient device's queue is used up")]
+    /// The envelope's share of a recipient's queue is used up (nothing was written).
+    #[error("this kind of sender's share of a recipient device's queue is used up")]
     SenderQuota(DeviceId),
     /// The recipient account's mailbox is at its byte cap (nothing was written).
     #[error("the recipient account's mailbox is full")]
@@ -168,14 +168,103 @@ pub trait PreKeyStore: Send + Sync {
     fn remove_pre_keys(&self, device: &DeviceId) -> Result<()>;
 }
 
+/// How a send was let into a queue, which is all the relay knows of its sender: each kind has
+/// its share of a recipient device's queue ([`Quotas::share_len`]). Stored in an envelope's
+/// record as a fixed label in place of a sender address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Share {
+    /// A device writing to its own account (authenticated).
+    Own,
+    /// A sealed send presenting the recipient device's delivery token: a contact.
+    Contact,
+    /// A sealed send without the token, to a device that accepts anyone.
+    Anyone,
+    /// An authenticated send to another account without tokens: the first message to someone.
+    Introduction,
+}
+
+impl Share {
+    /// The label stored in place of a sender: all-zero but for the last byte of the account.
+    pub const fn label(self) -> DeviceId {
+        let mut account = [0u8; 32];
+        account[31] = match self {
+            Self::Own => 1,
+            Self::Contact => 2,
+            Self::Anyone => 3,
+            Self::Introduction => 4,
+        };
+        DeviceId { account, device: 0 }
+    }
+
+    /// Whether this share is held to the strangers' cap (`max_queue_len_per_sender`); the
+    /// others may fill the whole queue.
+    pub const fn capped(self) -> bool {
+        matches!(self, Self::Anyone | Self::Introduction)
+    }
+}
+
+/// What lets a sealed send into a device's queue (`SetDeliveryToken`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryAccess {
+    /// The token contacts present (derived end to end from the device's delivery key), if any.
+    pub token: Option<[u8; 16]>,
+    /// Whether sealed sends without the token are let in too.
+    pub anyone: bool,
+}
+
+impl DeliveryAccess {
+    /// The stored form: `anyone` (one byte, 0 or 1) ‖ the token (16 bytes) if any.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = vec![u8::from(self.anyone)];
+        if let Some(t) = &self.token {
+            v.extend_from_slice(t);
+        }
+        v
+    }
+
+    /// Reads [`DeliveryAccess::to_bytes`].
+    pub fn from_bytes(v: &[u8]) -> Result<Self> {
+        let corrupt = StoreError::Corrupt("delivery access");
+        let (flag, token) = v
+            .split_first()
+            .ok_or(StoreError::Corrupt("delivery access"))?;
+        let anyone = match flag {
+            0 => false,
+            1 => true,
+            _ => return Err(corrupt),
+        };
+        let token = match token.len() {
+            0 => None,
+            16 => Some(
+                token
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("delivery access"))?,
+            ),
+            _ => return Err(corrupt),
+        };
+        Ok(Self { token, anyone })
+    }
+}
+
+impl std::fmt::Debug for DeliveryAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryAccess")
+            .field("token", &self.token.map(|_| "<set>"))
+            .field("anyone", &self.anyone)
+            .finish()
+    }
+}
+
 /// One envelope to queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
     /// Recipient device.
     pub recipient: DeviceId,
-    /// Sending device (as authenticated by the relay).
-    pub sender: DeviceId,
-    /// The sender's id for the send: a retried send with the same id is not queued twice.
+    /// The share of the recipient's queue it counts against: [`Share::label`], never the
+    /// sending device (the relay does not know it: envelopes are sealed).
+    pub share: DeviceId,
+    /// The sender's id for the send: a retried send with the same id (and share) is not queued
+    /// twice.
     pub client_id: [u8; 16],
     /// The opaque encrypted body.
     pub body: Vec<u8>,
@@ -215,8 +304,8 @@ pub struct Enqueued {
 pub enum Full {
     /// The device's queue is at its envelope or byte cap.
     Queue,
-    /// The sending account's share of the device's queue is used up.
-    Sender,
+    /// The envelope's share of the device's queue is used up.
+    Share,
 }
 
 /// The mailbox caps an enqueue is checked against (bytes as counted by [`usage::stored_bytes`]).
@@ -226,10 +315,10 @@ pub struct Quotas {
     pub queue_len: u64,
     /// Bytes per device queue.
     pub queue_bytes: u64,
-    /// Envelopes per device queue from one sending account.
-    pub sender_len: u64,
-    /// Bytes per device queue from one sending account.
-    pub sender_bytes: u64,
+    /// Envelopes per device queue in one share.
+    pub share_len: u64,
+    /// Bytes per device queue in one share.
+    pub share_bytes: u64,
     /// Bytes over all device queues of one account.
     pub account_bytes: u64,
     /// Bytes over all queues.
@@ -241,8 +330,8 @@ impl Quotas {
     pub const UNLIMITED: Self = Self {
         queue_len: u64::MAX,
         queue_bytes: u64::MAX,
-        sender_len: u64::MAX,
-        sender_bytes: u64::MAX,
+        share_len: u64::MAX,
+        share_bytes: u64::MAX,
         account_bytes: u64::MAX,
         total_bytes: u64::MAX,
     };
@@ -254,6 +343,14 @@ impl Quotas {
             ..Self::UNLIMITED
         }
     }
+}
+
+/// Delivery tokens (RELAY_PROTOCOL.md §14): what a device lets in from sealed sends.
+pub trait AccessStore: Send + Sync {
+    /// Sets (or, with `None`, removes) `device`'s delivery access.
+    fn set_delivery_access(&self, device: &DeviceId, access: Option<DeliveryAccess>) -> Result<()>;
+    /// `device`'s delivery access; `None` refuses every sealed send.
+    fn delivery_access(&self, device: &DeviceId) -> Result<Option<DeliveryAccess>>;
 }
 
 /// Per-device queues of encrypted envelopes.
@@ -274,8 +371,8 @@ pub trait MailboxStore: Send + Sync {
     fn queue_len(&self, device: &DeviceId) -> Result<usize>;
     /// What `device`'s queue holds (envelopes, bytes).
     fn queue_usage(&self, device: &DeviceId) -> Result<usage::Count>;
-    /// What `device`'s queue holds from the devices of account `sender`.
-    fn sender_usage(&self, device: &DeviceId, sender: &[u8; 32]) -> Result<usage::Count>;
+    /// What `device`'s queue holds in the share labelled `share` (the label's account bytes).
+    fn share_usage(&self, device: &DeviceId, share: &[u8; 32]) -> Result<usage::Count>;
     /// Bytes queued for all devices of `account`.
     fn account_mailbox_bytes(&self, account: &[u8; 32]) -> Result<u64>;
     /// Bytes queued in all mailboxes.
@@ -351,17 +448,19 @@ pub trait LinkStore: Send + Sync {
 
 /// Everything the relay stores (blobs live in a `blobs::BlobStore` of their own).
 pub trait RelayStore:
-    AccountStore + PreKeyStore + MailboxStore + PushStore + UsernameStore + LinkStore
+    AccountStore + PreKeyStore + MailboxStore + PushStore + AccessStore + UsernameStore + LinkStore
 {
     /// Forgets a device removed from its account: its pre-keys, push endpoint and queue (the
     /// account's username stays: it belongs to the account, not to a device).
     fn forget_device(&self, device: &DeviceId) -> Result<usize> {
         self.remove_pre_keys(device)?;
         self.set_push_endpoint(device, None)?;
+        self.set_delivery_access(device, None)?;
         self.purge(device)
     }
 }
-impl<T: AccountStore + PreKeyStore + MailboxStore + PushStore + UsernameStore + LinkStore>
-    RelayStore for T
+impl<
+    T: AccountStore + PreKeyStore + MailboxStore + PushStore + AccessStore + UsernameStore + LinkStore,
+> RelayStore for T
 {
 }

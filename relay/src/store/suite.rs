@@ -24,7 +24,7 @@ macro_rules! relay_store_suite {
             fn env(to: DeviceId, from: DeviceId, id: u8, at: u64) -> Envelope {
                 Envelope {
                     recipient: to,
-                    sender: from,
+                    share: from,
                     client_id: [id; 16],
                     body: vec![id; 40],
                     received_at: at,
@@ -248,20 +248,20 @@ macro_rules! relay_store_suite {
                 let (_g, s) = $make;
                 let (a, a2, x, b) = (dev(1, 1), dev(1, 2), dev(3, 1), dev(2, 1));
                 let q = Quotas {
-                    sender_len: 2,
+                    share_len: 2,
                     ..Quotas::queue_len(100)
                 };
                 s.enqueue(&[env(b, a, 1, 1)], &q).unwrap();
-                // The share is per sending account: its other device counts against it too.
+                // The share is per label: another envelope under it counts against it too.
                 s.enqueue(&[env(b, a2, 2, 1)], &q).unwrap();
                 assert!(matches!(
                     s.enqueue(&[env(b, a, 3, 1)], &q),
                     Err(StoreError::SenderQuota(d)) if d == b
                 ));
-                // Another sender still gets through.
+                // Another share still gets through.
                 assert!(s.enqueue(&[env(b, x, 4, 1)], &q).unwrap()[0].fresh);
                 assert_eq!(
-                    s.sender_usage(&b, &a.account).unwrap(),
+                    s.share_usage(&b, &a.account).unwrap(),
                     usage::Count { envelopes: 2, bytes: 2 * ENV_BYTES }
                 );
                 // Acknowledging frees the share.
@@ -270,7 +270,7 @@ macro_rules! relay_store_suite {
                 assert!(s.enqueue(&[env(b, a, 3, 1)], &q).unwrap()[0].fresh);
                 // The byte share is checked too.
                 let q = Quotas {
-                    sender_bytes: 3 * ENV_BYTES,
+                    share_bytes: 3 * ENV_BYTES,
                     ..Quotas::queue_len(100)
                 };
                 assert!(s.enqueue(&[env(b, a, 5, 1)], &q).unwrap()[0].fresh);
@@ -346,14 +346,14 @@ macro_rules! relay_store_suite {
                 assert_eq!(s.ack(&b1, &[seqs[0], seqs[0], 999_999]).unwrap(), 1);
                 assert_eq!(s.ack(&b1, &seqs).unwrap(), 2);
                 assert_eq!(s.queue_usage(&b1).unwrap(), usage::Count::default());
-                assert_eq!(s.sender_usage(&b1, &x.account).unwrap(), usage::Count::default());
+                assert_eq!(s.share_usage(&b1, &x.account).unwrap(), usage::Count::default());
                 // The sweep takes the old one of b2, a purge the rest.
                 assert_eq!(s.sweep(20).unwrap(), 1);
                 assert_eq!(s.account_mailbox_bytes(&[2; 32]).unwrap(), ENV_BYTES);
                 assert_eq!(s.purge(&b2).unwrap(), 1);
                 assert_eq!(s.mailbox_bytes().unwrap(), 0);
                 assert_eq!(s.account_mailbox_bytes(&[2; 32]).unwrap(), 0);
-                assert_eq!(s.sender_usage(&b2, &x.account).unwrap(), usage::Count::default());
+                assert_eq!(s.share_usage(&b2, &x.account).unwrap(), usage::Count::default());
             }
 
             #[test]
@@ -413,12 +413,40 @@ macro_rules! relay_store_suite {
                     s.push_endpoint(&b).unwrap().as_deref(),
                     Some("https://push.example/x")
                 );
+                let access = DeliveryAccess {
+                    token: Some([7; 16]),
+                    anyone: false,
+                };
+                s.set_delivery_access(&b, Some(access)).unwrap();
                 s.enqueue(&[env(b, a, 1, 1)], &Quotas::queue_len(1000)).unwrap();
                 assert_eq!(s.forget_device(&b).unwrap(), 1);
+                assert_eq!(s.delivery_access(&b).unwrap(), None);
                 assert_eq!(s.pre_key_counts(&b).unwrap(), (0, 0));
                 assert_eq!(s.claim_pre_keys(&b, true).unwrap(), None);
                 assert_eq!(s.push_endpoint(&b).unwrap(), None);
                 assert_eq!(s.fetch(&b, 0, 10).unwrap().len(), 0);
+            }
+
+            #[test]
+            fn delivery_access_is_per_device_and_replaced_whole() {
+                let (_g, s) = $make;
+                let (b1, b2) = (dev(2, 1), dev(2, 2));
+                assert_eq!(s.delivery_access(&b1).unwrap(), None);
+                let token = DeliveryAccess {
+                    token: Some([9; 16]),
+                    anyone: false,
+                };
+                s.set_delivery_access(&b1, Some(token)).unwrap();
+                assert_eq!(s.delivery_access(&b1).unwrap(), Some(token));
+                assert_eq!(s.delivery_access(&b2).unwrap(), None);
+                let open = DeliveryAccess {
+                    token: None,
+                    anyone: true,
+                };
+                s.set_delivery_access(&b1, Some(open)).unwrap();
+                assert_eq!(s.delivery_access(&b1).unwrap(), Some(open));
+                s.set_delivery_access(&b1, None).unwrap();
+                assert_eq!(s.delivery_access(&b1).unwrap(), None);
             }
 
             fn holder(a: u8) -> Option<UsernameHolder> {

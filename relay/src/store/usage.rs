@@ -94,8 +94,8 @@ fn change<K: std::hash::Hash + Eq>(
 fn over(queue: Count, share: Count, quotas: &Quotas) -> Option<Full> {
     if queue.envelopes > quotas.queue_len || queue.bytes > quotas.queue_bytes {
         Some(Full::Queue)
-    } else if share.envelopes > quotas.sender_len || share.bytes > quotas.sender_bytes {
-        Some(Full::Sender)
+    } else if share.envelopes > quotas.share_len || share.bytes > quotas.share_bytes {
+        Some(Full::Share)
     } else {
         None
     }
@@ -167,14 +167,14 @@ impl Usage {
             let bytes = stored_bytes(e);
             let full = over(
                 self.queue(&e.recipient).plus(bytes),
-                self.sender(&e.recipient, &e.sender.account).plus(bytes),
+                self.sender(&e.recipient, &e.share.account).plus(bytes),
                 quotas,
             );
             match full {
                 Some(Full::Queue) if all_full_refuses => {
                     return Err(StoreError::QueueFull(e.recipient));
                 }
-                Some(Full::Sender) if all_full_refuses => {
+                Some(Full::Share) if all_full_refuses => {
                     return Err(StoreError::SenderQuota(e.recipient));
                 }
                 // Nothing added: only the relay's cap, as below.
@@ -190,13 +190,13 @@ impl Usage {
         let mut out = Vec::with_capacity(new.len());
         for e in new {
             let bytes = stored_bytes(e);
-            let key = (e.recipient, e.sender.account);
+            let key = (e.recipient, e.share.account);
             let q = *queues
                 .entry(e.recipient)
                 .or_insert_with(|| self.queue(&e.recipient));
             let s = *senders
                 .entry(key)
-                .or_insert_with(|| self.sender(&e.recipient, &e.sender.account));
+                .or_insert_with(|| self.sender(&e.recipient, &e.share.account));
             let (q2, s2) = (q.plus(bytes), s.plus(bytes));
             let full = over(q2, s2, quotas);
             if full.is_none() {

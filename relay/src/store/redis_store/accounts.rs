@@ -166,6 +166,33 @@ impl PreKeyStore for RedisStore {
     }
 }
 
+impl crate::store::AccessStore for RedisStore {
+    fn set_delivery_access(
+        &self,
+        device: &DeviceId,
+        access: Option<crate::store::DeliveryAccess>,
+    ) -> Result<()> {
+        let key = self.device_key(device, "access");
+        let _: Value = match access {
+            Some(a) => self
+                .redis
+                .write(redis::cmd("SET").arg(key).arg(a.to_bytes()).clone())?,
+            None => self.redis.write(redis::cmd("DEL").arg(key).clone())?,
+        };
+        Ok(())
+    }
+
+    fn delivery_access(&self, device: &DeviceId) -> Result<Option<crate::store::DeliveryAccess>> {
+        let v: Option<Vec<u8>> = self.redis.read(
+            redis::cmd("GET")
+                .arg(self.device_key(device, "access"))
+                .clone(),
+        )?;
+        v.map(|v| crate::store::DeliveryAccess::from_bytes(&v))
+            .transpose()
+    }
+}
+
 impl PushStore for RedisStore {
     fn set_push_endpoint(&self, device: &DeviceId, url: Option<&str>) -> Result<()> {
         let key = self.device_key(device, "push");

@@ -43,8 +43,8 @@ impl RedisStore {
         for cap in [
             quotas.queue_len,
             quotas.queue_bytes,
-            quotas.sender_len,
-            quotas.sender_bytes,
+            quotas.share_len,
+            quotas.share_bytes,
             quotas.account_bytes,
         ] {
             args.push(decimal(cap).into_bytes());
@@ -189,7 +189,7 @@ fn answer(kind: &str, seq: u64, at: u64, prev: u64, e: &Envelope) -> Result<Enqu
             full: None,
         },
         "q" => left_out(Full::Queue),
-        "s" => left_out(Full::Sender),
+        "s" => left_out(Full::Share),
         _ => return Err(StoreError::Corrupt("enqueue answer")),
     })
 }
@@ -363,7 +363,7 @@ impl MailboxStore for RedisStore {
         })
     }
 
-    fn sender_usage(&self, device: &DeviceId, sender: &[u8; 32]) -> Result<usage::Count> {
+    fn share_usage(&self, device: &DeviceId, sender: &[u8; 32]) -> Result<usage::Count> {
         let key = format!("{}:m:{}", self.account_key(&device.account), device.device);
         let mut n = b"sn".to_vec();
         n.extend_from_slice(sender);

@@ -139,8 +139,8 @@ fn decimal(n: u64) -> String {
 fn record(e: &Envelope) -> Vec<u8> {
     let mut r = Vec::with_capacity(MEMBER_HEAD - NUMBER_LEN + e.body.len());
     r.extend_from_slice(format!("{:020}", e.received_at).as_bytes());
-    r.extend_from_slice(&e.sender.account);
-    r.extend_from_slice(&e.sender.device.to_be_bytes());
+    r.extend_from_slice(&e.share.account);
+    r.extend_from_slice(&e.share.device.to_be_bytes());
     r.extend_from_slice(&e.client_id);
     r.extend_from_slice(&e.body);
     r
@@ -165,7 +165,7 @@ fn queued(recipient: DeviceId, m: &[u8]) -> Result<Queued> {
         seq: number(seq)?,
         envelope: Envelope {
             recipient,
-            sender: DeviceId {
+            share: DeviceId {
                 account: account.try_into().map_err(|_| bad())?,
                 device: u32::from_be_bytes(device.try_into().map_err(|_| bad())?),
             },

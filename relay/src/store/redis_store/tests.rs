@@ -45,7 +45,7 @@ fn a_flush_waits_for_the_replicas_and_envelopes_survive_a_new_connection() {
     let s = RedisStore::open(options.clone()).unwrap();
     let e = Envelope {
         recipient: dev(1, 1),
-        sender: dev(2, 7),
+        share: dev(2, 7),
         client_id: [9; 16],
         body: b"\x00binary\xffbody".to_vec(),
         received_at: 1_700_000_000_123,
@@ -73,7 +73,7 @@ fn a_send_to_two_accounts_is_refused_whole_when_every_device_is_full() {
     let cap = Quotas::queue_len(1);
     let mk = |to: DeviceId, id: u8| Envelope {
         recipient: to,
-        sender: dev(9, 1),
+        share: dev(9, 1),
         client_id: [id; 16],
         body: vec![id; 10],
         received_at: 5,
@@ -102,7 +102,7 @@ fn the_sweep_pages_through_a_long_queue_and_keeps_the_counters_exact() {
             id[..4].copy_from_slice(&i.to_be_bytes());
             Envelope {
                 recipient: dev(4, 1),
-                sender: dev(5, 1),
+                share: dev(5, 1),
                 client_id: id,
                 body: vec![7; 10],
                 received_at: if i % 3 == 0 { 5_000 } else { 10 },

@@ -58,6 +58,31 @@ impl AccountStore for SledStore {
 
 impl crate::store::LinkStore for SledStore {}
 
+impl crate::store::AccessStore for SledStore {
+    fn set_delivery_access(
+        &self,
+        device: &DeviceId,
+        access: Option<crate::store::DeliveryAccess>,
+    ) -> Result<()> {
+        match access {
+            Some(a) => self
+                .access
+                .insert(device.key(), a.to_bytes())
+                .map_err(backend)?,
+            None => self.access.remove(device.key()).map_err(backend)?,
+        };
+        Ok(())
+    }
+
+    fn delivery_access(&self, device: &DeviceId) -> Result<Option<crate::store::DeliveryAccess>> {
+        self.access
+            .get(device.key())
+            .map_err(backend)?
+            .map(|v| crate::store::DeliveryAccess::from_bytes(&v))
+            .transpose()
+    }
+}
+
 impl PushStore for SledStore {
     fn set_push_endpoint(&self, device: &DeviceId, url: Option<&str>) -> Result<()> {
         match url {

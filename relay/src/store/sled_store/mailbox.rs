@@ -128,8 +128,7 @@ impl MailboxStore for SledStore {
                 .map_err(backend)?;
             let last = st.last.entry(e.recipient).or_default();
             *last = (*last).max(seq);
-            st.usage
-                .add(e.recipient, &e.sender.account, stored_bytes(e));
+            st.usage.add(e.recipient, &e.share.account, stored_bytes(e));
             self.publish_total(&st);
             st.ids.insert(key, seq, e.received_at);
         }
@@ -190,7 +189,7 @@ impl MailboxStore for SledStore {
         Ok(self.state()?.usage.queue(device))
     }
 
-    fn sender_usage(&self, device: &DeviceId, sender: &[u8; 32]) -> Result<usage::Count> {
+    fn share_usage(&self, device: &DeviceId, sender: &[u8; 32]) -> Result<usage::Count> {
         Ok(self.state()?.usage.sender(device, sender))
     }
 

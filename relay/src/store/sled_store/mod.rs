@@ -11,6 +11,7 @@
 //! | `mail` | recipient (36) ‖ seq u64 | record: 0 ‖ sender account (32) ‖ sender device u32 ‖ client id (16) ‖ received at u64 ‖ body |
 //! | `meta` | `"boot"` | number of times the database was opened u64 |
 //! | `push` | device (36) | endpoint URL (UTF-8) |
+//! | `access` | device (36) | delivery access: `anyone` (1) ‖ token (16, if set) |
 //! | `names` | normalized username (UTF-8) | account (32) ‖ account-key signature (64) |
 //! | `name_of` | account (32) | its username |
 //!
@@ -97,6 +98,7 @@ pub struct SledStore {
     kem: sled::Tree,
     mail: sled::Tree,
     push: sled::Tree,
+    access: sled::Tree,
     names: sled::Tree,
     name_of: sled::Tree,
     /// `boot << 32`: the least sequence number this process gives.
@@ -178,6 +180,7 @@ impl SledStore {
             kem: tree("kem")?,
             mail: tree("mail")?,
             push: tree("push")?,
+            access: tree("access")?,
             names: tree("names")?,
             name_of: tree("name_of")?,
             seq_floor: 0,
@@ -215,7 +218,7 @@ impl SledStore {
                     let e = decode_legacy(d, &v)?;
                     let bytes = stored_bytes(&e);
                     let head = Head {
-                        sender: e.sender,
+                        share: e.share,
                         client_id: e.client_id,
                         received_at: e.received_at,
                     };
@@ -224,8 +227,8 @@ impl SledStore {
             };
             let last = st.last.entry(d).or_default();
             *last = (*last).max(seq);
-            st.usage.add(d, &head.sender.account, bytes);
-            let key = ids::key_of(&d, &head.sender, &head.client_id);
+            st.usage.add(d, &head.share.account, bytes);
+            let key = ids::key_of(&d, &head.share, &head.client_id);
             recent.push((head.received_at, key, seq));
         }
         recent.sort_unstable();

@@ -26,7 +26,7 @@ pub(super) const RECORD_HEAD: usize = 1 + 32 + 4 + 16 + 8;
 
 /// What a `mail` record holds besides its body.
 pub(super) struct Head {
-    pub(super) sender: DeviceId,
+    pub(super) share: DeviceId,
     pub(super) client_id: [u8; 16],
     pub(super) received_at: u64,
 }
@@ -43,7 +43,7 @@ pub(super) fn record_head(v: &[u8]) -> Option<Head> {
     let (client_id, rest) = rest.split_first_chunk::<16>()?;
     let received_at = rest.first_chunk::<8>()?;
     Some(Head {
-        sender: DeviceId {
+        share: DeviceId {
             account: *account,
             device: u32::from_be_bytes(*device),
         },
@@ -57,7 +57,7 @@ pub(super) fn decode_envelope(recipient: DeviceId, v: &[u8]) -> Result<Envelope>
     if let Some(h) = record_head(v) {
         return Ok(Envelope {
             recipient,
-            sender: h.sender,
+            share: h.share,
             client_id: h.client_id,
             body: v.get(RECORD_HEAD..).unwrap_or_default().to_vec(),
             received_at: h.received_at,
@@ -71,7 +71,7 @@ pub(super) fn decode_legacy(recipient: DeviceId, v: &[u8]) -> Result<Envelope> {
     let s = StoredEnvelope::decode(v).map_err(|_| StoreError::Corrupt("mail"))?;
     Ok(Envelope {
         recipient,
-        sender: DeviceId {
+        share: DeviceId {
             account: s
                 .sender_account
                 .as_slice()
@@ -94,7 +94,7 @@ pub(super) fn decode_legacy(recipient: DeviceId, v: &[u8]) -> Result<Envelope> {
 pub(super) fn charged(v: &[u8]) -> Option<([u8; 32], u64)> {
     match record_head(v) {
         Some(h) => Some((
-            h.sender.account,
+            h.share.account,
             usage::body_stored_bytes(v.len().saturating_sub(RECORD_HEAD)),
         )),
         // An earlier-layout record is decoded (only databases written before this layout hold
@@ -105,7 +105,7 @@ pub(super) fn charged(v: &[u8]) -> Option<([u8; 32], u64)> {
                 device: 0,
             };
             let e = decode_legacy(nobody, v).ok()?;
-            Some((e.sender.account, stored_bytes(&e)))
+            Some((e.share.account, stored_bytes(&e)))
         }
     }
 }
@@ -124,8 +124,8 @@ pub(super) fn received_at(v: &[u8]) -> Result<u64> {
 pub(super) fn encode_envelope(e: &Envelope) -> Vec<u8> {
     let mut v = Vec::with_capacity(RECORD_HEAD.saturating_add(e.body.len()));
     v.push(RECORD_TAG);
-    v.extend_from_slice(&e.sender.account);
-    v.extend_from_slice(&e.sender.device.to_be_bytes());
+    v.extend_from_slice(&e.share.account);
+    v.extend_from_slice(&e.share.device.to_be_bytes());
     v.extend_from_slice(&e.client_id);
     v.extend_from_slice(&e.received_at.to_be_bytes());
     v.extend_from_slice(&e.body);

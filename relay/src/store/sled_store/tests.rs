@@ -26,7 +26,7 @@ fn acknowledged_envelopes_survive_reopen() {
         let s = retry(|| super::SledStore::open(dir.path()));
         let e = Envelope {
             recipient: b,
-            sender: a,
+            share: a,
             client_id: [7; 16],
             body: b"sealed".to_vec(),
             received_at: 5,
@@ -52,14 +52,14 @@ fn mailbox_usage_and_sender_shares_are_rebuilt_at_open() {
     };
     let e = |from: u8, id: u8| Envelope {
         recipient: d(2),
-        sender: d(from),
+        share: d(from),
         client_id: [id; 16],
         body: vec![id; 100],
         received_at: 1,
     };
     let one = 100 + ENVELOPE_OVERHEAD;
     let q = Quotas {
-        sender_len: 2,
+        share_len: 2,
         ..Quotas::UNLIMITED
     };
     {
@@ -73,7 +73,7 @@ fn mailbox_usage_and_sender_shares_are_rebuilt_at_open() {
     assert_eq!(s.mailbox_bytes().unwrap(), 3 * one);
     assert_eq!(s.account_mailbox_bytes(&[2; 32]).unwrap(), 3 * one);
     assert_eq!(
-        s.sender_usage(&d(2), &[1; 32]).unwrap(),
+        s.share_usage(&d(2), &[1; 32]).unwrap(),
         Count {
             envelopes: 2,
             bytes: 2 * one
@@ -132,7 +132,7 @@ fn records_of_the_earlier_layout_are_read_counted_expired_and_acknowledged() {
     let one = 100 + ENVELOPE_OVERHEAD;
     assert_eq!(s.mailbox_bytes().unwrap(), 3 * one);
     assert_eq!(
-        s.sender_usage(&d(2), &[1; 32]).unwrap(),
+        s.share_usage(&d(2), &[1; 32]).unwrap(),
         Count {
             envelopes: 2,
             bytes: 2 * one
@@ -140,14 +140,14 @@ fn records_of_the_earlier_layout_are_read_counted_expired_and_acknowledged() {
     );
     let q = s.fetch(&d(2), 0, 10).unwrap();
     assert_eq!(q.len(), 2);
-    assert_eq!(q[0].envelope.sender, d(1));
+    assert_eq!(q[0].envelope.share, d(1));
     assert_eq!(q[0].envelope.client_id, [1; 16]);
     assert_eq!(q[0].envelope.body, vec![1; 100]);
     assert_eq!(q[0].envelope.received_at, 10);
     // A retry of a queued legacy envelope is recognised.
     let retry_of = Envelope {
         recipient: d(2),
-        sender: d(1),
+        share: d(1),
         client_id: [2; 16],
         body: vec![2; 100],
         received_at: 2_000,
@@ -160,7 +160,7 @@ fn records_of_the_earlier_layout_are_read_counted_expired_and_acknowledged() {
     assert_eq!(s.mailbox_bytes().unwrap(), 2 * one);
     let fresh = Envelope {
         recipient: d(2),
-        sender: d(4),
+        share: d(4),
         client_id: [4; 16],
         body: vec![4; 10],
         received_at: 2_000,
@@ -196,7 +196,7 @@ fn sequence_numbers_never_repeat_after_a_crash_lost_unflushed_envelopes() {
     );
     let e = |id: u8| Envelope {
         recipient: b,
-        sender: a,
+        share: a,
         client_id: [id; 16],
         body: vec![id],
         received_at: 1,
@@ -244,7 +244,7 @@ fn a_send_cut_short_by_a_crash_is_completed_by_its_retry_without_duplicates() {
     let send: Vec<Envelope> = (2..5)
         .map(|n| Envelope {
             recipient: to(n),
-            sender,
+            share: sender,
             client_id: [7; 16],
             body: vec![n],
             received_at: 1,
