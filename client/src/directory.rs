@@ -53,7 +53,9 @@ impl Engine {
     /// otherwise). `Refused` with `NOT_FOUND` if nobody holds it.
     pub async fn lookup_username(&self, name: &str) -> Result<AccountId, ClientError> {
         let name = normalize(name)?;
-        let conn = self.inner.current(CONNECT_WAIT).await?;
+        // On the anonymous connection: the relay does not learn who looked the name up.
+        self.inner.current(CONNECT_WAIT).await?;
+        let conn = self.inner.anonymous().await?;
         let server_frame::Kind::Username(found) = conn
             .request(client_frame::Kind::LookupUsername(api::LookupUsername {
                 name: name.clone(),

@@ -156,6 +156,9 @@ impl ClientError {
                     | ErrorCode::UnknownRequest
                     | ErrorCode::BlobQuotaExceeded
                     | ErrorCode::DeviceRevoked
+                    // A delivery token refused: the recipient rotated its key (it blocked this
+                    // account), and waiting will not bring the new one.
+                    | ErrorCode::UnauthorizedSend
             ),
             _ => false,
         }

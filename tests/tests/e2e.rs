@@ -638,7 +638,11 @@ async fn a_group_send_goes_on_when_a_member_removed_a_device_the_sender_still_li
     // key: the relay refuses the envelope for the unlisted device, and the send goes on.
     bob.engine().remove_device(b2).await.unwrap();
     bob2.shutdown().await;
-    alice.send_text(group, "second", None).await.unwrap();
+    let second = alice.send_text(group, "second", None).await.unwrap();
+    assert_eq!(
+        alice.wait_sent(&second, WAIT).await.unwrap(),
+        MessageStatus::Sent
+    );
     until_text(&mut b_rx, "second").await;
     assert!(!alice.engine().devices_of(&b).unwrap().contains(&b2));
     for m in [alice, bob] {

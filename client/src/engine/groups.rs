@@ -219,20 +219,19 @@ impl Engine {
             for account in accounts {
                 // The one group ciphertext, sealed to each device on its own: the relay sees
                 // envelopes to devices, not a group (PROTOCOL.md §21).
+                // A device removed from the list since the message was prepared is left out.
                 let envelopes = {
                     let d = self.inner.lock()?;
-                    send.recipients
-                        .iter()
-                        .filter(|r| r.account == account)
-                        .map(|r| {
-                            super::sealed::envelope(
-                                &d,
-                                r,
-                                sealed::Kind::Group(send.message.clone()),
-                            )
-                        })
-                        .collect::<Result<Vec<api::OutEnvelope>, ClientError>>()?
+                    let mut out = Vec::new();
+                    for r in send.recipients.iter().filter(|r| r.account == account) {
+                        let inner = sealed::Kind::Group(send.message.clone());
+                        out.extend(super::sealed::envelope_if_listed(&d, r, inner)?);
+                    }
+                    out
                 };
+                if envelopes.is_empty() {
+                    continue;
+                }
                 let sent = if ephemeral {
                     self.inner
                         .send_request(&conn, account.as_bytes(), envelopes, |envelopes| {

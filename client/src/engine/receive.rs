@@ -7,6 +7,7 @@ use crate::error::ClientError;
 use hush_core::device::{GroupIncoming, Outgoing};
 use hush_core::keys::DeviceAddress;
 use hush_core::prekeys::PreKeyBundle;
+use hush_core::sealed::DeliveryKey;
 use hush_core::sender_key::GroupId;
 use hush_core::{Error as CoreError, ProtocolError};
 use hush_proto::client::{Sealed, sealed};
@@ -69,7 +70,7 @@ impl Inner {
         d: &api::Deliver,
         ephemeral: bool,
     ) -> Settlement {
-        let (from, content) = match self.open(conn, &d.body).await {
+        let (from, content, key) = match self.open(conn, &d.body).await {
             Ok(opened) => opened,
             Err(settlement) => return settlement,
         };
@@ -115,6 +116,7 @@ impl Inner {
                 }
                 match result {
                     Ok((received, outgoing, groups_changed)) => {
+                        self.keep_delivery_key(&from, &key);
                         if groups_changed {
                             self.emit(Event::GroupsChanged);
                         }
@@ -134,6 +136,9 @@ impl Inner {
                 let r = self.lock().and_then(|mut d| {
                     Ok(d.decrypt_group_from(&from, &bytes, &mut rng(), now_ms())?)
                 });
+                if matches!(r, Ok(GroupIncoming::Decrypted(_))) {
+                    self.keep_delivery_key(&from, &key);
+                }
                 match r {
                     Ok(GroupIncoming::Decrypted(r)) => {
                         self.emit(Event::Message {
@@ -168,14 +173,15 @@ impl Inner {
 
     /// Opens a delivered sealed envelope (PROTOCOL.md §21): the sender it names, authenticated
     /// against that account's device list (learnt from the relay first if this device does not
-    /// hold it, or holds one without the sender on it), and the content. The sender's delivery
-    /// key inside is kept, so that replies can go sealed. An envelope that does not open is
-    /// dropped (acknowledged): no wait will make it open.
+    /// hold it, or holds one without the sender on it), the content, and the sender's delivery
+    /// key (kept once the content is taken, so that replies can go sealed). An envelope that does
+    /// not open is dropped (acknowledged): no wait will make it open; its sender is unknown, so
+    /// it is only logged.
     async fn open(
         &self,
         conn: &Arc<RelayConnection>,
         body: &[u8],
-    ) -> Result<(DeviceAddress, Zeroizing<Vec<u8>>), Settlement> {
+    ) -> Result<(DeviceAddress, Zeroizing<Vec<u8>>, DeliveryKey), Settlement> {
         let open = || self.lock().and_then(|d| Ok(d.open_sealed(body)?));
         let mut opened = open();
         if let Err(ClientError::Core(CoreError::Protocol(
@@ -207,15 +213,7 @@ impl Inner {
                 return Err(Settlement::Settled);
             }
         };
-        let noted = self
-            .lock()
-            .and_then(|mut d| Ok(d.note_delivery_key(&opened.from, &opened.delivery_key)?));
-        if let Err(e) = noted {
-            tracing::warn!(error = %e, "a sender's delivery key was not kept; tried again");
-            self.recover_store();
-            return Err(Settlement::Retry);
-        }
-        Ok((opened.from, opened.content))
+        Ok((opened.from, opened.content, opened.delivery_key))
     }
 
     /// A pairwise message that could not be decrypted with the session held (lost or stale,

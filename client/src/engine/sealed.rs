@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use hush_core::device::Device;
 use hush_core::keys::{AccountId, DeviceAddress};
+use hush_core::sealed::DeliveryKey;
+use hush_core::{Error as CoreError, ProtocolError};
 use hush_proto::client::{Sealed, sealed};
 use hush_proto::relay_api::{self as api, ErrorCode, client_frame, server_frame};
 use hush_store_sled::SledKv;
@@ -19,7 +21,7 @@ use crate::error::ClientError;
 
 impl Inner {
     /// The anonymous connection, opened (and declared anonymous) if there is none open.
-    pub(super) async fn anonymous(&self) -> Result<Arc<RelayConnection>, ClientError> {
+    pub(crate) async fn anonymous(&self) -> Result<Arc<RelayConnection>, ClientError> {
         let mut slot = self.anon.lock().await;
         if let Some(c) = slot.as_ref()
             && c.is_open()
@@ -84,8 +86,12 @@ impl Inner {
     /// Sends a `Send` or `SendEphemeral` (`make` builds it from the envelopes) to `account`:
     /// to this account's own devices on `conn` without tokens; to another account on the
     /// anonymous connection when every envelope carries its device's token; otherwise (some
-    /// delivery key is not known yet, or the relay refused a token) on `conn` without tokens,
-    /// as an introduction, the relay then learning the sender of this one send.
+    /// device has not written to this one yet, so its delivery key is not known) on `conn`
+    /// without tokens, as an introduction, the relay then learning the sender of this send.
+    ///
+    /// A refused token is never followed by an introduction: the relay decides refusals, and
+    /// falling back would let it unmask any sender by refusing. The send fails with
+    /// `UNAUTHORIZED_SEND` (permanent: the recipient rotated its key, which it does to block).
     pub(super) async fn send_request(
         &self,
         conn: &RelayConnection,
@@ -96,17 +102,46 @@ impl Inner {
         let own = self.lock()?.address().account.as_bytes() == account;
         if !own && envelopes.iter().all(|e| !e.delivery_token.is_empty()) {
             let anon = self.anonymous().await?;
-            match anon.request(make(envelopes.clone())).await {
-                Err(e) if RelayConnection::is_code(&e, ErrorCode::UnauthorizedSend) => {
-                    tracing::debug!("a delivery token was refused; sending as an introduction");
-                }
-                r => return r,
+            let r = anon.request(make(envelopes)).await;
+            if matches!(&r, Err(e) if RelayConnection::is_code(e, ErrorCode::UnauthorizedSend)) {
+                tracing::warn!("the relay refused a delivery token; the message is not sent");
             }
+            return r;
         }
         for e in &mut envelopes {
             e.delivery_token.clear();
         }
         conn.request(make(envelopes)).await
+    }
+}
+
+impl Inner {
+    /// Keeps the delivery key a sender's envelope carried, once its content was taken (not
+    /// before: a replayed old envelope, refused as a duplicate inside, must not bring back an
+    /// old key). A failure to keep it costs nothing but a later introduction: the next envelope
+    /// from that device carries the key again.
+    pub(super) fn keep_delivery_key(&self, from: &DeviceAddress, key: &DeliveryKey) {
+        let kept = self
+            .lock()
+            .and_then(|mut d| Ok(d.note_delivery_key(from, key)?));
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "a sender's delivery key was not kept");
+            self.recover_store();
+        }
+    }
+}
+
+/// [`envelope`], or `None` when `to` is no longer on its account's list as this device holds it
+/// (it was removed since the message was prepared: the relay would refuse its envelope anyway).
+pub(super) fn envelope_if_listed(
+    d: &Device<SledKv>,
+    to: &DeviceAddress,
+    inner: sealed::Kind,
+) -> Result<Option<api::OutEnvelope>, ClientError> {
+    match envelope(d, to, inner) {
+        Ok(e) => Ok(Some(e)),
+        Err(ClientError::Core(CoreError::Protocol(ProtocolError::DeviceNotOnList))) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -289,8 +289,9 @@ impl Inner {
                 if rounds.len() <= *k {
                     rounds.push(Vec::new());
                 }
+                // A device removed from the list since the message was prepared is left out.
                 if let Some(round) = rounds.get_mut(*k) {
-                    round.push(super::sealed::envelope(
+                    round.extend(super::sealed::envelope_if_listed(
                         &*self.lock()?,
                         &o.to,
                         sealed::Kind::Pairwise(o.bytes.clone()),
@@ -298,7 +299,7 @@ impl Inner {
                 }
                 *k += 1;
             }
-            for mut envelopes in rounds {
+            for mut envelopes in rounds.into_iter().filter(|r| !r.is_empty()) {
                 match self
                     .send_envelopes(conn, account, envelopes.clone(), targeted)
                     .await

@@ -113,7 +113,9 @@ impl ConnState {
             }
         }
         let share = self.check_tokens(relay, recipient, envelopes)?;
-        relay.metrics.sealed_sends.inc();
+        if matches!(self.phase, Phase::Anonymous) {
+            relay.metrics.sealed_sends.inc();
+        }
         Ok(share)
     }
 

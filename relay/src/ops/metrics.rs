@@ -39,7 +39,7 @@ pub struct Metrics {
     pub anonymous_connections: Counter,
     /// Sealed sends refused for a missing or wrong delivery token.
     pub unauthorized_sends: Counter,
-    /// Sends (and ephemeral sends) to another account let in by delivery tokens or by a
+    /// Sends (and ephemeral sends) on anonymous connections, let in by delivery tokens or by a
     /// recipient that accepts anyone: the relay does not know their sender.
     pub sealed_sends: Counter,
     /// Sends (and ephemeral sends) to another account on an authenticated connection without
@@ -202,7 +202,7 @@ impl Metrics {
         );
         r.register(
             "sealed_sends",
-            "Sends to another account let in by delivery tokens or by a recipient accepting anyone.",
+            "Sends on anonymous connections, let in by delivery tokens or a recipient accepting anyone.",
             self.sealed_sends.clone(),
         );
         r.register(
