@@ -899,3 +899,96 @@ async fn the_relay_learns_no_sender_and_no_group() {
         "the group id is in the relay's data"
     );
 }
+
+/// A refused delivery token never turns into an introduction (the relay could otherwise unmask
+/// any sender by refusing tokens): after Bob rotates his delivery key, Alice's message with the
+/// old token fails for good and the relay saw no introduction from her; once Bob writes to her
+/// (bringing the new key), her messages go sealed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_fails_the_send_instead_of_unmasking_the_sender() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), any_port()))
+        .await
+        .unwrap();
+    let (addr, pin) = (relay.addr, relay.fingerprint.clone());
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (alice, mut a_rx) = Messenger::create_account(engine_config(dirs[0].path(), addr, &pin))
+        .await
+        .unwrap();
+    let (bob, mut b_rx) = Messenger::create_account(engine_config(dirs[1].path(), addr, &pin))
+        .await
+        .unwrap();
+    for m in [&alice, &bob] {
+        m.engine().connected(WAIT).await.unwrap();
+    }
+    let (a, b) = (alice.address().account, bob.address().account);
+    alice
+        .send_text(Conversation::Direct(b), "hi bob", None)
+        .await
+        .unwrap();
+    until_text(&mut b_rx, "hi bob").await;
+    bob.send_text(Conversation::Direct(a), "hi alice", None)
+        .await
+        .unwrap();
+    until_text(&mut a_rx, "hi alice").await;
+    let sealed = relay.metrics.sealed_sends.get();
+    let sent = alice
+        .send_text(Conversation::Direct(b), "sealed", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.wait_sent(&sent, WAIT).await.unwrap(),
+        MessageStatus::Sent
+    );
+    until_text(&mut b_rx, "sealed").await;
+    assert!(relay.metrics.sealed_sends.get() > sealed, "not sent sealed");
+    // Bob's delivery receipt has reached Alice: nothing from him is on its way with a key.
+    next(&mut a_rx, |e| {
+        matches!(
+            e,
+            MessengerEvent::Status {
+                status: MessageStatus::Delivered,
+                message_ids,
+                ..
+            } if message_ids.contains(&sent)
+        )
+        .then_some(())
+    })
+    .await;
+
+    // Bob rotates his key: Alice's old token is refused, and nothing is sent in the clear.
+    bob.engine().rotate_delivery_key().await.unwrap();
+    let introductions = relay.metrics.introductions.get();
+    let refused = alice
+        .send_text(Conversation::Direct(b), "with the old token", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.wait_sent(&refused, WAIT).await.unwrap(),
+        MessageStatus::Failed
+    );
+    assert!(relay.metrics.unauthorized_sends.get() >= 1);
+    assert_eq!(relay.metrics.introductions.get(), introductions);
+
+    // Bob writes to her: his envelope carries the new key, and her next message goes sealed.
+    bob.send_text(Conversation::Direct(a), "still here", None)
+        .await
+        .unwrap();
+    until_text(&mut a_rx, "still here").await;
+    let sealed = relay.metrics.sealed_sends.get();
+    let again = alice
+        .send_text(Conversation::Direct(b), "with the new token", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.wait_sent(&again, WAIT).await.unwrap(),
+        MessageStatus::Sent
+    );
+    until_text(&mut b_rx, "with the new token").await;
+    assert!(relay.metrics.sealed_sends.get() > sealed);
+    assert_eq!(relay.metrics.introductions.get(), introductions);
+    for m in [alice, bob] {
+        m.shutdown().await;
+    }
+    relay.stop().await;
+}

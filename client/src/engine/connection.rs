@@ -353,6 +353,17 @@ impl Engine {
         saved.map_err(|e| ClientError::Profile(e.to_string()))
     }
 
+    /// Rotates this device's delivery key and tells the relay the new token (PROTOCOL.md §21.6):
+    /// whoever holds the old key can no longer put sealed envelopes into this device's queue,
+    /// and their sends fail (they are not turned into introductions) until an envelope from
+    /// this device brings them the new key. The core of blocking: rotate, then keep writing to
+    /// the contacts kept, not to the blocked one.
+    pub async fn rotate_delivery_key(&self) -> Result<(), ClientError> {
+        self.inner.lock()?.rotate_delivery_key()?;
+        let conn = self.inner.current(CONNECT_WAIT).await?;
+        self.inner.publish_delivery_token(&conn).await
+    }
+
     /// Lets sealed envelopes into this device's queue from anyone (`true`), or only from its
     /// contacts, who hold its delivery key (`false`, the default). Strangers can always write a
     /// first message as an introduction, which the relay sees the sender of. Kept in the

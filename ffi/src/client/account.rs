@@ -74,6 +74,13 @@ impl HushClient {
             .await
     }
 
+    /// Rotates this device's delivery key: whoever holds the old one can no longer send to it
+    /// until this device writes to them again (the core of blocking someone).
+    pub async fn rotate_delivery_key(&self) -> Result<(), HushError> {
+        self.with(move |m| async move { Ok(m.engine().rotate_delivery_key().await?) })
+            .await
+    }
+
     /// Creates a group with `members` (account ids) and this account as admin; returns its id.
     pub async fn create_group(
         &self,

@@ -208,6 +208,10 @@ async def main():
     await expect_error_async(HushError.Refused, "push URL", bob.register_push("not a url"))
     await bob.register_push("")
 
+    # Sealed envelopes from anyone, on and off again (contacts only, the default).
+    await bob.set_sealed_from_anyone(True)
+    await bob.set_sealed_from_anyone(False)
+
     # Presence.
     await bob.set_presence(True, [alice_id])
     p = await a_events.wait_async("presence", lambda e: e.is_presence() and e)
