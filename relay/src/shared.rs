@@ -437,11 +437,7 @@ impl Relay {
         {
             return Ok(access);
         }
-        let access = self.store.delivery_access(device)?;
-        if let Ok(mut m) = self.access.lock() {
-            m.insert(*device, (access, now));
-        }
-        Ok(access)
+        self.reload_access(device)
     }
 
     /// Hands the bytes about to be written on a control stream to the tap, if one is set.
@@ -451,6 +447,18 @@ impl Relay {
         {
             f(bytes);
         }
+    }
+
+    /// `device`'s delivery access read from the store now (and cached).
+    pub(crate) fn reload_access(
+        &self,
+        device: &DeviceId,
+    ) -> Result<Option<DeliveryAccess>, Refusal> {
+        let access = self.store.delivery_access(device)?;
+        if let Ok(mut m) = self.access.lock() {
+            m.insert(*device, (access, self.clock.instant()));
+        }
+        Ok(access)
     }
 
     /// Drops the cached delivery access of `device` (after it changed or the device left).

@@ -273,3 +273,58 @@ async fn a_device_on_one_node_is_cut_off_by_a_list_published_through_the_other()
     bob.shutdown().await;
     nodes.stop().await;
 }
+
+/// A token set through one node counts at once on the other, even where that node had read the
+/// device's old token a moment before (its copy is fresh for half a second): a refused token is
+/// final for the sender, so the relay checks the cluster before refusing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_set_through_one_node_is_honoured_at_once_by_the_other() {
+    use hush_proto::relay_api::{self as api, ErrorCode, client_frame, server_frame};
+    use hush_testkit::{Client, TestAccount, account::random, error_of};
+
+    let nodes = two_nodes().await;
+    let bob = TestAccount::new(1);
+    let on_a = Client::connect(nodes.a.addr, &nodes.a.fingerprint).await;
+    on_a.create(&bob, 1).await;
+    let set = |token: [u8; 16]| {
+        client_frame::Kind::SetDeliveryToken(api::SetDeliveryToken {
+            token: token.to_vec(),
+            anyone: false,
+        })
+    };
+    let send = |token: [u8; 16]| {
+        client_frame::Kind::Send(api::Send {
+            client_id: random::<16>().to_vec(),
+            recipient_account: bob.id().to_vec(),
+            envelopes: vec![api::OutEnvelope {
+                device_id: 1,
+                body: vec![7; 320],
+                delivery_token: token.to_vec(),
+            }],
+            targeted: false,
+        })
+    };
+    let (old, new) = (random::<16>(), random::<16>());
+    assert!(matches!(
+        on_a.request(set(old)).await,
+        server_frame::Kind::Ok(_)
+    ));
+    let anon_b = Client::connect(nodes.b.addr, &nodes.b.fingerprint).await;
+    let r = anon_b
+        .request(client_frame::Kind::Anonymous(api::Anonymous {}))
+        .await;
+    assert!(matches!(r, server_frame::Kind::Ok(_)), "{r:?}");
+    // Node B reads (and keeps) the old token.
+    let r = anon_b.request(send(old)).await;
+    assert!(matches!(r, server_frame::Kind::Sent(_)), "{r:?}");
+    // Rotated through node A: at once the new token is let in through B, the old one refused.
+    assert!(matches!(
+        on_a.request(set(new)).await,
+        server_frame::Kind::Ok(_)
+    ));
+    let r = anon_b.request(send(new)).await;
+    assert!(matches!(r, server_frame::Kind::Sent(_)), "{r:?}");
+    let r = anon_b.request(send(old)).await;
+    assert_eq!(error_of(&r).0, ErrorCode::UnauthorizedSend, "{r:?}");
+    nodes.stop().await;
+}

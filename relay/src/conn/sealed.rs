@@ -132,16 +132,25 @@ impl ConnState {
                 account: *recipient,
                 device: e.device_id,
             };
-            let access = relay.delivery_access(&device)?;
-            let by_token = access
-                .and_then(|a| a.token)
-                .is_some_and(|t| bool::from(t.as_slice().ct_eq(&e.delivery_token)));
-            if by_token {
-                continue;
+            let admits = |access: Option<DeliveryAccess>| {
+                let by_token = access
+                    .and_then(|a| a.token)
+                    .is_some_and(|t| bool::from(t.as_slice().ct_eq(&e.delivery_token)));
+                (by_token, access.is_some_and(|a| a.anyone))
+            };
+            let mut found = admits(relay.delivery_access(&device)?);
+            if found == (false, false) && relay.shared_store() {
+                // The cached copy may predate a token set through another node: a refusal is
+                // final for the sender, so it is made on what the store holds now.
+                found = admits(relay.reload_access(&device)?);
             }
-            if access.is_some_and(|a| a.anyone) {
-                share = Share::Anyone;
-                continue;
+            match found {
+                (true, _) => continue,
+                (false, true) => {
+                    share = Share::Anyone;
+                    continue;
+                }
+                (false, false) => {}
             }
             relay.metrics.unauthorized_sends.inc();
             return Err(Refusal::new(
