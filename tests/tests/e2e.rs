@@ -651,11 +651,7 @@ async fn a_group_send_goes_on_when_a_member_removed_a_device_the_sender_still_li
     relay.stop().await;
 }
 
-/// Whether `n` is the length of some sealed envelope (PROTOCOL.md §21.3): envelope sizes on the
-/// wire come in buckets only.
-fn is_bucket(n: usize) -> bool {
-    (0..n).any(|content| hush_core::sealed::sealed_len(content) == n)
-}
+use hush_core::sealed::is_bucket;
 
 /// The frames in bytes a tap saw: each a u32 length and a `ServerFrame` (or, on blob streams,
 /// a `BlobResponse` without the length).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use hush_proto::relay_api::{self as api, ErrorCode, server_frame};
 use subtle::ConstantTimeEq;
 
-use super::{ConnState, Now, Phase, Refusal, Reply};
+use super::{ConnState, Now, Phase, Refusal, Reply, arr};
 use crate::limits;
 use crate::shared::Relay;
 use crate::store::{DeliveryAccess, DeviceId, Share};
@@ -63,22 +63,13 @@ impl ConnState {
     ) -> Result<Reply, Refusal> {
         let me = self.me()?;
         relay.rate_limiters.upload(&me, now.at)?;
-        let token = match t.token.len() {
-            0 => None,
-            limits::DELIVERY_TOKEN_LEN => {
-                let mut b = [0u8; limits::DELIVERY_TOKEN_LEN];
-                b.copy_from_slice(&t.token);
-                Some(b)
-            }
-            n => {
-                return Err(Refusal::new(
-                    ErrorCode::Malformed,
-                    format!(
-                        "a delivery token is {} bytes, not {n}",
-                        limits::DELIVERY_TOKEN_LEN
-                    ),
-                ));
-            }
+        let token = if t.token.is_empty() {
+            None
+        } else {
+            Some(arr::<{ limits::DELIVERY_TOKEN_LEN }>(
+                &t.token,
+                "a delivery token",
+            )?)
         };
         let access = DeliveryAccess {
             token,

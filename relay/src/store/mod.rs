@@ -224,23 +224,17 @@ impl DeliveryAccess {
 
     /// Reads [`DeliveryAccess::to_bytes`].
     pub fn from_bytes(v: &[u8]) -> Result<Self> {
-        let corrupt = StoreError::Corrupt("delivery access");
-        let (flag, token) = v
-            .split_first()
-            .ok_or(StoreError::Corrupt("delivery access"))?;
+        let corrupt = || StoreError::Corrupt("delivery access");
+        let (flag, token) = v.split_first().ok_or_else(corrupt)?;
         let anyone = match flag {
             0 => false,
             1 => true,
-            _ => return Err(corrupt),
+            _ => return Err(corrupt()),
         };
-        let token = match token.len() {
-            0 => None,
-            16 => Some(
-                token
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("delivery access"))?,
-            ),
-            _ => return Err(corrupt),
+        let token = if token.is_empty() {
+            None
+        } else {
+            Some(token.try_into().map_err(|_| corrupt())?)
         };
         Ok(Self { token, anyone })
     }
