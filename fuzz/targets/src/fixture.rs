@@ -56,6 +56,10 @@ pub struct Fixture {
     pub unknown_group_message: Vec<u8>,
     /// The group's signed changes (encoded `wire::SignedGroupChange`), creation first.
     pub group_changes: Vec<Vec<u8>>,
+    /// The group's log as the relay serves it: sealed entries, position 1 first.
+    pub group_log: Vec<Vec<u8>>,
+    /// The group secret (32 bytes).
+    pub group_secret: Vec<u8>,
     /// A sender-key distribution of Alice's (encoded `wire::SenderKeyDistribution`).
     pub distribution: Vec<u8>,
 }
@@ -116,10 +120,24 @@ fn build() -> Fixture {
     alice.decrypt(&b, &back, &mut rng, T0).unwrap();
 
     // A group with Bob; Bob receives the first message, so he holds Alice's sender key.
-    let (group, out) = alice
+    let w = alice
         .create_group("fuzz", &[b.account], &mut rng, T0)
         .unwrap();
-    deliver(&mut alice, &mut bob, a, out, &mut rng);
+    let group = w.group;
+    let group_log = vec![w.entry.clone()];
+    let landed = alice.group_write_landed(w, &mut rng, T0).unwrap();
+    deliver(&mut alice, &mut bob, a, landed.outgoing, &mut rng);
+    // Bob was invited by the notice and reads the log the relay would serve him.
+    bob.accept_group_log(&group, 1, &[(1, group_log[0].clone())], &mut rng, T0)
+        .unwrap();
+    assert!(bob.group(&group).is_some(), "fixture: Bob joined the group");
+    let group_secret = bob
+        .group(&group)
+        .unwrap()
+        .log()
+        .secret()
+        .to_bytes()
+        .to_vec();
     let first = alice.group_encrypt(&group, b"g0", &mut rng, T0).unwrap();
     assert!(!first.distributions.is_empty());
     deliver(&mut alice, &mut bob, a, first.distributions, &mut rng);
@@ -130,9 +148,12 @@ fn build() -> Fixture {
 
     // A second group whose creation Bob never receives: its message is buffered in his store, and
     // a third message of it stays with the fixture.
-    let (other, _never_delivered) = alice
+    let w = alice
         .create_group("unseen", &[b.account], &mut rng, T0)
         .unwrap();
+    let other = w.group;
+    // Landed for Alice; its notice never reaches Bob.
+    alice.group_write_landed(w, &mut rng, T0).unwrap();
     let unseen = alice.group_encrypt(&other, b"u0", &mut rng, T0).unwrap();
     match bob.decrypt_group(&unseen.message, &mut rng, T0).unwrap() {
         GroupIncoming::Buffered { .. } => {}
@@ -159,7 +180,7 @@ fn build() -> Fixture {
                 .message
         })
         .collect();
-    let group_changes = group_log(&bob.store().clone(), &group);
+    let group_changes = stored_changes(&bob.store().clone(), &group);
 
     // The distribution travelled pairwise, encrypted; the fixture wants the plain wire form, so
     // take it from the sender-key record Bob stored and re-wrap it.
@@ -183,17 +204,21 @@ fn build() -> Fixture {
         group_plaintexts,
         unknown_group_message,
         group_changes,
+        group_log,
+        group_secret,
         distribution,
     }
 }
 
 /// The signed changes of group `g` as Bob stored them.
-fn group_log(store: &MemoryKv, g: &GroupId) -> Vec<Vec<u8>> {
+fn stored_changes(store: &MemoryKv, g: &GroupId) -> Vec<Vec<u8>> {
     let raw = store.get(Namespace::Groups, &g.0).unwrap().unwrap();
     pstore::GroupRecord::decode(raw.as_slice())
         .unwrap()
-        .log
-        .clone()
+        .entries
+        .iter()
+        .map(|e| e.change.clone())
+        .collect()
 }
 
 /// A `wire::SenderKeyDistribution` rebuilt from the sender-key state Bob stored for Alice.

@@ -12,7 +12,7 @@ use std::fmt::Debug;
 use std::sync::OnceLock;
 
 use hush_core::device_list::VerifiedDeviceList;
-use hush_core::group::{GroupLog, SignedChange};
+use hush_core::group::{GroupLog, GroupSecret, SignedChange};
 use hush_core::keys::{AccountId, DeviceIdentity};
 use hush_core::pqxdh::InitialMessage;
 use hush_core::prekeys::PreKeyBundle;
@@ -73,7 +73,8 @@ fn nothing<M>(_: &[u8], _: &M) {}
 struct Known {
     alice_list: VerifiedDeviceList,
     bob_list: VerifiedDeviceList,
-    creation: SignedChange,
+    /// The fixture group's log after its creation.
+    log: GroupLog,
 }
 
 fn known() -> &'static Known {
@@ -83,7 +84,12 @@ fn known() -> &'static Known {
         Known {
             alice_list: VerifiedDeviceList::verify(&f.alice_list, &f.alice.account).unwrap(),
             bob_list: VerifiedDeviceList::verify(&f.bob_list, &f.bob.account).unwrap(),
-            creation: SignedChange::parse(f.group_changes.first().unwrap()).unwrap(),
+            log: GroupLog::create(
+                f.group,
+                GroupSecret::from_bytes(&f.group_secret).unwrap(),
+                f.group_log.first().unwrap(),
+            )
+            .unwrap(),
         }
     })
 }
@@ -171,28 +177,43 @@ fn distribution(_: &[u8], m: &wire::SenderKeyDistribution) {
 
 fn signed_change(bytes: &[u8], _: &wire::SignedGroupChange) {
     let k = known();
-    let f = fixture::get();
     let Ok(c) = SignedChange::parse(bytes) else {
         return;
     };
     let again = SignedChange::parse(&c.signed).expect("a parsed change parses again");
     assert!(again == c);
-    if c.verify(&f.alice_identity).is_ok() {
+    if let Ok(version) = c.verify() {
         // Applied to the fixture group after its creation, as a device would.
-        if let Ok(log) = GroupLog::restore(vec![k.creation.clone()], Vec::new()) {
-            let _ = log.state().apply(&c);
-            let _ = log.state().authority(&c);
-        }
+        let _ = k.log.state().apply(2, &c, version);
+        let _ = GroupLog::from_creation(c.body.group, k.log.secret().clone(), c.clone());
     }
-    let _ = GroupLog::create(c);
+    // Sealed as the log's next entry and processed: a change that does not apply is skipped,
+    // and the log then stands one position further with the same state.
+    let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed([7; 32]);
+    if let Ok(entry) = k.log.secret().seal_entry(2, bytes, &mut rng) {
+        let mut log = k.log.clone();
+        match log
+            .process(2, &entry)
+            .expect("the next position is processed")
+        {
+            hush_core::group::Processed::Applied { .. } => {}
+            hush_core::group::Processed::Skipped(_) => {
+                assert!(log.state() == k.log.state());
+            }
+        }
+        assert_eq!(log.seq(), 2);
+    }
 }
 
-fn group_changes(_: &[u8], m: &wire::GroupChanges) {
-    for c in &m.changes {
-        if let Some(s) = roundtrip::<wire::SignedGroupChange>(c) {
-            signed_change(c, &s);
-        }
+fn group_log_notice(_: &[u8], n: &wire::GroupLogNotice) {
+    let k = known();
+    let _ = GroupId::from_bytes(&n.group_id);
+    if let Ok(s) = GroupSecret::from_bytes(&n.secret) {
+        // A secret offered for the fixture group's id: its slot's creation must be that id's.
+        let _ = GroupLog::create(k.log.state().id, s, &n.head);
     }
+    let mut log = k.log.clone();
+    let _ = log.process(2, &n.head);
 }
 
 fn group_member(_: &[u8], m: &wire::GroupMember) {
@@ -202,7 +223,7 @@ fn group_member(_: &[u8], m: &wire::GroupMember) {
 fn content(_: &[u8], m: &wire::Content) {
     match &m.body {
         Some(wire::content::Body::SenderKey(d)) => distribution(&[], d),
-        Some(wire::content::Body::GroupChanges(c)) => group_changes(&[], c),
+        Some(wire::content::Body::GroupLog(n)) => group_log_notice(&[], n),
         Some(wire::content::Body::SenderKeyRequest(r)) => {
             let _ = GroupId::from_bytes(&r.group_id);
         }
@@ -232,7 +253,7 @@ proto_target!(
         wire::GroupMember => group_member,
         wire::GroupChange => nothing,
         wire::SignedGroupChange => signed_change,
-        wire::GroupChanges => group_changes,
+        wire::GroupLogNotice => group_log_notice,
         wire::GroupSyncRequest => nothing,
         wire::Content => content,
     ]
@@ -281,13 +302,16 @@ fn sender_key_record(_: &[u8], m: &pstore::SenderKeyRecord) {
 
 fn group_record(_: &[u8], m: &pstore::GroupRecord) {
     // What client-core does when it loads a stored group.
-    let parse = |v: &[Vec<u8>]| {
-        v.iter()
-            .map(|b| SignedChange::parse(b))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    if let (Ok(log), Ok(pending)) = (parse(&m.log), parse(&m.pending)) {
-        let _ = GroupLog::restore(log, pending);
+    let entries = m
+        .entries
+        .iter()
+        .map(|e| Ok((e.seq, SignedChange::parse(&e.change)?)))
+        .collect::<Result<Vec<_>, hush_core::Error>>();
+    if let (Ok(entries), Ok(secret)) = (entries, GroupSecret::from_bytes(&m.secret)) {
+        let id = entries
+            .first()
+            .map_or(known().log.state().id, |(_, c)| c.body.group);
+        let _ = GroupLog::restore(id, secret, entries, m.seq);
     }
 }
 

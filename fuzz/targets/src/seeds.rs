@@ -99,10 +99,12 @@ pub fn proto_wire() -> Vec<Vec<u8>> {
         select(w, "GroupChange", &change.change),
         select(
             w,
-            "GroupChanges",
-            &wire::GroupChanges {
-                changes: f.group_changes.clone(),
-                device_lists: vec![f.alice_list.clone()],
+            "GroupLogNotice",
+            &wire::GroupLogNotice {
+                group_id: f.group.0.to_vec(),
+                secret: f.group_secret.clone(),
+                seq: 1,
+                head: f.group_log[0].clone(),
             }
             .encode_to_vec(),
         ),
@@ -297,6 +299,7 @@ fn server_frames() -> Vec<api::ServerFrame> {
             retry_after_ms: 100,
             missing_devices: vec![2],
             extra_devices: vec![],
+            log_head: 0,
         }),
         Kind::Username(api::UsernameResult {
             account: f.alice.account.as_bytes().to_vec(),
