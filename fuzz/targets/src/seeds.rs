@@ -297,6 +297,7 @@ fn server_frames() -> Vec<api::ServerFrame> {
             retry_after_ms: 100,
             missing_devices: vec![2],
             extra_devices: vec![],
+            log_head: 0,
         }),
         Kind::Username(api::UsernameResult {
             account: f.alice.account.as_bytes().to_vec(),
