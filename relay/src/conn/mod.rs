@@ -29,6 +29,7 @@
 
 mod auth;
 mod directory;
+mod group_log;
 mod keys;
 mod lenient;
 mod mail;
@@ -67,6 +68,8 @@ pub struct Refusal {
     pub(crate) retry_after_ms: u64,
     pub(crate) missing: Vec<u32>,
     pub(crate) extra: Vec<u32>,
+    /// `LOG_CONFLICT`: the group log's head.
+    pub(crate) log_head: u64,
 }
 
 impl Refusal {
@@ -77,6 +80,7 @@ impl Refusal {
             retry_after_ms: 0,
             missing: Vec::new(),
             extra: Vec::new(),
+            log_head: 0,
         }
     }
 
@@ -103,6 +107,7 @@ impl Refusal {
             retry_after_ms: self.retry_after_ms,
             missing_devices: self.missing.clone(),
             extra_devices: self.extra.clone(),
+            log_head: self.log_head,
         }
     }
 }
@@ -141,6 +146,15 @@ impl From<StoreError> for Refusal {
                 ErrorCode::StaleDeviceList,
                 format!("device list version {offered} is not newer than {stored}"),
             ),
+            StoreError::GroupLogFull => Self::new(
+                ErrorCode::TooLarge,
+                "the group log is at its cap of entries or bytes",
+            ),
+            StoreError::GroupLogsFull => Self::new(
+                ErrorCode::RelayFull,
+                "the relay's group log storage is full",
+            )
+            .retry_after(limits::GROUP_LOGS_FULL_RETRY_AFTER_MS),
             other => {
                 tracing::error!(error = %other, "storage failure");
                 Self::new(ErrorCode::Internal, "storage failure, retry later")
@@ -668,6 +682,8 @@ impl ConnState {
             Some(K::LookupUsername(q)) => self.lookup_username(relay, &q, now).map(Reply::Now),
             Some(K::Anonymous(_)) => self.go_anonymous(relay).map(Reply::Now),
             Some(K::SetDeliveryToken(t)) => self.set_delivery_token(relay, rid, &t, now),
+            Some(K::GroupLogAppend(a)) => self.group_log_append(relay, rid, a, now),
+            Some(K::GroupLogRead(q)) => self.group_log_read(relay, &q, now).map(Reply::Now),
         };
         match result {
             Ok(Reply::Now(kind)) => self.push(rid, kind),

@@ -124,7 +124,10 @@ impl GroupLogStore for SledStore {
         }
         let mut used = 0usize;
         let mut want = from;
-        for item in self.glog.range(entry_key(slot, from)..=entry_key(slot, head)) {
+        for item in self
+            .glog
+            .range(entry_key(slot, from)..=entry_key(slot, head))
+        {
             let (k, v) = item.map_err(backend)?;
             let n = be_u64(k.get(32..).ok_or(StoreError::Corrupt("glog"))?, "glog")?;
             if n != want {
