@@ -1527,3 +1527,114 @@ async fn an_authenticated_send_without_tokens_is_an_introduction_with_a_capped_s
     }
     r.stop().await;
 }
+
+fn log_append(slot: [u8; 32], token: [u8; 32], seq: u64, entry: &[u8]) -> client_frame::Kind {
+    client_frame::Kind::GroupLogAppend(api::GroupLogAppend {
+        slot: slot.to_vec(),
+        write_token: token.to_vec(),
+        seq,
+        entry: entry.to_vec(),
+    })
+}
+
+async fn log_read(c: &Client, slot: [u8; 32], from_seq: u64) -> (u64, Vec<(u64, Vec<u8>)>) {
+    let got = c
+        .request(client_frame::Kind::GroupLogRead(api::GroupLogRead {
+            slot: slot.to_vec(),
+            from_seq,
+            max_entries: 0,
+        }))
+        .await;
+    let server_frame::Kind::GroupLogEntries(e) = got else {
+        panic!("not entries: {got:?}")
+    };
+    (
+        e.head,
+        e.entries.into_iter().map(|e| (e.seq, e.entry)).collect(),
+    )
+}
+
+on_both_stores!(group_logs_are_appended_and_read_on_anonymous_connections_one_number_at_a_time);
+async fn group_logs_are_appended_and_read_on_anonymous_connections_one_number_at_a_time(
+    store: StoreKind,
+    dir: &Path,
+) {
+    let r = start_relay(test_config(store, dir)).await;
+    let (slot, token) = (random::<32>(), random::<32>());
+    let (a, b) = (anonymous(&r).await, anonymous(&r).await);
+    assert_eq!(log_read(&a, slot, 1).await, (0, vec![]));
+    let got = a.request(log_append(slot, token, 1, b"create")).await;
+    assert!(
+        matches!(
+            got,
+            server_frame::Kind::GroupLogAppended(api::GroupLogAppended { seq: 1 })
+        ),
+        "{got:?}"
+    );
+    // Two connections race for entry 2: one wins, the other learns the head.
+    let (x, y) = tokio::join!(
+        a.request(log_append(slot, token, 2, b"from a")),
+        b.request(log_append(slot, token, 2, b"from b")),
+    );
+    let (winner, loser) = match (&x, &y) {
+        (server_frame::Kind::GroupLogAppended(_), _) => (b"from a", &y),
+        (_, server_frame::Kind::GroupLogAppended(_)) => (b"from b", &x),
+        _ => panic!("no winner: {x:?} {y:?}"),
+    };
+    let (code, e) = error_of(loser);
+    assert_eq!((code, e.log_head), (ErrorCode::LogConflict, 2));
+    assert_eq!(
+        log_read(&b, slot, 0).await,
+        (2, vec![(1, b"create".to_vec()), (2, winner.to_vec())])
+    );
+    // Another token is refused; an authenticated device may use the log too.
+    let got = b.request(log_append(slot, random::<32>(), 3, b"x")).await;
+    assert_eq!(error_of(&got).0, ErrorCode::Forbidden);
+    let alice = TestAccount::new(1);
+    let dev = client(&r).await;
+    dev.create(&alice, 1).await;
+    let got = dev.request(log_append(slot, token, 3, b"three")).await;
+    assert!(
+        matches!(got, server_frame::Kind::GroupLogAppended(_)),
+        "{got:?}"
+    );
+    assert_eq!(
+        log_read(&a, slot, 3).await,
+        (3, vec![(3, b"three".to_vec())])
+    );
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_log_and_its_write_check_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slot, token) = (random::<32>(), random::<32>());
+    {
+        let r = start_relay(test_config(StoreKind::Sled, dir.path())).await;
+        let a = anonymous(&r).await;
+        for (seq, entry) in [(1, &b"one"[..]), (2, b"two")] {
+            let got = a.request(log_append(slot, token, seq, entry)).await;
+            assert!(
+                matches!(got, server_frame::Kind::GroupLogAppended(_)),
+                "{got:?}"
+            );
+        }
+        r.stop().await;
+    }
+    let r = start_relay(test_config(StoreKind::Sled, dir.path())).await;
+    let a = anonymous(&r).await;
+    assert_eq!(
+        log_read(&a, slot, 1).await,
+        (2, vec![(1, b"one".to_vec()), (2, b"two".to_vec())])
+    );
+    let got = a.request(log_append(slot, random::<32>(), 3, b"x")).await;
+    assert_eq!(error_of(&got).0, ErrorCode::Forbidden);
+    let got = a.request(log_append(slot, token, 2, b"x")).await;
+    assert_eq!(error_of(&got).1.log_head, 2);
+    let got = a.request(log_append(slot, token, 3, b"three")).await;
+    assert!(
+        matches!(got, server_frame::Kind::GroupLogAppended(_)),
+        "{got:?}"
+    );
+    r.stop().await;
+}
