@@ -12,9 +12,10 @@
 //! for its flush holds up nothing behind it. At most [`limits::MAX_IN_FLIGHT`] requests wait for
 //! the writer; past that the connection stops reading (QUIC flow control then holds the client
 //! back). Requests that change account state (account creation, device-list publication, pre-key
-//! upload, push registration, username claims) are barriers: later requests of the connection
-//! wait until the writer has *applied* them (not until they are durable), so that, e.g., an
-//! authentication right after a pipelined account creation sees the account.
+//! upload, push registration, username claims) and group log appends are barriers: later
+//! requests of the connection wait until the writer has *applied* them (not until they are
+//! durable), so that, e.g., an authentication right after a pipelined account creation sees the
+//! account, and a group log read right after an append sees the entry.
 //!
 //! **Delivery.** After authentication the connection sends what is queued for the device from the
 //! store, in sequence order, then `QueueDrained`. A new envelope reaches it from the writer as a
@@ -198,7 +199,7 @@ enum Phase {
     Challenged([u8; limits::CHALLENGE_LEN]),
     /// Authenticated as this device.
     Device(DeviceId),
-    /// Declared anonymous (`Anonymous`): sealed sends and public reads only, never
+    /// Declared anonymous (`Anonymous`): sealed sends, public reads and group logs only, never
     /// authenticated (`sealed.rs`).
     Anonymous,
 }
