@@ -1,4 +1,5 @@
-//! Relay integration tests on 127.0.0.1:0, each run against the in-memory and the sled store.
+//! Relay integration tests on 127.0.0.1:0, each run against the in-memory and the sled store (and
+//! one against two relay nodes on the Redis Cluster of `bash scripts/test`).
 #![cfg(test)]
 #![allow(clippy::disallowed_methods)]
 
@@ -1637,4 +1638,54 @@ async fn a_group_log_and_its_write_check_survive_a_restart() {
         "{got:?}"
     );
     r.stop().await;
+}
+
+/// A relay node on the test Redis Cluster (`HUSH_TEST_REDIS_NODES`, as the store suite), under
+/// the key prefix `prefix`.
+async fn redis_node(dir: &Path, prefix: &str) -> hush_relay::Running {
+    let nodes = std::env::var("HUSH_TEST_REDIS_NODES").expect(
+        "HUSH_TEST_REDIS_NODES is not set: run the tests with `bash scripts/test`, which starts \
+         a Redis Cluster on loopback for them",
+    );
+    let replicas = std::env::var("HUSH_TEST_REDIS_REPLICAS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    let mut cfg = test_config(StoreKind::Redis, dir);
+    cfg.redis_nodes = nodes.split(',').map(str::to_owned).collect();
+    cfg.redis_prefix = prefix.to_owned();
+    cfg.redis_wait_replicas = replicas;
+    start_relay(cfg).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_of_one_number_through_two_nodes_on_one_redis_cluster_have_one_winner() {
+    let prefix = format!("t{}:", hex::encode(random::<8>()));
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = redis_node(dirs[0].path(), &prefix).await;
+    let b = redis_node(dirs[1].path(), &prefix).await;
+    let (ca, cb) = (anonymous(&a).await, anonymous(&b).await);
+    let (slot, token) = (random::<32>(), random::<32>());
+    let mut log = Vec::new();
+    for seq in 1..=5u64 {
+        let (x, y) = tokio::join!(
+            ca.request(log_append(slot, token, seq, &[b'a', seq as u8])),
+            cb.request(log_append(slot, token, seq, &[b'b', seq as u8])),
+        );
+        let (winner, loser) = match (&x, &y) {
+            (server_frame::Kind::GroupLogAppended(_), _) => (vec![b'a', seq as u8], &y),
+            (_, server_frame::Kind::GroupLogAppended(_)) => (vec![b'b', seq as u8], &x),
+            _ => panic!("no winner of {seq}: {x:?} {y:?}"),
+        };
+        let (code, e) = error_of(loser);
+        assert_eq!((code, e.log_head), (ErrorCode::LogConflict, seq), "{seq}");
+        log.push((seq, winner));
+    }
+    // Both nodes read the one log; the write check holds through either.
+    assert_eq!(log_read(&ca, slot, 1).await, (5, log.clone()));
+    assert_eq!(log_read(&cb, slot, 1).await, (5, log));
+    let got = cb.request(log_append(slot, random::<32>(), 6, b"x")).await;
+    assert_eq!(error_of(&got).0, ErrorCode::Forbidden);
+    a.stop().await;
+    b.stop().await;
 }
