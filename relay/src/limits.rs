@@ -153,3 +153,36 @@ pub const LIST_RECHECK: std::time::Duration = std::time::Duration::from_millis(5
 /// On a shared (Redis) store, how long a node waits before telling a device again that its
 /// one-time keys run low (it cannot see an upload made through another node end the spell).
 pub const PRE_KEYS_LOW_RETELL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Length of a group log's slot (`GroupLogAppend.slot`, `GroupLogRead.slot`): derived by clients
+/// from a group secret the relay never sees (RELAY_PROTOCOL.md §15).
+pub const GROUP_LOG_SLOT_LEN: usize = 32;
+
+/// Length of a group log's write token (`GroupLogAppend.write_token`).
+pub const GROUP_LOG_TOKEN_LEN: usize = 32;
+
+/// The label the write check of a group log is derived under:
+/// `SHA-256("Hush-GroupLog-Write" ‖ write_token)`. The relay stores only this.
+pub const GROUP_LOG_WRITE_LABEL: &[u8] = b"Hush-GroupLog-Write";
+
+/// Largest group log entry, in bytes: the creation of a group of 2000 members is about 72 KiB
+/// before the signed device lists it carries. `TOO_LARGE` beyond; an entry is never empty
+/// (`MALFORMED`).
+pub const GROUP_LOG_ENTRY_MAX: usize = 256 * 1024;
+
+/// Entries in one group log at most; an append beyond gets `TOO_LARGE`.
+pub const GROUP_LOG_MAX_ENTRIES: u64 = 100_000;
+
+/// Bytes of the entries of one group log at most; an append beyond gets `TOO_LARGE`.
+pub const GROUP_LOG_MAX_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Entries one `GroupLogRead` returns at most (a smaller `max_entries` returns fewer).
+pub const GROUP_LOG_READ_MAX_ENTRIES: usize = 256;
+
+/// Bytes of entries one `GroupLogRead` returns at most, unless its first entry alone is larger
+/// (at most [`GROUP_LOG_ENTRY_MAX`]): so an answer fits a frame of 1 MiB.
+pub const GROUP_LOG_READ_MAX_BYTES: usize = 512 * 1024;
+
+/// The `retry_after_ms` of an append refused because the relay's group log storage is full
+/// (`RELAY_FULL`): only the operator can make room.
+pub const GROUP_LOGS_FULL_RETRY_AFTER_MS: u64 = 3_600_000;

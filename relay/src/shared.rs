@@ -117,6 +117,8 @@ pub(crate) struct RateLimiters {
     one_time_target: Limiter<DeviceId>,
     one_time_pair: Limiter<([u8; 32], [u8; 32])>,
     one_time_requester: Limiter<[u8; 32]>,
+    group_log_appends: Limiter<DeviceId>,
+    group_log_reads: Limiter<DeviceId>,
 }
 
 /// One-time keys granted to a bundle fetch: what to give back if none were left to hand out.
@@ -151,6 +153,20 @@ impl RateLimiters {
 
     pub(crate) fn upload(&self, who: &DeviceId, now: Instant) -> Result<(), Refusal> {
         Self::take(&self.uploads, &self.account_uploads, who, now)
+    }
+
+    /// A group log append by `who` (a device, or an anonymous connection's address block).
+    pub(crate) fn group_log_append(&self, who: &DeviceId, now: Instant) -> Result<(), Refusal> {
+        self.group_log_appends
+            .check(who, 1, now)
+            .map_err(Refusal::rate)
+    }
+
+    /// A group log read by `who` (a device, or an anonymous connection's address block).
+    pub(crate) fn group_log_read(&self, who: &DeviceId, now: Instant) -> Result<(), Refusal> {
+        self.group_log_reads
+            .check(who, 1, now)
+            .map_err(Refusal::rate)
     }
 
     /// Whether a bundle of `target` fetched by account `requester` may carry one-time keys: one
@@ -309,6 +325,8 @@ impl Relay {
             one_time_target: Limiter::new(cfg.rate.one_time_keys_per_target),
             one_time_pair: Limiter::new(cfg.rate.one_time_keys_per_pair),
             one_time_requester: Limiter::new(cfg.rate.one_time_keys_per_requester),
+            group_log_appends: Limiter::new(cfg.rate.group_log_appends),
+            group_log_reads: Limiter::new(cfg.rate.group_log_reads),
         };
         // The gauge starts from what the store holds (a reopened database is not empty).
         if let Ok(bytes) = store.mailbox_bytes() {
@@ -319,6 +337,11 @@ impl Relay {
         metrics
             .blob_bytes_stored
             .set(i64::try_from(blobs.total_bytes().unwrap_or(0)).unwrap_or(i64::MAX));
+        if let Ok(bytes) = store.group_log_bytes() {
+            metrics
+                .group_log_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         let relay = Arc::new(Self {
             admission: Arc::new(Admission::new(&cfg, Arc::clone(&metrics))),
             cfg,

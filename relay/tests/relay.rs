@@ -1,4 +1,5 @@
-//! Relay integration tests on 127.0.0.1:0, each run against the in-memory and the sled store.
+//! Relay integration tests on 127.0.0.1:0, each run against the in-memory and the sled store (and
+//! one against two relay nodes on the Redis Cluster of `bash scripts/test`).
 #![cfg(test)]
 #![allow(clippy::disallowed_methods)]
 
@@ -1526,4 +1527,165 @@ async fn an_authenticated_send_without_tokens_is_an_introduction_with_a_capped_s
         b.next_delivery().await;
     }
     r.stop().await;
+}
+
+fn log_append(slot: [u8; 32], token: [u8; 32], seq: u64, entry: &[u8]) -> client_frame::Kind {
+    client_frame::Kind::GroupLogAppend(api::GroupLogAppend {
+        slot: slot.to_vec(),
+        write_token: token.to_vec(),
+        seq,
+        entry: entry.to_vec(),
+    })
+}
+
+async fn log_read(c: &Client, slot: [u8; 32], from_seq: u64) -> (u64, Vec<(u64, Vec<u8>)>) {
+    let got = c
+        .request(client_frame::Kind::GroupLogRead(api::GroupLogRead {
+            slot: slot.to_vec(),
+            from_seq,
+            max_entries: 0,
+        }))
+        .await;
+    let server_frame::Kind::GroupLogEntries(e) = got else {
+        panic!("not entries: {got:?}")
+    };
+    (
+        e.head,
+        e.entries.into_iter().map(|e| (e.seq, e.entry)).collect(),
+    )
+}
+
+on_both_stores!(group_logs_are_appended_and_read_on_anonymous_connections_one_number_at_a_time);
+async fn group_logs_are_appended_and_read_on_anonymous_connections_one_number_at_a_time(
+    store: StoreKind,
+    dir: &Path,
+) {
+    let r = start_relay(test_config(store, dir)).await;
+    let (slot, token) = (random::<32>(), random::<32>());
+    let (a, b) = (anonymous(&r).await, anonymous(&r).await);
+    assert_eq!(log_read(&a, slot, 1).await, (0, vec![]));
+    let got = a.request(log_append(slot, token, 1, b"create")).await;
+    assert!(
+        matches!(
+            got,
+            server_frame::Kind::GroupLogAppended(api::GroupLogAppended { seq: 1 })
+        ),
+        "{got:?}"
+    );
+    // Two connections race for entry 2: one wins, the other learns the head.
+    let (x, y) = tokio::join!(
+        a.request(log_append(slot, token, 2, b"from a")),
+        b.request(log_append(slot, token, 2, b"from b")),
+    );
+    let (winner, loser) = match (&x, &y) {
+        (server_frame::Kind::GroupLogAppended(_), _) => (b"from a", &y),
+        (_, server_frame::Kind::GroupLogAppended(_)) => (b"from b", &x),
+        _ => panic!("no winner: {x:?} {y:?}"),
+    };
+    let (code, e) = error_of(loser);
+    assert_eq!((code, e.log_head), (ErrorCode::LogConflict, 2));
+    assert_eq!(
+        log_read(&b, slot, 0).await,
+        (2, vec![(1, b"create".to_vec()), (2, winner.to_vec())])
+    );
+    // Another token is refused; an authenticated device may use the log too.
+    let got = b.request(log_append(slot, random::<32>(), 3, b"x")).await;
+    assert_eq!(error_of(&got).0, ErrorCode::Forbidden);
+    let alice = TestAccount::new(1);
+    let dev = client(&r).await;
+    dev.create(&alice, 1).await;
+    let got = dev.request(log_append(slot, token, 3, b"three")).await;
+    assert!(
+        matches!(got, server_frame::Kind::GroupLogAppended(_)),
+        "{got:?}"
+    );
+    assert_eq!(
+        log_read(&a, slot, 3).await,
+        (3, vec![(3, b"three".to_vec())])
+    );
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_log_and_its_write_check_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slot, token) = (random::<32>(), random::<32>());
+    {
+        let r = start_relay(test_config(StoreKind::Sled, dir.path())).await;
+        let a = anonymous(&r).await;
+        for (seq, entry) in [(1, &b"one"[..]), (2, b"two")] {
+            let got = a.request(log_append(slot, token, seq, entry)).await;
+            assert!(
+                matches!(got, server_frame::Kind::GroupLogAppended(_)),
+                "{got:?}"
+            );
+        }
+        r.stop().await;
+    }
+    let r = start_relay(test_config(StoreKind::Sled, dir.path())).await;
+    let a = anonymous(&r).await;
+    assert_eq!(
+        log_read(&a, slot, 1).await,
+        (2, vec![(1, b"one".to_vec()), (2, b"two".to_vec())])
+    );
+    let got = a.request(log_append(slot, random::<32>(), 3, b"x")).await;
+    assert_eq!(error_of(&got).0, ErrorCode::Forbidden);
+    let got = a.request(log_append(slot, token, 2, b"x")).await;
+    assert_eq!(error_of(&got).1.log_head, 2);
+    let got = a.request(log_append(slot, token, 3, b"three")).await;
+    assert!(
+        matches!(got, server_frame::Kind::GroupLogAppended(_)),
+        "{got:?}"
+    );
+    r.stop().await;
+}
+
+/// A relay node on the test Redis Cluster (`HUSH_TEST_REDIS_NODES`, as the store suite), under
+/// the key prefix `prefix`.
+async fn redis_node(dir: &Path, prefix: &str) -> hush_relay::Running {
+    let nodes = std::env::var("HUSH_TEST_REDIS_NODES").expect(
+        "HUSH_TEST_REDIS_NODES is not set: run the tests with `bash scripts/test`, which starts \
+         a Redis Cluster on loopback for them",
+    );
+    let replicas = std::env::var("HUSH_TEST_REDIS_REPLICAS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    let mut cfg = test_config(StoreKind::Redis, dir);
+    cfg.redis_nodes = nodes.split(',').map(str::to_owned).collect();
+    cfg.redis_prefix = prefix.to_owned();
+    cfg.redis_wait_replicas = replicas;
+    start_relay(cfg).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_of_one_number_through_two_nodes_on_one_redis_cluster_have_one_winner() {
+    let prefix = format!("t{}:", hex::encode(random::<8>()));
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = redis_node(dirs[0].path(), &prefix).await;
+    let b = redis_node(dirs[1].path(), &prefix).await;
+    let (ca, cb) = (anonymous(&a).await, anonymous(&b).await);
+    let (slot, token) = (random::<32>(), random::<32>());
+    let mut log = Vec::new();
+    for seq in 1..=5u64 {
+        let (x, y) = tokio::join!(
+            ca.request(log_append(slot, token, seq, &[b'a', seq as u8])),
+            cb.request(log_append(slot, token, seq, &[b'b', seq as u8])),
+        );
+        let (winner, loser) = match (&x, &y) {
+            (server_frame::Kind::GroupLogAppended(_), _) => (vec![b'a', seq as u8], &y),
+            (_, server_frame::Kind::GroupLogAppended(_)) => (vec![b'b', seq as u8], &x),
+            _ => panic!("no winner of {seq}: {x:?} {y:?}"),
+        };
+        let (code, e) = error_of(loser);
+        assert_eq!((code, e.log_head), (ErrorCode::LogConflict, seq), "{seq}");
+        log.push((seq, winner));
+    }
+    // Both nodes read the one log; the write check holds through either.
+    assert_eq!(log_read(&ca, slot, 1).await, (5, log.clone()));
+    assert_eq!(log_read(&cb, slot, 1).await, (5, log));
+    let got = cb.request(log_append(slot, random::<32>(), 6, b"x")).await;
+    assert_eq!(error_of(&got).0, ErrorCode::Forbidden);
+    a.stop().await;
+    b.stop().await;
 }

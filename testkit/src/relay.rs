@@ -34,6 +34,8 @@ pub fn test_config(store: StoreKind, dir: &Path) -> Config {
         &mut r.one_time_keys_per_target,
         &mut r.one_time_keys_per_pair,
         &mut r.one_time_keys_per_requester,
+        &mut r.group_log_appends,
+        &mut r.group_log_reads,
     ] {
         *rate = lots;
     }

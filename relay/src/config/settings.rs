@@ -415,6 +415,11 @@ settings! {
         /// deleted.
         blob_chunk_timeout_ms: u64 = 30_000;
             "MS", "Time one 64 KiB chunk of a blob upload or download may take (ms)", positive;
+        /// Bytes of group log entries the relay stores, all logs together (group logs are kept
+        /// for good: RELAY_PROTOCOL.md §15); beyond, appends get `RELAY_FULL`. Keep it below the
+        /// free space of the disk holding the data directory (or of the Redis Cluster).
+        group_log_total_max_bytes: u64 = 16 << 30;
+            "BYTES", "Group log storage of the relay, all logs together (bytes)", positive;
         /// Memory sled may use to cache the database (sled's own default is 1 GiB); raise it for
         /// many queued envelopes on a host with memory to spare.
         sled_cache_bytes: u64 = 64 << 20;
@@ -473,6 +478,16 @@ settings! {
         one_time_keys_per_requester: RateLimit = RateLimit::new(1.0, 200);
             "RATE/BURST",
             "One-time pre-keys handed out per requesting account over all targets (per second/burst)",
+            rate;
+        /// Group log appends per device, or per source address block on an anonymous connection.
+        group_log_appends: RateLimit = RateLimit::new(2.0, 20);
+            "RATE/BURST",
+            "Group log appends per device or anonymous address block (per second/burst)",
+            rate;
+        /// Group log reads per device, or per source address block on an anonymous connection.
+        group_log_reads: RateLimit = RateLimit::new(20.0, 100);
+            "RATE/BURST",
+            "Group log reads per device or anonymous address block (per second/burst)",
             rate;
         /// Downloads of one blob, everyone together.
         blob_downloads: RateLimit = RateLimit::new(10.0, 100);

@@ -12,9 +12,10 @@
 //! for its flush holds up nothing behind it. At most [`limits::MAX_IN_FLIGHT`] requests wait for
 //! the writer; past that the connection stops reading (QUIC flow control then holds the client
 //! back). Requests that change account state (account creation, device-list publication, pre-key
-//! upload, push registration, username claims) are barriers: later requests of the connection
-//! wait until the writer has *applied* them (not until they are durable), so that, e.g., an
-//! authentication right after a pipelined account creation sees the account.
+//! upload, push registration, username claims) and group log appends are barriers: later
+//! requests of the connection wait until the writer has *applied* them (not until they are
+//! durable), so that, e.g., an authentication right after a pipelined account creation sees the
+//! account, and a group log read right after an append sees the entry.
 //!
 //! **Delivery.** After authentication the connection sends what is queued for the device from the
 //! store, in sequence order, then `QueueDrained`. A new envelope reaches it from the writer as a
@@ -29,6 +30,7 @@
 
 mod auth;
 mod directory;
+mod group_log;
 mod keys;
 mod lenient;
 mod mail;
@@ -67,6 +69,8 @@ pub struct Refusal {
     pub(crate) retry_after_ms: u64,
     pub(crate) missing: Vec<u32>,
     pub(crate) extra: Vec<u32>,
+    /// `LOG_CONFLICT`: the group log's head.
+    pub(crate) log_head: u64,
 }
 
 impl Refusal {
@@ -77,6 +81,7 @@ impl Refusal {
             retry_after_ms: 0,
             missing: Vec::new(),
             extra: Vec::new(),
+            log_head: 0,
         }
     }
 
@@ -103,7 +108,7 @@ impl Refusal {
             retry_after_ms: self.retry_after_ms,
             missing_devices: self.missing.clone(),
             extra_devices: self.extra.clone(),
-            log_head: 0,
+            log_head: self.log_head,
         }
     }
 }
@@ -142,6 +147,15 @@ impl From<StoreError> for Refusal {
                 ErrorCode::StaleDeviceList,
                 format!("device list version {offered} is not newer than {stored}"),
             ),
+            StoreError::GroupLogFull => Self::new(
+                ErrorCode::TooLarge,
+                "the group log is at its cap of entries or bytes",
+            ),
+            StoreError::GroupLogsFull => Self::new(
+                ErrorCode::RelayFull,
+                "the relay's group log storage is full",
+            )
+            .retry_after(limits::GROUP_LOGS_FULL_RETRY_AFTER_MS),
             other => {
                 tracing::error!(error = %other, "storage failure");
                 Self::new(ErrorCode::Internal, "storage failure, retry later")
@@ -185,7 +199,7 @@ enum Phase {
     Challenged([u8; limits::CHALLENGE_LEN]),
     /// Authenticated as this device.
     Device(DeviceId),
-    /// Declared anonymous (`Anonymous`): sealed sends and public reads only, never
+    /// Declared anonymous (`Anonymous`): sealed sends, public reads and group logs only, never
     /// authenticated (`sealed.rs`).
     Anonymous,
 }
@@ -622,7 +636,7 @@ impl ConnState {
             return;
         }
         let result = match f.kind {
-            None | Some(K::GroupLogAppend(_) | K::GroupLogRead(_)) => Err(Refusal::new(
+            None => Err(Refusal::new(
                 ErrorCode::UnknownRequest,
                 "unknown or empty request",
             )),
@@ -669,6 +683,8 @@ impl ConnState {
             Some(K::LookupUsername(q)) => self.lookup_username(relay, &q, now).map(Reply::Now),
             Some(K::Anonymous(_)) => self.go_anonymous(relay).map(Reply::Now),
             Some(K::SetDeliveryToken(t)) => self.set_delivery_token(relay, rid, &t, now),
+            Some(K::GroupLogAppend(a)) => self.group_log_append(relay, rid, a, now),
+            Some(K::GroupLogRead(q)) => self.group_log_read(relay, &q, now).map(Reply::Now),
         };
         match result {
             Ok(Reply::Now(kind)) => self.push(rid, kind),

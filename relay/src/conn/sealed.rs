@@ -1,6 +1,6 @@
 //! What keeps the sender of an envelope from the relay (RELAY_PROTOCOL.md §14): anonymous
-//! connections, which never authenticate and carry sealed sends and reads of public material,
-//! and delivery tokens, which let a sealed send into a device's queue without saying who sent
+//! connections, which never authenticate and carry sealed sends, reads of public material and
+//! group logs (`group_log.rs`), and delivery tokens, which let a sealed send into a device's queue without saying who sent
 //! it. The envelopes themselves are sealed end to end (PROTOCOL.md §21): the relay stores and
 //! delivers them without a sender.
 

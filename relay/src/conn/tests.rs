@@ -35,6 +35,8 @@ fn relay_with(tune: impl FnOnce(&mut Config)) -> Arc<Relay> {
     cfg.rate.sends = lots;
     cfg.rate.account_sends = lots;
     cfg.rate.account_creations = lots;
+    cfg.rate.group_log_appends = lots;
+    cfg.rate.group_log_reads = lots;
     tune(&mut cfg);
     let (relay, _bg) = Relay::new(
         cfg,
@@ -1350,4 +1352,421 @@ async fn a_send_names_the_device_left_out_and_the_refusal_has_its_own_reason() {
             .get(crate::ops::RefusalReason::SenderQuota),
         1
     );
+}
+
+// ---- group logs ----
+
+const SLOT: [u8; 32] = [0x51; 32];
+const TOKEN: [u8; 32] = [0x70; 32];
+
+fn log_append(slot: &[u8], token: &[u8], seq: u64, entry: &[u8]) -> client_frame::Kind {
+    client_frame::Kind::GroupLogAppend(api::GroupLogAppend {
+        slot: slot.to_vec(),
+        write_token: token.to_vec(),
+        seq,
+        entry: entry.to_vec(),
+    })
+}
+
+fn log_read(slot: &[u8], from_seq: u64, max_entries: u32) -> client_frame::Kind {
+    client_frame::Kind::GroupLogRead(api::GroupLogRead {
+        slot: slot.to_vec(),
+        from_seq,
+        max_entries,
+    })
+}
+
+/// A connection from `remote` declared anonymous.
+fn anonymous_from(relay: &Arc<Relay>, remote: IpAddr) -> Side {
+    let mut s = Side::from(relay, remote);
+    s.request(1, client_frame::Kind::Anonymous(api::Anonymous {}));
+    assert!(matches!(
+        answer(&mut s).kind,
+        Some(server_frame::Kind::Ok(_))
+    ));
+    s
+}
+
+/// Sends an append, lets the writer apply it and returns its one answer.
+fn append_now(s: &mut Side, rid: u64, kind: client_frame::Kind) -> ServerFrame {
+    s.request(rid, kind);
+    s.settle_all();
+    let f = answer(s);
+    assert_eq!(f.request_id, rid);
+    f
+}
+
+fn appended(f: &ServerFrame) -> u64 {
+    match &f.kind {
+        Some(server_frame::Kind::GroupLogAppended(a)) => a.seq,
+        other => panic!("not appended: {other:?}"),
+    }
+}
+
+fn refused(f: &ServerFrame) -> api::Error {
+    match &f.kind {
+        Some(server_frame::Kind::Error(e)) => e.clone(),
+        other => panic!("not an error: {other:?}"),
+    }
+}
+
+/// Reads and returns (head, [(seq, entry)]).
+fn read_now(
+    s: &mut Side,
+    rid: u64,
+    slot: &[u8],
+    from: u64,
+    max: u32,
+) -> (u64, Vec<(u64, Vec<u8>)>) {
+    s.request(rid, log_read(slot, from, max));
+    let f = answer(s);
+    assert_eq!(f.request_id, rid);
+    match f.kind {
+        Some(server_frame::Kind::GroupLogEntries(e)) => (
+            e.head,
+            e.entries.into_iter().map(|e| (e.seq, e.entry)).collect(),
+        ),
+        other => panic!("not entries: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_group_log_is_created_by_entry_one_and_guarded_by_its_token_and_number() {
+    let relay = relay_with(|_| {});
+    let alice = Account::new(1);
+    create(&relay, &alice);
+    let mut s = Side::new(&relay);
+    s.login(&alice, 1);
+    // No log yet: head 0, no entries; a first append of another number than 1 conflicts.
+    assert_eq!(read_now(&mut s, 10, &SLOT, 1, 0), (0, vec![]));
+    let e = refused(&append_now(
+        &mut s,
+        11,
+        log_append(&SLOT, &TOKEN, 2, b"two"),
+    ));
+    assert_eq!((e.code(), e.log_head), (ErrorCode::LogConflict, 0));
+    // Entry 1 creates the log under the token's write check.
+    assert_eq!(
+        appended(&append_now(
+            &mut s,
+            12,
+            log_append(&SLOT, &TOKEN, 1, b"one")
+        )),
+        1
+    );
+    // Another token is forbidden, whatever the number.
+    for (rid, seq) in [(13, 2), (14, 1), (15, 9)] {
+        let e = refused(&append_now(
+            &mut s,
+            rid,
+            log_append(&SLOT, &[0x71; 32], seq, b"x"),
+        ));
+        assert_eq!(e.code(), ErrorCode::Forbidden, "{e:?}");
+    }
+    // The token with a number that is not head + 1: LOG_CONFLICT naming the head.
+    for (rid, seq) in [(16, 1), (17, 3), (18, u64::MAX)] {
+        let e = refused(&append_now(
+            &mut s,
+            rid,
+            log_append(&SLOT, &TOKEN, seq, b"x"),
+        ));
+        assert_eq!((e.code(), e.log_head), (ErrorCode::LogConflict, 1), "{seq}");
+    }
+    assert_eq!(
+        appended(&append_now(
+            &mut s,
+            19,
+            log_append(&SLOT, &TOKEN, 2, b"two")
+        )),
+        2
+    );
+    assert_eq!(
+        read_now(&mut s, 20, &SLOT, 1, 0),
+        (2, vec![(1, b"one".to_vec()), (2, b"two".to_vec())])
+    );
+    // The relay keeps only the write check, never the token.
+    let check = super::group_log::write_check(&TOKEN);
+    assert_ne!(check, TOKEN);
+    assert_eq!(
+        relay
+            .store
+            .group_log_append(
+                &SLOT,
+                &check,
+                3,
+                b"three",
+                &crate::store::LogCaps::UNLIMITED
+            )
+            .unwrap(),
+        crate::store::LogAppend::Appended
+    );
+    assert_eq!(relay.metrics.group_log_appends.get(), 2);
+    assert_eq!(relay.metrics.group_log_conflicts.get(), 4);
+    assert_eq!(relay.metrics.group_log_reads.get(), 2);
+    assert_eq!(relay.metrics.group_log_bytes.get(), 6);
+}
+
+#[tokio::test]
+async fn group_log_reads_page_by_count_and_bytes() {
+    let relay = relay_with(|_| {});
+    let mut s = anonymous_from(&relay, ip("192.0.2.1"));
+    // Entries of 200 KiB: the byte bound of a read (512 KiB) holds two of them.
+    let big = |n: u8| vec![n; 200 * 1024];
+    for n in 1..=3u8 {
+        assert_eq!(
+            appended(&append_now(
+                &mut s,
+                10 + u64::from(n),
+                log_append(&SLOT, &TOKEN, u64::from(n), &big(n))
+            )),
+            u64::from(n)
+        );
+    }
+    let small = 4..=300u64;
+    for seq in small.clone() {
+        assert_eq!(
+            appended(&append_now(
+                &mut s,
+                100 + seq,
+                log_append(&SLOT, &TOKEN, seq, &seq.to_be_bytes())
+            )),
+            seq
+        );
+    }
+    // From 0 (as 1): two big entries, then the bound; the head says there is more.
+    let (head, page) = read_now(&mut s, 1000, &SLOT, 0, 0);
+    assert_eq!(head, 300);
+    assert_eq!(page.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(page[1].1, big(2));
+    // Read on from after the last one given: the third big one and small ones up to the page.
+    let (_, page) = read_now(&mut s, 1001, &SLOT, 3, 0);
+    assert_eq!(page.len(), limits::GROUP_LOG_READ_MAX_ENTRIES);
+    assert_eq!(page.first().unwrap().0, 3);
+    assert_eq!(page.last().unwrap(), &(258, 258u64.to_be_bytes().to_vec()));
+    // More than the page is the page; fewer is fewer.
+    let (_, page) = read_now(&mut s, 1002, &SLOT, 259, u32::MAX);
+    assert_eq!(
+        page.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        (259..=300).collect::<Vec<_>>()
+    );
+    let (_, page) = read_now(&mut s, 1003, &SLOT, 10, 3);
+    assert_eq!(
+        page.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        vec![10, 11, 12]
+    );
+    // Past the head, and far past it: the head alone.
+    assert_eq!(read_now(&mut s, 1004, &SLOT, 301, 0), (300, vec![]));
+    assert_eq!(read_now(&mut s, 1005, &SLOT, u64::MAX, 0), (300, vec![]));
+    // Every answer fits a frame of the relay's own cap.
+    s.request(1006, log_read(&SLOT, 1, 0));
+    let mut out = Vec::new();
+    s.st.take_output(&mut out);
+    assert!(out.len() <= relay.cfg.max_frame_bytes, "{}", out.len());
+}
+
+#[tokio::test]
+async fn an_anonymous_connection_appends_and_reads_and_an_undeclared_one_does_neither() {
+    let relay = relay_with(|_| {});
+    let mut anon = anonymous_from(&relay, ip("192.0.2.1"));
+    assert_eq!(
+        appended(&append_now(
+            &mut anon,
+            2,
+            log_append(&SLOT, &TOKEN, 1, b"one")
+        )),
+        1
+    );
+    assert_eq!(
+        read_now(&mut anon, 3, &SLOT, 1, 0),
+        (1, vec![(1, b"one".to_vec())])
+    );
+    // An authenticated device reads and appends the same log with the same token.
+    let alice = Account::new(1);
+    create(&relay, &alice);
+    let mut dev = Side::new(&relay);
+    dev.login(&alice, 1);
+    assert_eq!(
+        appended(&append_now(
+            &mut dev,
+            3,
+            log_append(&SLOT, &TOKEN, 2, b"two")
+        )),
+        2
+    );
+    assert_eq!(
+        read_now(&mut anon, 4, &SLOT, 2, 0),
+        (2, vec![(2, b"two".to_vec())])
+    );
+    // Neither authenticated nor anonymous: refused, nothing written.
+    let mut open = Side::from(&relay, ip("192.0.2.2"));
+    let f = append_now(&mut open, 1, log_append(&SLOT, &TOKEN, 3, b"three"));
+    assert_eq!(error_code(&f), ErrorCode::Unauthenticated);
+    open.request(2, log_read(&SLOT, 1, 0));
+    assert_eq!(error_code(&answer(&mut open)), ErrorCode::Unauthenticated);
+    assert_eq!(read_now(&mut anon, 5, &SLOT, 1, 0).0, 2);
+}
+
+#[tokio::test]
+async fn bad_group_log_requests_are_typed_refusals_that_change_nothing() {
+    let relay = relay_with(|_| {});
+    let mut s = anonymous_from(&relay, ip("192.0.2.1"));
+    assert_eq!(
+        appended(&append_now(&mut s, 2, log_append(&SLOT, &TOKEN, 1, b"one"))),
+        1
+    );
+    let too_big = vec![1u8; limits::GROUP_LOG_ENTRY_MAX + 1];
+    let cases: Vec<(client_frame::Kind, ErrorCode)> = vec![
+        (log_append(&[1; 31], &TOKEN, 2, b"x"), ErrorCode::Malformed),
+        (log_append(&[1; 33], &TOKEN, 2, b"x"), ErrorCode::Malformed),
+        (log_append(&[], &TOKEN, 2, b"x"), ErrorCode::Malformed),
+        (log_append(&SLOT, &[1; 31], 2, b"x"), ErrorCode::Malformed),
+        (log_append(&SLOT, &[], 2, b"x"), ErrorCode::Malformed),
+        (log_append(&SLOT, &TOKEN, 0, b"x"), ErrorCode::Malformed),
+        (log_append(&SLOT, &TOKEN, 2, b""), ErrorCode::Malformed),
+        (log_append(&SLOT, &TOKEN, 2, &too_big), ErrorCode::TooLarge),
+        (log_read(&[1; 31], 1, 0), ErrorCode::Malformed),
+        (log_read(&[], 1, 0), ErrorCode::Malformed),
+    ];
+    for (i, (kind, code)) in cases.into_iter().enumerate() {
+        let rid = 10 + i as u64;
+        s.request(rid, kind);
+        assert!(s.st.take_ops().is_empty(), "case {i} reached the writer");
+        let f = answer(&mut s);
+        assert_eq!((f.request_id, error_code(&f)), (rid, code), "case {i}");
+    }
+    // The connection is still usable and the log as it was.
+    assert_eq!(
+        read_now(&mut s, 100, &SLOT, 1, 0),
+        (1, vec![(1, b"one".to_vec())])
+    );
+    // The largest entry is taken.
+    let largest = vec![2u8; limits::GROUP_LOG_ENTRY_MAX];
+    assert_eq!(
+        appended(&append_now(
+            &mut s,
+            101,
+            log_append(&SLOT, &TOKEN, 2, &largest)
+        )),
+        2
+    );
+}
+
+#[tokio::test]
+async fn group_log_caps_refuse_with_their_own_codes() {
+    let relay = relay_with(|c| c.group_log_total_max_bytes = 10);
+    let mut s = anonymous_from(&relay, ip("192.0.2.1"));
+    assert_eq!(
+        appended(&append_now(
+            &mut s,
+            2,
+            log_append(&SLOT, &TOKEN, 1, &[1; 8])
+        )),
+        1
+    );
+    let e = refused(&append_now(
+        &mut s,
+        3,
+        log_append(&[2; 32], &TOKEN, 1, &[1; 3]),
+    ));
+    assert_eq!(e.code(), ErrorCode::RelayFull);
+    assert_eq!(e.retry_after_ms, limits::GROUP_LOGS_FULL_RETRY_AFTER_MS);
+    assert_eq!(read_now(&mut s, 4, &[2; 32], 1, 0), (0, vec![]));
+    assert_eq!(
+        appended(&append_now(
+            &mut s,
+            5,
+            log_append(&[2; 32], &TOKEN, 1, &[1; 2])
+        )),
+        1
+    );
+}
+
+#[tokio::test]
+async fn group_log_requests_are_rate_limited_per_anonymous_address_block() {
+    let relay = relay_with(|c| {
+        c.rate.group_log_appends = RateLimit {
+            per_second: 0.001,
+            burst: 2,
+        };
+        c.rate.group_log_reads = RateLimit {
+            per_second: 0.001,
+            burst: 1,
+        };
+    });
+    // Two connections from one address share the block's buckets.
+    let mut a = anonymous_from(&relay, ip("192.0.2.1"));
+    let mut b = anonymous_from(&relay, ip("192.0.2.1"));
+    assert_eq!(
+        appended(&append_now(&mut a, 2, log_append(&SLOT, &TOKEN, 1, b"1"))),
+        1
+    );
+    assert_eq!(
+        appended(&append_now(&mut b, 2, log_append(&SLOT, &TOKEN, 2, b"2"))),
+        2
+    );
+    let e = refused(&append_now(&mut a, 3, log_append(&SLOT, &TOKEN, 3, b"3")));
+    assert_eq!(e.code(), ErrorCode::RateLimited);
+    assert!(e.retry_after_ms > 0);
+    assert_eq!(read_now(&mut a, 4, &SLOT, 1, 0).0, 2);
+    b.request(3, log_read(&SLOT, 1, 0));
+    assert_eq!(error_code(&answer(&mut b)), ErrorCode::RateLimited);
+    // Another block has buckets of its own.
+    let mut c = anonymous_from(&relay, ip("198.51.100.1"));
+    assert_eq!(
+        appended(&append_now(&mut c, 2, log_append(&SLOT, &TOKEN, 3, b"3"))),
+        3
+    );
+    assert_eq!(
+        read_now(&mut c, 3, &SLOT, 3, 0),
+        (3, vec![(3, b"3".to_vec())])
+    );
+}
+
+#[tokio::test]
+async fn concurrent_appends_of_one_number_through_many_connections_have_one_winner() {
+    let relay = relay_with(|_| {});
+    let mut sides: Vec<Side> = (0..8u8)
+        .map(|i| anonymous_from(&relay, ip(&format!("192.0.2.{}", i + 1))))
+        .collect();
+    for seq in 1..=3u64 {
+        // Every connection asks for the same number; the writes run on threads of their own.
+        let ops: Vec<_> = sides
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| {
+                s.request(10 + seq, log_append(&SLOT, &TOKEN, seq, &[i as u8; 16]));
+                s.st.take_ops()
+            })
+            .collect();
+        let threads: Vec<_> = ops
+            .into_iter()
+            .map(|ops| {
+                std::thread::spawn(move || {
+                    ops.into_iter().filter_map(|op| op()).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for (s, t) in sides.iter_mut().zip(threads) {
+            for settle in t.join().unwrap() {
+                settle(Ok(()));
+            }
+            s.take_in();
+        }
+        let answers: Vec<ServerFrame> = sides.iter_mut().map(answer).collect();
+        let winners: Vec<usize> = answers
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| matches!(f.kind, Some(server_frame::Kind::GroupLogAppended(_))))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(winners.len(), 1, "{answers:?}");
+        for (i, f) in answers.iter().enumerate() {
+            if i != winners[0] {
+                let e = refused(f);
+                assert_eq!((e.code(), e.log_head), (ErrorCode::LogConflict, seq));
+            }
+        }
+        let (head, page) = read_now(&mut sides[0], 100 + seq, &SLOT, seq, 1);
+        assert_eq!((head, page), (seq, vec![(seq, vec![winners[0] as u8; 16])]));
+    }
 }

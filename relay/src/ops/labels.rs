@@ -68,6 +68,8 @@ pub enum RefusalReason {
     DeviceRevoked,
     /// `UNAUTHORIZED_SEND`: a sealed send without the recipient device's delivery token.
     UnauthorizedSend,
+    /// `LOG_CONFLICT`: a group log append whose number is not the head + 1.
+    LogConflict,
     /// The relay-wide connection cap was reached (refused during the handshake).
     ConnectionCap,
     /// An error frame without a code (never sent by this relay).
@@ -76,7 +78,7 @@ pub enum RefusalReason {
 
 impl RefusalReason {
     /// Every reason, in rendering order.
-    pub const ALL: [RefusalReason; 29] = [
+    pub const ALL: [RefusalReason; 30] = [
         RefusalReason::Malformed,
         RefusalReason::Unauthenticated,
         RefusalReason::AuthFailed,
@@ -104,6 +106,7 @@ impl RefusalReason {
         RefusalReason::TooManyConnections,
         RefusalReason::DeviceRevoked,
         RefusalReason::UnauthorizedSend,
+        RefusalReason::LogConflict,
         RefusalReason::ConnectionCap,
         RefusalReason::Unspecified,
     ];
@@ -138,7 +141,8 @@ impl RefusalReason {
             ErrorCode::TooManyConnections => RefusalReason::TooManyConnections,
             ErrorCode::DeviceRevoked => RefusalReason::DeviceRevoked,
             ErrorCode::UnauthorizedSend => RefusalReason::UnauthorizedSend,
-            ErrorCode::Unspecified | ErrorCode::LogConflict => RefusalReason::Unspecified,
+            ErrorCode::LogConflict => RefusalReason::LogConflict,
+            ErrorCode::Unspecified => RefusalReason::Unspecified,
         }
     }
 
@@ -172,6 +176,7 @@ impl RefusalReason {
             RefusalReason::TooManyConnections => "too_many_connections",
             RefusalReason::DeviceRevoked => "device_revoked",
             RefusalReason::UnauthorizedSend => "unauthorized_send",
+            RefusalReason::LogConflict => "log_conflict",
             RefusalReason::ConnectionCap => "connection_cap",
             RefusalReason::Unspecified => "unspecified",
         }

@@ -45,6 +45,16 @@ pub struct Metrics {
     /// Sends (and ephemeral sends) to another account on an authenticated connection without
     /// tokens (first messages): the relay sees their sender.
     pub introductions: Counter,
+    /// Group log entries appended.
+    pub group_log_appends: Counter,
+    /// Group log appends refused because their number was not the head + 1 (another writer
+    /// was first).
+    pub group_log_conflicts: Counter,
+    /// Group log reads answered.
+    pub group_log_reads: Counter,
+    /// Bytes of the entries of all group logs (what `group_log_total_max_bytes` caps), set from
+    /// the store at start and after every append.
+    pub group_log_bytes: Gauge,
     /// Events (new mail, ephemerals, revocations, …) handed to another relay node of a cluster.
     pub cluster_events_published: Counter,
     /// Events for a device connected to no live node of the cluster (a push wakes it instead).
@@ -130,6 +140,10 @@ impl Metrics {
             unauthorized_sends: Counter::default(),
             sealed_sends: Counter::default(),
             introductions: Counter::default(),
+            group_log_appends: Counter::default(),
+            group_log_conflicts: Counter::default(),
+            group_log_reads: Counter::default(),
+            group_log_bytes: Gauge::default(),
             sends: Counter::default(),
             envelopes_queued: Counter::default(),
             envelopes_delivered: Counter::default(),
@@ -199,6 +213,26 @@ impl Metrics {
             "unauthorized_sends",
             "Sealed sends refused for a missing or wrong delivery token.",
             self.unauthorized_sends.clone(),
+        );
+        r.register(
+            "group_log_appends",
+            "Group log entries appended.",
+            self.group_log_appends.clone(),
+        );
+        r.register(
+            "group_log_conflicts",
+            "Group log appends refused because another writer took the number first (LOG_CONFLICT).",
+            self.group_log_conflicts.clone(),
+        );
+        r.register(
+            "group_log_reads",
+            "Group log reads answered.",
+            self.group_log_reads.clone(),
+        );
+        r.register(
+            "group_log_bytes",
+            "Bytes of the entries of all group logs.",
+            self.group_log_bytes.clone(),
         );
         r.register(
             "sealed_sends",

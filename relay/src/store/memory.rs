@@ -31,6 +31,15 @@ struct Inner {
     access: BTreeMap<DeviceId, super::DeliveryAccess>,
     names: BTreeMap<String, UsernameHolder>,
     name_of: BTreeMap<[u8; 32], String>,
+    logs: BTreeMap<[u8; 32], GroupLog>,
+    log_bytes: u64,
+}
+
+/// One group log: its write check, its entries (number `i + 1` at `i`) and their bytes.
+struct GroupLog {
+    check: [u8; 32],
+    entries: Vec<Vec<u8>>,
+    bytes: u64,
 }
 
 /// Relay storage in memory.
@@ -138,6 +147,82 @@ impl PreKeyStore for MemoryStore {
 }
 
 impl super::LinkStore for MemoryStore {}
+
+impl super::GroupLogStore for MemoryStore {
+    fn group_log_append(
+        &self,
+        slot: &[u8; 32],
+        check: &[u8; 32],
+        seq: u64,
+        entry: &[u8],
+        caps: &super::LogCaps,
+    ) -> Result<super::LogAppend> {
+        use subtle::ConstantTimeEq;
+        let mut g = self.lock()?;
+        let (head, bytes) = match g.logs.get(slot) {
+            Some(log) => {
+                if !bool::from(log.check.ct_eq(check)) {
+                    return Ok(super::LogAppend::Forbidden);
+                }
+                (log.entries.len() as u64, log.bytes)
+            }
+            None => (0, 0),
+        };
+        if Some(seq) != head.checked_add(1) {
+            return Ok(super::LogAppend::Conflict { head });
+        }
+        let len = entry.len() as u64;
+        let bytes = bytes.saturating_add(len);
+        if seq > caps.entries || bytes > caps.bytes {
+            return Err(StoreError::GroupLogFull);
+        }
+        if g.log_bytes.saturating_add(len) > caps.total_bytes {
+            return Err(StoreError::GroupLogsFull);
+        }
+        g.log_bytes = g.log_bytes.saturating_add(len);
+        let log = g.logs.entry(*slot).or_insert_with(|| GroupLog {
+            check: *check,
+            entries: Vec::new(),
+            bytes: 0,
+        });
+        log.entries.push(entry.to_vec());
+        log.bytes = bytes;
+        Ok(super::LogAppend::Appended)
+    }
+
+    fn group_log_read(
+        &self,
+        slot: &[u8; 32],
+        from: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<super::LogPage> {
+        let g = self.lock()?;
+        let Some(log) = g.logs.get(slot) else {
+            return Ok(super::LogPage::default());
+        };
+        let mut page = super::LogPage {
+            head: log.entries.len() as u64,
+            entries: Vec::new(),
+        };
+        let skip = usize::try_from(from.max(1) - 1).unwrap_or(usize::MAX);
+        let mut used = 0usize;
+        for (i, e) in log.entries.iter().enumerate().skip(skip) {
+            if page.entries.len() >= max_entries
+                || (!page.entries.is_empty() && used.saturating_add(e.len()) > max_bytes)
+            {
+                break;
+            }
+            used = used.saturating_add(e.len());
+            page.entries.push((i as u64 + 1, e.clone()));
+        }
+        Ok(page)
+    }
+
+    fn group_log_bytes(&self) -> Result<u64> {
+        Ok(self.lock()?.log_bytes)
+    }
+}
 
 impl super::AccessStore for MemoryStore {
     fn set_delivery_access(

@@ -20,7 +20,13 @@
 //! - a username belongs to at most one account and an account holds at most one username: a
 //!   claim checks that the name is free (or already the account's), binds it and releases the
 //!   account's previous name in one atomic step, so of concurrent claims of one free name exactly
-//!   one wins.
+//!   one wins;
+//! - a group log's entries are numbered 1, 2, 3, … without gaps; an append writes entry
+//!   `head + 1` only, after checking the write check, the caps and the number in one atomic
+//!   step, so of concurrent appends of one number (through any node) exactly one wins, and an
+//!   entry once written is never replaced or removed. An append is durable when it returns
+//!   (sled flushes it under the log lock, and its readers take that lock too, so nobody reads an
+//!   entry a crash could still lose; Redis as every write, `redis_store`).
 
 #[cfg(test)]
 #[macro_use]
@@ -89,6 +95,12 @@ pub enum StoreError {
     /// A username claimed while another account holds it (nothing was written).
     #[error("the username is held by another account")]
     UsernameTaken,
+    /// A group log append over the log's caps (entries or bytes per slot); nothing was written.
+    #[error("the group log is full")]
+    GroupLogFull,
+    /// A group log append over the relay's cap on all group logs together; nothing was written.
+    #[error("the relay's group log storage is full")]
+    GroupLogsFull,
     /// A device list whose version is not higher than the stored one.
     #[error("device list version {offered} is not newer than {stored}")]
     StaleDeviceList {
@@ -347,6 +359,82 @@ pub trait AccessStore: Send + Sync {
     fn delivery_access(&self, device: &DeviceId) -> Result<Option<DeliveryAccess>>;
 }
 
+/// What the append of a group log entry did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogAppend {
+    /// The entry is stored under the number asked for.
+    Appended,
+    /// The number was not the head + 1 (nothing was written): the head now.
+    Conflict {
+        /// The number of the log's last entry (0: the slot holds no log).
+        head: u64,
+    },
+    /// The slot's log exists and its write check is another (nothing was written).
+    Forbidden,
+}
+
+/// The caps a group log append is checked against (bytes are entry bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogCaps {
+    /// Entries in one log.
+    pub entries: u64,
+    /// Bytes of the entries of one log.
+    pub bytes: u64,
+    /// Bytes of all group logs of the relay.
+    pub total_bytes: u64,
+}
+
+impl LogCaps {
+    /// No cap at all.
+    pub const UNLIMITED: Self = Self {
+        entries: u64::MAX,
+        bytes: u64::MAX,
+        total_bytes: u64::MAX,
+    };
+}
+
+/// The entries of a group log a read returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogPage {
+    /// The number of the log's last entry (0: the slot holds no log).
+    pub head: u64,
+    /// (number, entry), ascending and without gaps from the number asked for.
+    pub entries: Vec<(u64, Vec<u8>)>,
+}
+
+/// Group logs (RELAY_PROTOCOL.md §15): per 32-byte slot, opaque entries numbered from 1, written
+/// by compare-and-swap on the number and guarded by a write check (the SHA-256 of the write
+/// token, computed by the caller; the relay keeps no token). Logs are kept for good (within the
+/// caps): nothing expires or removes them.
+pub trait GroupLogStore: Send + Sync {
+    /// Appends `entry` as number `seq` of `slot`'s log, atomically checking, in this order: the
+    /// write check (a slot without a log takes `check` as its own), that `seq` is the head + 1
+    /// ([`LogAppend::Conflict`]), the log's caps ([`StoreError::GroupLogFull`]) and the relay's
+    /// ([`StoreError::GroupLogsFull`]). Writes nothing unless it answers
+    /// [`LogAppend::Appended`]; durable when it returns.
+    fn group_log_append(
+        &self,
+        slot: &[u8; 32],
+        check: &[u8; 32],
+        seq: u64,
+        entry: &[u8],
+        caps: &LogCaps,
+    ) -> Result<LogAppend>;
+    /// The head of `slot`'s log and its entries from number `from` (at least 1) on: at most
+    /// `max_entries`, and no more than `max_bytes` of entries unless the first alone is larger.
+    /// A slot without a log reads as head 0 and no entries.
+    fn group_log_read(
+        &self,
+        slot: &[u8; 32],
+        from: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<LogPage>;
+    /// Bytes of the entries of all group logs (where the store counts them: across relay nodes
+    /// sharing a Redis Cluster, as this node last read the count).
+    fn group_log_bytes(&self) -> Result<u64>;
+}
+
 /// Per-device queues of encrypted envelopes.
 pub trait MailboxStore: Send + Sync {
     /// Queues envelopes (see the module docs for atomicity and the caps); returns, per envelope,
@@ -442,7 +530,14 @@ pub trait LinkStore: Send + Sync {
 
 /// Everything the relay stores (blobs live in a `blobs::BlobStore` of their own).
 pub trait RelayStore:
-    AccountStore + PreKeyStore + MailboxStore + PushStore + AccessStore + UsernameStore + LinkStore
+    AccountStore
+    + PreKeyStore
+    + MailboxStore
+    + PushStore
+    + AccessStore
+    + UsernameStore
+    + LinkStore
+    + GroupLogStore
 {
     /// Forgets a device removed from its account: its pre-keys, push endpoint and queue (the
     /// account's username stays: it belongs to the account, not to a device).
@@ -454,7 +549,14 @@ pub trait RelayStore:
     }
 }
 impl<
-    T: AccountStore + PreKeyStore + MailboxStore + PushStore + AccessStore + UsernameStore + LinkStore,
+    T: AccountStore
+        + PreKeyStore
+        + MailboxStore
+        + PushStore
+        + AccessStore
+        + UsernameStore
+        + LinkStore
+        + GroupLogStore,
 > RelayStore for T
 {
 }

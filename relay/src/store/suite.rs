@@ -590,6 +590,188 @@ macro_rules! relay_store_suite {
                 assert_eq!(q.len(), 1);
                 assert_eq!(q[0].envelope.client_id[0], 3);
             }
+
+            fn numbers(p: &LogPage) -> Vec<u64> {
+                p.entries.iter().map(|(n, _)| *n).collect()
+            }
+
+            #[test]
+            fn a_group_log_is_created_by_entry_one_and_guarded_by_its_write_check() {
+                let (_g, s) = $make;
+                let (slot, other) = ([7u8; 32], [8u8; 32]);
+                let (check, wrong) = ([1u8; 32], [2u8; 32]);
+                let caps = LogCaps::UNLIMITED;
+                assert_eq!(s.group_log_read(&slot, 1, 10, 1 << 20).unwrap(), LogPage::default());
+                assert_eq!(
+                    s.group_log_append(&slot, &check, 2, b"two", &caps).unwrap(),
+                    LogAppend::Conflict { head: 0 }
+                );
+                assert_eq!(
+                    s.group_log_append(&slot, &check, 0, b"zero", &caps).unwrap(),
+                    LogAppend::Conflict { head: 0 }
+                );
+                assert_eq!(
+                    s.group_log_append(&slot, &check, 1, b"one", &caps).unwrap(),
+                    LogAppend::Appended
+                );
+                assert_eq!(
+                    s.group_log_append(&slot, &wrong, 2, b"forged", &caps).unwrap(),
+                    LogAppend::Forbidden
+                );
+                assert_eq!(
+                    s.group_log_append(&slot, &check, 1, b"again", &caps).unwrap(),
+                    LogAppend::Conflict { head: 1 }
+                );
+                assert_eq!(
+                    s.group_log_append(&slot, &check, 3, b"three", &caps).unwrap(),
+                    LogAppend::Conflict { head: 1 }
+                );
+                assert_eq!(
+                    s.group_log_append(&slot, &check, 2, b"\x00two\xff", &caps).unwrap(),
+                    LogAppend::Appended
+                );
+                // Another slot is another log, with a check of its own.
+                assert_eq!(
+                    s.group_log_append(&other, &wrong, 1, b"x", &caps).unwrap(),
+                    LogAppend::Appended
+                );
+                let page = s.group_log_read(&slot, 1, 10, 1 << 20).unwrap();
+                assert_eq!(page.head, 2);
+                assert_eq!(
+                    page.entries,
+                    vec![(1, b"one".to_vec()), (2, b"\x00two\xff".to_vec())]
+                );
+                let from_two = s.group_log_read(&slot, 2, 10, 1 << 20).unwrap();
+                assert_eq!((from_two.head, numbers(&from_two)), (2, vec![2]));
+                let from_zero = s.group_log_read(&slot, 0, 10, 1 << 20).unwrap();
+                assert_eq!(numbers(&from_zero), vec![1, 2]);
+                let beyond = s.group_log_read(&slot, 3, 10, 1 << 20).unwrap();
+                assert_eq!((beyond.head, beyond.entries.len()), (2, 0));
+                assert_eq!(s.group_log_bytes().unwrap(), 3 + 5 + 1);
+            }
+
+            #[test]
+            fn group_log_reads_are_bounded_by_count_and_bytes() {
+                let (_g, s) = $make;
+                let (slot, check) = ([3u8; 32], [4u8; 32]);
+                for n in 1..=5u64 {
+                    let entry = vec![n as u8; 100];
+                    assert_eq!(
+                        s.group_log_append(&slot, &check, n, &entry, &LogCaps::UNLIMITED)
+                            .unwrap(),
+                        LogAppend::Appended
+                    );
+                }
+                let two = s.group_log_read(&slot, 1, 2, 1 << 20).unwrap();
+                assert_eq!((two.head, numbers(&two)), (5, vec![1, 2]));
+                let by_bytes = s.group_log_read(&slot, 2, 10, 250).unwrap();
+                assert_eq!(numbers(&by_bytes), vec![2, 3]);
+                assert_eq!(by_bytes.entries[1].1, vec![3u8; 100]);
+                // The first entry comes even when it alone is over the byte bound.
+                let one = s.group_log_read(&slot, 4, 10, 10).unwrap();
+                assert_eq!(numbers(&one), vec![4]);
+                let rest = s.group_log_read(&slot, 4, 10, 1 << 20).unwrap();
+                assert_eq!(numbers(&rest), vec![4, 5]);
+            }
+
+            #[test]
+            fn group_log_caps_refuse_before_writing() {
+                let (_g, s) = $make;
+                let check = [9u8; 32];
+                let caps = LogCaps {
+                    entries: 2,
+                    bytes: 25,
+                    total_bytes: 40,
+                };
+                let a = [1u8; 32];
+                assert_eq!(s.group_log_append(&a, &check, 1, &[1; 10], &caps).unwrap(), LogAppend::Appended);
+                // Over the bytes of one log.
+                assert!(matches!(
+                    s.group_log_append(&a, &check, 2, &[2; 16], &caps),
+                    Err(StoreError::GroupLogFull)
+                ));
+                assert_eq!(s.group_log_append(&a, &check, 2, &[2; 15], &caps).unwrap(), LogAppend::Appended);
+                // Over the entries of one log.
+                assert!(matches!(
+                    s.group_log_append(&a, &check, 3, &[3; 1], &caps),
+                    Err(StoreError::GroupLogFull)
+                ));
+                assert_eq!(s.group_log_read(&a, 1, 10, 1 << 20).unwrap().head, 2);
+                // Over the relay's bytes (25 held), with a log of its own.
+                let b = [2u8; 32];
+                assert!(matches!(
+                    s.group_log_append(&b, &check, 1, &[4; 16], &caps),
+                    Err(StoreError::GroupLogsFull)
+                ));
+                assert_eq!(s.group_log_read(&b, 1, 10, 1 << 20).unwrap(), LogPage::default());
+                assert_eq!(s.group_log_append(&b, &check, 1, &[4; 15], &caps).unwrap(), LogAppend::Appended);
+                assert_eq!(s.group_log_bytes().unwrap(), 40);
+            }
+
+            #[test]
+            fn concurrent_appends_of_one_number_have_exactly_one_winner() {
+                let (_g, s) = $make;
+                let s = Arc::new(s);
+                let (slot, check) = ([5u8; 32], [6u8; 32]);
+                for seq in 1..=3u64 {
+                    let handles: Vec<_> = (0..16u8)
+                        .map(|i| {
+                            let s = Arc::clone(&s);
+                            std::thread::spawn(move || {
+                                let entry = vec![i; 20];
+                                (
+                                    i,
+                                    s.group_log_append(
+                                        &slot,
+                                        &check,
+                                        seq,
+                                        &entry,
+                                        &LogCaps::UNLIMITED,
+                                    )
+                                    .unwrap(),
+                                )
+                            })
+                        })
+                        .collect();
+                    let outcomes: Vec<(u8, LogAppend)> =
+                        handles.into_iter().map(|h| h.join().unwrap()).collect();
+                    let winners: Vec<u8> = outcomes
+                        .iter()
+                        .filter(|(_, o)| *o == LogAppend::Appended)
+                        .map(|(i, _)| *i)
+                        .collect();
+                    assert_eq!(winners.len(), 1, "one append of entry {seq} wins");
+                    for (_, o) in &outcomes {
+                        assert!(
+                            *o == LogAppend::Appended || *o == LogAppend::Conflict { head: seq },
+                            "{o:?}"
+                        );
+                    }
+                    let page = s.group_log_read(&slot, seq, 1, 1 << 20).unwrap();
+                    assert_eq!(page.head, seq);
+                    assert_eq!(page.entries, vec![(seq, vec![winners[0]; 20])]);
+                }
+                // Racing creators with different checks: one log, one check.
+                let fresh = [15u8; 32];
+                let handles: Vec<_> = (0..16u8)
+                    .map(|i| {
+                        let s = Arc::clone(&s);
+                        std::thread::spawn(move || {
+                            s.group_log_append(&fresh, &[i; 32], 1, &[i], &LogCaps::UNLIMITED)
+                                .unwrap()
+                        })
+                    })
+                    .collect();
+                let outcomes: Vec<LogAppend> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+                assert_eq!(outcomes.iter().filter(|o| **o == LogAppend::Appended).count(), 1);
+                let page = s.group_log_read(&fresh, 1, 10, 1 << 20).unwrap();
+                let winner = page.entries[0].1[0];
+                assert_eq!(
+                    s.group_log_append(&fresh, &[winner; 32], 2, b"next", &LogCaps::UNLIMITED)
+                        .unwrap(),
+                    LogAppend::Appended
+                );
+            }
         }
     };
 }

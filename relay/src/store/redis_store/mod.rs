@@ -15,6 +15,11 @@
 //! - a username is bound by one script on the name's slot (of concurrent claims one wins), then
 //!   recorded under the account, then the account's previous name is freed.
 //!
+//! - a group log's keys carry the slot's own hash tag (`{gl:<hex slot>}`), so an append (write
+//!   check, number, caps) is one script on one slot: of concurrent appends of one number through
+//!   any nodes exactly one wins. The relay-wide total of group log bytes is one counter, checked
+//!   as this node last read it (approximate across nodes, as the mailbox total).
+//!
 //! Durability: with `appendfsync always` a primary has a write on disk before it answers it, and
 //! every write the relay may acknowledge is followed by `WAIT` on the same connection to the
 //! same node (see [`client`]), so it is on the configured number of replicas before the store
@@ -22,6 +27,7 @@
 
 mod accounts;
 mod client;
+mod group_log;
 mod mailbox;
 mod scripts;
 #[cfg(test)]
@@ -73,6 +79,8 @@ struct Scripts {
     put_list: Lua,
     claim_name: Lua,
     drop_name: Lua,
+    log_append: Lua,
+    log_read: Lua,
 }
 
 /// Runs `lua` on the slot of `key` (no `WAIT`): for the router's own scripts.
@@ -223,6 +231,8 @@ impl RedisStore {
             put_list: Lua::new(&scripts::put_device_list()),
             claim_name: Lua::new(scripts::CLAIM_NAME),
             drop_name: Lua::new(scripts::DROP_NAME),
+            log_append: Lua::new(scripts::GROUP_LOG_APPEND),
+            log_read: Lua::new(scripts::GROUP_LOG_READ),
         };
         let store = Self {
             redis,

@@ -312,3 +312,60 @@ local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, 32) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
 return 0
 ";
+
+/// Appends one entry to a group log, the compare-and-swap on its number.
+///
+/// `KEYS[1]` is the log's key start, `<prefix>{gl:<hex slot>}`: `:m` is a hash of `c` (the write
+/// check), `h` (the head) and `b` (the bytes of the entries), `:e` a hash of entry number
+/// (decimal) → entry. ARGV: write check, number, entry, the caps (entries, bytes), the relay's
+/// total of group log bytes as this node read it, and its cap.
+///
+/// Returns `{status, head}`: status `ok` (head: the number written), `F` (another write check),
+/// `C` (not head + 1), `L` (over the log's caps), `R` (over the relay's). The write checks are
+/// compared without an early exit (every byte, differences OR-ed together).
+pub(super) const GROUP_LOG_APPEND: &str = r"
+local T = KEYS[1]
+local check, seq, entry = ARGV[1], ARGV[2], ARGV[3]
+local max_n, max_b = tonumber(ARGV[4]), tonumber(ARGV[5])
+local total, tcap = tonumber(ARGV[6]), tonumber(ARGV[7])
+local m = redis.call('HMGET', T .. ':m', 'c', 'h', 'b')
+local head = tonumber(m[2]) or 0
+if m[1] then
+  local stored = m[1]
+  if #stored ~= #check then return {'F', head} end
+  local diff = 0
+  for i = 1, #check do
+    diff = bit.bor(diff, bit.bxor(string.byte(stored, i), string.byte(check, i)))
+  end
+  if diff ~= 0 then return {'F', head} end
+end
+if seq ~= tostring(head + 1) then return {'C', head} end
+local bytes = (tonumber(m[3]) or 0) + #entry
+if head + 1 > max_n or bytes > max_b then return {'L', head} end
+if total + #entry > tcap then return {'R', head} end
+redis.call('HSET', T .. ':e', seq, entry)
+redis.call('HSET', T .. ':m', 'c', check, 'h', seq, 'b', bytes)
+return {'ok', head + 1}
+";
+
+/// Reads a group log (see [`GROUP_LOG_APPEND`] for its keys). ARGV: the first number, the most
+/// entries, the most bytes (passed unless the first entry alone is larger).
+///
+/// Returns `{head, entry…}`, the entries numbered from the first on.
+pub(super) const GROUP_LOG_READ: &str = r"
+local T = KEYS[1]
+local from, max_n, max_b = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local head = tonumber(redis.call('HGET', T .. ':m', 'h')) or 0
+local out = {head}
+local used = 0
+local s = from
+while s <= head and #out - 1 < max_n do
+  local field = string.format('%d', s)
+  local len = redis.call('HSTRLEN', T .. ':e', field)
+  if #out > 1 and used + len > max_b then break end
+  used = used + len
+  out[#out + 1] = redis.call('HGET', T .. ':e', field)
+  s = s + 1
+end
+return out
+";

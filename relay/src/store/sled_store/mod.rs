@@ -14,6 +14,8 @@
 //! | `access` | device (36) | delivery access: `anyone` (1) ‖ token (16, if set) |
 //! | `names` | normalized username (UTF-8) | account (32) ‖ account-key signature (64) |
 //! | `name_of` | account (32) | its username |
+//! | `glog` | slot (32) ‖ entry number u64 | the group log entry |
+//! | `glog_meta` | slot (32) | write check (32) ‖ head u64 ‖ bytes of its entries u64 |
 //!
 //! **The hot path writes one record per envelope and scans nothing.** What a transaction over
 //! three trees used to keep (each queue's last sequence number, its count and bytes, and the
@@ -53,6 +55,12 @@
 //! claim does not count by scanning. Rare operations (pre-key uploads, username claims) keep
 //! their multi-tree transactions.
 //!
+//! Group logs: an append takes the group-log lock, checks the slot's `glog_meta` record, inserts
+//! the entry and then the new record (so a crash between them leaves an entry beyond the head,
+//! which the next append of that number overwrites), and flushes before the lock is released.
+//! Reads take the same lock, so nobody reads an entry that a crash could still take back. The
+//! bytes of all logs are counted in memory (rebuilt at open from `glog_meta`).
+//!
 //! Databases written by earlier versions also hold `mail_ids` and `mail_seq` trees; they are no
 //! longer read and are dropped at open. Their `mail` records may be protobuf `StoredEnvelope`s
 //! (sender, client id, body, received at), which never start with the 0 of the current layout:
@@ -60,6 +68,7 @@
 //! expired.
 
 mod accounts;
+mod group_log;
 mod mailbox;
 mod prekeys;
 mod records;
@@ -101,6 +110,10 @@ pub struct SledStore {
     access: sled::Tree,
     names: sled::Tree,
     name_of: sled::Tree,
+    glog: sled::Tree,
+    glog_meta: sled::Tree,
+    /// Held while a group log is appended to or read; holds the bytes of all group logs.
+    glog_lock: Mutex<u64>,
     /// `boot << 32`: the least sequence number this process gives.
     seq_floor: u64,
     /// Queue counters and the recent-send index (rebuilt at open).
@@ -183,6 +196,9 @@ impl SledStore {
             access: tree("access")?,
             names: tree("names")?,
             name_of: tree("name_of")?,
+            glog: tree("glog")?,
+            glog_meta: tree("glog_meta")?,
+            glog_lock: Mutex::new(0),
             seq_floor: 0,
             state: Mutex::new(MailState::default()),
             mailbox_total: AtomicU64::new(0),
@@ -256,6 +272,12 @@ impl SledStore {
         self.publish_total(&state);
         drop(state);
         *self.counts()? = counts;
+        let mut log_bytes = 0u64;
+        for v in self.glog_meta.iter().values() {
+            let v = v.map_err(backend)?;
+            log_bytes = log_bytes.saturating_add(group_log::Meta::decode(&v)?.bytes);
+        }
+        *self.log_lock()? = log_bytes;
         Ok(self)
     }
 
@@ -269,6 +291,12 @@ impl SledStore {
         self.state
             .lock()
             .map_err(|_| StoreError::Backend("mail state lock poisoned".into()))
+    }
+
+    fn log_lock(&self) -> Result<MutexGuard<'_, u64>> {
+        self.glog_lock
+            .lock()
+            .map_err(|_| StoreError::Backend("group log lock poisoned".into()))
     }
 
     fn counts(&self) -> Result<MutexGuard<'_, HashMap<DeviceId, (usize, usize)>>> {
