@@ -212,6 +212,87 @@ async fn a_group_of_three_engines_exchanges_messages_through_the_relay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_change_a_group_at_once_and_every_member_ends_with_the_same_log() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), addr))
+        .await
+        .unwrap();
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut engines = Vec::new();
+    for d in &dirs {
+        let (e, rx) = Engine::create_account(engine_config(d.path(), addr, &relay.fingerprint))
+            .await
+            .unwrap();
+        e.connected(WAIT).await.unwrap();
+        engines.push((e, rx));
+    }
+    let ids: Vec<AccountId> = engines
+        .iter()
+        .map(|(e, _)| e.address().unwrap().account)
+        .collect();
+    let g = engines[0]
+        .0
+        .create_group("friends", &[ids[1], ids[2]])
+        .await
+        .unwrap();
+    engines[0]
+        .0
+        .update_group(&g, &[(ids[1], true)], &[])
+        .await
+        .unwrap();
+    // Both admins add someone at the same moment; each change is built on the log as its author
+    // read it, so the one that loses its position is rebuilt on the other and lands next.
+    let (a, b) = (&engines[0].0, &engines[1].0);
+    let (add_a, add_b) = ([(ids[3], false)], [(ids[4], false)]);
+    let (ra, rb) = tokio::join!(
+        a.update_group(&g, &add_a, &[]),
+        b.update_group(&g, &add_b, &[]),
+    );
+    ra.unwrap();
+    rb.unwrap();
+    let everyone: std::collections::BTreeSet<AccountId> = ids.iter().copied().collect();
+    for (k, (e, rx)) in engines.iter_mut().enumerate() {
+        // Every member reads the log to its end; the two added ones once told of the group.
+        loop {
+            e.sync_groups().await.unwrap();
+            let members: std::collections::BTreeSet<AccountId> =
+                e.group_members(&g).unwrap().into_iter().collect();
+            if members == everyone {
+                break;
+            }
+            let ev = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("member {k} sees {} members", members.len()))
+                .unwrap();
+            assert!(!matches!(ev, Event::Message { .. }), "no message yet");
+        }
+    }
+    // Four entries (creation, promotion, two additions), one appended per change: a change that
+    // lost its position was not appended twice.
+    assert_eq!(relay.metrics.group_log_appends.get(), 4);
+    println!(
+        "appends {}, conflicts {}",
+        relay.metrics.group_log_appends.get(),
+        relay.metrics.group_log_conflicts.get()
+    );
+    // And the group works for the newcomers.
+    engines[3].0.send_group(&g, b"hello from 3").await.unwrap();
+    for k in [0, 1, 2, 4] {
+        let (e, rx) = &mut engines[k];
+        assert_eq!(
+            messages(e, rx, 1).await,
+            vec![b"hello from 3".to_vec()],
+            "member {k}"
+        );
+    }
+    for (e, _) in engines {
+        e.shutdown().await;
+    }
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_finds_another_by_username_and_writes_to_it() {
     use hush_client::ClientError;
     use hush_proto::relay_api::ErrorCode;
