@@ -260,6 +260,15 @@ pub(crate) fn describe(m: &Messenger, dir: &Path, ev: &MessengerEvent) -> Vec<St
             removed
         )),
         MessengerEvent::GroupsChanged => one("your groups changed (`hush group list`)".into()),
+        MessengerEvent::GroupLogMismatch { group, forked } => one(format!(
+            "warning: the relay {} group {}: its members shown may be out of date",
+            if *forked {
+                "shows this device another history of"
+            } else {
+                "withholds changes of"
+            },
+            hex::encode(&group.0[..4])
+        )),
         MessengerEvent::CaughtUp => Vec::new(),
         MessengerEvent::SendFailed {
             message_id,

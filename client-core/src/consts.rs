@@ -39,6 +39,9 @@ pub const MAX_PLAINTEXT_LEN: usize = 256 * 1024;
 /// Authentication tag length of ChaCha20-Poly1305.
 pub const AEAD_TAG_LEN: usize = 16;
 
+/// Length of a ChaCha20-Poly1305 nonce.
+pub const AEAD_NONCE_LEN: usize = 12;
+
 /// Largest encoded pairwise message accepted from the network, in bytes.
 pub const MAX_MESSAGE_LEN: usize = MAX_PLAINTEXT_LEN + 4096;
 
@@ -125,9 +128,39 @@ pub const MAX_BUFFERED_GROUP_MESSAGES_TOTAL: usize = 4000;
 /// Bytes of group messages buffered in total (the same rule as for the count): 32 MiB.
 pub const MAX_BUFFERED_GROUP_BYTES_TOTAL: usize = 32 << 20;
 
-/// The rollback window of a group log: a change for one of the last this many epochs can still
-/// replace the applied one in a same-epoch conflict (the whole log is kept regardless).
-pub const GROUP_CHANGE_HISTORY: usize = 16;
+/// Length of a group secret, the key that names, unlocks and authorizes writes to a group's
+/// log on the relay (PROTOCOL.md §17.1).
+pub const GROUP_SECRET_LEN: usize = 32;
+
+/// Prefix hashed with a group's signed creation to give its id:
+/// `id = SHA-256("Hush-GroupId-v1" ‖ creation change bytes)`.
+pub const GROUP_ID_LABEL: &[u8] = b"Hush-GroupId-v1";
+
+/// HKDF salt of every value derived from a group secret (§17.1).
+pub const GROUP_SECRET_SALT: &[u8] = b"Hush-GroupSecret-v1";
+
+/// HKDF info deriving the relay slot that names a group's log.
+pub const GROUP_LOG_SLOT_INFO: &[u8] = b"Hush_GroupLog_Slot_v1";
+
+/// HKDF info deriving the token that authorizes appends to a group's log.
+pub const GROUP_LOG_WRITE_INFO: &[u8] = b"Hush_GroupLog_Write_v1";
+
+/// HKDF info deriving the AEAD key of a group's log entries.
+pub const GROUP_LOG_KEY_INFO: &[u8] = b"Hush_GroupLog_Key_v1";
+
+/// Prefix of the associated data of a log entry: `label ‖ slot ‖ u64be(position)`.
+pub const GROUP_LOG_ENTRY_LABEL: &[u8] = b"Hush-GroupLogEntry-v1";
+
+/// Version byte that starts every group log entry.
+pub const GROUP_LOG_ENTRY_VERSION: u8 = 1;
+
+/// Largest group log entry (version, nonce, sealed signed change), in bytes. A creation listing
+/// 2000 members with its author's 32-device list is about 80 KiB.
+pub const MAX_GROUP_LOG_ENTRY_LEN: usize = 128 * 1024;
+
+/// Most invitations to groups not yet read from the relay that a device keeps at once; further
+/// ones are ignored until some are followed.
+pub const MAX_PENDING_GROUP_INVITES: usize = 64;
 
 /// HKDF info expanding a sender-key message key into an AEAD key and nonce.
 pub const SENDER_KEY_MESSAGE_INFO: &[u8] = b"Hush_SenderKey_Message_v1";

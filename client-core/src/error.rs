@@ -9,7 +9,6 @@
 //! not know the store: the [`Device`](crate::device::Device) facade, which also reads and commits
 //! it, returns a [`DeviceError`](crate::device::DeviceError) composing this error and the store's.
 
-use crate::keys::AccountId;
 
 /// Result type of client-core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -100,10 +99,6 @@ pub enum ProtocolError {
     /// The account's device list is not known yet.
     #[error("no device list known for the account")]
     UnknownAccount,
-    /// A group change is signed by a device of this account, whose device list is not known
-    /// yet: fetch it, accept it, and process the message again.
-    #[error("no device list known for the author of a group change")]
-    UnknownAuthor(AccountId),
     /// No usable session with the device: fetch its pre-key bundle and start one.
     #[error("no session with the device")]
     NoSession,
@@ -126,6 +121,10 @@ pub enum ProtocolError {
     /// group or membership); others' messages are still buffered.
     #[error("too many group messages from this sender waiting to be read")]
     BufferFull,
+    /// A group's log, as read from the relay, cannot be this group's: its first entry is not a
+    /// valid creation of this group id and slot.
+    #[error("invalid group log: {0}")]
+    InvalidGroupLog(&'static str),
     /// The API was called in a way its contract forbids.
     #[error("invalid use: {0}")]
     Misuse(&'static str),

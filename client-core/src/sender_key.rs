@@ -79,18 +79,24 @@ pub struct GroupHeader {
     pub key_id: u32,
     /// Position in its chain.
     pub iteration: u32,
+    /// The sender's group log position when it sent (PROTOCOL.md §17.8).
+    pub log_seq: u64,
+    /// The hash of the last valid change at or before `log_seq`.
+    pub log_head: [u8; 32],
 }
 
 impl GroupHeader {
     /// The header bytes (AD of the AEAD, and signed with the ciphertext).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut h = Vec::with_capacity(4 + GROUP_ID_LEN + KEY_LEN + 12);
+        let mut h = Vec::with_capacity(4 + GROUP_ID_LEN + KEY_LEN + 12 + 8 + 32);
         h.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
         h.extend_from_slice(&self.group.0);
         h.extend_from_slice(self.sender.account.as_bytes());
         h.extend_from_slice(&self.sender.device_id.to_be_bytes());
         h.extend_from_slice(&self.key_id.to_be_bytes());
         h.extend_from_slice(&self.iteration.to_be_bytes());
+        h.extend_from_slice(&self.log_seq.to_be_bytes());
+        h.extend_from_slice(&self.log_head);
         h
     }
 }
@@ -129,6 +135,8 @@ impl TryFrom<&wire::GroupMessage> for GroupMessage {
                 },
                 key_id: m.key_id,
                 iteration: m.iteration,
+                log_seq: m.log_seq,
+                log_head: array(&m.log_head, "group message", "log head must be 32 bytes")?,
             },
             ciphertext: m.ciphertext.clone(),
             signature: array(&m.signature, "group message", "signature must be 64 bytes")?,
@@ -148,6 +156,8 @@ impl GroupMessage {
             iteration: self.header.iteration,
             ciphertext: self.ciphertext.clone(),
             signature: self.signature.to_vec(),
+            log_seq: self.header.log_seq,
+            log_head: self.header.log_head.to_vec(),
         }
     }
 
@@ -309,6 +319,7 @@ impl SenderKeyState {
         &mut self,
         group: GroupId,
         sender: DeviceAddress,
+        log: (u64, [u8; 32]),
         plaintext: &[u8],
     ) -> Result<GroupMessage> {
         if plaintext.len() > MAX_PLAINTEXT_LEN {
@@ -326,6 +337,8 @@ impl SenderKeyState {
             sender,
             key_id: self.key_id,
             iteration: self.iteration,
+            log_seq: log.0,
+            log_head: log.1,
         };
         let hb = header.to_bytes();
         let (mk, next) = chain::step(&self.chain_key);
@@ -603,7 +616,7 @@ mod tests {
         assert_eq!(d.iteration, 0);
         let mut theirs = SenderKeyState::from_distribution(&d, 0).unwrap();
         let msgs: Vec<_> = (0..5)
-            .map(|i| own.encrypt(g, a, format!("m{i}").as_bytes()).unwrap())
+            .map(|i| own.encrypt(g, a, (1, [0; 32]), format!("m{i}").as_bytes()).unwrap())
             .collect();
         assert_eq!(&*theirs.decrypt(&msgs[1], 1).unwrap(), b"m1");
         assert_eq!(theirs.skipped_len(), 1);
@@ -624,7 +637,7 @@ mod tests {
         let d = own.distribution_for(g, b, None).unwrap();
         let mut theirs = SenderKeyState::from_distribution(&d, 0).unwrap();
         let msgs: Vec<_> = (0..6)
-            .map(|i| own.encrypt(g, a, format!("m{i}").as_bytes()).unwrap())
+            .map(|i| own.encrypt(g, a, (1, [0; 32]), format!("m{i}").as_bytes()).unwrap())
             .collect();
         // Message 3 at time 10 stores the keys of 0, 1 and 2 as skipped.
         assert_eq!(&*theirs.decrypt(&msgs[3], 10).unwrap(), b"m3");

@@ -617,11 +617,23 @@ fn forged_tampered_and_replayed_group_messages_change_nothing() {
             q.extend(inc.outgoing.into_iter().map(|x| (o.to, x)));
         }
     }
-    let (g, out) = alice
+    let w = alice
         .dev
         .create_group("team", &[b.account, c.account], &mut rng, 2000)
         .unwrap();
+    // The relay appends the creation as the log's first entry; members read it from there.
+    let (g, entry) = (w.group, w.entry.clone());
+    let out = alice
+        .dev
+        .group_write_landed(w, &mut rng, 2000)
+        .unwrap()
+        .outgoing;
     deliver(&mut [&mut alice, &mut bob, &mut carol], a, out, &mut rng);
+    for p in [&mut bob, &mut carol] {
+        p.dev
+            .accept_group_log(&g, 1, &[(1, entry.clone())], &mut rng, 2000)
+            .unwrap();
+    }
     let send = alice.dev.group_encrypt(&g, b"g1", &mut rng, 2001).unwrap();
     deliver(
         &mut [&mut alice, &mut bob, &mut carol],

@@ -36,6 +36,8 @@ fn unreadable(from: &DeviceAddress, group: u8, iteration: u32) -> Vec<u8> {
         iteration,
         ciphertext: vec![0; 40],
         signature: vec![0; 64],
+        log_seq: 1,
+        log_head: vec![0; 32],
     }
     .encode_to_vec()
 }

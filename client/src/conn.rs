@@ -46,6 +46,18 @@ const BLOB_GONE: u32 = 1;
 /// Reset code of a blob stream that missed one of the relay's deadlines.
 const BLOB_TIMED_OUT: u32 = 2;
 
+/// What a group log append did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupLogAppend {
+    /// The entry is stored under the number asked for.
+    Appended,
+    /// The number was not the head + 1; nothing was written.
+    Conflict {
+        /// The number of the log's last entry now.
+        head: u64,
+    },
+}
+
 /// A connection to the relay: [`hush_net::client::Connection`] with the engine's transport
 /// settings and errors.
 pub struct RelayConnection {
@@ -116,6 +128,63 @@ impl RelayConnection {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Appends `entry` as number `seq` of the group log in `slot` (docs/RELAY_PROTOCOL.md §15):
+    /// [`GroupLogAppend::Conflict`] with the log's head if `seq` is not the head + 1.
+    pub async fn group_log_append(
+        &self,
+        slot: [u8; 32],
+        write_token: &[u8; 32],
+        seq: u64,
+        entry: Vec<u8>,
+    ) -> Result<GroupLogAppend, ClientError> {
+        let kind = client_frame::Kind::GroupLogAppend(api::GroupLogAppend {
+            slot: slot.to_vec(),
+            write_token: write_token.to_vec(),
+            seq,
+            entry,
+        });
+        match self.request(kind).await {
+            Ok(server_frame::Kind::GroupLogAppended(a)) if a.seq == seq => {
+                Ok(GroupLogAppend::Appended)
+            }
+            Ok(_) => Err(ClientError::Protocol(
+                "unexpected answer to a group log append",
+            )),
+            Err(ClientError::Refused(r)) if r.code == ErrorCode::LogConflict => {
+                Ok(GroupLogAppend::Conflict { head: r.log_head })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The head of the group log in `slot` and its entries from number `from` on, as many as
+    /// the relay gives in one page (ascending, without gaps; checked here).
+    pub async fn group_log_read(
+        &self,
+        slot: [u8; 32],
+        from: u64,
+    ) -> Result<(u64, Vec<(u64, Vec<u8>)>), ClientError> {
+        let from = from.max(1);
+        let kind = client_frame::Kind::GroupLogRead(api::GroupLogRead {
+            slot: slot.to_vec(),
+            from_seq: from,
+            max_entries: 0,
+        });
+        let server_frame::Kind::GroupLogEntries(page) = self.request(kind).await? else {
+            return Err(ClientError::Protocol("unexpected answer to a group log read"));
+        };
+        let mut expected = from;
+        let mut entries = Vec::with_capacity(page.entries.len());
+        for e in page.entries {
+            if e.seq != expected || e.seq > page.head {
+                return Err(ClientError::Protocol("a group log page out of order"));
+            }
+            expected = expected.saturating_add(1);
+            entries.push((e.seq, e.entry));
+        }
+        Ok((page.head, entries))
     }
 
     /// Authenticates with a signature made by `sign(exporter, challenge)`.

@@ -15,6 +15,8 @@ pub struct Refusal {
     pub missing_devices: Vec<u32>,
     /// For `DEVICE_MISMATCH`: devices given an envelope that are not on the list.
     pub extra_devices: Vec<u32>,
+    /// For `LOG_CONFLICT`: the number of the group log's last entry.
+    pub log_head: u64,
 }
 
 impl From<api::Error> for Refusal {
@@ -25,6 +27,7 @@ impl From<api::Error> for Refusal {
             retry_after_ms: e.retry_after_ms,
             missing_devices: e.missing_devices,
             extra_devices: e.extra_devices,
+            log_head: e.log_head,
         }
     }
 }

@@ -252,6 +252,7 @@ mod tests {
             retry_after_ms: 1500,
             missing_devices: Vec::new(),
             extra_devices: Vec::new(),
+            log_head: 0,
         })
     }
 

@@ -346,6 +346,15 @@ pub enum HushEvent {
     },
     /// A group was joined or changed: call `groups()` again.
     GroupsChanged,
+    /// The relay serves this device a group log that disagrees with what a member reported
+    /// (`forked` false: changes withheld from this device; true: another history): warn that
+    /// the group's membership shown may be out of date.
+    GroupLogMismatch {
+        /// The group id (hex).
+        group: String,
+        /// Another history, not just a shorter one.
+        forked: bool,
+    },
     /// Everything the relay held for this device while it was away has been taken in (the
     /// events before this one): history and receipts are up to date. After a push wake-up,
     /// this is when the app may go back to sleep.
@@ -436,6 +445,10 @@ impl From<MessengerEvent> for HushEvent {
                 account: hex::encode(account.as_bytes()),
             },
             MessengerEvent::GroupsChanged => Self::GroupsChanged,
+            MessengerEvent::GroupLogMismatch { group, forked } => Self::GroupLogMismatch {
+                group: hex::encode(group.0),
+                forked,
+            },
             MessengerEvent::CaughtUp => Self::CaughtUp,
             MessengerEvent::SendFailed {
                 conversation,

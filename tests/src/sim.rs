@@ -4,8 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use hush_core::device::Device;
 use hush_core::device::Result;
+use hush_core::device::{Device, GroupLogUpdate, Outgoing};
+use hush_core::error::{Error, ProtocolError};
+use hush_core::sender_key::GroupId;
 use hush_core::keys::{AccountId, DeviceAddress};
 use hush_core::prekeys::{PreKeyBundle, PublishedPreKeys};
 use hush_core::store::kv::KvStore;
@@ -204,6 +206,94 @@ pub struct Population {
     pub accounts: Vec<Vec<DeviceAddress>>,
     /// The directory (pre-keys and device lists).
     pub dir: Directory,
+    /// The relay's group logs.
+    pub logs: GroupLogs,
+}
+
+/// What appending to a group log did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Append {
+    /// Appended at the position asked for.
+    Appended,
+    /// The position is not the next one: the log's head is `head`.
+    Conflict {
+        /// The last position of the log.
+        head: u64,
+    },
+    /// The write token does not match the slot's.
+    Refused,
+}
+
+/// The relay's group logs: per slot, a write token and entries numbered from 1, appended only at
+/// the next position (the compare-and-swap of docs/RELAY_PROTOCOL.md). It can withhold entries
+/// from chosen readers, as a misbehaving relay would.
+#[derive(Default)]
+pub struct GroupLogs {
+    logs: BTreeMap<[u8; 32], ([u8; 32], Vec<Vec<u8>>)>,
+    /// (slot, reader) → the last position served to that reader.
+    withheld: BTreeMap<([u8; 32], DeviceAddress), u64>,
+    /// Appends that lost the race for their position.
+    pub conflicts: u64,
+}
+
+impl GroupLogs {
+    /// Appends `entry` at position `seq` of `slot`.
+    pub fn append(&mut self, slot: [u8; 32], token: &[u8; 32], seq: u64, entry: Vec<u8>) -> Append {
+        let (stored, entries) = self
+            .logs
+            .entry(slot)
+            .or_insert_with(|| (*token, Vec::new()));
+        if stored != token {
+            return Append::Refused;
+        }
+        let head = entries.len() as u64;
+        if seq != head + 1 {
+            self.conflicts += 1;
+            return Append::Conflict { head };
+        }
+        entries.push(entry);
+        Append::Appended
+    }
+
+    /// The head and the entries from position `from` on, as served to `reader`.
+    pub fn read(
+        &self,
+        slot: &[u8; 32],
+        from: u64,
+        reader: &DeviceAddress,
+    ) -> (u64, Vec<(u64, Vec<u8>)>) {
+        let Some((_, entries)) = self.logs.get(slot) else {
+            return (0, Vec::new());
+        };
+        let served = self
+            .withheld
+            .get(&(*slot, *reader))
+            .copied()
+            .unwrap_or(u64::MAX)
+            .min(entries.len() as u64);
+        let out = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i as u64 + 1, e.clone()))
+            .filter(|(seq, _)| *seq >= from && *seq <= served)
+            .collect();
+        (served, out)
+    }
+
+    /// From now on, serves `reader` the log of `slot` only up to position `up_to`.
+    pub fn withhold(&mut self, slot: [u8; 32], reader: DeviceAddress, up_to: u64) {
+        self.withheld.insert((slot, reader), up_to);
+    }
+
+    /// Serves `reader` the whole log of `slot` again.
+    pub fn release(&mut self, slot: [u8; 32], reader: DeviceAddress) {
+        self.withheld.remove(&(slot, reader));
+    }
+
+    /// The number of entries of `slot`.
+    pub fn len(&self, slot: &[u8; 32]) -> u64 {
+        self.logs.get(slot).map_or(0, |(_, e)| e.len() as u64)
+    }
 }
 
 impl Population {
@@ -214,6 +304,7 @@ impl Population {
             devices: BTreeMap::new(),
             accounts: Vec::new(),
             dir: Directory::default(),
+            logs: GroupLogs::default(),
         };
         for &n in devices_per_account {
             let mut primary = Device::create_account(Box::new(MemoryKv::new()) as Store, rng, now)?;
@@ -298,4 +389,77 @@ impl Population {
         }
         Ok(())
     }
+
+    fn device(&mut self, a: &DeviceAddress) -> Result<&mut Device<Store>> {
+        self.devices
+            .get_mut(a)
+            .ok_or(ProtocolError::Misuse("no such device").into())
+    }
+
+    /// `by` creates a group of `members`, appended to the relay's logs; returns the id and the
+    /// notices to deliver.
+    pub fn create_group(
+        &mut self,
+        by: DeviceAddress,
+        name: &str,
+        members: &[AccountId],
+        rng: &mut ChaCha20Rng,
+        now: u64,
+    ) -> Result<(GroupId, Vec<Outgoing>)> {
+        let w = self.device(&by)?.create_group(name, members, rng, now)?;
+        let g = w.group;
+        match self.logs.append(w.slot(), &w.write_token(), w.seq, w.entry.clone()) {
+            Append::Appended => {}
+            _ => return Err(ProtocolError::Misuse("a new group's slot is taken").into()),
+        }
+        let update = self.device(&by)?.group_write_landed(w, rng, now)?;
+        Ok((g, update.outgoing))
+    }
+
+    /// `by` changes group `g`, as a client does: appends at the next position, and on a conflict
+    /// reads the log and builds the change again on the new head (an error if it no longer
+    /// applies). Returns the notices to deliver and how many conflicts it went through.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_group(
+        &mut self,
+        by: DeviceAddress,
+        g: &GroupId,
+        add: &[(AccountId, bool)],
+        remove: &[AccountId],
+        rng: &mut ChaCha20Rng,
+        now: u64,
+    ) -> Result<(Vec<Outgoing>, u32)> {
+        let mut conflicts = 0;
+        loop {
+            let w = self.device(&by)?.update_group(g, add, remove, None, rng, now)?;
+            match self.logs.append(w.slot(), &w.write_token(), w.seq, w.entry.clone()) {
+                Append::Appended => {
+                    let update = self.device(&by)?.group_write_landed(w, rng, now)?;
+                    return Ok((update.outgoing, conflicts));
+                }
+                Append::Conflict { .. } if conflicts < 8 => {
+                    conflicts += 1;
+                    self.sync_group(by, g, rng, now)?;
+                }
+                _ => return Err(ProtocolError::Misuse("the group log refused the change").into()),
+            }
+        }
+    }
+
+    /// `dev` reads group `g`'s log from the relay's logs (as served to it) and processes it.
+    pub fn sync_group(
+        &mut self,
+        dev: DeviceAddress,
+        g: &GroupId,
+        rng: &mut ChaCha20Rng,
+        now: u64,
+    ) -> Result<GroupLogUpdate> {
+        let cursor = self
+            .device(&dev)?
+            .group_log_cursor(g)
+            .ok_or(Error::Protocol(ProtocolError::UnknownGroup))?;
+        let (head, entries) = self.logs.read(&cursor.slot, cursor.next, &dev);
+        self.device(&dev)?.accept_group_log(g, head, &entries, rng, now)
+    }
+
 }

@@ -704,7 +704,7 @@ fn a_re_registered_device_replaces_the_old_ones_sender_keys_and_entitlements() {
         .devices
         .get_mut(&bob2)
         .unwrap()
-        .request_sender_key(&g, &alice, 1, 0, &mut rng, 10)
+        .request_sender_key(&g, &alice, 1, &mut rng, 10)
         .unwrap();
     deliver_all(&mut pop, bob2, vec![req], &mut rng, 10);
     let status = pop

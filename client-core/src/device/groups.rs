@@ -1,32 +1,37 @@
-//! Group operations of [`Device`]: membership changes, sender-key distribution and rotation,
-//! group encryption, and buffering with retry requests when a sender key is missing.
+//! Group operations of [`Device`]: membership through the relay-sequenced group log,
+//! sender-key distribution and rotation, group encryption, and buffering with retry requests
+//! when a sender key is missing.
 //!
-//! This module holds the group records and membership (creation, updates, sync
-//! between own devices); `send` encrypts for a group and `receive` decrypts, buffers and handles
-//! sender-key distributions and requests.
+//! This module holds the group records; `log` writes and reads the group logs (creation,
+//! changes, invitations, sync between own devices); `send` encrypts for a group and `receive`
+//! decrypts, buffers and handles sender-key distributions and requests.
 
 use std::collections::HashMap;
 
 use hush_proto::{Message, store as pstore, wire};
-use rand_core::CryptoRng;
 
-use super::{Device, Outgoing, Received, Tx, decode, encode};
+use super::{Device, Received, Tx, decode, encode};
 use crate::device::error::Result;
-use crate::device_list::VerifiedDeviceList;
-use crate::error::{Error, ProtocolError};
-use crate::group::{ChangeBody, GroupLog, GroupState, Offered, SignedChange};
-use crate::keys::{AccountId, DeviceAddress, DeviceIdentity};
+use crate::error::ProtocolError;
+use crate::group::{GroupLog, GroupSecret, GroupState, SignedChange};
+use crate::keys::{AccountId, DeviceAddress, DeviceIdentity, array};
 use crate::sender_key::{GroupId, SenderKeyRecord};
 use crate::store::kv::{KvStore, Namespace};
 
+mod log;
 mod receive;
 mod send;
+
+pub use log::{GroupLogCursor, GroupLogUpdate, GroupLogWrite, LogCheck};
 
 /// One group this device knows.
 #[derive(Clone, Debug)]
 pub struct GroupEntry {
     pub(crate) log: GroupLog,
     pub(crate) needs_rotation: bool,
+    /// The furthest log position (and its head hash) a member device said it had reached,
+    /// while this device has not read that far.
+    pub(crate) claim: Option<(u64, [u8; 32])>,
 }
 
 impl GroupEntry {
@@ -35,10 +40,24 @@ impl GroupEntry {
         self.log.state()
     }
 
+    /// The group's log as read so far.
+    pub const fn log(&self) -> &GroupLog {
+        &self.log
+    }
+
     /// Whether this device's sender key must be replaced before its next message.
     pub const fn needs_rotation(&self) -> bool {
         self.needs_rotation
     }
+}
+
+/// An invitation to a group whose log this device has not read yet: the group secret from a
+/// pairwise message, who sent it, and the position it said the log had reached.
+#[derive(Clone)]
+pub(crate) struct GroupInvite {
+    pub(crate) secret: GroupSecret,
+    pub(crate) inviter: AccountId,
+    pub(crate) claim: (u64, [u8; 32]),
 }
 
 /// The result of encrypting one group message.
@@ -48,7 +67,7 @@ pub struct GroupSend {
     /// Every device that should receive it (all member devices except this one).
     pub recipients: Vec<DeviceAddress>,
     /// Sender-key distributions to send (pairwise) before or with the message.
-    pub distributions: Vec<Outgoing>,
+    pub distributions: Vec<super::Outgoing>,
 }
 
 /// The result of receiving one group message.
@@ -59,7 +78,7 @@ pub enum GroupIncoming {
     Buffered {
         /// A request for the sender key to send to the sender device (none if one was sent recently
         /// or no session with the sender exists yet).
-        request: Option<Outgoing>,
+        request: Option<super::Outgoing>,
     },
 }
 
@@ -90,50 +109,113 @@ fn buffered_sender(b: &pstore::BufferedGroupMessage) -> [u8; 32] {
         .unwrap_or([0; 32])
 }
 
-fn load_entry(bytes: &[u8]) -> Result<GroupEntry> {
-    let r: pstore::GroupRecord = decode(bytes, "stored group")?;
-    let log = r
-        .log
-        .iter()
-        .map(|b| SignedChange::parse(b))
-        .collect::<crate::Result<Vec<_>>>()?;
-    let pending = r
-        .pending
-        .iter()
-        .map(|b| SignedChange::parse(b))
-        .collect::<crate::Result<Vec<_>>>()?;
-    Ok(GroupEntry {
-        log: GroupLog::restore(log, pending)?,
-        needs_rotation: r.needs_rotation,
-    })
+/// A stored group record: a group, or an invitation not yet followed.
+enum Loaded {
+    Group(GroupEntry),
+    Invite(GroupInvite),
+    /// A record from before group logs were sequenced by the relay (no secret): it cannot be
+    /// continued, and is ignored.
+    Legacy,
 }
 
+fn load_record(g: GroupId, bytes: &[u8]) -> Result<Loaded> {
+    let mut r: pstore::GroupRecord = decode(bytes, "stored group")?;
+    if r.secret.is_empty() {
+        return Ok(Loaded::Legacy);
+    }
+    let secret = GroupSecret::from_bytes(&r.secret);
+    zeroize::Zeroize::zeroize(&mut r.secret);
+    let secret = secret?;
+    let claim = if r.claimed_seq == 0 {
+        None
+    } else {
+        Some((
+            r.claimed_seq,
+            array(&r.claimed_head, "stored group", "claimed head must be 32 bytes")?,
+        ))
+    };
+    if !r.inviter.is_empty() {
+        return Ok(Loaded::Invite(GroupInvite {
+            secret,
+            inviter: AccountId::from_bytes(&r.inviter)?,
+            claim: claim.unwrap_or((0, [0; 32])),
+        }));
+    }
+    let entries = r
+        .entries
+        .iter()
+        .map(|e| Ok((e.seq, SignedChange::parse(&e.change)?)))
+        .collect::<crate::Result<Vec<_>>>()?;
+    Ok(Loaded::Group(GroupEntry {
+        log: GroupLog::restore(g, secret, entries, r.seq)?,
+        needs_rotation: r.needs_rotation,
+        claim,
+    }))
+}
+
+/// The groups and invitations held in a store.
+pub(super) type LoadedGroups = (HashMap<GroupId, GroupEntry>, HashMap<GroupId, GroupInvite>);
+
 /// Loads every group record of the store.
-pub(super) fn load_groups<S: KvStore>(store: &S) -> Result<HashMap<GroupId, GroupEntry>> {
-    let mut out = HashMap::new();
+pub(super) fn load_groups<S: KvStore>(store: &S) -> Result<LoadedGroups> {
+    let mut groups = HashMap::new();
+    let mut invites = HashMap::new();
     for (k, v) in store.scan(Namespace::Groups)? {
         if k.len() == 32 {
-            out.insert(GroupId::from_bytes(&k)?, load_entry(&v)?);
+            let g = GroupId::from_bytes(&k)?;
+            match load_record(g, &v)? {
+                Loaded::Group(e) => {
+                    groups.insert(g, e);
+                }
+                Loaded::Invite(i) => {
+                    invites.insert(g, i);
+                }
+                Loaded::Legacy => {}
+            }
         }
     }
-    Ok(out)
+    Ok((groups, invites))
 }
 
 impl<S: KvStore> Device<S> {
     pub(super) fn serialize_group_changes(&self, tx: &mut Tx) {
         for g in &tx.groups {
-            match self.groups.get(g) {
-                Some(e) => {
-                    let r = pstore::GroupRecord {
-                        log: e.log.log().iter().map(|c| c.signed.clone()).collect(),
-                        needs_rotation: e.needs_rotation,
-                        pending: e.log.pending().map(|c| c.signed.clone()).collect(),
-                    };
-                    tx.batch.put(Namespace::Groups, g.0.to_vec(), encode(&r));
-                }
-                None => {
-                    tx.batch.delete(Namespace::Groups, g.0.to_vec());
-                }
+            if let Some(e) = self.groups.get(g) {
+                let (claimed_seq, claimed_head) =
+                    e.claim.map_or((0, Vec::new()), |(s, h)| (s, h.to_vec()));
+                let mut r = pstore::GroupRecord {
+                    needs_rotation: e.needs_rotation,
+                    secret: e.log.secret().to_bytes().to_vec(),
+                    entries: e
+                        .log
+                        .entries()
+                        .iter()
+                        .map(|(seq, c)| pstore::GroupLogEntry {
+                            seq: *seq,
+                            change: c.signed.clone(),
+                        })
+                        .collect(),
+                    seq: e.log.seq(),
+                    claimed_seq,
+                    claimed_head,
+                    inviter: Vec::new(),
+                };
+                tx.batch.put(Namespace::Groups, g.0.to_vec(), encode(&r));
+                zeroize::Zeroize::zeroize(&mut r.secret);
+            } else if let Some(i) = self.group_invites.get(g) {
+                let mut r = pstore::GroupRecord {
+                    secret: i.secret.to_bytes().to_vec(),
+                    claimed_seq: i.claim.0,
+                    claimed_head: i.claim.1.to_vec(),
+                    inviter: i.inviter.as_bytes().to_vec(),
+                    needs_rotation: false,
+                    entries: Vec::new(),
+                    seq: 0,
+                };
+                tx.batch.put(Namespace::Groups, g.0.to_vec(), encode(&r));
+                zeroize::Zeroize::zeroize(&mut r.secret);
+            } else {
+                tx.batch.delete(Namespace::Groups, g.0.to_vec());
             }
         }
         for (g, a) in &tx.sender_keys {
@@ -151,19 +233,17 @@ impl<S: KvStore> Device<S> {
             self.sender_keys.remove(k);
         }
         for g in &tx.groups {
-            match self
-                .store
-                .get(Namespace::Groups, &g.0)
-                .ok()
-                .flatten()
-                .map(|v| load_entry(&v))
-            {
-                Some(Ok(e)) => {
+            self.groups.remove(g);
+            self.group_invites.remove(g);
+            let stored = self.store.get(Namespace::Groups, &g.0).ok().flatten();
+            match stored.map(|v| load_record(*g, &v)) {
+                Some(Ok(Loaded::Group(e))) => {
                     self.groups.insert(*g, e);
                 }
-                _ => {
-                    self.groups.remove(g);
+                Some(Ok(Loaded::Invite(i))) => {
+                    self.group_invites.insert(*g, i);
                 }
+                _ => {}
             }
         }
     }
@@ -254,397 +334,4 @@ impl<S: KvStore> Device<S> {
         self.devices_of(entry.log.state().members.keys().copied())
     }
 
-    /// `GroupChanges` carrying `changes`; with `proofs` (a sync answer to a sibling), also the
-    /// lists that show their author devices were listed (§17.6): the list this device holds
-    /// when it lists the author (the receiver may know a newer one without it), or else an
-    /// earlier list it kept.
-    fn changes_content(&self, changes: &[SignedChange], proofs_for: bool) -> wire::Content {
-        let mut proofs: Vec<Vec<u8>> = Vec::new();
-        for c in changes.iter().filter(|_| proofs_for) {
-            let author = c.body.author;
-            if self
-                .known_identity(&author)
-                .is_ok_and(|id| c.verify(&id).is_ok())
-            {
-                if let Some(l) = self.device_lists.get(&author.account) {
-                    let bytes = l.signed_bytes().to_vec();
-                    if !proofs.contains(&bytes) {
-                        proofs.push(bytes);
-                    }
-                }
-                continue;
-            }
-            let Ok(former) = self.former_lists(&author.account) else {
-                continue;
-            };
-            let proof = former.iter().rev().find(|l| {
-                l.identity_of(author.device_id)
-                    .is_ok_and(|id| c.verify(&id).is_ok())
-            });
-            if let Some(l) = proof {
-                let bytes = l.signed_bytes().to_vec();
-                if !proofs.contains(&bytes) {
-                    proofs.push(bytes);
-                }
-            }
-        }
-        wire::Content {
-            body: Some(wire::content::Body::GroupChanges(wire::GroupChanges {
-                changes: changes.iter().map(|c| c.signed.clone()).collect(),
-                device_lists: proofs,
-            })),
-        }
-    }
-
-    /// Whether `change`, whose author device is not on its account's current list, is signed
-    /// by that device as an earlier list of the account (signed by the account key, older than
-    /// the current one) lists it: one of `proofs` or one this device kept.
-    fn signed_by_former_device(&self, change: &SignedChange, proofs: &[Vec<u8>]) -> Result<bool> {
-        let author = change.body.author;
-        let Some(current) = self.device_lists.get(&author.account) else {
-            return Ok(false);
-        };
-        let current_version = current.list().version;
-        let mut lists = self.former_lists(&author.account)?;
-        for p in proofs {
-            // A proof that does not verify for this account is no proof; others may be.
-            if let Ok(l) = VerifiedDeviceList::verify(p, &author.account) {
-                lists.push(l);
-            }
-        }
-        Ok(lists.iter().any(|l| {
-            l.list().version < current_version
-                && l.identity_of(author.device_id)
-                    .is_ok_and(|id| change.verify(&id).is_ok())
-        }))
-    }
-
-    /// Creates a group with this device's account as admin and `members` as members. Returns the
-    /// group id and the messages that tell every member device. Needs sessions with all of them
-    /// ([`Device::missing_sessions`] over the member accounts' devices).
-    pub fn create_group(
-        &mut self,
-        name: &str,
-        members: &[AccountId],
-        rng: &mut impl CryptoRng,
-        now: u64,
-    ) -> Result<(GroupId, Vec<Outgoing>)> {
-        let id = GroupId::random(rng);
-        let mut add = vec![(self.address.account, true)];
-        add.extend(
-            members
-                .iter()
-                .filter(|a| **a != self.address.account)
-                .map(|a| (*a, false)),
-        );
-        let body = ChangeBody {
-            group: id,
-            epoch: 1,
-            previous_hash: [0; 32],
-            author: self.address,
-            name: Some(name.to_owned()),
-            add,
-            remove: Vec::new(),
-            issued_at: now,
-        };
-        let change = SignedChange::sign(body, &self.identity);
-        let log = GroupLog::create(change)?;
-        let content = self.changes_content(log.log(), false);
-        self.groups.insert(
-            id,
-            GroupEntry {
-                log,
-                needs_rotation: false,
-            },
-        );
-        let mut tx = Tx::default();
-        tx.groups.insert(id);
-        let out = self.group_devices(&id).and_then(|devices| {
-            devices
-                .iter()
-                .map(|d| {
-                    Ok(Outgoing {
-                        to: *d,
-                        bytes: self.seal(d, &content, rng, now, &mut tx)?,
-                    })
-                })
-                .collect()
-        });
-        match out {
-            Ok(out) => {
-                self.finish(tx)?;
-                Ok((id, out))
-            }
-            Err(e) => {
-                self.groups.remove(&id);
-                for a in &tx.sessions {
-                    self.sessions.remove(a);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Changes a group (this device's account must be an admin, or be removing only itself):
-    /// adds members or changes their admin flag, removes members, renames. Returns the messages
-    /// that tell every device of the members before and after the change (new members receive
-    /// the whole log). Removing a member makes every remaining member rotate its sender key.
-    pub fn update_group(
-        &mut self,
-        g: &GroupId,
-        add: &[(AccountId, bool)],
-        remove: &[AccountId],
-        name: Option<&str>,
-        rng: &mut impl CryptoRng,
-        now: u64,
-    ) -> Result<Vec<Outgoing>> {
-        let entry = self.groups.get(g).ok_or(ProtocolError::UnknownGroup)?;
-        let before = entry.log.state().clone();
-        let body = ChangeBody {
-            group: *g,
-            epoch: before.epoch.saturating_add(1),
-            previous_hash: before.head,
-            author: self.address,
-            name: name.map(str::to_owned),
-            add: add.to_vec(),
-            remove: remove.to_vec(),
-            issued_at: now,
-        };
-        let change = SignedChange::sign(body, &self.identity);
-        let (after, diff) = before.apply(&change)?;
-        let mut log = entry.log.clone();
-        log.offer(change.clone())?;
-        let full = self.changes_content(log.log(), false);
-        let single = self.changes_content(std::slice::from_ref(&change), false);
-        let old_entry = self.groups.insert(
-            *g,
-            GroupEntry {
-                log,
-                needs_rotation: entry.needs_rotation || !diff.removed.is_empty(),
-            },
-        );
-        let mut tx = Tx::default();
-        tx.groups.insert(*g);
-        let mut accounts: Vec<AccountId> = after.members.keys().copied().collect();
-        accounts.extend(diff.removed.iter().copied());
-        let out = self.devices_of(accounts).and_then(|devices| {
-            devices
-                .iter()
-                .map(|d| {
-                    let content = if diff.added.contains(&d.account) {
-                        &full
-                    } else {
-                        &single
-                    };
-                    Ok(Outgoing {
-                        to: *d,
-                        bytes: self.seal(d, content, rng, now, &mut tx)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()
-        });
-        let out = match out {
-            Ok(o) => self.finish_or_err(tx, o),
-            Err(e) => {
-                // Sessions advanced for recipients sealed before the failure: reload them from
-                // the store (nothing was output).
-                for a in &tx.sessions {
-                    self.sessions.remove(a);
-                }
-                Err(e)
-            }
-        };
-        match out {
-            Ok(o) => Ok(o),
-            Err(e) => {
-                if let Some(old) = old_entry {
-                    self.groups.insert(*g, old);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn finish_or_err<T>(&mut self, tx: Tx, value: T) -> Result<T> {
-        let sessions: Vec<_> = tx.sessions.iter().copied().collect();
-        match self.finish(tx) {
-            Ok(()) => Ok(value),
-            Err(e) => {
-                for a in sessions {
-                    self.sessions.remove(&a);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Asks the other devices of this account for the logs of the groups the account is in: a
-    /// newly linked device calls this once it has sessions with its siblings (see
-    /// [`Device::missing_sessions`] over its own account's devices). Returns one message per
-    /// other device; each answers with a `GroupChanges` per group (§17.7).
-    pub fn request_group_sync(
-        &mut self,
-        rng: &mut impl CryptoRng,
-        now: u64,
-    ) -> Result<Vec<Outgoing>> {
-        let siblings = self.devices_of([self.address.account])?;
-        let content = wire::Content {
-            body: Some(wire::content::Body::GroupSyncRequest(
-                wire::GroupSyncRequest {},
-            )),
-        };
-        let mut tx = Tx::default();
-        let out = siblings
-            .iter()
-            .map(|d| {
-                Ok(Outgoing {
-                    to: *d,
-                    bytes: self.seal(d, &content, rng, now, &mut tx)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>();
-        match out {
-            Ok(o) => self.finish_or_err(tx, o),
-            Err(e) => {
-                for a in &tx.sessions {
-                    self.sessions.remove(a);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Answers a `GroupSyncRequest` from `from`: only a listed device of this device's own
-    /// account gets an answer — the whole log of every group the account is a member of, one
-    /// `GroupChanges` per group. Requests from other accounts are ignored.
-    pub(super) fn answer_group_sync(
-        &mut self,
-        from: &DeviceAddress,
-        rng: &mut impl CryptoRng,
-        now: u64,
-        tx: &mut Tx,
-    ) -> Result<Vec<Outgoing>> {
-        if from.account != self.address.account || *from == self.address {
-            return Ok(Vec::new());
-        }
-        self.known_identity(from)?;
-        let mut ids: Vec<GroupId> = self
-            .groups
-            .iter()
-            .filter(|(_, e)| e.log.state().is_member(&self.address.account))
-            .map(|(g, _)| *g)
-            .collect();
-        ids.sort_unstable_by_key(|g| g.0);
-        let mut out = Vec::with_capacity(ids.len());
-        for g in ids {
-            let Some(entry) = self.groups.get(&g) else {
-                continue;
-            };
-            let content = self.changes_content(entry.log.log(), true);
-            out.push(Outgoing {
-                to: *from,
-                bytes: self.seal(from, &content, rng, now, tx)?,
-            });
-        }
-        Ok(out)
-    }
-
-    pub(super) fn accept_group_changes(
-        &mut self,
-        from: &DeviceAddress,
-        c: &wire::GroupChanges,
-        now: u64,
-        tx: &mut Tx,
-    ) -> Result<(Vec<Received>, bool)> {
-        let mut created = Vec::new();
-        // Groups whose state this message changed (joined, applied, replaced).
-        let mut changed = std::collections::HashSet::new();
-        let parsed = c
-            .changes
-            .iter()
-            .map(|b| SignedChange::parse(b))
-            .collect::<crate::Result<Vec<_>>>()?;
-        let sibling = from.account == self.address.account;
-        for change in parsed {
-            let g = change.body.group;
-            let known = self.groups.get(&g);
-            // Changes that cannot matter are skipped before anything is verified (or any author
-            // list is asked for): a later change of a group this device does not know, and a
-            // change already in the log (a sibling's sync answer repeating history).
-            if known.is_none() && change.body.epoch != 1 {
-                continue;
-            }
-            if known.is_some_and(|e| e.log.log().iter().any(|c| c.hash == change.hash)) {
-                continue;
-            }
-            // The log of a group being joined may hold changes whose author device has left
-            // its list since: its signature can no longer be checked against a current list.
-            // Such a change is accepted only from another device of this account (a sibling
-            // answering a group sync, §17.7), and only if an earlier list of the author's
-            // account, signed by the account key, lists the author device with the identity
-            // that signed it (sent along, or kept here); from anyone else it fails the message
-            // (§14 item 8). A bad signature is never accepted.
-            let vouched = sibling && (known.is_none() || created.contains(&g));
-            let checked = match self.known_identity(&change.body.author) {
-                Ok(author) => change.verify(&author),
-                Err(Error::Protocol(ProtocolError::UnknownAccount)) => {
-                    return Err(ProtocolError::UnknownAuthor(change.body.author.account).into());
-                }
-                Err(e) => Err(e),
-            };
-            match checked {
-                Ok(()) => {}
-                Err(Error::Protocol(ProtocolError::DeviceNotOnList))
-                    if vouched && self.signed_by_former_device(&change, &c.device_lists)? => {}
-                Err(e) => return Err(e.into()),
-            }
-            match self.groups.get_mut(&g) {
-                None if change.body.epoch == 1 => {
-                    created.push(g);
-                    changed.insert(g);
-                    let log = GroupLog::create(change)?;
-                    self.groups.insert(
-                        g,
-                        GroupEntry {
-                            log,
-                            needs_rotation: false,
-                        },
-                    );
-                }
-                None => continue,
-                Some(e) => match e.log.offer(change)? {
-                    Offered::Applied(diffs) => {
-                        changed.insert(g);
-                        if diffs.iter().any(|d| !d.removed.is_empty()) {
-                            e.needs_rotation = true;
-                        }
-                    }
-                    Offered::Replaced => {
-                        changed.insert(g);
-                        e.needs_rotation = true;
-                    }
-                    Offered::Buffered | Offered::Ignored => {}
-                },
-            }
-            tx.groups.insert(g);
-        }
-        // A group is only kept by its members: a log that does not (yet) include this account is
-        // not stored, so nobody can make a device keep groups it is not in.
-        for g in created {
-            if self
-                .groups
-                .get(&g)
-                .is_some_and(|e| !e.log.state().is_member(&self.address.account))
-            {
-                self.groups.remove(&g);
-                tx.groups.remove(&g);
-                changed.remove(&g);
-            }
-        }
-        let mut out = Vec::new();
-        for g in tx.groups.clone() {
-            out.extend(self.drain_buffer(&g, now, tx)?);
-        }
-        Ok((out, !changed.is_empty()))
-    }
 }

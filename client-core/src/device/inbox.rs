@@ -194,9 +194,8 @@ impl<S: KvStore> Device<S> {
             Some(wire::content::Body::SenderKeyRequest(r)) => {
                 incoming.outgoing = self.answer_sender_key_request(from, &r, rng, now, tx)?;
             }
-            Some(wire::content::Body::GroupChanges(c)) => {
-                (incoming.received, incoming.groups_changed) =
-                    self.accept_group_changes(from, &c, now, tx)?;
+            Some(wire::content::Body::GroupLog(n)) => {
+                incoming.group_logs.extend(self.accept_group_notice(from, &n, tx)?);
             }
             Some(wire::content::Body::GroupSyncRequest(_)) => {
                 incoming.outgoing = self.answer_group_sync(from, rng, now, tx)?;

@@ -40,7 +40,9 @@ mod sealed;
 mod sessions;
 mod upkeep;
 pub use error::{DeviceError, Result};
-pub use groups::{GroupEntry, GroupIncoming, GroupSend};
+pub use groups::{
+    GroupEntry, GroupIncoming, GroupLogCursor, GroupLogUpdate, GroupLogWrite, GroupSend, LogCheck,
+};
 pub use healing::{MessageId, pairwise_message_id};
 pub use upkeep::Upkeep;
 
@@ -80,8 +82,9 @@ pub struct Incoming {
     pub received: Vec<Received>,
     /// Messages to send (for example a sender key answering a retry request).
     pub outgoing: Vec<Outgoing>,
-    /// Whether a group was joined or its state changed (membership, name).
-    pub groups_changed: bool,
+    /// Groups whose logs to read from the relay now ([`Device::group_log_cursor`], then
+    /// [`Device::accept_group_log`]): an invitation, or a member's notice of a change.
+    pub group_logs: Vec<GroupId>,
 }
 
 impl Incoming {
@@ -127,6 +130,9 @@ pub struct Device<S: KvStore> {
     device_lists: HashMap<AccountId, VerifiedDeviceList>,
     sessions: HashMap<DeviceAddress, SessionRecord>,
     groups: HashMap<GroupId, GroupEntry>,
+    group_invites: HashMap<GroupId, groups::GroupInvite>,
+    /// Groups worth reading from the relay (kept in memory only).
+    group_hints: std::collections::BTreeSet<GroupId>,
     sender_keys: HashMap<(GroupId, DeviceAddress), SenderKeyRecord>,
     last_key_requests: HashMap<(GroupId, DeviceAddress, u32), u64>,
     next_pre_key_id: u32,
@@ -206,6 +212,8 @@ impl<S: KvStore> Device<S> {
             device_lists: HashMap::new(),
             sessions: HashMap::new(),
             groups: HashMap::new(),
+            group_invites: HashMap::new(),
+            group_hints: std::collections::BTreeSet::new(),
             sender_keys: HashMap::new(),
             last_key_requests: HashMap::new(),
             next_pre_key_id: 1,
@@ -344,7 +352,7 @@ impl<S: KvStore> Device<S> {
         let next_pre_key_id =
             u32::try_from(counter(NEXT_PRE_KEY_ID)?.unwrap_or(1)).unwrap_or(u32::MAX);
         let next_message_id = counter(NEXT_MESSAGE_ID)?.unwrap_or(1);
-        let groups = groups::load_groups(&store)?;
+        let (groups, group_invites) = groups::load_groups(&store)?;
         let (sent_log, retry) = healing::load(&store)?;
         let (delivery_epoch, delivery_keys) = sealed::load(&store)?;
         Ok(Self {
@@ -361,6 +369,8 @@ impl<S: KvStore> Device<S> {
             device_lists,
             sessions: HashMap::new(),
             groups,
+            group_invites,
+            group_hints: std::collections::BTreeSet::new(),
             sender_keys: HashMap::new(),
             last_key_requests: HashMap::new(),
             next_pre_key_id,
@@ -492,6 +502,8 @@ impl<S: KvStore> Device<S> {
             device_lists,
             sessions,
             groups,
+            group_invites,
+            group_hints: _,
             sender_keys,
             last_key_requests: _,
             next_pre_key_id,
@@ -510,6 +522,7 @@ impl<S: KvStore> Device<S> {
         self.device_lists = device_lists;
         self.sessions = sessions;
         self.groups = groups;
+        self.group_invites = group_invites;
         self.sender_keys = sender_keys;
         self.next_pre_key_id = next_pre_key_id;
         self.next_message_id = next_message_id;

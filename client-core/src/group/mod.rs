@@ -1,42 +1,49 @@
-//! Group membership: a chain of membership changes, each signed by an admin's device.
+//! Group membership: a log of membership changes sequenced by the relay, each signed by its
+//! author device and carrying the proof that the device was listed when it signed.
 //!
-//! A group is defined by its log of [`SignedChange`]s. Change `e` (its *epoch*) names the SHA-256
-//! hash of change `e − 1`'s signed bytes — the encoded `GroupChange`, not the unsigned
-//! `SignedGroupChange` wrapper (`previous_hash`; 32 zero bytes for the creation, epoch 1), so every
-//! member applies the same changes in the same order and nobody but the author can make a change
-//! with another hash. Rules, checked by every member:
+//! The relay numbers the entries of a group's log (1, 2, 3, …) and appends only with a
+//! compare-and-swap on the next number, so every member reads the same entries in the same order;
+//! it cannot read them (they are sealed under a key derived from the [`GroupSecret`]) and cannot
+//! forge or reorder them (each change is signed and names its own position). Every member
+//! processes entry after entry with the same pure rules ([`GroupLog::process`]):
 //!
-//! - the signature is by the author device's identity signing key, and that device is on its
-//!   account's verified device list (the caller supplies the identity from that list);
-//! - the author's account is an admin of the group before the change — except a member removing
-//!   only itself (leaving);
-//! - creation (epoch 1) lists its author as an admin; every later change removes only members;
-//! - afterwards the group has at most [`MAX_GROUP_MEMBERS`] members and at least one admin, unless it is empty;
-//! - a change for a future epoch is kept until the ones before it arrive;
-//! - two different changes for the same epoch (concurrent admins): the one of higher [`Authority`]
-//!   in the state before that epoch wins everywhere (an admin's change beats a non-admin's leave),
-//!   and between equals the one whose hash is smaller. A member that applied the other rolls back to
-//!   the epoch before (within the last [`GROUP_CHANGE_HISTORY`] changes) and applies the winner;
-//!   changes built on the loser are dropped and their authors must issue them again.
+//! - an entry that does not open, parse or verify, names another position, does not follow the
+//!   last valid change, or breaks the membership rules is **skipped** — by every member alike,
+//!   since its validity depends only on the log before it;
+//! - the author device is checked against the signed device list the change carries (the
+//!   author account's list when it signed), never against today's lists, so a member that joins
+//!   later verifies the whole log even after author devices left their accounts; an account's
+//!   lists in the log never go back in version;
+//! - the creation (entry 1) names the slot, and the group id is the hash of the signed creation,
+//!   so no creation for someone else's id can exist.
+//!
+//! There is no fork to choose between: a change that lost the race for a position is refused by
+//! the relay, and its author rebuilds it on the new head or drops it.
 
 use std::collections::BTreeMap;
 
 use hush_proto::{Message, labels, wire};
 use sha2::{Digest, Sha256};
 
-use crate::consts::{GROUP_CHANGE_HISTORY, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_LEN};
+use crate::consts::{GROUP_ID_LABEL, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_LEN};
+use crate::device_list::VerifiedDeviceList;
 use crate::error::{AuthError, Error, ProtocolError, Result};
-use crate::keys::{AccountId, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair, array};
+use crate::keys::{AccountId, DeviceAddress, DeviceIdentityKeyPair, array};
 use crate::sender_key::GroupId;
+
+mod secret;
+
+pub use secret::GroupSecret;
 
 /// The content of one membership change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChangeBody {
-    /// The group.
+    /// The group (for the creation: derived from the signed creation by [`SignedChange::sign`]
+    /// and [`SignedChange::parse`]; what is given to `sign` is ignored).
     pub group: GroupId,
-    /// Its position in the log (creation = 1).
+    /// The log position it is written for (creation = 1).
     pub epoch: u64,
-    /// Hash of the previous change (zeros for the creation).
+    /// Hash of the last valid change before it (zeros for the creation).
     pub previous_hash: [u8; 32],
     /// The authoring device.
     pub author: DeviceAddress,
@@ -48,6 +55,10 @@ pub struct ChangeBody {
     pub remove: Vec<AccountId>,
     /// When it was issued (ms).
     pub issued_at: u64,
+    /// The author account's signed device list (the `SignedDeviceList` bytes) when it signed.
+    pub author_list: Vec<u8>,
+    /// Creation only: the relay slot of the log.
+    pub slot: Option<[u8; 32]>,
 }
 
 /// A parsed, signed change (signature checked by [`SignedChange::verify`]).
@@ -56,7 +67,7 @@ pub struct SignedChange {
     /// The content.
     pub body: ChangeBody,
     /// The serialized [`wire::SignedGroupChange`], in its canonical encoding (re-encoded on
-    /// parsing, so unknown or repeated wrapper fields are not kept or forwarded).
+    /// parsing, so unknown or repeated wrapper fields are not kept).
     pub signed: Vec<u8>,
     /// SHA-256 of the signed `GroupChange` bytes (what the signature covers; not the wrapper).
     pub hash: [u8; 32],
@@ -64,11 +75,25 @@ pub struct SignedChange {
     signature: Vec<u8>,
 }
 
+/// The id of the group a signed creation makes: `SHA-256("Hush-GroupId-v1" ‖ change bytes)`.
+fn id_of_creation(change_bytes: &[u8]) -> GroupId {
+    let mut h = Sha256::new();
+    h.update(GROUP_ID_LABEL);
+    h.update(change_bytes);
+    GroupId(h.finalize().into())
+}
+
 impl SignedChange {
-    /// Signs a change with the author device's identity.
-    pub fn sign(body: ChangeBody, identity: &DeviceIdentityKeyPair) -> Self {
+    /// Signs a change with the author device's identity. A creation (epoch 1) carries no group
+    /// id: its id is derived from the signed bytes and set in the returned body.
+    pub fn sign(mut body: ChangeBody, identity: &DeviceIdentityKeyPair) -> Self {
+        let creation = body.epoch == 1;
         let raw = wire::GroupChange {
-            group_id: body.group.0.to_vec(),
+            group_id: if creation {
+                Vec::new()
+            } else {
+                body.group.0.to_vec()
+            },
             epoch: body.epoch,
             previous_hash: body.previous_hash.to_vec(),
             author_account_key: body.author.account.as_bytes().to_vec(),
@@ -84,8 +109,13 @@ impl SignedChange {
                 .collect(),
             remove: body.remove.iter().map(|a| a.as_bytes().to_vec()).collect(),
             issued_at: body.issued_at,
+            author_device_list: body.author_list.clone(),
+            log_slot: body.slot.map(|s| s.to_vec()).unwrap_or_default(),
         };
         let change_bytes = raw.encode_to_vec();
+        if creation {
+            body.group = id_of_creation(&change_bytes);
+        }
         let signature = identity.sign(labels::GROUP_CHANGE, &change_bytes).to_vec();
         let signed = wire::SignedGroupChange {
             change: change_bytes.clone(),
@@ -114,8 +144,31 @@ impl SignedChange {
         if c.add.len() > MAX_GROUP_MEMBERS || c.remove.len() > MAX_GROUP_MEMBERS {
             return Err(ProtocolError::TooManyDevices(c.add.len().max(c.remove.len())).into());
         }
+        let creation = c.epoch == 1;
+        let group = match (creation, c.group_id.is_empty()) {
+            (true, true) => id_of_creation(&s.change),
+            (false, false) => GroupId::from_bytes(&c.group_id)?,
+            (true, false) => {
+                return Err(Error::malformed(
+                    "group change",
+                    "a creation names no group id",
+                ));
+            }
+            (false, true) => return Err(Error::malformed("group change", "no group id")),
+        };
+        let slot = match (creation, c.log_slot.is_empty()) {
+            (true, false) => Some(array(&c.log_slot, "group change", "slot must be 32 bytes")?),
+            (false, true) => None,
+            (true, true) => return Err(Error::malformed("group change", "a creation names a slot")),
+            (false, false) => {
+                return Err(Error::malformed(
+                    "group change",
+                    "only a creation names a slot",
+                ));
+            }
+        };
         let body = ChangeBody {
-            group: GroupId::from_bytes(&c.group_id)?,
+            group,
             epoch: c.epoch,
             previous_hash: array(
                 &c.previous_hash,
@@ -142,6 +195,8 @@ impl SignedChange {
                 .map(|a| AccountId::from_bytes(a))
                 .collect::<Result<_>>()?,
             issued_at: c.issued_at,
+            author_list: c.author_device_list,
+            slot,
         };
         // The hash and the stored form depend only on the signed bytes and the signature, never on
         // how the wrapper happened to be encoded.
@@ -159,39 +214,38 @@ impl SignedChange {
         })
     }
 
-    /// Verifies the signature against the author device's identity (from its device list).
-    pub fn verify(&self, author_identity: &DeviceIdentity) -> Result<()> {
-        author_identity.verify(
+    /// Verifies the change on its own: the device list it carries verifies under the author's
+    /// account key and lists the author device, whose identity signed the change. Returns the
+    /// version of that list.
+    pub fn verify(&self) -> Result<u64> {
+        let author = self.body.author;
+        let list = VerifiedDeviceList::verify(&self.body.author_list, &author.account)?;
+        let identity = list.identity_of(author.device_id)?;
+        identity.verify(
             labels::GROUP_CHANGE,
             &self.change_bytes,
             &self.signature,
             "group change",
-        )
+        )?;
+        Ok(list.list().version)
     }
 }
 
-/// The membership of a group at one epoch.
+/// The membership of a group after the valid changes of its log up to one position.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupState {
     /// The group.
     pub id: GroupId,
     /// Its name.
     pub name: String,
-    /// The epoch of the last applied change.
+    /// The position of the last valid change.
     pub epoch: u64,
-    /// Hash of the last applied change.
+    /// Hash of the last valid change.
     pub head: [u8; 32],
     /// Members and whether each is an admin.
     pub members: BTreeMap<AccountId, bool>,
-}
-
-/// The weight of a change in a same-epoch conflict: its author's role in the state it applies to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Authority {
-    /// A member that is not an admin (the only change it may make is leaving).
-    Member,
-    /// An admin.
-    Admin,
+    /// The highest device-list version each author account showed in the log.
+    pub list_versions: BTreeMap<AccountId, u64>,
 }
 
 /// Who joined and who left with one change.
@@ -211,6 +265,7 @@ impl GroupState {
             epoch: 0,
             head: [0; 32],
             members: BTreeMap::new(),
+            list_versions: BTreeMap::new(),
         }
     }
 
@@ -224,27 +279,30 @@ impl GroupState {
         self.members.get(account).copied().unwrap_or(false)
     }
 
-    /// The authority of `c`'s author in this state (for conflicts, see [`GroupLog::wins`]).
-    pub fn authority(&self, c: &SignedChange) -> Authority {
-        if self.is_admin(&c.body.author.account) {
-            Authority::Admin
-        } else {
-            Authority::Member
-        }
-    }
-
-    /// Applies a (signature-checked) change, returning the next state. Pure: `self` is unchanged.
-    pub fn apply(&self, c: &SignedChange) -> Result<(Self, Diff)> {
+    /// Applies a change written at log position `seq` whose author list has version
+    /// `list_version` (from [`SignedChange::verify`]), returning the next state. Pure.
+    pub fn apply(&self, seq: u64, c: &SignedChange, list_version: u64) -> Result<(Self, Diff)> {
         let b = &c.body;
         if b.group != self.id {
             return Err(ProtocolError::Misuse("change for another group").into());
         }
-        if b.epoch != self.epoch.saturating_add(1) || b.previous_hash != self.head {
-            return Err(ProtocolError::Misuse("change does not follow the current epoch").into());
+        if b.epoch != seq || b.previous_hash != self.head {
+            return Err(ProtocolError::Misuse("change does not follow the log").into());
         }
         let author = b.author.account;
-        let leaving =
-            b.add.is_empty() && b.name.is_none() && b.remove == [author] && self.is_member(&author);
+        if self
+            .list_versions
+            .get(&author)
+            .is_some_and(|v| *v > list_version)
+        {
+            return Err(ProtocolError::DeviceListRollback {
+                known: self.list_versions.get(&author).copied().unwrap_or(0),
+                got: list_version,
+            }
+            .into());
+        }
+        let refresh = b.add.is_empty() && b.name.is_none() && b.remove.is_empty();
+        let leaving = b.add.is_empty() && b.name.is_none() && b.remove == [author];
         if b.epoch == 1 {
             if !b.remove.is_empty() || !b.add.contains(&(author, true)) {
                 return Err(AuthError::BadSignature(
@@ -252,7 +310,7 @@ impl GroupState {
                 )
                 .into());
             }
-        } else if !self.is_admin(&author) && !leaving {
+        } else if !self.is_admin(&author) && !((leaving || refresh) && self.is_member(&author)) {
             return Err(AuthError::BadSignature("group change by a non-admin").into());
         }
         let mut next = self.clone();
@@ -277,62 +335,102 @@ impl GroupState {
         if let Some(n) = &b.name {
             next.name.clone_from(n);
         }
+        next.list_versions.insert(author, list_version);
         next.epoch = b.epoch;
         next.head = c.hash;
         Ok((next, diff))
     }
 }
 
-/// What offering a change did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Offered {
-    /// Applied (with any buffered changes that then became applicable), in order.
-    Applied(Vec<Diff>),
-    /// A future epoch: kept until the changes before it arrive.
-    Buffered,
-    /// Already in the log, or lost a same-epoch conflict.
-    Ignored,
-    /// Won a same-epoch conflict: the log was rolled back and this change applied. The caller must
-    /// treat the membership as changed arbitrarily (rotate its sender key).
-    Replaced,
+/// What processing one log entry did.
+#[derive(Debug)]
+pub enum Processed {
+    /// A valid change, applied.
+    Applied {
+        /// The change.
+        change: Box<SignedChange>,
+        /// Who joined and left.
+        diff: Diff,
+    },
+    /// Not a valid change at this position: skipped by every member alike.
+    Skipped(Error),
 }
 
-/// A group's verified log and the state it leads to.
-#[derive(Clone, Debug)]
+/// A group's log as far as this device has read it, and the state it leads to.
+#[derive(Clone)]
 pub struct GroupLog {
-    log: Vec<SignedChange>,
+    secret: GroupSecret,
+    /// The valid changes with their positions, creation first.
+    entries: Vec<(u64, SignedChange)>,
+    /// The last position processed (valid or skipped).
+    seq: u64,
     state: GroupState,
-    /// Changes not applicable yet, by (epoch, hash).
-    pending: BTreeMap<(u64, [u8; 32]), SignedChange>,
+}
+
+impl std::fmt::Debug for GroupLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupLog")
+            .field("seq", &self.seq)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl GroupLog {
-    /// A log holding only the creation change.
-    pub fn create(change: SignedChange) -> Result<Self> {
-        let state = GroupState::empty(change.body.group).apply(&change)?.0;
+    /// Starts the log of group `id` from its first entry (position 1), which must be a valid
+    /// creation of exactly that id, naming the slot of `secret`.
+    pub fn create(id: GroupId, secret: GroupSecret, first_entry: &[u8]) -> Result<Self> {
+        let bytes = secret
+            .open_entry(1, first_entry)
+            .map_err(|_| ProtocolError::InvalidGroupLog("the creation does not open"))?;
+        let c = SignedChange::parse(&bytes)?;
+        Self::from_creation(id, secret, c)
+    }
+
+    /// Starts a log from a parsed creation (checked as by [`Self::create`]).
+    pub fn from_creation(id: GroupId, secret: GroupSecret, c: SignedChange) -> Result<Self> {
+        if c.body.epoch != 1 || c.body.group != id {
+            return Err(ProtocolError::InvalidGroupLog("the creation is for another group id").into());
+        }
+        if c.body.slot != Some(secret.slot()) {
+            return Err(ProtocolError::InvalidGroupLog("the creation names another slot").into());
+        }
+        let version = c.verify()?;
+        let (state, _) = GroupState::empty(id).apply(1, &c, version)?;
         Ok(Self {
-            log: vec![change],
+            secret,
+            entries: vec![(1, c)],
+            seq: 1,
             state,
-            pending: BTreeMap::new(),
         })
     }
 
-    /// Rebuilds from stored, previously verified changes (no signature checks).
-    pub fn restore(log: Vec<SignedChange>, pending: Vec<SignedChange>) -> Result<Self> {
-        let mut it = log.into_iter();
-        let first = it
-            .next()
-            .ok_or(Error::malformed("stored group", "empty log"))?;
-        let mut g = Self::create(first)?;
-        for c in it {
-            g.state = g.state.apply(&c)?.0;
-            g.log.push(c);
+    /// Rebuilds from stored, previously verified changes and the last position processed.
+    pub fn restore(
+        id: GroupId,
+        secret: GroupSecret,
+        entries: Vec<(u64, SignedChange)>,
+        seq: u64,
+    ) -> Result<Self> {
+        let mut state = GroupState::empty(id);
+        for (at, c) in &entries {
+            let version = VerifiedDeviceList::verify(&c.body.author_list, &c.body.author.account)?
+                .list()
+                .version;
+            state = state.apply(*at, c, version)?.0;
         }
-        g.pending = pending
-            .into_iter()
-            .map(|c| ((c.body.epoch, c.hash), c))
-            .collect();
-        Ok(g)
+        if entries.first().is_none_or(|(at, _)| *at != 1) || seq < state.epoch {
+            return Err(Error::malformed("stored group", "log does not start with its creation"));
+        }
+        if entries.first().is_some_and(|(_, c)| c.body.slot != Some(secret.slot())) {
+            return Err(Error::malformed("stored group", "secret does not match the log"));
+        }
+        Ok(Self {
+            secret,
+            entries,
+            seq,
+            state,
+        })
     }
 
     /// The current state.
@@ -340,136 +438,69 @@ impl GroupLog {
         &self.state
     }
 
-    /// The log, creation first.
-    pub fn log(&self) -> &[SignedChange] {
-        &self.log
+    /// The group secret.
+    pub const fn secret(&self) -> &GroupSecret {
+        &self.secret
+    }
+
+    /// The valid changes with their positions, creation first.
+    pub fn entries(&self) -> &[(u64, SignedChange)] {
+        &self.entries
+    }
+
+    /// The last position processed.
+    pub const fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The head hash at position `seq`: the hash of the last valid change at or before it.
+    pub fn head_at(&self, seq: u64) -> [u8; 32] {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= seq)
+            .map_or([0; 32], |(_, c)| c.hash)
     }
 
     /// Whether `account` was ever added to the group by a change in the log.
     pub fn was_member(&self, account: &AccountId) -> bool {
-        self.log
+        self.entries
             .iter()
-            .any(|c| c.body.add.iter().any(|(a, _)| a == account))
+            .any(|(_, c)| c.body.add.iter().any(|(a, _)| a == account))
     }
 
-    /// Buffered future changes.
-    pub fn pending(&self) -> impl Iterator<Item = &SignedChange> {
-        self.pending.values()
-    }
-
-    fn state_before(&self, epoch: u64) -> Result<GroupState> {
-        let mut s = GroupState::empty(self.state.id);
-        for c in self.log.iter().take_while(|c| c.body.epoch < epoch) {
-            s = s.apply(c)?.0;
+    /// Processes the entry at the next position (`seq() + 1`); an entry for another position is
+    /// a misuse. Invalid entries are skipped, as by every other member.
+    pub fn process(&mut self, seq: u64, entry: &[u8]) -> Result<Processed> {
+        if seq != self.seq.saturating_add(1) {
+            return Err(ProtocolError::Misuse("log entries must be processed in order").into());
         }
-        Ok(s)
-    }
-
-    /// Offers a change whose signature the caller has verified.
-    ///
-    /// A change for an epoch already applied (a same-epoch conflict) replaces the applied change
-    /// only if it [`wins`](Self::wins) against it, it applies to the state before that epoch, and
-    /// that epoch is one of the last [`GROUP_CHANGE_HISTORY`]; otherwise it is ignored. A change
-    /// built on a branch this log does not hold (its `previous_hash` is not the head before its
-    /// epoch) is ignored too.
-    pub fn offer(&mut self, c: SignedChange) -> Result<Offered> {
-        let epoch = c.body.epoch;
-        if epoch > self.state.epoch.saturating_add(1) {
-            self.keep_pending(c);
-            return Ok(Offered::Buffered);
-        }
-        if epoch == self.state.epoch.saturating_add(1)
-            && c.body.previous_hash != self.state.head
-            && self.state.epoch >= 2
-        {
-            // It may follow a change for the current epoch that has not arrived yet and wins
-            // against the one applied here: keep it until then.
-            self.keep_pending(c);
-            return Ok(Offered::Buffered);
-        }
-        if epoch <= self.state.epoch {
-            let idx = usize::try_from(epoch.saturating_sub(1)).unwrap_or(usize::MAX);
-            let Some(applied) = self.log.get(idx) else {
-                return Ok(Offered::Ignored);
-            };
-            if applied.hash == c.hash || epoch == 1 {
-                return Ok(Offered::Ignored);
-            }
-            if self.state.epoch - epoch >= GROUP_CHANGE_HISTORY as u64 {
-                return Ok(Offered::Ignored);
-            }
-            let before = self.state_before(epoch)?;
-            if c.body.previous_hash != before.head {
-                return Ok(Offered::Ignored);
-            }
-            let (next, _) = before.apply(&c)?;
-            if !Self::wins(&before, &c, applied) {
-                return Ok(Offered::Ignored);
-            }
-            // Same-epoch conflict that `c` wins: roll back and apply it, then any pending changes
-            // that now follow.
-            self.log.truncate(idx);
-            self.log.push(c);
-            self.state = next;
-            self.apply_pending();
-            return Ok(Offered::Replaced);
-        }
-        let (next, diff) = self.state.apply(&c)?;
-        self.state = next;
-        self.log.push(c);
-        let mut diffs = vec![diff];
-        diffs.extend(self.apply_pending());
-        Ok(Offered::Applied(diffs))
-    }
-
-    /// Whether `challenger` beats `applied`, two different changes for the same epoch that both
-    /// apply to `before`: the higher [`Authority`] of its author in `before` wins; between equal
-    /// authorities, the smaller hash (as 32-byte big-endian numbers). A total order on the changes
-    /// of one epoch, so every member keeps the same one whatever the order they arrive in.
-    pub fn wins(before: &GroupState, challenger: &SignedChange, applied: &SignedChange) -> bool {
-        let (a, b) = (before.authority(challenger), before.authority(applied));
-        a > b || (a == b && challenger.hash < applied.hash)
-    }
-
-    fn keep_pending(&mut self, c: SignedChange) {
-        if self.pending.len() < GROUP_CHANGE_HISTORY * 4 {
-            self.pending.entry((c.body.epoch, c.hash)).or_insert(c);
-        }
-    }
-
-    /// Applies pending changes of the next epoch that follow the head, while there are any: of
-    /// several, the one that [`wins`](Self::wins) first; one that does not apply is dropped. Then
-    /// drops the pending changes of epochs the log has reached.
-    fn apply_pending(&mut self) -> Vec<Diff> {
-        let mut diffs = Vec::new();
-        loop {
-            let next_epoch = self.state.epoch.saturating_add(1);
-            let mut best: Option<&SignedChange> = None;
-            for c in self
-                .pending
-                .range((next_epoch, [0; 32])..=(next_epoch, [0xff; 32]))
-                .map(|(_, c)| c)
-                .filter(|c| c.body.previous_hash == self.state.head)
-            {
-                if best.is_none_or(|b| Self::wins(&self.state, c, b)) {
-                    best = Some(c);
+        let outcome = self.validate(seq, entry);
+        self.seq = seq;
+        Ok(match outcome {
+            Ok((change, state, diff)) => {
+                self.state = state;
+                self.entries.push((seq, change.clone()));
+                Processed::Applied {
+                    change: Box::new(change),
+                    diff,
                 }
             }
-            let Some(key) = best.map(|c| (c.body.epoch, c.hash)) else {
-                break;
-            };
-            let Some(c) = self.pending.remove(&key) else {
-                break;
-            };
-            if let Ok((next, diff)) = self.state.apply(&c) {
-                self.state = next;
-                self.log.push(c);
-                diffs.push(diff);
-            }
-        }
-        let epoch = self.state.epoch;
-        self.pending.retain(|(e, _), _| *e > epoch);
-        diffs
+            Err(e) => Processed::Skipped(e),
+        })
+    }
+
+    fn validate(&self, seq: u64, entry: &[u8]) -> Result<(SignedChange, GroupState, Diff)> {
+        let bytes = self.secret.open_entry(seq, entry)?;
+        let c = SignedChange::parse(&bytes)?;
+        let version = c.verify()?;
+        let (state, diff) = self.state.apply(seq, &c, version)?;
+        Ok((c, state, diff))
+    }
+
+    /// Seals `change` (built on this log's head for position `seq() + 1`) as a log entry.
+    pub fn seal(&self, change: &SignedChange, rng: &mut impl rand_core::CryptoRng) -> Result<Vec<u8>> {
+        self.secret.seal_entry(change.body.epoch, &change.signed, rng)
     }
 }
 
@@ -478,9 +509,3 @@ mod test_support;
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod conflict_tests;
-
-#[cfg(test)]
-mod size_tests;

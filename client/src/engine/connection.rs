@@ -72,6 +72,10 @@ pub(super) async fn serve_connection(inner: &Arc<Inner>) -> Result<(), ClientErr
     if let Err(e) = inner.sync_groups_from_siblings(&conn).await {
         tracing::warn!(error = %e, "group logs not requested from the other devices yet");
     }
+    // Notices may have been missed while offline: read every group's log.
+    if let Err(e) = inner.sync_all_group_logs(&conn).await {
+        tracing::warn!(error = %e, "group logs not read");
+    }
     inner.conn.send_replace(Some(Arc::clone(&conn)));
     inner.state.send_replace(ConnectionState::Online);
     inner.emit(Event::Connection(true));

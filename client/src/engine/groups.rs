@@ -14,7 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::send::SEND_ATTEMPTS;
-use super::{CONNECT_WAIT, Engine, Inner, now_ms, rng};
+use super::{CONNECT_WAIT, Engine, Event, Inner, now_ms, rng};
+use crate::conn::GroupLogAppend;
+use hush_core::device::{GroupLogUpdate, LogCheck};
+
+/// How many times a group change is built again after losing its log position to another
+/// member's change, before giving up.
+const GROUP_LOG_ATTEMPTS: u32 = 8;
 
 /// What a group send reached: per member account (this account's own devices not counted).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,8 +58,9 @@ pub(super) fn is_account_failure(e: &ClientError) -> bool {
 }
 
 impl Engine {
-    /// Creates a group with this account as admin and `members` (accounts) as members, and tells
-    /// every member device. Returns the group id.
+    /// Creates a group with this account as admin and `members` (accounts) as members: its
+    /// creation is appended to a new log on the relay, and every member device is told (the
+    /// devices of the members get the group secret). Returns the group id.
     pub async fn create_group(
         &self,
         name: &str,
@@ -64,8 +71,8 @@ impl Engine {
             self.inner.refresh_list(&conn, m).await?;
         }
         let devices: Vec<DeviceAddress> = {
-            let me = self.inner.lock()?.address();
             let d = self.inner.lock()?;
+            let me = d.address();
             let mut out = Vec::new();
             for m in members.iter().chain(std::iter::once(&me.account)) {
                 if let Some(l) = d.device_list(m) {
@@ -75,13 +82,28 @@ impl Engine {
             out
         };
         self.inner.ensure_sessions(&conn, &devices).await?;
-        let (g, outgoing) = self
+        let w = self
             .inner
             .lock()?
             .create_group(name, members, &mut rng(), now_ms())?;
-        self.inner
-            .send_outgoing_checked(&conn, outgoing, false)
-            .await?;
+        let g = w.group;
+        let log = self.inner.anonymous().await?;
+        match log
+            .group_log_append(w.slot(), &w.write_token(), w.seq, w.entry.clone())
+            .await?
+        {
+            GroupLogAppend::Appended => {}
+            GroupLogAppend::Conflict { .. } => {
+                return Err(ClientError::Protocol(
+                    "the relay already holds a log under a new group's slot".into(),
+                ));
+            }
+        }
+        let update = self
+            .inner
+            .lock()?
+            .group_write_landed(w, &mut rng(), now_ms())?;
+        self.inner.after_group_log(&conn, &g, update).await;
         Ok(g)
     }
 
@@ -296,8 +318,13 @@ impl Engine {
         })
     }
 
-    /// Changes a group (this device's account must be an admin): adds `add` (accounts, with
-    /// whether each is an admin), removes `remove`, and tells every member device.
+    /// Changes a group (this device's account must be an admin, or be removing only itself):
+    /// adds `add` (accounts, with whether each is an admin), removes `remove`, and tells every
+    /// member device. The change is appended at the next position of the group's log on the
+    /// relay; if another member's change took that position first, the log is read and the
+    /// change is built again on top of it. If it no longer applies then (for example the member
+    /// to remove was removed meanwhile, or this account is no longer an admin), the error says
+    /// why and nothing was changed.
     pub async fn update_group(
         &self,
         g: &GroupId,
@@ -305,35 +332,69 @@ impl Engine {
         remove: &[AccountId],
     ) -> Result<(), ClientError> {
         let conn = self.inner.current(CONNECT_WAIT).await?;
-        // Every member's current devices (and the added accounts'): a change must reach them all.
-        let members: Vec<AccountId> = {
-            let d = self.inner.lock()?;
-            let entry = d.group(g).ok_or(ClientError::Core(CoreError::Protocol(
-                ProtocolError::UnknownGroup,
-            )))?;
-            entry.state().members.keys().copied().collect()
-        };
-        for a in members.iter().chain(add.iter().map(|(a, _)| a)) {
-            self.inner.refresh_list(&conn, a).await?;
-        }
-        let mut devices = self.inner.lock()?.group_devices(g)?;
-        {
-            let d = self.inner.lock()?;
-            let me = d.address();
-            for (a, _) in add {
-                if let Some(l) = d.device_list(a) {
-                    devices.extend(l.addresses().filter(|x| *x != me));
+        let log = self.inner.anonymous().await?;
+        // Read the log first: a change is built on the newest state this device can see.
+        self.inner.sync_group_log(&conn, &log, g).await?;
+        for attempt in 0..GROUP_LOG_ATTEMPTS {
+            // Every member's current devices (and the added accounts'): a change must reach them.
+            let members: Vec<AccountId> = {
+                let d = self.inner.lock()?;
+                let entry = d.group(g).ok_or(ClientError::Core(CoreError::Protocol(
+                    ProtocolError::UnknownGroup,
+                )))?;
+                entry.state().members.keys().copied().collect()
+            };
+            for a in members.iter().chain(add.iter().map(|(a, _)| a)) {
+                self.inner.refresh_list(&conn, a).await?;
+            }
+            let mut devices = self.inner.lock()?.group_devices(g)?;
+            {
+                let d = self.inner.lock()?;
+                let me = d.address();
+                for (a, _) in add {
+                    if let Some(l) = d.device_list(a) {
+                        devices.extend(l.addresses().filter(|x| *x != me));
+                    }
+                }
+            }
+            self.inner.ensure_sessions(&conn, &devices).await?;
+            let w = self
+                .inner
+                .lock()?
+                .update_group(g, add, remove, None, &mut rng(), now_ms())?;
+            match log
+                .group_log_append(w.slot(), &w.write_token(), w.seq, w.entry.clone())
+                .await?
+            {
+                GroupLogAppend::Appended => {
+                    let landed = self
+                        .inner
+                        .lock()?
+                        .group_write_landed(w, &mut rng(), now_ms());
+                    match landed {
+                        Ok(update) => self.inner.after_group_log(&conn, g, update).await,
+                        // Entries landed before it that this device had not read: reading the
+                        // log applies them and this change.
+                        Err(_) => self.inner.sync_group_log(&conn, &log, g).await?,
+                    }
+                    return Ok(());
+                }
+                GroupLogAppend::Conflict { head } => {
+                    tracing::info!(attempt, head, "group change lost its log position; rebuilding it");
+                    self.inner.sync_group_log(&conn, &log, g).await?;
                 }
             }
         }
-        self.inner.ensure_sessions(&conn, &devices).await?;
-        let outgoing =
-            self.inner
-                .lock()?
-                .update_group(g, add, remove, None, &mut rng(), now_ms())?;
-        self.inner
-            .send_outgoing_checked(&conn, outgoing, false)
-            .await
+        Err(ClientError::Protocol(
+            "the group log kept moving; the change was not made".into(),
+        ))
+    }
+
+    /// Reads the logs of every group this device knows or was invited to (after reconnecting:
+    /// notices may have been missed while offline).
+    pub async fn sync_groups(&self) -> Result<(), ClientError> {
+        let conn = self.inner.current(CONNECT_WAIT).await?;
+        self.inner.sync_all_group_logs(&conn).await
     }
 
     /// The groups this device is in: (id, name).
@@ -383,5 +444,98 @@ impl Inner {
         self.send_outgoing_checked(conn, out, true).await?;
         std::fs::remove_file(&marker).map_err(|e| ClientError::Profile(e.to_string()))?;
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Reads group `g`'s log from the relay (through `log`, a connection that does not say who
+    /// reads) from the first position not read yet, page by page, and processes it.
+    pub(super) async fn sync_group_log(
+        &self,
+        conn: &Arc<RelayConnection>,
+        log: &Arc<RelayConnection>,
+        g: &GroupId,
+    ) -> Result<(), ClientError> {
+        loop {
+            let Some(cursor) = self.lock()?.group_log_cursor(g) else {
+                return Ok(());
+            };
+            let (head, entries) = log.group_log_read(cursor.slot, cursor.next).await?;
+            let last = entries.last().map(|(s, _)| *s);
+            let update = self
+                .lock()?
+                .accept_group_log(g, head, &entries, &mut rng(), now_ms())?;
+            self.after_group_log(conn, g, update).await;
+            match last {
+                Some(s) if s < head => {}
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Reads the logs of `groups` (errors are logged: one group's log does not hold up others).
+    pub(super) async fn sync_group_logs(&self, conn: &Arc<RelayConnection>, groups: Vec<GroupId>) {
+        if groups.is_empty() {
+            return;
+        }
+        let log = match self.anonymous().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "group logs not read");
+                return;
+            }
+        };
+        for g in groups {
+            if let Err(e) = self.sync_group_log(conn, &log, &g).await {
+                tracing::warn!(error = %e, "a group log was not read");
+            }
+        }
+    }
+
+    /// Reads the log of every group and invitation.
+    pub(super) async fn sync_all_group_logs(
+        &self,
+        conn: &Arc<RelayConnection>,
+    ) -> Result<(), ClientError> {
+        let groups = self.lock()?.group_logs();
+        self.sync_group_logs(conn, groups).await;
+        Ok(())
+    }
+
+    /// Passes on what reading a group log did: events, decrypted messages, notices to send.
+    pub(super) async fn after_group_log(
+        &self,
+        conn: &Arc<RelayConnection>,
+        g: &GroupId,
+        update: GroupLogUpdate,
+    ) {
+        if update.changed {
+            self.emit(Event::GroupsChanged);
+        }
+        match update.check {
+            LogCheck::Consistent => {}
+            LogCheck::Withheld { claimed, served } => {
+                tracing::warn!(claimed, served, "the relay serves a group log shorter than a member reached");
+                self.emit(Event::GroupLogWithheld {
+                    group: *g,
+                    claimed,
+                    served,
+                });
+            }
+            LogCheck::Forked { seq } => {
+                tracing::warn!(seq, "a member reached another group log than the relay serves");
+                self.emit(Event::GroupLogForked { group: *g, seq });
+            }
+        }
+        for r in update.received {
+            self.emit(Event::message(r, false));
+        }
+        if !update.unreached.is_empty() {
+            tracing::warn!(
+                devices = update.unreached.len(),
+                "a group change could not be announced to every member device"
+            );
+        }
+        self.send_outgoing(conn, update.outgoing).await;
     }
 }

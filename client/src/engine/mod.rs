@@ -112,6 +112,25 @@ pub enum Event {
     },
     /// A group was joined, or its membership or name changed (see [`Engine::groups`]).
     GroupsChanged,
+    /// A member device said group `group`'s log had reached position `claimed`, but the relay
+    /// serves it only up to `served`: the relay is withholding membership changes from this
+    /// device (or that member misreported). Show the user that the group may be out of date.
+    GroupLogWithheld {
+        /// The group.
+        group: GroupId,
+        /// The position a member reached.
+        claimed: u64,
+        /// The relay's head for this device.
+        served: u64,
+    },
+    /// A member device reached position `seq` of group `group`'s log with another history than
+    /// the relay serves this device: the relay showed members different logs.
+    GroupLogForked {
+        /// The group.
+        group: GroupId,
+        /// The position.
+        seq: u64,
+    },
     /// A message from `from` could not be decrypted and never will be (a broken or unknown
     /// session, a bad signature, garbage): it was dropped. Show the user that a message was
     /// lost.
@@ -172,6 +191,21 @@ impl std::fmt::Debug for Event {
                 .field("account", account)
                 .finish(),
             Self::GroupsChanged => f.write_str("GroupsChanged"),
+            Self::GroupLogWithheld {
+                group,
+                claimed,
+                served,
+            } => f
+                .debug_struct("GroupLogWithheld")
+                .field("group", group)
+                .field("claimed", claimed)
+                .field("served", served)
+                .finish(),
+            Self::GroupLogForked { group, seq } => f
+                .debug_struct("GroupLogForked")
+                .field("group", group)
+                .field("seq", seq)
+                .finish(),
             Self::Undecryptable { from, group } => f
                 .debug_struct("Undecryptable")
                 .field("from", from)

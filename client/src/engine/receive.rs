@@ -13,15 +13,11 @@ use hush_core::{Error as CoreError, ProtocolError};
 use hush_proto::client::{Sealed, sealed};
 use hush_proto::relay_api::{self as api, client_frame, server_frame};
 use prost::Message;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
 use super::{Event, Inner, now_ms, rng};
-
-/// Most author device lists fetched to process one received group log.
-pub(super) const MAX_AUTHOR_FETCHES: usize = 64;
 
 /// First wait before a delivery that could not be processed (store error, rate-limited
 /// device-list fetch, full group buffer) is tried again; doubles up to [`DELIVERY_RETRY_MAX`].
@@ -97,33 +93,15 @@ impl Inner {
                         Err(_) => {}
                     }
                 }
-                // A group log signed by accounts this device has not met yet (a log received on
-                // joining, or from a sibling after linking): learn each author's list in turn.
-                let mut fetched = BTreeSet::new();
-                while let Err(ClientError::Core(CoreError::Protocol(
-                    ProtocolError::UnknownAuthor(author),
-                ))) = &result
-                {
-                    let author = *author;
-                    if fetched.len() >= MAX_AUTHOR_FETCHES || !fetched.insert(author) {
-                        break;
-                    }
-                    match self.refresh_list(conn, &author).await {
-                        Ok(()) => result = self.decrypt_pairwise(&from, &bytes),
-                        Err(e) if !e.is_permanent() => result = Err(e),
-                        Err(_) => break,
-                    }
-                }
                 match result {
-                    Ok((received, outgoing, groups_changed)) => {
+                    Ok((received, outgoing, group_logs)) => {
                         self.keep_delivery_key(&from, &key);
-                        if groups_changed {
-                            self.emit(Event::GroupsChanged);
-                        }
                         for r in received {
                             self.emit(Event::message(r, ephemeral));
                         }
                         self.send_outgoing(conn, outgoing).await;
+                        // A member's notice of a change, or an invitation: read the log.
+                        self.sync_group_logs(conn, group_logs).await;
                         Settlement::Settled
                     }
                     Err(e) => match self.settle_error(&e, from, None) {
@@ -148,11 +126,14 @@ impl Inner {
                             plaintext: r.plaintext,
                             ephemeral,
                         });
+                        // The sender's log was further along: read it (and check the relay).
+                        self.sync_pending_group_logs(conn).await;
                         Settlement::Settled
                     }
                     Ok(GroupIncoming::Buffered { request }) => {
                         self.send_outgoing(conn, request.into_iter().collect())
                             .await;
+                        self.sync_pending_group_logs(conn).await;
                         Settlement::Settled
                     }
                     Err(e) => {
@@ -364,12 +345,19 @@ impl Inner {
         &self,
         from: &DeviceAddress,
         bytes: &[u8],
-    ) -> Result<(Vec<hush_core::device::Received>, Vec<Outgoing>, bool), ClientError> {
+    ) -> Result<(Vec<hush_core::device::Received>, Vec<Outgoing>, Vec<GroupId>), ClientError>
+    {
         let incoming = self.lock()?.decrypt(from, bytes, &mut rng(), now_ms())?;
-        Ok((
-            incoming.received,
-            incoming.outgoing,
-            incoming.groups_changed,
-        ))
+        Ok((incoming.received, incoming.outgoing, incoming.group_logs))
+    }
+
+    /// Reads the logs the device wants read now (a member's message showed a later position, or
+    /// came from a sender not yet known as a member).
+    pub(super) async fn sync_pending_group_logs(&self, conn: &Arc<RelayConnection>) {
+        let groups = match self.lock() {
+            Ok(d) => d.groups_to_fetch(),
+            Err(_) => return,
+        };
+        self.sync_group_logs(conn, groups).await;
     }
 }

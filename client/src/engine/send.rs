@@ -55,6 +55,7 @@ pub(super) fn full_refusal(full: &[u32]) -> ClientError {
         retry_after_ms: 0,
         missing_devices: Vec::new(),
         extra_devices: Vec::new(),
+        log_head: 0,
     })
 }
 

@@ -131,6 +131,15 @@ pub enum MessengerEvent {
     },
     /// A group was joined or changed (members, name): see [`Engine::groups`].
     GroupsChanged,
+    /// The relay serves this device a group log that disagrees with what a member reported:
+    /// behind it (`forked` false: entries withheld from this device) or another history
+    /// (`forked` true). Warn the user that the group's membership shown may be out of date.
+    GroupLogMismatch {
+        /// The group.
+        group: GroupId,
+        /// Another history, not just a shorter one.
+        forked: bool,
+    },
     /// Everything the relay held for this device while it was away has been processed (the
     /// events before this one): history and receipts are up to date.
     CaughtUp,
@@ -232,6 +241,11 @@ impl std::fmt::Debug for MessengerEvent {
                 .field("account", account)
                 .finish(),
             Self::GroupsChanged => f.write_str("GroupsChanged"),
+            Self::GroupLogMismatch { group, forked } => f
+                .debug_struct("GroupLogMismatch")
+                .field("group", group)
+                .field("forked", forked)
+                .finish(),
             Self::CaughtUp => f.write_str("CaughtUp"),
             Self::Undelivered {
                 conversation,

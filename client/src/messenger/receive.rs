@@ -94,6 +94,18 @@ pub(super) async fn pump(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ev
                 shared.emit(MessengerEvent::IdentityWarning { account });
             }
             Event::GroupsChanged => shared.emit(MessengerEvent::GroupsChanged),
+            Event::GroupLogWithheld { group, .. } => {
+                shared.emit(MessengerEvent::GroupLogMismatch {
+                    group,
+                    forked: false,
+                });
+            }
+            Event::GroupLogForked { group, .. } => {
+                shared.emit(MessengerEvent::GroupLogMismatch {
+                    group,
+                    forked: true,
+                });
+            }
             Event::CaughtUp => shared.emit(MessengerEvent::CaughtUp),
             Event::Undecryptable { from, group } => shared.emit(MessengerEvent::Undecryptable {
                 conversation: group.map_or(Conversation::Direct(from.account), Conversation::Group),

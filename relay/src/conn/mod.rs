@@ -103,6 +103,7 @@ impl Refusal {
             retry_after_ms: self.retry_after_ms,
             missing_devices: self.missing.clone(),
             extra_devices: self.extra.clone(),
+            log_head: 0,
         }
     }
 }
@@ -621,7 +622,7 @@ impl ConnState {
             return;
         }
         let result = match f.kind {
-            None => Err(Refusal::new(
+            None | Some(K::GroupLogAppend(_) | K::GroupLogRead(_)) => Err(Refusal::new(
                 ErrorCode::UnknownRequest,
                 "unknown or empty request",
             )),

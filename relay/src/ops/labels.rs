@@ -138,7 +138,7 @@ impl RefusalReason {
             ErrorCode::TooManyConnections => RefusalReason::TooManyConnections,
             ErrorCode::DeviceRevoked => RefusalReason::DeviceRevoked,
             ErrorCode::UnauthorizedSend => RefusalReason::UnauthorizedSend,
-            ErrorCode::Unspecified => RefusalReason::Unspecified,
+            ErrorCode::Unspecified | ErrorCode::LogConflict => RefusalReason::Unspecified,
         }
     }
 

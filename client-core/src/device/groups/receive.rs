@@ -90,6 +90,9 @@ impl<S: KvStore> Device<S> {
             let mut tx = Tx::default();
             self.buffer_group_message(&g, &sender.account, bytes, now, &mut tx)?;
             self.finish(tx)?;
+            if member.is_some() {
+                self.hint_group_log(&g);
+            }
             return Ok(GroupIncoming::Buffered { request: None });
         }
         let identity = self.known_identity(&sender)?;
@@ -98,6 +101,7 @@ impl<S: KvStore> Device<S> {
         if let Some(state) = record.get_mut(msg.header.key_id) {
             let plaintext = state.decrypt(&msg, now)?;
             tx.sender_keys.insert((g, sender));
+            self.note_log_position(&g, msg.header.log_seq, msg.header.log_head, &mut tx);
             let received = self.add_to_inbox(&mut tx, sender, Some(g), plaintext, now);
             self.finish_group(tx)?;
             return Ok(GroupIncoming::Decrypted(received));
@@ -115,7 +119,6 @@ impl<S: KvStore> Device<S> {
                     wire::SenderKeyRequest {
                         group_id: g.0.to_vec(),
                         key_id: msg.header.key_id,
-                        from_iteration: 0,
                     },
                 )),
             };
@@ -294,7 +297,6 @@ impl<S: KvStore> Device<S> {
         g: &GroupId,
         sender: &DeviceAddress,
         key_id: u32,
-        from_iteration: u32,
         rng: &mut impl CryptoRng,
         now: u64,
     ) -> Result<Outgoing> {
@@ -303,7 +305,6 @@ impl<S: KvStore> Device<S> {
                 wire::SenderKeyRequest {
                     group_id: g.0.to_vec(),
                     key_id,
-                    from_iteration,
                 },
             )),
         };
@@ -321,8 +322,8 @@ impl<S: KvStore> Device<S> {
         rng: &mut impl CryptoRng,
         now: u64,
     ) -> Result<Vec<Outgoing>> {
-        let mut wanted: std::collections::BTreeMap<(GroupId, DeviceAddress, u32), u32> =
-            std::collections::BTreeMap::new();
+        let mut wanted: std::collections::BTreeSet<(GroupId, DeviceAddress, u32)> =
+            std::collections::BTreeSet::new();
         let mut expired = crate::store::kv::Batch::new();
         for (k, v) in self.store.scan(Namespace::Groups)? {
             if k.len() == 32 {
@@ -343,19 +344,19 @@ impl<S: KvStore> Device<S> {
                 continue;
             };
             let h = msg.header;
-            wanted.insert((h.group, h.sender, h.key_id), 0);
+            wanted.insert((h.group, h.sender, h.key_id));
         }
         if !expired.is_empty() {
             self.store.commit(expired)?;
         }
         let mut out = Vec::new();
-        for ((g, sender, key_id), from_iteration) in wanted {
+        for (g, sender, key_id) in wanted {
             let due = self
                 .last_key_requests
                 .get(&(g, sender, key_id))
                 .is_none_or(|t| t.saturating_add(SENDER_KEY_REQUEST_INTERVAL_MS) <= now);
             if due && self.has_session(&sender, now).unwrap_or(false) {
-                out.push(self.request_sender_key(&g, &sender, key_id, from_iteration, rng, now)?);
+                out.push(self.request_sender_key(&g, &sender, key_id, rng, now)?);
             }
         }
         Ok(out)

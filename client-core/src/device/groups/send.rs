@@ -47,6 +47,7 @@ impl<S: KvStore> Device<S> {
             return Err(ProtocolError::NotAMember.into());
         }
         let rotate = entry.needs_rotation;
+        let log = (entry.log.seq(), entry.log.state().head);
         let recipients = self.devices_of(
             entry
                 .log
@@ -100,7 +101,7 @@ impl<S: KvStore> Device<S> {
             let state = record
                 .current_mut()
                 .ok_or(ProtocolError::Misuse("no sender key"))?;
-            let msg = state.encrypt(*g, me, plaintext)?;
+            let msg = state.encrypt(*g, me, log, plaintext)?;
             Ok::<_, DeviceError>((distributions, msg.to_wire().encode_to_vec()))
         })();
         let (distributions, message) = match result {
