@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use hush_core::device::Result;
 use hush_core::device::{Device, GroupLogUpdate, Outgoing};
 use hush_core::error::{Error, ProtocolError};
-use hush_core::sender_key::GroupId;
 use hush_core::keys::{AccountId, DeviceAddress};
 use hush_core::prekeys::{PreKeyBundle, PublishedPreKeys};
+use hush_core::sender_key::GroupId;
 use hush_core::store::kv::KvStore;
 use hush_core::store::memory::MemoryKv;
 use hush_proto::wire;
@@ -408,7 +408,10 @@ impl Population {
     ) -> Result<(GroupId, Vec<Outgoing>)> {
         let w = self.device(&by)?.create_group(name, members, rng, now)?;
         let g = w.group;
-        match self.logs.append(w.slot(), &w.write_token(), w.seq, w.entry.clone()) {
+        match self
+            .logs
+            .append(w.slot(), &w.write_token(), w.seq, w.entry.clone())
+        {
             Append::Appended => {}
             _ => return Err(ProtocolError::Misuse("a new group's slot is taken").into()),
         }
@@ -431,8 +434,13 @@ impl Population {
     ) -> Result<(Vec<Outgoing>, u32)> {
         let mut conflicts = 0;
         loop {
-            let w = self.device(&by)?.update_group(g, add, remove, None, rng, now)?;
-            match self.logs.append(w.slot(), &w.write_token(), w.seq, w.entry.clone()) {
+            let w = self
+                .device(&by)?
+                .update_group(g, add, remove, None, rng, now)?;
+            match self
+                .logs
+                .append(w.slot(), &w.write_token(), w.seq, w.entry.clone())
+            {
                 Append::Appended => {
                     let update = self.device(&by)?.group_write_landed(w, rng, now)?;
                     return Ok((update.outgoing, conflicts));
@@ -459,7 +467,7 @@ impl Population {
             .group_log_cursor(g)
             .ok_or(Error::Protocol(ProtocolError::UnknownGroup))?;
         let (head, entries) = self.logs.read(&cursor.slot, cursor.next, &dev);
-        self.device(&dev)?.accept_group_log(g, head, &entries, rng, now)
+        self.device(&dev)?
+            .accept_group_log(g, head, &entries, rng, now)
     }
-
 }
