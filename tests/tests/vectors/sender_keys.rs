@@ -49,7 +49,12 @@ fn chacha(key: &[u8; 32]) -> chacha20poly1305::ChaCha20Poly1305 {
     chacha20poly1305::ChaCha20Poly1305::new(&chacha20poly1305::Key::from(*key))
 }
 
-fn aead_open(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8], ct: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn aead_open(
+    key: &[u8; 32],
+    nonce: &[u8; 12],
+    aad: &[u8],
+    ct: &[u8],
+) -> Option<Vec<u8>> {
     use chacha20poly1305::aead::{Aead, Payload};
     chacha(key)
         .decrypt(
@@ -404,7 +409,7 @@ fn sha256(parts: &[&[u8]]) -> [u8; 32] {
 }
 
 /// HKDF-SHA256(salt = "Hush-GroupSecret-v1", ikm = secret, info, L = 32), with the `hkdf` crate.
-fn group_derive(secret: &[u8; 32], info: &[u8]) -> [u8; 32] {
+pub(super) fn group_derive(secret: &[u8; 32], info: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     hkdf::Hkdf::<Sha256>::new(Some(b"Hush-GroupSecret-v1"), secret)
         .expand(info, &mut out)

@@ -3,6 +3,7 @@
 
 use hush_core::consts::MAX_SENDER_KEY_JUMP;
 use hush_core::device::{Device, GroupIncoming, GroupSend, LogCheck, Outgoing};
+use hush_core::group::{ChangeBody, GroupLog, GroupSecret, SignedChange};
 use hush_core::keys::DeviceAddress;
 use hush_core::sender_key::{GroupId, GroupMessage, SenderKeyState};
 use hush_core::store::kv::{Batch, KvStore, Namespace};
@@ -14,8 +15,8 @@ use rand_core::SeedableRng;
 use crate::sim::{Population, Store};
 use crate::vectors::sender_keys::{Addressed, draw_group_id, draw_sender_key, reparse};
 use crate::vectors::{
-    ALICE_DEVICE_ID, BOB_DEVICE_ID, GROUP_NAME, GenResult, NOW_MS, NegativeInput, StoreEntryRecord,
-    check_err, ensure, flip, get, hx,
+    ALICE_DEVICE_ID, BOB_DEVICE_ID, GROUP_NAME, GenResult, NOW_MS, NegativeInput, Party,
+    StoreEntryRecord, check_err, ensure, flip, get, hx,
 };
 
 use super::Negatives;
@@ -618,6 +619,118 @@ pub(super) fn negative_group_devices(n: &mut Negatives) -> GenResult<()> {
             &a1.message,
             control,
         )?;
+    }
+    Ok(())
+}
+
+/// A creation by `alice` (her version-1 device list) of a group of herself only, named `name`,
+/// for the log in `slot`.
+fn creation(alice: &Party, name: &str, slot: [u8; 32]) -> GenResult<SignedChange> {
+    Ok(SignedChange::sign(
+        ChangeBody {
+            group: GroupId([0; 32]),
+            epoch: 1,
+            previous_hash: [0; 32],
+            author: alice.address(),
+            name: Some(name.to_owned()),
+            add: vec![(alice.account.id(), true)],
+            remove: vec![],
+            issued_at: NOW_MS,
+            author_list: alice.own_device_list(NOW_MS)?.signed_bytes().to_vec(),
+            slot: Some(slot),
+        },
+        &alice.identity,
+    ))
+}
+
+pub(super) fn negative_group_logs(n: &mut Negatives) -> GenResult<()> {
+    type Case = fn(&Party, &GroupSecret, &mut ChaCha20Rng) -> GenResult<(SignedChange, Vec<u8>)>;
+    // (name, what, whether the invitation names the rejected creation's own id, the entry)
+    let cases: [(&str, &str, bool, Case); 3] = [
+        (
+            "group-log-creation-for-another-id",
+            "Entry 1 under the invitation's slot is a valid creation by Alice, sealed under the group secret \
+             and naming its slot, but of another group: its name differs (\"Hush vector group, another\"), so \
+             its hash, the group id, is not the one the invitation names. Nobody can make a creation for \
+             an existing group id. Drawn after the control's nonce: this entry's nonce (12 bytes).",
+            false,
+            |alice, secret, rng| {
+                let c = creation(alice, "Hush vector group, another", secret.slot())?;
+                let entry = secret.seal_entry(1, &c.signed, rng)?;
+                Ok((c, entry))
+            },
+        ),
+        (
+            "group-log-creation-names-another-slot",
+            "Entry 1 is a valid creation by Alice sealed under the group secret, and the group id is its \
+             hash, but it names the slot of another secret (drawn after the control's nonce: 32 bytes, then \
+             this entry's nonce, 12 bytes).",
+            true,
+            |alice, secret, rng| {
+                let other = GroupSecret::random(rng);
+                let c = creation(alice, GROUP_NAME, other.slot())?;
+                let entry = secret.seal_entry(1, &c.signed, rng)?;
+                Ok((c, entry))
+            },
+        ),
+        (
+            "group-log-creation-sealed-for-position-2",
+            "The control's creation, sealed again under the group secret for position 2 (the nonce drawn \
+             after the control's, 12 bytes): the position is in the associated data, so it does not open \
+             at position 1.",
+            false,
+            |alice, secret, rng| {
+                let c = creation(alice, GROUP_NAME, secret.slot())?;
+                let entry = secret.seal_entry(2, &c.signed, rng)?;
+                Ok((c, entry))
+            },
+        ),
+    ];
+    for (name, what, own_id, case) in cases {
+        let (seed, mut rng) = n.next_rng()?;
+        let alice = Party::draw(&mut rng, ALICE_DEVICE_ID);
+        let secret = GroupSecret::random(&mut rng);
+        let genuine = creation(&alice, GROUP_NAME, secret.slot())?;
+        let control_entry = secret.seal_entry(1, &genuine.signed, &mut rng)?;
+        let control_id = genuine.body.group;
+        let (bad, entry) = case(&alice, &secret, &mut rng)?;
+        let id = if own_id { bad.body.group } else { control_id };
+        check_err(
+            GroupLog::create(id, secret.clone(), &entry),
+            "Protocol(InvalidGroupLog)",
+        )?;
+        ensure(
+            GroupLog::create(control_id, secret.clone(), &control_entry)?
+                .state()
+                .id
+                == control_id,
+            "the control starts the group's log",
+        )?;
+        n.push(
+            seed,
+            name,
+            format!(
+                "An invitation gives group id {} and a group secret; the device reads the log under the \
+                 secret's slot and must refuse its first entry. {what} The control is the genuine creation: \
+                 Alice (her version-1 device list) creates the group \"{GROUP_NAME}\" of herself, naming the \
+                 secret's slot, sealed for position 1. The RNG draws Alice's account, signing and DH secrets \
+                 (3 × 32 bytes), the group secret (32), the control's nonce (12), then what this entry \
+                 needs.",
+                if own_id {
+                    "G' (the hash of the rejected creation)"
+                } else {
+                    "G (the control's)"
+                }
+            ),
+            "Protocol(InvalidGroupLog)",
+            NegativeInput::GroupLogStart {
+                group_id: hx(id.0),
+                group_secret: hx(&*secret.to_bytes()),
+                entry: hx(&entry),
+                control_group_id: hx(control_id.0),
+                control_entry: hx(&control_entry),
+            },
+        );
     }
     Ok(())
 }
