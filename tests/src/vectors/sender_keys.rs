@@ -1,6 +1,7 @@
 //! `sender_keys.json`: one sender key's chain, its group messages and their out-of-order delivery
-//! to two member devices; and a group's membership log as the relay holds it. [`Addressed`], [`draw_group_id`] and
-//! [`draw_sender_key`] also draw the groups of the sender-key cases of `negative.json`.
+//! to two member devices; and a group's membership log as the relay holds it. [`Addressed`],
+//! [`draw_group_id`] and [`draw_sender_key`] also draw the groups of the sender-key cases of
+//! `negative.json`.
 
 use std::collections::BTreeMap;
 
