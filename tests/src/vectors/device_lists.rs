@@ -122,7 +122,7 @@ pub(super) fn signed_list(
     .sign(account)?)
 }
 
-fn version_record(
+pub(super) fn version_record(
     list: &VerifiedDeviceList,
     devices: &[(u32, &DeviceSecrets, u64)],
 ) -> GenResult<DeviceListVersionRecord> {

@@ -66,8 +66,9 @@ pub use self::pqxdh::{FirstMessageRecord, PqxdhFile, PqxdhInputs, PqxdhOutputs, 
 pub use self::safety_numbers::{SafetyComparisonVector, SafetyFile, SafetyNumberVector};
 pub use self::sealed::{DeliveryKeyVector, SealedFile, SealedVector};
 pub use self::sender_keys::{
-    AddressRecord, CAROL, CAROL_DEVICE_ID, DAVE, DAVE_DEVICE_ID, GROUP_NAME, GroupChangeRecord,
-    GroupMemberRecord, MembershipVector, ParticipantRecord, SENDER_KEY_ID, SenderChainStepRecord,
+    ALICE_SECOND_DEVICE_ID, AddressRecord, CAROL, CAROL_DEVICE_ID, DAVE, DAVE_DEVICE_ID,
+    GROUP_NAME, GroupChangeRecord, GroupLogEntryRecord, GroupLogVector, GroupMemberRecord,
+    ListVersionRecord, ParticipantRecord, SENDER_KEY_ID, SenderChainStepRecord,
     SenderKeyDeliveryRecord, SenderKeyMessageRecord, SenderKeyReceiverRecord, SenderKeyVector,
     SenderKeysFile,
 };

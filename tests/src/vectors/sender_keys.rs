@@ -1,22 +1,30 @@
 //! `sender_keys.json`: one sender key's chain, its group messages and their out-of-order delivery
-//! to two member devices; and a signed membership log. [`Addressed`], [`draw_group_id`] and
-//! [`draw_sender_key`] also draw the groups of the sender-key cases of `negative.json`.
+//! to two member devices; and a group's membership log as the relay holds it. [`Addressed`],
+//! [`draw_group_id`] and [`draw_sender_key`] also draw the groups of the sender-key cases of
+//! `negative.json`.
 
 use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signer, SigningKey};
-use hush_core::consts::{KEY_LEN, SENDER_KEY_MESSAGE_INFO};
-use hush_core::group::{ChangeBody, GroupLog, Offered, SignedChange};
+use hush_core::consts::{
+    GROUP_ID_LABEL, GROUP_LOG_ENTRY_LABEL, GROUP_LOG_ENTRY_VERSION, GROUP_LOG_KEY_INFO,
+    GROUP_LOG_SLOT_INFO, GROUP_LOG_WRITE_INFO, GROUP_SECRET_SALT, KEY_LEN, SENDER_KEY_MESSAGE_INFO,
+};
+use hush_core::device_list::VerifiedDeviceList;
+use hush_core::group::{ChangeBody, GroupLog, GroupSecret, Processed, SignedChange};
 use hush_core::keys::{AccountId, AccountKeyPair, DeviceAddress};
 use hush_core::sender_key::{GroupId, GroupMessage, SenderKeyState, sender_chain_step};
 use hush_proto::{Message, labels, wire};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
+use super::device_lists::{signed_list, version_record};
 use super::{
-    ALICE, ALICE_DEVICE_ID, BOB, BOB_DEVICE_ID, DeviceKeysRecord, FORMAT_VERSION, GenResult,
-    NOW_MS, Party, count, draw, ed25519_public, ensure, get, hx, seed,
+    ALICE, ALICE_DEVICE_ID, BOB, BOB_DEVICE_ID, DAY_MS, DeviceKeysRecord, DeviceListVersionRecord,
+    DeviceSecrets, FORMAT_VERSION, GenResult, NOW_MS, Party, count, draw, ed25519_public, ensure,
+    error_name, get, hx, seed,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -60,8 +68,13 @@ pub struct SenderKeyMessageRecord {
     pub iteration: u32,
     /// Plaintext.
     pub plaintext: String,
-    /// The 80 header bytes: version u32 BE ‖ group id (32) ‖ sender account (32) ‖ sender device
-    /// u32 BE ‖ key id u32 BE ‖ iteration u32 BE. The AEAD's associated data.
+    /// The sender's group log position when it sent: the last log entry it had processed.
+    pub log_seq: u64,
+    /// The head at `log_seq`: the hash of the last valid change at or before it (32 bytes).
+    pub log_head: String,
+    /// The 120 header bytes: version u32 BE ‖ group id (32) ‖ sender account (32) ‖ sender
+    /// device u32 BE ‖ key id u32 BE ‖ iteration u32 BE ‖ log_seq u64 BE ‖ log_head (32). The
+    /// AEAD's associated data.
     pub header: String,
     /// ChaCha20-Poly1305 ciphertext with tag (`len(plaintext) + 16`).
     pub ciphertext: String,
@@ -135,11 +148,11 @@ pub struct SenderKeyVector {
     pub receivers: Vec<SenderKeyReceiverRecord>,
 }
 
-/// A named device taking part in a membership log.
+/// A named device taking part in a group log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantRecord {
-    /// `"alice"`, `"bob"`, `"carol"` or `"dave"`.
+    /// `"alice"`, `"alice-2"` (Alice's second device), `"bob"`, `"carol"` or `"dave"`.
     pub name: String,
     /// Its account and device keys.
     pub device: DeviceKeysRecord,
@@ -155,18 +168,33 @@ pub struct GroupMemberRecord {
     pub admin: bool,
 }
 
-/// One signed membership change and the membership it leads to.
+/// The highest device-list version an account showed in the log's valid changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListVersionRecord {
+    /// Account key (32 bytes).
+    pub account: String,
+    /// The version.
+    pub version: u64,
+}
+
+/// One signed membership change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupChangeRecord {
-    /// The epoch (1 = creation).
+    /// The log position it was written for (`GroupChange.epoch`; 1 = creation).
     pub epoch: u64,
-    /// Name of the authoring participant.
-    pub author: String,
+    /// The group id field: empty for the creation (its id is derived from it), else 32 bytes.
+    pub group_id: String,
     /// The author's account key (32 bytes).
     pub author_account: String,
     /// The author's device id.
     pub author_device_id: u32,
+    /// The author account's signed device list carried in the change (`author_device_list`),
+    /// with the devices it lists and their secrets.
+    pub author_device_list: DeviceListVersionRecord,
+    /// The creation's `log_slot` (32 bytes); empty for every other change.
+    pub log_slot: String,
     /// The new group name (creation, rename), or null.
     pub name: Option<String>,
     /// Members added, or whose admin flag changes.
@@ -175,43 +203,89 @@ pub struct GroupChangeRecord {
     pub remove: Vec<String>,
     /// Issue time (ms).
     pub issued_at: u64,
-    /// SHA-256 of the previous change's `change` (32 zero bytes for epoch 1).
+    /// The hash of the last valid change the author saw (32 zero bytes for the creation).
     pub previous_hash: String,
     /// The encoded `GroupChange`: the bytes that are signed.
     pub change: String,
     /// Ed25519 signature (64 bytes) by the author device's identity signing key over
     /// `"Hush-GroupChange-v1" ‖ change`.
     pub signature: String,
-    /// The encoded `SignedGroupChange` `{change, signature}`: what members exchange.
+    /// The encoded `SignedGroupChange` `{change, signature}`: the plaintext of the log entry.
     pub signed_group_change: String,
-    /// SHA-256 of `change`, the signed bytes (32 bytes): the next change's `previous_hash`.
+    /// SHA-256 of `change` (32 bytes).
     pub hash: String,
-    /// Accounts that joined with this change (32 bytes each).
+}
+
+/// One entry of a group's log on the relay, and what every member makes of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupLogEntryRecord {
+    /// Its position in the log (1, 2, 3, …), as the relay numbers it.
+    pub seq: u64,
+    /// What the entry is.
+    pub description: String,
+    /// Name of the participant that signed the change inside.
+    pub author: String,
+    /// The signed change sealed in the entry.
+    pub change: GroupChangeRecord,
+    /// The position the entry was sealed for (the `u64be` in its associated data); equal to
+    /// `seq` unless the entry was copied to another position.
+    pub sealed_for: u64,
+    /// The ChaCha20-Poly1305 nonce (12 bytes, drawn from the RNG).
+    pub nonce: String,
+    /// The associated data: `"Hush-GroupLogEntry-v1" ‖ slot ‖ u64be(sealed_for)`.
+    pub associated_data: String,
+    /// The entry: `0x01 ‖ nonce ‖ ChaCha20-Poly1305(entry_key, nonce, associated_data,
+    /// signed_group_change)`.
+    pub entry: String,
+    /// `"applied"` or `"skipped"` (by every member alike).
+    pub outcome: String,
+    /// For a skipped entry, the error it is skipped with (as `negative.json` names errors);
+    /// null when applied.
+    pub skip_error: Option<String>,
+    /// Accounts that joined with this entry, in `add` order (32 bytes each).
     pub added: Vec<String>,
-    /// Accounts that left with this change.
+    /// Accounts that left with this entry, in `remove` order.
     pub removed: Vec<String>,
+    /// The position of the last valid change afterwards.
+    pub epoch_after: u64,
+    /// The hash of the last valid change afterwards (the head).
+    pub head_after: String,
     /// The members afterwards, by ascending account key.
     pub members_after: Vec<GroupMemberRecord>,
     /// The group name afterwards.
     pub name_after: String,
+    /// The highest list version of each author account afterwards, by ascending account key.
+    pub list_versions_after: Vec<ListVersionRecord>,
 }
 
-/// A group's membership log.
+/// A group's log: the group secret and what derives from it, and the sealed entries in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MembershipVector {
+pub struct GroupLogVector {
     /// Short unique name.
     pub name: String,
     /// What the vector shows.
     pub description: String,
     /// ChaCha20Rng seed (32 bytes).
     pub seed: String,
-    /// The group id (32 bytes).
+    /// The group secret (32 bytes, drawn from the RNG).
+    pub group_secret: String,
+    /// The relay slot: HKDF-SHA256(salt = "Hush-GroupSecret-v1", ikm = secret,
+    /// info = "Hush_GroupLog_Slot_v1", L = 32).
+    pub slot: String,
+    /// The write token: the same with info = "Hush_GroupLog_Write_v1".
+    pub write_token: String,
+    /// What the relay keeps to check appends: SHA-256("Hush-GroupLog-Write" ‖ write_token).
+    pub write_check: String,
+    /// The entry key: the same HKDF with info = "Hush_GroupLog_Key_v1".
+    pub entry_key: String,
+    /// The group id: SHA-256("Hush-GroupId-v1" ‖ the creation's `change` bytes).
     pub group_id: String,
-    /// The devices that author changes or are members.
+    /// The devices that sign changes or are members.
     pub participants: Vec<ParticipantRecord>,
-    /// The changes, epoch 1 first.
-    pub changes: Vec<GroupChangeRecord>,
+    /// The log's entries, position 1 first.
+    pub entries: Vec<GroupLogEntryRecord>,
 }
 
 /// `sender_keys.json`.
@@ -226,8 +300,8 @@ pub struct SenderKeysFile {
     pub description: String,
     /// Sender-key chains with their messages and deliveries.
     pub vectors: Vec<SenderKeyVector>,
-    /// Signed membership logs.
-    pub membership_logs: Vec<MembershipVector>,
+    /// Group membership logs.
+    pub group_logs: Vec<GroupLogVector>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -262,6 +336,13 @@ const CAROL_FROM: u32 = 5;
 
 /// Carol's deliveries (iterations 5..16 only).
 const CAROL_DELIVERIES: [u32; 11] = [6, 5, 7, 11, 8, 9, 10, 13, 12, 15, 14];
+
+/// Alice's group log position while she sends messages 0..[`LOG_MOVES_AT`]; from then on she has
+/// read one more valid change.
+const FIRST_LOG_SEQ: u64 = 2;
+
+/// The first message sent after Alice's log position moved on.
+const LOG_MOVES_AT: u32 = 10;
 
 /// An account (its secret drawn from the RNG) and a device id on it.
 pub(super) struct Addressed {
@@ -384,16 +465,19 @@ pub(super) fn sender_keys_file() -> GenResult<SenderKeysFile> {
         file: "sender_keys".to_owned(),
         format_version: FORMAT_VERSION,
         description: "Group messaging: a sender key's chain (chain keys, message keys, AEAD keys and nonces), its \
-                      signed group messages, their distribution to two member devices and out-of-order delivery; \
-                      and a signed membership log (creation, add, remove, leave)."
+                      signed group messages (each naming the sender's group log position), their distribution to \
+                      two member devices and out-of-order delivery; and a group's membership log on the relay: the \
+                      group secret and what derives from it, each sealed entry, the signed change inside with its \
+                      author's device list, and the membership after it, entries every member skips included."
             .to_owned(),
         vectors: vec![sender_key_vector()?],
-        membership_logs: vec![membership_vector()?],
+        group_logs: vec![group_log_vector()?],
     })
 }
 
-/// Draws Alice's, Bob's and Carol's account secrets, the group id, then Alice's sender key
-/// (signing secret, chain key): 6 × 32 bytes.
+/// Draws Alice's, Bob's and Carol's account secrets, the group id, Alice's sender key (signing
+/// secret, chain key), then the two log heads Alice's messages name (at positions 2 and 3):
+/// 8 × 32 bytes.
 fn sender_key_vector() -> GenResult<SenderKeyVector> {
     let seed = seed("sender_keys", 0)?;
     let mut rng = ChaCha20Rng::from_seed(seed);
@@ -402,6 +486,7 @@ fn sender_key_vector() -> GenResult<SenderKeyVector> {
     let carol = Addressed::draw(&mut rng, CAROL_DEVICE_ID);
     let group = draw_group_id(&mut rng)?;
     let (mut own, signing_secret, initial_chain_key) = draw_sender_key(&mut rng)?;
+    let heads: [[u8; 32]; 2] = [draw(&mut rng), draw(&mut rng)];
 
     let receivers: [(&str, &Addressed, u32, &[u32]); 2] = [
         (BOB, &bob, 0, &BOB_DELIVERIES),
@@ -434,12 +519,25 @@ fn sender_key_vector() -> GenResult<SenderKeyVector> {
             aead_nonce: hx(aead_nonce),
         });
         let plaintext = format!("group message {i} from alice").into_bytes();
-        let m = own.encrypt(group, alice.address(), &plaintext)?;
+        let log = if i < LOG_MOVES_AT {
+            (FIRST_LOG_SEQ, heads[0])
+        } else {
+            (FIRST_LOG_SEQ + 1, heads[1])
+        };
+        let m = own.encrypt(group, alice.address(), log, &plaintext)?;
         ensure(
-            m.header.iteration == i && m.header.key_id == SENDER_KEY_ID,
-            "header names the key and iteration",
+            m.header.iteration == i
+                && m.header.key_id == SENDER_KEY_ID
+                && (m.header.log_seq, m.header.log_head) == log,
+            "header names the key, the iteration and the log position",
         )?;
         let header = m.header.to_bytes();
+        ensure(header.len() == 120, "the header is 120 bytes")?;
+        ensure(
+            header.get(80..88) == Some(&log.0.to_be_bytes()[..])
+                && header.get(88..) == Some(&log.1[..]),
+            "the header ends with u64be(log_seq) || log_head",
+        )?;
         ensure(
             sender_open(&aead_key, &aead_nonce, &header, &m.ciphertext)? == plaintext,
             "the documented AEAD key and nonce open the ciphertext",
@@ -455,6 +553,8 @@ fn sender_key_vector() -> GenResult<SenderKeyVector> {
         messages.push(SenderKeyMessageRecord {
             iteration: i,
             plaintext: hx(&plaintext),
+            log_seq: log.0,
+            log_head: hx(log.1),
             header: hx(&header),
             ciphertext: hx(&m.ciphertext),
             signature: hx(m.signature),
@@ -513,9 +613,13 @@ fn sender_key_vector() -> GenResult<SenderKeyVector> {
         description: format!(
             "Alice's sender key for a group: {GROUP_MESSAGES} messages (iterations 0 to {}). Bob gets \
              the key before message 0 and Carol after message {} (from iteration {CAROL_FROM}); each receives \
-             the messages out of order, with forward jumps and late use of skipped keys.",
+             the messages out of order, with forward jumps and late use of skipped keys. Messages 0 to {} name \
+             Alice's group log position {FIRST_LOG_SEQ}, the later ones position {} (she read one more change \
+             in between); the log heads are drawn from the RNG after the sender key.",
             GROUP_MESSAGES - 1,
-            CAROL_FROM - 1
+            CAROL_FROM - 1,
+            LOG_MOVES_AT - 1,
+            FIRST_LOG_SEQ + 1
         ),
         seed: hx(seed),
         now_ms: NOW_MS,
@@ -541,151 +645,481 @@ fn member_records(members: &BTreeMap<AccountId, bool>) -> Vec<GroupMemberRecord>
         .collect()
 }
 
+fn list_version_records(versions: &BTreeMap<AccountId, u64>) -> Vec<ListVersionRecord> {
+    versions
+        .iter()
+        .map(|(a, version)| ListVersionRecord {
+            account: hx(a.as_bytes()),
+            version: *version,
+        })
+        .collect()
+}
+
+/// Alice's second device (on her device list from version 2).
+pub const ALICE_SECOND_DEVICE_ID: u32 = 5;
+
+/// Name of Alice's second device in the group log vector.
+const ALICE_2: &str = "alice-2";
+
+/// An author account's signed device list and the devices on it.
+struct AuthorList<'a> {
+    list: VerifiedDeviceList,
+    devices: Vec<(u32, &'a DeviceSecrets, u64)>,
+}
+
+impl<'a> AuthorList<'a> {
+    fn new(
+        party: &Party,
+        version: u64,
+        issued_at: u64,
+        devices: Vec<(u32, &'a DeviceSecrets, u64)>,
+    ) -> GenResult<Self> {
+        Ok(Self {
+            list: signed_list(&party.account, version, issued_at, &devices)?,
+            devices,
+        })
+    }
+
+    /// Version 1, issued a day before [`NOW_MS`], listing only `party`'s device.
+    fn only(party: &'a Party) -> GenResult<Self> {
+        Self::new(
+            party,
+            1,
+            NOW_MS - DAY_MS,
+            vec![(party.device_id, &party.secrets, NOW_MS - DAY_MS)],
+        )
+    }
+}
+
+/// One entry of the group log vector.
+enum LogStep<'a> {
+    /// A change signed by `party` for position `epoch` on the log's head, sealed for the entry's
+    /// own position. `skip` is the error every member skips it with, if any.
+    Change {
+        author: &'a str,
+        party: &'a Party,
+        list: &'a AuthorList<'a>,
+        epoch: u64,
+        name: Option<&'a str>,
+        add: Vec<(AccountId, bool)>,
+        remove: Vec<AccountId>,
+        skip: Option<&'a str>,
+        description: &'a str,
+    },
+    /// The bytes of the entry at position `of`, appended again.
+    Copy {
+        of: u64,
+        skip: &'a str,
+        description: &'a str,
+    },
+}
+
+/// The HKDF-SHA256 output (32 bytes) of a group secret for `info`, salt "Hush-GroupSecret-v1".
+fn group_secret_derive(secret: &[u8], info: &[u8]) -> GenResult<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hkdf::Hkdf::<sha2::Sha256>::new(Some(GROUP_SECRET_SALT), secret)
+        .expand(info, &mut out)
+        .map_err(|_| "HKDF expansion")?;
+    Ok(out)
+}
+
 /// Draws Alice's, Bob's, Carol's and Dave's account, signing and DH secrets (4 × 3 × 32 bytes),
-/// then the group id.
-fn membership_vector() -> GenResult<MembershipVector> {
+/// the signing and DH secrets of Alice's second device (2 × 32), the group secret (32), then one
+/// 12-byte nonce per sealed entry, in log order (the copied entry draws none).
+fn group_log_vector() -> GenResult<GroupLogVector> {
     let seed = seed("sender_keys", 1)?;
     let mut rng = ChaCha20Rng::from_seed(seed);
     let alice = Party::draw(&mut rng, ALICE_DEVICE_ID);
     let bob = Party::draw(&mut rng, BOB_DEVICE_ID);
     let carol = Party::draw(&mut rng, CAROL_DEVICE_ID);
     let dave = Party::draw(&mut rng, DAVE_DEVICE_ID);
-    let group = draw_group_id(&mut rng)?;
+    let alice_2 = DeviceSecrets::draw(&mut rng);
+    let secret_bytes: [u8; 32] = draw(&mut rng.clone());
+    let secret = GroupSecret::random(&mut rng);
+    ensure(
+        *secret.to_bytes() == secret_bytes,
+        "the group secret is the next 32 bytes",
+    )?;
     let (a, b, c, d) = (
         alice.account.id(),
         bob.account.id(),
         carol.account.id(),
         dave.account.id(),
     );
-    type Step<'a> = (
-        &'a str,
-        &'a Party,
-        Option<&'a str>,
-        Vec<(AccountId, bool)>,
-        Vec<AccountId>,
-        u64,
+
+    // Alice's list: version 1 with her first device, version 2 once she linked a second one.
+    let alice_since = NOW_MS - 30 * DAY_MS;
+    let linked = NOW_MS - 2 * DAY_MS;
+    let alice_v1 = AuthorList::new(
+        &alice,
+        1,
+        alice_since,
+        vec![(ALICE_DEVICE_ID, &alice.secrets, alice_since)],
+    )?;
+    let alice_v2 = AuthorList::new(
+        &alice,
+        2,
+        linked,
+        vec![
+            (ALICE_DEVICE_ID, &alice.secrets, alice_since),
+            (ALICE_SECOND_DEVICE_ID, &alice_2, linked),
+        ],
+    )?;
+    ensure(
+        alice_v2.list.check_successor(Some(&alice_v1.list))?,
+        "Alice's version 2 succeeds version 1",
+    )?;
+    let (bob_v1, carol_v1, dave_v1) = (
+        AuthorList::only(&bob)?,
+        AuthorList::only(&carol)?,
+        AuthorList::only(&dave)?,
     );
-    let steps: [Step<'_>; 4] = [
-        // Alice creates the group with Bob and Carol.
-        (
-            ALICE,
-            &alice,
-            Some(GROUP_NAME),
-            vec![(a, true), (b, false), (c, false)],
-            vec![],
-            NOW_MS - 3 * HOUR_MS,
-        ),
-        // Alice adds Dave and makes Bob an admin.
-        (
-            ALICE,
-            &alice,
-            None,
-            vec![(d, false), (b, true)],
-            vec![],
-            NOW_MS - 2 * HOUR_MS,
-        ),
-        // Bob, now an admin, removes Carol.
-        (BOB, &bob, None, vec![], vec![c], NOW_MS - HOUR_MS),
-        // Dave (not an admin) leaves.
-        (DAVE, &dave, None, vec![], vec![d], NOW_MS),
+
+    let renamed = "Hush vector group, renamed";
+    let steps = [
+        LogStep::Change {
+            author: ALICE,
+            party: &alice,
+            list: &alice_v1,
+            epoch: 1,
+            name: Some(GROUP_NAME),
+            add: vec![(a, true), (b, false), (c, false)],
+            remove: vec![],
+            skip: None,
+            description: "Alice creates the group with Bob and Carol, naming the slot; her device list is \
+                          version 1.",
+        },
+        LogStep::Change {
+            author: ALICE,
+            party: &alice,
+            list: &alice_v2,
+            epoch: 2,
+            name: None,
+            add: vec![(d, false), (b, true)],
+            remove: vec![],
+            skip: None,
+            description: "Alice adds Dave and makes Bob an admin; she has linked a second device since, and \
+                          her change carries her list version 2.",
+        },
+        LogStep::Change {
+            author: BOB,
+            party: &bob,
+            list: &bob_v1,
+            epoch: 3,
+            name: Some(renamed),
+            add: vec![],
+            remove: vec![c],
+            skip: None,
+            description: "Bob, now an admin, removes Carol and renames the group.",
+        },
+        LogStep::Change {
+            author: CAROL,
+            party: &carol,
+            list: &carol_v1,
+            epoch: 4,
+            name: None,
+            add: vec![(c, false)],
+            remove: vec![],
+            skip: Some("Auth(BadSignature)"),
+            description: "Carol, removed but still holding the group secret, appends a change adding herself \
+                          back, correctly built on the head: she is neither an admin nor a member, so every \
+                          member skips it.",
+        },
+        LogStep::Change {
+            author: ALICE,
+            party: &alice,
+            list: &alice_v1,
+            epoch: 5,
+            name: Some("Hush vector group, renamed again"),
+            add: vec![],
+            remove: vec![],
+            skip: Some("Protocol(DeviceListRollback)"),
+            description: "Alice renames the group with a change carrying her list version 1, although the log \
+                          already showed her version 2: a list version never goes back, so it is skipped.",
+        },
+        LogStep::Change {
+            author: BOB,
+            party: &bob,
+            list: &bob_v1,
+            epoch: 5,
+            name: None,
+            add: vec![(c, false)],
+            remove: vec![],
+            skip: Some("Protocol(Misuse)"),
+            description: "Bob adds Carol back with a change signed for position 5 on the current head, but it \
+                          is appended at position 6: it names another position, so it is skipped.",
+        },
+        LogStep::Copy {
+            of: 6,
+            skip: "Auth(DecryptFailed)",
+            description: "The bytes of entry 6 appended again at position 7: the entry is sealed for position \
+                          6, so it does not open here.",
+        },
+        LogStep::Change {
+            author: DAVE,
+            party: &dave,
+            list: &dave_v1,
+            epoch: 8,
+            name: None,
+            add: vec![],
+            remove: vec![],
+            skip: None,
+            description: "Dave (not an admin) appends a refresh: no name, no adds, no removals; it only brings \
+                          his account's device list into the log.",
+        },
+        LogStep::Change {
+            author: DAVE,
+            party: &dave,
+            list: &dave_v1,
+            epoch: 9,
+            name: None,
+            add: vec![],
+            remove: vec![d],
+            skip: None,
+            description: "Dave (not an admin) leaves.",
+        },
     ];
+
+    let slot = secret.slot();
+    let write_token = *secret.write_token();
+    let entry_key = group_secret_derive(&secret_bytes, GROUP_LOG_KEY_INFO)?;
+    ensure(
+        slot == group_secret_derive(&secret_bytes, GROUP_LOG_SLOT_INFO)?
+            && write_token == group_secret_derive(&secret_bytes, GROUP_LOG_WRITE_INFO)?,
+        "slot and write token are HKDF outputs of the secret",
+    )?;
+    let write_check: [u8; 32] = Sha256::new()
+        .chain_update(b"Hush-GroupLog-Write")
+        .chain_update(write_token)
+        .finalize()
+        .into();
+
     let mut log: Option<GroupLog> = None;
-    let mut changes = Vec::new();
-    for (epoch, (author, party, name, add, remove, issued_at)) in (1u64..).zip(steps) {
-        let previous_hash = log.as_ref().map_or([0u8; 32], |l| l.state().head);
-        let body = ChangeBody {
-            group,
-            epoch,
-            previous_hash,
-            author: party.address(),
-            name: name.map(str::to_owned),
-            add: add.clone(),
-            remove: remove.clone(),
-            issued_at,
-        };
-        let change = SignedChange::sign(body, &party.identity);
-        change.verify(&party.public())?;
-        ensure(
-            SignedChange::parse(&change.signed)? == change,
-            "a signed change parses back",
-        )?;
-        let (added, removed) = match log.as_mut() {
-            None => {
-                let created = GroupLog::create(change.clone())?;
-                // Every account of the creation joins, in the order listed.
-                let added: Vec<AccountId> = add.iter().map(|(acct, _)| *acct).collect();
+    let mut sealed: Vec<(SignedChange, u64, [u8; 12], Vec<u8>)> = Vec::new();
+    let mut entries = Vec::new();
+    let mut group_id = None;
+    for (seq, step) in (1u64..).zip(&steps) {
+        let (author, list, change, sealed_for, nonce, entry, skip, description) = match step {
+            LogStep::Change {
+                author,
+                party,
+                list,
+                epoch,
+                name,
+                add,
+                remove,
+                skip,
+                description,
+            } => {
+                let body = ChangeBody {
+                    group: log.as_ref().map_or(GroupId([0; 32]), |l| l.state().id),
+                    epoch: *epoch,
+                    previous_hash: log.as_ref().map_or([0; 32], |l| l.state().head),
+                    author: party.address(),
+                    name: name.map(str::to_owned),
+                    add: add.clone(),
+                    remove: remove.clone(),
+                    issued_at: NOW_MS - (10 - seq) * HOUR_MS,
+                    author_list: list.list.signed_bytes().to_vec(),
+                    slot: (*epoch == 1).then_some(slot),
+                };
+                let change = SignedChange::sign(body, &party.identity);
                 ensure(
-                    created.state().members.len() == added.len(),
-                    "the creation lists distinct accounts",
+                    SignedChange::parse(&change.signed)? == change,
+                    "a signed change parses back",
                 )?;
-                log = Some(created);
-                (added, Vec::new())
+                let nonce: [u8; 12] = draw(&mut rng.clone());
+                let entry = secret.seal_entry(seq, &change.signed, &mut rng)?;
+                ensure(
+                    entry.get(1..13) == Some(&nonce[..]),
+                    "the entry's nonce is the next 12 bytes",
+                )?;
+                (
+                    *author,
+                    *list,
+                    change,
+                    seq,
+                    nonce,
+                    entry,
+                    *skip,
+                    *description,
+                )
             }
-            Some(l) => match l.offer(change.clone())? {
-                Offered::Applied(diffs) => match diffs.as_slice() {
-                    [diff] => (diff.added.clone(), diff.removed.clone()),
-                    _ => return Err("one change, one diff".into()),
-                },
-                _ => return Err("the change is applied".into()),
+            LogStep::Copy {
+                of,
+                skip,
+                description,
+            } => {
+                let (change, sealed_for, nonce, entry) = get(&sealed, usize::try_from(*of - 1)?)?;
+                let (author, list) = match get(&steps, usize::try_from(*of - 1)?)? {
+                    LogStep::Change { author, list, .. } => (*author, *list),
+                    LogStep::Copy { .. } => return Err("a copy of a copy".into()),
+                };
+                (
+                    author,
+                    list,
+                    change.clone(),
+                    *sealed_for,
+                    *nonce,
+                    entry.clone(),
+                    Some(*skip),
+                    *description,
+                )
+            }
+        };
+        let ad = [GROUP_LOG_ENTRY_LABEL, &slot[..], &sealed_for.to_be_bytes()].concat();
+        ensure(
+            entry.first() == Some(&GROUP_LOG_ENTRY_VERSION)
+                && sender_open(&entry_key, &nonce, &ad, entry.get(13..).unwrap_or_default())?
+                    == change.signed,
+            "the entry opens with the derived key under its associated data",
+        )?;
+
+        let before = log.as_ref().map(|l| l.state().clone());
+        let (added, removed, skip_error) = match log.as_mut() {
+            None => {
+                let id = change.body.group;
+                let w = wire::SignedGroupChange::decode(change.signed.as_slice())?;
+                let by_hand: [u8; 32] = Sha256::new()
+                    .chain_update(GROUP_ID_LABEL)
+                    .chain_update(&w.change)
+                    .finalize()
+                    .into();
+                ensure(id.0 == by_hand, "the group id is the hash of the creation")?;
+                log = Some(GroupLog::create(id, secret.clone(), &entry)?);
+                group_id = Some(id);
+                let added: Vec<AccountId> = change.body.add.iter().map(|(x, _)| *x).collect();
+                (added, Vec::new(), None)
+            }
+            Some(l) => match l.process(seq, &entry)? {
+                Processed::Applied { diff, .. } => (diff.added, diff.removed, None),
+                Processed::Skipped(e) => (Vec::new(), Vec::new(), Some(error_name(&e))),
             },
         };
-        let state = log.as_ref().ok_or("log")?.state();
         ensure(
-            state.epoch == epoch && state.head == change.hash,
-            "the head is the new change",
+            skip_error.as_deref() == skip,
+            &format!("entry {seq}: {skip:?}, got {skip_error:?}"),
         )?;
-        let signed = wire::SignedGroupChange::decode(change.signed.as_slice())?;
-        changes.push(GroupChangeRecord {
-            epoch,
+        let state = log.as_ref().ok_or("log")?.state();
+        if skip.is_some() {
+            ensure(
+                before.as_ref() == Some(state),
+                "a skipped entry changes nothing",
+            )?;
+        } else {
+            ensure(
+                state.epoch == seq && state.head == change.hash,
+                "the head is the new change",
+            )?;
+        }
+        let w = wire::SignedGroupChange::decode(change.signed.as_slice())?;
+        entries.push(GroupLogEntryRecord {
+            seq,
+            description: description.to_owned(),
             author: author.to_owned(),
-            author_account: hx(party.account.id().as_bytes()),
-            author_device_id: party.device_id,
-            name: name.map(str::to_owned),
-            add: add
-                .iter()
-                .map(|(acct, admin)| GroupMemberRecord {
-                    account: hx(acct.as_bytes()),
-                    admin: *admin,
-                })
-                .collect(),
-            remove: remove.iter().map(|acct| hx(acct.as_bytes())).collect(),
-            issued_at,
-            previous_hash: hx(previous_hash),
-            change: hx(&signed.change),
-            signature: hx(&signed.signature),
-            signed_group_change: hx(&change.signed),
-            hash: hx(change.hash),
-            added: added.iter().map(|acct| hx(acct.as_bytes())).collect(),
-            removed: removed.iter().map(|acct| hx(acct.as_bytes())).collect(),
+            change: GroupChangeRecord {
+                epoch: change.body.epoch,
+                group_id: if change.body.epoch == 1 {
+                    String::new()
+                } else {
+                    hx(change.body.group.0)
+                },
+                author_account: hx(change.body.author.account.as_bytes()),
+                author_device_id: change.body.author.device_id,
+                author_device_list: version_record(&list.list, &list.devices)?,
+                log_slot: change.body.slot.map(hx).unwrap_or_default(),
+                name: change.body.name.clone(),
+                add: change
+                    .body
+                    .add
+                    .iter()
+                    .map(|(acct, admin)| GroupMemberRecord {
+                        account: hx(acct.as_bytes()),
+                        admin: *admin,
+                    })
+                    .collect(),
+                remove: change
+                    .body
+                    .remove
+                    .iter()
+                    .map(|acct| hx(acct.as_bytes()))
+                    .collect(),
+                issued_at: change.body.issued_at,
+                previous_hash: hx(change.body.previous_hash),
+                change: hx(&w.change),
+                signature: hx(&w.signature),
+                signed_group_change: hx(&change.signed),
+                hash: hx(change.hash),
+            },
+            sealed_for,
+            nonce: hx(nonce),
+            associated_data: hx(&ad),
+            entry: hx(&entry),
+            outcome: if skip.is_some() { "skipped" } else { "applied" }.to_owned(),
+            skip_error,
+            added: added.iter().map(|x| hx(x.as_bytes())).collect(),
+            removed: removed.iter().map(|x| hx(x.as_bytes())).collect(),
+            epoch_after: state.epoch,
+            head_after: hx(state.head),
             members_after: member_records(&state.members),
             name_after: state.name.clone(),
+            list_versions_after: list_version_records(&state.list_versions),
         });
+        sealed.push((change, sealed_for, nonce, entry));
     }
     let log = log.ok_or("no log")?;
+    let group = group_id.ok_or("no creation")?;
     ensure(
-        GroupLog::restore(log.log().to_vec(), Vec::new())?.state() == log.state(),
+        GroupLog::restore(group, secret.clone(), log.entries().to_vec(), log.seq())?.state()
+            == log.state(),
         "the log restores to the same state",
     )?;
+    ensure(
+        log.state().list_versions.get(&a) == Some(&2),
+        "Alice's list version 2 is in the log",
+    )?;
 
-    Ok(MembershipVector {
-        name: "create-add-remove-leave".to_owned(),
-        description: "Alice creates the group with Bob and Carol (epoch 1); adds Dave and makes Bob an admin (2); \
-                      Bob removes Carol (3); Dave, not an admin, leaves (4)."
-            .to_owned(),
+    let alice_2_record = DeviceKeysRecord {
+        device_id: ALICE_SECOND_DEVICE_ID,
+        identity_signing_secret: hx(alice_2.signing),
+        identity_signing_public: hx(alice_2.public().signing_key()),
+        identity_dh_secret: hx(alice_2.dh),
+        identity_dh_public: hx(alice_2.public().dh_key()),
+        ..alice.record()
+    };
+    let mut participants: Vec<ParticipantRecord> =
+        [(ALICE, &alice), (BOB, &bob), (CAROL, &carol), (DAVE, &dave)]
+            .into_iter()
+            .map(|(name, p)| ParticipantRecord {
+                name: name.to_owned(),
+                device: p.record(),
+            })
+            .collect();
+    participants.insert(
+        1,
+        ParticipantRecord {
+            name: ALICE_2.to_owned(),
+            device: alice_2_record,
+        },
+    );
+
+    Ok(GroupLogVector {
+        name: "create-add-remove-skip-refresh-leave".to_owned(),
+        description: format!(
+            "The log of a group on the relay: {} entries, of which 4 are skipped by every member (a removed \
+             member's change, a change carrying an older device list of its author's account, a change \
+             signed for another position, an entry copied to another position). Each applied change moves \
+             the head; a skipped one changes nothing.",
+            steps.len()
+        ),
         seed: hx(seed),
+        group_secret: hx(secret_bytes),
+        slot: hx(slot),
+        write_token: hx(write_token),
+        write_check: hx(write_check),
+        entry_key: hx(entry_key),
         group_id: hx(group.0),
-        participants: [
-            (ALICE, &alice),
-            (BOB, &bob),
-            (CAROL, &carol),
-            (DAVE, &dave),
-        ]
-        .into_iter()
-        .map(|(name, p)| ParticipantRecord {
-            name: name.to_owned(),
-            device: p.record(),
-        })
-        .collect(),
-        changes,
+        participants,
+        entries,
     })
 }

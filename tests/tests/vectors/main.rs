@@ -383,7 +383,7 @@ fn vectors_verify_like_a_reviewer() {
     let ratchet = check_ratchet_file(&load("double_ratchet.json"));
     let (lists, list_negatives) = check_device_list_file(&load("device_lists.json"));
     let (pairs, comparisons) = check_safety_file(&load("safety_numbers.json"));
-    let (sender_keys, group_messages, membership_logs) =
+    let (sender_keys, group_messages, group_logs) =
         check_sender_keys_file(&load("sender_keys.json"));
     let (envelopes, delivery_keys) = check_sealed_file(&load("sealed.json"));
     let (negatives, group_negatives) = check_negative_file(&load("negative.json"));
@@ -391,7 +391,7 @@ fn vectors_verify_like_a_reviewer() {
     println!(
         "checked {pqxdh} PQXDH, {ratchet} double-ratchet, {lists} device-list (+{list_negatives} negative), \
          {pairs} safety-number (+{comparisons} comparisons), {sender_keys} sender-key ({group_messages} \
-         group messages), {membership_logs} membership-log and {negatives} negative ({group_negatives} group) \
+         group messages), {group_logs} group-log and {negatives} negative ({group_negatives} group) \
          vectors"
     );
     assert!(
@@ -402,7 +402,7 @@ fn vectors_verify_like_a_reviewer() {
             && pairs >= 3
             && comparisons > 0
     );
-    assert!(sender_keys > 0 && group_messages >= 10 && membership_logs > 0);
+    assert!(sender_keys > 0 && group_messages >= 10 && group_logs > 0);
     assert!(negatives > 0 && group_negatives > 0);
     assert!(envelopes >= 5 && delivery_keys >= 4);
 }

@@ -6,20 +6,22 @@ use std::collections::BTreeSet;
 use hush_core::device::{Device as CoreDevice, GroupIncoming};
 use hush_core::device_list::VerifiedDeviceList;
 use hush_core::error::{AuthError, ProtocolError};
+use hush_core::group::{GroupLog, GroupSecret};
 use hush_core::keys::{AccountId, DeviceIdentityKeyPair};
 use hush_core::pqxdh::{self, InitialMessage};
 use hush_core::prekeys::PreKeyBundle;
 use hush_core::ratchet::{RatchetMessage, SessionState};
 use hush_core::sealed;
-use hush_core::sender_key::{GroupMessage, SenderKeyState};
+use hush_core::sender_key::{GroupId, GroupMessage, SenderKeyState};
 use hush_core::store::kv::{Batch, KvStore, Namespace};
 use hush_core::store::memory::MemoryKv;
 use hush_proto::{Message, store, wire};
 use hush_tests::vectors::{
     NamedError, NegativeFile, NegativeInput, NegativeVector, StoreEntryRecord, error_name,
 };
+use sha2::Digest;
 
-use super::sender_keys::group_signature_ok;
+use super::sender_keys::{aead_open, group_derive, group_signature_ok};
 use super::{
     Device, ScriptedRng, check_header, h, h32, kem_pre_key, one_time_pre_key, signed_pre_key,
 };
@@ -80,6 +82,7 @@ pub(super) fn check_negative_file(f: &NegativeFile) -> (usize, usize) {
         "Auth(SealedDecryptFailed)",
         "Auth(SealedSenderMismatch)",
         "Protocol(UnsupportedVersion)",
+        "Protocol(InvalidGroupLog)",
     ] {
         assert!(
             errors.contains(required),
@@ -382,6 +385,58 @@ pub(super) fn check_negative(v: &NegativeVector) {
                 }
                 GroupIncoming::Buffered { .. } => panic!("{}: control buffered", v.name),
             }
+        }
+        NegativeInput::GroupLogStart {
+            group_id,
+            group_secret,
+            entry,
+            control_group_id,
+            control_entry,
+        } => {
+            // By hand: the entry opens at position 1 under the key derived from the secret, and
+            // is a creation whose hash is the group id and which names the secret's slot.
+            let secret = h32(group_secret);
+            let (slot, key) = (
+                group_derive(&secret, b"Hush_GroupLog_Slot_v1"),
+                group_derive(&secret, b"Hush_GroupLog_Key_v1"),
+            );
+            let valid_start = |id: &[u8; 32], entry: &[u8]| -> bool {
+                let ad = [&b"Hush-GroupLogEntry-v1"[..], &slot, &1u64.to_be_bytes()].concat();
+                let (Some(1), Some(nonce), Some(ct)) =
+                    (entry.first().copied(), entry.get(1..13), entry.get(13..))
+                else {
+                    return false;
+                };
+                let Some(signed) = aead_open(&key, nonce.try_into().unwrap(), &ad, ct) else {
+                    return false;
+                };
+                let signed = wire::SignedGroupChange::decode(signed.as_slice()).unwrap();
+                let change = wire::GroupChange::decode(signed.change.as_slice()).unwrap();
+                let hash = sha2::Sha256::new()
+                    .chain_update(b"Hush-GroupId-v1")
+                    .chain_update(&signed.change)
+                    .finalize();
+                change.epoch == 1
+                    && change.group_id.is_empty()
+                    && hash.as_slice() == id
+                    && change.log_slot == slot
+            };
+            assert!(!valid_start(&h32(group_id), &h(entry)), "{}", v.name);
+            assert!(
+                valid_start(&h32(control_group_id), &h(control_entry)),
+                "{}",
+                v.name
+            );
+            // Through hush-core.
+            let gs = GroupSecret::from_bytes(&secret).unwrap();
+            assert_rejected(
+                v,
+                GroupLog::create(GroupId(h32(group_id)), gs.clone(), &h(entry)),
+            );
+            let log = GroupLog::create(GroupId(h32(control_group_id)), gs, &h(control_entry))
+                .unwrap_or_else(|e| panic!("{}: control refused: {e:?}", v.name));
+            assert_eq!(log.state().id.0, h32(control_group_id));
+            assert_eq!(log.seq(), 1);
         }
         NegativeInput::SealedOpen {
             recipient,

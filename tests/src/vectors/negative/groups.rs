@@ -2,7 +2,8 @@
 //! sender key, then group messages received by a whole device opened from its store.
 
 use hush_core::consts::MAX_SENDER_KEY_JUMP;
-use hush_core::device::{Device, GroupIncoming, GroupSend, Outgoing};
+use hush_core::device::{Device, GroupIncoming, GroupSend, LogCheck, Outgoing};
+use hush_core::group::{ChangeBody, GroupLog, GroupSecret, SignedChange};
 use hush_core::keys::DeviceAddress;
 use hush_core::sender_key::{GroupId, GroupMessage, SenderKeyState};
 use hush_core::store::kv::{Batch, KvStore, Namespace};
@@ -14,11 +15,15 @@ use rand_core::SeedableRng;
 use crate::sim::{Population, Store};
 use crate::vectors::sender_keys::{Addressed, draw_group_id, draw_sender_key, reparse};
 use crate::vectors::{
-    ALICE_DEVICE_ID, BOB_DEVICE_ID, GROUP_NAME, GenResult, NOW_MS, NegativeInput, StoreEntryRecord,
-    check_err, ensure, flip, get, hx,
+    ALICE_DEVICE_ID, BOB_DEVICE_ID, GROUP_NAME, GenResult, NOW_MS, NegativeInput, Party,
+    StoreEntryRecord, check_err, ensure, flip, get, hx,
 };
 
 use super::Negatives;
+
+/// The group log position the sender-key cases' messages name: position 1 with a zero head (a
+/// sender-key state does not look at it; a device notes it only after a message verifies).
+const SETUP_LOG: (u64, [u8; 32]) = (1, [0; 32]);
 
 /// One sender and one receiver of a group, as the sender-key negative vectors use them.
 struct GroupSetup {
@@ -47,7 +52,9 @@ impl GroupSetup {
     /// The sender's next message, with plaintext `group message <iteration>`.
     fn send(&mut self) -> GenResult<(GroupMessage, Vec<u8>)> {
         let plaintext = format!("group message {}", self.own.iteration()).into_bytes();
-        let m = self.own.encrypt(self.group, self.sender, &plaintext)?;
+        let m = self
+            .own
+            .encrypt(self.group, self.sender, SETUP_LOG, &plaintext)?;
         Ok((m, plaintext))
     }
 
@@ -254,9 +261,25 @@ fn send_group(
     Ok(send)
 }
 
+/// `dev` reads group `g`'s log from the simulated relay and processes it; the log must agree with
+/// what members told it.
+fn sync(
+    pop: &mut Population,
+    dev: DeviceAddress,
+    g: &GroupId,
+    rng: &mut ChaCha20Rng,
+) -> GenResult<()> {
+    let update = pop.sync_group(dev, g, rng, NOW_MS)?;
+    ensure(
+        update.check == LogCheck::Consistent && update.outgoing.is_empty(),
+        "the log is consistent and there is nothing to send",
+    )
+}
+
 /// Three accounts with one device each (Alice, Bob, Carol: `Population::new(rng, [1, 1, 1], now)`,
 /// so every device holds every account's device list); Alice starts sessions with Bob and Carol
-/// and creates a group of the three, and both apply it.
+/// and creates a group of the three (its creation appended to the group's log on the simulated
+/// relay); Bob and Carol receive her notices and read the log.
 fn device_group(rng: &mut ChaCha20Rng) -> GenResult<(Population, GroupId, [DeviceAddress; 3])> {
     let mut pop = Population::new(rng, &[1, 1, 1], NOW_MS)?;
     let addrs: Vec<DeviceAddress> = pop
@@ -266,13 +289,25 @@ fn device_group(rng: &mut ChaCha20Rng) -> GenResult<(Population, GroupId, [Devic
         .collect();
     let [alice, bob, carol]: [DeviceAddress; 3] = addrs.try_into().map_err(|_| "three accounts")?;
     pop.ensure_sessions(&alice, &[bob, carol], rng, NOW_MS)?;
-    let (g, out) = device_mut(&mut pop, &alice)?.create_group(
+    let (g, out) = pop.create_group(
+        alice,
         GROUP_NAME,
         &[bob.account, carol.account],
         rng,
         NOW_MS,
     )?;
     deliver_pairwise(&mut pop, &alice, &out, rng)?;
+    sync(&mut pop, bob, &g, rng)?;
+    sync(&mut pop, carol, &g, rng)?;
+    ensure(
+        [bob, carol].iter().all(|d| {
+            pop.devices
+                .get(d)
+                .and_then(|dev| dev.group(&g))
+                .is_some_and(|e| e.state().members.len() == 3)
+        }),
+        "Bob and Carol joined the group",
+    )?;
     Ok((pop, g, [alice, bob, carol]))
 }
 
@@ -365,8 +400,8 @@ pub(super) fn negative_groups(n: &mut Negatives) -> GenResult<()> {
         let ((m0, _), (m1, p1)) = (get(&msgs, 0)?, get(&msgs, 1)?);
         receiver.decrypt(&reparse(m0)?, NOW_MS)?;
         let (mut mallory, _, _) = draw_sender_key(&mut rng)?;
-        mallory.encrypt(s.group, s.sender, b"group message 0")?;
-        let forged = mallory.encrypt(s.group, s.sender, b"group message 1, forged")?;
+        mallory.encrypt(s.group, s.sender, SETUP_LOG, b"group message 0")?;
+        let forged = mallory.encrypt(s.group, s.sender, SETUP_LOG, b"group message 1, forged")?;
         ensure(
             forged.header == m1.header,
             "the forged header is the genuine one",
@@ -497,18 +532,14 @@ pub(super) fn negative_group_devices(n: &mut Negatives) -> GenResult<()> {
             receive_group(&mut pop, &bob, &c0.message, &mut rng)? == b"message 0 from carol",
             "Bob reads Carol while she is a member",
         )?;
-        let out = device_mut(&mut pop, &alice)?.update_group(
-            &g,
-            &[],
-            &[carol.account],
-            None,
-            &mut rng,
-            NOW_MS,
-        )?;
+        let (out, conflicts) =
+            pop.update_group(alice, &g, &[], &[carol.account], &mut rng, NOW_MS)?;
+        ensure(conflicts == 0, "nobody else wrote to the log")?;
         let (to_carol, others): (Vec<Outgoing>, Vec<Outgoing>) =
             out.into_iter().partition(|o| o.to == carol);
         ensure(to_carol.len() == 1, "Carol is told too")?;
         deliver_pairwise(&mut pop, &alice, &others, &mut rng)?;
+        sync(&mut pop, bob, &g, &mut rng)?;
         ensure(
             device_mut(&mut pop, &bob)?
                 .group(&g)
@@ -535,13 +566,14 @@ pub(super) fn negative_group_devices(n: &mut Negatives) -> GenResult<()> {
         n.group_device(
             seed,
             "group-removed-member",
-            "Bob's device (its whole store). Alice created a group of Alice, Bob and Carol; Carol sent message 0 \
-             under her sender key (key id 1) and Bob decrypted it. Alice then removed Carol; Bob applied the \
-             change, Carol's copy of it is still in flight. Carol, unaware, sends her next message (iteration \
-             1 of the key Bob holds): Bob must refuse it because Carol is no longer a member. The control is \
-             Alice's next message, under the new sender key she made after the removal (key id 2, already \
-             distributed to Bob). The RNG drives Population::new(rng, [1, 1, 1], now), then every operation in \
-             that order."
+            "Bob's device (its whole store). Alice created a group of Alice, Bob and Carol (its log on the \
+             relay holds the creation at position 1, which Bob and Carol read); Carol sent message 0 under her \
+             sender key (key id 1) and Bob decrypted it. Alice then removed Carol (the change at log position \
+             2); Bob got Alice's notice and read the log, Carol's notice is still in flight and she has not read \
+             it. Carol, unaware, sends her next message (iteration 1 of the key Bob holds, naming log position \
+             1): Bob must refuse it because Carol is no longer a member. The control is Alice's next message, \
+             under the new sender key she made after the removal (key id 2, already distributed to Bob). The RNG \
+             drives Population::new(rng, [1, 1, 1], now), then every operation in that order."
                 .to_owned(),
             "Protocol(NotAMember)",
             device_mut(&mut pop, &bob)?.store(),
@@ -561,8 +593,13 @@ pub(super) fn negative_group_devices(n: &mut Negatives) -> GenResult<()> {
         let control = b"message 1 from alice";
         let a1 = send_group(&mut pop, &alice, &g, control, &mut rng)?;
         let mut carols = own_sender_key(device_mut(&mut pop, &carol)?.store())?;
-        let forged = carols.encrypt(g, alice, b"message 1 from alice, forged by carol")?;
         let genuine = GroupMessage::try_from(&wire::GroupMessage::decode(a1.message.as_slice())?)?;
+        let forged = carols.encrypt(
+            g,
+            alice,
+            (genuine.header.log_seq, genuine.header.log_head),
+            b"message 1 from alice, forged by carol",
+        )?;
         ensure(
             forged.header == genuine.header,
             "the forged header is Alice's next",
@@ -570,10 +607,10 @@ pub(super) fn negative_group_devices(n: &mut Negatives) -> GenResult<()> {
         n.group_device(
             seed,
             "group-device-forged-sender",
-            "Bob's device (its whole store). Alice created a group of Alice, Bob and Carol; Alice and then Carol \
-             sent message 0 and Bob decrypted both (he holds both sender keys, each key id 1). Carol, a member, \
+            "Bob's device (its whole store). Alice created a group of Alice, Bob and Carol (Bob and Carol read \
+             its log from the relay); Alice and then Carol sent message 0 and Bob decrypted both (he holds both sender keys, each key id 1). Carol, a member, \
              takes her own sender key from her store and sends a message whose header names Alice's device, key \
-             id 1, iteration 1: Bob routes it to Alice's sender key, whose signature check fails. The control is \
+             id 1, iteration 1 and Alice's log position: Bob routes it to Alice's sender key, whose signature check fails. The control is \
              Alice's genuine message 1."
                 .to_owned(),
             "Auth(BadSignature)",
@@ -582,6 +619,118 @@ pub(super) fn negative_group_devices(n: &mut Negatives) -> GenResult<()> {
             &a1.message,
             control,
         )?;
+    }
+    Ok(())
+}
+
+/// A creation by `alice` (her version-1 device list) of a group of herself only, named `name`,
+/// for the log in `slot`.
+fn creation(alice: &Party, name: &str, slot: [u8; 32]) -> GenResult<SignedChange> {
+    Ok(SignedChange::sign(
+        ChangeBody {
+            group: GroupId([0; 32]),
+            epoch: 1,
+            previous_hash: [0; 32],
+            author: alice.address(),
+            name: Some(name.to_owned()),
+            add: vec![(alice.account.id(), true)],
+            remove: vec![],
+            issued_at: NOW_MS,
+            author_list: alice.own_device_list(NOW_MS)?.signed_bytes().to_vec(),
+            slot: Some(slot),
+        },
+        &alice.identity,
+    ))
+}
+
+pub(super) fn negative_group_logs(n: &mut Negatives) -> GenResult<()> {
+    type Case = fn(&Party, &GroupSecret, &mut ChaCha20Rng) -> GenResult<(SignedChange, Vec<u8>)>;
+    // (name, what, whether the invitation names the rejected creation's own id, the entry)
+    let cases: [(&str, &str, bool, Case); 3] = [
+        (
+            "group-log-creation-for-another-id",
+            "Entry 1 under the invitation's slot is a valid creation by Alice, sealed under the group secret \
+             and naming its slot, but of another group: its name differs (\"Hush vector group, another\"), so \
+             its hash, the group id, is not the one the invitation names. Nobody can make a creation for \
+             an existing group id. Drawn after the control's nonce: this entry's nonce (12 bytes).",
+            false,
+            |alice, secret, rng| {
+                let c = creation(alice, "Hush vector group, another", secret.slot())?;
+                let entry = secret.seal_entry(1, &c.signed, rng)?;
+                Ok((c, entry))
+            },
+        ),
+        (
+            "group-log-creation-names-another-slot",
+            "Entry 1 is a valid creation by Alice sealed under the group secret, and the group id is its \
+             hash, but it names the slot of another secret (drawn after the control's nonce: 32 bytes, then \
+             this entry's nonce, 12 bytes).",
+            true,
+            |alice, secret, rng| {
+                let other = GroupSecret::random(rng);
+                let c = creation(alice, GROUP_NAME, other.slot())?;
+                let entry = secret.seal_entry(1, &c.signed, rng)?;
+                Ok((c, entry))
+            },
+        ),
+        (
+            "group-log-creation-sealed-for-position-2",
+            "The control's creation, sealed again under the group secret for position 2 (the nonce drawn \
+             after the control's, 12 bytes): the position is in the associated data, so it does not open \
+             at position 1.",
+            false,
+            |alice, secret, rng| {
+                let c = creation(alice, GROUP_NAME, secret.slot())?;
+                let entry = secret.seal_entry(2, &c.signed, rng)?;
+                Ok((c, entry))
+            },
+        ),
+    ];
+    for (name, what, own_id, case) in cases {
+        let (seed, mut rng) = n.next_rng()?;
+        let alice = Party::draw(&mut rng, ALICE_DEVICE_ID);
+        let secret = GroupSecret::random(&mut rng);
+        let genuine = creation(&alice, GROUP_NAME, secret.slot())?;
+        let control_entry = secret.seal_entry(1, &genuine.signed, &mut rng)?;
+        let control_id = genuine.body.group;
+        let (bad, entry) = case(&alice, &secret, &mut rng)?;
+        let id = if own_id { bad.body.group } else { control_id };
+        check_err(
+            GroupLog::create(id, secret.clone(), &entry),
+            "Protocol(InvalidGroupLog)",
+        )?;
+        ensure(
+            GroupLog::create(control_id, secret.clone(), &control_entry)?
+                .state()
+                .id
+                == control_id,
+            "the control starts the group's log",
+        )?;
+        n.push(
+            seed,
+            name,
+            format!(
+                "An invitation gives group id {} and a group secret; the device reads the log under the \
+                 secret's slot and must refuse its first entry. {what} The control is the genuine creation: \
+                 Alice (her version-1 device list) creates the group \"{GROUP_NAME}\" of herself, naming the \
+                 secret's slot, sealed for position 1. The RNG draws Alice's account, signing and DH secrets \
+                 (3 × 32 bytes), the group secret (32), the control's nonce (12), then what this entry \
+                 needs.",
+                if own_id {
+                    "G' (the hash of the rejected creation)"
+                } else {
+                    "G (the control's)"
+                }
+            ),
+            "Protocol(InvalidGroupLog)",
+            NegativeInput::GroupLogStart {
+                group_id: hx(id.0),
+                group_secret: hx(&*secret.to_bytes()),
+                entry: hx(&entry),
+                control_group_id: hx(control_id.0),
+                control_entry: hx(&control_entry),
+            },
+        );
     }
     Ok(())
 }

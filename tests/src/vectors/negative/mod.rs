@@ -13,7 +13,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use self::groups::{negative_group_devices, negative_groups};
+use self::groups::{negative_group_devices, negative_group_logs, negative_groups};
 use self::pairwise::{negative_bundles, negative_device_lists, negative_initial, negative_ratchet};
 use self::sealed::negative_sealed;
 
@@ -141,6 +141,21 @@ pub enum NegativeInput {
         /// Its plaintext.
         control_plaintext: String,
     },
+    /// Start a group's log from the entry at position 1 of its slot, as a device does for an
+    /// invitation (`GroupLog::create(group_id, group_secret, entry)`): the entry must open at
+    /// position 1, and be a valid creation of exactly that group id naming the secret's slot.
+    GroupLogStart {
+        /// The group id the invitation names (32 bytes).
+        group_id: String,
+        /// The group secret the invitation carries (32 bytes).
+        group_secret: String,
+        /// The entry at position 1, to reject.
+        entry: String,
+        /// A group id (32 bytes) whose log the same secret starts.
+        control_group_id: String,
+        /// Its entry at position 1, accepted.
+        control_entry: String,
+    },
     /// `hush_core::sealed::open` by the recipient device.
     SealedOpen {
         /// The recipient device (only its X25519 identity secret is used).
@@ -252,6 +267,7 @@ pub(super) fn negative_file() -> GenResult<NegativeFile> {
     negative_groups(&mut n)?;
     negative_group_devices(&mut n)?;
     negative_sealed(&mut n)?;
+    negative_group_logs(&mut n)?;
     Ok(NegativeFile {
         file: "negative".to_owned(),
         format_version: FORMAT_VERSION,
