@@ -31,7 +31,7 @@ fn group_encrypt(c: &mut Criterion) {
         // Sender keys: the cost does not depend on the group's size.
         let mut own = SenderKeyState::generate(&mut rng, 1, 0);
         group.bench_with_input(BenchmarkId::new("sender_key", members), &members, |b, _| {
-            b.iter(|| own.encrypt(g, me, MESSAGE).unwrap())
+            b.iter(|| own.encrypt(g, me, (1, [0; 32]), MESSAGE).unwrap())
         });
         // Pairwise fan-out: one ratchet encryption per member device.
         let mut sessions: Vec<_> = (0..members)
@@ -70,7 +70,7 @@ fn sender_key_skip(c: &mut Criterion) {
         .to_proto();
     let mut msgs = Vec::new();
     for _ in 0..=1000 {
-        msgs.push(own.encrypt(g, me, MESSAGE).unwrap());
+        msgs.push(own.encrypt(g, me, (1, [0; 32]), MESSAGE).unwrap());
     }
     let last = msgs.pop().unwrap();
     let first = msgs.swap_remove(0);

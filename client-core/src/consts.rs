@@ -198,11 +198,6 @@ pub const ONE_TIME_PRE_KEYS_KEPT: usize = 500;
 /// Stale sessions ([`SESSION_MAX_IDLE_MS`]) are swept at most this often (milliseconds): a day.
 pub const SESSION_SWEEP_INTERVAL_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// Earlier device lists kept per account (the newest ones): a list is kept when its successor
-/// drops or re-keys one of its devices, as the proof that a group change's author device was
-/// listed once (PROTOCOL.md §17.6).
-pub const MAX_FORMER_DEVICE_LISTS: usize = 16;
-
 /// A device asks a sender device to send undecryptable messages again (a retry request, which
 /// starts a fresh session) at most this often per sender device (milliseconds): a minute.
 /// Failures in between are gathered and asked for together.

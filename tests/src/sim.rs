@@ -224,12 +224,15 @@ pub enum Append {
     Refused,
 }
 
+/// A slot's write token and entries.
+type SlotLog = ([u8; 32], Vec<Vec<u8>>);
+
 /// The relay's group logs: per slot, a write token and entries numbered from 1, appended only at
 /// the next position (the compare-and-swap of docs/RELAY_PROTOCOL.md). It can withhold entries
 /// from chosen readers, as a misbehaving relay would.
 #[derive(Default)]
 pub struct GroupLogs {
-    logs: BTreeMap<[u8; 32], ([u8; 32], Vec<Vec<u8>>)>,
+    logs: BTreeMap<[u8; 32], SlotLog>,
     /// (slot, reader) → the last position served to that reader.
     withheld: BTreeMap<([u8; 32], DeviceAddress), u64>,
     /// Appends that lost the race for their position.

@@ -5,7 +5,7 @@ use tracing::debug;
 use zeroize::Zeroizing;
 
 use super::{Device, Tx, decode};
-use crate::consts::{KEY_LEN, MAX_FORMER_DEVICE_LISTS};
+use crate::consts::KEY_LEN;
 use crate::device::error::Result;
 use crate::device_list::{DeviceEntry, DeviceList, VerifiedDeviceList};
 use crate::error::ProtocolError;
@@ -75,9 +75,6 @@ impl<S: KvStore> Device<S> {
         }
         if lost {
             self.mark_rotation_for_member(account, &mut tx);
-            if let Some(old) = self.device_lists.get(account) {
-                self.keep_former_list(old.clone(), &mut tx)?;
-            }
         }
         self.finish(tx)?;
         for a in dropped {
@@ -92,46 +89,6 @@ impl<S: KvStore> Device<S> {
         }
         self.device_lists.insert(*account, list);
         Ok(true)
-    }
-
-    /// Keeps `old`, a list being replaced by one without some of its devices, under
-    /// `account ‖ u64be(version)` in `DeviceLists`: the proof that those devices were listed
-    /// (for group changes they signed, §17.6). At most [`MAX_FORMER_DEVICE_LISTS`] per account,
-    /// the newest.
-    fn keep_former_list(&self, old: VerifiedDeviceList, tx: &mut Tx) -> Result<()> {
-        let account = old.list().account;
-        let mut key = account.as_bytes().to_vec();
-        key.extend_from_slice(&old.list().version.to_be_bytes());
-        let mut kept: Vec<Vec<u8>> = self
-            .store
-            .scan(Namespace::DeviceLists)?
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| k.len() == KEY_LEN + 8 && k.starts_with(account.as_bytes()) && *k != key)
-            .collect();
-        kept.sort();
-        while kept.len() >= MAX_FORMER_DEVICE_LISTS {
-            let oldest = kept.remove(0);
-            tx.batch.delete(Namespace::DeviceLists, oldest);
-        }
-        tx.batch.put(
-            Namespace::DeviceLists,
-            key,
-            Zeroizing::new(old.signed_bytes().to_vec()),
-        );
-        Ok(())
-    }
-
-    /// The earlier lists of `account` this device kept (see [`Self::keep_former_list`]), oldest
-    /// first.
-    pub(super) fn former_lists(&self, account: &AccountId) -> Result<Vec<VerifiedDeviceList>> {
-        let mut out = Vec::new();
-        for (k, v) in self.store.scan(Namespace::DeviceLists)? {
-            if k.len() == KEY_LEN + 8 && k.starts_with(account.as_bytes()) {
-                out.push(VerifiedDeviceList::verify(&v, account)?);
-            }
-        }
-        Ok(out)
     }
 
     /// Adds (or replaces) a device on this account's list and signs the new version. Only the device

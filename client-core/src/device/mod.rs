@@ -333,7 +333,8 @@ impl<S: KvStore> Device<S> {
         let mut device_lists = HashMap::new();
         for (k, v) in store.scan(Namespace::DeviceLists)? {
             if k.len() != KEY_LEN {
-                // An earlier list kept as proof (account ‖ version), read when needed.
+                // An earlier list that stores of an older version kept (account ‖ version): group
+                // changes now carry their author's list, so it is no longer read.
                 continue;
             }
             let account = AccountId::from_bytes(&k)?;

@@ -95,7 +95,7 @@ impl Engine {
             GroupLogAppend::Appended => {}
             GroupLogAppend::Conflict { .. } => {
                 return Err(ClientError::Protocol(
-                    "the relay already holds a log under a new group's slot".into(),
+                    "the relay already holds a log under a new group's slot",
                 ));
             }
         }
@@ -390,7 +390,7 @@ impl Engine {
             }
         }
         Err(ClientError::Protocol(
-            "the group log kept moving; the change was not made".into(),
+            "the group log kept moving; the change was not made",
         ))
     }
 

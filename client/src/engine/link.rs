@@ -54,7 +54,9 @@ pub(super) fn link_keys(secret: &[u8; 32]) -> Result<([u8; 32], Zeroizing<[u8; 3
 
 impl Engine {
     /// Removes one of this account's devices (this device must hold the account key): signs and
-    /// publishes the list without it; the relay cuts it off at once.
+    /// publishes the list without it; the relay cuts it off at once. Then every group the
+    /// account is in gets a refresh entry carrying the new list, after which the group log
+    /// accepts no change signed by the removed device (PROTOCOL.md §17.4).
     pub async fn remove_device(&self, device_id: u32) -> Result<(), ClientError> {
         let signed = {
             let mut d = self.inner.lock()?;
@@ -80,6 +82,12 @@ impl Engine {
             },
         ))
         .await?;
+        let groups: Vec<_> = self.groups()?.into_iter().map(|(g, _)| g).collect();
+        for g in groups {
+            if let Err(e) = self.update_group(&g, &[], &[]).await {
+                tracing::warn!(error = %e, "a group log was not refreshed after removing a device");
+            }
+        }
         Ok(())
     }
 

@@ -314,11 +314,14 @@ impl<S: KvStore> Device<S> {
             let first = entries.iter().find(|(s, _)| *s == 1);
             let Some((_, first)) = first else {
                 if head == 0 {
-                    // The relay has no log under the slot the invitation names.
+                    // The relay has no log under the slot the invitation names: withheld (or an
+                    // invitation to nothing). It is kept, to be read again later, within the cap
+                    // on pending invitations.
                     update.check = LogCheck::Withheld {
                         claimed: invite.claim.0.max(1),
                         served: 0,
                     };
+                    self.group_invites.insert(*g, invite);
                     return self.close_log_tx(tx, Ok(update));
                 }
                 self.group_invites.insert(*g, invite);
@@ -360,20 +363,20 @@ impl<S: KvStore> Device<S> {
             update.changed = false;
             return self.close_log_tx(tx, Ok(update));
         }
-        if let Some(e) = self.groups.get_mut(g) {
-            if let Some((claimed, claimed_head)) = e.claim {
-                if e.log.seq() >= claimed {
-                    if e.log.head_at(claimed) != claimed_head {
-                        update.check = LogCheck::Forked { seq: claimed };
-                    }
-                    e.claim = None;
-                    tx.groups.insert(*g);
-                } else if head <= e.log.seq() {
-                    update.check = LogCheck::Withheld {
-                        claimed,
-                        served: head,
-                    };
+        if let Some(e) = self.groups.get_mut(g)
+            && let Some((claimed, claimed_head)) = e.claim
+        {
+            if e.log.seq() >= claimed {
+                if e.log.head_at(claimed) != claimed_head {
+                    update.check = LogCheck::Forked { seq: claimed };
                 }
+                e.claim = None;
+                tx.groups.insert(*g);
+            } else if head <= e.log.seq() {
+                update.check = LogCheck::Withheld {
+                    claimed,
+                    served: head,
+                };
             }
         }
         if update.changed {
@@ -524,18 +527,20 @@ impl<S: KvStore> Device<S> {
             if n.seq <= e.log.seq() {
                 return Ok(None);
             }
-            let member = e.log.state().is_member(&from.account) || e.log.was_member(&from.account);
+            // Only a member (as far as this device has read) is believed about the log: a former
+            // member still holds the secret, but its word no longer counts.
+            let member = e.log.state().is_member(&from.account);
             if member
                 && self
                     .device_lists
                     .get(&from.account)
                     .is_some_and(|l| l.addresses().any(|d| d == *from))
             {
-                if let Some(e) = self.groups.get_mut(&g) {
-                    if e.claim.is_none_or(|(s, _)| s < n.seq) {
-                        e.claim = Some((n.seq, head));
-                        tx.groups.insert(g);
-                    }
+                if let Some(e) = self.groups.get_mut(&g)
+                    && e.claim.is_none_or(|(s, _)| s < n.seq)
+                {
+                    e.claim = Some((n.seq, head));
+                    tx.groups.insert(g);
                 }
             } else {
                 self.group_hints.insert(g);
@@ -574,11 +579,12 @@ impl<S: KvStore> Device<S> {
         head: [u8; 32],
         tx: &mut Tx,
     ) {
-        if let Some(e) = self.groups.get_mut(g) {
-            if seq > e.log.seq() && e.claim.is_none_or(|(s, _)| s < seq) {
-                e.claim = Some((seq, head));
-                tx.groups.insert(*g);
-            }
+        if let Some(e) = self.groups.get_mut(g)
+            && seq > e.log.seq()
+            && e.claim.is_none_or(|(s, _)| s < seq)
+        {
+            e.claim = Some((seq, head));
+            tx.groups.insert(*g);
         }
     }
 

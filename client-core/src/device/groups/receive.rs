@@ -76,10 +76,12 @@ impl<S: KvStore> Device<S> {
             .groups
             .get(&g)
             .map(|e| e.log.state().is_member(&sender.account));
-        let removed = self
-            .groups
-            .get(&g)
-            .is_some_and(|e| e.log.was_member(&sender.account));
+        // A former member whose message names no log position beyond this device's: removed, as
+        // far as the log says. (One naming a later position may have been added back: it is
+        // kept until the log is read, within the buffer's quotas.)
+        let removed = self.groups.get(&g).is_some_and(|e| {
+            e.log.was_member(&sender.account) && msg.header.log_seq <= e.log.seq()
+        });
         if member == Some(false) && removed {
             // Removed from the group: nothing it sends is accepted any more.
             return Err(ProtocolError::NotAMember.into());
