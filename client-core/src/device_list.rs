@@ -69,13 +69,14 @@ impl DeviceList {
             .sign(&[], &transcripts::device_list(&bytes))
             .to_vec();
         let signed = wire::SignedDeviceList {
-            device_list: bytes,
+            device_list: bytes.clone(),
             signature,
         }
         .encode_to_vec();
         Ok(VerifiedDeviceList {
             list: self.clone(),
             signed,
+            list_bytes: bytes,
         })
     }
 }
@@ -98,6 +99,8 @@ fn shared_check(e: hush_verify::VerifyError) -> Error {
 pub struct VerifiedDeviceList {
     list: DeviceList,
     signed: Vec<u8>,
+    /// The signed `DeviceList` bytes inside `signed` (field 1), what the signature covers.
+    list_bytes: Vec<u8>,
 }
 
 impl VerifiedDeviceList {
@@ -133,12 +136,15 @@ impl VerifiedDeviceList {
         Ok(Self {
             list,
             signed: bytes.to_vec(),
+            list_bytes: signed.device_list,
         })
     }
 
     /// Accepts `self` as the successor of `known` (the list accepted before, if any): rejects a
     /// rollback to an older version and a different list under the same version.
-    /// Returns `true` when the list is new, `false` when it is identical to `known`.
+    /// Returns `true` when the list is new, `false` when it carries the same signed list bytes as
+    /// `known` (the `SignedDeviceList` wrapper around them may be encoded differently: only the
+    /// bytes the account key signed are compared, so a re-encoded copy is not a conflict).
     pub fn check_successor(&self, known: Option<&Self>) -> Result<bool> {
         let Some(known) = known else { return Ok(true) };
         if known.list.account != self.list.account {
@@ -150,7 +156,7 @@ impl VerifiedDeviceList {
                 got: self.list.version,
             }
             .into()),
-            std::cmp::Ordering::Equal if self.signed == known.signed => Ok(false),
+            std::cmp::Ordering::Equal if self.list_bytes == known.list_bytes => Ok(false),
             std::cmp::Ordering::Equal => {
                 Err(ProtocolError::DeviceListConflict(self.list.version).into())
             }
@@ -166,6 +172,11 @@ impl VerifiedDeviceList {
     /// The serialized signed list, exactly as verified (what a relay stores and serves).
     pub fn signed_bytes(&self) -> &[u8] {
         &self.signed
+    }
+
+    /// The serialized `DeviceList` the account key signed (field 1 of the signed list).
+    pub fn list_bytes(&self) -> &[u8] {
+        &self.list_bytes
     }
 
     /// The identity of a device on the list, or `DeviceNotOnList`.
@@ -268,5 +279,76 @@ mod tests {
         let mut raw = wire::SignedDeviceList::decode(bytes.as_slice()).unwrap();
         raw.signature.clear();
         assert!(VerifiedDeviceList::verify(&raw.encode_to_vec(), &acct.id()).is_err());
+    }
+
+    /// Appends an unknown field (number 15, varint) to a protobuf encoding.
+    fn with_unknown_field(mut bytes: Vec<u8>) -> Vec<u8> {
+        bytes.extend_from_slice(&[15 << 3, 42]);
+        bytes
+    }
+
+    #[test]
+    fn a_reencoded_device_list_is_not_a_conflict() {
+        let mut rng = ChaCha20Rng::from_seed([3; 32]);
+        let acct = AccountKeyPair::generate(&mut rng);
+        let v2 = list(&mut rng, &acct, 2, 2).sign(&acct).unwrap();
+        let raw = wire::SignedDeviceList::decode(v2.signed_bytes()).unwrap();
+        // Three other encodings of the same wrapper: an extra unknown field, the fields in the
+        // other order, and field 1 written twice (the last one wins).
+        let unknown = with_unknown_field(v2.signed_bytes().to_vec());
+        let mut reordered = wire::SignedDeviceList {
+            device_list: Vec::new(),
+            signature: raw.signature.clone(),
+        }
+        .encode_to_vec();
+        reordered.extend(
+            wire::SignedDeviceList {
+                device_list: raw.device_list.clone(),
+                signature: Vec::new(),
+            }
+            .encode_to_vec(),
+        );
+        let mut duplicated = wire::SignedDeviceList {
+            device_list: b"overwritten".to_vec(),
+            signature: Vec::new(),
+        }
+        .encode_to_vec();
+        duplicated.extend_from_slice(v2.signed_bytes());
+        for other in [unknown, reordered, duplicated] {
+            assert_ne!(other.as_slice(), v2.signed_bytes());
+            let again = VerifiedDeviceList::verify(&other, &acct.id()).unwrap();
+            assert_eq!(again.list_bytes(), v2.list_bytes());
+            assert!(!again.check_successor(Some(&v2)).unwrap());
+            assert!(!v2.check_successor(Some(&again)).unwrap());
+        }
+    }
+
+    #[test]
+    fn different_signed_bytes_at_the_same_version_conflict() {
+        let mut rng = ChaCha20Rng::from_seed([4; 32]);
+        let acct = AccountKeyPair::generate(&mut rng);
+        let l = list(&mut rng, &acct, 2, 2);
+        let v2 = l.sign(&acct).unwrap();
+        // Same content, another timestamp: other signed bytes under the same version.
+        let mut l2 = l.clone();
+        l2.issued_at += 1;
+        let other = l2.sign(&acct).unwrap();
+        assert!(matches!(
+            other.check_successor(Some(&v2)),
+            Err(Error::Protocol(ProtocolError::DeviceListConflict(2)))
+        ));
+        // The signed list re-encoded with an unknown field inside is other signed bytes too.
+        let inner = with_unknown_field(v2.list_bytes().to_vec());
+        let resigned = wire::SignedDeviceList {
+            signature: acct.sign(&[], &transcripts::device_list(&inner)).to_vec(),
+            device_list: inner,
+        }
+        .encode_to_vec();
+        let resigned = VerifiedDeviceList::verify(&resigned, &acct.id()).unwrap();
+        assert_eq!(resigned.list(), v2.list());
+        assert!(matches!(
+            resigned.check_successor(Some(&v2)),
+            Err(Error::Protocol(ProtocolError::DeviceListConflict(2)))
+        ));
     }
 }
