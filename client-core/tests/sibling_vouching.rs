@@ -31,7 +31,7 @@ fn link_and_sync(
 ) -> (Device<MemoryKv>, Vec<u8>) {
     let acct = holder.address().account;
     let mut new = Device::create_linked(MemoryKv::new(), rng, acct, id, now).unwrap();
-    holder.add_device(id, new.identity(), now).unwrap();
+    holder.add_device(&new.consent(), now).unwrap();
     introduce(&mut new, holder);
     introduce(&mut new, bob);
     connect(&mut new, holder, rng);
@@ -52,7 +52,7 @@ fn a_sibling_vouches_for_a_departed_author_only_with_an_earlier_signed_list_that
     let mut a1 = Device::create_account(store.clone(), &mut rng, 1000).unwrap();
     let acct = a1.address().account;
     let mut a2 = Device::create_linked(MemoryKv::new(), &mut rng, acct, 2, 1000).unwrap();
-    a1.add_device(2, a2.identity(), 1001).unwrap();
+    a1.add_device(&a2.consent(), 1001).unwrap();
     let mut bob = Device::create_account(MemoryKv::new(), &mut rng, 1000).unwrap();
     introduce(&mut a2, &a1);
     introduce(&mut a2, &bob);
