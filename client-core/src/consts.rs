@@ -265,3 +265,10 @@ pub const DELIVERY_TOKEN_LABEL: &[u8] = b"hush-delivery-token-v1";
 /// the device signs `"Hush-DeviceConsent-v1" ‖ account key ‖ u32be(device id) ‖ signing key ‖
 /// DH key` with its identity signing key.
 pub const DEVICE_CONSENT_LABEL: &[u8] = hush_proto::labels::DEVICE_CONSENT;
+
+/// HKDF info (followed by the store's label) of the encrypted store's state key, which keys the
+/// digest of every record's physical key and version (§10.2).
+pub const STORE_STATE_INFO: &[u8] = b"Hush-Store-State-v1";
+
+/// Logical key embedded in the encrypted store's state record (commit counter and digest, §10.2).
+pub const STORE_STATE_LOGICAL: &[u8] = b"store-state";
