@@ -92,7 +92,8 @@
 //! place, a record removed, a record added or copied under another key — refuses the open with
 //! [`StoreError::RolledBack`]. A read of a record whose version is above the counter is refused
 //! the same way. A store written before versioned records (no state record) is rewritten once,
-//! in one flushed batch, as commit 1.
+//! in one flushed batch, as commit 1; a store migrated to its label keeps counting from its
+//! last commit.
 //!
 //! A whole older copy of the database (state record included) is consistent in itself; only a
 //! counter kept outside the database detects it. [`SledKv::open_anchored`] takes a
@@ -235,7 +236,12 @@ impl SledKv {
         let legacy = if label.is_empty() {
             None
         } else {
-            Some(subkeys(&key, b"")?)
+            let (index_key, value_key) = subkeys(&key, b"")?;
+            Some(Subkeys {
+                index_key,
+                value_key,
+                state_key: state_subkey(&key, b"")?,
+            })
         };
         drop(key);
 
@@ -256,16 +262,11 @@ impl SledKv {
             poisoned: false,
         };
         match (store.check_key(), legacy) {
-            (Err(StoreError::WrongKey), Some(old)) => {
-                // Only a store from before versioned records can need its label added.
-                store.refuse_unanchored_upgrade()?;
-                store.migrate_from(Some(old))?;
-            }
+            (Err(StoreError::WrongKey), Some(old)) => store.migrate_from(Some(old))?,
             (r, _) => {
                 r?;
                 if !store.load_state()? {
                     // A new store, or one written before versioned records.
-                    store.refuse_unanchored_upgrade()?;
                     store.migrate_from(None)?;
                 }
             }
@@ -389,29 +390,37 @@ impl SledKv {
         Err(last)
     }
 
-    /// Rewrites every record of a store written before versioned records as a versioned
-    /// record of commit 1, with the state record, in one atomic, flushed batch. `old` are the
-    /// subkeys the records were written under when they are not this store's (a store written
-    /// before labels, under the empty label); its entries are then removed and its key-check
-    /// record rewritten under this store's subkeys.
-    #[allow(clippy::type_complexity)]
-    fn migrate_from(
-        &mut self,
-        old: Option<(Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>)>,
-    ) -> Result<(), StoreError> {
+    /// Rewrites every record as a versioned record, with the state record, in one atomic,
+    /// flushed batch: the records of a store written before versioned records (as commit 1), or
+    /// those of a store written under other subkeys `old` (a store written before labels, under
+    /// the empty label; as the commit after its last, once its digest is checked), whose entries
+    /// are then removed and whose key-check record is rewritten under this store's subkeys.
+    fn migrate_from(&mut self, old: Option<Subkeys>) -> Result<(), StoreError> {
         let relabel = old.is_some();
-        let (entries, physical_old) = match old {
-            Some((index_key, value_key)) => {
+        let read = match old {
+            Some(old) => {
                 // Read everything under the old subkeys, then switch back to the new ones.
-                let new_index = std::mem::replace(&mut self.index_key, index_key);
-                let new_value = std::mem::replace(&mut self.value_key, value_key);
+                let new = self.swap_subkeys(old);
                 let read = self.read_all_for_migration();
-                self.index_key = new_index;
-                self.value_key = new_value;
+                self.swap_subkeys(new);
                 read?
             }
             None => self.read_all_for_migration()?,
         };
+        let Migration {
+            entries,
+            physical_old,
+            counter: old_counter,
+        } = read;
+        if old_counter.is_none() {
+            // A store without a state record (new, or from before versioned records) under an
+            // anchor that holds a counter is an older copy, or has lost its state.
+            self.refuse_unanchored_upgrade()?;
+        }
+        let counter = old_counter
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Io("commit counter exhausted".to_owned()))?;
         let mut batch = sled::Batch::default();
         if relabel {
             // A new physical key never equals an old one (another index key), so removing the
@@ -420,7 +429,6 @@ impl SledKv {
                 batch.remove(p);
             }
         }
-        let counter = 1;
         let mut digest = [0u8; MAC_LEN];
         let moved = entries.len();
         for (ns, logical, value) in entries {
@@ -448,43 +456,46 @@ impl SledKv {
             tracing::info!(
                 records = moved,
                 relabel,
-                "encrypted store migrated to versioned records"
+                "encrypted store migrated to versioned, labelled records"
             );
         }
         Ok(())
     }
 
-    /// Every logical record of a store written before versioned records (under the current
-    /// subkeys, which must pass the key check) and every physical key but the key-check
-    /// record's.
-    #[allow(clippy::type_complexity)]
-    fn read_all_for_migration(
-        &mut self,
-    ) -> Result<
-        (
-            Vec<(Namespace, Vec<u8>, Zeroizing<Vec<u8>>)>,
-            Vec<sled::IVec>,
-        ),
-        StoreError,
-    > {
+    /// Puts `keys` in place of this store's subkeys, returning the ones it held.
+    fn swap_subkeys(&mut self, keys: Subkeys) -> Subkeys {
+        Subkeys {
+            index_key: std::mem::replace(&mut self.index_key, keys.index_key),
+            value_key: std::mem::replace(&mut self.value_key, keys.value_key),
+            state_key: std::mem::replace(&mut self.state_key, keys.state_key),
+        }
+    }
+
+    /// Every logical record under the current subkeys (which must pass the key check) and
+    /// every physical key but the key-check and state records'. If there is a state record, the
+    /// records are versioned and must match its digest (its counter is returned); otherwise
+    /// they are of the format from before versioned records.
+    fn read_all_for_migration(&mut self) -> Result<Migration, StoreError> {
         self.check_key()?;
+        let versioned = self.load_state()?;
         let mut entries = Vec::new();
         let mut physical_old = Vec::new();
         for entry in self.db()?.iter() {
             let (physical, stored) = entry.map_err(backend_error)?;
-            if physical.as_ref() == KEY_CHECK_PHYSICAL.as_slice() {
+            if is_special(&physical) {
                 continue;
-            }
-            if physical.as_ref() == STATE_PHYSICAL.as_slice() {
-                // Only a store of the current format has a state record.
-                return Err(StoreError::WrongKey);
             }
             let ns = physical
                 .first()
                 .and_then(|b| Namespace::from_byte(*b))
                 .ok_or(corrupt(Namespace::Meta, "malformed physical key"))?;
             self.check_physical_key(ns, &physical)?;
-            let (_, logical, value) = self.open_record(ns, &physical, &stored, false)?;
+            let (version, logical, value) = self.open_record(ns, &physical, &stored, versioned)?;
+            if versioned && version > self.counter {
+                return Err(StoreError::RolledBack(
+                    "record newer than the store's last commit",
+                ));
+            }
             let expected = self.physical_key(ns, &logical)?;
             if !bool::from(expected.as_slice().ct_eq(physical.as_ref())) {
                 return Err(corrupt(ns, "record stored under another key"));
@@ -492,7 +503,11 @@ impl SledKv {
             entries.push((ns, logical, value));
             physical_old.push(physical);
         }
-        Ok((entries, physical_old))
+        Ok(Migration {
+            entries,
+            physical_old,
+            counter: versioned.then_some(self.counter),
+        })
     }
 
     /// Verifies the key-check record, writing it if the database is empty.
@@ -815,6 +830,23 @@ fn subkeys(
         .and_then(|()| hkdf.expand_multi_info(&[VALUE_INFO, label], value_key.as_mut_slice()))
         .map_err(|_| StoreError::Io("subkey derivation failed".to_owned()))?;
     Ok((index_key, value_key))
+}
+
+/// The subkeys of one at-rest key under one label.
+struct Subkeys {
+    index_key: Zeroizing<[u8; 32]>,
+    value_key: Zeroizing<[u8; 32]>,
+    state_key: Zeroizing<[u8; 32]>,
+}
+
+/// What [`SledKv::read_all_for_migration`] read.
+struct Migration {
+    /// Every logical record.
+    entries: Vec<(Namespace, Vec<u8>, Zeroizing<Vec<u8>>)>,
+    /// Every physical key but the key-check and state records'.
+    physical_old: Vec<sled::IVec>,
+    /// The commit counter of the store read, if it had a state record.
+    counter: Option<u64>,
 }
 
 /// The HKDF-SHA256 state key of `key` under `label` (see the [module docs](self)).

@@ -810,3 +810,43 @@ fn a_whole_store_rolled_back_is_refused_by_its_anchor() {
         Some(b"chain key 2".to_vec())
     );
 }
+
+#[test]
+fn a_versioned_store_without_a_label_is_migrated_and_keeps_counting() {
+    let (dir, mut store) = fresh();
+    put(&mut store, Namespace::Sessions, b"bob/1", b"ratchet");
+    put(&mut store, Namespace::Groups, b"g", b"group");
+    assert_eq!(store.counter, 3);
+    drop(store);
+    let mut store = open_labelled_retrying(&dir, b"/db", 2).unwrap();
+    assert_eq!(store.counter, 4);
+    assert_eq!(
+        get(&store, Namespace::Sessions, b"bob/1"),
+        Some(b"ratchet".to_vec())
+    );
+    put(&mut store, Namespace::Groups, b"g", b"group 2");
+    drop(store);
+    assert!(matches!(reopen(&dir, 7, 3), Err(StoreError::WrongKey)));
+    let store = open_labelled_retrying(&dir, b"/db", 4).unwrap();
+    assert_eq!(store.counter, 5);
+    assert_eq!(
+        get(&store, Namespace::Groups, b"g"),
+        Some(b"group 2".to_vec())
+    );
+    drop(store);
+
+    // An unlabelled store with a record rolled back is not migrated.
+    let (dir, mut store) = fresh();
+    put(&mut store, Namespace::Sessions, b"bob/1", b"ratchet 1");
+    let physical = store.physical_key(Namespace::Sessions, b"bob/1").unwrap();
+    let old = raw_record(&store, Namespace::Sessions, b"bob/1");
+    put(&mut store, Namespace::Sessions, b"bob/1", b"ratchet 2");
+    drop(store);
+    tamper(&dir, |db| {
+        db.insert(&physical, old).unwrap();
+    });
+    assert!(matches!(
+        open_labelled_retrying(&dir, b"/db", 5),
+        Err(StoreError::RolledBack(_))
+    ));
+}
