@@ -613,7 +613,7 @@ impl SledKv {
         physical_key: &[u8],
         stored: &[u8],
         versioned: bool,
-    ) -> Result<(u64, Vec<u8>, Zeroizing<Vec<u8>>), StoreError> {
+    ) -> Result<OpenedRecord, StoreError> {
         let (version, stored) = if versioned {
             let (v, rest) = stored
                 .split_first_chunk::<VERSION_LEN>()
@@ -831,6 +831,9 @@ fn subkeys(
         .map_err(|_| StoreError::Io("subkey derivation failed".to_owned()))?;
     Ok((index_key, value_key))
 }
+
+/// An opened record: its version, logical key and value.
+type OpenedRecord = (u64, Vec<u8>, Zeroizing<Vec<u8>>);
 
 /// The subkeys of one at-rest key under one label.
 struct Subkeys {
