@@ -52,6 +52,7 @@ pub fn handshake(rng: &mut ChaCha20Rng) -> Result<Handshake> {
             device_id: 1,
             identity: bob_id.public(),
             added_at: 0,
+            consent: bob_id.consent(&account.id(), 1),
         },
     );
     let bob_list = DeviceList {

@@ -288,3 +288,15 @@ pub const DELIVERY_KEY_SALT: &[u8] = b"hush-delivery-key-v1";
 
 /// HMAC message deriving a delivery token from a delivery key.
 pub const DELIVERY_TOKEN_LABEL: &[u8] = b"hush-delivery-token-v1";
+
+/// Signature label of a device's consent to be listed on an account's device list (§3.1):
+/// the device signs `"Hush-DeviceConsent-v1" ‖ account key ‖ u32be(device id) ‖ signing key ‖
+/// DH key` with its identity signing key.
+pub const DEVICE_CONSENT_LABEL: &[u8] = hush_proto::labels::DEVICE_CONSENT;
+
+/// HKDF info (followed by the store's label) of the encrypted store's state key, which keys the
+/// digest of every record's physical key and version (§10.2).
+pub const STORE_STATE_INFO: &[u8] = b"Hush-Store-State-v1";
+
+/// Logical key embedded in the encrypted store's state record (commit counter and digest, §10.2).
+pub const STORE_STATE_LOGICAL: &[u8] = b"store-state";

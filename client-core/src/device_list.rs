@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 
 use hush_proto::{Message, transcripts, wire};
 
-use crate::consts::MAX_DEVICES_PER_ACCOUNT;
+use crate::consts::{MAX_DEVICES_PER_ACCOUNT, SIGNATURE_LEN};
 use crate::error::{AuthError, Error, ProtocolError, Result};
-use crate::keys::{AccountId, AccountKeyPair, DeviceAddress, DeviceIdentity};
+use crate::keys::{AccountId, AccountKeyPair, DeviceAddress, DeviceIdentity, array};
 
 /// One device on a list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +24,90 @@ pub struct DeviceEntry {
     pub identity: DeviceIdentity,
     /// When the device was added (ms since the Unix epoch).
     pub added_at: u64,
+    /// The device's consent to being listed: its signature over
+    /// `"Hush-DeviceConsent-v1" ‖ account ‖ u32be(device_id) ‖ signing key ‖ DH key` (§3.1).
+    pub consent: [u8; SIGNATURE_LEN],
+}
+
+impl DeviceEntry {
+    /// An entry from a device's consent, added at `added_at`.
+    pub const fn from_consent(consent: &DeviceConsent, added_at: u64) -> Self {
+        Self {
+            device_id: consent.device_id,
+            identity: consent.identity,
+            added_at,
+            consent: consent.signature,
+        }
+    }
+
+    /// Checks the entry's consent for `account`.
+    pub fn verify_consent(&self, account: &AccountId) -> Result<()> {
+        DeviceConsent {
+            device_id: self.device_id,
+            identity: self.identity,
+            signature: self.consent,
+        }
+        .verify(account)
+    }
+}
+
+/// What a device hands to the device holding its account key so that it can be listed: its id,
+/// its identity and its consent signature for the account (§3.1). Encoded in 132 bytes as
+/// `u32be(device_id) ‖ signing key ‖ DH key ‖ signature`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceConsent {
+    /// The device id it agrees to be listed under.
+    pub device_id: u32,
+    /// Its identity.
+    pub identity: DeviceIdentity,
+    /// Its signature (see [`DeviceEntry::consent`]).
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+impl DeviceConsent {
+    /// Length of [`DeviceConsent::to_bytes`].
+    pub const LEN: usize = 4 + 64 + SIGNATURE_LEN;
+
+    /// The 132-byte encoding.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        let (id, rest) = out.split_at_mut(4);
+        let (identity, signature) = rest.split_at_mut(64);
+        id.copy_from_slice(&self.device_id.to_be_bytes());
+        identity.copy_from_slice(&self.identity.to_bytes());
+        signature.copy_from_slice(&self.signature);
+        out
+    }
+
+    /// Parses the 132-byte encoding (validating the identity keys, not the signature).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() != Self::LEN {
+            return Err(Error::malformed("device consent", "must be 132 bytes"));
+        }
+        let (id, rest) = bytes
+            .split_at_checked(4)
+            .ok_or(Error::malformed("device consent", "must be 132 bytes"))?;
+        let (identity, signature) = rest
+            .split_at_checked(64)
+            .ok_or(Error::malformed("device consent", "must be 132 bytes"))?;
+        Ok(Self {
+            device_id: u32::from_be_bytes(array(id, "device consent", "bad device id")?),
+            identity: DeviceIdentity::from_bytes(identity)?,
+            signature: array(signature, "device consent", "bad signature")?,
+        })
+    }
+
+    /// Checks the signature for `account`: `Auth(BadDeviceConsent)` if it does not verify.
+    pub fn verify(&self, account: &AccountId) -> Result<()> {
+        hush_verify::device_consent(
+            account.as_bytes(),
+            self.device_id,
+            self.identity.signing_key(),
+            self.identity.dh_key(),
+            &self.signature,
+        )
+        .map_err(shared_check)
+    }
 }
 
 /// The content of a device list, before signing.
@@ -50,6 +134,9 @@ impl DeviceList {
         if self.devices.len() > MAX_DEVICES_PER_ACCOUNT {
             return Err(ProtocolError::TooManyDevices(self.devices.len()).into());
         }
+        for d in self.devices.values() {
+            d.verify_consent(&self.account)?;
+        }
         let raw = wire::DeviceList {
             account_key: self.account.as_bytes().to_vec(),
             version: self.version,
@@ -61,6 +148,7 @@ impl DeviceList {
                     device_id: d.device_id,
                     identity: Some(d.identity.to_proto()),
                     added_at: d.added_at,
+                    consent: d.consent.to_vec(),
                 })
                 .collect(),
         };
@@ -69,13 +157,14 @@ impl DeviceList {
             .sign(&[], &transcripts::device_list(&bytes))
             .to_vec();
         let signed = wire::SignedDeviceList {
-            device_list: bytes,
+            device_list: bytes.clone(),
             signature,
         }
         .encode_to_vec();
         Ok(VerifiedDeviceList {
             list: self.clone(),
             signed,
+            list_bytes: bytes,
         })
     }
 }
@@ -89,6 +178,8 @@ fn shared_check(e: hush_verify::VerifyError) -> Error {
         V::BadSignature(what) => AuthError::BadSignature(what).into(),
         V::WrongAccount => AuthError::BadSignature("device list (wrong account)").into(),
         V::TooManyDevices(n, _) => ProtocolError::TooManyDevices(n).into(),
+        V::MissingConsent(id) => AuthError::MissingDeviceConsent(id).into(),
+        V::BadConsent(id) => AuthError::BadDeviceConsent(id).into(),
     }
 }
 
@@ -98,6 +189,8 @@ fn shared_check(e: hush_verify::VerifyError) -> Error {
 pub struct VerifiedDeviceList {
     list: DeviceList,
     signed: Vec<u8>,
+    /// The signed `DeviceList` bytes inside `signed` (field 1), what the signature covers.
+    list_bytes: Vec<u8>,
 }
 
 impl VerifiedDeviceList {
@@ -115,10 +208,12 @@ impl VerifiedDeviceList {
         let mut devices = BTreeMap::new();
         for d in &raw.devices {
             let identity = DeviceIdentity::from_proto(d.identity.as_ref())?;
+            // The consent was checked by `hush_verify` above.
             let entry = DeviceEntry {
                 device_id: d.device_id,
                 identity,
                 added_at: d.added_at,
+                consent: array(&d.consent, "device list", "consent must be 64 bytes")?,
             };
             if devices.insert(d.device_id, entry).is_some() {
                 return Err(Error::malformed("device list", "duplicate device id"));
@@ -133,12 +228,15 @@ impl VerifiedDeviceList {
         Ok(Self {
             list,
             signed: bytes.to_vec(),
+            list_bytes: signed.device_list,
         })
     }
 
     /// Accepts `self` as the successor of `known` (the list accepted before, if any): rejects a
     /// rollback to an older version and a different list under the same version.
-    /// Returns `true` when the list is new, `false` when it is identical to `known`.
+    /// Returns `true` when the list is new, `false` when it carries the same signed list bytes as
+    /// `known` (the `SignedDeviceList` wrapper around them may be encoded differently: only the
+    /// bytes the account key signed are compared, so a re-encoded copy is not a conflict).
     pub fn check_successor(&self, known: Option<&Self>) -> Result<bool> {
         let Some(known) = known else { return Ok(true) };
         if known.list.account != self.list.account {
@@ -150,7 +248,7 @@ impl VerifiedDeviceList {
                 got: self.list.version,
             }
             .into()),
-            std::cmp::Ordering::Equal if self.signed == known.signed => Ok(false),
+            std::cmp::Ordering::Equal if self.list_bytes == known.list_bytes => Ok(false),
             std::cmp::Ordering::Equal => {
                 Err(ProtocolError::DeviceListConflict(self.list.version).into())
             }
@@ -166,6 +264,11 @@ impl VerifiedDeviceList {
     /// The serialized signed list, exactly as verified (what a relay stores and serves).
     pub fn signed_bytes(&self) -> &[u8] {
         &self.signed
+    }
+
+    /// The serialized `DeviceList` the account key signed (field 1 of the signed list).
+    pub fn list_bytes(&self) -> &[u8] {
+        &self.list_bytes
     }
 
     /// The identity of a device on the list, or `DeviceNotOnList`.
@@ -197,13 +300,14 @@ mod tests {
     fn list(rng: &mut ChaCha20Rng, account: &AccountKeyPair, version: u64, n: u32) -> DeviceList {
         let devices = (1..=n)
             .map(|id| {
-                let identity = DeviceIdentityKeyPair::generate(rng).public();
+                let keys = DeviceIdentityKeyPair::generate(rng);
                 (
                     id,
                     DeviceEntry {
                         device_id: id,
-                        identity,
+                        identity: keys.public(),
                         added_at: 5,
+                        consent: keys.consent(&account.id(), id),
                     },
                 )
             })
@@ -268,5 +372,158 @@ mod tests {
         let mut raw = wire::SignedDeviceList::decode(bytes.as_slice()).unwrap();
         raw.signature.clear();
         assert!(VerifiedDeviceList::verify(&raw.encode_to_vec(), &acct.id()).is_err());
+    }
+
+    /// Signs `raw` as `acct` would, without the checks of [`DeviceList::sign`].
+    fn sign_raw(acct: &AccountKeyPair, raw: &wire::DeviceList) -> Vec<u8> {
+        let inner = raw.encode_to_vec();
+        wire::SignedDeviceList {
+            signature: acct.sign(&[], &transcripts::device_list(&inner)).to_vec(),
+            device_list: inner,
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn an_entry_without_a_valid_consent_is_refused() {
+        let mut rng = ChaCha20Rng::from_seed([5; 32]);
+        let acct = AccountKeyPair::generate(&mut rng);
+        let other = AccountKeyPair::generate(&mut rng);
+        let good = list(&mut rng, &acct, 1, 2).sign(&acct).unwrap();
+        let raw = wire::DeviceList::decode(good.list_bytes()).unwrap();
+        let refused = |raw: &wire::DeviceList| {
+            VerifiedDeviceList::verify(&sign_raw(&acct, raw), &acct.id()).unwrap_err()
+        };
+        // No consent at all.
+        let mut missing = raw.clone();
+        missing.devices[1].consent.clear();
+        assert!(matches!(
+            refused(&missing),
+            Error::Auth(AuthError::MissingDeviceConsent(2))
+        ));
+        // A consent with one bit flipped, one of another device, one cut short.
+        let mut flipped = raw.clone();
+        flipped.devices[0].consent[10] ^= 1;
+        assert!(matches!(
+            refused(&flipped),
+            Error::Auth(AuthError::BadDeviceConsent(1))
+        ));
+        let mut swapped = raw.clone();
+        swapped.devices[0].consent = raw.devices[1].consent.clone();
+        assert!(matches!(
+            refused(&swapped),
+            Error::Auth(AuthError::BadDeviceConsent(1))
+        ));
+        let mut short = raw.clone();
+        short.devices[1].consent.truncate(63);
+        assert!(matches!(
+            refused(&short),
+            Error::Auth(AuthError::BadDeviceConsent(2))
+        ));
+        // The device's consent to another id, or to another account, does not carry over.
+        let keys = DeviceIdentityKeyPair::generate(&mut rng);
+        for consent in [keys.consent(&acct.id(), 4), keys.consent(&other.id(), 3)] {
+            let mut moved = raw.clone();
+            moved.devices.push(wire::DeviceEntry {
+                device_id: 3,
+                identity: Some(keys.public().to_proto()),
+                added_at: 1,
+                consent: consent.to_vec(),
+            });
+            assert!(matches!(
+                refused(&moved),
+                Error::Auth(AuthError::BadDeviceConsent(3))
+            ));
+        }
+        // The account cannot sign such a list through `sign` either.
+        let mut l = good.list().clone();
+        if let Some(e) = l.devices.get_mut(&2) {
+            e.consent = [0; 64];
+        }
+        assert!(matches!(
+            l.sign(&acct).unwrap_err(),
+            Error::Auth(AuthError::BadDeviceConsent(2))
+        ));
+        // And the consent round-trips through its 132-byte hand-off encoding.
+        let c = DeviceConsent {
+            device_id: 3,
+            identity: keys.public(),
+            signature: keys.consent(&acct.id(), 3),
+        };
+        let back = DeviceConsent::from_bytes(&c.to_bytes()).unwrap();
+        assert_eq!(back, c);
+        back.verify(&acct.id()).unwrap();
+        assert!(back.verify(&other.id()).is_err());
+    }
+
+    /// Appends an unknown field (number 15, varint) to a protobuf encoding.
+    fn with_unknown_field(mut bytes: Vec<u8>) -> Vec<u8> {
+        bytes.extend_from_slice(&[15 << 3, 42]);
+        bytes
+    }
+
+    #[test]
+    fn a_reencoded_device_list_is_not_a_conflict() {
+        let mut rng = ChaCha20Rng::from_seed([3; 32]);
+        let acct = AccountKeyPair::generate(&mut rng);
+        let v2 = list(&mut rng, &acct, 2, 2).sign(&acct).unwrap();
+        let raw = wire::SignedDeviceList::decode(v2.signed_bytes()).unwrap();
+        // Three other encodings of the same wrapper: an extra unknown field, the fields in the
+        // other order, and field 1 written twice (the last one wins).
+        let unknown = with_unknown_field(v2.signed_bytes().to_vec());
+        let mut reordered = wire::SignedDeviceList {
+            device_list: Vec::new(),
+            signature: raw.signature.clone(),
+        }
+        .encode_to_vec();
+        reordered.extend(
+            wire::SignedDeviceList {
+                device_list: raw.device_list.clone(),
+                signature: Vec::new(),
+            }
+            .encode_to_vec(),
+        );
+        let mut duplicated = wire::SignedDeviceList {
+            device_list: b"overwritten".to_vec(),
+            signature: Vec::new(),
+        }
+        .encode_to_vec();
+        duplicated.extend_from_slice(v2.signed_bytes());
+        for other in [unknown, reordered, duplicated] {
+            assert_ne!(other.as_slice(), v2.signed_bytes());
+            let again = VerifiedDeviceList::verify(&other, &acct.id()).unwrap();
+            assert_eq!(again.list_bytes(), v2.list_bytes());
+            assert!(!again.check_successor(Some(&v2)).unwrap());
+            assert!(!v2.check_successor(Some(&again)).unwrap());
+        }
+    }
+
+    #[test]
+    fn different_signed_bytes_at_the_same_version_conflict() {
+        let mut rng = ChaCha20Rng::from_seed([4; 32]);
+        let acct = AccountKeyPair::generate(&mut rng);
+        let l = list(&mut rng, &acct, 2, 2);
+        let v2 = l.sign(&acct).unwrap();
+        // Same content, another timestamp: other signed bytes under the same version.
+        let mut l2 = l.clone();
+        l2.issued_at += 1;
+        let other = l2.sign(&acct).unwrap();
+        assert!(matches!(
+            other.check_successor(Some(&v2)),
+            Err(Error::Protocol(ProtocolError::DeviceListConflict(2)))
+        ));
+        // The signed list re-encoded with an unknown field inside is other signed bytes too.
+        let inner = with_unknown_field(v2.list_bytes().to_vec());
+        let resigned = wire::SignedDeviceList {
+            signature: acct.sign(&[], &transcripts::device_list(&inner)).to_vec(),
+            device_list: inner,
+        }
+        .encode_to_vec();
+        let resigned = VerifiedDeviceList::verify(&resigned, &acct.id()).unwrap();
+        assert_eq!(resigned.list(), v2.list());
+        assert!(matches!(
+            resigned.check_successor(Some(&v2)),
+            Err(Error::Protocol(ProtocolError::DeviceListConflict(2)))
+        ));
     }
 }

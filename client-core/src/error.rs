@@ -46,6 +46,13 @@ pub enum AuthError {
     /// A device's identity key does not match the one on its account's device list.
     #[error("identity key does not match the device list")]
     IdentityMismatch,
+    /// A device-list entry carries no consent signature of the listed device (§3.1).
+    #[error("device {0} on the list has not consented to being listed")]
+    MissingDeviceConsent(u32),
+    /// A device-list entry's consent signature does not verify under the listed device's
+    /// signing key for this account, device id and identity (§3.1).
+    #[error("bad consent signature of device {0} on the list")]
+    BadDeviceConsent(u32),
     /// A sealed envelope's sender block or content did not decrypt (not addressed to this
     /// device, or tampered with). The sender is unknown, so there is nobody to ask for a retry.
     #[error("sealed envelope could not be opened")]

@@ -233,6 +233,22 @@ impl DeviceIdentityKeyPair {
         self.signing.sign(&data).to_bytes()
     }
 
+    /// This device's consent to being listed as `device_id` of `account` (§3.1): the signature
+    /// by its signing key over `"Hush-DeviceConsent-v1" ‖ account ‖ u32be(device_id) ‖
+    /// signing key ‖ DH key`.
+    pub fn consent(&self, account: &AccountId, device_id: u32) -> [u8; SIGNATURE_LEN] {
+        let p = self.public;
+        self.sign(
+            &[],
+            &hush_proto::transcripts::device_consent(
+                account.as_bytes(),
+                device_id,
+                p.signing_key(),
+                p.dh_key(),
+            ),
+        )
+    }
+
     pub(crate) fn dh_secret(&self) -> &StaticSecret {
         &self.dh
     }

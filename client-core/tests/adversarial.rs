@@ -417,12 +417,12 @@ fn stale_conflicting_and_forged_device_lists_and_bundles_change_nothing() {
     let other = Device::create_linked(MemoryKv::new(), &mut rng, b.account, 3, 1000).unwrap();
     let v2 = bob
         .dev
-        .add_device(2, linked.published_pre_keys().unwrap().identity, 1100)
+        .add_device(&linked.consent(), 1100)
         .unwrap()
         .signed_bytes()
         .to_vec();
     let v2_other = fork
-        .add_device(3, other.published_pre_keys().unwrap().identity, 1100)
+        .add_device(&other.consent(), 1100)
         .unwrap()
         .signed_bytes()
         .to_vec();
@@ -450,7 +450,7 @@ fn stale_conflicting_and_forged_device_lists_and_bundles_change_nothing() {
     );
     // A newer list with its signature broken, or its content changed under the signature.
     let mut v3 = fork
-        .add_device(4, linked.published_pre_keys().unwrap().identity, 1400)
+        .add_device(&linked.consent(), 1400)
         .unwrap()
         .signed_bytes()
         .to_vec();

@@ -335,7 +335,7 @@ fn reregistered_device_gets_a_fresh_session() {
 
     // Bob's account registers a new device 2, then replaces it (reinstall: new identity, same id).
     let old2 = Device::create_linked(MemoryKv::new(), &mut rng, b.account, 2, 5).unwrap();
-    bob.add_device(2, old2.identity(), 5).unwrap();
+    bob.add_device(&old2.consent(), 5).unwrap();
     introduce(&mut alice, &bob);
     let d2 = old2.address();
     let mut pk2 = old2.published_pre_keys().unwrap();
@@ -345,7 +345,7 @@ fn reregistered_device_gets_a_fresh_session() {
     assert!(alice.has_session(&d2, 6).unwrap());
 
     let new2 = Device::create_linked(MemoryKv::new(), &mut rng, b.account, 2, 7).unwrap();
-    bob.add_device(2, new2.identity(), 7).unwrap();
+    bob.add_device(&new2.consent(), 7).unwrap();
     introduce(&mut alice, &bob);
     // The old session with device 2 is gone; the one with device 1 is untouched.
     assert!(!alice.has_session(&d2, 8).unwrap());
@@ -376,7 +376,7 @@ fn reregistered_device_gets_a_fresh_session() {
     ));
     // An older list is refused.
     let old_list = bob.device_list(&b.account).unwrap().clone();
-    bob.add_device(3, new2.identity(), 13).unwrap();
+    bob.add_device(&new2.consent(), 13).unwrap();
     introduce(&mut alice, &bob);
     assert!(matches!(
         alice.accept_device_list(old_list.signed_bytes(), &b.account, 14),

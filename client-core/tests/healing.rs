@@ -348,7 +348,7 @@ fn a_device_re_registered_at_the_same_address_gets_nothing_sent_to_its_predecess
     let mut bob = Device::create_account(MemoryKv::new(), &mut rng, T0).unwrap();
     let account = bob.address().account;
     let mut old = Device::create_linked(MemoryKv::new(), &mut rng, account, 2, T0).unwrap();
-    bob.add_device(2, old.identity(), T0 + 1).unwrap();
+    bob.add_device(&old.consent(), T0 + 1).unwrap();
     introduce(&mut alice, &bob);
     introduce(&mut old, &alice);
     introduce(&mut old, &bob);
@@ -364,7 +364,7 @@ fn a_device_re_registered_at_the_same_address_gets_nothing_sent_to_its_predecess
 
     // The account puts a new device (new keys) at the same address, and Alice learns the list.
     let mut new = Device::create_linked(MemoryKv::new(), &mut rng, account, 2, T0).unwrap();
-    bob.add_device(2, new.identity(), T0 + 3).unwrap();
+    bob.add_device(&new.consent(), T0 + 3).unwrap();
     introduce(&mut alice, &bob);
     introduce(&mut new, &alice);
     introduce(&mut new, &bob);
@@ -394,7 +394,7 @@ fn a_device_that_left_its_list_is_no_longer_asked() {
     let mut rng = ChaCha20Rng::from_seed([12; 32]);
     let account = p.alice.address().account;
     let mut second = Device::create_linked(MemoryKv::new(), &mut rng, account, 2, T0).unwrap();
-    p.alice.add_device(2, second.identity(), T0 + 1).unwrap();
+    p.alice.add_device(&second.consent(), T0 + 1).unwrap();
     introduce(&mut p.bob, &p.alice);
     introduce(&mut second, &p.alice);
     let gone = second.address();

@@ -112,6 +112,7 @@ fn establish(seed: u64) -> Convo {
             device_id: 7,
             identity: bob_device.public(),
             added_at: T0,
+            consent: bob_device.consent(&bob_account.id(), 7),
         },
     );
     let bob_list = DeviceList {

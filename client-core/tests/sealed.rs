@@ -232,7 +232,7 @@ fn delivery_keys_are_noted_persisted_rotated_and_forgotten() {
 
     // A second device of Alice's; its key goes when it leaves the list.
     let mut alice2 = Device::create_linked(MemoryKv::new(), &mut rng, a.account, 2, 1000).unwrap();
-    alice.add_device(2, alice2.identity(), 1001).unwrap();
+    alice.add_device(&alice2.consent(), 1001).unwrap();
     introduce(&mut alice2, &alice);
     introduce(&mut alice2, &bob);
     introduce(&mut bob, &alice);

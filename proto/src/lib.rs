@@ -41,6 +41,8 @@ pub mod app {
 pub mod labels {
     /// Prefix of the bytes an account key signs for its device list.
     pub const DEVICE_LIST: &[u8] = b"Hush-DeviceList-v1";
+    /// Prefix of the bytes a device signs to consent to being listed on an account's device list.
+    pub const DEVICE_CONSENT: &[u8] = b"Hush-DeviceConsent-v1";
     /// Prefix of the bytes a device signs for a signed X25519 pre-key.
     pub const SIGNED_PRE_KEY: &[u8] = b"Hush-SignedPreKey-v1";
     /// Prefix of the bytes a device signs for an ML-KEM pre-key.
@@ -86,6 +88,26 @@ pub mod transcripts {
         let mut t = Vec::with_capacity(labels::DEVICE_LIST.len() + list.len());
         t.extend_from_slice(labels::DEVICE_LIST);
         t.extend_from_slice(list);
+        t
+    }
+
+    /// The bytes a device signs to consent to being listed as `device_id` of `account` with the
+    /// identity `signing_key ‖ dh_key`: `"Hush-DeviceConsent-v1" || account (32) ||
+    /// device id (u32 BE) || signing key (32) || DH key (32)` (121 bytes for 32-byte keys).
+    pub fn device_consent(
+        account: &[u8],
+        device_id: u32,
+        signing_key: &[u8],
+        dh_key: &[u8],
+    ) -> Vec<u8> {
+        let mut t = Vec::with_capacity(
+            labels::DEVICE_CONSENT.len() + account.len() + 4 + signing_key.len() + dh_key.len(),
+        );
+        t.extend_from_slice(labels::DEVICE_CONSENT);
+        t.extend_from_slice(account);
+        t.extend_from_slice(&device_id.to_be_bytes());
+        t.extend_from_slice(signing_key);
+        t.extend_from_slice(dh_key);
         t
     }
 
@@ -151,6 +173,18 @@ mod tests {
         let mut want = b"Hush-KemPreKey-v1".to_vec();
         want.extend([0, 0, 0, 9, 1, 5, 5]);
         assert_eq!(kem_pre_key(9, true, &[5, 5]), want);
+    }
+
+    #[test]
+    fn device_consent_transcript_layout() {
+        let t = super::transcripts::device_consent(&[1; 32], 0x0a0b_0c0d, &[2; 32], &[3; 32]);
+        let mut want = b"Hush-DeviceConsent-v1".to_vec();
+        want.extend([1u8; 32]);
+        want.extend([0x0a, 0x0b, 0x0c, 0x0d]);
+        want.extend([2u8; 32]);
+        want.extend([3u8; 32]);
+        assert_eq!(t, want);
+        assert_eq!(t.len(), 21 + 100);
     }
 
     #[test]

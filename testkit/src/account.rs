@@ -78,13 +78,18 @@ impl TestAccount {
             devices: self
                 .devices
                 .iter()
-                .map(|(id, k, dh)| wire::DeviceEntry {
-                    device_id: *id,
-                    identity: Some(wire::DeviceIdentityKey {
-                        signing_key: k.verifying_key().to_bytes().to_vec(),
-                        dh_key: dh.to_vec(),
-                    }),
-                    added_at: 1,
+                .map(|(id, k, dh)| {
+                    let signing_key = k.verifying_key().to_bytes();
+                    let consent = transcripts::device_consent(&self.id(), *id, &signing_key, dh);
+                    wire::DeviceEntry {
+                        device_id: *id,
+                        identity: Some(wire::DeviceIdentityKey {
+                            signing_key: signing_key.to_vec(),
+                            dh_key: dh.to_vec(),
+                        }),
+                        added_at: 1,
+                        consent: k.sign(&consent).to_bytes().to_vec(),
+                    }
                 })
                 .collect(),
         }

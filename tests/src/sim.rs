@@ -321,7 +321,7 @@ impl Population {
                     id,
                     now,
                 )?;
-                primary.add_device(id, d.identity(), now)?;
+                primary.add_device(&d.consent(), now)?;
                 addrs.push(d.address());
                 p.devices.insert(d.address(), d);
             }

@@ -1272,7 +1272,7 @@ fn a_re_registered_device_replaces_the_old_ones_sender_keys_and_entitlements() {
         .devices
         .get_mut(&bob1)
         .unwrap()
-        .add_device(2, new_bob2.identity(), 6)
+        .add_device(&new_bob2.consent(), 6)
         .unwrap();
     pop.dir
         .publish_list(accounts[1], list.signed_bytes().to_vec());

@@ -286,7 +286,7 @@ fn setup(seed: u64, faults: Faults, tmp: &tempfile::TempDir) -> (World, Vec<Vec<
                 (Box::new(MemoryKv::new()) as Store, None)
             };
             let d = Device::create_linked(store, &mut rng, account, id, 0).unwrap();
-            primary.add_device(id, d.identity(), 0).unwrap();
+            primary.add_device(&d.consent(), 0).unwrap();
             addrs.push(d.address());
             linked.push((d, sled_path));
         }

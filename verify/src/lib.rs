@@ -41,6 +41,12 @@ pub enum VerifyError {
     /// More devices than allowed.
     #[error("{0} devices is over the limit of {1}")]
     TooManyDevices(usize, usize),
+    /// A listed device (by id) gave no consent to being listed.
+    #[error("device {0} on the list carries no consent")]
+    MissingConsent(u32),
+    /// A listed device's (by id) consent signature does not verify.
+    #[error("bad consent signature of device {0}")]
+    BadConsent(u32),
 }
 
 /// An Ed25519 public key, canonical and not of small order.
@@ -124,6 +130,10 @@ impl CheckedList {
                 .as_slice()
                 .try_into()
                 .map_err(|_| VerifyError::Malformed("device signing key"))?;
+            if d.consent.is_empty() {
+                return Err(VerifyError::MissingConsent(d.device_id));
+            }
+            device_consent(&account, d.device_id, &sk, &id.dh_key, &d.consent)?;
             if devices.insert(d.device_id, sk).is_some() {
                 return Err(VerifyError::Malformed("duplicate device id"));
             }
@@ -137,6 +147,24 @@ impl CheckedList {
             devices,
         })
     }
+}
+
+/// Checks a device's consent to being listed as `device_id` of `account` with the identity
+/// `signing_key ‖ dh_key`: `signature` by `signing_key` over
+/// [`hush_proto::transcripts::device_consent`]. Any failure (wrong length, invalid key, bad
+/// signature) is [`VerifyError::BadConsent`].
+pub fn device_consent(
+    account: &[u8],
+    device_id: u32,
+    signing_key: &[u8],
+    dh_key: &[u8],
+    signature: &[u8],
+) -> Result<(), VerifyError> {
+    let key = ed25519_key(signing_key, "device signing key")
+        .map_err(|_| VerifyError::BadConsent(device_id))?;
+    let transcript = transcripts::device_consent(account, device_id, signing_key, dh_key);
+    verify_sig(&key, &transcript, signature, "device consent")
+        .map_err(|_| VerifyError::BadConsent(device_id))
 }
 
 /// Checks a serialized `SignedPreKey` against the device's signing key; returns its id.
@@ -215,4 +243,78 @@ pub fn username_proof(
     let key = ed25519_key(account, "account key")?;
     let transcript = hush_proto::transcripts::username(name.as_bytes(), account);
     verify_sig(&key, &transcript, proof, "username proof")
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::{Signer, SigningKey};
+    use hush_proto::wire::{DeviceEntry, DeviceIdentityKey};
+
+    use super::*;
+
+    /// A signed list of `account` with one device (id 1, signing key `device`), whose consent
+    /// is `consent`.
+    fn list(account: &SigningKey, device: &SigningKey, consent: Vec<u8>) -> Vec<u8> {
+        let inner = DeviceList {
+            account_key: account.verifying_key().to_bytes().to_vec(),
+            version: 1,
+            issued_at: 0,
+            devices: vec![DeviceEntry {
+                device_id: 1,
+                identity: Some(DeviceIdentityKey {
+                    signing_key: device.verifying_key().to_bytes().to_vec(),
+                    dh_key: vec![9; 32],
+                }),
+                added_at: 0,
+                consent,
+            }],
+        }
+        .encode_to_vec();
+        SignedDeviceList {
+            signature: account
+                .sign(&transcripts::device_list(&inner))
+                .to_bytes()
+                .to_vec(),
+            device_list: inner,
+        }
+        .encode_to_vec()
+    }
+
+    fn consent(by: &SigningKey, account: &SigningKey, id: u32, device: &SigningKey) -> Vec<u8> {
+        by.sign(&transcripts::device_consent(
+            &account.verifying_key().to_bytes(),
+            id,
+            &device.verifying_key().to_bytes(),
+            &[9; 32],
+        ))
+        .to_bytes()
+        .to_vec()
+    }
+
+    #[test]
+    fn a_listed_device_must_consent_to_this_account_and_id() {
+        let (account, other, device) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+            SigningKey::from_bytes(&[3; 32]),
+        );
+        let check = |bytes: Vec<u8>| CheckedList::check(&bytes, None, 32).map(|l| l.version);
+        let good = consent(&device, &account, 1, &device);
+        assert_eq!(check(list(&account, &device, good.clone())), Ok(1));
+        assert_eq!(
+            check(list(&account, &device, Vec::new())),
+            Err(VerifyError::MissingConsent(1))
+        );
+        for bad in [
+            consent(&device, &account, 2, &device),
+            consent(&device, &other, 1, &device),
+            consent(&account, &account, 1, &device),
+            good.get(..63).map(<[u8]>::to_vec).unwrap_or_default(),
+        ] {
+            assert_eq!(
+                check(list(&account, &device, bad)),
+                Err(VerifyError::BadConsent(1))
+            );
+        }
+    }
 }

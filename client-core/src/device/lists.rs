@@ -7,9 +7,9 @@ use zeroize::Zeroizing;
 use super::{Device, Tx, decode};
 use crate::consts::KEY_LEN;
 use crate::device::error::Result;
-use crate::device_list::{DeviceEntry, DeviceList, VerifiedDeviceList};
+use crate::device_list::{DeviceConsent, DeviceEntry, DeviceList, VerifiedDeviceList};
 use crate::error::ProtocolError;
-use crate::keys::{AccountId, DeviceAddress, DeviceIdentity, array};
+use crate::keys::{AccountId, DeviceAddress, array};
 use crate::session::SessionRecord;
 use crate::store::kv::{KvStore, Namespace};
 
@@ -91,23 +91,28 @@ impl<S: KvStore> Device<S> {
         Ok(true)
     }
 
-    /// Adds (or replaces) a device on this account's list and signs the new version. Only the device
-    /// holding the account key can do this. Returns the new signed list to publish.
-    pub fn add_device(
-        &mut self,
-        device_id: u32,
-        identity: DeviceIdentity,
-        now: u64,
-    ) -> Result<VerifiedDeviceList> {
+    /// This device's consent to being listed on its account's list under its id (§3.1): what a
+    /// new device hands to the device holding the account key, which passes it to
+    /// [`Self::add_device`].
+    pub fn consent(&self) -> DeviceConsent {
+        DeviceConsent {
+            device_id: self.address.device_id,
+            identity: self.identity.public(),
+            signature: self
+                .identity
+                .consent(&self.address.account, self.address.device_id),
+        }
+    }
+
+    /// Adds (or replaces) a device on this account's list, from the device's consent, and signs
+    /// the new version. Only the device holding the account key can do this; a consent that does
+    /// not verify for this account is refused (`Auth(BadDeviceConsent)`). Returns the new signed
+    /// list to publish.
+    pub fn add_device(&mut self, consent: &DeviceConsent, now: u64) -> Result<VerifiedDeviceList> {
+        consent.verify(&self.address.account)?;
         self.edit_own_list(now, |l| {
-            l.devices.insert(
-                device_id,
-                DeviceEntry {
-                    device_id,
-                    identity,
-                    added_at: now,
-                },
-            );
+            l.devices
+                .insert(consent.device_id, DeviceEntry::from_consent(consent, now));
         })
     }
 

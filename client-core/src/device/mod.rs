@@ -235,6 +235,7 @@ impl<S: KvStore> Device<S> {
                     device_id,
                     identity,
                     added_at: now,
+                    consent: device.identity.consent(&account, device_id),
                 },
             );
             let list = DeviceList {

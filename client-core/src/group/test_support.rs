@@ -25,6 +25,7 @@ impl Person {
                 device_id: self.addr.device_id,
                 identity: self.id.public(),
                 added_at: 0,
+                consent: self.id.consent(&self.addr.account, self.addr.device_id),
             },
         );
         #[allow(clippy::unwrap_used)]

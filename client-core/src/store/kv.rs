@@ -209,6 +209,12 @@ pub enum StoreError {
         /// What was wrong with it.
         reason: &'static str,
     },
+    /// The records on disk are not the ones the store last committed: an older copy of a record
+    /// was put back over a newer one, or records were removed or added behind the store's back
+    /// (they no longer match its authenticated digest); or the whole store is older than the
+    /// commit counter kept outside it (its rollback anchor). Nothing is read from such a store.
+    #[error("the store was rolled back or altered: {0}")]
+    RolledBack(&'static str),
     /// The store is unusable because an earlier operation failed half-way (a lock holder
     /// panicked, or a commit could not be made durable); drop it and reopen.
     #[error("store poisoned by an earlier failure; reopen it")]

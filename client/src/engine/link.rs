@@ -162,14 +162,10 @@ impl Engine {
                 },
             )
             .map_err(|_| ClientError::Protocol("the link answer does not decrypt"))?;
-        let (id, identity) = plain
-            .split_at_checked(4)
-            .ok_or(ClientError::Protocol("link answer too short"))?;
-        let device_id = u32::from_be_bytes(
-            id.try_into()
-                .map_err(|_| ClientError::Protocol("link answer too short"))?,
-        );
-        let identity = hush_core::keys::DeviceIdentity::from_bytes(identity)?;
+        // The new device's id, identity and consent to being listed (docs/PROTOCOL.md §3.1).
+        let consent = hush_core::device_list::DeviceConsent::from_bytes(&plain)
+            .map_err(|_| ClientError::Protocol("malformed link answer"))?;
+        let device_id = consent.device_id;
         let signed = {
             let mut d = self.inner.lock()?;
             let me = d.address();
@@ -181,9 +177,7 @@ impl Engine {
                     "the new device chose a taken device id",
                 ));
             }
-            d.add_device(device_id, identity, now_ms())?
-                .signed_bytes()
-                .to_vec()
+            d.add_device(&consent, now_ms())?.signed_bytes().to_vec()
         };
         let conn = self.inner.current(CONNECT_WAIT).await?;
         conn.request(client_frame::Kind::PublishDeviceList(
@@ -218,8 +212,7 @@ impl Engine {
         // taken one); 1 is the first device's.
         let device_id = rng().random_range(2..=u32::MAX / 2);
         let device = Device::create_linked(store, &mut rng(), account, device_id, now_ms())?;
-        let mut plain = device_id.to_be_bytes().to_vec();
-        plain.extend_from_slice(&device.identity().to_bytes());
+        let plain = device.consent().to_bytes();
         let body = ChaCha20Poly1305::new(&Key::from(*key))
             .encrypt(
                 &Nonce::from([0u8; 12]),

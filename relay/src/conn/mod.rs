@@ -167,7 +167,9 @@ impl From<StoreError> for Refusal {
 impl From<VerifyError> for Refusal {
     fn from(e: VerifyError) -> Self {
         let code = match e {
-            VerifyError::BadSignature(_) => ErrorCode::BadSignature,
+            VerifyError::BadSignature(_)
+            | VerifyError::MissingConsent(_)
+            | VerifyError::BadConsent(_) => ErrorCode::BadSignature,
             VerifyError::WrongAccount => ErrorCode::Forbidden,
             VerifyError::TooManyDevices(..) => ErrorCode::TooManyDevices,
             VerifyError::Malformed(_) | VerifyError::InvalidKey(_) => ErrorCode::Malformed,

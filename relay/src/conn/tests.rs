@@ -85,13 +85,24 @@ impl Account {
                 .devices
                 .iter()
                 .zip(1u32..)
-                .map(|(k, id)| wire::DeviceEntry {
-                    device_id: id,
-                    identity: Some(wire::DeviceIdentityKey {
-                        signing_key: k.verifying_key().to_bytes().to_vec(),
-                        dh_key: random::<32>().to_vec(),
-                    }),
-                    added_at: 1,
+                .map(|(k, id)| {
+                    let signing_key = k.verifying_key().to_bytes();
+                    let dh_key = random::<32>();
+                    let consent = hush_proto::transcripts::device_consent(
+                        &self.id(),
+                        id,
+                        &signing_key,
+                        &dh_key,
+                    );
+                    wire::DeviceEntry {
+                        device_id: id,
+                        identity: Some(wire::DeviceIdentityKey {
+                            signing_key: signing_key.to_vec(),
+                            dh_key: dh_key.to_vec(),
+                        }),
+                        added_at: 1,
+                        consent: k.sign(&consent).to_bytes().to_vec(),
+                    }
                 })
                 .collect(),
         }

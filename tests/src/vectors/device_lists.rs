@@ -35,6 +35,10 @@ pub struct ListedDeviceRecord {
     pub identity_dh_public: String,
     /// When it was added (ms).
     pub added_at: u64,
+    /// The device's consent (64 bytes): Ed25519 by its signing key over
+    /// `"Hush-DeviceConsent-v1" || account public key || u32be(device_id) || signing public ||
+    /// DH public`.
+    pub consent: String,
 }
 
 /// One signed version of a device list.
@@ -109,6 +113,7 @@ pub(super) fn signed_list(
                     device_id: *id,
                     identity: d.public(),
                     added_at: *added_at,
+                    consent: d.pair().consent(&account.id(), *id),
                 },
             )
         })
@@ -134,7 +139,7 @@ pub(super) fn version_record(
         issued_at: list.list().issued_at,
         devices: sorted
             .into_iter()
-            .map(|(id, d, added)| d.listed(*id, *added))
+            .map(|(id, d, added)| d.listed(&list.list().account, *id, *added))
             .collect(),
         device_list: hx(&signed.device_list),
         signature: hx(&signed.signature),
@@ -230,17 +235,29 @@ pub(super) fn hand_signed_list(
     device_ids: impl Iterator<Item = u32>,
 ) -> Vec<u8> {
     let identity = d.public();
+    let devices = device_ids
+        .map(|device_id| wire::DeviceEntry {
+            device_id,
+            identity: Some(wire_identity(&identity)),
+            added_at: NOW_MS - DAY_MS,
+            consent: d.consent(&account.id(), device_id).to_vec(),
+        })
+        .collect();
+    hand_signed_entries(account, signer, version, devices)
+}
+
+/// Builds a `SignedDeviceList` of the given entries by hand, signed by `signer`.
+fn hand_signed_entries(
+    account: &AccountKeyPair,
+    signer: &[u8; KEY_LEN],
+    version: u64,
+    devices: Vec<wire::DeviceEntry>,
+) -> Vec<u8> {
     let list = wire::DeviceList {
         account_key: account.id().as_bytes().to_vec(),
         version,
         issued_at: NOW_MS - DAY_MS,
-        devices: device_ids
-            .map(|device_id| wire::DeviceEntry {
-                device_id,
-                identity: Some(wire_identity(&identity)),
-                added_at: NOW_MS - DAY_MS,
-            })
-            .collect(),
+        devices,
     }
     .encode_to_vec();
     let signature = ed25519_sign(signer, labels::DEVICE_LIST, &list).to_vec();
@@ -412,6 +429,62 @@ fn device_list_negatives() -> GenResult<Vec<NegativeVector>> {
                 control_signed_device_list: hx(known.signed_bytes()),
             },
         });
+    }
+
+    // 5, 6: a listed device without its consent, and with the consent it gave to another id.
+    for (n, name) in [
+        (15, "missing-device-consent"),
+        (16, "device-consent-for-another-id"),
+    ] {
+        let seed = seed(file, n)?;
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let account_secret = draw(&mut rng);
+        let account = AccountKeyPair::from_secret_bytes(&account_secret);
+        let d1 = DeviceSecrets::draw(&mut rng);
+        let d2 = DeviceSecrets::draw(&mut rng);
+        let entry = |id: u32, d: &DeviceSecrets, consent: Vec<u8>| wire::DeviceEntry {
+            device_id: id,
+            identity: Some(wire_identity(&d.public())),
+            added_at: NOW_MS - DAY_MS,
+            consent,
+        };
+        let good = |d: &DeviceSecrets, id: u32| d.consent(&account.id(), id).to_vec();
+        let (bad_consent, description, expected) = if n == 15 {
+            (
+                Vec::new(),
+                "Device 2 is listed without a consent (field 4 absent), in a list the account key signed \
+                 correctly. The control is the same list with device 2's consent.",
+                "Auth(MissingDeviceConsent)",
+            )
+        } else {
+            (
+                good(&d2, 3),
+                "Device 2 is listed with the consent its keys gave to being device 3 of the account, in a list \
+                 the account key signed correctly. The control is the same list with the consent for device 2.",
+                "Auth(BadDeviceConsent)",
+            )
+        };
+        let bad = hand_signed_entries(
+            &account,
+            &account_secret,
+            2,
+            vec![entry(1, &d1, good(&d1, 1)), entry(2, &d2, bad_consent)],
+        );
+        let control = hand_signed_entries(
+            &account,
+            &account_secret,
+            2,
+            vec![entry(1, &d1, good(&d1, 1)), entry(2, &d2, good(&d2, 2))],
+        );
+        out.push(verify_case(
+            name,
+            description.to_owned(),
+            seed,
+            &account,
+            bad,
+            &control,
+            expected,
+        )?);
     }
     Ok(out)
 }

@@ -38,9 +38,11 @@ use hush_core::consts::{KEM_CIPHERTEXT_LEN, KEM_SEED_LEN, KEY_LEN};
 use hush_core::device::DeviceError;
 use hush_core::device_list::{DeviceEntry, DeviceList, VerifiedDeviceList};
 use hush_core::error::Error;
-use hush_core::keys::{AccountKeyPair, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair};
+use hush_core::keys::{
+    AccountId, AccountKeyPair, DeviceAddress, DeviceIdentity, DeviceIdentityKeyPair,
+};
 use hush_core::ratchet;
-use hush_proto::{Message, wire};
+use hush_proto::{Message, labels, wire};
 use ml_kem::{Decapsulate, DecapsulationKey768};
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
@@ -405,7 +407,20 @@ impl DeviceSecrets {
         self.pair().public()
     }
 
-    fn listed(&self, device_id: u32, added_at: u64) -> ListedDeviceRecord {
+    /// The consent to being listed as `device_id` of `account`, signed from the raw secret over
+    /// the transcript written out here (not through the core).
+    fn consent(&self, account: &AccountId, device_id: u32) -> [u8; 64] {
+        let transcript = [
+            account.as_bytes().as_slice(),
+            &device_id.to_be_bytes(),
+            &ed25519_public(&self.signing),
+            &x25519_public(&self.dh),
+        ]
+        .concat();
+        ed25519_sign(&self.signing, labels::DEVICE_CONSENT, &transcript)
+    }
+
+    fn listed(&self, account: &AccountId, device_id: u32, added_at: u64) -> ListedDeviceRecord {
         ListedDeviceRecord {
             device_id,
             identity_signing_secret: hx(self.signing),
@@ -413,6 +428,7 @@ impl DeviceSecrets {
             identity_dh_secret: hx(self.dh),
             identity_dh_public: hx(x25519_public(&self.dh)),
             added_at,
+            consent: hx(self.consent(account, device_id)),
         }
     }
 }
@@ -480,6 +496,7 @@ impl Party {
                 device_id: self.device_id,
                 identity: self.public(),
                 added_at: now - DAY_MS,
+                consent: self.identity.consent(&self.account.id(), self.device_id),
             },
         );
         let list = DeviceList {

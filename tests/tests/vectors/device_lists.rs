@@ -29,7 +29,28 @@ pub(super) fn check_device_list_file(f: &DeviceListFile) -> (usize, usize) {
                 let x = h32(&d.identity_dh_secret);
                 assert_eq!(ed_pub(s), h32(&d.identity_signing_public));
                 assert_eq!(x_pub(x), h32(&d.identity_dh_public));
-                let identity = DeviceIdentityKeyPair::from_secret_bytes(&s, &x).public();
+                let keys = DeviceIdentityKeyPair::from_secret_bytes(&s, &x);
+                let identity = keys.public();
+                // The consent, checked by hand over the transcript of §3.1 ...
+                let consent = h(&d.consent);
+                let transcript = [
+                    account.as_bytes().as_slice(),
+                    &d.device_id.to_be_bytes(),
+                    &h(&d.identity_signing_public),
+                    &h(&d.identity_dh_public),
+                ]
+                .concat();
+                assert!(ed_verify(
+                    h32(&d.identity_signing_public),
+                    labels::DEVICE_CONSENT,
+                    &transcript,
+                    &consent
+                ));
+                // ... is what the core signs (Ed25519 is deterministic).
+                assert_eq!(
+                    keys.consent(&account, d.device_id).as_slice(),
+                    consent.as_slice()
+                );
                 entries.push(wire::DeviceEntry {
                     device_id: d.device_id,
                     identity: Some(wire::DeviceIdentityKey {
@@ -37,6 +58,7 @@ pub(super) fn check_device_list_file(f: &DeviceListFile) -> (usize, usize) {
                         dh_key: h(&d.identity_dh_public),
                     }),
                     added_at: d.added_at,
+                    consent: consent.clone(),
                 });
                 devices.insert(
                     d.device_id,
@@ -44,6 +66,7 @@ pub(super) fn check_device_list_file(f: &DeviceListFile) -> (usize, usize) {
                         device_id: d.device_id,
                         identity,
                         added_at: d.added_at,
+                        consent: consent.as_slice().try_into().unwrap(),
                     },
                 );
             }
@@ -111,6 +134,15 @@ pub(super) fn check_device_list_file(f: &DeviceListFile) -> (usize, usize) {
     assert!(!f.negative_vectors.is_empty());
     for n in &f.negative_vectors {
         check_negative(n);
+    }
+    // A listed device's consent is required, and must be for this account and id.
+    for required in ["Auth(MissingDeviceConsent)", "Auth(BadDeviceConsent)"] {
+        assert!(
+            f.negative_vectors
+                .iter()
+                .any(|n| n.expected_error == required),
+            "no device-list negative vector expects {required}"
+        );
     }
     (f.vectors.len(), f.negative_vectors.len())
 }

@@ -435,6 +435,20 @@ fn check_author_list(
             x_pub(h32(&d.identity_dh_secret)),
             h32(&d.identity_dh_public)
         );
+        // The listed device's consent (§3.1), checked by hand.
+        let consent_transcript = [
+            account.as_bytes().as_slice(),
+            &d.device_id.to_be_bytes(),
+            &h(&d.identity_signing_public),
+            &h(&d.identity_dh_public),
+        ]
+        .concat();
+        assert!(ed_verify(
+            h32(&d.identity_signing_public),
+            b"Hush-DeviceConsent-v1",
+            &consent_transcript,
+            &h(&d.consent)
+        ));
         entries.push(wire::DeviceEntry {
             device_id: d.device_id,
             identity: Some(wire::DeviceIdentityKey {
@@ -442,6 +456,7 @@ fn check_author_list(
                 dh_key: h(&d.identity_dh_public),
             }),
             added_at: d.added_at,
+            consent: h(&d.consent),
         });
         keys.insert(d.device_id, h32(&d.identity_signing_public));
     }
