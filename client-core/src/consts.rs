@@ -162,6 +162,10 @@ pub const MAX_GROUP_LOG_ENTRY_LEN: usize = 128 * 1024;
 /// ones are ignored until some are followed.
 pub const MAX_PENDING_GROUP_INVITES: usize = 64;
 
+/// Pending group invitations kept from one inviting account: a contact cannot fill the cap on
+/// invitations ([`MAX_PENDING_GROUP_INVITES`]) on its own.
+pub const MAX_PENDING_GROUP_INVITES_PER_INVITER: usize = 8;
+
 /// HKDF info expanding a sender-key message key into an AEAD key and nonce.
 pub const SENDER_KEY_MESSAGE_INFO: &[u8] = b"Hush_SenderKey_Message_v1";
 

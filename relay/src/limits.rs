@@ -168,7 +168,7 @@ pub const GROUP_LOG_WRITE_LABEL: &[u8] = b"Hush-GroupLog-Write";
 /// Largest group log entry, in bytes: the creation of a group of 2000 members is about 72 KiB
 /// before the signed device lists it carries. `TOO_LARGE` beyond; an entry is never empty
 /// (`MALFORMED`).
-pub const GROUP_LOG_ENTRY_MAX: usize = 256 * 1024;
+pub const GROUP_LOG_ENTRY_MAX: usize = 128 * 1024;
 
 /// Entries in one group log at most; an append beyond gets `TOO_LARGE`.
 pub const GROUP_LOG_MAX_ENTRIES: u64 = 100_000;

@@ -235,6 +235,8 @@ pub struct GroupLogs {
     logs: BTreeMap<[u8; 32], SlotLog>,
     /// (slot, reader) → the last position served to that reader.
     withheld: BTreeMap<([u8; 32], DeviceAddress), u64>,
+    /// (slot, reader, position) → other bytes served to that reader there.
+    forged: BTreeMap<([u8; 32], DeviceAddress, u64), Vec<u8>>,
     /// Appends that lost the race for their position.
     pub conflicts: u64,
 }
@@ -277,7 +279,11 @@ impl GroupLogs {
         let out = entries
             .iter()
             .enumerate()
-            .map(|(i, e)| (i as u64 + 1, e.clone()))
+            .map(|(i, e)| {
+                let seq = i as u64 + 1;
+                let bytes = self.forged.get(&(*slot, *reader, seq)).unwrap_or(e).clone();
+                (seq, bytes)
+            })
             .filter(|(seq, _)| *seq >= from && *seq <= served)
             .collect();
         (served, out)
@@ -286,6 +292,11 @@ impl GroupLogs {
     /// From now on, serves `reader` the log of `slot` only up to position `up_to`.
     pub fn withhold(&mut self, slot: [u8; 32], reader: DeviceAddress, up_to: u64) {
         self.withheld.insert((slot, reader), up_to);
+    }
+
+    /// From now on, serves `reader` `bytes` instead of the entry at `seq` of `slot`.
+    pub fn forge(&mut self, slot: [u8; 32], reader: DeviceAddress, seq: u64, bytes: Vec<u8>) {
+        self.forged.insert((slot, reader, seq), bytes);
     }
 
     /// Serves `reader` the whole log of `slot` again.

@@ -1053,6 +1053,105 @@ fn a_member_detects_a_relay_withholding_log_entries_from_it() {
 }
 
 #[test]
+fn a_member_served_garbage_for_one_entry_detects_the_fork_from_the_others_positions() {
+    let mut rng = ChaCha20Rng::from_seed([37; 32]);
+    let mut pop = Population::new(&mut rng, &[1, 1, 1, 1], 0).unwrap();
+    let accounts = pop.account_ids();
+    let [alice, bob, carol, dave] = [0, 1, 2, 3].map(|i| pop.accounts[i][0]);
+    mesh(&mut pop, &mut rng, 1);
+    let (g, out) = pop
+        .create_group(alice, "team", &accounts, &mut rng, 2)
+        .unwrap();
+    deliver_all(&mut pop, alice, out, &mut rng, 2);
+    let slot = pop.devices[&alice].group(&g).unwrap().log().secret().slot();
+    // Entry 2 removes Dave; the relay serves Carol garbage there instead, which does not open:
+    // on her own, Carol can only skip it, and keeps Dave as a member.
+    pop.logs.forge(slot, carol, 2, vec![1; 64]);
+    let (out, _) = pop
+        .update_group(alice, &g, &[], &[dave.account], &mut rng, 3)
+        .unwrap();
+    deliver_all(&mut pop, alice, out, &mut rng, 3);
+    let carols = pop.devices[&carol].group(&g).unwrap().log();
+    assert_eq!(carols.seq(), 2);
+    assert!(carols.state().is_member(&dave.account));
+    // Bob's next group message names position 2 with the real head: Carol, at the same position
+    // with another head, reads the log again and finds the fork.
+    let targets = pop.devices[&bob].group_devices(&g).unwrap();
+    pop.ensure_sessions(&bob, &targets, &mut rng, 4).unwrap();
+    let send = pop
+        .devices
+        .get_mut(&bob)
+        .unwrap()
+        .group_encrypt(&g, b"hello", &mut rng, 4)
+        .unwrap();
+    deliver_all(&mut pop, bob, send.distributions, &mut rng, 4);
+    pop.devices
+        .get_mut(&carol)
+        .unwrap()
+        .decrypt_group(&send.message, &mut rng, 5)
+        .unwrap();
+    assert_eq!(pop.devices[&carol].groups_to_fetch(), vec![g]);
+    let update = pop.sync_group(carol, &g, &mut rng, 5).unwrap();
+    assert_eq!(update.check, LogCheck::Forked { seq: 2 });
+    assert!(pop.devices[&carol].groups_to_fetch().is_empty());
+}
+
+#[test]
+fn an_invitation_survives_a_relay_that_does_not_serve_its_log() {
+    let mut rng = ChaCha20Rng::from_seed([38; 32]);
+    let mut pop = Population::new(&mut rng, &[1, 1, 1], 0).unwrap();
+    let accounts = pop.account_ids();
+    let [alice, bob, carol] = [0, 1, 2].map(|i| pop.accounts[i][0]);
+    mesh(&mut pop, &mut rng, 1);
+    let w = pop
+        .devices
+        .get_mut(&alice)
+        .unwrap()
+        .create_group("team", &accounts[..2], &mut rng, 2)
+        .unwrap();
+    let g = w.group;
+    let slot = w.slot();
+    // The relay hides the new log from Bob entirely.
+    pop.logs.withhold(slot, bob, 0);
+    assert_eq!(
+        pop.logs.append(slot, &w.write_token(), 1, w.entry.clone()),
+        Append::Appended
+    );
+    let landed = pop
+        .devices
+        .get_mut(&alice)
+        .unwrap()
+        .group_write_landed(w, &mut rng, 2)
+        .unwrap();
+    let (to_bob, _): (Vec<Outgoing>, Vec<Outgoing>) =
+        landed.outgoing.into_iter().partition(|o| o.to == bob);
+    let inc = pop
+        .devices
+        .get_mut(&bob)
+        .unwrap()
+        .decrypt(&alice, &to_bob[0].bytes, &mut rng, 3)
+        .unwrap();
+    assert_eq!(inc.group_logs, vec![g]);
+    let update = pop.sync_group(bob, &g, &mut rng, 3).unwrap();
+    assert_eq!(
+        update.check,
+        LogCheck::Withheld {
+            claimed: 1,
+            served: 0
+        }
+    );
+    assert!(pop.devices[&bob].group(&g).is_none());
+    // Not read again after every message, but kept: once the relay serves it, Bob joins.
+    assert!(pop.devices[&bob].groups_to_fetch().is_empty());
+    assert_eq!(pop.devices[&bob].group_logs(), vec![g]);
+    pop.logs.release(slot, bob);
+    let update = pop.sync_group(bob, &g, &mut rng, 4).unwrap();
+    assert!(update.changed);
+    assert!(pop.devices[&bob].group(&g).is_some());
+    let _ = carol;
+}
+
+#[test]
 fn a_group_id_is_bound_to_its_creation_and_cannot_be_claimed_by_another() {
     use hush_core::group::{GroupLog, GroupSecret};
     let mut rng = ChaCha20Rng::from_seed([36; 32]);

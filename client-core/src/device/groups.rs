@@ -58,6 +58,9 @@ pub(crate) struct GroupInvite {
     pub(crate) secret: GroupSecret,
     pub(crate) inviter: AccountId,
     pub(crate) claim: (u64, [u8; 32]),
+    /// Its log was read and not found (or not sealed under the secret): read again only when
+    /// all logs are (after reconnecting), not after every group message. Not stored.
+    pub(crate) unread_log: bool,
 }
 
 /// The result of encrypting one group message.
@@ -143,6 +146,7 @@ fn load_record(g: GroupId, bytes: &[u8]) -> Result<Loaded> {
             secret,
             inviter: AccountId::from_bytes(&r.inviter)?,
             claim: claim.unwrap_or((0, [0; 32])),
+            unread_log: false,
         }));
     }
     let entries = r

@@ -136,9 +136,13 @@ impl<S: KvStore> Device<S> {
         self.sessions.insert(*to, record);
         if let Ok(bytes) = &out {
             tx.sessions.insert(*to);
-            // Sender keys are not kept: they are secrets, and a member that misses one asks
-            // for it (§18.3).
-            let secret = matches!(content.body, Some(wire::content::Body::SenderKey(_)));
+            // Sender keys and group secrets are not kept: a member that misses a sender key asks
+            // for it (§18.3), and a group's notices are sent again by reading its log (§17.5).
+            let secret = match &content.body {
+                Some(wire::content::Body::SenderKey(_)) => true,
+                Some(wire::content::Body::GroupLog(n)) => !n.secret.is_empty(),
+                _ => false,
+            };
             if !tx.unlogged && !secret {
                 self.log_sent(to, &identity, bytes, &plaintext, now, 0, tx);
             }

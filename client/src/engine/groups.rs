@@ -344,20 +344,16 @@ impl Engine {
                 )))?;
                 entry.state().members.keys().copied().collect()
             };
-            for a in members.iter().chain(add.iter().map(|(a, _)| a)) {
-                self.inner.refresh_list(&conn, a).await?;
-            }
-            let mut devices = self.inner.lock()?.group_devices(g)?;
-            {
-                let d = self.inner.lock()?;
-                let me = d.address();
-                for (a, _) in add {
-                    if let Some(l) = d.device_list(a) {
-                        devices.extend(l.addresses().filter(|x| *x != me));
-                    }
-                }
-            }
-            self.inner.ensure_sessions(&conn, &devices).await?;
+            // An account that cannot be reached (its list conflicts, its pre-keys are gone, it
+            // was deleted) does not stop the change, least of all its own removal: its devices
+            // just get no notice (they read the log when they next connect).
+            let accounts: BTreeSet<AccountId> = members
+                .iter()
+                .chain(add.iter().map(|(a, _)| a))
+                .copied()
+                .filter(|a| !remove.contains(a))
+                .collect();
+            self.inner.reach_accounts(&conn, &accounts).await?;
             let w = self
                 .inner
                 .lock()?
@@ -452,6 +448,38 @@ impl Inner {
 }
 
 impl Inner {
+    /// Fetches the lists of `accounts` and sets up sessions with their devices, going on past an
+    /// account that cannot be reached (logged); a failure of the connection or the store stops.
+    pub(super) async fn reach_accounts(
+        &self,
+        conn: &Arc<RelayConnection>,
+        accounts: &BTreeSet<AccountId>,
+    ) -> Result<(), ClientError> {
+        for a in accounts {
+            let reached = match self.refresh_list(conn, a).await {
+                Ok(()) => {
+                    let devices: Vec<DeviceAddress> = {
+                        let d = self.lock()?;
+                        let me = d.address();
+                        d.device_list(a)
+                            .map(|l| l.addresses().filter(|x| *x != me).collect())
+                            .unwrap_or_default()
+                    };
+                    self.ensure_sessions(conn, &devices).await
+                }
+                Err(e) => Err(e),
+            };
+            match reached {
+                Ok(()) => {}
+                Err(e) if is_account_failure(&e) => {
+                    tracing::warn!(error = %e, "a group member account cannot be reached");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Reads group `g`'s log from the relay (through `log`, a connection that does not say who
     /// reads) from the first position not read yet, page by page, and processes it.
     pub(super) async fn sync_group_log(
@@ -460,21 +488,29 @@ impl Inner {
         log: &Arc<RelayConnection>,
         g: &GroupId,
     ) -> Result<(), ClientError> {
-        loop {
-            let Some(cursor) = self.lock()?.group_log_cursor(g) else {
-                return Ok(());
-            };
-            let (head, entries) = log.group_log_read(cursor.slot, cursor.next).await?;
-            let last = entries.last().map(|(s, _)| *s);
-            let update = self
-                .lock()?
-                .accept_group_log(g, head, &entries, &mut rng(), now_ms())?;
-            self.after_group_log(conn, g, update).await;
-            match last {
-                Some(s) if s < head => {}
-                _ => return Ok(()),
+        let Some(cursor) = self.lock()?.group_log_cursor(g) else {
+            return Ok(());
+        };
+        // Every page up to the relay's head first, then one processing: whether this account is
+        // a member (for a group being joined) is judged on the whole log, not on one page.
+        let (mut head, mut entries) = log.group_log_read(cursor.slot, cursor.next).await?;
+        while let Some(last) = entries.last().map(|(s, _)| *s)
+            && last < head
+        {
+            let (h, more) = log
+                .group_log_read(cursor.slot, last.saturating_add(1))
+                .await?;
+            if more.is_empty() {
+                break;
             }
+            head = h.max(head);
+            entries.extend(more);
         }
+        let update = self
+            .lock()?
+            .accept_group_log(g, head, &entries, &mut rng(), now_ms())?;
+        self.after_group_log(conn, g, update).await;
+        Ok(())
     }
 
     /// Reads the logs of `groups` (errors are logged: one group's log does not hold up others).

@@ -9,7 +9,7 @@ use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
 use super::{GroupEntry, GroupInvite};
-use crate::consts::MAX_PENDING_GROUP_INVITES;
+use crate::consts::{MAX_PENDING_GROUP_INVITES, MAX_PENDING_GROUP_INVITES_PER_INVITER};
 use crate::device::error::{DeviceError, Result};
 use crate::device::{Device, Outgoing, Received, Tx};
 use crate::error::{Error, ProtocolError};
@@ -263,11 +263,16 @@ impl<S: KvStore> Device<S> {
     /// Groups whose logs should be read from the relay now: invitations, groups a member said
     /// were further along, and groups a message from a not-yet-known member arrived for.
     pub fn groups_to_fetch(&self) -> Vec<GroupId> {
-        let mut out: BTreeSet<GroupId> = self.group_invites.keys().copied().collect();
+        let mut out: BTreeSet<GroupId> = self
+            .group_invites
+            .iter()
+            .filter(|(_, i)| !i.unread_log)
+            .map(|(g, _)| *g)
+            .collect();
         out.extend(
             self.groups
                 .iter()
-                .filter(|(_, e)| e.claim.is_some_and(|(s, _)| s > e.log.seq()))
+                .filter(|(_, e)| e.claim.is_some())
                 .map(|(g, _)| *g),
         );
         out.extend(self.group_hints.iter().copied());
@@ -305,6 +310,7 @@ impl<S: KvStore> Device<S> {
         };
         self.group_hints.remove(g);
         let mut joined = false;
+        let mut kept_invite = None;
         if !self.groups.contains_key(g) {
             let invite = self
                 .group_invites
@@ -321,17 +327,39 @@ impl<S: KvStore> Device<S> {
                         claimed: invite.claim.0.max(1),
                         served: 0,
                     };
-                    self.group_invites.insert(*g, invite);
+                    self.group_invites.insert(
+                        *g,
+                        GroupInvite {
+                            unread_log: true,
+                            ..invite
+                        },
+                    );
                     return self.close_log_tx(tx, Ok(update));
                 }
                 self.group_invites.insert(*g, invite);
                 tx.groups.remove(g);
                 return Err(ProtocolError::Misuse("read the log from its first entry").into());
             };
+            if invite.secret.open_entry(1, first).is_err() {
+                // Not sealed under the secret at all: only the relay (or someone holding the
+                // write token but not the entry key) could have put it there. The invitation is
+                // kept, to be read again; the check reports another history.
+                update.check = LogCheck::Forked { seq: 1 };
+                self.group_invites.insert(
+                    *g,
+                    GroupInvite {
+                        unread_log: true,
+                        ..invite
+                    },
+                );
+                return self.close_log_tx(tx, Ok(update));
+            }
+            kept_invite = Some(invite.clone());
             let log = match GroupLog::create(*g, invite.secret.clone(), first) {
                 Ok(l) => l,
                 Err(e) => {
-                    // Not this group's log: the invitation is dropped.
+                    // Sealed under the secret, but not a creation of this group id and slot:
+                    // the secret does not belong to that group, and the invitation is dropped.
                     self.close_log_tx(tx, Ok(()))?;
                     return Err(e.into());
                 }
@@ -352,15 +380,30 @@ impl<S: KvStore> Device<S> {
             return self.close_log_tx(tx, Err(e));
         }
         if joined
-            && self
-                .groups
-                .get(g)
-                .is_some_and(|e| !e.log.state().is_member(&self.address.account))
+            && let Some(e) = self.groups.get(g)
+            && !e.log.state().is_member(&self.address.account)
         {
             // A log that does not include this account is not kept: nobody can make a device
-            // store groups it is not in.
+            // store groups it is not in. If the relay served less than the inviter said the log
+            // had reached, the invitation is kept to be read again, and the withholding reported.
+            let read = e.log.seq();
             self.groups.remove(g);
             update.changed = false;
+            if let Some(invite) = kept_invite
+                && read < invite.claim.0
+            {
+                update.check = LogCheck::Withheld {
+                    claimed: invite.claim.0,
+                    served: head,
+                };
+                self.group_invites.insert(
+                    *g,
+                    GroupInvite {
+                        unread_log: true,
+                        ..invite
+                    },
+                );
+            }
             return self.close_log_tx(tx, Ok(update));
         }
         if let Some(e) = self.groups.get_mut(g)
@@ -377,6 +420,10 @@ impl<S: KvStore> Device<S> {
                     claimed,
                     served: head,
                 };
+                // Reported once per claim: a member that claims a position nobody reaches does
+                // not keep the group in `groups_to_fetch` (the next claim is checked again).
+                e.claim = None;
+                tx.groups.insert(*g);
             }
         }
         if update.changed {
@@ -523,28 +570,28 @@ impl<S: KvStore> Device<S> {
     ) -> Result<Option<GroupId>> {
         let g = GroupId::from_bytes(&n.group_id)?;
         let head: [u8; 32] = array(&n.head, "group log notice", "head must be 32 bytes")?;
-        if let Some(e) = self.groups.get_mut(&g) {
-            if n.seq <= e.log.seq() {
-                return Ok(None);
-            }
+        if let Some(e) = self.groups.get(&g) {
             // Only a member (as far as this device has read) is believed about the log: a former
             // member still holds the secret, but its word no longer counts.
-            let member = e.log.state().is_member(&from.account);
-            if member
+            let member = e.log.state().is_member(&from.account)
                 && self
                     .device_lists
                     .get(&from.account)
-                    .is_some_and(|l| l.addresses().any(|d| d == *from))
-            {
-                if let Some(e) = self.groups.get_mut(&g)
-                    && e.claim.is_none_or(|(s, _)| s < n.seq)
-                {
-                    e.claim = Some((n.seq, head));
-                    tx.groups.insert(g);
+                    .is_some_and(|l| l.addresses().any(|d| d == *from));
+            let behind = n.seq > e.log.seq();
+            if !member {
+                if behind {
+                    self.group_hints.insert(g);
+                    return Ok(Some(g));
                 }
-            } else {
-                self.group_hints.insert(g);
+                return Ok(None);
             }
+            // A position this device has read, with another head: checked at the next read.
+            let disagrees = !behind && e.log.head_at(n.seq) != head;
+            if !behind && !disagrees {
+                return Ok(None);
+            }
+            self.record_claim(&g, n.seq, head, tx);
             return Ok(Some(g));
         }
         if let Some(i) = self.group_invites.get_mut(&g) {
@@ -552,9 +599,28 @@ impl<S: KvStore> Device<S> {
                 i.claim = (n.seq, head);
                 tx.groups.insert(g);
             }
+            // An invitation whose log could not be found under its secret takes the secret of
+            // a later notice instead (a first notice may have named a wrong one).
+            if i.unread_log
+                && !n.secret.is_empty()
+                && let Ok(secret) = GroupSecret::from_bytes(&n.secret)
+            {
+                i.secret = secret;
+                i.inviter = from.account;
+                i.unread_log = false;
+                tx.groups.insert(g);
+            }
             return Ok(Some(g));
         }
-        if n.secret.is_empty() || self.group_invites.len() >= MAX_PENDING_GROUP_INVITES {
+        let from_inviter = self
+            .group_invites
+            .values()
+            .filter(|i| i.inviter == from.account)
+            .count();
+        if n.secret.is_empty()
+            || self.group_invites.len() >= MAX_PENDING_GROUP_INVITES
+            || from_inviter >= MAX_PENDING_GROUP_INVITES_PER_INVITER
+        {
             return Ok(None);
         }
         let secret = GroupSecret::from_bytes(&n.secret)?;
@@ -564,6 +630,7 @@ impl<S: KvStore> Device<S> {
                 secret,
                 inviter: from.account,
                 claim: (n.seq, head),
+                unread_log: false,
             },
         );
         tx.groups.insert(g);
@@ -579,12 +646,28 @@ impl<S: KvStore> Device<S> {
         head: [u8; 32],
         tx: &mut Tx,
     ) {
-        if let Some(e) = self.groups.get_mut(g)
-            && seq > e.log.seq()
-            && e.claim.is_none_or(|(s, _)| s < seq)
-        {
-            e.claim = Some((seq, head));
-            tx.groups.insert(*g);
+        let Some(e) = self.groups.get(g) else {
+            return;
+        };
+        if seq > e.log.seq() || e.log.head_at(seq) != head {
+            self.record_claim(g, seq, head, tx);
+        }
+    }
+
+    /// Records `(seq, head)`, said by a member device, as group `g`'s claim: a position beyond
+    /// this device's replaces a lower claim; a position it has read whose head differs from its
+    /// own is kept when no claim is pending. Checked at the next read of the log (§17.8).
+    fn record_claim(&mut self, g: &GroupId, seq: u64, head: [u8; 32], tx: &mut Tx) {
+        if let Some(e) = self.groups.get_mut(g) {
+            let ahead = seq > e.log.seq();
+            let take = match e.claim {
+                None => true,
+                Some((s, _)) => ahead && s < seq,
+            };
+            if take {
+                e.claim = Some((seq, head));
+                tx.groups.insert(*g);
+            }
         }
     }
 
