@@ -103,6 +103,11 @@ impl Engine {
             .inner
             .lock()?
             .group_write_landed(w, &mut rng(), now_ms())?;
+        // The app made this change itself: no `GroupsChanged` for it.
+        let update = GroupLogUpdate {
+            changed: false,
+            ..update
+        };
         self.inner.after_group_log(&conn, &g, update).await;
         Ok(g)
     }
@@ -368,7 +373,14 @@ impl Engine {
                         .lock()?
                         .group_write_landed(w, &mut rng(), now_ms());
                     match landed {
-                        Ok(update) => self.inner.after_group_log(&conn, g, update).await,
+                        Ok(update) => {
+                            // The app made this change itself: no `GroupsChanged` for it.
+                            let update = GroupLogUpdate {
+                                changed: false,
+                                ..update
+                            };
+                            self.inner.after_group_log(&conn, g, update).await;
+                        }
                         // Entries landed before it that this device had not read: reading the
                         // log applies them and this change.
                         Err(_) => self.inner.sync_group_log(&conn, &log, g).await?,
