@@ -373,6 +373,20 @@ pub enum HushEvent {
         /// The contacts.
         contacts: Vec<Contact>,
     },
+    /// A history transfer from another device of this account is downloading.
+    HistoryProgress {
+        /// Bytes received.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+    /// A history transfer from another device of this account was taken in.
+    HistoryImported {
+        /// Messages added to the history.
+        messages: u64,
+        /// Groups this device is in now.
+        groups: u64,
+    },
 }
 
 /// A contact: a username and the account it names.
@@ -452,6 +466,13 @@ impl From<MessengerEvent> for HushEvent {
                 device: from.device_id,
             },
             MessengerEvent::StoreFailed => Self::StoreFailed,
+            MessengerEvent::HistoryProgress { done, total } => {
+                Self::HistoryProgress { done, total }
+            }
+            MessengerEvent::HistoryImported(r) => Self::HistoryImported {
+                messages: r.messages as u64,
+                groups: r.groups as u64,
+            },
             MessengerEvent::ContactsSynced { name, contacts } => Self::ContactsSynced {
                 name,
                 contacts: contacts

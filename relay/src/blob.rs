@@ -177,8 +177,8 @@ fn named(u: &api::BlobUpload) -> Result<Named, Refusal> {
         )
     };
     let id = <[u8; limits::BLOB_ID_LEN]>::try_from(u.id.as_slice()).map_err(|_| bad())?;
-    let cap =
-        <[u8; limits::BLOB_CAPABILITY_LEN]>::try_from(u.capability.as_slice()).map_err(|_| bad())?;
+    let cap = <[u8; limits::BLOB_CAPABILITY_LEN]>::try_from(u.capability.as_slice())
+        .map_err(|_| bad())?;
     Ok(Some((id, cap)))
 }
 

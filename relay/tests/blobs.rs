@@ -584,13 +584,22 @@ async fn a_named_upload_replaces_its_blob_only_with_the_same_capability() {
     let id = [7u8; 16];
     let cap = [9u8; 32];
     let first = body(128 * 1024, 3);
-    let u = uploaded(a.upload_named_blob(&first, first.len() as u64, &id, &cap).await);
-    assert_eq!((u.id.as_slice(), u.capability.as_slice()), (&id[..], &cap[..]));
+    let u = uploaded(
+        a.upload_named_blob(&first, first.len() as u64, &id, &cap)
+            .await,
+    );
+    assert_eq!(
+        (u.id.as_slice(), u.capability.as_slice()),
+        (&id[..], &cap[..])
+    );
     assert_eq!(a.download_blob(&id, &cap).await.unwrap(), first);
     // Replaced in place, by the same capability: the old one's bytes are freed first, so the
     // replacement fits in a quota the two together would not.
     let second = body(100 * 1024, 4);
-    uploaded(a.upload_named_blob(&second, second.len() as u64, &id, &cap).await);
+    uploaded(
+        a.upload_named_blob(&second, second.len() as u64, &id, &cap)
+            .await,
+    );
     assert_eq!(b.download_blob(&id, &cap).await.unwrap(), second);
     assert_eq!(blob_files(dir.path()).len(), 1);
     assert_eq!(r.metrics.blob_bytes_stored.get(), 100 * 1024);

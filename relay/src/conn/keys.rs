@@ -62,8 +62,8 @@ impl ConnState {
     ) -> Result<Reply, Refusal> {
         let me = DeviceId { account, device: 0 };
         let max = relay.cfg.max_devices_per_account as usize;
-        let devices = AccountDevices::from_signed(&signed, Some(&me.account), max)
-            .map_err(|e| match e {
+        let devices =
+            AccountDevices::from_signed(&signed, Some(&me.account), max).map_err(|e| match e {
                 VerifyError::WrongAccount => Refusal::new(
                     ErrorCode::Forbidden,
                     "a device may only publish its own account's list",
