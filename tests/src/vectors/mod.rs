@@ -239,6 +239,13 @@ impl NamedError for DeviceError {
         match self {
             DeviceError::Protocol(e) => protocol_error_name(e),
             DeviceError::Store(_) => "Store".to_owned(),
+            DeviceError::Backup(e) => format!("Backup({})", {
+                let d = format!("{e:?}");
+                d.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            }),
         }
     }
 }
