@@ -164,7 +164,7 @@ impl RecoveryKey {
             while bits >= 5 {
                 bits -= 5;
                 let v = (acc >> bits) & 31;
-                if n > 0 && n % 4 == 0 {
+                if n > 0 && n.is_multiple_of(4) {
                     out.push('-');
                 }
                 out.push(char::from(

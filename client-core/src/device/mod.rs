@@ -254,7 +254,7 @@ impl<S: KvStore> Device<S> {
             if let Some((base, keep)) = base {
                 for (id, entry) in &base.list().devices {
                     if keep.contains(id) && *id != device_id {
-                        devices.insert(*id, entry.clone());
+                        devices.insert(*id, *entry);
                     }
                 }
                 version = base
