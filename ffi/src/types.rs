@@ -521,6 +521,23 @@ pub struct AccountInfo {
     pub device_id: u32,
 }
 
+/// An account restored from its backup (`restore_account`): this new device, and what came back.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct RestoredAccount {
+    /// The account id (hex).
+    pub account_id: String,
+    /// This new device's id.
+    pub device_id: u32,
+    /// Messages restored to the history.
+    pub messages: u64,
+    /// Groups this device is in.
+    pub groups: u64,
+    /// The account's username in the backup (empty if none): claim nothing, it is still held.
+    pub name: String,
+    /// The contacts in the backup.
+    pub contacts: Vec<Contact>,
+}
+
 /// A safety number with a contact: equal on both sides exactly when neither was tampered with.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
 pub struct SafetyNumber {

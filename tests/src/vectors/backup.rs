@@ -142,11 +142,10 @@ fn hkdf(salt: Option<&[u8]>, ikm: &[u8], info: &[&[u8]], out: &mut [u8]) -> GenR
         .map_err(|_| "hkdf".into())
 }
 
-fn by_hand_seal(
-    archive_key: &[u8; 32],
-    nonce: &[u8; 32],
-    plaintext: &[u8],
-) -> GenResult<(Vec<u8>, [u8; 16], [u8; 32], u32)> {
+/// An archive sealed by hand: its bytes, key check, stream key and number of chunks.
+type Sealed = (Vec<u8>, [u8; 16], [u8; 32], u32);
+
+fn by_hand_seal(archive_key: &[u8; 32], nonce: &[u8; 32], plaintext: &[u8]) -> GenResult<Sealed> {
     let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(archive_key)?;
     mac.update(b"Hush-Backup-Key-Check-v1");
     mac.update(BACKUP_MAGIC);
