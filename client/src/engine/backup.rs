@@ -76,18 +76,18 @@ impl Engine {
     /// `cfg`: downloads both backup slots (on an anonymous connection), takes the newest that
     /// opens, creates a new device holding the account key with a device list that replaces
     /// every earlier device, publishes that list with `RecoverDeviceList`, and starts. Returns
-    /// the archive (its application part is the caller's).
+    /// the archive (its application part is the caller's) and the slot it came from.
     pub async fn restore(
         cfg: EngineConfig,
         key: &RecoveryKey,
         progress: Progress<'_>,
-    ) -> Result<(Self, mpsc::UnboundedReceiver<Event>, pstore::BackupArchive), ClientError> {
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Event>, Recovered), ClientError> {
         let (conn, mut events) = RelayConnection::connect(cfg.relay, &cfg.pin).await?;
         tokio::spawn(async move { while events.recv().await.is_some() {} });
         conn.request(client_frame::Kind::Anonymous(api::Anonymous {}))
             .await?;
         let archive_key = key.archive_key()?;
-        let mut best: Option<pstore::BackupArchive> = None;
+        let mut best: Option<(pstore::BackupArchive, u8)> = None;
         let mut refused: Option<BackupError> = None;
         for slot in 0..hush_core::consts::BACKUP_SLOTS {
             let s = key.slot(slot)?;
@@ -113,12 +113,12 @@ impl Engine {
             };
             if best
                 .as_ref()
-                .is_none_or(|b| archive.created_at > b.created_at)
+                .is_none_or(|(b, _)| archive.created_at > b.created_at)
             {
-                best = Some(archive);
+                best = Some((archive, slot));
             }
         }
-        let Some(archive) = best else {
+        let Some((archive, slot)) = best else {
             conn.close();
             return Err(refused.map_or(ClientError::NoBackup, ClientError::Backup));
         };
@@ -156,8 +156,16 @@ impl Engine {
         conn.close();
         tracing::info!("account recovered from its backup as a new device");
         let (engine, rx) = Self::start(cfg, device);
-        Ok((engine, rx, archive))
+        Ok((engine, rx, Recovered { archive, slot }))
     }
+}
+
+/// What [`Engine::restore`] recovered.
+pub struct Recovered {
+    /// The archive taken (the newest that opened).
+    pub archive: pstore::BackupArchive,
+    /// The backup slot it came from.
+    pub slot: u8,
 }
 
 /// Seals an archive's plaintext under `archive_key` (a fresh nonce).

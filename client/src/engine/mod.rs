@@ -33,7 +33,7 @@ mod sealed;
 mod send;
 
 use crate::profile::{DB_DIR, GROUP_SYNC_FILE};
-pub use backup::{MAX_ARCHIVE_BLOB, open_archive, seal_archive};
+pub use backup::{MAX_ARCHIVE_BLOB, Recovered, open_archive, seal_archive};
 use connection::run;
 pub use groups::{GroupDelivery, GroupFailure};
 pub use link::LinkOffer;

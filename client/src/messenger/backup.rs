@@ -401,16 +401,18 @@ impl Messenger {
         }
         let started = async {
             let history = super::history::open_history(&cfg)?;
-            let (engine, rx, archive) =
+            let (engine, rx, recovered) =
                 Engine::restore(cfg, &key, &crate::conn::no_progress).await?;
             let groups = engine.groups()?.len();
             let (m, events) = Self::start(engine, rx, history)?;
-            let (messages, app) = m.shared.take_app_backup(&archive.app)?;
+            let (messages, app) = m.shared.take_app_backup(&recovered.archive.app)?;
+            // The next backup goes to the other slot: the one restored from stays until a
+            // newer backup is complete.
             write_settings(
                 &mut *m.shared.lock_history()?,
                 &BackupSettings {
                     key,
-                    next_slot: 0,
+                    next_slot: recovered.slot.wrapping_add(1) % hush_core::consts::BACKUP_SLOTS,
                     last: 0,
                 },
             )?;
