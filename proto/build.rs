@@ -30,6 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "SyncSent",
         "StoredMessage",
         "Undelivered",
+        "HistoryTransfer",
+        "BackupMessage",
+        "BackupSetting",
     ] {
         config.message_attribute(format!(".hush.app.v1.{m}"), wiped);
     }

@@ -69,6 +69,10 @@ pub(crate) async fn learn_sender(m: &Messenger, dir: &Path, ev: &MessengerEvent)
         take_synced(dir, name, contacts);
         return;
     }
+    if let MessengerEvent::HistoryImported(r) = ev {
+        crate::backup::take_app_state(dir, &r.app);
+        return;
+    }
     let MessengerEvent::Message { message, .. } = ev else {
         return;
     };

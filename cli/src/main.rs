@@ -25,6 +25,7 @@ macro_rules! say {
     }};
 }
 
+mod backup;
 mod chat;
 mod contacts;
 mod files;
@@ -153,6 +154,29 @@ enum Cmd {
         /// How long the existing device waits (seconds)
         #[arg(long, default_value_t = 300)]
         wait: u64,
+        /// On the existing device: how many of the newest messages of every conversation the
+        /// new device gets (0: none)
+        #[arg(long, default_value_t = 100)]
+        history: usize,
+    },
+    /// Encrypted backups on the relay, restorable with a recovery key (`hush restore`)
+    Backup {
+        #[command(subcommand)]
+        cmd: BackupCmd,
+    },
+    /// Restore an account from its backup on a new device, with the recovery key that
+    /// `hush backup enable` showed (makes a new profile; the account's earlier devices are
+    /// removed)
+    Restore {
+        /// Relay address (HOST:PORT or IP:PORT) the backup is on
+        #[arg(long, value_parser = parse_relay)]
+        relay: Option<SocketAddr>,
+        /// Relay certificate fingerprint
+        #[arg(long)]
+        pin: Option<String>,
+        /// The recovery key (56 characters; dashes, spaces and case do not matter)
+        #[arg(long)]
+        recovery_key: String,
     },
     /// List this account's devices
     Devices,
@@ -174,6 +198,15 @@ enum Cmd {
     },
     /// Show this device and account
     Whoami,
+}
+
+#[derive(Subcommand)]
+enum BackupCmd {
+    /// Turn backups on (on the account's first device): shows the recovery key once, makes the
+    /// first backup; later ones follow changes (at most every 10 minutes) and `backup now`
+    Enable,
+    /// Make a backup now
+    Now,
 }
 
 #[derive(Subcommand)]
@@ -298,6 +331,18 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             made
         }
+        Cmd::Restore {
+            relay,
+            pin,
+            recovery_key,
+        } => {
+            let fresh = prepare_new_profile(&dir)?;
+            let made = backup::restore(&dir, relay, pin, &recovery_key, cli.connect_timeout).await;
+            if made.is_err() {
+                discard_new_profile(&dir, fresh);
+            }
+            made
+        }
         Cmd::Presence { state } => profile::set_presence(&dir, state == "on").map(|()| {
             say!(
                 "presence {}: contacts you chat with {}",
@@ -314,6 +359,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let (m, mut events) = Messenger::open(engine_config(&profile)?)
                 .map_err(|e| profile::explain_open(&profile, &e))?;
             m.set_name(&profile.name);
+            m.set_app_state(backup::app_state(&profile));
             if !profile.presence {
                 let _ = m.set_presence(false, &[]).await;
             }
@@ -428,6 +474,13 @@ async fn command(
     match cmd {
         Cmd::Init { .. } => Err("already initialized".into()),
         Cmd::Presence { .. } => Ok(()),
+        Cmd::Restore { .. } => Err("this profile is already set up".into()),
+        Cmd::Backup {
+            cmd: BackupCmd::Enable,
+        } => backup::enable(c).await,
+        Cmd::Backup {
+            cmd: BackupCmd::Now,
+        } => backup::now(c).await,
         Cmd::Link { code: Some(_), .. } => Err("this profile is already set up".into()),
         Cmd::Send { to, text } => {
             let a = contact(c, &to).await?;
@@ -480,7 +533,7 @@ async fn command(
             say!("safety number with {with}:\n{}", n.display_groups());
             Ok(())
         }
-        Cmd::Link { wait, .. } => {
+        Cmd::Link { wait, history, .. } => {
             c.online().await?;
             let offer = m.engine().offer_link().map_err(|e| explain(&e))?;
             // Good at the relay before it is shown.
@@ -520,6 +573,7 @@ async fn command(
                 ),
                 Err(e) => say!("the new device did not get the contacts: {}", explain(&e)),
             }
+            backup::send_history(c, id, history).await;
             Ok(())
         }
         Cmd::Devices => {

@@ -318,6 +318,14 @@ pub(crate) fn describe(m: &Messenger, dir: &Path, ev: &MessengerEvent) -> Vec<St
             contacts.len(),
             if contacts.len() == 1 { "" } else { "s" }
         )),
+        MessengerEvent::HistoryProgress { .. } => Vec::new(),
+        MessengerEvent::HistoryImported(r) => one(format!(
+            "took {} message{} of history and {} group{} from this account's other device",
+            r.messages,
+            if r.messages == 1 { "" } else { "s" },
+            r.groups,
+            if r.groups == 1 { "" } else { "s" }
+        )),
         MessengerEvent::IdentityWarning { account } => one(format!(
             "WARNING: the identity of {} could not be verified (conflicting or forged device list); do not trust new messages until you compare safety numbers",
             name_of(dir, account.as_bytes())

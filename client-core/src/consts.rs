@@ -304,3 +304,43 @@ pub const STORE_STATE_INFO: &[u8] = b"Hush-Store-State-v1";
 
 /// Logical key embedded in the encrypted store's state record (commit counter and digest, §10.2).
 pub const STORE_STATE_LOGICAL: &[u8] = b"store-state";
+
+// ---- Backups and history transfer (PROTOCOL.md §22) ----
+
+/// Domain-separation prefix of the recovery-key checksum (§22.1).
+pub const RECOVERY_KEY_CHECK_LABEL: &[u8] = b"Hush-Recovery-Key-Check-v1";
+
+/// Bytes of checksum appended to the 32-byte recovery key before encoding (§22.1).
+pub const RECOVERY_KEY_CHECK_LEN: usize = 3;
+
+/// HKDF info deriving the archive key from a recovery key (§22.2).
+pub const BACKUP_ARCHIVE_KEY_INFO: &[u8] = b"Hush-Backup-Archive-Key-v1";
+
+/// HKDF info prefix (then one byte: the slot) deriving a backup slot's blob id (§22.2).
+pub const BACKUP_BLOB_ID_INFO: &[u8] = b"Hush-Backup-Blob-Id-v1";
+
+/// HKDF info prefix (then one byte: the slot) deriving a backup slot's blob capability (§22.2).
+pub const BACKUP_BLOB_CAPABILITY_INFO: &[u8] = b"Hush-Backup-Blob-Capability-v1";
+
+/// HKDF info deriving an archive's stream key from the archive key, salted with the archive's
+/// nonce (§22.3).
+pub const BACKUP_STREAM_INFO: &[u8] = b"Hush-Backup-Stream-v1";
+
+/// HMAC label of an archive header's key check (§22.3).
+pub const BACKUP_KEY_CHECK_LABEL: &[u8] = b"Hush-Backup-Key-Check-v1";
+
+/// The first 8 bytes of every archive (§22.3).
+pub const BACKUP_MAGIC: &[u8; 8] = b"HUSHBAK1";
+
+/// Plaintext bytes in every archive chunk but the last (§22.3).
+pub const BACKUP_CHUNK: usize = 64 * 1024;
+
+/// Largest archive a device reads, in bytes (a bound on memory, not a format limit).
+pub const MAX_BACKUP_BYTES: usize = 512 * 1024 * 1024;
+
+/// How many backup slots a recovery key names; backups alternate between them, so that a failed
+/// upload never destroys the last complete backup (§22.2).
+pub const BACKUP_SLOTS: u8 = 2;
+
+/// The archive format version (`BackupArchive.version`).
+pub const BACKUP_VERSION: u32 = 1;

@@ -12,6 +12,7 @@ pub mod safety;
 pub mod sender_key;
 pub mod store;
 
+pub mod backup;
 pub mod chain;
 pub mod consts;
 pub mod device;

@@ -31,6 +31,7 @@ fn protocol(e: DeviceError) -> Error {
     match e {
         DeviceError::Protocol(e) => e,
         DeviceError::Store(s) => panic!("store error {s}"),
+        DeviceError::Backup(b) => panic!("backup error {b}"),
     }
 }
 

@@ -215,6 +215,18 @@ impl RelayConnection {
         data: &[u8],
         progress: Progress<'_>,
     ) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
+        self.upload_named_blob(data, None, progress).await
+    }
+
+    /// As [`Self::upload_blob`], under a chosen id and capability when `name` is given (a
+    /// named upload: it replaces a blob of that id and capability; RELAY_PROTOCOL.md §16).
+    pub async fn upload_named_blob(
+        &self,
+        data: &[u8],
+        name: Option<(&[u8], &[u8])>,
+        progress: Progress<'_>,
+    ) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
+        let (id, capability) = name.unwrap_or((&[], &[]));
         let (mut send, mut recv) = self
             .conn
             .open_bi()
@@ -222,7 +234,11 @@ impl RelayConnection {
             .map_err(ClientError::unreachable)?;
         let total = data.len() as u64;
         let req = BlobRequest {
-            kind: Some(blob_request::Kind::Upload(api::BlobUpload { size: total })),
+            kind: Some(blob_request::Kind::Upload(api::BlobUpload {
+                size: total,
+                id: id.to_vec(),
+                capability: capability.to_vec(),
+            })),
         };
         frame::write(&mut send, &req)
             .await

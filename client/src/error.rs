@@ -113,6 +113,13 @@ pub enum ClientError {
     /// the one in the message.
     #[error("the file was altered: its digest does not match the one its sender sent")]
     BlobAltered,
+    /// A backup, a history transfer or a recovery key was refused: a typo in the key, the wrong
+    /// key, an altered or truncated archive (docs/PROTOCOL.md §22); nothing was changed.
+    #[error(transparent)]
+    Backup(#[from] hush_core::backup::BackupError),
+    /// The relay holds no backup for this recovery key (none was made, or it expired).
+    #[error("the relay holds no backup for this recovery key (none was made, or it expired)")]
+    NoBackup,
 }
 
 impl From<hush_core::DeviceError> for ClientError {
@@ -120,6 +127,7 @@ impl From<hush_core::DeviceError> for ClientError {
         match e {
             hush_core::DeviceError::Protocol(e) => Self::Core(e),
             hush_core::DeviceError::Store(e) => Self::Store(e),
+            hush_core::DeviceError::Backup(e) => Self::Backup(e),
         }
     }
 }
@@ -147,7 +155,9 @@ impl ClientError {
             | Self::LinkCodeUnknown
             | Self::Revoked
             | Self::BlobGone
-            | Self::BlobAltered => true,
+            | Self::BlobAltered
+            | Self::Backup(_)
+            | Self::NoBackup => true,
             Self::Refused(r) => matches!(
                 r.code,
                 ErrorCode::Malformed

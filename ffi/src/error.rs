@@ -217,6 +217,8 @@ impl From<ClientError> for HushError {
                 "the attachment was altered: its digest does not match the one its sender sent"
                     .into(),
             ),
+            ClientError::Backup(_) => Self::InvalidArgument(e.to_string()),
+            ClientError::NoBackup => Self::NotFound(e.to_string()),
             // A variant added to the engine later: its own message says what it is.
             #[allow(unreachable_patterns)]
             _ => Self::Protocol(e.to_string()),

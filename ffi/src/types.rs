@@ -382,6 +382,20 @@ pub enum HushEvent {
         /// The contacts.
         contacts: Vec<Contact>,
     },
+    /// A history transfer from another device of this account is downloading.
+    HistoryProgress {
+        /// Bytes received.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+    /// A history transfer from another device of this account was taken in.
+    HistoryImported {
+        /// Messages added to the history.
+        messages: u64,
+        /// Groups this device is in now.
+        groups: u64,
+    },
 }
 
 /// A contact: a username and the account it names.
@@ -465,6 +479,13 @@ impl From<MessengerEvent> for HushEvent {
                 device: from.device_id,
             },
             MessengerEvent::StoreFailed => Self::StoreFailed,
+            MessengerEvent::HistoryProgress { done, total } => {
+                Self::HistoryProgress { done, total }
+            }
+            MessengerEvent::HistoryImported(r) => Self::HistoryImported {
+                messages: r.messages as u64,
+                groups: r.groups as u64,
+            },
             MessengerEvent::ContactsSynced { name, contacts } => Self::ContactsSynced {
                 name,
                 contacts: contacts
@@ -511,6 +532,23 @@ pub struct AccountInfo {
     pub account_id: String,
     /// This device's id within the account (1 for the first device).
     pub device_id: u32,
+}
+
+/// An account restored from its backup (`restore_account`): this new device, and what came back.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct RestoredAccount {
+    /// The account id (hex).
+    pub account_id: String,
+    /// This new device's id.
+    pub device_id: u32,
+    /// Messages restored to the history.
+    pub messages: u64,
+    /// Groups this device is in.
+    pub groups: u64,
+    /// The account's username in the backup (empty if none): claim nothing, it is still held.
+    pub name: String,
+    /// The contacts in the backup.
+    pub contacts: Vec<Contact>,
 }
 
 /// A safety number with a contact: equal on both sides exactly when neither was tampered with.

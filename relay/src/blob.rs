@@ -153,7 +153,7 @@ async fn blob_stream(
             );
             blob_refuse(&relay, &mut send, r).await
         }
-        Some(blob_request::Kind::Upload(u)) => upload(&relay, &me, u.size, send, recv).await,
+        Some(blob_request::Kind::Upload(u)) => upload(&relay, &me, &u, send, recv).await,
         Some(blob_request::Kind::Download(d)) => download(&relay, &me, &d, send).await,
         None => {
             let r = Refusal::new(ErrorCode::UnknownRequest, "unknown blob request");
@@ -162,13 +162,54 @@ async fn blob_stream(
     }
 }
 
+/// The id and capability a named upload asks for (both given), or `None` for random ones (both
+/// empty); anything else is malformed.
+type Named = Option<([u8; limits::BLOB_ID_LEN], [u8; limits::BLOB_CAPABILITY_LEN])>;
+
+fn named(u: &api::BlobUpload) -> Result<Named, Refusal> {
+    if u.id.is_empty() && u.capability.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        Refusal::new(
+            ErrorCode::Malformed,
+            "a named upload gives an id of 16 bytes and a capability of 32",
+        )
+    };
+    let id = <[u8; limits::BLOB_ID_LEN]>::try_from(u.id.as_slice()).map_err(|_| bad())?;
+    let cap = <[u8; limits::BLOB_CAPABILITY_LEN]>::try_from(u.capability.as_slice())
+        .map_err(|_| bad())?;
+    Ok(Some((id, cap)))
+}
+
+/// Makes room for a named upload: a blob of that id with the same capability is deleted (the
+/// upload replaces it); one with another capability refuses the upload as `BLOB_NOT_FOUND`, so
+/// the answer tells nothing of blobs whose capability the uploader does not hold.
+fn replace_named(relay: &Relay, id: [u8; limits::BLOB_ID_LEN], cap: &[u8]) -> Result<(), Refusal> {
+    match relay.blobs.meta(id)? {
+        None => Ok(()),
+        Some((meta, _)) if blobs::capability_matches(&meta, cap) => {
+            relay.blobs.delete(id)?;
+            note_stored(relay);
+            tracing::debug!("named blob replaced");
+            Ok(())
+        }
+        Some(_) => Err(Refusal::new(ErrorCode::BlobNotFound, "no such blob")),
+    }
+}
+
 async fn upload(
     relay: &Relay,
     me: &DeviceId,
-    size: u64,
+    u: &api::BlobUpload,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> std::io::Result<()> {
+    let size = u.size;
+    let name = match named(u) {
+        Ok(n) => n,
+        Err(r) => return blob_refuse(relay, &mut send, r).await,
+    };
     if size == 0 {
         let r = Refusal::new(ErrorCode::Malformed, "a blob must not be empty");
         return blob_refuse(relay, &mut send, r).await;
@@ -187,7 +228,12 @@ async fn upload(
     {
         return blob_refuse(relay, &mut send, Refusal::rate(wait)).await;
     }
-    match receive_blob(relay, me, size, &mut recv).await {
+    if let Some((id, cap)) = &name
+        && let Err(r) = replace_named(relay, *id, cap)
+    {
+        return blob_refuse(relay, &mut send, r).await;
+    }
+    match receive_blob(relay, me, size, name, &mut recv).await {
         Ok(up) => {
             relay.metrics.blobs_uploaded.inc();
             relay.metrics.blob_bytes_uploaded.inc_by(size);
@@ -207,10 +253,15 @@ async fn receive_blob(
     relay: &Relay,
     me: &DeviceId,
     size: u64,
+    name: Named,
     recv: &mut quinn::RecvStream,
 ) -> Result<api::BlobUploaded, Failed> {
-    let id = random::<{ limits::BLOB_ID_LEN }>();
-    let capability = random::<{ limits::BLOB_CAPABILITY_LEN }>();
+    let (id, capability) = name.unwrap_or_else(|| {
+        (
+            random::<{ limits::BLOB_ID_LEN }>(),
+            random::<{ limits::BLOB_CAPABILITY_LEN }>(),
+        )
+    });
     let now = relay.clock.wall_ms();
     let expires_at = now.saturating_add(relay.cfg.blob_ttl_ms);
     let meta = BlobMeta {
@@ -226,6 +277,14 @@ async fn receive_blob(
     };
     match relay.blobs.begin_within(id, meta, quota)? {
         Begin::Started => note_stored(relay),
+        // A named upload of the same id under way on another stream.
+        Begin::IdTaken if name.is_some() => {
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                "an upload of this blob is under way; retry",
+            )
+            .into());
+        }
         // 128 random bits collided: astronomically unlikely, but never overwrite a blob.
         Begin::IdTaken => {
             return Err(Refusal::new(ErrorCode::Internal, "blob id taken, retry").into());

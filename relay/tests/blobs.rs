@@ -265,6 +265,7 @@ async fn a_stalled_upload_is_reset_after_the_chunk_deadline_and_its_file_removed
     let req = BlobRequest {
         kind: Some(blob_request::Kind::Upload(api::BlobUpload {
             size: 300 * 1024,
+            ..Default::default()
         })),
     };
     frame::write(&mut send, &req).await.unwrap();
@@ -442,6 +443,7 @@ async fn upload_streaming(c: &Client, mib: usize, seed: u8) -> (api::BlobUploade
     let req = BlobRequest {
         kind: Some(blob_request::Kind::Upload(api::BlobUpload {
             size: size as u64,
+            ..Default::default()
         })),
     };
     frame::write(&mut send, &req).await.unwrap();
@@ -567,5 +569,49 @@ async fn a_blob_survives_export_and_import_into_a_new_data_directory() {
     assert_eq!(r.metrics.blob_bytes_stored.get(), data.len() as i64);
     let (_b, b) = account(&r).await;
     assert_eq!(b.download_blob(&u.id, &u.capability).await.unwrap(), data);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_upload_replaces_its_blob_only_with_the_same_capability() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = relay_with(StoreKind::Sled, dir.path(), |c| {
+        c.blob_account_max_bytes = 200 * 1024;
+    })
+    .await;
+    let (_a, a) = account(&r).await;
+    let (_b, b) = account(&r).await;
+    let id = [7u8; 16];
+    let cap = [9u8; 32];
+    let first = body(128 * 1024, 3);
+    let u = uploaded(
+        a.upload_named_blob(&first, first.len() as u64, &id, &cap)
+            .await,
+    );
+    assert_eq!(
+        (u.id.as_slice(), u.capability.as_slice()),
+        (&id[..], &cap[..])
+    );
+    assert_eq!(a.download_blob(&id, &cap).await.unwrap(), first);
+    // Replaced in place, by the same capability: the old one's bytes are freed first, so the
+    // replacement fits in a quota the two together would not.
+    let second = body(100 * 1024, 4);
+    uploaded(
+        a.upload_named_blob(&second, second.len() as u64, &id, &cap)
+            .await,
+    );
+    assert_eq!(b.download_blob(&id, &cap).await.unwrap(), second);
+    assert_eq!(blob_files(dir.path()).len(), 1);
+    assert_eq!(r.metrics.blob_bytes_stored.get(), 100 * 1024);
+    // Another capability for that id is refused as if the blob did not exist, and changes
+    // nothing.
+    let e = refused(b.upload_named_blob(b"evil", 4, &id, &[1u8; 32]).await);
+    assert_eq!(e.code(), ErrorCode::BlobNotFound);
+    assert_eq!(a.download_blob(&id, &cap).await.unwrap(), second);
+    // A name of the wrong shape is malformed.
+    let e = refused(a.upload_named_blob(b"x", 1, &id[..8], &cap).await);
+    assert_eq!(e.code(), ErrorCode::Malformed);
+    let e = refused(a.upload_named_blob(b"x", 1, &id, &[]).await);
+    assert_eq!(e.code(), ErrorCode::Malformed);
     r.stop().await;
 }

@@ -1689,3 +1689,53 @@ async fn appends_of_one_number_through_two_nodes_on_one_redis_cluster_have_one_w
     a.stop().await;
     b.stop().await;
 }
+
+on_both_stores!(a_recovering_device_publishes_its_accounts_list_before_authenticating);
+async fn a_recovering_device_publishes_its_accounts_list_before_authenticating(
+    store: StoreKind,
+    dir: &Path,
+) {
+    let r = start_relay(test_config(store, dir)).await;
+    let mut alice = TestAccount::new(1);
+    let a1 = client(&r).await;
+    a1.create(&alice, 1).await;
+    assert!(a1.catch_up().await.is_empty());
+    let recover = |signed: Vec<u8>| {
+        client_frame::Kind::RecoverDeviceList(api::RecoverDeviceList {
+            signed_device_list: signed,
+        })
+    };
+    // A fresh connection, never authenticated: a list of an unknown account, a stale one and
+    // one not signed by the account key are refused.
+    let fresh = client(&r).await;
+    let stranger = TestAccount::new(1);
+    let res = fresh.request(recover(stranger.signed_list())).await;
+    assert_eq!(error_of(&res).0, ErrorCode::NotFound);
+    let res = fresh.request(recover(alice.signed_list())).await;
+    assert_eq!(error_of(&res).0, ErrorCode::StaleDeviceList);
+    alice.add_device(5);
+    alice.remove_device(1);
+    let forged = alice.signed_list_by(alice.device(5));
+    let res = fresh.request(recover(forged)).await;
+    assert_eq!(error_of(&res).0, ErrorCode::BadSignature);
+    // The list of the recovered account, device 1 dropped and device 5 added, signed by the
+    // account key: taken; device 1 is cut off, device 5 authenticates.
+    ok(&fresh.request(recover(alice.signed_list())).await);
+    if let Some(ev) = a1.try_event(WAIT).await {
+        assert!(matches!(ev, server_frame::Kind::Revoked(_)), "{ev:?}");
+    }
+    assert_eq!(a1.closed().await, Some(u64::from(limits::close::REVOKED)));
+    let a5 = client(&r).await;
+    a5.authenticate(&alice, 5).await;
+    assert!(a5.catch_up().await.is_empty());
+    let got = a5
+        .request(client_frame::Kind::FetchDeviceList(api::FetchDeviceList {
+            account: alice.id().to_vec(),
+        }))
+        .await;
+    let server_frame::Kind::DeviceList(l) = got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(l.signed_device_list, alice.signed_list());
+    r.stop().await;
+}

@@ -229,12 +229,25 @@ impl Client {
     }
 
     pub async fn upload_blob(&self, data: &[u8], declared: u64) -> BlobResponse {
+        self.upload_named_blob(data, declared, &[], &[]).await
+    }
+
+    /// A named upload: the blob gets `id` and `capability` (both empty: random ones).
+    pub async fn upload_named_blob(
+        &self,
+        data: &[u8],
+        declared: u64,
+        id: &[u8],
+        capability: &[u8],
+    ) -> BlobResponse {
         let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
         frame::write(
             &mut send,
             &BlobRequest {
                 kind: Some(blob_request::Kind::Upload(api::BlobUpload {
                     size: declared,
+                    id: id.to_vec(),
+                    capability: capability.to_vec(),
                 })),
             },
         )

@@ -19,6 +19,9 @@ pub enum DeviceError {
     /// The local store failed; the device's state is as it was before the call.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A backup or its recovery key was refused (PROTOCOL.md §22); nothing was changed.
+    #[error("backup: {0}")]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 impl DeviceError {
@@ -31,7 +34,7 @@ impl DeviceError {
     pub const fn protocol(&self) -> Option<&Error> {
         match self {
             Self::Protocol(e) => Some(e),
-            Self::Store(_) => None,
+            Self::Store(_) | Self::Backup(_) => None,
         }
     }
 
@@ -41,7 +44,7 @@ impl DeviceError {
     pub const fn calls_for_retry(&self) -> bool {
         match self {
             Self::Protocol(e) => e.calls_for_retry(),
-            Self::Store(_) => false,
+            Self::Store(_) | Self::Backup(_) => false,
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::sender_key::{GroupId, SenderKeyRecord};
 use crate::session::SessionRecord;
 use crate::store::kv::{Batch, KvStore, Namespace};
 
+mod backup;
 mod error;
 mod groups;
 mod healing;
@@ -39,6 +40,7 @@ mod pre_keys;
 mod sealed;
 mod sessions;
 mod upkeep;
+pub use backup::{ImportSummary, decode_archive};
 pub use error::{DeviceError, Result};
 pub use groups::{
     GroupEntry, GroupIncoming, GroupLogCursor, GroupLogUpdate, GroupLogWrite, GroupSend, LogCheck,
@@ -186,6 +188,34 @@ impl<S: KvStore> Device<S> {
         account_key: Option<AccountKeyPair>,
         now: u64,
     ) -> Result<Self> {
+        let (mut device, keys) =
+            Self::create_unfinished(store, rng, account, device_id, account_key, None, now)?;
+        device.commit_identity(keys)?;
+        Ok(device)
+    }
+
+    /// Commits the identity record, last of a creation: a crash before it leaves a store that
+    /// `open` refuses ("holds no device") and that creation can start over in.
+    fn commit_identity(&mut self, keys: pstore::DeviceKeys) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.put(Namespace::Identity, IDENTITY_KEY, encode(&keys));
+        drop(keys);
+        self.store.commit(batch)?;
+        Ok(())
+    }
+
+    /// Everything of a creation but the identity record. With an account key, the device list
+    /// is the one of version 1 listing this device alone, or (`base`, for a recovery) `base`'s
+    /// successor: its devices in `keep`, and this one.
+    fn create_unfinished(
+        store: S,
+        rng: &mut impl CryptoRng,
+        account: AccountId,
+        device_id: u32,
+        account_key: Option<AccountKeyPair>,
+        base: Option<(&VerifiedDeviceList, &[u32])>,
+        now: u64,
+    ) -> Result<(Self, pstore::DeviceKeys)> {
         if store.get(Namespace::Identity, IDENTITY_KEY)?.is_some() {
             return Err(ProtocolError::Misuse("store already holds a device").into());
         }
@@ -228,6 +258,19 @@ impl<S: KvStore> Device<S> {
         device.replenish_pre_keys(rng, now)?;
         if let Some(k) = &device.account_key {
             let mut devices = BTreeMap::new();
+            let mut version = 1;
+            if let Some((base, keep)) = base {
+                for (id, entry) in &base.list().devices {
+                    if keep.contains(id) && *id != device_id {
+                        devices.insert(*id, *entry);
+                    }
+                }
+                version = base
+                    .list()
+                    .version
+                    .checked_add(1)
+                    .ok_or(ProtocolError::Misuse("device list version exhausted"))?;
+            }
             let identity = device.identity.public();
             devices.insert(
                 device_id,
@@ -240,20 +283,14 @@ impl<S: KvStore> Device<S> {
             );
             let list = DeviceList {
                 account,
-                version: 1,
+                version,
                 issued_at: now,
                 devices,
             }
             .sign(k)?;
             device.accept_device_list(list.signed_bytes(), &account, now)?;
         }
-        // The identity record goes last: a crash during creation leaves a store that `open`
-        // refuses ("holds no device") and that `create` can start over in.
-        let mut batch = Batch::new();
-        batch.put(Namespace::Identity, IDENTITY_KEY, encode(&keys));
-        drop(keys);
-        device.store.commit(batch)?;
-        Ok(device)
+        Ok((device, keys))
     }
 
     /// Opens the device kept in `store` (after a restart or a crash).

@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 use crate::conn::RelayConnection;
 use crate::error::ClientError;
 
+mod backup;
 mod blobs;
 mod connection;
 mod groups;
@@ -32,6 +33,7 @@ mod sealed;
 mod send;
 
 use crate::profile::{DB_DIR, GROUP_SYNC_FILE};
+pub use backup::{MAX_ARCHIVE_BLOB, Recovered, open_archive, seal_archive};
 use connection::run;
 pub use groups::{GroupDelivery, GroupFailure};
 pub use link::LinkOffer;

@@ -25,6 +25,7 @@ use crate::engine::{Engine, EngineConfig, Event, GroupFailure, now_ms, rng};
 use crate::error::ClientError;
 
 mod attachments;
+mod backup;
 mod compose;
 mod history;
 mod outbox;
@@ -32,6 +33,10 @@ mod receive;
 mod status;
 
 pub use attachments::MAX_ATTACHMENT;
+pub use backup::{
+    AppState, BACKUP_MESSAGES_PER_CONVERSATION, BACKUP_REFRESH_INTERVAL, BackupReport,
+    MAX_TRANSFER_PER_CONVERSATION, Restored,
+};
 use history::{History, conv_part, open_history};
 use receive::pump;
 pub use status::{MessageStatus, status_of};
@@ -185,6 +190,17 @@ pub enum MessengerEvent {
         /// Usernames and their accounts.
         contacts: Vec<(String, AccountId)>,
     },
+    /// A history transfer from another device of this account is downloading: bytes done of
+    /// the total.
+    HistoryProgress {
+        /// Bytes received.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+    /// A history transfer from another device of this account was taken in: its messages are
+    /// in the history, its groups known; the application keeps its contacts and settings.
+    HistoryImported(Box<Restored>),
 }
 
 /// Never shows message content: the kind of event and who it concerns.
@@ -275,6 +291,16 @@ impl std::fmt::Debug for MessengerEvent {
                 .debug_struct("ContactsSynced")
                 .field("contacts", &contacts.len())
                 .finish_non_exhaustive(),
+            Self::HistoryProgress { done, total } => f
+                .debug_struct("HistoryProgress")
+                .field("done", done)
+                .field("total", total)
+                .finish(),
+            Self::HistoryImported(r) => f
+                .debug_struct("HistoryImported")
+                .field("messages", &r.messages)
+                .field("groups", &r.groups)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -311,6 +337,10 @@ struct Shared {
     /// and whether more were owed since it started.
     teller: AtomicBool,
     teller_again: AtomicBool,
+    /// What backups and history transfers carry besides the history (the application's).
+    app_state: Mutex<AppState>,
+    /// One backup at a time.
+    backing_up: tokio::sync::Mutex<()>,
 }
 
 /// The messenger of one device.
@@ -415,7 +445,12 @@ impl Messenger {
             telling: tokio::sync::Mutex::new(()),
             teller: AtomicBool::new(false),
             teller_again: AtomicBool::new(false),
+            app_state: Mutex::new(AppState::default()),
+            backing_up: tokio::sync::Mutex::new(()),
         });
+        shared
+            .outbox_sends
+            .spawn(backup::refresher(Arc::clone(&shared)));
         let task = tokio::spawn(pump(Arc::clone(&shared), rx));
         // What an earlier run left in the outbox waits for the connection in order.
         shared.kick_all();

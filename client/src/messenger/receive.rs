@@ -233,6 +233,11 @@ impl Shared {
                     });
                 }
             }
+            Some(app_message::Kind::HistoryTransfer(_)) if own => {
+                if let Some(t) = super::backup::transfer_for(&m, self.me.device_id) {
+                    self.take_history(t).await?;
+                }
+            }
             Some(app_message::Kind::SyncContacts(s)) if own => {
                 let contacts = s
                     .contacts

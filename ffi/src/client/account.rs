@@ -204,6 +204,50 @@ impl HushClient {
             .await
     }
 
+    /// Tells what backups and history transfers carry besides the history: the account's
+    /// username and the contacts (call it at start and when they change).
+    pub fn set_backup_contacts(
+        &self,
+        name: String,
+        contacts: Vec<crate::types::Contact>,
+    ) -> Result<(), HushError> {
+        let parsed = contacts
+            .iter()
+            .map(|c| Ok((c.username.clone(), parse_account(&c.account_id)?)))
+            .collect::<Result<Vec<_>, HushError>>()?;
+        self.inner
+            .messenger()?
+            .set_app_state(hush_client::messenger::AppState {
+                name,
+                contacts: parsed,
+                settings: Vec::new(),
+            });
+        Ok(())
+    }
+
+    /// Turns encrypted backups on (on the account's first device) and makes the first one;
+    /// returns the recovery key: show it once, and have the user write it down.
+    pub async fn enable_backup(&self) -> Result<String, HushError> {
+        self.with(move |m| async move { Ok(m.enable_backup().await?.as_str().to_owned()) })
+            .await
+    }
+
+    /// Makes a backup now; false if backups are off.
+    pub async fn backup_now(&self) -> Result<bool, HushError> {
+        self.with(move |m| async move { Ok(m.backup_now().await?.is_some()) })
+            .await
+    }
+
+    /// Gives the newly linked device `device_id` the newest `last` messages of every
+    /// conversation, with the groups and contacts; returns the messages sent. The new device
+    /// reports `HistoryProgress` and `HistoryImported`.
+    pub async fn transfer_history(&self, device_id: u32, last: u32) -> Result<u64, HushError> {
+        self.with(
+            move |m| async move { Ok(m.transfer_history(device_id, last as usize).await? as u64) },
+        )
+        .await
+    }
+
     /// Removes one of this account's other devices (on the account's first device).
     pub async fn remove_device(&self, device_id: u32) -> Result<(), HushError> {
         self.with(move |m| async move {

@@ -345,6 +345,49 @@ impl HushClient {
         self.account()
     }
 
+    /// Restores an account from its encrypted backup on the relay, with the recovery key that
+    /// `enable_backup` returned, as a new device in an empty profile: history, groups and
+    /// contacts come back; the account's earlier devices are removed.
+    pub async fn restore_account(
+        &self,
+        recovery_key: String,
+    ) -> Result<crate::types::RestoredAccount, HushError> {
+        self.inner.begin_start()?;
+        let r = self
+            .run(|inner| async move {
+                let started = Messenger::restore(inner.settings.clone(), &recovery_key)
+                    .await
+                    .map_err(HushError::from);
+                match started {
+                    Ok((m, events, restored)) => {
+                        inner.finish_start(Ok((m, events)))?;
+                        Ok(restored)
+                    }
+                    Err(e) => inner.finish_start(Err(e)).map(|()| Default::default()),
+                }
+            })
+            .await;
+        self.reset_if_starting();
+        let restored = r?;
+        let a = self.account()?;
+        Ok(crate::types::RestoredAccount {
+            account_id: a.account_id,
+            device_id: a.device_id,
+            messages: restored.messages as u64,
+            groups: restored.groups as u64,
+            name: restored.app.name,
+            contacts: restored
+                .app
+                .contacts
+                .into_iter()
+                .map(|(username, a)| crate::types::Contact {
+                    username,
+                    account_id: hex::encode(a.as_bytes()),
+                })
+                .collect(),
+        })
+    }
+
     /// This account and device.
     pub fn account(&self) -> Result<AccountInfo, HushError> {
         let a = self.inner.messenger()?.address();

@@ -442,6 +442,7 @@ pub fn frame() -> Vec<Vec<u8>> {
     let blob = encode(&api::BlobRequest {
         kind: Some(api::blob_request::Kind::Upload(api::BlobUpload {
             size: 1000,
+            ..Default::default()
         })),
     });
     let mut over = vec![0xff, 0xff, 0xff, 0xff];

@@ -24,16 +24,52 @@ impl ConnState {
     ) -> Result<Reply, Refusal> {
         let me = self.me()?;
         relay.rate_limiters.upload(&me, self.now)?;
+        self.replace_list(relay, rid, me.account, p.signed_device_list)
+    }
+
+    /// A new device recovering its account from a backup publishes the account's list before
+    /// it can authenticate (it is on no list the relay holds yet): the account key's signature
+    /// is the whole authority, as for any publication; the account is the list's own, and the
+    /// request is limited per address block.
+    pub(super) fn recover_list(
+        &mut self,
+        relay: &Arc<Relay>,
+        rid: u64,
+        p: api::RecoverDeviceList,
+        now: super::Now,
+    ) -> Result<Reply, Refusal> {
+        relay
+            .rate_limiters
+            .accounts
+            .check(&crate::shared::address_block(self.remote), 1, now.at)
+            .map_err(Refusal::rate)?;
         let max = relay.cfg.max_devices_per_account as usize;
-        let devices = AccountDevices::from_signed(&p.signed_device_list, Some(&me.account), max)
-            .map_err(|e| match e {
+        let checked = verify::CheckedList::check(&p.signed_device_list, None, max)?;
+        if relay.store.device_list(&checked.account)?.is_none() {
+            return Err(Refusal::new(ErrorCode::NotFound, "unknown account"));
+        }
+        tracing::info!("device list published by a recovering device");
+        self.replace_list(relay, rid, checked.account, p.signed_device_list)
+    }
+
+    /// Replaces `account`'s list by `signed` (verified here) and cuts off the devices it drops.
+    fn replace_list(
+        &mut self,
+        relay: &Arc<Relay>,
+        rid: u64,
+        account: [u8; 32],
+        signed: Vec<u8>,
+    ) -> Result<Reply, Refusal> {
+        let me = DeviceId { account, device: 0 };
+        let max = relay.cfg.max_devices_per_account as usize;
+        let devices =
+            AccountDevices::from_signed(&signed, Some(&me.account), max).map_err(|e| match e {
                 VerifyError::WrongAccount => Refusal::new(
                     ErrorCode::Forbidden,
                     "a device may only publish its own account's list",
                 ),
                 other => Refusal::from(other),
             })?;
-        let signed = p.signed_device_list;
         // A connection's publications are applied in order on its writer lane, and the store
         // takes only a newer version, so the old list read here is the one the new list
         // replaces (on a cluster, a list published meanwhile through another node makes this

@@ -669,6 +669,7 @@ impl ConnState {
             }
             Some(K::CreateAccount(c)) => self.create_account(relay, rid, &c, now),
             Some(K::PublishDeviceList(p)) => self.publish_list(relay, rid, p),
+            Some(K::RecoverDeviceList(p)) => self.recover_list(relay, rid, p, now),
             Some(K::FetchDeviceList(q)) => self.fetch_list(relay, &q, now).map(Reply::Now),
             Some(K::UploadPreKeys(u)) => self.upload_pre_keys(relay, rid, u, now),
             Some(K::FetchBundle(b)) => self.fetch_bundle(relay, rid, &b, now),

@@ -2,7 +2,7 @@
 //! and the deterministic generator behind them.
 //!
 //! The code follows the files: the modules `pqxdh`, `double_ratchet`, `device_lists`,
-//! `safety_numbers`, `sender_keys`, `sealed` and `negative` each hold the schema types of the file of that
+//! `safety_numbers`, `sender_keys`, `sealed`, `negative` and `backup` each hold the schema types of the file of that
 //! name (re-exported here) and its generator. This module holds what they share: the entry points
 //! ([`generate_all`], [`write_all`], [`error_name`]), the fixed time and key ids, the records of
 //! device and pre-keys several files use, and the helpers every generator draws and checks with
@@ -21,6 +21,7 @@
 //! files differ from what [`generate_all`] produces; `vectors_verify_like_a_reviewer` checks every
 //! vector from its recorded inputs, one checking module per file next to it.
 
+mod backup;
 mod device_lists;
 mod double_ratchet;
 mod negative;
@@ -49,6 +50,7 @@ use rand_core::Rng;
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use self::backup::backup_file;
 use self::device_lists::device_list_file;
 use self::double_ratchet::ratchet_file;
 use self::negative::negative_file;
@@ -57,6 +59,9 @@ use self::safety_numbers::safety_file;
 use self::sealed::sealed_file;
 use self::sender_keys::sender_keys_file;
 
+pub use self::backup::{
+    BackupFile, BackupNegativeVector, BackupSlotRecord, BackupVector, backup_error_name,
+};
 pub use self::device_lists::{
     DeviceListFile, DeviceListVector, DeviceListVersionRecord, ListedDeviceRecord,
 };
@@ -111,7 +116,7 @@ pub const LOW_ORDER_X25519: [u8; KEY_LEN] = [
 ];
 
 /// File names, in the order [`generate_all`] returns them.
-pub const FILES: [&str; 7] = [
+pub const FILES: [&str; 8] = [
     "pqxdh.json",
     "double_ratchet.json",
     "device_lists.json",
@@ -119,6 +124,7 @@ pub const FILES: [&str; 7] = [
     "sender_keys.json",
     "sealed.json",
     "negative.json",
+    "backup.json",
 ];
 
 /// Sender name of the initiator in the vectors.
@@ -200,7 +206,16 @@ pub struct KemPreKeyRecord {
 
 /// Generates every vector file: `(file name, JSON text)` in the order of [`FILES`].
 pub fn generate_all() -> GenResult<Vec<(&'static str, String)>> {
-    let [pqxdh, dr, lists, safety, sender_keys, sealed, negative] = FILES;
+    let [
+        pqxdh,
+        dr,
+        lists,
+        safety,
+        sender_keys,
+        sealed,
+        negative,
+        backup,
+    ] = FILES;
     Ok(vec![
         (pqxdh, to_json(&pqxdh_file()?)?),
         (dr, to_json(&ratchet_file()?)?),
@@ -209,6 +224,7 @@ pub fn generate_all() -> GenResult<Vec<(&'static str, String)>> {
         (sender_keys, to_json(&sender_keys_file()?)?),
         (sealed, to_json(&sealed_file()?)?),
         (negative, to_json(&negative_file()?)?),
+        (backup, to_json(&backup_file()?)?),
     ])
 }
 
@@ -242,6 +258,13 @@ impl NamedError for DeviceError {
         match self {
             DeviceError::Protocol(e) => protocol_error_name(e),
             DeviceError::Store(_) => "Store".to_owned(),
+            DeviceError::Backup(e) => format!("Backup({})", {
+                let d = format!("{e:?}");
+                d.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            }),
         }
     }
 }

@@ -7,7 +7,7 @@
 //!   ed25519-dalek, ml-kem and the documented formulas) and through hush-core's API.
 //!
 //! One module per vector file checks that file (`pqxdh`, `double_ratchet`, `device_lists`,
-//! `safety_numbers`, `sender_keys`, `sealed`, `negative`); this file holds the tests and what the checks
+//! `safety_numbers`, `sender_keys`, `sealed`, `negative`, `backup`); this file holds the tests and what the checks
 //! share: hex decoding, keys recomputed from their secrets, the scripted RNG, and devices and
 //! pre-keys rebuilt from their records. The reviewer checks use only the schema types and
 //! `error_name` of `hush_tests::vectors`, never its generator, so they stay independent of the code
@@ -15,6 +15,7 @@
 #![cfg(test)]
 #![allow(missing_docs)]
 
+mod backup;
 mod device_lists;
 mod double_ratchet;
 mod negative;
@@ -42,6 +43,7 @@ use hush_tests::vectors::{
 use ml_kem::{Decapsulate, DecapsulationKey768, EncapsulationKey768, KeyExport};
 use serde::de::DeserializeOwned;
 
+use self::backup::check_backup_file;
 use self::device_lists::check_device_list_file;
 use self::double_ratchet::check_ratchet_file;
 use self::negative::check_negative_file;
@@ -387,6 +389,9 @@ fn vectors_verify_like_a_reviewer() {
         check_sender_keys_file(&load("sender_keys.json"));
     let (envelopes, delivery_keys) = check_sealed_file(&load("sealed.json"));
     let (negatives, group_negatives) = check_negative_file(&load("negative.json"));
+    let (backups, backup_negatives) = check_backup_file(&load("backup.json"));
+    println!("checked {backups} backup-archive and {backup_negatives} refused-archive vectors");
+    assert!(backups >= 4 && backup_negatives >= 5);
     println!("checked {envelopes} sealed-envelope and {delivery_keys} delivery-key vectors");
     println!(
         "checked {pqxdh} PQXDH, {ratchet} double-ratchet, {lists} device-list (+{list_negatives} negative), \
