@@ -33,6 +33,12 @@ const BACKUP_RECORD: &[u8] = b"backup";
 /// now` makes one at once).
 pub const BACKUP_REFRESH_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
+/// A backup is written again once this old even without changes: well within the relay's blob
+/// lifetime (30 days by default), so a running app's backup never expires.
+pub(crate) const BACKUP_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
 /// Most messages of one conversation a backup carries (the newest).
 pub const BACKUP_MESSAGES_PER_CONVERSATION: usize = 100_000;
 
@@ -273,13 +279,22 @@ impl Shared {
     }
 }
 
-/// Waits for changes and refreshes the backup, at most once per [`BACKUP_REFRESH_INTERVAL`].
+/// Waits for changes and refreshes the backup, at most once per [`BACKUP_REFRESH_INTERVAL`];
+/// without changes, once it is [`BACKUP_MAX_AGE`] old (the relay lets blobs expire, so an idle
+/// account's backup is written again well before).
 pub(super) async fn refresher(shared: Arc<Shared>) {
     let mut changed = shared.changed.subscribe();
     let stop = shared.outbox_stop.clone();
     loop {
+        let due = match shared.lock_history().and_then(|h| read_settings(&h)) {
+            Ok(Some(s)) => s.last.saturating_add(BACKUP_MAX_AGE.as_millis() as u64),
+            _ => u64::MAX,
+        };
+        // Checked at least daily: the clock may jump while the process sleeps.
+        let nap = due.saturating_sub(now_ms()).min(DAY_MS);
         tokio::select! {
             r = changed.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(Duration::from_millis(nap)) => if now_ms() < due { continue },
             () = stop.cancelled() => return,
         }
         let last = match shared.lock_history().and_then(|h| read_settings(&h)) {

@@ -1521,9 +1521,9 @@ async fn a_group_log_is_created_by_entry_one_and_guarded_by_its_token_and_number
 async fn group_log_reads_page_by_count_and_bytes() {
     let relay = relay_with(|_| {});
     let mut s = anonymous_from(&relay, ip("192.0.2.1"));
-    // Entries of 200 KiB: the byte bound of a read (512 KiB) holds two of them.
-    let big = |n: u8| vec![n; 200 * 1024];
-    for n in 1..=3u8 {
+    // Entries of 120 KiB: the byte bound of a read (512 KiB) holds four of them.
+    let big = |n: u8| vec![n; 120 * 1024];
+    for n in 1..=5u8 {
         assert_eq!(
             appended(&append_now(
                 &mut s,
@@ -1533,7 +1533,7 @@ async fn group_log_reads_page_by_count_and_bytes() {
             u64::from(n)
         );
     }
-    let small = 4..=300u64;
+    let small = 6..=300u64;
     for seq in small.clone() {
         assert_eq!(
             appended(&append_now(
@@ -1544,21 +1544,24 @@ async fn group_log_reads_page_by_count_and_bytes() {
             seq
         );
     }
-    // From 0 (as 1): two big entries, then the bound; the head says there is more.
+    // From 0 (as 1): four big entries, then the bound; the head says there is more.
     let (head, page) = read_now(&mut s, 1000, &SLOT, 0, 0);
     assert_eq!(head, 300);
-    assert_eq!(page.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![1, 2]);
-    assert_eq!(page[1].1, big(2));
-    // Read on from after the last one given: the third big one and small ones up to the page.
-    let (_, page) = read_now(&mut s, 1001, &SLOT, 3, 0);
-    assert_eq!(page.len(), limits::GROUP_LOG_READ_MAX_ENTRIES);
-    assert_eq!(page.first().unwrap().0, 3);
-    assert_eq!(page.last().unwrap(), &(258, 258u64.to_be_bytes().to_vec()));
-    // More than the page is the page; fewer is fewer.
-    let (_, page) = read_now(&mut s, 1002, &SLOT, 259, u32::MAX);
     assert_eq!(
         page.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-        (259..=300).collect::<Vec<_>>()
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(page[3].1, big(4));
+    // Read on from after the last one given: the fifth big one and small ones up to the page.
+    let (_, page) = read_now(&mut s, 1001, &SLOT, 5, 0);
+    assert_eq!(page.len(), limits::GROUP_LOG_READ_MAX_ENTRIES);
+    assert_eq!(page.first().unwrap().0, 5);
+    assert_eq!(page.last().unwrap(), &(260, 260u64.to_be_bytes().to_vec()));
+    // More than the page is the page; fewer is fewer.
+    let (_, page) = read_now(&mut s, 1002, &SLOT, 261, u32::MAX);
+    assert_eq!(
+        page.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        (261..=300).collect::<Vec<_>>()
     );
     let (_, page) = read_now(&mut s, 1003, &SLOT, 10, 3);
     assert_eq!(
