@@ -293,6 +293,59 @@ async fn two_admins_change_a_group_at_once_and_every_member_ends_with_the_same_l
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_to_a_log_longer_than_one_relay_page_joins() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), addr))
+        .await
+        .unwrap();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut engines = Vec::new();
+    for d in &dirs {
+        let (e, rx) = Engine::create_account(engine_config(d.path(), addr, &relay.fingerprint))
+            .await
+            .unwrap();
+        e.connected(WAIT).await.unwrap();
+        engines.push((e, rx));
+    }
+    let ids: Vec<AccountId> = engines
+        .iter()
+        .map(|(e, _)| e.address().unwrap().account)
+        .collect();
+    let g = engines[0].0.create_group("long", &[ids[1]]).await.unwrap();
+    // Refreshes (changes that change nothing) until the log is longer than a relay page.
+    let page = hush_relay::limits::GROUP_LOG_READ_MAX_ENTRIES;
+    for _ in 0..page + 10 {
+        engines[0].0.update_group(&g, &[], &[]).await.unwrap();
+    }
+    engines[0]
+        .0
+        .update_group(&g, &[(ids[2], false)], &[])
+        .await
+        .unwrap();
+    // The newcomer reads every page before judging whether it is a member, and joins.
+    let (e, rx) = &mut engines[2];
+    loop {
+        if e.group_members(&g).unwrap().len() == 3 {
+            break;
+        }
+        let ev = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("the newcomer did not join")
+            .unwrap();
+        assert!(!matches!(ev, Event::Message { .. }));
+    }
+    assert!(relay.metrics.group_log_appends.get() > page as u64);
+    engines[2].0.send_group(&g, b"made it").await.unwrap();
+    let (e0, rx0) = &mut engines[0];
+    assert_eq!(messages(e0, rx0, 1).await, vec![b"made it".to_vec()]);
+    for (e, _) in engines {
+        e.shutdown().await;
+    }
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_finds_another_by_username_and_writes_to_it() {
     use hush_client::ClientError;
     use hush_proto::relay_api::ErrorCode;
