@@ -76,8 +76,8 @@ fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Kotlin and Swift bindings are generated and hold the client's API (no compiler for them
-/// here: their content is checked instead).
+/// Kotlin and Swift bindings are generated and hold the client's API (no Swift compiler here:
+/// its content is checked instead; the Kotlin bindings are also compiled and run below).
 #[test]
 fn kotlin_and_swift_bindings_are_generated() {
     let lib = cdylib();
@@ -153,8 +153,7 @@ fn python_clients_chat_through_a_relay_process() {
     let work = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_hush.py");
     let mut cmd = Command::new("python3");
-    cmd
-        .arg("-u")
+    cmd.arg("-u")
         .arg(&script)
         .env("PYTHONPATH", &py)
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -214,10 +213,14 @@ fn kotlin_tool(var: &str) -> String {
 #[test]
 fn kotlin_clients_chat_through_a_relay_process() {
     let compiler = kotlin_tool("HUSH_KOTLIN_COMPILER_CP");
-    let class_path: Vec<PathBuf> = ["HUSH_KOTLIN_STDLIB", "HUSH_KOTLIN_COROUTINES", "HUSH_JNA_JAR"]
-        .into_iter()
-        .map(|var| PathBuf::from(kotlin_tool(var)))
-        .collect();
+    let class_path: Vec<PathBuf> = [
+        "HUSH_KOTLIN_STDLIB",
+        "HUSH_KOTLIN_COROUTINES",
+        "HUSH_JNA_JAR",
+    ]
+    .into_iter()
+    .map(|var| PathBuf::from(kotlin_tool(var)))
+    .collect();
     let lib = cdylib();
     let relay_bin = hush_testkit::relay_binary();
     let out = tempfile::tempdir().unwrap();
@@ -242,7 +245,10 @@ fn kotlin_clients_chat_through_a_relay_process() {
         .args(&sources)
         .stdin(Stdio::null());
     let status = run_bounded(&mut compile, "the Kotlin compiler", KOTLIN_COMPILE_DEADLINE);
-    assert!(status.success(), "compiling the Kotlin bindings and test failed: {status}");
+    assert!(
+        status.success(),
+        "compiling the Kotlin bindings and test failed: {status}"
+    );
     eprintln!("kotlin: compiled in {:.1?}", started.elapsed());
 
     let relay_dir = tempfile::tempdir().unwrap();
