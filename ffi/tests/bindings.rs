@@ -212,6 +212,7 @@ fn kotlin_tool(var: &str) -> String {
 /// two clients through a real relay process on a JVM, through JNA and kotlinx-coroutines.
 #[test]
 fn kotlin_clients_chat_through_a_relay_process() {
+    let java = kotlin_tool("HUSH_JAVA");
     let compiler = kotlin_tool("HUSH_KOTLIN_COMPILER_CP");
     let class_path: Vec<PathBuf> = [
         "HUSH_KOTLIN_STDLIB",
@@ -232,12 +233,12 @@ fn kotlin_clients_chat_through_a_relay_process() {
 
     let jar = out.path().join("hush-test.jar");
     let started = Instant::now();
-    let mut compile = Command::new("java");
+    let mut compile = Command::new(&java);
     compile
         .arg("-cp")
         .arg(&compiler)
         .arg("org.jetbrains.kotlin.cli.jvm.K2JVMCompiler")
-        .args(["-no-stdlib", "-no-reflect", "-jvm-target", "17", "-nowarn"])
+        .args(["-no-stdlib", "-no-reflect", "-jvm-target", "17"])
         .arg("-cp")
         .arg(std::env::join_paths(&class_path).unwrap())
         .arg("-d")
@@ -261,7 +262,7 @@ fn kotlin_clients_chat_through_a_relay_process() {
     let mut run_cp = vec![jar];
     run_cp.extend(class_path);
     let started = Instant::now();
-    let mut run = Command::new("java");
+    let mut run = Command::new(&java);
     run.arg(format!(
         "-Djna.library.path={}",
         lib.parent().unwrap().display()
