@@ -521,7 +521,7 @@ async fn push_wake_ups_are_content_free(store: StoreKind, dir: &Path) {
         }))
         .await;
     assert_eq!(error_of(&bad).0, ErrorCode::Malformed);
-    b.conn.close(0u8.into(), b"");
+    b.quic().close(0u8.into(), b"");
     // Wait until the relay has seen Bob go (only Alice's connection left).
     for _ in 0..2000 {
         if r.metrics.connections_open.get() == 1 {
