@@ -26,6 +26,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest frame a test client accepts.
 const MAX_FRAME: usize = 4 << 20;
 
+/// The transport of the clients of transport-neutral tests: QUIC, or TLS over TCP when
+/// `HUSH_TEST_TRANSPORT=tcp` (so a suite runs over either: docs/RELAY_PROTOCOL.md §17).
+pub fn test_transport() -> Transport {
+    match std::env::var("HUSH_TEST_TRANSPORT").as_deref() {
+        Ok("tcp") => Transport::Tcp,
+        _ => Transport::Quic,
+    }
+}
+
 /// The sending half of a blob stream or connection.
 pub type BlobWrite = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
 /// The receiving half of a blob stream or connection.
@@ -113,6 +122,20 @@ impl Client {
                 Self::connect_tcp(tcp, &relay.fingerprint).await
             }
         }
+    }
+
+    /// Waits until the relay closes this connection, and checks it closed with `code` over QUIC
+    /// (TCP carries no close code: there the connection's end is all there is to see).
+    pub async fn closed_with(&self, code: u32) {
+        let got = self.closed().await;
+        if self.transport() == Transport::Quic {
+            assert_eq!(got, Some(u64::from(code)), "close code");
+        }
+    }
+
+    /// Closes the connection from the client's side (code 0 over QUIC).
+    pub fn close(&self) {
+        self.net.close(b"");
     }
 
     /// The QUIC connection (panics over TCP).
