@@ -341,3 +341,26 @@ async fn a_blob_connection_acts_for_its_control_connection_only() {
     assert_eq!(e.code(), ErrorCode::Unauthenticated);
     r.stop().await;
 }
+
+/// TCP has no idle timeout of its own: the relay closes a connection over TCP that sends nothing
+/// for `idle_timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tcp_connection_is_closed_after_the_idle_timeout() {
+    let r = TestRelay::start_with(StoreKind::Memory, |c| c.idle_timeout_ms = 300).await;
+    let silent = Client::connect_tcp(r.tcp_addr(), r.pin()).await;
+    ok(&silent.request(client_frame::Kind::Ping(api::Ping {})).await);
+    // Anonymous: no authentication deadline, so only the idle timeout can close it.
+    ok(&silent
+        .request(client_frame::Kind::Anonymous(api::Anonymous {}))
+        .await);
+    silent.closed().await;
+    assert!(!silent.is_open());
+    assert_eq!(
+        r.running
+            .metrics
+            .timeouts
+            .get(hush_relay::ops::Timeout::Idle),
+        1
+    );
+    r.stop().await;
+}

@@ -84,13 +84,19 @@ pub(crate) async fn serve(relay: Arc<Relay>, quic: quinn::Connection, shutdown: 
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let remote: IpAddr = quic.remote_address().ip();
     tracing::debug!(conn = id, transport = "quic", "connection open");
-    // The first bidirectional stream is the control stream.
-    let accepted = tokio::time::timeout(
-        Duration::from_millis(limits::AUTH_TIMEOUT_MS),
-        quic.accept_bi(),
-    )
-    .await;
-    let Ok(Ok((mut send, mut recv))) = accepted else {
+    // The first bidirectional stream is the control stream (a client's stream reaches the relay
+    // with its first bytes). A drain does not wait for one.
+    let accepted = tokio::select! {
+        a = tokio::time::timeout(
+            Duration::from_millis(limits::AUTH_TIMEOUT_MS),
+            quic.accept_bi(),
+        ) => a.ok(),
+        () = shutdown.cancelled() => {
+            quic.close(close::DRAINING.into(), b"relay draining");
+            return;
+        }
+    };
+    let Some(Ok((mut send, mut recv))) = accepted else {
         quic.close(close::PROTOCOL.into(), b"no control stream");
         return;
     };
