@@ -1,15 +1,26 @@
-//! One QUIC connection to a relay: the pinned TLS handshake, the control stream with
+//! One connection to a relay: the pinned TLS handshake, the control stream with
 //! request/response matching, unsolicited frames as a stream of events, and blob streams.
+//!
+//! **Transports.** QUIC first; TLS 1.3 over TCP (docs/RELAY_PROTOCOL.md §17) for networks that
+//! block UDP. [`RelayConnection::connect`] races them happy-eyeballs style: the transport that
+//! last worked for this relay address (QUIC the first time) starts at once, the other after
+//! [`FALLBACK_DELAY`] (or as soon as the first fails), and the first to complete its handshake
+//! is kept, the other dropped. What worked is remembered per relay address for the life of the
+//! process.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+pub use hush_net::client::Transport;
 use hush_net::client::{self, ConnError, Connection, Options, Unsolicited};
 use hush_net::frame;
 use hush_proto::relay_api::{
     self as api, BlobRequest, BlobResponse, ErrorCode, blob_request, blob_response, client_frame,
     server_frame,
 };
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::error::{ClientError, Refusal};
@@ -32,6 +43,43 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SERVER_FRAME: usize = 8 << 20;
 /// Unsolicited frames buffered before the reader waits for the engine.
 const EVENT_QUEUE: usize = 4096;
+
+/// How long the preferred transport has alone before the other one is tried too.
+pub const FALLBACK_DELAY: Duration = Duration::from_millis(250);
+
+/// Where a relay listens: QUIC (UDP) and TLS over TCP, usually on the same port number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RelayAddrs {
+    /// The QUIC address.
+    pub quic: SocketAddr,
+    /// The TLS-over-TCP address, if the relay offers it.
+    pub tcp: Option<SocketAddr>,
+}
+
+impl RelayAddrs {
+    /// Both transports at `addr`'s address and port number (the relay's default).
+    pub fn same(addr: SocketAddr) -> Self {
+        Self {
+            quic: addr,
+            tcp: Some(addr),
+        }
+    }
+}
+
+/// The transport that last worked, per relay (QUIC address).
+fn preferred() -> &'static Mutex<HashMap<SocketAddr, Transport>> {
+    static PREFERRED: OnceLock<Mutex<HashMap<SocketAddr, Transport>>> = OnceLock::new();
+    PREFERRED.get_or_init(Mutex::default)
+}
+
+/// The transport that last worked for the relay at `quic` in this process, if any.
+pub fn remembered_transport(quic: SocketAddr) -> Option<Transport> {
+    preferred()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&quic)
+        .copied()
+}
 
 /// Progress of a blob transfer: told (bytes done, bytes in all) as it goes, from 0 to the total.
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
@@ -61,10 +109,17 @@ pub enum GroupLogAppend {
 /// A connection to the relay: [`hush_net::client::Connection`] with the engine's transport
 /// settings and errors.
 pub struct RelayConnection {
-    endpoint: quinn::Endpoint,
+    /// The QUIC endpoint (kept for the connection's life); `None` over TCP.
+    endpoint: Option<quinn::Endpoint>,
     inner: Connection,
-    conn: quinn::Connection,
 }
+
+/// A connection made, with its endpoint and its stream of unsolicited frames.
+type Made = (
+    Connection,
+    Option<quinn::Endpoint>,
+    mpsc::Receiver<server_frame::Kind>,
+);
 
 impl From<ConnError> for ClientError {
     fn from(e: ConnError) -> Self {
@@ -81,36 +136,61 @@ impl From<ConnError> for ClientError {
 }
 
 impl RelayConnection {
-    /// Connects to `addr`, accepting only the certificate whose SHA-256 is `pin` (hex); returns
-    /// the connection and the stream of unsolicited frames (deliveries, drain, ...).
+    /// Connects to the relay at `addr` (QUIC, and TLS over TCP on the same port number),
+    /// accepting only the certificate whose SHA-256 is `pin` (hex); returns the connection and the
+    /// stream of unsolicited frames (deliveries, drain, ...). See the module documentation for
+    /// how the transport is chosen.
     pub async fn connect(
         addr: SocketAddr,
         pin: &str,
     ) -> Result<(Self, mpsc::Receiver<server_frame::Kind>), ClientError> {
-        let cc = client::client_config(pin, KEEP_ALIVE, Some(IDLE_TIMEOUT))?;
-        let endpoint = client::endpoint(client::any_local(addr), None, cc)?;
-        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        Self::connect_to(RelayAddrs::same(addr), pin).await
+    }
+
+    /// As [`Self::connect`], with the transports' addresses given apart.
+    pub async fn connect_to(
+        addrs: RelayAddrs,
+        pin: &str,
+    ) -> Result<(Self, mpsc::Receiver<server_frame::Kind>), ClientError> {
         let options = Options {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             max_frame: MAX_SERVER_FRAME,
+            tcp_keep_alive: Some(KEEP_ALIVE.max(IDLE_TIMEOUT)),
             ..Options::default()
         };
-        let (inner, _reader) =
-            Connection::connect(&endpoint, addr, &options, Unsolicited::Queue(ev_tx)).await?;
-        let conn = inner.quic().clone();
-        Ok((
-            Self {
-                endpoint,
-                inner,
-                conn,
-            },
-            ev_rx,
-        ))
+        let Some(tcp) = addrs.tcp else {
+            let (inner, endpoint, events) = connect_quic(addrs.quic, pin, &options).await?;
+            return Ok((Self::made(addrs.quic, inner, endpoint), events));
+        };
+        let first = remembered_transport(addrs.quic).unwrap_or(Transport::Quic);
+        let quic = connect_quic(addrs.quic, pin, &options);
+        let tcp = connect_tcp(tcp, pin, &options);
+        let won = match first {
+            Transport::Quic => race(quic, tcp).await,
+            Transport::Tcp => race(tcp, quic).await,
+        };
+        let (inner, endpoint, events) = won?;
+        Ok((Self::made(addrs.quic, inner, endpoint), events))
     }
 
-    /// The QUIC connection.
-    pub fn quic(&self) -> &quinn::Connection {
-        &self.conn
+    fn made(quic: SocketAddr, inner: Connection, endpoint: Option<quinn::Endpoint>) -> Self {
+        let transport = inner.transport();
+        preferred()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(quic, transport);
+        tracing::info!(transport = %transport, "connected to the relay");
+        Self { endpoint, inner }
+    }
+
+    /// The QUIC connection; `None` over TCP.
+    pub fn quic(&self) -> Option<&quinn::Connection> {
+        self.inner.quic()
+    }
+
+    /// What carries this connection.
+    pub fn transport(&self) -> Transport {
+        self.inner.transport()
     }
 
     /// Sends a request and waits for its answer; an `Error` frame becomes
@@ -226,52 +306,20 @@ impl RelayConnection {
         name: Option<(&[u8], &[u8])>,
         progress: Progress<'_>,
     ) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
-        let (id, capability) = name.unwrap_or((&[], &[]));
-        let (mut send, mut recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(ClientError::unreachable)?;
-        let total = data.len() as u64;
-        let req = BlobRequest {
-            kind: Some(blob_request::Kind::Upload(api::BlobUpload {
-                size: total,
-                id: id.to_vec(),
-                capability: capability.to_vec(),
-            })),
-        };
-        frame::write(&mut send, &req)
-            .await
-            .map_err(|_| ClientError::Disconnected)?;
-        progress(0, total);
-        let mut done = 0u64;
-        for chunk in data.chunks(BLOB_CHUNK) {
-            // The relay may refuse before reading everything: the answer tells.
-            match tokio::time::timeout(REQUEST_TIMEOUT, send.write_all(chunk)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => break,
-                Err(_) => return Err(ClientError::Timeout),
+        match self.blob_channel().await? {
+            BlobChannel::Quic(send, recv) => upload_on(send, recv, data, name, progress).await,
+            BlobChannel::Tcp(tls) => {
+                let (recv, send) = tokio::io::split(*tls);
+                upload_on(send, recv, data, name, progress).await
             }
-            done += chunk.len() as u64;
-            progress(done, total);
-        }
-        let _ = send.finish();
-        let r: BlobResponse =
-            tokio::time::timeout(REQUEST_TIMEOUT * 4, frame::read(&mut recv, 1 << 16))
-                .await
-                .map_err(|_| ClientError::Timeout)?
-                .map_err(|_| ClientError::Disconnected)?;
-        match r.kind {
-            Some(blob_response::Kind::Uploaded(u)) => Ok((u.id, u.capability)),
-            Some(blob_response::Kind::Error(e)) => Err(ClientError::Refused(Refusal::from(e))),
-            _ => Err(ClientError::Protocol("unexpected answer to a blob upload")),
         }
     }
 
     /// Downloads a blob by id and capability, at most `max` bytes, in chunks, telling `progress`
     /// the bytes received after each. A blob the relay does not have (expired, deleted, or a
-    /// wrong capability: the relay answers these alike), or that goes while it is being sent, is
-    /// [`ClientError::BlobGone`].
+    /// wrong capability: the relay answers these alike), or that goes while it is being sent
+    /// over QUIC, is [`ClientError::BlobGone`] (over TCP, a blob that goes mid-transfer cuts the
+    /// connection short: [`ClientError::Disconnected`]).
     pub async fn download_blob(
         &self,
         id: &[u8],
@@ -279,71 +327,33 @@ impl RelayConnection {
         max: usize,
         progress: Progress<'_>,
     ) -> Result<Vec<u8>, ClientError> {
-        let (mut send, mut recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(ClientError::unreachable)?;
-        let req = BlobRequest {
-            kind: Some(blob_request::Kind::Download(api::BlobDownload {
-                id: id.to_vec(),
-                capability: capability.to_vec(),
-            })),
-        };
-        frame::write(&mut send, &req)
-            .await
-            .map_err(|_| ClientError::Disconnected)?;
-        let _ = send.finish();
-        let r: BlobResponse =
-            tokio::time::timeout(REQUEST_TIMEOUT, frame::read(&mut recv, 1 << 16))
-                .await
-                .map_err(|_| ClientError::Timeout)?
-                .map_err(|_| ClientError::Disconnected)?;
-        let total = match r.kind {
-            Some(blob_response::Kind::Found(f)) => f.size,
-            Some(blob_response::Kind::Error(e)) if e.code() == ErrorCode::BlobNotFound => {
-                return Err(ClientError::BlobGone);
+        match self.blob_channel().await? {
+            BlobChannel::Quic(send, recv) => {
+                download_on(send, recv, id, capability, max, progress).await
             }
-            Some(blob_response::Kind::Error(e)) => {
-                return Err(ClientError::Refused(Refusal::from(e)));
+            BlobChannel::Tcp(tls) => {
+                let (recv, send) = tokio::io::split(*tls);
+                download_on(send, recv, id, capability, max, progress).await
             }
-            _ => {
-                return Err(ClientError::Protocol(
-                    "unexpected answer to a blob download",
-                ));
-            }
-        };
-        let size = usize::try_from(total).unwrap_or(usize::MAX);
-        if size > max {
-            return Err(ClientError::Protocol("blob larger than expected"));
         }
-        progress(0, total);
-        let mut data = Vec::with_capacity(size);
-        let mut buf = vec![0u8; BLOB_CHUNK];
-        while data.len() < size {
-            let want = (size - data.len()).min(BLOB_CHUNK);
-            let into = buf.get_mut(..want).unwrap_or_default();
-            let n = match tokio::time::timeout(REQUEST_TIMEOUT, recv.read(into)).await {
-                Err(_) => return Err(ClientError::Timeout),
-                Ok(Ok(Some(n))) => n,
-                Ok(Ok(None)) => return Err(ClientError::Protocol("blob shorter than announced")),
-                Ok(Err(quinn::ReadError::Reset(code))) if code == BLOB_GONE.into() => {
-                    return Err(ClientError::BlobGone);
-                }
-                Ok(Err(quinn::ReadError::Reset(code))) if code == BLOB_TIMED_OUT.into() => {
-                    return Err(ClientError::Timeout);
-                }
-                Ok(Err(_)) => return Err(ClientError::Disconnected),
-            };
-            data.extend_from_slice(into.get(..n).unwrap_or_default());
-            progress(data.len() as u64, total);
+    }
+
+    /// A fresh blob stream (QUIC) or blob connection (TLS over TCP).
+    async fn blob_channel(&self) -> Result<BlobChannel, ClientError> {
+        if let Some(opened) = self.inner.open_tcp_blob().await {
+            return Ok(BlobChannel::Tcp(Box::new(opened?)));
         }
-        Ok(data)
+        let quic = self
+            .inner
+            .quic()
+            .ok_or(ClientError::Protocol("no transport for blobs"))?;
+        let (send, recv) = quic.open_bi().await.map_err(ClientError::unreachable)?;
+        Ok(BlobChannel::Quic(send, recv))
     }
 
     /// Whether the connection is still usable (not closed by either side, its stream alive).
     pub fn is_open(&self) -> bool {
-        self.conn.close_reason().is_none()
+        self.inner.is_open()
     }
 
     /// Closes the connection.
@@ -353,7 +363,7 @@ impl RelayConnection {
 
     /// Waits until the connection is closed (by either side).
     pub async fn closed(&self) {
-        let _ = self.conn.closed().await;
+        self.inner.closed().await;
     }
 
     /// Whether the relay refused with `code`.
@@ -365,7 +375,206 @@ impl RelayConnection {
 impl Drop for RelayConnection {
     fn drop(&mut self) {
         self.inner.close(b"bye");
-        let ep = self.endpoint.clone();
+        let ep = self.endpoint.take();
         drop(ep);
+    }
+}
+
+/// Where a blob transfer runs.
+enum BlobChannel {
+    Quic(quinn::SendStream, quinn::RecvStream),
+    Tcp(Box<client::TcpBlobStream>),
+}
+
+/// The reset code of a QUIC blob stream behind a read error, if that is what it is.
+fn reset_code(e: &std::io::Error) -> Option<u64> {
+    match e.get_ref()?.downcast_ref::<quinn::ReadError>()? {
+        quinn::ReadError::Reset(code) => Some(code.into_inner()),
+        _ => None,
+    }
+}
+
+/// Uploads `data` on a blob stream or connection: the request frame, the bytes, the end of the
+/// client's side, then the relay's answer.
+async fn upload_on<W, R>(
+    mut send: W,
+    mut recv: R,
+    data: &[u8],
+    name: Option<(&[u8], &[u8])>,
+    progress: Progress<'_>,
+) -> Result<(Vec<u8>, Vec<u8>), ClientError>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    let (id, capability) = name.unwrap_or((&[], &[]));
+    let total = data.len() as u64;
+    let req = BlobRequest {
+        kind: Some(blob_request::Kind::Upload(api::BlobUpload {
+            size: total,
+            id: id.to_vec(),
+            capability: capability.to_vec(),
+        })),
+    };
+    frame::write(&mut send, &req)
+        .await
+        .map_err(|_| ClientError::Disconnected)?;
+    progress(0, total);
+    let mut done = 0u64;
+    for chunk in data.chunks(BLOB_CHUNK) {
+        // The relay may refuse before reading everything: the answer tells.
+        match tokio::time::timeout(REQUEST_TIMEOUT, send.write_all(chunk)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => return Err(ClientError::Timeout),
+        }
+        done += chunk.len() as u64;
+        progress(done, total);
+    }
+    // Finishes a QUIC stream; over TCP, `close_notify` ends the client's side.
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, send.shutdown()).await;
+    let r: BlobResponse =
+        tokio::time::timeout(REQUEST_TIMEOUT * 4, frame::read(&mut recv, 1 << 16))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|_| ClientError::Disconnected)?;
+    match r.kind {
+        Some(blob_response::Kind::Uploaded(u)) => Ok((u.id, u.capability)),
+        Some(blob_response::Kind::Error(e)) => Err(ClientError::Refused(Refusal::from(e))),
+        _ => Err(ClientError::Protocol("unexpected answer to a blob upload")),
+    }
+}
+
+/// Downloads a blob on a blob stream or connection.
+async fn download_on<W, R>(
+    mut send: W,
+    mut recv: R,
+    id: &[u8],
+    capability: &[u8],
+    max: usize,
+    progress: Progress<'_>,
+) -> Result<Vec<u8>, ClientError>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    let req = BlobRequest {
+        kind: Some(blob_request::Kind::Download(api::BlobDownload {
+            id: id.to_vec(),
+            capability: capability.to_vec(),
+        })),
+    };
+    frame::write(&mut send, &req)
+        .await
+        .map_err(|_| ClientError::Disconnected)?;
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, send.shutdown()).await;
+    let r: BlobResponse = tokio::time::timeout(REQUEST_TIMEOUT, frame::read(&mut recv, 1 << 16))
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|_| ClientError::Disconnected)?;
+    let total = match r.kind {
+        Some(blob_response::Kind::Found(f)) => f.size,
+        Some(blob_response::Kind::Error(e)) if e.code() == ErrorCode::BlobNotFound => {
+            return Err(ClientError::BlobGone);
+        }
+        Some(blob_response::Kind::Error(e)) => {
+            return Err(ClientError::Refused(Refusal::from(e)));
+        }
+        _ => {
+            return Err(ClientError::Protocol(
+                "unexpected answer to a blob download",
+            ));
+        }
+    };
+    let size = usize::try_from(total).unwrap_or(usize::MAX);
+    if size > max {
+        return Err(ClientError::Protocol("blob larger than expected"));
+    }
+    progress(0, total);
+    let mut data = Vec::with_capacity(size);
+    let mut buf = vec![0u8; BLOB_CHUNK];
+    while data.len() < size {
+        let want = (size - data.len()).min(BLOB_CHUNK);
+        let into = buf.get_mut(..want).unwrap_or_default();
+        let n = match tokio::time::timeout(REQUEST_TIMEOUT, recv.read(into)).await {
+            Err(_) => return Err(ClientError::Timeout),
+            Ok(Ok(0)) => return Err(ClientError::Protocol("blob shorter than announced")),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                return Err(match reset_code(&e) {
+                    Some(code) if code == u64::from(BLOB_GONE) => ClientError::BlobGone,
+                    Some(code) if code == u64::from(BLOB_TIMED_OUT) => ClientError::Timeout,
+                    _ => ClientError::Disconnected,
+                });
+            }
+        };
+        data.extend_from_slice(into.get(..n).unwrap_or_default());
+        progress(data.len() as u64, total);
+    }
+    Ok(data)
+}
+
+/// A QUIC connection to `addr`.
+async fn connect_quic(addr: SocketAddr, pin: &str, options: &Options) -> Result<Made, ClientError> {
+    let cc = client::client_config(pin, KEEP_ALIVE, Some(IDLE_TIMEOUT))?;
+    let endpoint = client::endpoint(client::any_local(addr), None, cc)?;
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let (inner, _reader) =
+        Connection::connect(&endpoint, addr, options, Unsolicited::Queue(ev_tx)).await?;
+    Ok((inner, Some(endpoint), ev_rx))
+}
+
+/// A TLS-over-TCP connection to `addr`.
+async fn connect_tcp(addr: SocketAddr, pin: &str, options: &Options) -> Result<Made, ClientError> {
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let (inner, _reader) =
+        Connection::connect_tcp(addr, pin, options, Unsolicited::Queue(ev_tx)).await?;
+    Ok((inner, None, ev_rx))
+}
+
+/// Happy eyeballs: `first` at once, `second` after [`FALLBACK_DELAY`] or as soon as `first`
+/// fails; the first connection made wins (the other attempt is dropped, closing what it made).
+/// When both fail: a pin mismatch if either saw one, otherwise `first`'s error.
+async fn race(
+    first: impl Future<Output = Result<Made, ClientError>>,
+    second: impl Future<Output = Result<Made, ClientError>>,
+) -> Result<Made, ClientError> {
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
+    let first = async move {
+        let r = first.await;
+        if r.is_err() {
+            let _ = failed_tx.send(());
+        }
+        r
+    };
+    let second = async move {
+        tokio::select! {
+            () = tokio::time::sleep(FALLBACK_DELAY) => {}
+            _ = failed_rx => {}
+        }
+        second.await
+    };
+    tokio::pin!(first, second);
+    let mut first_err: Option<ClientError> = None;
+    let mut second_err: Option<ClientError> = None;
+    loop {
+        tokio::select! {
+            r = &mut first, if first_err.is_none() => match r {
+                Ok(made) => return Ok(made),
+                Err(e) => first_err = Some(e),
+            },
+            r = &mut second, if second_err.is_none() => match r {
+                Ok(made) => return Ok(made),
+                Err(e) => second_err = Some(e),
+            },
+        }
+        if first_err.is_some()
+            && second_err.is_some()
+            && let (Some(a), Some(b)) = (first_err.take(), second_err.take())
+        {
+            let pin = matches!(b, ClientError::PinMismatch(_))
+                && !matches!(a, ClientError::PinMismatch(_));
+            return Err(if pin { b } else { a });
+        }
     }
 }

@@ -191,12 +191,20 @@ pub(crate) fn endpoint(
     client::endpoint(local, Some(SOCKET_BUFFERS), cc).map_err(|e| Error::new(e.to_string()))
 }
 
+/// How a link reaches its relay node.
+pub(crate) enum Dial {
+    /// QUIC from this endpoint.
+    Quic(quinn::Endpoint),
+    /// TLS over TCP, pinned to this certificate fingerprint.
+    Tcp(String),
+}
+
 impl Link {
     /// Connects to relay node `node` at `addr` and opens the control stream; starts the writer,
     /// the reader and the acknowledger (which acknowledges what arrived every `ack_interval`).
     /// The returned handle yields the connection's samples once the connection is closed.
     pub(crate) async fn connect(
-        endpoint: &quinn::Endpoint,
+        dial: &Dial,
         (node, addr): (usize, SocketAddr),
         shared: Arc<Shared>,
         ack_interval: Duration,
@@ -209,24 +217,28 @@ impl Link {
             handshake_timeout: REQUEST_TIMEOUT,
             max_frame: MAX_SERVER_FRAME,
             close_when_stream_ends: false,
+            // Within the relay's idle timeout (60 s) for idle runs over TCP.
+            tcp_keep_alive: Some(Duration::from_secs(20)),
         };
-        let (net, reader) = Connection::connect(endpoint, addr, &options, on_frame)
-            .await
-            .map_err(|e| Error::new(format!("connect: {e}")))?;
+        let connected = match dial {
+            Dial::Quic(endpoint) => Connection::connect(endpoint, addr, &options, on_frame).await,
+            Dial::Tcp(pin) => Connection::connect_tcp(addr, pin, &options, on_frame).await,
+        };
+        let (net, reader) = connected.map_err(|e| Error::new(format!("connect: {e}")))?;
         let link = Self(Arc::new(Inner {
             net,
             shared: Arc::clone(&shared),
             samples: Arc::clone(&samples),
         }));
         tokio::spawn(link.clone().acknowledger(ack_rx, ack_interval));
-        let conn = link.conn().clone();
+        let conn = link.conn().cloned();
         let done = tokio::spawn(async move {
             match reader.await {
                 Ok(FrameError::Finished) => {}
                 // A connection we closed ourselves ends here too.
                 Ok(_) | Err(_)
                     if matches!(
-                        conn.close_reason(),
+                        conn.as_ref().and_then(quinn::Connection::close_reason),
                         Some(quinn::ConnectionError::LocallyClosed)
                     ) => {}
                 Ok(e) => shared.error(format!("connection lost: {e}")),
@@ -240,8 +252,14 @@ impl Link {
         Ok((link, done))
     }
 
-    pub(crate) fn conn(&self) -> &quinn::Connection {
+    /// The QUIC connection; `None` over TCP.
+    pub(crate) fn conn(&self) -> Option<&quinn::Connection> {
         self.0.net.quic()
+    }
+
+    /// Whether the connection is still open.
+    pub(crate) fn is_open(&self) -> bool {
+        self.0.net.is_open()
     }
 
     pub(crate) fn close(&self) {
@@ -260,7 +278,7 @@ impl Link {
             .map_err(|e| match e {
                 ConnError::Closed => Error::new(format!(
                     "connection closed before an answer: {:?}",
-                    self.conn().close_reason()
+                    self.conn().and_then(quinn::Connection::close_reason)
                 )),
                 other => Error::new(other.to_string()),
             })

@@ -53,7 +53,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::{Link, Samples, Shared};
-pub use crate::options::{MAX_NODES, Mode, Node, NodeError, Options, Target};
+pub use crate::options::{LoadTransport, MAX_NODES, Mode, Node, NodeError, Options, Target};
 use crate::relay::ServerChild;
 pub use crate::report::{Comparison, NodeSplit, Percentiles, Report};
 use hush_testkit::TestAccount as Account;
@@ -165,21 +165,27 @@ fn route(i: usize, nodes: usize, endpoints: usize) -> (usize, usize) {
 struct NodeClient {
     addr: SocketAddr,
     endpoints: Vec<quinn::Endpoint>,
+    /// Over TCP: the pin (no endpoints then).
+    tcp_pin: Option<String>,
 }
 
-/// Where connection `i` goes: (node index, its address), and the endpoint it leaves from.
-fn pick(clients: &[NodeClient], i: usize) -> Result<((usize, SocketAddr), quinn::Endpoint), Error> {
-    let per_node = clients.first().map_or(1, |c| c.endpoints.len());
+/// Where connection `i` goes: (node index, its address), and how it gets there (the QUIC
+/// endpoint it leaves from, or TLS over TCP).
+fn pick(clients: &[NodeClient], i: usize) -> Result<((usize, SocketAddr), conn::Dial), Error> {
+    let per_node = clients.first().map_or(1, |c| c.endpoints.len().max(1));
     let (node, ep) = route(i, clients.len(), per_node);
     let client = clients
         .get(node)
         .ok_or_else(|| Error::new("no such relay node".into()))?;
+    if let Some(pin) = &client.tcp_pin {
+        return Ok(((node, client.addr), conn::Dial::Tcp(pin.clone())));
+    }
     let ep = client
         .endpoints
         .get(ep)
         .cloned()
         .ok_or_else(|| Error::new("no endpoint".into()))?;
-    Ok(((node, client.addr), ep))
+    Ok(((node, client.addr), conn::Dial::Quic(ep)))
 }
 
 fn secs(s: f64) -> Duration {
@@ -290,12 +296,21 @@ async fn run_one(opts: &Options) -> Result<Report, Error> {
     let keep_alive = Duration::from_millis(opts.keep_alive_ms.max(1));
     let mut clients = Vec::with_capacity(n_nodes);
     for node in &nodes {
+        if opts.transport == LoadTransport::Tcp {
+            clients.push(NodeClient {
+                addr: node.addr,
+                endpoints: Vec::new(),
+                tcp_pin: Some(node.pin.clone()),
+            });
+            continue;
+        }
         let cc = conn::client_config(&node.pin, keep_alive)?;
         clients.push(NodeClient {
             addr: node.addr,
             endpoints: (0..opts.endpoints)
                 .map(|_| conn::endpoint(node.addr, cc.clone()))
                 .collect::<Result<_, _>>()?,
+            tcp_pin: None,
         });
     }
     let ack_interval = Duration::from_millis(opts.ack_interval_ms);
@@ -351,10 +366,7 @@ async fn run_one(opts: &Options) -> Result<Report, Error> {
             .zip(relay::total_cpu_seconds(&pids))
             .map(|(a, b)| (b - a) / opts.duration);
         report.rss_end_kib = relay::total_rss_kib(&pids);
-        report.alive = links
-            .iter()
-            .filter(|(l, _)| l.conn().close_reason().is_none())
-            .count();
+        report.alive = links.iter().filter(|(l, _)| l.is_open()).count();
         if report.alive < links.len() {
             shared.error(format!(
                 "{} of {} connections closed while idle",
@@ -410,7 +422,8 @@ async fn create_accounts(
     shared: &Arc<Shared>,
     accounts: &Arc<Vec<Account>>,
 ) -> Result<(), Error> {
-    let endpoints: usize = clients.iter().map(|c| c.endpoints.len()).sum();
+    // Over TCP a node has no endpoints: one set-up connection each.
+    let endpoints: usize = clients.iter().map(|c| c.endpoints.len().max(1)).sum();
     let mut setup = Vec::new();
     for k in 0..endpoints.min(4) {
         let (to, ep) = pick(clients, k)?;

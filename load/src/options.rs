@@ -21,6 +21,16 @@ pub enum Mode {
     Ceiling,
 }
 
+/// What carries the devices' connections to the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LoadTransport {
+    /// QUIC (UDP).
+    #[default]
+    Quic,
+    /// TLS 1.3 over TCP, on the relay's address and port number (docs/RELAY_PROTOCOL.md §17).
+    Tcp,
+}
+
 /// Which server a run drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Target {
@@ -103,6 +113,10 @@ pub struct Options {
     /// The server to drive: relay, or ceiling (bare quinn + sled, started as a child process).
     #[arg(long, value_enum, default_value_t = Target::Relay)]
     pub target: Target,
+    /// Transport of every connection: quic, or tcp (TLS over TCP on the relay's port number;
+    /// the relay only: the ceiling server speaks QUIC alone).
+    #[arg(long, value_enum, default_value_t = LoadTransport::Quic)]
+    pub transport: LoadTransport,
     /// Run the mode against the ceiling server, then against the relay with the same settings,
     /// and report both and their ratios.
     #[arg(long, conflicts_with = "target")]
@@ -197,6 +211,11 @@ impl Options {
         }
         if !(1..=64).contains(&self.endpoints) {
             return bad("--endpoints must be in 1..=64");
+        }
+        if self.transport == LoadTransport::Tcp
+            && (self.vs_ceiling || self.target() == Target::Ceiling)
+        {
+            return bad("--transport tcp drives the relay only (the ceiling server speaks QUIC)");
         }
         if !(1..=4096).contains(&self.connect_concurrency) {
             return bad("--connect-concurrency must be in 1..=4096");
@@ -348,6 +367,22 @@ mod tests {
 
     fn parse(args: &[&str]) -> Options {
         Options::try_parse_from(["hush-load"].iter().chain(args)).unwrap()
+    }
+
+    #[test]
+    fn tcp_is_a_transport_of_the_relay_only() {
+        let quic = parse(&["throughput"]);
+        assert_eq!(quic.transport, LoadTransport::Quic);
+        assert!(quic.check().is_ok());
+        let tcp = parse(&["throughput", "--transport", "tcp"]);
+        assert_eq!(tcp.transport, LoadTransport::Tcp);
+        assert!(tcp.check().is_ok());
+        assert!(parse(&["ceiling", "--transport", "tcp"]).check().is_err());
+        assert!(
+            parse(&["throughput", "--transport", "tcp", "--vs-ceiling"])
+                .check()
+                .is_err()
+        );
     }
 
     fn node(addr: &str, pin: &str, pid: Option<u32>) -> Node {

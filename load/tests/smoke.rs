@@ -56,6 +56,54 @@ async fn throughput_mode_sends_and_receives() {
     relay.stop().await;
 }
 
+/// The same run over TLS on TCP (the relay's TCP listener on its QUIC port number).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_mode_over_tcp_sends_and_receives() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = hush_relay::start(Config {
+        tcp_listen: hush_relay::config::TcpListen::Same,
+        ..config(dir.path())
+    })
+    .await
+    .unwrap();
+    assert_eq!(relay.tcp_addr, Some(relay.addr));
+    let addr = relay.addr.to_string();
+    let opts = Options::parse_from([
+        "hush-load",
+        "throughput",
+        "--transport",
+        "tcp",
+        "--addr",
+        addr.as_str(),
+        "--pin",
+        relay.fingerprint.as_str(),
+        "--devices",
+        "6",
+        "--senders",
+        "3",
+        "--window",
+        "8",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+    ]);
+    let report = run(&opts).await.unwrap();
+    println!("{report}");
+    assert_eq!(report.connections, 6);
+    assert!(report.acked_in_window > 0, "no send acknowledged: {report}");
+    assert!(report.delivered >= report.envelopes_acked, "{report}");
+    assert!(report.ok(), "{report}");
+    assert_eq!(
+        relay
+            .metrics
+            .connections_by_transport
+            .get(hush_relay::ops::Transport::Quic),
+        0
+    );
+    relay.stop().await;
+}
+
 /// Connections made one after another from one endpoint while the relay asks every new client
 /// for a Retry (as it does under load): each completes its handshake and authenticates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,10 @@
 //! (`blob_request_timeout_ms`), and each chunk of an upload or a download
 //! (`blob_chunk_timeout_ms`); a stream that misses one is reset with
 //! [`limits::blob_reset::TIMED_OUT`] (an upload is deleted).
+//!
+//! The same code serves QUIC blob streams and blob connections over TCP
+//! (docs/RELAY_PROTOCOL.md §17), through [`BlobSend`] and [`BlobRecv`]: over TCP a reset is the
+//! end of the connection without TLS `close_notify`, and finishing is `close_notify`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +23,7 @@ use hush_proto::relay_api::{
     self as api, BlobRequest, BlobResponse, ErrorCode, blob_request, blob_response,
 };
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::conn::Refusal;
 use crate::frame;
@@ -27,12 +32,119 @@ use crate::shared::{Relay, random};
 use crate::store::DeviceId;
 use crate::store::blobs::{self, BLOB_CHUNK, Begin, BlobMeta, Quota};
 
+/// The sending half of a blob stream.
+pub(crate) trait BlobSend: AsyncWrite + Unpin + Send {
+    /// Abandons the stream with `code` (what was not yet delivered may be lost).
+    fn reset(&mut self, code: u32);
+    /// Ends the stream cleanly once what was written is delivered.
+    fn finish(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// The receiving half of a blob stream.
+pub(crate) trait BlobRecv: AsyncRead + Unpin + Send {
+    /// Tells the peer to stop sending, with `code`.
+    fn stop(&mut self, code: u32);
+}
+
+impl BlobSend for quinn::SendStream {
+    fn reset(&mut self, code: u32) {
+        let _ = quinn::SendStream::reset(self, code.into());
+    }
+
+    async fn finish(&mut self) {
+        let _ = quinn::SendStream::finish(self);
+    }
+}
+
+impl BlobRecv for quinn::RecvStream {
+    fn stop(&mut self, code: u32) {
+        let _ = quinn::RecvStream::stop(self, code.into());
+    }
+}
+
+/// The sending half of a blob connection over TCP. A reset ends it without `close_notify` (the
+/// client sees the stream cut short; TCP carries no code).
+pub(crate) struct TcpBlobSend<W> {
+    inner: W,
+    reset: bool,
+}
+
+impl<W> TcpBlobSend<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        Self {
+            inner,
+            reset: false,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for TcpBlobSend<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.reset {
+            return std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send> BlobSend for TcpBlobSend<W> {
+    fn reset(&mut self, _code: u32) {
+        self.reset = true;
+    }
+
+    async fn finish(&mut self) {
+        if !self.reset {
+            let _ = tokio::time::timeout(
+                Duration::from_millis(limits::WRITE_TIMEOUT_MS),
+                self.inner.shutdown(),
+            )
+            .await;
+        }
+    }
+}
+
+/// The receiving half of a blob connection over TCP.
+pub(crate) struct TcpBlobRecv<R>(pub(crate) R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for TcpBlobRecv<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send> BlobRecv for TcpBlobRecv<R> {
+    // The connection ends with the blob task; nothing to tell before.
+    fn stop(&mut self, _code: u32) {}
+}
+
 /// Serves one blob stream; errors end the stream only.
-pub(crate) async fn stream(
+pub(crate) async fn stream<S: BlobSend, R: BlobRecv>(
     relay: Arc<Relay>,
     who: Option<(DeviceId, bool)>,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    send: S,
+    recv: R,
 ) {
     if let Err(e) = blob_stream(relay, who, send, recv).await {
         tracing::debug!(error = %e, "blob stream ended with an error");
@@ -64,9 +176,9 @@ fn chunk_deadline(relay: &Relay) -> Duration {
 }
 
 /// Writes a response frame, within the chunk deadline.
-async fn blob_reply(
+async fn blob_reply<S: BlobSend>(
     relay: &Relay,
-    send: &mut quinn::SendStream,
+    send: &mut S,
     kind: blob_response::Kind,
 ) -> std::io::Result<()> {
     let response = BlobResponse { kind: Some(kind) };
@@ -75,30 +187,26 @@ async fn blob_reply(
     match tokio::time::timeout(chunk_deadline(relay), write).await {
         Ok(r) => r,
         Err(_) => {
-            timed_out(relay, send, None);
+            timed_out::<S, quinn::RecvStream>(relay, send, None);
             Ok(())
         }
     }
 }
 
-async fn blob_refuse(
-    relay: &Relay,
-    send: &mut quinn::SendStream,
-    r: Refusal,
-) -> std::io::Result<()> {
+async fn blob_refuse<S: BlobSend>(relay: &Relay, send: &mut S, r: Refusal) -> std::io::Result<()> {
     relay.refuse_count(&r);
     blob_reply(relay, send, blob_response::Kind::Error(r.to_frame())).await?;
-    let _ = send.finish();
+    send.finish().await;
     Ok(())
 }
 
 /// Resets a stream that missed a deadline, in both directions.
-fn timed_out(relay: &Relay, send: &mut quinn::SendStream, recv: Option<&mut quinn::RecvStream>) {
+fn timed_out<S: BlobSend, R: BlobRecv>(relay: &Relay, send: &mut S, recv: Option<&mut R>) {
     relay.metrics.blob_streams_timed_out.inc();
     tracing::info!("blob stream timed out; reset");
-    let _ = send.reset(blob_reset::TIMED_OUT.into());
+    send.reset(blob_reset::TIMED_OUT);
     if let Some(r) = recv {
-        let _ = r.stop(blob_reset::TIMED_OUT.into());
+        r.stop(blob_reset::TIMED_OUT);
     }
 }
 
@@ -112,11 +220,11 @@ fn note_stored(relay: &Relay) {
     }
 }
 
-async fn blob_stream(
+async fn blob_stream<S: BlobSend, R: BlobRecv>(
     relay: Arc<Relay>,
     who: Option<(DeviceId, bool)>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut send: S,
+    mut recv: R,
 ) -> std::io::Result<()> {
     let read = frame::read::<BlobRequest, _>(&mut recv, limits::BLOB_REQUEST_MAX);
     let deadline = Duration::from_millis(relay.cfg.blob_request_timeout_ms);
@@ -198,12 +306,12 @@ fn replace_named(relay: &Relay, id: [u8; limits::BLOB_ID_LEN], cap: &[u8]) -> Re
     }
 }
 
-async fn upload(
+async fn upload<S: BlobSend, R: BlobRecv>(
     relay: &Relay,
     me: &DeviceId,
     u: &api::BlobUpload,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut send: S,
+    mut recv: R,
 ) -> std::io::Result<()> {
     let size = u.size;
     let name = match named(u) {
@@ -238,7 +346,7 @@ async fn upload(
             relay.metrics.blobs_uploaded.inc();
             relay.metrics.blob_bytes_uploaded.inc_by(size);
             blob_reply(relay, &mut send, blob_response::Kind::Uploaded(up)).await?;
-            let _ = send.finish();
+            send.finish().await;
             Ok(())
         }
         Err(Failed::Refused(r)) => blob_refuse(relay, &mut send, r).await,
@@ -249,12 +357,12 @@ async fn upload(
     }
 }
 
-async fn receive_blob(
+async fn receive_blob<R: BlobRecv>(
     relay: &Relay,
     me: &DeviceId,
     size: u64,
     name: Named,
-    recv: &mut quinn::RecvStream,
+    recv: &mut R,
 ) -> Result<api::BlobUploaded, Failed> {
     let (id, capability) = name.unwrap_or_else(|| {
         (
@@ -324,11 +432,11 @@ async fn receive_blob(
 
 /// Reads the blob's bytes from the stream into the store, one chunk at a time, each within the
 /// chunk deadline; then completes it durably.
-async fn store_chunks(
+async fn store_chunks<R: BlobRecv>(
     relay: &Relay,
     id: [u8; limits::BLOB_ID_LEN],
     size: u64,
-    recv: &mut quinn::RecvStream,
+    recv: &mut R,
 ) -> Result<(), Failed> {
     let deadline = chunk_deadline(relay);
     let mut left = size;
@@ -348,7 +456,7 @@ async fn store_chunks(
                 )
                 .into());
             }
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
         }
         // The disk write runs off the async workers; the buffer goes there and comes back.
         let store = Arc::clone(&relay.blobs);
@@ -376,7 +484,7 @@ async fn store_chunks(
     let mut one = [0u8; 1];
     match tokio::time::timeout(deadline, recv.read(&mut one)).await {
         Err(_) => return Err(Failed::TimedOut),
-        Ok(Ok(None)) => {}
+        Ok(Ok(0)) => {}
         Ok(_) => {
             return Err(
                 Refusal::new(ErrorCode::TooLarge, "blob longer than its declared size").into(),
@@ -404,11 +512,11 @@ fn kib_cost(size: u64) -> u32 {
     u32::try_from(size.div_ceil(1024).max(1)).unwrap_or(u32::MAX)
 }
 
-async fn download(
+async fn download<S: BlobSend>(
     relay: &Relay,
     me: &DeviceId,
     d: &api::BlobDownload,
-    mut send: quinn::SendStream,
+    mut send: S,
 ) -> std::io::Result<()> {
     let now = relay.clock.instant();
     let limits = &relay.rate_limiters;
@@ -453,18 +561,18 @@ async fn download(
         let read = tokio::task::spawn_blocking(move || store.chunk(id, index)).await;
         let Ok(Ok(Some(c))) = read else {
             // Deleted under us: end the stream short; the digest check fails client-side.
-            let _ = send.reset(blob_reset::GONE.into());
+            send.reset(blob_reset::GONE);
             return Ok(());
         };
         match tokio::time::timeout(deadline, send.write_all(&c)).await {
             Ok(r) => r?,
             Err(_) => {
-                timed_out(relay, &mut send, None);
+                timed_out::<S, quinn::RecvStream>(relay, &mut send, None);
                 return Ok(());
             }
         }
     }
     relay.metrics.blobs_downloaded.inc();
-    let _ = send.finish();
+    send.finish().await;
     Ok(())
 }

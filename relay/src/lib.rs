@@ -77,6 +77,8 @@ pub enum StartError {
 pub struct Running {
     /// Where it listens for QUIC (UDP).
     pub addr: SocketAddr,
+    /// Where it listens for TLS over TCP, if enabled (`tcp_listen`).
+    pub tcp_addr: Option<SocketAddr>,
     /// Where it serves `/metrics` and `/health` (TCP), if enabled.
     pub metrics_addr: Option<SocketAddr>,
     /// SHA-256 of its certificate, lowercase hex: what clients pin.
@@ -234,6 +236,21 @@ pub async fn start_with_clock(
         addr: cfg.listen,
         source,
     })?;
+    let tcp = match cfg.tcp_listen.resolve(addr) {
+        Some(at) => {
+            let mut tcp_tls = tls::server_config(&identity, hush_net::TCP_ALPN)?;
+            tcp_tls
+                .alpn_protocols
+                .push(hush_net::TCP_BLOB_ALPN.to_vec());
+            // `same` takes the port the UDP socket got (which matters with port 0).
+            Some(
+                server::bind_tcp(at, tcp_tls)
+                    .map_err(|source| StartError::Bind { addr: at, source })?,
+            )
+        }
+        None => None,
+    };
+    let tcp_addr = tcp.as_ref().and_then(|t| t.listener.local_addr().ok());
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
     let cluster = match &backend.redis {
@@ -293,7 +310,7 @@ pub async fn start_with_clock(
                 ops_stop.clone(),
             ))
         });
-        server::run(endpoint, Arc::clone(&relay), stop).await;
+        server::run(endpoint, tcp, Arc::clone(&relay), stop).await;
         drop(relay);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), background.join()).await;
         ops_stop.cancel();
@@ -301,9 +318,10 @@ pub async fn start_with_clock(
             let _ = t.await;
         }
     });
-    tracing::info!(%addr, fingerprint = %fingerprint, "relay listening");
+    tracing::info!(%addr, tcp = ?tcp_addr, fingerprint = %fingerprint, "relay listening");
     Ok(Running {
         addr,
+        tcp_addr,
         metrics_addr,
         fingerprint,
         metrics,

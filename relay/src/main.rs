@@ -42,6 +42,9 @@ fn run(cmd: Command) -> Result<(), Box<dyn std::error::Error>> {
             rt.block_on(async move {
                 let running = hush_relay::start(cfg).await?;
                 println!("listening on {} (udp)", running.addr);
+                if let Some(t) = running.tcp_addr {
+                    println!("TLS over TCP on {t}");
+                }
                 if let Some(m) = running.metrics_addr {
                     println!("metrics on http://{m}/metrics, health on http://{m}/health");
                 }

@@ -104,14 +104,94 @@ pub fn bind_endpoint(
     )
 }
 
-/// Serves `endpoint` until `shutdown` is cancelled, then drains: stops accepting, tells every
-/// client to reconnect, lets connections finish what they are doing, flushes, closes.
-pub async fn run(endpoint: quinn::Endpoint, relay: Arc<Relay>, shutdown: CancellationToken) {
+/// The TLS-over-TCP side of the relay (docs/RELAY_PROTOCOL.md §17): its listener and the TLS
+/// configuration it accepts with (ALPN [`hush_net::TCP_ALPN`]).
+pub struct TcpSide {
+    /// The bound listener.
+    pub listener: tokio::net::TcpListener,
+    /// TLS 1.3 with the relay's certificate.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+/// Binds the TCP listener on `addr` (dual-stack on `[::]`, as the QUIC socket) for `tls`.
+pub fn bind_tcp(addr: SocketAddr, tls: rustls::ServerConfig) -> std::io::Result<TcpSide> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    // A restarted relay binds again while the previous one's connections linger in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(socket.into())?;
+    Ok(TcpSide {
+        listener,
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+    })
+}
+
+/// Accepts the next TCP connection; never resolves without a listener.
+async fn accept_tcp(tcp: Option<&TcpSide>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match tcp {
+        Some(t) => t.listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves `endpoint` (and `tcp`, if given) until `shutdown` is cancelled, then drains: stops
+/// accepting, tells every client to reconnect, lets connections finish what they are doing,
+/// flushes, closes.
+pub async fn run(
+    endpoint: quinn::Endpoint,
+    tcp: Option<TcpSide>,
+    relay: Arc<Relay>,
+    shutdown: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     let sweeper = tracker.spawn(sweep_loop(Arc::clone(&relay), shutdown.clone()));
+    let mut tcp = tcp;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
+            accepted = accept_tcp(tcp.as_ref()) => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TCP accept failed");
+                        continue;
+                    }
+                };
+                let Some(acceptor) = tcp.as_ref().map(|t| t.acceptor.clone()) else { continue };
+                let open = usize::try_from(relay.metrics.connections_open.get()).unwrap_or(0);
+                if open >= relay.cfg.max_connections as usize {
+                    relay.metrics.connections_refused.inc();
+                    relay.metrics.refusals.inc(RefusalReason::ConnectionCap);
+                    drop(stream);
+                    continue;
+                }
+                relay.metrics.connections_open.inc();
+                let slot = relay.admission.connection(peer.ip());
+                let r = Arc::clone(&relay);
+                let stop = shutdown.clone();
+                tracker.spawn(async move {
+                    match slot {
+                        Some(slot) => {
+                            serve_tcp(Arc::clone(&r), acceptor, stream, peer, stop).await;
+                            drop(slot);
+                        }
+                        None => {
+                            // No close code over TCP: the connection just ends.
+                            r.metrics.connections_refused.inc();
+                            r.metrics.refusals.inc(RefusalReason::TooManyConnections);
+                            tracing::debug!("connection refused: its address block holds its cap");
+                            drop(stream);
+                        }
+                    }
+                    r.metrics.connections_open.dec();
+                });
+            }
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let open = usize::try_from(relay.metrics.connections_open.get()).unwrap_or(0);
@@ -153,6 +233,9 @@ pub async fn run(endpoint: quinn::Endpoint, relay: Arc<Relay>, shutdown: Cancell
     // Drain.
     relay.draining.store(true, Ordering::Relaxed);
     endpoint.set_server_config(None);
+    // No new TCP connections either.
+    tcp = None;
+    drop(tcp);
     let told = relay.router.broadcast(Live::Drain);
     tracing::info!(connections = told, "draining");
     tracker.close();
@@ -180,6 +263,72 @@ pub async fn run(endpoint: quinn::Endpoint, relay: Arc<Relay>, shutdown: Cancell
     {
         tracing::debug!("closes not all confirmed; stopping anyway");
     }
+}
+
+/// The TLS handshake of a TCP connection (within the authentication timeout, ALPN
+/// [`hush_net::TCP_ALPN`] required), then the connection.
+async fn serve_tcp(
+    relay: Arc<Relay>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let handshake = tokio::time::timeout(
+        Duration::from_millis(limits::AUTH_TIMEOUT_MS),
+        acceptor.accept(stream),
+    )
+    .await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    match tls.get_ref().1.alpn_protocol() {
+        Some(hush_net::TCP_ALPN) => crate::conn::serve_tcp(relay, tls, peer.ip(), shutdown).await,
+        Some(hush_net::TCP_BLOB_ALPN) => blob_connection(relay, tls).await,
+        _ => tracing::debug!("TLS connection without the protocol's ALPN; closed"),
+    }
+}
+
+/// A blob connection over TCP: the blob key of its control connection, then one blob transfer
+/// for whoever that connection is (an unknown key is refused as `UNAUTHENTICATED` by the
+/// transfer itself).
+async fn blob_connection(
+    relay: Arc<Relay>,
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+) {
+    use tokio::io::AsyncReadExt;
+    relay.metrics.connections_total.inc();
+    relay
+        .metrics
+        .connections_by_transport
+        .inc(crate::ops::Transport::Tcp);
+    let (mut rd, wr) = tokio::io::split(tls);
+    let mut key = [0u8; hush_net::TCP_BLOB_KEY_LEN];
+    let deadline = Duration::from_millis(relay.cfg.blob_request_timeout_ms);
+    match tokio::time::timeout(deadline, rd.read_exact(&mut key)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) | Err(_) => {
+            tracing::debug!("blob connection without its key; closed");
+            return;
+        }
+    }
+    let who = relay.blob_keys.caller(&key);
+    crate::blob::stream(
+        Arc::clone(&relay),
+        who,
+        crate::blob::TcpBlobSend::new(wr),
+        crate::blob::TcpBlobRecv(rd),
+    )
+    .await;
 }
 
 /// A connection from an address block that holds its cap: completes the handshake only to

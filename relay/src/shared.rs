@@ -206,6 +206,43 @@ impl RateLimiters {
     }
 }
 
+/// Who a blob transfer acts for: the device of its control connection and whether that
+/// connection is authenticated (else anonymous), or `None` while it is neither.
+pub(crate) type BlobCaller = Option<(DeviceId, bool)>;
+
+/// The blob keys of open control connections over TCP: a blob connection presents one to act
+/// for the control connection it was derived from (docs/RELAY_PROTOCOL.md §17).
+#[derive(Default)]
+pub(crate) struct BlobKeys(Mutex<HashMap<[u8; 32], tokio::sync::watch::Receiver<BlobCaller>>>);
+
+impl BlobKeys {
+    /// Registers `key` while the control connection is open; it updates `who` as its phase
+    /// changes.
+    pub(crate) fn insert(&self, key: [u8; 32], who: tokio::sync::watch::Receiver<BlobCaller>) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, who);
+    }
+
+    /// Forgets `key` (its control connection ended).
+    pub(crate) fn remove(&self, key: &[u8; 32]) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
+    /// Who a blob connection presenting `key` acts for now; `None` for an unknown key.
+    pub(crate) fn caller(&self, key: &[u8; 32]) -> BlobCaller {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .and_then(|w| *w.borrow())
+    }
+}
+
 /// Everything the connection tasks share.
 pub struct Relay {
     pub(crate) cfg: Config,
@@ -234,6 +271,9 @@ pub struct Relay {
     pre_keys_low: Mutex<HashMap<DeviceId, Instant>>,
     pub(crate) draining: AtomicBool,
     pub(crate) next_conn: AtomicU64,
+    /// The blob keys of the open control connections over TCP, each with who its blob
+    /// connections act for (docs/RELAY_PROTOCOL.md §17).
+    pub(crate) blob_keys: BlobKeys,
     /// Where the time is read (the system's clocks, or a test's).
     pub(crate) clock: Arc<dyn Clock>,
 }
@@ -358,6 +398,7 @@ impl Relay {
             pre_keys_low: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
+            blob_keys: BlobKeys::default(),
             clock,
         });
         Ok((

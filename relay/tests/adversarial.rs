@@ -768,7 +768,7 @@ async fn unknown_message_types_are_refused_and_the_connection_stays_usable() {
     }
     ok(&mc.request(client_frame::Kind::Ping(api::Ping {})).await);
     // A blob stream whose request names no kind.
-    let (mut s, mut r) = mc.conn.open_bi().await.unwrap();
+    let (mut s, mut r) = mc.quic().open_bi().await.unwrap();
     frame::write(&mut s, &BlobRequest { kind: None })
         .await
         .unwrap();
@@ -780,13 +780,13 @@ async fn unknown_message_types_are_refused_and_the_connection_stays_usable() {
     assert_eq!(e.code(), ErrorCode::UnknownRequest);
     // Unidirectional streams are not part of the protocol: the relay grants none.
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), mc.conn.open_uni())
+        tokio::time::timeout(Duration::from_millis(300), mc.quic().open_uni())
             .await
             .is_err(),
         "a unidirectional stream was granted"
     );
     // Nor datagrams.
-    assert!(mc.conn.send_datagram(vec![1, 2, 3].into()).is_err());
+    assert!(mc.quic().send_datagram(vec![1, 2, 3].into()).is_err());
     ok(&mc.request(client_frame::Kind::Ping(api::Ping {})).await);
     h.still_serving().await;
     h.stop().await;
@@ -800,12 +800,12 @@ async fn thousands_of_streams_are_capped_and_answered_one_by_one() {
     // completes: the next stream is not granted, and the control stream still works.
     let mut stalled = Vec::new();
     for _ in 1..limits::MAX_BIDI_STREAMS {
-        let (mut s, r) = mc.conn.open_bi().await.unwrap();
+        let (mut s, r) = mc.quic().open_bi().await.unwrap();
         s.write_all(&[0, 0]).await.unwrap();
         stalled.push((s, r));
     }
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), mc.conn.open_bi())
+        tokio::time::timeout(Duration::from_millis(500), mc.quic().open_bi())
             .await
             .is_err(),
         "a stream past the cap was granted"
@@ -821,7 +821,7 @@ async fn thousands_of_streams_are_capped_and_answered_one_by_one() {
     // answer.
     let total = 2000usize;
     let mut answered = 0usize;
-    let conn = mc.conn.clone();
+    let conn = mc.quic().clone();
     while answered < total {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..(limits::MAX_BIDI_STREAMS as usize - 1).min(total - answered) {
@@ -1010,7 +1010,7 @@ async fn blob_requests_beyond_the_caps_are_refused_and_store_nothing() {
         ErrorCode::TooLarge
     );
     // A request frame over its own cap (1 KiB): refused before anything is read after it.
-    let (mut s, mut r) = h.a.conn.open_bi().await.unwrap();
+    let (mut s, mut r) = h.a.quic().open_bi().await.unwrap();
     let big = BlobRequest {
         kind: Some(blob_request::Kind::Download(api::BlobDownload {
             id: vec![0; 2000],

@@ -261,7 +261,7 @@ async fn a_stalled_upload_is_reset_after_the_chunk_deadline_and_its_file_removed
     })
     .await;
     let (_a, a) = account(&r).await;
-    let (mut send, mut recv) = a.conn.open_bi().await.unwrap();
+    let (mut send, mut recv) = a.quic().open_bi().await.unwrap();
     let req = BlobRequest {
         kind: Some(blob_request::Kind::Upload(api::BlobUpload {
             size: 300 * 1024,
@@ -307,9 +307,9 @@ async fn a_half_sent_blob_request_is_reset_after_the_request_deadline() {
     .await;
     let (_a, a) = account(&r).await;
     // Half a length prefix; and a whole prefix with half the frame.
-    let (mut s1, mut r1) = a.conn.open_bi().await.unwrap();
+    let (mut s1, mut r1) = a.quic().open_bi().await.unwrap();
     s1.write_all(&[0, 0]).await.unwrap();
-    let (mut s2, mut r2) = a.conn.open_bi().await.unwrap();
+    let (mut s2, mut r2) = a.quic().open_bi().await.unwrap();
     s2.write_all(&[0, 0, 0, 40, 1, 2, 3]).await.unwrap();
     assert_eq!(
         reset_code(&mut r1).await,
@@ -339,7 +339,7 @@ async fn a_download_the_client_stops_reading_is_reset_after_the_chunk_deadline()
     // Larger than what the client's receive window lets the relay send unread.
     let data = body(12 << 20, 8);
     let u = uploaded(a.upload_blob(&data, data.len() as u64).await);
-    let (mut send, mut recv) = a.conn.open_bi().await.unwrap();
+    let (mut send, mut recv) = a.quic().open_bi().await.unwrap();
     let req = BlobRequest {
         kind: Some(blob_request::Kind::Download(api::BlobDownload {
             id: u.id.clone(),
@@ -373,7 +373,7 @@ async fn a_zero_size_blob_is_malformed_and_a_4_gib_request_prefix_is_too_large()
     assert!(e.message.contains("empty"), "{}", e.message);
     assert_eq!(r.metrics.refusals.get(RefusalReason::TooLarge), 0);
     // A length prefix of 4 GiB - 1 on a blob stream: too large, as on the control stream.
-    let (mut s, mut rcv) = a.conn.open_bi().await.unwrap();
+    let (mut s, mut rcv) = a.quic().open_bi().await.unwrap();
     s.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
     let resp: BlobResponse = tokio::time::timeout(WAIT, frame::read(&mut rcv, 1 << 16))
         .await
@@ -382,7 +382,7 @@ async fn a_zero_size_blob_is_malformed_and_a_4_gib_request_prefix_is_too_large()
     let e = refused(resp);
     assert_eq!(e.code(), ErrorCode::TooLarge);
     // One byte over the request cap is too large as well; at the cap it is read.
-    let (mut s, mut rcv) = a.conn.open_bi().await.unwrap();
+    let (mut s, mut rcv) = a.quic().open_bi().await.unwrap();
     let len = u32::try_from(limits::BLOB_REQUEST_MAX + 1).unwrap();
     s.write_all(&len.to_be_bytes()).await.unwrap();
     let resp: BlobResponse = tokio::time::timeout(WAIT, frame::read(&mut rcv, 1 << 16))
@@ -439,7 +439,7 @@ fn rss_kib() -> u64 {
 /// returns the answer and the SHA-256 of what was sent.
 async fn upload_streaming(c: &Client, mib: usize, seed: u8) -> (api::BlobUploaded, [u8; 32]) {
     let size = mib << 20;
-    let (mut send, mut recv) = c.conn.open_bi().await.unwrap();
+    let (mut send, mut recv) = c.quic().open_bi().await.unwrap();
     let req = BlobRequest {
         kind: Some(blob_request::Kind::Upload(api::BlobUpload {
             size: size as u64,
@@ -505,7 +505,7 @@ async fn relay_memory_stays_flat_across_sequential_blob_uploads() {
     let secs = started.elapsed().as_secs_f64();
     // The last blob reads back whole, streamed.
     let (u, digest) = (last.0.unwrap(), last.1);
-    let (mut send, mut recv) = a.conn.open_bi().await.unwrap();
+    let (mut send, mut recv) = a.quic().open_bi().await.unwrap();
     let req = BlobRequest {
         kind: Some(blob_request::Kind::Download(api::BlobDownload {
             id: u.id.clone(),

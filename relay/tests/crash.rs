@@ -219,13 +219,13 @@ async fn sigkilled_relay_loses_nothing_acknowledged_and_delivers_exactly_once_in
                         received += 1;
                         // The device dies between receiving (and committing) and acknowledging.
                         if received.is_multiple_of(37) && rand::rng().random_bool(0.5) {
-                            c.conn.close(0u32.into(), b"crash");
+                            c.quic().close(0u32.into(), b"crash");
                             break;
                         }
                         if unacked.len() < 16 {
                             continue;
                         }
-                    } else if c.conn.close_reason().is_some() {
+                    } else if c.quic().close_reason().is_some() {
                         break;
                     }
                     if unacked.is_empty() {

@@ -148,7 +148,7 @@ async fn pending_links_from_one_block_stop_at_its_cap_while_another_block_still_
     }
     // A flooding connection goes: its link goes with it, and the block has room again.
     let gone = filling.remove(0);
-    gone.conn.close(0u8.into(), b"bye");
+    gone.quic().close(0u8.into(), b"bye");
     h.until("the closed connection's link removed", |m| {
         m.links_pending.get() == i64::from(cap) - 1
     })
@@ -229,7 +229,7 @@ async fn connections_from_one_block_stop_at_its_cap_with_their_close_code() {
     // may still be counted as open for a moment.)
     h.until("four connections open", |m| m.connections_open.get() == 4)
         .await;
-    b1.conn.close(0u8.into(), b"bye");
+    b1.quic().close(0u8.into(), b"bye");
     h.until("the closed connection counted out", |m| {
         m.connections_open.get() == 3
     })
@@ -254,7 +254,7 @@ async fn an_account_at_its_connection_cap_is_refused_and_may_retry_once_one_clos
     // Another account is not affected.
     let (_bob, _b) = h.account(1).await;
     let open = h.r.metrics.connections_open.get();
-    d1.conn.close(0u8.into(), b"bye");
+    d1.quic().close(0u8.into(), b"bye");
     h.until("the closed connection counted out", |m| {
         m.connections_open.get() == open - 1
     })
@@ -588,7 +588,7 @@ async fn refusals_are_counted_under_their_own_code_and_closing_is_no_refusal() {
     // Clients closing in every ordinary way: closing the connection, finishing the session
     // stream, and going away without a word.
     let open = h.r.metrics.connections_open.get();
-    a.conn.close(0u8.into(), b"bye");
+    a.quic().close(0u8.into(), b"bye");
     let b = h.client_from(BLOCK_A).await;
     b.authenticate(&alice, 1).await;
     let mut c = Raw::connect(&h).await;

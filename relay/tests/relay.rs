@@ -17,8 +17,9 @@ use hush_relay::limits;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A client over QUIC, or over TLS on TCP with `HUSH_TEST_TRANSPORT=tcp`.
 async fn client(r: &hush_relay::Running) -> Client {
-    Client::connect(r.addr, &r.fingerprint).await
+    Client::connect_over(test_transport(), r).await
 }
 
 fn ok(k: &server_frame::Kind) {
@@ -113,7 +114,7 @@ async fn accounts_devices_and_list_rotation(store: StoreKind, dir: &Path) {
     if let Some(ev) = a2.try_event(WAIT).await {
         assert!(matches!(ev, server_frame::Kind::Revoked(_)), "{ev:?}");
     }
-    assert_eq!(a2.closed().await, Some(u64::from(limits::close::REVOKED)));
+    a2.closed_with(limits::close::REVOKED).await;
     // It can no longer authenticate, and nothing can be sent to it.
     let a2b = client(&r).await;
     let res = a2b.authenticate_with(alice.id(), 2, &removed_key).await;
@@ -219,10 +220,7 @@ async fn authentication_is_bound_and_checked(store: StoreKind, dir: &Path) {
     {
         assert_eq!(error_of(&res).0, ErrorCode::AuthFailed);
     }
-    assert_eq!(
-        anon.closed().await,
-        Some(u64::from(limits::close::PROTOCOL))
-    );
+    anon.closed_with(limits::close::PROTOCOL).await;
     r.stop().await;
 }
 
@@ -521,7 +519,7 @@ async fn push_wake_ups_are_content_free(store: StoreKind, dir: &Path) {
         }))
         .await;
     assert_eq!(error_of(&bad).0, ErrorCode::Malformed);
-    b.conn.close(0u8.into(), b"");
+    b.close();
     // Wait until the relay has seen Bob go (only Alice's connection left).
     for _ in 0..2000 {
         if r.metrics.connections_open.get() == 1 {
@@ -737,7 +735,7 @@ async fn rate_limits_and_caps_refuse_with_their_errors(store: StoreKind, dir: &P
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(b.closed().await, Some(u64::from(limits::close::PROTOCOL)));
+    b.closed_with(limits::close::PROTOCOL).await;
     // The relay keeps serving the others.
     ok(&a.request(client_frame::Kind::Ping(api::Ping {})).await);
     let text = reqwest_metrics(r.metrics_addr.unwrap()).await;
@@ -773,7 +771,7 @@ async fn malformed_and_unknown_frames_get_typed_errors(store: StoreKind, dir: &P
     let survivor = client(&r).await;
     survivor.create(&TestAccount::new(1), 1).await;
     a.send_raw(vec![0, 0, 0, 3, 0xff, 0xff, 0xff]);
-    assert_eq!(a.closed().await, Some(u64::from(limits::close::PROTOCOL)));
+    a.closed_with(limits::close::PROTOCOL).await;
     ok(&survivor
         .request(client_frame::Kind::Ping(api::Ping {}))
         .await);
@@ -909,7 +907,7 @@ async fn a_device_connecting_again_replaces_its_old_connection(store: StoreKind,
     new.authenticate(&bob, 1).await;
     assert!(new.catch_up().await.is_empty());
     // The old connection is closed with "replaced"; its end does not unregister the new one.
-    assert_eq!(old.closed().await, Some(u64::from(limits::close::REPLACED)));
+    old.closed_with(limits::close::REPLACED).await;
     let res = a.send(random(), bob.id(), &[1], b"to the new one").await;
     assert!(matches!(res, server_frame::Kind::Sent(_)), "{res:?}");
     assert_eq!(new.next_delivery().await.body, b"to the new one");
@@ -1724,7 +1722,7 @@ async fn a_recovering_device_publishes_its_accounts_list_before_authenticating(
     if let Some(ev) = a1.try_event(WAIT).await {
         assert!(matches!(ev, server_frame::Kind::Revoked(_)), "{ev:?}");
     }
-    assert_eq!(a1.closed().await, Some(u64::from(limits::close::REVOKED)));
+    a1.closed_with(limits::close::REVOKED).await;
     let a5 = client(&r).await;
     a5.authenticate(&alice, 5).await;
     assert!(a5.catch_up().await.is_empty());

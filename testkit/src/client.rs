@@ -1,17 +1,19 @@
-//! A raw client of the relay protocol for tests: QUIC with a pinned certificate, the control
-//! stream with request/response matching, unsolicited frames, blob streams. It sends whatever a
-//! test asks, malformed frames included, and panics where a test would fail.
+//! A raw client of the relay protocol for tests: QUIC (or TLS over TCP) with a pinned
+//! certificate, the control stream with request/response matching, unsolicited frames, blob
+//! streams. It sends whatever a test asks, malformed frames included, and panics where a test
+//! would fail.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use ed25519_dalek::{Signer, SigningKey};
-use hush_net::client::{self, ConnError, Connection, Options, Unsolicited};
+use hush_net::client::{self, ConnError, Connection, Options, Transport, Unsolicited};
 use hush_net::frame;
 use hush_proto::relay_api::{
     self as api, BlobRequest, BlobResponse, ServerFrame, blob_request, blob_response, client_frame,
     server_frame,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::WAIT;
@@ -24,12 +26,36 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest frame a test client accepts.
 const MAX_FRAME: usize = 4 << 20;
 
+/// The transport of the clients of transport-neutral tests: QUIC, or TLS over TCP when
+/// `HUSH_TEST_TRANSPORT=tcp` (so a suite runs over either: docs/RELAY_PROTOCOL.md §17).
+pub fn test_transport() -> Transport {
+    match std::env::var("HUSH_TEST_TRANSPORT").as_deref() {
+        Ok("tcp") => Transport::Tcp,
+        _ => Transport::Quic,
+    }
+}
+
+/// The sending half of a blob stream or connection.
+pub type BlobWrite = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+/// The receiving half of a blob stream or connection.
+pub type BlobRead = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+/// The connection options of test clients.
+fn options() -> Options {
+    Options {
+        server_name: "localhost".to_owned(),
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        max_frame: MAX_FRAME,
+        // Tests watch how the relay closes a connection.
+        close_when_stream_ends: false,
+        tcp_keep_alive: None,
+    }
+}
+
 /// One connection to the relay.
 pub struct Client {
-    /// Its endpoint.
-    pub endpoint: quinn::Endpoint,
-    /// The QUIC connection.
-    pub conn: quinn::Connection,
+    /// Its QUIC endpoint; `None` over TCP.
+    pub endpoint: Option<quinn::Endpoint>,
     net: Connection,
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<ServerFrame>>,
 }
@@ -51,25 +77,80 @@ impl Client {
         let cc = client::client_config(pin, KEEP_ALIVE, None).unwrap();
         let endpoint = client::endpoint(bind, None, cc).unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
-        let options = Options {
-            server_name: "localhost".to_owned(),
-            handshake_timeout: HANDSHAKE_TIMEOUT,
-            max_frame: MAX_FRAME,
-            // Tests watch how the relay closes a connection.
-            close_when_stream_ends: false,
-        };
         let events = Unsolicited::Handler(Box::new(move |f| {
             let _ = tx.send(f);
         }));
-        let (net, _reader) = Connection::connect(&endpoint, addr, &options, events)
+        let (net, _reader) = Connection::connect(&endpoint, addr, &options(), events)
             .await
             .ok()?;
         Some(Self {
-            endpoint,
-            conn: net.quic().clone(),
+            endpoint: Some(endpoint),
             net,
             events: tokio::sync::Mutex::new(rx),
         })
+    }
+
+    /// Connects over TLS on TCP to `addr` (the relay's TCP address), or panics.
+    pub async fn connect_tcp(addr: SocketAddr, pin: &str) -> Self {
+        Self::try_connect_tcp(addr, pin)
+            .await
+            .expect("cannot connect over TCP")
+    }
+
+    /// As `connect_tcp`; `None` if the relay cannot be reached.
+    pub async fn try_connect_tcp(addr: SocketAddr, pin: &str) -> Option<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let events = Unsolicited::Handler(Box::new(move |f| {
+            let _ = tx.send(f);
+        }));
+        let (net, _reader) = Connection::connect_tcp(addr, pin, &options(), events)
+            .await
+            .ok()?;
+        Some(Self {
+            endpoint: None,
+            net,
+            events: tokio::sync::Mutex::new(rx),
+        })
+    }
+
+    /// Connects over `transport` to the relay (its QUIC or its TCP address), or panics.
+    pub async fn connect_over(transport: Transport, relay: &hush_relay::Running) -> Self {
+        match transport {
+            Transport::Quic => Self::connect(relay.addr, &relay.fingerprint).await,
+            Transport::Tcp => {
+                let tcp = relay.tcp_addr.expect("the relay listens on TCP");
+                Self::connect_tcp(tcp, &relay.fingerprint).await
+            }
+        }
+    }
+
+    /// Waits until the relay closes this connection, and checks it closed with `code` over QUIC
+    /// (TCP carries no close code: there the connection's end is all there is to see).
+    pub async fn closed_with(&self, code: u32) {
+        let got = self.closed().await;
+        if self.transport() == Transport::Quic {
+            assert_eq!(got, Some(u64::from(code)), "close code");
+        }
+    }
+
+    /// Closes the connection from the client's side (code 0 over QUIC).
+    pub fn close(&self) {
+        self.net.close(b"");
+    }
+
+    /// The QUIC connection (panics over TCP).
+    pub fn quic(&self) -> &quinn::Connection {
+        self.net.quic().expect("a QUIC connection")
+    }
+
+    /// What carries this connection.
+    pub fn transport(&self) -> Transport {
+        self.net.transport()
+    }
+
+    /// Whether the connection is still open.
+    pub fn is_open(&self) -> bool {
+        self.net.is_open()
     }
 
     /// Sends raw bytes on the control stream.
@@ -240,7 +321,7 @@ impl Client {
         id: &[u8],
         capability: &[u8],
     ) -> BlobResponse {
-        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+        let (mut send, mut recv) = self.blob_channel().await;
         frame::write(
             &mut send,
             &BlobRequest {
@@ -255,7 +336,7 @@ impl Client {
         .unwrap();
         // The relay may refuse before reading everything.
         let _ = send.write_all(data).await;
-        let _ = send.finish();
+        let _ = send.shutdown().await;
         tokio::time::timeout(WAIT, frame::read::<BlobResponse, _>(&mut recv, 1 << 16))
             .await
             .unwrap()
@@ -263,7 +344,7 @@ impl Client {
     }
 
     pub async fn download_blob(&self, id: &[u8], cap: &[u8]) -> Result<Vec<u8>, api::Error> {
-        let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+        let (mut send, mut recv) = self.blob_channel().await;
         frame::write(
             &mut send,
             &BlobRequest {
@@ -275,7 +356,7 @@ impl Client {
         )
         .await
         .unwrap();
-        let _ = send.finish();
+        let _ = send.shutdown().await;
         let r: BlobResponse = tokio::time::timeout(WAIT, frame::read(&mut recv, 1 << 16))
             .await
             .unwrap()
@@ -283,7 +364,11 @@ impl Client {
         match r.kind.unwrap() {
             blob_response::Kind::Error(e) => Err(e),
             blob_response::Kind::Found(f) => {
-                let data = recv.read_to_end(200 << 20).await.unwrap();
+                let mut data = Vec::new();
+                tokio::time::timeout(WAIT, recv.read_to_end(&mut data))
+                    .await
+                    .unwrap()
+                    .unwrap();
                 assert_eq!(data.len() as u64, f.size);
                 Ok(data)
             }
@@ -291,12 +376,28 @@ impl Client {
         }
     }
 
-    /// Waits until the relay closes this connection; returns the application close code.
+    /// A new blob stream (QUIC) or blob connection (TLS over TCP), as its two halves.
+    pub async fn blob_channel(&self) -> (BlobWrite, BlobRead) {
+        match self.net.open_tcp_blob().await {
+            Some(tls) => {
+                let (r, w) = tokio::io::split(tls.expect("a blob connection"));
+                (Box::new(w), Box::new(r))
+            }
+            None => {
+                let (w, r) = self.quic().open_bi().await.unwrap();
+                (Box::new(w), Box::new(r))
+            }
+        }
+    }
+
+    /// Waits until the relay closes this connection; returns the application close code (`None`
+    /// over TCP, which carries none).
     pub async fn closed(&self) -> Option<u64> {
-        match tokio::time::timeout(WAIT, self.conn.closed())
-            .await
-            .unwrap()
-        {
+        let Some(conn) = self.net.quic() else {
+            tokio::time::timeout(WAIT, self.net.closed()).await.unwrap();
+            return None;
+        };
+        match tokio::time::timeout(WAIT, conn.closed()).await.unwrap() {
             quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
             _ => None,
         }

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use account::{TestAccount, random, sign_auth, sign_username};
-pub use client::{Client, error_of};
+pub use client::{Client, error_of, test_transport};
 pub use clock::OffsetClock;
 pub use process::{RelayProcess, relay_binary};
 pub use relay::{TestRelay, test_config};

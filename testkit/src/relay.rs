@@ -4,15 +4,17 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use hush_relay::config::{Config, RateLimit, StoreKind};
+use hush_relay::config::{Config, RateLimit, StoreKind, TcpListen};
 
-/// A relay configuration for tests: `127.0.0.1:0`, metrics on `127.0.0.1:0`, every rate limit
+/// A relay configuration for tests: `127.0.0.1:0` (QUIC, and TLS over TCP on a port of its own), metrics on `127.0.0.1:0`, every rate limit
 /// far above what a test does, plain-HTTP push allowed, and one address block allowed as many
 /// connections as tests make (every test client connects from 127.0.0.1).
 pub fn test_config(store: StoreKind, dir: &Path) -> Config {
     let mut cfg = Config {
         data_dir: dir.to_path_buf(),
         listen: any_port(),
+        // A port of its own: the UDP port's number may be taken over TCP on a busy host.
+        tcp_listen: TcpListen::At(any_port()),
         metrics_listen: Some(any_port()),
         store,
         ..Config::default()
@@ -92,6 +94,13 @@ impl TestRelay {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.running.addr
+    }
+
+    /// Where it listens for TLS over TCP.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.running
+            .tcp_addr
+            .expect("the test relay listens on TCP")
     }
 
     /// The certificate fingerprint clients pin.

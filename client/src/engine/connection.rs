@@ -197,7 +197,8 @@ pub(super) async fn serve_connection(inner: &Arc<Inner>) -> Result<(), ClientErr
     inner.emit(Event::Connection(false));
     // The relay closes a revoked device's connection with its own code; the `Revoked` frame
     // before it may not have been read.
-    if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.quic().close_reason()
+    if let Some(quinn::ConnectionError::ApplicationClosed(c)) =
+        conn.quic().and_then(quinn::Connection::close_reason)
         && c.error_code == quinn::VarInt::from_u32(REVOKED_CLOSE)
         && !inner.shutdown.is_cancelled()
     {

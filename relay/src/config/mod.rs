@@ -43,7 +43,7 @@ mod value;
 mod tests;
 
 pub use settings::{Config, PushConfig, RateLimits, SETTINGS};
-pub use value::{RateLimit, StoreKind};
+pub use value::{RateLimit, StoreKind, TcpListen};
 
 use settings::Setting;
 

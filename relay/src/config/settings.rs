@@ -15,7 +15,7 @@ use super::value::{
     Check, DAY_MS, SettingValue, any, cert_names, key_prefix, positive, rate, redis_nodes,
     some_path, some_text, v4_bits, v6_bits,
 };
-use super::{RateLimit, StoreKind};
+use super::{RateLimit, StoreKind, TcpListen};
 
 /// One setting, as the table defines it.
 pub(crate) struct Setting {
@@ -259,6 +259,10 @@ settings! {
         /// QUIC address (UDP).
         listen: SocketAddr = SocketAddr::from(([0u16; 8], 4433));
             "ADDR", "QUIC listen address (UDP)", any;
+        /// TLS 1.3 over TCP, for networks that block UDP (docs/RELAY_PROTOCOL.md §17): `same`
+        /// (the address and port number of `listen`, over TCP), another address, or `off`.
+        tcp_listen: TcpListen = TcpListen::Same;
+            "ADDR|same|off", "TLS-over-TCP listen address, \"same\" (listen's, over TCP) or \"off\"", any;
         /// `/metrics` and `/health` (TCP), or `off`.
         metrics_listen: Option<SocketAddr> = Some(SocketAddr::from(([127, 0, 0, 1], 9464)));
             "ADDR|off", "Metrics listen address (TCP), or \"off\"", any;

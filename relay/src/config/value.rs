@@ -254,6 +254,70 @@ impl SettingValue for Vec<String> {
     }
 }
 
+/// Where the relay listens for TLS over TCP (docs/RELAY_PROTOCOL.md §17).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TcpListen {
+    /// The address and port number of `listen`, over TCP.
+    #[default]
+    Same,
+    /// No TCP listener: QUIC only.
+    Off,
+    /// This address.
+    At(SocketAddr),
+}
+
+impl TcpListen {
+    /// The address to bind, given the QUIC address `listen`; `None` when off.
+    pub fn resolve(self, listen: SocketAddr) -> Option<SocketAddr> {
+        match self {
+            Self::Same => Some(listen),
+            Self::Off => None,
+            Self::At(a) => Some(a),
+        }
+    }
+}
+
+impl SettingValue for TcpListen {
+    fn from_text(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t.eq_ignore_ascii_case("same") {
+            Ok(Self::Same)
+        } else if t.eq_ignore_ascii_case("off") {
+            Ok(Self::Off)
+        } else {
+            parse_addr(t)
+                .map(Self::At)
+                .map_err(|e| format!("{e} (or \"same\", or \"off\")"))
+        }
+    }
+
+    fn set_from_toml(&mut self, value: toml::Value) -> Result<(), String> {
+        *self = Self::from_text(&from_toml::<String>(value)?)?;
+        Ok(())
+    }
+
+    fn to_text(&self) -> String {
+        match self {
+            Self::Same => "same".into(),
+            Self::Off => "off".into(),
+            Self::At(a) => a.to_string(),
+        }
+    }
+
+    fn to_toml(&self) -> toml::Value {
+        toml::Value::String(self.to_text())
+    }
+
+    #[cfg(test)]
+    fn variant(&self, n: u32) -> Self {
+        match (self, n % 2) {
+            (Self::At(_), 0) => Self::Off,
+            (Self::At(_), _) => Self::Same,
+            _ => Self::At(SocketAddr::from(([127, 0, 0, 1], 4500)).variant(n)),
+        }
+    }
+}
+
 /// The storage backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

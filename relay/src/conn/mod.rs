@@ -50,7 +50,7 @@ use hush_proto::relay_api::{
 use prost::Message;
 use tokio::sync::mpsc;
 
-pub(crate) use shell::serve;
+pub(crate) use shell::{serve, serve_tcp};
 
 use crate::admit::{AccountSlot, LinkGuard};
 use crate::limits::{self, close};

@@ -193,11 +193,13 @@ pub enum Timeout {
     Frame,
     /// The client did not take what the relay wrote on the control stream.
     Write,
+    /// A connection over TLS on TCP sent nothing for the idle timeout.
+    Idle,
 }
 
 impl Timeout {
     /// Every kind, in rendering order.
-    pub const ALL: [Timeout; 3] = [Timeout::Auth, Timeout::Frame, Timeout::Write];
+    pub const ALL: [Timeout; 4] = [Timeout::Auth, Timeout::Frame, Timeout::Write, Timeout::Idle];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -205,6 +207,30 @@ impl Timeout {
             Timeout::Auth => "auth",
             Timeout::Frame => "frame",
             Timeout::Write => "write",
+            Timeout::Idle => "idle",
+        }
+    }
+}
+
+/// Which transport carries a connection: the `transport` label of
+/// `connections_by_transport_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// QUIC (UDP).
+    Quic,
+    /// TLS 1.3 over TCP.
+    Tcp,
+}
+
+impl Transport {
+    /// Every transport, in rendering order.
+    pub const ALL: [Transport; 2] = [Transport::Quic, Transport::Tcp];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Tcp => "tcp",
         }
     }
 }
@@ -246,7 +272,7 @@ macro_rules! label_value {
     )*};
 }
 
-label_value!(RefusalReason, Timeout, KeyLimit);
+label_value!(RefusalReason, Timeout, KeyLimit, Transport);
 
 /// The label set of `refusals_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -260,6 +286,13 @@ pub struct ReasonLabel {
 pub struct KindLabel {
     /// Which deadline.
     pub kind: Timeout,
+}
+
+/// The label set of `connections_by_transport_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// Which transport.
+    pub transport: Transport,
 }
 
 /// The label set of `one_time_keys_withheld_total`.
@@ -320,6 +353,14 @@ closed_family!(
     Timeout,
     KindLabel,
     kind
+);
+
+closed_family!(
+    /// Connections accepted, by transport.
+    ByTransport,
+    Transport,
+    TransportLabel,
+    transport
 );
 
 closed_family!(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use prometheus_client::registry::{Registry, Unit};
 
-use super::labels::{Refusals, Timeouts, Withheld};
+use super::labels::{ByTransport, Refusals, Timeouts, Withheld};
 use super::{Counter, Gauge, Histogram};
 use crate::push::PushStats;
 
@@ -107,6 +107,8 @@ pub struct Metrics {
     pub refusals: Refusals,
     /// Connections closed on a deadline, by kind.
     pub timeouts: Timeouts,
+    /// Connections accepted, by transport (QUIC or TLS over TCP).
+    pub connections_by_transport: ByTransport,
     /// Device links waiting to be taken.
     pub links_pending: Gauge,
     /// Connections authenticated as a device now (the others are anonymous or not yet
@@ -166,6 +168,7 @@ impl Metrics {
             flush_batch: Histogram::new(FLUSH_BATCH_BUCKETS.iter().copied()),
             refusals: Refusals::default(),
             timeouts: Timeouts::default(),
+            connections_by_transport: ByTransport::default(),
             links_pending: Gauge::default(),
             connections_authenticated: Gauge::default(),
             push: Arc::new(PushStats::default()),
@@ -365,6 +368,11 @@ impl Metrics {
             "connection_timeouts",
             "Connections closed on a deadline, by kind.",
             self.timeouts.family(),
+        );
+        r.register(
+            "connections_by_transport",
+            "Client connections accepted, by transport.",
+            self.connections_by_transport.family(),
         );
         r.register(
             "links_pending",

@@ -13,7 +13,9 @@ pub mod labels;
 pub mod metrics;
 pub mod server;
 
-pub use labels::{KeyLimit, RefusalReason, Refusals, Timeout, Timeouts, Withheld};
+pub use labels::{
+    ByTransport, KeyLimit, RefusalReason, Refusals, Timeout, Timeouts, Transport, Withheld,
+};
 pub use metrics::{FLUSH_BATCH_BUCKETS, FLUSH_LATENCY_BUCKETS, Metrics};
 pub use prometheus_client::metrics::counter::Counter;
 pub use prometheus_client::metrics::gauge::Gauge;
