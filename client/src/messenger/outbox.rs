@@ -10,6 +10,7 @@ use prost::Message;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::history::History;
 use super::receive::record;
 use super::status::{MessageStatus, status_of};
 use super::{Conversation, MessageId, Messenger, MessengerEvent, Shared, conversation_of};
@@ -160,16 +161,21 @@ impl Shared {
                 .collect();
             let mut changed = false;
             let mut undelivered = Vec::new();
-            self.update_own(id, |s| {
-                let before = s.undelivered.clone();
-                // Those tried again are replaced by this try's outcome; others stay.
-                s.undelivered
-                    .retain(|u| tried.as_ref().is_some_and(|t| !t.contains(&u.account)));
-                s.undelivered.extend(now.iter().cloned());
-                changed = s.undelivered != before;
-                undelivered.clone_from(&s.undelivered);
-                s.sent = true;
-            })?;
+            let mut h = self.lock_history()?;
+            h.update_where(
+                id,
+                |_, s| self.is_own(s),
+                |s| {
+                    let before = s.undelivered.clone();
+                    // Those tried again are replaced by this try's outcome; others stay.
+                    s.undelivered
+                        .retain(|u| tried.as_ref().is_some_and(|t| !t.contains(&u.account)));
+                    s.undelivered.extend(now.iter().cloned());
+                    changed = s.undelivered != before;
+                    undelivered.clone_from(&s.undelivered);
+                    s.sent = true;
+                },
+            )?;
             if changed {
                 self.emit(MessengerEvent::Undelivered {
                     conversation: conv,
@@ -186,29 +192,37 @@ impl Shared {
                         .collect(),
                 });
             }
+            if !was_sent {
+                self.tell_sent(&h, conv, id);
+            }
         } else {
-            self.update_own(id, |s| s.sent = true)?;
+            let mut h = self.lock_history()?;
+            h.update_where(id, |_, s| self.is_own(s), |s| s.sent = true)?;
+            if !was_sent {
+                self.tell_sent(&h, conv, id);
+            }
         }
         if !was_sent {
-            // Receipts may have come before the relay's answer to the send: the status they
-            // made is told now (delivered or read, not only sent). Read and told under the
-            // history lock, so that no receipt's event comes between and the events follow
-            // the stored state.
-            {
-                let h = self.lock_history()?;
-                let status = h
-                    .get_from(id, &self.own_sender())
-                    .and_then(|(_, s)| status_of(&s))
-                    .unwrap_or(MessageStatus::Sent);
-                self.emit(MessengerEvent::Status {
-                    conversation: conv,
-                    message_ids: vec![*id],
-                    status,
-                });
-            }
             self.sync_sent(peer, m).await;
         }
         Ok(())
+    }
+
+    /// Tells the app where a message that has just reached the relay stands. Receipts may have
+    /// come before the relay's answer to the send: the status they made is told now (delivered
+    /// or read, not only sent). Called with the history lock held since the message was marked
+    /// sent, and receipts tell their steps under that lock too: each step is told once, and the
+    /// events follow the stored state.
+    fn tell_sent(&self, h: &History, conv: Conversation, id: &MessageId) {
+        let status = h
+            .get_from(id, &self.own_sender())
+            .and_then(|(_, s)| status_of(&s))
+            .unwrap_or(MessageStatus::Sent);
+        self.emit(MessengerEvent::Status {
+            conversation: conv,
+            message_ids: vec![*id],
+            status,
+        });
     }
 
     /// Stores a message as failed for good and tells the app.

@@ -224,13 +224,15 @@ impl Shared {
                             moved.entry((c, st)).or_default().push(mid);
                         }
                     }
-                }
-                for ((conversation, status), message_ids) in moved {
-                    self.emit(MessengerEvent::Status {
-                        conversation,
-                        message_ids,
-                        status,
-                    });
+                    // Told under the history lock, as the outbox tells a message's status
+                    // once the relay took it: no step is told twice or out of order.
+                    for ((conversation, status), message_ids) in moved {
+                        self.emit(MessengerEvent::Status {
+                            conversation,
+                            message_ids,
+                            status,
+                        });
+                    }
                 }
             }
             Some(app_message::Kind::HistoryTransfer(_)) if own => {

@@ -125,6 +125,15 @@ def status_for(message_id, status, seen=None):
     return pick
 
 
+ALL_STEPS = [MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ]
+
+
+def once_in_order(steps):
+    """Each step told once and never backwards, ending read. `SENT` may be overtaken: a receipt
+    that arrives before the relay's acknowledgement is told collapsed into the later state."""
+    return steps in (ALL_STEPS, ALL_STEPS[1:])
+
+
 async def bad_input():
     """Whatever the host passes, the answer is an exception with a clear message."""
     listener = Listener("nobody")
@@ -184,7 +193,7 @@ async def main():
     await bob.mark_read(to_alice)
     await a_events.wait_async("read", status_for(first, MessageStatus.READ, steps))
     steps = [s for _, s in steps.values()]
-    assert steps == [MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ], steps
+    assert once_in_order(steps), steps
     mine = alice.history(to_bob, None, 10)
     assert [m.id for m in mine] == [first] and mine[0].status == MessageStatus.READ, mine
 
@@ -366,7 +375,7 @@ async def main():
     await alice.mark_read(to_bob)
     await b_events.wait_async("read once", status_for(both, MessageStatus.READ, steps))
     steps = [s for _, s in steps.values()]
-    assert steps == [MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ], steps
+    assert once_in_order(steps), steps
     assert bob.message(both).status == MessageStatus.READ
 
     # A removed device is told, and says so on every call that needs the relay.
