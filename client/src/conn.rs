@@ -5,8 +5,8 @@
 //! block UDP. [`RelayConnection::connect`] races them happy-eyeballs style: the transport that
 //! last worked for this relay address (QUIC the first time) starts at once, the other after
 //! [`FALLBACK_DELAY`] (or as soon as the first fails), and the first to complete its handshake
-//! is kept, the other dropped. What worked is remembered per relay address for the life of the
-//! process.
+//! is kept, the other dropped. What worked is remembered per relay address and network (see
+//! [`set_network`]) for the life of the process.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -46,6 +46,54 @@ const EVENT_QUEUE: usize = 4096;
 
 /// How long the preferred transport has alone before the other one is tried too.
 pub const FALLBACK_DELAY: Duration = Duration::from_millis(250);
+/// Keep-alive interval of [`Liveness::Background`]: under the 30 s after which many NATs and
+/// firewalls forget an idle UDP flow, and rare enough that the radio sleeps in between.
+pub const BACKGROUND_KEEP_ALIVE: Duration = Duration::from_secs(25);
+/// Idle timeout of [`Liveness::Background`]: two keep-alives lost in a row, below the relay's
+/// default idle timeout (60 s).
+pub const BACKGROUND_IDLE_TIMEOUT: Duration = Duration::from_secs(55);
+/// Longest a QUIC reachability probe (made while connected over TCP) may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How eagerly a connection proves that the relay is still there: noticing a dead link fast
+/// costs radio time, which a phone pays in battery (docs/MOBILE.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Liveness {
+    /// In the foreground, or on a desktop: a keep-alive after [`KEEP_ALIVE`] without traffic,
+    /// and a link silent for [`IDLE_TIMEOUT`] is dead (noticed within about 8 s).
+    #[default]
+    Interactive,
+    /// Kept connected in the background (an app without a push service): a keep-alive every
+    /// [`BACKGROUND_KEEP_ALIVE`], dead after [`BACKGROUND_IDLE_TIMEOUT`] of silence.
+    Background,
+}
+
+impl Liveness {
+    /// The keep-alive interval (QUIC PING; over TCP a `Ping` request).
+    pub fn keep_alive(self) -> Duration {
+        match self {
+            Self::Interactive => KEEP_ALIVE,
+            Self::Background => BACKGROUND_KEEP_ALIVE,
+        }
+    }
+
+    /// How long a silent link is given before it is declared dead.
+    pub fn idle_timeout(self) -> Duration {
+        match self {
+            Self::Interactive => IDLE_TIMEOUT,
+            Self::Background => BACKGROUND_IDLE_TIMEOUT,
+        }
+    }
+
+    /// Over TCP, which has no keep-alive of its own: a `Ping` after this long, and the
+    /// connection is dead if its answer does not come within as long again.
+    fn tcp_ping(self) -> Duration {
+        match self {
+            Self::Interactive => KEEP_ALIVE.max(IDLE_TIMEOUT),
+            Self::Background => BACKGROUND_KEEP_ALIVE,
+        }
+    }
+}
 
 /// Where a relay listens: QUIC (UDP) and TLS over TCP, usually on the same port number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -66,19 +114,70 @@ impl RelayAddrs {
     }
 }
 
-/// The transport that last worked, per relay (QUIC address).
-fn preferred() -> &'static Mutex<HashMap<SocketAddr, Transport>> {
-    static PREFERRED: OnceLock<Mutex<HashMap<SocketAddr, Transport>>> = OnceLock::new();
+/// The transport that last worked, per relay (QUIC address) and network.
+fn preferred() -> &'static Mutex<HashMap<(SocketAddr, String), Transport>> {
+    static PREFERRED: OnceLock<Mutex<HashMap<(SocketAddr, String), Transport>>> = OnceLock::new();
     PREFERRED.get_or_init(Mutex::default)
 }
 
-/// The transport that last worked for the relay at `quic` in this process, if any.
+/// The network the device is on now, as the app names it (see [`set_network`]).
+fn network() -> &'static Mutex<String> {
+    static NETWORK: OnceLock<Mutex<String>> = OnceLock::new();
+    NETWORK.get_or_init(Mutex::default)
+}
+
+/// Tells which network the device is on now: an identifier the app chooses (a hash of the
+/// Wi-Fi network's name, "cellular", ...; empty when unknown). The transport that worked is
+/// remembered per relay and per network, so a phone that moves from a network blocking UDP to
+/// one that does not starts with QUIC there again. Names are never sent anywhere.
+pub fn set_network(id: &str) {
+    let mut n = network().lock().unwrap_or_else(PoisonError::into_inner);
+    if *n != id {
+        id.clone_into(&mut n);
+    }
+}
+
+fn current_network() -> String {
+    network()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+/// The transport that last worked for the relay at `quic` on the current network in this
+/// process, if any.
 pub fn remembered_transport(quic: SocketAddr) -> Option<Transport> {
     preferred()
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .get(&quic)
+        .get(&(quic, current_network()))
         .copied()
+}
+
+/// Remembers `transport` as the one that works for the relay at `quic` on the current network.
+pub fn remember_transport(quic: SocketAddr, transport: Transport) {
+    preferred()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert((quic, current_network()), transport);
+}
+
+/// Whether a QUIC handshake with the relay at `addr` completes within [`PROBE_TIMEOUT`]
+/// (nothing is sent on the connection; it is closed at once). A client on TLS over TCP asks
+/// this now and then to move back to QUIC once UDP gets through again.
+pub async fn quic_answers(addr: SocketAddr, pin: &str) -> bool {
+    let options = Options {
+        handshake_timeout: PROBE_TIMEOUT,
+        max_frame: MAX_SERVER_FRAME,
+        ..Options::default()
+    };
+    match connect_quic(addr, pin, &options, Liveness::Interactive).await {
+        Ok((conn, _endpoint, _events)) => {
+            conn.close(b"probe");
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// Progress of a blob transfer: told (bytes done, bytes in all) as it goes, from 0 to the total.
@@ -152,18 +251,28 @@ impl RelayConnection {
         addrs: RelayAddrs,
         pin: &str,
     ) -> Result<(Self, mpsc::Receiver<server_frame::Kind>), ClientError> {
+        Self::connect_with(addrs, pin, Liveness::Interactive).await
+    }
+
+    /// As [`Self::connect_to`], keeping the link alive as `liveness` says.
+    pub async fn connect_with(
+        addrs: RelayAddrs,
+        pin: &str,
+        liveness: Liveness,
+    ) -> Result<(Self, mpsc::Receiver<server_frame::Kind>), ClientError> {
         let options = Options {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             max_frame: MAX_SERVER_FRAME,
-            tcp_keep_alive: Some(KEEP_ALIVE.max(IDLE_TIMEOUT)),
+            tcp_keep_alive: Some(liveness.tcp_ping()),
             ..Options::default()
         };
         let Some(tcp) = addrs.tcp else {
-            let (inner, endpoint, events) = connect_quic(addrs.quic, pin, &options).await?;
+            let (inner, endpoint, events) =
+                connect_quic(addrs.quic, pin, &options, liveness).await?;
             return Ok((Self::made(addrs.quic, inner, endpoint), events));
         };
         let first = remembered_transport(addrs.quic).unwrap_or(Transport::Quic);
-        let quic = connect_quic(addrs.quic, pin, &options);
+        let quic = connect_quic(addrs.quic, pin, &options, liveness);
         let tcp = connect_tcp(tcp, pin, &options);
         let won = match first {
             Transport::Quic => race(quic, tcp).await,
@@ -175,12 +284,40 @@ impl RelayConnection {
 
     fn made(quic: SocketAddr, inner: Connection, endpoint: Option<quinn::Endpoint>) -> Self {
         let transport = inner.transport();
-        preferred()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(quic, transport);
+        remember_transport(quic, transport);
         tracing::info!(transport = %transport, "connected to the relay");
         Self { endpoint, inner }
+    }
+
+    /// Moves a QUIC connection to a fresh UDP socket (connection migration: the relay follows
+    /// the new address after validating it, and nothing in flight is lost). Called when the
+    /// device changed networks, whose old address may be gone. Returns the new local address;
+    /// `None` over TCP, which cannot migrate (its caller dials again instead).
+    pub fn rebind(&self) -> Result<Option<SocketAddr>, ClientError> {
+        let (Some(endpoint), Some(quic)) = (&self.endpoint, self.inner.quic()) else {
+            return Ok(None);
+        };
+        let socket = std::net::UdpSocket::bind(client::any_local(quic.remote_address()))
+            .map_err(ClientError::unreachable)?;
+        endpoint.rebind(socket).map_err(ClientError::unreachable)?;
+        let local = endpoint.local_addr().map_err(ClientError::unreachable)?;
+        tracing::info!("connection moved to a new local address");
+        Ok(Some(local))
+    }
+
+    /// This side's address of a QUIC connection (`None` over TCP).
+    pub fn local_quic_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.as_ref().and_then(|e| e.local_addr().ok())
+    }
+
+    /// Acknowledges deliveries without waiting for the answer: the frame is queued on the
+    /// control stream before this returns, so a later request's answer proves the relay
+    /// processed it (requests are processed in order).
+    pub fn ack_now(&self, seqs: Vec<u64>) -> Result<(), ClientError> {
+        self.inner
+            .request_with(client_frame::Kind::Ack(api::Ack { seqs }), Box::new(|_| {}))
+            .map(|_| ())
+            .map_err(ClientError::from)
     }
 
     /// The QUIC connection; `None` over TCP.
@@ -515,8 +652,13 @@ where
 }
 
 /// A QUIC connection to `addr`.
-async fn connect_quic(addr: SocketAddr, pin: &str, options: &Options) -> Result<Made, ClientError> {
-    let cc = client::client_config(pin, KEEP_ALIVE, Some(IDLE_TIMEOUT))?;
+async fn connect_quic(
+    addr: SocketAddr,
+    pin: &str,
+    options: &Options,
+    liveness: Liveness,
+) -> Result<Made, ClientError> {
+    let cc = client::client_config(pin, liveness.keep_alive(), Some(liveness.idle_timeout()))?;
     let endpoint = client::endpoint(client::any_local(addr), None, cc)?;
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     let (inner, _reader) =

@@ -14,6 +14,7 @@ pub mod profile;
 
 pub use engine::{
     ConnectionState, Engine, EngineConfig, Event, GroupDelivery, GroupFailure, LinkOffer,
+    NetworkMove,
 };
 pub use error::{ClientError, Refusal};
 pub use messenger::{Conversation, Messenger, MessengerEvent};

@@ -9,7 +9,10 @@ mod client;
 mod error;
 mod types;
 
-pub use client::{HushClient, HushListener, MAX_HISTORY_PAGE, MAX_WAIT_MS};
+pub use client::{
+    HushClient, HushListener, LinkInfo, LinkState, Liveness, MAX_HISTORY_PAGE, MAX_WAIT_MS,
+    NetworkMove, Transport, WakeReport,
+};
 pub use error::{HushError, ListenerError};
 pub use types::{
     AccountInfo, ClientConfig, Contact, Conversation, GroupInfo, HushEvent, HushMessage,

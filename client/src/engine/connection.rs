@@ -19,9 +19,36 @@ use super::{
 /// connection).
 pub(super) const UPKEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
-/// Connects, authenticates, publishes pre-keys; then serves until the connection ends.
-pub(super) async fn serve_connection(inner: &Arc<Inner>) -> Result<(), ClientError> {
-    let (conn, mut events) = RelayConnection::connect(inner.relay, &inner.pin).await?;
+/// Why a served connection ended without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// Shut down, or this device was revoked.
+    Stopped,
+    /// The relay asked for the reconnection (it drains).
+    Drained,
+    /// The app suspended the engine.
+    Suspended,
+    /// Dial again at once (the network or the liveness changed, or QUIC answers again).
+    Redial,
+}
+
+/// A connection that is set up: authenticated, pre-keys and push endpoint published, group logs
+/// read.
+type Established = (
+    Arc<RelayConnection>,
+    tokio::sync::mpsc::Receiver<server_frame::Kind>,
+);
+
+/// Connects, authenticates and publishes pre-keys; `None` if the relay said this device was
+/// revoked.
+pub(super) async fn establish(inner: &Arc<Inner>) -> Result<Option<Established>, ClientError> {
+    let liveness = *inner.liveness.lock().map_err(|_| ClientError::Closed)?;
+    let (conn, events) = RelayConnection::connect_with(
+        crate::conn::RelayAddrs::same(inner.relay),
+        &inner.pin,
+        liveness,
+    )
+    .await?;
     let conn = Arc::new(conn);
     let (account, device_id) = {
         let d = inner.lock()?;
@@ -45,7 +72,7 @@ pub(super) async fn serve_connection(inner: &Arc<Inner>) -> Result<(), ClientErr
                 tracing::warn!("this device is no longer on its account's list; stopping");
                 conn.close();
                 inner.revoke();
-                return Ok(());
+                return Ok(None);
             }
             r => r?,
         }
@@ -76,6 +103,46 @@ pub(super) async fn serve_connection(inner: &Arc<Inner>) -> Result<(), ClientErr
     if let Err(e) = inner.sync_all_group_logs(&conn).await {
         tracing::warn!(error = %e, "group logs not read");
     }
+    Ok(Some((conn, events)))
+}
+
+/// The QUIC retry delay while on TCP: the configured period, ±25 %.
+fn quic_retry_due(inner: &Inner) -> tokio::time::Instant {
+    let every = inner.quic_retry.lock().map_or(super::QUIC_RETRY, |d| *d);
+    tokio::time::Instant::now() + every.mul_f64(rng().random_range(0.75..1.25))
+}
+
+/// Waits for the QUIC probe under way, if any (forever when there is none).
+async fn probe_result(
+    probe: &mut Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>>>,
+) -> bool {
+    match probe {
+        Some(p) => p.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends a connection cleanly: a `Ping` whose answer proves that the relay processed every
+/// acknowledgement sent before it (requests are processed in order), so nothing delivered is
+/// delivered again; then closes it.
+async fn close_cleanly(conn: &RelayConnection) {
+    let _ = tokio::time::timeout(
+        super::SUSPEND_WAIT,
+        conn.request(client_frame::Kind::Ping(api::Ping {})),
+    )
+    .await;
+    conn.close();
+}
+
+/// Serves an established connection until it ends.
+pub(super) async fn serve(
+    inner: &Arc<Inner>,
+    conn: Arc<RelayConnection>,
+    mut events: tokio::sync::mpsc::Receiver<server_frame::Kind>,
+) -> Result<Ended, ClientError> {
+    let mut suspended = inner.suspended.subscribe();
+    let mut redial = inner.redial.subscribe();
+    redial.borrow_and_update();
     inner.conn.send_replace(Some(Arc::clone(&conn)));
     inner.state.send_replace(ConnectionState::Online);
     inner.emit(Event::Connection(true));
@@ -87,13 +154,41 @@ pub(super) async fn serve_connection(inner: &Arc<Inner>) -> Result<(), ClientErr
         tokio::time::Instant::now() + UPKEEP_INTERVAL,
         UPKEEP_INTERVAL,
     );
+    // Over TCP, QUIC is tried again now and then; it takes over once it answers.
+    let on_tcp = conn.transport() == crate::conn::Transport::Tcp;
+    let mut retry_quic = on_tcp.then(|| quic_retry_due(inner));
+    let mut probe: Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>>> = None;
     let result = loop {
         let next_due = waiting.iter().map(|w| w.due).min();
         let heal_due = inner.lock()?.next_retry_request_at().map(|at| {
             tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
         });
         let ev = tokio::select! {
-            () = inner.shutdown.cancelled() => break Ok(()),
+            () = inner.shutdown.cancelled() => break Ok(Ended::Stopped),
+            () = until(&mut suspended, true) => {
+                close_cleanly(&conn).await;
+                break Ok(Ended::Suspended);
+            }
+            _ = redial.changed() => {
+                close_cleanly(&conn).await;
+                break Ok(Ended::Redial);
+            }
+            () = sleep_until(retry_quic), if probe.is_none() => {
+                retry_quic = None;
+                probe = Some(Box::pin(crate::conn::quic_answers(inner.relay, &inner.pin)));
+                continue;
+            }
+            answered = probe_result(&mut probe) => {
+                probe = None;
+                if answered {
+                    tracing::info!("QUIC answers again; leaving TCP");
+                    crate::conn::remember_transport(inner.relay, crate::conn::Transport::Quic);
+                    close_cleanly(&conn).await;
+                    break Ok(Ended::Redial);
+                }
+                retry_quic = Some(quic_retry_due(inner));
+                continue;
+            }
             () = sleep_until(heal_due) => {
                 inner.heal(&conn).await;
                 continue;
@@ -158,7 +253,10 @@ pub(super) async fn serve_connection(inner: &Arc<Inner>) -> Result<(), ClientErr
                 // Never stored by the relay: nothing to acknowledge or to try again.
                 let _ = inner.deliver(&conn, &d, true).await;
             }
-            Some(server_frame::Kind::QueueDrained(_)) => inner.emit(Event::CaughtUp),
+            Some(server_frame::Kind::QueueDrained(_)) => {
+                inner.emit(Event::CaughtUp);
+                inner.caught_up.send_modify(|n| *n = n.wrapping_add(1));
+            }
             Some(server_frame::Kind::PreKeysLow(low)) => {
                 // The relay tells once per low spell (and again after an upload that ended it),
                 // so every notice is acted on.
@@ -185,10 +283,10 @@ pub(super) async fn serve_connection(inner: &Arc<Inner>) -> Result<(), ClientErr
                     }
                 }
             }
-            Some(server_frame::Kind::Drain(_)) => break Ok(()),
+            Some(server_frame::Kind::Drain(_)) => break Ok(Ended::Drained),
             Some(server_frame::Kind::Revoked(_)) => {
                 inner.revoke();
-                break Ok(());
+                break Ok(Ended::Stopped);
             }
             Some(_) => {}
         }
@@ -210,14 +308,18 @@ pub(super) async fn serve_connection(inner: &Arc<Inner>) -> Result<(), ClientErr
 
 /// Acknowledges a settled delivery. The answer is not waited for, so the next delivery is not
 /// held up by a round trip (a lost ack only means a re-delivery, which client-core rejects as a
-/// duplicate).
+/// duplicate); the frame is queued before this returns, so a clean close confirms it.
 pub(super) fn ack(conn: &Arc<RelayConnection>, seq: u64) {
-    let c = Arc::clone(conn);
-    tokio::spawn(async move {
-        let _ = c
-            .request(client_frame::Kind::Ack(api::Ack { seqs: vec![seq] }))
-            .await;
-    });
+    if let Err(e) = conn.ack_now(vec![seq]) {
+        tracing::debug!(error = %e, "acknowledgement not sent; the relay delivers it again");
+    }
+}
+
+/// Waits until `flag` holds `value` (forever if its sender is gone).
+async fn until(flag: &mut tokio::sync::watch::Receiver<bool>, value: bool) {
+    if flag.wait_for(|v| *v == value).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Sleeps until `due`, or forever when there is nothing to wait for.
@@ -231,26 +333,58 @@ pub(super) async fn sleep_until(due: Option<tokio::time::Instant>) {
 /// The relay's close code for a revoked device (docs/RELAY_PROTOCOL.md §2).
 pub(super) const REVOKED_CLOSE: u32 = 2;
 
-/// Keeps the engine connected until shutdown.
+/// Keeps the engine connected until shutdown, except while the app suspends it.
 pub(super) async fn run(inner: Arc<Inner>) {
     let mut backoff = MIN_BACKOFF;
+    let mut suspended = inner.suspended.subscribe();
+    let mut redial = inner.redial.subscribe();
     while !inner.shutdown.is_cancelled() {
+        if *suspended.borrow_and_update() {
+            inner.state.send_replace(ConnectionState::Suspended);
+            tokio::select! {
+                () = inner.shutdown.cancelled() => break,
+                () = until(&mut suspended, false) => {}
+            }
+            // Resumed: the first attempt is made at once.
+            inner.state.send_replace(ConnectionState::Connecting);
+            backoff = MIN_BACKOFF;
+            continue;
+        }
+        redial.borrow_and_update();
         let started = tokio::time::Instant::now();
-        // Shutdown also cuts short a connection attempt to an unreachable relay.
-        let ended = tokio::select! {
-            r = serve_connection(&inner) => r,
+        // Shutdown, suspension and a network change also cut short a connection attempt (to an
+        // unreachable relay, or over a network that is gone).
+        let established = tokio::select! {
+            r = establish(&inner) => r,
             () = inner.shutdown.cancelled() => break,
+            () = until(&mut suspended, true) => continue,
+            _ = redial.changed() => {
+                backoff = MIN_BACKOFF;
+                continue;
+            }
         };
+        let ended = match established {
+            Ok(Some((conn, events))) => serve(&inner, conn, events).await,
+            Ok(None) => Ok(Ended::Stopped),
+            Err(e) => Err(e),
+        };
+        if inner.shutdown.is_cancelled() {
+            break;
+        }
         let drained = match ended {
-            Ok(()) => true,
+            Ok(Ended::Suspended | Ended::Stopped) => continue,
+            Ok(Ended::Redial) => {
+                // Dialled again at once; the app keeps working offline meanwhile.
+                inner.state.send_replace(ConnectionState::Offline);
+                backoff = MIN_BACKOFF;
+                continue;
+            }
+            Ok(Ended::Drained) => true,
             Err(e) => {
                 tracing::debug!(error = %e, "relay connection ended");
                 false
             }
         };
-        if inner.shutdown.is_cancelled() {
-            break;
-        }
         // Until the next attempt gets through, the app works offline (its sends wait in the
         // outbox).
         inner.state.send_replace(ConnectionState::Offline);
@@ -264,6 +398,12 @@ pub(super) async fn run(inner: Arc<Inner>) {
         tokio::select! {
             () = inner.shutdown.cancelled() => break,
             () = tokio::time::sleep(wait) => {}
+            // Suspended meanwhile (the loop's top waits), or a new network: no reason to wait.
+            () = until(&mut suspended, true) => continue,
+            _ = redial.changed() => {
+                backoff = MIN_BACKOFF;
+                continue;
+            }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }

@@ -20,13 +20,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
-use crate::conn::RelayConnection;
+use crate::conn::{Liveness, RelayConnection};
 use crate::error::ClientError;
 
 mod backup;
 mod blobs;
 mod connection;
 mod groups;
+mod lifecycle;
 mod link;
 mod receive;
 mod sealed;
@@ -36,6 +37,7 @@ use crate::profile::{DB_DIR, GROUP_SYNC_FILE};
 pub use backup::{MAX_ARCHIVE_BLOB, Recovered, open_archive, seal_archive};
 use connection::run;
 pub use groups::{GroupDelivery, GroupFailure};
+pub use lifecycle::NetworkMove;
 pub use link::LinkOffer;
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`], with ±50 % jitter.
@@ -44,6 +46,12 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long an operation waits for a connection before failing with `Disconnected`.
 pub(crate) const CONNECT_WAIT: Duration = Duration::from_secs(30);
+/// How often QUIC is tried again while connected over TCP (±25 % jitter), so that a client
+/// that fell back moves back once UDP gets through. A network change tries at once.
+pub const QUIC_RETRY: Duration = Duration::from_secs(5 * 60);
+/// Longest [`Engine::suspend`] waits for the connection to close cleanly (its acknowledgements
+/// confirmed by the relay) before it is cut.
+pub const SUSPEND_WAIT: Duration = Duration::from_secs(3);
 
 /// The engine's link to the relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +62,9 @@ pub enum ConnectionState {
     Online,
     /// The last attempt failed or the connection ended; the engine keeps trying with backoff.
     Offline,
+    /// Suspended by the app ([`Engine::suspend`]): no connection and no attempt until
+    /// [`Engine::resume`] (or a [`Engine::wake`]).
+    Suspended,
 }
 
 /// At-rest subkey label of the device store (`db/`); the history has its own
@@ -246,6 +257,18 @@ pub(crate) struct Inner {
     shutdown: CancellationToken,
     /// Set once the relay said this device was removed from its account.
     revoked: std::sync::atomic::AtomicBool,
+    /// Whether the app suspended the engine (see [`Engine::suspend`]).
+    suspended: watch::Sender<bool>,
+    /// Bumped to end the current connection (or attempt, or wait) and dial again at once: the
+    /// network changed, the liveness changed, or QUIC answers again while on TCP.
+    redial: watch::Sender<u64>,
+    /// Bumped each time the relay said the queue of this device is drained (`QueueDrained`),
+    /// after every delivery before it was processed.
+    caught_up: watch::Sender<u64>,
+    /// How the connection is kept alive (used from the next connection on).
+    liveness: Mutex<Liveness>,
+    /// How often QUIC is tried again while connected over TCP.
+    quic_retry: Mutex<Duration>,
 }
 
 /// A running engine. Dropping it (or [`Engine::shutdown`]) stops its connection task.
@@ -340,6 +363,11 @@ impl Engine {
             events,
             shutdown: CancellationToken::new(),
             revoked: std::sync::atomic::AtomicBool::new(false),
+            suspended: watch::channel(false).0,
+            redial: watch::channel(0).0,
+            caught_up: watch::channel(0).0,
+            liveness: Mutex::new(Liveness::default()),
+            quic_retry: Mutex::new(QUIC_RETRY),
         });
         // Messages decrypted before the engine last stopped but not yet taken by the app.
         match inner.lock().and_then(|d| Ok(d.pending_messages()?)) {

@@ -28,6 +28,7 @@ mod attachments;
 mod backup;
 mod compose;
 mod history;
+mod lifecycle;
 mod outbox;
 mod receive;
 mod status;
@@ -38,6 +39,7 @@ pub use backup::{
     MAX_TRANSFER_PER_CONVERSATION, Restored,
 };
 use history::{History, conv_part, open_history};
+pub use lifecycle::WakeReport;
 use receive::pump;
 pub use status::{MessageStatus, status_of};
 
@@ -341,6 +343,11 @@ struct Shared {
     app_state: Mutex<AppState>,
     /// One backup at a time.
     backing_up: tokio::sync::Mutex<()>,
+    /// Bumped once the engine's `CaughtUp` is handled: every message delivered before it is
+    /// stored and its delivery receipt sent (or tried).
+    caught_up: tokio::sync::watch::Sender<u64>,
+    /// Messages from others stored so far (what a wake-up reports).
+    received: AtomicU64,
 }
 
 /// The messenger of one device.
@@ -447,6 +454,8 @@ impl Messenger {
             teller_again: AtomicBool::new(false),
             app_state: Mutex::new(AppState::default()),
             backing_up: tokio::sync::Mutex::new(()),
+            caught_up: tokio::sync::watch::channel(0).0,
+            received: AtomicU64::new(0),
         });
         shared
             .outbox_sends

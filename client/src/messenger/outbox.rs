@@ -331,6 +331,7 @@ impl Shared {
                     if let Ok(mut w) = self.working.lock() {
                         w.remove(&conv);
                     }
+                    self.changed.send_modify(|c| *c = c.wrapping_add(1));
                     return;
                 }
             }
@@ -344,6 +345,9 @@ impl Shared {
                         // Done, under the lock a new message's kick takes: it either set
                         // `again` before this, or starts a new worker after.
                         working.remove(&conv);
+                        drop(working);
+                        // Waiters for an empty outbox look again.
+                        self.changed.send_modify(|c| *c = c.wrapping_add(1));
                         return;
                     }
                 }

@@ -106,7 +106,10 @@ pub(super) async fn pump(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ev
                     forked: true,
                 });
             }
-            Event::CaughtUp => shared.emit(MessengerEvent::CaughtUp),
+            Event::CaughtUp => {
+                shared.emit(MessengerEvent::CaughtUp);
+                shared.caught_up.send_modify(|n| *n = n.wrapping_add(1));
+            }
             Event::Undecryptable { from, group } => shared.emit(MessengerEvent::Undecryptable {
                 conversation: group.map_or(Conversation::Direct(from.account), Conversation::Group),
                 from,
@@ -309,6 +312,7 @@ impl Shared {
                         message: Box::new(saved),
                     });
                     if !own {
+                        self.received.fetch_add(1, Ordering::Relaxed);
                         // The message is stored: a receipt that cannot go now is not a reason
                         // to process it again (which would find it stored and never send it).
                         if let Err(e) = self.send_receipt(&from.account, false, vec![id]).await {

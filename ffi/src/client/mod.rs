@@ -13,6 +13,9 @@ use zeroize::Zeroize;
 
 mod account;
 mod conversations;
+mod lifecycle;
+
+pub use lifecycle::{LinkInfo, LinkState, Liveness, NetworkMove, Transport, WakeReport};
 
 use crate::error::{HushError, ListenerError};
 use crate::types::{AccountInfo, ClientConfig, HushEvent};
