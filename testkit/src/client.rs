@@ -124,6 +124,15 @@ impl Client {
         }
     }
 
+    /// Connects over `transport` to the relay binary run as `relay`, or panics. It listens for
+    /// TLS over TCP at the address and port number of QUIC (`tcp_listen` `same`, its default).
+    pub async fn connect_to_process(transport: Transport, relay: &crate::RelayProcess) -> Self {
+        match transport {
+            Transport::Quic => Self::connect(relay.addr, &relay.pin).await,
+            Transport::Tcp => Self::connect_tcp(relay.addr, &relay.pin).await,
+        }
+    }
+
     /// Waits until the relay closes this connection, and checks it closed with `code` over QUIC
     /// (TCP carries no close code: there the connection's end is all there is to see).
     pub async fn closed_with(&self, code: u32) {
