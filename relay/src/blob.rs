@@ -16,6 +16,7 @@
 //! end of the connection without TLS `close_notify`, and finishing is `close_notify`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hush_net::frame::FrameError;
@@ -63,18 +64,20 @@ impl BlobRecv for quinn::RecvStream {
 }
 
 /// The sending half of a blob connection over TCP. A reset ends it without `close_notify` (the
-/// client sees the stream cut short; TCP carries no code).
+/// client sees the stream cut short; TCP carries no code); `reset` tells the connection so once
+/// the transfer is over.
 pub(crate) struct TcpBlobSend<W> {
     inner: W,
-    reset: bool,
+    reset: Arc<AtomicBool>,
 }
 
 impl<W> TcpBlobSend<W> {
-    pub(crate) fn new(inner: W) -> Self {
-        Self {
-            inner,
-            reset: false,
-        }
+    pub(crate) fn new(inner: W, reset: Arc<AtomicBool>) -> Self {
+        Self { inner, reset }
+    }
+
+    fn is_reset(&self) -> bool {
+        self.reset.load(Ordering::Relaxed)
     }
 }
 
@@ -84,7 +87,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for TcpBlobSend<W> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.reset {
+        if self.is_reset() {
             return std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
         }
         std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
@@ -107,11 +110,11 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for TcpBlobSend<W> {
 
 impl<W: AsyncWrite + Unpin + Send> BlobSend for TcpBlobSend<W> {
     fn reset(&mut self, _code: u32) {
-        self.reset = true;
+        self.reset.store(true, Ordering::Relaxed);
     }
 
     async fn finish(&mut self) {
-        if !self.reset {
+        if !self.is_reset() {
             let _ = tokio::time::timeout(
                 Duration::from_millis(limits::WRITE_TIMEOUT_MS),
                 self.inner.shutdown(),

@@ -293,7 +293,7 @@ async fn serve_tcp(
     };
     match tls.get_ref().1.alpn_protocol() {
         Some(hush_net::TCP_ALPN) => crate::conn::serve_tcp(relay, tls, peer.ip(), shutdown).await,
-        Some(hush_net::TCP_BLOB_ALPN) => blob_connection(relay, tls).await,
+        Some(hush_net::TCP_BLOB_ALPN) => blob_connection(relay, tls, shutdown).await,
         _ => tracing::debug!("TLS connection without the protocol's ALPN; closed"),
     }
 }
@@ -304,6 +304,7 @@ async fn serve_tcp(
 async fn blob_connection(
     relay: Arc<Relay>,
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    shutdown: CancellationToken,
 ) {
     use tokio::io::AsyncReadExt;
     relay.metrics.connections_total.inc();
@@ -311,7 +312,7 @@ async fn blob_connection(
         .metrics
         .connections_by_transport
         .inc(crate::ops::Transport::Tcp);
-    let (mut rd, wr) = tokio::io::split(tls);
+    let (mut rd, mut wr) = tokio::io::split(tls);
     let mut key = [0u8; hush_net::TCP_BLOB_KEY_LEN];
     let deadline = Duration::from_millis(relay.cfg.blob_request_timeout_ms);
     match tokio::time::timeout(deadline, rd.read_exact(&mut key)).await {
@@ -322,13 +323,33 @@ async fn blob_connection(
         }
     }
     let who = relay.blob_keys.caller(&key);
+    let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
     crate::blob::stream(
         Arc::clone(&relay),
         who,
-        crate::blob::TcpBlobSend::new(wr),
-        crate::blob::TcpBlobRecv(rd),
+        crate::blob::TcpBlobSend::new(&mut wr, Arc::clone(&reset)),
+        crate::blob::TcpBlobRecv(&mut rd),
     )
     .await;
+    if reset.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    // The transfer ended cleanly: what the client still sends (its `close_notify` after a
+    // download request, the rest of an upload that was refused) is read and dropped until it
+    // ends its side, within a chunk deadline, before the socket is closed. A TCP socket closed
+    // with data unread resets the connection, and the reset throws away the end of the answer
+    // still on its way to the client. A relay that drains does not wait for it.
+    let drain = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = rd.read(&mut buf).await
+            && n > 0
+        {}
+    };
+    let deadline = Duration::from_millis(relay.cfg.blob_chunk_timeout_ms);
+    tokio::select! {
+        _ = tokio::time::timeout(deadline, drain) => {}
+        () = shutdown.cancelled() => {}
+    }
 }
 
 /// A connection from an address block that holds its cap: completes the handshake only to

@@ -4,6 +4,11 @@
 //! What `relay.rs` already covers (a wrong key, a signature made for another connection, a reused
 //! challenge, stale, forged and foreign device lists, the per-device rate limits, a frame over the
 //! cap, garbage protobuf, an empty request, the connection cap) is not repeated here.
+//!
+//! The attacks in the protocol's own frames and blob requests run over QUIC, or over TLS on TCP
+//! with `HUSH_TEST_TRANSPORT=tcp` (docs/RELAY_PROTOCOL.md §17). Those on QUIC itself (streams,
+//! handshakes, address validation) always run over QUIC, and their counterparts on TCP (blob
+//! connections, TCP and TLS handshakes), named `..._over_tcp`, always over TCP.
 #![cfg(test)]
 #![allow(clippy::disallowed_methods)]
 
@@ -12,14 +17,18 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::raw::{Raw, quic_endpoint, server_name, tcp_from, tls_connector, tls_refused};
 use common::*;
+use hush_net::client::Transport;
 use hush_proto::relay_api::{
-    self as api, BlobRequest, BlobResponse, ClientFrame, ErrorCode, ServerFrame, blob_request,
-    blob_response, client_frame, server_frame,
+    self as api, BlobRequest, BlobResponse, ClientFrame, ErrorCode, blob_request, blob_response,
+    client_frame, server_frame,
 };
 use hush_relay::config::{Config, RateLimit as Rate, StoreKind};
+use hush_relay::ops::{RefusalReason, Timeout};
 use hush_relay::{Running, frame, limits};
 use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A relay with two honest clients, Alice and Bob, connected and authenticated.
 struct Honest {
@@ -38,10 +47,10 @@ async fn honest_with(f: impl FnOnce(&mut Config)) -> Honest {
     let r = hush_relay::start(cfg).await.unwrap();
     let alice = TestAccount::new(1);
     let bob = TestAccount::new(1);
-    let a = Client::connect(r.addr, &r.fingerprint).await;
+    let a = test_client(&r).await;
     a.create(&alice, 1).await;
     assert!(a.catch_up().await.is_empty());
-    let b = Client::connect(r.addr, &r.fingerprint).await;
+    let b = test_client(&r).await;
     b.create(&bob, 1).await;
     assert!(b.catch_up().await.is_empty());
     Honest {
@@ -60,13 +69,18 @@ async fn honest() -> Honest {
 
 impl Honest {
     async fn client(&self) -> Client {
-        Client::connect(self.r.addr, &self.r.fingerprint).await
+        test_client(&self.r).await
     }
 
     /// A new account with `devices` devices, created on the relay; its first device connected.
     async fn account(&self, devices: u32) -> (TestAccount, Client) {
+        self.account_over(test_transport(), devices).await
+    }
+
+    /// As `account`, its device connected over `transport`.
+    async fn account_over(&self, transport: Transport, devices: u32) -> (TestAccount, Client) {
         let acc = TestAccount::new(devices);
-        let c = self.client().await;
+        let c = Client::connect_over(transport, &self.r).await;
         c.create(&acc, 1).await;
         assert!(c.catch_up().await.is_empty());
         (acc, c)
@@ -99,122 +113,12 @@ fn ok(k: &server_frame::Kind) {
     );
 }
 
-/// A client endpoint pinned to the relay, with an optional small receive window (to make a
-/// client that reads slowly fill it quickly).
+/// A QUIC client endpoint on 127.0.0.1 pinned to the relay.
 fn endpoint(pin: &str, window: Option<u32>) -> quinn::Endpoint {
-    let tls = hush_relay::tls::pinned_client_config(pin, limits::ALPN).unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    if let Some(w) = window {
-        transport.stream_receive_window(w.into());
-        transport.receive_window((2 * w).into());
-    }
-    cc.transport_config(Arc::new(transport));
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(cc);
-    ep
+    quic_endpoint(hush_testkit::relay::any_port(), pin, window)
 }
 
-/// A connection driven by hand: the control stream is written and read directly.
-struct Raw {
-    _ep: quinn::Endpoint,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-}
-
-impl Raw {
-    async fn connect(r: &Running, window: Option<u32>) -> Self {
-        let ep = endpoint(&r.fingerprint, window);
-        let conn = ep.connect(r.addr, "localhost").unwrap().await.unwrap();
-        let (send, recv) = conn.open_bi().await.unwrap();
-        Self {
-            _ep: ep,
-            conn,
-            send,
-            recv,
-        }
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        self.send.write_all(bytes).await.unwrap();
-    }
-
-    async fn read(&mut self) -> Option<ServerFrame> {
-        tokio::time::timeout(WAIT, frame::read::<ServerFrame, _>(&mut self.recv, 4 << 20))
-            .await
-            .expect("nothing from the relay in time")
-            .ok()
-    }
-
-    async fn request(&mut self, request_id: u64, kind: client_frame::Kind) -> server_frame::Kind {
-        self.write(&frame::encode(&ClientFrame {
-            request_id,
-            kind: Some(kind),
-        }))
-        .await;
-        loop {
-            let f = self.read().await.expect("connection closed");
-            if f.request_id == request_id {
-                return f.kind.unwrap();
-            }
-        }
-    }
-
-    async fn authenticate(&mut self, a: &TestAccount, device: u32) {
-        let server_frame::Kind::Challenge(ch) = self
-            .request(1, client_frame::Kind::Hello(api::Hello {}))
-            .await
-        else {
-            panic!("no challenge")
-        };
-        let mut exporter = [0u8; 32];
-        self.conn
-            .export_keying_material(&mut exporter, hush_proto::labels::RELAY_AUTH_EXPORTER, b"")
-            .unwrap();
-        let signature = sign_auth(&exporter, &ch.nonce, a.id(), device, a.device(device));
-        ok(&self
-            .request(
-                2,
-                client_frame::Kind::Authenticate(api::Authenticate {
-                    account: a.id().to_vec(),
-                    device_id: device,
-                    signature,
-                }),
-            )
-            .await);
-    }
-
-    /// After a bad frame: the error frame with `code` (unless the close overtakes it, which QUIC
-    /// allows: unread stream data is dropped on close), then the protocol-violation close.
-    async fn refused_and_closed(&mut self, code: ErrorCode) {
-        while let Some(f) = self.read().await {
-            match f.kind {
-                Some(server_frame::Kind::Error(e)) => {
-                    assert_eq!(e.code(), code, "{e:?}");
-                    assert_eq!(f.request_id, 0);
-                    break;
-                }
-                Some(
-                    server_frame::Kind::Deliver(_)
-                    | server_frame::Kind::QueueDrained(_)
-                    | server_frame::Kind::PreKeysLow(_),
-                ) => {}
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        assert_eq!(
-            self.closed().await,
-            Some(u64::from(limits::close::PROTOCOL))
-        );
-    }
-
-    async fn closed(&self) -> Option<u64> {
-        close_code(&self.conn).await
-    }
-}
-
+/// Waits until the relay closes the QUIC connection `conn`; its application close code.
 async fn close_code(conn: &quinn::Connection) -> Option<u64> {
     match tokio::time::timeout(Duration::from_secs(30), conn.closed())
         .await
@@ -716,7 +620,7 @@ async fn oversized_truncated_and_malformed_frames_get_typed_errors_and_a_close()
         ),
     ];
     for (name, bytes, finish, code) in cases {
-        let mut raw = Raw::connect(&h.r, None).await;
+        let mut raw = Raw::connect(test_transport(), &h.r).await;
         // Half of them after authenticating, half before.
         if name.len() % 2 == 0 {
             let acc = TestAccount::new(1);
@@ -731,7 +635,7 @@ async fn oversized_truncated_and_malformed_frames_get_typed_errors_and_a_close()
         }
         raw.write(&bytes).await;
         if finish {
-            raw.send.finish().unwrap();
+            raw.finish().await;
         }
         raw.refused_and_closed(code).await;
         h.still_serving().await;
@@ -768,25 +672,27 @@ async fn unknown_message_types_are_refused_and_the_connection_stays_usable() {
     }
     ok(&mc.request(client_frame::Kind::Ping(api::Ping {})).await);
     // A blob stream whose request names no kind.
-    let (mut s, mut r) = mc.quic().open_bi().await.unwrap();
+    let (mut s, mut r) = mc.blob_channel().await;
     frame::write(&mut s, &BlobRequest { kind: None })
         .await
         .unwrap();
-    let _ = s.finish();
+    s.shutdown().await.unwrap();
     let resp: BlobResponse = frame::read(&mut r, 1 << 16).await.unwrap();
     let Some(blob_response::Kind::Error(e)) = resp.kind else {
         panic!("{resp:?}")
     };
     assert_eq!(e.code(), ErrorCode::UnknownRequest);
-    // Unidirectional streams are not part of the protocol: the relay grants none.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), mc.quic().open_uni())
-            .await
-            .is_err(),
-        "a unidirectional stream was granted"
-    );
-    // Nor datagrams.
-    assert!(mc.quic().send_datagram(vec![1, 2, 3].into()).is_err());
+    if mc.transport() == Transport::Quic {
+        // Unidirectional streams are not part of the protocol: the relay grants none.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), mc.quic().open_uni())
+                .await
+                .is_err(),
+            "a unidirectional stream was granted"
+        );
+        // Nor datagrams.
+        assert!(mc.quic().send_datagram(vec![1, 2, 3].into()).is_err());
+    }
     ok(&mc.request(client_frame::Kind::Ping(api::Ping {})).await);
     h.still_serving().await;
     h.stop().await;
@@ -795,7 +701,7 @@ async fn unknown_message_types_are_refused_and_the_connection_stays_usable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_streams_are_capped_and_answered_one_by_one() {
     let h = honest().await;
-    let (_m, mc) = h.account(1).await;
+    let (_m, mc) = h.account_over(Transport::Quic, 1).await;
     // Fill every stream the relay grants (the control stream is one) with a request that never
     // completes: the next stream is not granted, and the control stream still works.
     let mut stalled = Vec::new();
@@ -863,17 +769,22 @@ async fn a_slow_reader_is_cut_off_without_losing_its_mail_or_stalling_others() {
     let (sloth, sc) = h.account(1).await;
     drop(sc);
     // 5 MB of mail waits for it: more than its receive window plus the relay's per-connection
-    // buffer.
-    let n = 85u32;
+    // buffer. Over TCP 12 MB: the relay's socket takes a few megabytes of its own.
+    let n = match test_transport() {
+        Transport::Quic => 85u32,
+        Transport::Tcp => 200,
+    };
     for i in 0..n {
         let mut body = vec![0u8; 60 * 1024];
         body[..4].copy_from_slice(&i.to_be_bytes());
         let res = h.a.send(random(), sloth.id(), &[1], &body).await;
         assert!(matches!(res, server_frame::Kind::Sent(_)), "{res:?}");
     }
-    // It authenticates with a 16 KiB window and then never reads.
-    let raw = {
-        let mut raw = Raw::connect(&h.r, Some(16 * 1024)).await;
+    // It authenticates with a 16 KiB window (over TCP: socket receive buffer) and then never
+    // reads.
+    let mut raw = {
+        let any = hush_testkit::relay::any_port();
+        let mut raw = Raw::connect_from(test_transport(), &h.r, any, Some(16 * 1024)).await;
         raw.authenticate(&sloth, 1).await;
         raw
     };
@@ -881,8 +792,19 @@ async fn a_slow_reader_is_cut_off_without_losing_its_mail_or_stalling_others() {
     for _ in 0..3 {
         h.still_serving().await;
     }
-    // The relay gives up on the stuck writer (write timeout) with a protocol close.
-    assert_eq!(raw.closed().await, Some(u64::from(limits::close::PROTOCOL)));
+    // The relay gives up on the stuck writer (write timeout) with a protocol close. (Over TCP
+    // the client sees the end only by reading, which would unstick the writer: it reads once
+    // the relay has given up.)
+    let m = Arc::clone(&h.r.metrics);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while m.timeouts.get(Timeout::Write) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the relay never gave up on the stuck writer");
+    raw.closed_with(limits::close::PROTOCOL).await;
+    assert_eq!(m.timeouts.get(Timeout::Write), 1);
     // Nothing was lost: everything is still queued, in order.
     let c = h.client().await;
     c.authenticate(&sloth, 1).await;
@@ -1010,7 +932,7 @@ async fn blob_requests_beyond_the_caps_are_refused_and_store_nothing() {
         ErrorCode::TooLarge
     );
     // A request frame over its own cap (1 KiB): refused before anything is read after it.
-    let (mut s, mut r) = h.a.quic().open_bi().await.unwrap();
+    let (mut s, mut r) = h.a.blob_channel().await;
     let big = BlobRequest {
         kind: Some(blob_request::Kind::Download(api::BlobDownload {
             id: vec![0; 2000],
@@ -1018,7 +940,7 @@ async fn blob_requests_beyond_the_caps_are_refused_and_store_nothing() {
         })),
     };
     frame::write(&mut s, &big).await.unwrap();
-    let _ = s.finish();
+    s.shutdown().await.unwrap();
     let resp: BlobResponse = tokio::time::timeout(WAIT, frame::read(&mut r, 1 << 16))
         .await
         .unwrap()
@@ -1033,6 +955,183 @@ async fn blob_requests_beyond_the_caps_are_refused_and_store_nothing() {
     };
     assert_eq!(h.b.download_blob(&u.id, &u.capability).await.unwrap(), data);
     assert_eq!(h.r.metrics.blobs_uploaded.get(), 1);
+    h.still_serving().await;
+    h.stop().await;
+}
+
+/// Waits (bounded) until the relay counts `n` connections open.
+async fn until_open(r: &Running, n: i64) {
+    let m = Arc::clone(&r.metrics);
+    tokio::time::timeout(WAIT, async {
+        while m.connections_open.get() != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} connections open, not {n}", m.connections_open.get()));
+}
+
+/// The counterpart over TCP of `thousands_of_streams_are_capped_and_answered_one_by_one`: there
+/// each blob transfer is a connection of its own (docs/RELAY_PROTOCOL.md §17), so blob
+/// connections whose request never completes count against their address block's cap like any
+/// connection; past it the next is refused, the control connection is served throughout, and
+/// hundreds of blob connections with a garbage request each get their typed answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_connections_stop_at_the_block_cap_and_are_answered_one_by_one_over_tcp() {
+    let cap = 20u32;
+    let h = honest_with(|cfg| {
+        cfg.max_connections_per_block = cap;
+        // Long enough that none of the stalled ones is cut off while the block fills.
+        cfg.blob_request_timeout_ms = 120_000;
+    })
+    .await;
+    let (_m, mc) = h.account_over(Transport::Tcp, 1).await;
+    let mc = Arc::new(mc);
+    // Alice, Bob and this control connection hold 3 of the block's connections; blob
+    // connections with half a request length prefix take the rest.
+    let mut stalled = Vec::new();
+    for _ in 3..cap {
+        let (mut s, r) = mc.blob_channel().await;
+        s.write_all(&[0, 0]).await.unwrap();
+        s.flush().await.unwrap();
+        stalled.push((s, r));
+    }
+    until_open(&h.r, i64::from(cap)).await;
+    assert!(
+        tls_refused(
+            hush_testkit::relay::any_port(),
+            &h.r,
+            hush_net::TCP_BLOB_ALPN
+        )
+        .await,
+        "a blob connection past the block's cap was accepted"
+    );
+    let refusals = &h.r.metrics.refusals;
+    assert_eq!(refusals.get(RefusalReason::TooManyConnections), 1);
+    ok(&mc.request(client_frame::Kind::Ping(api::Ping {})).await);
+    h.still_serving().await;
+    // Abandoned, they are counted out.
+    drop(stalled);
+    until_open(&h.r, 3).await;
+    // Then 200 blob connections, 15 at a time (as many as the streams of a QUIC connection),
+    // each with a garbage request: every one gets its typed answer.
+    let total = 200usize;
+    let mut answered = 0usize;
+    while answered < total {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..(limits::MAX_BIDI_STREAMS as usize - 1).min(total - answered) {
+            let mc = Arc::clone(&mc);
+            set.spawn(async move {
+                let (mut s, mut r) = mc.blob_channel().await;
+                s.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
+                s.shutdown().await.unwrap();
+                let resp: BlobResponse = tokio::time::timeout(WAIT, frame::read(&mut r, 1 << 16))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                match resp.kind {
+                    Some(blob_response::Kind::Error(e)) => e.code(),
+                    other => panic!("{other:?}"),
+                }
+            });
+        }
+        while let Some(code) = set.join_next().await {
+            assert_eq!(code.unwrap(), ErrorCode::Malformed);
+            answered += 1;
+        }
+        // Every one of them has ended before the next 15 come.
+        until_open(&h.r, 3).await;
+    }
+    assert_eq!(refusals.get(RefusalReason::TooManyConnections), 1);
+    ok(&mc.request(client_frame::Kind::Ping(api::Ping {})).await);
+    h.still_serving().await;
+    h.stop().await;
+}
+
+/// The counterpart over TCP of `a_flood_of_connections_is_capped_and_idle_ones_are_closed`: TCP
+/// connections that never start or never finish their TLS handshake (a slowloris on the
+/// handshake) and TLS connections that never send a frame count against the connection cap,
+/// the rest of a flood is refused, the honest clients are served throughout, and the relay
+/// closes the stalled ones at their deadlines (the TLS handshake's, then authentication's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_stalled_handshakes_and_silent_connections_is_capped_and_closed_over_tcp() {
+    let cap = 30u32;
+    let h = honest_with(|cfg| cfg.max_connections = cap).await;
+    let tcp = h.r.tcp_addr.unwrap();
+    let any = hush_testkit::relay::any_port;
+    // 14 TCP connections that never finish a TLS handshake: half send nothing, half the first
+    // bytes of a handshake record.
+    let mut stalled = Vec::new();
+    for i in 0..14 {
+        let mut s = tcp_from(any(), tcp, None).await.unwrap();
+        if i % 2 == 1 {
+            s.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+        }
+        stalled.push(s);
+    }
+    until_open(&h.r, 16).await;
+    // Then 30 TLS handshakes at once: 14 find room under the cap; those never send a frame.
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let connector = tls_connector(&h.r.fingerprint, hush_net::TCP_ALPN);
+        set.spawn(async move {
+            let stream = tcp_from(any(), tcp, None).await.ok()?;
+            tokio::time::timeout(WAIT, connector.connect(server_name(), stream))
+                .await
+                .expect("TLS handshake hung")
+                .ok()
+        });
+    }
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    while let Some(r) = set.join_next().await {
+        match r.unwrap() {
+            Some(tls) => accepted.push(tls),
+            None => refused += 1,
+        }
+    }
+    assert_eq!((accepted.len(), refused), (14, 16));
+    assert_eq!(h.r.metrics.connections_refused.get(), 16);
+    h.still_serving().await;
+    // The relay ends every stalled handshake and every silent connection (within the bound of
+    // each wait: the deadlines are 10 s).
+    let mut ends = tokio::task::JoinSet::new();
+    for mut s in stalled {
+        ends.spawn(async move {
+            let mut buf = [0u8; 1024];
+            let end = tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+            end.await.expect("a stalled TLS handshake was never closed");
+        });
+    }
+    for mut tls in accepted {
+        ends.spawn(async move {
+            let mut buf = [0u8; 1024];
+            let end = tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+            end.await
+                .expect("a connection that never authenticated was never closed");
+        });
+    }
+    while let Some(r) = ends.join_next().await {
+        r.unwrap();
+    }
+    // ...and the slots are free again for new clients.
+    until_open(&h.r, 2).await;
+    let (_carol, cc) = h.account_over(Transport::Tcp, 1).await;
+    ok(&cc.request(client_frame::Kind::Ping(api::Ping {})).await);
     h.still_serving().await;
     h.stop().await;
 }

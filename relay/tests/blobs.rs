@@ -1,5 +1,8 @@
-//! Blob streams over QUIC on 127.0.0.1:0: quotas, download rate limits, deadlines, the errors of
-//! odd requests, the files blobs are kept in, and the relay's memory across large uploads.
+//! Blob transfers on 127.0.0.1:0: quotas, download rate limits, deadlines, the errors of odd
+//! requests, the files blobs are kept in, and the relay's memory across large uploads. Over QUIC
+//! blob streams, or over TLS on TCP blob connections with `HUSH_TEST_TRANSPORT=tcp`
+//! (docs/RELAY_PROTOCOL.md §17): where QUIC resets a stream, TCP ends the blob connection
+//! without `close_notify`.
 #![cfg(test)]
 #![allow(clippy::disallowed_methods)]
 
@@ -9,14 +12,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::raw::Raw;
 use common::*;
+use hush_net::client::Transport;
 use hush_proto::relay_api::{
-    self as api, BlobRequest, BlobResponse, ErrorCode, blob_request, blob_response,
+    self as api, BlobRequest, BlobResponse, ErrorCode, blob_request, blob_response, client_frame,
+    server_frame,
 };
 use hush_relay::config::{Config, RateLimit as Rate, StoreKind};
 use hush_relay::ops::RefusalReason;
 use hush_relay::{Running, frame, limits};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn relay_with(store: StoreKind, dir: &Path, f: impl FnOnce(&mut Config)) -> Running {
     relay_on_clock(store, dir, f).await.0
@@ -44,7 +51,7 @@ async fn relay_on_clock(
 /// A new account on the relay, its device 1 connected and caught up.
 async fn account(r: &Running) -> (TestAccount, Client) {
     let acc = TestAccount::new(1);
-    let c = Client::connect(r.addr, &r.fingerprint).await;
+    let c = test_client(r).await;
     c.create(&acc, 1).await;
     assert!(c.catch_up().await.is_empty());
     (acc, c)
@@ -76,23 +83,6 @@ fn blob_files(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-/// Waits until the relay resets the stream (reading whatever came before); returns the code.
-async fn reset_code(recv: &mut quinn::RecvStream) -> u64 {
-    let mut buf = vec![0u8; 64 * 1024];
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match recv.read(&mut buf).await {
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("the stream finished instead of being reset"),
-                Err(quinn::ReadError::Reset(code)) => return code.into_inner(),
-                Err(e) => panic!("unexpected read error {e:?}"),
-            }
-        }
-    })
-    .await
-    .expect("the stream was not reset in time")
 }
 
 /// Waits (bounded) until `f` holds, checking every 20 ms.
@@ -261,7 +251,7 @@ async fn a_stalled_upload_is_reset_after_the_chunk_deadline_and_its_file_removed
     })
     .await;
     let (_a, a) = account(&r).await;
-    let (mut send, mut recv) = a.quic().open_bi().await.unwrap();
+    let (mut send, mut recv) = a.blob_channel().await;
     let req = BlobRequest {
         kind: Some(blob_request::Kind::Upload(api::BlobUpload {
             size: 300 * 1024,
@@ -270,17 +260,16 @@ async fn a_stalled_upload_is_reset_after_the_chunk_deadline_and_its_file_removed
     };
     frame::write(&mut send, &req).await.unwrap();
     send.write_all(&body(100 * 1024, 5)).await.unwrap();
+    send.flush().await.unwrap();
     // The upload's file exists while it runs...
     let d = dir.path().to_path_buf();
     until("the upload's file", || {
         blob_files(&d).iter().any(|f| f.ends_with(".part"))
     })
     .await;
-    // ... then nothing more is sent: the relay resets the stream with its timeout code.
-    assert_eq!(
-        reset_code(&mut recv).await,
-        u64::from(limits::blob_reset::TIMED_OUT)
-    );
+    // ... then nothing more is sent: the relay cuts the transfer short as timed out.
+    a.blob_cut_short(&mut recv, limits::blob_reset::TIMED_OUT)
+        .await;
     assert_eq!(r.metrics.blob_streams_timed_out.get(), 1);
     assert!(
         r.metrics
@@ -307,20 +296,18 @@ async fn a_half_sent_blob_request_is_reset_after_the_request_deadline() {
     .await;
     let (_a, a) = account(&r).await;
     // Half a length prefix; and a whole prefix with half the frame.
-    let (mut s1, mut r1) = a.quic().open_bi().await.unwrap();
+    let (mut s1, mut r1) = a.blob_channel().await;
     s1.write_all(&[0, 0]).await.unwrap();
-    let (mut s2, mut r2) = a.quic().open_bi().await.unwrap();
+    s1.flush().await.unwrap();
+    let (mut s2, mut r2) = a.blob_channel().await;
     s2.write_all(&[0, 0, 0, 40, 1, 2, 3]).await.unwrap();
-    assert_eq!(
-        reset_code(&mut r1).await,
-        u64::from(limits::blob_reset::TIMED_OUT)
-    );
-    assert_eq!(
-        reset_code(&mut r2).await,
-        u64::from(limits::blob_reset::TIMED_OUT)
-    );
+    s2.flush().await.unwrap();
+    a.blob_cut_short(&mut r1, limits::blob_reset::TIMED_OUT)
+        .await;
+    a.blob_cut_short(&mut r2, limits::blob_reset::TIMED_OUT)
+        .await;
     assert_eq!(r.metrics.blob_streams_timed_out.get(), 2);
-    // Their stream slots are free again: the connection still serves blobs.
+    // Their stream slots (or connections) are free again: the connection still serves blobs.
     let data = body(1000, 7);
     let u = uploaded(a.upload_blob(&data, data.len() as u64).await);
     assert_eq!(a.download_blob(&u.id, &u.capability).await.unwrap(), data);
@@ -339,7 +326,22 @@ async fn a_download_the_client_stops_reading_is_reset_after_the_chunk_deadline()
     // Larger than what the client's receive window lets the relay send unread.
     let data = body(12 << 20, 8);
     let u = uploaded(a.upload_blob(&data, data.len() as u64).await);
-    let (mut send, mut recv) = a.quic().open_bi().await.unwrap();
+    // Over TCP, from an anonymous control connection, on a blob connection whose socket takes
+    // little unread.
+    let mut anonymous = None;
+    let (mut send, mut recv) = match test_transport() {
+        Transport::Quic => a.blob_channel().await,
+        Transport::Tcp => {
+            let mut raw = Raw::connect(Transport::Tcp, &r).await;
+            let answer = raw
+                .request(1, client_frame::Kind::Anonymous(api::Anonymous {}))
+                .await;
+            assert!(matches!(answer, server_frame::Kind::Ok(_)), "{answer:?}");
+            let channel = raw.tcp_blob(Some(64 * 1024)).await;
+            anonymous = Some(raw);
+            channel
+        }
+    };
     let req = BlobRequest {
         kind: Some(blob_request::Kind::Download(api::BlobDownload {
             id: u.id.clone(),
@@ -347,7 +349,7 @@ async fn a_download_the_client_stops_reading_is_reset_after_the_chunk_deadline()
         })),
     };
     frame::write(&mut send, &req).await.unwrap();
-    let _ = send.finish();
+    send.shutdown().await.unwrap();
     let found: BlobResponse = frame::read(&mut recv, 1 << 16).await.unwrap();
     assert!(matches!(found.kind, Some(blob_response::Kind::Found(_))));
     // Not reading: the relay's write stalls, and it gives up.
@@ -356,10 +358,9 @@ async fn a_download_the_client_stops_reading_is_reset_after_the_chunk_deadline()
         m.blob_streams_timed_out.get() == 1
     })
     .await;
-    assert_eq!(
-        reset_code(&mut recv).await,
-        u64::from(limits::blob_reset::TIMED_OUT)
-    );
+    a.blob_cut_short(&mut recv, limits::blob_reset::TIMED_OUT)
+        .await;
+    drop(anonymous);
     r.stop().await;
 }
 
@@ -373,7 +374,7 @@ async fn a_zero_size_blob_is_malformed_and_a_4_gib_request_prefix_is_too_large()
     assert!(e.message.contains("empty"), "{}", e.message);
     assert_eq!(r.metrics.refusals.get(RefusalReason::TooLarge), 0);
     // A length prefix of 4 GiB - 1 on a blob stream: too large, as on the control stream.
-    let (mut s, mut rcv) = a.quic().open_bi().await.unwrap();
+    let (mut s, mut rcv) = a.blob_channel().await;
     s.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
     let resp: BlobResponse = tokio::time::timeout(WAIT, frame::read(&mut rcv, 1 << 16))
         .await
@@ -382,7 +383,7 @@ async fn a_zero_size_blob_is_malformed_and_a_4_gib_request_prefix_is_too_large()
     let e = refused(resp);
     assert_eq!(e.code(), ErrorCode::TooLarge);
     // One byte over the request cap is too large as well; at the cap it is read.
-    let (mut s, mut rcv) = a.quic().open_bi().await.unwrap();
+    let (mut s, mut rcv) = a.blob_channel().await;
     let len = u32::try_from(limits::BLOB_REQUEST_MAX + 1).unwrap();
     s.write_all(&len.to_be_bytes()).await.unwrap();
     let resp: BlobResponse = tokio::time::timeout(WAIT, frame::read(&mut rcv, 1 << 16))
@@ -439,7 +440,7 @@ fn rss_kib() -> u64 {
 /// returns the answer and the SHA-256 of what was sent.
 async fn upload_streaming(c: &Client, mib: usize, seed: u8) -> (api::BlobUploaded, [u8; 32]) {
     let size = mib << 20;
-    let (mut send, mut recv) = c.quic().open_bi().await.unwrap();
+    let (mut send, mut recv) = c.blob_channel().await;
     let req = BlobRequest {
         kind: Some(blob_request::Kind::Upload(api::BlobUpload {
             size: size as u64,
@@ -454,7 +455,7 @@ async fn upload_streaming(c: &Client, mib: usize, seed: u8) -> (api::BlobUploade
         hash.update(&piece);
         send.write_all(&piece).await.unwrap();
     }
-    send.finish().unwrap();
+    send.shutdown().await.unwrap();
     let resp: BlobResponse = tokio::time::timeout(WAIT * 6, frame::read(&mut recv, 1 << 16))
         .await
         .unwrap()
@@ -505,7 +506,7 @@ async fn relay_memory_stays_flat_across_sequential_blob_uploads() {
     let secs = started.elapsed().as_secs_f64();
     // The last blob reads back whole, streamed.
     let (u, digest) = (last.0.unwrap(), last.1);
-    let (mut send, mut recv) = a.quic().open_bi().await.unwrap();
+    let (mut send, mut recv) = a.blob_channel().await;
     let req = BlobRequest {
         kind: Some(blob_request::Kind::Download(api::BlobDownload {
             id: u.id.clone(),
@@ -513,17 +514,20 @@ async fn relay_memory_stays_flat_across_sequential_blob_uploads() {
         })),
     };
     frame::write(&mut send, &req).await.unwrap();
-    let _ = send.finish();
+    send.shutdown().await.unwrap();
     let found: BlobResponse = frame::read(&mut recv, 1 << 16).await.unwrap();
     assert!(matches!(found.kind, Some(blob_response::Kind::Found(_))));
     let mut hash = Sha256::new();
     let mut got = 0usize;
     let mut buf = vec![0u8; 64 * 1024];
-    while let Some(n) = tokio::time::timeout(WAIT, recv.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap()
-    {
+    loop {
+        let n = tokio::time::timeout(WAIT, recv.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
         hash.update(&buf[..n]);
         got += n;
     }

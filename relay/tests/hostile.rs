@@ -1,10 +1,15 @@
-//! What a hostile client showed, reproduced over QUIC on 127.0.0.1 and shown to fail now: filling
-//! the table of pending device links from one address block, holding connections per block and
-//! per account, feeding frames too slowly or never finishing them, request ids that make answers
+//! What a hostile client showed, reproduced on 127.0.0.1 and shown to fail now: filling the table
+//! of pending device links from one address block, holding connections per block and per
+//! account, feeding frames too slowly or never finishing them, request ids that make answers
 //! ambiguous, text that is not UTF-8, authenticating again, and metrics that miscounted.
 //!
+//! Over QUIC, or over TLS on TCP with `HUSH_TEST_TRANSPORT=tcp` (docs/RELAY_PROTOCOL.md §17);
+//! tests named `..._over_tcp` always run over TCP.
+//!
 //! Address blocks on loopback: every 127.x.y.z is a loopback address, so clients bound to
-//! 127.0.0.1 and 127.0.1.1 come from two /24 blocks.
+//! 127.0.0.1 and 127.0.1.1 come from two /24 blocks. A test client over TCP cannot choose its
+//! address (it connects from 127.0.0.1, in block A): clients of the other blocks connect over
+//! QUIC, and the caps count connections of both transports alike.
 #![cfg(test)]
 #![allow(clippy::disallowed_methods)]
 
@@ -14,14 +19,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::raw::{Raw, ended, server_name, tcp_from, tls_connector, tls_refused};
 use common::*;
-use hush_proto::relay_api::{
-    self as api, ClientFrame, ErrorCode, ServerFrame, client_frame, server_frame,
-};
+use hush_net::client::Transport;
+use hush_proto::relay_api::{self as api, ClientFrame, ErrorCode, client_frame, server_frame};
 use hush_relay::config::{Config, StoreKind};
 use hush_relay::ops::{RefusalReason, Timeout};
 use hush_relay::{Running, frame, limits};
 use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Outer bound of every wait on the relay.
 const BOUND: Duration = Duration::from_secs(30);
@@ -48,7 +54,12 @@ async fn relay(tune: impl FnOnce(&mut Config)) -> Relay {
 }
 
 impl Relay {
+    /// A client from `bind`: over the test's transport from block A, over QUIC from the others
+    /// (a test client over TCP always connects from 127.0.0.1).
     async fn client_from(&self, bind: &str) -> Client {
+        if test_transport() == Transport::Tcp && bind.starts_with("127.0.0.") {
+            return Client::connect_over(Transport::Tcp, &self.r).await;
+        }
         Client::try_connect_from(from(bind), self.r.addr, &self.r.fingerprint)
             .await
             .expect("cannot connect")
@@ -148,7 +159,7 @@ async fn pending_links_from_one_block_stop_at_its_cap_while_another_block_still_
     }
     // A flooding connection goes: its link goes with it, and the block has room again.
     let gone = filling.remove(0);
-    gone.quic().close(0u8.into(), b"bye");
+    gone.close();
     h.until("the closed connection's link removed", |m| {
         m.links_pending.get() == i64::from(cap) - 1
     })
@@ -189,8 +200,16 @@ async fn a_full_link_table_refuses_with_its_own_error() {
 }
 
 /// Connects from `bind` and expects the relay to close right after the handshake with
-/// `TOO_MANY_CONNECTIONS`.
+/// `TOO_MANY_CONNECTIONS` (over TCP, which has no close codes: right after the TCP handshake,
+/// so that the TLS handshake fails).
 async fn refused_for_its_block(h: &Relay, bind: &str) {
+    if test_transport() == Transport::Tcp {
+        assert!(
+            tls_refused(from(bind), &h.r, hush_net::TCP_ALPN).await,
+            "a connection past the block's cap was accepted"
+        );
+        return;
+    }
     let tls = hush_relay::tls::pinned_client_config(&h.r.fingerprint, limits::ALPN).unwrap();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut ep = quinn::Endpoint::client(from(bind)).unwrap();
@@ -229,7 +248,7 @@ async fn connections_from_one_block_stop_at_its_cap_with_their_close_code() {
     // may still be counted as open for a moment.)
     h.until("four connections open", |m| m.connections_open.get() == 4)
         .await;
-    b1.quic().close(0u8.into(), b"bye");
+    b1.close();
     h.until("the closed connection counted out", |m| {
         m.connections_open.get() == 3
     })
@@ -254,114 +273,13 @@ async fn an_account_at_its_connection_cap_is_refused_and_may_retry_once_one_clos
     // Another account is not affected.
     let (_bob, _b) = h.account(1).await;
     let open = h.r.metrics.connections_open.get();
-    d1.quic().close(0u8.into(), b"bye");
+    d1.close();
     h.until("the closed connection counted out", |m| {
         m.connections_open.get() == open - 1
     })
     .await;
     d3.authenticate(&alice, 3).await;
     h.stop().await;
-}
-
-/// A connection driven by hand: its control stream written directly.
-struct Raw {
-    _ep: quinn::Endpoint,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-}
-
-impl Raw {
-    async fn connect(h: &Relay) -> Self {
-        let tls = hush_relay::tls::pinned_client_config(&h.r.fingerprint, limits::ALPN).unwrap();
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let mut ep = quinn::Endpoint::client(from(BLOCK_A)).unwrap();
-        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        let conn = ep.connect(h.r.addr, "localhost").unwrap().await.unwrap();
-        let (send, recv) = conn.open_bi().await.unwrap();
-        Self {
-            _ep: ep,
-            conn,
-            send,
-            recv,
-        }
-    }
-
-    /// Connects, creates an account of one device and authenticates as it.
-    async fn authenticated(h: &Relay) -> Self {
-        let mut raw = Self::connect(h).await;
-        let acc = TestAccount::new(1);
-        ok(&raw
-            .request(
-                1,
-                client_frame::Kind::CreateAccount(api::CreateAccount {
-                    signed_device_list: acc.signed_list(),
-                }),
-            )
-            .await);
-        let server_frame::Kind::Challenge(ch) = raw
-            .request(2, client_frame::Kind::Hello(api::Hello {}))
-            .await
-        else {
-            panic!("no challenge")
-        };
-        let mut exporter = [0u8; 32];
-        raw.conn
-            .export_keying_material(&mut exporter, hush_proto::labels::RELAY_AUTH_EXPORTER, b"")
-            .unwrap();
-        let signature = sign_auth(&exporter, &ch.nonce, acc.id(), 1, acc.device(1));
-        ok(&raw
-            .request(
-                3,
-                client_frame::Kind::Authenticate(api::Authenticate {
-                    account: acc.id().to_vec(),
-                    device_id: 1,
-                    signature,
-                }),
-            )
-            .await);
-        raw
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        self.send.write_all(bytes).await.unwrap();
-    }
-
-    /// The next frame, or `None` once the stream ends.
-    async fn read(&mut self) -> Option<ServerFrame> {
-        tokio::time::timeout(
-            BOUND,
-            frame::read::<ServerFrame, _>(&mut self.recv, 4 << 20),
-        )
-        .await
-        .expect("nothing from the relay in time")
-        .ok()
-    }
-
-    async fn request(&mut self, request_id: u64, kind: client_frame::Kind) -> server_frame::Kind {
-        self.write(&frame::encode(&ClientFrame {
-            request_id,
-            kind: Some(kind),
-        }))
-        .await;
-        loop {
-            let f = self.read().await.expect("connection closed");
-            if f.request_id == request_id {
-                return f.kind.unwrap();
-            }
-        }
-    }
-
-    /// Reads until the stream ends; returns the error frames sent with request id 0.
-    async fn errors_until_closed(&mut self) -> Vec<ErrorCode> {
-        let mut codes = Vec::new();
-        while let Some(f) = self.read().await {
-            if let (0, Some(server_frame::Kind::Error(e))) = (f.request_id, &f.kind) {
-                codes.push(e.code());
-            }
-        }
-        codes
-    }
 }
 
 /// A Ping frame of exactly `len` bytes (padded with an unknown field), with its header.
@@ -399,30 +317,30 @@ async fn a_frame_fed_one_byte_a_second_is_cut_off_at_its_deadline() {
         c.frame_read_min_bytes_per_sec = 1024;
     })
     .await;
-    let raw = Raw::authenticated(&h).await;
+    let raw = Raw::authenticated(test_transport(), &h.r).await;
     // 64 bytes at one byte a second would take over a minute; the frame's deadline is 1 s plus
     // 64 B at 1 KiB/s.
     let whole = padded_ping(9, 64);
     let Raw {
-        _ep,
-        conn,
+        quic,
         mut send,
-        recv: _recv,
+        mut recv,
+        ..
     } = raw;
     let feeder = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         for b in whole {
             tick.tick().await;
-            if send.write_all(&[b]).await.is_err() {
+            if send.write_all(&[b]).await.is_err() || send.flush().await.is_err() {
                 return false;
             }
         }
         true
     });
-    assert_eq!(
-        close_code(&conn).await,
-        Some(u64::from(limits::close::PROTOCOL))
-    );
+    let code = ended(quic.as_ref().map(|q| &q.1), &mut recv).await;
+    if quic.is_some() {
+        assert_eq!(code, Some(u64::from(limits::close::PROTOCOL)));
+    }
     assert!(!feeder.await.unwrap(), "the whole frame got through");
     assert_eq!(h.r.metrics.timeouts.get(Timeout::Frame), 1);
     h.stop().await;
@@ -439,16 +357,13 @@ async fn frames_left_one_byte_short_are_cut_off_at_their_deadline() {
     // Eight connections each send all but the last byte of a 1 MiB frame.
     let mut pinned = Vec::new();
     for _ in 0..8 {
-        let mut raw = Raw::authenticated(&h).await;
+        let mut raw = Raw::authenticated(test_transport(), &h.r).await;
         let whole = padded_ping(9, 1 << 20);
         raw.write(&whole[..whole.len() - 1]).await;
         pinned.push(raw);
     }
     for raw in &mut pinned {
-        assert_eq!(
-            close_code(&raw.conn).await,
-            Some(u64::from(limits::close::PROTOCOL))
-        );
+        raw.closed_with(limits::close::PROTOCOL).await;
     }
     assert_eq!(h.r.metrics.timeouts.get(Timeout::Frame), 8);
     // Nobody else noticed.
@@ -461,20 +376,17 @@ async fn request_id_zero_and_an_id_in_flight_are_malformed_and_close() {
     let h = relay(|_| {}).await;
     let (bob, _b) = h.account(1).await;
     // Id 0: an answer to it would look unsolicited.
-    let mut raw = Raw::authenticated(&h).await;
+    let mut raw = Raw::authenticated(test_transport(), &h.r).await;
     raw.write(&frame::encode(&ClientFrame {
         request_id: 0,
         kind: Some(client_frame::Kind::Ping(api::Ping {})),
     }))
     .await;
     assert_eq!(raw.errors_until_closed().await, vec![ErrorCode::Malformed]);
-    assert_eq!(
-        close_code(&raw.conn).await,
-        Some(u64::from(limits::close::PROTOCOL))
-    );
+    raw.closed_with(limits::close::PROTOCOL).await;
     // A send and, in the same write, a ping under the send's id while the send waits for its
     // flush: two answers with one id would be ambiguous.
-    let mut raw = Raw::authenticated(&h).await;
+    let mut raw = Raw::authenticated(test_transport(), &h.r).await;
     let mut bytes = frame::encode(&ClientFrame {
         request_id: 50,
         kind: Some(client_frame::Kind::Send(api::Send {
@@ -494,17 +406,14 @@ async fn request_id_zero_and_an_id_in_flight_are_malformed_and_close() {
     }));
     raw.write(&bytes).await;
     assert_eq!(raw.errors_until_closed().await, vec![ErrorCode::Malformed]);
-    assert_eq!(
-        close_code(&raw.conn).await,
-        Some(u64::from(limits::close::PROTOCOL))
-    );
+    raw.closed_with(limits::close::PROTOCOL).await;
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_username_that_is_not_utf8_is_refused_and_the_connection_stays_open() {
     let h = relay(|_| {}).await;
-    let mut raw = Raw::authenticated(&h).await;
+    let mut raw = Raw::authenticated(test_transport(), &h.r).await;
     let mut bytes = frame::encode(&ClientFrame {
         request_id: 20,
         kind: Some(client_frame::Kind::LookupUsername(api::LookupUsername {
@@ -529,7 +438,7 @@ async fn a_username_that_is_not_utf8_is_refused_and_the_connection_stays_open() 
     ok(&raw
         .request(21, client_frame::Kind::Ping(api::Ping {}))
         .await);
-    assert!(raw.conn.close_reason().is_none());
+    assert!(raw.is_open().await);
     h.stop().await;
 }
 
@@ -588,12 +497,12 @@ async fn refusals_are_counted_under_their_own_code_and_closing_is_no_refusal() {
     // Clients closing in every ordinary way: closing the connection, finishing the session
     // stream, and going away without a word.
     let open = h.r.metrics.connections_open.get();
-    a.quic().close(0u8.into(), b"bye");
+    a.close();
     let b = h.client_from(BLOCK_A).await;
     b.authenticate(&alice, 1).await;
-    let mut c = Raw::connect(&h).await;
+    let mut c = Raw::connect(test_transport(), &h.r).await;
     ok(&c.request(1, client_frame::Kind::Ping(api::Ping {})).await);
-    c.send.finish().unwrap();
+    c.finish().await;
     let d = h.client_from(BLOCK_B).await;
     ok(&d.request(client_frame::Kind::Ping(api::Ping {})).await);
     drop(b);
@@ -614,5 +523,48 @@ async fn refusals_are_counted_under_their_own_code_and_closing_is_no_refusal() {
     assert!(text.contains("hush_relay_refusals_total{reason=\"not_found\"} 1\n"));
     assert!(text.contains("hush_relay_refusals_total{reason=\"malformed\"} 0\n"));
     assert!(!text.contains("reason=\"other\""));
+    h.stop().await;
+}
+
+/// Over TCP a blob transfer opens a connection of its own that must send its control
+/// connection's blob key first, within the request deadline (docs/RELAY_PROTOCOL.md §17): blob
+/// connections that send nothing after the TLS handshake, or half a key, are closed at that
+/// deadline and counted out, and the control connection is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_connections_that_never_send_their_key_are_closed_at_the_deadline_over_tcp() {
+    let h = relay(|c| c.blob_request_timeout_ms = 300).await;
+    let c = Client::connect_over(Transport::Tcp, &h.r).await;
+    ok(&c.request(client_frame::Kind::Ping(api::Ping {})).await);
+    let open = h.r.metrics.connections_open.get();
+    let tcp = h.r.tcp_addr.unwrap();
+    let mut stalled = Vec::new();
+    for half in [0usize, 16] {
+        let stream = tcp_from(from(BLOCK_A), tcp, None).await.unwrap();
+        let connector = tls_connector(&h.r.fingerprint, hush_net::TCP_BLOB_ALPN);
+        let mut tls = tokio::time::timeout(BOUND, connector.connect(server_name(), stream))
+            .await
+            .expect("TLS handshake hung")
+            .unwrap();
+        tls.write_all(&[7u8; 32][..half]).await.unwrap();
+        tls.flush().await.unwrap();
+        stalled.push(tls);
+    }
+    for mut tls in stalled {
+        let mut buf = [0u8; 64];
+        // Nothing comes on it before its end.
+        let end = tokio::time::timeout(BOUND, tls.read(&mut buf));
+        match end
+            .await
+            .expect("a blob connection without its key was never closed")
+        {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("{n} bytes on a blob connection without its key"),
+        }
+    }
+    h.until("the blob connections counted out", |m| {
+        m.connections_open.get() == open
+    })
+    .await;
+    ok(&c.request(client_frame::Kind::Ping(api::Ping {})).await);
     h.stop().await;
 }

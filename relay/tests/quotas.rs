@@ -1,7 +1,7 @@
-//! Mailbox quotas and one-time key rationing over QUIC on 127.0.0.1:0: the attacks of a free
-//! account against a victim (filling its queues, its account's mailbox, draining its one-time
-//! pre-keys, flooding it with `PreKeysLow`) and that they now stop at their limits while others
-//! are still served.
+//! Mailbox quotas and one-time key rationing on 127.0.0.1:0: the attacks of a free account
+//! against a victim (filling its queues, its account's mailbox, draining its one-time pre-keys,
+//! flooding it with `PreKeysLow`) and that they now stop at their limits while others are still
+//! served. Over QUIC, or over TLS on TCP with `HUSH_TEST_TRANSPORT=tcp`.
 #![cfg(test)]
 #![allow(clippy::disallowed_methods)]
 
@@ -23,7 +23,7 @@ use prost::Message;
 /// caught up.
 async fn join(r: &hush_relay::Running, devices: u32) -> (TestAccount, Client) {
     let a = TestAccount::new(devices);
-    let c = Client::connect(r.addr, &r.fingerprint).await;
+    let c = test_client(r).await;
     c.create(&a, 1).await;
     assert!(c.catch_up().await.is_empty());
     (a, c)
@@ -101,7 +101,7 @@ async fn strangers_filling_a_device_queue_do_not_stop_its_contacts(store: StoreK
     );
     // Bob reads and acknowledges everything: the strangers' share is free again and every byte
     // counter is back at zero.
-    let b = Client::connect(r.addr, &r.fingerprint).await;
+    let b = test_client(&r).await;
     b.authenticate(&bob, 1).await;
     let got = b.catch_up().await;
     assert_eq!(got.len(), 4);
@@ -208,7 +208,7 @@ async fn a_full_device_of_two_is_left_out_and_named_while_the_other_gets_the_sen
     assert!(e.retry_after_ms > 0);
     // Device 2 reads its queue; the retried third send (same client id) reaches it, and device 1
     // does not get it twice.
-    let b2 = Client::connect(r.addr, &r.fingerprint).await;
+    let b2 = test_client(&r).await;
     b2.authenticate(&bob, 2).await;
     let got = b2.catch_up().await;
     assert_eq!(got.len(), 2);

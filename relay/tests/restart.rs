@@ -1,5 +1,6 @@
 //! The relay binary killed abruptly (SIGKILL) and restarted on the same data directory keeps
-//! every envelope it acknowledged; what it writes to disk holds no plaintext.
+//! every envelope it acknowledged; what it writes to disk holds no plaintext. Its clients connect
+//! over QUIC, or over TLS on TCP with `HUSH_TEST_TRANSPORT=tcp`.
 #![cfg(test)]
 #![allow(clippy::disallowed_methods)]
 
@@ -39,10 +40,10 @@ async fn acknowledged_envelopes_survive_sigkill_and_disk_holds_no_plaintext() {
             // The certificate persists across restarts, so the pin stays valid.
             assert_eq!(relay.pin, pin_before);
         }
-        let a = Client::connect(relay.addr, &relay.pin).await;
+        let a = Client::connect_to_process(test_transport(), &relay).await;
         if round == 0 {
             a.create(&alice, 1).await;
-            let b = Client::connect(relay.addr, &relay.pin).await;
+            let b = Client::connect_to_process(test_transport(), &relay).await;
             b.create(&bob, 1).await;
         } else {
             a.authenticate(&alice, 1).await;
@@ -55,7 +56,7 @@ async fn acknowledged_envelopes_survive_sigkill_and_disk_holds_no_plaintext() {
             }
         }
         // Abruptly, with sends possibly still in flight on another connection.
-        let extra = Client::connect(relay.addr, &relay.pin).await;
+        let extra = Client::connect_to_process(test_transport(), &relay).await;
         extra.authenticate(&alice, 1).await;
         for k in 0..5u32 {
             extra.send_raw(hush_relay::frame::encode(
@@ -83,7 +84,7 @@ async fn acknowledged_envelopes_survive_sigkill_and_disk_holds_no_plaintext() {
     }
     let relay = spawn_relay(dir.path());
     for device in [1u32, 2] {
-        let b = Client::connect(relay.addr, &relay.pin).await;
+        let b = Client::connect_to_process(test_transport(), &relay).await;
         b.authenticate(&bob, device).await;
         let got: Vec<u32> = b
             .catch_up()

@@ -364,3 +364,53 @@ async fn a_silent_tcp_connection_is_closed_after_the_idle_timeout() {
     );
     r.stop().await;
 }
+
+/// A large download on a blob connection arrives whole and ends with `close_notify` when the
+/// client ends its side (`close_notify`) while the relay is still sending: the relay reads the
+/// client's `close_notify` before it closes the socket (a socket closed with data unread resets
+/// the connection, and the reset throws away the end of the answer still on its way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_whose_client_ended_its_side_early_arrives_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = TestRelay::start_with(StoreKind::Memory, |c| c.blob_max_bytes = 8 << 20).await;
+    let a = Client::connect_tcp(r.tcp_addr(), r.pin()).await;
+    a.create(&TestAccount::new(1), 1).await;
+    let data: Vec<u8> = (0..(6u32 << 20)).map(|i| (i % 249) as u8).collect();
+    let Some(api::blob_response::Kind::Uploaded(u)) =
+        a.upload_blob(&data, data.len() as u64).await.kind
+    else {
+        panic!("not uploaded")
+    };
+    for _ in 0..3 {
+        let (mut send, mut recv) = a.blob_channel().await;
+        hush_net::frame::write(
+            &mut send,
+            &api::BlobRequest {
+                kind: Some(api::blob_request::Kind::Download(api::BlobDownload {
+                    id: u.id.clone(),
+                    capability: u.capability.clone(),
+                })),
+            },
+        )
+        .await
+        .unwrap();
+        // The relay has read the request: the client's `close_notify` comes after it.
+        let found: api::BlobResponse =
+            tokio::time::timeout(WAIT, hush_net::frame::read(&mut recv, 1 << 16))
+                .await
+                .unwrap()
+                .unwrap();
+        assert!(
+            matches!(found.kind, Some(api::blob_response::Kind::Found(_))),
+            "{found:?}"
+        );
+        send.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(WAIT, recv.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .expect("the download ends with close_notify");
+        assert!(got == data, "{} of {} bytes", got.len(), data.len());
+    }
+    r.stop().await;
+}

@@ -124,6 +124,15 @@ impl Client {
         }
     }
 
+    /// Connects over `transport` to the relay binary run as `relay`, or panics. It listens for
+    /// TLS over TCP at the address and port number of QUIC (`tcp_listen` `same`, its default).
+    pub async fn connect_to_process(transport: Transport, relay: &crate::RelayProcess) -> Self {
+        match transport {
+            Transport::Quic => Self::connect(relay.addr, &relay.pin).await,
+            Transport::Tcp => Self::connect_tcp(relay.addr, &relay.pin).await,
+        }
+    }
+
     /// Waits until the relay closes this connection, and checks it closed with `code` over QUIC
     /// (TCP carries no close code: there the connection's end is all there is to see).
     pub async fn closed_with(&self, code: u32) {
@@ -386,6 +395,35 @@ impl Client {
             None => {
                 let (w, r) = self.quic().open_bi().await.unwrap();
                 (Box::new(w), Box::new(r))
+            }
+        }
+    }
+
+    /// Waits until the relay cuts a blob transfer short (reading whatever came before it), and
+    /// checks how: over QUIC the stream is reset with `code` (`limits::blob_reset`); over TCP
+    /// the blob connection ends without TLS `close_notify`, which the client reads as an error
+    /// (docs/RELAY_PROTOCOL.md §17). Panics if the transfer ends cleanly instead.
+    pub async fn blob_cut_short(&self, recv: &mut BlobRead, code: u32) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let err = tokio::time::timeout(WAIT, async {
+            loop {
+                match recv.read(&mut buf).await {
+                    Ok(0) => panic!("the blob transfer ended cleanly instead of being cut short"),
+                    Ok(_) => {}
+                    Err(e) => return e,
+                }
+            }
+        })
+        .await
+        .expect("the blob transfer was not cut short in time");
+        if self.transport() == Transport::Quic {
+            let reset = err
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<quinn::ReadError>())
+                .cloned();
+            match reset {
+                Some(quinn::ReadError::Reset(c)) => assert_eq!(c.into_inner(), u64::from(code)),
+                other => panic!("expected a reset, got {other:?} ({err})"),
             }
         }
     }

@@ -33,3 +33,10 @@ pub(crate) fn spawn_relay(dir: &std::path::Path) -> RelayProcess {
         hush_testkit::process::GENEROUS_RATES,
     )
 }
+
+pub(crate) mod raw;
+
+/// A client over QUIC, or over TLS on TCP with `HUSH_TEST_TRANSPORT=tcp`.
+pub(crate) async fn test_client(r: &hush_relay::Running) -> Client {
+    Client::connect_over(test_transport(), r).await
+}
