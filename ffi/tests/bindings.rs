@@ -145,11 +145,10 @@ fn python_clients_chat_through_a_relay_process() {
     std::fs::copy(&lib, py.join(lib.file_name().unwrap())).unwrap();
 
     let relay_dir = tempfile::tempdir().unwrap();
-    let relay = RelayProcess::spawn(
-        &relay_bin,
-        relay_dir.path(),
-        hush_testkit::process::GENEROUS_RATES,
-    );
+    // Push wake-ups go to the test's endpoint on loopback, over plain HTTP.
+    let mut args = hush_testkit::process::GENEROUS_RATES.to_vec();
+    args.push("--push-allow-plain-http");
+    let relay = RelayProcess::spawn(&relay_bin, relay_dir.path(), &args);
     let work = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_hush.py");
     let mut cmd = Command::new("python3");

@@ -117,6 +117,10 @@ impl Running {
 /// Directory of the blob files, inside the data directory.
 pub const BLOBS_DIR: &str = "blobs";
 
+/// UDP ports tried, when listening on port 0 with TLS over TCP on the `same` number, for one
+/// whose number is free over TCP too.
+const PORT_PAIR_ATTEMPTS: u32 = 16;
+
 /// The relay's stores: everything but blobs, and blobs.
 pub type Stores = (Arc<dyn RelayStore>, Arc<dyn BlobStore>);
 
@@ -226,29 +230,42 @@ pub async fn start_with_clock(
     let tls_cfg = tls::server_config(&identity, limits::ALPN)?;
     let server_cfg =
         server::server_config(&cfg, tls_cfg).map_err(|e| StartError::Other(e.to_string()))?;
-    let endpoint = server::bind_endpoint(cfg.listen, server_cfg, &reset_key).map_err(|source| {
-        StartError::Bind {
+    let mut tcp_tls = tls::server_config(&identity, hush_net::TCP_ALPN)?;
+    tcp_tls
+        .alpn_protocols
+        .push(hush_net::TCP_BLOB_ALPN.to_vec());
+    // With port 0 and `same`, the TCP port of the number the UDP socket got may be taken by
+    // something else: another UDP port is tried then (a few times).
+    let pairs_port_zero =
+        cfg.listen.port() == 0 && matches!(cfg.tcp_listen, config::TcpListen::Same);
+    let mut attempt = 0;
+    let (endpoint, addr, tcp) = loop {
+        attempt += 1;
+        let endpoint = server::bind_endpoint(cfg.listen, server_cfg.clone(), &reset_key).map_err(
+            |source| StartError::Bind {
+                addr: cfg.listen,
+                source,
+            },
+        )?;
+        let addr = endpoint.local_addr().map_err(|source| StartError::Bind {
             addr: cfg.listen,
             source,
+        })?;
+        // `same` takes the port the UDP socket got (which matters with port 0).
+        let Some(at) = cfg.tcp_listen.resolve(addr) else {
+            break (endpoint, addr, None);
+        };
+        match server::bind_tcp(at, tcp_tls.clone()) {
+            Ok(side) => break (endpoint, addr, Some(side)),
+            Err(e)
+                if pairs_port_zero
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < PORT_PAIR_ATTEMPTS =>
+            {
+                endpoint.close(0u8.into(), b"");
+            }
+            Err(source) => return Err(StartError::Bind { addr: at, source }),
         }
-    })?;
-    let addr = endpoint.local_addr().map_err(|source| StartError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
-    let tcp = match cfg.tcp_listen.resolve(addr) {
-        Some(at) => {
-            let mut tcp_tls = tls::server_config(&identity, hush_net::TCP_ALPN)?;
-            tcp_tls
-                .alpn_protocols
-                .push(hush_net::TCP_BLOB_ALPN.to_vec());
-            // `same` takes the port the UDP socket got (which matters with port 0).
-            Some(
-                server::bind_tcp(at, tcp_tls)
-                    .map_err(|source| StartError::Bind { addr: at, source })?,
-            )
-        }
-        None => None,
     };
     let tcp_addr = tcp.as_ref().and_then(|t| t.listener.local_addr().ok());
     let metrics = Arc::new(Metrics::new());

@@ -118,7 +118,10 @@ impl HushClient {
     /// Wi-Fi name, "cellular"; empty when unknown), never sent anywhere: the transport that
     /// worked is remembered per network.
     pub fn network_changed(&self, network: String) -> Result<NetworkMove, HushError> {
-        Ok(match self.inner.messenger()?.network_changed(&network) {
+        let m = self.inner.messenger()?;
+        // Moving a QUIC connection registers its new socket with the client's runtime.
+        let _in_runtime = self.rt()?.enter();
+        Ok(match m.network_changed(&network) {
             CoreMove::Migrated => NetworkMove::Migrated,
             CoreMove::Redialled => NetworkMove::Redialled,
             CoreMove::Suspended => NetworkMove::Suspended,

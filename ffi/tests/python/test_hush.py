@@ -399,9 +399,14 @@ async def main():
     b_events = Listener("bob")
     bob = HushClient(config("bob", key=bytes([7] * 32)), b_events)
     bob.open()
-    await b_events.wait_async("sent", status_for(waiting, MessageStatus.SENT))
+    await b_events.wait_async(
+        "sent",
+        lambda ev: ev.is_status() and waiting in ev.message_ids and ev.status in ALL_STEPS and ev,
+    )
     got = await a_events.wait_async("the waiting message", message_with(to_bob, "written offline"))
     assert got.id == waiting
+
+    await lifecycle(alice, a_events, bob, b_events, to_alice, to_bob)
 
     # Shutdown: every later call is refused with Closed.
     await alice.shutdown()
@@ -409,6 +414,113 @@ async def main():
     await expect_error_async(HushError.Closed, "shut down", alice.send_text(to_bob, "late", None))
     expect_error(HushError.Closed, "shut down", lambda: alice.history(to_bob, None, 10))
     print("python bindings test: ok")
+
+
+class PushEndpoint:
+    """A push endpoint on loopback: records every wake-up POST the relay makes to it."""
+
+    def __init__(self):
+        import http.server
+
+        self.posts = []
+        self.cond = threading.Condition()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the name http.server calls
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with outer.cond:
+                    outer.posts.append((self.path, body))
+                    outer.cond.notify_all()
+                self.send_response(201)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/wake/bob-phone"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_post(self, count, timeout=WAIT):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.posts) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no wake-up POST within {timeout} s: {self.posts!r}")
+                self.cond.wait(left)
+            return self.posts[count - 1]
+
+    def close(self):
+        self.server.shutdown()
+
+
+async def lifecycle(alice, a_events, bob, b_events, to_alice, to_bob):
+    """A phone's life: suspended in the background, woken by a push to fetch what came (once),
+    resumed, moved to another network, kept alive for the background."""
+    endpoint = PushEndpoint()
+    await bob.register_push(endpoint.url)
+    await bob.wait_connected(30_000)
+    link = bob.link()
+    assert link.state == hush_ffi.LinkState.ONLINE and link.transport is not None, link
+
+    # To the background: the connection closes, nothing is fetched.
+    await bob.suspend()
+    assert bob.link() == hush_ffi.LinkInfo(state=hush_ffi.LinkState.SUSPENDED, transport=None)
+    await b_events.wait_async("suspended", lambda e: e.is_connection() and not e.connected)
+
+    # Alice writes; the relay wakes Bob's endpoint with a content-free POST.
+    texts = [f"while you slept {i}" for i in range(3)]
+    sent = [await alice.send_text(to_bob, t, None) for t in texts]
+    path, body = await asyncio.to_thread(endpoint.wait_post, 1)
+    assert path == "/wake/bob-phone" and body == b"wake", (path, body)
+    for t in texts:
+        assert all(t.encode() not in b for _, b in endpoint.posts)
+
+    # The push handler wakes the client: it fetches the queue, tells each message once, sends
+    # the delivery receipts, and sleeps again.
+    report = await bob.wake(20_000)
+    assert report.caught_up and report.messages == 3 and report.unsent == 0, report
+    assert bob.link().state == hush_ffi.LinkState.SUSPENDED
+    for t in texts:
+        await b_events.wait_async("woken message", message_with(to_alice, t))
+    await a_events.wait_async("delivered while asleep", status_for(sent[-1], MessageStatus.DELIVERED))
+
+    # Woken again with nothing queued: nothing told twice.
+    report = await bob.wake(20_000)
+    assert report.caught_up and report.messages == 0, report
+
+    # What the wake-ups told is all in; what is left are their connection events.
+    with b_events.cond:
+        left = [e for e in b_events.events if e.is_message() and not e.message.outgoing]
+        b_events.events.clear()
+    assert left == [], left
+
+    # To the foreground: connected at once; the queue was drained exactly once.
+    bob.resume()
+    await b_events.wait_async("back online", lambda e: e.is_connection() and e.connected)
+    await b_events.wait_async("caught up", lambda e: e.is_caught_up())
+    with b_events.cond:
+        again = [e for e in b_events.events if e.is_message() and not e.message.outgoing]
+    assert again == [], again
+    assert bob.link().state == hush_ffi.LinkState.ONLINE
+
+    # A network change: QUIC moves to a new socket, TCP dials again; Bob chats on.
+    moved = bob.network_changed("cellular")
+    assert moved in (hush_ffi.NetworkMove.MIGRATED, hush_ffi.NetworkMove.REDIALLED), moved
+    await alice.send_text(to_bob, "after the move", None)
+    await b_events.wait_async("after the move", message_with(to_alice, "after the move"))
+
+    # Kept connected in the background: a new connection with rare keep-alives; still works.
+    bob.set_liveness(hush_ffi.Liveness.BACKGROUND)
+    await bob.wait_connected(30_000)
+    await alice.send_text(to_bob, "background link", None)
+    await b_events.wait_async("background link", message_with(to_alice, "background link"))
+    bob.set_liveness(hush_ffi.Liveness.INTERACTIVE)
+    await bob.register_push("")
+    endpoint.close()
 
 
 if __name__ == "__main__":
