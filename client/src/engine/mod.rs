@@ -28,6 +28,7 @@ mod blobs;
 mod connection;
 mod groups;
 mod link;
+mod push;
 mod receive;
 mod sealed;
 mod send;
