@@ -2,6 +2,8 @@
 //! a loopback HTTP server, its P-256 key and auth secret), goes offline, and mail for it makes the
 //! relay POST a wake that only the subscription's private key opens, signed with the relay's VAPID
 //! key for the endpoint's origin. Malformed keys are refused like a malformed URL.
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
 #[macro_use]
 mod common;

@@ -2,8 +2,9 @@
 //! with what its UnifiedPush distributor handed it), goes offline, and is woken by a wake-up only
 //! its subscription key opens; the registration, keys included, survives the relay forgetting it
 //! because the engine sends it again on its next connection.
+#![cfg(test)]
+#![allow(clippy::disallowed_methods)]
 
-#[allow(dead_code)]
 mod common;
 use common::*;
 
