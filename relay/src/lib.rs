@@ -210,6 +210,16 @@ fn load_or_create_reset_key(dir: &std::path::Path) -> Result<[u8; 32], StartErro
     }
 }
 
+/// The VAPID key that signs WebPush wake-ups (`push.vapid_key`, under the data directory unless
+/// absolute), made on first start.
+fn load_or_create_vapid(cfg: &Config) -> Result<Arc<push::Vapid>, StartError> {
+    let path = cfg.data_dir.join(&cfg.push.vapid_key);
+    let vapid = push::Vapid::load_or_create(&path, cfg.push.vapid_subject.as_str())
+        .map_err(|e| StartError::Other(format!("VAPID key: {e}")))?;
+    tracing::info!(public_key = vapid.public_key(), "VAPID key ready");
+    Ok(Arc::new(vapid))
+}
+
 /// Starts a relay: opens its stores, loads (or makes) its certificate, binds its sockets, and
 /// serves until [`Running::shutdown`] is cancelled. Must be called inside a tokio runtime.
 pub async fn start(cfg: Config) -> Result<Running, StartError> {
@@ -227,6 +237,7 @@ pub async fn start_with_clock(
     let identity = tls::load_or_create(&cfg.data_dir, &cfg.cert_names)?;
     let fingerprint = tls::fingerprint(&identity.cert);
     let reset_key = load_or_create_reset_key(&cfg.data_dir)?;
+    let vapid = load_or_create_vapid(&cfg)?;
     let tls_cfg = tls::server_config(&identity, limits::ALPN)?;
     let server_cfg =
         server::server_config(&cfg, tls_cfg).map_err(|e| StartError::Other(e.to_string()))?;
@@ -292,6 +303,7 @@ pub async fn start_with_clock(
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let (relay, background) = shared::Relay::new(
         cfg,
+        Some(vapid),
         backend.store,
         backend.blobs,
         router,

@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::conn::Refusal;
 use crate::ops::{KeyLimit, Metrics, RefusalReason};
-use crate::push::{PushConfig, PushTargets, Pusher};
+use crate::push::{PushConfig, PushTargets, Pusher, Registration, Vapid};
 use crate::ratelimit::Limiter;
 use crate::router::Router;
 use crate::store::blobs::BlobStore;
@@ -278,12 +278,13 @@ pub struct Relay {
     pub(crate) clock: Arc<dyn Clock>,
 }
 
-fn push_config(cfg: &Config) -> PushConfig {
+fn push_config(cfg: &Config, vapid: Option<Arc<Vapid>>) -> PushConfig {
     PushConfig {
         timeout: Duration::from_millis(cfg.push.timeout_ms),
         allow_plain_http: cfg.push.allow_plain_http,
         // The same test switch: plain http and loopback endpoints go together.
         allow_private_addresses: cfg.push.allow_plain_http,
+        vapid,
         ..PushConfig::default()
     }
 }
@@ -292,12 +293,13 @@ fn push_config(cfg: &Config) -> PushConfig {
 struct StoreTargets(Arc<dyn RelayStore>);
 
 impl PushTargets for StoreTargets {
-    fn endpoint(&self, device: &DeviceId) -> Option<String> {
+    fn endpoint(&self, device: &DeviceId) -> Option<Registration> {
         self.0.push_endpoint(device).ok().flatten()
     }
 
     fn endpoint_gone(&self, device: &DeviceId, url: &str) {
-        if self.0.push_endpoint(device).ok().flatten().as_deref() == Some(url) {
+        let current = self.0.push_endpoint(device).ok().flatten();
+        if current.is_some_and(|r| r.url == url) {
             let _ = self.0.set_push_endpoint(device, None);
         }
     }
@@ -322,8 +324,11 @@ impl Background {
 impl Relay {
     /// Assembles a relay over its stores. Starts the group-commit flusher and the pusher (must be
     /// called inside a tokio runtime); they stop when `shutdown` is cancelled and the relay dropped.
+    /// `vapid` signs WebPush wake-ups (without it they go unsigned).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Config,
+        vapid: Option<Arc<Vapid>>,
         store: Arc<dyn RelayStore>,
         blobs: Arc<dyn BlobStore>,
         router: Arc<dyn Router>,
@@ -345,7 +350,7 @@ impl Relay {
             lanes,
         )?;
         let (pusher, push_task) = Pusher::spawn(
-            push_config(&cfg),
+            push_config(&cfg, vapid),
             Arc::new(StoreTargets(Arc::clone(&store))),
             Arc::clone(&metrics.push),
             shutdown,

@@ -510,12 +510,14 @@ async fn push_wake_ups_are_content_free(store: StoreKind, dir: &Path) {
     ok(&b
         .request(client_frame::Kind::RegisterPush(api::RegisterPush {
             url: format!("http://127.0.0.1:{port}/up/abc"),
+            ..Default::default()
         }))
         .await);
     // A bad URL is refused.
     let bad = b
         .request(client_frame::Kind::RegisterPush(api::RegisterPush {
             url: "ftp://nowhere".into(),
+            ..Default::default()
         }))
         .await;
     assert_eq!(error_of(&bad).0, ErrorCode::Malformed);
@@ -1441,6 +1443,7 @@ async fn an_anonymous_connection_reads_public_material_and_nothing_of_an_account
         }),
         client_frame::Kind::RegisterPush(api::RegisterPush {
             url: "https://push.example/x".into(),
+            ..Default::default()
         }),
     ] {
         let got = anon.request(kind).await;

@@ -1,8 +1,9 @@
 //! What Hush's tests share, written once: a relay started in process on `127.0.0.1:0` with a
 //! temporary store ([`relay`]), the relay binary run as a child process for crash and restart
 //! tests ([`process`]), accounts whose device lists and pre-keys are signed as clients sign them
-//! ([`account`]), a raw client of the relay protocol ([`client`]), and the clock in-process
-//! relays run on, which a test moves forward ([`clock`]).
+//! ([`account`]), a raw client of the relay protocol ([`client`]), the clock in-process
+//! relays run on, which a test moves forward ([`clock`]), and the receiving end of WebPush
+//! wake-ups ([`web_push`]).
 //!
 //! It never depends on client-core, so that the relay's own tests can use it.
 #![allow(
@@ -18,6 +19,7 @@ pub mod client;
 pub mod clock;
 pub mod process;
 pub mod relay;
+pub mod web_push;
 
 use std::path::Path;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 
 use crate::conn::RelayConnection;
 use crate::error::ClientError;
-use crate::profile::{ANYONE_FILE, PUSH_FILE, UPLOADED_FILE};
+use crate::profile::{ANYONE_FILE, UPLOADED_FILE};
 use hush_proto::relay_api::{self as api, ErrorCode, client_frame, server_frame};
 use prost::Message;
 use rand::RngExt;
@@ -83,10 +83,9 @@ pub(super) async fn establish(inner: &Arc<Inner>) -> Result<Option<Established>,
     }
     inner.upload_pre_keys(&conn).await?;
     inner.publish_delivery_token(&conn).await?;
-    if let Ok(url) = std::fs::read_to_string(inner.profile.join(PUSH_FILE))
-        && !url.is_empty()
+    if let Some(registration) = super::push::saved_registration(&inner.profile)
         && let Err(e) = conn
-            .request(client_frame::Kind::RegisterPush(api::RegisterPush { url }))
+            .request(client_frame::Kind::RegisterPush(registration))
             .await
     {
         tracing::warn!(error = %e, "push endpoint not registered again");
@@ -481,21 +480,11 @@ impl Engine {
     /// sender. An empty `url` unregisters. Kept in the profile and registered again on every
     /// connection, so a relay that lost it learns it back.
     pub async fn register_push(&self, url: &str) -> Result<(), ClientError> {
-        let conn = self.inner.current(CONNECT_WAIT).await?;
-        conn.request(client_frame::Kind::RegisterPush(api::RegisterPush {
+        self.register_endpoint(api::RegisterPush {
             url: url.to_owned(),
-        }))
-        .await?;
-        let path = self.inner.profile.join(PUSH_FILE);
-        let saved = if url.is_empty() {
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            }
-        } else {
-            crate::private_fs::write_atomic(&path, url.as_bytes())
-        };
-        saved.map_err(|e| ClientError::Profile(e.to_string()))
+            ..Default::default()
+        })
+        .await
     }
 
     /// Rotates this device's delivery key and tells the relay the new token (PROTOCOL.md §21.6):

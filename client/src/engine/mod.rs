@@ -29,6 +29,7 @@ mod connection;
 mod groups;
 mod lifecycle;
 mod link;
+mod push;
 mod receive;
 mod sealed;
 mod send;

@@ -471,6 +471,21 @@ impl Messenger {
         &self.shared.engine
     }
 
+    /// Registers a WebPush subscription (a UnifiedPush distributor's endpoint with its `p256dh`
+    /// key and `auth` secret) as this device's push endpoint: see
+    /// [`Engine::register_web_push`].
+    pub async fn register_web_push(
+        &self,
+        url: &str,
+        p256dh: &[u8],
+        auth: &[u8],
+    ) -> Result<(), ClientError> {
+        self.shared
+            .engine
+            .register_web_push(url, p256dh, auth)
+            .await
+    }
+
     /// Sets the username sent along with this account's messages (receivers verify it in the
     /// relay's directory before trusting it).
     pub fn set_name(&self, name: &str) {

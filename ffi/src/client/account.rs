@@ -67,6 +67,27 @@ impl HushClient {
             .await
     }
 
+    /// Registers a WebPush subscription as the push endpoint: what a UnifiedPush distributor
+    /// hands the app (the endpoint `url`, the subscription's public key `p256dh`, 65 bytes, and
+    /// its `auth` secret, 16 bytes). The relay encrypts each wake-up for it (still content-free)
+    /// and signs it with its VAPID key. Remembered in the profile and registered again on every
+    /// connection; `register_push("")` unregisters.
+    pub async fn register_web_push(
+        &self,
+        url: String,
+        p256dh: Vec<u8>,
+        auth: Vec<u8>,
+    ) -> Result<(), HushError> {
+        if url.len() > 2048 {
+            return Err(HushError::InvalidArgument(
+                "push URL longer than 2048 bytes".into(),
+            ));
+        }
+        let auth = zeroize::Zeroizing::new(auth);
+        self.with(move |m| async move { Ok(m.register_web_push(&url, &p256dh, &auth).await?) })
+            .await
+    }
+
     /// Lets sealed messages into this device's queue from anyone (`true`), or only from
     /// contacts who hold its delivery key (`false`, the default). Remembered in the profile.
     pub async fn set_sealed_from_anyone(&self, anyone: bool) -> Result<(), HushError> {

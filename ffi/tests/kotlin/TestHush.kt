@@ -244,6 +244,10 @@ suspend fun scenario() {
     // Push endpoints: a malformed one is refused by the relay with its reason; unregistering is
     // always accepted.
     expectError<HushException.Refused>("push URL") { bob.registerPush("not a url") }
+    // A WebPush subscription's key must be a point on P-256 (all zeros is not).
+    expectError<HushException.Refused>("p256dh") {
+        bob.registerWebPush("https://push.example/x", ByteArray(65), ByteArray(16))
+    }
     bob.registerPush("")
 
     // Sealed envelopes from anyone, on and off again (contacts only, the default).

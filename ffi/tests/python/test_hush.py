@@ -215,6 +215,12 @@ async def main():
     # Push endpoints: a malformed one is refused by the relay with its reason; unregistering is
     # always accepted.
     await expect_error_async(HushError.Refused, "push URL", bob.register_push("not a url"))
+    # A WebPush subscription's key must be a point on P-256 (all zeros is not).
+    await expect_error_async(
+        HushError.Refused,
+        "p256dh",
+        bob.register_web_push("https://push.example/x", bytes(65), bytes(16)),
+    )
     await bob.register_push("")
 
     # Sealed envelopes from anyone, on and off again (contacts only, the default).

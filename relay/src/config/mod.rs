@@ -43,7 +43,7 @@ mod value;
 mod tests;
 
 pub use settings::{Config, PushConfig, RateLimits, SETTINGS};
-pub use value::{RateLimit, StoreKind, TcpListen};
+pub use value::{RateLimit, StoreKind, TcpListen, VapidSubject};
 
 use settings::Setting;
 

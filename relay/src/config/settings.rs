@@ -15,7 +15,7 @@ use super::value::{
     Check, DAY_MS, SettingValue, any, cert_names, key_prefix, positive, rate, redis_nodes,
     some_path, some_text, v4_bits, v6_bits,
 };
-use super::{RateLimit, StoreKind, TcpListen};
+use super::{RateLimit, StoreKind, TcpListen, VapidSubject};
 
 /// One setting, as the table defines it.
 pub(crate) struct Setting {
@@ -518,5 +518,16 @@ settings! {
         /// Bound on one push POST.
         timeout_ms: u64 = 10_000;
             "MS", "Timeout of one push request (ms)", positive;
+        /// The relay's VAPID key (RFC 8292), which signs every WebPush wake-up: a PKCS#8 ECDSA
+        /// P-256 key file, made (mode 0600) on first start when missing; a relative path is
+        /// under `data_dir`. Relay nodes sharing a Redis Cluster should all hold the same key
+        /// (copy the file), since a push service may tie a subscription to one key.
+        vapid_key: PathBuf = PathBuf::from("vapid.key");
+            "FILE", "VAPID private key file (PKCS#8), under data_dir unless absolute", some_path;
+        /// The contact in every VAPID token (`sub`): `mailto:` and an address, or an `https://`
+        /// URL, where a push service's operator can reach the relay's. Empty leaves it out;
+        /// some push services then refuse the wake-ups.
+        vapid_subject: VapidSubject = VapidSubject::default();
+            "URI", "VAPID contact, mailto: or https: (empty: none)", any;
     }
 }

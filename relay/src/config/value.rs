@@ -318,6 +318,57 @@ impl SettingValue for TcpListen {
     }
 }
 
+/// The contact a VAPID token names (`sub`, RFC 8292 §2.1): empty (left out), `mailto:` and an
+/// address, or an `https://` URL. No spaces or control characters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VapidSubject(String);
+
+impl VapidSubject {
+    /// Checks a subject.
+    pub fn new(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let mailto = t
+            .strip_prefix("mailto:")
+            .is_some_and(|a| a.len() > 2 && a.contains('@'));
+        let https = t.strip_prefix("https://").is_some_and(|h| !h.is_empty());
+        let printable = t.chars().all(|c| c.is_ascii_graphic());
+        if t.is_empty() || (printable && (mailto || https)) {
+            Ok(Self(t.to_string()))
+        } else {
+            Err("expected \"mailto:\" and an address, or an \"https://\" URL".into())
+        }
+    }
+
+    /// The subject; empty when none is configured.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl SettingValue for VapidSubject {
+    fn from_text(text: &str) -> Result<Self, String> {
+        Self::new(text)
+    }
+
+    fn set_from_toml(&mut self, value: toml::Value) -> Result<(), String> {
+        *self = Self::new(&from_toml::<String>(value)?)?;
+        Ok(())
+    }
+
+    fn to_text(&self) -> String {
+        self.0.clone()
+    }
+
+    fn to_toml(&self) -> toml::Value {
+        toml::Value::String(self.0.clone())
+    }
+
+    #[cfg(test)]
+    fn variant(&self, n: u32) -> Self {
+        Self(format!("mailto:ops{n}@relay.example"))
+    }
+}
+
 /// The storage backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

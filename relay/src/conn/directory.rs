@@ -7,6 +7,7 @@ use hush_proto::relay_api::{self as api, ErrorCode, server_frame};
 
 use super::{ConnState, Now, Refusal, Reply};
 use crate::limits;
+use crate::push::{Registration, WebPushKeys};
 use crate::shared::Relay;
 use crate::verify;
 
@@ -26,7 +27,15 @@ impl ConnState {
     ) -> Result<Reply, Refusal> {
         let me = self.me()?;
         relay.rate_limiters.upload(&me, now.at)?;
-        let url = if p.url.is_empty() {
+        let keys = WebPushKeys::parse_optional(&p.p256dh, &p.auth)
+            .map_err(|e| Refusal::new(ErrorCode::Malformed, format!("push keys: {e}")))?;
+        let endpoint = if p.url.is_empty() {
+            if keys.is_some() {
+                return Err(Refusal::new(
+                    ErrorCode::Malformed,
+                    "push keys without a push URL",
+                ));
+            }
             None
         } else {
             if p.url.len() > limits::MAX_PUSH_URL_LEN {
@@ -37,10 +46,10 @@ impl ConnState {
             if !parsed.is_https() && !relay.cfg.push.allow_plain_http {
                 return Err(Refusal::new(ErrorCode::Malformed, "push URL must be https"));
             }
-            Some(p.url)
+            Some(Registration { url: p.url, keys })
         };
         self.submit(relay, rid, true, move |r| {
-            r.store.set_push_endpoint(&me, url.as_deref())?;
+            r.store.set_push_endpoint(&me, endpoint.as_ref())?;
             Ok(server_frame::Kind::Ok(api::Ok {}))
         });
         Ok(Reply::Later)

@@ -40,6 +40,7 @@ fn relay_with(tune: impl FnOnce(&mut Config)) -> Arc<Relay> {
     tune(&mut cfg);
     let (relay, _bg) = Relay::new(
         cfg,
+        None,
         Arc::new(MemoryStore::new()),
         Arc::new(MemoryBlobs::new()),
         Arc::new(LocalRouter::new()),
@@ -657,14 +658,33 @@ async fn every_refusal_is_typed_and_leaves_the_connection_usable() {
         (
             client_frame::Kind::RegisterPush(api::RegisterPush {
                 url: "ftp://x".into(),
+                ..Default::default()
             }),
             ErrorCode::Malformed,
         ),
         (
             client_frame::Kind::RegisterPush(api::RegisterPush {
                 url: format!("https://x/{}", "a".repeat(limits::MAX_PUSH_URL_LEN)),
+                ..Default::default()
             }),
             ErrorCode::TooLarge,
+        ),
+        (
+            // Not a point on P-256.
+            client_frame::Kind::RegisterPush(api::RegisterPush {
+                url: "https://push.example/x".into(),
+                p256dh: [&[4u8][..], &[7; 64]].concat(),
+                auth: vec![1; 16],
+            }),
+            ErrorCode::Malformed,
+        ),
+        (
+            client_frame::Kind::RegisterPush(api::RegisterPush {
+                url: "https://push.example/x".into(),
+                p256dh: Vec::new(),
+                auth: vec![1; 16],
+            }),
+            ErrorCode::Malformed,
         ),
         (
             client_frame::Kind::ClaimUsername(api::ClaimUsername {

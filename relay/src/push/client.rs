@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngExt;
-use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 
 use super::filter::{NotPublic, PublicResolver, is_public};
 use super::url::{PushUrl, UrlError};
+use super::webpush::{SealError, WebPushKeys, seal};
 use super::{PushConfig, WAKE_BODY};
 
 /// Most bytes of a response body read (and then thrown away) so that the connection can be
@@ -51,6 +52,15 @@ pub enum PushError {
     /// Connecting, the TLS handshake, or the HTTP exchange failed. The error carries no URL.
     #[error("push request failed: {0}")]
     Http(reqwest::Error),
+    /// Encrypting a WebPush wake or signing its VAPID token failed.
+    #[error("push message could not be sealed")]
+    Seal,
+}
+
+impl From<SealError> for PushError {
+    fn from(_: SealError) -> Self {
+        PushError::Seal
+    }
 }
 
 impl From<reqwest::Error> for PushError {
@@ -107,11 +117,23 @@ pub(super) fn retry_after(value: &HeaderValue) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
+/// How long a push service should keep a wake for a device it cannot reach (`TTL`, seconds).
+const WAKE_TTL: &str = "86400";
+
+/// The origin of an endpoint (`https://host[:port]`, the port only when not the scheme's):
+/// the audience of its VAPID tokens.
+pub(super) fn origin(url: &PushUrl) -> String {
+    let scheme = if url.is_https() { "https" } else { "http" };
+    format!("{scheme}://{}", url.authority())
+}
+
 /// Sends one wake-up POST and reads its status (and up to [`MAX_RESPONSE_BODY`] bytes of body,
-/// thrown away).
+/// thrown away). With WebPush `keys`, the wake is sealed anew for this POST (fresh ephemeral key
+/// and salt) and, when the relay has a VAPID key, signed for the endpoint's origin.
 pub(super) async fn post(
     http: &reqwest::Client,
     url: &PushUrl,
+    keys: Option<&WebPushKeys>,
     cfg: &PushConfig,
 ) -> Result<Reply, PushError> {
     if let Some(ip) = url.ip() {
@@ -121,14 +143,27 @@ pub(super) async fn post(
         }
     }
     let deadline = Instant::now() + cfg.timeout;
-    let mut response = http
+    let mut request = http
         .post(url.to_request_url()?)
         .header(CONTENT_TYPE, "application/octet-stream")
-        .header("TTL", "86400")
-        .header("Urgency", "high")
-        .body(WAKE_BODY)
-        .send()
-        .await?;
+        .header("TTL", WAKE_TTL)
+        .header("Urgency", "high");
+    request = match keys {
+        None => request.body(WAKE_BODY),
+        Some(keys) => {
+            let body = seal(keys, WAKE_BODY)?;
+            let mut request = request.header(CONTENT_ENCODING, "aes128gcm").body(body);
+            if let Some(vapid) = &cfg.vapid {
+                let now_secs = crate::shared::now_ms() / 1000;
+                let value = vapid
+                    .authorization(&origin(url), now_secs)
+                    .map_err(|_| PushError::Seal)?;
+                request = request.header(AUTHORIZATION, value);
+            }
+            request
+        }
+    };
+    let mut response = request.send().await?;
     let reply = Reply {
         status: response.status().as_u16(),
         retry_after: response.headers().get(RETRY_AFTER).and_then(retry_after),

@@ -15,7 +15,7 @@ use super::client::{
     MAX_RETRY_AFTER, PushError, Reply, Verdict, backoff, classify, http_client, post,
 };
 use super::url::PushUrl;
-use super::{PushConfig, PushStats, PushTargets};
+use super::{PushConfig, PushStats, PushTargets, WebPushKeys};
 use crate::store::DeviceId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,9 +84,9 @@ impl Shared {
     }
 
     /// One POST with the pusher's client.
-    async fn post(&self, url: &PushUrl) -> Result<Reply, PushError> {
+    async fn post(&self, url: &PushUrl, keys: Option<&WebPushKeys>) -> Result<Reply, PushError> {
         let http = self.http.as_ref().ok_or(PushError::ClientUnavailable)?;
-        post(http, url, &self.cfg).await
+        post(http, url, keys, &self.cfg).await
     }
 
     /// Counts a delivery cut short by shutdown.
@@ -96,10 +96,12 @@ impl Shared {
 
     /// Delivers one wake, with retries. `slot` is the POST slot for the first attempt.
     async fn deliver(&self, device: DeviceId, slot: OwnedSemaphorePermit) {
-        let Some(raw) = self.targets.endpoint(&device) else {
+        let Some(registration) = self.targets.endpoint(&device) else {
             tracing::debug!("push wake skipped: no endpoint registered");
             return;
         };
+        let raw = registration.url;
+        let keys = registration.keys;
         let url = match PushUrl::parse(&raw) {
             Ok(url) => url,
             Err(error) => {
@@ -126,7 +128,7 @@ impl Shared {
                 },
             };
             let result = tokio::select! {
-                result = self.post(&url) => result,
+                result = self.post(&url, keys.as_ref()) => result,
                 () = self.shutdown.cancelled() => return self.abandon(),
             };
             drop(permit);

@@ -122,12 +122,17 @@ async fn settle(pusher: &Pusher) {
 
 struct Targets {
     url: Mutex<Option<String>>,
+    keys: Option<WebPushKeys>,
     gone: mpsc::UnboundedSender<(DeviceId, String)>,
 }
 
 impl PushTargets for Targets {
-    fn endpoint(&self, _device: &DeviceId) -> Option<String> {
-        self.url.lock().unwrap().clone()
+    fn endpoint(&self, _device: &DeviceId) -> Option<Registration> {
+        let url = self.url.lock().unwrap().clone()?;
+        Some(Registration {
+            url,
+            keys: self.keys.clone(),
+        })
     }
     fn endpoint_gone(&self, device: &DeviceId, url: &str) {
         let mut current = self.url.lock().unwrap();
@@ -156,6 +161,7 @@ fn test_config() -> PushConfig {
         max_pending: 64,
         allow_plain_http: true,
         allow_private_addresses: true,
+        vapid: None,
     }
 }
 
@@ -168,9 +174,14 @@ struct Harness {
 }
 
 fn start(cfg: PushConfig, url: Option<String>) -> Harness {
+    start_with_keys(cfg, url, None)
+}
+
+fn start_with_keys(cfg: PushConfig, url: Option<String>, keys: Option<WebPushKeys>) -> Harness {
     let (gone_tx, gone) = mpsc::unbounded_channel();
     let targets = Arc::new(Targets {
         url: Mutex::new(url),
+        keys,
         gone: gone_tx,
     });
     let stats = Arc::new(PushStats::default());
@@ -232,6 +243,83 @@ async fn one_wake_is_one_content_free_post() {
     assert_eq!(other.headers, headers);
     other.respond(200);
     settle(&h.pusher).await;
+    assert_eq!(count(&h.stats.sent), 2);
+}
+
+#[test]
+fn registrations_are_stored_readably_and_old_records_are_plain_webhooks() {
+    // What relays stored before subscriptions had keys: the URL's bytes.
+    let old = Registration::from_bytes(b"https://push.example/up?x=1").unwrap();
+    assert_eq!(old, Registration::webhook("https://push.example/up?x=1"));
+    assert_eq!(old.to_bytes(), b"https://push.example/up?x=1");
+    let keyed = Registration {
+        url: "https://push.example/wp".into(),
+        keys: Some(webpush::tests::sample_keys()),
+    };
+    let bytes = keyed.to_bytes();
+    assert_eq!(bytes.len(), 1 + 65 + 16 + "https://push.example/wp".len());
+    assert_eq!(Registration::from_bytes(&bytes), Some(keyed.clone()));
+    // Damaged keys or a cut record do not read.
+    assert_eq!(Registration::from_bytes(&bytes[..40]), None);
+    let mut bad = bytes.clone();
+    bad[2] ^= 0xff;
+    assert_eq!(Registration::from_bytes(&bad), None);
+    assert_eq!(Registration::from_bytes(&[0xff, 0xfe]), None);
+    // Debug shows neither the URL nor the keys.
+    let shown = format!("{keyed:?}");
+    assert!(!shown.contains("push.example"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_web_push_wake_is_sealed_for_the_subscription_and_signed() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    let (addr, mut requests) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let vapid = Arc::new(Vapid::load_or_create(&dir.path().join("vapid.key"), "").unwrap());
+    let receiver = p256::SecretKey::from_slice(&[0x42; 32]).unwrap();
+    let auth = [0x17u8; 16];
+    let keys = WebPushKeys::parse(&receiver.public_key().to_sec1_bytes(), &auth).unwrap();
+    let cfg = PushConfig {
+        vapid: Some(Arc::clone(&vapid)),
+        ..test_config()
+    };
+    let h = start_with_keys(cfg, Some(format!("http://{addr}/wp/1")), Some(keys));
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        h.pusher.wake(device(3));
+        let req = next(&mut requests).await;
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(header("content-encoding"), "aes128gcm");
+        assert_eq!(header("ttl"), "86400");
+        assert_eq!(header("urgency"), "high");
+        assert_eq!(header("content-length"), webpush::BODY_LEN.to_string());
+        let auth_header = header("authorization");
+        let k = auth_header.rsplit_once(", k=").unwrap().1;
+        assert_eq!(k, vapid.public_key());
+        let token = auth_header
+            .strip_prefix("vapid t=")
+            .unwrap()
+            .split_once(',')
+            .unwrap()
+            .0;
+        let claims = token.split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&B64.decode(claims).unwrap()).unwrap();
+        assert_eq!(claims["aud"], format!("http://{addr}"));
+        assert_eq!(req.body.len(), webpush::BODY_LEN);
+        assert_eq!(webpush::tests::open(&req.body, &receiver, &auth), WAKE_BODY);
+        bodies.push(req.body.clone());
+        req.respond(201);
+        settle(&h.pusher).await;
+    }
+    assert_ne!(bodies[0], bodies[1]);
     assert_eq!(count(&h.stats.sent), 2);
 }
 
@@ -472,6 +560,7 @@ async fn coalescing_delay_holds_the_first_post() {
     let (gone, _gone_rx) = mpsc::unbounded_channel();
     let targets = Arc::new(Targets {
         url: Mutex::new(None),
+        keys: None,
         gone,
     });
     let stats = Arc::new(PushStats::default());

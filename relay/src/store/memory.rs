@@ -27,7 +27,7 @@ struct Inner {
     ids: SendIds,
     usage: Usage,
     last_seq: BTreeMap<DeviceId, u64>,
-    push: BTreeMap<DeviceId, String>,
+    push: BTreeMap<DeviceId, crate::push::Registration>,
     access: BTreeMap<DeviceId, super::DeliveryAccess>,
     names: BTreeMap<String, UsernameHolder>,
     name_of: BTreeMap<[u8; 32], String>,
@@ -244,16 +244,20 @@ impl super::AccessStore for MemoryStore {
 }
 
 impl PushStore for MemoryStore {
-    fn set_push_endpoint(&self, device: &DeviceId, url: Option<&str>) -> Result<()> {
+    fn set_push_endpoint(
+        &self,
+        device: &DeviceId,
+        endpoint: Option<&crate::push::Registration>,
+    ) -> Result<()> {
         let mut g = self.lock()?;
-        match url {
-            Some(u) => g.push.insert(*device, u.to_owned()),
+        match endpoint {
+            Some(e) => g.push.insert(*device, e.clone()),
             None => g.push.remove(device),
         };
         Ok(())
     }
 
-    fn push_endpoint(&self, device: &DeviceId) -> Result<Option<String>> {
+    fn push_endpoint(&self, device: &DeviceId) -> Result<Option<crate::push::Registration>> {
         Ok(self.lock()?.push.get(device).cloned())
     }
 }

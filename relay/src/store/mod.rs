@@ -39,6 +39,8 @@ pub mod redis_store;
 pub mod sled_store;
 pub mod usage;
 
+use crate::push::Registration;
+
 /// A device as the relay knows it: account key and device id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId {
@@ -465,12 +467,14 @@ pub trait MailboxStore: Send + Sync {
     fn flush(&self) -> Result<()>;
 }
 
-/// Push endpoints registered by devices (URLs the relay POSTs content-free wake-ups to).
+/// Push endpoints registered by devices (URLs the relay POSTs content-free wake-ups to, with
+/// the keys of a WebPush subscription). Stored as [`Registration::to_bytes`], which keeps a
+/// plain endpoint the bare URL it always was, so older records read as plain webhooks.
 pub trait PushStore: Send + Sync {
     /// Registers (`Some`) or removes (`None`) a device's endpoint.
-    fn set_push_endpoint(&self, device: &DeviceId, url: Option<&str>) -> Result<()>;
+    fn set_push_endpoint(&self, device: &DeviceId, endpoint: Option<&Registration>) -> Result<()>;
     /// A device's endpoint.
-    fn push_endpoint(&self, device: &DeviceId) -> Result<Option<String>>;
+    fn push_endpoint(&self, device: &DeviceId) -> Result<Option<Registration>>;
 }
 
 /// Who holds a username: the account and its account key's signature binding the name to it

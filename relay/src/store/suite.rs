@@ -407,12 +407,16 @@ macro_rules! relay_store_suite {
                 )
                 .unwrap();
                 assert_eq!(s.pre_key_counts(&b).unwrap(), (1, 1));
-                s.set_push_endpoint(&b, Some("https://push.example/x"))
-                    .unwrap();
-                assert_eq!(
-                    s.push_endpoint(&b).unwrap().as_deref(),
-                    Some("https://push.example/x")
-                );
+                let plain = crate::push::Registration::webhook("https://push.example/x");
+                s.set_push_endpoint(&b, Some(&plain)).unwrap();
+                assert_eq!(s.push_endpoint(&b).unwrap(), Some(plain));
+                // A WebPush subscription keeps its keys; registering again replaces it whole.
+                let web_push = crate::push::Registration {
+                    url: "https://up.example/wp/abc".into(),
+                    keys: Some(crate::push::webpush::tests::sample_keys()),
+                };
+                s.set_push_endpoint(&b, Some(&web_push)).unwrap();
+                assert_eq!(s.push_endpoint(&b).unwrap(), Some(web_push));
                 let access = DeliveryAccess {
                     token: Some([7; 16]),
                     anyone: false,

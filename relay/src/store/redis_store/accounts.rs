@@ -194,23 +194,29 @@ impl crate::store::AccessStore for RedisStore {
 }
 
 impl PushStore for RedisStore {
-    fn set_push_endpoint(&self, device: &DeviceId, url: Option<&str>) -> Result<()> {
+    fn set_push_endpoint(
+        &self,
+        device: &DeviceId,
+        endpoint: Option<&crate::push::Registration>,
+    ) -> Result<()> {
         let key = self.device_key(device, "push");
-        let _: Value = match url {
-            Some(u) => self
+        let _: Value = match endpoint {
+            Some(e) => self
                 .redis
-                .write(redis::cmd("SET").arg(key).arg(u).clone())?,
+                .write(redis::cmd("SET").arg(key).arg(e.to_bytes()).clone())?,
             None => self.redis.write(redis::cmd("DEL").arg(key).clone())?,
         };
         Ok(())
     }
 
-    fn push_endpoint(&self, device: &DeviceId) -> Result<Option<String>> {
-        self.redis.read(
+    fn push_endpoint(&self, device: &DeviceId) -> Result<Option<crate::push::Registration>> {
+        let v: Option<Vec<u8>> = self.redis.read(
             redis::cmd("GET")
                 .arg(self.device_key(device, "push"))
                 .clone(),
-        )
+        )?;
+        v.map(|v| crate::push::Registration::from_bytes(&v).ok_or(StoreError::Corrupt("push")))
+            .transpose()
     }
 }
 

@@ -84,22 +84,26 @@ impl crate::store::AccessStore for SledStore {
 }
 
 impl PushStore for SledStore {
-    fn set_push_endpoint(&self, device: &DeviceId, url: Option<&str>) -> Result<()> {
-        match url {
-            Some(u) => self
+    fn set_push_endpoint(
+        &self,
+        device: &DeviceId,
+        endpoint: Option<&crate::push::Registration>,
+    ) -> Result<()> {
+        match endpoint {
+            Some(e) => self
                 .push
-                .insert(device.key(), u.as_bytes())
+                .insert(device.key(), e.to_bytes())
                 .map_err(backend)?,
             None => self.push.remove(device.key()).map_err(backend)?,
         };
         Ok(())
     }
 
-    fn push_endpoint(&self, device: &DeviceId) -> Result<Option<String>> {
+    fn push_endpoint(&self, device: &DeviceId) -> Result<Option<crate::push::Registration>> {
         self.push
             .get(device.key())
             .map_err(backend)?
-            .map(|v| String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt("push")))
+            .map(|v| crate::push::Registration::from_bytes(&v).ok_or(StoreError::Corrupt("push")))
             .transpose()
     }
 }
