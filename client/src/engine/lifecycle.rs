@@ -87,6 +87,12 @@ impl Engine {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// How many times the relay said this device's queue was drained since the engine started
+    /// (each told as [`super::Event::CaughtUp`] first).
+    pub(crate) fn caught_up_count(&self) -> u64 {
+        *self.inner.caught_up.borrow()
+    }
+
     /// Tells the engine that the device changed networks (Android's `ConnectivityManager`
     /// callback, iOS's path monitor): `network` names the new one (see
     /// [`crate::conn::set_network`]; empty when unknown). A QUIC connection moves to a new

@@ -52,18 +52,20 @@ impl Messenger {
         let deadline = tokio::time::Instant::now() + wait;
         let was_suspended = engine.is_suspended();
         let received = self.shared.received.load(Ordering::Relaxed);
-        let mut handled = self.shared.caught_up.subscribe();
-        handled.borrow_and_update();
         let in_foreground =
             !was_suspended && engine.state() == crate::engine::ConnectionState::Online;
         let caught_up = if in_foreground {
             true
+        } else if engine.fetch_queue(wait).await {
+            // The engine's drain, then the messenger's handling of every event before it: the
+            // messenger counts the `CaughtUp` events it handled, one for each the engine told.
+            let told = engine.caught_up_count();
+            let mut handled = self.shared.caught_up.subscribe();
+            tokio::time::timeout_at(deadline, handled.wait_for(|n| *n >= told))
+                .await
+                .is_ok_and(|r| r.is_ok())
         } else {
-            // The engine's drain, then the messenger's handling of everything before it.
-            engine.fetch_queue(wait).await
-                && tokio::time::timeout_at(deadline, handled.changed())
-                    .await
-                    .is_ok_and(|r| r.is_ok())
+            false
         };
         // What the user sent (or answered from a notification) leaves too, while time is left.
         let mut changed = self.shared.changed.subscribe();
