@@ -132,6 +132,19 @@ pub fn bind_tcp(addr: SocketAddr, tls: rustls::ServerConfig) -> std::io::Result<
     })
 }
 
+/// First pause of TCP accepts after one failed.
+const TCP_ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(20);
+/// Longest pause of TCP accepts while they keep failing.
+const TCP_ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits out the TCP accept pause, if there is one (forever otherwise).
+async fn paused(pause: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match pause {
+        Some(p) => p.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Accepts the next TCP connection; never resolves without a listener.
 async fn accept_tcp(tcp: Option<&TcpSide>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
     match tcp {
@@ -152,14 +165,28 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let sweeper = tracker.spawn(sweep_loop(Arc::clone(&relay), shutdown.clone()));
     let mut tcp = tcp;
+    // After a failed TCP accept (out of file descriptors, say), TCP pauses before the next one,
+    // doubling while they keep failing, so the loop neither spins nor floods the log; QUIC goes
+    // on meanwhile.
+    let mut tcp_pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut tcp_backoff = TCP_ACCEPT_BACKOFF_MIN;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = accept_tcp(tcp.as_ref()) => {
+            () = paused(&mut tcp_pause), if tcp_pause.is_some() => {
+                tcp_pause = None;
+                continue;
+            }
+            accepted = accept_tcp(tcp.as_ref()), if tcp_pause.is_none() => {
                 let (stream, peer) = match accepted {
-                    Ok(a) => a,
+                    Ok(a) => {
+                        tcp_backoff = TCP_ACCEPT_BACKOFF_MIN;
+                        a
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "TCP accept failed");
+                        tracing::warn!(error = %e, pause_ms = tcp_backoff.as_millis() as u64, "TCP accept failed");
+                        tcp_pause = Some(Box::pin(tokio::time::sleep(tcp_backoff)));
+                        tcp_backoff = (tcp_backoff * 2).min(TCP_ACCEPT_BACKOFF_MAX);
                         continue;
                     }
                 };
