@@ -407,6 +407,19 @@ async fn a_suspended_engine_is_woken_takes_its_queue_once_and_sleeps_again() {
     assert_eq!(got, want);
     assert!(!alice.is_suspended());
     assert_eq!(alice.state(), ConnectionState::Online);
+
+    // The user opens the app while a wake-up runs: the wake-up does not put it to sleep.
+    alice.suspend().await;
+    let (woken, ()) = tokio::join!(alice.wake(WAIT), async { alice.resume() });
+    assert!(woken.unwrap());
+    assert!(!alice.is_suspended());
+    assert_ne!(alice.state(), ConnectionState::Suspended);
+    alice.connected(WAIT).await.unwrap();
+    // Two wake-ups at once: the first to end leaves the engine connected for the other.
+    alice.suspend().await;
+    let (a, b) = tokio::join!(alice.wake(WAIT), alice.wake(WAIT));
+    assert!(a.unwrap() && b.unwrap());
+    assert_eq!(alice.state(), ConnectionState::Suspended);
     alice.shutdown().await;
     bob.shutdown().await;
     relay.stop().await;

@@ -43,12 +43,16 @@ type Established = (
 /// revoked.
 pub(super) async fn establish(inner: &Arc<Inner>) -> Result<Option<Established>, ClientError> {
     let liveness = *inner.liveness.lock().map_err(|_| ClientError::Closed)?;
-    let (conn, events) = RelayConnection::connect_with(
-        crate::conn::RelayAddrs::same(inner.relay),
-        &inner.pin,
-        liveness,
-    )
-    .await?;
+    // Right after a QUIC probe answered while on TCP: QUIC alone, so that a TCP handshake that
+    // happens to be quicker does not win the race again (a failure falls back to both).
+    let quic_only = inner
+        .quic_only_next
+        .swap(false, std::sync::atomic::Ordering::AcqRel);
+    let addrs = crate::conn::RelayAddrs {
+        quic: inner.relay,
+        tcp: (!quic_only).then_some(inner.relay),
+    };
+    let (conn, events) = RelayConnection::connect_with(addrs, &inner.pin, liveness).await?;
     let conn = Arc::new(conn);
     let (account, device_id) = {
         let d = inner.lock()?;
@@ -138,10 +142,12 @@ pub(super) async fn serve(
     inner: &Arc<Inner>,
     conn: Arc<RelayConnection>,
     mut events: tokio::sync::mpsc::Receiver<server_frame::Kind>,
+    redial: &mut tokio::sync::watch::Receiver<u64>,
 ) -> Result<Ended, ClientError> {
     let mut suspended = inner.suspended.subscribe();
-    let mut redial = inner.redial.subscribe();
-    redial.borrow_and_update();
+    inner
+        .drained
+        .store(false, std::sync::atomic::Ordering::Release);
     inner.conn.send_replace(Some(Arc::clone(&conn)));
     inner.state.send_replace(ConnectionState::Online);
     inner.emit(Event::Connection(true));
@@ -157,18 +163,31 @@ pub(super) async fn serve(
     let on_tcp = conn.transport() == crate::conn::Transport::Tcp;
     let mut retry_quic = on_tcp.then(|| quic_retry_due(inner));
     let mut probe: Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>>> = None;
+    // The relay said the queue is drained while deliveries still wait for a retry: told once
+    // they are settled.
+    let mut drain_pending = false;
     let result = loop {
+        if drain_pending && waiting.is_empty() {
+            drain_pending = false;
+            inner.caught_up_now();
+        }
         let next_due = waiting.iter().map(|w| w.due).min();
-        let heal_due = inner.lock()?.next_retry_request_at().map(|at| {
-            tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
-        });
+        let heal_due = match inner.lock() {
+            Ok(d) => d.next_retry_request_at().map(|at| {
+                tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
+            }),
+            Err(e) => break Err(e),
+        };
         let ev = tokio::select! {
             () = inner.shutdown.cancelled() => break Ok(Ended::Stopped),
             () = until(&mut suspended, true) => {
+                // Calls made from now on wait for the next connection.
+                inner.conn.send_replace(None);
                 close_cleanly(&conn).await;
                 break Ok(Ended::Suspended);
             }
             _ = redial.changed() => {
+                inner.conn.send_replace(None);
                 close_cleanly(&conn).await;
                 break Ok(Ended::Redial);
             }
@@ -182,6 +201,10 @@ pub(super) async fn serve(
                 if answered {
                     tracing::info!("QUIC answers again; leaving TCP");
                     crate::conn::remember_transport(inner.relay, crate::conn::Transport::Quic);
+                    inner
+                        .quic_only_next
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    inner.conn.send_replace(None);
                     close_cleanly(&conn).await;
                     break Ok(Ended::Redial);
                 }
@@ -253,8 +276,11 @@ pub(super) async fn serve(
                 let _ = inner.deliver(&conn, &d, true).await;
             }
             Some(server_frame::Kind::QueueDrained(_)) => {
-                inner.emit(Event::CaughtUp);
-                inner.caught_up.send_modify(|n| *n = n.wrapping_add(1));
+                if waiting.is_empty() {
+                    inner.caught_up_now();
+                } else {
+                    drain_pending = true;
+                }
             }
             Some(server_frame::Kind::PreKeysLow(low)) => {
                 // The relay tells once per low spell (and again after an upload that ended it),
@@ -314,6 +340,17 @@ pub(super) fn ack(conn: &Arc<RelayConnection>, seq: u64) {
     }
 }
 
+impl Inner {
+    /// Everything the relay had queued for this device on this connection is processed: tells
+    /// the app (`CaughtUp`), then counts it for those waiting on a drain (a wake-up).
+    fn caught_up_now(&self) {
+        self.emit(Event::CaughtUp);
+        self.drained
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.caught_up.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
 /// Waits until `flag` holds `value` (forever if its sender is gone).
 async fn until(flag: &mut tokio::sync::watch::Receiver<bool>, value: bool) {
     if flag.wait_for(|v| *v == value).await.is_err() {
@@ -363,7 +400,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
             }
         };
         let ended = match established {
-            Ok(Some((conn, events))) => serve(&inner, conn, events).await,
+            Ok(Some((conn, events))) => serve(&inner, conn, events, &mut redial).await,
             Ok(None) => Ok(Ended::Stopped),
             Err(e) => Err(e),
         };
@@ -371,7 +408,11 @@ pub(super) async fn run(inner: Arc<Inner>) {
             break;
         }
         let drained = match ended {
-            Ok(Ended::Suspended | Ended::Stopped) => continue,
+            Ok(Ended::Suspended | Ended::Stopped) => {
+                // Suspended still, the loop's top says so; resumed meanwhile, it dials.
+                inner.state.send_replace(ConnectionState::Offline);
+                continue;
+            }
             Ok(Ended::Redial) => {
                 // Dialled again at once; the app keeps working offline meanwhile.
                 inner.state.send_replace(ConnectionState::Offline);

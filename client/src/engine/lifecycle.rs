@@ -22,67 +22,89 @@ pub enum NetworkMove {
     Suspended,
 }
 
+/// What decides whether the engine is suspended.
+#[derive(Debug, Default)]
+pub(super) struct Suspension {
+    /// The app suspended the engine and has not resumed it.
+    by_app: bool,
+    /// Wake-ups running: each keeps the engine connected until it ends.
+    wakes: u32,
+}
+
+/// Longest a wake-up may wait (longer ones are cut to it).
+const MAX_WAKE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Longest period of the QUIC retries [`Engine::set_quic_retry`] takes.
+const MAX_QUIC_RETRY: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl Engine {
     /// Suspends the engine: the connection is closed cleanly (what this device acknowledged is
     /// confirmed by the relay first, at most [`SUSPEND_WAIT`]) and no new one is made until
-    /// [`Engine::resume`]. Calls that need the relay wait for it (or time out) meanwhile;
-    /// everything local keeps working. For an app going to the background: the relay queues
-    /// what arrives and wakes the device through its push endpoint.
+    /// [`Engine::resume`]; a wake-up running meanwhile keeps it connected until it ends. Calls
+    /// that need the relay wait for it (or time out) meanwhile; everything local keeps working.
+    /// For an app going to the background: the relay queues what arrives and wakes the device
+    /// through its push endpoint. Returns once the connection is closed, or after
+    /// [`SUSPEND_WAIT`] and a second more at the most.
     pub async fn suspend(&self) {
         if self.is_closed() {
             return;
         }
-        let mut state = self.inner.state.subscribe();
-        self.inner.suspended.send_replace(true);
-        let _ = tokio::time::timeout(
-            SUSPEND_WAIT + Duration::from_secs(1),
-            state.wait_for(|s| *s == ConnectionState::Suspended),
-        )
-        .await;
+        self.suspension(|s| s.by_app = true);
+        self.settle_suspended().await;
     }
 
-    /// Ends a suspension: the relay is dialled at once (no backoff left from before).
+    /// Ends a suspension: the relay is dialled at once (no backoff left from before, even
+    /// when the engine was only waiting to try again).
     pub fn resume(&self) {
-        self.inner.suspended.send_replace(false);
+        self.suspension(|s| s.by_app = false);
+        self.dial_now();
     }
 
-    /// Whether the app suspended the engine.
+    /// Whether the app suspended the engine (and has not resumed it).
     pub fn is_suspended(&self) -> bool {
-        *self.inner.suspended.borrow()
+        self.inner.suspension.lock().is_ok_and(|s| s.by_app)
     }
 
     /// Connects (even while suspended) until the relay has delivered everything queued for this
-    /// device and it is processed, at most `wait`; then suspends again if the engine was
-    /// suspended. Returns whether the queue was drained in time. Already connected and not
-    /// suspended, there is nothing to fetch: deliveries arrive as they come.
+    /// device and it is processed, at most `wait`; then, if the app suspended the engine and has
+    /// not resumed it since, and no other wake-up runs, suspends it again. Returns whether the
+    /// queue was drained in time. Connected and caught up already, it returns at once:
+    /// deliveries arrive as they come.
     ///
     /// [`crate::Messenger::wake`] builds on this; an app calls that one.
     pub async fn wake(&self, wait: Duration) -> Result<bool, ClientError> {
         if self.is_closed() {
             return Err(ClientError::Closed);
         }
-        let was_suspended = self.is_suspended();
-        if !was_suspended && self.state() == ConnectionState::Online {
-            return Ok(true);
-        }
+        let lease = self.wake_lease();
         let drained = self.fetch_queue(wait).await;
-        if was_suspended {
-            self.suspend().await;
-        }
+        lease.release().await;
         Ok(drained)
     }
 
-    /// Resumes, and waits (at most `wait`) until the relay said, on a connection made after
-    /// this call, that this device's queue is drained. Returns whether it did.
+    /// Keeps the engine connected (suspended or not) until the lease is released.
+    pub(crate) fn wake_lease(&self) -> WakeLease<'_> {
+        self.suspension(|s| s.wakes = s.wakes.saturating_add(1));
+        self.dial_now();
+        WakeLease { engine: self }
+    }
+
+    /// Waits (at most `wait`) until everything the relay had queued for this device is
+    /// processed: at once when the current connection is there already, otherwise on the next
+    /// connection. Returns whether it happened in time. The caller keeps the engine connected
+    /// (a [`WakeLease`]).
     pub(crate) async fn fetch_queue(&self, wait: Duration) -> bool {
         let mut caught_up = self.inner.caught_up.subscribe();
         caught_up.borrow_and_update();
-        if self.state() == ConnectionState::Online && !self.is_suspended() {
-            // Caught up already on this connection: everything queued came when it opened.
+        if self.state() == ConnectionState::Online
+            && self
+                .inner
+                .drained
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
             return true;
         }
-        self.resume();
-        tokio::time::timeout(wait, caught_up.changed())
+        tokio::time::timeout(wait.min(MAX_WAKE), caught_up.changed())
             .await
             .is_ok_and(|r| r.is_ok())
     }
@@ -93,6 +115,35 @@ impl Engine {
         *self.inner.caught_up.borrow()
     }
 
+    /// Changes what decides the suspension and makes the engine follow it.
+    fn suspension(&self, change: impl FnOnce(&mut Suspension)) {
+        if let Ok(mut s) = self.inner.suspension.lock() {
+            change(&mut s);
+            // Under the lock: the flag always follows the latest change.
+            self.inner.suspended.send_replace(s.by_app && s.wakes == 0);
+        }
+    }
+
+    /// Once the engine is to be suspended, waits (bounded) until its connection is closed.
+    async fn settle_suspended(&self) {
+        if !*self.inner.suspended.borrow() {
+            return;
+        }
+        let mut state = self.inner.state.subscribe();
+        let _ = tokio::time::timeout(
+            SUSPEND_WAIT + Duration::from_secs(1),
+            state.wait_for(|s| *s == ConnectionState::Suspended),
+        )
+        .await;
+    }
+
+    /// Cuts short a wait for the next attempt (a backoff), if the engine is waiting.
+    fn dial_now(&self) {
+        if self.state() == ConnectionState::Offline {
+            self.redial();
+        }
+    }
+
     /// Tells the engine that the device changed networks (Android's `ConnectivityManager`
     /// callback, iOS's path monitor): `network` names the new one (see
     /// [`crate::conn::set_network`]; empty when unknown). A QUIC connection moves to a new
@@ -101,13 +152,15 @@ impl Engine {
     /// this network before).
     pub fn network_changed(&self, network: &str) -> NetworkMove {
         crate::conn::set_network(network);
-        if self.is_suspended() {
+        if *self.inner.suspended.borrow() {
             return NetworkMove::Suspended;
         }
         let current = self.inner.conn.borrow().clone();
         if let Some(conn) = current
             && conn.transport() == Transport::Quic
         {
+            // The new socket is registered with the engine's runtime, whatever thread asks.
+            let _in_runtime = self.inner.runtime.enter();
             match conn.rebind() {
                 Ok(Some(_)) => return NetworkMove::Migrated,
                 Ok(None) => {}
@@ -128,7 +181,8 @@ impl Engine {
             .lock()
             .map(|mut l| std::mem::replace(&mut *l, liveness) != liveness)
             .unwrap_or(false);
-        if changed && self.inner.conn.borrow().is_some() {
+        if changed {
+            // A connection made (or being made) with the old liveness is replaced.
             self.redial();
         }
     }
@@ -137,7 +191,7 @@ impl Engine {
     /// set; ±25 % jitter). Used from the next retry on.
     pub fn set_quic_retry(&self, every: Duration) {
         if let Ok(mut d) = self.inner.quic_retry.lock() {
-            *d = every.max(Duration::from_millis(100));
+            *d = every.clamp(Duration::from_millis(100), MAX_QUIC_RETRY);
         }
     }
 
@@ -157,5 +211,29 @@ impl Engine {
 
     fn redial(&self) {
         self.inner.redial.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Keeps the engine connected while a wake-up runs (see [`Engine::wake_lease`]).
+pub(crate) struct WakeLease<'a> {
+    engine: &'a Engine,
+}
+
+impl WakeLease<'_> {
+    /// Ends the wake-up: suspended again if the app suspended the engine, has not resumed it,
+    /// and no other wake-up runs; returns once the connection is closed then (bounded).
+    pub(crate) async fn release(self) {
+        let engine = self.engine;
+        std::mem::forget(self);
+        engine.suspension(|s| s.wakes = s.wakes.saturating_sub(1));
+        engine.settle_suspended().await;
+    }
+}
+
+impl Drop for WakeLease<'_> {
+    /// A wake-up dropped before its end (its caller gave up) still lets the engine sleep.
+    fn drop(&mut self) {
+        self.engine
+            .suspension(|s| s.wakes = s.wakes.saturating_sub(1));
     }
 }

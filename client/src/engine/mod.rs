@@ -258,8 +258,20 @@ pub(crate) struct Inner {
     shutdown: CancellationToken,
     /// Set once the relay said this device was removed from its account.
     revoked: std::sync::atomic::AtomicBool,
-    /// Whether the app suspended the engine (see [`Engine::suspend`]).
+    /// Whether the engine is suspended now: the app suspended it and no wake-up is running
+    /// (see [`Engine::suspend`], [`Engine::wake`]).
     suspended: watch::Sender<bool>,
+    /// What decides `suspended`: whether the app suspended the engine, and how many wake-ups
+    /// run.
+    suspension: Mutex<lifecycle::Suspension>,
+    /// The relay said the queue was drained on the current connection, and all of it is
+    /// processed.
+    drained: std::sync::atomic::AtomicBool,
+    /// The next connection is made over QUIC alone (a QUIC probe just answered while on TCP).
+    quic_only_next: std::sync::atomic::AtomicBool,
+    /// The runtime the engine runs on (moving a QUIC connection to a new socket registers the
+    /// socket with it, whichever thread asks).
+    runtime: tokio::runtime::Handle,
     /// Bumped to end the current connection (or attempt, or wait) and dial again at once: the
     /// network changed, the liveness changed, or QUIC answers again while on TCP.
     redial: watch::Sender<u64>,
@@ -365,6 +377,10 @@ impl Engine {
             shutdown: CancellationToken::new(),
             revoked: std::sync::atomic::AtomicBool::new(false),
             suspended: watch::channel(false).0,
+            suspension: Mutex::new(lifecycle::Suspension::default()),
+            drained: std::sync::atomic::AtomicBool::new(false),
+            quic_only_next: std::sync::atomic::AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::current(),
             redial: watch::channel(0).0,
             caught_up: watch::channel(0).0,
             liveness: Mutex::new(Liveness::default()),

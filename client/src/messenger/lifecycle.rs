@@ -10,6 +10,9 @@ use crate::error::ClientError;
 
 use super::Messenger;
 
+/// Longest a wake-up may take (longer ones are cut to it).
+const MAX_WAKE: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// What a [`Messenger::wake`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WakeReport {
@@ -40,23 +43,26 @@ impl Messenger {
 
     /// Woken by a push: connects (even while suspended), takes in everything queued at the relay
     /// (stored, told as events, delivery receipts sent), lets the outbox send what waits, and
-    /// returns within `wait` — suspended again if it was suspended. Each queued message is
-    /// told once: what was fetched is acknowledged to the relay before the connection closes, so
-    /// the next connection does not deliver it again. In the foreground (connected, not
-    /// suspended) it returns at once: deliveries arrive as they come.
+    /// returns after `wait` at the most (plus the few seconds a clean close may take), suspended
+    /// again if the app suspended the messenger and has not resumed it meanwhile. Each queued
+    /// message is told once: what was fetched is acknowledged to the relay before the connection
+    /// closes (were the relay not to confirm it in time, it delivers it again and the copy is
+    /// dropped here, untold). Connected and caught up already, nothing is fetched: deliveries
+    /// arrive as they come.
     pub async fn wake(&self, wait: Duration) -> Result<WakeReport, ClientError> {
         let engine = &self.shared.engine;
         if engine.is_closed() {
             return Err(ClientError::Closed);
         }
-        let deadline = tokio::time::Instant::now() + wait;
-        let was_suspended = engine.is_suspended();
+        let wait = wait.min(MAX_WAKE);
+        let deadline = tokio::time::Instant::now()
+            .checked_add(wait)
+            .unwrap_or_else(tokio::time::Instant::now);
         let received = self.shared.received.load(Ordering::Relaxed);
-        let in_foreground =
-            !was_suspended && engine.state() == crate::engine::ConnectionState::Online;
-        let caught_up = if in_foreground {
-            true
-        } else if engine.fetch_queue(wait).await {
+        let in_background = engine.is_suspended();
+        // Connected until the end of this call, suspended or not.
+        let lease = engine.wake_lease();
+        let caught_up = if engine.fetch_queue(wait).await {
             // The engine's drain, then the messenger's handling of every event before it: the
             // messenger counts the `CaughtUp` events it handled, one for each the engine told.
             let told = engine.caught_up_count();
@@ -67,9 +73,10 @@ impl Messenger {
         } else {
             false
         };
-        // What the user sent (or answered from a notification) leaves too, while time is left.
+        // In the background, what the user sent (or answered from a notification) leaves too,
+        // while time is left; in the foreground the outbox goes on by itself.
         let mut changed = self.shared.changed.subscribe();
-        while self.outbox_busy() {
+        while in_background && self.outbox_busy() {
             changed.borrow_and_update();
             if !self.outbox_busy() {
                 break;
@@ -80,9 +87,7 @@ impl Messenger {
             }
         }
         let unsent = self.unsent();
-        if was_suspended {
-            engine.suspend().await;
-        }
+        lease.release().await;
         Ok(WakeReport {
             caught_up,
             messages: self

@@ -520,11 +520,18 @@ async def lifecycle(alice, a_events, bob, b_events, to_alice, to_bob):
     await b_events.wait_async("after the move", message_with(to_alice, "after the move"))
 
     # Kept connected in the background: a new connection with rare keep-alives; still works.
+    with b_events.cond:
+        b_events.events.clear()
     bob.set_liveness(hush_ffi.Liveness.BACKGROUND)
-    await bob.wait_connected(30_000)
+    await b_events.wait_async("link replaced", lambda e: e.is_connection() and not e.connected)
+    await b_events.wait_async("link back", lambda e: e.is_connection() and e.connected)
     await alice.send_text(to_bob, "background link", None)
     await b_events.wait_async("background link", message_with(to_alice, "background link"))
+    with b_events.cond:
+        b_events.events.clear()
     bob.set_liveness(hush_ffi.Liveness.INTERACTIVE)
+    await b_events.wait_async("link replaced", lambda e: e.is_connection() and not e.connected)
+    await b_events.wait_async("link back", lambda e: e.is_connection() and e.connected)
     await bob.register_push("")
     endpoint.close()
 
