@@ -282,6 +282,11 @@ async fn run_one(opts: &Options) -> Result<Report, Error> {
             ),
         },
     };
+    // Which transport carried the run (the ceiling server speaks QUIC alone).
+    let relay_desc = match opts.transport {
+        LoadTransport::Quic => format!("{relay_desc}, over QUIC"),
+        LoadTransport::Tcp => format!("{relay_desc}, over TLS 1.3 on TCP"),
+    };
 
     let n_nodes = nodes.len();
     let sender_nodes = if n_nodes > 1 {

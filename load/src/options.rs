@@ -104,7 +104,7 @@ pub enum NodeError {
 #[command(
     name = "hush-load",
     version,
-    about = "Drives a Hush relay over QUIC on loopback"
+    about = "Drives a Hush relay over QUIC or TLS over TCP on loopback"
 )]
 pub struct Options {
     /// throughput | latency | idle | fanout | ceiling

@@ -91,6 +91,7 @@ async fn throughput_mode_over_tcp_sends_and_receives() {
     let report = run(&opts).await.unwrap();
     println!("{report}");
     assert_eq!(report.connections, 6);
+    assert!(report.relay.ends_with("over TLS 1.3 on TCP"), "{report}");
     assert!(report.acked_in_window > 0, "no send acknowledged: {report}");
     assert!(report.delivered >= report.envelopes_acked, "{report}");
     assert!(report.ok(), "{report}");
