@@ -194,10 +194,11 @@ impl<S: KvStore> Device<S> {
             Some(wire::content::Body::SenderKeyRequest(r)) => {
                 incoming.outgoing = self.answer_sender_key_request(from, &r, rng, now, tx)?;
             }
-            Some(wire::content::Body::GroupLog(n)) => {
-                incoming
-                    .group_logs
-                    .extend(self.accept_group_notice(from, &n, tx)?);
+            Some(wire::content::Body::GroupLog(mut n)) => {
+                let accepted = self.accept_group_notice(from, &n, tx);
+                // The secret is kept (in the group or the invitation) only in its own type.
+                zeroize::Zeroize::zeroize(&mut n.secret);
+                incoming.group_logs.extend(accepted?);
             }
             Some(wire::content::Body::GroupSyncRequest(_)) => {
                 incoming.outgoing = self.answer_group_sync(from, rng, now, tx)?;

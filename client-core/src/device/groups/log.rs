@@ -487,7 +487,7 @@ impl<S: KvStore> Device<S> {
     ) -> Result<()> {
         let entry = self.groups.get(g).ok_or(ProtocolError::UnknownGroup)?;
         let head = entry.log.head_at(seq);
-        let secret = entry.log.secret().to_bytes();
+        let secret = Zeroizing::new(entry.log.secret().to_bytes());
         let mut accounts: Vec<AccountId> = entry.log.state().members.keys().copied().collect();
         accounts.extend(diff.removed.iter().copied());
         for account in accounts {
@@ -501,7 +501,7 @@ impl<S: KvStore> Device<S> {
             let devices: Vec<DeviceAddress> =
                 list.addresses().filter(|d| *d != self.address).collect();
             let with_secret = diff.added.contains(&account);
-            let content = wire::Content {
+            let mut content = wire::Content {
                 body: Some(wire::content::Body::GroupLog(wire::GroupLogNotice {
                     group_id: g.0.to_vec(),
                     secret: if with_secret {
@@ -513,7 +513,7 @@ impl<S: KvStore> Device<S> {
                     head: head.to_vec(),
                 })),
             };
-            for d in devices {
+            let sealed: Result<()> = devices.into_iter().try_for_each(|d| {
                 match self.seal(&d, &content, rng, now, tx) {
                     Ok(bytes) => update.outgoing.push(Outgoing { to: d, bytes }),
                     Err(DeviceError::Protocol(Error::Protocol(
@@ -521,7 +521,10 @@ impl<S: KvStore> Device<S> {
                     ))) => update.unreached.push(d),
                     Err(e) => return Err(e),
                 }
-            }
+                Ok(())
+            });
+            wipe_notice(&mut content);
+            sealed?;
         }
         Ok(())
     }
@@ -731,19 +734,28 @@ impl<S: KvStore> Device<S> {
             let Some(entry) = self.groups.get(&g) else {
                 continue;
             };
-            let content = wire::Content {
+            let mut content = wire::Content {
                 body: Some(wire::content::Body::GroupLog(wire::GroupLogNotice {
                     group_id: g.0.to_vec(),
-                    secret: entry.log.secret().to_bytes().to_vec(),
+                    secret: Zeroizing::new(entry.log.secret().to_bytes()).to_vec(),
                     seq: entry.log.seq(),
                     head: entry.log.state().head.to_vec(),
                 })),
             };
+            let sealed = self.seal(from, &content, rng, now, tx);
+            wipe_notice(&mut content);
             out.push(Outgoing {
                 to: *from,
-                bytes: self.seal(from, &content, rng, now, tx)?,
+                bytes: sealed?,
             });
         }
         Ok(out)
+    }
+}
+
+/// Wipes the group secret a notice carried, once it is sealed or read.
+fn wipe_notice(content: &mut wire::Content) {
+    if let Some(wire::content::Body::GroupLog(n)) = content.body.as_mut() {
+        zeroize::Zeroize::zeroize(&mut n.secret);
     }
 }
