@@ -110,8 +110,15 @@ impl Drop for UdpGate {
 /// listener has the gate's port number: a client given the gate's address sees one relay at
 /// one port, as in production, and the test decides whether UDP gets through.
 async fn gated_relay(open: bool) -> (TestRelay, UdpGate) {
-    let front = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = front.local_addr().unwrap();
+    // A UDP port whose number is free over TCP too (other tests' connections take TCP ports).
+    let (front, port) = (0..64)
+        .find_map(|_| {
+            let front = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let port = front.local_addr().unwrap();
+            let free = std::net::TcpListener::bind(port).is_ok();
+            free.then_some((front, port))
+        })
+        .expect("a UDP port whose number is free over TCP");
     let relay = TestRelay::start_with(StoreKind::Memory, |c| {
         c.tcp_listen = TcpListen::At(port);
     })
