@@ -128,8 +128,35 @@ async fn gated_relay(open: bool) -> (TestRelay, UdpGate) {
     (relay, gate)
 }
 
-/// The next event that `pick` accepts; messages on the way are acknowledged to the inbox and
-/// kept in `got`. A lost connection on the way fails the test when `steady` is set.
+/// The next event: a message is acknowledged to the inbox and kept in `got`; a lost connection
+/// fails the test when `steady` is set.
+async fn take(
+    engine: &Engine,
+    rx: &mut UnboundedReceiver<Event>,
+    got: &mut Vec<Vec<u8>>,
+    steady: bool,
+) -> Event {
+    let ev = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("an event in time")
+        .expect("engine running");
+    match &ev {
+        Event::Message {
+            id,
+            plaintext,
+            ephemeral: false,
+            ..
+        } => {
+            got.push(plaintext.to_vec());
+            engine.ack(*id).unwrap();
+        }
+        Event::Connection(false) if steady => panic!("the connection was lost"),
+        _ => {}
+    }
+    ev
+}
+
+/// The next event that `pick` accepts; events on the way are [`take`]n.
 async fn until<T>(
     engine: &Engine,
     rx: &mut UnboundedReceiver<Event>,
@@ -138,25 +165,9 @@ async fn until<T>(
     mut pick: impl FnMut(&Event) -> Option<T>,
 ) -> T {
     loop {
-        let ev = tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .expect("an event in time")
-            .expect("engine running");
+        let ev = take(engine, rx, got, steady).await;
         if let Some(t) = pick(&ev) {
             return t;
-        }
-        match ev {
-            Event::Message {
-                id,
-                plaintext,
-                ephemeral: false,
-                ..
-            } => {
-                got.push(plaintext.to_vec());
-                engine.ack(id).unwrap();
-            }
-            Event::Connection(false) if steady => panic!("the connection was lost"),
-            _ => {}
         }
     }
 }
@@ -170,23 +181,7 @@ async fn receive_into(
     steady: bool,
 ) {
     while got.len() < n {
-        let ev = tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .expect("a message in time")
-            .expect("engine running");
-        match ev {
-            Event::Message {
-                id,
-                plaintext,
-                ephemeral: false,
-                ..
-            } => {
-                got.push(plaintext.to_vec());
-                engine.ack(id).unwrap();
-            }
-            Event::Connection(false) if steady => panic!("the connection was lost"),
-            _ => {}
-        }
+        take(engine, rx, got, steady).await;
     }
 }
 
