@@ -5,7 +5,7 @@ use hush_client::profile;
 use hush_client::{ClientError, EngineConfig, LinkOffer, Messenger, MessengerEvent};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,8 @@ pub const MAX_WAIT_MS: u64 = 3_600_000;
 const MAX_LINK_OFFERS: usize = 4;
 /// How long `shutdown` waits for calls still running to let go of the messenger.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// How long `shutdown` waits for the listener to return from an event it is being told.
+const LISTENER_WAIT: Duration = Duration::from_secs(3);
 /// Worker threads of the client's runtime.
 const WORKER_THREADS: usize = 2;
 
@@ -57,6 +59,10 @@ struct Inner {
     offers: Mutex<HashMap<String, LinkOffer>>,
     /// Cancelled by `shutdown`: every call still running ends with `Closed`.
     closing: CancellationToken,
+    /// Held by the event thread while it tells the listener an event. Once `shutdown` has
+    /// cancelled `closing` and then taken this, the listener is never called again: an app
+    /// (or an interpreter) may tear down what the listener uses as soon as `shutdown` returns.
+    telling: Arc<Mutex<()>>,
 }
 
 /// The messenger of one device. Create it with the profile directory and the at-rest key, then
@@ -168,11 +174,16 @@ impl Inner {
     fn dispatch(&self, mut events: UnboundedReceiver<MessengerEvent>) -> Result<(), HushError> {
         let listener = Arc::clone(&self.listener);
         let closing = self.closing.clone();
+        let telling = Arc::clone(&self.telling);
         std::thread::Builder::new()
             .name("hush-events".into())
             .spawn(move || {
                 while let Some(ev) = events.blocking_recv() {
-                    // Nothing reaches the app after `shutdown`.
+                    let Ok(_telling) = telling.lock() else {
+                        break;
+                    };
+                    // Nothing reaches the app after `shutdown`: checked under `telling`, which
+                    // `shutdown` takes after cancelling.
                     if closing.is_cancelled() {
                         break;
                     }
@@ -194,6 +205,7 @@ impl Inner {
         if let Ok(mut o) = self.offers.lock() {
             o.clear();
         }
+        self.listener_quiet().await;
         let State::Running(mut m) = prev else {
             return;
         };
@@ -214,6 +226,26 @@ impl Inner {
                     return;
                 }
             }
+        }
+    }
+}
+
+impl Inner {
+    /// Waits (at most `LISTENER_WAIT`) until an event being told when `closing` was cancelled
+    /// has been told; no later one is. A listener that itself waits for `shutdown` to return
+    /// would never return: the wait is bounded for it.
+    async fn listener_quiet(&self) {
+        let deadline = tokio::time::Instant::now() + LISTENER_WAIT;
+        loop {
+            let busy = matches!(self.telling.try_lock(), Err(TryLockError::WouldBlock));
+            if !busy {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("the listener is still busy with an event at shutdown");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 }
@@ -283,6 +315,7 @@ impl HushClient {
                 listener,
                 offers: Mutex::new(HashMap::new()),
                 closing: CancellationToken::new(),
+                telling: Arc::new(Mutex::new(())),
             }),
             rt: Some(rt),
         }))
@@ -415,7 +448,9 @@ impl HushClient {
     }
 
     /// Stops the client: calls still running end with `Closed`, the connection closes, and
-    /// every later call fails with `Closed`. Safe to call more than once.
+    /// every later call fails with `Closed`. Once it returns, the listener is not being called
+    /// and never is again (an event it is being told is waited for, at most 3 s), so what the
+    /// listener uses may be torn down. Safe to call more than once.
     pub async fn shutdown(&self) -> Result<(), HushError> {
         let Ok(rt) = self.rt() else {
             return Ok(());
@@ -541,5 +576,57 @@ mod tests {
         ));
         // Dropped from inside a runtime: no panic.
         block_on(async move { drop(c) });
+    }
+
+    /// Tells the test when it is called, then waits to be let go.
+    struct Held {
+        entered: std::sync::mpsc::SyncSender<()>,
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl HushListener for Held {
+        fn on_event(&self, _event: HushEvent) -> Result<(), ListenerError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.entered.send(()).unwrap();
+            self.go.lock().unwrap().recv().unwrap();
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn shutdown_returns_only_once_the_listener_is_done_and_it_is_never_called_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (entered_tx, entered) = std::sync::mpsc::sync_channel(4);
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let held = Arc::new(Held {
+            entered: entered_tx,
+            go: Mutex::new(go_rx),
+            calls: 0.into(),
+        });
+        let listener: Arc<dyn HushListener> = Arc::clone(&held) as _;
+        let c = HushClient::new(config(dir.path()), listener).unwrap();
+        let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+        c.inner.dispatch(rx).unwrap();
+        events.send(MessengerEvent::CaughtUp).unwrap();
+        entered.recv().unwrap();
+
+        // The listener is busy with the event: shutdown waits for it.
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let c2 = Arc::clone(&c);
+        let stopping = std::thread::spawn(move || {
+            block_on(c2.shutdown()).unwrap();
+            done_tx.send(()).unwrap();
+        });
+        assert!(done.recv_timeout(Duration::from_millis(200)).is_err());
+        go.send(()).unwrap();
+        done.recv().unwrap();
+        stopping.join().unwrap();
+
+        // Told nothing more: the event thread ends on the next event, without calling.
+        go.send(()).unwrap();
+        let _ = events.send(MessengerEvent::CaughtUp);
+        block_on(events.closed());
+        assert_eq!(held.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
