@@ -61,6 +61,19 @@ class Raising(Listener):
         raise RuntimeError("a listener bug")
 
 
+class Slow(hush_ffi.HushListener):
+    """Takes its time over each event (sleeping, so another thread may run meanwhile)."""
+
+    def __init__(self):
+        self.entered = threading.Event()
+        self.told = 0
+
+    def on_event(self, event):
+        self.entered.set()
+        time.sleep(0.5)
+        self.told += 1
+
+
 def config(name, key=bytes(range(32)), relay=RELAY, pin=PIN):
     return hush_ffi.ClientConfig(
         profile_dir=os.path.join(SCRATCH, name),
@@ -419,6 +432,17 @@ async def main():
     await bob.shutdown()
     await expect_error_async(HushError.Closed, "shut down", alice.send_text(to_bob, "late", None))
     expect_error(HushError.Closed, "shut down", lambda: alice.history(to_bob, None, 10))
+
+    # Shut down while the listener is busy with an event: shutdown returns once that event is
+    # told, and none is told after, so the interpreter may exit at once (a thread calling into
+    # it while it finalizes would abort the process).
+    slow = Slow()
+    last = HushClient(config("bob", key=bytes([7] * 32)), slow)
+    last.open()
+    assert await asyncio.to_thread(slow.entered.wait, WAIT), "no event for the slow listener"
+    await last.shutdown()
+    told = slow.told
+    assert told >= 1, told
     print("python bindings test: ok")
 
 
