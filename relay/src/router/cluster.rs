@@ -481,6 +481,11 @@ impl Router for RedisRouter {
                 .query_async(&mut c)
                 .await
         });
+        // Registered here only once presence names it, so that a heartbeat running meanwhile
+        // cannot take the entry it replaces for a takeover of this connection; and before the
+        // other node is told of the takeover, so that what it sends the device on hearing of it
+        // (a wake-up for mail its closing connection left unread) finds the device here.
+        let local = self.local.register(device, handle);
         match before {
             Ok(Some(prev)) => {
                 if let Some((node, prev_conn)) = parse_presence(&prev)
@@ -505,9 +510,7 @@ impl Router for RedisRouter {
             // this connection, and the device's reconnection tries again.
             Err(e) => tracing::warn!(error = %e, "presence not recorded"),
         }
-        // Registered here only once presence names it, so that a heartbeat running meanwhile
-        // cannot take the entry it replaces for a takeover of this connection.
-        self.local.register(device, handle)
+        local
     }
 
     fn unregister(&self, device: &DeviceId, conn_id: u64) {
