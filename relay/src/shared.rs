@@ -252,6 +252,9 @@ pub struct Relay {
     /// Every mutation of `store` goes through it (`crate::writer`).
     pub(crate) writer: Writer,
     pub(crate) pusher: Pusher,
+    /// The VAPID public key (65 bytes) that signs WebPush wake-ups, as `PushServerKey`
+    /// answers it; `None` when the relay has no VAPID key.
+    pub(crate) vapid_public: Option<Vec<u8>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) rate_limiters: RateLimiters,
     /// Cached device lists, with when each was last known to be the newest.
@@ -266,8 +269,7 @@ pub struct Relay {
     /// Devices told in the current low spell that their one-time keys run low (set when a claim
     /// first takes a count below the threshold, cleared when an upload brings both above it),
     /// so that claims do not send one notification each. In memory: after a restart a device
-    /// may be told once more.
-    /// Devices told that their one-time keys run low, and when.
+    /// may be told once more. Each with when it was told.
     pre_keys_low: Mutex<HashMap<DeviceId, Instant>>,
     pub(crate) draining: AtomicBool,
     pub(crate) next_conn: AtomicU64,
@@ -349,6 +351,7 @@ impl Relay {
             cfg.flush_batch_max,
             lanes,
         )?;
+        let vapid_public = vapid.as_ref().map(|v| v.public_key_bytes().to_vec());
         let (pusher, push_task) = Pusher::spawn(
             push_config(&cfg, vapid),
             Arc::new(StoreTargets(Arc::clone(&store))),
@@ -395,6 +398,7 @@ impl Relay {
             router,
             writer,
             pusher,
+            vapid_public,
             metrics,
             rate_limiters,
             lists: Mutex::new(HashMap::new()),

@@ -45,6 +45,18 @@ async fn web_push_wakes_are_sealed_for_the_subscription_and_signed(store: StoreK
     let url = format!("http://{addr}/wp/bob-1");
     let subscription = Subscriber::new(5);
 
+    // The VAPID key, asked for before authenticating (an app subscribes before it registers).
+    let anon = client(&r).await;
+    let got = anon
+        .request(client_frame::Kind::PushServerKey(api::PushServerKey {}))
+        .await;
+    let server_frame::Kind::PushServerKey(served) = got else {
+        panic!("no VAPID key served: {got:?}")
+    };
+    assert_eq!(served.vapid_public_key.len(), 65);
+    assert_eq!(served.vapid_public_key[0], 0x04);
+    anon.close();
+
     let alice = TestAccount::new(1);
     let bob = TestAccount::new(1);
     let a = client(&r).await;
@@ -122,6 +134,7 @@ async fn web_push_wakes_are_sealed_for_the_subscription_and_signed(store: StoreK
             vapid.public_key(),
             "signed with the relay's VAPID key"
         );
+        assert_eq!(token.key, served.vapid_public_key, "the key the relay serves");
         assert_eq!(token.aud, format!("http://{addr}"));
         assert_eq!(token.sub.as_deref(), Some("mailto:ops@relay.example"));
         let now = unix_now();

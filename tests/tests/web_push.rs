@@ -52,6 +52,9 @@ async fn a_web_push_subscription_registered_through_the_engine_wakes_the_offline
         device: bob.address().unwrap().device_id,
     };
 
+    // The app first asks for the relay's VAPID key (to subscribe with it).
+    let server_key = bob.push_server_key().await.unwrap();
+
     // Keys of the wrong size never leave the device; a key off the curve is the relay's to refuse.
     let p256dh = subscription.p256dh();
     assert!(
@@ -84,6 +87,7 @@ async fn a_web_push_subscription_registered_through_the_engine_wakes_the_offline
     assert_eq!(content, hush_relay::push::WAKE_BODY);
     let token = verify_vapid(post.header("authorization").unwrap());
     assert_eq!(token.aud, format!("http://{gateway}"));
+    assert_eq!(token.key, server_key, "signed with the key the relay served");
     drop(b_rx);
 
     // The relay loses the registration; Bob's next connection sends it again, keys included.

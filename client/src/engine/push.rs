@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use hush_proto::relay_api::{self as api, client_frame};
+use hush_proto::relay_api::{self as api, client_frame, server_frame};
 use zeroize::Zeroizing;
 
 use super::{CONNECT_WAIT, Engine};
@@ -65,6 +65,27 @@ fn saved_form(request: &api::RegisterPush) -> Zeroizing<String> {
 }
 
 impl Engine {
+    /// The relay's VAPID public key (RFC 8292): the "application server key" a UnifiedPush
+    /// distributor or push service may ask for when the app subscribes, before there is an
+    /// endpoint to register with [`Engine::register_web_push`]. An uncompressed P-256 point,
+    /// 65 bytes (push APIs mostly take it base64url-encoded without padding). A relay without
+    /// one answers `Refused` (`NOT_FOUND`).
+    pub async fn push_server_key(&self) -> Result<[u8; WEB_PUSH_KEY_LEN], ClientError> {
+        let conn = self.inner.current(CONNECT_WAIT).await?;
+        let kind = client_frame::Kind::PushServerKey(api::PushServerKey {});
+        let server_frame::Kind::PushServerKey(r) = conn.request(kind).await? else {
+            return Err(ClientError::Protocol(
+                "unexpected answer to a push server key request",
+            ));
+        };
+        match <[u8; WEB_PUSH_KEY_LEN]>::try_from(r.vapid_public_key.as_slice()) {
+            Ok(key) if key.first() == Some(&0x04) => Ok(key),
+            _ => Err(ClientError::Protocol(
+                "the relay's VAPID key is not an uncompressed P-256 point",
+            )),
+        }
+    }
+
     /// Registers a WebPush subscription as this device's push endpoint: the endpoint `url`
     /// (`https://`), the subscription's public key `p256dh` (an uncompressed P-256 point, 65
     /// bytes) and its authentication secret `auth` (16 bytes) — what a UnifiedPush distributor

@@ -88,6 +88,27 @@ impl HushClient {
             .await
     }
 
+    /// The relay's VAPID public key, 65 bytes (an uncompressed P-256 point): the "application
+    /// server key" a UnifiedPush distributor or push service may ask for when the app
+    /// subscribes (most take it base64url-encoded without padding). `NotFound` when the relay
+    /// signs no WebPush wake-ups.
+    pub async fn push_server_key(&self) -> Result<Vec<u8>, HushError> {
+        self.with(move |m| async move {
+            match m.engine().push_server_key().await {
+                Ok(key) => Ok(key.to_vec()),
+                Err(ClientError::Refused(r))
+                    if r.code == hush_proto::relay_api::ErrorCode::NotFound =>
+                {
+                    Err(HushError::NotFound(
+                        "the relay signs no WebPush wake-ups (it has no VAPID key)".into(),
+                    ))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
     /// Lets sealed messages into this device's queue from anyone (`true`), or only from
     /// contacts who hold its delivery key (`false`, the default). Remembered in the profile.
     pub async fn set_sealed_from_anyone(&self, anyone: bool) -> Result<(), HushError> {

@@ -490,6 +490,11 @@ class PushEndpoint:
 async def lifecycle(alice, a_events, bob, b_events, to_alice, to_bob):
     """A phone's life: suspended in the background, woken by a push to fetch what came (once),
     resumed, moved to another network, kept alive for the background."""
+    # The relay's VAPID key, which a UnifiedPush distributor may ask for when subscribing.
+    server_key = await bob.push_server_key()
+    assert len(server_key) == 65 and server_key[0] == 4, server_key
+    assert await alice.push_server_key() == server_key
+
     endpoint = PushEndpoint()
     await bob.register_push(endpoint.url)
     await bob.wait_connected(30_000)

@@ -55,6 +55,22 @@ impl ConnState {
         Ok(Reply::Later)
     }
 
+    /// The relay's VAPID public key, to any connection (it is public, and an app needs it to
+    /// subscribe before it has an endpoint to register), or `NOT_FOUND` without one.
+    pub(super) fn push_server_key(relay: &Relay) -> Result<server_frame::Kind, Refusal> {
+        let key = relay.vapid_public.clone().ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::NotFound,
+                "this relay signs no WebPush wake-ups (it has no VAPID key)",
+            )
+        })?;
+        Ok(server_frame::Kind::PushServerKey(
+            api::PushServerKeyResult {
+                vapid_public_key: key,
+            },
+        ))
+    }
+
     /// Binds a name to the device's account once the account key's signature over it verifies
     /// (any device of the account may send the claim; only the account key can make it).
     pub(super) fn claim_username(

@@ -678,6 +678,7 @@ impl ConnState {
             Some(K::SendEphemeral(e)) => self.ephemeral(relay, e, now).map(Reply::Now),
             Some(K::RegisterPush(p)) => self.register_push(relay, rid, p, now),
             Some(K::Ping(_)) => Ok(Reply::Now(server_frame::Kind::Ok(api::Ok {}))),
+            Some(K::PushServerKey(_)) => Self::push_server_key(relay).map(Reply::Now),
             Some(K::ProvisionPut(p)) => self.provision_put(relay, p, now).map(Reply::Now),
             Some(K::ProvisionTake(t)) => self.provision_take(relay, &t, now).map(Reply::Now),
             Some(K::ProvisionOffer(o)) => self.provision_offer(relay, &o, now).map(Reply::Now),

@@ -687,6 +687,11 @@ async fn every_refusal_is_typed_and_leaves_the_connection_usable() {
             ErrorCode::Malformed,
         ),
         (
+            // This relay has no VAPID key.
+            client_frame::Kind::PushServerKey(api::PushServerKey {}),
+            ErrorCode::NotFound,
+        ),
+        (
             client_frame::Kind::ClaimUsername(api::ClaimUsername {
                 name: "?".into(),
                 proof: vec![0; 64],

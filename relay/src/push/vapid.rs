@@ -121,6 +121,11 @@ impl Vapid {
         &self.public
     }
 
+    /// The public key itself: the uncompressed point, 65 bytes (what `PushServerKey` answers).
+    pub fn public_key_bytes(&self) -> &[u8] {
+        self.key.public_key().as_ref()
+    }
+
     /// The `Authorization` header value for a POST to an endpoint of origin `audience`
     /// (`https://host[:port]`), with a token that expires [`TOKEN_LIFETIME_SECS`] after
     /// `now_secs` (Unix time).
