@@ -134,7 +134,10 @@ async fn web_push_wakes_are_sealed_for_the_subscription_and_signed(store: StoreK
             vapid.public_key(),
             "signed with the relay's VAPID key"
         );
-        assert_eq!(token.key, served.vapid_public_key, "the key the relay serves");
+        assert_eq!(
+            token.key, served.vapid_public_key,
+            "the key the relay serves"
+        );
         assert_eq!(token.aud, format!("http://{addr}"));
         assert_eq!(token.sub.as_deref(), Some("mailto:ops@relay.example"));
         let now = unix_now();

@@ -87,7 +87,10 @@ async fn a_web_push_subscription_registered_through_the_engine_wakes_the_offline
     assert_eq!(content, hush_relay::push::WAKE_BODY);
     let token = verify_vapid(post.header("authorization").unwrap());
     assert_eq!(token.aud, format!("http://{gateway}"));
-    assert_eq!(token.key, server_key, "signed with the key the relay served");
+    assert_eq!(
+        token.key, server_key,
+        "signed with the key the relay served"
+    );
     drop(b_rx);
 
     // The relay loses the registration; Bob's next connection sends it again, keys included.
