@@ -134,6 +134,10 @@ pub enum ProtocolError {
     /// The API was called in a way its contract forbids.
     #[error("invalid use: {0}")]
     Misuse(&'static str),
+    /// An authentic change that its author has no right to make (a group change by a member
+    /// who is not an admin, a creation that does not make its author an admin).
+    #[error("not permitted: {0}")]
+    NotPermitted(&'static str),
 }
 
 impl Error {

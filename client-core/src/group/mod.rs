@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::consts::{GROUP_ID_LABEL, MAX_GROUP_MEMBERS, MAX_GROUP_NAME_LEN};
 use crate::device_list::VerifiedDeviceList;
-use crate::error::{AuthError, Error, ProtocolError, Result};
+use crate::error::{Error, ProtocolError, Result};
 use crate::keys::{AccountId, DeviceAddress, DeviceIdentityKeyPair, array};
 use crate::sender_key::GroupId;
 
@@ -307,13 +307,13 @@ impl GroupState {
         let leaving = b.add.is_empty() && b.name.is_none() && b.remove == [author];
         if b.epoch == 1 {
             if !b.remove.is_empty() || !b.add.contains(&(author, true)) {
-                return Err(AuthError::BadSignature(
+                return Err(ProtocolError::NotPermitted(
                     "group creation must list its author as admin",
                 )
                 .into());
             }
         } else if !self.is_admin(&author) && !((leaving || refresh) && self.is_member(&author)) {
-            return Err(AuthError::BadSignature("group change by a non-admin").into());
+            return Err(ProtocolError::NotPermitted("group change by a non-admin").into());
         }
         let mut next = self.clone();
         let mut diff = Diff::default();

@@ -820,7 +820,7 @@ fn group_log_vector() -> GenResult<GroupLogVector> {
             name: None,
             add: vec![(c, false)],
             remove: vec![],
-            skip: Some("Auth(BadSignature)"),
+            skip: Some("Protocol(NotPermitted)"),
             description: "Carol, removed but still holding the group secret, appends a change adding herself \
                           back, correctly built on the head: she is neither an admin nor a member, so every \
                           member skips it.",

@@ -542,10 +542,10 @@ impl Membership {
         let admin = self.members.get(&c.author) == Some(&true);
         if c.epoch == 1 {
             if !c.remove.is_empty() || !c.add.contains(&(c.author, true)) {
-                return Err("Auth(BadSignature)");
+                return Err("Protocol(NotPermitted)");
             }
         } else if !admin && !((leaving || refresh) && member) {
-            return Err("Auth(BadSignature)");
+            return Err("Protocol(NotPermitted)");
         }
         let mut next = self.clone();
         let (mut added, mut removed) = (Vec::new(), Vec::new());
