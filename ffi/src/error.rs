@@ -156,7 +156,9 @@ fn core(e: &hush_core::Error) -> HushError {
         E::Protocol(ProtocolError::NotAMember) => {
             HushError::NotPermitted("not a member of the group".into())
         }
-        E::Protocol(ProtocolError::Misuse(why)) => HushError::NotPermitted((*why).to_owned()),
+        E::Protocol(ProtocolError::Misuse(why) | ProtocolError::NotPermitted(why)) => {
+            HushError::NotPermitted((*why).to_owned())
+        }
         E::Protocol(p @ (ProtocolError::TooLarge(_) | ProtocolError::TooManyDevices(_))) => {
             HushError::TooLarge(p.to_string())
         }
@@ -294,6 +296,12 @@ mod tests {
         assert!(matches!(
             HushError::from(ClientError::Disconnected),
             HushError::NotConnected(_)
+        ));
+        assert!(matches!(
+            HushError::from(ClientError::Core(hush_core::Error::Protocol(
+                ProtocolError::NotPermitted("group change by a non-admin")
+            ))),
+            HushError::NotPermitted(_)
         ));
         assert!(matches!(
             HushError::from(ClientError::Unreachable("pin".into())),
