@@ -148,8 +148,10 @@ pub(super) async fn serve(
     inner
         .drained
         .store(false, std::sync::atomic::Ordering::Release);
-    inner.conn.send_replace(Some(Arc::clone(&conn)));
+    // Online before the connection is published: whoever sees it (`connected`, any call) then
+    // reads the state as `Online` too.
     inner.state.send_replace(ConnectionState::Online);
+    inner.conn.send_replace(Some(Arc::clone(&conn)));
     inner.emit(Event::Connection(true));
     // Retry requests left from before (PROTOCOL.md §20).
     inner.heal(&conn).await;

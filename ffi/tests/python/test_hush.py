@@ -533,14 +533,19 @@ async def lifecycle(alice, a_events, bob, b_events, to_alice, to_bob):
         b_events.events.clear()
     assert left == [], left
 
-    # To the foreground: connected at once; the queue was drained exactly once.
+    # To the foreground: connected at once; the queue was drained exactly once. (Events are
+    # told on a thread of their own, so a wake's last events may still come after this point:
+    # what is waited for below is what only the resumed connection can bring.)
     bob.resume()
-    await b_events.wait_async("back online", lambda e: e.is_connection() and e.connected)
-    await b_events.wait_async("caught up", lambda e: e.is_caught_up())
+    await bob.wait_connected(30_000)
+    assert bob.link().state == hush_ffi.LinkState.ONLINE
+    # A message written now comes after anything the relay still held for Bob: once it is in,
+    # any second copy of what the wakes fetched would have been told too.
+    await alice.send_text(to_bob, "after the wakes", None)
+    await b_events.wait_async("after the wakes", message_with(to_alice, "after the wakes"))
     with b_events.cond:
         again = [e for e in b_events.events if e.is_message() and not e.message.outgoing]
     assert again == [], again
-    assert bob.link().state == hush_ffi.LinkState.ONLINE
 
     # A network change: QUIC moves to a new socket, TCP dials again; Bob chats on.
     moved = bob.network_changed("cellular")
