@@ -80,7 +80,15 @@ fn notices_survive_a_restart_before_sending_and_leave_once_the_relay_took_them()
     assert_eq!(again[0].bytes, pending[0].bytes);
 
     // Bob gets the secret from it and joins.
-    bob_joins(&mut bob, &a, &pending[0].bytes, &g, &[(1, entry)], &mut rng, 400);
+    bob_joins(
+        &mut bob,
+        &a,
+        &pending[0].bytes,
+        &g,
+        &[(1, entry)],
+        &mut rng,
+        400,
+    );
     // A second copy (a resend whose first answer was lost, queued again) is a duplicate.
     let dup = bob.decrypt(&a, &again[0].bytes, &mut rng, 401);
     assert!(matches!(
@@ -110,7 +118,9 @@ fn a_notice_for_a_device_without_a_session_is_sealed_once_one_exists_even_after_
     introduce(&mut bob, &alice);
     let (a, b) = (alice.address(), bob.address());
 
-    let w = alice.create_group("t", &[b.account], &mut rng, 100).unwrap();
+    let w = alice
+        .create_group("t", &[b.account], &mut rng, 100)
+        .unwrap();
     let (g, entry) = (w.group, w.entry.clone());
     let landed = alice.group_write_landed(w, &mut rng, 100).unwrap();
     assert!(landed.outgoing.is_empty());
@@ -141,7 +151,15 @@ fn a_notice_for_a_device_without_a_session_is_sealed_once_one_exists_even_after_
     assert_eq!(again[0].bytes, pending[0].bytes);
     assert_eq!(again[0].client_id, pending[0].client_id);
 
-    bob_joins(&mut bob, &a, &pending[0].bytes, &g, &[(1, entry)], &mut rng, 500);
+    bob_joins(
+        &mut bob,
+        &a,
+        &pending[0].bytes,
+        &g,
+        &[(1, entry)],
+        &mut rng,
+        500,
+    );
     alice.notices_sent(&[pending[0].key]).unwrap();
     assert_eq!(alice.pending_notice_count(), 0);
 }
@@ -154,7 +172,9 @@ fn a_notice_for_an_account_whose_list_was_not_held_reaches_each_of_its_devices_l
     introduce(&mut bob, &alice);
     let (a, b) = (alice.address(), bob.address());
 
-    let w = alice.create_group("t", &[b.account], &mut rng, 100).unwrap();
+    let w = alice
+        .create_group("t", &[b.account], &mut rng, 100)
+        .unwrap();
     let (g, entry) = (w.group, w.entry.clone());
     let landed = alice.group_write_landed(w, &mut rng, 100).unwrap();
     assert!(landed.outgoing.is_empty());
@@ -176,8 +196,20 @@ fn a_notice_for_an_account_whose_list_was_not_held_reaches_each_of_its_devices_l
     let pending = alice.pending_notices(&mut rng, 200).unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].key.to, b);
-    assert_eq!(alice.pending_notice_count(), 1, "the account's record became one per device");
-    bob_joins(&mut bob, &a, &pending[0].bytes, &g, &[(1, entry)], &mut rng, 300);
+    assert_eq!(
+        alice.pending_notice_count(),
+        1,
+        "the account's record became one per device"
+    );
+    bob_joins(
+        &mut bob,
+        &a,
+        &pending[0].bytes,
+        &g,
+        &[(1, entry)],
+        &mut rng,
+        300,
+    );
 }
 
 #[test]

@@ -22,8 +22,10 @@ use hush_client::{Engine, Event};
 use hush_core::device::Device;
 use hush_core::keys::AccountId;
 use hush_core::sender_key::GroupId;
+use hush_proto::client::{Sealed, sealed};
 use hush_proto::relay_api::{self as api, client_frame, server_frame};
 use hush_store_sled::SledKv;
+use prost::Message;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -202,4 +204,100 @@ async fn a_notice_lost_between_the_append_and_the_send_goes_out_when_the_author_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_added_device_the_author_had_no_session_with_gets_its_notice_after_reconnection() {
     run(true).await;
+}
+
+/// The author hands its notice to the relay, which queues it, but the answer is lost (the
+/// process dies before confirming it): the engine, opened again, sends the same bytes under the
+/// same client id, which the relay recognises and does not queue again; the notice then leaves
+/// the author's store, and the member has joined from the one copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_whose_answer_was_lost_is_sent_again_and_queued_once() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), addr))
+        .await
+        .unwrap();
+    let pin = relay.fingerprint.clone();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, _a_rx) = Engine::create_account(engine_config(a_dir.path(), addr, &pin))
+        .await
+        .unwrap();
+    let (bob, mut b_rx) = Engine::create_account(engine_config(b_dir.path(), addr, &pin))
+        .await
+        .unwrap();
+    alice.connected(WAIT).await.unwrap();
+    bob.connected(WAIT).await.unwrap();
+    let b = bob.address().unwrap();
+    alice.send(&b.account, b"hi").await.unwrap();
+    assert_eq!(messages(&bob, &mut b_rx, 1).await, vec![b"hi".to_vec()]);
+    alice.shutdown().await;
+
+    let mut rng = ChaCha20Rng::seed_from_u64(now_ms());
+    let mut device = open_device(a_dir.path()).await;
+    let me = device.address();
+    let anon = anonymous(addr, &pin).await;
+    let w = device
+        .create_group("lost answer", &[b.account], &mut rng, now_ms())
+        .unwrap();
+    let g = w.group;
+    let appended = anon
+        .group_log_append(w.slot(), &w.write_token(), w.seq, w.entry.clone())
+        .await
+        .unwrap();
+    assert!(matches!(appended, GroupLogAppend::Appended));
+    device.group_write_landed(w, &mut rng, now_ms()).unwrap();
+    anon.close();
+    let pending = device.pending_notices(&mut rng, now_ms()).unwrap();
+    assert_eq!(pending.len(), 1);
+    let notice = &pending[0];
+    // Sent as the engine sends it, on the author's own connection.
+    let (conn, mut events) = RelayConnection::connect(addr, &pin).await.unwrap();
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    conn.authenticate(*me.account.as_bytes(), me.device_id, |x, c| {
+        device.sign_relay_challenge(x, c)
+    })
+    .await
+    .unwrap();
+    let sealed = Sealed {
+        kind: Some(sealed::Kind::Pairwise(notice.bytes.clone())),
+    }
+    .encode_to_vec();
+    let envelope = api::OutEnvelope {
+        device_id: notice.key.to.device_id,
+        body: device.seal_for(&notice.key.to, &sealed, &mut rng).unwrap(),
+        delivery_token: device
+            .delivery_token_for(&notice.key.to)
+            .map(|t| t.as_bytes().to_vec())
+            .unwrap_or_default(),
+    };
+    let answer = conn
+        .request(client_frame::Kind::Send(api::Send {
+            client_id: notice.client_id.to_vec(),
+            recipient_account: b.account.as_bytes().to_vec(),
+            envelopes: vec![envelope],
+            targeted: true,
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(answer, server_frame::Kind::Sent(_)));
+    conn.close();
+    // The answer never reaches the store: the notice is still pending.
+    drop(device);
+    joined(&bob, &mut b_rx, &g).await;
+    let queued = relay.metrics.envelopes_queued.get();
+
+    let (alice, _a_rx) = Engine::open(engine_config(a_dir.path(), addr, &pin)).unwrap();
+    alice.connected(WAIT).await.unwrap();
+    // Connecting sent it again (it is confirmed now), and the relay did not queue a copy.
+    alice.shutdown().await;
+    let device = open_device(a_dir.path()).await;
+    assert_eq!(device.pending_notice_count(), 0, "sent again and confirmed");
+    drop(device);
+    assert_eq!(
+        relay.metrics.envelopes_queued.get(),
+        queued,
+        "queued a second copy"
+    );
+    bob.shutdown().await;
+    relay.stop().await;
 }

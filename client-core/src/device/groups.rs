@@ -24,9 +24,9 @@ mod receive;
 mod send;
 
 pub use log::{GroupLogCursor, GroupLogUpdate, GroupLogWrite, LogCheck};
+pub(super) use notices::load_pending_notices;
 pub use notices::{NoticeKey, NoticeTargets, PendingNotice};
 pub(crate) use notices::{NoticeTx, PendingNotices};
-pub(super) use notices::load_pending_notices;
 
 /// One group this device knows.
 #[derive(Clone, Debug)]

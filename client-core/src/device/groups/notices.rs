@@ -176,9 +176,7 @@ impl NoticeTargets {
 }
 
 fn encode_record(m: &NoticeMeta, bytes: &[u8]) -> Zeroizing<Vec<u8>> {
-    let mut v = Zeroizing::new(Vec::with_capacity(
-        HEADER_LEN + IDENTITY_LEN + bytes.len(),
-    ));
+    let mut v = Zeroizing::new(Vec::with_capacity(HEADER_LEN + IDENTITY_LEN + bytes.len()));
     let mut flags = 0;
     if m.secret {
         flags |= FLAG_SECRET;
@@ -284,8 +282,7 @@ impl<S: KvStore> Device<S> {
     }
 
     fn drop_notice(key: NoticeKey, tx: &mut Tx) {
-        tx.batch
-            .delete(Namespace::PendingNotices, key.to_bytes());
+        tx.batch.delete(Namespace::PendingNotices, key.to_bytes());
         tx.notices.put.remove(&key);
         tx.notices.removed.insert(key);
     }
@@ -485,10 +482,7 @@ impl<S: KvStore> Device<S> {
             .map(|(k, m)| (*k, m.client_id))
             .collect();
         for (key, client_id) in keys {
-            let Some(v) = self
-                .store
-                .get(Namespace::PendingNotices, &key.to_bytes())?
-            else {
+            let Some(v) = self.store.get(Namespace::PendingNotices, &key.to_bytes())? else {
                 continue;
             };
             let (_, bytes) = decode_record(&v)?;
