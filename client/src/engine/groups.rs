@@ -1,4 +1,5 @@
-//! Groups: creating and changing them, sending to every member account (going on past one that
+//! Groups: creating and changing them (and sending the pending notices of this device's changes
+//! until the relay takes them), sending to every member account (going on past one that
 //! cannot be reached), and asking sibling devices for the account's groups after a link.
 
 use crate::conn::RelayConnection;
