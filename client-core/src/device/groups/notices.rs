@@ -564,3 +564,93 @@ impl<S: KvStore> Device<S> {
         self.finish(tx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryKv;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn key(i: u32) -> NoticeKey {
+        let mut g = [0u8; 32];
+        g[..4].copy_from_slice(&i.to_be_bytes());
+        NoticeKey {
+            group: GroupId(g),
+            seq: 1,
+            to: DeviceAddress {
+                account: AccountId::from_bytes(&[9; 32]).unwrap(),
+                device_id: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_without_the_secret_go_first() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let mut d = Device::create_account(MemoryKv::new(), &mut rng, 1).unwrap();
+        let cap = u32::try_from(PENDING_NOTICES_MAX_ENTRIES).unwrap();
+        let mut tx = Tx::default();
+        // Ten old notices with the secret, then plain ones up to five past the cap.
+        for i in 0..10 {
+            d.keep_notice(key(i), true, [0; 16], u64::from(i), None, &mut tx);
+        }
+        for i in 10..cap + 5 {
+            d.keep_notice(key(i), false, [0; 16], 100 + u64::from(i), None, &mut tx);
+        }
+        d.finish(tx).unwrap();
+        assert_eq!(d.pending_notice_count(), PENDING_NOTICES_MAX_ENTRIES);
+        let stored = d.store.scan(Namespace::PendingNotices).unwrap();
+        assert_eq!(stored.len(), PENDING_NOTICES_MAX_ENTRIES);
+        let kept: BTreeSet<NoticeKey> = d.pending_notices.map.keys().copied().collect();
+        for i in 0..10 {
+            assert!(
+                kept.contains(&key(i)),
+                "a notice with the secret was dropped"
+            );
+        }
+        for i in 10..15 {
+            assert!(!kept.contains(&key(i)), "not the oldest plain ones dropped");
+        }
+        assert!(kept.contains(&key(15)));
+
+        // With only notices carrying the secret over the cap, the oldest of them go.
+        let mut tx = Tx::default();
+        for i in 10..cap + 5 {
+            d.keep_notice(key(i), true, [0; 16], 100 + u64::from(i), None, &mut tx);
+        }
+        d.finish(tx).unwrap();
+        let kept: BTreeSet<NoticeKey> = d.pending_notices.map.keys().copied().collect();
+        assert_eq!(kept.len(), PENDING_NOTICES_MAX_ENTRIES);
+        for i in 0..5 {
+            assert!(!kept.contains(&key(i)));
+        }
+        assert!(kept.contains(&key(5)));
+    }
+
+    #[test]
+    fn a_stored_record_decodes_to_what_was_kept() {
+        let m = NoticeMeta {
+            created_at: 77,
+            secret: true,
+            client_id: [3; 16],
+            sealed_to: None,
+            size: 0,
+        };
+        let v = encode_record(&m, &[]);
+        let (back, bytes) = decode_record(&v).unwrap();
+        assert!(bytes.is_empty());
+        assert_eq!(
+            (back.created_at, back.secret, back.client_id, back.size),
+            (77, true, [3; 16], 0)
+        );
+        assert!(back.sealed_to.is_none());
+        assert!(decode_record(&v[..HEADER_LEN - 1]).is_err());
+        let mut bad = v.to_vec();
+        bad[0] = 2;
+        assert!(decode_record(&bad).is_err());
+        let k = key(7);
+        assert_eq!(NoticeKey::from_bytes(&k.to_bytes()).unwrap(), k);
+        assert!(NoticeKey::from_bytes(&k.to_bytes()[1..]).is_err());
+    }
+}
