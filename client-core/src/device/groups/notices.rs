@@ -6,7 +6,7 @@
 //! relay has taken them ([`Device::notices_sent`]):
 //!
 //! * a notice sealed in that transaction is kept with its bytes and a 16-byte client id (one per
-//!   change and recipient account), so that sending it again after a lost answer is the same
+//!   change and recipient account, derived from them), so that sending it again after a lost answer is the same
 //!   send: the relay queues a (recipient device, sender device, client id) once, and a copy it
 //!   queued again after forgetting the id arrives as the same pairwise message, which the
 //!   receiving device refuses as a duplicate (already-used message key) and drops;
@@ -29,8 +29,11 @@ use hush_proto::wire;
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
+use sha2::{Digest, Sha256};
+
 use crate::consts::{
-    KEY_LEN, PENDING_NOTICE_MAX_AGE_MS, PENDING_NOTICES_MAX_BYTES, PENDING_NOTICES_MAX_ENTRIES,
+    KEY_LEN, PENDING_NOTICE_CLIENT_ID_LABEL, PENDING_NOTICE_MAX_AGE_MS, PENDING_NOTICES_MAX_BYTES,
+    PENDING_NOTICES_MAX_ENTRIES,
 };
 use crate::device::error::{DeviceError, Result};
 use crate::device::{Device, Tx};
@@ -245,8 +248,22 @@ pub(in crate::device) fn load_pending_notices<S: KvStore>(store: &S) -> Result<P
     Ok(out)
 }
 
-/// A client id for the notices of one change to one account.
-pub(in crate::device) fn notice_client_id(rng: &mut impl CryptoRng) -> [u8; 16] {
+/// The client id of the notices of the change at `seq` of group `g` to the devices of
+/// `account` ([`PENDING_NOTICE_CLIENT_ID_LABEL`]).
+pub(in crate::device) fn change_client_id(g: &GroupId, seq: u64, account: &AccountId) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(PENDING_NOTICE_CLIENT_ID_LABEL);
+    h.update(g.0);
+    h.update(seq.to_be_bytes());
+    h.update(account.as_bytes());
+    let d: [u8; 32] = h.finalize().into();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(d.get(..16).unwrap_or(&[0; 16]));
+    id
+}
+
+/// A fresh client id (a notice sealed again for another device at the same address).
+fn random_client_id(rng: &mut impl CryptoRng) -> [u8; 16] {
     let mut id = [0u8; 16];
     rng.fill_bytes(&mut id);
     id
@@ -425,7 +442,7 @@ impl<S: KvStore> Device<S> {
                 Ok(listed) => {
                     if m.sealed_to.is_some_and(|s| s != listed) {
                         // Another device at that address: sealed again, as a new send.
-                        let id = notice_client_id(rng);
+                        let id = random_client_id(rng);
                         self.keep_notice(*k, m.secret, id, m.created_at, None, tx);
                     }
                 }
