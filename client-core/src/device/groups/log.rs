@@ -478,7 +478,8 @@ impl<S: KvStore> Device<S> {
 
     /// Seals the notices of this device's change at position `seq` to every device of the
     /// members after it and of the accounts it removed; the devices of added accounts get the
-    /// group secret.
+    /// group secret. Every notice is also kept in `tx` as a pending notice (sealed, or waiting
+    /// for a session or a list), until the relay has taken it.
     #[allow(clippy::too_many_arguments)]
     fn notify_change(
         &mut self,
