@@ -485,10 +485,9 @@ impl<S: KvStore> Device<S> {
         let view = self.notices_with(&tx);
         let sealed = self.seal_waiting_notices(&view, rng, now, &mut tx);
         let changed = !tx.notices.put.is_empty() || !tx.notices.removed.is_empty();
-        if changed {
+        if changed || sealed.is_err() {
+            // On an error, nothing is kept and the sessions it advanced are discarded.
             self.close_log_tx(tx, sealed)?;
-        } else {
-            sealed?;
         }
         let mut out = Vec::new();
         let keys: Vec<(NoticeKey, [u8; 16])> = self
