@@ -19,10 +19,14 @@ use crate::sender_key::{GroupId, SenderKeyRecord};
 use crate::store::kv::{KvStore, Namespace};
 
 mod log;
+mod notices;
 mod receive;
 mod send;
 
 pub use log::{GroupLogCursor, GroupLogUpdate, GroupLogWrite, LogCheck};
+pub(super) use notices::load_pending_notices;
+pub use notices::{NoticeKey, NoticeTargets, PendingNotice};
+pub(crate) use notices::{NoticeTx, PendingNotices};
 
 /// One group this device knows.
 #[derive(Clone, Debug)]

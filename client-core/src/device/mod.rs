@@ -44,6 +44,7 @@ pub use backup::{ImportSummary, decode_archive};
 pub use error::{DeviceError, Result};
 pub use groups::{
     GroupEntry, GroupIncoming, GroupLogCursor, GroupLogUpdate, GroupLogWrite, GroupSend, LogCheck,
+    NoticeKey, NoticeTargets, PendingNotice,
 };
 pub use healing::{MessageId, pairwise_message_id};
 pub use upkeep::Upkeep;
@@ -111,6 +112,8 @@ pub(crate) struct Tx {
     /// Sealed messages to add to the sent log, and sequence numbers to drop from it.
     pub(crate) sent: Vec<healing::PendingSent>,
     pub(crate) sent_removed: Vec<u64>,
+    /// Pending group notices kept or dropped (§17.5).
+    pub(crate) notices: groups::NoticeTx,
     /// What this transaction seals is not kept in the sent log (ephemeral payloads).
     pub(crate) unlogged: bool,
     /// The recent ids of the device a message was decrypted from.
@@ -141,6 +144,8 @@ pub struct Device<S: KvStore> {
     next_message_id: u64,
     sent_log: healing::SentLog,
     retry: healing::RetryState,
+    /// Group notices not yet taken by the relay (an index; the messages stay in the store).
+    pending_notices: groups::PendingNotices,
     /// Rotation epoch of this device's delivery key (0 until first rotated).
     delivery_epoch: u32,
     /// Delivery keys of other devices, from their sealed envelopes.
@@ -250,6 +255,7 @@ impl<S: KvStore> Device<S> {
             next_message_id: 1,
             sent_log: healing::SentLog::default(),
             retry: healing::RetryState::default(),
+            pending_notices: groups::PendingNotices::default(),
             delivery_epoch: 0,
             delivery_keys: HashMap::new(),
         };
@@ -393,6 +399,7 @@ impl<S: KvStore> Device<S> {
         let next_message_id = counter(NEXT_MESSAGE_ID)?.unwrap_or(1);
         let (groups, group_invites) = groups::load_groups(&store)?;
         let (sent_log, retry) = healing::load(&store)?;
+        let pending_notices = groups::load_pending_notices(&store)?;
         let (delivery_epoch, delivery_keys) = sealed::load(&store)?;
         Ok(Self {
             address: DeviceAddress {
@@ -416,6 +423,7 @@ impl<S: KvStore> Device<S> {
             next_message_id,
             sent_log,
             retry,
+            pending_notices,
             delivery_epoch,
             delivery_keys,
         })
@@ -491,6 +499,7 @@ impl<S: KvStore> Device<S> {
         }
         self.serialize_group_changes(&mut tx);
         self.bound_sent_log(&mut tx);
+        self.bound_pending_notices(&mut tx);
         let batch = std::mem::take(&mut tx.batch);
         if let Err(e) = self.store.commit(batch) {
             for addr in &tx.sessions {
@@ -503,6 +512,7 @@ impl<S: KvStore> Device<S> {
             self.next_message_id = id;
         }
         self.apply_sent_log(&mut tx);
+        self.apply_pending_notices(&mut tx);
         Ok(())
     }
 
@@ -549,6 +559,7 @@ impl<S: KvStore> Device<S> {
             next_message_id,
             sent_log,
             retry: _,
+            pending_notices,
             delivery_epoch,
             delivery_keys,
         } = Device::open(copy)?;
@@ -566,6 +577,7 @@ impl<S: KvStore> Device<S> {
         self.next_pre_key_id = next_pre_key_id;
         self.next_message_id = next_message_id;
         self.sent_log = sent_log;
+        self.pending_notices = pending_notices;
         self.delivery_epoch = delivery_epoch;
         self.delivery_keys = delivery_keys;
         // The pending ids as committed; the request and answer times are kept.

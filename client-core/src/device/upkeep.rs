@@ -37,6 +37,8 @@ pub struct Upkeep {
     pub outgoing: Vec<Outgoing>,
     /// Sent messages dropped from the sent log for their age.
     pub sent_pruned: usize,
+    /// Pending group notices dropped (expired, or no longer wanted).
+    pub notices_pruned: usize,
 }
 
 impl<S: KvStore> Device<S> {
@@ -50,7 +52,9 @@ impl<S: KvStore> Device<S> {
     /// * buffered group messages past their age limit are deleted and the sender keys the others
     ///   wait for are requested again ([`Device::retry_missing_sender_keys`]);
     /// * sent messages older than [`crate::consts::SENT_LOG_MAX_AGE_MS`] leave the sent log
-    ///   ([`Device::prune_sent_log`]).
+    ///   ([`Device::prune_sent_log`]);
+    /// * pending group notices older than [`crate::consts::PENDING_NOTICE_MAX_AGE_MS`], or no
+    ///   longer wanted, are dropped ([`Device::prune_pending_notices`]).
     ///
     /// Rotated keys stay usable for [`crate::consts::ROTATED_PRE_KEYS_KEPT`] rotations. Calling
     /// it again at the same time does nothing more.
@@ -97,6 +101,7 @@ impl<S: KvStore> Device<S> {
             self.store.commit(batch)?;
         }
         out.sent_pruned = self.prune_sent_log(now)?;
+        out.notices_pruned = self.prune_pending_notices(rng, now)?;
         out.outgoing = self.retry_missing_sender_keys(rng, now)?;
         Ok(out)
     }

@@ -40,11 +40,14 @@ pub enum Namespace {
     SentLog = 10,
     /// Delivery keys of other devices, learnt from their sealed envelopes (PROTOCOL.md §21.5).
     DeliveryKeys = 11,
+    /// Group-log notices sealed (or waiting for a session) and not yet taken by the relay
+    /// (PROTOCOL.md §17.5).
+    PendingNotices = 12,
 }
 
 impl Namespace {
     /// Every namespace, in discriminant order.
-    pub const ALL: [Namespace; 12] = [
+    pub const ALL: [Namespace; 13] = [
         Namespace::Meta,
         Namespace::Identity,
         Namespace::SignedPreKeys,
@@ -57,6 +60,7 @@ impl Namespace {
         Namespace::Groups,
         Namespace::SentLog,
         Namespace::DeliveryKeys,
+        Namespace::PendingNotices,
     ];
 
     /// The byte that identifies this namespace on disk.
@@ -625,7 +629,7 @@ mod tests {
             assert_eq!(usize::from(ns.as_byte()), i);
             assert_eq!(Namespace::from_byte(ns.as_byte()), Some(ns));
         }
-        assert_eq!(Namespace::from_byte(12), None);
+        assert_eq!(Namespace::from_byte(13), None);
         assert_eq!(Namespace::from_byte(0xff), None);
     }
 

@@ -495,7 +495,8 @@ impl Inner {
     }
 
     /// Runs the device's key upkeep (rotations, stale sessions, sender-key retries) and
-    /// publishes new pre-keys when it made any (unless `publish` is false: the caller uploads).
+    /// publishes new pre-keys when it made any (unless `publish` is false: the caller uploads),
+    /// then sends the pending group notices.
     pub(super) async fn upkeep(
         &self,
         conn: &Arc<RelayConnection>,
@@ -513,6 +514,11 @@ impl Inner {
             self.upload_pre_keys(conn).await?;
         }
         self.send_outgoing(conn, done.outgoing).await;
+        // Group notices the relay has not taken yet (a connection lost after a change landed,
+        // a member device without a session then): on every connection and periodically.
+        if let Err(e) = self.send_pending_notices(conn).await {
+            tracing::warn!(error = %e, "pending group notices not sent; tried again later");
+        }
         Ok(())
     }
 }

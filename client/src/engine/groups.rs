@@ -1,10 +1,11 @@
-//! Groups: creating and changing them, sending to every member account (going on past one that
+//! Groups: creating and changing them (and sending the pending notices of this device's changes
+//! until the relay takes them), sending to every member account (going on past one that
 //! cannot be reached), and asking sibling devices for the account's groups after a link.
 
 use crate::conn::RelayConnection;
 use crate::error::ClientError;
 use crate::profile::GROUP_SYNC_FILE;
-use hush_core::device::Outgoing;
+use hush_core::device::{NoticeKey, Outgoing, PendingNotice};
 use hush_core::keys::{AccountId, DeviceAddress};
 use hush_core::sender_key::GroupId;
 use hush_core::{Error as CoreError, ProtocolError};
@@ -590,11 +591,134 @@ impl Inner {
             self.emit(Event::message(r, false));
         }
         if !update.unreached.is_empty() {
-            tracing::warn!(
+            tracing::info!(
                 devices = update.unreached.len(),
-                "a group change could not be announced to every member device"
+                "a group change waits for sessions to be announced to every member device"
             );
         }
-        self.send_outgoing(conn, update.outgoing).await;
+        // The notices of this device's change are pending in the store (with those that wait
+        // for a session): sent from there, and confirmed once the relay has taken them.
+        if (!update.outgoing.is_empty() || !update.unreached.is_empty())
+            && let Err(e) = self.send_pending_notices(conn).await
+        {
+            tracing::warn!(error = %e, "group notices not sent yet; sent again later");
+        }
+    }
+
+    /// Hands the pending group notices (PROTOCOL.md §17.5) to the relay: fetches the device
+    /// lists and starts the sessions they wait for (one account or device that cannot be
+    /// reached does not hold back the others), lets client-core seal what it can, and sends each
+    /// under its stored client id, so that a notice sent again after a lost answer is queued
+    /// once. Each notice the relay took leaves the store. Runs after a change lands, on every
+    /// connection and with the periodic upkeep, until every notice is taken or dropped.
+    pub(super) async fn send_pending_notices(
+        &self,
+        conn: &Arc<RelayConnection>,
+    ) -> Result<(), ClientError> {
+        if self.lock()?.pending_notice_count() == 0 {
+            return Ok(());
+        }
+        let targets = self.lock()?.pending_notice_targets(now_ms())?;
+        if !targets.accounts.is_empty() {
+            for a in &targets.accounts {
+                if let Err(e) = self.refresh_list(conn, a).await {
+                    if !is_account_failure(&e) {
+                        return Err(e);
+                    }
+                    tracing::info!(error = %e, "a pending group notice waits for a device list");
+                }
+            }
+        }
+        let devices = if targets.accounts.is_empty() {
+            targets.devices
+        } else {
+            self.lock()?.pending_notice_targets(now_ms())?.devices
+        };
+        for d in devices {
+            if let Err(e) = self.ensure_sessions(conn, &[d]).await {
+                if !is_account_failure(&e) {
+                    return Err(e);
+                }
+                tracing::info!(error = %e, "a pending group notice waits for a session");
+            }
+        }
+        let pending = match self.lock()?.pending_notices(&mut rng(), now_ms()) {
+            Ok(p) => p,
+            Err(e) => {
+                self.recover_store();
+                return Err(e.into());
+            }
+        };
+        // One send per recipient account and client id (one change), one envelope per device.
+        let mut sends: BTreeMap<([u8; 32], [u8; 16]), Vec<PendingNotice>> = BTreeMap::new();
+        for p in pending {
+            sends
+                .entry((*p.key.to.account.as_bytes(), p.client_id))
+                .or_default()
+                .push(p);
+        }
+        for ((account, client_id), notices) in sends {
+            let mut envelopes = Vec::with_capacity(notices.len());
+            let mut keys: Vec<NoticeKey> = Vec::with_capacity(notices.len());
+            {
+                let d = self.lock()?;
+                for n in notices {
+                    if keys.iter().any(|k| k.to == n.key.to) {
+                        // Not two envelopes for one device in one send (never the case for
+                        // notices of one change); the other goes next time.
+                        continue;
+                    }
+                    // A device no longer listed: left out; client-core drops its notice.
+                    if let Some(e) = super::sealed::envelope_if_listed(
+                        &d,
+                        &n.key.to,
+                        sealed::Kind::Pairwise(n.bytes),
+                    )? {
+                        envelopes.push(e);
+                        keys.push(n.key);
+                    }
+                }
+            }
+            if envelopes.is_empty() {
+                continue;
+            }
+            let sent = match self
+                .send_envelopes_as(conn, account, envelopes.clone(), true, client_id)
+                .await
+            {
+                // A device left its account's list since: learn the list (its notice is
+                // dropped at the next pass) and send the others (nothing was queued).
+                Err(ClientError::Refused(r))
+                    if r.code == ErrorCode::DeviceMismatch && !r.extra_devices.is_empty() =>
+                {
+                    let _ = self
+                        .refresh_list(conn, &AccountId::from_bytes(&account)?)
+                        .await;
+                    envelopes.retain(|e| !r.extra_devices.contains(&e.device_id));
+                    keys.retain(|k| !r.extra_devices.contains(&k.to.device_id));
+                    if envelopes.is_empty() {
+                        Ok(())
+                    } else {
+                        self.send_envelopes_as(conn, account, envelopes, true, client_id)
+                            .await
+                    }
+                }
+                r => r,
+            };
+            match sent {
+                Ok(()) => {
+                    if let Err(e) = self.lock()?.notices_sent(&keys) {
+                        // Sent again later under the same id: the relay queues it once.
+                        self.recover_store();
+                        return Err(e.into());
+                    }
+                }
+                Err(e) if is_account_failure(&e) => {
+                    tracing::info!(error = %e, "group notices to one account not sent yet");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }

@@ -216,6 +216,20 @@ impl Inner {
     ) -> Result<(), ClientError> {
         let mut id = [0u8; 16];
         rng().fill(&mut id[..]);
+        self.send_envelopes_as(conn, account, envelopes, targeted, id)
+            .await
+    }
+
+    /// As [`Self::send_envelopes`], under the client id `id` (the same one on every attempt,
+    /// also across calls: the relay queues each device's copy at most once).
+    pub(super) async fn send_envelopes_as(
+        &self,
+        conn: &Arc<RelayConnection>,
+        account: [u8; 32],
+        envelopes: Vec<api::OutEnvelope>,
+        targeted: bool,
+        id: [u8; 16],
+    ) -> Result<(), ClientError> {
         let mut last = ClientError::Disconnected;
         // After the first connection breaks, the next one (the same bytes under the same id).
         let mut next: Option<Arc<RelayConnection>> = None;

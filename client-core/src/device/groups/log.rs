@@ -8,6 +8,7 @@ use hush_proto::wire;
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
+use super::notices::{NoticeKey, change_client_id};
 use super::{GroupEntry, GroupInvite};
 use crate::consts::{MAX_PENDING_GROUP_INVITES, MAX_PENDING_GROUP_INVITES_PER_INVITER};
 use crate::device::error::{DeviceError, Result};
@@ -79,9 +80,13 @@ pub enum LogCheck {
 pub struct GroupLogUpdate {
     /// Group messages buffered until now and decrypted with this update (durable in the inbox).
     pub received: Vec<Received>,
-    /// Notices of this device's own changes to send to the member devices.
+    /// Notices of this device's own changes to send to the member devices. They are also kept
+    /// as pending notices ([`Device::pending_notices`]) until confirmed with
+    /// [`Device::notices_sent`]: an app may send these now, or send the pending notices.
     pub outgoing: Vec<Outgoing>,
-    /// Member devices a notice could not be sealed for (no session, unknown list).
+    /// Member devices a notice could not be sealed for (no session; device id 0: the account's
+    /// list is not held). Their notices are pending: fetch the lists and start the sessions
+    /// ([`Device::pending_notice_targets`]), then [`Device::pending_notices`] seals them.
     pub unreached: Vec<DeviceAddress>,
     /// Whether the group was joined or its state changed.
     pub changed: bool,
@@ -473,7 +478,8 @@ impl<S: KvStore> Device<S> {
 
     /// Seals the notices of this device's change at position `seq` to every device of the
     /// members after it and of the accounts it removed; the devices of added accounts get the
-    /// group secret.
+    /// group secret. Every notice is also kept in `tx` as a pending notice (sealed, or waiting
+    /// for a session or a list), until the relay has taken it.
     #[allow(clippy::too_many_arguments)]
     fn notify_change(
         &mut self,
@@ -491,16 +497,25 @@ impl<S: KvStore> Device<S> {
         let mut accounts: Vec<AccountId> = entry.log.state().members.keys().copied().collect();
         accounts.extend(diff.removed.iter().copied());
         for account in accounts {
+            let with_secret = diff.added.contains(&account);
+            // One client id per account: each of its devices gets one envelope under it.
+            let client_id = change_client_id(g, seq, &account);
             let Some(list) = self.device_lists.get(&account) else {
-                update.unreached.push(DeviceAddress {
+                let whole = DeviceAddress {
                     account,
                     device_id: 0,
-                });
+                };
+                update.unreached.push(whole);
+                let key = NoticeKey {
+                    group: *g,
+                    seq,
+                    to: whole,
+                };
+                self.keep_notice(key, with_secret, client_id, now, None, tx);
                 continue;
             };
             let devices: Vec<DeviceAddress> =
                 list.addresses().filter(|d| *d != self.address).collect();
-            let with_secret = diff.added.contains(&account);
             let mut content = wire::Content {
                 body: Some(wire::content::Body::GroupLog(wire::GroupLogNotice {
                     group_id: g.0.to_vec(),
@@ -513,12 +528,33 @@ impl<S: KvStore> Device<S> {
                     head: head.to_vec(),
                 })),
             };
+            // Every notice is kept until the relay has taken it (§17.5, pending notices): the
+            // sealed ones with their bytes, the others to be sealed once a session exists.
             let sealed: Result<()> = devices.into_iter().try_for_each(|d| {
+                let key = NoticeKey {
+                    group: *g,
+                    seq,
+                    to: d,
+                };
                 match self.seal(&d, &content, rng, now, tx) {
-                    Ok(bytes) => update.outgoing.push(Outgoing { to: d, bytes }),
+                    Ok(bytes) => {
+                        let identity = self.known_identity(&d)?;
+                        self.keep_notice(
+                            key,
+                            with_secret,
+                            client_id,
+                            now,
+                            Some((identity, &bytes)),
+                            tx,
+                        );
+                        update.outgoing.push(Outgoing { to: d, bytes });
+                    }
                     Err(DeviceError::Protocol(Error::Protocol(
                         ProtocolError::NoSession | ProtocolError::UnknownAccount,
-                    ))) => update.unreached.push(d),
+                    ))) => {
+                        self.keep_notice(key, with_secret, client_id, now, None, tx);
+                        update.unreached.push(d);
+                    }
                     Err(e) => return Err(e),
                 }
                 Ok(())
@@ -531,7 +567,7 @@ impl<S: KvStore> Device<S> {
 
     /// Commits `tx` when `result` is a success; otherwise discards what it changed in memory
     /// (groups, invitations, sessions advanced while sealing) and returns the error.
-    fn close_log_tx<T>(&mut self, tx: Tx, result: Result<T>) -> Result<T> {
+    pub(super) fn close_log_tx<T>(&mut self, tx: Tx, result: Result<T>) -> Result<T> {
         match result {
             Ok(v) => {
                 let sessions: Vec<_> = tx.sessions.iter().copied().collect();
@@ -754,7 +790,7 @@ impl<S: KvStore> Device<S> {
 }
 
 /// Wipes the group secret a notice carried, once it is sealed or read.
-fn wipe_notice(content: &mut wire::Content) {
+pub(super) fn wipe_notice(content: &mut wire::Content) {
     if let Some(wire::content::Body::GroupLog(n)) = content.body.as_mut() {
         zeroize::Zeroize::zeroize(&mut n.secret);
     }
