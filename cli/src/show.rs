@@ -318,7 +318,7 @@ pub(crate) fn describe(m: &Messenger, dir: &Path, ev: &MessengerEvent) -> Vec<St
             contacts.len(),
             if contacts.len() == 1 { "" } else { "s" }
         )),
-        MessengerEvent::HistoryProgress { .. } => Vec::new(),
+        MessengerEvent::HistoryProgress { done, total } => history_progress(*done, *total),
         MessengerEvent::HistoryImported(r) => one(format!(
             "took {} message{} of history and {} group{} from this account's other device",
             r.messages,
@@ -330,6 +330,31 @@ pub(crate) fn describe(m: &Messenger, dir: &Path, ev: &MessengerEvent) -> Vec<St
             "WARNING: the identity of {} could not be verified (conflicting or forged device list); do not trust new messages until you compare safety numbers",
             name_of(dir, account.as_bytes())
         )),
+    }
+}
+
+/// The quarters of the history transfer under way already told (0 to 4): each is told once.
+static HISTORY_TOLD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A history transfer's progress: its start with its size, then each quarter once.
+fn history_progress(done: u64, total: u64) -> Vec<String> {
+    use std::sync::atomic::Ordering::Relaxed;
+    if done == 0 {
+        HISTORY_TOLD.store(0, Relaxed);
+        return vec![format!(
+            "receiving history from this account's other device ({})",
+            human_size(total)
+        )];
+    }
+    let quarters = if total == 0 {
+        4
+    } else {
+        (u128::from(done) * 4 / u128::from(total)).min(4) as u64
+    };
+    if HISTORY_TOLD.fetch_max(quarters, Relaxed) < quarters {
+        vec![format!("history received: {}%", quarters * 25)]
+    } else {
+        Vec::new()
     }
 }
 

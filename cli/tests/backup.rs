@@ -88,11 +88,30 @@ fn a_linked_device_gets_the_newest_messages_of_every_conversation() {
         "{rest:?}"
     );
 
-    // The laptop has them, in every conversation, under the contacts' names.
+    // The laptop has them, in every conversation, under the contacts' names; taking them in
+    // was told with its progress.
+    let first = ok(&b2, &["history", "alice"]);
+    let told: Vec<&str> = first.lines().collect();
+    let start = told
+        .iter()
+        .position(|l| l.starts_with("receiving history from this account's other device ("))
+        .expect("the transfer's start told");
+    let done = told
+        .iter()
+        .position(|l| *l == "history received: 100%")
+        .expect("the transfer's end told");
+    assert!(start < done, "{first}");
     assert_eq!(
-        said(&ok(&b2, &["history", "alice"])),
-        ["alice: a3", "me: b1"]
+        told.iter()
+            .filter(|l| l.starts_with("history received:"))
+            .count(),
+        told.iter()
+            .filter(|l| l.starts_with("history received:"))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        "each quarter told once: {first}"
     );
+    assert_eq!(said(&first), ["alice: a3", "me: b1"]);
     assert_eq!(
         said(&ok(&b2, &["history", "carol"])),
         ["carol: c1", "me: b2"]
