@@ -236,14 +236,16 @@ pub const SENT_LOG_MAX_BYTES: usize = 32 << 20;
 pub const PENDING_NOTICE_MAX_AGE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
 /// Domain label of the client id under which the notices of one group change to one account are
-/// handed to the relay: the first 16 bytes of `SHA-256(label ‖ group id ‖ u64be(position) ‖
-/// account key)` (PROTOCOL.md §17.5). Derived, not drawn, so that keeping a notice draws nothing
-/// from the RNG; a notice sealed again for a re-registered device gets a random one.
+/// handed to the relay: `HKDF-SHA-256(IKM = the device's identity DH secret, info = label ‖ group
+/// id ‖ u64be(position) ‖ account key)`, 16 bytes (PROTOCOL.md §17.5). Derived, not drawn, so
+/// that keeping a notice draws nothing from the RNG; keyed, so that nobody else can send first
+/// under it; a notice sealed again for a re-registered device gets a random one.
 pub const PENDING_NOTICE_CLIENT_ID_LABEL: &[u8] = b"Hush_NoticeClientId_v1";
 
 /// Pending group notices kept at most: one creation of a group of [`MAX_GROUP_MEMBERS`]
 /// accounts with a few devices each. Past it, the oldest notices that carry no group secret are
-/// dropped first (members catch up by reading the log), then the oldest that do.
+/// dropped first (members catch up by reading the log), then the oldest that do; never those of
+/// the change being committed.
 pub const PENDING_NOTICES_MAX_ENTRIES: usize = 20_000;
 
 /// Bytes of sealed pending group notices kept at most: 32 MiB (dropped in the same order as past

@@ -288,7 +288,9 @@ async fn a_notice_whose_answer_was_lost_is_sent_again_and_queued_once() {
 
     let (alice, _a_rx) = Engine::open(engine_config(a_dir.path(), addr, &pin)).unwrap();
     alice.connected(WAIT).await.unwrap();
-    // Connecting sent it again (it is confirmed now), and the relay did not queue a copy.
+    // Connecting sends it again (a pass beside serving the connection; this one waits for it and
+    // makes sure): it is confirmed now, and the relay did not queue a copy.
+    assert_eq!(alice.send_group_notices().await.unwrap(), 0);
     alice.shutdown().await;
     let device = open_device(a_dir.path()).await;
     assert_eq!(device.pending_notice_count(), 0, "sent again and confirmed");

@@ -155,6 +155,10 @@ pub(super) async fn serve(
     inner.emit(Event::Connection(true));
     // Retry requests left from before (PROTOCOL.md §20).
     inner.heal(&conn).await;
+    // Group notices the relay has not taken yet (a connection lost after a change landed, a
+    // member device without a session then): beside serving, so that fetching the bundles they
+    // wait for never holds the connection up.
+    Inner::spawn_pending_notices(inner, &conn);
     // Deliveries not settled yet (kept at the relay), tried again with backoff.
     let mut waiting: Vec<Waiting> = Vec::new();
     let mut upkeep = tokio::time::interval_at(
@@ -238,6 +242,7 @@ pub(super) async fn serve(
                 if let Err(e) = inner.upkeep(&conn, true).await {
                     tracing::warn!(error = %e, "key upkeep failed; tried again later");
                 }
+                Inner::spawn_pending_notices(inner, &conn);
                 continue;
             }
             ev = events.recv() => ev,
@@ -495,8 +500,7 @@ impl Inner {
     }
 
     /// Runs the device's key upkeep (rotations, stale sessions, sender-key retries) and
-    /// publishes new pre-keys when it made any (unless `publish` is false: the caller uploads),
-    /// then sends the pending group notices.
+    /// publishes new pre-keys when it made any (unless `publish` is false: the caller uploads).
     pub(super) async fn upkeep(
         &self,
         conn: &Arc<RelayConnection>,
@@ -514,11 +518,6 @@ impl Inner {
             self.upload_pre_keys(conn).await?;
         }
         self.send_outgoing(conn, done.outgoing).await;
-        // Group notices the relay has not taken yet (a connection lost after a change landed,
-        // a member device without a session then): on every connection and periodically.
-        if let Err(e) = self.send_pending_notices(conn).await {
-            tracing::warn!(error = %e, "pending group notices not sent; tried again later");
-        }
         Ok(())
     }
 }

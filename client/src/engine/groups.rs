@@ -403,6 +403,26 @@ impl Engine {
         ))
     }
 
+    /// Sends the group notices of this device's changes that the relay has not taken yet, now
+    /// (after a pass under way, if any; they also go out by themselves on every connection and
+    /// with the periodic upkeep), and returns how many are still pending (waiting for a session,
+    /// a device list or the relay).
+    pub async fn send_group_notices(&self) -> Result<usize, ClientError> {
+        use std::sync::atomic::Ordering::AcqRel;
+        let conn = self.inner.current(CONNECT_WAIT).await?;
+        self.inner
+            .notices_again
+            .store(true, std::sync::atomic::Ordering::Release);
+        {
+            let _one_pass = self.inner.notices_sending.lock().await;
+            // Also the passes asked for while this one waited (their askers went on).
+            while self.inner.notices_again.swap(false, AcqRel) {
+                self.inner.send_pending_notices(&conn).await?;
+            }
+        }
+        Ok(self.inner.lock()?.pending_notice_count())
+    }
+
     /// Reads the logs of every group this device knows or was invited to (after reconnecting:
     /// notices may have been missed while offline).
     pub async fn sync_groups(&self) -> Result<(), ClientError> {
@@ -598,11 +618,52 @@ impl Inner {
         }
         // The notices of this device's change are pending in the store (with those that wait
         // for a session): sent from there, and confirmed once the relay has taken them.
-        if (!update.outgoing.is_empty() || !update.unreached.is_empty())
-            && let Err(e) = self.send_pending_notices(conn).await
-        {
-            tracing::warn!(error = %e, "group notices not sent yet; sent again later");
+        if !update.outgoing.is_empty() || !update.unreached.is_empty() {
+            self.pending_notices_pass(conn).await;
         }
+    }
+
+    /// Sends the pending group notices, one pass at a time: when a pass is under way it is
+    /// asked for one more (which sees what was kept since) and this returns at once.
+    pub(super) async fn pending_notices_pass(&self, conn: &Arc<RelayConnection>) {
+        use std::sync::atomic::Ordering::AcqRel;
+        self.notices_again
+            .store(true, std::sync::atomic::Ordering::Release);
+        loop {
+            {
+                let Ok(_one_pass) = self.notices_sending.try_lock() else {
+                    return;
+                };
+                while self.notices_again.swap(false, AcqRel) {
+                    if let Err(e) = self.send_pending_notices(conn).await {
+                        tracing::warn!(error = %e, "pending group notices not sent; tried again later");
+                    }
+                }
+            }
+            // Asked for after the last pass and before the pass let go: run it here.
+            if !self
+                .notices_again
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                return;
+            }
+        }
+    }
+
+    /// Sends the pending group notices on a task of their own, beside what the caller does,
+    /// until the pass ends or the engine stops.
+    pub(super) fn spawn_pending_notices(inner: &Arc<Self>, conn: &Arc<RelayConnection>) {
+        if inner.lock().map_or(true, |d| d.pending_notice_count() == 0) {
+            return;
+        }
+        let (inner, conn) = (Arc::clone(inner), Arc::clone(conn));
+        tokio::spawn(async move {
+            let stop = inner.shutdown.clone();
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = inner.pending_notices_pass(&conn) => {}
+            }
+        });
     }
 
     /// Hands the pending group notices (PROTOCOL.md §17.5) to the relay: fetches the device
@@ -642,7 +703,8 @@ impl Inner {
                 tracing::info!(error = %e, "a pending group notice waits for a session");
             }
         }
-        let pending = match self.lock()?.pending_notices(&mut rng(), now_ms()) {
+        let pending = self.lock()?.pending_notices(&mut rng(), now_ms());
+        let pending = match pending {
             Ok(p) => p,
             Err(e) => {
                 self.recover_store();
@@ -707,7 +769,8 @@ impl Inner {
             };
             match sent {
                 Ok(()) => {
-                    if let Err(e) = self.lock()?.notices_sent(&keys) {
+                    let confirmed = self.lock()?.notices_sent(&keys);
+                    if let Err(e) = confirmed {
                         // Sent again later under the same id: the relay queues it once.
                         self.recover_store();
                         return Err(e.into());

@@ -269,6 +269,10 @@ pub(crate) struct Inner {
     drained: std::sync::atomic::AtomicBool,
     /// The next connection is made over QUIC alone (a QUIC probe just answered while on TCP).
     quic_only_next: std::sync::atomic::AtomicBool,
+    /// Held while the pending group notices are being sent: one pass at a time.
+    notices_sending: tokio::sync::Mutex<()>,
+    /// Another pass over the pending group notices is wanted (new ones were kept meanwhile).
+    notices_again: std::sync::atomic::AtomicBool,
     /// The runtime the engine runs on (moving a QUIC connection to a new socket registers the
     /// socket with it, whichever thread asks).
     runtime: tokio::runtime::Handle,
@@ -380,6 +384,8 @@ impl Engine {
             suspension: Mutex::new(lifecycle::Suspension::default()),
             drained: std::sync::atomic::AtomicBool::new(false),
             quic_only_next: std::sync::atomic::AtomicBool::new(false),
+            notices_sending: tokio::sync::Mutex::new(()),
+            notices_again: std::sync::atomic::AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
             redial: watch::channel(0).0,
             caught_up: watch::channel(0).0,

@@ -1,4 +1,4 @@
-//! The recent-send index: which (recipient device, sender device, client id) the relay has
+//! The recent-send index: which (recipient device, share, client id) the relay has
 //! queued lately, so that a retried send is answered with its first sequence number instead of
 //! being queued twice.
 //!
@@ -9,7 +9,11 @@
 //! queued are known. A retry outside that window is queued again and the recipient drops the copy
 //! by the message id inside the ciphertext (PROTOCOL.md: clients deduplicate).
 //!
-//! Keys are the first 128 bits of SHA-256 over recipient ‖ sender ‖ client id (36 + 36 + 16
+//! The share is the sender's class ([`super::Share::label`]), never the sender (the relay does
+//! not know it): any sender of one class may send under a client id first, so clients draw their
+//! ids at random or derive them with a secret of their own (PROTOCOL.md §17.5).
+//!
+//! Keys are the first 128 bits of SHA-256 over recipient ‖ share ‖ client id (36 + 36 + 16
 //! bytes): 32 bytes per entry instead of ~100, and a collision needs ~2^64 work.
 
 use std::collections::{HashMap, VecDeque};

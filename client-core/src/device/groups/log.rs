@@ -8,7 +8,7 @@ use hush_proto::wire;
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
-use super::notices::{NoticeKey, change_client_id};
+use super::notices::NoticeKey;
 use super::{GroupEntry, GroupInvite};
 use crate::consts::{MAX_PENDING_GROUP_INVITES, MAX_PENDING_GROUP_INVITES_PER_INVITER};
 use crate::device::error::{DeviceError, Result};
@@ -499,7 +499,7 @@ impl<S: KvStore> Device<S> {
         for account in accounts {
             let with_secret = diff.added.contains(&account);
             // One client id per account: each of its devices gets one envelope under it.
-            let client_id = change_client_id(g, seq, &account);
+            let client_id = self.change_client_id(g, seq, &account);
             let Some(list) = self.device_lists.get(&account) else {
                 let whole = DeviceAddress {
                     account,

@@ -29,7 +29,8 @@ use hush_proto::wire;
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
-use sha2::{Digest, Sha256};
+use hkdf::Hkdf;
+use sha2::Sha256;
 
 use crate::consts::{
     KEY_LEN, PENDING_NOTICE_CLIENT_ID_LABEL, PENDING_NOTICE_MAX_AGE_MS, PENDING_NOTICES_MAX_BYTES,
@@ -248,18 +249,32 @@ pub(in crate::device) fn load_pending_notices<S: KvStore>(store: &S) -> Result<P
     Ok(out)
 }
 
-/// The client id of the notices of the change at `seq` of group `g` to the devices of
-/// `account` ([`PENDING_NOTICE_CLIENT_ID_LABEL`]).
-pub(in crate::device) fn change_client_id(g: &GroupId, seq: u64, account: &AccountId) -> [u8; 16] {
-    let mut h = Sha256::new();
-    h.update(PENDING_NOTICE_CLIENT_ID_LABEL);
-    h.update(g.0);
-    h.update(seq.to_be_bytes());
-    h.update(account.as_bytes());
-    let d: [u8; 32] = h.finalize().into();
-    let mut id = [0u8; 16];
-    id.copy_from_slice(d.get(..16).unwrap_or(&[0; 16]));
-    id
+impl<S: KvStore> Device<S> {
+    /// The client id of the notices of the change at `seq` of group `g` to the devices of
+    /// `account` ([`PENDING_NOTICE_CLIENT_ID_LABEL`]): HKDF-SHA-256 keyed with this device's
+    /// identity DH secret, so that nobody else can compute it (the relay queues a (recipient,
+    /// sender class, client id) once: an id others could compute, they could take first and so
+    /// have this device's notice dropped as a copy).
+    pub(in crate::device) fn change_client_id(
+        &self,
+        g: &GroupId,
+        seq: u64,
+        account: &AccountId,
+    ) -> [u8; 16] {
+        let (_, dh) = self.identity.secret_bytes();
+        let prk = Hkdf::<Sha256>::new(None, &dh[..]);
+        let mut info = Vec::with_capacity(PENDING_NOTICE_CLIENT_ID_LABEL.len() + 32 + 8 + 32);
+        info.extend_from_slice(PENDING_NOTICE_CLIENT_ID_LABEL);
+        info.extend_from_slice(&g.0);
+        info.extend_from_slice(&seq.to_be_bytes());
+        info.extend_from_slice(account.as_bytes());
+        let mut id = [0u8; 16];
+        // 16 bytes are within what HKDF-SHA-256 gives (255 × 32): the expansion cannot fail.
+        if prk.expand(&info, &mut id).is_err() {
+            tracing::error!("client id expansion failed");
+        }
+        id
+    }
 }
 
 /// A fresh client id (a notice sealed again for another device at the same address).
@@ -315,7 +330,8 @@ impl<S: KvStore> Device<S> {
     }
 
     /// Before a commit: drops pending notices while the index with `tx`'s changes would exceed
-    /// its bounds — the oldest without the secret first, then the oldest with it.
+    /// its bounds — the oldest without the secret first, then the oldest with it — but none that
+    /// `tx` itself keeps.
     pub(in crate::device) fn bound_pending_notices(&self, tx: &mut Tx) {
         if tx.notices.put.is_empty() {
             return;
@@ -332,6 +348,11 @@ impl<S: KvStore> Device<S> {
         for (k, m) in order {
             if entries <= PENDING_NOTICES_MAX_ENTRIES && bytes <= PENDING_NOTICES_MAX_BYTES {
                 break;
+            }
+            // What this transaction keeps is never dropped by it: a change's own notices go out
+            // at least once, even one over the bound by itself.
+            if tx.notices.put.contains_key(k) {
+                continue;
             }
             victims.push(*k);
             entries = entries.saturating_sub(1);
@@ -557,6 +578,11 @@ impl<S: KvStore> Device<S> {
                 Err(DeviceError::Protocol(Error::Protocol(
                     ProtocolError::NoSession | ProtocolError::UnknownAccount,
                 ))) => {}
+                // One device's session that cannot seal (an exhausted chain, a bad record) holds
+                // back no other notice: this one stays pending, tried again on the next pass.
+                Err(DeviceError::Protocol(e)) => {
+                    tracing::warn!(error = %e, "a pending group notice could not be sealed");
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -607,11 +633,18 @@ mod tests {
         let mut d = Device::create_account(MemoryKv::new(), &mut rng, 1).unwrap();
         let cap = u32::try_from(PENDING_NOTICES_MAX_ENTRIES).unwrap();
         let mut tx = Tx::default();
-        // Ten old notices with the secret, then plain ones up to five past the cap.
+        // Ten old notices with the secret, then plain ones up to the cap; then five newer plain
+        // ones, in a transaction of their own.
         for i in 0..10 {
             d.keep_notice(key(i), true, [0; 16], u64::from(i), None, &mut tx);
         }
-        for i in 10..cap + 5 {
+        for i in 10..cap {
+            d.keep_notice(key(i), false, [0; 16], 100 + u64::from(i), None, &mut tx);
+        }
+        d.finish(tx).unwrap();
+        assert_eq!(d.pending_notice_count(), PENDING_NOTICES_MAX_ENTRIES);
+        let mut tx = Tx::default();
+        for i in cap..cap + 5 {
             d.keep_notice(key(i), false, [0; 16], 100 + u64::from(i), None, &mut tx);
         }
         d.finish(tx).unwrap();
@@ -642,6 +675,24 @@ mod tests {
             assert!(!kept.contains(&key(i)));
         }
         assert!(kept.contains(&key(5)));
+
+        // A transaction over the bound by itself keeps all it keeps (a change's notices go out
+        // at least once): the older ones make room, as far as they can.
+        let mut tx = Tx::default();
+        for i in cap + 5..2 * cap + 6 {
+            d.keep_notice(
+                key(i),
+                false,
+                [0; 16],
+                1_000_000 + u64::from(i),
+                None,
+                &mut tx,
+            );
+        }
+        d.finish(tx).unwrap();
+        assert_eq!(d.pending_notice_count(), PENDING_NOTICES_MAX_ENTRIES + 1);
+        assert!(!d.pending_notices.map.contains_key(&key(cap + 4)));
+        assert!(d.pending_notices.map.contains_key(&key(2 * cap + 5)));
     }
 
     #[test]
