@@ -221,6 +221,11 @@ impl From<ClientError> for HushError {
             ),
             ClientError::Backup(_) => Self::InvalidArgument(e.to_string()),
             ClientError::NoBackup => Self::NotFound(e.to_string()),
+            // Not to be retried: the creation completes by itself once connected, and the group
+            // then appears (GroupsChanged).
+            ClientError::GroupCreationPending(_) => Self::NotConnected(format!(
+                "{e}; the group appears when it does (do not create it again)"
+            )),
             // A variant added to the engine later: its own message says what it is.
             #[allow(unreachable_patterns)]
             _ => Self::Protocol(e.to_string()),

@@ -496,7 +496,7 @@ impl Inner {
 
     /// Runs the device's key upkeep (rotations, stale sessions, sender-key retries) and
     /// publishes new pre-keys when it made any (unless `publish` is false: the caller uploads),
-    /// then sends the pending group notices.
+    /// then resolves the pending group creations and sends the pending group notices.
     pub(super) async fn upkeep(
         &self,
         conn: &Arc<RelayConnection>,
@@ -514,6 +514,11 @@ impl Inner {
             self.upload_pre_keys(conn).await?;
         }
         self.send_outgoing(conn, done.outgoing).await;
+        // Group creations whose append went unconfirmed (PROTOCOL.md §17.5): stored once found
+        // in their logs, or appended again.
+        if let Err(e) = self.resolve_pending_creations(conn).await {
+            tracing::warn!(error = %e, "pending group creations not resolved; tried again later");
+        }
         // Group notices the relay has not taken yet (a connection lost after a change landed,
         // a member device without a session then): on every connection and periodically.
         if let Err(e) = self.send_pending_notices(conn).await {
