@@ -634,7 +634,7 @@ mod tests {
             assert_eq!(usize::from(ns.as_byte()), i);
             assert_eq!(Namespace::from_byte(ns.as_byte()), Some(ns));
         }
-        assert_eq!(Namespace::from_byte(13), None);
+        assert_eq!(Namespace::from_byte(14), None);
         assert_eq!(Namespace::from_byte(0xff), None);
     }
 
