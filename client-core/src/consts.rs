@@ -252,6 +252,17 @@ pub const PENDING_NOTICES_MAX_ENTRIES: usize = 20_000;
 /// [`PENDING_NOTICES_MAX_ENTRIES`]).
 pub const PENDING_NOTICES_MAX_BYTES: usize = 32 << 20;
 
+/// Group creations whose append the relay has not confirmed kept at most (PROTOCOL.md §17.5):
+/// a creation past it is refused (`Misuse`) until one of them is resolved. Each is resolved at
+/// the next connection (it landed, or it is appended again), so more than a few means the relay
+/// has been unreachable for a while.
+pub const MAX_PENDING_CREATIONS: usize = 16;
+
+/// A pending group creation not resolved in this long (milliseconds) is given up: 30 days, as
+/// the pending notices. A device that reached the relay in that time has resolved it; one that
+/// has not starts the group again (a new id), and an orphaned log stays within the relay's caps.
+pub const PENDING_CREATION_MAX_AGE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
 /// A sent message is sent again at most this often, however often it is asked for.
 pub const MAX_RESENDS_PER_MESSAGE: u32 = 2;
 

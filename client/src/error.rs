@@ -120,6 +120,14 @@ pub enum ClientError {
     /// The relay holds no backup for this recovery key (none was made, or it expired).
     #[error("the relay holds no backup for this recovery key (none was made, or it expired)")]
     NoBackup,
+    /// A group was created, but whether the relay stored its creation could not be told in
+    /// time (the connection was lost around the append). The creation is kept on this device and
+    /// completes by itself on a later connection: the group then appears (`GroupsChanged`) under
+    /// this id. Do not create it again.
+    #[error(
+        "the group's creation was not confirmed by the relay yet; it completes by itself once connected"
+    )]
+    GroupCreationPending(hush_core::sender_key::GroupId),
 }
 
 impl From<hush_core::DeviceError> for ClientError {

@@ -221,6 +221,12 @@ impl From<ClientError> for HushError {
             ),
             ClientError::Backup(_) => Self::InvalidArgument(e.to_string()),
             ClientError::NoBackup => Self::NotFound(e.to_string()),
+            // Not to be retried: the creation completes by itself once connected, and the group
+            // then appears (GroupsChanged).
+            ClientError::GroupCreationPending(g) => Self::NotConnected(format!(
+                "{e}; group {} appears when it does (do not create it again)",
+                hex::encode(g.0)
+            )),
             // A variant added to the engine later: its own message says what it is.
             #[allow(unreachable_patterns)]
             _ => Self::Protocol(e.to_string()),
@@ -333,6 +339,11 @@ mod tests {
             HushError::from(ClientError::BlobAltered),
             HushError::Protocol(_)
         ));
+        // A pending creation names its group, so that the app can show it once it appears.
+        let pending = HushError::from(ClientError::GroupCreationPending(
+            hush_core::sender_key::GroupId([0xab; 32]),
+        ));
+        assert!(matches!(&pending, HushError::NotConnected(m) if m.contains(&"ab".repeat(32))));
     }
 
     #[test]

@@ -303,3 +303,146 @@ async fn a_notice_whose_answer_was_lost_is_sent_again_and_queued_once() {
     bob.shutdown().await;
     relay.stop().await;
 }
+
+/// Waits until `engine` announces (`GroupsChanged`) that it holds group `g`.
+async fn announced(engine: &Engine, rx: &mut UnboundedReceiver<Event>, g: &GroupId) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match rx.recv().await {
+                Some(Event::GroupsChanged)
+                    if engine.groups().unwrap().iter().any(|(id, _)| id == g) =>
+                {
+                    return;
+                }
+                Some(Event::Message { id, .. }) => engine.ack(id).unwrap(),
+                Some(_) => {}
+                None => panic!("engine gone"),
+            }
+        }
+    })
+    .await
+    .expect("the created group was not announced in time");
+}
+
+/// The creator, by hand: learns `member`'s list, creates a group with it (committing the
+/// pending creation), hands the creation to the relay when `append` is set, and dies before
+/// the answer is processed. Returns the group and its sealed entry.
+async fn create_without_landing(
+    dir: &Path,
+    addr: std::net::SocketAddr,
+    pin: &str,
+    member: AccountId,
+    append: bool,
+) -> (GroupId, Vec<u8>, [u8; 32]) {
+    let mut rng = ChaCha20Rng::seed_from_u64(now_ms());
+    let mut device = open_device(dir).await;
+    let conn = anonymous(addr, pin).await;
+    let server_frame::Kind::DeviceList(l) = conn
+        .request(client_frame::Kind::FetchDeviceList(api::FetchDeviceList {
+            account: member.as_bytes().to_vec(),
+        }))
+        .await
+        .unwrap()
+    else {
+        panic!("no device list");
+    };
+    device
+        .accept_device_list(&l.signed_device_list, &member, now_ms())
+        .unwrap();
+    let w = device
+        .create_group("answer lost", &[member], &mut rng, now_ms())
+        .unwrap();
+    let (g, entry, slot) = (w.group, w.entry.clone(), w.slot());
+    assert_eq!(device.pending_creation_count().unwrap(), 1);
+    if append {
+        let appended = conn
+            .group_log_append(w.slot(), &w.write_token(), w.seq, w.entry.clone())
+            .await
+            .unwrap();
+        assert!(matches!(appended, GroupLogAppend::Appended));
+    }
+    conn.close();
+    // The process dies here: the answer (if any) is never processed, the group never stored.
+    drop(w);
+    drop(device);
+    (g, entry, slot)
+}
+
+/// A creation whose append answer was lost with the process (`appended`), or that never reached
+/// the relay: the creator's engine, opened again, resolves the pending creation on connecting —
+/// finds it as entry 1, or appends it — stores the group and announces it, and the member joins
+/// and reads a group message.
+async fn lost_creation(appended: bool) {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let relay = hush_relay::start(relay_config(relay_dir.path(), addr))
+        .await
+        .unwrap();
+    let pin = relay.fingerprint.clone();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, _a_rx) = Engine::create_account(engine_config(a_dir.path(), addr, &pin))
+        .await
+        .unwrap();
+    let (bob, mut b_rx) = Engine::create_account(engine_config(b_dir.path(), addr, &pin))
+        .await
+        .unwrap();
+    alice.connected(WAIT).await.unwrap();
+    bob.connected(WAIT).await.unwrap();
+    let b = bob.address().unwrap();
+    alice.shutdown().await;
+
+    let (g, entry, slot) =
+        create_without_landing(a_dir.path(), addr, &pin, b.account, appended).await;
+    let anon = anonymous(addr, &pin).await;
+    let (head, _) = anon.group_log_read(slot, 1).await.unwrap();
+    assert_eq!(
+        head,
+        u64::from(appended),
+        "the relay's log before reopening"
+    );
+
+    let (alice, mut a_rx) = Engine::open(engine_config(a_dir.path(), addr, &pin)).unwrap();
+    assert!(
+        alice.groups().unwrap().is_empty(),
+        "not stored before it is resolved"
+    );
+    announced(&alice, &mut a_rx, &g).await;
+    let names: Vec<String> = alice
+        .groups()
+        .unwrap()
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(names, vec!["answer lost".to_owned()]);
+    // Entry 1 of the log is the creation, byte for byte, appended once.
+    let (head, entries) = anon.group_log_read(slot, 1).await.unwrap();
+    assert_eq!(head, 1);
+    assert_eq!(entries, vec![(1, entry)]);
+    anon.close();
+
+    joined(&bob, &mut b_rx, &g).await;
+    let delivery = alice.send_group(&g, b"created after all").await.unwrap();
+    assert_eq!(delivery.delivered, vec![b.account]);
+    assert_eq!(
+        messages(&bob, &mut b_rx, 1).await,
+        vec![b"created after all".to_vec()]
+    );
+
+    alice.shutdown().await;
+    let device = open_device(a_dir.path()).await;
+    assert_eq!(device.pending_creation_count().unwrap(), 0, "resolved");
+    assert_eq!(device.pending_notice_count(), 0, "the notice was taken");
+    drop(device);
+    bob.shutdown().await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_whose_append_answer_was_lost_is_found_in_the_log_after_a_restart() {
+    lost_creation(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_that_never_reached_the_relay_is_appended_after_a_restart() {
+    lost_creation(false).await;
+}

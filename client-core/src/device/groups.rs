@@ -18,11 +18,13 @@ use crate::keys::{AccountId, DeviceAddress, DeviceIdentity, array};
 use crate::sender_key::{GroupId, SenderKeyRecord};
 use crate::store::kv::{KvStore, Namespace};
 
+mod creations;
 mod log;
 mod notices;
 mod receive;
 mod send;
 
+pub use creations::{CreationDropped, PendingCreation};
 pub use log::{GroupLogCursor, GroupLogUpdate, GroupLogWrite, LogCheck};
 pub(super) use notices::load_pending_notices;
 pub use notices::{NoticeKey, NoticeTargets, PendingNotice};

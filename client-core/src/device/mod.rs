@@ -43,8 +43,8 @@ mod upkeep;
 pub use backup::{ImportSummary, decode_archive};
 pub use error::{DeviceError, Result};
 pub use groups::{
-    GroupEntry, GroupIncoming, GroupLogCursor, GroupLogUpdate, GroupLogWrite, GroupSend, LogCheck,
-    NoticeKey, NoticeTargets, PendingNotice,
+    CreationDropped, GroupEntry, GroupIncoming, GroupLogCursor, GroupLogUpdate, GroupLogWrite,
+    GroupSend, LogCheck, NoticeKey, NoticeTargets, PendingCreation, PendingNotice,
 };
 pub use healing::{MessageId, pairwise_message_id};
 pub use upkeep::Upkeep;

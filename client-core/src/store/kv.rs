@@ -43,11 +43,15 @@ pub enum Namespace {
     /// Group-log notices sealed (or waiting for a session) and not yet taken by the relay
     /// (PROTOCOL.md §17.5).
     PendingNotices = 12,
+    /// Group creations handed (or about to be handed) to the relay whose append has not been
+    /// confirmed: the new group's secret, its signed creation and sealed first entry
+    /// (PROTOCOL.md §17.5).
+    PendingCreations = 13,
 }
 
 impl Namespace {
     /// Every namespace, in discriminant order.
-    pub const ALL: [Namespace; 13] = [
+    pub const ALL: [Namespace; 14] = [
         Namespace::Meta,
         Namespace::Identity,
         Namespace::SignedPreKeys,
@@ -61,6 +65,7 @@ impl Namespace {
         Namespace::SentLog,
         Namespace::DeliveryKeys,
         Namespace::PendingNotices,
+        Namespace::PendingCreations,
     ];
 
     /// The byte that identifies this namespace on disk.
@@ -629,7 +634,7 @@ mod tests {
             assert_eq!(usize::from(ns.as_byte()), i);
             assert_eq!(Namespace::from_byte(ns.as_byte()), Some(ns));
         }
-        assert_eq!(Namespace::from_byte(13), None);
+        assert_eq!(Namespace::from_byte(14), None);
         assert_eq!(Namespace::from_byte(0xff), None);
     }
 

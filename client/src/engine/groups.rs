@@ -17,7 +17,22 @@ use std::sync::Arc;
 use super::send::SEND_ATTEMPTS;
 use super::{CONNECT_WAIT, Engine, Event, Inner, now_ms, rng};
 use crate::conn::GroupLogAppend;
-use hush_core::device::{GroupLogUpdate, LogCheck};
+use hush_core::device::{CreationDropped, GroupLogUpdate, LogCheck, PendingCreation};
+
+/// How many times a group creation whose append went unanswered is checked against its log
+/// (over a new connection each time) before `create_group` leaves it to later connections.
+const CREATION_ATTEMPTS: u32 = 3;
+
+/// What checking a pending group creation against its log found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Creation {
+    /// It is in the log: the group is stored.
+    Landed,
+    /// It cannot land (the slot holds another log, or the relay refused it): given up.
+    Dropped,
+    /// Not known yet: still pending.
+    Pending,
+}
 
 /// How many times a group change is built again after losing its log position to another
 /// member's change, before giving up.
@@ -62,6 +77,16 @@ impl Engine {
     /// Creates a group with this account as admin and `members` (accounts) as members: its
     /// creation is appended to a new log on the relay, and every member device is told (the
     /// devices of the members get the group secret). Returns the group id.
+    ///
+    /// The new group's secret is committed to the store (as a pending creation, PROTOCOL.md
+    /// §17.5) before the creation leaves the device. If the relay's answer is lost (the
+    /// connection drops, the relay does not answer in time), this waits, within
+    /// [`CONNECT_WAIT`], for the connection to come back and reads the new log: the creation
+    /// landed (the group is stored, `Ok`) or is appended again. If that cannot be told in time,
+    /// it returns [`ClientError::GroupCreationPending`] with the group id: the creation is kept
+    /// and completes by itself on a later connection, and the group then appears with a
+    /// [`Event::GroupsChanged`]. The app should not create it again. Any other error means no
+    /// group was made.
     pub async fn create_group(
         &self,
         name: &str,
@@ -83,34 +108,61 @@ impl Engine {
             out
         };
         self.inner.ensure_sessions(&conn, &devices).await?;
-        let w = self
+        let log = self.inner.anonymous().await?;
+        // Committed as a pending creation before it leaves the device.
+        let created = self
             .inner
             .lock()?
-            .create_group(name, members, &mut rng(), now_ms())?;
+            .create_group(name, members, &mut rng(), now_ms());
+        let w = self.inner.after(created.map_err(ClientError::from))?;
         let g = w.group;
-        let log = self.inner.anonymous().await?;
-        match log
+        let appended = log
             .group_log_append(w.slot(), &w.write_token(), w.seq, w.entry.clone())
-            .await?
-        {
-            GroupLogAppend::Appended => {}
-            GroupLogAppend::Conflict { .. } => {
-                return Err(ClientError::Protocol(
-                    "the relay already holds a log under a new group's slot",
-                ));
+            .await;
+        match appended {
+            Ok(GroupLogAppend::Appended) => {
+                let landed = self
+                    .inner
+                    .lock()?
+                    .group_write_landed(w, &mut rng(), now_ms());
+                match landed {
+                    Ok(update) => {
+                        // The app made this change itself: no `GroupsChanged` for it.
+                        let update = GroupLogUpdate {
+                            changed: false,
+                            ..update
+                        };
+                        self.inner.after_group_log(&conn, &g, update).await;
+                        return Ok(g);
+                    }
+                    Err(e) => {
+                        // The creation is still pending: the next connection finds it in the
+                        // log and stores the group.
+                        tracing::warn!(error = %e, "a created group was not stored; it is stored on a later connection");
+                        self.inner.recover_store();
+                        return Err(ClientError::GroupCreationPending(g));
+                    }
+                }
+            }
+            // Nothing was stored: the relay refused the append for what it is.
+            Err(ClientError::Refused(r)) => {
+                let reason = if r.code == ErrorCode::Forbidden {
+                    CreationDropped::SlotTaken
+                } else {
+                    CreationDropped::Refused
+                };
+                self.inner.give_up_creation(&g, reason)?;
+                return Err(ClientError::Refused(r));
+            }
+            // Position 1 is taken (by this very creation, appended by the upkeep meanwhile, or
+            // by another one): the log tells which.
+            Ok(GroupLogAppend::Conflict { .. }) => {}
+            Err(e) => {
+                tracing::info!(error = %e, "a group creation's append was not answered; checking the log");
             }
         }
-        let update = self
-            .inner
-            .lock()?
-            .group_write_landed(w, &mut rng(), now_ms())?;
-        // The app made this change itself: no `GroupsChanged` for it.
-        let update = GroupLogUpdate {
-            changed: false,
-            ..update
-        };
-        self.inner.after_group_log(&conn, &g, update).await;
-        Ok(g)
+        drop(w);
+        self.inner.settle_creation(&g).await
     }
 
     /// Sends `plaintext` to group `g`: one sender-key encryption, the same bytes to every member
@@ -481,6 +533,177 @@ impl Inner {
 }
 
 impl Inner {
+    /// After `create_group`'s append went unanswered (or lost position 1): waits, within
+    /// [`CONNECT_WAIT`], for a connection and checks the creation against its log, a few times.
+    /// `Ok(g)` once the group is stored (here or by the connection upkeep meanwhile);
+    /// [`ClientError::GroupCreationPending`] if it is still pending (it completes on a later
+    /// connection); another error if it was given up (no group was made).
+    pub(super) async fn settle_creation(&self, g: &GroupId) -> Result<GroupId, ClientError> {
+        let settle = async {
+            for attempt in 0..CREATION_ATTEMPTS {
+                let Some(p) = self.lock()?.pending_creation(g)? else {
+                    // Stored (or given up) by the connection upkeep meanwhile.
+                    return Ok(());
+                };
+                let conn = match self.current(CONNECT_WAIT).await {
+                    Ok(c) => c,
+                    Err(e @ (ClientError::Closed | ClientError::Revoked)) => return Err(e),
+                    Err(_) => return Ok(()),
+                };
+                let outcome = match self.anonymous().await {
+                    Ok(log) => self.resolve_creation(&conn, &log, p, false).await,
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(Creation::Landed | Creation::Dropped) => return Ok(()),
+                    Ok(Creation::Pending) => {}
+                    Err(e @ (ClientError::Closed | ClientError::Revoked)) => return Err(e),
+                    Err(e) => {
+                        tracing::info!(attempt, error = %e, "a group creation is not resolved yet");
+                    }
+                }
+            }
+            Ok(())
+        };
+        if let Ok(Err(e)) = tokio::time::timeout(CONNECT_WAIT, settle).await {
+            return Err(e);
+        }
+        let d = self.lock()?;
+        if d.group(g).is_some() {
+            Ok(*g)
+        } else if d.pending_creation(g)?.is_some() {
+            Err(ClientError::GroupCreationPending(*g))
+        } else {
+            Err(ClientError::Protocol(
+                "the relay holds another log under the new group's slot; no group was made",
+            ))
+        }
+    }
+
+    /// Resolves every pending group creation (PROTOCOL.md §17.5) against its log on the relay,
+    /// read over the anonymous connection: a creation found as entry 1 is stored (and its
+    /// notices go out; the app sees [`Event::GroupsChanged`]), one whose log is empty is
+    /// appended again, one whose slot holds another log is given up. Expired ones are dropped.
+    /// Run on every connection (beside serving it) and with the periodic upkeep.
+    pub(super) async fn resolve_pending_creations(
+        &self,
+        conn: &Arc<RelayConnection>,
+    ) -> Result<(), ClientError> {
+        if self.lock()?.pending_creation_count()? == 0 {
+            return Ok(());
+        }
+        let pending = self.lock()?.pending_creations(now_ms());
+        let pending = self.after(pending.map_err(ClientError::from))?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let log = self.anonymous().await?;
+        for p in pending {
+            match self.resolve_creation(conn, &log, p, true).await {
+                Ok(Creation::Landed) => {
+                    tracing::info!("a group creation the relay had not confirmed is stored");
+                }
+                Ok(Creation::Dropped | Creation::Pending) => {}
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a pending group creation is not resolved; tried again later");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks one pending creation against its slot's log: entry 1 byte-identical to the
+    /// creation's entry means it landed; an empty log gets the same entry appended at position 1
+    /// again; another entry 1 (the slot is taken) gives it up. `announce`: emit
+    /// [`Event::GroupsChanged`] when the group is stored.
+    async fn resolve_creation(
+        &self,
+        conn: &Arc<RelayConnection>,
+        log: &Arc<RelayConnection>,
+        p: PendingCreation,
+        announce: bool,
+    ) -> Result<Creation, ClientError> {
+        let g = p.group;
+        let w = p.write;
+        for _ in 0..2 {
+            let (head, entries) = log.group_log_read(w.slot(), 1).await?;
+            match entries.first() {
+                Some((1, e)) if *e == w.entry => {
+                    return self.creation_landed(conn, w, announce).await;
+                }
+                Some(_) => {
+                    tracing::warn!("a pending group creation's slot holds another log");
+                    self.give_up_creation(&g, CreationDropped::SlotTaken)?;
+                    return Ok(Creation::Dropped);
+                }
+                None if head == 0 => {
+                    let appended = log
+                        .group_log_append(w.slot(), &w.write_token(), w.seq, w.entry.clone())
+                        .await;
+                    match appended {
+                        Ok(GroupLogAppend::Appended) => {
+                            return self.creation_landed(conn, w, announce).await;
+                        }
+                        // Appended meanwhile (by this device, or another log): read again.
+                        Ok(GroupLogAppend::Conflict { .. }) => {}
+                        Err(ClientError::Refused(r)) => {
+                            let e = ClientError::Refused(r);
+                            if e.is_transient() {
+                                return Err(e);
+                            }
+                            tracing::warn!(error = %e, "the relay refused a pending group creation");
+                            let reason = match &e {
+                                ClientError::Refused(r) if r.code == ErrorCode::Forbidden => {
+                                    CreationDropped::SlotTaken
+                                }
+                                _ => CreationDropped::Refused,
+                            };
+                            self.give_up_creation(&g, reason)?;
+                            return Ok(Creation::Dropped);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                // The relay names entries it does not serve: asked again later.
+                None => return Ok(Creation::Pending),
+            }
+        }
+        Ok(Creation::Pending)
+    }
+
+    /// A pending creation is in its log: stores the group (which drops the pending creation in
+    /// the same commit) and sends its notices.
+    async fn creation_landed(
+        &self,
+        conn: &Arc<RelayConnection>,
+        w: hush_core::device::GroupLogWrite,
+        announce: bool,
+    ) -> Result<Creation, ClientError> {
+        let g = w.group;
+        let landed = self.lock()?.group_write_landed(w, &mut rng(), now_ms());
+        let update = match landed {
+            Ok(u) => u,
+            Err(e) => {
+                self.recover_store();
+                return Err(e.into());
+            }
+        };
+        let update = GroupLogUpdate {
+            changed: announce && update.changed,
+            ..update
+        };
+        self.after_group_log(conn, &g, update).await;
+        Ok(Creation::Landed)
+    }
+
+    fn give_up_creation(&self, g: &GroupId, reason: CreationDropped) -> Result<(), ClientError> {
+        let dropped = self.lock()?.drop_pending_creation(g, reason);
+        self.after(dropped.map_err(ClientError::from)).map(|_| ())
+    }
+}
+
+impl Inner {
     /// Fetches the lists of `accounts` and sets up sessions with their devices, going on past an
     /// account that cannot be reached (logged); a failure of the connection or the store stops.
     pub(super) async fn reach_accounts(
@@ -652,8 +875,13 @@ impl Inner {
 
     /// Sends the pending group notices on a task of their own, beside what the caller does,
     /// until the pass ends or the engine stops.
+    /// First the group creations whose append went unconfirmed are settled (stored once found
+    /// in their logs, or appended again): their notices are pending notices too.
     pub(super) fn spawn_pending_notices(inner: &Arc<Self>, conn: &Arc<RelayConnection>) {
-        if inner.lock().map_or(true, |d| d.pending_notice_count() == 0) {
+        let nothing = inner.lock().map_or(true, |d| {
+            d.pending_notice_count() == 0 && d.pending_creation_count().is_ok_and(|n| n == 0)
+        });
+        if nothing {
             return;
         }
         let (inner, conn) = (Arc::clone(inner), Arc::clone(conn));
@@ -661,7 +889,12 @@ impl Inner {
             let stop = inner.shutdown.clone();
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = inner.pending_notices_pass(&conn) => {}
+                () = async {
+                    if let Err(e) = inner.resolve_pending_creations(&conn).await {
+                        tracing::warn!(error = %e, "pending group creations not resolved; tried again later");
+                    }
+                    inner.pending_notices_pass(&conn).await;
+                } => {}
             }
         });
     }

@@ -17,7 +17,7 @@ use crate::error::{Error, ProtocolError};
 use crate::group::{ChangeBody, GroupLog, GroupSecret, Processed, SignedChange};
 use crate::keys::{AccountId, DeviceAddress, array};
 use crate::sender_key::GroupId;
-use crate::store::kv::KvStore;
+use crate::store::kv::{KvStore, Namespace};
 
 /// A change to append to a group's log on the relay, at position `seq`. Hand it to the relay
 /// (`slot`, `write_token`, `seq`, `entry`); once the relay has appended it, give it back with
@@ -30,8 +30,8 @@ pub struct GroupLogWrite {
     pub seq: u64,
     /// The sealed entry.
     pub entry: Vec<u8>,
-    secret: GroupSecret,
-    creation: Option<SignedChange>,
+    pub(super) secret: GroupSecret,
+    pub(super) creation: Option<SignedChange>,
 }
 
 impl GroupLogWrite {
@@ -105,8 +105,16 @@ impl<S: KvStore> Device<S> {
     }
 
     /// Prepares the creation of a group with this device's account as admin and `members` as
-    /// members: a new group secret, and the creation as the log's first entry. Nothing is stored
-    /// until the relay has appended it ([`Self::group_write_landed`]).
+    /// members: a new group secret, and the creation as the log's first entry. The creation is
+    /// committed as a pending creation (its secret, the signed creation and the sealed entry)
+    /// before it is returned, so that a lost answer or a crash cannot lose the secret of a log
+    /// the relay may hold; the group itself is stored once the relay has appended it
+    /// ([`Self::group_write_landed`]), and until then [`Self::pending_creations`] returns it.
+    ///
+    /// # Errors
+    /// As the rules of the creation (§17.4); `Misuse` past
+    /// [`MAX_PENDING_CREATIONS`](crate::consts::MAX_PENDING_CREATIONS) pending creations;
+    /// [`DeviceError::Store`] if the commit fails (nothing is to be handed to the relay then).
     pub fn create_group(
         &mut self,
         name: &str,
@@ -139,13 +147,15 @@ impl<S: KvStore> Device<S> {
         // Checks the rules (size, admin) before anything leaves the device.
         let log = GroupLog::from_creation(id, secret.clone(), change.clone())?;
         let entry = log.seal(&change, rng)?;
-        Ok(GroupLogWrite {
+        let w = GroupLogWrite {
             group: id,
             seq: 1,
             entry,
             secret,
             creation: Some(change),
-        })
+        };
+        self.keep_creation(&w, now)?;
+        Ok(w)
     }
 
     /// Prepares a change of group `g` at the next log position: adds members or changes their
@@ -194,6 +204,10 @@ impl<S: KvStore> Device<S> {
     /// the member devices (added accounts' devices get the group secret). When other entries
     /// were appended before it that this device has not read, this fails with `Misuse`: read
     /// the log instead ([`Self::accept_group_log`]), which applies `w` too.
+    ///
+    /// For a creation, its pending creation leaves the store in the transaction that stores the
+    /// group and its pending notices. A creation of a group already stored (landed before)
+    /// changes nothing but dropping a pending creation still held.
     pub fn group_write_landed(
         &mut self,
         w: GroupLogWrite,
@@ -202,7 +216,17 @@ impl<S: KvStore> Device<S> {
     ) -> Result<GroupLogUpdate> {
         if let Some(creation) = w.creation {
             if self.groups.contains_key(&w.group) {
-                return Err(ProtocolError::Misuse("group already known").into());
+                let mut tx = Tx::default();
+                tx.batch
+                    .delete(Namespace::PendingCreations, w.group.0.to_vec());
+                self.finish(tx)?;
+                return Ok(GroupLogUpdate {
+                    received: Vec::new(),
+                    outgoing: Vec::new(),
+                    unreached: Vec::new(),
+                    changed: false,
+                    check: LogCheck::Consistent,
+                });
             }
             let log = GroupLog::from_creation(w.group, w.secret, creation.clone())?;
             self.groups.insert(
@@ -215,6 +239,9 @@ impl<S: KvStore> Device<S> {
             );
             let mut tx = Tx::default();
             tx.groups.insert(w.group);
+            // Landed: the group record replaces the pending creation, in one commit.
+            tx.batch
+                .delete(Namespace::PendingCreations, w.group.0.to_vec());
             let mut update = GroupLogUpdate {
                 received: Vec::new(),
                 outgoing: Vec::new(),
