@@ -124,6 +124,9 @@ impl HushClient {
     }
 
     /// Creates a group with `members` (account ids) and this account as admin; returns its id.
+    /// `NotConnected` naming a group id means the creation may have reached the relay and is
+    /// settled by the client itself once it is connected again (the group then shows with a
+    /// `GroupsChanged` event): do not create it again.
     pub async fn create_group(
         &self,
         name: String,
