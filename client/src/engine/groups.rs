@@ -127,12 +127,7 @@ impl Engine {
                     .group_write_landed(w, &mut rng(), now_ms());
                 match landed {
                     Ok(update) => {
-                        // The app made this change itself: no `GroupsChanged` for it.
-                        let update = GroupLogUpdate {
-                            changed: false,
-                            ..update
-                        };
-                        self.inner.after_group_log(&conn, &g, update).await;
+                        self.inner.own_change_landed(&conn, &g, update).await;
                         return Ok(g);
                     }
                     Err(e) => {
@@ -426,14 +421,7 @@ impl Engine {
                         .lock()?
                         .group_write_landed(w, &mut rng(), now_ms());
                     match landed {
-                        Ok(update) => {
-                            // The app made this change itself: no `GroupsChanged` for it.
-                            let update = GroupLogUpdate {
-                                changed: false,
-                                ..update
-                            };
-                            self.inner.after_group_log(&conn, g, update).await;
-                        }
+                        Ok(update) => self.inner.own_change_landed(&conn, g, update).await,
                         // Entries landed before it that this device had not read: reading the
                         // log applies them and this change.
                         Err(_) => self.inner.sync_group_log(&conn, &log, g).await?,
@@ -796,6 +784,20 @@ impl Inner {
         let groups = self.lock()?.group_logs();
         self.sync_group_logs(conn, groups).await;
         Ok(())
+    }
+
+    /// Passes on what landing a change this app made itself did (no `GroupsChanged` for it).
+    async fn own_change_landed(
+        &self,
+        conn: &Arc<RelayConnection>,
+        g: &GroupId,
+        update: GroupLogUpdate,
+    ) {
+        let update = GroupLogUpdate {
+            changed: false,
+            ..update
+        };
+        self.after_group_log(conn, g, update).await;
     }
 
     /// Passes on what reading a group log did: events, decrypted messages, notices to send.

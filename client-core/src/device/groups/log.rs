@@ -94,6 +94,19 @@ pub struct GroupLogUpdate {
     pub check: LogCheck,
 }
 
+impl GroupLogUpdate {
+    /// An update that did nothing: no messages, no notices, no change, nothing missing.
+    fn nothing() -> Self {
+        GroupLogUpdate {
+            received: Vec::new(),
+            outgoing: Vec::new(),
+            unreached: Vec::new(),
+            changed: false,
+            check: LogCheck::Consistent,
+        }
+    }
+}
+
 impl<S: KvStore> Device<S> {
     fn own_list_bytes(&self) -> Result<Vec<u8>> {
         Ok(self
@@ -220,13 +233,7 @@ impl<S: KvStore> Device<S> {
                 tx.batch
                     .delete(Namespace::PendingCreations, w.group.0.to_vec());
                 self.finish(tx)?;
-                return Ok(GroupLogUpdate {
-                    received: Vec::new(),
-                    outgoing: Vec::new(),
-                    unreached: Vec::new(),
-                    changed: false,
-                    check: LogCheck::Consistent,
-                });
+                return Ok(GroupLogUpdate::nothing());
             }
             let log = GroupLog::from_creation(w.group, w.secret, creation.clone())?;
             self.groups.insert(
@@ -243,11 +250,8 @@ impl<S: KvStore> Device<S> {
             tx.batch
                 .delete(Namespace::PendingCreations, w.group.0.to_vec());
             let mut update = GroupLogUpdate {
-                received: Vec::new(),
-                outgoing: Vec::new(),
-                unreached: Vec::new(),
                 changed: true,
-                check: LogCheck::Consistent,
+                ..GroupLogUpdate::nothing()
             };
             let diff = crate::group::Diff {
                 added: creation.body.add.iter().map(|(a, _)| *a).collect(),
@@ -264,13 +268,7 @@ impl<S: KvStore> Device<S> {
             .seq();
         if seq >= w.seq {
             // Already read from the relay (and applied there).
-            return Ok(GroupLogUpdate {
-                received: Vec::new(),
-                outgoing: Vec::new(),
-                unreached: Vec::new(),
-                changed: false,
-                check: LogCheck::Consistent,
-            });
+            return Ok(GroupLogUpdate::nothing());
         }
         if seq.saturating_add(1) != w.seq {
             return Err(ProtocolError::Misuse("read the group log first").into());
@@ -333,13 +331,7 @@ impl<S: KvStore> Device<S> {
         now: u64,
     ) -> Result<GroupLogUpdate> {
         let mut tx = Tx::default();
-        let mut update = GroupLogUpdate {
-            received: Vec::new(),
-            outgoing: Vec::new(),
-            unreached: Vec::new(),
-            changed: false,
-            check: LogCheck::Consistent,
-        };
+        let mut update = GroupLogUpdate::nothing();
         self.group_hints.remove(g);
         let mut joined = false;
         let mut kept_invite = None;
